@@ -1,0 +1,162 @@
+//! A client of the cardd protocol: sign-on and signed requests, one at a
+//! time. Used by `terminal-sim`, `cardd admin` and the tests.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::codec::frame_codec;
+use crate::crypto::{request_message, sign_on_message};
+use crate::error::Refusal;
+use crate::limits::DEFAULT_MAX_FRAME_BYTES;
+use crate::pb::{self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage};
+
+/// Why a call did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused with an error code.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server said something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The refusal's code, if this is a refusal.
+    pub fn code(&self) -> Option<pb::ErrorCode> {
+        match self {
+            ClientError::Refused(r) => Some(r.code),
+            _ => None,
+        }
+    }
+}
+
+fn refusal(e: pb::Error) -> ClientError {
+    ClientError::Refused(Refusal::new(pb::ErrorCode::try_from(e.code).unwrap_or_default(), e.message))
+}
+
+/// A signed-on connection.
+pub struct Client {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    key: SigningKey,
+    next_request_id: u64,
+    /// What the server said at sign-on.
+    pub session: pb::SignOnOk,
+    /// The server's public key, from the challenge.
+    pub server_key: [u8; 32],
+    /// The cashier recorded on each request.
+    pub operator: String,
+}
+
+impl Client {
+    /// Connects and signs on with `key`.
+    pub async fn connect(addr: impl ToSocketAddrs, key: SigningKey) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut framed = Framed::new(stream, frame_codec(DEFAULT_MAX_FRAME_BYTES));
+        let hello = Body::Hello(pb::Hello { protocol_version: 1, public_key: key.verifying_key().to_bytes().to_vec() });
+        send(&mut framed, ClientMessage { request_id: 0, body: Some(hello) }).await?;
+        let challenge = match recv(&mut framed).await?.body {
+            Some(server_message::Body::Challenge(c)) => c,
+            Some(server_message::Body::Error(e)) => return Err(refusal(e)),
+            other => return Err(ClientError::Protocol(format!("expected a challenge, got {other:?}"))),
+        };
+        let server_key: [u8; 32] = challenge
+            .server_public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClientError::Protocol("server key is not 32 bytes".into()))?;
+        let signature = key.sign(&sign_on_message(&challenge.nonce, &server_key)).to_bytes().to_vec();
+        send(&mut framed, ClientMessage { request_id: 0, body: Some(Body::SignOnProof(pb::SignOnProof { signature })) })
+            .await?;
+        let session = match recv(&mut framed).await?.body {
+            Some(server_message::Body::SignOnOk(ok)) => ok,
+            Some(server_message::Body::Error(e)) => return Err(refusal(e)),
+            other => return Err(ClientError::Protocol(format!("expected sign-on, got {other:?}"))),
+        };
+        Ok(Client { framed, key, next_request_id: 1, session, server_key, operator: String::new() })
+    }
+
+    /// A request for this session's brand with `txn_id` and `op`.
+    pub fn request(&self, txn_id: u64, op: Op) -> pb::Request {
+        let client_time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        pb::Request {
+            txn_id,
+            brand_id: self.session.brand_id,
+            operator: self.operator.clone(),
+            client_time_ms,
+            want_proof: false,
+            op: Some(op),
+        }
+    }
+
+    /// Signs and sends `req`, and waits for its answer.
+    pub async fn call(&mut self, req: &pb::Request) -> Result<pb::Reply, ClientError> {
+        let bytes = req.encode_to_vec();
+        let signature = self.key.sign(&request_message(&bytes)).to_bytes().to_vec();
+        self.call_signed(bytes, signature).await
+    }
+
+    /// Sends already-signed request bytes (e.g. a retry of exactly the same
+    /// bytes) and waits for the answer.
+    pub async fn call_signed(&mut self, request: Vec<u8>, signature: Vec<u8>) -> Result<pb::Reply, ClientError> {
+        let body = Body::Signed(pb::SignedRequest { request, signature });
+        match self.roundtrip(body).await? {
+            server_message::Body::Reply(r) => Ok(r),
+            server_message::Body::Error(e) => Err(refusal(e)),
+            other => Err(ClientError::Protocol(format!("expected a reply, got {other:?}"))),
+        }
+    }
+
+    /// Echo (keep-alive).
+    pub async fn echo(&mut self, payload: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        match self.roundtrip(Body::Echo(pb::Echo { payload })).await? {
+            server_message::Body::Echo(e) => Ok(e.payload),
+            server_message::Body::Error(e) => Err(refusal(e)),
+            other => Err(ClientError::Protocol(format!("expected echo, got {other:?}"))),
+        }
+    }
+
+    async fn roundtrip(&mut self, body: Body) -> Result<server_message::Body, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        send(&mut self.framed, ClientMessage { request_id, body: Some(body) }).await?;
+        let msg = recv(&mut self.framed).await?;
+        if msg.request_id != request_id && msg.request_id != 0 {
+            return Err(ClientError::Protocol(format!("answer to {} while waiting for {request_id}", msg.request_id)));
+        }
+        msg.body.ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    /// The signing key (to sign requests sent by other means).
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// The underlying framed stream, for tests that speak raw frames.
+    pub fn framed(&mut self) -> &mut Framed<TcpStream, LengthDelimitedCodec> {
+        &mut self.framed
+    }
+}
+
+/// Sends one message as a frame.
+pub async fn send(framed: &mut Framed<TcpStream, LengthDelimitedCodec>, msg: ClientMessage) -> Result<(), ClientError> {
+    framed.send(bytes::Bytes::from(msg.encode_to_vec())).await?;
+    Ok(())
+}
+
+/// Receives one frame and decodes it.
+pub async fn recv(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<ServerMessage, ClientError> {
+    let frame = framed
+        .next()
+        .await
+        .ok_or_else(|| ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()))??;
+    ServerMessage::decode(frame).map_err(|e| ClientError::Protocol(format!("undecodable answer: {e}")))
+}

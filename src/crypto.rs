@@ -1,0 +1,152 @@
+//! Keys and signatures: domain-separated messages, ed25519 key files.
+//!
+//! Every signed message starts with its own domain string so that a
+//! signature made for one purpose (a sign-on nonce) can never be replayed as
+//! another (a request or a checkpoint).
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+/// Domain of a terminal's or owner's sign-on signature.
+pub const DOMAIN_SIGN_ON: &[u8] = b"cardd.v1 sign-on\0";
+/// Domain of a signed request.
+pub const DOMAIN_REQUEST: &[u8] = b"cardd.v1 request\0";
+/// Domain of a server checkpoint signature.
+pub const DOMAIN_CHECKPOINT: &[u8] = b"cardd.v1 checkpoint\0";
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// RFC 9162 leaf hash: SHA-256(0x00 || data). Also the record hash.
+pub fn leaf_hash(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    h.finalize().into()
+}
+
+/// RFC 9162 interior node hash: SHA-256(0x01 || left || right).
+pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+fn domain_message(domain: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let len = domain.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(domain);
+    for p in parts {
+        msg.extend_from_slice(p);
+    }
+    msg
+}
+
+/// The message a client signs to answer a sign-on challenge.
+pub fn sign_on_message(nonce: &[u8], server_key: &[u8]) -> Vec<u8> {
+    domain_message(DOMAIN_SIGN_ON, &[nonce, server_key])
+}
+
+/// The message a client signs for a request.
+pub fn request_message(request: &[u8]) -> Vec<u8> {
+    domain_message(DOMAIN_REQUEST, &[request])
+}
+
+/// The message the server signs for a checkpoint (encoded with an empty
+/// signature field).
+pub fn checkpoint_message(encoded_checkpoint: &[u8]) -> Vec<u8> {
+    domain_message(DOMAIN_CHECKPOINT, &[encoded_checkpoint])
+}
+
+/// Signs a request's bytes as a terminal or owner does.
+pub fn sign_request(key: &SigningKey, request: &[u8]) -> Vec<u8> {
+    key.sign(&request_message(request)).to_bytes().to_vec()
+}
+
+/// Parses a 32-byte public key, refusing weak (small-order) keys, which
+/// would let one signature verify for many messages.
+pub fn parse_public_key(bytes: &[u8]) -> Option<VerifyingKey> {
+    let arr: [u8; 32] = bytes.try_into().ok()?;
+    let key = VerifyingKey::from_bytes(&arr).ok()?;
+    if key.is_weak() {
+        return None;
+    }
+    Some(key)
+}
+
+/// Verifies a domain-separated signature strictly (no malleable encodings).
+pub fn verify_strict(key: &VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(sig) = Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(message, &sig).is_ok()
+}
+
+/// Generates a fresh signing key from the operating system's RNG.
+pub fn generate_key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+/// Writes a signing key (hex of the 32-byte seed) to `path` with mode 0600.
+/// Refuses to overwrite an existing file.
+pub fn write_key_file(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads a signing key written by [`write_key_file`]. Refuses a file that
+/// other users can read: a key anyone on the machine can copy is no key.
+pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .with_context(|| format!("reading key file {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "key file {} is readable by others (mode {:o}); chmod 600 it",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let bytes = hex::decode(text.trim()).context("key file is not hex")?;
+    let seed: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("key file must hold 32 bytes"))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Loads the key at `path`, creating it on first use.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if path.exists() {
+        read_key_file(path)
+    } else {
+        let key = generate_key();
+        write_key_file(path, &key)?;
+        Ok(key)
+    }
+}

@@ -1,0 +1,139 @@
+//! `cardd serve --demo`: a demo brand with two stores, a terminal in each,
+//! an owner key and a few funded cards, provisioned through the same signed
+//! requests and state machine as everything else.
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+
+use crate::card_number;
+use crate::crypto::load_or_create_key;
+use crate::ledger::BrandLedger;
+use crate::pb::{self, request::Op, BonusTier, Rules, TierRule};
+use crate::state::Principal;
+use crate::storage::LogStore;
+
+/// The demo manifest written to `demo.json`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The demo brand.
+    pub brand_id: u32,
+    /// Owner key path, relative to the data directory.
+    pub owner_key: String,
+    /// Stores and their terminals.
+    pub stores: Vec<ManifestStore>,
+    /// Funded card numbers.
+    pub cards: Vec<String>,
+}
+
+/// A store in the manifest.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ManifestStore {
+    /// Its id.
+    pub store_id: u32,
+    /// Its name.
+    pub name: String,
+    /// Its terminals.
+    pub terminals: Vec<ManifestTerminal>,
+}
+
+/// A terminal in the manifest.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ManifestTerminal {
+    /// Its id.
+    pub terminal_id: u32,
+    /// Key path, relative to the data directory.
+    pub key: String,
+}
+
+/// The rules the demo brand starts with (also a template for owners).
+pub fn demo_rules() -> Rules {
+    Rules {
+        bonus_tiers: vec![
+            BonusTier { min_load_minor: 50_000, fixed_bonus_minor: 5_000, bonus_bps: 0 },
+            BonusTier { min_load_minor: 100_000, fixed_bonus_minor: 0, bonus_bps: 1_500 },
+        ],
+        points_per_unit: 1,
+        tiers: vec![
+            TierRule { name: "silver".into(), min_spend_minor: 0, min_visits: 0, multiplier_milli: 1_000 },
+            TierRule { name: "gold".into(), min_spend_minor: 200_000, min_visits: 10, multiplier_milli: 2_000 },
+            TierRule { name: "diamond".into(), min_spend_minor: 1_000_000, min_visits: 0, multiplier_milli: 3_800 },
+        ],
+        promotion_line: "Top up 500 get 50 free; 1000 gets 15% more".into(),
+    }
+}
+
+fn expect_ok(what: &str, answer: crate::ledger::Answer) -> anyhow::Result<pb::Reply> {
+    answer.map_err(|r| anyhow::anyhow!("demo: {what}: {r}"))
+}
+
+/// Provisions the demo brand into an empty ledger and writes `demo.json`.
+pub fn provision(data_dir: &Path, store: Arc<dyn LogStore>, server_key: Arc<SigningKey>) -> anyhow::Result<BrandLedger> {
+    if !store.brands()?.is_empty() {
+        bail!("the demo is provisioned only into an empty ledger");
+    }
+    let dir = data_dir.join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let owner = load_or_create_key(&dir.join("owner.key"))?;
+    let create = pb::CreateBrand {
+        name: "Demo Coffee".into(),
+        currency: "CNY".into(),
+        currency_exponent: 2,
+        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
+    };
+    let mut ledger = BrandLedger::create(store, server_key, 1, create)?;
+    let brand = ledger.brand_id();
+    let mut txn = 0u64;
+    let mut owner_op = |ledger: &mut BrandLedger, what: &str, op: Op| -> anyhow::Result<pb::Reply> {
+        txn += 1;
+        let req = pb::Request { txn_id: txn, brand_id: brand, operator: "demo".into(), op: Some(op), ..Default::default() };
+        expect_ok(what, ledger.submit_signed(Principal::Owner, &owner, &req)?)
+    };
+    owner_op(&mut ledger, "rules", Op::SetRules(pb::SetRules { rules: Some(demo_rules()) }))?;
+    let mut stores = Vec::new();
+    let mut terminal_keys = Vec::new();
+    for (i, name) in ["Downtown", "Airport"].into_iter().enumerate() {
+        owner_op(&mut ledger, "store", Op::CreateStore(pb::CreateStore { name: name.into() }))?;
+        let store_id = u32::try_from(i + 1)?;
+        let key_rel = format!("demo/terminal-{store_id}.key");
+        let key = load_or_create_key(&data_dir.join(&key_rel))?;
+        let reply = owner_op(
+            &mut ledger,
+            "terminal",
+            Op::EnrollTerminal(pb::EnrollTerminal {
+                store_id,
+                public_key: key.verifying_key().to_bytes().to_vec(),
+                label: format!("{name} till 1"),
+            }),
+        )?;
+        let Some(pb::reply::Detail::Terminal(t)) = reply.detail else { bail!("demo: enrol gave no terminal id") };
+        stores.push(ManifestStore {
+            store_id,
+            name: name.into(),
+            terminals: vec![ManifestTerminal { terminal_id: t.terminal_id, key: key_rel }],
+        });
+        terminal_keys.push((t.terminal_id, key));
+    }
+    let mut cards = Vec::new();
+    let (tid, till) = &terminal_keys[0];
+    for (i, load) in [10_000i64, 20_000, 30_000, 50_000, 100_000].into_iter().enumerate() {
+        let card = card_number::generate(brand);
+        owner_op(&mut ledger, "card", Op::IssueCard(pb::IssueCard { card: card.clone() }))?;
+        let req = pb::Request {
+            txn_id: u64::try_from(i + 1)?,
+            brand_id: brand,
+            operator: "demo".into(),
+            op: Some(Op::TopUp(pb::TopUp { card: card.clone(), amount_minor: load })),
+            ..Default::default()
+        };
+        expect_ok("top-up", ledger.submit_signed(Principal::Terminal(*tid), till, &req)?)?;
+        cards.push(card);
+    }
+    let manifest = Manifest { brand_id: brand, owner_key: "demo/owner.key".into(), stores, cards };
+    std::fs::write(data_dir.join("demo.json"), serde_json::to_string_pretty(&manifest)?)
+        .context("writing demo.json")?;
+    tracing::info!(brand, "demo brand provisioned; see demo.json");
+    Ok(ledger)
+}

@@ -1,0 +1,251 @@
+//! One brand's ledger: the state machine plus its durable log.
+//!
+//! `apply_batch` runs a batch of signed submissions through the state
+//! machine (no I/O but reading older records for retries) and returns the
+//! new records and the answers; the caller makes the records durable with
+//! one `commit` (one sled batch, one flush, one signed checkpoint) and only
+//! then releases the answers. That is group commit.
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use ed25519_dalek::{Signer as _, SigningKey};
+use prost::Message;
+
+use crate::checkpoint;
+use crate::crypto::leaf_hash;
+use crate::error::Refusal;
+use crate::pb::{self, ErrorCode, Record, Request};
+use crate::replay::replay_record;
+use crate::state::{apply, reply_for_record, BrandState, Context, Outcome, Principal, Written};
+use crate::storage::LogStore;
+
+/// A verified, signed request waiting to be applied.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Who signed it (verified by the caller).
+    pub principal: Principal,
+    /// The signer's public key.
+    pub signer_key: [u8; 32],
+    /// The exact signed request bytes.
+    pub request: Vec<u8>,
+    /// The signature over them.
+    pub signature: Vec<u8>,
+}
+
+/// The answer to one submission.
+pub type Answer = Result<pb::Reply, Refusal>;
+
+/// The result of applying a batch: records to make durable, then answers.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// New records, in order.
+    pub written: Vec<Written>,
+    /// One answer per submission, in submission order.
+    pub answers: Vec<Answer>,
+    /// Terminals enrolled by this batch (key, terminal id), for the key index.
+    pub enrolled: Vec<([u8; 32], u32)>,
+}
+
+/// A brand's state and its place in storage.
+pub struct BrandLedger {
+    /// The state machine's state, which is ahead of disk only between
+    /// `apply_batch` and `commit`.
+    pub state: BrandState,
+    store: Arc<dyn LogStore>,
+    server_key: Arc<SigningKey>,
+    last_time_ms: i64,
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl BrandLedger {
+    /// Rebuilds a brand's state by replaying every stored record through the
+    /// state machine, then checks the newest checkpoint against it. Any
+    /// difference is corruption: refuse to serve rather than serve it.
+    pub fn recover(store: Arc<dyn LogStore>, server_key: Arc<SigningKey>, brand: u32) -> anyhow::Result<Self> {
+        let mut state = BrandState::new(brand);
+        let server_pub = server_key.verifying_key().to_bytes();
+        let mut last_time_ms = 0;
+        for item in store.scan(brand, 1) {
+            let (seq, bytes) = item.with_context(|| format!("brand {brand}: reading record {}", state.seq + 1))?;
+            if seq != state.seq + 1 {
+                bail!("brand {brand}: record {} is missing (next stored is {seq})", state.seq + 1);
+            }
+            let w = replay_record(&mut state, seq, &bytes, &server_pub)
+                .with_context(|| format!("brand {brand}: corrupt ledger"))?;
+            last_time_ms = w.record.time_ms;
+        }
+        if state.seq > 0 {
+            let bytes = store
+                .last_checkpoint(brand)?
+                .with_context(|| format!("brand {brand}: records but no checkpoint"))?;
+            let c = checkpoint::decode_verified(&bytes, &server_key.verifying_key())
+                .map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
+            checkpoint::matches(&c, &state).map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
+        }
+        Ok(BrandLedger { state, store, server_key, last_time_ms })
+    }
+
+    /// Creates a new brand: its first record, signed by the server.
+    pub fn create(
+        store: Arc<dyn LogStore>,
+        server_key: Arc<SigningKey>,
+        brand: u32,
+        create: pb::CreateBrand,
+    ) -> anyhow::Result<Self> {
+        if store.brands()?.contains(&brand) {
+            bail!("brand {brand} already exists");
+        }
+        let mut ledger = BrandLedger { state: BrandState::new(brand), store, server_key, last_time_ms: 0 };
+        let request = Request {
+            txn_id: 1,
+            brand_id: brand,
+            operator: "server".into(),
+            op: Some(pb::request::Op::CreateBrand(create)),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let signature = crate::crypto::sign_request(&ledger.server_key, &request);
+        let sub = Submission {
+            principal: Principal::Server,
+            signer_key: ledger.server_key.verifying_key().to_bytes(),
+            request,
+            signature,
+        };
+        ledger.submit_now(sub)?.map_err(|r| anyhow::anyhow!("creating brand: {r}"))?;
+        Ok(ledger)
+    }
+
+    /// The brand id.
+    pub fn brand_id(&self) -> u32 {
+        self.state.brand_id
+    }
+
+    /// The storage this ledger commits to.
+    pub fn store(&self) -> Arc<dyn LogStore> {
+        self.store.clone()
+    }
+
+    /// Applies `subs` in order. All records get the same server time,
+    /// never earlier than the previous batch's.
+    pub fn apply_batch(&mut self, subs: &[Submission]) -> Batch {
+        self.last_time_ms = self.last_time_ms.max(now_ms());
+        let time_ms = self.last_time_ms;
+        let first_new_seq = self.state.seq + 1;
+        let mut batch = Batch::default();
+        for sub in subs {
+            let answer = self.apply_one(sub, time_ms, first_new_seq, &mut batch);
+            batch.answers.push(answer);
+        }
+        batch
+    }
+
+    fn apply_one(&mut self, sub: &Submission, time_ms: i64, first_new_seq: u64, batch: &mut Batch) -> Answer {
+        let Ok(request) = Request::decode(sub.request.as_slice()) else {
+            return Err(Refusal::new(ErrorCode::Malformed, "request does not decode"));
+        };
+        let ctx = Context {
+            time_ms,
+            principal: sub.principal,
+            signer_key: &sub.signer_key,
+            request: &sub.request,
+            signature: &sub.signature,
+        };
+        let promo = self.state.rules.promotion_line.clone();
+        match apply(&mut self.state, &ctx, &request)? {
+            Outcome::Written(w) => {
+                let reply = reply_for_record(&w.record, &w.hash, &promo);
+                if w.record.kind() == pb::RecordKind::TerminalEnrolled {
+                    let t = &self.state.terminals[&w.record.new_id];
+                    batch.enrolled.push((t.public_key, w.record.new_id));
+                }
+                batch.written.push(w);
+                Ok(reply)
+            }
+            Outcome::Answer(reply) => Ok(reply),
+            Outcome::Seen { seq } => {
+                let (rec, hash) = self.load_record(seq, first_new_seq, batch)?;
+                if rec.request != sub.request {
+                    return Err(Refusal::new(
+                        ErrorCode::IdempotencyConflict,
+                        format!("transaction id {} was used for a different request", request.txn_id),
+                    ));
+                }
+                let mut reply = reply_for_record(&rec, &hash, &promo);
+                reply.replayed = true;
+                Ok(reply)
+            }
+            Outcome::Status { state, seq } => {
+                let original = if seq != 0 {
+                    let (rec, hash) = self.load_record(seq, first_new_seq, batch)?;
+                    Some(Box::new(reply_for_record(&rec, &hash, &promo)))
+                } else {
+                    None
+                };
+                Ok(pb::Reply {
+                    detail: Some(pb::reply::Detail::Status(Box::new(pb::StatusResult {
+                        state: state as i32,
+                        seq,
+                        original,
+                    }))),
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    /// A record by sequence number: from this batch if not yet durable,
+    /// else from storage.
+    fn load_record(&self, seq: u64, first_new_seq: u64, batch: &Batch) -> Result<(Record, [u8; 32]), Refusal> {
+        if seq >= first_new_seq {
+            let w = &batch.written[usize::try_from(seq - first_new_seq).expect("batch index")];
+            return Ok((w.record.clone(), w.hash));
+        }
+        let bytes = self
+            .store
+            .record(self.state.brand_id, seq)
+            .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.to_string()))?
+            .ok_or_else(|| Refusal::new(ErrorCode::Internal, format!("record {seq} missing")))?;
+        let rec = Record::decode(bytes.as_slice()).map_err(|_| Refusal::new(ErrorCode::Internal, "record corrupt"))?;
+        Ok((rec, leaf_hash(&bytes)))
+    }
+
+    /// The signed checkpoint to store with the batch just applied.
+    pub fn checkpoint(&self) -> pb::Checkpoint {
+        checkpoint::sign(&self.state, self.last_time_ms, &self.server_key)
+    }
+
+    /// Makes `written` and `checkpoint` durable (blocking: one sled batch
+    /// and one flush).
+    pub fn commit(
+        store: &dyn LogStore,
+        brand: u32,
+        written: &[Written],
+        checkpoint: &pb::Checkpoint,
+    ) -> crate::storage::Result<()> {
+        let records: Vec<(u64, &[u8])> = written.iter().map(|w| (w.record.seq, w.bytes.as_slice())).collect();
+        store.commit(brand, &records, (checkpoint.tree_size, &checkpoint.encode_to_vec()))
+    }
+
+    /// Applies one submission and commits it before returning (for offline
+    /// tools and provisioning; the daemon batches instead).
+    pub fn submit_now(&mut self, sub: Submission) -> anyhow::Result<Answer> {
+        let mut batch = self.apply_batch(std::slice::from_ref(&sub));
+        if !batch.written.is_empty() {
+            Self::commit(self.store.as_ref(), self.brand_id(), &batch.written, &self.checkpoint())
+                .context("committing to storage")?;
+        }
+        Ok(batch.answers.pop().expect("one answer per submission"))
+    }
+
+    /// Signs `request` with `key` and submits it now.
+    pub fn submit_signed(&mut self, principal: Principal, key: &SigningKey, request: &Request) -> anyhow::Result<Answer> {
+        let bytes = request.encode_to_vec();
+        let signature = key.sign(&crate::crypto::request_message(&bytes)).to_bytes().to_vec();
+        self.submit_now(Submission { principal, signer_key: key.verifying_key().to_bytes(), request: bytes, signature })
+    }
+}

@@ -1,0 +1,25 @@
+//! cardd: the backend of stored-value membership cards.
+//!
+//! A tokio daemon speaks a framed protobuf protocol (`proto/`) with cashier
+//! terminals and owner consoles, applies their signed requests through one
+//! deterministic state machine ([`state`]) and keeps every change as a
+//! hash-linked record in a sled ledger ([`storage`]) covered by signed
+//! checkpoints. See ARCHITECTURE.md for the map.
+#![warn(missing_docs)]
+
+pub mod card_number;
+pub mod checkpoint;
+pub mod client;
+pub mod codec;
+pub mod crypto;
+pub mod demo;
+pub mod error;
+pub mod ledger;
+pub mod limits;
+pub mod merkle;
+pub mod pb;
+pub mod render;
+pub mod replay;
+pub mod server;
+pub mod state;
+pub mod storage;

@@ -1,0 +1,49 @@
+//! Every limit in one place. A limit that is not written down is a limit
+//! that an attacker or a busy sale day finds for us.
+
+/// Largest frame accepted by default (the length prefix is checked before
+/// any allocation; larger frames are refused and the connection closed).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest amount of money in one operation, in minor units
+/// (10,000,000.00 in a currency with two decimals).
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000;
+/// Largest balance a card may hold (paid + bonus), in minor units.
+pub const MAX_BALANCE_MINOR: i64 = 100_000_000_000;
+/// Largest points total on a card and largest single points redemption.
+pub const MAX_POINTS: i64 = 1_000_000_000_000;
+/// Text fields (operator, names, labels, reasons), in bytes.
+pub const MAX_TEXT_BYTES: usize = 64;
+/// The promotion line printed on receipts, in bytes.
+pub const MAX_PROMOTION_BYTES: usize = 200;
+/// Rules: bonus tiers and member tiers.
+pub const MAX_RULE_TIERS: usize = 16;
+/// Top-up bonus in basis points of the amount (10000 = +100%).
+pub const MAX_BONUS_BPS: u32 = 10_000;
+/// Points multiplier in thousandths (100x).
+pub const MAX_MULTIPLIER_MILLI: u32 = 100_000;
+/// Points per unit of currency spent, before multipliers.
+pub const MAX_POINTS_PER_UNIT: i64 = 1_000;
+/// Stores per brand.
+pub const MAX_STORES_PER_BRAND: usize = 10_000;
+/// Terminals per brand.
+pub const MAX_TERMINALS_PER_BRAND: usize = 100_000;
+/// Cards per brand.
+pub const MAX_CARDS_PER_BRAND: usize = 50_000_000;
+/// Brands per daemon (each has its own chain and writer task).
+pub const MAX_BRANDS: usize = 10_000;
+/// Highest brand id: brand ids are five digits inside card numbers.
+pub const MAX_BRAND_ID: u32 = 99_999;
+/// Requests one connection may have in flight (pipelined) at once.
+pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Concurrent connections accepted; further ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Requests applied in one group commit (one sled batch, one flush).
+pub const MAX_COMMIT_BATCH: usize = 2_048;
+/// Requests queued for a brand's writer before connections wait.
+pub const WRITER_QUEUE: usize = 16_384;
+/// A client must finish sign-on within this time.
+pub const SIGN_ON_TIMEOUT_SECS: u64 = 10;
+/// A signed-on connection with no frame for this long is closed.
+pub const IDLE_TIMEOUT_SECS: u64 = 600;
+/// Echo payloads.
+pub const MAX_ECHO_BYTES: usize = 1_024;

@@ -1,0 +1,393 @@
+//! The `cardd` command: run the daemon, manage brands and keys, and the
+//! owner's console (`cardd admin`).
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use cardd::client::{Client, ClientError};
+use cardd::crypto::{load_or_create_key, read_key_file, write_key_file};
+use cardd::ledger::BrandLedger;
+use cardd::pb::{self, request::Op};
+use cardd::render::{error_json, receipt_text, reply_json};
+use cardd::server::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "cardd", version, about = "Stored-value membership card ledger daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Data directory (created on first start).
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+        /// Address to listen on for terminals.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+        /// Provision a demo brand (only into an empty ledger) and write demo.json.
+        #[arg(long)]
+        demo: bool,
+        /// Largest frame accepted, in bytes.
+        #[arg(long, default_value_t = cardd::limits::DEFAULT_MAX_FRAME_BYTES)]
+        max_frame_bytes: usize,
+    },
+    /// Print the server's public key in hex (created on first use).
+    ServerKey {
+        /// Data directory.
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+    },
+    /// Brand management on a stopped daemon's data directory.
+    Brand {
+        #[command(subcommand)]
+        command: BrandCommand,
+    },
+    /// Create an ed25519 key file (0600) and print its public key in hex.
+    Keygen {
+        /// Where to write the key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replay every brand's ledger and check it (daemon stopped).
+    Check {
+        /// Data directory.
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+    },
+    /// The owner's console: manage a brand over the protocol.
+    Admin(AdminArgs),
+}
+
+#[derive(Subcommand)]
+enum BrandCommand {
+    /// Create a brand; its first record names its owner key.
+    Create {
+        /// Data directory.
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+        /// Brand name.
+        #[arg(long)]
+        name: String,
+        /// ISO 4217 currency code.
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        /// Decimals of the currency.
+        #[arg(long, default_value_t = 2)]
+        exponent: u32,
+        /// The owner's key file (created if missing).
+        #[arg(long)]
+        owner_key: PathBuf,
+        /// Brand id (default: the next free one).
+        #[arg(long)]
+        id: Option<u32>,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Daemon address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    connect: String,
+    /// The brand owner's key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Transaction id to use (default: one past the last the server holds).
+    #[arg(long)]
+    txn: Option<u64>,
+    /// Staff name recorded as the operator.
+    #[arg(long, default_value = "owner")]
+    operator: String,
+    #[command(subcommand)]
+    op: AdminOp,
+}
+
+#[derive(Subcommand)]
+enum AdminOp {
+    /// Open a store.
+    CreateStore {
+        #[arg(long)]
+        name: String,
+    },
+    /// Enrol a terminal's public key to a store.
+    EnrollTerminal {
+        #[arg(long)]
+        store: u32,
+        /// The terminal's public key in hex.
+        #[arg(long, conflicts_with = "key_out")]
+        public_key: Option<String>,
+        /// Create a new key file for the terminal and enrol it.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Issue a card (a fresh random number unless --card is given).
+    IssueCard {
+        #[arg(long)]
+        card: Option<String>,
+    },
+    /// Block a card.
+    BlockCard {
+        #[arg(long)]
+        card: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Unblock a card.
+    UnblockCard {
+        #[arg(long)]
+        card: String,
+    },
+    /// Replace a lost card: value and points move to the new number.
+    ReplaceCard {
+        #[arg(long)]
+        card: String,
+        /// The new number (default: a fresh random one).
+        #[arg(long)]
+        new: Option<String>,
+    },
+    /// Set the bonus, points and tier rules from a JSON file.
+    SetRules {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Look up a card.
+    Inquiry {
+        #[arg(long)]
+        card: String,
+    },
+}
+
+/// The JSON form of the rules for `cardd admin set-rules` (see README).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    bonus_tiers: Vec<BonusTierFile>,
+    #[serde(default = "one")]
+    points_per_unit: i64,
+    #[serde(default)]
+    tiers: Vec<TierFile>,
+    #[serde(default)]
+    promotion_line: String,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BonusTierFile {
+    min_load_minor: i64,
+    #[serde(default)]
+    fixed_bonus_minor: i64,
+    #[serde(default)]
+    bonus_bps: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    name: String,
+    #[serde(default)]
+    min_spend_minor: i64,
+    #[serde(default)]
+    min_visits: u32,
+    #[serde(default = "thousand")]
+    multiplier_milli: u32,
+}
+
+fn thousand() -> u32 {
+    1000
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sled=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cardd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve { data, listen, demo, max_frame_bytes } => {
+            let config = Config { data_dir: data, listen, max_frame_bytes, demo };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(server::run(config, |r| {
+                // A line scripts and tests can wait for.
+                println!("cardd listening on {}", r.local_addr);
+            }))?;
+        }
+        Command::ServerKey { data } => {
+            let key = server::open_data_dir(&data)?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+        }
+        Command::Keygen { out } => {
+            let key = cardd::crypto::generate_key();
+            write_key_file(&out, &key)?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+        }
+        Command::Brand { command: BrandCommand::Create { data, name, currency, exponent, owner_key, id } } => {
+            brand_create(&data, name, currency, exponent, &owner_key, id)?;
+        }
+        Command::Check { data } => {
+            let (_, _, ledgers) = server::load(&data)?;
+            for l in &ledgers {
+                let (paid, bonus) = l.state.liability();
+                println!(
+                    "brand {} ({}): {} records, {} cards, outstanding paid {} bonus {} (minor units), head {}",
+                    l.brand_id(),
+                    l.state.name,
+                    l.state.seq,
+                    l.state.cards.len(),
+                    paid,
+                    bonus,
+                    hex::encode(l.state.head_hash)
+                );
+            }
+            println!("ok: {} brands replayed and match their checkpoints", ledgers.len());
+        }
+        Command::Admin(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            return rt.block_on(admin(args));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn brand_create(
+    data: &Path,
+    name: String,
+    currency: String,
+    exponent: u32,
+    owner_key: &Path,
+    id: Option<u32>,
+) -> anyhow::Result<()> {
+    let (store, server_key, ledgers) = server::load(data)?;
+    let id = match id {
+        Some(id) => id,
+        None => ledgers.iter().map(|l| l.brand_id()).max().unwrap_or(0) + 1,
+    };
+    if ledgers.len() >= cardd::limits::MAX_BRANDS {
+        bail!("at most {} brands", cardd::limits::MAX_BRANDS);
+    }
+    let owner = load_or_create_key(owner_key)?;
+    let create = pb::CreateBrand {
+        name,
+        currency,
+        currency_exponent: exponent,
+        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
+    };
+    BrandLedger::create(store, Arc::clone(&server_key), id, create)?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
+    let key = read_key_file(&args.key)?;
+    let mut client = Client::connect(args.connect.as_str(), key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.operator = args.operator.clone();
+    let brand = client.session.brand_id;
+    let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
+    let op = match args.op {
+        AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
+        AdminOp::EnrollTerminal { store, public_key, key_out, label } => {
+            let public_key = match (public_key, key_out) {
+                (Some(hex_key), None) => hex::decode(hex_key.trim()).context("public key is not hex")?,
+                (None, Some(path)) => {
+                    let k = cardd::crypto::generate_key();
+                    write_key_file(&path, &k)?;
+                    k.verifying_key().to_bytes().to_vec()
+                }
+                _ => bail!("give --public-key HEX or --key-out FILE"),
+            };
+            Op::EnrollTerminal(pb::EnrollTerminal { store_id: store, public_key, label })
+        }
+        AdminOp::IssueCard { card } => Op::IssueCard(pb::IssueCard {
+            card: card.unwrap_or_else(|| cardd::card_number::generate(brand)),
+        }),
+        AdminOp::BlockCard { card, reason } => Op::SetCardBlocked(pb::SetCardBlocked { card, blocked: true, reason }),
+        AdminOp::UnblockCard { card } => {
+            Op::SetCardBlocked(pb::SetCardBlocked { card, blocked: false, reason: String::new() })
+        }
+        AdminOp::ReplaceCard { card, new } => Op::ReplaceCard(pb::ReplaceCard {
+            old_card: card,
+            new_card: new.unwrap_or_else(|| cardd::card_number::generate(brand)),
+        }),
+        AdminOp::SetRules { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let r: RulesFile = serde_json::from_str(&text).context("rules file")?;
+            Op::SetRules(pb::SetRules {
+                rules: Some(pb::Rules {
+                    bonus_tiers: r
+                        .bonus_tiers
+                        .into_iter()
+                        .map(|b| pb::BonusTier {
+                            min_load_minor: b.min_load_minor,
+                            fixed_bonus_minor: b.fixed_bonus_minor,
+                            bonus_bps: b.bonus_bps,
+                        })
+                        .collect(),
+                    points_per_unit: r.points_per_unit,
+                    tiers: r
+                        .tiers
+                        .into_iter()
+                        .map(|t| pb::TierRule {
+                            name: t.name,
+                            min_spend_minor: t.min_spend_minor,
+                            min_visits: t.min_visits,
+                            multiplier_milli: t.multiplier_milli,
+                        })
+                        .collect(),
+                    promotion_line: r.promotion_line,
+                }),
+            })
+        }
+        AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
+    };
+    let req = client.request(txn, op);
+    match client.call(&req).await {
+        Ok(reply) => {
+            if args.json {
+                println!("{}", reply_json(&reply));
+            } else {
+                // The owner's console shows the full number (receipts mask it).
+                if let Some(c) = &reply.card {
+                    println!("Card number {}", c.card);
+                }
+                println!("{}", receipt_text(&reply, &client.session));
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused(r)) => {
+            if args.json {
+                println!("{}", error_json(r.code as i32, &r.message));
+            } else {
+                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
+            }
+            Ok(std::process::ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}

@@ -1,0 +1,66 @@
+//! Replaying a stored record through the state machine. Start-up recovery
+//! and the auditor both use it: a record is accepted only if applying its
+//! signed request to the state before it reproduces it byte for byte.
+use prost::Message;
+
+use crate::pb::{Record, Request, Signer};
+use crate::state::{apply, BrandState, Context, Outcome, Principal, Written};
+
+/// Why a stored record was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq}: {what}")]
+pub struct ReplayError {
+    /// The record's sequence number (its position in the chain).
+    pub seq: u64,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// The principal that signed `rec`, from the record's own fields.
+pub fn principal_of(rec: &Record) -> Option<Principal> {
+    match rec.signer() {
+        Signer::Terminal => Some(Principal::Terminal(rec.terminal_id)),
+        Signer::Owner => Some(Principal::Owner),
+        Signer::Server => Some(Principal::Server),
+        Signer::Unspecified => None,
+    }
+}
+
+/// Re-applies the record `bytes`, expected at position `seq`, to `state`.
+/// `server_key` is the key expected on the brand's first record.
+pub fn replay_record(state: &mut BrandState, seq: u64, bytes: &[u8], server_key: &[u8; 32]) -> Result<Written, ReplayError> {
+    let fail = |what: String| ReplayError { seq, what };
+    let rec = Record::decode(bytes).map_err(|e| fail(format!("does not decode: {e}")))?;
+    if rec.seq != seq {
+        return Err(fail(format!("holds sequence number {}", rec.seq)));
+    }
+    let principal = principal_of(&rec).ok_or_else(|| fail("has no signer".into()))?;
+    // The key must be the one enrolled for that signer at that point.
+    let enrolled: Option<[u8; 32]> = match principal {
+        Principal::Server => Some(*server_key),
+        Principal::Owner => state.is_created().then_some(state.owner_key),
+        Principal::Terminal(id) => state.terminals.get(&id).map(|t| t.public_key),
+    };
+    let signer_key: [u8; 32] = rec
+        .signer_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| fail("signer key is not 32 bytes".into()))?;
+    if enrolled != Some(signer_key) {
+        return Err(fail(format!("signer {principal:?} is not enrolled with the key in the record")));
+    }
+    let request = Request::decode(rec.request.as_slice()).map_err(|e| fail(format!("request does not decode: {e}")))?;
+    let ctx = Context {
+        time_ms: rec.time_ms,
+        principal,
+        signer_key: &signer_key,
+        request: &rec.request,
+        signature: &rec.request_signature,
+    };
+    match apply(state, &ctx, &request) {
+        Ok(Outcome::Written(w)) if w.bytes == bytes => Ok(w),
+        Ok(Outcome::Written(_)) => Err(fail("differs from what its request produces when replayed".into())),
+        Ok(other) => Err(fail(format!("its request no longer writes a record ({other:?})"))),
+        Err(refusal) => Err(fail(format!("its request is refused when replayed: {refusal}"))),
+    }
+}

@@ -1,0 +1,131 @@
+//! The single writer of one brand's log: group commit.
+//!
+//! Commands queue on a channel while the previous batch is being flushed;
+//! the writer takes everything queued (up to MAX_COMMIT_BATCH), applies it
+//! through the state machine, commits the new records with one sled batch,
+//! one flush and one signed checkpoint, and only then sends the answers.
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::KeyIndex;
+use crate::ledger::{Answer, BrandLedger, Submission};
+use crate::limits::{MAX_COMMIT_BATCH, WRITER_QUEUE};
+use crate::pb;
+use crate::state::Principal;
+
+/// What a connection asks of a brand's writer.
+pub enum Command {
+    /// Apply a verified signed request; answer once durable.
+    Apply(Submission, oneshot::Sender<Answer>),
+    /// Describe the session of a signer that just proved its key.
+    SignOn(Principal, oneshot::Sender<pb::SignOnOk>),
+}
+
+/// A handle to a brand's writer task.
+#[derive(Clone)]
+pub struct BrandHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl BrandHandle {
+    /// Starts the writer task for `ledger`.
+    pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(run(ledger, rx, keys));
+        BrandHandle { tx }
+    }
+
+    /// Submits a request and waits for its durable answer. None if the
+    /// writer has stopped (the daemon is going down).
+    pub async fn submit(&self, sub: Submission) -> Option<Answer> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Apply(sub, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The sign-on answer for `principal`.
+    pub async fn sign_on(&self, principal: Principal) -> Option<pb::SignOnOk> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::SignOn(principal, tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
+    let s = &ledger.state;
+    let (role, store_id, terminal_id) = match principal {
+        Principal::Terminal(id) => (pb::Role::Terminal, s.terminals.get(&id).map_or(0, |t| t.store_id), id),
+        _ => (pb::Role::Owner, 0, 0),
+    };
+    pb::SignOnOk {
+        role: role as i32,
+        brand_id: s.brand_id,
+        brand_name: s.name.clone(),
+        currency: s.currency.clone(),
+        currency_exponent: s.exponent,
+        store_id,
+        store_name: s.stores.get(&store_id).map(|st| st.name.clone()).unwrap_or_default(),
+        terminal_id,
+        last_txn_id: s.last_txn_id(principal),
+        max_frame_bytes: 0,
+        max_in_flight: 0,
+    }
+}
+
+async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc<KeyIndex>) {
+    let brand = ledger.brand_id();
+    let store = ledger.store();
+    let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
+    while rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await > 0 {
+        let mut subs = Vec::with_capacity(commands.len());
+        let mut waiting = Vec::with_capacity(commands.len());
+        for cmd in commands.drain(..) {
+            match cmd {
+                Command::Apply(sub, tx) => {
+                    subs.push(sub);
+                    waiting.push(tx);
+                }
+                // Answered at once: sign-on reads only committed state, because
+                // every earlier batch was committed before this loop turned.
+                Command::SignOn(p, tx) => {
+                    let _ = tx.send(sign_on_ok(&ledger, p));
+                }
+            }
+        }
+        if subs.is_empty() {
+            continue;
+        }
+        let batch = ledger.apply_batch(&subs);
+        if !batch.written.is_empty() {
+            let checkpoint = ledger.checkpoint();
+            let store = store.clone();
+            let written = batch.written;
+            let result = tokio::task::spawn_blocking(move || {
+                BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                // Memory is now ahead of disk and nothing was acknowledged:
+                // stop rather than answer from state that may not survive.
+                Ok(Err(e)) => fail_stop(brand, &e.to_string()),
+                Err(e) => fail_stop(brand, &e.to_string()),
+            }
+            for (key, tid) in &batch.enrolled {
+                keys.insert(*key, brand, Principal::Terminal(*tid));
+            }
+        }
+        for (tx, answer) in waiting.into_iter().zip(batch.answers) {
+            // A connection that went away no longer wants its answer; the
+            // record stands and a status query will find it.
+            let _ = tx.send(answer);
+        }
+    }
+}
+
+fn fail_stop(brand: u32, error: &str) -> ! {
+    tracing::error!(brand, error, "commit failed; stopping without acknowledging the batch");
+    eprintln!("cardd: brand {brand}: commit failed: {error}; stopping (restart recovers from the durable log)");
+    std::process::exit(70)
+}

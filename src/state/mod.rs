@@ -1,0 +1,307 @@
+//! The brand state machine: `apply(state, context, request) -> outcome`.
+//!
+//! No I/O happens here. The server, start-up recovery, the tests and the
+//! auditor's replay all drive this same function; given the same state,
+//! request bytes, signer and time it produces the same record, byte for byte.
+//! A refused request leaves the state exactly as it was: every operation
+//! validates fully before it mutates anything.
+mod apply;
+mod receipt;
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::merkle::Frontier;
+use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
+
+pub use apply::apply;
+pub use receipt::reply_for_record;
+
+/// Who signed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Principal {
+    /// The server itself (only for the brand's first record).
+    Server,
+    /// The brand's owner key.
+    Owner,
+    /// An enrolled terminal, by its id within the brand.
+    Terminal(u32),
+}
+
+impl Principal {
+    /// The id under which this principal's transaction ids are kept:
+    /// terminals by their id (from 1), the owner as 0, the server as u32::MAX.
+    pub fn txn_namespace(self) -> u32 {
+        match self {
+            Principal::Owner => 0,
+            Principal::Terminal(id) => id,
+            Principal::Server => u32::MAX,
+        }
+    }
+
+    /// The signer kind written into records.
+    pub fn signer(self) -> pb::Signer {
+        match self {
+            Principal::Server => pb::Signer::Server,
+            Principal::Owner => pb::Signer::Owner,
+            Principal::Terminal(_) => pb::Signer::Terminal,
+        }
+    }
+}
+
+/// Everything about a request that is not in its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Server time stamped on the record (Unix ms); the only clock the state
+    /// machine sees.
+    pub time_ms: i64,
+    /// The verified signer.
+    pub principal: Principal,
+    /// The signer's public key, kept in the record.
+    pub signer_key: &'a [u8; 32],
+    /// The exact request bytes that were signed.
+    pub request: &'a [u8],
+    /// The signer's signature over the request (domain-separated).
+    pub signature: &'a [u8],
+}
+
+/// A card's state. Card numbers are 19 digits and kept as u64.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Card {
+    /// Value the customer paid for (minor units).
+    pub paid: i64,
+    /// Bonus value granted by top-up rules, tracked apart from paid value.
+    pub bonus: i64,
+    /// Loyalty points.
+    pub points: i64,
+    /// Cumulative net spend from the card (purchases minus refunds).
+    pub total_spend: i64,
+    /// Days with at least one purchase.
+    pub visits: u32,
+    /// Day number (Unix ms / 86,400,000) of the last visit, -1 for none.
+    pub last_visit_day: i64,
+    /// Active, blocked or replaced.
+    pub status: CardStatus,
+}
+
+impl Card {
+    fn new() -> Self {
+        Card { last_visit_day: -1, status: CardStatus::Active, ..Card::default() }
+    }
+
+    /// Paid plus bonus value.
+    pub fn balance(&self) -> i64 {
+        // Both are bounded by MAX_BALANCE_MINOR, so the sum cannot overflow.
+        self.paid + self.bonus
+    }
+}
+
+/// A store of the brand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    /// The owner's name for it.
+    pub name: String,
+}
+
+/// An enrolled terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminal {
+    /// The store it belongs to.
+    pub store_id: u32,
+    /// Its ed25519 public key.
+    pub public_key: [u8; 32],
+    /// The owner's label for it.
+    pub label: String,
+    /// Transaction id of the newest record it signed (0 for none).
+    pub last_txn_id: u64,
+    /// Counts and totals since the last shift close.
+    pub shift: ShiftTotals,
+    /// The current shift, from 1.
+    pub shift_number: u64,
+}
+
+/// What a money-moving record did, kept so that it can be refunded or reversed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    /// Purchase, top-up, refund or points redemption.
+    pub kind: RecordKind,
+    /// The card it moved value on.
+    pub card: u64,
+    /// Where it happened.
+    pub store_id: u32,
+    /// The terminal that signed it.
+    pub terminal_id: u32,
+    /// The terminal shift it belongs to (reversal works within a shift).
+    pub shift_number: u64,
+    /// Paid value added (the record's deltas follow).
+    pub paid_in: i64,
+    /// Bonus value added.
+    pub bonus_in: i64,
+    /// Paid value taken.
+    pub paid_out: i64,
+    /// Bonus value taken.
+    pub bonus_out: i64,
+    /// Points added.
+    pub points_in: i64,
+    /// Points taken.
+    pub points_out: i64,
+    /// A purchase that counted as the card's visit for its day.
+    pub visit_counted: bool,
+    /// For purchases: paid value refunds returned so far.
+    pub refunded_paid: i64,
+    /// Bonus value refunds returned.
+    pub refunded_bonus: i64,
+    /// Points refunds took back.
+    pub refunded_points: i64,
+    /// For refunds: the purchase refunded.
+    pub original_seq: u64,
+    /// Set once a reversal undid it.
+    pub reversed: bool,
+}
+
+/// What the ledger holds for a (signer, transaction id) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnEntry {
+    /// Written as the record with this sequence number.
+    Committed(u64),
+    /// Never received, then reversed by the record with this sequence
+    /// number: the original is refused if it arrives late.
+    Tombstone(u64),
+}
+
+/// The result of applying one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A new record was appended; the caller makes it durable, then replies.
+    Written(Written),
+    /// A read-only answer (inquiry); nothing was written.
+    Answer(pb::Reply),
+    /// The transaction id was used before, by the record at `seq`. The caller
+    /// compares the request bytes with that record: identical means a retry
+    /// (answer with the original reply), different means an idempotency
+    /// conflict. Nothing was written.
+    Seen {
+        /// The earlier record.
+        seq: u64,
+    },
+    /// The status of one of the signer's transactions; for committed ones the
+    /// caller attaches the original reply from the record at `seq`.
+    Status {
+        /// What the ledger holds.
+        state: pb::TxnState,
+        /// The record written for it (0 if none).
+        seq: u64,
+    },
+}
+
+/// A record appended by [`apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The record.
+    pub record: pb::Record,
+    /// Its exact encoding, as stored.
+    pub bytes: Vec<u8>,
+    /// SHA-256(0x00 || bytes).
+    pub hash: [u8; 32],
+}
+
+/// The whole state of one brand: everything derivable from its records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrandState {
+    /// The brand id (1..=99,999).
+    pub brand_id: u32,
+    /// Set by the first record.
+    pub name: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Minor units per major unit = 10^exponent.
+    pub exponent: u32,
+    /// The owner's public key.
+    pub owner_key: [u8; 32],
+    /// Records in the chain.
+    pub seq: u64,
+    /// Hash of the newest record (zeros before the first).
+    pub head_hash: [u8; 32],
+    /// Merkle tree over the records.
+    pub merkle: Frontier,
+    /// Stores by id (from 1).
+    pub stores: BTreeMap<u32, Store>,
+    /// Terminals by id (from 1).
+    pub terminals: BTreeMap<u32, Terminal>,
+    /// Transaction id of the owner's newest record.
+    pub owner_last_txn_id: u64,
+    /// Cards by number.
+    pub cards: HashMap<u64, Card>,
+    /// The loyalty rules in force.
+    pub rules: pb::Rules,
+    /// Idempotency index: (signer namespace, txn id) -> entry.
+    pub txns: HashMap<(u32, u64), TxnEntry>,
+    /// Refundable and reversible records by sequence number.
+    pub effects: HashMap<u64, Effect>,
+}
+
+impl BrandState {
+    /// The empty state of a brand before its first record.
+    pub fn new(brand_id: u32) -> Self {
+        BrandState {
+            brand_id,
+            name: String::new(),
+            currency: String::new(),
+            exponent: 0,
+            owner_key: [0; 32],
+            seq: 0,
+            head_hash: [0; 32],
+            merkle: Frontier::new(),
+            stores: BTreeMap::new(),
+            terminals: BTreeMap::new(),
+            owner_last_txn_id: 0,
+            cards: HashMap::new(),
+            rules: rules::default_rules(),
+            txns: HashMap::new(),
+            effects: HashMap::new(),
+        }
+    }
+
+    /// True once the brand's first record exists.
+    pub fn is_created(&self) -> bool {
+        self.seq > 0
+    }
+
+    /// The newest transaction id recorded from `principal`.
+    pub fn last_txn_id(&self, principal: Principal) -> u64 {
+        match principal {
+            Principal::Owner => self.owner_last_txn_id,
+            Principal::Terminal(id) => self.terminals.get(&id).map_or(0, |t| t.last_txn_id),
+            Principal::Server => 0,
+        }
+    }
+
+    /// Sum of every card's paid and bonus value: the brand's outstanding
+    /// stored-value liability. i128 so that no sum of cards can overflow.
+    pub fn liability(&self) -> (i128, i128) {
+        self.cards
+            .values()
+            .fold((0, 0), |(p, b), c| (p + i128::from(c.paid), b + i128::from(c.bonus)))
+    }
+
+    /// A card's view as sent to terminals.
+    pub fn card_view(&self, number: u64, card: &Card) -> pb::CardView {
+        let (tier, _) = rules::tier_of(&self.rules, card);
+        pb::CardView {
+            card: format_card(number),
+            status: card.status as i32,
+            balance_minor: card.balance(),
+            paid_balance_minor: card.paid,
+            bonus_balance_minor: card.bonus,
+            points: card.points,
+            tier: tier.to_string(),
+            total_spend_minor: card.total_spend,
+            visits: card.visits,
+        }
+    }
+}
+
+/// The 19-digit text form of a card number kept as u64.
+pub fn format_card(number: u64) -> String {
+    format!("{number:019}")
+}
