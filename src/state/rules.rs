@@ -48,7 +48,7 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
         }
         prev = Some(t.min_load_minor);
     }
-    let mut prev: Option<(i64, u32)> = None;
+    let mut prev: Option<i64> = None;
     for t in &rules.tiers {
         if t.name.is_empty() || !text_ok(&t.name, MAX_TEXT_BYTES) {
             return bad("tier name empty or too long");
@@ -56,12 +56,11 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
         if !(0..=MAX_BALANCE_MINOR).contains(&t.min_spend_minor) || t.multiplier_milli > MAX_MULTIPLIER_MILLI {
             return bad("tier out of range");
         }
-        if let Some((spend, visits)) = prev {
-            if t.min_spend_minor < spend || t.min_visits < visits || (t.min_spend_minor, t.min_visits) == (spend, visits) {
-                return bad("tiers must ascend");
-            }
+        // Ordered by spend; a visit threshold is an extra way in (0 = none).
+        if prev.is_some_and(|p| p >= t.min_spend_minor) {
+            return bad("tiers must ascend by min_spend_minor");
         }
-        prev = Some((t.min_spend_minor, t.min_visits));
+        prev = Some(t.min_spend_minor);
     }
     Ok(())
 }
