@@ -53,7 +53,14 @@ pub fn generate(brand_id: u32) -> String {
 
 /// The card number masked for receipts and logs: only the last four digits.
 pub fn mask(card: &str) -> String {
-    let tail: String = card.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = card
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("****{tail}")
 }
 

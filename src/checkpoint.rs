@@ -40,7 +40,10 @@ pub fn decode_verified(bytes: &[u8], server_key: &VerifyingKey) -> Result<Checkp
         return Err("checkpoint hashes are not 32 bytes".into());
     }
     if !verify_strict(server_key, &signed_message(&c), &c.signature) {
-        return Err(format!("checkpoint at tree size {} has a bad server signature", c.tree_size));
+        return Err(format!(
+            "checkpoint at tree size {} has a bad server signature",
+            c.tree_size
+        ));
     }
     Ok(c)
 }
@@ -48,13 +51,22 @@ pub fn decode_verified(bytes: &[u8], server_key: &VerifyingKey) -> Result<Checkp
 /// Checks that a verified checkpoint describes `state` exactly.
 pub fn matches(c: &Checkpoint, state: &BrandState) -> Result<(), String> {
     if c.brand_id != state.brand_id {
-        return Err(format!("checkpoint names brand {}, chain is brand {}", c.brand_id, state.brand_id));
+        return Err(format!(
+            "checkpoint names brand {}, chain is brand {}",
+            c.brand_id, state.brand_id
+        ));
     }
     if c.tree_size != state.seq {
-        return Err(format!("checkpoint covers {} records, chain has {}", c.tree_size, state.seq));
+        return Err(format!(
+            "checkpoint covers {} records, chain has {}",
+            c.tree_size, state.seq
+        ));
     }
     if c.head_hash != state.head_hash || c.root_hash != state.merkle.root() {
-        return Err(format!("checkpoint at tree size {} does not match the records' hashes", c.tree_size));
+        return Err(format!(
+            "checkpoint at tree size {} does not match the records' hashes",
+            c.tree_size
+        ));
     }
     Ok(())
 }

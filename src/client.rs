@@ -12,7 +12,9 @@ use crate::codec::frame_codec;
 use crate::crypto::{request_message, sign_on_message};
 use crate::error::Refusal;
 use crate::limits::DEFAULT_MAX_FRAME_BYTES;
-use crate::pb::{self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage};
+use crate::pb::{
+    self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
+};
 
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,10 @@ impl ClientError {
 }
 
 fn refusal(e: pb::Error) -> ClientError {
-    ClientError::Refused(Refusal::new(pb::ErrorCode::try_from(e.code).unwrap_or_default(), e.message))
+    ClientError::Refused(Refusal::new(
+        pb::ErrorCode::try_from(e.code).unwrap_or_default(),
+        e.message,
+    ))
 }
 
 /// A signed-on connection.
@@ -61,32 +66,68 @@ impl Client {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut framed = Framed::new(stream, frame_codec(DEFAULT_MAX_FRAME_BYTES));
-        let hello = Body::Hello(pb::Hello { protocol_version: 1, public_key: key.verifying_key().to_bytes().to_vec() });
-        send(&mut framed, ClientMessage { request_id: 0, body: Some(hello) }).await?;
+        let hello = Body::Hello(pb::Hello {
+            protocol_version: 1,
+            public_key: key.verifying_key().to_bytes().to_vec(),
+        });
+        send(
+            &mut framed,
+            ClientMessage {
+                request_id: 0,
+                body: Some(hello),
+            },
+        )
+        .await?;
         let challenge = match recv(&mut framed).await?.body {
             Some(server_message::Body::Challenge(c)) => c,
             Some(server_message::Body::Error(e)) => return Err(refusal(e)),
-            other => return Err(ClientError::Protocol(format!("expected a challenge, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected a challenge, got {other:?}"
+                )))
+            }
         };
         let server_key: [u8; 32] = challenge
             .server_public_key
             .as_slice()
             .try_into()
             .map_err(|_| ClientError::Protocol("server key is not 32 bytes".into()))?;
-        let signature = key.sign(&sign_on_message(&challenge.nonce, &server_key)).to_bytes().to_vec();
-        send(&mut framed, ClientMessage { request_id: 0, body: Some(Body::SignOnProof(pb::SignOnProof { signature })) })
-            .await?;
+        let signature = key
+            .sign(&sign_on_message(&challenge.nonce, &server_key))
+            .to_bytes()
+            .to_vec();
+        send(
+            &mut framed,
+            ClientMessage {
+                request_id: 0,
+                body: Some(Body::SignOnProof(pb::SignOnProof { signature })),
+            },
+        )
+        .await?;
         let session = match recv(&mut framed).await?.body {
             Some(server_message::Body::SignOnOk(ok)) => ok,
             Some(server_message::Body::Error(e)) => return Err(refusal(e)),
-            other => return Err(ClientError::Protocol(format!("expected sign-on, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected sign-on, got {other:?}"
+                )))
+            }
         };
-        Ok(Client { framed, key, next_request_id: 1, session, server_key, operator: String::new() })
+        Ok(Client {
+            framed,
+            key,
+            next_request_id: 1,
+            session,
+            server_key,
+            operator: String::new(),
+        })
     }
 
     /// A request for this session's brand with `txn_id` and `op`.
     pub fn request(&self, txn_id: u64, op: Op) -> pb::Request {
-        let client_time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let client_time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         pb::Request {
             txn_id,
             brand_id: self.session.brand_id,
@@ -106,13 +147,52 @@ impl Client {
 
     /// Sends already-signed request bytes (e.g. a retry of exactly the same
     /// bytes) and waits for the answer.
-    pub async fn call_signed(&mut self, request: Vec<u8>, signature: Vec<u8>) -> Result<pb::Reply, ClientError> {
+    pub async fn call_signed(
+        &mut self,
+        request: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<pb::Reply, ClientError> {
         let body = Body::Signed(pb::SignedRequest { request, signature });
         match self.roundtrip(body).await? {
             server_message::Body::Reply(r) => Ok(r),
             server_message::Body::Error(e) => Err(refusal(e)),
-            other => Err(ClientError::Protocol(format!("expected a reply, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected a reply, got {other:?}"
+            ))),
         }
+    }
+
+    /// Streams the brand's ledger export (owner only) into `out`; returns
+    /// the bytes written.
+    pub async fn export(&mut self, out: &mut impl std::io::Write) -> Result<u64, ClientError> {
+        let req = self.request(0, Op::ExportLedger(pb::ExportLedger {}));
+        let bytes = req.encode_to_vec();
+        let signature = self.key.sign(&request_message(&bytes)).to_bytes().to_vec();
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let body = Body::Signed(pb::SignedRequest { request: bytes, signature });
+        send(&mut self.framed, ClientMessage { request_id, body: Some(body) }).await?;
+        let mut written = 0u64;
+        loop {
+            match recv(&mut self.framed).await?.body {
+                Some(server_message::Body::ExportChunk(c)) => {
+                    out.write_all(&c.data)?;
+                    written += c.data.len() as u64;
+                    if c.last {
+                        return Ok(written);
+                    }
+                }
+                Some(server_message::Body::Error(e)) => return Err(refusal(e)),
+                other => return Err(ClientError::Protocol(format!("expected export data, got {other:?}"))),
+            }
+        }
+    }
+
+    /// Asks for a consistency proof from `old_size` to `new_size` (0 = the
+    /// newest checkpoint).
+    pub async fn consistency_proof(&mut self, old_size: u64, new_size: u64) -> Result<pb::ConsistencyProof, ClientError> {
+        let req = self.request(0, Op::ConsistencyProof(pb::GetConsistencyProof { old_size, new_size }));
+        self.call(&req).await?.consistency.ok_or_else(|| ClientError::Protocol("no consistency proof".into()))
     }
 
     /// Echo (keep-alive).
@@ -120,19 +200,32 @@ impl Client {
         match self.roundtrip(Body::Echo(pb::Echo { payload })).await? {
             server_message::Body::Echo(e) => Ok(e.payload),
             server_message::Body::Error(e) => Err(refusal(e)),
-            other => Err(ClientError::Protocol(format!("expected echo, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected echo, got {other:?}"
+            ))),
         }
     }
 
     async fn roundtrip(&mut self, body: Body) -> Result<server_message::Body, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        send(&mut self.framed, ClientMessage { request_id, body: Some(body) }).await?;
+        send(
+            &mut self.framed,
+            ClientMessage {
+                request_id,
+                body: Some(body),
+            },
+        )
+        .await?;
         let msg = recv(&mut self.framed).await?;
         if msg.request_id != request_id && msg.request_id != 0 {
-            return Err(ClientError::Protocol(format!("answer to {} while waiting for {request_id}", msg.request_id)));
+            return Err(ClientError::Protocol(format!(
+                "answer to {} while waiting for {request_id}",
+                msg.request_id
+            )));
         }
-        msg.body.ok_or_else(|| ClientError::Protocol("empty answer".into()))
+        msg.body
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
     /// The signing key (to sign requests sent by other means).
@@ -147,16 +240,22 @@ impl Client {
 }
 
 /// Sends one message as a frame.
-pub async fn send(framed: &mut Framed<TcpStream, LengthDelimitedCodec>, msg: ClientMessage) -> Result<(), ClientError> {
+pub async fn send(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+    msg: ClientMessage,
+) -> Result<(), ClientError> {
     framed.send(bytes::Bytes::from(msg.encode_to_vec())).await?;
     Ok(())
 }
 
 /// Receives one frame and decodes it.
-pub async fn recv(framed: &mut Framed<TcpStream, LengthDelimitedCodec>) -> Result<ServerMessage, ClientError> {
+pub async fn recv(
+    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+) -> Result<ServerMessage, ClientError> {
     let frame = framed
         .next()
         .await
         .ok_or_else(|| ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()))??;
-    ServerMessage::decode(frame).map_err(|e| ClientError::Protocol(format!("undecodable answer: {e}")))
+    ServerMessage::decode(frame)
+        .map_err(|e| ClientError::Protocol(format!("undecodable answer: {e}")))
 }

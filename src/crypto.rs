@@ -131,7 +131,8 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
             );
         }
     }
-    let text = fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
     let bytes = hex::decode(text.trim()).context("key file is not hex")?;
     let seed: [u8; 32] = bytes
         .as_slice()

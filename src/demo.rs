@@ -52,14 +52,37 @@ pub struct ManifestTerminal {
 pub fn demo_rules() -> Rules {
     Rules {
         bonus_tiers: vec![
-            BonusTier { min_load_minor: 50_000, fixed_bonus_minor: 5_000, bonus_bps: 0 },
-            BonusTier { min_load_minor: 100_000, fixed_bonus_minor: 0, bonus_bps: 1_500 },
+            BonusTier {
+                min_load_minor: 50_000,
+                fixed_bonus_minor: 5_000,
+                bonus_bps: 0,
+            },
+            BonusTier {
+                min_load_minor: 100_000,
+                fixed_bonus_minor: 0,
+                bonus_bps: 1_500,
+            },
         ],
         points_per_unit: 1,
         tiers: vec![
-            TierRule { name: "silver".into(), min_spend_minor: 0, min_visits: 0, multiplier_milli: 1_000 },
-            TierRule { name: "gold".into(), min_spend_minor: 200_000, min_visits: 10, multiplier_milli: 2_000 },
-            TierRule { name: "diamond".into(), min_spend_minor: 1_000_000, min_visits: 0, multiplier_milli: 3_800 },
+            TierRule {
+                name: "silver".into(),
+                min_spend_minor: 0,
+                min_visits: 0,
+                multiplier_milli: 1_000,
+            },
+            TierRule {
+                name: "gold".into(),
+                min_spend_minor: 200_000,
+                min_visits: 10,
+                multiplier_milli: 2_000,
+            },
+            TierRule {
+                name: "diamond".into(),
+                min_spend_minor: 1_000_000,
+                min_visits: 0,
+                multiplier_milli: 3_800,
+            },
         ],
         promotion_line: "Top up 500 get 50 free; 1000 gets 15% more".into(),
     }
@@ -70,7 +93,11 @@ fn expect_ok(what: &str, answer: crate::ledger::Answer) -> anyhow::Result<pb::Re
 }
 
 /// Provisions the demo brand into an empty ledger and writes `demo.json`.
-pub fn provision(data_dir: &Path, store: Arc<dyn LogStore>, server_key: Arc<SigningKey>) -> anyhow::Result<BrandLedger> {
+pub fn provision(
+    data_dir: &Path,
+    store: Arc<dyn LogStore>,
+    server_key: Arc<SigningKey>,
+) -> anyhow::Result<BrandLedger> {
     if !store.brands()?.is_empty() {
         bail!("the demo is provisioned only into an empty ledger");
     }
@@ -86,16 +113,33 @@ pub fn provision(data_dir: &Path, store: Arc<dyn LogStore>, server_key: Arc<Sign
     let mut ledger = BrandLedger::create(store, server_key, 1, create)?;
     let brand = ledger.brand_id();
     let mut txn = 0u64;
-    let mut owner_op = |ledger: &mut BrandLedger, what: &str, op: Op| -> anyhow::Result<pb::Reply> {
-        txn += 1;
-        let req = pb::Request { txn_id: txn, brand_id: brand, operator: "demo".into(), op: Some(op), ..Default::default() };
-        expect_ok(what, ledger.submit_signed(Principal::Owner, &owner, &req)?)
-    };
-    owner_op(&mut ledger, "rules", Op::SetRules(pb::SetRules { rules: Some(demo_rules()) }))?;
+    let mut owner_op =
+        |ledger: &mut BrandLedger, what: &str, op: Op| -> anyhow::Result<pb::Reply> {
+            txn += 1;
+            let req = pb::Request {
+                txn_id: txn,
+                brand_id: brand,
+                operator: "demo".into(),
+                op: Some(op),
+                ..Default::default()
+            };
+            expect_ok(what, ledger.submit_signed(Principal::Owner, &owner, &req)?)
+        };
+    owner_op(
+        &mut ledger,
+        "rules",
+        Op::SetRules(pb::SetRules {
+            rules: Some(demo_rules()),
+        }),
+    )?;
     let mut stores = Vec::new();
     let mut terminal_keys = Vec::new();
     for (i, name) in ["Downtown", "Airport"].into_iter().enumerate() {
-        owner_op(&mut ledger, "store", Op::CreateStore(pb::CreateStore { name: name.into() }))?;
+        owner_op(
+            &mut ledger,
+            "store",
+            Op::CreateStore(pb::CreateStore { name: name.into() }),
+        )?;
         let store_id = u32::try_from(i + 1)?;
         let key_rel = format!("demo/terminal-{store_id}.key");
         let key = load_or_create_key(&data_dir.join(&key_rel))?;
@@ -108,32 +152,69 @@ pub fn provision(data_dir: &Path, store: Arc<dyn LogStore>, server_key: Arc<Sign
                 label: format!("{name} till 1"),
             }),
         )?;
-        let Some(pb::reply::Detail::Terminal(t)) = reply.detail else { bail!("demo: enrol gave no terminal id") };
+        let Some(pb::reply::Detail::Terminal(t)) = reply.detail else {
+            bail!("demo: enrol gave no terminal id")
+        };
         stores.push(ManifestStore {
             store_id,
             name: name.into(),
-            terminals: vec![ManifestTerminal { terminal_id: t.terminal_id, key: key_rel }],
+            terminals: vec![ManifestTerminal {
+                terminal_id: t.terminal_id,
+                key: key_rel,
+            }],
         });
         terminal_keys.push((t.terminal_id, key));
     }
     let mut cards = Vec::new();
     let (tid, till) = &terminal_keys[0];
-    for (i, load) in [10_000i64, 20_000, 30_000, 50_000, 100_000].into_iter().enumerate() {
+    for (i, load) in [10_000i64, 20_000, 30_000, 50_000, 100_000]
+        .into_iter()
+        .enumerate()
+    {
         let card = card_number::generate(brand);
-        owner_op(&mut ledger, "card", Op::IssueCard(pb::IssueCard { card: card.clone() }))?;
+        owner_op(
+            &mut ledger,
+            "card",
+            Op::IssueCard(pb::IssueCard { card: card.clone() }),
+        )?;
         let req = pb::Request {
             txn_id: u64::try_from(i + 1)?,
             brand_id: brand,
             operator: "demo".into(),
-            op: Some(Op::TopUp(pb::TopUp { card: card.clone(), amount_minor: load })),
+            op: Some(Op::TopUp(pb::TopUp {
+                card: card.clone(),
+                amount_minor: load,
+            })),
             ..Default::default()
         };
-        expect_ok("top-up", ledger.submit_signed(Principal::Terminal(*tid), till, &req)?)?;
+        expect_ok(
+            "top-up",
+            ledger.submit_signed(Principal::Terminal(*tid), till, &req)?,
+        )?;
         cards.push(card);
     }
-    let manifest = Manifest { brand_id: brand, owner_key: "demo/owner.key".into(), stores, cards };
-    std::fs::write(data_dir.join("demo.json"), serde_json::to_string_pretty(&manifest)?)
-        .context("writing demo.json")?;
+    // The provisioning top-ups close their own shift, so the demo till
+    // starts a clean shift that balances against a fresh terminal.
+    let totals = ledger.state.terminals[tid].shift;
+    let req = pb::Request {
+        txn_id: 6,
+        brand_id: brand,
+        operator: "demo".into(),
+        op: Some(Op::CloseShift(pb::CloseShift { terminal_totals: Some(totals) })),
+        ..Default::default()
+    };
+    expect_ok("shift close", ledger.submit_signed(Principal::Terminal(*tid), till, &req)?)?;
+    let manifest = Manifest {
+        brand_id: brand,
+        owner_key: "demo/owner.key".into(),
+        stores,
+        cards,
+    };
+    std::fs::write(
+        data_dir.join("demo.json"),
+        serde_json::to_string_pretty(&manifest)?,
+    )
+    .context("writing demo.json")?;
     tracing::info!(brand, "demo brand provisioned; see demo.json");
     Ok(ledger)
 }

@@ -15,7 +15,10 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal { code, message: message.into() }
+        Refusal {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -26,6 +29,9 @@ pub fn refuse<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, Refus
 
 impl From<Refusal> for crate::pb::Error {
     fn from(r: Refusal) -> Self {
-        crate::pb::Error { code: r.code as i32, message: r.message }
+        crate::pb::Error {
+            code: r.code as i32,
+            message: r.message,
+        }
     }
 }

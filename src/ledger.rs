@@ -45,6 +45,8 @@ pub struct Batch {
     pub answers: Vec<Answer>,
     /// Terminals enrolled by this batch (key, terminal id), for the key index.
     pub enrolled: Vec<([u8; 32], u32)>,
+    /// Answers (by index) whose request asked for an inclusion proof.
+    pub proof_wanted: Vec<usize>,
 }
 
 /// A brand's state and its place in storage.
@@ -59,21 +61,31 @@ pub struct BrandLedger {
 
 /// Wall-clock time in Unix milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl BrandLedger {
     /// Rebuilds a brand's state by replaying every stored record through the
     /// state machine, then checks the newest checkpoint against it. Any
     /// difference is corruption: refuse to serve rather than serve it.
-    pub fn recover(store: Arc<dyn LogStore>, server_key: Arc<SigningKey>, brand: u32) -> anyhow::Result<Self> {
+    pub fn recover(
+        store: Arc<dyn LogStore>,
+        server_key: Arc<SigningKey>,
+        brand: u32,
+    ) -> anyhow::Result<Self> {
         let mut state = BrandState::new(brand);
         let server_pub = server_key.verifying_key().to_bytes();
         let mut last_time_ms = 0;
         for item in store.scan(brand, 1) {
-            let (seq, bytes) = item.with_context(|| format!("brand {brand}: reading record {}", state.seq + 1))?;
+            let (seq, bytes) =
+                item.with_context(|| format!("brand {brand}: reading record {}", state.seq + 1))?;
             if seq != state.seq + 1 {
-                bail!("brand {brand}: record {} is missing (next stored is {seq})", state.seq + 1);
+                bail!(
+                    "brand {brand}: record {} is missing (next stored is {seq})",
+                    state.seq + 1
+                );
             }
             let w = replay_record(&mut state, seq, &bytes, &server_pub)
                 .with_context(|| format!("brand {brand}: corrupt ledger"))?;
@@ -87,7 +99,12 @@ impl BrandLedger {
                 .map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
             checkpoint::matches(&c, &state).map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
         }
-        Ok(BrandLedger { state, store, server_key, last_time_ms })
+        Ok(BrandLedger {
+            state,
+            store,
+            server_key,
+            last_time_ms,
+        })
     }
 
     /// Creates a new brand: its first record, signed by the server.
@@ -100,7 +117,12 @@ impl BrandLedger {
         if store.brands()?.contains(&brand) {
             bail!("brand {brand} already exists");
         }
-        let mut ledger = BrandLedger { state: BrandState::new(brand), store, server_key, last_time_ms: 0 };
+        let mut ledger = BrandLedger {
+            state: BrandState::new(brand),
+            store,
+            server_key,
+            last_time_ms: 0,
+        };
         let request = Request {
             txn_id: 1,
             brand_id: brand,
@@ -116,7 +138,9 @@ impl BrandLedger {
             request,
             signature,
         };
-        ledger.submit_now(sub)?.map_err(|r| anyhow::anyhow!("creating brand: {r}"))?;
+        ledger
+            .submit_now(sub)?
+            .map_err(|r| anyhow::anyhow!("creating brand: {r}"))?;
         Ok(ledger)
     }
 
@@ -144,10 +168,22 @@ impl BrandLedger {
         batch
     }
 
-    fn apply_one(&mut self, sub: &Submission, time_ms: i64, first_new_seq: u64, batch: &mut Batch) -> Answer {
+    fn apply_one(
+        &mut self,
+        sub: &Submission,
+        time_ms: i64,
+        first_new_seq: u64,
+        batch: &mut Batch,
+    ) -> Answer {
         let Ok(request) = Request::decode(sub.request.as_slice()) else {
-            return Err(Refusal::new(ErrorCode::Malformed, "request does not decode"));
+            return Err(Refusal::new(
+                ErrorCode::Malformed,
+                "request does not decode",
+            ));
         };
+        if request.want_proof {
+            batch.proof_wanted.push(batch.answers.len());
+        }
         let ctx = Context {
             time_ms,
             principal: sub.principal,
@@ -172,7 +208,10 @@ impl BrandLedger {
                 if rec.request != sub.request {
                     return Err(Refusal::new(
                         ErrorCode::IdempotencyConflict,
-                        format!("transaction id {} was used for a different request", request.txn_id),
+                        format!(
+                            "transaction id {} was used for a different request",
+                            request.txn_id
+                        ),
                     ));
                 }
                 let mut reply = reply_for_record(&rec, &hash, &promo);
@@ -200,7 +239,12 @@ impl BrandLedger {
 
     /// A record by sequence number: from this batch if not yet durable,
     /// else from storage.
-    fn load_record(&self, seq: u64, first_new_seq: u64, batch: &Batch) -> Result<(Record, [u8; 32]), Refusal> {
+    fn load_record(
+        &self,
+        seq: u64,
+        first_new_seq: u64,
+        batch: &Batch,
+    ) -> Result<(Record, [u8; 32]), Refusal> {
         if seq >= first_new_seq {
             let w = &batch.written[usize::try_from(seq - first_new_seq).expect("batch index")];
             return Ok((w.record.clone(), w.hash));
@@ -210,7 +254,8 @@ impl BrandLedger {
             .record(self.state.brand_id, seq)
             .map_err(|e| Refusal::new(ErrorCode::StorageFailure, e.to_string()))?
             .ok_or_else(|| Refusal::new(ErrorCode::Internal, format!("record {seq} missing")))?;
-        let rec = Record::decode(bytes.as_slice()).map_err(|_| Refusal::new(ErrorCode::Internal, "record corrupt"))?;
+        let rec = Record::decode(bytes.as_slice())
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "record corrupt"))?;
         Ok((rec, leaf_hash(&bytes)))
     }
 
@@ -227,8 +272,20 @@ impl BrandLedger {
         written: &[Written],
         checkpoint: &pb::Checkpoint,
     ) -> crate::storage::Result<()> {
-        let records: Vec<(u64, &[u8])> = written.iter().map(|w| (w.record.seq, w.bytes.as_slice())).collect();
-        store.commit(brand, &records, (checkpoint.tree_size, &checkpoint.encode_to_vec()))
+        let records: Vec<(u64, &[u8])> = written
+            .iter()
+            .map(|w| (w.record.seq, w.bytes.as_slice()))
+            .collect();
+        let nodes: Vec<(u8, u64, [u8; 32])> = written
+            .iter()
+            .flat_map(|w| w.nodes.iter().copied())
+            .collect();
+        store.commit(
+            brand,
+            &records,
+            &nodes,
+            (checkpoint.tree_size, &checkpoint.encode_to_vec()),
+        )
     }
 
     /// Applies one submission and commits it before returning (for offline
@@ -236,16 +293,34 @@ impl BrandLedger {
     pub fn submit_now(&mut self, sub: Submission) -> anyhow::Result<Answer> {
         let mut batch = self.apply_batch(std::slice::from_ref(&sub));
         if !batch.written.is_empty() {
-            Self::commit(self.store.as_ref(), self.brand_id(), &batch.written, &self.checkpoint())
-                .context("committing to storage")?;
+            Self::commit(
+                self.store.as_ref(),
+                self.brand_id(),
+                &batch.written,
+                &self.checkpoint(),
+            )
+            .context("committing to storage")?;
         }
         Ok(batch.answers.pop().expect("one answer per submission"))
     }
 
     /// Signs `request` with `key` and submits it now.
-    pub fn submit_signed(&mut self, principal: Principal, key: &SigningKey, request: &Request) -> anyhow::Result<Answer> {
+    pub fn submit_signed(
+        &mut self,
+        principal: Principal,
+        key: &SigningKey,
+        request: &Request,
+    ) -> anyhow::Result<Answer> {
         let bytes = request.encode_to_vec();
-        let signature = key.sign(&crate::crypto::request_message(&bytes)).to_bytes().to_vec();
-        self.submit_now(Submission { principal, signer_key: key.verifying_key().to_bytes(), request: bytes, signature })
+        let signature = key
+            .sign(&crate::crypto::request_message(&bytes))
+            .to_bytes()
+            .to_vec();
+        self.submit_now(Submission {
+            principal,
+            signer_key: key.verifying_key().to_bytes(),
+            request: bytes,
+            signature,
+        })
     }
 }

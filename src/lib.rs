@@ -7,6 +7,7 @@
 //! checkpoints. See ARCHITECTURE.md for the map.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod card_number;
 pub mod checkpoint;
 pub mod client;

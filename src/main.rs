@@ -16,7 +16,11 @@ use cardd::render::{error_json, receipt_text, reply_json};
 use cardd::server::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "cardd", version, about = "Stored-value membership card ledger daemon")]
+#[command(
+    name = "cardd",
+    version,
+    about = "Stored-value membership card ledger daemon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,6 +68,76 @@ enum Command {
     },
     /// The owner's console: manage a brand over the protocol.
     Admin(AdminArgs),
+    /// The auditor's tools: export, verify and replay, consistency.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write a brand's ledger to one self-describing file.
+    Export {
+        /// A running daemon's address (with --key).
+        #[arg(long, requires = "key", conflicts_with_all = ["data", "brand"])]
+        connect: Option<String>,
+        /// The brand owner's key file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// A stopped daemon's data directory (with --brand).
+        #[arg(long, requires = "brand")]
+        data: Option<PathBuf>,
+        /// The brand to export from --data.
+        #[arg(long)]
+        brand: Option<u32>,
+        /// The export file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify every signature, link and checkpoint of an export, replay it,
+    /// and print every card and the totals. Exits non-zero on the first failure.
+    Verify {
+        /// The export file.
+        file: PathBuf,
+        /// The server's public key in hex (the only key trusted).
+        #[arg(long)]
+        server_key: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// A checkpoint saved earlier that this export must extend.
+        #[arg(long)]
+        old_checkpoint: Option<PathBuf>,
+        /// Save the export's newest checkpoint here (for next time).
+        #[arg(long)]
+        save_checkpoint: Option<PathBuf>,
+        /// Compare the replayed cards with a live daemon (with --key).
+        #[arg(long, requires = "key")]
+        compare: Option<String>,
+        /// The owner key for --compare.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Prove that checkpoint NEW's tree extends checkpoint OLD's.
+    Consistency {
+        /// The older checkpoint file.
+        old: PathBuf,
+        /// The newer checkpoint file.
+        new: PathBuf,
+        /// The server's public key in hex.
+        #[arg(long)]
+        server_key: String,
+        /// Take the proof from this export's records.
+        #[arg(long, conflicts_with = "connect")]
+        export: Option<PathBuf>,
+        /// Ask a live daemon for the proof (with --key).
+        #[arg(long, requires = "key")]
+        connect: Option<String>,
+        /// The owner key for --connect.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,7 +290,8 @@ fn thousand() -> u32 {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sled=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sled=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -231,9 +306,21 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
-        Command::Serve { data, listen, demo, max_frame_bytes } => {
-            let config = Config { data_dir: data, listen, max_frame_bytes, demo };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        Command::Serve {
+            data,
+            listen,
+            demo,
+            max_frame_bytes,
+        } => {
+            let config = Config {
+                data_dir: data,
+                listen,
+                max_frame_bytes,
+                demo,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(server::run(config, |r| {
                 // A line scripts and tests can wait for.
                 println!("cardd listening on {}", r.local_addr);
@@ -248,7 +335,17 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             write_key_file(&out, &key)?;
             println!("{}", hex::encode(key.verifying_key().to_bytes()));
         }
-        Command::Brand { command: BrandCommand::Create { data, name, currency, exponent, owner_key, id } } => {
+        Command::Brand {
+            command:
+                BrandCommand::Create {
+                    data,
+                    name,
+                    currency,
+                    exponent,
+                    owner_key,
+                    id,
+                },
+        } => {
             brand_create(&data, name, currency, exponent, &owner_key, id)?;
         }
         Command::Check { data } => {
@@ -266,11 +363,53 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     hex::encode(l.state.head_hash)
                 );
             }
-            println!("ok: {} brands replayed and match their checkpoints", ledgers.len());
+            println!(
+                "ok: {} brands replayed and match their checkpoints",
+                ledgers.len()
+            );
         }
+        Command::Audit { command } => return audit(command),
         Command::Admin(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             return rt.block_on(admin(args));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> {
+    use cardd::audit::cli;
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match command {
+        AuditCommand::Export { connect, key, data, brand, out } => match (connect, key, data, brand) {
+            (Some(addr), Some(key), None, None) => rt()?.block_on(cli::export_online(&addr, &key, &out))?,
+            (None, None, Some(data), Some(brand)) => cli::export_offline(&data, brand, &out)?,
+            _ => bail!("give --connect ADDR --key OWNER_KEY, or --data DIR --brand ID"),
+        },
+        AuditCommand::Verify { file, server_key, json, old_checkpoint, save_checkpoint, compare, key } => {
+            let report = cli::verify_file(&file, cli::parse_server_key(&server_key)?, old_checkpoint.as_deref())?;
+            cli::print_report(&report, json);
+            if let (Some(path), Some(c)) = (save_checkpoint, &report.last_checkpoint) {
+                cli::save_checkpoint(c, &path)?;
+            }
+            if let (Some(addr), Some(key)) = (compare, key) {
+                let diffs = rt()?.block_on(cli::compare_live(&report, &addr, &key))?;
+                for d in &diffs {
+                    eprintln!("DIFFERS: {d}");
+                }
+                if !diffs.is_empty() {
+                    eprintln!("{} cards differ from the live daemon", diffs.len());
+                    return Ok(std::process::ExitCode::from(3));
+                }
+                eprintln!("all {} cards match the live daemon", report.cards.len());
+            }
+        }
+        AuditCommand::Consistency { old, new, server_key, export, connect, key } => {
+            let server_key = cli::parse_server_key(&server_key)?;
+            let live = connect.as_deref().zip(key.as_deref());
+            rt()?.block_on(cli::consistency(&old, &new, server_key, export.as_deref(), live))?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -306,15 +445,24 @@ fn brand_create(
 
 async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
     let key = read_key_file(&args.key)?;
-    let mut client = Client::connect(args.connect.as_str(), key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = Client::connect(args.connect.as_str(), key)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     client.operator = args.operator.clone();
     let brand = client.session.brand_id;
     let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
     let op = match args.op {
         AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
-        AdminOp::EnrollTerminal { store, public_key, key_out, label } => {
+        AdminOp::EnrollTerminal {
+            store,
+            public_key,
+            key_out,
+            label,
+        } => {
             let public_key = match (public_key, key_out) {
-                (Some(hex_key), None) => hex::decode(hex_key.trim()).context("public key is not hex")?,
+                (Some(hex_key), None) => {
+                    hex::decode(hex_key.trim()).context("public key is not hex")?
+                }
                 (None, Some(path)) => {
                     let k = cardd::crypto::generate_key();
                     write_key_file(&path, &k)?;
@@ -322,21 +470,32 @@ async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                 }
                 _ => bail!("give --public-key HEX or --key-out FILE"),
             };
-            Op::EnrollTerminal(pb::EnrollTerminal { store_id: store, public_key, label })
+            Op::EnrollTerminal(pb::EnrollTerminal {
+                store_id: store,
+                public_key,
+                label,
+            })
         }
         AdminOp::IssueCard { card } => Op::IssueCard(pb::IssueCard {
             card: card.unwrap_or_else(|| cardd::card_number::generate(brand)),
         }),
-        AdminOp::BlockCard { card, reason } => Op::SetCardBlocked(pb::SetCardBlocked { card, blocked: true, reason }),
-        AdminOp::UnblockCard { card } => {
-            Op::SetCardBlocked(pb::SetCardBlocked { card, blocked: false, reason: String::new() })
-        }
+        AdminOp::BlockCard { card, reason } => Op::SetCardBlocked(pb::SetCardBlocked {
+            card,
+            blocked: true,
+            reason,
+        }),
+        AdminOp::UnblockCard { card } => Op::SetCardBlocked(pb::SetCardBlocked {
+            card,
+            blocked: false,
+            reason: String::new(),
+        }),
         AdminOp::ReplaceCard { card, new } => Op::ReplaceCard(pb::ReplaceCard {
             old_card: card,
             new_card: new.unwrap_or_else(|| cardd::card_number::generate(brand)),
         }),
         AdminOp::SetRules { file } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
             let r: RulesFile = serde_json::from_str(&text).context("rules file")?;
             Op::SetRules(pb::SetRules {
                 rules: Some(pb::Rules {

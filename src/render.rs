@@ -19,7 +19,11 @@ pub fn parse_amount(text: &str, exponent: u32) -> Result<i64, String> {
         return Err(format!("'{text}' has more than {exponent} decimals"));
     }
     let scale = 10i64.pow(exponent);
-    let frac_value: i64 = if frac.is_empty() { 0 } else { frac.parse::<i64>().map_err(|e| e.to_string())? };
+    let frac_value: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<i64>().map_err(|e| e.to_string())?
+    };
     let frac_minor = frac_value * 10i64.pow(exponent - frac.len() as u32);
     whole
         .parse::<i64>()
@@ -37,11 +41,19 @@ pub fn format_amount(minor: i64, exponent: u32) -> String {
     let scale = 10u64.pow(exponent);
     let abs = minor.unsigned_abs();
     let sign = if minor < 0 { "-" } else { "" };
-    format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exponent as usize)
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = exponent as usize
+    )
 }
 
 fn error_name(code: i32) -> String {
-    pb::ErrorCode::try_from(code).map_or_else(|_| format!("UNKNOWN_{code}"), |c| c.as_str_name().to_string())
+    pb::ErrorCode::try_from(code).map_or_else(
+        |_| format!("UNKNOWN_{code}"),
+        |c| c.as_str_name().to_string(),
+    )
 }
 
 /// One JSON object for a reply: amounts in `_minor` fields, the card's
@@ -51,7 +63,10 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
     m.insert("ok".into(), json!(true));
     if let Some(c) = &reply.card {
         m.insert("card".into(), json!(c.card));
-        m.insert("card_status".into(), json!(pb::CardStatus::try_from(c.status).map_or("UNKNOWN", |s| s.as_str_name())));
+        m.insert(
+            "card_status".into(),
+            json!(pb::CardStatus::try_from(c.status).map_or("UNKNOWN", |s| s.as_str_name())),
+        );
         m.insert("balance_minor".into(), json!(c.balance_minor));
         m.insert("paid_balance_minor".into(), json!(c.paid_balance_minor));
         m.insert("bonus_balance_minor".into(), json!(c.bonus_balance_minor));
@@ -81,7 +96,10 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
         }
         Some(Detail::Refund(r)) => {
             m.insert("refunded_minor".into(), json!(r.refunded_minor));
-            m.insert("refundable_left_minor".into(), json!(r.refundable_left_minor));
+            m.insert(
+                "refundable_left_minor".into(),
+                json!(r.refundable_left_minor),
+            );
             m.insert("points_removed".into(), json!(r.points_removed));
         }
         Some(Detail::Reversal(r)) => {
@@ -99,7 +117,10 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
             m.insert("server_totals".into(), shift_json(s.server_totals.as_ref()));
         }
         Some(Detail::Status(s)) => {
-            m.insert("txn_state".into(), json!(pb::TxnState::try_from(s.state).map_or("UNKNOWN", |t| t.as_str_name())));
+            m.insert(
+                "txn_state".into(),
+                json!(pb::TxnState::try_from(s.state).map_or("UNKNOWN", |t| t.as_str_name())),
+            );
             m.insert("status_seq".into(), json!(s.seq));
             if let Some(o) = &s.original {
                 m.insert("original".into(), reply_json(o));
@@ -143,7 +164,15 @@ pub fn receipt_text(reply: &pb::Reply, session: &pb::SignOnOk) -> String {
     let e = session.currency_exponent;
     let amt = |m: i64| format!("{} {}", format_amount(m, e), session.currency);
     let mut out = Vec::new();
-    out.push(format!("{} - {}", session.brand_name, if session.store_name.is_empty() { "owner" } else { &session.store_name }));
+    out.push(format!(
+        "{} - {}",
+        session.brand_name,
+        if session.store_name.is_empty() {
+            "owner"
+        } else {
+            &session.store_name
+        }
+    ));
     let title = match &reply.detail {
         Some(Detail::Purchase(_)) => "PURCHASE",
         Some(Detail::TopUp(_)) => "TOP-UP",
@@ -180,22 +209,51 @@ pub fn receipt_text(reply: &pb::Reply, session: &pb::SignOnOk) -> String {
         }
         Some(Detail::Reversal(r)) => {
             if r.original_found {
-                out.push(format!("Voided txn  {} (record {})", r.original_txn_id, r.original_seq));
+                out.push(format!(
+                    "Voided txn  {} (record {})",
+                    r.original_txn_id, r.original_seq
+                ));
                 out.push(format!("Value moved {}", amt(r.value_minor)));
             } else {
-                out.push(format!("Txn {} never reached the server; it is now void", r.original_txn_id));
+                out.push(format!(
+                    "Txn {} never reached the server; it is now void",
+                    r.original_txn_id
+                ));
             }
         }
         Some(Detail::Points(p)) => out.push(format!("Points used {}", p.points_redeemed)),
         Some(Detail::Shift(s)) => {
-            let t = s.server_totals.clone().unwrap_or_default();
+            let t = s.server_totals.unwrap_or_default();
             out.push(format!("Shift       {}", s.shift_number));
-            out.push(format!("Purchases   {} / {}", t.purchase_count, amt(t.purchase_minor)));
-            out.push(format!("Top-ups     {} / {}", t.top_up_count, amt(t.top_up_minor)));
-            out.push(format!("Refunds     {} / {}", t.refund_count, amt(t.refund_minor)));
-            out.push(format!("Reversals   {} / {}", t.reversal_count, amt(t.reversal_minor)));
-            out.push(format!("Redemptions {} / {} points", t.redeem_count, t.redeem_points));
-            out.push(if s.balanced { "BALANCED".into() } else { "DOES NOT BALANCE WITH THE TERMINAL".into() });
+            out.push(format!(
+                "Purchases   {} / {}",
+                t.purchase_count,
+                amt(t.purchase_minor)
+            ));
+            out.push(format!(
+                "Top-ups     {} / {}",
+                t.top_up_count,
+                amt(t.top_up_minor)
+            ));
+            out.push(format!(
+                "Refunds     {} / {}",
+                t.refund_count,
+                amt(t.refund_minor)
+            ));
+            out.push(format!(
+                "Reversals   {} / {}",
+                t.reversal_count,
+                amt(t.reversal_minor)
+            ));
+            out.push(format!(
+                "Redemptions {} / {} points",
+                t.redeem_count, t.redeem_points
+            ));
+            out.push(if s.balanced {
+                "BALANCED".into()
+            } else {
+                "DOES NOT BALANCE WITH THE TERMINAL".into()
+            });
         }
         Some(Detail::Status(s)) => {
             out.push(format!(
@@ -204,7 +262,10 @@ pub fn receipt_text(reply: &pb::Reply, session: &pb::SignOnOk) -> String {
             ));
         }
         Some(Detail::Store(s)) => out.push(format!("Store id    {}", s.store_id)),
-        Some(Detail::Terminal(t)) => out.push(format!("Terminal id {} (store {})", t.terminal_id, t.store_id)),
+        Some(Detail::Terminal(t)) => out.push(format!(
+            "Terminal id {} (store {})",
+            t.terminal_id, t.store_id
+        )),
         None => {}
     }
     if let Some(c) = &reply.card {
@@ -216,7 +277,11 @@ pub fn receipt_text(reply: &pb::Reply, session: &pb::SignOnOk) -> String {
         out.push(format!("Tier        {}", c.tier));
     }
     if let Some(r) = &reply.receipt {
-        out.push(format!("Record      #{} {}", r.seq, &hex::encode(&r.hash)[..16]));
+        out.push(format!(
+            "Record      #{} {}",
+            r.seq,
+            &hex::encode(&r.hash)[..16]
+        ));
         out.push(format!("Txn         {}", r.txn_id));
     }
     if reply.replayed {
@@ -239,7 +304,16 @@ mod tests {
         assert_eq!(parse_amount("12", 2), Ok(1200));
         assert_eq!(parse_amount("0.01", 2), Ok(1));
         assert_eq!(parse_amount("7", 0), Ok(7));
-        for bad in ["", ".5", "1.", "-1", "1.234", "1e3", "abc", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".5",
+            "1.",
+            "-1",
+            "1.234",
+            "1e3",
+            "abc",
+            "99999999999999999999",
+        ] {
             assert!(parse_amount(bad, 2).is_err(), "{bad}");
         }
     }

@@ -28,7 +28,12 @@ pub fn principal_of(rec: &Record) -> Option<Principal> {
 
 /// Re-applies the record `bytes`, expected at position `seq`, to `state`.
 /// `server_key` is the key expected on the brand's first record.
-pub fn replay_record(state: &mut BrandState, seq: u64, bytes: &[u8], server_key: &[u8; 32]) -> Result<Written, ReplayError> {
+pub fn replay_record(
+    state: &mut BrandState,
+    seq: u64,
+    bytes: &[u8],
+    server_key: &[u8; 32],
+) -> Result<Written, ReplayError> {
     let fail = |what: String| ReplayError { seq, what };
     let rec = Record::decode(bytes).map_err(|e| fail(format!("does not decode: {e}")))?;
     if rec.seq != seq {
@@ -47,9 +52,12 @@ pub fn replay_record(state: &mut BrandState, seq: u64, bytes: &[u8], server_key:
         .try_into()
         .map_err(|_| fail("signer key is not 32 bytes".into()))?;
     if enrolled != Some(signer_key) {
-        return Err(fail(format!("signer {principal:?} is not enrolled with the key in the record")));
+        return Err(fail(format!(
+            "signer {principal:?} is not enrolled with the key in the record"
+        )));
     }
-    let request = Request::decode(rec.request.as_slice()).map_err(|e| fail(format!("request does not decode: {e}")))?;
+    let request = Request::decode(rec.request.as_slice())
+        .map_err(|e| fail(format!("request does not decode: {e}")))?;
     let ctx = Context {
         time_ms: rec.time_ms,
         principal,
@@ -59,8 +67,14 @@ pub fn replay_record(state: &mut BrandState, seq: u64, bytes: &[u8], server_key:
     };
     match apply(state, &ctx, &request) {
         Ok(Outcome::Written(w)) if w.bytes == bytes => Ok(w),
-        Ok(Outcome::Written(_)) => Err(fail("differs from what its request produces when replayed".into())),
-        Ok(other) => Err(fail(format!("its request no longer writes a record ({other:?})"))),
-        Err(refusal) => Err(fail(format!("its request is refused when replayed: {refusal}"))),
+        Ok(Outcome::Written(_)) => Err(fail(
+            "differs from what its request produces when replayed".into(),
+        )),
+        Ok(other) => Err(fail(format!(
+            "its request no longer writes a record ({other:?})"
+        ))),
+        Err(refusal) => Err(fail(format!(
+            "its request is refused when replayed: {refusal}"
+        ))),
     }
 }

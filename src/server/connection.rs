@@ -21,7 +21,10 @@ use crate::crypto::{parse_public_key, request_message, sign_on_message, verify_s
 use crate::error::Refusal;
 use crate::ledger::Submission;
 use crate::limits::*;
-use crate::pb::{client_message::Body, server_message, ClientMessage, ErrorCode as E, ServerMessage};
+use crate::pb::request::Op;
+use crate::pb::{
+    client_message::Body, server_message, ClientMessage, ErrorCode as E, ServerMessage,
+};
 use crate::state::Principal;
 
 use super::writer::BrandHandle;
@@ -32,18 +35,28 @@ struct Session {
     key_bytes: [u8; 32],
     principal: Principal,
     brand: BrandHandle,
+    brand_id: u32,
 }
 
+// One per connection and never moved in a hot loop: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     AwaitHello,
-    AwaitProof { nonce: [u8; 32], key: VerifyingKey, brand: u32, principal: Principal },
+    AwaitProof {
+        nonce: [u8; 32],
+        key: VerifyingKey,
+        brand: u32,
+        principal: Principal,
+    },
     SignedOn(Arc<Session>),
 }
 
 fn error_msg(request_id: u64, code: E, message: impl Into<String>) -> ServerMessage {
     ServerMessage {
         request_id,
-        body: Some(server_message::Body::Error(Refusal::new(code, message).into())),
+        body: Some(server_message::Body::Error(
+            Refusal::new(code, message).into(),
+        )),
     }
 }
 
@@ -58,7 +71,11 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(MAX_IN_FLIGHT_PER_CONNECTION + 4);
     let write_task = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
-            if writer.send(bytes::Bytes::from(msg.encode_to_vec())).await.is_err() {
+            if writer
+                .send(bytes::Bytes::from(msg.encode_to_vec()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -69,7 +86,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let sign_on_deadline = tokio::time::Instant::now() + Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
     loop {
         let deadline = match phase {
-            Phase::SignedOn(_) => tokio::time::Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS),
+            Phase::SignedOn(_) => {
+                tokio::time::Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS)
+            }
             _ => sign_on_deadline,
         };
         let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
@@ -81,7 +100,11 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             Ok(Some(Err(e))) if is_frame_too_large(&e) => {
                 tracing::warn!(?peer, "frame over the limit; closing");
                 let _ = out_tx
-                    .send(error_msg(0, E::FrameTooLarge, format!("frames are limited to {} bytes", shared.max_frame_bytes)))
+                    .send(error_msg(
+                        0,
+                        E::FrameTooLarge,
+                        format!("frames are limited to {} bytes", shared.max_frame_bytes),
+                    ))
                     .await;
                 break;
             }
@@ -90,31 +113,55 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         };
         let Ok(msg) = ClientMessage::decode(frame) else {
             tracing::info!(?peer, "malformed message");
-            let _ = out_tx.send(error_msg(0, E::Malformed, "not a cardd.v1 ClientMessage")).await;
+            let _ = out_tx
+                .send(error_msg(0, E::Malformed, "not a cardd.v1 ClientMessage"))
+                .await;
             continue;
         };
         let rid = msg.request_id;
         match (msg.body, &phase) {
             (None, _) => {
-                let _ = out_tx.send(error_msg(rid, E::Malformed, "empty message")).await;
+                let _ = out_tx
+                    .send(error_msg(rid, E::Malformed, "empty message"))
+                    .await;
             }
             (Some(Body::Echo(e)), _) => {
                 let reply = if e.payload.len() > MAX_ECHO_BYTES {
                     error_msg(rid, E::InvalidArgument, "echo payload too long")
                 } else {
-                    ServerMessage { request_id: rid, body: Some(server_message::Body::Echo(e)) }
+                    ServerMessage {
+                        request_id: rid,
+                        body: Some(server_message::Body::Echo(e)),
+                    }
                 };
                 let _ = out_tx.send(reply).await;
             }
             (Some(Body::Hello(h)), Phase::AwaitHello) => {
                 if h.protocol_version != 1 {
-                    let _ = out_tx.send(error_msg(rid, E::UnsupportedVersion, "this server speaks version 1")).await;
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::UnsupportedVersion,
+                            "this server speaks version 1",
+                        ))
+                        .await;
                     break;
                 }
-                let found = parse_public_key(&h.public_key).and_then(|k| Some((k, shared.keys.get(&k.to_bytes())?)));
+                let found = parse_public_key(&h.public_key)
+                    .and_then(|k| Some((k, shared.keys.get(&k.to_bytes())?)));
                 let Some((key, (brand, principal))) = found else {
-                    tracing::warn!(?peer, key = hex::encode(&h.public_key), "sign-on with an unknown key");
-                    let _ = out_tx.send(error_msg(rid, E::UnknownKey, "no terminal or owner has this key")).await;
+                    tracing::warn!(
+                        ?peer,
+                        key = hex::encode(&h.public_key),
+                        "sign-on with an unknown key"
+                    );
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::UnknownKey,
+                            "no terminal or owner has this key",
+                        ))
+                        .await;
                     break;
                 };
                 let mut nonce = [0u8; 32];
@@ -124,47 +171,111 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     server_public_key: shared.server_public.to_vec(),
                 };
                 let _ = out_tx
-                    .send(ServerMessage { request_id: rid, body: Some(server_message::Body::Challenge(challenge)) })
+                    .send(ServerMessage {
+                        request_id: rid,
+                        body: Some(server_message::Body::Challenge(challenge)),
+                    })
                     .await;
-                phase = Phase::AwaitProof { nonce, key, brand, principal };
+                phase = Phase::AwaitProof {
+                    nonce,
+                    key,
+                    brand,
+                    principal,
+                };
             }
-            (Some(Body::SignOnProof(p)), Phase::AwaitProof { nonce, key, brand, principal }) => {
-                if !verify_strict(key, &sign_on_message(nonce, &shared.server_public), &p.signature) {
-                    tracing::warn!(?peer, ?principal, brand, "sign-on signature does not verify");
-                    let _ = out_tx.send(error_msg(rid, E::SignOnFailed, "signature over the nonce does not verify")).await;
+            (
+                Some(Body::SignOnProof(p)),
+                Phase::AwaitProof {
+                    nonce,
+                    key,
+                    brand,
+                    principal,
+                },
+            ) => {
+                if !verify_strict(
+                    key,
+                    &sign_on_message(nonce, &shared.server_public),
+                    &p.signature,
+                ) {
+                    tracing::warn!(
+                        ?peer,
+                        ?principal,
+                        brand,
+                        "sign-on signature does not verify"
+                    );
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::SignOnFailed,
+                            "signature over the nonce does not verify",
+                        ))
+                        .await;
                     break;
                 }
                 let Some(handle) = shared.brand(*brand) else {
-                    let _ = out_tx.send(error_msg(rid, E::Internal, "brand not loaded")).await;
+                    let _ = out_tx
+                        .send(error_msg(rid, E::Internal, "brand not loaded"))
+                        .await;
                     break;
                 };
-                let Some(mut ok) = handle.sign_on(*principal).await else { break };
+                let Some(mut ok) = handle.sign_on(*principal).await else {
+                    break;
+                };
                 ok.max_frame_bytes = shared.max_frame_bytes as u64;
                 ok.max_in_flight = MAX_IN_FLIGHT_PER_CONNECTION as u32;
                 tracing::info!(?peer, ?principal, brand, "signed on");
                 let _ = out_tx
-                    .send(ServerMessage { request_id: rid, body: Some(server_message::Body::SignOnOk(ok)) })
+                    .send(ServerMessage {
+                        request_id: rid,
+                        body: Some(server_message::Body::SignOnOk(ok)),
+                    })
                     .await;
                 phase = Phase::SignedOn(Arc::new(Session {
                     key: *key,
                     key_bytes: key.to_bytes(),
                     principal: *principal,
                     brand: handle,
+                    brand_id: *brand,
                 }));
             }
             (Some(Body::Signed(s)), Phase::SignedOn(session)) => {
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    let _ = out_tx.send(error_msg(rid, E::TooManyInFlight, "too many requests in flight")).await;
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::TooManyInFlight,
+                            "too many requests in flight",
+                        ))
+                        .await;
                     continue;
                 };
                 if !verify_strict(&session.key, &request_message(&s.request), &s.signature) {
                     tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
-                    let _ = out_tx.send(error_msg(rid, E::BadSignature, "request signature does not verify")).await;
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::BadSignature,
+                            "request signature does not verify",
+                        ))
+                        .await;
                     continue;
                 }
-                if let Some(refusal) = cross_brand_key_check(&shared, &s.request) {
-                    let _ = out_tx.send(ServerMessage { request_id: rid, body: Some(server_message::Body::Error(refusal.into())) }).await;
-                    continue;
+                match route(&shared, session, &s.request) {
+                    Route::Writer => {}
+                    Route::Refuse(refusal) => {
+                        let _ = out_tx
+                            .send(ServerMessage {
+                                request_id: rid,
+                                body: Some(server_message::Body::Error(refusal.into())),
+                            })
+                            .await;
+                        continue;
+                    }
+                    Route::Audit(op) => {
+                        let (shared, out) = (shared.clone(), out_tx.clone());
+                        tokio::spawn(super::audit::serve(op, session.brand_id, shared, out, rid, permit));
+                        continue;
+                    }
                 }
                 let sub = Submission {
                     principal: session.principal,
@@ -181,20 +292,33 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                             tracing::info!(principal = ?session.principal, code = ?refusal.code, "refused: {}", refusal.message);
                             server_message::Body::Error(refusal.into())
                         }
-                        None => server_message::Body::Error(Refusal::new(E::Internal, "server stopping").into()),
+                        None => server_message::Body::Error(
+                            Refusal::new(E::Internal, "server stopping").into(),
+                        ),
                     };
-                    let _ = out.send(ServerMessage { request_id: rid, body: Some(body) }).await;
+                    let _ = out
+                        .send(ServerMessage {
+                            request_id: rid,
+                            body: Some(body),
+                        })
+                        .await;
                     drop(permit);
                 });
             }
             (Some(Body::Signed(_)), _) => {
-                let _ = out_tx.send(error_msg(rid, E::NotSignedOn, "sign on first")).await;
+                let _ = out_tx
+                    .send(error_msg(rid, E::NotSignedOn, "sign on first"))
+                    .await;
             }
             (Some(Body::Hello(_) | Body::SignOnProof(_)), Phase::SignedOn(_)) => {
-                let _ = out_tx.send(error_msg(rid, E::AlreadySignedOn, "already signed on")).await;
+                let _ = out_tx
+                    .send(error_msg(rid, E::AlreadySignedOn, "already signed on"))
+                    .await;
             }
             (Some(Body::Hello(_) | Body::SignOnProof(_)), _) => {
-                let _ = out_tx.send(error_msg(rid, E::Malformed, "unexpected sign-on message")).await;
+                let _ = out_tx
+                    .send(error_msg(rid, E::Malformed, "unexpected sign-on message"))
+                    .await;
                 break;
             }
         }
@@ -204,11 +328,39 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = write_task.await;
 }
 
-/// A key enrolled for one brand may not be enrolled for another. The brand's
-/// own state machine checks within the brand; this checks across brands.
-fn cross_brand_key_check(shared: &Shared, request: &[u8]) -> Option<Refusal> {
-    let req = crate::pb::Request::decode(request).ok()?;
-    let Some(crate::pb::request::Op::EnrollTerminal(e)) = req.op else { return None };
-    let key: [u8; 32] = e.public_key.as_slice().try_into().ok()?;
-    shared.keys.get(&key).map(|_| Refusal::new(E::KeyInUse, "this key is already enrolled"))
+/// Where a verified request goes.
+enum Route {
+    /// To the brand's writer (the state machine).
+    Writer,
+    /// Refused here.
+    Refuse(Refusal),
+    /// An owner's audit read, served from durable storage.
+    Audit(Op),
+}
+
+fn route(shared: &Shared, session: &Session, request: &[u8]) -> Route {
+    // Undecodable requests go on to the writer, which answers MALFORMED.
+    let Ok(req) = crate::pb::Request::decode(request) else { return Route::Writer };
+    match req.op {
+        Some(op @ (Op::ExportLedger(_) | Op::ConsistencyProof(_))) => {
+            if session.principal != Principal::Owner {
+                Route::Refuse(Refusal::new(E::WrongRole, "audit operations need the owner key"))
+            } else if req.brand_id != session.brand_id {
+                Route::Refuse(Refusal::new(E::WrongBrand, "request names another brand"))
+            } else {
+                Route::Audit(op)
+            }
+        }
+        // A key enrolled for one brand may not be enrolled for another. The
+        // brand's own state machine checks within the brand; this checks
+        // across brands.
+        Some(Op::EnrollTerminal(e)) => {
+            let known = <[u8; 32]>::try_from(e.public_key.as_slice()).ok().and_then(|k| shared.keys.get(&k));
+            match known {
+                Some(_) => Route::Refuse(Refusal::new(E::KeyInUse, "this key is already enrolled")),
+                None => Route::Writer,
+            }
+        }
+        _ => Route::Writer,
+    }
 }

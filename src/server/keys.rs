@@ -25,7 +25,12 @@ impl KeyIndex {
         let mut map = self.map.write().expect("key index lock");
         if let Some(existing) = map.get(&key) {
             if *existing != (brand, principal) {
-                tracing::error!(brand, ?principal, ?existing, "key already enrolled elsewhere; ignored");
+                tracing::error!(
+                    brand,
+                    ?principal,
+                    ?existing,
+                    "key already enrolled elsewhere; ignored"
+                );
             }
             return;
         }

@@ -1,5 +1,6 @@
 //! The daemon: opens the data directory, recovers every brand, and serves
 //! terminals over TCP.
+pub mod audit;
 pub mod connection;
 pub mod keys;
 pub mod writer;
@@ -52,13 +53,19 @@ pub struct Shared {
     pub server_public: [u8; 32],
     /// The frame size limit.
     pub max_frame_bytes: usize,
+    /// Durable storage, for audit reads (export, proofs).
+    pub store: Arc<dyn LogStore>,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
 impl Shared {
     /// The writer of `brand`, if loaded.
     pub fn brand(&self, brand: u32) -> Option<BrandHandle> {
-        self.brands.read().expect("brands lock").get(&brand).cloned()
+        self.brands
+            .read()
+            .expect("brands lock")
+            .get(&brand)
+            .cloned()
     }
 }
 
@@ -71,7 +78,8 @@ pub fn server_key_path(data_dir: &Path) -> PathBuf {
 /// server key.
 pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
     if !data_dir.exists() {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -81,15 +89,25 @@ pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
     crate::crypto::load_or_create_key(&server_key_path(data_dir))
 }
 
+/// What [`load`] returns: storage, the server key and every brand's ledger.
+pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
+
 /// Opens storage and replays every brand (refusing a corrupt ledger).
-pub fn load(data_dir: &Path) -> anyhow::Result<(Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>)> {
+pub fn load(
+    data_dir: &Path,
+) -> anyhow::Result<Loaded> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let store: Arc<dyn LogStore> = Arc::new(
-        SledStore::open(data_dir).with_context(|| format!("opening the ledger in {}", data_dir.display()))?,
+        SledStore::open(data_dir)
+            .with_context(|| format!("opening the ledger in {}", data_dir.display()))?,
     );
     let mut ledgers = Vec::new();
     for brand in store.brands()? {
-        ledgers.push(BrandLedger::recover(store.clone(), server_key.clone(), brand)?);
+        ledgers.push(BrandLedger::recover(
+            store.clone(),
+            server_key.clone(),
+            brand,
+        )?);
     }
     Ok((store, server_key, ledgers))
 }
@@ -107,7 +125,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     let (store, server_key, mut ledgers) = load(&config.data_dir)?;
     if config.demo {
         if ledgers.is_empty() {
-            let ledger = crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
+            let ledger =
+                crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
             ledgers.push(ledger);
         } else {
             tracing::info!("--demo ignored: the ledger already holds brands");
@@ -124,11 +143,16 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     let shared = Arc::new(Shared {
         keys,
         server_public: server_key.verifying_key().to_bytes(),
+        store: store.clone(),
         max_frame_bytes: config.max_frame_bytes,
         brands: RwLock::new(brands),
     });
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let running = Running { local_addr: listener.local_addr()? };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let running = Running {
+        local_addr: listener.local_addr()?,
+    };
     tracing::info!(
         addr = %running.local_addr,
         brands = shared.brands.read().expect("brands lock").len(),

@@ -55,7 +55,11 @@ impl BrandHandle {
 fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
     let s = &ledger.state;
     let (role, store_id, terminal_id) = match principal {
-        Principal::Terminal(id) => (pb::Role::Terminal, s.terminals.get(&id).map_or(0, |t| t.store_id), id),
+        Principal::Terminal(id) => (
+            pb::Role::Terminal,
+            s.terminals.get(&id).map_or(0, |t| t.store_id),
+            id,
+        ),
         _ => (pb::Role::Owner, 0, 0),
     };
     pb::SignOnOk {
@@ -65,7 +69,11 @@ fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
         currency: s.currency.clone(),
         currency_exponent: s.exponent,
         store_id,
-        store_name: s.stores.get(&store_id).map(|st| st.name.clone()).unwrap_or_default(),
+        store_name: s
+            .stores
+            .get(&store_id)
+            .map(|st| st.name.clone())
+            .unwrap_or_default(),
         terminal_id,
         last_txn_id: s.last_txn_id(principal),
         max_frame_bytes: 0,
@@ -73,9 +81,37 @@ fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
     }
 }
 
+/// Attaches inclusion proofs (against `checkpoint`) to the answers that
+/// asked for one. Proofs read O(log^2 n) stored nodes; only asked-for
+/// answers pay for them.
+fn attach_proofs(
+    batch: &mut crate::ledger::Batch,
+    store: &dyn crate::storage::LogStore,
+    checkpoint: &pb::Checkpoint,
+) {
+    let nodes = crate::storage::StoredNodes { store, brand: checkpoint.brand_id };
+    for &i in &batch.proof_wanted {
+        let Ok(reply) = &mut batch.answers[i] else { continue };
+        let Some(seq) = reply.receipt.as_ref().map(|r| r.seq) else { continue };
+        match crate::merkle::inclusion_proof(&nodes, seq - 1, checkpoint.tree_size) {
+            Ok(path) => {
+                reply.proof = Some(pb::InclusionProof {
+                    leaf_index: seq - 1,
+                    tree_size: checkpoint.tree_size,
+                    path: path.iter().map(|h| h.to_vec()).collect(),
+                    checkpoint: Some(checkpoint.clone()),
+                })
+            }
+            Err(e) => tracing::error!(seq, error = %e, "inclusion proof failed"),
+        }
+    }
+}
+
 async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc<KeyIndex>) {
     let brand = ledger.brand_id();
     let store = ledger.store();
+    // The newest durable checkpoint: what proofs are given against.
+    let mut last_checkpoint = ledger.checkpoint();
     let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
     while rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await > 0 {
         let mut subs = Vec::with_capacity(commands.len());
@@ -96,11 +132,12 @@ async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc
         if subs.is_empty() {
             continue;
         }
-        let batch = ledger.apply_batch(&subs);
+        let mut batch = ledger.apply_batch(&subs);
         if !batch.written.is_empty() {
             let checkpoint = ledger.checkpoint();
+            last_checkpoint = checkpoint.clone();
             let store = store.clone();
-            let written = batch.written;
+            let written = std::mem::take(&mut batch.written);
             let result = tokio::task::spawn_blocking(move || {
                 BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
             })
@@ -116,6 +153,9 @@ async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc
                 keys.insert(*key, brand, Principal::Terminal(*tid));
             }
         }
+        if !batch.proof_wanted.is_empty() {
+            attach_proofs(&mut batch, store.as_ref(), &last_checkpoint);
+        }
         for (tx, answer) in waiting.into_iter().zip(batch.answers) {
             // A connection that went away no longer wants its answer; the
             // record stands and a status query will find it.
@@ -125,7 +165,11 @@ async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc
 }
 
 fn fail_stop(brand: u32, error: &str) -> ! {
-    tracing::error!(brand, error, "commit failed; stopping without acknowledging the batch");
+    tracing::error!(
+        brand,
+        error,
+        "commit failed; stopping without acknowledging the batch"
+    );
     eprintln!("cardd: brand {brand}: commit failed: {error}; stopping (restart recovers from the durable log)");
     std::process::exit(70)
 }

@@ -27,7 +27,10 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         return refuse(E::WrongBrand, "request names another brand");
     }
     if !text_ok(&req.operator) {
-        return refuse(E::InvalidArgument, "operator too long or has control characters");
+        return refuse(
+            E::InvalidArgument,
+            "operator too long or has control characters",
+        );
     }
     if let Op::CreateBrand(cb) = op {
         return create_brand(state, ctx, req, cb);
@@ -48,6 +51,11 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
             }));
         }
         Op::TxnStatus(s) => return Ok(txn_status(state, ctx, s.txn_id)),
+        // Audit reads are served from durable storage by the server, never
+        // through the state machine.
+        Op::ExportLedger(_) | Op::ConsistencyProof(_) => {
+            return refuse(E::InvalidArgument, "audit operations are not state changes")
+        }
         _ => {}
     }
     if req.txn_id == 0 {
@@ -56,7 +64,10 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     match state.txns.get(&(ctx.principal.txn_namespace(), req.txn_id)) {
         Some(TxnEntry::Committed(seq)) => return Ok(Outcome::Seen { seq: *seq }),
         Some(TxnEntry::Tombstone(_)) => {
-            return refuse(E::TxnReversed, "this transaction id was reversed before it arrived")
+            return refuse(
+                E::TxnReversed,
+                "this transaction id was reversed before it arrived",
+            )
         }
         None => {}
     }
@@ -73,7 +84,9 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetCardBlocked(b) => set_card_blocked(state, ctx, req, b)?,
         Op::ReplaceCard(r) => replace_card(state, ctx, req, r)?,
         Op::SetRules(s) => set_rules(state, ctx, req, s)?,
-        Op::Inquiry(_) | Op::TxnStatus(_) | Op::CreateBrand(_) => unreachable!("handled above"),
+        Op::Inquiry(_) | Op::TxnStatus(_) | Op::CreateBrand(_) | Op::ExportLedger(_) | Op::ConsistencyProof(_) => {
+            unreachable!("handled above")
+        }
     };
     Ok(Outcome::Written(w))
 }
@@ -86,21 +99,30 @@ fn amount_ok(amount: i64) -> Result<(), Refusal> {
     if (1..=MAX_AMOUNT_MINOR).contains(&amount) {
         Ok(())
     } else {
-        refuse(E::AmountOutOfRange, format!("amount must be 1..={MAX_AMOUNT_MINOR} minor units"))
+        refuse(
+            E::AmountOutOfRange,
+            format!("amount must be 1..={MAX_AMOUNT_MINOR} minor units"),
+        )
     }
 }
 
 fn require_terminal(ctx: &Context) -> Result<u32, Refusal> {
     match ctx.principal {
         Principal::Terminal(id) => Ok(id),
-        _ => refuse(E::WrongRole, "a cashier operation must come from a terminal"),
+        _ => refuse(
+            E::WrongRole,
+            "a cashier operation must come from a terminal",
+        ),
     }
 }
 
 fn require_owner(ctx: &Context) -> Result<(), Refusal> {
     match ctx.principal {
         Principal::Owner => Ok(()),
-        _ => refuse(E::WrongRole, "an owner operation must be signed by the brand's owner key"),
+        _ => refuse(
+            E::WrongRole,
+            "an owner operation must be signed by the brand's owner key",
+        ),
     }
 }
 
@@ -116,7 +138,9 @@ fn require_cashier_or_owner(ctx: &Context) -> Result<(), Refusal> {
 fn parse_card(state: &BrandState, card: &str) -> Result<u64, Refusal> {
     match card_number::parse(card) {
         None => refuse(E::CardNotFound, "card not found"),
-        Some(brand) if brand != state.brand_id => refuse(E::CardOtherBrand, "card belongs to another brand"),
+        Some(brand) if brand != state.brand_id => {
+            refuse(E::CardOtherBrand, "card belongs to another brand")
+        }
         Some(_) => Ok(card.parse().expect("19 digits fit in u64")),
     }
 }
@@ -145,8 +169,15 @@ fn balance_ok(card: &Card) -> Result<(), Refusal> {
     if card.paid < 0 || card.bonus < 0 || card.points < 0 || card.total_spend < 0 {
         return refuse(E::InsufficientFunds, "would make a balance negative");
     }
-    if card.paid.checked_add(card.bonus).is_none_or(|b| b > MAX_BALANCE_MINOR) {
-        return refuse(E::Overflow, format!("card balance would exceed {MAX_BALANCE_MINOR} minor units"));
+    if card
+        .paid
+        .checked_add(card.bonus)
+        .is_none_or(|b| b > MAX_BALANCE_MINOR)
+    {
+        return refuse(
+            E::Overflow,
+            format!("card balance would exceed {MAX_BALANCE_MINOR} minor units"),
+        );
     }
     if card.points > MAX_POINTS {
         return refuse(E::Overflow, "points would exceed the limit");
@@ -198,19 +229,34 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Written {
     let hash = leaf_hash(&bytes);
     state.seq = rec.seq;
     state.head_hash = hash;
-    state.merkle.push(hash);
+    let mut nodes = Vec::with_capacity(2);
+    state
+        .merkle
+        .push_with(hash, |level, index, node| nodes.push((level, index, node)));
     debug_assert_eq!(state.merkle.size(), state.seq);
     if rec.txn_id != 0 {
-        state.txns.insert((ctx.principal.txn_namespace(), rec.txn_id), TxnEntry::Committed(rec.seq));
+        state.txns.insert(
+            (ctx.principal.txn_namespace(), rec.txn_id),
+            TxnEntry::Committed(rec.seq),
+        );
         match ctx.principal {
             Principal::Owner => state.owner_last_txn_id = rec.txn_id,
             Principal::Terminal(id) => {
-                state.terminals.get_mut(&id).expect("signer is enrolled").last_txn_id = rec.txn_id
+                state
+                    .terminals
+                    .get_mut(&id)
+                    .expect("signer is enrolled")
+                    .last_txn_id = rec.txn_id
             }
             Principal::Server => {}
         }
     }
-    Written { record: rec, bytes, hash }
+    Written {
+        record: rec,
+        bytes,
+        hash,
+        nodes,
+    }
 }
 
 fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
@@ -245,8 +291,9 @@ fn shift_add(
     terminal_id: u32,
     f: impl FnOnce(&mut ShiftTotals) -> Option<()>,
 ) -> Result<ShiftTotals, Refusal> {
-    let mut totals = state.terminals[&terminal_id].shift.clone();
-    f(&mut totals).ok_or_else(|| Refusal::new(E::Overflow, "shift totals would overflow; close the shift"))?;
+    let mut totals = state.terminals[&terminal_id].shift;
+    f(&mut totals)
+        .ok_or_else(|| Refusal::new(E::Overflow, "shift totals would overflow; close the shift"))?;
     Ok(totals)
 }
 
@@ -272,7 +319,10 @@ fn create_brand(
         return refuse(E::InvalidArgument, "currency exponent must be 0..=4");
     }
     let Some(owner) = parse_public_key(&cb.owner_public_key) else {
-        return refuse(E::InvalidArgument, "owner key is not a valid ed25519 public key");
+        return refuse(
+            E::InvalidArgument,
+            "owner key is not a valid ed25519 public key",
+        );
     };
     if !(1..=MAX_BRAND_ID).contains(&state.brand_id) {
         return refuse(E::InvalidArgument, "brand id out of range");
@@ -287,17 +337,35 @@ fn create_brand(
 
 fn txn_status(state: &BrandState, ctx: &Context, txn_id: u64) -> Outcome {
     match state.txns.get(&(ctx.principal.txn_namespace(), txn_id)) {
-        None => Outcome::Status { state: TxnState::Unknown, seq: 0 },
-        Some(TxnEntry::Tombstone(seq)) => Outcome::Status { state: TxnState::Tombstoned, seq: *seq },
+        None => Outcome::Status {
+            state: TxnState::Unknown,
+            seq: 0,
+        },
+        Some(TxnEntry::Tombstone(seq)) => Outcome::Status {
+            state: TxnState::Tombstoned,
+            seq: *seq,
+        },
         Some(TxnEntry::Committed(seq)) => {
             let reversed = state.effects.get(seq).is_some_and(|e| e.reversed);
-            let s = if reversed { TxnState::Reversed } else { TxnState::Committed };
-            Outcome::Status { state: s, seq: *seq }
+            let s = if reversed {
+                TxnState::Reversed
+            } else {
+                TxnState::Committed
+            };
+            Outcome::Status {
+                state: s,
+                seq: *seq,
+            }
         }
     }
 }
 
-fn purchase(state: &mut BrandState, ctx: &Context, req: &Request, p: &pb::Purchase) -> Result<Written, Refusal> {
+fn purchase(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    p: &pb::Purchase,
+) -> Result<Written, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
     let (number, mut card) = find_active_card(state, &p.card)?;
@@ -321,7 +389,10 @@ fn purchase(state: &mut BrandState, ctx: &Context, req: &Request, p: &pb::Purcha
     let day = ctx.time_ms.div_euclid(DAY_MS);
     let visit_counted = day != card.last_visit_day;
     if visit_counted {
-        card.visits = card.visits.checked_add(1).ok_or_else(|| Refusal::new(E::Overflow, "visits overflow"))?;
+        card.visits = card
+            .visits
+            .checked_add(1)
+            .ok_or_else(|| Refusal::new(E::Overflow, "visits overflow"))?;
         card.last_visit_day = day;
     }
     balance_ok(&card)?;
@@ -355,11 +426,20 @@ fn commit_money(
     rec: &Record,
 ) {
     state.cards.insert(number, card);
-    state.terminals.get_mut(&tid).expect("terminal checked").shift = shift;
+    state
+        .terminals
+        .get_mut(&tid)
+        .expect("terminal checked")
+        .shift = shift;
     state.effects.insert(rec.seq, effect);
 }
 
-fn top_up(state: &mut BrandState, ctx: &Context, req: &Request, t: &pb::TopUp) -> Result<Written, Refusal> {
+fn top_up(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    t: &pb::TopUp,
+) -> Result<Written, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(t.amount_minor)?;
     let (number, mut card) = find_active_card(state, &t.card)?;
@@ -381,23 +461,37 @@ fn top_up(state: &mut BrandState, ctx: &Context, req: &Request, t: &pb::TopUp) -
     Ok(append(state, ctx, rec))
 }
 
-fn refund(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Refund) -> Result<Written, Refusal> {
+fn refund(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    r: &pb::Refund,
+) -> Result<Written, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
     let Some(orig) = state.effects.get(&r.original_seq) else {
         return refuse(E::OriginalNotFound, "no purchase with that sequence number");
     };
     if orig.kind != RecordKind::Purchase || orig.reversed {
-        return refuse(E::NotRefundable, "only a purchase that was not reversed can be refunded");
+        return refuse(
+            E::NotRefundable,
+            "only a purchase that was not reversed can be refunded",
+        );
     }
     if orig.store_id != state.terminals[&tid].store_id {
-        return refuse(E::WrongStore, "a purchase is refunded at the store where it was made");
+        return refuse(
+            E::WrongStore,
+            "a purchase is refunded at the store where it was made",
+        );
     }
     let approved = orig.paid_out + orig.bonus_out;
     let refunded = orig.refunded_paid + orig.refunded_bonus;
     let left = approved - refunded;
     if r.amount_minor > left {
-        return refuse(E::RefundExceedsOriginal, format!("at most {left} minor units are left to refund"));
+        return refuse(
+            E::RefundExceedsOriginal,
+            format!("at most {left} minor units are left to refund"),
+        );
     }
     let number = orig.card;
     let mut card = match state.cards.get(&number) {
@@ -432,7 +526,10 @@ fn refund(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Refund) 
     rec.remaining_minor = left - r.amount_minor;
     fill_card(state, &mut rec, number, &card);
     let effect = effect_of(&rec, number, shift_number(state, tid));
-    let orig = state.effects.get_mut(&r.original_seq).expect("checked above");
+    let orig = state
+        .effects
+        .get_mut(&r.original_seq)
+        .expect("checked above");
     orig.refunded_paid += paid_in;
     orig.refunded_bonus += bonus_in;
     orig.refunded_points += points_out;
@@ -440,10 +537,18 @@ fn refund(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Refund) 
     Ok(append(state, ctx, rec))
 }
 
-fn reversal(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Reversal) -> Result<Written, Refusal> {
+fn reversal(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    r: &pb::Reversal,
+) -> Result<Written, Refusal> {
     let tid = require_terminal(ctx)?;
     if r.original_txn_id == 0 || r.original_txn_id == req.txn_id {
-        return refuse(E::InvalidArgument, "original_txn_id must name another transaction");
+        return refuse(
+            E::InvalidArgument,
+            "original_txn_id must name another transaction",
+        );
     }
     let ns = ctx.principal.txn_namespace();
     let orig_seq = match state.txns.get(&(ns, r.original_txn_id)) {
@@ -459,26 +564,42 @@ fn reversal(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Revers
             let mut rec = base_record(state, ctx, req, RecordKind::Reversal);
             rec.original_txn_id = r.original_txn_id;
             state.terminals.get_mut(&tid).expect("checked").shift = shift;
-            state.txns.insert((ns, r.original_txn_id), TxnEntry::Tombstone(rec.seq));
+            state
+                .txns
+                .insert((ns, r.original_txn_id), TxnEntry::Tombstone(rec.seq));
             return Ok(append(state, ctx, rec));
         }
     };
     let Some(orig) = state.effects.get(&orig_seq) else {
-        return refuse(E::NotReversible, "only purchases, top-ups, refunds and redemptions can be reversed");
+        return refuse(
+            E::NotReversible,
+            "only purchases, top-ups, refunds and redemptions can be reversed",
+        );
     };
     if orig.reversed {
         return refuse(E::AlreadyReversed, "already reversed");
     }
     if orig.shift_number != state.terminals[&tid].shift_number {
-        return refuse(E::NotReversible, "the shift of the original is closed; refund instead");
+        return refuse(
+            E::NotReversible,
+            "the shift of the original is closed; refund instead",
+        );
     }
     if orig.kind == RecordKind::Purchase && orig.refunded_paid + orig.refunded_bonus > 0 {
-        return refuse(E::NotReversible, "the purchase has refunds; refund the rest instead");
+        return refuse(
+            E::NotReversible,
+            "the purchase has refunds; refund the rest instead",
+        );
     }
     let number = orig.card;
     let mut card = match state.cards.get(&number) {
         Some(c) if c.status != CardStatus::Replaced => c.clone(),
-        _ => return refuse(E::CardBlocked, "the card was replaced; its value moved to the new card"),
+        _ => {
+            return refuse(
+                E::CardBlocked,
+                "the card was replaced; its value moved to the new card",
+            )
+        }
     };
     // The reversal moves exactly the original's deltas the other way (points
     // taken back only as far as the card still holds them).
@@ -489,7 +610,10 @@ fn reversal(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Revers
     let points_in = orig.points_out;
     let points_out = orig.points_in.min(card.points.saturating_add(points_in));
     if card.paid < paid_out || card.bonus < bonus_out {
-        return refuse(E::InsufficientFunds, "the value to take back has been spent");
+        return refuse(
+            E::InsufficientFunds,
+            "the value to take back has been spent",
+        );
     }
     card.paid = checked(card.paid.checked_add(paid_in))? - paid_out;
     card.bonus = checked(card.bonus.checked_add(bonus_in))? - bonus_out;
@@ -503,7 +627,9 @@ fn reversal(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Revers
                 card.visits = card.visits.saturating_sub(1);
             }
         }
-        RecordKind::Refund => card.total_spend = checked(card.total_spend.checked_add(refunded_value))?,
+        RecordKind::Refund => {
+            card.total_spend = checked(card.total_spend.checked_add(refunded_value))?
+        }
         _ => {}
     }
     balance_ok(&card)?;
@@ -530,7 +656,10 @@ fn reversal(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Revers
     orig.reversed = true;
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
     if orig_kind == RecordKind::Refund {
-        let purchase = state.effects.get_mut(&orig_refund_of).expect("a refund names its purchase");
+        let purchase = state
+            .effects
+            .get_mut(&orig_refund_of)
+            .expect("a refund names its purchase");
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;
         purchase.refunded_points -= refund_points;
@@ -571,10 +700,15 @@ fn redeem_points(
     Ok(append(state, ctx, rec))
 }
 
-fn close_shift(state: &mut BrandState, ctx: &Context, req: &Request, c: &pb::CloseShift) -> Result<Written, Refusal> {
+fn close_shift(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    c: &pb::CloseShift,
+) -> Result<Written, Refusal> {
     let tid = require_terminal(ctx)?;
     let terminal = &state.terminals[&tid];
-    let server = terminal.shift.clone();
+    let server = terminal.shift;
     let balanced = c.terminal_totals.as_ref() == Some(&server);
     let mut rec = base_record(state, ctx, req, RecordKind::ShiftClosed);
     rec.shift_totals = Some(server);
@@ -586,7 +720,12 @@ fn close_shift(state: &mut BrandState, ctx: &Context, req: &Request, c: &pb::Clo
     Ok(append(state, ctx, rec))
 }
 
-fn create_store(state: &mut BrandState, ctx: &Context, req: &Request, c: &pb::CreateStore) -> Result<Written, Refusal> {
+fn create_store(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    c: &pb::CreateStore,
+) -> Result<Written, Refusal> {
     require_owner(ctx)?;
     if c.name.is_empty() || !text_ok(&c.name) {
         return refuse(E::InvalidArgument, "store name empty or too long");
@@ -598,7 +737,12 @@ fn create_store(state: &mut BrandState, ctx: &Context, req: &Request, c: &pb::Cr
     let mut rec = base_record(state, ctx, req, RecordKind::StoreCreated);
     rec.new_id = id;
     rec.store_id = id;
-    state.stores.insert(id, Store { name: c.name.clone() });
+    state.stores.insert(
+        id,
+        Store {
+            name: c.name.clone(),
+        },
+    );
     Ok(append(state, ctx, rec))
 }
 
@@ -643,10 +787,17 @@ fn enroll_terminal(
     Ok(append(state, ctx, rec))
 }
 
-fn issue_card(state: &mut BrandState, ctx: &Context, req: &Request, i: &pb::IssueCard) -> Result<Written, Refusal> {
+fn issue_card(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    i: &pb::IssueCard,
+) -> Result<Written, Refusal> {
     require_owner(ctx)?;
     let number = parse_card(state, &i.card).map_err(|r| match r.code {
-        E::CardNotFound => Refusal::new(E::InvalidArgument, "not a valid card number for this brand"),
+        E::CardNotFound => {
+            Refusal::new(E::InvalidArgument, "not a valid card number for this brand")
+        }
         _ => r,
     })?;
     if state.cards.contains_key(&number) {
@@ -677,21 +828,32 @@ fn set_card_blocked(
         return refuse(E::CardBlocked, "a replaced card stays blocked");
     }
     let mut card = card.clone();
-    card.status = if b.blocked { CardStatus::Blocked } else { CardStatus::Active };
+    card.status = if b.blocked {
+        CardStatus::Blocked
+    } else {
+        CardStatus::Active
+    };
     let mut rec = base_record(state, ctx, req, RecordKind::CardBlockedChanged);
     fill_card(state, &mut rec, number, &card);
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
 
-fn replace_card(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::ReplaceCard) -> Result<Written, Refusal> {
+fn replace_card(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    r: &pb::ReplaceCard,
+) -> Result<Written, Refusal> {
     require_owner(ctx)?;
     let (old_number, old) = find_card(state, &r.old_card)?;
     if old.status == CardStatus::Replaced {
         return refuse(E::CardBlocked, "card was already replaced");
     }
     let new_number = parse_card(state, &r.new_card).map_err(|r| match r.code {
-        E::CardNotFound => Refusal::new(E::InvalidArgument, "not a valid card number for this brand"),
+        E::CardNotFound => {
+            Refusal::new(E::InvalidArgument, "not a valid card number for this brand")
+        }
         _ => r,
     })?;
     if state.cards.contains_key(&new_number) {
@@ -701,8 +863,17 @@ fn replace_card(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Re
         return refuse(E::LimitExceeded, "too many cards");
     }
     // Everything moves: value, points, spend history and visits.
-    let new = Card { status: CardStatus::Active, ..old.clone() };
-    let retired = Card { paid: 0, bonus: 0, points: 0, status: CardStatus::Replaced, ..old.clone() };
+    let new = Card {
+        status: CardStatus::Active,
+        ..old.clone()
+    };
+    let retired = Card {
+        paid: 0,
+        bonus: 0,
+        points: 0,
+        status: CardStatus::Replaced,
+        ..old.clone()
+    };
     let mut rec = base_record(state, ctx, req, RecordKind::CardReplaced);
     rec.paid_in_minor = old.paid;
     rec.bonus_in_minor = old.bonus;
@@ -714,7 +885,12 @@ fn replace_card(state: &mut BrandState, ctx: &Context, req: &Request, r: &pb::Re
     Ok(append(state, ctx, rec))
 }
 
-fn set_rules(state: &mut BrandState, ctx: &Context, req: &Request, s: &pb::SetRules) -> Result<Written, Refusal> {
+fn set_rules(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    s: &pb::SetRules,
+) -> Result<Written, Refusal> {
     require_owner(ctx)?;
     let Some(new_rules) = &s.rules else {
         return refuse(E::InvalidArgument, "rules missing");

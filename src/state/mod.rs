@@ -86,7 +86,11 @@ pub struct Card {
 
 impl Card {
     fn new() -> Self {
-        Card { last_visit_day: -1, status: CardStatus::Active, ..Card::default() }
+        Card {
+            last_visit_day: -1,
+            status: CardStatus::Active,
+            ..Card::default()
+        }
     }
 
     /// Paid plus bonus value.
@@ -203,6 +207,8 @@ pub struct Written {
     pub bytes: Vec<u8>,
     /// SHA-256(0x00 || bytes).
     pub hash: [u8; 32],
+    /// Merkle nodes (level, index, hash) this record completed, for storage.
+    pub nodes: Vec<(u8, u64, [u8; 32])>,
 }
 
 /// The whole state of one brand: everything derivable from its records.
@@ -279,9 +285,9 @@ impl BrandState {
     /// Sum of every card's paid and bonus value: the brand's outstanding
     /// stored-value liability. i128 so that no sum of cards can overflow.
     pub fn liability(&self) -> (i128, i128) {
-        self.cards
-            .values()
-            .fold((0, 0), |(p, b), c| (p + i128::from(c.paid), b + i128::from(c.bonus)))
+        self.cards.values().fold((0, 0), |(p, b), c| {
+            (p + i128::from(c.paid), b + i128::from(c.bonus))
+        })
     }
 
     /// A card's view as sent to terminals.

@@ -35,15 +35,22 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
             original_txn_id: rec.original_txn_id,
             original_found: rec.original_seq != 0,
             original_seq: rec.original_seq,
-            value_minor: rec.paid_in_minor + rec.bonus_in_minor + rec.paid_out_minor + rec.bonus_out_minor,
+            value_minor: rec.paid_in_minor
+                + rec.bonus_in_minor
+                + rec.paid_out_minor
+                + rec.bonus_out_minor,
         })),
-        RecordKind::PointsRedeemed => Some(Detail::Points(pb::PointsResult { points_redeemed: rec.points_out })),
+        RecordKind::PointsRedeemed => Some(Detail::Points(pb::PointsResult {
+            points_redeemed: rec.points_out,
+        })),
         RecordKind::ShiftClosed => Some(Detail::Shift(pb::ShiftResult {
-            server_totals: rec.shift_totals.clone(),
+            server_totals: rec.shift_totals,
             balanced: rec.shift_balanced,
             shift_number: rec.shift_number,
         })),
-        RecordKind::StoreCreated => Some(Detail::Store(pb::StoreCreated { store_id: rec.new_id })),
+        RecordKind::StoreCreated => Some(Detail::Store(pb::StoreCreated {
+            store_id: rec.new_id,
+        })),
         RecordKind::TerminalEnrolled => Some(Detail::Terminal(pb::TerminalEnrolled {
             terminal_id: rec.new_id,
             store_id: rec.store_id,
@@ -62,6 +69,6 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         card,
         detail,
         promotion_line: promotion_line.to_string(),
-        replayed: false,
+        ..Default::default()
     }
 }

@@ -16,7 +16,12 @@ pub const BASE_TIER: &str = "member";
 /// The rules a new brand starts with: 1 point per unit spent, no bonus, a
 /// single tier.
 pub fn default_rules() -> Rules {
-    Rules { bonus_tiers: vec![], points_per_unit: 1, tiers: vec![], promotion_line: String::new() }
+    Rules {
+        bonus_tiers: vec![],
+        points_per_unit: 1,
+        tiers: vec![],
+        promotion_line: String::new(),
+    }
 }
 
 fn text_ok(s: &str, max: usize) -> bool {
@@ -53,7 +58,9 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
         if t.name.is_empty() || !text_ok(&t.name, MAX_TEXT_BYTES) {
             return bad("tier name empty or too long");
         }
-        if !(0..=MAX_BALANCE_MINOR).contains(&t.min_spend_minor) || t.multiplier_milli > MAX_MULTIPLIER_MILLI {
+        if !(0..=MAX_BALANCE_MINOR).contains(&t.min_spend_minor)
+            || t.multiplier_milli > MAX_MULTIPLIER_MILLI
+        {
             return bad("tier out of range");
         }
         // Ordered by spend; a visit threshold is an extra way in (0 = none).
@@ -67,7 +74,12 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
 
 /// The bonus granted for a top-up of `amount` (already range-checked).
 pub fn bonus_for(rules: &Rules, amount: i64) -> i64 {
-    let Some(tier) = rules.bonus_tiers.iter().rev().find(|t| t.min_load_minor <= amount) else {
+    let Some(tier) = rules
+        .bonus_tiers
+        .iter()
+        .rev()
+        .find(|t| t.min_load_minor <= amount)
+    else {
         return 0;
     };
     let pct = i128::from(amount) * i128::from(tier.bonus_bps) / 10_000;
@@ -82,7 +94,10 @@ pub fn tier_of<'r>(rules: &'r Rules, card: &Card) -> (&'r str, u32) {
         .tiers
         .iter()
         .rev()
-        .find(|t| card.total_spend >= t.min_spend_minor || (t.min_visits > 0 && card.visits >= t.min_visits))
+        .find(|t| {
+            card.total_spend >= t.min_spend_minor
+                || (t.min_visits > 0 && card.visits >= t.min_visits)
+        })
         .map(|t| (t.name.as_str(), t.multiplier_milli))
         .unwrap_or((BASE_TIER, 1_000))
 }
@@ -91,7 +106,8 @@ pub fn tier_of<'r>(rules: &'r Rules, card: &Card) -> (&'r str, u32) {
 /// floor(amount * points_per_unit * multiplier / (10^exponent * 1000)).
 pub fn points_for(rules: &Rules, exponent: u32, amount: i64, multiplier_milli: u32) -> i64 {
     let unit = 10i128.pow(exponent);
-    let p = i128::from(amount) * i128::from(rules.points_per_unit) * i128::from(multiplier_milli) / (unit * 1_000);
+    let p = i128::from(amount) * i128::from(rules.points_per_unit) * i128::from(multiplier_milli)
+        / (unit * 1_000);
     // amount <= 1e9, per_unit <= 1e3, multiplier <= 1e5: p <= 1e17 fits i64.
     i64::try_from(p).expect("points bounded by rule limits")
 }
@@ -104,13 +120,31 @@ mod tests {
     fn rules() -> Rules {
         Rules {
             bonus_tiers: vec![
-                BonusTier { min_load_minor: 50_000, fixed_bonus_minor: 5_000, bonus_bps: 0 },
-                BonusTier { min_load_minor: 100_000, fixed_bonus_minor: 0, bonus_bps: 1_500 },
+                BonusTier {
+                    min_load_minor: 50_000,
+                    fixed_bonus_minor: 5_000,
+                    bonus_bps: 0,
+                },
+                BonusTier {
+                    min_load_minor: 100_000,
+                    fixed_bonus_minor: 0,
+                    bonus_bps: 1_500,
+                },
             ],
             points_per_unit: 1,
             tiers: vec![
-                TierRule { name: "silver".into(), min_spend_minor: 0, min_visits: 0, multiplier_milli: 1_000 },
-                TierRule { name: "gold".into(), min_spend_minor: 100_000, min_visits: 10, multiplier_milli: 3_800 },
+                TierRule {
+                    name: "silver".into(),
+                    min_spend_minor: 0,
+                    min_visits: 0,
+                    multiplier_milli: 1_000,
+                },
+                TierRule {
+                    name: "gold".into(),
+                    min_spend_minor: 100_000,
+                    min_visits: 10,
+                    multiplier_milli: 3_800,
+                },
             ],
             promotion_line: String::new(),
         }

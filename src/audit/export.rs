@@ -1,0 +1,114 @@
+//! Writing a brand's export from storage, streaming: memory stays bounded by
+//! one record plus the list of signer keys.
+use std::io::Write;
+
+use prost::Message;
+
+use super::file::{write_item, EXPORT_FORMAT, EXPORT_MAGIC};
+use crate::ledger::now_ms;
+use crate::pb::{self, export_item::Item, request::Op, Record, RecordKind, Request};
+use crate::storage::LogStore;
+
+/// What an export contained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Records written.
+    pub records: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+}
+
+/// Writes the export of `brand` up to its newest checkpoint to `out`.
+/// `progress(records_done, total)` is called as it goes.
+pub fn write_export(
+    store: &dyn LogStore,
+    brand: u32,
+    server_public_key: &[u8; 32],
+    out: &mut impl Write,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<ExportSummary> {
+    // Everything up to the newest checkpoint is durable and immutable, so
+    // the export is a consistent snapshot even while the daemon writes on.
+    let last = store
+        .last_checkpoint(brand)?
+        .ok_or_else(|| anyhow::anyhow!("brand {brand} has no checkpoint (no records)"))?;
+    let tree_size = pb::Checkpoint::decode(last.as_slice())?.tree_size;
+    out.write_all(EXPORT_MAGIC)?;
+    write_item(
+        out,
+        Item::Header(pb::ExportHeader {
+            format: EXPORT_FORMAT.into(),
+            brand_id: brand,
+            server_public_key: server_public_key.to_vec(),
+            exported_at_ms: now_ms(),
+            tree_size,
+        }),
+    )?;
+    let mut keys = vec![pb::SignerKey {
+        signer: pb::Signer::Server as i32,
+        public_key: server_public_key.to_vec(),
+        ..Default::default()
+    }];
+    let mut checkpoints = store.checkpoints(brand);
+    let mut summary = ExportSummary { records: 0, checkpoints: 0 };
+    let next_checkpoint = |checkpoints: &mut dyn Iterator<Item = crate::storage::Result<Vec<u8>>>| -> anyhow::Result<Option<pb::Checkpoint>> {
+        match checkpoints.next() {
+            None => Ok(None),
+            Some(bytes) => {
+                let bytes: Vec<u8> = bytes?;
+                Ok(Some(pb::Checkpoint::decode(bytes.as_slice())?))
+            }
+        }
+    };
+    let mut pending = next_checkpoint(&mut checkpoints)?;
+    for item in store.scan(brand, 1) {
+        let (seq, bytes) = item?;
+        if seq > tree_size {
+            break;
+        }
+        collect_key(&bytes, &mut keys);
+        write_item(out, Item::Record(bytes))?;
+        summary.records += 1;
+        while let Some(c) = pending.take() {
+            if c.tree_size == seq {
+                write_item(out, Item::Checkpoint(c))?;
+                summary.checkpoints += 1;
+                pending = next_checkpoint(&mut checkpoints)?;
+            } else {
+                pending = Some(c);
+                break;
+            }
+        }
+        if seq % 4096 == 0 {
+            progress(seq, tree_size);
+        }
+    }
+    progress(summary.records, tree_size);
+    write_item(
+        out,
+        Item::Trailer(pb::ExportTrailer { records: summary.records, checkpoints: summary.checkpoints, keys }),
+    )?;
+    out.flush()?;
+    Ok(summary)
+}
+
+/// Adds the key a record enrols (the owner's at brand creation, a
+/// terminal's at enrolment) to `keys`.
+fn collect_key(bytes: &[u8], keys: &mut Vec<pb::SignerKey>) {
+    let Ok(rec) = Record::decode(bytes) else { return };
+    let Ok(req) = Request::decode(rec.request.as_slice()) else { return };
+    match (rec.kind(), req.op) {
+        (RecordKind::BrandCreated, Some(Op::CreateBrand(c))) => keys.push(pb::SignerKey {
+            signer: pb::Signer::Owner as i32,
+            public_key: c.owner_public_key,
+            ..Default::default()
+        }),
+        (RecordKind::TerminalEnrolled, Some(Op::EnrollTerminal(e))) => keys.push(pb::SignerKey {
+            signer: pb::Signer::Terminal as i32,
+            terminal_id: rec.new_id,
+            store_id: e.store_id,
+            public_key: e.public_key,
+        }),
+        _ => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! The auditor's side: export a brand's ledger to one self-describing file,
+//! verify and replay it offline trusting only the server's public key, and
+//! check that a newer tree extends an older one.
+//!
+//! File format: docs/ledger-format.md.
+pub mod cli;
+pub mod export;
+pub mod file;
+pub mod verify;
+
+pub use export::write_export;
+pub use file::{ExportReader, EXPORT_FORMAT, EXPORT_MAGIC, MAX_EXPORT_ITEM_BYTES};
+pub use verify::{verify_export, CardSummary, Totals, VerifyError, VerifyOptions, VerifyReport};

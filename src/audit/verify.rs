@@ -1,0 +1,348 @@
+//! Offline verify-and-replay of an export, trusting only the server's public
+//! key (terminal and owner keys are taken from the chain's own enrolment
+//! records, which the server's checkpoints cover).
+//!
+//! For every record: the signer's ed25519 signature over the request bytes
+//! (batch-verified on a second thread, weak keys refused first), the key
+//! being the one enrolled for that signer at that point, the link to the
+//! record before, and byte-equality with what the state machine produces
+//! from the request. For every checkpoint: the server's signature and that
+//! size, head hash and Merkle root match the records so far. Every record
+//! must be covered by a checkpoint.
+use std::io::Read;
+use std::sync::mpsc;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message;
+use serde::Serialize;
+
+use super::file::{ExportReader, EXPORT_FORMAT};
+use crate::checkpoint;
+use crate::crypto::{request_message, verify_strict};
+use crate::pb::{self, export_item::Item, CardStatus, Record, RecordKind};
+use crate::replay::replay_record;
+use crate::state::{format_card, rules, BrandState};
+
+/// Signatures verified per batch.
+const SIG_BATCH: usize = 256;
+
+/// What the auditor trusts and asks.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The server's public key (the trust anchor).
+    pub server_key: [u8; 32],
+    /// A checkpoint saved earlier: the export must extend it.
+    pub old_checkpoint: Option<pb::Checkpoint>,
+}
+
+/// One card after replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CardSummary {
+    /// The full card number.
+    pub card: String,
+    /// ACTIVE, BLOCKED or REPLACED.
+    pub status: String,
+    /// Paid value.
+    pub paid_minor: i64,
+    /// Bonus value.
+    pub bonus_minor: i64,
+    /// Points.
+    pub points: i64,
+    /// Tier under the rules at the end of the chain.
+    pub tier: String,
+}
+
+/// Money totals over the whole chain, in minor units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Paid value loaded by top-ups.
+    pub loaded_paid_minor: i128,
+    /// Bonus value granted by top-ups.
+    pub bonus_granted_minor: i128,
+    /// Value spent by purchases.
+    pub spent_minor: i128,
+    /// Value returned by refunds.
+    pub refunded_minor: i128,
+    /// Net value restored (+) or removed (-) by reversals.
+    pub reversed_net_minor: i128,
+    /// Paid value outstanding on all cards (a liability).
+    pub outstanding_paid_minor: i128,
+    /// Bonus value outstanding on all cards.
+    pub outstanding_bonus_minor: i128,
+}
+
+/// The result of a successful verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The brand.
+    pub brand_id: u32,
+    /// Its name.
+    pub brand_name: String,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Decimals of the currency.
+    pub currency_exponent: u32,
+    /// Records verified and replayed.
+    pub records: u64,
+    /// Checkpoints verified.
+    pub checkpoints: u64,
+    /// Merkle root of the whole chain (hex).
+    pub root_hash: String,
+    /// Hash of the last record (hex).
+    pub head_hash: String,
+    /// The newest checkpoint (to save for next time).
+    #[serde(skip)]
+    pub last_checkpoint: Option<pb::Checkpoint>,
+    /// Whether the given old checkpoint was found extended (None if none given).
+    pub extends_old_checkpoint: Option<bool>,
+    /// Every card, by number.
+    pub cards: Vec<CardSummary>,
+    /// Totals.
+    pub totals: Totals,
+}
+
+/// The first failure: which record (if any) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{what}", seq.map(|s| format!("record {s}: ")).unwrap_or_default())]
+pub struct VerifyError {
+    /// The record's sequence number, when the failure belongs to one.
+    pub seq: Option<u64>,
+    /// What failed.
+    pub what: String,
+}
+
+fn fail<T>(seq: Option<u64>, what: impl Into<String>) -> Result<T, VerifyError> {
+    Err(VerifyError { seq, what: what.into() })
+}
+
+struct SigJob {
+    seq: u64,
+    key: [u8; 32],
+    message: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// Verifies batches of request signatures; returns the first bad record.
+fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<VerifyError> {
+    for batch in rx {
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut sigs = Vec::with_capacity(batch.len());
+        for job in &batch {
+            let key = match VerifyingKey::from_bytes(&job.key) {
+                Ok(k) if !k.is_weak() => k,
+                _ => return Some(VerifyError { seq: Some(job.seq), what: "signer key is invalid or weak".into() }),
+            };
+            let Ok(sig) = Signature::from_slice(&job.signature) else {
+                return Some(VerifyError { seq: Some(job.seq), what: "request signature is malformed".into() });
+            };
+            keys.push(key);
+            sigs.push(sig);
+        }
+        let messages: Vec<&[u8]> = batch.iter().map(|j| j.message.as_slice()).collect();
+        if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_err() {
+            // Find the culprit one by one (strictly) to name it.
+            for (i, job) in batch.iter().enumerate() {
+                if !verify_strict(&keys[i], &job.message, &job.signature) {
+                    return Some(VerifyError { seq: Some(job.seq), what: "request signature does not verify".into() });
+                }
+            }
+            return Some(VerifyError { seq: batch.first().map(|j| j.seq), what: "signature batch fails".into() });
+        }
+    }
+    None
+}
+
+/// Verifies and replays an export. `progress(bytes_read)` is called as it goes.
+pub fn verify_export<R: Read>(
+    input: R,
+    opts: &VerifyOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    if let Some(old) = &opts.old_checkpoint {
+        let key = VerifyingKey::from_bytes(&opts.server_key).map_err(|_| VerifyError {
+            seq: None,
+            what: "server key is not a valid ed25519 key".into(),
+        })?;
+        if !verify_strict(&key, &checkpoint::signed_message(old), &old.signature) {
+            return fail(None, "the old checkpoint's server signature does not verify");
+        }
+    }
+    let (tx, rx) = mpsc::sync_channel::<Vec<SigJob>>(8);
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || signature_worker(rx));
+        let replayed = replay_export(input, opts, tx, &mut progress);
+        let bad_signature = worker.join().expect("signature thread panicked");
+        // Report the earliest failing record, whichever check found it.
+        match (replayed, bad_signature) {
+            (Ok(report), None) => Ok(report),
+            (Ok(_), Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
+            (Err(e), Some(s)) => Err(if s.seq.unwrap_or(u64::MAX) < e.seq.unwrap_or(u64::MAX) { s } else { e }),
+        }
+    })
+}
+
+fn replay_export<R: Read>(
+    input: R,
+    opts: &VerifyOptions,
+    sig_tx: mpsc::SyncSender<Vec<SigJob>>,
+    progress: &mut impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    let server_vk = VerifyingKey::from_bytes(&opts.server_key)
+        .map_err(|_| VerifyError { seq: None, what: "server key is not a valid ed25519 key".into() })?;
+    let mut reader = ExportReader::new(input).map_err(|e| VerifyError { seq: None, what: e })?;
+    let read = |r: &mut ExportReader<R>, seq: u64| r.next_item().map_err(|e| VerifyError { seq: Some(seq), what: e });
+    let header = match read(&mut reader, 1)? {
+        Some(Item::Header(h)) => h,
+        _ => return fail(None, "export does not start with a header"),
+    };
+    if header.format != EXPORT_FORMAT {
+        return fail(None, format!("unknown export format '{}'", header.format));
+    }
+    if header.server_public_key != opts.server_key {
+        return fail(None, "the export names a different server key than the one trusted");
+    }
+    let mut state = BrandState::new(header.brand_id);
+    let mut totals = Totals::default();
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint: Option<pb::Checkpoint> = None;
+    let mut extends_old = opts.old_checkpoint.as_ref().map(|_| false);
+    let mut sig_batch = Vec::with_capacity(SIG_BATCH);
+    let trailer = loop {
+        let next_seq = state.seq + 1;
+        match read(&mut reader, next_seq)? {
+            None => return fail(Some(next_seq), "export ends without a trailer (truncated?)"),
+            Some(Item::Header(_)) => return fail(Some(next_seq), "a second header"),
+            Some(Item::Record(bytes)) => {
+                let rec = Record::decode(bytes.as_slice())
+                    .map_err(|e| VerifyError { seq: Some(next_seq), what: format!("does not decode: {e}") })?;
+                let key: [u8; 32] = rec
+                    .signer_public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| VerifyError { seq: Some(next_seq), what: "signer key is not 32 bytes".into() })?;
+                sig_batch.push(SigJob {
+                    seq: next_seq,
+                    key,
+                    message: request_message(&rec.request),
+                    signature: rec.request_signature.clone(),
+                });
+                if sig_batch.len() == SIG_BATCH {
+                    // A closed channel means the worker already found a bad
+                    // signature; keep replaying so the earliest failure wins.
+                    let _ = sig_tx.send(std::mem::replace(&mut sig_batch, Vec::with_capacity(SIG_BATCH)));
+                }
+                let w = replay_record(&mut state, next_seq, &bytes, &opts.server_key)
+                    .map_err(|e| VerifyError { seq: Some(e.seq), what: e.what })?;
+                add_totals(&mut totals, &w.record);
+                if let Some(old) = &opts.old_checkpoint {
+                    if old.tree_size == state.seq {
+                        if let Err(e) = checkpoint::matches(old, &state) {
+                            return fail(Some(next_seq), format!("does not extend the old checkpoint: {e}"));
+                        }
+                        extends_old = Some(true);
+                    }
+                }
+                if next_seq % 8192 == 0 {
+                    progress(reader.offset);
+                }
+            }
+            Some(Item::Checkpoint(c)) => {
+                if !verify_strict(&server_vk, &checkpoint::signed_message(&c), &c.signature) {
+                    return fail(Some(state.seq), format!("checkpoint at size {} has a bad server signature", c.tree_size));
+                }
+                checkpoint::matches(&c, &state).map_err(|e| VerifyError { seq: Some(state.seq), what: e })?;
+                checkpoints += 1;
+                last_checkpoint = Some(c);
+            }
+            Some(Item::Trailer(t)) => break t,
+        }
+    };
+    let _ = sig_tx.send(sig_batch);
+    drop(sig_tx);
+    if reader.next_item().map_err(|e| VerifyError { seq: None, what: e })?.is_some() {
+        return fail(None, "data after the trailer");
+    }
+    let covered = last_checkpoint.as_ref().map_or(0, |c| c.tree_size);
+    if state.seq == 0 || covered != state.seq {
+        return fail(Some(covered + 1), "record not covered by any signed checkpoint");
+    }
+    if header.tree_size != state.seq || trailer.records != state.seq || trailer.checkpoints != checkpoints {
+        return fail(None, "header or trailer counts do not match the records (records removed or added?)");
+    }
+    if let Some(old) = &opts.old_checkpoint {
+        if old.brand_id != state.brand_id || old.tree_size > state.seq || extends_old != Some(true) {
+            return fail(None, format!("the export (size {}) does not extend the old checkpoint (size {})", state.seq, old.tree_size));
+        }
+    }
+    check_trailer_keys(&trailer, &state, &opts.server_key)?;
+    let (paid, bonus) = state.liability();
+    totals.outstanding_paid_minor = paid;
+    totals.outstanding_bonus_minor = bonus;
+    let net = totals.loaded_paid_minor + totals.bonus_granted_minor - totals.spent_minor + totals.refunded_minor
+        + totals.reversed_net_minor;
+    if net != paid + bonus {
+        return fail(None, format!("money is not conserved: flows net {net}, cards hold {}", paid + bonus));
+    }
+    progress(reader.offset);
+    let mut cards: Vec<CardSummary> = state
+        .cards
+        .iter()
+        .map(|(number, c)| CardSummary {
+            card: format_card(*number),
+            status: CardStatus::try_from(c.status as i32).map_or("UNKNOWN", |s| s.as_str_name()).to_string(),
+            paid_minor: c.paid,
+            bonus_minor: c.bonus,
+            points: c.points,
+            tier: rules::tier_of(&state.rules, c).0.to_string(),
+        })
+        .collect();
+    cards.sort_by(|a, b| a.card.cmp(&b.card));
+    Ok(VerifyReport {
+        brand_id: state.brand_id,
+        brand_name: state.name.clone(),
+        currency: state.currency.clone(),
+        currency_exponent: state.exponent,
+        records: state.seq,
+        checkpoints,
+        root_hash: hex::encode(state.merkle.root()),
+        head_hash: hex::encode(state.head_hash),
+        last_checkpoint,
+        extends_old_checkpoint: extends_old,
+        cards,
+        totals,
+    })
+}
+
+fn add_totals(t: &mut Totals, r: &Record) {
+    let i = |v: i64| i128::from(v);
+    match r.kind() {
+        RecordKind::TopUp => {
+            t.loaded_paid_minor += i(r.paid_in_minor);
+            t.bonus_granted_minor += i(r.bonus_in_minor);
+        }
+        RecordKind::Purchase => t.spent_minor += i(r.paid_out_minor) + i(r.bonus_out_minor),
+        RecordKind::Refund => t.refunded_minor += i(r.paid_in_minor) + i(r.bonus_in_minor),
+        RecordKind::Reversal => {
+            t.reversed_net_minor += i(r.paid_in_minor) + i(r.bonus_in_minor) - i(r.paid_out_minor) - i(r.bonus_out_minor)
+        }
+        _ => {}
+    }
+}
+
+/// The trailer's key list must say exactly what the chain enrolled.
+fn check_trailer_keys(trailer: &pb::ExportTrailer, state: &BrandState, server_key: &[u8; 32]) -> Result<(), VerifyError> {
+    let mut expected: Vec<(i32, u32, Vec<u8>)> = vec![
+        (pb::Signer::Server as i32, 0, server_key.to_vec()),
+        (pb::Signer::Owner as i32, 0, state.owner_key.to_vec()),
+    ];
+    expected.extend(state.terminals.iter().map(|(id, t)| (pb::Signer::Terminal as i32, *id, t.public_key.to_vec())));
+    let mut listed: Vec<(i32, u32, Vec<u8>)> =
+        trailer.keys.iter().map(|k| (k.signer, k.terminal_id, k.public_key.clone())).collect();
+    expected.sort();
+    listed.sort();
+    if expected != listed {
+        return fail(None, "the trailer's key list differs from the keys the chain enrolled");
+    }
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! One signed-on terminal: the client connection plus the terminal's state
+//! file. Sends one operation at a time, choosing transaction ids, resending
+//! the exact bytes of an earlier request on a retry, and keeping the shift
+//! totals. (A later load generator can drive many of these.)
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use cardd::client::{Client, ClientError};
+use cardd::crypto::sign_request;
+use cardd::error::Refusal;
+use cardd::pb::{self, request::Op};
+use prost::Message;
+
+use crate::state::{state_path, Counting, Identity, TerminalState};
+
+/// The answer to one operation.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The request as sent (for a retry: the earlier request, resent).
+    pub request: pb::Request,
+    /// The server's reply, or its refusal.
+    pub result: Result<pb::Reply, Refusal>,
+    /// How the answer entered the shift totals.
+    pub counting: Counting,
+}
+
+/// A signed-on terminal with its state.
+pub struct Terminal {
+    /// The connection; `client.session` is what the server said at sign-on.
+    pub client: Client,
+    /// The terminal's memory (saved with [`Terminal::save`]).
+    pub state: TerminalState,
+    state_path: PathBuf,
+    timeout: Duration,
+}
+
+/// True for operations that change nothing and use no transaction id.
+pub fn is_read_only(op: &Op) -> bool {
+    matches!(op, Op::Inquiry(_) | Op::TxnStatus(_))
+}
+
+/// True when two requests ask for the same thing: equal apart from the
+/// client clock (and, for a shift close, the totals, which the earlier
+/// request carried as they were then).
+fn same_intent(earlier: &pb::Request, new: &pb::Request) -> bool {
+    let mut a = earlier.clone();
+    let mut b = new.clone();
+    a.client_time_ms = 0;
+    b.client_time_ms = 0;
+    if let (Some(Op::CloseShift(x)), Some(Op::CloseShift(y))) = (&mut a.op, &mut b.op) {
+        x.terminal_totals = None;
+        y.terminal_totals = None;
+    }
+    a == b
+}
+
+impl Terminal {
+    /// Binds a signed-on client to the state file next to `key_path`.
+    /// Warnings for the user (e.g. a state file of another terminal set
+    /// aside) are returned, not printed.
+    pub fn open(
+        client: Client,
+        key_path: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        let role = client.session.role();
+        if role != pb::Role::Terminal {
+            bail!(
+                "the key {} signs on as {}, not as a terminal (owners use `cardd admin`)",
+                key_path.display(),
+                role.as_str_name()
+            );
+        }
+        let state_path = state_path(key_path);
+        let mut state = TerminalState::load(&state_path)?;
+        let mut warnings = Vec::new();
+        let identity = Identity::of(&client.session, &client.server_key);
+        if state.adopt(identity, client.session.last_txn_id) {
+            warnings.push(format!(
+                "{} belonged to another server, brand or terminal; starting a fresh shift",
+                state_path.display()
+            ));
+        }
+        Ok((
+            Terminal {
+                client,
+                state,
+                state_path,
+                timeout,
+            },
+            warnings,
+        ))
+    }
+
+    /// Writes the state file.
+    pub fn save(&self) -> anyhow::Result<()> {
+        self.state.save(&self.state_path)
+    }
+
+    /// Sends `op` and waits for the answer. State-changing operations use
+    /// `txn` if given, else the next unused transaction id; the id is saved
+    /// as used before the request leaves, so a crash never reuses it. If this
+    /// terminal sent an equivalent request under the same id before, exactly
+    /// those bytes are sent again (the server recognises a retry only by
+    /// identical bytes). An error means no answer: the outcome is unknown.
+    pub async fn submit(&mut self, txn: Option<u64>, op: Op) -> anyhow::Result<Outcome> {
+        if is_read_only(&op) {
+            if txn.is_some() {
+                bail!("--txn is for state-changing operations; inquiry and status use no transaction id");
+            }
+            let request = self.client.request(0, op);
+            let bytes = request.encode_to_vec();
+            let signature = sign_request(self.client.key(), &bytes);
+            let result = self.exchange(bytes, signature).await.context("no answer")?;
+            return Ok(Outcome {
+                request,
+                result,
+                counting: Counting::NotCounted,
+            });
+        }
+        let txn = self.state.take_txn(txn);
+        let fresh = self.client.request(txn, op);
+        let earlier = self.state.sent(txn).and_then(|(bytes, sig)| {
+            pb::Request::decode(bytes.as_slice())
+                .ok()
+                .map(|r| (r, bytes, sig))
+        });
+        let (request, bytes, signature) = match earlier {
+            Some((r, bytes, sig)) if same_intent(&r, &fresh) => (r, bytes, sig),
+            other => {
+                let bytes = fresh.encode_to_vec();
+                let sig = sign_request(self.client.key(), &bytes);
+                if other.is_none() {
+                    self.state.remember_sent(txn, &bytes, &sig);
+                }
+                (fresh, bytes, sig)
+            }
+        };
+        // Reserve the id (and keep the request for a retry) before sending.
+        self.save().context("not sent")?;
+        let result = self.exchange(bytes.clone(), signature.clone()).await.with_context(|| {
+            format!(
+                "no answer for transaction {txn}; its outcome is unknown: ask with `status --txn {txn}`, \
+                 retry with `--txn {txn}` and the same operation, or void it with `reverse --original-txn {txn}`"
+            )
+        })?;
+        let counting = match &result {
+            Ok(reply) => {
+                // The server holds these bytes under this id now.
+                self.state.remember_sent(txn, &bytes, &signature);
+                self.state.count(txn, reply)
+            }
+            Err(_) => Counting::NotCounted,
+        };
+        Ok(Outcome {
+            request,
+            result,
+            counting,
+        })
+    }
+
+    /// One signed request and its answer, within the timeout.
+    async fn exchange(
+        &mut self,
+        bytes: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> anyhow::Result<Result<pb::Reply, Refusal>> {
+        let call = self.client.call_signed(bytes, signature);
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(anyhow!(
+                "the server did not answer within {:?}",
+                self.timeout
+            )),
+            Ok(Ok(reply)) => Ok(Ok(reply)),
+            Ok(Err(ClientError::Refused(r))) => Ok(Err(r)),
+            Ok(Err(e)) => Err(anyhow!("{e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_ignore_the_clock_only() {
+        let purchase = |amount| {
+            Op::Purchase(pb::Purchase {
+                card: "1".into(),
+                amount_minor: amount,
+                allow_partial: false,
+            })
+        };
+        let a = pb::Request {
+            txn_id: 5,
+            client_time_ms: 1,
+            op: Some(purchase(1250)),
+            ..Default::default()
+        };
+        let b = pb::Request {
+            client_time_ms: 2,
+            ..a.clone()
+        };
+        assert!(same_intent(&a, &b));
+        let c = pb::Request {
+            op: Some(purchase(1300)),
+            ..b.clone()
+        };
+        assert!(!same_intent(&a, &c));
+        let d = pb::Request {
+            operator: "someone else".into(),
+            ..b
+        };
+        assert!(!same_intent(&a, &d));
+        let close = |n| {
+            Op::CloseShift(pb::CloseShift {
+                terminal_totals: Some(pb::ShiftTotals {
+                    purchase_count: n,
+                    ..Default::default()
+                }),
+            })
+        };
+        let e = pb::Request {
+            op: Some(close(1)),
+            ..a.clone()
+        };
+        let f = pb::Request {
+            op: Some(close(0)),
+            ..a
+        };
+        assert!(same_intent(&e, &f));
+    }
+}

@@ -1,0 +1,477 @@
+//! End-to-end tests of the `terminal-sim` binary against a real `cardd`
+//! daemon with the demo brand, on a temporary data directory and an
+//! ephemeral loopback port. Every wait is bounded.
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cardd::demo::Manifest;
+use serde_json::Value;
+
+/// How long the daemon may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `terminal-sim` call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn sim_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
+}
+
+/// The `cardd` binary, built beside `terminal-sim` by a workspace build.
+fn cardd_bin() -> PathBuf {
+    let path = sim_bin().with_file_name(format!("cardd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "the cardd binary is missing at {}: run `cargo test --workspace` (or `cargo build --workspace` \
+         before `cargo test -p terminal-sim`)",
+        path.display()
+    );
+    path
+}
+
+/// A `cardd serve --demo` process; killed on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    manifest: Manifest,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let data = dir.join("data");
+        let mut child = Command::new(cardd_bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--demo"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cardd");
+        let stdout = child.stdout.take().expect("cardd stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("cardd listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
+            }
+        };
+        let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
+        let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
+        Daemon {
+            child,
+            addr,
+            data,
+            manifest,
+        }
+    }
+
+    /// The key file of the demo terminal of store `index` (0-based).
+    fn terminal_key(&self, index: usize) -> PathBuf {
+        self.data
+            .join(&self.manifest.stores[index].terminals[0].key)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one `terminal-sim` call did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The single JSON line printed on stdout.
+    fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// The JSON answer of a call that must have succeeded.
+    fn ok(&self) -> Value {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        let v = self.json();
+        assert_eq!(v["ok"], true, "{self:?}");
+        v
+    }
+}
+
+/// Runs `terminal-sim` with `args`, killing it if it overruns.
+fn run(args: &[&str]) -> Run {
+    let mut child = Command::new(sim_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn terminal-sim");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait terminal-sim") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("terminal-sim {args:?} did not finish within {CALL_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status.code().expect("terminal-sim ended by a signal"),
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+/// A terminal of the demo brand, driving the binary.
+struct Till<'d> {
+    daemon: &'d Daemon,
+    key: PathBuf,
+}
+
+impl Till<'_> {
+    fn new(daemon: &Daemon, store_index: usize) -> Till<'_> {
+        Till {
+            daemon,
+            key: daemon.terminal_key(store_index),
+        }
+    }
+
+    /// `terminal-sim --connect ADDR --key KEY [global...] op...`
+    fn call(&self, global: &[&str], op: &[&str]) -> Run {
+        let key = self.key.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "--connect",
+            &self.daemon.addr,
+            "--key",
+            key,
+            "--timeout",
+            "10",
+        ];
+        args.extend_from_slice(global);
+        args.extend_from_slice(op);
+        run(&args)
+    }
+
+    fn json(&self, op: &[&str]) -> Run {
+        self.call(&["--json"], op)
+    }
+
+    fn json_txn(&self, txn: &str, op: &[&str]) -> Run {
+        self.call(&["--json", "--txn", txn], op)
+    }
+
+    fn balance(&self, card: &str) -> i64 {
+        let v = self.json(&["inquiry", "--card", card]).ok();
+        v["balance_minor"].as_i64().expect("balance_minor")
+    }
+
+    fn state(&self) -> Value {
+        let mut path = self.key.clone().into_os_string();
+        path.push(".state.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("state file"))
+            .expect("state JSON")
+    }
+}
+
+fn i64_of(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
+}
+
+#[test]
+fn a_shift_of_operations_retries_and_balances() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    // The Airport till: the demo's opening top-ups were made at Downtown,
+    // so this terminal's shift starts empty on the server too.
+    let till = Till::new(&daemon, 1);
+    let card = daemon.manifest.cards[0].as_str();
+    let b0 = till.balance(card);
+
+    // A top-up under the bonus threshold adds exactly what was paid.
+    let top = till
+        .json(&["topup", "--card", card, "--amount", "10.00"])
+        .ok();
+    assert_eq!(i64_of(&top, "balance_minor"), b0 + 1000);
+    assert_eq!(i64_of(&top, "paid_minor"), 1000);
+    assert_eq!(i64_of(&top, "bonus_minor"), 0);
+    assert_eq!(
+        i64_of(&top, "txn_id"),
+        1,
+        "the first id of a fresh terminal"
+    );
+    let seq_top = i64_of(&top, "record_seq");
+
+    // A purchase under a chosen transaction id.
+    let buy = till
+        .json_txn("50", &["purchase", "--card", card, "--amount", "12.50"])
+        .ok();
+    assert_eq!(i64_of(&buy, "balance_minor"), b0 + 1000 - 1250);
+    assert_eq!(i64_of(&buy, "approved_minor"), 1250);
+    assert_eq!(buy["replayed"], false);
+    let seq_buy = i64_of(&buy, "record_seq");
+    assert!(
+        seq_buy > seq_top,
+        "record_seq must increase: {seq_top} then {seq_buy}"
+    );
+
+    // The same purchase again under the same id: the original answer.
+    let again = till
+        .json_txn("50", &["purchase", "--card", card, "--amount", "12.50"])
+        .ok();
+    assert_eq!(again["replayed"], true);
+    assert_eq!(i64_of(&again, "record_seq"), seq_buy);
+    assert_eq!(again["record_hash"], buy["record_hash"]);
+    assert_eq!(i64_of(&again, "balance_minor"), b0 + 1000 - 1250);
+    assert_eq!(
+        till.balance(card),
+        b0 + 1000 - 1250,
+        "a retry must not charge twice"
+    );
+
+    // A different request under that id is refused.
+    let conflict = till.json_txn("50", &["purchase", "--card", card, "--amount", "13.00"]);
+    assert_eq!(conflict.code, 2, "{conflict:?}");
+    let v = conflict.json();
+    assert_eq!(v["error"], "IDEMPOTENCY_CONFLICT", "{conflict:?}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(till.balance(card), b0 + 1000 - 1250);
+
+    // Without --txn the terminal continues after the highest id it used.
+    let refund = till
+        .json(&["refund", "--seq", &seq_buy.to_string(), "--amount", "2.50"])
+        .ok();
+    assert_eq!(i64_of(&refund, "txn_id"), 51);
+    assert_eq!(i64_of(&refund, "refunded_minor"), 250);
+    assert_eq!(i64_of(&refund, "balance_minor"), b0 + 1000 - 1000);
+
+    let points = i64_of(&refund, "points");
+    assert!(points >= 1, "the purchase earned points: {refund}");
+    let redeem = till
+        .json(&[
+            "redeem-points",
+            "--card",
+            card,
+            "--points",
+            "1",
+            "--reward",
+            "cookie",
+        ])
+        .ok();
+    assert_eq!(i64_of(&redeem, "points"), points - 1);
+    assert_eq!(i64_of(&redeem, "points_redeemed"), 1);
+
+    // A purchase voided by its transaction id, and a void of an id the
+    // server never saw (counted, with no value).
+    let small = till
+        .json(&["purchase", "--card", card, "--amount", "3.00"])
+        .ok();
+    let small_txn = i64_of(&small, "txn_id");
+    assert_eq!(small_txn, 53);
+    let void = till
+        .json(&["reverse", "--original-txn", &small_txn.to_string()])
+        .ok();
+    assert_eq!(void["original_found"], true);
+    assert_eq!(i64_of(&void, "value_minor"), 300);
+    assert_eq!(i64_of(&void, "balance_minor"), b0);
+    let void_lost = till.json(&["reverse", "--original-txn", "9000"]).ok();
+    assert_eq!(void_lost["original_found"], false);
+    assert_eq!(i64_of(&void_lost, "value_minor"), 0);
+
+    // A declined purchase changes nothing and is not counted.
+    let declined = till.json(&["purchase", "--card", card, "--amount", "999999.00"]);
+    assert_eq!(declined.code, 2, "{declined:?}");
+    assert_eq!(declined.json()["error"], "INSUFFICIENT_FUNDS");
+
+    // Status of the retried purchase.
+    let status = till.json(&["status", "--txn", "50"]).ok();
+    assert_eq!(status["txn_state"], "COMMITTED");
+    assert_eq!(i64_of(&status, "status_seq"), seq_buy);
+
+    // The terminal's totals match the server's.
+    let close = till.json(&["close-shift"]).ok();
+    assert_eq!(close["balanced"], true, "{close}");
+    let server = &close["server_totals"];
+    assert_eq!(server["purchase_count"], 2);
+    assert_eq!(server["purchase_minor"], 1550);
+    assert_eq!(server["top_up_count"], 1);
+    assert_eq!(server["top_up_minor"], 1000);
+    assert_eq!(server["refund_count"], 1);
+    assert_eq!(server["refund_minor"], 250);
+    assert_eq!(server["reversal_count"], 2);
+    assert_eq!(server["reversal_minor"], 300);
+    assert_eq!(server["redeem_count"], 1);
+    assert_eq!(server["redeem_points"], 1);
+    assert_eq!(&close["terminal_totals"], server);
+
+    // The local totals were reset: the next (empty) shift balances too.
+    let state = till.state();
+    assert_eq!(state["shift"]["purchase_count"], 0);
+    assert_eq!(state["next_txn"], i64_of(&close, "txn_id") + 1);
+    let empty = till.json(&["close-shift"]).ok();
+    assert_eq!(empty["balanced"], true, "{empty}");
+    assert_eq!(empty["server_totals"]["purchase_count"], 0);
+}
+
+#[test]
+fn the_receipt_masks_the_card_and_refusals_go_to_stderr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[1].as_str();
+    let last4 = &card[card.len() - 4..];
+
+    let r = till.call(&[], &["topup", "--card", card, "--amount", "10.00"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("****{last4}")),
+        "masked card on the receipt: {}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains(card),
+        "the full card number must not be printed: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("TOP-UP"), "{}", r.stdout);
+    let store = &daemon.manifest.stores[0].name;
+    assert!(
+        r.stdout.contains(store.as_str()),
+        "store name {store}: {}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("10.00"), "{}", r.stdout);
+
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "99999.00"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "one refusal line: {r:?}");
+    assert!(r.stderr.contains("INSUFFICIENT_FUNDS"), "{r:?}");
+    assert!(!r.stderr.contains(card), "{r:?}");
+}
+
+#[test]
+fn usage_and_connection_failures_exit_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 1);
+    let card = daemon.manifest.cards[2].as_str();
+
+    // An amount with more decimals than the currency has.
+    let r = till.json(&["purchase", "--card", card, "--amount", "12.505"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.is_empty() && r.stderr.contains("--amount"),
+        "{r:?}"
+    );
+    // A floating-point style amount.
+    let r = till.json(&["topup", "--card", card, "--amount", "1e3"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    // --txn with a read-only operation, and an unknown subcommand.
+    assert_eq!(till.json_txn("7", &["inquiry", "--card", card]).code, 1);
+    assert_eq!(till.json(&["bogus"]).code, 1);
+
+    // A key file others can read is refused before connecting.
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(till.key.as_path(), &open_key).expect("copy key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let r = run(&[
+            "--connect",
+            &daemon.addr,
+            "--key",
+            open_key.to_str().unwrap(),
+            "inquiry",
+            "--card",
+            card,
+        ]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("readable by others"), "{r:?}");
+    }
+
+    // Nobody listening: a port that was free a moment ago.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let key = till.key.to_str().unwrap();
+    let r = run(&[
+        "--connect",
+        &addr,
+        "--key",
+        key,
+        "--json",
+        "inquiry",
+        "--card",
+        card,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.is_empty(),
+        "no JSON for a failed connection: {r:?}"
+    );
+    assert!(r.stderr.contains("connecting to"), "{r:?}");
+
+    // The owner's key is not a terminal.
+    let owner = daemon.data.join(&daemon.manifest.owner_key);
+    let r = run(&[
+        "--connect",
+        &daemon.addr,
+        "--key",
+        owner.to_str().unwrap(),
+        "inquiry",
+        "--card",
+        card,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not as a terminal"), "{r:?}");
+
+    // None of this consumed a transaction id or touched the balance.
+    let top = till
+        .json(&["topup", "--card", card, "--amount", "1.00"])
+        .ok();
+    assert_eq!(i64_of(&top, "txn_id"), 1);
+}
