@@ -20,15 +20,45 @@ const CARDS: usize = 4;
 /// What the test asks for, in terms of indexes into what exists.
 #[derive(Debug, Clone)]
 enum Step {
-    TopUp { term: usize, card: usize, amount: i64 },
-    Purchase { term: usize, card: usize, amount: i64, partial: bool },
-    Refund { term: usize, purchase: usize, amount: i64 },
-    Reverse { term: usize, back: usize, unknown: bool },
-    Redeem { term: usize, card: usize, points: i64 },
-    Block { card: usize, blocked: bool },
-    Replace { card: usize },
-    CloseShift { term: usize },
-    Retry { back: usize },
+    TopUp {
+        term: usize,
+        card: usize,
+        amount: i64,
+    },
+    Purchase {
+        term: usize,
+        card: usize,
+        amount: i64,
+        partial: bool,
+    },
+    Refund {
+        term: usize,
+        purchase: usize,
+        amount: i64,
+    },
+    Reverse {
+        term: usize,
+        back: usize,
+        unknown: bool,
+    },
+    Redeem {
+        term: usize,
+        card: usize,
+        points: i64,
+    },
+    Block {
+        card: usize,
+        blocked: bool,
+    },
+    Replace {
+        card: usize,
+    },
+    CloseShift {
+        term: usize,
+    },
+    Retry {
+        back: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -91,7 +121,10 @@ impl World {
     fn new() -> World {
         let server = SigningKey::from_bytes(&[1; 32]);
         let owner = SigningKey::from_bytes(&[2; 32]);
-        let terminals = vec![SigningKey::from_bytes(&[3; 32]), SigningKey::from_bytes(&[4; 32])];
+        let terminals = vec![
+            SigningKey::from_bytes(&[3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ];
         let mut w = World {
             state: BrandState::new(BRAND),
             server,
@@ -114,8 +147,11 @@ impl World {
             owner_public_key: w.owner.verifying_key().to_bytes().to_vec(),
         });
         let server = w.server.clone();
-        w.submit(Principal::Server, &server, 1, create).expect("brand");
-        w.owner_op(Op::SetRules(pb::SetRules { rules: Some(cardd::demo::demo_rules()) }));
+        w.submit(Principal::Server, &server, 1, create)
+            .expect("brand");
+        w.owner_op(Op::SetRules(pb::SetRules {
+            rules: Some(cardd::demo::demo_rules()),
+        }));
         for name in ["A", "B"] {
             w.owner_op(Op::CreateStore(pb::CreateStore { name: name.into() }));
         }
@@ -135,13 +171,31 @@ impl World {
         w
     }
 
-    fn submit(&mut self, principal: Principal, key: &SigningKey, txn: u64, op: Op) -> Result<Outcome, ErrorCode> {
-        let req = pb::Request { txn_id: txn, brand_id: BRAND, operator: "t".into(), op: Some(op), ..Default::default() };
+    fn submit(
+        &mut self,
+        principal: Principal,
+        key: &SigningKey,
+        txn: u64,
+        op: Op,
+    ) -> Result<Outcome, ErrorCode> {
+        let req = pb::Request {
+            txn_id: txn,
+            brand_id: BRAND,
+            operator: "t".into(),
+            op: Some(op),
+            ..Default::default()
+        };
         let bytes = req.encode_to_vec();
         let sig = sign_request(key, &bytes);
         self.time_ms += 61_000;
         let signer_key = key.verifying_key().to_bytes();
-        let ctx = Context { time_ms: self.time_ms, principal, signer_key: &signer_key, request: &bytes, signature: &sig };
+        let ctx = Context {
+            time_ms: self.time_ms,
+            principal,
+            signer_key: &signer_key,
+            request: &bytes,
+            signature: &sig,
+        };
         let before = self.state.clone();
         let out = apply(&mut self.state, &ctx, &req);
         match &out {
@@ -153,7 +207,10 @@ impl World {
             }
             // A refusal, and any answer that writes nothing, leaves the
             // state exactly as it was.
-            _ => assert_eq!(self.state, before, "state changed without a record: {out:?}"),
+            _ => assert_eq!(
+                self.state, before,
+                "state changed without a record: {out:?}"
+            ),
         }
         out.map_err(|r| r.code)
     }
@@ -183,7 +240,13 @@ impl World {
                 let number = self.cards[card].clone();
                 let m = self.model[&number].clone();
                 let bonus = cardd::state::rules::bonus_for(&cardd::demo::demo_rules(), amount);
-                let r = self.term_op(term, Op::TopUp(pb::TopUp { card: number.clone(), amount_minor: amount }));
+                let r = self.term_op(
+                    term,
+                    Op::TopUp(pb::TopUp {
+                        card: number.clone(),
+                        amount_minor: amount,
+                    }),
+                );
                 if m.blocked || m.replaced {
                     assert_eq!(r.unwrap_err(), ErrorCode::CardBlocked);
                     return;
@@ -195,12 +258,21 @@ impl World {
                 mc.bonus += bonus;
                 self.external_net += i128::from(amount + bonus);
             }
-            Step::Purchase { term, card, amount, partial } => {
+            Step::Purchase {
+                term,
+                card,
+                amount,
+                partial,
+            } => {
                 let number = self.cards[card].clone();
                 let m = self.model[&number].clone();
                 let r = self.term_op(
                     term,
-                    Op::Purchase(pb::Purchase { card: number.clone(), amount_minor: amount, allow_partial: partial }),
+                    Op::Purchase(pb::Purchase {
+                        card: number.clone(),
+                        amount_minor: amount,
+                        allow_partial: partial,
+                    }),
                 );
                 let balance = m.paid + m.bonus;
                 if m.blocked || m.replaced {
@@ -218,7 +290,10 @@ impl World {
                 let rec = r.expect("purchase within balance");
                 let paid_out = approved.min(m.paid);
                 let bonus_out = approved - paid_out;
-                assert_eq!((rec.paid_out_minor, rec.bonus_out_minor), (paid_out, bonus_out));
+                assert_eq!(
+                    (rec.paid_out_minor, rec.bonus_out_minor),
+                    (paid_out, bonus_out)
+                );
                 assert_eq!(rec.remaining_minor, amount - approved);
                 let mc = self.model.get_mut(&number).unwrap();
                 mc.paid -= paid_out;
@@ -237,14 +312,32 @@ impl World {
                     },
                 ));
             }
-            Step::Refund { term, purchase, amount } => {
-                let Some(idx) = (!self.purchases.is_empty()).then(|| purchase % self.purchases.len()) else {
-                    let r = self.term_op(term, Op::Refund(pb::Refund { original_seq: 999_999, amount_minor: amount }));
+            Step::Refund {
+                term,
+                purchase,
+                amount,
+            } => {
+                let Some(idx) =
+                    (!self.purchases.is_empty()).then(|| purchase % self.purchases.len())
+                else {
+                    let r = self.term_op(
+                        term,
+                        Op::Refund(pb::Refund {
+                            original_seq: 999_999,
+                            amount_minor: amount,
+                        }),
+                    );
                     assert_eq!(r.unwrap_err(), ErrorCode::OriginalNotFound);
                     return;
                 };
                 let (seq, p) = self.purchases[idx].clone();
-                let r = self.term_op(term, Op::Refund(pb::Refund { original_seq: seq, amount_minor: amount }));
+                let r = self.term_op(
+                    term,
+                    Op::Refund(pb::Refund {
+                        original_seq: seq,
+                        amount_minor: amount,
+                    }),
+                );
                 let left = p.paid_out + p.bonus_out - p.refunded_paid - p.refunded_bonus;
                 let m = self.model[&p.card].clone();
                 let expected = if p.reversed {
@@ -263,7 +356,10 @@ impl World {
                     Ok(()) => {
                         let rec = r.expect("refund within limits");
                         let bonus_in = amount.min(p.bonus_out - p.refunded_bonus);
-                        assert_eq!((rec.paid_in_minor, rec.bonus_in_minor), (amount - bonus_in, bonus_in));
+                        assert_eq!(
+                            (rec.paid_in_minor, rec.bonus_in_minor),
+                            (amount - bonus_in, bonus_in)
+                        );
                         let mc = self.model.get_mut(&p.card).unwrap();
                         mc.paid += amount - bonus_in;
                         mc.bonus += bonus_in;
@@ -274,20 +370,35 @@ impl World {
                     }
                 }
             }
-            Step::Reverse { term, back, unknown } => {
+            Step::Reverse {
+                term,
+                back,
+                unknown,
+            } => {
                 let original = if unknown {
                     // A txn id this terminal has not used yet: a tombstone.
                     self.next_txn[term] + 1_000
                 } else {
                     self.next_txn[term].saturating_sub(1 + back as u64).max(1)
                 };
-                let r = self.term_op(term, Op::Reversal(pb::Reversal { original_txn_id: original }));
+                let r = self.term_op(
+                    term,
+                    Op::Reversal(pb::Reversal {
+                        original_txn_id: original,
+                    }),
+                );
                 // The state machine is the judge here; the model follows the
                 // record's deltas and checks them against the original.
                 if let Ok(rec) = r {
-                    let net = rec.paid_in_minor + rec.bonus_in_minor - rec.paid_out_minor - rec.bonus_out_minor;
+                    let net = rec.paid_in_minor + rec.bonus_in_minor
+                        - rec.paid_out_minor
+                        - rec.bonus_out_minor;
                     if rec.original_seq != 0 {
-                        let orig = self.records.iter().find(|w| w.record.seq == rec.original_seq).unwrap();
+                        let orig = self
+                            .records
+                            .iter()
+                            .find(|w| w.record.seq == rec.original_seq)
+                            .unwrap();
                         let o = &orig.record;
                         assert_eq!(rec.paid_in_minor, o.paid_out_minor);
                         assert_eq!(rec.bonus_in_minor, o.bonus_out_minor);
@@ -296,11 +407,19 @@ impl World {
                         let mc = self.model.get_mut(&rec.card).unwrap();
                         mc.paid += rec.paid_in_minor - rec.paid_out_minor;
                         mc.bonus += rec.bonus_in_minor - rec.bonus_out_minor;
-                        if let Some((_, p)) = self.purchases.iter_mut().find(|(s, _)| *s == rec.original_seq) {
+                        if let Some((_, p)) = self
+                            .purchases
+                            .iter_mut()
+                            .find(|(s, _)| *s == rec.original_seq)
+                        {
                             p.reversed = true;
                         }
                         if o.kind() == RecordKind::Refund {
-                            let (_, p) = self.purchases.iter_mut().find(|(s, _)| *s == o.original_seq).unwrap();
+                            let (_, p) = self
+                                .purchases
+                                .iter_mut()
+                                .find(|(s, _)| *s == o.original_seq)
+                                .unwrap();
                             p.refunded_paid -= o.paid_in_minor;
                             p.refunded_bonus -= o.bonus_in_minor;
                         }
@@ -315,10 +434,20 @@ impl World {
             Step::Redeem { term, card, points } => {
                 let number = self.cards[card].clone();
                 let before = self.state.cards[&number.parse::<u64>().unwrap()].points;
-                let r = self.term_op(term, Op::RedeemPoints(pb::RedeemPoints { card: number, points, reward: "cup".into() }));
+                let r = self.term_op(
+                    term,
+                    Op::RedeemPoints(pb::RedeemPoints {
+                        card: number,
+                        points,
+                        reward: "cup".into(),
+                    }),
+                );
                 match r {
                     Ok(rec) => assert_eq!(rec.points_after, before - points),
-                    Err(code) => assert!(matches!(code, ErrorCode::InsufficientPoints | ErrorCode::CardBlocked)),
+                    Err(code) => assert!(matches!(
+                        code,
+                        ErrorCode::InsufficientPoints | ErrorCode::CardBlocked
+                    )),
                 }
             }
             Step::Block { card, blocked } => {
@@ -326,7 +455,11 @@ impl World {
                 if self.model[&number].replaced {
                     return;
                 }
-                self.owner_op(Op::SetCardBlocked(pb::SetCardBlocked { card: number.clone(), blocked, reason: String::new() }));
+                self.owner_op(Op::SetCardBlocked(pb::SetCardBlocked {
+                    card: number.clone(),
+                    blocked,
+                    reason: String::new(),
+                }));
                 self.model.get_mut(&number).unwrap().blocked = blocked;
             }
             Step::Replace { card } => {
@@ -335,24 +468,49 @@ impl World {
                     return;
                 }
                 let new = card_for(1_000 + self.records.len() as u64);
-                self.owner_op(Op::ReplaceCard(pb::ReplaceCard { old_card: old.clone(), new_card: new.clone() }));
+                self.owner_op(Op::ReplaceCard(pb::ReplaceCard {
+                    old_card: old.clone(),
+                    new_card: new.clone(),
+                }));
                 let m = self.model.get_mut(&old).unwrap();
-                let moved = ModelCard { paid: m.paid, bonus: m.bonus, blocked: false, replaced: false };
-                *m = ModelCard { replaced: true, ..ModelCard::default() };
+                let moved = ModelCard {
+                    paid: m.paid,
+                    bonus: m.bonus,
+                    blocked: false,
+                    replaced: false,
+                };
+                *m = ModelCard {
+                    replaced: true,
+                    ..ModelCard::default()
+                };
                 self.model.insert(new.clone(), moved);
                 self.cards[card] = new;
             }
             Step::CloseShift { term } => {
                 let server_totals = self.state.terminals[&(term as u32 + 1)].shift.clone();
                 let rec = self
-                    .term_op(term, Op::CloseShift(pb::CloseShift { terminal_totals: Some(server_totals.clone()) }))
+                    .term_op(
+                        term,
+                        Op::CloseShift(pb::CloseShift {
+                            terminal_totals: Some(server_totals.clone()),
+                        }),
+                    )
                     .expect("shift close");
                 assert!(rec.shift_balanced);
                 assert_eq!(rec.shift_totals, Some(server_totals));
-                assert_eq!(self.state.terminals[&(term as u32 + 1)].shift, pb::ShiftTotals::default());
+                assert_eq!(
+                    self.state.terminals[&(term as u32 + 1)].shift,
+                    pb::ShiftTotals::default()
+                );
             }
             Step::Retry { back } => {
-                let Some(i) = self.sent.len().checked_sub(1 + back % self.sent.len().max(1)) else { return };
+                let Some(i) = self
+                    .sent
+                    .len()
+                    .checked_sub(1 + back % self.sent.len().max(1))
+                else {
+                    return;
+                };
                 let (term, txn, bytes, sig) = self.sent[i].clone();
                 let req = pb::Request::decode(bytes.as_slice()).unwrap();
                 let key = self.terminals[term].verifying_key().to_bytes();
@@ -381,9 +539,16 @@ impl World {
     fn check_invariants(&self) {
         let mut sum: i128 = 0;
         for (number, card) in &self.state.cards {
-            assert!(card.paid >= 0 && card.bonus >= 0 && card.points >= 0, "negative card {card:?}");
+            assert!(
+                card.paid >= 0 && card.bonus >= 0 && card.points >= 0,
+                "negative card {card:?}"
+            );
             let m = &self.model[&cardd::state::format_card(*number)];
-            assert_eq!((card.paid, card.bonus), (m.paid, m.bonus), "card {number} differs from the model");
+            assert_eq!(
+                (card.paid, card.bonus),
+                (m.paid, m.bonus),
+                "card {number} differs from the model"
+            );
             sum += i128::from(card.paid + card.bonus);
         }
         let (paid, bonus) = self.state.liability();
@@ -397,7 +562,9 @@ impl World {
             .filter(|w| w.record.kind() != RecordKind::CardReplaced)
             .map(|w| {
                 let r = &w.record;
-                i128::from(r.paid_in_minor + r.bonus_in_minor - r.paid_out_minor - r.bonus_out_minor)
+                i128::from(
+                    r.paid_in_minor + r.bonus_in_minor - r.paid_out_minor - r.bonus_out_minor,
+                )
             })
             .sum();
         assert_eq!(from_records, sum, "records do not add up to the balances");
@@ -409,14 +576,20 @@ impl World {
         for w in &self.records {
             replay_record(&mut rebuilt, w.record.seq, &w.bytes, &server).expect("replay");
         }
-        assert_eq!(rebuilt, self.state, "state rebuilt from records differs from live state");
+        assert_eq!(
+            rebuilt, self.state,
+            "state rebuilt from records differs from live state"
+        );
     }
 }
 
 /// A valid card number of the brand from a counter.
 fn card_for(i: u64) -> String {
     let body = format!("8{BRAND:05}{i:012}");
-    (0..10).map(|d| format!("{body}{d}")).find(|n| cardd::card_number::parse(n) == Some(BRAND)).unwrap()
+    (0..10)
+        .map(|d| format!("{body}{d}"))
+        .find(|n| cardd::card_number::parse(n) == Some(BRAND))
+        .unwrap()
 }
 
 proptest! {
@@ -442,9 +615,23 @@ proptest! {
 #[test]
 fn a_record_changed_by_one_byte_breaks_replay_of_the_chain() {
     let mut w = World::new();
-    w.run(&Step::TopUp { term: 0, card: 0, amount: 10_000 });
-    w.run(&Step::Purchase { term: 0, card: 0, amount: 2_500, partial: false });
-    w.run(&Step::Purchase { term: 1, card: 0, amount: 100, partial: false });
+    w.run(&Step::TopUp {
+        term: 0,
+        card: 0,
+        amount: 10_000,
+    });
+    w.run(&Step::Purchase {
+        term: 0,
+        card: 0,
+        amount: 2_500,
+        partial: false,
+    });
+    w.run(&Step::Purchase {
+        term: 1,
+        card: 0,
+        amount: 100,
+        partial: false,
+    });
     let target = w.records.len() - 2;
     let server = w.server.verifying_key().to_bytes();
     for i in 0..w.records[target].bytes.len() {
@@ -460,6 +647,10 @@ fn a_record_changed_by_one_byte_breaks_replay_of_the_chain() {
                 break;
             }
         }
-        assert!(failed, "byte {i} of record {} flipped and the chain still replayed", target + 1);
+        assert!(
+            failed,
+            "byte {i} of record {} flipped and the chain still replayed",
+            target + 1
+        );
     }
 }
