@@ -7,11 +7,17 @@ use rand::Rng;
 /// Length of a card number in digits.
 pub const CARD_DIGITS: usize = 19;
 
-/// The Luhn check digit for `digits` (without the check digit).
+/// The Luhn check digit for `digits` (digit values 0..=9, without the
+/// check digit).
 fn luhn_check_digit(digits: &[u8]) -> u8 {
+    luhn(digits.iter().copied())
+}
+
+/// Luhn over digit values given most significant first.
+fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> u8 {
     let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(*d);
+    for (i, d) in digits.rev().enumerate() {
+        let mut v = u32::from(d);
         if i % 2 == 0 {
             v *= 2;
             if v > 9 {
@@ -30,8 +36,9 @@ pub fn parse(card: &str) -> Option<u32> {
     if bytes.len() != CARD_DIGITS || !bytes.iter().all(u8::is_ascii_digit) || bytes[0] != b'8' {
         return None;
     }
-    let digits: Vec<u8> = bytes.iter().map(|b| b - b'0').collect();
-    if luhn_check_digit(&digits[..CARD_DIGITS - 1]) != digits[CARD_DIGITS - 1] {
+    // Called on every card operation: no allocation.
+    let body = bytes[..CARD_DIGITS - 1].iter().map(|b| b - b'0');
+    if luhn(body) != bytes[CARD_DIGITS - 1] - b'0' {
         return None;
     }
     card[1..6].parse().ok()

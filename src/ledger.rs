@@ -181,6 +181,15 @@ impl BrandLedger {
                 "request does not decode",
             ));
         };
+        // Only the canonical encoding is accepted: unknown fields, repeated
+        // fields or over-long varints would let a signer smuggle bytes into
+        // the ledger, and give one request many "identical" encodings.
+        if request.encoded_len() != sub.request.len() || request.encode_to_vec() != sub.request {
+            return Err(Refusal::new(
+                ErrorCode::Malformed,
+                "request is not in canonical encoding (unknown or repeated fields?)",
+            ));
+        }
         if request.want_proof {
             batch.proof_wanted.push(batch.answers.len());
         }

@@ -11,6 +11,11 @@ pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
 
+/// Hash maps of the state: foldhash is several times faster than SipHash on
+/// these small keys and is seeded per process, so keys chosen by a client
+/// (transaction ids) cannot be aimed at collisions ahead of time.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::merkle::Frontier;
 use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
 
@@ -237,13 +242,13 @@ pub struct BrandState {
     /// Transaction id of the owner's newest record.
     pub owner_last_txn_id: u64,
     /// Cards by number.
-    pub cards: HashMap<u64, Card>,
+    pub cards: FastMap<u64, Card>,
     /// The loyalty rules in force.
     pub rules: pb::Rules,
     /// Idempotency index: (signer namespace, txn id) -> entry.
-    pub txns: HashMap<(u32, u64), TxnEntry>,
+    pub txns: FastMap<(u32, u64), TxnEntry>,
     /// Refundable and reversible records by sequence number.
-    pub effects: HashMap<u64, Effect>,
+    pub effects: FastMap<u64, Effect>,
 }
 
 impl BrandState {
@@ -261,10 +266,10 @@ impl BrandState {
             stores: BTreeMap::new(),
             terminals: BTreeMap::new(),
             owner_last_txn_id: 0,
-            cards: HashMap::new(),
+            cards: FastMap::default(),
             rules: rules::default_rules(),
-            txns: HashMap::new(),
-            effects: HashMap::new(),
+            txns: FastMap::default(),
+            effects: FastMap::default(),
         }
     }
 
