@@ -45,5 +45,8 @@ pub const WRITER_QUEUE: usize = 16_384;
 pub const SIGN_ON_TIMEOUT_SECS: u64 = 10;
 /// A signed-on connection with no frame for this long is closed.
 pub const IDLE_TIMEOUT_SECS: u64 = 600;
+/// sled's page cache (its own default is 1 GiB): the ledger is appended
+/// and read back mostly at start-up, so a small cache costs little.
+pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Echo payloads.
 pub const MAX_ECHO_BYTES: usize = 1_024;

@@ -92,6 +92,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir.join("ledger"))
             .mode(sled::Mode::HighThroughput)
+            .cache_capacity(crate::limits::SLED_CACHE_BYTES)
             .open()?;
         Ok(SledStore { db })
     }
