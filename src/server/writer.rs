@@ -142,12 +142,24 @@ async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc
                 BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
             })
             .await;
-            match result {
-                Ok(Ok(())) => {}
-                // Memory is now ahead of disk and nothing was acknowledged:
-                // stop rather than answer from state that may not survive.
-                Ok(Err(e)) => fail_stop(brand, &e.to_string()),
-                Err(e) => fail_stop(brand, &e.to_string()),
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failure {
+                // Memory is now ahead of disk, and the batch may or may not
+                // have reached it: acknowledge nothing, serve nothing more
+                // from this state. Other brands go on; a restart recovers
+                // this one from its durable log.
+                tracing::error!(brand, error, "commit failed; brand stopped until restart");
+                eprintln!("cardd: brand {brand}: commit failed: {error}; brand stopped (restart recovers it)");
+                for tx in waiting {
+                    let _ = tx.send(Err(stopped_refusal()));
+                }
+                drop(ledger);
+                refuse_all(rx).await;
+                return;
             }
             for (key, tid) in &batch.enrolled {
                 keys.insert(*key, brand, Principal::Terminal(*tid));
@@ -164,12 +176,18 @@ async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc
     }
 }
 
-fn fail_stop(brand: u32, error: &str) -> ! {
-    tracing::error!(
-        brand,
-        error,
-        "commit failed; stopping without acknowledging the batch"
-    );
-    eprintln!("cardd: brand {brand}: commit failed: {error}; stopping (restart recovers from the durable log)");
-    std::process::exit(70)
+fn stopped_refusal() -> crate::error::Refusal {
+    crate::error::Refusal::new(
+        pb::ErrorCode::StorageFailure,
+        "storage failed; the outcome of this request is unknown until the daemon restarts (then ask its status)",
+    )
+}
+
+/// A stopped brand answers every request with STORAGE_FAILURE.
+async fn refuse_all(mut rx: mpsc::Receiver<Command>) {
+    while let Some(cmd) = rx.recv().await {
+        if let Command::Apply(_, tx) = cmd {
+            let _ = tx.send(Err(stopped_refusal()));
+        }
+    }
 }
