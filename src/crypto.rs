@@ -60,12 +60,6 @@ pub fn request_message(request: &[u8]) -> Vec<u8> {
     domain_message(DOMAIN_REQUEST, &[request])
 }
 
-/// The message the server signs for a checkpoint (encoded with an empty
-/// signature field).
-pub fn checkpoint_message(encoded_checkpoint: &[u8]) -> Vec<u8> {
-    domain_message(DOMAIN_CHECKPOINT, &[encoded_checkpoint])
-}
-
 /// Signs a request's bytes as a terminal or owner does.
 pub fn sign_request(key: &SigningKey, request: &[u8]) -> Vec<u8> {
     key.sign(&request_message(request)).to_bytes().to_vec()

@@ -42,6 +42,14 @@ enum Command {
         /// Largest frame accepted, in bytes.
         #[arg(long, default_value_t = cardd::limits::DEFAULT_MAX_FRAME_BYTES)]
         max_frame_bytes: usize,
+        /// Sign-on failures allowed per address per minute before it is
+        /// refused for a minute (0 = unlimited).
+        #[arg(long, default_value_t = cardd::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE)]
+        sign_on_failures_per_minute: u32,
+        /// Unknown-card answers allowed per terminal and per address per
+        /// minute before it is refused for a minute (0 = unlimited).
+        #[arg(long, default_value_t = cardd::limits::DEFAULT_CARD_MISSES_PER_MINUTE)]
+        card_misses_per_minute: u32,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -311,12 +319,16 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             listen,
             demo,
             max_frame_bytes,
+            sign_on_failures_per_minute,
+            card_misses_per_minute,
         } => {
             let config = Config {
                 data_dir: data,
                 listen,
                 max_frame_bytes,
                 demo,
+                sign_on_failures_per_minute,
+                card_misses_per_minute,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -27,6 +27,7 @@ use crate::pb::{
 };
 use crate::state::Principal;
 
+use super::guard::GuardKey;
 use super::writer::BrandHandle;
 
 /// A signed-on session.
@@ -64,6 +65,7 @@ fn error_msg(request_id: u64, code: E, message: impl Into<String>) -> ServerMess
 /// peer breaks the framing.
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
+    let ip = peer.map(|p| p.ip());
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut reader = FramedRead::new(r, frame_codec(shared.max_frame_bytes));
@@ -137,7 +139,13 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 let _ = out_tx.send(reply).await;
             }
             (Some(Body::Hello(h)), Phase::AwaitHello) => {
+                if ip.is_some_and(|ip| shared.guard.blocked(GuardKey::SignOn(ip))) {
+                    tracing::warn!(?peer, "sign-on refused: too many failures from this address");
+                    let _ = out_tx.send(error_msg(rid, E::RateLimited, "too many sign-on failures; wait")).await;
+                    break;
+                }
                 if h.protocol_version != 1 {
+                    sign_on_failed(&shared, ip);
                     let _ = out_tx
                         .send(error_msg(
                             rid,
@@ -150,6 +158,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 let found = parse_public_key(&h.public_key)
                     .and_then(|k| Some((k, shared.keys.get(&k.to_bytes())?)));
                 let Some((key, (brand, principal))) = found else {
+                    sign_on_failed(&shared, ip);
                     tracing::warn!(
                         ?peer,
                         key = hex::encode(&h.public_key),
@@ -197,6 +206,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     &sign_on_message(nonce, &shared.server_public),
                     &p.signature,
                 ) {
+                    sign_on_failed(&shared, ip);
                     tracing::warn!(
                         ?peer,
                         ?principal,
@@ -239,6 +249,16 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 }));
             }
             (Some(Body::Signed(s)), Phase::SignedOn(session)) => {
+                let terminal_key = GuardKey::CardMissTerminal(session.brand_id, session.principal.txn_namespace());
+                if shared.guard.blocked(terminal_key)
+                    || ip.is_some_and(|ip| shared.guard.blocked(GuardKey::CardMissAddr(ip)))
+                {
+                    tracing::warn!(?peer, principal = ?session.principal, "refused: probing limit");
+                    let _ = out_tx
+                        .send(error_msg(rid, E::RateLimited, "too many unknown cards; wait before trying again"))
+                        .await;
+                    continue;
+                }
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                     let _ = out_tx
                         .send(error_msg(
@@ -285,10 +305,17 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 };
                 let session = session.clone();
                 let out = out_tx.clone();
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let body = match session.brand.submit(sub).await {
                         Some(Ok(reply)) => server_message::Body::Reply(reply),
                         Some(Err(refusal)) => {
+                            if matches!(refusal.code, E::CardNotFound | E::CardOtherBrand) {
+                                shared.guard.fail(terminal_key);
+                                if let Some(ip) = ip {
+                                    shared.guard.fail(GuardKey::CardMissAddr(ip));
+                                }
+                            }
                             tracing::info!(principal = ?session.principal, code = ?refusal.code, "refused: {}", refusal.message);
                             server_message::Body::Error(refusal.into())
                         }
@@ -326,6 +353,12 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     drop(out_tx);
     // Answers still in flight are delivered before the socket closes.
     let _ = write_task.await;
+}
+
+fn sign_on_failed(shared: &Shared, ip: Option<std::net::IpAddr>) {
+    if let Some(ip) = ip {
+        shared.guard.fail(GuardKey::SignOn(ip));
+    }
 }
 
 /// Where a verified request goes.

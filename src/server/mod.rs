@@ -2,6 +2,7 @@
 //! terminals over TCP.
 pub mod audit;
 pub mod connection;
+pub mod guard;
 pub mod keys;
 pub mod writer;
 
@@ -32,6 +33,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Provision the demo brand into an empty ledger.
     pub demo: bool,
+    /// Sign-on failures per address per minute (0 = unlimited).
+    pub sign_on_failures_per_minute: u32,
+    /// Unknown-card answers per terminal and per address per minute (0 = unlimited).
+    pub card_misses_per_minute: u32,
 }
 
 impl Default for Config {
@@ -41,6 +46,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             demo: false,
+            sign_on_failures_per_minute: crate::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE,
+            card_misses_per_minute: crate::limits::DEFAULT_CARD_MISSES_PER_MINUTE,
         }
     }
 }
@@ -55,6 +62,8 @@ pub struct Shared {
     pub max_frame_bytes: usize,
     /// Durable storage, for audit reads (export, proofs).
     pub store: Arc<dyn LogStore>,
+    /// Failure budgets per address and terminal.
+    pub guard: guard::Guard,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -144,6 +153,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         keys,
         server_public: server_key.verifying_key().to_bytes(),
         store: store.clone(),
+        guard: guard::Guard::new(config.sign_on_failures_per_minute, config.card_misses_per_minute),
         max_frame_bytes: config.max_frame_bytes,
         brands: RwLock::new(brands),
     });

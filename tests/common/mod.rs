@@ -49,17 +49,35 @@ impl Daemon {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("cardd did not start listening in time");
-        Daemon { child, addr: addr.parse().expect("address"), data: data.to_path_buf() }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("cardd did not start listening in time");
+        Daemon {
+            child,
+            addr: addr.parse().expect("address"),
+            data: data.to_path_buf(),
+        }
     }
 
     /// Starts a daemon with the demo brand on a fresh directory inside `dir`.
     pub fn demo(dir: &Path) -> (Daemon, Demo) {
+        Daemon::demo_with(dir, &[])
+    }
+
+    /// Like [`Daemon::demo`], with extra `cardd serve` arguments.
+    pub fn demo_with(dir: &Path, extra: &[&str]) -> (Daemon, Demo) {
         let data = dir.join("data");
-        let d = Daemon::start(&data, &["--demo"]);
+        let mut args = vec!["--demo"];
+        args.extend_from_slice(extra);
+        let d = Daemon::start(&data, &args);
         let demo = Demo::load(&data);
         (d, demo)
     }
+
+    /// Serve arguments that turn the failure rate limits off, for tests
+    /// that send hundreds of deliberate failures from one address.
+    pub const NO_RATE_LIMITS: [&'static str; 4] =
+        ["--sign-on-failures-per-minute", "0", "--card-misses-per-minute", "0"];
 
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
@@ -88,20 +106,28 @@ pub struct Demo {
 impl Demo {
     pub fn load(data: &Path) -> Demo {
         let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
-        Demo { manifest: serde_json::from_str(&text).expect("manifest"), data: data.to_path_buf() }
+        Demo {
+            manifest: serde_json::from_str(&text).expect("manifest"),
+            data: data.to_path_buf(),
+        }
     }
     pub fn owner_key_path(&self) -> PathBuf {
         self.data.join(&self.manifest.owner_key)
     }
     /// Key file of the first terminal of store `store_index` (0 or 1).
     pub fn terminal_key_path(&self, store_index: usize) -> PathBuf {
-        self.data.join(&self.manifest.stores[store_index].terminals[0].key)
+        self.data
+            .join(&self.manifest.stores[store_index].terminals[0].key)
     }
     pub fn owner(&self, addr: SocketAddr) -> impl std::future::Future<Output = Client> + '_ {
         let key = read_key_file(&self.owner_key_path()).expect("owner key");
         async move { Client::connect(addr, key).await.expect("owner sign-on") }
     }
-    pub fn terminal(&self, addr: SocketAddr, store_index: usize) -> impl std::future::Future<Output = Client> + '_ {
+    pub fn terminal(
+        &self,
+        addr: SocketAddr,
+        store_index: usize,
+    ) -> impl std::future::Future<Output = Client> + '_ {
         let key = read_key_file(&self.terminal_key_path(store_index)).expect("terminal key");
         async move { Client::connect(addr, key).await.expect("terminal sign-on") }
     }
@@ -109,7 +135,9 @@ impl Demo {
 
 /// Bounded wait for any test-side future: no network test may hang.
 pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test step timed out")
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test step timed out")
 }
 
 /// Sends `op` under `txn` and returns the reply or the refusal code.
@@ -123,15 +151,26 @@ pub async fn call(c: &mut Client, txn: u64, op: Op) -> Result<pb::Reply, pb::Err
 
 /// The card view from an inquiry.
 pub async fn inquiry(c: &mut Client, card: &str) -> pb::CardView {
-    call(c, 0, Op::Inquiry(pb::Inquiry { card: card.into() })).await.expect("inquiry").card.expect("card view")
+    call(c, 0, Op::Inquiry(pb::Inquiry { card: card.into() }))
+        .await
+        .expect("inquiry")
+        .card
+        .expect("card view")
 }
 
 pub fn purchase(card: &str, amount_minor: i64) -> Op {
-    Op::Purchase(pb::Purchase { card: card.into(), amount_minor, allow_partial: false })
+    Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor,
+        allow_partial: false,
+    })
 }
 
 pub fn top_up(card: &str, amount_minor: i64) -> Op {
-    Op::TopUp(pb::TopUp { card: card.into(), amount_minor })
+    Op::TopUp(pb::TopUp {
+        card: card.into(),
+        amount_minor,
+    })
 }
 
 /// Polls `f` until it returns true or 20 s pass.
