@@ -1,0 +1,834 @@
+#!/usr/bin/env python3
+"""An independent verifier of cardd ledger exports (docs/ledger-format.md).
+
+A second implementation, written from the format document rather than from
+the Rust code, using only the Python standard library and the
+`cryptography` package (for Ed25519 signature verification). It carries its
+own minimal protobuf wire-format reader; no protobuf library is used.
+
+    python3 tests/independent_verifier.py EXPORT_FILE --server-key HEX
+                                          [--sample N|all] [--seed S]
+
+Checks, trusting nothing but the server public key given on the command line:
+  * the magic bytes, the framing, the header's format string and server key;
+  * every record: sequence numbers consecutive from 1, the prev_hash chain,
+    the brand id, a canonical protobuf encoding, the signer's key being the
+    one enrolled for that signer (server for record 1, owner from record 1's
+    CreateBrand, terminals from TERMINAL_ENROLLED records);
+  * every checkpoint: the server's Ed25519 signature over the fixed binary
+    layout, and its tree size, head hash and RFC 9162 Merkle root against the
+    records read so far;
+  * every record covered by the last checkpoint; header and trailer counts;
+    the trailer's key list;
+  * the request signatures (and that the signed request matches the record)
+    of a sample of records: all of them when the export holds at most 2,000
+    records, else 500 spread evenly over the file including the first and
+    the last (records that enrol keys are always checked);
+  * per-card paid, bonus and points balances recomputed from the deltas
+    equal the balances written in every record, and money is conserved.
+
+It does NOT re-run the state machine (bonus rules, points multipliers,
+tiers, refund and reversal eligibility): `cardd audit verify` does that.
+
+Exit status: 0 when everything verifies (one summary line on stdout), 1 on
+the first failure (`FAIL: record N: reason` or `FAIL: reason`), 2 on a usage
+error.
+"""
+
+import argparse
+import hashlib
+import random
+import sys
+
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+except ImportError:  # pragma: no cover - reported to the user
+    sys.stderr.write("independent_verifier.py needs the 'cryptography' package (pip install cryptography)\n")
+    sys.exit(2)
+
+MAGIC = b"CARDDEX1"
+EXPORT_FORMAT = "cardd.v1 ledger export"
+MAX_ITEM_BYTES = 64 * 1024 * 1024
+DOMAIN_REQUEST = b"cardd.v1 request\x00"
+DOMAIN_CHECKPOINT = b"cardd.v1 checkpoint\x00"
+ZERO_HASH = bytes(32)
+
+# Record kinds.
+BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
+CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET = 5, 6, 7
+PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
+KIND_NAMES = {
+    1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
+    5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 10: "PURCHASE",
+    11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
+}
+# Signers.
+SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
+
+# Request.op field number -> the record kind it must produce.
+OP_KIND = {
+    11: PURCHASE, 12: TOP_UP, 13: REFUND, 14: REVERSAL, 15: POINTS_REDEEMED, 16: SHIFT_CLOSED,
+    30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
+    34: CARD_REPLACED, 35: RULES_SET, 50: BRAND_CREATED,
+}
+TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
+OWNER_KINDS = {STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET}
+
+
+class Fail(Exception):
+    """The first verification failure."""
+
+    def __init__(self, what, seq=None):
+        super().__init__(what)
+        self.what = what
+        self.seq = seq
+
+    def line(self):
+        if self.seq is not None:
+            return "FAIL: record %d: %s" % (self.seq, self.what)
+        return "FAIL: %s" % self.what
+
+
+# ---------------------------------------------------------------------------
+# Protobuf wire format (https://protobuf.dev/programming-guides/encoding/).
+# ---------------------------------------------------------------------------
+
+VARINT, I64, LEN, I32 = 0, 1, 2, 5
+
+
+def read_varint(buf, pos):
+    """Returns (value, new_pos, minimal) for the varint at buf[pos]."""
+    start = pos
+    result = 0
+    shift = 0
+    while True:
+        if pos >= len(buf):
+            raise Fail("truncated varint")
+        b = buf[pos]
+        pos += 1
+        if shift == 63 and b > 1:
+            raise Fail("varint exceeds 64 bits")
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    minimal = pos - start == 1 or buf[pos - 1] != 0
+    return result, pos, minimal
+
+
+def raw_fields(buf):
+    """Splits a message into (field, wire_type, value, canonical) tuples.
+
+    value is an int for VARINT/I64/I32 and bytes for LEN. canonical is False
+    when the tag or a varint value is not minimally encoded.
+    """
+    out = []
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        tag, pos, tag_ok = read_varint(buf, pos)
+        field, wt = tag >> 3, tag & 7
+        if field == 0 or field > 0x1FFFFFFF:
+            raise Fail("invalid protobuf field number %d" % field)
+        if wt == VARINT:
+            value, pos, ok = read_varint(buf, pos)
+            out.append((field, wt, value, tag_ok and ok))
+        elif wt == I64:
+            if pos + 8 > n:
+                raise Fail("truncated fixed64 field")
+            out.append((field, wt, int.from_bytes(buf[pos:pos + 8], "little"), tag_ok))
+            pos += 8
+        elif wt == I32:
+            if pos + 4 > n:
+                raise Fail("truncated fixed32 field")
+            out.append((field, wt, int.from_bytes(buf[pos:pos + 4], "little"), tag_ok))
+            pos += 4
+        elif wt == LEN:
+            length, pos, ok = read_varint(buf, pos)
+            if length > n - pos:
+                raise Fail("truncated length-delimited field")
+            out.append((field, wt, bytes(buf[pos:pos + length]), tag_ok and ok))
+            pos += length
+        else:
+            raise Fail("unsupported protobuf wire type %d (field %d)" % (wt, field))
+    return out
+
+
+# Field types of the schema below. Scalars are VARINT, the rest LEN.
+U64, U32, I64T, ENUM, BOOL = "u64", "u32", "i64", "enum", "bool"
+BYTES, STRING = "bytes", "string"
+SCALARS = {U64, U32, I64T, ENUM, BOOL}
+
+
+def to_value(kind, v, strict, field):
+    if kind == U64:
+        return v
+    if kind == U32:
+        if v > 0xFFFFFFFF:
+            if strict:
+                raise Fail("field %d: uint32 value out of range" % field)
+            v &= 0xFFFFFFFF  # what protobuf decoders do (truncate)
+        return v
+    if kind == ENUM:  # int32 on the wire
+        v &= 0xFFFFFFFF
+        return v - (1 << 32) if v >= 1 << 31 else v
+    if kind == I64T:
+        return v - (1 << 64) if v >= 1 << 63 else v
+    if kind == BOOL:
+        return v != 0
+    if kind == STRING:
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Fail("field %d: string is not UTF-8" % field)
+    return v  # BYTES
+
+
+def default_of(kind):
+    if kind in SCALARS:
+        return False if kind == BOOL else 0
+    if kind == STRING:
+        return ""
+    if kind == BYTES:
+        return b""
+    return None  # messages: absent
+
+
+class Schema:
+    """One protobuf message type: field number -> (name, kind).
+
+    kind is a scalar type name, or ("msg", Schema), or ("repeated", Schema).
+    `oneof` lists the field numbers of the message's oneof, if any.
+    """
+
+    def __init__(self, name, fields, oneof=()):
+        self.name = name
+        self.fields = fields
+        self.oneof = set(oneof)
+
+
+def decode(buf, schema, strict=False):
+    """Decodes `buf` as `schema` into a dict (name -> value, absent = default).
+
+    Proto3 semantics: the last occurrence of a scalar wins, occurrences of a
+    message field are merged (which equals decoding their concatenation), a
+    oneof holds its last member, unknown fields are skipped.
+
+    strict: the encoding must be the canonical one a protobuf encoder
+    produces (every field at most once and in ascending field order, minimal
+    varints, default values omitted, no unknown fields), as the Rust
+    verifier's byte-for-byte replay implies for records.
+    """
+    fields = raw_fields(buf)
+    out = {}
+    for number, (name, kind) in schema.fields.items():
+        out[name] = [] if isinstance(kind, tuple) and kind[0] == "repeated" else default_of(kind)
+    msg_parts = {}  # name -> list of payloads to merge
+    oneof_case = None  # field number of the oneof member set last
+    last_field = 0
+    for number, wt, value, canonical in fields:
+        spec = schema.fields.get(number)
+        if strict:
+            if spec is None:
+                raise Fail("%s has unknown field %d" % (schema.name, number))
+            if number <= last_field:
+                raise Fail("%s: field %d repeated or out of order (not a canonical encoding)" % (schema.name, number))
+            if not canonical:
+                raise Fail("%s: field %d has a non-minimal varint" % (schema.name, number))
+            last_field = number
+        if spec is None:
+            continue
+        name, kind = spec
+        want = VARINT if kind in SCALARS else LEN
+        if wt != want:
+            raise Fail("%s: field %d has wire type %d, expected %d" % (schema.name, number, wt, want))
+        if number in schema.oneof and oneof_case != number:
+            # Switching oneof member: the previous member is cleared.
+            if oneof_case is not None:
+                prev_name, prev_kind = schema.fields[oneof_case]
+                out[prev_name] = default_of(prev_kind) if not isinstance(prev_kind, tuple) else None
+                msg_parts.pop(prev_name, None)
+            oneof_case = number
+        if isinstance(kind, tuple):
+            if kind[0] == "repeated":
+                out[name].append(decode(value, kind[1], strict))
+            else:
+                msg_parts.setdefault(name, []).append(value)
+        else:
+            v = to_value(kind, value, strict, number)
+            if strict and v == default_of(kind) and number not in schema.oneof:
+                raise Fail("%s: field %d holds its default value (not a canonical encoding)" % (schema.name, number))
+            out[name] = v
+    for name, parts in msg_parts.items():
+        number = next(n for n, (nm, _) in schema.fields.items() if nm == name)
+        out[name] = decode(b"".join(parts), schema.fields[number][1][1], strict)
+    out["_oneof"] = oneof_case
+    return out
+
+
+# The messages this verifier reads (proto/cardd/v1/cardd.proto).
+SHIFT_TOTALS = Schema("ShiftTotals", {
+    1: ("purchase_count", U32), 2: ("purchase_minor", I64T), 3: ("top_up_count", U32),
+    4: ("top_up_minor", I64T), 5: ("refund_count", U32), 6: ("refund_minor", I64T),
+    7: ("reversal_count", U32), 8: ("reversal_minor", I64T), 9: ("redeem_count", U32),
+    10: ("redeem_points", I64T),
+})
+RECORD = Schema("Record", {
+    1: ("seq", U64), 2: ("prev_hash", BYTES), 3: ("time_ms", I64T), 4: ("brand_id", U32),
+    5: ("store_id", U32), 6: ("terminal_id", U32), 7: ("signer", ENUM), 8: ("operator", STRING),
+    9: ("txn_id", U64), 10: ("kind", ENUM), 11: ("card", STRING),
+    12: ("paid_in_minor", I64T), 13: ("bonus_in_minor", I64T), 14: ("paid_out_minor", I64T),
+    15: ("bonus_out_minor", I64T), 16: ("points_in", I64T), 17: ("points_out", I64T),
+    18: ("paid_balance_after_minor", I64T), 19: ("bonus_balance_after_minor", I64T),
+    20: ("points_after", I64T), 21: ("tier_after", STRING), 22: ("request", BYTES),
+    23: ("request_signature", BYTES), 24: ("signer_public_key", BYTES),
+    25: ("original_seq", U64), 26: ("original_txn_id", U64), 27: ("requested_minor", I64T),
+    28: ("shift_totals", ("msg", SHIFT_TOTALS)), 29: ("shift_number", U64),
+    30: ("shift_balanced", BOOL), 31: ("new_id", U32), 32: ("other_card", STRING),
+    33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
+    35: ("visits_after", U32), 36: ("remaining_minor", I64T),
+})
+CHECKPOINT = Schema("Checkpoint", {
+    1: ("brand_id", U32), 2: ("tree_size", U64), 3: ("head_hash", BYTES), 4: ("root_hash", BYTES),
+    5: ("time_ms", I64T), 6: ("signature", BYTES),
+})
+HEADER = Schema("ExportHeader", {
+    1: ("format", STRING), 2: ("brand_id", U32), 3: ("server_public_key", BYTES),
+    4: ("exported_at_ms", I64T), 5: ("tree_size", U64),
+})
+SIGNER_KEY = Schema("SignerKey", {
+    1: ("signer", ENUM), 2: ("terminal_id", U32), 3: ("store_id", U32), 4: ("public_key", BYTES),
+})
+TRAILER = Schema("ExportTrailer", {
+    1: ("records", U64), 2: ("checkpoints", U64), 3: ("keys", ("repeated", SIGNER_KEY)),
+})
+# Request operations: only the fields this verifier compares with the record.
+OPS = {
+    11: Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)}),
+    12: Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T)}),
+    13: Schema("Refund", {1: ("original_seq", U64), 2: ("amount_minor", I64T)}),
+    14: Schema("Reversal", {1: ("original_txn_id", U64)}),
+    15: Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING)}),
+    16: Schema("CloseShift", {}),
+    30: Schema("CreateStore", {1: ("name", STRING)}),
+    31: Schema("EnrollTerminal", {1: ("store_id", U32), 2: ("public_key", BYTES), 3: ("label", STRING)}),
+    32: Schema("IssueCard", {1: ("card", STRING)}),
+    33: Schema("SetCardBlocked", {1: ("card", STRING), 2: ("blocked", BOOL), 3: ("reason", STRING)}),
+    34: Schema("ReplaceCard", {1: ("old_card", STRING), 2: ("new_card", STRING)}),
+    35: Schema("SetRules", {}),
+    50: Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
+                               3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)}),
+}
+_REQ_FIELDS = {1: ("txn_id", U64), 2: ("brand_id", U32), 3: ("operator", STRING),
+               4: ("client_time_ms", I64T), 5: ("want_proof", BOOL)}
+_REQ_FIELDS.update({n: ("op_%d" % n, ("msg", s)) for n, s in OPS.items()})
+# Read-only operations (no record) are members of the oneof too.
+for _n, _nm in ((10, "Inquiry"), (17, "TxnStatus"), (36, "ExportLedger"), (37, "GetConsistencyProof")):
+    _REQ_FIELDS[_n] = ("op_%d" % _n, ("msg", Schema(_nm, {})))
+REQUEST = Schema("Request", _REQ_FIELDS, oneof=[n for n in _REQ_FIELDS if n >= 10])
+
+
+def decode_request(raw):
+    """Returns (request dict, op field number, op dict)."""
+    req = decode(raw, REQUEST)
+    op = req["_oneof"]
+    return req, op, (req["op_%d" % op] if op is not None else None)
+
+
+# ---------------------------------------------------------------------------
+# Ed25519: strict verification.
+# ---------------------------------------------------------------------------
+# `cryptography` (OpenSSL) checks the signature equation and rejects a
+# non-canonical S. The Rust side uses ed25519-dalek's verify_strict, which in
+# addition refuses small-order public keys and small-order R: a small-order
+# key lets one signature verify for many messages. Those two checks are done
+# here with plain integer arithmetic on the curve.
+
+_P = 2 ** 255 - 19
+_L = 2 ** 252 + 27742317777372353535851937790883648493
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decompress(s):
+    """(x, y) of the point encoded by 32 bytes (RFC 8032 5.1.3, y taken mod p
+    as ed25519-dalek does), or None if it is not on the curve."""
+    y = (int.from_bytes(s, "little") & ((1 << 255) - 1)) % _P
+    u = (y * y - 1) % _P
+    v = (_D * y * y + 1) % _P
+    v3 = v * v * v % _P
+    x = u * v3 * pow(u * v3 * v3 * v, (_P - 5) // 8, _P) % _P
+    vxx = v * x * x % _P
+    if vxx != u:
+        if vxx != (-u) % _P:
+            return None
+        x = x * _SQRT_M1 % _P
+    if x & 1 != s[31] >> 7:
+        x = (_P - x) % _P
+    return (x, y)
+
+
+def small_order_or_invalid(encoded):
+    """True when the 32 bytes are not a curve point, or a point of order <= 8
+    (whose multiple by the cofactor 8 is the identity)."""
+    pt = _decompress(encoded)
+    if pt is None:
+        return True
+    # Three doublings in projective coordinates (X:Y:Z), a = -1; no inversions.
+    x, y, z = pt[0], pt[1], 1
+    for _ in range(3):
+        a = x * x % _P
+        b = y * y % _P
+        c = 2 * z * z % _P
+        e = ((x + y) * (x + y) - a - b) % _P
+        g = (b - a) % _P
+        f = (g - c) % _P
+        h = (-a - b) % _P
+        x, y, z = e * f % _P, g * h % _P, f * g % _P
+    return x == 0 and y == z
+
+
+_weak_cache = {}
+
+
+def weak_key(key):
+    if key not in _weak_cache:
+        _weak_cache[key] = small_order_or_invalid(key)
+    return _weak_cache[key]
+
+
+def verify_strict(key, message, signature):
+    """Ed25519 verification with the strictness of ed25519-dalek's verify_strict."""
+    if len(key) != 32 or len(signature) != 64:
+        return False
+    if weak_key(key):
+        return False
+    if int.from_bytes(signature[32:], "little") >= _L:
+        return False
+    if small_order_or_invalid(signature[:32]):
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Hashes and the RFC 9162 Merkle tree.
+# ---------------------------------------------------------------------------
+
+def leaf_hash(data):
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class MerkleFrontier:
+    """The roots of the perfect subtrees covering the leaves so far.
+
+    Leaves 0..n-1 split into perfect subtrees of sizes given by the binary
+    digits of n, largest (leftmost) first. Appending a leaf merges equal-sized
+    neighbours like a binary carry. The RFC 9162 tree head folds them from the
+    right: MTH = H(1 || s0 || H(1 || s1 || ... s_k)), which equals the RFC's
+    recursive split at the largest power of two smaller than n.
+    """
+
+    def __init__(self):
+        self.size = 0
+        self.stack = []  # (height, hash)
+
+    def push(self, leaf):
+        node, height = leaf, 0
+        while self.stack and self.stack[-1][0] == height:
+            _, left = self.stack.pop()
+            node = node_hash(left, node)
+            height += 1
+        self.stack.append((height, node))
+        self.size += 1
+
+    def root(self):
+        if not self.stack:
+            return hashlib.sha256(b"").digest()
+        acc = self.stack[-1][1]
+        for _, left in reversed(self.stack[:-1]):
+            acc = node_hash(left, acc)
+        return acc
+
+
+def checkpoint_message(c):
+    """The exact bytes the server signs for a checkpoint."""
+    return (DOMAIN_CHECKPOINT
+            + c["brand_id"].to_bytes(4, "big")
+            + c["tree_size"].to_bytes(8, "big")
+            + c["head_hash"]
+            + c["root_hash"]
+            + (c["time_ms"] & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big"))
+
+
+# ---------------------------------------------------------------------------
+# The verifier.
+# ---------------------------------------------------------------------------
+
+def sample_positions(total, n, seed):
+    """The sequence numbers whose request signatures are checked."""
+    if n is None:
+        n = total if total <= 2000 else 500
+    if n >= total:
+        return None  # all of them
+    n = max(n, 2)
+    if seed is not None:
+        rng = random.Random(seed)
+        chosen = set(rng.sample(range(2, total), n - 2)) if total > 2 else set()
+        return chosen | {1, total}
+    return {1 + (i * (total - 1)) // (n - 1) for i in range(n)}
+
+
+class Verifier:
+    def __init__(self, server_key, sample, seed):
+        self.server_key = server_key
+        self.sample_n = sample
+        self.seed = seed
+        self.sample = None
+        self.brand_id = None
+        self.seq = 0
+        self.head = ZERO_HASH
+        self.tree = MerkleFrontier()
+        self.last_time = None
+        self.checkpoints = 0
+        self.covered = 0
+        self.owner_key = None
+        self.terminals = {}  # terminal id -> (store id, key)
+        self.cards = {}  # card number -> [paid, bonus, points]
+        self.signatures = 0
+        self.flows = {"loaded": 0, "bonus": 0, "spent": 0, "refunded": 0, "reversed": 0}
+
+    # -- file -------------------------------------------------------------
+
+    def items(self, f):
+        if f.read(8) != MAGIC:
+            raise Fail("not a cardd export (bad magic bytes)")
+        while True:
+            head = f.read(4)
+            if not head:
+                return
+            if len(head) < 4:
+                raise Fail("export file is truncated (partial length prefix)", self.seq + 1)
+            length = int.from_bytes(head, "big")
+            if length > MAX_ITEM_BYTES:
+                raise Fail("export item of %d bytes exceeds the limit" % length, self.seq + 1)
+            body = f.read(length)
+            if len(body) < length:
+                raise Fail("export file is truncated", self.seq + 1)
+            fields = [x for x in raw_fields(body) if 1 <= x[0] <= 4]
+            if len(fields) != 1:
+                raise Fail("an export item must hold exactly one of header, record, checkpoint, trailer", self.seq + 1)
+            number, wt, value, _ = fields[0]
+            if wt != LEN:
+                raise Fail("export item field %d has wire type %d" % (number, wt), self.seq + 1)
+            yield number, value
+
+    def run(self, f):
+        items = self.items(f)
+        first = next(items, None)
+        if first is None or first[0] != 1:
+            raise Fail("export does not start with a header")
+        header = decode(first[1], HEADER)
+        if header["format"] != EXPORT_FORMAT:
+            raise Fail("unknown export format %r" % header["format"])
+        if header["server_public_key"] != self.server_key:
+            raise Fail("the export names a different server key than the one trusted")
+        self.brand_id = header["brand_id"]
+        self.sample = sample_positions(header["tree_size"], self.sample_n, self.seed)
+        trailer = None
+        for number, value in items:
+            if trailer is not None:
+                raise Fail("data after the trailer")
+            if number == 1:
+                raise Fail("a second header", self.seq + 1)
+            elif number == 2:
+                self.record(value)
+            elif number == 3:
+                self.checkpoint(decode(value, CHECKPOINT))
+            else:
+                trailer = decode(value, TRAILER)
+        if trailer is None:
+            raise Fail("export ends without a trailer (truncated?)", self.seq + 1)
+        if self.seq == 0:
+            raise Fail("the export holds no records")
+        if self.covered != self.seq:
+            raise Fail("not covered by any signed checkpoint", self.covered + 1)
+        if header["tree_size"] != self.seq:
+            raise Fail("header says %d records, the file holds %d" % (header["tree_size"], self.seq))
+        if trailer["records"] != self.seq or trailer["checkpoints"] != self.checkpoints:
+            raise Fail("trailer counts (%d records, %d checkpoints) differ from the file (%d, %d)"
+                       % (trailer["records"], trailer["checkpoints"], self.seq, self.checkpoints))
+        self.check_trailer_keys(trailer)
+        paid = sum(c[0] for c in self.cards.values())
+        bonus = sum(c[1] for c in self.cards.values())
+        fl = self.flows
+        net = fl["loaded"] + fl["bonus"] - fl["spent"] + fl["refunded"] + fl["reversed"]
+        if net != paid + bonus:
+            raise Fail("money is not conserved: flows net %d, cards hold %d" % (net, paid + bonus))
+        return ("OK: brand %d: %d records, %d checkpoints, %d request signatures verified, %d terminals, "
+                "%d cards, outstanding paid %d bonus %d (minor units), root %s"
+                % (self.brand_id, self.seq, self.checkpoints, self.signatures, len(self.terminals),
+                   len(self.cards), paid, bonus, self.tree.root().hex()))
+
+    # -- records ----------------------------------------------------------
+
+    def record(self, raw):
+        seq = self.seq + 1
+
+        def fail(what):
+            raise Fail(what, seq)
+
+        try:
+            rec = decode(raw, RECORD, strict=True)
+        except Fail as e:
+            fail("does not decode: %s" % e.what)
+        if rec["seq"] != seq:
+            fail("holds sequence number %d (a record is missing, duplicated or out of order)" % rec["seq"])
+        if rec["prev_hash"] != self.head:
+            fail("prev_hash is not the hash of the record before it")
+        if rec["brand_id"] != self.brand_id:
+            fail("names brand %d, the export is brand %d" % (rec["brand_id"], self.brand_id))
+        if self.last_time is not None and rec["time_ms"] < self.last_time:
+            fail("time goes backwards")
+        self.last_time = rec["time_ms"]
+        kind, signer, key = rec["kind"], rec["signer"], rec["signer_public_key"]
+        if len(key) != 32:
+            fail("signer key is not 32 bytes")
+
+        # The key must be the one enrolled for the signer at this point.
+        if seq == 1:
+            if kind != BRAND_CREATED or signer != SIGNER_SERVER:
+                fail("the first record must be BRAND_CREATED, signed by the server")
+        elif kind == BRAND_CREATED or signer == SIGNER_SERVER:
+            fail("only the first record is a server-signed BRAND_CREATED")
+        if signer == SIGNER_SERVER:
+            enrolled = self.server_key
+        elif signer == SIGNER_OWNER:
+            if rec["terminal_id"] != 0:
+                fail("an owner record names terminal %d" % rec["terminal_id"])
+            if kind not in OWNER_KINDS:
+                fail("kind %s is not an owner operation" % KIND_NAMES.get(kind, kind))
+            enrolled = self.owner_key
+        elif signer == SIGNER_TERMINAL:
+            t = self.terminals.get(rec["terminal_id"])
+            if t is None:
+                fail("terminal %d is not enrolled" % rec["terminal_id"])
+            if kind not in TERMINAL_KINDS:
+                fail("kind %s is not a terminal operation" % KIND_NAMES.get(kind, kind))
+            if rec["store_id"] != t[0]:
+                fail("terminal %d belongs to store %d, the record says %d" % (rec["terminal_id"], t[0], rec["store_id"]))
+            enrolled = t[1]
+        else:
+            fail("has no valid signer (%d)" % signer)
+        if key != enrolled:
+            fail("the signer's key is not the key enrolled for that signer")
+
+        # The signed request: always for records that enrol a key, and for
+        # the sample.
+        if self.sample is None or seq in self.sample or kind in (BRAND_CREATED, TERMINAL_ENROLLED):
+            if not verify_strict(key, DOMAIN_REQUEST + rec["request"], rec["request_signature"]):
+                fail("request signature does not verify")
+            self.signatures += 1
+            try:
+                req, op, body = decode_request(rec["request"])
+            except Fail as e:
+                fail("request does not decode: %s" % e.what)
+            self.check_request(rec, req, op, body, fail)
+            if kind == BRAND_CREATED:
+                owner = body["owner_public_key"]
+                if len(owner) != 32 or weak_key(owner):
+                    fail("the owner key is not a valid ed25519 public key")
+                self.owner_key = owner
+            elif kind == TERMINAL_ENROLLED:
+                tid, tkey = rec["new_id"], body["public_key"]
+                if tid == 0 or tid in self.terminals:
+                    fail("enrols terminal id %d, which is zero or already used" % tid)
+                if len(tkey) != 32 or weak_key(tkey):
+                    fail("the terminal key is not a valid ed25519 public key")
+                if tkey == self.owner_key or any(tkey == k for _, k in self.terminals.values()):
+                    fail("the terminal key is already enrolled")
+                self.terminals[tid] = (body["store_id"], tkey)
+
+        self.money(rec, kind, fail)
+        h = leaf_hash(raw)
+        self.tree.push(h)
+        self.head = h
+        self.seq = seq
+
+    def check_request(self, rec, req, op, body, fail):
+        """The record must say what the signed request asked."""
+        if op not in OP_KIND:
+            fail("the signed request has no state-changing operation")
+        if OP_KIND[op] != rec["kind"]:
+            fail("the signed request is %s, the record is %s"
+                 % (OPS[op].name, KIND_NAMES.get(rec["kind"], rec["kind"])))
+        if req["brand_id"] != self.brand_id:
+            fail("the signed request names brand %d" % req["brand_id"])
+        if req["txn_id"] != rec["txn_id"] or req["txn_id"] == 0:
+            fail("the record's txn_id differs from the signed request's")
+        if req["operator"] != rec["operator"]:
+            fail("the record's operator differs from the signed request's")
+        kind = rec["kind"]
+        moved = rec["paid_out_minor"] + rec["bonus_out_minor"]
+        if kind == PURCHASE:
+            if body["card"] != rec["card"] or body["amount_minor"] != rec["requested_minor"]:
+                fail("the purchase's card or amount differs from the signed request")
+            if moved > body["amount_minor"] or (not body["allow_partial"] and moved != body["amount_minor"]):
+                fail("took %d for a bill of %d" % (moved, body["amount_minor"]))
+        elif kind == TOP_UP:
+            if body["card"] != rec["card"] or body["amount_minor"] != rec["paid_in_minor"]:
+                fail("the top-up's card or amount differs from the signed request")
+        elif kind == REFUND:
+            if (body["original_seq"] != rec["original_seq"]
+                    or body["amount_minor"] != rec["paid_in_minor"] + rec["bonus_in_minor"]):
+                fail("the refund's original or amount differs from the signed request")
+            if rec["original_seq"] >= rec["seq"]:
+                fail("refunds a later record")
+        elif kind == REVERSAL:
+            if body["original_txn_id"] != rec["original_txn_id"]:
+                fail("the reversal's original differs from the signed request")
+            if rec["original_seq"] >= rec["seq"]:
+                fail("reverses a later record")
+        elif kind == POINTS_REDEEMED:
+            if body["card"] != rec["card"] or body["points"] != rec["points_out"]:
+                fail("the redemption's card or points differ from the signed request")
+        elif kind == TERMINAL_ENROLLED:
+            if body["store_id"] != rec["store_id"]:
+                fail("the enrolment's store differs from the signed request")
+        elif kind in (CARD_ISSUED, CARD_BLOCKED_CHANGED):
+            if body["card"] != rec["card"]:
+                fail("the card differs from the signed request")
+        elif kind == CARD_REPLACED:
+            if body["new_card"] != rec["card"] or body["old_card"] != rec["other_card"]:
+                fail("the replacement's cards differ from the signed request")
+
+    def money(self, rec, kind, fail):
+        """Per-card balances recomputed from the deltas."""
+        d = [rec[k] for k in ("paid_in_minor", "bonus_in_minor", "paid_out_minor", "bonus_out_minor",
+                              "points_in", "points_out")]
+        if any(v < 0 for v in d):
+            fail("a negative delta")
+        paid_in, bonus_in, paid_out, bonus_out, points_in, points_out = d
+        card = rec["card"]
+        if not card:
+            if any(d) or rec["other_card"]:
+                fail("moves value without naming a card")
+            return
+        if kind == CARD_ISSUED:
+            if card in self.cards:
+                fail("issues card %s twice" % card)
+            if any(d):
+                fail("a new card with value")
+            after = [0, 0, 0]
+        elif kind == CARD_REPLACED:
+            old = rec["other_card"]
+            if old not in self.cards or old == card:
+                fail("replaces card %s, which was never issued" % old)
+            if card in self.cards:
+                fail("the new card %s already exists" % card)
+            if [paid_in, bonus_in, points_in] != self.cards[old] or paid_out or bonus_out or points_out:
+                fail("the replacement does not move the old card's whole value")
+            self.cards[old] = [0, 0, 0]
+            after = [paid_in, bonus_in, points_in]
+        else:
+            if card not in self.cards:
+                fail("card %s was never issued" % card)
+            b = self.cards[card]
+            after = [b[0] + paid_in - paid_out, b[1] + bonus_in - bonus_out, b[2] + points_in - points_out]
+        written = [rec["paid_balance_after_minor"], rec["bonus_balance_after_minor"], rec["points_after"]]
+        if after != written:
+            fail("card %s: balances after (paid, bonus, points) are %s, the deltas give %s" % (card, written, after))
+        if any(v < 0 for v in after):
+            fail("card %s: a negative balance" % card)
+        self.cards[card] = after
+        fl = self.flows
+        if kind == TOP_UP:
+            fl["loaded"] += paid_in
+            fl["bonus"] += bonus_in
+        elif kind == PURCHASE:
+            fl["spent"] += paid_out + bonus_out
+        elif kind == REFUND:
+            fl["refunded"] += paid_in + bonus_in
+        elif kind == REVERSAL:
+            fl["reversed"] += paid_in + bonus_in - paid_out - bonus_out
+
+    # -- checkpoints and trailer -------------------------------------------
+
+    def checkpoint(self, c):
+        seq = self.seq
+
+        def fail(what):
+            raise Fail("checkpoint at tree size %d: %s" % (c["tree_size"], what), seq if seq else None)
+
+        if len(c["head_hash"]) != 32 or len(c["root_hash"]) != 32:
+            fail("hashes are not 32 bytes")
+        if not verify_strict(self.server_key, checkpoint_message(c), c["signature"]):
+            fail("bad server signature")
+        if c["brand_id"] != self.brand_id:
+            fail("names brand %d" % c["brand_id"])
+        if c["tree_size"] != self.seq:
+            fail("placed after record %d" % self.seq)
+        if c["head_hash"] != self.head:
+            fail("head hash differs from the last record's hash")
+        if c["root_hash"] != self.tree.root():
+            fail("Merkle root differs from the records' tree")
+        self.checkpoints += 1
+        self.covered = c["tree_size"]
+
+    def check_trailer_keys(self, trailer):
+        expected = [(SIGNER_SERVER, 0, 0, self.server_key), (SIGNER_OWNER, 0, 0, self.owner_key)]
+        expected += [(SIGNER_TERMINAL, tid, store, key) for tid, (store, key) in self.terminals.items()]
+        listed = [(k["signer"], k["terminal_id"], k["store_id"], k["public_key"]) for k in trailer["keys"]]
+        if sorted(expected) != sorted(listed):
+            raise Fail("the trailer's key list differs from the keys the chain enrolled")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Independent verifier of cardd ledger exports.")
+    ap.add_argument("export", help="the export file (cardd audit export)")
+    ap.add_argument("--server-key", required=True, help="the server's ed25519 public key, hex (the trust anchor)")
+    ap.add_argument("--sample", default=None,
+                    help="request signatures to check: a count, or 'all' (default: all up to 2000 records, else 500)")
+    ap.add_argument("--seed", default=None,
+                    help="pick the sample at random from this seed instead of evenly spread")
+    args = ap.parse_args(argv)
+    try:
+        server_key = bytes.fromhex(args.server_key.strip())
+    except ValueError:
+        ap.error("--server-key is not hex")
+    if len(server_key) != 32 or weak_key(server_key):
+        ap.error("--server-key is not a valid 32-byte ed25519 public key")
+    if args.sample is None or args.sample == "all":
+        sample = None if args.sample is None else float("inf")
+    else:
+        try:
+            sample = int(args.sample)
+        except ValueError:
+            ap.error("--sample takes a number or 'all'")
+        if sample < 0:
+            ap.error("--sample must not be negative")
+    try:
+        f = open(args.export, "rb")
+    except OSError as e:
+        ap.error("cannot open %s: %s" % (args.export, e))
+    verifier = Verifier(server_key, sample, args.seed)
+    try:
+        with f:
+            summary = verifier.run(f)
+    except Fail as e:
+        print(e.line())
+        return 1
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,576 @@
+//! The independent Python verifier (tests/independent_verifier.py), written
+//! from docs/ledger-format.md, against a real daemon's export: it must accept
+//! the export as it comes, and reject tampered copies — including copies
+//! that the server itself re-chained and re-signed, where only the request
+//! signatures, the enrolled keys or the balances give the forgery away.
+//!
+//! Python: `$CARDD_PYTHON` if set (it must then work), else `python3` when it
+//! can import `cryptography`. Without one the test fails under CI (env `CI`
+//! set) and is skipped, loudly, elsewhere. `.ci/run` provides a venv.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cardd::audit::file::write_item;
+use cardd::audit::{ExportReader, EXPORT_MAGIC};
+use cardd::crypto::{leaf_hash, read_key_file, sign_request};
+use cardd::merkle::Frontier;
+use cardd::pb::{self, export_item::Item, reply::Detail, request::Op, RecordKind};
+use common::{call, cardd_bin, purchase, top_up, Daemon};
+use ed25519_dalek::{Signer, SigningKey};
+use prost::Message;
+
+// ---------------------------------------------------------------------------
+// Python.
+// ---------------------------------------------------------------------------
+
+fn python_works(python: &str) -> bool {
+    Command::new(python)
+        .args([
+            "-c",
+            "import cryptography.hazmat.primitives.asymmetric.ed25519",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The interpreter to use, or None (after saying why) to skip.
+fn python() -> Option<String> {
+    if let Some(p) = std::env::var_os("CARDD_PYTHON").filter(|p| !p.is_empty()) {
+        let p = p.to_string_lossy().into_owned();
+        assert!(
+            python_works(&p),
+            "CARDD_PYTHON={p} cannot run or cannot import the 'cryptography' package"
+        );
+        return Some(p);
+    }
+    if python_works("python3") {
+        return Some("python3".into());
+    }
+    let why = "no Python with the 'cryptography' package: set CARDD_PYTHON, or \
+               `python3 -m venv .venv-ci && .venv-ci/bin/pip install cryptography` and \
+               CARDD_PYTHON=.venv-ci/bin/python";
+    if std::env::var_os("CI").is_some() {
+        panic!("python_verifier must run in CI, but there is {why}");
+    }
+    let bar = "!".repeat(78);
+    eprintln!("\n{bar}\n!! SKIPPED python_verifier: {why}\n{bar}\n");
+    None
+}
+
+fn verifier_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent_verifier.py")
+}
+
+/// Runs the Python verifier; returns its exit code and its output.
+fn run_python(python: &str, export: &Path, server_key: &str) -> (i32, String) {
+    let out = Command::new(python)
+        .arg(verifier_script())
+        .arg(export)
+        .args(["--server-key", server_key])
+        .output()
+        .expect("run the Python verifier");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Asserts that the Python verifier rejects `export` with exit code 1 and a
+/// message containing `expect`.
+#[track_caller]
+fn assert_rejected(python: &str, export: &Path, server_key: &str, expect: &str) {
+    let (code, text) = run_python(python, export, server_key);
+    assert_eq!(
+        code,
+        1,
+        "{}: expected exit 1, got {code}:\n{text}",
+        export.display()
+    );
+    assert!(
+        text.starts_with("FAIL: "),
+        "{}: no FAIL line:\n{text}",
+        export.display()
+    );
+    assert!(
+        text.contains(expect),
+        "{}: expected a failure mentioning '{expect}', got:\n{text}",
+        export.display()
+    );
+}
+
+/// `cardd audit verify`; returns (success, output).
+fn run_rust_verify(export: &Path, server_key: &str) -> (bool, String) {
+    let out = Command::new(cardd_bin())
+        .args(["audit", "verify"])
+        .arg(export)
+        .args(["--server-key", server_key])
+        .output()
+        .expect("run cardd audit verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+// ---------------------------------------------------------------------------
+// Export files.
+// ---------------------------------------------------------------------------
+
+fn read_items(path: &Path) -> Vec<Item> {
+    let f = std::fs::File::open(path).expect("open export");
+    let mut r = ExportReader::new(std::io::BufReader::new(f)).expect("export magic");
+    let mut items = Vec::new();
+    while let Some(item) = r.next_item().expect("export item") {
+        items.push(item);
+    }
+    items
+}
+
+/// Writes items with proper framing (magic, then length-prefixed items).
+fn write_items(path: &Path, items: &[Item]) {
+    let mut out = EXPORT_MAGIC.to_vec();
+    for item in items {
+        write_item(&mut out, item.clone()).expect("frame");
+    }
+    std::fs::write(path, out).expect("write export");
+}
+
+/// The file offset of the only occurrence of `needle` in `hay`.
+fn find_unique(hay: &[u8], needle: &[u8]) -> usize {
+    let hits: Vec<usize> = hay
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected the bytes exactly once in the export"
+    );
+    hits[0]
+}
+
+/// A copy of `original` with one byte (inside `needle`) flipped.
+fn flip_inside(original: &[u8], needle: &[u8], out: &Path) {
+    let mut bytes = original.to_vec();
+    let at = find_unique(&bytes, needle) + needle.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(out, bytes).expect("write tampered copy");
+}
+
+fn record_of(item: &Item) -> Option<pb::Record> {
+    match item {
+        Item::Record(bytes) => Some(pb::Record::decode(bytes.as_slice()).expect("record decodes")),
+        _ => None,
+    }
+}
+
+/// What a dishonest server can do: rewrite records, then re-chain them and
+/// re-sign every checkpoint with its own key, so that the chain, the Merkle
+/// roots and the server signatures are all valid again.
+fn server_rewrite(
+    items: &[Item],
+    server: &SigningKey,
+    mut edit: impl FnMut(&mut pb::Record),
+) -> Vec<Item> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut head = [0u8; 32];
+    let mut tree = Frontier::new();
+    for item in items {
+        match item {
+            Item::Record(bytes) => {
+                let mut rec = pb::Record::decode(bytes.as_slice()).expect("record decodes");
+                edit(&mut rec);
+                rec.prev_hash = head.to_vec();
+                let bytes = rec.encode_to_vec();
+                head = leaf_hash(&bytes);
+                tree.push(head);
+                out.push(Item::Record(bytes));
+            }
+            Item::Checkpoint(c) => {
+                let mut c = c.clone();
+                assert_eq!(c.tree_size, tree.size());
+                c.head_hash = head.to_vec();
+                c.root_hash = tree.root().to_vec();
+                c.signature = server
+                    .sign(&cardd::checkpoint::signed_message(&c))
+                    .to_bytes()
+                    .to_vec();
+                out.push(Item::Checkpoint(c));
+            }
+            other => out.push(other.clone()),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The test.
+// ---------------------------------------------------------------------------
+
+/// The next transaction id of a signer.
+fn next(n: &mut u64) -> u64 {
+    *n += 1;
+    *n
+}
+
+fn seq_of(r: &pb::Reply) -> u64 {
+    r.receipt.as_ref().expect("a receipt").seq
+}
+
+async fn ok(c: &mut cardd::client::Client, txn: u64, op: Op) -> pb::Reply {
+    match call(c, txn, op).await {
+        Ok(r) => r,
+        Err(code) => panic!("txn {txn}: refused with {code:?}"),
+    }
+}
+
+/// A few dozen operations of every money kind; returns the last record's seq.
+async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
+    let cards = demo.manifest.cards.clone();
+    let mut t1 = demo.terminal(d.addr, 0).await;
+    let mut t2 = demo.terminal(d.addr, 1).await;
+    let mut owner = demo.owner(d.addr).await;
+    t1.operator = "alice".into();
+    t2.operator = "bob".into();
+    owner.operator = "owner".into();
+    // Terminal 1 used txn ids 1..=6 and the owner 1..=10 in the demo.
+    let (mut n1, mut n2, mut no) = (100u64, 100u64, 100u64);
+    // Purchases in both stores, on every card.
+    let mut t1_purchases = Vec::new();
+    for i in 0..10 {
+        let card = &cards[i % cards.len()];
+        let r = ok(
+            &mut t1,
+            next(&mut n1),
+            purchase(card, 1_000 + 137 * i as i64),
+        )
+        .await;
+        t1_purchases.push(seq_of(&r));
+        ok(&mut t2, next(&mut n2), purchase(card, 500 + 71 * i as i64)).await;
+    }
+    // Top-ups, two of them large enough for the bonus tiers.
+    for (i, amount) in [5_000i64, 50_000, 120_000, 800].into_iter().enumerate() {
+        ok(&mut t1, next(&mut n1), top_up(&cards[i], amount)).await;
+    }
+    ok(&mut t2, next(&mut n2), top_up(&cards[4], 2_500)).await;
+    // A partial refund of a store-1 purchase, at store 1.
+    let r = ok(
+        &mut t1,
+        next(&mut n1),
+        Op::Refund(pb::Refund {
+            original_seq: t1_purchases[3],
+            amount_minor: 400,
+        }),
+    )
+    .await;
+    assert!(matches!(r.detail, Some(Detail::Refund(_))));
+    // A reversal of terminal 2's last purchase (same shift).
+    let p = next(&mut n2);
+    ok(&mut t2, p, purchase(&cards[1], 3_333)).await;
+    let r = ok(
+        &mut t2,
+        next(&mut n2),
+        Op::Reversal(pb::Reversal { original_txn_id: p }),
+    )
+    .await;
+    match &r.detail {
+        Some(Detail::Reversal(x)) => assert!(x.original_found),
+        other => panic!("expected a reversal, got {other:?}"),
+    }
+    // A reversal of a transaction that never arrived (a tombstone record).
+    ok(
+        &mut t2,
+        next(&mut n2),
+        Op::Reversal(pb::Reversal {
+            original_txn_id: 99_999,
+        }),
+    )
+    .await;
+    // Points redeemed.
+    ok(
+        &mut t1,
+        next(&mut n1),
+        Op::RedeemPoints(pb::RedeemPoints {
+            card: cards[0].clone(),
+            points: 5,
+            reward: "cookie".into(),
+        }),
+    )
+    .await;
+    // The owner blocks and unblocks a card, then replaces another one; the
+    // new card is used at once.
+    for blocked in [true, false] {
+        ok(
+            &mut owner,
+            next(&mut no),
+            Op::SetCardBlocked(pb::SetCardBlocked {
+                card: cards[4].clone(),
+                blocked,
+                reason: "lost".into(),
+            }),
+        )
+        .await;
+    }
+    let new_card = cardd::card_number::generate(demo.manifest.brand_id);
+    let r = ok(
+        &mut owner,
+        next(&mut no),
+        Op::ReplaceCard(pb::ReplaceCard {
+            old_card: cards[2].clone(),
+            new_card: new_card.clone(),
+        }),
+    )
+    .await;
+    let view = r.card.expect("card view");
+    assert_eq!(view.card, new_card);
+    assert!(view.balance_minor > 0, "the value moved to the new card");
+    ok(&mut t1, next(&mut n1), top_up(&new_card, 1_000)).await;
+    ok(&mut t2, next(&mut n2), purchase(&new_card, 777)).await;
+    // Terminal 2 closes its shift (without totals: an unbalanced close).
+    // Records are written one at a time here, so the last is the newest.
+    let r = ok(
+        &mut t2,
+        next(&mut n2),
+        Op::CloseShift(pb::CloseShift {
+            terminal_totals: None,
+        }),
+    )
+    .await;
+    seq_of(&r)
+}
+
+#[test]
+fn python_verifier_accepts_real_exports_and_rejects_tampering() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (daemon, demo) = Daemon::demo(dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let last_seq = rt.block_on(business(&daemon, &demo));
+    assert!(
+        last_seq >= 17 + 30,
+        "a few dozen records were written (last seq {last_seq})"
+    );
+
+    // The trust anchor, from the server's own command.
+    let out = Command::new(cardd_bin())
+        .args(["server-key", "--data"])
+        .arg(&daemon.data)
+        .output()
+        .expect("server-key");
+    assert!(out.status.success(), "cardd server-key failed");
+    let server_key = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    assert_eq!(server_key.len(), 64);
+
+    let export = dir.path().join("ledger.cardd");
+    let out = Command::new(cardd_bin())
+        .args([
+            "audit",
+            "export",
+            "--connect",
+            &daemon.addr.to_string(),
+            "--key",
+        ])
+        .arg(demo.owner_key_path())
+        .arg("--out")
+        .arg(&export)
+        .output()
+        .expect("cardd audit export");
+    assert!(
+        out.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let items = read_items(&export);
+    let records: Vec<pb::Record> = items.iter().filter_map(record_of).collect();
+    assert_eq!(
+        records.len() as u64,
+        last_seq,
+        "the export holds every record written"
+    );
+
+    // The untouched export passes, and both verifiers agree on the root.
+    let (code, text) = run_python(&python, &export, &server_key);
+    assert_eq!(
+        code, 0,
+        "the Python verifier rejects a real export:\n{text}"
+    );
+    assert!(text.starts_with("OK: "), "{text}");
+    assert!(text.contains(&format!("{last_seq} records")), "{text}");
+    let (ok_rust, rust_text) = run_rust_verify(&export, &server_key);
+    assert!(
+        ok_rust,
+        "cardd audit verify rejects the export:\n{rust_text}"
+    );
+    let root = rust_text
+        .lines()
+        .find_map(|l| l.strip_prefix("root "))
+        .expect("cardd audit verify prints the root")
+        .trim();
+    assert!(
+        text.trim_end().ends_with(&format!("root {root}")),
+        "roots differ:\n{text}\n{rust_text}"
+    );
+
+    // The wrong trust anchor.
+    let other_key = hex::encode(SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes());
+    assert_rejected(&python, &export, &other_key, "different server key");
+
+    let original = std::fs::read(&export).expect("read export");
+    // A middle terminal purchase and a middle checkpoint to tamper with.
+    let victim = records
+        .iter()
+        .filter(|r| r.kind() == RecordKind::Purchase && r.seq > 20)
+        .nth(3)
+        .expect("a purchase")
+        .clone();
+    let v = victim.seq;
+
+    // (a) One byte flipped inside a record's request signature.
+    let a = dir.path().join("a-request-signature.cardd");
+    flip_inside(&original, &victim.request_signature, &a);
+    assert_rejected(
+        &python,
+        &a,
+        &server_key,
+        &format!("record {v}: request signature does not verify"),
+    );
+
+    // (b) One byte flipped inside a checkpoint's server signature.
+    let checkpoint = items
+        .iter()
+        .find_map(|i| match i {
+            Item::Checkpoint(c) if c.tree_size == v => Some(c.clone()),
+            _ => None,
+        })
+        .expect("a checkpoint after the victim");
+    let b = dir.path().join("b-checkpoint-signature.cardd");
+    flip_inside(&original, &checkpoint.signature, &b);
+    assert_rejected(
+        &python,
+        &b,
+        &server_key,
+        &format!("checkpoint at tree size {v}: bad server signature"),
+    );
+
+    // (c) The victim record removed, with its checkpoints, and the header
+    // and trailer counts adjusted: only the gap in the chain remains.
+    let mut removed = Vec::new();
+    let mut dropped_checkpoints = 0;
+    for item in &items {
+        match item {
+            Item::Record(_) if record_of(item).unwrap().seq == v => continue,
+            Item::Checkpoint(c) if c.tree_size == v => {
+                dropped_checkpoints += 1;
+                continue;
+            }
+            Item::Header(h) => removed.push(Item::Header(pb::ExportHeader {
+                tree_size: h.tree_size - 1,
+                ..h.clone()
+            })),
+            Item::Trailer(t) => removed.push(Item::Trailer(pb::ExportTrailer {
+                records: t.records - 1,
+                checkpoints: t.checkpoints - dropped_checkpoints,
+                ..t.clone()
+            })),
+            other => removed.push(other.clone()),
+        }
+    }
+    let c = dir.path().join("c-record-removed.cardd");
+    write_items(&c, &removed);
+    assert_eq!(
+        read_items(&c).len(),
+        items.len() - 1 - dropped_checkpoints as usize,
+        "framing is intact"
+    );
+    assert_rejected(
+        &python,
+        &c,
+        &server_key,
+        &format!("record {v}: holds sequence number {}", v + 1),
+    );
+
+    // The server itself rewrites history and re-signs everything. First a
+    // faithful rewrite: it must still verify (the tampering below is then
+    // the only difference).
+    let server = read_key_file(&cardd::server::server_key_path(&daemon.data)).expect("server key");
+    let faithful = dir.path().join("d-rewritten-faithfully.cardd");
+    write_items(&faithful, &server_rewrite(&items, &server, |_| {}));
+    let (code, text) = run_python(&python, &faithful, &server_key);
+    assert_eq!(code, 0, "a faithful server rewrite must verify:\n{text}");
+
+    // (d) A request signature broken, everything re-chained and re-signed.
+    let d = dir.path().join("d-resigned-bad-request.cardd");
+    write_items(
+        &d,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == v {
+                r.request_signature[10] ^= 1;
+            }
+        }),
+    );
+    assert_rejected(
+        &python,
+        &d,
+        &server_key,
+        &format!("record {v}: request signature does not verify"),
+    );
+
+    // (e) A purchase "signed" by a key the server made up.
+    let rogue = SigningKey::from_bytes(&[42; 32]);
+    let e = dir.path().join("e-resigned-rogue-key.cardd");
+    write_items(
+        &e,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == v {
+                r.signer_public_key = rogue.verifying_key().to_bytes().to_vec();
+                r.request_signature = sign_request(&rogue, &r.request);
+            }
+        }),
+    );
+    assert_rejected(
+        &python,
+        &e,
+        &server_key,
+        &format!("record {v}: the signer's key is not the key enrolled"),
+    );
+
+    // (f) A balance inflated in one record.
+    let f = dir.path().join("f-resigned-balance.cardd");
+    write_items(
+        &f,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == v {
+                r.paid_balance_after_minor += 10_000;
+            }
+        }),
+    );
+    assert_rejected(
+        &python,
+        &f,
+        &server_key,
+        &format!("record {v}: card {}: balances after", victim.card),
+    );
+
+    // The Rust verifier agrees on every tampered copy.
+    for bad in [&a, &b, &c, &d, &e, &f] {
+        let (ok_rust, text) = run_rust_verify(bad, &server_key);
+        assert!(
+            !ok_rust,
+            "cardd audit verify accepts {}:\n{text}",
+            bad.display()
+        );
+    }
+    drop(daemon);
+}
