@@ -357,13 +357,15 @@ fn add_totals(t: &mut Totals, r: &Record) {
 
 /// The trailer's key list must say exactly what the chain enrolled.
 fn check_trailer_keys(trailer: &pb::ExportTrailer, state: &BrandState, server_key: &[u8; 32]) -> Result<(), VerifyError> {
-    let mut expected: Vec<(i32, u32, Vec<u8>)> = vec![
-        (pb::Signer::Server as i32, 0, server_key.to_vec()),
-        (pb::Signer::Owner as i32, 0, state.owner_key.to_vec()),
+    let mut expected: Vec<(i32, u32, u32, Vec<u8>)> = vec![
+        (pb::Signer::Server as i32, 0, 0, server_key.to_vec()),
+        (pb::Signer::Owner as i32, 0, 0, state.owner_key.to_vec()),
     ];
-    expected.extend(state.terminals.iter().map(|(id, t)| (pb::Signer::Terminal as i32, *id, t.public_key.to_vec())));
-    let mut listed: Vec<(i32, u32, Vec<u8>)> =
-        trailer.keys.iter().map(|k| (k.signer, k.terminal_id, k.public_key.clone())).collect();
+    expected.extend(
+        state.terminals.iter().map(|(id, t)| (pb::Signer::Terminal as i32, *id, t.store_id, t.public_key.to_vec())),
+    );
+    let mut listed: Vec<(i32, u32, u32, Vec<u8>)> =
+        trailer.keys.iter().map(|k| (k.signer, k.terminal_id, k.store_id, k.public_key.clone())).collect();
     expected.sort();
     listed.sort();
     if expected != listed {
