@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     commit_all(&mut ledger, owner_subs)?;
     // Fund every card once, then purchases (with a top-up every 50th).
     let total = records.saturating_sub(ledger.state.seq);
-    let mut next_txn = vec![0u64; TERMINALS];
+    let mut next_txn = [0u64; TERMINALS];
     let mut done = 0u64;
     while done < total {
         let n = (total - done).min(100_000);

@@ -487,12 +487,12 @@ impl World {
                 self.cards[card] = new;
             }
             Step::CloseShift { term } => {
-                let server_totals = self.state.terminals[&(term as u32 + 1)].shift.clone();
+                let server_totals = self.state.terminals[&(term as u32 + 1)].shift;
                 let rec = self
                     .term_op(
                         term,
                         Op::CloseShift(pb::CloseShift {
-                            terminal_totals: Some(server_totals.clone()),
+                            terminal_totals: Some(server_totals),
                         }),
                     )
                     .expect("shift close");
