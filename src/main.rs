@@ -244,6 +244,18 @@ enum AdminOp {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Revoke a terminal (a stolen or retired till): it can no longer sign on.
+    DisableTerminal {
+        #[arg(long)]
+        terminal: u32,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Restore a disabled terminal.
+    EnableTerminal {
+        #[arg(long)]
+        terminal: u32,
+    },
     /// Look up a card.
     Inquiry {
         #[arg(long)]
@@ -535,6 +547,14 @@ async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
                 }),
             })
         }
+        AdminOp::DisableTerminal { terminal, reason } => {
+            Op::SetTerminalDisabled(pb::SetTerminalDisabled { terminal_id: terminal, disabled: true, reason })
+        }
+        AdminOp::EnableTerminal { terminal } => Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+            terminal_id: terminal,
+            disabled: false,
+            reason: String::new(),
+        }),
         AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
     };
     let req = client.request(txn, op);

@@ -56,11 +56,11 @@ ZERO_HASH = bytes(32)
 
 # Record kinds.
 BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
-CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET = 5, 6, 7
+CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 7, 8
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
-    5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 10: "PURCHASE",
+    5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
 }
 # Signers.
@@ -70,10 +70,11 @@ SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
 OP_KIND = {
     11: PURCHASE, 12: TOP_UP, 13: REFUND, 14: REVERSAL, 15: POINTS_REDEEMED, 16: SHIFT_CLOSED,
     30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
-    34: CARD_REPLACED, 35: RULES_SET, 50: BRAND_CREATED,
+    34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 50: BRAND_CREATED,
 }
 TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
-OWNER_KINDS = {STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET}
+OWNER_KINDS = {STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
+               TERMINAL_STATUS_CHANGED}
 
 
 class Fail(Exception):
@@ -317,6 +318,7 @@ OPS = {
     33: Schema("SetCardBlocked", {1: ("card", STRING), 2: ("blocked", BOOL), 3: ("reason", STRING)}),
     34: Schema("ReplaceCard", {1: ("old_card", STRING), 2: ("new_card", STRING)}),
     35: Schema("SetRules", {}),
+    38: Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL), 3: ("reason", STRING)}),
     50: Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)}),
 }
@@ -502,6 +504,7 @@ class Verifier:
         self.covered = 0
         self.owner_key = None
         self.terminals = {}  # terminal id -> (store id, key)
+        self.disabled = set()  # terminal ids revoked by the owner
         self.cards = {}  # card number -> [paid, bonus, points]
         self.signatures = 0
         self.flows = {"loaded": 0, "bonus": 0, "spent": 0, "refunded": 0, "reversed": 0}
@@ -621,6 +624,8 @@ class Verifier:
             t = self.terminals.get(rec["terminal_id"])
             if t is None:
                 fail("terminal %d is not enrolled" % rec["terminal_id"])
+            if rec["terminal_id"] in self.disabled:
+                fail("terminal %d signed while disabled by the owner" % rec["terminal_id"])
             if kind not in TERMINAL_KINDS:
                 fail("kind %s is not a terminal operation" % KIND_NAMES.get(kind, kind))
             if rec["store_id"] != t[0]:
@@ -633,7 +638,7 @@ class Verifier:
 
         # The signed request: always for records that enrol a key, and for
         # the sample.
-        if self.sample is None or seq in self.sample or kind in (BRAND_CREATED, TERMINAL_ENROLLED):
+        if self.sample is None or seq in self.sample or kind in (BRAND_CREATED, TERMINAL_ENROLLED, TERMINAL_STATUS_CHANGED):
             if not verify_strict(key, DOMAIN_REQUEST + rec["request"], rec["request_signature"]):
                 fail("request signature does not verify")
             self.signatures += 1
@@ -703,6 +708,13 @@ class Verifier:
         elif kind == TERMINAL_ENROLLED:
             if body["store_id"] != rec["store_id"]:
                 fail("the enrolment's store differs from the signed request")
+        elif kind == TERMINAL_STATUS_CHANGED:
+            if body["terminal_id"] != rec["new_id"] or body["terminal_id"] not in self.terminals:
+                fail("the terminal named differs from the signed request or is not enrolled")
+            if body["disabled"]:
+                self.disabled.add(body["terminal_id"])
+            else:
+                self.disabled.discard(body["terminal_id"])
         elif kind in (CARD_ISSUED, CARD_BLOCKED_CHANGED):
             if body["card"] != rec["card"]:
                 fail("the card differs from the signed request")

@@ -84,3 +84,33 @@ async fn key_files_readable_by_others_are_refused() {
     assert_eq!(mode & 0o777, 0o600);
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_terminal_is_refused_until_enabled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[1].clone();
+    let mut owner = demo.owner(d.addr).await;
+    let mut stolen = demo.terminal(d.addr, 1).await;
+    let before = inquiry(&mut stolen, &card).await;
+    let tid = demo.manifest.stores[1].terminals[0].terminal_id;
+    let disable = Op::SetTerminalDisabled(pb::SetTerminalDisabled { terminal_id: tid, disabled: true, reason: "stolen".into() });
+    let rec = call(&mut owner, 100, disable).await.expect("owner disables");
+    assert!(rec.receipt.is_some(), "revocation is a ledger record");
+    // The connection already open is refused from now on...
+    let err = call(&mut stolen, 900, common::purchase(&card, 100)).await.unwrap_err();
+    assert_eq!(err, ErrorCode::TerminalDisabled);
+    // ...and the key can no longer sign on.
+    let key = read_key_file(&demo.terminal_key_path(1)).unwrap();
+    let err = bounded(Client::connect(d.addr, key.clone())).await.err().expect("refused");
+    assert_eq!(err.code(), Some(ErrorCode::TerminalDisabled));
+    // Nothing moved; only the owner can undo it (a terminal cannot).
+    let mut other = demo.terminal(d.addr, 0).await;
+    assert_eq!(inquiry(&mut other, &card).await, before);
+    let enable = Op::SetTerminalDisabled(pb::SetTerminalDisabled { terminal_id: tid, disabled: false, reason: String::new() });
+    assert_eq!(call(&mut other, 901, enable.clone()).await.unwrap_err(), ErrorCode::WrongRole);
+    call(&mut owner, 101, enable).await.expect("owner enables");
+    let mut back = bounded(Client::connect(d.addr, key)).await.expect("signs on again");
+    let r = call(&mut back, 902, common::purchase(&card, 100)).await.expect("purchase");
+    assert_eq!(r.card.unwrap().balance_minor, before.balance_minor - 100);
+}

@@ -228,8 +228,16 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                         .await;
                     break;
                 };
-                let Some(mut ok) = handle.sign_on(*principal).await else {
-                    break;
+                let mut ok = match handle.sign_on(*principal).await {
+                    Some(Ok(ok)) => ok,
+                    Some(Err(refusal)) => {
+                        tracing::warn!(?peer, ?principal, brand, "sign-on refused: {}", refusal.message);
+                        let _ = out_tx
+                            .send(ServerMessage { request_id: rid, body: Some(server_message::Body::Error(refusal.into())) })
+                            .await;
+                        break;
+                    }
+                    None => break,
                 };
                 ok.max_frame_bytes = shared.max_frame_bytes as u64;
                 ok.max_in_flight = MAX_IN_FLIGHT_PER_CONNECTION as u32;

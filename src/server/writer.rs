@@ -19,7 +19,7 @@ pub enum Command {
     /// Apply a verified signed request; answer once durable.
     Apply(Submission, oneshot::Sender<Answer>),
     /// Describe the session of a signer that just proved its key.
-    SignOn(Principal, oneshot::Sender<pb::SignOnOk>),
+    SignOn(Principal, oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>),
 }
 
 /// A handle to a brand's writer task.
@@ -45,15 +45,23 @@ impl BrandHandle {
     }
 
     /// The sign-on answer for `principal`.
-    pub async fn sign_on(&self, principal: Principal) -> Option<pb::SignOnOk> {
+    pub async fn sign_on(&self, principal: Principal) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::SignOn(principal, tx)).await.ok()?;
         rx.await.ok()
     }
 }
 
-fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
+fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> Result<pb::SignOnOk, crate::error::Refusal> {
     let s = &ledger.state;
+    if let Principal::Terminal(id) = principal {
+        if s.terminals.get(&id).is_none_or(|t| t.disabled) {
+            return Err(crate::error::Refusal::new(
+                pb::ErrorCode::TerminalDisabled,
+                "this terminal was disabled by the owner",
+            ));
+        }
+    }
     let (role, store_id, terminal_id) = match principal {
         Principal::Terminal(id) => (
             pb::Role::Terminal,
@@ -62,7 +70,7 @@ fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
         ),
         _ => (pb::Role::Owner, 0, 0),
     };
-    pb::SignOnOk {
+    Ok(pb::SignOnOk {
         role: role as i32,
         brand_id: s.brand_id,
         brand_name: s.name.clone(),
@@ -78,7 +86,7 @@ fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> pb::SignOnOk {
         last_txn_id: s.last_txn_id(principal),
         max_frame_bytes: 0,
         max_in_flight: 0,
-    }
+    })
 }
 
 /// Attaches inclusion proofs (against `checkpoint`) to the answers that

@@ -38,6 +38,13 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if !state.is_created() {
         return refuse(E::WrongBrand, "brand does not exist");
     }
+    if let Principal::Terminal(id) = ctx.principal {
+        match state.terminals.get(&id) {
+            None => return refuse(E::UnknownKey, "terminal not enrolled in this brand"),
+            Some(t) if t.disabled => return refuse(E::TerminalDisabled, "this terminal was disabled by the owner"),
+            Some(_) => {}
+        }
+    }
     // Read-only operations: no transaction id, no record.
     match op {
         Op::Inquiry(q) => {
@@ -84,6 +91,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetCardBlocked(b) => set_card_blocked(state, ctx, req, b)?,
         Op::ReplaceCard(r) => replace_card(state, ctx, req, r)?,
         Op::SetRules(s) => set_rules(state, ctx, req, s)?,
+        Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s)?,
         Op::Inquiry(_) | Op::TxnStatus(_) | Op::CreateBrand(_) | Op::ExportLedger(_) | Op::ConsistencyProof(_) => {
             unreachable!("handled above")
         }
@@ -782,6 +790,7 @@ fn enroll_terminal(
             last_txn_id: 0,
             shift: ShiftTotals::default(),
             shift_number: 1,
+            disabled: false,
         },
     );
     Ok(append(state, ctx, rec))
@@ -898,5 +907,25 @@ fn set_rules(
     rules::validate(new_rules)?;
     let rec = base_record(state, ctx, req, RecordKind::RulesSet);
     state.rules = new_rules.clone();
+    Ok(append(state, ctx, rec))
+}
+
+fn set_terminal_disabled(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    s: &pb::SetTerminalDisabled,
+) -> Result<Written, Refusal> {
+    require_owner(ctx)?;
+    if !text_ok(&s.reason) {
+        return refuse(E::InvalidArgument, "reason too long");
+    }
+    let Some(store_id) = state.terminals.get(&s.terminal_id).map(|t| t.store_id) else {
+        return refuse(E::TerminalNotFound, "no such terminal");
+    };
+    let mut rec = base_record(state, ctx, req, RecordKind::TerminalStatusChanged);
+    rec.new_id = s.terminal_id;
+    rec.store_id = store_id;
+    state.terminals.get_mut(&s.terminal_id).expect("checked").disabled = s.disabled;
     Ok(append(state, ctx, rec))
 }

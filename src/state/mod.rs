@@ -127,6 +127,8 @@ pub struct Terminal {
     pub shift: ShiftTotals,
     /// The current shift, from 1.
     pub shift_number: u64,
+    /// Revoked by the owner: cannot sign on, every request refused.
+    pub disabled: bool,
 }
 
 /// What a money-moving record did, kept so that it can be refunded or reversed.
