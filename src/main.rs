@@ -456,6 +456,13 @@ fn brand_create(
         bail!("at most {} brands", cardd::limits::MAX_BRANDS);
     }
     let owner = load_or_create_key(owner_key)?;
+    let owner_public = owner.verifying_key().to_bytes();
+    for l in &ledgers {
+        let s = &l.state;
+        if s.owner_key == owner_public || s.terminals.values().any(|t| t.public_key == owner_public) {
+            bail!("that key is already enrolled in brand {} ({}); one key speaks for one brand", s.brand_id, s.name);
+        }
+    }
     let create = pb::CreateBrand {
         name,
         currency,

@@ -395,13 +395,12 @@ fn route(shared: &Shared, session: &Session, request: &[u8]) -> Route {
         // A key enrolled for one brand may not be enrolled for another. The
         // brand's own state machine checks within the brand; this checks
         // across brands.
-        Some(Op::EnrollTerminal(e)) => {
-            let known = <[u8; 32]>::try_from(e.public_key.as_slice()).ok().and_then(|k| shared.keys.get(&k));
-            match known {
-                Some(_) => Route::Refuse(Refusal::new(E::KeyInUse, "this key is already enrolled")),
-                None => Route::Writer,
+        Some(Op::EnrollTerminal(e)) => match <[u8; 32]>::try_from(e.public_key.as_slice()) {
+            Ok(key) if !shared.keys.reserve(key, session.brand_id) => {
+                Route::Refuse(Refusal::new(E::KeyInUse, "this key is already enrolled"))
             }
-        }
+            _ => Route::Writer,
+        },
         _ => Route::Writer,
     }
 }
