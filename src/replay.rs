@@ -34,12 +34,23 @@ pub fn replay_record(
     bytes: &[u8],
     server_key: &[u8; 32],
 ) -> Result<Written, ReplayError> {
+    let rec = Record::decode(bytes).map_err(|e| ReplayError { seq, what: format!("does not decode: {e}") })?;
+    replay_decoded(state, seq, &rec, bytes, server_key)
+}
+
+/// [`replay_record`] for a record the caller has already decoded from `bytes`.
+pub fn replay_decoded(
+    state: &mut BrandState,
+    seq: u64,
+    rec: &Record,
+    bytes: &[u8],
+    server_key: &[u8; 32],
+) -> Result<Written, ReplayError> {
     let fail = |what: String| ReplayError { seq, what };
-    let rec = Record::decode(bytes).map_err(|e| fail(format!("does not decode: {e}")))?;
     if rec.seq != seq {
         return Err(fail(format!("holds sequence number {}", rec.seq)));
     }
-    let principal = principal_of(&rec).ok_or_else(|| fail("has no signer".into()))?;
+    let principal = principal_of(rec).ok_or_else(|| fail("has no signer".into()))?;
     // The key must be the one enrolled for that signer at that point.
     let enrolled: Option<[u8; 32]> = match principal {
         Principal::Server => Some(*server_key),

@@ -20,7 +20,7 @@ use super::file::{ExportReader, EXPORT_FORMAT};
 use crate::checkpoint;
 use crate::crypto::{request_message, verify_strict};
 use crate::pb::{self, export_item::Item, CardStatus, Record, RecordKind};
-use crate::replay::replay_record;
+use crate::replay::replay_decoded;
 use crate::state::{format_card, rules, BrandState};
 
 /// Signatures verified per batch: larger batches amortise the
@@ -257,7 +257,7 @@ fn replay_export<R: Read>(
                 if sig_batch.len() == SIG_BATCH {
                     sig_tx.send(std::mem::replace(&mut sig_batch, Vec::with_capacity(SIG_BATCH)));
                 }
-                let w = replay_record(&mut state, next_seq, &bytes, &opts.server_key)
+                let w = replay_decoded(&mut state, next_seq, &rec, &bytes, &opts.server_key)
                     .map_err(|e| VerifyError { seq: Some(e.seq), what: e.what })?;
                 add_totals(&mut totals, &w.record);
                 if let Some(old) = &opts.old_checkpoint {
