@@ -248,13 +248,12 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Written {
             TxnEntry::Committed(rec.seq),
         );
         match ctx.principal {
-            Principal::Owner => state.owner_last_txn_id = rec.txn_id,
+            // The highest id, not the newest: pipelined requests may reach
+            // the writer out of order, and a till picks max + 1 next.
+            Principal::Owner => state.owner_last_txn_id = state.owner_last_txn_id.max(rec.txn_id),
             Principal::Terminal(id) => {
-                state
-                    .terminals
-                    .get_mut(&id)
-                    .expect("signer is enrolled")
-                    .last_txn_id = rec.txn_id
+                let t = state.terminals.get_mut(&id).expect("signer is enrolled");
+                t.last_txn_id = t.last_txn_id.max(rec.txn_id);
             }
             Principal::Server => {}
         }

@@ -121,7 +121,7 @@ pub struct Terminal {
     pub public_key: [u8; 32],
     /// The owner's label for it.
     pub label: String,
-    /// Transaction id of the newest record it signed (0 for none).
+    /// Highest transaction id in its records (0 for none).
     pub last_txn_id: u64,
     /// Counts and totals since the last shift close.
     pub shift: ShiftTotals,
@@ -241,7 +241,7 @@ pub struct BrandState {
     pub stores: BTreeMap<u32, Store>,
     /// Terminals by id (from 1).
     pub terminals: BTreeMap<u32, Terminal>,
-    /// Transaction id of the owner's newest record.
+    /// Highest transaction id in the owner's records.
     pub owner_last_txn_id: u64,
     /// Cards by number.
     pub cards: FastMap<u64, Card>,
