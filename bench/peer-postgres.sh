@@ -40,8 +40,8 @@ psql() { command psql -h 127.0.0.1 -p "$pgport" -U postgres -v ON_ERROR_STOP=1 -
 psql -c "CREATE TABLE cards (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0));
          CREATE TABLE ledger (id bigserial PRIMARY KEY, card bigint NOT NULL, amount bigint NOT NULL,
                               balance_after bigint NOT NULL, at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO cards SELECT g, 100000000000 FROM generate_series(1, $cards) g;
-         VACUUM ANALYZE;"
+         INSERT INTO cards SELECT g, 100000000000 FROM generate_series(1, $cards) g;"
+psql -c "VACUUM ANALYZE"
 cat > "$work/purchase.sql" <<SQL
 \set card random(1, $cards)
 \set amount random(100, 5000)
