@@ -1,11 +1,26 @@
 //! A client of the cardd protocol: sign-on and signed requests, one at a
 //! time. Used by `terminal-sim`, `cardd admin` and the tests.
+//!
+//! The connection is plain TCP, or TLS over TCP when the daemon serves
+//! with `--tls-cert`/`--tls-key` ([`Client::connect_tls`] with a
+//! [`TlsClient`]). Either way the ed25519 sign-on and the request
+//! signatures are the same: TLS adds confidentiality, the signatures stay
+//! the authentication.
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
 use prost::Message;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::codec::frame_codec;
@@ -15,6 +30,169 @@ use crate::limits::DEFAULT_MAX_FRAME_BYTES;
 use crate::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
 };
+
+/// The byte stream under a [`Client`]: plain TCP, or TLS over TCP.
+pub enum ClientStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS (rustls) over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// True if this connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A client over plain TCP or TLS, as [`Client::connect_with`] makes.
+pub type AnyClient = Client<ClientStream>;
+
+/// How a client speaks TLS: the certificates it trusts and the name the
+/// server's certificate must carry. Cheap to clone.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rustls provider used on both ends: ring (aws-lc-rs needs cmake and
+/// nasm to build).
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsClient {
+    /// From a rustls client configuration and the name to check the
+    /// server's certificate against (a DNS name or an IP address).
+    pub fn new(config: Arc<rustls::ClientConfig>, server_name: &str) -> anyhow::Result<Self> {
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| anyhow::anyhow!("{server_name:?} is not a DNS name or an IP address"))?;
+        Ok(TlsClient {
+            connector: TlsConnector::from(config),
+            server_name,
+        })
+    }
+
+    /// Trusts the certificates in the PEM file `ca` (a CA, or the server's
+    /// own self-signed certificate), and nothing else; TLS 1.3 only.
+    pub fn from_ca_file(ca: &Path, server_name: &str) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("{}: certificate not usable", ca.display()))?;
+        }
+        if roots.is_empty() {
+            anyhow::bail!(
+                "{}: no PEM certificate (BEGIN CERTIFICATE) found",
+                ca.display()
+            );
+        }
+        let config = rustls::ClientConfig::builder_with_provider(tls_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 with the ring provider")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsClient::new(Arc::new(config), server_name)
+    }
+
+    /// The name checked against the server's certificate.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+}
+
+/// A failed client handshake, with a hint for the common mistake of a
+/// self-signed certificate made as a CA (`openssl req -x509` does that by
+/// default), which rustls refuses as a server's own certificate.
+fn handshake_error(e: io::Error) -> io::Error {
+    let hint = if e.to_string().contains("CaUsedAsEndEntity") {
+        " (the daemon's certificate is a CA certificate: make it with \
+         basicConstraints CA:FALSE, or sign it with a CA and trust that CA)"
+    } else {
+        ""
+    };
+    io::Error::new(e.kind(), format!("TLS handshake: {e}{hint}"))
+}
 
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +225,11 @@ fn refusal(e: pb::Error) -> ClientError {
     ))
 }
 
-/// A signed-on connection.
-pub struct Client {
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+/// A signed-on connection over the stream `S`: a [`TcpStream`] from
+/// [`Client::connect`], a [`ClientStream`] (plain or TLS) from
+/// [`Client::connect_with`] and [`Client::connect_tls`].
+pub struct Client<S = TcpStream> {
+    framed: Framed<S, LengthDelimitedCodec>,
     key: SigningKey,
     next_request_id: u64,
     /// What the server said at sign-on.
@@ -60,12 +240,58 @@ pub struct Client {
     pub operator: String,
 }
 
-impl Client {
-    /// Connects and signs on with `key`.
+impl Client<TcpStream> {
+    /// Connects over plain TCP and signs on with `key`.
     pub async fn connect(addr: impl ToSocketAddrs, key: SigningKey) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let mut framed = Framed::new(stream, frame_codec(DEFAULT_MAX_FRAME_BYTES));
+        let framed = Framed::new(stream, frame_codec(DEFAULT_MAX_FRAME_BYTES));
+        Client::sign_on(framed, key).await
+    }
+}
+
+impl Client<ClientStream> {
+    /// Connects over TLS with `tls` and signs on with `key`.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        key: SigningKey,
+        tls: &TlsClient,
+    ) -> Result<Self, ClientError> {
+        Client::connect_with(addr, key, Some(tls)).await
+    }
+
+    /// Connects over TLS if `tls` is given, else over plain TCP, and signs
+    /// on with `key`. A failed TLS handshake (an untrusted certificate, a
+    /// daemon without TLS) is a [`ClientError::Io`].
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        key: SigningKey,
+        tls: Option<&TlsClient>,
+    ) -> Result<Self, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => ClientStream::Plain(tcp),
+            Some(tls) => {
+                let s = tls
+                    .connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(handshake_error)?;
+                ClientStream::Tls(Box::new(s))
+            }
+        };
+        let framed = Framed::new(stream, frame_codec(DEFAULT_MAX_FRAME_BYTES));
+        Client::sign_on(framed, key).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Challenge-response sign-on on a fresh connection.
+    async fn sign_on(
+        mut framed: Framed<S, LengthDelimitedCodec>,
+        key: SigningKey,
+    ) -> Result<Self, ClientError> {
         let hello = Body::Hello(pb::Hello {
             protocol_version: 1,
             public_key: key.verifying_key().to_bytes().to_vec(),
@@ -170,8 +396,18 @@ impl Client {
         let signature = self.key.sign(&request_message(&bytes)).to_bytes().to_vec();
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let body = Body::Signed(pb::SignedRequest { request: bytes, signature });
-        send(&mut self.framed, ClientMessage { request_id, body: Some(body) }).await?;
+        let body = Body::Signed(pb::SignedRequest {
+            request: bytes,
+            signature,
+        });
+        send(
+            &mut self.framed,
+            ClientMessage {
+                request_id,
+                body: Some(body),
+            },
+        )
+        .await?;
         let mut written = 0u64;
         loop {
             match recv(&mut self.framed).await?.body {
@@ -183,16 +419,30 @@ impl Client {
                     }
                 }
                 Some(server_message::Body::Error(e)) => return Err(refusal(e)),
-                other => return Err(ClientError::Protocol(format!("expected export data, got {other:?}"))),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected export data, got {other:?}"
+                    )))
+                }
             }
         }
     }
 
     /// Asks for a consistency proof from `old_size` to `new_size` (0 = the
     /// newest checkpoint).
-    pub async fn consistency_proof(&mut self, old_size: u64, new_size: u64) -> Result<pb::ConsistencyProof, ClientError> {
-        let req = self.request(0, Op::ConsistencyProof(pb::GetConsistencyProof { old_size, new_size }));
-        self.call(&req).await?.consistency.ok_or_else(|| ClientError::Protocol("no consistency proof".into()))
+    pub async fn consistency_proof(
+        &mut self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<pb::ConsistencyProof, ClientError> {
+        let req = self.request(
+            0,
+            Op::ConsistencyProof(pb::GetConsistencyProof { old_size, new_size }),
+        );
+        self.call(&req)
+            .await?
+            .consistency
+            .ok_or_else(|| ClientError::Protocol("no consistency proof".into()))
     }
 
     /// Echo (keep-alive).
@@ -234,14 +484,15 @@ impl Client {
     }
 
     /// The underlying framed stream, for tests that speak raw frames.
-    pub fn framed(&mut self) -> &mut Framed<TcpStream, LengthDelimitedCodec> {
+    pub fn framed(&mut self) -> &mut Framed<S, LengthDelimitedCodec> {
         &mut self.framed
     }
 }
 
-/// Sends one message as a frame.
-pub async fn send(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+/// Sends one message as a frame (over a client's connection, or any raw
+/// framed stream).
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
     msg: ClientMessage,
 ) -> Result<(), ClientError> {
     framed.send(bytes::Bytes::from(msg.encode_to_vec())).await?;
@@ -249,8 +500,8 @@ pub async fn send(
 }
 
 /// Receives one frame and decodes it.
-pub async fn recv(
-    framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+pub async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LengthDelimitedCodec>,
 ) -> Result<ServerMessage, ClientError> {
     let frame = framed
         .next()

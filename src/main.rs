@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use cardd::client::{Client, ClientError};
+use cardd::client::{Client, ClientError, TlsClient};
 use cardd::crypto::{load_or_create_key, read_key_file, write_key_file};
 use cardd::ledger::BrandLedger;
 use cardd::pb::{self, request::Op};
@@ -50,6 +50,13 @@ enum Command {
         /// minute before it is refused for a minute (0 = unlimited).
         #[arg(long, default_value_t = cardd::limits::DEFAULT_CARD_MISSES_PER_MINUTE)]
         card_misses_per_minute: u32,
+        /// Speak TLS 1.3 on the terminal port with this certificate chain
+        /// (PEM; with --tls-key). Without it the port is plain TCP.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The TLS certificate's private key (PEM, mode 0600; with --tls-cert).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -80,7 +87,30 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// How `admin` and `audit` reach a daemon that serves TLS.
+#[derive(Args)]
+struct TlsArgs {
+    /// Speak TLS to the daemon, trusting only the certificates in this PEM
+    /// file (a CA, or the daemon's self-signed certificate).
+    #[arg(long, value_name = "PEM", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// The name the daemon's certificate must carry (with --tls-ca).
+    #[arg(long, value_name = "NAME", default_value = "localhost", global = true)]
+    tls_server_name: String,
+}
+
+impl TlsArgs {
+    fn client(&self) -> anyhow::Result<Option<TlsClient>> {
+        self.tls_ca
+            .as_deref()
+            .map(|ca| TlsClient::from_ca_file(ca, &self.tls_server_name).context("--tls-ca"))
+            .transpose()
+    }
 }
 
 #[derive(Subcommand)]
@@ -190,6 +220,8 @@ struct AdminArgs {
     /// Staff name recorded as the operator.
     #[arg(long, default_value = "owner")]
     operator: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(subcommand)]
     op: AdminOp,
 }
@@ -333,6 +365,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             max_frame_bytes,
             sign_on_failures_per_minute,
             card_misses_per_minute,
+            tls_cert,
+            tls_key,
         } => {
             let config = Config {
                 data_dir: data,
@@ -341,6 +375,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 demo,
                 sign_on_failures_per_minute,
                 card_misses_per_minute,
+                tls_cert,
+                tls_key,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -392,7 +428,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 ledgers.len()
             );
         }
-        Command::Audit { command } => return audit(command),
+        Command::Audit { command, tls } => return audit(command, tls.client()?.as_ref()),
         Command::Admin(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -403,23 +439,50 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> {
+fn audit(
+    command: AuditCommand,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<std::process::ExitCode> {
     use cardd::audit::cli;
-    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match command {
-        AuditCommand::Export { connect, key, data, brand, out } => match (connect, key, data, brand) {
-            (Some(addr), Some(key), None, None) => rt()?.block_on(cli::export_online(&addr, &key, &out))?,
+        AuditCommand::Export {
+            connect,
+            key,
+            data,
+            brand,
+            out,
+        } => match (connect, key, data, brand) {
+            (Some(addr), Some(key), None, None) => {
+                rt()?.block_on(cli::export_online(&addr, &key, &out, tls))?
+            }
             (None, None, Some(data), Some(brand)) => cli::export_offline(&data, brand, &out)?,
             _ => bail!("give --connect ADDR --key OWNER_KEY, or --data DIR --brand ID"),
         },
-        AuditCommand::Verify { file, server_key, json, old_checkpoint, save_checkpoint, compare, key } => {
-            let report = cli::verify_file(&file, cli::parse_server_key(&server_key)?, old_checkpoint.as_deref())?;
+        AuditCommand::Verify {
+            file,
+            server_key,
+            json,
+            old_checkpoint,
+            save_checkpoint,
+            compare,
+            key,
+        } => {
+            let report = cli::verify_file(
+                &file,
+                cli::parse_server_key(&server_key)?,
+                old_checkpoint.as_deref(),
+            )?;
             cli::print_report(&report, json);
             if let (Some(path), Some(c)) = (save_checkpoint, &report.last_checkpoint) {
                 cli::save_checkpoint(c, &path)?;
             }
             if let (Some(addr), Some(key)) = (compare, key) {
-                let diffs = rt()?.block_on(cli::compare_live(&report, &addr, &key))?;
+                let diffs = rt()?.block_on(cli::compare_live(&report, &addr, &key, tls))?;
                 for d in &diffs {
                     eprintln!("DIFFERS: {d}");
                 }
@@ -430,10 +493,24 @@ fn audit(command: AuditCommand) -> anyhow::Result<std::process::ExitCode> {
                 eprintln!("all {} cards match the live daemon", report.cards.len());
             }
         }
-        AuditCommand::Consistency { old, new, server_key, export, connect, key } => {
+        AuditCommand::Consistency {
+            old,
+            new,
+            server_key,
+            export,
+            connect,
+            key,
+        } => {
             let server_key = cli::parse_server_key(&server_key)?;
             let live = connect.as_deref().zip(key.as_deref());
-            rt()?.block_on(cli::consistency(&old, &new, server_key, export.as_deref(), live))?;
+            rt()?.block_on(cli::consistency(
+                &old,
+                &new,
+                server_key,
+                export.as_deref(),
+                live,
+                tls,
+            ))?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -459,8 +536,13 @@ fn brand_create(
     let owner_public = owner.verifying_key().to_bytes();
     for l in &ledgers {
         let s = &l.state;
-        if s.owner_key == owner_public || s.terminals.values().any(|t| t.public_key == owner_public) {
-            bail!("that key is already enrolled in brand {} ({}); one key speaks for one brand", s.brand_id, s.name);
+        if s.owner_key == owner_public || s.terminals.values().any(|t| t.public_key == owner_public)
+        {
+            bail!(
+                "that key is already enrolled in brand {} ({}); one key speaks for one brand",
+                s.brand_id,
+                s.name
+            );
         }
     }
     let create = pb::CreateBrand {
@@ -476,7 +558,8 @@ fn brand_create(
 
 async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
     let key = read_key_file(&args.key)?;
-    let mut client = Client::connect(args.connect.as_str(), key)
+    let tls = args.tls.client()?;
+    let mut client = Client::connect_with(args.connect.as_str(), key, tls.as_ref())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     client.operator = args.operator.clone();
@@ -555,7 +638,11 @@ async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
             })
         }
         AdminOp::DisableTerminal { terminal, reason } => {
-            Op::SetTerminalDisabled(pb::SetTerminalDisabled { terminal_id: terminal, disabled: true, reason })
+            Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+                terminal_id: terminal,
+                disabled: true,
+                reason,
+            })
         }
         AdminOp::EnableTerminal { terminal } => Op::SetTerminalDisabled(pb::SetTerminalDisabled {
             terminal_id: terminal,

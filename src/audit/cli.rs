@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::file::ExportReader;
 use super::verify::{verify_export, VerifyOptions, VerifyReport};
-use crate::client::Client;
+use crate::client::{Client, TlsClient};
 use crate::crypto::{leaf_hash, read_key_file, verify_strict};
 use crate::merkle::{consistency_proof, verify_consistency, Frontier, MemoryNodes};
 use crate::pb::{self, export_item::Item, request::Op};
@@ -62,9 +62,9 @@ pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()>
 }
 
 /// `cardd audit export --connect ADDR --key OWNER_KEY --out FILE`.
-pub async fn export_online(addr: &str, owner_key: &Path, out: &Path) -> anyhow::Result<()> {
+pub async fn export_online(addr: &str, owner_key: &Path, out: &Path, tls: Option<&TlsClient>) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect(addr, key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = Client::connect_with(addr, key, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut file = BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = ProgressBar::new_spinner();
     pb.set_message("receiving export");
@@ -140,9 +140,9 @@ pub fn print_report(r: &VerifyReport, json: bool) {
 
 /// Compares a verified report with what a live daemon reports for every
 /// card (owner inquiries). Returns the differences.
-pub async fn compare_live(r: &VerifyReport, addr: &str, owner_key: &Path) -> anyhow::Result<Vec<String>> {
+pub async fn compare_live(r: &VerifyReport, addr: &str, owner_key: &Path, tls: Option<&TlsClient>) -> anyhow::Result<Vec<String>> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect(addr, key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = Client::connect_with(addr, key, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if client.session.brand_id != r.brand_id {
         bail!("the owner key is for brand {}, the export is brand {}", client.session.brand_id, r.brand_id);
     }
@@ -175,6 +175,7 @@ pub async fn consistency(
     server_key: [u8; 32],
     export: Option<&Path>,
     live: Option<(&str, &Path)>,
+    tls: Option<&TlsClient>,
 ) -> anyhow::Result<()> {
     let old = read_checkpoint(old)?;
     let new = read_checkpoint(new)?;
@@ -192,7 +193,7 @@ pub async fn consistency(
     let path: Vec<[u8; 32]> = match (export, live) {
         (Some(file), None) => proof_from_export(file, old.tree_size, new.tree_size)?,
         (None, Some((addr, key))) => {
-            let mut client = Client::connect(addr, read_key_file(key)?).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut client = Client::connect_with(addr, read_key_file(key)?, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             let p = client.consistency_proof(old.tree_size, new.tree_size).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             p.path
                 .iter()

@@ -4,6 +4,10 @@
 //! to a write task, so a slow request never blocks reading the next one.
 //! Signatures are checked here, on whichever core runs this task, so the
 //! brand's writer only applies already-verified requests.
+//!
+//! The stream is plain TCP or TLS over TCP (the listener decides); the
+//! session is the same on both.
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +15,7 @@ use ed25519_dalek::VerifyingKey;
 use futures::{SinkExt, StreamExt};
 use prost::Message;
 use rand::RngCore;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -61,13 +65,15 @@ fn error_msg(request_id: u64, code: E, message: impl Into<String>) -> ServerMess
     }
 }
 
-/// Serves one connection until the peer leaves, a timeout passes, or the
-/// peer breaks the framing.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let peer = stream.peer_addr().ok();
-    let ip = peer.map(|p| p.ip());
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+/// Serves one connection from `peer` until the peer leaves, a timeout
+/// passes, or the peer breaks the framing. `stream` is a plain TCP stream
+/// or a TLS stream whose handshake is done.
+pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ip = Some(peer.ip());
+    let (r, w) = tokio::io::split(stream);
     let mut reader = FramedRead::new(r, frame_codec(shared.max_frame_bytes));
     let mut writer = FramedWrite::new(w, frame_codec(shared.max_frame_bytes));
     let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(MAX_IN_FLIGHT_PER_CONNECTION + 4);
@@ -83,7 +89,11 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
     });
 
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    // Clients are told MAX_IN_FLIGHT; a slot frees just after its answer is
+    // queued, so a fast client can read an answer and send its next request
+    // a moment before that. The slack keeps such a client from a spurious
+    // TOO_MANY_IN_FLIGHT while the bound stays fixed.
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2));
     let mut phase = Phase::AwaitHello;
     let sign_on_deadline = tokio::time::Instant::now() + Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
     loop {
@@ -140,8 +150,17 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             }
             (Some(Body::Hello(h)), Phase::AwaitHello) => {
                 if ip.is_some_and(|ip| shared.guard.blocked(GuardKey::SignOn(ip))) {
-                    tracing::warn!(?peer, "sign-on refused: too many failures from this address");
-                    let _ = out_tx.send(error_msg(rid, E::RateLimited, "too many sign-on failures; wait")).await;
+                    tracing::warn!(
+                        ?peer,
+                        "sign-on refused: too many failures from this address"
+                    );
+                    let _ = out_tx
+                        .send(error_msg(
+                            rid,
+                            E::RateLimited,
+                            "too many sign-on failures; wait",
+                        ))
+                        .await;
                     break;
                 }
                 if h.protocol_version != 1 {
@@ -231,9 +250,18 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 let mut ok = match handle.sign_on(*principal).await {
                     Some(Ok(ok)) => ok,
                     Some(Err(refusal)) => {
-                        tracing::warn!(?peer, ?principal, brand, "sign-on refused: {}", refusal.message);
+                        tracing::warn!(
+                            ?peer,
+                            ?principal,
+                            brand,
+                            "sign-on refused: {}",
+                            refusal.message
+                        );
                         let _ = out_tx
-                            .send(ServerMessage { request_id: rid, body: Some(server_message::Body::Error(refusal.into())) })
+                            .send(ServerMessage {
+                                request_id: rid,
+                                body: Some(server_message::Body::Error(refusal.into())),
+                            })
                             .await;
                         break;
                     }
@@ -257,13 +285,18 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 }));
             }
             (Some(Body::Signed(s)), Phase::SignedOn(session)) => {
-                let terminal_key = GuardKey::CardMissTerminal(session.brand_id, session.principal.txn_namespace());
+                let terminal_key =
+                    GuardKey::CardMissTerminal(session.brand_id, session.principal.txn_namespace());
                 if shared.guard.blocked(terminal_key)
                     || ip.is_some_and(|ip| shared.guard.blocked(GuardKey::CardMissAddr(ip)))
                 {
                     tracing::warn!(?peer, principal = ?session.principal, "refused: probing limit");
                     let _ = out_tx
-                        .send(error_msg(rid, E::RateLimited, "too many unknown cards; wait before trying again"))
+                        .send(error_msg(
+                            rid,
+                            E::RateLimited,
+                            "too many unknown cards; wait before trying again",
+                        ))
                         .await;
                     continue;
                 }
@@ -277,7 +310,12 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                         .await;
                     continue;
                 };
-                if !verify_strict(&session.key, &request_message(&s.request), &s.signature) {
+                // Checked in batches with other connections' requests, on the
+                // verifier threads; this connection's order is kept because
+                // it waits here before reading its next frame.
+                let verified =
+                    shared.verifier.verify(session.key, request_message(&s.request), s.signature.clone()).await;
+                if !verified {
                     tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
                     let _ = out_tx
                         .send(error_msg(
@@ -301,7 +339,14 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     }
                     Route::Audit(op) => {
                         let (shared, out) = (shared.clone(), out_tx.clone());
-                        tokio::spawn(super::audit::serve(op, session.brand_id, shared, out, rid, permit));
+                        tokio::spawn(super::audit::serve(
+                            op,
+                            session.brand_id,
+                            shared,
+                            out,
+                            rid,
+                            permit,
+                        ));
                         continue;
                     }
                 }
@@ -381,11 +426,16 @@ enum Route {
 
 fn route(shared: &Shared, session: &Session, request: &[u8]) -> Route {
     // Undecodable requests go on to the writer, which answers MALFORMED.
-    let Ok(req) = crate::pb::Request::decode(request) else { return Route::Writer };
+    let Ok(req) = crate::pb::Request::decode(request) else {
+        return Route::Writer;
+    };
     match req.op {
         Some(op @ (Op::ExportLedger(_) | Op::ConsistencyProof(_))) => {
             if session.principal != Principal::Owner {
-                Route::Refuse(Refusal::new(E::WrongRole, "audit operations need the owner key"))
+                Route::Refuse(Refusal::new(
+                    E::WrongRole,
+                    "audit operations need the owner key",
+                ))
             } else if req.brand_id != session.brand_id {
                 Route::Refuse(Refusal::new(E::WrongBrand, "request names another brand"))
             } else {

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod connection;
 pub mod guard;
 pub mod keys;
+pub mod verifier;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -15,9 +16,10 @@ use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use crate::ledger::BrandLedger;
-use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS};
+use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
 use crate::storage::{LogStore, SledStore};
 use keys::KeyIndex;
 use writer::BrandHandle;
@@ -37,6 +39,12 @@ pub struct Config {
     pub sign_on_failures_per_minute: u32,
     /// Unknown-card answers per terminal and per address per minute (0 = unlimited).
     pub card_misses_per_minute: u32,
+    /// TLS on the terminal port: the certificate chain (PEM). With
+    /// `tls_key`; without both the port speaks plain TCP.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS on the terminal port: the certificate's private key (PEM, mode
+    /// 0600).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +56,8 @@ impl Default for Config {
             demo: false,
             sign_on_failures_per_minute: crate::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE,
             card_misses_per_minute: crate::limits::DEFAULT_CARD_MISSES_PER_MINUTE,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -64,6 +74,8 @@ pub struct Shared {
     pub store: Arc<dyn LogStore>,
     /// Failure budgets per address and terminal.
     pub guard: guard::Guard,
+    /// Request signatures, checked in batches on every core.
+    pub verifier: verifier::BatchVerifier,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -131,6 +143,8 @@ pub struct Running {
 /// the bound address once the daemon accepts connections.
 pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    // Before the ledger: a bad certificate or key fails fast.
+    let tls = tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let (store, server_key, mut ledgers) = load(&config.data_dir)?;
     if config.demo {
         if ledgers.is_empty() {
@@ -153,7 +167,11 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         keys,
         server_public: server_key.verifying_key().to_bytes(),
         store: store.clone(),
-        guard: guard::Guard::new(config.sign_on_failures_per_minute, config.card_misses_per_minute),
+        verifier: verifier::BatchVerifier::start(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        guard: guard::Guard::new(
+            config.sign_on_failures_per_minute,
+            config.card_misses_per_minute,
+        ),
         max_frame_bytes: config.max_frame_bytes,
         brands: RwLock::new(brands),
     });
@@ -165,6 +183,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     };
     tracing::info!(
         addr = %running.local_addr,
+        tls = tls.is_some(),
         brands = shared.brands.read().expect("brands lock").len(),
         records,
         startup_ms = started.elapsed().as_millis() as u64,
@@ -187,9 +206,86 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
             continue;
         };
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection::serve(stream, shared).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => connection::serve(stream, peer, shared).await,
+                // The handshake has its own deadline, so a stalled one
+                // cannot hold a connection slot.
+                Some(tls) => match tokio::time::timeout(
+                    std::time::Duration::from_secs(SIGN_ON_TIMEOUT_SECS),
+                    tls.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => connection::serve(stream, peer, shared).await,
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                },
+            }
             drop(permit);
         });
     }
+}
+
+/// The TLS acceptor for `--tls-cert`/`--tls-key`, or `None` for plain TCP.
+/// TLS 1.3 only, rustls with the ring provider, no client certificates
+/// (terminals authenticate with their ed25519 sign-on). The key file must
+/// not be readable by group or others.
+pub fn tls_acceptor(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<Option<TlsAcceptor>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
+    };
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("TLS certificate {}: not PEM ({e})", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!(
+            "TLS certificate {}: no PEM certificate (BEGIN CERTIFICATE) found",
+            cert.display()
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key)
+            .with_context(|| format!("reading the TLS key {}", key.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "TLS key file {} is readable by others (mode {:o}); chmod 600 it",
+                key.display(),
+                mode & 0o777
+            );
+        }
+    }
+    let key_pem =
+        std::fs::read(key).with_context(|| format!("reading the TLS key {}", key.display()))?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow::anyhow!("TLS key {}: no PEM private key found ({e})", key.display())
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(crate::client::tls_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 with the ring provider")?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .with_context(|| {
+            format!(
+                "TLS certificate {} and key {} do not make a usable pair",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }

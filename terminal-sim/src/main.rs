@@ -9,9 +9,18 @@
 //! The terminal remembers its next transaction id and its own shift totals
 //! in `<keyfile>.state.json` (see `state.rs`), so that `close-shift` can
 //! compare them with the server's.
+//!
+//! With `--proof` the terminal asks for the record's inclusion proof and
+//! checks it against the server's signed checkpoint (`proof.rs`).
+//!
+//! `terminal-sim bench` is a load generator: many terminals, each a real
+//! connection with its own enrolled key, provisioned through the owner key
+//! (see `bench/`).
 #![warn(missing_docs)]
 
+mod bench;
 mod output;
+mod proof;
 mod state;
 mod terminal;
 
@@ -19,15 +28,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
-use cardd::client::{Client, ClientError};
+use cardd::audit::cli::parse_server_key;
+use cardd::client::{Client, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
 use cardd::pb::{self, request::Op};
 use cardd::render::parse_amount;
 
 use output::{print_reply, refused, EXIT_FAILED};
+use proof::ProofCheck;
 use state::Totals;
 use terminal::Terminal;
 
@@ -36,16 +47,32 @@ use terminal::Terminal;
 #[command(name = "terminal-sim", version)]
 struct Cli {
     /// Address of the cardd daemon.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7700",
+        global = true
+    )]
     connect: String,
     /// This terminal's ed25519 key file (hex seed, mode 0600), as written
     /// when the owner enrolled the terminal. Its state is kept beside it in
-    /// `<KEY>.state.json`.
+    /// `<KEY>.state.json`. Required for every operation but `bench`.
     #[arg(long, value_name = "TERMINAL_KEY")]
-    key: PathBuf,
-    /// Print exactly one JSON object per line on stdout instead of a receipt.
-    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Print exactly one JSON object per line on stdout instead of a
+    /// receipt (bench: one JSON object with the whole report).
+    #[arg(long, global = true)]
     json: bool,
+    /// Ask for the record's inclusion proof and verify it: the record's hash
+    /// is in the Merkle tree of a checkpoint signed by the server key. A
+    /// proof that does not verify makes the call fail (exit code 1).
+    #[arg(long)]
+    proof: bool,
+    /// The server's public key (hex) that checkpoints must be signed by
+    /// (`cardd server-key`). Without it, the key the server presents at
+    /// sign-on is trusted (trust on first use).
+    #[arg(long, value_name = "HEX", requires = "proof")]
+    server_key: Option<String>,
     /// Transaction id for a state-changing operation (default: the next
     /// unused one). Reusing an id with the same operation is a retry.
     #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
@@ -53,15 +80,23 @@ struct Cli {
     /// Cashier name recorded with the transaction.
     #[arg(long, value_name = "NAME", default_value = "cashier")]
     operator: String,
+    /// Speak TLS to the daemon (`cardd serve --tls-cert ...`), trusting
+    /// only the certificates in this PEM file (a CA, or the daemon's
+    /// self-signed certificate).
+    #[arg(long, value_name = "PEM", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// The name the daemon's certificate must carry (with --tls-ca).
+    #[arg(long, value_name = "NAME", default_value = "localhost", global = true)]
+    tls_server_name: String,
     /// Seconds to wait for the connection and for the answer.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     timeout: u64,
     /// The operation.
     #[command(subcommand)]
     command: Command,
 }
 
-/// Terminal operations. (A `bench` load generator will join them later.)
+/// Terminal operations, and the load generator.
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show a card's balance, points and tier.
@@ -129,12 +164,25 @@ enum Command {
         #[arg(long, value_name = "ID")]
         txn: u64,
     },
+    /// Load generator: provisions its own store, terminals and funded cards
+    /// with the owner key, then drives signed traffic from many terminals
+    /// and reports throughput, latency percentiles and errors.
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
     /// True for operations that change nothing and use no transaction id.
     fn is_read_only(&self) -> bool {
         matches!(self, Command::Inquiry { .. } | Command::Status { .. })
+    }
+
+    /// The name of the subcommand, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Inquiry { .. } => "inquiry",
+            Command::Status { .. } => "status",
+            _ => "this operation",
+        }
     }
 
     /// The protocol operation, with amounts converted to minor units of a
@@ -177,6 +225,7 @@ impl Command {
                 terminal_totals: Some(totals.into()),
             }),
             Command::Status { txn } => Op::TxnStatus(pb::TxnStatus { txn_id: *txn }),
+            Command::Bench(_) => bail!("bench is not a terminal operation"),
         })
     }
 }
@@ -194,10 +243,17 @@ fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The load generator drives many connections: a multi-thread runtime
+    // (one worker per core). One terminal operation needs one thread.
+    let runtime = match &cli.command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("terminal-sim: cannot start the runtime: {e}");
@@ -214,38 +270,101 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let tls = cli
+        .tls_ca
+        .as_deref()
+        .map(|ca| TlsClient::from_ca_file(ca, &cli.tls_server_name))
+        .transpose()
+        .context("--tls-ca")?;
+    if let Command::Bench(args) = &cli.command {
+        if cli.key.is_some() || cli.txn.is_some() || cli.proof {
+            bail!(
+                "bench makes its own terminals: it takes --owner-key, not --key, --txn or --proof"
+            );
+        }
+        return bench::run(&cli.connect, tls.as_ref(), cli.json, cli.timeout, args).await;
+    }
     if cli.txn.is_some() && cli.command.is_read_only() {
-        anyhow::bail!(
+        bail!(
             "--txn is for state-changing operations; inquiry and status use no transaction id \
              (status takes the id to look up after the subcommand: `status --txn ID`)"
         );
     }
-    let key = read_key_file(&cli.key)?;
+    if cli.proof && cli.command.is_read_only() {
+        bail!(
+            "--proof is for state-changing operations: {} writes no ledger record to prove",
+            cli.command.name()
+        );
+    }
+    let pinned = cli
+        .server_key
+        .as_deref()
+        .map(parse_server_key)
+        .transpose()
+        .context("--server-key")?;
+    let key_path = cli
+        .key
+        .clone()
+        .ok_or_else(|| anyhow!("--key TERMINAL_KEY is required (the terminal's key file)"))?;
+    let key = read_key_file(&key_path)?;
     let timeout = Duration::from_secs(cli.timeout);
-    let client =
-        match tokio::time::timeout(timeout, Client::connect(cli.connect.as_str(), key)).await {
-            Err(_) => anyhow::bail!(
-                "connecting to {}: no sign-on within {}s",
-                cli.connect,
-                cli.timeout
-            ),
-            Ok(Err(ClientError::Refused(r))) => return Ok(refused(cli.json, &r)),
-            Ok(Err(e)) => anyhow::bail!("connecting to {}: {e}", cli.connect),
-            Ok(Ok(c)) => c,
-        };
-    let (mut term, warnings) = Terminal::open(client, &cli.key, timeout)?;
+    let client = match tokio::time::timeout(
+        timeout,
+        Client::connect_with(cli.connect.as_str(), key, tls.as_ref()),
+    )
+    .await
+    {
+        Err(_) => anyhow::bail!(
+            "connecting to {}: no sign-on within {}s",
+            cli.connect,
+            cli.timeout
+        ),
+        Ok(Err(ClientError::Refused(r))) => return Ok(refused(cli.json, &r)),
+        Ok(Err(e)) => anyhow::bail!("connecting to {}: {e}", cli.connect),
+        Ok(Ok(c)) => c,
+    };
+    let (mut term, warnings) = Terminal::open(client, &key_path, timeout)?;
     for w in warnings {
         eprintln!("terminal-sim: warning: {w}");
     }
     term.client.operator = cli.operator.clone();
+    term.want_proof = cli.proof;
     let op = cli
         .command
         .to_op(term.client.session.currency_exponent, &term.state.shift)?;
     let outcome = term.submit(cli.txn, op).await?;
     let code = match &outcome.result {
         Ok(reply) => {
-            print_reply(cli.json, reply, &outcome, &term);
-            ExitCode::SUCCESS
+            let proof = cli.proof.then(|| {
+                let mut check = ProofCheck::run(
+                    reply,
+                    term.client.session.brand_id,
+                    pinned,
+                    term.client.server_key,
+                );
+                if let Err(e) = &mut check.result {
+                    if reply.proof.is_none() && !outcome.request.want_proof {
+                        e.push_str(&format!(
+                            " (this retry resent the original request of transaction {}, \
+                             which did not ask for a proof)",
+                            outcome.request.txn_id
+                        ));
+                    }
+                }
+                check
+            });
+            print_reply(cli.json, reply, &outcome, &term, proof.as_ref());
+            match proof.as_ref().map(|p| &p.result) {
+                Some(Err(e)) => {
+                    let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);
+                    eprintln!(
+                        "terminal-sim: PROOF FAILED: {e}. The server approved the transaction \
+                         (record {seq}), but it is not proven to be in the server's signed ledger."
+                    );
+                    ExitCode::from(EXIT_FAILED)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(r) => refused(cli.json, r),
     };

@@ -7,6 +7,7 @@ use cardd::pb::{self, reply::Detail, request::Op};
 use cardd::render::{error_json, format_amount, receipt_text, reply_json, shift_json};
 use serde_json::Value;
 
+use crate::proof::ProofCheck;
 use crate::state::Counting;
 use crate::terminal::{Outcome, Terminal};
 
@@ -25,8 +26,15 @@ pub fn refused(json: bool, r: &Refusal) -> ExitCode {
     ExitCode::from(EXIT_REFUSED)
 }
 
-/// Prints an approved answer: one JSON line, or the cashier's receipt.
-pub fn print_reply(json: bool, reply: &pb::Reply, outcome: &Outcome, term: &Terminal) {
+/// Prints an approved answer: one JSON line, or the cashier's receipt;
+/// with the result of the inclusion proof check when `--proof` asked.
+pub fn print_reply(
+    json: bool,
+    reply: &pb::Reply,
+    outcome: &Outcome,
+    term: &Terminal,
+    proof: Option<&ProofCheck>,
+) {
     // What this terminal said at a shift close, next to the server's totals.
     let none = pb::ShiftTotals::default();
     let sent_totals = match &outcome.request.op {
@@ -39,10 +47,16 @@ pub fn print_reply(json: bool, reply: &pb::Reply, outcome: &Outcome, term: &Term
         if let (Some(t), Value::Object(m)) = (sent_totals, &mut v) {
             m.insert("terminal_totals".into(), shift_json(Some(t)));
         }
+        if let Some(p) = proof {
+            p.add_to_json(&mut v);
+        }
         println!("{v}");
         return;
     }
     println!("{}", receipt_text(reply, session));
+    if let Some(p) = proof {
+        println!("{}", p.receipt_line());
+    }
     if reply.replayed {
         println!(
             "{}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use cardd::client::{Client, ClientError};
+use cardd::client::{AnyClient, ClientError};
 use cardd::crypto::sign_request;
 use cardd::error::Refusal;
 use cardd::pb::{self, request::Op};
@@ -28,11 +28,14 @@ pub struct Outcome {
 /// A signed-on terminal with its state.
 pub struct Terminal {
     /// The connection; `client.session` is what the server said at sign-on.
-    pub client: Client,
+    pub client: AnyClient,
     /// The terminal's memory (saved with [`Terminal::save`]).
     pub state: TerminalState,
     state_path: PathBuf,
     timeout: Duration,
+    /// Ask for the record's inclusion proof (`want_proof`) on new
+    /// state-changing requests.
+    pub want_proof: bool,
 }
 
 /// True for operations that change nothing and use no transaction id.
@@ -41,13 +44,16 @@ pub fn is_read_only(op: &Op) -> bool {
 }
 
 /// True when two requests ask for the same thing: equal apart from the
-/// client clock (and, for a shift close, the totals, which the earlier
-/// request carried as they were then).
+/// client clock, whether a proof was asked for (a retry must resend the
+/// original bytes to get the original answer) and, for a shift close, the
+/// totals, which the earlier request carried as they were then.
 fn same_intent(earlier: &pb::Request, new: &pb::Request) -> bool {
     let mut a = earlier.clone();
     let mut b = new.clone();
     a.client_time_ms = 0;
     b.client_time_ms = 0;
+    a.want_proof = false;
+    b.want_proof = false;
     if let (Some(Op::CloseShift(x)), Some(Op::CloseShift(y))) = (&mut a.op, &mut b.op) {
         x.terminal_totals = None;
         y.terminal_totals = None;
@@ -60,7 +66,7 @@ impl Terminal {
     /// Warnings for the user (e.g. a state file of another terminal set
     /// aside) are returned, not printed.
     pub fn open(
-        client: Client,
+        client: AnyClient,
         key_path: &Path,
         timeout: Duration,
     ) -> anyhow::Result<(Self, Vec<String>)> {
@@ -88,6 +94,7 @@ impl Terminal {
                 state,
                 state_path,
                 timeout,
+                want_proof: false,
             },
             warnings,
         ))
@@ -120,7 +127,8 @@ impl Terminal {
             });
         }
         let txn = self.state.take_txn(txn);
-        let fresh = self.client.request(txn, op);
+        let mut fresh = self.client.request(txn, op);
+        fresh.want_proof = self.want_proof;
         let earlier = self.state.sent(txn).and_then(|(bytes, sig)| {
             pb::Request::decode(bytes.as_slice())
                 .ok()
@@ -210,9 +218,15 @@ mod tests {
         assert!(!same_intent(&a, &c));
         let d = pb::Request {
             operator: "someone else".into(),
-            ..b
+            ..b.clone()
         };
         assert!(!same_intent(&a, &d));
+        // Asking for a proof on a retry is still a retry.
+        let p = pb::Request {
+            want_proof: true,
+            ..b
+        };
+        assert!(same_intent(&a, &p));
         let close = |n| {
             Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(pb::ShiftTotals {

@@ -475,3 +475,107 @@ fn usage_and_connection_failures_exit_1() {
         .ok();
     assert_eq!(i64_of(&top, "txn_id"), 1);
 }
+
+/// `cardd server-key --data DIR`: the server's public key in hex.
+fn server_key(daemon: &Daemon) -> String {
+    let out = Command::new(cardd_bin())
+        .args(["server-key", "--data"])
+        .arg(&daemon.data)
+        .output()
+        .expect("cardd server-key");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn proofs_are_checked_against_the_server_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[3].as_str();
+    let key = server_key(&daemon);
+
+    // Trust on first use: the key from the sign-on challenge.
+    let top = till
+        .call(
+            &["--json", "--proof"],
+            &["topup", "--card", card, "--amount", "5.00"],
+        )
+        .ok();
+    assert_eq!(top["proof_verified"], true, "{top}");
+    assert_eq!(top["proof_key_source"], "sign-on", "{top}");
+    assert_eq!(top["proof_server_key"], key.as_str(), "{top}");
+    let seq = i64_of(&top, "record_seq");
+    assert_eq!(i64_of(&top, "proof_leaf_index"), seq - 1, "{top}");
+    assert!(i64_of(&top, "proof_tree_size") >= seq, "{top}");
+
+    // Pinned, on the receipt.
+    let r = till.call(
+        &["--proof", "--server-key", &key],
+        &["purchase", "--card", card, "--amount", "2.00"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("proof: verified (leaf ")
+            && r.stdout
+                .contains(&format!("checkpoint signed by {}", &key[..16]))
+            && r.stdout.contains("pinned"),
+        "{r:?}"
+    );
+
+    // A pinned key that is not the server's: the proof fails, exit 1, even
+    // though the server approved (and the purchase stands).
+    let b0 = till.balance(card);
+    let other = hex::encode(cardd::crypto::generate_key().verifying_key().to_bytes());
+    let r = till.call(
+        &["--json", "--proof", "--server-key", &other],
+        &["purchase", "--card", card, "--amount", "1.00"],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["proof_verified"], false, "{r:?}");
+    assert_eq!(v["proof_key_source"], "pinned", "{r:?}");
+    assert!(
+        v["proof_error"].as_str().unwrap().contains("not signed"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("PROOF FAILED"), "{r:?}");
+    assert_eq!(till.balance(card), b0 - 100);
+
+    // A retry resends the original bytes, which did not ask for a proof:
+    // the original answer comes back, without one, and that is a failure.
+    let first = till
+        .json_txn("200", &["purchase", "--card", card, "--amount", "1.00"])
+        .ok();
+    let again = till.call(
+        &["--json", "--proof", "--txn", "200"],
+        &["purchase", "--card", card, "--amount", "1.00"],
+    );
+    assert_eq!(again.code, 1, "{again:?}");
+    let v = again.json();
+    assert_eq!(v["replayed"], true, "{again:?}");
+    assert_eq!(v["record_seq"], first["record_seq"]);
+    assert!(
+        v["proof_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not ask for a proof"),
+        "{again:?}"
+    );
+
+    // Usage: a proof of a read-only operation, a key without --proof, a bad key.
+    let r = till.call(&["--proof"], &["inquiry", "--card", card]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--proof"), "{r:?}");
+    let r = till.call(&["--server-key", &key], &["inquiry", "--card", card]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = till.call(
+        &["--proof", "--server-key", "abcd"],
+        &["topup", "--card", card, "--amount", "1.00"],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--server-key"), "{r:?}");
+}

@@ -76,8 +76,12 @@ impl Daemon {
 
     /// Serve arguments that turn the failure rate limits off, for tests
     /// that send hundreds of deliberate failures from one address.
-    pub const NO_RATE_LIMITS: [&'static str; 4] =
-        ["--sign-on-failures-per-minute", "0", "--card-misses-per-minute", "0"];
+    pub const NO_RATE_LIMITS: [&'static str; 4] = [
+        "--sign-on-failures-per-minute",
+        "0",
+        "--card-misses-per-minute",
+        "0",
+    ];
 
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {

@@ -1,0 +1,374 @@
+//! `terminal-sim bench`: a load generator for cardd.
+//!
+//! Setup, outside the measured window:
+//! 1. plan every terminal's request stream (mix, cards, amounts) from a
+//!    seed, so what each card will be charged is known in advance;
+//! 2. with the owner key: create a store of the bench's own, enrol N fresh
+//!    terminal keys to it and issue M cards (pipelined);
+//! 3. sign every terminal on (a real connection each, its own key), load
+//!    every card with what the plan will spend from it, and make the
+//!    purchases that planned refunds refer to;
+//! 4. encode and sign every planned request (bounded by `--max-requests`).
+//!
+//! Then the clock starts: each terminal sends its pre-signed requests one
+//! at a time, as a till does, or with `--pipeline P` keeps up to P in
+//! flight; latency runs from writing a request to reading its answer. When
+//! the window closes, no new request is sent and answers still in flight
+//! are awaited for at most `--drain-timeout` seconds.
+mod plan;
+mod pool;
+mod provision;
+mod report;
+mod run;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cardd::client::{Client, TlsClient};
+use cardd::crypto::read_key_file;
+
+use crate::output::EXIT_REFUSED;
+use plan::{plan_terminal, Amounts, Funding, Mix, Spread};
+use pool::{sign_all, PoolSpec};
+use report::{Params, Report, Setup};
+use run::{drive, Live, Window};
+
+/// Most terminals (connections) one bench run opens.
+pub const MAX_TERMINALS: u32 = 4_096;
+/// Most cards one bench run issues.
+pub const MAX_CARDS: u32 = 1_000_000;
+/// Most pre-signed requests in all (memory: ~170 bytes each).
+pub const MAX_POOL: u64 = 5_000_000;
+/// Default pool: this many requests per second of the window in all...
+const DEFAULT_POOL_PER_SEC: u64 = 40_000;
+/// ...but no more than this in all...
+const DEFAULT_POOL_CAP: u64 = 2_000_000;
+/// ...and no more than this per second per request in flight for one
+/// terminal (a connection waits a round trip and a group commit per
+/// request).
+const POOL_PER_SEC_PER_SLOT: u64 = 10_000;
+
+/// `terminal-sim bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The brand owner's key file (for `cardd serve --demo`:
+    /// DATA/demo/owner.key). Provisioning uses it to create the bench's
+    /// store, enrol its terminals and issue its cards.
+    #[arg(long, value_name = "FILE")]
+    owner_key: PathBuf,
+    /// Simulated terminals: each is its own connection with its own enrolled key.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_TERMINALS as i64))]
+    terminals: u32,
+    /// Length of the measured window, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration: u64,
+    /// Operation mix in percent: purchase, topup, inquiry and refund
+    /// (refunds return part of purchases made during setup).
+    #[arg(long, value_name = "KIND=PCT,...", default_value = "purchase=90,topup=5,inquiry=5",
+          value_parser = Mix::parse)]
+    mix: Mix,
+    /// Cards issued (and loaded) for the run.
+    #[arg(long, value_name = "M", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CARDS as i64))]
+    cards: u32,
+    /// Send --hot-share percent of the traffic to the first K cards
+    /// (contention on a few balances). Default: uniform over all cards.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=MAX_CARDS as i64))]
+    hot_cards: Option<u32>,
+    /// Percent of the traffic that goes to the hot cards.
+    #[arg(long, value_name = "PCT", default_value_t = 90, requires = "hot_cards",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    hot_share: u32,
+    /// Requests each terminal keeps in flight (1 = one at a time, as a till).
+    #[arg(long, value_name = "P", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pipeline: u32,
+    /// Most requests pre-signed in all (default: 40,000 per second of the
+    /// window, at most 2,000,000). A terminal that uses up its share stops
+    /// early, and the report says so.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_POOL))]
+    max_requests: Option<u64>,
+    /// Seconds to wait, after the window, for answers still in flight.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    drain_timeout: u64,
+    /// Seed of the request plan (default: random; printed in the report).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    // indicatif draws on stderr only when it is a terminal.
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// How many requests each terminal gets pre-signed.
+fn pool_share(args: &BenchArgs) -> usize {
+    let total = args.max_requests.unwrap_or_else(|| {
+        args.duration
+            .saturating_mul(DEFAULT_POOL_PER_SEC)
+            .min(DEFAULT_POOL_CAP)
+    });
+    let per_terminal = total.div_ceil(u64::from(args.terminals));
+    let per_slot = args
+        .duration
+        .saturating_mul(POOL_PER_SEC_PER_SLOT)
+        .saturating_mul(u64::from(args.pipeline));
+    let share = if args.max_requests.is_some() {
+        per_terminal
+    } else {
+        per_terminal.min(per_slot)
+    };
+    usize::try_from(share.max(1)).unwrap_or(usize::MAX)
+}
+
+/// Runs the bench; prints the report on stdout (one JSON object with
+/// `json`). Exit code 0: measured without errors; 2: measured, but some
+/// requests were refused or got no answer; 1: could not run.
+pub async fn run(
+    addr: &str,
+    tls: Option<&TlsClient>,
+    json: bool,
+    timeout_secs: u64,
+    args: &BenchArgs,
+) -> anyhow::Result<ExitCode> {
+    let timeout = Duration::from_secs(timeout_secs);
+    let hot = args.hot_cards.unwrap_or(0);
+    if hot > args.cards {
+        bail!("--hot-cards {hot} is more than --cards {}", args.cards);
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let owner_key = read_key_file(&args.owner_key).context("--owner-key")?;
+    let setup_started = std::time::Instant::now();
+    let mut owner =
+        match tokio::time::timeout(timeout, Client::connect_with(addr, owner_key, tls)).await {
+            Err(_) => bail!("connecting to {addr}: no sign-on within {timeout_secs}s"),
+            Ok(Err(e)) => bail!("connecting to {addr}: {e}"),
+            Ok(Ok(c)) => c,
+        };
+    let max_in_flight = owner.session.max_in_flight;
+    if max_in_flight > 0 && args.pipeline > max_in_flight {
+        bail!(
+            "--pipeline {} is more than the {max_in_flight} requests the server allows in flight",
+            args.pipeline
+        );
+    }
+    let exponent = owner.session.currency_exponent;
+    let amounts = Amounts::new(exponent).map_err(anyhow::Error::msg)?;
+
+    // 1. The plan.
+    let share = pool_share(args);
+    let spread = Spread {
+        cards: args.cards,
+        hot,
+        hot_share: args.hot_share,
+    };
+    let mix = args.mix;
+    let plans: Vec<_> = {
+        let n = args.terminals;
+        tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|i| plan_terminal(i, share, &mix, &spread, &amounts, seed))
+                .collect()
+        })
+        .await?
+    };
+    let pool_requests: u64 = plans.iter().map(|p| p.ops.len() as u64).sum();
+    let funding =
+        Funding::for_plans(&plans, args.cards, 100 * amounts.unit()).map_err(anyhow::Error::msg)?;
+    let top_ups = funding.top_ups();
+
+    // 2. Owner provisioning.
+    let pb = bar(0, "provisioning");
+    let owned = provision::provision(&mut owner, args.terminals, args.cards, timeout, &pb)
+        .await
+        .context("provisioning")?;
+    pb.finish_and_clear();
+    let brand_id = owner.session.brand_id;
+    drop(owner);
+
+    // 3. Terminals sign on; cards are loaded; refund originals are made.
+    let pb = bar(u64::from(args.terminals), "signing on");
+    let mut terminals = provision::connect_all(
+        addr,
+        tls,
+        &owned.terminal_keys,
+        owned.store_id,
+        timeout,
+        &pb,
+    )
+    .await?;
+    pb.finish_and_clear();
+    let pb = bar(0, "loading cards");
+    let fund_records = provision::fund(&mut terminals, &owned.cards, &top_ups, timeout, &pb)
+        .await
+        .context("loading the cards")?;
+    pb.finish_and_clear();
+    let (seed_records, seed_minor) =
+        provision::seed_purchases(&mut terminals, &plans, &owned.cards, timeout)
+            .await
+            .context("setup purchases")?;
+    let provision_secs = setup_started.elapsed().as_secs_f64();
+
+    // 4. Sign every planned request, on every core, before the clock.
+    let sign_started = std::time::Instant::now();
+    let pb = bar(pool_requests, "signing");
+    let signed = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (pb, signed) = (pb.clone(), signed.clone());
+        tokio::spawn(async move {
+            loop {
+                pb.set_position(signed.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let keys: Vec<_> = terminals.iter().map(|t| t.client.key().clone()).collect();
+    let firsts: Vec<u64> = terminals.iter().map(|t| t.next_txn).collect();
+    let seeds: Vec<Vec<u64>> = terminals.iter().map(|t| t.seed_seqs.clone()).collect();
+    let cards = owned.cards.clone();
+    let pools = {
+        let signed = signed.clone();
+        tokio::task::spawn_blocking(move || {
+            let specs: Vec<PoolSpec<'_>> = (0..plans.len())
+                .map(|i| PoolSpec {
+                    key: &keys[i],
+                    brand_id,
+                    first_txn: firsts[i],
+                    ops: &plans[i].ops,
+                    seed_seqs: &seeds[i],
+                })
+                .collect();
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            sign_all(&specs, &cards, threads, &signed)
+        })
+        .await?
+    };
+    ticker.abort();
+    pb.finish_and_clear();
+    let sign_secs = sign_started.elapsed().as_secs_f64();
+
+    // The measured window.
+    let cpu_before = own_cpu_secs();
+    let live = Arc::new(Live::default());
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let window = Window {
+        start,
+        end: start + Duration::from_secs(args.duration),
+        drain: Duration::from_secs(args.drain_timeout),
+    };
+    let handles: Vec<_> = terminals
+        .into_iter()
+        .zip(pools)
+        .map(|(t, pool)| {
+            tokio::spawn(drive(
+                t.client,
+                pool,
+                args.pipeline as usize,
+                window,
+                live.clone(),
+            ))
+        })
+        .collect();
+    let progress = ProgressBar::new(args.duration);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} s  {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let ticker = {
+        let (pb, live) = (progress.clone(), live.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            loop {
+                let secs = start.elapsed().as_secs_f64();
+                let ok = live.ok.load(Ordering::Relaxed);
+                let errors = live.errors.load(Ordering::Relaxed);
+                pb.set_position(secs as u64);
+                pb.set_message(format!(
+                    "{ok} ok, {:.0} ops/s, {errors} errors",
+                    ok as f64 / secs.max(0.001)
+                ));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut results = Vec::with_capacity(handles.len());
+    for h in handles {
+        results.push(h.await.context("a terminal task failed")?);
+    }
+    ticker.abort();
+    progress.finish_and_clear();
+    let cpu_secs = own_cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+
+    let report = Report::new(
+        Params {
+            terminals: args.terminals,
+            duration_secs: args.duration,
+            pipeline: args.pipeline,
+            mix: args.mix,
+            cards: args.cards,
+            hot_cards: hot,
+            hot_share: args.hot_share,
+            pool_requests,
+            seed,
+        },
+        Setup {
+            brand_id,
+            store_id: owned.store_id,
+            store_name: owned.store_name.clone(),
+            records: owned.records + fund_records + seed_records,
+            purchase_minor: seed_minor,
+            funded_minor: funding.per_card.iter().sum(),
+            provision_secs,
+            sign_secs,
+        },
+        results,
+        cpu_secs,
+    );
+    if json {
+        println!("{}", report.to_json());
+        if let Some(w) = report.exhausted_warning() {
+            eprintln!("{w}");
+        }
+    } else {
+        println!("{}", report.to_text());
+    }
+    Ok(if report.error_count() > 0 {
+        ExitCode::from(EXIT_REFUSED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// CPU time (user + system) this process has used, in seconds, where the
+/// system tells (Linux: /proc/self/stat, in ticks of 1/100 s).
+fn own_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold
+    // spaces): state is field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}

@@ -1,0 +1,239 @@
+//! The measured window: every terminal sends its pre-signed requests, one
+//! at a time like a till (or keeping up to `pipeline` in flight), and times
+//! each from the moment it is written until its answer arrives.
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardd::client::AnyClient;
+use cardd::pb::{reply::Detail, server_message, ServerMessage};
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use prost::Message;
+use tokio::time::Instant;
+
+use super::pool::Pool;
+use super::wire::error_name;
+
+/// Latencies are recorded in microseconds, up to this many (60 s).
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A fresh latency histogram: 1 us to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static bounds")
+}
+
+/// Counts shared with the progress display while the run goes on.
+#[derive(Default)]
+pub struct Live {
+    /// Successful answers.
+    pub ok: AtomicU64,
+    /// Refusals and requests without an answer.
+    pub errors: AtomicU64,
+}
+
+/// Error names for requests that got no answer.
+pub const NO_ANSWER: &str = "NO_ANSWER";
+/// The connection broke with requests in flight.
+pub const CONNECTION_LOST: &str = "CONNECTION_LOST";
+/// An answer that matches no request in flight, or is not a reply.
+pub const PROTOCOL: &str = "PROTOCOL";
+
+/// What one terminal saw.
+#[derive(Debug)]
+pub struct TerminalResult {
+    /// Latency of every answered request, microseconds.
+    pub hist: Histogram<u64>,
+    /// Requests written.
+    pub sent: u64,
+    /// Successful answers.
+    pub ok: u64,
+    /// Successful answers that arrived within the measured window.
+    pub ok_in_window: u64,
+    /// Answers of any kind that arrived within the measured window.
+    pub answered_in_window: u64,
+    /// Approved purchases and the value they took.
+    pub purchase_ok: u64,
+    /// Minor units approved by purchases.
+    pub purchase_minor: i64,
+    /// Top-ups done.
+    pub topup_ok: u64,
+    /// Paid value loaded by top-ups.
+    pub topup_paid_minor: i64,
+    /// Bonus value granted by top-ups.
+    pub topup_bonus_minor: i64,
+    /// Refunds done.
+    pub refund_ok: u64,
+    /// Value refunded.
+    pub refund_minor: i64,
+    /// Inquiries answered.
+    pub inquiry_ok: u64,
+    /// Refusals by code name, and requests without an answer.
+    pub errors: BTreeMap<String, u64>,
+    /// When (after the start) the pre-signed requests ran out, if they did
+    /// before the end of the window.
+    pub exhausted_after: Option<Duration>,
+    /// Why the connection ended early, if it did.
+    pub failure: Option<String>,
+}
+
+impl TerminalResult {
+    fn new() -> Self {
+        TerminalResult {
+            hist: histogram(),
+            sent: 0,
+            ok: 0,
+            ok_in_window: 0,
+            answered_in_window: 0,
+            purchase_ok: 0,
+            purchase_minor: 0,
+            topup_ok: 0,
+            topup_paid_minor: 0,
+            topup_bonus_minor: 0,
+            refund_ok: 0,
+            refund_minor: 0,
+            inquiry_ok: 0,
+            errors: BTreeMap::new(),
+            exhausted_after: None,
+            failure: None,
+        }
+    }
+
+    fn error(&mut self, name: &str, n: u64, live: &Live) {
+        if n > 0 {
+            *self.errors.entry(name.to_string()).or_default() += n;
+            live.errors.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The window: requests are written from `start` until `end`; answers are
+/// awaited until `end + drain`.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// When sending starts.
+    pub start: Instant,
+    /// When sending stops.
+    pub end: Instant,
+    /// How long after `end` answers still in flight are waited for.
+    pub drain: Duration,
+}
+
+/// Drives one terminal through the window. The client is dropped (the
+/// connection closed) when this returns.
+pub async fn drive(
+    mut client: AnyClient,
+    pool: Pool,
+    pipeline: usize,
+    window: Window,
+    live: Arc<Live>,
+) -> TerminalResult {
+    let mut res = TerminalResult::new();
+    let framed = client.framed();
+    // Requests in flight: (request id, when written). At most `pipeline`.
+    let mut in_flight: Vec<(u64, Instant)> = Vec::with_capacity(pipeline);
+    let mut next = 0usize;
+    let answer_deadline = window.end + window.drain;
+    tokio::time::sleep_until(window.start).await;
+    loop {
+        let now = Instant::now();
+        if now < window.end {
+            let mut fed = false;
+            while in_flight.len() < pipeline && next < pool.len() {
+                let written = Instant::now();
+                if let Err(e) = framed.feed(pool.frame(next)).await {
+                    res.failure = Some(format!("writing: {e}"));
+                    break;
+                }
+                next += 1;
+                res.sent += 1;
+                in_flight.push((next as u64, written));
+                fed = true;
+            }
+            if res.failure.is_none() && fed {
+                if let Err(e) = SinkExt::<bytes::Bytes>::flush(framed).await {
+                    res.failure = Some(format!("writing: {e}"));
+                }
+            }
+            if next == pool.len() && res.exhausted_after.is_none() {
+                res.exhausted_after = Some(now - window.start);
+            }
+        }
+        if res.failure.is_some() {
+            let lost = in_flight.len() as u64;
+            res.error(CONNECTION_LOST, lost, &live);
+            break;
+        }
+        if in_flight.is_empty() {
+            // Nothing left to send (window over or pool used up).
+            break;
+        }
+        let frame = match tokio::time::timeout_at(answer_deadline, framed.next()).await {
+            Err(_) => {
+                res.error(NO_ANSWER, in_flight.len() as u64, &live);
+                break;
+            }
+            Ok(None) => {
+                res.failure = Some("the server closed the connection".into());
+                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                res.failure = Some(format!("reading: {e}"));
+                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let arrived = Instant::now();
+        let Ok(msg) = ServerMessage::decode(frame) else {
+            res.error(PROTOCOL, 1, &live);
+            continue;
+        };
+        let Some(pos) = in_flight.iter().position(|(id, _)| *id == msg.request_id) else {
+            res.error(PROTOCOL, 1, &live);
+            if msg.request_id == 0 {
+                // A connection-level error: nothing more will be answered.
+                res.failure = Some(format!("connection-level answer: {:?}", msg.body));
+                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
+                break;
+            }
+            continue;
+        };
+        let (_, written) = in_flight.swap_remove(pos);
+        let us = u64::try_from((arrived - written).as_micros()).unwrap_or(u64::MAX);
+        res.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
+        if arrived <= window.end {
+            res.answered_in_window += 1;
+        }
+        match msg.body {
+            Some(server_message::Body::Reply(reply)) => {
+                res.ok += 1;
+                if arrived <= window.end {
+                    res.ok_in_window += 1;
+                }
+                live.ok.fetch_add(1, Ordering::Relaxed);
+                match reply.detail {
+                    Some(Detail::Purchase(p)) => {
+                        res.purchase_ok += 1;
+                        res.purchase_minor += p.approved_minor;
+                    }
+                    Some(Detail::TopUp(t)) => {
+                        res.topup_ok += 1;
+                        res.topup_paid_minor += t.paid_minor;
+                        res.topup_bonus_minor += t.bonus_minor;
+                    }
+                    Some(Detail::Refund(r)) => {
+                        res.refund_ok += 1;
+                        res.refund_minor += r.refunded_minor;
+                    }
+                    _ => res.inquiry_ok += 1,
+                }
+            }
+            Some(server_message::Body::Error(e)) => res.error(&error_name(e.code), 1, &live),
+            _ => res.error(PROTOCOL, 1, &live),
+        }
+    }
+    res
+}

@@ -1,0 +1,386 @@
+//! End-to-end test of `terminal-sim bench` against a real `cardd serve
+//! --demo` daemon on a temporary data directory and an ephemeral loopback
+//! port: the load generator provisions through the owner key, measures,
+//! and the daemon's exported ledger agrees with what it reported.
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cardd::demo::Manifest;
+use serde_json::Value;
+
+/// How long the daemon may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one command may take (setup, a short window, the report).
+const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn sim_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
+}
+
+/// The `cardd` binary, built beside `terminal-sim` by a workspace build.
+fn cardd_bin() -> PathBuf {
+    let path = sim_bin().with_file_name(format!("cardd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "the cardd binary is missing at {}: run `cargo test --workspace` (or `cargo build --workspace` \
+         before `cargo test -p terminal-sim`)",
+        path.display()
+    );
+    path
+}
+
+/// A `cardd serve --demo` process; killed on drop.
+struct Daemon {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+    manifest: Manifest,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let data = dir.join("data");
+        let mut child = Command::new(cardd_bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--demo"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cardd");
+        let stdout = child.stdout.take().expect("cardd stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("cardd listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
+            }
+        };
+        let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
+        let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
+        Daemon {
+            child,
+            addr,
+            data,
+            manifest,
+        }
+    }
+
+    fn owner_key(&self) -> String {
+        self.data
+            .join(&self.manifest.owner_key)
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
+    }
+
+    /// `cardd audit export` over the protocol, then `cardd audit verify
+    /// --json` with the server key from `cardd server-key`: the report.
+    fn audit(&self, dir: &Path, name: &str) -> Value {
+        let key = run(
+            &cardd_bin(),
+            &["server-key", "--data", self.data.to_str().unwrap()],
+        );
+        assert_eq!(key.code, 0, "{key:?}");
+        let server_key = key.stdout.trim().to_string();
+        let file = dir.join(name);
+        let file = file.to_str().unwrap();
+        let export = run(
+            &cardd_bin(),
+            &[
+                "audit",
+                "export",
+                "--connect",
+                &self.addr,
+                "--key",
+                &self.owner_key(),
+                "--out",
+                file,
+            ],
+        );
+        assert_eq!(export.code, 0, "{export:?}");
+        let verify = run(
+            &cardd_bin(),
+            &[
+                "audit",
+                "verify",
+                file,
+                "--server-key",
+                &server_key,
+                "--json",
+            ],
+        );
+        assert_eq!(verify.code, 0, "the export must verify: {verify:?}");
+        serde_json::from_str(verify.stdout.trim()).expect("verify JSON")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one command did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The single JSON line printed on stdout.
+    fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `bin` with `args`, killing it if it overruns.
+fn run(bin: &Path, args: &[&str]) -> Run {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} {args:?} did not finish within {CALL_TIMEOUT:?}",
+                bin.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Run {
+        code: status.code().expect("ended by a signal"),
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+fn bench(daemon: &Daemon, args: &[&str]) -> Run {
+    let owner = daemon.owner_key();
+    let mut all = vec!["bench", "--connect", &daemon.addr, "--owner-key", &owner];
+    all.extend_from_slice(args);
+    run(&sim_bin(), &all)
+}
+
+fn u64_of(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no unsigned integer {field} in {v}"))
+}
+
+fn i64_of(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
+}
+
+fn f64_of(v: &Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {field} in {v}"))
+}
+
+/// The checks every bench report must pass.
+fn check_report(r: &Run) -> Value {
+    assert_eq!(r.code, 0, "bench must succeed without errors: {r:?}");
+    let v = r.json();
+    assert!(u64_of(&v, "ok") > 0, "{v}");
+    assert_eq!(v["errors"], serde_json::json!({}), "{v}");
+    assert_eq!(
+        u64_of(&v, "ok"),
+        u64_of(&v, "total"),
+        "every request answered: {v}"
+    );
+    assert!(f64_of(&v, "ops_per_sec") > 0.0, "{v}");
+    let (p50, p90, p99, p999, max) = (
+        f64_of(&v, "p50_ms"),
+        f64_of(&v, "p90_ms"),
+        f64_of(&v, "p99_ms"),
+        f64_of(&v, "p999_ms"),
+        f64_of(&v, "max_ms"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "percentiles in order: {v}"
+    );
+    assert_eq!(
+        u64_of(&v, "ok"),
+        u64_of(&v, "purchase_ok")
+            + u64_of(&v, "topup_ok")
+            + u64_of(&v, "inquiry_ok")
+            + u64_of(&v, "refund_ok"),
+        "{v}"
+    );
+    v
+}
+
+#[test]
+fn bench_measures_and_the_ledger_agrees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let before = daemon.audit(dir.path(), "before.export");
+
+    // The default mix, one request at a time per terminal.
+    let a = check_report(&bench(
+        &daemon,
+        &[
+            "--terminals",
+            "4",
+            "--duration",
+            "2",
+            "--cards",
+            "50",
+            "--json",
+        ],
+    ));
+    assert_eq!(u64_of(&a, "terminals"), 4);
+    assert_eq!(u64_of(&a, "duration_secs"), 2);
+    assert_eq!(u64_of(&a, "pipeline"), 1);
+    assert_eq!(u64_of(&a, "cards"), 50);
+    assert_eq!(u64_of(&a, "hot_cards"), 0);
+    assert_eq!(a["mix"]["purchase"], 90);
+    assert_eq!(a["mix"]["topup"], 5);
+    assert_eq!(a["mix"]["inquiry"], 5);
+    assert!(u64_of(&a, "purchase_ok") > 0, "{a}");
+    assert_eq!(u64_of(&a, "refund_ok"), 0);
+    // Store, 4 enrolments, 50 cards, at least one load per card.
+    assert!(u64_of(&a, "setup_records") >= 1 + 4 + 50 + 50, "{a}");
+
+    // Pipelined, with refunds, on a few hot cards.
+    let b = check_report(&bench(
+        &daemon,
+        &[
+            "--terminals",
+            "3",
+            "--duration",
+            "1",
+            "--cards",
+            "20",
+            "--pipeline",
+            "4",
+            "--mix",
+            "purchase=70,topup=10,inquiry=10,refund=10",
+            "--hot-cards",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(u64_of(&b, "pipeline"), 4);
+    assert_eq!(u64_of(&b, "hot_cards"), 2);
+    assert_eq!(u64_of(&b, "hot_share"), 90);
+    assert_eq!(b["mix"]["refund"], 10);
+    assert!(u64_of(&b, "refund_ok") > 0, "{b}");
+    assert_ne!(a["store_id"], b["store_id"], "each run has its own store");
+
+    // The ledger holds exactly what the runs reported, and verifies.
+    let after = daemon.audit(dir.path(), "after.export");
+    let written: u64 = [&a, &b]
+        .iter()
+        .map(|r| u64_of(r, "setup_records") + u64_of(r, "state_changing_ok"))
+        .sum();
+    assert_eq!(
+        u64_of(&after, "records"),
+        u64_of(&before, "records") + written,
+        "records: before {before}, reports {a} {b}"
+    );
+    let total = |report: &Value, field: &str| -> i64 {
+        report["totals"][field]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no totals.{field} in {report}"))
+    };
+    let sum = |field: &str| i64_of(&a, field) + i64_of(&b, field);
+    assert_eq!(
+        total(&after, "spent_minor") - total(&before, "spent_minor"),
+        sum("purchase_approved_minor") + sum("setup_purchase_minor"),
+        "purchases"
+    );
+    assert_eq!(
+        total(&after, "refunded_minor") - total(&before, "refunded_minor"),
+        sum("refund_minor"),
+        "refunds"
+    );
+    assert_eq!(
+        total(&after, "loaded_paid_minor") - total(&before, "loaded_paid_minor"),
+        sum("setup_funded_minor") + sum("topup_paid_minor"),
+        "loads"
+    );
+}
+
+#[test]
+fn bench_refuses_bad_parameters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    for args in [
+        &["--mix", "purchase=50,topup=10"][..],
+        &["--mix", "purchase=90,coffee=10"],
+        &["--cards", "10", "--hot-cards", "11"],
+        &["--pipeline", "65"],
+        &["--terminals", "0"],
+        &["--duration", "0"],
+        &["--hot-share", "50"],
+    ] {
+        let r = bench(&daemon, args);
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+    }
+    // A terminal key is not the owner's.
+    let till = daemon
+        .data
+        .join(&daemon.manifest.stores[0].terminals[0].key);
+    let r = run(
+        &sim_bin(),
+        &[
+            "bench",
+            "--connect",
+            &daemon.addr,
+            "--owner-key",
+            till.to_str().unwrap(),
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not as the brand's owner"), "{r:?}");
+}
