@@ -5,22 +5,24 @@
 //! number whose commit has returned. While a commit is held, no answer may
 //! arrive; every answer that arrives names a record at or below the durable
 //! mark. Many requests from many tasks exercise group commit.
+#[path = "support/store.rs"]
+mod store;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cardd::ledger::{BrandLedger, Submission};
+use cardd::ledger::BrandLedger;
 use cardd::pb::{self, request::Op};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::Principal;
 use cardd::storage::{self, LogStore, SledStore};
 use ed25519_dalek::SigningKey;
-use prost::Message;
+use store::{sub, Commit, CommitHook, WrappedStore};
 
-/// Storage whose commits wait for the test's permission.
-struct GatedStore {
-    inner: SledStore,
+/// A commit hook that holds every commit until the test allows it.
+struct Gate {
     /// Commits allowed to pass; u64::MAX = gate open.
     allowed: Mutex<u64>,
     changed: Condvar,
@@ -30,75 +32,43 @@ struct GatedStore {
     durable: AtomicU64,
 }
 
-impl GatedStore {
+impl Gate {
     fn allow(&self, n: u64) {
         *self.allowed.lock().unwrap() = n;
         self.changed.notify_all();
     }
 }
 
-impl LogStore for GatedStore {
-    fn brands(&self) -> storage::Result<Vec<u32>> {
-        self.inner.brands()
-    }
-
-    fn commit(
-        &self,
-        brand: u32,
-        records: &[(u64, &[u8])],
-        nodes: &[(u8, u64, [u8; 32])],
-        checkpoint: (u64, &[u8]),
-    ) -> storage::Result<()> {
+impl CommitHook for Gate {
+    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let mut allowed = self.allowed.lock().unwrap();
         while *allowed < n {
             allowed = self.changed.wait(allowed).unwrap();
         }
         drop(allowed);
-        self.inner.commit(brand, records, nodes, checkpoint)?;
-        let last = records.last().map_or(0, |r| r.0);
+        commit.apply(inner)?;
+        let last = commit.records.last().map_or(0, |r| r.0);
         self.durable.fetch_max(last, Ordering::SeqCst);
         Ok(())
     }
-
-    fn record(&self, brand: u32, seq: u64) -> storage::Result<Option<Vec<u8>>> {
-        self.inner.record(brand, seq)
-    }
-
-    fn scan(&self, brand: u32, from_seq: u64) -> Box<dyn Iterator<Item = storage::Result<(u64, Vec<u8>)>> + Send> {
-        self.inner.scan(brand, from_seq)
-    }
-
-    fn node(&self, brand: u32, level: u8, index: u64) -> storage::Result<Option<[u8; 32]>> {
-        self.inner.node(brand, level, index)
-    }
-
-    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = storage::Result<Vec<u8>>> + Send> {
-        self.inner.checkpoints(brand)
-    }
-
-    fn last_checkpoint(&self, brand: u32) -> storage::Result<Option<Vec<u8>>> {
-        self.inner.last_checkpoint(brand)
-    }
-}
-
-fn sub(key: &SigningKey, principal: Principal, txn: u64, op: Op) -> Submission {
-    let request = pb::Request { txn_id: txn, brand_id: 1, op: Some(op), ..Default::default() }.encode_to_vec();
-    let signature = cardd::crypto::sign_request(key, &request);
-    Submission { principal, signer_key: key.verifying_key().to_bytes(), request, signature }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_answer_before_its_record_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(GatedStore {
+    // Storage whose commits wait for the test's permission.
+    let gated = Arc::new(WrappedStore {
         inner: SledStore::open(dir.path()).unwrap(),
-        allowed: Mutex::new(u64::MAX),
-        changed: Condvar::new(),
-        started: AtomicU64::new(0),
-        durable: AtomicU64::new(0),
+        hook: Gate {
+            allowed: Mutex::new(u64::MAX),
+            changed: Condvar::new(),
+            started: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+        },
     });
     let store: Arc<dyn LogStore> = gated.clone();
+    let gate = &gated.hook;
     let server = Arc::new(SigningKey::from_bytes(&[1; 32]));
     let owner = SigningKey::from_bytes(&[2; 32]);
     let till = SigningKey::from_bytes(&[3; 32]);
@@ -123,16 +93,27 @@ async fn no_answer_before_its_record_is_durable() {
     .into_iter()
     .enumerate()
     {
-        ledger.submit_now(sub(&owner, Principal::Owner, i as u64 + 1, op)).unwrap().unwrap();
+        ledger
+            .submit_now(sub(&owner, Principal::Owner, i as u64 + 1, op))
+            .unwrap()
+            .unwrap();
     }
     ledger
-        .submit_now(sub(&till, Principal::Terminal(1), 1, Op::TopUp(pb::TopUp { card: card.clone(), amount_minor: 1_000_000 })))
+        .submit_now(sub(
+            &till,
+            Principal::Terminal(1),
+            1,
+            Op::TopUp(pb::TopUp {
+                card: card.clone(),
+                amount_minor: 1_000_000,
+            }),
+        ))
         .unwrap()
         .unwrap();
 
     // Close the gate: the next commit waits.
-    let started_before = gated.started.load(Ordering::SeqCst);
-    gated.allow(started_before);
+    let started_before = gate.started.load(Ordering::SeqCst);
+    gate.allow(started_before);
     let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -140,8 +121,21 @@ async fn no_answer_before_its_record_is_durable() {
     for txn in 2..2 + REQUESTS {
         let (handle, tx, till, card) = (handle.clone(), tx.clone(), till.clone(), card.clone());
         tokio::spawn(async move {
-            let s = sub(&till, Principal::Terminal(1), txn, Op::Purchase(pb::Purchase { card, amount_minor: 100, allow_partial: false }));
-            let answer = handle.submit(s).await.expect("writer alive").expect("purchase approved");
+            let s = sub(
+                &till,
+                Principal::Terminal(1),
+                txn,
+                Op::Purchase(pb::Purchase {
+                    card,
+                    amount_minor: 100,
+                    allow_partial: false,
+                }),
+            );
+            let answer = handle
+                .submit(s)
+                .await
+                .expect("writer alive")
+                .expect("purchase approved");
             let _ = tx.send(answer);
         });
     }
@@ -149,31 +143,52 @@ async fn no_answer_before_its_record_is_durable() {
 
     // The first batch is now held at the gate: nothing may be answered.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gated.started.load(Ordering::SeqCst) == started_before {
-        assert!(tokio::time::Instant::now() < deadline, "writer never committed");
+    while gate.started.load(Ordering::SeqCst) == started_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writer never committed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let early = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
-    assert!(early.is_err(), "an answer arrived while its commit was held: {early:?}");
-    assert_eq!(gated.durable.load(Ordering::SeqCst), 5, "only the provisioning records are durable");
+    assert!(
+        early.is_err(),
+        "an answer arrived while its commit was held: {early:?}"
+    );
+    assert_eq!(
+        gate.durable.load(Ordering::SeqCst),
+        5,
+        "only the provisioning records are durable"
+    );
 
     // Let commits through one at a time; every answer must be durable.
     let mut answered = 0;
     let mut allowed = started_before;
     while answered < REQUESTS {
         allowed += 1;
-        gated.allow(allowed);
-        while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+        gate.allow(allowed);
+        while let Ok(Some(reply)) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
             let seq = reply.receipt.expect("receipt").seq;
-            let durable = gated.durable.load(Ordering::SeqCst);
-            assert!(seq <= durable, "answer for record {seq} while only {durable} is durable");
+            let durable = gate.durable.load(Ordering::SeqCst);
+            assert!(
+                seq <= durable,
+                "answer for record {seq} while only {durable} is durable"
+            );
             answered += 1;
         }
-        assert!(allowed < started_before + REQUESTS + 5, "answers missing: {answered} of {REQUESTS}");
+        assert!(
+            allowed < started_before + REQUESTS + 5,
+            "answers missing: {answered} of {REQUESTS}"
+        );
     }
-    assert_eq!(gated.durable.load(Ordering::SeqCst), 5 + REQUESTS);
+    assert_eq!(gate.durable.load(Ordering::SeqCst), 5 + REQUESTS);
     // Group commit: 200 requests took far fewer commits than requests.
-    let commits = gated.started.load(Ordering::SeqCst) - started_before;
-    assert!(commits < REQUESTS, "{commits} commits for {REQUESTS} requests");
-    gated.allow(u64::MAX);
+    let commits = gate.started.load(Ordering::SeqCst) - started_before;
+    assert!(
+        commits < REQUESTS,
+        "{commits} commits for {REQUESTS} requests"
+    );
+    gate.allow(u64::MAX);
 }

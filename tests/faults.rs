@@ -8,11 +8,14 @@
 //! survive, and reopening the data directory recovers every acknowledged
 //! record with balances equal to their records. A flipped byte in the
 //! ledger is detected at start-up with a message naming what is wrong.
+#[path = "support/store.rs"]
+mod store;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cardd::ledger::{BrandLedger, Submission};
+use cardd::ledger::BrandLedger;
 use cardd::pb::{self, request::Op, ErrorCode};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
@@ -20,52 +23,35 @@ use cardd::state::{Principal, TxnEntry};
 use cardd::storage::{self, LogStore, SledStore, StorageError};
 use ed25519_dalek::SigningKey;
 use prost::Message;
+use store::{sub, Commit, CommitHook, WrappedStore};
 
 const PASS: u8 = 0;
 const FAIL_BEFORE_WRITE: u8 = 1;
 const DISK_FULL: u8 = 2;
 const FAIL_AFTER_WRITE: u8 = 3;
 
-struct FaultyStore {
-    inner: SledStore,
+/// A commit hook that fails commits as `mode` says (PASS lets them through).
+struct Faults {
     mode: AtomicU8,
 }
 
-impl LogStore for FaultyStore {
-    fn brands(&self) -> storage::Result<Vec<u32>> {
-        self.inner.brands()
-    }
-    fn commit(
-        &self,
-        brand: u32,
-        records: &[(u64, &[u8])],
-        nodes: &[(u8, u64, [u8; 32])],
-        checkpoint: (u64, &[u8]),
-    ) -> storage::Result<()> {
+impl CommitHook for Faults {
+    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
         match self.mode.load(Ordering::SeqCst) {
-            FAIL_BEFORE_WRITE => Err(StorageError::Sled(sled::Error::Io(std::io::Error::other("injected write failure")))),
-            DISK_FULL => Err(StorageError::Sled(sled::Error::Io(std::io::Error::from_raw_os_error(28)))),
+            FAIL_BEFORE_WRITE => Err(StorageError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))),
+            DISK_FULL => Err(StorageError::Sled(sled::Error::Io(
+                std::io::Error::from_raw_os_error(28),
+            ))),
             FAIL_AFTER_WRITE => {
-                self.inner.commit(brand, records, nodes, checkpoint)?;
-                Err(StorageError::Sled(sled::Error::Io(std::io::Error::other("injected flush failure"))))
+                commit.apply(inner)?;
+                Err(StorageError::Sled(sled::Error::Io(std::io::Error::other(
+                    "injected flush failure",
+                ))))
             }
-            _ => self.inner.commit(brand, records, nodes, checkpoint),
+            _ => commit.apply(inner),
         }
-    }
-    fn record(&self, brand: u32, seq: u64) -> storage::Result<Option<Vec<u8>>> {
-        self.inner.record(brand, seq)
-    }
-    fn scan(&self, brand: u32, from: u64) -> Box<dyn Iterator<Item = storage::Result<(u64, Vec<u8>)>> + Send> {
-        self.inner.scan(brand, from)
-    }
-    fn node(&self, brand: u32, level: u8, index: u64) -> storage::Result<Option<[u8; 32]>> {
-        self.inner.node(brand, level, index)
-    }
-    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = storage::Result<Vec<u8>>> + Send> {
-        self.inner.checkpoints(brand)
-    }
-    fn last_checkpoint(&self, brand: u32) -> storage::Result<Option<Vec<u8>>> {
-        self.inner.last_checkpoint(brand)
     }
 }
 
@@ -77,12 +63,6 @@ fn owner() -> SigningKey {
 }
 fn till() -> SigningKey {
     SigningKey::from_bytes(&[3; 32])
-}
-
-fn sub(key: &SigningKey, principal: Principal, txn: u64, op: Op) -> Submission {
-    let request = pb::Request { txn_id: txn, brand_id: 1, op: Some(op), ..Default::default() }.encode_to_vec();
-    let signature = cardd::crypto::sign_request(key, &request);
-    Submission { principal, signer_key: key.verifying_key().to_bytes(), request, signature }
 }
 
 /// A brand with a store, a terminal and one card holding 10,000.00.
@@ -105,16 +85,34 @@ fn provision(store: Arc<dyn LogStore>) -> (BrandLedger, String) {
         Op::IssueCard(pb::IssueCard { card: card.clone() }),
     ];
     for (i, op) in ops.into_iter().enumerate() {
-        ledger.submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op)).unwrap().unwrap();
+        ledger
+            .submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op))
+            .unwrap()
+            .unwrap();
     }
-    let top_up = Op::TopUp(pb::TopUp { card: card.clone(), amount_minor: 1_000_000 });
-    ledger.submit_now(sub(&till(), Principal::Terminal(1), 1, top_up)).unwrap().unwrap();
+    let top_up = Op::TopUp(pb::TopUp {
+        card: card.clone(),
+        amount_minor: 1_000_000,
+    });
+    ledger
+        .submit_now(sub(&till(), Principal::Terminal(1), 1, top_up))
+        .unwrap()
+        .unwrap();
     (ledger, card)
 }
 
 async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Reply, ErrorCode> {
-    let op = Op::Purchase(pb::Purchase { card: card.into(), amount_minor: 100 + txn as i64, allow_partial: false });
-    match tokio::time::timeout(Duration::from_secs(10), handle.submit(sub(&till(), Principal::Terminal(1), txn, op))).await {
+    let op = Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor: 100 + txn as i64,
+        allow_partial: false,
+    });
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        handle.submit(sub(&till(), Principal::Terminal(1), txn, op)),
+    )
+    .await
+    {
         Ok(Some(Ok(r))) => Ok(r),
         Ok(Some(Err(refusal))) => Err(refusal.code),
         Ok(None) => Err(ErrorCode::Internal),
@@ -124,48 +122,77 @@ async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Repl
 
 async fn fault_case(mode: u8) {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(FaultyStore { inner: SledStore::open(dir.path()).unwrap(), mode: AtomicU8::new(PASS) });
+    let faulty = Arc::new(WrappedStore {
+        inner: SledStore::open(dir.path()).unwrap(),
+        hook: Faults {
+            mode: AtomicU8::new(PASS),
+        },
+    });
     let (ledger, card) = provision(faulty.clone());
     let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
 
     // Healthy traffic first: acknowledged purchases.
     let mut acked = Vec::new();
     for txn in 2..12 {
-        let r = purchase(&handle, &card, txn).await.expect("healthy purchase");
+        let r = purchase(&handle, &card, txn)
+            .await
+            .expect("healthy purchase");
         acked.push((txn, r.receipt.unwrap()));
     }
     // The fault: this request's batch fails, nothing is acknowledged, and the
     // brand stays stopped (even once storage would work again).
-    faulty.mode.store(mode, Ordering::SeqCst);
-    assert_eq!(purchase(&handle, &card, 12).await.unwrap_err(), ErrorCode::StorageFailure);
-    faulty.mode.store(PASS, Ordering::SeqCst);
-    assert_eq!(purchase(&handle, &card, 13).await.unwrap_err(), ErrorCode::StorageFailure);
+    faulty.hook.mode.store(mode, Ordering::SeqCst);
+    assert_eq!(
+        purchase(&handle, &card, 12).await.unwrap_err(),
+        ErrorCode::StorageFailure
+    );
+    faulty.hook.mode.store(PASS, Ordering::SeqCst);
+    assert_eq!(
+        purchase(&handle, &card, 13).await.unwrap_err(),
+        ErrorCode::StorageFailure
+    );
 
     // "Restart": close everything, reopen the data directory.
     drop(handle);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Arc::strong_count(&faulty) > 1 {
-        assert!(std::time::Instant::now() < deadline, "writer did not let go of storage");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer did not let go of storage"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(faulty);
     let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir.path()).unwrap());
-    let recovered = BrandLedger::recover(store.clone(), server_key(), 1).expect("recovery needs no manual repair");
+    let recovered = BrandLedger::recover(store.clone(), server_key(), 1)
+        .expect("recovery needs no manual repair");
     let state = &recovered.state;
     for (txn, receipt) in &acked {
-        let Some(TxnEntry::Committed(seq)) = state.txns.get(&(1, *txn)) else { panic!("acknowledged txn {txn} lost") };
+        let Some(TxnEntry::Committed(seq)) = state.txns.get(&(1, *txn)) else {
+            panic!("acknowledged txn {txn} lost")
+        };
         assert_eq!(*seq, receipt.seq);
         let bytes = store.record(1, *seq).unwrap().unwrap();
-        assert_eq!(cardd::crypto::leaf_hash(&bytes).to_vec(), receipt.hash, "record {seq} changed");
+        assert_eq!(
+            cardd::crypto::leaf_hash(&bytes).to_vec(),
+            receipt.hash,
+            "record {seq} changed"
+        );
     }
     // The failed request was never acknowledged. Whether it reached disk
     // depends on where the fault struck: before the write it did not.
     let failed_present = state.txns.contains_key(&(1, 12));
     match mode {
         FAIL_BEFORE_WRITE | DISK_FULL => assert!(!failed_present, "a failed write left a record"),
-        _ => assert!(failed_present, "data written before the flush failure is recovered"),
+        _ => assert!(
+            failed_present,
+            "data written before the flush failure is recovered"
+        ),
     }
-    assert!(!state.txns.contains_key(&(1, 13)), "a request after the stop was applied");
+    assert!(
+        !state.txns.contains_key(&(1, 13)),
+        "a request after the stop was applied"
+    );
     // Balance equals the records: 10,000.00 minus the purchases on disk.
     let spent: i64 = (2..12).map(|t| 100 + t).sum::<i64>() + if failed_present { 112 } else { 0 };
     let number: u64 = card.parse().unwrap();
@@ -173,7 +200,9 @@ async fn fault_case(mode: u8) {
 
     // The recovered brand serves again.
     let handle = BrandHandle::spawn(recovered, Arc::new(KeyIndex::default()));
-    let r = purchase(&handle, &card, 14).await.expect("serves after restart");
+    let r = purchase(&handle, &card, 14)
+        .await
+        .expect("serves after restart");
     assert_eq!(r.card.unwrap().balance_minor, 1_000_000 - spent - 114);
 }
 
@@ -197,8 +226,15 @@ fn small_ledger(dir: &std::path::Path) -> (u64, [u8; 32]) {
     let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir).unwrap());
     let (mut ledger, card) = provision(store);
     for txn in 2..40 {
-        let op = Op::Purchase(pb::Purchase { card: card.clone(), amount_minor: 100, allow_partial: false });
-        ledger.submit_now(sub(&till(), Principal::Terminal(1), txn, op)).unwrap().unwrap();
+        let op = Op::Purchase(pb::Purchase {
+            card: card.clone(),
+            amount_minor: 100,
+            allow_partial: false,
+        });
+        ledger
+            .submit_now(sub(&till(), Principal::Terminal(1), txn, op))
+            .unwrap()
+            .unwrap();
     }
     (ledger.state.seq, ledger.state.head_hash)
 }
@@ -233,7 +269,10 @@ fn a_flipped_byte_in_a_record_is_detected_at_start_up() {
     assert!(recover(dir.path()).is_ok());
     tamper(dir.path(), &record_key(20), |v| v[30] ^= 0x04);
     let err = format!("{:#}", recover(dir.path()).unwrap_err());
-    assert!(err.contains("brand 1") && err.contains("record 2"), "message names brand and record: {err}");
+    assert!(
+        err.contains("brand 1") && err.contains("record 2"),
+        "message names brand and record: {err}"
+    );
     assert!(records > 20);
 }
 
@@ -243,7 +282,10 @@ fn a_missing_record_and_a_forged_checkpoint_are_detected_at_start_up() {
     small_ledger(dir.path());
     {
         let db = sled::open(dir.path().join("ledger")).unwrap();
-        db.open_tree("brand/00001").unwrap().remove(record_key(7)).unwrap();
+        db.open_tree("brand/00001")
+            .unwrap()
+            .remove(record_key(7))
+            .unwrap();
         db.flush().unwrap();
     }
     let err = format!("{:#}", recover(dir.path()).unwrap_err());
@@ -285,7 +327,12 @@ fn flipped_bytes_in_the_database_files_never_serve_a_different_ledger() {
             std::fs::write(file, &bytes).unwrap();
             match std::panic::catch_unwind(|| recover(dir.path())) {
                 Ok(Ok(state)) => {
-                    assert_eq!(state, expected, "{} byte {offset}: a different ledger was recovered", file.display());
+                    assert_eq!(
+                        state,
+                        expected,
+                        "{} byte {offset}: a different ledger was recovered",
+                        file.display()
+                    );
                     intact += 1;
                 }
                 Ok(Err(_)) | Err(_) => refused += 1,

@@ -2,93 +2,23 @@
 //! --demo` daemon on a temporary data directory and an ephemeral loopback
 //! port: the load generator provisions through the owner key, measures,
 //! and the daemon's exported ledger agrees with what it reported.
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-use cardd::demo::Manifest;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{cardd_bin, f64_of, i64_of, run_bounded, sim_bin, u64_of, Daemon, Run};
 use serde_json::Value;
 
-/// How long the daemon may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one command may take (setup, a short window, the report).
 const CALL_TIMEOUT: Duration = Duration::from_secs(180);
 
-fn sim_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
-}
-
-/// The `cardd` binary, built beside `terminal-sim` by a workspace build.
-fn cardd_bin() -> PathBuf {
-    let path = sim_bin().with_file_name(format!("cardd{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "the cardd binary is missing at {}: run `cargo test --workspace` (or `cargo build --workspace` \
-         before `cargo test -p terminal-sim`)",
-        path.display()
-    );
-    path
-}
-
-/// A `cardd serve --demo` process; killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-    manifest: Manifest,
+/// Runs `bin` with `args`, killing it if it overruns.
+fn run(bin: &Path, args: &[&str]) -> Run {
+    run_bounded(bin, args, CALL_TIMEOUT)
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let data = dir.join("data");
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--demo"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("cardd stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
-            }
-        };
-        let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
-        let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
-        Daemon {
-            child,
-            addr,
-            data,
-            manifest,
-        }
-    }
-
-    fn owner_key(&self) -> String {
-        self.data
-            .join(&self.manifest.owner_key)
-            .to_str()
-            .expect("utf-8 path")
-            .to_string()
-    }
-
     /// `cardd audit export` over the protocol, then `cardd audit verify
     /// --json` with the server key from `cardd server-key`: the report.
     fn audit(&self, dir: &Path, name: &str) -> Value {
@@ -130,96 +60,11 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one command did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The single JSON line printed on stdout.
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-/// Runs `bin` with `args`, killing it if it overruns.
-fn run(bin: &Path, args: &[&str]) -> Run {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} {args:?} did not finish within {CALL_TIMEOUT:?}",
-                bin.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code().expect("ended by a signal"),
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
-}
-
 fn bench(daemon: &Daemon, args: &[&str]) -> Run {
     let owner = daemon.owner_key();
     let mut all = vec!["bench", "--connect", &daemon.addr, "--owner-key", &owner];
     all.extend_from_slice(args);
     run(&sim_bin(), &all)
-}
-
-fn u64_of(v: &Value, field: &str) -> u64 {
-    v[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no unsigned integer {field} in {v}"))
-}
-
-fn i64_of(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
-}
-
-fn f64_of(v: &Value, field: &str) -> f64 {
-    v[field]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no number {field} in {v}"))
 }
 
 /// The checks every bench report must pass.

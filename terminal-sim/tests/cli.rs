@@ -1,163 +1,22 @@
 //! End-to-end tests of the `terminal-sim` binary against a real `cardd`
 //! daemon with the demo brand, on a temporary data directory and an
 //! ephemeral loopback port. Every wait is bounded.
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-use cardd::demo::Manifest;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{cardd_bin, i64_of, run_bounded, sim_bin, Daemon, Run};
 use serde_json::Value;
 
-/// How long the daemon may take to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one `terminal-sim` call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn sim_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
-}
-
-/// The `cardd` binary, built beside `terminal-sim` by a workspace build.
-fn cardd_bin() -> PathBuf {
-    let path = sim_bin().with_file_name(format!("cardd{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "the cardd binary is missing at {}: run `cargo test --workspace` (or `cargo build --workspace` \
-         before `cargo test -p terminal-sim`)",
-        path.display()
-    );
-    path
-}
-
-/// A `cardd serve --demo` process; killed on drop.
-struct Daemon {
-    child: Child,
-    addr: String,
-    data: PathBuf,
-    manifest: Manifest,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let data = dir.join("data");
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--demo"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("cardd stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
-            }
-        };
-        let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
-        let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
-        Daemon {
-            child,
-            addr,
-            data,
-            manifest,
-        }
-    }
-
-    /// The key file of the demo terminal of store `index` (0-based).
-    fn terminal_key(&self, index: usize) -> PathBuf {
-        self.data
-            .join(&self.manifest.stores[index].terminals[0].key)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one `terminal-sim` call did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The single JSON line printed on stdout.
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self.stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The JSON answer of a call that must have succeeded.
-    fn ok(&self) -> Value {
-        assert_eq!(self.code, 0, "expected success: {self:?}");
-        let v = self.json();
-        assert_eq!(v["ok"], true, "{self:?}");
-        v
-    }
-}
-
 /// Runs `terminal-sim` with `args`, killing it if it overruns.
 fn run(args: &[&str]) -> Run {
-    let mut child = Command::new(sim_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn terminal-sim");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CALL_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait terminal-sim") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("terminal-sim {args:?} did not finish within {CALL_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Run {
-        code: status.code().expect("terminal-sim ended by a signal"),
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
+    run_bounded(&sim_bin(), args, CALL_TIMEOUT)
 }
 
 /// A terminal of the demo brand, driving the binary.
@@ -209,12 +68,6 @@ impl Till<'_> {
         serde_json::from_str(&std::fs::read_to_string(path).expect("state file"))
             .expect("state JSON")
     }
-}
-
-fn i64_of(v: &Value, field: &str) -> i64 {
-    v[field]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
 }
 
 #[test]

@@ -1,0 +1,194 @@
+//! Shared harness for the `terminal-sim` end-to-end tests: the binaries, a
+//! `cardd serve --demo` daemon on a temporary data directory and an
+//! ephemeral loopback port, and bounded runs of a command. Every wait is
+//! bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cardd::demo::Manifest;
+use serde_json::Value;
+
+/// How long the daemon may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn sim_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
+}
+
+/// The `cardd` binary, built beside `terminal-sim` by a workspace build.
+pub fn cardd_bin() -> PathBuf {
+    let path = sim_bin().with_file_name(format!("cardd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "the cardd binary is missing at {}: run `cargo test --workspace` (or `cargo build --workspace` \
+         before `cargo test -p terminal-sim`)",
+        path.display()
+    );
+    path
+}
+
+/// A `cardd serve --demo` process; killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path) -> Daemon {
+        let data = dir.join("data");
+        let mut child = Command::new(cardd_bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--demo"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn cardd");
+        let stdout = child.stdout.take().expect("cardd stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("cardd listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
+            }
+        };
+        let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
+        let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
+        Daemon {
+            child,
+            addr,
+            data,
+            manifest,
+        }
+    }
+
+    /// The path of the brand owner's key file, as a string.
+    pub fn owner_key(&self) -> String {
+        self.data
+            .join(&self.manifest.owner_key)
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
+    }
+
+    /// The key file of the demo terminal of store `index` (0-based).
+    pub fn terminal_key(&self, index: usize) -> PathBuf {
+        self.data
+            .join(&self.manifest.stores[index].terminals[0].key)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one command did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The single JSON line printed on stdout.
+    pub fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one JSON line, got {self:?}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// The JSON answer of a call that must have succeeded.
+    pub fn ok(&self) -> Value {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        let v = self.json();
+        assert_eq!(v["ok"], true, "{self:?}");
+        v
+    }
+}
+
+/// Runs `bin` with `args`, killing it if it overruns `limit`.
+pub fn run_bounded(bin: &Path, args: &[&str], limit: Duration) -> Run {
+    let name = bin.display();
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("wait {name}: {e}"))
+        {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status
+            .code()
+            .unwrap_or_else(|| panic!("{name} ended by a signal")),
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
+pub fn u64_of(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no unsigned integer {field} in {v}"))
+}
+
+pub fn i64_of(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
+}
+
+pub fn f64_of(v: &Value, field: &str) -> f64 {
+    v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {field} in {v}"))
+}

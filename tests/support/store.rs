@@ -1,0 +1,105 @@
+//! A `LogStore` for tests that intercept commits: every method but
+//! `commit` goes straight to an inner `SledStore`; `commit` goes through a
+//! hook, which decides whether (and when) to pass it on to the inner store.
+//!
+//! Also `sub`, the signed submission both such tests feed the writer.
+//!
+//! Included by path (`#[path = "support/store.rs"] mod store;`), so each
+//! test crate that wants it compiles its own copy.
+use cardd::ledger::Submission;
+use cardd::pb::{self, request::Op};
+use cardd::state::Principal;
+use cardd::storage::{self, LogStore, SledStore};
+use ed25519_dalek::SigningKey;
+use prost::Message;
+
+/// One call of `LogStore::commit`, its arguments bundled.
+pub struct Commit<'a> {
+    pub brand: u32,
+    pub records: &'a [(u64, &'a [u8])],
+    pub nodes: &'a [(u8, u64, [u8; 32])],
+    pub checkpoint: (u64, &'a [u8]),
+}
+
+impl Commit<'_> {
+    /// Passes the commit on to `inner`, the real store.
+    pub fn apply(&self, inner: &SledStore) -> storage::Result<()> {
+        inner.commit(self.brand, self.records, self.nodes, self.checkpoint)
+    }
+}
+
+/// What a test does with a commit.
+pub trait CommitHook: Send + Sync + 'static {
+    /// Handles one commit; `commit.apply(inner)` passes it on to the real store.
+    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()>;
+}
+
+/// A `SledStore` whose commits go through `hook`.
+pub struct WrappedStore<H> {
+    pub inner: SledStore,
+    pub hook: H,
+}
+
+impl<H: CommitHook> LogStore for WrappedStore<H> {
+    fn brands(&self) -> storage::Result<Vec<u32>> {
+        self.inner.brands()
+    }
+
+    fn commit(
+        &self,
+        brand: u32,
+        records: &[(u64, &[u8])],
+        nodes: &[(u8, u64, [u8; 32])],
+        checkpoint: (u64, &[u8]),
+    ) -> storage::Result<()> {
+        let commit = Commit {
+            brand,
+            records,
+            nodes,
+            checkpoint,
+        };
+        self.hook.commit(&self.inner, commit)
+    }
+
+    fn node(&self, brand: u32, level: u8, index: u64) -> storage::Result<Option<[u8; 32]>> {
+        self.inner.node(brand, level, index)
+    }
+
+    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = storage::Result<Vec<u8>>> + Send> {
+        self.inner.checkpoints(brand)
+    }
+
+    fn record(&self, brand: u32, seq: u64) -> storage::Result<Option<Vec<u8>>> {
+        self.inner.record(brand, seq)
+    }
+
+    fn scan(
+        &self,
+        brand: u32,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = storage::Result<(u64, Vec<u8>)>> + Send> {
+        self.inner.scan(brand, from_seq)
+    }
+
+    fn last_checkpoint(&self, brand: u32) -> storage::Result<Option<Vec<u8>>> {
+        self.inner.last_checkpoint(brand)
+    }
+}
+
+/// A request of brand 1 for `op` under `txn`, signed by `key` as `principal`.
+pub fn sub(key: &SigningKey, principal: Principal, txn: u64, op: Op) -> Submission {
+    let request = pb::Request {
+        txn_id: txn,
+        brand_id: 1,
+        op: Some(op),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let signature = cardd::crypto::sign_request(key, &request);
+    Submission {
+        principal,
+        signer_key: key.verifying_key().to_bytes(),
+        request,
+        signature,
+    }
+}
