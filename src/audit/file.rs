@@ -53,8 +53,16 @@ impl<R: Read> ExportReader<R> {
         if len > MAX_EXPORT_ITEM_BYTES {
             return Err(format!("export item of {len} bytes exceeds the limit"));
         }
-        self.buf.resize(len, 0);
-        self.inner.read_exact(&mut self.buf).map_err(|_| "export file is truncated".to_string())?;
+        // Grow the buffer as bytes arrive: a length prefix alone (a few
+        // bytes claiming 64 MiB) must not make us allocate 64 MiB.
+        self.buf.clear();
+        let read = (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| format!("reading export: {e}"))?;
+        if read != len {
+            return Err("export file is truncated".to_string());
+        }
         self.offset += 4 + len as u64;
         let item = ExportItem::decode(self.buf.as_slice()).map_err(|e| format!("export item does not decode: {e}"))?;
         item.item.map(Some).ok_or_else(|| "empty export item".to_string())

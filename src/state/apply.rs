@@ -617,7 +617,21 @@ fn reversal(
     let bonus_in = orig.bonus_out;
     let paid_out = orig.paid_in;
     let bonus_out = orig.bonus_in;
-    let points_in = orig.points_out;
+    // Refunds take points back refund by refund, each rounded down; once one
+    // is reversed, what stays counted as taken back can exceed the rounded
+    // share of the value that stays refunded. A reversed refund gives that
+    // excess back too, so the purchase always counts exactly its share.
+    // (Found by fuzzing.)
+    let extra_points = if orig.kind == RecordKind::Refund {
+        let p = &state.effects[&orig.original_seq];
+        let refunded_after = p.refunded_paid + p.refunded_bonus - orig.paid_in - orig.bonus_in;
+        let share = i128::from(p.points_in) * i128::from(refunded_after) / i128::from(p.paid_out + p.bonus_out);
+        let share = i64::try_from(share).expect("bounded by points_in");
+        (p.refunded_points - orig.points_out - share).max(0)
+    } else {
+        0
+    };
+    let points_in = checked(orig.points_out.checked_add(extra_points))?;
     let points_out = orig.points_in.min(card.points.saturating_add(points_in));
     if card.paid < paid_out || card.bonus < bonus_out {
         return refuse(
@@ -672,7 +686,7 @@ fn reversal(
             .expect("a refund names its purchase");
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;
-        purchase.refunded_points -= refund_points;
+        purchase.refunded_points -= refund_points + extra_points;
     }
     state.cards.insert(number, card);
     state.terminals.get_mut(&tid).expect("checked").shift = shift;
