@@ -31,10 +31,21 @@ fn setup() -> Setup {
     let mut txn = 0;
     let mut run = |state: &mut BrandState, key: &SigningKey, p: Principal, op: Op| {
         txn += 1;
-        let req = pb::Request { txn_id: txn, brand_id: 1, op: Some(op), ..Default::default() };
+        let req = pb::Request {
+            txn_id: txn,
+            brand_id: 1,
+            op: Some(op),
+            ..Default::default()
+        };
         let bytes = req.encode_to_vec();
         let pk = key.verifying_key().to_bytes();
-        let ctx = Context { time_ms: 1, principal: p, signer_key: &pk, request: &bytes, signature: &[0; 64] };
+        let ctx = Context {
+            time_ms: 1,
+            principal: p,
+            signer_key: &pk,
+            request: &bytes,
+            signature: &[0; 64],
+        };
         apply(state, &ctx, &req).expect("setup op");
     };
     run(
@@ -48,7 +59,12 @@ fn setup() -> Setup {
             owner_public_key: owner.verifying_key().to_bytes().to_vec(),
         }),
     );
-    run(&mut state, &owner, Principal::Owner, Op::CreateStore(pb::CreateStore { name: "s".into() }));
+    run(
+        &mut state,
+        &owner,
+        Principal::Owner,
+        Op::CreateStore(pb::CreateStore { name: "s".into() }),
+    );
     run(
         &mut state,
         &owner,
@@ -59,12 +75,31 @@ fn setup() -> Setup {
             label: String::new(),
         }),
     );
-    let cards: Vec<String> = (0..CARDS).map(|_| cardd::card_number::generate(1)).collect();
+    let cards: Vec<String> = (0..CARDS)
+        .map(|_| cardd::card_number::generate(1))
+        .collect();
     for c in &cards {
-        run(&mut state, &owner, Principal::Owner, Op::IssueCard(pb::IssueCard { card: c.clone() }));
-        run(&mut state, &terminal, Principal::Terminal(1), Op::TopUp(pb::TopUp { card: c.clone(), amount_minor: 900_000_000 }));
+        run(
+            &mut state,
+            &owner,
+            Principal::Owner,
+            Op::IssueCard(pb::IssueCard { card: c.clone() }),
+        );
+        run(
+            &mut state,
+            &terminal,
+            Principal::Terminal(1),
+            Op::TopUp(pb::TopUp {
+                card: c.clone(),
+                amount_minor: 900_000_000,
+            }),
+        );
     }
-    Setup { state, terminal, cards }
+    Setup {
+        state,
+        terminal,
+        cards,
+    }
 }
 
 fn state_machine(c: &mut Criterion) {
@@ -76,7 +111,11 @@ fn state_machine(c: &mut Criterion) {
             let req = pb::Request {
                 txn_id: 1_000_000 + i as u64,
                 brand_id: 1,
-                op: Some(Op::Purchase(pb::Purchase { card: s.cards[i % CARDS].clone(), amount_minor: 1_234, allow_partial: false })),
+                op: Some(Op::Purchase(pb::Purchase {
+                    card: s.cards[i % CARDS].clone(),
+                    amount_minor: 1_234,
+                    allow_partial: false,
+                })),
                 ..Default::default()
             };
             let bytes = req.encode_to_vec();
@@ -110,7 +149,10 @@ fn state_machine(c: &mut Criterion) {
 fn frame_codec(c: &mut Criterion) {
     let msg = pb::ClientMessage {
         request_id: 7,
-        body: Some(pb::client_message::Body::Signed(pb::SignedRequest { request: vec![5; 120], signature: vec![9; 64] })),
+        body: Some(pb::client_message::Body::Signed(pb::SignedRequest {
+            request: vec![5; 120],
+            signature: vec![9; 64],
+        })),
     }
     .encode_to_vec();
     let mut g = c.benchmark_group("frame_codec");
@@ -119,7 +161,9 @@ fn frame_codec(c: &mut Criterion) {
         let mut codec = cardd::codec::frame_codec(64 * 1024);
         let mut buf = BytesMut::with_capacity(4096);
         b.iter(|| {
-            codec.encode(bytes::Bytes::from(msg.clone()), &mut buf).expect("encode");
+            codec
+                .encode(bytes::Bytes::from(msg.clone()), &mut buf)
+                .expect("encode");
             let frame = codec.decode(&mut buf).expect("decode").expect("frame");
             pb::ClientMessage::decode(frame).expect("message")
         })
@@ -128,7 +172,9 @@ fn frame_codec(c: &mut Criterion) {
 }
 
 fn merkle_append(c: &mut Criterion) {
-    let leaves: Vec<[u8; 32]> = (0u32..10_000).map(|i| cardd::crypto::leaf_hash(&i.to_be_bytes())).collect();
+    let leaves: Vec<[u8; 32]> = (0u32..10_000)
+        .map(|i| cardd::crypto::leaf_hash(&i.to_be_bytes()))
+        .collect();
     let mut g = c.benchmark_group("merkle");
     g.throughput(Throughput::Elements(leaves.len() as u64));
     g.bench_function("append_10k_leaves_and_root", |b| {
@@ -155,15 +201,32 @@ fn verify_replay(c: &mut Criterion) {
         currency_exponent: 2,
         owner_public_key: owner.verifying_key().to_bytes().to_vec(),
     };
-    let mut ledger = BrandLedger::create(store.clone(), Arc::clone(&server_key), 1, create).expect("brand");
+    let mut ledger =
+        BrandLedger::create(store.clone(), Arc::clone(&server_key), 1, create).expect("brand");
     let sign = |key: &SigningKey, p: Principal, txn: u64, op: Op| {
-        let request = pb::Request { txn_id: txn, brand_id: 1, op: Some(op), ..Default::default() }.encode_to_vec();
+        let request = pb::Request {
+            txn_id: txn,
+            brand_id: 1,
+            op: Some(op),
+            ..Default::default()
+        }
+        .encode_to_vec();
         let signature = cardd::crypto::sign_request(key, &request);
-        Submission { principal: p, signer_key: key.verifying_key().to_bytes(), request, signature }
+        Submission {
+            principal: p,
+            signer_key: key.verifying_key().to_bytes(),
+            request,
+            signature,
+        }
     };
     let card = cardd::card_number::generate(1);
     let mut subs = vec![
-        sign(&owner, Principal::Owner, 1, Op::CreateStore(pb::CreateStore { name: "s".into() })),
+        sign(
+            &owner,
+            Principal::Owner,
+            1,
+            Op::CreateStore(pb::CreateStore { name: "s".into() }),
+        ),
         sign(
             &owner,
             Principal::Owner,
@@ -174,25 +237,47 @@ fn verify_replay(c: &mut Criterion) {
                 label: String::new(),
             }),
         ),
-        sign(&owner, Principal::Owner, 3, Op::IssueCard(pb::IssueCard { card: card.clone() })),
-        sign(&terminal, Principal::Terminal(1), 1, Op::TopUp(pb::TopUp { card: card.clone(), amount_minor: 900_000_000 })),
+        sign(
+            &owner,
+            Principal::Owner,
+            3,
+            Op::IssueCard(pb::IssueCard { card: card.clone() }),
+        ),
+        sign(
+            &terminal,
+            Principal::Terminal(1),
+            1,
+            Op::TopUp(pb::TopUp {
+                card: card.clone(),
+                amount_minor: 900_000_000,
+            }),
+        ),
     ];
     for i in 0..2_000u64 {
         subs.push(sign(
             &terminal,
             Principal::Terminal(1),
             2 + i,
-            Op::Purchase(pb::Purchase { card: card.clone(), amount_minor: 100, allow_partial: false }),
+            Op::Purchase(pb::Purchase {
+                card: card.clone(),
+                amount_minor: 100,
+                allow_partial: false,
+            }),
         ));
     }
     for chunk in subs.chunks(500) {
         let batch = ledger.apply_batch(chunk);
-        BrandLedger::commit(store.as_ref(), 1, &batch.written, &ledger.checkpoint()).expect("commit");
+        BrandLedger::commit(store.as_ref(), 1, &batch.written, &ledger.checkpoint())
+            .expect("commit");
     }
     let mut export = Vec::new();
     let server_pub = server_key.verifying_key().to_bytes();
-    cardd::audit::write_export(store.as_ref(), 1, &server_pub, &mut export, |_, _| {}).expect("export");
-    let opts = cardd::audit::VerifyOptions { server_key: server_pub, old_checkpoint: None };
+    cardd::audit::write_export(store.as_ref(), 1, &server_pub, &mut export, |_, _| {})
+        .expect("export");
+    let opts = cardd::audit::VerifyOptions {
+        server_key: server_pub,
+        old_checkpoint: None,
+    };
     let mut g = c.benchmark_group("audit");
     g.throughput(Throughput::Elements(ledger.state.seq));
     g.sample_size(10);
@@ -202,5 +287,11 @@ fn verify_replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, state_machine, frame_codec, merkle_append, verify_replay);
+criterion_group!(
+    benches,
+    state_machine,
+    frame_codec,
+    merkle_append,
+    verify_replay
+);
 criterion_main!(benches);

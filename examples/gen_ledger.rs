@@ -29,7 +29,11 @@ fn main() -> anyhow::Result<()> {
     let cards: usize = args.get(3).map_or(Ok(10_000), |c| c.parse())?;
     let started = Instant::now();
     let (store, server_key, ledgers) = cardd::server::load(&data)?;
-    anyhow::ensure!(ledgers.is_empty(), "{} already holds a ledger", data.display());
+    anyhow::ensure!(
+        ledgers.is_empty(),
+        "{} already holds a ledger",
+        data.display()
+    );
     let owner = SigningKey::from_bytes(&[7; 32]);
     let create = pb::CreateBrand {
         name: "Bench".into(),
@@ -42,10 +46,23 @@ fn main() -> anyhow::Result<()> {
     let mut owner_subs = Vec::new();
     let mut owner_req = |op: Op| {
         owner_txn += 1;
-        sign(&owner, Principal::Owner, pb::Request { txn_id: owner_txn, brand_id: 1, op: Some(op), ..Default::default() })
+        sign(
+            &owner,
+            Principal::Owner,
+            pb::Request {
+                txn_id: owner_txn,
+                brand_id: 1,
+                op: Some(op),
+                ..Default::default()
+            },
+        )
     };
-    owner_subs.push(owner_req(Op::CreateStore(pb::CreateStore { name: "Bench store".into() })));
-    let terminals: Vec<SigningKey> = (0..TERMINALS).map(|i| SigningKey::from_bytes(&[100 + i as u8; 32])).collect();
+    owner_subs.push(owner_req(Op::CreateStore(pb::CreateStore {
+        name: "Bench store".into(),
+    })));
+    let terminals: Vec<SigningKey> = (0..TERMINALS)
+        .map(|i| SigningKey::from_bytes(&[100 + i as u8; 32]))
+        .collect();
     for t in &terminals {
         owner_subs.push(owner_req(Op::EnrollTerminal(pb::EnrollTerminal {
             store_id: 1,
@@ -53,7 +70,9 @@ fn main() -> anyhow::Result<()> {
             label: String::new(),
         })));
     }
-    let card_numbers: Vec<String> = (0..cards).map(|_| cardd::card_number::generate(1)).collect();
+    let card_numbers: Vec<String> = (0..cards)
+        .map(|_| cardd::card_number::generate(1))
+        .collect();
     for c in &card_numbers {
         owner_subs.push(owner_req(Op::IssueCard(pb::IssueCard { card: c.clone() })));
     }
@@ -71,9 +90,16 @@ fn main() -> anyhow::Result<()> {
                 next_txn[term] += 1;
                 let card = card_numbers[(i % cards as u64) as usize].clone();
                 let op = if i < cards as u64 || i % 50 == 0 {
-                    Op::TopUp(pb::TopUp { card, amount_minor: 1_000_000 })
+                    Op::TopUp(pb::TopUp {
+                        card,
+                        amount_minor: 1_000_000,
+                    })
                 } else {
-                    Op::Purchase(pb::Purchase { card, amount_minor: 100 + (i % 5_000) as i64, allow_partial: true })
+                    Op::Purchase(pb::Purchase {
+                        card,
+                        amount_minor: 100 + (i % 5_000) as i64,
+                        allow_partial: true,
+                    })
                 };
                 (term, next_txn[term], op)
             })
@@ -81,16 +107,29 @@ fn main() -> anyhow::Result<()> {
         let subs = sign_parallel(&terminals, plan);
         commit_all(&mut ledger, subs)?;
         done += n;
-        eprintln!("{} records, {:.1} s", ledger.state.seq, started.elapsed().as_secs_f64());
+        eprintln!(
+            "{} records, {:.1} s",
+            ledger.state.seq,
+            started.elapsed().as_secs_f64()
+        );
     }
-    println!("{} records in {:.1} s", ledger.state.seq, started.elapsed().as_secs_f64());
+    println!(
+        "{} records in {:.1} s",
+        ledger.state.seq,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn sign(key: &SigningKey, principal: Principal, req: pb::Request) -> Submission {
     let request = req.encode_to_vec();
     let signature = cardd::crypto::sign_request(key, &request);
-    Submission { principal, signer_key: key.verifying_key().to_bytes(), request, signature }
+    Submission {
+        principal,
+        signer_key: key.verifying_key().to_bytes(),
+        request,
+        signature,
+    }
 }
 
 fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<Submission> {
@@ -103,14 +142,26 @@ fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<S
                 s.spawn(move || {
                     part.iter()
                         .map(|(term, txn, op)| {
-                            let req = pb::Request { txn_id: *txn, brand_id: 1, op: Some(op.clone()), ..Default::default() };
-                            sign(&terminals[*term], Principal::Terminal(*term as u32 + 1), req)
+                            let req = pb::Request {
+                                txn_id: *txn,
+                                brand_id: 1,
+                                op: Some(op.clone()),
+                                ..Default::default()
+                            };
+                            sign(
+                                &terminals[*term],
+                                Principal::Terminal(*term as u32 + 1),
+                                req,
+                            )
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("signer thread")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("signer thread"))
+            .collect()
     })
 }
 
@@ -120,7 +171,12 @@ fn commit_all(ledger: &mut BrandLedger, subs: Vec<Submission>) -> anyhow::Result
         if let Some(Err(e)) = batch.answers.iter().find(|a| a.is_err()) {
             anyhow::bail!("generator request refused: {e}");
         }
-        BrandLedger::commit(ledger.store().as_ref(), ledger.brand_id(), &batch.written, &ledger.checkpoint())?;
+        BrandLedger::commit(
+            ledger.store().as_ref(),
+            ledger.brand_id(),
+            &batch.written,
+            &ledger.checkpoint(),
+        )?;
     }
     Ok(())
 }

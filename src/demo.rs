@@ -200,10 +200,15 @@ pub fn provision(
         txn_id: 6,
         brand_id: brand,
         operator: "demo".into(),
-        op: Some(Op::CloseShift(pb::CloseShift { terminal_totals: Some(totals) })),
+        op: Some(Op::CloseShift(pb::CloseShift {
+            terminal_totals: Some(totals),
+        })),
         ..Default::default()
     };
-    expect_ok("shift close", ledger.submit_signed(Principal::Terminal(*tid), till, &req)?)?;
+    expect_ok(
+        "shift close",
+        ledger.submit_signed(Principal::Terminal(*tid), till, &req)?,
+    )?;
     let manifest = Manifest {
         brand_id: brand,
         owner_key: "demo/owner.key".into(),

@@ -439,10 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn audit(
-    command: AuditCommand,
-    tls: Option<&TlsClient>,
-) -> anyhow::Result<std::process::ExitCode> {
+fn audit(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<std::process::ExitCode> {
     use cardd::audit::cli;
     let rt = || {
         tokio::runtime::Builder::new_current_thread()

@@ -34,7 +34,10 @@ pub fn replay_record(
     bytes: &[u8],
     server_key: &[u8; 32],
 ) -> Result<Written, ReplayError> {
-    let rec = Record::decode(bytes).map_err(|e| ReplayError { seq, what: format!("does not decode: {e}") })?;
+    let rec = Record::decode(bytes).map_err(|e| ReplayError {
+        seq,
+        what: format!("does not decode: {e}"),
+    })?;
     replay_decoded(state, seq, &rec, bytes, server_key)
 }
 

@@ -843,7 +843,11 @@ async fn changing_a_terminals_store_fails_and_the_export_time_is_informational()
         k.store_id = 2;
     }
     let store = verify(&assemble(&v), key, None);
-    assert!(store.is_err(), "trailer lists terminal 1 in store 2: {:?}", store.map(|r| r.records));
+    assert!(
+        store.is_err(),
+        "trailer lists terminal 1 in store 2: {:?}",
+        store.map(|r| r.records)
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -662,15 +662,33 @@ fn a_record_changed_by_one_byte_breaks_replay_of_the_chain() {
 #[test]
 fn a_refund_after_a_reversed_refund_never_gives_points_back() {
     let mut w = World::new();
-    w.run(&Step::TopUp { term: 0, card: 0, amount: 100_000 });
+    w.run(&Step::TopUp {
+        term: 0,
+        card: 0,
+        amount: 100_000,
+    });
     // 100.00 at 1 point per unit = 100 points; use amounts in whole units.
     let purchase = w
-        .term_op(0, Op::Purchase(pb::Purchase { card: w.cards[0].clone(), amount_minor: 10_000, allow_partial: false }))
+        .term_op(
+            0,
+            Op::Purchase(pb::Purchase {
+                card: w.cards[0].clone(),
+                amount_minor: 10_000,
+                allow_partial: false,
+            }),
+        )
         .expect("purchase");
     assert_eq!(purchase.points_in, 100);
     let seq = purchase.seq;
     let refund = |w: &mut World, amount: i64| {
-        w.term_op(0, Op::Refund(pb::Refund { original_seq: seq, amount_minor: amount })).expect("refund")
+        w.term_op(
+            0,
+            Op::Refund(pb::Refund {
+                original_seq: seq,
+                amount_minor: amount,
+            }),
+        )
+        .expect("refund")
     };
     let a = refund(&mut w, 150); // 1.50: floor(100 * 150 / 10000) = 1 point
     assert_eq!(a.points_out, 1);
@@ -679,13 +697,26 @@ fn a_refund_after_a_reversed_refund_never_gives_points_back() {
     // Reversing A leaves 0.50 refunded, whose share is floor(100 * 50 /
     // 10000) = 0 points, while B's point is still counted: the reversal
     // gives back A's point and that one too.
-    let reversal = w.term_op(0, Op::Reversal(pb::Reversal { original_txn_id: a.txn_id })).expect("reversal");
+    let reversal = w
+        .term_op(
+            0,
+            Op::Reversal(pb::Reversal {
+                original_txn_id: a.txn_id,
+            }),
+        )
+        .expect("reversal");
     assert_eq!(reversal.points_in, 2);
     // Refunded now 0.60: floor(100 * 60 / 10000) = 0 points to take.
     let c = refund(&mut w, 10);
-    assert_eq!(c.points_out, 0, "a refund must neither give points back nor over-take");
+    assert_eq!(
+        c.points_out, 0,
+        "a refund must neither give points back nor over-take"
+    );
     let points = w.state.cards[&w.cards[0].parse::<u64>().unwrap()].points;
-    assert_eq!(points, 100, "0.60 of 100.00 refunded: floor share is 0 points");
+    assert_eq!(
+        points, 100,
+        "0.60 of 100.00 refunded: floor share is 0 points"
+    );
     // (term_op bypasses the balance model, so only replay is checked here.)
     w.check_replay();
 }

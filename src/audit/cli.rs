@@ -29,15 +29,20 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 /// Parses a server key given in hex.
 pub fn parse_server_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = hex::decode(hex_key.trim()).context("server key is not hex")?;
-    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("server key must be 32 bytes"))?;
-    crate::crypto::parse_public_key(&key).ok_or_else(|| anyhow::anyhow!("server key is not a valid ed25519 key"))?;
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("server key must be 32 bytes"))?;
+    crate::crypto::parse_public_key(&key)
+        .ok_or_else(|| anyhow::anyhow!("server key is not a valid ed25519 key"))?;
     Ok(key)
 }
 
 /// Reads a checkpoint file (an encoded `Checkpoint`).
 pub fn read_checkpoint(path: &Path) -> anyhow::Result<pb::Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    pb::Checkpoint::decode(bytes.as_slice()).with_context(|| format!("{} is not a checkpoint", path.display()))
+    pb::Checkpoint::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a checkpoint", path.display()))
 }
 
 fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
@@ -48,27 +53,54 @@ fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
 /// `cardd audit export --data DIR --brand ID --out FILE` (daemon stopped).
 pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()> {
     let server_key = crate::server::open_data_dir(data)?;
-    let store = crate::storage::SledStore::open(data).context("opening the ledger (is the daemon running?)")?;
-    let mut file = BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let store = crate::storage::SledStore::open(data)
+        .context("opening the ledger (is the daemon running?)")?;
+    let mut file =
+        BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = bar(0, "exporting");
-    let summary = super::write_export(&store, brand, &server_key.verifying_key().to_bytes(), &mut file, |done, total| {
-        pb.set_length(total);
-        pb.set_position(done);
-    })?;
+    let summary = super::write_export(
+        &store,
+        brand,
+        &server_key.verifying_key().to_bytes(),
+        &mut file,
+        |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        },
+    )?;
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     pb.finish_and_clear();
-    eprintln!("exported {} records and {} checkpoints to {}", summary.records, summary.checkpoints, out.display());
+    eprintln!(
+        "exported {} records and {} checkpoints to {}",
+        summary.records,
+        summary.checkpoints,
+        out.display()
+    );
     Ok(())
 }
 
 /// `cardd audit export --connect ADDR --key OWNER_KEY --out FILE`.
-pub async fn export_online(addr: &str, owner_key: &Path, out: &Path, tls: Option<&TlsClient>) -> anyhow::Result<()> {
+pub async fn export_online(
+    addr: &str,
+    owner_key: &Path,
+    out: &Path,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut file = BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let mut client = Client::connect_with(addr, key, tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut file =
+        BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = ProgressBar::new_spinner();
     pb.set_message("receiving export");
-    let bytes = client.export(&mut ProgressWriter { inner: &mut file, pb: &pb }).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = client
+        .export(&mut ProgressWriter {
+            inner: &mut file,
+            pb: &pb,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     pb.finish_and_clear();
     eprintln!("exported {bytes} bytes to {}", out.display());
@@ -92,13 +124,22 @@ impl<W: Write> Write for ProgressWriter<'_, W> {
 
 /// `cardd audit verify FILE --server-key HEX`: verifies and replays, then
 /// prints the report. Returns the report (for comparison with a live daemon).
-pub fn verify_file(file: &Path, server_key: [u8; 32], old_checkpoint: Option<&Path>) -> anyhow::Result<VerifyReport> {
+pub fn verify_file(
+    file: &Path,
+    server_key: [u8; 32],
+    old_checkpoint: Option<&Path>,
+) -> anyhow::Result<VerifyReport> {
     let old_checkpoint = old_checkpoint.map(read_checkpoint).transpose()?;
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let len = f.metadata()?.len();
     let pb = bar(len, "verifying");
-    let opts = VerifyOptions { server_key, old_checkpoint };
-    let report = verify_export(BufReader::with_capacity(1 << 20, f), &opts, |done| pb.set_position(done));
+    let opts = VerifyOptions {
+        server_key,
+        old_checkpoint,
+    };
+    let report = verify_export(BufReader::with_capacity(1 << 20, f), &opts, |done| {
+        pb.set_position(done)
+    });
     pb.finish_and_clear();
     report.map_err(|e| anyhow::anyhow!("VERIFY FAILED: {e}"))
 }
@@ -110,13 +151,23 @@ pub fn print_report(r: &VerifyReport, json: bool) {
         println!("{}", serde_json::to_string(r).expect("report serializes"));
         return;
     }
-    let amt = |v: i128| crate::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
-    println!("brand {} ({}): {} records, {} checkpoints verified and replayed", r.brand_id, r.brand_name, r.records, r.checkpoints);
+    let amt =
+        |v: i128| crate::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
+    println!(
+        "brand {} ({}): {} records, {} checkpoints verified and replayed",
+        r.brand_id, r.brand_name, r.records, r.checkpoints
+    );
     println!("root {}", r.root_hash);
     if let Some(ok) = r.extends_old_checkpoint {
-        println!("extends the old checkpoint: {}", if ok { "yes" } else { "NO" });
+        println!(
+            "extends the old checkpoint: {}",
+            if ok { "yes" } else { "NO" }
+        );
     }
-    println!("{:<20} {:<9} {:>14} {:>14} {:>10} tier", "card", "status", "paid", "bonus", "points");
+    println!(
+        "{:<20} {:<9} {:>14} {:>14} {:>10} tier",
+        "card", "status", "paid", "bonus", "points"
+    );
     for c in &r.cards {
         println!(
             "{:<20} {:<9} {:>14} {:>14} {:>10} {}",
@@ -140,21 +191,50 @@ pub fn print_report(r: &VerifyReport, json: bool) {
 
 /// Compares a verified report with what a live daemon reports for every
 /// card (owner inquiries). Returns the differences.
-pub async fn compare_live(r: &VerifyReport, addr: &str, owner_key: &Path, tls: Option<&TlsClient>) -> anyhow::Result<Vec<String>> {
+pub async fn compare_live(
+    r: &VerifyReport,
+    addr: &str,
+    owner_key: &Path,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<Vec<String>> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = Client::connect_with(addr, key, tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if client.session.brand_id != r.brand_id {
-        bail!("the owner key is for brand {}, the export is brand {}", client.session.brand_id, r.brand_id);
+        bail!(
+            "the owner key is for brand {}, the export is brand {}",
+            client.session.brand_id,
+            r.brand_id
+        );
     }
     let mut diffs = Vec::new();
     for c in &r.cards {
-        let req = client.request(0, Op::Inquiry(pb::Inquiry { card: c.card.clone() }));
-        let live = client.call(&req).await.map_err(|e| anyhow::anyhow!("inquiry of {}: {e}", c.card))?;
+        let req = client.request(
+            0,
+            Op::Inquiry(pb::Inquiry {
+                card: c.card.clone(),
+            }),
+        );
+        let live = client
+            .call(&req)
+            .await
+            .map_err(|e| anyhow::anyhow!("inquiry of {}: {e}", c.card))?;
         let v = live.card.unwrap_or_default();
         let status = pb::CardStatus::try_from(v.status).map_or("UNKNOWN", |s| s.as_str_name());
-        if (v.paid_balance_minor, v.bonus_balance_minor, v.points, v.tier.as_str(), status)
-            != (c.paid_minor, c.bonus_minor, c.points, c.tier.as_str(), c.status.as_str())
-        {
+        if (
+            v.paid_balance_minor,
+            v.bonus_balance_minor,
+            v.points,
+            v.tier.as_str(),
+            status,
+        ) != (
+            c.paid_minor,
+            c.bonus_minor,
+            c.points,
+            c.tier.as_str(),
+            c.status.as_str(),
+        ) {
             diffs.push(format!(
                 "{}: replayed paid {} bonus {} points {} {} {}; live paid {} bonus {} points {} {} {}",
                 c.card, c.paid_minor, c.bonus_minor, c.points, c.tier, c.status,
@@ -188,29 +268,50 @@ pub async fn consistency(
         bail!("the checkpoints are of different brands");
     }
     if old.tree_size == 0 || old.tree_size > new.tree_size {
-        bail!("the old tree (size {}) cannot be extended by the new (size {})", old.tree_size, new.tree_size);
+        bail!(
+            "the old tree (size {}) cannot be extended by the new (size {})",
+            old.tree_size,
+            new.tree_size
+        );
     }
     let path: Vec<[u8; 32]> = match (export, live) {
         (Some(file), None) => proof_from_export(file, old.tree_size, new.tree_size)?,
         (None, Some((addr, key))) => {
-            let mut client = Client::connect_with(addr, read_key_file(key)?, tls).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let p = client.consistency_proof(old.tree_size, new.tree_size).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut client = Client::connect_with(addr, read_key_file(key)?, tls)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let p = client
+                .consistency_proof(old.tree_size, new.tree_size)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             p.path
                 .iter()
-                .map(|h| <[u8; 32]>::try_from(h.as_slice()).map_err(|_| anyhow::anyhow!("proof hash is not 32 bytes")))
+                .map(|h| {
+                    <[u8; 32]>::try_from(h.as_slice())
+                        .map_err(|_| anyhow::anyhow!("proof hash is not 32 bytes"))
+                })
                 .collect::<anyhow::Result<_>>()?
         }
         _ => bail!("give --export FILE or --connect ADDR --key OWNER_KEY"),
     };
     let root = |c: &pb::Checkpoint| <[u8; 32]>::try_from(c.root_hash.as_slice()).unwrap_or([0; 32]);
-    if !verify_consistency(old.tree_size, new.tree_size, &root(&old), &root(&new), &path) {
+    if !verify_consistency(
+        old.tree_size,
+        new.tree_size,
+        &root(&old),
+        &root(&new),
+        &path,
+    ) {
         bail!(
             "INCONSISTENT: the tree of size {} is not an extension of the tree of size {} (history rewritten or forked)",
             new.tree_size,
             old.tree_size
         );
     }
-    println!("consistent: the tree of size {} extends the tree of size {}", new.tree_size, old.tree_size);
+    println!(
+        "consistent: the tree of size {} extends the tree of size {}",
+        new.tree_size, old.tree_size
+    );
     Ok(())
 }
 
@@ -229,7 +330,10 @@ fn proof_from_export(file: &Path, old: u64, new: u64) -> anyhow::Result<Vec<[u8;
         }
     }
     if frontier.size() < new {
-        bail!("the export holds {} records, fewer than {new}", frontier.size());
+        bail!(
+            "the export holds {} records, fewer than {new}",
+            frontier.size()
+        );
     }
     consistency_proof(&nodes, old, new).map_err(|e| anyhow::anyhow!(e))
 }

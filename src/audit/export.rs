@@ -50,8 +50,14 @@ pub fn write_export(
         ..Default::default()
     }];
     let mut checkpoints = store.checkpoints(brand);
-    let mut summary = ExportSummary { records: 0, checkpoints: 0 };
-    let next_checkpoint = |checkpoints: &mut dyn Iterator<Item = crate::storage::Result<Vec<u8>>>| -> anyhow::Result<Option<pb::Checkpoint>> {
+    let mut summary = ExportSummary {
+        records: 0,
+        checkpoints: 0,
+    };
+    let next_checkpoint = |checkpoints: &mut dyn Iterator<
+        Item = crate::storage::Result<Vec<u8>>,
+    >|
+     -> anyhow::Result<Option<pb::Checkpoint>> {
         match checkpoints.next() {
             None => Ok(None),
             Some(bytes) => {
@@ -86,7 +92,11 @@ pub fn write_export(
     progress(summary.records, tree_size);
     write_item(
         out,
-        Item::Trailer(pb::ExportTrailer { records: summary.records, checkpoints: summary.checkpoints, keys }),
+        Item::Trailer(pb::ExportTrailer {
+            records: summary.records,
+            checkpoints: summary.checkpoints,
+            keys,
+        }),
     )?;
     out.flush()?;
     Ok(summary)
@@ -95,8 +105,12 @@ pub fn write_export(
 /// Adds the key a record enrols (the owner's at brand creation, a
 /// terminal's at enrolment) to `keys`.
 fn collect_key(bytes: &[u8], keys: &mut Vec<pb::SignerKey>) {
-    let Ok(rec) = Record::decode(bytes) else { return };
-    let Ok(req) = Request::decode(rec.request.as_slice()) else { return };
+    let Ok(rec) = Record::decode(bytes) else {
+        return;
+    };
+    let Ok(req) = Request::decode(rec.request.as_slice()) else {
+        return;
+    };
     match (rec.kind(), req.op) {
         (RecordKind::BrandCreated, Some(Op::CreateBrand(c))) => keys.push(pb::SignerKey {
             signer: pb::Signer::Owner as i32,

@@ -33,11 +33,17 @@ impl<R: Read> ExportReader<R> {
     /// Checks the magic bytes.
     pub fn new(mut inner: R) -> Result<Self, String> {
         let mut magic = [0u8; 8];
-        inner.read_exact(&mut magic).map_err(|e| format!("not an export file: {e}"))?;
+        inner
+            .read_exact(&mut magic)
+            .map_err(|e| format!("not an export file: {e}"))?;
         if &magic != EXPORT_MAGIC {
             return Err("not a cardd export file (bad magic bytes)".into());
         }
-        Ok(ExportReader { inner, buf: Vec::new(), offset: 8 })
+        Ok(ExportReader {
+            inner,
+            buf: Vec::new(),
+            offset: 8,
+        })
     }
 
     /// The next item, None at a clean end of file.
@@ -48,7 +54,9 @@ impl<R: Read> ExportReader<R> {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(format!("reading export: {e}")),
         }
-        self.inner.read_exact(&mut len[1..]).map_err(|_| "export file is truncated".to_string())?;
+        self.inner
+            .read_exact(&mut len[1..])
+            .map_err(|_| "export file is truncated".to_string())?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_EXPORT_ITEM_BYTES {
             return Err(format!("export item of {len} bytes exceeds the limit"));
@@ -64,7 +72,10 @@ impl<R: Read> ExportReader<R> {
             return Err("export file is truncated".to_string());
         }
         self.offset += 4 + len as u64;
-        let item = ExportItem::decode(self.buf.as_slice()).map_err(|e| format!("export item does not decode: {e}"))?;
-        item.item.map(Some).ok_or_else(|| "empty export item".to_string())
+        let item = ExportItem::decode(self.buf.as_slice())
+            .map_err(|e| format!("export item does not decode: {e}"))?;
+        item.item
+            .map(Some)
+            .ok_or_else(|| "empty export item".to_string())
     }
 }

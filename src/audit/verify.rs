@@ -113,7 +113,10 @@ pub struct VerifyError {
 }
 
 fn fail<T>(seq: Option<u64>, what: impl Into<String>) -> Result<T, VerifyError> {
-    Err(VerifyError { seq, what: what.into() })
+    Err(VerifyError {
+        seq,
+        what: what.into(),
+    })
 }
 
 struct SigJob {
@@ -131,10 +134,18 @@ fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<VerifyError> {
         for job in &batch {
             let key = match VerifyingKey::from_bytes(&job.key) {
                 Ok(k) if !k.is_weak() => k,
-                _ => return Some(VerifyError { seq: Some(job.seq), what: "signer key is invalid or weak".into() }),
+                _ => {
+                    return Some(VerifyError {
+                        seq: Some(job.seq),
+                        what: "signer key is invalid or weak".into(),
+                    })
+                }
             };
             let Ok(sig) = Signature::from_slice(&job.signature) else {
-                return Some(VerifyError { seq: Some(job.seq), what: "request signature is malformed".into() });
+                return Some(VerifyError {
+                    seq: Some(job.seq),
+                    what: "request signature is malformed".into(),
+                });
             };
             keys.push(key);
             sigs.push(sig);
@@ -144,10 +155,16 @@ fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<VerifyError> {
             // Find the culprit one by one (strictly) to name it.
             for (i, job) in batch.iter().enumerate() {
                 if !verify_strict(&keys[i], &job.message, &job.signature) {
-                    return Some(VerifyError { seq: Some(job.seq), what: "request signature does not verify".into() });
+                    return Some(VerifyError {
+                        seq: Some(job.seq),
+                        what: "request signature does not verify".into(),
+                    });
                 }
             }
-            return Some(VerifyError { seq: batch.first().map(|j| j.seq), what: "signature batch fails".into() });
+            return Some(VerifyError {
+                seq: batch.first().map(|j| j.seq),
+                what: "signature batch fails".into(),
+            });
         }
     }
     None
@@ -165,12 +182,17 @@ pub fn verify_export<R: Read>(
             what: "server key is not a valid ed25519 key".into(),
         })?;
         if !verify_strict(&key, &checkpoint::signed_message(old), &old.signature) {
-            return fail(None, "the old checkpoint's server signature does not verify");
+            return fail(
+                None,
+                "the old checkpoint's server signature does not verify",
+            );
         }
     }
     // Signatures cost ~20 us each, replay a few: verification gets a worker
     // per core and the replay thread hands batches out round-robin.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 16);
     std::thread::scope(|scope| {
         let mut senders = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
@@ -189,7 +211,11 @@ pub fn verify_export<R: Read>(
             (Ok(report), None) => Ok(report),
             (Ok(_), Some(e)) => Err(e),
             (Err(e), None) => Err(e),
-            (Err(e), Some(s)) => Err(if s.seq.unwrap_or(u64::MAX) < e.seq.unwrap_or(u64::MAX) { s } else { e }),
+            (Err(e), Some(s)) => Err(if s.seq.unwrap_or(u64::MAX) < e.seq.unwrap_or(u64::MAX) {
+                s
+            } else {
+                e
+            }),
         }
     })
 }
@@ -215,10 +241,17 @@ fn replay_export<R: Read>(
     mut sig_tx: SigDispatch,
     progress: &mut impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
-    let server_vk = VerifyingKey::from_bytes(&opts.server_key)
-        .map_err(|_| VerifyError { seq: None, what: "server key is not a valid ed25519 key".into() })?;
+    let server_vk = VerifyingKey::from_bytes(&opts.server_key).map_err(|_| VerifyError {
+        seq: None,
+        what: "server key is not a valid ed25519 key".into(),
+    })?;
     let mut reader = ExportReader::new(input).map_err(|e| VerifyError { seq: None, what: e })?;
-    let read = |r: &mut ExportReader<R>, seq: u64| r.next_item().map_err(|e| VerifyError { seq: Some(seq), what: e });
+    let read = |r: &mut ExportReader<R>, seq: u64| {
+        r.next_item().map_err(|e| VerifyError {
+            seq: Some(seq),
+            what: e,
+        })
+    };
     let header = match read(&mut reader, 1)? {
         Some(Item::Header(h)) => h,
         _ => return fail(None, "export does not start with a header"),
@@ -227,7 +260,10 @@ fn replay_export<R: Read>(
         return fail(None, format!("unknown export format '{}'", header.format));
     }
     if header.server_public_key != opts.server_key {
-        return fail(None, "the export names a different server key than the one trusted");
+        return fail(
+            None,
+            "the export names a different server key than the one trusted",
+        );
     }
     let mut state = BrandState::new(header.brand_id);
     let mut totals = Totals::default();
@@ -241,13 +277,18 @@ fn replay_export<R: Read>(
             None => return fail(Some(next_seq), "export ends without a trailer (truncated?)"),
             Some(Item::Header(_)) => return fail(Some(next_seq), "a second header"),
             Some(Item::Record(bytes)) => {
-                let rec = Record::decode(bytes.as_slice())
-                    .map_err(|e| VerifyError { seq: Some(next_seq), what: format!("does not decode: {e}") })?;
-                let key: [u8; 32] = rec
-                    .signer_public_key
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| VerifyError { seq: Some(next_seq), what: "signer key is not 32 bytes".into() })?;
+                let rec = Record::decode(bytes.as_slice()).map_err(|e| VerifyError {
+                    seq: Some(next_seq),
+                    what: format!("does not decode: {e}"),
+                })?;
+                let key: [u8; 32] =
+                    rec.signer_public_key
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| VerifyError {
+                            seq: Some(next_seq),
+                            what: "signer key is not 32 bytes".into(),
+                        })?;
                 sig_batch.push(SigJob {
                     seq: next_seq,
                     key,
@@ -255,15 +296,24 @@ fn replay_export<R: Read>(
                     signature: rec.request_signature.clone(),
                 });
                 if sig_batch.len() == SIG_BATCH {
-                    sig_tx.send(std::mem::replace(&mut sig_batch, Vec::with_capacity(SIG_BATCH)));
+                    sig_tx.send(std::mem::replace(
+                        &mut sig_batch,
+                        Vec::with_capacity(SIG_BATCH),
+                    ));
                 }
                 let w = replay_decoded(&mut state, next_seq, &rec, &bytes, &opts.server_key)
-                    .map_err(|e| VerifyError { seq: Some(e.seq), what: e.what })?;
+                    .map_err(|e| VerifyError {
+                        seq: Some(e.seq),
+                        what: e.what,
+                    })?;
                 add_totals(&mut totals, &w.record);
                 if let Some(old) = &opts.old_checkpoint {
                     if old.tree_size == state.seq {
                         if let Err(e) = checkpoint::matches(old, &state) {
-                            return fail(Some(next_seq), format!("does not extend the old checkpoint: {e}"));
+                            return fail(
+                                Some(next_seq),
+                                format!("does not extend the old checkpoint: {e}"),
+                            );
                         }
                         extends_old = Some(true);
                     }
@@ -274,9 +324,18 @@ fn replay_export<R: Read>(
             }
             Some(Item::Checkpoint(c)) => {
                 if !verify_strict(&server_vk, &checkpoint::signed_message(&c), &c.signature) {
-                    return fail(Some(state.seq), format!("checkpoint at size {} has a bad server signature", c.tree_size));
+                    return fail(
+                        Some(state.seq),
+                        format!(
+                            "checkpoint at size {} has a bad server signature",
+                            c.tree_size
+                        ),
+                    );
                 }
-                checkpoint::matches(&c, &state).map_err(|e| VerifyError { seq: Some(state.seq), what: e })?;
+                checkpoint::matches(&c, &state).map_err(|e| VerifyError {
+                    seq: Some(state.seq),
+                    what: e,
+                })?;
                 checkpoints += 1;
                 last_checkpoint = Some(c);
             }
@@ -285,29 +344,56 @@ fn replay_export<R: Read>(
     };
     sig_tx.send(sig_batch);
     drop(sig_tx);
-    if reader.next_item().map_err(|e| VerifyError { seq: None, what: e })?.is_some() {
+    if reader
+        .next_item()
+        .map_err(|e| VerifyError { seq: None, what: e })?
+        .is_some()
+    {
         return fail(None, "data after the trailer");
     }
     let covered = last_checkpoint.as_ref().map_or(0, |c| c.tree_size);
     if state.seq == 0 || covered != state.seq {
-        return fail(Some(covered + 1), "record not covered by any signed checkpoint");
+        return fail(
+            Some(covered + 1),
+            "record not covered by any signed checkpoint",
+        );
     }
-    if header.tree_size != state.seq || trailer.records != state.seq || trailer.checkpoints != checkpoints {
-        return fail(None, "header or trailer counts do not match the records (records removed or added?)");
+    if header.tree_size != state.seq
+        || trailer.records != state.seq
+        || trailer.checkpoints != checkpoints
+    {
+        return fail(
+            None,
+            "header or trailer counts do not match the records (records removed or added?)",
+        );
     }
     if let Some(old) = &opts.old_checkpoint {
-        if old.brand_id != state.brand_id || old.tree_size > state.seq || extends_old != Some(true) {
-            return fail(None, format!("the export (size {}) does not extend the old checkpoint (size {})", state.seq, old.tree_size));
+        if old.brand_id != state.brand_id || old.tree_size > state.seq || extends_old != Some(true)
+        {
+            return fail(
+                None,
+                format!(
+                    "the export (size {}) does not extend the old checkpoint (size {})",
+                    state.seq, old.tree_size
+                ),
+            );
         }
     }
     check_trailer_keys(&trailer, &state, &opts.server_key)?;
     let (paid, bonus) = state.liability();
     totals.outstanding_paid_minor = paid;
     totals.outstanding_bonus_minor = bonus;
-    let net = totals.loaded_paid_minor + totals.bonus_granted_minor - totals.spent_minor + totals.refunded_minor
+    let net = totals.loaded_paid_minor + totals.bonus_granted_minor - totals.spent_minor
+        + totals.refunded_minor
         + totals.reversed_net_minor;
     if net != paid + bonus {
-        return fail(None, format!("money is not conserved: flows net {net}, cards hold {}", paid + bonus));
+        return fail(
+            None,
+            format!(
+                "money is not conserved: flows net {net}, cards hold {}",
+                paid + bonus
+            ),
+        );
     }
     progress(reader.offset);
     let mut cards: Vec<CardSummary> = state
@@ -315,7 +401,9 @@ fn replay_export<R: Read>(
         .iter()
         .map(|(number, c)| CardSummary {
             card: format_card(*number),
-            status: CardStatus::try_from(c.status as i32).map_or("UNKNOWN", |s| s.as_str_name()).to_string(),
+            status: CardStatus::try_from(c.status as i32)
+                .map_or("UNKNOWN", |s| s.as_str_name())
+                .to_string(),
             paid_minor: c.paid,
             bonus_minor: c.bonus,
             points: c.points,
@@ -349,27 +437,44 @@ fn add_totals(t: &mut Totals, r: &Record) {
         RecordKind::Purchase => t.spent_minor += i(r.paid_out_minor) + i(r.bonus_out_minor),
         RecordKind::Refund => t.refunded_minor += i(r.paid_in_minor) + i(r.bonus_in_minor),
         RecordKind::Reversal => {
-            t.reversed_net_minor += i(r.paid_in_minor) + i(r.bonus_in_minor) - i(r.paid_out_minor) - i(r.bonus_out_minor)
+            t.reversed_net_minor += i(r.paid_in_minor) + i(r.bonus_in_minor)
+                - i(r.paid_out_minor)
+                - i(r.bonus_out_minor)
         }
         _ => {}
     }
 }
 
 /// The trailer's key list must say exactly what the chain enrolled.
-fn check_trailer_keys(trailer: &pb::ExportTrailer, state: &BrandState, server_key: &[u8; 32]) -> Result<(), VerifyError> {
+fn check_trailer_keys(
+    trailer: &pb::ExportTrailer,
+    state: &BrandState,
+    server_key: &[u8; 32],
+) -> Result<(), VerifyError> {
     let mut expected: Vec<(i32, u32, u32, Vec<u8>)> = vec![
         (pb::Signer::Server as i32, 0, 0, server_key.to_vec()),
         (pb::Signer::Owner as i32, 0, 0, state.owner_key.to_vec()),
     ];
-    expected.extend(
-        state.terminals.iter().map(|(id, t)| (pb::Signer::Terminal as i32, *id, t.store_id, t.public_key.to_vec())),
-    );
-    let mut listed: Vec<(i32, u32, u32, Vec<u8>)> =
-        trailer.keys.iter().map(|k| (k.signer, k.terminal_id, k.store_id, k.public_key.clone())).collect();
+    expected.extend(state.terminals.iter().map(|(id, t)| {
+        (
+            pb::Signer::Terminal as i32,
+            *id,
+            t.store_id,
+            t.public_key.to_vec(),
+        )
+    }));
+    let mut listed: Vec<(i32, u32, u32, Vec<u8>)> = trailer
+        .keys
+        .iter()
+        .map(|k| (k.signer, k.terminal_id, k.store_id, k.public_key.clone()))
+        .collect();
     expected.sort();
     listed.sort();
     if expected != listed {
-        return fail(None, "the trailer's key list differs from the keys the chain enrolled");
+        return fail(
+            None,
+            "the trailer's key list differs from the keys the chain enrolled",
+        );
     }
     Ok(())
 }

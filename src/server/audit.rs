@@ -27,7 +27,9 @@ impl Write for ChunkWriter {
         while self.buf.len() >= CHUNK_BYTES {
             let rest = self.buf.split_off(CHUNK_BYTES);
             let chunk = std::mem::replace(&mut self.buf, rest);
-            self.tx.blocking_send(chunk).map_err(|_| std::io::Error::other("client went away"))?;
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|_| std::io::Error::other("client went away"))?;
         }
         Ok(data.len())
     }
@@ -35,7 +37,9 @@ impl Write for ChunkWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = std::mem::take(&mut self.buf);
-            self.tx.blocking_send(chunk).map_err(|_| std::io::Error::other("client went away"))?;
+            self.tx
+                .blocking_send(chunk)
+                .map_err(|_| std::io::Error::other("client went away"))?;
         }
         Ok(())
     }
@@ -50,36 +54,60 @@ pub async fn serve(
     request_id: u64,
     permit: OwnedSemaphorePermit,
 ) {
-    let send = |body: Body| ServerMessage { request_id, body: Some(body) };
+    let send = |body: Body| ServerMessage {
+        request_id,
+        body: Some(body),
+    };
     match op {
         Op::ExportLedger(_) => {
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
             let store = shared.store.clone();
             let server_public = shared.server_public;
             let job = tokio::task::spawn_blocking(move || {
-                let mut w = ChunkWriter { tx, buf: Vec::with_capacity(CHUNK_BYTES * 2) };
+                let mut w = ChunkWriter {
+                    tx,
+                    buf: Vec::with_capacity(CHUNK_BYTES * 2),
+                };
                 crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
             });
             while let Some(data) = rx.recv().await {
-                if out.send(send(Body::ExportChunk(pb::ExportChunk { data, last: false }))).await.is_err() {
+                if out
+                    .send(send(Body::ExportChunk(pb::ExportChunk {
+                        data,
+                        last: false,
+                    })))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
             let last = match job.await {
                 Ok(Ok(summary)) => {
                     tracing::info!(brand, records = summary.records, "export streamed");
-                    Body::ExportChunk(pb::ExportChunk { data: vec![], last: true })
+                    Body::ExportChunk(pb::ExportChunk {
+                        data: vec![],
+                        last: true,
+                    })
                 }
-                Ok(Err(e)) => Body::Error(Refusal::new(E::StorageFailure, format!("export failed: {e}")).into()),
-                Err(e) => Body::Error(Refusal::new(E::Internal, format!("export failed: {e}")).into()),
+                Ok(Err(e)) => Body::Error(
+                    Refusal::new(E::StorageFailure, format!("export failed: {e}")).into(),
+                ),
+                Err(e) => {
+                    Body::Error(Refusal::new(E::Internal, format!("export failed: {e}")).into())
+                }
             };
             let _ = out.send(send(last)).await;
         }
         Op::ConsistencyProof(q) => {
             let store = shared.store.clone();
-            let answer = tokio::task::spawn_blocking(move || consistency(store.as_ref(), brand, &q)).await;
+            let answer =
+                tokio::task::spawn_blocking(move || consistency(store.as_ref(), brand, &q)).await;
             let body = match answer {
-                Ok(Ok(c)) => Body::Reply(pb::Reply { consistency: Some(c), ..Default::default() }),
+                Ok(Ok(c)) => Body::Reply(pb::Reply {
+                    consistency: Some(c),
+                    ..Default::default()
+                }),
                 Ok(Err(r)) => Body::Error(r.into()),
                 Err(e) => Body::Error(Refusal::new(E::Internal, e.to_string()).into()),
             };
@@ -100,13 +128,22 @@ fn consistency(
         .last_checkpoint(brand)
         .map_err(storage)?
         .ok_or_else(|| Refusal::new(E::InvalidArgument, "no checkpoint yet"))?;
-    let last = pb::Checkpoint::decode(last.as_slice()).map_err(|_| Refusal::new(E::Internal, "checkpoint corrupt"))?;
-    let new_size = if q.new_size == 0 { last.tree_size } else { q.new_size };
+    let last = pb::Checkpoint::decode(last.as_slice())
+        .map_err(|_| Refusal::new(E::Internal, "checkpoint corrupt"))?;
+    let new_size = if q.new_size == 0 {
+        last.tree_size
+    } else {
+        q.new_size
+    };
     if q.old_size == 0 || q.old_size > new_size || new_size > last.tree_size {
-        return Err(Refusal::new(E::InvalidArgument, format!("sizes must satisfy 0 < old <= new <= {}", last.tree_size)));
+        return Err(Refusal::new(
+            E::InvalidArgument,
+            format!("sizes must satisfy 0 < old <= new <= {}", last.tree_size),
+        ));
     }
-    let path = crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
-        .map_err(|e| Refusal::new(E::StorageFailure, e))?;
+    let path =
+        crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
+            .map_err(|e| Refusal::new(E::StorageFailure, e))?;
     Ok(pb::ConsistencyProof {
         old_size: q.old_size,
         new_size,

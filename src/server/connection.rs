@@ -313,8 +313,14 @@ where
                 // Checked in batches with other connections' requests, on the
                 // verifier threads; this connection's order is kept because
                 // it waits here before reading its next frame.
-                let verified =
-                    shared.verifier.verify(session.key, request_message(&s.request), s.signature.clone()).await;
+                let verified = shared
+                    .verifier
+                    .verify(
+                        session.key,
+                        request_message(&s.request),
+                        s.signature.clone(),
+                    )
+                    .await;
                 if !verified {
                     tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
                     let _ = out_tx

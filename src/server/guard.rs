@@ -40,7 +40,11 @@ pub struct Guard {
 impl Guard {
     /// A guard with these per-minute limits (0 = unlimited).
     pub fn new(sign_on_limit: u32, card_miss_limit: u32) -> Self {
-        Guard { entries: Mutex::new(HashMap::new()), sign_on_limit, card_miss_limit }
+        Guard {
+            entries: Mutex::new(HashMap::new()),
+            sign_on_limit,
+            card_miss_limit,
+        }
     }
 
     fn limit(&self, key: &GuardKey) -> u32 {
@@ -54,7 +58,10 @@ impl Guard {
     pub fn blocked(&self, key: GuardKey) -> bool {
         let now = Instant::now();
         let entries = self.entries.lock().expect("guard lock");
-        entries.get(&key).and_then(|e| e.blocked_until).is_some_and(|until| now < until)
+        entries
+            .get(&key)
+            .and_then(|e| e.blocked_until)
+            .is_some_and(|until| now < until)
     }
 
     /// Counts one failure; returns true if `key` is now blocked.
@@ -69,7 +76,8 @@ impl Guard {
             // Forget every entry whose window and block are over; if that
             // frees nothing, forget the oldest windows.
             entries.retain(|_, e| {
-                now.duration_since(e.window_start) < Duration::from_secs(60) || e.blocked_until.is_some_and(|u| now < u)
+                now.duration_since(e.window_start) < Duration::from_secs(60)
+                    || e.blocked_until.is_some_and(|u| now < u)
             });
             if entries.len() >= MAX_GUARD_ENTRIES {
                 let mut starts: Vec<Instant> = entries.values().map(|e| e.window_start).collect();
@@ -78,14 +86,26 @@ impl Guard {
                 entries.retain(|_, e| e.window_start > cutoff);
             }
         }
-        let e = entries.entry(key).or_insert(Entry { window_start: now, failures: 0, blocked_until: None });
+        let e = entries.entry(key).or_insert(Entry {
+            window_start: now,
+            failures: 0,
+            blocked_until: None,
+        });
         if now.duration_since(e.window_start) >= Duration::from_secs(60) {
-            *e = Entry { window_start: now, failures: 0, blocked_until: e.blocked_until };
+            *e = Entry {
+                window_start: now,
+                failures: 0,
+                blocked_until: e.blocked_until,
+            };
         }
         e.failures = e.failures.saturating_add(1);
         if e.failures > limit {
             e.blocked_until = Some(now + Duration::from_secs(RATE_LIMIT_COOLDOWN_SECS));
-            tracing::warn!(?key, failures = e.failures, "rate limit reached; blocked for {RATE_LIMIT_COOLDOWN_SECS} s");
+            tracing::warn!(
+                ?key,
+                failures = e.failures,
+                "rate limit reached; blocked for {RATE_LIMIT_COOLDOWN_SECS} s"
+            );
             return true;
         }
         false

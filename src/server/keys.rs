@@ -39,10 +39,20 @@ impl KeyIndex {
         let mut map = self.map.write().expect("key index lock");
         match map.get(&key) {
             Some(Entry::Enrolled(b, p)) if (*b, *p) != (brand, principal) => {
-                tracing::error!(brand, ?principal, other_brand = b, "key already enrolled elsewhere; ignored");
+                tracing::error!(
+                    brand,
+                    ?principal,
+                    other_brand = b,
+                    "key already enrolled elsewhere; ignored"
+                );
             }
             Some(Entry::Reserved(b)) if *b != brand => {
-                tracing::error!(brand, ?principal, other_brand = b, "key reserved by another brand; ignored");
+                tracing::error!(
+                    brand,
+                    ?principal,
+                    other_brand = b,
+                    "key reserved by another brand; ignored"
+                );
             }
             _ => {
                 map.insert(key, Entry::Enrolled(brand, principal));
@@ -84,7 +94,10 @@ mod tests {
         let idx = KeyIndex::default();
         let k = [7; 32];
         assert!(idx.reserve(k, 1));
-        assert!(!idx.reserve(k, 2), "another brand cannot take a reserved key");
+        assert!(
+            !idx.reserve(k, 2),
+            "another brand cannot take a reserved key"
+        );
         assert_eq!(idx.get(&k), None, "a reservation cannot sign on");
         idx.insert(k, 1, Principal::Terminal(3));
         assert_eq!(idx.get(&k), Some((1, Principal::Terminal(3))));

@@ -114,9 +114,7 @@ pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
 pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
 
 /// Opens storage and replays every brand (refusing a corrupt ledger).
-pub fn load(
-    data_dir: &Path,
-) -> anyhow::Result<Loaded> {
+pub fn load(data_dir: &Path) -> anyhow::Result<Loaded> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let store: Arc<dyn LogStore> = Arc::new(
         SledStore::open(data_dir)
@@ -167,7 +165,9 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         keys,
         server_public: server_key.verifying_key().to_bytes(),
         store: store.clone(),
-        verifier: verifier::BatchVerifier::start(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        verifier: verifier::BatchVerifier::start(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
         guard: guard::Guard::new(
             config.sign_on_failures_per_minute,
             config.card_misses_per_minute,

@@ -57,7 +57,17 @@ impl BatchVerifier {
             return false;
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job { key, message, signature, reply }).await.is_err() {
+        if self
+            .tx
+            .send(Job {
+                key,
+                message,
+                signature,
+                reply,
+            })
+            .await
+            .is_err()
+        {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -70,7 +80,9 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
         {
             // One worker drains the queue at a time; the other verifies.
             let mut rx = rx.lock().expect("verifier queue lock");
-            let Some(first) = rx.blocking_recv() else { return };
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
             jobs.push(first);
             while jobs.len() < BATCH {
                 match rx.try_recv() {
@@ -91,7 +103,10 @@ fn verify_jobs(jobs: &[Job]) -> Vec<bool> {
         let j = &jobs[0];
         return vec![verify_strict(&j.key, &j.message, &j.signature)];
     }
-    let sigs: Option<Vec<Signature>> = jobs.iter().map(|j| Signature::from_slice(&j.signature).ok()).collect();
+    let sigs: Option<Vec<Signature>> = jobs
+        .iter()
+        .map(|j| Signature::from_slice(&j.signature).ok())
+        .collect();
     if let Some(sigs) = sigs {
         let messages: Vec<&[u8]> = jobs.iter().map(|j| j.message.as_slice()).collect();
         let keys: Vec<VerifyingKey> = jobs.iter().map(|j| j.key).collect();
@@ -99,7 +114,9 @@ fn verify_jobs(jobs: &[Job]) -> Vec<bool> {
             return vec![true; jobs.len()];
         }
     }
-    jobs.iter().map(|j| verify_strict(&j.key, &j.message, &j.signature)).collect()
+    jobs.iter()
+        .map(|j| verify_strict(&j.key, &j.message, &j.signature))
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ pub enum Command {
     /// Apply a verified signed request; answer once durable.
     Apply(Submission, oneshot::Sender<Answer>),
     /// Describe the session of a signer that just proved its key.
-    SignOn(Principal, oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>),
+    SignOn(
+        Principal,
+        oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
+    ),
 }
 
 /// A handle to a brand's writer task.
@@ -45,14 +48,20 @@ impl BrandHandle {
     }
 
     /// The sign-on answer for `principal`.
-    pub async fn sign_on(&self, principal: Principal) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
+    pub async fn sign_on(
+        &self,
+        principal: Principal,
+    ) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::SignOn(principal, tx)).await.ok()?;
         rx.await.ok()
     }
 }
 
-fn sign_on_ok(ledger: &BrandLedger, principal: Principal) -> Result<pb::SignOnOk, crate::error::Refusal> {
+fn sign_on_ok(
+    ledger: &BrandLedger,
+    principal: Principal,
+) -> Result<pb::SignOnOk, crate::error::Refusal> {
     let s = &ledger.state;
     if let Principal::Terminal(id) = principal {
         if s.terminals.get(&id).is_none_or(|t| t.disabled) {
@@ -97,10 +106,17 @@ fn attach_proofs(
     store: &dyn crate::storage::LogStore,
     checkpoint: &pb::Checkpoint,
 ) {
-    let nodes = crate::storage::StoredNodes { store, brand: checkpoint.brand_id };
+    let nodes = crate::storage::StoredNodes {
+        store,
+        brand: checkpoint.brand_id,
+    };
     for &i in &batch.proof_wanted {
-        let Ok(reply) = &mut batch.answers[i] else { continue };
-        let Some(seq) = reply.receipt.as_ref().map(|r| r.seq) else { continue };
+        let Ok(reply) = &mut batch.answers[i] else {
+            continue;
+        };
+        let Some(seq) = reply.receipt.as_ref().map(|r| r.seq) else {
+            continue;
+        };
         match crate::merkle::inclusion_proof(&nodes, seq - 1, checkpoint.tree_size) {
             Ok(path) => {
                 reply.proof = Some(pb::InclusionProof {

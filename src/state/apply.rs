@@ -41,7 +41,12 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if let Principal::Terminal(id) = ctx.principal {
         match state.terminals.get(&id) {
             None => return refuse(E::UnknownKey, "terminal not enrolled in this brand"),
-            Some(t) if t.disabled => return refuse(E::TerminalDisabled, "this terminal was disabled by the owner"),
+            Some(t) if t.disabled => {
+                return refuse(
+                    E::TerminalDisabled,
+                    "this terminal was disabled by the owner",
+                )
+            }
             Some(_) => {}
         }
     }
@@ -92,7 +97,11 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::ReplaceCard(r) => replace_card(state, ctx, req, r)?,
         Op::SetRules(s) => set_rules(state, ctx, req, s)?,
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s)?,
-        Op::Inquiry(_) | Op::TxnStatus(_) | Op::CreateBrand(_) | Op::ExportLedger(_) | Op::ConsistencyProof(_) => {
+        Op::Inquiry(_)
+        | Op::TxnStatus(_)
+        | Op::CreateBrand(_)
+        | Op::ExportLedger(_)
+        | Op::ConsistencyProof(_) => {
             unreachable!("handled above")
         }
     };
@@ -625,7 +634,8 @@ fn reversal(
     let extra_points = if orig.kind == RecordKind::Refund {
         let p = &state.effects[&orig.original_seq];
         let refunded_after = p.refunded_paid + p.refunded_bonus - orig.paid_in - orig.bonus_in;
-        let share = i128::from(p.points_in) * i128::from(refunded_after) / i128::from(p.paid_out + p.bonus_out);
+        let share = i128::from(p.points_in) * i128::from(refunded_after)
+            / i128::from(p.paid_out + p.bonus_out);
         let share = i64::try_from(share).expect("bounded by points_in");
         (p.refunded_points - orig.points_out - share).max(0)
     } else {
@@ -942,6 +952,10 @@ fn set_terminal_disabled(
     let mut rec = base_record(state, ctx, req, RecordKind::TerminalStatusChanged);
     rec.new_id = s.terminal_id;
     rec.store_id = store_id;
-    state.terminals.get_mut(&s.terminal_id).expect("checked").disabled = s.disabled;
+    state
+        .terminals
+        .get_mut(&s.terminal_id)
+        .expect("checked")
+        .disabled = s.disabled;
     Ok(append(state, ctx, rec))
 }
