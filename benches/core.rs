@@ -204,20 +204,16 @@ fn verify_replay(c: &mut Criterion) {
     let mut ledger =
         BrandLedger::create(store.clone(), Arc::clone(&server_key), 1, create).expect("brand");
     let sign = |key: &SigningKey, p: Principal, txn: u64, op: Op| {
-        let request = pb::Request {
-            txn_id: txn,
-            brand_id: 1,
-            op: Some(op),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let signature = cardd::crypto::sign_request(key, &request);
-        Submission {
-            principal: p,
-            signer_key: key.verifying_key().to_bytes(),
-            request,
-            signature,
-        }
+        Submission::signed(
+            p,
+            key,
+            pb::Request {
+                txn_id: txn,
+                brand_id: 1,
+                op: Some(op),
+                ..Default::default()
+            },
+        )
     };
     let card = cardd::card_number::generate(1);
     let mut subs = vec![

@@ -14,7 +14,6 @@ use cardd::ledger::{BrandLedger, Submission};
 use cardd::pb::{self, request::Op};
 use cardd::state::Principal;
 use ed25519_dalek::SigningKey;
-use prost::Message;
 
 const BATCH: usize = 1_000;
 const TERMINALS: usize = 16;
@@ -122,14 +121,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn sign(key: &SigningKey, principal: Principal, req: pb::Request) -> Submission {
-    let request = req.encode_to_vec();
-    let signature = cardd::crypto::sign_request(key, &request);
-    Submission {
-        principal,
-        signer_key: key.verifying_key().to_bytes(),
-        request,
-        signature,
-    }
+    Submission::signed(principal, key, req)
 }
 
 fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<Submission> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use prost::Message;
 
 use crate::checkpoint;
@@ -20,7 +20,10 @@ use crate::replay::replay_record;
 use crate::state::{apply, reply_for_record, BrandState, Context, Outcome, Principal, Written};
 use crate::storage::LogStore;
 
-/// A verified, signed request waiting to be applied.
+/// A verified, signed request waiting to be applied: its exact bytes and,
+/// decoded once, what they say. Built only by [`Submission::from_wire`]
+/// (bytes from a client, checked canonical) or [`Submission::signed`] (a
+/// request signed here), so the two can never disagree.
 #[derive(Debug, Clone)]
 pub struct Submission {
     /// Who signed it (verified by the caller).
@@ -31,6 +34,60 @@ pub struct Submission {
     pub request: Vec<u8>,
     /// The signature over them.
     pub signature: Vec<u8>,
+    decoded: Box<Request>,
+}
+
+/// Decodes request bytes, accepting only the canonical encoding: unknown
+/// fields, repeated fields or over-long varints would let a signer smuggle
+/// bytes into the ledger, and give one request many "identical" encodings.
+pub fn decode_canonical(bytes: &[u8]) -> Result<Request, Refusal> {
+    let request = Request::decode(bytes)
+        .map_err(|_| Refusal::new(ErrorCode::Malformed, "request does not decode"))?;
+    if request.encoded_len() != bytes.len() || request.encode_to_vec() != bytes {
+        return Err(Refusal::new(
+            ErrorCode::Malformed,
+            "request is not in canonical encoding (unknown or repeated fields?)",
+        ));
+    }
+    Ok(request)
+}
+
+impl Submission {
+    /// A request as received: decoded once here, refused unless canonical.
+    pub fn from_wire(
+        principal: Principal,
+        signer_key: [u8; 32],
+        request: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<Self, Refusal> {
+        let decoded = decode_canonical(&request)?;
+        Ok(Submission {
+            principal,
+            signer_key,
+            request,
+            signature,
+            decoded: Box::new(decoded),
+        })
+    }
+
+    /// `request` encoded and signed with `key` (offline tools, provisioning,
+    /// tests and benchmarks).
+    pub fn signed(principal: Principal, key: &SigningKey, request: Request) -> Self {
+        let bytes = request.encode_to_vec();
+        let signature = crate::crypto::sign_request(key, &bytes);
+        Submission {
+            principal,
+            signer_key: key.verifying_key().to_bytes(),
+            request: bytes,
+            signature,
+            decoded: Box::new(request),
+        }
+    }
+
+    /// The decoded request.
+    pub fn decoded(&self) -> &Request {
+        &self.decoded
+    }
 }
 
 /// The answer to one submission.
@@ -129,15 +186,8 @@ impl BrandLedger {
             operator: "server".into(),
             op: Some(pb::request::Op::CreateBrand(create)),
             ..Default::default()
-        }
-        .encode_to_vec();
-        let signature = crate::crypto::sign_request(&ledger.server_key, &request);
-        let sub = Submission {
-            principal: Principal::Server,
-            signer_key: ledger.server_key.verifying_key().to_bytes(),
-            request,
-            signature,
         };
+        let sub = Submission::signed(Principal::Server, &ledger.server_key, request);
         ledger
             .submit_now(sub)?
             .map_err(|r| anyhow::anyhow!("creating brand: {r}"))?;
@@ -175,21 +225,7 @@ impl BrandLedger {
         first_new_seq: u64,
         batch: &mut Batch,
     ) -> Answer {
-        let Ok(request) = Request::decode(sub.request.as_slice()) else {
-            return Err(Refusal::new(
-                ErrorCode::Malformed,
-                "request does not decode",
-            ));
-        };
-        // Only the canonical encoding is accepted: unknown fields, repeated
-        // fields or over-long varints would let a signer smuggle bytes into
-        // the ledger, and give one request many "identical" encodings.
-        if request.encoded_len() != sub.request.len() || request.encode_to_vec() != sub.request {
-            return Err(Refusal::new(
-                ErrorCode::Malformed,
-                "request is not in canonical encoding (unknown or repeated fields?)",
-            ));
-        }
+        let request = &sub.decoded;
         if request.want_proof {
             batch.proof_wanted.push(batch.answers.len());
         }
@@ -201,7 +237,7 @@ impl BrandLedger {
             signature: &sub.signature,
         };
         let promo = self.state.rules.promotion_line.clone();
-        match apply(&mut self.state, &ctx, &request)? {
+        match apply(&mut self.state, &ctx, request)? {
             Outcome::Written(w) => {
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
                 if w.record.kind() == pb::RecordKind::TerminalEnrolled {
@@ -320,16 +356,6 @@ impl BrandLedger {
         key: &SigningKey,
         request: &Request,
     ) -> anyhow::Result<Answer> {
-        let bytes = request.encode_to_vec();
-        let signature = key
-            .sign(&crate::crypto::request_message(&bytes))
-            .to_bytes()
-            .to_vec();
-        self.submit_now(Submission {
-            principal,
-            signer_key: key.verifying_key().to_bytes(),
-            request: bytes,
-            signature,
-        })
+        self.submit_now(Submission::signed(principal, key, request.clone()))
     }
 }

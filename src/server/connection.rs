@@ -332,18 +332,22 @@ where
                         .await;
                     continue;
                 }
-                match route(&shared, session, &s.request) {
-                    Route::Writer => {}
-                    Route::Refuse(refusal) => {
+                // Decoded once, here; the writer applies the decoded form.
+                let routed = Submission::from_wire(
+                    session.principal,
+                    session.key_bytes,
+                    s.request,
+                    s.signature,
+                )
+                .and_then(|sub| Ok((route(&shared, session, sub.decoded())?, sub)));
+                let sub = match routed {
+                    Err(refusal) => {
                         let _ = out_tx
-                            .send(ServerMessage {
-                                request_id: rid,
-                                body: Some(server_message::Body::Error(refusal.into())),
-                            })
+                            .send(error_msg(rid, refusal.code, refusal.message))
                             .await;
                         continue;
                     }
-                    Route::Audit(op) => {
+                    Ok((Route::Audit(op), _)) => {
                         let (shared, out) = (shared.clone(), out_tx.clone());
                         tokio::spawn(super::audit::serve(
                             op,
@@ -355,12 +359,7 @@ where
                         ));
                         continue;
                     }
-                }
-                let sub = Submission {
-                    principal: session.principal,
-                    signer_key: session.key_bytes,
-                    request: s.request,
-                    signature: s.signature,
+                    Ok((Route::Writer, sub)) => sub,
                 };
                 let session = session.clone();
                 let out = out_tx.clone();
@@ -424,39 +423,33 @@ fn sign_on_failed(shared: &Shared, ip: Option<std::net::IpAddr>) {
 enum Route {
     /// To the brand's writer (the state machine).
     Writer,
-    /// Refused here.
-    Refuse(Refusal),
     /// An owner's audit read, served from durable storage.
     Audit(Op),
 }
 
-fn route(shared: &Shared, session: &Session, request: &[u8]) -> Route {
-    // Undecodable requests go on to the writer, which answers MALFORMED.
-    let Ok(req) = crate::pb::Request::decode(request) else {
-        return Route::Writer;
-    };
-    match req.op {
+fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
+    match &req.op {
         Some(op @ (Op::ExportLedger(_) | Op::ConsistencyProof(_))) => {
             if session.principal != Principal::Owner {
-                Route::Refuse(Refusal::new(
+                Err(Refusal::new(
                     E::WrongRole,
                     "audit operations need the owner key",
                 ))
             } else if req.brand_id != session.brand_id {
-                Route::Refuse(Refusal::new(E::WrongBrand, "request names another brand"))
+                Err(Refusal::new(E::WrongBrand, "request names another brand"))
             } else {
-                Route::Audit(op)
+                Ok(Route::Audit(op.clone()))
             }
         }
-        // A key enrolled for one brand may not be enrolled for another. The
-        // brand's own state machine checks within the brand; this checks
-        // across brands.
+        // One key speaks for one brand: the enrolment reserves its key for
+        // this brand first (the brand's own state machine then answers
+        // retries and same-brand duplicates).
         Some(Op::EnrollTerminal(e)) => match <[u8; 32]>::try_from(e.public_key.as_slice()) {
             Ok(key) if !shared.keys.reserve(key, session.brand_id) => {
-                Route::Refuse(Refusal::new(E::KeyInUse, "this key is already enrolled"))
+                Err(Refusal::new(E::KeyInUse, "this key is already enrolled"))
             }
-            _ => Route::Writer,
+            _ => Ok(Route::Writer),
         },
-        _ => Route::Writer,
+        _ => Ok(Route::Writer),
     }
 }

@@ -11,7 +11,6 @@ use cardd::pb::{self, request::Op};
 use cardd::state::Principal;
 use cardd::storage::{self, LogStore, SledStore};
 use ed25519_dalek::SigningKey;
-use prost::Message;
 
 /// One call of `LogStore::commit`, its arguments bundled.
 pub struct Commit<'a> {
@@ -88,18 +87,14 @@ impl<H: CommitHook> LogStore for WrappedStore<H> {
 
 /// A request of brand 1 for `op` under `txn`, signed by `key` as `principal`.
 pub fn sub(key: &SigningKey, principal: Principal, txn: u64, op: Op) -> Submission {
-    let request = pb::Request {
-        txn_id: txn,
-        brand_id: 1,
-        op: Some(op),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let signature = cardd::crypto::sign_request(key, &request);
-    Submission {
+    Submission::signed(
         principal,
-        signer_key: key.verifying_key().to_bytes(),
-        request,
-        signature,
-    }
+        key,
+        pb::Request {
+            txn_id: txn,
+            brand_id: 1,
+            op: Some(op),
+            ..Default::default()
+        },
+    )
 }
