@@ -1,12 +1,10 @@
 //! The bench's result: the terminals' counts and latencies merged, printed
 //! for people or as one JSON object.
-use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use super::plan::{Kind, Mix};
-use super::run::{histogram, TerminalResult};
+use super::run::{Counters, TerminalResult};
 
 /// The run's parameters, as given.
 #[derive(Debug, Clone)]
@@ -60,21 +58,7 @@ pub struct Report {
     pub params: Params,
     /// Setup.
     pub setup: Setup,
-    hist: Histogram<u64>,
-    sent: u64,
-    ok: u64,
-    ok_in_window: u64,
-    answered_in_window: u64,
-    purchase_ok: u64,
-    purchase_minor: i64,
-    topup_ok: u64,
-    topup_paid_minor: i64,
-    topup_bonus_minor: i64,
-    refund_ok: u64,
-    refund_minor: i64,
-    inquiry_ok: u64,
-    /// Refusals by code name, and requests without an answer.
-    pub errors: BTreeMap<String, u64>,
+    counts: Counters,
     exhausted: u32,
     first_exhausted_secs: Option<f64>,
     failures: Vec<String>,
@@ -94,42 +78,14 @@ impl Report {
         let mut r = Report {
             params,
             setup,
-            hist: histogram(),
-            sent: 0,
-            ok: 0,
-            ok_in_window: 0,
-            answered_in_window: 0,
-            purchase_ok: 0,
-            purchase_minor: 0,
-            topup_ok: 0,
-            topup_paid_minor: 0,
-            topup_bonus_minor: 0,
-            refund_ok: 0,
-            refund_minor: 0,
-            inquiry_ok: 0,
-            errors: BTreeMap::new(),
+            counts: Counters::new(),
             exhausted: 0,
             first_exhausted_secs: None,
             failures: Vec::new(),
             cpu_secs,
         };
         for t in results {
-            r.hist.add(&t.hist).expect("same bounds");
-            r.sent += t.sent;
-            r.ok += t.ok;
-            r.ok_in_window += t.ok_in_window;
-            r.answered_in_window += t.answered_in_window;
-            r.purchase_ok += t.purchase_ok;
-            r.purchase_minor += t.purchase_minor;
-            r.topup_ok += t.topup_ok;
-            r.topup_paid_minor += t.topup_paid_minor;
-            r.topup_bonus_minor += t.topup_bonus_minor;
-            r.refund_ok += t.refund_ok;
-            r.refund_minor += t.refund_minor;
-            r.inquiry_ok += t.inquiry_ok;
-            for (k, v) in t.errors {
-                *r.errors.entry(k).or_default() += v;
-            }
+            r.counts.merge(t.counts);
             if let Some(d) = t.exhausted_after {
                 r.exhausted += 1;
                 let s = d.as_secs_f64();
@@ -144,23 +100,23 @@ impl Report {
 
     /// Requests refused or left without an answer.
     pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
+        self.counts.errors.values().sum()
     }
 
     /// Successful answers per second over the measured window.
     pub fn ops_per_sec(&self) -> f64 {
-        self.ok_in_window as f64 / self.params.duration_secs as f64
+        self.counts.ok_in_window as f64 / self.params.duration_secs as f64
     }
 
     fn ms(&self, q: f64) -> f64 {
-        if self.hist.is_empty() {
+        if self.counts.hist.is_empty() {
             return 0.0;
         }
-        round3(self.hist.value_at_quantile(q) as f64 / 1000.0)
+        round3(self.counts.hist.value_at_quantile(q) as f64 / 1000.0)
     }
 
     fn max_ms(&self) -> f64 {
-        round3(self.hist.max() as f64 / 1000.0)
+        round3(self.counts.hist.max() as f64 / 1000.0)
     }
 
     fn mix_json(&self) -> Value {
@@ -177,26 +133,26 @@ impl Report {
         let s = &self.setup;
         json!({
             "ops_per_sec": round1(self.ops_per_sec()),
-            "answers_per_sec": round1(self.answered_in_window as f64 / p.duration_secs as f64),
+            "answers_per_sec": round1(self.counts.answered_in_window as f64 / p.duration_secs as f64),
             "p50_ms": self.ms(0.50),
             "p90_ms": self.ms(0.90),
             "p99_ms": self.ms(0.99),
             "p999_ms": self.ms(0.999),
             "max_ms": self.max_ms(),
-            "mean_ms": if self.hist.is_empty() { 0.0 } else { round3(self.hist.mean() / 1000.0) },
-            "errors": self.errors,
-            "ok": self.ok,
-            "total": self.sent,
-            "ok_in_window": self.ok_in_window,
-            "purchase_ok": self.purchase_ok,
-            "purchase_approved_minor": self.purchase_minor,
-            "topup_ok": self.topup_ok,
-            "topup_paid_minor": self.topup_paid_minor,
-            "topup_bonus_minor": self.topup_bonus_minor,
-            "refund_ok": self.refund_ok,
-            "refund_minor": self.refund_minor,
-            "inquiry_ok": self.inquiry_ok,
-            "state_changing_ok": self.purchase_ok + self.topup_ok + self.refund_ok,
+            "mean_ms": if self.counts.hist.is_empty() { 0.0 } else { round3(self.counts.hist.mean() / 1000.0) },
+            "errors": self.counts.errors,
+            "ok": self.counts.ok,
+            "total": self.counts.sent,
+            "ok_in_window": self.counts.ok_in_window,
+            "purchase_ok": self.counts.purchase_ok,
+            "purchase_approved_minor": self.counts.purchase_minor,
+            "topup_ok": self.counts.topup_ok,
+            "topup_paid_minor": self.counts.topup_paid_minor,
+            "topup_bonus_minor": self.counts.topup_bonus_minor,
+            "refund_ok": self.counts.refund_ok,
+            "refund_minor": self.counts.refund_minor,
+            "inquiry_ok": self.counts.inquiry_ok,
+            "state_changing_ok": self.counts.purchase_ok + self.counts.topup_ok + self.counts.refund_ok,
             "terminals": p.terminals,
             "duration_secs": p.duration_secs,
             "pipeline": p.pipeline,
@@ -241,10 +197,10 @@ impl Report {
         out.push(format!(
             "throughput  {:.1} ops/s ({} ok in the {} s window; {} sent, {} ok in all)",
             self.ops_per_sec(),
-            self.ok_in_window,
+            self.counts.ok_in_window,
             p.duration_secs,
-            self.sent,
-            self.ok
+            self.counts.sent,
+            self.counts.ok
         ));
         out.push(format!(
             "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -256,7 +212,11 @@ impl Report {
         ));
         out.push(format!(
             "ok          purchase {} ({} minor)  topup {}  inquiry {}  refund {}",
-            self.purchase_ok, self.purchase_minor, self.topup_ok, self.inquiry_ok, self.refund_ok
+            self.counts.purchase_ok,
+            self.counts.purchase_minor,
+            self.counts.topup_ok,
+            self.counts.inquiry_ok,
+            self.counts.refund_ok
         ));
         if let Some(cpu) = self.cpu_secs {
             out.push(format!(
@@ -264,10 +224,11 @@ impl Report {
                 p.duration_secs
             ));
         }
-        if self.errors.is_empty() {
+        if self.counts.errors.is_empty() {
             out.push("errors      none".to_string());
         } else {
             let list: Vec<String> = self
+                .counts
                 .errors
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))

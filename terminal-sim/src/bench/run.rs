@@ -40,9 +40,10 @@ pub const CONNECTION_LOST: &str = "CONNECTION_LOST";
 /// An answer that matches no request in flight, or is not a reply.
 pub const PROTOCOL: &str = "PROTOCOL";
 
-/// What one terminal saw.
-#[derive(Debug)]
-pub struct TerminalResult {
+/// What answers said, counted. Each terminal keeps one; the report adds
+/// them up.
+#[derive(Debug, Clone)]
+pub struct Counters {
     /// Latency of every answered request, microseconds.
     pub hist: Histogram<u64>,
     /// Requests written.
@@ -53,7 +54,7 @@ pub struct TerminalResult {
     pub ok_in_window: u64,
     /// Answers of any kind that arrived within the measured window.
     pub answered_in_window: u64,
-    /// Approved purchases and the value they took.
+    /// Approved purchases.
     pub purchase_ok: u64,
     /// Minor units approved by purchases.
     pub purchase_minor: i64,
@@ -71,16 +72,12 @@ pub struct TerminalResult {
     pub inquiry_ok: u64,
     /// Refusals by code name, and requests without an answer.
     pub errors: BTreeMap<String, u64>,
-    /// When (after the start) the pre-signed requests ran out, if they did
-    /// before the end of the window.
-    pub exhausted_after: Option<Duration>,
-    /// Why the connection ended early, if it did.
-    pub failure: Option<String>,
 }
 
-impl TerminalResult {
-    fn new() -> Self {
-        TerminalResult {
+impl Counters {
+    /// All zero.
+    pub fn new() -> Self {
+        Counters {
             hist: histogram(),
             sent: 0,
             ok: 0,
@@ -95,6 +92,46 @@ impl TerminalResult {
             refund_minor: 0,
             inquiry_ok: 0,
             errors: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `other` in.
+    pub fn merge(&mut self, other: Counters) {
+        self.hist.add(&other.hist).expect("same bounds");
+        self.sent += other.sent;
+        self.ok += other.ok;
+        self.ok_in_window += other.ok_in_window;
+        self.answered_in_window += other.answered_in_window;
+        self.purchase_ok += other.purchase_ok;
+        self.purchase_minor += other.purchase_minor;
+        self.topup_ok += other.topup_ok;
+        self.topup_paid_minor += other.topup_paid_minor;
+        self.topup_bonus_minor += other.topup_bonus_minor;
+        self.refund_ok += other.refund_ok;
+        self.refund_minor += other.refund_minor;
+        self.inquiry_ok += other.inquiry_ok;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// One terminal's result.
+#[derive(Debug)]
+pub struct TerminalResult {
+    /// Its counts.
+    pub counts: Counters,
+    /// When (after the start) the pre-signed requests ran out, if they did
+    /// before the end of the window.
+    pub exhausted_after: Option<Duration>,
+    /// Why the connection ended early, if it did.
+    pub failure: Option<String>,
+}
+
+impl TerminalResult {
+    fn new() -> Self {
+        TerminalResult {
+            counts: Counters::new(),
             exhausted_after: None,
             failure: None,
         }
@@ -102,7 +139,7 @@ impl TerminalResult {
 
     fn error(&mut self, name: &str, n: u64, live: &Live) {
         if n > 0 {
-            *self.errors.entry(name.to_string()).or_default() += n;
+            *self.counts.errors.entry(name.to_string()).or_default() += n;
             live.errors.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -147,7 +184,7 @@ pub async fn drive(
                     break;
                 }
                 next += 1;
-                res.sent += 1;
+                res.counts.sent += 1;
                 in_flight.push((next as u64, written));
                 fed = true;
             }
@@ -203,32 +240,34 @@ pub async fn drive(
         };
         let (_, written) = in_flight.swap_remove(pos);
         let us = u64::try_from((arrived - written).as_micros()).unwrap_or(u64::MAX);
-        res.hist.saturating_record(us.clamp(1, MAX_LATENCY_US));
+        res.counts
+            .hist
+            .saturating_record(us.clamp(1, MAX_LATENCY_US));
         if arrived <= window.end {
-            res.answered_in_window += 1;
+            res.counts.answered_in_window += 1;
         }
         match msg.body {
             Some(server_message::Body::Reply(reply)) => {
-                res.ok += 1;
+                res.counts.ok += 1;
                 if arrived <= window.end {
-                    res.ok_in_window += 1;
+                    res.counts.ok_in_window += 1;
                 }
                 live.ok.fetch_add(1, Ordering::Relaxed);
                 match reply.detail {
                     Some(Detail::Purchase(p)) => {
-                        res.purchase_ok += 1;
-                        res.purchase_minor += p.approved_minor;
+                        res.counts.purchase_ok += 1;
+                        res.counts.purchase_minor += p.approved_minor;
                     }
                     Some(Detail::TopUp(t)) => {
-                        res.topup_ok += 1;
-                        res.topup_paid_minor += t.paid_minor;
-                        res.topup_bonus_minor += t.bonus_minor;
+                        res.counts.topup_ok += 1;
+                        res.counts.topup_paid_minor += t.paid_minor;
+                        res.counts.topup_bonus_minor += t.bonus_minor;
                     }
                     Some(Detail::Refund(r)) => {
-                        res.refund_ok += 1;
-                        res.refund_minor += r.refunded_minor;
+                        res.counts.refund_ok += 1;
+                        res.counts.refund_minor += r.refunded_minor;
                     }
-                    _ => res.inquiry_ok += 1,
+                    _ => res.counts.inquiry_ok += 1,
                 }
             }
             Some(server_message::Body::Error(e)) => res.error(&error_name(e.code), 1, &live),
