@@ -266,6 +266,39 @@ impl MemoryNodes {
     }
 }
 
+/// A whole tree in memory: its head and every perfect-subtree node, so it
+/// answers proofs (the auditor's copy of an export, tests).
+#[derive(Debug, Default, Clone)]
+pub struct MemoryTree {
+    frontier: Frontier,
+    nodes: MemoryNodes,
+}
+
+impl MemoryTree {
+    /// Appends a leaf hash.
+    pub fn push(&mut self, leaf: [u8; 32]) {
+        let nodes = &mut self.nodes;
+        self.frontier
+            .push_with(leaf, |level, index, hash| nodes.add(level, index, hash));
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.frontier.size()
+    }
+
+    /// The tree head.
+    pub fn root(&self) -> [u8; 32] {
+        self.frontier.root()
+    }
+}
+
+impl NodeSource for MemoryTree {
+    fn node(&self, level: u8, index: u64) -> Result<[u8; 32], String> {
+        self.nodes.node(level, index)
+    }
+}
+
 impl NodeSource for MemoryNodes {
     fn node(&self, level: u8, index: u64) -> Result<[u8; 32], String> {
         self.levels
@@ -335,21 +368,18 @@ mod tests {
         );
     }
 
-    fn tree(n: u32) -> (Frontier, MemoryNodes, Vec<[u8; 32]>) {
-        let mut f = Frontier::new();
-        let mut nodes = MemoryNodes::default();
-        let mut leaves = Vec::new();
-        for i in 0..n {
-            let leaf = leaf_hash(&i.to_be_bytes());
-            leaves.push(leaf);
-            f.push_with(leaf, |l, i, h| nodes.add(l, i, h));
+    fn tree(n: u32) -> (MemoryTree, Vec<[u8; 32]>) {
+        let mut tree = MemoryTree::default();
+        let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for leaf in &leaves {
+            tree.push(*leaf);
         }
-        (f, nodes, leaves)
+        (tree, leaves)
     }
 
     #[test]
     fn inclusion_proofs_verify_for_every_leaf_and_size() {
-        let (_, nodes, leaves) = tree(40);
+        let (nodes, leaves) = tree(40);
         for n in 1..=40u64 {
             let root = mth(&leaves[..n as usize]);
             for m in 0..n {
@@ -387,7 +417,7 @@ mod tests {
 
     #[test]
     fn consistency_proofs_verify_for_every_pair_of_sizes() {
-        let (_, nodes, leaves) = tree(40);
+        let (nodes, leaves) = tree(40);
         for n in 1..=40u64 {
             let new_root = mth(&leaves[..n as usize]);
             for m in 1..=n {
@@ -415,8 +445,8 @@ mod tests {
 
     #[test]
     fn subtree_hash_matches_definition() {
-        let (f, nodes, leaves) = tree(37);
-        assert_eq!(subtree_hash(&nodes, 0, 37).unwrap(), f.root());
+        let (nodes, leaves) = tree(37);
+        assert_eq!(subtree_hash(&nodes, 0, 37).unwrap(), nodes.root());
         assert_eq!(subtree_hash(&nodes, 5, 19).unwrap(), mth(&leaves[5..19]));
     }
 }

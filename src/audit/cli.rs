@@ -11,7 +11,7 @@ use super::file::ExportReader;
 use super::verify::{verify_export, VerifyOptions, VerifyReport};
 use crate::client::{Client, TlsClient};
 use crate::crypto::{leaf_hash, read_key_file, verify_strict};
-use crate::merkle::{consistency_proof, verify_consistency, Frontier, MemoryNodes};
+use crate::merkle::{consistency_proof, verify_consistency, MemoryTree};
 use crate::pb::{self, export_item::Item, request::Op};
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -319,23 +319,19 @@ pub async fn consistency(
 fn proof_from_export(file: &Path, old: u64, new: u64) -> anyhow::Result<Vec<[u8; 32]>> {
     let f = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut reader = ExportReader::new(BufReader::new(f)).map_err(|e| anyhow::anyhow!(e))?;
-    let mut frontier = Frontier::new();
-    let mut nodes = MemoryNodes::default();
+    let mut tree = MemoryTree::default();
     while let Some(item) = reader.next_item().map_err(|e| anyhow::anyhow!(e))? {
         if let Item::Record(bytes) = item {
-            if frontier.size() == new {
+            if tree.size() == new {
                 break;
             }
-            frontier.push_with(leaf_hash(&bytes), |l, i, h| nodes.add(l, i, h));
+            tree.push(leaf_hash(&bytes));
         }
     }
-    if frontier.size() < new {
-        bail!(
-            "the export holds {} records, fewer than {new}",
-            frontier.size()
-        );
+    if tree.size() < new {
+        bail!("the export holds {} records, fewer than {new}", tree.size());
     }
-    consistency_proof(&nodes, old, new).map_err(|e| anyhow::anyhow!(e))
+    consistency_proof(&tree, old, new).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Writes `c` to `path` (for `--save-checkpoint`).

@@ -216,26 +216,23 @@ pub fn verify(reply: &pb::Reply, brand_id: u32, server_key: &[u8; 32]) -> Result
 mod tests {
     use super::*;
     use cardd::crypto::{generate_key, leaf_hash};
-    use cardd::merkle::{inclusion_proof, Frontier, MemoryNodes};
+    use cardd::merkle::{inclusion_proof, MemoryTree};
     use ed25519_dalek::{Signer, SigningKey};
 
     /// A reply for leaf `m` of a tree of `n` made-up records, with a proof
     /// against a checkpoint signed by `key`.
     fn reply(m: u64, n: u64, key: &SigningKey) -> pb::Reply {
-        let mut f = Frontier::new();
-        let mut nodes = MemoryNodes::default();
-        let mut leaves = Vec::new();
-        for i in 0..n {
-            let leaf = leaf_hash(&i.to_be_bytes());
-            leaves.push(leaf);
-            f.push_with(leaf, |l, idx, h| nodes.add(l, idx, h));
+        let mut tree = MemoryTree::default();
+        let leaves: Vec<[u8; 32]> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for leaf in &leaves {
+            tree.push(*leaf);
         }
-        let path = inclusion_proof(&nodes, m, n).unwrap();
+        let path = inclusion_proof(&tree, m, n).unwrap();
         let mut ckpt = pb::Checkpoint {
             brand_id: 7,
             tree_size: n,
             head_hash: leaves[(n - 1) as usize].to_vec(),
-            root_hash: f.root().to_vec(),
+            root_hash: tree.root().to_vec(),
             time_ms: 1,
             signature: vec![],
         };
