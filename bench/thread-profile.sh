@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Where the daemon's CPU goes under load: CPU seconds per thread group
+# (tokio workers, verifier threads, sled I/O threads) over a window in the
+# middle of a `terminal-sim bench` run, read from /proc/PID/task/*/stat.
+#
+#   bench/thread-profile.sh [TERMINALS] [SECONDS]     # default 256 12
+set -euo pipefail
+cd "$(dirname "$0")/.."
+terminals=${1:-256}
+seconds=${2:-12}
+work=$(mktemp -d "${TMPDIR:-/tmp}/cardd-profile.XXXXXX")
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+cargo build --release --quiet --workspace
+./target/release/cardd serve --data "$work/data" --listen 127.0.0.1:0 --demo > "$work/out" 2>/dev/null &
+pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^cardd listening on //p' "$work/out")
+./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
+  --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json > "$work/bench.json" &
+bench=$!
+ticks=$(getconf CLK_TCK)
+snap() {
+  for t in /proc/"$pid"/task/*; do
+    echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+  done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
+# Setup (provisioning, signing) takes a while; sample the middle of the window.
+while ! grep -q . "$work/bench.json" 2>/dev/null && [ "$(snap | awk '{s += $2} END {print s}')" -lt $((ticks * 2)) ]; do sleep 0.5; done
+sleep $((seconds / 3)); snap > "$work/s1"; sleep $((seconds / 3)); snap > "$work/s2"
+window=$((seconds / 3))
+wait "$bench" || true
+echo "CPU seconds per thread group over ${window}s of load:"
+join "$work/s1" "$work/s2" | awk -v t="$ticks" '{printf "  %-20s %6.2f\n", $1, ($3 - $2) / t}' | sort -k2 -n -r
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("ops/s", d["ops_per_sec"], "p99 ms", d["p99_ms"])' "$work/bench.json"
