@@ -2,7 +2,7 @@
 //! (no network), for benchmarks: `cardd audit verify` speed, restart time,
 //! disk use.
 //!
-//!     cargo run --release --example gen_ledger -- DATA_DIR RECORDS [CARDS]
+//!     cargo run --release --example gen_ledger -- DATA_DIR RECORDS [CARDS] [TERMINALS]
 //!
 //! Records are committed in batches of 1,000 with one checkpoint each, as
 //! the daemon's group commit does under load. Requests are signed on every
@@ -16,16 +16,18 @@ use cardd::state::Principal;
 use ed25519_dalek::SigningKey;
 
 const BATCH: usize = 1_000;
-const TERMINALS: usize = 16;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        anyhow::bail!("usage: gen_ledger DATA_DIR RECORDS [CARDS]");
+        anyhow::bail!("usage: gen_ledger DATA_DIR RECORDS [CARDS] [TERMINALS]");
     }
     let data = std::path::PathBuf::from(&args[1]);
     let records: u64 = args[2].parse()?;
     let cards: usize = args.get(3).map_or(Ok(10_000), |c| c.parse())?;
+    // Terminals sign the purchases round-robin; the auditor's batch check
+    // groups by signer, so its speed depends on this.
+    let terminal_count: u32 = args.get(4).map_or(Ok(16), |t| t.parse())?;
     let started = Instant::now();
     let (store, server_key, ledgers) = cardd::server::load(&data)?;
     anyhow::ensure!(
@@ -59,8 +61,12 @@ fn main() -> anyhow::Result<()> {
     owner_subs.push(owner_req(Op::CreateStore(pb::CreateStore {
         name: "Bench store".into(),
     })));
-    let terminals: Vec<SigningKey> = (0..TERMINALS)
-        .map(|i| SigningKey::from_bytes(&[100 + i as u8; 32]))
+    let terminals: Vec<SigningKey> = (0..terminal_count)
+        .map(|i| {
+            let mut seed = [0x5a; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            SigningKey::from_bytes(&seed)
+        })
         .collect();
     for t in &terminals {
         owner_subs.push(owner_req(Op::EnrollTerminal(pb::EnrollTerminal {
@@ -78,14 +84,14 @@ fn main() -> anyhow::Result<()> {
     commit_all(&mut ledger, owner_subs)?;
     // Fund every card once, then purchases (with a top-up every 50th).
     let total = records.saturating_sub(ledger.state.seq);
-    let mut next_txn = [0u64; TERMINALS];
+    let mut next_txn = vec![0u64; terminals.len()];
     let mut done = 0u64;
     while done < total {
         let n = (total - done).min(100_000);
         let plan: Vec<(usize, u64, Op)> = (0..n)
             .map(|k| {
                 let i = done + k;
-                let term = (i as usize) % TERMINALS;
+                let term = (i as usize) % terminals.len();
                 next_txn[term] += 1;
                 let card = card_numbers[(i % cards as u64) as usize].clone();
                 let op = if i < cards as u64 || i % 50 == 0 {

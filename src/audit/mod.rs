@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod export;
 pub mod file;
+mod signatures;
 pub mod verify;
 
 pub use export::write_export;
