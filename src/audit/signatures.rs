@@ -233,9 +233,9 @@ mod tests {
             0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
         ];
         let mut carry = 0u16;
-        for i in 0..32 {
-            let v = u16::from(js[1].signature[32 + i]) + u16::from(l[i]) + carry;
-            js[1].signature[32 + i] = v as u8;
+        for (s_byte, l_byte) in js[1].signature[32..].iter_mut().zip(l) {
+            let v = u16::from(*s_byte) + u16::from(l_byte) + carry;
+            *s_byte = v as u8;
             carry = v >> 8;
         }
         assert_eq!(carry, 0, "S + L overflowed 256 bits");
