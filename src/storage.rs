@@ -2,13 +2,13 @@
 //! checkpoint atomically and durably, read records back. sled is the
 //! embedded default; a replicated log can later sit behind the same trait.
 //!
-//! Layout (sled): one tree per brand, `brand/NNNNN`, holding
-//! `L` + seq (u64 BE) -> record bytes, `C` + tree size (u64 BE) ->
-//! checkpoint bytes, and `N` + level (u8) + index (u64 BE) -> the Merkle
-//! node over leaves [index << level, (index + 1) << level) (what proofs
-//! need, O(log n) reads each). One tree per brand means one `sled::Batch`
-//! covers a commit's records, nodes and checkpoint: they land together or
-//! not at all.
+//! Layout (sled): one tree per brand, `brand/NNNNN`, holding one key per
+//! commit, `B` + first seq (u64 BE) -> [`StoredBatch`]: the commit's
+//! records, the interior Merkle nodes they completed and its checkpoint. One
+//! insert per commit means a commit lands whole or not at all, and group
+//! commit pays sled's per-key cost once per batch instead of about three
+//! times per record. A record, a node (stored with the record that
+//! completed it) or a checkpoint is found with one range lookup.
 use std::path::Path;
 
 use thiserror::Error;
@@ -58,17 +58,13 @@ pub trait LogStore: Send + Sync + 'static {
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>>;
 }
 
-const RECORD: u8 = b'L';
-const CHECKPOINT: u8 = b'C';
-const NODE: u8 = b'N';
-
-fn node_key(level: u8, index: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[0] = NODE;
-    k[1] = level;
-    k[2..].copy_from_slice(&index.to_be_bytes());
-    k
-}
+/// Key tag of a commit: `B` + first seq (u64 BE) -> the encoded batch.
+const BATCH: u8 = b'B';
+/// Key tag of the first layout (one key per record, node and checkpoint),
+/// which this version does not read.
+const OLD_LAYOUT_RECORD: u8 = b'L';
+/// First byte of an encoded batch: its layout version.
+const BATCH_VERSION: u8 = 1;
 
 fn key(tag: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -79,6 +75,204 @@ fn key(tag: u8, n: u64) -> [u8; 9] {
 
 fn tree_name(brand: u32) -> String {
     format!("brand/{brand:05}")
+}
+
+/// The sled key of the commit whose first record is `first_seq`.
+pub fn batch_key(first_seq: u64) -> [u8; 9] {
+    key(BATCH, first_seq)
+}
+
+/// One commit as stored: its records (consecutive from `first_seq`), the
+/// Merkle nodes above the leaves they completed, and its checkpoint.
+///
+/// Encoding (integers little-endian unless said): version byte (1); u64
+/// checkpoint tree size; u32 length + checkpoint bytes; u32 count + that
+/// many (u8 level, u64 index, 32-byte hash) nodes; u32 count + that many
+/// (u32 length + record bytes). Leaf hashes (level 0) are not stored: they
+/// are recomputed from the records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Seq of the first record.
+    pub first_seq: u64,
+    /// Tree size the checkpoint covers (the last record's seq).
+    pub tree_size: u64,
+    /// The encoded checkpoint.
+    pub checkpoint: Vec<u8>,
+    /// Interior Merkle nodes (level >= 1) this commit completed.
+    pub nodes: Vec<(u8, u64, [u8; 32])>,
+    /// Record bytes, in seq order.
+    pub records: Vec<Vec<u8>>,
+}
+
+impl StoredBatch {
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_batch(
+            self.tree_size,
+            &self.checkpoint,
+            &self.nodes,
+            self.records.iter().map(|r| r.as_slice()),
+        )
+    }
+
+    /// Decodes a stored batch whose key names `first_seq`.
+    pub fn decode(first_seq: u64, bytes: &[u8]) -> Result<Self> {
+        let view = BatchView::parse(first_seq, bytes)?;
+        Ok(StoredBatch {
+            first_seq,
+            tree_size: view.tree_size,
+            checkpoint: view.checkpoint.to_vec(),
+            nodes: view.nodes().collect(),
+            records: view
+                .records()
+                .map(|r| r.map(|(_, bytes)| bytes.to_vec()))
+                .collect::<Result<Vec<_>>>()?,
+        })
+    }
+}
+
+fn encode_batch<'a>(
+    tree_size: u64,
+    checkpoint: &[u8],
+    nodes: &[(u8, u64, [u8; 32])],
+    records: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+) -> Vec<u8> {
+    let len32 = |n: usize| u32::try_from(n).expect("batch parts are bounded far below 4 GiB");
+    let record_bytes: usize = records.clone().map(|r| 4 + r.len()).sum();
+    let mut out =
+        Vec::with_capacity(1 + 8 + 4 + checkpoint.len() + 4 + nodes.len() * 41 + 4 + record_bytes);
+    out.push(BATCH_VERSION);
+    out.extend_from_slice(&tree_size.to_le_bytes());
+    out.extend_from_slice(&len32(checkpoint.len()).to_le_bytes());
+    out.extend_from_slice(checkpoint);
+    out.extend_from_slice(&len32(nodes.len()).to_le_bytes());
+    for (level, index, hash) in nodes {
+        out.push(*level);
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(hash);
+    }
+    out.extend_from_slice(&len32(records.len()).to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&len32(r.len()).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// A stored batch read in place: every length is checked against the
+/// bytes before use, so a damaged value is a `Corrupt` error, not a panic.
+struct BatchView<'a> {
+    first_seq: u64,
+    tree_size: u64,
+    checkpoint: &'a [u8],
+    nodes: &'a [u8],
+    record_count: u64,
+    records: &'a [u8],
+}
+
+/// A cursor over untrusted bytes.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    first_seq: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.bytes.len() < n {
+            return Err(StorageError::Corrupt(format!(
+                "stored batch at record {} is truncated",
+                self.first_seq
+            )));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+}
+
+/// Bytes per stored interior node: level, index, hash.
+const NODE_BYTES: usize = 1 + 8 + 32;
+
+impl<'a> BatchView<'a> {
+    fn parse(first_seq: u64, bytes: &'a [u8]) -> Result<Self> {
+        let corrupt = |what: &str| {
+            StorageError::Corrupt(format!("stored batch at record {first_seq}: {what}"))
+        };
+        let mut c = Cursor { bytes, first_seq };
+        if c.take(1)? != [BATCH_VERSION] {
+            return Err(corrupt("unknown layout version"));
+        }
+        let tree_size = c.u64()?;
+        let cp_len = c.u32()?;
+        let checkpoint = c.take(cp_len)?;
+        let node_count = c.u32()?;
+        let nodes = c.take(
+            node_count
+                .checked_mul(NODE_BYTES)
+                .ok_or_else(|| corrupt("node count"))?,
+        )?;
+        let record_count = c.u32()? as u64;
+        if record_count == 0 || first_seq.checked_add(record_count - 1) != Some(tree_size) {
+            return Err(corrupt(
+                "record count does not match its key and checkpoint size",
+            ));
+        }
+        Ok(BatchView {
+            first_seq,
+            tree_size,
+            checkpoint,
+            nodes,
+            record_count,
+            records: c.bytes,
+        })
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = (u8, u64, [u8; 32])> + 'a {
+        self.nodes.chunks_exact(NODE_BYTES).map(|n| {
+            (
+                n[0],
+                u64::from_le_bytes(n[1..9].try_into().expect("8 bytes")),
+                n[9..].try_into().expect("32 bytes"),
+            )
+        })
+    }
+
+    /// (seq, bytes) of each record; a damaged tail yields one error.
+    fn records(&self) -> impl Iterator<Item = Result<(u64, &'a [u8])>> + 'a {
+        let mut c = Cursor {
+            bytes: self.records,
+            first_seq: self.first_seq,
+        };
+        let mut seq = self.first_seq;
+        let end = self.first_seq + self.record_count;
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed || seq == end {
+                if !failed && !c.bytes.is_empty() {
+                    failed = true;
+                    return Some(Err(StorageError::Corrupt(format!(
+                        "stored batch at record {}: bytes after its last record",
+                        c.first_seq
+                    ))));
+                }
+                return None;
+            }
+            let item = c.u32().and_then(|n| c.take(n)).map(|r| (seq, r));
+            failed = item.is_err();
+            seq += 1;
+            Some(item)
+        })
+    }
 }
 
 /// The sled-backed store.
@@ -94,6 +288,21 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(crate::limits::SLED_CACHE_BYTES)
             .open()?;
+        for name in db.tree_names() {
+            if name.starts_with(b"brand/")
+                && db
+                    .open_tree(&name)?
+                    .scan_prefix([OLD_LAYOUT_RECORD])
+                    .next()
+                    .is_some()
+            {
+                return Err(StorageError::Corrupt(format!(
+                    "{} holds the first storage layout (a key per record), which this \
+                     version does not read: export it with the version that wrote it",
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+        }
         Ok(SledStore { db })
     }
 
@@ -125,6 +334,48 @@ impl crate::merkle::NodeSource for StoredNodes<'_> {
     }
 }
 
+impl SledStore {
+    /// The stored batch holding record `seq`, if any: the last batch key at
+    /// or below it.
+    fn batch_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>> {
+        let Some(item) = tree.range(key(BATCH, 0)..=key(BATCH, seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        Ok(Some((batch_seq(&k)?, v)))
+    }
+}
+
+fn batch_seq(k: &[u8]) -> Result<u64> {
+    let seq: [u8; 8] = k
+        .get(1..9)
+        .filter(|_| k.len() == 9)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt(format!("bad batch key {k:?}")))?;
+    Ok(u64::from_be_bytes(seq))
+}
+
+/// Streams (seq, bytes) from stored batches, from `from_seq` on.
+fn scan_batches(
+    batches: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send + 'static,
+    from_seq: u64,
+) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> + Send {
+    batches.flat_map(move |item| {
+        let parsed = || -> Result<Vec<(u64, Vec<u8>)>> {
+            let (k, v) = item?;
+            let view = BatchView::parse(batch_seq(&k)?, &v)?;
+            view.records()
+                .filter(|r| r.as_ref().map_or(true, |(seq, _)| *seq >= from_seq))
+                .map(|r| r.map(|(seq, bytes)| (seq, bytes.to_vec())))
+                .collect()
+        };
+        match parsed() {
+            Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }
+    })
+}
+
 impl LogStore for SledStore {
     fn brands(&self) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self
@@ -150,22 +401,51 @@ impl LogStore for SledStore {
         nodes: &[(u8, u64, [u8; 32])],
         checkpoint: (u64, &[u8]),
     ) -> Result<()> {
-        let tree = self.tree(brand)?;
-        let mut batch = sled::Batch::default();
-        for (seq, bytes) in records {
-            batch.insert(&key(RECORD, *seq), *bytes);
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Err(StorageError::Corrupt("a commit without records".into()));
+        };
+        let consecutive = records
+            .windows(2)
+            .all(|w| w[0].0.checked_add(1) == Some(w[1].0));
+        if !consecutive || last.0 != checkpoint.0 {
+            return Err(StorageError::Corrupt(format!(
+                "commit of records {}..={} with checkpoint size {} is not one consecutive run",
+                first.0, last.0, checkpoint.0
+            )));
         }
-        for (level, index, hash) in nodes {
-            batch.insert(&node_key(*level, *index), hash);
-        }
-        batch.insert(&key(CHECKPOINT, checkpoint.0), checkpoint.1);
-        tree.apply_batch(batch)?;
+        // Leaf hashes are recomputed from the records; store only the
+        // interior nodes.
+        let interior: Vec<(u8, u64, [u8; 32])> = nodes
+            .iter()
+            .copied()
+            .filter(|(level, _, _)| *level > 0)
+            .collect();
+        let value = encode_batch(
+            checkpoint.0,
+            checkpoint.1,
+            &interior,
+            records.iter().map(|(_, bytes)| *bytes),
+        );
+        // One key per commit: sled copies a leaf page on every insert, so a
+        // key per record and per node cost more than the records themselves.
+        self.tree(brand)?.insert(key(BATCH, first.0), value)?;
         self.db.flush()?;
         Ok(())
     }
 
     fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree(brand)?.get(key(RECORD, seq))?.map(|v| v.to_vec()))
+        let tree = self.tree(brand)?;
+        let Some((first, value)) = Self::batch_holding(&tree, seq)? else {
+            return Ok(None);
+        };
+        let view = BatchView::parse(first, &value)?;
+        for r in view.records() {
+            let (s, bytes) = r?;
+            if s == seq {
+                return Ok(Some(bytes.to_vec()));
+            }
+        }
+        Ok(None)
     }
 
     fn scan(
@@ -177,27 +457,41 @@ impl LogStore for SledStore {
             Ok(t) => t,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        let iter = tree
-            .range(key(RECORD, from_seq)..key(RECORD + 1, 0))
-            .map(|item| {
-                let (k, v) = item?;
-                let seq: [u8; 8] = k
-                    .get(1..9)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or_else(|| StorageError::Corrupt(format!("bad record key {k:?}")))?;
-                Ok((u64::from_be_bytes(seq), v.to_vec()))
-            });
-        Box::new(iter)
+        // Start at the batch holding `from_seq` (or the first after it).
+        let start = match Self::batch_holding(&tree, from_seq) {
+            Ok(found) => found.map_or(from_seq, |(first, _)| first),
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        Box::new(scan_batches(
+            tree.range(key(BATCH, start)..key(BATCH + 1, 0)),
+            from_seq,
+        ))
     }
 
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
-        let v = self.tree(brand)?.get(node_key(level, index))?;
-        v.map(|v| {
-            v.as_ref()
-                .try_into()
-                .map_err(|_| StorageError::Corrupt(format!("node {level}/{index} is not 32 bytes")))
-        })
-        .transpose()
+        // The node over leaves [index << level, (index + 1) << level) was
+        // completed by its last leaf, so it is stored with that record.
+        let Some(last_seq) = index
+            .checked_add(1)
+            .and_then(|i| i.checked_mul(1u64.checked_shl(u32::from(level))?))
+        else {
+            return Ok(None);
+        };
+        if level == 0 {
+            return Ok(self
+                .record(brand, last_seq)?
+                .map(|r| crate::crypto::leaf_hash(&r)));
+        }
+        let tree = self.tree(brand)?;
+        let Some((first, value)) = Self::batch_holding(&tree, last_seq)? else {
+            return Ok(None);
+        };
+        let view = BatchView::parse(first, &value)?;
+        if view.tree_size < last_seq {
+            return Ok(None);
+        }
+        let found = view.nodes().find(|(l, i, _)| *l == level && *i == index);
+        Ok(found.map(|(_, _, hash)| hash))
     }
 
     fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
@@ -205,18 +499,174 @@ impl LogStore for SledStore {
             Ok(t) => t,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        Box::new(
-            tree.range(key(CHECKPOINT, 0)..key(CHECKPOINT + 1, 0))
-                .map(|item| Ok(item?.1.to_vec())),
-        )
+        Box::new(tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).map(|item| {
+            let (k, v) = item?;
+            Ok(BatchView::parse(batch_seq(&k)?, &v)?.checkpoint.to_vec())
+        }))
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
         let tree = self.tree(brand)?;
         let last = tree
-            .range(key(CHECKPOINT, 0)..key(CHECKPOINT + 1, 0))
+            .range(key(BATCH, 0)..key(BATCH + 1, 0))
             .next_back()
             .transpose()?;
-        Ok(last.map(|(_, v)| v.to_vec()))
+        last.map(|(k, v)| Ok(BatchView::parse(batch_seq(&k)?, &v)?.checkpoint.to_vec()))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::leaf_hash;
+    use crate::merkle::{Frontier, MemoryNodes, NodeSource};
+
+    /// Commits `sizes` batches of made-up records with their real Merkle
+    /// nodes; returns the store, the records and every node.
+    fn ledger(sizes: &[u64]) -> (tempfile::TempDir, SledStore, Vec<Vec<u8>>, MemoryNodes) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut frontier = Frontier::new();
+        let mut all_nodes = MemoryNodes::default();
+        let mut records = Vec::new();
+        for &size in sizes {
+            let first = records.len() as u64 + 1;
+            let mut nodes = Vec::new();
+            for seq in first..first + size {
+                let bytes = format!("record {seq} {}", "x".repeat(seq as usize % 7)).into_bytes();
+                frontier.push_with(leaf_hash(&bytes), |l, i, h| {
+                    nodes.push((l, i, h));
+                    all_nodes.add(l, i, h);
+                });
+                records.push(bytes);
+            }
+            let batch: Vec<(u64, &[u8])> = (first..first + size)
+                .map(|s| (s, records[s as usize - 1].as_slice()))
+                .collect();
+            let last = first + size - 1;
+            let checkpoint = format!("checkpoint {last}").into_bytes();
+            store
+                .commit(7, &batch, &nodes, (last, &checkpoint))
+                .unwrap();
+        }
+        (dir, store, records, all_nodes)
+    }
+
+    #[test]
+    fn records_nodes_and_checkpoints_are_found_across_commits() {
+        let sizes = [1, 5, 10, 1, 16];
+        let (_dir, store, records, nodes) = ledger(&sizes);
+        let n = records.len() as u64;
+        for seq in 1..=n {
+            assert_eq!(
+                store.record(7, seq).unwrap().as_ref(),
+                Some(&records[seq as usize - 1])
+            );
+        }
+        assert_eq!(store.record(7, n + 1).unwrap(), None);
+        assert_eq!(store.record(7, 0).unwrap(), None);
+        for from in [1, 2, 6, 7, 16, n, n + 1] {
+            let scanned: Vec<(u64, Vec<u8>)> = store.scan(7, from).collect::<Result<_>>().unwrap();
+            let expected: Vec<(u64, Vec<u8>)> = (from..=n)
+                .map(|s| (s, records[s as usize - 1].clone()))
+                .collect();
+            assert_eq!(scanned, expected, "scan from {from}");
+        }
+        for level in 0..6u8 {
+            for index in 0..(n >> level) {
+                assert_eq!(
+                    store.node(7, level, index).unwrap(),
+                    Some(nodes.node(level, index).unwrap()),
+                    "node {level}/{index}"
+                );
+            }
+            assert_eq!(
+                store.node(7, level, n >> level).unwrap(),
+                None,
+                "incomplete node"
+            );
+        }
+        let mut last = 0;
+        let sizes_after: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|s| {
+                last += s;
+                format!("checkpoint {last}").into_bytes()
+            })
+            .collect();
+        let checkpoints: Vec<Vec<u8>> = store.checkpoints(7).collect::<Result<_>>().unwrap();
+        assert_eq!(checkpoints, sizes_after);
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            sizes_after.last().cloned()
+        );
+        assert_eq!(store.brands().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn a_commit_must_be_one_consecutive_run_ending_at_its_checkpoint() {
+        let (_dir, store, _, _) = ledger(&[2]);
+        let gap = store.commit(7, &[(3, b"a"), (5, b"b")], &[], (5, b"c"));
+        assert!(matches!(gap, Err(StorageError::Corrupt(_))));
+        let short = store.commit(7, &[(3, b"a")], &[], (4, b"c"));
+        assert!(matches!(short, Err(StorageError::Corrupt(_))));
+        let empty = store.commit(7, &[], &[], (2, b"c"));
+        assert!(matches!(empty, Err(StorageError::Corrupt(_))));
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(b"checkpoint 2".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_damaged_batch_is_a_corrupt_error_never_a_panic() {
+        let batch = StoredBatch {
+            first_seq: 10,
+            tree_size: 12,
+            checkpoint: b"cp".to_vec(),
+            nodes: vec![(1, 5, [9; 32])],
+            records: vec![b"ten".to_vec(), b"eleven".to_vec(), vec![]],
+        };
+        let bytes = batch.encode();
+        assert_eq!(StoredBatch::decode(10, &bytes).unwrap(), batch);
+        // Wrong key for the counts, every truncation, a trailing byte, a
+        // flipped version.
+        assert!(StoredBatch::decode(11, &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(
+                StoredBatch::decode(10, &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(StoredBatch::decode(10, &longer).is_err());
+        let mut version = bytes.clone();
+        version[0] = 2;
+        assert!(StoredBatch::decode(10, &version).is_err());
+        // Huge announced lengths.
+        for at in [9, 15] {
+            let mut huge = bytes.clone();
+            huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert!(StoredBatch::decode(10, &huge).is_err(), "length at {at}");
+        }
+    }
+
+    #[test]
+    fn the_first_layout_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("ledger")).unwrap();
+            db.open_tree("brand/00001")
+                .unwrap()
+                .insert(key(OLD_LAYOUT_RECORD, 1), b"old".to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path())
+            .err()
+            .expect("old layout opened");
+        assert!(err.to_string().contains("first storage layout"), "{err}");
     }
 }

@@ -20,7 +20,7 @@ use cardd::pb::{self, request::Op, ErrorCode};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::{Principal, TxnEntry};
-use cardd::storage::{self, LogStore, SledStore, StorageError};
+use cardd::storage::{self, batch_key, LogStore, SledStore, StorageError, StoredBatch};
 use ed25519_dalek::SigningKey;
 use prost::Message;
 use store::{sub, Commit, CommitHook, WrappedStore};
@@ -245,21 +245,26 @@ fn recover(dir: &std::path::Path) -> anyhow::Result<(u64, [u8; 32])> {
     Ok((l.state.seq, l.state.head_hash))
 }
 
-/// Rewrites one stored value through sled directly (as a disk or an
-/// attacker with the data directory would), then closes the database.
-fn tamper(dir: &std::path::Path, key: &[u8], f: impl FnOnce(&mut Vec<u8>)) {
+/// Rewrites the stored commit holding record `seq` through sled directly
+/// (as a disk or an attacker with the data directory would), then closes
+/// the database. `f` gets the decoded commit and the record's index in it;
+/// `None` from `f` removes the whole commit.
+fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut StoredBatch, usize) -> Option<()>) {
     let db = sled::open(dir.join("ledger")).unwrap();
     let tree = db.open_tree("brand/00001").unwrap();
-    let mut value = tree.get(key).unwrap().expect("key exists").to_vec();
-    f(&mut value);
-    tree.insert(key, value).unwrap();
+    let (key, value) = tree
+        .range(..=batch_key(seq).to_vec())
+        .next_back()
+        .expect("a commit holds the record")
+        .unwrap();
+    let first = u64::from_be_bytes(key[1..9].try_into().unwrap());
+    let mut batch = StoredBatch::decode(first, &value).unwrap();
+    let index = usize::try_from(seq - first).unwrap();
+    match f(&mut batch, index) {
+        Some(()) => tree.insert(key, batch.encode()).unwrap(),
+        None => tree.remove(key).unwrap(),
+    };
     db.flush().unwrap();
-}
-
-fn record_key(seq: u64) -> Vec<u8> {
-    let mut k = vec![b'L'];
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 
 #[test]
@@ -267,7 +272,10 @@ fn a_flipped_byte_in_a_record_is_detected_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let (records, _) = small_ledger(dir.path());
     assert!(recover(dir.path()).is_ok());
-    tamper(dir.path(), &record_key(20), |v| v[30] ^= 0x04);
+    tamper(dir.path(), 20, |b, i| {
+        b.records[i][30] ^= 0x04;
+        Some(())
+    });
     let err = format!("{:#}", recover(dir.path()).unwrap_err());
     assert!(
         err.contains("brand 1") && err.contains("record 2"),
@@ -280,25 +288,21 @@ fn a_flipped_byte_in_a_record_is_detected_at_start_up() {
 fn a_missing_record_and_a_forged_checkpoint_are_detected_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     small_ledger(dir.path());
-    {
-        let db = sled::open(dir.path().join("ledger")).unwrap();
-        db.open_tree("brand/00001")
-            .unwrap()
-            .remove(record_key(7))
-            .unwrap();
-        db.flush().unwrap();
-    }
+    // Each record of the small ledger is its own commit.
+    tamper(dir.path(), 7, |b, _| {
+        assert_eq!(b.records.len(), 1);
+        None
+    });
     let err = format!("{:#}", recover(dir.path()).unwrap_err());
     assert!(err.contains("record 7 is missing"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let (records, _) = small_ledger(dir.path());
-    let mut key = vec![b'C'];
-    key.extend_from_slice(&records.to_be_bytes());
-    tamper(dir.path(), &key, |v| {
-        let mut c = pb::Checkpoint::decode(v.as_slice()).unwrap();
+    tamper(dir.path(), records, |b, _| {
+        let mut c = pb::Checkpoint::decode(b.checkpoint.as_slice()).unwrap();
         c.time_ms += 1;
-        *v = c.encode_to_vec();
+        b.checkpoint = c.encode_to_vec();
+        Some(())
     });
     let err = format!("{:#}", recover(dir.path()).unwrap_err());
     assert!(err.contains("bad server signature"), "{err}");
