@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Where the daemon's CPU goes under load, by function: `perf record` with
+# the cpu-clock software event (works where hardware counters are not
+# exposed, as on these VMs) on a release daemon during a 256-terminal
+# purchase run, then the share per thread group and the top functions.
+#
+#   bench/perf-profile.sh [TERMINALS] [SECONDS]     # default 256 16
+#
+# Needs `perf` (Debian: linux-perf). Also prints the generator's own CPU
+# share, since it runs on the same 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+terminals=${1:-256}
+seconds=${2:-16}
+command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/cardd-perf.XXXXXX")
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+cargo build --release --quiet --workspace
+./target/release/cardd serve --data "$work/data" --listen 127.0.0.1:0 --demo > "$work/out" 2>/dev/null &
+pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^cardd listening on //p' "$work/out")
+./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
+  --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json > "$work/bench.json" 2>/dev/null &
+bench=$!
+# Provisioning and pre-signing come first; sample the middle of the window.
+sleep $((seconds / 2 + 2))
+window=$((seconds / 3))
+perf record -q -e cpu-clock -F 999 -p "$pid" -o "$work/perf.data" -- sleep "$window" 2>/dev/null
+wait "$bench" || true
+samples=$(perf report -i "$work/perf.data" --stdio -g none --sort comm 2>/dev/null | sed -n 's/^# Samples: \([0-9.K]*\).*/\1/p')
+echo "daemon samples over ${window}s at 999 Hz: $samples (999 per busy core-second)"
+echo "--- share by thread group"
+perf report -i "$work/perf.data" --stdio -g none --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' |
+  sed 's/-[0-9]* *$//' | awk '{a[$2] += $1} END {for (k in a) printf "  %6.2f%%  %s\n", a[k], k}' | sort -rn
+echo "--- share by library"
+perf report -i "$work/perf.data" --stdio -g none --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5
+echo "--- top functions"
+perf report -i "$work/perf.data" --stdio -g none --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25 | cut -c1-150
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("run: ops/s", d["ops_per_sec"], "p99 ms", d["p99_ms"], "generator CPU s", d.get("generator_cpu_secs"))' "$work/bench.json"
