@@ -123,6 +123,10 @@ fn bench_measures_and_the_ledger_agrees() {
     assert_eq!(u64_of(&a, "terminals"), 4);
     assert_eq!(u64_of(&a, "duration_secs"), 2);
     assert_eq!(u64_of(&a, "pipeline"), 1);
+    // Closed loop: latency from the write, and no open-loop fields.
+    assert_eq!(a["rate"], Value::Null, "{a}");
+    assert_eq!(a["latency_from"], "write", "{a}");
+    assert!(a.get("late_sends").is_none(), "{a}");
     assert_eq!(u64_of(&a, "cards"), 50);
     assert_eq!(u64_of(&a, "hot_cards"), 0);
     assert_eq!(a["mix"]["purchase"], 90);
@@ -194,6 +198,76 @@ fn bench_measures_and_the_ledger_agrees() {
 }
 
 #[test]
+fn bench_open_loop_keeps_the_rate_and_counts_late_sends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+
+    // 200/s over 4 terminals: each sends every 20 ms, far slower than a
+    // till is answered, so the run keeps the rate.
+    let r = check_report(&bench(
+        &daemon,
+        &[
+            "--terminals",
+            "4",
+            "--duration",
+            "2",
+            "--rate",
+            "200",
+            "--cards",
+            "50",
+            "--json",
+        ],
+    ));
+    assert_eq!(u64_of(&r, "rate"), 200, "{r}");
+    assert_eq!(r["latency_from"], "schedule", "{r}");
+    assert_eq!(u64_of(&r, "scheduled"), 400, "{r}");
+    assert_eq!(u64_of(&r, "pool_requests"), 400, "{r}");
+    let (total, unsent) = (u64_of(&r, "total"), u64_of(&r, "unsent"));
+    assert_eq!(total + unsent, 400, "{r}");
+    assert!(total >= 360, "nearly every slot sent: {r}");
+    let ops = f64_of(&r, "ops_per_sec");
+    assert!((160.0..=200.0).contains(&ops), "ops/s near the rate: {r}");
+    // Every request's latency from its slot is at least its latency from
+    // the write.
+    assert!(f64_of(&r, "p99_ms") >= f64_of(&r, "service_p99_ms"), "{r}");
+    assert!(f64_of(&r, "send_lag_max_ms") >= 0.0, "{r}");
+
+    // 10,000/s from one till, one request at a time: far more than one
+    // connection is answered (a round trip and a flush each), so it falls
+    // behind. Nothing is dropped silently: slots held back are late sends
+    // or, at the end, unsent, and latency from the schedule grows far
+    // past the service time.
+    let o = bench(
+        &daemon,
+        &[
+            "--terminals",
+            "1",
+            "--duration",
+            "1",
+            "--rate",
+            "10000",
+            "--cards",
+            "10",
+            "--json",
+        ],
+    );
+    let v = check_report(&o);
+    assert_eq!(u64_of(&v, "scheduled"), 10_000, "{v}");
+    assert_eq!(
+        u64_of(&v, "total") + u64_of(&v, "unsent"),
+        10_000,
+        "every slot sent or counted unsent: {v}"
+    );
+    assert!(u64_of(&v, "late_sends") > 0, "{v}");
+    assert!(u64_of(&v, "unsent") > 0, "{v}");
+    assert!(o.stderr.contains("never sent"), "{o:?}");
+    assert!(
+        f64_of(&v, "p50_ms") > f64_of(&v, "service_p50_ms"),
+        "latency from the schedule includes the wait: {v}"
+    );
+}
+
+#[test]
 fn bench_refuses_bad_parameters() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path());
@@ -205,6 +279,10 @@ fn bench_refuses_bad_parameters() {
         &["--terminals", "0"],
         &["--duration", "0"],
         &["--hot-share", "50"],
+        &["--rate", "0"],
+        &["--rate", "1000001"],
+        // More pre-signed requests than MAX_POOL.
+        &["--rate", "1000000", "--duration", "6"],
     ] {
         let r = bench(&daemon, args);
         assert_eq!(r.code, 1, "{args:?}: {r:?}");

@@ -15,11 +15,17 @@
 //! flight; latency runs from writing a request to reading its answer. When
 //! the window closes, no new request is sent and answers still in flight
 //! are awaited for at most `--drain-timeout` seconds.
+//!
+//! With `--rate R` the load is open loop instead: requests go on a fixed
+//! schedule, R per second across the terminals (see `schedule.rs`), still
+//! at most P in flight per terminal; latency runs from when each request
+//! was due, so a slow answer also counts in the requests it held back.
 mod plan;
 mod pool;
 mod provision;
 mod report;
 mod run;
+mod schedule;
 mod wire;
 
 use std::path::PathBuf;
@@ -40,6 +46,7 @@ use plan::{plan_terminal, Amounts, Funding, Mix, Spread};
 use pool::{sign_all, PoolSpec};
 use report::{Params, Report, Setup};
 use run::{drive, Live, Window};
+use schedule::{Pacer, Schedule, MAX_RATE};
 
 /// Most terminals (connections) one bench run opens.
 pub const MAX_TERMINALS: u32 = 4_096;
@@ -93,6 +100,19 @@ pub struct BenchArgs {
     #[arg(long, value_name = "P", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pipeline: u32,
+    /// Open loop: R requests per second in all (at most 1,000,000), sent on
+    /// a fixed schedule rather than when answers arrive. Terminal i of N
+    /// sends request k at (k*N + i)/R s into the window, so each sends
+    /// every N/R s; it still keeps at most --pipeline in flight, and a
+    /// request that comes due while the pipeline is full is sent as soon as
+    /// a place frees and counted in late_sends. Latency is then measured
+    /// from when each request was due, not when it was written (corrected
+    /// for coordinated omission: a slow answer counts in every request it
+    /// held back). The report adds the latency from the write (service_*),
+    /// the generator's send lag and the requests never sent.
+    #[arg(long, value_name = "R",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_RATE))]
+    rate: Option<u64>,
     /// Most requests pre-signed in all (default: 40,000 per second of the
     /// window, at most 2,000,000). A terminal that uses up its share stops
     /// early, and the report says so.
@@ -121,6 +141,14 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// How many requests each terminal gets pre-signed.
 fn pool_share(args: &BenchArgs) -> usize {
+    if let (Some(rate), None) = (args.rate, args.max_requests) {
+        // Open loop: exactly what the schedule asks for in the window (the
+        // first terminals get one more than the rest when R·T does not
+        // split evenly). The total was checked against MAX_POOL.
+        let total = rate.saturating_mul(args.duration);
+        let share = total.div_ceil(u64::from(args.terminals)).max(1);
+        return usize::try_from(share).unwrap_or(usize::MAX);
+    }
     let total = args.max_requests.unwrap_or_else(|| {
         args.duration
             .saturating_mul(DEFAULT_POOL_PER_SEC)
@@ -153,6 +181,16 @@ pub async fn run(
     let hot = args.hot_cards.unwrap_or(0);
     if hot > args.cards {
         bail!("--hot-cards {hot} is more than --cards {}", args.cards);
+    }
+    if let Some(rate) = args.rate {
+        let total = rate.saturating_mul(args.duration);
+        if args.max_requests.is_none() && total > MAX_POOL {
+            bail!(
+                "--rate {rate} for {} s needs {total} pre-signed requests, more than {MAX_POOL}: \
+                 lower --rate or --duration",
+                args.duration
+            );
+        }
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     let owner_key = read_key_file(&args.owner_key).context("--owner-key")?;
@@ -277,12 +315,18 @@ pub async fn run(
     let handles: Vec<_> = terminals
         .into_iter()
         .zip(pools)
-        .map(|(t, pool)| {
+        .enumerate()
+        .map(|(i, (t, pool))| {
+            let pacer = args.rate.map(|rate| {
+                let i = u32::try_from(i).expect("terminals are bounded");
+                Pacer::new(Schedule::new(i, args.terminals, rate))
+            });
             tokio::spawn(drive(
                 t.client,
                 pool,
                 args.pipeline as usize,
                 window,
+                pacer,
                 live.clone(),
             ))
         })
@@ -325,6 +369,7 @@ pub async fn run(
             terminals: args.terminals,
             duration_secs: args.duration,
             pipeline: args.pipeline,
+            rate: args.rate,
             mix: args.mix,
             cards: args.cards,
             hot_cards: hot,
@@ -347,7 +392,7 @@ pub async fn run(
     );
     if json {
         println!("{}", report.to_json());
-        if let Some(w) = report.exhausted_warning() {
+        for w in report.warnings() {
             eprintln!("{w}");
         }
     } else {

@@ -1,6 +1,7 @@
 //! The bench's result: the terminals' counts and latencies merged, printed
 //! for people or as one JSON object.
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use super::plan::{Kind, Mix};
@@ -15,6 +16,8 @@ pub struct Params {
     pub duration_secs: u64,
     /// Requests in flight per terminal.
     pub pipeline: u32,
+    /// Open loop: requests per second in all (`--rate`); closed loop: none.
+    pub rate: Option<u64>,
     /// Operation mix.
     pub mix: Mix,
     /// Cards.
@@ -109,14 +112,43 @@ impl Report {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        if self.counts.hist.is_empty() {
-            return 0.0;
+        quantile_ms(&self.counts.hist, q)
+    }
+
+    /// Open loop: requests due in the window that were never sent (the
+    /// terminals fell behind the schedule, or their pools ran out).
+    pub fn unsent(&self) -> u64 {
+        self.counts.scheduled.saturating_sub(self.counts.sent)
+    }
+
+    /// Where latency is measured from.
+    fn latency_from(&self) -> &'static str {
+        if self.params.rate.is_some() {
+            "schedule"
+        } else {
+            "write"
         }
-        round3(self.counts.hist.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    /// The open-loop fields of the JSON report.
+    fn open_loop_json(&self, out: &mut Map<String, Value>) {
+        let c = &self.counts;
+        out.insert("scheduled".into(), json!(c.scheduled));
+        out.insert("late_sends".into(), json!(c.late_sends));
+        out.insert("unsent".into(), json!(self.unsent()));
+        if let Some(h) = &c.service {
+            out.insert("service_p50_ms".into(), json!(quantile_ms(h, 0.50)));
+            out.insert("service_p99_ms".into(), json!(quantile_ms(h, 0.99)));
+            out.insert("service_p999_ms".into(), json!(quantile_ms(h, 0.999)));
+        }
+        if let Some(h) = &c.send_lag {
+            out.insert("send_lag_p99_ms".into(), json!(quantile_ms(h, 0.99)));
+            out.insert("send_lag_max_ms".into(), json!(max_ms(h)));
+        }
     }
 
     fn max_ms(&self) -> f64 {
-        round3(self.counts.hist.max() as f64 / 1000.0)
+        max_ms(&self.counts.hist)
     }
 
     fn mix_json(&self) -> Value {
@@ -131,7 +163,7 @@ impl Report {
     pub fn to_json(&self) -> Value {
         let p = &self.params;
         let s = &self.setup;
-        json!({
+        let mut out = json!({
             "ops_per_sec": round1(self.ops_per_sec()),
             "answers_per_sec": round1(self.counts.answered_in_window as f64 / p.duration_secs as f64),
             "p50_ms": self.ms(0.50),
@@ -173,7 +205,17 @@ impl Report {
             "sign_secs": round1(s.sign_secs),
             "connection_failures": self.failures.len(),
             "generator_cpu_secs": self.cpu_secs.map(round1),
-        })
+        });
+        // (Added here: one more field in the macro above would pass its
+        // recursion limit.)
+        if let Value::Object(m) = &mut out {
+            m.insert("rate".into(), json!(p.rate));
+            m.insert("latency_from".into(), json!(self.latency_from()));
+            if p.rate.is_some() {
+                self.open_loop_json(m);
+            }
+        }
+        out
     }
 
     /// The report for people.
@@ -186,8 +228,12 @@ impl Report {
         } else {
             "uniform".to_string()
         };
+        let load = match p.rate {
+            Some(r) => format!("open loop at {r} requests/s"),
+            None => "closed loop".to_string(),
+        };
         out.push(format!(
-            "bench: {} terminals, pipeline {}, {} s, mix {}, {} cards ({spread})",
+            "bench: {} terminals, pipeline {}, {load}, {} s, mix {}, {} cards ({spread})",
             p.terminals, p.pipeline, p.duration_secs, p.mix, p.cards
         ));
         out.push(format!(
@@ -203,13 +249,42 @@ impl Report {
             self.counts.ok
         ));
         out.push(format!(
-            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (from the {})",
             self.ms(0.5),
             self.ms(0.9),
             self.ms(0.99),
             self.ms(0.999),
-            self.max_ms()
+            self.max_ms(),
+            if p.rate.is_some() {
+                "scheduled send time"
+            } else {
+                "write"
+            }
         ));
+        if p.rate.is_some() {
+            let c = &self.counts;
+            out.push(format!(
+                "schedule    {} due in the window, {} sent late (pipeline full), {} never sent",
+                c.scheduled,
+                c.late_sends,
+                self.unsent()
+            ));
+            if let Some(h) = &c.service {
+                out.push(format!(
+                    "service ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  (from the write)",
+                    quantile_ms(h, 0.5),
+                    quantile_ms(h, 0.99),
+                    quantile_ms(h, 0.999)
+                ));
+            }
+            if let Some(h) = &c.send_lag {
+                out.push(format!(
+                    "send lag ms p99 {:.3}  max {:.3}  (due to written: timers, late sends)",
+                    quantile_ms(h, 0.99),
+                    max_ms(h)
+                ));
+            }
+        }
         out.push(format!(
             "ok          purchase {} ({} minor)  topup {}  inquiry {}  refund {}",
             self.counts.purchase_ok,
@@ -243,6 +318,9 @@ impl Report {
                 self.first_exhausted_secs.unwrap_or(0.0)
             ));
         }
+        if let Some(w) = self.unsent_warning() {
+            out.push(format!("warning: {w}"));
+        }
         if let Some(f) = self.failures.first() {
             out.push(format!(
                 "warning: {} connections ended early, e.g. {f}",
@@ -252,16 +330,44 @@ impl Report {
         out.join("\n")
     }
 
-    /// A warning line for stderr when the pool ran out (also in JSON mode).
-    pub fn exhausted_warning(&self) -> Option<String> {
-        (self.exhausted > 0).then(|| {
+    fn unsent_warning(&self) -> Option<String> {
+        let unsent = self.unsent();
+        (self.params.rate.is_some() && unsent > 0).then(|| {
             format!(
-                "terminal-sim: warning: {} of {} terminals used up their pre-signed requests before the end; \
-                 ops_per_sec is a lower bound (raise --max-requests)",
-                self.exhausted, self.params.terminals
+                "{unsent} of {} scheduled requests were never sent (the terminals fell behind \
+                 the rate); they are not in the latency figures",
+                self.counts.scheduled
             )
         })
     }
+
+    /// Warning lines for stderr (also in JSON mode): the pool ran out, or
+    /// open loop, requests due were never sent.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.exhausted > 0 {
+            out.push(format!(
+                "terminal-sim: warning: {} of {} terminals used up their pre-signed requests before the end; \
+                 ops_per_sec is a lower bound (raise --max-requests)",
+                self.exhausted, self.params.terminals
+            ));
+        }
+        if let Some(w) = self.unsent_warning() {
+            out.push(format!("terminal-sim: warning: {w}"));
+        }
+        out
+    }
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    round3(h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+fn max_ms(h: &Histogram<u64>) -> f64 {
+    round3(h.max() as f64 / 1000.0)
 }
 
 fn round1(x: f64) -> f64 {
