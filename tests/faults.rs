@@ -267,7 +267,15 @@ type Verdicts = std::sync::mpsc::Sender<bool>;
 type Events = tokio::sync::mpsc::UnboundedReceiver<Event>;
 
 /// A provisioned brand on a `Held` store, and its writer (armed).
-fn held_brand(dir: &std::path::Path) -> (Arc<WrappedStore<Held>>, BrandHandle, String, Verdicts, Events) {
+fn held_brand(
+    dir: &std::path::Path,
+) -> (
+    Arc<WrappedStore<Held>>,
+    BrandHandle,
+    String,
+    Verdicts,
+    Events,
+) {
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (verdicts, verdicts_rx) = std::sync::mpsc::channel();
     let held = Arc::new(WrappedStore {
@@ -403,7 +411,9 @@ async fn a_failed_commit_refuses_the_batch_applied_behind_it() {
         assert_eq!(s.state(), pb::TxnState::Unknown, "txn {txn}");
     }
     // The till may now safely retry them.
-    let r = purchase(&handle, &card, 20).await.expect("retry after restart");
+    let r = purchase(&handle, &card, 20)
+        .await
+        .expect("retry after restart");
     assert_eq!(r.receipt.unwrap().seq, PROVISIONED + 1);
 }
 
@@ -428,8 +438,14 @@ async fn answers_resting_on_a_batch_being_flushed_wait_for_it() {
     );
     assert!(held.inner.record(1, PROVISIONED + 1).unwrap().is_none());
     assert!(still_waiting(&mut a).await);
-    assert!(still_waiting(&mut retry).await, "retry answered before A is durable");
-    assert!(still_waiting(&mut signed_on).await, "sign-on answered before A is durable");
+    assert!(
+        still_waiting(&mut retry).await,
+        "retry answered before A is durable"
+    );
+    assert!(
+        still_waiting(&mut signed_on).await,
+        "sign-on answered before A is durable"
+    );
     assert!(still_waiting(&mut b_status).await);
 
     verdicts.send(true).unwrap();

@@ -114,11 +114,7 @@ fn sign_on_ok(
 /// Attaches inclusion proofs (against `checkpoint`) to the answers that
 /// asked for one. Proofs read O(log^2 n) stored nodes; only asked-for
 /// answers pay for them.
-fn attach_proofs(
-    batch: &mut Batch,
-    store: &dyn LogStore,
-    checkpoint: &pb::Checkpoint,
-) {
+fn attach_proofs(batch: &mut Batch, store: &dyn LogStore, checkpoint: &pb::Checkpoint) {
     let nodes = crate::storage::StoredNodes {
         store,
         brand: checkpoint.brand_id,
