@@ -109,7 +109,8 @@ pub struct Batch {
 /// A brand's state and its place in storage.
 pub struct BrandLedger {
     /// The state machine's state, which is ahead of disk only between
-    /// `apply_batch` and `commit`.
+    /// `apply_batch` and `commit` (in the daemon's writer, by at most the
+    /// batches in its commit pipeline).
     pub state: BrandState,
     store: Arc<dyn LogStore>,
     server_key: Arc<SigningKey>,
@@ -207,12 +208,20 @@ impl BrandLedger {
     /// Applies `subs` in order. All records get the same server time,
     /// never earlier than the previous batch's.
     pub fn apply_batch(&mut self, subs: &[Submission]) -> Batch {
+        self.apply_batch_behind(subs, &[])
+    }
+
+    /// Like `apply_batch`, while earlier batches may still be on their way
+    /// to storage: `unflushed` holds their records (any order), which a
+    /// retry or a status query of them must find although storage may not
+    /// have them yet.
+    pub fn apply_batch_behind(&mut self, subs: &[Submission], unflushed: &[&[Written]]) -> Batch {
         self.last_time_ms = self.last_time_ms.max(now_ms());
         let time_ms = self.last_time_ms;
         let first_new_seq = self.state.seq + 1;
         let mut batch = Batch::default();
         for sub in subs {
-            let answer = self.apply_one(sub, time_ms, first_new_seq, &mut batch);
+            let answer = self.apply_one(sub, time_ms, first_new_seq, unflushed, &mut batch);
             batch.answers.push(answer);
         }
         batch
@@ -223,6 +232,7 @@ impl BrandLedger {
         sub: &Submission,
         time_ms: i64,
         first_new_seq: u64,
+        unflushed: &[&[Written]],
         batch: &mut Batch,
     ) -> Answer {
         let request = &sub.decoded;
@@ -249,7 +259,7 @@ impl BrandLedger {
             }
             Outcome::Answer(reply) => Ok(reply),
             Outcome::Seen { seq } => {
-                let (rec, hash) = self.load_record(seq, first_new_seq, batch)?;
+                let (rec, hash) = self.load_record(seq, first_new_seq, unflushed, batch)?;
                 if rec.request != sub.request {
                     return Err(Refusal::new(
                         ErrorCode::IdempotencyConflict,
@@ -265,7 +275,7 @@ impl BrandLedger {
             }
             Outcome::Status { state, seq } => {
                 let original = if seq != 0 {
-                    let (rec, hash) = self.load_record(seq, first_new_seq, batch)?;
+                    let (rec, hash) = self.load_record(seq, first_new_seq, unflushed, batch)?;
                     Some(Box::new(reply_for_record(&rec, &hash, &promo)))
                 } else {
                     None
@@ -282,17 +292,30 @@ impl BrandLedger {
         }
     }
 
-    /// A record by sequence number: from this batch if not yet durable,
-    /// else from storage.
+    /// A record by sequence number: from this batch or an unflushed one if
+    /// not yet durable, else from storage.
     fn load_record(
         &self,
         seq: u64,
         first_new_seq: u64,
+        unflushed: &[&[Written]],
         batch: &Batch,
     ) -> Result<(Record, [u8; 32]), Refusal> {
         if seq >= first_new_seq {
             let w = &batch.written[usize::try_from(seq - first_new_seq).expect("batch index")];
             return Ok((w.record.clone(), w.hash));
+        }
+        for written in unflushed {
+            let Some(first) = written.first().map(|w| w.record.seq) else {
+                continue;
+            };
+            if let Some(w) = seq
+                .checked_sub(first)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| written.get(i))
+            {
+                return Ok((w.record.clone(), w.hash));
+            }
         }
         let bytes = self
             .store

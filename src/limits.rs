@@ -39,6 +39,12 @@ pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
 pub const MAX_CONNECTIONS: usize = 10_000;
 /// Requests applied in one group commit (one sled batch, one flush).
 pub const MAX_COMMIT_BATCH: usize = 2_048;
+/// Batches a brand's writer applies ahead of the flush in progress. With 1,
+/// memory is at most two batches ahead of disk (one flushing, one applied
+/// and waiting), enough to apply while the disk flushes; more would only
+/// cut the queue into smaller batches (fewer requests per flush) and add
+/// batches that a failed commit must refuse.
+pub const COMMIT_PIPELINE_DEPTH: usize = 1;
 /// Requests queued for a brand's writer before connections wait.
 pub const WRITER_QUEUE: usize = 16_384;
 /// A client must finish sign-on within this time.

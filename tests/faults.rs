@@ -11,8 +11,11 @@
 #[path = "support/store.rs"]
 mod store;
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use cardd::ledger::BrandLedger;
@@ -219,6 +222,244 @@ async fn a_full_disk_acknowledges_nothing_and_restart_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_flush_acknowledges_nothing_and_restart_recovers() {
     fault_case(FAIL_AFTER_WRITE).await;
+}
+
+/// What the pipeline tests' hook tells the test.
+#[derive(Debug, PartialEq)]
+enum Event {
+    CommitStarted,
+    RecordRead(u64),
+}
+
+/// A commit hook for the two-stage writer: once armed, each commit says it
+/// started, then waits for the test's verdict (true: pass it on, false:
+/// fail it before anything is written); reads of records are reported, so
+/// the test knows when the applier has applied a batch that reads one.
+struct Held {
+    armed: AtomicBool,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    verdicts: Mutex<std::sync::mpsc::Receiver<bool>>,
+}
+
+impl CommitHook for Held {
+    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
+        if !self.armed.load(Ordering::SeqCst) {
+            return commit.apply(inner);
+        }
+        let _ = self.events.send(Event::CommitStarted);
+        let verdicts = self.verdicts.lock().unwrap();
+        match verdicts.recv_timeout(Duration::from_secs(10)) {
+            Ok(true) => commit.apply(inner),
+            _ => Err(StorageError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )))),
+        }
+    }
+
+    fn record_read(&self, _brand: u32, seq: u64) {
+        if self.armed.load(Ordering::SeqCst) {
+            let _ = self.events.send(Event::RecordRead(seq));
+        }
+    }
+}
+
+type Verdicts = std::sync::mpsc::Sender<bool>;
+type Events = tokio::sync::mpsc::UnboundedReceiver<Event>;
+
+/// A provisioned brand on a `Held` store, and its writer (armed).
+fn held_brand(
+    dir: &std::path::Path,
+) -> (
+    Arc<WrappedStore<Held>>,
+    BrandHandle,
+    String,
+    Verdicts,
+    Events,
+) {
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (verdicts, verdicts_rx) = std::sync::mpsc::channel();
+    let held = Arc::new(WrappedStore {
+        inner: SledStore::open(dir).unwrap(),
+        hook: Held {
+            armed: AtomicBool::new(false),
+            events: events_tx,
+            verdicts: Mutex::new(verdicts_rx),
+        },
+    });
+    let (ledger, card) = provision(held.clone());
+    assert_eq!(ledger.state.seq, PROVISIONED);
+    let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
+    held.hook.armed.store(true, Ordering::SeqCst);
+    (held, handle, card, verdicts, events)
+}
+
+/// Records `provision` writes; the last is the terminal's top-up (txn 1).
+const PROVISIONED: u64 = 5;
+
+async fn next_event(events: &mut Events) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("no event within 10 s")
+        .expect("hook alive")
+}
+
+/// Polls `answer` once: that queues its command on the writer (whose
+/// queue has room) without waiting for the answer. On a single-threaded
+/// runtime the writer runs only when the test awaits something else, so
+/// commands queued back to back are taken as one batch.
+async fn queue<F: Future>(answer: F) -> Pin<Box<F>> {
+    let mut answer = Box::pin(answer);
+    std::future::poll_fn(|cx| {
+        assert!(answer.as_mut().poll(cx).is_pending(), "answered at once");
+        Poll::Ready(())
+    })
+    .await;
+    answer
+}
+
+/// True while `answer` has not come.
+async fn still_waiting<F: Future>(answer: &mut Pin<Box<F>>) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx).is_pending())).await
+}
+
+/// The status of the till's transaction `txn`.
+async fn status(handle: &BrandHandle, txn: u64) -> Result<pb::StatusResult, ErrorCode> {
+    let op = Op::TxnStatus(pb::TxnStatus { txn_id: txn });
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        handle.submit(sub(&till(), Principal::Terminal(1), 0, op)),
+    )
+    .await
+    .expect("no answer within 10 s")
+    {
+        Some(Ok(pb::Reply {
+            detail: Some(pb::reply::Detail::Status(s)),
+            ..
+        })) => Ok(*s),
+        Some(Ok(other)) => panic!("not a status: {other:?}"),
+        Some(Err(refusal)) => Err(refusal.code),
+        None => Err(ErrorCode::Internal),
+    }
+}
+
+async fn sign_on(handle: &BrandHandle) -> Option<Result<pb::SignOnOk, cardd::error::Refusal>> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        handle.sign_on(Principal::Terminal(1)),
+    )
+    .await
+    .expect("no sign-on answer within 10 s")
+}
+
+/// Batch A is stuck in its commit while batch B (a purchase, and a status
+/// query that reads storage and so shows B was applied) is applied behind
+/// it. A's commit fails: neither batch is acknowledged, the brand stops,
+/// and after a restart only the durable prefix exists and both requests'
+/// status can be asked.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_commit_refuses_the_batch_applied_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, handle, card, verdicts, mut events) = held_brand(dir.path());
+
+    let a = queue(purchase(&handle, &card, 20)).await;
+    assert_eq!(next_event(&mut events).await, Event::CommitStarted);
+    let b_purchase = queue(purchase(&handle, &card, 21)).await;
+    let b_status = queue(status(&handle, 1)).await;
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::RecordRead(PROVISIONED),
+        "batch B is applied while A is held"
+    );
+
+    verdicts.send(false).unwrap();
+    assert_eq!(a.await.unwrap_err(), ErrorCode::StorageFailure);
+    assert_eq!(b_purchase.await.unwrap_err(), ErrorCode::StorageFailure);
+    assert_eq!(
+        b_status.await.unwrap_err(),
+        ErrorCode::StorageFailure,
+        "even a read answered behind a failed commit is refused"
+    );
+    // Stopped: later requests and sign-ons are refused, nothing is committed.
+    assert_eq!(
+        purchase(&handle, &card, 22).await.unwrap_err(),
+        ErrorCode::StorageFailure
+    );
+    assert!(
+        matches!(sign_on(&handle).await, None | Some(Err(_))),
+        "a stopped brand signs no one on"
+    );
+    assert_eq!(events.try_recv().ok(), None, "no commit after the failure");
+
+    // Restart from the data directory.
+    drop(handle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&held) > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer did not let go of storage"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(held);
+    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let recovered = BrandLedger::recover(store.clone(), server_key(), 1).unwrap();
+    assert_eq!(recovered.state.seq, PROVISIONED, "only the durable prefix");
+    assert_eq!(store.record(1, PROVISIONED + 1).unwrap(), None);
+    let handle = BrandHandle::spawn(recovered, Arc::new(KeyIndex::default()));
+    for txn in [20, 21, 22] {
+        let s = status(&handle, txn).await.expect("status after restart");
+        assert_eq!(s.state(), pb::TxnState::Unknown, "txn {txn}");
+    }
+    // The till may now safely retry them.
+    let r = purchase(&handle, &card, 20)
+        .await
+        .expect("retry after restart");
+    assert_eq!(r.receipt.unwrap().seq, PROVISIONED + 1);
+}
+
+/// Answers that rest on a batch still being flushed wait for it: a retry
+/// of A's request and a sign-on (whose last txn id is A's), both taken
+/// while A is held, come only after A is durable, and the retry gives
+/// A's answer (read from memory: storage may not have A yet).
+#[tokio::test(flavor = "current_thread")]
+async fn answers_resting_on_a_batch_being_flushed_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, handle, card, verdicts, mut events) = held_brand(dir.path());
+
+    let mut a = queue(purchase(&handle, &card, 20)).await;
+    assert_eq!(next_event(&mut events).await, Event::CommitStarted);
+    let mut retry = queue(purchase(&handle, &card, 20)).await;
+    let mut signed_on = queue(sign_on(&handle)).await;
+    let mut b_status = queue(status(&handle, 1)).await;
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::RecordRead(PROVISIONED),
+        "batch B is applied while A is held"
+    );
+    assert!(held.inner.record(1, PROVISIONED + 1).unwrap().is_none());
+    assert!(still_waiting(&mut a).await);
+    assert!(
+        still_waiting(&mut retry).await,
+        "retry answered before A is durable"
+    );
+    assert!(
+        still_waiting(&mut signed_on).await,
+        "sign-on answered before A is durable"
+    );
+    assert!(still_waiting(&mut b_status).await);
+
+    verdicts.send(true).unwrap();
+    let a = a.await.expect("A approved").receipt.unwrap();
+    assert!(held.inner.record(1, a.seq).unwrap().is_some());
+    let retry = retry.await.expect("retry answered");
+    assert!(retry.replayed);
+    let receipt = retry.receipt.unwrap();
+    assert_eq!((receipt.seq, receipt.hash), (a.seq, a.hash));
+    let ok = signed_on.await.expect("writer alive").expect("signed on");
+    assert_eq!(ok.last_txn_id, 20);
+    let s = b_status.await.expect("status");
+    assert_eq!((s.state(), s.seq), (pb::TxnState::Committed, PROVISIONED));
+    assert_eq!(events.try_recv().ok(), None, "B wrote nothing");
 }
 
 /// Writes a small ledger to `dir` and returns (records, head hash).

@@ -1,18 +1,23 @@
-//! The single writer of one brand's log: group commit.
+//! The single writer of one brand's log: group commit, in two stages.
 //!
-//! Commands queue on a channel while the previous batch is being flushed;
-//! the writer takes everything queued (up to MAX_COMMIT_BATCH), applies it
-//! through the state machine, commits the new records with one sled batch,
-//! one flush and one signed checkpoint, and only then sends the answers.
+//! The applier takes everything queued (up to MAX_COMMIT_BATCH), applies
+//! it through the state machine and signs the batch's checkpoint; the
+//! committer writes each batch's records with one sled batch, one flush
+//! and that checkpoint, strictly in apply order, and only then sends the
+//! answers. So the next batch is applied while the previous one flushes,
+//! and nothing is answered before it (and every batch before it) is
+//! durable. A failed commit stops both stages: memory is ahead of disk.
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::KeyIndex;
-use crate::ledger::{Answer, BrandLedger, Submission};
-use crate::limits::{MAX_COMMIT_BATCH, WRITER_QUEUE};
+use crate::ledger::{Answer, Batch, BrandLedger, Submission};
+use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH, WRITER_QUEUE};
 use crate::pb;
-use crate::state::Principal;
+use crate::state::{Principal, Written};
+use crate::storage::LogStore;
 
 /// What a connection asks of a brand's writer.
 pub enum Command {
@@ -32,10 +37,18 @@ pub struct BrandHandle {
 }
 
 impl BrandHandle {
-    /// Starts the writer task for `ledger`.
+    /// Starts the writer (applier and committer tasks) for `ledger`.
     pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        tokio::spawn(run(ledger, rx, keys));
+        let (jobs_tx, jobs_rx) = mpsc::channel(COMMIT_PIPELINE_DEPTH);
+        tokio::spawn(commit_in_order(
+            ledger.brand_id(),
+            ledger.store(),
+            keys,
+            ledger.checkpoint(),
+            jobs_rx,
+        ));
+        tokio::spawn(apply_in_order(ledger, rx, jobs_tx));
         BrandHandle { tx }
     }
 
@@ -101,11 +114,7 @@ fn sign_on_ok(
 /// Attaches inclusion proofs (against `checkpoint`) to the answers that
 /// asked for one. Proofs read O(log^2 n) stored nodes; only asked-for
 /// answers pay for them.
-fn attach_proofs(
-    batch: &mut crate::ledger::Batch,
-    store: &dyn crate::storage::LogStore,
-    checkpoint: &pb::Checkpoint,
-) {
+fn attach_proofs(batch: &mut Batch, store: &dyn LogStore, checkpoint: &pb::Checkpoint) {
     let nodes = crate::storage::StoredNodes {
         store,
         brand: checkpoint.brand_id,
@@ -131,68 +140,155 @@ fn attach_proofs(
     }
 }
 
-async fn run(mut ledger: BrandLedger, mut rx: mpsc::Receiver<Command>, keys: Arc<KeyIndex>) {
-    let brand = ledger.brand_id();
-    let store = ledger.store();
-    // The newest durable checkpoint: what proofs are given against.
-    let mut last_checkpoint = ledger.checkpoint();
+/// A sign-on answer and where it goes.
+type SignOnReply = (
+    oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
+    Result<pb::SignOnOk, crate::error::Refusal>,
+);
+
+/// One applied batch on its way from the applier to the committer.
+struct Job {
+    /// The new records (shared with the applier, which answers retries of
+    /// them from memory until they are surely in storage).
+    written: Arc<Vec<Written>>,
+    /// Signed right after this batch was applied, so it covers exactly the
+    /// tree after it; None when the batch wrote nothing.
+    checkpoint: Option<pb::Checkpoint>,
+    /// Answers, enrolled keys, proof requests (`written` taken out).
+    batch: Batch,
+    waiting: Vec<oneshot::Sender<Answer>>,
+    /// Computed from the state before this batch, which may itself not be
+    /// durable yet: released with this batch's answers.
+    sign_ons: Vec<SignOnReply>,
+}
+
+impl Job {
+    fn refuse(self) {
+        for tx in self.waiting {
+            let _ = tx.send(Err(stopped_refusal()));
+        }
+        for (tx, _) in self.sign_ons {
+            let _ = tx.send(Err(stopped_refusal()));
+        }
+    }
+}
+
+/// Stage 1: applies batches in memory and hands them to the committer,
+/// at most COMMIT_PIPELINE_DEPTH ahead of the one being flushed.
+async fn apply_in_order(
+    mut ledger: BrandLedger,
+    mut rx: mpsc::Receiver<Command>,
+    jobs: mpsc::Sender<Job>,
+) {
+    // Records of the batches the committer may not have made durable yet:
+    // with a slot reserved before applying, that is at most the last
+    // COMMIT_PIPELINE_DEPTH batches handed over.
+    let mut unflushed: VecDeque<Arc<Vec<Written>>> =
+        VecDeque::with_capacity(COMMIT_PIPELINE_DEPTH + 1);
     let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
-    while rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await > 0 {
+    loop {
+        // Room first, then the queue: while the committer is behind,
+        // requests keep queuing and the next batch takes them all.
+        let Ok(slot) = jobs.reserve().await else {
+            break; // the committer stopped: a commit failed
+        };
+        if rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await == 0 {
+            return; // every handle is gone: the daemon is going down
+        }
+        if jobs.is_closed() {
+            // A commit failed while we waited: memory is ahead of disk.
+            commands.drain(..).for_each(refuse);
+            break;
+        }
         let mut subs = Vec::with_capacity(commands.len());
         let mut waiting = Vec::with_capacity(commands.len());
+        let mut sign_ons = Vec::new();
         for cmd in commands.drain(..) {
             match cmd {
                 Command::Apply(sub, tx) => {
                     subs.push(sub);
                     waiting.push(tx);
                 }
-                // Answered at once: sign-on reads only committed state, because
-                // every earlier batch was committed before this loop turned.
-                Command::SignOn(p, tx) => {
-                    let _ = tx.send(sign_on_ok(&ledger, p));
-                }
+                Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
             }
         }
-        if subs.is_empty() {
-            continue;
+        // Even a batch that writes nothing goes through the committer: its
+        // answers (balances, refusals, replays) may rest on records still
+        // being flushed.
+        let behind: Vec<&[Written]> = unflushed.iter().map(|w| w.as_slice()).collect();
+        let mut batch = ledger.apply_batch_behind(&subs, &behind);
+        let written = Arc::new(std::mem::take(&mut batch.written));
+        let checkpoint = (!written.is_empty()).then(|| ledger.checkpoint());
+        unflushed.push_back(written.clone());
+        if unflushed.len() > COMMIT_PIPELINE_DEPTH {
+            unflushed.pop_front();
         }
-        let mut batch = ledger.apply_batch(&subs);
-        if !batch.written.is_empty() {
-            let checkpoint = ledger.checkpoint();
-            last_checkpoint = checkpoint.clone();
+        slot.send(Job {
+            written,
+            checkpoint,
+            batch,
+            waiting,
+            sign_ons,
+        });
+    }
+    // Memory is ahead of disk and nothing more of it may be served.
+    drop(ledger);
+    refuse_all(rx).await;
+}
+
+/// Stage 2: makes batches durable one at a time, in the order applied,
+/// and only then releases their keys and answers.
+async fn commit_in_order(
+    brand: u32,
+    store: Arc<dyn LogStore>,
+    keys: Arc<KeyIndex>,
+    // The newest durable checkpoint: what proofs are given against.
+    mut last_checkpoint: pb::Checkpoint,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(mut job) = jobs.recv().await {
+        if let Some(checkpoint) = job.checkpoint.take() {
             let store = store.clone();
-            let written = std::mem::take(&mut batch.written);
+            let written = job.written.clone();
             let result = tokio::task::spawn_blocking(move || {
                 BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
+                    .map(|()| checkpoint)
             })
             .await;
             let failure = match result {
-                Ok(Ok(())) => None,
+                Ok(Ok(checkpoint)) => {
+                    last_checkpoint = checkpoint;
+                    None
+                }
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(error) = failure {
                 // Memory is now ahead of disk, and the batch may or may not
-                // have reached it: acknowledge nothing, serve nothing more
-                // from this state. Other brands go on; a restart recovers
-                // this one from its durable log.
+                // have reached it: acknowledge nothing of it nor of the
+                // batches applied on top of it, and stop the applier. Other
+                // brands go on; a restart recovers this one from its
+                // durable log.
                 tracing::error!(brand, error, "commit failed; brand stopped until restart");
                 eprintln!("cardd: brand {brand}: commit failed: {error}; brand stopped (restart recovers it)");
-                for tx in waiting {
-                    let _ = tx.send(Err(stopped_refusal()));
+                jobs.close();
+                job.refuse();
+                while let Some(later) = jobs.recv().await {
+                    later.refuse();
                 }
-                drop(ledger);
-                refuse_all(rx).await;
                 return;
             }
-            for (key, tid) in &batch.enrolled {
+            for (key, tid) in &job.batch.enrolled {
                 keys.insert(*key, brand, Principal::Terminal(*tid));
             }
         }
-        if !batch.proof_wanted.is_empty() {
-            attach_proofs(&mut batch, store.as_ref(), &last_checkpoint);
+        if !job.batch.proof_wanted.is_empty() {
+            attach_proofs(&mut job.batch, store.as_ref(), &last_checkpoint);
         }
-        for (tx, answer) in waiting.into_iter().zip(batch.answers) {
+        for (tx, answer) in job.sign_ons {
+            let _ = tx.send(answer);
+        }
+        for (tx, answer) in job.waiting.into_iter().zip(job.batch.answers) {
             // A connection that went away no longer wants its answer; the
             // record stands and a status query will find it.
             let _ = tx.send(answer);
@@ -207,10 +303,19 @@ fn stopped_refusal() -> crate::error::Refusal {
     )
 }
 
-/// A stopped brand answers every request with STORAGE_FAILURE.
+/// A stopped brand answers every request (and sign-on) with STORAGE_FAILURE.
 async fn refuse_all(mut rx: mpsc::Receiver<Command>) {
     while let Some(cmd) = rx.recv().await {
-        if let Command::Apply(_, tx) = cmd {
+        refuse(cmd);
+    }
+}
+
+fn refuse(cmd: Command) {
+    match cmd {
+        Command::Apply(_, tx) => {
+            let _ = tx.send(Err(stopped_refusal()));
+        }
+        Command::SignOn(_, tx) => {
             let _ = tx.send(Err(stopped_refusal()));
         }
     }

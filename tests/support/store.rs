@@ -2,6 +2,8 @@
 //! `commit` goes straight to an inner `SledStore`; `commit` goes through a
 //! hook, which decides whether (and when) to pass it on to the inner store.
 //!
+//! Reads of single records can be watched too (`record_read`).
+//!
 //! Also `sub`, the signed submission both such tests feed the writer.
 //!
 //! Included by path (`#[path = "support/store.rs"] mod store;`), so each
@@ -31,6 +33,10 @@ impl Commit<'_> {
 pub trait CommitHook: Send + Sync + 'static {
     /// Handles one commit; `commit.apply(inner)` passes it on to the real store.
     fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()>;
+
+    /// Sees a read of one record (the writer reads older records to answer
+    /// retries and status queries); the read itself goes to the inner store.
+    fn record_read(&self, _brand: u32, _seq: u64) {}
 }
 
 /// A `SledStore` whose commits go through `hook`.
@@ -69,6 +75,7 @@ impl<H: CommitHook> LogStore for WrappedStore<H> {
     }
 
     fn record(&self, brand: u32, seq: u64) -> storage::Result<Option<Vec<u8>>> {
+        self.hook.record_read(brand, seq);
         self.inner.record(brand, seq)
     }
 
