@@ -6,6 +6,8 @@
 //! A refused request leaves the state exactly as it was: every operation
 //! validates fully before it mutates anything.
 mod apply;
+#[cfg(test)]
+mod golden;
 mod receipt;
 pub mod rules;
 
