@@ -32,16 +32,26 @@ fn luhn(digits: impl DoubleEndedIterator<Item = u8>) -> u8 {
 /// The brand id encoded in a well-formed card number, or None if `card` is
 /// not 19 digits with a valid prefix and check digit.
 pub fn parse(card: &str) -> Option<u32> {
-    let bytes = card.as_bytes();
-    if bytes.len() != CARD_DIGITS || !bytes.iter().all(u8::is_ascii_digit) || bytes[0] != b'8' {
+    parse_number(card).map(|(brand, _)| brand)
+}
+
+/// The brand id and the numeric value of a well-formed card number (as
+/// [`parse`] checks it). Called on every card operation: one pass over the
+/// digits, no allocation.
+pub fn parse_number(card: &str) -> Option<(u32, u64)> {
+    let bytes: &[u8; CARD_DIGITS] = card.as_bytes().try_into().ok()?;
+    if !bytes.iter().all(u8::is_ascii_digit) || bytes[0] != b'8' {
         return None;
     }
-    // Called on every card operation: no allocation.
-    let body = bytes[..CARD_DIGITS - 1].iter().map(|b| b - b'0');
-    if luhn(body) != bytes[CARD_DIGITS - 1] - b'0' {
+    let digits = bytes.map(|b| b - b'0');
+    let body = &digits[..CARD_DIGITS - 1];
+    if luhn(body.iter().copied()) != digits[CARD_DIGITS - 1] {
         return None;
     }
-    card[1..6].parse().ok()
+    let value = |ds: &[u8]| ds.iter().fold(0u64, |n, &d| n * 10 + u64::from(d));
+    // Five digits fit in u32; nineteen (below 9 * 10^18) fit in u64.
+    let brand = u32::try_from(value(&digits[1..6])).expect("five digits");
+    Some((brand, value(&digits)))
 }
 
 /// A fresh random card number for `brand_id` (which must be <= 99,999).
@@ -82,6 +92,24 @@ mod tests {
             assert_eq!(n.len(), CARD_DIGITS);
             assert_eq!(parse(&n), Some(brand));
         }
+    }
+
+    #[test]
+    fn parse_number_agrees_with_the_text() {
+        for brand in [1, 42, 99_999] {
+            let n = generate(brand);
+            assert_eq!(parse_number(&n), Some((brand, n.parse().unwrap())));
+        }
+        for bad in [
+            "",
+            "8",
+            "80000100000000000090",
+            "7000010000000000009",
+            "8000010000000000008",
+        ] {
+            assert_eq!(parse_number(bad), None, "{bad}");
+        }
+        assert_eq!(parse_number("８000010000000000009"), None);
     }
 
     #[test]

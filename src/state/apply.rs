@@ -153,12 +153,12 @@ fn require_cashier_or_owner(ctx: &Context) -> Result<(), Refusal> {
 /// Parses a card number and finds it in this brand. A malformed number and
 /// an unknown one get the same answer, so probing learns nothing.
 fn parse_card(state: &BrandState, card: &str) -> Result<u64, Refusal> {
-    match card_number::parse(card) {
+    match card_number::parse_number(card) {
         None => refuse(E::CardNotFound, "card not found"),
-        Some(brand) if brand != state.brand_id => {
+        Some((brand, _)) if brand != state.brand_id => {
             refuse(E::CardOtherBrand, "card belongs to another brand")
         }
-        Some(_) => Ok(card.parse().expect("19 digits fit in u64")),
+        Some((_, number)) => Ok(number),
     }
 }
 

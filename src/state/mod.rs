@@ -316,7 +316,33 @@ impl BrandState {
     }
 }
 
-/// The 19-digit text form of a card number kept as u64.
+/// The 19-digit text form of a card number kept as u64: the same text as
+/// `format!("{number:019}")`, without the formatting machinery (every card
+/// record writes one).
 pub fn format_card(number: u64) -> String {
-    format!("{number:019}")
+    // u64 has at most 20 digits; card numbers have 19.
+    let mut text = [b'0'; 20];
+    let mut rest = number;
+    let mut start = text.len();
+    while rest > 0 {
+        start -= 1;
+        text[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    let start = start.min(text.len() - crate::card_number::CARD_DIGITS);
+    String::from_utf8(text[start..].to_vec()).expect("ASCII digits")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn format_card_pads_like_format() {
+        let tens = (0..20).map(|e| 10u64.pow(e));
+        for n in tens
+            .flat_map(|t| [t - 1, t, t + 1])
+            .chain([u64::MAX, 8_000_010_000_000_000_009])
+        {
+            assert_eq!(super::format_card(n), format!("{n:019}"));
+        }
+    }
 }
