@@ -83,20 +83,22 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         }
         None => {}
     }
-    let w = match op {
-        Op::Purchase(p) => purchase(state, ctx, req, p)?,
-        Op::TopUp(t) => top_up(state, ctx, req, t)?,
-        Op::Refund(r) => refund(state, ctx, req, r)?,
-        Op::Reversal(r) => reversal(state, ctx, req, r)?,
-        Op::RedeemPoints(r) => redeem_points(state, ctx, req, r)?,
-        Op::CloseShift(c) => close_shift(state, ctx, req, c)?,
-        Op::CreateStore(c) => create_store(state, ctx, req, c)?,
-        Op::EnrollTerminal(e) => enroll_terminal(state, ctx, req, e)?,
-        Op::IssueCard(i) => issue_card(state, ctx, req, i)?,
-        Op::SetCardBlocked(b) => set_card_blocked(state, ctx, req, b)?,
-        Op::ReplaceCard(r) => replace_card(state, ctx, req, r)?,
-        Op::SetRules(s) => set_rules(state, ctx, req, s)?,
-        Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s)?,
+    // Each operation returns its Outcome itself: the record (~500 bytes) is
+    // then built in place instead of copied out of a Result at each layer.
+    match op {
+        Op::Purchase(p) => purchase(state, ctx, req, p),
+        Op::TopUp(t) => top_up(state, ctx, req, t),
+        Op::Refund(r) => refund(state, ctx, req, r),
+        Op::Reversal(r) => reversal(state, ctx, req, r),
+        Op::RedeemPoints(r) => redeem_points(state, ctx, req, r),
+        Op::CloseShift(c) => close_shift(state, ctx, req, c),
+        Op::CreateStore(c) => create_store(state, ctx, req, c),
+        Op::EnrollTerminal(e) => enroll_terminal(state, ctx, req, e),
+        Op::IssueCard(i) => issue_card(state, ctx, req, i),
+        Op::SetCardBlocked(b) => set_card_blocked(state, ctx, req, b),
+        Op::ReplaceCard(r) => replace_card(state, ctx, req, r),
+        Op::SetRules(s) => set_rules(state, ctx, req, s),
+        Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
         Op::Inquiry(_)
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
@@ -104,8 +106,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         | Op::ConsistencyProof(_) => {
             unreachable!("handled above")
         }
-    };
-    Ok(Outcome::Written(w))
+    }
 }
 
 fn text_ok(s: &str) -> bool {
@@ -240,7 +241,7 @@ fn fill_card(state: &BrandState, rec: &mut Record, number: u64, card: &Card) {
 
 /// Appends `rec`: the single place where the chain, the Merkle tree, the
 /// idempotency index and the signer's last transaction id advance.
-fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Written {
+fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
     debug_assert_eq!(rec.seq, state.seq + 1);
     let bytes = rec.encode_to_vec();
     let hash = leaf_hash(&bytes);
@@ -267,12 +268,12 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Written {
             Principal::Server => {}
         }
     }
-    Written {
+    Outcome::Written(Written {
         record: rec,
         bytes,
         hash,
         nodes,
-    }
+    })
 }
 
 fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
@@ -348,7 +349,7 @@ fn create_brand(
     state.currency = cb.currency.clone();
     state.exponent = cb.currency_exponent;
     state.owner_key = owner.to_bytes();
-    Ok(Outcome::Written(append(state, ctx, rec)))
+    Ok(append(state, ctx, rec))
 }
 
 fn txn_status(state: &BrandState, ctx: &Context, txn_id: u64) -> Outcome {
@@ -381,7 +382,7 @@ fn purchase(
     ctx: &Context,
     req: &Request,
     p: &pb::Purchase,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
     let (number, mut card) = find_active_card(state, &p.card)?;
@@ -455,7 +456,7 @@ fn top_up(
     ctx: &Context,
     req: &Request,
     t: &pb::TopUp,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(t.amount_minor)?;
     let (number, mut card) = find_active_card(state, &t.card)?;
@@ -482,7 +483,7 @@ fn refund(
     ctx: &Context,
     req: &Request,
     r: &pb::Refund,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
     let Some(orig) = state.effects.get(&r.original_seq) else {
@@ -561,7 +562,7 @@ fn reversal(
     ctx: &Context,
     req: &Request,
     r: &pb::Reversal,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     if r.original_txn_id == 0 || r.original_txn_id == req.txn_id {
         return refuse(
@@ -708,7 +709,7 @@ fn redeem_points(
     ctx: &Context,
     req: &Request,
     r: &pb::RedeemPoints,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     if !(1..=MAX_POINTS).contains(&r.points) {
         return refuse(E::AmountOutOfRange, "points out of range");
@@ -739,7 +740,7 @@ fn close_shift(
     ctx: &Context,
     req: &Request,
     c: &pb::CloseShift,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     let terminal = &state.terminals[&tid];
     let server = terminal.shift;
@@ -759,7 +760,7 @@ fn create_store(
     ctx: &Context,
     req: &Request,
     c: &pb::CreateStore,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     if c.name.is_empty() || !text_ok(&c.name) {
         return refuse(E::InvalidArgument, "store name empty or too long");
@@ -785,7 +786,7 @@ fn enroll_terminal(
     ctx: &Context,
     req: &Request,
     e: &pb::EnrollTerminal,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     if !state.stores.contains_key(&e.store_id) {
         return refuse(E::StoreNotFound, "no such store");
@@ -827,7 +828,7 @@ fn issue_card(
     ctx: &Context,
     req: &Request,
     i: &pb::IssueCard,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     let number = parse_card(state, &i.card).map_err(|r| match r.code {
         E::CardNotFound => {
@@ -853,7 +854,7 @@ fn set_card_blocked(
     ctx: &Context,
     req: &Request,
     b: &pb::SetCardBlocked,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     if !text_ok(&b.reason) {
         return refuse(E::InvalidArgument, "reason too long");
@@ -879,7 +880,7 @@ fn replace_card(
     ctx: &Context,
     req: &Request,
     r: &pb::ReplaceCard,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     let (old_number, old) = find_card(state, &r.old_card)?;
     if old.status == CardStatus::Replaced {
@@ -925,7 +926,7 @@ fn set_rules(
     ctx: &Context,
     req: &Request,
     s: &pb::SetRules,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     let Some(new_rules) = &s.rules else {
         return refuse(E::InvalidArgument, "rules missing");
@@ -941,7 +942,7 @@ fn set_terminal_disabled(
     ctx: &Context,
     req: &Request,
     s: &pb::SetTerminalDisabled,
-) -> Result<Written, Refusal> {
+) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
     if !text_ok(&s.reason) {
         return refuse(E::InvalidArgument, "reason too long");
