@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side on this machine, in one run: the same purchase on
 # PostgreSQL (debit with a balance check + ledger insert, one transaction,
-# default durability; driven by pgbench) and on cardd (every request
+# default durability; driven by pgbench with prepared statements, the
+# purchase as one statement so that it costs one round trip) and on cardd (every request
 # ed25519-signed by its terminal and verified by the server, group-committed
 # with a signed Merkle checkpoint per batch; driven by terminal-sim bench).
 #
@@ -45,12 +46,10 @@ psql -c "VACUUM ANALYZE"
 cat > "$work/purchase.sql" <<SQL
 \set card random(1, $cards)
 \set amount random(100, 5000)
-BEGIN;
 WITH d AS (UPDATE cards SET balance = balance - :amount WHERE id = :card AND balance >= :amount RETURNING id, balance)
 INSERT INTO ledger (card, amount, balance_after) SELECT id, :amount, balance FROM d;
-COMMIT;
 SQL
-pg_out=$(pgbench -h 127.0.0.1 -p "$pgport" -U postgres -n -c "$clients" -j 2 -T "$seconds" -f "$work/purchase.sql" postgres 2>&1)
+pg_out=$(pgbench -h 127.0.0.1 -p "$pgport" -U postgres -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$work/purchase.sql" postgres 2>&1)
 pg_tps=$(echo "$pg_out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
 pg_lat=$(echo "$pg_out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
 echo "postgres: $pg_tps purchases/s (latency average $pg_lat ms)"
