@@ -15,12 +15,8 @@ mix=${MIX:-purchase=100}
 work=$(mktemp -d "${TMPDIR:-/tmp}/cardd-half.XXXXXX")
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-cargo build --release --quiet --workspace
-./target/release/cardd serve --data "$work/data" --listen 127.0.0.1:0 --demo > "$work/out" 2>/dev/null &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^cardd listening on //p' "$work/out")
-[ -n "$addr" ] || { echo "latency-at-half: cardd did not start" >&2; exit 1; }
+. bench/lib.sh
+start_demo_daemon "$work"
 
 # bench OUT [ARGS...]: one run's JSON report in OUT. Exit code 2 (some
 # requests refused or unanswered) still gives a report, shown below.

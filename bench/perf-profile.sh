@@ -16,11 +16,8 @@ command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf
 work=$(mktemp -d "${TMPDIR:-/tmp}/cardd-perf.XXXXXX")
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-cargo build --release --quiet --workspace
-./target/release/cardd serve --data "$work/data" --listen 127.0.0.1:0 --demo > "$work/out" 2>/dev/null &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^cardd listening on //p' "$work/out")
+. bench/lib.sh
+start_demo_daemon "$work"
 ./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
   --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json > "$work/bench.json" 2>/dev/null &
 bench=$!
