@@ -2,13 +2,14 @@
 //! checkpoint atomically and durably, read records back. sled is the
 //! embedded default; a replicated log can later sit behind the same trait.
 //!
-//! Layout (sled): one tree per brand, `brand/NNNNN`, holding one key per
-//! commit, `B` + first seq (u64 BE) -> [`StoredBatch`]: the commit's
-//! records, the interior Merkle nodes they completed and its checkpoint. One
-//! insert per commit means a commit lands whole or not at all, and group
-//! commit pays sled's per-key cost once per batch instead of about three
-//! times per record. A record, a node (stored with the record that
-//! completed it) or a checkpoint is found with one range lookup.
+//! Layout (sled): one tree per brand, `brand/NNNNN`, holding a commit as
+//! runs of about 4 KiB of records, `B` + first seq (u64 BE) ->
+//! [`StoredBatch`]: the run's records, the interior Merkle nodes they
+//! completed and, on the commit's last run, its checkpoint. One sled batch
+//! per commit means a commit lands whole or not at all, and group commit
+//! pays sled's per-key cost once per run instead of about three times per
+//! record. A record, a node (stored with the record that completed it) or a
+//! checkpoint is found with one range lookup.
 use std::path::Path;
 
 use thiserror::Error;
@@ -58,8 +59,15 @@ pub trait LogStore: Send + Sync + 'static {
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>>;
 }
 
-/// Key tag of a commit: `B` + first seq (u64 BE) -> the encoded batch.
+/// Key tag of a stored run of records: `B` + first seq (u64 BE) -> the
+/// encoded [`StoredBatch`].
 const BATCH: u8 = b'B';
+/// A commit is stored as runs of about this many record bytes (a run holds
+/// at least one record). sled 0.34 writes any log item over a quarter of a
+/// segment (128 KiB by default) to a separate blob file that its flush
+/// never fsyncs, and a rewritten leaf page holds up to 17 items: runs of
+/// 4 KiB keep every page far below that, so a flushed commit is on disk.
+const RUN_BYTES: usize = 4 * 1024;
 /// Key tag of the first layout (one key per record, node and checkpoint),
 /// which this version does not read.
 const OLD_LAYOUT_RECORD: u8 = b'L';
@@ -77,28 +85,29 @@ fn tree_name(brand: u32) -> String {
     format!("brand/{brand:05}")
 }
 
-/// The sled key of the commit whose first record is `first_seq`.
+/// The sled key of the stored run whose first record is `first_seq`.
 pub fn batch_key(first_seq: u64) -> [u8; 9] {
     key(BATCH, first_seq)
 }
 
-/// One commit as stored: its records (consecutive from `first_seq`), the
-/// Merkle nodes above the leaves they completed, and its checkpoint.
+/// One run of a commit as stored: records consecutive from `first_seq`,
+/// the interior Merkle nodes those records completed, and, on the run that
+/// ends a commit, the commit's checkpoint (empty on the others).
 ///
 /// Encoding (integers little-endian unless said): version byte (1); u64
-/// checkpoint tree size; u32 length + checkpoint bytes; u32 count + that
-/// many (u8 level, u64 index, 32-byte hash) nodes; u32 count + that many
-/// (u32 length + record bytes). Leaf hashes (level 0) are not stored: they
-/// are recomputed from the records.
+/// seq of the run's last record (the tree size after it); u32 length +
+/// checkpoint bytes; u32 count + that many (u8 level, u64 index, 32-byte
+/// hash) nodes; u32 count + that many (u32 length + record bytes). Leaf
+/// hashes (level 0) are not stored: they are recomputed from the records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBatch {
     /// Seq of the first record.
     pub first_seq: u64,
-    /// Tree size the checkpoint covers (the last record's seq).
+    /// Seq of the last record (the tree size after this run).
     pub tree_size: u64,
-    /// The encoded checkpoint.
+    /// The encoded checkpoint if this run ends a commit, else empty.
     pub checkpoint: Vec<u8>,
-    /// Interior Merkle nodes (level >= 1) this commit completed.
+    /// Interior Merkle nodes (level >= 1) this run's records completed.
     pub nodes: Vec<(u8, u64, [u8; 32])>,
     /// Record bytes, in seq order.
     pub records: Vec<Vec<u8>>,
@@ -222,7 +231,11 @@ impl<'a> BatchView<'a> {
                 .ok_or_else(|| corrupt("node count"))?,
         )?;
         let record_count = c.u32()? as u64;
-        if record_count == 0 || first_seq.checked_add(record_count - 1) != Some(tree_size) {
+        // The last seq must leave room to count past it (no u64::MAX).
+        if record_count == 0
+            || tree_size == u64::MAX
+            || first_seq.checked_add(record_count - 1) != Some(tree_size)
+        {
             return Err(corrupt(
                 "record count does not match its key and checkpoint size",
             ));
@@ -349,6 +362,15 @@ impl SledStore {
     }
 }
 
+/// The seq of the record that completed Merkle node (level, index): the
+/// node covers leaves [index << level, (index + 1) << level), and leaf i is
+/// record i + 1. None if that is past any seq.
+fn completing_seq(level: u8, index: u64) -> Option<u64> {
+    index
+        .checked_add(1)?
+        .checked_mul(1u64.checked_shl(u32::from(level))?)
+}
+
 fn batch_seq(k: &[u8]) -> Result<u64> {
     let seq: [u8; 8] = k
         .get(1..9)
@@ -356,6 +378,13 @@ fn batch_seq(k: &[u8]) -> Result<u64> {
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| StorageError::Corrupt(format!("bad batch key {k:?}")))?;
     Ok(u64::from_be_bytes(seq))
+}
+
+/// The checkpoint a stored run carries, if it ends a commit.
+fn run_checkpoint(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<Vec<u8>>> {
+    let (k, v) = item?;
+    let view = BatchView::parse(batch_seq(&k)?, &v)?;
+    Ok((!view.checkpoint.is_empty()).then(|| view.checkpoint.to_vec()))
 }
 
 /// Streams (seq, bytes) from stored batches, from `from_seq` on.
@@ -417,21 +446,45 @@ impl LogStore for SledStore {
             )));
         }
         // Leaf hashes are recomputed from the records; store only the
-        // interior nodes.
-        let interior: Vec<(u8, u64, [u8; 32])> = nodes
-            .iter()
-            .copied()
-            .filter(|(level, _, _)| *level > 0)
-            .collect();
-        let value = encode_batch(
-            checkpoint.0,
-            checkpoint.1,
-            &interior,
-            records.iter().map(|(_, bytes)| *bytes),
-        );
-        // One key per commit: sled copies a leaf page on every insert, so a
-        // key per record and per node cost more than the records themselves.
-        self.tree(brand)?.insert(key(BATCH, first.0), value)?;
+        // interior nodes, each with the run whose record completed it.
+        let mut batch = sled::Batch::default();
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start + 1;
+            let mut bytes = records[start].1.len();
+            while end < records.len() && bytes + records[end].1.len() <= RUN_BYTES {
+                bytes += records[end].1.len();
+                end += 1;
+            }
+            let run = &records[start..end];
+            let (run_first, run_last) = (run[0].0, run[run.len() - 1].0);
+            let run_nodes: Vec<(u8, u64, [u8; 32])> = nodes
+                .iter()
+                .copied()
+                .filter(|(level, index, _)| {
+                    *level > 0
+                        && completing_seq(*level, *index)
+                            .is_some_and(|s| (run_first..=run_last).contains(&s))
+                })
+                .collect();
+            let run_checkpoint: &[u8] = if end == records.len() {
+                checkpoint.1
+            } else {
+                &[]
+            };
+            batch.insert(
+                &key(BATCH, run_first),
+                encode_batch(
+                    run_last,
+                    run_checkpoint,
+                    &run_nodes,
+                    run.iter().map(|(_, bytes)| *bytes),
+                ),
+            );
+            start = end;
+        }
+        // One sled batch: the commit's runs land together or not at all.
+        self.tree(brand)?.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }
@@ -472,12 +525,7 @@ impl LogStore for SledStore {
     }
 
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
-        // The node over leaves [index << level, (index + 1) << level) was
-        // completed by its last leaf, so it is stored with that record.
-        let Some(last_seq) = index
-            .checked_add(1)
-            .and_then(|i| i.checked_mul(1u64.checked_shl(u32::from(level))?))
-        else {
+        let Some(last_seq) = completing_seq(level, index) else {
             return Ok(None);
         };
         if level == 0 {
@@ -502,20 +550,22 @@ impl LogStore for SledStore {
             Ok(t) => t,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        Box::new(tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).map(|item| {
-            let (k, v) = item?;
-            Ok(BatchView::parse(batch_seq(&k)?, &v)?.checkpoint.to_vec())
-        }))
+        Box::new(
+            tree.range(key(BATCH, 0)..key(BATCH + 1, 0))
+                .filter_map(|item| run_checkpoint(item).transpose()),
+        )
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
+        // The newest run ends the newest commit, so it holds a checkpoint;
+        // searching back only matters for a damaged store.
         let tree = self.tree(brand)?;
-        let last = tree
-            .range(key(BATCH, 0)..key(BATCH + 1, 0))
-            .next_back()
-            .transpose()?;
-        last.map(|(k, v)| Ok(BatchView::parse(batch_seq(&k)?, &v)?.checkpoint.to_vec()))
-            .transpose()
+        for item in tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).rev() {
+            if let Some(c) = run_checkpoint(item)? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -528,6 +578,15 @@ mod tests {
     /// Commits `sizes` batches of made-up records with their real Merkle
     /// nodes; returns the store, the records and every node.
     fn ledger(sizes: &[u64]) -> (tempfile::TempDir, SledStore, Vec<Vec<u8>>, MemoryNodes) {
+        ledger_of(sizes, |seq| {
+            format!("record {seq} {}", "x".repeat(seq as usize % 7)).into_bytes()
+        })
+    }
+
+    fn ledger_of(
+        sizes: &[u64],
+        record: impl Fn(u64) -> Vec<u8>,
+    ) -> (tempfile::TempDir, SledStore, Vec<Vec<u8>>, MemoryNodes) {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let mut frontier = Frontier::new();
@@ -537,7 +596,7 @@ mod tests {
             let first = records.len() as u64 + 1;
             let mut nodes = Vec::new();
             for seq in first..first + size {
-                let bytes = format!("record {seq} {}", "x".repeat(seq as usize % 7)).into_bytes();
+                let bytes = record(seq);
                 frontier.push_with(leaf_hash(&bytes), |l, i, h| {
                     nodes.push((l, i, h));
                     all_nodes.add(l, i, h);
@@ -608,6 +667,45 @@ mod tests {
     }
 
     #[test]
+    fn large_commits_are_stored_in_runs_and_never_in_unsynced_blobs() {
+        // Full group commits of ~400-byte records, as a busy brand makes.
+        let sizes = [2_048, 2_048, 1, 2_048];
+        let (dir, store, records, nodes) =
+            ledger_of(&sizes, |seq| format!("{seq:>400}").into_bytes());
+        let n = records.len() as u64;
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("ledger").join("blobs"))
+            .map(|d| d.collect())
+            .unwrap_or_default();
+        assert!(blobs.is_empty(), "sled wrote blob files: {blobs:?}");
+        let runs = store.db.open_tree(tree_name(7)).unwrap().len();
+        assert!(runs > 3 * 2_048 * 400 / RUN_BYTES, "only {runs} runs");
+        let checkpoints: Vec<Vec<u8>> = store.checkpoints(7).collect::<Result<_>>().unwrap();
+        assert_eq!(checkpoints.len(), sizes.len(), "one checkpoint per commit");
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(format!("checkpoint {n}").into_bytes())
+        );
+        for seq in [1, 9, 10, 11, 2_048, 2_049, 4_096, 4_097, 4_098, n] {
+            assert_eq!(
+                store.record(7, seq).unwrap().as_ref(),
+                Some(&records[seq as usize - 1])
+            );
+        }
+        let from = 3_000;
+        let scanned = store.scan(7, from).count() as u64;
+        assert_eq!(scanned, n - from + 1);
+        for level in 0..13u8 {
+            for index in (0..(n >> level)).step_by(7) {
+                assert_eq!(
+                    store.node(7, level, index).unwrap(),
+                    Some(nodes.node(level, index).unwrap()),
+                    "node {level}/{index}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_commit_must_be_one_consecutive_run_ending_at_its_checkpoint() {
         let (_dir, store, _, _) = ledger(&[2]);
         let gap = store.commit(7, &[(3, b"a"), (5, b"b")], &[], (5, b"c"));
@@ -648,6 +746,13 @@ mod tests {
         let mut version = bytes.clone();
         version[0] = 2;
         assert!(StoredBatch::decode(10, &version).is_err());
+        // A last seq with no room to count past it.
+        let end = StoredBatch {
+            first_seq: u64::MAX - 2,
+            tree_size: u64::MAX,
+            ..batch.clone()
+        };
+        assert!(StoredBatch::decode(u64::MAX - 2, &end.encode()).is_err());
         // Huge announced lengths.
         for at in [9, 15] {
             let mut huge = bytes.clone();
