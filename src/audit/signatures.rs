@@ -35,18 +35,17 @@ pub(super) struct SigJob {
     pub signature: Vec<u8>,
 }
 
-/// Canonical encodings of the eight points of small order (RFC 8032
-/// encodings; the list libsodium's `has_small_order` blocks, canonical part).
-/// A test checks each against curve25519-dalek.
-const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
-    let mut identity = [0u8; 32];
-    identity[0] = 1;
+/// The y-coordinates (little-endian, sign bit clear) of the eight points of
+/// small order: 1 (the identity), p - 1 (order 2), 0 (order 4, x = +-i)
+/// and the two of order 8. libsodium's `has_small_order` blocks the same
+/// values. A test checks the set against curve25519-dalek.
+const SMALL_ORDER_Y: [[u8; 32]; 5] = {
+    let mut one = [0u8; 32];
+    one[0] = 1;
     let mut minus_one = [0xff; 32];
     minus_one[0] = 0xec;
     minus_one[31] = 0x7f;
     let zero = [0u8; 32];
-    let mut zero_neg = [0u8; 32];
-    zero_neg[31] = 0x80;
     let order8: [u8; 32] = [
         0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
         0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
@@ -57,28 +56,18 @@ const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = {
         0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
         0xfc, 0x05,
     ];
-    let mut order8_neg = order8;
-    order8_neg[31] |= 0x80;
-    let mut order8_other_neg = order8_other;
-    order8_other_neg[31] |= 0x80;
-    [
-        identity,
-        minus_one,
-        zero,
-        zero_neg,
-        order8,
-        order8_neg,
-        order8_other,
-        order8_other_neg,
-    ]
+    [one, minus_one, zero, order8, order8_other]
 };
 
-/// Whether `r` is a canonical point encoding (y < p = 2^255 - 19) that is
-/// not one of the small-order points. Whether it is on the curve at all is
-/// left to the batch (decompression fails otherwise).
+/// Whether `r` is a canonical point encoding (y < p = 2^255 - 19) whose y
+/// is not that of a small-order point, whatever its sign bit (x = 0 with
+/// the sign bit set decodes too, to the same small-order point). Whether it
+/// is on the curve at all is left to the batch (decompression fails).
 fn r_is_strict(r: &[u8; 32]) -> bool {
-    let y_at_least_p = r[0] >= 0xed && r[1..31].iter().all(|b| *b == 0xff) && r[31] & 0x7f == 0x7f;
-    !y_at_least_p && !SMALL_ORDER_ENCODINGS.contains(r)
+    let mut y = *r;
+    y[31] &= 0x7f;
+    let y_at_least_p = y[0] >= 0xed && y[1..31].iter().all(|b| *b == 0xff) && y[31] == 0x7f;
+    !y_at_least_p && !SMALL_ORDER_Y.contains(&y)
 }
 
 /// Verifies batches of request signatures; returns the first bad record.
@@ -87,46 +76,55 @@ pub(super) fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<Verify
     let mut good_keys: HashSet<[u8; 32]> = HashSet::new();
     for jobs in rx {
         let mut verifier = batch::Verifier::new();
-        for job in &jobs {
-            if !good_keys.contains(&job.key) {
-                match VerifyingKey::from_bytes(&job.key) {
-                    Ok(k) if !k.is_weak() => {
-                        good_keys.insert(job.key);
-                    }
-                    _ => return Some(bad(job.seq, "signer key is invalid or weak")),
-                }
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(what) = precheck(&mut good_keys, job) {
+                // An earlier record in this batch may fail the equation: the
+                // first failure is the one to name.
+                return Some(first_bad(&jobs[..i]).unwrap_or_else(|| bad(job.seq, what)));
             }
-            let Ok(sig) = Signature::from_slice(&job.signature) else {
-                return Some(bad(job.seq, "request signature is malformed"));
-            };
-            if !r_is_strict(sig.r_bytes()) {
-                return Some(bad(
-                    job.seq,
-                    "request signature's R is non-canonical or of small order",
-                ));
-            }
+            let sig = Signature::from_slice(&job.signature).expect("checked by precheck");
             verifier.queue((VerificationKeyBytes::from(job.key), sig, &job.message));
         }
         if verifier.verify(rand::thread_rng()).is_err() {
-            return Some(first_bad(&jobs));
+            return Some(first_bad(&jobs).unwrap_or_else(|| {
+                bad(
+                    jobs.first().map_or(0, |j| j.seq),
+                    "signature batch fails though each signature verifies alone",
+                )
+            }));
         }
     }
     None
 }
 
-/// After a failed batch: the first signature that fails on its own.
-fn first_bad(jobs: &[SigJob]) -> VerifyError {
-    for job in jobs {
-        let ok = VerifyingKey::from_bytes(&job.key)
-            .is_ok_and(|key| verify_strict(&key, &job.message, &job.signature));
-        if !ok {
-            return bad(job.seq, "request signature does not verify");
+/// What `verify_strict` would refuse that the batch would not look at:
+/// an invalid or weak key, a malformed signature, a non-strict R.
+fn precheck(good_keys: &mut HashSet<[u8; 32]>, job: &SigJob) -> Option<&'static str> {
+    if !good_keys.contains(&job.key) {
+        match VerifyingKey::from_bytes(&job.key) {
+            Ok(k) if !k.is_weak() => {
+                good_keys.insert(job.key);
+            }
+            _ => return Some("signer key is invalid or weak"),
         }
     }
-    bad(
-        jobs.first().map_or(0, |j| j.seq),
-        "signature batch fails though each signature verifies alone",
-    )
+    let Ok(sig) = Signature::from_slice(&job.signature) else {
+        return Some("request signature is malformed");
+    };
+    if !r_is_strict(sig.r_bytes()) {
+        return Some("request signature's R is non-canonical or of small order");
+    }
+    None
+}
+
+/// The first of `jobs` whose signature fails on its own (strictly).
+fn first_bad(jobs: &[SigJob]) -> Option<VerifyError> {
+    jobs.iter()
+        .find(|job| {
+            !VerifyingKey::from_bytes(&job.key)
+                .is_ok_and(|key| verify_strict(&key, &job.message, &job.signature))
+        })
+        .map(|job| bad(job.seq, "request signature does not verify"))
 }
 
 fn bad(seq: u64, what: &str) -> VerifyError {
@@ -144,23 +142,32 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     #[test]
-    fn small_order_table_is_exactly_the_eight_torsion_points() {
+    fn small_order_table_is_exactly_the_eight_torsion_points_with_either_sign() {
         let mut points = Vec::new();
-        for enc in SMALL_ORDER_ENCODINGS {
-            let p = CompressedEdwardsY(enc)
-                .decompress()
-                .expect("a table entry is not a curve point");
-            assert!(
-                p.is_small_order(),
-                "{} is not of small order",
-                hex::encode(enc)
-            );
-            assert_eq!(p.compress().to_bytes(), enc, "entry is not canonical");
-            points.push(p);
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                let mut enc = y;
+                enc[31] |= sign;
+                let p = CompressedEdwardsY(enc)
+                    .decompress()
+                    .expect("a table entry is not a curve point");
+                assert!(
+                    p.is_small_order(),
+                    "{} is not of small order",
+                    hex::encode(enc)
+                );
+                assert!(
+                    !r_is_strict(&enc),
+                    "{} passes the R check",
+                    hex::encode(enc)
+                );
+                if !points.contains(&p) {
+                    points.push(p);
+                }
+            }
         }
-        for (i, p) in points.iter().enumerate() {
-            assert!(points[i + 1..].iter().all(|q| q != p), "duplicate entry");
-        }
+        // There are exactly eight points of small order: all are covered.
+        assert_eq!(points.len(), 8);
     }
 
     #[test]
@@ -173,7 +180,11 @@ mod tests {
         p_plus_one_signed[0] = 0xee;
         p_plus_one_signed[31] = 0xff;
         assert!(!r_is_strict(&p_plus_one_signed));
-        assert!(!r_is_strict(&SMALL_ORDER_ENCODINGS[4]));
+        assert!(!r_is_strict(&SMALL_ORDER_Y[3]));
+        // x = 0 with the sign bit set: the identity and the point of order 2.
+        let mut identity_neg = SMALL_ORDER_Y[0];
+        identity_neg[31] |= 0x80;
+        assert!(!r_is_strict(&identity_neg));
         let key = SigningKey::from_bytes(&[7; 32]);
         let sig = sign_request(&key, b"req");
         assert!(r_is_strict(sig[..32].try_into().unwrap()));
@@ -215,6 +226,22 @@ mod tests {
         tampered[30].signature[40] ^= 1; // seq 31
         let err = run(vec![tampered]).expect("a tampered batch passed");
         assert_eq!(err.seq, Some(21));
+
+        // A refusal found before the batch (a weak key at seq 31) does not
+        // hide an earlier bad signature (seq 21).
+        let mut both = jobs(50, &keys);
+        both[20].message.push(0);
+        both[30].key = SMALL_ORDER_Y[0]; // the identity: a weak key
+        assert_eq!(run(vec![both]).map(|e| e.seq), Some(Some(21)));
+
+        // An R of small order (here the identity, sign bit set) is refused
+        // before the batch, whose cofactored equation would ignore it.
+        let mut small_r = jobs(5, &keys);
+        small_r[2].signature[..32].copy_from_slice(&SMALL_ORDER_Y[0]);
+        small_r[2].signature[31] |= 0x80;
+        let err = run(vec![small_r]).expect("small-order R passed");
+        assert_eq!(err.seq, Some(3));
+        assert!(err.what.contains("small order"), "{}", err.what);
 
         // A valid signature under the wrong signer's key.
         let mut swapped = jobs(10, &keys);
