@@ -291,6 +291,10 @@ impl<'a> BatchView<'a> {
 /// The sled-backed store.
 pub struct SledStore {
     db: sled::Db,
+    /// Per brand written to by this process: the tree size known flushed.
+    /// sled shows an insert to readers before its flush returns, so readers
+    /// of checkpoints (export, proofs) must not go past this.
+    durable: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 impl SledStore {
@@ -319,7 +323,10 @@ impl SledStore {
                 )));
             }
         }
-        Ok(SledStore { db })
+        Ok(SledStore {
+            db,
+            durable: Default::default(),
+        })
     }
 
     fn tree(&self, brand: u32) -> Result<sled::Tree> {
@@ -351,6 +358,18 @@ impl crate::merkle::NodeSource for StoredNodes<'_> {
 }
 
 impl SledStore {
+    fn durable_lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, u64>> {
+        // The map holds plain numbers; a panic elsewhere cannot leave it
+        // half-updated.
+        self.durable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The flushed tree size of a brand this process commits to; None if
+    /// it has not (then everything stored was flushed before it opened).
+    fn durable_size(&self, brand: u32) -> Option<u64> {
+        self.durable_lock().get(&brand).copied()
+    }
+
     /// The stored batch holding record `seq`, if any: the last batch key at
     /// or below it.
     fn batch_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>> {
@@ -381,10 +400,10 @@ fn batch_seq(k: &[u8]) -> Result<u64> {
 }
 
 /// The checkpoint a stored run carries, if it ends a commit.
-fn run_checkpoint(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<Vec<u8>>> {
+fn run_checkpoint(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<(u64, Vec<u8>)>> {
     let (k, v) = item?;
     let view = BatchView::parse(batch_seq(&k)?, &v)?;
-    Ok((!view.checkpoint.is_empty()).then(|| view.checkpoint.to_vec()))
+    Ok((!view.checkpoint.is_empty()).then(|| (view.tree_size, view.checkpoint.to_vec())))
 }
 
 /// Streams (seq, bytes) from stored batches, from `from_seq` on.
@@ -445,6 +464,23 @@ impl LogStore for SledStore {
                 first.0, last.0, checkpoint.0
             )));
         }
+        // Appends only: the commit must start right after what is stored
+        // (a caller bug must not overwrite durable records or leave a gap).
+        let tree = self.tree(brand)?;
+        let stored = match tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).next_back() {
+            None => 0,
+            Some(item) => {
+                let (k, v) = item?;
+                BatchView::parse(batch_seq(&k)?, &v)?.tree_size
+            }
+        };
+        if stored.checked_add(1) != Some(first.0) {
+            return Err(StorageError::Corrupt(format!(
+                "commit of records from {} does not follow the stored {stored}",
+                first.0
+            )));
+        }
+        self.durable_lock().entry(brand).or_insert(stored);
         // Leaf hashes are recomputed from the records; store only the
         // interior nodes, each with the run whose record completed it.
         let mut batch = sled::Batch::default();
@@ -484,8 +520,9 @@ impl LogStore for SledStore {
             start = end;
         }
         // One sled batch: the commit's runs land together or not at all.
-        self.tree(brand)?.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         self.db.flush()?;
+        self.durable_lock().insert(brand, last.0);
         Ok(())
     }
 
@@ -552,17 +589,20 @@ impl LogStore for SledStore {
         };
         Box::new(
             tree.range(key(BATCH, 0)..key(BATCH + 1, 0))
-                .filter_map(|item| run_checkpoint(item).transpose()),
+                .filter_map(|item| run_checkpoint(item).map(|c| c.map(|(_, c)| c)).transpose()),
         )
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
-        // The newest run ends the newest commit, so it holds a checkpoint;
-        // searching back only matters for a damaged store.
+        // The newest run ends the newest commit, so it holds a checkpoint,
+        // unless that commit is still being flushed: then the one before.
+        let durable = self.durable_size(brand);
         let tree = self.tree(brand)?;
         for item in tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).rev() {
-            if let Some(c) = run_checkpoint(item)? {
-                return Ok(Some(c));
+            if let Some((size, c)) = run_checkpoint(item)? {
+                if durable.is_none_or(|d| size <= d) {
+                    return Ok(Some(c));
+                }
             }
         }
         Ok(None)
@@ -717,6 +757,52 @@ mod tests {
         assert_eq!(
             store.last_checkpoint(7).unwrap(),
             Some(b"checkpoint 2".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_commit_must_follow_what_is_stored() {
+        let (_dir, store, records, _) = ledger(&[3]);
+        for first in [1, 3, 5] {
+            let r = store.commit(7, &[(first, b"x")], &[], (first, b"cp"));
+            assert!(
+                matches!(r, Err(StorageError::Corrupt(_))),
+                "commit from {first}"
+            );
+        }
+        assert_eq!(store.record(7, 3).unwrap(), Some(records[2].clone()));
+        assert_eq!(store.record(7, 5).unwrap(), None);
+        assert!(store.commit(7, &[(4, b"x")], &[], (4, b"cp")).is_ok());
+    }
+
+    #[test]
+    fn checkpoints_not_yet_flushed_are_not_served() {
+        let (dir, store, _, _) = ledger(&[2]);
+        // As a commit looks between its insert and its flush: stored, and
+        // visible to sled's readers, but not yet known durable.
+        let in_flight = StoredBatch {
+            first_seq: 3,
+            tree_size: 3,
+            checkpoint: b"checkpoint 3".to_vec(),
+            nodes: vec![],
+            records: vec![b"r3".to_vec()],
+        };
+        store
+            .tree(7)
+            .unwrap()
+            .insert(batch_key(3), in_flight.encode())
+            .unwrap();
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(b"checkpoint 2".to_vec())
+        );
+        // A process that opens the store later finds it all on disk.
+        store.db.flush().unwrap();
+        drop(store);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.last_checkpoint(7).unwrap(),
+            Some(b"checkpoint 3".to_vec())
         );
     }
 
