@@ -21,7 +21,7 @@ use ed25519_dalek::VerifyingKey;
 use ed25519_zebra::{batch, Signature, VerificationKeyBytes};
 
 use super::verify::VerifyError;
-use crate::crypto::verify_strict;
+use crate::crypto::{parse_public_key, verify_strict};
 
 /// One record's request signature, queued for the batch check.
 pub(super) struct SigJob {
@@ -77,12 +77,14 @@ pub(super) fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<Verify
     for jobs in rx {
         let mut verifier = batch::Verifier::new();
         for (i, job) in jobs.iter().enumerate() {
-            if let Some(what) = precheck(&mut good_keys, job) {
+            let sig = match precheck(&mut good_keys, job) {
+                Ok(sig) => sig,
                 // An earlier record in this batch may fail the equation: the
                 // first failure is the one to name.
-                return Some(first_bad(&jobs[..i]).unwrap_or_else(|| bad(job.seq, what)));
-            }
-            let sig = Signature::from_slice(&job.signature).expect("checked by precheck");
+                Err(what) => {
+                    return Some(first_bad(&jobs[..i]).unwrap_or_else(|| bad(job.seq, what)))
+                }
+            };
             verifier.queue((VerificationKeyBytes::from(job.key), sig, &job.message));
         }
         if verifier.verify(rand::thread_rng()).is_err() {
@@ -97,24 +99,20 @@ pub(super) fn signature_worker(rx: mpsc::Receiver<Vec<SigJob>>) -> Option<Verify
     None
 }
 
-/// What `verify_strict` would refuse that the batch would not look at:
-/// an invalid or weak key, a malformed signature, a non-strict R.
-fn precheck(good_keys: &mut HashSet<[u8; 32]>, job: &SigJob) -> Option<&'static str> {
+/// The signature, once it passes what `verify_strict` would refuse and the
+/// batch would not look at: an invalid or weak key, a malformed signature,
+/// a non-strict R.
+fn precheck(good_keys: &mut HashSet<[u8; 32]>, job: &SigJob) -> Result<Signature, &'static str> {
     if !good_keys.contains(&job.key) {
-        match VerifyingKey::from_bytes(&job.key) {
-            Ok(k) if !k.is_weak() => {
-                good_keys.insert(job.key);
-            }
-            _ => return Some("signer key is invalid or weak"),
-        }
+        parse_public_key(&job.key).ok_or("signer key is invalid or weak")?;
+        good_keys.insert(job.key);
     }
-    let Ok(sig) = Signature::from_slice(&job.signature) else {
-        return Some("request signature is malformed");
-    };
+    let sig =
+        Signature::from_slice(&job.signature).map_err(|_| "request signature is malformed")?;
     if !r_is_strict(sig.r_bytes()) {
-        return Some("request signature's R is non-canonical or of small order");
+        return Err("request signature's R is non-canonical or of small order");
     }
-    None
+    Ok(sig)
 }
 
 /// The first of `jobs` whose signature fails on its own (strictly).
