@@ -104,7 +104,7 @@ pub struct StoredBatch {
     /// Seq of the first record.
     pub first_seq: u64,
     /// Seq of the last record (the tree size after this run).
-    pub tree_size: u64,
+    pub last_seq: u64,
     /// The encoded checkpoint if this run ends a commit, else empty.
     pub checkpoint: Vec<u8>,
     /// Interior Merkle nodes (level >= 1) this run's records completed.
@@ -117,7 +117,7 @@ impl StoredBatch {
     /// Encodes for storage.
     pub fn encode(&self) -> Vec<u8> {
         encode_batch(
-            self.tree_size,
+            self.last_seq,
             &self.checkpoint,
             &self.nodes,
             self.records.iter().map(|r| r.as_slice()),
@@ -129,7 +129,7 @@ impl StoredBatch {
         let view = BatchView::parse(first_seq, bytes)?;
         Ok(StoredBatch {
             first_seq,
-            tree_size: view.tree_size,
+            last_seq: view.last_seq,
             checkpoint: view.checkpoint.to_vec(),
             nodes: view.nodes().collect(),
             records: view
@@ -141,7 +141,7 @@ impl StoredBatch {
 }
 
 fn encode_batch<'a>(
-    tree_size: u64,
+    last_seq: u64,
     checkpoint: &[u8],
     nodes: &[(u8, u64, [u8; 32])],
     records: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
@@ -151,7 +151,7 @@ fn encode_batch<'a>(
     let mut out =
         Vec::with_capacity(1 + 8 + 4 + checkpoint.len() + 4 + nodes.len() * 41 + 4 + record_bytes);
     out.push(BATCH_VERSION);
-    out.extend_from_slice(&tree_size.to_le_bytes());
+    out.extend_from_slice(&last_seq.to_le_bytes());
     out.extend_from_slice(&len32(checkpoint.len()).to_le_bytes());
     out.extend_from_slice(checkpoint);
     out.extend_from_slice(&len32(nodes.len()).to_le_bytes());
@@ -172,10 +172,9 @@ fn encode_batch<'a>(
 /// bytes before use, so a damaged value is a `Corrupt` error, not a panic.
 struct BatchView<'a> {
     first_seq: u64,
-    tree_size: u64,
+    last_seq: u64,
     checkpoint: &'a [u8],
     nodes: &'a [u8],
-    record_count: u64,
     records: &'a [u8],
 }
 
@@ -221,7 +220,7 @@ impl<'a> BatchView<'a> {
         if c.take(1)? != [BATCH_VERSION] {
             return Err(corrupt("unknown layout version"));
         }
-        let tree_size = c.u64()?;
+        let last_seq = c.u64()?;
         let cp_len = c.u32()?;
         let checkpoint = c.take(cp_len)?;
         let node_count = c.u32()?;
@@ -233,19 +232,16 @@ impl<'a> BatchView<'a> {
         let record_count = c.u32()? as u64;
         // The last seq must leave room to count past it (no u64::MAX).
         if record_count == 0
-            || tree_size == u64::MAX
-            || first_seq.checked_add(record_count - 1) != Some(tree_size)
+            || last_seq == u64::MAX
+            || first_seq.checked_add(record_count - 1) != Some(last_seq)
         {
-            return Err(corrupt(
-                "record count does not match its key and checkpoint size",
-            ));
+            return Err(corrupt("record count does not match its key and last seq"));
         }
         Ok(BatchView {
             first_seq,
-            tree_size,
+            last_seq,
             checkpoint,
             nodes,
-            record_count,
             records: c.bytes,
         })
     }
@@ -267,7 +263,8 @@ impl<'a> BatchView<'a> {
             first_seq: self.first_seq,
         };
         let mut seq = self.first_seq;
-        let end = self.first_seq + self.record_count;
+        // `parse` refused a last seq of u64::MAX.
+        let end = self.last_seq + 1;
         let mut failed = false;
         std::iter::from_fn(move || {
             if failed || seq == end {
@@ -403,7 +400,7 @@ fn batch_seq(k: &[u8]) -> Result<u64> {
 fn run_checkpoint(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<(u64, Vec<u8>)>> {
     let (k, v) = item?;
     let view = BatchView::parse(batch_seq(&k)?, &v)?;
-    Ok((!view.checkpoint.is_empty()).then(|| (view.tree_size, view.checkpoint.to_vec())))
+    Ok((!view.checkpoint.is_empty()).then(|| (view.last_seq, view.checkpoint.to_vec())))
 }
 
 /// Streams (seq, bytes) from stored batches, from `from_seq` on.
@@ -471,7 +468,7 @@ impl LogStore for SledStore {
             None => 0,
             Some(item) => {
                 let (k, v) = item?;
-                BatchView::parse(batch_seq(&k)?, &v)?.tree_size
+                BatchView::parse(batch_seq(&k)?, &v)?.last_seq
             }
         };
         if stored.checked_add(1) != Some(first.0) {
@@ -562,20 +559,20 @@ impl LogStore for SledStore {
     }
 
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
-        let Some(last_seq) = completing_seq(level, index) else {
+        let Some(completed_by) = completing_seq(level, index) else {
             return Ok(None);
         };
         if level == 0 {
             return Ok(self
-                .record(brand, last_seq)?
+                .record(brand, completed_by)?
                 .map(|r| crate::crypto::leaf_hash(&r)));
         }
         let tree = self.tree(brand)?;
-        let Some((first, value)) = Self::batch_holding(&tree, last_seq)? else {
+        let Some((first, value)) = Self::batch_holding(&tree, completed_by)? else {
             return Ok(None);
         };
         let view = BatchView::parse(first, &value)?;
-        if view.tree_size < last_seq {
+        if view.last_seq < completed_by {
             return Ok(None);
         }
         let found = view.nodes().find(|(l, i, _)| *l == level && *i == index);
@@ -782,7 +779,7 @@ mod tests {
         // visible to sled's readers, but not yet known durable.
         let in_flight = StoredBatch {
             first_seq: 3,
-            tree_size: 3,
+            last_seq: 3,
             checkpoint: b"checkpoint 3".to_vec(),
             nodes: vec![],
             records: vec![b"r3".to_vec()],
@@ -810,7 +807,7 @@ mod tests {
     fn a_damaged_batch_is_a_corrupt_error_never_a_panic() {
         let batch = StoredBatch {
             first_seq: 10,
-            tree_size: 12,
+            last_seq: 12,
             checkpoint: b"cp".to_vec(),
             nodes: vec![(1, 5, [9; 32])],
             records: vec![b"ten".to_vec(), b"eleven".to_vec(), vec![]],
@@ -835,7 +832,7 @@ mod tests {
         // A last seq with no room to count past it.
         let end = StoredBatch {
             first_seq: u64::MAX - 2,
-            tree_size: u64::MAX,
+            last_seq: u64::MAX,
             ..batch.clone()
         };
         assert!(StoredBatch::decode(u64::MAX - 2, &end.encode()).is_err());
