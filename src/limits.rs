@@ -67,3 +67,23 @@ pub const RATE_LIMIT_COOLDOWN_SECS: u64 = 60;
 pub const MAX_GUARD_ENTRIES: usize = 100_000;
 /// Echo payloads.
 pub const MAX_ECHO_BYTES: usize = 1_024;
+/// Transaction ids remembered per signer (terminal or owner) for
+/// idempotency, status queries and reversals: the newest this many. An id
+/// at or below the highest one forgotten is refused (`TXN_TOO_OLD`), never
+/// applied, so a forgotten id can never be applied twice. A till sends a
+/// few hundred a day; this is weeks of one.
+pub const TXN_WINDOW_PER_SIGNER: usize = 4_096;
+/// How long a purchase can be refunded (and a money record reversed):
+/// 90 days, measured on the records' server time.
+pub const REFUND_WINDOW_MS: i64 = 90 * 86_400_000;
+/// Money records kept refundable per brand, newest first, whatever their
+/// age: the bound on that part of memory (~170 bytes each) when a brand
+/// writes more than this within the refund window (over 22,000 money
+/// records a day). Older ones answer `ORIGINAL_EXPIRED`.
+pub const MAX_REFUNDABLE_RECORDS: usize = 2_000_000;
+/// A brand's state is snapshotted (signed, to `DATA/snapshots/`) every
+/// this many records, so that a restart replays at most this many records
+/// after loading the snapshot, instead of the whole chain.
+pub const SNAPSHOT_EVERY_RECORDS: u64 = 500_000;
+/// Largest snapshot file read at start-up.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;

@@ -6,7 +6,7 @@
 use crate::crypto::{node_hash, sha256};
 
 /// The compact frontier of an append-only Merkle tree.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frontier {
     size: u64,
     /// Roots of perfect subtrees, largest (leftmost) first.

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use cardd::crypto::sign_request;
+use cardd::limits::REFUND_WINDOW_MS;
 use cardd::pb::{self, request::Op, ErrorCode, RecordKind};
 use cardd::replay::replay_record;
 use cardd::state::{apply, BrandState, Context, Outcome, Principal, Written};
@@ -59,6 +60,10 @@ enum Step {
     Retry {
         back: usize,
     },
+    /// Days pass with no request (refund windows run out).
+    Wait {
+        days: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -75,6 +80,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => card.prop_map(|card| Step::Replace { card }),
         1 => term.prop_map(|term| Step::CloseShift { term }),
         1 => (0..6usize).prop_map(|back| Step::Retry { back }),
+        1 => (0..100i64).prop_map(|days| Step::Wait { days }),
     ]
 }
 
@@ -96,6 +102,7 @@ struct ModelPurchase {
     refunded_paid: i64,
     refunded_bonus: i64,
     reversed: bool,
+    time_ms: i64,
 }
 
 struct World {
@@ -309,6 +316,7 @@ impl World {
                         refunded_paid: 0,
                         refunded_bonus: 0,
                         reversed: false,
+                        time_ms: rec.time_ms,
                     },
                 ));
             }
@@ -340,7 +348,9 @@ impl World {
                 );
                 let left = p.paid_out + p.bonus_out - p.refunded_paid - p.refunded_bonus;
                 let m = self.model[&p.card].clone();
-                let expected = if p.reversed {
+                let expected = if self.time_ms - p.time_ms > REFUND_WINDOW_MS {
+                    Err(ErrorCode::OriginalExpired)
+                } else if p.reversed {
                     Err(ErrorCode::NotRefundable)
                 } else if p.store != term as u32 + 1 {
                     Err(ErrorCode::WrongStore)
@@ -503,6 +513,7 @@ impl World {
                     pb::ShiftTotals::default()
                 );
             }
+            Step::Wait { days } => self.time_ms += days * 86_400_000,
             Step::Retry { back } => {
                 let Some(i) = self
                     .sent

@@ -6,6 +6,8 @@
 //! that can still return a refusal.
 use prost::Message;
 
+use super::retention::{expired, forget_expired_effects, missing_original, remember_txn};
+use super::retention::{ORIGINAL_EXPIRED, TXN_TOO_OLD};
 use super::rules;
 use super::*;
 use crate::card_number;
@@ -73,15 +75,18 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if req.txn_id == 0 {
         return refuse(E::InvalidArgument, "txn_id must be non-zero");
     }
-    match state.txns.get(&(ctx.principal.txn_namespace(), req.txn_id)) {
-        Some(TxnEntry::Committed(seq)) => return Ok(Outcome::Seen { seq: *seq }),
-        Some(TxnEntry::Tombstone(_)) => {
+    match state.txn_entry(ctx.principal.txn_namespace(), req.txn_id) {
+        Ok(Some(TxnEntry::Committed(seq) | TxnEntry::Reversed(seq))) => {
+            return Ok(Outcome::Seen { seq })
+        }
+        Ok(Some(TxnEntry::Tombstone(_))) => {
             return refuse(
                 E::TxnReversed,
                 "this transaction id was reversed before it arrived",
             )
         }
-        None => {}
+        Err(TooOld) => return refuse(E::TxnTooOld, TXN_TOO_OLD),
+        Ok(None) => {}
     }
     // Each operation returns its Outcome itself: the record (~500 bytes) is
     // then built in place instead of copied out of a Result at each layer.
@@ -253,8 +258,10 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
         .push_with(hash, |level, index, node| nodes.push((level, index, node)));
     debug_assert_eq!(state.merkle.size(), state.seq);
     if rec.txn_id != 0 {
-        state.txns.insert(
-            (ctx.principal.txn_namespace(), rec.txn_id),
+        remember_txn(
+            state,
+            ctx.principal.txn_namespace(),
+            rec.txn_id,
             TxnEntry::Committed(rec.seq),
         );
         match ctx.principal {
@@ -268,6 +275,7 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
             Principal::Server => {}
         }
     }
+    forget_expired_effects(state, ctx.time_ms);
     Outcome::Written(Written {
         record: rec,
         bytes,
@@ -295,6 +303,7 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
         refunded_points: 0,
         original_seq: rec.original_seq,
         reversed: false,
+        time_ms: rec.time_ms,
     }
 }
 
@@ -353,28 +362,14 @@ fn create_brand(
 }
 
 fn txn_status(state: &BrandState, ctx: &Context, txn_id: u64) -> Outcome {
-    match state.txns.get(&(ctx.principal.txn_namespace(), txn_id)) {
-        None => Outcome::Status {
-            state: TxnState::Unknown,
-            seq: 0,
-        },
-        Some(TxnEntry::Tombstone(seq)) => Outcome::Status {
-            state: TxnState::Tombstoned,
-            seq: *seq,
-        },
-        Some(TxnEntry::Committed(seq)) => {
-            let reversed = state.effects.get(seq).is_some_and(|e| e.reversed);
-            let s = if reversed {
-                TxnState::Reversed
-            } else {
-                TxnState::Committed
-            };
-            Outcome::Status {
-                state: s,
-                seq: *seq,
-            }
-        }
-    }
+    let (state, seq) = match state.txn_entry(ctx.principal.txn_namespace(), txn_id) {
+        Err(TooOld) => (TxnState::Expired, 0),
+        Ok(None) => (TxnState::Unknown, 0),
+        Ok(Some(TxnEntry::Tombstone(seq))) => (TxnState::Tombstoned, seq),
+        Ok(Some(TxnEntry::Committed(seq))) => (TxnState::Committed, seq),
+        Ok(Some(TxnEntry::Reversed(seq))) => (TxnState::Reversed, seq),
+    };
+    Outcome::Status { state, seq }
 }
 
 fn purchase(
@@ -449,6 +444,7 @@ fn commit_money(
         .expect("terminal checked")
         .shift = shift;
     state.effects.insert(rec.seq, effect);
+    state.effect_order.push_back(rec.seq);
 }
 
 fn top_up(
@@ -487,8 +483,16 @@ fn refund(
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
     let Some(orig) = state.effects.get(&r.original_seq) else {
-        return refuse(E::OriginalNotFound, "no purchase with that sequence number");
+        return missing_original(
+            state,
+            r.original_seq,
+            E::OriginalNotFound,
+            "no purchase with that sequence number",
+        );
     };
+    if expired(orig, ctx.time_ms) {
+        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
+    }
     if orig.kind != RecordKind::Purchase || orig.reversed {
         return refuse(
             E::NotRefundable,
@@ -571,10 +575,13 @@ fn reversal(
         );
     }
     let ns = ctx.principal.txn_namespace();
-    let orig_seq = match state.txns.get(&(ns, r.original_txn_id)) {
-        Some(TxnEntry::Tombstone(_)) => return refuse(E::AlreadyReversed, "already reversed"),
-        Some(TxnEntry::Committed(seq)) => *seq,
-        None => {
+    let orig_seq = match state.txn_entry(ns, r.original_txn_id) {
+        Ok(Some(TxnEntry::Tombstone(_) | TxnEntry::Reversed(_))) => {
+            return refuse(E::AlreadyReversed, "already reversed")
+        }
+        Ok(Some(TxnEntry::Committed(seq))) => seq,
+        Err(TooOld) => return refuse(E::TxnTooOld, TXN_TOO_OLD),
+        Ok(None) => {
             // Never received: leave a tombstone so the original, if it
             // arrives late, is refused instead of applied.
             let shift = shift_add(state, tid, |s| {
@@ -584,18 +591,21 @@ fn reversal(
             let mut rec = base_record(state, ctx, req, RecordKind::Reversal);
             rec.original_txn_id = r.original_txn_id;
             state.terminals.get_mut(&tid).expect("checked").shift = shift;
-            state
-                .txns
-                .insert((ns, r.original_txn_id), TxnEntry::Tombstone(rec.seq));
+            remember_txn(state, ns, r.original_txn_id, TxnEntry::Tombstone(rec.seq));
             return Ok(append(state, ctx, rec));
         }
     };
     let Some(orig) = state.effects.get(&orig_seq) else {
-        return refuse(
+        return missing_original(
+            state,
+            orig_seq,
             E::NotReversible,
             "only purchases, top-ups, refunds and redemptions can be reversed",
         );
     };
+    if expired(orig, ctx.time_ms) {
+        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
+    }
     if orig.reversed {
         return refuse(E::AlreadyReversed, "already reversed");
     }
@@ -633,7 +643,14 @@ fn reversal(
     // excess back too, so the purchase always counts exactly its share.
     // (Found by fuzzing.)
     let extra_points = if orig.kind == RecordKind::Refund {
-        let p = &state.effects[&orig.original_seq];
+        // The purchase is older than its refund, so it leaves the window
+        // first; its refunded amounts can no longer be given back.
+        let Some(p) = state.effects.get(&orig.original_seq) else {
+            return refuse(
+                E::OriginalExpired,
+                "the refunded purchase is past the refund window",
+            );
+        };
         let refunded_after = p.refunded_paid + p.refunded_bonus - orig.paid_in - orig.bonus_in;
         let share = i128::from(p.points_in) * i128::from(refunded_after)
             / i128::from(p.paid_out + p.bonus_out);
@@ -689,6 +706,10 @@ fn reversal(
     // amount back to the purchase's refundable balance.
     let orig = state.effects.get_mut(&orig_seq).expect("checked above");
     orig.reversed = true;
+    *state
+        .txns
+        .get_mut(&(ns, r.original_txn_id))
+        .expect("found above") = TxnEntry::Reversed(orig_seq);
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
     if orig_kind == RecordKind::Refund {
         let purchase = state

@@ -26,9 +26,9 @@ const ROOT: &str = "9fc0ce500f2907aef877c5177f339899c6825ad7b7ceec7e9232d7aae5a1
 /// Number of records the script writes.
 const RECORDS: u64 = 72;
 
-struct Script {
-    state: BrandState,
-    time_ms: i64,
+pub(super) struct Script {
+    pub(super) state: BrandState,
+    pub(super) time_ms: i64,
     owner_txn: u64,
     keys: Vec<(Principal, SigningKey)>,
     next_txn: Vec<u64>,
@@ -38,7 +38,7 @@ struct Script {
 }
 
 /// A valid card number of `BRAND` from a counter.
-fn card(i: u64) -> String {
+pub(super) fn card(i: u64) -> String {
     let body = format!("8{BRAND:05}{i:012}");
     (0..10)
         .map(|d| format!("{body}{d}"))
@@ -47,7 +47,7 @@ fn card(i: u64) -> String {
 }
 
 impl Script {
-    fn new() -> Script {
+    pub(super) fn new() -> Script {
         Script {
             state: BrandState::new(BRAND),
             time_ms: 1_790_000_000_000,
@@ -64,12 +64,12 @@ impl Script {
         }
     }
 
-    fn key(&self, p: Principal) -> &SigningKey {
+    pub(super) fn key(&self, p: Principal) -> &SigningKey {
         &self.keys.iter().find(|(k, _)| *k == p).expect("known").1
     }
 
     /// Applies one request and folds its outcome into the digest.
-    fn request(
+    pub(super) fn request(
         &mut self,
         p: Principal,
         txn_id: u64,
@@ -114,13 +114,13 @@ impl Script {
         out
     }
 
-    fn send(&mut self, p: Principal, txn_id: u64, operator: &str, op: Op) -> Outcome {
+    pub(super) fn send(&mut self, p: Principal, txn_id: u64, operator: &str, op: Op) -> Outcome {
         self.request(p, txn_id, operator, op)
             .expect("the script expects this request to succeed")
     }
 
     /// A request that must be refused, leaving the state as it was.
-    fn refused(&mut self, p: Principal, txn_id: u64, op: Op) -> pb::ErrorCode {
+    pub(super) fn refused(&mut self, p: Principal, txn_id: u64, op: Op) -> pb::ErrorCode {
         let before = self.state.clone();
         let refusal = self
             .request(p, txn_id, "", op)
@@ -129,7 +129,7 @@ impl Script {
         refusal.code
     }
 
-    fn owner(&mut self, op: Op) -> u64 {
+    pub(super) fn owner(&mut self, op: Op) -> u64 {
         self.owner_txn += 1;
         let txn = self.owner_txn;
         self.send(Principal::Owner, txn, "", op);
@@ -138,14 +138,14 @@ impl Script {
 
     /// A terminal operation with the terminal's next txn id; returns the
     /// txn id used.
-    fn till(&mut self, t: u32, operator: &str, op: Op) -> u64 {
+    pub(super) fn till(&mut self, t: u32, operator: &str, op: Op) -> u64 {
         let txn = self.next_txn[t as usize - 1];
         self.next_txn[t as usize - 1] += 1;
         self.send(Principal::Terminal(t), txn, operator, op);
         txn
     }
 
-    fn purchase(&mut self, t: u32, card: &str, amount: i64, partial: bool) -> u64 {
+    pub(super) fn purchase(&mut self, t: u32, card: &str, amount: i64, partial: bool) -> u64 {
         self.till(
             t,
             "cashier 7",
@@ -158,7 +158,7 @@ impl Script {
         self.last_seq
     }
 
-    fn top_up(&mut self, t: u32, card: &str, amount: i64) {
+    pub(super) fn top_up(&mut self, t: u32, card: &str, amount: i64) {
         self.till(
             t,
             "",

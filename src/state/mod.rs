@@ -9,9 +9,12 @@ mod apply;
 #[cfg(test)]
 mod golden;
 mod receipt;
+mod retention;
 pub mod rules;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
 
 /// Hash maps of the state: foldhash is several times faster than SipHash on
 /// these small keys and is seeded per process, so keys chosen by a client
@@ -73,7 +76,7 @@ pub struct Context<'a> {
 }
 
 /// A card's state. Card numbers are 19 digits and kept as u64.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
     /// Value the customer paid for (minor units).
     pub paid: i64,
@@ -108,14 +111,14 @@ impl Card {
 }
 
 /// A store of the brand.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
     /// The owner's name for it.
     pub name: String,
 }
 
 /// An enrolled terminal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terminal {
     /// The store it belongs to.
     pub store_id: u32,
@@ -134,7 +137,7 @@ pub struct Terminal {
 }
 
 /// What a money-moving record did, kept so that it can be refunded or reversed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Effect {
     /// Purchase, top-up, refund or points redemption.
     pub kind: RecordKind,
@@ -170,17 +173,26 @@ pub struct Effect {
     pub original_seq: u64,
     /// Set once a reversal undid it.
     pub reversed: bool,
+    /// Its server time: refunds and reversals are accepted within
+    /// `REFUND_WINDOW_MS` of it.
+    pub time_ms: i64,
 }
 
 /// What the ledger holds for a (signer, transaction id) pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnEntry {
     /// Written as the record with this sequence number.
     Committed(u64),
+    /// Written as the record with this sequence number, later reversed.
+    Reversed(u64),
     /// Never received, then reversed by the record with this sequence
     /// number: the original is refused if it arrives late.
     Tombstone(u64),
 }
+
+/// A transaction id at or below the newest one its signer's window forgot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooOld;
 
 /// The result of applying one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,7 +233,7 @@ pub struct Written {
 }
 
 /// The whole state of one brand: everything derivable from its records.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BrandState {
     /// The brand id (1..=99,999).
     pub brand_id: u32,
@@ -249,10 +261,28 @@ pub struct BrandState {
     pub cards: FastMap<u64, Card>,
     /// The loyalty rules in force.
     pub rules: pb::Rules,
-    /// Idempotency index: (signer namespace, txn id) -> entry.
+    /// Idempotency index: (signer namespace, txn id) -> entry, for the
+    /// newest `TXN_WINDOW_PER_SIGNER` ids of each signer.
     pub txns: FastMap<(u32, u64), TxnEntry>,
-    /// Refundable and reversible records by sequence number.
+    /// Per signer namespace: which of its ids `txns` holds, oldest first.
+    pub txn_windows: FastMap<u32, TxnWindow>,
+    /// Refundable and reversible records by sequence number: those within
+    /// `REFUND_WINDOW_MS` and the newest `MAX_REFUNDABLE_RECORDS`.
     pub effects: FastMap<u64, Effect>,
+    /// The keys of `effects`, oldest first.
+    pub effect_order: VecDeque<u64>,
+    /// The highest sequence number dropped from `effects` (0 for none).
+    pub effects_forgotten_up_to: u64,
+}
+
+/// The transaction ids of one signer that the state still knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnWindow {
+    /// Ids in `BrandState::txns`, in the order they were recorded.
+    pub ids: VecDeque<u64>,
+    /// The highest id forgotten (0 for none): ids at or below it that are
+    /// not in the window are refused, since they may have been used.
+    pub forgotten_up_to: u64,
 }
 
 impl BrandState {
@@ -273,7 +303,10 @@ impl BrandState {
             cards: FastMap::default(),
             rules: rules::default_rules(),
             txns: FastMap::default(),
+            txn_windows: FastMap::default(),
             effects: FastMap::default(),
+            effect_order: VecDeque::new(),
+            effects_forgotten_up_to: 0,
         }
     }
 
@@ -288,6 +321,20 @@ impl BrandState {
             Principal::Owner => self.owner_last_txn_id,
             Principal::Terminal(id) => self.terminals.get(&id).map_or(0, |t| t.last_txn_id),
             Principal::Server => 0,
+        }
+    }
+
+    /// What the state knows of `txn_id` from the signer namespace `ns`:
+    /// an entry, nothing (a new id), or `Err` for an id too old to know.
+    pub fn txn_entry(&self, ns: u32, txn_id: u64) -> Result<Option<TxnEntry>, TooOld> {
+        if let Some(e) = self.txns.get(&(ns, txn_id)) {
+            return Ok(Some(*e));
+        }
+        let forgotten = self.txn_windows.get(&ns).map_or(0, |w| w.forgotten_up_to);
+        if txn_id <= forgotten {
+            Err(TooOld)
+        } else {
+            Ok(None)
         }
     }
 

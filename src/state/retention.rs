@@ -1,0 +1,226 @@
+//! What the state remembers, and for how long: the bounded windows that
+//! keep a brand's memory flat however long its chain grows.
+//!
+//! - Transaction ids: the newest `TXN_WINDOW_PER_SIGNER` of each signer.
+//!   An id at or below the highest one forgotten is refused, so a forgotten
+//!   id is never applied twice (tills number their transactions upwards).
+//! - Refundable records: those within `REFUND_WINDOW_MS` of the newest
+//!   record's time, and at most `MAX_REFUNDABLE_RECORDS` of them.
+//!
+//! Both are forgotten inside `apply`, on the records' own server time, so an
+//! auditor's replay forgets exactly what the live ledger forgot.
+use super::{BrandState, Effect, TxnEntry};
+use crate::error::{refuse, Refusal};
+use crate::limits::{MAX_REFUNDABLE_RECORDS, REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
+use crate::pb::ErrorCode as E;
+
+pub(super) const TXN_TOO_OLD: &str =
+    "this transaction id is older than the ones the server still knows; use one above the last";
+pub(super) const ORIGINAL_EXPIRED: &str = "the original is past the refund window";
+
+/// The cap on refundable records: small in unit tests, so that they can
+/// reach it.
+const REFUNDABLE_CAP: usize = if cfg!(test) {
+    64
+} else {
+    MAX_REFUNDABLE_RECORDS
+};
+
+/// Adds an id to its signer's window, forgetting the oldest beyond
+/// `TXN_WINDOW_PER_SIGNER`.
+pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: TxnEntry) {
+    let previous = state.txns.insert((ns, txn_id), entry);
+    debug_assert!(previous.is_none(), "an id is remembered once");
+    let window = state.txn_windows.entry(ns).or_default();
+    window.ids.push_back(txn_id);
+    if window.ids.len() > TXN_WINDOW_PER_SIGNER {
+        let old = window.ids.pop_front().expect("window is not empty");
+        window.forgotten_up_to = window.forgotten_up_to.max(old);
+        state.txns.remove(&(ns, old));
+    }
+}
+
+/// Drops refundable records past the refund window or beyond
+/// `MAX_REFUNDABLE_RECORDS`, oldest first. Run after each record, on the
+/// record's time, so replay forgets exactly what the live ledger forgot.
+pub(super) fn forget_expired_effects(state: &mut BrandState, now_ms: i64) {
+    while let Some(&seq) = state.effect_order.front() {
+        let time_ms = state.effects[&seq].time_ms;
+        if state.effect_order.len() <= REFUNDABLE_CAP
+            && now_ms.saturating_sub(time_ms) <= REFUND_WINDOW_MS
+        {
+            break;
+        }
+        state.effect_order.pop_front();
+        state.effects.remove(&seq);
+        state.effects_forgotten_up_to = seq;
+    }
+}
+
+/// True if `effect` can no longer be refunded or reversed at `now_ms`.
+pub(super) fn expired(effect: &Effect, now_ms: i64) -> bool {
+    now_ms.saturating_sub(effect.time_ms) > REFUND_WINDOW_MS
+}
+
+/// The refusal for a money record not (or no longer) held: past the window
+/// if its sequence number is among the forgotten ones.
+pub(super) fn missing_original<T>(
+    state: &BrandState,
+    seq: u64,
+    otherwise: E,
+    why: &str,
+) -> Result<T, Refusal> {
+    if seq != 0 && seq <= state.effects_forgotten_up_to {
+        refuse(E::OriginalExpired, ORIGINAL_EXPIRED)
+    } else {
+        refuse(otherwise, why.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::golden::{card, Script};
+    use super::super::{Outcome, Principal};
+    use crate::limits::{REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
+    use crate::pb::{self, request::Op, ErrorCode as E, TxnState};
+
+    const TILL: Principal = Principal::Terminal(1);
+
+    /// A brand with one store, one till and one card holding `balance`.
+    fn shop(balance: i64) -> (Script, String) {
+        let mut s = Script::new();
+        let owner_pk = s.key(Principal::Owner).verifying_key().to_bytes();
+        s.send(
+            Principal::Server,
+            1,
+            "",
+            Op::CreateBrand(pb::CreateBrand {
+                name: "Window Tea".into(),
+                currency: "CNY".into(),
+                currency_exponent: 2,
+                owner_public_key: owner_pk.to_vec(),
+            }),
+        );
+        s.owner(Op::CreateStore(pb::CreateStore {
+            name: "North".into(),
+        }));
+        let till_pk = s.key(TILL).verifying_key().to_bytes();
+        s.owner(Op::EnrollTerminal(pb::EnrollTerminal {
+            store_id: 1,
+            public_key: till_pk.to_vec(),
+            label: "till".into(),
+        }));
+        let c = card(0);
+        s.owner(Op::IssueCard(pb::IssueCard { card: c.clone() }));
+        s.top_up(1, &c, balance);
+        (s, c)
+    }
+
+    fn refund(original_seq: u64, amount_minor: i64) -> Op {
+        Op::Refund(pb::Refund {
+            original_seq,
+            amount_minor,
+        })
+    }
+
+    fn status(s: &mut Script, txn_id: u64) -> (TxnState, u64) {
+        match s.request(TILL, 1, "", Op::TxnStatus(pb::TxnStatus { txn_id })) {
+            Ok(Outcome::Status { state, seq }) => (state, seq),
+            other => panic!("a status query answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_forgotten_txn_id_is_refused_never_applied_again() {
+        let (mut s, c) = shop(1_000_000);
+        // The top-up was txn 1; purchases 2..=W+1 push it out of the window.
+        let first_purchase = s.purchase(1, &c, 1, false);
+        for _ in 1..TXN_WINDOW_PER_SIGNER {
+            s.purchase(1, &c, 1, false);
+        }
+        let window = &s.state.txn_windows[&1];
+        assert_eq!(window.ids.len(), TXN_WINDOW_PER_SIGNER);
+        assert_eq!(window.forgotten_up_to, 1);
+        // The server's and the owner's ids (4) are kept too.
+        assert_eq!(s.state.txns.len(), 4 + TXN_WINDOW_PER_SIGNER);
+        let top_up_again = Op::TopUp(pb::TopUp {
+            card: c.clone(),
+            amount_minor: 1_000_000,
+        });
+        assert_eq!(s.refused(TILL, 1, top_up_again), E::TxnTooOld);
+        let reverse_it = Op::Reversal(pb::Reversal { original_txn_id: 1 });
+        assert_eq!(s.refused(TILL, 999_999, reverse_it), E::TxnTooOld);
+        assert_eq!(status(&mut s, 1), (TxnState::Expired, 0));
+        // The oldest id still in the window is still a retry.
+        assert_eq!(status(&mut s, 2), (TxnState::Committed, first_purchase));
+        let retry = s.request(
+            TILL,
+            2,
+            "cashier 7",
+            Op::Purchase(pb::Purchase {
+                card: c.clone(),
+                amount_minor: 1,
+                allow_partial: false,
+            }),
+        );
+        assert_eq!(
+            retry,
+            Ok(Outcome::Seen {
+                seq: first_purchase
+            })
+        );
+        // Ids above the newest go on being accepted; each forgets one more.
+        s.purchase(1, &c, 1, false);
+        assert_eq!(s.state.txn_windows[&1].forgotten_up_to, 2);
+        assert_eq!(status(&mut s, 2), (TxnState::Expired, 0));
+        let balance = 1_000_000 - i64::try_from(TXN_WINDOW_PER_SIGNER).unwrap() - 1;
+        assert_eq!(s.state.cards[&card_number(&c)].balance(), balance);
+    }
+
+    #[test]
+    fn refunds_and_reversals_end_with_the_refund_window() {
+        let (mut s, c) = shop(1_000_000);
+        let old = s.purchase(1, &c, 5_000, false);
+        let old_time = s.time_ms;
+        s.time_ms += 86_400_000;
+        let recent = s.purchase(1, &c, 7_000, false);
+        // The next request is one millisecond past the old purchase's window
+        // (every request advances the script's clock by 61 s).
+        s.time_ms = old_time + REFUND_WINDOW_MS + 1 - 61_000;
+        assert_eq!(s.refused(TILL, 100, refund(old, 5_000)), E::OriginalExpired);
+        s.time_ms -= 61_000;
+        // The recent one is refundable; writing it forgets the old one.
+        s.till(1, "", refund(recent, 7_000));
+        assert!(!s.state.effects.contains_key(&old));
+        assert!(s.state.effects.contains_key(&recent));
+        assert_eq!(s.state.effects_forgotten_up_to, old);
+        assert_eq!(s.refused(TILL, 101, refund(old, 1)), E::OriginalExpired);
+        // The old purchase's txn id (2) is still known, its effect is not.
+        let reverse_old = Op::Reversal(pb::Reversal { original_txn_id: 2 });
+        assert_eq!(s.refused(TILL, 102, reverse_old), E::OriginalExpired);
+        // A sequence number never written is still "not found".
+        assert_eq!(s.refused(TILL, 103, refund(10_000, 1)), E::OriginalNotFound);
+        assert_eq!(s.state.cards[&card_number(&c)].balance(), 1_000_000 - 5_000);
+    }
+
+    #[test]
+    fn refundable_records_are_capped_oldest_first() {
+        let (mut s, c) = shop(1_000_000);
+        let cap = super::REFUNDABLE_CAP;
+        let purchases: Vec<u64> = (0..=cap).map(|_| s.purchase(1, &c, 10, false)).collect();
+        // The top-up and the first purchase made way for the newest.
+        assert_eq!(s.state.effects.len(), cap);
+        assert_eq!(s.state.effect_order.len(), cap);
+        assert_eq!(s.state.effect_order.front(), Some(&purchases[1]));
+        assert_eq!(s.state.effects_forgotten_up_to, purchases[0]);
+        assert_eq!(
+            s.refused(TILL, 500, refund(purchases[0], 10)),
+            E::OriginalExpired
+        );
+        s.till(1, "", refund(purchases[1], 10));
+    }
+
+    fn card_number(c: &str) -> u64 {
+        crate::card_number::parse_number(c).expect("valid card").1
+    }
+}
