@@ -797,6 +797,8 @@ impl Worker {
                 Err(_) => self.stats.refused_on_retry += 1,
             },
             TxnState::Unspecified => panic!("txn {}: status unspecified", s.txn),
+            // Retries here are of the newest few ids, far inside the window.
+            TxnState::Expired => panic!("txn {}: status expired", s.txn),
         }
         Ok(ans)
     }
