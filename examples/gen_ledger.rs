@@ -2,11 +2,13 @@
 //! (no network), for benchmarks: `cardd audit verify` speed, restart time,
 //! disk use.
 //!
-//!     cargo run --release --example gen_ledger -- DATA_DIR RECORDS [CARDS] [TERMINALS]
+//!     cargo run --release --example gen_ledger -- DATA_DIR RECORDS [CARDS] [TERMINALS] [DAYS]
 //!
 //! Records are committed in batches of 1,000 with one checkpoint each, as
-//! the daemon's group commit does under load. Requests are signed on every
-//! core before they are applied.
+//! the daemon's group commit does under load, and spread evenly over the
+//! DAYS (default 365) before now, so that the refund window forgets what a
+//! real brand's ledger would. Requests are signed on every core before they
+//! are applied. Snapshots are written as the daemon writes them.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +22,7 @@ const BATCH: usize = 1_000;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        anyhow::bail!("usage: gen_ledger DATA_DIR RECORDS [CARDS] [TERMINALS]");
+        anyhow::bail!("usage: gen_ledger DATA_DIR RECORDS [CARDS] [TERMINALS] [DAYS]");
     }
     let data = std::path::PathBuf::from(&args[1]);
     let records: u64 = args[2].parse()?;
@@ -28,6 +30,9 @@ fn main() -> anyhow::Result<()> {
     // Terminals sign the purchases round-robin; the auditor's batch check
     // groups by signer, so its speed depends on this.
     let terminal_count: u32 = args.get(4).map_or(Ok(16), |t| t.parse())?;
+    let days: i64 = args.get(5).map_or(Ok(365), |d| d.parse())?;
+    let span_ms = days * 86_400_000;
+    let start_ms = cardd::ledger::now_ms() - span_ms;
     let started = Instant::now();
     let (store, server_key, ledgers) = cardd::server::load(&data)?;
     anyhow::ensure!(
@@ -43,6 +48,11 @@ fn main() -> anyhow::Result<()> {
         owner_public_key: owner.verifying_key().to_bytes().to_vec(),
     };
     let mut ledger = BrandLedger::create(store, Arc::clone(&server_key), 1, create)?;
+    ledger.snapshot_into(&cardd::snapshot::dir(&data));
+    // The server time of the record about to be written.
+    let clock = move |seq: u64| {
+        start_ms + (i128::from(seq) * i128::from(span_ms) / i128::from(records.max(1))) as i64
+    };
     let mut owner_txn = 0;
     let mut owner_subs = Vec::new();
     let mut owner_req = |op: Op| {
@@ -81,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     for c in &card_numbers {
         owner_subs.push(owner_req(Op::IssueCard(pb::IssueCard { card: c.clone() })));
     }
-    commit_all(&mut ledger, owner_subs)?;
+    commit_all(&mut ledger, owner_subs, &clock)?;
     // Fund every card once, then purchases (with a top-up every 50th).
     let total = records.saturating_sub(ledger.state.seq);
     let mut next_txn = vec![0u64; terminals.len()];
@@ -110,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         let subs = sign_parallel(&terminals, plan);
-        commit_all(&mut ledger, subs)?;
+        commit_all(&mut ledger, subs, &clock)?;
         done += n;
         eprintln!(
             "{} records, {:.1} s",
@@ -163,9 +173,13 @@ fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<S
     })
 }
 
-fn commit_all(ledger: &mut BrandLedger, subs: Vec<Submission>) -> anyhow::Result<()> {
+fn commit_all(
+    ledger: &mut BrandLedger,
+    subs: Vec<Submission>,
+    clock: &impl Fn(u64) -> i64,
+) -> anyhow::Result<()> {
     for chunk in subs.chunks(BATCH) {
-        let batch = ledger.apply_batch(chunk);
+        let batch = ledger.apply_batch_at(chunk, clock(ledger.state.seq));
         if let Some(Err(e)) = batch.answers.iter().find(|a| a.is_err()) {
             anyhow::bail!("generator request refused: {e}");
         }
@@ -175,6 +189,9 @@ fn commit_all(ledger: &mut BrandLedger, subs: Vec<Submission>) -> anyhow::Result
             &batch.written,
             &ledger.checkpoint(),
         )?;
+        if ledger.snapshot_due() {
+            ledger.write_snapshot()?;
+        }
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ pub const DOMAIN_SIGN_ON: &[u8] = b"cardd.v1 sign-on\0";
 pub const DOMAIN_REQUEST: &[u8] = b"cardd.v1 request\0";
 /// Domain of a server checkpoint signature.
 pub const DOMAIN_CHECKPOINT: &[u8] = b"cardd.v1 checkpoint\0";
+/// Domain of a server signature over a state snapshot's SHA-256.
+pub const DOMAIN_SNAPSHOT: &[u8] = b"cardd.v1 snapshot\0";
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {

@@ -5,6 +5,7 @@
 //! new records and the answers; the caller makes the records durable with
 //! one `commit` (one sled batch, one flush, one signed checkpoint) and only
 //! then releases the answers. That is group commit.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,8 +16,10 @@ use prost::Message;
 use crate::checkpoint;
 use crate::crypto::leaf_hash;
 use crate::error::Refusal;
+use crate::limits::SNAPSHOT_EVERY_RECORDS;
 use crate::pb::{self, ErrorCode, Record, Request};
 use crate::replay::replay_record;
+use crate::snapshot;
 use crate::state::{apply, reply_for_record, BrandState, Context, Outcome, Principal, Written};
 use crate::storage::LogStore;
 
@@ -115,6 +118,23 @@ pub struct BrandLedger {
     store: Arc<dyn LogStore>,
     server_key: Arc<SigningKey>,
     last_time_ms: i64,
+    /// Where snapshots of the state are kept, if they are.
+    snapshots: Option<PathBuf>,
+    /// The sequence number of the newest snapshot (0 for none).
+    snapshot_seq: u64,
+}
+
+/// How recovery treats a brand's snapshot (see `crate::snapshot`).
+#[derive(Debug, Clone, Copy)]
+pub enum Recovery<'a> {
+    /// Replay every record; no snapshots.
+    Full,
+    /// Start from the snapshot in this directory if it is usable, replay
+    /// the records after it, and keep snapshotting there.
+    FromSnapshot(&'a Path),
+    /// Replay every record, and demand that the snapshot in this directory
+    /// equal the replayed state at its sequence number (`cardd check`).
+    CheckSnapshot(&'a Path),
 }
 
 /// Wall-clock time in Unix milliseconds.
@@ -133,10 +153,47 @@ impl BrandLedger {
         server_key: Arc<SigningKey>,
         brand: u32,
     ) -> anyhow::Result<Self> {
+        Self::recover_with(store, server_key, brand, Recovery::Full)
+    }
+
+    /// Like [`recover`](Self::recover), starting from or checking a
+    /// snapshot as `mode` says.
+    pub fn recover_with(
+        store: Arc<dyn LogStore>,
+        server_key: Arc<SigningKey>,
+        brand: u32,
+        mode: Recovery,
+    ) -> anyhow::Result<Self> {
+        let server_pub = server_key.verifying_key();
         let mut state = BrandState::new(brand);
-        let server_pub = server_key.verifying_key().to_bytes();
         let mut last_time_ms = 0;
-        for item in store.scan(brand, 1) {
+        let mut to_check = None;
+        match mode {
+            Recovery::Full => {}
+            Recovery::FromSnapshot(dir) => {
+                match snapshot::read(dir, brand, &server_pub)
+                    .and_then(|s| s.map(|s| on_chain(store.as_ref(), s)).transpose())
+                {
+                    Ok(Some((snap, time_ms))) => {
+                        state = snap;
+                        last_time_ms = time_ms;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(
+                        brand,
+                        error = %format!("{e:#}"),
+                        "snapshot not used; replaying the whole chain"
+                    ),
+                }
+            }
+            Recovery::CheckSnapshot(dir) => {
+                to_check = snapshot::read(dir, brand, &server_pub)
+                    .with_context(|| format!("brand {brand}: snapshot"))?;
+            }
+        }
+        let snapshot_seq = state.seq;
+        let server_pub = server_pub.to_bytes();
+        for item in store.scan(brand, state.seq + 1) {
             let (seq, bytes) =
                 item.with_context(|| format!("brand {brand}: reading record {}", state.seq + 1))?;
             if seq != state.seq + 1 {
@@ -148,6 +205,18 @@ impl BrandLedger {
             let w = replay_record(&mut state, seq, &bytes, &server_pub)
                 .with_context(|| format!("brand {brand}: corrupt ledger"))?;
             last_time_ms = w.record.time_ms;
+            if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
+                check_snapshot(&state, &snap)?;
+            }
+        }
+        if let Some(snap) = to_check {
+            // Written from memory ahead of a flush that a crash then lost.
+            tracing::warn!(
+                brand,
+                snapshot_seq = snap.seq,
+                chain = state.seq,
+                "the snapshot is beyond the stored chain; a restart ignores it"
+            );
         }
         if state.seq > 0 {
             let bytes = store
@@ -157,12 +226,61 @@ impl BrandLedger {
                 .map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
             checkpoint::matches(&c, &state).map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
         }
-        Ok(BrandLedger {
+        let mut ledger = BrandLedger {
             state,
             store,
             server_key,
             last_time_ms,
-        })
+            snapshots: None,
+            snapshot_seq,
+        };
+        if let Recovery::FromSnapshot(dir) = mode {
+            ledger.snapshots = Some(dir.to_path_buf());
+            if ledger.snapshot_due() {
+                // The next restart starts here instead of replaying again.
+                ledger.write_snapshot()?;
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// The sequence number of the newest snapshot written or recovered
+    /// from (0 for none).
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot_seq
+    }
+
+    /// Keeps snapshots of this ledger's state in `dir` from now on.
+    pub fn snapshot_into(&mut self, dir: &Path) {
+        self.snapshots = Some(dir.to_path_buf());
+    }
+
+    /// True when snapshots are kept and `SNAPSHOT_EVERY_RECORDS` records
+    /// have been applied since the last one.
+    pub fn snapshot_due(&self) -> bool {
+        self.snapshots.is_some() && self.state.seq - self.snapshot_seq >= SNAPSHOT_EVERY_RECORDS
+    }
+
+    /// Writes a snapshot of the state as it is now (blocking: the whole
+    /// state is encoded and fsynced). It may be ahead of what is durable;
+    /// recovery only uses a snapshot that lies on the stored chain.
+    pub fn write_snapshot(&mut self) -> anyhow::Result<()> {
+        let Some(dir) = &self.snapshots else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        // Set first: after a failure, the next try waits for as many
+        // records again instead of following every batch.
+        self.snapshot_seq = self.state.seq;
+        let bytes = snapshot::write(dir, &self.state, &self.server_key)?;
+        tracing::info!(
+            brand = self.state.brand_id,
+            seq = self.state.seq,
+            bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
+        Ok(())
     }
 
     /// Creates a new brand: its first record, signed by the server.
@@ -180,6 +298,8 @@ impl BrandLedger {
             store,
             server_key,
             last_time_ms: 0,
+            snapshots: None,
+            snapshot_seq: 0,
         };
         let request = Request {
             txn_id: 1,
@@ -216,7 +336,17 @@ impl BrandLedger {
     /// retry or a status query of them must find although storage may not
     /// have them yet.
     pub fn apply_batch_behind(&mut self, subs: &[Submission], unflushed: &[&[Written]]) -> Batch {
-        self.last_time_ms = self.last_time_ms.max(now_ms());
+        self.apply_at(subs, unflushed, now_ms())
+    }
+
+    /// Like `apply_batch` at server time `time_ms` (or the previous batch's
+    /// if later): for tools that build ledgers spanning months.
+    pub fn apply_batch_at(&mut self, subs: &[Submission], time_ms: i64) -> Batch {
+        self.apply_at(subs, &[], time_ms)
+    }
+
+    fn apply_at(&mut self, subs: &[Submission], unflushed: &[&[Written]], time_ms: i64) -> Batch {
+        self.last_time_ms = self.last_time_ms.max(time_ms);
         let time_ms = self.last_time_ms;
         let first_new_seq = self.state.seq + 1;
         let mut batch = Batch::default();
@@ -381,4 +511,41 @@ impl BrandLedger {
     ) -> anyhow::Result<Answer> {
         self.submit_now(Submission::signed(principal, key, request.clone()))
     }
+}
+
+/// `snap` and the time of its newest record, if it lies on the stored
+/// chain: the stored record at its sequence number hashes to its head.
+fn on_chain(store: &dyn LogStore, snap: BrandState) -> anyhow::Result<(BrandState, i64)> {
+    let bytes = store
+        .record(snap.brand_id, snap.seq)?
+        .with_context(|| format!("the chain ends before the snapshot's record {}", snap.seq))?;
+    anyhow::ensure!(
+        leaf_hash(&bytes) == snap.head_hash,
+        "record {} is not the snapshot's (a lost unflushed branch)",
+        snap.seq
+    );
+    let time_ms = Record::decode(bytes.as_slice())
+        .context("the snapshot's record does not decode")?
+        .time_ms;
+    Ok((snap, time_ms))
+}
+
+/// `cardd check`: the snapshot must equal the replayed state, unless it
+/// belongs to a branch a crash lost (then its head differs).
+fn check_snapshot(replayed: &BrandState, snap: &BrandState) -> anyhow::Result<()> {
+    if snap.head_hash != replayed.head_hash {
+        tracing::warn!(
+            brand = snap.brand_id,
+            seq = snap.seq,
+            "the snapshot is of a lost unflushed branch; a restart ignores it"
+        );
+        return Ok(());
+    }
+    anyhow::ensure!(
+        snap == replayed,
+        "brand {}: the snapshot at record {} differs from the state replayed to it",
+        snap.brand_id,
+        snap.seq
+    );
+    Ok(())
 }

@@ -22,5 +22,6 @@ pub mod pb;
 pub mod render;
 pub mod replay;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod storage;

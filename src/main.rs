@@ -409,7 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             brand_create(&data, name, currency, exponent, &owner_key, id)?;
         }
         Command::Check { data } => {
-            let (_, _, ledgers) = server::load(&data)?;
+            let (_, _, ledgers) = server::load_checked(&data)?;
             for l in &ledgers {
                 let (paid, bonus) = l.state.liability();
                 println!(
@@ -424,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 );
             }
             println!(
-                "ok: {} brands replayed and match their checkpoints",
+                "ok: {} brands replayed from their first record and match their checkpoints and snapshots",
                 ledgers.len()
             );
         }

@@ -24,6 +24,13 @@ impl Frontier {
         self.size
     }
 
+    /// True if the frontier has one subtree root per set bit of its size,
+    /// as every frontier built by `push` has (checked on frontiers read
+    /// back from a snapshot).
+    pub fn well_formed(&self) -> bool {
+        self.nodes.len() == self.size.count_ones() as usize
+    }
+
     /// Appends a leaf given its leaf hash (SHA-256(0x00 || data)) and
     /// calls `completed(level, index, hash)` for every perfect subtree this
     /// completes (the leaf itself at level 0, then each merge), which is

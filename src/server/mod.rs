@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::ledger::BrandLedger;
+use crate::ledger::{BrandLedger, Recovery};
 use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
 use crate::storage::{LogStore, SledStore};
 use keys::KeyIndex;
@@ -113,8 +113,21 @@ pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
 /// What [`load`] returns: storage, the server key and every brand's ledger.
 pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
 
-/// Opens storage and replays every brand (refusing a corrupt ledger).
+/// Opens storage and recovers every brand from its snapshot and the records
+/// after it (refusing a corrupt ledger).
 pub fn load(data_dir: &Path) -> anyhow::Result<Loaded> {
+    let snapshots = crate::snapshot::dir(data_dir);
+    load_with(data_dir, Recovery::FromSnapshot(&snapshots))
+}
+
+/// Opens storage and replays every brand from its first record, checking
+/// its snapshot against the replay on the way (`cardd check`).
+pub fn load_checked(data_dir: &Path) -> anyhow::Result<Loaded> {
+    let snapshots = crate::snapshot::dir(data_dir);
+    load_with(data_dir, Recovery::CheckSnapshot(&snapshots))
+}
+
+fn load_with(data_dir: &Path, mode: Recovery) -> anyhow::Result<Loaded> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let store: Arc<dyn LogStore> = Arc::new(
         SledStore::open(data_dir)
@@ -122,10 +135,11 @@ pub fn load(data_dir: &Path) -> anyhow::Result<Loaded> {
     );
     let mut ledgers = Vec::new();
     for brand in store.brands()? {
-        ledgers.push(BrandLedger::recover(
+        ledgers.push(BrandLedger::recover_with(
             store.clone(),
             server_key.clone(),
             brand,
+            mode,
         )?);
     }
     Ok((store, server_key, ledgers))
@@ -146,8 +160,9 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     let (store, server_key, mut ledgers) = load(&config.data_dir)?;
     if config.demo {
         if ledgers.is_empty() {
-            let ledger =
+            let mut ledger =
                 crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
+            ledger.snapshot_into(&crate::snapshot::dir(&config.data_dir));
             ledgers.push(ledger);
         } else {
             tracing::info!("--demo ignored: the ledger already holds brands");

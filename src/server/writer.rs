@@ -230,10 +230,27 @@ async fn apply_in_order(
             waiting,
             sign_ons,
         });
+        if ledger.snapshot_due() {
+            ledger = snapshot_off_thread(ledger).await;
+        }
     }
     // Memory is ahead of disk and nothing more of it may be served.
     drop(ledger);
     refuse_all(rx).await;
+}
+
+/// Writes a snapshot on a blocking thread (encoding a large state takes a
+/// while); requests queue meanwhile and the next batch takes them all. A
+/// failed snapshot costs only a longer restart.
+async fn snapshot_off_thread(mut ledger: BrandLedger) -> BrandLedger {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = ledger.write_snapshot() {
+            tracing::warn!(brand = ledger.brand_id(), error = %format!("{e:#}"), "snapshot failed");
+        }
+        ledger
+    })
+    .await
+    .expect("the snapshot task does not panic")
 }
 
 /// Stage 2: makes batches durable one at a time, in the order applied,

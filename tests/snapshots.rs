@@ -1,0 +1,191 @@
+//! Snapshots at recovery. A restart from a snapshot reaches exactly the
+//! state a full replay reaches. A snapshot that is not on the stored chain
+//! (written ahead of a flush a crash lost, or of a branch the chain no
+//! longer has) or not signed by the server key is not used. `cardd check`'s
+//! mode refuses a snapshot that differs from the replayed state.
+// Only its `sub` helper is used here.
+#[allow(dead_code)]
+#[path = "support/store.rs"]
+mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cardd::ledger::{BrandLedger, Recovery};
+use cardd::pb::{self, request::Op};
+use cardd::state::{BrandState, Principal};
+use cardd::storage::{LogStore, SledStore};
+use ed25519_dalek::SigningKey;
+use store::sub;
+
+fn server_key() -> Arc<SigningKey> {
+    Arc::new(SigningKey::from_bytes(&[1; 32]))
+}
+fn owner() -> SigningKey {
+    SigningKey::from_bytes(&[2; 32])
+}
+fn till() -> SigningKey {
+    SigningKey::from_bytes(&[3; 32])
+}
+
+/// A brand with a store, a till and one card holding 10,000.00, keeping
+/// snapshots in `snapshots`.
+fn provision(store: Arc<dyn LogStore>, snapshots: &Path) -> (BrandLedger, String) {
+    let create = pb::CreateBrand {
+        name: "Snapshots".into(),
+        currency: "CNY".into(),
+        currency_exponent: 2,
+        owner_public_key: owner().verifying_key().to_bytes().to_vec(),
+    };
+    let mut ledger = BrandLedger::create(store, server_key(), 1, create).unwrap();
+    ledger.snapshot_into(snapshots);
+    let card = cardd::card_number::generate(1);
+    let ops = [
+        Op::CreateStore(pb::CreateStore { name: "s".into() }),
+        Op::EnrollTerminal(pb::EnrollTerminal {
+            store_id: 1,
+            public_key: till().verifying_key().to_bytes().to_vec(),
+            label: String::new(),
+        }),
+        Op::IssueCard(pb::IssueCard { card: card.clone() }),
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        ledger
+            .submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op))
+            .unwrap()
+            .unwrap();
+    }
+    let top_up = Op::TopUp(pb::TopUp {
+        card: card.clone(),
+        amount_minor: 1_000_000,
+    });
+    ledger
+        .submit_now(sub(&till(), Principal::Terminal(1), 1, top_up))
+        .unwrap()
+        .unwrap();
+    (ledger, card)
+}
+
+fn purchase(card: &str, txn: u64, amount: i64) -> cardd::ledger::Submission {
+    let op = Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor: amount,
+        allow_partial: false,
+    });
+    sub(&till(), Principal::Terminal(1), txn, op)
+}
+
+/// Purchases with till txn ids `txns`, each committed.
+fn purchases(ledger: &mut BrandLedger, card: &str, txns: std::ops::Range<u64>) {
+    for txn in txns {
+        ledger
+            .submit_now(purchase(card, txn, 100 + txn as i64))
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn recover(store: &Arc<dyn LogStore>, mode: Recovery) -> anyhow::Result<BrandLedger> {
+    BrandLedger::recover_with(store.clone(), server_key(), 1, mode)
+}
+
+fn full_replay(store: &Arc<dyn LogStore>) -> BrandState {
+    recover(store, Recovery::Full).unwrap().state
+}
+
+#[test]
+fn a_restart_from_a_snapshot_equals_a_full_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    purchases(&mut ledger, &card, 2..22);
+    ledger.write_snapshot().unwrap();
+    let snapshot_seq = ledger.state.seq;
+    purchases(&mut ledger, &card, 22..37);
+    let live = ledger.state.clone();
+    drop(ledger);
+
+    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(restarted.snapshot_seq(), snapshot_seq);
+    assert_eq!(restarted.state, live);
+    assert_eq!(full_replay(&store), live);
+    recover(&store, Recovery::CheckSnapshot(&snaps)).unwrap();
+
+    // It goes on serving: the next purchase lands on the same chain.
+    let mut restarted = restarted;
+    restarted
+        .submit_now(purchase(&card, 37, 1))
+        .unwrap()
+        .unwrap();
+    assert_eq!(full_replay(&store), restarted.state);
+}
+
+#[test]
+fn a_snapshot_off_the_stored_chain_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    purchases(&mut ledger, &card, 2..12);
+    // Applied, snapshotted, never committed: a crash before the flush.
+    let lost = ledger.apply_batch(&[purchase(&card, 12, 5_000)]);
+    assert_eq!(lost.written.len(), 1);
+    ledger.write_snapshot().unwrap();
+    let durable = ledger.state.seq - 1;
+    drop(ledger);
+
+    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(restarted.snapshot_seq(), 0, "a snapshot ahead of the chain");
+    assert_eq!(restarted.state.seq, durable);
+    assert_eq!(restarted.state, full_replay(&store));
+    recover(&store, Recovery::CheckSnapshot(&snaps)).unwrap();
+
+    // Another record now takes the lost one's sequence number: the
+    // snapshot's seq is on the chain, its head is not.
+    let mut restarted = restarted;
+    restarted
+        .submit_now(purchase(&card, 13, 7))
+        .unwrap()
+        .unwrap();
+    let again = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(again.snapshot_seq(), 0, "a snapshot of a lost branch");
+    assert_eq!(again.state, restarted.state);
+    assert_eq!(again.state.cards, full_replay(&store).cards);
+    recover(&store, Recovery::CheckSnapshot(&snaps)).unwrap();
+}
+
+#[test]
+fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    purchases(&mut ledger, &card, 2..6);
+    let truth = ledger.state.clone();
+    drop(ledger);
+
+    // Signed by the server key, but with money the records never moved:
+    // only a full replay can tell, and `cardd check` does one.
+    let mut forged = truth.clone();
+    forged.cards.values_mut().for_each(|c| c.paid += 1);
+    cardd::snapshot::write(&snaps, &forged, &server_key()).unwrap();
+    let err = recover(&store, Recovery::CheckSnapshot(&snaps))
+        .err()
+        .expect("check refuses a snapshot unlike the replay");
+    assert!(
+        format!("{err:#}").contains("differs from the state replayed"),
+        "{err:#}"
+    );
+
+    // Signed by another key: a restart replays everything instead, and
+    // check refuses it.
+    cardd::snapshot::write(&snaps, &forged, &SigningKey::from_bytes(&[9; 32])).unwrap();
+    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(restarted.snapshot_seq(), 0);
+    assert_eq!(restarted.state, truth);
+    let err = recover(&store, Recovery::CheckSnapshot(&snaps))
+        .err()
+        .expect("check refuses a snapshot it cannot verify");
+    assert!(format!("{err:#}").contains("signature"), "{err:#}");
+}
