@@ -192,6 +192,7 @@ impl BrandLedger {
             }
         }
         let snapshot_seq = state.seq;
+        let replay_started = std::time::Instant::now();
         let server_pub = server_pub.to_bytes();
         for item in store.scan(brand, state.seq + 1) {
             let (seq, bytes) =
@@ -218,6 +219,13 @@ impl BrandLedger {
                 "the snapshot is beyond the stored chain; a restart ignores it"
             );
         }
+        tracing::info!(
+            brand,
+            snapshot_seq,
+            replayed = state.seq - snapshot_seq,
+            replay_ms = replay_started.elapsed().as_millis() as u64,
+            "brand recovered"
+        );
         if state.seq > 0 {
             let bytes = store
                 .last_checkpoint(brand)?
