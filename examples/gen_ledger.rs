@@ -85,8 +85,12 @@ fn main() -> anyhow::Result<()> {
             label: String::new(),
         })));
     }
-    let card_numbers: Vec<String> = (0..cards)
-        .map(|_| cardd::card_number::generate(1))
+    // Random numbers: at a million cards some would collide (12 random
+    // digits), and the ledger refuses a second card under one number.
+    let mut seen = std::collections::HashSet::new();
+    let card_numbers: Vec<String> = std::iter::repeat_with(|| cardd::card_number::generate(1))
+        .filter(|c| seen.insert(c.clone()))
+        .take(cards)
         .collect();
     for c in &card_numbers {
         owner_subs.push(owner_req(Op::IssueCard(pb::IssueCard { card: c.clone() })));
