@@ -77,7 +77,7 @@ pub const TXN_WINDOW_PER_SIGNER: usize = 4_096;
 /// 90 days, measured on the records' server time.
 pub const REFUND_WINDOW_MS: i64 = 90 * 86_400_000;
 /// Money records kept refundable per brand, newest first, whatever their
-/// age: the bound on that part of memory (~170 bytes each) when a brand
+/// age: the bound on that part of memory (~130 bytes each) when a brand
 /// writes more than this within the refund window (over 22,000 money
 /// records a day). Older ones answer `ORIGINAL_EXPIRED`.
 pub const MAX_REFUNDABLE_RECORDS: usize = 2_000_000;

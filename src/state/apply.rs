@@ -443,8 +443,7 @@ fn commit_money(
         .get_mut(&tid)
         .expect("terminal checked")
         .shift = shift;
-    state.effects.insert(rec.seq, effect);
-    state.effect_order.push_back(rec.seq);
+    state.effects.push(rec.seq, effect);
 }
 
 fn top_up(
@@ -482,7 +481,7 @@ fn refund(
 ) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
-    let Some(orig) = state.effects.get(&r.original_seq) else {
+    let Some(orig) = state.effects.get(r.original_seq) else {
         return missing_original(
             state,
             r.original_seq,
@@ -552,7 +551,7 @@ fn refund(
     let effect = effect_of(&rec, number, shift_number(state, tid));
     let orig = state
         .effects
-        .get_mut(&r.original_seq)
+        .get_mut(r.original_seq)
         .expect("checked above");
     orig.refunded_paid += paid_in;
     orig.refunded_bonus += bonus_in;
@@ -595,7 +594,7 @@ fn reversal(
             return Ok(append(state, ctx, rec));
         }
     };
-    let Some(orig) = state.effects.get(&orig_seq) else {
+    let Some(orig) = state.effects.get(orig_seq) else {
         return missing_original(
             state,
             orig_seq,
@@ -645,7 +644,7 @@ fn reversal(
     let extra_points = if orig.kind == RecordKind::Refund {
         // The purchase is older than its refund, so it leaves the window
         // first; its refunded amounts can no longer be given back.
-        let Some(p) = state.effects.get(&orig.original_seq) else {
+        let Some(p) = state.effects.get(orig.original_seq) else {
             return refuse(
                 E::OriginalExpired,
                 "the refunded purchase is past the refund window",
@@ -704,7 +703,7 @@ fn reversal(
     fill_card(state, &mut rec, number, &card);
     // Commit: the original is marked reversed; a reversed refund gives its
     // amount back to the purchase's refundable balance.
-    let orig = state.effects.get_mut(&orig_seq).expect("checked above");
+    let orig = state.effects.get_mut(orig_seq).expect("checked above");
     orig.reversed = true;
     *state
         .txns
@@ -714,7 +713,7 @@ fn reversal(
     if orig_kind == RecordKind::Refund {
         let purchase = state
             .effects
-            .get_mut(&orig_refund_of)
+            .get_mut(orig_refund_of)
             .expect("a refund names its purchase");
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;

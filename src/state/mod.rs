@@ -266,13 +266,74 @@ pub struct BrandState {
     pub txns: FastMap<(u32, u64), TxnEntry>,
     /// Per signer namespace: which of its ids `txns` holds, oldest first.
     pub txn_windows: FastMap<u32, TxnWindow>,
-    /// Refundable and reversible records by sequence number: those within
-    /// `REFUND_WINDOW_MS` and the newest `MAX_REFUNDABLE_RECORDS`.
-    pub effects: FastMap<u64, Effect>,
-    /// The keys of `effects`, oldest first.
-    pub effect_order: VecDeque<u64>,
-    /// The highest sequence number dropped from `effects` (0 for none).
-    pub effects_forgotten_up_to: u64,
+    /// Refundable and reversible records: those within `REFUND_WINDOW_MS`
+    /// and the newest `MAX_REFUNDABLE_RECORDS`.
+    pub effects: Effects,
+}
+
+/// Refundable money records in sequence order, oldest first: a new one is
+/// a push at the back, forgetting is a pop at the front, a lookup (refunds
+/// and reversals only) a binary search. No hashing on the hot path, and
+/// memory of one entry per record kept (a hash map of millions would
+/// round its table up to the next power of two, over twice the entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effects {
+    kept: VecDeque<(u64, Effect)>,
+    forgotten_up_to: u64,
+}
+
+impl Effects {
+    fn index(&self, seq: u64) -> Option<usize> {
+        self.kept.binary_search_by_key(&seq, |(s, _)| *s).ok()
+    }
+
+    /// The record at `seq`, if kept.
+    pub fn get(&self, seq: u64) -> Option<&Effect> {
+        self.index(seq).map(|i| &self.kept[i].1)
+    }
+
+    /// The record at `seq`, if kept, to change.
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Effect> {
+        self.index(seq).map(|i| &mut self.kept[i].1)
+    }
+
+    /// True if the record at `seq` is kept.
+    pub fn contains(&self, seq: u64) -> bool {
+        self.index(seq).is_some()
+    }
+
+    /// Keeps the record at `seq`, newer than every one kept.
+    pub fn push(&mut self, seq: u64, effect: Effect) {
+        debug_assert!(self.kept.back().is_none_or(|(s, _)| *s < seq));
+        self.kept.push_back((seq, effect));
+    }
+
+    /// Records kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// True if none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// The oldest record kept and its sequence number.
+    pub fn oldest(&self) -> Option<(u64, &Effect)> {
+        self.kept.front().map(|(s, e)| (*s, e))
+    }
+
+    /// Forgets the oldest record kept.
+    pub fn forget_oldest(&mut self) {
+        if let Some((seq, _)) = self.kept.pop_front() {
+            self.forgotten_up_to = seq;
+        }
+    }
+
+    /// The highest sequence number forgotten (0 for none).
+    pub fn forgotten_up_to(&self) -> u64 {
+        self.forgotten_up_to
+    }
 }
 
 /// The transaction ids of one signer that the state still knows.
@@ -304,9 +365,7 @@ impl BrandState {
             rules: rules::default_rules(),
             txns: FastMap::default(),
             txn_windows: FastMap::default(),
-            effects: FastMap::default(),
-            effect_order: VecDeque::new(),
-            effects_forgotten_up_to: 0,
+            effects: Effects::default(),
         }
     }
 

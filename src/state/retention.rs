@@ -44,16 +44,13 @@ pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: 
 /// `MAX_REFUNDABLE_RECORDS`, oldest first. Run after each record, on the
 /// record's time, so replay forgets exactly what the live ledger forgot.
 pub(super) fn forget_expired_effects(state: &mut BrandState, now_ms: i64) {
-    while let Some(&seq) = state.effect_order.front() {
-        let time_ms = state.effects[&seq].time_ms;
-        if state.effect_order.len() <= REFUNDABLE_CAP
-            && now_ms.saturating_sub(time_ms) <= REFUND_WINDOW_MS
+    while let Some((_, oldest)) = state.effects.oldest() {
+        if state.effects.len() <= REFUNDABLE_CAP
+            && now_ms.saturating_sub(oldest.time_ms) <= REFUND_WINDOW_MS
         {
             break;
         }
-        state.effect_order.pop_front();
-        state.effects.remove(&seq);
-        state.effects_forgotten_up_to = seq;
+        state.effects.forget_oldest();
     }
 }
 
@@ -70,7 +67,7 @@ pub(super) fn missing_original<T>(
     otherwise: E,
     why: &str,
 ) -> Result<T, Refusal> {
-    if seq != 0 && seq <= state.effects_forgotten_up_to {
+    if seq != 0 && seq <= state.effects.forgotten_up_to() {
         refuse(E::OriginalExpired, ORIGINAL_EXPIRED)
     } else {
         refuse(otherwise, why.to_string())
@@ -191,9 +188,9 @@ mod tests {
         s.time_ms -= 61_000;
         // The recent one is refundable; writing it forgets the old one.
         s.till(1, "", refund(recent, 7_000));
-        assert!(!s.state.effects.contains_key(&old));
-        assert!(s.state.effects.contains_key(&recent));
-        assert_eq!(s.state.effects_forgotten_up_to, old);
+        assert!(!s.state.effects.contains(old));
+        assert!(s.state.effects.contains(recent));
+        assert_eq!(s.state.effects.forgotten_up_to(), old);
         assert_eq!(s.refused(TILL, 101, refund(old, 1)), E::OriginalExpired);
         // The old purchase's txn id (2) is still known, its effect is not.
         let reverse_old = Op::Reversal(pb::Reversal { original_txn_id: 2 });
@@ -210,9 +207,11 @@ mod tests {
         let purchases: Vec<u64> = (0..=cap).map(|_| s.purchase(1, &c, 10, false)).collect();
         // The top-up and the first purchase made way for the newest.
         assert_eq!(s.state.effects.len(), cap);
-        assert_eq!(s.state.effect_order.len(), cap);
-        assert_eq!(s.state.effect_order.front(), Some(&purchases[1]));
-        assert_eq!(s.state.effects_forgotten_up_to, purchases[0]);
+        assert_eq!(
+            s.state.effects.oldest().map(|(seq, _)| seq),
+            Some(purchases[1])
+        );
+        assert_eq!(s.state.effects.forgotten_up_to(), purchases[0]);
         assert_eq!(
             s.refused(TILL, 500, refund(purchases[0], 10)),
             E::OriginalExpired
