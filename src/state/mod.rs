@@ -308,6 +308,11 @@ impl Effects {
         self.kept.push_back((seq, effect));
     }
 
+    /// Every record kept with its sequence number, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Effect)> {
+        self.kept.iter().map(|(s, e)| (*s, e))
+    }
+
     /// Records kept.
     pub fn len(&self) -> usize {
         self.kept.len()
@@ -390,7 +395,8 @@ impl BrandState {
             return Ok(Some(*e));
         }
         let forgotten = self.txn_windows.get(&ns).map_or(0, |w| w.forgotten_up_to);
-        if txn_id <= forgotten {
+        // Id 0 is never used, so never forgotten (and the mark starts at 0).
+        if txn_id != 0 && txn_id <= forgotten {
             Err(TooOld)
         } else {
             Ok(None)

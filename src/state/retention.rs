@@ -130,6 +130,7 @@ mod tests {
     #[test]
     fn a_forgotten_txn_id_is_refused_never_applied_again() {
         let (mut s, c) = shop(1_000_000);
+        assert_eq!(status(&mut s, 0), (TxnState::Unknown, 0));
         // The top-up was txn 1; purchases 2..=W+1 push it out of the window.
         let first_purchase = s.purchase(1, &c, 1, false);
         for _ in 1..TXN_WINDOW_PER_SIGNER {
@@ -148,6 +149,7 @@ mod tests {
         let reverse_it = Op::Reversal(pb::Reversal { original_txn_id: 1 });
         assert_eq!(s.refused(TILL, 999_999, reverse_it), E::TxnTooOld);
         assert_eq!(status(&mut s, 1), (TxnState::Expired, 0));
+        assert_eq!(status(&mut s, 0), (TxnState::Unknown, 0));
         // The oldest id still in the window is still a retry.
         assert_eq!(status(&mut s, 2), (TxnState::Committed, first_purchase));
         let retry = s.request(

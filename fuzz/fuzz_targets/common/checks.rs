@@ -668,7 +668,7 @@ impl World {
                     req.op
                 );
                 match s {
-                    pb::TxnState::Unknown => assert_eq!(*seq, 0),
+                    pb::TxnState::Unknown | pb::TxnState::Expired => assert_eq!(*seq, 0),
                     _ => assert!(
                         (1..=self.state.seq).contains(seq),
                         "status seq {seq} out of range"
@@ -953,7 +953,7 @@ impl World {
         // A purchase's refund bookkeeping: never more than it spent, and
         // points taken back in proportion to the value refunded, rounded
         // down (the rule in src/state/apply.rs, `refund`).
-        for (seq, e) in &self.state.effects {
+        for (seq, e) in self.state.effects.iter() {
             if e.kind != RecordKind::Purchase {
                 continue;
             }
@@ -1323,7 +1323,7 @@ impl World {
                 let (p, bytes) = self.sent[self.sent.len() - 1 - pick % self.sent.len()].clone();
                 let mut req = pb::Request::decode(bytes.as_slice()).expect("sent requests decode");
                 let original = self.state.txns[&(p.txn_namespace(), req.txn_id)];
-                let TxnEntry::Committed(seq) = original else {
+                let (TxnEntry::Committed(seq) | TxnEntry::Reversed(seq)) = original else {
                     panic!("sent txn is not committed")
                 };
                 let bytes = if tag == tag::RETRY {
