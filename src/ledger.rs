@@ -171,9 +171,15 @@ impl BrandLedger {
         match mode {
             Recovery::Full => {}
             Recovery::FromSnapshot(dir) => {
-                match snapshot::read(dir, brand, &server_pub)
-                    .and_then(|s| s.map(|s| on_chain(store.as_ref(), s)).transpose())
-                {
+                let loading = std::time::Instant::now();
+                let loaded = snapshot::read(dir, brand, &server_pub)
+                    .and_then(|s| s.map(|s| on_chain(store.as_ref(), s)).transpose());
+                tracing::info!(
+                    brand,
+                    load_ms = loading.elapsed().as_millis() as u64,
+                    "snapshot read"
+                );
+                match loaded {
                     Ok(Some((snap, time_ms))) => {
                         state = snap;
                         last_time_ms = time_ms;
@@ -246,7 +252,11 @@ impl BrandLedger {
             ledger.snapshots = Some(dir.to_path_buf());
             if ledger.snapshot_due() {
                 // The next restart starts here instead of replaying again.
-                ledger.write_snapshot()?;
+                // A failure (a full disk, say) only makes that restart
+                // longer: it must not keep the daemon from serving.
+                if let Err(e) = ledger.write_snapshot() {
+                    tracing::warn!(brand, error = %format!("{e:#}"), "snapshot failed");
+                }
             }
         }
         Ok(ledger)

@@ -5,11 +5,14 @@
 //! atomically (temporary file, fsync, rename, fsync of the directory):
 //!
 //! ```text
-//! "CARDDSN1" | body | body length (u64, big-endian) | signature (64 bytes)
+//! "CARDDSN1" | format (u32, big-endian) | body | body length (u64, big-endian) | signature (64 bytes)
 //! ```
 //!
-//! The body is the `BrandState` in postcard; the signature is the server
-//! key's over `"cardd.v1 snapshot\0" ‖ SHA-256(body)`. A snapshot is a
+//! The body is the `BrandState` in postcard, which does not describe its
+//! own layout: `FORMAT` names the layout, and a test pins the encoding so
+//! that a change to any state type must bump it (a snapshot of another
+//! format is then ignored, never misread). The signature is the server
+//! key's over `"cardd.v1 snapshot\0" ‖ SHA-256(format ‖ body)`. A snapshot is a
 //! shortcut, never evidence: recovery uses one only if it verifies, names
 //! its brand and lies on the stored chain (its head hash is the hash of the
 //! stored record at its sequence number), then replays the rest and checks
@@ -24,11 +27,17 @@ use anyhow::{anyhow, ensure, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{sha256, DOMAIN_SNAPSHOT};
-use crate::limits::MAX_SNAPSHOT_BYTES;
+use crate::crypto::DOMAIN_SNAPSHOT;
+use crate::limits::{MAX_SNAPSHOT_BYTES, TXN_WINDOW_PER_SIGNER};
 use crate::state::BrandState;
 
 const MAGIC: &[u8; 8] = b"CARDDSN1";
+/// The layout of the body. Bump it with any change to a type inside
+/// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
+/// then).
+pub const FORMAT: u32 = 1;
+/// Magic and format.
+const HEADER: usize = 8 + 4;
 /// Body length and signature.
 const TRAILER: usize = 8 + 64;
 
@@ -72,12 +81,15 @@ pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> anyhow::Result
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_path = path(dir, state.brand_id);
     let tmp = final_path.with_extension("snap.tmp");
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let file = create_private(&tmp)?;
     let mut inner = BufWriter::new(file);
     inner.write_all(MAGIC)?;
+    inner.write_all(&FORMAT.to_be_bytes())?;
+    let mut hash = Sha256::new();
+    hash.update(FORMAT.to_be_bytes());
     let body = HashingWriter {
         inner,
-        hash: Sha256::new(),
+        hash,
         len: 0,
     };
     let HashingWriter {
@@ -93,7 +105,19 @@ pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> anyhow::Result
     fs::rename(&tmp, &final_path)?;
     // The rename is durable only once the directory is.
     File::open(dir)?.sync_all()?;
-    Ok(len + (MAGIC.len() + TRAILER) as u64)
+    Ok(len + (HEADER + TRAILER) as u64)
+}
+
+/// Creates `path` readable by the owner only: a snapshot holds every card
+/// number and balance.
+fn create_private(path: &Path) -> anyhow::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 /// The brand's snapshot, verified against the server key; None if there is
@@ -110,33 +134,68 @@ pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> anyhow::Result<Option
         size <= MAX_SNAPSHOT_BYTES,
         "snapshot of {size} bytes is over the limit"
     );
-    let min = (MAGIC.len() + TRAILER) as u64;
-    ensure!(size >= min, "snapshot is truncated");
+    ensure!(size >= (HEADER + TRAILER) as u64, "snapshot is truncated");
     let mut bytes = Vec::with_capacity(usize::try_from(size)?);
     file.take(size).read_to_end(&mut bytes)?;
     ensure!(bytes.len() as u64 == size, "snapshot changed while read");
+    ensure!(bytes.starts_with(MAGIC), "not a cardd snapshot");
+    let (format, rest) = bytes[MAGIC.len()..].split_at(4);
+    let format = u32::from_be_bytes(format.try_into().expect("4 bytes"));
     ensure!(
-        bytes.starts_with(MAGIC),
-        "not a snapshot of this format version"
+        format == FORMAT,
+        "snapshot format {format}, this build reads {FORMAT}"
     );
-    let (body, trailer) = bytes[MAGIC.len()..].split_at(bytes.len() - MAGIC.len() - TRAILER);
+    let (body, trailer) = rest.split_at(rest.len() - TRAILER);
     let (len, signature) = trailer.split_at(8);
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
     ensure!(len == body.len() as u64, "snapshot length does not match");
     let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
-    key.verify_strict(&signed_message(&sha256(body)), &signature)
+    let mut hash = Sha256::new();
+    hash.update(FORMAT.to_be_bytes());
+    hash.update(body);
+    key.verify_strict(&signed_message(&hash.finalize().into()), &signature)
         .map_err(|_| anyhow!("snapshot signature does not verify"))?;
-    let state: BrandState = postcard::from_bytes(body).context("snapshot does not decode")?;
+    let (state, unread): (BrandState, _) =
+        postcard::take_from_bytes(body).context("snapshot does not decode")?;
+    ensure!(unread.is_empty(), "snapshot has bytes after the state");
     ensure!(
         state.brand_id == brand,
         "snapshot names brand {}",
         state.brand_id
     );
+    consistent(&state)?;
+    Ok(Some(state))
+}
+
+/// What every state built by `apply` satisfies and `apply` relies on:
+/// checked on a snapshot before it is used, so that one written by a
+/// buggy build fails here rather than inside `apply`.
+fn consistent(state: &BrandState) -> anyhow::Result<()> {
     ensure!(
         state.merkle.well_formed() && state.merkle.size() == state.seq,
         "snapshot's Merkle frontier does not match its size"
     );
-    Ok(Some(state))
+    ensure!(
+        state.effects.is_ordered_below(state.seq + 1),
+        "snapshot's refundable records are out of order"
+    );
+    let mut remembered = 0;
+    for (ns, window) in &state.txn_windows {
+        ensure!(
+            window.ids.len() <= TXN_WINDOW_PER_SIGNER
+                && window
+                    .ids
+                    .iter()
+                    .all(|id| state.txns.contains_key(&(*ns, *id))),
+            "snapshot's transaction window {ns} does not match its index"
+        );
+        remembered += window.ids.len();
+    }
+    ensure!(
+        remembered == state.txns.len(),
+        "snapshot's transaction index holds ids outside its windows"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -161,6 +220,98 @@ mod tests {
         assert_eq!(read(dir.path(), 8, &key.verifying_key()).unwrap(), None);
         let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
         assert!(read(dir.path(), 9, &other).is_err());
+    }
+
+    /// One of everything, so that every map has one entry and the encoding
+    /// is deterministic.
+    fn one_of_each() -> BrandState {
+        use crate::state::{Effect, Store, Terminal, TxnEntry, TxnWindow};
+        let mut s = state();
+        s.seq = 3;
+        for i in 0..3 {
+            s.merkle.push_with([i; 32], |_, _, _| {});
+        }
+        s.head_hash = [7; 32];
+        s.stores.insert(
+            1,
+            Store {
+                name: "North".into(),
+            },
+        );
+        s.terminals.insert(
+            1,
+            Terminal {
+                store_id: 1,
+                public_key: [5; 32],
+                label: "till".into(),
+                last_txn_id: 9,
+                shift: crate::pb::ShiftTotals::default(),
+                shift_number: 1,
+                disabled: false,
+            },
+        );
+        s.txns.insert((1, 9), TxnEntry::Reversed(3));
+        s.txn_windows.insert(
+            1,
+            TxnWindow {
+                ids: [9].into(),
+                forgotten_up_to: 2,
+            },
+        );
+        s.effects.push(
+            3,
+            Effect {
+                kind: crate::pb::RecordKind::Purchase,
+                card: 42,
+                store_id: 1,
+                terminal_id: 1,
+                shift_number: 1,
+                paid_in: 0,
+                bonus_in: 0,
+                paid_out: 100,
+                bonus_out: 5,
+                points_in: 1,
+                points_out: 0,
+                visit_counted: true,
+                refunded_paid: 0,
+                refunded_bonus: 0,
+                refunded_points: 0,
+                original_seq: 0,
+                reversed: true,
+                time_ms: 1_790_000_000_000,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn the_encoding_of_the_state_is_pinned() {
+        // A change to any type inside BrandState changes this encoding:
+        // bump FORMAT, then pin the new hash. Never only the hash.
+        let bytes = postcard::to_stdvec(&one_of_each()).unwrap();
+        assert_eq!(
+            (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
+            (
+                1,
+                "f0799b980e84d1093cb37d0d45b198e0b33ebb6dc9d7f80a05e31810cc1f2f47".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn a_consistent_state_passes_and_mismatched_indexes_do_not() {
+        let good = one_of_each();
+        consistent(&good).unwrap();
+        let mut bad = good.clone();
+        bad.txns
+            .insert((1, 10), crate::state::TxnEntry::Committed(3));
+        assert!(consistent(&bad).is_err());
+        let mut bad = good.clone();
+        bad.seq = 2;
+        assert!(consistent(&bad).is_err());
+        let mut bad = good;
+        bad.txn_windows.get_mut(&1).unwrap().ids.push_back(11);
+        assert!(consistent(&bad).is_err());
     }
 
     #[test]

@@ -129,9 +129,14 @@ pub fn load_checked(data_dir: &Path) -> anyhow::Result<Loaded> {
 
 fn load_with(data_dir: &Path, mode: Recovery) -> anyhow::Result<Loaded> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
+    let opening = std::time::Instant::now();
     let store: Arc<dyn LogStore> = Arc::new(
         SledStore::open(data_dir)
             .with_context(|| format!("opening the ledger in {}", data_dir.display()))?,
+    );
+    tracing::info!(
+        open_ms = opening.elapsed().as_millis() as u64,
+        "storage opened"
     );
     let mut ledgers = Vec::new();
     for brand in store.brands()? {

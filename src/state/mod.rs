@@ -339,6 +339,17 @@ impl Effects {
     pub fn forgotten_up_to(&self) -> u64 {
         self.forgotten_up_to
     }
+
+    /// True if the sequence numbers kept increase, lie above the forgotten
+    /// ones and below `end` (what lookups and forgetting rely on).
+    pub fn is_ordered_below(&self, end: u64) -> bool {
+        let mut previous = self.forgotten_up_to;
+        self.kept.iter().all(|(seq, _)| {
+            let ok = *seq > previous && *seq < end;
+            previous = *seq;
+            ok
+        })
+    }
 }
 
 /// The transaction ids of one signer that the state still knows.

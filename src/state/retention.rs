@@ -35,8 +35,13 @@ pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: 
     window.ids.push_back(txn_id);
     if window.ids.len() > TXN_WINDOW_PER_SIGNER {
         let old = window.ids.pop_front().expect("window is not empty");
-        window.forgotten_up_to = window.forgotten_up_to.max(old);
-        state.txns.remove(&(ns, old));
+        // A tombstone's id was never applied, so forgetting it cannot lead
+        // to a second apply, and it must not raise the mark: a reversal of
+        // a mistyped, far-off id would otherwise refuse every id below it.
+        // (Its original, arriving after 4,096 more ids, would be applied.)
+        if !matches!(state.txns.remove(&(ns, old)), Some(TxnEntry::Tombstone(_))) {
+            window.forgotten_up_to = window.forgotten_up_to.max(old);
+        }
     }
 }
 
@@ -174,6 +179,34 @@ mod tests {
         assert_eq!(status(&mut s, 2), (TxnState::Expired, 0));
         let balance = 1_000_000 - i64::try_from(TXN_WINDOW_PER_SIGNER).unwrap() - 1;
         assert_eq!(s.state.cards[&card_number(&c)].balance(), balance);
+    }
+
+    #[test]
+    fn a_forgotten_tombstone_of_a_far_off_id_does_not_lock_the_till_out() {
+        let (mut s, c) = shop(1_000_000);
+        // A reversal of an id never sent (mistyped): a tombstone.
+        s.till(
+            1,
+            "",
+            Op::Reversal(pb::Reversal {
+                original_txn_id: u64::MAX,
+            }),
+        );
+        for _ in 0..TXN_WINDOW_PER_SIGNER {
+            s.purchase(1, &c, 1, false);
+        }
+        let window = &s.state.txn_windows[&1];
+        assert!(
+            !window.ids.contains(&u64::MAX),
+            "the tombstone was forgotten"
+        );
+        assert_eq!(
+            window.forgotten_up_to, 2,
+            "ids 1 and 2 left; only 1 and 2 count"
+        );
+        // The till goes on with its next ids.
+        s.purchase(1, &c, 1, false);
+        assert_eq!(status(&mut s, 3), (TxnState::Expired, 0));
     }
 
     #[test]
