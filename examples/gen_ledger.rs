@@ -48,7 +48,10 @@ fn main() -> anyhow::Result<()> {
         owner_public_key: owner.verifying_key().to_bytes().to_vec(),
     };
     let mut ledger = BrandLedger::create(store, Arc::clone(&server_key), 1, create)?;
-    ledger.snapshot_into(&cardd::snapshot::dir(&data));
+    ledger.snapshot_into(
+        &cardd::snapshot::dir(&data),
+        cardd::limits::SNAPSHOT_EVERY_RECORDS,
+    );
     // The server time of the record about to be written.
     let clock = move |seq: u64| {
         start_ms + (i128::from(seq) * i128::from(span_ms) / i128::from(records.max(1))) as i64

@@ -118,8 +118,9 @@ pub struct BrandLedger {
     store: Arc<dyn LogStore>,
     server_key: Arc<SigningKey>,
     last_time_ms: i64,
-    /// Where snapshots of the state are kept, if they are.
-    snapshots: Option<PathBuf>,
+    /// Where snapshots of the state are kept (if they are), and every how
+    /// many records.
+    snapshots: Option<(PathBuf, u64)>,
     /// The sequence number of the newest snapshot (0 for none).
     snapshot_seq: u64,
 }
@@ -249,7 +250,7 @@ impl BrandLedger {
             snapshot_seq,
         };
         if let Recovery::FromSnapshot(dir) = mode {
-            ledger.snapshots = Some(dir.to_path_buf());
+            ledger.snapshots = Some((dir.to_path_buf(), SNAPSHOT_EVERY_RECORDS));
             if ledger.snapshot_due() {
                 // The next restart starts here instead of replaying again.
                 // A failure (a full disk, say) only makes that restart
@@ -268,36 +269,63 @@ impl BrandLedger {
         self.snapshot_seq
     }
 
-    /// Keeps snapshots of this ledger's state in `dir` from now on.
-    pub fn snapshot_into(&mut self, dir: &Path) {
-        self.snapshots = Some(dir.to_path_buf());
+    /// Keeps snapshots of this ledger's state in `dir` from now on, one
+    /// every `every` records (`SNAPSHOT_EVERY_RECORDS` in the daemon).
+    pub fn snapshot_into(&mut self, dir: &Path, every: u64) {
+        assert!(every > 0, "snapshots every 0 records");
+        self.snapshots = Some((dir.to_path_buf(), every));
     }
 
-    /// True when snapshots are kept and `SNAPSHOT_EVERY_RECORDS` records
-    /// have been applied since the last one.
+    /// True when snapshots are kept and as many records as asked have been
+    /// applied since the last one.
     pub fn snapshot_due(&self) -> bool {
-        self.snapshots.is_some() && self.state.seq - self.snapshot_seq >= SNAPSHOT_EVERY_RECORDS
+        self.snapshots
+            .as_ref()
+            .is_some_and(|(_, every)| self.state.seq - self.snapshot_seq >= *every)
     }
 
-    /// Writes a snapshot of the state as it is now (blocking: the whole
-    /// state is encoded and fsynced). It may be ahead of what is durable;
-    /// recovery only uses a snapshot that lies on the stored chain.
-    pub fn write_snapshot(&mut self) -> anyhow::Result<()> {
-        let Some(dir) = &self.snapshots else {
-            return Ok(());
+    /// Encodes a snapshot of the state as it is now (blocking: the whole
+    /// state is encoded), to be stored with [`store_snapshot`]. It may be
+    /// ahead of what is durable; recovery only uses a snapshot that lies on
+    /// the stored chain. None if this ledger keeps no snapshots.
+    ///
+    /// [`store_snapshot`]: Self::store_snapshot
+    pub fn encode_snapshot(&mut self) -> anyhow::Result<Option<(PathBuf, snapshot::Encoded)>> {
+        let Some((dir, _)) = &self.snapshots else {
+            return Ok(None);
         };
-        let started = std::time::Instant::now();
         // Set first: after a failure, the next try waits for as many
         // records again instead of following every batch.
         self.snapshot_seq = self.state.seq;
-        let bytes = snapshot::write(dir, &self.state, &self.server_key)?;
+        let started = std::time::Instant::now();
+        let encoded = snapshot::encode(&self.state, &self.server_key)?;
         tracing::info!(
             brand = self.state.brand_id,
-            seq = self.state.seq,
-            bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot written"
+            seq = encoded.seq(),
+            bytes = encoded.len(),
+            encode_ms = started.elapsed().as_millis() as u64,
+            "snapshot encoded"
         );
+        Ok(Some((dir.clone(), encoded)))
+    }
+
+    /// Writes an encoded snapshot durably (blocking: write and fsync).
+    pub fn store_snapshot(dir: &Path, encoded: &snapshot::Encoded) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        encoded.store(dir)?;
+        tracing::info!(
+            seq = encoded.seq(),
+            store_ms = started.elapsed().as_millis() as u64,
+            "snapshot stored"
+        );
+        Ok(())
+    }
+
+    /// Encodes and stores a snapshot now (start-up and offline tools).
+    pub fn write_snapshot(&mut self) -> anyhow::Result<()> {
+        if let Some((dir, encoded)) = self.encode_snapshot()? {
+            Self::store_snapshot(&dir, &encoded)?;
+        }
         Ok(())
     }
 

@@ -20,7 +20,7 @@
 //! `cardd check` always replays in full and compares the snapshot with the
 //! replayed state at the snapshot's sequence number.
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, ensure, Context};
@@ -54,58 +54,68 @@ fn signed_message(body_digest: &[u8; 32]) -> Vec<u8> {
     [DOMAIN_SNAPSHOT, body_digest.as_slice()].concat()
 }
 
-/// Hashes and counts what passes through, so the body is streamed to disk
-/// without a second copy of it in memory.
-struct HashingWriter<W> {
-    inner: W,
-    hash: Sha256,
-    len: u64,
+/// A snapshot encoded and signed in memory, to be stored apart from the
+/// state (encoding needs the state; writing and fsyncing it do not).
+pub struct Encoded {
+    brand: u32,
+    seq: u64,
+    bytes: Vec<u8>,
 }
 
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
+impl Encoded {
+    /// The sequence number of the state it holds.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+    /// Its size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
     }
+
+    /// True if empty (never: a snapshot has at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Writes it durably to `dir`, replacing the brand's previous snapshot.
+    pub fn store(&self, dir: &Path) -> anyhow::Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let final_path = path(dir, self.brand);
+        let tmp = final_path.with_extension("snap.tmp");
+        let mut file = create_private(&tmp)?;
+        file.write_all(&self.bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &final_path)?;
+        // The rename is durable only once the directory is.
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Encodes and signs `state`'s snapshot.
+pub fn encode(state: &BrandState, key: &SigningKey) -> anyhow::Result<Encoded> {
+    let mut bytes = Vec::with_capacity(HEADER + 1024 * 1024 + TRAILER);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&FORMAT.to_be_bytes());
+    let mut bytes = postcard::to_extend(state, bytes).context("encoding the snapshot")?;
+    let body_len = (bytes.len() - HEADER) as u64;
+    let digest: [u8; 32] = Sha256::digest(&bytes[MAGIC.len()..]).into();
+    bytes.extend_from_slice(&body_len.to_be_bytes());
+    bytes.extend_from_slice(&key.sign(&signed_message(&digest)).to_bytes());
+    Ok(Encoded {
+        brand: state.brand_id,
+        seq: state.seq,
+        bytes,
+    })
 }
 
 /// Writes `state`'s snapshot durably, replacing the brand's previous one.
 /// Returns the file's size in bytes.
 pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> anyhow::Result<u64> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let final_path = path(dir, state.brand_id);
-    let tmp = final_path.with_extension("snap.tmp");
-    let file = create_private(&tmp)?;
-    let mut inner = BufWriter::new(file);
-    inner.write_all(MAGIC)?;
-    inner.write_all(&FORMAT.to_be_bytes())?;
-    let mut hash = Sha256::new();
-    hash.update(FORMAT.to_be_bytes());
-    let body = HashingWriter {
-        inner,
-        hash,
-        len: 0,
-    };
-    let HashingWriter {
-        mut inner,
-        hash,
-        len,
-    } = postcard::to_io(state, body).context("encoding the snapshot")?;
-    let digest: [u8; 32] = hash.finalize().into();
-    inner.write_all(&len.to_be_bytes())?;
-    inner.write_all(&key.sign(&signed_message(&digest)).to_bytes())?;
-    let file = inner.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    fs::rename(&tmp, &final_path)?;
-    // The rename is durable only once the directory is.
-    File::open(dir)?.sync_all()?;
-    Ok(len + (HEADER + TRAILER) as u64)
+    let encoded = encode(state, key)?;
+    encoded.store(dir)?;
+    Ok(encoded.len() as u64)
 }
 
 /// Creates `path` readable by the owner only: a snapshot holds every card

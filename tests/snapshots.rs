@@ -38,7 +38,7 @@ fn provision(store: Arc<dyn LogStore>, snapshots: &Path) -> (BrandLedger, String
         owner_public_key: owner().verifying_key().to_bytes().to_vec(),
     };
     let mut ledger = BrandLedger::create(store, server_key(), 1, create).unwrap();
-    ledger.snapshot_into(snapshots);
+    ledger.snapshot_into(snapshots, 1_000_000);
     let card = cardd::card_number::generate(1);
     let ops = [
         Op::CreateStore(pb::CreateStore { name: "s".into() }),
@@ -188,4 +188,47 @@ fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
         .err()
         .expect("check refuses a snapshot it cannot verify");
     assert!(format!("{err:#}").contains("signature"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
+    use cardd::server::keys::KeyIndex;
+    use cardd::server::writer::BrandHandle;
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    ledger.snapshot_into(&snaps, 10);
+    let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
+    // Provisioning wrote 5 records; one purchase per batch takes it to 43,
+    // with snapshots due at 10, 20, 30 and 40.
+    for txn in 2..40 {
+        let reply = handle.submit(purchase(&card, txn, 100)).await.unwrap();
+        reply.expect("purchase");
+    }
+    // The snapshot is stored beside the applier: wait for the newest.
+    let key = server_key().verifying_key();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let seq = cardd::snapshot::read(&snaps, 1, &key)
+            .unwrap()
+            .map_or(0, |s| s.seq);
+        if seq == 40 {
+            break;
+        }
+        assert!(seq <= 40, "a snapshot past the head: {seq}");
+        assert!(std::time::Instant::now() < deadline, "snapshot at {seq}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(handle);
+    let store2 = store.clone();
+    let snaps2 = snaps.clone();
+    let restarted = tokio::task::spawn_blocking(move || {
+        recover(&store2, Recovery::FromSnapshot(&snaps2)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(restarted.snapshot_seq(), 40);
+    assert_eq!(restarted.state.seq, 43);
+    assert_eq!(restarted.state, full_replay(&store));
 }

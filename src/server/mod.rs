@@ -167,7 +167,10 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         if ledgers.is_empty() {
             let mut ledger =
                 crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
-            ledger.snapshot_into(&crate::snapshot::dir(&config.data_dir));
+            ledger.snapshot_into(
+                &crate::snapshot::dir(&config.data_dir),
+                crate::limits::SNAPSHOT_EVERY_RECORDS,
+            );
             ledgers.push(ledger);
         } else {
             tracing::info!("--demo ignored: the ledger already holds brands");

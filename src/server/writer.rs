@@ -186,6 +186,8 @@ async fn apply_in_order(
     let mut unflushed: VecDeque<Arc<Vec<Written>>> =
         VecDeque::with_capacity(COMMIT_PIPELINE_DEPTH + 1);
     let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
+    // The write of the newest snapshot, which goes on while batches apply.
+    let mut snapshot_store: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         // Room first, then the queue: while the committer is behind,
         // requests keep queuing and the next batch takes them all.
@@ -231,7 +233,9 @@ async fn apply_in_order(
             sign_ons,
         });
         if ledger.snapshot_due() {
-            ledger = snapshot_off_thread(ledger).await;
+            let (back, stored) = snapshot_off_thread(ledger, snapshot_store.take()).await;
+            ledger = back;
+            snapshot_store = stored;
         }
     }
     // Memory is ahead of disk and nothing more of it may be served.
@@ -239,18 +243,38 @@ async fn apply_in_order(
     refuse_all(rx).await;
 }
 
-/// Writes a snapshot on a blocking thread (encoding a large state takes a
-/// while); requests queue meanwhile and the next batch takes them all. A
-/// failed snapshot costs only a longer restart.
-async fn snapshot_off_thread(mut ledger: BrandLedger) -> BrandLedger {
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = ledger.write_snapshot() {
-            tracing::warn!(brand = ledger.brand_id(), error = %format!("{e:#}"), "snapshot failed");
-        }
-        ledger
+/// Encodes a snapshot on a blocking thread (the applier waits: requests
+/// queue meanwhile and the next batch takes them all), then writes and
+/// fsyncs it on another while the applier goes on. A failed snapshot costs
+/// only a longer restart.
+async fn snapshot_off_thread(
+    mut ledger: BrandLedger,
+    previous: Option<tokio::task::JoinHandle<()>>,
+) -> (BrandLedger, Option<tokio::task::JoinHandle<()>>) {
+    if let Some(previous) = previous {
+        // One write at a time (500,000 records ago it surely ended).
+        let _ = previous.await;
+    }
+    let (ledger, encoded) = tokio::task::spawn_blocking(move || {
+        let encoded = ledger.encode_snapshot();
+        (ledger, encoded)
     })
     .await
-    .expect("the snapshot task does not panic")
+    .expect("encoding a snapshot does not panic");
+    let brand = ledger.brand_id();
+    let store = match encoded {
+        Ok(Some((dir, encoded))) => Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = BrandLedger::store_snapshot(&dir, &encoded) {
+                tracing::warn!(brand, error = %format!("{e:#}"), "snapshot not stored");
+            }
+        })),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(brand, error = %format!("{e:#}"), "snapshot not encoded");
+            None
+        }
+    };
+    (ledger, store)
 }
 
 /// Stage 2: makes batches durable one at a time, in the order applied,

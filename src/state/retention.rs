@@ -236,6 +236,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refund_cannot_be_reversed_once_its_purchase_is_forgotten() {
+        let (mut s, c) = shop(1_000_000);
+        let purchase = s.purchase(1, &c, 5_000, false);
+        let purchase_time = s.time_ms;
+        s.time_ms += REFUND_WINDOW_MS - 86_400_000;
+        let refund_txn = s.till(1, "", refund(purchase, 1_000));
+        // One more record, past the purchase's window, forgets it.
+        s.time_ms = purchase_time + REFUND_WINDOW_MS;
+        s.purchase(1, &c, 1, false);
+        assert!(!s.state.effects.contains(purchase));
+        let undo = Op::Reversal(pb::Reversal {
+            original_txn_id: refund_txn,
+        });
+        assert_eq!(s.refused(TILL, 900, undo), E::OriginalExpired);
+        let balance = 1_000_000 - 5_000 + 1_000 - 1;
+        assert_eq!(s.state.cards[&card_number(&c)].balance(), balance);
+    }
+
+    #[test]
     fn refundable_records_are_capped_oldest_first() {
         let (mut s, c) = shop(1_000_000);
         let cap = super::REFUNDABLE_CAP;
