@@ -40,18 +40,34 @@ pub fn parse(card: &str) -> Option<u32> {
 /// digits, no allocation.
 pub fn parse_number(card: &str) -> Option<(u32, u64)> {
     let bytes: &[u8; CARD_DIGITS] = card.as_bytes().try_into().ok()?;
-    if !bytes.iter().all(u8::is_ascii_digit) || bytes[0] != b'8' {
+    if bytes[0] != b'8' {
         return None;
     }
-    let digits = bytes.map(|b| b - b'0');
-    let body = &digits[..CARD_DIGITS - 1];
-    if luhn(body.iter().copied()) != digits[CARD_DIGITS - 1] {
+    // Value and Luhn sum in one pass. Luhn doubles every second digit from
+    // the right of the body (the 18 digits before the check digit): the
+    // digits at odd positions from the left; the check digit makes the sum
+    // of all 19 a multiple of 10.
+    let mut value = 0u64;
+    let mut sum = 0u32;
+    for (i, &b) in bytes.iter().enumerate() {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        value = value * 10 + u64::from(d);
+        let d = u32::from(d);
+        sum += if i % 2 == 1 {
+            2 * d - 9 * u32::from(d > 4)
+        } else {
+            d
+        };
+    }
+    if sum % 10 != 0 {
         return None;
     }
-    let value = |ds: &[u8]| ds.iter().fold(0u64, |n, &d| n * 10 + u64::from(d));
     // Five digits fit in u32; nineteen (below 9 * 10^18) fit in u64.
-    let brand = u32::try_from(value(&digits[1..6])).expect("five digits");
-    Some((brand, value(&digits)))
+    let brand = u32::try_from(value / 10u64.pow(13) % 100_000).expect("five digits");
+    Some((brand, value))
 }
 
 /// A fresh random card number for `brand_id` (which must be <= 99,999).

@@ -248,7 +248,7 @@ fn fill_card(state: &BrandState, rec: &mut Record, number: u64, card: &Card) {
 /// idempotency index and the signer's last transaction id advance.
 fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
     debug_assert_eq!(rec.seq, state.seq + 1);
-    let bytes = rec.encode_to_vec();
+    let bytes = encode_record(&rec);
     let hash = leaf_hash(&bytes);
     state.seq = rec.seq;
     state.head_hash = hash;
@@ -282,6 +282,31 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
         hash,
         nodes,
     })
+}
+
+/// The record's prost encoding: the bytes `encode_to_vec` gives (the golden
+/// tests pin them), without its `encoded_len` pass over all 36 fields,
+/// which cost as much as the encoding itself. The buffer is sized from an
+/// upper bound instead; were it short, the Vec would just grow.
+fn encode_record(rec: &Record) -> Vec<u8> {
+    // Every scalar field at its longest (key + 10-byte varint) fits in 400
+    // bytes; each length-delimited field adds its key, length and content.
+    let delimited = [
+        rec.prev_hash.len(),
+        rec.operator.len(),
+        rec.card.len(),
+        rec.tier_after.len(),
+        rec.request.len(),
+        rec.request_signature.len(),
+        rec.signer_public_key.len(),
+        rec.other_card.len(),
+        rec.shift_totals.as_ref().map_or(0, Message::encoded_len),
+    ];
+    let bound = 400 + delimited.iter().map(|n| n + 8).sum::<usize>();
+    let mut bytes = Vec::with_capacity(bound);
+    rec.encode_raw(&mut bytes);
+    debug_assert_eq!(bytes.len(), rec.encoded_len());
+    bytes
 }
 
 fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {

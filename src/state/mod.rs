@@ -441,18 +441,24 @@ impl BrandState {
 
 /// The 19-digit text form of a card number kept as u64: the same text as
 /// `format!("{number:019}")`, without the formatting machinery (every card
-/// record writes one).
+/// record writes one). The 20 digit places of a u64 are filled as four
+/// independent five-digit groups, not one chain of 20 dependent divisions.
 pub fn format_card(number: u64) -> String {
-    // u64 has at most 20 digits; card numbers have 19.
+    const E5: u64 = 100_000;
+    const E10: u64 = E5 * E5;
     let mut text = [b'0'; 20];
-    let mut rest = number;
-    let mut start = text.len();
-    while rest > 0 {
-        start -= 1;
-        text[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    let (high, low) = (number / E10, number % E10);
+    // high < 1.9 * 10^9, so every group is below 10^5.
+    let groups = [high / E5, high % E5, low / E5, low % E5];
+    for (digits, group) in text.chunks_exact_mut(5).zip(groups) {
+        let mut rest = u32::try_from(group).expect("five digits");
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
     }
-    let start = start.min(text.len() - crate::card_number::CARD_DIGITS);
+    // A 20th digit only when the number has one.
+    let start = usize::from(text[0] == b'0');
     String::from_utf8(text[start..].to_vec()).expect("ASCII digits")
 }
 
