@@ -2,17 +2,25 @@
 //!
 //! One ed25519 check costs ~46 us; `verify_batch` over many signatures
 //! costs ~18 us each. Connections hand their (key, message, signature) to
-//! this pool and wait; each worker thread takes everything queued (up to
-//! BATCH), verifies it as one batch, and answers every waiter. If a batch
-//! fails, its signatures are checked one by one (strictly) to find the bad
-//! ones, so one bad signature cannot fail its neighbours. At low load a
-//! batch is a single signature: batching never waits for company.
+//! this pool together with what to do next (`Then`), and go on reading;
+//! each worker thread takes everything queued (up to BATCH), verifies it as
+//! one batch, and runs every job's continuation with its verdict (the
+//! server's continuation forwards the request straight to its brand's
+//! writer, so no task sits between verifier and writer). If a batch fails,
+//! its signatures are checked one by one (strictly) to find the bad ones,
+//! so one bad signature cannot fail its neighbours. At low load a batch is
+//! a single signature: batching never waits for company.
+//!
+//! Continuations run in queue order across all workers: a batch's
+//! continuations wait until every batch taken from the queue before it has
+//! run its own. So a connection's requests reach the writer in the order
+//! they were read, though they no longer wait for one another's checks.
 //!
 //! Keys here are enrolled keys, refused at enrolment if weak. Batch
 //! verification is slightly more permissive than `verify_strict` about
 //! small-order components a key holder could put in their own signature;
 //! this lets no one sign for a key they do not hold.
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
@@ -24,11 +32,24 @@ const BATCH: usize = 256;
 /// Signatures queued before connections wait.
 const QUEUE: usize = 16_384;
 
+/// What happens once a signature is checked: called with the verdict, on a
+/// verifier thread (so it must not block), in queue order.
+pub type Then = Box<dyn FnOnce(bool) + Send>;
+
 struct Job {
     key: VerifyingKey,
     message: Vec<u8>,
     signature: Vec<u8>,
-    reply: oneshot::Sender<bool>,
+    then: Then,
+}
+
+/// The queue the workers share, and whose turn it is to run continuations.
+struct Queue {
+    /// The jobs, and the number of batches taken from them so far.
+    rx: Mutex<(mpsc::Receiver<Job>, u64)>,
+    /// The number of batches whose continuations have run.
+    done: Mutex<u64>,
+    turn: Condvar,
 }
 
 /// The shared pool of verifier threads.
@@ -40,12 +61,16 @@ impl BatchVerifier {
     /// Starts `workers` verifier threads (one per core is right).
     pub fn start(workers: usize) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue {
+            rx: Mutex::new((rx, 0)),
+            done: Mutex::new(0),
+            turn: Condvar::new(),
+        });
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("cardd-verify-{i}"))
-                .spawn(move || worker(rx))
+                .spawn(move || worker(&queue))
                 .expect("spawn verifier thread");
         }
         BatchVerifier { tx }
@@ -53,33 +78,44 @@ impl BatchVerifier {
 
     /// True if `signature` is `key`'s signature over `message`.
     pub async fn verify(&self, key: VerifyingKey, message: Vec<u8>, signature: Vec<u8>) -> bool {
-        if signature.len() != 64 {
-            return false;
-        }
         let (reply, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Job {
-                key,
-                message,
-                signature,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return false;
-        }
+        self.check(
+            key,
+            message,
+            signature,
+            Box::new(move |ok| {
+                let _ = reply.send(ok);
+            }),
+        )
+        .await;
         rx.await.unwrap_or(false)
+    }
+
+    /// Queues a check of `key`'s `signature` over `message` (waiting only
+    /// while the queue is full) and returns; `then` gets the verdict.
+    pub async fn check(&self, key: VerifyingKey, message: Vec<u8>, signature: Vec<u8>, then: Then) {
+        if signature.len() != 64 {
+            return then(false);
+        }
+        let job = Job {
+            key,
+            message,
+            signature,
+            then,
+        };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+            (job.then)(false);
+        }
     }
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+fn worker(queue: &Queue) {
     let mut jobs = Vec::with_capacity(BATCH);
     loop {
-        {
+        let ticket = {
             // One worker drains the queue at a time; the other verifies.
-            let mut rx = rx.lock().expect("verifier queue lock");
+            let mut guard = queue.rx.lock().expect("verifier queue lock");
+            let (rx, taken) = &mut *guard;
             let Some(first) = rx.blocking_recv() else {
                 return;
             };
@@ -90,11 +126,20 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                     Err(_) => break,
                 }
             }
-        }
+            *taken += 1;
+            *taken - 1
+        };
         let results = verify_jobs(&jobs);
-        for (job, ok) in jobs.drain(..).zip(results) {
-            let _ = job.reply.send(ok);
+        let mut done = queue.done.lock().expect("verifier turn lock");
+        while *done != ticket {
+            done = queue.turn.wait(done).expect("verifier turn lock");
         }
+        for (job, ok) in jobs.drain(..).zip(results) {
+            (job.then)(ok);
+        }
+        *done += 1;
+        drop(done);
+        queue.turn.notify_all();
     }
 }
 
