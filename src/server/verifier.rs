@@ -11,16 +11,20 @@
 //! so one bad signature cannot fail its neighbours. At low load a batch is
 //! a single signature: batching never waits for company.
 //!
-//! Continuations run in queue order across all workers: a batch's
-//! continuations wait until every batch taken from the queue before it has
-//! run its own. So a connection's requests reach the writer in the order
-//! they were read, though they no longer wait for one another's checks.
+//! Continuations run in queue order across all workers: each batch gets a
+//! ticket as it is taken from the queue, and a batch verified before an
+//! earlier one has run its continuations is parked (its worker goes back
+//! to the queue) until the worker of that earlier one runs both. So a
+//! connection's requests reach the writer in the order they were read,
+//! though they no longer wait for one another's checks.
 //!
 //! Keys here are enrolled keys, refused at enrolment if weak. Batch
 //! verification is slightly more permissive than `verify_strict` about
 //! small-order components a key holder could put in their own signature;
 //! this lets no one sign for a key they do not hold.
-use std::sync::{Arc, Condvar, Mutex};
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
@@ -47,9 +51,16 @@ struct Job {
 struct Queue {
     /// The jobs, and the number of batches taken from them so far.
     rx: Mutex<(mpsc::Receiver<Job>, u64)>,
-    /// The number of batches whose continuations have run.
-    done: Mutex<u64>,
-    turn: Condvar,
+    /// Whose turn it is to run continuations, and the verdicts of batches
+    /// verified before their turn.
+    turn: Mutex<Turn>,
+}
+
+struct Turn {
+    /// The ticket of the next batch whose continuations run.
+    next: u64,
+    /// Verified batches waiting for an earlier one, by ticket.
+    ready: BTreeMap<u64, Vec<(Then, bool)>>,
 }
 
 /// The shared pool of verifier threads.
@@ -63,8 +74,10 @@ impl BatchVerifier {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let queue = Arc::new(Queue {
             rx: Mutex::new((rx, 0)),
-            done: Mutex::new(0),
-            turn: Condvar::new(),
+            turn: Mutex::new(Turn {
+                next: 0,
+                ready: BTreeMap::new(),
+            }),
         });
         for i in 0..workers.max(1) {
             let queue = queue.clone();
@@ -129,17 +142,29 @@ fn worker(queue: &Queue) {
             *taken += 1;
             *taken - 1
         };
-        let results = verify_jobs(&jobs);
-        let mut done = queue.done.lock().expect("verifier turn lock");
-        while *done != ticket {
-            done = queue.turn.wait(done).expect("verifier turn lock");
+        // A panic must not leave this ticket's turn untaken: every later
+        // batch would wait for it forever. A batch that panics is refused,
+        // and a continuation that panics loses only its own answer.
+        let results = catch_unwind(AssertUnwindSafe(|| verify_jobs(&jobs)))
+            .unwrap_or_else(|_| vec![false; jobs.len()]);
+        let verdicts: Vec<(Then, bool)> = jobs.drain(..).map(|j| j.then).zip(results).collect();
+        // Out of turn, the verdicts wait for the batches before them and
+        // this worker goes back to the queue; in turn, it runs its own and
+        // every waiting batch that follows.
+        let mut guard = queue
+            .turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = &mut *guard;
+        turn.ready.insert(ticket, verdicts);
+        while let Some(verdicts) = turn.ready.remove(&turn.next) {
+            for (then, ok) in verdicts {
+                if catch_unwind(AssertUnwindSafe(move || then(ok))).is_err() {
+                    tracing::error!("a request's continuation panicked");
+                }
+            }
+            turn.next += 1;
         }
-        for (job, ok) in jobs.drain(..).zip(results) {
-            (job.then)(ok);
-        }
-        *done += 1;
-        drop(done);
-        queue.turn.notify_all();
     }
 }
 
@@ -191,5 +216,31 @@ mod tests {
             assert_eq!(ok, i % 97 != 0, "signature {i}");
         }
         assert!(!v.verify(key.verifying_key(), vec![1], vec![0; 63]).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn continuations_run_in_queue_order() {
+        let v = BatchVerifier::start(2);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let n = 3_000u32;
+        for i in 0..n {
+            let msg = i.to_be_bytes().to_vec();
+            let mut sig = key.sign(&msg).to_bytes().to_vec();
+            if i % 101 == 0 {
+                sig[9] ^= 1;
+            }
+            let order = order.clone();
+            let then: Then = Box::new(move |ok| order.lock().unwrap().push((i, ok)));
+            v.check(key.verifying_key(), msg, sig, then).await;
+        }
+        for _ in 0..1_000 {
+            if order.lock().unwrap().len() == n as usize {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let want: Vec<(u32, bool)> = (0..n).map(|i| (i, i % 101 != 0)).collect();
+        assert_eq!(*order.lock().unwrap(), want);
     }
 }
