@@ -137,9 +137,10 @@ where
     let write_task = tokio::spawn(write_loop(writer, out_rx, answers_rx, shared.clone(), ip));
 
     // Clients are told MAX_IN_FLIGHT; a slot frees just after its answer is
-    // queued, so a fast client can read an answer and send its next request
-    // a moment before that. The slack keeps such a client from a spurious
-    // TOO_MANY_IN_FLIGHT while the bound stays fixed.
+    // handed to the connection's write buffer, so a fast client can read an
+    // answer and send its next request a moment before that. The slack
+    // keeps such a client from a spurious TOO_MANY_IN_FLIGHT while the
+    // bound stays fixed.
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2));
     let mut phase = Phase::AwaitHello;
     let sign_on_deadline = tokio::time::Instant::now() + Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
