@@ -34,7 +34,9 @@ for round in $(seq "$rounds"); do
 import json, sys
 j = json.load(open(sys.argv[1]))
 print(f"round {sys.argv[3]} {sys.argv[2]}: ops/s {j['ops_per_sec']:9.1f}  p50 {j['p50_ms']:7.2f} ms"
-      f"  p99 {j['p99_ms']:7.2f} ms  errors {j['errors'] or 'none'}")
+      f"  p99 {j['p99_ms']:7.2f} ms  errors {j['errors'] or 'none'}"
+      + (f"  (service p99 {j['service_p99_ms']:.2f} ms, send lag p99 {j['send_lag_p99_ms']:.2f} ms)"
+         if 'send_lag_p99_ms' in j else ""))
 PY
     rm -rf "$dir"
   done

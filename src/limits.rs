@@ -33,7 +33,12 @@ pub const MAX_CARDS_PER_BRAND: usize = 50_000_000;
 pub const MAX_BRANDS: usize = 10_000;
 /// Highest brand id: brand ids are five digits inside card numbers.
 pub const MAX_BRAND_ID: u32 = 99_999;
-/// Requests one connection may have in flight (pipelined) at once.
+/// Requests one connection may have in flight (pipelined) at once. The
+/// server holds one permit per request from the moment it is read until
+/// its answer is handed to the socket (twice this many, as slack for a
+/// client that sends its next request the moment it reads an answer), so
+/// this also bounds what waits in the verifier's and the brands' writer
+/// queues: at most 2 x this x MAX_CONNECTIONS requests.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
 /// Concurrent connections accepted; further ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 10_000;
@@ -45,8 +50,6 @@ pub const MAX_COMMIT_BATCH: usize = 2_048;
 /// cut the queue into smaller batches (fewer requests per flush) and add
 /// batches that a failed commit must refuse.
 pub const COMMIT_PIPELINE_DEPTH: usize = 1;
-/// Requests queued for a brand's writer before connections wait.
-pub const WRITER_QUEUE: usize = 16_384;
 /// A client must finish sign-on within this time.
 pub const SIGN_ON_TIMEOUT_SECS: u64 = 10;
 /// A signed-on connection with no frame for this long is closed.

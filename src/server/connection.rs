@@ -1,9 +1,12 @@
 //! One client connection: sign-on, then pipelined signed requests.
 //!
-//! The read half runs the session; answers travel through a bounded channel
-//! to a write task, so a slow request never blocks reading the next one.
-//! Signatures are checked here, on whichever core runs this task, so the
-//! brand's writer only applies already-verified requests.
+//! The read half runs the session. A signed request goes to the verifier
+//! threads with its continuation and the read half goes on reading; the
+//! verifier forwards it to the brand's writer, whose committer sends the
+//! durable answer straight to this connection's write task. The write task
+//! writes every answer that is ready with one flush. So a slow request
+//! never blocks reading the next one, and no task sits between verifier,
+//! writer and socket.
 //!
 //! The stream is plain TCP or TLS over TCP (the listener decides); the
 //! session is the same on both.
@@ -16,18 +19,19 @@ use futures::{SinkExt, StreamExt};
 use prost::Message;
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::Shared;
 use crate::codec::{frame_codec, is_frame_too_large};
 use crate::crypto::{parse_public_key, request_message, sign_on_message, verify_strict};
 use crate::error::Refusal;
-use crate::ledger::Submission;
+use crate::ledger::{Answer, Submission};
 use crate::limits::*;
 use crate::pb::request::Op;
 use crate::pb::{
     client_message::Body, server_message, ClientMessage, ErrorCode as E, ServerMessage,
+    SignedRequest,
 };
 use crate::state::Principal;
 
@@ -41,7 +45,55 @@ struct Session {
     principal: Principal,
     brand: BrandHandle,
     brand_id: u32,
+    /// Where audit reads (the only requests served by a task of their own)
+    /// are spawned from the verifier threads.
+    runtime: tokio::runtime::Handle,
 }
+
+/// Where a request's answer goes: its connection's write task, with the
+/// request's in-flight permit (released once the answer is handed to the
+/// socket).
+pub struct ReplyTo {
+    tx: mpsc::UnboundedSender<Answered>,
+    request_id: u64,
+    permit: OwnedSemaphorePermit,
+    principal: Principal,
+    terminal: GuardKey,
+}
+
+impl ReplyTo {
+    /// Hands `answer` to the connection's write task. A connection that went
+    /// away no longer wants it; the record stands and a status query will
+    /// find it.
+    pub fn send(self, answer: Answer) {
+        let ReplyTo {
+            tx,
+            request_id,
+            permit,
+            principal,
+            terminal,
+        } = self;
+        let _ = tx.send(Answered {
+            request_id,
+            answer,
+            permit,
+            principal,
+            terminal,
+        });
+    }
+}
+
+/// An answer in the write task's queue.
+pub struct Answered {
+    request_id: u64,
+    answer: Answer,
+    permit: OwnedSemaphorePermit,
+    principal: Principal,
+    terminal: GuardKey,
+}
+
+/// Answers (or other messages) written with one flush at most.
+const WRITE_BATCH: usize = 2 * MAX_IN_FLIGHT_PER_CONNECTION;
 
 // One per connection and never moved in a hot loop: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -75,24 +127,20 @@ where
     let ip = Some(peer.ip());
     let (r, w) = tokio::io::split(stream);
     let mut reader = FramedRead::new(r, frame_codec(shared.max_frame_bytes));
-    let mut writer = FramedWrite::new(w, frame_codec(shared.max_frame_bytes));
-    let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(MAX_IN_FLIGHT_PER_CONNECTION + 4);
-    let write_task = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            if writer
-                .send(bytes::Bytes::from(msg.encode_to_vec()))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
+    let writer = FramedWrite::new(w, frame_codec(shared.max_frame_bytes));
+    // The session's own messages (sign-on, echo, refusals before a request
+    // is taken in) go through a bounded channel, so a peer that does not
+    // read stops being read; answers to requests are bounded by the
+    // in-flight permits they hold.
+    let (out_tx, out_rx) = mpsc::channel::<ServerMessage>(MAX_IN_FLIGHT_PER_CONNECTION + 4);
+    let (answers_tx, answers_rx) = mpsc::unbounded_channel::<Answered>();
+    let write_task = tokio::spawn(write_loop(writer, out_rx, answers_rx, shared.clone(), ip));
 
     // Clients are told MAX_IN_FLIGHT; a slot frees just after its answer is
-    // queued, so a fast client can read an answer and send its next request
-    // a moment before that. The slack keeps such a client from a spurious
-    // TOO_MANY_IN_FLIGHT while the bound stays fixed.
+    // handed to the connection's write buffer, so a fast client can read an
+    // answer and send its next request a moment before that. The slack
+    // keeps such a client from a spurious TOO_MANY_IN_FLIGHT while the
+    // bound stays fixed.
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2));
     let mut phase = Phase::AwaitHello;
     let sign_on_deadline = tokio::time::Instant::now() + Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
@@ -282,6 +330,7 @@ where
                     principal: *principal,
                     brand: handle,
                     brand_id: *brand,
+                    runtime: tokio::runtime::Handle::current(),
                 }));
             }
             (Some(Body::Signed(s)), Phase::SignedOn(session)) => {
@@ -310,85 +359,27 @@ where
                         .await;
                     continue;
                 };
-                // Checked in batches with other connections' requests, on the
-                // verifier threads; this connection's order is kept because
-                // it waits here before reading its next frame.
-                let verified = shared
-                    .verifier
-                    .verify(
-                        session.key,
-                        request_message(&s.request),
-                        s.signature.clone(),
-                    )
-                    .await;
-                if !verified {
-                    tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
-                    let _ = out_tx
-                        .send(error_msg(
-                            rid,
-                            E::BadSignature,
-                            "request signature does not verify",
-                        ))
-                        .await;
-                    continue;
-                }
-                // Decoded once, here; the writer applies the decoded form.
-                let routed = Submission::from_wire(
-                    session.principal,
-                    session.key_bytes,
-                    s.request,
-                    s.signature,
-                )
-                .and_then(|sub| Ok((route(&shared, session, sub.decoded())?, sub)));
-                let sub = match routed {
-                    Err(refusal) => {
-                        let _ = out_tx
-                            .send(error_msg(rid, refusal.code, refusal.message))
-                            .await;
-                        continue;
-                    }
-                    Ok((Route::Audit(op), _)) => {
-                        let (shared, out) = (shared.clone(), out_tx.clone());
-                        tokio::spawn(super::audit::serve(
-                            op,
-                            session.brand_id,
-                            shared,
-                            out,
-                            rid,
-                            permit,
-                        ));
-                        continue;
-                    }
-                    Ok((Route::Writer, sub)) => sub,
+                let reply = ReplyTo {
+                    tx: answers_tx.clone(),
+                    request_id: rid,
+                    permit,
+                    principal: session.principal,
+                    terminal: terminal_key,
                 };
-                let session = session.clone();
-                let out = out_tx.clone();
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let body = match session.brand.submit(sub).await {
-                        Some(Ok(reply)) => server_message::Body::Reply(reply),
-                        Some(Err(refusal)) => {
-                            if matches!(refusal.code, E::CardNotFound | E::CardOtherBrand) {
-                                shared.guard.fail(terminal_key);
-                                if let Some(ip) = ip {
-                                    shared.guard.fail(GuardKey::CardMissAddr(ip));
-                                }
-                            }
-                            tracing::info!(principal = ?session.principal, code = ?refusal.code, "refused: {}", refusal.message);
-                            server_message::Body::Error(refusal.into())
-                        }
-                        None => server_message::Body::Error(
-                            Refusal::new(E::Internal, "server stopping").into(),
-                        ),
-                    };
-                    let _ = out
-                        .send(ServerMessage {
-                            request_id: rid,
-                            body: Some(body),
-                        })
-                        .await;
-                    drop(permit);
-                });
+                // Checked in batches with other connections' requests, on the
+                // verifier threads, which then forward it to the writer; this
+                // connection's order is kept because the verifier runs
+                // continuations in queue order.
+                let message = request_message(&s.request);
+                let signature = s.signature.clone();
+                let then = {
+                    let (session, shared, out) = (session.clone(), shared.clone(), out_tx.clone());
+                    Box::new(move |ok| verified(ok, s, &session, shared, out, reply, peer))
+                };
+                shared
+                    .verifier
+                    .check(session.key, message, signature, then)
+                    .await;
             }
             (Some(Body::Signed(_)), _) => {
                 let _ = out_tx
@@ -409,8 +400,144 @@ where
         }
     }
     drop(out_tx);
+    drop(answers_tx);
     // Answers still in flight are delivered before the socket closes.
     let _ = write_task.await;
+}
+
+/// What follows a request's signature check (on a verifier thread, in
+/// queue order; must not block): refuse it, or decode and route it to the
+/// brand's writer (or, for an owner's audit read, to a task of its own).
+fn verified(
+    ok: bool,
+    s: SignedRequest,
+    session: &Session,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<ServerMessage>,
+    reply: ReplyTo,
+    peer: SocketAddr,
+) {
+    if !ok {
+        tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
+        return reply.send(Err(Refusal::new(
+            E::BadSignature,
+            "request signature does not verify",
+        )));
+    }
+    // Decoded once, here; the writer applies the decoded form.
+    let routed =
+        Submission::from_wire(session.principal, session.key_bytes, s.request, s.signature)
+            .and_then(|sub| Ok((route(&shared, session, sub.decoded())?, sub)));
+    match routed {
+        Err(refusal) => reply.send(Err(refusal)),
+        Ok((Route::Audit(op), _)) => {
+            let ReplyTo {
+                request_id, permit, ..
+            } = reply;
+            session.runtime.spawn(super::audit::serve(
+                op,
+                session.brand_id,
+                shared,
+                out,
+                request_id,
+                permit,
+            ));
+        }
+        Ok((Route::Writer, sub)) => {
+            if let Err(reply) = session.brand.submit_to(sub, reply) {
+                reply.send(Err(Refusal::new(E::Internal, "server stopping")));
+            }
+        }
+    }
+}
+
+/// The write half: writes the session's messages and the answers to its
+/// requests, each batch of ready ones with one flush, until both queues
+/// are closed (the session ended and every answer in flight is written)
+/// or the peer stops taking them.
+async fn write_loop<W>(
+    mut writer: FramedWrite<W, tokio_util::codec::LengthDelimitedCodec>,
+    mut out_rx: mpsc::Receiver<ServerMessage>,
+    mut answers_rx: mpsc::UnboundedReceiver<Answered>,
+    shared: Arc<Shared>,
+    ip: Option<std::net::IpAddr>,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let mut messages = Vec::with_capacity(WRITE_BATCH);
+    let mut answers = Vec::with_capacity(WRITE_BATCH);
+    let (mut out_open, mut answers_open) = (true, true);
+    while out_open || answers_open {
+        tokio::select! {
+            n = answers_rx.recv_many(&mut answers, WRITE_BATCH), if answers_open => {
+                answers_open = n > 0;
+            }
+            n = out_rx.recv_many(&mut messages, WRITE_BATCH), if out_open => {
+                out_open = n > 0;
+            }
+        }
+        // Whatever else is ready goes out with the same flush.
+        while messages.len() < WRITE_BATCH {
+            let Ok(m) = out_rx.try_recv() else { break };
+            messages.push(m);
+        }
+        while answers.len() < WRITE_BATCH {
+            let Ok(a) = answers_rx.try_recv() else { break };
+            answers.push(a);
+        }
+        if messages.is_empty() && answers.is_empty() {
+            continue;
+        }
+        for msg in messages.drain(..) {
+            if writer
+                .feed(bytes::Bytes::from(msg.encode_to_vec()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        for a in answers.drain(..) {
+            let msg = answer_message(a.request_id, a.answer, a.principal, a.terminal, &shared, ip);
+            let fed = writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await;
+            drop(a.permit);
+            if fed.is_err() {
+                return;
+            }
+        }
+        if SinkExt::<bytes::Bytes>::flush(&mut writer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The wire form of a request's answer; an unknown card counts against the
+/// terminal's and the address's probing budgets.
+fn answer_message(
+    request_id: u64,
+    answer: Answer,
+    principal: Principal,
+    terminal: GuardKey,
+    shared: &Shared,
+    ip: Option<std::net::IpAddr>,
+) -> ServerMessage {
+    let body = match answer {
+        Ok(reply) => server_message::Body::Reply(reply),
+        Err(refusal) => {
+            if matches!(refusal.code, E::CardNotFound | E::CardOtherBrand) {
+                shared.guard.fail(terminal);
+                if let Some(ip) = ip {
+                    shared.guard.fail(GuardKey::CardMissAddr(ip));
+                }
+            }
+            tracing::info!(?principal, code = ?refusal.code, "refused: {}", refusal.message);
+            server_message::Body::Error(refusal.into())
+        }
+    };
+    ServerMessage {
+        request_id,
+        body: Some(body),
+    }
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<std::net::IpAddr>) {

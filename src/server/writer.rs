@@ -12,17 +12,39 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::connection::ReplyTo;
 use super::keys::KeyIndex;
 use crate::ledger::{Answer, Batch, BrandLedger, Submission};
-use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH, WRITER_QUEUE};
+use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
 use crate::state::{Principal, Written};
 use crate::storage::LogStore;
 
+/// Where a request's durable answer goes.
+pub enum Reply {
+    /// A caller waiting on it ([`BrandHandle::submit`]).
+    Wait(oneshot::Sender<Answer>),
+    /// Straight to a connection's write task (no task in between).
+    Connection(ReplyTo),
+}
+
+impl Reply {
+    fn send(self, answer: Answer) {
+        match self {
+            // A caller that went away no longer wants its answer; the
+            // record stands and a status query will find it.
+            Reply::Wait(tx) => {
+                let _ = tx.send(answer);
+            }
+            Reply::Connection(to) => to.send(answer),
+        }
+    }
+}
+
 /// What a connection asks of a brand's writer.
 pub enum Command {
     /// Apply a verified signed request; answer once durable.
-    Apply(Submission, oneshot::Sender<Answer>),
+    Apply(Submission, Reply),
     /// Describe the session of a signer that just proved its key.
     SignOn(
         Principal,
@@ -31,15 +53,22 @@ pub enum Command {
 }
 
 /// A handle to a brand's writer task.
+///
+/// Its queue is unbounded so that the verifier threads can hand over
+/// verified requests without ever blocking (a stalled brand must not stall
+/// the others' verification); what it holds is bounded all the same: every
+/// request from a connection holds one of that connection's in-flight
+/// permits until its answer is written, and a connection waits for its
+/// sign-on answer (see `MAX_IN_FLIGHT_PER_CONNECTION`).
 #[derive(Clone)]
 pub struct BrandHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::UnboundedSender<Command>,
 }
 
 impl BrandHandle {
     /// Starts the writer (applier and committer tasks) for `ledger`.
     pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::channel(COMMIT_PIPELINE_DEPTH);
         tokio::spawn(commit_in_order(
             ledger.brand_id(),
@@ -56,8 +85,20 @@ impl BrandHandle {
     /// writer has stopped (the daemon is going down).
     pub async fn submit(&self, sub: Submission) -> Option<Answer> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Apply(sub, tx)).await.ok()?;
+        self.tx.send(Command::Apply(sub, Reply::Wait(tx))).ok()?;
         rx.await.ok()
+    }
+
+    /// Submits a request whose answer goes straight to `to` once durable.
+    /// Returns `to` back if the writer has stopped (the daemon is going
+    /// down).
+    pub fn submit_to(&self, sub: Submission, to: ReplyTo) -> Result<(), ReplyTo> {
+        self.tx
+            .send(Command::Apply(sub, Reply::Connection(to)))
+            .map_err(|e| match e.0 {
+                Command::Apply(_, Reply::Connection(to)) => to,
+                _ => unreachable!("sent an Apply to a connection"),
+            })
     }
 
     /// The sign-on answer for `principal`.
@@ -66,7 +107,7 @@ impl BrandHandle {
         principal: Principal,
     ) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::SignOn(principal, tx)).await.ok()?;
+        self.tx.send(Command::SignOn(principal, tx)).ok()?;
         rx.await.ok()
     }
 }
@@ -156,7 +197,7 @@ struct Job {
     checkpoint: Option<pb::Checkpoint>,
     /// Answers, enrolled keys, proof requests (`written` taken out).
     batch: Batch,
-    waiting: Vec<oneshot::Sender<Answer>>,
+    waiting: Vec<Reply>,
     /// Computed from the state before this batch, which may itself not be
     /// durable yet: released with this batch's answers.
     sign_ons: Vec<SignOnReply>,
@@ -164,8 +205,8 @@ struct Job {
 
 impl Job {
     fn refuse(self) {
-        for tx in self.waiting {
-            let _ = tx.send(Err(stopped_refusal()));
+        for to in self.waiting {
+            to.send(Err(stopped_refusal()));
         }
         for (tx, _) in self.sign_ons {
             let _ = tx.send(Err(stopped_refusal()));
@@ -177,7 +218,7 @@ impl Job {
 /// at most COMMIT_PIPELINE_DEPTH ahead of the one being flushed.
 async fn apply_in_order(
     mut ledger: BrandLedger,
-    mut rx: mpsc::Receiver<Command>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
     jobs: mpsc::Sender<Job>,
 ) {
     // Records of the batches the committer may not have made durable yet:
@@ -329,10 +370,8 @@ async fn commit_in_order(
         for (tx, answer) in job.sign_ons {
             let _ = tx.send(answer);
         }
-        for (tx, answer) in job.waiting.into_iter().zip(job.batch.answers) {
-            // A connection that went away no longer wants its answer; the
-            // record stands and a status query will find it.
-            let _ = tx.send(answer);
+        for (to, answer) in job.waiting.into_iter().zip(job.batch.answers) {
+            to.send(answer);
         }
     }
 }
@@ -345,7 +384,7 @@ fn stopped_refusal() -> crate::error::Refusal {
 }
 
 /// A stopped brand answers every request (and sign-on) with STORAGE_FAILURE.
-async fn refuse_all(mut rx: mpsc::Receiver<Command>) {
+async fn refuse_all(mut rx: mpsc::UnboundedReceiver<Command>) {
     while let Some(cmd) = rx.recv().await {
         refuse(cmd);
     }
@@ -353,9 +392,7 @@ async fn refuse_all(mut rx: mpsc::Receiver<Command>) {
 
 fn refuse(cmd: Command) {
     match cmd {
-        Command::Apply(_, tx) => {
-            let _ = tx.send(Err(stopped_refusal()));
-        }
+        Command::Apply(_, to) => to.send(Err(stopped_refusal())),
         Command::SignOn(_, tx) => {
             let _ = tx.send(Err(stopped_refusal()));
         }
