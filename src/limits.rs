@@ -57,10 +57,6 @@ pub const IDLE_TIMEOUT_SECS: u64 = 600;
 /// sled's page cache (its own default is 1 GiB): the ledger is appended
 /// and read back mostly at start-up, so a small cache costs little.
 pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
-/// sled operations between sled's own page-table snapshots, which bound
-/// how much of its log it replays when it opens (a commit of 1,000
-/// records is ~100 operations, so this is ~500,000 records).
-pub const SLED_SNAPSHOT_AFTER_OPS: u64 = 50_000;
 /// Sign-on failures (unknown key, bad proof, bad version) from one address
 /// per minute before that address is refused for a minute.
 pub const DEFAULT_SIGN_ON_FAILURES_PER_MINUTE: u32 = 10;

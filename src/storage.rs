@@ -304,10 +304,6 @@ impl SledStore {
             // Every commit flushes itself; sled's own timed flush would only
             // contend with it for the log (measured as tail latency).
             .flush_every_ms(None)
-            // sled replays its log from its own newest page-table snapshot
-            // when it opens: by default one per 1M operations, which at
-            // 10M records meant 90 s of opening after the writer stopped.
-            .snapshot_after_ops(crate::limits::SLED_SNAPSHOT_AFTER_OPS)
             .open()?;
         for name in db.tree_names() {
             if name.starts_with(b"brand/")
