@@ -5,6 +5,8 @@
 //! number whose commit has returned. While a commit is held, no answer may
 //! arrive; every answer that arrives names a record at or below the durable
 //! mark. Many requests from many tasks exercise group commit.
+// Its provisioning helpers are not used here.
+#[allow(dead_code)]
 #[path = "support/store.rs"]
 mod store;
 

@@ -24,9 +24,8 @@ use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::{Principal, TxnEntry};
 use cardd::storage::{self, batch_key, LogStore, SledStore, StorageError, StoredBatch};
-use ed25519_dalek::SigningKey;
 use prost::Message;
-use store::{sub, Commit, CommitHook, WrappedStore};
+use store::{provision, server_key, sub, till, Commit, CommitHook, WrappedStore};
 
 const PASS: u8 = 0;
 const FAIL_BEFORE_WRITE: u8 = 1;
@@ -56,52 +55,6 @@ impl CommitHook for Faults {
             _ => commit.apply(inner),
         }
     }
-}
-
-fn server_key() -> Arc<SigningKey> {
-    Arc::new(SigningKey::from_bytes(&[1; 32]))
-}
-fn owner() -> SigningKey {
-    SigningKey::from_bytes(&[2; 32])
-}
-fn till() -> SigningKey {
-    SigningKey::from_bytes(&[3; 32])
-}
-
-/// A brand with a store, a terminal and one card holding 10,000.00.
-fn provision(store: Arc<dyn LogStore>) -> (BrandLedger, String) {
-    let create = pb::CreateBrand {
-        name: "Faults".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner().verifying_key().to_bytes().to_vec(),
-    };
-    let mut ledger = BrandLedger::create(store, server_key(), 1, create).unwrap();
-    let card = cardd::card_number::generate(1);
-    let ops = [
-        Op::CreateStore(pb::CreateStore { name: "s".into() }),
-        Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till().verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        }),
-        Op::IssueCard(pb::IssueCard { card: card.clone() }),
-    ];
-    for (i, op) in ops.into_iter().enumerate() {
-        ledger
-            .submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op))
-            .unwrap()
-            .unwrap();
-    }
-    let top_up = Op::TopUp(pb::TopUp {
-        card: card.clone(),
-        amount_minor: 1_000_000,
-    });
-    ledger
-        .submit_now(sub(&till(), Principal::Terminal(1), 1, top_up))
-        .unwrap()
-        .unwrap();
-    (ledger, card)
 }
 
 async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Reply, ErrorCode> {

@@ -3,7 +3,7 @@
 //! (written ahead of a flush a crash lost, or of a branch the chain no
 //! longer has) or not signed by the server key is not used. `cardd check`'s
 //! mode refuses a snapshot that differs from the replayed state.
-// Only its `sub` helper is used here.
+// Its commit hooks are not used here.
 #[allow(dead_code)]
 #[path = "support/store.rs"]
 mod store;
@@ -16,53 +16,13 @@ use cardd::pb::{self, request::Op};
 use cardd::state::{BrandState, Principal};
 use cardd::storage::{LogStore, SledStore};
 use ed25519_dalek::SigningKey;
-use store::sub;
+use store::{server_key, sub, till};
 
-fn server_key() -> Arc<SigningKey> {
-    Arc::new(SigningKey::from_bytes(&[1; 32]))
-}
-fn owner() -> SigningKey {
-    SigningKey::from_bytes(&[2; 32])
-}
-fn till() -> SigningKey {
-    SigningKey::from_bytes(&[3; 32])
-}
-
-/// A brand with a store, a till and one card holding 10,000.00, keeping
-/// snapshots in `snapshots`.
+/// `store::provision`, keeping snapshots in `snapshots` (the interval is
+/// set by each test that needs snapshots taken on the way).
 fn provision(store: Arc<dyn LogStore>, snapshots: &Path) -> (BrandLedger, String) {
-    let create = pb::CreateBrand {
-        name: "Snapshots".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner().verifying_key().to_bytes().to_vec(),
-    };
-    let mut ledger = BrandLedger::create(store, server_key(), 1, create).unwrap();
+    let (mut ledger, card) = store::provision(store);
     ledger.snapshot_into(snapshots, 1_000_000);
-    let card = cardd::card_number::generate(1);
-    let ops = [
-        Op::CreateStore(pb::CreateStore { name: "s".into() }),
-        Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till().verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        }),
-        Op::IssueCard(pb::IssueCard { card: card.clone() }),
-    ];
-    for (i, op) in ops.into_iter().enumerate() {
-        ledger
-            .submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op))
-            .unwrap()
-            .unwrap();
-    }
-    let top_up = Op::TopUp(pb::TopUp {
-        card: card.clone(),
-        amount_minor: 1_000_000,
-    });
-    ledger
-        .submit_now(sub(&till(), Principal::Terminal(1), 1, top_up))
-        .unwrap()
-        .unwrap();
     (ledger, card)
 }
 

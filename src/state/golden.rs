@@ -64,6 +64,22 @@ impl Script {
         }
     }
 
+    /// The brand's first record, signed by the server, naming the owner key.
+    pub(super) fn create_brand(&mut self, name: &str) {
+        let owner_pk = self.key(Principal::Owner).verifying_key().to_bytes();
+        self.send(
+            Principal::Server,
+            1,
+            "",
+            Op::CreateBrand(pb::CreateBrand {
+                name: name.into(),
+                currency: "CNY".into(),
+                currency_exponent: 2,
+                owner_public_key: owner_pk.to_vec(),
+            }),
+        );
+    }
+
     pub(super) fn key(&self, p: Principal) -> &SigningKey {
         &self.keys.iter().find(|(k, _)| *k == p).expect("known").1
     }
@@ -174,18 +190,7 @@ impl Script {
 fn a_fixed_script_writes_exactly_the_pinned_records() {
     use pb::ErrorCode as E;
     let mut s = Script::new();
-    let owner_pk = s.key(Principal::Owner).verifying_key().to_bytes();
-    s.send(
-        Principal::Server,
-        1,
-        "",
-        Op::CreateBrand(pb::CreateBrand {
-            name: "Golden Tea".into(),
-            currency: "CNY".into(),
-            currency_exponent: 2,
-            owner_public_key: owner_pk.to_vec(),
-        }),
-    );
+    s.create_brand("Golden Tea");
     s.owner(Op::SetRules(pb::SetRules {
         rules: Some(crate::demo::demo_rules()),
     }));

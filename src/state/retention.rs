@@ -91,18 +91,7 @@ mod tests {
     /// A brand with one store, one till and one card holding `balance`.
     fn shop(balance: i64) -> (Script, String) {
         let mut s = Script::new();
-        let owner_pk = s.key(Principal::Owner).verifying_key().to_bytes();
-        s.send(
-            Principal::Server,
-            1,
-            "",
-            Op::CreateBrand(pb::CreateBrand {
-                name: "Window Tea".into(),
-                currency: "CNY".into(),
-                currency_exponent: 2,
-                owner_public_key: owner_pk.to_vec(),
-            }),
-        );
+        s.create_brand("Window Tea");
         s.owner(Op::CreateStore(pb::CreateStore {
             name: "North".into(),
         }));
