@@ -38,6 +38,15 @@ pub(super) struct Script {
 }
 
 /// A valid card number of `BRAND` from a counter.
+/// A whole-amount purchase of `amount_minor` from `card`.
+pub(super) fn purchase_op(card: &str, amount_minor: i64) -> Op {
+    Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor,
+        allow_partial: false,
+    })
+}
+
 pub(super) fn card(i: u64) -> String {
     let body = format!("8{BRAND:05}{i:012}");
     (0..10)
@@ -216,15 +225,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
     let p1 = s.purchase(1, &cards[0], 12_345, false);
     s.purchase(1, &cards[0], 250_000, true);
     assert_eq!(
-        s.refused(
-            Principal::Terminal(1),
-            99,
-            Op::Purchase(pb::Purchase {
-                card: cards[0].clone(),
-                amount_minor: 1,
-                allow_partial: false,
-            })
-        ),
+        s.refused(Principal::Terminal(1), 99, purchase_op(&cards[0], 1)),
         E::InsufficientFunds
     );
     // Reaching the gold tier by spend: later purchases earn double points.
@@ -232,24 +233,12 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
     s.purchase(1, &cards[0], 300_000, false);
     s.purchase(1, &cards[0], 777, false);
     // A retry of the same txn id is seen, not applied again.
-    let txn = s.till(
-        1,
-        "",
-        Op::Purchase(pb::Purchase {
-            card: cards[1].clone(),
-            amount_minor: 1_000,
-            allow_partial: false,
-        }),
-    );
+    let txn = s.till(1, "", purchase_op(&cards[1], 1_000));
     s.send(
         Principal::Terminal(1),
         txn,
         "",
-        Op::Purchase(pb::Purchase {
-            card: cards[1].clone(),
-            amount_minor: 1_000,
-            allow_partial: false,
-        }),
+        purchase_op(&cards[1], 1_000),
     );
     s.send(
         Principal::Terminal(1),
@@ -284,15 +273,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
         }),
     );
     // A reversal of a purchase within the shift.
-    let p_txn = s.till(
-        1,
-        "",
-        Op::Purchase(pb::Purchase {
-            card: cards[1].clone(),
-            amount_minor: 2_500,
-            allow_partial: false,
-        }),
-    );
+    let p_txn = s.till(1, "", purchase_op(&cards[1], 2_500));
     s.till(
         1,
         "",
@@ -343,15 +324,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
         reason: "lost".into(),
     }));
     assert_eq!(
-        s.refused(
-            Principal::Terminal(2),
-            98,
-            Op::Purchase(pb::Purchase {
-                card: cards[1].clone(),
-                amount_minor: 1,
-                allow_partial: false,
-            })
-        ),
+        s.refused(Principal::Terminal(2), 98, purchase_op(&cards[1], 1)),
         E::CardBlocked
     );
     s.owner(Op::SetCardBlocked(pb::SetCardBlocked {

@@ -81,7 +81,7 @@ pub(super) fn missing_original<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::golden::{card, Script};
+    use super::super::golden::{card, purchase_op, Script};
     use super::super::{Outcome, Principal};
     use crate::limits::{REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
     use crate::pb::{self, request::Op, ErrorCode as E, TxnState};
@@ -146,16 +146,7 @@ mod tests {
         assert_eq!(status(&mut s, 0), (TxnState::Unknown, 0));
         // The oldest id still in the window is still a retry.
         assert_eq!(status(&mut s, 2), (TxnState::Committed, first_purchase));
-        let retry = s.request(
-            TILL,
-            2,
-            "cashier 7",
-            Op::Purchase(pb::Purchase {
-                card: c.clone(),
-                amount_minor: 1,
-                allow_partial: false,
-            }),
-        );
+        let retry = s.request(TILL, 2, "cashier 7", purchase_op(&c, 1));
         assert_eq!(
             retry,
             Ok(Outcome::Seen {
