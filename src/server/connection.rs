@@ -55,6 +55,11 @@ struct Session {
 /// socket).
 pub struct ReplyTo {
     tx: mpsc::UnboundedSender<Answered>,
+    pending: Pending,
+}
+
+/// A request waiting for its answer, as the write task needs it.
+struct Pending {
     request_id: u64,
     permit: OwnedSemaphorePermit,
     principal: Principal,
@@ -66,31 +71,12 @@ impl ReplyTo {
     /// away no longer wants it; the record stands and a status query will
     /// find it.
     pub fn send(self, answer: Answer) {
-        let ReplyTo {
-            tx,
-            request_id,
-            permit,
-            principal,
-            terminal,
-        } = self;
-        let _ = tx.send(Answered {
-            request_id,
-            answer,
-            permit,
-            principal,
-            terminal,
-        });
+        let _ = self.tx.send((self.pending, answer));
     }
 }
 
 /// An answer in the write task's queue.
-pub struct Answered {
-    request_id: u64,
-    answer: Answer,
-    permit: OwnedSemaphorePermit,
-    principal: Principal,
-    terminal: GuardKey,
-}
+type Answered = (Pending, Answer);
 
 /// Answers (or other messages) written with one flush at most.
 const WRITE_BATCH: usize = 2 * MAX_IN_FLIGHT_PER_CONNECTION;
@@ -361,10 +347,12 @@ where
                 };
                 let reply = ReplyTo {
                     tx: answers_tx.clone(),
-                    request_id: rid,
-                    permit,
-                    principal: session.principal,
-                    terminal: terminal_key,
+                    pending: Pending {
+                        request_id: rid,
+                        permit,
+                        principal: session.principal,
+                        terminal: terminal_key,
+                    },
                 };
                 // Checked in batches with other connections' requests, on the
                 // verifier threads, which then forward it to the writer; this
@@ -431,9 +419,9 @@ fn verified(
     match routed {
         Err(refusal) => reply.send(Err(refusal)),
         Ok((Route::Audit(op), _)) => {
-            let ReplyTo {
+            let Pending {
                 request_id, permit, ..
-            } = reply;
+            } = reply.pending;
             session.runtime.spawn(super::audit::serve(
                 op,
                 session.brand_id,
@@ -497,10 +485,10 @@ async fn write_loop<W>(
                 return;
             }
         }
-        for a in answers.drain(..) {
-            let msg = answer_message(a.request_id, a.answer, a.principal, a.terminal, &shared, ip);
+        for (pending, answer) in answers.drain(..) {
+            let msg = answer_message(&pending, answer, &shared, ip);
             let fed = writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await;
-            drop(a.permit);
+            drop(pending.permit);
             if fed.is_err() {
                 return;
             }
@@ -514,10 +502,8 @@ async fn write_loop<W>(
 /// The wire form of a request's answer; an unknown card counts against the
 /// terminal's and the address's probing budgets.
 fn answer_message(
-    request_id: u64,
+    pending: &Pending,
     answer: Answer,
-    principal: Principal,
-    terminal: GuardKey,
     shared: &Shared,
     ip: Option<std::net::IpAddr>,
 ) -> ServerMessage {
@@ -525,17 +511,17 @@ fn answer_message(
         Ok(reply) => server_message::Body::Reply(reply),
         Err(refusal) => {
             if matches!(refusal.code, E::CardNotFound | E::CardOtherBrand) {
-                shared.guard.fail(terminal);
+                shared.guard.fail(pending.terminal);
                 if let Some(ip) = ip {
                     shared.guard.fail(GuardKey::CardMissAddr(ip));
                 }
             }
-            tracing::info!(?principal, code = ?refusal.code, "refused: {}", refusal.message);
+            tracing::info!(principal = ?pending.principal, code = ?refusal.code, "refused: {}", refusal.message);
             server_message::Body::Error(refusal.into())
         }
     };
     ServerMessage {
-        request_id,
+        request_id: pending.request_id,
         body: Some(body),
     }
 }
