@@ -25,9 +25,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, ensure, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
 
-use crate::crypto::DOMAIN_SNAPSHOT;
+use crate::crypto::{sha256, DOMAIN_SNAPSHOT};
 use crate::limits::{MAX_SNAPSHOT_BYTES, TXN_WINDOW_PER_SIGNER};
 use crate::state::BrandState;
 
@@ -50,8 +49,10 @@ fn path(dir: &Path, brand: u32) -> PathBuf {
     dir.join(format!("brand-{brand}.snap"))
 }
 
-fn signed_message(body_digest: &[u8; 32]) -> Vec<u8> {
-    [DOMAIN_SNAPSHOT, body_digest.as_slice()].concat()
+/// What the server key signs: the domain and SHA-256 of the format number
+/// and the body (the bytes between the magic and the trailer).
+fn signed_message(format_and_body: &[u8]) -> Vec<u8> {
+    [DOMAIN_SNAPSHOT, sha256(format_and_body).as_slice()].concat()
 }
 
 /// A snapshot encoded and signed in memory, to be stored apart from the
@@ -100,9 +101,9 @@ pub fn encode(state: &BrandState, key: &SigningKey) -> anyhow::Result<Encoded> {
     bytes.extend_from_slice(&FORMAT.to_be_bytes());
     let mut bytes = postcard::to_extend(state, bytes).context("encoding the snapshot")?;
     let body_len = (bytes.len() - HEADER) as u64;
-    let digest: [u8; 32] = Sha256::digest(&bytes[MAGIC.len()..]).into();
+    let signature = key.sign(&signed_message(&bytes[MAGIC.len()..]));
     bytes.extend_from_slice(&body_len.to_be_bytes());
-    bytes.extend_from_slice(&key.sign(&signed_message(&digest)).to_bytes());
+    bytes.extend_from_slice(&signature.to_bytes());
     Ok(Encoded {
         brand: state.brand_id,
         seq: state.seq,
@@ -160,10 +161,8 @@ pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> anyhow::Result<Option
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
     ensure!(len == body.len() as u64, "snapshot length does not match");
     let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
-    let mut hash = Sha256::new();
-    hash.update(FORMAT.to_be_bytes());
-    hash.update(body);
-    key.verify_strict(&signed_message(&hash.finalize().into()), &signature)
+    let signed = &bytes[MAGIC.len()..bytes.len() - TRAILER];
+    key.verify_strict(&signed_message(signed), &signature)
         .map_err(|_| anyhow!("snapshot signature does not verify"))?;
     let (state, unread): (BrandState, _) =
         postcard::take_from_bytes(body).context("snapshot does not decode")?;
