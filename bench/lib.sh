@@ -14,3 +14,30 @@ start_demo_daemon() {
   addr=$(sed -n 's/^cardd listening on //p' "$dir/out")
   [ -n "$addr" ] || { echo "$(basename "$0"): cardd did not start" >&2; exit 1; }
 }
+
+# start_purchase_load DIR TERMINALS SECONDS: a purchases-only
+# `terminal-sim bench` against the daemon started by start_demo_daemon, in
+# the background, its JSON in DIR/bench.json. Sets `bench` (its pid).
+start_purchase_load() {
+  local dir=$1 terminals=$2 seconds=$3
+  ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" \
+    --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json \
+    > "$dir/bench.json" 2>/dev/null &
+  bench=$!
+}
+
+# wait_for_load: returns once the load of start_purchase_load is on the
+# daemon `pid`. Provisioning (daemon busy) and pre-signing (daemon idle; on
+# a loaded machine longer than half the run) come first, so this waits for
+# busy, idle, then busy again (over 0.3 of a core per half second).
+wait_for_load() {
+  local ticks prev now busy phase=0
+  ticks=$(getconf CLK_TCK)
+  prev=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
+  while [ "$phase" -lt 3 ] && kill -0 "$bench" 2>/dev/null; do
+    sleep 0.5
+    now=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
+    busy=$(( (now - prev) * 10 > ticks * 3 / 2 )); prev=$now
+    case "$phase$busy" in 01|10|21) phase=$((phase + 1)) ;; esac
+  done
+}

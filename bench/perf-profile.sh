@@ -18,20 +18,9 @@ pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 . bench/lib.sh
 start_demo_daemon "$work"
-./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
-  --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json > "$work/bench.json" 2>/dev/null &
-bench=$!
-# Provisioning (daemon busy) and pre-signing (daemon idle; on a loaded
-# machine longer than half the run) come first, so wait for busy, idle,
-# then busy again (over 0.3 of a core per half second), and sample a
-# third of the run from there.
-ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' /proc/"$pid"/stat; }
-prev=$(cpu); phase=0
-while [ "$phase" -lt 3 ] && kill -0 "$bench" 2>/dev/null; do
-  sleep 0.5; now=$(cpu); busy=$(( (now - prev) * 10 > ticks * 3 / 2 )); prev=$now
-  case "$phase$busy" in 01|10|21) phase=$((phase + 1)) ;; esac
-done
+start_purchase_load "$work" "$terminals" "$seconds"
+# Sample a third of the run once the load is on.
+wait_for_load
 sleep 1
 window=$((seconds / 3))
 perf record -q -e cpu-clock -F 999 -p "$pid" -o "$work/perf.data" -- sleep "$window" 2>/dev/null

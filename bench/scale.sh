@@ -30,7 +30,7 @@ for round in $(seq "$rounds"); do
   ready=$(( ($(date +%s%N) - start) / 1000000 ))
   kill -KILL $(pgrep -P "$pid") 2>/dev/null || true
   wait "$pid" || true
-  steps=$(sed 's/\x1b\[[0-9;]*m//g' "$out/log" | grep -o -E '(open_ms|load_ms|replayed|replay_ms)=[0-9]+' | tr '\n' ' ')
+  steps=$(sed 's/\x1b\[[0-9;]*m//g' "$out/log" | grep -o -E '(open_ms|load_ms|replayed|replay_ms|encode_ms|store_ms)=[0-9]+' | tr '\n' ' ')
   echo "round $round: serve ready in ${ready} ms ($steps), peak RSS $(( $(tail -1 "$out/rss") / 1024 )) MB"
 done
 for round in $(seq "$checks"); do

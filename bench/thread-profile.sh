@@ -13,19 +13,18 @@ pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 . bench/lib.sh
 start_demo_daemon "$work"
-./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
-  --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json > "$work/bench.json" &
-bench=$!
+start_purchase_load "$work" "$terminals" "$seconds"
 ticks=$(getconf CLK_TCK)
 snap() {
   for t in /proc/"$pid"/task/*; do
     echo "$(sed 's/-[0-9]*$//' "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
   done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
 }
-# Setup (provisioning, signing) takes a while; sample the middle of the window.
-while ! grep -q . "$work/bench.json" 2>/dev/null && [ "$(snap | awk '{s += $2} END {print s}')" -lt $((ticks * 2)) ]; do sleep 0.5; done
-sleep $((seconds / 3)); snap > "$work/s1"; sleep $((seconds / 3)); snap > "$work/s2"
+# Sample a third of the run once the load is on.
+wait_for_load
+sleep 1
 window=$((seconds / 3))
+snap > "$work/s1"; sleep "$window"; snap > "$work/s2"
 wait "$bench" || true
 echo "CPU seconds per thread group over ${window}s of load:"
 join "$work/s1" "$work/s2" | awk -v t="$ticks" '{printf "  %-20s %6.2f\n", $1, ($3 - $2) / t}' | sort -k2 -n -r
