@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::card_number;
 use crate::crypto::load_or_create_key;
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably, sync_dir};
 use crate::ledger::BrandLedger;
 use crate::pb::{self, request::Op, BonusTier, Rules, TierRule};
 use crate::state::Principal;
@@ -102,7 +103,7 @@ pub fn provision(
         bail!("the demo is provisioned only into an empty ledger");
     }
     let dir = data_dir.join("demo");
-    std::fs::create_dir_all(&dir)?;
+    create_dir_all_durable(&dir)?;
     let owner = load_or_create_key(&dir.join("owner.key"))?;
     let create = pb::CreateBrand {
         name: "Demo Coffee".into(),
@@ -215,9 +216,13 @@ pub fn provision(
         stores,
         cards,
     };
-    std::fs::write(
-        data_dir.join("demo.json"),
-        serde_json::to_string_pretty(&manifest)?,
+    // The keys' entries, then the manifest: a power cut leaves either no
+    // demo.json or one whose keys are all there.
+    sync_dir(&dir).context("fsync of the demo key directory")?;
+    replace_durably(
+        &data_dir.join("demo.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        false,
     )
     .context("writing demo.json")?;
     tracing::info!(brand, "demo brand provisioned; see demo.json");

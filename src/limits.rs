@@ -90,3 +90,7 @@ pub const MAX_REFUNDABLE_RECORDS: usize = 2_000_000;
 pub const SNAPSHOT_EVERY_RECORDS: u64 = 500_000;
 /// Largest snapshot file read at start-up.
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// A brand's log starts a new segment file when the current one would pass
+/// this size: recovery reads the newest segment whole (checking every
+/// frame's CRC), older ones by their frame headers only.
+pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
