@@ -148,7 +148,7 @@ impl State {
     /// Removes `path` (a file or an empty directory) from `parent`,
     /// keeping it in the trash until the removal is durable.
     pub(crate) fn remove(&mut self, parent: u64, path: &Path) -> io::Result<()> {
-        let trash = self.to_trash(path)?;
+        let trash = self.park(path)?;
         self.push(
             Undo::Removed {
                 path: path.to_path_buf(),
@@ -162,7 +162,7 @@ impl State {
     /// rename(2) without flags: a replaced target goes to the trash.
     pub(crate) fn rename(&mut self, dirs: [u64; 2], from: &Path, to: &Path) -> io::Result<()> {
         let displaced = match std::fs::symlink_metadata(to) {
-            Ok(_) => Some(self.to_trash(to)?),
+            Ok(_) => Some(self.park(to)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
@@ -210,7 +210,7 @@ impl State {
 
     /// Moves `path` into the trash and points its inode (and those under
     /// it) there, so that open files keep working.
-    fn to_trash(&mut self, path: &Path) -> io::Result<PathBuf> {
+    fn park(&mut self, path: &Path) -> io::Result<PathBuf> {
         self.trash_seq += 1;
         let trash = self.trash.join(self.trash_seq.to_string());
         std::fs::rename(path, &trash)?;
