@@ -1,0 +1,66 @@
+//! The lead's on-disk layout, in one place: the only paths this test knows
+//! inside a data directory. Adjust here if the layout moves.
+
+use std::path::{Path, PathBuf};
+
+/// The append-only segment files of the ledger.
+pub fn log_dir(data: &Path) -> PathBuf {
+    data.join("log")
+}
+
+/// A log holding no more than this many bytes holds no committed record
+/// (room for a segment header); anything beyond is at least one fsynced batch.
+pub const EMPTY_LOG_MAX: u64 = 64;
+
+/// Bytes removed from the newest segment to cut the ledger short behind the
+/// daemon's back: past any torn-tail allowance (one unfinished frame).
+pub const CUT_SHORT_BYTES: u64 = 400;
+
+/// Total bytes of the files under `DATA/log` (0 if it does not exist).
+pub fn log_bytes(data: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(log_dir(data)) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The newest (by name, then size) non-empty segment file.
+fn newest_segment(data: &Path) -> PathBuf {
+    let dir = log_dir(data);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{} should exist after a run: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0))
+        .collect();
+    files.sort();
+    files
+        .pop()
+        .unwrap_or_else(|| panic!("no segment file under {}", dir.display()))
+}
+
+/// Cuts the ledger short: the newest segment loses its last
+/// [`CUT_SHORT_BYTES`] bytes (or all but its first byte if smaller).
+pub fn cut_short(data: &Path) {
+    let seg = newest_segment(data);
+    let len = std::fs::metadata(&seg).expect("segment").len();
+    let keep = len.saturating_sub(CUT_SHORT_BYTES).max(1);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open segment");
+    f.set_len(keep).expect("truncate segment");
+    f.sync_all().expect("fsync segment");
+    println!("cut {} from {len} to {keep} bytes", seg.display());
+}
+
+/// Removes the whole log, leaving the server key and everything else.
+pub fn remove_log(data: &Path) {
+    let dir = log_dir(data);
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+}
