@@ -66,10 +66,11 @@ fn seed() -> u64 {
 
 /// A lazyfs mount over a backing directory; the data directory lives on it.
 struct Rig {
+    /// First, so that it is unmounted before the directories go.
+    mounted: Option<Mounted>,
     root: tempfile::TempDir,
     backing: PathBuf,
     mnt: PathBuf,
-    mounted: Option<Mounted>,
 }
 
 impl Rig {
@@ -132,7 +133,10 @@ impl Rig {
         let fixtures = self.root.path().join("fixtures");
         let _ = std::fs::remove_dir_all(&fixtures);
         let live = Demo::load(&self.data());
-        let mut files = vec![PathBuf::from("demo.json"), live.manifest.owner_key.clone().into()];
+        let mut files = vec![
+            PathBuf::from("demo.json"),
+            live.manifest.owner_key.clone().into(),
+        ];
         for s in &live.manifest.stores {
             files.push(s.terminals[0].key.clone().into());
         }
@@ -163,7 +167,13 @@ impl World {
         let cards = demo.manifest.cards.clone();
         let mut c = sign_on(serve, &keys[0]).await;
         let balances = settle::live_balances(&mut c, &cards).await;
-        World { demo, keys, cards, balances, extra: Vec::new() }
+        World {
+            demo,
+            keys,
+            cards,
+            balances,
+            extra: Vec::new(),
+        }
     }
 
     fn tills_for(&self, cut: u64, clients: Vec<Client>, rng: &mut StdRng) -> Vec<load::Till> {
@@ -200,7 +210,14 @@ enum CutAt {
 }
 
 /// One cut under load: returns the restarted daemon.
-async fn load_round(rig: &mut Rig, w: &mut World, mut serve: Serve, cut: u64, at: CutAt, rng: &mut StdRng) -> Serve {
+async fn load_round(
+    rig: &mut Rig,
+    w: &mut World,
+    mut serve: Serve,
+    cut: u64,
+    at: CutAt,
+    rng: &mut StdRng,
+) -> Serve {
     let mut clients = Vec::new();
     for t in 0..TILLS {
         clients.push(sign_on(&serve, &w.keys[t % w.keys.len()]).await);
@@ -233,7 +250,8 @@ async fn load_round(rig: &mut Rig, w: &mut World, mut serve: Serve, cut: u64, at
         "cut {cut}: {delay:?} in; {} sent, {acked} acknowledged; lazyfs: {} fsyncs, {} dir fsyncs, {} bytes dropped, {} namespace changes undone",
         issued.len(), stats.fsyncs, stats.dir_fsyncs, stats.bytes_dropped, stats.namespace_undone
     );
-    let serve = proc::serve(&rig.data(), &w.extra).expect_listening(&format!("restart after cut {cut}"));
+    let serve =
+        proc::serve(&rig.data(), &w.extra).expect_listening(&format!("restart after cut {cut}"));
     verify_round(w, &serve, &issued, cut).await;
     offline_checks(rig, w, serve, cut)
 }
@@ -246,7 +264,10 @@ async fn verify_round(w: &mut World, serve: &Serve, issued: &[load::Issued], cut
     }
     let (expected, outcome) = settle::settle(&mut tills, issued, &w.balances).await;
     let live = settle::live_balances(&mut tills[0], &w.cards).await;
-    assert_eq!(live, expected, "cut {cut}: balances are not what the receipts explain");
+    assert_eq!(
+        live, expected,
+        "cut {cut}: balances are not what the receipts explain"
+    );
     println!("cut {cut}: {outcome:?}");
     w.balances = live;
 }
@@ -258,13 +279,22 @@ fn offline_checks(rig: &Rig, w: &World, mut serve: Serve, cut: u64) -> Serve {
     serve.kill9();
     let data = rig.data();
     let out = proc::check(&data);
-    assert!(out.status.success(), "cut {cut}: cardd check failed: {}", proc::text(&out));
+    assert!(
+        out.status.success(),
+        "cut {cut}: cardd check failed: {}",
+        proc::text(&out)
+    );
     let export = rig.root.path().join("export.ledger");
     let report = proc::export_and_verify(&data, w.demo.manifest.brand_id, &export);
     for card in report["cards"].as_array().expect("cards") {
         let number = card["card"].as_str().expect("card number");
-        let total = card["paid_minor"].as_i64().expect("paid") + card["bonus_minor"].as_i64().expect("bonus");
-        assert_eq!(Some(&total), w.balances.get(number), "cut {cut}: audit replay of card {number}");
+        let total = card["paid_minor"].as_i64().expect("paid")
+            + card["bonus_minor"].as_i64().expect("bonus");
+        assert_eq!(
+            Some(&total),
+            w.balances.get(number),
+            "cut {cut}: audit replay of card {number}"
+        );
     }
     proc::serve(&data, &w.extra).expect_listening(&format!("start after the checks of cut {cut}"))
 }
@@ -286,15 +316,25 @@ fn provisioning_cut(rig: &mut Rig, rng: &mut StdRng) {
     match proc::serve(&data, &[]) {
         Start::Exited { code, stderr } => {
             println!("cut 1: the restart stopped ({code:?}): {}", stderr.trim());
-            assert!(code.is_some_and(|c| c != 0), "a refused start must exit non-zero");
+            assert!(
+                code.is_some_and(|c| c != 0),
+                "a refused start must exit non-zero"
+            );
             assert!(!stderr.trim().is_empty(), "a refused start must say why");
             let out = proc::check(&data);
-            assert!(!out.status.success(), "serve refused the ledger but check passed it");
+            assert!(
+                !out.status.success(),
+                "serve refused the ledger but check passed it"
+            );
         }
         Start::Listening(mut s) => {
             s.kill9();
             let out = proc::check(&data);
-            assert!(out.status.success(), "cut 1: cardd check failed: {}", proc::text(&out));
+            assert!(
+                out.status.success(),
+                "cut 1: cardd check failed: {}",
+                proc::text(&out)
+            );
             let brands = proc::checked_brands(&out);
             println!("cut 1: the restart served {brands} brands");
             assert!(
@@ -352,6 +392,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Damage done to a stopped daemon's data directory.
+type Damage = fn(&Path);
+
 /// A ledger that came back short (truncated segment, or no log at all
 /// while the server key and high-water marks stay) stops `cardd serve`
 /// with an error naming it, and fails `cardd check`.
@@ -365,14 +408,23 @@ async fn a_ledger_cut_short_behind_the_daemons_back_stops_the_start() {
     let mut till = sign_on(&serve, &key).await;
     for n in 0..40 {
         let op = common::purchase(&demo.manifest.cards[0], 1 + n);
-        common::call(&mut till, 5_000 + n as u64, op).await.expect("purchase");
+        common::call(&mut till, 5_000 + n as u64, op)
+            .await
+            .expect("purchase");
     }
     drop(till);
     serve.kill9();
     let out = proc::check(&data);
-    assert!(out.status.success(), "the intact ledger fails check: {}", proc::text(&out));
+    assert!(
+        out.status.success(),
+        "the intact ledger fails check: {}",
+        proc::text(&out)
+    );
 
-    let cases: [(&str, fn(&Path)); 2] = [("truncated", layout::cut_short), ("removed", layout::remove_log)];
+    let cases: [(&str, Damage); 2] = [
+        ("truncated", layout::cut_short),
+        ("removed", layout::remove_log),
+    ];
     for (what, damage) in cases {
         let copy = dir.path().join(what);
         copy_dir(&data, &copy);
@@ -389,6 +441,10 @@ async fn a_ledger_cut_short_behind_the_daemons_back_stops_the_start() {
             }
         }
         let out = proc::check(&copy);
-        assert!(!out.status.success(), "{what} log: cardd check passed: {}", proc::text(&out));
+        assert!(
+            !out.status.success(),
+            "{what} log: cardd check passed: {}",
+            proc::text(&out)
+        );
     }
 }

@@ -166,7 +166,11 @@ pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Val
         "--out".as_ref(),
         out.as_os_str(),
     ]);
-    assert!(export.status.success(), "audit export failed: {}", text(&export));
+    assert!(
+        export.status.success(),
+        "audit export failed: {}",
+        text(&export)
+    );
     let key = cardd(&["server-key".as_ref(), "--data".as_ref(), data.as_os_str()]);
     assert!(key.status.success(), "server-key failed: {}", text(&key));
     let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
@@ -178,6 +182,10 @@ pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Val
         key.as_ref(),
         "--json".as_ref(),
     ]);
-    assert!(verify.status.success(), "audit verify failed: {}", text(&verify));
+    assert!(
+        verify.status.success(),
+        "audit verify failed: {}",
+        text(&verify)
+    );
     serde_json::from_slice(&verify.stdout).expect("verify --json prints one object")
 }

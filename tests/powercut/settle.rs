@@ -39,7 +39,11 @@ fn receipt(reply: &pb::Reply) -> &pb::Receipt {
 }
 
 fn balance(reply: &pb::Reply) -> i64 {
-    reply.card.as_ref().expect("a reply with the card").balance_minor
+    reply
+        .card
+        .as_ref()
+        .expect("a reply with the card")
+        .balance_minor
 }
 
 /// Re-sends the exact signed bytes: must come back as a replay of `seq`
@@ -49,8 +53,18 @@ async fn retry_is_replay(till: &mut Client, i: &Issued, seq: u64, hash: &[u8]) {
         .await
         .unwrap_or_else(|e| panic!("retry of txn {} failed: {e}", i.txn));
     assert!(again.replayed, "txn {}: a retry was applied again", i.txn);
-    assert_eq!(receipt(&again).seq, seq, "txn {}: retry got a new seq", i.txn);
-    assert_eq!(receipt(&again).hash, hash, "txn {}: retry got a new hash", i.txn);
+    assert_eq!(
+        receipt(&again).seq,
+        seq,
+        "txn {}: retry got a new seq",
+        i.txn
+    );
+    assert_eq!(
+        receipt(&again).hash,
+        hash,
+        "txn {}: retry got a new hash",
+        i.txn
+    );
 }
 
 /// An acknowledged request: still committed, same seq, hash and balance.
@@ -65,8 +79,18 @@ async fn acked(till: &mut Client, i: &Issued, ack: &pb::Reply, status: &pb::Stat
     );
     assert_eq!(status.seq, r.seq, "acknowledged txn {} moved", i.txn);
     let original = status.original.as_ref().expect("committed txn's answer");
-    assert_eq!(receipt(original).hash, r.hash, "txn {}: hash changed", i.txn);
-    assert_eq!(balance(original), balance(ack), "txn {}: balance changed", i.txn);
+    assert_eq!(
+        receipt(original).hash,
+        r.hash,
+        "txn {}: hash changed",
+        i.txn
+    );
+    assert_eq!(
+        balance(original),
+        balance(ack),
+        "txn {}: balance changed",
+        i.txn
+    );
     retry_is_replay(till, i, r.seq, &r.hash).await;
 }
 
@@ -93,7 +117,10 @@ pub async fn settle(
             }
             None if status.state() == pb::TxnState::Committed => {
                 if let Some(lost) = lost_before.get(i.card.as_str()) {
-                    panic!("txn {} committed after txn {lost} on its card was lost: not a prefix", i.txn);
+                    panic!(
+                        "txn {} committed after txn {lost} on its card was lost: not a prefix",
+                        i.txn
+                    );
                 }
                 let original = status.original.as_ref().expect("committed txn's answer");
                 retry_is_replay(till, i, status.seq, &receipt(original).hash).await;
@@ -109,7 +136,11 @@ pub async fn settle(
         };
         if let Some((seq, balance_after)) = found {
             let delta = i.delta;
-            let a = Applied { seq, balance_after, delta };
+            let a = Applied {
+                seq,
+                balance_after,
+                delta,
+            };
             applied.entry(i.card.clone()).or_default().push(a);
         }
     }

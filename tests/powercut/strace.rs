@@ -45,7 +45,10 @@ fn traced_serve(data: &Path, trace: &Path) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new("strace")
         .args(["-f", "-ttt", "-y", "-o"])
         .arg(trace)
-        .args(["-e", "trace=fsync,fdatasync,sync_file_range,write,writev,sendto,sendmsg"])
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range,write,writev,sendto,sendmsg",
+        ])
         .arg(cardd_bin())
         .arg("serve")
         .arg("--demo")
@@ -74,8 +77,8 @@ fn traced_serve(data: &Path, trace: &Path) -> (Child, std::net::SocketAddr) {
 /// Kills the traced daemon (strace's child), then waits for strace.
 fn stop(mut strace: Child) {
     let pid = strace.id();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for c in children.split_whitespace() {
         let _ = Command::new("kill").args(["-9", c]).status();
     }
@@ -100,7 +103,9 @@ fn events(trace: &str, log_dir: &str) -> Vec<Event> {
             pending_sync.push(pid.to_string());
         } else if is_sync && on_log {
             out.push(Event::LogSynced(ts));
-        } else if call.starts_with("<... fsync resumed>") || call.starts_with("<... fdatasync resumed>") {
+        } else if call.starts_with("<... fsync resumed>")
+            || call.starts_with("<... fdatasync resumed>")
+        {
             if let Some(i) = pending_sync.iter().position(|p| p == pid) {
                 pending_sync.remove(i);
                 out.push(Event::LogSynced(ts));
@@ -135,7 +140,9 @@ fn assert_synced_before_replies(events: &[Event], windows: &[(f64, f64)]) {
         });
         match reply {
             None => panic!("request {n}: no reply write found in the trace"),
-            Some(false) => panic!("request {n}: its reply was written before any fsync of DATA/log"),
+            Some(false) => {
+                panic!("request {n}: its reply was written before any fsync of DATA/log")
+            }
             Some(true) => {}
         }
     }
@@ -173,7 +180,13 @@ async fn every_reply_follows_an_fsync_of_the_log() {
     let text = std::fs::read_to_string(&trace).expect("trace file");
     let log_dir = format!("{}/", layout::log_dir(&data).display());
     let events = events(&text, &log_dir);
-    let syncs = events.iter().filter(|e| matches!(e, Event::LogSynced(_))).count();
-    println!("strace: {} lines, {syncs} fsyncs of DATA/log", text.lines().count());
+    let syncs = events
+        .iter()
+        .filter(|e| matches!(e, Event::LogSynced(_)))
+        .count();
+    println!(
+        "strace: {} lines, {syncs} fsyncs of DATA/log",
+        text.lines().count()
+    );
     assert_synced_before_replies(&events, &windows);
 }
