@@ -206,12 +206,18 @@ impl Filesystem for LazyFsImpl {
         flags: u32,
         reply: ReplyEmpty,
     ) {
-        if flags != 0 {
+        // RENAME_NOREPLACE is cheap to honour; EXCHANGE and WHITEOUT are not
+        // supported (cardd does not use them).
+        let noreplace = flags == libc::RENAME_NOREPLACE;
+        if flags != 0 && !noreplace {
             return reply.error(libc::EINVAL);
         }
         match self.with(|s| {
             let from = s.child(parent, name)?;
             let to = s.child(newparent, newname)?;
+            if noreplace && std::fs::symlink_metadata(&to).is_ok() {
+                return Err(errno(libc::EEXIST));
+            }
             s.rename([parent, newparent], &from, &to)
         }) {
             Ok(()) => reply.ok(),

@@ -152,3 +152,39 @@ fn an_open_file_does_not_block_the_cut() {
     drop(f);
     assert!(!d.backing.join("open").exists());
 }
+
+#[test]
+fn appends_survive_only_up_to_the_last_fdatasync() {
+    let d = dirs();
+    let Some(m) = mount(&d) else { return };
+    std::fs::create_dir(m.path().join("log")).unwrap();
+    fsync_dir(m.path());
+    let seg = m.path().join("log/1.seg");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&seg)
+        .unwrap();
+    fsync_dir(&m.path().join("log"));
+    f.write_all(b"batch1;").unwrap();
+    f.sync_data().unwrap();
+    f.write_all(b"batch2;").unwrap();
+    f.sync_data().unwrap();
+    f.write_all(b"torn").unwrap();
+    assert_eq!(std::fs::read(&seg).unwrap(), b"batch1;batch2;torn");
+    let stats = m.power_cut().unwrap();
+    assert_eq!((stats.fsyncs, stats.bytes_dropped), (2, 4));
+    drop(f);
+
+    let m = mount(&d).unwrap();
+    assert_eq!(std::fs::read(&seg).unwrap(), b"batch1;batch2;");
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(b"batch3;").unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    m.power_cut().unwrap();
+    assert_eq!(
+        std::fs::read(d.backing.join("log/1.seg")).unwrap(),
+        b"batch1;batch2;batch3;"
+    );
+}
