@@ -8,6 +8,24 @@ pub fn log_dir(data: &Path) -> PathBuf {
     data.join("log")
 }
 
+/// Where signed brand-state snapshots are written.
+pub fn snapshot_dir(data: &Path) -> PathBuf {
+    data.join("snapshots")
+}
+
+/// Names in the snapshot directory (empty if it does not exist).
+pub fn snapshot_names(data: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(snapshot_dir(data)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A log holding no more than this many bytes holds no committed record
 /// (room for a segment header); anything beyond is at least one fsynced batch.
 pub const EMPTY_LOG_MAX: u64 = 64;

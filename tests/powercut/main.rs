@@ -207,6 +207,26 @@ enum CutAt {
     AfterStart(Duration),
     /// This long after the first answer.
     AfterFirstAck(Duration),
+    /// As soon as a new name shows up in the snapshot directory (a snapshot
+    /// being written), or after this long if none does.
+    OnNewSnapshot(Duration),
+}
+
+/// Waits until the snapshot directory lists a name it did not list
+/// before; returns how long that took, or None after `max`.
+async fn new_snapshot(data: &Path, max: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let before = layout::snapshot_names(data);
+    while started.elapsed() < max {
+        if layout::snapshot_names(data)
+            .iter()
+            .any(|n| !before.contains(n))
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
 }
 
 /// One cut under load: returns the restarted daemon.
@@ -227,7 +247,10 @@ async fn load_round(
         .map(|t| tokio::spawn(load::run(t, acks.clone())))
         .collect();
     let delay = match at {
-        CutAt::AfterStart(d) => d,
+        CutAt::AfterStart(d) => {
+            tokio::time::sleep(d).await;
+            d
+        }
         CutAt::AfterFirstAck(d) => {
             bounded(async {
                 while acks.load(Ordering::Relaxed) == 0 {
@@ -235,10 +258,15 @@ async fn load_round(
                 }
             })
             .await;
+            tokio::time::sleep(d).await;
             d
         }
+        CutAt::OnNewSnapshot(max) => {
+            let seen = new_snapshot(&rig.data(), max).await;
+            println!("cut {cut}: a new snapshot file appeared after {seen:?}");
+            seen.unwrap_or(max)
+        }
     };
-    tokio::time::sleep(delay).await;
     serve.kill9();
     let stats = rig.cut();
     let mut issued = Vec::new();
@@ -367,13 +395,13 @@ async fn no_acknowledged_receipt_is_lost_or_doubled_across_power_cuts() {
         serve = load_round(&mut rig, &mut w, serve, cut, at, &mut rng).await;
     }
 
-    // The last cut: snapshots every few hundred records, so one is likely
-    // being written at the cut.
+    // The last cut: snapshots every few hundred records, and the cut comes
+    // the moment a new snapshot file shows up, while it is being written.
     drop(serve);
     w.extra = vec!["--snapshot-every", SNAPSHOT_EVERY];
     let serve = proc::serve(&rig.data(), &w.extra).expect_listening("start with --snapshot-every");
     let cut = 3 + LOAD_ROUNDS;
-    let at = CutAt::AfterFirstAck(Duration::from_millis(rng.gen_range(400..=1200)));
+    let at = CutAt::OnNewSnapshot(Duration::from_secs(5));
     drop(load_round(&mut rig, &mut w, serve, cut, at, &mut rng).await);
     println!("{cut} cuts verified in {:?}", started.elapsed());
 }
