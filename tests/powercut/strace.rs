@@ -74,7 +74,8 @@ fn traced_serve(data: &Path, trace: &Path) -> (Child, std::net::SocketAddr) {
     (child, addr.parse().expect("address"))
 }
 
-/// Kills the traced daemon (strace's child), then waits for strace.
+/// Kills the traced daemon (strace's child), then waits (bounded) for
+/// strace, killing it too if it lingers.
 fn stop(mut strace: Child) {
     let pid = strace.id();
     let children =
@@ -82,6 +83,13 @@ fn stop(mut strace: Child) {
     for c in children.split_whitespace() {
         let _ = Command::new("kill").args(["-9", c]).status();
     }
+    for _ in 0..100 {
+        if matches!(strace.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = strace.kill();
     let _ = strace.wait();
 }
 
@@ -92,11 +100,9 @@ fn events(trace: &str, log_dir: &str) -> Vec<Event> {
     let mut pending_sync: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for line in trace.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(call)) = (parts.next(), parts.next(), parts.next()) else {
+        let Some((pid, ts, call)) = split_line(line) else {
             continue;
         };
-        let Ok(ts) = ts.parse::<f64>() else { continue };
         let is_sync = call.starts_with("fsync(") || call.starts_with("fdatasync(");
         let on_log = call.contains(log_dir);
         if is_sync && on_log && call.contains("<unfinished") {
@@ -115,6 +121,13 @@ fn events(trace: &str, log_dir: &str) -> Vec<Event> {
         }
     }
     out
+}
+
+/// `PID TIME CALL...`: strace pads the pid with a varying number of spaces.
+fn split_line(line: &str) -> Option<(&str, f64, &str)> {
+    let (pid, rest) = line.trim_start().split_once(' ')?;
+    let (ts, call) = rest.trim_start().split_once(' ')?;
+    Some((pid, ts.parse().ok()?, call))
 }
 
 fn is_socket_write(call: &str) -> bool {
@@ -189,4 +202,33 @@ async fn every_reply_follows_an_fsync_of_the_log() {
         text.lines().count()
     );
     assert_synced_before_replies(&events, &windows);
+}
+
+/// The trace reading itself, on a made-up trace: padded pids, a split
+/// fdatasync, and a reply that does or does not wait for it.
+#[test]
+fn trace_reading_orders_log_syncs_and_replies() {
+    let log = "/d/data/log/";
+    let good = "\
+ 9001  10.000100 write(7</d/data/log/1.seg>, \"..\", 90) = 90
+ 9001  10.000200 fdatasync(7</d/data/log/1.seg> <unfinished ...>
+12345 10.000300 fsync(8</d/data/server.key>) = 0
+ 9001  10.000400 <... fdatasync resumed>) = 0
+ 9002  10.000500 writev(11<socket:[4242]>, [{iov_base=\"..\"}], 1) = 80
+ 9002  10.000600 write(3<pipe:[1]>, \"x\", 1) = 1
+";
+    let windows = [(10.0, 10.001)];
+    assert_synced_before_replies(&events(good, log), &windows);
+    let early = "\
+ 9001  10.000200 fdatasync(7</d/data/log/1.seg> <unfinished ...>
+ 9002  10.000300 write(11<TCP:[127.0.0.1:1->127.0.0.1:2]>, \"..\", 80) = 80
+ 9001  10.000400 <... fdatasync resumed>) = 0
+";
+    let result = std::panic::catch_unwind(|| {
+        assert_synced_before_replies(&events(early, log), &windows);
+    });
+    assert!(
+        result.is_err(),
+        "a reply before the sync finished must fail"
+    );
 }
