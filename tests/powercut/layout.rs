@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// The append-only segment files of the ledger.
+/// The append-only segment files of the ledger (`log/brand-NNNNN/*.seg`).
 pub fn log_dir(data: &Path) -> PathBuf {
     data.join("log")
 }
@@ -34,31 +34,40 @@ pub const EMPTY_LOG_MAX: u64 = 64;
 /// daemon's back: past any torn-tail allowance (one unfinished frame).
 pub const CUT_SHORT_BYTES: u64 = 400;
 
+/// Every file under `dir`, at any depth (segments sit in per-brand
+/// directories), sorted by path.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(Result::ok) {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&e.path())),
+            Ok(t) if t.is_file() => out.push(e.path()),
+            _ => {}
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Total bytes of the files under `DATA/log` (0 if it does not exist).
 pub fn log_bytes(data: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(log_dir(data)) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
+    files_under(&log_dir(data))
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
 }
 
-/// The newest (by name, then size) non-empty segment file.
+/// The newest (by path: brand, then first seq) non-empty segment file.
 fn newest_segment(data: &Path) -> PathBuf {
     let dir = log_dir(data);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} should exist after a run: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0))
-        .collect();
-    files.sort();
-    files
-        .pop()
+    files_under(&dir)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .next_back()
         .unwrap_or_else(|| panic!("no segment file under {}", dir.display()))
 }
 
