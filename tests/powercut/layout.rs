@@ -66,8 +66,7 @@ fn newest_segment(data: &Path) -> PathBuf {
     let dir = log_dir(data);
     files_under(&dir)
         .into_iter()
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
-        .next_back()
+        .rfind(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         .unwrap_or_else(|| panic!("no segment file under {}", dir.display()))
 }
 
