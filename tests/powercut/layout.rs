@@ -13,17 +13,23 @@ pub fn snapshot_dir(data: &Path) -> PathBuf {
     data.join("snapshots")
 }
 
-/// Names in the snapshot directory (empty if it does not exist).
-pub fn snapshot_names(data: &Path) -> Vec<String> {
+/// What the snapshot directory holds: (name, size, mtime) of each entry,
+/// sorted; any change means a snapshot is being (or was just) written.
+pub fn snapshot_state(data: &Path) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
     let Ok(entries) = std::fs::read_dir(snapshot_dir(data)) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
+    let mut out: Vec<_> = entries
         .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            let m = e.metadata().ok();
+            let len = m.as_ref().map_or(0, |m| m.len());
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, len, m.and_then(|m| m.modified().ok()))
+        })
         .collect();
-    names.sort();
-    names
+    out.sort();
+    out
 }
 
 /// A log holding no more than this many bytes holds no committed record
@@ -85,8 +91,16 @@ pub fn cut_short(data: &Path) {
     println!("cut {} from {len} to {keep} bytes", seg.display());
 }
 
-/// Removes the whole log, leaving the server key and everything else.
+/// The sled index the daemon keeps beside the log (rebuildable from it; a
+/// log-less ledger in it is imported as a pre-segment-log ledger).
+pub fn index_dir(data: &Path) -> PathBuf {
+    data.join("ledger")
+}
+
+/// Removes the whole ledger (the log and the index that could rebuild it),
+/// leaving the server key, the high-water marks and everything else.
 pub fn remove_log(data: &Path) {
-    let dir = log_dir(data);
-    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+    for dir in [log_dir(data), index_dir(data)] {
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+    }
 }

@@ -207,26 +207,32 @@ enum CutAt {
     AfterStart(Duration),
     /// This long after the first answer.
     AfterFirstAck(Duration),
-    /// As soon as a new name shows up in the snapshot directory (a snapshot
-    /// being written), or after this long if none does.
+    /// Under load (after the first answer), as soon as the snapshot
+    /// directory changes (a snapshot being written), or after this long.
     OnNewSnapshot(Duration),
 }
 
-/// Waits until the snapshot directory lists a name it did not list
-/// before; returns how long that took, or None after `max`.
-async fn new_snapshot(data: &Path, max: Duration) -> Option<Duration> {
+/// Waits until the snapshot directory changes (a new file, or one
+/// rewritten); returns how long that took, or None after `max`.
+async fn snapshot_written(data: &Path, max: Duration) -> Option<Duration> {
     let started = Instant::now();
-    let before = layout::snapshot_names(data);
+    let before = layout::snapshot_state(data);
     while started.elapsed() < max {
-        if layout::snapshot_names(data)
-            .iter()
-            .any(|n| !before.contains(n))
-        {
+        if layout::snapshot_state(data) != before {
             return Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     None
+}
+
+async fn first_ack(acks: &AtomicUsize) {
+    bounded(async {
+        while acks.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
 }
 
 /// One cut under load: returns the restarted daemon.
@@ -252,18 +258,14 @@ async fn load_round(
             d
         }
         CutAt::AfterFirstAck(d) => {
-            bounded(async {
-                while acks.load(Ordering::Relaxed) == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-            .await;
+            first_ack(&acks).await;
             tokio::time::sleep(d).await;
             d
         }
         CutAt::OnNewSnapshot(max) => {
-            let seen = new_snapshot(&rig.data(), max).await;
-            println!("cut {cut}: a new snapshot file appeared after {seen:?}");
+            first_ack(&acks).await;
+            let seen = snapshot_written(&rig.data(), max).await;
+            println!("cut {cut}: the snapshot directory changed after {seen:?}");
             seen.unwrap_or(max)
         }
     };
@@ -395,8 +397,8 @@ async fn no_acknowledged_receipt_is_lost_or_doubled_across_power_cuts() {
         serve = load_round(&mut rig, &mut w, serve, cut, at, &mut rng).await;
     }
 
-    // The last cut: snapshots every few hundred records, and the cut comes
-    // the moment a new snapshot file shows up, while it is being written.
+    // The last cut: snapshots every few hundred records, and the cut comes,
+    // under load, the moment the snapshot directory changes.
     drop(serve);
     w.extra = vec!["--snapshot-every", SNAPSHOT_EVERY];
     let serve = proc::serve(&rig.data(), &w.extra).expect_listening("start with --snapshot-every");
@@ -423,8 +425,8 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Damage done to a stopped daemon's data directory.
 type Damage = fn(&Path);
 
-/// A ledger that came back short (truncated segment, or no log at all
-/// while the server key and high-water marks stay) stops `cardd serve`
+/// A ledger that came back short (a truncated segment, or no log and no
+/// index at all while the server key and high-water marks stay) stops `cardd serve`
 /// with an error naming it, and fails `cardd check`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_cut_short_behind_the_daemons_back_stops_the_start() {

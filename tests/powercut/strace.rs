@@ -140,7 +140,7 @@ fn is_socket_write(call: &str) -> bool {
 /// For request n sent at `windows[n].0` and answered by `windows[n].1`:
 /// the first socket write in the window (its reply) must follow a log
 /// fsync that finished inside the window.
-fn assert_synced_before_replies(events: &[Event], windows: &[(f64, f64)]) {
+fn synced_before_replies(events: &[Event], windows: &[(f64, f64)]) -> Result<(), String> {
     for (n, (sent, answered)) in windows.iter().enumerate() {
         let mut synced = false;
         let reply = events.iter().find_map(|e| match e {
@@ -152,13 +152,16 @@ fn assert_synced_before_replies(events: &[Event], windows: &[(f64, f64)]) {
             _ => None,
         });
         match reply {
-            None => panic!("request {n}: no reply write found in the trace"),
+            None => return Err(format!("request {n}: no reply write found in the trace")),
             Some(false) => {
-                panic!("request {n}: its reply was written before any fsync of DATA/log")
+                return Err(format!(
+                    "request {n}: its reply was written before any fsync of DATA/log"
+                ))
             }
             Some(true) => {}
         }
     }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +204,9 @@ async fn every_reply_follows_an_fsync_of_the_log() {
         "strace: {} lines, {syncs} fsyncs of DATA/log",
         text.lines().count()
     );
-    assert_synced_before_replies(&events, &windows);
+    if let Err(e) = synced_before_replies(&events, &windows) {
+        panic!("{e}");
+    }
 }
 
 /// The trace reading itself, on a made-up trace: padded pids, a split
@@ -218,17 +223,14 @@ fn trace_reading_orders_log_syncs_and_replies() {
  9002  10.000600 write(3<pipe:[1]>, \"x\", 1) = 1
 ";
     let windows = [(10.0, 10.001)];
-    assert_synced_before_replies(&events(good, log), &windows);
+    assert_eq!(synced_before_replies(&events(good, log), &windows), Ok(()));
     let early = "\
  9001  10.000200 fdatasync(7</d/data/log/1.seg> <unfinished ...>
  9002  10.000300 write(11<TCP:[127.0.0.1:1->127.0.0.1:2]>, \"..\", 80) = 80
  9001  10.000400 <... fdatasync resumed>) = 0
 ";
-    let result = std::panic::catch_unwind(|| {
-        assert_synced_before_replies(&events(early, log), &windows);
-    });
     assert!(
-        result.is_err(),
+        synced_before_replies(&events(early, log), &windows).is_err(),
         "a reply before the sync finished must fail"
     );
 }
