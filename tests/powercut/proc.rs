@@ -1,0 +1,191 @@
+//! Running the `cardd` binary: `serve` (which may refuse to start) and the
+//! offline tools.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::common::cardd_bin;
+
+/// A `cardd serve` that listens; killed (-9) on drop.
+pub struct Serve {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Serve {
+    /// SIGKILL and reap: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// How a start ended.
+pub enum Start {
+    /// It listens.
+    Listening(Serve),
+    /// It exited before listening.
+    Exited {
+        /// Exit code (None if killed by a signal).
+        code: Option<i32>,
+        /// Everything it wrote to stderr.
+        stderr: String,
+    },
+}
+
+impl Start {
+    /// The daemon, or a panic that shows why it did not start.
+    pub fn expect_listening(self, what: &str) -> Serve {
+        match self {
+            Start::Listening(s) => s,
+            Start::Exited { code, stderr } => {
+                panic!("{what}: cardd serve exited ({code:?}) instead of serving:\n{stderr}")
+            }
+        }
+    }
+}
+
+/// `cardd serve --data DATA --listen 127.0.0.1:0 EXTRA...`, not waited for.
+pub fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
+    Command::new(cardd_bin())
+        .arg("serve")
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cardd serve")
+}
+
+/// Starts `cardd serve` and waits until it listens or exits.
+pub fn serve(data: &Path, extra: &[&str]) -> Start {
+    let mut child = spawn_serve(data, extra);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("cardd listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    // stderr is echoed (the test's log shows the daemon's warnings) and
+    // collected in full for a daemon that exits instead of listening.
+    let (etx, erx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(&mut stderr).lines().map_while(Result::ok) {
+            eprintln!("  cardd: {line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let _ = etx.send(text);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(addr) => Start::Listening(Serve {
+            child,
+            addr: addr.parse().expect("listen address"),
+        }),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            panic!("cardd serve neither listened nor exited within 60 s")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().expect("wait for cardd serve");
+            let stderr = erx
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_default();
+            Start::Exited {
+                code: status.code(),
+                stderr,
+            }
+        }
+    }
+}
+
+/// Runs `cardd ARGS...` to completion.
+pub fn cardd(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(cardd_bin())
+        .args(args)
+        .output()
+        .expect("run cardd")
+}
+
+/// Text of an output, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `cardd check --data DATA`.
+pub fn check(data: &Path) -> Output {
+    cardd(&["check".as_ref(), "--data".as_ref(), data.as_os_str()])
+}
+
+/// The number of brands a passing `cardd check` reports ("ok: N brands").
+pub fn checked_brands(out: &Output) -> u64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "ok:")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no brand count in cardd check's output: {stdout}"))
+}
+
+/// Exports brand `brand` of the stopped daemon's `data` to `out`, verifies
+/// the export against the server key, and returns the verify report (JSON).
+pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Value {
+    let brand = brand.to_string();
+    let export = cardd(&[
+        "audit".as_ref(),
+        "export".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--brand".as_ref(),
+        brand.as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(
+        export.status.success(),
+        "audit export failed: {}",
+        text(&export)
+    );
+    let key = cardd(&["server-key".as_ref(), "--data".as_ref(), data.as_os_str()]);
+    assert!(key.status.success(), "server-key failed: {}", text(&key));
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    let verify = cardd(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        out.as_os_str(),
+        "--server-key".as_ref(),
+        key.as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        verify.status.success(),
+        "audit verify failed: {}",
+        text(&verify)
+    );
+    serde_json::from_slice(&verify.stdout).expect("verify --json prints one object")
+}
