@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use crate::card_number;
 use crate::crypto::load_or_create_key;
-use crate::storage::fsutil::{create_dir_all_durable, replace_durably, sync_dir};
 use crate::ledger::BrandLedger;
 use crate::pb::{self, request::Op, BonusTier, Rules, TierRule};
 use crate::state::Principal;
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably, sync_dir};
 use crate::storage::LogStore;
 
 /// The demo manifest written to `demo.json`.

@@ -429,7 +429,10 @@ impl BrandLedger {
                 // Release builds too: a record that breaks the chain must
                 // never reach the log (replay checks the same on decode).
                 if let Err(e) = crate::replay::check_link(prev_seq, &prev_head, &w.record) {
-                    panic!("brand {}: apply made a record that breaks the chain: {e}", self.state.brand_id);
+                    panic!(
+                        "brand {}: apply made a record that breaks the chain: {e}",
+                        self.state.brand_id
+                    );
                 }
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
                 if w.record.kind() == pb::RecordKind::TerminalEnrolled {

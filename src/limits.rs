@@ -96,9 +96,15 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 // Relations between limits, checked when the crate compiles.
-const _: () = assert!(MAX_AMOUNT_MINOR <= MAX_BALANCE_MINOR, "one load must fit a card");
+const _: () = assert!(
+    MAX_AMOUNT_MINOR <= MAX_BALANCE_MINOR,
+    "one load must fit a card"
+);
 // Paid plus bonus plus one more amount is summed in i64 before any check.
-const _: () = assert!(MAX_BALANCE_MINOR < i64::MAX / 4, "balance sums cannot overflow");
+const _: () = assert!(
+    MAX_BALANCE_MINOR < i64::MAX / 4,
+    "balance sums cannot overflow"
+);
 const _: () = assert!(MAX_POINTS < i64::MAX / 4, "points sums cannot overflow");
 const _: () = assert!(MAX_BRANDS <= MAX_BRAND_ID as usize, "every brand has an id");
 const _: () = assert!(SNAPSHOT_EVERY_RECORDS > 0);
@@ -109,5 +115,8 @@ const _: () = assert!(
     (MAX_COMMIT_BATCH as u64) * (DEFAULT_MAX_FRAME_BYTES as u64) * 4 < u32::MAX as u64,
     "a full commit fits one log frame"
 );
-const _: () = assert!(LOG_SEGMENT_BYTES >= 1024 * 1024, "segments hold many commits");
+const _: () = assert!(
+    LOG_SEGMENT_BYTES >= 1024 * 1024,
+    "segments hold many commits"
+);
 const _: () = assert!(TXN_WINDOW_PER_SIGNER >= MAX_IN_FLIGHT_PER_CONNECTION);

@@ -34,14 +34,25 @@ pub fn principal_of(rec: &Record) -> Option<Principal> {
 pub fn check_link(prev_seq: u64, prev_head: &[u8; 32], rec: &Record) -> Result<(), String> {
     use crate::limits::{MAX_BALANCE_MINOR, MAX_POINTS};
     if prev_seq.checked_add(1) != Some(rec.seq) {
-        return Err(format!("holds sequence number {} after {prev_seq}", rec.seq));
+        return Err(format!(
+            "holds sequence number {} after {prev_seq}",
+            rec.seq
+        ));
     }
     if rec.prev_hash.as_slice() != prev_head {
         return Err("its previous hash is not the chain's head".into());
     }
     let ranges = [
-        ("paid balance", rec.paid_balance_after_minor, MAX_BALANCE_MINOR),
-        ("bonus balance", rec.bonus_balance_after_minor, MAX_BALANCE_MINOR),
+        (
+            "paid balance",
+            rec.paid_balance_after_minor,
+            MAX_BALANCE_MINOR,
+        ),
+        (
+            "bonus balance",
+            rec.bonus_balance_after_minor,
+            MAX_BALANCE_MINOR,
+        ),
         ("points", rec.points_after, MAX_POINTS),
     ];
     for (what, value, max) in ranges {

@@ -133,7 +133,11 @@ impl DiskStore {
 
     fn open_dirs(data_dir: &Path) -> Result<Self> {
         let index = open_index(&data_dir.join("ledger"))?;
-        if logged_brands(data_dir)?.is_empty() {
+        // Only a directory from before the log has an index and no marks;
+        // with marks, a missing log is a loss that `check_marks` reports.
+        let marks = mark::read_all(&mark::dir(data_dir))
+            .map_err(io_err(format!("reading {}", mark::dir(data_dir).display())))?;
+        if logged_brands(data_dir)?.is_empty() && marks.is_empty() {
             import_index(data_dir, &index)?;
         }
         let mut logs = BTreeMap::new();
@@ -152,7 +156,7 @@ impl DiskStore {
         for (brand, opened) in &found {
             store.sync_index(*brand, opened)?;
         }
-        store.check_marks()?;
+        store.check_marks(&marks)?;
         store.index.flush()?;
         Ok(store)
     }
@@ -249,10 +253,8 @@ impl DiskStore {
     /// Every high-water mark must be covered by its brand's log, with the
     /// same record at the mark's seq; a brand logged but not marked (a cut
     /// before its first mark) gets its mark now.
-    fn check_marks(&self) -> Result<()> {
-        let dir = mark::dir(&self.data_dir);
-        let marks = mark::read_all(&dir).map_err(io_err(format!("reading {}", dir.display())))?;
-        for (&brand, m) in &marks {
+    fn check_marks(&self, marks: &BTreeMap<u32, Mark>) -> Result<()> {
+        for (&brand, m) in marks {
             let stored = self.log(brand).map_or(0, |l| {
                 l.lock().unwrap_or_else(|e| e.into_inner()).last_seq()
             });
@@ -771,8 +773,13 @@ mod tests {
             reopen(&dir),
             Err(StorageError::ShortLedger { .. })
         ));
-        // Nor can a log that is gone.
+        // Nor can a log that is gone, with its index (which is not taken
+        // for a ledger from before the log while marks exist) or without.
         std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        assert!(matches!(
+            reopen(&dir),
+            Err(StorageError::ShortLedger { .. })
+        ));
         std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
         let err = reopen(&dir).err().expect("a missing log opened");
         assert!(

@@ -147,10 +147,7 @@ impl SledIndex {
 
     /// Every stored run, oldest first: (first seq, last seq, bytes, whether
     /// it ends a commit).
-    pub fn runs(
-        &self,
-        brand: u32,
-    ) -> Result<impl Iterator<Item = Result<RunInfo>>> {
+    pub fn runs(&self, brand: u32) -> Result<impl Iterator<Item = Result<RunInfo>>> {
         let tree = self.tree(brand)?;
         Ok(tree.range(key(BATCH, 0)..key(BATCH + 1, 0)).map(|item| {
             let (k, v) = item?;

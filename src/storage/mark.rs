@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::fsutil::sync_dir;
+use super::fsutil::replace_durably;
 
 /// The newest committed record of a brand as a mark records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +85,7 @@ pub fn read_all(dir: &Path) -> io::Result<BTreeMap<u32, Mark>> {
         else {
             continue;
         };
-        let bytes = fs::read(entry.path())?;
-        let best = bytes
-            .chunks(SLOT)
-            .take(2)
-            .filter_map(decode_slot)
-            .max_by_key(|(counter, _)| *counter);
-        match best {
+        match newest_slot(&fs::read(entry.path())?) {
             Some((_, mark)) => marks.insert(brand, mark),
             None => {
                 return Err(io::Error::new(
@@ -111,28 +105,22 @@ struct MarkFile {
 }
 
 impl MarkFile {
-    /// Opens or creates (durably: file, then directory entry) a mark file.
-    fn open(dir: &Path, brand: u32) -> io::Result<Self> {
+    /// Opens a brand's mark file, or creates it holding `first` whole
+    /// (temporary file, fsync, rename, directory fsync): a cut while it is
+    /// made leaves no file or a readable one, never an empty one.
+    fn open_or_create(dir: &Path, brand: u32, first: &Mark) -> io::Result<Self> {
         let path = path(dir, brand);
-        let existing = fs::read(&path).ok();
-        let counter = existing
-            .as_deref()
-            .and_then(|b| {
-                b.chunks(SLOT)
-                    .take(2)
-                    .filter_map(decode_slot)
-                    .map(|(c, _)| c)
-                    .max()
-            })
-            .unwrap_or(0);
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(false);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options.open(&path)?;
-        if existing.is_none() {
-            file.sync_all()?;
-            sync_dir(dir)?;
-        }
+        let counter = match fs::read(&path) {
+            Ok(bytes) => newest_slot(&bytes).map_or(0, |(c, _)| c),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Counter 1 in slot 1: a slot's index is its counter mod 2.
+                let slots = [[0u8; SLOT], encode_slot(1, first)].concat();
+                replace_durably(&path, &slots, true)?;
+                1
+            }
+            Err(e) => return Err(e),
+        };
+        let file = OpenOptions::new().write(true).open(&path)?;
         Ok(MarkFile { file, counter })
     }
 
@@ -143,6 +131,15 @@ impl MarkFile {
             .write_all_at(&encode_slot(self.counter, mark), at)?;
         self.file.sync_data()
     }
+}
+
+/// The valid slot with the higher counter.
+fn newest_slot(bytes: &[u8]) -> Option<(u64, Mark)> {
+    bytes
+        .chunks(SLOT)
+        .take(2)
+        .filter_map(decode_slot)
+        .max_by_key(|(counter, _)| *counter)
 }
 
 #[derive(Default)]
@@ -233,7 +230,9 @@ fn write_marks(dir: &Path, shared: &(Mutex<Pending>, Condvar)) {
             let result = match files.entry(brand) {
                 std::collections::btree_map::Entry::Occupied(mut f) => f.get_mut().write(&mark),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    MarkFile::open(dir, brand).and_then(|f| v.insert(f).write(&mark))
+                    MarkFile::open_or_create(dir, brand, &mark).map(|f| {
+                        v.insert(f);
+                    })
                 }
             };
             if let Err(e) = result {
