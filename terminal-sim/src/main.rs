@@ -31,7 +31,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
-use cardd::audit::cli::parse_server_key;
 use cardd::client::{Client, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
 use cardd::pb::{self, request::Op};
@@ -57,7 +56,7 @@ struct Cli {
     /// This terminal's ed25519 key file (hex seed, mode 0600), as written
     /// when the owner enrolled the terminal. Its state is kept beside it in
     /// `<KEY>.state.json`. Required for every operation but `bench`.
-    #[arg(long, value_name = "TERMINAL_KEY")]
+    #[arg(long, value_name = "TERMINAL_KEY", global = true)]
     key: Option<PathBuf>,
     /// Print exactly one JSON object per line on stdout instead of a
     /// receipt (bench: one JSON object with the whole report).
@@ -66,19 +65,22 @@ struct Cli {
     /// Ask for the record's inclusion proof and verify it: the record's hash
     /// is in the Merkle tree of a checkpoint signed by the server key. A
     /// proof that does not verify makes the call fail (exit code 1).
-    #[arg(long)]
+    #[arg(long, global = true)]
     proof: bool,
     /// The server's public key (hex) that checkpoints must be signed by
     /// (`cardd server-key`). Without it, the key the server presents at
     /// sign-on is trusted (trust on first use).
-    #[arg(long, value_name = "HEX", requires = "proof")]
+    #[arg(long, value_name = "HEX", requires = "proof", global = true)]
     server_key: Option<String>,
     /// Transaction id for a state-changing operation (default: the next
-    /// unused one). Reusing an id with the same operation is a retry.
-    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    /// unused one; from 1). Reusing an id with the same operation is a
+    /// retry. For `status`, the id to look up (required).
+    // One global flag serves both meanings: clap copies a subcommand's
+    // `--txn` into a global of the same name, so `status` cannot keep its own.
+    #[arg(long, value_name = "ID", global = true)]
     txn: Option<u64>,
     /// Cashier name recorded with the transaction.
-    #[arg(long, value_name = "NAME", default_value = "cashier")]
+    #[arg(long, value_name = "NAME", default_value = "cashier", global = true)]
     operator: String,
     /// Speak TLS to the daemon (`cardd serve --tls-cert ...`), trusting
     /// only the certificates in this PEM file (a CA, or the daemon's
@@ -159,11 +161,8 @@ enum Command {
     /// compares with its own, then start a new shift.
     CloseShift,
     /// Ask what the server holds for one of this terminal's transaction ids.
-    Status {
-        /// The transaction id to look up.
-        #[arg(long, value_name = "ID")]
-        txn: u64,
-    },
+    /// (`status --txn ID`: the transaction id to look up.)
+    Status,
     /// Load generator: provisions its own store, terminals and funded cards
     /// with the owner key, then drives signed traffic from many terminals
     /// and reports throughput, latency percentiles and errors.
@@ -173,21 +172,22 @@ enum Command {
 impl Command {
     /// True for operations that change nothing and use no transaction id.
     fn is_read_only(&self) -> bool {
-        matches!(self, Command::Inquiry { .. } | Command::Status { .. })
+        matches!(self, Command::Inquiry { .. } | Command::Status)
     }
 
     /// The name of the subcommand, for messages.
     fn name(&self) -> &'static str {
         match self {
             Command::Inquiry { .. } => "inquiry",
-            Command::Status { .. } => "status",
+            Command::Status => "status",
             _ => "this operation",
         }
     }
 
     /// The protocol operation, with amounts converted to minor units of a
-    /// currency with `exponent` decimals.
-    fn to_op(&self, exponent: u32, totals: &Totals) -> anyhow::Result<Op> {
+    /// currency with `exponent` decimals; `txn` is `--txn` (the id that
+    /// `status` looks up).
+    fn to_op(&self, exponent: u32, totals: &Totals, txn: Option<u64>) -> anyhow::Result<Op> {
         let amount =
             |text: &str| parse_amount(text, exponent).map_err(|e| anyhow!("--amount: {e}"));
         Ok(match self {
@@ -224,10 +224,24 @@ impl Command {
             Command::CloseShift => Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(totals.into()),
             }),
-            Command::Status { txn } => Op::TxnStatus(pb::TxnStatus { txn_id: *txn }),
+            Command::Status => Op::TxnStatus(pb::TxnStatus {
+                txn_id: txn.unwrap_or_default(),
+            }),
             Command::Bench(_) => bail!("bench is not a terminal operation"),
         })
     }
+}
+
+/// Parses the `--server-key` hex into a valid ed25519 public key.
+fn parse_server_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).context("server key is not hex")?;
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("server key must be 32 bytes"))?;
+    cardd::crypto::parse_public_key(&key)
+        .ok_or_else(|| anyhow!("server key is not a valid ed25519 key"))?;
+    Ok(key)
 }
 
 fn main() -> ExitCode {
@@ -284,11 +298,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return bench::run(&cli.connect, tls.as_ref(), cli.json, cli.timeout, args).await;
     }
-    if cli.txn.is_some() && cli.command.is_read_only() {
-        bail!(
-            "--txn is for state-changing operations; inquiry and status use no transaction id \
-             (status takes the id to look up after the subcommand: `status --txn ID`)"
-        );
+    if cli.txn == Some(0) && !matches!(cli.command, Command::Status) {
+        bail!("--txn: transaction ids start at 1");
+    }
+    if cli.txn.is_some() && matches!(cli.command, Command::Inquiry { .. }) {
+        bail!("--txn is for state-changing operations and status; inquiry uses no transaction id");
+    }
+    if cli.txn.is_none() && matches!(cli.command, Command::Status) {
+        bail!("status needs the id to look up: `status --txn ID`");
     }
     if cli.proof && cli.command.is_read_only() {
         bail!(
@@ -329,10 +346,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     term.client.operator = cli.operator.clone();
     term.want_proof = cli.proof;
-    let op = cli
-        .command
-        .to_op(term.client.session.currency_exponent, &term.state.shift)?;
-    let outcome = term.submit(cli.txn, op).await?;
+    let op = cli.command.to_op(
+        term.client.session.currency_exponent,
+        &term.state.shift,
+        cli.txn,
+    )?;
+    let own_txn = cli.txn.filter(|_| !cli.command.is_read_only());
+    let outcome = term.submit(own_txn, op).await?;
     let code = match &outcome.result {
         Ok(reply) => {
             let proof = cli.proof.then(|| {
@@ -371,4 +391,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     term.save()
         .context("the answer above was received, but the terminal's state was not saved")?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("terminal-sim").chain(args.iter().copied()))
+            .expect("parses")
+    }
+
+    #[test]
+    fn status_keeps_its_own_txn() {
+        for args in [
+            ["--key", "k", "status", "--txn", "5"],
+            ["--txn", "5", "--key", "k", "status"],
+        ] {
+            let cli = parse(&args);
+            assert!(matches!(cli.command, Command::Status));
+            assert_eq!(cli.txn, Some(5));
+        }
+    }
 }

@@ -432,3 +432,89 @@ fn proofs_are_checked_against_the_server_key() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--server-key"), "{r:?}");
 }
+
+/// The common flags (`--json`, `--connect`, `--key`, `--txn`, `--operator`)
+/// work before or after the subcommand, for `terminal-sim` and for
+/// `cardd admin`, and mean the same in either place.
+#[test]
+fn common_flags_work_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let key = daemon.terminal_key(1);
+    let key = key.to_str().expect("utf-8 path");
+    let card = daemon.manifest.cards[3].as_str();
+    let common = |txn: &'static str| {
+        [
+            "--json",
+            "--connect",
+            daemon.addr.as_str(),
+            "--key",
+            key,
+            "--txn",
+            txn,
+            "--operator",
+            "ann",
+        ]
+    };
+    let topup = ["topup", "--card", card, "--amount", "1.00"];
+    let before = run(&[&common("300")[..], &topup[..]].concat()).ok();
+    let after = run(&[&topup[..], &common("301")[..]].concat()).ok();
+    assert_eq!(i64_of(&before, "txn_id"), 300);
+    assert_eq!(i64_of(&after, "txn_id"), 301);
+    assert_eq!(
+        i64_of(&after, "balance_minor"),
+        i64_of(&before, "balance_minor") + 100
+    );
+    // status looks up the id given by --txn in either place.
+    for args in [
+        vec![
+            "--json",
+            "--connect",
+            &daemon.addr,
+            "--key",
+            key,
+            "--txn",
+            "301",
+            "status",
+        ],
+        vec![
+            "status",
+            "--txn",
+            "301",
+            "--json",
+            "--connect",
+            &daemon.addr,
+            "--key",
+            key,
+        ],
+    ] {
+        assert_eq!(run(&args).ok()["txn_state"], "COMMITTED", "{args:?}");
+    }
+
+    let owner = daemon.owner_key();
+    let admin = |args: &[&str]| run_bounded(&cardd_bin(), args, CALL_TIMEOUT);
+    let admin_common = ["--json", "--connect", daemon.addr.as_str(), "--key", &owner];
+    let inquiry = ["inquiry", "--card", card];
+    let before = admin(&[&["admin"][..], &admin_common[..], &inquiry[..]].concat()).ok();
+    let after = admin(&[&["admin"][..], &inquiry[..], &admin_common[..]].concat()).ok();
+    assert_eq!(before, after);
+    assert_eq!(
+        i64_of(&before, "balance_minor"),
+        i64_of(&after_topup_balance(&daemon, key, card), "balance_minor")
+    );
+}
+
+/// The card as terminal `key` sees it now.
+fn after_topup_balance(daemon: &Daemon, key: &str, card: &str) -> Value {
+    run(&[
+        "--json",
+        "--connect",
+        &daemon.addr,
+        "--key",
+        key,
+        "inquiry",
+        "--card",
+        card,
+    ])
+    .ok()
+}
