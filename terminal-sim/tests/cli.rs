@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{cardd_bin, i64_of, run_bounded, sim_bin, Daemon, Run};
+use common::{cardd_bin, i64_of, run_bounded, sim_bin, u64_of, Daemon, Run};
 use serde_json::Value;
 
 /// How long one `terminal-sim` call may take.
@@ -364,6 +364,7 @@ fn proofs_are_checked_against_the_server_key() {
     let seq = i64_of(&top, "record_seq");
     assert_eq!(i64_of(&top, "proof_leaf_index"), seq - 1, "{top}");
     assert!(i64_of(&top, "proof_tree_size") >= seq, "{top}");
+    recheck_printed_proof(&top, &key);
 
     // Pinned, on the receipt.
     let r = till.call(
@@ -517,4 +518,50 @@ fn after_topup_balance(daemon: &Daemon, key: &str, card: &str) -> Value {
         card,
     ])
     .ok()
+}
+
+/// Re-checks a `--proof --json` answer from what it prints alone, as
+/// anybody holding the receipt could: the checkpoint's signature by the
+/// server key, then the audit path from the record hash to its root.
+fn recheck_printed_proof(v: &Value, server_key: &str) {
+    let hash = |field: &Value| -> [u8; 32] {
+        let bytes = hex::decode(field.as_str().expect("hex string")).expect("hex");
+        bytes.try_into().expect("32 bytes")
+    };
+    let c = &v["proof_checkpoint"];
+    let checkpoint = cardd::pb::Checkpoint {
+        brand_id: u32::try_from(u64_of(c, "brand_id")).expect("brand id"),
+        tree_size: u64_of(c, "tree_size"),
+        head_hash: hash(&c["head_hash"]).to_vec(),
+        root_hash: hash(&c["root_hash"]).to_vec(),
+        time_ms: i64_of(c, "time_ms"),
+        signature: hex::decode(c["signature"].as_str().expect("signature")).expect("hex"),
+    };
+    let key = hash(&Value::String(server_key.to_string()));
+    let key = cardd::crypto::parse_public_key(&key).expect("server key");
+    assert!(
+        cardd::crypto::verify_strict(
+            &key,
+            &cardd::checkpoint::signed_message(&checkpoint),
+            &checkpoint.signature
+        ),
+        "{v}"
+    );
+    let path: Vec<[u8; 32]> = v["proof_path"]
+        .as_array()
+        .expect("proof_path")
+        .iter()
+        .map(hash)
+        .collect();
+    assert_eq!(u64_of(v, "proof_tree_size"), checkpoint.tree_size, "{v}");
+    assert!(
+        cardd::merkle::verify_inclusion(
+            &hash(&v["record_hash"]),
+            u64_of(v, "proof_leaf_index"),
+            checkpoint.tree_size,
+            &path,
+            &hash(&c["root_hash"]),
+        ),
+        "{v}"
+    );
 }
