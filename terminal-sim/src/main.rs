@@ -298,6 +298,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return bench::run(&cli.connect, tls.as_ref(), cli.json, cli.timeout, args).await;
     }
+    check_usage(&cli)?;
+    let pinned = cli
+        .server_key
+        .as_deref()
+        .map(parse_server_key)
+        .transpose()
+        .context("--server-key")?;
+    let key_path = cli
+        .key
+        .clone()
+        .ok_or_else(|| anyhow!("--key TERMINAL_KEY is required (the terminal's key file)"))?;
+    let client = match sign_on(&cli, &key_path, tls.as_ref()).await? {
+        Ok(client) => client,
+        Err(r) => return Ok(refused(cli.json, &r)),
+    };
+    let timeout = Duration::from_secs(cli.timeout);
+    let (mut term, warnings) = Terminal::open(client, &key_path, timeout)?;
+    for w in warnings {
+        eprintln!("terminal-sim: warning: {w}");
+    }
+    term.client.operator = cli.operator.clone();
+    term.want_proof = cli.proof;
+    let op = cli.command.to_op(
+        term.client.session.currency_exponent,
+        &term.state.shift,
+        cli.txn,
+    )?;
+    let own_txn = cli.txn.filter(|_| !cli.command.is_read_only());
+    let outcome = term.submit(own_txn, op).await?;
+    let code = match &outcome.result {
+        Ok(reply) => approved(&cli, reply, &outcome, &term, pinned),
+        Err(r) => refused(cli.json, r),
+    };
+    term.save()
+        .context("the answer above was received, but the terminal's state was not saved")?;
+    Ok(code)
+}
+
+/// Refuses flag combinations that make no sense, before connecting.
+fn check_usage(cli: &Cli) -> anyhow::Result<()> {
     if cli.txn == Some(0) && !matches!(cli.command, Command::Status) {
         bail!("--txn: transaction ids start at 1");
     }
@@ -313,84 +353,74 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli.command.name()
         );
     }
-    let pinned = cli
-        .server_key
-        .as_deref()
-        .map(parse_server_key)
-        .transpose()
-        .context("--server-key")?;
-    let key_path = cli
-        .key
-        .clone()
-        .ok_or_else(|| anyhow!("--key TERMINAL_KEY is required (the terminal's key file)"))?;
-    let key = read_key_file(&key_path)?;
+    Ok(())
+}
+
+/// Connects and signs on with the key at `key_path` within `--timeout`;
+/// the inner error is the server's refusal of the sign-on.
+async fn sign_on(
+    cli: &Cli,
+    key_path: &std::path::Path,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<Result<cardd::client::AnyClient, cardd::error::Refusal>> {
+    let key = read_key_file(key_path)?;
     let timeout = Duration::from_secs(cli.timeout);
-    let client = match tokio::time::timeout(
+    match tokio::time::timeout(
         timeout,
-        Client::connect_with(cli.connect.as_str(), key, tls.as_ref()),
+        Client::connect_with(cli.connect.as_str(), key, tls),
     )
     .await
     {
-        Err(_) => anyhow::bail!(
+        Err(_) => bail!(
             "connecting to {}: no sign-on within {}s",
             cli.connect,
             cli.timeout
         ),
-        Ok(Err(ClientError::Refused(r))) => return Ok(refused(cli.json, &r)),
-        Ok(Err(e)) => anyhow::bail!("connecting to {}: {e}", cli.connect),
-        Ok(Ok(c)) => c,
-    };
-    let (mut term, warnings) = Terminal::open(client, &key_path, timeout)?;
-    for w in warnings {
-        eprintln!("terminal-sim: warning: {w}");
+        Ok(Err(ClientError::Refused(r))) => Ok(Err(r)),
+        Ok(Err(e)) => bail!("connecting to {}: {e}", cli.connect),
+        Ok(Ok(c)) => Ok(Ok(c)),
     }
-    term.client.operator = cli.operator.clone();
-    term.want_proof = cli.proof;
-    let op = cli.command.to_op(
-        term.client.session.currency_exponent,
-        &term.state.shift,
-        cli.txn,
-    )?;
-    let own_txn = cli.txn.filter(|_| !cli.command.is_read_only());
-    let outcome = term.submit(own_txn, op).await?;
-    let code = match &outcome.result {
-        Ok(reply) => {
-            let proof = cli.proof.then(|| {
-                let mut check = ProofCheck::run(
-                    reply,
-                    term.client.session.brand_id,
-                    pinned,
-                    term.client.server_key,
-                );
-                if let Err(e) = &mut check.result {
-                    if reply.proof.is_none() && !outcome.request.want_proof {
-                        e.push_str(&format!(
-                            " (this retry resent the original request of transaction {}, \
-                             which did not ask for a proof)",
-                            outcome.request.txn_id
-                        ));
-                    }
-                }
-                check
-            });
-            print_reply(cli.json, reply, &outcome, &term, proof.as_ref());
-            match proof.as_ref().map(|p| &p.result) {
-                Some(Err(e)) => {
-                    let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);
-                    eprintln!(
-                        "terminal-sim: PROOF FAILED: {e}. The server approved the transaction \
-                         (record {seq}), but it is not proven to be in the server's signed ledger."
-                    );
-                    ExitCode::from(EXIT_FAILED)
-                }
-                _ => ExitCode::SUCCESS,
+}
+
+/// Prints an approved answer, with its proof checked when `--proof` asked;
+/// a proof that does not verify makes the call fail.
+fn approved(
+    cli: &Cli,
+    reply: &pb::Reply,
+    outcome: &terminal::Outcome,
+    term: &Terminal,
+    pinned: Option<[u8; 32]>,
+) -> ExitCode {
+    let proof = cli.proof.then(|| {
+        let mut check = ProofCheck::run(
+            reply,
+            term.client.session.brand_id,
+            pinned,
+            term.client.server_key,
+        );
+        if let Err(e) = &mut check.result {
+            if reply.proof.is_none() && !outcome.request.want_proof {
+                e.push_str(&format!(
+                    " (this retry resent the original request of transaction {}, \
+                     which did not ask for a proof)",
+                    outcome.request.txn_id
+                ));
             }
         }
-        Err(r) => refused(cli.json, r),
-    };
-    term.save()
-        .context("the answer above was received, but the terminal's state was not saved")?;
-    Ok(code)
+        check
+    });
+    print_reply(cli.json, reply, outcome, term, proof.as_ref());
+    match proof.as_ref().map(|p| &p.result) {
+        Some(Err(e)) => {
+            let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);
+            eprintln!(
+                "terminal-sim: PROOF FAILED: {e}. The server approved the transaction \
+                 (record {seq}), but it is not proven to be in the server's signed ledger."
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 #[cfg(test)]
