@@ -175,12 +175,15 @@ pub fn provision(
     Ok(ledger)
 }
 
+/// A demo terminal's id and key.
+type TerminalKey = (u32, SigningKey);
+
 /// Opens the two demo stores, each with one terminal whose key is written
 /// under `data_dir/demo/`. Returns the stores and the terminals' keys.
 fn open_stores(
     owner: &mut Owner<'_>,
     data_dir: &Path,
-) -> anyhow::Result<(Vec<ManifestStore>, Vec<(u32, SigningKey)>)> {
+) -> anyhow::Result<(Vec<ManifestStore>, Vec<TerminalKey>)> {
     let mut stores = Vec::new();
     let mut terminal_keys = Vec::new();
     for (i, name) in ["Downtown", "Airport"].into_iter().enumerate() {

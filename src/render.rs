@@ -422,8 +422,14 @@ mod tests {
             ..Default::default()
         };
         let text = receipt_text(&inquiry, &session("Downtown"));
-        assert!(text.starts_with("Demo Coffee - Downtown\nBALANCE INQUIRY\nCard "), "{text}");
-        assert!(text.ends_with("Balance     123.45 CNY\nPoints      17\nTier        gold"), "{text}");
+        assert!(
+            text.starts_with("Demo Coffee - Downtown\nBALANCE INQUIRY\nCard "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Balance     123.45 CNY\nPoints      17\nTier        gold"),
+            "{text}"
+        );
     }
 
     #[test]
