@@ -352,3 +352,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn admin(args: &[&str]) -> AdminArgs {
+        let argv = ["cardd", "admin"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Admin(a) => a,
+            _ => panic!("not admin"),
+        }
+    }
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn admin_flags_work_before_or_after_the_subcommand() {
+        let common = [
+            "--connect",
+            "10.0.0.1:7700",
+            "--key",
+            "owner.key",
+            "--json",
+            "--txn",
+            "9",
+            "--operator",
+            "ann",
+        ];
+        let op = ["inquiry", "--card", "6000"];
+        for argv in [
+            [&common[..], &op[..]].concat(),
+            [&op[..], &common[..]].concat(),
+        ] {
+            let a = admin(&argv);
+            assert_eq!(a.connect, "10.0.0.1:7700", "{argv:?}");
+            assert_eq!(a.key, Some(PathBuf::from("owner.key")), "{argv:?}");
+            assert!(a.json, "{argv:?}");
+            assert_eq!(a.txn, Some(9), "{argv:?}");
+            assert_eq!(a.operator, "ann", "{argv:?}");
+            assert!(matches!(a.op, AdminOp::Inquiry { ref card } if card == "6000"));
+        }
+        // Without the flags, the defaults.
+        let a = admin(&["--key", "k", "create-store", "--name", "Mall"]);
+        assert_eq!(
+            (a.connect.as_str(), a.json, a.txn),
+            ("127.0.0.1:7700", false, None)
+        );
+    }
+}

@@ -433,6 +433,12 @@ mod tests {
     }
 
     #[test]
+    fn the_argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn status_keeps_its_own_txn() {
         for args in [
             ["--key", "k", "status", "--txn", "5"],
