@@ -26,12 +26,18 @@ pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
 fn key_path(args: &AdminArgs) -> PathBuf {
     match &args.key {
         Some(key) => key.clone(),
-        None => Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "the following required arguments were not provided:\n  --key <KEY>",
-            )
-            .exit(),
+        None => {
+            let mut cli = Cli::command();
+            // Built, the subcommand knows its name ("cardd admin") for the usage line.
+            cli.build();
+            cli.find_subcommand_mut("admin")
+                .expect("admin is a subcommand")
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "the following required arguments were not provided:\n  --key <KEY>",
+                )
+                .exit()
+        }
     }
 }
 
