@@ -62,39 +62,61 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
     let mut m = Map::new();
     m.insert("ok".into(), json!(true));
     if let Some(c) = &reply.card {
-        m.insert("card".into(), json!(c.card));
-        m.insert(
-            "card_status".into(),
-            json!(pb::CardStatus::try_from(c.status).map_or("UNKNOWN", |s| s.as_str_name())),
-        );
-        m.insert("balance_minor".into(), json!(c.balance_minor));
-        m.insert("paid_balance_minor".into(), json!(c.paid_balance_minor));
-        m.insert("bonus_balance_minor".into(), json!(c.bonus_balance_minor));
-        m.insert("points".into(), json!(c.points));
-        m.insert("tier".into(), json!(c.tier));
-        m.insert("total_spend_minor".into(), json!(c.total_spend_minor));
-        m.insert("visits".into(), json!(c.visits));
+        card_fields(&mut m, c);
     }
     if let Some(r) = &reply.receipt {
-        m.insert("record_seq".into(), json!(r.seq));
-        m.insert("record_hash".into(), json!(hex::encode(&r.hash)));
-        m.insert("time_ms".into(), json!(r.time_ms));
-        m.insert("store_id".into(), json!(r.store_id));
-        m.insert("terminal_id".into(), json!(r.terminal_id));
-        m.insert("txn_id".into(), json!(r.txn_id));
+        receipt_fields(&mut m, r);
     }
-    match &reply.detail {
-        Some(Detail::Purchase(p)) => {
+    if let Some(d) = &reply.detail {
+        detail_fields(&mut m, d);
+    }
+    if !reply.promotion_line.is_empty() {
+        m.insert("promotion_line".into(), json!(reply.promotion_line));
+    }
+    m.insert("replayed".into(), json!(reply.replayed));
+    Value::Object(m)
+}
+
+/// The card after the operation.
+fn card_fields(m: &mut Map<String, Value>, c: &pb::CardView) {
+    m.insert("card".into(), json!(c.card));
+    m.insert(
+        "card_status".into(),
+        json!(pb::CardStatus::try_from(c.status).map_or("UNKNOWN", |s| s.as_str_name())),
+    );
+    m.insert("balance_minor".into(), json!(c.balance_minor));
+    m.insert("paid_balance_minor".into(), json!(c.paid_balance_minor));
+    m.insert("bonus_balance_minor".into(), json!(c.bonus_balance_minor));
+    m.insert("points".into(), json!(c.points));
+    m.insert("tier".into(), json!(c.tier));
+    m.insert("total_spend_minor".into(), json!(c.total_spend_minor));
+    m.insert("visits".into(), json!(c.visits));
+}
+
+/// The record written: where it sits in the chain and who made it.
+fn receipt_fields(m: &mut Map<String, Value>, r: &pb::Receipt) {
+    m.insert("record_seq".into(), json!(r.seq));
+    m.insert("record_hash".into(), json!(hex::encode(&r.hash)));
+    m.insert("time_ms".into(), json!(r.time_ms));
+    m.insert("store_id".into(), json!(r.store_id));
+    m.insert("terminal_id".into(), json!(r.terminal_id));
+    m.insert("txn_id".into(), json!(r.txn_id));
+}
+
+/// The operation's own result.
+fn detail_fields(m: &mut Map<String, Value>, detail: &Detail) {
+    match detail {
+        Detail::Purchase(p) => {
             m.insert("requested_minor".into(), json!(p.requested_minor));
             m.insert("approved_minor".into(), json!(p.approved_minor));
             m.insert("remaining_due_minor".into(), json!(p.remaining_due_minor));
             m.insert("points_earned".into(), json!(p.points_earned));
         }
-        Some(Detail::TopUp(t)) => {
+        Detail::TopUp(t) => {
             m.insert("paid_minor".into(), json!(t.paid_minor));
             m.insert("bonus_minor".into(), json!(t.bonus_minor));
         }
-        Some(Detail::Refund(r)) => {
+        Detail::Refund(r) => {
             m.insert("refunded_minor".into(), json!(r.refunded_minor));
             m.insert(
                 "refundable_left_minor".into(),
@@ -102,21 +124,21 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
             );
             m.insert("points_removed".into(), json!(r.points_removed));
         }
-        Some(Detail::Reversal(r)) => {
+        Detail::Reversal(r) => {
             m.insert("original_txn_id".into(), json!(r.original_txn_id));
             m.insert("original_found".into(), json!(r.original_found));
             m.insert("original_seq".into(), json!(r.original_seq));
             m.insert("value_minor".into(), json!(r.value_minor));
         }
-        Some(Detail::Points(p)) => {
+        Detail::Points(p) => {
             m.insert("points_redeemed".into(), json!(p.points_redeemed));
         }
-        Some(Detail::Shift(s)) => {
+        Detail::Shift(s) => {
             m.insert("balanced".into(), json!(s.balanced));
             m.insert("shift_number".into(), json!(s.shift_number));
             m.insert("server_totals".into(), shift_json(s.server_totals.as_ref()));
         }
-        Some(Detail::Status(s)) => {
+        Detail::Status(s) => {
             m.insert(
                 "txn_state".into(),
                 json!(pb::TxnState::try_from(s.state).map_or("UNKNOWN", |t| t.as_str_name())),
@@ -126,20 +148,14 @@ pub fn reply_json(reply: &pb::Reply) -> Value {
                 m.insert("original".into(), reply_json(o));
             }
         }
-        Some(Detail::Store(s)) => {
+        Detail::Store(s) => {
             m.insert("store_id".into(), json!(s.store_id));
         }
-        Some(Detail::Terminal(t)) => {
+        Detail::Terminal(t) => {
             m.insert("new_terminal_id".into(), json!(t.terminal_id));
             m.insert("store_id".into(), json!(t.store_id));
         }
-        None => {}
     }
-    if !reply.promotion_line.is_empty() {
-        m.insert("promotion_line".into(), json!(reply.promotion_line));
-    }
-    m.insert("replayed".into(), json!(reply.replayed));
-    Value::Object(m)
 }
 
 /// Shift totals as JSON.
