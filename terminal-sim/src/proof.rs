@@ -7,7 +7,12 @@
 //!   leaf index = record seq - 1;
 //! - the checkpoint covers the proof's tree (same size, same brand) and
 //!   carries a valid ed25519 signature by the server key;
-//! - the audit path leads from the leaf to the checkpoint's root.
+//! - the audit path leads from the leaf to the checkpoint's root;
+//! - when the record is the tree's last leaf, the checkpoint's head hash is
+//!   the record's hash (the path alone cannot tell a wrong head).
+//!
+//! With `--json` the proof itself is printed (leaf index, tree size, path
+//! and checkpoint, in hex) so that anybody can re-check the receipt.
 //!
 //! The server key is either pinned with `--server-key` or, failing that, the
 //! key the server presented in its sign-on challenge (trust on first use,
