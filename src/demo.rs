@@ -13,6 +13,7 @@ use crate::crypto::load_or_create_key;
 use crate::ledger::BrandLedger;
 use crate::pb::{self, request::Op, BonusTier, Rules, TierRule};
 use crate::state::Principal;
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably, sync_dir};
 use crate::storage::LogStore;
 
 /// The demo manifest written to `demo.json`.
@@ -133,7 +134,7 @@ pub fn provision(
         bail!("the demo is provisioned only into an empty ledger");
     }
     let dir = data_dir.join("demo");
-    std::fs::create_dir_all(&dir)?;
+    create_dir_all_durable(&dir)?;
     let owner_key = load_or_create_key(&dir.join("owner.key"))?;
     let create = pb::CreateBrand {
         name: "Demo Coffee".into(),
@@ -163,9 +164,13 @@ pub fn provision(
         stores,
         cards,
     };
-    std::fs::write(
-        data_dir.join("demo.json"),
-        serde_json::to_string_pretty(&manifest)?,
+    // The keys' entries, then the manifest: a power cut leaves either no
+    // demo.json or one whose keys are all there.
+    sync_dir(&dir).context("fsync of the demo key directory")?;
+    replace_durably(
+        &data_dir.join("demo.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        false,
     )
     .context("writing demo.json")?;
     tracing::info!(

@@ -423,8 +423,14 @@ impl BrandLedger {
             signature: &sub.signature,
         };
         let promo = self.state.rules.promotion_line.clone();
+        let (prev_seq, prev_head) = (self.state.seq, self.state.head_hash);
         match apply(&mut self.state, &ctx, request)? {
             Outcome::Written(w) => {
+                // Release builds too: a record that breaks the chain must
+                // never reach the log (replay checks the same on decode).
+                if let Err(e) = crate::replay::check_link(prev_seq, &prev_head, &w.record) {
+                    panic!("brand {}: apply made a record that breaks the chain: {e}", self.state.brand_id);
+                }
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
                 if w.record.kind() == pb::RecordKind::TerminalEnrolled {
                     let t = &self.state.terminals[&w.record.new_id];

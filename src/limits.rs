@@ -90,3 +90,24 @@ pub const MAX_REFUNDABLE_RECORDS: usize = 2_000_000;
 pub const SNAPSHOT_EVERY_RECORDS: u64 = 500_000;
 /// Largest snapshot file read at start-up.
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// A brand's log starts a new segment file when the current one would pass
+/// this size: recovery reads the newest segment whole (checking every
+/// frame's CRC), older ones by their frame headers only.
+pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+// Relations between limits, checked when the crate compiles.
+const _: () = assert!(MAX_AMOUNT_MINOR <= MAX_BALANCE_MINOR, "one load must fit a card");
+// Paid plus bonus plus one more amount is summed in i64 before any check.
+const _: () = assert!(MAX_BALANCE_MINOR < i64::MAX / 4, "balance sums cannot overflow");
+const _: () = assert!(MAX_POINTS < i64::MAX / 4, "points sums cannot overflow");
+const _: () = assert!(MAX_BRANDS <= MAX_BRAND_ID as usize, "every brand has an id");
+const _: () = assert!(SNAPSHOT_EVERY_RECORDS > 0);
+const _: () = assert!(COMMIT_PIPELINE_DEPTH >= 1);
+// A commit's frame length is a u32: a full batch of the largest frames
+// (each record holds its request) stays far below 4 GiB.
+const _: () = assert!(
+    (MAX_COMMIT_BATCH as u64) * (DEFAULT_MAX_FRAME_BYTES as u64) * 4 < u32::MAX as u64,
+    "a full commit fits one log frame"
+);
+const _: () = assert!(LOG_SEGMENT_BYTES >= 1024 * 1024, "segments hold many commits");
+const _: () = assert!(TXN_WINDOW_PER_SIGNER >= MAX_IN_FLIGHT_PER_CONNECTION);

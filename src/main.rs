@@ -55,6 +55,11 @@ enum Command {
         /// The TLS certificate's private key (PEM, mode 0600; with --tls-cert).
         #[arg(long, value_name = "PEM", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Records between two snapshots of a brand's state (a restart
+        /// replays at most this many after loading the newest snapshot).
+        #[arg(long, default_value_t = cardd::limits::SNAPSHOT_EVERY_RECORDS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_every: u64,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -323,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             card_misses_per_minute,
             tls_cert,
             tls_key,
+            snapshot_every,
         } => cli::serve::serve(Config {
             data_dir: data,
             listen,
@@ -332,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             card_misses_per_minute,
             tls_cert,
             tls_key,
+            snapshot_every,
         })?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,

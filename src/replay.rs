@@ -26,6 +26,43 @@ pub fn principal_of(rec: &Record) -> Option<Principal> {
     }
 }
 
+/// What every record satisfies against the chain before it: it takes the
+/// next seq, names the chain's head as its previous hash, and leaves
+/// balances and points in range. The ledger asserts it on every record the
+/// state machine makes (a violation is a bug: stop before writing it);
+/// replay checks it on every stored record (a violation is corruption).
+pub fn check_link(prev_seq: u64, prev_head: &[u8; 32], rec: &Record) -> Result<(), String> {
+    use crate::limits::{MAX_BALANCE_MINOR, MAX_POINTS};
+    if prev_seq.checked_add(1) != Some(rec.seq) {
+        return Err(format!("holds sequence number {} after {prev_seq}", rec.seq));
+    }
+    if rec.prev_hash.as_slice() != prev_head {
+        return Err("its previous hash is not the chain's head".into());
+    }
+    let ranges = [
+        ("paid balance", rec.paid_balance_after_minor, MAX_BALANCE_MINOR),
+        ("bonus balance", rec.bonus_balance_after_minor, MAX_BALANCE_MINOR),
+        ("points", rec.points_after, MAX_POINTS),
+    ];
+    for (what, value, max) in ranges {
+        if !(0..=max).contains(&value) {
+            return Err(format!("{what} after is {value}, outside 0..={max}"));
+        }
+    }
+    let deltas = [
+        rec.paid_in_minor,
+        rec.bonus_in_minor,
+        rec.paid_out_minor,
+        rec.bonus_out_minor,
+        rec.points_in,
+        rec.points_out,
+    ];
+    if deltas.iter().any(|d| *d < 0) {
+        return Err("a negative delta".into());
+    }
+    Ok(())
+}
+
 /// Re-applies the record `bytes`, expected at position `seq`, to `state`.
 /// `server_key` is the key expected on the brand's first record.
 pub fn replay_record(
@@ -53,6 +90,7 @@ pub fn replay_decoded(
     if rec.seq != seq {
         return Err(fail(format!("holds sequence number {}", rec.seq)));
     }
+    check_link(state.seq, &state.head_hash, rec).map_err(fail)?;
     let principal = principal_of(rec).ok_or_else(|| fail("has no signer".into()))?;
     // The key must be the one enrolled for that signer at that point.
     let enrolled: Option<[u8; 32]> = match principal {

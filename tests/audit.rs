@@ -1424,7 +1424,7 @@ async fn offline_export_equals_online_export() {
     assert_ok(&o, "audit export --data --brand");
     let offline = std::fs::read(&file).unwrap();
     let library = {
-        let store = cardd::storage::SledStore::open(&demo.data).expect("open the stopped ledger");
+        let store = cardd::storage::DiskStore::open(&demo.data).expect("open the stopped ledger");
         let mut out = Vec::new();
         let summary = cardd::audit::write_export(&store, brand, &key, &mut out, |_, _| {})
             .expect("library export");

@@ -23,7 +23,7 @@ use cardd::crypto::{generate_key, read_key_file, sign_request};
 use cardd::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
 };
-use cardd::storage::{LogStore, SledStore};
+use cardd::storage::{DiskStore, LogStore};
 use common::*;
 use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
@@ -146,7 +146,7 @@ fn receipt(reply: &pb::Reply) -> &pb::Receipt {
 
 /// Every record of `brand`, in order (daemon stopped).
 fn read_ledger(data: &Path, brand: u32) -> Vec<pb::Record> {
-    let store = SledStore::open(data).expect("open the ledger");
+    let store = DiskStore::open(data).expect("open the ledger");
     let mut out = Vec::new();
     for item in store.scan(brand, 1) {
         let (seq, bytes) = item.expect("read a record");

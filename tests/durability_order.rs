@@ -19,7 +19,7 @@ use cardd::pb::{self, request::Op};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::Principal;
-use cardd::storage::{self, LogStore, SledStore};
+use cardd::storage::{self, DiskStore, LogStore};
 use ed25519_dalek::SigningKey;
 use store::{sub, Commit, CommitHook, WrappedStore};
 
@@ -42,7 +42,7 @@ impl Gate {
 }
 
 impl CommitHook for Gate {
-    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
+    fn commit(&self, inner: &DiskStore, commit: Commit<'_>) -> storage::Result<()> {
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let mut allowed = self.allowed.lock().unwrap();
         while *allowed < n {
@@ -61,7 +61,7 @@ async fn no_answer_before_its_record_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     // Storage whose commits wait for the test's permission.
     let gated = Arc::new(WrappedStore {
-        inner: SledStore::open(dir.path()).unwrap(),
+        inner: DiskStore::open(dir.path()).unwrap(),
         hook: Gate {
             allowed: Mutex::new(u64::MAX),
             changed: Condvar::new(),

@@ -23,7 +23,7 @@ use cardd::pb::{self, request::Op, ErrorCode};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::{Principal, TxnEntry};
-use cardd::storage::{self, batch_key, LogStore, SledStore, StorageError, StoredBatch};
+use cardd::storage::{self, DiskStore, LogStore, StorageError, StoredBatch};
 use prost::Message;
 use store::{provision, server_key, sub, till, Commit, CommitHook, WrappedStore};
 
@@ -38,7 +38,7 @@ struct Faults {
 }
 
 impl CommitHook for Faults {
-    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
+    fn commit(&self, inner: &DiskStore, commit: Commit<'_>) -> storage::Result<()> {
         match self.mode.load(Ordering::SeqCst) {
             FAIL_BEFORE_WRITE => Err(StorageError::Sled(sled::Error::Io(std::io::Error::other(
                 "injected write failure",
@@ -79,7 +79,7 @@ async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Repl
 async fn fault_case(mode: u8) {
     let dir = tempfile::tempdir().unwrap();
     let faulty = Arc::new(WrappedStore {
-        inner: SledStore::open(dir.path()).unwrap(),
+        inner: DiskStore::open(dir.path()).unwrap(),
         hook: Faults {
             mode: AtomicU8::new(PASS),
         },
@@ -119,7 +119,7 @@ async fn fault_case(mode: u8) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(faulty);
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir.path()).unwrap());
     let recovered = BrandLedger::recover(store.clone(), server_key(), 1)
         .expect("recovery needs no manual repair");
     let state = &recovered.state;
@@ -195,7 +195,7 @@ struct Held {
 }
 
 impl CommitHook for Held {
-    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()> {
+    fn commit(&self, inner: &DiskStore, commit: Commit<'_>) -> storage::Result<()> {
         if !self.armed.load(Ordering::SeqCst) {
             return commit.apply(inner);
         }
@@ -232,7 +232,7 @@ fn held_brand(
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (verdicts, verdicts_rx) = std::sync::mpsc::channel();
     let held = Arc::new(WrappedStore {
-        inner: SledStore::open(dir).unwrap(),
+        inner: DiskStore::open(dir).unwrap(),
         hook: Held {
             armed: AtomicBool::new(false),
             events: events_tx,
@@ -354,7 +354,7 @@ async fn a_failed_commit_refuses_the_batch_applied_behind_it() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(held);
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir.path()).unwrap());
     let recovered = BrandLedger::recover(store.clone(), server_key(), 1).unwrap();
     assert_eq!(recovered.state.seq, PROVISIONED, "only the durable prefix");
     assert_eq!(store.record(1, PROVISIONED + 1).unwrap(), None);
@@ -417,7 +417,7 @@ async fn answers_resting_on_a_batch_being_flushed_wait_for_it() {
 
 /// Writes a small ledger to `dir` and returns (records, head hash).
 fn small_ledger(dir: &std::path::Path) -> (u64, [u8; 32]) {
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir).unwrap());
     let (mut ledger, card) = provision(store);
     for txn in 2..40 {
         let op = Op::Purchase(pb::Purchase {
@@ -434,31 +434,27 @@ fn small_ledger(dir: &std::path::Path) -> (u64, [u8; 32]) {
 }
 
 fn recover(dir: &std::path::Path) -> anyhow::Result<(u64, [u8; 32])> {
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(dir)?);
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir)?);
     let l = BrandLedger::recover(store, server_key(), 1)?;
     Ok((l.state.seq, l.state.head_hash))
 }
 
-/// Rewrites the stored commit holding record `seq` through sled directly
-/// (as a disk or an attacker with the data directory would), then closes
-/// the database. `f` gets the decoded commit and the record's index in it;
-/// `None` from `f` removes the whole commit.
+/// Rewrites the logged commit holding record `seq` (as a disk or an
+/// attacker with the data directory would, checksums made anew). `f` gets
+/// the stored run holding the record and the record's index in it; `None`
+/// from `f` removes the whole commit.
 fn tamper(dir: &std::path::Path, seq: u64, f: impl FnOnce(&mut StoredBatch, usize) -> Option<()>) {
-    let db = sled::open(dir.join("ledger")).unwrap();
-    let tree = db.open_tree("brand/00001").unwrap();
-    let (key, value) = tree
-        .range(..=batch_key(seq).to_vec())
-        .next_back()
-        .expect("a commit holds the record")
-        .unwrap();
-    let first = u64::from_be_bytes(key[1..9].try_into().unwrap());
-    let mut batch = StoredBatch::decode(first, &value).unwrap();
-    let index = usize::try_from(seq - first).unwrap();
-    match f(&mut batch, index) {
-        Some(()) => tree.insert(key, batch.encode()).unwrap(),
-        None => tree.remove(key).unwrap(),
-    };
-    db.flush().unwrap();
+    let mut commits = cardd::storage::rewrite::read_commits(dir, 1).unwrap();
+    let c = commits
+        .iter()
+        .position(|runs| runs.last().unwrap().last_seq >= seq)
+        .expect("a commit holds the record");
+    let run = commits[c].iter_mut().find(|r| r.last_seq >= seq).unwrap();
+    let index = usize::try_from(seq - run.first_seq).unwrap();
+    if f(run, index).is_none() {
+        commits.remove(c);
+    }
+    cardd::storage::rewrite::write_commits(dir, 1, &commits).unwrap();
 }
 
 #[test]
@@ -502,14 +498,15 @@ fn a_missing_record_and_a_forged_checkpoint_are_detected_at_start_up() {
     assert!(err.contains("bad server signature"), "{err}");
 }
 
-/// Bytes flipped anywhere in sled's own files: start-up either refuses with
+/// Bytes flipped anywhere in the data directory's files: start-up either refuses with
 /// an error or recovers exactly the ledger that was written. It never
 /// serves a different ledger silently.
 #[test]
 fn flipped_bytes_in_the_database_files_never_serve_a_different_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let expected = small_ledger(dir.path());
-    let mut files: Vec<std::path::PathBuf> = walk(&dir.path().join("ledger"));
+    // The log, the sled index, the high-water marks and the server key.
+    let mut files: Vec<std::path::PathBuf> = walk(dir.path());
     files.sort();
     let mut refused = 0;
     let mut intact = 0;

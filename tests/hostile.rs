@@ -18,7 +18,7 @@ use cardd::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ErrorCode as E,
     ServerMessage,
 };
-use cardd::storage::{LogStore, SledStore};
+use cardd::storage::{DiskStore, LogStore};
 use common::*;
 use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
@@ -1014,7 +1014,7 @@ async fn hostile_input_is_refused_and_harms_no_one() {
     drop(victim);
     daemon.kill9();
     {
-        let store = SledStore::open(&demo.data).expect("open the ledger");
+        let store = DiskStore::open(&demo.data).expect("open the ledger");
         let records: Vec<pb::Record> = store
             .scan(brand, 1)
             .map(|item| pb::Record::decode(item.expect("record").1.as_slice()).expect("decode"))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cardd::ledger::{BrandLedger, Recovery};
 use cardd::pb::{self, request::Op};
 use cardd::state::{BrandState, Principal};
-use cardd::storage::{LogStore, SledStore};
+use cardd::storage::{DiskStore, LogStore};
 use ed25519_dalek::SigningKey;
 use store::{server_key, sub, till};
 
@@ -57,7 +57,7 @@ fn full_replay(store: &Arc<dyn LogStore>) -> BrandState {
 fn a_restart_from_a_snapshot_equals_a_full_replay() {
     let tmp = tempfile::tempdir().unwrap();
     let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
     let (mut ledger, card) = provision(store.clone(), &snaps);
     purchases(&mut ledger, &card, 2..22);
     ledger.write_snapshot().unwrap();
@@ -85,7 +85,7 @@ fn a_restart_from_a_snapshot_equals_a_full_replay() {
 fn a_snapshot_off_the_stored_chain_is_not_used() {
     let tmp = tempfile::tempdir().unwrap();
     let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
     let (mut ledger, card) = provision(store.clone(), &snaps);
     purchases(&mut ledger, &card, 2..12);
     // Applied, snapshotted, never committed: a crash before the flush.
@@ -119,7 +119,7 @@ fn a_snapshot_off_the_stored_chain_is_not_used() {
 fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
     let (mut ledger, card) = provision(store.clone(), &snaps);
     purchases(&mut ledger, &card, 2..6);
     let truth = ledger.state.clone();
@@ -156,7 +156,7 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
     use cardd::server::writer::BrandHandle;
     let tmp = tempfile::tempdir().unwrap();
     let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(SledStore::open(tmp.path()).unwrap());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
     let (mut ledger, card) = provision(store.clone(), &snaps);
     ledger.snapshot_into(&snaps, 10);
     let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));

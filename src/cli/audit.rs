@@ -57,8 +57,8 @@ fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
 
 /// `cardd audit export --data DIR --brand ID --out FILE` (daemon stopped).
 pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()> {
-    let server_key = cardd::server::open_data_dir(data)?;
-    let store = cardd::storage::SledStore::open(data)
+    let server_key = cardd::server::open_existing_data_dir(data)?;
+    let store = cardd::storage::DiskStore::open_existing(data)
         .context("opening the ledger (is the daemon running?)")?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);

@@ -20,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ledger::{BrandLedger, Recovery};
 use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
-use crate::storage::{LogStore, SledStore};
+use crate::storage::fsutil::{create_dir_all_durable, sync_dir};
+use crate::storage::{DiskStore, LogStore};
 use keys::KeyIndex;
 use writer::BrandHandle;
 
@@ -45,6 +46,8 @@ pub struct Config {
     /// TLS on the terminal port: the certificate's private key (PEM, mode
     /// 0600).
     pub tls_key: Option<PathBuf>,
+    /// Records between two snapshots of a brand's state.
+    pub snapshot_every: u64,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             card_misses_per_minute: crate::limits::DEFAULT_CARD_MISSES_PER_MINUTE,
             tls_cert: None,
             tls_key: None,
+            snapshot_every: crate::limits::SNAPSHOT_EVERY_RECORDS,
         }
     }
 }
@@ -96,48 +100,73 @@ pub fn server_key_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Creates the data directory (0700) if needed and loads or creates the
-/// server key.
+/// server key; the directory's entry and the key's are fsynced, so a power
+/// cut right after the first start cannot leave a ledger with no key.
 pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
-    if !data_dir.exists() {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
-        }
+    create_dir_all_durable(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let path = server_key_path(data_dir);
+    let existed = path.exists();
+    let key = crate::crypto::load_or_create_key(&path)?;
+    if !existed {
+        sync_dir(data_dir).with_context(|| format!("fsync {}", data_dir.display()))?;
     }
-    crate::crypto::load_or_create_key(&server_key_path(data_dir))
+    Ok(key)
+}
+
+/// For read-only commands: the data directory and its server key must
+/// exist (a mistyped path is an error, not an empty ledger).
+pub fn open_existing_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
+    anyhow::ensure!(
+        data_dir.is_dir(),
+        "{}: no such data directory",
+        data_dir.display()
+    );
+    crate::crypto::read_key_file(&server_key_path(data_dir))
+        .with_context(|| format!("{}: not a cardd data directory", data_dir.display()))
 }
 
 /// What [`load`] returns: storage, the server key and every brand's ledger.
 pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
 
-/// Opens storage and recovers every brand from its snapshot and the records
-/// after it (refusing a corrupt ledger).
+/// Opens storage (creating the data directory on first start) and
+/// recovers every brand from its snapshot and the records after it
+/// (refusing a corrupt ledger or one that came back short).
 pub fn load(data_dir: &Path) -> anyhow::Result<Loaded> {
-    let snapshots = crate::snapshot::dir(data_dir);
-    load_with(data_dir, Recovery::FromSnapshot(&snapshots))
-}
-
-/// Opens storage and replays every brand from its first record, checking
-/// its snapshot against the replay on the way (`cardd check`).
-pub fn load_checked(data_dir: &Path) -> anyhow::Result<Loaded> {
-    let snapshots = crate::snapshot::dir(data_dir);
-    load_with(data_dir, Recovery::CheckSnapshot(&snapshots))
-}
-
-fn load_with(data_dir: &Path, mode: Recovery) -> anyhow::Result<Loaded> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let store = open_store(data_dir, DiskStore::open)?;
+    recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
+}
+
+/// Opens an existing data directory and replays every brand from its first
+/// record, checking its snapshot against the replay on the way (`cardd
+/// check`).
+pub fn load_checked(data_dir: &Path) -> anyhow::Result<Loaded> {
+    let server_key = Arc::new(open_existing_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let store = open_store(data_dir, DiskStore::open_existing)?;
+    recover_all(store, server_key, Recovery::CheckSnapshot(&snapshots))
+}
+
+fn open_store(
+    data_dir: &Path,
+    open: fn(&Path) -> crate::storage::Result<DiskStore>,
+) -> anyhow::Result<Arc<dyn LogStore>> {
     let opening = std::time::Instant::now();
-    let store: Arc<dyn LogStore> = Arc::new(
-        SledStore::open(data_dir)
-            .with_context(|| format!("opening the ledger in {}", data_dir.display()))?,
-    );
+    let store =
+        open(data_dir).with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
     tracing::info!(
         open_ms = opening.elapsed().as_millis() as u64,
         "storage opened"
     );
+    Ok(Arc::new(store))
+}
+
+fn recover_all(
+    store: Arc<dyn LogStore>,
+    server_key: Arc<SigningKey>,
+    mode: Recovery,
+) -> anyhow::Result<Loaded> {
     let mut ledgers = Vec::new();
     for brand in store.brands()? {
         ledgers.push(BrandLedger::recover_with(
@@ -165,16 +194,18 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     let (store, server_key, mut ledgers) = load(&config.data_dir)?;
     if config.demo {
         if ledgers.is_empty() {
-            let mut ledger =
-                crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
-            ledger.snapshot_into(
-                &crate::snapshot::dir(&config.data_dir),
-                crate::limits::SNAPSHOT_EVERY_RECORDS,
-            );
-            ledgers.push(ledger);
+            ledgers.push(crate::demo::provision(
+                &config.data_dir,
+                store.clone(),
+                server_key.clone(),
+            )?);
         } else {
             tracing::info!("--demo ignored: the ledger already holds brands");
         }
+    }
+    let snapshots = crate::snapshot::dir(&config.data_dir);
+    for ledger in &mut ledgers {
+        ledger.snapshot_into(&snapshots, config.snapshot_every);
     }
     let keys = Arc::new(KeyIndex::default());
     let mut brands = HashMap::new();

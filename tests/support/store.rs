@@ -1,5 +1,5 @@
 //! A `LogStore` for tests that intercept commits: every method but
-//! `commit` goes straight to an inner `SledStore`; `commit` goes through a
+//! `commit` goes straight to an inner `DiskStore`; `commit` goes through a
 //! hook, which decides whether (and when) to pass it on to the inner store.
 //!
 //! Reads of single records can be watched too (`record_read`).
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cardd::ledger::{BrandLedger, Submission};
 use cardd::pb::{self, request::Op};
 use cardd::state::Principal;
-use cardd::storage::{self, LogStore, SledStore};
+use cardd::storage::{self, DiskStore, LogStore};
 use ed25519_dalek::SigningKey;
 
 /// One call of `LogStore::commit`, its arguments bundled.
@@ -27,7 +27,7 @@ pub struct Commit<'a> {
 
 impl Commit<'_> {
     /// Passes the commit on to `inner`, the real store.
-    pub fn apply(&self, inner: &SledStore) -> storage::Result<()> {
+    pub fn apply(&self, inner: &DiskStore) -> storage::Result<()> {
         inner.commit(self.brand, self.records, self.nodes, self.checkpoint)
     }
 }
@@ -35,16 +35,16 @@ impl Commit<'_> {
 /// What a test does with a commit.
 pub trait CommitHook: Send + Sync + 'static {
     /// Handles one commit; `commit.apply(inner)` passes it on to the real store.
-    fn commit(&self, inner: &SledStore, commit: Commit<'_>) -> storage::Result<()>;
+    fn commit(&self, inner: &DiskStore, commit: Commit<'_>) -> storage::Result<()>;
 
     /// Sees a read of one record (the writer reads older records to answer
     /// retries and status queries); the read itself goes to the inner store.
     fn record_read(&self, _brand: u32, _seq: u64) {}
 }
 
-/// A `SledStore` whose commits go through `hook`.
+/// A `DiskStore` whose commits go through `hook`.
 pub struct WrappedStore<H> {
-    pub inner: SledStore,
+    pub inner: DiskStore,
     pub hook: H,
 }
 

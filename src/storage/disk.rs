@@ -1,0 +1,815 @@
+//! The embedded store: each brand's segment log (the durable truth), the
+//! sled index (rebuilt from the log whenever it is behind, damaged or
+//! gone) and the high-water marks that catch a log that came back short.
+//!
+//! Data directory layout: `log/brand-NNNNN/*.seg` (see `segment`),
+//! `ledger/` (sled, see `index`), `marks/brand-NNNNN.hwm` (see `mark`).
+//!
+//! A commit: append its frame to the brand's log and fdatasync it; insert
+//! its runs into sled (no flush); hand its mark to the mark writer; return.
+//! Only then does the caller release any reply of the batch.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::batch::{self, BatchView};
+use super::fsutil::create_dir_all_durable;
+use super::index::SledIndex;
+use super::mark::{self, Mark, MarkWriter};
+use super::segment::{BrandLog, FrameLoc, Opened};
+use super::{LogStore, Result, StorageError};
+use crate::crypto::leaf_hash;
+use crate::limits::LOG_SEGMENT_BYTES;
+
+/// The embedded store of a data directory.
+pub struct DiskStore {
+    data_dir: PathBuf,
+    index: SledIndex,
+    logs: RwLock<BTreeMap<u32, Arc<Mutex<BrandLog>>>>,
+    marks: MarkWriter,
+}
+
+fn log_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+pub(super) fn brand_log_dir(data_dir: &Path, brand: u32) -> PathBuf {
+    log_root(data_dir).join(format!("brand-{brand:05}"))
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> StorageError {
+    move |source| StorageError::Io { what, source }
+}
+
+/// Brand ids with a log directory.
+fn logged_brands(data_dir: &Path) -> Result<Vec<u32>> {
+    let root = log_root(data_dir);
+    let mut brands = Vec::new();
+    for entry in std::fs::read_dir(&root).map_err(io_err(format!("listing {}", root.display())))? {
+        let entry = entry.map_err(io_err(format!("listing {}", root.display())))?;
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("brand-")?.parse().ok())
+        {
+            brands.push(id);
+        }
+    }
+    brands.sort_unstable();
+    Ok(brands)
+}
+
+/// One commit's runs as one log payload: u32 count, then per run its first
+/// seq (u64), its length (u32) and its bytes (little-endian).
+pub(super) fn encode_payload(runs: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let len32 = |n: usize| u32::try_from(n).expect("runs are bounded far below 4 GiB");
+    let total: usize = runs.iter().map(|(_, r)| 12 + r.len()).sum();
+    let mut out = Vec::with_capacity(4 + total);
+    out.extend_from_slice(&len32(runs.len()).to_le_bytes());
+    for (first, run) in runs {
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&len32(run.len()).to_le_bytes());
+        out.extend_from_slice(run);
+    }
+    out
+}
+
+/// The runs of a payload, each checked to parse, consecutive, and together
+/// covering exactly the frame's seqs.
+pub(super) fn decode_payload(
+    first_seq: u64,
+    last_seq: u64,
+    payload: &[u8],
+) -> Result<Vec<(u64, &[u8])>> {
+    let bad = || {
+        StorageError::Corrupt(format!(
+            "logged commit {first_seq}..={last_seq} does not decode"
+        ))
+    };
+    let take = |at: usize, n: usize| {
+        at.checked_add(n)
+            .and_then(|end| payload.get(at..end))
+            .ok_or_else(bad)
+    };
+    let count = u32::from_le_bytes(take(0, 4)?.try_into().expect("4 bytes"));
+    let (mut at, mut next, mut runs) = (4, first_seq, Vec::new());
+    for _ in 0..count {
+        let first = u64::from_le_bytes(take(at, 8)?.try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(take(at + 8, 4)?.try_into().expect("4 bytes")) as usize;
+        let run = take(at + 12, len)?;
+        let view = BatchView::parse(first, run)?;
+        if first != next {
+            return Err(bad());
+        }
+        next = view.last_seq + 1;
+        runs.push((first, run));
+        at += 12 + len;
+    }
+    if at != payload.len() || next != last_seq.wrapping_add(1) {
+        return Err(bad());
+    }
+    Ok(runs)
+}
+
+impl DiskStore {
+    /// Opens the store of `data_dir`, creating what is missing: the form
+    /// for `cardd serve` and `cardd brand create`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        for dir in [log_root(data_dir), mark::dir(data_dir)] {
+            create_dir_all_durable(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        Self::open_dirs(data_dir)
+    }
+
+    /// Opens the store of a data directory that must already hold a ledger
+    /// (read-only commands: a mistyped path is an error, not an empty
+    /// ledger).
+    pub fn open_existing(data_dir: &Path) -> Result<Self> {
+        if !log_root(data_dir).is_dir() && !data_dir.join("ledger").is_dir() {
+            return Err(StorageError::NoLedger(data_dir.to_path_buf()));
+        }
+        Self::open(data_dir)
+    }
+
+    fn open_dirs(data_dir: &Path) -> Result<Self> {
+        let index = open_index(&data_dir.join("ledger"))?;
+        if logged_brands(data_dir)?.is_empty() {
+            import_index(data_dir, &index)?;
+        }
+        let mut logs = BTreeMap::new();
+        let mut found = Vec::new();
+        for brand in logged_brands(data_dir)? {
+            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
+            found.push((brand, opened));
+            logs.insert(brand, Arc::new(Mutex::new(log)));
+        }
+        let store = DiskStore {
+            data_dir: data_dir.to_path_buf(),
+            index,
+            logs: RwLock::new(logs),
+            marks: MarkWriter::start(mark::dir(data_dir)),
+        };
+        for (brand, opened) in &found {
+            store.sync_index(*brand, opened)?;
+        }
+        store.check_marks()?;
+        store.index.flush()?;
+        Ok(store)
+    }
+
+    fn log(&self, brand: u32) -> Option<Arc<Mutex<BrandLog>>> {
+        self.logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&brand)
+            .cloned()
+    }
+
+    /// The brand's log; a new, empty one for a brand's first commit (its
+    /// directory and first segment are created durably by that commit).
+    fn log_or_new(&self, brand: u32) -> Result<Arc<Mutex<BrandLog>>> {
+        if let Some(log) = self.log(brand) {
+            return Ok(log);
+        }
+        let mut logs = self.logs.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(log) = logs.get(&brand) {
+            return Ok(log.clone());
+        }
+        let (log, _) = BrandLog::open(&brand_log_dir(&self.data_dir, brand), LOG_SEGMENT_BYTES)?;
+        let log = Arc::new(Mutex::new(log));
+        logs.insert(brand, log.clone());
+        Ok(log)
+    }
+
+    /// Bytes the store uses on disk (log and index).
+    pub fn size_on_disk(&self) -> Result<u64> {
+        let mut bytes = self.index.size_on_disk()?;
+        for brand in self.brands()? {
+            let dir = brand_log_dir(&self.data_dir, brand);
+            for entry in
+                std::fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))?
+            {
+                let meta = entry.and_then(|e| e.metadata());
+                bytes += meta
+                    .map_err(io_err(format!("listing {}", dir.display())))?
+                    .len();
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Brings the sled index of `brand` level with its log: inserts the
+    /// commits it lacks, or rebuilds it when it does not end on a logged
+    /// commit with the same bytes.
+    fn sync_index(&self, brand: u32, opened: &Opened) -> Result<()> {
+        let log = self.log(brand).expect("opened logs are registered");
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let from = match self.index.last_run(brand)? {
+            None => 0,
+            Some((first, last, bytes)) => {
+                if last > log.last_seq() {
+                    // Runs reach the index only once durable in the log.
+                    return Err(StorageError::ShortLedger {
+                        brand,
+                        stored: log.last_seq(),
+                        acknowledged: last,
+                    });
+                }
+                match opened.frames.binary_search_by_key(&last, |f| f.last_seq) {
+                    Ok(i)
+                        if logged_run(&log, &opened.frames[i], first)?.as_deref()
+                            == Some(&bytes[..]) =>
+                    {
+                        i + 1
+                    }
+                    _ => {
+                        tracing::warn!(brand, "the sled index differs from the log; rebuilding it");
+                        self.index.clear(brand)?;
+                        0
+                    }
+                }
+            }
+        };
+        let missing = &opened.frames[from..];
+        if !missing.is_empty() {
+            tracing::info!(
+                brand,
+                commits = missing.len(),
+                "index restored from the log"
+            );
+        }
+        for loc in missing {
+            let frame = log.read(loc)?;
+            let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
+            self.index.insert(brand, &runs)?;
+        }
+        Ok(())
+    }
+
+    /// Every high-water mark must be covered by its brand's log, with the
+    /// same record at the mark's seq; a brand logged but not marked (a cut
+    /// before its first mark) gets its mark now.
+    fn check_marks(&self) -> Result<()> {
+        let dir = mark::dir(&self.data_dir);
+        let marks = mark::read_all(&dir).map_err(io_err(format!("reading {}", dir.display())))?;
+        for (&brand, m) in &marks {
+            let stored = self.log(brand).map_or(0, |l| {
+                l.lock().unwrap_or_else(|e| e.into_inner()).last_seq()
+            });
+            let same = stored >= m.seq
+                && self
+                    .index
+                    .record(brand, m.seq)?
+                    .is_some_and(|r| leaf_hash(&r) == m.hash);
+            if !same && m.seq > 0 {
+                return Err(StorageError::ShortLedger {
+                    brand,
+                    stored,
+                    acknowledged: m.seq,
+                });
+            }
+        }
+        for brand in self.brands()? {
+            if !marks.contains_key(&brand) {
+                if let Some(last) = self.index.last_run(brand)?.map(|(_, last, _)| last) {
+                    let record = self.index.record(brand, last)?.unwrap_or_default();
+                    self.marks.advance(
+                        brand,
+                        Mark {
+                            seq: last,
+                            hash: leaf_hash(&record),
+                        },
+                    );
+                }
+            }
+        }
+        self.marks.flush();
+        Ok(())
+    }
+}
+
+/// A data directory written before the segment log: its sled ledger is
+/// copied into logs once (commit by commit, as the runs' checkpoints
+/// mark them) and fsynced; from then on the log is the truth.
+fn import_index(data_dir: &Path, index: &SledIndex) -> Result<()> {
+    for brand in index.brands() {
+        if index.last_run(brand)?.is_none() {
+            continue;
+        }
+        tracing::warn!(brand, "importing a ledger written before the segment log");
+        let (mut log, _) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
+        let mut commit: Vec<(u64, Vec<u8>)> = Vec::new();
+        for item in index.runs(brand)? {
+            let (first, last, bytes, ends_commit) = item?;
+            commit.push((first, bytes));
+            if ends_commit {
+                log.append(commit[0].0, last, &encode_payload(&commit))?;
+                commit.clear();
+            }
+        }
+        if !commit.is_empty() {
+            return Err(StorageError::Corrupt(format!(
+                "brand {brand}: stored runs end without a checkpoint"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The run starting at `first` inside a logged frame.
+fn logged_run(log: &BrandLog, loc: &FrameLoc, first: u64) -> Result<Option<Vec<u8>>> {
+    let frame = log.read(loc)?;
+    let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
+    Ok(runs
+        .into_iter()
+        .find(|(f, _)| *f == first)
+        .map(|(_, r)| r.to_vec()))
+}
+
+/// Opens the sled index; one sled cannot open (a power cut can leave its
+/// files unreadable) is moved aside and rebuilt from the logs.
+fn open_index(path: &Path) -> Result<SledIndex> {
+    match SledIndex::open(path) {
+        Err(StorageError::Sled(e)) if path.exists() => {
+            let aside = path.with_extension(format!("damaged-{}", crate::ledger::now_ms()));
+            tracing::warn!(error = %e, moved_to = %aside.display(), "the sled index does not open; rebuilding it from the log");
+            std::fs::rename(path, &aside)
+                .map_err(io_err(format!("moving {} aside", path.display())))?;
+            SledIndex::open(path)
+        }
+        other => other,
+    }
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        // Not needed for safety (the log has everything): it only spares
+        // the next start a repair of the index.
+        if let Err(e) = self.index.flush() {
+            tracing::warn!(error = %e, "sled index not flushed at close");
+        }
+    }
+}
+
+impl LogStore for DiskStore {
+    fn brands(&self) -> Result<Vec<u32>> {
+        let logs = self.logs.read().unwrap_or_else(|e| e.into_inner());
+        Ok(logs
+            .iter()
+            .filter(|(_, l)| l.lock().unwrap_or_else(|e| e.into_inner()).last_seq() > 0)
+            .map(|(b, _)| *b)
+            .collect())
+    }
+
+    fn commit(
+        &self,
+        brand: u32,
+        records: &[(u64, &[u8])],
+        nodes: &[(u8, u64, [u8; 32])],
+        checkpoint: (u64, &[u8]),
+    ) -> Result<()> {
+        let (first, last) = check_commit_shape(records, checkpoint.0)?;
+        let log = self.log_or_new(brand)?;
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        // Appends only: the commit must start right after what is logged
+        // (a caller bug must not overwrite durable records or leave a gap).
+        if log.last_seq().checked_add(1) != Some(first.0) {
+            return Err(StorageError::Corrupt(format!(
+                "commit of records from {} does not follow the stored {}",
+                first.0,
+                log.last_seq()
+            )));
+        }
+        let runs = batch::runs(records, nodes, checkpoint.1);
+        log.append(first.0, last.0, &encode_payload(&runs))?;
+        let refs: Vec<(u64, &[u8])> = runs.iter().map(|(f, r)| (*f, r.as_slice())).collect();
+        self.index.insert(brand, &refs)?;
+        self.marks.advance(
+            brand,
+            Mark {
+                seq: last.0,
+                hash: leaf_hash(last.1),
+            },
+        );
+        Ok(())
+    }
+
+    fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+        self.index.node(brand, level, index)
+    }
+
+    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+        self.index.checkpoints(brand)
+    }
+
+    fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.index.record(brand, seq)
+    }
+
+    fn scan(
+        &self,
+        brand: u32,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
+        self.index.scan(brand, from_seq)
+    }
+
+    fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
+        self.index.last_checkpoint(brand)
+    }
+}
+
+/// A record handed to `commit`: its seq and bytes.
+type Logged<'a> = &'a (u64, &'a [u8]);
+
+/// A commit is one consecutive, non-empty run of records ending at its
+/// checkpoint's tree size: (first, last).
+fn check_commit_shape<'a>(
+    records: &'a [(u64, &'a [u8])],
+    checkpoint_size: u64,
+) -> Result<(Logged<'a>, Logged<'a>)> {
+    let (Some(first), Some(last)) = (records.first(), records.last()) else {
+        return Err(StorageError::Corrupt("a commit without records".into()));
+    };
+    let consecutive = records
+        .windows(2)
+        .all(|w| w[0].0.checked_add(1) == Some(w[1].0));
+    if !consecutive || last.0 != checkpoint_size {
+        return Err(StorageError::Corrupt(format!(
+            "commit of records {}..={} with checkpoint size {} is not one consecutive run",
+            first.0, last.0, checkpoint_size
+        )));
+    }
+    Ok((first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{Frontier, MemoryNodes, NodeSource};
+    use crate::storage::{StoredBatch, RUN_BYTES};
+
+    /// Commits `sizes` batches of made-up records with their real Merkle
+    /// nodes; returns the store, the records and every node.
+    fn ledger(sizes: &[u64]) -> (tempfile::TempDir, DiskStore, Vec<Vec<u8>>, MemoryNodes) {
+        ledger_of(sizes, |seq| {
+            format!("record {seq} {}", "x".repeat(seq as usize % 7)).into_bytes()
+        })
+    }
+
+    fn ledger_of(
+        sizes: &[u64],
+        record: impl Fn(u64) -> Vec<u8>,
+    ) -> (tempfile::TempDir, DiskStore, Vec<Vec<u8>>, MemoryNodes) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let mut frontier = Frontier::new();
+        let mut all_nodes = MemoryNodes::default();
+        let mut records = Vec::new();
+        for &size in sizes {
+            let first = records.len() as u64 + 1;
+            let mut nodes = Vec::new();
+            for seq in first..first + size {
+                let bytes = record(seq);
+                frontier.push_with(leaf_hash(&bytes), |l, i, h| {
+                    nodes.push((l, i, h));
+                    all_nodes.add(l, i, h);
+                });
+                records.push(bytes);
+            }
+            let batch: Vec<(u64, &[u8])> = (first..first + size)
+                .map(|s| (s, records[s as usize - 1].as_slice()))
+                .collect();
+            let last = first + size - 1;
+            let checkpoint = format!("checkpoint {last}").into_bytes();
+            store
+                .commit(7, &batch, &nodes, (last, &checkpoint))
+                .unwrap();
+        }
+        (dir, store, records, all_nodes)
+    }
+
+    #[test]
+    fn records_nodes_and_checkpoints_are_found_across_commits() {
+        let sizes = [1, 5, 10, 1, 16];
+        let (_dir, store, records, nodes) = ledger(&sizes);
+        let n = records.len() as u64;
+        for seq in 1..=n {
+            assert_eq!(
+                store.record(7, seq).unwrap().as_ref(),
+                Some(&records[seq as usize - 1])
+            );
+        }
+        assert_eq!(store.record(7, n + 1).unwrap(), None);
+        assert_eq!(store.record(7, 0).unwrap(), None);
+        for from in [1, 2, 6, 7, 16, n, n + 1] {
+            let scanned: Vec<(u64, Vec<u8>)> = store.scan(7, from).collect::<Result<_>>().unwrap();
+            let expected: Vec<(u64, Vec<u8>)> = (from..=n)
+                .map(|s| (s, records[s as usize - 1].clone()))
+                .collect();
+            assert_eq!(scanned, expected, "scan from {from}");
+        }
+        for level in 0..6u8 {
+            for index in 0..(n >> level) {
+                assert_eq!(
+                    store.node(7, level, index).unwrap(),
+                    Some(nodes.node(level, index).unwrap()),
+                    "node {level}/{index}"
+                );
+            }
+            assert_eq!(
+                store.node(7, level, n >> level).unwrap(),
+                None,
+                "incomplete node"
+            );
+        }
+        let mut last = 0;
+        let sizes_after: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|s| {
+                last += s;
+                format!("checkpoint {last}").into_bytes()
+            })
+            .collect();
+        let checkpoints: Vec<Vec<u8>> = store.checkpoints(7).collect::<Result<_>>().unwrap();
+        assert_eq!(checkpoints, sizes_after);
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            sizes_after.last().cloned()
+        );
+        assert_eq!(store.brands().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn large_commits_are_stored_in_runs_and_never_in_unsynced_blobs() {
+        // Full group commits of ~400-byte records, as a busy brand makes.
+        let sizes = [2_048, 2_048, 1, 2_048];
+        let (dir, store, records, nodes) =
+            ledger_of(&sizes, |seq| format!("{seq:>400}").into_bytes());
+        let n = records.len() as u64;
+        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("ledger").join("blobs"))
+            .map(|d| d.collect())
+            .unwrap_or_default();
+        assert!(blobs.is_empty(), "sled wrote blob files: {blobs:?}");
+        let runs = store.index.db.open_tree("brand/00007").unwrap().len();
+        assert!(runs > 3 * 2_048 * 400 / RUN_BYTES, "only {runs} runs");
+        let checkpoints: Vec<Vec<u8>> = store.checkpoints(7).collect::<Result<_>>().unwrap();
+        assert_eq!(checkpoints.len(), sizes.len(), "one checkpoint per commit");
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(format!("checkpoint {n}").into_bytes())
+        );
+        for seq in [1, 9, 10, 11, 2_048, 2_049, 4_096, 4_097, 4_098, n] {
+            assert_eq!(
+                store.record(7, seq).unwrap().as_ref(),
+                Some(&records[seq as usize - 1])
+            );
+        }
+        let from = 3_000;
+        let scanned = store.scan(7, from).count() as u64;
+        assert_eq!(scanned, n - from + 1);
+        for level in 0..13u8 {
+            for index in (0..(n >> level)).step_by(7) {
+                assert_eq!(
+                    store.node(7, level, index).unwrap(),
+                    Some(nodes.node(level, index).unwrap()),
+                    "node {level}/{index}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_commit_must_be_one_consecutive_run_ending_at_its_checkpoint() {
+        let (_dir, store, _, _) = ledger(&[2]);
+        let gap = store.commit(7, &[(3, b"a"), (5, b"b")], &[], (5, b"c"));
+        assert!(matches!(gap, Err(StorageError::Corrupt(_))));
+        let short = store.commit(7, &[(3, b"a")], &[], (4, b"c"));
+        assert!(matches!(short, Err(StorageError::Corrupt(_))));
+        let empty = store.commit(7, &[], &[], (2, b"c"));
+        assert!(matches!(empty, Err(StorageError::Corrupt(_))));
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(b"checkpoint 2".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_commit_must_follow_what_is_stored() {
+        let (_dir, store, records, _) = ledger(&[3]);
+        for first in [1, 3, 5] {
+            let r = store.commit(7, &[(first, b"x")], &[], (first, b"cp"));
+            assert!(
+                matches!(r, Err(StorageError::Corrupt(_))),
+                "commit from {first}"
+            );
+        }
+        assert_eq!(store.record(7, 3).unwrap(), Some(records[2].clone()));
+        assert_eq!(store.record(7, 5).unwrap(), None);
+        assert!(store.commit(7, &[(4, b"x")], &[], (4, b"cp")).is_ok());
+    }
+
+    #[test]
+    fn a_damaged_batch_is_a_corrupt_error_never_a_panic() {
+        let batch = StoredBatch {
+            first_seq: 10,
+            last_seq: 12,
+            checkpoint: b"cp".to_vec(),
+            nodes: vec![(1, 5, [9; 32])],
+            records: vec![b"ten".to_vec(), b"eleven".to_vec(), vec![]],
+        };
+        let bytes = batch.encode();
+        assert_eq!(StoredBatch::decode(10, &bytes).unwrap(), batch);
+        // Wrong key for the counts, every truncation, a trailing byte, a
+        // flipped version.
+        assert!(StoredBatch::decode(11, &bytes).is_err());
+        for len in 0..bytes.len() {
+            assert!(
+                StoredBatch::decode(10, &bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(StoredBatch::decode(10, &longer).is_err());
+        let mut version = bytes.clone();
+        version[0] = 2;
+        assert!(StoredBatch::decode(10, &version).is_err());
+        // A last seq with no room to count past it.
+        let end = StoredBatch {
+            first_seq: u64::MAX - 2,
+            last_seq: u64::MAX,
+            ..batch.clone()
+        };
+        assert!(StoredBatch::decode(u64::MAX - 2, &end.encode()).is_err());
+        // Huge announced lengths.
+        for at in [9, 15] {
+            let mut huge = bytes.clone();
+            huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert!(StoredBatch::decode(10, &huge).is_err(), "length at {at}");
+        }
+    }
+
+    #[test]
+    fn the_first_layout_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("ledger")).unwrap();
+            db.open_tree("brand/00001")
+                .unwrap()
+                .insert([b'L', 0, 0, 0, 0, 0, 0, 0, 1], b"old".to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = DiskStore::open(dir.path())
+            .err()
+            .expect("old layout opened");
+        assert!(err.to_string().contains("first storage layout"), "{err}");
+    }
+
+    fn all_records(store: &DiskStore) -> Vec<Vec<u8>> {
+        store.scan(7, 1).map(|r| r.unwrap().1).collect()
+    }
+
+    fn reopen(dir: &tempfile::TempDir) -> Result<DiskStore> {
+        DiskStore::open(dir.path())
+    }
+
+    #[test]
+    fn the_index_is_rebuilt_from_the_log_when_sled_lost_it() {
+        let (dir, store, records, _) = ledger(&[3, 1, 40]);
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records);
+        assert_eq!(store.checkpoints(7).count(), 3);
+        assert_eq!(store.brands().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn an_index_behind_the_log_is_caught_up() {
+        let (dir, store, _, _) = ledger(&[3, 1]);
+        drop(store);
+        let copy = dir.path().join("older-ledger");
+        copy_dir(&dir.path().join("ledger"), &copy);
+        let store = reopen(&dir).unwrap();
+        store
+            .commit(7, &[(5, b"five"), (6, b"six")], &[], (6, b"cp6"))
+            .unwrap();
+        let before = all_records(&store);
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+        std::fs::rename(&copy, dir.path().join("ledger")).unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), before);
+        assert_eq!(store.last_checkpoint(7).unwrap(), Some(b"cp6".to_vec()));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_index_that_does_not_open_is_moved_aside_and_rebuilt() {
+        let (dir, store, records, _) = ledger(&[2, 2]);
+        drop(store);
+        let sled_dir = dir.path().join("ledger");
+        std::fs::remove_dir_all(&sled_dir).unwrap();
+        std::fs::write(&sled_dir, b"not a directory").unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records);
+    }
+
+    fn newest_segment(dir: &tempfile::TempDir) -> PathBuf {
+        let log = dir.path().join("log/brand-00007");
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segments.sort();
+        segments.pop().unwrap()
+    }
+
+    #[test]
+    fn a_log_that_came_back_short_stops_the_open() {
+        let (dir, store, _, _) = ledger(&[2, 2]);
+        drop(store);
+        // Cut the last commit off cleanly, as a lost write-back would.
+        let segment = newest_segment(&dir);
+        let bytes = std::fs::read(&segment).unwrap();
+        let first_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        std::fs::write(
+            &segment,
+            &bytes[..crate::storage::segment::FRAME_HEADER + first_len],
+        )
+        .unwrap();
+        let err = reopen(&dir).err().expect("a short ledger opened");
+        assert!(
+            matches!(
+                err,
+                StorageError::ShortLedger {
+                    brand: 7,
+                    stored: 2,
+                    acknowledged: 4
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("high-water mark"), "{err}");
+        // The index rebuilt from the short log cannot hide it either.
+        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+        assert!(matches!(
+            reopen(&dir),
+            Err(StorageError::ShortLedger { .. })
+        ));
+        // Nor can a log that is gone.
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+        let err = reopen(&dir).err().expect("a missing log opened");
+        assert!(
+            matches!(
+                err,
+                StorageError::ShortLedger {
+                    stored: 0,
+                    acknowledged: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ledger_from_before_the_log_is_imported() {
+        let (dir, store, records, _) = ledger(&[3, 1, 5]);
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("marks")).unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records);
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records, "the log holds it all");
+        assert_eq!(store.checkpoints(7).count(), 3);
+    }
+
+    #[test]
+    fn read_only_opening_refuses_a_directory_without_a_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = DiskStore::open_existing(&dir.path().join("typo"))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StorageError::NoLedger(_)), "{err}");
+        assert!(!dir.path().join("typo").exists());
+    }
+}

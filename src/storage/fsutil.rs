@@ -1,0 +1,94 @@
+//! The file-system steps that make new names survive a power cut: a file's
+//! fsync covers its data, not the directory entry that names it, so every
+//! created or renamed entry is followed by an fsync of its directory.
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+/// Fsyncs a directory, making the entries created or renamed in it durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(non_empty(dir))?.sync_all()
+}
+
+/// The fsync-able form of a path: `""` (the parent of a relative name) is `"."`.
+fn non_empty(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }
+}
+
+/// Creates `dir` and any missing parents (mode 0700 on unix: a data
+/// directory holds keys and every card's balance), fsyncing the parent of
+/// each directory created so that a power cut cannot lose the entry.
+pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    let dir = non_empty(dir);
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    create_dir_all_durable(parent)?;
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file: write, fsync, rename,
+/// fsync of the directory. A reader sees the old file or the new one whole.
+pub fn replace_durably(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_directories_are_created_and_an_existing_one_is_fine() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("a/b/c");
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_all_durable(&deep).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&deep).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_replaced_file_holds_the_new_bytes_and_no_temporary_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("f.json");
+        replace_durably(&path, b"one", true).unwrap();
+        replace_durably(&path, b"two", true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+}

@@ -1,0 +1,121 @@
+//! Durable storage behind a narrow interface ([`LogStore`]): append a
+//! brand's records and checkpoint atomically and durably, read records
+//! back. The embedded default ([`DiskStore`]) keeps each brand's commits in
+//! its own append-only, checksummed segment log, fdatasynced before a
+//! commit returns (the truth), and a sled index of the same bytes for reads
+//! (derived: rebuilt from the log when a crash or a power cut left it
+//! behind). A replicated log can later sit behind the same trait.
+//!
+//! - `segment`: the log files, their frames and the torn-tail rule;
+//! - `batch`: the stored form of a commit (runs of records, Merkle nodes,
+//!   checkpoint), shared by the log and the index;
+//! - `index`: the sled index;
+//! - `mark`: the fsynced high-water marks checked at start-up;
+//! - `disk`: the store that ties them together;
+//! - `fsutil`: directory fsyncs and durable file replacement;
+//! - `rewrite`: offline rewriting of a log, for tamper tests and drills.
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+mod batch;
+mod disk;
+pub mod fsutil;
+mod index;
+pub mod mark;
+pub mod rewrite;
+mod segment;
+
+pub use batch::{StoredBatch, RUN_BYTES};
+pub use disk::DiskStore;
+
+/// A storage failure. The daemon treats any of these on the write path as
+/// fatal (fail-stop): memory may be ahead of disk.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The embedded database failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something on disk is not what cardd wrote.
+    #[error("corrupt ledger: {0}")]
+    Corrupt(String),
+    /// A brand's log ends before its high-water mark (or before what its
+    /// index held, which only ever holds durable runs): records that were
+    /// acknowledged are gone. Serving would answer retries as new requests.
+    #[error(
+        "brand {brand}: the ledger came back short: its log ends at record {stored} but record \
+         {acknowledged} was acknowledged (its high-water mark or index says so: a lost, \
+         truncated or replaced file?); refusing to serve it: restore the data directory from a backup"
+    )]
+    ShortLedger {
+        /// The brand.
+        brand: u32,
+        /// The last record its log holds (or that matches the mark).
+        stored: u64,
+        /// The record the mark names.
+        acknowledged: u64,
+    },
+    /// A read-only command was pointed at a directory with no ledger.
+    #[error("{0}: no cardd ledger here (no log/ or ledger/ directory)")]
+    NoLedger(PathBuf),
+}
+
+/// Result of a storage call.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The narrow storage interface every layer above uses.
+pub trait LogStore: Send + Sync + 'static {
+    /// Brand ids that have a chain, ascending.
+    fn brands(&self) -> Result<Vec<u32>>;
+    /// Appends `records` (seq, bytes), the Merkle `nodes` they completed and
+    /// the checkpoint for the new tree size in one atomic batch, then
+    /// flushes: on return it is durable.
+    fn commit(
+        &self,
+        brand: u32,
+        records: &[(u64, &[u8])],
+        nodes: &[(u8, u64, [u8; 32])],
+        checkpoint: (u64, &[u8]),
+    ) -> Result<()>;
+    /// A stored Merkle node.
+    fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>>;
+    /// Every checkpoint, oldest first (streaming).
+    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send>;
+    /// One record's bytes.
+    fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// Records from `from_seq` on, in order (streaming, not all in memory).
+    fn scan(
+        &self,
+        brand: u32,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send>;
+    /// The newest checkpoint's bytes.
+    fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>>;
+}
+
+/// Proof generation reads nodes of one brand from storage.
+pub struct StoredNodes<'a> {
+    /// The store.
+    pub store: &'a dyn LogStore,
+    /// The brand.
+    pub brand: u32,
+}
+
+impl crate::merkle::NodeSource for StoredNodes<'_> {
+    fn node(&self, level: u8, index: u64) -> std::result::Result<[u8; 32], String> {
+        match self.store.node(self.brand, level, index) {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Err(format!("Merkle node {level}/{index} missing from storage")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

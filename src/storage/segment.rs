@@ -1,0 +1,566 @@
+//! A brand's log: append-only segment files of checksummed frames, one
+//! frame per commit, written and `fdatasync`ed before the commit returns.
+//! This is the ledger's truth; the sled index is rebuilt from it.
+//!
+//! Layout: `DATA/log/brand-NNNNN/<first seq, 20 digits>.seg`. A frame:
+//!
+//! ```text
+//! "CDLF" | payload length u32 | first seq u64 | last seq u64 | CRC-32 u32 | payload
+//! ```
+//!
+//! (integers little-endian; the CRC covers the length, both seqs and the
+//! payload). A new segment starts when the current one would pass
+//! `LOG_SEGMENT_BYTES`; its file and its directory entry are fsynced
+//! before its first frame is written.
+//!
+//! Recovery rule: one commit is in flight at a time, so only the newest
+//! segment's last frame can be unsynced. A last frame that is incomplete,
+//! fails its CRC while reaching the end of the file, or is followed only by
+//! zeros (a size the file system extended without the data) is a torn
+//! tail: never acknowledged, it is cut off. Anything else that does not
+//! parse, and any damage in an older segment, is corruption: an error.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::fsutil::{create_dir_all_durable, sync_dir};
+use super::{Result, StorageError};
+
+const MAGIC: [u8; 4] = *b"CDLF";
+/// Magic, payload length, first seq, last seq, CRC.
+pub const FRAME_HEADER: usize = 4 + 4 + 8 + 8 + 4;
+
+/// One commit as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Seq of the commit's first record.
+    pub first_seq: u64,
+    /// Seq of its last record.
+    pub last_seq: u64,
+    /// The encoded commit (see `disk::encode_payload`).
+    pub payload: Vec<u8>,
+}
+
+/// Where a frame lies, found when the log is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLoc {
+    /// Seq of the frame's first record.
+    pub first_seq: u64,
+    /// Seq of its last record.
+    pub last_seq: u64,
+    segment: usize,
+    offset: u64,
+    len: u32,
+}
+
+/// What opening a log found.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Every frame, oldest first.
+    pub frames: Vec<FrameLoc>,
+    /// Bytes of a torn last frame that were cut off.
+    pub torn_bytes: u64,
+}
+
+/// One brand's log, open for appending.
+pub struct BrandLog {
+    dir: PathBuf,
+    /// (first seq, path) of each segment, oldest first.
+    segments: Vec<(u64, PathBuf)>,
+    /// The newest segment, open for appending.
+    file: Option<File>,
+    file_len: u64,
+    last_seq: u64,
+    /// Set when a write or fsync failed: the file's tail is unknown, so
+    /// nothing more is appended until a restart recovers it.
+    failed: bool,
+    max_segment_bytes: u64,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StorageError {
+    let what = what.into();
+    move |source| StorageError::Io { what, source }
+}
+
+fn corrupt(path: &Path, offset: u64, why: &str) -> StorageError {
+    StorageError::Corrupt(format!("{} at byte {offset}: {why}", path.display()))
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn crc(header_fields: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(header_fields);
+    h.update(payload);
+    h.finalize()
+}
+
+fn encode_frame(first_seq: u64, last_seq: u64, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a commit is bounded far below 4 GiB");
+    let mut out = Vec::with_capacity(FRAME_HEADER + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&last_seq.to_le_bytes());
+    let sum = crc(&out[4..24], payload);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A frame header: (payload length, first seq, last seq, crc), if the magic
+/// is right.
+fn parse_header(h: &[u8]) -> Option<(u32, u64, u64, u32)> {
+    if h.len() < FRAME_HEADER || h[..4] != MAGIC {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+    Some((u32_at(4), u64_at(8), u64_at(16), u32_at(24)))
+}
+
+/// The seqs a frame must cover: it starts right after `prev_last` and
+/// holds at least one record.
+fn seqs_follow(prev_last: u64, first: u64, last: u64) -> bool {
+    prev_last.checked_add(1) == Some(first) && last >= first
+}
+
+impl BrandLog {
+    /// Opens the log in `dir` (which may not exist yet: a brand with no
+    /// record), cutting off a torn last frame.
+    pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<(Self, Opened)> {
+        let segments = list_segments(dir)?;
+        let mut opened = Opened::default();
+        let mut last_seq = 0;
+        let mut file_len = 0;
+        for (i, (first, path)) in segments.iter().enumerate() {
+            if *first != last_seq + 1 {
+                let why = format!(
+                    "record {} is missing (this segment starts at {first})",
+                    last_seq + 1
+                );
+                return Err(corrupt(path, 0, &why));
+            }
+            let newest = i + 1 == segments.len();
+            let walked = if newest {
+                check_newest(path, i, last_seq, &mut opened)?
+            } else {
+                walk_sealed(path, i, last_seq, &mut opened.frames)?
+            };
+            last_seq = walked.0;
+            file_len = walked.1;
+        }
+        let file = match segments.last() {
+            None => None,
+            Some((_, path)) => Some(
+                OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(format!("opening {}", path.display())))?,
+            ),
+        };
+        let log = BrandLog {
+            dir: dir.to_path_buf(),
+            segments,
+            file,
+            file_len,
+            last_seq,
+            failed: false,
+            max_segment_bytes,
+        };
+        Ok((log, opened))
+    }
+
+    /// Seq of the last logged record (0 for none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Appends one commit's frame and fdatasyncs it: on return the commit
+    /// is durable. After a failure nothing more is appended.
+    pub fn append(&mut self, first_seq: u64, last_seq: u64, payload: &[u8]) -> Result<()> {
+        if self.failed {
+            return Err(StorageError::Corrupt(format!(
+                "{}: an earlier write failed; restart to recover the log",
+                self.dir.display()
+            )));
+        }
+        assert!(
+            seqs_follow(self.last_seq, first_seq, last_seq),
+            "log append of {first_seq}..={last_seq} after {}",
+            self.last_seq
+        );
+        self.append_unchecked(first_seq, last_seq, payload)
+    }
+
+    /// `append` without the check that the commit follows the log (for
+    /// `rewrite`, which makes damaged logs on purpose).
+    pub(super) fn append_unchecked(
+        &mut self,
+        first_seq: u64,
+        last_seq: u64,
+        payload: &[u8],
+    ) -> Result<()> {
+        let frame = encode_frame(first_seq, last_seq, payload);
+        let full = self.file_len > 0 && self.file_len + frame.len() as u64 > self.max_segment_bytes;
+        let written = (|| {
+            if self.file.is_none() || full {
+                self.start_segment(first_seq)?;
+            }
+            let file = self.file.as_mut().expect("a segment is open");
+            file.write_all(&frame)
+                .map_err(io_err(format!("appending to {}", self.dir.display())))?;
+            file.sync_data()
+                .map_err(io_err(format!("fdatasync in {}", self.dir.display())))
+        })();
+        if written.is_err() {
+            self.failed = true;
+        }
+        written?;
+        self.file_len += frame.len() as u64;
+        self.last_seq = last_seq;
+        Ok(())
+    }
+
+    /// Creates the segment whose first record is `first_seq`, durably:
+    /// the directory (for a new brand), the empty file and its entry.
+    fn start_segment(&mut self, first_seq: u64) -> Result<()> {
+        create_dir_all_durable(&self.dir)
+            .map_err(io_err(format!("creating {}", self.dir.display())))?;
+        let path = self.dir.join(segment_name(first_seq));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(format!("creating {}", path.display())))?;
+        file.sync_all()
+            .map_err(io_err(format!("fsync {}", path.display())))?;
+        sync_dir(&self.dir).map_err(io_err(format!("fsync {}", self.dir.display())))?;
+        self.segments.push((first_seq, path));
+        self.file = Some(file);
+        self.file_len = 0;
+        Ok(())
+    }
+
+    /// Reads one frame found at open, checking its CRC.
+    pub fn read(&self, loc: &FrameLoc) -> Result<Frame> {
+        let path = &self.segments[loc.segment].1;
+        let file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut bytes = vec![0; FRAME_HEADER + loc.len as usize];
+        file.read_exact_at(&mut bytes, loc.offset)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        let (len, first, last, sum) = parse_header(&bytes)
+            .ok_or_else(|| corrupt(path, loc.offset, "frame header changed"))?;
+        let payload = bytes.split_off(FRAME_HEADER);
+        if len != loc.len || first != loc.first_seq || last != loc.last_seq {
+            return Err(corrupt(path, loc.offset, "frame header changed"));
+        }
+        if crc(&bytes[4..24], &payload) != sum {
+            return Err(corrupt(path, loc.offset, "frame checksum does not match"));
+        }
+        Ok(Frame {
+            first_seq: first,
+            last_seq: last,
+            payload,
+        })
+    }
+}
+
+/// The segments in `dir`, oldest first; none if `dir` does not exist.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(format!("listing {}", dir.display())))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        let first: u64 = stem
+            .parse()
+            .ok()
+            .filter(|_| stem.len() == 20)
+            .ok_or_else(|| corrupt(&entry.path(), 0, "not a segment name"))?;
+        segments.push((first, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Walks the headers of a sealed segment (one a newer segment follows, so
+/// it was fsynced whole): frames must follow each other and end exactly
+/// at the end of the file. Payloads are checked when read.
+fn walk_sealed(
+    path: &Path,
+    segment: usize,
+    mut last_seq: u64,
+    frames: &mut Vec<FrameLoc>,
+) -> Result<(u64, u64)> {
+    let file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    let size = file
+        .metadata()
+        .map_err(io_err(format!("reading {}", path.display())))?
+        .len();
+    let mut offset = 0;
+    let mut header = [0u8; FRAME_HEADER];
+    while offset < size {
+        file.read_exact_at(&mut header, offset)
+            .map_err(|_| corrupt(path, offset, "sealed segment ends inside a frame header"))?;
+        let (len, first, last, _) =
+            parse_header(&header).ok_or_else(|| corrupt(path, offset, "no frame here"))?;
+        let end = offset + (FRAME_HEADER as u64) + u64::from(len);
+        if first > last_seq + 1 {
+            let why = format!(
+                "record {} is missing (the next logged is {first})",
+                last_seq + 1
+            );
+            return Err(corrupt(path, offset, &why));
+        }
+        if end > size || !seqs_follow(last_seq, first, last) {
+            return Err(corrupt(
+                path,
+                offset,
+                "frame does not fit its segment or its chain",
+            ));
+        }
+        frames.push(FrameLoc {
+            first_seq: first,
+            last_seq: last,
+            segment,
+            offset,
+            len,
+        });
+        last_seq = last;
+        offset = end;
+    }
+    Ok((last_seq, size))
+}
+
+/// Reads the newest segment whole, checking every frame's CRC, and cuts off
+/// a torn last frame (see the module's recovery rule).
+fn check_newest(
+    path: &Path,
+    segment: usize,
+    mut last_seq: u64,
+    opened: &mut Opened,
+) -> Result<(u64, u64)> {
+    let bytes = fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        match whole_frame(rest, last_seq) {
+            Some((len, first, last)) => {
+                opened.frames.push(FrameLoc {
+                    first_seq: first,
+                    last_seq: last,
+                    segment,
+                    offset: offset as u64,
+                    len,
+                });
+                last_seq = last;
+                offset += FRAME_HEADER + len as usize;
+            }
+            None if is_torn_tail(rest) => {
+                cut_tail(path, offset as u64)?;
+                opened.torn_bytes = rest.len() as u64;
+                tracing::warn!(
+                    log = %path.display(),
+                    offset,
+                    bytes = rest.len(),
+                    after_record = last_seq,
+                    "cut off a torn last frame (a commit never acknowledged)"
+                );
+                return Ok((last_seq, offset as u64));
+            }
+            None => return Err(damaged(path, offset as u64, rest, last_seq)),
+        }
+    }
+    Ok((last_seq, bytes.len() as u64))
+}
+
+/// The error for a frame that is neither whole nor a torn tail: a gap in
+/// the chain is named by the record that is missing.
+fn damaged(path: &Path, offset: u64, rest: &[u8], last_seq: u64) -> StorageError {
+    match parse_header(rest) {
+        Some((_, first, _, _)) if first > last_seq + 1 => corrupt(
+            path,
+            offset,
+            &format!(
+                "record {} is missing (the next logged is {first})",
+                last_seq + 1
+            ),
+        ),
+        _ => corrupt(path, offset, "damaged frame before the end of the log"),
+    }
+}
+
+/// A complete frame with a good CRC that follows `prev_last`: (payload
+/// length, first seq, last seq).
+fn whole_frame(bytes: &[u8], prev_last: u64) -> Option<(u32, u64, u64)> {
+    let (len, first, last, sum) = parse_header(bytes)?;
+    let end = FRAME_HEADER.checked_add(len as usize)?;
+    let payload = bytes.get(FRAME_HEADER..end)?;
+    (crc(&bytes[4..24], payload) == sum && seqs_follow(prev_last, first, last))
+        .then_some((len, first, last))
+}
+
+/// True when `rest` (from the first frame that does not check) can be the
+/// unsynced remains of the last commit: too short for a header, a header
+/// whose frame reaches past the end of the file, or nothing but zeros.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    match parse_header(rest) {
+        None => rest.len() < FRAME_HEADER || rest.iter().all(|b| *b == 0),
+        Some((len, ..)) => FRAME_HEADER + len as usize >= rest.len(),
+    }
+}
+
+fn cut_tail(path: &Path, at: u64) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    file.set_len(at)
+        .map_err(io_err(format!("truncating {}", path.display())))?;
+    file.sync_all()
+        .map_err(io_err(format!("fsync {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(first: u64) -> Vec<u8> {
+        format!("commit {first}").repeat(3).into_bytes()
+    }
+
+    /// A log of commits of `sizes` records, segments of `max` bytes.
+    fn log(dir: &Path, sizes: &[u64], max: u64) -> BrandLog {
+        let (mut log, _) = BrandLog::open(dir, max).unwrap();
+        for &size in sizes {
+            let first = log.last_seq() + 1;
+            log.append(first, first + size - 1, &payload(first))
+                .unwrap();
+        }
+        log
+    }
+
+    fn frames(dir: &Path, max: u64) -> (u64, Vec<Frame>, u64) {
+        let (log, opened) = BrandLog::open(dir, max).unwrap();
+        let frames = opened.frames.iter().map(|l| log.read(l).unwrap()).collect();
+        (log.last_seq(), frames, opened.torn_bytes)
+    }
+
+    fn newest_segment(dir: &Path) -> PathBuf {
+        list_segments(dir).unwrap().pop().unwrap().1
+    }
+
+    #[test]
+    fn commits_come_back_in_order_across_segments() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("brand-00001");
+        log(&dir, &[1, 3, 2, 5, 1, 1], 100);
+        assert!(list_segments(&dir).unwrap().len() > 2, "segments rolled");
+        let (last, frames, torn) = frames(&dir, 100);
+        assert_eq!((last, torn), (13, 0));
+        let firsts: Vec<u64> = frames.iter().map(|f| f.first_seq).collect();
+        assert_eq!(firsts, [1, 2, 5, 7, 12, 13]);
+        assert!(frames.iter().all(|f| f.payload == payload(f.first_seq)));
+        // Appending goes on after a reopen.
+        let mut reopened = log(&dir, &[], 100);
+        reopened.append(14, 14, b"x").unwrap();
+        assert_eq!(self::frames(&dir, 100).0, 14);
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_off_at_every_length() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        log(&dir, &[2, 3], 1 << 20);
+        let path = newest_segment(&dir);
+        let whole = fs::read(&path).unwrap();
+        let second = FRAME_HEADER + payload(1).len();
+        for cut in second + 1..whole.len() {
+            fs::write(&path, &whole[..cut]).unwrap();
+            let (last, frames, torn) = frames(&dir, 1 << 20);
+            assert_eq!(
+                (last, frames.len(), torn),
+                (2, 1, (cut - second) as u64),
+                "cut at {cut}"
+            );
+            assert_eq!(fs::metadata(&path).unwrap().len(), second as u64);
+        }
+        // The file system extended the size but never wrote the data.
+        let mut zeros = whole[..second].to_vec();
+        zeros.resize(whole.len(), 0);
+        fs::write(&path, &zeros).unwrap();
+        assert_eq!(frames(&dir, 1 << 20).0, 2);
+        // A last frame whose bytes are all there but wrong.
+        let mut flipped = whole.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        fs::write(&path, &flipped).unwrap();
+        assert_eq!(frames(&dir, 1 << 20).0, 2);
+    }
+
+    #[test]
+    fn damage_before_the_last_frame_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        log(&dir, &[2, 3, 1], 1 << 20);
+        let path = newest_segment(&dir);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[FRAME_HEADER + 1] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let err = BrandLog::open(&dir, 1 << 20)
+            .err()
+            .expect("opened a damaged log");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        // Garbage (not zeros) after the last good frame is not a torn tail.
+        let mut garbage = log(&root.path().join("c"), &[1], 1 << 20);
+        garbage.append(2, 2, b"y").unwrap();
+        let path = newest_segment(&root.path().join("c"));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[7u8; 3]);
+        bytes.extend_from_slice(&encode_frame(3, 3, b"z"));
+        fs::write(&path, &bytes).unwrap();
+        assert!(BrandLog::open(&root.path().join("c"), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_sealed_segment_cut_short_or_a_missing_segment_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        log(&dir, &[1, 1, 1, 1, 1, 1], 80);
+        let segments = list_segments(&dir).unwrap();
+        assert!(segments.len() >= 3);
+        let first = &segments[0].1;
+        let bytes = fs::read(first).unwrap();
+        fs::write(first, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(BrandLog::open(&dir, 80).is_err(), "short sealed segment");
+        fs::write(first, &bytes).unwrap();
+        fs::remove_file(&segments[1].1).unwrap();
+        assert!(BrandLog::open(&dir, 80).is_err(), "missing segment");
+    }
+
+    #[test]
+    fn a_damaged_payload_in_a_sealed_segment_is_found_when_read() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        log(&dir, &[1, 1, 1], 60);
+        let first = list_segments(&dir).unwrap()[0].1.clone();
+        let mut bytes = fs::read(&first).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        fs::write(&first, &bytes).unwrap();
+        let (log, opened) = BrandLog::open(&dir, 60).unwrap();
+        assert!(matches!(
+            log.read(&opened.frames[0]),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
+}
