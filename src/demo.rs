@@ -93,6 +93,37 @@ fn expect_ok(what: &str, answer: crate::ledger::Answer) -> anyhow::Result<pb::Re
     answer.map_err(|r| anyhow::anyhow!("demo: {what}: {r}"))
 }
 
+/// The demo's owner: signs operations with consecutive transaction ids.
+struct Owner<'a> {
+    ledger: &'a mut BrandLedger,
+    key: SigningKey,
+    txn: u64,
+}
+
+impl Owner<'_> {
+    /// Applies one owner operation; `what` names it in errors.
+    fn op(&mut self, what: &str, op: Op) -> anyhow::Result<pb::Reply> {
+        self.txn += 1;
+        let req = demo_request(self.ledger.brand_id(), self.txn, op);
+        expect_ok(
+            what,
+            self.ledger
+                .submit_signed(Principal::Owner, &self.key, &req)?,
+        )
+    }
+}
+
+/// A request of the demo brand entered by operator "demo".
+fn demo_request(brand_id: u32, txn_id: u64, op: Op) -> pb::Request {
+    pb::Request {
+        txn_id,
+        brand_id,
+        operator: "demo".into(),
+        op: Some(op),
+        ..Default::default()
+    }
+}
+
 /// Provisions the demo brand into an empty ledger and writes `demo.json`.
 pub fn provision(
     data_dir: &Path,
@@ -104,48 +135,71 @@ pub fn provision(
     }
     let dir = data_dir.join("demo");
     create_dir_all_durable(&dir)?;
-    let owner = load_or_create_key(&dir.join("owner.key"))?;
+    let owner_key = load_or_create_key(&dir.join("owner.key"))?;
     let create = pb::CreateBrand {
         name: "Demo Coffee".into(),
         currency: "CNY".into(),
         currency_exponent: 2,
-        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
+        owner_public_key: owner_key.verifying_key().to_bytes().to_vec(),
     };
     let mut ledger = BrandLedger::create(store, server_key, 1, create)?;
-    let brand = ledger.brand_id();
-    let mut txn = 0u64;
-    let mut owner_op =
-        |ledger: &mut BrandLedger, what: &str, op: Op| -> anyhow::Result<pb::Reply> {
-            txn += 1;
-            let req = pb::Request {
-                txn_id: txn,
-                brand_id: brand,
-                operator: "demo".into(),
-                op: Some(op),
-                ..Default::default()
-            };
-            expect_ok(what, ledger.submit_signed(Principal::Owner, &owner, &req)?)
-        };
-    owner_op(
-        &mut ledger,
+    let mut owner = Owner {
+        ledger: &mut ledger,
+        key: owner_key,
+        txn: 0,
+    };
+    owner.op(
         "rules",
         Op::SetRules(pb::SetRules {
             rules: Some(demo_rules()),
         }),
     )?;
+    let (stores, terminal_keys) = open_stores(&mut owner, data_dir)?;
+    let (tid, till) = &terminal_keys[0];
+    let cards = fund_cards(&mut owner, *tid, till)?;
+    close_shift(&mut ledger, *tid, till)?;
+    let manifest = Manifest {
+        brand_id: ledger.brand_id(),
+        owner_key: "demo/owner.key".into(),
+        stores,
+        cards,
+    };
+    // The keys' entries, then the manifest: a power cut leaves either no
+    // demo.json or one whose keys are all there.
+    sync_dir(&dir).context("fsync of the demo key directory")?;
+    replace_durably(
+        &data_dir.join("demo.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        false,
+    )
+    .context("writing demo.json")?;
+    tracing::info!(
+        brand = manifest.brand_id,
+        "demo brand provisioned; see demo.json"
+    );
+    Ok(ledger)
+}
+
+/// A demo terminal's id and key.
+type TerminalKey = (u32, SigningKey);
+
+/// Opens the two demo stores, each with one terminal whose key is written
+/// under `data_dir/demo/`. Returns the stores and the terminals' keys.
+fn open_stores(
+    owner: &mut Owner<'_>,
+    data_dir: &Path,
+) -> anyhow::Result<(Vec<ManifestStore>, Vec<TerminalKey>)> {
     let mut stores = Vec::new();
     let mut terminal_keys = Vec::new();
     for (i, name) in ["Downtown", "Airport"].into_iter().enumerate() {
-        owner_op(
-            &mut ledger,
+        owner.op(
             "store",
             Op::CreateStore(pb::CreateStore { name: name.into() }),
         )?;
         let store_id = u32::try_from(i + 1)?;
         let key_rel = format!("demo/terminal-{store_id}.key");
         let key = load_or_create_key(&data_dir.join(&key_rel))?;
-        let reply = owner_op(
-            &mut ledger,
+        let reply = owner.op(
             "terminal",
             Op::EnrollTerminal(pb::EnrollTerminal {
                 store_id,
@@ -166,65 +220,46 @@ pub fn provision(
         });
         terminal_keys.push((t.terminal_id, key));
     }
+    Ok((stores, terminal_keys))
+}
+
+/// Issues five cards and tops each up from terminal `tid` (key `till`).
+fn fund_cards(owner: &mut Owner<'_>, tid: u32, till: &SigningKey) -> anyhow::Result<Vec<String>> {
+    let brand = owner.ledger.brand_id();
     let mut cards = Vec::new();
-    let (tid, till) = &terminal_keys[0];
     for (i, load) in [10_000i64, 20_000, 30_000, 50_000, 100_000]
         .into_iter()
         .enumerate()
     {
         let card = card_number::generate(brand);
-        owner_op(
-            &mut ledger,
-            "card",
-            Op::IssueCard(pb::IssueCard { card: card.clone() }),
-        )?;
-        let req = pb::Request {
-            txn_id: u64::try_from(i + 1)?,
-            brand_id: brand,
-            operator: "demo".into(),
-            op: Some(Op::TopUp(pb::TopUp {
-                card: card.clone(),
-                amount_minor: load,
-            })),
-            ..Default::default()
-        };
+        owner.op("card", Op::IssueCard(pb::IssueCard { card: card.clone() }))?;
+        let top_up = Op::TopUp(pb::TopUp {
+            card: card.clone(),
+            amount_minor: load,
+        });
+        let req = demo_request(brand, u64::try_from(i + 1)?, top_up);
         expect_ok(
             "top-up",
-            ledger.submit_signed(Principal::Terminal(*tid), till, &req)?,
+            owner
+                .ledger
+                .submit_signed(Principal::Terminal(tid), till, &req)?,
         )?;
         cards.push(card);
     }
-    // The provisioning top-ups close their own shift, so the demo till
-    // starts a clean shift that balances against a fresh terminal.
-    let totals = ledger.state.terminals[tid].shift;
-    let req = pb::Request {
-        txn_id: 6,
-        brand_id: brand,
-        operator: "demo".into(),
-        op: Some(Op::CloseShift(pb::CloseShift {
-            terminal_totals: Some(totals),
-        })),
-        ..Default::default()
-    };
+    Ok(cards)
+}
+
+/// The provisioning top-ups close their own shift, so the demo till
+/// starts a clean shift that balances against a fresh terminal.
+fn close_shift(ledger: &mut BrandLedger, tid: u32, till: &SigningKey) -> anyhow::Result<()> {
+    let totals = ledger.state.terminals[&tid].shift;
+    let op = Op::CloseShift(pb::CloseShift {
+        terminal_totals: Some(totals),
+    });
+    let req = demo_request(ledger.brand_id(), 6, op);
     expect_ok(
         "shift close",
-        ledger.submit_signed(Principal::Terminal(*tid), till, &req)?,
+        ledger.submit_signed(Principal::Terminal(tid), till, &req)?,
     )?;
-    let manifest = Manifest {
-        brand_id: brand,
-        owner_key: "demo/owner.key".into(),
-        stores,
-        cards,
-    };
-    // The keys' entries, then the manifest: a power cut leaves either no
-    // demo.json or one whose keys are all there.
-    sync_dir(&dir).context("fsync of the demo key directory")?;
-    replace_durably(
-        &data_dir.join("demo.json"),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
-        false,
-    )
-    .context("writing demo.json")?;
-    tracing::info!(brand, "demo brand provisioned; see demo.json");
-    Ok(ledger)
+    Ok(())
 }

@@ -14,6 +14,8 @@ pub mod client;
 pub mod codec;
 pub mod crypto;
 pub mod demo;
+#[cfg(test)]
+mod docs_sync;
 pub mod error;
 pub mod ledger;
 pub mod limits;

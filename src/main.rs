@@ -1,19 +1,17 @@
 //! The `cardd` command: run the daemon, manage brands and keys, and the
-//! owner's console (`cardd admin`).
+//! owner's console (`cardd admin`). This file holds the argument
+//! definitions and the dispatch; each command's code is in `src/cli/`.
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 
-use cardd::client::{Client, ClientError, TlsClient};
-use cardd::crypto::{load_or_create_key, read_key_file, write_key_file};
-use cardd::ledger::BrandLedger;
-use cardd::pb::{self, request::Op};
-use cardd::render::{error_json, receipt_text, reply_json};
-use cardd::server::{self, Config};
+use cardd::client::TlsClient;
+use cardd::server::Config;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -210,20 +208,22 @@ enum BrandCommand {
 
 #[derive(Args)]
 struct AdminArgs {
+    // These flags are global so that they may come before or after the
+    // subcommand (`cardd admin --json inquiry ...` or `... inquiry --json`).
     /// Daemon address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, default_value = "127.0.0.1:7700", global = true)]
     connect: String,
-    /// The brand owner's key file.
-    #[arg(long)]
-    key: PathBuf,
+    /// The brand owner's key file (required).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
     /// Print one JSON object per line.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// Transaction id to use (default: one past the last the server holds).
-    #[arg(long)]
+    #[arg(long, global = true)]
     txn: Option<u64>,
     /// Staff name recorded as the operator.
-    #[arg(long, default_value = "owner")]
+    #[arg(long, default_value = "owner", global = true)]
     operator: String,
     #[command(flatten)]
     tls: TlsArgs,
@@ -300,51 +300,7 @@ enum AdminOp {
     },
 }
 
-/// The JSON form of the rules for `cardd admin set-rules` (see README).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesFile {
-    #[serde(default)]
-    bonus_tiers: Vec<BonusTierFile>,
-    #[serde(default = "one")]
-    points_per_unit: i64,
-    #[serde(default)]
-    tiers: Vec<TierFile>,
-    #[serde(default)]
-    promotion_line: String,
-}
-
-fn one() -> i64 {
-    1
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BonusTierFile {
-    min_load_minor: i64,
-    #[serde(default)]
-    fixed_bonus_minor: i64,
-    #[serde(default)]
-    bonus_bps: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TierFile {
-    name: String,
-    #[serde(default)]
-    min_spend_minor: i64,
-    #[serde(default)]
-    min_visits: u32,
-    #[serde(default = "thousand")]
-    multiplier_milli: u32,
-}
-
-fn thousand() -> u32 {
-    1000
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -356,12 +312,12 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve {
             data,
@@ -373,35 +329,19 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             tls_cert,
             tls_key,
             snapshot_every,
-        } => {
-            let config = Config {
-                data_dir: data,
-                listen,
-                max_frame_bytes,
-                demo,
-                sign_on_failures_per_minute,
-                card_misses_per_minute,
-                tls_cert,
-                tls_key,
-                snapshot_every,
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(server::run(config, |r| {
-                // A line scripts and tests can wait for.
-                println!("cardd listening on {}", r.local_addr);
-            }))?;
-        }
-        Command::ServerKey { data } => {
-            let key = server::open_data_dir(&data)?;
-            println!("{}", hex::encode(key.verifying_key().to_bytes()));
-        }
-        Command::Keygen { out } => {
-            let key = cardd::crypto::generate_key();
-            write_key_file(&out, &key)?;
-            println!("{}", hex::encode(key.verifying_key().to_bytes()));
-        }
+        } => cli::serve::serve(Config {
+            data_dir: data,
+            listen,
+            max_frame_bytes,
+            demo,
+            sign_on_failures_per_minute,
+            card_misses_per_minute,
+            tls_cert,
+            tls_key,
+            snapshot_every,
+        })?,
+        Command::ServerKey { data } => cli::keys::server_key(&data)?,
+        Command::Keygen { out } => cli::keys::keygen(&out)?,
         Command::Brand {
             command:
                 BrandCommand::Create {
@@ -412,271 +352,64 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     owner_key,
                     id,
                 },
-        } => {
-            brand_create(&data, name, currency, exponent, &owner_key, id)?;
-        }
-        Command::Check { data } => {
-            let (_, _, ledgers) = server::load_checked(&data)?;
-            for l in &ledgers {
-                let (paid, bonus) = l.state.liability();
-                println!(
-                    "brand {} ({}): {} records, {} cards, outstanding paid {} bonus {} (minor units), head {}",
-                    l.brand_id(),
-                    l.state.name,
-                    l.state.seq,
-                    l.state.cards.len(),
-                    paid,
-                    bonus,
-                    hex::encode(l.state.head_hash)
-                );
-            }
-            println!(
-                "ok: {} brands replayed from their first record and match their checkpoints and snapshots",
-                ledgers.len()
-            );
-        }
-        Command::Audit { command, tls } => return audit(command, tls.client()?.as_ref()),
-        Command::Admin(args) => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            return rt.block_on(admin(args));
-        }
+        } => cli::brand::create(&data, name, currency, exponent, &owner_key, id)?,
+        Command::Check { data } => cli::serve::check(&data)?,
+        Command::Audit { command, tls } => return cli::audit::run(command, tls.client()?.as_ref()),
+        Command::Admin(args) => return cli::admin::run(args),
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(ExitCode::SUCCESS)
 }
 
-fn audit(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<std::process::ExitCode> {
-    use cardd::audit::cli;
-    let rt = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
-    match command {
-        AuditCommand::Export {
-            connect,
-            key,
-            data,
-            brand,
-            out,
-        } => match (connect, key, data, brand) {
-            (Some(addr), Some(key), None, None) => {
-                rt()?.block_on(cli::export_online(&addr, &key, &out, tls))?
-            }
-            (None, None, Some(data), Some(brand)) => cli::export_offline(&data, brand, &out)?,
-            _ => bail!("give --connect ADDR --key OWNER_KEY, or --data DIR --brand ID"),
-        },
-        AuditCommand::Verify {
-            file,
-            server_key,
-            json,
-            old_checkpoint,
-            save_checkpoint,
-            compare,
-            key,
-        } => {
-            let report = cli::verify_file(
-                &file,
-                cli::parse_server_key(&server_key)?,
-                old_checkpoint.as_deref(),
-            )?;
-            cli::print_report(&report, json);
-            if let (Some(path), Some(c)) = (save_checkpoint, &report.last_checkpoint) {
-                cli::save_checkpoint(c, &path)?;
-            }
-            if let (Some(addr), Some(key)) = (compare, key) {
-                let diffs = rt()?.block_on(cli::compare_live(&report, &addr, &key, tls))?;
-                for d in &diffs {
-                    eprintln!("DIFFERS: {d}");
-                }
-                if !diffs.is_empty() {
-                    eprintln!("{} cards differ from the live daemon", diffs.len());
-                    return Ok(std::process::ExitCode::from(3));
-                }
-                eprintln!("all {} cards match the live daemon", report.cards.len());
-            }
-        }
-        AuditCommand::Consistency {
-            old,
-            new,
-            server_key,
-            export,
-            connect,
-            key,
-        } => {
-            let server_key = cli::parse_server_key(&server_key)?;
-            let live = connect.as_deref().zip(key.as_deref());
-            rt()?.block_on(cli::consistency(
-                &old,
-                &new,
-                server_key,
-                export.as_deref(),
-                live,
-                tls,
-            ))?;
-        }
-    }
-    Ok(std::process::ExitCode::SUCCESS)
-}
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
 
-fn brand_create(
-    data: &Path,
-    name: String,
-    currency: String,
-    exponent: u32,
-    owner_key: &Path,
-    id: Option<u32>,
-) -> anyhow::Result<()> {
-    let (store, server_key, ledgers) = server::load(data)?;
-    let id = match id {
-        Some(id) => id,
-        None => ledgers.iter().map(|l| l.brand_id()).max().unwrap_or(0) + 1,
-    };
-    if ledgers.len() >= cardd::limits::MAX_BRANDS {
-        bail!("at most {} brands", cardd::limits::MAX_BRANDS);
-    }
-    let owner = load_or_create_key(owner_key)?;
-    let owner_public = owner.verifying_key().to_bytes();
-    for l in &ledgers {
-        let s = &l.state;
-        if s.owner_key == owner_public || s.terminals.values().any(|t| t.public_key == owner_public)
-        {
-            bail!(
-                "that key is already enrolled in brand {} ({}); one key speaks for one brand",
-                s.brand_id,
-                s.name
-            );
-        }
-    }
-    let create = pb::CreateBrand {
-        name,
-        currency,
-        currency_exponent: exponent,
-        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
-    };
-    BrandLedger::create(store, Arc::clone(&server_key), id, create)?;
-    println!("{id}");
-    Ok(())
-}
+    use super::*;
 
-async fn admin(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
-    let key = read_key_file(&args.key)?;
-    let tls = args.tls.client()?;
-    let mut client = Client::connect_with(args.connect.as_str(), key, tls.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    client.operator = args.operator.clone();
-    let brand = client.session.brand_id;
-    let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
-    let op = match args.op {
-        AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
-        AdminOp::EnrollTerminal {
-            store,
-            public_key,
-            key_out,
-            label,
-        } => {
-            let public_key = match (public_key, key_out) {
-                (Some(hex_key), None) => {
-                    hex::decode(hex_key.trim()).context("public key is not hex")?
-                }
-                (None, Some(path)) => {
-                    let k = cardd::crypto::generate_key();
-                    write_key_file(&path, &k)?;
-                    k.verifying_key().to_bytes().to_vec()
-                }
-                _ => bail!("give --public-key HEX or --key-out FILE"),
-            };
-            Op::EnrollTerminal(pb::EnrollTerminal {
-                store_id: store,
-                public_key,
-                label,
-            })
+    fn admin(args: &[&str]) -> AdminArgs {
+        let argv = ["cardd", "admin"].into_iter().chain(args.iter().copied());
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Admin(a) => a,
+            _ => panic!("not admin"),
         }
-        AdminOp::IssueCard { card } => Op::IssueCard(pb::IssueCard {
-            card: card.unwrap_or_else(|| cardd::card_number::generate(brand)),
-        }),
-        AdminOp::BlockCard { card, reason } => Op::SetCardBlocked(pb::SetCardBlocked {
-            card,
-            blocked: true,
-            reason,
-        }),
-        AdminOp::UnblockCard { card } => Op::SetCardBlocked(pb::SetCardBlocked {
-            card,
-            blocked: false,
-            reason: String::new(),
-        }),
-        AdminOp::ReplaceCard { card, new } => Op::ReplaceCard(pb::ReplaceCard {
-            old_card: card,
-            new_card: new.unwrap_or_else(|| cardd::card_number::generate(brand)),
-        }),
-        AdminOp::SetRules { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let r: RulesFile = serde_json::from_str(&text).context("rules file")?;
-            Op::SetRules(pb::SetRules {
-                rules: Some(pb::Rules {
-                    bonus_tiers: r
-                        .bonus_tiers
-                        .into_iter()
-                        .map(|b| pb::BonusTier {
-                            min_load_minor: b.min_load_minor,
-                            fixed_bonus_minor: b.fixed_bonus_minor,
-                            bonus_bps: b.bonus_bps,
-                        })
-                        .collect(),
-                    points_per_unit: r.points_per_unit,
-                    tiers: r
-                        .tiers
-                        .into_iter()
-                        .map(|t| pb::TierRule {
-                            name: t.name,
-                            min_spend_minor: t.min_spend_minor,
-                            min_visits: t.min_visits,
-                            multiplier_milli: t.multiplier_milli,
-                        })
-                        .collect(),
-                    promotion_line: r.promotion_line,
-                }),
-            })
+    }
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn admin_flags_work_before_or_after_the_subcommand() {
+        let common = [
+            "--connect",
+            "10.0.0.1:7700",
+            "--key",
+            "owner.key",
+            "--json",
+            "--txn",
+            "9",
+            "--operator",
+            "ann",
+        ];
+        let op = ["inquiry", "--card", "6000"];
+        for argv in [
+            [&common[..], &op[..]].concat(),
+            [&op[..], &common[..]].concat(),
+        ] {
+            let a = admin(&argv);
+            assert_eq!(a.connect, "10.0.0.1:7700", "{argv:?}");
+            assert_eq!(a.key, Some(PathBuf::from("owner.key")), "{argv:?}");
+            assert!(a.json, "{argv:?}");
+            assert_eq!(a.txn, Some(9), "{argv:?}");
+            assert_eq!(a.operator, "ann", "{argv:?}");
+            assert!(matches!(a.op, AdminOp::Inquiry { ref card } if card == "6000"));
         }
-        AdminOp::DisableTerminal { terminal, reason } => {
-            Op::SetTerminalDisabled(pb::SetTerminalDisabled {
-                terminal_id: terminal,
-                disabled: true,
-                reason,
-            })
-        }
-        AdminOp::EnableTerminal { terminal } => Op::SetTerminalDisabled(pb::SetTerminalDisabled {
-            terminal_id: terminal,
-            disabled: false,
-            reason: String::new(),
-        }),
-        AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
-    };
-    let req = client.request(txn, op);
-    match client.call(&req).await {
-        Ok(reply) => {
-            if args.json {
-                println!("{}", reply_json(&reply));
-            } else {
-                // The owner's console shows the full number (receipts mask it).
-                if let Some(c) = &reply.card {
-                    println!("Card number {}", c.card);
-                }
-                println!("{}", receipt_text(&reply, &client.session));
-            }
-            Ok(std::process::ExitCode::SUCCESS)
-        }
-        Err(ClientError::Refused(r)) => {
-            if args.json {
-                println!("{}", error_json(r.code as i32, &r.message));
-            } else {
-                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
-            }
-            Ok(std::process::ExitCode::from(2))
-        }
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        // Without the flags, the defaults.
+        let a = admin(&["--key", "k", "create-store", "--name", "Mall"]);
+        assert_eq!(
+            (a.connect.as_str(), a.json, a.txn),
+            ("127.0.0.1:7700", false, None)
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! check that a newer tree extends an older one.
 //!
 //! File format: docs/ledger-format.md.
-pub mod cli;
 pub mod export;
 pub mod file;
 mod signatures;

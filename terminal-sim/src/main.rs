@@ -31,7 +31,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
-use cardd::audit::cli::parse_server_key;
 use cardd::client::{Client, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
 use cardd::pb::{self, request::Op};
@@ -57,7 +56,7 @@ struct Cli {
     /// This terminal's ed25519 key file (hex seed, mode 0600), as written
     /// when the owner enrolled the terminal. Its state is kept beside it in
     /// `<KEY>.state.json`. Required for every operation but `bench`.
-    #[arg(long, value_name = "TERMINAL_KEY")]
+    #[arg(long, value_name = "TERMINAL_KEY", global = true)]
     key: Option<PathBuf>,
     /// Print exactly one JSON object per line on stdout instead of a
     /// receipt (bench: one JSON object with the whole report).
@@ -66,19 +65,22 @@ struct Cli {
     /// Ask for the record's inclusion proof and verify it: the record's hash
     /// is in the Merkle tree of a checkpoint signed by the server key. A
     /// proof that does not verify makes the call fail (exit code 1).
-    #[arg(long)]
+    #[arg(long, global = true)]
     proof: bool,
     /// The server's public key (hex) that checkpoints must be signed by
     /// (`cardd server-key`). Without it, the key the server presents at
     /// sign-on is trusted (trust on first use).
-    #[arg(long, value_name = "HEX", requires = "proof")]
+    #[arg(long, value_name = "HEX", requires = "proof", global = true)]
     server_key: Option<String>,
     /// Transaction id for a state-changing operation (default: the next
-    /// unused one). Reusing an id with the same operation is a retry.
-    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    /// unused one; from 1). Reusing an id with the same operation is a
+    /// retry. For `status`, the id to look up (required).
+    // One global flag serves both meanings: clap copies a subcommand's
+    // `--txn` into a global of the same name, so `status` cannot keep its own.
+    #[arg(long, value_name = "ID", global = true)]
     txn: Option<u64>,
     /// Cashier name recorded with the transaction.
-    #[arg(long, value_name = "NAME", default_value = "cashier")]
+    #[arg(long, value_name = "NAME", default_value = "cashier", global = true)]
     operator: String,
     /// Speak TLS to the daemon (`cardd serve --tls-cert ...`), trusting
     /// only the certificates in this PEM file (a CA, or the daemon's
@@ -159,11 +161,8 @@ enum Command {
     /// compares with its own, then start a new shift.
     CloseShift,
     /// Ask what the server holds for one of this terminal's transaction ids.
-    Status {
-        /// The transaction id to look up.
-        #[arg(long, value_name = "ID")]
-        txn: u64,
-    },
+    /// (`status --txn ID`: the transaction id to look up.)
+    Status,
     /// Load generator: provisions its own store, terminals and funded cards
     /// with the owner key, then drives signed traffic from many terminals
     /// and reports throughput, latency percentiles and errors.
@@ -173,21 +172,22 @@ enum Command {
 impl Command {
     /// True for operations that change nothing and use no transaction id.
     fn is_read_only(&self) -> bool {
-        matches!(self, Command::Inquiry { .. } | Command::Status { .. })
+        matches!(self, Command::Inquiry { .. } | Command::Status)
     }
 
     /// The name of the subcommand, for messages.
     fn name(&self) -> &'static str {
         match self {
             Command::Inquiry { .. } => "inquiry",
-            Command::Status { .. } => "status",
+            Command::Status => "status",
             _ => "this operation",
         }
     }
 
     /// The protocol operation, with amounts converted to minor units of a
-    /// currency with `exponent` decimals.
-    fn to_op(&self, exponent: u32, totals: &Totals) -> anyhow::Result<Op> {
+    /// currency with `exponent` decimals; `txn` is `--txn` (the id that
+    /// `status` looks up).
+    fn to_op(&self, exponent: u32, totals: &Totals, txn: Option<u64>) -> anyhow::Result<Op> {
         let amount =
             |text: &str| parse_amount(text, exponent).map_err(|e| anyhow!("--amount: {e}"));
         Ok(match self {
@@ -224,10 +224,24 @@ impl Command {
             Command::CloseShift => Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(totals.into()),
             }),
-            Command::Status { txn } => Op::TxnStatus(pb::TxnStatus { txn_id: *txn }),
+            Command::Status => Op::TxnStatus(pb::TxnStatus {
+                txn_id: txn.unwrap_or_default(),
+            }),
             Command::Bench(_) => bail!("bench is not a terminal operation"),
         })
     }
+}
+
+/// Parses the `--server-key` hex into a valid ed25519 public key.
+fn parse_server_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).context("server key is not hex")?;
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("server key must be 32 bytes"))?;
+    cardd::crypto::parse_public_key(&key)
+        .ok_or_else(|| anyhow!("server key is not a valid ed25519 key"))?;
+    Ok(key)
 }
 
 fn main() -> ExitCode {
@@ -284,18 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return bench::run(&cli.connect, tls.as_ref(), cli.json, cli.timeout, args).await;
     }
-    if cli.txn.is_some() && cli.command.is_read_only() {
-        bail!(
-            "--txn is for state-changing operations; inquiry and status use no transaction id \
-             (status takes the id to look up after the subcommand: `status --txn ID`)"
-        );
-    }
-    if cli.proof && cli.command.is_read_only() {
-        bail!(
-            "--proof is for state-changing operations: {} writes no ledger record to prove",
-            cli.command.name()
-        );
-    }
+    check_usage(&cli)?;
     let pinned = cli
         .server_key
         .as_deref()
@@ -306,69 +309,144 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .key
         .clone()
         .ok_or_else(|| anyhow!("--key TERMINAL_KEY is required (the terminal's key file)"))?;
-    let key = read_key_file(&key_path)?;
-    let timeout = Duration::from_secs(cli.timeout);
-    let client = match tokio::time::timeout(
-        timeout,
-        Client::connect_with(cli.connect.as_str(), key, tls.as_ref()),
-    )
-    .await
-    {
-        Err(_) => anyhow::bail!(
-            "connecting to {}: no sign-on within {}s",
-            cli.connect,
-            cli.timeout
-        ),
-        Ok(Err(ClientError::Refused(r))) => return Ok(refused(cli.json, &r)),
-        Ok(Err(e)) => anyhow::bail!("connecting to {}: {e}", cli.connect),
-        Ok(Ok(c)) => c,
+    let client = match sign_on(&cli, &key_path, tls.as_ref()).await? {
+        Ok(client) => client,
+        Err(r) => return Ok(refused(cli.json, &r)),
     };
+    let timeout = Duration::from_secs(cli.timeout);
     let (mut term, warnings) = Terminal::open(client, &key_path, timeout)?;
     for w in warnings {
         eprintln!("terminal-sim: warning: {w}");
     }
     term.client.operator = cli.operator.clone();
     term.want_proof = cli.proof;
-    let op = cli
-        .command
-        .to_op(term.client.session.currency_exponent, &term.state.shift)?;
-    let outcome = term.submit(cli.txn, op).await?;
+    let op = cli.command.to_op(
+        term.client.session.currency_exponent,
+        &term.state.shift,
+        cli.txn,
+    )?;
+    let own_txn = cli.txn.filter(|_| !cli.command.is_read_only());
+    let outcome = term.submit(own_txn, op).await?;
     let code = match &outcome.result {
-        Ok(reply) => {
-            let proof = cli.proof.then(|| {
-                let mut check = ProofCheck::run(
-                    reply,
-                    term.client.session.brand_id,
-                    pinned,
-                    term.client.server_key,
-                );
-                if let Err(e) = &mut check.result {
-                    if reply.proof.is_none() && !outcome.request.want_proof {
-                        e.push_str(&format!(
-                            " (this retry resent the original request of transaction {}, \
-                             which did not ask for a proof)",
-                            outcome.request.txn_id
-                        ));
-                    }
-                }
-                check
-            });
-            print_reply(cli.json, reply, &outcome, &term, proof.as_ref());
-            match proof.as_ref().map(|p| &p.result) {
-                Some(Err(e)) => {
-                    let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);
-                    eprintln!(
-                        "terminal-sim: PROOF FAILED: {e}. The server approved the transaction \
-                         (record {seq}), but it is not proven to be in the server's signed ledger."
-                    );
-                    ExitCode::from(EXIT_FAILED)
-                }
-                _ => ExitCode::SUCCESS,
-            }
-        }
+        Ok(reply) => approved(&cli, reply, &outcome, &term, pinned),
         Err(r) => refused(cli.json, r),
     };
     term.save()
         .context("the answer above was received, but the terminal's state was not saved")?;
     Ok(code)
+}
+
+/// Refuses flag combinations that make no sense, before connecting.
+fn check_usage(cli: &Cli) -> anyhow::Result<()> {
+    if cli.txn == Some(0) && !matches!(cli.command, Command::Status) {
+        bail!("--txn: transaction ids start at 1");
+    }
+    if cli.txn.is_some() && matches!(cli.command, Command::Inquiry { .. }) {
+        bail!("--txn is for state-changing operations and status; inquiry uses no transaction id");
+    }
+    if cli.txn.is_none() && matches!(cli.command, Command::Status) {
+        bail!("status needs the id to look up: `status --txn ID`");
+    }
+    if cli.proof && cli.command.is_read_only() {
+        bail!(
+            "--proof is for state-changing operations: {} writes no ledger record to prove",
+            cli.command.name()
+        );
+    }
+    Ok(())
+}
+
+/// Connects and signs on with the key at `key_path` within `--timeout`;
+/// the inner error is the server's refusal of the sign-on.
+async fn sign_on(
+    cli: &Cli,
+    key_path: &std::path::Path,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<Result<cardd::client::AnyClient, cardd::error::Refusal>> {
+    let key = read_key_file(key_path)?;
+    let timeout = Duration::from_secs(cli.timeout);
+    match tokio::time::timeout(
+        timeout,
+        Client::connect_with(cli.connect.as_str(), key, tls),
+    )
+    .await
+    {
+        Err(_) => bail!(
+            "connecting to {}: no sign-on within {}s",
+            cli.connect,
+            cli.timeout
+        ),
+        Ok(Err(ClientError::Refused(r))) => Ok(Err(r)),
+        Ok(Err(e)) => bail!("connecting to {}: {e}", cli.connect),
+        Ok(Ok(c)) => Ok(Ok(c)),
+    }
+}
+
+/// Prints an approved answer, with its proof checked when `--proof` asked;
+/// a proof that does not verify makes the call fail.
+fn approved(
+    cli: &Cli,
+    reply: &pb::Reply,
+    outcome: &terminal::Outcome,
+    term: &Terminal,
+    pinned: Option<[u8; 32]>,
+) -> ExitCode {
+    let proof = cli.proof.then(|| {
+        let mut check = ProofCheck::run(
+            reply,
+            term.client.session.brand_id,
+            pinned,
+            term.client.server_key,
+        );
+        if let Err(e) = &mut check.result {
+            if reply.proof.is_none() && !outcome.request.want_proof {
+                e.push_str(&format!(
+                    " (this retry resent the original request of transaction {}, \
+                     which did not ask for a proof)",
+                    outcome.request.txn_id
+                ));
+            }
+        }
+        check
+    });
+    print_reply(cli.json, reply, outcome, term, proof.as_ref());
+    match proof.as_ref().map(|p| &p.result) {
+        Some(Err(e)) => {
+            let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);
+            eprintln!(
+                "terminal-sim: PROOF FAILED: {e}. The server approved the transaction \
+                 (record {seq}), but it is not proven to be in the server's signed ledger."
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("terminal-sim").chain(args.iter().copied()))
+            .expect("parses")
+    }
+
+    #[test]
+    fn the_argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_keeps_its_own_txn() {
+        for args in [
+            ["--key", "k", "status", "--txn", "5"],
+            ["--txn", "5", "--key", "k", "status"],
+        ] {
+            let cli = parse(&args);
+            assert!(matches!(cli.command, Command::Status));
+            assert_eq!(cli.txn, Some(5));
+        }
+    }
 }

@@ -7,7 +7,12 @@
 //!   leaf index = record seq - 1;
 //! - the checkpoint covers the proof's tree (same size, same brand) and
 //!   carries a valid ed25519 signature by the server key;
-//! - the audit path leads from the leaf to the checkpoint's root.
+//! - the audit path leads from the leaf to the checkpoint's root;
+//! - when the record is the tree's last leaf, the checkpoint's head hash is
+//!   the record's hash (the path alone cannot tell a wrong head).
+//!
+//! With `--json` the proof itself is printed (leaf index, tree size, path
+//! and checkpoint, in hex) so that anybody can re-check the receipt.
 //!
 //! The server key is either pinned with `--server-key` or, failing that, the
 //! key the server presented in its sign-on challenge (trust on first use,
@@ -59,6 +64,9 @@ pub struct ProofCheck {
     pub source: KeySource,
     /// The tree size the proof claimed, if a proof came back.
     pub tree_size: Option<u64>,
+    /// The proof as it came back, printed with `--json` so that anybody
+    /// can re-check it.
+    pub proof: Option<pb::InclusionProof>,
     /// Verified, or why not.
     pub result: Result<Verified, String>,
 }
@@ -90,6 +98,7 @@ impl ProofCheck {
             key,
             source,
             tree_size: reply.proof.as_ref().map(|p| p.tree_size),
+            proof: reply.proof.clone(),
             result,
         }
     }
@@ -125,8 +134,15 @@ impl ProofCheck {
         };
         add("proof_verified", json!(self.ok()));
         add("proof_tree_size", json!(self.tree_size));
-        if let Ok(ok) = &self.result {
-            add("proof_leaf_index", json!(ok.leaf_index));
+        if let Some(p) = &self.proof {
+            // The index the proof claims (on success, the verified one).
+            add("proof_leaf_index", json!(p.leaf_index));
+            let path: Vec<String> = p.path.iter().map(hex::encode).collect();
+            add("proof_path", json!(path));
+            add(
+                "proof_checkpoint",
+                p.checkpoint.as_ref().map_or(Value::Null, checkpoint_json),
+            );
         }
         add("proof_server_key", json!(hex::encode(self.key)));
         add("proof_key_source", json!(self.source.as_str()));
@@ -134,6 +150,20 @@ impl ProofCheck {
             add("proof_error", json!(e));
         }
     }
+}
+
+/// A checkpoint with its hashes and signature in hex: with the leaf index,
+/// the tree size and the audit path, everything needed to re-check a
+/// receipt's proof (docs/ledger-format.md, "Checkpoints").
+pub fn checkpoint_json(c: &pb::Checkpoint) -> Value {
+    json!({
+        "brand_id": c.brand_id,
+        "tree_size": c.tree_size,
+        "head_hash": hex::encode(&c.head_hash),
+        "root_hash": hex::encode(&c.root_hash),
+        "time_ms": c.time_ms,
+        "signature": hex::encode(&c.signature),
+    })
 }
 
 /// The first 16 hex digits of a key, for people.
@@ -166,6 +196,44 @@ pub fn verify(reply: &pb::Reply, brand_id: u32, server_key: &[u8; 32]) -> Result
             receipt.seq.wrapping_sub(1)
         ));
     }
+    let root = check_checkpoint(proof, brand_id, server_key)?;
+    // The head is the hash of the tree's last record: when that record is
+    // this one, the signed head must name it (the path alone cannot tell).
+    if proof.leaf_index.checked_add(1) == Some(proof.tree_size)
+        && proof.checkpoint.as_ref().map(|c| c.head_hash.as_slice()) != Some(&leaf[..])
+    {
+        return Err(format!(
+            "record {} is the last of the signed tree, but the checkpoint's head hash is another record's",
+            receipt.seq
+        ));
+    }
+    if proof.path.len() > MAX_PATH {
+        return Err(format!("the audit path has {} hashes", proof.path.len()));
+    }
+    let path = proof
+        .path
+        .iter()
+        .map(|h| hash32(h, "an audit path hash"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &path, &root) {
+        return Err(format!(
+            "the audit path does not lead from record {} to the root of the signed tree of {} records",
+            receipt.seq, proof.tree_size
+        ));
+    }
+    Ok(Verified {
+        leaf_index: proof.leaf_index,
+        tree_size: proof.tree_size,
+    })
+}
+
+/// Checks that the proof's checkpoint covers its tree, is of `brand_id` and
+/// is signed by `server_key`; returns the signed root.
+fn check_checkpoint(
+    proof: &pb::InclusionProof,
+    brand_id: u32,
+    server_key: &[u8; 32],
+) -> Result<[u8; 32], String> {
     let ckpt = proof
         .checkpoint
         .as_ref()
@@ -192,24 +260,7 @@ pub fn verify(reply: &pb::Reply, brand_id: u32, server_key: &[u8; 32]) -> Result
             key_prefix(server_key)
         ));
     }
-    if proof.path.len() > MAX_PATH {
-        return Err(format!("the audit path has {} hashes", proof.path.len()));
-    }
-    let path = proof
-        .path
-        .iter()
-        .map(|h| hash32(h, "an audit path hash"))
-        .collect::<Result<Vec<_>, _>>()?;
-    if !verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &path, &root) {
-        return Err(format!(
-            "the audit path does not lead from record {} to the root of the signed tree of {} records",
-            receipt.seq, proof.tree_size
-        ));
-    }
-    Ok(Verified {
-        leaf_index: proof.leaf_index,
-        tree_size: proof.tree_size,
-    })
+    Ok(root)
 }
 
 #[cfg(test)]
@@ -319,6 +370,22 @@ mod tests {
     }
 
     #[test]
+    fn the_last_leaf_must_be_the_checkpoints_head() {
+        let key = generate_key();
+        for (m, n) in [(0, 1), (6, 7), (32, 33)] {
+            let mut r = reply(m, n, &key);
+            let c = r.proof.as_mut().unwrap().checkpoint.as_mut().unwrap();
+            // A validly signed checkpoint whose head is not this record.
+            c.head_hash = leaf_hash(b"another record").to_vec();
+            c.signature = key.sign(&signed_message(c)).to_bytes().to_vec();
+            let e = verify(&r, 7, &public(&key)).unwrap_err();
+            assert!(e.contains("head"), "leaf {m} of {n}: {e}");
+        }
+        // Not the last leaf: the head is another record, as it should be.
+        assert!(verify(&reply(5, 7, &key), 7, &public(&key)).is_ok());
+    }
+
+    #[test]
     fn the_check_says_which_key() {
         let key = generate_key();
         let r = reply(2, 5, &key);
@@ -333,6 +400,19 @@ mod tests {
         assert_eq!(v["proof_verified"], true);
         assert_eq!(v["proof_tree_size"], 5);
         assert_eq!(v["proof_key_source"], "sign-on");
+        assert_eq!(v["proof_leaf_index"], 2);
+        let p = r.proof.as_ref().unwrap();
+        let path: Vec<String> = p.path.iter().map(hex::encode).collect();
+        assert_eq!(v["proof_path"], json!(path));
+        let c = p.checkpoint.as_ref().unwrap();
+        assert_eq!(
+            v["proof_checkpoint"]["root_hash"],
+            hex::encode(&c.root_hash)
+        );
+        assert_eq!(
+            v["proof_checkpoint"]["signature"],
+            hex::encode(&c.signature)
+        );
 
         let other = public(&generate_key());
         let c = ProofCheck::run(&r, 7, Some(other), public(&key));

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{cardd_bin, i64_of, run_bounded, sim_bin, Daemon, Run};
+use common::{cardd_bin, i64_of, run_bounded, sim_bin, u64_of, Daemon, Run};
 use serde_json::Value;
 
 /// How long one `terminal-sim` call may take.
@@ -364,6 +364,7 @@ fn proofs_are_checked_against_the_server_key() {
     let seq = i64_of(&top, "record_seq");
     assert_eq!(i64_of(&top, "proof_leaf_index"), seq - 1, "{top}");
     assert!(i64_of(&top, "proof_tree_size") >= seq, "{top}");
+    recheck_printed_proof(&top, &key);
 
     // Pinned, on the receipt.
     let r = till.call(
@@ -431,4 +432,136 @@ fn proofs_are_checked_against_the_server_key() {
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--server-key"), "{r:?}");
+}
+
+/// The common flags (`--json`, `--connect`, `--key`, `--txn`, `--operator`)
+/// work before or after the subcommand, for `terminal-sim` and for
+/// `cardd admin`, and mean the same in either place.
+#[test]
+fn common_flags_work_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let key = daemon.terminal_key(1);
+    let key = key.to_str().expect("utf-8 path");
+    let card = daemon.manifest.cards[3].as_str();
+    let common = |txn: &'static str| {
+        [
+            "--json",
+            "--connect",
+            daemon.addr.as_str(),
+            "--key",
+            key,
+            "--txn",
+            txn,
+            "--operator",
+            "ann",
+        ]
+    };
+    let topup = ["topup", "--card", card, "--amount", "1.00"];
+    let before = run(&[&common("300")[..], &topup[..]].concat()).ok();
+    let after = run(&[&topup[..], &common("301")[..]].concat()).ok();
+    assert_eq!(i64_of(&before, "txn_id"), 300);
+    assert_eq!(i64_of(&after, "txn_id"), 301);
+    assert_eq!(
+        i64_of(&after, "balance_minor"),
+        i64_of(&before, "balance_minor") + 100
+    );
+    // status looks up the id given by --txn in either place.
+    for args in [
+        vec![
+            "--json",
+            "--connect",
+            &daemon.addr,
+            "--key",
+            key,
+            "--txn",
+            "301",
+            "status",
+        ],
+        vec![
+            "status",
+            "--txn",
+            "301",
+            "--json",
+            "--connect",
+            &daemon.addr,
+            "--key",
+            key,
+        ],
+    ] {
+        assert_eq!(run(&args).ok()["txn_state"], "COMMITTED", "{args:?}");
+    }
+
+    let owner = daemon.owner_key();
+    let admin = |args: &[&str]| run_bounded(&cardd_bin(), args, CALL_TIMEOUT);
+    let admin_common = ["--json", "--connect", daemon.addr.as_str(), "--key", &owner];
+    let inquiry = ["inquiry", "--card", card];
+    let before = admin(&[&["admin"][..], &admin_common[..], &inquiry[..]].concat()).ok();
+    let after = admin(&[&["admin"][..], &inquiry[..], &admin_common[..]].concat()).ok();
+    assert_eq!(before, after);
+    assert_eq!(
+        i64_of(&before, "balance_minor"),
+        i64_of(&after_topup_balance(&daemon, key, card), "balance_minor")
+    );
+}
+
+/// The card as terminal `key` sees it now.
+fn after_topup_balance(daemon: &Daemon, key: &str, card: &str) -> Value {
+    run(&[
+        "--json",
+        "--connect",
+        &daemon.addr,
+        "--key",
+        key,
+        "inquiry",
+        "--card",
+        card,
+    ])
+    .ok()
+}
+
+/// Re-checks a `--proof --json` answer from what it prints alone, as
+/// anybody holding the receipt could: the checkpoint's signature by the
+/// server key, then the audit path from the record hash to its root.
+fn recheck_printed_proof(v: &Value, server_key: &str) {
+    let hash = |field: &Value| -> [u8; 32] {
+        let bytes = hex::decode(field.as_str().expect("hex string")).expect("hex");
+        bytes.try_into().expect("32 bytes")
+    };
+    let c = &v["proof_checkpoint"];
+    let checkpoint = cardd::pb::Checkpoint {
+        brand_id: u32::try_from(u64_of(c, "brand_id")).expect("brand id"),
+        tree_size: u64_of(c, "tree_size"),
+        head_hash: hash(&c["head_hash"]).to_vec(),
+        root_hash: hash(&c["root_hash"]).to_vec(),
+        time_ms: i64_of(c, "time_ms"),
+        signature: hex::decode(c["signature"].as_str().expect("signature")).expect("hex"),
+    };
+    let key = hash(&Value::String(server_key.to_string()));
+    let key = cardd::crypto::parse_public_key(&key).expect("server key");
+    assert!(
+        cardd::crypto::verify_strict(
+            &key,
+            &cardd::checkpoint::signed_message(&checkpoint),
+            &checkpoint.signature
+        ),
+        "{v}"
+    );
+    let path: Vec<[u8; 32]> = v["proof_path"]
+        .as_array()
+        .expect("proof_path")
+        .iter()
+        .map(hash)
+        .collect();
+    assert_eq!(u64_of(v, "proof_tree_size"), checkpoint.tree_size, "{v}");
+    assert!(
+        cardd::merkle::verify_inclusion(
+            &hash(&v["record_hash"]),
+            u64_of(v, "proof_leaf_index"),
+            checkpoint.tree_size,
+            &path,
+            &hash(&c["root_hash"]),
+        ),
+        "{v}"
+    );
 }

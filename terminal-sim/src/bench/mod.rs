@@ -38,14 +38,15 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cardd::client::{Client, TlsClient};
+use cardd::client::{AnyClient, Client, TlsClient};
 use cardd::crypto::read_key_file;
 
 use crate::output::EXIT_REFUSED;
-use plan::{plan_terminal, Amounts, Funding, Mix, Spread};
-use pool::{sign_all, PoolSpec};
+use plan::{plan_terminal, Amounts, Funding, Mix, Spread, TerminalPlan};
+use pool::{sign_all, Pool, PoolSpec};
+use provision::BenchTerminal;
 use report::{Params, Report, Setup};
-use run::{drive, Live, Window};
+use run::{drive, Live, TerminalResult, Window};
 use schedule::{Pacer, Schedule, MAX_RATE};
 
 /// Most terminals (connections) one bench run opens.
@@ -178,6 +179,71 @@ pub async fn run(
     args: &BenchArgs,
 ) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(timeout_secs);
+    let hot = check_args(args)?;
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let setup_started = std::time::Instant::now();
+    let mut owner = connect_owner(addr, tls, args, timeout_secs).await?;
+    let amounts = Amounts::new(owner.session.currency_exponent).map_err(anyhow::Error::msg)?;
+
+    // 1. The plan.
+    let plans = make_plans(args, hot, amounts, seed).await?;
+    let pool_requests: u64 = plans.iter().map(|p| p.ops.len() as u64).sum();
+    let funding =
+        Funding::for_plans(&plans, args.cards, 100 * amounts.unit()).map_err(anyhow::Error::msg)?;
+
+    // 2. Owner provisioning.
+    let pb = bar(0, "provisioning");
+    let owned = provision::provision(&mut owner, args.terminals, args.cards, timeout, &pb)
+        .await
+        .context("provisioning")?;
+    pb.finish_and_clear();
+    let brand_id = owner.session.brand_id;
+    drop(owner);
+
+    // 3. Terminals sign on; cards are loaded; refund originals are made.
+    let (terminals, prepared) =
+        prepare_terminals(addr, tls, &owned, &plans, &funding, timeout).await?;
+    let provision_secs = setup_started.elapsed().as_secs_f64();
+
+    // 4. Sign every planned request, on every core, before the clock.
+    let sign_started = std::time::Instant::now();
+    let pools = sign_pools(&terminals, plans, &owned.cards, brand_id, pool_requests).await?;
+    let sign_secs = sign_started.elapsed().as_secs_f64();
+
+    // The measured window.
+    let (results, cpu_secs) = measure(args, terminals, pools).await?;
+    let report = Report::new(
+        Params {
+            terminals: args.terminals,
+            duration_secs: args.duration,
+            pipeline: args.pipeline,
+            rate: args.rate,
+            mix: args.mix,
+            cards: args.cards,
+            hot_cards: hot,
+            hot_share: args.hot_share,
+            pool_requests,
+            seed,
+        },
+        Setup {
+            brand_id,
+            store_id: owned.store_id,
+            store_name: owned.store_name.clone(),
+            records: owned.records + prepared.fund_records + prepared.seed_records,
+            purchase_minor: prepared.seed_minor,
+            funded_minor: funding.per_card.iter().sum(),
+            provision_secs,
+            sign_secs,
+        },
+        results,
+        cpu_secs,
+    );
+    Ok(print_report(&report, json))
+}
+
+/// Checks what clap cannot: the hot cards fit in the cards, and an open
+/// loop's pool fits in memory. Returns the number of hot cards.
+fn check_args(args: &BenchArgs) -> anyhow::Result<u32> {
     let hot = args.hot_cards.unwrap_or(0);
     if hot > args.cards {
         bail!("--hot-cards {hot} is more than --cards {}", args.cards);
@@ -192,10 +258,20 @@ pub async fn run(
             );
         }
     }
-    let seed = args.seed.unwrap_or_else(rand::random);
+    Ok(hot)
+}
+
+/// Signs on with the owner key, and checks that the server allows the
+/// pipeline asked for.
+async fn connect_owner(
+    addr: &str,
+    tls: Option<&TlsClient>,
+    args: &BenchArgs,
+    timeout_secs: u64,
+) -> anyhow::Result<AnyClient> {
     let owner_key = read_key_file(&args.owner_key).context("--owner-key")?;
-    let setup_started = std::time::Instant::now();
-    let mut owner =
+    let timeout = Duration::from_secs(timeout_secs);
+    let owner =
         match tokio::time::timeout(timeout, Client::connect_with(addr, owner_key, tls)).await {
             Err(_) => bail!("connecting to {addr}: no sign-on within {timeout_secs}s"),
             Ok(Err(e)) => bail!("connecting to {addr}: {e}"),
@@ -208,42 +284,49 @@ pub async fn run(
             args.pipeline
         );
     }
-    let exponent = owner.session.currency_exponent;
-    let amounts = Amounts::new(exponent).map_err(anyhow::Error::msg)?;
+    Ok(owner)
+}
 
-    // 1. The plan.
+/// Every terminal's request plan, made off the runtime.
+async fn make_plans(
+    args: &BenchArgs,
+    hot: u32,
+    amounts: Amounts,
+    seed: u64,
+) -> anyhow::Result<Vec<TerminalPlan>> {
     let share = pool_share(args);
     let spread = Spread {
         cards: args.cards,
         hot,
         hot_share: args.hot_share,
     };
-    let mix = args.mix;
-    let plans: Vec<_> = {
-        let n = args.terminals;
-        tokio::task::spawn_blocking(move || {
-            (0..n)
-                .map(|i| plan_terminal(i, share, &mix, &spread, &amounts, seed))
-                .collect()
-        })
-        .await?
-    };
-    let pool_requests: u64 = plans.iter().map(|p| p.ops.len() as u64).sum();
-    let funding =
-        Funding::for_plans(&plans, args.cards, 100 * amounts.unit()).map_err(anyhow::Error::msg)?;
-    let top_ups = funding.top_ups();
+    let (mix, n) = (args.mix, args.terminals);
+    Ok(tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|i| plan_terminal(i, share, &mix, &spread, &amounts, seed))
+            .collect()
+    })
+    .await?)
+}
 
-    // 2. Owner provisioning.
-    let pb = bar(0, "provisioning");
-    let owned = provision::provision(&mut owner, args.terminals, args.cards, timeout, &pb)
-        .await
-        .context("provisioning")?;
-    pb.finish_and_clear();
-    let brand_id = owner.session.brand_id;
-    drop(owner);
+/// What the setup of step 3 wrote.
+struct Prepared {
+    fund_records: u64,
+    seed_records: u64,
+    seed_minor: i64,
+}
 
-    // 3. Terminals sign on; cards are loaded; refund originals are made.
-    let pb = bar(u64::from(args.terminals), "signing on");
+/// Signs every terminal on, loads every card with what the plan will spend
+/// from it, and makes the purchases that planned refunds refer to.
+async fn prepare_terminals(
+    addr: &str,
+    tls: Option<&TlsClient>,
+    owned: &provision::Owned,
+    plans: &[TerminalPlan],
+    funding: &Funding,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<BenchTerminal>, Prepared)> {
+    let pb = bar(owned.terminal_keys.len() as u64, "signing on");
     let mut terminals = provision::connect_all(
         addr,
         tls,
@@ -255,18 +338,36 @@ pub async fn run(
     .await?;
     pb.finish_and_clear();
     let pb = bar(0, "loading cards");
-    let fund_records = provision::fund(&mut terminals, &owned.cards, &top_ups, timeout, &pb)
-        .await
-        .context("loading the cards")?;
+    let fund_records = provision::fund(
+        &mut terminals,
+        &owned.cards,
+        &funding.top_ups(),
+        timeout,
+        &pb,
+    )
+    .await
+    .context("loading the cards")?;
     pb.finish_and_clear();
     let (seed_records, seed_minor) =
-        provision::seed_purchases(&mut terminals, &plans, &owned.cards, timeout)
+        provision::seed_purchases(&mut terminals, plans, &owned.cards, timeout)
             .await
             .context("setup purchases")?;
-    let provision_secs = setup_started.elapsed().as_secs_f64();
+    let prepared = Prepared {
+        fund_records,
+        seed_records,
+        seed_minor,
+    };
+    Ok((terminals, prepared))
+}
 
-    // 4. Sign every planned request, on every core, before the clock.
-    let sign_started = std::time::Instant::now();
+/// Encodes and signs every planned request on every core, with a progress bar.
+async fn sign_pools(
+    terminals: &[BenchTerminal],
+    plans: Vec<TerminalPlan>,
+    cards: &[String],
+    brand_id: u32,
+    pool_requests: u64,
+) -> anyhow::Result<Vec<Pool>> {
     let pb = bar(pool_requests, "signing");
     let signed = Arc::new(AtomicU64::new(0));
     let ticker = {
@@ -281,29 +382,33 @@ pub async fn run(
     let keys: Vec<_> = terminals.iter().map(|t| t.client.key().clone()).collect();
     let firsts: Vec<u64> = terminals.iter().map(|t| t.next_txn).collect();
     let seeds: Vec<Vec<u64>> = terminals.iter().map(|t| t.seed_seqs.clone()).collect();
-    let cards = owned.cards.clone();
-    let pools = {
-        let signed = signed.clone();
-        tokio::task::spawn_blocking(move || {
-            let specs: Vec<PoolSpec<'_>> = (0..plans.len())
-                .map(|i| PoolSpec {
-                    key: &keys[i],
-                    brand_id,
-                    first_txn: firsts[i],
-                    ops: &plans[i].ops,
-                    seed_seqs: &seeds[i],
-                })
-                .collect();
-            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            sign_all(&specs, &cards, threads, &signed)
-        })
-        .await?
-    };
+    let cards = cards.to_vec();
+    let pools = tokio::task::spawn_blocking(move || {
+        let specs: Vec<PoolSpec<'_>> = (0..plans.len())
+            .map(|i| PoolSpec {
+                key: &keys[i],
+                brand_id,
+                first_txn: firsts[i],
+                ops: &plans[i].ops,
+                seed_seqs: &seeds[i],
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        sign_all(&specs, &cards, threads, &signed)
+    })
+    .await?;
     ticker.abort();
     pb.finish_and_clear();
-    let sign_secs = sign_started.elapsed().as_secs_f64();
+    Ok(pools)
+}
 
-    // The measured window.
+/// The measured window: every terminal drives its pool; returns each
+/// terminal's result and the CPU time this process used meanwhile.
+async fn measure(
+    args: &BenchArgs,
+    terminals: Vec<BenchTerminal>,
+    pools: Vec<Pool>,
+) -> anyhow::Result<(Vec<TerminalResult>, Option<f64>)> {
     let cpu_before = own_cpu_secs();
     let live = Arc::new(Live::default());
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -331,29 +436,7 @@ pub async fn run(
             ))
         })
         .collect();
-    let progress = ProgressBar::new(args.duration);
-    progress.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} s  {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    let ticker = {
-        let (pb, live) = (progress.clone(), live.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep_until(start).await;
-            loop {
-                let secs = start.elapsed().as_secs_f64();
-                let ok = live.ok.load(Ordering::Relaxed);
-                let errors = live.errors.load(Ordering::Relaxed);
-                pb.set_position(secs as u64);
-                pb.set_message(format!(
-                    "{ok} ok, {:.0} ops/s, {errors} errors",
-                    ok as f64 / secs.max(0.001)
-                ));
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let (progress, ticker) = window_progress(args.duration, start, live);
     let mut results = Vec::with_capacity(handles.len());
     for h in handles {
         results.push(h.await.context("a terminal task failed")?);
@@ -363,33 +446,42 @@ pub async fn run(
     let cpu_secs = own_cpu_secs()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    Ok((results, cpu_secs))
+}
 
-    let report = Report::new(
-        Params {
-            terminals: args.terminals,
-            duration_secs: args.duration,
-            pipeline: args.pipeline,
-            rate: args.rate,
-            mix: args.mix,
-            cards: args.cards,
-            hot_cards: hot,
-            hot_share: args.hot_share,
-            pool_requests,
-            seed,
-        },
-        Setup {
-            brand_id,
-            store_id: owned.store_id,
-            store_name: owned.store_name.clone(),
-            records: owned.records + fund_records + seed_records,
-            purchase_minor: seed_minor,
-            funded_minor: funding.per_card.iter().sum(),
-            provision_secs,
-            sign_secs,
-        },
-        results,
-        cpu_secs,
+/// A progress bar over the window with the live counts, and its ticker.
+fn window_progress(
+    duration: u64,
+    start: tokio::time::Instant,
+    live: Arc<Live>,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let progress = ProgressBar::new(duration);
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} s  {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
     );
+    let pb = progress.clone();
+    let ticker = tokio::spawn(async move {
+        tokio::time::sleep_until(start).await;
+        loop {
+            let secs = start.elapsed().as_secs_f64();
+            let ok = live.ok.load(Ordering::Relaxed);
+            let errors = live.errors.load(Ordering::Relaxed);
+            pb.set_position(secs as u64);
+            pb.set_message(format!(
+                "{ok} ok, {:.0} ops/s, {errors} errors",
+                ok as f64 / secs.max(0.001)
+            ));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    (progress, ticker)
+}
+
+/// Prints the report (JSON on stdout with warnings on stderr, or text);
+/// exit code 2 when some requests were refused or got no answer.
+fn print_report(report: &Report, json: bool) -> ExitCode {
     if json {
         println!("{}", report.to_json());
         for w in report.warnings() {
@@ -398,11 +490,11 @@ pub async fn run(
     } else {
         println!("{}", report.to_text());
     }
-    Ok(if report.error_count() > 0 {
+    if report.error_count() > 0 {
         ExitCode::from(EXIT_REFUSED)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 /// CPU time (user + system) this process has used, in seconds, where the

@@ -48,6 +48,41 @@ pub struct PoolSpec<'a> {
     pub seed_seqs: &'a [u64],
 }
 
+/// The protocol operation for a planned one, and whether it takes a
+/// transaction id (every operation but an inquiry does).
+fn wire_op(op: &PlanOp, cards: &[String], seed_seqs: &[u64]) -> (Op, bool) {
+    match *op {
+        PlanOp::Purchase { card, amount } => (
+            Op::Purchase(pb::Purchase {
+                card: cards[card as usize].clone(),
+                amount_minor: amount,
+                allow_partial: false,
+            }),
+            true,
+        ),
+        PlanOp::TopUp { card, amount } => (
+            Op::TopUp(pb::TopUp {
+                card: cards[card as usize].clone(),
+                amount_minor: amount,
+            }),
+            true,
+        ),
+        PlanOp::Inquiry { card } => (
+            Op::Inquiry(pb::Inquiry {
+                card: cards[card as usize].clone(),
+            }),
+            false,
+        ),
+        PlanOp::Refund { seed, amount } => (
+            Op::Refund(pb::Refund {
+                original_seq: seed_seqs[seed as usize],
+                amount_minor: amount,
+            }),
+            true,
+        ),
+    }
+}
+
 /// Encodes and signs one terminal's plan. Read-only requests use no
 /// transaction id; every other request takes the next one.
 pub fn sign_pool(spec: &PoolSpec<'_>, cards: &[String], signed: &AtomicU64) -> Pool {
@@ -58,42 +93,12 @@ pub fn sign_pool(spec: &PoolSpec<'_>, cards: &[String], signed: &AtomicU64) -> P
     let mut ends = Vec::with_capacity(spec.ops.len());
     let mut txn = spec.first_txn;
     for (i, op) in spec.ops.iter().enumerate() {
-        let (op, txn_id) = match *op {
-            PlanOp::Purchase { card, amount } => (
-                Op::Purchase(pb::Purchase {
-                    card: cards[card as usize].clone(),
-                    amount_minor: amount,
-                    allow_partial: false,
-                }),
-                Some(()),
-            ),
-            PlanOp::TopUp { card, amount } => (
-                Op::TopUp(pb::TopUp {
-                    card: cards[card as usize].clone(),
-                    amount_minor: amount,
-                }),
-                Some(()),
-            ),
-            PlanOp::Inquiry { card } => (
-                Op::Inquiry(pb::Inquiry {
-                    card: cards[card as usize].clone(),
-                }),
-                None,
-            ),
-            PlanOp::Refund { seed, amount } => (
-                Op::Refund(pb::Refund {
-                    original_seq: spec.seed_seqs[seed as usize],
-                    amount_minor: amount,
-                }),
-                Some(()),
-            ),
-        };
-        let txn_id = match txn_id {
-            Some(()) => {
-                txn += 1;
-                txn - 1
-            }
-            None => 0,
+        let (op, takes_txn) = wire_op(op, cards, spec.seed_seqs);
+        let txn_id = if takes_txn {
+            txn += 1;
+            txn - 1
+        } else {
+            0
         };
         let request = pb::Request {
             txn_id,

@@ -78,6 +78,39 @@ async fn pipeline_last_alone(
     Ok(answers)
 }
 
+/// Creates a store of the bench's own (a fresh name each run) with
+/// transaction `txn`; returns its id and name.
+async fn create_store(
+    owner: &mut AnyClient,
+    txn: u64,
+    timeout: Duration,
+) -> anyhow::Result<(u32, String)> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let store_name = format!("bench {secs}-{:04x}", rand::random::<u16>());
+    let req = owner.request(
+        txn,
+        Op::CreateStore(pb::CreateStore {
+            name: store_name.clone(),
+        }),
+    );
+    let reply = match tokio::time::timeout(timeout, owner.call(&req)).await {
+        Err(_) => bail!("creating the bench store: no answer within {timeout:?}"),
+        Ok(Err(ClientError::Refused(r))) => bail!(
+            "creating the bench store: refused with {} ({})",
+            r.code.as_str_name(),
+            r.message
+        ),
+        Ok(Err(e)) => bail!("creating the bench store: {e}"),
+        Ok(Ok(r)) => r,
+    };
+    let Some(Detail::Store(store)) = reply.detail else {
+        bail!("creating the bench store: the answer names no store");
+    };
+    Ok((store.store_id, store_name))
+}
+
 /// Creates the bench's store, enrols `terminals` fresh keys to it and
 /// issues `cards` cards.
 pub async fn provision(
@@ -96,31 +129,8 @@ pub async fn provision(
     owner.operator = OPERATOR.into();
     let brand = owner.session.brand_id;
     let mut txn = owner.session.last_txn_id + 1;
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let store_name = format!("bench {secs}-{:04x}", rand::random::<u16>());
-    let req = owner.request(
-        txn,
-        Op::CreateStore(pb::CreateStore {
-            name: store_name.clone(),
-        }),
-    );
+    let (store_id, store_name) = create_store(owner, txn, timeout).await?;
     txn += 1;
-    let reply = match tokio::time::timeout(timeout, owner.call(&req)).await {
-        Err(_) => bail!("creating the bench store: no answer within {timeout:?}"),
-        Ok(Err(ClientError::Refused(r))) => bail!(
-            "creating the bench store: refused with {} ({})",
-            r.code.as_str_name(),
-            r.message
-        ),
-        Ok(Err(e)) => bail!("creating the bench store: {e}"),
-        Ok(Ok(r)) => r,
-    };
-    let Some(Detail::Store(store)) = reply.detail else {
-        bail!("creating the bench store: the answer names no store");
-    };
-    let store_id = store.store_id;
 
     let terminal_keys: Vec<SigningKey> = (0..terminals).map(|_| generate_key()).collect();
     let card_numbers: Vec<String> = (0..cards)

@@ -220,9 +220,21 @@ impl Report {
 
     /// The report for people.
     pub fn to_text(&self) -> String {
+        let mut out = Vec::new();
+        self.heading_lines(&mut out);
+        self.measured_lines(&mut out);
+        if self.params.rate.is_some() {
+            self.open_loop_lines(&mut out);
+        }
+        self.count_lines(&mut out);
+        self.warning_lines(&mut out);
+        out.join("\n")
+    }
+
+    /// What was run, and its setup.
+    fn heading_lines(&self, out: &mut Vec<String>) {
         let p = &self.params;
         let s = &self.setup;
-        let mut out = Vec::new();
         let spread = if p.hot_cards > 0 {
             format!("{}% of traffic on {} hot cards", p.hot_share, p.hot_cards)
         } else {
@@ -240,6 +252,11 @@ impl Report {
             "setup: brand {} store {} ({}), {} records in {:.2} s; {} requests pre-signed in {:.2} s",
             s.brand_id, s.store_id, s.store_name, s.records, s.provision_secs, p.pool_requests, s.sign_secs
         ));
+    }
+
+    /// Throughput and latency.
+    fn measured_lines(&self, out: &mut Vec<String>) {
+        let p = &self.params;
         out.push(format!(
             "throughput  {:.1} ops/s ({} ok in the {} s window; {} sent, {} ok in all)",
             self.ops_per_sec(),
@@ -261,30 +278,37 @@ impl Report {
                 "write"
             }
         ));
-        if p.rate.is_some() {
-            let c = &self.counts;
+    }
+
+    /// Open loop: how the schedule was kept, and the service latency.
+    fn open_loop_lines(&self, out: &mut Vec<String>) {
+        let c = &self.counts;
+        out.push(format!(
+            "schedule    {} due in the window, {} sent late (pipeline full), {} never sent",
+            c.scheduled,
+            c.late_sends,
+            self.unsent()
+        ));
+        if let Some(h) = &c.service {
             out.push(format!(
-                "schedule    {} due in the window, {} sent late (pipeline full), {} never sent",
-                c.scheduled,
-                c.late_sends,
-                self.unsent()
+                "service ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  (from the write)",
+                quantile_ms(h, 0.5),
+                quantile_ms(h, 0.99),
+                quantile_ms(h, 0.999)
             ));
-            if let Some(h) = &c.service {
-                out.push(format!(
-                    "service ms  p50 {:.3}  p99 {:.3}  p99.9 {:.3}  (from the write)",
-                    quantile_ms(h, 0.5),
-                    quantile_ms(h, 0.99),
-                    quantile_ms(h, 0.999)
-                ));
-            }
-            if let Some(h) = &c.send_lag {
-                out.push(format!(
-                    "send lag ms p99 {:.3}  max {:.3}  (due to written: timers, late sends)",
-                    quantile_ms(h, 0.99),
-                    max_ms(h)
-                ));
-            }
         }
+        if let Some(h) = &c.send_lag {
+            out.push(format!(
+                "send lag ms p99 {:.3}  max {:.3}  (due to written: timers, late sends)",
+                quantile_ms(h, 0.99),
+                max_ms(h)
+            ));
+        }
+    }
+
+    /// Approved answers by operation, the generator's CPU, and the errors.
+    fn count_lines(&self, out: &mut Vec<String>) {
+        let p = &self.params;
         out.push(format!(
             "ok          purchase {} ({} minor)  topup {}  inquiry {}  refund {}",
             self.counts.purchase_ok,
@@ -310,6 +334,10 @@ impl Report {
                 .collect();
             out.push(format!("errors      {}", list.join(", ")));
         }
+    }
+
+    /// Why the figures may be a lower bound.
+    fn warning_lines(&self, out: &mut Vec<String>) {
         if self.exhausted > 0 {
             out.push(format!(
                 "warning: {} terminals used up their pre-signed requests (the first after {:.1} s); \
@@ -327,7 +355,6 @@ impl Report {
                 self.failures.len()
             ));
         }
-        out.join("\n")
     }
 
     fn unsent_warning(&self) -> Option<String> {
@@ -376,4 +403,117 @@ fn round1(x: f64) -> f64 {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bench::run::histogram;
+
+    fn params(rate: Option<u64>) -> Params {
+        Params {
+            terminals: 2,
+            duration_secs: 4,
+            pipeline: 2,
+            rate,
+            mix: Mix::parse("purchase=90,topup=5,inquiry=5").unwrap(),
+            cards: 100,
+            hot_cards: 10,
+            hot_share: 80,
+            pool_requests: 1_000,
+            seed: 7,
+        }
+    }
+
+    fn setup() -> Setup {
+        Setup {
+            brand_id: 1,
+            store_id: 3,
+            store_name: "bench".into(),
+            records: 250,
+            purchase_minor: 500,
+            funded_minor: 90_000,
+            provision_secs: 1.25,
+            sign_secs: 0.5,
+        }
+    }
+
+    /// A terminal that answered 40 of 50, with latencies 1..=40 ms.
+    fn result(open_loop: bool, exhausted: bool, failure: bool) -> TerminalResult {
+        let mut c = Counters::new();
+        for ms in 1..=40u64 {
+            c.hist.record(ms * 1000).unwrap();
+        }
+        if open_loop {
+            let (mut service, mut lag) = (histogram(), histogram());
+            for ms in 1..=40u64 {
+                service.record(ms * 500).unwrap();
+                lag.record(ms * 10).unwrap();
+            }
+            c.service = Some(service);
+            c.send_lag = Some(lag);
+            c.scheduled = 60;
+            c.late_sends = 3;
+        }
+        c.sent = 50;
+        c.ok = 40;
+        c.ok_in_window = 38;
+        c.answered_in_window = 45;
+        c.purchase_ok = 36;
+        c.purchase_minor = 3_600;
+        c.topup_ok = 2;
+        c.inquiry_ok = 2;
+        c.errors.insert("INSUFFICIENT_FUNDS".into(), 4);
+        c.errors.insert("NO_ANSWER".into(), 6);
+        TerminalResult {
+            counts: c,
+            exhausted_after: exhausted.then_some(Duration::from_millis(3_500)),
+            failure: failure.then(|| "reading: reset".to_string()),
+        }
+    }
+
+    #[test]
+    fn the_text_report_reads_line_by_line() {
+        let closed = Report::new(
+            params(None),
+            setup(),
+            vec![result(false, false, false), result(false, false, false)],
+            None,
+        );
+        let open = Report::new(
+            params(Some(30)),
+            setup(),
+            vec![result(true, true, true), result(true, false, false)],
+            Some(2.25),
+        );
+        let want_closed = [
+            "bench: 2 terminals, pipeline 2, closed loop, 4 s, mix purchase=90,topup=5,inquiry=5, 100 cards (80% of traffic on 10 hot cards)",
+            "setup: brand 1 store 3 (bench), 250 records in 1.25 s; 1000 requests pre-signed in 0.50 s",
+            "throughput  19.0 ops/s (76 ok in the 4 s window; 100 sent, 80 ok in all)",
+            "latency ms  p50 20.015  p90 36.031  p99 40.031  p99.9 40.031  max 40.031  (from the write)",
+            "ok          purchase 72 (7200 minor)  topup 4  inquiry 4  refund 0",
+            "errors      INSUFFICIENT_FUNDS 8, NO_ANSWER 12",
+        ]
+        .join("\n");
+        assert_eq!(closed.to_text(), want_closed);
+        let want_open = [
+            "bench: 2 terminals, pipeline 2, open loop at 30 requests/s, 4 s, mix purchase=90,topup=5,inquiry=5, 100 cards (80% of traffic on 10 hot cards)",
+            "setup: brand 1 store 3 (bench), 250 records in 1.25 s; 1000 requests pre-signed in 0.50 s",
+            "throughput  19.0 ops/s (76 ok in the 4 s window; 100 sent, 80 ok in all)",
+            "latency ms  p50 20.015  p90 36.031  p99 40.031  p99.9 40.031  max 40.031  (from the scheduled send time)",
+            "schedule    120 due in the window, 6 sent late (pipeline full), 20 never sent",
+            "service ms  p50 10.007  p99 20.015  p99.9 20.015  (from the write)",
+            "send lag ms p99 0.400  max 0.400  (due to written: timers, late sends)",
+            "ok          purchase 72 (7200 minor)  topup 4  inquiry 4  refund 0",
+            "generator   2.2 CPU-seconds during the 4 s window (it shares the cores with the daemon)",
+            "errors      INSUFFICIENT_FUNDS 8, NO_ANSWER 12",
+            "warning: 1 terminals used up their pre-signed requests (the first after 3.5 s); the throughput is a lower bound: raise --max-requests",
+            "warning: 20 of 120 scheduled requests were never sent (the terminals fell behind the rate); they are not in the latency figures",
+            "warning: 1 connections ended early, e.g. reading: reset",
+        ]
+        .join("\n");
+        assert_eq!(open.to_text(), want_open);
+    }
 }

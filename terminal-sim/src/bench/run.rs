@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cardd::client::AnyClient;
-use cardd::pb::{reply::Detail, server_message, ServerMessage};
+use cardd::client::{AnyClient, ClientStream};
+use cardd::pb::{self, reply::Detail, server_message, ServerMessage};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use prost::Message;
 use tokio::time::Instant;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::pool::Pool;
 use super::schedule::Pacer;
@@ -219,177 +220,275 @@ pub async fn drive(
     pool: Pool,
     pipeline: usize,
     window: Window,
-    mut pacer: Option<Pacer>,
+    pacer: Option<Pacer>,
     live: Arc<Live>,
 ) -> TerminalResult {
-    let mut res = TerminalResult::new();
-    if pacer.is_some() {
-        res.counts.service = Some(histogram());
-        res.counts.send_lag = Some(lag_histogram());
-    }
-    let framed = client.framed();
-    // Requests in flight, at most `pipeline`.
-    let mut in_flight: Vec<InFlight> = Vec::with_capacity(pipeline);
-    let mut next = 0usize;
-    let answer_deadline = window.end + window.drain;
-    let length = window.end - window.start;
+    let mut d = Driver::new(client.framed(), pool, pipeline, window, pacer, live);
     tokio::time::sleep_until(window.start).await;
     loop {
         let now = Instant::now();
-        // Closed loop, nothing is sent after the window; open loop, a slot
-        // due inside it may still go (see `Pacer::take`).
-        let sending = match &pacer {
-            None => now < window.end,
-            Some(p) => p.next_at() < length,
-        };
-        if sending {
-            let mut fed = false;
-            while in_flight.len() < pipeline && next < pool.len() {
-                let written = Instant::now();
-                let from = match pacer.as_mut() {
-                    None => written,
-                    Some(p) => {
-                        match p.take(written.saturating_duration_since(window.start), length) {
-                            Some((due, _late)) => window.start + due,
-                            None => break,
-                        }
-                    }
-                };
-                if let Err(e) = framed.feed(pool.frame(next)).await {
-                    res.failure = Some(format!("writing: {e}"));
-                    break;
-                }
-                next += 1;
-                res.counts.sent += 1;
-                if let Some(lag) = res.counts.send_lag.as_mut() {
-                    record(lag, written.saturating_duration_since(from));
-                }
-                in_flight.push(InFlight {
-                    id: next as u64,
-                    from,
-                    written,
-                });
-                fed = true;
-            }
-            if res.failure.is_none() && fed {
-                if let Err(e) = SinkExt::<bytes::Bytes>::flush(framed).await {
-                    res.failure = Some(format!("writing: {e}"));
-                }
-            }
-            // Open loop, the pool has run out only if more is due in the window.
-            let wanted = pacer.as_ref().is_none_or(|p| p.next_at() < length);
-            if next == pool.len() && wanted && now < window.end && res.exhausted_after.is_none() {
-                res.exhausted_after = Some(now - window.start);
-            }
-        }
-        if res.failure.is_some() {
-            let lost = in_flight.len() as u64;
-            res.error(CONNECTION_LOST, lost, &live);
+        d.send(now).await;
+        if d.res.failure.is_some() {
+            d.lose_in_flight(CONNECTION_LOST);
             break;
         }
-        // Open loop, with a place free: wake for the next slot in the window.
-        // (After the window, whatever could still go has gone.)
-        let wake = match &pacer {
-            Some(p)
-                if now < window.end
-                    && in_flight.len() < pipeline
-                    && next < pool.len()
-                    && p.next_at() < length =>
-            {
-                Some(window.start + p.next_at())
-            }
-            _ => None,
-        };
-        if in_flight.is_empty() && wake.is_none() {
+        let wake = d.wake_at(now);
+        if d.in_flight.is_empty() && wake.is_none() {
             // Nothing left to send (window over or pool used up).
             break;
         }
-        let answer = tokio::time::timeout_at(answer_deadline, framed.next());
+        match d.next_frame(wake).await {
+            Step::Frame(frame) => {
+                if !d.on_frame(frame) {
+                    break;
+                }
+            }
+            Step::Wake => continue,
+            Step::End => break,
+        }
+    }
+    d.finish()
+}
+
+/// What waiting on the connection gave.
+enum Step {
+    /// An answer's frame.
+    Frame(bytes::BytesMut),
+    /// The next slot of the schedule is due.
+    Wake,
+    /// The connection is over (no answer in time, closed, or broken).
+    End,
+}
+
+/// One terminal's state during the window.
+struct Driver<'a> {
+    framed: &'a mut Framed<ClientStream, LengthDelimitedCodec>,
+    pool: Pool,
+    pipeline: usize,
+    window: Window,
+    /// The window's length.
+    length: Duration,
+    pacer: Option<Pacer>,
+    live: Arc<Live>,
+    /// Requests in flight, at most `pipeline`.
+    in_flight: Vec<InFlight>,
+    /// The next request of the pool to send.
+    next: usize,
+    res: TerminalResult,
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        framed: &'a mut Framed<ClientStream, LengthDelimitedCodec>,
+        pool: Pool,
+        pipeline: usize,
+        window: Window,
+        pacer: Option<Pacer>,
+        live: Arc<Live>,
+    ) -> Self {
+        let mut res = TerminalResult::new();
+        if pacer.is_some() {
+            res.counts.service = Some(histogram());
+            res.counts.send_lag = Some(lag_histogram());
+        }
+        Driver {
+            framed,
+            pool,
+            pipeline,
+            window,
+            length: window.end - window.start,
+            pacer,
+            live,
+            in_flight: Vec::with_capacity(pipeline),
+            next: 0,
+            res,
+        }
+    }
+
+    /// Writes what may go now: closed loop, until the window ends; open
+    /// loop, the slots due (a slot due inside the window may still go after
+    /// it, see `Pacer::take`). Notes when the pool ran out too early.
+    async fn send(&mut self, now: Instant) {
+        let sending = match &self.pacer {
+            None => now < self.window.end,
+            Some(p) => p.next_at() < self.length,
+        };
+        if !sending {
+            return;
+        }
+        let mut fed = false;
+        while self.in_flight.len() < self.pipeline && self.next < self.pool.len() {
+            let written = Instant::now();
+            let from = match self.pacer.as_mut() {
+                None => written,
+                Some(p) => {
+                    let at = written.saturating_duration_since(self.window.start);
+                    match p.take(at, self.length) {
+                        Some((due, _late)) => self.window.start + due,
+                        None => break,
+                    }
+                }
+            };
+            if let Err(e) = self.framed.feed(self.pool.frame(self.next)).await {
+                self.res.failure = Some(format!("writing: {e}"));
+                break;
+            }
+            self.next += 1;
+            self.res.counts.sent += 1;
+            if let Some(lag) = self.res.counts.send_lag.as_mut() {
+                record(lag, written.saturating_duration_since(from));
+            }
+            self.in_flight.push(InFlight {
+                id: self.next as u64,
+                from,
+                written,
+            });
+            fed = true;
+        }
+        if self.res.failure.is_none() && fed {
+            if let Err(e) = SinkExt::<bytes::Bytes>::flush(self.framed).await {
+                self.res.failure = Some(format!("writing: {e}"));
+            }
+        }
+        // Open loop, the pool has run out only if more is due in the window.
+        let wanted = self
+            .pacer
+            .as_ref()
+            .is_none_or(|p| p.next_at() < self.length);
+        let used_up = self.next == self.pool.len();
+        if used_up && wanted && now < self.window.end && self.res.exhausted_after.is_none() {
+            self.res.exhausted_after = Some(now - self.window.start);
+        }
+    }
+
+    /// Open loop, with a place free: when the next slot in the window is
+    /// due. (After the window, whatever could still go has gone.)
+    fn wake_at(&self, now: Instant) -> Option<Instant> {
+        match &self.pacer {
+            Some(p)
+                if now < self.window.end
+                    && self.in_flight.len() < self.pipeline
+                    && self.next < self.pool.len()
+                    && p.next_at() < self.length =>
+            {
+                Some(self.window.start + p.next_at())
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits for the next answer until the drain deadline, or for `wake`.
+    async fn next_frame(&mut self, wake: Option<Instant>) -> Step {
+        let answer_deadline = self.window.end + self.window.drain;
+        let answer = tokio::time::timeout_at(answer_deadline, self.framed.next());
         let frame = match wake {
             None => answer.await,
             Some(wake) => tokio::select! {
                 biased;
-                a = answer, if !in_flight.is_empty() => a,
-                () = tokio::time::sleep_until(wake) => continue,
+                a = answer, if !self.in_flight.is_empty() => a,
+                () = tokio::time::sleep_until(wake) => return Step::Wake,
             },
         };
-        let frame = match frame {
+        match frame {
             Err(_) => {
-                res.error(NO_ANSWER, in_flight.len() as u64, &live);
-                break;
+                self.lose_in_flight(NO_ANSWER);
+                Step::End
             }
             Ok(None) => {
-                res.failure = Some("the server closed the connection".into());
-                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
-                break;
+                self.res.failure = Some("the server closed the connection".into());
+                self.lose_in_flight(CONNECTION_LOST);
+                Step::End
             }
             Ok(Some(Err(e))) => {
-                res.failure = Some(format!("reading: {e}"));
-                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
-                break;
+                self.res.failure = Some(format!("reading: {e}"));
+                self.lose_in_flight(CONNECTION_LOST);
+                Step::End
             }
-            Ok(Some(Ok(frame))) => frame,
-        };
+            Ok(Some(Ok(frame))) => Step::Frame(frame),
+        }
+    }
+
+    /// Counts every request in flight as an error `name`.
+    fn lose_in_flight(&mut self, name: &str) {
+        let n = self.in_flight.len() as u64;
+        self.res.error(name, n, &self.live);
+    }
+
+    /// Matches an answer with its request and counts it. False when the
+    /// connection is over.
+    fn on_frame(&mut self, frame: bytes::BytesMut) -> bool {
         let arrived = Instant::now();
-        if let Some(p) = pacer.as_mut() {
-            if in_flight.len() >= pipeline {
+        if let Some(p) = self.pacer.as_mut() {
+            if self.in_flight.len() >= self.pipeline {
                 // Full until now: whatever came due meanwhile waited.
-                p.held_until(arrived.saturating_duration_since(window.start));
+                p.held_until(arrived.saturating_duration_since(self.window.start));
             }
         }
         let Ok(msg) = ServerMessage::decode(frame) else {
-            res.error(PROTOCOL, 1, &live);
-            continue;
+            self.res.error(PROTOCOL, 1, &self.live);
+            return true;
         };
-        let Some(pos) = in_flight.iter().position(|f| f.id == msg.request_id) else {
-            res.error(PROTOCOL, 1, &live);
+        let Some(pos) = self.in_flight.iter().position(|f| f.id == msg.request_id) else {
+            self.res.error(PROTOCOL, 1, &self.live);
             if msg.request_id == 0 {
                 // A connection-level error: nothing more will be answered.
-                res.failure = Some(format!("connection-level answer: {:?}", msg.body));
-                res.error(CONNECTION_LOST, in_flight.len() as u64, &live);
-                break;
+                self.res.failure = Some(format!("connection-level answer: {:?}", msg.body));
+                self.lose_in_flight(CONNECTION_LOST);
+                return false;
             }
-            continue;
+            return true;
         };
-        let done = in_flight.swap_remove(pos);
-        record(&mut res.counts.hist, arrived - done.from);
-        if let Some(service) = res.counts.service.as_mut() {
+        let done = self.in_flight.swap_remove(pos);
+        record(&mut self.res.counts.hist, arrived - done.from);
+        if let Some(service) = self.res.counts.service.as_mut() {
             record(service, arrived - done.written);
         }
-        if arrived <= window.end {
-            res.counts.answered_in_window += 1;
+        let in_window = arrived <= self.window.end;
+        if in_window {
+            self.res.counts.answered_in_window += 1;
         }
         match msg.body {
-            Some(server_message::Body::Reply(reply)) => {
-                res.counts.ok += 1;
-                if arrived <= window.end {
-                    res.counts.ok_in_window += 1;
-                }
-                live.ok.fetch_add(1, Ordering::Relaxed);
-                match reply.detail {
-                    Some(Detail::Purchase(p)) => {
-                        res.counts.purchase_ok += 1;
-                        res.counts.purchase_minor += p.approved_minor;
-                    }
-                    Some(Detail::TopUp(t)) => {
-                        res.counts.topup_ok += 1;
-                        res.counts.topup_paid_minor += t.paid_minor;
-                        res.counts.topup_bonus_minor += t.bonus_minor;
-                    }
-                    Some(Detail::Refund(r)) => {
-                        res.counts.refund_ok += 1;
-                        res.counts.refund_minor += r.refunded_minor;
-                    }
-                    _ => res.counts.inquiry_ok += 1,
-                }
+            Some(server_message::Body::Reply(reply)) => self.count_reply(&reply, in_window),
+            Some(server_message::Body::Error(e)) => {
+                self.res.error(&error_name(e.code), 1, &self.live)
             }
-            Some(server_message::Body::Error(e)) => res.error(&error_name(e.code), 1, &live),
-            _ => res.error(PROTOCOL, 1, &live),
+            _ => self.res.error(PROTOCOL, 1, &self.live),
+        }
+        true
+    }
+
+    /// Counts an approved answer by its operation.
+    fn count_reply(&mut self, reply: &pb::Reply, in_window: bool) {
+        let c = &mut self.res.counts;
+        c.ok += 1;
+        if in_window {
+            c.ok_in_window += 1;
+        }
+        self.live.ok.fetch_add(1, Ordering::Relaxed);
+        match &reply.detail {
+            Some(Detail::Purchase(p)) => {
+                c.purchase_ok += 1;
+                c.purchase_minor += p.approved_minor;
+            }
+            Some(Detail::TopUp(t)) => {
+                c.topup_ok += 1;
+                c.topup_paid_minor += t.paid_minor;
+                c.topup_bonus_minor += t.bonus_minor;
+            }
+            Some(Detail::Refund(r)) => {
+                c.refund_ok += 1;
+                c.refund_minor += r.refunded_minor;
+            }
+            _ => c.inquiry_ok += 1,
         }
     }
-    if let Some(p) = &pacer {
-        res.counts.scheduled = p.schedule().slots_before(length);
-        res.counts.late_sends = p.late();
+
+    /// The result, with the open loop's schedule counts.
+    fn finish(mut self) -> TerminalResult {
+        if let Some(p) = &self.pacer {
+            self.res.counts.scheduled = p.schedule().slots_before(self.length);
+            self.res.counts.late_sends = p.late();
+        }
+        self.res
     }
-    res
 }

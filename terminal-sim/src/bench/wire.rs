@@ -9,6 +9,7 @@ use cardd::client::AnyClient;
 use cardd::crypto::sign_request;
 use cardd::error::Refusal;
 use cardd::pb::{self, client_message::Body, server_message, ClientMessage, ServerMessage};
+use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
 use prost::Message;
 
@@ -71,16 +72,10 @@ async fn pipeline_round(
     while done < requests.len() {
         let mut fed = false;
         while in_flight < window && next < requests.len() {
-            let bytes = requests[next].encode_to_vec();
-            let signature = sign_request(&key, &bytes);
-            let msg = ClientMessage {
-                request_id: FIRST_REQUEST_ID + next as u64,
-                body: Some(Body::Signed(pb::SignedRequest {
-                    request: bytes,
-                    signature,
-                })),
-            };
-            framed.feed(bytes::Bytes::from(msg.encode_to_vec())).await?;
+            let request_id = FIRST_REQUEST_ID + next as u64;
+            framed
+                .feed(signed_frame(&key, request_id, &requests[next]))
+                .await?;
             next += 1;
             in_flight += 1;
             fed = true;
@@ -100,27 +95,7 @@ async fn pipeline_round(
             Ok(Some(Err(e))) => bail!("connection: {e}"),
             Ok(Some(Ok(frame))) => frame,
         };
-        let msg = ServerMessage::decode(frame).map_err(|e| anyhow!("undecodable answer: {e}"))?;
-        let index = msg
-            .request_id
-            .checked_sub(FIRST_REQUEST_ID)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|i| *i < next && answers[*i].is_none());
-        let Some(index) = index else {
-            // Request id 0: a connection-level error (e.g. a frame refused).
-            if let Some(server_message::Body::Error(e)) = msg.body {
-                bail!("the server refused: {} ({})", error_name(e.code), e.message);
-            }
-            bail!("an answer to unknown request {}", msg.request_id);
-        };
-        let answer = match msg.body {
-            Some(server_message::Body::Reply(r)) => Ok(r),
-            Some(server_message::Body::Error(e)) => Err(Refusal::new(
-                pb::ErrorCode::try_from(e.code).unwrap_or_default(),
-                e.message,
-            )),
-            other => bail!("expected a reply, got {other:?}"),
-        };
+        let (index, answer) = match_answer(&frame, &answers[..next])?;
         if !matches!(&answer, Err(r) if r.code == pb::ErrorCode::TooManyInFlight) {
             progress();
         }
@@ -132,6 +107,51 @@ async fn pipeline_round(
         .into_iter()
         .map(|a| a.expect("every request answered"))
         .collect())
+}
+
+/// A frame carrying `request` signed with `key`, under `request_id`.
+fn signed_frame(key: &SigningKey, request_id: u64, request: &pb::Request) -> bytes::Bytes {
+    let bytes = request.encode_to_vec();
+    let signature = sign_request(key, &bytes);
+    let msg = ClientMessage {
+        request_id,
+        body: Some(Body::Signed(pb::SignedRequest {
+            request: bytes,
+            signature,
+        })),
+    };
+    bytes::Bytes::from(msg.encode_to_vec())
+}
+
+/// Decodes an answer and finds which of the requests sent so far (`sent`,
+/// `None` while unanswered) it answers. An answer to no such request, or a
+/// connection-level refusal, ends the round.
+fn match_answer(
+    frame: &[u8],
+    sent: &[Option<Result<pb::Reply, Refusal>>],
+) -> anyhow::Result<(usize, Result<pb::Reply, Refusal>)> {
+    let msg = ServerMessage::decode(frame).map_err(|e| anyhow!("undecodable answer: {e}"))?;
+    let index = msg
+        .request_id
+        .checked_sub(FIRST_REQUEST_ID)
+        .and_then(|i| usize::try_from(i).ok())
+        .filter(|i| *i < sent.len() && sent[*i].is_none());
+    let Some(index) = index else {
+        // Request id 0: a connection-level error (e.g. a frame refused).
+        if let Some(server_message::Body::Error(e)) = msg.body {
+            bail!("the server refused: {} ({})", error_name(e.code), e.message);
+        }
+        bail!("an answer to unknown request {}", msg.request_id);
+    };
+    let answer = match msg.body {
+        Some(server_message::Body::Reply(r)) => Ok(r),
+        Some(server_message::Body::Error(e)) => Err(Refusal::new(
+            pb::ErrorCode::try_from(e.code).unwrap_or_default(),
+            e.message,
+        )),
+        other => bail!("expected a reply, got {other:?}"),
+    };
+    Ok((index, answer))
 }
 
 /// The protocol name of an error code number.

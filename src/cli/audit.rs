@@ -1,18 +1,23 @@
-//! The `cardd audit` commands: export, verify, consistency.
+//! The `cardd audit` commands: export, verify, consistency. Progress bars,
+//! printing and exit codes live here, in the binary; the library's `audit`
+//! module only computes.
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 
-use super::file::ExportReader;
-use super::verify::{verify_export, VerifyOptions, VerifyReport};
-use crate::client::{Client, TlsClient};
-use crate::crypto::{leaf_hash, read_key_file, verify_strict};
-use crate::merkle::{consistency_proof, verify_consistency, MemoryTree};
-use crate::pb::{self, export_item::Item, request::Op};
+use cardd::audit::{verify_export, ExportReader, VerifyOptions, VerifyReport};
+use cardd::client::{Client, TlsClient};
+use cardd::crypto::{leaf_hash, read_key_file, verify_strict};
+use cardd::merkle::{consistency_proof, verify_consistency, MemoryTree};
+use cardd::pb::{self, export_item::Item, request::Op};
+
+use super::current_thread_runtime;
+use crate::AuditCommand;
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     // indicatif draws on stderr only when it is a terminal.
@@ -33,7 +38,7 @@ pub fn parse_server_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
         .as_slice()
         .try_into()
         .map_err(|_| anyhow::anyhow!("server key must be 32 bytes"))?;
-    crate::crypto::parse_public_key(&key)
+    cardd::crypto::parse_public_key(&key)
         .ok_or_else(|| anyhow::anyhow!("server key is not a valid ed25519 key"))?;
     Ok(key)
 }
@@ -46,19 +51,19 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<pb::Checkpoint> {
 }
 
 fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
-    crate::crypto::parse_public_key(server_key)
-        .is_some_and(|k| verify_strict(&k, &crate::checkpoint::signed_message(c), &c.signature))
+    cardd::crypto::parse_public_key(server_key)
+        .is_some_and(|k| verify_strict(&k, &cardd::checkpoint::signed_message(c), &c.signature))
 }
 
 /// `cardd audit export --data DIR --brand ID --out FILE` (daemon stopped).
 pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()> {
-    let server_key = crate::server::open_existing_data_dir(data)?;
-    let store = crate::storage::DiskStore::open_existing(data)
+    let server_key = cardd::server::open_existing_data_dir(data)?;
+    let store = cardd::storage::DiskStore::open_existing(data)
         .context("opening the ledger (is the daemon running?)")?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = bar(0, "exporting");
-    let summary = super::write_export(
+    let summary = cardd::audit::write_export(
         &store,
         brand,
         &server_key.verifying_key().to_bytes(),
@@ -152,7 +157,7 @@ pub fn print_report(r: &VerifyReport, json: bool) {
         return;
     }
     let amt =
-        |v: i128| crate::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
+        |v: i128| cardd::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
     println!(
         "brand {} ({}): {} records, {} checkpoints verified and replayed",
         r.brand_id, r.brand_name, r.records, r.checkpoints
@@ -337,4 +342,86 @@ fn proof_from_export(file: &Path, old: u64, new: u64) -> anyhow::Result<Vec<[u8;
 /// Writes `c` to `path` (for `--save-checkpoint`).
 pub fn save_checkpoint(c: &pb::Checkpoint, path: &Path) -> anyhow::Result<()> {
     std::fs::write(path, c.encode_to_vec()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs one `cardd audit` command; the exit code is 3 when `--compare`
+/// finds cards that differ from the live daemon.
+pub fn run(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Export {
+            connect,
+            key,
+            data,
+            brand,
+            out,
+        } => match (connect, key, data, brand) {
+            (Some(addr), Some(key), None, None) => {
+                current_thread_runtime()?.block_on(export_online(&addr, &key, &out, tls))?
+            }
+            (None, None, Some(data), Some(brand)) => export_offline(&data, brand, &out)?,
+            _ => bail!("give --connect ADDR --key OWNER_KEY, or --data DIR --brand ID"),
+        },
+        AuditCommand::Verify {
+            file,
+            server_key,
+            json,
+            old_checkpoint,
+            save_checkpoint: save,
+            compare,
+            key,
+        } => {
+            let report = verify_file(
+                &file,
+                parse_server_key(&server_key)?,
+                old_checkpoint.as_deref(),
+            )?;
+            print_report(&report, json);
+            if let (Some(path), Some(c)) = (save, &report.last_checkpoint) {
+                save_checkpoint(c, &path)?;
+            }
+            if let (Some(addr), Some(key)) = (compare, key) {
+                return compare_and_print(&report, &addr, &key, tls);
+            }
+        }
+        AuditCommand::Consistency {
+            old,
+            new,
+            server_key,
+            export,
+            connect,
+            key,
+        } => {
+            let server_key = parse_server_key(&server_key)?;
+            let live = connect.as_deref().zip(key.as_deref());
+            current_thread_runtime()?.block_on(consistency(
+                &old,
+                &new,
+                server_key,
+                export.as_deref(),
+                live,
+                tls,
+            ))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--compare`: prints each card that differs from the live daemon; exit
+/// code 3 when any does.
+fn compare_and_print(
+    report: &VerifyReport,
+    addr: &str,
+    key: &Path,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<ExitCode> {
+    let diffs = current_thread_runtime()?.block_on(compare_live(report, addr, key, tls))?;
+    for d in &diffs {
+        eprintln!("DIFFERS: {d}");
+    }
+    if !diffs.is_empty() {
+        eprintln!("{} cards differ from the live daemon", diffs.len());
+        return Ok(ExitCode::from(3));
+    }
+    eprintln!("all {} cards match the live daemon", report.cards.len());
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,217 @@
+//! `cardd admin`: the owner's console. One signed request per call; the
+//! reply is printed as a receipt or one JSON line, a refusal exits with 2.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::CommandFactory;
+use serde::Deserialize;
+
+use cardd::client::{Client, ClientError};
+use cardd::crypto::{read_key_file, write_key_file};
+use cardd::pb::{self, request::Op};
+use cardd::render::{error_json, receipt_text, reply_json};
+
+use super::current_thread_runtime;
+use crate::{AdminArgs, AdminOp, Cli};
+
+/// Runs one `cardd admin` command against a daemon.
+pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    current_thread_runtime()?.block_on(admin(args))
+}
+
+/// The owner key file. `--key` is a global flag (it may come before or
+/// after the subcommand) and clap cannot require a global flag, so the
+/// check is here, with clap's own usage error and exit code.
+fn key_path(args: &AdminArgs) -> PathBuf {
+    match &args.key {
+        Some(key) => key.clone(),
+        None => {
+            let mut cli = Cli::command();
+            // Built, the subcommand knows its name ("cardd admin") for the usage line.
+            cli.build();
+            cli.find_subcommand_mut("admin")
+                .expect("admin is a subcommand")
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "the following required arguments were not provided:\n  --key <KEY>",
+                )
+                .exit()
+        }
+    }
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let key = read_key_file(&key_path(&args))?;
+    let tls = args.tls.client()?;
+    let mut client = Client::connect_with(args.connect.as_str(), key, tls.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.operator = args.operator.clone();
+    let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
+    let op = build_op(args.op, client.session.brand_id)?;
+    let req = client.request(txn, op);
+    match client.call(&req).await {
+        Ok(reply) => {
+            if args.json {
+                println!("{}", reply_json(&reply));
+            } else {
+                // The owner's console shows the full number (receipts mask it).
+                if let Some(c) = &reply.card {
+                    println!("Card number {}", c.card);
+                }
+                println!("{}", receipt_text(&reply, &client.session));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused(r)) => {
+            if args.json {
+                println!("{}", error_json(r.code as i32, &r.message));
+            } else {
+                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
+            }
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// The request operation for one admin command of brand `brand`.
+fn build_op(op: AdminOp, brand: u32) -> anyhow::Result<Op> {
+    Ok(match op {
+        AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
+        AdminOp::EnrollTerminal {
+            store,
+            public_key,
+            key_out,
+            label,
+        } => Op::EnrollTerminal(pb::EnrollTerminal {
+            store_id: store,
+            public_key: terminal_public_key(public_key, key_out)?,
+            label,
+        }),
+        AdminOp::IssueCard { card } => Op::IssueCard(pb::IssueCard {
+            card: card.unwrap_or_else(|| cardd::card_number::generate(brand)),
+        }),
+        AdminOp::BlockCard { card, reason } => Op::SetCardBlocked(pb::SetCardBlocked {
+            card,
+            blocked: true,
+            reason,
+        }),
+        AdminOp::UnblockCard { card } => Op::SetCardBlocked(pb::SetCardBlocked {
+            card,
+            blocked: false,
+            reason: String::new(),
+        }),
+        AdminOp::ReplaceCard { card, new } => Op::ReplaceCard(pb::ReplaceCard {
+            old_card: card,
+            new_card: new.unwrap_or_else(|| cardd::card_number::generate(brand)),
+        }),
+        AdminOp::SetRules { file } => Op::SetRules(pb::SetRules {
+            rules: Some(read_rules(&file)?),
+        }),
+        AdminOp::DisableTerminal { terminal, reason } => {
+            Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+                terminal_id: terminal,
+                disabled: true,
+                reason,
+            })
+        }
+        AdminOp::EnableTerminal { terminal } => Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+            terminal_id: terminal,
+            disabled: false,
+            reason: String::new(),
+        }),
+        AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
+    })
+}
+
+/// The key to enrol: given in hex, or a new key file written for the terminal.
+fn terminal_public_key(
+    public_key: Option<String>,
+    key_out: Option<PathBuf>,
+) -> anyhow::Result<Vec<u8>> {
+    match (public_key, key_out) {
+        (Some(hex_key), None) => hex::decode(hex_key.trim()).context("public key is not hex"),
+        (None, Some(path)) => {
+            let k = cardd::crypto::generate_key();
+            write_key_file(&path, &k)?;
+            Ok(k.verifying_key().to_bytes().to_vec())
+        }
+        _ => bail!("give --public-key HEX or --key-out FILE"),
+    }
+}
+
+/// Reads a rules file (the JSON form in the README) into the wire rules.
+fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let r: RulesFile = serde_json::from_str(&text).context("rules file")?;
+    Ok(pb::Rules {
+        bonus_tiers: r
+            .bonus_tiers
+            .into_iter()
+            .map(|b| pb::BonusTier {
+                min_load_minor: b.min_load_minor,
+                fixed_bonus_minor: b.fixed_bonus_minor,
+                bonus_bps: b.bonus_bps,
+            })
+            .collect(),
+        points_per_unit: r.points_per_unit,
+        tiers: r
+            .tiers
+            .into_iter()
+            .map(|t| pb::TierRule {
+                name: t.name,
+                min_spend_minor: t.min_spend_minor,
+                min_visits: t.min_visits,
+                multiplier_milli: t.multiplier_milli,
+            })
+            .collect(),
+        promotion_line: r.promotion_line,
+    })
+}
+
+/// The JSON form of the rules for `cardd admin set-rules` (see README).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    bonus_tiers: Vec<BonusTierFile>,
+    #[serde(default = "one")]
+    points_per_unit: i64,
+    #[serde(default)]
+    tiers: Vec<TierFile>,
+    #[serde(default)]
+    promotion_line: String,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BonusTierFile {
+    min_load_minor: i64,
+    #[serde(default)]
+    fixed_bonus_minor: i64,
+    #[serde(default)]
+    bonus_bps: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierFile {
+    name: String,
+    #[serde(default)]
+    min_spend_minor: i64,
+    #[serde(default)]
+    min_visits: u32,
+    #[serde(default = "thousand")]
+    multiplier_milli: u32,
+}
+
+fn thousand() -> u32 {
+    1000
+}
