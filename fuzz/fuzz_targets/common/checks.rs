@@ -20,7 +20,7 @@ use cardd::limits::{MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, MAX_POINTS};
 use cardd::pb::{self, client_message::Body, request::Op, ErrorCode, RecordKind};
 use cardd::replay::replay_record;
 use cardd::state::{apply, BrandState, Card, Context, Outcome, Principal, TxnEntry, Written};
-use ed25519_dalek::SigningKey;
+use cardd::testing;
 use prost::Message;
 use tokio_util::codec::Decoder;
 
@@ -369,10 +369,6 @@ pub const MAX_STEPS: usize = 256;
 /// Signature bytes kept in records (the state machine does not check them).
 const SIGNATURE: [u8; 64] = [0x5a; 64];
 
-fn signing_key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
-
 struct Keys {
     server: [u8; 32],
     owner: [u8; 32],
@@ -383,10 +379,10 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| Keys {
-        server: signing_key(1).verifying_key().to_bytes(),
-        owner: signing_key(2).verifying_key().to_bytes(),
+        server: cardd::testing::key(1).verifying_key().to_bytes(),
+        owner: cardd::testing::key(2).verifying_key().to_bytes(),
         pool: (3..11)
-            .map(|s| signing_key(s).verifying_key().to_bytes())
+            .map(|s| cardd::testing::key(s).verifying_key().to_bytes())
             .collect(),
     })
 }
@@ -498,12 +494,7 @@ impl World {
         must(
             &mut w,
             Principal::Server,
-            Op::CreateBrand(pb::CreateBrand {
-                name: "Fuzz".into(),
-                currency: "CNY".into(),
-                currency_exponent: 2,
-                owner_public_key: k.owner.to_vec(),
-            }),
+            Op::CreateBrand(testing::create_brand("Fuzz", &k.owner)),
         );
         must(
             &mut w,
@@ -513,51 +504,32 @@ impl World {
             }),
         );
         for name in ["A", "B"] {
-            must(
-                &mut w,
-                Principal::Owner,
-                Op::CreateStore(pb::CreateStore { name: name.into() }),
-            );
+            must(&mut w, Principal::Owner, testing::create_store(name));
         }
         for (i, key) in k.pool[..2].iter().enumerate() {
             must(
                 &mut w,
                 Principal::Owner,
-                Op::EnrollTerminal(pb::EnrollTerminal {
-                    store_id: i as u32 + 1,
-                    public_key: key.to_vec(),
-                    label: format!("till {}", i + 1),
-                }),
+                testing::enroll_terminal(i as u32 + 1, key, &format!("till {}", i + 1)),
             );
         }
         for i in 0..START_CARDS {
             let card = card_for(BRAND, i as u64);
-            must(
-                &mut w,
-                Principal::Owner,
-                Op::IssueCard(pb::IssueCard { card }),
-            );
+            must(&mut w, Principal::Owner, testing::issue_card(&card));
         }
         for (card, term, amount) in [(0, 1, 120_000), (1, 2, 50_000), (2, 1, 1_000)] {
             let card = w.cards[card].clone();
             must(
                 &mut w,
                 Principal::Terminal(term),
-                Op::TopUp(pb::TopUp {
-                    card,
-                    amount_minor: amount,
-                }),
+                testing::top_up(&card, amount),
             );
         }
         let card = w.cards[0].clone();
         must(
             &mut w,
             Principal::Terminal(1),
-            Op::Purchase(pb::Purchase {
-                card,
-                amount_minor: 12_345,
-                allow_partial: false,
-            }),
+            testing::purchase(&card, 12_345, false),
         );
         w.run = RequestRun::default();
         w
@@ -591,13 +563,7 @@ impl World {
         operator: String,
         op: Op,
     ) -> Result<Outcome, Refusal> {
-        let req = pb::Request {
-            txn_id: txn,
-            brand_id: BRAND,
-            operator,
-            op: Some(op),
-            ..Default::default()
-        };
+        let req = testing::request_as(BRAND, txn, &operator, op);
         let bytes = req.encode_to_vec();
         self.apply_checked(p, &bytes, &req)
     }
