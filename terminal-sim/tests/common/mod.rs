@@ -4,14 +4,28 @@
 //! bounded.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+/// The one bounded run of a command, shared with cardd's own tests.
+#[path = "../../../tests/common/run.rs"]
+mod run;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cardd::demo::Manifest;
 use serde_json::Value;
+
+/// The line `cardd serve` prints once it listens, followed by the address
+/// (this package's copy of the one in cardd's `tests/common`).
+pub const LISTENING_LINE: &str = "cardd listening on ";
+
+/// The address in a line of `cardd serve`'s output, if it is the
+/// [`LISTENING_LINE`].
+pub fn listening_addr(line: &str) -> Option<&str> {
+    line.strip_prefix(LISTENING_LINE).map(str::trim)
+}
 
 /// How long the daemon may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,8 +72,8 @@ impl Daemon {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = tx.send(addr.to_string());
                 }
             }
         });
@@ -68,7 +82,7 @@ impl Daemon {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
+                panic!("cardd did not print `{LISTENING_LINE}ADDR` within {START_TIMEOUT:?}");
             }
         };
         let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
@@ -131,47 +145,14 @@ impl Run {
 
 /// Runs `bin` with `args`, killing it if it overruns `limit`.
 pub fn run_bounded(bin: &Path, args: &[&str], limit: Duration) -> Run {
-    let name = bin.display();
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("wait {name}: {e}"))
-        {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name} {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let out = run::run_bounded(Command::new(bin).args(args), limit);
     Run {
-        code: status
+        code: out
+            .status
             .code()
-            .unwrap_or_else(|| panic!("{name} ended by a signal")),
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
+            .unwrap_or_else(|| panic!("{} ended by a signal", bin.display())),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
