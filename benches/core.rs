@@ -171,7 +171,7 @@ fn verify_replay(c: &mut Criterion) {
         &owner,
         "s",
         std::slice::from_ref(&terminal),
-        &[card.clone()],
+        std::slice::from_ref(&card),
     );
     let load = testing::top_up(&card, 900_000_000);
     subs.push(testing::signed(&terminal, Principal::Terminal(1), 1, load));

@@ -153,7 +153,7 @@ pub fn provision(store: Arc<dyn LogStore>, name: &str, load_minor: i64) -> (Bran
         &owner,
         "s",
         std::slice::from_ref(&terminal),
-        &[card.clone()],
+        std::slice::from_ref(&card),
     );
     for sub in subs.into_iter().chain([load]) {
         ledger

@@ -86,8 +86,6 @@ pub(crate) fn status_name(v: &pb::CardView) -> &'static str {
     CardStatus::try_from(v.status).map_or("UNKNOWN", |s| s.as_str_name())
 }
 
-/// What the mixed history did, as the replies told it.
-
 pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create dir");
     for entry in std::fs::read_dir(from).expect("read dir") {

@@ -1,6 +1,7 @@
 //! The mixed history every export test starts from, and what it booked.
 use super::*;
 
+/// What the mixed history did, as the replies told it.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     /// Sequence number of the last record written.

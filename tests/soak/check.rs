@@ -352,7 +352,7 @@ pub(crate) fn final_offline_audit(world: &World, dir: &Path) -> serde_json::Valu
     let data = world.data.as_os_str();
     let out = dir.join("final.export");
     let brand = world.brand.to_string();
-    run::cardd_ok(&[
+    run::cardd_ok([
         "audit".as_ref(),
         "export".as_ref(),
         "--data".as_ref(),
@@ -362,8 +362,8 @@ pub(crate) fn final_offline_audit(world: &World, dir: &Path) -> serde_json::Valu
         "--out".as_ref(),
         out.as_os_str(),
     ]);
-    let key = run::cardd_ok(&["server-key".as_ref(), "--data".as_ref(), data]);
-    let json = run::cardd_ok(&[
+    let key = run::cardd_ok(["server-key".as_ref(), "--data".as_ref(), data]);
+    let json = run::cardd_ok([
         "audit".as_ref(),
         "verify".as_ref(),
         out.as_os_str(),
@@ -371,7 +371,7 @@ pub(crate) fn final_offline_audit(world: &World, dir: &Path) -> serde_json::Valu
         key.trim().as_ref(),
         "--json".as_ref(),
     ]);
-    run::cardd_ok(&["check".as_ref(), "--data".as_ref(), data]);
+    run::cardd_check(&world.data);
     let v: serde_json::Value = serde_json::from_str(json.trim()).expect("verify --json output");
     assert_eq!(
         v["records"].as_u64(),
