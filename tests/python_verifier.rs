@@ -12,6 +12,7 @@ mod common;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cardd::audit::file::write_item;
 use cardd::audit::{ExportReader, EXPORT_MAGIC};
@@ -61,18 +62,22 @@ fn python() -> Option<String> {
     None
 }
 
+/// How long one run of the Python verifier may take.
+const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+
 fn verifier_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent_verifier.py")
 }
 
 /// Runs the Python verifier; returns its exit code and its output.
 fn run_python(python: &str, export: &Path, server_key: &str) -> (i32, String) {
-    let out = Command::new(python)
-        .arg(verifier_script())
-        .arg(export)
-        .args(["--server-key", server_key])
-        .output()
-        .expect("run the Python verifier");
+    let out = run::run_bounded(
+        Command::new(python)
+            .arg(verifier_script())
+            .arg(export)
+            .args(["--server-key", server_key]),
+        PYTHON_LIMIT,
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

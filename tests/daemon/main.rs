@@ -33,8 +33,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use cardd::card_number;
-use cardd::client::recv;
-use cardd::client::{Client, ClientError};
+
+use cardd::client::{recv, Client, ClientError};
 use cardd::crypto::{generate_key, read_key_file, sign_on_message, sign_request};
 use cardd::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_AMOUNT_MINOR};
 use cardd::pb::{

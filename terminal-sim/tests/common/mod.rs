@@ -104,6 +104,18 @@ impl Daemon {
             .to_string()
     }
 
+    /// `cardd server-key --data DIR`: the server's public key in hex.
+    pub fn server_key(&self) -> String {
+        let data = self.data.to_str().expect("utf-8 path");
+        let out = run_bounded(
+            &cardd_bin(),
+            &["server-key", "--data", data],
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.code, 0, "cardd server-key: {out:?}");
+        out.stdout.trim().to_string()
+    }
+
     /// The key file of the demo terminal of store `index` (0-based).
     pub fn terminal_key(&self, index: usize) -> PathBuf {
         self.data
