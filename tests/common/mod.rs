@@ -5,6 +5,7 @@
 //! - [`raw`]: the protocol by hand (frames, hello, sign-on, signed bodies);
 //! - [`reply`]: accessors that take a reply apart or fail the test;
 //! - [`run`]: the one bounded run of a command (`cardd check`, `cardd audit`);
+//! - [`serve`]: `cardd serve` started and its listening line read;
 //! - [`store`]: a `LogStore` whose commits a test intercepts.
 //!
 //! The brand + store + terminal + cards fixture of in-process tests is
@@ -14,12 +15,15 @@
 pub mod raw;
 pub mod reply;
 pub mod run;
+pub mod serve;
 pub mod store;
 
-use std::io::{BufRead, BufReader};
+#[allow(unused_imports)]
+pub use serve::{listening_addr, LISTENING_LINE};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cardd::client::{Client, ClientError};
@@ -28,16 +32,6 @@ use cardd::demo::Manifest;
 use cardd::pb::{self, request::Op};
 use cardd::testing;
 use ed25519_dalek::SigningKey;
-
-/// The line `cardd serve` prints once it listens, followed by the address:
-/// a contract with scripts and tests, parsed only by [`listening_addr`].
-pub const LISTENING_LINE: &str = "cardd listening on ";
-
-/// The address in a line of `cardd serve`'s output, if it is the
-/// [`LISTENING_LINE`].
-pub fn listening_addr(line: &str) -> Option<&str> {
-    line.strip_prefix(LISTENING_LINE).map(str::trim)
-}
 
 /// Path of the built `cardd` binary.
 pub fn cardd_bin() -> &'static str {
@@ -55,29 +49,7 @@ impl Daemon {
     /// Starts `cardd serve` (with `extra` arguments) on `data` and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cardd did not start listening in time");
+        let (child, addr) = serve::spawn_serve(cardd_bin(), data, extra);
         Daemon {
             child,
             addr: addr.parse().expect("address"),

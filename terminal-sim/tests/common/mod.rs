@@ -8,28 +8,18 @@
 #[path = "../../../tests/common/run.rs"]
 mod run;
 
-use std::io::{BufRead, BufReader};
+/// The one start of `cardd serve`, shared with cardd's own tests.
+#[path = "../../../tests/common/serve.rs"]
+mod serve;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use cardd::demo::Manifest;
 use serde_json::Value;
 
-/// The line `cardd serve` prints once it listens, followed by the address
-/// (this package's copy of the one in cardd's `tests/common`).
-pub const LISTENING_LINE: &str = "cardd listening on ";
-
-/// The address in a line of `cardd serve`'s output, if it is the
-/// [`LISTENING_LINE`].
-pub fn listening_addr(line: &str) -> Option<&str> {
-    line.strip_prefix(LISTENING_LINE).map(str::trim)
-}
-
-/// How long the daemon may take to start listening.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-
+/// The `terminal-sim` binary under test.
 pub fn sim_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
 }
@@ -55,36 +45,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cardd serve --demo` on a fresh data directory in `dir`.
     pub fn start(dir: &Path) -> Daemon {
         let data = dir.join("data");
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--demo"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("cardd stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cardd did not print `{LISTENING_LINE}ADDR` within {START_TIMEOUT:?}");
-            }
-        };
+        let (child, addr) = serve::spawn_serve(cardd_bin(), &data, &["--demo"]);
         let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
         let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
         Daemon {
