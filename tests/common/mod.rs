@@ -1,4 +1,7 @@
-//! The test kit shared by every integration test target (`mod common;`):
+//! The test kit shared by every integration test target (`mod common;`, or
+//! `#[path = "../common/mod.rs"] mod common;` from a directory target such
+//! as `tests/daemon/main.rs`; `serve.rs` and `run.rs` are also included by
+//! terminal-sim's tests):
 //! the daemon harness (the real `cardd` binary on a temporary data directory
 //! and an ephemeral loopback port), bounded calls and the request builders
 //! tests share. The submodules hold the rest:
