@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use cardd::ledger::{BrandLedger, Submission};
+use cardd::ledger::BrandLedger;
 use cardd::pb::{self, request::Op};
 use cardd::state::{apply, BrandState, Context, Principal};
+use cardd::testing;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use ed25519_dalek::SigningKey;
 use prost::Message;
@@ -22,21 +23,17 @@ struct Setup {
     cards: Vec<String>,
 }
 
-/// A brand with one store, one terminal and funded cards, built with apply.
+/// A brand with one store, one terminal and funded cards, built with apply
+/// (one txn id counter for every signer).
 fn setup() -> Setup {
-    let server = SigningKey::from_bytes(&[1; 32]);
-    let owner = SigningKey::from_bytes(&[2; 32]);
-    let terminal = SigningKey::from_bytes(&[3; 32]);
-    let mut state = BrandState::new(1);
+    let server = testing::key(1);
+    let owner = testing::owner_key();
+    let terminal = testing::terminal_key();
+    let mut state = BrandState::new(testing::BRAND);
     let mut txn = 0;
     let mut run = |state: &mut BrandState, key: &SigningKey, p: Principal, op: Op| {
         txn += 1;
-        let req = pb::Request {
-            txn_id: txn,
-            brand_id: 1,
-            op: Some(op),
-            ..Default::default()
-        };
+        let req = testing::request(txn, op);
         let bytes = req.encode_to_vec();
         let pk = key.verifying_key().to_bytes();
         let ctx = Context {
@@ -48,52 +45,26 @@ fn setup() -> Setup {
         };
         apply(state, &ctx, &req).expect("setup op");
     };
+    let brand = testing::create_brand("b", &owner.verifying_key().to_bytes());
     run(
         &mut state,
         &server,
         Principal::Server,
-        Op::CreateBrand(pb::CreateBrand {
-            name: "b".into(),
-            currency: "CNY".into(),
-            currency_exponent: 2,
-            owner_public_key: owner.verifying_key().to_bytes().to_vec(),
-        }),
+        Op::CreateBrand(brand),
     );
-    run(
-        &mut state,
-        &owner,
-        Principal::Owner,
-        Op::CreateStore(pb::CreateStore { name: "s".into() }),
+    let (store, enroll) = (
+        testing::create_store("s"),
+        testing::enroll_terminal(1, &terminal.verifying_key().to_bytes(), ""),
     );
-    run(
-        &mut state,
-        &owner,
-        Principal::Owner,
-        Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: terminal.verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        }),
-    );
+    run(&mut state, &owner, Principal::Owner, store);
+    run(&mut state, &owner, Principal::Owner, enroll);
     let cards: Vec<String> = (0..CARDS)
-        .map(|_| cardd::card_number::generate(1))
+        .map(|_| cardd::card_number::generate(testing::BRAND))
         .collect();
     for c in &cards {
-        run(
-            &mut state,
-            &owner,
-            Principal::Owner,
-            Op::IssueCard(pb::IssueCard { card: c.clone() }),
-        );
-        run(
-            &mut state,
-            &terminal,
-            Principal::Terminal(1),
-            Op::TopUp(pb::TopUp {
-                card: c.clone(),
-                amount_minor: 900_000_000,
-            }),
-        );
+        run(&mut state, &owner, Principal::Owner, testing::issue_card(c));
+        let load = testing::top_up(c, 900_000_000);
+        run(&mut state, &terminal, Principal::Terminal(1), load);
     }
     Setup {
         state,
@@ -108,16 +79,8 @@ fn state_machine(c: &mut Criterion) {
     const N: usize = 10_000;
     let requests: Vec<(pb::Request, Vec<u8>)> = (0..N)
         .map(|i| {
-            let req = pb::Request {
-                txn_id: 1_000_000 + i as u64,
-                brand_id: 1,
-                op: Some(Op::Purchase(pb::Purchase {
-                    card: s.cards[i % CARDS].clone(),
-                    amount_minor: 1_234,
-                    allow_partial: false,
-                })),
-                ..Default::default()
-            };
+            let op = testing::purchase(&s.cards[i % CARDS], 1_234, false);
+            let req = testing::request(1_000_000 + i as u64, op);
             let bytes = req.encode_to_vec();
             (req, bytes)
         })
@@ -193,72 +156,32 @@ fn verify_replay(c: &mut Criterion) {
     // A real export of 2,000 signed records, verified from memory.
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, server_key, _) = cardd::server::load(dir.path()).expect("load");
-    let owner = SigningKey::from_bytes(&[2; 32]);
-    let terminal = SigningKey::from_bytes(&[3; 32]);
-    let create = pb::CreateBrand {
-        name: "b".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
-    };
-    let mut ledger =
-        BrandLedger::create(store.clone(), Arc::clone(&server_key), 1, create).expect("brand");
-    let sign = |key: &SigningKey, p: Principal, txn: u64, op: Op| {
-        Submission::signed(
-            p,
-            key,
-            pb::Request {
-                txn_id: txn,
-                brand_id: 1,
-                op: Some(op),
-                ..Default::default()
-            },
-        )
-    };
-    let card = cardd::card_number::generate(1);
-    let mut subs = vec![
-        sign(
-            &owner,
-            Principal::Owner,
-            1,
-            Op::CreateStore(pb::CreateStore { name: "s".into() }),
-        ),
-        sign(
-            &owner,
-            Principal::Owner,
-            2,
-            Op::EnrollTerminal(pb::EnrollTerminal {
-                store_id: 1,
-                public_key: terminal.verifying_key().to_bytes().to_vec(),
-                label: String::new(),
-            }),
-        ),
-        sign(
-            &owner,
-            Principal::Owner,
-            3,
-            Op::IssueCard(pb::IssueCard { card: card.clone() }),
-        ),
-        sign(
-            &terminal,
-            Principal::Terminal(1),
-            1,
-            Op::TopUp(pb::TopUp {
-                card: card.clone(),
-                amount_minor: 900_000_000,
-            }),
-        ),
-    ];
+    let owner = testing::owner_key();
+    let terminal = testing::terminal_key();
+    let create = testing::create_brand("b", &owner.verifying_key().to_bytes());
+    let mut ledger = BrandLedger::create(
+        store.clone(),
+        Arc::clone(&server_key),
+        testing::BRAND,
+        create,
+    )
+    .expect("brand");
+    let card = cardd::card_number::generate(testing::BRAND);
+    let mut subs = testing::owner_setup(
+        &owner,
+        "s",
+        std::slice::from_ref(&terminal),
+        std::slice::from_ref(&card),
+    );
+    let load = testing::top_up(&card, 900_000_000);
+    subs.push(testing::signed(&terminal, Principal::Terminal(1), 1, load));
     for i in 0..2_000u64 {
-        subs.push(sign(
+        let buy = testing::purchase(&card, 100, false);
+        subs.push(testing::signed(
             &terminal,
             Principal::Terminal(1),
             2 + i,
-            Op::Purchase(pb::Purchase {
-                card: card.clone(),
-                amount_minor: 100,
-                allow_partial: false,
-            }),
+            buy,
         ));
     }
     for chunk in subs.chunks(500) {

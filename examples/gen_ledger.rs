@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cardd::ledger::{BrandLedger, Submission};
-use cardd::pb::{self, request::Op};
+use cardd::pb::request::Op;
 use cardd::state::Principal;
+use cardd::testing;
 use ed25519_dalek::SigningKey;
 
 const BATCH: usize = 1_000;
@@ -40,14 +41,9 @@ fn main() -> anyhow::Result<()> {
         "{} already holds a ledger",
         data.display()
     );
-    let owner = SigningKey::from_bytes(&[7; 32]);
-    let create = pb::CreateBrand {
-        name: "Bench".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
-    };
-    let mut ledger = BrandLedger::create(store, Arc::clone(&server_key), 1, create)?;
+    let owner = testing::key(7);
+    let create = testing::create_brand("Bench", &owner.verifying_key().to_bytes());
+    let mut ledger = BrandLedger::create(store, Arc::clone(&server_key), testing::BRAND, create)?;
     ledger.snapshot_into(
         &cardd::snapshot::dir(&data),
         cardd::limits::SNAPSHOT_EVERY_RECORDS,
@@ -56,24 +52,6 @@ fn main() -> anyhow::Result<()> {
     let clock = move |seq: u64| {
         start_ms + (i128::from(seq) * i128::from(span_ms) / i128::from(records.max(1))) as i64
     };
-    let mut owner_txn = 0;
-    let mut owner_subs = Vec::new();
-    let mut owner_req = |op: Op| {
-        owner_txn += 1;
-        sign(
-            &owner,
-            Principal::Owner,
-            pb::Request {
-                txn_id: owner_txn,
-                brand_id: 1,
-                op: Some(op),
-                ..Default::default()
-            },
-        )
-    };
-    owner_subs.push(owner_req(Op::CreateStore(pb::CreateStore {
-        name: "Bench store".into(),
-    })));
     let terminals: Vec<SigningKey> = (0..terminal_count)
         .map(|i| {
             let mut seed = [0x5a; 32];
@@ -81,23 +59,15 @@ fn main() -> anyhow::Result<()> {
             SigningKey::from_bytes(&seed)
         })
         .collect();
-    for t in &terminals {
-        owner_subs.push(owner_req(Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: t.verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        })));
-    }
     // Random numbers: at a million cards some would collide (12 random
     // digits), and the ledger refuses a second card under one number.
     let mut seen = std::collections::HashSet::new();
-    let card_numbers: Vec<String> = std::iter::repeat_with(|| cardd::card_number::generate(1))
-        .filter(|c| seen.insert(c.clone()))
-        .take(cards)
-        .collect();
-    for c in &card_numbers {
-        owner_subs.push(owner_req(Op::IssueCard(pb::IssueCard { card: c.clone() })));
-    }
+    let card_numbers: Vec<String> =
+        std::iter::repeat_with(|| cardd::card_number::generate(testing::BRAND))
+            .filter(|c| seen.insert(c.clone()))
+            .take(cards)
+            .collect();
+    let owner_subs = testing::owner_setup(&owner, "Bench store", &terminals, &card_numbers);
     commit_all(&mut ledger, owner_subs, &clock)?;
     // Fund every card once, then purchases (with a top-up every 50th).
     let total = records.saturating_sub(ledger.state.seq);
@@ -112,16 +82,9 @@ fn main() -> anyhow::Result<()> {
                 next_txn[term] += 1;
                 let card = card_numbers[(i % cards as u64) as usize].clone();
                 let op = if i < cards as u64 || i % 50 == 0 {
-                    Op::TopUp(pb::TopUp {
-                        card,
-                        amount_minor: 1_000_000,
-                    })
+                    testing::top_up(&card, 1_000_000)
                 } else {
-                    Op::Purchase(pb::Purchase {
-                        card,
-                        amount_minor: 100 + (i % 5_000) as i64,
-                        allow_partial: true,
-                    })
+                    testing::purchase(&card, 100 + (i % 5_000) as i64, true)
                 };
                 (term, next_txn[term], op)
             })
@@ -143,10 +106,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign(key: &SigningKey, principal: Principal, req: pb::Request) -> Submission {
-    Submission::signed(principal, key, req)
-}
-
 fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<Submission> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let chunk = plan.len().div_ceil(threads).max(1);
@@ -157,17 +116,8 @@ fn sign_parallel(terminals: &[SigningKey], plan: Vec<(usize, u64, Op)>) -> Vec<S
                 s.spawn(move || {
                     part.iter()
                         .map(|(term, txn, op)| {
-                            let req = pb::Request {
-                                txn_id: *txn,
-                                brand_id: 1,
-                                op: Some(op.clone()),
-                                ..Default::default()
-                            };
-                            sign(
-                                &terminals[*term],
-                                Principal::Terminal(*term as u32 + 1),
-                                req,
-                            )
+                            let signer = Principal::Terminal(*term as u32 + 1);
+                            testing::signed(&terminals[*term], signer, *txn, op.clone())
                         })
                         .collect::<Vec<_>>()
                 })

@@ -27,3 +27,5 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+/// Fixtures for tests, benches, examples and fuzz targets; not used by the daemon.
+pub mod testing;

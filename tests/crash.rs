@@ -24,6 +24,7 @@ use cardd::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
 };
 use cardd::storage::{DiskStore, LogStore};
+use common::reply::{receipt, status};
 use common::*;
 use ed25519_dalek::SigningKey;
 use futures::{SinkExt, StreamExt};
@@ -59,13 +60,7 @@ struct Issued {
 }
 
 fn seed() -> u64 {
-    match std::env::var("CARDD_CRASH_SEED") {
-        Ok(s) => s.parse().expect("CARDD_CRASH_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as u64,
-    }
+    seed_from_env("CARDD_CRASH_SEED")
 }
 
 /// Pipelines purchases on `client` until the connection dies or the cap is
@@ -130,20 +125,6 @@ async fn storm(
     issued
 }
 
-fn status_of(reply: pb::Reply) -> pb::StatusResult {
-    match reply.detail {
-        Some(pb::reply::Detail::Status(s)) => *s,
-        other => panic!("TxnStatus answered without a status: {other:?}"),
-    }
-}
-
-fn receipt(reply: &pb::Reply) -> &pb::Receipt {
-    reply
-        .receipt
-        .as_ref()
-        .expect("a purchase reply carries a receipt")
-}
-
 /// Every record of `brand`, in order (daemon stopped).
 fn read_ledger(data: &Path, brand: u32) -> Vec<pb::Record> {
     let store = DiskStore::open(data).expect("open the ledger");
@@ -167,21 +148,6 @@ fn ledger_balances(records: &[pb::Record]) -> BTreeMap<String, (i64, i64)> {
         e.1 = r.paid_balance_after_minor + r.bonus_balance_after_minor;
     }
     m
-}
-
-fn cardd_check(data: &Path) {
-    let out = std::process::Command::new(cardd_bin())
-        .arg("check")
-        .arg("--data")
-        .arg(data)
-        .output()
-        .expect("run cardd check");
-    assert!(
-        out.status.success(),
-        "cardd check failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn balances(c: &mut Client, cards: &[String]) -> BTreeMap<String, i64> {
@@ -337,7 +303,7 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
         let (mut found_committed, mut applied_by_retry) = (0, 0);
         for (n, i) in issued.iter().enumerate() {
             let till = &mut tills[i.key];
-            let status = status_of(
+            let status = status(
                 call(till, 0, Op::TxnStatus(pb::TxnStatus { txn_id: i.txn }))
                     .await
                     .expect("status"),
@@ -507,7 +473,7 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
                 "card {card}: ledger differs from the live balance"
             );
         }
-        cardd_check(&data);
+        run::cardd_check(&data);
 
         daemon = Daemon::start(&data, &[]);
         let mut till = bounded(Client::connect(daemon.addr, keys[0].clone()))

@@ -5,23 +5,18 @@
 //! number whose commit has returned. While a commit is held, no answer may
 //! arrive; every answer that arrives names a record at or below the durable
 //! mark. Many requests from many tasks exercise group commit.
-// Its provisioning helpers are not used here.
-#[allow(dead_code)]
-#[path = "support/store.rs"]
-mod store;
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cardd::ledger::BrandLedger;
 use cardd::pb::{self, request::Op};
 use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::Principal;
 use cardd::storage::{self, DiskStore, LogStore};
-use ed25519_dalek::SigningKey;
-use store::{sub, Commit, CommitHook, WrappedStore};
+use common::store::{sub, Commit, CommitHook, WrappedStore};
 
 /// A commit hook that holds every commit until the test allows it.
 struct Gate {
@@ -71,47 +66,9 @@ async fn no_answer_before_its_record_is_durable() {
     });
     let store: Arc<dyn LogStore> = gated.clone();
     let gate = &gated.hook;
-    let server = Arc::new(SigningKey::from_bytes(&[1; 32]));
-    let owner = SigningKey::from_bytes(&[2; 32]);
-    let till = SigningKey::from_bytes(&[3; 32]);
-    let create = pb::CreateBrand {
-        name: "Gate".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner.verifying_key().to_bytes().to_vec(),
-    };
     // Provision with the gate open.
-    let mut ledger = BrandLedger::create(store, server, 1, create).unwrap();
-    let card = cardd::card_number::generate(1);
-    for (i, op) in [
-        Op::CreateStore(pb::CreateStore { name: "s".into() }),
-        Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till.verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        }),
-        Op::IssueCard(pb::IssueCard { card: card.clone() }),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ledger
-            .submit_now(sub(&owner, Principal::Owner, i as u64 + 1, op))
-            .unwrap()
-            .unwrap();
-    }
-    ledger
-        .submit_now(sub(
-            &till,
-            Principal::Terminal(1),
-            1,
-            Op::TopUp(pb::TopUp {
-                card: card.clone(),
-                amount_minor: 1_000_000,
-            }),
-        ))
-        .unwrap()
-        .unwrap();
+    let (ledger, card) = cardd::testing::provision(store, "Gate", 1_000_000);
+    let till = cardd::testing::terminal_key();
 
     // Close the gate: the next commit waits.
     let started_before = gate.started.load(Ordering::SeqCst);

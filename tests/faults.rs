@@ -8,8 +8,7 @@
 //! survive, and reopening the data directory recovers every acknowledged
 //! record with balances equal to their records. A flipped byte in the
 //! ledger is detected at start-up with a message naming what is wrong.
-#[path = "support/store.rs"]
-mod store;
+mod common;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,8 +23,9 @@ use cardd::server::keys::KeyIndex;
 use cardd::server::writer::BrandHandle;
 use cardd::state::{Principal, TxnEntry};
 use cardd::storage::{self, DiskStore, LogStore, StorageError, StoredBatch};
+use cardd::testing::{server_key, terminal_key};
+use common::store::{provision, sub, Commit, CommitHook, WrappedStore};
 use prost::Message;
-use store::{provision, server_key, sub, till, Commit, CommitHook, WrappedStore};
 
 const PASS: u8 = 0;
 const FAIL_BEFORE_WRITE: u8 = 1;
@@ -65,7 +65,7 @@ async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Repl
     });
     match tokio::time::timeout(
         Duration::from_secs(10),
-        handle.submit(sub(&till(), Principal::Terminal(1), txn, op)),
+        handle.submit(sub(&terminal_key(), Principal::Terminal(1), txn, op)),
     )
     .await
     {
@@ -280,7 +280,7 @@ async fn status(handle: &BrandHandle, txn: u64) -> Result<pb::StatusResult, Erro
     let op = Op::TxnStatus(pb::TxnStatus { txn_id: txn });
     match tokio::time::timeout(
         Duration::from_secs(10),
-        handle.submit(sub(&till(), Principal::Terminal(1), 0, op)),
+        handle.submit(sub(&terminal_key(), Principal::Terminal(1), 0, op)),
     )
     .await
     .expect("no answer within 10 s")
@@ -426,7 +426,7 @@ fn small_ledger(dir: &std::path::Path) -> (u64, [u8; 32]) {
             allow_partial: false,
         });
         ledger
-            .submit_now(sub(&till(), Principal::Terminal(1), txn, op))
+            .submit_now(sub(&terminal_key(), Principal::Terminal(1), txn, op))
             .unwrap()
             .unwrap();
     }

@@ -11,6 +11,7 @@ use cardd::limits::REFUND_WINDOW_MS;
 use cardd::pb::{self, request::Op, ErrorCode, RecordKind};
 use cardd::replay::replay_record;
 use cardd::state::{apply, BrandState, Context, Outcome, Principal, Written};
+use cardd::testing;
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use prost::Message;
@@ -126,12 +127,9 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let server = SigningKey::from_bytes(&[1; 32]);
-        let owner = SigningKey::from_bytes(&[2; 32]);
-        let terminals = vec![
-            SigningKey::from_bytes(&[3; 32]),
-            SigningKey::from_bytes(&[4; 32]),
-        ];
+        let server = testing::key(1);
+        let owner = testing::owner_key();
+        let terminals = vec![testing::terminal_key(), testing::key(4)];
         let mut w = World {
             state: BrandState::new(BRAND),
             server,
@@ -147,12 +145,8 @@ impl World {
             external_net: 0,
             sent: vec![],
         };
-        let create = Op::CreateBrand(pb::CreateBrand {
-            name: "Model".into(),
-            currency: "CNY".into(),
-            currency_exponent: 2,
-            owner_public_key: w.owner.verifying_key().to_bytes().to_vec(),
-        });
+        let owner_key = w.owner.verifying_key().to_bytes();
+        let create = Op::CreateBrand(testing::create_brand("Model", &owner_key));
         let server = w.server.clone();
         w.submit(Principal::Server, &server, 1, create)
             .expect("brand");
@@ -160,18 +154,15 @@ impl World {
             rules: Some(cardd::demo::demo_rules()),
         }));
         for name in ["A", "B"] {
-            w.owner_op(Op::CreateStore(pb::CreateStore { name: name.into() }));
+            w.owner_op(testing::create_store(name));
         }
         for (i, key) in w.terminals.clone().iter().enumerate() {
-            w.owner_op(Op::EnrollTerminal(pb::EnrollTerminal {
-                store_id: i as u32 + 1,
-                public_key: key.verifying_key().to_bytes().to_vec(),
-                label: String::new(),
-            }));
+            let key = key.verifying_key().to_bytes();
+            w.owner_op(testing::enroll_terminal(i as u32 + 1, &key, ""));
         }
         for i in 0..CARDS {
             let card = card_for(i as u64);
-            w.owner_op(Op::IssueCard(pb::IssueCard { card: card.clone() }));
+            w.owner_op(testing::issue_card(&card));
             w.model.insert(card.clone(), ModelCard::default());
             w.cards.push(card);
         }
@@ -185,13 +176,7 @@ impl World {
         txn: u64,
         op: Op,
     ) -> Result<Outcome, ErrorCode> {
-        let req = pb::Request {
-            txn_id: txn,
-            brand_id: BRAND,
-            operator: "t".into(),
-            op: Some(op),
-            ..Default::default()
-        };
+        let req = testing::request_as(BRAND, txn, "t", op);
         let bytes = req.encode_to_vec();
         let sig = sign_request(key, &bytes);
         self.time_ms += 61_000;

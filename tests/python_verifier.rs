@@ -9,15 +9,18 @@
 //! set) and is skipped, loudly, elsewhere. `.ci/run` provides a venv.
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cardd::audit::file::write_item;
 use cardd::audit::{ExportReader, EXPORT_MAGIC};
 use cardd::crypto::{leaf_hash, read_key_file, sign_request};
 use cardd::merkle::Frontier;
 use cardd::pb::{self, export_item::Item, reply::Detail, request::Op, RecordKind};
-use common::{call, cardd_bin, purchase, top_up, Daemon};
+use common::reply::seq;
+use common::{ok, purchase, run, top_up, Daemon};
 use ed25519_dalek::{Signer, SigningKey};
 use prost::Message;
 
@@ -59,18 +62,22 @@ fn python() -> Option<String> {
     None
 }
 
+/// How long one run of the Python verifier may take.
+const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+
 fn verifier_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/independent_verifier.py")
 }
 
 /// Runs the Python verifier; returns its exit code and its output.
 fn run_python(python: &str, export: &Path, server_key: &str) -> (i32, String) {
-    let out = Command::new(python)
-        .arg(verifier_script())
-        .arg(export)
-        .args(["--server-key", server_key])
-        .output()
-        .expect("run the Python verifier");
+    let out = run::run_bounded(
+        Command::new(python)
+            .arg(verifier_script())
+            .arg(export)
+            .args(["--server-key", server_key]),
+        PYTHON_LIMIT,
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -104,12 +111,13 @@ fn assert_rejected(python: &str, export: &Path, server_key: &str, expect: &str) 
 
 /// `cardd audit verify`; returns (success, output).
 fn run_rust_verify(export: &Path, server_key: &str) -> (bool, String) {
-    let out = Command::new(cardd_bin())
-        .args(["audit", "verify"])
-        .arg(export)
-        .args(["--server-key", server_key])
-        .output()
-        .expect("run cardd audit verify");
+    let out = run::cardd([
+        OsStr::new("audit"),
+        OsStr::new("verify"),
+        export.as_os_str(),
+        OsStr::new("--server-key"),
+        OsStr::new(server_key),
+    ]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -221,17 +229,6 @@ fn next(n: &mut u64) -> u64 {
     *n
 }
 
-fn seq_of(r: &pb::Reply) -> u64 {
-    r.receipt.as_ref().expect("a receipt").seq
-}
-
-async fn ok(c: &mut cardd::client::Client, txn: u64, op: Op) -> pb::Reply {
-    match call(c, txn, op).await {
-        Ok(r) => r,
-        Err(code) => panic!("txn {txn}: refused with {code:?}"),
-    }
-}
-
 /// A few dozen operations of every money kind; returns the last record's seq.
 async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     let cards = demo.manifest.cards.clone();
@@ -253,7 +250,7 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
             purchase(card, 1_000 + 137 * i as i64),
         )
         .await;
-        t1_purchases.push(seq_of(&r));
+        t1_purchases.push(seq(&r));
         ok(&mut t2, next(&mut n2), purchase(card, 500 + 71 * i as i64)).await;
     }
     // Top-ups, two of them large enough for the bonus tiers.
@@ -344,7 +341,7 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
         }),
     )
     .await;
-    seq_of(&r)
+    seq(&r)
 }
 
 #[test]
@@ -360,11 +357,11 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
     );
 
     // The trust anchor, from the server's own command.
-    let out = Command::new(cardd_bin())
-        .args(["server-key", "--data"])
-        .arg(&daemon.data)
-        .output()
-        .expect("server-key");
+    let out = run::cardd([
+        OsStr::new("server-key"),
+        OsStr::new("--data"),
+        daemon.data.as_os_str(),
+    ]);
     assert!(out.status.success(), "cardd server-key failed");
     let server_key = String::from_utf8(out.stdout)
         .expect("utf-8")
@@ -373,19 +370,17 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
     assert_eq!(server_key.len(), 64);
 
     let export = dir.path().join("ledger.cardd");
-    let out = Command::new(cardd_bin())
-        .args([
-            "audit",
-            "export",
-            "--connect",
-            &daemon.addr.to_string(),
-            "--key",
-        ])
-        .arg(demo.owner_key_path())
-        .arg("--out")
-        .arg(&export)
-        .output()
-        .expect("cardd audit export");
+    let addr = daemon.addr.to_string();
+    let out = run::cardd([
+        OsStr::new("audit"),
+        OsStr::new("export"),
+        OsStr::new("--connect"),
+        OsStr::new(&addr),
+        OsStr::new("--key"),
+        demo.owner_key_path().as_os_str(),
+        OsStr::new("--out"),
+        export.as_os_str(),
+    ]);
     assert!(
         out.status.success(),
         "export failed: {}",

@@ -3,10 +3,7 @@
 //! (written ahead of a flush a crash lost, or of a branch the chain no
 //! longer has) or not signed by the server key is not used. `cardd check`'s
 //! mode refuses a snapshot that differs from the replayed state.
-// Its commit hooks are not used here.
-#[allow(dead_code)]
-#[path = "support/store.rs"]
-mod store;
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,8 +12,9 @@ use cardd::ledger::{BrandLedger, Recovery};
 use cardd::pb::{self, request::Op};
 use cardd::state::{BrandState, Principal};
 use cardd::storage::{DiskStore, LogStore};
+use cardd::testing::{server_key, terminal_key};
+use common::store::{self, sub};
 use ed25519_dalek::SigningKey;
-use store::{server_key, sub, till};
 
 /// `store::provision`, keeping snapshots in `snapshots` (the interval is
 /// set by each test that needs snapshots taken on the way).
@@ -32,7 +30,7 @@ fn purchase(card: &str, txn: u64, amount: i64) -> cardd::ledger::Submission {
         amount_minor: amount,
         allow_partial: false,
     });
-    sub(&till(), Principal::Terminal(1), txn, op)
+    sub(&terminal_key(), Principal::Terminal(1), txn, op)
 }
 
 /// Purchases with till txn ids `txns`, each committed.

@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cardd::client::{AnyClient, Client, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
 use cardd::pb;
+use common::run::run_bounded;
 use common::{bounded, cardd_bin, inquiry, purchase, Daemon, Demo};
 use tokio::io::AsyncReadExt;
 
@@ -103,45 +103,6 @@ async fn balance(c: &mut AnyClient, card: &str) -> i64 {
     );
     let reply = bounded(c.call(&req)).await.expect("inquiry");
     reply.card.expect("card view").balance_minor
-}
-
-/// Runs a command to its end, killing it past `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
-    }
 }
 
 /// The `terminal-sim` binary, built (or found up to date) by cargo: it is

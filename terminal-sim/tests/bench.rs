@@ -22,12 +22,7 @@ impl Daemon {
     /// `cardd audit export` over the protocol, then `cardd audit verify
     /// --json` with the server key from `cardd server-key`: the report.
     fn audit(&self, dir: &Path, name: &str) -> Value {
-        let key = run(
-            &cardd_bin(),
-            &["server-key", "--data", self.data.to_str().unwrap()],
-        );
-        assert_eq!(key.code, 0, "{key:?}");
-        let server_key = key.stdout.trim().to_string();
+        let server_key = self.server_key();
         let file = dir.join(name);
         let file = file.to_str().unwrap();
         let export = run(

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
+
 use std::time::Duration;
 
 use common::{cardd_bin, i64_of, run_bounded, sim_bin, u64_of, Daemon, Run};
@@ -329,27 +329,13 @@ fn usage_and_connection_failures_exit_1() {
     assert_eq!(i64_of(&top, "txn_id"), 1);
 }
 
-/// `cardd server-key --data DIR`: the server's public key in hex.
-fn server_key(daemon: &Daemon) -> String {
-    let out = Command::new(cardd_bin())
-        .args(["server-key", "--data"])
-        .arg(&daemon.data)
-        .output()
-        .expect("cardd server-key");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn proofs_are_checked_against_the_server_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path());
     let till = Till::new(&daemon, 0);
     let card = daemon.manifest.cards[3].as_str();
-    let key = server_key(&daemon);
+    let key = daemon.server_key();
 
     // Trust on first use: the key from the sign-on challenge.
     let top = till

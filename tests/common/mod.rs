@@ -1,17 +1,40 @@
-//! Test harness: runs the real `cardd` binary on a temporary data directory
-//! and an ephemeral loopback port, and talks to it over TCP.
+//! The test kit shared by every integration test target (`mod common;`, or
+//! `#[path = "../common/mod.rs"] mod common;` from a directory target such
+//! as `tests/daemon/main.rs`; `serve.rs` and `run.rs` are also included by
+//! terminal-sim's tests):
+//! the daemon harness (the real `cardd` binary on a temporary data directory
+//! and an ephemeral loopback port), bounded calls and the request builders
+//! tests share. The submodules hold the rest:
+//! - [`raw`]: the protocol by hand (frames, hello, sign-on, signed bodies);
+//! - [`reply`]: accessors that take a reply apart or fail the test;
+//! - [`run`]: the one bounded run of a command (`cardd check`, `cardd audit`);
+//! - [`serve`]: `cardd serve` started and its listening line read;
+//! - [`store`]: a `LogStore` whose commits a test intercepts.
+//!
+//! The brand + store + terminal + cards fixture of in-process tests is
+//! `cardd::testing` (benches, examples and fuzz targets use it too).
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+pub mod raw;
+pub mod reply;
+pub mod run;
+pub mod serve;
+pub mod store;
+
+#[allow(unused_imports)]
+pub use serve::{listening_addr, LISTENING_LINE};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cardd::client::{Client, ClientError};
 use cardd::crypto::read_key_file;
 use cardd::demo::Manifest;
 use cardd::pb::{self, request::Op};
+use cardd::testing;
+use ed25519_dalek::SigningKey;
 
 /// Path of the built `cardd` binary.
 pub fn cardd_bin() -> &'static str {
@@ -29,29 +52,7 @@ impl Daemon {
     /// Starts `cardd serve` (with `extra` arguments) on `data` and waits
     /// until it listens.
     pub fn start(data: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cardd did not start listening in time");
+        let (child, addr) = serve::spawn_serve(cardd_bin(), data, extra);
         Daemon {
             child,
             addr: addr.parse().expect("address"),
@@ -144,13 +145,53 @@ pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("test step timed out")
 }
 
+/// Signs on with `key` (bounded).
+pub async fn connect(addr: SocketAddr, key: SigningKey) -> Client {
+    bounded(Client::connect(addr, key)).await.expect("sign-on")
+}
+
 /// Sends `op` under `txn` and returns the reply or the refusal code.
 pub async fn call(c: &mut Client, txn: u64, op: Op) -> Result<pb::Reply, pb::ErrorCode> {
     let req = c.request(txn, op);
-    bounded(c.call(&req)).await.map_err(|e| match e {
+    call_req(c, &req).await
+}
+
+/// Sends an exact request and returns the reply or the refusal code.
+pub async fn call_req(c: &mut Client, req: &pb::Request) -> Result<pb::Reply, pb::ErrorCode> {
+    refusal_code(bounded(c.call(req)).await)
+}
+
+/// Sends already-signed bytes and returns the reply or the refusal code.
+pub async fn call_bytes(
+    c: &mut Client,
+    bytes: &[u8],
+    sig: &[u8],
+) -> Result<pb::Reply, pb::ErrorCode> {
+    refusal_code(bounded(c.call_signed(bytes.to_vec(), sig.to_vec())).await)
+}
+
+/// A refusal becomes its code; a transport failure fails the test.
+fn refusal_code(r: Result<pb::Reply, ClientError>) -> Result<pb::Reply, pb::ErrorCode> {
+    r.map_err(|e| match e {
         ClientError::Refused(r) => r.code,
         other => panic!("transport failure: {other}"),
     })
+}
+
+/// Calls `op` and expects a reply.
+pub async fn ok(c: &mut Client, txn: u64, op: Op) -> pb::Reply {
+    match call(c, txn, op).await {
+        Ok(r) => r,
+        Err(code) => panic!("txn {txn}: expected a reply, got {code:?}"),
+    }
+}
+
+/// Calls `op` and expects a refusal; returns its code.
+pub async fn refused(c: &mut Client, txn: u64, op: Op) -> pb::ErrorCode {
+    match call(c, txn, op).await {
+        Ok(r) => panic!("txn {txn}: expected a refusal, got {r:?}"),
+        Err(code) => code,
+    }
 }
 
 /// The card view from an inquiry.
@@ -162,19 +203,95 @@ pub async fn inquiry(c: &mut Client, card: &str) -> pb::CardView {
         .expect("card view")
 }
 
+/// A whole-amount purchase.
 pub fn purchase(card: &str, amount_minor: i64) -> Op {
-    Op::Purchase(pb::Purchase {
-        card: card.into(),
+    testing::purchase(card, amount_minor, false)
+}
+
+#[allow(unused_imports)]
+pub use testing::{create_store, top_up};
+
+/// A purchase that pays what the card holds when it holds less.
+pub fn partial(card: &str, amount_minor: i64) -> Op {
+    testing::purchase(card, amount_minor, true)
+}
+
+/// Refunds `amount_minor` of the purchase recorded at `original_seq`.
+pub fn refund(original_seq: u64, amount_minor: i64) -> Op {
+    Op::Refund(pb::Refund {
+        original_seq,
         amount_minor,
-        allow_partial: false,
     })
 }
 
-pub fn top_up(card: &str, amount_minor: i64) -> Op {
-    Op::TopUp(pb::TopUp {
+/// Reverses the signer's own `original_txn_id`.
+pub fn reversal(original_txn_id: u64) -> Op {
+    Op::Reversal(pb::Reversal { original_txn_id })
+}
+
+/// Redeems `points` for a coffee.
+pub fn redeem(card: &str, points: i64) -> Op {
+    Op::RedeemPoints(pb::RedeemPoints {
         card: card.into(),
-        amount_minor,
+        points,
+        reward: "coffee".into(),
     })
+}
+
+/// Closes the terminal's shift, declaring `totals` if any.
+pub fn close_shift(totals: Option<pb::ShiftTotals>) -> Op {
+    Op::CloseShift(pb::CloseShift {
+        terminal_totals: totals,
+    })
+}
+
+/// Asks the status of the signer's own `txn_id`.
+pub fn txn_status(txn_id: u64) -> Op {
+    Op::TxnStatus(pb::TxnStatus { txn_id })
+}
+
+/// Enrols `key` as a terminal of `store_id`.
+pub fn enroll(store_id: u32, key: &SigningKey, label: &str) -> Op {
+    testing::enroll_terminal(store_id, &key.verifying_key().to_bytes(), label)
+}
+
+#[allow(unused_imports)]
+pub use testing::issue_card as issue;
+
+/// Blocks (as lost) or unblocks `card`.
+pub fn set_blocked(card: &str, blocked: bool) -> Op {
+    Op::SetCardBlocked(pb::SetCardBlocked {
+        card: card.into(),
+        blocked,
+        reason: "lost".into(),
+    })
+}
+
+/// Moves `old`'s value to the new card `new`.
+pub fn replace(old: &str, new: &str) -> Op {
+    Op::ReplaceCard(pb::ReplaceCard {
+        old_card: old.into(),
+        new_card: new.into(),
+    })
+}
+
+/// The status of one of the client's own transaction ids.
+pub async fn status_of(c: &mut Client, txn: u64) -> pb::StatusResult {
+    let r = ok(c, 0, txn_status(txn)).await;
+    assert!(r.receipt.is_none(), "a status query writes no record");
+    reply::status(r)
+}
+
+/// The seed of a randomised test: `$var` if set, else one from the clock
+/// (the caller prints it, so that a failure can be reproduced).
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(s) => s.parse().unwrap_or_else(|_| panic!("{var} must be a u64")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64,
+    }
 }
 
 /// Polls `f` until it returns true or 20 s pass.

@@ -4,18 +4,22 @@
 //! bounded.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+/// The one bounded run of a command, shared with cardd's own tests.
+#[path = "../../../tests/common/run.rs"]
+mod run;
+
+/// The one start of `cardd serve`, shared with cardd's own tests.
+#[path = "../../../tests/common/serve.rs"]
+mod serve;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use cardd::demo::Manifest;
 use serde_json::Value;
 
-/// How long the daemon may take to start listening.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
-
+/// The `terminal-sim` binary under test.
 pub fn sim_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_terminal-sim"))
 }
@@ -41,36 +45,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cardd serve --demo` on a fresh data directory in `dir`.
     pub fn start(dir: &Path) -> Daemon {
         let data = dir.join("data");
-        let mut child = Command::new(cardd_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--demo"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn cardd");
-        let stdout = child.stdout.take().expect("cardd stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cardd did not print `cardd listening on ADDR` within {START_TIMEOUT:?}");
-            }
-        };
+        let (child, addr) = serve::spawn_serve(cardd_bin(), &data, &["--demo"]);
         let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
         let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
         Daemon {
@@ -88,6 +66,18 @@ impl Daemon {
             .to_str()
             .expect("utf-8 path")
             .to_string()
+    }
+
+    /// `cardd server-key --data DIR`: the server's public key in hex.
+    pub fn server_key(&self) -> String {
+        let data = self.data.to_str().expect("utf-8 path");
+        let out = run_bounded(
+            &cardd_bin(),
+            &["server-key", "--data", data],
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.code, 0, "cardd server-key: {out:?}");
+        out.stdout.trim().to_string()
     }
 
     /// The key file of the demo terminal of store `index` (0-based).
@@ -131,47 +121,14 @@ impl Run {
 
 /// Runs `bin` with `args`, killing it if it overruns `limit`.
 pub fn run_bounded(bin: &Path, args: &[&str], limit: Duration) -> Run {
-    let name = bin.display();
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("wait {name}: {e}"))
-        {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{name} {args:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let out = run::run_bounded(Command::new(bin).args(args), limit);
     Run {
-        code: status
+        code: out
+            .status
             .code()
-            .unwrap_or_else(|| panic!("{name} ended by a signal")),
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
+            .unwrap_or_else(|| panic!("{} ended by a signal", bin.display())),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -5,14 +5,13 @@
 //! Reads of single records can be watched too (`record_read`).
 //!
 //! Also `sub`, the signed submission such tests feed the writer, and
-//! `provision`, a brand with a store, a till and a funded card.
-//!
-//! Included by path (`#[path = "support/store.rs"] mod store;`), so each
-//! test crate that wants it compiles its own copy.
+//! `provision`, a brand with a store, a till and a funded card (both from
+//! `cardd::testing`; its keys are `testing::owner_key` and
+//! `testing::terminal_key`).
 use std::sync::Arc;
 
 use cardd::ledger::{BrandLedger, Submission};
-use cardd::pb::{self, request::Op};
+use cardd::pb::request::Op;
 use cardd::state::Principal;
 use cardd::storage::{self, DiskStore, LogStore};
 use ed25519_dalek::SigningKey;
@@ -97,60 +96,10 @@ impl<H: CommitHook> LogStore for WrappedStore<H> {
 
 /// A request of brand 1 for `op` under `txn`, signed by `key` as `principal`.
 pub fn sub(key: &SigningKey, principal: Principal, txn: u64, op: Op) -> Submission {
-    Submission::signed(
-        principal,
-        key,
-        pb::Request {
-            txn_id: txn,
-            brand_id: 1,
-            op: Some(op),
-            ..Default::default()
-        },
-    )
-}
-
-pub fn server_key() -> Arc<SigningKey> {
-    Arc::new(SigningKey::from_bytes(&[1; 32]))
-}
-pub fn owner() -> SigningKey {
-    SigningKey::from_bytes(&[2; 32])
-}
-pub fn till() -> SigningKey {
-    SigningKey::from_bytes(&[3; 32])
+    cardd::testing::signed(key, principal, txn, op)
 }
 
 /// A brand with a store, a terminal and one card holding 10,000.00.
 pub fn provision(store: Arc<dyn LogStore>) -> (BrandLedger, String) {
-    let create = pb::CreateBrand {
-        name: "Faults".into(),
-        currency: "CNY".into(),
-        currency_exponent: 2,
-        owner_public_key: owner().verifying_key().to_bytes().to_vec(),
-    };
-    let mut ledger = BrandLedger::create(store, server_key(), 1, create).unwrap();
-    let card = cardd::card_number::generate(1);
-    let ops = [
-        Op::CreateStore(pb::CreateStore { name: "s".into() }),
-        Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till().verifying_key().to_bytes().to_vec(),
-            label: String::new(),
-        }),
-        Op::IssueCard(pb::IssueCard { card: card.clone() }),
-    ];
-    for (i, op) in ops.into_iter().enumerate() {
-        ledger
-            .submit_now(sub(&owner(), Principal::Owner, i as u64 + 1, op))
-            .unwrap()
-            .unwrap();
-    }
-    let top_up = Op::TopUp(pb::TopUp {
-        card: card.clone(),
-        amount_minor: 1_000_000,
-    });
-    ledger
-        .submit_now(sub(&till(), Principal::Terminal(1), 1, top_up))
-        .unwrap()
-        .unwrap();
-    (ledger, card)
+    cardd::testing::provision(store, "Faults", 1_000_000)
 }

@@ -1,0 +1,89 @@
+//! The one bounded run of a command: no test may hang on a child process.
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cardd_bin;
+
+/// How long one `cardd` command (check, audit, server-key, …) may take.
+pub const CARDD_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` to its end (stdin closed, output captured), killing it past
+/// `limit`. Both pipes are drained while it runs, so a chatty child cannot
+/// block on a full pipe.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = pipe.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Runs `cardd` with `args` (`RUST_LOG=warn`), bounded by [`CARDD_LIMIT`].
+pub fn cardd<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_bounded(
+        Command::new(cardd_bin()).args(args).env("RUST_LOG", "warn"),
+        CARDD_LIMIT,
+    )
+}
+
+/// Runs `cardd` with `args`, which must succeed; returns its stdout.
+#[track_caller]
+pub fn cardd_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<S> = args.into_iter().collect();
+    let out = cardd(&args);
+    let shown: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    assert!(
+        out.status.success(),
+        "cardd {shown:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `cardd check --data DATA` (daemon stopped), which must succeed; returns
+/// its stdout.
+#[track_caller]
+pub fn cardd_check(data: &Path) -> String {
+    cardd_ok([OsStr::new("check"), OsStr::new("--data"), data.as_os_str()])
+}
