@@ -4,6 +4,8 @@ pub mod audit;
 pub mod connection;
 pub mod guard;
 pub mod keys;
+pub mod reply;
+mod sign_on;
 pub mod verifier;
 pub mod writer;
 

@@ -12,34 +12,13 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::ReplyTo;
 use super::keys::KeyIndex;
+use super::reply::{Reply, ReplyTo};
 use crate::ledger::{Answer, Batch, BrandLedger, Submission};
 use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
 use crate::state::{Principal, Written};
 use crate::storage::LogStore;
-
-/// Where a request's durable answer goes.
-pub enum Reply {
-    /// A caller waiting on it ([`BrandHandle::submit`]).
-    Wait(oneshot::Sender<Answer>),
-    /// Straight to a connection's write task (no task in between).
-    Connection(ReplyTo),
-}
-
-impl Reply {
-    fn send(self, answer: Answer) {
-        match self {
-            // A caller that went away no longer wants its answer; the
-            // record stands and a status query will find it.
-            Reply::Wait(tx) => {
-                let _ = tx.send(answer);
-            }
-            Reply::Connection(to) => to.send(answer),
-        }
-    }
-}
 
 /// What a connection asks of a brand's writer.
 pub enum Command {
