@@ -25,3 +25,4 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+pub mod tls;
