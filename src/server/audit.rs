@@ -143,7 +143,7 @@ fn consistency(
     }
     let path =
         crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
-            .map_err(|e| Refusal::new(E::StorageFailure, e))?;
+            .map_err(|e| Refusal::new(E::StorageFailure, e.to_string()))?;
     Ok(pb::ConsistencyProof {
         old_size: q.old_size,
         new_size,

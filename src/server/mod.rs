@@ -9,6 +9,9 @@ mod sign_on;
 pub mod verifier;
 pub mod writer;
 
+// TLS set-up is shared with the client; the old path stays.
+pub use crate::tls::tls_acceptor;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::ledger::{BrandLedger, Recovery};
-// TLS set-up is shared with the client; the old path stays.
 use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
 use crate::storage::{LogStore, SledStore};
-pub use crate::tls::tls_acceptor;
 use keys::KeyIndex;
 use writer::BrandHandle;
 
@@ -110,7 +111,9 @@ pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
             std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))?;
         }
     }
-    crate::crypto::load_or_create_key(&server_key_path(data_dir))
+    Ok(crate::crypto::load_or_create_key(&server_key_path(
+        data_dir,
+    ))?)
 }
 
 /// What [`load`] returns: storage, the server key and every brand's ledger.
