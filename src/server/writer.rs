@@ -321,8 +321,9 @@ async fn commit_in_order(
                     last_checkpoint = checkpoint;
                     None
                 }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
+                // `{:#}`: the whole chain of causes, on one line.
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(e) => Some(format!("{e:#}")),
             };
             if let Some(error) = failure {
                 // Memory is now ahead of disk, and the batch may or may not
@@ -330,8 +331,13 @@ async fn commit_in_order(
                 // batches applied on top of it, and stop the applier. Other
                 // brands go on; a restart recovers this one from its
                 // durable log.
-                tracing::error!(brand, error, "commit failed; brand stopped until restart");
-                eprintln!("cardd: brand {brand}: commit failed: {error}; brand stopped (restart recovers it)");
+                // Logged once, at error level (on unless RUST_LOG turns
+                // off errors too).
+                tracing::error!(
+                    brand,
+                    error,
+                    "commit failed; brand stopped (restart recovers it)"
+                );
                 jobs.close();
                 job.refuse();
                 while let Some(later) = jobs.recv().await {
