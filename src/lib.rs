@@ -25,4 +25,6 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod storage;
+#[cfg(test)]
+mod tidy;
 pub mod tls;
