@@ -51,17 +51,7 @@ pub fn write_export(
         .last_checkpoint(brand)?
         .ok_or(ExportError::NoCheckpoint(brand))?;
     let tree_size = pb::Checkpoint::decode(last.as_slice())?.tree_size;
-    out.write_all(EXPORT_MAGIC)?;
-    write_item(
-        out,
-        Item::Header(pb::ExportHeader {
-            format: EXPORT_FORMAT.into(),
-            brand_id: brand,
-            server_public_key: server_public_key.to_vec(),
-            exported_at_ms: now_ms(),
-            tree_size,
-        }),
-    )?;
+    write_header(out, brand, server_public_key, tree_size)?;
     let mut keys = vec![pb::SignerKey {
         signer: pb::Signer::Server as i32,
         public_key: server_public_key.to_vec(),
@@ -71,18 +61,6 @@ pub fn write_export(
     let mut summary = ExportSummary {
         records: 0,
         checkpoints: 0,
-    };
-    let next_checkpoint = |checkpoints: &mut dyn Iterator<
-        Item = crate::storage::Result<Vec<u8>>,
-    >|
-     -> Result<Option<pb::Checkpoint>, ExportError> {
-        match checkpoints.next() {
-            None => Ok(None),
-            Some(bytes) => {
-                let bytes: Vec<u8> = bytes?;
-                Ok(Some(pb::Checkpoint::decode(bytes.as_slice())?))
-            }
-        }
     };
     let mut pending = next_checkpoint(&mut checkpoints)?;
     for item in store.scan(brand, 1) {
@@ -118,6 +96,39 @@ pub fn write_export(
     )?;
     out.flush()?;
     Ok(summary)
+}
+
+/// The magic bytes and the header.
+fn write_header(
+    out: &mut impl Write,
+    brand: u32,
+    server_public_key: &[u8; 32],
+    tree_size: u64,
+) -> io::Result<()> {
+    out.write_all(EXPORT_MAGIC)?;
+    write_item(
+        out,
+        Item::Header(pb::ExportHeader {
+            format: EXPORT_FORMAT.into(),
+            brand_id: brand,
+            server_public_key: server_public_key.to_vec(),
+            exported_at_ms: now_ms(),
+            tree_size,
+        }),
+    )
+}
+
+/// The next stored checkpoint, decoded.
+fn next_checkpoint(
+    checkpoints: &mut dyn Iterator<Item = crate::storage::Result<Vec<u8>>>,
+) -> Result<Option<pb::Checkpoint>, ExportError> {
+    match checkpoints.next() {
+        None => Ok(None),
+        Some(bytes) => {
+            let bytes: Vec<u8> = bytes?;
+            Ok(Some(pb::Checkpoint::decode(bytes.as_slice())?))
+        }
+    }
 }
 
 /// Adds the key a record enrols (the owner's at brand creation, a

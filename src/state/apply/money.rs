@@ -110,29 +110,7 @@ pub(super) fn refund(
 ) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
-    let Some(orig) = state.effects.get(r.original_seq) else {
-        return missing_original(
-            state,
-            r.original_seq,
-            E::OriginalNotFound,
-            "no purchase with that sequence number",
-        );
-    };
-    if expired(orig, ctx.time_ms) {
-        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
-    }
-    if orig.kind != RecordKind::Purchase || orig.reversed {
-        return refuse(
-            E::NotRefundable,
-            "only a purchase that was not reversed can be refunded",
-        );
-    }
-    if orig.store_id != state.terminals[&tid].store_id {
-        return refuse(
-            E::WrongStore,
-            "a purchase is refunded at the store where it was made",
-        );
-    }
+    let orig = refundable_purchase(state, ctx, tid, r.original_seq)?;
     let approved = orig.paid_out + orig.bonus_out;
     let refunded = orig.refunded_paid + orig.refunded_bonus;
     let left = approved - refunded;
@@ -150,16 +128,7 @@ pub(super) fn refund(
     // Bonus was spent last, so it is returned first.
     let bonus_in = r.amount_minor.min(orig.bonus_out - orig.refunded_bonus);
     let paid_in = r.amount_minor - bonus_in;
-    // Points earned are taken back in proportion to the value refunded,
-    // rounded down, and never more than the card still holds.
-    let should_have_removed = i64::try_from(
-        i128::from(orig.points_in) * i128::from(refunded + r.amount_minor) / i128::from(approved),
-    )
-    .expect("bounded by points_in");
-    // Never negative: after a refund is reversed, the points still counted
-    // as taken back can exceed the proportional share of what remains
-    // refunded (rounding was done refund by refund). Found by fuzzing.
-    let points_out = (should_have_removed - orig.refunded_points).clamp(0, card.points);
+    let points_out = points_taken_back(orig, r.amount_minor, card.points);
     card.paid = checked(card.paid.checked_add(paid_in))?;
     card.bonus = checked(card.bonus.checked_add(bonus_in))?;
     card.points -= points_out;
@@ -187,6 +156,55 @@ pub(super) fn refund(
     orig.refunded_points += points_out;
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
+}
+
+/// The purchase a refund names, if it may be refunded here: kept, within
+/// the window, not reversed, and made at this terminal's store.
+fn refundable_purchase<'s>(
+    state: &'s BrandState,
+    ctx: &Context,
+    tid: u32,
+    seq: u64,
+) -> Result<&'s Effect, Refusal> {
+    let Some(orig) = state.effects.get(seq) else {
+        return missing_original(
+            state,
+            seq,
+            E::OriginalNotFound,
+            "no purchase with that sequence number",
+        );
+    };
+    if expired(orig, ctx.time_ms) {
+        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
+    }
+    if orig.kind != RecordKind::Purchase || orig.reversed {
+        return refuse(
+            E::NotRefundable,
+            "only a purchase that was not reversed can be refunded",
+        );
+    }
+    if orig.store_id != state.terminals[&tid].store_id {
+        return refuse(
+            E::WrongStore,
+            "a purchase is refunded at the store where it was made",
+        );
+    }
+    Ok(orig)
+}
+
+/// Points earned are taken back in proportion to the value refunded,
+/// rounded down, and never more than the card still holds.
+fn points_taken_back(orig: &Effect, amount: i64, card_points: i64) -> i64 {
+    let approved = orig.paid_out + orig.bonus_out;
+    let refunded = orig.refunded_paid + orig.refunded_bonus;
+    let should_have_removed = i64::try_from(
+        i128::from(orig.points_in) * i128::from(refunded + amount) / i128::from(approved),
+    )
+    .expect("bounded by points_in");
+    // Never negative: after a refund is reversed, the points still counted
+    // as taken back can exceed the proportional share of what remains
+    // refunded (rounding was done refund by refund). Found by fuzzing.
+    (should_have_removed - orig.refunded_points).clamp(0, card_points)
 }
 
 pub(super) fn redeem_points(
