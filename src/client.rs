@@ -25,9 +25,9 @@ use crate::limits::DEFAULT_MAX_FRAME_BYTES;
 use crate::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
 };
-// The TLS set-up lives in `crate::tls` (shared with the server); these
-// paths stay for the binaries and tests that name them here.
-pub use crate::tls::{tls_provider, TlsClient};
+// The TLS set-up lives in `crate::tls` (shared with the server); this
+// path stays for the binaries and tests that name it here.
+pub use crate::tls::TlsClient;
 
 /// The byte stream under a [`Client`]: plain TCP, or TLS over TCP.
 pub enum ClientStream {
