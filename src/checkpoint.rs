@@ -33,40 +33,97 @@ pub fn sign(state: &BrandState, time_ms: i64, key: &SigningKey) -> Checkpoint {
     c
 }
 
-/// Decodes a stored checkpoint and checks its signature.
-pub fn decode_verified(bytes: &[u8], server_key: &VerifyingKey) -> Result<Checkpoint, String> {
-    let c = Checkpoint::decode(bytes).map_err(|e| format!("checkpoint does not decode: {e}"))?;
+/// Why a checkpoint is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The stored bytes are not a `Checkpoint`.
+    #[error("checkpoint does not decode")]
+    Decode(#[source] prost::DecodeError),
+    /// A hash field is not 32 bytes long.
+    #[error("checkpoint hashes are not 32 bytes")]
+    HashLength,
+    /// The server's signature does not verify.
+    #[error("checkpoint at tree size {tree_size} has a bad server signature")]
+    BadSignature {
+        /// The size the checkpoint claims.
+        tree_size: u64,
+    },
+    /// The checkpoint is for another brand than the chain.
+    #[error("checkpoint names brand {checkpoint}, chain is brand {chain}")]
+    OtherBrand {
+        /// The checkpoint's brand.
+        checkpoint: u32,
+        /// The chain's brand.
+        chain: u32,
+    },
+    /// The checkpoint covers another number of records than the chain has.
+    #[error("checkpoint covers {checkpoint} records, chain has {chain}")]
+    Size {
+        /// The checkpoint's tree size.
+        checkpoint: u64,
+        /// The chain's length.
+        chain: u64,
+    },
+    /// The checkpoint's head or root hash differs from the chain's.
+    #[error("checkpoint at tree size {tree_size} does not match the records' hashes")]
+    Hashes {
+        /// The checkpoint's tree size.
+        tree_size: u64,
+    },
+}
+
+/// The one checkpoint check: the server's signature over `c` and, when
+/// `state` is given, that `c` describes that state exactly. Every reader
+/// of a checkpoint (recovery, the auditor's verify, proofs) goes through
+/// here or [`decode_verified`].
+pub fn verify(
+    c: &Checkpoint,
+    server_key: &VerifyingKey,
+    state: Option<&BrandState>,
+) -> Result<(), CheckpointError> {
+    if !verify_strict(server_key, &signed_message(c), &c.signature) {
+        return Err(CheckpointError::BadSignature {
+            tree_size: c.tree_size,
+        });
+    }
+    match state {
+        Some(state) => matches(c, state),
+        None => Ok(()),
+    }
+}
+
+/// Decodes a stored checkpoint, checks its hash lengths and its signature
+/// (see [`verify`]; match it against a state with [`matches`]).
+pub fn decode_verified(
+    bytes: &[u8],
+    server_key: &VerifyingKey,
+) -> Result<Checkpoint, CheckpointError> {
+    let c = Checkpoint::decode(bytes).map_err(CheckpointError::Decode)?;
     if c.head_hash.len() != 32 || c.root_hash.len() != 32 {
-        return Err("checkpoint hashes are not 32 bytes".into());
+        return Err(CheckpointError::HashLength);
     }
-    if !verify_strict(server_key, &signed_message(&c), &c.signature) {
-        return Err(format!(
-            "checkpoint at tree size {} has a bad server signature",
-            c.tree_size
-        ));
-    }
+    verify(&c, server_key, None)?;
     Ok(c)
 }
 
 /// Checks that a verified checkpoint describes `state` exactly.
-pub fn matches(c: &Checkpoint, state: &BrandState) -> Result<(), String> {
+pub fn matches(c: &Checkpoint, state: &BrandState) -> Result<(), CheckpointError> {
     if c.brand_id != state.brand_id {
-        return Err(format!(
-            "checkpoint names brand {}, chain is brand {}",
-            c.brand_id, state.brand_id
-        ));
+        return Err(CheckpointError::OtherBrand {
+            checkpoint: c.brand_id,
+            chain: state.brand_id,
+        });
     }
     if c.tree_size != state.seq {
-        return Err(format!(
-            "checkpoint covers {} records, chain has {}",
-            c.tree_size, state.seq
-        ));
+        return Err(CheckpointError::Size {
+            checkpoint: c.tree_size,
+            chain: state.seq,
+        });
     }
     if c.head_hash != state.head_hash || c.root_hash != state.merkle.root() {
-        return Err(format!(
-            "checkpoint at tree size {} does not match the records' hashes",
-            c.tree_size
-        ));
+        return Err(CheckpointError::Hashes {
+            tree_size: c.tree_size,
+        });
     }
     Ok(())
 }

@@ -7,20 +7,15 @@
 //! signatures are the same: TLS adds confidentiality, the signatures stay
 //! the authentication.
 use std::io;
-use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
-use tokio_rustls::TlsConnector;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::codec::frame_codec;
@@ -30,6 +25,9 @@ use crate::limits::DEFAULT_MAX_FRAME_BYTES;
 use crate::pb::{
     self, client_message::Body, request::Op, server_message, ClientMessage, ServerMessage,
 };
+// The TLS set-up lives in `crate::tls` (shared with the server); this
+// path stays for the binaries and tests that name it here.
+pub use crate::tls::TlsClient;
 
 /// The byte stream under a [`Client`]: plain TCP, or TLS over TCP.
 pub enum ClientStream {
@@ -115,85 +113,6 @@ impl AsyncWrite for ClientStream {
 /// A client over plain TCP or TLS, as [`Client::connect_with`] makes.
 pub type AnyClient = Client<ClientStream>;
 
-/// How a client speaks TLS: the certificates it trusts and the name the
-/// server's certificate must carry. Cheap to clone.
-#[derive(Clone)]
-pub struct TlsClient {
-    connector: TlsConnector,
-    server_name: ServerName<'static>,
-}
-
-impl std::fmt::Debug for TlsClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsClient")
-            .field("server_name", &self.server_name)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The rustls provider used on both ends: ring (aws-lc-rs needs cmake and
-/// nasm to build).
-pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-impl TlsClient {
-    /// From a rustls client configuration and the name to check the
-    /// server's certificate against (a DNS name or an IP address).
-    pub fn new(config: Arc<rustls::ClientConfig>, server_name: &str) -> anyhow::Result<Self> {
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| anyhow::anyhow!("{server_name:?} is not a DNS name or an IP address"))?;
-        Ok(TlsClient {
-            connector: TlsConnector::from(config),
-            server_name,
-        })
-    }
-
-    /// Trusts the certificates in the PEM file `ca` (a CA, or the server's
-    /// own self-signed certificate), and nothing else; TLS 1.3 only.
-    pub fn from_ca_file(ca: &Path, server_name: &str) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.with_context(|| format!("{}: not a PEM certificate", ca.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("{}: certificate not usable", ca.display()))?;
-        }
-        if roots.is_empty() {
-            anyhow::bail!(
-                "{}: no PEM certificate (BEGIN CERTIFICATE) found",
-                ca.display()
-            );
-        }
-        let config = rustls::ClientConfig::builder_with_provider(tls_provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .context("TLS 1.3 with the ring provider")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        TlsClient::new(Arc::new(config), server_name)
-    }
-
-    /// The name checked against the server's certificate.
-    pub fn server_name(&self) -> &ServerName<'static> {
-        &self.server_name
-    }
-}
-
-/// A failed client handshake, with a hint for the common mistake of a
-/// self-signed certificate made as a CA (`openssl req -x509` does that by
-/// default), which rustls refuses as a server's own certificate.
-fn handshake_error(e: io::Error) -> io::Error {
-    let hint = if e.to_string().contains("CaUsedAsEndEntity") {
-        " (the daemon's certificate is a CA certificate: make it with \
-         basicConstraints CA:FALSE, or sign it with a CA and trust that CA)"
-    } else {
-        ""
-    };
-    io::Error::new(e.kind(), format!("TLS handshake: {e}{hint}"))
-}
-
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -273,11 +192,7 @@ impl Client<ClientStream> {
         let stream = match tls {
             None => ClientStream::Plain(tcp),
             Some(tls) => {
-                let s = tls
-                    .connector
-                    .connect(tls.server_name.clone(), tcp)
-                    .await
-                    .map_err(handshake_error)?;
+                let s = tls.connect(tcp).await?;
                 ClientStream::Tls(Box::new(s))
             }
         };

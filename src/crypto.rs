@@ -4,10 +4,9 @@
 //! signature made for one purpose (a sign-on nonce) can never be replayed as
 //! another (a request or a checkpoint).
 use std::fs;
-use std::io::Write;
-use std::path::Path;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
@@ -91,9 +90,52 @@ pub fn generate_key() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)
 }
 
+/// Why a key file could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The file could not be created (it may exist already).
+    #[error("creating key file {}", .path.display())]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: io::Error,
+    },
+    /// The key could not be written and synced.
+    #[error("writing key file {}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: io::Error,
+    },
+    /// The file could not be read.
+    #[error("reading key file {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        source: io::Error,
+    },
+    /// Group or others may read the file.
+    #[error("key file {} is readable by others (mode {mode:o}); chmod 600 it", .path.display())]
+    ReadableByOthers {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The content is not hex.
+    #[error("key file is not hex")]
+    NotHex(#[source] hex::FromHexError),
+    /// The content is not a 32-byte seed.
+    #[error("key file must hold 32 bytes")]
+    Length,
+}
+
 /// Writes a signing key (hex of the 32-byte seed) to `path` with mode 0600.
 /// Refuses to overwrite an existing file.
-pub fn write_key_file(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -101,44 +143,47 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))?;
-    f.sync_all()?;
-    Ok(())
+    let mut f = opts.open(path).map_err(|source| KeyFileError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    writeln!(f, "{}", hex::encode(key.to_bytes()))
+        .and_then(|()| f.sync_all())
+        .map_err(|source| KeyFileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Reads a signing key written by [`write_key_file`]. Refuses a file that
 /// other users can read: a key anyone on the machine can copy is no key.
-pub fn read_key_file(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn read_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .with_context(|| format!("reading key file {}", path.display()))?
-            .permissions()
-            .mode();
+        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode();
         if mode & 0o077 != 0 {
-            bail!(
-                "key file {} is readable by others (mode {:o}); chmod 600 it",
-                path.display(),
-                mode & 0o777
-            );
+            return Err(KeyFileError::ReadableByOthers {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
         }
     }
-    let text =
-        fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))?;
-    let bytes = hex::decode(text.trim()).context("key file is not hex")?;
+    let text = fs::read_to_string(path).map_err(read_err)?;
+    let bytes = hex::decode(text.trim()).map_err(KeyFileError::NotHex)?;
     let seed: [u8; 32] = bytes
         .as_slice()
         .try_into()
-        .map_err(|_| anyhow::anyhow!("key file must hold 32 bytes"))?;
+        .map_err(|_| KeyFileError::Length)?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
 /// Loads the key at `path`, creating it on first use.
-pub fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     if path.exists() {
         read_key_file(path)
     } else {

@@ -29,3 +29,6 @@ pub mod state;
 pub mod storage;
 /// Fixtures for tests, benches, examples and fuzz targets; not used by the daemon.
 pub mod testing;
+#[cfg(test)]
+mod tidy;
+pub mod tls;

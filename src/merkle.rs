@@ -73,6 +73,32 @@ impl Frontier {
     }
 }
 
+/// Why a proof could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MerkleError {
+    /// The leaf is not in the tree.
+    #[error("leaf {leaf} is not in a tree of size {size}")]
+    NotInTree {
+        /// The leaf's index.
+        leaf: u64,
+        /// The tree's size.
+        size: u64,
+    },
+    /// The sizes do not satisfy 0 < old <= new.
+    #[error("no consistency proof from size {old} to {new}")]
+    Sizes {
+        /// The older tree's size.
+        old: u64,
+        /// The newer tree's size.
+        new: u64,
+    },
+    /// The node source failed or lacks a node; its own message.
+    // A string because `NodeSource` reports one (storage's implementation
+    // is the lead's storage rewrite; it can carry a typed source then).
+    #[error("{0}")]
+    Node(String),
+}
+
 /// Where proofs read perfect-subtree hashes: `node(level, index)` is the
 /// root of leaves `[index << level, (index + 1) << level)`.
 pub trait NodeSource {
@@ -89,13 +115,15 @@ fn split(n: u64) -> u64 {
 /// MTH of leaves [start, end): a stored node when the range is a perfect,
 /// aligned subtree, otherwise split as the RFC does. Only the right edge of
 /// a tree is ever imperfect, so this reads O(log n) nodes.
-pub fn subtree_hash(src: &impl NodeSource, start: u64, end: u64) -> Result<[u8; 32], String> {
+pub fn subtree_hash(src: &impl NodeSource, start: u64, end: u64) -> Result<[u8; 32], MerkleError> {
     let n = end - start;
     if n == 0 {
         return Ok(sha256(b""));
     }
     if n.is_power_of_two() && start % n == 0 {
-        return src.node(n.trailing_zeros() as u8, start / n);
+        return src
+            .node(n.trailing_zeros() as u8, start / n)
+            .map_err(MerkleError::Node);
     }
     let k = split(n);
     Ok(node_hash(
@@ -106,9 +134,13 @@ pub fn subtree_hash(src: &impl NodeSource, start: u64, end: u64) -> Result<[u8; 
 
 /// RFC 9162 2.1.3.1: the inclusion proof of leaf `m` in the tree of the
 /// first `n` leaves.
-pub fn inclusion_proof(src: &impl NodeSource, m: u64, n: u64) -> Result<Vec<[u8; 32]>, String> {
+pub fn inclusion_proof(
+    src: &impl NodeSource,
+    m: u64,
+    n: u64,
+) -> Result<Vec<[u8; 32]>, MerkleError> {
     if m >= n {
-        return Err(format!("leaf {m} is not in a tree of size {n}"));
+        return Err(MerkleError::NotInTree { leaf: m, size: n });
     }
     let mut path = Vec::new();
     let (mut start, mut end, mut m) = (0u64, n, m);
@@ -167,9 +199,13 @@ pub fn verify_inclusion(
 
 /// RFC 9162 2.1.4.1: the consistency proof between the trees of the first
 /// `m` and the first `n` leaves (0 < m <= n).
-pub fn consistency_proof(src: &impl NodeSource, m: u64, n: u64) -> Result<Vec<[u8; 32]>, String> {
+pub fn consistency_proof(
+    src: &impl NodeSource,
+    m: u64,
+    n: u64,
+) -> Result<Vec<[u8; 32]>, MerkleError> {
     if m == 0 || m > n {
-        return Err(format!("no consistency proof from size {m} to {n}"));
+        return Err(MerkleError::Sizes { old: m, new: n });
     }
     let mut proof = Vec::new();
     subproof(src, m, 0, n, true, &mut proof)?;
@@ -184,7 +220,7 @@ fn subproof(
     end: u64,
     b: bool,
     out: &mut Vec<[u8; 32]>,
-) -> Result<(), String> {
+) -> Result<(), MerkleError> {
     let n = end - start;
     if m == n {
         if !b {

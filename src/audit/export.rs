@@ -1,13 +1,31 @@
 //! Writing a brand's export from storage, streaming: memory stays bounded by
 //! one record plus the list of signer keys.
-use std::io::Write;
+use std::io::{self, Write};
 
 use prost::Message;
 
 use super::file::{write_item, EXPORT_FORMAT, EXPORT_MAGIC};
 use crate::ledger::now_ms;
 use crate::pb::{self, export_item::Item, request::Op, Record, RecordKind, Request};
-use crate::storage::LogStore;
+use crate::storage::{LogStore, StorageError};
+
+/// Why an export could not be written. Each cause speaks for itself, so
+/// the variants add no words of their own.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The brand has no records, so nothing is covered by a checkpoint.
+    #[error("brand {0} has no checkpoint (no records)")]
+    NoCheckpoint(u32),
+    /// Reading records or checkpoints from storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored checkpoint does not decode.
+    #[error(transparent)]
+    Decode(#[from] prost::DecodeError),
+    /// Writing the export failed.
+    #[error(transparent)]
+    Write(#[from] io::Error),
+}
 
 /// What an export contained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,24 +44,14 @@ pub fn write_export(
     server_public_key: &[u8; 32],
     out: &mut impl Write,
     mut progress: impl FnMut(u64, u64),
-) -> anyhow::Result<ExportSummary> {
+) -> Result<ExportSummary, ExportError> {
     // Everything up to the newest checkpoint is durable and immutable, so
     // the export is a consistent snapshot even while the daemon writes on.
     let last = store
         .last_checkpoint(brand)?
-        .ok_or_else(|| anyhow::anyhow!("brand {brand} has no checkpoint (no records)"))?;
+        .ok_or(ExportError::NoCheckpoint(brand))?;
     let tree_size = pb::Checkpoint::decode(last.as_slice())?.tree_size;
-    out.write_all(EXPORT_MAGIC)?;
-    write_item(
-        out,
-        Item::Header(pb::ExportHeader {
-            format: EXPORT_FORMAT.into(),
-            brand_id: brand,
-            server_public_key: server_public_key.to_vec(),
-            exported_at_ms: now_ms(),
-            tree_size,
-        }),
-    )?;
+    write_header(out, brand, server_public_key, tree_size)?;
     let mut keys = vec![pb::SignerKey {
         signer: pb::Signer::Server as i32,
         public_key: server_public_key.to_vec(),
@@ -53,18 +61,6 @@ pub fn write_export(
     let mut summary = ExportSummary {
         records: 0,
         checkpoints: 0,
-    };
-    let next_checkpoint = |checkpoints: &mut dyn Iterator<
-        Item = crate::storage::Result<Vec<u8>>,
-    >|
-     -> anyhow::Result<Option<pb::Checkpoint>> {
-        match checkpoints.next() {
-            None => Ok(None),
-            Some(bytes) => {
-                let bytes: Vec<u8> = bytes?;
-                Ok(Some(pb::Checkpoint::decode(bytes.as_slice())?))
-            }
-        }
     };
     let mut pending = next_checkpoint(&mut checkpoints)?;
     for item in store.scan(brand, 1) {
@@ -100,6 +96,39 @@ pub fn write_export(
     )?;
     out.flush()?;
     Ok(summary)
+}
+
+/// The magic bytes and the header.
+fn write_header(
+    out: &mut impl Write,
+    brand: u32,
+    server_public_key: &[u8; 32],
+    tree_size: u64,
+) -> io::Result<()> {
+    out.write_all(EXPORT_MAGIC)?;
+    write_item(
+        out,
+        Item::Header(pb::ExportHeader {
+            format: EXPORT_FORMAT.into(),
+            brand_id: brand,
+            server_public_key: server_public_key.to_vec(),
+            exported_at_ms: now_ms(),
+            tree_size,
+        }),
+    )
+}
+
+/// The next stored checkpoint, decoded.
+fn next_checkpoint(
+    checkpoints: &mut dyn Iterator<Item = crate::storage::Result<Vec<u8>>>,
+) -> Result<Option<pb::Checkpoint>, ExportError> {
+    match checkpoints.next() {
+        None => Ok(None),
+        Some(bytes) => {
+            let bytes: Vec<u8> = bytes?;
+            Ok(Some(pb::Checkpoint::decode(bytes.as_slice())?))
+        }
+    }
 }
 
 /// Adds the key a record enrols (the owner's at brand creation, a

@@ -13,6 +13,32 @@ pub const EXPORT_FORMAT: &str = "cardd.v1 ledger export";
 /// limit; the trailer by the number of terminals).
 pub const MAX_EXPORT_ITEM_BYTES: usize = 64 * 1024 * 1024;
 
+/// Why an export file cannot be read further.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportFileError {
+    /// The first 8 bytes could not be read.
+    #[error("not an export file")]
+    NoMagic(#[source] io::Error),
+    /// The first 8 bytes are not [`EXPORT_MAGIC`].
+    #[error("not a cardd export file (bad magic bytes)")]
+    BadMagic,
+    /// Reading failed.
+    #[error("reading export")]
+    Read(#[source] io::Error),
+    /// The file ends inside an item.
+    #[error("export file is truncated")]
+    Truncated,
+    /// An item's length prefix is over [`MAX_EXPORT_ITEM_BYTES`].
+    #[error("export item of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// An item is not an `ExportItem`.
+    #[error("export item does not decode")]
+    Decode(#[source] prost::DecodeError),
+    /// An item holds nothing.
+    #[error("empty export item")]
+    Empty,
+}
+
 /// Writes one item as a length-prefixed frame.
 pub fn write_item(out: &mut impl Write, item: Item) -> io::Result<()> {
     let bytes = ExportItem { item: Some(item) }.encode_to_vec();
@@ -31,13 +57,13 @@ pub struct ExportReader<R> {
 
 impl<R: Read> ExportReader<R> {
     /// Checks the magic bytes.
-    pub fn new(mut inner: R) -> Result<Self, String> {
+    pub fn new(mut inner: R) -> Result<Self, ExportFileError> {
         let mut magic = [0u8; 8];
         inner
             .read_exact(&mut magic)
-            .map_err(|e| format!("not an export file: {e}"))?;
+            .map_err(ExportFileError::NoMagic)?;
         if &magic != EXPORT_MAGIC {
-            return Err("not a cardd export file (bad magic bytes)".into());
+            return Err(ExportFileError::BadMagic);
         }
         Ok(ExportReader {
             inner,
@@ -47,19 +73,19 @@ impl<R: Read> ExportReader<R> {
     }
 
     /// The next item, None at a clean end of file.
-    pub fn next_item(&mut self) -> Result<Option<Item>, String> {
+    pub fn next_item(&mut self) -> Result<Option<Item>, ExportFileError> {
         let mut len = [0u8; 4];
         match self.inner.read_exact(&mut len[..1]) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(format!("reading export: {e}")),
+            Err(e) => return Err(ExportFileError::Read(e)),
         }
         self.inner
             .read_exact(&mut len[1..])
-            .map_err(|_| "export file is truncated".to_string())?;
+            .map_err(|_| ExportFileError::Truncated)?;
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_EXPORT_ITEM_BYTES {
-            return Err(format!("export item of {len} bytes exceeds the limit"));
+            return Err(ExportFileError::TooLarge(len));
         }
         // Grow the buffer as bytes arrive: a length prefix alone (a few
         // bytes claiming 64 MiB) must not make us allocate 64 MiB.
@@ -67,15 +93,12 @@ impl<R: Read> ExportReader<R> {
         let read = (&mut self.inner)
             .take(len as u64)
             .read_to_end(&mut self.buf)
-            .map_err(|e| format!("reading export: {e}"))?;
+            .map_err(ExportFileError::Read)?;
         if read != len {
-            return Err("export file is truncated".to_string());
+            return Err(ExportFileError::Truncated);
         }
         self.offset += 4 + len as u64;
-        let item = ExportItem::decode(self.buf.as_slice())
-            .map_err(|e| format!("export item does not decode: {e}"))?;
-        item.item
-            .map(Some)
-            .ok_or_else(|| "empty export item".to_string())
+        let item = ExportItem::decode(self.buf.as_slice()).map_err(ExportFileError::Decode)?;
+        item.item.map(Some).ok_or(ExportFileError::Empty)
     }
 }

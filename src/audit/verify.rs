@@ -16,10 +16,10 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message;
 use serde::Serialize;
 
-use super::file::{ExportReader, EXPORT_FORMAT};
+use super::file::{ExportFileError, ExportReader, EXPORT_FORMAT};
 use super::signatures::{signature_worker, SigJob};
 use crate::checkpoint;
-use crate::crypto::{request_message, verify_strict};
+use crate::crypto::request_message;
 use crate::pb::{self, export_item::Item, CardStatus, Record, RecordKind};
 use crate::replay::replay_decoded;
 use crate::state::{format_card, rules, BrandState};
@@ -128,11 +128,7 @@ pub fn verify_export<R: Read>(
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
     if let Some(old) = &opts.old_checkpoint {
-        let key = VerifyingKey::from_bytes(&opts.server_key).map_err(|_| VerifyError {
-            seq: None,
-            what: "server key is not a valid ed25519 key".into(),
-        })?;
-        if !verify_strict(&key, &checkpoint::signed_message(old), &old.signature) {
+        if checkpoint::verify(old, &server_key(opts)?, None).is_err() {
             return fail(
                 None,
                 "the old checkpoint's server signature does not verify",
@@ -186,24 +182,36 @@ impl SigDispatch {
     }
 }
 
-fn replay_export<R: Read>(
-    input: R,
-    opts: &VerifyOptions,
-    mut sig_tx: SigDispatch,
-    progress: &mut impl FnMut(u64),
-) -> Result<VerifyReport, VerifyError> {
-    let server_vk = VerifyingKey::from_bytes(&opts.server_key).map_err(|_| VerifyError {
+/// The failure of an export's framing, as a `VerifyError` whose text is the
+/// whole chain of causes (`what` is a plain string in the report).
+fn file_error(seq: Option<u64>, e: &ExportFileError) -> VerifyError {
+    let mut what = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        what.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    VerifyError { seq, what }
+}
+
+fn server_key(opts: &VerifyOptions) -> Result<VerifyingKey, VerifyError> {
+    VerifyingKey::from_bytes(&opts.server_key).map_err(|_| VerifyError {
         seq: None,
         what: "server key is not a valid ed25519 key".into(),
-    })?;
-    let mut reader = ExportReader::new(input).map_err(|e| VerifyError { seq: None, what: e })?;
-    let read = |r: &mut ExportReader<R>, seq: u64| {
-        r.next_item().map_err(|e| VerifyError {
-            seq: Some(seq),
-            what: e,
-        })
-    };
-    let header = match read(&mut reader, 1)? {
+    })
+}
+
+/// The next item of the export; a framing failure is blamed on `seq`.
+fn read_item<R: Read>(r: &mut ExportReader<R>, seq: u64) -> Result<Option<Item>, VerifyError> {
+    r.next_item().map_err(|e| file_error(Some(seq), &e))
+}
+
+/// The export's header, checked against the format and the trusted key.
+fn read_header<R: Read>(
+    reader: &mut ExportReader<R>,
+    opts: &VerifyOptions,
+) -> Result<pb::ExportHeader, VerifyError> {
+    let header = match read_item(reader, 1)? {
         Some(Item::Header(h)) => h,
         _ => return fail(None, "export does not start with a header"),
     };
@@ -216,166 +224,245 @@ fn replay_export<R: Read>(
             "the export names a different server key than the one trusted",
         );
     }
-    let mut state = BrandState::new(header.brand_id);
-    let mut totals = Totals::default();
-    let mut checkpoints = 0u64;
-    let mut last_checkpoint: Option<pb::Checkpoint> = None;
-    let mut extends_old = opts.old_checkpoint.as_ref().map(|_| false);
-    let mut sig_batch = Vec::with_capacity(SIG_BATCH);
-    let trailer = loop {
-        let next_seq = state.seq + 1;
-        match read(&mut reader, next_seq)? {
-            None => return fail(Some(next_seq), "export ends without a trailer (truncated?)"),
-            Some(Item::Header(_)) => return fail(Some(next_seq), "a second header"),
-            Some(Item::Record(bytes)) => {
-                let rec = Record::decode(bytes.as_slice()).map_err(|e| VerifyError {
-                    seq: Some(next_seq),
-                    what: format!("does not decode: {e}"),
-                })?;
-                let key: [u8; 32] =
-                    rec.signer_public_key
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| VerifyError {
-                            seq: Some(next_seq),
-                            what: "signer key is not 32 bytes".into(),
-                        })?;
-                sig_batch.push(SigJob {
-                    seq: next_seq,
-                    key,
-                    message: request_message(&rec.request),
-                    signature: rec.request_signature.clone(),
-                });
-                if sig_batch.len() == SIG_BATCH {
-                    sig_tx.send(std::mem::replace(
-                        &mut sig_batch,
-                        Vec::with_capacity(SIG_BATCH),
-                    ));
-                }
-                let w = replay_decoded(&mut state, next_seq, &rec, &bytes, &opts.server_key)
-                    .map_err(|e| VerifyError {
-                        seq: Some(e.seq),
-                        what: e.what,
-                    })?;
-                add_totals(&mut totals, &w.record);
-                if let Some(old) = &opts.old_checkpoint {
-                    if old.tree_size == state.seq {
-                        if let Err(e) = checkpoint::matches(old, &state) {
-                            return fail(
-                                Some(next_seq),
-                                format!("does not extend the old checkpoint: {e}"),
-                            );
-                        }
-                        extends_old = Some(true);
-                    }
-                }
-                if next_seq % 8192 == 0 {
-                    progress(reader.offset);
-                }
-            }
-            Some(Item::Checkpoint(c)) => {
-                if !verify_strict(&server_vk, &checkpoint::signed_message(&c), &c.signature) {
-                    return fail(
-                        Some(state.seq),
-                        format!(
-                            "checkpoint at size {} has a bad server signature",
-                            c.tree_size
-                        ),
-                    );
-                }
-                checkpoint::matches(&c, &state).map_err(|e| VerifyError {
-                    seq: Some(state.seq),
-                    what: e,
-                })?;
-                checkpoints += 1;
-                last_checkpoint = Some(c);
-            }
-            Some(Item::Trailer(t)) => break t,
-        }
+    Ok(header)
+}
+
+/// A replay in progress: the state rebuilt so far and what the report
+/// will say about it.
+struct Replay<'o> {
+    opts: &'o VerifyOptions,
+    server_vk: VerifyingKey,
+    state: BrandState,
+    totals: Totals,
+    checkpoints: u64,
+    last_checkpoint: Option<pb::Checkpoint>,
+    /// None without an old checkpoint; true once the chain passed it.
+    extends_old: Option<bool>,
+    sig_batch: Vec<SigJob>,
+}
+
+fn replay_export<R: Read>(
+    input: R,
+    opts: &VerifyOptions,
+    mut sig_tx: SigDispatch,
+    progress: &mut impl FnMut(u64),
+) -> Result<VerifyReport, VerifyError> {
+    let server_vk = server_key(opts)?;
+    let mut reader = ExportReader::new(input).map_err(|e| file_error(None, &e))?;
+    let header = read_header(&mut reader, opts)?;
+    let mut replay = Replay {
+        opts,
+        server_vk,
+        state: BrandState::new(header.brand_id),
+        totals: Totals::default(),
+        checkpoints: 0,
+        last_checkpoint: None,
+        extends_old: opts.old_checkpoint.as_ref().map(|_| false),
+        sig_batch: Vec::with_capacity(SIG_BATCH),
     };
-    sig_tx.send(sig_batch);
+    let trailer = replay.items(&mut reader, &mut sig_tx, progress)?;
+    sig_tx.send(std::mem::take(&mut replay.sig_batch));
     drop(sig_tx);
     if reader
         .next_item()
-        .map_err(|e| VerifyError { seq: None, what: e })?
+        .map_err(|e| file_error(None, &e))?
         .is_some()
     {
         return fail(None, "data after the trailer");
     }
-    let covered = last_checkpoint.as_ref().map_or(0, |c| c.tree_size);
-    if state.seq == 0 || covered != state.seq {
-        return fail(
-            Some(covered + 1),
-            "record not covered by any signed checkpoint",
-        );
+    replay.check_complete(&header, &trailer)?;
+    check_trailer_keys(&trailer, &replay.state, &opts.server_key)?;
+    replay.check_conserved()?;
+    progress(reader.offset);
+    Ok(replay.report())
+}
+
+impl Replay<'_> {
+    /// Replays every record and checks every checkpoint up to the trailer,
+    /// which it returns. Full signature batches go to the workers.
+    fn items<R: Read>(
+        &mut self,
+        reader: &mut ExportReader<R>,
+        sig_tx: &mut SigDispatch,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<pb::ExportTrailer, VerifyError> {
+        loop {
+            let next_seq = self.state.seq + 1;
+            match read_item(reader, next_seq)? {
+                None => return fail(Some(next_seq), "export ends without a trailer (truncated?)"),
+                Some(Item::Header(_)) => return fail(Some(next_seq), "a second header"),
+                Some(Item::Record(bytes)) => {
+                    self.record(next_seq, &bytes, sig_tx)?;
+                    if next_seq % 8192 == 0 {
+                        progress(reader.offset);
+                    }
+                }
+                Some(Item::Checkpoint(c)) => self.checkpoint(c)?,
+                Some(Item::Trailer(t)) => return Ok(t),
+            }
+        }
     }
-    if header.tree_size != state.seq
-        || trailer.records != state.seq
-        || trailer.checkpoints != checkpoints
-    {
-        return fail(
-            None,
-            "header or trailer counts do not match the records (records removed or added?)",
-        );
+
+    /// One record: its signature queued for the workers, then replayed
+    /// byte for byte, counted in the totals and checked against the old
+    /// checkpoint when the chain reaches its size.
+    fn record(
+        &mut self,
+        seq: u64,
+        bytes: &[u8],
+        sig_tx: &mut SigDispatch,
+    ) -> Result<(), VerifyError> {
+        let rec = Record::decode(bytes).map_err(|e| VerifyError {
+            seq: Some(seq),
+            what: format!("does not decode: {e}"),
+        })?;
+        let key: [u8; 32] =
+            rec.signer_public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| VerifyError {
+                    seq: Some(seq),
+                    what: "signer key is not 32 bytes".into(),
+                })?;
+        self.sig_batch.push(SigJob {
+            seq,
+            key,
+            message: request_message(&rec.request),
+            signature: rec.request_signature.clone(),
+        });
+        // Sent before the replay, so that a replay failure still leaves
+        // the full batches checked and the earliest failure is reported.
+        if self.sig_batch.len() == SIG_BATCH {
+            let empty = Vec::with_capacity(SIG_BATCH);
+            sig_tx.send(std::mem::replace(&mut self.sig_batch, empty));
+        }
+        let w = replay_decoded(&mut self.state, seq, &rec, bytes, &self.opts.server_key).map_err(
+            |e| VerifyError {
+                seq: Some(e.seq),
+                what: e.what,
+            },
+        )?;
+        add_totals(&mut self.totals, &w.record);
+        if let Some(old) = &self.opts.old_checkpoint {
+            if old.tree_size == self.state.seq {
+                if let Err(e) = checkpoint::matches(old, &self.state) {
+                    return fail(
+                        Some(seq),
+                        format!("does not extend the old checkpoint: {e}"),
+                    );
+                }
+                self.extends_old = Some(true);
+            }
+        }
+        Ok(())
     }
-    if let Some(old) = &opts.old_checkpoint {
-        if old.brand_id != state.brand_id || old.tree_size > state.seq || extends_old != Some(true)
+
+    /// A checkpoint in the stream: signed by the server and describing the
+    /// records so far exactly.
+    fn checkpoint(&mut self, c: pb::Checkpoint) -> Result<(), VerifyError> {
+        checkpoint::verify(&c, &self.server_vk, Some(&self.state)).map_err(|e| VerifyError {
+            seq: Some(self.state.seq),
+            what: e.to_string(),
+        })?;
+        self.checkpoints += 1;
+        self.last_checkpoint = Some(c);
+        Ok(())
+    }
+
+    /// Every record covered by a checkpoint, the header's and trailer's
+    /// counts right, and the old checkpoint (if any) extended.
+    fn check_complete(
+        &self,
+        header: &pb::ExportHeader,
+        trailer: &pb::ExportTrailer,
+    ) -> Result<(), VerifyError> {
+        let seq = self.state.seq;
+        let covered = self.last_checkpoint.as_ref().map_or(0, |c| c.tree_size);
+        if seq == 0 || covered != seq {
+            return fail(
+                Some(covered + 1),
+                "record not covered by any signed checkpoint",
+            );
+        }
+        if header.tree_size != seq
+            || trailer.records != seq
+            || trailer.checkpoints != self.checkpoints
         {
             return fail(
                 None,
+                "header or trailer counts do not match the records (records removed or added?)",
+            );
+        }
+        if let Some(old) = &self.opts.old_checkpoint {
+            if old.brand_id != self.state.brand_id
+                || old.tree_size > seq
+                || self.extends_old != Some(true)
+            {
+                return fail(
+                    None,
+                    format!(
+                        "the export (size {seq}) does not extend the old checkpoint (size {})",
+                        old.tree_size
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The money flows of the records must add up to what the cards hold.
+    fn check_conserved(&mut self) -> Result<(), VerifyError> {
+        let (paid, bonus) = self.state.liability();
+        let t = &mut self.totals;
+        t.outstanding_paid_minor = paid;
+        t.outstanding_bonus_minor = bonus;
+        let net = t.loaded_paid_minor + t.bonus_granted_minor - t.spent_minor
+            + t.refunded_minor
+            + t.reversed_net_minor;
+        if net != paid + bonus {
+            return fail(
+                None,
                 format!(
-                    "the export (size {}) does not extend the old checkpoint (size {})",
-                    state.seq, old.tree_size
+                    "money is not conserved: flows net {net}, cards hold {}",
+                    paid + bonus
                 ),
             );
         }
+        Ok(())
     }
-    check_trailer_keys(&trailer, &state, &opts.server_key)?;
-    let (paid, bonus) = state.liability();
-    totals.outstanding_paid_minor = paid;
-    totals.outstanding_bonus_minor = bonus;
-    let net = totals.loaded_paid_minor + totals.bonus_granted_minor - totals.spent_minor
-        + totals.refunded_minor
-        + totals.reversed_net_minor;
-    if net != paid + bonus {
-        return fail(
-            None,
-            format!(
-                "money is not conserved: flows net {net}, cards hold {}",
-                paid + bonus
-            ),
-        );
+
+    fn report(self) -> VerifyReport {
+        let state = self.state;
+        let mut cards: Vec<CardSummary> = state
+            .cards
+            .iter()
+            .map(|(number, c)| CardSummary {
+                card: format_card(*number),
+                status: CardStatus::try_from(c.status as i32)
+                    .map_or("UNKNOWN", |s| s.as_str_name())
+                    .to_string(),
+                paid_minor: c.paid,
+                bonus_minor: c.bonus,
+                points: c.points,
+                tier: rules::tier_of(&state.rules, c).0.to_string(),
+            })
+            .collect();
+        cards.sort_by(|a, b| a.card.cmp(&b.card));
+        VerifyReport {
+            brand_id: state.brand_id,
+            brand_name: state.name.clone(),
+            currency: state.currency.clone(),
+            currency_exponent: state.exponent,
+            records: state.seq,
+            checkpoints: self.checkpoints,
+            root_hash: hex::encode(state.merkle.root()),
+            head_hash: hex::encode(state.head_hash),
+            last_checkpoint: self.last_checkpoint,
+            extends_old_checkpoint: self.extends_old,
+            cards,
+            totals: self.totals,
+        }
     }
-    progress(reader.offset);
-    let mut cards: Vec<CardSummary> = state
-        .cards
-        .iter()
-        .map(|(number, c)| CardSummary {
-            card: format_card(*number),
-            status: CardStatus::try_from(c.status as i32)
-                .map_or("UNKNOWN", |s| s.as_str_name())
-                .to_string(),
-            paid_minor: c.paid,
-            bonus_minor: c.bonus,
-            points: c.points,
-            tier: rules::tier_of(&state.rules, c).0.to_string(),
-        })
-        .collect();
-    cards.sort_by(|a, b| a.card.cmp(&b.card));
-    Ok(VerifyReport {
-        brand_id: state.brand_id,
-        brand_name: state.name.clone(),
-        currency: state.currency.clone(),
-        currency_exponent: state.exponent,
-        records: state.seq,
-        checkpoints,
-        root_hash: hex::encode(state.merkle.root()),
-        head_hash: hex::encode(state.head_hash),
-        last_checkpoint,
-        extends_old_checkpoint: extends_old,
-        cards,
-        totals,
-    })
 }
 
 fn add_totals(t: &mut Totals, r: &Record) {

@@ -60,43 +60,7 @@ pub async fn serve(
     };
     match op {
         Op::ExportLedger(_) => {
-            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
-            let store = shared.store.clone();
-            let server_public = shared.server_public;
-            let job = tokio::task::spawn_blocking(move || {
-                let mut w = ChunkWriter {
-                    tx,
-                    buf: Vec::with_capacity(CHUNK_BYTES * 2),
-                };
-                crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
-            });
-            while let Some(data) = rx.recv().await {
-                if out
-                    .send(send(Body::ExportChunk(pb::ExportChunk {
-                        data,
-                        last: false,
-                    })))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            let last = match job.await {
-                Ok(Ok(summary)) => {
-                    tracing::info!(brand, records = summary.records, "export streamed");
-                    Body::ExportChunk(pb::ExportChunk {
-                        data: vec![],
-                        last: true,
-                    })
-                }
-                Ok(Err(e)) => Body::Error(
-                    Refusal::new(E::StorageFailure, format!("export failed: {e}")).into(),
-                ),
-                Err(e) => {
-                    Body::Error(Refusal::new(E::Internal, format!("export failed: {e}")).into())
-                }
-            };
+            let last = stream_export(brand, &shared, &out, request_id).await;
             let _ = out.send(send(last)).await;
         }
         Op::ConsistencyProof(q) => {
@@ -116,6 +80,48 @@ pub async fn serve(
         _ => unreachable!("only audit operations are routed here"),
     }
     drop(permit);
+}
+
+/// Streams the export in chunks (written on a blocking thread) and returns
+/// the last message's body: the empty last chunk, or why it failed.
+async fn stream_export(
+    brand: u32,
+    shared: &Shared,
+    out: &mpsc::Sender<ServerMessage>,
+    request_id: u64,
+) -> Body {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let store = shared.store.clone();
+    let server_public = shared.server_public;
+    let job = tokio::task::spawn_blocking(move || {
+        let mut w = ChunkWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK_BYTES * 2),
+        };
+        crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
+    });
+    while let Some(data) = rx.recv().await {
+        let chunk = ServerMessage {
+            request_id,
+            body: Some(Body::ExportChunk(pb::ExportChunk { data, last: false })),
+        };
+        if out.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    match job.await {
+        Ok(Ok(summary)) => {
+            tracing::info!(brand, records = summary.records, "export streamed");
+            Body::ExportChunk(pb::ExportChunk {
+                data: vec![],
+                last: true,
+            })
+        }
+        Ok(Err(e)) => {
+            Body::Error(Refusal::new(E::StorageFailure, format!("export failed: {e}")).into())
+        }
+        Err(e) => Body::Error(Refusal::new(E::Internal, format!("export failed: {e}")).into()),
+    }
 }
 
 fn consistency(
@@ -143,7 +149,7 @@ fn consistency(
     }
     let path =
         crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
-            .map_err(|e| Refusal::new(E::StorageFailure, e))?;
+            .map_err(|e| Refusal::new(E::StorageFailure, e.to_string()))?;
     Ok(pb::ConsistencyProof {
         old_size: q.old_size,
         new_size,

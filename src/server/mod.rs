@@ -4,8 +4,13 @@ pub mod audit;
 pub mod connection;
 pub mod guard;
 pub mod keys;
+pub mod reply;
+mod sign_on;
 pub mod verifier;
 pub mod writer;
+
+// TLS set-up is shared with the client; the old path stays.
+pub use crate::tls::tls_acceptor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +21,6 @@ use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::ledger::{BrandLedger, Recovery};
 use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
@@ -281,65 +285,4 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
             drop(permit);
         });
     }
-}
-
-/// The TLS acceptor for `--tls-cert`/`--tls-key`, or `None` for plain TCP.
-/// TLS 1.3 only, rustls with the ring provider, no client certificates
-/// (terminals authenticate with their ed25519 sign-on). The key file must
-/// not be readable by group or others.
-pub fn tls_acceptor(
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> anyhow::Result<Option<TlsAcceptor>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert, key) = match (cert, key) {
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        _ => anyhow::bail!("TLS needs both --tls-cert and --tls-key"),
-    };
-    let cert_pem = std::fs::read(cert)
-        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("TLS certificate {}: not PEM ({e})", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!(
-            "TLS certificate {}: no PEM certificate (BEGIN CERTIFICATE) found",
-            cert.display()
-        );
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(key)
-            .with_context(|| format!("reading the TLS key {}", key.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "TLS key file {} is readable by others (mode {:o}); chmod 600 it",
-                key.display(),
-                mode & 0o777
-            );
-        }
-    }
-    let key_pem =
-        std::fs::read(key).with_context(|| format!("reading the TLS key {}", key.display()))?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        anyhow::anyhow!("TLS key {}: no PEM private key found ({e})", key.display())
-    })?;
-    let config = rustls::ServerConfig::builder_with_provider(crate::client::tls_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 with the ring provider")?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .with_context(|| {
-            format!(
-                "TLS certificate {} and key {} do not make a usable pair",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }

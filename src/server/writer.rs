@@ -12,34 +12,13 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::connection::ReplyTo;
 use super::keys::KeyIndex;
+use super::reply::{Reply, ReplyTo};
 use crate::ledger::{Answer, Batch, BrandLedger, Submission};
 use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
 use crate::state::{Principal, Written};
 use crate::storage::LogStore;
-
-/// Where a request's durable answer goes.
-pub enum Reply {
-    /// A caller waiting on it ([`BrandHandle::submit`]).
-    Wait(oneshot::Sender<Answer>),
-    /// Straight to a connection's write task (no task in between).
-    Connection(ReplyTo),
-}
-
-impl Reply {
-    fn send(self, answer: Answer) {
-        match self {
-            // A caller that went away no longer wants its answer; the
-            // record stands and a status query will find it.
-            Reply::Wait(tx) => {
-                let _ = tx.send(answer);
-            }
-            Reply::Connection(to) => to.send(answer),
-        }
-    }
-}
 
 /// What a connection asks of a brand's writer.
 pub enum Command {
@@ -342,8 +321,9 @@ async fn commit_in_order(
                     last_checkpoint = checkpoint;
                     None
                 }
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
+                // `{:#}`: the whole chain of causes, on one line.
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(e) => Some(format!("{e:#}")),
             };
             if let Some(error) = failure {
                 // Memory is now ahead of disk, and the batch may or may not
@@ -351,8 +331,13 @@ async fn commit_in_order(
                 // batches applied on top of it, and stop the applier. Other
                 // brands go on; a restart recovers this one from its
                 // durable log.
-                tracing::error!(brand, error, "commit failed; brand stopped until restart");
-                eprintln!("cardd: brand {brand}: commit failed: {error}; brand stopped (restart recovers it)");
+                // Logged once, at error level (on unless RUST_LOG turns
+                // off errors too).
+                tracing::error!(
+                    brand,
+                    error,
+                    "commit failed; brand stopped (restart recovers it)"
+                );
                 jobs.close();
                 job.refuse();
                 while let Some(later) = jobs.recv().await {
