@@ -19,7 +19,7 @@
 //! the newest checkpoint as before; otherwise it replays the whole chain.
 //! `cardd check` always replays in full and compares the snapshot with the
 //! replayed state at the snapshot's sequence number.
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -27,15 +27,15 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
 use crate::crypto::{sha256, DOMAIN_SNAPSHOT};
-use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
 use crate::limits::{MAX_SNAPSHOT_BYTES, TXN_WINDOW_PER_SIGNER};
 use crate::state::BrandState;
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
 
 /// Why a snapshot could not be written, or exists but cannot be used.
 #[derive(Debug, Error)]
 pub enum SnapshotError {
     /// A file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -44,7 +44,7 @@ pub enum SnapshotError {
         source: std::io::Error,
     },
     /// The state did not encode, or the body does not decode.
-    #[error("snapshot {what}: {source}")]
+    #[error("snapshot {what}")]
     Postcard {
         /// "encoding" or "decoding".
         what: &'static str,
@@ -200,7 +200,9 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Checks the framing and the signature, then decodes the state.
 fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
-    ensure(bytes.starts_with(MAGIC), || "is not a cardd snapshot".into())?;
+    ensure(bytes.starts_with(MAGIC), || {
+        "is not a cardd snapshot".into()
+    })?;
     let (format, rest) = bytes[MAGIC.len()..].split_at(4);
     let format = u32::from_be_bytes(format.try_into().expect("4 bytes"));
     ensure(format == FORMAT, || {
@@ -213,7 +215,8 @@ fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
     let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
     let signed = &bytes[MAGIC.len()..bytes.len() - TRAILER];
     ensure(
-        key.verify_strict(&signed_message(signed), &signature).is_ok(),
+        key.verify_strict(&signed_message(signed), &signature)
+            .is_ok(),
         || "signature does not verify".into(),
     )?;
     let (state, unread): (BrandState, _) =
@@ -257,6 +260,7 @@ fn consistent(state: &BrandState) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn state() -> BrandState {
         let mut s = BrandState::new(9);

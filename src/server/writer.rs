@@ -321,9 +321,8 @@ async fn commit_in_order(
                     last_checkpoint = checkpoint;
                     None
                 }
-                // `{:#}`: the whole chain of causes, on one line.
-                Ok(Err(e)) => Some(format!("{e:#}")),
-                Err(e) => Some(format!("{e:#}")),
+                Ok(Err(e)) => Some(crate::error::causes(&e)),
+                Err(e) => Some(crate::error::causes(&e)),
             };
             if let Some(error) = failure {
                 // Memory is now ahead of disk, and the batch may or may not
