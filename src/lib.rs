@@ -32,3 +32,4 @@ pub mod testing;
 #[cfg(test)]
 mod tidy;
 pub mod tls;
+pub mod wire;
