@@ -15,6 +15,8 @@ Checks, trusting nothing but the server public key given on the command line:
     the brand id, a canonical protobuf encoding, the signer's key being the
     one enrolled for that signer (server for record 1, owner from record 1's
     CreateBrand, terminals from TERMINAL_ENROLLED records);
+  * every record's signed request is an encoding the daemon accepts (the
+    acceptance rule of docs/ledger-format.md section 3, as src/wire.rs);
   * every checkpoint: the server's Ed25519 signature over the fixed binary
     layout, and its tree size, head hash and RFC 9162 Merkle root against the
     records read so far;

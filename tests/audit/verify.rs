@@ -257,8 +257,7 @@ async fn a_request_with_explicit_defaults_replays_to_the_live_balance() {
     let (d, demo) = Daemon::demo(dir.path());
     let card = demo.manifest.cards[0].clone(); // paid 100.00
     let mut t = demo.terminal(d.addr, 0).await;
-    let bytes =
-        common::raw::explicit_defaults_purchase(100, demo.manifest.brand_id, &card, 1_234);
+    let bytes = common::raw::explicit_defaults_purchase(100, demo.manifest.brand_id, &card, 1_234);
     let sig = cardd::crypto::sign_request(t.key(), &bytes);
     let r = bounded(t.call_signed(bytes.clone(), sig))
         .await
@@ -280,7 +279,10 @@ async fn a_request_with_explicit_defaults_replays_to_the_live_balance() {
         })
         .find(|rec| rec.seq == seq(&r))
         .expect("the purchase's record");
-    assert_eq!(stored.request, bytes, "the record keeps the exact signed bytes");
+    assert_eq!(
+        stored.request, bytes,
+        "the record keeps the exact signed bytes"
+    );
     let replayed = report
         .cards
         .iter()
@@ -288,6 +290,10 @@ async fn a_request_with_explicit_defaults_replays_to_the_live_balance() {
         .expect("card replayed");
     assert_eq!(
         (replayed.paid_minor, replayed.bonus_minor, replayed.points),
-        (live.paid_balance_minor, live.bonus_balance_minor, live.points)
+        (
+            live.paid_balance_minor,
+            live.bonus_balance_minor,
+            live.points
+        )
     );
 }
