@@ -439,7 +439,7 @@ fn check_value(buf: &mut &[u8], spec: &Field, walk: &Walk) -> Result<(), WireErr
         "length"
     };
     let Some((value, len)) = varint(buf) else {
-        return Err(bad("truncated varint"));
+        return Err(bad("varint truncated or over 64 bits"));
     };
     if len != minimal_len(value) {
         return Err(non_minimal(part));
@@ -716,5 +716,118 @@ mod tests {
         let r = Refusal::from(decode_request(&[0x98, 0x06, 0x01]).expect_err("unknown field"));
         assert_eq!(r.code, ErrorCode::Malformed);
         assert_eq!(r.message, "request refused: Request: unknown field 99");
+    }
+
+    /// Every operation with every field set to a non-default value, as
+    /// prost encodes it: the rule accepts what the daemon's own client sends.
+    #[test]
+    fn prost_encodings_of_every_operation_are_accepted() {
+        let totals = pb::ShiftTotals {
+            purchase_count: 1,
+            purchase_minor: 2,
+            top_up_count: 3,
+            top_up_minor: 4,
+            refund_count: 5,
+            refund_minor: 6,
+            reversal_count: 7,
+            reversal_minor: 8,
+            redeem_count: 9,
+            redeem_points: 10,
+        };
+        let rules = pb::Rules {
+            bonus_tiers: vec![
+                pb::BonusTier {
+                    min_load_minor: 1,
+                    fixed_bonus_minor: 2,
+                    bonus_bps: 3,
+                };
+                2
+            ],
+            points_per_unit: 4,
+            tiers: vec![
+                pb::TierRule {
+                    name: "gold".into(),
+                    min_spend_minor: 5,
+                    min_visits: 6,
+                    multiplier_milli: 7,
+                };
+                2
+            ],
+            promotion_line: "promo".into(),
+        };
+        let (card, key) = (CARD.to_string(), vec![7u8; 32]);
+        let ops = [
+            Op::Inquiry(pb::Inquiry { card: card.clone() }),
+            Op::Purchase(pb::Purchase {
+                card: card.clone(),
+                amount_minor: -1,
+                allow_partial: true,
+            }),
+            Op::TopUp(pb::TopUp {
+                card: card.clone(),
+                amount_minor: i64::MAX,
+            }),
+            Op::Refund(pb::Refund {
+                original_seq: u64::MAX,
+                amount_minor: 1,
+            }),
+            Op::Reversal(pb::Reversal { original_txn_id: 1 }),
+            Op::RedeemPoints(pb::RedeemPoints {
+                card: card.clone(),
+                points: 1,
+                reward: "r".into(),
+            }),
+            Op::CloseShift(pb::CloseShift {
+                terminal_totals: Some(totals),
+            }),
+            Op::CloseShift(pb::CloseShift {
+                terminal_totals: Some(pb::ShiftTotals::default()),
+            }),
+            Op::TxnStatus(pb::TxnStatus { txn_id: 1 }),
+            Op::CreateStore(pb::CreateStore { name: "s".into() }),
+            Op::EnrollTerminal(pb::EnrollTerminal {
+                store_id: u32::MAX,
+                public_key: key.clone(),
+                label: "l".into(),
+            }),
+            Op::IssueCard(pb::IssueCard { card: card.clone() }),
+            Op::SetCardBlocked(pb::SetCardBlocked {
+                card: card.clone(),
+                blocked: true,
+                reason: "r".into(),
+            }),
+            Op::ReplaceCard(pb::ReplaceCard {
+                old_card: card.clone(),
+                new_card: card,
+            }),
+            Op::SetRules(pb::SetRules { rules: Some(rules) }),
+            Op::ExportLedger(pb::ExportLedger {}),
+            Op::ConsistencyProof(pb::GetConsistencyProof {
+                old_size: 1,
+                new_size: 2,
+            }),
+            Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+                terminal_id: 1,
+                disabled: true,
+                reason: "r".into(),
+            }),
+            Op::CreateBrand(pb::CreateBrand {
+                name: "b".into(),
+                currency: "CNY".into(),
+                currency_exponent: 2,
+                owner_public_key: key,
+            }),
+        ];
+        for op in ops {
+            let req = pb::Request {
+                txn_id: u64::MAX,
+                brand_id: u32::MAX,
+                operator: "op".into(),
+                client_time_ms: -5,
+                want_proof: true,
+                op: Some(op),
+            };
+            assert_eq!(decode_request(&req.encode_to_vec()), Ok(req));
+        }
     }
 }

@@ -399,7 +399,7 @@ def check_field_value(buf, pos, field, name, kind, path):
     try:
         value, end, minimal = read_varint(buf, pos)
     except Fail:
-        raise bad("truncated varint")
+        raise bad("varint truncated or over 64 bits")
     if not minimal:
         part = "value" if kind in SCALARS else "length"
         raise Fail("%s: non-minimal varint in the %s of field %d" % (path, part, field))
