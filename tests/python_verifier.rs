@@ -609,3 +609,64 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
     }
     drop(daemon);
 }
+
+/// The request acceptance rule, differentially: the Python verifier's
+/// `check_request_encoding` and the daemon's `cardd::wire` give the same
+/// verdict and the same message for a hand-written purchase and every
+/// single-byte corruption and truncation of it.
+#[test]
+fn python_and_rust_apply_the_same_request_acceptance_rule() {
+    let Some(python) = python() else { return };
+    let base = common::raw::explicit_defaults_purchase(300, 1, "8000010000000000422", 1_250);
+    let mut cases = vec![base.clone(), Vec::new()];
+    for at in 0..base.len() {
+        cases.push(base[..at].to_vec());
+        for value in [0x00, 0x01, 0x02, 0x07, 0x7f, 0x80, 0xff] {
+            let mut c = base.clone();
+            c[at] = value;
+            cases.push(c);
+        }
+    }
+    for tail in [
+        &[0x98, 0x06, 0x01][..],
+        &[0x08, 0x01],
+        &[0x00],
+        &[0x5a, 0x00],
+    ] {
+        cases.push([base.as_slice(), tail].concat());
+    }
+    let verdict = |c: &Vec<u8>| match cardd::wire::decode_request(c) {
+        Ok(_) => "OK".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let rust: Vec<String> = cases.iter().map(verdict).collect();
+    let script = "import importlib.util, sys\n\
+        spec = importlib.util.spec_from_file_location('v', sys.argv[1])\n\
+        v = importlib.util.module_from_spec(spec)\n\
+        spec.loader.exec_module(v)\n\
+        for h in sys.argv[2:]:\n\
+        \x20   try:\n\
+        \x20       v.check_request_encoding(bytes.fromhex(h.lstrip('x')))\n\
+        \x20       print('OK')\n\
+        \x20   except v.Fail as e:\n\
+        \x20       print(e.what)\n";
+    let out = run::run_bounded(
+        Command::new(&python)
+            .args(["-c", script])
+            .arg(verifier_script())
+            .args(cases.iter().map(|c| format!("x{}", hex::encode(c)))),
+        PYTHON_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let python_verdicts: Vec<&str> = text.lines().collect();
+    assert_eq!(python_verdicts.len(), cases.len());
+    for ((c, r), p) in cases.iter().zip(&rust).zip(&python_verdicts) {
+        assert_eq!(r, p, "verdicts differ on {}", hex::encode(c));
+    }
+    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+}
