@@ -97,7 +97,7 @@ pub enum LedgerError {
 
 /// A verified, signed request waiting to be applied: its exact bytes and,
 /// decoded once, what they say. Built only by [`Submission::from_wire`]
-/// (bytes from a client, checked canonical) or [`Submission::signed`] (a
+/// (bytes from a client, checked by the `wire` rule) or [`Submission::signed`] (a
 /// request signed here), so the two can never disagree.
 #[derive(Debug, Clone)]
 pub struct Submission {
