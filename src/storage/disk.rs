@@ -157,6 +157,17 @@ impl DiskStore {
             store.sync_index(*brand, opened)?;
         }
         store.check_marks(&marks)?;
+        // Only now: a start that refuses leaves a torn tail where it was.
+        for log in store
+            .logs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cut_torn_tail()?;
+        }
         store.index.flush()?;
         Ok(store)
     }
@@ -179,7 +190,9 @@ impl DiskStore {
         if let Some(log) = logs.get(&brand) {
             return Ok(log.clone());
         }
-        let (log, _) = BrandLog::open(&brand_log_dir(&self.data_dir, brand), LOG_SEGMENT_BYTES)?;
+        let (mut log, _) =
+            BrandLog::open(&brand_log_dir(&self.data_dir, brand), LOG_SEGMENT_BYTES)?;
+        log.cut_torn_tail()?;
         let log = Arc::new(Mutex::new(log));
         logs.insert(brand, log.clone());
         Ok(log)
@@ -298,6 +311,7 @@ fn import_index(data_dir: &Path, index: &SledIndex) -> Result<()> {
         }
         tracing::warn!(brand, "importing a ledger written before the segment log");
         let (mut log, _) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
+        log.cut_torn_tail()?;
         let mut commit: Vec<(u64, Vec<u8>)> = Vec::new();
         for item in index.runs(brand)? {
             let (first, last, bytes, ends_commit) = item?;
@@ -786,6 +800,22 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("high-water mark"), "{err}");
+        // A start that refuses changes nothing: cut inside the last frame,
+        // the bytes stay for whoever investigates.
+        std::fs::write(&segment, &bytes[..bytes.len() - 5]).unwrap();
+        assert!(matches!(
+            reopen(&dir),
+            Err(StorageError::ShortLedger { .. })
+        ));
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len() as usize,
+            bytes.len() - 5
+        );
+        std::fs::write(
+            &segment,
+            &bytes[..crate::storage::segment::FRAME_HEADER + first_len],
+        )
+        .unwrap();
         // The index rebuilt from the short log cannot hide it either.
         std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
         assert!(matches!(

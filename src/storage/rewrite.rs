@@ -36,6 +36,7 @@ pub fn write_commits(data_dir: &Path, brand: u32, commits: &[Vec<StoredBatch>]) 
     };
     std::fs::remove_dir_all(&dir).map_err(io("removing"))?;
     let (mut log, _) = BrandLog::open(&dir, u64::MAX)?;
+    log.cut_torn_tail()?;
     for commit in commits {
         let (Some(first), Some(last)) = (commit.first(), commit.last()) else {
             continue;

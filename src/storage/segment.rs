@@ -59,9 +59,13 @@ pub struct FrameLoc {
 pub struct Opened {
     /// Every frame, oldest first.
     pub frames: Vec<FrameLoc>,
-    /// Bytes of a torn last frame that were cut off.
+    /// Bytes of a torn last frame, to be cut off by
+    /// [`BrandLog::cut_torn_tail`].
     pub torn_bytes: u64,
 }
+
+/// A torn tail found at open and not yet cut: (segment, offset, bytes).
+type Torn = (PathBuf, u64, u64);
 
 /// One brand's log, open for appending.
 pub struct BrandLog {
@@ -75,6 +79,10 @@ pub struct BrandLog {
     /// Set when a write or fsync failed: the file's tail is unknown, so
     /// nothing more is appended until a restart recovers it.
     failed: bool,
+    /// A torn last frame found at open: cut only once start-up has checked
+    /// the log against its high-water mark, so a start that refuses to
+    /// serve leaves the evidence as it found it.
+    torn: Option<Torn>,
     max_segment_bytes: u64,
 }
 
@@ -130,12 +138,14 @@ fn seqs_follow(prev_last: u64, first: u64, last: u64) -> bool {
 
 impl BrandLog {
     /// Opens the log in `dir` (which may not exist yet: a brand with no
-    /// record), cutting off a torn last frame.
+    /// record). A torn last frame is left in place until
+    /// [`cut_torn_tail`](Self::cut_torn_tail); nothing is appended before.
     pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<(Self, Opened)> {
         let segments = list_segments(dir)?;
         let mut opened = Opened::default();
         let mut last_seq = 0;
         let mut file_len = 0;
+        let mut torn = None;
         for (i, (first, path)) in segments.iter().enumerate() {
             if *first != last_seq + 1 {
                 let why = format!(
@@ -146,7 +156,11 @@ impl BrandLog {
             }
             let newest = i + 1 == segments.len();
             let walked = if newest {
-                check_newest(path, i, last_seq, &mut opened)?
+                let walked = check_newest(path, i, last_seq, &mut opened)?;
+                if opened.torn_bytes > 0 {
+                    torn = Some((path.clone(), walked.1, opened.torn_bytes));
+                }
+                walked
             } else {
                 walk_sealed(path, i, last_seq, &mut opened.frames)?
             };
@@ -169,9 +183,25 @@ impl BrandLog {
             file_len,
             last_seq,
             failed: false,
+            torn,
             max_segment_bytes,
         };
         Ok((log, opened))
+    }
+
+    /// Cuts off the torn last frame found at open (truncate, fsync), if any.
+    pub fn cut_torn_tail(&mut self) -> Result<()> {
+        if let Some((path, at, bytes)) = self.torn.take() {
+            cut_tail(&path, at)?;
+            tracing::warn!(
+                log = %path.display(),
+                offset = at,
+                bytes,
+                after_record = self.last_seq,
+                "cut off a torn last frame (a commit never acknowledged)"
+            );
+        }
+        Ok(())
     }
 
     /// Seq of the last logged record (0 for none).
@@ -182,6 +212,7 @@ impl BrandLog {
     /// Appends one commit's frame and fdatasyncs it: on return the commit
     /// is durable. After a failure nothing more is appended.
     pub fn append(&mut self, first_seq: u64, last_seq: u64, payload: &[u8]) -> Result<()> {
+        assert!(self.torn.is_none(), "append before the torn tail was cut");
         if self.failed {
             return Err(StorageError::Corrupt(format!(
                 "{}: an earlier write failed; restart to recover the log",
@@ -343,8 +374,9 @@ fn walk_sealed(
     Ok((last_seq, size))
 }
 
-/// Reads the newest segment whole, checking every frame's CRC, and cuts off
-/// a torn last frame (see the module's recovery rule).
+/// Reads the newest segment whole, checking every frame's CRC, and finds a
+/// torn last frame (see the module's recovery rule): (last seq, length
+/// without it).
 fn check_newest(
     path: &Path,
     segment: usize,
@@ -368,15 +400,7 @@ fn check_newest(
                 offset += FRAME_HEADER + len as usize;
             }
             None if is_torn_tail(rest) => {
-                cut_tail(path, offset as u64)?;
                 opened.torn_bytes = rest.len() as u64;
-                tracing::warn!(
-                    log = %path.display(),
-                    offset,
-                    bytes = rest.len(),
-                    after_record = last_seq,
-                    "cut off a torn last frame (a commit never acknowledged)"
-                );
                 return Ok((last_seq, offset as u64));
             }
             None => return Err(damaged(path, offset as u64, rest, last_seq)),
@@ -443,6 +467,7 @@ mod tests {
     /// A log of commits of `sizes` records, segments of `max` bytes.
     fn log(dir: &Path, sizes: &[u64], max: u64) -> BrandLog {
         let (mut log, _) = BrandLog::open(dir, max).unwrap();
+        log.cut_torn_tail().unwrap();
         for &size in sizes {
             let first = log.last_seq() + 1;
             log.append(first, first + size - 1, &payload(first))
@@ -452,7 +477,8 @@ mod tests {
     }
 
     fn frames(dir: &Path, max: u64) -> (u64, Vec<Frame>, u64) {
-        let (log, opened) = BrandLog::open(dir, max).unwrap();
+        let (mut log, opened) = BrandLog::open(dir, max).unwrap();
+        log.cut_torn_tail().unwrap();
         let frames = opened.frames.iter().map(|l| log.read(l).unwrap()).collect();
         (log.last_seq(), frames, opened.torn_bytes)
     }
