@@ -139,18 +139,9 @@ pub(super) async fn proof(
     };
     // The slot is taken before the writer is asked (see `sessions`): a
     // disabling committed from now on cancels this session's token.
-    let slot = match shared.sessions.admit(brand, principal) {
+    let slot = match admit(shared, peer, rid, brand, principal) {
         Ok(slot) => slot,
-        Err(refusal) => {
-            tracing::warn!(
-                ?peer,
-                ?principal,
-                brand,
-                "sign-on refused: {}",
-                refusal.message
-            );
-            return Step::Close(Some(error_msg(rid, refusal.code, refusal.message)));
-        }
+        Err(close) => return close,
     };
     let mut ok = match handle.sign_on(principal).await {
         Some(Ok(ok)) => ok,
@@ -190,6 +181,27 @@ pub(super) async fn proof(
         slot,
     };
     Step::Next(msg, Phase::SignedOn(Arc::new(session)))
+}
+
+/// The session's slot under its key's and brand's quotas, or the refusal
+/// that closes the connection.
+fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    rid: u64,
+    brand: u32,
+    principal: Principal,
+) -> Result<SessionSlot, Step> {
+    shared.sessions.admit(brand, principal).map_err(|refusal| {
+        tracing::warn!(
+            ?peer,
+            ?principal,
+            brand,
+            "sign-on refused: {}",
+            refusal.message
+        );
+        Step::Close(Some(error_msg(rid, refusal.code, refusal.message)))
+    })
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<IpAddr>) {
