@@ -76,8 +76,9 @@ pub const DEFAULT_AUDIT_STREAMS_PER_BRAND: usize = 2;
 /// audit work can ever hold (the commit path has threads of its own).
 pub const DEFAULT_AUDIT_STREAMS: usize = 8;
 /// An audit stream whose reader takes no chunk for this long is stopped
-/// and its connection closed: a reader that stalls cannot hold a stream
-/// slot, a thread or the chunks queued for it.
+/// and its connection closed (the default; `cardd serve
+/// --audit-stall-secs`): a reader that stalls cannot hold a stream slot, a
+/// thread or the chunks queued for it for longer.
 pub const AUDIT_STALL_TIMEOUT_SECS: u64 = 30;
 /// After a session is revoked, how long its answers already in flight may
 /// take to reach the socket before the connection is cut anyway.

@@ -62,6 +62,11 @@ enum Command {
         snapshot_every: u64,
         #[command(flatten)]
         quotas: QuotaArgs,
+        /// Seconds an audit stream (export) may wait for its reader to take
+        /// data before it is stopped and its connection closed.
+        #[arg(long, default_value_t = cardd::limits::AUDIT_STALL_TIMEOUT_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        audit_stall_secs: u64,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -383,6 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_key,
             snapshot_every,
             quotas,
+            audit_stall_secs,
         } => cli::serve::serve(Config {
             data_dir: data,
             listen,
@@ -394,6 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_key,
             snapshot_every,
             quotas: quotas.quotas(),
+            audit_stall_secs,
         })?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,

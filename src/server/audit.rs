@@ -7,7 +7,7 @@
 //! ends with the stream: never a thread of tokio's blocking pool, so audit
 //! work cannot fill the pool, and the commit path has threads of its own
 //! anyway. A stream stops the moment its connection is gone, and a reader
-//! that takes nothing for AUDIT_STALL_TIMEOUT_SECS has its session cut.
+//! that takes nothing for `Shared::audit_stall` has its session cut.
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use super::sessions::AuditSlot;
 use super::Shared;
 use crate::error::Refusal;
-use crate::limits::AUDIT_STALL_TIMEOUT_SECS;
 use crate::pb::{self, request::Op, server_message::Body, ErrorCode as E, ServerMessage};
 use crate::storage::StoredNodes;
 
@@ -106,7 +105,7 @@ pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
             request_id,
             body: Some(body),
         };
-        send_or_cut(&out, msg, &session).await;
+        send_or_cut(&out, msg, &session, shared.audit_stall).await;
     }
     drop(permit);
 }
@@ -143,14 +142,14 @@ async fn finished<T>(job: Option<oneshot::Receiver<T>>) -> Result<T, Refusal> {
 }
 
 /// Queues `msg` for the connection. False if the connection is gone, or
-/// if its reader took nothing for AUDIT_STALL_TIMEOUT_SECS: then the
-/// session is cut, so the stalled peer holds nothing more.
+/// if its reader took nothing for `stall`: then the session is cut, so
+/// the stalled peer holds nothing more.
 async fn send_or_cut(
     out: &mpsc::Sender<ServerMessage>,
     msg: ServerMessage,
     session: &CancellationToken,
+    stall: Duration,
 ) -> bool {
-    let stall = Duration::from_secs(AUDIT_STALL_TIMEOUT_SECS);
     tokio::select! {
         _ = session.cancelled() => false,
         sent = tokio::time::timeout(stall, out.send(msg)) => match sent {
@@ -191,7 +190,7 @@ async fn stream_export(
             request_id,
             body: Some(Body::ExportChunk(pb::ExportChunk { data, last: false })),
         };
-        if !send_or_cut(out, chunk, session).await {
+        if !send_or_cut(out, chunk, session, shared.audit_stall).await {
             gone = true;
             break;
         }

@@ -146,7 +146,7 @@ impl Conn {
                 Some(cut) => tokio::select! {
                     biased;
                     _ = cut.cancelled() => {
-                        tracing::info!(peer = ?self.peer, "session cut");
+                        self.cut(&phase);
                         return Ended::Cut;
                     }
                     frame = self.next_frame(&mut reader, deadline) => frame,
@@ -305,6 +305,19 @@ impl Conn {
             .verifier
             .check(session.key, message, signature, then)
             .await;
+    }
+
+    /// The session is being cut: a terminal is told why (it was disabled;
+    /// terminals are cut for nothing else) before the connection closes. A
+    /// full queue means a peer that does not read, which is told nothing.
+    fn cut(&self, phase: &Phase) {
+        tracing::info!(peer = ?self.peer, "session cut");
+        if let Phase::SignedOn(s) = phase {
+            if matches!(s.principal, Principal::Terminal(_)) {
+                let why = "this terminal was disabled by the owner; session closed";
+                let _ = self.out.try_send(error_msg(0, E::TerminalDisabled, why));
+            }
+        }
     }
 
     /// Queues one of the session's own messages. A closed write task means

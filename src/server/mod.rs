@@ -58,6 +58,9 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Connections and audit streams per key, per brand and daemon-wide.
     pub quotas: Quotas,
+    /// Seconds an audit stream may wait for its reader before it is
+    /// stopped and its connection closed.
+    pub audit_stall_secs: u64,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             tls_key: None,
             snapshot_every: crate::limits::SNAPSHOT_EVERY_RECORDS,
             quotas: Quotas::default(),
+            audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct Shared {
     pub verifier: verifier::BatchVerifier,
     /// Signed-on sessions and audit streams, under their quotas.
     pub sessions: Arc<Sessions>,
+    /// How long an audit stream may wait for its reader.
+    pub audit_stall: std::time::Duration,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -244,6 +250,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         ),
         max_frame_bytes: config.max_frame_bytes,
         sessions,
+        audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
         brands: RwLock::new(brands),
     });
     let listener = TcpListener::bind(config.listen)

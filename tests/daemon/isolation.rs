@@ -135,13 +135,19 @@ async fn disabling_a_till_closes_all_its_sessions_within_a_second() {
     });
     let started = Instant::now();
     ok(&mut owner, 20, disable).await;
+    // Each is told why, then closed.
     let closed = tokio::time::timeout(
         Duration::from_secs(1),
-        join_all(held.iter_mut().map(raw_closed)),
+        join_all(held.iter_mut().map(told_and_closed)),
     )
     .await
     .expect("every session of the disabled till closed within a second");
-    assert!(closed.iter().all(|c| *c), "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .all(|c| *c == (Some(E::TerminalDisabled), true)),
+        "{closed:?}"
+    );
     eprintln!(
         "4 sessions closed {:?} after the disable was sent",
         started.elapsed()
@@ -153,6 +159,12 @@ async fn disabling_a_till_closes_all_its_sessions_within_a_second() {
         sign_on_refused(d.addr, &one.tills[0]).await,
         E::TerminalDisabled
     );
+}
+
+/// The message a cut session gets, and whether the connection then closed.
+async fn told_and_closed(f: &mut Raw) -> (Option<E>, bool) {
+    let told = error_code(&raw_recv(f).await);
+    (told, raw_closed(f).await)
 }
 
 /// Writes about `rounds` x 64 records to `brand` from its first till,
@@ -263,7 +275,7 @@ fn p99(mut v: Vec<Duration>) -> Duration {
 async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
     let dir = tempfile::tempdir().unwrap();
     let (d, [one, two]) = two_brands(dir.path(), &[]).await;
-    fill(d.addr, &one, 60).await;
+    fill(d.addr, &one, 600).await;
     let mut till = connect(d.addr, two.tills[0].clone()).await;
     let baseline = p99(purchases(&mut till, &two.card, 100, 60).await);
     // Brand one's owner: every connection its key may hold, each with
@@ -292,4 +304,56 @@ async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
         .await
         .expect("brand two's export");
     drop(unread);
+}
+
+#[tokio::test]
+async fn exports_whose_reader_stalls_are_stopped_and_free_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, _two]) = two_brands(dir.path(), &["--audit-stall-secs", "1"]).await;
+    fill(d.addr, &one, 600).await;
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let size = bounded(owner.export(&mut std::io::sink()))
+        .await
+        .expect("export");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = threads(&d);
+    // The key's two audit streams, each read for one chunk, then not at all.
+    let mut stalled = join_all((0..2).map(|_| start_export(d.addr, &one))).await;
+    for f in &mut stalled {
+        let m = raw_recv(f).await;
+        assert!(
+            matches!(m.body, Some(server_message::Body::ExportChunk(_))),
+            "{m:?}"
+        );
+    }
+    let started = Instant::now();
+    // Stopped past the deadline: their threads end while the readers still
+    // hold their connections, and the key may export again.
+    assert!(wait_until(|| threads(&d) <= before), "audit threads stayed");
+    let freed = started.elapsed();
+    let again = bounded(owner.export(&mut std::io::sink())).await;
+    assert!(
+        again.is_ok_and(|n| n >= size),
+        "a new export after the stalled ones"
+    );
+    // What a stalled reader gets when it reads again: what was queued, then
+    // the end of the connection, never the whole export.
+    for mut f in stalled {
+        let mut got = 0;
+        let end = loop {
+            match bounded(recv(&mut f)).await {
+                Ok(m) => match m.body {
+                    Some(server_message::Body::ExportChunk(c)) if !c.last => got += c.data.len(),
+                    other => break format!("{other:?}"),
+                },
+                Err(e) => break format!("closed: {e}"),
+            }
+        };
+        assert!(
+            end.starts_with("closed"),
+            "ended with {end} after {got} bytes"
+        );
+        assert!((got as u64) < size, "{got} of {size} bytes");
+    }
+    eprintln!("export of {size} bytes; stalled streams freed after {freed:?}");
 }
