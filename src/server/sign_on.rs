@@ -139,9 +139,9 @@ pub(super) async fn proof(
     };
     // The slot is taken before the writer is asked (see `sessions`): a
     // disabling committed from now on cancels this session's token.
-    let slot = match admit(shared, peer, rid, brand, principal) {
+    let slot = match admit(shared, peer, brand, principal) {
         Ok(slot) => slot,
-        Err(close) => return close,
+        Err(r) => return Step::Close(Some(error_msg(rid, r.code, r.message))),
     };
     let mut ok = match handle.sign_on(principal).await {
         Some(Ok(ok)) => ok,
@@ -184,24 +184,25 @@ pub(super) async fn proof(
 }
 
 /// The session's slot under its key's and brand's quotas, or the refusal
-/// that closes the connection.
+/// (logged) that closes the connection.
 fn admit(
     shared: &Shared,
     peer: SocketAddr,
-    rid: u64,
     brand: u32,
     principal: Principal,
-) -> Result<SessionSlot, Step> {
-    shared.sessions.admit(brand, principal).map_err(|refusal| {
-        tracing::warn!(
-            ?peer,
-            ?principal,
-            brand,
-            "sign-on refused: {}",
-            refusal.message
-        );
-        Step::Close(Some(error_msg(rid, refusal.code, refusal.message)))
-    })
+) -> Result<SessionSlot, crate::error::Refusal> {
+    shared
+        .sessions
+        .admit(brand, principal)
+        .inspect_err(|refusal| {
+            tracing::warn!(
+                ?peer,
+                ?principal,
+                brand,
+                "sign-on refused: {}",
+                refusal.message
+            );
+        })
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<IpAddr>) {
