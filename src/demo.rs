@@ -4,17 +4,53 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::card_number;
-use crate::crypto::load_or_create_key;
-use crate::ledger::BrandLedger;
+use crate::crypto::{load_or_create_key, KeyFileError};
+use crate::error::Refusal;
+use crate::ledger::{BrandLedger, LedgerError};
 use crate::pb::{self, request::Op, BonusTier, Rules, TierRule};
 use crate::state::Principal;
 use crate::storage::fsutil::{create_dir_all_durable, replace_durably, sync_dir};
 use crate::storage::LogStore;
+
+/// Why the demo brand could not be provisioned.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// The ledger already holds a brand.
+    #[error("the demo is provisioned only into an empty ledger")]
+    NotEmpty,
+    /// The ledger failed.
+    #[error("demo ledger")]
+    Ledger(#[from] LedgerError),
+    /// A demo key could not be made.
+    #[error("demo key")]
+    Key(#[from] KeyFileError),
+    /// One of the demo's own requests was refused.
+    #[error("demo: {what}: {refusal}")]
+    Refused {
+        /// Which step.
+        what: String,
+        /// The refusal.
+        refusal: Refusal,
+    },
+    /// A file could not be written.
+    #[error("demo: {what}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DemoError {
+    move |source| DemoError::Io { what, source }
+}
 
 /// The demo manifest written to `demo.json`.
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -89,8 +125,11 @@ pub fn demo_rules() -> Rules {
     }
 }
 
-fn expect_ok(what: &str, answer: crate::ledger::Answer) -> anyhow::Result<pb::Reply> {
-    answer.map_err(|r| anyhow::anyhow!("demo: {what}: {r}"))
+fn expect_ok(what: &str, answer: crate::ledger::Answer) -> Result<pb::Reply, DemoError> {
+    answer.map_err(|refusal| DemoError::Refused {
+        what: what.into(),
+        refusal,
+    })
 }
 
 /// The demo's owner: signs operations with consecutive transaction ids.
@@ -102,7 +141,7 @@ struct Owner<'a> {
 
 impl Owner<'_> {
     /// Applies one owner operation; `what` names it in errors.
-    fn op(&mut self, what: &str, op: Op) -> anyhow::Result<pb::Reply> {
+    fn op(&mut self, what: &str, op: Op) -> Result<pb::Reply, DemoError> {
         self.txn += 1;
         let req = demo_request(self.ledger.brand_id(), self.txn, op);
         expect_ok(
@@ -129,12 +168,15 @@ pub fn provision(
     data_dir: &Path,
     store: Arc<dyn LogStore>,
     server_key: Arc<SigningKey>,
-) -> anyhow::Result<BrandLedger> {
-    if !store.brands()?.is_empty() {
-        bail!("the demo is provisioned only into an empty ledger");
+) -> Result<BrandLedger, DemoError> {
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 1, source })?;
+    if !brands.is_empty() {
+        return Err(DemoError::NotEmpty);
     }
     let dir = data_dir.join("demo");
-    create_dir_all_durable(&dir)?;
+    create_dir_all_durable(&dir).map_err(io("creating the demo key directory"))?;
     let owner_key = load_or_create_key(&dir.join("owner.key"))?;
     let create = pb::CreateBrand {
         name: "Demo Coffee".into(),
@@ -166,13 +208,15 @@ pub fn provision(
     };
     // The keys' entries, then the manifest: a power cut leaves either no
     // demo.json or one whose keys are all there.
-    sync_dir(&dir).context("fsync of the demo key directory")?;
+    sync_dir(&dir).map_err(io("fsync of the demo key directory"))?;
     replace_durably(
         &data_dir.join("demo.json"),
-        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        serde_json::to_string_pretty(&manifest)
+            .expect("the manifest is plain data")
+            .as_bytes(),
         false,
     )
-    .context("writing demo.json")?;
+    .map_err(io("writing demo.json"))?;
     tracing::info!(
         brand = manifest.brand_id,
         "demo brand provisioned; see demo.json"
@@ -188,7 +232,7 @@ type TerminalKey = (u32, SigningKey);
 fn open_stores(
     owner: &mut Owner<'_>,
     data_dir: &Path,
-) -> anyhow::Result<(Vec<ManifestStore>, Vec<TerminalKey>)> {
+) -> Result<(Vec<ManifestStore>, Vec<TerminalKey>), DemoError> {
     let mut stores = Vec::new();
     let mut terminal_keys = Vec::new();
     for (i, name) in ["Downtown", "Airport"].into_iter().enumerate() {
@@ -196,7 +240,7 @@ fn open_stores(
             "store",
             Op::CreateStore(pb::CreateStore { name: name.into() }),
         )?;
-        let store_id = u32::try_from(i + 1)?;
+        let store_id = u32::try_from(i + 1).expect("two demo stores");
         let key_rel = format!("demo/terminal-{store_id}.key");
         let key = load_or_create_key(&data_dir.join(&key_rel))?;
         let reply = owner.op(
@@ -208,7 +252,7 @@ fn open_stores(
             }),
         )?;
         let Some(pb::reply::Detail::Terminal(t)) = reply.detail else {
-            bail!("demo: enrol gave no terminal id")
+            unreachable!("an enrolment answers with its terminal")
         };
         stores.push(ManifestStore {
             store_id,
@@ -224,7 +268,11 @@ fn open_stores(
 }
 
 /// Issues five cards and tops each up from terminal `tid` (key `till`).
-fn fund_cards(owner: &mut Owner<'_>, tid: u32, till: &SigningKey) -> anyhow::Result<Vec<String>> {
+fn fund_cards(
+    owner: &mut Owner<'_>,
+    tid: u32,
+    till: &SigningKey,
+) -> Result<Vec<String>, DemoError> {
     let brand = owner.ledger.brand_id();
     let mut cards = Vec::new();
     for (i, load) in [10_000i64, 20_000, 30_000, 50_000, 100_000]
@@ -237,7 +285,11 @@ fn fund_cards(owner: &mut Owner<'_>, tid: u32, till: &SigningKey) -> anyhow::Res
             card: card.clone(),
             amount_minor: load,
         });
-        let req = demo_request(brand, u64::try_from(i + 1)?, top_up);
+        let req = demo_request(
+            brand,
+            u64::try_from(i + 1).expect("a few demo cards"),
+            top_up,
+        );
         expect_ok(
             "top-up",
             owner
@@ -251,7 +303,7 @@ fn fund_cards(owner: &mut Owner<'_>, tid: u32, till: &SigningKey) -> anyhow::Res
 
 /// The provisioning top-ups close their own shift, so the demo till
 /// starts a clean shift that balances against a fresh terminal.
-fn close_shift(ledger: &mut BrandLedger, tid: u32, till: &SigningKey) -> anyhow::Result<()> {
+fn close_shift(ledger: &mut BrandLedger, tid: u32, till: &SigningKey) -> Result<(), DemoError> {
     let totals = ledger.state.terminals[&tid].shift;
     let op = Op::CloseShift(pb::CloseShift {
         terminal_totals: Some(totals),

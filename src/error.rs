@@ -35,3 +35,17 @@ impl From<Refusal> for crate::pb::Error {
         }
     }
 }
+
+/// An error and its chain of causes on one line (`a: b: c`), for logs and
+/// reports: library errors keep their causes as `source()`, not in their
+/// own text.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

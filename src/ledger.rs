@@ -9,23 +9,95 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _};
 use ed25519_dalek::SigningKey;
 use prost::Message;
+use thiserror::Error;
 
-use crate::checkpoint;
+use crate::checkpoint::{self, CheckpointError};
 use crate::crypto::leaf_hash;
 use crate::error::Refusal;
 use crate::limits::SNAPSHOT_EVERY_RECORDS;
 use crate::pb::{self, ErrorCode, Record, Request};
-use crate::replay::replay_record;
-use crate::snapshot;
+use crate::replay::{replay_record, ReplayError};
+use crate::snapshot::{self, SnapshotError};
 use crate::state::{apply, reply_for_record, BrandState, Context, Outcome, Principal, Written};
-use crate::storage::LogStore;
+use crate::storage::{LogStore, StorageError};
+
+/// Why a brand's ledger cannot be recovered, created or committed to. Each
+/// names the brand; the cause is kept as its `source()`.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// Storage failed.
+    #[error("brand {brand}: storage")]
+    Storage {
+        /// The brand.
+        brand: u32,
+        /// The failure.
+        #[source]
+        source: StorageError,
+    },
+    /// The stored chain has a gap.
+    #[error("brand {brand}: record {seq} is missing (next stored is {next})")]
+    Missing {
+        /// The brand.
+        brand: u32,
+        /// The missing record.
+        seq: u64,
+        /// The next record stored.
+        next: u64,
+    },
+    /// A stored record does not replay: the ledger is corrupt.
+    #[error("brand {brand}: corrupt ledger")]
+    Replay {
+        /// The brand.
+        brand: u32,
+        /// Which record and why.
+        #[source]
+        source: ReplayError,
+    },
+    /// The snapshot could not be read (`cardd check`).
+    #[error("brand {brand}: snapshot")]
+    Snapshot {
+        /// The brand.
+        brand: u32,
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+    /// The snapshot is on the chain but not the state replayed to it.
+    #[error("brand {brand}: the snapshot at record {seq} differs from the state replayed to it")]
+    SnapshotDiffers {
+        /// The brand.
+        brand: u32,
+        /// The snapshot's seq.
+        seq: u64,
+    },
+    /// Records are stored but no checkpoint covers them.
+    #[error("brand {brand}: records but no checkpoint")]
+    NoCheckpoint {
+        /// The brand.
+        brand: u32,
+    },
+    /// The newest checkpoint does not verify or does not match the chain.
+    #[error("brand {brand}: newest checkpoint")]
+    Checkpoint {
+        /// The brand.
+        brand: u32,
+        /// Why.
+        #[source]
+        source: CheckpointError,
+    },
+    /// `create` of a brand id that has a chain.
+    #[error("brand {0} already exists")]
+    BrandExists(u32),
+    /// The state machine refused the brand's first record.
+    #[error("creating brand: {0}")]
+    Refused(Refusal),
+}
 
 /// A verified, signed request waiting to be applied: its exact bytes and,
 /// decoded once, what they say. Built only by [`Submission::from_wire`]
-/// (bytes from a client, checked canonical) or [`Submission::signed`] (a
+/// (bytes from a client, checked by the `wire` rule) or [`Submission::signed`] (a
 /// request signed here), so the two can never disagree.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -40,19 +112,9 @@ pub struct Submission {
     decoded: Box<Request>,
 }
 
-/// Decodes request bytes, accepting only the canonical encoding: unknown
-/// fields, repeated fields or over-long varints would let a signer smuggle
-/// bytes into the ledger, and give one request many "identical" encodings.
+/// Decodes request bytes under the acceptance rule of [`crate::wire`].
 pub fn decode_canonical(bytes: &[u8]) -> Result<Request, Refusal> {
-    let request = Request::decode(bytes)
-        .map_err(|_| Refusal::new(ErrorCode::Malformed, "request does not decode"))?;
-    if request.encoded_len() != bytes.len() || request.encode_to_vec() != bytes {
-        return Err(Refusal::new(
-            ErrorCode::Malformed,
-            "request is not in canonical encoding (unknown or repeated fields?)",
-        ));
-    }
-    Ok(request)
+    crate::wire::decode_request(bytes).map_err(Refusal::from)
 }
 
 impl Submission {
@@ -153,7 +215,7 @@ impl BrandLedger {
         store: Arc<dyn LogStore>,
         server_key: Arc<SigningKey>,
         brand: u32,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LedgerError> {
         Self::recover_with(store, server_key, brand, Recovery::Full)
     }
 
@@ -164,103 +226,48 @@ impl BrandLedger {
         server_key: Arc<SigningKey>,
         brand: u32,
         mode: Recovery,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, LedgerError> {
         let server_pub = server_key.verifying_key();
-        let mut state = BrandState::new(brand);
-        let mut last_time_ms = 0;
-        let mut to_check = None;
-        match mode {
-            Recovery::Full => {}
-            Recovery::FromSnapshot(dir) => {
-                let loading = std::time::Instant::now();
-                let loaded = snapshot::read(dir, brand, &server_pub)
-                    .and_then(|s| s.map(|s| on_chain(store.as_ref(), s)).transpose());
-                tracing::info!(
-                    brand,
-                    load_ms = loading.elapsed().as_millis() as u64,
-                    "snapshot read"
-                );
-                match loaded {
-                    Ok(Some((snap, time_ms))) => {
-                        state = snap;
-                        last_time_ms = time_ms;
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(
-                        brand,
-                        error = %format!("{e:#}"),
-                        "snapshot not used; replaying the whole chain"
-                    ),
-                }
-            }
+        let (mut start, to_check) = match mode {
+            Recovery::Full => (Start::empty(brand), None),
+            Recovery::FromSnapshot(dir) => (
+                Start::from_snapshot(store.as_ref(), dir, brand, &server_pub),
+                None,
+            ),
             Recovery::CheckSnapshot(dir) => {
-                to_check = snapshot::read(dir, brand, &server_pub)
-                    .with_context(|| format!("brand {brand}: snapshot"))?;
+                let snap = snapshot::read(dir, brand, &server_pub)
+                    .map_err(|source| LedgerError::Snapshot { brand, source })?;
+                (Start::empty(brand), snap)
             }
-        }
-        let snapshot_seq = state.seq;
-        let replay_started = std::time::Instant::now();
-        let server_pub = server_pub.to_bytes();
-        for item in store.scan(brand, state.seq + 1) {
-            let (seq, bytes) =
-                item.with_context(|| format!("brand {brand}: reading record {}", state.seq + 1))?;
-            if seq != state.seq + 1 {
-                bail!(
-                    "brand {brand}: record {} is missing (next stored is {seq})",
-                    state.seq + 1
-                );
-            }
-            let w = replay_record(&mut state, seq, &bytes, &server_pub)
-                .with_context(|| format!("brand {brand}: corrupt ledger"))?;
-            last_time_ms = w.record.time_ms;
-            if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
-                check_snapshot(&state, &snap)?;
-            }
-        }
-        if let Some(snap) = to_check {
-            // Written from memory ahead of a flush that a crash then lost.
-            tracing::warn!(
-                brand,
-                snapshot_seq = snap.seq,
-                chain = state.seq,
-                "the snapshot is beyond the stored chain; a restart ignores it"
-            );
-        }
-        tracing::info!(
-            brand,
-            snapshot_seq,
-            replayed = state.seq - snapshot_seq,
-            replay_ms = replay_started.elapsed().as_millis() as u64,
-            "brand recovered"
-        );
-        if state.seq > 0 {
-            let bytes = store
-                .last_checkpoint(brand)?
-                .with_context(|| format!("brand {brand}: records but no checkpoint"))?;
-            let c = checkpoint::decode_verified(&bytes, &server_key.verifying_key())
-                .map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
-            checkpoint::matches(&c, &state).map_err(|e| anyhow::anyhow!("brand {brand}: {e}"))?;
-        }
+        };
+        let snapshot_seq = start.state.seq;
+        replay_stored(store.as_ref(), &mut start, to_check, &server_pub.to_bytes())?;
+        check_newest_checkpoint(store.as_ref(), &start.state, &server_pub)?;
         let mut ledger = BrandLedger {
-            state,
+            state: start.state,
             store,
             server_key,
-            last_time_ms,
+            last_time_ms: start.time_ms,
             snapshots: None,
             snapshot_seq,
         };
         if let Recovery::FromSnapshot(dir) = mode {
             ledger.snapshots = Some((dir.to_path_buf(), SNAPSHOT_EVERY_RECORDS));
-            if ledger.snapshot_due() {
-                // The next restart starts here instead of replaying again.
-                // A failure (a full disk, say) only makes that restart
-                // longer: it must not keep the daemon from serving.
-                if let Err(e) = ledger.write_snapshot() {
-                    tracing::warn!(brand, error = %format!("{e:#}"), "snapshot failed");
-                }
-            }
+            ledger.snapshot_if_due();
         }
         Ok(ledger)
+    }
+
+    /// At start-up, a snapshot when due: the next restart starts here
+    /// instead of replaying again. A failure (a full disk, say) only makes
+    /// that restart longer: it must not keep the daemon from serving.
+    fn snapshot_if_due(&mut self) {
+        if self.snapshot_due() {
+            if let Err(e) = self.write_snapshot() {
+                let error = crate::error::causes(&e);
+                tracing::warn!(brand = self.state.brand_id, error, "snapshot failed");
+            }
+        }
     }
 
     /// The sequence number of the newest snapshot written or recovered
@@ -290,7 +297,9 @@ impl BrandLedger {
     /// the stored chain. None if this ledger keeps no snapshots.
     ///
     /// [`store_snapshot`]: Self::store_snapshot
-    pub fn encode_snapshot(&mut self) -> anyhow::Result<Option<(PathBuf, snapshot::Encoded)>> {
+    pub fn encode_snapshot(
+        &mut self,
+    ) -> Result<Option<(PathBuf, snapshot::Encoded)>, SnapshotError> {
         let Some((dir, _)) = &self.snapshots else {
             return Ok(None);
         };
@@ -310,7 +319,7 @@ impl BrandLedger {
     }
 
     /// Writes an encoded snapshot durably (blocking: write and fsync).
-    pub fn store_snapshot(dir: &Path, encoded: &snapshot::Encoded) -> anyhow::Result<()> {
+    pub fn store_snapshot(dir: &Path, encoded: &snapshot::Encoded) -> Result<(), SnapshotError> {
         let started = std::time::Instant::now();
         encoded.store(dir)?;
         tracing::info!(
@@ -322,7 +331,7 @@ impl BrandLedger {
     }
 
     /// Encodes and stores a snapshot now (start-up and offline tools).
-    pub fn write_snapshot(&mut self) -> anyhow::Result<()> {
+    pub fn write_snapshot(&mut self) -> Result<(), SnapshotError> {
         if let Some((dir, encoded)) = self.encode_snapshot()? {
             Self::store_snapshot(&dir, &encoded)?;
         }
@@ -335,9 +344,12 @@ impl BrandLedger {
         server_key: Arc<SigningKey>,
         brand: u32,
         create: pb::CreateBrand,
-    ) -> anyhow::Result<Self> {
-        if store.brands()?.contains(&brand) {
-            bail!("brand {brand} already exists");
+    ) -> Result<Self, LedgerError> {
+        let brands = store
+            .brands()
+            .map_err(|source| LedgerError::Storage { brand, source })?;
+        if brands.contains(&brand) {
+            return Err(LedgerError::BrandExists(brand));
         }
         let mut ledger = BrandLedger {
             state: BrandState::new(brand),
@@ -355,9 +367,7 @@ impl BrandLedger {
             ..Default::default()
         };
         let sub = Submission::signed(Principal::Server, &ledger.server_key, request);
-        ledger
-            .submit_now(sub)?
-            .map_err(|r| anyhow::anyhow!("creating brand: {r}"))?;
+        ledger.submit_now(sub)?.map_err(LedgerError::Refused)?;
         Ok(ledger)
     }
 
@@ -543,16 +553,17 @@ impl BrandLedger {
 
     /// Applies one submission and commits it before returning (for offline
     /// tools and provisioning; the daemon batches instead).
-    pub fn submit_now(&mut self, sub: Submission) -> anyhow::Result<Answer> {
+    pub fn submit_now(&mut self, sub: Submission) -> Result<Answer, LedgerError> {
         let mut batch = self.apply_batch(std::slice::from_ref(&sub));
         if !batch.written.is_empty() {
+            let brand = self.brand_id();
             Self::commit(
                 self.store.as_ref(),
-                self.brand_id(),
+                brand,
                 &batch.written,
                 &self.checkpoint(),
             )
-            .context("committing to storage")?;
+            .map_err(|source| LedgerError::Storage { brand, source })?;
         }
         Ok(batch.answers.pop().expect("one answer per submission"))
     }
@@ -563,44 +574,164 @@ impl BrandLedger {
         principal: Principal,
         key: &SigningKey,
         request: &Request,
-    ) -> anyhow::Result<Answer> {
+    ) -> Result<Answer, LedgerError> {
         self.submit_now(Submission::signed(principal, key, request.clone()))
     }
 }
 
-/// `snap` and the time of its newest record, if it lies on the stored
-/// chain: the stored record at its sequence number hashes to its head.
-fn on_chain(store: &dyn LogStore, snap: BrandState) -> anyhow::Result<(BrandState, i64)> {
+/// Where recovery starts: a state (empty or a snapshot's) and the time of
+/// its newest record.
+struct Start {
+    state: BrandState,
+    time_ms: i64,
+}
+
+impl Start {
+    fn empty(brand: u32) -> Self {
+        Start {
+            state: BrandState::new(brand),
+            time_ms: 0,
+        }
+    }
+
+    /// The brand's snapshot if it verifies and lies on the stored chain,
+    /// else (logged) the empty state: a snapshot is a shortcut, never
+    /// needed.
+    fn from_snapshot(
+        store: &dyn LogStore,
+        dir: &Path,
+        brand: u32,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Self {
+        let loading = std::time::Instant::now();
+        let loaded = snapshot::read(dir, brand, key);
+        let load_ms = loading.elapsed().as_millis() as u64;
+        tracing::info!(brand, load_ms, "snapshot read");
+        match loaded.map(|s| s.map(|s| on_chain(store, s))) {
+            Ok(Some(Ok(start))) => start,
+            Ok(None) => Start::empty(brand),
+            Ok(Some(Err(why))) => {
+                tracing::warn!(
+                    brand,
+                    why,
+                    "snapshot not on the stored chain; replaying the whole chain"
+                );
+                Start::empty(brand)
+            }
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(brand, error, "snapshot not used; replaying the whole chain");
+                Start::empty(brand)
+            }
+        }
+    }
+}
+
+/// Replays every stored record after `start` through the state machine;
+/// `to_check` (`cardd check`) must equal the state replayed to its seq.
+fn replay_stored(
+    store: &dyn LogStore,
+    start: &mut Start,
+    mut to_check: Option<BrandState>,
+    server_pub: &[u8; 32],
+) -> Result<(), LedgerError> {
+    let brand = start.state.brand_id;
+    let (snapshot_seq, started) = (start.state.seq, std::time::Instant::now());
+    for item in store.scan(brand, start.state.seq + 1) {
+        let (seq, bytes) = item.map_err(|source| LedgerError::Storage { brand, source })?;
+        let expected = start.state.seq + 1;
+        if seq != expected {
+            return Err(LedgerError::Missing {
+                brand,
+                seq: expected,
+                next: seq,
+            });
+        }
+        let w = replay_record(&mut start.state, seq, &bytes, server_pub)
+            .map_err(|source| LedgerError::Replay { brand, source })?;
+        start.time_ms = w.record.time_ms;
+        if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
+            check_snapshot(&start.state, &snap)?;
+        }
+    }
+    if let Some(snap) = to_check {
+        // Written from memory ahead of a commit that a crash then lost.
+        tracing::warn!(
+            brand,
+            snapshot_seq = snap.seq,
+            chain = start.state.seq,
+            "the snapshot is beyond the stored chain; a restart ignores it"
+        );
+    }
+    let replayed = start.state.seq - snapshot_seq;
+    let replay_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(brand, snapshot_seq, replayed, replay_ms, "brand recovered");
+    Ok(())
+}
+
+/// The newest stored checkpoint must verify and describe `state` exactly.
+fn check_newest_checkpoint(
+    store: &dyn LogStore,
+    state: &BrandState,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<(), LedgerError> {
+    let brand = state.brand_id;
+    if state.seq == 0 {
+        return Ok(());
+    }
     let bytes = store
-        .record(snap.brand_id, snap.seq)?
-        .with_context(|| format!("the chain ends before the snapshot's record {}", snap.seq))?;
-    anyhow::ensure!(
-        leaf_hash(&bytes) == snap.head_hash,
-        "record {} is not the snapshot's (a lost unflushed branch)",
-        snap.seq
-    );
+        .last_checkpoint(brand)
+        .map_err(|source| LedgerError::Storage { brand, source })?
+        .ok_or(LedgerError::NoCheckpoint { brand })?;
+    checkpoint::decode_verified(&bytes, key)
+        .and_then(|c| checkpoint::verify(&c, key, Some(state)))
+        .map_err(|source| LedgerError::Checkpoint { brand, source })
+}
+
+/// `snap` as a start, if it lies on the stored chain: the stored record at
+/// its sequence number hashes to its head. Else why not.
+fn on_chain(store: &dyn LogStore, snap: BrandState) -> Result<Start, String> {
+    let bytes = match store.record(snap.brand_id, snap.seq) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(format!(
+                "the chain ends before the snapshot's record {}",
+                snap.seq
+            ))
+        }
+        Err(e) => return Err(crate::error::causes(&e)),
+    };
+    if leaf_hash(&bytes) != snap.head_hash {
+        return Err(format!(
+            "record {} is not the snapshot's (a lost branch)",
+            snap.seq
+        ));
+    }
     let time_ms = Record::decode(bytes.as_slice())
-        .context("the snapshot's record does not decode")?
+        .map_err(|_| "the snapshot's record does not decode".to_string())?
         .time_ms;
-    Ok((snap, time_ms))
+    Ok(Start {
+        state: snap,
+        time_ms,
+    })
 }
 
 /// `cardd check`: the snapshot must equal the replayed state, unless it
 /// belongs to a branch a crash lost (then its head differs).
-fn check_snapshot(replayed: &BrandState, snap: &BrandState) -> anyhow::Result<()> {
+fn check_snapshot(replayed: &BrandState, snap: &BrandState) -> Result<(), LedgerError> {
     if snap.head_hash != replayed.head_hash {
         tracing::warn!(
             brand = snap.brand_id,
             seq = snap.seq,
-            "the snapshot is of a lost unflushed branch; a restart ignores it"
+            "the snapshot is of a lost branch; a restart ignores it"
         );
         return Ok(());
     }
-    anyhow::ensure!(
-        snap == replayed,
-        "brand {}: the snapshot at record {} differs from the state replayed to it",
-        snap.brand_id,
-        snap.seq
-    );
+    if snap != replayed {
+        return Err(LedgerError::SnapshotDiffers {
+            brand: snap.brand_id,
+            seq: snap.seq,
+        });
+    }
     Ok(())
 }

@@ -19,16 +19,60 @@
 //! the newest checkpoint as before; otherwise it replays the whole chain.
 //! `cardd check` always replays in full and compares the snapshot with the
 //! replayed state at the snapshot's sequence number.
-use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, ensure, Context};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use thiserror::Error;
 
 use crate::crypto::{sha256, DOMAIN_SNAPSHOT};
 use crate::limits::{MAX_SNAPSHOT_BYTES, TXN_WINDOW_PER_SIGNER};
 use crate::state::BrandState;
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
+
+/// Why a snapshot could not be written, or exists but cannot be used.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    /// A file operation failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state did not encode, or the body does not decode.
+    #[error("snapshot {what}")]
+    Postcard {
+        /// "encoding" or "decoding".
+        what: &'static str,
+        /// The failure.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The file is not what this build writes, or fails a check.
+    #[error("snapshot {0}")]
+    Invalid(String),
+}
+
+/// Result of a snapshot call.
+pub type Result<T> = std::result::Result<T, SnapshotError>;
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let what = what.to_string();
+    move |source| SnapshotError::Io { what, source }
+}
+
+/// `Err(Invalid(why))` unless `ok`.
+fn ensure(ok: bool, why: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(SnapshotError::Invalid(why()))
+    }
+}
 
 const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
@@ -80,26 +124,26 @@ impl Encoded {
     }
 
     /// Writes it durably to `dir`, replacing the brand's previous snapshot.
-    pub fn store(&self, dir: &Path) -> anyhow::Result<()> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        create_dir_all_durable(dir).map_err(io(format!("creating {}", dir.display())))?;
         let final_path = path(dir, self.brand);
-        let tmp = final_path.with_extension("snap.tmp");
-        let mut file = create_private(&tmp)?;
-        file.write_all(&self.bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &final_path)?;
-        // The rename is durable only once the directory is.
-        File::open(dir)?.sync_all()?;
-        Ok(())
+        // Temporary file, fsync, rename, directory fsync: a cut leaves the
+        // old snapshot or the new one, never half of one.
+        replace_durably(&final_path, &self.bytes, true)
+            .map_err(io(format!("writing {}", final_path.display())))
     }
 }
 
 /// Encodes and signs `state`'s snapshot.
-pub fn encode(state: &BrandState, key: &SigningKey) -> anyhow::Result<Encoded> {
+pub fn encode(state: &BrandState, key: &SigningKey) -> Result<Encoded> {
     let mut bytes = Vec::with_capacity(HEADER + 1024 * 1024 + TRAILER);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_be_bytes());
-    let mut bytes = postcard::to_extend(state, bytes).context("encoding the snapshot")?;
+    let mut bytes =
+        postcard::to_extend(state, bytes).map_err(|source| SnapshotError::Postcard {
+            what: "encoding",
+            source,
+        })?;
     let body_len = (bytes.len() - HEADER) as u64;
     let signature = key.sign(&signed_message(&bytes[MAGIC.len()..]));
     bytes.extend_from_slice(&body_len.to_be_bytes());
@@ -113,103 +157,110 @@ pub fn encode(state: &BrandState, key: &SigningKey) -> anyhow::Result<Encoded> {
 
 /// Writes `state`'s snapshot durably, replacing the brand's previous one.
 /// Returns the file's size in bytes.
-pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> anyhow::Result<u64> {
+pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<u64> {
     let encoded = encode(state, key)?;
     encoded.store(dir)?;
     Ok(encoded.len() as u64)
 }
 
-/// Creates `path` readable by the owner only: a snapshot holds every card
-/// number and balance.
-fn create_private(path: &Path) -> anyhow::Result<File> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))
-}
-
 /// The brand's snapshot, verified against the server key; None if there is
 /// none. An error says why one exists but cannot be used.
-pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> anyhow::Result<Option<BrandState>> {
-    let path = path(dir, brand);
-    let file = match File::open(&path) {
+pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<BrandState>> {
+    let Some(bytes) = read_file(&path(dir, brand))? else {
+        return Ok(None);
+    };
+    let state = decode(&bytes, key)?;
+    ensure(state.brand_id == brand, || {
+        format!("names brand {}", state.brand_id)
+    })?;
+    consistent(&state)?;
+    Ok(Some(state))
+}
+
+/// The file's bytes, within the size limits; None if there is no file.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Err(e) => return Err(io(format!("opening {}", path.display()))(e)),
     };
-    let size = file.metadata()?.len();
-    ensure!(
-        size <= MAX_SNAPSHOT_BYTES,
-        "snapshot of {size} bytes is over the limit"
-    );
-    ensure!(size >= (HEADER + TRAILER) as u64, "snapshot is truncated");
-    let mut bytes = Vec::with_capacity(usize::try_from(size)?);
-    file.take(size).read_to_end(&mut bytes)?;
-    ensure!(bytes.len() as u64 == size, "snapshot changed while read");
-    ensure!(bytes.starts_with(MAGIC), "not a cardd snapshot");
+    let reading = || format!("reading {}", path.display());
+    let size = file.metadata().map_err(io(reading()))?.len();
+    ensure(size <= MAX_SNAPSHOT_BYTES, || {
+        format!("of {size} bytes is over the limit")
+    })?;
+    ensure(size >= (HEADER + TRAILER) as u64, || "is truncated".into())?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(size)
+        .read_to_end(&mut bytes)
+        .map_err(io(reading()))?;
+    ensure(bytes.len() as u64 == size, || "changed while read".into())?;
+    Ok(Some(bytes))
+}
+
+/// Checks the framing and the signature, then decodes the state.
+fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
+    ensure(bytes.starts_with(MAGIC), || {
+        "is not a cardd snapshot".into()
+    })?;
     let (format, rest) = bytes[MAGIC.len()..].split_at(4);
     let format = u32::from_be_bytes(format.try_into().expect("4 bytes"));
-    ensure!(
-        format == FORMAT,
-        "snapshot format {format}, this build reads {FORMAT}"
-    );
+    ensure(format == FORMAT, || {
+        format!("format {format}, this build reads {FORMAT}")
+    })?;
     let (body, trailer) = rest.split_at(rest.len() - TRAILER);
     let (len, signature) = trailer.split_at(8);
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
-    ensure!(len == body.len() as u64, "snapshot length does not match");
+    ensure(len == body.len() as u64, || "length does not match".into())?;
     let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
     let signed = &bytes[MAGIC.len()..bytes.len() - TRAILER];
-    key.verify_strict(&signed_message(signed), &signature)
-        .map_err(|_| anyhow!("snapshot signature does not verify"))?;
+    ensure(
+        key.verify_strict(&signed_message(signed), &signature)
+            .is_ok(),
+        || "signature does not verify".into(),
+    )?;
     let (state, unread): (BrandState, _) =
-        postcard::take_from_bytes(body).context("snapshot does not decode")?;
-    ensure!(unread.is_empty(), "snapshot has bytes after the state");
-    ensure!(
-        state.brand_id == brand,
-        "snapshot names brand {}",
-        state.brand_id
-    );
-    consistent(&state)?;
-    Ok(Some(state))
+        postcard::take_from_bytes(body).map_err(|source| SnapshotError::Postcard {
+            what: "decoding",
+            source,
+        })?;
+    ensure(unread.is_empty(), || "has bytes after the state".into())?;
+    Ok(state)
 }
 
 /// What every state built by `apply` satisfies and `apply` relies on:
 /// checked on a snapshot before it is used, so that one written by a
 /// buggy build fails here rather than inside `apply`.
-fn consistent(state: &BrandState) -> anyhow::Result<()> {
-    ensure!(
+fn consistent(state: &BrandState) -> Result<()> {
+    ensure(
         state.merkle.well_formed() && state.merkle.size() == state.seq,
-        "snapshot's Merkle frontier does not match its size"
-    );
-    ensure!(
-        state.effects.is_ordered_below(state.seq + 1),
-        "snapshot's refundable records are out of order"
-    );
+        || "Merkle frontier does not match its size".into(),
+    )?;
+    ensure(state.effects.is_ordered_below(state.seq + 1), || {
+        "refundable records are out of order".into()
+    })?;
     let mut remembered = 0;
     for (ns, window) in &state.txn_windows {
-        ensure!(
+        ensure(
             window.ids.len() <= TXN_WINDOW_PER_SIGNER
                 && window
                     .ids
                     .iter()
                     .all(|id| state.txns.contains_key(&(*ns, *id))),
-            "snapshot's transaction window {ns} does not match its index"
-        );
+            || format!("transaction window {ns} does not match its index"),
+        )?;
         remembered += window.ids.len();
     }
-    ensure!(
-        remembered == state.txns.len(),
-        "snapshot's transaction index holds ids outside its windows"
-    );
+    ensure(remembered == state.txns.len(), || {
+        "transaction index holds ids outside its windows".into()
+    })?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn state() -> BrandState {
         let mut s = BrandState::new(9);

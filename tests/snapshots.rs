@@ -44,7 +44,12 @@ fn purchases(ledger: &mut BrandLedger, card: &str, txns: std::ops::Range<u64>) {
 }
 
 fn recover(store: &Arc<dyn LogStore>, mode: Recovery) -> anyhow::Result<BrandLedger> {
-    BrandLedger::recover_with(store.clone(), server_key(), 1, mode)
+    Ok(BrandLedger::recover_with(
+        store.clone(),
+        server_key(),
+        1,
+        mode,
+    )?)
 }
 
 fn full_replay(store: &Arc<dyn LogStore>) -> BrandState {

@@ -185,13 +185,10 @@ impl SigDispatch {
 /// The failure of an export's framing, as a `VerifyError` whose text is the
 /// whole chain of causes (`what` is a plain string in the report).
 fn file_error(seq: Option<u64>, e: &ExportFileError) -> VerifyError {
-    let mut what = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        what.push_str(&format!(": {cause}"));
-        source = cause.source();
+    VerifyError {
+        seq,
+        what: crate::error::causes(e),
     }
-    VerifyError { seq, what }
 }
 
 fn server_key(opts: &VerifyOptions) -> Result<VerifyingKey, VerifyError> {

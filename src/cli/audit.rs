@@ -12,7 +12,7 @@ use prost::Message;
 
 use cardd::audit::{verify_export, ExportReader, VerifyOptions, VerifyReport};
 use cardd::client::{Client, TlsClient};
-use cardd::crypto::{leaf_hash, read_key_file, verify_strict};
+use cardd::crypto::{leaf_hash, read_key_file};
 use cardd::merkle::{consistency_proof, verify_consistency, MemoryTree};
 use cardd::pb::{self, export_item::Item, request::Op};
 
@@ -52,7 +52,7 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<pb::Checkpoint> {
 
 fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
     cardd::crypto::parse_public_key(server_key)
-        .is_some_and(|k| verify_strict(&k, &cardd::checkpoint::signed_message(c), &c.signature))
+        .is_some_and(|k| cardd::checkpoint::verify(c, &k, None).is_ok())
 }
 
 /// `cardd audit export --data DIR --brand ID --out FILE` (daemon stopped).

@@ -7,28 +7,29 @@ pub mod keys;
 pub mod reply;
 pub mod sessions;
 mod sign_on;
+pub mod start;
 pub mod verifier;
 pub mod writer;
+
+pub use start::{
+    load, load_checked, open_data_dir, open_existing_data_dir, server_key_path, Loaded, StartError,
+};
 
 // TLS set-up is shared with the client; the old path stays.
 pub use crate::tls::tls_acceptor;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use anyhow::Context;
-use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::ledger::{BrandLedger, Recovery};
 use crate::limits::{
     DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, MAX_PENDING_SIGN_ONS, SIGN_ON_TIMEOUT_SECS,
 };
-use crate::storage::fsutil::{create_dir_all_durable, sync_dir};
-use crate::storage::{DiskStore, LogStore};
+use crate::storage::LogStore;
 use keys::KeyIndex;
 pub use sessions::{Quotas, Sessions};
 use writer::BrandHandle;
@@ -113,91 +114,6 @@ impl Shared {
     }
 }
 
-/// The path of the server's signing key in a data directory.
-pub fn server_key_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("server.key")
-}
-
-/// Creates the data directory (0700) if needed and loads or creates the
-/// server key; the directory's entry and the key's are fsynced, so a power
-/// cut right after the first start cannot leave a ledger with no key.
-pub fn open_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
-    create_dir_all_durable(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let path = server_key_path(data_dir);
-    let existed = path.exists();
-    let key = crate::crypto::load_or_create_key(&path)?;
-    if !existed {
-        sync_dir(data_dir).with_context(|| format!("fsync {}", data_dir.display()))?;
-    }
-    Ok(key)
-}
-
-/// For read-only commands: the data directory and its server key must
-/// exist (a mistyped path is an error, not an empty ledger).
-pub fn open_existing_data_dir(data_dir: &Path) -> anyhow::Result<SigningKey> {
-    anyhow::ensure!(
-        data_dir.is_dir(),
-        "{}: no such data directory",
-        data_dir.display()
-    );
-    crate::crypto::read_key_file(&server_key_path(data_dir))
-        .with_context(|| format!("{}: not a cardd data directory", data_dir.display()))
-}
-
-/// What [`load`] returns: storage, the server key and every brand's ledger.
-pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
-
-/// Opens storage (creating the data directory on first start) and
-/// recovers every brand from its snapshot and the records after it
-/// (refusing a corrupt ledger or one that came back short).
-pub fn load(data_dir: &Path) -> anyhow::Result<Loaded> {
-    let server_key = Arc::new(open_data_dir(data_dir)?);
-    let snapshots = crate::snapshot::dir(data_dir);
-    let store = open_store(data_dir, DiskStore::open)?;
-    recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
-}
-
-/// Opens an existing data directory and replays every brand from its first
-/// record, checking its snapshot against the replay on the way (`cardd
-/// check`).
-pub fn load_checked(data_dir: &Path) -> anyhow::Result<Loaded> {
-    let server_key = Arc::new(open_existing_data_dir(data_dir)?);
-    let snapshots = crate::snapshot::dir(data_dir);
-    let store = open_store(data_dir, DiskStore::open_existing)?;
-    recover_all(store, server_key, Recovery::CheckSnapshot(&snapshots))
-}
-
-fn open_store(
-    data_dir: &Path,
-    open: fn(&Path) -> crate::storage::Result<DiskStore>,
-) -> anyhow::Result<Arc<dyn LogStore>> {
-    let opening = std::time::Instant::now();
-    let store =
-        open(data_dir).with_context(|| format!("opening the ledger in {}", data_dir.display()))?;
-    tracing::info!(
-        open_ms = opening.elapsed().as_millis() as u64,
-        "storage opened"
-    );
-    Ok(Arc::new(store))
-}
-
-fn recover_all(
-    store: Arc<dyn LogStore>,
-    server_key: Arc<SigningKey>,
-    mode: Recovery,
-) -> anyhow::Result<Loaded> {
-    let mut ledgers = Vec::new();
-    for brand in store.brands()? {
-        ledgers.push(BrandLedger::recover_with(
-            store.clone(),
-            server_key.clone(),
-            brand,
-            mode,
-        )?);
-    }
-    Ok((store, server_key, ledgers))
-}
-
 /// A running daemon: the address it listens on.
 pub struct Running {
     /// The bound address (useful with port 0).
@@ -206,7 +122,7 @@ pub struct Running {
 
 /// Runs the daemon until the process is stopped. `on_ready` is called with
 /// the bound address once the daemon accepts connections.
-pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Result<()> {
+pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), StartError> {
     let started = std::time::Instant::now();
     // Before the ledger: a bad certificate or key fails fast.
     let tls = tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
@@ -255,9 +171,15 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
     });
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let running = Running {
-        local_addr: listener.local_addr()?,
+        local_addr: listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?,
     };
     tracing::info!(
         addr = %running.local_addr,
@@ -268,7 +190,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> anyhow::Res
         "serving"
     );
     on_ready(&running);
-    accept_loop(listener, shared, tls).await
+    accept_loop(listener, shared, tls).await;
+    Ok(())
 }
 
 /// Accepts connections for ever. Each holds one of MAX_CONNECTIONS slots
@@ -281,7 +204,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-) -> anyhow::Result<()> {
+) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let pending = Arc::new(Semaphore::new(MAX_PENDING_SIGN_ONS));
     loop {

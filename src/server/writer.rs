@@ -350,8 +350,7 @@ impl Committer {
         let work: CommitWork = Box::new(move || {
             let result = BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
                 .map(|()| checkpoint)
-                // `{:#}`: the whole chain of causes, on one line.
-                .map_err(|e| format!("{e:#}"));
+                .map_err(|e| crate::error::causes(&e));
             let _ = tx.send(result);
         });
         if self.thread.send(work).is_err() {

@@ -34,10 +34,10 @@ pub use disk::DiskStore;
 #[derive(Debug, Error)]
 pub enum StorageError {
     /// The embedded database failed.
-    #[error("sled: {0}")]
+    #[error("the sled index failed")]
     Sled(#[from] sled::Error),
     /// A file operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

@@ -17,8 +17,7 @@
 //! The server key is either pinned with `--server-key` or, failing that, the
 //! key the server presented in its sign-on challenge (trust on first use,
 //! which proves the record is in the ledger of *that* server only).
-use cardd::checkpoint::signed_message;
-use cardd::crypto::{parse_public_key, verify_strict};
+use cardd::crypto::parse_public_key;
 use cardd::merkle::verify_inclusion;
 use cardd::pb;
 use serde_json::{json, Value};
@@ -253,7 +252,7 @@ fn check_checkpoint(
     let root = hash32(&ckpt.root_hash, "the checkpoint's root hash")?;
     hash32(&ckpt.head_hash, "the checkpoint's head hash")?;
     let key = parse_public_key(server_key).ok_or("the server key is not a valid ed25519 key")?;
-    if !verify_strict(&key, &signed_message(ckpt), &ckpt.signature) {
+    if cardd::checkpoint::verify(ckpt, &key, None).is_err() {
         return Err(format!(
             "the checkpoint of tree size {} is not signed by server key {}",
             ckpt.tree_size,
@@ -266,6 +265,7 @@ fn check_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cardd::checkpoint::signed_message;
     use cardd::crypto::{generate_key, leaf_hash};
     use cardd::merkle::{inclusion_proof, MemoryTree};
     use ed25519_dalek::{Signer, SigningKey};

@@ -1,0 +1,163 @@
+//! Start-up: the data directory, the server key, the store and every
+//! brand's recovery, with the typed error that stops a start.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use thiserror::Error;
+
+use crate::crypto::KeyFileError;
+use crate::ledger::{BrandLedger, LedgerError, Recovery};
+use crate::storage::fsutil::{create_dir_all_durable, sync_dir};
+use crate::storage::{DiskStore, LogStore, StorageError};
+
+/// Why the daemon (or an offline command) could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The data directory could not be created or synced.
+    #[error("creating {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A read-only command named a directory that does not exist.
+    #[error("{0}: no such data directory")]
+    NoDataDir(PathBuf),
+    /// The server key could not be read or made.
+    #[error("{path}: the server key")]
+    Key {
+        /// The data directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: KeyFileError,
+    },
+    /// The store did not open (a corrupt log, a ledger that came back short).
+    #[error("opening the ledger in {path}")]
+    Storage {
+        /// The data directory.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: StorageError,
+    },
+    /// A brand did not recover.
+    #[error("recovering the ledger")]
+    Ledger(#[from] LedgerError),
+    /// The demo brand could not be provisioned.
+    #[error("provisioning the demo brand")]
+    Demo(#[from] crate::demo::DemoError),
+    /// The TLS certificate or key is unusable.
+    #[error("TLS")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listening address could not be bound.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The path of the server's signing key in a data directory.
+pub fn server_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server.key")
+}
+
+/// Creates the data directory (0700) if needed and loads or creates the
+/// server key; the directory's entry and the key's are fsynced, so a power
+/// cut right after the first start cannot leave a ledger with no key.
+pub fn open_data_dir(data_dir: &Path) -> Result<SigningKey, StartError> {
+    let dir_err = |source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    create_dir_all_durable(data_dir).map_err(dir_err)?;
+    let path = server_key_path(data_dir);
+    let existed = path.exists();
+    let key = crate::crypto::load_or_create_key(&path).map_err(|source| StartError::Key {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    if !existed {
+        sync_dir(data_dir).map_err(dir_err)?;
+    }
+    Ok(key)
+}
+
+/// For read-only commands: the data directory and its server key must
+/// exist (a mistyped path is an error, not an empty ledger).
+pub fn open_existing_data_dir(data_dir: &Path) -> Result<SigningKey, StartError> {
+    if !data_dir.is_dir() {
+        return Err(StartError::NoDataDir(data_dir.to_path_buf()));
+    }
+    crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(|source| StartError::Key {
+        path: data_dir.to_path_buf(),
+        source,
+    })
+}
+
+/// What [`load`] returns: storage, the server key and every brand's ledger.
+pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
+
+/// Opens storage (creating the data directory on first start) and
+/// recovers every brand from its snapshot and the records after it
+/// (refusing a corrupt ledger or one that came back short).
+pub fn load(data_dir: &Path) -> Result<Loaded, StartError> {
+    let server_key = Arc::new(open_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let store = open_store(data_dir, DiskStore::open)?;
+    recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
+}
+
+/// Opens an existing data directory and replays every brand from its first
+/// record, checking its snapshot against the replay on the way (`cardd
+/// check`).
+pub fn load_checked(data_dir: &Path) -> Result<Loaded, StartError> {
+    let server_key = Arc::new(open_existing_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let store = open_store(data_dir, DiskStore::open_existing)?;
+    recover_all(store, server_key, Recovery::CheckSnapshot(&snapshots))
+}
+
+fn open_store(
+    data_dir: &Path,
+    open: fn(&Path) -> crate::storage::Result<DiskStore>,
+) -> Result<Arc<dyn LogStore>, StartError> {
+    let opening = std::time::Instant::now();
+    let store = open(data_dir).map_err(|source| StartError::Storage {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(
+        open_ms = opening.elapsed().as_millis() as u64,
+        "storage opened"
+    );
+    Ok(Arc::new(store))
+}
+
+fn recover_all(
+    store: Arc<dyn LogStore>,
+    server_key: Arc<SigningKey>,
+    mode: Recovery,
+) -> Result<Loaded, StartError> {
+    let mut ledgers = Vec::new();
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
+    for brand in brands {
+        ledgers.push(BrandLedger::recover_with(
+            store.clone(),
+            server_key.clone(),
+            brand,
+            mode,
+        )?);
+    }
+    Ok((store, server_key, ledgers))
+}
