@@ -7,6 +7,12 @@
 //! answers. So the next batch is applied while the previous one flushes,
 //! and nothing is answered before it (and every batch before it) is
 //! durable. A failed commit stops both stages: memory is ahead of disk.
+//!
+//! The committer's writes run on the brand's own commit thread, never in
+//! tokio's blocking pool, so no other work (audit reads, snapshots, another
+//! brand's anything) can make a durable commit wait for a thread. Once a
+//! batch that disables a terminal is durable, that terminal's open sessions
+//! are cut (`sessions::Sessions::revoke`).
 use std::collections::VecDeque;
 use std::sync::Arc;
 
