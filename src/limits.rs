@@ -40,8 +40,49 @@ pub const MAX_BRAND_ID: u32 = 99_999;
 /// this also bounds what waits in the verifier's and the brands' writer
 /// queues: at most 2 x this x MAX_CONNECTIONS requests.
 pub const MAX_IN_FLIGHT_PER_CONNECTION: usize = 64;
-/// Concurrent connections accepted; further ones are closed at once.
+/// Concurrent connections accepted; further ones are closed at once. The
+/// slots are split three ways so that no kind of client takes another's:
+/// connections still signing on (at most [`MAX_PENDING_SIGN_ONS`]),
+/// signed-on sessions of any key (the rest, less the owners' reserve) and
+/// the owners' reserve ([`DEFAULT_OWNER_RESERVED_CONNECTIONS`]).
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Connections that have not finished sign-on yet. Nobody is known before
+/// the proof, so these slots are shared by all comers; each is held for at
+/// most [`SIGN_ON_TIMEOUT_SECS`] and none of them counts against a
+/// signed-on session's slot.
+pub const MAX_PENDING_SIGN_ONS: usize = 1_000;
+/// Signed-on sessions of one terminal key. A till needs one or two (a
+/// second one while a dead one times out); thousands are an attack.
+pub const DEFAULT_CONNECTIONS_PER_TERMINAL: usize = 8;
+/// Signed-on sessions of one owner key: a console, a few admin commands
+/// and an audit export at once.
+pub const DEFAULT_CONNECTIONS_PER_OWNER: usize = 8;
+/// Signed-on terminal sessions of one brand, all its tills together: a
+/// brand with hundreds of tills fits, and a brand whose many tills were
+/// stolen still leaves the rest of the daemon to the other brands. Owner
+/// sessions do not count here, so stolen tills cannot lock out their own
+/// owner.
+pub const DEFAULT_CONNECTIONS_PER_BRAND: usize = 2_000;
+/// Slots only owner sessions may use, once every ordinary slot is taken:
+/// an owner can always sign on to revoke a stolen till. One stolen owner
+/// key holds at most [`DEFAULT_CONNECTIONS_PER_OWNER`] of them.
+pub const DEFAULT_OWNER_RESERVED_CONNECTIONS: usize = 500;
+/// Concurrent audit streams (exports, consistency proofs) of one key. Each
+/// holds a thread of its own while it runs, so these are counted tightly.
+pub const DEFAULT_AUDIT_STREAMS_PER_KEY: usize = 2;
+/// Concurrent audit streams of one brand, all its keys together.
+pub const DEFAULT_AUDIT_STREAMS_PER_BRAND: usize = 2;
+/// Concurrent audit streams in the whole daemon: also the most threads
+/// audit work can ever hold (the commit path has threads of its own).
+pub const DEFAULT_AUDIT_STREAMS: usize = 8;
+/// An audit stream whose reader takes no chunk for this long is stopped
+/// and its connection closed (the default; `cardd serve
+/// --audit-stall-secs`): a reader that stalls cannot hold a stream slot, a
+/// thread or the chunks queued for it for longer.
+pub const AUDIT_STALL_TIMEOUT_SECS: u64 = 30;
+/// After a session is revoked, how long its answers already in flight may
+/// take to reach the socket before the connection is cut anyway.
+pub const REVOKED_DRAIN_MILLIS: u64 = 200;
 /// Requests applied in one group commit (one sled batch, one flush).
 pub const MAX_COMMIT_BATCH: usize = 2_048;
 /// Batches a brand's writer applies ahead of the flush in progress. With 1,
@@ -120,3 +161,8 @@ const _: () = assert!(
     "segments hold many commits"
 );
 const _: () = assert!(TXN_WINDOW_PER_SIGNER >= MAX_IN_FLIGHT_PER_CONNECTION);
+const _: () = assert!(
+    MAX_PENDING_SIGN_ONS + DEFAULT_OWNER_RESERVED_CONNECTIONS < MAX_CONNECTIONS,
+    "signed-on sessions have slots of their own"
+);
+const _: () = assert!(DEFAULT_AUDIT_STREAMS_PER_KEY <= DEFAULT_AUDIT_STREAMS);

@@ -60,6 +60,13 @@ enum Command {
         #[arg(long, default_value_t = cardd::limits::SNAPSHOT_EVERY_RECORDS,
               value_parser = clap::value_parser!(u64).range(1..))]
         snapshot_every: u64,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+        /// Seconds an audit stream (export) may wait for its reader to take
+        /// data before it is stopped and its connection closed.
+        #[arg(long, default_value_t = cardd::limits::AUDIT_STALL_TIMEOUT_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        audit_stall_secs: u64,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -96,6 +103,57 @@ enum Command {
 }
 
 /// How `admin` and `audit` reach a daemon that serves TLS.
+/// `cardd serve` quotas (docs/security.md): what one key, one brand and
+/// the whole daemon may hold at once.
+#[derive(Args)]
+struct QuotaArgs {
+    /// Signed-on connections of one terminal key; past it, sign-on is
+    /// refused with QUOTA_EXCEEDED.
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_TERMINAL,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    connections_per_terminal: usize,
+    /// Signed-on connections of one owner key.
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_OWNER,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    connections_per_owner: usize,
+    /// Signed-on terminal connections of one brand, all its tills together.
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_BRAND,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    connections_per_brand: usize,
+    /// Connection slots only owner keys may use once all others are taken
+    /// (so that an owner can always sign on to revoke a till).
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_OWNER_RESERVED_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..5_000))]
+    owner_reserved_connections: usize,
+    /// Concurrent audit streams (exports, consistency proofs) of one key.
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_KEY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    audit_streams_per_key: usize,
+    /// Concurrent audit streams of one brand.
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_BRAND,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    audit_streams_per_brand: usize,
+    /// Concurrent audit streams of the whole daemon (each holds a thread).
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..1_000))]
+    audit_streams: usize,
+}
+
+impl QuotaArgs {
+    fn quotas(&self) -> cardd::server::Quotas {
+        cardd::server::Quotas {
+            connections_per_terminal: self.connections_per_terminal,
+            connections_per_owner: self.connections_per_owner,
+            connections_per_brand: self.connections_per_brand,
+            sessions: cardd::server::Quotas::sessions_beside(self.owner_reserved_connections),
+            owner_reserved: self.owner_reserved_connections,
+            audit_streams_per_key: self.audit_streams_per_key,
+            audit_streams_per_brand: self.audit_streams_per_brand,
+            audit_streams: self.audit_streams,
+        }
+    }
+}
+
 #[derive(Args)]
 struct TlsArgs {
     /// Speak TLS to the daemon, trusting only the certificates in this PEM
@@ -329,6 +387,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             snapshot_every,
+            quotas,
+            audit_stall_secs,
         } => cli::serve::serve(Config {
             data_dir: data,
             listen,
@@ -339,6 +399,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tls_cert,
             tls_key,
             snapshot_every,
+            quotas: quotas.quotas(),
+            audit_stall_secs,
         })?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,

@@ -1,12 +1,22 @@
 //! Owner audit reads served from durable storage, off the brand's writer:
 //! everything up to the newest checkpoint is immutable, so they need no
 //! coordination with the write path.
+//!
+//! Each stream holds an audit slot (`sessions`: per key, per brand and
+//! daemon-wide) and, while it reads storage, one thread of its own that
+//! ends with the stream: never a thread of tokio's blocking pool, so audit
+//! work cannot fill the pool, and the commit path has threads of its own
+//! anyway. A stream stops the moment its connection is gone, and a reader
+//! that takes nothing for `Shared::audit_stall` has its session cut.
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
 
+use super::sessions::AuditSlot;
 use super::Shared;
 use crate::error::Refusal;
 use crate::pb::{self, request::Op, server_message::Body, ErrorCode as E, ServerMessage};
@@ -45,71 +55,155 @@ impl Write for ChunkWriter {
     }
 }
 
-/// Serves one audit request and releases `permit` when done.
-pub async fn serve(
-    op: Op,
-    brand: u32,
-    shared: Arc<Shared>,
-    out: mpsc::Sender<ServerMessage>,
-    request_id: u64,
-    permit: OwnedSemaphorePermit,
-) {
-    let send = |body: Body| ServerMessage {
+/// One audit request on its way: where its answer goes and what it holds.
+pub struct Stream {
+    /// The brand read.
+    pub brand: u32,
+    /// The session's outbound queue.
+    pub out: mpsc::Sender<ServerMessage>,
+    /// The request being answered.
+    pub request_id: u64,
+    /// The request's in-flight permit, released when the stream ends.
+    pub permit: OwnedSemaphorePermit,
+    /// The stream's audit slot, released when its thread ends.
+    pub slot: AuditSlot,
+    /// The session's token: cancelled to cut a session that stalls.
+    pub session: CancellationToken,
+}
+
+/// Serves one audit request and releases its permit and slot when done.
+pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
+    let Stream {
+        brand,
+        out,
         request_id,
-        body: Some(body),
-    };
-    match op {
+        permit,
+        slot,
+        session,
+    } = stream;
+    let last = match op {
         Op::ExportLedger(_) => {
-            let last = stream_export(brand, &shared, &out, request_id).await;
-            let _ = out.send(send(last)).await;
+            stream_export(brand, &shared, &out, request_id, slot, &session).await
         }
         Op::ConsistencyProof(q) => {
             let store = shared.store.clone();
             let answer =
-                tokio::task::spawn_blocking(move || consistency(store.as_ref(), brand, &q)).await;
-            let body = match answer {
+                on_audit_thread(brand, slot, move || consistency(store.as_ref(), brand, &q));
+            Some(match finished(answer).await {
                 Ok(Ok(c)) => Body::Reply(pb::Reply {
                     consistency: Some(c),
                     ..Default::default()
                 }),
                 Ok(Err(r)) => Body::Error(r.into()),
-                Err(e) => Body::Error(Refusal::new(E::Internal, e.to_string()).into()),
-            };
-            let _ = out.send(send(body)).await;
+                Err(r) => Body::Error(r.into()),
+            })
         }
         _ => unreachable!("only audit operations are routed here"),
+    };
+    if let Some(body) = last {
+        let msg = ServerMessage {
+            request_id,
+            body: Some(body),
+        };
+        send_or_cut(&out, msg, &session, shared.audit_stall).await;
     }
     drop(permit);
 }
 
-/// Streams the export in chunks (written on a blocking thread) and returns
-/// the last message's body: the empty last chunk, or why it failed.
+/// Runs `job` on a thread of its own that holds `slot` until it ends.
+fn on_audit_thread<T: Send + 'static>(
+    brand: u32,
+    slot: AuditSlot,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Option<oneshot::Receiver<T>> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("audit-{brand}"))
+        .spawn(move || {
+            let _ = tx.send(job());
+            drop(slot);
+        });
+    match spawned {
+        Ok(_) => Some(rx),
+        Err(e) => {
+            tracing::error!(brand, error = %e, "no thread for an audit stream");
+            None
+        }
+    }
+}
+
+/// The result of an audit thread, or why there is none.
+async fn finished<T>(job: Option<oneshot::Receiver<T>>) -> Result<T, Refusal> {
+    let internal = |why: &str| Refusal::new(E::Internal, why);
+    match job {
+        None => Err(internal("no thread for the audit stream; try again")),
+        Some(rx) => rx.await.map_err(|_| internal("the audit stream failed")),
+    }
+}
+
+/// Queues `msg` for the connection. False if the connection is gone, or
+/// if its reader took nothing for `stall`: then the session is cut, so
+/// the stalled peer holds nothing more.
+async fn send_or_cut(
+    out: &mpsc::Sender<ServerMessage>,
+    msg: ServerMessage,
+    session: &CancellationToken,
+    stall: Duration,
+) -> bool {
+    tokio::select! {
+        _ = session.cancelled() => false,
+        sent = tokio::time::timeout(stall, out.send(msg)) => match sent {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!("audit stream stalled: its reader took nothing; session cut");
+                session.cancel();
+                false
+            }
+        },
+    }
+}
+
+/// Streams the export in chunks (written on an audit thread) and returns
+/// the last message's body: the empty last chunk, or why it failed; None
+/// when the connection is gone or was cut.
 async fn stream_export(
     brand: u32,
     shared: &Shared,
     out: &mpsc::Sender<ServerMessage>,
     request_id: u64,
-) -> Body {
+    slot: AuditSlot,
+    session: &CancellationToken,
+) -> Option<Body> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let store = shared.store.clone();
     let server_public = shared.server_public;
-    let job = tokio::task::spawn_blocking(move || {
+    let job = on_audit_thread(brand, slot, move || {
         let mut w = ChunkWriter {
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
         };
         crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
     });
+    let mut gone = false;
     while let Some(data) = rx.recv().await {
         let chunk = ServerMessage {
             request_id,
             body: Some(Body::ExportChunk(pb::ExportChunk { data, last: false })),
         };
-        if out.send(chunk).await.is_err() {
+        if !send_or_cut(out, chunk, session, shared.audit_stall).await {
+            gone = true;
             break;
         }
     }
-    match job.await {
+    // The thread's next chunk now finds no receiver and its export stops:
+    // it ends (and frees its slot) instead of waiting for a reader.
+    drop(rx);
+    let result = finished(job).await;
+    if gone {
+        tracing::info!(brand, "export stopped: its reader is gone");
+        return None;
+    }
+    Some(match result {
         Ok(Ok(summary)) => {
             tracing::info!(brand, records = summary.records, "export streamed");
             Body::ExportChunk(pb::ExportChunk {
@@ -120,8 +214,8 @@ async fn stream_export(
         Ok(Err(e)) => {
             Body::Error(Refusal::new(E::StorageFailure, format!("export failed: {e}")).into())
         }
-        Err(e) => Body::Error(Refusal::new(E::Internal, format!("export failed: {e}")).into()),
-    }
+        Err(r) => Body::Error(r.into()),
+    })
 }
 
 fn consistency(

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -58,10 +58,16 @@ struct Conn {
 }
 
 /// Serves one connection from `peer` until the peer leaves, a timeout
-/// passes, or the peer breaks the framing. `stream` is a plain TCP stream
-/// or a TLS stream whose handshake is done.
-pub async fn serve<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
+/// passes, the peer breaks the framing or the session is cut (its terminal
+/// disabled). `stream` is a plain TCP stream or a TLS stream whose
+/// handshake is done; `signing_on` is its slot among the connections still
+/// signing on, given back once it is signed on (or gone).
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    signing_on: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ip = Some(peer.ip());
@@ -88,26 +94,66 @@ where
         // while the bound stays fixed.
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2)),
     };
-    conn.read_loop(reader).await;
-    // Answers still in flight are delivered before the socket closes.
-    let _ = write_task.await;
+    let ended = conn.read_loop(reader, signing_on).await;
+    // Answers still in flight are delivered before the socket closes; a
+    // session that was cut gets a moment for them, then the socket closes
+    // whether the peer reads or not.
+    if ended == Ended::Cut {
+        let drain = Duration::from_millis(REVOKED_DRAIN_MILLIS);
+        let abort = write_task.abort_handle();
+        if tokio::time::timeout(drain, write_task).await.is_err() {
+            abort.abort();
+        }
+    } else {
+        let _ = write_task.await;
+    }
+}
+
+/// How a session ended.
+#[derive(PartialEq, Eq)]
+enum Ended {
+    /// The peer left, timed out or broke the framing.
+    Closed,
+    /// The daemon cut it (see `SessionSlot::token`).
+    Cut,
 }
 
 impl Conn {
     /// Reads and handles messages until the session ends; consumes the
     /// connection so that its queues close when it returns.
-    async fn read_loop<R>(self, mut reader: FramedRead<R, LengthDelimitedCodec>)
+    async fn read_loop<R>(
+        self,
+        mut reader: FramedRead<R, LengthDelimitedCodec>,
+        signing_on: OwnedSemaphorePermit,
+    ) -> Ended
     where
         R: AsyncRead + Unpin,
     {
         let mut phase = Phase::AwaitHello;
+        let mut signing_on = Some(signing_on);
         let sign_on_deadline = Instant::now() + Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
         loop {
-            let deadline = match phase {
-                Phase::SignedOn(_) => Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS),
-                _ => sign_on_deadline,
+            let (deadline, cut) = match &phase {
+                Phase::SignedOn(s) => {
+                    // Signed on: the sign-on slot goes back to the pool.
+                    signing_on = None;
+                    let idle = Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS);
+                    (idle, Some(s.slot.token().clone()))
+                }
+                _ => (sign_on_deadline, None),
             };
-            let Some(frame) = self.next_frame(&mut reader, deadline).await else {
+            let frame = match cut {
+                Some(cut) => tokio::select! {
+                    biased;
+                    _ = cut.cancelled() => {
+                        self.cut(&phase);
+                        return Ended::Cut;
+                    }
+                    frame = self.next_frame(&mut reader, deadline) => frame,
+                },
+                None => self.next_frame(&mut reader, deadline).await,
+            };
+            let Some(frame) = frame else {
                 break;
             };
             let Ok(msg) = ClientMessage::decode(frame) else {
@@ -120,6 +166,8 @@ impl Conn {
                 break;
             }
         }
+        drop(signing_on);
+        Ended::Closed
     }
 
     /// The next frame, or `None` when the session ends: the peer left, the
@@ -259,6 +307,19 @@ impl Conn {
             .await;
     }
 
+    /// The session is being cut: a terminal is told why (it was disabled;
+    /// terminals are cut for nothing else) before the connection closes. A
+    /// full queue means a peer that does not read, which is told nothing.
+    fn cut(&self, phase: &Phase) {
+        tracing::info!(peer = ?self.peer, "session cut");
+        if let Phase::SignedOn(s) = phase {
+            if matches!(s.principal, Principal::Terminal(_)) {
+                let why = "this terminal was disabled by the owner; session closed";
+                let _ = self.out.try_send(error_msg(0, E::TerminalDisabled, why));
+            }
+        }
+    }
+
     /// Queues one of the session's own messages. A closed write task means
     /// the peer is gone; the read loop notices on its next read.
     async fn say(&self, msg: ServerMessage) {
@@ -303,17 +364,26 @@ fn verified(
     match routed {
         Err(refusal) => reply.send(Err(refusal)),
         Ok((Route::Audit(op), _)) => {
+            // Counted before it starts: over its key's, brand's or the
+            // daemon's quota it is refused and the session goes on.
+            let slot = match shared.sessions.audit(session.brand_id, session.principal) {
+                Ok(slot) => slot,
+                Err(refusal) => return reply.send(Err(refusal)),
+            };
             let Pending {
                 request_id, permit, ..
             } = reply.pending;
-            session.runtime.spawn(super::audit::serve(
-                op,
-                session.brand_id,
-                shared,
+            let stream = super::audit::Stream {
+                brand: session.brand_id,
                 out,
                 request_id,
                 permit,
-            ));
+                slot,
+                session: session.slot.token().clone(),
+            };
+            session
+                .runtime
+                .spawn(super::audit::serve(op, shared, stream));
         }
         Ok((Route::Writer, sub)) => {
             if let Err(reply) = session.brand.submit_to(sub, reply) {

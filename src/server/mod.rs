@@ -5,6 +5,7 @@ pub mod connection;
 pub mod guard;
 pub mod keys;
 pub mod reply;
+pub mod sessions;
 mod sign_on;
 pub mod start;
 pub mod verifier;
@@ -25,9 +26,12 @@ use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::limits::{DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, SIGN_ON_TIMEOUT_SECS};
+use crate::limits::{
+    DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, MAX_PENDING_SIGN_ONS, SIGN_ON_TIMEOUT_SECS,
+};
 use crate::storage::LogStore;
 use keys::KeyIndex;
+pub use sessions::{Quotas, Sessions};
 use writer::BrandHandle;
 
 /// How to run the daemon.
@@ -53,6 +57,11 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Records between two snapshots of a brand's state.
     pub snapshot_every: u64,
+    /// Connections and audit streams per key, per brand and daemon-wide.
+    pub quotas: Quotas,
+    /// Seconds an audit stream may wait for its reader before it is
+    /// stopped and its connection closed.
+    pub audit_stall_secs: u64,
 }
 
 impl Default for Config {
@@ -67,6 +76,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             snapshot_every: crate::limits::SNAPSHOT_EVERY_RECORDS,
+            quotas: Quotas::default(),
+            audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
         }
     }
 }
@@ -85,6 +96,10 @@ pub struct Shared {
     pub guard: guard::Guard,
     /// Request signatures, checked in batches on every core.
     pub verifier: verifier::BatchVerifier,
+    /// Signed-on sessions and audit streams, under their quotas.
+    pub sessions: Arc<Sessions>,
+    /// How long an audit stream may wait for its reader.
+    pub audit_stall: std::time::Duration,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -128,12 +143,15 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         ledger.snapshot_into(&snapshots, config.snapshot_every);
     }
     let keys = Arc::new(KeyIndex::default());
+    let sessions = Sessions::new(config.quotas);
     let mut brands = HashMap::new();
     let mut records = 0;
     for ledger in ledgers {
         keys.add_brand(&ledger.state);
         records += ledger.state.seq;
-        brands.insert(ledger.brand_id(), BrandHandle::spawn(ledger, keys.clone()));
+        let ledger_id = ledger.brand_id();
+        let handle = BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()));
+        brands.insert(ledger_id, handle);
     }
     let shared = Arc::new(Shared {
         keys,
@@ -147,6 +165,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
             config.card_misses_per_minute,
         ),
         max_frame_bytes: config.max_frame_bytes,
+        sessions,
+        audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
         brands: RwLock::new(brands),
     });
     let listener = TcpListener::bind(config.listen)
@@ -170,7 +190,23 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         "serving"
     );
     on_ready(&running);
+    accept_loop(listener, shared, tls).await;
+    Ok(())
+}
+
+/// Accepts connections for ever. Each holds one of MAX_CONNECTIONS slots
+/// for its life, and one of MAX_PENDING_SIGN_ONS until its sign-on ends;
+/// signed on, it holds a session slot under its key's and brand's quotas
+/// instead (`sessions`). The three pools add up to MAX_CONNECTIONS, so
+/// keyless clients cannot take the sessions' slots, terminals cannot take
+/// the owners' reserve, and a key over its quota takes nothing from others.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_SIGN_ONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -185,12 +221,16 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;
         };
+        let Ok(signing_on) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections signing on; closing");
+            continue;
+        };
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             match tls {
-                None => connection::serve(stream, peer, shared).await,
+                None => connection::serve(stream, peer, shared, signing_on).await,
                 // The handshake has its own deadline, so a stalled one
                 // cannot hold a connection slot.
                 Some(tls) => match tokio::time::timeout(
@@ -199,7 +239,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
                 )
                 .await
                 {
-                    Ok(Ok(stream)) => connection::serve(stream, peer, shared).await,
+                    Ok(Ok(stream)) => connection::serve(stream, peer, shared, signing_on).await,
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                 },

@@ -12,6 +12,7 @@ use rand::RngCore;
 
 use super::guard::GuardKey;
 use super::reply::error_msg;
+use super::sessions::SessionSlot;
 use super::writer::BrandHandle;
 use super::Shared;
 use crate::crypto::{parse_public_key, sign_on_message, verify_strict};
@@ -29,6 +30,9 @@ pub(super) struct Session {
     /// Where audit reads (the only requests served by a task of their own)
     /// are spawned from the verifier threads.
     pub(super) runtime: tokio::runtime::Handle,
+    /// Its slot under its key's and brand's quotas, with the token that
+    /// ends the session (revocation, a stalled audit stream).
+    pub(super) slot: SessionSlot,
 }
 
 /// Where a connection is in its sign-on.
@@ -133,6 +137,12 @@ pub(super) async fn proof(
     let Some(handle) = shared.brand(brand) else {
         return Step::Close(Some(error_msg(rid, E::Internal, "brand not loaded")));
     };
+    // The slot is taken before the writer is asked (see `sessions`): a
+    // disabling committed from now on cancels this session's token.
+    let slot = match admit(shared, peer, brand, principal) {
+        Ok(slot) => slot,
+        Err(r) => return Step::Close(Some(error_msg(rid, r.code, r.message))),
+    };
     let mut ok = match handle.sign_on(principal).await {
         Some(Ok(ok)) => ok,
         Some(Err(refusal)) => {
@@ -150,6 +160,10 @@ pub(super) async fn proof(
         }
         None => return Step::Close(None),
     };
+    if slot.token().is_cancelled() {
+        let why = "this terminal was disabled by the owner";
+        return Step::Close(Some(error_msg(rid, E::TerminalDisabled, why)));
+    }
     ok.max_frame_bytes = shared.max_frame_bytes as u64;
     ok.max_in_flight = MAX_IN_FLIGHT_PER_CONNECTION as u32;
     tracing::info!(?peer, ?principal, brand, "signed on");
@@ -164,8 +178,31 @@ pub(super) async fn proof(
         brand: handle,
         brand_id: brand,
         runtime: tokio::runtime::Handle::current(),
+        slot,
     };
     Step::Next(msg, Phase::SignedOn(Arc::new(session)))
+}
+
+/// The session's slot under its key's and brand's quotas, or the refusal
+/// (logged) that closes the connection.
+fn admit(
+    shared: &Shared,
+    peer: SocketAddr,
+    brand: u32,
+    principal: Principal,
+) -> Result<SessionSlot, crate::error::Refusal> {
+    shared
+        .sessions
+        .admit(brand, principal)
+        .inspect_err(|refusal| {
+            tracing::warn!(
+                ?peer,
+                ?principal,
+                brand,
+                "sign-on refused: {}",
+                refusal.message
+            );
+        })
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<IpAddr>) {

@@ -7,6 +7,12 @@
 //! answers. So the next batch is applied while the previous one flushes,
 //! and nothing is answered before it (and every batch before it) is
 //! durable. A failed commit stops both stages: memory is ahead of disk.
+//!
+//! The committer's writes run on the brand's own commit thread, never in
+//! tokio's blocking pool, so no other work (audit reads, snapshots, another
+//! brand's anything) can make a durable commit wait for a thread. Once a
+//! batch that disables a terminal is durable, that terminal's open sessions
+//! are cut (`sessions::Sessions::revoke`).
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -14,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys::KeyIndex;
 use super::reply::{Reply, ReplyTo};
+use super::sessions::Sessions;
 use crate::ledger::{Answer, Batch, BrandLedger, Submission};
 use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
@@ -47,15 +54,26 @@ pub struct BrandHandle {
 impl BrandHandle {
     /// Starts the writer (applier and committer tasks) for `ledger`.
     pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
+        BrandHandle::spawn_revoking(ledger, keys, None)
+    }
+
+    /// Like [`BrandHandle::spawn`]; once a terminal's disabling is durable,
+    /// every open session of it in `sessions` is closed.
+    pub fn spawn_revoking(
+        ledger: BrandLedger,
+        keys: Arc<KeyIndex>,
+        sessions: Option<Arc<Sessions>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::channel(COMMIT_PIPELINE_DEPTH);
-        tokio::spawn(commit_in_order(
-            ledger.brand_id(),
-            ledger.store(),
+        let committer = Committer {
+            brand: ledger.brand_id(),
+            store: ledger.store(),
             keys,
-            ledger.checkpoint(),
-            jobs_rx,
-        ));
+            sessions,
+            thread: commit_thread(ledger.brand_id()),
+        };
+        tokio::spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
         tokio::spawn(apply_in_order(ledger, rx, jobs_tx));
         BrandHandle { tx }
     }
@@ -297,59 +315,126 @@ async fn snapshot_off_thread(
     (ledger, store)
 }
 
-/// Stage 2: makes batches durable one at a time, in the order applied,
-/// and only then releases their keys and answers.
-async fn commit_in_order(
+/// Work for a brand's commit thread.
+type CommitWork = Box<dyn FnOnce() + Send>;
+
+/// Starts the brand's own commit thread: durable commits never wait for a
+/// thread of tokio's blocking pool, which audit reads, snapshots or anything
+/// else may have filled. It ends when its committer does.
+fn commit_thread(brand: u32) -> std::sync::mpsc::Sender<CommitWork> {
+    let (tx, rx) = std::sync::mpsc::channel::<CommitWork>();
+    std::thread::Builder::new()
+        .name(format!("commit-{brand}"))
+        .spawn(move || {
+            for work in rx {
+                work();
+            }
+        })
+        .expect("starting a brand's commit thread");
+    tx
+}
+
+/// What the committer of one brand works with.
+struct Committer {
     brand: u32,
     store: Arc<dyn LogStore>,
     keys: Arc<KeyIndex>,
+    sessions: Option<Arc<Sessions>>,
+    thread: std::sync::mpsc::Sender<CommitWork>,
+}
+
+impl Committer {
+    /// Writes one batch durably on the commit thread; the error chain on
+    /// one line if it failed (or the thread died).
+    async fn commit(
+        &self,
+        written: Arc<Vec<Written>>,
+        checkpoint: pb::Checkpoint,
+    ) -> Result<pb::Checkpoint, String> {
+        let (store, brand) = (self.store.clone(), self.brand);
+        let (tx, rx) = oneshot::channel();
+        let work: CommitWork = Box::new(move || {
+            let result = BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
+                .map(|()| checkpoint)
+                .map_err(|e| crate::error::causes(&e));
+            let _ = tx.send(result);
+        });
+        if self.thread.send(work).is_err() {
+            return Err("the commit thread has stopped".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the commit thread panicked".into()))
+    }
+
+    /// After a durable batch: enrolled keys may sign on, and disabled
+    /// terminals lose every open session.
+    fn publish(&self, job: &Job) {
+        for (key, tid) in &job.batch.enrolled {
+            self.keys
+                .insert(*key, self.brand, Principal::Terminal(*tid));
+        }
+        if let Some(sessions) = &self.sessions {
+            for terminal in disabled_terminals(&job.written) {
+                sessions.revoke(self.brand, terminal);
+            }
+        }
+    }
+}
+
+/// The terminals that `written` disables.
+fn disabled_terminals(written: &[Written]) -> Vec<u32> {
+    use prost::Message;
+    written
+        .iter()
+        .filter(|w| w.record.kind == pb::RecordKind::TerminalStatusChanged as i32)
+        .filter_map(|w| match pb::Request::decode(w.record.request.as_slice()) {
+            Ok(pb::Request {
+                op: Some(pb::request::Op::SetTerminalDisabled(d)),
+                ..
+            }) if d.disabled => Some(d.terminal_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stage 2: makes batches durable one at a time, in the order applied,
+/// and only then releases their keys and answers.
+async fn commit_in_order(
+    committer: Committer,
     // The newest durable checkpoint: what proofs are given against.
     mut last_checkpoint: pb::Checkpoint,
     mut jobs: mpsc::Receiver<Job>,
 ) {
+    let brand = committer.brand;
     while let Some(mut job) = jobs.recv().await {
         if let Some(checkpoint) = job.checkpoint.take() {
-            let store = store.clone();
-            let written = job.written.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                BrandLedger::commit(store.as_ref(), brand, &written, &checkpoint)
-                    .map(|()| checkpoint)
-            })
-            .await;
-            let failure = match result {
-                Ok(Ok(checkpoint)) => {
-                    last_checkpoint = checkpoint;
-                    None
+            match committer.commit(job.written.clone(), checkpoint).await {
+                Ok(checkpoint) => last_checkpoint = checkpoint,
+                Err(error) => {
+                    // Memory is now ahead of disk, and the batch may or may
+                    // not have reached it: acknowledge nothing of it nor of
+                    // the batches applied on top of it, and stop the
+                    // applier. Other brands go on; a restart recovers this
+                    // one from its durable log.
+                    // Logged once, at error level (on unless RUST_LOG turns
+                    // off errors too).
+                    tracing::error!(
+                        brand,
+                        error,
+                        "commit failed; brand stopped (restart recovers it)"
+                    );
+                    jobs.close();
+                    job.refuse();
+                    while let Some(later) = jobs.recv().await {
+                        later.refuse();
+                    }
+                    return;
                 }
-                Ok(Err(e)) => Some(crate::error::causes(&e)),
-                Err(e) => Some(crate::error::causes(&e)),
-            };
-            if let Some(error) = failure {
-                // Memory is now ahead of disk, and the batch may or may not
-                // have reached it: acknowledge nothing of it nor of the
-                // batches applied on top of it, and stop the applier. Other
-                // brands go on; a restart recovers this one from its
-                // durable log.
-                // Logged once, at error level (on unless RUST_LOG turns
-                // off errors too).
-                tracing::error!(
-                    brand,
-                    error,
-                    "commit failed; brand stopped (restart recovers it)"
-                );
-                jobs.close();
-                job.refuse();
-                while let Some(later) = jobs.recv().await {
-                    later.refuse();
-                }
-                return;
             }
-            for (key, tid) in &job.batch.enrolled {
-                keys.insert(*key, brand, Principal::Terminal(*tid));
-            }
+            committer.publish(&job);
         }
         if !job.batch.proof_wanted.is_empty() {
-            attach_proofs(&mut job.batch, store.as_ref(), &last_checkpoint);
+            attach_proofs(&mut job.batch, committer.store.as_ref(), &last_checkpoint);
         }
         for (tx, answer) in job.sign_ons {
             let _ = tx.send(answer);

@@ -22,6 +22,7 @@ mod common;
 mod brands;
 mod idempotency;
 mod interop;
+mod isolation;
 mod money;
 mod owner;
 mod protocol;

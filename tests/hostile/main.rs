@@ -53,8 +53,12 @@ fn request(brand_id: u32, txn_id: u64, op: Op) -> pb::Request {
 async fn hostile_input_is_refused_and_harms_no_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Hundreds of deliberate failures from one address: the rate limits
-    // (tested in tests/security.rs) would cut the table short.
-    let (mut daemon, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    // (tested in tests/security.rs) would cut the table short. Dozens of
+    // concurrent sign-ons of the attacker's key, likewise its connection
+    // quota (tested in tests/daemon/isolation.rs).
+    let mut flags = Daemon::NO_RATE_LIMITS.to_vec();
+    flags.extend(["--connections-per-terminal", "256"]);
+    let (mut daemon, demo) = Daemon::demo_with(dir.path(), &flags);
     let addr = daemon.addr;
     let brand = demo.manifest.brand_id;
     let card = demo.manifest.cards[0].clone();

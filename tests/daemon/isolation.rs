@@ -1,0 +1,359 @@
+//! Isolation under abuse (issue 22): one key or one brand never takes the
+//! daemon from the others. Quotas per key and brand, revocation that
+//! closes a till's sessions, exports that leave no thread behind, and
+//! unread exports that never delay another brand's purchases.
+use std::time::{Duration, Instant};
+
+use cardd::crypto::generate_key;
+use ed25519_dalek::SigningKey;
+use futures::future::join_all;
+
+use super::*;
+
+/// One brand made for these tests: its owner, two tills (store 1) and a
+/// card holding 1,000,000.00.
+struct Brand {
+    id: u32,
+    owner: SigningKey,
+    tills: [SigningKey; 2],
+    card: String,
+}
+
+/// Two brands on a fresh data directory, served with `extra` flags.
+async fn two_brands(dir: &Path, extra: &[&str]) -> (Daemon, [Brand; 2]) {
+    let data = dir.join("data");
+    let mut owners = Vec::new();
+    for (i, name) in ["Brand One", "Brand Two"].into_iter().enumerate() {
+        let key = dir.join(format!("owner{i}.key"));
+        assert_eq!(brand_create_ok(&data, name, &key), i as u32 + 1);
+        owners.push(read_key_file(&key).unwrap());
+    }
+    let d = Daemon::start(&data, extra);
+    let mut brands = Vec::new();
+    for (i, owner) in owners.into_iter().enumerate() {
+        let id = i as u32 + 1;
+        let mut o = connect(d.addr, owner.clone()).await;
+        ok(&mut o, 1, create_store("Main")).await;
+        let tills = [generate_key(), generate_key()];
+        ok(&mut o, 2, enroll(1, &tills[0], "till 1")).await;
+        ok(&mut o, 3, enroll(1, &tills[1], "till 2")).await;
+        let card = card_number::generate(id);
+        ok(&mut o, 4, issue(&card)).await;
+        let mut t = connect(d.addr, tills[0].clone()).await;
+        ok(&mut t, 1, top_up(&card, 100_000_000)).await;
+        brands.push(Brand {
+            id,
+            owner,
+            tills,
+            card,
+        });
+    }
+    let brands: [Brand; 2] = brands.try_into().ok().expect("two brands");
+    (d, brands)
+}
+
+/// The sign-on refusal of one more connection of `key`: its code, after
+/// which the daemon closes the connection.
+async fn sign_on_refused(addr: std::net::SocketAddr, key: &SigningKey) -> E {
+    let mut f = raw_connect(addr).await;
+    let ch = raw_challenge(&mut f, key).await;
+    let signature = key
+        .sign(&sign_on_message(&ch.nonce, &ch.server_public_key))
+        .to_bytes()
+        .to_vec();
+    raw_send(&mut f, 2, Body::SignOnProof(pb::SignOnProof { signature })).await;
+    let code = expect_error(&raw_recv(&mut f).await);
+    assert!(raw_closed(&mut f).await, "a refused sign-on is closed");
+    code
+}
+
+#[tokio::test]
+async fn a_till_past_its_quota_is_refused_while_other_brands_and_the_owner_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, two]) = two_brands(dir.path(), &["--connections-per-terminal", "4"]).await;
+    let till = &one.tills[0];
+    // The till's own quota: four sessions, and every one of them works.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(d.addr, till.clone()).await);
+    }
+    // A flood of further sign-ons by the same key: each refused, at once.
+    let flood = join_all((0..40).map(|_| sign_on_refused(d.addr, till))).await;
+    assert!(flood.iter().all(|c| *c == E::QuotaExceeded), "{flood:?}");
+    // Nobody else lost anything: the other brand's till and this brand's
+    // owner and other till sign on and work.
+    let mut other = connect(d.addr, two.tills[0].clone()).await;
+    ok(&mut other, 10, purchase(&two.card, 1_00)).await;
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let mut sibling = connect(d.addr, one.tills[1].clone()).await;
+    ok(&mut sibling, 10, purchase(&one.card, 1_00)).await;
+    assert_eq!(
+        inquiry(&mut owner, &one.card).await.paid_balance_minor,
+        99_999_900
+    );
+    // The till's held sessions still work; one closed frees one slot.
+    for (i, c) in held.iter_mut().enumerate() {
+        ok(c, 100 + i as u64, purchase(&one.card, 1)).await;
+    }
+    drop(held.pop());
+    let again = bounded(async {
+        loop {
+            match Client::connect(d.addr, till.clone()).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(again.session.terminal_id, 1);
+}
+
+#[tokio::test]
+async fn disabling_a_till_closes_all_its_sessions_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = [
+        "--connections-per-terminal",
+        "4",
+        "--connections-per-brand",
+        "4",
+    ];
+    let (d, [one, _two]) = two_brands(dir.path(), &quotas).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(sign_on(d.addr, &one.tills[0]).await);
+    }
+    // The brand is full: its other till is refused until slots come free.
+    assert_eq!(
+        sign_on_refused(d.addr, &one.tills[1]).await,
+        E::QuotaExceeded
+    );
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let disable = Op::SetTerminalDisabled(pb::SetTerminalDisabled {
+        terminal_id: 1,
+        disabled: true,
+        reason: "stolen".into(),
+    });
+    let started = Instant::now();
+    ok(&mut owner, 20, disable).await;
+    // Each is told why, then closed.
+    let closed = tokio::time::timeout(
+        Duration::from_secs(1),
+        join_all(held.iter_mut().map(told_and_closed)),
+    )
+    .await
+    .expect("every session of the disabled till closed within a second");
+    assert!(
+        closed
+            .iter()
+            .all(|c| *c == (Some(E::TerminalDisabled), true)),
+        "{closed:?}"
+    );
+    eprintln!(
+        "4 sessions closed {:?} after the disable was sent",
+        started.elapsed()
+    );
+    // Its slots are free: the brand's other till signs on and sells.
+    let mut t2 = connect(d.addr, one.tills[1].clone()).await;
+    ok(&mut t2, 1, purchase(&one.card, 5_00)).await;
+    assert_eq!(
+        sign_on_refused(d.addr, &one.tills[0]).await,
+        E::TerminalDisabled
+    );
+}
+
+/// The message a cut session gets, and whether the connection then closed.
+async fn told_and_closed(f: &mut Raw) -> (Option<E>, bool) {
+    let told = error_code(&raw_recv(f).await);
+    (told, raw_closed(f).await)
+}
+
+/// Writes about `rounds` x 64 records to `brand` from its first till,
+/// 64 pipelined requests at a time (one group commit each).
+async fn fill(addr: std::net::SocketAddr, brand: &Brand, rounds: u64) {
+    let key = &brand.tills[1];
+    let mut f = sign_on(addr, key).await;
+    for round in 0..rounds {
+        for i in 0..64 {
+            let txn = 1_000 + round * 64 + i;
+            let req = request(brand.id, txn, "filler", top_up(&brand.card, 1));
+            raw_send(&mut f, txn, signed_body(key, &req)).await;
+        }
+        for _ in 0..64 {
+            let m = raw_recv(&mut f).await;
+            assert!(error_code(&m).is_none(), "{m:?}");
+        }
+    }
+}
+
+/// An export asked for on its own owner connection.
+async fn start_export(addr: std::net::SocketAddr, brand: &Brand) -> Raw {
+    let mut f = sign_on(addr, &brand.owner).await;
+    let req = request(brand.id, 0, "audit", Op::ExportLedger(pb::ExportLedger {}));
+    raw_send(&mut f, 3, signed_body(&brand.owner, &req)).await;
+    f
+}
+
+/// The daemon's threads right now.
+fn threads(d: &Daemon) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", d.child.id()))
+        .expect("/proc/PID/task")
+        .count()
+}
+
+#[tokio::test]
+async fn thirty_exports_dropped_mid_stream_leave_no_thread_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = [
+        "--connections-per-owner",
+        "40",
+        "--audit-streams-per-key",
+        "40",
+        "--audit-streams-per-brand",
+        "40",
+        "--audit-streams",
+        "40",
+    ];
+    let (d, [one, _two]) = two_brands(dir.path(), &quotas).await;
+    fill(d.addr, &one, 100).await;
+    // One whole export first, so that whatever starts lazily has started.
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let size = bounded(owner.export(&mut std::io::sink()))
+        .await
+        .expect("export");
+    assert!(
+        size > 1_000_000,
+        "the export is long enough to drop mid-stream: {size}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = threads(&d);
+    let mut streams = join_all((0..30).map(|_| start_export(d.addr, &one))).await;
+    for f in &mut streams {
+        let m = raw_recv(f).await;
+        assert!(
+            matches!(m.body, Some(server_message::Body::ExportChunk(_))),
+            "{m:?}"
+        );
+    }
+    let during = threads(&d);
+    drop(streams);
+    let settled = wait_until(|| threads(&d) <= before);
+    let after = threads(&d);
+    eprintln!("threads: {before} before, {during} streaming, {after} after");
+    assert!(
+        settled,
+        "threads: {before} before the exports, {after} after"
+    );
+    // The daemon still serves: a purchase and a whole export.
+    let mut t = connect(d.addr, one.tills[0].clone()).await;
+    ok(&mut t, 50, purchase(&one.card, 1_00)).await;
+    assert_eq!(
+        bounded(owner.export(&mut std::io::sink()))
+            .await
+            .ok()
+            .map(|n| n > size),
+        Some(true)
+    );
+}
+
+/// Latencies of `n` purchases from `till`, in order.
+async fn purchases(c: &mut Client, card: &str, first_txn: u64, n: u64) -> Vec<Duration> {
+    let mut v = Vec::new();
+    for txn in first_txn..first_txn + n {
+        let started = Instant::now();
+        ok(c, txn, purchase(card, 1)).await;
+        v.push(started.elapsed());
+    }
+    v
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+#[tokio::test]
+async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, two]) = two_brands(dir.path(), &[]).await;
+    fill(d.addr, &one, 600).await;
+    let mut till = connect(d.addr, two.tills[0].clone()).await;
+    let baseline = p99(purchases(&mut till, &two.card, 100, 60).await);
+    // Brand one's owner: every connection its key may hold, each with
+    // exports pipelined and never read (past its audit quota they are
+    // refused, and the refusals are not read either).
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        let mut f = start_export(d.addr, &one).await;
+        for rid in 4..20 {
+            let req = request(one.id, 0, "audit", Op::ExportLedger(pb::ExportLedger {}));
+            raw_send(&mut f, rid, signed_body(&one.owner, &req)).await;
+        }
+        unread.push(f);
+    }
+    let under_load = purchases(&mut till, &two.card, 200, 60).await;
+    let worst = *under_load.iter().max().expect("purchases");
+    let loaded = p99(under_load);
+    eprintln!("brand two purchase p99: {baseline:?} alone, {loaded:?} beside unread exports (worst {worst:?})");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a purchase of brand two waited {worst:?} (p99 alone {baseline:?})"
+    );
+    // Brand two's own owner still signs on and exports whole.
+    let mut o2 = connect(d.addr, two.owner.clone()).await;
+    bounded(o2.export(&mut std::io::sink()))
+        .await
+        .expect("brand two's export");
+    drop(unread);
+}
+
+#[tokio::test]
+async fn exports_whose_reader_stalls_are_stopped_and_free_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, _two]) = two_brands(dir.path(), &["--audit-stall-secs", "1"]).await;
+    fill(d.addr, &one, 600).await;
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let size = bounded(owner.export(&mut std::io::sink()))
+        .await
+        .expect("export");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = threads(&d);
+    // The key's two audit streams, each read for one chunk, then not at all.
+    let mut stalled = join_all((0..2).map(|_| start_export(d.addr, &one))).await;
+    for f in &mut stalled {
+        let m = raw_recv(f).await;
+        assert!(
+            matches!(m.body, Some(server_message::Body::ExportChunk(_))),
+            "{m:?}"
+        );
+    }
+    let started = Instant::now();
+    // Stopped past the deadline: their threads end while the readers still
+    // hold their connections, and the key may export again.
+    assert!(wait_until(|| threads(&d) <= before), "audit threads stayed");
+    let freed = started.elapsed();
+    let again = bounded(owner.export(&mut std::io::sink())).await;
+    assert!(
+        again.is_ok_and(|n| n >= size),
+        "a new export after the stalled ones"
+    );
+    // What a stalled reader gets when it reads again: what was queued, then
+    // the end of the connection, never the whole export.
+    for mut f in stalled {
+        let mut got = 0;
+        let end = loop {
+            match bounded(recv(&mut f)).await {
+                Ok(m) => match m.body {
+                    Some(server_message::Body::ExportChunk(c)) if !c.last => got += c.data.len(),
+                    other => break format!("{other:?}"),
+                },
+                Err(e) => break format!("closed: {e}"),
+            }
+        };
+        assert!(
+            end.starts_with("closed"),
+            "ended with {end} after {got} bytes"
+        );
+        assert!((got as u64) < size, "{got} of {size} bytes");
+    }
+    eprintln!("export of {size} bytes; stalled streams freed after {freed:?}");
+}
