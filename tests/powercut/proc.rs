@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::common::cardd_bin;
+use crate::common::serve::{serve_command, watch_listening, START_TIMEOUT};
 
 /// A `cardd serve` that listens; killed (-9) on drop.
 pub struct Serve {
@@ -56,16 +57,10 @@ impl Start {
     }
 }
 
-/// `cardd serve --data DATA --listen 127.0.0.1:0 EXTRA...`, not waited for.
+/// `cardd serve --data DATA --listen 127.0.0.1:0 EXTRA...`, not waited for
+/// (stdout and stderr piped).
 pub fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
-    Command::new(cardd_bin())
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
+    serve_command(cardd_bin(), data, extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn cardd serve")
@@ -74,16 +69,8 @@ pub fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
 /// Starts `cardd serve` and waits until it listens or exits.
 pub fn serve(data: &Path, extra: &[&str]) -> Start {
     let mut child = spawn_serve(data, extra);
-    let stdout = child.stdout.take().expect("stdout");
+    let rx = watch_listening(child.stdout.take().expect("stdout"));
     let mut stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
     // stderr is echoed (the test's log shows the daemon's warnings) and
     // collected in full for a daemon that exits instead of listening.
     let (etx, erx) = mpsc::channel();
@@ -96,14 +83,14 @@ pub fn serve(data: &Path, extra: &[&str]) -> Start {
         }
         let _ = etx.send(text);
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match rx.recv_timeout(START_TIMEOUT) {
         Ok(addr) => Start::Listening(Serve {
             child,
             addr: addr.parse().expect("listen address"),
         }),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
-            panic!("cardd serve neither listened nor exited within 60 s")
+            panic!("cardd serve neither listened nor exited within {START_TIMEOUT:?}")
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let status = child.wait().expect("wait for cardd serve");
