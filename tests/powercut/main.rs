@@ -315,7 +315,7 @@ fn offline_checks(rig: &Rig, w: &World, mut serve: Serve, cut: u64) -> Serve {
         proc::text(&out)
     );
     let export = rig.root.path().join("export.ledger");
-    let report = proc::export_and_verify(&data, w.demo.manifest.brand_id, &export);
+    let report = common::run::export_and_verify(&data, w.demo.manifest.brand_id, &export);
     for card in report["cards"].as_array().expect("cards") {
         let number = card["card"].as_str().expect("card number");
         let total = card["paid_minor"].as_i64().expect("paid")

@@ -4,12 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::cardd_bin;
 use crate::common::serve::{serve_command, watch_listening, START_TIMEOUT};
+use crate::common::{cardd_bin, run};
 
 /// A `cardd serve` that listens; killed (-9) on drop.
 pub struct Serve {
@@ -105,14 +105,6 @@ pub fn serve(data: &Path, extra: &[&str]) -> Start {
     }
 }
 
-/// Runs `cardd ARGS...` to completion.
-pub fn cardd(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(cardd_bin())
-        .args(args)
-        .output()
-        .expect("run cardd")
-}
-
 /// Text of an output, for messages.
 pub fn text(out: &Output) -> String {
     format!(
@@ -123,9 +115,9 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// `cardd check --data DATA`.
+/// `cardd check --data DATA` (bounded), which may fail.
 pub fn check(data: &Path) -> Output {
-    cardd(&["check".as_ref(), "--data".as_ref(), data.as_os_str()])
+    run::cardd(["check".as_ref(), "--data".as_ref(), data.as_os_str()])
 }
 
 /// The number of brands a passing `cardd check` reports ("ok: N brands").
@@ -137,42 +129,4 @@ pub fn checked_brands(out: &Output) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no brand count in cardd check's output: {stdout}"))
-}
-
-/// Exports brand `brand` of the stopped daemon's `data` to `out`, verifies
-/// the export against the server key, and returns the verify report (JSON).
-pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Value {
-    let brand = brand.to_string();
-    let export = cardd(&[
-        "audit".as_ref(),
-        "export".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--brand".as_ref(),
-        brand.as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    assert!(
-        export.status.success(),
-        "audit export failed: {}",
-        text(&export)
-    );
-    let key = cardd(&["server-key".as_ref(), "--data".as_ref(), data.as_os_str()]);
-    assert!(key.status.success(), "server-key failed: {}", text(&key));
-    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
-    let verify = cardd(&[
-        "audit".as_ref(),
-        "verify".as_ref(),
-        out.as_os_str(),
-        "--server-key".as_ref(),
-        key.as_ref(),
-        "--json".as_ref(),
-    ]);
-    assert!(
-        verify.status.success(),
-        "audit verify failed: {}",
-        text(&verify)
-    );
-    serde_json::from_slice(&verify.stdout).expect("verify --json prints one object")
 }
