@@ -26,15 +26,21 @@ for round in $(seq "$rounds"); do
     dir="$work/$round-$side"
     mkdir -p "$dir"
     start_demo_daemon "$dir" "${bins[$side]}"
+    cpu0=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
     ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" \
       --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 \
       ${rate:+--rate "$rate"} --json > "$dir/bench.json" 2>/dev/null || true
+    cpu1=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-    python3 - "$dir/bench.json" "$([ "$side" = 0 ] && echo old || echo new)" "$round" <<'PY'
+    python3 - "$dir/bench.json" "$([ "$side" = 0 ] && echo old || echo new)" "$round" \
+      "$(( cpu1 - cpu0 ))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
+# Daemon CPU (user + system, from /proc) over everything the bench sent,
+# set-up included, per state-changing answer.
+cpu_us = int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / max(j['total'] + j.get('setup_records', 0), 1)
 print(f"round {sys.argv[3]} {sys.argv[2]}: ops/s {j['ops_per_sec']:9.1f}  p50 {j['p50_ms']:7.2f} ms"
-      f"  p99 {j['p99_ms']:7.2f} ms  errors {j['errors'] or 'none'}"
+      f"  p99 {j['p99_ms']:7.2f} ms  daemon CPU {cpu_us:5.1f} us/op  errors {j['errors'] or 'none'}"
       + (f"  (service p99 {j['service_p99_ms']:.2f} ms, send lag p99 {j['send_lag_p99_ms']:.2f} ms)"
          if 'send_lag_p99_ms' in j else ""))
 PY

@@ -97,7 +97,7 @@ pub enum LedgerError {
 
 /// A verified, signed request waiting to be applied: its exact bytes and,
 /// decoded once, what they say. Built only by [`Submission::from_wire`]
-/// (bytes from a client, checked canonical) or [`Submission::signed`] (a
+/// (bytes from a client, checked by the `wire` rule) or [`Submission::signed`] (a
 /// request signed here), so the two can never disagree.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -112,19 +112,9 @@ pub struct Submission {
     decoded: Box<Request>,
 }
 
-/// Decodes request bytes, accepting only the canonical encoding: unknown
-/// fields, repeated fields or over-long varints would let a signer smuggle
-/// bytes into the ledger, and give one request many "identical" encodings.
+/// Decodes request bytes under the acceptance rule of [`crate::wire`].
 pub fn decode_canonical(bytes: &[u8]) -> Result<Request, Refusal> {
-    let request = Request::decode(bytes)
-        .map_err(|_| Refusal::new(ErrorCode::Malformed, "request does not decode"))?;
-    if request.encoded_len() != bytes.len() || request.encode_to_vec() != bytes {
-        return Err(Refusal::new(
-            ErrorCode::Malformed,
-            "request is not in canonical encoding (unknown or repeated fields?)",
-        ));
-    }
-    Ok(request)
+    crate::wire::decode_request(bytes).map_err(Refusal::from)
 }
 
 impl Submission {

@@ -31,4 +31,7 @@ pub mod storage;
 pub mod testing;
 #[cfg(test)]
 mod tidy;
+#[cfg(test)]
+mod till_vectors;
 pub mod tls;
+pub mod wire;

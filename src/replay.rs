@@ -3,7 +3,7 @@
 //! signed request to the state before it reproduces it byte for byte.
 use prost::Message;
 
-use crate::pb::{Record, Request, Signer};
+use crate::pb::{Record, Signer};
 use crate::state::{apply, BrandState, Context, Outcome, Principal, Written};
 
 /// Why a stored record was rejected.
@@ -119,8 +119,9 @@ pub fn replay_decoded(
             "signer {principal:?} is not enrolled with the key in the record"
         )));
     }
-    let request = Request::decode(rec.request.as_slice())
-        .map_err(|e| fail(format!("request does not decode: {e}")))?;
+    // The daemon's acceptance rule: an auditor accepts exactly what it served.
+    let request = crate::wire::decode_request(&rec.request)
+        .map_err(|e| fail(format!("request refused: {e}")))?;
     let ctx = Context {
         time_ms: rec.time_ms,
         principal,

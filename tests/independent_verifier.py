@@ -15,6 +15,8 @@ Checks, trusting nothing but the server public key given on the command line:
     the brand id, a canonical protobuf encoding, the signer's key being the
     one enrolled for that signer (server for record 1, owner from record 1's
     CreateBrand, terminals from TERMINAL_ENROLLED records);
+  * every record's signed request is an encoding the daemon accepts (the
+    acceptance rule of docs/ledger-format.md section 3, as src/wire.rs);
   * every checkpoint: the server's Ed25519 signature over the fixed binary
     layout, and its tree size, head hash and RFC 9162 Merkle root against the
     records read so far;
@@ -304,31 +306,120 @@ SIGNER_KEY = Schema("SignerKey", {
 TRAILER = Schema("ExportTrailer", {
     1: ("records", U64), 2: ("checkpoints", U64), 3: ("keys", ("repeated", SIGNER_KEY)),
 })
-# Request operations: only the fields this verifier compares with the record.
+# Request operations, every field (the acceptance rule below needs them all).
+BONUS_TIER = Schema("BonusTier", {1: ("min_load_minor", I64T), 2: ("fixed_bonus_minor", I64T), 3: ("bonus_bps", U32)})
+TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T), 3: ("min_visits", U32),
+                                4: ("multiplier_milli", U32)})
+RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
+                         3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING)})
 OPS = {
-    11: Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)}),
-    12: Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T)}),
-    13: Schema("Refund", {1: ("original_seq", U64), 2: ("amount_minor", I64T)}),
-    14: Schema("Reversal", {1: ("original_txn_id", U64)}),
-    15: Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING)}),
-    16: Schema("CloseShift", {}),
-    30: Schema("CreateStore", {1: ("name", STRING)}),
-    31: Schema("EnrollTerminal", {1: ("store_id", U32), 2: ("public_key", BYTES), 3: ("label", STRING)}),
-    32: Schema("IssueCard", {1: ("card", STRING)}),
-    33: Schema("SetCardBlocked", {1: ("card", STRING), 2: ("blocked", BOOL), 3: ("reason", STRING)}),
-    34: Schema("ReplaceCard", {1: ("old_card", STRING), 2: ("new_card", STRING)}),
-    35: Schema("SetRules", {}),
-    38: Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL), 3: ("reason", STRING)}),
-    50: Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
-                               3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)}),
+    10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
+    11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)})),
+    12: ("top_up", Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T)})),
+    13: ("refund", Schema("Refund", {1: ("original_seq", U64), 2: ("amount_minor", I64T)})),
+    14: ("reversal", Schema("Reversal", {1: ("original_txn_id", U64)})),
+    15: ("redeem_points", Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING)})),
+    16: ("close_shift", Schema("CloseShift", {1: ("terminal_totals", ("msg", SHIFT_TOTALS))})),
+    17: ("txn_status", Schema("TxnStatus", {1: ("txn_id", U64)})),
+    30: ("create_store", Schema("CreateStore", {1: ("name", STRING)})),
+    31: ("enroll_terminal", Schema("EnrollTerminal", {1: ("store_id", U32), 2: ("public_key", BYTES),
+                                                      3: ("label", STRING)})),
+    32: ("issue_card", Schema("IssueCard", {1: ("card", STRING)})),
+    33: ("set_card_blocked", Schema("SetCardBlocked", {1: ("card", STRING), 2: ("blocked", BOOL),
+                                                       3: ("reason", STRING)})),
+    34: ("replace_card", Schema("ReplaceCard", {1: ("old_card", STRING), 2: ("new_card", STRING)})),
+    35: ("set_rules", Schema("SetRules", {1: ("rules", ("msg", RULES))})),
+    36: ("export_ledger", Schema("ExportLedger", {})),
+    37: ("consistency_proof", Schema("GetConsistencyProof", {1: ("old_size", U64), 2: ("new_size", U64)})),
+    38: ("set_terminal_disabled", Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL),
+                                                                 3: ("reason", STRING)})),
+    50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
+                                                3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
 }
 _REQ_FIELDS = {1: ("txn_id", U64), 2: ("brand_id", U32), 3: ("operator", STRING),
                4: ("client_time_ms", I64T), 5: ("want_proof", BOOL)}
-_REQ_FIELDS.update({n: ("op_%d" % n, ("msg", s)) for n, s in OPS.items()})
-# Read-only operations (no record) are members of the oneof too.
-for _n, _nm in ((10, "Inquiry"), (17, "TxnStatus"), (36, "ExportLedger"), (37, "GetConsistencyProof")):
-    _REQ_FIELDS[_n] = ("op_%d" % _n, ("msg", Schema(_nm, {})))
+_REQ_FIELDS.update({n: ("op_%d" % n, ("msg", s)) for n, (_, s) in OPS.items()})
+# Proto field names, for the acceptance rule's messages.
+FIELD_NAMES = {"Request": {n: name for n, (name, _) in OPS.items()}}
 REQUEST = Schema("Request", _REQ_FIELDS, oneof=[n for n in _REQ_FIELDS if n >= 10])
+
+
+def check_request_encoding(buf, schema=None, path="Request"):
+    """The daemon's acceptance rule for signed request bytes (src/wire.rs,
+    docs/ledger-format.md section 3), with the daemon's refusal messages.
+
+    Accepted: each known field at most once (a repeated field's elements
+    consecutive), in ascending field order, with its declared wire type,
+    minimal varints; explicitly encoded default values are fine. Refused:
+    unknown fields, a singular field repeated, a second oneof member, wrong
+    wire types, bools other than 0/1, uint32 over 2^32-1, invalid UTF-8,
+    fields out of order, trailing bytes that do not form a field.
+    """
+    schema = schema or REQUEST
+    names = FIELD_NAMES.get(schema.name, {})
+    last, seen, member, pos, n = 0, set(), None, 0, len(buf)
+    while pos < n:
+        def trailing(problem):
+            return Fail("%s: %d trailing bytes after field %d do not form a field (%s)" % (path, n - pos, last, problem))
+        try:
+            tag, after_tag, minimal = read_varint(buf, pos)
+        except Fail:
+            raise trailing("not a complete varint tag")
+        field, wt = tag >> 3, tag & 7
+        if not minimal:
+            raise Fail("%s: non-minimal varint in the tag of field %d" % (path, field))
+        if field == 0 or field > 0x1FFFFFFF:
+            raise trailing("field number out of range")
+        spec = schema.fields.get(field)
+        if spec is None:
+            raise Fail("%s: unknown field %d" % (path, field))
+        name, kind = spec
+        name = names.get(field, name)
+        repeated = isinstance(kind, tuple) and kind[0] == "repeated"
+        want = VARINT if kind in SCALARS else LEN
+        if wt != want:
+            raise Fail("%s: wrong wire type %d for field %d (%s), expected %d" % (path, wt, field, name, want))
+        if field in seen and not repeated:
+            raise Fail("%s: field %d (%s) repeated" % (path, field, name))
+        if field < last:
+            raise Fail("%s: field %d (%s) after field %d (fields must be in ascending order)" % (path, field, name, last))
+        if field in schema.oneof:
+            if member is not None and member != field:
+                raise Fail("%s: field %d (%s) is a second member of oneof op (field %d is set)" % (path, field, name, member))
+            member = field
+        seen.add(field)
+        last = field
+        pos = check_field_value(buf, after_tag, field, name, kind, path)
+
+
+def check_field_value(buf, pos, field, name, kind, path):
+    """Checks the value of one field at buf[pos]; returns the position after it."""
+    def bad(problem):
+        return Fail("%s: field %d (%s): %s" % (path, field, name, problem))
+    try:
+        value, end, minimal = read_varint(buf, pos)
+    except Fail:
+        raise bad("varint truncated or over 64 bits")
+    if not minimal:
+        part = "value" if kind in SCALARS else "length"
+        raise Fail("%s: non-minimal varint in the %s of field %d" % (path, part, field))
+    if kind == U32 and value > 0xFFFFFFFF:
+        raise bad("uint32 value over 2^32-1")
+    if kind == BOOL and value > 1:
+        raise bad("bool value other than 0 or 1")
+    if kind in SCALARS:
+        return end
+    if value > len(buf) - end:
+        raise bad("length runs past the end of the message")
+    payload = bytes(buf[end:end + value])
+    if kind == STRING:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad("string is not UTF-8")
+    elif isinstance(kind, tuple):
+        check_request_encoding(payload, kind[1], "%s.%s" % (path, name))
+    return end + value
 
 
 def decode_request(raw):
@@ -635,6 +726,12 @@ class Verifier:
             fail("has no valid signer (%d)" % signer)
         if key != enrolled:
             fail("the signer's key is not the key enrolled for that signer")
+        # Every request, sampled or not: the daemon's acceptance rule, which
+        # `cardd audit verify` applies to every record it replays.
+        try:
+            check_request_encoding(rec["request"])
+        except Fail as e:
+            fail("request refused: %s" % e.what)
 
         # The signed request: always for records that enrol a key, and for
         # the sample.

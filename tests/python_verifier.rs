@@ -229,6 +229,11 @@ fn next(n: &mut u64) -> u64 {
     *n
 }
 
+/// The hand-written purchase with explicit defaults that `business` sends.
+fn explicit_purchase(manifest: &cardd::demo::Manifest, txn_id: u64) -> Vec<u8> {
+    common::raw::explicit_defaults_purchase(txn_id, manifest.brand_id, &manifest.cards[0], 250)
+}
+
 /// A few dozen operations of every money kind; returns the last record's seq.
 async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     let cards = demo.manifest.cards.clone();
@@ -240,6 +245,13 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     owner.operator = "owner".into();
     // Terminal 1 used txn ids 1..=6 and the owner 1..=10 in the demo.
     let (mut n1, mut n2, mut no) = (100u64, 100u64, 100u64);
+    // A purchase as protobufjs 7 encodes it (explicit defaults, txn 101):
+    // served, and kept verbatim in the ledger.
+    let bytes = explicit_purchase(&demo.manifest, next(&mut n1));
+    let sig = sign_request(t1.key(), &bytes);
+    t1.call_signed(bytes, sig)
+        .await
+        .expect("explicit defaults are served");
     // Purchases in both stores, on every card.
     let mut t1_purchases = Vec::new();
     for i in 0..10 {
@@ -393,6 +405,12 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
         records.len() as u64,
         last_seq,
         "the export holds every record written"
+    );
+
+    let explicit = explicit_purchase(&demo.manifest, 101);
+    assert!(
+        records.iter().any(|r| r.request == explicit),
+        "the export holds the request with explicit defaults verbatim"
     );
 
     // The untouched export passes, and both verifiers agree on the root.
@@ -558,8 +576,30 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
         &format!("record {v}: card {}: balances after", victim.card),
     );
 
+    // (g) A request carrying an unknown field, validly signed by its own
+    // terminal: both verifiers apply the daemon's acceptance rule.
+    let till = demo.terminal_key_path(victim.terminal_id as usize - 1);
+    let till = read_key_file(&till).expect("terminal key");
+    let g = dir.path().join("g-request-unknown-field.cardd");
+    write_items(
+        &g,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == v {
+                r.request.extend_from_slice(&[0x98, 0x06, 0x01]);
+                r.request_signature = sign_request(&till, &r.request);
+            }
+        }),
+    );
+    let refused = format!("record {v}: request refused: Request: unknown field 99");
+    assert_rejected(&python, &g, &server_key, &refused);
+    let (ok_rust, text) = run_rust_verify(&g, &server_key);
+    assert!(
+        !ok_rust && text.contains("request refused: Request: unknown field 99"),
+        "{text}"
+    );
+
     // The Rust verifier agrees on every tampered copy.
-    for bad in [&a, &b, &c, &d, &e, &f] {
+    for bad in [&a, &b, &c, &d, &e, &f, &g] {
         let (ok_rust, text) = run_rust_verify(bad, &server_key);
         assert!(
             !ok_rust,
@@ -568,4 +608,65 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
         );
     }
     drop(daemon);
+}
+
+/// The request acceptance rule, differentially: the Python verifier's
+/// `check_request_encoding` and the daemon's `cardd::wire` give the same
+/// verdict and the same message for a hand-written purchase and every
+/// single-byte corruption and truncation of it.
+#[test]
+fn python_and_rust_apply_the_same_request_acceptance_rule() {
+    let Some(python) = python() else { return };
+    let base = common::raw::explicit_defaults_purchase(300, 1, "8000010000000000422", 1_250);
+    let mut cases = vec![base.clone(), Vec::new()];
+    for at in 0..base.len() {
+        cases.push(base[..at].to_vec());
+        for value in [0x00, 0x01, 0x02, 0x07, 0x7f, 0x80, 0xff] {
+            let mut c = base.clone();
+            c[at] = value;
+            cases.push(c);
+        }
+    }
+    for tail in [
+        &[0x98, 0x06, 0x01][..],
+        &[0x08, 0x01],
+        &[0x00],
+        &[0x5a, 0x00],
+    ] {
+        cases.push([base.as_slice(), tail].concat());
+    }
+    let verdict = |c: &Vec<u8>| match cardd::wire::decode_request(c) {
+        Ok(_) => "OK".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let rust: Vec<String> = cases.iter().map(verdict).collect();
+    let script = "import importlib.util, sys\n\
+        spec = importlib.util.spec_from_file_location('v', sys.argv[1])\n\
+        v = importlib.util.module_from_spec(spec)\n\
+        spec.loader.exec_module(v)\n\
+        for h in sys.argv[2:]:\n\
+        \x20   try:\n\
+        \x20       v.check_request_encoding(bytes.fromhex(h.lstrip('x')))\n\
+        \x20       print('OK')\n\
+        \x20   except v.Fail as e:\n\
+        \x20       print(e.what)\n";
+    let out = run::run_bounded(
+        Command::new(&python)
+            .args(["-c", script])
+            .arg(verifier_script())
+            .args(cases.iter().map(|c| format!("x{}", hex::encode(c)))),
+        PYTHON_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let python_verdicts: Vec<&str> = text.lines().collect();
+    assert_eq!(python_verdicts.len(), cases.len());
+    for ((c, r), p) in cases.iter().zip(&rust).zip(&python_verdicts) {
+        assert_eq!(r, p, "verdicts differ on {}", hex::encode(c));
+    }
+    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
 }

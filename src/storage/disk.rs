@@ -219,13 +219,11 @@ impl DiskStore {
                         acknowledged: last,
                     });
                 }
-                match opened.frames.binary_search_by_key(&last, |f| f.last_seq) {
-                    Ok(i)
-                        if logged_run(&log, &opened.frames[i], first)?.as_deref()
-                            == Some(&bytes[..]) =>
-                    {
-                        i + 1
-                    }
+                // The frame holding the index's last run is inserted again
+                // whole: the index may hold only part of a commit.
+                let i = opened.frames.partition_point(|f| f.last_seq < last);
+                match opened.frames.get(i) {
+                    Some(f) if logged_run(&log, f, first)?.as_deref() == Some(&bytes[..]) => i,
                     _ => {
                         tracing::warn!(brand, "the sled index differs from the log; rebuilding it");
                         self.index.clear(brand)?;
@@ -718,6 +716,27 @@ mod tests {
                 std::fs::copy(entry.path(), target).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn an_index_holding_part_of_the_last_commit_gets_the_rest() {
+        // Runs of ~4 KiB: a commit of 20 records of 1 KiB is several runs.
+        let (dir, store, records, _) = ledger_of(&[3, 20], |seq| vec![seq as u8; 1024]);
+        drop(store);
+        {
+            let index = SledIndex::open(&dir.path().join("ledger")).unwrap();
+            let tree = index.db.open_tree("brand/00007").unwrap();
+            let runs = tree.len();
+            assert!(runs > 3, "{runs} runs");
+            tree.pop_max().unwrap().expect("a last run");
+            index.flush().unwrap();
+        }
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records);
+        assert_eq!(
+            store.last_checkpoint(7).unwrap(),
+            Some(b"checkpoint 23".to_vec())
+        );
     }
 
     #[test]

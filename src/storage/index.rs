@@ -162,14 +162,15 @@ impl SledIndex {
         }))
     }
 
-    /// Inserts one commit's runs in one sled batch (all or none), without
-    /// flushing.
+    /// Inserts one commit's runs, without flushing. Not one sled batch: a
+    /// batch makes sled write and `sync_file_range` its buffer at once, on
+    /// the commit path, and the log already makes a commit atomic (start-up
+    /// re-inserts a commit the index holds only part of).
     pub fn insert(&self, brand: u32, runs: &[(u64, &[u8])]) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let tree = self.tree(brand)?;
         for (first, bytes) in runs {
-            batch.insert(&key(BATCH, *first), *bytes);
+            tree.insert(key(BATCH, *first), *bytes)?;
         }
-        self.tree(brand)?.apply_batch(batch)?;
         Ok(())
     }
 

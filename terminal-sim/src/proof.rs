@@ -17,7 +17,6 @@
 //! The server key is either pinned with `--server-key` or, failing that, the
 //! key the server presented in its sign-on challenge (trust on first use,
 //! which proves the record is in the ledger of *that* server only).
-use cardd::checkpoint::signed_message;
 use cardd::crypto::parse_public_key;
 use cardd::merkle::verify_inclusion;
 use cardd::pb;
@@ -266,6 +265,7 @@ fn check_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cardd::checkpoint::signed_message;
     use cardd::crypto::{generate_key, leaf_hash};
     use cardd::merkle::{inclusion_proof, MemoryTree};
     use ed25519_dalek::{Signer, SigningKey};

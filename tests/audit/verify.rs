@@ -237,3 +237,57 @@ async fn offline_export_equals_online_export() {
     let records = on.iter().filter(|i| matches!(i, Item::Record(_))).count() as u64;
     assert_eq!(records, DEMO_RECORDS + 12);
 }
+
+// ---------------------------------------------------------------------------
+// 7. A till's request with explicit proto3 defaults (issue 24).
+// ---------------------------------------------------------------------------
+
+/// protobufjs 7 writes every field the application set, defaults included.
+/// The daemon serves such a request and keeps its exact bytes; the auditor's
+/// replay applies the same acceptance rule and reaches the live balance.
+#[tokio::test]
+async fn a_request_with_explicit_defaults_replays_to_the_live_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone(); // paid 100.00
+    let mut t = demo.terminal(d.addr, 0).await;
+    let bytes = common::raw::explicit_defaults_purchase(100, demo.manifest.brand_id, &card, 1_234);
+    let sig = cardd::crypto::sign_request(t.key(), &bytes);
+    let r = bounded(t.call_signed(bytes.clone(), sig))
+        .await
+        .expect("served");
+    let live = inquiry(&mut t, &card).await;
+    assert_eq!(live.paid_balance_minor, 10_000 - 1_234);
+
+    let export = export_online(d.addr, &demo).await;
+    let key: [u8; 32] = hex::decode(server_key_hex(&demo.data))
+        .expect("hex")
+        .try_into()
+        .expect("32 bytes");
+    let report = verify(&export, key, None).expect("the export verifies");
+    let stored = items(&export)
+        .iter()
+        .filter_map(|i| match i {
+            Item::Record(b) => Some(pb::Record::decode(b.as_slice()).expect("record")),
+            _ => None,
+        })
+        .find(|rec| rec.seq == seq(&r))
+        .expect("the purchase's record");
+    assert_eq!(
+        stored.request, bytes,
+        "the record keeps the exact signed bytes"
+    );
+    let replayed = report
+        .cards
+        .iter()
+        .find(|c| c.card == card)
+        .expect("card replayed");
+    assert_eq!(
+        (replayed.paid_minor, replayed.bonus_minor, replayed.points),
+        (
+            live.paid_balance_minor,
+            live.bonus_balance_minor,
+            live.points
+        )
+    );
+}

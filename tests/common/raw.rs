@@ -148,3 +148,37 @@ pub fn signed_frame_raw(key: &SigningKey, request_id: u64, bytes: Vec<u8>) -> Ve
 pub fn signed_frame(key: &SigningKey, request_id: u64, req: &pb::Request) -> Vec<u8> {
     signed_frame_raw(key, request_id, req.encode_to_vec())
 }
+
+/// A purchase `Request` as protobufjs 7 writes it, by hand (prost never
+/// emits this): every field the application set, proto3 defaults included
+/// (`operator ""`, `client_time_ms 0`, `want_proof false`,
+/// `allow_partial false`). The daemon accepts it (src/wire.rs).
+pub fn explicit_defaults_purchase(txn_id: u64, brand_id: u32, card: &str, amount: i64) -> Vec<u8> {
+    use prost::encoding::encode_varint;
+    let mut purchase = vec![0x0a];
+    encode_varint(card.len() as u64, &mut purchase);
+    purchase.extend_from_slice(card.as_bytes());
+    purchase.push(0x10);
+    encode_varint(amount as u64, &mut purchase);
+    purchase.extend_from_slice(&[0x18, 0x00]); // allow_partial = false
+    let mut out = vec![0x08];
+    encode_varint(txn_id, &mut out);
+    out.push(0x10);
+    encode_varint(u64::from(brand_id), &mut out);
+    // operator "", client_time_ms 0, want_proof false.
+    out.extend_from_slice(&[0x1a, 0x00, 0x20, 0x00, 0x28, 0x00, 0x5a]);
+    encode_varint(purchase.len() as u64, &mut out);
+    out.extend_from_slice(&purchase);
+    out
+}
+
+/// The purchase of [`explicit_defaults_purchase`] as prost encodes it
+/// (defaults omitted): the same request, other bytes.
+pub fn lean_purchase(txn_id: u64, brand_id: u32, card: &str, amount: i64) -> Vec<u8> {
+    let op = pb::request::Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor: amount,
+        allow_partial: false,
+    });
+    cardd::testing::request_as(brand_id, txn_id, "", op).encode_to_vec()
+}

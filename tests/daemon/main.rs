@@ -21,6 +21,7 @@ mod common;
 
 mod brands;
 mod idempotency;
+mod interop;
 mod money;
 mod owner;
 mod protocol;

@@ -293,8 +293,8 @@ async fn hostile_input_is_refused_and_harms_no_one() {
 
 /// A signed request that carries a field `cardd.v1.Request` does not
 /// define. The brief counts unknown fields among the inputs to check: such a
-/// request is refused (only canonical encodings are accepted) and writes
-/// nothing, so no signer can smuggle bytes into the ledger.
+/// request is refused (the acceptance rule of `src/wire.rs` refuses unknown
+/// fields) and writes nothing, so no signer can smuggle bytes into the ledger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_request_with_unknown_fields_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");

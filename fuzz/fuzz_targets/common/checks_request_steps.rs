@@ -478,13 +478,15 @@ impl World {
     }
 
     /// One raw step: a principal byte, a u16 LE length, then that many bytes
-    /// decoded as a `Request` (skipped if they do not decode) and applied
-    /// with exactly those bytes as the signed request.
+    /// decoded as a `Request` under the daemon's acceptance rule
+    /// (`cardd::wire`; skipped if refused, as the daemon refuses them before
+    /// the state machine) and applied with exactly those bytes as the signed
+    /// request.
     pub(super) fn raw_step(&mut self, r: &mut Reader) {
         let p = self.any_principal(r.byte());
         let len = usize::from(r.u16());
         let bytes = r.take(len);
-        match pb::Request::decode(bytes) {
+        match cardd::wire::decode_request(bytes) {
             Ok(req) => {
                 let _ = self.apply_checked(p, bytes, &req);
             }
