@@ -1,6 +1,45 @@
 //! Consistency between checkpoints, and a forked history.
 use super::*;
 
+/// `cardd audit consistency OLD NEW --server-key KEY PROOF…`, where PROOF
+/// says where the consistency proof comes from ([`from_export`],
+/// [`from_daemon`]).
+fn consistency(old: &Path, new: &Path, key_hex: &str, proof: &[OsString]) -> Output {
+    let mut args: Vec<OsString> =
+        vec!["audit".into(), "consistency".into(), old.into(), new.into()];
+    args.extend(["--server-key".into(), key_hex.into()]);
+    args.extend(proof.iter().cloned());
+    run_cardd(args)
+}
+
+/// The proof read from an export file.
+fn from_export(export: &Path) -> Vec<OsString> {
+    vec!["--export".into(), export.into()]
+}
+
+/// The proof asked of a running daemon with the owner's key.
+fn from_daemon(addr: &str, owner_key: &Path) -> Vec<OsString> {
+    vec![
+        "--connect".into(),
+        addr.into(),
+        "--key".into(),
+        owner_key.into(),
+    ]
+}
+
+/// `cardd audit verify EXPORT --server-key KEY --old-checkpoint OLD`.
+fn verify_extending(export: &Path, key_hex: &str, old: &Path) -> Output {
+    cardd!(
+        "audit",
+        "verify",
+        export,
+        "--server-key",
+        key_hex,
+        "--old-checkpoint",
+        old
+    )
+}
+
 // ---------------------------------------------------------------------------
 // 4. Consistency between checkpoints, and a forked history.
 // ---------------------------------------------------------------------------
@@ -65,118 +104,37 @@ async fn consistency_holds_along_history_and_fails_across_a_fork() {
     let a_owner = demo_a.owner_key_path();
     let b_owner = demo_b.owner_key_path();
     // Along one history: consistent, from the export and from the daemon.
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &c2,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2
-    );
+    let o = consistency(&c1, &c2, &key_hex, &from_export(&e2));
     assert_ok(&o, "consistency c1 c2 --export e2");
     assert!(stdout(&o).contains("consistent"), "{}", stdout(&o));
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &c2,
-        "--server-key",
-        &key_hex,
-        "--connect",
-        &a_addr,
-        "--key",
-        &a_owner
-    );
+    let o = consistency(&c1, &c2, &key_hex, &from_daemon(&a_addr, &a_owner));
     assert_ok(&o, "consistency c1 c2 --connect a");
     // The fork also extends c1 (its common past).
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &c2f,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2f
-    );
+    let o = consistency(&c1, &c2f, &key_hex, &from_export(&e2f));
     assert_ok(&o, "consistency c1 c2' --export e2'");
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c2,
-        &c2,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2
-    );
+    let o = consistency(&c2, &c2, &key_hex, &from_export(&e2));
     assert_ok(&o, "consistency c2 c2");
 
     // Across the fork: refused.
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &c2f,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2
-    );
+    let o = consistency(&c1, &c2f, &key_hex, &from_export(&e2));
     let err = assert_fails(&o, "consistency c1 c2' --export e2");
     assert!(err.contains("INCONSISTENT"), "{err}");
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &c2f,
-        "--server-key",
-        &key_hex,
-        "--connect",
-        &a_addr,
-        "--key",
-        &a_owner
-    );
+    let o = consistency(&c1, &c2f, &key_hex, &from_daemon(&a_addr, &a_owner));
     assert!(assert_fails(&o, "consistency c1 c2' --connect a").contains("INCONSISTENT"));
-    for (what, proof_args) in [
-        (
-            "--export e2",
-            vec![OsString::from("--export"), e2.clone().into()],
-        ),
-        ("--export e2'", vec!["--export".into(), e2f.clone().into()]),
-        (
-            "--connect b",
-            vec![
-                "--connect".into(),
-                b_addr.clone().into(),
-                "--key".into(),
-                b_owner.clone().into(),
-            ],
-        ),
+    for (what, proof) in [
+        ("--export e2", from_export(&e2)),
+        ("--export e2'", from_export(&e2f)),
+        ("--connect b", from_daemon(&b_addr, &b_owner)),
     ] {
         for (old, new) in [(&c2, &c2f), (&c2f, &c2)] {
-            let mut args: Vec<OsString> =
-                vec!["audit".into(), "consistency".into(), old.into(), new.into()];
-            args.extend(["--server-key".into(), key_hex.clone().into()]);
-            args.extend(proof_args.iter().cloned());
-            let o = run_cardd(args);
+            let o = consistency(old, new, &key_hex, &proof);
             let err = assert_fails(&o, &format!("consistency {old:?} {new:?} {what}"));
             assert!(err.contains("INCONSISTENT"), "{what}: {err}");
         }
     }
 
     // Verifying an export against a forked checkpoint fails.
-    let o = cardd!(
-        "audit",
-        "verify",
-        &e2,
-        "--server-key",
-        &key_hex,
-        "--old-checkpoint",
-        &c2f
-    );
+    let o = verify_extending(&e2, &key_hex, &c2f);
     let err = assert_fails(&o, "verify e2 --old-checkpoint c2'");
     assert!(err.contains("VERIFY FAILED"), "{err}");
     let e2_bytes = std::fs::read(&e2).unwrap();
@@ -197,15 +155,7 @@ async fn consistency_holds_along_history_and_fails_across_a_fork() {
     assert_eq!(e.seq, Some(c1_size + 2), "{e}");
     let mid_file = dir.path().join("mid.checkpoint");
     std::fs::write(&mid_file, mid.encode_to_vec()).unwrap();
-    let o = cardd!(
-        "audit",
-        "verify",
-        &e2,
-        "--server-key",
-        &key_hex,
-        "--old-checkpoint",
-        &mid_file
-    );
+    let o = verify_extending(&e2, &key_hex, &mid_file);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(
         blamed_record(&stderr(&o)),
@@ -224,37 +174,11 @@ async fn consistency_holds_along_history_and_fails_across_a_fork() {
     bad.signature[10] ^= 0x40;
     let bad_file = dir.path().join("bad.checkpoint");
     std::fs::write(&bad_file, bad.encode_to_vec()).unwrap();
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &c1,
-        &bad_file,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2
-    );
+    let o = consistency(&c1, &bad_file, &key_hex, &from_export(&e2));
     assert!(assert_fails(&o, "consistency c1 c2(bad sig)").contains("signature"));
-    let o = cardd!(
-        "audit",
-        "consistency",
-        &bad_file,
-        &c2,
-        "--server-key",
-        &key_hex,
-        "--export",
-        &e2
-    );
+    let o = consistency(&bad_file, &c2, &key_hex, &from_export(&e2));
     assert!(assert_fails(&o, "consistency c2(bad sig) c2").contains("signature"));
-    let o = cardd!(
-        "audit",
-        "verify",
-        &e2,
-        "--server-key",
-        &key_hex,
-        "--old-checkpoint",
-        &bad_file
-    );
+    let o = verify_extending(&e2, &key_hex, &bad_file);
     assert_fails(&o, "verify --old-checkpoint with a bad signature");
     let e = verify(&e2_bytes, key, Some(bad)).expect_err("bad old checkpoint signature");
     assert!(e.what.contains("signature"), "{e}");

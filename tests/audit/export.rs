@@ -86,19 +86,6 @@ pub(crate) fn status_name(v: &pb::CardView) -> &'static str {
     CardStatus::try_from(v.status).map_or("UNKNOWN", |s| s.as_str_name())
 }
 
-pub(crate) fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
-}
-
 pub(crate) fn read_checkpoint(path: &Path) -> pb::Checkpoint {
     pb::Checkpoint::decode(std::fs::read(path).expect("checkpoint file").as_slice())
         .expect("checkpoint decodes")

@@ -22,7 +22,9 @@ use cardd::audit::{verify_export, VerifyError, VerifyOptions, VerifyReport, EXPO
 use cardd::crypto::{leaf_hash, parse_public_key, verify_strict};
 use cardd::pb::{self, export_item::Item, reply::Detail, request::Op, CardStatus, ExportItem};
 use common::reply::seq;
-use common::{bounded, call, inquiry, ok, purchase, run, set_blocked, top_up, Daemon, Demo};
+use common::{
+    bounded, call, copy_dir, inquiry, ok, purchase, run, set_blocked, top_up, Daemon, Demo,
+};
 use prost::Message;
 
 /// Records the demo brand holds before a test writes anything.

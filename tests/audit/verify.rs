@@ -122,34 +122,28 @@ async fn export_verifies_and_replay_equals_the_live_daemon() {
     assert_eq!(json["records"], h.last_seq);
     assert_eq!(json["root_hash"], report.root_hash.as_str());
     assert_eq!(json["cards"].as_array().map(Vec::len), Some(6));
-    let o = cardd!(
-        "audit",
-        "verify",
-        &file,
-        "--server-key",
-        &key_hex,
-        "--compare",
-        &addr,
-        "--key",
-        &owner_key
-    );
+    // Asked twice: the second answer must see what the daemon did since.
+    let compare = || {
+        cardd!(
+            "audit",
+            "verify",
+            &file,
+            "--server-key",
+            &key_hex,
+            "--compare",
+            &addr,
+            "--key",
+            &owner_key
+        )
+    };
+    let o = compare();
     assert_ok(&o, "audit verify --compare");
     assert!(stderr(&o).contains("all 6 cards match"), "{}", stderr(&o));
 
     // The comparison is real: once the daemon moves on, it differs (exit 3).
     let mut t1 = demo.terminal(d.addr, 0).await;
     ok(&mut t1, 500, purchase(&c[0], 100)).await;
-    let o = cardd!(
-        "audit",
-        "verify",
-        &file,
-        "--server-key",
-        &key_hex,
-        "--compare",
-        &addr,
-        "--key",
-        &owner_key
-    );
+    let o = compare();
     assert_eq!(
         o.status.code(),
         Some(3),

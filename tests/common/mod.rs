@@ -305,3 +305,18 @@ pub fn wait_until(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Copies a stopped daemon's data directory (files and directories only),
+/// to fork its history or to damage a copy.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}

@@ -87,3 +87,32 @@ where
 pub fn cardd_check(data: &Path) -> String {
     cardd_ok([OsStr::new("check"), OsStr::new("--data"), data.as_os_str()])
 }
+
+/// Exports brand `brand` of the stopped daemon's `data` to `out`, verifies
+/// the export against the daemon's server key (`cardd audit verify --json`),
+/// all of which must succeed, and returns the verify report.
+#[track_caller]
+pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Value {
+    let brand = brand.to_string();
+    let data = data.as_os_str();
+    cardd_ok([
+        "audit".as_ref(),
+        "export".as_ref(),
+        "--data".as_ref(),
+        data,
+        "--brand".as_ref(),
+        brand.as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let key = cardd_ok([OsStr::new("server-key"), OsStr::new("--data"), data]);
+    let json = cardd_ok([
+        "audit".as_ref(),
+        "verify".as_ref(),
+        out.as_os_str(),
+        "--server-key".as_ref(),
+        key.trim().as_ref(),
+        "--json".as_ref(),
+    ]);
+    serde_json::from_str(json.trim()).expect("verify --json prints one object")
+}

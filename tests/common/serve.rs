@@ -1,10 +1,11 @@
 //! Starting `cardd serve` and waiting until it listens: the one place tests
 //! read the line `cardd serve` prints (also included by terminal-sim's
 //! tests, which find the binary another way).
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 /// The line `cardd serve` prints once it listens, followed by the address:
@@ -20,26 +21,32 @@ pub fn listening_addr(line: &str) -> Option<&str> {
     line.strip_prefix(LISTENING_LINE).map(str::trim)
 }
 
-/// Runs `BIN serve --data DATA --listen 127.0.0.1:0 EXTRA…` (`RUST_LOG=warn`,
-/// stderr inherited) and waits up to [`START_TIMEOUT`] for the
-/// [`LISTENING_LINE`]; returns the process and the address it printed. A
-/// daemon that does not listen in time is killed and fails the test.
-pub fn spawn_serve(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = Command::new(bin)
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
+/// The arguments of `serve --data DATA --listen 127.0.0.1:0 EXTRA…`, for a
+/// caller that runs `cardd` under another program (strace).
+pub fn serve_args(data: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["serve".into(), "--data".into(), data.into()];
+    args.extend(["--listen", "127.0.0.1:0"].map(OsString::from));
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
+/// `BIN serve --data DATA --listen 127.0.0.1:0 EXTRA…` with `RUST_LOG=warn`
+/// and stdout piped for [`watch_listening`]; stdin and stderr are the
+/// caller's choice (one harness echoes stderr, another collects it).
+pub fn serve_command(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(serve_args(data, extra))
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn cardd");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keeps reading to the end, so the daemon never blocks on a full pipe.
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// Reads a daemon's stdout to its end on a thread of its own, so the daemon
+/// never blocks on a full pipe, and sends the address of each
+/// [`LISTENING_LINE`]. The channel disconnects when stdout closes: a
+/// daemon that exits without listening is seen at once, not at a timeout.
+pub fn watch_listening(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(addr) = listening_addr(&line) {
@@ -47,6 +54,20 @@ pub fn spawn_serve(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str]) -> (Chil
             }
         }
     });
+    rx
+}
+
+/// Runs `BIN serve --data DATA --listen 127.0.0.1:0 EXTRA…` (`RUST_LOG=warn`,
+/// stderr inherited) and waits up to [`START_TIMEOUT`] for the
+/// [`LISTENING_LINE`]; returns the process and the address it printed. A
+/// daemon that does not listen in time is killed and fails the test.
+pub fn spawn_serve(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = serve_command(bin, data, extra)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn cardd");
+    let rx = watch_listening(child.stdout.take().expect("stdout"));
     match rx.recv_timeout(START_TIMEOUT) {
         Ok(addr) => (child, addr),
         Err(_) => {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use cardd::client::Client;
 use cardd::crypto::read_key_file;
 use cardd_lazyfs::{LazyFs, Mounted, Stats};
-use common::{bounded, Demo};
+use common::{bounded, copy_dir, Demo};
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -315,7 +315,7 @@ fn offline_checks(rig: &Rig, w: &World, mut serve: Serve, cut: u64) -> Serve {
         proc::text(&out)
     );
     let export = rig.root.path().join("export.ledger");
-    let report = proc::export_and_verify(&data, w.demo.manifest.brand_id, &export);
+    let report = common::run::export_and_verify(&data, w.demo.manifest.brand_id, &export);
     for card in report["cards"].as_array().expect("cards") {
         let number = card["card"].as_str().expect("card number");
         let total = card["paid_minor"].as_i64().expect("paid")
@@ -406,20 +406,6 @@ async fn no_acknowledged_receipt_is_lost_or_doubled_across_power_cuts() {
     let at = CutAt::OnNewSnapshot(Duration::from_secs(5));
     drop(load_round(&mut rig, &mut w, serve, cut, at, &mut rng).await);
     println!("{cut} cuts verified in {:?}", started.elapsed());
-}
-
-/// Copies a data directory (files and directories only).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Damage done to a stopped daemon's data directory.

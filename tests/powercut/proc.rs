@@ -4,11 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::common::cardd_bin;
+use crate::common::serve::{serve_command, watch_listening, START_TIMEOUT};
+use crate::common::{cardd_bin, run};
 
 /// A `cardd serve` that listens; killed (-9) on drop.
 pub struct Serve {
@@ -56,16 +57,10 @@ impl Start {
     }
 }
 
-/// `cardd serve --data DATA --listen 127.0.0.1:0 EXTRA...`, not waited for.
+/// `cardd serve --data DATA --listen 127.0.0.1:0 EXTRA...`, not waited for
+/// (stdout and stderr piped).
 pub fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
-    Command::new(cardd_bin())
-        .arg("serve")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
+    serve_command(cardd_bin(), data, extra)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn cardd serve")
@@ -74,16 +69,8 @@ pub fn spawn_serve(data: &Path, extra: &[&str]) -> Child {
 /// Starts `cardd serve` and waits until it listens or exits.
 pub fn serve(data: &Path, extra: &[&str]) -> Start {
     let mut child = spawn_serve(data, extra);
-    let stdout = child.stdout.take().expect("stdout");
+    let rx = watch_listening(child.stdout.take().expect("stdout"));
     let mut stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
     // stderr is echoed (the test's log shows the daemon's warnings) and
     // collected in full for a daemon that exits instead of listening.
     let (etx, erx) = mpsc::channel();
@@ -96,14 +83,14 @@ pub fn serve(data: &Path, extra: &[&str]) -> Start {
         }
         let _ = etx.send(text);
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match rx.recv_timeout(START_TIMEOUT) {
         Ok(addr) => Start::Listening(Serve {
             child,
             addr: addr.parse().expect("listen address"),
         }),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
-            panic!("cardd serve neither listened nor exited within 60 s")
+            panic!("cardd serve neither listened nor exited within {START_TIMEOUT:?}")
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let status = child.wait().expect("wait for cardd serve");
@@ -118,14 +105,6 @@ pub fn serve(data: &Path, extra: &[&str]) -> Start {
     }
 }
 
-/// Runs `cardd ARGS...` to completion.
-pub fn cardd(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(cardd_bin())
-        .args(args)
-        .output()
-        .expect("run cardd")
-}
-
 /// Text of an output, for messages.
 pub fn text(out: &Output) -> String {
     format!(
@@ -136,9 +115,9 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// `cardd check --data DATA`.
+/// `cardd check --data DATA` (bounded), which may fail.
 pub fn check(data: &Path) -> Output {
-    cardd(&["check".as_ref(), "--data".as_ref(), data.as_os_str()])
+    run::cardd(["check".as_ref(), "--data".as_ref(), data.as_os_str()])
 }
 
 /// The number of brands a passing `cardd check` reports ("ok: N brands").
@@ -150,42 +129,4 @@ pub fn checked_brands(out: &Output) -> u64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no brand count in cardd check's output: {stdout}"))
-}
-
-/// Exports brand `brand` of the stopped daemon's `data` to `out`, verifies
-/// the export against the server key, and returns the verify report (JSON).
-pub fn export_and_verify(data: &Path, brand: u32, out: &Path) -> serde_json::Value {
-    let brand = brand.to_string();
-    let export = cardd(&[
-        "audit".as_ref(),
-        "export".as_ref(),
-        "--data".as_ref(),
-        data.as_os_str(),
-        "--brand".as_ref(),
-        brand.as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    assert!(
-        export.status.success(),
-        "audit export failed: {}",
-        text(&export)
-    );
-    let key = cardd(&["server-key".as_ref(), "--data".as_ref(), data.as_os_str()]);
-    assert!(key.status.success(), "server-key failed: {}", text(&key));
-    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
-    let verify = cardd(&[
-        "audit".as_ref(),
-        "verify".as_ref(),
-        out.as_os_str(),
-        "--server-key".as_ref(),
-        key.as_ref(),
-        "--json".as_ref(),
-    ]);
-    assert!(
-        verify.status.success(),
-        "audit verify failed: {}",
-        text(&verify)
-    );
-    serde_json::from_slice(&verify.stdout).expect("verify --json prints one object")
 }

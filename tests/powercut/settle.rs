@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use cardd::client::Client;
 use cardd::pb::{self, request::Op};
 
+use crate::common::reply::{card_of, receipt, status as status_of};
 use crate::common::{bounded, call, inquiry};
 use crate::load::Issued;
 
@@ -27,23 +28,8 @@ pub struct Outcome {
     pub in_flight_lost: usize,
 }
 
-fn status_of(reply: pb::Reply) -> pb::StatusResult {
-    match reply.detail {
-        Some(pb::reply::Detail::Status(s)) => *s,
-        other => panic!("TxnStatus answered without a status: {other:?}"),
-    }
-}
-
-fn receipt(reply: &pb::Reply) -> &pb::Receipt {
-    reply.receipt.as_ref().expect("a reply with a receipt")
-}
-
 fn balance(reply: &pb::Reply) -> i64 {
-    reply
-        .card
-        .as_ref()
-        .expect("a reply with the card")
-        .balance_minor
+    card_of(reply).balance_minor
 }
 
 /// Re-sends the exact signed bytes: must come back as a replay of `seq`

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cardd::crypto::read_key_file;
 
+use crate::common::serve::{serve_args, watch_listening, START_TIMEOUT};
 use crate::common::{bounded, call, cardd_bin, purchase, top_up, Demo};
 use crate::{layout, under_ci};
 
@@ -41,7 +42,6 @@ fn strace_available() -> bool {
 /// `strace -f -ttt -y ... -o TRACE cardd serve --demo ...`; returns strace
 /// and the address once the daemon listens.
 fn traced_serve(data: &Path, trace: &Path) -> (Child, std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader};
     let mut child = Command::new("strace")
         .args(["-f", "-ttt", "-y", "-o"])
         .arg(trace)
@@ -50,26 +50,13 @@ fn traced_serve(data: &Path, trace: &Path) -> (Child, std::net::SocketAddr) {
             "trace=fsync,fdatasync,sync_file_range,write,writev,sendto,sendmsg",
         ])
         .arg(cardd_bin())
-        .arg("serve")
-        .arg("--demo")
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(serve_args(data, &["--demo"]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn strace");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("cardd listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
+    let addr = watch_listening(child.stdout.take().expect("stdout"))
+        .recv_timeout(START_TIMEOUT)
         .expect("traced cardd did not listen");
     (child, addr.parse().expect("address"))
 }

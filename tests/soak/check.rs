@@ -349,30 +349,9 @@ pub(crate) async fn between_storms(world: &mut World, addr: SocketAddr) {
 /// The end: the daemon stopped, the auditor's CLI exports the ledger from
 /// the data directory and verifies it; its report must match the model.
 pub(crate) fn final_offline_audit(world: &World, dir: &Path) -> serde_json::Value {
-    let data = world.data.as_os_str();
     let out = dir.join("final.export");
-    let brand = world.brand.to_string();
-    run::cardd_ok([
-        "audit".as_ref(),
-        "export".as_ref(),
-        "--data".as_ref(),
-        data,
-        "--brand".as_ref(),
-        brand.as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
-    let key = run::cardd_ok(["server-key".as_ref(), "--data".as_ref(), data]);
-    let json = run::cardd_ok([
-        "audit".as_ref(),
-        "verify".as_ref(),
-        out.as_os_str(),
-        "--server-key".as_ref(),
-        key.trim().as_ref(),
-        "--json".as_ref(),
-    ]);
+    let v = run::export_and_verify(&world.data, world.brand, &out);
     run::cardd_check(&world.data);
-    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("verify --json output");
     assert_eq!(
         v["records"].as_u64(),
         Some(world.records),
