@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
                 let term = (i as usize) % terminals.len();
                 next_txn[term] += 1;
                 let card = card_numbers[(i % cards as u64) as usize].clone();
-                let op = if i < cards as u64 || i % 50 == 0 {
+                let op = if i < cards as u64 || i.is_multiple_of(50) {
                     testing::top_up(&card, 1_000_000)
                 } else {
                     testing::purchase(&card, 100 + (i % 5_000) as i64, true)

@@ -62,7 +62,7 @@ pub fn parse_number(card: &str) -> Option<(u32, u64)> {
             d
         };
     }
-    if sum % 10 != 0 {
+    if !sum.is_multiple_of(10) {
         return None;
     }
     // Five digits fit in u32; nineteen (below 9 * 10^18) fit in u64.

@@ -3,8 +3,8 @@
 //! `apply_batch` runs a batch of signed submissions through the state
 //! machine (no I/O but reading older records for retries) and returns the
 //! new records and the answers; the caller makes the records durable with
-//! one `commit` (one sled batch, one flush, one signed checkpoint) and only
-//! then releases the answers. That is group commit.
+//! one `commit` (one log frame, one `fdatasync`, one signed checkpoint)
+//! and only then releases the answers. That is group commit.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -527,8 +527,8 @@ impl BrandLedger {
         checkpoint::sign(&self.state, self.last_time_ms, &self.server_key)
     }
 
-    /// Makes `written` and `checkpoint` durable (blocking: one sled batch
-    /// and one flush).
+    /// Makes `written` and `checkpoint` durable (blocking: one log frame
+    /// and one `fdatasync`, see `storage::DiskStore`).
     pub fn commit(
         store: &dyn LogStore,
         brand: u32,

@@ -120,7 +120,7 @@ pub fn subtree_hash(src: &impl NodeSource, start: u64, end: u64) -> Result<[u8; 
     if n == 0 {
         return Ok(sha256(b""));
     }
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return src
             .node(n.trailing_zeros() as u8, start / n)
             .map_err(MerkleError::Node);

@@ -290,7 +290,7 @@ impl Replay<'_> {
                 Some(Item::Header(_)) => return fail(Some(next_seq), "a second header"),
                 Some(Item::Record(bytes)) => {
                     self.record(next_seq, &bytes, sig_tx)?;
-                    if next_seq % 8192 == 0 {
+                    if next_seq.is_multiple_of(8192) {
                         progress(reader.offset);
                     }
                 }

@@ -24,6 +24,13 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory held a ledger (demo manifest, snapshots) but its log is
+    /// gone.
+    #[error(
+        "{0}: this data directory held a ledger (demo.json or snapshots are here) but its \
+         log is missing or empty; refusing to serve it empty: restore it from a backup"
+    )]
+    LedgerMissing(PathBuf),
     /// A read-only command named a directory that does not exist.
     #[error("{0}: no such data directory")]
     NoDataDir(PathBuf),
@@ -126,6 +133,23 @@ pub fn load_checked(data_dir: &Path) -> Result<Loaded, StartError> {
     recover_all(store, server_key, Recovery::CheckSnapshot(&snapshots))
 }
 
+/// A directory that shows it held a ledger (a demo manifest, snapshots) but
+/// opens with no brand lost its log and marks: never serve it empty (a
+/// `--demo` start would even provision the brand anew over old keys).
+fn refuse_emptied(data_dir: &Path, store: &DiskStore) -> Result<(), StartError> {
+    let brands = store.brands().map_err(|source| StartError::Storage {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let snapshots = std::fs::read_dir(crate::snapshot::dir(data_dir))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if brands.is_empty() && (data_dir.join("demo.json").exists() || snapshots) {
+        return Err(StartError::LedgerMissing(data_dir.to_path_buf()));
+    }
+    Ok(())
+}
+
 fn open_store(
     data_dir: &Path,
     open: fn(&Path) -> crate::storage::Result<DiskStore>,
@@ -135,6 +159,7 @@ fn open_store(
         path: data_dir.to_path_buf(),
         source,
     })?;
+    refuse_emptied(data_dir, &store)?;
     tracing::info!(
         open_ms = opening.elapsed().as_millis() as u64,
         "storage opened"

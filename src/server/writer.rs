@@ -2,9 +2,9 @@
 //!
 //! The applier takes everything queued (up to MAX_COMMIT_BATCH), applies
 //! it through the state machine and signs the batch's checkpoint; the
-//! committer writes each batch's records with one sled batch, one flush
-//! and that checkpoint, strictly in apply order, and only then sends the
-//! answers. So the next batch is applied while the previous one flushes,
+//! committer writes each batch's records and that checkpoint as one log
+//! frame and `fdatasync`s it, strictly in apply order, and only then sends
+//! the answers. So the next batch is applied while the previous one syncs,
 //! and nothing is answered before it (and every batch before it) is
 //! durable. A failed commit stops both stages: memory is ahead of disk.
 //!

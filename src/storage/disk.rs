@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::batch::{self, BatchView};
-use super::fsutil::create_dir_all_durable;
+use super::fsutil::{create_dir_all_durable, sync_dir};
 use super::index::SledIndex;
 use super::mark::{self, Mark, MarkWriter};
 use super::segment::{BrandLog, FrameLoc, Opened};
@@ -27,6 +27,41 @@ pub struct DiskStore {
     index: SledIndex,
     logs: RwLock<BTreeMap<u32, Arc<Mutex<BrandLog>>>>,
     marks: MarkWriter,
+    /// `DATA/lock`, locked for the store's life: one process per data
+    /// directory (a second one would cut a live log's "torn" tail).
+    _lock: std::fs::File,
+}
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(data_dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(io_err(format!("locking {}", path.display()))(e))
+        }
+    }
+}
+
+/// Fsyncs the directories whose entries a crash (not a power cut) may have
+/// left unsynced: what a restart builds on must be durable before any
+/// answer rests on it.
+fn sync_dirs(data_dir: &Path) -> Result<()> {
+    for dir in [
+        data_dir.to_path_buf(),
+        log_root(data_dir),
+        mark::dir(data_dir),
+    ] {
+        sync_dir(&dir).map_err(io_err(format!("fsync {}", dir.display())))?;
+    }
+    Ok(())
 }
 
 fn log_root(data_dir: &Path) -> PathBuf {
@@ -132,6 +167,8 @@ impl DiskStore {
     }
 
     fn open_dirs(data_dir: &Path) -> Result<Self> {
+        let lock = lock_data_dir(data_dir)?;
+        sync_dirs(data_dir)?;
         let index = open_index(&data_dir.join("ledger"))?;
         // Only a directory from before the log has an index and no marks;
         // with marks, a missing log is a loss that `check_marks` reports.
@@ -141,35 +178,52 @@ impl DiskStore {
             import_index(data_dir, &index)?;
         }
         let mut logs = BTreeMap::new();
-        let mut found = Vec::new();
+        let mut found = BTreeMap::new();
         for brand in logged_brands(data_dir)? {
             let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
-            found.push((brand, opened));
+            check_marked(brand, &log, &opened, marks.get(&brand))?;
+            found.insert(brand, opened);
             logs.insert(brand, Arc::new(Mutex::new(log)));
+        }
+        if let Some((&brand, m)) = marks
+            .iter()
+            .find(|(b, m)| m.seq > 0 && !found.contains_key(b))
+        {
+            return Err(StorageError::ShortLedger {
+                brand,
+                stored: 0,
+                acknowledged: m.seq,
+            });
         }
         let store = DiskStore {
             data_dir: data_dir.to_path_buf(),
             index,
             logs: RwLock::new(logs),
             marks: MarkWriter::start(mark::dir(data_dir)),
+            _lock: lock,
         };
-        for (brand, opened) in &found {
-            store.sync_index(*brand, opened)?;
+        store.finish_open(&found, &marks)?;
+        Ok(store)
+    }
+
+    /// After the logs passed their marks: the index brought level, marks
+    /// for brands that lack one, torn tails cut (only now: a start that
+    /// refuses leaves the log as it found it).
+    fn finish_open(
+        &self,
+        found: &BTreeMap<u32, Opened>,
+        marks: &BTreeMap<u32, Mark>,
+    ) -> Result<()> {
+        for (brand, opened) in found {
+            self.sync_index(*brand, opened)?;
         }
-        store.check_marks(&marks)?;
-        // Only now: a start that refuses leaves a torn tail where it was.
-        for log in store
-            .logs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        self.mark_unmarked(marks)?;
+        for log in self.logs.read().unwrap_or_else(|e| e.into_inner()).values() {
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .cut_torn_tail()?;
         }
-        store.index.flush()?;
-        Ok(store)
+        self.index.flush()
     }
 
     fn log(&self, brand: u32) -> Option<Arc<Mutex<BrandLog>>> {
@@ -261,44 +315,53 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Every high-water mark must be covered by its brand's log, with the
-    /// same record at the mark's seq; a brand logged but not marked (a cut
-    /// before its first mark) gets its mark now.
-    fn check_marks(&self, marks: &BTreeMap<u32, Mark>) -> Result<()> {
-        for (&brand, m) in marks {
-            let stored = self.log(brand).map_or(0, |l| {
-                l.lock().unwrap_or_else(|e| e.into_inner()).last_seq()
-            });
-            let same = stored >= m.seq
-                && self
-                    .index
-                    .record(brand, m.seq)?
-                    .is_some_and(|r| leaf_hash(&r) == m.hash);
-            if !same && m.seq > 0 {
-                return Err(StorageError::ShortLedger {
-                    brand,
-                    stored,
-                    acknowledged: m.seq,
-                });
-            }
-        }
+    /// A logged brand without a mark (a cut before its first mark) gets
+    /// one now.
+    fn mark_unmarked(&self, marks: &BTreeMap<u32, Mark>) -> Result<()> {
         for brand in self.brands()? {
-            if !marks.contains_key(&brand) {
-                if let Some(last) = self.index.last_run(brand)?.map(|(_, last, _)| last) {
-                    let record = self.index.record(brand, last)?.unwrap_or_default();
-                    self.marks.advance(
-                        brand,
-                        Mark {
-                            seq: last,
-                            hash: leaf_hash(&record),
-                        },
-                    );
-                }
+            if marks.contains_key(&brand) {
+                continue;
+            }
+            if let Some(last) = self.index.last_run(brand)?.map(|(_, last, _)| last) {
+                let record = self.index.record(brand, last)?.unwrap_or_default();
+                let hash = leaf_hash(&record);
+                self.marks.advance(brand, Mark { seq: last, hash });
             }
         }
         self.marks.flush();
         Ok(())
     }
+}
+
+/// A brand's mark must be covered by its log, read from the log itself: the
+/// log reaches the mark's seq and holds a record with the mark's hash there.
+fn check_marked(brand: u32, log: &BrandLog, opened: &Opened, mark: Option<&Mark>) -> Result<()> {
+    let Some(m) = mark.filter(|m| m.seq > 0) else {
+        return Ok(());
+    };
+    let short = || StorageError::ShortLedger {
+        brand,
+        stored: log.last_seq(),
+        acknowledged: m.seq,
+    };
+    if log.last_seq() < m.seq {
+        return Err(short());
+    }
+    let i = opened.frames.partition_point(|f| f.last_seq < m.seq);
+    let frame = log.read(&opened.frames[i])?;
+    for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
+        for record in BatchView::parse(first, run)?.records() {
+            let (seq, bytes) = record?;
+            if seq == m.seq {
+                return if leaf_hash(bytes) == m.hash {
+                    Ok(())
+                } else {
+                    Err(short())
+                };
+            }
+        }
+    }
+    Err(short())
 }
 
 /// A data directory written before the segment log: its sled ledger is
@@ -857,6 +920,21 @@ mod tests {
         let store = reopen(&dir).unwrap();
         assert_eq!(all_records(&store), records, "the log holds it all");
         assert_eq!(store.checkpoints(7).count(), 3);
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_data_directory_in_use() {
+        let (dir, store, records, _) = ledger(&[2]);
+        let err = reopen(&dir).err().expect("opened twice");
+        assert!(matches!(err, StorageError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("is the daemon running"), "{err}");
+        assert!(!dir.path().read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("damaged")));
+        drop(store);
+        assert_eq!(all_records(&reopen(&dir).unwrap()), records);
     }
 
     #[test]

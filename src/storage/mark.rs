@@ -108,24 +108,24 @@ impl MarkFile {
     /// Opens a brand's mark file, or creates it holding `first` whole
     /// (temporary file, fsync, rename, directory fsync): a cut while it is
     /// made leaves no file or a readable one, never an empty one.
-    fn open_or_create(dir: &Path, brand: u32, first: &Mark) -> io::Result<Self> {
+    fn open_or_create(dir: &Path, brand: u32, first: &Mark) -> io::Result<(Self, bool)> {
         let path = path(dir, brand);
-        let counter = match fs::read(&path) {
-            Ok(bytes) => newest_slot(&bytes).map_or(0, |(c, _)| c),
+        let (counter, created) = match fs::read(&path) {
+            Ok(bytes) => (newest_slot(&bytes).map_or(0, |(c, _)| c), false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Counter 1 in slot 1: a slot's index is its counter mod 2.
                 let slots = [[0u8; SLOT], encode_slot(1, first)].concat();
                 replace_durably(&path, &slots, true)?;
-                1
+                (1, true)
             }
             Err(e) => return Err(e),
         };
         let file = OpenOptions::new().write(true).open(&path)?;
-        Ok(MarkFile { file, counter })
+        Ok((MarkFile { file, counter }, created))
     }
 
     fn write(&mut self, mark: &Mark) -> io::Result<()> {
-        self.counter += 1;
+        self.counter = self.counter.wrapping_add(1);
         let at = (self.counter % 2) * SLOT as u64;
         self.file
             .write_all_at(&encode_slot(self.counter, mark), at)?;
@@ -230,8 +230,14 @@ fn write_marks(dir: &Path, shared: &(Mutex<Pending>, Condvar)) {
             let result = match files.entry(brand) {
                 std::collections::btree_map::Entry::Occupied(mut f) => f.get_mut().write(&mark),
                 std::collections::btree_map::Entry::Vacant(v) => {
-                    MarkFile::open_or_create(dir, brand, &mark).map(|f| {
-                        v.insert(f);
+                    MarkFile::open_or_create(dir, brand, &mark).and_then(|(f, created)| {
+                        let f = v.insert(f);
+                        // An existing file (a restart) still needs this mark.
+                        if created {
+                            Ok(())
+                        } else {
+                            f.write(&mark)
+                        }
                     })
                 }
             };
@@ -277,6 +283,21 @@ mod tests {
             marks.into_iter().collect::<Vec<_>>(),
             [(1, mark(5)), (2, mark(9))]
         );
+    }
+
+    #[test]
+    fn the_first_mark_after_a_restart_is_written() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        {
+            let writer = MarkWriter::start(dir.clone());
+            writer.advance(4, mark(3));
+        }
+        {
+            let writer = MarkWriter::start(dir.clone());
+            writer.advance(4, mark(9));
+        }
+        assert_eq!(read_all(&dir).unwrap()[&4], mark(9));
     }
 
     #[test]

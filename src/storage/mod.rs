@@ -52,9 +52,10 @@ pub enum StorageError {
     /// index held, which only ever holds durable runs): records that were
     /// acknowledged are gone. Serving would answer retries as new requests.
     #[error(
-        "brand {brand}: the ledger came back short: its log ends at record {stored} but record \
-         {acknowledged} was acknowledged (its high-water mark or index says so: a lost, \
-         truncated or replaced file?); refusing to serve it: restore the data directory from a backup"
+        "brand {brand}: the ledger came back short: record {acknowledged} was acknowledged (its \
+         high-water mark or index says so) but the log ends at record {stored} or holds other \
+         bytes there (a lost, truncated or replaced file?); refusing to serve it: restore the \
+         data directory from a backup"
     )]
     ShortLedger {
         /// The brand.
@@ -64,6 +65,12 @@ pub enum StorageError {
         /// The record the mark names.
         acknowledged: u64,
     },
+    /// Another process has the data directory open.
+    #[error(
+        "{0}: another cardd process has this data directory open (is the daemon \
+         running? offline commands need it stopped)"
+    )]
+    Locked(PathBuf),
     /// A read-only command was pointed at a directory with no ledger.
     #[error("{0}: no cardd ledger here (no log/ or ledger/ directory)")]
     NoLedger(PathBuf),
@@ -77,8 +84,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// Brand ids that have a chain, ascending.
     fn brands(&self) -> Result<Vec<u32>>;
     /// Appends `records` (seq, bytes), the Merkle `nodes` they completed and
-    /// the checkpoint for the new tree size in one atomic batch, then
-    /// flushes: on return it is durable.
+    /// the checkpoint for the new tree size as one atomic commit: on return
+    /// it is durable (survives a power cut).
     fn commit(
         &self,
         brand: u32,

@@ -143,14 +143,14 @@ impl BrandLog {
     pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<(Self, Opened)> {
         let segments = list_segments(dir)?;
         let mut opened = Opened::default();
-        let mut last_seq = 0;
+        let mut last_seq: u64 = 0;
         let mut file_len = 0;
         let mut torn = None;
         for (i, (first, path)) in segments.iter().enumerate() {
-            if *first != last_seq + 1 {
+            if last_seq.checked_add(1) != Some(*first) {
                 let why = format!(
                     "record {} is missing (this segment starts at {first})",
-                    last_seq + 1
+                    last_seq.saturating_add(1)
                 );
                 return Err(corrupt(path, 0, &why));
             }
@@ -169,12 +169,7 @@ impl BrandLog {
         }
         let file = match segments.last() {
             None => None,
-            Some((_, path)) => Some(
-                OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(io_err(format!("opening {}", path.display())))?,
-            ),
+            Some((_, path)) => Some(open_newest(dir, path)?),
         };
         let log = BrandLog {
             dir: dir.to_path_buf(),
@@ -300,6 +295,21 @@ impl BrandLog {
     }
 }
 
+/// Opens the newest segment for appending, after making what it holds
+/// durable: a process killed between a frame's write and its fdatasync
+/// leaves a whole frame in the page cache, which recovery will serve, so it
+/// must reach the disk (with its directory entry) before anything else.
+fn open_newest(dir: &Path, path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    file.sync_all()
+        .map_err(io_err(format!("fsync {}", path.display())))?;
+    sync_dir(dir).map_err(io_err(format!("fsync {}", dir.display())))?;
+    Ok(file)
+}
+
 /// The segments in `dir`, oldest first; none if `dir` does not exist.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let entries = match fs::read_dir(dir) {
@@ -347,10 +357,10 @@ fn walk_sealed(
         let (len, first, last, _) =
             parse_header(&header).ok_or_else(|| corrupt(path, offset, "no frame here"))?;
         let end = offset + (FRAME_HEADER as u64) + u64::from(len);
-        if first > last_seq + 1 {
+        if first > last_seq.saturating_add(1) {
             let why = format!(
                 "record {} is missing (the next logged is {first})",
-                last_seq + 1
+                last_seq.saturating_add(1)
             );
             return Err(corrupt(path, offset, &why));
         }
@@ -413,12 +423,12 @@ fn check_newest(
 /// the chain is named by the record that is missing.
 fn damaged(path: &Path, offset: u64, rest: &[u8], last_seq: u64) -> StorageError {
     match parse_header(rest) {
-        Some((_, first, _, _)) if first > last_seq + 1 => corrupt(
+        Some((_, first, _, _)) if first > last_seq.saturating_add(1) => corrupt(
             path,
             offset,
             &format!(
                 "record {} is missing (the next logged is {first})",
-                last_seq + 1
+                last_seq.saturating_add(1)
             ),
         ),
         _ => corrupt(path, offset, "damaged frame before the end of the log"),
@@ -428,21 +438,39 @@ fn damaged(path: &Path, offset: u64, rest: &[u8], last_seq: u64) -> StorageError
 /// A complete frame with a good CRC that follows `prev_last`: (payload
 /// length, first seq, last seq).
 fn whole_frame(bytes: &[u8], prev_last: u64) -> Option<(u32, u64, u64)> {
+    checked_frame(bytes).filter(|(_, first, last)| seqs_follow(prev_last, *first, *last))
+}
+
+/// A complete frame with a good CRC, wherever its seqs: (payload length,
+/// first seq, last seq).
+fn checked_frame(bytes: &[u8]) -> Option<(u32, u64, u64)> {
     let (len, first, last, sum) = parse_header(bytes)?;
     let end = FRAME_HEADER.checked_add(len as usize)?;
     let payload = bytes.get(FRAME_HEADER..end)?;
-    (crc(&bytes[4..24], payload) == sum && seqs_follow(prev_last, first, last))
-        .then_some((len, first, last))
+    (crc(&bytes[4..24], payload) == sum).then_some((len, first, last))
 }
 
 /// True when `rest` (from the first frame that does not check) can be the
-/// unsynced remains of the last commit: too short for a header, a header
-/// whose frame reaches past the end of the file, or nothing but zeros.
+/// unsynced remains of the last commit: no complete, checksummed frame
+/// starts anywhere in it. A torn write of a large frame can leave any mix
+/// of its pages, zeros and a size the file system extended without data,
+/// but never a whole frame after it (one commit is in flight at a time).
 fn is_torn_tail(rest: &[u8]) -> bool {
-    match parse_header(rest) {
-        None => rest.len() < FRAME_HEADER || rest.iter().all(|b| *b == 0),
-        Some((len, ..)) => FRAME_HEADER + len as usize >= rest.len(),
+    if checked_frame(rest).is_some() {
+        return false;
     }
+    let mut at = 1;
+    while let Some(i) = find_magic(&rest[at..]) {
+        if checked_frame(&rest[at + i..]).is_some() {
+            return false;
+        }
+        at += i + 1;
+    }
+    true
+}
+
+fn find_magic(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(MAGIC.len()).position(|w| w == MAGIC)
 }
 
 fn cut_tail(path: &Path, at: u64) -> Result<()> {
@@ -532,6 +560,44 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         fs::write(&path, &flipped).unwrap();
         assert_eq!(frames(&dir, 1 << 20).0, 2);
+    }
+
+    #[test]
+    fn a_torn_frame_of_many_pages_is_a_torn_tail_whatever_reached_the_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let mut log = log(&dir, &[1], 1 << 20);
+        let big = vec![7u8; 64 * 1024];
+        log.append(2, 9, &big).unwrap();
+        drop(log);
+        let path = newest_segment(&dir);
+        let whole = fs::read(&path).unwrap();
+        let first_end = FRAME_HEADER + payload(1).len();
+        // The header's page lost, later pages kept; or only the header's
+        // low bytes: neither leaves a whole frame after the last good one.
+        let mut lost_head = whole.clone();
+        lost_head[first_end..first_end + 4096].fill(0);
+        let mut split_header = whole.clone();
+        split_header[first_end + 6..first_end + 4096].fill(0);
+        for (what, bytes) in [("lost head", lost_head), ("split header", split_header)] {
+            fs::write(&path, &bytes).unwrap();
+            let (last, frames, torn) = frames(&dir, 1 << 20);
+            assert_eq!((last, frames.len()), (1, 1), "{what}");
+            assert_eq!(torn, (bytes.len() - first_end) as u64, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_whole_last_frame_that_skips_records_is_an_error_naming_the_gap() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        log(&dir, &[2], 1 << 20);
+        let path = newest_segment(&dir);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend_from_slice(&encode_frame(5, 5, b"five"));
+        fs::write(&path, &bytes).unwrap();
+        let err = BrandLog::open(&dir, 1 << 20).err().expect("a gap opened");
+        assert!(err.to_string().contains("record 3 is missing"), "{err}");
     }
 
     #[test]
