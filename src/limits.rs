@@ -120,3 +120,7 @@ const _: () = assert!(
     "segments hold many commits"
 );
 const _: () = assert!(TXN_WINDOW_PER_SIGNER >= MAX_IN_FLIGHT_PER_CONNECTION);
+
+/// An owner load's or a till sale's reference (order or invoice number),
+/// in bytes of printable ASCII.
+pub const MAX_REFERENCE_BYTES: usize = 64;

@@ -190,6 +190,7 @@ impl Script {
             Op::TopUp(pb::TopUp {
                 card: card.into(),
                 amount_minor: amount,
+                ..Default::default()
             }),
         );
     }
@@ -296,6 +297,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
             Op::TopUp(pb::TopUp {
                 card: cards[0].clone(),
                 amount_minor: 1,
+                ..Default::default()
             })
         ),
         E::TxnReversed
@@ -389,6 +391,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
             Op::TopUp(pb::TopUp {
                 card: cards[0].clone(),
                 amount_minor: 1,
+                ..Default::default()
             })
         ),
         E::TerminalDisabled

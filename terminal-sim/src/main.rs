@@ -204,6 +204,7 @@ impl Command {
             Command::Topup { card, amount: a } => Op::TopUp(pb::TopUp {
                 card: card.clone(),
                 amount_minor: amount(a)?,
+                ..Default::default()
             }),
             Command::Refund { seq, amount: a } => Op::Refund(pb::Refund {
                 original_seq: *seq,
