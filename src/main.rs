@@ -298,6 +298,43 @@ enum AdminOp {
         #[arg(long)]
         card: String,
     },
+    /// Load value onto a card from the head office, an online platform or
+    /// a company's order (a TOP_UP record of store 0).
+    Topup {
+        #[arg(long)]
+        card: String,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// What an owner's load says: how much, where it was sold, for what order.
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// The face value loaded, a decimal (e.g. 100.00).
+    #[arg(long)]
+    amount: String,
+    /// Where the value was sold.
+    #[arg(long, value_enum, default_value = "head-office")]
+    channel: LoadChannel,
+    /// The order or invoice number (at most 64 printable ASCII bytes).
+    #[arg(long, default_value = "")]
+    reference: String,
+    /// Load without the brand's top-up bonus.
+    #[arg(long)]
+    no_bonus: bool,
+    /// A sale below face value: what the buyer paid, a decimal (e.g. 90.00
+    /// for 100.00 of value). Default: the face value.
+    #[arg(long)]
+    price: Option<String>,
+}
+
+/// The owner's sales channels (`Channel` in the proto, without `store`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadChannel {
+    HeadOffice,
+    Online,
+    Corporate,
 }
 
 fn main() -> ExitCode {

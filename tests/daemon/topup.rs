@@ -1,0 +1,210 @@
+//! The owner tops up too (issue 25): loads from the head office, online and
+//! corporate channels, and sales below face value at the till and the
+//! owner's console.
+use super::*;
+
+/// A load of `amount` onto `card` through `channel`, with `reference`.
+fn load(card: &str, amount: i64, channel: pb::Channel, reference: &str) -> pb::TopUp {
+    pb::TopUp {
+        card: card.into(),
+        amount_minor: amount,
+        channel: channel as u32,
+        reference: reference.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_owner_load_gets_the_bonus_unless_told_not_to_and_is_recorded_as_store_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone(); // paid 100.00
+    let mut o = demo.owner(d.addr).await;
+
+    // 500.00 earns the demo rules' 50.00, as it would at a till.
+    let op = Op::TopUp(load(&card, 50_000, pb::Channel::HeadOffice, "INV-2026-001"));
+    let r = ok(&mut o, 11, op).await;
+    let rc = receipt(&r);
+    assert_eq!(
+        (rc.seq, rc.store_id, rc.terminal_id, rc.txn_id),
+        (FIRST_SEQ, 0, 0, 11)
+    );
+    let t = topped_up(&r);
+    assert_eq!(
+        (t.paid_minor, t.bonus_minor, t.channel(), t.reference.as_str()),
+        (50_000, 5_000, pb::Channel::HeadOffice, "INV-2026-001")
+    );
+    assert_eq!(t.price_minor, 0, "sold at face value");
+    assert_money(card_of(&r), 60_000, 5_000, 0);
+
+    // The same load without bonus: paid only.
+    let mut net = load(&card, 50_000, pb::Channel::Corporate, "PO 77/B");
+    net.no_bonus = true;
+    let r = ok(&mut o, 12, Op::TopUp(net)).await;
+    let t = topped_up(&r);
+    assert_eq!(
+        (t.paid_minor, t.bonus_minor, t.channel()),
+        (50_000, 0, pb::Channel::Corporate)
+    );
+    assert_money(card_of(&r), 110_000, 5_000, 0);
+
+    // A till sees the loaded value and spends it (paid first).
+    let mut till = demo.terminal(d.addr, 0).await;
+    let r = ok(&mut till, 100, purchase(&card, 111_000)).await;
+    assert_money(card_of(&r), 0, 4_000, 1_110);
+}
+
+#[tokio::test]
+async fn a_retry_of_an_owner_load_is_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[1].clone(); // paid 200.00
+    let mut o = demo.owner(d.addr).await;
+    let req = o.request(11, Op::TopUp(load(&card, 2_500, pb::Channel::Online, "WEB-9")));
+    let first = call_req(&mut o, &req).await.expect("load");
+    assert!(!first.replayed);
+    let retry = call_req(&mut o, &req).await.expect("retry");
+    assert!(retry.replayed);
+    assert_eq!(retry.receipt, first.receipt);
+    // A new connection (a console that lost its answer) replays too.
+    let mut o = demo.owner(d.addr).await;
+    let retry = call_req(&mut o, &req).await.expect("retry");
+    assert!(retry.replayed);
+    assert_eq!(retry.receipt, first.receipt);
+    assert_money(&inquiry(&mut o, &card).await, 22_500, 0, 0);
+    // Another load under the same txn id is a conflict, not a second load.
+    assert_eq!(
+        refused(
+            &mut o,
+            11,
+            Op::TopUp(load(&card, 2_500, pb::Channel::Online, "WEB-10"))
+        )
+        .await,
+        E::IdempotencyConflict
+    );
+    assert_money(&inquiry(&mut o, &card).await, 22_500, 0, 0);
+}
+
+#[tokio::test]
+async fn owner_loads_are_refused_on_blocked_cards_and_bad_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, set_blocked(&card, true)).await;
+    let head = |c: &str| Op::TopUp(load(c, 1_000, pb::Channel::HeadOffice, ""));
+    assert_eq!(refused(&mut o, 12, head(&card)).await, E::CardBlocked);
+
+    let other = demo.manifest.cards[1].clone();
+    let mut bad = load(&other, 1_000, pb::Channel::HeadOffice, "line\nbreak");
+    assert_eq!(
+        refused(&mut o, 12, Op::TopUp(bad.clone())).await,
+        E::InvalidArgument
+    );
+    bad.reference = "x".repeat(65);
+    assert_eq!(
+        refused(&mut o, 12, Op::TopUp(bad.clone())).await,
+        E::InvalidArgument
+    );
+    bad.reference.clear();
+    bad.channel = 9;
+    assert_eq!(
+        refused(&mut o, 12, Op::TopUp(bad.clone())).await,
+        E::InvalidArgument
+    );
+    bad.channel = pb::Channel::HeadOffice as u32;
+    bad.price_minor = 1_001;
+    assert_eq!(
+        refused(&mut o, 12, Op::TopUp(bad)).await,
+        E::AmountOutOfRange
+    );
+    // The channel says who sells: a till only at its store.
+    let mut till = demo.terminal(d.addr, 0).await;
+    assert_eq!(
+        refused(
+            &mut till,
+            100,
+            Op::TopUp(load(&other, 1_000, pb::Channel::Online, ""))
+        )
+        .await,
+        E::WrongRole
+    );
+    // Nothing was written by any refusal.
+    let r = ok(&mut o, 12, head(&other)).await;
+    assert_eq!(seq(&r), FIRST_SEQ + 1);
+    assert_money(card_of(&r), 21_000, 0, 0);
+}
+
+#[tokio::test]
+async fn a_sale_below_face_value_records_both_figures_at_the_till_and_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone(); // paid 100.00
+    let mut till = demo.terminal(d.addr, 0).await;
+    // Pay 450.00, get 500.00: the bonus follows the cash (below the 500.00
+    // tier), the face value is paid value.
+    let mut sale = load(&card, 50_000, pb::Channel::Store, "");
+    sale.price_minor = 45_000;
+    let r = ok(&mut till, 100, Op::TopUp(sale)).await;
+    let t = topped_up(&r);
+    assert_eq!(
+        (t.paid_minor, t.price_minor, t.bonus_minor, t.channel()),
+        (50_000, 45_000, 0, pb::Channel::Store)
+    );
+    assert_money(card_of(&r), 60_000, 0, 0);
+
+    // Online: pay 900.00, get 1,000.00; bonus on 900.00 (the 500.00 tier).
+    let mut o = demo.owner(d.addr).await;
+    let mut sale = load(&card, 100_000, pb::Channel::Online, "SHOP-4411");
+    sale.price_minor = 90_000;
+    let r = ok(&mut o, 11, Op::TopUp(sale)).await;
+    let t = topped_up(&r);
+    assert_eq!(
+        (t.paid_minor, t.price_minor, t.bonus_minor),
+        (100_000, 90_000, 5_000)
+    );
+    assert_money(card_of(&r), 160_000, 5_000, 0);
+    // A price equal to the face value is a face-value sale.
+    let mut full = load(&card, 1_000, pb::Channel::Online, "");
+    full.price_minor = 1_000;
+    let r = ok(&mut o, 12, Op::TopUp(full)).await;
+    assert_eq!(topped_up(&r).price_minor, 0);
+}
+
+#[tokio::test]
+async fn cardd_admin_topup_loads_from_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[2].clone(); // paid 300.00
+    let addr = d.addr.to_string();
+    let key = demo.owner_key_path();
+    let key = key.to_str().expect("utf-8 path");
+    let base = ["admin", "--connect", &addr, "--key", key, "--json", "topup"];
+    let args = [
+        "--card",
+        &card,
+        "--amount",
+        "1000.00",
+        "--price",
+        "900",
+        "--channel",
+        "corporate",
+        "--reference",
+        "ACME staff gifts",
+    ];
+    let out = run::cardd(base.iter().chain(args.iter()));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["paid_minor"], 100_000);
+    assert_eq!(v["price_minor"], 90_000);
+    assert_eq!(v["bonus_minor"], 5_000);
+    assert_eq!(v["channel"], "CHANNEL_CORPORATE");
+    assert_eq!(v["reference"], "ACME staff gifts");
+    let no_bonus = ["--card", &card, "--amount", "10", "--no-bonus"];
+    let out = run::cardd(base.iter().chain(no_bonus.iter()));
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["channel"], "CHANNEL_HEAD_OFFICE");
+    let mut o = demo.owner(d.addr).await;
+    assert_money(&inquiry(&mut o, &card).await, 131_000, 5_000, 0);
+}
