@@ -31,7 +31,12 @@ async fn an_owner_load_gets_the_bonus_unless_told_not_to_and_is_recorded_as_stor
     );
     let t = topped_up(&r);
     assert_eq!(
-        (t.paid_minor, t.bonus_minor, t.channel(), t.reference.as_str()),
+        (
+            t.paid_minor,
+            t.bonus_minor,
+            t.channel(),
+            t.reference.as_str()
+        ),
         (50_000, 5_000, pb::Channel::HeadOffice, "INV-2026-001")
     );
     assert_eq!(t.price_minor, 0, "sold at face value");
@@ -60,7 +65,10 @@ async fn a_retry_of_an_owner_load_is_a_replay() {
     let (d, demo) = Daemon::demo(dir.path());
     let card = demo.manifest.cards[1].clone(); // paid 200.00
     let mut o = demo.owner(d.addr).await;
-    let req = o.request(11, Op::TopUp(load(&card, 2_500, pb::Channel::Online, "WEB-9")));
+    let req = o.request(
+        11,
+        Op::TopUp(load(&card, 2_500, pb::Channel::Online, "WEB-9")),
+    );
     let first = call_req(&mut o, &req).await.expect("load");
     assert!(!first.replayed);
     let retry = call_req(&mut o, &req).await.expect("retry");
