@@ -303,17 +303,35 @@ enum AdminOp {
     Topup {
         #[arg(long)]
         card: String,
+        /// The face value loaded, a decimal (e.g. 100.00).
+        #[arg(long)]
+        amount: String,
         #[command(flatten)]
-        load: LoadArgs,
+        sale: SaleArgs,
+    },
+    /// Sell cards in bulk (a company's order, a batch for a shop window):
+    /// issue --count new cards, load each with --load, and write the numbers,
+    /// value and record sequences to --out. Run the same command again after
+    /// an interruption: it finishes the run without doubling anything.
+    IssueCards {
+        /// How many cards (at most MAX_CARDS_PER_ISSUE_RUN, 1,000).
+        #[arg(long)]
+        count: usize,
+        /// The face value loaded onto each card, a decimal (default: none).
+        #[arg(long)]
+        load: Option<String>,
+        #[command(flatten)]
+        sale: SaleArgs,
+        /// The CSV to write; `OUT.run` beside it holds the run's plan.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
-/// What an owner's load says: how much, where it was sold, for what order.
+/// What an owner's load says besides its amount: where it was sold, for
+/// what order, with or without bonus, at what price.
 #[derive(Args, Clone)]
-struct LoadArgs {
-    /// The face value loaded, a decimal (e.g. 100.00).
-    #[arg(long)]
-    amount: String,
+struct SaleArgs {
     /// Where the value was sold.
     #[arg(long, value_enum, default_value = "head-office")]
     channel: LoadChannel,

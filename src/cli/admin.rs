@@ -13,7 +13,7 @@ use cardd::pb::{self, request::Op};
 use cardd::render::{error_json, parse_amount, receipt_text, reply_json};
 
 use super::current_thread_runtime;
-use crate::{AdminArgs, AdminOp, Cli, LoadArgs, LoadChannel};
+use crate::{AdminArgs, AdminOp, Cli, LoadChannel, SaleArgs};
 
 /// Runs one `cardd admin` command against a daemon.
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -49,6 +49,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     client.operator = args.operator.clone();
     let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
+    if let AdminOp::IssueCards { .. } = &args.op {
+        return super::issue_cards::run(&mut client, &args, txn).await;
+    }
     let op = build_op(args.op, &client.session)?;
     let req = client.request(txn, op);
     match client.call(&req).await {
@@ -124,19 +127,23 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
             reason: String::new(),
         }),
         AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
-        AdminOp::Topup { card, load } => Op::TopUp(owner_load(card, &load, session)?),
+        AdminOp::Topup { card, amount, sale } => {
+            Op::TopUp(owner_load(card, &amount, &sale, session)?)
+        }
+        AdminOp::IssueCards { .. } => unreachable!("a run of many requests, see issue_cards"),
     })
 }
 
 /// An owner's top-up of `card`, amounts in the brand's minor units.
 pub(super) fn owner_load(
     card: String,
-    load: &LoadArgs,
+    amount: &str,
+    load: &SaleArgs,
     session: &pb::SignOnOk,
 ) -> anyhow::Result<pb::TopUp> {
     let exponent = session.currency_exponent;
     let amount_minor =
-        parse_amount(&load.amount, exponent).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+        parse_amount(amount, exponent).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
     let price_minor = match &load.price {
         Some(p) => parse_amount(p, exponent).map_err(|e| anyhow::anyhow!("--price: {e}"))?,
         None => 0,

@@ -216,3 +216,118 @@ async fn cardd_admin_topup_loads_from_the_console() {
     let mut o = demo.owner(d.addr).await;
     assert_money(&inquiry(&mut o, &card).await, 131_000, 5_000, 0);
 }
+
+/// `cardd admin ... issue-cards` arguments for a corporate order of `count`
+/// cards of 10.00 written to `out`.
+fn bulk_args(addr: &str, key: &Path, count: &str, out: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> =
+        ["admin", "--connect", addr, "--key"].map(Into::into).into();
+    args.push(key.into());
+    let rest = [
+        "--json",
+        "issue-cards",
+        "--count",
+        count,
+        "--load",
+        "10.00",
+        "--channel",
+        "corporate",
+        "--reference",
+        "ACME-XMAS",
+        "--out",
+    ];
+    args.extend(rest.map(Into::into));
+    args.push(out.into());
+    args
+}
+
+#[tokio::test]
+async fn a_bulk_sale_killed_mid_run_and_run_again_yields_exactly_1000_loaded_cards() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let out = dir.path().join("cards.csv");
+    let args = bulk_args(&d.addr.to_string(), &demo.owner_key_path(), "1000", &out);
+    let mut child = std::process::Command::new(cardd_bin())
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cardd runs");
+    let progress = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = Vec::new();
+    for line in progress.lines() {
+        let line = line.expect("stderr line");
+        seen.push(line.clone());
+        if line.contains("300/1000") {
+            break;
+        }
+    }
+    child.kill().expect("kill -9 the client"); // SIGKILL on Unix
+    child.wait().expect("reaped");
+    assert!(seen.iter().any(|l| l.contains("300/1000")), "{seen:?}");
+    assert!(!out.exists(), "the CSV is written only at the end");
+
+    let again = run::cardd(&args);
+    assert!(again.status.success(), "{again:?}");
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).expect("one JSON line");
+    assert_eq!(v["cards"], 1000);
+    assert_eq!(v["loaded_minor"], 1_000_000);
+    let done = v["already_done"].as_u64().expect("count");
+    assert!(
+        (300..1000).contains(&done),
+        "the rerun replayed the first {done}"
+    );
+
+    let csv = std::fs::read_to_string(&out).expect("the CSV");
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 1000);
+    let cards: std::collections::HashSet<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(cards.len(), 1000, "distinct numbers");
+    let mut o = demo.owner(d.addr).await;
+    for (i, r) in rows.iter().enumerate() {
+        let seqs = (r[1].parse::<u64>().unwrap(), r[2].parse::<u64>().unwrap());
+        let first = FIRST_SEQ + 2 * i as u64;
+        assert_eq!(
+            seqs,
+            (first, first + 1),
+            "row {i}: issue and load, in order"
+        );
+        assert_eq!(&r[3..], ["1000", "0", "0"]);
+    }
+    for card in cards.iter().step_by(97) {
+        assert_money(&inquiry(&mut o, card).await, 1_000, 0, 0);
+    }
+    // Exactly 2,000 records were written: the next one is FIRST_SEQ + 2000.
+    let r = ok(&mut o, 5_000, create_store("After the sale")).await;
+    assert_eq!(seq(&r), FIRST_SEQ + 2_000);
+
+    // Run once more: all of it is a replay, and the CSV is the same.
+    let third = run::cardd(&args);
+    assert!(third.status.success(), "{third:?}");
+    let v: serde_json::Value = serde_json::from_slice(&third.stdout).expect("one JSON line");
+    assert_eq!(v["already_done"], 1000);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), csv);
+}
+
+#[tokio::test]
+async fn a_bulk_sale_is_bounded_and_a_different_sale_needs_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let out = dir.path().join("cards.csv");
+    let addr = d.addr.to_string();
+    let key = demo.owner_key_path();
+    let too_many = run::cardd(bulk_args(&addr, &key, "1001", &out));
+    assert!(!too_many.status.success());
+    assert!(String::from_utf8_lossy(&too_many.stderr).contains("--count must be 1..=1000"));
+    let two = run::cardd(bulk_args(&addr, &key, "2", &out));
+    assert!(two.status.success(), "{two:?}");
+    let three = run::cardd(bulk_args(&addr, &key, "3", &out));
+    assert!(!three.status.success());
+    assert!(String::from_utf8_lossy(&three.stderr).contains("records another sale"));
+}
