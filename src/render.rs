@@ -242,7 +242,7 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
                 out.push(format!("Price paid  {}", amt(t.price_minor)));
             }
             if t.channel != pb::Channel::Store as i32 {
-                out.push(format!("Sold via    {}", t.channel().as_str_name()));
+                out.push(format!("Sold via    {}", channel_name(t.channel())));
                 if !t.reference.is_empty() {
                     out.push(format!("Reference   {}", t.reference));
                 }
@@ -323,6 +323,17 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
     }
     if !reply.promotion_line.is_empty() {
         out.push(reply.promotion_line.clone());
+    }
+}
+
+
+/// A sales channel as the receipt prints it.
+fn channel_name(c: pb::Channel) -> &'static str {
+    match c {
+        pb::Channel::Store => "store",
+        pb::Channel::HeadOffice => "head office",
+        pb::Channel::Online => "online",
+        pb::Channel::Corporate => "corporate",
     }
 }
 
