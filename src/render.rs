@@ -326,7 +326,6 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
     }
 }
 
-
 /// A sales channel as the receipt prints it.
 fn channel_name(c: pb::Channel) -> &'static str {
     match c {

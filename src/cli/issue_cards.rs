@@ -3,12 +3,16 @@
 //! Why a retry neither doubles a card nor its value: before the first
 //! request the run's plan (card numbers, the first owner transaction id,
 //! the load's terms, the operator and the client time) is written durably
-//! to `OUT.run`. Every request is then a pure function of the plan: card
-//! `i` is issued under txn `first + 2i` and loaded under `first + 2i + 1`,
-//! with the plan's fixed client time, so a run started again after a crash
-//! or a kill -9 sends the same bytes under the same ids, and the daemon
-//! answers what it already applied as a replay (`replayed: true`) and
-//! applies only the rest. The CSV is written, whole, only at the end.
+//! to `OUT.run`. Every request is then a pure function of the plan, with
+//! the plan's fixed client time, so a run started again after a crash or a
+//! kill -9 sends the same bytes under the same ids, and the daemon answers
+//! what it already applied as a replay (`replayed: true`) and applies only
+//! the rest. The CSV is written, whole, only at the end.
+//!
+//! The run's ids count down (card 0's issue holds the highest): its first
+//! request moves the owner's last txn id past the whole run, so an owner
+//! command made before the re-run (which takes last + 1) cannot take an id
+//! the run still needs.
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -192,9 +196,10 @@ fn request(plan: &Plan, txn_id: u64, op: Op) -> pb::Request {
 /// its requests were replays (applied by an earlier run).
 async fn send_all(client: &mut AnyClient, plan: &Plan) -> anyhow::Result<Vec<(Row, bool)>> {
     let stride = if plan.load.is_some() { 2 } else { 1 };
+    let top = plan.first_txn_id + stride * plan.cards.len() as u64 - 1;
     let mut rows = Vec::with_capacity(plan.cards.len());
     for (i, card) in plan.cards.iter().enumerate() {
-        let txn = plan.first_txn_id + stride * i as u64;
+        let txn = top - stride * i as u64;
         let issue = Op::IssueCard(pb::IssueCard { card: card.clone() });
         let issued = send(client, &request(plan, txn, issue), card).await?;
         let mut row = Row {
@@ -207,7 +212,7 @@ async fn send_all(client: &mut AnyClient, plan: &Plan) -> anyhow::Result<Vec<(Ro
         };
         let mut replayed = issued.replayed;
         if let Some(terms) = &plan.load {
-            let loaded = send(client, &request(plan, txn + 1, load_op(card, terms)), card).await?;
+            let loaded = send(client, &request(plan, txn - 1, load_op(card, terms)), card).await?;
             replayed &= loaded.replayed;
             row.load_seq = loaded.receipt.as_ref().map_or(0, |r| r.seq);
             if let Some(pb::reply::Detail::TopUp(t)) = &loaded.detail {
