@@ -284,6 +284,7 @@ fn fund_cards(
         let top_up = Op::TopUp(pb::TopUp {
             card: card.clone(),
             amount_minor: load,
+            ..Default::default()
         });
         let req = demo_request(
             brand,

@@ -166,3 +166,14 @@ const _: () = assert!(
     "signed-on sessions have slots of their own"
 );
 const _: () = assert!(DEFAULT_AUDIT_STREAMS_PER_KEY <= DEFAULT_AUDIT_STREAMS);
+
+/// An owner load's or a till sale's reference (order or invoice number),
+/// in bytes of printable ASCII.
+pub const MAX_REFERENCE_BYTES: usize = 64;
+/// Cards one `cardd admin issue-cards` run may issue. Each card takes two
+/// owner transaction ids (issue, load); a re-run after an interruption
+/// finds them as replays only while they are within the owner's window, so
+/// a run uses at most half of it, leaving the other half for the owner's
+/// other work in between.
+pub const MAX_CARDS_PER_ISSUE_RUN: usize = 1_000;
+const _: () = assert!(2 * MAX_CARDS_PER_ISSUE_RUN <= TXN_WINDOW_PER_SIGNER / 2);

@@ -356,6 +356,61 @@ enum AdminOp {
         #[arg(long)]
         card: String,
     },
+    /// Load value onto a card from the head office, an online platform or
+    /// a company's order (a TOP_UP record of store 0).
+    Topup {
+        #[arg(long)]
+        card: String,
+        /// The face value loaded, a decimal (e.g. 100.00).
+        #[arg(long)]
+        amount: String,
+        #[command(flatten)]
+        sale: SaleArgs,
+    },
+    /// Sell cards in bulk (a company's order, a batch for a shop window):
+    /// issue --count new cards, load each with --load, and write the numbers,
+    /// value and record sequences to --out. Run the same command again after
+    /// an interruption: it finishes the run without doubling anything.
+    IssueCards {
+        /// How many cards (at most MAX_CARDS_PER_ISSUE_RUN, 1,000).
+        #[arg(long)]
+        count: usize,
+        /// The face value loaded onto each card, a decimal (default: none).
+        #[arg(long)]
+        load: Option<String>,
+        #[command(flatten)]
+        sale: SaleArgs,
+        /// The CSV to write; `OUT.run` beside it holds the run's plan.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// What an owner's load says besides its amount: where it was sold, for
+/// what order, with or without bonus, at what price.
+#[derive(Args, Clone)]
+struct SaleArgs {
+    /// Where the value was sold.
+    #[arg(long, value_enum, default_value = "head-office")]
+    channel: LoadChannel,
+    /// The order or invoice number (at most 64 printable ASCII bytes).
+    #[arg(long, default_value = "")]
+    reference: String,
+    /// Load without the brand's top-up bonus.
+    #[arg(long)]
+    no_bonus: bool,
+    /// A sale below face value: what the buyer paid, a decimal (e.g. 90.00
+    /// for 100.00 of value). Default: the face value.
+    #[arg(long)]
+    price: Option<String>,
+}
+
+/// The owner's sales channels (`Channel` in the proto, without `store`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadChannel {
+    HeadOffice,
+    Online,
+    Corporate,
 }
 
 fn main() -> ExitCode {

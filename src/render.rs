@@ -115,6 +115,15 @@ fn detail_fields(m: &mut Map<String, Value>, detail: &Detail) {
         Detail::TopUp(t) => {
             m.insert("paid_minor".into(), json!(t.paid_minor));
             m.insert("bonus_minor".into(), json!(t.bonus_minor));
+            // Only an owner's load or a sale below face value says more,
+            // so a till's ordinary top-up prints as it always did.
+            if t.channel != pb::Channel::Store as i32 {
+                m.insert("channel".into(), json!(t.channel().as_str_name()));
+                m.insert("reference".into(), json!(t.reference));
+            }
+            if t.price_minor != 0 {
+                m.insert("price_minor".into(), json!(t.price_minor));
+            }
         }
         Detail::Refund(r) => {
             m.insert("refunded_minor".into(), json!(r.refunded_minor));
@@ -229,6 +238,15 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
         Detail::TopUp(t) => {
             out.push(format!("Loaded      {}", amt(t.paid_minor)));
             out.push(format!("Bonus       {}", amt(t.bonus_minor)));
+            if t.price_minor != 0 {
+                out.push(format!("Price paid  {}", amt(t.price_minor)));
+            }
+            if t.channel != pb::Channel::Store as i32 {
+                out.push(format!("Sold via    {}", channel_name(t.channel())));
+                if !t.reference.is_empty() {
+                    out.push(format!("Reference   {}", t.reference));
+                }
+            }
         }
         Detail::Refund(r) => {
             out.push(format!("Refunded    {}", amt(r.refunded_minor)));
@@ -305,6 +323,16 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
     }
     if !reply.promotion_line.is_empty() {
         out.push(reply.promotion_line.clone());
+    }
+}
+
+/// A sales channel as the receipt prints it.
+fn channel_name(c: pb::Channel) -> &'static str {
+    match c {
+        pb::Channel::Store => "store",
+        pb::Channel::HeadOffice => "head office",
+        pb::Channel::Online => "online",
+        pb::Channel::Corporate => "corporate",
     }
 }
 

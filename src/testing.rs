@@ -99,6 +99,7 @@ pub fn top_up(card: &str, amount_minor: i64) -> Op {
     Op::TopUp(pb::TopUp {
         card: card.into(),
         amount_minor,
+        ..Default::default()
     })
 }
 

@@ -209,7 +209,14 @@ const PURCHASE: Schema = msg(&[
     f(2, "amount_minor", Int),
     f(3, "allow_partial", Bool),
 ]);
-const TOP_UP: Schema = msg(&[f(1, "card", Str), f(2, "amount_minor", Int)]);
+const TOP_UP: Schema = msg(&[
+    f(1, "card", Str),
+    f(2, "amount_minor", Int),
+    f(3, "channel", U32),
+    f(4, "reference", Str),
+    f(5, "no_bonus", Bool),
+    f(6, "price_minor", Int),
+]);
 const REFUND: Schema = msg(&[f(1, "original_seq", Int), f(2, "amount_minor", Int)]);
 const REVERSAL: Schema = msg(&[f(1, "original_txn_id", Int)]);
 const REDEEM_POINTS: Schema = msg(&[f(1, "card", Str), f(2, "points", Int), f(3, "reward", Str)]);
@@ -766,6 +773,7 @@ mod tests {
             Op::TopUp(pb::TopUp {
                 card: card.clone(),
                 amount_minor: i64::MAX,
+                ..Default::default()
             }),
             Op::Refund(pb::Refund {
                 original_seq: u64::MAX,

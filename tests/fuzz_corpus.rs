@@ -404,6 +404,7 @@ fn request_seeds() {
                     Op::TopUp(pb::TopUp {
                         card: c(2),
                         amount_minor: 60_000,
+                        ..Default::default()
                     }),
                 ),
             ),

@@ -75,7 +75,10 @@ OP_KIND = {
     34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 50: BRAND_CREATED,
 }
 TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
-OWNER_KINDS = {STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
+# Top-up channels (Record.channel, TopUp.channel): a till sells at STORE
+# (absent from its record); the owner's loads name one of the others.
+CHANNEL_STORE, CHANNEL_HEAD_OFFICE, CHANNEL_ONLINE, CHANNEL_CORPORATE = 0, 1, 2, 3
+OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
                TERMINAL_STATUS_CHANGED}
 
 
@@ -290,7 +293,8 @@ RECORD = Schema("Record", {
     28: ("shift_totals", ("msg", SHIFT_TOTALS)), 29: ("shift_number", U64),
     30: ("shift_balanced", BOOL), 31: ("new_id", U32), 32: ("other_card", STRING),
     33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
-    35: ("visits_after", U32), 36: ("remaining_minor", I64T),
+    35: ("visits_after", U32), 36: ("remaining_minor", I64T), 37: ("channel", ENUM),
+    38: ("reference", STRING), 39: ("price_minor", I64T),
 })
 CHECKPOINT = Schema("Checkpoint", {
     1: ("brand_id", U32), 2: ("tree_size", U64), 3: ("head_hash", BYTES), 4: ("root_hash", BYTES),
@@ -315,7 +319,8 @@ RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("poin
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
     11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)})),
-    12: ("top_up", Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T)})),
+    12: ("top_up", Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("channel", U32),
+                                    4: ("reference", STRING), 5: ("no_bonus", BOOL), 6: ("price_minor", I64T)})),
     13: ("refund", Schema("Refund", {1: ("original_seq", U64), 2: ("amount_minor", I64T)})),
     14: ("reversal", Schema("Reversal", {1: ("original_txn_id", U64)})),
     15: ("redeem_points", Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING)})),
@@ -788,6 +793,18 @@ class Verifier:
         elif kind == TOP_UP:
             if body["card"] != rec["card"] or body["amount_minor"] != rec["paid_in_minor"]:
                 fail("the top-up's card or amount differs from the signed request")
+            if body["channel"] != rec["channel"] or body["reference"] != rec["reference"]:
+                fail("the top-up's channel or reference differs from the signed request")
+            by_owner = rec["signer"] == SIGNER_OWNER
+            if by_owner != (rec["channel"] != CHANNEL_STORE) or rec["channel"] > CHANNEL_CORPORATE:
+                fail("channel %d is not the signer's" % rec["channel"])
+            if by_owner and rec["store_id"] != 0:
+                fail("an owner's top-up names store %d (the head office is store 0)" % rec["store_id"])
+            if body["no_bonus"] and rec["bonus_in_minor"]:
+                fail("bonus granted on a load signed without bonus")
+            price = body["price_minor"] if body["price_minor"] != body["amount_minor"] else 0
+            if price != rec["price_minor"] or not 0 <= price < max(rec["paid_in_minor"], 1):
+                fail("the top-up's price differs from the signed request or is not below face value")
         elif kind == REFUND:
             if (body["original_seq"] != rec["original_seq"]
                     or body["amount_minor"] != rec["paid_in_minor"] + rec["bonus_in_minor"]):

@@ -237,6 +237,7 @@ impl World {
                     Op::TopUp(pb::TopUp {
                         card: number.clone(),
                         amount_minor: amount,
+                        ..Default::default()
                     }),
                 );
                 if m.blocked || m.replaced {

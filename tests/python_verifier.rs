@@ -343,6 +343,30 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     assert!(view.balance_minor > 0, "the value moved to the new card");
     ok(&mut t1, next(&mut n1), top_up(&new_card, 1_000)).await;
     ok(&mut t2, next(&mut n2), purchase(&new_card, 777)).await;
+    // The owner loads value (issue 25): from the head office with the
+    // bonus, online below face value without it; and a till sells below
+    // face value.
+    let owner_load = |card: &str, channel: pb::Channel, no_bonus, price_minor| {
+        Op::TopUp(pb::TopUp {
+            card: card.into(),
+            amount_minor: 60_000,
+            channel: channel as u32,
+            reference: "INV-77".into(),
+            no_bonus,
+            price_minor,
+        })
+    };
+    let head_office = owner_load(&cards[0], pb::Channel::HeadOffice, false, 0);
+    ok(&mut owner, next(&mut no), head_office).await;
+    let online = owner_load(&new_card, pb::Channel::Online, true, 54_000);
+    ok(&mut owner, next(&mut no), online).await;
+    let below_face = pb::TopUp {
+        card: cards[1].clone(),
+        amount_minor: 10_000,
+        price_minor: 9_000,
+        ..Default::default()
+    };
+    ok(&mut t1, next(&mut n1), Op::TopUp(below_face)).await;
     // Terminal 2 closes its shift (without totals: an unbalanced close).
     // Records are written one at a time here, so the last is the newest.
     let r = ok(
@@ -598,8 +622,29 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
         "{text}"
     );
 
+    // (h) An owner's load whose record the server re-labels (another
+    // reference than the order the owner signed for).
+    let owner_load = records
+        .iter()
+        .find(|r| r.kind() == RecordKind::TopUp && r.signer() == pb::Signer::Owner)
+        .expect("an owner load")
+        .seq;
+    let h = dir.path().join("h-owner-load-reference.cardd");
+    write_items(
+        &h,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == owner_load {
+                r.reference = "INV-78".into();
+            }
+        }),
+    );
+    let relabelled = format!(
+        "record {owner_load}: the top-up's channel or reference differs from the signed request"
+    );
+    assert_rejected(&python, &h, &server_key, &relabelled);
+
     // The Rust verifier agrees on every tampered copy.
-    for bad in [&a, &b, &c, &d, &e, &f, &g] {
+    for bad in [&a, &b, &c, &d, &e, &f, &g, &h] {
         let (ok_rust, text) = run_rust_verify(bad, &server_key);
         assert!(
             !ok_rust,

@@ -58,8 +58,12 @@ pub struct CardSummary {
 /// Money totals over the whole chain, in minor units.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
-    /// Paid value loaded by top-ups.
+    /// Paid value loaded by top-ups (the face value: what the cards owe).
     pub loaded_paid_minor: i128,
+    /// Of that, the discount on sales below face value: face value less
+    /// the cash received (`paid_in - price` of each TOP_UP with a price).
+    /// The cash taken in for loads is `loaded_paid_minor - discount_minor`.
+    pub discount_minor: i128,
     /// Bonus value granted by top-ups.
     pub bonus_granted_minor: i128,
     /// Value spent by purchases.
@@ -468,6 +472,9 @@ fn add_totals(t: &mut Totals, r: &Record) {
         RecordKind::TopUp => {
             t.loaded_paid_minor += i(r.paid_in_minor);
             t.bonus_granted_minor += i(r.bonus_in_minor);
+            if r.price_minor != 0 {
+                t.discount_minor += i(r.paid_in_minor) - i(r.price_minor);
+            }
         }
         RecordKind::Purchase => t.spent_minor += i(r.paid_out_minor) + i(r.bonus_out_minor),
         RecordKind::Refund => t.refunded_minor += i(r.paid_in_minor) + i(r.bonus_in_minor),

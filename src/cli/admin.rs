@@ -10,10 +10,10 @@ use serde::Deserialize;
 use cardd::client::{Client, ClientError};
 use cardd::crypto::{read_key_file, write_key_file};
 use cardd::pb::{self, request::Op};
-use cardd::render::{error_json, receipt_text, reply_json};
+use cardd::render::{error_json, parse_amount, receipt_text, reply_json};
 
 use super::current_thread_runtime;
-use crate::{AdminArgs, AdminOp, Cli};
+use crate::{AdminArgs, AdminOp, Cli, LoadChannel, SaleArgs};
 
 /// Runs one `cardd admin` command against a daemon.
 pub fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -49,7 +49,10 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     client.operator = args.operator.clone();
     let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
-    let op = build_op(args.op, client.session.brand_id)?;
+    if let AdminOp::IssueCards { .. } = &args.op {
+        return super::issue_cards::run(&mut client, &args, txn).await;
+    }
+    let op = build_op(args.op, &client.session)?;
     let req = client.request(txn, op);
     match client.call(&req).await {
         Ok(reply) => {
@@ -76,8 +79,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The request operation for one admin command of brand `brand`.
-fn build_op(op: AdminOp, brand: u32) -> anyhow::Result<Op> {
+/// The request operation for one admin command in the owner's session.
+fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
+    let brand = session.brand_id;
     Ok(match op {
         AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
         AdminOp::EnrollTerminal {
@@ -123,6 +127,39 @@ fn build_op(op: AdminOp, brand: u32) -> anyhow::Result<Op> {
             reason: String::new(),
         }),
         AdminOp::Inquiry { card } => Op::Inquiry(pb::Inquiry { card }),
+        AdminOp::Topup { card, amount, sale } => {
+            Op::TopUp(owner_load(card, &amount, &sale, session)?)
+        }
+        AdminOp::IssueCards { .. } => unreachable!("a run of many requests, see issue_cards"),
+    })
+}
+
+/// An owner's top-up of `card`, amounts in the brand's minor units.
+pub(super) fn owner_load(
+    card: String,
+    amount: &str,
+    load: &SaleArgs,
+    session: &pb::SignOnOk,
+) -> anyhow::Result<pb::TopUp> {
+    let exponent = session.currency_exponent;
+    let amount_minor =
+        parse_amount(amount, exponent).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+    let price_minor = match &load.price {
+        Some(p) => parse_amount(p, exponent).map_err(|e| anyhow::anyhow!("--price: {e}"))?,
+        None => 0,
+    };
+    let channel = match load.channel {
+        LoadChannel::HeadOffice => pb::Channel::HeadOffice,
+        LoadChannel::Online => pb::Channel::Online,
+        LoadChannel::Corporate => pb::Channel::Corporate,
+    };
+    Ok(pb::TopUp {
+        card,
+        amount_minor,
+        channel: channel as u32,
+        reference: load.reference.clone(),
+        no_bonus: load.no_bonus,
+        price_minor,
     })
 }
 

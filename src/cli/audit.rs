@@ -186,6 +186,7 @@ pub fn print_report(r: &VerifyReport, json: bool) {
     }
     let t = &r.totals;
     println!("loaded (paid)      {}", amt(t.loaded_paid_minor));
+    println!("  of which discount {}", amt(t.discount_minor));
     println!("bonus granted      {}", amt(t.bonus_granted_minor));
     println!("spent              {}", amt(t.spent_minor));
     println!("refunded           {}", amt(t.refunded_minor));

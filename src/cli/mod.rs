@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod brand;
+pub mod issue_cards;
 pub mod keys;
 pub mod serve;
 

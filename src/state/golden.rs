@@ -35,6 +35,8 @@ pub(super) struct Script {
     digest: Sha256,
     /// Seq of the newest record written.
     last_seq: u64,
+    /// The newest record written.
+    last_record: Option<pb::Record>,
 }
 
 /// A valid card number of `BRAND` from a counter.
@@ -70,6 +72,7 @@ impl Script {
             next_txn: vec![1, 1],
             digest: Sha256::new(),
             last_seq: 0,
+            last_record: None,
         }
     }
 
@@ -127,6 +130,7 @@ impl Script {
                 assert_eq!(pb::Record::decode(w.bytes.as_slice()).unwrap(), w.record);
                 assert_eq!(w.hash, leaf_hash(&w.bytes));
                 self.last_seq = w.record.seq;
+                self.last_record = Some(w.record.clone());
                 format!("W {} {} {:?}", w.record.seq, hex::encode(w.hash), w.nodes)
             }
             Ok(Outcome::Answer(r)) => format!("A {}", hex::encode(r.encode_to_vec())),
@@ -190,6 +194,7 @@ impl Script {
             Op::TopUp(pb::TopUp {
                 card: card.into(),
                 amount_minor: amount,
+                ..Default::default()
             }),
         );
     }
@@ -296,6 +301,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
             Op::TopUp(pb::TopUp {
                 card: cards[0].clone(),
                 amount_minor: 1,
+                ..Default::default()
             })
         ),
         E::TxnReversed
@@ -389,6 +395,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
             Op::TopUp(pb::TopUp {
                 card: cards[0].clone(),
                 amount_minor: 1,
+                ..Default::default()
             })
         ),
         E::TerminalDisabled
@@ -399,4 +406,102 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
     let root = hex::encode(s.state.merkle.root());
     let got = (outcomes.as_str(), head.as_str(), root.as_str(), s.state.seq);
     assert_eq!(got, (OUTCOMES, HEAD, ROOT, RECORDS));
+}
+
+/// The head hash after `owner_loads_write_exactly_the_pinned_records`.
+const OWNER_LOADS_HEAD: &str = "0dfa74e9116cb8cbc031e1e527c90891f392de95731296197fe5da449dff48fb";
+
+/// Owner loads and sales below face value (issue 25): the record fields and
+/// the exact bytes, pinned like the main script's.
+#[test]
+fn owner_loads_write_exactly_the_pinned_records() {
+    use pb::{Channel, ErrorCode as E};
+    let mut s = Script::new();
+    s.create_brand("Golden Tea");
+    s.owner(Op::SetRules(pb::SetRules {
+        rules: Some(crate::demo::demo_rules()),
+    }));
+    s.owner(Op::CreateStore(pb::CreateStore {
+        name: "North".into(),
+    }));
+    let pk = s.key(Principal::Terminal(1)).verifying_key().to_bytes();
+    s.owner(Op::EnrollTerminal(pb::EnrollTerminal {
+        store_id: 1,
+        public_key: pk.to_vec(),
+        label: "till 1".into(),
+    }));
+    let cards: Vec<String> = (0..3).map(card).collect();
+    for c in &cards {
+        s.owner(Op::IssueCard(pb::IssueCard { card: c.clone() }));
+    }
+    let load = |card: &str, channel: Channel, no_bonus: bool, price_minor: i64| {
+        Op::TopUp(pb::TopUp {
+            card: card.into(),
+            amount_minor: 100_000,
+            channel: channel as u32,
+            reference: "INV-1".into(),
+            no_bonus,
+            price_minor,
+        })
+    };
+    let expect = [
+        (load(&cards[0], Channel::HeadOffice, false, 0), 15_000, 0),
+        (load(&cards[1], Channel::Corporate, true, 0), 0, 0),
+        (
+            load(&cards[2], Channel::Online, false, 90_000),
+            5_000,
+            90_000,
+        ),
+    ];
+    for (op, bonus, price) in expect {
+        let seq = s.owner(op);
+        let rec = last_record(&s, seq);
+        assert_eq!((rec.store_id, rec.terminal_id), (0, 0));
+        assert_eq!((rec.paid_in_minor, rec.bonus_in_minor), (100_000, bonus));
+        assert_eq!((rec.price_minor, rec.reference.as_str()), (price, "INV-1"));
+    }
+    let mut below = load(&cards[0], Channel::Store, false, 45_000);
+    if let Op::TopUp(t) = &mut below {
+        t.amount_minor = 50_000;
+    }
+    s.till(1, "", below);
+    assert_eq!(
+        s.refused(
+            Principal::Owner,
+            99,
+            load(&cards[0], Channel::Store, false, 0)
+        ),
+        E::WrongRole
+    );
+    assert_eq!(
+        s.refused(
+            Principal::Terminal(1),
+            99,
+            load(&cards[0], Channel::Online, false, 0)
+        ),
+        E::WrongRole
+    );
+    s.owner(Op::SetCardBlocked(pb::SetCardBlocked {
+        card: cards[1].clone(),
+        blocked: true,
+        reason: String::new(),
+    }));
+    assert_eq!(
+        s.refused(
+            Principal::Owner,
+            99,
+            load(&cards[1], Channel::HeadOffice, false, 0)
+        ),
+        E::CardBlocked
+    );
+    assert_eq!(hex::encode(s.state.head_hash), OWNER_LOADS_HEAD);
+}
+
+/// The record the script wrote as `seq`, its newest (the state keeps no
+/// records).
+fn last_record(s: &Script, seq: u64) -> pb::Record {
+    s.last_record
+        .clone()
+        .filter(|r| r.seq == seq)
+        .expect("the newest record")
 }

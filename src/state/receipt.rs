@@ -25,6 +25,9 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         RecordKind::TopUp => Some(Detail::TopUp(pb::TopUpResult {
             paid_minor: rec.paid_in_minor,
             bonus_minor: rec.bonus_in_minor,
+            channel: rec.channel,
+            reference: rec.reference.clone(),
+            price_minor: rec.price_minor,
         })),
         RecordKind::Refund => Some(Detail::Refund(pb::RefundResult {
             refunded_minor: rec.paid_in_minor + rec.bonus_in_minor,

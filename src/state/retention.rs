@@ -138,6 +138,7 @@ mod tests {
         let top_up_again = Op::TopUp(pb::TopUp {
             card: c.clone(),
             amount_minor: 1_000_000,
+            ..Default::default()
         });
         assert_eq!(s.refused(TILL, 1, top_up_again), E::TxnTooOld);
         let reverse_it = Op::Reversal(pb::Reversal { original_txn_id: 1 });

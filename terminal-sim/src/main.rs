@@ -126,9 +126,16 @@ enum Command {
         /// The card number (19 digits).
         #[arg(long)]
         card: String,
-        /// The amount paid by the customer, a decimal (e.g. 100.00).
+        /// The value loaded (the face value), a decimal (e.g. 100.00).
         #[arg(long)]
         amount: String,
+        /// A sale below face value: what the customer paid (e.g. 90.00 for
+        /// 100.00 of value). Default: the face value.
+        #[arg(long)]
+        price: Option<String>,
+        /// The order or receipt number kept on the record.
+        #[arg(long, default_value = "")]
+        reference: String,
     },
     /// Refund part or all of a purchase made at this store.
     Refund {
@@ -201,9 +208,20 @@ impl Command {
                 amount_minor: amount(a)?,
                 allow_partial: *partial,
             }),
-            Command::Topup { card, amount: a } => Op::TopUp(pb::TopUp {
+            Command::Topup {
+                card,
+                amount: a,
+                price,
+                reference,
+            } => Op::TopUp(pb::TopUp {
                 card: card.clone(),
                 amount_minor: amount(a)?,
+                reference: reference.clone(),
+                price_minor: match price {
+                    Some(p) => parse_amount(p, exponent).map_err(|e| anyhow!("--price: {e}"))?,
+                    None => 0,
+                },
+                ..Default::default()
             }),
             Command::Refund { seq, amount: a } => Op::Refund(pb::Refund {
                 original_seq: *seq,

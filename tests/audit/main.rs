@@ -87,6 +87,7 @@ fn assert_fails(o: &Output, what: &str) -> String {
 mod consistency;
 mod export;
 mod history;
+mod owner_loads;
 mod proofs;
 mod tamper;
 mod verify;

@@ -29,6 +29,7 @@ mod protocol;
 mod restart;
 mod reversal;
 mod sign_on;
+mod topup;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

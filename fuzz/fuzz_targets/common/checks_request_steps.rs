@@ -393,6 +393,7 @@ impl World {
             tag::TOP_UP => Op::TopUp(pb::TopUp {
                 card: self.card(r),
                 amount_minor: self.amount(r),
+                ..Default::default()
             }),
             tag::REFUND => Op::Refund(pb::Refund {
                 original_seq: self.seq(r, Some(RecordKind::Purchase)),

@@ -321,7 +321,7 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
 }
 
 /// The record's prost encoding: the bytes `encode_to_vec` gives (the golden
-/// tests pin them), without its `encoded_len` pass over all 36 fields,
+/// tests pin them), without its `encoded_len` pass over all 39 fields,
 /// which cost as much as the encoding itself. The buffer is sized from an
 /// upper bound instead; were it short, the Vec would just grow.
 fn encode_record(rec: &Record) -> Vec<u8> {
@@ -336,6 +336,7 @@ fn encode_record(rec: &Record) -> Vec<u8> {
         rec.request_signature.len(),
         rec.signer_public_key.len(),
         rec.other_card.len(),
+        rec.reference.len(),
         rec.shift_totals.as_ref().map_or(0, Message::encoded_len),
     ];
     let bound = 400 + delimited.iter().map(|n| n + 8).sum::<usize>();

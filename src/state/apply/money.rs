@@ -1,5 +1,6 @@
 //! Money operations of a terminal: purchase, top-up, refund, points, shift close.
 use super::*;
+use crate::pb::Channel;
 
 pub(super) fn purchase(
     state: &mut BrandState,
@@ -75,31 +76,97 @@ pub(super) fn commit_money(
     state.effects.push(rec.seq, effect);
 }
 
+/// A load of value: at a till (channel `store`, counted in the shift) or by
+/// the owner (head office, online, corporate: store 0, no shift).
 pub(super) fn top_up(
     state: &mut BrandState,
     ctx: &Context,
     req: &Request,
     t: &pb::TopUp,
 ) -> Result<Outcome, Refusal> {
-    let tid = require_terminal(ctx)?;
+    let channel = load_channel(ctx, t.channel)?;
     amount_ok(t.amount_minor)?;
+    let price = load_price(t)?;
+    if !reference_ok(&t.reference) {
+        return refuse(
+            E::InvalidArgument,
+            format!("reference must be at most {MAX_REFERENCE_BYTES} printable ASCII bytes"),
+        );
+    }
     let (number, mut card) = find_active_card(state, &t.card)?;
-    let bonus = rules::bonus_for(&state.rules, t.amount_minor);
+    // The bonus rewards the money the buyer put in: on a sale below face
+    // value that is the price, not the face value.
+    let bonus = if t.no_bonus {
+        0
+    } else {
+        rules::bonus_for(&state.rules, price.unwrap_or(t.amount_minor))
+    };
     card.paid = checked(card.paid.checked_add(t.amount_minor))?;
     card.bonus = checked(card.bonus.checked_add(bonus))?;
     balance_ok(&card)?;
+    let mut rec = base_record(state, ctx, req, RecordKind::TopUp);
+    rec.paid_in_minor = t.amount_minor;
+    rec.bonus_in_minor = bonus;
+    rec.channel = channel as i32;
+    rec.reference = t.reference.clone();
+    rec.price_minor = price.unwrap_or(0);
+    fill_card(state, &mut rec, number, &card);
+    let Principal::Terminal(tid) = ctx.principal else {
+        // An owner load has no till, no shift and no reversal (a till
+        // reverses only its own transactions), so it leaves no effect.
+        state.cards.insert(number, card);
+        return Ok(append(state, ctx, rec));
+    };
     let shift = shift_add(state, tid, |s| {
         s.top_up_count = s.top_up_count.checked_add(1)?;
         s.top_up_minor = s.top_up_minor.checked_add(t.amount_minor)?;
         Some(())
     })?;
-    let mut rec = base_record(state, ctx, req, RecordKind::TopUp);
-    rec.paid_in_minor = t.amount_minor;
-    rec.bonus_in_minor = bonus;
-    fill_card(state, &mut rec, number, &card);
     let effect = effect_of(&rec, number, shift_number(state, tid));
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
+}
+
+/// The channel of a load, which also says who may sign it: `store` is a
+/// till's (the owner's console has no till), the others the owner's.
+fn load_channel(ctx: &Context, channel: u32) -> Result<Channel, Refusal> {
+    let Some(channel) = i32::try_from(channel)
+        .ok()
+        .and_then(|c| Channel::try_from(c).ok())
+    else {
+        return refuse(E::InvalidArgument, "unknown top-up channel");
+    };
+    match (channel, ctx.principal) {
+        (Channel::Store, Principal::Terminal(_)) => Ok(channel),
+        (Channel::Store, _) => refuse(
+            E::WrongRole,
+            "a store top-up must come from a terminal; the owner names a channel",
+        ),
+        (_, Principal::Owner) => Ok(channel),
+        _ => refuse(
+            E::WrongRole,
+            "only the owner loads through head office, online or corporate",
+        ),
+    }
+}
+
+/// The cash received for a sale below face value, `None` at face value.
+fn load_price(t: &pb::TopUp) -> Result<Option<i64>, Refusal> {
+    match t.price_minor {
+        0 => Ok(None),
+        p if p == t.amount_minor => Ok(None),
+        p if (1..t.amount_minor).contains(&p) => Ok(Some(p)),
+        _ => refuse(
+            E::AmountOutOfRange,
+            "price must be 1..=amount minor units (0 = face value)",
+        ),
+    }
+}
+
+/// An order or invoice number: short printable ASCII, so that it prints
+/// on a receipt and in a CSV as it was typed.
+fn reference_ok(r: &str) -> bool {
+    r.len() <= MAX_REFERENCE_BYTES && r.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 pub(super) fn refund(

@@ -64,6 +64,7 @@ fn wire_op(op: &PlanOp, cards: &[String], seed_seqs: &[u64]) -> (Op, bool) {
             Op::TopUp(pb::TopUp {
                 card: cards[card as usize].clone(),
                 amount_minor: amount,
+                ..Default::default()
             }),
             true,
         ),

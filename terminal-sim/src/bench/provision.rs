@@ -249,6 +249,7 @@ pub async fn fund(
                     Op::TopUp(pb::TopUp {
                         card: cards[*card as usize].clone(),
                         amount_minor: *amount,
+                        ..Default::default()
                     }),
                 );
                 term.next_txn += 1;
