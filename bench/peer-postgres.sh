@@ -62,7 +62,8 @@ cardd_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/cardd.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^cardd listening on //p' "$work/cardd.out")
 cardd_json=$(./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/cardd/demo/owner.key" \
-  --terminals "$clients" --duration "$seconds" --cards "$cards" --mix purchase=100 --json)
+  --terminals "$clients" --duration "$seconds" --cards "$cards" --mix purchase=100 --json \
+  --max-requests "$(( seconds * 100000 > 2000000 ? 2000000 : seconds * 100000 ))")
 echo "$cardd_json"
 cardd_ops=$(echo "$cardd_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ops_per_sec"])')
 echo "cardd: $cardd_ops purchases/s"
