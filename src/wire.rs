@@ -725,10 +725,8 @@ mod tests {
         assert_eq!(r.message, "request refused: Request: unknown field 99");
     }
 
-    /// Every operation with every field set to a non-default value, as
-    /// prost encodes it: the rule accepts what the daemon's own client sends.
-    #[test]
-    fn prost_encodings_of_every_operation_are_accepted() {
+    /// Shift totals and rules with every field set, for the encoding test.
+    fn full_totals_and_rules() -> (pb::ShiftTotals, pb::Rules) {
         let totals = pb::ShiftTotals {
             purchase_count: 1,
             purchase_minor: 2,
@@ -762,8 +760,14 @@ mod tests {
             ],
             promotion_line: "promo".into(),
         };
+        (totals, rules)
+    }
+
+    /// Every operation with every field set to a non-default value.
+    fn every_operation() -> Vec<Op> {
+        let (totals, rules) = full_totals_and_rules();
         let (card, key) = (CARD.to_string(), vec![7u8; 32]);
-        let ops = [
+        vec![
             Op::Inquiry(pb::Inquiry { card: card.clone() }),
             Op::Purchase(pb::Purchase {
                 card: card.clone(),
@@ -825,7 +829,14 @@ mod tests {
                 currency_exponent: 2,
                 owner_public_key: key,
             }),
-        ];
+        ]
+    }
+
+    /// Every operation with every field set to a non-default value, as
+    /// prost encodes it: the rule accepts what the daemon's own client sends.
+    #[test]
+    fn prost_encodings_of_every_operation_are_accepted() {
+        let ops = every_operation();
         for op in ops {
             let req = pb::Request {
                 txn_id: u64::MAX,
