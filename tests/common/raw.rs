@@ -91,8 +91,9 @@ pub async fn raw_challenge(f: &mut Raw, key: &SigningKey) -> pb::Challenge {
     }
 }
 
-/// Signs on by hand: Hello, Challenge, SignOnProof (request id 2), SignOnOk.
-pub async fn sign_on(addr: SocketAddr, key: &SigningKey) -> Raw {
+/// Hello, Challenge and a good SignOnProof (request id 2), by hand; the
+/// server's answer to the proof is next on the connection.
+pub async fn send_sign_on_proof(addr: SocketAddr, key: &SigningKey) -> Raw {
     let mut f = raw_connect(addr).await;
     let ch = raw_challenge(&mut f, key).await;
     let signature = key
@@ -100,6 +101,12 @@ pub async fn sign_on(addr: SocketAddr, key: &SigningKey) -> Raw {
         .to_bytes()
         .to_vec();
     raw_send(&mut f, 2, Body::SignOnProof(pb::SignOnProof { signature })).await;
+    f
+}
+
+/// Signs on by hand: Hello, Challenge, SignOnProof (request id 2), SignOnOk.
+pub async fn sign_on(addr: SocketAddr, key: &SigningKey) -> Raw {
+    let mut f = send_sign_on_proof(addr, key).await;
     match raw_recv(&mut f).await.body {
         Some(server_message::Body::SignOnOk(_)) => f,
         other => panic!("sign-on refused: {other:?}"),

@@ -55,13 +55,7 @@ async fn two_brands(dir: &Path, extra: &[&str]) -> (Daemon, [Brand; 2]) {
 /// The sign-on refusal of one more connection of `key`: its code, after
 /// which the daemon closes the connection.
 async fn sign_on_refused(addr: std::net::SocketAddr, key: &SigningKey) -> E {
-    let mut f = raw_connect(addr).await;
-    let ch = raw_challenge(&mut f, key).await;
-    let signature = key
-        .sign(&sign_on_message(&ch.nonce, &ch.server_public_key))
-        .to_bytes()
-        .to_vec();
-    raw_send(&mut f, 2, Body::SignOnProof(pb::SignOnProof { signature })).await;
+    let mut f = common::raw::send_sign_on_proof(addr, key).await;
     let code = expect_error(&raw_recv(&mut f).await);
     assert!(raw_closed(&mut f).await, "a refused sign-on is closed");
     code
