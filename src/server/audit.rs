@@ -120,6 +120,7 @@ fn on_audit_thread<T: Send + 'static>(
     let spawned = std::thread::Builder::new()
         .name(format!("audit-{brand}"))
         .spawn(move || {
+            lower_priority();
             let _ = tx.send(job());
             drop(slot);
         });
@@ -128,6 +129,24 @@ fn on_audit_thread<T: Send + 'static>(
         Err(e) => {
             tracing::error!(brand, error = %e, "no thread for an audit stream");
             None
+        }
+    }
+}
+
+/// Audit threads run at a lower scheduling priority (nice 10): when the
+/// cores are busy, tills' requests and the commit path go first and an
+/// export only takes longer.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take no pointers; on Linux the nice
+        // value is per thread, so this changes only the calling thread.
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+        };
+        if result != 0 {
+            tracing::debug!("audit thread priority unchanged");
         }
     }
 }
