@@ -4,7 +4,7 @@
 //! signature made for one purpose (a sign-on nonce) can never be replayed as
 //! another (a request or a checkpoint).
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -136,38 +136,24 @@ pub enum KeyFileError {
 /// Writes a signing key (hex of the 32-byte seed) to `path` with mode 0600.
 /// Refuses to overwrite an existing file.
 pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    // Written whole under a temporary name, renamed to its own name and the
-    // directory fsynced: a crash leaves no key file or a whole one, never
-    // an empty one that would stop every later start. (A hard link would
-    // refuse an existing name atomically, but not every file system has
-    // them; an existing key is refused before anything is written.)
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let create_err = |source| KeyFileError::Create {
-        path: path.to_path_buf(),
-        source,
-    };
+    // Written whole through a temporary file (fsync, rename, directory
+    // fsync): a crash leaves no key file or a whole one, never an empty one
+    // that would stop every later start. A hard link would refuse an
+    // existing name atomically, but not every file system has them, so an
+    // existing key is refused before anything is written.
     if path.exists() {
-        return Err(create_err(std::io::ErrorKind::AlreadyExists.into()));
+        return Err(KeyFileError::Create {
+            path: path.to_path_buf(),
+            source: io::ErrorKind::AlreadyExists.into(),
+        });
     }
-    let mut f = opts.open(&tmp).map_err(create_err)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    writeln!(f, "{}", hex::encode(key.to_bytes()))
-        .and_then(|()| f.sync_all())
-        .and_then(|()| fs::rename(&tmp, path))
-        .and_then(|()| fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all())
-        .map_err(|source| KeyFileError::Write {
+    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    crate::storage::fsutil::replace_durably(path, text.as_bytes(), true).map_err(|source| {
+        KeyFileError::Write {
             path: path.to_path_buf(),
             source,
-        })
+        }
+    })
 }
 
 /// Reads a signing key written by [`write_key_file`]. Refuses a file that

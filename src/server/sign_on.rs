@@ -16,6 +16,7 @@ use super::sessions::SessionSlot;
 use super::writer::BrandHandle;
 use super::Shared;
 use crate::crypto::{parse_public_key, sign_on_message, verify_strict};
+use crate::error::Refusal;
 use crate::limits::MAX_IN_FLIGHT_PER_CONNECTION;
 use crate::pb::{server_message, ErrorCode as E, Hello, ServerMessage, SignOnProof};
 use crate::state::Principal;
@@ -146,13 +147,7 @@ pub(super) async fn proof(
     let mut ok = match handle.sign_on(principal).await {
         Some(Ok(ok)) => ok,
         Some(Err(refusal)) => {
-            tracing::warn!(
-                ?peer,
-                ?principal,
-                brand,
-                "sign-on refused: {}",
-                refusal.message
-            );
+            log_refused(peer, principal, brand, &refusal);
             return Step::Close(Some(ServerMessage {
                 request_id: rid,
                 body: Some(server_message::Body::Error(refusal.into())),
@@ -190,19 +185,21 @@ fn admit(
     peer: SocketAddr,
     brand: u32,
     principal: Principal,
-) -> Result<SessionSlot, crate::error::Refusal> {
+) -> Result<SessionSlot, Refusal> {
     shared
         .sessions
         .admit(brand, principal)
-        .inspect_err(|refusal| {
-            tracing::warn!(
-                ?peer,
-                ?principal,
-                brand,
-                "sign-on refused: {}",
-                refusal.message
-            );
-        })
+        .inspect_err(|refusal| log_refused(peer, principal, brand, refusal))
+}
+
+fn log_refused(peer: SocketAddr, principal: Principal, brand: u32, refusal: &Refusal) {
+    tracing::warn!(
+        ?peer,
+        ?principal,
+        brand,
+        "sign-on refused: {}",
+        refusal.message
+    );
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<IpAddr>) {

@@ -252,23 +252,6 @@ impl DiskStore {
         Ok(log)
     }
 
-    /// Bytes the store uses on disk (log and index).
-    pub fn size_on_disk(&self) -> Result<u64> {
-        let mut bytes = self.index.size_on_disk()?;
-        for brand in self.brands()? {
-            let dir = brand_log_dir(&self.data_dir, brand);
-            for entry in
-                std::fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))?
-            {
-                let meta = entry.and_then(|e| e.metadata());
-                bytes += meta
-                    .map_err(io_err(format!("listing {}", dir.display())))?
-                    .len();
-            }
-        }
-        Ok(bytes)
-    }
-
     /// Brings the sled index of `brand` level with its log: inserts the
     /// commits it lacks, or rebuilds it when it does not end on a logged
     /// commit with the same bytes.

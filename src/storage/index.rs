@@ -187,11 +187,6 @@ impl SledIndex {
         Ok(())
     }
 
-    /// Bytes sled uses on disk.
-    pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
-    }
-
     /// The stored run holding record `seq`, if any: the last run key at or
     /// below it.
     fn run_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>> {
