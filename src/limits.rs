@@ -75,6 +75,17 @@ pub const DEFAULT_AUDIT_STREAMS_PER_BRAND: usize = 2;
 /// Concurrent audit streams in the whole daemon: also the most threads
 /// audit work can ever hold (the commit path has threads of its own).
 pub const DEFAULT_AUDIT_STREAMS: usize = 8;
+/// Bytes per second all audit streams of the daemon together may send, in
+/// MiB (the default; `cardd serve --audit-mib-per-sec`). Export data is
+/// copied through the same cores and tokio workers as tills' answers: a
+/// reader that takes everything at once (or an unread stream filling its
+/// socket buffers) would otherwise take them in bursts. 64 MiB/s is far
+/// more than a verifier replays (a 10M-record export streams in about a
+/// minute) and a small share of a core.
+pub const DEFAULT_AUDIT_MIB_PER_SEC: u32 = 64;
+/// Most an audit stream may send at once ahead of the pace, in KiB: a few
+/// export chunks, so that pacing costs no latency to a lone reader.
+pub const AUDIT_BURST_KIB: u32 = 256;
 /// An audit stream whose reader takes no chunk for this long is stopped
 /// and its connection closed (the default; `cardd serve
 /// --audit-stall-secs`): a reader that stalls cannot hold a stream slot, a

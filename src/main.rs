@@ -137,6 +137,11 @@ struct QuotaArgs {
     #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..1_000))]
     audit_streams: usize,
+    /// MiB per second all audit streams together may send (exports are
+    /// paced so that they never take the cores from tills in bursts).
+    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_MIB_PER_SEC,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    audit_mib_per_sec: u32,
 }
 
 impl QuotaArgs {
@@ -150,6 +155,7 @@ impl QuotaArgs {
             audit_streams_per_key: self.audit_streams_per_key,
             audit_streams_per_brand: self.audit_streams_per_brand,
             audit_streams: self.audit_streams,
+            audit_mib_per_sec: self.audit_mib_per_sec,
         }
     }
 }

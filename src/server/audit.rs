@@ -9,6 +9,7 @@
 //! anyway. A stream stops the moment its connection is gone, and a reader
 //! that takes nothing for `Shared::audit_stall` has its session cut.
 use std::io::Write;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,38 @@ impl Write for ChunkWriter {
         Ok(())
     }
 }
+
+/// The daemon-wide pace of audit output, counted in KiB.
+pub type Pace = governor::DefaultDirectRateLimiter;
+
+/// A pace of `mib_per_sec` MiB/s with a burst of a few chunks.
+pub fn pace(mib_per_sec: u32) -> Pace {
+    let per_sec = NonZeroU32::new(mib_per_sec.saturating_mul(1024)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(crate::limits::AUDIT_BURST_KIB).expect("a burst");
+    governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst))
+}
+
+/// Waits until `bytes` may go out under `pace`; false if the session is
+/// cut first.
+async fn paced(pace: &Pace, bytes: usize, session: &CancellationToken) -> bool {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    let Some(kib) = NonZeroU32::new(kib) else {
+        return true;
+    };
+    // Waits on tokio's timer (governor's own futures would start a timer
+    // thread of their own). A chunk never exceeds the burst (asserted
+    // below), so `check_n` only ever says "not yet".
+    while let Ok(Err(not_yet)) = pace.check_n(kib) {
+        let wait = not_yet.wait_time_from(governor::clock::Clock::now(pace.clock()));
+        tokio::select! {
+            _ = session.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    true
+}
+
+const _: () = assert!(CHUNK_BYTES / 1024 < crate::limits::AUDIT_BURST_KIB as usize);
 
 /// One audit request on its way: where its answer goes and what it holds.
 pub struct Stream {
@@ -205,6 +238,10 @@ async fn stream_export(
     });
     let mut gone = false;
     while let Some(data) = rx.recv().await {
+        if !paced(&shared.audit_pace, data.len(), session).await {
+            gone = true;
+            break;
+        }
         let chunk = ServerMessage {
             request_id,
             body: Some(Body::ExportChunk(pb::ExportChunk { data, last: false })),

@@ -100,6 +100,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// How long an audit stream may wait for its reader.
     pub audit_stall: std::time::Duration,
+    /// The pace of all audit streams together, in KiB.
+    pub audit_pace: audit::Pace,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -143,6 +145,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         ledger.snapshot_into(&snapshots, config.snapshot_every);
     }
     let keys = Arc::new(KeyIndex::default());
+    let audit_pace = audit::pace(config.quotas.audit_mib_per_sec);
     let sessions = Sessions::new(config.quotas);
     let mut brands = HashMap::new();
     let mut records = 0;
@@ -167,6 +170,7 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         max_frame_bytes: config.max_frame_bytes,
         sessions,
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
+        audit_pace,
         brands: RwLock::new(brands),
     });
     let listener = TcpListener::bind(config.listen)

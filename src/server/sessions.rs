@@ -39,6 +39,8 @@ pub struct Quotas {
     pub audit_streams_per_brand: usize,
     /// Concurrent audit streams of the whole daemon.
     pub audit_streams: usize,
+    /// MiB per second all audit streams together may send.
+    pub audit_mib_per_sec: u32,
 }
 
 impl Default for Quotas {
@@ -53,6 +55,7 @@ impl Default for Quotas {
             audit_streams_per_key: limits::DEFAULT_AUDIT_STREAMS_PER_KEY,
             audit_streams_per_brand: limits::DEFAULT_AUDIT_STREAMS_PER_BRAND,
             audit_streams: limits::DEFAULT_AUDIT_STREAMS,
+            audit_mib_per_sec: limits::DEFAULT_AUDIT_MIB_PER_SEC,
         }
     }
 }

@@ -265,39 +265,56 @@ fn p99(mut v: Vec<Duration>) -> Duration {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-#[tokio::test]
-async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, [one, two]) = two_brands(dir.path(), &[]).await;
-    fill(d.addr, &one, 600).await;
-    let mut till = connect(d.addr, two.tills[0].clone()).await;
-    let baseline = p99(purchases(&mut till, &two.card, 100, 60).await);
-    // Brand one's owner: every connection its key may hold, each with
-    // exports pipelined and never read (past its audit quota they are
-    // refused, and the refusals are not read either).
+/// Brand one's owner: every connection its key may hold, each with
+/// exports pipelined and never read (past its audit quota they are
+/// refused, and the refusals are not read either).
+async fn unread_exports(addr: std::net::SocketAddr, one: &Brand) -> Vec<Raw> {
     let mut unread = Vec::new();
     for _ in 0..8 {
-        let mut f = start_export(d.addr, &one).await;
+        let mut f = start_export(addr, one).await;
         for rid in 4..20 {
             let req = request(one.id, 0, "audit", Op::ExportLedger(pb::ExportLedger {}));
             raw_send(&mut f, rid, signed_body(&one.owner, &req)).await;
         }
         unread.push(f);
     }
-    let under_load = purchases(&mut till, &two.card, 200, 60).await;
-    let worst = *under_load.iter().max().expect("purchases");
-    let loaded = p99(under_load);
-    eprintln!("brand two purchase p99: {baseline:?} alone, {loaded:?} beside unread exports (worst {worst:?})");
+    unread
+}
+
+#[tokio::test]
+async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, two]) = two_brands(dir.path(), &[]).await;
+    fill(d.addr, &one, 600).await;
+    let mut till = connect(d.addr, two.tills[0].clone()).await;
+    // Rounds alternate between purchases alone and purchases while fresh
+    // unread exports start (their busiest moment), so that whatever else
+    // the machine does falls on both sides alike.
+    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    let mut txn = 100;
+    for _ in 0..3 {
+        alone.extend(purchases(&mut till, &two.card, txn, 50).await);
+        let unread = unread_exports(d.addr, &one).await;
+        beside.extend(purchases(&mut till, &two.card, txn + 50, 50).await);
+        drop(unread);
+        txn += 100;
+    }
+    let worst = *beside.iter().max().expect("purchases");
+    let (usual, loaded) = (p99(alone), p99(beside));
+    eprintln!("brand two purchase p99: {usual:?} alone, {loaded:?} beside unread exports (worst {worst:?})");
+    // Before exports were paced and kept off tokio's blocking pool, such
+    // purchases waited for as long as the exports hung. The bound is wide
+    // so that a busy CI machine does not fail it; the figures measured on
+    // a quiet one are in docs/security.md.
     assert!(
-        worst < Duration::from_secs(1),
-        "a purchase of brand two waited {worst:?} (p99 alone {baseline:?})"
+        loaded <= usual * 3 + Duration::from_millis(10) && worst < Duration::from_secs(1),
+        "brand two's purchase p99 {loaded:?} beside unread exports, {usual:?} alone (worst {worst:?})"
     );
     // Brand two's own owner still signs on and exports whole.
     let mut o2 = connect(d.addr, two.owner.clone()).await;
     bounded(o2.export(&mut std::io::sink()))
         .await
         .expect("brand two's export");
-    drop(unread);
 }
 
 #[tokio::test]
@@ -350,4 +367,27 @@ async fn exports_whose_reader_stalls_are_stopped_and_free_their_slots() {
         assert!((got as u64) < size, "{got} of {size} bytes");
     }
     eprintln!("export of {size} bytes; stalled streams freed after {freed:?}");
+}
+
+#[tokio::test]
+async fn exports_are_paced_to_the_daemons_audit_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, _two]) = two_brands(dir.path(), &["--audit-mib-per-sec", "1"]).await;
+    fill(d.addr, &one, 100).await;
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let started = Instant::now();
+    let size = bounded(owner.export(&mut std::io::sink()))
+        .await
+        .expect("export");
+    let took = started.elapsed();
+    // At 1 MiB/s, everything past the first burst takes its time: a lower
+    // bound, which a slow machine only exceeds.
+    let paced = (size as u64).saturating_sub(u64::from(cardd::limits::AUDIT_BURST_KIB) * 1024);
+    let least = Duration::from_secs_f64(paced as f64 / (1024.0 * 1024.0));
+    eprintln!("{size} bytes exported in {took:?} at 1 MiB/s");
+    assert!(size > 1_000_000, "export of {size} bytes");
+    assert!(
+        took >= least,
+        "{size} bytes in {took:?}: not paced (at least {least:?})"
+    );
 }
