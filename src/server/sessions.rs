@@ -321,6 +321,7 @@ mod tests {
             audit_streams_per_key: 1,
             audit_streams_per_brand: 1,
             audit_streams: 2,
+            audit_mib_per_sec: 1,
         }
     }
 
