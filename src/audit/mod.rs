@@ -8,6 +8,6 @@ pub mod file;
 mod signatures;
 pub mod verify;
 
-pub use export::{write_export, ExportError};
+pub use export::{write_export, write_export_after, ExportError};
 pub use file::{ExportFileError, ExportReader, EXPORT_FORMAT, EXPORT_MAGIC, MAX_EXPORT_ITEM_BYTES};
 pub use verify::{verify_export, CardSummary, Totals, VerifyError, VerifyOptions, VerifyReport};

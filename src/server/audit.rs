@@ -82,8 +82,13 @@ pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
         session,
     } = stream;
     let last = match op {
-        Op::ExportLedger(_) => {
-            stream_export(brand, &shared, &out, request_id, slot, &session).await
+        Op::ExportLedger(q) => {
+            let export = Export {
+                brand,
+                after: q.after_size,
+                request_id,
+            };
+            stream_export(export, &shared, &out, slot, &session).await
         }
         Op::ConsistencyProof(q) => {
             let store = shared.store.clone();
@@ -182,14 +187,25 @@ async fn send_or_cut(
     }
 }
 
+/// The export one request asked for.
+struct Export {
+    brand: u32,
+    /// Records already held by the reader (`ExportLedger.after_size`).
+    after: u64,
+    request_id: u64,
+}
+
 /// Streams the export in chunks (written on an audit thread) and returns
 /// the last message's body: the empty last chunk, or why it failed; None
 /// when the connection is gone or was cut.
 async fn stream_export(
-    brand: u32,
+    Export {
+        brand,
+        after,
+        request_id,
+    }: Export,
     shared: &Shared,
     out: &mpsc::Sender<ServerMessage>,
-    request_id: u64,
     slot: AuditSlot,
     session: &CancellationToken,
 ) -> Option<Body> {
@@ -201,7 +217,14 @@ async fn stream_export(
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
         };
-        crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
+        crate::audit::write_export_after(
+            store.as_ref(),
+            brand,
+            after,
+            &server_public,
+            &mut w,
+            |_, _| {},
+        )
     });
     let mut gone = false;
     while let Some(data) = rx.recv().await {
@@ -229,6 +252,9 @@ async fn stream_export(
                 data: vec![],
                 last: true,
             })
+        }
+        Ok(Err(e @ crate::audit::ExportError::AfterTheEnd { .. })) => {
+            Body::Error(Refusal::new(E::InvalidArgument, e.to_string()).into())
         }
         Ok(Err(e)) => {
             Body::Error(Refusal::new(E::StorageFailure, format!("export failed: {e}")).into())
