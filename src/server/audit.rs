@@ -12,7 +12,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,6 @@ use super::sessions::AuditSlot;
 use super::Shared;
 use crate::error::Refusal;
 use crate::pb::{self, request::Op, server_message::Body, ErrorCode as E, ServerMessage};
-use crate::storage::StoredNodes;
 
 /// Export chunk size: well under the default frame limit with framing.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -268,31 +266,13 @@ fn consistency(
     brand: u32,
     q: &pb::GetConsistencyProof,
 ) -> Result<pb::ConsistencyProof, Refusal> {
-    let storage = |e: crate::storage::StorageError| Refusal::new(E::StorageFailure, e.to_string());
-    let last = store
-        .last_checkpoint(brand)
-        .map_err(storage)?
-        .ok_or_else(|| Refusal::new(E::InvalidArgument, "no checkpoint yet"))?;
-    let last = pb::Checkpoint::decode(last.as_slice())
-        .map_err(|_| Refusal::new(E::Internal, "checkpoint corrupt"))?;
-    let new_size = if q.new_size == 0 {
-        last.tree_size
-    } else {
-        q.new_size
-    };
-    if q.old_size == 0 || q.old_size > new_size || new_size > last.tree_size {
-        return Err(Refusal::new(
-            E::InvalidArgument,
-            format!("sizes must satisfy 0 < old <= new <= {}", last.tree_size),
-        ));
-    }
-    let path =
-        crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
-            .map_err(|e| Refusal::new(E::StorageFailure, e.to_string()))?;
-    Ok(pb::ConsistencyProof {
-        old_size: q.old_size,
-        new_size,
-        path: path.iter().map(|h| h.to_vec()).collect(),
-        new_checkpoint: (new_size == last.tree_size).then_some(last),
+    use crate::audit::ProveError;
+    crate::audit::consistency_from_store(store, brand, q.old_size, q.new_size).map_err(|e| {
+        let code = match e {
+            ProveError::NoCheckpoint | ProveError::Sizes { .. } => E::InvalidArgument,
+            ProveError::Corrupt(_) => E::Internal,
+            ProveError::Storage(_) | ProveError::Merkle(_) => E::StorageFailure,
+        };
+        Refusal::new(code, e.to_string())
     })
 }
