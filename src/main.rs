@@ -104,13 +104,17 @@ enum Command {
     /// directory, stopped daemon) to export files that `cardd audit verify`
     /// checks. Run again on the same file: only what is new is added, after
     /// a consistency proof that the daemon's chain extends the file.
-    #[command(after_help = "Examples:\n  cardd backup --connect 127.0.0.1:7700 --key owner.key --out brand-1.cardd-backup\n  \
-                            cardd backup --data /var/lib/cardd --out-dir /srv/backup/cardd")]
+    #[command(
+        after_help = "Examples:\n  cardd backup --connect 127.0.0.1:7700 --key owner.key --out brand-1.cardd-backup\n  \
+                            cardd backup --data /var/lib/cardd --out-dir /srv/backup/cardd"
+    )]
     Backup(BackupArgs),
     /// Rebuild a new data directory from backups: each is verified, then its
     /// records are written as they were, so the restored daemon continues
     /// the same chains.
-    #[command(after_help = "Example:\n  cardd restore --data /var/lib/cardd-new --server-key-file server.key brand-1.cardd-backup brand-2.cardd-backup")]
+    #[command(
+        after_help = "Example:\n  cardd restore --data /var/lib/cardd-new --server-key-file server.key brand-1.cardd-backup brand-2.cardd-backup"
+    )]
     Restore {
         /// The data directory to create (absent, or an empty directory).
         #[arg(long)]

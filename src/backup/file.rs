@@ -105,10 +105,12 @@ fn next(
     reader: &mut ExportReader<BufReader<File>>,
     path: &Path,
 ) -> Result<Option<Item>, BackupError> {
-    reader.next_item().map_err(|source| BackupError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })
+    reader
+        .next_item()
+        .map_err(|source| BackupError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A backup holds balances and card numbers: readable by its owner only.

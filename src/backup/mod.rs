@@ -188,8 +188,7 @@ pub fn backup(
         }
     }
     let old_checkpoint = existing.as_ref().map(|e| e.last_checkpoint.clone());
-    verify_file(&temps.joined, server_key, old_checkpoint)
-        .map_err(BackupError::NewPartInvalid)?;
+    verify_file(&temps.joined, server_key, old_checkpoint).map_err(BackupError::NewPartInvalid)?;
     temps.commit(path)?;
     Ok(BackupOutcome {
         brand: source.brand(),
@@ -218,11 +217,10 @@ fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Exist
             expected: hex::encode(server_key),
         });
     }
-    let report =
-        verify_file(path, *server_key, None).map_err(|source| BackupError::Corrupt {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let report = verify_file(path, *server_key, None).map_err(|source| BackupError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let last_checkpoint = report.last_checkpoint.ok_or_else(|| BackupError::Corrupt {
         path: path.to_path_buf(),
         source: VerifyError {
@@ -314,7 +312,9 @@ fn check_extends(
     };
     let vk = VerifyingKey::from_bytes(server_key).map_err(|_| not_extended("bad server key"))?;
     if crate::checkpoint::verify(new, &vk, None).is_err() || new.brand_id != old.brand_id {
-        return Err(not_extended("the source's checkpoint is not signed by the server key"));
+        return Err(not_extended(
+            "the source's checkpoint is not signed by the server key",
+        ));
     }
     let path: Option<Vec<[u8; 32]>> = proof
         .path

@@ -230,8 +230,7 @@ fn build(
         }
     }
     // The same full replay as `cardd check`: the daemon will start on it.
-    crate::server::start::load_checked(staging)
-        .map_err(|e| RestoreError::Check(Box::new(e)))?;
+    crate::server::start::load_checked(staging).map_err(|e| RestoreError::Check(Box::new(e)))?;
     Ok(())
 }
 

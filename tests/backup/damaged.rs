@@ -46,10 +46,22 @@ async fn damaged_backups_and_wrong_targets_are_refused() {
         assert_eq!(leftovers(&file), Vec::<PathBuf>::new());
 
         let target = dir.path().join(format!("restore-{name}"));
-        let o = cardd!("restore", "--data", &target, "--server-key-file", &server_key_file, &good, &file);
+        let o = cardd!(
+            "restore",
+            "--data",
+            &target,
+            "--server-key-file",
+            &server_key_file,
+            &good,
+            &file
+        );
         let out = assert_fails(&o, &format!("restore from the {name} file"));
         assert!(out.contains("does not verify"), "{name}: {out}");
-        assert!(!target.exists(), "{name}: restore left {}", target.display());
+        assert!(
+            !target.exists(),
+            "{name}: restore left {}",
+            target.display()
+        );
         assert_eq!(leftovers(&target), Vec::<PathBuf>::new());
     }
 
@@ -57,7 +69,14 @@ async fn damaged_backups_and_wrong_targets_are_refused() {
     let busy = dir.path().join("busy");
     fs::create_dir(&busy).expect("mkdir");
     fs::write(busy.join("keep.txt"), b"mine").expect("write");
-    let o = cardd!("restore", "--data", &busy, "--server-key-file", &server_key_file, &good);
+    let o = cardd!(
+        "restore",
+        "--data",
+        &busy,
+        "--server-key-file",
+        &server_key_file,
+        &good
+    );
     let out = assert_fails(&o, "restore into a non-empty directory");
     assert!(out.contains("not an empty directory"), "{out}");
     assert_eq!(fs::read(busy.join("keep.txt")).expect("kept"), b"mine");
@@ -67,16 +86,78 @@ async fn damaged_backups_and_wrong_targets_are_refused() {
     let other_key = dir.path().join("other.key");
     assert_ok(&cardd!("keygen", "--out", &other_key), "keygen");
     let fresh = dir.path().join("fresh");
-    let o = cardd!("restore", "--data", &fresh, "--server-key-file", &other_key, &good);
+    let o = cardd!(
+        "restore",
+        "--data",
+        &fresh,
+        "--server-key-file",
+        &other_key,
+        &good
+    );
     let out = assert_fails(&o, "restore with another server key");
-    assert!(out.contains("not by the key in the server key file"), "{out}");
+    assert!(
+        out.contains("not by the key in the server key file"),
+        "{out}"
+    );
     assert!(!fresh.exists());
 
     // The refusals changed nothing: the good backup still verifies and
     // restores into an empty directory.
     assert_eq!(fs::read(&good).expect("good"), bytes);
     fs::create_dir(&fresh).expect("mkdir");
-    let o = cardd!("restore", "--data", &fresh, "--server-key-file", &server_key_file, &good);
+    let o = cardd!(
+        "restore",
+        "--data",
+        &fresh,
+        "--server-key-file",
+        &server_key_file,
+        &good
+    );
     assert_ok(&o, "restore of the good backup");
     assert_eq!(server_key_hex(&fresh), key_hex);
+}
+
+/// A daemon whose history forked before the backup's newest checkpoint
+/// (same server key, same brand, other records) is not appended: the
+/// consistency proof fails and the file stays as it was.
+#[tokio::test]
+async fn a_forked_history_is_not_appended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, demo) = Daemon::demo(dir.path());
+    drop(d);
+    let fork = dir.path().join("fork");
+    common::copy_dir(&demo.data, &fork);
+    let owner_key = demo.owner_key_path();
+    let file = dir.path().join("brand-1.cardd-backup");
+
+    let a = Daemon::start(&demo.data, &[]);
+    let mut till = bounded(demo.terminal(a.addr, 0)).await;
+    common::ok(
+        &mut till,
+        100,
+        common::purchase(&demo.manifest.cards[0], 100),
+    )
+    .await;
+    assert_ok(
+        &backup_online(&a.addr.to_string(), &owner_key, &file),
+        "backup of A",
+    );
+    let bytes = fs::read(&file).expect("backup");
+
+    let b = Daemon::start(&fork, &[]);
+    let till_key = cardd::crypto::read_key_file(&demo.terminal_key_path(0)).expect("key");
+    let mut till = common::connect(b.addr, till_key).await;
+    for txn in 100..102 {
+        common::ok(
+            &mut till,
+            txn,
+            common::purchase(&demo.manifest.cards[1], 200),
+        )
+        .await;
+    }
+    let o = backup_online(&b.addr.to_string(), &owner_key, &file);
+    let out = assert_fails(&o, "backup of the fork onto A's file");
+    assert!(out.contains("INCONSISTENT"), "{out}");
+    assert_eq!(fs::read(&file).expect("backup"), bytes);
+    assert_eq!(leftovers(&file), Vec::<PathBuf>::new());
 }

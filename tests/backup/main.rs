@@ -111,7 +111,10 @@ fn python_verifies(file: &Path, key_hex: &str) {
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "python3".into());
     let works = Command::new(&python)
-        .args(["-c", "import cryptography.hazmat.primitives.asymmetric.ed25519"])
+        .args([
+            "-c",
+            "import cryptography.hazmat.primitives.asymmetric.ed25519",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !works {

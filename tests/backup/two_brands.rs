@@ -13,13 +13,31 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
     let data = demo.data.clone();
     drop(d);
     let owner2_key = dir.path().join("owner2.key");
-    let o = cardd!("brand", "create", "--data", &data, "--name", "Second", "--owner-key", &owner2_key, "--id", "2");
+    let o = cardd!(
+        "brand",
+        "create",
+        "--data",
+        &data,
+        "--name",
+        "Second",
+        "--owner-key",
+        &owner2_key,
+        "--id",
+        "2"
+    );
     assert_ok(&o, "brand create");
 
     let d = Daemon::start(&data, &[]);
     let mut owner2 = connect(d.addr, read_key_file(&owner2_key).expect("key")).await;
     let card2 = cardd::card_number::generate(2);
-    ok(&mut owner2, 1, Op::IssueCard(pb::IssueCard { card: card2.clone() })).await;
+    ok(
+        &mut owner2,
+        1,
+        Op::IssueCard(pb::IssueCard {
+            card: card2.clone(),
+        }),
+    )
+    .await;
     let load = pb::TopUp {
         card: card2.clone(),
         amount_minor: 30_000,
@@ -32,7 +50,10 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
     drop(d);
 
     let out = dir.path().join("backups");
-    assert_ok(&cardd!("backup", "--data", &data, "--out-dir", &out), "first backup");
+    assert_ok(
+        &cardd!("backup", "--data", &data, "--out-dir", &out),
+        "first backup",
+    );
     // More traffic on brand 1 only; the next run adds it and leaves brand 2.
     let d = Daemon::start(&data, &[]);
     let mut till = bounded(demo.terminal(d.addr, 0)).await;
@@ -48,16 +69,30 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
     assert!(text(&o).contains("(1 new)"), "{}", text(&o));
     assert!(text(&o).contains("up to date"), "{}", text(&o));
     let key_hex = server_key_hex(&data);
-    let files = [out.join("brand-1.cardd-backup"), out.join("brand-2.cardd-backup")];
+    let files = [
+        out.join("brand-1.cardd-backup"),
+        out.join("brand-2.cardd-backup"),
+    ];
     assert_eq!(verify_json(&files[0], &key_hex)["records"], 19);
     assert_eq!(verify_json(&files[1], &key_hex)["records"], 3);
 
     let restored = dir.path().join("restored");
-    let o = cardd!("restore", "--data", &restored, "--server-key-file", data.join("server.key"), &files[0], &files[1]);
+    let o = cardd!(
+        "restore",
+        "--data",
+        &restored,
+        "--server-key-file",
+        data.join("server.key"),
+        &files[0],
+        &files[1]
+    );
     assert_ok(&o, "restore of both brands");
     let r = Daemon::start(&restored, &[]);
     let mut owner1 = bounded(demo.owner(r.addr)).await;
     assert_eq!(cards_of(&mut owner1, &demo.manifest.cards).await, brand1);
     let mut owner2 = connect(r.addr, read_key_file(&owner2_key).expect("key")).await;
-    assert_eq!(cards_of(&mut owner2, std::slice::from_ref(&card2)).await, brand2);
+    assert_eq!(
+        cards_of(&mut owner2, std::slice::from_ref(&card2)).await,
+        brand2
+    );
 }
