@@ -1,11 +1,11 @@
 //! Joining an existing backup and a new part (an export after a tree
 //! size) into one export file: one header with the new tree size, the old
 //! items, the new items, one trailer with both counts and every key.
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
-use super::BackupError;
+use super::{create_private, BackupError};
 use crate::audit::file::write_item;
 use crate::audit::{ExportReader, EXPORT_FORMAT, EXPORT_MAGIC};
 use crate::pb::{self, export_item::Item};
@@ -111,17 +111,6 @@ fn next(
             path: path.to_path_buf(),
             source,
         })
-}
-
-/// A backup holds balances and card numbers: readable by its owner only.
-fn create_private(path: &Path) -> Result<File, BackupError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map_err(BackupError::io(format!("creating {}", path.display())))
 }
 
 fn write_start(w: &mut impl Write, header: &pb::ExportHeader) -> std::io::Result<()> {

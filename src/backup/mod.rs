@@ -202,7 +202,10 @@ pub fn backup(
 /// before anything is fetched) and checks that it is the source's brand
 /// under the source's server key.
 fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Existing, BackupError> {
-    let header = read_header(path)?;
+    let header = read_header(path).map_err(|source| BackupError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if header.brand_id != brand {
         return Err(BackupError::WrongBrand {
             path: path.to_path_buf(),
@@ -234,18 +237,27 @@ fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Exist
     })
 }
 
-/// The header of an export file.
-pub fn read_header(path: &Path) -> Result<pb::ExportHeader, BackupError> {
-    let unreadable = |source| BackupError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = File::open(path).map_err(BackupError::io(format!("opening {}", path.display())))?;
-    let mut reader = ExportReader::new(BufReader::new(f)).map_err(unreadable)?;
-    match reader.next_item().map_err(unreadable)? {
+/// The header of an export file (read before a whole verification, so
+/// that a wrong brand or key gets its own message).
+pub fn read_header(path: &Path) -> Result<pb::ExportHeader, ExportFileError> {
+    let f = File::open(path).map_err(ExportFileError::Read)?;
+    let mut reader = ExportReader::new(BufReader::new(f))?;
+    match reader.next_item()? {
         Some(Item::Header(h)) => Ok(h),
-        _ => Err(unreadable(ExportFileError::Empty)),
+        _ => Err(ExportFileError::Empty),
     }
+}
+
+/// Creates (or truncates) a file only its owner can read: a backup holds
+/// card numbers and balances.
+pub(crate) fn create_private(path: &Path) -> Result<File, BackupError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map_err(BackupError::io(format!("creating {}", path.display())))
 }
 
 /// Verifies and replays an export file (`cardd audit verify`'s check).
@@ -275,8 +287,7 @@ pub fn verify_file(
 
 /// Fetches the part after `after` into `part`.
 fn fetch_part(source: &mut dyn Source, after: u64, part: &Path) -> Result<(), BackupError> {
-    let f = File::create(part).map_err(BackupError::io(format!("creating {}", part.display())))?;
-    let mut out = BufWriter::new(f);
+    let mut out = BufWriter::new(create_private(part)?);
     source
         .export_after(after, &mut out)
         .map_err(BackupError::Source)?;

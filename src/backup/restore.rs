@@ -176,15 +176,9 @@ fn check_backups(
     let public = server_key.verifying_key().to_bytes();
     let mut brands: Vec<(u32, u64, u64)> = Vec::new();
     for (i, path) in backups.iter().enumerate() {
-        let header = super::read_header(path).map_err(|e| match e {
-            super::BackupError::Unreadable { source, .. } => RestoreError::Unreadable {
-                path: path.clone(),
-                source,
-            },
-            other => RestoreError::Io {
-                what: other.to_string(),
-                source: std::io::Error::other("unreadable backup"),
-            },
+        let header = super::read_header(path).map_err(|source| RestoreError::Unreadable {
+            path: path.clone(),
+            source,
         })?;
         if header.server_public_key != public {
             return Err(RestoreError::WrongServerKey {
