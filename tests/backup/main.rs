@@ -12,6 +12,7 @@ mod common;
 
 mod damaged;
 mod incremental;
+mod tls;
 mod two_brands;
 
 use std::ffi::OsString;
