@@ -390,3 +390,125 @@ impl Drop for Temps {
         let _ = fs::remove_file(&self.joined);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ledger::BrandLedger;
+    use crate::state::Principal;
+    use crate::storage::{DiskStore, LogStore};
+    use crate::testing::{self, BRAND};
+
+    /// A provisioned brand on a disk store in `dir`.
+    fn fixture(dir: &Path) -> (Arc<DiskStore>, BrandLedger, String) {
+        let store = Arc::new(DiskStore::open(&dir.join("data")).expect("store"));
+        let (ledger, card) = testing::provision(store.clone(), "b", 10_000);
+        (store, ledger, card)
+    }
+
+    fn source(store: &DiskStore) -> LocalSource<'_> {
+        LocalSource {
+            store,
+            brand: BRAND,
+            server_key: testing::server_key().verifying_key().to_bytes(),
+        }
+    }
+
+    fn buy(ledger: &mut BrandLedger, card: &str, txn: u64) {
+        let op = testing::purchase(card, 100, false);
+        let sub = testing::signed(&testing::terminal_key(), Principal::Terminal(1), txn, op);
+        let answer = ledger.submit_now(sub).expect("commit");
+        answer.expect("purchase accepted");
+    }
+
+    #[test]
+    fn a_run_after_an_interrupted_one_appends_and_clears_its_scratch_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, mut ledger, card) = fixture(dir.path());
+        let file = dir.path().join("b.cardd-backup");
+        let first = backup(&mut source(&store), &file, None).expect("first run");
+        assert_eq!((first.records_before, first.records_after), (0, 5));
+        let temps = Temps::beside(&file);
+        // What a run killed half-way leaves beside the good file.
+        fs::write(&temps.part, b"half a part").expect("write");
+        fs::write(&temps.joined, b"half a file").expect("write");
+        buy(&mut ledger, &card, 2);
+        let second = backup(&mut source(&store), &file, None).expect("second run");
+        assert_eq!((second.records_before, second.records_after), (5, 6));
+        assert!(!temps.part.exists() && !temps.joined.exists());
+        let key = testing::server_key().verifying_key().to_bytes();
+        let report = verify_file(&file, key, first_checkpoint(&file, key)).expect("verifies");
+        assert_eq!((report.records, report.checkpoints), (6, 6));
+    }
+
+    fn first_checkpoint(file: &Path, key: [u8; 32]) -> Option<pb::Checkpoint> {
+        let mut reader = ExportReader::new(BufReader::new(File::open(file).ok()?)).ok()?;
+        while let Some(item) = reader.next_item().ok()? {
+            if let Item::Checkpoint(c) = item {
+                assert!(
+                    crate::checkpoint::verify(&c, &VerifyingKey::from_bytes(&key).ok()?, None)
+                        .is_ok()
+                );
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn another_server_key_or_brand_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _ledger, _card) = fixture(dir.path());
+        let file = dir.path().join("b.cardd-backup");
+        let pinned = Some([7u8; 32]);
+        let err = backup(&mut source(&store), &file, pinned).expect_err("pinned key");
+        assert!(matches!(err, BackupError::OtherServer { .. }), "{err:?}");
+        assert!(!file.exists());
+        backup(&mut source(&store), &file, None).expect("backup");
+        let bytes = fs::read(&file).expect("file");
+        let mut other = source(&store);
+        other.brand = BRAND + 1;
+        let err = backup(&mut other, &file, None).expect_err("another brand");
+        assert!(
+            matches!(
+                err,
+                BackupError::WrongBrand {
+                    file_brand: BRAND,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(fs::read(&file).expect("file"), bytes);
+    }
+
+    #[test]
+    fn restore_refuses_two_files_of_one_brand_and_then_restores_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _ledger, _card) = fixture(dir.path());
+        let file = dir.path().join("b.cardd-backup");
+        backup(&mut source(&store), &file, None).expect("backup");
+        let target = dir.path().join("restored");
+        let key = testing::server_key();
+        let err = restore(&target, &key, &[]).expect_err("no files");
+        assert!(matches!(err, RestoreError::NoBackups), "{err:?}");
+        let err = restore(&target, &key, &[file.clone(), file.clone()]).expect_err("twice");
+        assert!(
+            matches!(err, RestoreError::DuplicateBrand { brand: BRAND, .. }),
+            "{err:?}"
+        );
+        assert!(!target.exists());
+        let done = restore(&target, &key, std::slice::from_ref(&file)).expect("restore");
+        assert_eq!(done.brands, vec![(BRAND, 5, 5)]);
+        let restored = DiskStore::open_existing(&target).expect("restored store");
+        for seq in 1..=5 {
+            assert_eq!(
+                restored.record(BRAND, seq).expect("read"),
+                store.record(BRAND, seq).expect("read"),
+                "record {seq}"
+            );
+        }
+    }
+}

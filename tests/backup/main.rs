@@ -1,8 +1,11 @@
 //! `cardd backup` and `cardd restore` end to end, on the real binary: an
 //! owner's backup of a live daemon, more traffic, an incremental backup,
 //! a restore into a new directory and a daemon started on it that serves
-//! the same cards and continues the same chain; damaged backups refused by
-//! both commands; the server operator's backup of every brand restored.
+//! the same cards and continues the same chain (`incremental`); damaged
+//! backups refused by both commands, a forked history refused by the
+//! consistency proof, wrong restore targets and keys (`damaged`); backups
+//! over TLS (`tls`); the server operator's backup of every brand restored
+//! (`two_brands`).
 //!
 //! The demo brand (brand 1) holds records 1..=17 when a test starts: the
 //! owner used txn ids 1..=10, terminal 1 (store 1) txn ids 1..=6 (see
