@@ -17,10 +17,6 @@ pub struct Joined {
     pub tree_size: u64,
     /// Checkpoints in the joined file.
     pub checkpoints: u64,
-    /// Records that came from the new part.
-    pub new_records: u64,
-    /// The new part's newest checkpoint (None when it held none).
-    pub last_new_checkpoint: Option<pb::Checkpoint>,
 }
 
 /// The items between a header and a trailer, copied to `out`.
@@ -29,6 +25,55 @@ struct Copied {
     checkpoints: u64,
     last_checkpoint: Option<pb::Checkpoint>,
     trailer: pb::ExportTrailer,
+}
+
+/// What a new part holds, read before anything is joined.
+#[derive(Debug)]
+pub struct Part {
+    /// Its records.
+    pub records: u64,
+    /// Its newest checkpoint (None when it holds no record).
+    pub last_checkpoint: Option<pb::Checkpoint>,
+}
+
+/// Reads the part through, checking its header names `brand` and
+/// `server_key`.
+pub fn scan_part(part: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Part, BackupError> {
+    let mut reader = open(part)?;
+    part_header(&mut reader, part, brand, server_key)?;
+    let mut sink = std::io::sink();
+    let copied = copy_items(&mut reader, part, &mut sink, false)?;
+    Ok(Part {
+        records: copied.records,
+        last_checkpoint: copied.last_checkpoint,
+    })
+}
+
+/// The part's header, which must name `brand` and `server_key`.
+fn part_header(
+    reader: &mut ExportReader<BufReader<File>>,
+    part: &Path,
+    brand: u32,
+    server_key: &[u8; 32],
+) -> Result<pb::ExportHeader, BackupError> {
+    let header = match next(reader, part)? {
+        Some(Item::Header(h)) => h,
+        _ => {
+            return Err(BackupError::BadPart(
+                "it does not start with a header".into(),
+            ))
+        }
+    };
+    if header.brand_id != brand {
+        return Err(BackupError::BadPart(format!(
+            "it is brand {}, not {brand}",
+            header.brand_id
+        )));
+    }
+    if header.server_public_key != server_key {
+        return Err(BackupError::BadPart("it names another server key".into()));
+    }
+    Ok(header)
 }
 
 /// Writes `old` (a whole backup, if any) followed by `part` (the export
@@ -41,18 +86,8 @@ pub fn join(
     brand: u32,
     server_key: &[u8; 32],
 ) -> Result<Joined, BackupError> {
-    let bad = |what: String| BackupError::BadPart(what);
     let mut part_reader = open(part)?;
-    let header = match next(&mut part_reader, part)? {
-        Some(Item::Header(h)) => h,
-        _ => return Err(bad("it does not start with a header".into())),
-    };
-    if header.brand_id != brand || header.server_public_key != server_key {
-        return Err(bad(format!(
-            "it is brand {} under another key or brand than asked",
-            header.brand_id
-        )));
-    }
+    let header = part_header(&mut part_reader, part, brand, server_key)?;
     let file = create_private(out)?;
     let mut w = BufWriter::new(file);
     let write_err = BackupError::io(format!("writing {}", out.display()));
@@ -65,7 +100,7 @@ pub fn join(
     let old_records = old_items.as_ref().map_or(0, |c| c.records);
     let tree_size = old_records + new_items.records;
     if tree_size != header.tree_size {
-        return Err(bad(format!(
+        return Err(BackupError::BadPart(format!(
             "the backup holds {old_records} records and the part {}, but the source's tree has {}",
             new_items.records, header.tree_size
         )));
@@ -86,8 +121,6 @@ pub fn join(
     Ok(Joined {
         tree_size,
         checkpoints,
-        new_records: new_items.records,
-        last_new_checkpoint: new_items.last_checkpoint,
     })
 }
 

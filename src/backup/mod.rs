@@ -147,6 +147,7 @@ pub struct BackupOutcome {
 /// What the existing backup holds, after it verified.
 struct Existing {
     tree_size: u64,
+    checkpoints: u64,
     last_checkpoint: pb::Checkpoint,
 }
 
@@ -173,20 +174,21 @@ pub fn backup(
     let temps = Temps::beside(path);
     let after = existing.as_ref().map_or(0, |e| e.tree_size);
     fetch_part(source, after, &temps.part)?;
-    let old = existing.as_ref().map(|_| path);
-    let joined = file::join(old, &temps.part, &temps.joined, source.brand(), &server_key)?;
+    let part = file::scan_part(&temps.part, source.brand(), &server_key)?;
     if let Some(e) = &existing {
-        check_extends(source, e, joined.last_new_checkpoint.as_ref(), &server_key)?;
-        if joined.new_records == 0 {
+        check_extends(source, e, part.last_checkpoint.as_ref(), &server_key)?;
+        if part.records == 0 {
             // Nothing new: the file stays as it is (not even rewritten).
             return Ok(BackupOutcome {
                 brand: source.brand(),
                 records_before: e.tree_size,
                 records_after: e.tree_size,
-                checkpoints: joined.checkpoints,
+                checkpoints: e.checkpoints,
             });
         }
     }
+    let old = existing.as_ref().map(|_| path);
+    let joined = file::join(old, &temps.part, &temps.joined, source.brand(), &server_key)?;
     let old_checkpoint = existing.as_ref().map(|e| e.last_checkpoint.clone());
     verify_file(&temps.joined, server_key, old_checkpoint).map_err(BackupError::NewPartInvalid)?;
     temps.commit(path)?;
@@ -233,6 +235,7 @@ fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Exist
     })?;
     Ok(Existing {
         tree_size: report.records,
+        checkpoints: report.checkpoints,
         last_checkpoint,
     })
 }

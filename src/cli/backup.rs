@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use ed25519_dalek::SigningKey;
 use tokio::runtime::Runtime;
 
 use cardd::backup::{BackupOutcome, LocalSource, Source, SourceError};
@@ -15,23 +16,70 @@ use cardd::storage::LogStore;
 use super::audit::parse_server_key;
 use super::current_thread_runtime;
 
-/// A brand on a running daemon, reached with its owner key.
-struct Online {
+/// A brand on a running daemon, reached with its owner key. Verifying a
+/// big backup can outlast the daemon's idle timeout, so the export opens a
+/// fresh connection (a sign-on), which then also asks for the proof.
+struct Online<'a> {
     runtime: Runtime,
-    client: Client<ClientStream>,
+    addr: &'a str,
+    key: SigningKey,
+    tls: Option<&'a TlsClient>,
+    /// What the first sign-on said: every later one must say the same.
+    brand: u32,
+    server_key: [u8; 32],
+    client: Option<Client<ClientStream>>,
 }
 
-impl Source for Online {
+impl<'a> Online<'a> {
+    fn connect(
+        addr: &'a str,
+        key: SigningKey,
+        tls: Option<&'a TlsClient>,
+    ) -> anyhow::Result<Online<'a>> {
+        let runtime = current_thread_runtime()?;
+        let client = runtime
+            .block_on(Client::connect_with(addr, key.clone(), tls))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Online {
+            runtime,
+            addr,
+            key,
+            tls,
+            brand: client.session.brand_id,
+            server_key: client.server_key,
+            client: Some(client),
+        })
+    }
+
+    /// A new session, checked to be the same brand on the same server.
+    fn reconnect(&mut self) -> Result<&mut Client<ClientStream>, SourceError> {
+        let client =
+            self.runtime
+                .block_on(Client::connect_with(self.addr, self.key.clone(), self.tls))?;
+        if (client.session.brand_id, client.server_key) != (self.brand, self.server_key) {
+            return Err(format!("{} now answers as another brand or server", self.addr).into());
+        }
+        Ok(self.client.insert(client))
+    }
+}
+
+impl Source for Online<'_> {
     fn brand(&self) -> u32 {
-        self.client.session.brand_id
+        self.brand
     }
 
     fn server_key(&self) -> [u8; 32] {
-        self.client.server_key
+        self.server_key
     }
 
     fn export_after(&mut self, after: u64, mut out: &mut dyn Write) -> Result<(), SourceError> {
-        let Online { runtime, client } = self;
+        // The daemon may have closed a session left idle while the
+        // existing file was verified: always a new one here.
+        self.reconnect()?;
+        let Online {
+            runtime, client, ..
+        } = self;
+        let client = client.as_mut().expect("connected just now");
         runtime.block_on(client.export_after(after, &mut out))?;
         Ok(())
     }
@@ -41,7 +89,13 @@ impl Source for Online {
         old_size: u64,
         new_size: u64,
     ) -> Result<pb::ConsistencyProof, SourceError> {
-        let Online { runtime, client } = self;
+        if self.client.is_none() {
+            self.reconnect()?;
+        }
+        let Online {
+            runtime, client, ..
+        } = self;
+        let client = client.as_mut().expect("connected");
         Ok(runtime.block_on(client.consistency_proof(old_size, new_size))?)
     }
 }
@@ -77,11 +131,10 @@ pub fn backup_online(
 ) -> anyhow::Result<()> {
     let pinned = server_key.map(parse_server_key).transpose()?;
     let key = read_key_file(owner_key)?;
-    let runtime = current_thread_runtime()?;
-    let client = runtime
-        .block_on(Client::connect_with(addr, key, tls))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut source = Online { runtime, client };
+    let mut source = Online::connect(addr, key, tls)?;
+    // Only brand and key are needed until the export: no idle session
+    // while the existing file is verified.
+    source.client = None;
     let outcome = cardd::backup::backup(&mut source, out, pinned)
         .with_context(|| format!("backing up to {}", out.display()))?;
     report(&outcome, out);
