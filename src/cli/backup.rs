@@ -153,6 +153,9 @@ pub fn backup_offline(data: &Path, out_dir: &Path) -> anyhow::Result<()> {
     if brands.is_empty() {
         bail!("{}: no brand to back up", data.display());
     }
+    // One brand's refusal (a damaged file) does not stop the others'
+    // backups; the exit code still says that one failed.
+    let mut failed = Vec::new();
     for brand in brands {
         let out = brand_file(out_dir, brand);
         let mut source = LocalSource {
@@ -160,9 +163,18 @@ pub fn backup_offline(data: &Path, out_dir: &Path) -> anyhow::Result<()> {
             brand,
             server_key: server_key.verifying_key().to_bytes(),
         };
-        let outcome = cardd::backup::backup(&mut source, &out, None)
-            .with_context(|| format!("backing up brand {brand} to {}", out.display()))?;
-        report(&outcome, &out);
+        match cardd::backup::backup(&mut source, &out, None) {
+            Ok(outcome) => report(&outcome, &out),
+            Err(e) => {
+                let e = anyhow::Error::new(e)
+                    .context(format!("backing up brand {brand} to {}", out.display()));
+                eprintln!("cardd: {e:#}");
+                failed.push(brand);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the backup of brands {failed:?} failed (see above); the others are done");
     }
     Ok(())
 }

@@ -96,3 +96,49 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
         brand2
     );
 }
+
+/// One brand's damaged file does not stop the other brands' backups, and
+/// the exit code says that one failed.
+#[test]
+fn a_damaged_brand_file_does_not_stop_the_other_brands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, demo) = Daemon::demo(dir.path());
+    drop(d);
+    let owner2_key = dir.path().join("owner2.key");
+    let o = cardd!(
+        "brand",
+        "create",
+        "--data",
+        &demo.data,
+        "--name",
+        "Second",
+        "--owner-key",
+        &owner2_key,
+        "--id",
+        "2"
+    );
+    assert_ok(&o, "brand create");
+    let out = dir.path().join("backups");
+    assert_ok(
+        &cardd!("backup", "--data", &demo.data, "--out-dir", &out),
+        "backup",
+    );
+    let damaged = out.join("brand-1.cardd-backup");
+    let mut bytes = std::fs::read(&damaged).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&damaged, &bytes).expect("write");
+
+    let o = cardd!("backup", "--data", &demo.data, "--out-dir", &out);
+    let text = assert_fails(&o, "backup with a damaged brand file");
+    assert!(
+        text.contains("brand 1") && text.contains("does not verify"),
+        "{text}"
+    );
+    assert!(
+        text.contains("brand 2:") && text.contains("up to date"),
+        "{text}"
+    );
+    assert!(text.contains("brands [1] failed"), "{text}");
+    assert_eq!(std::fs::read(&damaged).expect("read"), bytes);
+}
