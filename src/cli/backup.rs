@@ -24,7 +24,8 @@ struct Online<'a> {
     addr: &'a str,
     key: SigningKey,
     tls: Option<&'a TlsClient>,
-    /// What the first sign-on said: every later one must say the same.
+    /// What the first sign-on said (brand and server key, all a backup
+    /// needs before the export): every later one must say the same.
     brand: u32,
     server_key: [u8; 32],
     client: Option<Client<ClientStream>>,
@@ -47,7 +48,8 @@ impl<'a> Online<'a> {
             tls,
             brand: client.session.brand_id,
             server_key: client.server_key,
-            client: Some(client),
+            // Not kept: no session idles while the existing file is verified.
+            client: None,
         })
     }
 
@@ -132,9 +134,6 @@ pub fn backup_online(
     let pinned = server_key.map(parse_server_key).transpose()?;
     let key = read_key_file(owner_key)?;
     let mut source = Online::connect(addr, key, tls)?;
-    // Only brand and key are needed until the export: no idle session
-    // while the existing file is verified.
-    source.client = None;
     let outcome = cardd::backup::backup(&mut source, out, pinned)
         .with_context(|| format!("backing up to {}", out.display()))?;
     report(&outcome, out);
