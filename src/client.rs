@@ -306,7 +306,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Streams the brand's ledger export (owner only) into `out`; returns
     /// the bytes written.
     pub async fn export(&mut self, out: &mut impl std::io::Write) -> Result<u64, ClientError> {
-        let req = self.request(0, Op::ExportLedger(pb::ExportLedger {}));
+        self.export_after(0, out).await
+    }
+
+    /// Like [`Client::export`], but only the records after tree size
+    /// `after_size` and the checkpoints over them (an incremental backup;
+    /// `ExportLedger.after_size` in the proto).
+    pub async fn export_after(
+        &mut self,
+        after_size: u64,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let req = self.request(0, Op::ExportLedger(pb::ExportLedger { after_size }));
         let bytes = req.encode_to_vec();
         let signature = self.key.sign(&request_message(&bytes)).to_bytes().to_vec();
         let request_id = self.next_request_id;

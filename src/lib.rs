@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod backup;
 pub mod card_number;
 pub mod checkpoint;
 pub mod client;

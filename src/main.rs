@@ -100,6 +100,60 @@ enum Command {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Back up a brand (owner key, running daemon) or every brand (data
+    /// directory, stopped daemon) to export files that `cardd audit verify`
+    /// checks. Run again on the same file: only what is new is added, after
+    /// a consistency proof that the daemon's chain extends the file.
+    #[command(
+        after_help = "Examples:\n  cardd backup --connect 127.0.0.1:7700 --key owner.key --out brand-1.cardd-backup\n  \
+                            cardd backup --data /var/lib/cardd --out-dir /srv/backup/cardd"
+    )]
+    Backup(BackupArgs),
+    /// Rebuild a new data directory from backups: each is verified, then its
+    /// records are written as they were, so the restored daemon continues
+    /// the same chains.
+    #[command(
+        after_help = "Example:\n  cardd restore --data /var/lib/cardd-new --server-key-file server.key brand-1.cardd-backup brand-2.cardd-backup"
+    )]
+    Restore {
+        /// The data directory to create (absent, or an empty directory).
+        #[arg(long)]
+        data: PathBuf,
+        /// The key file of the server that signed the backups' checkpoints
+        /// (the old data directory's server.key).
+        #[arg(long)]
+        server_key_file: PathBuf,
+        /// The backup files, one per brand.
+        #[arg(required = true)]
+        backups: Vec<PathBuf>,
+    },
+}
+
+/// `cardd backup`: online with an owner key, or offline with a data
+/// directory and its server key.
+#[derive(Args)]
+struct BackupArgs {
+    /// A running daemon's address (with --key and --out).
+    #[arg(long, requires_all = ["key", "out"], conflicts_with_all = ["data", "out_dir"])]
+    connect: Option<String>,
+    /// The brand owner's key file.
+    #[arg(long, requires = "connect")]
+    key: Option<PathBuf>,
+    /// The backup file (created, or brought up to date).
+    #[arg(long, requires = "connect")]
+    out: Option<PathBuf>,
+    /// The server's public key in hex: refuse a daemon with another key.
+    #[arg(long, requires = "connect")]
+    server_key: Option<String>,
+    /// A stopped daemon's data directory (with --out-dir): every brand,
+    /// with the server key found there.
+    #[arg(long, requires = "out_dir")]
+    data: Option<PathBuf>,
+    /// Where `--data` backups go, one `brand-ID.cardd-backup` per brand.
+    #[arg(long, requires = "data")]
+    out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// How `admin` and `audit` reach a daemon that serves TLS.
@@ -479,8 +533,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { data } => cli::serve::check(&data)?,
         Command::Audit { command, tls } => return cli::audit::run(command, tls.client()?.as_ref()),
         Command::Admin(args) => return cli::admin::run(args),
+        Command::Backup(args) => backup(args)?,
+        Command::Restore {
+            data,
+            server_key_file,
+            backups,
+        } => cli::backup::restore(&data, &server_key_file, &backups)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    match (a.connect, a.key, a.out, a.data, a.out_dir) {
+        (Some(addr), Some(key), Some(out), None, None) => cli::backup::backup_online(
+            &addr,
+            &key,
+            &out,
+            a.tls.client()?.as_ref(),
+            a.server_key.as_deref(),
+        ),
+        (None, None, None, Some(data), Some(out_dir)) => {
+            cli::backup::backup_offline(&data, &out_dir)
+        }
+        _ => anyhow::bail!(
+            "give --connect ADDR --key OWNER_KEY --out FILE, or --data DIR --out-dir DIR"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -203,7 +203,6 @@ const fn msg(fields: &'static [Field]) -> Schema {
 use Kind::{Bool, Bytes, Int, Msg, Str, U32};
 
 const CARD_ONLY: Schema = msg(&[f(1, "card", Str)]);
-const NO_FIELDS: Schema = msg(&[]);
 const PURCHASE: Schema = msg(&[
     f(1, "card", Str),
     f(2, "amount_minor", Int),
@@ -270,6 +269,7 @@ const SET_TERMINAL_DISABLED: Schema = msg(&[
     f(3, "reason", Str),
 ]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
+const EXPORT_LEDGER: Schema = msg(&[f(90, "after_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[
     f(1, "name", Str),
     f(2, "currency", Str),
@@ -300,7 +300,7 @@ const REQUEST: Schema = Schema {
         f(33, "set_card_blocked", Msg(&SET_CARD_BLOCKED)),
         f(34, "replace_card", Msg(&REPLACE_CARD)),
         f(35, "set_rules", Msg(&SET_RULES)),
-        f(36, "export_ledger", Msg(&NO_FIELDS)),
+        f(36, "export_ledger", Msg(&EXPORT_LEDGER)),
         f(37, "consistency_proof", Msg(&CONSISTENCY_PROOF)),
         f(38, "set_terminal_disabled", Msg(&SET_TERMINAL_DISABLED)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
@@ -516,7 +516,7 @@ mod tests {
         ("BonusTier", &BONUS_TIER),
         ("TierRule", &TIER_RULE),
         ("SetTerminalDisabled", &SET_TERMINAL_DISABLED),
-        ("ExportLedger", &NO_FIELDS),
+        ("ExportLedger", &EXPORT_LEDGER),
         ("GetConsistencyProof", &CONSISTENCY_PROOF),
         ("CreateBrand", &CREATE_BRAND),
     ];
@@ -813,7 +813,7 @@ mod tests {
                 new_card: card,
             }),
             Op::SetRules(pb::SetRules { rules: Some(rules) }),
-            Op::ExportLedger(pb::ExportLedger {}),
+            Op::ExportLedger(pb::ExportLedger::default()),
             Op::ConsistencyProof(pb::GetConsistencyProof {
                 old_size: 1,
                 new_size: 2,

@@ -560,7 +560,10 @@ fn request_seeds() {
         ),
         (
             "export-ledger",
-            raw_step_bytes(own, &request(56, Op::ExportLedger(pb::ExportLedger {}))),
+            raw_step_bytes(
+                own,
+                &request(56, Op::ExportLedger(pb::ExportLedger::default())),
+            ),
         ),
         (
             "consistency-proof",

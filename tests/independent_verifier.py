@@ -334,7 +334,7 @@ OPS = {
                                                        3: ("reason", STRING)})),
     34: ("replace_card", Schema("ReplaceCard", {1: ("old_card", STRING), 2: ("new_card", STRING)})),
     35: ("set_rules", Schema("SetRules", {1: ("rules", ("msg", RULES))})),
-    36: ("export_ledger", Schema("ExportLedger", {})),
+    36: ("export_ledger", Schema("ExportLedger", {90: ("after_size", U64)})),
     37: ("consistency_proof", Schema("GetConsistencyProof", {1: ("old_size", U64), 2: ("new_size", U64)})),
     38: ("set_terminal_disabled", Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL),
                                                                  3: ("reason", STRING)})),

@@ -25,6 +25,16 @@ pub enum ExportError {
     /// Writing the export failed.
     #[error(transparent)]
     Write(#[from] io::Error),
+    /// An incremental export was asked to start past the newest checkpoint.
+    #[error("brand {brand} has {tree_size} records under its newest checkpoint, fewer than the {after} asked to skip")]
+    AfterTheEnd {
+        /// The brand.
+        brand: u32,
+        /// The records to skip.
+        after: u64,
+        /// The newest checkpoint's tree size.
+        tree_size: u64,
+    },
 }
 
 /// What an export contained.
@@ -43,6 +53,22 @@ pub fn write_export(
     brand: u32,
     server_public_key: &[u8; 32],
     out: &mut impl Write,
+    progress: impl FnMut(u64, u64),
+) -> Result<ExportSummary, ExportError> {
+    write_export_after(store, brand, 0, server_public_key, out, progress)
+}
+
+/// Like [`write_export`], but only the records after tree size `after` and
+/// the checkpoints over them (`ExportLedger.after_size`, for incremental
+/// backups). The header gives the full tree size; the trailer counts and
+/// lists only what was written, so with `after > 0` the output is one part
+/// of an export, not an export that verifies alone.
+pub fn write_export_after(
+    store: &dyn LogStore,
+    brand: u32,
+    after: u64,
+    server_public_key: &[u8; 32],
+    out: &mut impl Write,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
     // Everything up to the newest checkpoint is durable and immutable, so
@@ -51,6 +77,13 @@ pub fn write_export(
         .last_checkpoint(brand)?
         .ok_or(ExportError::NoCheckpoint(brand))?;
     let tree_size = pb::Checkpoint::decode(last.as_slice())?.tree_size;
+    if after > tree_size {
+        return Err(ExportError::AfterTheEnd {
+            brand,
+            after,
+            tree_size,
+        });
+    }
     write_header(out, brand, server_public_key, tree_size)?;
     let mut keys = vec![pb::SignerKey {
         signer: pb::Signer::Server as i32,
@@ -63,7 +96,11 @@ pub fn write_export(
         checkpoints: 0,
     };
     let mut pending = next_checkpoint(&mut checkpoints)?;
-    for item in store.scan(brand, 1) {
+    // The checkpoints over the skipped records are the reader's already.
+    while pending.as_ref().is_some_and(|c| c.tree_size <= after) {
+        pending = next_checkpoint(&mut checkpoints)?;
+    }
+    for item in store.scan(brand, after + 1) {
         let (seq, bytes) = item?;
         if seq > tree_size {
             break;
@@ -82,10 +119,10 @@ pub fn write_export(
             }
         }
         if seq % 4096 == 0 {
-            progress(seq, tree_size);
+            progress(seq - after, tree_size - after);
         }
     }
-    progress(summary.records, tree_size);
+    progress(summary.records, tree_size - after);
     write_item(
         out,
         Item::Trailer(pb::ExportTrailer {

@@ -5,9 +5,11 @@
 //! File format: docs/ledger-format.md.
 pub mod export;
 pub mod file;
+pub mod prove;
 mod signatures;
 pub mod verify;
 
-pub use export::{write_export, ExportError};
+pub use export::{write_export, write_export_after, ExportError};
 pub use file::{ExportFileError, ExportReader, EXPORT_FORMAT, EXPORT_MAGIC, MAX_EXPORT_ITEM_BYTES};
+pub use prove::{consistency_from_store, ProveError};
 pub use verify::{verify_export, CardSummary, Totals, VerifyError, VerifyOptions, VerifyReport};

@@ -2,6 +2,7 @@
 //! bars or chooses an exit code lives here, in the binary, not in the library.
 pub mod admin;
 pub mod audit;
+pub mod backup;
 pub mod brand;
 pub mod issue_cards;
 pub mod keys;

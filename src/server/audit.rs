@@ -13,7 +13,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,6 @@ use super::sessions::AuditSlot;
 use super::Shared;
 use crate::error::Refusal;
 use crate::pb::{self, request::Op, server_message::Body, ErrorCode as E, ServerMessage};
-use crate::storage::StoredNodes;
 
 /// Export chunk size: well under the default frame limit with framing.
 const CHUNK_BYTES: usize = 32 * 1024;
@@ -115,8 +113,13 @@ pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
         session,
     } = stream;
     let last = match op {
-        Op::ExportLedger(_) => {
-            stream_export(brand, &shared, &out, request_id, slot, &session).await
+        Op::ExportLedger(q) => {
+            let export = Export {
+                brand,
+                after: q.after_size,
+                request_id,
+            };
+            stream_export(export, &shared, &out, slot, &session).await
         }
         Op::ConsistencyProof(q) => {
             let store = shared.store.clone();
@@ -215,14 +218,25 @@ async fn send_or_cut(
     }
 }
 
+/// The export one request asked for.
+struct Export {
+    brand: u32,
+    /// Records already held by the reader (`ExportLedger.after_size`).
+    after: u64,
+    request_id: u64,
+}
+
 /// Streams the export in chunks (written on an audit thread) and returns
 /// the last message's body: the empty last chunk, or why it failed; None
 /// when the connection is gone or was cut.
 async fn stream_export(
-    brand: u32,
+    Export {
+        brand,
+        after,
+        request_id,
+    }: Export,
     shared: &Shared,
     out: &mpsc::Sender<ServerMessage>,
-    request_id: u64,
     slot: AuditSlot,
     session: &CancellationToken,
 ) -> Option<Body> {
@@ -234,7 +248,14 @@ async fn stream_export(
             tx,
             buf: Vec::with_capacity(CHUNK_BYTES * 2),
         };
-        crate::audit::write_export(store.as_ref(), brand, &server_public, &mut w, |_, _| {})
+        crate::audit::write_export_after(
+            store.as_ref(),
+            brand,
+            after,
+            &server_public,
+            &mut w,
+            |_, _| {},
+        )
     });
     let mut gone = false;
     while let Some(data) = rx.recv().await {
@@ -267,6 +288,9 @@ async fn stream_export(
                 last: true,
             })
         }
+        Ok(Err(e @ crate::audit::ExportError::AfterTheEnd { .. })) => {
+            Body::Error(Refusal::new(E::InvalidArgument, e.to_string()).into())
+        }
         Ok(Err(e)) => {
             Body::Error(Refusal::new(E::StorageFailure, format!("export failed: {e}")).into())
         }
@@ -279,31 +303,13 @@ fn consistency(
     brand: u32,
     q: &pb::GetConsistencyProof,
 ) -> Result<pb::ConsistencyProof, Refusal> {
-    let storage = |e: crate::storage::StorageError| Refusal::new(E::StorageFailure, e.to_string());
-    let last = store
-        .last_checkpoint(brand)
-        .map_err(storage)?
-        .ok_or_else(|| Refusal::new(E::InvalidArgument, "no checkpoint yet"))?;
-    let last = pb::Checkpoint::decode(last.as_slice())
-        .map_err(|_| Refusal::new(E::Internal, "checkpoint corrupt"))?;
-    let new_size = if q.new_size == 0 {
-        last.tree_size
-    } else {
-        q.new_size
-    };
-    if q.old_size == 0 || q.old_size > new_size || new_size > last.tree_size {
-        return Err(Refusal::new(
-            E::InvalidArgument,
-            format!("sizes must satisfy 0 < old <= new <= {}", last.tree_size),
-        ));
-    }
-    let path =
-        crate::merkle::consistency_proof(&StoredNodes { store, brand }, q.old_size, new_size)
-            .map_err(|e| Refusal::new(E::StorageFailure, e.to_string()))?;
-    Ok(pb::ConsistencyProof {
-        old_size: q.old_size,
-        new_size,
-        path: path.iter().map(|h| h.to_vec()).collect(),
-        new_checkpoint: (new_size == last.tree_size).then_some(last),
+    use crate::audit::ProveError;
+    crate::audit::consistency_from_store(store, brand, q.old_size, q.new_size).map_err(|e| {
+        let code = match e {
+            ProveError::NoCheckpoint | ProveError::Sizes { .. } => E::InvalidArgument,
+            ProveError::Corrupt(_) => E::Internal,
+            ProveError::Storage(_) | ProveError::Merkle(_) => E::StorageFailure,
+        };
+        Refusal::new(code, e.to_string())
     })
 }

@@ -182,7 +182,12 @@ async fn fill(addr: std::net::SocketAddr, brand: &Brand, rounds: u64) {
 /// An export asked for on its own owner connection.
 async fn start_export(addr: std::net::SocketAddr, brand: &Brand) -> Raw {
     let mut f = sign_on(addr, &brand.owner).await;
-    let req = request(brand.id, 0, "audit", Op::ExportLedger(pb::ExportLedger {}));
+    let req = request(
+        brand.id,
+        0,
+        "audit",
+        Op::ExportLedger(pb::ExportLedger::default()),
+    );
     raw_send(&mut f, 3, signed_body(&brand.owner, &req)).await;
     f
 }
@@ -273,7 +278,12 @@ async fn unread_exports(addr: std::net::SocketAddr, one: &Brand) -> Vec<Raw> {
     for _ in 0..8 {
         let mut f = start_export(addr, one).await;
         for rid in 4..20 {
-            let req = request(one.id, 0, "audit", Op::ExportLedger(pb::ExportLedger {}));
+            let req = request(
+                one.id,
+                0,
+                "audit",
+                Op::ExportLedger(pb::ExportLedger::default()),
+            );
             raw_send(&mut f, rid, signed_body(&one.owner, &req)).await;
         }
         unread.push(f);

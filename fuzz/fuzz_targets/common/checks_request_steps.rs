@@ -455,7 +455,7 @@ impl World {
             tag::SET_RULES => Op::SetRules(pb::SetRules {
                 rules: self.rules(r),
             }),
-            tag::EXPORT_LEDGER => Op::ExportLedger(pb::ExportLedger {}),
+            tag::EXPORT_LEDGER => Op::ExportLedger(pb::ExportLedger::default()),
             tag::CONSISTENCY_PROOF => Op::ConsistencyProof(pb::GetConsistencyProof {
                 old_size: r.u64(),
                 new_size: r.u64(),
