@@ -25,6 +25,8 @@ use crate::limits::LOG_SEGMENT_BYTES;
 /// The embedded store of a data directory.
 pub struct DiskStore {
     data_dir: PathBuf,
+    /// A segment is sealed when the next frame would take it past this.
+    segment_bytes: u64,
     logs: RwLock<BTreeMap<u32, Brand>>,
     marks: MarkWriter,
     /// `DATA/lock`, locked for the store's life: one process per data
@@ -150,10 +152,16 @@ impl DiskStore {
     /// Opens the store of `data_dir`, creating what is missing: the form
     /// for `cardd serve` and `cardd brand create`.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_sized(data_dir, LOG_SEGMENT_BYTES)
+    }
+
+    /// [`open`](Self::open), sealing segments at `segment_bytes` (`cardd
+    /// serve --log-segment-kib`; segments already written keep their size).
+    pub fn open_sized(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
         for dir in [log_root(data_dir), mark::dir(data_dir)] {
             create_dir_all_durable(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        Self::open_dirs(data_dir)
+        Self::open_dirs(data_dir, segment_bytes)
     }
 
     /// Opens the store of a data directory that must already hold a ledger
@@ -166,7 +174,7 @@ impl DiskStore {
         Self::open(data_dir)
     }
 
-    fn open_dirs(data_dir: &Path) -> Result<Self> {
+    fn open_dirs(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
         let lock = lock_data_dir(data_dir)?;
         sync_dirs(data_dir)?;
         let marks = mark::read_all(&mark::dir(data_dir))
@@ -174,10 +182,14 @@ impl DiskStore {
         import_or_retire_sled(data_dir, marks.is_empty())?;
         let mut logs = BTreeMap::new();
         for brand in logged_brands(data_dir)? {
-            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
+            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), segment_bytes)?;
             check_marked(brand, &log, marks.get(&brand))?;
             if opened.tables_rebuilt > 0 {
-                tracing::info!(brand, segments = opened.tables_rebuilt, "frame tables rebuilt");
+                tracing::info!(
+                    brand,
+                    segments = opened.tables_rebuilt,
+                    "frame tables rebuilt"
+                );
             }
             logs.insert(brand, Brand::new(log));
         }
@@ -193,6 +205,7 @@ impl DiskStore {
         }
         let store = DiskStore {
             data_dir: data_dir.to_path_buf(),
+            segment_bytes,
             logs: RwLock::new(logs),
             marks: MarkWriter::start(mark::dir(data_dir)),
             _lock: lock,
@@ -235,7 +248,7 @@ impl DiskStore {
             return Ok(b.clone());
         }
         let (mut log, _) =
-            BrandLog::open(&brand_log_dir(&self.data_dir, brand), LOG_SEGMENT_BYTES)?;
+            BrandLog::open(&brand_log_dir(&self.data_dir, brand), self.segment_bytes)?;
         log.cut_torn_tail()?;
         let b = Brand::new(log);
         logs.insert(brand, b.clone());
@@ -256,7 +269,13 @@ impl DiskStore {
                 let frame = read_frame(&path, &loc)?;
                 let record = frame_record(&frame, frame.last_seq)?.unwrap_or_default();
                 let hash = leaf_hash(&record);
-                self.marks.advance(brand, Mark { seq: frame.last_seq, hash });
+                self.marks.advance(
+                    brand,
+                    Mark {
+                        seq: frame.last_seq,
+                        hash,
+                    },
+                );
             }
         }
         self.marks.flush();
@@ -477,7 +496,9 @@ impl LogStore for DiskStore {
     }
 
     fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
-        from_frames(self.frames(brand), 1, |frame| vec![frame_checkpoint(&frame)])
+        from_frames(self.frames(brand), 1, |frame| {
+            vec![frame_checkpoint(&frame)]
+        })
     }
 
     fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
@@ -495,12 +516,14 @@ impl LogStore for DiskStore {
         brand: u32,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
-        from_frames(self.frames(brand), from_seq, move |frame| {
-            match frame_records(&frame, from_seq) {
+        from_frames(
+            self.frames(brand),
+            from_seq,
+            move |frame| match frame_records(&frame, from_seq) {
                 Ok(records) => records.into_iter().map(Ok).collect(),
                 Err(e) => vec![Err(e)],
-            }
-        })
+            },
+        )
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {

@@ -113,7 +113,12 @@ pub fn table_matches(path: &Path, size: u64, first: u64, last: u64) -> bool {
 pub fn write_table(path: &Path, size: u64, frames: &[FrameLoc]) -> Result<()> {
     let (first, last) = match (frames.first(), frames.last()) {
         (Some(a), Some(b)) => (a.first_seq, b.last_seq),
-        _ => return Err(StorageError::Corrupt(format!("{}: an empty sealed segment", path.display()))),
+        _ => {
+            return Err(StorageError::Corrupt(format!(
+                "{}: an empty sealed segment",
+                path.display()
+            )))
+        }
     };
     let bytes = encode_table(size, first, last, frames);
     let table = table_path(path);
@@ -200,7 +205,11 @@ impl FrameIndex {
     /// newest segment (if any) holds `frames`.
     pub fn new(sealed: Vec<Sealed>, newest: Option<PathBuf>, frames: Vec<FrameLoc>) -> Self {
         FrameIndex {
-            inner: RwLock::new(Inner { sealed, newest, frames }),
+            inner: RwLock::new(Inner {
+                sealed,
+                newest,
+                frames,
+            }),
             cache: Mutex::default(),
         }
     }
@@ -253,7 +262,12 @@ impl FrameIndex {
             }
         }
         let pos = inner.sealed.partition_point(|s| s.last_seq < seq);
-        let Some(s) = inner.sealed.get(pos).filter(|s| s.first_seq <= seq).cloned() else {
+        let Some(s) = inner
+            .sealed
+            .get(pos)
+            .filter(|s| s.first_seq <= seq)
+            .cloned()
+        else {
             return Ok(None);
         };
         drop(inner);
@@ -273,7 +287,10 @@ impl FrameIndex {
             return Ok(None);
         };
         drop(inner);
-        Ok(self.table(pos, &s)?.get(j).map(|f| (pos, s.path.clone(), *f)))
+        Ok(self
+            .table(pos, &s)?
+            .get(j)
+            .map(|f| (pos, s.path.clone(), *f)))
     }
 
     /// The last logged frame.
@@ -287,7 +304,10 @@ impl FrameIndex {
         };
         let s = inner.sealed[pos].clone();
         drop(inner);
-        Ok(self.table(pos, &s)?.last().map(|f| (pos, s.path.clone(), *f)))
+        Ok(self
+            .table(pos, &s)?
+            .last()
+            .map(|f| (pos, s.path.clone(), *f)))
     }
 
     /// Reads and checks the frame holding `seq`.
@@ -312,7 +332,10 @@ impl FrameIndex {
 
     fn cached(&self, pos: usize) -> Option<Arc<[FrameLoc]>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.iter().find(|(p, _)| *p == pos).map(|(_, t)| t.clone())
+        cache
+            .iter()
+            .find(|(p, _)| *p == pos)
+            .map(|(_, t)| t.clone())
     }
 
     fn remember(&self, pos: usize, table: Arc<[FrameLoc]>) {
@@ -356,7 +379,9 @@ impl FrameIndex {
     fn position_in(&self, pos: usize, loc: &FrameLoc) -> Result<usize> {
         let inner = self.read_inner();
         if pos == inner.sealed.len() {
-            return Ok(inner.frames.partition_point(|f| f.first_seq < loc.first_seq));
+            return Ok(inner
+                .frames
+                .partition_point(|f| f.first_seq < loc.first_seq));
         }
         let s = inner.sealed[pos].clone();
         drop(inner);

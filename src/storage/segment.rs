@@ -326,7 +326,6 @@ impl BrandLog {
         self.file_len = 0;
         Ok(())
     }
-
 }
 
 /// Reads one frame, checking that it is still where the index says and
@@ -366,7 +365,10 @@ fn open_sealed(path: &Path, after: u64, last: u64) -> Result<bool> {
     let mut frames = Vec::new();
     let (walked, size) = walk_sealed(path, after, &mut frames)?;
     if walked != last {
-        let why = format!("ends at record {walked}, the next segment starts at {}", last + 1);
+        let why = format!(
+            "ends at record {walked}, the next segment starts at {}",
+            last + 1
+        );
         return Err(corrupt(path, size, &why));
     }
     tracing::info!(segment = %path.display(), frames = frames.len(), "wrote a sealed segment's frame table");
@@ -459,11 +461,7 @@ pub(super) fn walk_sealed(
 /// Reads the newest segment whole, checking every frame's CRC, and finds a
 /// torn last frame (see the module's recovery rule): (last seq, length
 /// without it).
-fn check_newest(
-    path: &Path,
-    mut last_seq: u64,
-    opened: &mut Opened,
-) -> Result<(u64, u64)> {
+fn check_newest(path: &Path, mut last_seq: u64, opened: &mut Opened) -> Result<(u64, u64)> {
     let bytes = fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
     let mut offset = 0usize;
     while offset < bytes.len() {
@@ -752,7 +750,11 @@ mod tests {
         let expected = found(&written);
         drop(written);
         let segments = list_segments(&dir).unwrap().len();
-        assert_eq!(tables(&dir).len(), segments - 1, "a table per sealed segment");
+        assert_eq!(
+            tables(&dir).len(),
+            segments - 1,
+            "a table per sealed segment"
+        );
         // A sealed segment whose frames are garbled but whose size and
         // table are intact: opening does not read it, a read finds it.
         let first = &list_segments(&dir).unwrap()[0].1;
@@ -805,7 +807,10 @@ mod tests {
         assert_eq!(from_start.next().unwrap().unwrap().first_seq, 1);
         for first in 2..30 {
             log.append(first, first, &payload(first)).unwrap();
-            assert_eq!(index.frame_holding(first).unwrap().unwrap().first_seq, first);
+            assert_eq!(
+                index.frame_holding(first).unwrap().unwrap().first_seq,
+                first
+            );
         }
         assert!(list_segments(&dir).unwrap().len() > 3);
         // An iterator made before the seals goes on across them.
