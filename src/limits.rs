@@ -144,7 +144,7 @@ pub const SNAPSHOT_EVERY_RECORDS: u64 = 500_000;
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// A brand's log starts a new segment file when the current one would pass
 /// this size: recovery reads the newest segment whole (checking every
-/// frame's CRC), older ones by their frame headers only.
+/// frame's CRC), older ones by their frame tables' headers only.
 pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 // Relations between limits, checked when the crate compiles.

@@ -67,6 +67,12 @@ enum Command {
         #[arg(long, default_value_t = cardd::limits::AUDIT_STALL_TIMEOUT_SECS,
               value_parser = clap::value_parser!(u64).range(1..))]
         audit_stall_secs: u64,
+        /// KiB after which a brand's log segment is sealed (its frame
+        /// table written, a new segment started). Smaller segments mean
+        /// smaller files to copy; start-up reads one header per segment.
+        #[arg(long, default_value_t = cardd::limits::LOG_SEGMENT_BYTES / 1024,
+              value_parser = clap::value_parser!(u64).range(64..=1024 * 1024))]
+        log_segment_kib: u64,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -504,6 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             snapshot_every,
             quotas,
             audit_stall_secs,
+            log_segment_kib,
         } => cli::serve::serve(Config {
             data_dir: data,
             listen,
@@ -516,6 +523,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             snapshot_every,
             quotas: quotas.quotas(),
             audit_stall_secs,
+            log_segment_kib,
         })?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,

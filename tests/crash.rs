@@ -32,6 +32,8 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// `cardd serve` flags of every start: 256 KiB log segments.
+const SEGMENTS: &[&str] = &["--log-segment-kib", "256"];
 /// Crash/restart cycles.
 const CYCLES: u64 = 3;
 /// Connections sending purchases during a storm.
@@ -166,7 +168,10 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut daemon, demo) = Daemon::demo(dir.path());
+    // Small log segments, so that the storms seal several of them and the
+    // kills land among seals too (a frame table written or not, a new
+    // segment created or not): every restart reopens them all.
+    let (mut daemon, demo) = Daemon::demo_with(dir.path(), SEGMENTS);
     let data = demo.data.clone();
     let brand = demo.manifest.brand_id;
     let cards = demo.manifest.cards.clone();
@@ -275,7 +280,7 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
         total_unacked += unacked;
 
         // Restart on the same data and settle every request's fate.
-        daemon = Daemon::start(&data, &[]);
+        daemon = Daemon::start(&data, SEGMENTS);
         let mut tills = Vec::new();
         for key in &keys {
             tills.push(
@@ -475,7 +480,7 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
         }
         run::cardd_check(&data);
 
-        daemon = Daemon::start(&data, &[]);
+        daemon = Daemon::start(&data, SEGMENTS);
         let mut till = bounded(Client::connect(daemon.addr, keys[0].clone()))
             .await
             .expect("sign-on");
@@ -490,6 +495,15 @@ async fn kill9_during_purchase_storm_loses_nothing_and_applies_nothing_twice() {
         total_unacked > 0,
         "no request was ever in flight at a kill ({total_issued} issued)"
     );
+    let segments = std::fs::read_dir(data.join("log").join(format!("brand-{brand:05}")))
+        .expect("the brand's log")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
+        .count();
+    println!("{segments} log segments");
+    assert!(segments > 3, "the storms sealed segments: {segments}");
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "crash test took {:?}",

@@ -12,7 +12,8 @@ pub mod verifier;
 pub mod writer;
 
 pub use start::{
-    load, load_checked, open_data_dir, open_existing_data_dir, server_key_path, Loaded, StartError,
+    load, load_checked, load_sized, open_data_dir, open_existing_data_dir, server_key_path, Loaded,
+    StartError,
 };
 
 // TLS set-up is shared with the client; the old path stays.
@@ -62,6 +63,8 @@ pub struct Config {
     /// Seconds an audit stream may wait for its reader before it is
     /// stopped and its connection closed.
     pub audit_stall_secs: u64,
+    /// KiB after which a brand's log segment is sealed.
+    pub log_segment_kib: u64,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             snapshot_every: crate::limits::SNAPSHOT_EVERY_RECORDS,
             quotas: Quotas::default(),
             audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
+            log_segment_kib: crate::limits::LOG_SEGMENT_BYTES / 1024,
         }
     }
 }
@@ -128,7 +132,8 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
     let started = std::time::Instant::now();
     // Before the ledger: a bad certificate or key fails fast.
     let tls = tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
-    let (store, server_key, mut ledgers) = load(&config.data_dir)?;
+    let segment_bytes = config.log_segment_kib.saturating_mul(1024);
+    let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
     if config.demo {
         if ledgers.is_empty() {
             ledgers.push(crate::demo::provision(

@@ -117,9 +117,14 @@ pub type Loaded = (Arc<dyn LogStore>, Arc<SigningKey>, Vec<BrandLedger>);
 /// recovers every brand from its snapshot and the records after it
 /// (refusing a corrupt ledger or one that came back short).
 pub fn load(data_dir: &Path) -> Result<Loaded, StartError> {
+    load_sized(data_dir, crate::limits::LOG_SEGMENT_BYTES)
+}
+
+/// [`load`], the store sealing log segments at `segment_bytes`.
+pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartError> {
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
-    let store = open_store(data_dir, DiskStore::open)?;
+    let store = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
     recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
 }
 
@@ -152,7 +157,7 @@ fn refuse_emptied(data_dir: &Path, store: &DiskStore) -> Result<(), StartError> 
 
 fn open_store(
     data_dir: &Path,
-    open: fn(&Path) -> crate::storage::Result<DiskStore>,
+    open: impl FnOnce(&Path) -> crate::storage::Result<DiskStore>,
 ) -> Result<Arc<dyn LogStore>, StartError> {
     let opening = std::time::Instant::now();
     let store = open(data_dir).map_err(|source| StartError::Storage {

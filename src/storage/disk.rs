@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::batch::{self, BatchView};
+use super::batch::{self, completing_seq, BatchView};
+use super::frames::{FrameIndex, FrameIter};
 use super::fsutil::{create_dir_all_durable, sync_dir};
 use super::index::SledIndex;
 use super::mark::{self, Mark, MarkWriter};
-use super::segment::{BrandLog, FrameLoc, Opened};
+use super::segment::{read_frame, BrandLog, Frame};
 use super::{LogStore, Result, StorageError};
 use crate::crypto::leaf_hash;
 use crate::limits::LOG_SEGMENT_BYTES;
@@ -24,8 +25,9 @@ use crate::limits::LOG_SEGMENT_BYTES;
 /// The embedded store of a data directory.
 pub struct DiskStore {
     data_dir: PathBuf,
-    index: SledIndex,
-    logs: RwLock<BTreeMap<u32, Arc<Mutex<BrandLog>>>>,
+    /// A segment is sealed when the next frame would take it past this.
+    segment_bytes: u64,
+    logs: RwLock<BTreeMap<u32, Brand>>,
     marks: MarkWriter,
     /// `DATA/lock`, locked for the store's life: one process per data
     /// directory (a second one would cut a live log's "torn" tail).
@@ -150,10 +152,16 @@ impl DiskStore {
     /// Opens the store of `data_dir`, creating what is missing: the form
     /// for `cardd serve` and `cardd brand create`.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_sized(data_dir, LOG_SEGMENT_BYTES)
+    }
+
+    /// [`open`](Self::open), sealing segments at `segment_bytes` (`cardd
+    /// serve --log-segment-kib`; segments already written keep their size).
+    pub fn open_sized(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
         for dir in [log_root(data_dir), mark::dir(data_dir)] {
             create_dir_all_durable(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        Self::open_dirs(data_dir)
+        Self::open_dirs(data_dir, segment_bytes)
     }
 
     /// Opens the store of a data directory that must already hold a ledger
@@ -166,28 +174,28 @@ impl DiskStore {
         Self::open(data_dir)
     }
 
-    fn open_dirs(data_dir: &Path) -> Result<Self> {
+    fn open_dirs(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
         let lock = lock_data_dir(data_dir)?;
         sync_dirs(data_dir)?;
-        let index = open_index(&data_dir.join("ledger"))?;
-        // Only a directory from before the log has an index and no marks;
-        // with marks, a missing log is a loss that `check_marks` reports.
         let marks = mark::read_all(&mark::dir(data_dir))
             .map_err(io_err(format!("reading {}", mark::dir(data_dir).display())))?;
-        if logged_brands(data_dir)?.is_empty() && marks.is_empty() {
-            import_index(data_dir, &index)?;
-        }
+        import_or_retire_sled(data_dir, marks.is_empty())?;
         let mut logs = BTreeMap::new();
-        let mut found = BTreeMap::new();
         for brand in logged_brands(data_dir)? {
-            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), LOG_SEGMENT_BYTES)?;
-            check_marked(brand, &log, &opened, marks.get(&brand))?;
-            found.insert(brand, opened);
-            logs.insert(brand, Arc::new(Mutex::new(log)));
+            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), segment_bytes)?;
+            check_marked(brand, &log, marks.get(&brand))?;
+            if opened.tables_rebuilt > 0 {
+                tracing::info!(
+                    brand,
+                    segments = opened.tables_rebuilt,
+                    "frame tables rebuilt"
+                );
+            }
+            logs.insert(brand, Brand::new(log));
         }
         if let Some((&brand, m)) = marks
             .iter()
-            .find(|(b, m)| m.seq > 0 && !found.contains_key(b))
+            .find(|(b, m)| m.seq > 0 && !logs.contains_key(b))
         {
             return Err(StorageError::ShortLedger {
                 brand,
@@ -197,36 +205,31 @@ impl DiskStore {
         }
         let store = DiskStore {
             data_dir: data_dir.to_path_buf(),
-            index,
+            segment_bytes,
             logs: RwLock::new(logs),
             marks: MarkWriter::start(mark::dir(data_dir)),
             _lock: lock,
         };
-        store.finish_open(&found, &marks)?;
+        store.finish_open(&marks)?;
         Ok(store)
     }
 
-    /// After the logs passed their marks: the index brought level, marks
-    /// for brands that lack one, torn tails cut (only now: a start that
-    /// refuses leaves the log as it found it).
-    fn finish_open(
-        &self,
-        found: &BTreeMap<u32, Opened>,
-        marks: &BTreeMap<u32, Mark>,
-    ) -> Result<()> {
-        for (brand, opened) in found {
-            self.sync_index(*brand, opened)?;
-        }
+    /// After the logs passed their marks: marks for brands that lack one,
+    /// torn tails cut (only now: a start that refuses leaves the log as it
+    /// found it).
+    fn finish_open(&self, marks: &BTreeMap<u32, Mark>) -> Result<()> {
         self.mark_unmarked(marks)?;
-        for log in self.logs.read().unwrap_or_else(|e| e.into_inner()).values() {
-            log.lock()
+        for brand in self.logs.read().unwrap_or_else(|e| e.into_inner()).values() {
+            brand
+                .log
+                .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .cut_torn_tail()?;
         }
-        self.index.flush()
+        Ok(())
     }
 
-    fn log(&self, brand: u32) -> Option<Arc<Mutex<BrandLog>>> {
+    fn brand(&self, brand: u32) -> Option<Brand> {
         self.logs
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -236,66 +239,20 @@ impl DiskStore {
 
     /// The brand's log; a new, empty one for a brand's first commit (its
     /// directory and first segment are created durably by that commit).
-    fn log_or_new(&self, brand: u32) -> Result<Arc<Mutex<BrandLog>>> {
-        if let Some(log) = self.log(brand) {
-            return Ok(log);
+    fn brand_or_new(&self, brand: u32) -> Result<Brand> {
+        if let Some(b) = self.brand(brand) {
+            return Ok(b);
         }
         let mut logs = self.logs.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(log) = logs.get(&brand) {
-            return Ok(log.clone());
+        if let Some(b) = logs.get(&brand) {
+            return Ok(b.clone());
         }
         let (mut log, _) =
-            BrandLog::open(&brand_log_dir(&self.data_dir, brand), LOG_SEGMENT_BYTES)?;
+            BrandLog::open(&brand_log_dir(&self.data_dir, brand), self.segment_bytes)?;
         log.cut_torn_tail()?;
-        let log = Arc::new(Mutex::new(log));
-        logs.insert(brand, log.clone());
-        Ok(log)
-    }
-
-    /// Brings the sled index of `brand` level with its log: inserts the
-    /// commits it lacks, or rebuilds it when it does not end on a logged
-    /// commit with the same bytes.
-    fn sync_index(&self, brand: u32, opened: &Opened) -> Result<()> {
-        let log = self.log(brand).expect("opened logs are registered");
-        let log = log.lock().unwrap_or_else(|e| e.into_inner());
-        let from = match self.index.last_run(brand)? {
-            None => 0,
-            Some((first, last, bytes)) => {
-                if last > log.last_seq() {
-                    // Runs reach the index only once durable in the log.
-                    return Err(StorageError::ShortLedger {
-                        brand,
-                        stored: log.last_seq(),
-                        acknowledged: last,
-                    });
-                }
-                // The frame holding the index's last run is inserted again
-                // whole: the index may hold only part of a commit.
-                let i = opened.frames.partition_point(|f| f.last_seq < last);
-                match opened.frames.get(i) {
-                    Some(f) if logged_run(&log, f, first)?.as_deref() == Some(&bytes[..]) => i,
-                    _ => {
-                        tracing::warn!(brand, "the sled index differs from the log; rebuilding it");
-                        self.index.clear(brand)?;
-                        0
-                    }
-                }
-            }
-        };
-        let missing = &opened.frames[from..];
-        if !missing.is_empty() {
-            tracing::info!(
-                brand,
-                commits = missing.len(),
-                "index restored from the log"
-            );
-        }
-        for loc in missing {
-            let frame = log.read(loc)?;
-            let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
-            self.index.insert(brand, &runs)?;
-        }
-        Ok(())
+        let b = Brand::new(log);
+        logs.insert(brand, b.clone());
+        Ok(b)
     }
 
     /// A logged brand without a mark (a cut before its first mark) gets
@@ -305,20 +262,77 @@ impl DiskStore {
             if marks.contains_key(&brand) {
                 continue;
             }
-            if let Some(last) = self.index.last_run(brand)?.map(|(_, last, _)| last) {
-                let record = self.index.record(brand, last)?.unwrap_or_default();
+            let Some(frames) = self.brand(brand).map(|b| b.frames) else {
+                continue;
+            };
+            if let Some((_, path, loc)) = frames.last()? {
+                let frame = read_frame(&path, &loc)?;
+                let record = frame_record(&frame, frame.last_seq)?.unwrap_or_default();
                 let hash = leaf_hash(&record);
-                self.marks.advance(brand, Mark { seq: last, hash });
+                self.marks.advance(
+                    brand,
+                    Mark {
+                        seq: frame.last_seq,
+                        hash,
+                    },
+                );
             }
         }
         self.marks.flush();
         Ok(())
     }
+
+    /// The frames of `brand`, for reads.
+    fn frames(&self, brand: u32) -> Option<Arc<FrameIndex>> {
+        self.brand(brand).map(|b| b.frames)
+    }
+}
+
+/// One brand's log (its writer) and where its frames lie (its readers).
+#[derive(Clone)]
+struct Brand {
+    log: Arc<Mutex<BrandLog>>,
+    frames: Arc<FrameIndex>,
+}
+
+impl Brand {
+    fn new(log: BrandLog) -> Self {
+        Brand {
+            frames: log.index(),
+            log: Arc::new(Mutex::new(log)),
+        }
+    }
+}
+
+/// Record `seq` of a logged frame, if the frame holds it.
+fn frame_record(frame: &Frame, seq: u64) -> Result<Option<Vec<u8>>> {
+    for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
+        let view = BatchView::parse(first, run)?;
+        if view.last_seq < seq {
+            continue;
+        }
+        for record in view.records() {
+            let (s, bytes) = record?;
+            if s == seq {
+                return Ok(Some(bytes.to_vec()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The checkpoint ending a logged commit (on its last run).
+fn frame_checkpoint(frame: &Frame) -> Result<Vec<u8>> {
+    let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
+    let (first, run) = runs.last().ok_or_else(|| {
+        StorageError::Corrupt(format!("logged commit {} holds no run", frame.first_seq))
+    })?;
+    Ok(BatchView::parse(*first, run)?.checkpoint.to_vec())
 }
 
 /// A brand's mark must be covered by its log, read from the log itself: the
 /// log reaches the mark's seq and holds a record with the mark's hash there.
-fn check_marked(brand: u32, log: &BrandLog, opened: &Opened, mark: Option<&Mark>) -> Result<()> {
+fn check_marked(brand: u32, log: &BrandLog, mark: Option<&Mark>) -> Result<()> {
     let Some(m) = mark.filter(|m| m.seq > 0) else {
         return Ok(());
     };
@@ -330,21 +344,29 @@ fn check_marked(brand: u32, log: &BrandLog, opened: &Opened, mark: Option<&Mark>
     if log.last_seq() < m.seq {
         return Err(short());
     }
-    let i = opened.frames.partition_point(|f| f.last_seq < m.seq);
-    let frame = log.read(&opened.frames[i])?;
-    for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
-        for record in BatchView::parse(first, run)?.records() {
-            let (seq, bytes) = record?;
-            if seq == m.seq {
-                return if leaf_hash(bytes) == m.hash {
-                    Ok(())
-                } else {
-                    Err(short())
-                };
-            }
-        }
+    let Some(frame) = log.index().frame_holding(m.seq)? else {
+        return Err(short());
+    };
+    match frame_record(&frame, m.seq)? {
+        Some(record) if leaf_hash(&record) == m.hash => Ok(()),
+        _ => Err(short()),
     }
-    Err(short())
+}
+
+/// sled held the whole ledger before the segment log, then an index of it;
+/// now neither. A data directory written before the log (a sled ledger, no
+/// log, no marks) is copied into logs once; a later one's sled index is
+/// left alone and named as unused.
+fn import_or_retire_sled(data_dir: &Path, no_marks: bool) -> Result<()> {
+    let sled_dir = data_dir.join("ledger");
+    if !sled_dir.is_dir() {
+        return Ok(());
+    }
+    if !logged_brands(data_dir)?.is_empty() || !no_marks {
+        tracing::info!(path = %sled_dir.display(), "an earlier version's sled index is no longer read; it may be deleted");
+        return Ok(());
+    }
+    import_index(data_dir, &SledIndex::open(&sled_dir)?)
 }
 
 /// A data directory written before the segment log: its sled ledger is
@@ -376,39 +398,37 @@ fn import_index(data_dir: &Path, index: &SledIndex) -> Result<()> {
     Ok(())
 }
 
-/// The run starting at `first` inside a logged frame.
-fn logged_run(log: &BrandLog, loc: &FrameLoc, first: u64) -> Result<Option<Vec<u8>>> {
-    let frame = log.read(loc)?;
-    let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
-    Ok(runs
-        .into_iter()
-        .find(|(f, _)| *f == first)
-        .map(|(_, r)| r.to_vec()))
-}
-
-/// Opens the sled index; one sled cannot open (a power cut can leave its
-/// files unreadable) is moved aside and rebuilt from the logs.
-fn open_index(path: &Path) -> Result<SledIndex> {
-    match SledIndex::open(path) {
-        Err(StorageError::Sled(e)) if path.exists() => {
-            let aside = path.with_extension(format!("damaged-{}", crate::ledger::now_ms()));
-            tracing::warn!(error = %e, moved_to = %aside.display(), "the sled index does not open; rebuilding it from the log");
-            std::fs::rename(path, &aside)
-                .map_err(io_err(format!("moving {} aside", path.display())))?;
-            SledIndex::open(path)
-        }
-        other => other,
+/// Streams what `each` takes from every frame of `frames` from the one
+/// holding `from_seq` on.
+fn from_frames<T: Send + 'static>(
+    frames: Option<Arc<FrameIndex>>,
+    from_seq: u64,
+    each: impl Fn(Frame) -> Vec<Result<T>> + Send + 'static,
+) -> Box<dyn Iterator<Item = Result<T>> + Send> {
+    let Some(frames) = frames else {
+        return Box::new(std::iter::empty());
+    };
+    match FrameIter::from_seq(frames, from_seq) {
+        Err(e) => Box::new(std::iter::once(Err(e))),
+        Ok(iter) => Box::new(iter.flat_map(move |frame| match frame {
+            Ok(frame) => each(frame),
+            Err(e) => vec![Err(e)],
+        })),
     }
 }
 
-impl Drop for DiskStore {
-    fn drop(&mut self) {
-        // Not needed for safety (the log has everything): it only spares
-        // the next start a repair of the index.
-        if let Err(e) = self.index.flush() {
-            tracing::warn!(error = %e, "sled index not flushed at close");
+/// The records of a frame from `from_seq` on.
+fn frame_records(frame: &Frame, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
+        for record in BatchView::parse(first, run)?.records() {
+            let (seq, bytes) = record?;
+            if seq >= from_seq {
+                out.push((seq, bytes.to_vec()));
+            }
         }
     }
+    Ok(out)
 }
 
 impl LogStore for DiskStore {
@@ -416,8 +436,8 @@ impl LogStore for DiskStore {
         let logs = self.logs.read().unwrap_or_else(|e| e.into_inner());
         Ok(logs
             .iter()
-            .filter(|(_, l)| l.lock().unwrap_or_else(|e| e.into_inner()).last_seq() > 0)
-            .map(|(b, _)| *b)
+            .filter(|(_, b)| b.log.lock().unwrap_or_else(|e| e.into_inner()).last_seq() > 0)
+            .map(|(id, _)| *id)
             .collect())
     }
 
@@ -429,8 +449,8 @@ impl LogStore for DiskStore {
         checkpoint: (u64, &[u8]),
     ) -> Result<()> {
         let (first, last) = check_commit_shape(records, checkpoint.0)?;
-        let log = self.log_or_new(brand)?;
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self.brand_or_new(brand)?;
+        let mut log = b.log.lock().unwrap_or_else(|e| e.into_inner());
         // Appends only: the commit must start right after what is logged
         // (a caller bug must not overwrite durable records or leave a gap).
         if log.last_seq().checked_add(1) != Some(first.0) {
@@ -442,8 +462,6 @@ impl LogStore for DiskStore {
         }
         let runs = batch::runs(records, nodes, checkpoint.1);
         log.append(first.0, last.0, &encode_payload(&runs))?;
-        let refs: Vec<(u64, &[u8])> = runs.iter().map(|(f, r)| (*f, r.as_slice())).collect();
-        self.index.insert(brand, &refs)?;
         self.marks.advance(
             brand,
             Mark {
@@ -455,15 +473,42 @@ impl LogStore for DiskStore {
     }
 
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
-        self.index.node(brand, level, index)
+        let Some(completed_by) = completing_seq(level, index) else {
+            return Ok(None);
+        };
+        if level == 0 {
+            return Ok(self.record(brand, completed_by)?.map(|r| leaf_hash(&r)));
+        }
+        let Some(frames) = self.frames(brand) else {
+            return Ok(None);
+        };
+        let Some(frame) = frames.frame_holding(completed_by)? else {
+            return Ok(None);
+        };
+        for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
+            let view = BatchView::parse(first, run)?;
+            if view.last_seq >= completed_by {
+                let found = view.nodes().find(|(l, i, _)| *l == level && *i == index);
+                return Ok(found.map(|(_, _, hash)| hash));
+            }
+        }
+        Ok(None)
     }
 
     fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
-        self.index.checkpoints(brand)
+        from_frames(self.frames(brand), 1, |frame| {
+            vec![frame_checkpoint(&frame)]
+        })
     }
 
     fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
-        self.index.record(brand, seq)
+        let Some(frames) = self.frames(brand) else {
+            return Ok(None);
+        };
+        match frames.frame_holding(seq)? {
+            Some(frame) => frame_record(&frame, seq),
+            None => Ok(None),
+        }
     }
 
     fn scan(
@@ -471,11 +516,24 @@ impl LogStore for DiskStore {
         brand: u32,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
-        self.index.scan(brand, from_seq)
+        from_frames(
+            self.frames(brand),
+            from_seq,
+            move |frame| match frame_records(&frame, from_seq) {
+                Ok(records) => records.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            },
+        )
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
-        self.index.last_checkpoint(brand)
+        let Some(frames) = self.frames(brand) else {
+            return Ok(None);
+        };
+        match frames.last()? {
+            None => Ok(None),
+            Some((_, path, loc)) => frame_checkpoint(&read_frame(&path, &loc)?).map(Some),
+        }
     }
 }
 
@@ -507,7 +565,7 @@ fn check_commit_shape<'a>(
 mod tests {
     use super::*;
     use crate::merkle::{Frontier, MemoryNodes, NodeSource};
-    use crate::storage::{StoredBatch, RUN_BYTES};
+    use crate::storage::{rewrite, StoredBatch, RUN_BYTES};
 
     /// Commits `sizes` batches of made-up records with their real Merkle
     /// nodes; returns the store, the records and every node.
@@ -601,17 +659,18 @@ mod tests {
     }
 
     #[test]
-    fn large_commits_are_stored_in_runs_and_never_in_unsynced_blobs() {
+    fn large_commits_are_stored_in_runs_and_read_back_whole() {
         // Full group commits of ~400-byte records, as a busy brand makes.
         let sizes = [2_048, 2_048, 1, 2_048];
         let (dir, store, records, nodes) =
             ledger_of(&sizes, |seq| format!("{seq:>400}").into_bytes());
         let n = records.len() as u64;
-        let blobs: Vec<_> = std::fs::read_dir(dir.path().join("ledger").join("blobs"))
-            .map(|d| d.collect())
-            .unwrap_or_default();
-        assert!(blobs.is_empty(), "sled wrote blob files: {blobs:?}");
-        let runs = store.index.db.open_tree("brand/00007").unwrap().len();
+        assert!(!dir.path().join("ledger").exists(), "no sled directory");
+        let runs: usize = rewrite::read_commits(dir.path(), 7)
+            .unwrap_or_default()
+            .iter()
+            .map(Vec::len)
+            .sum();
         assert!(runs > 3 * 2_048 * 400 / RUN_BYTES, "only {runs} runs");
         let checkpoints: Vec<Vec<u8>> = store.checkpoints(7).collect::<Result<_>>().unwrap();
         assert_eq!(checkpoints.len(), sizes.len(), "one checkpoint per commit");
@@ -735,81 +794,6 @@ mod tests {
         DiskStore::open(dir.path())
     }
 
-    #[test]
-    fn the_index_is_rebuilt_from_the_log_when_sled_lost_it() {
-        let (dir, store, records, _) = ledger(&[3, 1, 40]);
-        drop(store);
-        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
-        let store = reopen(&dir).unwrap();
-        assert_eq!(all_records(&store), records);
-        assert_eq!(store.checkpoints(7).count(), 3);
-        assert_eq!(store.brands().unwrap(), vec![7]);
-    }
-
-    #[test]
-    fn an_index_behind_the_log_is_caught_up() {
-        let (dir, store, _, _) = ledger(&[3, 1]);
-        drop(store);
-        let copy = dir.path().join("older-ledger");
-        copy_dir(&dir.path().join("ledger"), &copy);
-        let store = reopen(&dir).unwrap();
-        store
-            .commit(7, &[(5, b"five"), (6, b"six")], &[], (6, b"cp6"))
-            .unwrap();
-        let before = all_records(&store);
-        drop(store);
-        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
-        std::fs::rename(&copy, dir.path().join("ledger")).unwrap();
-        let store = reopen(&dir).unwrap();
-        assert_eq!(all_records(&store), before);
-        assert_eq!(store.last_checkpoint(7).unwrap(), Some(b"cp6".to_vec()));
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-
-    #[test]
-    fn an_index_holding_part_of_the_last_commit_gets_the_rest() {
-        // Runs of ~4 KiB: a commit of 20 records of 1 KiB is several runs.
-        let (dir, store, records, _) = ledger_of(&[3, 20], |seq| vec![seq as u8; 1024]);
-        drop(store);
-        {
-            let index = SledIndex::open(&dir.path().join("ledger")).unwrap();
-            let tree = index.db.open_tree("brand/00007").unwrap();
-            let runs = tree.len();
-            assert!(runs > 3, "{runs} runs");
-            tree.pop_max().unwrap().expect("a last run");
-            index.flush().unwrap();
-        }
-        let store = reopen(&dir).unwrap();
-        assert_eq!(all_records(&store), records);
-        assert_eq!(
-            store.last_checkpoint(7).unwrap(),
-            Some(b"checkpoint 23".to_vec())
-        );
-    }
-
-    #[test]
-    fn an_index_that_does_not_open_is_moved_aside_and_rebuilt() {
-        let (dir, store, records, _) = ledger(&[2, 2]);
-        drop(store);
-        let sled_dir = dir.path().join("ledger");
-        std::fs::remove_dir_all(&sled_dir).unwrap();
-        std::fs::write(&sled_dir, b"not a directory").unwrap();
-        let store = reopen(&dir).unwrap();
-        assert_eq!(all_records(&store), records);
-    }
-
     fn newest_segment(dir: &tempfile::TempDir) -> PathBuf {
         let log = dir.path().join("log/brand-00007");
         let mut segments: Vec<PathBuf> = std::fs::read_dir(log)
@@ -857,20 +841,11 @@ mod tests {
             std::fs::metadata(&segment).unwrap().len() as usize,
             bytes.len() - 5
         );
-        std::fs::write(
-            &segment,
-            &bytes[..crate::storage::segment::FRAME_HEADER + first_len],
-        )
-        .unwrap();
-        // The index rebuilt from the short log cannot hide it either.
-        std::fs::remove_dir_all(dir.path().join("ledger")).unwrap();
-        assert!(matches!(
-            reopen(&dir),
-            Err(StorageError::ShortLedger { .. })
-        ));
-        // Nor can a log that is gone, with its index (which is not taken
-        // for a ledger from before the log while marks exist) or without.
+        // Nor can a log that is gone, with an earlier version's sled
+        // directory beside it (not taken for a ledger from before the log
+        // while marks exist) or without.
         std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        std::fs::create_dir(dir.path().join("ledger")).unwrap();
         assert!(matches!(
             reopen(&dir),
             Err(StorageError::ShortLedger { .. })
@@ -891,9 +866,30 @@ mod tests {
     }
 
     #[test]
+    fn an_earlier_versions_sled_index_is_left_unread() {
+        let (dir, store, records, _) = ledger(&[3, 1, 5]);
+        drop(store);
+        std::fs::write(dir.path().join("ledger"), b"not sled").unwrap();
+        let store = reopen(&dir).unwrap();
+        assert_eq!(all_records(&store), records);
+    }
+
+    #[test]
     fn a_ledger_from_before_the_log_is_imported() {
         let (dir, store, records, _) = ledger(&[3, 1, 5]);
         drop(store);
+        // The sled layout of those versions: every commit's runs.
+        let commits = rewrite::read_commits(dir.path(), 7).unwrap();
+        {
+            let old = SledIndex::open(&dir.path().join("ledger")).unwrap();
+            for commit in &commits {
+                let runs: Vec<(u64, Vec<u8>)> =
+                    commit.iter().map(|r| (r.first_seq, r.encode())).collect();
+                let refs: Vec<(u64, &[u8])> =
+                    runs.iter().map(|(f, r)| (*f, r.as_slice())).collect();
+                old.insert(7, &refs).unwrap();
+            }
+        }
         std::fs::remove_dir_all(dir.path().join("log")).unwrap();
         std::fs::remove_dir_all(dir.path().join("marks")).unwrap();
         let store = reopen(&dir).unwrap();

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 mod batch;
 mod disk;
+mod frames;
 pub mod fsutil;
 mod index;
 pub mod mark;

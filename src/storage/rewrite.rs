@@ -5,15 +5,16 @@
 use std::path::Path;
 
 use super::disk::{brand_log_dir, decode_payload, encode_payload};
+use super::frames::FrameIter;
 use super::segment::BrandLog;
 use super::{Result, StoredBatch};
 
 /// Every logged commit of `brand` in `data_dir`, each as its stored runs.
 pub fn read_commits(data_dir: &Path, brand: u32) -> Result<Vec<Vec<StoredBatch>>> {
-    let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), u64::MAX)?;
+    let (log, _) = BrandLog::open(&brand_log_dir(data_dir, brand), u64::MAX)?;
     let mut commits = Vec::new();
-    for loc in &opened.frames {
-        let frame = log.read(loc)?;
+    for frame in FrameIter::from_seq(log.index(), 1)? {
+        let frame = frame?;
         let runs = decode_payload(frame.first_seq, frame.last_seq, &frame.payload)?;
         commits.push(
             runs.into_iter()

@@ -1,6 +1,8 @@
 //! A brand's log: append-only segment files of checksummed frames, one
 //! frame per commit, written and `fdatasync`ed before the commit returns.
-//! This is the ledger's truth; the sled index is rebuilt from it.
+//! This is the ledger's truth. Where each frame lies is kept by
+//! `frames::FrameIndex` (sealed segments' frame tables), so that opening a
+//! log reads its newest segment only.
 //!
 //! Layout: `DATA/log/brand-NNNNN/<first seq, 20 digits>.seg`. A frame:
 //!
@@ -23,7 +25,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::frames::{table_matches, write_table, FrameIndex, Sealed};
 use super::fsutil::{create_dir_all_durable, sync_dir};
 use super::{Result, StorageError};
 
@@ -42,26 +46,41 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// Where a frame lies, found when the log is opened.
+/// Where a frame lies in its segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameLoc {
     /// Seq of the frame's first record.
     pub first_seq: u64,
     /// Seq of its last record.
     pub last_seq: u64,
-    segment: usize,
-    offset: u64,
-    len: u32,
+    /// Offset of its header in the segment.
+    pub offset: u64,
+    /// Its payload's length.
+    pub len: u32,
+}
+
+impl FrameLoc {
+    /// A frame of records `first_seq..=last_seq` at `offset`.
+    pub fn new(first_seq: u64, last_seq: u64, offset: u64, len: u32) -> Self {
+        FrameLoc {
+            first_seq,
+            last_seq,
+            offset,
+            len,
+        }
+    }
 }
 
 /// What opening a log found.
 #[derive(Debug, Default)]
 pub struct Opened {
-    /// Every frame, oldest first.
+    /// The newest segment's frames, oldest first.
     pub frames: Vec<FrameLoc>,
     /// Bytes of a torn last frame, to be cut off by
     /// [`BrandLog::cut_torn_tail`].
     pub torn_bytes: u64,
+    /// Sealed segments whose frame table had to be rebuilt.
+    pub tables_rebuilt: usize,
 }
 
 /// A torn tail found at open and not yet cut: (segment, offset, bytes).
@@ -70,8 +89,10 @@ type Torn = (PathBuf, u64, u64);
 /// One brand's log, open for appending.
 pub struct BrandLog {
     dir: PathBuf,
-    /// (first seq, path) of each segment, oldest first.
-    segments: Vec<(u64, PathBuf)>,
+    /// Where every frame lies, shared with readers.
+    index: Arc<FrameIndex>,
+    /// The newest segment's path.
+    newest: Option<PathBuf>,
     /// The newest segment, open for appending.
     file: Option<File>,
     file_len: u64,
@@ -143,9 +164,8 @@ impl BrandLog {
     pub fn open(dir: &Path, max_segment_bytes: u64) -> Result<(Self, Opened)> {
         let segments = list_segments(dir)?;
         let mut opened = Opened::default();
-        let mut last_seq: u64 = 0;
-        let mut file_len = 0;
-        let mut torn = None;
+        let mut sealed = Vec::new();
+        let (mut last_seq, mut file_len, mut torn) = (0u64, 0, None);
         for (i, (first, path)) in segments.iter().enumerate() {
             if last_seq.checked_add(1) != Some(*first) {
                 let why = format!(
@@ -154,26 +174,37 @@ impl BrandLog {
                 );
                 return Err(corrupt(path, 0, &why));
             }
-            let newest = i + 1 == segments.len();
-            let walked = if newest {
-                let walked = check_newest(path, i, last_seq, &mut opened)?;
-                if opened.torn_bytes > 0 {
-                    torn = Some((path.clone(), walked.1, opened.torn_bytes));
+            match segments.get(i + 1) {
+                Some((next, _)) => {
+                    let last = next.saturating_sub(1);
+                    if open_sealed(path, last_seq, last)? {
+                        opened.tables_rebuilt += 1;
+                    }
+                    sealed.push(Sealed {
+                        first_seq: *first,
+                        last_seq: last,
+                        path: path.clone(),
+                    });
+                    last_seq = last;
                 }
-                walked
-            } else {
-                walk_sealed(path, i, last_seq, &mut opened.frames)?
-            };
-            last_seq = walked.0;
-            file_len = walked.1;
+                None => {
+                    (last_seq, file_len) = check_newest(path, last_seq, &mut opened)?;
+                    if opened.torn_bytes > 0 {
+                        torn = Some((path.clone(), file_len, opened.torn_bytes));
+                    }
+                }
+            }
         }
-        let file = match segments.last() {
+        let newest = segments.last().map(|(_, p)| p.clone());
+        let file = match &newest {
             None => None,
-            Some((_, path)) => Some(open_newest(dir, path)?),
+            Some(path) => Some(open_newest(dir, path)?),
         };
+        let index = FrameIndex::new(sealed, newest.clone(), opened.frames.clone());
         let log = BrandLog {
             dir: dir.to_path_buf(),
-            segments,
+            index: Arc::new(index),
+            newest,
             file,
             file_len,
             last_seq,
@@ -182,6 +213,11 @@ impl BrandLog {
             max_segment_bytes,
         };
         Ok((log, opened))
+    }
+
+    /// Where every frame of this log lies (shared with readers).
+    pub fn index(&self) -> Arc<FrameIndex> {
+        self.index.clone()
     }
 
     /// Cuts off the torn last frame found at open (truncate, fsync), if any.
@@ -233,6 +269,9 @@ impl BrandLog {
         let frame = encode_frame(first_seq, last_seq, payload);
         let full = self.file_len > 0 && self.file_len + frame.len() as u64 > self.max_segment_bytes;
         let written = (|| {
+            if full {
+                self.seal();
+            }
             if self.file.is_none() || full {
                 self.start_segment(first_seq)?;
             }
@@ -246,9 +285,25 @@ impl BrandLog {
             self.failed = true;
         }
         written?;
+        let len = (frame.len() - FRAME_HEADER) as u32;
+        let offset = self.file_len;
+        self.index
+            .push(FrameLoc::new(first_seq, last_seq, offset, len));
         self.file_len += frame.len() as u64;
         self.last_seq = last_seq;
         Ok(())
+    }
+
+    /// Writes the full newest segment's frame table before a new segment
+    /// starts. A failure is only logged: the table is derived, and a
+    /// missing one is rebuilt from its segment when needed.
+    fn seal(&self) {
+        let Some(path) = &self.newest else {
+            return;
+        };
+        if let Err(e) = write_table(path, self.file_len, &self.index.newest_frames()) {
+            tracing::warn!(segment = %path.display(), error = %e, "frame table not written; it will be rebuilt");
+        }
     }
 
     /// Creates the segment whose first record is `first_seq`, durably:
@@ -265,34 +320,60 @@ impl BrandLog {
         file.sync_all()
             .map_err(io_err(format!("fsync {}", path.display())))?;
         sync_dir(&self.dir).map_err(io_err(format!("fsync {}", self.dir.display())))?;
-        self.segments.push((first_seq, path));
+        self.index.seal_and_start(path.clone());
+        self.newest = Some(path);
         self.file = Some(file);
         self.file_len = 0;
         Ok(())
     }
+}
 
-    /// Reads one frame found at open, checking its CRC.
-    pub fn read(&self, loc: &FrameLoc) -> Result<Frame> {
-        let path = &self.segments[loc.segment].1;
-        let file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
-        let mut bytes = vec![0; FRAME_HEADER + loc.len as usize];
-        file.read_exact_at(&mut bytes, loc.offset)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        let (len, first, last, sum) = parse_header(&bytes)
-            .ok_or_else(|| corrupt(path, loc.offset, "frame header changed"))?;
-        let payload = bytes.split_off(FRAME_HEADER);
-        if len != loc.len || first != loc.first_seq || last != loc.last_seq {
-            return Err(corrupt(path, loc.offset, "frame header changed"));
-        }
-        if crc(&bytes[4..24], &payload) != sum {
-            return Err(corrupt(path, loc.offset, "frame checksum does not match"));
-        }
-        Ok(Frame {
-            first_seq: first,
-            last_seq: last,
-            payload,
-        })
+/// Reads one frame, checking that it is still where the index says and
+/// still has its CRC.
+pub fn read_frame(path: &Path, loc: &FrameLoc) -> Result<Frame> {
+    let file = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    let mut bytes = vec![0; FRAME_HEADER + loc.len as usize];
+    file.read_exact_at(&mut bytes, loc.offset)
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    let (len, first, last, sum) =
+        parse_header(&bytes).ok_or_else(|| corrupt(path, loc.offset, "frame header changed"))?;
+    let payload = bytes.split_off(FRAME_HEADER);
+    if len != loc.len || first != loc.first_seq || last != loc.last_seq {
+        return Err(corrupt(path, loc.offset, "frame header changed"));
     }
+    if crc(&bytes[4..24], &payload) != sum {
+        return Err(corrupt(path, loc.offset, "frame checksum does not match"));
+    }
+    Ok(Frame {
+        first_seq: first,
+        last_seq: last,
+        payload,
+    })
+}
+
+/// Opens a sealed segment that should hold `after + 1..=last`: by its frame
+/// table's header alone when the table matches the segment's size, else by
+/// walking its frame headers (then its table is written). True when the
+/// table had to be rebuilt.
+fn open_sealed(path: &Path, after: u64, last: u64) -> Result<bool> {
+    let size = fs::metadata(path)
+        .map_err(io_err(format!("reading {}", path.display())))?
+        .len();
+    if table_matches(path, size, after + 1, last) {
+        return Ok(false);
+    }
+    let mut frames = Vec::new();
+    let (walked, size) = walk_sealed(path, after, &mut frames)?;
+    if walked != last {
+        let why = format!(
+            "ends at record {walked}, the next segment starts at {}",
+            last + 1
+        );
+        return Err(corrupt(path, size, &why));
+    }
+    tracing::info!(segment = %path.display(), frames = frames.len(), "wrote a sealed segment's frame table");
+    write_table(path, size, &frames)?;
+    Ok(true)
 }
 
 /// Opens the newest segment for appending, after making what it holds
@@ -338,9 +419,8 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Walks the headers of a sealed segment (one a newer segment follows, so
 /// it was fsynced whole): frames must follow each other and end exactly
 /// at the end of the file. Payloads are checked when read.
-fn walk_sealed(
+pub(super) fn walk_sealed(
     path: &Path,
-    segment: usize,
     mut last_seq: u64,
     frames: &mut Vec<FrameLoc>,
 ) -> Result<(u64, u64)> {
@@ -371,13 +451,7 @@ fn walk_sealed(
                 "frame does not fit its segment or its chain",
             ));
         }
-        frames.push(FrameLoc {
-            first_seq: first,
-            last_seq: last,
-            segment,
-            offset,
-            len,
-        });
+        frames.push(FrameLoc::new(first, last, offset, len));
         last_seq = last;
         offset = end;
     }
@@ -387,25 +461,16 @@ fn walk_sealed(
 /// Reads the newest segment whole, checking every frame's CRC, and finds a
 /// torn last frame (see the module's recovery rule): (last seq, length
 /// without it).
-fn check_newest(
-    path: &Path,
-    segment: usize,
-    mut last_seq: u64,
-    opened: &mut Opened,
-) -> Result<(u64, u64)> {
+fn check_newest(path: &Path, mut last_seq: u64, opened: &mut Opened) -> Result<(u64, u64)> {
     let bytes = fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
     let mut offset = 0usize;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
         match whole_frame(rest, last_seq) {
             Some((len, first, last)) => {
-                opened.frames.push(FrameLoc {
-                    first_seq: first,
-                    last_seq: last,
-                    segment,
-                    offset: offset as u64,
-                    len,
-                });
+                opened
+                    .frames
+                    .push(FrameLoc::new(first, last, offset as u64, len));
                 last_seq = last;
                 offset += FRAME_HEADER + len as usize;
             }
@@ -487,6 +552,7 @@ fn cut_tail(path: &Path, at: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::frames::FrameIter;
 
     fn payload(first: u64) -> Vec<u8> {
         format!("commit {first}").repeat(3).into_bytes()
@@ -507,7 +573,10 @@ mod tests {
     fn frames(dir: &Path, max: u64) -> (u64, Vec<Frame>, u64) {
         let (mut log, opened) = BrandLog::open(dir, max).unwrap();
         log.cut_torn_tail().unwrap();
-        let frames = opened.frames.iter().map(|l| log.read(l).unwrap()).collect();
+        let frames = FrameIter::from_seq(log.index(), 1)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .collect();
         (log.last_seq(), frames, opened.torn_bytes)
     }
 
@@ -649,10 +718,104 @@ mod tests {
         let mut bytes = fs::read(&first).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
         fs::write(&first, &bytes).unwrap();
-        let (log, opened) = BrandLog::open(&dir, 60).unwrap();
+        let (log, _) = BrandLog::open(&dir, 60).unwrap();
         assert!(matches!(
-            log.read(&opened.frames[0]),
+            log.index().frame_holding(1),
             Err(StorageError::Corrupt(_))
         ));
+    }
+
+    fn tables(dir: &Path) -> Vec<PathBuf> {
+        let mut t: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// Every record's frame, found through the index.
+    fn found(log: &BrandLog) -> Vec<u64> {
+        (1..=log.last_seq())
+            .map(|seq| log.index().frame_holding(seq).unwrap().unwrap().first_seq)
+            .collect()
+    }
+
+    #[test]
+    fn sealed_segments_open_by_their_tables_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let written = log(&dir, &[1, 3, 2, 5, 1, 1, 2, 1], 100);
+        let expected = found(&written);
+        drop(written);
+        let segments = list_segments(&dir).unwrap().len();
+        assert_eq!(
+            tables(&dir).len(),
+            segments - 1,
+            "a table per sealed segment"
+        );
+        // A sealed segment whose frames are garbled but whose size and
+        // table are intact: opening does not read it, a read finds it.
+        let first = &list_segments(&dir).unwrap()[0].1;
+        let mut bytes = fs::read(first).unwrap();
+        bytes[0] ^= 0xff;
+        fs::write(first, &bytes).unwrap();
+        let (log, opened) = BrandLog::open(&dir, 100).unwrap();
+        assert_eq!(opened.tables_rebuilt, 0);
+        assert!(log.index().frame_holding(1).is_err());
+        bytes[0] ^= 0xff;
+        fs::write(first, &bytes).unwrap();
+        assert_eq!(found(&log), expected);
+    }
+
+    #[test]
+    fn a_lost_or_damaged_frame_table_is_rebuilt_from_its_segment() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let expected = found(&log(&dir, &[1, 3, 2, 5, 1, 1, 2, 1], 100));
+        let tables = tables(&dir);
+        // Lost (a crash while sealing): rebuilt at open.
+        fs::remove_file(&tables[0]).unwrap();
+        let (log, opened) = BrandLog::open(&dir, 100).unwrap();
+        assert_eq!(opened.tables_rebuilt, 1);
+        assert_eq!(found(&log), expected);
+        assert!(tables[0].exists(), "written again");
+        drop(log);
+        // Damaged entries behind a good header: rebuilt when first read.
+        let mut bytes = fs::read(&tables[1]).unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 1;
+        fs::write(&tables[1], &bytes).unwrap();
+        let (log, opened) = BrandLog::open(&dir, 100).unwrap();
+        assert_eq!(opened.tables_rebuilt, 0);
+        assert_eq!(found(&log), expected);
+        // A table that names another size: the segment is walked again.
+        fs::write(&tables[2], b"CDLX").unwrap();
+        let (log, opened) = BrandLog::open(&dir, 100).unwrap();
+        assert_eq!(opened.tables_rebuilt, 1);
+        assert_eq!(found(&log), expected);
+    }
+
+    #[test]
+    fn reads_follow_appends_across_a_seal() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("b");
+        let mut log = log(&dir, &[1], 100);
+        let index = log.index();
+        let mut from_start = FrameIter::from_seq(index.clone(), 1).unwrap();
+        assert_eq!(from_start.next().unwrap().unwrap().first_seq, 1);
+        for first in 2..30 {
+            log.append(first, first, &payload(first)).unwrap();
+            assert_eq!(
+                index.frame_holding(first).unwrap().unwrap().first_seq,
+                first
+            );
+        }
+        assert!(list_segments(&dir).unwrap().len() > 3);
+        // An iterator made before the seals goes on across them.
+        let rest: Vec<u64> = from_start.map(|f| f.unwrap().first_seq).collect();
+        assert_eq!(rest, (2..30).collect::<Vec<_>>());
+        assert_eq!(found(&log), (1..30).collect::<Vec<_>>());
     }
 }

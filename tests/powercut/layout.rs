@@ -67,11 +67,13 @@ pub fn log_bytes(data: &Path) -> u64 {
         .sum()
 }
 
-/// The newest (by path: brand, then first seq) non-empty segment file.
+/// The newest (by path: brand, then first seq) non-empty segment file (not
+/// a sealed segment's `.idx` frame table).
 fn newest_segment(data: &Path) -> PathBuf {
     let dir = log_dir(data);
     files_under(&dir)
         .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .rfind(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         .unwrap_or_else(|| panic!("no segment file under {}", dir.display()))
 }
@@ -91,16 +93,9 @@ pub fn cut_short(data: &Path) {
     println!("cut {} from {len} to {keep} bytes", seg.display());
 }
 
-/// The sled index the daemon keeps beside the log (rebuildable from it; a
-/// log-less ledger in it is imported as a pre-segment-log ledger).
-pub fn index_dir(data: &Path) -> PathBuf {
-    data.join("ledger")
-}
-
-/// Removes the whole ledger (the log and the index that could rebuild it),
-/// leaving the server key, the high-water marks and everything else.
+/// Removes the whole ledger (the log and its frame tables), leaving the
+/// server key, the high-water marks and everything else.
 pub fn remove_log(data: &Path) {
-    for dir in [log_dir(data), index_dir(data)] {
-        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
-    }
+    let dir = log_dir(data);
+    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
 }

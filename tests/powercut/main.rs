@@ -149,6 +149,10 @@ impl Rig {
     }
 }
 
+/// Small log segments in the load rounds, so that cuts land among seals
+/// too (a frame table half written, a new segment not yet synced).
+const SEGMENTS: &[&str] = &["--log-segment-kib", "64"];
+
 /// What the test knows across rounds.
 struct World {
     demo: Demo,
@@ -172,7 +176,7 @@ impl World {
             keys,
             cards,
             balances,
-            extra: Vec::new(),
+            extra: SEGMENTS.to_vec(),
         }
     }
 
@@ -400,7 +404,7 @@ async fn no_acknowledged_receipt_is_lost_or_doubled_across_power_cuts() {
     // The last cut: snapshots every few hundred records, and the cut comes,
     // under load, the moment the snapshot directory changes.
     drop(serve);
-    w.extra = vec!["--snapshot-every", SNAPSHOT_EVERY];
+    w.extra = [SEGMENTS, &["--snapshot-every", SNAPSHOT_EVERY]].concat();
     let serve = proc::serve(&rig.data(), &w.extra).expect_listening("start with --snapshot-every");
     let cut = 3 + LOAD_ROUNDS;
     let at = CutAt::OnNewSnapshot(Duration::from_secs(5));
