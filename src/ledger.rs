@@ -185,6 +185,9 @@ pub struct BrandLedger {
     snapshots: Option<(PathBuf, u64)>,
     /// The sequence number of the newest snapshot (0 for none).
     snapshot_seq: u64,
+    /// Records `1..=` this were not read at recovery (it started from a
+    /// snapshot of them): the background chain check reads them.
+    unread_at_start: u64,
 }
 
 /// How recovery treats a brand's snapshot (see `crate::snapshot`).
@@ -250,6 +253,7 @@ impl BrandLedger {
             last_time_ms: start.time_ms,
             snapshots: None,
             snapshot_seq,
+            unread_at_start: snapshot_seq,
         };
         if let Recovery::FromSnapshot(dir) = mode {
             ledger.snapshots = Some((dir.to_path_buf(), SNAPSHOT_EVERY_RECORDS));
@@ -268,6 +272,12 @@ impl BrandLedger {
                 tracing::warn!(brand = self.state.brand_id, error, "snapshot failed");
             }
         }
+    }
+
+    /// Records `1..=` this were not read when the ledger was recovered
+    /// (it started from their snapshot); 0 after a full replay.
+    pub fn unread_at_start(&self) -> u64 {
+        self.unread_at_start
     }
 
     /// The sequence number of the newest snapshot written or recovered
@@ -358,6 +368,7 @@ impl BrandLedger {
             last_time_ms: 0,
             snapshots: None,
             snapshot_seq: 0,
+            unread_at_start: 0,
         };
         let request = Request {
             txn_id: 1,

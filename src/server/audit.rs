@@ -156,7 +156,7 @@ fn on_audit_thread<T: Send + 'static>(
     let spawned = std::thread::Builder::new()
         .name(format!("audit-{brand}"))
         .spawn(move || {
-            lower_priority();
+            lower_priority(10);
             let _ = tx.send(job());
             drop(slot);
         });
@@ -169,17 +169,18 @@ fn on_audit_thread<T: Send + 'static>(
     }
 }
 
-/// Audit threads run at a lower scheduling priority (nice 10): when the
-/// cores are busy, tills' requests and the commit path go first and an
-/// export only takes longer.
-fn lower_priority() {
+/// Background threads run at a lower scheduling priority (audit streams at
+/// nice 10, the chain check at 19): when the cores are busy, tills'
+/// requests and the commit path go first and the background work only
+/// takes longer.
+pub(super) fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority take no pointers; on Linux the nice
         // value is per thread, so this changes only the calling thread.
         let result = unsafe {
             let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
         };
         if result != 0 {
             tracing::debug!("audit thread priority unchanged");

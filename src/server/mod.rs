@@ -1,6 +1,7 @@
 //! The daemon: opens the data directory, recovers every brand, and serves
 //! terminals over TCP.
 pub mod audit;
+mod chain_check;
 pub mod connection;
 pub mod guard;
 pub mod keys;
@@ -158,7 +159,9 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         keys.add_brand(&ledger.state);
         records += ledger.state.seq;
         let ledger_id = ledger.brand_id();
+        let unchecked = ledger.unread_at_start();
         let handle = BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()));
+        chain_check::spawn(store.clone(), ledger_id, unchecked, handle.clone());
         brands.insert(ledger_id, handle);
     }
     let shared = Arc::new(Shared {

@@ -36,6 +36,8 @@ pub enum Command {
         Principal,
         oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
     ),
+    /// Stop serving for good (the ledger on disk was found changed).
+    Halt(String),
 }
 
 /// A handle to a brand's writer task.
@@ -96,6 +98,12 @@ impl BrandHandle {
                 Command::Apply(_, Reply::Connection(to)) => to,
                 _ => unreachable!("sent an Apply to a connection"),
             })
+    }
+
+    /// Stops the brand: from now on every request and sign-on is refused
+    /// with STORAGE_FAILURE and `why`.
+    pub fn halt(&self, why: String) {
+        let _ = self.tx.send(Command::Halt(why));
     }
 
     /// The sign-on answer for `principal`.
@@ -237,8 +245,15 @@ async fn apply_in_order(
         }
         if jobs.is_closed() {
             // A commit failed while we waited: memory is ahead of disk.
-            commands.drain(..).for_each(refuse);
+            commands.drain(..).for_each(|c| refuse(c, STORAGE_FAILED));
             break;
+        }
+        if let Some(why) = halted(&commands) {
+            tracing::error!(brand = ledger.brand_id(), why, "brand halted");
+            commands.drain(..).for_each(|c| refuse(c, &why));
+            drop(ledger);
+            refuse_all(rx, &why).await;
+            return;
         }
         let mut subs = Vec::with_capacity(commands.len());
         let mut waiting = Vec::with_capacity(commands.len());
@@ -250,6 +265,7 @@ async fn apply_in_order(
                     waiting.push(tx);
                 }
                 Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
+                Command::Halt(_) => unreachable!("a halt is taken before the batch"),
             }
         }
         // Even a batch that writes nothing goes through the committer: its
@@ -278,7 +294,15 @@ async fn apply_in_order(
     }
     // Memory is ahead of disk and nothing more of it may be served.
     drop(ledger);
-    refuse_all(rx).await;
+    refuse_all(rx, STORAGE_FAILED).await;
+}
+
+/// Why the brand must stop, if a command of the batch says so.
+fn halted(commands: &[Command]) -> Option<String> {
+    commands.iter().find_map(|c| match c {
+        Command::Halt(why) => Some(why.clone()),
+        _ => None,
+    })
 }
 
 /// Encodes a snapshot on a blocking thread (the applier waits: requests
@@ -445,25 +469,26 @@ async fn commit_in_order(
     }
 }
 
+const STORAGE_FAILED: &str = "storage failed; the outcome of this request is unknown until the daemon restarts (then ask its status)";
+
 fn stopped_refusal() -> crate::error::Refusal {
-    crate::error::Refusal::new(
-        pb::ErrorCode::StorageFailure,
-        "storage failed; the outcome of this request is unknown until the daemon restarts (then ask its status)",
-    )
+    crate::error::Refusal::new(pb::ErrorCode::StorageFailure, STORAGE_FAILED)
 }
 
 /// A stopped brand answers every request (and sign-on) with STORAGE_FAILURE.
-async fn refuse_all(mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn refuse_all(mut rx: mpsc::UnboundedReceiver<Command>, why: &str) {
     while let Some(cmd) = rx.recv().await {
-        refuse(cmd);
+        refuse(cmd, why);
     }
 }
 
-fn refuse(cmd: Command) {
+fn refuse(cmd: Command, why: &str) {
+    let refusal = || crate::error::Refusal::new(pb::ErrorCode::StorageFailure, why);
     match cmd {
-        Command::Apply(_, to) => to.send(Err(stopped_refusal())),
+        Command::Apply(_, to) => to.send(Err(refusal())),
         Command::SignOn(_, tx) => {
-            let _ = tx.send(Err(stopped_refusal()));
+            let _ = tx.send(Err(refusal()));
         }
+        Command::Halt(_) => {}
     }
 }

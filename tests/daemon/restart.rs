@@ -1,4 +1,6 @@
 //! Durability across a restart.
+use std::time::Duration;
+
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -85,4 +87,74 @@ async fn the_ledger_survives_a_restart_and_checks_clean() {
     let r = ok(&mut t3, 1, purchase(&new_card, 700)).await;
     assert_eq!((seq(&r), receipt(&r).store_id), (last_seq + 2, 2));
     assert_money(card_of(&r), 0, 0, 7);
+}
+
+/// Rewrites one stored record of brand 1 offline (checksums made anew, as
+/// an attacker with the data directory would).
+fn change_record(data: &Path, seq: u64) {
+    use cardd::storage::rewrite::{read_commits, write_commits};
+    let mut commits = read_commits(data, 1).unwrap();
+    let run = commits
+        .iter_mut()
+        .flatten()
+        .find(|r| (r.first_seq..=r.last_seq).contains(&seq))
+        .expect("a run holds the record");
+    let i = usize::try_from(seq - run.first_seq).unwrap();
+    let last = run.records[i].len() - 1;
+    run.records[i][last] ^= 0x01;
+    write_commits(data, 1, &commits).unwrap();
+}
+
+/// The first refusal a till meets signing on and buying, again and again.
+async fn refused_soon(
+    addr: std::net::SocketAddr,
+    key: &ed25519_dalek::SigningKey,
+    card: &str,
+) -> E {
+    let mut txn = 1_000;
+    loop {
+        let mut t = match Client::connect(addr, key.clone()).await {
+            Ok(t) => t,
+            Err(ClientError::Refused(r)) => return r.code,
+            Err(e) => panic!("sign-on: {e}"),
+        };
+        loop {
+            txn += 1;
+            match call(&mut t, txn, purchase(card, 1)).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                Err(code) => return code,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_record_changed_before_the_snapshot_stops_the_brand_after_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = ["--snapshot-every", "20"];
+    let (mut d, demo) = Daemon::demo_with(dir.path(), &every);
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(d.addr, 0).await;
+    for txn in 100..160 {
+        ok(&mut t, txn, purchase(&card, 1)).await;
+    }
+    d.kill9();
+    // An old record, well before the newest snapshot, changed on disk: a
+    // start from that snapshot does not read it.
+    change_record(&demo.data, 5);
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    for round in ["the first start", "a restart"] {
+        // The background check finds it within moments: the brand stops
+        // (sign-on or the next request refused), and a restart does not
+        // clear it, the check runs again.
+        let d = Daemon::start(&demo.data, &every);
+        let code = bounded(refused_soon(d.addr, &key, &card)).await;
+        assert_eq!(code, E::StorageFailure, "{round}");
+    }
+    // And `cardd check`, which replays from the first record, fails.
+    let check = run::cardd(["check".as_ref(), "--data".as_ref(), demo.data.as_os_str()]);
+    assert!(
+        !check.status.success(),
+        "cardd check passed a changed ledger"
+    );
 }
