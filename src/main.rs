@@ -1,15 +1,13 @@
 //! The `cardd` command: run the daemon, manage brands and keys, and the
 //! owner's console (`cardd admin`). This file holds the argument
 //! definitions and the dispatch; each command's code is in `src/cli/`.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cardd::client::TlsClient;
-use cardd::server::Config;
 
 mod cli;
 
@@ -26,47 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon.
-    Serve {
-        /// Data directory (created on first start).
-        #[arg(long, default_value = "cardd-data")]
-        data: PathBuf,
-        /// Address to listen on for terminals.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        listen: SocketAddr,
-        /// Provision a demo brand (only into an empty ledger) and write demo.json.
-        #[arg(long)]
-        demo: bool,
-        /// Largest frame accepted, in bytes.
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_MAX_FRAME_BYTES)]
-        max_frame_bytes: usize,
-        /// Sign-on failures allowed per address per minute before it is
-        /// refused for a minute (0 = unlimited).
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE)]
-        sign_on_failures_per_minute: u32,
-        /// Unknown-card answers allowed per terminal and per address per
-        /// minute before it is refused for a minute (0 = unlimited).
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_CARD_MISSES_PER_MINUTE)]
-        card_misses_per_minute: u32,
-        /// Speak TLS 1.3 on the terminal port with this certificate chain
-        /// (PEM; with --tls-key). Without it the port is plain TCP.
-        #[arg(long, value_name = "PEM", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The TLS certificate's private key (PEM, mode 0600; with --tls-cert).
-        #[arg(long, value_name = "PEM", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Records between two snapshots of a brand's state (a restart
-        /// replays at most this many after loading the newest snapshot).
-        #[arg(long, default_value_t = cardd::limits::SNAPSHOT_EVERY_RECORDS,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        snapshot_every: u64,
-        #[command(flatten)]
-        quotas: QuotaArgs,
-        /// Seconds an audit stream (export) may wait for its reader to take
-        /// data before it is stopped and its connection closed.
-        #[arg(long, default_value_t = cardd::limits::AUDIT_STALL_TIMEOUT_SECS,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        audit_stall_secs: u64,
+    /// Run the daemon (flags, CARDD_<NAME> variables or a --config file).
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(cli::serve::ServeArgs),
+    /// Check a `cardd serve --config` file and print the effective settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Print the server's public key in hex (created on first use).
     ServerKey {
@@ -102,58 +66,25 @@ enum Command {
     },
 }
 
+/// Examples shown under `cardd serve --help`.
+const SERVE_EXAMPLES: &str = "Examples:
+  cardd serve --data /var/lib/cardd --listen 0.0.0.0:7700 --http-listen 127.0.0.1:9700
+  CARDD_LOG_FORMAT=json cardd serve --config /etc/cardd/cardd.toml
+Precedence: flag > CARDD_<NAME> environment variable > --config file > default.
+SIGTERM or SIGINT shuts down gracefully; a second signal exits at once.";
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a TOML settings file (naming any bad key or value) and
+    /// print the effective settings, CARDD_ variables included.
+    #[command(after_help = "Example:\n  cardd config check /etc/cardd/cardd.toml")]
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 /// How `admin` and `audit` reach a daemon that serves TLS.
-/// `cardd serve` quotas (docs/security.md): what one key, one brand and
-/// the whole daemon may hold at once.
-#[derive(Args)]
-struct QuotaArgs {
-    /// Signed-on connections of one terminal key; past it, sign-on is
-    /// refused with QUOTA_EXCEEDED.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_TERMINAL,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_terminal: usize,
-    /// Signed-on connections of one owner key.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_OWNER,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_owner: usize,
-    /// Signed-on terminal connections of one brand, all its tills together.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_BRAND,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_brand: usize,
-    /// Connection slots only owner keys may use once all others are taken
-    /// (so that an owner can always sign on to revoke a till).
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_OWNER_RESERVED_CONNECTIONS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..5_000))]
-    owner_reserved_connections: usize,
-    /// Concurrent audit streams (exports, consistency proofs) of one key.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_KEY,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    audit_streams_per_key: usize,
-    /// Concurrent audit streams of one brand.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_BRAND,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    audit_streams_per_brand: usize,
-    /// Concurrent audit streams of the whole daemon (each holds a thread).
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..1_000))]
-    audit_streams: usize,
-}
-
-impl QuotaArgs {
-    fn quotas(&self) -> cardd::server::Quotas {
-        cardd::server::Quotas {
-            connections_per_terminal: self.connections_per_terminal,
-            connections_per_owner: self.connections_per_owner,
-            connections_per_brand: self.connections_per_brand,
-            sessions: cardd::server::Quotas::sessions_beside(self.owner_reserved_connections),
-            owner_reserved: self.owner_reserved_connections,
-            audit_streams_per_key: self.audit_streams_per_key,
-            audit_streams_per_brand: self.audit_streams_per_brand,
-            audit_streams: self.audit_streams,
-        }
-    }
-}
-
 #[derive(Args)]
 struct TlsArgs {
     /// Speak TLS to the daemon, trusting only the certificates in this PEM
@@ -414,14 +345,12 @@ enum LoadChannel {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sled=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");
@@ -430,33 +359,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    // serve chooses its log format from its settings; the rest log text.
+    if let Command::Serve(args) = cli.command {
+        let serve_matches = matches.subcommand_matches("serve").expect("serve");
+        let settings = args.settings(serve_matches)?;
+        cli::serve::init_logs(settings.log_format);
+        cli::serve::serve(settings)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    cli::serve::init_logs(cardd::config::LogFormat::Text);
     match cli.command {
-        Command::Serve {
-            data,
-            listen,
-            demo,
-            max_frame_bytes,
-            sign_on_failures_per_minute,
-            card_misses_per_minute,
-            tls_cert,
-            tls_key,
-            snapshot_every,
-            quotas,
-            audit_stall_secs,
-        } => cli::serve::serve(Config {
-            data_dir: data,
-            listen,
-            max_frame_bytes,
-            demo,
-            sign_on_failures_per_minute,
-            card_misses_per_minute,
-            tls_cert,
-            tls_key,
-            snapshot_every,
-            quotas: quotas.quotas(),
-            audit_stall_secs,
-        })?,
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => cli::serve::config_check(&file)?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,
         Command::Brand {
@@ -479,8 +396,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     fn admin(args: &[&str]) -> AdminArgs {

@@ -1,0 +1,132 @@
+//! SIGTERM under load: the daemon answers what it read, exits 0 within
+//! the grace period, and after a restart every acknowledged operation is
+//! in the ledger exactly once.
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cardd::client::{Client, ClientError};
+use cardd::crypto::read_key_file;
+use cardd::limits::SHUTDOWN_GRACE_SECS;
+use cardd::pb;
+
+use crate::common::{inquiry, status_of, top_up, Daemon};
+
+/// Top-ups of this much, each its own record.
+const LOAD: i64 = 100;
+/// Clients loading at once (on the demo's first till, txn ids apart).
+const WORKERS: u64 = 6;
+/// The demo's first till used txn ids 1..=6; each worker starts above.
+fn first_txn(worker: u64) -> u64 {
+    100 + worker * LOADS
+}
+
+/// Loads per worker at most (ids stay inside the till's txn window).
+const LOADS: u64 = 640;
+
+/// Loads `card` until the connection ends or LOADS loads are done; returns
+/// the txn ids acknowledged and those sent with no answer.
+async fn load_until_cut(mut c: Client, worker: u64, card: String) -> (Vec<u64>, Vec<u64>) {
+    let (mut acked, mut unknown) = (Vec::new(), Vec::new());
+    for txn in first_txn(worker)..first_txn(worker) + LOADS {
+        let req = c.request(txn, top_up(&card, LOAD));
+        match c.call(&req).await {
+            Ok(_) => acked.push(txn),
+            // The daemon's notice that it is going down: not read, or read
+            // and its answer still to come; its status will tell.
+            Err(ClientError::Refused(r)) if r.code == pb::ErrorCode::ServerBusy => {
+                unknown.push(txn);
+                break;
+            }
+            Err(ClientError::Refused(r)) => panic!("txn {txn} refused: {:?}", r.code),
+            Err(_) => {
+                unknown.push(txn);
+                break;
+            }
+        }
+    }
+    (acked, unknown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, demo) = Daemon::demo(dir.path());
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let cards: Vec<String> = demo.manifest.cards.clone();
+    let mut before = Vec::new();
+    {
+        let mut c = crate::common::connect(d.addr, key.clone()).await;
+        for w in 0..WORKERS as usize {
+            before.push(inquiry(&mut c, &cards[w % cards.len()]).await.balance_minor);
+        }
+    }
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let c = crate::common::connect(d.addr, key.clone()).await;
+        let card = cards[w as usize % cards.len()].clone();
+        let results = results.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = load_until_cut(c, w, card).await;
+            results.lock().unwrap().push((w, r));
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    d.signal(libc::SIGTERM);
+    let status =
+        tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(SHUTDOWN_GRACE_SECS + 10)))
+            .expect("the daemon exits within its grace period");
+    assert!(status.success(), "exit status {status:?}");
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let results = std::mem::take(&mut *results.lock().unwrap());
+    let total_acked: usize = results.iter().map(|(_, (a, _))| a.len()).sum();
+    assert!(total_acked > 0, "the load ran before the signal");
+    let cut = results
+        .iter()
+        .filter(|(_, (a, _))| a.len() < LOADS as usize)
+        .count();
+    assert!(
+        cut > 0,
+        "the signal came after the load ended: not a test under load"
+    );
+
+    let d = Daemon::start(&demo.data, &[]);
+    let mut c = crate::common::connect(d.addr, key).await;
+    let mut expected = before.clone();
+    for (w, (acked, unknown)) in &results {
+        let slot = *w as usize;
+        for &txn in acked {
+            let s = status_of(&mut c, txn).await;
+            assert_eq!(
+                s.state,
+                pb::TxnState::Committed as i32,
+                "acknowledged txn {txn}"
+            );
+            expected[slot] += LOAD;
+        }
+        // A load sent as the daemon went down is in the ledger or not,
+        // never twice: its status says which.
+        for &txn in unknown {
+            if status_of(&mut c, txn).await.state == pb::TxnState::Committed as i32 {
+                expected[slot] += LOAD;
+            }
+        }
+    }
+    // Two workers may share a card (five demo cards, six workers): sum by card.
+    let mut by_card = std::collections::BTreeMap::new();
+    for (w, card) in cards.iter().cycle().take(WORKERS as usize).enumerate() {
+        *by_card.entry(card.clone()).or_insert(0) += expected[w] - before[w];
+    }
+    let distinct: BTreeSet<&String> = by_card.keys().collect();
+    for card in distinct {
+        let start = before[cards.iter().position(|c| c == card).unwrap()];
+        let v = inquiry(&mut c, card).await;
+        assert_eq!(v.balance_minor, start + by_card[card], "card {card}");
+    }
+}
