@@ -33,31 +33,43 @@ enum Command {
         command: ConfigCommand,
     },
     /// Print the server's public key in hex (created on first use).
+    #[command(after_help = "Example:\n  cardd server-key --data /var/lib/cardd")]
     ServerKey {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
     /// Brand management on a stopped daemon's data directory.
+    #[command(
+        after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
+    )]
     Brand {
         #[command(subcommand)]
         command: BrandCommand,
     },
     /// Create an ed25519 key file (0600) and print its public key in hex.
+    #[command(after_help = "Example:\n  cardd keygen --out mall-till.key")]
     Keygen {
         /// Where to write the key (must not exist).
         #[arg(long)]
         out: PathBuf,
     },
     /// Replay every brand's ledger and check it (daemon stopped).
+    #[command(after_help = "Example:\n  cardd check --data /var/lib/cardd")]
     Check {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
     /// The owner's console: manage a brand over the protocol.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key inquiry --card 8000018134702849687"
+    )]
     Admin(AdminArgs),
     /// The auditor's tools: export, verify and replay, consistency.
+    #[command(
+        after_help = "Example:\n  cardd audit export --connect 127.0.0.1:7700 --key tea-owner.key --out brand1.cardd"
+    )]
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -108,6 +120,9 @@ impl TlsArgs {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Write a brand's ledger to one self-describing file.
+    #[command(
+        after_help = "Example:\n  cardd audit export --connect 127.0.0.1:7700 --key tea-owner.key --out brand1.cardd"
+    )]
     Export {
         /// A running daemon's address (with --key).
         #[arg(long, requires = "key", conflicts_with_all = ["data", "brand"])]
@@ -127,6 +142,9 @@ enum AuditCommand {
     },
     /// Verify every signature, link and checkpoint of an export, replay it,
     /// and print every card and the totals. Exits non-zero on the first failure.
+    #[command(
+        after_help = "Example:\n  cardd audit verify brand1.cardd --server-key $(cardd server-key --data cardd-data)"
+    )]
     Verify {
         /// The export file.
         file: PathBuf,
@@ -150,6 +168,9 @@ enum AuditCommand {
         key: Option<PathBuf>,
     },
     /// Prove that checkpoint NEW's tree extends checkpoint OLD's.
+    #[command(
+        after_help = "Example:\n  cardd audit consistency old.ckpt new.ckpt --server-key $SERVER_KEY --export brand1.cardd"
+    )]
     Consistency {
         /// The older checkpoint file.
         old: PathBuf,
@@ -173,6 +194,9 @@ enum AuditCommand {
 #[derive(Subcommand)]
 enum BrandCommand {
     /// Create a brand; its first record names its owner key.
+    #[command(
+        after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
+    )]
     Create {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
@@ -223,11 +247,17 @@ struct AdminArgs {
 #[derive(Subcommand)]
 enum AdminOp {
     /// Open a store.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key create-store --name Downtown"
+    )]
     CreateStore {
         #[arg(long)]
         name: String,
     },
     /// Enrol a terminal's public key to a store.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key enroll-terminal --store 1 --key-out mall-till.key"
+    )]
     EnrollTerminal {
         #[arg(long)]
         store: u32,
@@ -241,11 +271,15 @@ enum AdminOp {
         label: String,
     },
     /// Issue a card (a fresh random number unless --card is given).
+    #[command(after_help = "Example:\n  cardd admin --key tea-owner.key issue-card")]
     IssueCard {
         #[arg(long)]
         card: Option<String>,
     },
     /// Block a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key block-card --card 8000018134702849687 --reason lost"
+    )]
     BlockCard {
         #[arg(long)]
         card: String,
@@ -253,11 +287,17 @@ enum AdminOp {
         reason: String,
     },
     /// Unblock a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key unblock-card --card 8000018134702849687"
+    )]
     UnblockCard {
         #[arg(long)]
         card: String,
     },
     /// Replace a lost card: value and points move to the new number.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key replace-card --card 8000018134702849687"
+    )]
     ReplaceCard {
         #[arg(long)]
         card: String,
@@ -266,11 +306,17 @@ enum AdminOp {
         new: Option<String>,
     },
     /// Set the bonus, points and tier rules from a JSON file.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key set-rules --file rules.json"
+    )]
     SetRules {
         #[arg(long)]
         file: PathBuf,
     },
     /// Revoke a terminal (a stolen or retired till): it can no longer sign on.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key disable-terminal --terminal 2 --reason stolen"
+    )]
     DisableTerminal {
         #[arg(long)]
         terminal: u32,
@@ -278,17 +324,26 @@ enum AdminOp {
         reason: String,
     },
     /// Restore a disabled terminal.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key enable-terminal --terminal 2"
+    )]
     EnableTerminal {
         #[arg(long)]
         terminal: u32,
     },
     /// Look up a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key inquiry --card 8000018134702849687"
+    )]
     Inquiry {
         #[arg(long)]
         card: String,
     },
     /// Load value onto a card from the head office, an online platform or
     /// a company's order (a TOP_UP record of store 0).
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key topup --card 8000018134702849687 --amount 100.00 --channel online --reference ORD-1"
+    )]
     Topup {
         #[arg(long)]
         card: String,
@@ -302,6 +357,9 @@ enum AdminOp {
     /// issue --count new cards, load each with --load, and write the numbers,
     /// value and record sequences to --out. Run the same command again after
     /// an interruption: it finishes the run without doubling anything.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key issue-cards --count 50 --load 100.00 --channel corporate --reference PO-7 --out cards.csv"
+    )]
     IssueCards {
         /// How many cards (at most MAX_CARDS_PER_ISSUE_RUN, 1,000).
         #[arg(long)]
@@ -409,6 +467,27 @@ mod tests {
     #[test]
     fn the_argument_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command that runs something shows an example in its --help.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            let leaf = cmd.get_subcommands().next().is_none();
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if leaf && !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cardd".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 
     #[test]
