@@ -251,10 +251,17 @@ async fn apply_in_order(
         let taken = rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await;
         if taken == 0 {
             // Every handle is gone: the daemon is going down. A snapshot
-            // being written is finished first (a half-written one would
-            // only be ignored, but then the next start replays more).
+            // being written is finished first (a cut leaves the old one,
+            // and the next start replays more); then, where it pays, a
+            // final one, so that the next start replays little.
             if let Some(store) = snapshot_store {
                 let _ = store.await;
+            }
+            if ledger.final_snapshot_due() {
+                let (_, stored) = snapshot_off_thread(ledger, None).await;
+                if let Some(store) = stored {
+                    let _ = store.await;
+                }
             }
             return;
         }

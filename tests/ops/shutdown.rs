@@ -12,6 +12,9 @@ use cardd::pb;
 
 use crate::common::{inquiry, status_of, top_up, Daemon};
 
+/// A tenth of it (the final snapshot's threshold) is below what the load
+/// usually commits before the signal.
+const SNAPSHOT_EVERY: u64 = 1_000;
 /// Top-ups of this much, each its own record.
 const LOAD: i64 = 100;
 /// Clients loading at once (on the demo's first till, txn ids apart).
@@ -51,7 +54,8 @@ async fn load_until_cut(mut c: Client, worker: u64, card: String) -> (Vec<u64>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut d, demo) = Daemon::demo(dir.path());
+    let every = SNAPSHOT_EVERY.to_string();
+    let (mut d, demo) = Daemon::demo_with(dir.path(), &["--snapshot-every", &every]);
     let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
     let cards: Vec<String> = demo.manifest.cards.clone();
     let mut before = Vec::new();
@@ -96,6 +100,8 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         "the signal came after the load ended: not a test under load"
     );
 
+    let snapshot = demo.data.join("snapshots").join("brand-1.snap");
+    let snapshot_written = snapshot.exists();
     let d = Daemon::start(&demo.data, &[]);
     let mut c = crate::common::connect(d.addr, key).await;
     let mut expected = before.clone();
@@ -117,6 +123,19 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
                 expected[slot] += LOAD;
             }
         }
+    }
+    // At shutdown, a snapshot once a tenth of the interval was written (and
+    // the restart above started from it).
+    let loads: i64 = expected
+        .iter()
+        .zip(&before)
+        .map(|(e, b)| (e - b) / LOAD)
+        .sum();
+    println!("{loads} loads committed, final snapshot: {snapshot_written}");
+    if loads >= (SNAPSHOT_EVERY / 10) as i64 {
+        assert!(snapshot_written, "{loads} loads and no final snapshot");
+    } else {
+        assert!(!snapshot_written, "a snapshot after only {loads} loads");
     }
     // Two workers may share a card (five demo cards, six workers): sum by card.
     let mut by_card = std::collections::BTreeMap::new();
