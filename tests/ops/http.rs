@@ -160,3 +160,54 @@ async fn bad_http_clients_do_not_harm_the_terminal_port() {
     drop(slow);
     assert_eq!(inquiry(&mut till, &card).await.balance_minor, 10_000 - 100);
 }
+
+#[test]
+fn readyz_answers_503_until_every_brand_is_recovered() {
+    use crate::common::serve::{serve_command, watch_listening, START_TIMEOUT};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = free_addr();
+    let flag = http.to_string();
+    let extra = ["--demo", "--http-listen", flag.as_str()];
+    let mut child = serve_command(crate::common::cardd_bin(), &data, &extra)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listening = watch_listening(child.stdout.take().unwrap());
+    // The HTTP listener is bound before recovery (and the demo's
+    // provisioning) starts; poll it until the daemon says it listens.
+    let (mut seen, started) = (Vec::new(), Instant::now());
+    let addr = loop {
+        if let Ok(addr) = listening.try_recv() {
+            break addr;
+        }
+        if let Some(answer) = get(http, "/readyz") {
+            seen.push(answer);
+        }
+        assert!(started.elapsed() < START_TIMEOUT, "no listening line");
+    };
+    let d = Daemon {
+        child,
+        addr: addr.parse().unwrap(),
+        data,
+    };
+    let not_ready = seen.iter().take_while(|(s, _)| *s == 503).count();
+    println!(
+        "{not_ready} answers of 503 before the listening line, then {:?}",
+        &seen[not_ready..]
+    );
+    // Provisioning the demo brand alone takes far longer than a GET.
+    assert!(not_ready > 0, "never seen before recovery: {seen:?}");
+    assert!(
+        seen[..not_ready]
+            .iter()
+            .all(|(_, body)| body == "recovering\n"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[not_ready..].iter().all(|a| a.0 == 200),
+        "ready, then not: {seen:?}"
+    );
+    assert_eq!(get(http, "/readyz").unwrap(), (200, "ready\n".to_string()));
+    drop(d);
+}
