@@ -149,7 +149,7 @@ impl Conn {
                     return Ended::Cut;
                 }
                 _ = self.shared.stop.cancelled() => {
-                    self.stopping();
+                    self.stopping(&phase);
                     break;
                 }
                 frame = self.next_frame(&mut reader, deadline) => frame,
@@ -326,12 +326,16 @@ impl Conn {
     /// The daemon is shutting down: nothing more is read; what was read is
     /// still answered (the caller drains the write task). The peer is told
     /// why the connection will close, so a till reconnects and asks the
-    /// status of anything it sent after this instead of guessing.
-    fn stopping(&self) {
+    /// status of anything it sent after this instead of guessing. An audit
+    /// stream (an export) stops: it could outlast the grace period.
+    fn stopping(&self, phase: &Phase) {
         tracing::debug!(peer = ?self.peer, "closing for shutdown");
         let why = "the daemon is shutting down; requests sent after this were not read: \
                    reconnect and retry them (same txn ids)";
         let _ = self.out.try_send(error_msg(0, E::ServerBusy, why));
+        if let Phase::SignedOn(s) = phase {
+            s.slot.token().cancel();
+        }
     }
 
     /// Queues one of the session's own messages. A closed write task means

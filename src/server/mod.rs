@@ -175,8 +175,11 @@ pub async fn run_until(
             source,
         })?,
     };
-    tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
-    on_ready(&running);
+    if !stop.is_cancelled() {
+        // (A signal during recovery: the daemon never serves.)
+        tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
+        on_ready(&running);
+    }
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
     health.set_stopping();
@@ -262,8 +265,9 @@ fn log_recovered(ledgers: &[crate::ledger::BrandLedger], took: std::time::Durati
 }
 
 /// Accepts connections until `shared.stop` is cancelled; each connection
-/// runs on `connections`, so a shutdown can wait for them. Each holds one of MAX_CONNECTIONS slots
-/// for its life, and one of MAX_PENDING_SIGN_ONS until its sign-on ends;
+/// runs on `tracker`, so that a shutdown can wait for it. Each holds one
+/// of MAX_CONNECTIONS slots for its life, and one of MAX_PENDING_SIGN_ONS
+/// until its sign-on ends;
 /// signed on, it holds a session slot under its key's and brand's quotas
 /// instead (`sessions`). The three pools add up to MAX_CONNECTIONS, so
 /// keyless clients cannot take the sessions' slots, terminals cannot take
