@@ -400,8 +400,14 @@ fn verified(
                 Err(refusal) => return reply.send(Err(refusal)),
             };
             let Pending {
-                request_id, permit, ..
+                request_id,
+                permit,
+                op: op_index,
+                started,
+                ..
             } = reply.pending;
+            // Its answer is a stream of frames: counted once, as it starts.
+            super::metrics::get().answered(op_index, None, started.elapsed());
             let stream = super::audit::Stream {
                 brand: session.brand_id,
                 out,

@@ -73,6 +73,20 @@ async fn metrics_count_each_operation_and_result() {
     assert!(text.contains("cardd_recovery_seconds "), "{text}");
     assert!(text.contains("cardd_snapshot_seconds_count 0"), "{text}");
     assert_eq!(get(http, "/nothing").unwrap().0, 404);
+    // An export counts once, as it starts.
+    let out = dir.path().join("brand1.export");
+    crate::common::run::cardd_ok([
+        "audit".as_ref(),
+        "export".as_ref(),
+        "--connect".as_ref(),
+        d.addr.to_string().as_ref(),
+        "--key".as_ref(),
+        demo.owner_key_path().as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    let exports = "cardd_requests_total{op=\"export_ledger\",result=\"ok\"}";
+    assert_eq!(sample(&metrics(http), exports), Some(1.0));
     // The stranger's connection is gone (once its task ends), the till's is not.
     let open = || sample(&metrics(http), "cardd_connections");
     assert!(
