@@ -2,6 +2,7 @@
 //! the grace period, and after a restart every acknowledged operation is
 //! in the ledger exactly once.
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +14,15 @@ use cardd::pb;
 use crate::common::{inquiry, status_of, top_up, Daemon};
 
 /// A tenth of it (the final snapshot's threshold) is below what the load
-/// usually commits before the signal.
-const SNAPSHOT_EVERY: u64 = 1_000;
+/// commits before the signal (SIGNAL_AFTER); the whole of it is above all
+/// the load can write, so no periodic snapshot is taken.
+const SNAPSHOT_EVERY: u64 = 5_000;
 /// Top-ups of this much, each its own record.
 const LOAD: i64 = 100;
+/// Loads acknowledged before the SIGTERM (of WORKERS x LOADS).
+const SIGNAL_AFTER: usize = 600;
+const _: () = assert!(SIGNAL_AFTER as u64 >= SNAPSHOT_EVERY / 10);
+const _: () = assert!(17 + WORKERS * LOADS < SNAPSHOT_EVERY);
 /// Clients loading at once (on the demo's first till, txn ids apart).
 const WORKERS: u64 = 6;
 /// The demo's first till used txn ids 1..=6; each worker starts above.
@@ -29,12 +35,20 @@ const LOADS: u64 = 640;
 
 /// Loads `card` until the connection ends or LOADS loads are done; returns
 /// the txn ids acknowledged and those sent with no answer.
-async fn load_until_cut(mut c: Client, worker: u64, card: String) -> (Vec<u64>, Vec<u64>) {
+async fn load_until_cut(
+    mut c: Client,
+    worker: u64,
+    card: String,
+    acked_so_far: Arc<AtomicUsize>,
+) -> (Vec<u64>, Vec<u64>) {
     let (mut acked, mut unknown) = (Vec::new(), Vec::new());
     for txn in first_txn(worker)..first_txn(worker) + LOADS {
         let req = c.request(txn, top_up(&card, LOAD));
         match c.call(&req).await {
-            Ok(_) => acked.push(txn),
+            Ok(_) => {
+                acked.push(txn);
+                acked_so_far.fetch_add(1, Ordering::Relaxed);
+            }
             // The daemon's notice that it is going down: not read, or read
             // and its answer still to come; its status will tell.
             Err(ClientError::Refused(r)) if r.code == pb::ErrorCode::ServerBusy => {
@@ -66,17 +80,25 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         }
     }
     let results = Arc::new(Mutex::new(Vec::new()));
+    let acked_so_far = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
         let c = crate::common::connect(d.addr, key.clone()).await;
         let card = cards[w as usize % cards.len()].clone();
         let results = results.clone();
+        let acked_so_far = acked_so_far.clone();
         tasks.push(tokio::spawn(async move {
-            let r = load_until_cut(c, w, card).await;
+            let r = load_until_cut(c, w, card, acked_so_far).await;
             results.lock().unwrap().push((w, r));
         }));
     }
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The signal comes in the middle of the load, however fast the machine.
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while acked_so_far.load(Ordering::Relaxed) < SIGNAL_AFTER {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.expect("the load runs");
     d.signal(libc::SIGTERM);
     let status =
         tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(SHUTDOWN_GRACE_SECS + 10)))
@@ -132,11 +154,7 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         .map(|(e, b)| (e - b) / LOAD)
         .sum();
     println!("{loads} loads committed, final snapshot: {snapshot_written}");
-    if loads >= (SNAPSHOT_EVERY / 10) as i64 {
-        assert!(snapshot_written, "{loads} loads and no final snapshot");
-    } else {
-        assert!(!snapshot_written, "a snapshot after only {loads} loads");
-    }
+    assert!(snapshot_written, "{loads} loads and no final snapshot");
     // Two workers may share a card (five demo cards, six workers): sum by card.
     let mut by_card = std::collections::BTreeMap::new();
     for (w, card) in cards.iter().cycle().take(WORKERS as usize).enumerate() {
