@@ -164,7 +164,8 @@ struct ServeOnly {
 }
 
 /// `cardd config check FILE`: the effective settings `cardd serve --config
-/// FILE` would run with (environment included), or the bad key.
+/// FILE` would run with (environment included), or the bad key; the TLS
+/// files, if named, are loaded too.
 pub fn config_check(file: &Path) -> anyhow::Result<()> {
     let matches = ServeOnly::command()
         .try_get_matches_from([
@@ -175,6 +176,10 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
         .context("the CARDD_ environment variables")?;
     let args = ServeOnly::from_arg_matches(&matches)?.args;
     let settings = args.settings(&matches)?;
+    // The TLS files are read as serve would read them: a wrong path or a
+    // key that does not match fails here, not at the next restart.
+    let (cert, key) = (settings.tls_cert.as_deref(), settings.tls_key.as_deref());
+    cardd::tls::tls_acceptor(cert, key).context("tls_cert / tls_key")?;
     println!("# {}: valid; the effective settings:", file.display());
     print!("{}", settings.to_toml());
     Ok(())

@@ -138,6 +138,11 @@ fn a_value_out_of_range_is_named_with_its_flag_and_variable() {
         ],
     );
     refused("tls_cert = \"c.pem\"\n", &["tls_key"]);
+    // Both named, neither there: config check reads them as serve would.
+    refused(
+        "tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+        &["tls_cert / tls_key", "/nonexistent/c.pem"],
+    );
 }
 
 #[test]
