@@ -43,7 +43,8 @@ pub const OPS: &[&str] = &[
     "create_brand",
 ];
 
-/// Results per operation: "ok" at 0, then every error code by its number.
+/// Results per operation: "ok" at 0, then every error code by its number
+/// (the highest is STORAGE_FAILURE; a test checks no code lies past it).
 const RESULTS: usize = 1 + ErrorCode::StorageFailure as usize + 1;
 
 /// The index of `op` in [`OPS`].
@@ -260,5 +261,14 @@ mod tests {
             OPS.len(),
             1 + op_index(Some(&Op::CreateBrand(Default::default()))) as usize
         );
+        // A code added past the table would share a cell (and a label).
+        for v in 0..1_000 {
+            if ErrorCode::try_from(v).is_ok() {
+                assert!(
+                    (v as usize) + 1 < RESULTS,
+                    "error code {v} is past the table"
+                );
+            }
+        }
     }
 }
