@@ -98,6 +98,26 @@ pub struct Metrics {
     pub recovery_seconds: Gauge,
 }
 
+/// A terminal-port connection, counted in `cardd_connections` for as long
+/// as this lives (however its task ends).
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection just accepted.
+    pub fn count() -> OpenConnection {
+        let m = get();
+        m.connections_accepted.inc();
+        m.connections.inc();
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        get().connections.dec();
+    }
+}
+
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

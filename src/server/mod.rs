@@ -304,27 +304,29 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let tls = tls.clone();
-        metrics::get().connections_accepted.inc();
-        metrics::get().connections.inc();
+        let counted = metrics::OpenConnection::count();
         tracker.spawn(async move {
+            let _counted = counted;
             let _ = stream.set_nodelay(true);
             match tls {
                 None => connection::serve(stream, peer, shared, signing_on).await,
                 // The handshake has its own deadline, so a stalled one
-                // cannot hold a connection slot.
-                Some(tls) => match tokio::time::timeout(
-                    std::time::Duration::from_secs(SIGN_ON_TIMEOUT_SECS),
-                    tls.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => connection::serve(stream, peer, shared, signing_on).await,
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                },
+                // cannot hold a connection slot, and ends at a shutdown,
+                // so it cannot hold the shutdown either.
+                Some(tls) => {
+                    let deadline = std::time::Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
+                    let handshake = tokio::select! {
+                        _ = shared.stop.cancelled() => return,
+                        h = tokio::time::timeout(deadline, tls.accept(stream)) => h,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => connection::serve(stream, peer, shared, signing_on).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
-            metrics::get().connections.dec();
         });
     }
 }

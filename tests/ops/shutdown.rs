@@ -167,3 +167,26 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         assert_eq!(v.balance_minor, start + by_card[card], "card {card}");
     }
 }
+
+#[test]
+fn a_stalled_tls_handshake_does_not_hold_the_shutdown() {
+    use cardd::limits::SIGN_ON_TIMEOUT_SECS;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = crate::common::cert::Cert::new(dir.path(), "server");
+    let tls = ["--tls-cert", cert.cert_str(), "--tls-key", cert.key_str()];
+    let mut d = Daemon::start(&dir.path().join("data"), &tls);
+    // A client that connects and never starts its handshake.
+    let _stalled = std::net::TcpStream::connect(d.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = d
+        .wait_exit(Duration::from_secs(SHUTDOWN_GRACE_SECS + 10))
+        .expect("exits");
+    assert!(status.success(), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(SIGN_ON_TIMEOUT_SECS / 2),
+        "the shutdown waited {took:?} for a handshake that never came"
+    );
+}
