@@ -190,3 +190,62 @@ fn a_stalled_tls_handshake_does_not_hold_the_shutdown() {
         "the shutdown waited {took:?} for a handshake that never came"
     );
 }
+
+/// Floods `addr` with echo requests and never reads an answer, until the
+/// daemon stops reading too (its queues and the socket's buffers full).
+fn flood_without_reading(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // Two seconds without progress: stuck, not merely slow.
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let echo = pb::client_message::Body::Echo(pb::Echo {
+        payload: vec![7; 1_000],
+    });
+    let frame = crate::common::raw::msg(1, echo);
+    for _ in 0..200_000 {
+        if s.write_all(&frame).is_err() {
+            return s; // the daemon stopped reading
+        }
+    }
+    panic!("the daemon read 200 MB of echoes without answering being stuck");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone();
+    let mut till = demo.terminal(d.addr, 0).await;
+    for txn in 100..110 {
+        crate::common::ok(&mut till, txn, crate::common::purchase(&card, 100)).await;
+    }
+    drop(till);
+    // A peer that does not read holds its connection, and so the first
+    // signal's drain, until the grace period ends.
+    let addr = d.addr;
+    let _stuck = tokio::task::spawn_blocking(move || flood_without_reading(addr))
+        .await
+        .unwrap();
+    d.signal(libc::SIGTERM);
+    let still = tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(1)));
+    assert!(still.is_none(), "the drain did not wait for the stuck peer");
+    let signalled = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| d.wait_exit(Duration::from_secs(5)))
+        .expect("the second signal ends it at once");
+    assert!(signalled.elapsed() < Duration::from_secs(3));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    // Everything acknowledged is there, once.
+    let d = Daemon::start(&demo.data, &[]);
+    let mut till = demo.terminal(d.addr, 0).await;
+    assert_eq!(
+        inquiry(&mut till, &card).await.balance_minor,
+        10_000 - 10 * 100
+    );
+    for txn in 100..110 {
+        assert_eq!(
+            status_of(&mut till, txn).await.state,
+            pb::TxnState::Committed as i32
+        );
+    }
+}
