@@ -249,3 +249,31 @@ async fn a_second_signal_exits_at_once_and_loses_nothing_acknowledged() {
         );
     }
 }
+
+#[test]
+fn systemd_hears_ready_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = crate::common::serve::serve_command(
+        crate::common::cardd_bin(),
+        &dir.path().join("data"),
+        &[],
+    );
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut d = Daemon::start_command(cmd, &dir.path().join("data"));
+    let mut buf = [0u8; 256];
+    let heard = |buf: &mut [u8]| {
+        let n = systemd.recv(buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(heard(&mut buf).trim(), "READY=1");
+    d.signal(libc::SIGTERM);
+    assert_eq!(heard(&mut buf).trim(), "STOPPING=1");
+    let status = d.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
