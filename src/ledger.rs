@@ -301,6 +301,17 @@ impl BrandLedger {
             .is_some_and(|(_, every)| self.state.seq - self.snapshot_seq >= *every)
     }
 
+    /// At shutdown: true when snapshots are kept and at least a tenth of
+    /// their interval was applied since the last one, so that writing one
+    /// now spares the next start a replay worth the time (fewer records
+    /// replay faster than a snapshot of a big state is written).
+    pub fn final_snapshot_due(&self) -> bool {
+        self.snapshots.as_ref().is_some_and(|(_, every)| {
+            let since = self.state.seq - self.snapshot_seq;
+            since > 0 && since >= every / 10
+        })
+    }
+
     /// Encodes a snapshot of the state as it is now (blocking: the whole
     /// state is encoded), to be stored with [`store_snapshot`]. It may be
     /// ahead of what is durable; recovery only uses a snapshot that lies on

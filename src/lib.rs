@@ -13,6 +13,7 @@ pub mod card_number;
 pub mod checkpoint;
 pub mod client;
 pub mod codec;
+pub mod config;
 pub mod crypto;
 pub mod demo;
 #[cfg(test)]

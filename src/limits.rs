@@ -4,6 +4,11 @@
 /// Largest frame accepted by default (the length prefix is checked before
 /// any allocation; larger frames are refused and the connection closed).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Highest `--max-frame-bytes` accepted: a full commit batch of such
+/// frames must still fit one log frame (a u32 length; asserted below).
+pub const MAX_FRAME_BYTES_CEILING: usize = 256 * 1024;
+/// Lowest `--max-frame-bytes` accepted: every well-formed request fits.
+pub const MIN_FRAME_BYTES: usize = 1024;
 /// Largest amount of money in one operation, in minor units
 /// (10,000,000.00 in a currency with two decimals).
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000;
@@ -147,6 +152,25 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// frame's CRC), older ones by their frame tables' headers only.
 pub const LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Graceful shutdown (SIGTERM, SIGINT): how long connections may take to
+/// receive the answers to what they sent before the signal, and the
+/// brands' writers to make their last batches durable, before the daemon
+/// exits anyway. Nothing acknowledged is lost past it (every answer follows
+/// its fsync); what was still unanswered is for the tills to ask about
+/// (their txn status) after the restart. Below systemd's default stop
+/// timeout (90 s), so the unit never needs SIGKILL.
+pub const SHUTDOWN_GRACE_SECS: u64 = 20;
+/// The HTTP listener (`--http-listen`): connections open at once; further
+/// ones are closed at once.
+pub const HTTP_MAX_CONNECTIONS: usize = 64;
+/// The HTTP listener: a request's headers must arrive within this time.
+pub const HTTP_HEADER_TIMEOUT_SECS: u64 = 5;
+/// The HTTP listener: one connection's whole life (keep-alive included).
+pub const HTTP_CONNECTION_SECS: u64 = 60;
+/// The HTTP listener: hyper's read buffer, and so the most header bytes
+/// one request may send (over it: 431 and the connection closed).
+pub const HTTP_MAX_HEADER_BYTES: usize = 16 * 1024;
+
 // Relations between limits, checked when the crate compiles.
 const _: () = assert!(
     MAX_AMOUNT_MINOR <= MAX_BALANCE_MINOR,
@@ -167,6 +191,14 @@ const _: () = assert!(
     (MAX_COMMIT_BATCH as u64) * (DEFAULT_MAX_FRAME_BYTES as u64) * 4 < u32::MAX as u64,
     "a full commit fits one log frame"
 );
+const _: () = assert!(
+    (MAX_COMMIT_BATCH as u64) * (MAX_FRAME_BYTES_CEILING as u64) * 4 < u32::MAX as u64,
+    "a full commit of the largest frames allowed fits one log frame"
+);
+const _: () = assert!(MIN_FRAME_BYTES <= DEFAULT_MAX_FRAME_BYTES);
+const _: () = assert!(DEFAULT_MAX_FRAME_BYTES <= MAX_FRAME_BYTES_CEILING);
+const _: () = assert!(SHUTDOWN_GRACE_SECS < 90, "inside systemd's stop timeout");
+const _: () = assert!(HTTP_HEADER_TIMEOUT_SECS < HTTP_CONNECTION_SECS);
 const _: () = assert!(
     LOG_SEGMENT_BYTES >= 1024 * 1024,
     "segments hold many commits"

@@ -1,15 +1,13 @@
 //! The `cardd` command: run the daemon, manage brands and keys, and the
 //! owner's console (`cardd admin`). This file holds the argument
 //! definitions and the dispatch; each command's code is in `src/cli/`.
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cardd::client::TlsClient;
-use cardd::server::Config;
 
 mod cli;
 
@@ -26,80 +24,52 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon.
-    Serve {
-        /// Data directory (created on first start).
-        #[arg(long, default_value = "cardd-data")]
-        data: PathBuf,
-        /// Address to listen on for terminals.
-        #[arg(long, default_value = "127.0.0.1:7700")]
-        listen: SocketAddr,
-        /// Provision a demo brand (only into an empty ledger) and write demo.json.
-        #[arg(long)]
-        demo: bool,
-        /// Largest frame accepted, in bytes.
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_MAX_FRAME_BYTES)]
-        max_frame_bytes: usize,
-        /// Sign-on failures allowed per address per minute before it is
-        /// refused for a minute (0 = unlimited).
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE)]
-        sign_on_failures_per_minute: u32,
-        /// Unknown-card answers allowed per terminal and per address per
-        /// minute before it is refused for a minute (0 = unlimited).
-        #[arg(long, default_value_t = cardd::limits::DEFAULT_CARD_MISSES_PER_MINUTE)]
-        card_misses_per_minute: u32,
-        /// Speak TLS 1.3 on the terminal port with this certificate chain
-        /// (PEM; with --tls-key). Without it the port is plain TCP.
-        #[arg(long, value_name = "PEM", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The TLS certificate's private key (PEM, mode 0600; with --tls-cert).
-        #[arg(long, value_name = "PEM", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Records between two snapshots of a brand's state (a restart
-        /// replays at most this many after loading the newest snapshot).
-        #[arg(long, default_value_t = cardd::limits::SNAPSHOT_EVERY_RECORDS,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        snapshot_every: u64,
-        #[command(flatten)]
-        quotas: QuotaArgs,
-        /// Seconds an audit stream (export) may wait for its reader to take
-        /// data before it is stopped and its connection closed.
-        #[arg(long, default_value_t = cardd::limits::AUDIT_STALL_TIMEOUT_SECS,
-              value_parser = clap::value_parser!(u64).range(1..))]
-        audit_stall_secs: u64,
-        /// KiB after which a brand's log segment is sealed (its frame
-        /// table written, a new segment started). Smaller segments mean
-        /// smaller files to copy; start-up reads one header per segment.
-        #[arg(long, default_value_t = cardd::limits::LOG_SEGMENT_BYTES / 1024,
-              value_parser = clap::value_parser!(u64).range(64..=1024 * 1024))]
-        log_segment_kib: u64,
+    /// Run the daemon (flags, CARDD_<NAME> variables or a --config file).
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(cli::serve::ServeArgs),
+    /// Check a `cardd serve --config` file and print the effective settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Print the server's public key in hex (created on first use).
+    #[command(after_help = "Example:\n  cardd server-key --data /var/lib/cardd")]
     ServerKey {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
     /// Brand management on a stopped daemon's data directory.
+    #[command(
+        after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
+    )]
     Brand {
         #[command(subcommand)]
         command: BrandCommand,
     },
     /// Create an ed25519 key file (0600) and print its public key in hex.
+    #[command(after_help = "Example:\n  cardd keygen --out mall-till.key")]
     Keygen {
         /// Where to write the key (must not exist).
         #[arg(long)]
         out: PathBuf,
     },
     /// Replay every brand's ledger and check it (daemon stopped).
+    #[command(after_help = "Example:\n  cardd check --data /var/lib/cardd")]
     Check {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
     /// The owner's console: manage a brand over the protocol.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key inquiry --card 8000018134702849687"
+    )]
     Admin(AdminArgs),
     /// The auditor's tools: export, verify and replay, consistency.
+    #[command(
+        after_help = "Example:\n  cardd audit export --connect 127.0.0.1:7700 --key tea-owner.key --out brand1.cardd"
+    )]
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -162,64 +132,25 @@ struct BackupArgs {
     tls: TlsArgs,
 }
 
+/// Examples shown under `cardd serve --help`.
+const SERVE_EXAMPLES: &str = "Examples:
+  cardd serve --data /var/lib/cardd --listen 0.0.0.0:7700 --http-listen 127.0.0.1:9700
+  CARDD_LOG_FORMAT=json cardd serve --config /etc/cardd/cardd.toml
+Precedence: flag > CARDD_<NAME> environment variable > --config file > default.
+SIGTERM or SIGINT shuts down gracefully; a second signal exits at once.";
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a TOML settings file (naming any bad key or value) and
+    /// print the effective settings, CARDD_ variables included.
+    #[command(after_help = "Example:\n  cardd config check /etc/cardd/cardd.toml")]
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 /// How `admin` and `audit` reach a daemon that serves TLS.
-/// `cardd serve` quotas (docs/security.md): what one key, one brand and
-/// the whole daemon may hold at once.
-#[derive(Args)]
-struct QuotaArgs {
-    /// Signed-on connections of one terminal key; past it, sign-on is
-    /// refused with QUOTA_EXCEEDED.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_TERMINAL,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_terminal: usize,
-    /// Signed-on connections of one owner key.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_OWNER,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_owner: usize,
-    /// Signed-on terminal connections of one brand, all its tills together.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_CONNECTIONS_PER_BRAND,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    connections_per_brand: usize,
-    /// Connection slots only owner keys may use once all others are taken
-    /// (so that an owner can always sign on to revoke a till).
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_OWNER_RESERVED_CONNECTIONS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..5_000))]
-    owner_reserved_connections: usize,
-    /// Concurrent audit streams (exports, consistency proofs) of one key.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_KEY,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    audit_streams_per_key: usize,
-    /// Concurrent audit streams of one brand.
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS_PER_BRAND,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    audit_streams_per_brand: usize,
-    /// Concurrent audit streams of the whole daemon (each holds a thread).
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_STREAMS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..1_000))]
-    audit_streams: usize,
-    /// MiB per second all audit streams together may send (exports are
-    /// paced so that they never take the cores from tills in bursts).
-    #[arg(long, default_value_t = cardd::limits::DEFAULT_AUDIT_MIB_PER_SEC,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    audit_mib_per_sec: u32,
-}
-
-impl QuotaArgs {
-    fn quotas(&self) -> cardd::server::Quotas {
-        cardd::server::Quotas {
-            connections_per_terminal: self.connections_per_terminal,
-            connections_per_owner: self.connections_per_owner,
-            connections_per_brand: self.connections_per_brand,
-            sessions: cardd::server::Quotas::sessions_beside(self.owner_reserved_connections),
-            owner_reserved: self.owner_reserved_connections,
-            audit_streams_per_key: self.audit_streams_per_key,
-            audit_streams_per_brand: self.audit_streams_per_brand,
-            audit_streams: self.audit_streams,
-            audit_mib_per_sec: self.audit_mib_per_sec,
-        }
-    }
-}
-
 #[derive(Args)]
 struct TlsArgs {
     /// Speak TLS to the daemon, trusting only the certificates in this PEM
@@ -243,6 +174,9 @@ impl TlsArgs {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Write a brand's ledger to one self-describing file.
+    #[command(
+        after_help = "Example:\n  cardd audit export --connect 127.0.0.1:7700 --key tea-owner.key --out brand1.cardd"
+    )]
     Export {
         /// A running daemon's address (with --key).
         #[arg(long, requires = "key", conflicts_with_all = ["data", "brand"])]
@@ -262,6 +196,9 @@ enum AuditCommand {
     },
     /// Verify every signature, link and checkpoint of an export, replay it,
     /// and print every card and the totals. Exits non-zero on the first failure.
+    #[command(
+        after_help = "Example:\n  cardd audit verify brand1.cardd --server-key $(cardd server-key --data cardd-data)"
+    )]
     Verify {
         /// The export file.
         file: PathBuf,
@@ -285,6 +222,9 @@ enum AuditCommand {
         key: Option<PathBuf>,
     },
     /// Prove that checkpoint NEW's tree extends checkpoint OLD's.
+    #[command(
+        after_help = "Example:\n  cardd audit consistency old.ckpt new.ckpt --server-key $SERVER_KEY --export brand1.cardd"
+    )]
     Consistency {
         /// The older checkpoint file.
         old: PathBuf,
@@ -308,6 +248,9 @@ enum AuditCommand {
 #[derive(Subcommand)]
 enum BrandCommand {
     /// Create a brand; its first record names its owner key.
+    #[command(
+        after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
+    )]
     Create {
         /// Data directory.
         #[arg(long, default_value = "cardd-data")]
@@ -358,11 +301,17 @@ struct AdminArgs {
 #[derive(Subcommand)]
 enum AdminOp {
     /// Open a store.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key create-store --name Downtown"
+    )]
     CreateStore {
         #[arg(long)]
         name: String,
     },
     /// Enrol a terminal's public key to a store.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key enroll-terminal --store 1 --key-out mall-till.key"
+    )]
     EnrollTerminal {
         #[arg(long)]
         store: u32,
@@ -376,11 +325,15 @@ enum AdminOp {
         label: String,
     },
     /// Issue a card (a fresh random number unless --card is given).
+    #[command(after_help = "Example:\n  cardd admin --key tea-owner.key issue-card")]
     IssueCard {
         #[arg(long)]
         card: Option<String>,
     },
     /// Block a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key block-card --card 8000018134702849687 --reason lost"
+    )]
     BlockCard {
         #[arg(long)]
         card: String,
@@ -388,11 +341,17 @@ enum AdminOp {
         reason: String,
     },
     /// Unblock a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key unblock-card --card 8000018134702849687"
+    )]
     UnblockCard {
         #[arg(long)]
         card: String,
     },
     /// Replace a lost card: value and points move to the new number.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key replace-card --card 8000018134702849687"
+    )]
     ReplaceCard {
         #[arg(long)]
         card: String,
@@ -401,11 +360,17 @@ enum AdminOp {
         new: Option<String>,
     },
     /// Set the bonus, points and tier rules from a JSON file.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key set-rules --file rules.json"
+    )]
     SetRules {
         #[arg(long)]
         file: PathBuf,
     },
     /// Revoke a terminal (a stolen or retired till): it can no longer sign on.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key disable-terminal --terminal 2 --reason stolen"
+    )]
     DisableTerminal {
         #[arg(long)]
         terminal: u32,
@@ -413,17 +378,26 @@ enum AdminOp {
         reason: String,
     },
     /// Restore a disabled terminal.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key enable-terminal --terminal 2"
+    )]
     EnableTerminal {
         #[arg(long)]
         terminal: u32,
     },
     /// Look up a card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key inquiry --card 8000018134702849687"
+    )]
     Inquiry {
         #[arg(long)]
         card: String,
     },
     /// Load value onto a card from the head office, an online platform or
     /// a company's order (a TOP_UP record of store 0).
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key topup --card 8000018134702849687 --amount 100.00 --channel online --reference ORD-1"
+    )]
     Topup {
         #[arg(long)]
         card: String,
@@ -437,6 +411,9 @@ enum AdminOp {
     /// issue --count new cards, load each with --load, and write the numbers,
     /// value and record sequences to --out. Run the same command again after
     /// an interruption: it finishes the run without doubling anything.
+    #[command(
+        after_help = "Example:\n  cardd admin --key tea-owner.key issue-cards --count 50 --load 100.00 --channel corporate --reference PO-7 --out cards.csv"
+    )]
     IssueCards {
         /// How many cards (at most MAX_CARDS_PER_ISSUE_RUN, 1,000).
         #[arg(long)]
@@ -480,14 +457,12 @@ enum LoadChannel {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sled=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");
@@ -496,35 +471,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    // serve chooses its log format from its settings; the rest log text.
+    if let Command::Serve(args) = cli.command {
+        let serve_matches = matches.subcommand_matches("serve").expect("serve");
+        let settings = args.settings(serve_matches)?;
+        cli::serve::init_logs(settings.log_format);
+        cli::serve::serve(settings)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    cli::serve::init_logs(cardd::config::LogFormat::Text);
     match cli.command {
-        Command::Serve {
-            data,
-            listen,
-            demo,
-            max_frame_bytes,
-            sign_on_failures_per_minute,
-            card_misses_per_minute,
-            tls_cert,
-            tls_key,
-            snapshot_every,
-            quotas,
-            audit_stall_secs,
-            log_segment_kib,
-        } => cli::serve::serve(Config {
-            data_dir: data,
-            listen,
-            max_frame_bytes,
-            demo,
-            sign_on_failures_per_minute,
-            card_misses_per_minute,
-            tls_cert,
-            tls_key,
-            snapshot_every,
-            quotas: quotas.quotas(),
-            audit_stall_secs,
-            log_segment_kib,
-        })?,
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => cli::serve::config_check(&file)?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,
         Command::Brand {
@@ -571,8 +532,6 @@ fn backup(a: BackupArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     use super::*;
 
     fn admin(args: &[&str]) -> AdminArgs {
@@ -586,6 +545,27 @@ mod tests {
     #[test]
     fn the_argument_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command that runs something shows an example in its --help.
+    #[test]
+    fn every_command_has_an_example() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            let leaf = cmd.get_subcommands().next().is_none();
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if leaf && !help.contains("Example") {
+                missing.push(path.clone());
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cardd".into(), &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 
     #[test]

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -15,61 +14,10 @@ use std::time::{Duration, Instant};
 use cardd::client::{AnyClient, Client, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
 use cardd::pb;
+use common::cert::{self_signed, write_mode, Cert};
 use common::run::run_bounded;
 use common::{bounded, cardd_bin, inquiry, purchase, Daemon, Demo};
 use tokio::io::AsyncReadExt;
-
-/// A self-signed certificate for `names`: (certificate PEM, key PEM).
-fn self_signed(names: &[&str]) -> (String, String) {
-    let ck =
-        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("generate a certificate");
-    (ck.cert.pem(), ck.signing_key.serialize_pem())
-}
-
-/// Writes `text` to `path` with file mode `mode`.
-fn write_mode(path: &Path, text: &str, mode: u32) {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .expect("create file");
-    f.write_all(text.as_bytes()).expect("write file");
-    // The umask may have narrowed the mode: set it exactly.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
-
-/// A certificate and its key (0600) for "localhost" in `dir`.
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Cert {
-    fn new(dir: &Path, name: &str) -> Cert {
-        let (cert_pem, key_pem) = self_signed(&["localhost"]);
-        let cert = dir.join(format!("{name}.crt.pem"));
-        let key = dir.join(format!("{name}.key.pem"));
-        write_mode(&cert, &cert_pem, 0o644);
-        write_mode(&key, &key_pem, 0o600);
-        Cert { cert, key }
-    }
-
-    fn cert_str(&self) -> &str {
-        self.cert.to_str().expect("utf-8 path")
-    }
-
-    fn key_str(&self) -> &str {
-        self.key.to_str().expect("utf-8 path")
-    }
-
-    /// A client that trusts this certificate, expecting `name`.
-    fn trusting(&self, name: &str) -> TlsClient {
-        TlsClient::from_ca_file(&self.cert, name).expect("TLS client")
-    }
-}
 
 /// The demo daemon serving TLS with a fresh certificate.
 fn tls_daemon(dir: &Path) -> (Daemon, Demo, Cert) {

@@ -142,16 +142,17 @@ impl Conn {
                 }
                 _ => (sign_on_deadline, None),
             };
-            let frame = match cut {
-                Some(cut) => tokio::select! {
-                    biased;
-                    _ = cut.cancelled() => {
-                        self.cut(&phase);
-                        return Ended::Cut;
-                    }
-                    frame = self.next_frame(&mut reader, deadline) => frame,
-                },
-                None => self.next_frame(&mut reader, deadline).await,
+            let frame = tokio::select! {
+                biased;
+                _ = cancelled(cut.as_ref()) => {
+                    self.cut(&phase);
+                    return Ended::Cut;
+                }
+                _ = self.shared.stop.cancelled() => {
+                    self.stopping(&phase);
+                    break;
+                }
+                frame = self.next_frame(&mut reader, deadline) => frame,
             };
             let Some(frame) = frame else {
                 break;
@@ -288,6 +289,8 @@ impl Conn {
                 permit,
                 principal: session.principal,
                 terminal: terminal_key,
+                op: 0,
+                started: std::time::Instant::now(),
             },
         };
         // Checked in batches with other connections' requests, on the
@@ -320,10 +323,33 @@ impl Conn {
         }
     }
 
+    /// The daemon is shutting down: nothing more is read; what was read is
+    /// still answered (the caller drains the write task). The peer is told
+    /// why the connection will close, so a till reconnects and asks the
+    /// status of anything it sent after this instead of guessing. An audit
+    /// stream (an export) stops: it could outlast the grace period.
+    fn stopping(&self, phase: &Phase) {
+        tracing::debug!(peer = ?self.peer, "closing for shutdown");
+        let why = "the daemon is shutting down; requests sent after this were not read: \
+                   reconnect and retry them (same txn ids)";
+        let _ = self.out.try_send(error_msg(0, E::ServerBusy, why));
+        if let Phase::SignedOn(s) = phase {
+            s.slot.token().cancel();
+        }
+    }
+
     /// Queues one of the session's own messages. A closed write task means
     /// the peer is gone; the read loop notices on its next read.
     async fn say(&self, msg: ServerMessage) {
         let _ = self.out.send(msg).await;
+    }
+}
+
+/// Resolves when `token` is cancelled; never without a token.
+async fn cancelled(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -347,7 +373,7 @@ fn verified(
     session: &Session,
     shared: Arc<Shared>,
     out: mpsc::Sender<ServerMessage>,
-    reply: ReplyTo,
+    mut reply: ReplyTo,
     peer: SocketAddr,
 ) {
     if !ok {
@@ -361,6 +387,9 @@ fn verified(
     let routed =
         Submission::from_wire(session.principal, session.key_bytes, s.request, s.signature)
             .and_then(|sub| Ok((route(&shared, session, sub.decoded())?, sub)));
+    if let Ok((_, sub)) = &routed {
+        reply.pending.op = super::metrics::op_index(sub.decoded().op.as_ref());
+    }
     match routed {
         Err(refusal) => reply.send(Err(refusal)),
         Ok((Route::Audit(op), _)) => {
@@ -371,8 +400,14 @@ fn verified(
                 Err(refusal) => return reply.send(Err(refusal)),
             };
             let Pending {
-                request_id, permit, ..
+                request_id,
+                permit,
+                op: op_index,
+                started,
+                ..
             } = reply.pending;
+            // Its answer is a stream of frames: counted once, as it starts.
+            super::metrics::get().answered(op_index, None, started.elapsed());
             let stream = super::audit::Stream {
                 brand: session.brand_id,
                 out,

@@ -1,12 +1,16 @@
-//! The daemon: opens the data directory, recovers every brand, and serves
-//! terminals over TCP.
+//! The daemon: binds its listeners, opens the data directory, recovers
+//! every brand, serves terminals over TCP (and metrics and health over
+//! HTTP when asked) until it is told to stop, then shuts down gracefully.
 pub mod audit;
 mod chain_check;
 pub mod connection;
 pub mod guard;
+pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod reply;
 pub mod sessions;
+mod shutdown;
 mod sign_on;
 pub mod start;
 pub mod verifier;
@@ -27,6 +31,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::limits::{
     DEFAULT_MAX_FRAME_BYTES, MAX_CONNECTIONS, MAX_PENDING_SIGN_ONS, SIGN_ON_TIMEOUT_SECS,
@@ -43,6 +49,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where to listen for terminals.
     pub listen: SocketAddr,
+    /// Where to serve metrics and health over HTTP (off when None).
+    pub http_listen: Option<SocketAddr>,
     /// The frame size limit.
     pub max_frame_bytes: usize,
     /// Provision the demo brand into an empty ledger.
@@ -73,6 +81,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("cardd-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            http_listen: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             demo: false,
             sign_on_failures_per_minute: crate::limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE,
@@ -107,6 +116,9 @@ pub struct Shared {
     pub audit_stall: std::time::Duration,
     /// The pace of all audit streams together, in KiB.
     pub audit_pace: audit::Pace,
+    /// Cancelled when the daemon starts shutting down: connections stop
+    /// reading and deliver what is in flight.
+    pub stop: CancellationToken,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -119,6 +131,13 @@ impl Shared {
             .get(&brand)
             .cloned()
     }
+
+    /// Drops every brand's writer handle held here (at shutdown, once the
+    /// connections are gone: the writers then finish and end).
+    fn close_brands(&self) {
+        let brands = std::mem::take(&mut *self.brands.write().expect("brands lock"));
+        drop(brands);
+    }
 }
 
 /// A running daemon: the address it listens on.
@@ -130,11 +149,70 @@ pub struct Running {
 /// Runs the daemon until the process is stopped. `on_ready` is called with
 /// the bound address once the daemon accepts connections.
 pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), StartError> {
-    let started = std::time::Instant::now();
-    // Before the ledger: a bad certificate or key fails fast.
+    run_until(config, CancellationToken::new(), on_ready).await
+}
+
+/// Runs the daemon until `stop` is cancelled, then shuts down gracefully
+/// (`shutdown::drain`). Everything that can fail without touching the
+/// disk comes first (TLS files, both listeners), so a start that fails
+/// there leaves no data directory and no key behind. `on_ready` is called
+/// with the bound address once every brand is recovered.
+pub async fn run_until(
+    config: Config,
+    stop: CancellationToken,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), StartError> {
     let tls = tls_acceptor(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+    let listener = bind(config.listen).await?;
+    let health = Arc::new(http::Health::default());
+    let http_stop = CancellationToken::new();
+    if let Some(addr) = config.http_listen {
+        let http_listener = bind(addr).await?;
+        let addr = http_listener.local_addr().unwrap_or(addr);
+        tracing::info!(%addr, "HTTP listener: /metrics, /livez, /readyz");
+        let router = http::router(health.clone());
+        tokio::spawn(http::serve(http_listener, router, http_stop.clone()));
+    }
+    let writers = TaskTracker::new();
+    let shared = start_brands(&config, stop.clone(), &writers)?;
+    health.set_recovered();
+    let running = Running {
+        local_addr: listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?,
+    };
+    if !stop.is_cancelled() {
+        // (A signal during recovery: the daemon never serves.)
+        tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
+        on_ready(&running);
+    }
+    let connections = TaskTracker::new();
+    accept_loop(listener, shared.clone(), tls, &connections).await;
+    health.set_stopping();
+    shutdown::drain(shared, connections, writers).await;
+    http_stop.cancel();
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Opens the data directory, recovers every brand (provisioning the demo
+/// brand if asked) and starts their writers on `writers`; logs one line
+/// with what recovery found.
+fn start_brands(
+    config: &Config,
+    stop: CancellationToken,
+    writers: &TaskTracker,
+) -> Result<Arc<Shared>, StartError> {
+    let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
     let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
+    log_recovered(&ledgers, started.elapsed());
     if config.demo {
         if ledgers.is_empty() {
             ledgers.push(crate::demo::provision(
@@ -147,27 +225,25 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         }
     }
     let snapshots = crate::snapshot::dir(&config.data_dir);
-    for ledger in &mut ledgers {
-        ledger.snapshot_into(&snapshots, config.snapshot_every);
-    }
     let keys = Arc::new(KeyIndex::default());
     let audit_pace = audit::pace(config.quotas.audit_mib_per_sec);
     let sessions = Sessions::new(config.quotas);
     let mut brands = HashMap::new();
-    let mut records = 0;
-    for ledger in ledgers {
+    for mut ledger in ledgers {
+        ledger.snapshot_into(&snapshots, config.snapshot_every);
         keys.add_brand(&ledger.state);
-        records += ledger.state.seq;
-        let ledger_id = ledger.brand_id();
+        let id = ledger.brand_id();
+        metrics::get().records_of(id).set(ledger.state.seq as i64);
         let unchecked = ledger.unread_at_start();
-        let handle = BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()));
-        chain_check::spawn(store.clone(), ledger_id, unchecked, handle.clone());
-        brands.insert(ledger_id, handle);
+        let handle =
+            BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()), writers);
+        chain_check::spawn(store.clone(), id, unchecked, handle.clone());
+        brands.insert(id, handle);
     }
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         keys,
         server_public: server_key.verifying_key().to_bytes(),
-        store: store.clone(),
+        store,
         verifier: verifier::BatchVerifier::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ),
@@ -179,35 +255,31 @@ pub async fn run(config: Config, on_ready: impl FnOnce(&Running)) -> Result<(), 
         sessions,
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
         audit_pace,
+        stop,
         brands: RwLock::new(brands),
-    });
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let running = Running {
-        local_addr: listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?,
-    };
-    tracing::info!(
-        addr = %running.local_addr,
-        tls = tls.is_some(),
-        brands = shared.brands.read().expect("brands lock").len(),
-        records,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "serving"
-    );
-    on_ready(&running);
-    accept_loop(listener, shared, tls).await;
-    Ok(())
+    }))
 }
 
-/// Accepts connections for ever. Each holds one of MAX_CONNECTIONS slots
-/// for its life, and one of MAX_PENDING_SIGN_ONS until its sign-on ends;
+/// The start-up's one line on recovery (and its metric): what every brand
+/// was recovered from, in how long.
+fn log_recovered(ledgers: &[crate::ledger::BrandLedger], took: std::time::Duration) {
+    let records: u64 = ledgers.iter().map(|l| l.state.seq).sum();
+    let from_snapshots: u64 = ledgers.iter().map(|l| l.snapshot_seq()).sum();
+    metrics::get().recovery_seconds.set(took.as_secs_f64());
+    tracing::info!(
+        brands = ledgers.len(),
+        records,
+        from_snapshots,
+        replayed = records - from_snapshots,
+        recovery_ms = took.as_millis() as u64,
+        "recovered"
+    );
+}
+
+/// Accepts connections until `shared.stop` is cancelled; each connection
+/// runs on `tracker`, so that a shutdown can wait for it. Each holds one
+/// of MAX_CONNECTIONS slots for its life, and one of MAX_PENDING_SIGN_ONS
+/// until its sign-on ends;
 /// signed on, it holds a session slot under its key's and brand's quotas
 /// instead (`sessions`). The three pools add up to MAX_CONNECTIONS, so
 /// keyless clients cannot take the sessions' slots, terminals cannot take
@@ -216,11 +288,16 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    tracker: &TaskTracker,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let pending = Arc::new(Semaphore::new(MAX_PENDING_SIGN_ONS));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Running out of file descriptors must not end the daemon.
@@ -239,22 +316,27 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        let counted = metrics::OpenConnection::count();
+        tracker.spawn(async move {
+            let _counted = counted;
             let _ = stream.set_nodelay(true);
             match tls {
                 None => connection::serve(stream, peer, shared, signing_on).await,
                 // The handshake has its own deadline, so a stalled one
-                // cannot hold a connection slot.
-                Some(tls) => match tokio::time::timeout(
-                    std::time::Duration::from_secs(SIGN_ON_TIMEOUT_SECS),
-                    tls.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => connection::serve(stream, peer, shared, signing_on).await,
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                },
+                // cannot hold a connection slot, and ends at a shutdown,
+                // so it cannot hold the shutdown either.
+                Some(tls) => {
+                    let deadline = std::time::Duration::from_secs(SIGN_ON_TIMEOUT_SECS);
+                    let handshake = tokio::select! {
+                        _ = shared.stop.cancelled() => return,
+                        h = tokio::time::timeout(deadline, tls.accept(stream)) => h,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => connection::serve(stream, peer, shared, signing_on).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });

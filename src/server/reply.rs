@@ -58,6 +58,10 @@ pub(super) struct Pending {
     pub(super) permit: OwnedSemaphorePermit,
     pub(super) principal: Principal,
     pub(super) terminal: GuardKey,
+    /// The operation, for the metrics (`metrics::op_index`; 0 until decoded).
+    pub(super) op: u8,
+    /// When the request was read, for the latency histogram.
+    pub(super) started: std::time::Instant,
 }
 
 impl ReplyTo {
@@ -145,6 +149,8 @@ where
         writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await?;
     }
     for (pending, answer) in answers.drain(..) {
+        let result = answer.as_ref().err().map(|r| r.code);
+        super::metrics::get().answered(pending.op, result, pending.started.elapsed());
         let msg = answer_message(&pending, answer, shared, ip);
         let fed = writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await;
         drop(pending.permit);

@@ -193,6 +193,7 @@ fn admit(
 }
 
 fn log_refused(peer: SocketAddr, principal: Principal, brand: u32, refusal: &Refusal) {
+    super::metrics::get().sign_on_failures.inc();
     tracing::warn!(
         ?peer,
         ?principal,
@@ -203,6 +204,7 @@ fn log_refused(peer: SocketAddr, principal: Principal, brand: u32, refusal: &Ref
 }
 
 fn sign_on_failed(shared: &Shared, ip: Option<IpAddr>) {
+    super::metrics::get().sign_on_failures.inc();
     if let Some(ip) = ip {
         shared.guard.fail(GuardKey::SignOn(ip));
     }

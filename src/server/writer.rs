@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::keys::KeyIndex;
 use super::reply::{Reply, ReplyTo};
@@ -56,15 +57,18 @@ pub struct BrandHandle {
 impl BrandHandle {
     /// Starts the writer (applier and committer tasks) for `ledger`.
     pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
-        BrandHandle::spawn_revoking(ledger, keys, None)
+        BrandHandle::spawn_revoking(ledger, keys, None, &TaskTracker::new())
     }
 
     /// Like [`BrandHandle::spawn`]; once a terminal's disabling is durable,
-    /// every open session of it in `sessions` is closed.
+    /// every open session of it in `sessions` is closed. Both tasks are
+    /// spawned on `tracker`: once every handle is dropped, they make what
+    /// they hold durable, answer it and end, so a shutdown waits on it.
     pub fn spawn_revoking(
         ledger: BrandLedger,
         keys: Arc<KeyIndex>,
         sessions: Option<Arc<Sessions>>,
+        tracker: &TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::channel(COMMIT_PIPELINE_DEPTH);
@@ -74,9 +78,10 @@ impl BrandHandle {
             keys,
             sessions,
             thread: commit_thread(ledger.brand_id()),
+            records: super::metrics::get().records_of(ledger.brand_id()),
         };
-        tokio::spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
-        tokio::spawn(apply_in_order(ledger, rx, jobs_tx));
+        tracker.spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
+        tracker.spawn(apply_in_order(ledger, rx, jobs_tx));
         BrandHandle { tx }
     }
 
@@ -84,7 +89,7 @@ impl BrandHandle {
     /// writer has stopped (the daemon is going down).
     pub async fn submit(&self, sub: Submission) -> Option<Answer> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Apply(sub, Reply::Wait(tx))).ok()?;
+        self.send(Command::Apply(sub, Reply::Wait(tx))).ok()?;
         rx.await.ok()
     }
 
@@ -92,8 +97,7 @@ impl BrandHandle {
     /// Returns `to` back if the writer has stopped (the daemon is going
     /// down).
     pub fn submit_to(&self, sub: Submission, to: ReplyTo) -> Result<(), ReplyTo> {
-        self.tx
-            .send(Command::Apply(sub, Reply::Connection(to)))
+        self.send(Command::Apply(sub, Reply::Connection(to)))
             .map_err(|e| match e.0 {
                 Command::Apply(_, Reply::Connection(to)) => to,
                 _ => unreachable!("sent an Apply to a connection"),
@@ -112,8 +116,20 @@ impl BrandHandle {
         principal: Principal,
     ) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::SignOn(principal, tx)).ok()?;
+        self.send(Command::SignOn(principal, tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// Queues `cmd`, counted in the queue-depth gauge until the applier
+    /// takes it.
+    // The error hands the command back (as tokio's does), on the rare
+    // stopped-writer path only: boxing it would cost every send.
+    #[allow(clippy::result_large_err)]
+    fn send(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        // Counted before it is sent, so the applier never takes it first.
+        let depth = &super::metrics::get().queue_depth;
+        depth.inc();
+        self.tx.send(cmd).inspect_err(|_| depth.dec())
     }
 }
 
@@ -240,9 +256,24 @@ async fn apply_in_order(
         let Ok(slot) = jobs.reserve().await else {
             break; // the committer stopped: a commit failed
         };
-        if rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await == 0 {
-            return; // every handle is gone: the daemon is going down
+        let taken = rx.recv_many(&mut commands, MAX_COMMIT_BATCH).await;
+        if taken == 0 {
+            // Every handle is gone: the daemon is going down. A snapshot
+            // being written is finished first (a cut leaves the old one,
+            // and the next start replays more); then, where it pays, a
+            // final one, so that the next start replays little.
+            if let Some(store) = snapshot_store {
+                let _ = store.await;
+            }
+            if ledger.final_snapshot_due() {
+                let (_, stored) = snapshot_off_thread(ledger, None).await;
+                if let Some(store) = stored {
+                    let _ = store.await;
+                }
+            }
+            return;
         }
+        super::metrics::get().queue_depth.sub(taken as i64);
         if jobs.is_closed() {
             // A commit failed while we waited: memory is ahead of disk.
             commands.drain(..).for_each(|c| refuse(c, STORAGE_FAILED));
@@ -317,6 +348,7 @@ async fn snapshot_off_thread(
         // One write at a time (500,000 records ago it surely ended).
         let _ = previous.await;
     }
+    let started = std::time::Instant::now();
     let (ledger, encoded) = tokio::task::spawn_blocking(move || {
         let encoded = ledger.encode_snapshot();
         (ledger, encoded)
@@ -329,6 +361,8 @@ async fn snapshot_off_thread(
             if let Err(e) = BrandLedger::store_snapshot(&dir, &encoded) {
                 tracing::warn!(brand, error = %format!("{e:#}"), "snapshot not stored");
             }
+            let took = started.elapsed().as_secs_f64();
+            super::metrics::get().snapshot_seconds.observe(took);
         })),
         Ok(None) => None,
         Err(e) => {
@@ -365,6 +399,8 @@ struct Committer {
     keys: Arc<KeyIndex>,
     sessions: Option<Arc<Sessions>>,
     thread: std::sync::mpsc::Sender<CommitWork>,
+    /// The brand's record-count gauge.
+    records: prometheus::IntGauge,
 }
 
 impl Committer {
@@ -433,7 +469,13 @@ async fn commit_in_order(
     while let Some(mut job) = jobs.recv().await {
         if let Some(checkpoint) = job.checkpoint.take() {
             match committer.commit(job.written.clone(), checkpoint).await {
-                Ok(checkpoint) => last_checkpoint = checkpoint,
+                Ok(checkpoint) => {
+                    let metrics = super::metrics::get();
+                    metrics.commit_batch.observe(job.written.len() as f64);
+                    metrics.checkpoints.inc();
+                    committer.records.set(checkpoint.tree_size as i64);
+                    last_checkpoint = checkpoint;
+                }
                 Err(error) => {
                     // Memory is now ahead of disk, and the batch may or may
                     // not have reached it: acknowledge nothing of it nor of
@@ -478,6 +520,7 @@ fn stopped_refusal() -> crate::error::Refusal {
 /// A stopped brand answers every request (and sign-on) with STORAGE_FAILURE.
 async fn refuse_all(mut rx: mpsc::UnboundedReceiver<Command>, why: &str) {
     while let Some(cmd) = rx.recv().await {
+        super::metrics::get().queue_depth.dec();
         refuse(cmd, why);
     }
 }

@@ -5,6 +5,8 @@
 //! the daemon harness (the real `cardd` binary on a temporary data directory
 //! and an ephemeral loopback port), bounded calls and the request builders
 //! tests share. The submodules hold the rest:
+//! - [`cert`]: self-signed TLS certificates and key files;
+//! - [`http`]: plain HTTP/1.1 GETs and Prometheus text, for the HTTP listener;
 //! - [`raw`]: the protocol by hand (frames, hello, sign-on, signed bodies);
 //! - [`reply`]: accessors that take a reply apart or fail the test;
 //! - [`run`]: the one bounded run of a command (`cardd check`, `cardd audit`);
@@ -15,6 +17,8 @@
 //! `cardd::testing` (benches, examples and fuzz targets use it too).
 #![allow(dead_code)]
 
+pub mod cert;
+pub mod http;
 pub mod raw;
 pub mod reply;
 pub mod run;
@@ -88,6 +92,44 @@ impl Daemon {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts a daemon from a `serve` command of the caller's own making
+    /// (its environment, `--config`, no `--data`); `data` is where the test
+    /// expects its data directory.
+    pub fn start_command(cmd: std::process::Command, data: &Path) -> Daemon {
+        let (child, addr) = serve::spawn_serve_command(cmd);
+        Daemon {
+            child,
+            addr: addr.parse().expect("address"),
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
+    /// Waits up to `limit` for the daemon to exit; its status, or None if
+    /// it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// True while the process runs.

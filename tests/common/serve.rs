@@ -62,7 +62,16 @@ pub fn watch_listening(stdout: impl Read + Send + 'static) -> mpsc::Receiver<Str
 /// [`LISTENING_LINE`]; returns the process and the address it printed. A
 /// daemon that does not listen in time is killed and fails the test.
 pub fn spawn_serve(bin: impl AsRef<OsStr>, data: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = serve_command(bin, data, extra)
+    spawn_serve_command(serve_command(bin, data, extra))
+}
+
+/// Runs a `serve` command of the caller's own making (its stdout is
+/// piped here; stdin closed, stderr inherited) and waits up to
+/// [`START_TIMEOUT`] for the [`LISTENING_LINE`]; returns the process and
+/// the address. Not listening in time (or exiting) fails the test.
+pub fn spawn_serve_command(mut cmd: Command) -> (Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,144 @@
+//! The HTTP listener (`cardd serve --http-listen ADDR`, off unless set):
+//! `GET /metrics` (Prometheus text), `GET /livez` (the process answers)
+//! and `GET /readyz` (every brand recovered and not shutting down).
+//!
+//! It shares nothing with the terminal port but the process: its own
+//! accept loop, at most `HTTP_MAX_CONNECTIONS` connections, headers of at
+//! most `HTTP_MAX_HEADER_BYTES` that must arrive within
+//! `HTTP_HEADER_TIMEOUT_SECS`, and `HTTP_CONNECTION_SECS` per connection,
+//! so a slow or hostile client costs one small task at most. More pages
+//! (the owner's) mount by merging their routes into [`router`].
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::limits::{
+    HTTP_CONNECTION_SECS, HTTP_HEADER_TIMEOUT_SECS, HTTP_MAX_CONNECTIONS, HTTP_MAX_HEADER_BYTES,
+};
+
+/// What `/readyz` answers from: set by start-up and shutdown.
+#[derive(Debug, Default)]
+pub struct Health {
+    recovered: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Health {
+    /// Every brand is recovered: the daemon serves.
+    pub fn set_recovered(&self) {
+        self.recovered.store(true, Ordering::Release);
+    }
+
+    /// Shutdown began: no longer ready.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Ready: recovered and not shutting down.
+    pub fn ready(&self) -> bool {
+        self.recovered.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// The routes of the HTTP listener.
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::get().render(),
+    )
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str) {
+    if health.ready() {
+        (StatusCode::OK, "ready\n")
+    } else if health.stopping.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "recovering\n")
+    }
+}
+
+/// Serves `router` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(HTTP_MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection limit reached; closing");
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(HTTP_HEADER_TIMEOUT_SECS))
+                .max_buf_size(HTTP_MAX_HEADER_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            let life = Duration::from_secs(HTTP_CONNECTION_SECS);
+            tokio::select! {
+                _ = tokio::time::timeout(life, conn) => {}
+                _ = stop.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_between_recovery_and_shutdown() {
+        let h = Arc::new(Health::default());
+        let status = |h: &Arc<Health>| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(readyz(State(h.clone()))).0
+        };
+        assert_eq!(status(&h), StatusCode::SERVICE_UNAVAILABLE);
+        h.set_recovered();
+        assert_eq!(status(&h), StatusCode::OK);
+        h.set_stopping();
+        assert_eq!(status(&h), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
