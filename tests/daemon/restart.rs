@@ -110,8 +110,8 @@ async fn refused_soon(
     addr: std::net::SocketAddr,
     key: &ed25519_dalek::SigningKey,
     card: &str,
+    mut txn: u64,
 ) -> E {
-    let mut txn = 1_000;
     loop {
         let mut t = match Client::connect(addr, key.clone()).await {
             Ok(t) => t,
@@ -143,12 +143,12 @@ async fn a_record_changed_before_the_snapshot_stops_the_brand_after_start() {
     // start from that snapshot does not read it.
     change_record(&demo.data, 5);
     let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
-    for round in ["the first start", "a restart"] {
+    for (round, txn) in [("the first start", 1_000), ("a restart", 100_000)] {
         // The background check finds it within moments: the brand stops
         // (sign-on or the next request refused), and a restart does not
         // clear it, the check runs again.
         let d = Daemon::start(&demo.data, &every);
-        let code = bounded(refused_soon(d.addr, &key, &card)).await;
+        let code = bounded(refused_soon(d.addr, &key, &card, txn)).await;
         assert_eq!(code, E::StorageFailure, "{round}");
     }
     // And `cardd check`, which replays from the first record, fails.
