@@ -262,6 +262,7 @@ const RULES: Schema = msg(&[
     f(2, "points_per_unit", Int),
     rep(3, "tiers", Msg(&TIER_RULE)),
     f(4, "promotion_line", Str),
+    f(5, "time_zone", Str),
 ]);
 const SET_RULES: Schema = msg(&[f(1, "rules", Msg(&RULES))]);
 const SET_TERMINAL_DISABLED: Schema = msg(&[
@@ -759,6 +760,7 @@ mod tests {
                 2
             ],
             promotion_line: "promo".into(),
+            time_zone: "Asia/Shanghai".into(),
         };
         (totals, rules)
     }

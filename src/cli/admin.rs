@@ -206,6 +206,7 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
             })
             .collect(),
         promotion_line: r.promotion_line,
+        time_zone: r.time_zone,
     })
 }
 
@@ -221,6 +222,9 @@ struct RulesFile {
     tiers: Vec<TierFile>,
     #[serde(default)]
     promotion_line: String,
+    /// The brand's IANA time zone ("" = UTC): where report days start.
+    #[serde(default)]
+    time_zone: String,
 }
 
 fn one() -> i64 {

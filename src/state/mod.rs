@@ -6,8 +6,12 @@
 //! A refused request leaves the state exactly as it was: every operation
 //! validates fully before it mutates anything.
 mod apply;
+pub mod books;
+#[cfg(test)]
+mod books_tests;
 #[cfg(test)]
 mod golden;
+pub mod lots;
 mod receipt;
 mod retention;
 pub mod rules;
@@ -23,6 +27,8 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::merkle::Frontier;
 use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
+use books::Books;
+use lots::Lots;
 
 pub use apply::apply;
 pub use receipt::reply_for_record;
@@ -88,10 +94,17 @@ pub struct Card {
     pub total_spend: i64,
     /// Days with at least one purchase.
     pub visits: u32,
-    /// Day number (Unix ms / 86,400,000) of the last visit, -1 for none.
+    /// Brand day (`books::day_bounds`, in the brand's time zone; UTC days
+    /// before a zone was set) of the last visit, -1 for none.
     pub last_visit_day: i64,
     /// Active, blocked or replaced.
     pub status: CardStatus,
+    /// Brand day of the last record that moved value on the card or issued
+    /// it: liability aging and dormant members read it.
+    pub last_active_day: i32,
+    /// The card's value by store of issue, in spend order (`lots.rs`);
+    /// its totals are always `paid` and `bonus`.
+    pub lots: Lots,
 }
 
 impl Card {
@@ -173,6 +186,8 @@ pub struct Effect {
     pub original_seq: u64,
     /// Set once a reversal undid it.
     pub reversed: bool,
+    /// The lots it moved value from (purchase) or to (load, refund).
+    pub lots: Lots,
     /// Its server time: refunds and reversals are accepted within
     /// `REFUND_WINDOW_MS` of it.
     pub time_ms: i64,
@@ -269,6 +284,8 @@ pub struct BrandState {
     /// Refundable and reversible records: those within `REFUND_WINDOW_MS`
     /// and the newest `MAX_REFUNDABLE_RECORDS`.
     pub effects: Effects,
+    /// The owner's books: per-day tallies, settlement, liability.
+    pub books: Books,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -382,6 +399,7 @@ impl BrandState {
             txns: FastMap::default(),
             txn_windows: FastMap::default(),
             effects: Effects::default(),
+            books: Books::default(),
         }
     }
 

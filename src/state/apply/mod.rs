@@ -22,6 +22,8 @@ use owner::{
 };
 use reversal::reversal;
 
+use super::books::Place;
+use super::lots::{refund_share, Lots};
 use super::retention::{expired, forget_expired_effects, missing_original, remember_txn};
 use super::retention::{ORIGINAL_EXPIRED, TXN_TOO_OLD};
 use super::rules;
@@ -32,8 +34,6 @@ use crate::error::{refuse, Refusal};
 use crate::limits::*;
 use crate::pb::request::Op;
 use crate::pb::{ErrorCode as E, Record, Request, TxnState};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Applies `req` (whose exact signed bytes and signer are in `ctx`) to
 /// `state`. Returns what happened, or a refusal that changed nothing.
@@ -312,6 +312,7 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
         }
     }
     forget_expired_effects(state, ctx.time_ms);
+    state.books.advance(&state.rules.time_zone, rec.time_ms);
     Outcome::Written(Written {
         record: rec,
         bytes,
@@ -366,6 +367,23 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
         original_seq: rec.original_seq,
         reversed: false,
         time_ms: rec.time_ms,
+        lots: Lots::Empty,
+    }
+}
+
+/// The brand day of a request at `time_ms` (no change to the state).
+fn day_of(state: &BrandState, time_ms: i64) -> i32 {
+    state.books.day_of(&state.rules.time_zone, time_ms)
+}
+
+/// Where the books tally `rec` (interning its operator: call only once
+/// the record will be written).
+fn place(state: &mut BrandState, rec: &Record) -> Place {
+    Place {
+        day: day_of(state, rec.time_ms),
+        store: rec.store_id,
+        terminal: rec.terminal_id,
+        operator: state.books.operator_id(&rec.operator),
     }
 }
 

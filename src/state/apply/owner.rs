@@ -126,7 +126,8 @@ pub(super) fn issue_card(
     if state.cards.len() >= MAX_CARDS_PER_BRAND {
         return refuse(E::LimitExceeded, "too many cards");
     }
-    let card = Card::new();
+    let mut card = Card::new();
+    card.last_active_day = day_of(state, ctx.time_ms);
     let mut rec = base_record(state, ctx, req, RecordKind::CardIssued);
     fill_card(state, &mut rec, number, &card);
     state.cards.insert(number, card);
@@ -192,6 +193,7 @@ pub(super) fn replace_card(
         bonus: 0,
         points: 0,
         status: CardStatus::Replaced,
+        lots: Lots::Empty,
         ..old.clone()
     };
     let mut rec = base_record(state, ctx, req, RecordKind::CardReplaced);
@@ -217,6 +219,10 @@ pub(super) fn set_rules(
     };
     rules::validate(new_rules)?;
     let rec = base_record(state, ctx, req, RecordKind::RulesSet);
+    if new_rules.time_zone != state.rules.time_zone {
+        // Days are cut in the new zone from this record on.
+        state.books.reset_day();
+    }
     state.rules = new_rules.clone();
     Ok(append(state, ctx, rec))
 }
