@@ -195,3 +195,9 @@ const _: () = assert!(
     (MAX_CARDS_PER_BRAND as i64) < i64::MAX / MAX_BALANCE_MINOR,
     "liability sums fit i64"
 );
+/// Rows of one report section that lists cards (dormant, cards): the
+/// largest first or the next page; a summary row counts them all.
+pub const MAX_REPORT_ROWS: usize = 500;
+/// Encoded size of a report reply, below the frame limit with room for the
+/// reply's other fields: rows past it are cut (the reply says so).
+pub const MAX_REPORT_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 4 * 1024;

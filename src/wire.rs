@@ -270,6 +270,17 @@ const SET_TERMINAL_DISABLED: Schema = msg(&[
     f(2, "disabled", Bool),
     f(3, "reason", Str),
 ]);
+const GET_REPORT: Schema = msg(&[
+    f(1, "kind", Str),
+    f(2, "from", Str),
+    f(3, "to", Str),
+    f(4, "store_id", U32),
+    f(5, "by", Str),
+    f(6, "idle_days", U32),
+    f(7, "date", Str),
+    f(8, "cursor", Int),
+    f(9, "status", U32),
+]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[
     f(1, "name", Str),
@@ -304,10 +315,11 @@ const REQUEST: Schema = Schema {
         f(36, "export_ledger", Msg(&NO_FIELDS)),
         f(37, "consistency_proof", Msg(&CONSISTENCY_PROOF)),
         f(38, "set_terminal_disabled", Msg(&SET_TERMINAL_DISABLED)),
+        f(45, "report", Msg(&GET_REPORT)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 50,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 50,
     ],
 };
 
@@ -520,6 +532,7 @@ mod tests {
         ("ExportLedger", &NO_FIELDS),
         ("GetConsistencyProof", &CONSISTENCY_PROOF),
         ("CreateBrand", &CREATE_BRAND),
+        ("GetReport", &GET_REPORT),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.
@@ -550,7 +563,8 @@ mod tests {
             let words: Vec<&str> = left.split_whitespace().collect();
             let (repeated, ty, name) = match words.as_slice() {
                 ["repeated", ty, name] => (true, *ty, *name),
-                [ty, name] => (false, *ty, *name),
+                // Explicit presence changes nothing on the wire.
+                ["optional", ty, name] | [ty, name] => (false, *ty, *name),
                 other => panic!("{message}: cannot read field {other:?}"),
             };
             let class = match ty {

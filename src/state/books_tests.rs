@@ -205,3 +205,151 @@ fn a_refused_load_from_a_seventeenth_store_changes_nothing() {
         pb::ErrorCode::LimitExceeded
     );
 }
+
+fn ask(s: &mut Script, r: pb::GetReport) -> Result<pb::Report, pb::ErrorCode> {
+    match s.request(Principal::Owner, 0, "", Op::Report(r)) {
+        Ok(super::Outcome::Answer(reply)) => Ok(reply.report.expect("a report")),
+        Ok(other) => panic!("a report answered {other:?}"),
+        Err(refusal) => Err(refusal.code),
+    }
+}
+
+fn rows(section: &pb::ReportSection) -> Vec<Vec<String>> {
+    use pb::report_cell::Value as Cell;
+    let cell = |c: &pb::ReportCell| match &c.value {
+        Some(Cell::Int(i)) => i.to_string(),
+        Some(Cell::Text(t)) => t.clone(),
+        None => String::new(),
+    };
+    section
+        .rows
+        .iter()
+        .map(|r| r.cells.iter().map(cell).collect())
+        .collect()
+}
+
+fn strs(rows: &[&[&str]]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| r.iter().map(|c| c.to_string()).collect())
+        .collect()
+}
+
+#[test]
+fn the_reports_answer_the_hand_figures() {
+    let (mut s, _) = scripted();
+    let today = super::books::day_text(s.state.books.today.day);
+    let settle = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "settlement".into(),
+            from: today.clone(),
+            to: today.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&settle.sections[0]),
+        strs(&[
+            &["0", "3", "1000", "0", "1000"],
+            &["1", "2", "2500", "0", "2500"],
+            &["1", "3", "6000", "0", "6000"],
+        ])
+    );
+    assert_eq!(
+        rows(&settle.sections[1]),
+        strs(&[
+            &["0", "-1000", "0", "-1000"],
+            &["1", "-8500", "0", "-8500"],
+            &["2", "2500", "0", "2500"],
+            &["3", "7000", "0", "7000"],
+        ])
+    );
+    let liability = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "liability".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&liability.sections[0]),
+        strs(&[
+            &["0", "1000", "0", "1000", "1", "1000"],
+            &["1", "1500", "1000", "2500", "1", "2500"],
+        ])
+    );
+    assert_eq!(
+        rows(&liability.sections[1])[0],
+        strs(&[&["0-30", "1", "2500", "1000", "3500"]])[0]
+    );
+    let sales = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "sales".into(),
+            store_id: Some(C),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // store C: 2 purchases of 7,500, one reversed (500): net 7,000.
+    let c = &rows(&sales.sections[0])[0];
+    assert_eq!(
+        (c[0].as_str(), c[1].as_str(), c[2].as_str(), c[11].as_str()),
+        ("3", "2", "7500", "7000")
+    );
+}
+
+#[test]
+fn bad_report_requests_are_refused_and_change_nothing() {
+    let (mut s, _) = scripted();
+    let before = s.state.clone();
+    let asks = [
+        pb::GetReport {
+            kind: "profits".into(),
+            ..Default::default()
+        },
+        pb::GetReport {
+            kind: "sales".into(),
+            from: "2026-02-02".into(),
+            to: "2026-02-01".into(),
+            ..Default::default()
+        },
+        pb::GetReport {
+            kind: "sales".into(),
+            from: "2020-01-01".into(),
+            ..Default::default()
+        },
+        pb::GetReport {
+            kind: "settlement".into(),
+            ..Default::default()
+        },
+        pb::GetReport {
+            kind: "sales".into(),
+            by: "week".into(),
+            ..Default::default()
+        },
+    ];
+    for a in asks {
+        assert_eq!(ask(&mut s, a), Err(pb::ErrorCode::InvalidArgument));
+    }
+    let unknown_store = pb::GetReport {
+        kind: "sales".into(),
+        store_id: Some(99),
+        ..Default::default()
+    };
+    assert_eq!(
+        ask(&mut s, unknown_store),
+        Err(pb::ErrorCode::StoreNotFound)
+    );
+    let till = Op::Report(pb::GetReport {
+        kind: "sales".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 0, till),
+        pb::ErrorCode::WrongRole
+    );
+    assert_eq!(s.state, before);
+}

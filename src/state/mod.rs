@@ -13,6 +13,7 @@ mod books_tests;
 mod golden;
 pub mod lots;
 mod receipt;
+pub mod reports;
 mod retention;
 pub mod rules;
 

@@ -94,7 +94,8 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
-        | Op::ConsistencyProof(_) => {
+        | Op::ConsistencyProof(_)
+        | Op::Report(_) => {
             unreachable!("handled above")
         }
     }
@@ -106,6 +107,7 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
     match op {
         Op::Inquiry(q) => Some(inquiry(state, ctx, q)),
         Op::TxnStatus(s) => Some(Ok(txn_status(state, ctx, s.txn_id))),
+        Op::Report(r) => Some(report(state, ctx, r)),
         // Audit reads are served from durable storage by the server, never
         // through the state machine.
         Op::ExportLedger(_) | Op::ConsistencyProof(_) => Some(refuse(
@@ -123,6 +125,17 @@ fn inquiry(state: &BrandState, ctx: &Context, q: &pb::Inquiry) -> Result<Outcome
     Ok(Outcome::Answer(pb::Reply {
         card: Some(view),
         promotion_line: state.rules.promotion_line.clone(),
+        ..Default::default()
+    }))
+}
+
+/// An owner's report from the books (`reports.rs`); nothing is written.
+fn report(state: &BrandState, ctx: &Context, r: &pb::GetReport) -> Result<Outcome, Refusal> {
+    require_owner(ctx)?;
+    let today = day_of(state, ctx.time_ms);
+    let report = super::reports::report(state, r, today)?;
+    Ok(Outcome::Answer(pb::Reply {
+        report: Some(report),
         ..Default::default()
     }))
 }
