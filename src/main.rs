@@ -384,6 +384,19 @@ enum AdminOp {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Read a report from the books: a table, --json or --csv
+    /// (docs/reports.md).
+    Report(cli::report::ReportArgs),
+    /// List stores, terminals or cards.
+    List {
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+        #[command(subcommand)]
+        kind: cli::list::ListKind,
+    },
+    /// Print the rules in force as a file `set-rules` accepts.
+    Rules,
 }
 
 /// What an owner's load says besides its amount: where it was sold, for

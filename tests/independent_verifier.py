@@ -315,7 +315,8 @@ BONUS_TIER = Schema("BonusTier", {1: ("min_load_minor", I64T), 2: ("fixed_bonus_
 TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T), 3: ("min_visits", U32),
                                 4: ("multiplier_milli", U32)})
 RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
-                         3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING)})
+                         3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING),
+                         5: ("time_zone", STRING)})
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
     11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)})),
@@ -338,6 +339,9 @@ OPS = {
     37: ("consistency_proof", Schema("GetConsistencyProof", {1: ("old_size", U64), 2: ("new_size", U64)})),
     38: ("set_terminal_disabled", Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL),
                                                                  3: ("reason", STRING)})),
+    45: ("report", Schema("GetReport", {1: ("kind", STRING), 2: ("from", STRING), 3: ("to", STRING),
+                                        4: ("store_id", U32), 5: ("by", STRING), 6: ("idle_days", U32),
+                                        7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32)})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
 }

@@ -52,11 +52,20 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if let AdminOp::IssueCards { .. } = &args.op {
         return super::issue_cards::run(&mut client, &args, txn).await;
     }
-    let op = build_op(args.op, &client.session)?;
+    // Reads (reports, listings, rules) write nothing and print themselves.
+    let (op, json) = (args.op, args.json);
+    let (op, read) = owner_read(op, json);
+    if let Some((req, format)) = read {
+        return match req {
+            Some(req) => super::report::run(&mut client, req, format).await,
+            None => super::list::print_rules(&mut client, format).await,
+        };
+    }
+    let op = build_op(op.expect("not a read"), &client.session)?;
     let req = client.request(txn, op);
     match client.call(&req).await {
         Ok(reply) => {
-            if args.json {
+            if json {
                 println!("{}", reply_json(&reply));
             } else {
                 // The owner's console shows the full number (receipts mask it).
@@ -68,7 +77,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(ClientError::Refused(r)) => {
-            if args.json {
+            if json {
                 println!("{}", error_json(r.code as i32, &r.message));
             } else {
                 eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
@@ -131,6 +140,9 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
             Op::TopUp(owner_load(card, &amount, &sale, session)?)
         }
         AdminOp::IssueCards { .. } => unreachable!("a run of many requests, see issue_cards"),
+        AdminOp::Report(_) | AdminOp::List { .. } | AdminOp::Rules => {
+            unreachable!("reads, see owner_read")
+        }
     })
 }
 
@@ -176,6 +188,36 @@ fn terminal_public_key(
             Ok(k.verifying_key().to_bytes().to_vec())
         }
         _ => bail!("give --public-key HEX or --key-out FILE"),
+    }
+}
+
+/// A report, listing or rules request: `(None, Some((request, format)))`
+/// (request `None` for the rules); any other operation comes back as it was.
+#[allow(clippy::type_complexity)]
+fn owner_read(
+    op: AdminOp,
+    json: bool,
+) -> (
+    Option<AdminOp>,
+    Option<(Option<cardd::pb::GetReport>, super::report::Format)>,
+) {
+    use super::report::Format;
+    let format = |csv: bool| match (json, csv) {
+        (true, _) => Format::Json,
+        (_, true) => Format::Csv,
+        _ => Format::Table,
+    };
+    match op {
+        AdminOp::Report(r) => {
+            let f = format(r.csv);
+            (None, Some((Some(super::report::request_for(r.kind)), f)))
+        }
+        AdminOp::List { csv, kind } => (
+            None,
+            Some((Some(super::list::request_for(kind)), format(csv))),
+        ),
+        AdminOp::Rules => (None, Some((None, format(false)))),
+        other => (Some(other), None),
     }
 }
 

@@ -172,6 +172,9 @@ fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
     ]
 }
 
+/// The cells of a sales row's key (day, store, cashier or terminal).
+type KeyCells = fn(&BrandState, (i64, u32)) -> Vec<pb::ReportCell>;
+
 /// Sales by day, store, cashier or terminal over a range.
 fn sales(
     state: &BrandState,
@@ -204,19 +207,18 @@ fn sales(
             }
         }
     }
-    let (keys, key_cells): (&[&str], fn(&BrandState, (i64, u32)) -> Vec<pb::ReportCell>) =
-        match r.by.as_str() {
-            "" | "store" => (&["store_id"], |_, k| vec![int(k.0)]),
-            "day" => (&["day"], |_, k| vec![text(day_text(k.0 as i32))]),
-            "terminal" => (&["terminal_id", "store_id"], |_, k| {
-                vec![int(k.0), int(k.1)]
-            }),
-            "cashier" => (&["store_id", "operator"], |s, k| {
-                let name = s.books.operators.get(k.1 as usize).cloned();
-                vec![int(k.0), text(name.unwrap_or_default())]
-            }),
-            other => return bad(format!("--by {other:?}: day, store, cashier or terminal")),
-        };
+    let (keys, key_cells): (&[&str], KeyCells) = match r.by.as_str() {
+        "" | "store" => (&["store_id"], |_, k| vec![int(k.0)]),
+        "day" => (&["day"], |_, k| vec![text(day_text(k.0 as i32))]),
+        "terminal" => (&["terminal_id", "store_id"], |_, k| {
+            vec![int(k.0), int(k.1)]
+        }),
+        "cashier" => (&["store_id", "operator"], |s, k| {
+            let name = s.books.operators.get(k.1 as usize).cloned();
+            vec![int(k.0), text(name.unwrap_or_default())]
+        }),
+        other => return bad(format!("--by {other:?}: day, store, cashier or terminal")),
+    };
     let columns: Vec<&str> = keys.iter().chain(TALLY_COLUMNS.iter()).copied().collect();
     let rows = groups
         .into_iter()
