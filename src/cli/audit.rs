@@ -193,6 +193,40 @@ pub fn print_report(r: &VerifyReport, json: bool) {
     println!("reversals (net)    {}", amt(t.reversed_net_minor));
     println!("outstanding paid   {}", amt(t.outstanding_paid_minor));
     println!("outstanding bonus  {}", amt(t.outstanding_bonus_minor));
+    print_books(r);
+}
+
+/// Liability by store of issue and settlement between stores, as the
+/// daemon's `admin report liability` and `settlement` print them.
+fn print_books(r: &VerifyReport) {
+    let amt = |v: i64| cardd::render::format_amount(v, r.currency_exponent);
+    println!("liability by store of issue");
+    println!("{:>8} {:>14} {:>14}", "store", "paid", "bonus");
+    for l in &r.liability {
+        println!(
+            "{:>8} {:>14} {:>14}",
+            l.store_id,
+            amt(l.paid_minor),
+            amt(l.bonus_minor)
+        );
+    }
+    println!(
+        "settlement {} to {} (from_store owes to_store)",
+        r.books_from, r.books_to
+    );
+    println!(
+        "{:>10} {:>10} {:>14} {:>14}",
+        "from_store", "to_store", "paid", "bonus"
+    );
+    for o in &r.settlement {
+        println!(
+            "{:>10} {:>10} {:>14} {:>14}",
+            o.from_store,
+            o.to_store,
+            amt(o.paid_minor),
+            amt(o.bonus_minor)
+        );
+    }
 }
 
 /// Compares a verified report with what a live daemon reports for every

@@ -357,36 +357,10 @@ fn settlement(
         return bad("settlement needs --from and --to");
     }
     let (from, to) = range(r, today)?;
-    let mut pairs: BTreeMap<(u32, u32), Value> = BTreeMap::new();
-    for (_, book) in state.books.days.range(from..=to) {
-        for ((issuer, redeemer), v) in &book.settlement {
-            // One entry per unordered pair, signed: positive = lo owes hi.
-            let (key, sign) = if issuer < redeemer {
-                ((*issuer, *redeemer), 1)
-            } else {
-                ((*redeemer, *issuer), -1)
-            };
-            let e = pairs.entry(key).or_default();
-            e.paid += sign * v.paid;
-            e.bonus += sign * v.bonus;
-        }
-    }
     let mut net: BTreeMap<u32, Value> = BTreeMap::new();
     let mut rows = Vec::new();
-    for ((lo, hi), v) in pairs {
-        let (debtor, creditor, v) = if v.paid + v.bonus >= 0 {
-            (lo, hi, v)
-        } else {
-            (
-                hi,
-                lo,
-                Value {
-                    paid: -v.paid,
-                    bonus: -v.bonus,
-                },
-            )
-        };
-        if v == Value::default() || !(store_ok(r, debtor) || store_ok(r, creditor)) {
+    for (debtor, creditor, v) in settlement_pairs(state, from, to) {
+        if !(store_ok(r, debtor) || store_ok(r, creditor)) {
             continue;
         }
         for (store, sign) in [(debtor, -1), (creditor, 1)] {
@@ -418,6 +392,41 @@ fn settlement(
         section("settlement", &columns, rows),
         section("net", &net_columns, net_rows),
     ])
+}
+
+/// Who owes whom over the days `from..=to`, netted per pair of stores:
+/// (debtor, creditor, value), one per pair with a non-zero net, in store
+/// order. The daemon's report and the auditor's verify both use it.
+pub fn settlement_pairs(state: &BrandState, from: i32, to: i32) -> Vec<(u32, u32, Value)> {
+    let mut pairs: BTreeMap<(u32, u32), Value> = BTreeMap::new();
+    for (_, book) in state.books.days.range(from..=to) {
+        for ((issuer, redeemer), v) in &book.settlement {
+            // One entry per unordered pair, signed: positive = lo owes hi.
+            let (key, sign) = if issuer < redeemer {
+                ((*issuer, *redeemer), 1)
+            } else {
+                ((*redeemer, *issuer), -1)
+            };
+            let e = pairs.entry(key).or_default();
+            e.paid += sign * v.paid;
+            e.bonus += sign * v.bonus;
+        }
+    }
+    pairs
+        .into_iter()
+        .filter(|(_, v)| *v != Value::default())
+        .map(|((lo, hi), v)| {
+            if v.paid + v.bonus >= 0 {
+                (lo, hi, v)
+            } else {
+                let v = Value {
+                    paid: -v.paid,
+                    bonus: -v.bonus,
+                };
+                (hi, lo, v)
+            }
+        })
+        .collect()
 }
 
 /// The day a card was last seen: its last visit, or (never visited) its
