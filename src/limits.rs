@@ -201,3 +201,9 @@ pub const MAX_REPORT_ROWS: usize = 500;
 /// Encoded size of a report reply, below the frame limit with room for the
 /// reply's other fields: rows past it are cut (the reply says so).
 pub const MAX_REPORT_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 4 * 1024;
+/// Records one activity page examines (read from storage in sequence
+/// order): the bound on a page's cost, whatever the ledger's length.
+pub const MAX_ACTIVITY_SCAN: usize = 100_000;
+/// Rows of one activity page (each ~150 bytes: a page fits one frame).
+pub const MAX_ACTIVITY_ROWS: usize = 300;
+const _: () = assert!(MAX_ACTIVITY_ROWS * 150 < MAX_REPORT_BYTES);

@@ -280,6 +280,8 @@ const GET_REPORT: Schema = msg(&[
     f(7, "date", Str),
     f(8, "cursor", Int),
     f(9, "status", U32),
+    f(10, "card", Str),
+    f(11, "end_seq", Int),
 ]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[

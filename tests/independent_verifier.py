@@ -341,7 +341,8 @@ OPS = {
                                                                  3: ("reason", STRING)})),
     45: ("report", Schema("GetReport", {1: ("kind", STRING), 2: ("from", STRING), 3: ("to", STRING),
                                         4: ("store_id", U32), 5: ("by", STRING), 6: ("idle_days", U32),
-                                        7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32)})),
+                                        7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32),
+                                        10: ("card", STRING), 11: ("end_seq", U64)})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
 }

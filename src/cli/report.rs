@@ -25,6 +25,25 @@ pub struct ReportArgs {
 /// The reports (docs/reports.md). Dates are the brand's days, YYYY-MM-DD.
 #[derive(Subcommand)]
 pub enum ReportKind {
+    /// The records of one card or one store: kind, amount, store,
+    /// terminal, operator, time, balance after; a page at a time.
+    Activity {
+        /// The card.
+        #[arg(long, required_unless_present = "store", conflicts_with = "store")]
+        card: Option<String>,
+        /// The store (0 = head office).
+        #[arg(long)]
+        store: Option<u32>,
+        /// First day (default: the whole chain).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day.
+        #[arg(long)]
+        to: Option<String>,
+        /// Go on from this sequence number (the `more:` line of a page).
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+    },
     /// Purchases, loads (paid and bonus), refunds, reversals, average
     /// ticket, active cards and visits per active card.
     Sales {
@@ -86,6 +105,16 @@ pub enum ReportKind {
 pub fn request_for(kind: ReportKind) -> pb::GetReport {
     let mut r = pb::GetReport::default();
     match kind {
+        ReportKind::Activity {
+            card,
+            store,
+            from,
+            to,
+            cursor,
+        } => {
+            (r.kind, r.card, r.store_id) = ("activity".into(), card.unwrap_or_default(), store);
+            (r.from, r.to, r.cursor) = (from.unwrap_or_default(), to.unwrap_or_default(), cursor);
+        }
         ReportKind::Sales {
             from,
             to,
@@ -129,18 +158,54 @@ pub enum Format {
     Csv,
 }
 
+/// One report request and its answer.
+async fn ask(client: &mut AnyClient, req: pb::GetReport) -> Result<pb::Report, ClientError> {
+    let request = client.request(0, Op::Report(req));
+    let reply = client.call(&request).await?;
+    Ok(reply.report.unwrap_or_default())
+}
+
+/// The activity page request for the range the daemon answered.
+fn scan_request(range: &pb::Report, req: &pb::GetReport) -> anyhow::Result<pb::GetReport> {
+    let cells = range
+        .sections
+        .first()
+        .and_then(|s| s.rows.first())
+        .map(|r| r.cells.clone())
+        .unwrap_or_default();
+    let (Some(Cell::Int(from)), Some(Cell::Int(end)), Some(Cell::Text(card))) = (
+        cells.first().and_then(|c| c.value.clone()),
+        cells.get(1).and_then(|c| c.value.clone()),
+        cells.get(2).and_then(|c| c.value.clone()),
+    ) else {
+        bail!("the daemon answered the activity range in another form");
+    };
+    Ok(pb::GetReport {
+        kind: "activity-scan".into(),
+        cursor: u64::try_from(from)?,
+        end_seq: u64::try_from(end)?,
+        card,
+        store_id: req.store_id,
+        ..Default::default()
+    })
+}
+
 /// Asks the daemon for `req` and prints the answer; a refusal exits 2.
 pub async fn run(
     client: &mut AnyClient,
     req: pb::GetReport,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let request = client.request(0, Op::Report(req));
-    match client.call(&request).await {
-        Ok(reply) => {
-            let Some(report) = reply.report else {
-                bail!("the daemon answered without a report");
-            };
+    let activity = req.kind == "activity";
+    let mut answer = ask(client, req.clone()).await;
+    if activity {
+        // The daemon named the range of records; now read a page of it.
+        if let Ok(range) = &answer {
+            answer = ask(client, scan_request(range, &req)?).await;
+        }
+    }
+    match answer {
+        Ok(report) => {
             let exponent = client.session.currency_exponent;
             match format {
                 Format::Table => print!("{}", table(&report, exponent)),

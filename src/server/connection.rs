@@ -415,6 +415,16 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                 Ok(Route::Audit(op.clone()))
             }
         }
+        // An activity page reads records from storage, like an export.
+        Some(op @ Op::Report(r)) if r.kind == "activity-scan" => {
+            if session.principal != Principal::Owner {
+                Err(Refusal::new(E::WrongRole, "reports need the owner key"))
+            } else if req.brand_id != session.brand_id {
+                Err(Refusal::new(E::WrongBrand, "request names another brand"))
+            } else {
+                Ok(Route::Audit(op.clone()))
+            }
+        }
         // One key speaks for one brand: the enrolment reserves its key for
         // this brand first (the brand's own state machine then answers
         // retries and same-brand duplicates).

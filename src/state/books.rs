@@ -23,6 +23,9 @@ use super::FastMap;
 use crate::limits::{MAX_BOOK_DAYS, MAX_OPERATORS_PER_BRAND};
 
 const DAY_MS: i64 = 86_400_000;
+/// Days from 1970 beyond which every instant shares one day (jiff's own
+/// calendar ends before it, at the year 9999).
+const MAX_DAY_NUMBER: i64 = 1 << 24;
 
 /// Counts and sums of one day at one store, terminal or operator.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +126,9 @@ pub struct DayBook {
     pub settlement: BTreeMap<(u32, u32), Value>,
     /// By store of issue: the change of its outstanding value that day.
     pub liability_change: BTreeMap<u32, Value>,
+    /// The sequence number of the day's first record: where the activity
+    /// report starts reading the day.
+    pub first_seq: u64,
 }
 
 /// Where one record is tallied.
@@ -175,13 +181,17 @@ impl Books {
         day_bounds(zone, time_ms).day
     }
 
-    /// Moves the cache to the day of the record just written, and forgets
-    /// the days past `MAX_BOOK_DAYS`.
-    pub fn advance(&mut self, zone: &str, time_ms: i64) {
+    /// Moves the cache to the day of the record `seq` just written, and
+    /// forgets the days past `MAX_BOOK_DAYS`.
+    pub fn advance(&mut self, zone: &str, time_ms: i64, seq: u64) {
         if (self.today.start_ms..self.today.end_ms).contains(&time_ms) {
             return;
         }
         self.today = day_bounds(zone, time_ms);
+        let book = self.days.entry(self.today.day).or_default();
+        if book.first_seq == 0 {
+            book.first_seq = seq;
+        }
         let oldest = self.today.day.saturating_sub(MAX_BOOK_DAYS);
         while self
             .days
@@ -252,11 +262,15 @@ impl Books {
 /// The brand day containing `time_ms` in the zone named `zone`.
 pub fn day_bounds(zone: &str, time_ms: i64) -> DayCache {
     let utc = || {
-        let day = time_ms.div_euclid(DAY_MS);
+        // Clamped (a time beyond any calendar, seen only in fuzzing, gets
+        // the last day), so that day arithmetic in reports cannot overflow.
+        let day = time_ms
+            .div_euclid(DAY_MS)
+            .clamp(-MAX_DAY_NUMBER, MAX_DAY_NUMBER);
         DayCache {
-            start_ms: day * DAY_MS,
-            end_ms: (day + 1) * DAY_MS,
-            day: i32::try_from(day).unwrap_or(i32::MAX),
+            start_ms: day.saturating_mul(DAY_MS),
+            end_ms: (day + 1).saturating_mul(DAY_MS),
+            day: i32::try_from(day).expect("clamped"),
         }
     };
     let Ok(tz) = zone_named(zone) else {
@@ -338,7 +352,7 @@ mod tests {
     fn the_cache_answers_inside_the_day_only() {
         let mut b = Books::default();
         let t = 1_796_490_000_000;
-        b.advance("Asia/Shanghai", t);
+        b.advance("Asia/Shanghai", t, 1);
         assert_eq!(b.day_of("Asia/Shanghai", t + 1), b.today.day);
         assert_eq!(b.day_of("Asia/Shanghai", b.today.end_ms), b.today.day + 1);
     }

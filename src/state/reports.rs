@@ -48,12 +48,13 @@ pub fn report(state: &BrandState, r: &pb::GetReport, today: i32) -> Result<pb::R
             out.rules = Some(state.rules.clone());
             vec![]
         }
+        "activity" => vec![activity_range(state, r, today)?],
         other => {
             return refuse(
                 E::InvalidArgument,
                 format!(
-                    "unknown report {other:?}: sales, liability, settlement, dormant, rfm, \
-                     daily, stores, terminals, cards or rules"
+                    "unknown report {other:?}: activity, sales, liability, settlement, \
+                     dormant, rfm, daily, stores, terminals, cards or rules"
                 ),
             )
         }
@@ -284,7 +285,7 @@ fn liability(
         for lot in c.lots.as_slice() {
             *cards.entry(lot.store).or_default() += 1;
         }
-        let bucket = match today - c.last_active_day {
+        let bucket = match today.saturating_sub(c.last_active_day) {
             ..=30 => 0,
             31..=90 => 1,
             91..=365 => 2,
@@ -427,6 +428,54 @@ pub fn settlement_pairs(state: &BrandState, from: i32, to: i32) -> Vec<(u32, u32
             }
         })
         .collect()
+}
+
+/// The first step of the activity report: the card or store checked, and
+/// the days asked for turned into sequence numbers (`from_seq`, `end_seq`;
+/// 0 = the chain's end) from the books' first record of each day. The
+/// records themselves are read from storage (`audit::activity`).
+fn activity_range(
+    state: &BrandState,
+    r: &pb::GetReport,
+    today: i32,
+) -> Result<pb::ReportSection, Refusal> {
+    let card = match (r.card.as_str(), r.store_id) {
+        ("", None) => return bad("activity needs --card or --store"),
+        ("", Some(_)) => String::new(),
+        (c, _) => {
+            let number = crate::card_number::parse_number(c)
+                .filter(|(brand, n)| *brand == state.brand_id && state.cards.contains_key(n));
+            match number {
+                Some((_, n)) => format_card(n),
+                None => return refuse(E::CardNotFound, "card not found"),
+            }
+        }
+    };
+    let (from_seq, end_seq) = if r.from.is_empty() && r.to.is_empty() {
+        (1, 0)
+    } else {
+        let (from, to) = range(r, today)?;
+        let first = |d: i32| {
+            state
+                .books
+                .days
+                .range(d..)
+                .map(|(_, b)| b.first_seq)
+                .find(|s| *s != 0)
+        };
+        (
+            first(from).unwrap_or(state.seq + 1),
+            first(to.saturating_add(1)).unwrap_or(0),
+        )
+    };
+    let from_seq = from_seq.max(r.cursor);
+    let seq = |s: u64| int(i64::try_from(s).unwrap_or(i64::MAX));
+    let row = vec![seq(from_seq), seq(end_seq), text(card)];
+    Ok(section(
+        "range",
+        &["from_seq", "end_seq", "card"],
+        vec![row],
+    ))
 }
 
 /// The day a card was last seen: its last visit, or (never visited) its

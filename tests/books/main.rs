@@ -374,3 +374,76 @@ async fn the_auditors_replay_prints_the_live_liability_and_settlement() {
         .collect();
     assert_eq!(report["liability"], Value::Array(stores));
 }
+
+#[tokio::test]
+async fn activity_lists_a_cards_records_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let y = script(&d, &demo).await;
+    let key = demo.owner_key_path();
+    let day = today();
+    let a = admin_json(
+        d.addr,
+        &key,
+        &[
+            "--json", "report", "activity", "--card", &y, "--from", &day, "--to", &day,
+        ],
+    );
+    let kinds: Vec<(&str, i64, i64)> = a["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["store_id"].as_i64().unwrap(),
+                r["amount_minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Y's own records: the replacement that moved 18,000 onto it, the
+    // purchase at C and its reversal.
+    assert_eq!(
+        kinds,
+        vec![
+            ("card_replaced", 0, 18_000),
+            ("purchase", 3, -1_000),
+            ("reversal", 3, 1_000)
+        ]
+    );
+    assert_eq!(a["activity"][2]["balance_after_minor"], json!(18_000));
+    // By store: store 2 saw the purchase and the refund of card X.
+    let b = admin_json(
+        d.addr,
+        &key,
+        &["--json", "report", "activity", "--store", "2"],
+    );
+    let amounts: Vec<i64> = b["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount_minor"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, vec![-40_000, 15_000]);
+    // A cursor past the end: an empty page.
+    let c = admin_json(
+        d.addr,
+        &key,
+        &[
+            "--json", "report", "activity", "--store", "2", "--cursor", "100000",
+        ],
+    );
+    assert_eq!(c["activity"], json!([]));
+    let o = admin(
+        d.addr,
+        &key,
+        &[
+            "--json",
+            "report",
+            "activity",
+            "--card",
+            "8000010000000000000",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -325,7 +325,9 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
         }
     }
     forget_expired_effects(state, ctx.time_ms);
-    state.books.advance(&state.rules.time_zone, rec.time_ms);
+    state
+        .books
+        .advance(&state.rules.time_zone, rec.time_ms, rec.seq);
     Outcome::Written(Written {
         record: rec,
         bytes,
