@@ -65,6 +65,19 @@ impl Lots {
         if m.paid == 0 && m.bonus == 0 {
             return;
         }
+        // The common cases without a Vec: no allocation per record.
+        match self {
+            Lots::Empty => {
+                *self = Lots::One(m);
+                return;
+            }
+            Lots::One(l) if l.store == m.store => {
+                l.paid += m.paid;
+                l.bonus += m.bonus;
+                return;
+            }
+            _ => {}
+        }
         let mut v = self.take_vec();
         match v.iter_mut().find(|l| l.store == m.store) {
             Some(l) => {
@@ -103,7 +116,7 @@ impl Lots {
                 return Ok(());
             }
             Lots::Empty => {
-                *self = Lots::from_vec(vec![Lot { store, paid, bonus }]);
+                self.add_unbounded(Lot { store, paid, bonus });
                 return Ok(());
             }
             _ => {}
