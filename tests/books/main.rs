@@ -347,6 +347,55 @@ async fn the_auditors_replay_prints_the_live_liability_and_settlement() {
         ],
     );
     let live_liability = admin_json(d.addr, &key, &["--json", "report", "liability"]);
+    // Online: export, verify, and compare with the live daemon (cards and books).
+    let export = dir.path().join("online.export");
+    let addr = d.addr.to_string();
+    let o = run::cardd(
+        [
+            "audit",
+            "export",
+            "--connect",
+            &addr,
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            export.to_str().unwrap(),
+        ]
+        .map(OsString::from),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let server_key =
+        run::cardd(["server-key", "--data", d.data.to_str().unwrap()].map(OsString::from));
+    let server_key = String::from_utf8_lossy(&server_key.stdout)
+        .trim()
+        .to_string();
+    let o = run::cardd(
+        [
+            "audit",
+            "verify",
+            export.to_str().unwrap(),
+            "--server-key",
+            &server_key,
+            "--compare",
+            &addr,
+            "--key",
+            key.to_str().unwrap(),
+        ]
+        .map(OsString::from),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("and its liability and settlement"), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("liability by store of issue") && out.contains("settlement"),
+        "{out}"
+    );
     d.kill9();
     // The replay (cardd check) agrees with itself; the auditor's verify
     // rebuilds the same books from the export.
