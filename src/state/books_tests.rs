@@ -353,3 +353,72 @@ fn bad_report_requests_are_refused_and_change_nothing() {
     );
     assert_eq!(s.state, before);
 }
+
+#[test]
+fn dormant_daily_and_rfm_follow_the_visits() {
+    const DAY: i64 = 86_400_000;
+    let mut s = three_stores();
+    let cards: Vec<String> = (1..=5).map(card).collect();
+    for (i, c) in cards.iter().enumerate() {
+        s.owner(Op::IssueCard(pb::IssueCard { card: c.clone() }));
+        s.top_up(1, c, 1_000 * (i as i64 + 1));
+    }
+    // Card 1 visits once, then nobody for 100 days; card 5 visits on
+    // three days, the last of them today; cards 2-4 never visit.
+    s.purchase(2, &cards[0], 100, false);
+    s.time_ms += 100 * DAY;
+    for _ in 0..3 {
+        s.purchase(3, &cards[4], 500, false);
+        s.time_ms += DAY;
+    }
+    s.time_ms -= DAY;
+    let dormant = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "dormant".into(),
+            idle_days: 90,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let found: Vec<Vec<String>> = rows(&dormant.sections[0]);
+    // Cards 2-4 were loaded 103 days ago and never visited; card 1's
+    // visit is 102 days old. Largest balance first.
+    let listed: Vec<&str> = found.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(listed, vec![&cards[3], &cards[2], &cards[1], &cards[0]]);
+    assert_eq!((found[3][1].as_str(), found[3][6].as_str()), ("900", "102"));
+    assert_eq!(rows(&dormant.sections[1]), strs(&[&["90", "4", "9900"]]));
+    // Daily for today at store 3 against yesterday and a week before.
+    let today = super::books::day_text(s.state.books.today.day);
+    let daily = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "daily".into(),
+            date: today,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = rows(&daily.sections[0]);
+    assert_eq!(
+        d,
+        strs(&[&["3", "500", "500", "0", "1", "1", "0", "0", "1"]])
+    );
+    // RFM over the two cards that visited.
+    let rfm = ask(
+        &mut s,
+        pb::GetReport {
+            kind: "rfm".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let seg = rows(&rfm.sections[0]);
+    assert_eq!(
+        seg,
+        strs(&[
+            &["hibernating", "1", "900", "100"],
+            &["needs attention", "1", "3500", "1500"]
+        ])
+    );
+}
