@@ -207,3 +207,6 @@ pub const MAX_ACTIVITY_SCAN: usize = 100_000;
 /// Rows of one activity page (each ~150 bytes: a page fits one frame).
 pub const MAX_ACTIVITY_ROWS: usize = 300;
 const _: () = assert!(MAX_ACTIVITY_ROWS * 150 < MAX_REPORT_BYTES);
+/// Read-only keys (auditors, store managers) per brand, removed ones
+/// included.
+pub const MAX_READ_KEYS_PER_BRAND: usize = 1_000;

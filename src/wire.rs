@@ -283,6 +283,13 @@ const GET_REPORT: Schema = msg(&[
     f(10, "card", Str),
     f(11, "end_seq", Int),
 ]);
+const ADD_KEY: Schema = msg(&[
+    f(1, "public_key", Bytes),
+    f(2, "role", U32),
+    f(3, "store_id", U32),
+    f(4, "label", Str),
+]);
+const REMOVE_KEY: Schema = msg(&[f(1, "public_key", Bytes)]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[
     f(1, "name", Str),
@@ -318,10 +325,12 @@ const REQUEST: Schema = Schema {
         f(37, "consistency_proof", Msg(&CONSISTENCY_PROOF)),
         f(38, "set_terminal_disabled", Msg(&SET_TERMINAL_DISABLED)),
         f(45, "report", Msg(&GET_REPORT)),
+        f(46, "add_key", Msg(&ADD_KEY)),
+        f(47, "remove_key", Msg(&REMOVE_KEY)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 50,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50,
     ],
 };
 
@@ -535,6 +544,8 @@ mod tests {
         ("GetConsistencyProof", &CONSISTENCY_PROOF),
         ("CreateBrand", &CREATE_BRAND),
         ("GetReport", &GET_REPORT),
+        ("AddKey", &ADD_KEY),
+        ("RemoveKey", &REMOVE_KEY),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.

@@ -60,10 +60,12 @@ ZERO_HASH = bytes(32)
 BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
 CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 7, 8
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
+KEY_ADDED, KEY_REMOVED = 9, 16
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
     5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
+    9: "KEY_ADDED", 16: "KEY_REMOVED",
 }
 # Signers.
 SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
@@ -72,14 +74,15 @@ SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
 OP_KIND = {
     11: PURCHASE, 12: TOP_UP, 13: REFUND, 14: REVERSAL, 15: POINTS_REDEEMED, 16: SHIFT_CLOSED,
     30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
-    34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 50: BRAND_CREATED,
+    34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 46: KEY_ADDED, 47: KEY_REMOVED,
+    50: BRAND_CREATED,
 }
 TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
 # Top-up channels (Record.channel, TopUp.channel): a till sells at STORE
 # (absent from its record); the owner's loads name one of the others.
 CHANNEL_STORE, CHANNEL_HEAD_OFFICE, CHANNEL_ONLINE, CHANNEL_CORPORATE = 0, 1, 2, 3
 OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
-               TERMINAL_STATUS_CHANGED}
+               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED}
 
 
 class Fail(Exception):
@@ -343,6 +346,9 @@ OPS = {
                                         4: ("store_id", U32), 5: ("by", STRING), 6: ("idle_days", U32),
                                         7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32),
                                         10: ("card", STRING), 11: ("end_seq", U64)})),
+    46: ("add_key", Schema("AddKey", {1: ("public_key", BYTES), 2: ("role", U32), 3: ("store_id", U32),
+                                      4: ("label", STRING)})),
+    47: ("remove_key", Schema("RemoveKey", {1: ("public_key", BYTES)})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
 }

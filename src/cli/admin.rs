@@ -140,6 +140,33 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
             Op::TopUp(owner_load(card, &amount, &sale, session)?)
         }
         AdminOp::IssueCards { .. } => unreachable!("a run of many requests, see issue_cards"),
+        AdminOp::AddKey {
+            role,
+            store,
+            public_key,
+            key_out,
+            label,
+        } => Op::AddKey(pb::AddKey {
+            public_key: terminal_public_key(public_key, key_out)?,
+            role: match role.as_str() {
+                "auditor" => pb::KeyRole::Auditor as u32,
+                _ => pb::KeyRole::StoreManager as u32,
+            },
+            store_id: store.unwrap_or(0),
+            label,
+        }),
+        AdminOp::RemoveKey {
+            public_key,
+            key_file,
+        } => Op::RemoveKey(pb::RemoveKey {
+            public_key: match (public_key, key_file) {
+                (Some(hex_key), _) => {
+                    hex::decode(hex_key.trim()).context("public key is not hex")?
+                }
+                (None, Some(file)) => read_key_file(&file)?.verifying_key().to_bytes().to_vec(),
+                (None, None) => bail!("give --public-key HEX or --key-file FILE"),
+            },
+        }),
         AdminOp::Report(_) | AdminOp::List { .. } | AdminOp::Rules => {
             unreachable!("reads, see owner_read")
         }

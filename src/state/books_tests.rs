@@ -422,3 +422,77 @@ fn dormant_daily_and_rfm_follow_the_visits() {
         ])
     );
 }
+
+/// The brand of `three_stores` with an auditor key (id 1) and a store
+/// manager key of store B (id 2).
+fn with_read_keys() -> Script {
+    let mut s = three_stores();
+    for (key, role, store) in [
+        ([31u8; 32], pb::KeyRole::Auditor, 0),
+        ([32u8; 32], pb::KeyRole::StoreManager, B),
+    ] {
+        let pk = ed25519_dalek::SigningKey::from_bytes(&key)
+            .verifying_key()
+            .to_bytes();
+        s.owner(Op::AddKey(pb::AddKey {
+            public_key: pk.to_vec(),
+            role: role as u32,
+            store_id: store,
+            label: String::new(),
+        }));
+    }
+    s
+}
+
+#[test]
+fn read_only_keys_read_reports_and_change_nothing() {
+    let mut s = with_read_keys();
+    let auditor = Principal::Auditor(1);
+    let manager = Principal::StoreManager(2, B);
+    let sales = |store: Option<u32>| {
+        Op::Report(pb::GetReport {
+            kind: "sales".into(),
+            store_id: store,
+            ..Default::default()
+        })
+    };
+    assert!(matches!(
+        s.request(auditor, 0, "", sales(None)),
+        Ok(super::Outcome::Answer(_))
+    ));
+    assert!(matches!(
+        s.request(manager, 0, "", sales(Some(B))),
+        Ok(super::Outcome::Answer(_))
+    ));
+    let x = card(1);
+    let writes = [
+        Op::IssueCard(pb::IssueCard { card: x.clone() }),
+        purchase_op(&x, 1),
+        Op::Inquiry(pb::Inquiry { card: x.clone() }),
+    ];
+    for op in writes {
+        assert_eq!(s.refused(auditor, 9, op.clone()), pb::ErrorCode::WrongRole);
+        assert_eq!(s.refused(manager, 9, op), pb::ErrorCode::WrongRole);
+    }
+    // A store manager reads its own store only, and no brand-wide report.
+    assert_eq!(
+        s.refused(manager, 0, sales(Some(A))),
+        pb::ErrorCode::WrongRole
+    );
+    let rfm = Op::Report(pb::GetReport {
+        kind: "rfm".into(),
+        ..Default::default()
+    });
+    assert_eq!(s.refused(manager, 0, rfm), pb::ErrorCode::WrongRole);
+    // Removed: every request refused.
+    let pk = ed25519_dalek::SigningKey::from_bytes(&[31; 32])
+        .verifying_key()
+        .to_bytes();
+    s.owner(Op::RemoveKey(pb::RemoveKey {
+        public_key: pk.to_vec(),
+    }));
+    assert_eq!(
+        s.refused(auditor, 0, sales(None)),
+        pb::ErrorCode::UnknownKey
+    );
+}

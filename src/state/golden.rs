@@ -71,6 +71,11 @@ impl Script {
                 (Principal::Terminal(1), SigningKey::from_bytes(&[13; 32])),
                 (Principal::Terminal(2), SigningKey::from_bytes(&[14; 32])),
                 (Principal::Terminal(3), SigningKey::from_bytes(&[15; 32])),
+                (Principal::Auditor(1), SigningKey::from_bytes(&[31; 32])),
+                (
+                    Principal::StoreManager(2, 2),
+                    SigningKey::from_bytes(&[32; 32]),
+                ),
             ],
             next_txn: vec![1, 1, 1],
             digest: Sha256::new(),

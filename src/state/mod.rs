@@ -43,6 +43,11 @@ pub enum Principal {
     Owner,
     /// An enrolled terminal, by its id within the brand.
     Terminal(u32),
+    /// A read-only key that reads every report (by its id among the
+    /// brand's read-only keys).
+    Auditor(u32),
+    /// A read-only key that reads one store's reports: (key id, store).
+    StoreManager(u32, u32),
 }
 
 impl Principal {
@@ -53,6 +58,8 @@ impl Principal {
             Principal::Owner => 0,
             Principal::Terminal(id) => id,
             Principal::Server => u32::MAX,
+            // Read-only keys write nothing; their reads carry no txn id.
+            Principal::Auditor(_) | Principal::StoreManager(..) => u32::MAX - 1,
         }
     }
 
@@ -62,6 +69,7 @@ impl Principal {
             Principal::Server => pb::Signer::Server,
             Principal::Owner => pb::Signer::Owner,
             Principal::Terminal(_) => pb::Signer::Terminal,
+            Principal::Auditor(_) | Principal::StoreManager(..) => pb::Signer::Unspecified,
         }
     }
 }
@@ -148,6 +156,29 @@ pub struct Terminal {
     pub shift_number: u64,
     /// Revoked by the owner: cannot sign on, every request refused.
     pub disabled: bool,
+}
+
+/// A read-only key (`AddKey`): it signs on and reads reports, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadKey {
+    /// Its ed25519 public key.
+    pub public_key: [u8; 32],
+    /// The store a store manager reads; 0 for an auditor.
+    pub store_id: u32,
+    /// The owner's label for it.
+    pub label: String,
+    /// Removed by the owner: cannot sign on, every request refused.
+    pub removed: bool,
+}
+
+impl ReadKey {
+    /// The principal that signs with this key.
+    pub fn principal(&self, id: u32) -> Principal {
+        match self.store_id {
+            0 => Principal::Auditor(id),
+            store => Principal::StoreManager(id, store),
+        }
+    }
 }
 
 /// What a money-moving record did, kept so that it can be refunded or reversed.
@@ -287,6 +318,9 @@ pub struct BrandState {
     pub effects: Effects,
     /// The owner's books: per-day tallies, settlement, liability.
     pub books: Books,
+    /// Read-only keys by id (from 1), removed ones kept (a key is never
+    /// reused).
+    pub read_keys: BTreeMap<u32, ReadKey>,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -401,6 +435,7 @@ impl BrandState {
             txn_windows: FastMap::default(),
             effects: Effects::default(),
             books: Books::default(),
+            read_keys: BTreeMap::new(),
         }
     }
 
@@ -414,7 +449,7 @@ impl BrandState {
         match principal {
             Principal::Owner => self.owner_last_txn_id,
             Principal::Terminal(id) => self.terminals.get(&id).map_or(0, |t| t.last_txn_id),
-            Principal::Server => 0,
+            Principal::Server | Principal::Auditor(_) | Principal::StoreManager(..) => 0,
         }
     }
 

@@ -19,8 +19,32 @@ const DEFAULT_SPAN_DAYS: i32 = 30;
 /// Dormant: days without a visit when not given.
 const DEFAULT_IDLE_DAYS: u32 = 90;
 
-/// Answers a report request. `today` is the brand day of the request.
-pub fn report(state: &BrandState, r: &pb::GetReport, today: i32) -> Result<pb::Report, Refusal> {
+/// Reports a store manager may read: its own store's.
+const STORE_MANAGER_KINDS: [&str; 6] = [
+    "sales",
+    "daily",
+    "liability",
+    "settlement",
+    "terminals",
+    "activity",
+];
+
+/// Answers a report request. `today` is the brand day of the request;
+/// `scope` a store manager's store (its reports are that store's only).
+pub fn report(
+    state: &BrandState,
+    r: &pb::GetReport,
+    today: i32,
+    scope: Option<u32>,
+) -> Result<pb::Report, Refusal> {
+    let scoped;
+    let r = match scope {
+        None => r,
+        Some(store) => {
+            scoped = scoped_request(r, store)?;
+            &scoped
+        }
+    };
     if let Some(s) = r.store_id {
         if s != 0 && !state.stores.contains_key(&s) {
             return refuse(E::StoreNotFound, "no such store");
@@ -61,6 +85,32 @@ pub fn report(state: &BrandState, r: &pb::GetReport, today: i32) -> Result<pb::R
     };
     fit_one_frame(&mut out);
     Ok(out)
+}
+
+/// A store manager's request, held to its store: another store, a card,
+/// or a brand-wide report is `WRONG_ROLE`.
+fn scoped_request(r: &pb::GetReport, store: u32) -> Result<pb::GetReport, Refusal> {
+    let wrong = |why: &str| {
+        refuse(
+            E::WrongRole,
+            format!("a store manager of store {store} {why}"),
+        )
+    };
+    if !STORE_MANAGER_KINDS.contains(&r.kind.as_str()) {
+        return wrong(
+            "reads its store's sales, daily, liability, settlement, terminals and activity",
+        );
+    }
+    if r.store_id.is_some_and(|s| s != store) {
+        return wrong("reads its own store only");
+    }
+    if !r.card.is_empty() {
+        return wrong("reads its store's activity, not a card's");
+    }
+    Ok(pb::GetReport {
+        store_id: Some(store),
+        ..r.clone()
+    })
 }
 
 /// Cuts rows from the longest section until the report fits one frame.

@@ -17,8 +17,8 @@ use prost::Message;
 
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
-    create_brand, create_store, enroll_terminal, issue_card, replace_card, set_card_blocked,
-    set_rules, set_terminal_disabled,
+    add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
+    set_card_blocked, set_rules, set_terminal_disabled,
 };
 use reversal::reversal;
 
@@ -68,6 +68,9 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
             Some(_) => {}
         }
     }
+    if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
+        return read_key_request(state, ctx, id, op);
+    }
     if let Some(answer) = read_only(state, ctx, op) {
         return answer;
     }
@@ -90,6 +93,8 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::ReplaceCard(r) => replace_card(state, ctx, req, r),
         Op::SetRules(s) => set_rules(state, ctx, req, s),
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
+        Op::AddKey(a) => add_key(state, ctx, req, a),
+        Op::RemoveKey(r) => remove_key(state, ctx, req, r),
         Op::Inquiry(_)
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
@@ -129,11 +134,41 @@ fn inquiry(state: &BrandState, ctx: &Context, q: &pb::Inquiry) -> Result<Outcome
     }))
 }
 
-/// An owner's report from the books (`reports.rs`); nothing is written.
+/// A read-only key's request: a report, or `WRONG_ROLE`; a removed key's
+/// anything: `UNKNOWN_KEY`. Nothing is ever written.
+fn read_key_request(
+    state: &BrandState,
+    ctx: &Context,
+    id: u32,
+    op: &Op,
+) -> Result<Outcome, Refusal> {
+    if state.read_keys.get(&id).is_none_or(|k| k.removed) {
+        return refuse(E::UnknownKey, "this read-only key was removed by the owner");
+    }
+    match op {
+        Op::Report(r) => report(state, ctx, r),
+        _ => refuse(
+            E::WrongRole,
+            "a read-only key reads reports and nothing else",
+        ),
+    }
+}
+
+/// A report from the books (`reports.rs`) for the owner or a read-only
+/// key (a store manager: its own store's only); nothing is written.
 fn report(state: &BrandState, ctx: &Context, r: &pb::GetReport) -> Result<Outcome, Refusal> {
-    require_owner(ctx)?;
+    let scope = match ctx.principal {
+        Principal::Owner | Principal::Auditor(_) => None,
+        Principal::StoreManager(_, store) => Some(store),
+        _ => {
+            return refuse(
+                E::WrongRole,
+                "reports need the owner key or a read-only key",
+            )
+        }
+    };
     let today = day_of(state, ctx.time_ms);
-    let report = super::reports::report(state, r, today)?;
+    let report = super::reports::report(state, r, today, scope)?;
     Ok(Outcome::Answer(pb::Reply {
         report: Some(report),
         ..Default::default()
@@ -321,7 +356,7 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
                 let t = state.terminals.get_mut(&id).expect("signer is enrolled");
                 t.last_txn_id = t.last_txn_id.max(rec.txn_id);
             }
-            Principal::Server => {}
+            Principal::Server | Principal::Auditor(_) | Principal::StoreManager(..) => {}
         }
     }
     forget_expired_effects(state, ctx.time_ms);
