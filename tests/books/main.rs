@@ -496,3 +496,143 @@ async fn activity_lists_a_cards_records_a_page_at_a_time() {
     );
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn read_only_keys_read_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    script(&d, &demo).await;
+    let key = demo.owner_key_path();
+    let (auditor, manager) = (
+        dir.path().join("auditor.key"),
+        dir.path().join("manager.key"),
+    );
+    let o = admin(
+        d.addr,
+        &key,
+        &[
+            "add-key",
+            "--role",
+            "auditor",
+            "--key-out",
+            auditor.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = admin(
+        d.addr,
+        &key,
+        &[
+            "add-key",
+            "--role",
+            "store-manager",
+            "--store",
+            "2",
+            "--key-out",
+            manager.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let day = today();
+    // The auditor reads the settlement the owner reads.
+    let owner_view = admin_json(
+        d.addr,
+        &key,
+        &[
+            "--json",
+            "report",
+            "settlement",
+            "--from",
+            &day,
+            "--to",
+            &day,
+        ],
+    );
+    let auditor_view = admin_json(
+        d.addr,
+        &auditor,
+        &[
+            "--json",
+            "report",
+            "settlement",
+            "--from",
+            &day,
+            "--to",
+            &day,
+        ],
+    );
+    assert_eq!(owner_view, auditor_view);
+    // The store manager reads its store only.
+    let sales = admin_json(d.addr, &manager, &["--json", "report", "sales"]);
+    let stores: Vec<i64> = sales["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["store_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(stores, vec![2]);
+    let a = admin_json(
+        d.addr,
+        &manager,
+        &["--json", "report", "activity", "--store", "2"],
+    );
+    assert_eq!(a["activity"].as_array().unwrap().len(), 2);
+    let o = admin(
+        d.addr,
+        &manager,
+        &["--json", "report", "sales", "--store", "3"],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["error"], json!("WRONG_ROLE"));
+    // Writes are refused, nothing is written, and the session goes on.
+    let mut client = connect(d.addr, cardd::crypto::read_key_file(&auditor).unwrap()).await;
+    let card = &demo.manifest.cards[0];
+    assert_eq!(
+        refused(&mut client, 1, purchase(card, 100)).await,
+        pb::ErrorCode::WrongRole
+    );
+    assert_eq!(
+        refused(&mut client, 2, card_op(card)).await,
+        pb::ErrorCode::WrongRole
+    );
+    let ask = Op::Report(pb::GetReport {
+        kind: "liability".into(),
+        ..Default::default()
+    });
+    assert!(ok(&mut client, 0, ask).await.report.is_some());
+    let mut owner = demo.owner(d.addr).await;
+    assert_eq!(inquiry(&mut owner, card).await.balance_minor, 10_000);
+    // The auditor exports; the store manager may not.
+    let mut out = Vec::new();
+    assert!(common::bounded(client.export(&mut out)).await.is_ok());
+    assert!(!out.is_empty());
+    let mut m = connect(d.addr, cardd::crypto::read_key_file(&manager).unwrap()).await;
+    let mut out = Vec::new();
+    assert!(common::bounded(m.export(&mut out)).await.is_err());
+    // Removed: the key cannot sign on again.
+    let o = admin(
+        d.addr,
+        &key,
+        &["remove-key", "--key-file", auditor.to_str().unwrap()],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let again =
+        cardd::client::Client::connect(d.addr, cardd::crypto::read_key_file(&auditor).unwrap())
+            .await;
+    assert!(again.is_err(), "a removed key signed on");
+}
