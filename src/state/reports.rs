@@ -277,17 +277,23 @@ fn sales(
         .collect();
     Ok(vec![
         section("sales", &columns, rows),
-        sales_total(state, &total, from, to),
+        sales_total(state, &total, (from, to), r.store_id.is_some()),
     ])
 }
 
 /// The range's totals, with the cards active in it: those whose last
-/// visit falls in it or later (exact for a range that ends today).
-fn sales_total(state: &BrandState, total: &Tally, from: i32, to: i32) -> pb::ReportSection {
+/// visit falls in it or later (exact for a range that ends today). Cards
+/// are the brand's, so one store's totals leave them out (0).
+fn sales_total(
+    state: &BrandState,
+    total: &Tally,
+    (from, to): (i32, i32),
+    one_store: bool,
+) -> pb::ReportSection {
     let active = state
         .cards
         .values()
-        .filter(|c| c.last_visit_day >= i64::from(from))
+        .filter(|c| !one_store && c.last_visit_day >= i64::from(from))
         .count();
     let active = i64::try_from(active).unwrap_or(i64::MAX);
     let per_card = match active {
@@ -329,22 +335,11 @@ fn liability(
         }
     }
     let now = as_of == today;
-    let mut cards: BTreeMap<u32, i64> = BTreeMap::new();
-    let mut aging = [(0i64, Value::default()); 4];
-    for c in state.cards.values().filter(|c| now && c.balance() > 0) {
-        for lot in c.lots.as_slice() {
-            *cards.entry(lot.store).or_default() += 1;
-        }
-        let bucket = match today.saturating_sub(c.last_active_day) {
-            ..=30 => 0,
-            31..=90 => 1,
-            91..=365 => 2,
-            _ => 3,
-        };
-        aging[bucket].0 += 1;
-        aging[bucket].1.paid += c.paid;
-        aging[bucket].1.bonus += c.bonus;
-    }
+    let (cards, aging) = if now {
+        holders_and_aging(state, r, today)
+    } else {
+        Default::default()
+    };
     let rows = owed
         .iter()
         .filter(|(s, v)| store_ok(r, **s) && (v.paid != 0 || v.bonus != 0))
@@ -371,30 +366,69 @@ fn liability(
     ];
     let mut out = vec![section("liability", &columns, rows)];
     if now {
-        let names = ["0-30", "31-90", "91-365", ">365"];
-        let rows = names
-            .iter()
-            .zip(aging)
-            .map(|(n, (c, v))| {
-                vec![
-                    text(*n),
-                    int(c),
-                    int(v.paid),
-                    int(v.bonus),
-                    int(v.paid + v.bonus),
-                ]
-            })
-            .collect();
-        let columns = [
-            "days_since_activity",
-            "cards",
-            "paid_minor",
-            "bonus_minor",
-            "total_minor",
-        ];
-        out.push(section("aging", &columns, rows));
+        out.push(aging_section(aging));
     }
     Ok(out)
+}
+
+/// Value by days since its card's last activity: 0-30, 31-90, 91-365, >365.
+type Aging = [(i64, Value); 4];
+
+/// One pass over the cards: how many hold value from each store of issue,
+/// and the aging of that value (only the stores asked for).
+fn holders_and_aging(
+    state: &BrandState,
+    r: &pb::GetReport,
+    today: i32,
+) -> (BTreeMap<u32, i64>, Aging) {
+    let mut cards: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut aging: Aging = Default::default();
+    for c in state.cards.values().filter(|c| c.balance() > 0) {
+        let mut held = Value::default();
+        for lot in c.lots.as_slice().iter().filter(|l| store_ok(r, l.store)) {
+            *cards.entry(lot.store).or_default() += 1;
+            held.paid += lot.paid;
+            held.bonus += lot.bonus;
+        }
+        if held == Value::default() {
+            continue;
+        }
+        let bucket = match today.saturating_sub(c.last_active_day) {
+            ..=30 => 0,
+            31..=90 => 1,
+            91..=365 => 2,
+            _ => 3,
+        };
+        aging[bucket].0 += 1;
+        aging[bucket].1.paid += held.paid;
+        aging[bucket].1.bonus += held.bonus;
+    }
+    (cards, aging)
+}
+
+fn aging_section(aging: Aging) -> pb::ReportSection {
+    let names = ["0-30", "31-90", "91-365", ">365"];
+    let rows = names
+        .iter()
+        .zip(aging)
+        .map(|(n, (c, v))| {
+            vec![
+                text(*n),
+                int(c),
+                int(v.paid),
+                int(v.bonus),
+                int(v.paid + v.bonus),
+            ]
+        })
+        .collect();
+    let columns = [
+        "days_since_activity",
+        "cards",
+        "paid_minor",
+        "bonus_minor",
+        "total_minor",
+    ];
+    section("aging", &columns, rows)
 }
 
 /// What each store owes each other over a range, netted per pair, and
