@@ -223,6 +223,14 @@ impl Lots {
 /// give back in the reverse of the spend order: bonus first, newest lot
 /// first; each earlier refund has used up the same order before this one.
 pub fn refund_share(taken: &Lots, refunded: (i64, i64), paid: i64, bonus: i64) -> Lots {
+    if let Lots::One(l) = taken {
+        // All of it came from one lot: it all goes back there (no Vec).
+        return Lots::from_moves(&[Lot {
+            store: l.store,
+            paid,
+            bonus,
+        }]);
+    }
     let lots = taken.as_slice();
     let mut out: Vec<Lot> = Vec::with_capacity(lots.len());
     let mut give = |pick: fn(&Lot) -> i64, mut skip: i64, mut want: i64, is_paid: bool| {
