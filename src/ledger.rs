@@ -165,8 +165,9 @@ pub struct Batch {
     pub written: Vec<Written>,
     /// One answer per submission, in submission order.
     pub answers: Vec<Answer>,
-    /// Terminals enrolled by this batch (key, terminal id), for the key index.
-    pub enrolled: Vec<([u8; 32], u32)>,
+    /// Keys enrolled by this batch (terminals, read-only keys), for the
+    /// key index.
+    pub enrolled: Vec<([u8; 32], crate::state::Principal)>,
     /// Answers (by index) whose request asked for an inclusion proof.
     pub proof_wanted: Vec<usize>,
 }
@@ -467,9 +468,18 @@ impl BrandLedger {
                     );
                 }
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
-                if w.record.kind() == pb::RecordKind::TerminalEnrolled {
-                    let t = &self.state.terminals[&w.record.new_id];
-                    batch.enrolled.push((t.public_key, w.record.new_id));
+                let id = w.record.new_id;
+                match w.record.kind() {
+                    pb::RecordKind::TerminalEnrolled => {
+                        let t = &self.state.terminals[&id];
+                        let terminal = crate::state::Principal::Terminal(id);
+                        batch.enrolled.push((t.public_key, terminal));
+                    }
+                    pb::RecordKind::KeyAdded => {
+                        let k = &self.state.read_keys[&id];
+                        batch.enrolled.push((k.public_key, k.principal(id)));
+                    }
+                    _ => {}
                 }
                 batch.written.push(w);
                 Ok(reply)

@@ -220,3 +220,36 @@ pub const MAX_REFERENCE_BYTES: usize = 64;
 /// other work in between.
 pub const MAX_CARDS_PER_ISSUE_RUN: usize = 1_000;
 const _: () = assert!(2 * MAX_CARDS_PER_ISSUE_RUN <= TXN_WINDOW_PER_SIGNER / 2);
+
+/// Settlement lots a card holds at once: value from this many stores of
+/// issue. A load from yet another store is refused until one is spent
+/// (same-store loads join their lot, so a card loaded at its usual few
+/// stores never meets it).
+pub const MAX_LOTS_PER_CARD: usize = 16;
+/// Days of per-day books (tallies, settlement, liability changes) kept,
+/// counted back from the newest record's day: a year and its same
+/// weekday, plus slack. Older days are forgotten on the records' time.
+pub const MAX_BOOK_DAYS: i32 = 400;
+/// Operator (cashier) names tallied apart per brand; later names are
+/// tallied under the last one kept.
+pub const MAX_OPERATORS_PER_BRAND: usize = 10_000;
+// Liability per store of issue is an i64 sum of card balances.
+const _: () = assert!(
+    (MAX_CARDS_PER_BRAND as i64) < i64::MAX / MAX_BALANCE_MINOR,
+    "liability sums fit i64"
+);
+/// Rows of one report section that lists cards (dormant, cards): the
+/// largest first or the next page; a summary row counts them all.
+pub const MAX_REPORT_ROWS: usize = 500;
+/// Encoded size of a report reply, below the frame limit with room for the
+/// reply's other fields: rows past it are cut (the reply says so).
+pub const MAX_REPORT_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 4 * 1024;
+/// Records one activity page examines (read from storage in sequence
+/// order): the bound on a page's cost, whatever the ledger's length.
+pub const MAX_ACTIVITY_SCAN: usize = 100_000;
+/// Rows of one activity page (each ~150 bytes: a page fits one frame).
+pub const MAX_ACTIVITY_ROWS: usize = 300;
+const _: () = assert!(MAX_ACTIVITY_ROWS * 150 < MAX_REPORT_BYTES);
+/// Read-only keys (auditors, store managers) per brand, removed ones
+/// included.
+pub const MAX_READ_KEYS_PER_BRAND: usize = 1_000;

@@ -427,6 +427,45 @@ enum AdminOp {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Read a report from the books: a table, --json or --csv
+    /// (docs/reports.md).
+    Report(cli::report::ReportArgs),
+    /// List stores, terminals or cards.
+    List {
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+        #[command(subcommand)]
+        kind: cli::list::ListKind,
+    },
+    /// Print the rules in force as a file `set-rules` accepts.
+    Rules,
+    /// Add a read-only key: an auditor (every report, exports, proofs) or
+    /// a store manager (one store's reports and activity).
+    AddKey {
+        #[arg(long, value_parser = ["auditor", "store-manager"])]
+        role: String,
+        /// The store manager's store.
+        #[arg(long)]
+        store: Option<u32>,
+        /// The key's public key in hex.
+        #[arg(long, conflicts_with = "key_out")]
+        public_key: Option<String>,
+        /// Create a new key file and add its key.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Remove a read-only key: it can no longer sign on.
+    RemoveKey {
+        /// The key's public key in hex.
+        #[arg(long, required_unless_present = "key_file")]
+        public_key: Option<String>,
+        /// Or the key file.
+        #[arg(long, conflicts_with = "public_key")]
+        key_file: Option<PathBuf>,
+    },
 }
 
 /// What an owner's load says besides its amount: where it was sold, for

@@ -108,6 +108,8 @@ pub fn replay_decoded(
         Principal::Server => Some(*server_key),
         Principal::Owner => state.is_created().then_some(state.owner_key),
         Principal::Terminal(id) => state.terminals.get(&id).map(|t| t.public_key),
+        // Read-only keys sign no record.
+        Principal::Auditor(_) | Principal::StoreManager(..) => None,
     };
     let signer_key: [u8; 32] = rec
         .signer_public_key

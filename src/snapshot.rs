@@ -78,7 +78,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 3;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -339,6 +339,11 @@ mod tests {
                 original_seq: 0,
                 reversed: true,
                 time_ms: 1_790_000_000_000,
+                lots: crate::state::lots::Lots::One(crate::state::lots::Lot {
+                    store: 1,
+                    paid: 100,
+                    bonus: 5,
+                }),
             },
         );
         s
@@ -352,8 +357,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                1,
-                "f0799b980e84d1093cb37d0d45b198e0b33ebb6dc9d7f80a05e31810cc1f2f47".to_string()
+                3,
+                "695b342c2e4706f4a7e6caae55f667178472c8f2747cf1046a625fd2da959a64".to_string()
             )
         );
     }

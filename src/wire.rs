@@ -261,6 +261,7 @@ const RULES: Schema = msg(&[
     f(2, "points_per_unit", Int),
     rep(3, "tiers", Msg(&TIER_RULE)),
     f(4, "promotion_line", Str),
+    f(5, "time_zone", Str),
 ]);
 const SET_RULES: Schema = msg(&[f(1, "rules", Msg(&RULES))]);
 const SET_TERMINAL_DISABLED: Schema = msg(&[
@@ -268,6 +269,26 @@ const SET_TERMINAL_DISABLED: Schema = msg(&[
     f(2, "disabled", Bool),
     f(3, "reason", Str),
 ]);
+const GET_REPORT: Schema = msg(&[
+    f(1, "kind", Str),
+    f(2, "from", Str),
+    f(3, "to", Str),
+    f(4, "store_id", U32),
+    f(5, "by", Str),
+    f(6, "idle_days", U32),
+    f(7, "date", Str),
+    f(8, "cursor", Int),
+    f(9, "status", U32),
+    f(10, "card", Str),
+    f(11, "end_seq", Int),
+]);
+const ADD_KEY: Schema = msg(&[
+    f(1, "public_key", Bytes),
+    f(2, "role", U32),
+    f(3, "store_id", U32),
+    f(4, "label", Str),
+]);
+const REMOVE_KEY: Schema = msg(&[f(1, "public_key", Bytes)]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const EXPORT_LEDGER: Schema = msg(&[f(90, "after_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[
@@ -303,10 +324,13 @@ const REQUEST: Schema = Schema {
         f(36, "export_ledger", Msg(&EXPORT_LEDGER)),
         f(37, "consistency_proof", Msg(&CONSISTENCY_PROOF)),
         f(38, "set_terminal_disabled", Msg(&SET_TERMINAL_DISABLED)),
+        f(45, "report", Msg(&GET_REPORT)),
+        f(46, "add_key", Msg(&ADD_KEY)),
+        f(47, "remove_key", Msg(&REMOVE_KEY)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 50,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50,
     ],
 };
 
@@ -519,6 +543,9 @@ mod tests {
         ("ExportLedger", &EXPORT_LEDGER),
         ("GetConsistencyProof", &CONSISTENCY_PROOF),
         ("CreateBrand", &CREATE_BRAND),
+        ("GetReport", &GET_REPORT),
+        ("AddKey", &ADD_KEY),
+        ("RemoveKey", &REMOVE_KEY),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.
@@ -549,7 +576,8 @@ mod tests {
             let words: Vec<&str> = left.split_whitespace().collect();
             let (repeated, ty, name) = match words.as_slice() {
                 ["repeated", ty, name] => (true, *ty, *name),
-                [ty, name] => (false, *ty, *name),
+                // Explicit presence changes nothing on the wire.
+                ["optional", ty, name] | [ty, name] => (false, *ty, *name),
                 other => panic!("{message}: cannot read field {other:?}"),
             };
             let class = match ty {
@@ -759,6 +787,7 @@ mod tests {
                 2
             ],
             promotion_line: "promo".into(),
+            time_zone: "Asia/Shanghai".into(),
         };
         (totals, rules)
     }

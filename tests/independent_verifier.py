@@ -60,10 +60,12 @@ ZERO_HASH = bytes(32)
 BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
 CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 7, 8
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
+KEY_ADDED, KEY_REMOVED = 9, 16
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
     5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
+    9: "KEY_ADDED", 16: "KEY_REMOVED",
 }
 # Signers.
 SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
@@ -72,14 +74,15 @@ SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
 OP_KIND = {
     11: PURCHASE, 12: TOP_UP, 13: REFUND, 14: REVERSAL, 15: POINTS_REDEEMED, 16: SHIFT_CLOSED,
     30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
-    34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 50: BRAND_CREATED,
+    34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 46: KEY_ADDED, 47: KEY_REMOVED,
+    50: BRAND_CREATED,
 }
 TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
 # Top-up channels (Record.channel, TopUp.channel): a till sells at STORE
 # (absent from its record); the owner's loads name one of the others.
 CHANNEL_STORE, CHANNEL_HEAD_OFFICE, CHANNEL_ONLINE, CHANNEL_CORPORATE = 0, 1, 2, 3
 OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
-               TERMINAL_STATUS_CHANGED}
+               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED}
 
 
 class Fail(Exception):
@@ -315,7 +318,8 @@ BONUS_TIER = Schema("BonusTier", {1: ("min_load_minor", I64T), 2: ("fixed_bonus_
 TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T), 3: ("min_visits", U32),
                                 4: ("multiplier_milli", U32)})
 RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
-                         3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING)})
+                         3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING),
+                         5: ("time_zone", STRING)})
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
     11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)})),
@@ -338,6 +342,13 @@ OPS = {
     37: ("consistency_proof", Schema("GetConsistencyProof", {1: ("old_size", U64), 2: ("new_size", U64)})),
     38: ("set_terminal_disabled", Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL),
                                                                  3: ("reason", STRING)})),
+    45: ("report", Schema("GetReport", {1: ("kind", STRING), 2: ("from", STRING), 3: ("to", STRING),
+                                        4: ("store_id", U32), 5: ("by", STRING), 6: ("idle_days", U32),
+                                        7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32),
+                                        10: ("card", STRING), 11: ("end_seq", U64)})),
+    46: ("add_key", Schema("AddKey", {1: ("public_key", BYTES), 2: ("role", U32), 3: ("store_id", U32),
+                                      4: ("label", STRING)})),
+    47: ("remove_key", Schema("RemoveKey", {1: ("public_key", BYTES)})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
 }

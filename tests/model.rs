@@ -565,6 +565,70 @@ impl World {
             })
             .sum();
         assert_eq!(from_records, sum, "records do not add up to the balances");
+        self.check_books();
+    }
+
+    /// The books (issue 13): every card's lots add up to its balances; the
+    /// liability by store of issue is the sum of the cards' lots and of
+    /// the days' changes; the settlement nets to zero across the brand.
+    fn check_books(&self) {
+        use std::collections::BTreeMap;
+        let mut by_store: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+        for card in self.state.cards.values() {
+            assert_eq!(
+                card.lots.totals(),
+                (card.paid, card.bonus),
+                "lots of {card:?}"
+            );
+            assert!(card.lots.as_slice().len() <= cardd::limits::MAX_LOTS_PER_CARD);
+            for lot in card.lots.as_slice() {
+                assert!(lot.paid >= 0 && lot.bonus >= 0, "negative lot {lot:?}");
+                let e = by_store.entry(lot.store).or_default();
+                (e.0, e.1) = (e.0 + lot.paid, e.1 + lot.bonus);
+            }
+        }
+        let books = &self.state.books;
+        let mut liability: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+        let mut changes: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
+        for (store, v) in &books.liability {
+            liability.insert(*store, (v.paid, v.bonus));
+        }
+        for book in books.days.values() {
+            for (store, v) in &book.liability_change {
+                let e = changes.entry(*store).or_default();
+                (e.0, e.1) = (e.0 + v.paid, e.1 + v.bonus);
+            }
+            for ((from, to), owed) in &book.settlement {
+                assert_ne!(from, to, "a store never owes itself");
+                assert!(owed.paid != 0 || owed.bonus != 0, "a zero entry is dropped");
+            }
+        }
+        liability.retain(|_, v| *v != (0, 0));
+        changes.retain(|_, v| *v != (0, 0));
+        assert_eq!(
+            liability, by_store,
+            "liability by store is not the cards' lots"
+        );
+        // Once the first day is past the books' window, its changes are
+        // forgotten (by design): the days then add up to less.
+        let kept = i64::from(cardd::limits::MAX_BOOK_DAYS) * 86_400_000;
+        if self.time_ms - 1_790_000_000_000 < kept - 86_400_000 {
+            assert_eq!(
+                changes, by_store,
+                "the days' changes do not add up to the liability"
+            );
+        }
+        let nets = cardd::state::reports::settlement_pairs(&self.state, i32::MIN, i32::MAX);
+        let mut per_store: BTreeMap<u32, i64> = BTreeMap::new();
+        for (debtor, creditor, v) in nets {
+            *per_store.entry(debtor).or_default() -= v.paid + v.bonus;
+            *per_store.entry(creditor).or_default() += v.paid + v.bonus;
+        }
+        assert_eq!(
+            per_store.values().sum::<i64>(),
+            0,
+            "netted settlement sums to zero"
+        );
     }
 
     fn check_replay(&self) {

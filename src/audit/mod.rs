@@ -3,6 +3,7 @@
 //! check that a newer tree extends an older one.
 //!
 //! File format: docs/ledger-format.md.
+pub mod activity;
 pub mod export;
 pub mod file;
 pub mod prove;

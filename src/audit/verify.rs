@@ -22,6 +22,8 @@ use crate::checkpoint;
 use crate::crypto::request_message;
 use crate::pb::{self, export_item::Item, CardStatus, Record, RecordKind};
 use crate::replay::replay_decoded;
+use crate::state::books::day_text;
+use crate::state::reports::settlement_pairs;
 use crate::state::{format_card, rules, BrandState};
 
 /// Signatures verified per batch: the batch equation is grouped by signer,
@@ -78,6 +80,30 @@ pub struct Totals {
     pub outstanding_bonus_minor: i128,
 }
 
+/// Outstanding value of one store of issue, from the replayed books.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreLiability {
+    /// The store that sold the value (0 = head office).
+    pub store_id: u32,
+    /// Paid value.
+    pub paid_minor: i64,
+    /// Bonus value.
+    pub bonus_minor: i64,
+}
+
+/// What one store owes another over the days the books keep, netted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreOwes {
+    /// The store of issue that owes.
+    pub from_store: u32,
+    /// The redeeming store owed.
+    pub to_store: u32,
+    /// Paid value.
+    pub paid_minor: i64,
+    /// Bonus value.
+    pub bonus_minor: i64,
+}
+
 /// The result of a successful verification.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
@@ -106,6 +132,14 @@ pub struct VerifyReport {
     pub cards: Vec<CardSummary>,
     /// Totals.
     pub totals: Totals,
+    /// Liability by store of issue (the daemon's `report liability`).
+    pub liability: Vec<StoreLiability>,
+    /// The days the books keep, first and last (`YYYY-MM-DD`).
+    pub books_from: String,
+    /// The last of them.
+    pub books_to: String,
+    /// Settlement over those days (the daemon's `report settlement`).
+    pub settlement: Vec<StoreOwes>,
 }
 
 /// The first failure: which record (if any) and what.
@@ -429,6 +463,24 @@ impl Replay<'_> {
                 ),
             );
         }
+        // The books' liability by store of issue adds up to the cards.
+        let books = self
+            .state
+            .books
+            .liability
+            .values()
+            .fold((0i128, 0i128), |(p, b), v| {
+                (p + i128::from(v.paid), b + i128::from(v.bonus))
+            });
+        if books != (paid, bonus) {
+            return fail(
+                None,
+                format!(
+                    "the books' liability {books:?} is not the cards' {:?}",
+                    (paid, bonus)
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -449,6 +501,7 @@ impl Replay<'_> {
             })
             .collect();
         cards.sort_by(|a, b| a.card.cmp(&b.card));
+        let (liability, books_from, books_to, settlement) = books_summary(&state);
         VerifyReport {
             brand_id: state.brand_id,
             brand_name: state.name.clone(),
@@ -462,8 +515,40 @@ impl Replay<'_> {
             extends_old_checkpoint: self.extends_old,
             cards,
             totals: self.totals,
+            liability,
+            books_from,
+            books_to,
+            settlement,
         }
     }
+}
+
+/// Liability by store of issue and settlement over every day the books
+/// keep, by the same code as the daemon's reports.
+fn books_summary(state: &BrandState) -> (Vec<StoreLiability>, String, String, Vec<StoreOwes>) {
+    let liability = state
+        .books
+        .liability
+        .iter()
+        .filter(|(_, v)| v.paid != 0 || v.bonus != 0)
+        .map(|(s, v)| StoreLiability {
+            store_id: *s,
+            paid_minor: v.paid,
+            bonus_minor: v.bonus,
+        })
+        .collect();
+    let to = state.books.today.day;
+    let from = state.books.days.keys().next().copied().unwrap_or(to);
+    let settlement = settlement_pairs(state, from, to)
+        .into_iter()
+        .map(|(from_store, to_store, v)| StoreOwes {
+            from_store,
+            to_store,
+            paid_minor: v.paid,
+            bonus_minor: v.bonus,
+        })
+        .collect();
+    (liability, day_text(from), day_text(to), settlement)
 }
 
 fn add_totals(t: &mut Totals, r: &Record) {

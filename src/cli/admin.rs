@@ -52,11 +52,20 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if let AdminOp::IssueCards { .. } = &args.op {
         return super::issue_cards::run(&mut client, &args, txn).await;
     }
-    let op = build_op(args.op, &client.session)?;
+    // Reads (reports, listings, rules) write nothing and print themselves.
+    let (op, json) = (args.op, args.json);
+    let (op, read) = owner_read(op, json);
+    if let Some((req, format)) = read {
+        return match req {
+            Some(req) => super::report::run(&mut client, req, format).await,
+            None => super::list::print_rules(&mut client, format).await,
+        };
+    }
+    let op = build_op(op.expect("not a read"), &client.session)?;
     let req = client.request(txn, op);
     match client.call(&req).await {
         Ok(reply) => {
-            if args.json {
+            if json {
                 println!("{}", reply_json(&reply));
             } else {
                 // The owner's console shows the full number (receipts mask it).
@@ -68,7 +77,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(ClientError::Refused(r)) => {
-            if args.json {
+            if json {
                 println!("{}", error_json(r.code as i32, &r.message));
             } else {
                 eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
@@ -131,6 +140,36 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
             Op::TopUp(owner_load(card, &amount, &sale, session)?)
         }
         AdminOp::IssueCards { .. } => unreachable!("a run of many requests, see issue_cards"),
+        AdminOp::AddKey {
+            role,
+            store,
+            public_key,
+            key_out,
+            label,
+        } => Op::AddKey(pb::AddKey {
+            public_key: terminal_public_key(public_key, key_out)?,
+            role: match role.as_str() {
+                "auditor" => pb::KeyRole::Auditor as u32,
+                _ => pb::KeyRole::StoreManager as u32,
+            },
+            store_id: store.unwrap_or(0),
+            label,
+        }),
+        AdminOp::RemoveKey {
+            public_key,
+            key_file,
+        } => Op::RemoveKey(pb::RemoveKey {
+            public_key: match (public_key, key_file) {
+                (Some(hex_key), _) => {
+                    hex::decode(hex_key.trim()).context("public key is not hex")?
+                }
+                (None, Some(file)) => read_key_file(&file)?.verifying_key().to_bytes().to_vec(),
+                (None, None) => bail!("give --public-key HEX or --key-file FILE"),
+            },
+        }),
+        AdminOp::Report(_) | AdminOp::List { .. } | AdminOp::Rules => {
+            unreachable!("reads, see owner_read")
+        }
     })
 }
 
@@ -179,6 +218,36 @@ fn terminal_public_key(
     }
 }
 
+/// A report, listing or rules request: `(None, Some((request, format)))`
+/// (request `None` for the rules); any other operation comes back as it was.
+#[allow(clippy::type_complexity)]
+fn owner_read(
+    op: AdminOp,
+    json: bool,
+) -> (
+    Option<AdminOp>,
+    Option<(Option<cardd::pb::GetReport>, super::report::Format)>,
+) {
+    use super::report::Format;
+    let format = |csv: bool| match (json, csv) {
+        (true, _) => Format::Json,
+        (_, true) => Format::Csv,
+        _ => Format::Table,
+    };
+    match op {
+        AdminOp::Report(r) => {
+            let f = format(r.csv);
+            (None, Some((Some(super::report::request_for(r.kind)), f)))
+        }
+        AdminOp::List { csv, kind } => (
+            None,
+            Some((Some(super::list::request_for(kind)), format(csv))),
+        ),
+        AdminOp::Rules => (None, Some((None, format(false)))),
+        other => (Some(other), None),
+    }
+}
+
 /// Reads a rules file (the JSON form in the README) into the wire rules.
 fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
     let text =
@@ -206,6 +275,7 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
             })
             .collect(),
         promotion_line: r.promotion_line,
+        time_zone: r.time_zone,
     })
 }
 
@@ -221,6 +291,9 @@ struct RulesFile {
     tiers: Vec<TierFile>,
     #[serde(default)]
     promotion_line: String,
+    /// The brand's IANA time zone ("" = UTC): where report days start.
+    #[serde(default)]
+    time_zone: String,
 }
 
 fn one() -> i64 {

@@ -6,6 +6,8 @@ pub mod backup;
 pub mod brand;
 pub mod issue_cards;
 pub mod keys;
+pub mod list;
+pub mod report;
 pub mod serve;
 
 /// A single-threaded runtime for the commands that talk to a daemon once.

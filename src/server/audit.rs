@@ -134,6 +134,19 @@ pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
                 Err(r) => Body::Error(r.into()),
             })
         }
+        Op::Report(r) => {
+            let store = shared.store.clone();
+            let page = on_audit_thread(brand, slot, move || {
+                crate::audit::activity::scan_page(store.as_ref(), brand, &r)
+            });
+            Some(match finished(page).await {
+                Ok(Ok(report)) => Body::Reply(pb::Reply {
+                    report: Some(report),
+                    ..Default::default()
+                }),
+                Ok(Err(r)) | Err(r) => Body::Error(r.into()),
+            })
+        }
         _ => unreachable!("only audit operations are routed here"),
     };
     if let Some(body) = last {

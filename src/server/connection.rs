@@ -439,10 +439,29 @@ enum Route {
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
     match &req.op {
         Some(op @ (Op::ExportLedger(_) | Op::ConsistencyProof(_))) => {
-            if session.principal != Principal::Owner {
+            if !matches!(session.principal, Principal::Owner | Principal::Auditor(_)) {
                 Err(Refusal::new(
                     E::WrongRole,
-                    "audit operations need the owner key",
+                    "audit operations need the owner key or an auditor key",
+                ))
+            } else if req.brand_id != session.brand_id {
+                Err(Refusal::new(E::WrongBrand, "request names another brand"))
+            } else {
+                Ok(Route::Audit(op.clone()))
+            }
+        }
+        // An activity page reads records from storage, like an export.
+        Some(op @ Op::Report(r)) if r.kind == "activity-scan" => {
+            let allowed = match session.principal {
+                Principal::Owner | Principal::Auditor(_) => true,
+                // A store manager reads its own store's activity only.
+                Principal::StoreManager(_, store) => r.store_id == Some(store) && r.card.is_empty(),
+                _ => false,
+            };
+            if !allowed {
+                Err(Refusal::new(
+                    E::WrongRole,
+                    "this key may not read that activity",
                 ))
             } else if req.brand_id != session.brand_id {
                 Err(Refusal::new(E::WrongBrand, "request names another brand"))
@@ -453,7 +472,10 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
         // One key speaks for one brand: the enrolment reserves its key for
         // this brand first (the brand's own state machine then answers
         // retries and same-brand duplicates).
-        Some(Op::EnrollTerminal(e)) => match <[u8; 32]>::try_from(e.public_key.as_slice()) {
+        Some(
+            Op::AddKey(crate::pb::AddKey { public_key, .. })
+            | Op::EnrollTerminal(crate::pb::EnrollTerminal { public_key, .. }),
+        ) => match <[u8; 32]>::try_from(public_key.as_slice()) {
             Ok(key) if !shared.keys.reserve(key, session.brand_id) => {
                 Err(Refusal::new(E::KeyInUse, "this key is already enrolled"))
             }

@@ -31,6 +31,9 @@ impl KeyIndex {
         for (id, t) in &state.terminals {
             self.insert(t.public_key, state.brand_id, Principal::Terminal(*id));
         }
+        for (id, k) in state.read_keys.iter().filter(|(_, k)| !k.removed) {
+            self.insert(k.public_key, state.brand_id, k.principal(*id));
+        }
     }
 
     /// Records an enrolment. A key enrolled for another brand keeps its

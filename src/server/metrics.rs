@@ -40,6 +40,9 @@ pub const OPS: &[&str] = &[
     "export_ledger",
     "consistency_proof",
     "set_terminal_disabled",
+    "report",
+    "add_key",
+    "remove_key",
     "create_brand",
 ];
 
@@ -68,7 +71,10 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::ExportLedger(_)) => 15,
         Some(Op::ConsistencyProof(_)) => 16,
         Some(Op::SetTerminalDisabled(_)) => 17,
-        Some(Op::CreateBrand(_)) => 18,
+        Some(Op::Report(_)) => 18,
+        Some(Op::AddKey(_)) => 19,
+        Some(Op::RemoveKey(_)) => 20,
+        Some(Op::CreateBrand(_)) => 21,
     }
 }
 

@@ -211,7 +211,31 @@ impl Sessions {
     /// just disabled) and returns how many there were. Their slots come
     /// free as the sessions end, within moments.
     pub fn revoke(&self, brand: u32, terminal: u32) -> usize {
-        let signer = (brand, Principal::Terminal(terminal));
+        let closed = self.close_all(brand, Principal::Terminal(terminal));
+        tracing::warn!(
+            brand,
+            terminal,
+            closed,
+            "terminal disabled: its sessions closed"
+        );
+        closed
+    }
+
+    /// Closes every open session of a read-only key of `brand` (it was
+    /// just removed) and returns how many there were.
+    pub fn revoke_principal(&self, brand: u32, principal: Principal) -> usize {
+        let closed = self.close_all(brand, principal);
+        tracing::warn!(
+            brand,
+            ?principal,
+            closed,
+            "key removed: its sessions closed"
+        );
+        closed
+    }
+
+    fn close_all(&self, brand: u32, principal: Principal) -> usize {
+        let signer = (brand, principal);
         let tokens: Vec<CancellationToken> = self
             .lock()
             .sessions
@@ -221,12 +245,6 @@ impl Sessions {
         for t in &tokens {
             t.cancel();
         }
-        tracing::warn!(
-            brand,
-            terminal,
-            closed = tokens.len(),
-            "terminal disabled: its sessions closed"
-        );
         tokens.len()
     }
 

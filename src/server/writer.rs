@@ -146,12 +146,22 @@ fn sign_on_ok(
             ));
         }
     }
+    if let Principal::Auditor(id) | Principal::StoreManager(id, _) = principal {
+        if s.read_keys.get(&id).is_none_or(|k| k.removed) {
+            return Err(crate::error::Refusal::new(
+                pb::ErrorCode::UnknownKey,
+                "this read-only key was removed by the owner",
+            ));
+        }
+    }
     let (role, store_id, terminal_id) = match principal {
         Principal::Terminal(id) => (
             pb::Role::Terminal,
             s.terminals.get(&id).map_or(0, |t| t.store_id),
             id,
         ),
+        Principal::Auditor(_) => (pb::Role::Auditor, 0, 0),
+        Principal::StoreManager(_, store) => (pb::Role::StoreManager, store, 0),
         _ => (pb::Role::Owner, 0, 0),
     };
     Ok(pb::SignOnOk {
@@ -429,16 +439,30 @@ impl Committer {
     /// After a durable batch: enrolled keys may sign on, and disabled
     /// terminals lose every open session.
     fn publish(&self, job: &Job) {
-        for (key, tid) in &job.batch.enrolled {
-            self.keys
-                .insert(*key, self.brand, Principal::Terminal(*tid));
+        for (key, principal) in &job.batch.enrolled {
+            self.keys.insert(*key, self.brand, *principal);
         }
         if let Some(sessions) = &self.sessions {
             for terminal in disabled_terminals(&job.written) {
                 sessions.revoke(self.brand, terminal);
             }
+            for key in removed_keys(&job.written) {
+                sessions.revoke_principal(self.brand, key);
+            }
         }
     }
+}
+
+/// The read-only keys that `written` removes.
+fn removed_keys(written: &[Written]) -> Vec<Principal> {
+    written
+        .iter()
+        .filter(|w| w.record.kind == pb::RecordKind::KeyRemoved as i32)
+        .map(|w| match w.record.store_id {
+            0 => Principal::Auditor(w.record.new_id),
+            store => Principal::StoreManager(w.record.new_id, store),
+        })
+        .collect()
 }
 
 /// The terminals that `written` disables.

@@ -37,6 +37,8 @@ pub(super) struct Script {
     last_seq: u64,
     /// The newest record written.
     last_record: Option<pb::Record>,
+    /// Every record's bytes, in order (for replay tests).
+    pub(super) records: Vec<Vec<u8>>,
 }
 
 /// A valid card number of `BRAND` from a counter.
@@ -68,11 +70,18 @@ impl Script {
                 (Principal::Owner, SigningKey::from_bytes(&[12; 32])),
                 (Principal::Terminal(1), SigningKey::from_bytes(&[13; 32])),
                 (Principal::Terminal(2), SigningKey::from_bytes(&[14; 32])),
+                (Principal::Terminal(3), SigningKey::from_bytes(&[15; 32])),
+                (Principal::Auditor(1), SigningKey::from_bytes(&[31; 32])),
+                (
+                    Principal::StoreManager(2, 2),
+                    SigningKey::from_bytes(&[32; 32]),
+                ),
             ],
-            next_txn: vec![1, 1],
+            next_txn: vec![1, 1, 1],
             digest: Sha256::new(),
             last_seq: 0,
             last_record: None,
+            records: Vec::new(),
         }
     }
 
@@ -131,6 +140,7 @@ impl Script {
                 assert_eq!(w.hash, leaf_hash(&w.bytes));
                 self.last_seq = w.record.seq;
                 self.last_record = Some(w.record.clone());
+                self.records.push(w.bytes.clone());
                 format!("W {} {} {:?}", w.record.seq, hex::encode(w.hash), w.nodes)
             }
             Ok(Outcome::Answer(r)) => format!("A {}", hex::encode(r.encode_to_vec())),

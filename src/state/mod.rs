@@ -6,9 +6,14 @@
 //! A refused request leaves the state exactly as it was: every operation
 //! validates fully before it mutates anything.
 mod apply;
+pub mod books;
+#[cfg(test)]
+mod books_tests;
 #[cfg(test)]
 mod golden;
+pub mod lots;
 mod receipt;
+pub mod reports;
 mod retention;
 pub mod rules;
 
@@ -23,6 +28,8 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::merkle::Frontier;
 use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
+use books::Books;
+use lots::Lots;
 
 pub use apply::apply;
 pub use receipt::reply_for_record;
@@ -36,6 +43,11 @@ pub enum Principal {
     Owner,
     /// An enrolled terminal, by its id within the brand.
     Terminal(u32),
+    /// A read-only key that reads every report (by its id among the
+    /// brand's read-only keys).
+    Auditor(u32),
+    /// A read-only key that reads one store's reports: (key id, store).
+    StoreManager(u32, u32),
 }
 
 impl Principal {
@@ -46,6 +58,8 @@ impl Principal {
             Principal::Owner => 0,
             Principal::Terminal(id) => id,
             Principal::Server => u32::MAX,
+            // Read-only keys write nothing; their reads carry no txn id.
+            Principal::Auditor(_) | Principal::StoreManager(..) => u32::MAX - 1,
         }
     }
 
@@ -55,6 +69,7 @@ impl Principal {
             Principal::Server => pb::Signer::Server,
             Principal::Owner => pb::Signer::Owner,
             Principal::Terminal(_) => pb::Signer::Terminal,
+            Principal::Auditor(_) | Principal::StoreManager(..) => pb::Signer::Unspecified,
         }
     }
 }
@@ -88,10 +103,17 @@ pub struct Card {
     pub total_spend: i64,
     /// Days with at least one purchase.
     pub visits: u32,
-    /// Day number (Unix ms / 86,400,000) of the last visit, -1 for none.
+    /// Brand day (`books::day_bounds`, in the brand's time zone; UTC days
+    /// before a zone was set) of the last visit, -1 for none.
     pub last_visit_day: i64,
     /// Active, blocked or replaced.
     pub status: CardStatus,
+    /// Brand day of the last record that moved value on the card or issued
+    /// it: liability aging and dormant members read it.
+    pub last_active_day: i32,
+    /// The card's value by store of issue, in spend order (`lots.rs`);
+    /// its totals are always `paid` and `bonus`.
+    pub lots: Lots,
 }
 
 impl Card {
@@ -136,6 +158,29 @@ pub struct Terminal {
     pub disabled: bool,
 }
 
+/// A read-only key (`AddKey`): it signs on and reads reports, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadKey {
+    /// Its ed25519 public key.
+    pub public_key: [u8; 32],
+    /// The store a store manager reads; 0 for an auditor.
+    pub store_id: u32,
+    /// The owner's label for it.
+    pub label: String,
+    /// Removed by the owner: cannot sign on, every request refused.
+    pub removed: bool,
+}
+
+impl ReadKey {
+    /// The principal that signs with this key.
+    pub fn principal(&self, id: u32) -> Principal {
+        match self.store_id {
+            0 => Principal::Auditor(id),
+            store => Principal::StoreManager(id, store),
+        }
+    }
+}
+
 /// What a money-moving record did, kept so that it can be refunded or reversed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Effect {
@@ -173,6 +218,8 @@ pub struct Effect {
     pub original_seq: u64,
     /// Set once a reversal undid it.
     pub reversed: bool,
+    /// The lots it moved value from (purchase) or to (load, refund).
+    pub lots: Lots,
     /// Its server time: refunds and reversals are accepted within
     /// `REFUND_WINDOW_MS` of it.
     pub time_ms: i64,
@@ -269,6 +316,11 @@ pub struct BrandState {
     /// Refundable and reversible records: those within `REFUND_WINDOW_MS`
     /// and the newest `MAX_REFUNDABLE_RECORDS`.
     pub effects: Effects,
+    /// The owner's books: per-day tallies, settlement, liability.
+    pub books: Books,
+    /// Read-only keys by id (from 1), removed ones kept (a key is never
+    /// reused).
+    pub read_keys: BTreeMap<u32, ReadKey>,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -382,6 +434,8 @@ impl BrandState {
             txns: FastMap::default(),
             txn_windows: FastMap::default(),
             effects: Effects::default(),
+            books: Books::default(),
+            read_keys: BTreeMap::new(),
         }
     }
 
@@ -395,7 +449,7 @@ impl BrandState {
         match principal {
             Principal::Owner => self.owner_last_txn_id,
             Principal::Terminal(id) => self.terminals.get(&id).map_or(0, |t| t.last_txn_id),
-            Principal::Server => 0,
+            Principal::Server | Principal::Auditor(_) | Principal::StoreManager(..) => 0,
         }
     }
 

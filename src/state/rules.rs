@@ -21,6 +21,7 @@ pub fn default_rules() -> Rules {
         points_per_unit: 1,
         tiers: vec![],
         promotion_line: String::new(),
+        time_zone: String::new(),
     }
 }
 
@@ -39,6 +40,12 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
     }
     if !text_ok(&rules.promotion_line, MAX_PROMOTION_BYTES) {
         return bad("promotion line too long or has control characters");
+    }
+    if !rules.time_zone.is_empty()
+        && (!text_ok(&rules.time_zone, MAX_TEXT_BYTES)
+            || super::books::zone_named(&rules.time_zone).is_err())
+    {
+        return bad("time_zone is not an IANA time zone name (e.g. Asia/Shanghai)");
     }
     let mut prev: Option<i64> = None;
     for t in &rules.bonus_tiers {
@@ -147,6 +154,7 @@ mod tests {
                 },
             ],
             promotion_line: String::new(),
+            time_zone: String::new(),
         }
     }
 

@@ -362,6 +362,7 @@ async fn a_card_balance_never_passes_its_limit() {
         points_per_unit: 1,
         tiers: vec![],
         promotion_line: String::new(),
+        time_zone: String::new(),
     };
     ok(
         &mut o,

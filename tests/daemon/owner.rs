@@ -207,6 +207,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         points_per_unit: 2,
         tiers: vec![],
         promotion_line: "Double points week".into(),
+        time_zone: String::new(),
     };
     ok(
         &mut o,
@@ -249,6 +250,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         points_per_unit: 1,
         tiers: vec![],
         promotion_line: "bad".into(),
+        time_zone: String::new(),
     };
     assert_eq!(
         refused(&mut o, 12, Op::SetRules(pb::SetRules { rules: Some(bad) })).await,

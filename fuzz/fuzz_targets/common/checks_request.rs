@@ -199,6 +199,10 @@ impl World {
             Principal::Server => keys().server,
             Principal::Owner => self.state.owner_key,
             Principal::Terminal(id) => self.state.terminals[&id].public_key,
+            // The fuzzer signs as the server, the owner or a terminal only.
+            Principal::Auditor(id) | Principal::StoreManager(id, _) => {
+                self.state.read_keys[&id].public_key
+            }
         }
     }
 

@@ -313,6 +313,8 @@ impl World {
             points_per_unit,
             tiers,
             promotion_line,
+            // Not drawn from the input: the corpus keeps its meaning.
+            time_zone: String::new(),
         })
     }
 

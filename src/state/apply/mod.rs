@@ -17,11 +17,13 @@ use prost::Message;
 
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
-    create_brand, create_store, enroll_terminal, issue_card, replace_card, set_card_blocked,
-    set_rules, set_terminal_disabled,
+    add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
+    set_card_blocked, set_rules, set_terminal_disabled,
 };
 use reversal::reversal;
 
+use super::books::Place;
+use super::lots::{refund_share, Lots};
 use super::retention::{expired, forget_expired_effects, missing_original, remember_txn};
 use super::retention::{ORIGINAL_EXPIRED, TXN_TOO_OLD};
 use super::rules;
@@ -32,8 +34,6 @@ use crate::error::{refuse, Refusal};
 use crate::limits::*;
 use crate::pb::request::Op;
 use crate::pb::{ErrorCode as E, Record, Request, TxnState};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Applies `req` (whose exact signed bytes and signer are in `ctx`) to
 /// `state`. Returns what happened, or a refusal that changed nothing.
@@ -68,6 +68,9 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
             Some(_) => {}
         }
     }
+    if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
+        return read_key_request(state, ctx, id, op);
+    }
     if let Some(answer) = read_only(state, ctx, op) {
         return answer;
     }
@@ -90,11 +93,14 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::ReplaceCard(r) => replace_card(state, ctx, req, r),
         Op::SetRules(s) => set_rules(state, ctx, req, s),
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
+        Op::AddKey(a) => add_key(state, ctx, req, a),
+        Op::RemoveKey(r) => remove_key(state, ctx, req, r),
         Op::Inquiry(_)
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
-        | Op::ConsistencyProof(_) => {
+        | Op::ConsistencyProof(_)
+        | Op::Report(_) => {
             unreachable!("handled above")
         }
     }
@@ -106,6 +112,7 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
     match op {
         Op::Inquiry(q) => Some(inquiry(state, ctx, q)),
         Op::TxnStatus(s) => Some(Ok(txn_status(state, ctx, s.txn_id))),
+        Op::Report(r) => Some(report(state, ctx, r)),
         // Audit reads are served from durable storage by the server, never
         // through the state machine.
         Op::ExportLedger(_) | Op::ConsistencyProof(_) => Some(refuse(
@@ -123,6 +130,47 @@ fn inquiry(state: &BrandState, ctx: &Context, q: &pb::Inquiry) -> Result<Outcome
     Ok(Outcome::Answer(pb::Reply {
         card: Some(view),
         promotion_line: state.rules.promotion_line.clone(),
+        ..Default::default()
+    }))
+}
+
+/// A read-only key's request: a report, or `WRONG_ROLE`; a removed key's
+/// anything: `UNKNOWN_KEY`. Nothing is ever written.
+fn read_key_request(
+    state: &BrandState,
+    ctx: &Context,
+    id: u32,
+    op: &Op,
+) -> Result<Outcome, Refusal> {
+    if state.read_keys.get(&id).is_none_or(|k| k.removed) {
+        return refuse(E::UnknownKey, "this read-only key was removed by the owner");
+    }
+    match op {
+        Op::Report(r) => report(state, ctx, r),
+        _ => refuse(
+            E::WrongRole,
+            "a read-only key reads reports and nothing else",
+        ),
+    }
+}
+
+/// A report from the books (`reports.rs`) for the owner or a read-only
+/// key (a store manager: its own store's only); nothing is written.
+fn report(state: &BrandState, ctx: &Context, r: &pb::GetReport) -> Result<Outcome, Refusal> {
+    let scope = match ctx.principal {
+        Principal::Owner | Principal::Auditor(_) => None,
+        Principal::StoreManager(_, store) => Some(store),
+        _ => {
+            return refuse(
+                E::WrongRole,
+                "reports need the owner key or a read-only key",
+            )
+        }
+    };
+    let today = day_of(state, ctx.time_ms);
+    let report = super::reports::report(state, r, today, scope)?;
+    Ok(Outcome::Answer(pb::Reply {
+        report: Some(report),
         ..Default::default()
     }))
 }
@@ -308,10 +356,13 @@ fn append(state: &mut BrandState, ctx: &Context, rec: Record) -> Outcome {
                 let t = state.terminals.get_mut(&id).expect("signer is enrolled");
                 t.last_txn_id = t.last_txn_id.max(rec.txn_id);
             }
-            Principal::Server => {}
+            Principal::Server | Principal::Auditor(_) | Principal::StoreManager(..) => {}
         }
     }
     forget_expired_effects(state, ctx.time_ms);
+    state
+        .books
+        .advance(&state.rules.time_zone, rec.time_ms, rec.seq);
     Outcome::Written(Written {
         record: rec,
         bytes,
@@ -366,6 +417,23 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
         original_seq: rec.original_seq,
         reversed: false,
         time_ms: rec.time_ms,
+        lots: Lots::Empty,
+    }
+}
+
+/// The brand day of a request at `time_ms` (no change to the state).
+fn day_of(state: &BrandState, time_ms: i64) -> i32 {
+    state.books.day_of(&state.rules.time_zone, time_ms)
+}
+
+/// Where the books tally `rec` (interning its operator: call only once
+/// the record will be written).
+fn place(state: &mut BrandState, rec: &Record) -> Place {
+    Place {
+        day: day_of(state, rec.time_ms),
+        store: rec.store_id,
+        terminal: rec.terminal_id,
+        operator: state.books.operator_id(&rec.operator),
     }
 }
 

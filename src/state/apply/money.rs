@@ -26,9 +26,12 @@ pub(super) fn purchase(
     let points = rules::points_for(&state.rules, state.exponent, approved, multiplier);
     card.paid -= paid_out;
     card.bonus -= bonus_out;
+    let taken = card.lots.take(paid_out, bonus_out);
     card.points = checked(card.points.checked_add(points))?;
     card.total_spend = checked(card.total_spend.checked_add(approved))?;
-    let day = ctx.time_ms.div_euclid(DAY_MS);
+    let today = day_of(state, ctx.time_ms);
+    card.last_active_day = today;
+    let day = i64::from(today);
     let visit_counted = day != card.last_visit_day;
     if visit_counted {
         card.visits = card
@@ -53,6 +56,16 @@ pub(super) fn purchase(
     fill_card(state, &mut rec, number, &card);
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
     effect.visit_counted = visit_counted;
+    let at = place(state, &rec);
+    state.books.tally(at, |t| {
+        t.purchases = t.purchases.saturating_add(1);
+        t.purchase_minor = t.purchase_minor.saturating_add(approved);
+        t.purchase_bonus_minor = t.purchase_bonus_minor.saturating_add(bonus_out);
+        t.visits = t.visits.saturating_add(u32::from(visit_counted));
+    });
+    state.books.liability(at.day, &taken, -1);
+    state.books.settle(at.day, at.store, &taken, 1);
+    effect.lots = taken;
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
 }
@@ -104,6 +117,13 @@ pub(super) fn top_up(
     card.paid = checked(card.paid.checked_add(t.amount_minor))?;
     card.bonus = checked(card.bonus.checked_add(bonus))?;
     balance_ok(&card)?;
+    // The value's store of issue: the till's store, or the head office (0).
+    let store = match ctx.principal {
+        Principal::Terminal(id) => state.terminals[&id].store_id,
+        _ => 0,
+    };
+    card.lots.add(store, t.amount_minor, bonus)?;
+    card.last_active_day = day_of(state, ctx.time_ms);
     let mut rec = base_record(state, ctx, req, RecordKind::TopUp);
     rec.paid_in_minor = t.amount_minor;
     rec.bonus_in_minor = bonus;
@@ -111,9 +131,15 @@ pub(super) fn top_up(
     rec.reference = t.reference.clone();
     rec.price_minor = price.unwrap_or(0);
     fill_card(state, &mut rec, number, &card);
+    let loaded = Lots::from_moves(&[lots::Lot {
+        store,
+        paid: t.amount_minor,
+        bonus,
+    }]);
     let Principal::Terminal(tid) = ctx.principal else {
         // An owner load has no till, no shift and no reversal (a till
         // reverses only its own transactions), so it leaves no effect.
+        book_load(state, &rec, &loaded);
         state.cards.insert(number, card);
         return Ok(append(state, ctx, rec));
     };
@@ -122,9 +148,23 @@ pub(super) fn top_up(
         s.top_up_minor = s.top_up_minor.checked_add(t.amount_minor)?;
         Some(())
     })?;
-    let effect = effect_of(&rec, number, shift_number(state, tid));
+    let mut effect = effect_of(&rec, number, shift_number(state, tid));
+    book_load(state, &rec, &loaded);
+    effect.lots = loaded;
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
+}
+
+/// A load in the books: its tallies and the liability of its store.
+fn book_load(state: &mut BrandState, rec: &Record, loaded: &Lots) {
+    let at = place(state, rec);
+    let (paid, bonus) = (rec.paid_in_minor, rec.bonus_in_minor);
+    state.books.tally(at, |t| {
+        t.top_ups = t.top_ups.saturating_add(1);
+        t.top_up_paid_minor = t.top_up_paid_minor.saturating_add(paid);
+        t.top_up_bonus_minor = t.top_up_bonus_minor.saturating_add(bonus);
+    });
+    state.books.liability(at.day, loaded, 1);
 }
 
 /// The channel of a load, which also says who may sign it: `store` is a
@@ -200,6 +240,14 @@ pub(super) fn refund(
     card.bonus = checked(card.bonus.checked_add(bonus_in))?;
     card.points -= points_out;
     card.total_spend = (card.total_spend - r.amount_minor).max(0);
+    let returned = refund_share(
+        &orig.lots,
+        (orig.refunded_paid, orig.refunded_bonus),
+        paid_in,
+        bonus_in,
+    );
+    card.lots.add_all(&returned)?;
+    card.last_active_day = day_of(state, ctx.time_ms);
     balance_ok(&card)?;
     let shift = shift_add(state, tid, |s| {
         s.refund_count = s.refund_count.checked_add(1)?;
@@ -213,7 +261,16 @@ pub(super) fn refund(
     rec.original_seq = r.original_seq;
     rec.remaining_minor = left - r.amount_minor;
     fill_card(state, &mut rec, number, &card);
-    let effect = effect_of(&rec, number, shift_number(state, tid));
+    let mut effect = effect_of(&rec, number, shift_number(state, tid));
+    let at = place(state, &rec);
+    let amount = r.amount_minor;
+    state.books.tally(at, |t| {
+        t.refunds = t.refunds.saturating_add(1);
+        t.refund_minor = t.refund_minor.saturating_add(amount);
+    });
+    state.books.liability(at.day, &returned, 1);
+    state.books.settle(at.day, at.store, &returned, -1);
+    effect.lots = returned;
     let orig = state
         .effects
         .get_mut(r.original_seq)
@@ -300,6 +357,11 @@ pub(super) fn redeem_points(
     let mut rec = base_record(state, ctx, req, RecordKind::PointsRedeemed);
     rec.points_out = r.points;
     fill_card(state, &mut rec, number, &card);
+    let at = place(state, &rec);
+    let points = r.points;
+    state.books.tally(at, |t| {
+        t.redeemed_points = t.redeemed_points.saturating_add(points)
+    });
     let effect = effect_of(&rec, number, shift_number(state, tid));
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))

@@ -79,7 +79,7 @@ pub(super) fn enroll_terminal(
         return refuse(E::InvalidArgument, "not a valid ed25519 public key");
     };
     let key = key.to_bytes();
-    if key == state.owner_key || state.terminals.values().any(|t| t.public_key == key) {
+    if key_in_use(state, &key) {
         return refuse(E::KeyInUse, "this key is already enrolled");
     }
     if !text_ok(&e.label) {
@@ -126,7 +126,8 @@ pub(super) fn issue_card(
     if state.cards.len() >= MAX_CARDS_PER_BRAND {
         return refuse(E::LimitExceeded, "too many cards");
     }
-    let card = Card::new();
+    let mut card = Card::new();
+    card.last_active_day = day_of(state, ctx.time_ms);
     let mut rec = base_record(state, ctx, req, RecordKind::CardIssued);
     fill_card(state, &mut rec, number, &card);
     state.cards.insert(number, card);
@@ -192,6 +193,7 @@ pub(super) fn replace_card(
         bonus: 0,
         points: 0,
         status: CardStatus::Replaced,
+        lots: Lots::Empty,
         ..old.clone()
     };
     let mut rec = base_record(state, ctx, req, RecordKind::CardReplaced);
@@ -217,6 +219,10 @@ pub(super) fn set_rules(
     };
     rules::validate(new_rules)?;
     let rec = base_record(state, ctx, req, RecordKind::RulesSet);
+    if new_rules.time_zone != state.rules.time_zone {
+        // Days are cut in the new zone from this record on.
+        state.books.reset_day();
+    }
     state.rules = new_rules.clone();
     Ok(append(state, ctx, rec))
 }
@@ -242,5 +248,80 @@ pub(super) fn set_terminal_disabled(
         .get_mut(&s.terminal_id)
         .expect("checked")
         .disabled = s.disabled;
+    Ok(append(state, ctx, rec))
+}
+
+/// True if `key` is the owner's, a terminal's or a read-only key's (even
+/// a removed one: a key is never given a second meaning).
+fn key_in_use(state: &BrandState, key: &[u8; 32]) -> bool {
+    *key == state.owner_key
+        || state.terminals.values().any(|t| t.public_key == *key)
+        || state.read_keys.values().any(|k| k.public_key == *key)
+}
+
+pub(super) fn add_key(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    a: &pb::AddKey,
+) -> Result<Outcome, Refusal> {
+    require_owner(ctx)?;
+    let store_id = match pb::KeyRole::try_from(i32::try_from(a.role).unwrap_or(-1)) {
+        Ok(pb::KeyRole::Auditor) if a.store_id == 0 => 0,
+        Ok(pb::KeyRole::StoreManager) if state.stores.contains_key(&a.store_id) => a.store_id,
+        Ok(pb::KeyRole::StoreManager) => return refuse(E::StoreNotFound, "no such store"),
+        _ => {
+            return refuse(
+                E::InvalidArgument,
+                "role must be auditor (no store) or store manager (with a store)",
+            )
+        }
+    };
+    let Some(key) = parse_public_key(&a.public_key) else {
+        return refuse(E::InvalidArgument, "not a valid ed25519 public key");
+    };
+    let key = key.to_bytes();
+    if key_in_use(state, &key) {
+        return refuse(E::KeyInUse, "this key is already enrolled");
+    }
+    if !text_ok(&a.label) {
+        return refuse(E::InvalidArgument, "label too long");
+    }
+    if state.read_keys.len() >= MAX_READ_KEYS_PER_BRAND {
+        return refuse(E::LimitExceeded, "too many read-only keys");
+    }
+    let id = u32::try_from(state.read_keys.len() + 1).expect("bounded by limit");
+    let mut rec = base_record(state, ctx, req, RecordKind::KeyAdded);
+    rec.new_id = id;
+    rec.store_id = store_id;
+    let read_key = ReadKey {
+        public_key: key,
+        store_id,
+        label: a.label.clone(),
+        removed: false,
+    };
+    state.read_keys.insert(id, read_key);
+    Ok(append(state, ctx, rec))
+}
+
+pub(super) fn remove_key(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    r: &pb::RemoveKey,
+) -> Result<Outcome, Refusal> {
+    require_owner(ctx)?;
+    let found = state
+        .read_keys
+        .iter()
+        .find(|(_, k)| k.public_key.as_slice() == r.public_key.as_slice() && !k.removed)
+        .map(|(id, k)| (*id, k.store_id));
+    let Some((id, store_id)) = found else {
+        return refuse(E::InvalidArgument, "no read-only key with that public key");
+    };
+    let mut rec = base_record(state, ctx, req, RecordKind::KeyRemoved);
+    rec.new_id = id;
+    rec.store_id = store_id;
+    state.read_keys.get_mut(&id).expect("found").removed = true;
     Ok(append(state, ctx, rec))
 }

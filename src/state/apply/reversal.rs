@@ -53,6 +53,9 @@ pub(super) fn reversal(
     };
     let deltas = deltas_of(state, orig, &card)?;
     reverse_on_card(&mut card, orig, &deltas)?;
+    let moved = reverse_lots(&mut card, orig)?;
+    card.last_active_day = day_of(state, ctx.time_ms);
+    let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
     let value = deltas.paid_in + deltas.bonus_in + deltas.paid_out + deltas.bonus_out;
     let shift = shift_add(state, tid, |s| {
         s.reversal_count = s.reversal_count.checked_add(1)?;
@@ -69,6 +72,7 @@ pub(super) fn reversal(
     rec.original_seq = orig_seq;
     rec.original_txn_id = r.original_txn_id;
     fill_card(state, &mut rec, number, &card);
+    book_reversal(state, &rec, orig_kind, orig_store, &orig_lots, &moved);
     mark_reversed(state, ns, r.original_txn_id, orig_seq, deltas.extra_points);
     state.cards.insert(number, card);
     state.terminals.get_mut(&tid).expect("checked").shift = shift;
@@ -90,6 +94,10 @@ fn tombstone(
     })?;
     let mut rec = base_record(state, ctx, req, RecordKind::Reversal);
     rec.original_txn_id = r.original_txn_id;
+    let at = place(state, &rec);
+    state
+        .books
+        .tally(at, |t| t.reversals = t.reversals.saturating_add(1));
     state.terminals.get_mut(&tid).expect("checked").shift = shift;
     let ns = ctx.principal.txn_namespace();
     remember_txn(state, ns, r.original_txn_id, TxnEntry::Tombstone(rec.seq));
@@ -201,6 +209,62 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Ref
         _ => {}
     }
     balance_ok(card)
+}
+
+/// Moves the original's lots back on the card copy: a purchase's value
+/// returns to the lots it came from; a load's or a refund's is taken back
+/// from the lots it went to (`Lots::take_back`). Returns what moved.
+fn reverse_lots(card: &mut Card, orig: &Effect) -> Result<Lots, Refusal> {
+    match orig.kind {
+        RecordKind::Purchase => {
+            card.lots.add_all(&orig.lots)?;
+            Ok(orig.lots.clone())
+        }
+        RecordKind::TopUp | RecordKind::Refund => Ok(card.lots.take_back(&orig.lots)),
+        _ => Ok(Lots::Empty),
+    }
+}
+
+/// A reversal in the books: its tally, the liability it moved and the
+/// settlement of the original undone exactly.
+fn book_reversal(
+    state: &mut BrandState,
+    rec: &Record,
+    kind: RecordKind,
+    orig_store: u32,
+    orig_lots: &Lots,
+    moved: &Lots,
+) {
+    let at = place(state, rec);
+    let value_in = rec.paid_in_minor + rec.bonus_in_minor;
+    let value_out = rec.paid_out_minor + rec.bonus_out_minor;
+    state.books.tally(at, |t| {
+        t.reversals = t.reversals.saturating_add(1);
+        match kind {
+            RecordKind::Purchase => {
+                t.reversed_purchase_minor = t.reversed_purchase_minor.saturating_add(value_in)
+            }
+            RecordKind::TopUp => {
+                t.reversed_top_up_minor = t.reversed_top_up_minor.saturating_add(value_out)
+            }
+            RecordKind::Refund => {
+                t.reversed_refund_minor = t.reversed_refund_minor.saturating_add(value_out)
+            }
+            _ => {}
+        }
+    });
+    match kind {
+        RecordKind::Purchase => {
+            state.books.liability(at.day, moved, 1);
+            state.books.settle(at.day, orig_store, orig_lots, -1);
+        }
+        RecordKind::Refund => {
+            state.books.liability(at.day, moved, -1);
+            state.books.settle(at.day, orig_store, orig_lots, 1);
+        }
+        RecordKind::TopUp => state.books.liability(at.day, moved, -1),
+        _ => {}
+    }
 }
 
 /// Commit: the original is marked reversed; a reversed refund gives its

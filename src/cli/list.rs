@@ -1,0 +1,125 @@
+//! `cardd admin list stores|terminals|cards` and `cardd admin rules`:
+//! listings from the daemon's state, and the rules in force printed as a
+//! file `cardd admin set-rules --file` accepts.
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use cardd::client::{AnyClient, ClientError};
+use cardd::pb::{self, request::Op, CardStatus};
+use cardd::render::error_json;
+
+use super::report::Format;
+
+/// What `cardd admin list` lists.
+#[derive(Subcommand)]
+pub enum ListKind {
+    /// Stores: name, terminals, last activity.
+    Stores,
+    /// Terminals: store, label, status, last transaction, last activity.
+    Terminals {
+        /// Only this store's.
+        #[arg(long)]
+        store: Option<u32>,
+    },
+    /// Cards in number order, a page at a time.
+    Cards {
+        /// Only cards with this status.
+        #[arg(long, value_parser = ["active", "blocked", "replaced"])]
+        status: Option<String>,
+        /// The page after this card number (the `more:` line of a page).
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+    },
+}
+
+/// The request for a listing.
+pub fn request_for(kind: ListKind) -> pb::GetReport {
+    match kind {
+        ListKind::Stores => pb::GetReport {
+            kind: "stores".into(),
+            ..Default::default()
+        },
+        ListKind::Terminals { store } => pb::GetReport {
+            kind: "terminals".into(),
+            store_id: store,
+            ..Default::default()
+        },
+        ListKind::Cards { status, cursor } => {
+            let status = match status.as_deref() {
+                Some("active") => CardStatus::Active as u32,
+                Some("blocked") => CardStatus::Blocked as u32,
+                Some("replaced") => CardStatus::Replaced as u32,
+                _ => 0,
+            };
+            pb::GetReport {
+                kind: "cards".into(),
+                cursor,
+                status,
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Prints the rules in force as the JSON file `set-rules` reads.
+pub async fn print_rules(client: &mut AnyClient, format: Format) -> anyhow::Result<ExitCode> {
+    let req = client.request(
+        0,
+        Op::Report(pb::GetReport {
+            kind: "rules".into(),
+            ..Default::default()
+        }),
+    );
+    match client.call(&req).await {
+        Ok(reply) => {
+            let rules = reply.report.and_then(|r| r.rules).unwrap_or_default();
+            println!("{}", serde_json::to_string_pretty(&rules_file(&rules))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused(r)) => {
+            if format == Format::Json {
+                println!("{}", error_json(r.code as i32, &r.message));
+            } else {
+                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
+            }
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// The rules in the JSON form of `cardd admin set-rules` (README).
+pub fn rules_file(r: &pb::Rules) -> Value {
+    let bonus: Vec<Value> = r
+        .bonus_tiers
+        .iter()
+        .map(|b| {
+            json!({
+                "min_load_minor": b.min_load_minor,
+                "fixed_bonus_minor": b.fixed_bonus_minor,
+                "bonus_bps": b.bonus_bps,
+            })
+        })
+        .collect();
+    let tiers: Vec<Value> = r
+        .tiers
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "min_spend_minor": t.min_spend_minor,
+                "min_visits": t.min_visits,
+                "multiplier_milli": t.multiplier_milli,
+            })
+        })
+        .collect();
+    json!({
+        "bonus_tiers": bonus,
+        "points_per_unit": r.points_per_unit,
+        "tiers": tiers,
+        "promotion_line": r.promotion_line,
+        "time_zone": r.time_zone,
+    })
+}
