@@ -105,25 +105,24 @@ fn change_record(data: &Path, seq: u64) {
     write_commits(data, 1, &commits).unwrap();
 }
 
-/// The first refusal a till meets signing on and buying, again and again.
+/// The first refusal a till meets signing on and then buying, again and
+/// again.
 async fn refused_soon(
     addr: std::net::SocketAddr,
     key: &ed25519_dalek::SigningKey,
     card: &str,
     mut txn: u64,
 ) -> E {
+    let mut t = match Client::connect(addr, key.clone()).await {
+        Ok(t) => t,
+        Err(ClientError::Refused(r)) => return r.code,
+        Err(e) => panic!("sign-on: {e}"),
+    };
     loop {
-        let mut t = match Client::connect(addr, key.clone()).await {
-            Ok(t) => t,
-            Err(ClientError::Refused(r)) => return r.code,
-            Err(e) => panic!("sign-on: {e}"),
-        };
-        loop {
-            txn += 1;
-            match call(&mut t, txn, purchase(card, 1)).await {
-                Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-                Err(code) => return code,
-            }
+        txn += 1;
+        match call(&mut t, txn, purchase(card, 1)).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(code) => return code,
         }
     }
 }
