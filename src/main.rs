@@ -11,6 +11,13 @@ use clap::{Args, Parser, Subcommand};
 use cardd::client::TlsClient;
 use cardd::server::Config;
 
+/// `println!` that survives a closed pipe (see `cli::print_line`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 
 #[derive(Parser)]
@@ -195,16 +202,20 @@ enum AuditCommand {
         out: PathBuf,
     },
     /// Verify every signature, link and checkpoint of an export, replay it,
-    /// and print every card and the totals. Exits non-zero on the first failure.
+    /// and print a summary and the totals (every card with --cards or
+    /// --json). Exits non-zero on the first failure.
     Verify {
         /// The export file.
         file: PathBuf,
         /// The server's public key in hex (the only key trusted).
         #[arg(long)]
         server_key: String,
-        /// Print one JSON object.
+        /// Print one JSON object (every card included).
         #[arg(long)]
         json: bool,
+        /// Print one line per card after the summary.
+        #[arg(long)]
+        cards: bool,
         /// A checkpoint saved earlier that this export must extend.
         #[arg(long)]
         old_checkpoint: Option<PathBuf>,
@@ -362,7 +373,7 @@ enum AdminOp {
         #[arg(long)]
         card: String,
         /// The face value loaded, a decimal (e.g. 100.00).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         sale: SaleArgs,
@@ -376,7 +387,7 @@ enum AdminOp {
         #[arg(long)]
         count: usize,
         /// The face value loaded onto each card, a decimal (default: none).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         load: Option<String>,
         #[command(flatten)]
         sale: SaleArgs,
@@ -401,7 +412,7 @@ struct SaleArgs {
     no_bonus: bool,
     /// A sale below face value: what the buyer paid, a decimal (e.g. 90.00
     /// for 100.00 of value). Default: the face value.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     price: Option<String>,
 }
 
@@ -421,13 +432,36 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && json_asked() => {
+            fail_json("USAGE", e.render().to_string().trim());
+            e.exit()
+        }
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");
+            if json_asked() {
+                fail_json(cli::failure_code(&e), &format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when the command line asks for JSON: then every failure is also
+/// one JSON object on standard output, so that a script always gets one.
+fn json_asked() -> bool {
+    std::env::args_os().any(|a| a == "--json")
+}
+
+/// Prints `{"ok": false, "error": CODE, "message": ...}` for a failure on
+/// this side (the daemon's refusals print the same shape).
+fn fail_json(code: &str, message: &str) {
+    outln!("{}", cardd::render::failure_json(code, message));
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 
 use cardd::audit::{verify_export, ExportReader, VerifyOptions, VerifyReport};
-use cardd::client::{Client, TlsClient};
+use cardd::client::{connect_to, TlsClient};
 use cardd::crypto::{leaf_hash, read_key_file};
 use cardd::merkle::{consistency_proof, verify_consistency, MemoryTree};
 use cardd::pb::{self, export_item::Item, request::Op};
@@ -92,9 +92,7 @@ pub async fn export_online(
     tls: Option<&TlsClient>,
 ) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = connect_to(addr, key, tls).await?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = ProgressBar::new_spinner();
@@ -149,32 +147,66 @@ pub fn verify_file(
     report.map_err(|e| anyhow::anyhow!("VERIFY FAILED: {e}"))
 }
 
-/// Prints a verification report as text or one JSON object.
-pub fn print_report(r: &VerifyReport, json: bool) {
+/// Prints a verification report as one JSON object (every card in it), or
+/// as text: a summary, and one line per card only when `cards` asks (a
+/// brand of 2,000 cards would print 2,000 lines).
+pub fn print_report(r: &VerifyReport, json: bool, cards: bool) {
     let exponent = r.currency_exponent;
     if json {
-        println!("{}", serde_json::to_string(r).expect("report serializes"));
+        outln!("{}", serde_json::to_string(r).expect("report serializes"));
         return;
     }
     let amt =
         |v: i128| cardd::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
-    println!(
+    outln!(
         "brand {} ({}): {} records, {} checkpoints verified and replayed",
-        r.brand_id, r.brand_name, r.records, r.checkpoints
+        r.brand_id,
+        r.brand_name,
+        r.records,
+        r.checkpoints
     );
-    println!("root {}", r.root_hash);
+    outln!("root {}", r.root_hash);
     if let Some(ok) = r.extends_old_checkpoint {
-        println!(
+        outln!(
             "extends the old checkpoint: {}",
             if ok { "yes" } else { "NO" }
         );
     }
-    println!(
+    if cards {
+        print_cards(r, &amt);
+    } else {
+        let count = |status: &str| r.cards.iter().filter(|c| c.status == status).count();
+        outln!(
+            "cards              {} ({} active, {} blocked, {} replaced; --cards lists them)",
+            r.cards.len(),
+            count("ACTIVE"),
+            count("BLOCKED"),
+            count("REPLACED")
+        );
+    }
+    let t = &r.totals;
+    outln!("loaded (paid)      {}", amt(t.loaded_paid_minor));
+    outln!("  of which discount {}", amt(t.discount_minor));
+    outln!("bonus granted      {}", amt(t.bonus_granted_minor));
+    outln!("spent              {}", amt(t.spent_minor));
+    outln!("refunded           {}", amt(t.refunded_minor));
+    outln!("reversals (net)    {}", amt(t.reversed_net_minor));
+    outln!("outstanding paid   {}", amt(t.outstanding_paid_minor));
+    outln!("outstanding bonus  {}", amt(t.outstanding_bonus_minor));
+}
+
+/// One line per card of a report.
+fn print_cards(r: &VerifyReport, amt: &dyn Fn(i128) -> String) {
+    outln!(
         "{:<20} {:<9} {:>14} {:>14} {:>10} tier",
-        "card", "status", "paid", "bonus", "points"
+        "card",
+        "status",
+        "paid",
+        "bonus",
+        "points"
     );
     for c in &r.cards {
-        println!(
+        outln!(
             "{:<20} {:<9} {:>14} {:>14} {:>10} {}",
             c.card,
             c.status,
@@ -184,15 +216,6 @@ pub fn print_report(r: &VerifyReport, json: bool) {
             c.tier
         );
     }
-    let t = &r.totals;
-    println!("loaded (paid)      {}", amt(t.loaded_paid_minor));
-    println!("  of which discount {}", amt(t.discount_minor));
-    println!("bonus granted      {}", amt(t.bonus_granted_minor));
-    println!("spent              {}", amt(t.spent_minor));
-    println!("refunded           {}", amt(t.refunded_minor));
-    println!("reversals (net)    {}", amt(t.reversed_net_minor));
-    println!("outstanding paid   {}", amt(t.outstanding_paid_minor));
-    println!("outstanding bonus  {}", amt(t.outstanding_bonus_minor));
 }
 
 /// Compares a verified report with what a live daemon reports for every
@@ -204,9 +227,7 @@ pub async fn compare_live(
     tls: Option<&TlsClient>,
 ) -> anyhow::Result<Vec<String>> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = connect_to(addr, key, tls).await?;
     if client.session.brand_id != r.brand_id {
         bail!(
             "the owner key is for brand {}, the export is brand {}",
@@ -283,9 +304,7 @@ pub async fn consistency(
     let path: Vec<[u8; 32]> = match (export, live) {
         (Some(file), None) => proof_from_export(file, old.tree_size, new.tree_size)?,
         (None, Some((addr, key))) => {
-            let mut client = Client::connect_with(addr, read_key_file(key)?, tls)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut client = connect_to(addr, read_key_file(key)?, tls).await?;
             let p = client
                 .consistency_proof(old.tree_size, new.tree_size)
                 .await
@@ -314,9 +333,10 @@ pub async fn consistency(
             old.tree_size
         );
     }
-    println!(
+    outln!(
         "consistent: the tree of size {} extends the tree of size {}",
-        new.tree_size, old.tree_size
+        new.tree_size,
+        old.tree_size
     );
     Ok(())
 }
@@ -366,6 +386,7 @@ pub fn run(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<Exi
             file,
             server_key,
             json,
+            cards,
             old_checkpoint,
             save_checkpoint: save,
             compare,
@@ -376,7 +397,7 @@ pub fn run(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<Exi
                 parse_server_key(&server_key)?,
                 old_checkpoint.as_deref(),
             )?;
-            print_report(&report, json);
+            print_report(&report, json, cards);
             if let (Some(path), Some(c)) = (save, &report.last_checkpoint) {
                 save_checkpoint(c, &path)?;
             }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod audit;
 pub mod brand;
+pub mod changes;
 pub mod issue_cards;
 pub mod keys;
 pub mod serve;
@@ -12,4 +13,72 @@ pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+/// Set once standard output turned out to be a closed pipe.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line to standard output. A closed pipe (`cardd audit verify
+/// ... | head -1`) is not a failure: the rest of the output is dropped
+/// quietly and the command finishes its work (a checkpoint to save, an
+/// exit code to give) as it would have.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("cardd: writing to standard output: {e}");
+        }
+    }
+}
+
+/// The machine-readable code of a failure that happened on this side (no
+/// refusal from the daemon): what `--json` prints as `"error"`.
+pub fn failure_code(e: &anyhow::Error) -> &'static str {
+    if let Some(c) = e.downcast_ref::<cardd::client::ConnectError>() {
+        return match c.error {
+            cardd::client::ClientError::Refused(_) => "SIGN_ON_REFUSED",
+            _ => "CONNECTION_FAILED",
+        };
+    }
+    if e.downcast_ref::<clap::Error>().is_some() {
+        return "USAGE";
+    }
+    if let Some(u) = e.downcast_ref::<Usage>() {
+        return u.code;
+    }
+    "FAILED"
+}
+
+/// A mistake in the command line found after parsing (a bad amount, a
+/// missing file), with the code `--json` prints for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Usage {
+    /// The code, e.g. `AMOUNT_OUT_OF_RANGE` or `USAGE`.
+    pub code: &'static str,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// Parses the decimal amount given to `flag` in minor units; a negative,
+/// malformed or over-precise amount is a [`Usage`] error.
+pub fn amount_arg(flag: &str, text: &str, exponent: u32) -> Result<i64, Usage> {
+    cardd::render::parse_amount(text, exponent).map_err(|e| Usage {
+        code: if text.starts_with('-') {
+            "AMOUNT_OUT_OF_RANGE"
+        } else {
+            "INVALID_ARGUMENT"
+        },
+        message: format!("{flag}: {e}"),
+    })
 }
