@@ -280,7 +280,12 @@ struct AdminArgs {
     // These flags are global so that they may come before or after the
     // subcommand (`cardd admin --json inquiry ...` or `... inquiry --json`).
     /// Daemon address.
-    #[arg(long, default_value = "127.0.0.1:7700", global = true)]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7700",
+        env = "CARDD_CONNECT",
+        global = true
+    )]
     connect: String,
     /// The brand owner's key file (required).
     #[arg(long, global = true)]

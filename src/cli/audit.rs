@@ -185,14 +185,19 @@ pub fn print_report(r: &VerifyReport, json: bool, cards: bool) {
         );
     }
     let t = &r.totals;
-    outln!("loaded (paid)      {}", amt(t.loaded_paid_minor));
-    outln!("  of which discount {}", amt(t.discount_minor));
-    outln!("bonus granted      {}", amt(t.bonus_granted_minor));
-    outln!("spent              {}", amt(t.spent_minor));
-    outln!("refunded           {}", amt(t.refunded_minor));
-    outln!("reversals (net)    {}", amt(t.reversed_net_minor));
-    outln!("outstanding paid   {}", amt(t.outstanding_paid_minor));
-    outln!("outstanding bonus  {}", amt(t.outstanding_bonus_minor));
+    let with_currency = |v: i128| format!("{} {}", amt(v), r.currency);
+    for (label, value) in [
+        ("loaded (paid)", t.loaded_paid_minor),
+        ("  of which discount", t.discount_minor),
+        ("bonus granted", t.bonus_granted_minor),
+        ("spent", t.spent_minor),
+        ("refunded", t.refunded_minor),
+        ("reversals (net)", t.reversed_net_minor),
+        ("outstanding paid", t.outstanding_paid_minor),
+        ("outstanding bonus", t.outstanding_bonus_minor),
+    ] {
+        outln!("{label:<20}{:>24}", with_currency(value));
+    }
 }
 
 /// One line per card of a report.

@@ -61,6 +61,7 @@ struct Cli {
         long,
         value_name = "ADDR",
         default_value = "127.0.0.1:7700",
+        env = "CARDD_CONNECT",
         global = true
     )]
     connect: String,

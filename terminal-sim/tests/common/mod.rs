@@ -6,7 +6,7 @@
 
 /// The one bounded run of a command, shared with cardd's own tests.
 #[path = "../../../tests/common/run.rs"]
-mod run;
+pub mod run;
 
 /// The one start of `cardd serve`, shared with cardd's own tests.
 #[path = "../../../tests/common/serve.rs"]
