@@ -104,6 +104,9 @@ pub async fn refuse_live_brand(
     let mut owner = tokio::time::timeout(timeout, connect_to(addr, owner_key, tls))
         .await
         .map_err(|_| anyhow::anyhow!("connecting to {addr}: no sign-on in time"))??;
+    if owner.session.role() != pb::Role::Owner {
+        return Ok(()); // provisioning refuses it, saying why
+    }
     let mut scan = Scan::default();
     let read = owner.export(&mut scan).await;
     if let Some(f) = &scan.foreign {
