@@ -34,8 +34,9 @@ tiers, refund and reversal eligibility): `cardd audit verify` does that.
 
 Exit status: 0 when everything verifies (one summary line on stdout), 1 on
 the first failure (`FAIL: record N: reason` or `FAIL: reason`), 2 on a usage
-error. On stderr, the first line says whether every request signature is
-checked or a sample, and a long run prints its progress every 2 seconds.
+error. On stderr, the first line says that a sample of the request
+signatures is checked (or, at a terminal, that all are), and a long run
+prints its progress every 2 seconds.
 """
 
 import argparse
@@ -589,8 +590,12 @@ def sample_positions(total, n, seed):
 
 def say_scope(total, sample):
     """The first line on stderr: whether every request signature is checked
-    or a sample, so that nobody takes a sample for the whole."""
+    or a sample, so that nobody takes a sample for the whole. A sample is
+    always announced; a full check only to a person at a terminal (a script
+    reads the summary line, which counts the signatures verified)."""
     if sample is None:
+        if not sys.stderr.isatty():
+            return
         line = "checking all %d records' request signatures" % total
     else:
         line = ("checking a SAMPLE of %d of %d records' request signatures, and every key enrolment "

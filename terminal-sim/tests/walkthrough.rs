@@ -89,12 +89,10 @@ fn free_port() -> String {
 /// The walkthrough as one bash script that stops at the first command whose
 /// exit code is not the README's, and kills the daemons it started.
 fn script(steps: &[Step], ports: &[(&str, String)]) -> String {
-    let mut s = String::from(
-        "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n\
+    let mut s = "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n\
          cargo() { [ \"cargo $*\" = \"BUILD\" ] || { echo \"unexpected: cargo $*\" >&2; return 1; }; }\n\
          step() { [ \"$1\" = \"$2\" ] || { printf 'exit code %s, not %s, from:\\n%s\\n' \"$1\" \"$2\" \"$3\" >&2; exit 1; }; }\n"
-            .replace("BUILD", BUILD),
-    );
+        .replace("BUILD", BUILD);
     for step in steps {
         let mut text = step.text.clone();
         for (from, to) in ports {
