@@ -59,7 +59,7 @@ fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
 pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()> {
     let server_key = cardd::server::open_existing_data_dir(data)?;
     let store = cardd::storage::DiskStore::open_existing(data)
-        .context("opening the ledger (is the daemon running?)")?;
+        .with_context(|| format!("opening the ledger in {}", data.display()))?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = bar(0, "exporting");
@@ -144,7 +144,13 @@ pub fn verify_file(
         pb.set_position(done)
     });
     pb.finish_and_clear();
-    report.map_err(|e| anyhow::anyhow!("VERIFY FAILED: {e}"))
+    report.map_err(|e| {
+        super::Failure {
+            code: "VERIFY_FAILED",
+            message: format!("VERIFY FAILED: {e}"),
+        }
+        .into()
+    })
 }
 
 /// Prints a verification report as one JSON object (every card in it), or

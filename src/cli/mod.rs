@@ -53,17 +53,18 @@ pub fn failure_code(e: &anyhow::Error) -> &'static str {
     if e.downcast_ref::<clap::Error>().is_some() {
         return "USAGE";
     }
-    if let Some(u) = e.downcast_ref::<Usage>() {
-        return u.code;
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return f.code;
     }
     "FAILED"
 }
 
-/// A mistake in the command line found after parsing (a bad amount, a
-/// missing file), with the code `--json` prints for it.
+/// A failure on this side with the code `--json` prints for it: a mistake
+/// in the command line found after parsing (a bad amount), an export that
+/// does not verify.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Usage {
+pub struct Failure {
     /// The code, e.g. `AMOUNT_OUT_OF_RANGE` or `USAGE`.
     pub code: &'static str,
     /// What is wrong, in words.
@@ -71,9 +72,9 @@ pub struct Usage {
 }
 
 /// Parses the decimal amount given to `flag` in minor units; a negative,
-/// malformed or over-precise amount is a [`Usage`] error.
-pub fn amount_arg(flag: &str, text: &str, exponent: u32) -> Result<i64, Usage> {
-    cardd::render::parse_amount(text, exponent).map_err(|e| Usage {
+/// malformed or over-precise amount is a [`Failure`].
+pub fn amount_arg(flag: &str, text: &str, exponent: u32) -> Result<i64, Failure> {
+    cardd::render::parse_amount(text, exponent).map_err(|e| Failure {
         code: if text.starts_with('-') {
             "AMOUNT_OUT_OF_RANGE"
         } else {
