@@ -755,3 +755,27 @@ fn the_state_file_is_private_and_not_beside_the_key() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_receipt_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[0].as_str();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(sim_bin())
+        .args(["--connect", &daemon.addr, "--key"])
+        .arg(&till.key)
+        .arg("--state-dir")
+        .arg(&till.state_dir)
+        .args(["topup", "--card", card, "--amount", "1.00"])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .expect("run terminal-sim");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // The answer still counted: the state was saved after the closed pipe.
+    assert_eq!(till.state()["shift"]["top_up_count"], 1);
+}
