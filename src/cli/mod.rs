@@ -50,6 +50,9 @@ pub fn failure_code(e: &anyhow::Error) -> &'static str {
             _ => "CONNECTION_FAILED",
         };
     }
+    if e.downcast_ref::<cardd::crypto::KeyFileError>().is_some() {
+        return "KEY_FILE";
+    }
     if e.downcast_ref::<clap::Error>().is_some() {
         return "USAGE";
     }

@@ -68,6 +68,9 @@ pub fn failure_code(e: &anyhow::Error) -> &'static str {
     if let Some(f) = e.downcast_ref::<Failure>() {
         return f.code;
     }
+    if e.downcast_ref::<cardd::crypto::KeyFileError>().is_some() {
+        return "KEY_FILE";
+    }
     if e.downcast_ref::<cardd::client::ConnectError>().is_some() {
         return "CONNECTION_FAILED";
     }
