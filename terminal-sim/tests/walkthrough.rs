@@ -87,9 +87,12 @@ fn free_port() -> String {
 }
 
 /// The walkthrough as one bash script that stops at the first command whose
-/// exit code is not the README's, and kills the daemons it started.
+/// exit code is not the README's (a pipeline's too: every command in it
+/// must succeed), and kills the daemons it started.
 fn script(steps: &[Step], ports: &[(&str, String)]) -> String {
-    let mut s = "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n\
+    // pipefail: `cardd audit verify ... | head -5` must exit 0 itself.
+    let mut s = "set -o pipefail\n\
+         trap 'kill $(jobs -p) 2>/dev/null' EXIT\n\
          cargo() { [ \"cargo $*\" = \"BUILD\" ] || { echo \"unexpected: cargo $*\" >&2; return 1; }; }\n\
          step() { [ \"$1\" = \"$2\" ] || { printf 'exit code %s, not %s, from:\\n%s\\n' \"$1\" \"$2\" \"$3\" >&2; exit 1; }; }\n"
         .replace("BUILD", BUILD);
@@ -148,6 +151,7 @@ fn the_readme_walkthrough_runs_as_pasted() {
         out.status.success(),
         "the walkthrough failed:\n{stderr}\n--- stdout ---\n{stdout}"
     );
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // What the walkthrough promises a reader sees.
     for seen in [
         "Cashier                              ann",
