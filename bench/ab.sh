@@ -30,7 +30,7 @@ for round in $(seq "$rounds"); do
     mkdir -p "$dir"
     start_demo_daemon "$dir" "${bins[$side]}"
     cpu0=$(awk '{print $14 + $15}' /proc/"$pid"/stat)
-    ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" \
+    ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" --into-live-brand \
       --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 \
       --max-requests "$max_requests" ${rate:+--rate "$rate"} --json > "$dir/bench.json" 2>/dev/null || true
     cpu1=$(awk '{print $14 + $15}' /proc/"$pid"/stat)

@@ -23,7 +23,7 @@ start_demo_daemon "$work"
 bench() {
   local out=$1; shift
   local rc=0
-  ./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" \
+  ./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/data/demo/owner.key" --into-live-brand \
     --terminals "$terminals" --duration "$seconds" --cards 10000 --mix "$mix" --json "$@" > "$out" || rc=$?
   [ "$rc" -eq 0 ] || [ "$rc" -eq 2 ] || { echo "latency-at-half: bench failed ($rc)" >&2; exit 1; }
 }

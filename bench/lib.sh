@@ -20,7 +20,7 @@ start_demo_daemon() {
 # the background, its JSON in DIR/bench.json. Sets `bench` (its pid).
 start_purchase_load() {
   local dir=$1 terminals=$2 seconds=$3
-  ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" \
+  ./target/release/terminal-sim bench --connect "$addr" --owner-key "$dir/data/demo/owner.key" --into-live-brand \
     --terminals "$terminals" --duration "$seconds" --cards 10000 --mix purchase=100 --json \
     > "$dir/bench.json" 2>/dev/null &
   bench=$!

@@ -61,7 +61,7 @@ cargo build --release --quiet --workspace
 cardd_pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/cardd.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^cardd listening on //p' "$work/cardd.out")
-cardd_json=$(./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/cardd/demo/owner.key" \
+cardd_json=$(./target/release/terminal-sim bench --connect "$addr" --owner-key "$work/cardd/demo/owner.key" --into-live-brand \
   --terminals "$clients" --duration "$seconds" --cards "$cards" --mix purchase=100 --json \
   --max-requests "$(( seconds * 100000 > 2000000 ? 2000000 : seconds * 100000 ))")
 echo "$cardd_json"

@@ -201,6 +201,58 @@ impl Client<ClientStream> {
     }
 }
 
+/// A failed attempt to sign on to the daemon at `addr`: the address, what
+/// failed, and a hint for the mistakes people make (nobody listening, TLS
+/// on one side only).
+#[derive(Debug, thiserror::Error)]
+#[error("connecting to {addr}: {error}{hint}")]
+pub struct ConnectError {
+    /// The address as given.
+    pub addr: String,
+    /// What failed (a refusal of the sign-on is [`ClientError::Refused`]).
+    pub error: ClientError,
+    /// A sentence that says what to do, or nothing.
+    pub hint: &'static str,
+}
+
+/// Connects to `addr` (over TLS when `tls` is given) and signs on with
+/// `key`; a failure names the address and, where it can tell, says that
+/// the port speaks TLS and the client does not, or the other way round.
+pub async fn connect_to(
+    addr: &str,
+    key: SigningKey,
+    tls: Option<&TlsClient>,
+) -> Result<AnyClient, ConnectError> {
+    Client::connect_with(addr, key, tls)
+        .await
+        .map_err(|error| ConnectError {
+            addr: addr.to_string(),
+            hint: connect_hint(&error, tls.is_some()),
+            error,
+        })
+}
+
+/// What a failed sign-on most likely means.
+fn connect_hint(e: &ClientError, tls: bool) -> &'static str {
+    let ClientError::Io(io) = e else { return "" };
+    let text = io.to_string();
+    if io.kind() == io::ErrorKind::ConnectionRefused {
+        " (is the daemon running, and listening on this address?)"
+    } else if !tls && text.contains("frame size too big") {
+        // A TLS server answers a plain Hello with a TLS alert record, whose
+        // first bytes read as a huge frame length.
+        " (this port speaks TLS: give --tls-ca PEM, the certificate to trust)"
+    } else if tls && (text.contains("InvalidContentType") || text.contains("corrupt message")) {
+        // A plain server answers a ClientHello with a FRAME_TOO_LARGE frame,
+        // which is not a TLS record.
+        " (this port does not speak TLS: drop --tls-ca)"
+    } else if tls && io.kind() == io::ErrorKind::UnexpectedEof {
+        " (the daemon closed the connection during the TLS handshake: does this port speak TLS?)"
+    } else {
+        ""
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Challenge-response sign-on on a fresh connection.
     async fn sign_on(

@@ -9,6 +9,13 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cardd::client::TlsClient;
 
+/// `println!` that survives a closed pipe (see `cli::print_line`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 mod cli;
 
 #[derive(Parser)]
@@ -195,7 +202,8 @@ enum AuditCommand {
         out: PathBuf,
     },
     /// Verify every signature, link and checkpoint of an export, replay it,
-    /// and print every card and the totals. Exits non-zero on the first failure.
+    /// and print a summary and the totals (every card with --cards or
+    /// --json). Exits non-zero on the first failure.
     #[command(
         after_help = "Example:\n  cardd audit verify brand1.cardd --server-key $(cardd server-key --data cardd-data)"
     )]
@@ -205,9 +213,12 @@ enum AuditCommand {
         /// The server's public key in hex (the only key trusted).
         #[arg(long)]
         server_key: String,
-        /// Print one JSON object.
+        /// Print one JSON object (every card included).
         #[arg(long)]
         json: bool,
+        /// Print one line per card after the summary.
+        #[arg(long)]
+        cards: bool,
         /// A checkpoint saved earlier that this export must extend.
         #[arg(long)]
         old_checkpoint: Option<PathBuf>,
@@ -278,7 +289,12 @@ struct AdminArgs {
     // These flags are global so that they may come before or after the
     // subcommand (`cardd admin --json inquiry ...` or `... inquiry --json`).
     /// Daemon address.
-    #[arg(long, default_value = "127.0.0.1:7700", global = true)]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:7700",
+        env = "CARDD_CONNECT",
+        global = true
+    )]
     connect: String,
     /// The brand owner's key file (required).
     #[arg(long, global = true)]
@@ -402,7 +418,7 @@ enum AdminOp {
         #[arg(long)]
         card: String,
         /// The face value loaded, a decimal (e.g. 100.00).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         #[command(flatten)]
         sale: SaleArgs,
@@ -419,7 +435,7 @@ enum AdminOp {
         #[arg(long)]
         count: usize,
         /// The face value loaded onto each card, a decimal (default: none).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         load: Option<String>,
         #[command(flatten)]
         sale: SaleArgs,
@@ -439,9 +455,13 @@ enum AdminOp {
         kind: cli::list::ListKind,
     },
     /// Print the rules in force as a file `set-rules` accepts.
+    #[command(after_help = "Example:\n  cardd admin --key owner.key rules > rules.json")]
     Rules,
     /// Add a read-only key: an auditor (every report, exports, proofs) or
     /// a store manager (one store's reports and activity).
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key add-key --role store-manager --store 2 --key-out manager.key"
+    )]
     AddKey {
         #[arg(long, value_parser = ["auditor", "store-manager"])]
         role: String,
@@ -458,6 +478,9 @@ enum AdminOp {
         label: String,
     },
     /// Remove a read-only key: it can no longer sign on.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key remove-key --key-file manager.key"
+    )]
     RemoveKey {
         /// The key's public key in hex.
         #[arg(long, required_unless_present = "key_file")]
@@ -483,7 +506,7 @@ struct SaleArgs {
     no_bonus: bool,
     /// A sale below face value: what the buyer paid, a decimal (e.g. 90.00
     /// for 100.00 of value). Default: the face value.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     price: Option<String>,
 }
 
@@ -496,7 +519,14 @@ enum LoadChannel {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) if e.use_stderr() && json_asked() => {
+            fail_json("USAGE", e.render().to_string().trim());
+            e.exit()
+        }
+        Err(e) => e.exit(),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -505,9 +535,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");
+            if json_asked() {
+                fail_json(cli::failure_code(&e), &format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when the command line asks for JSON: then every failure is also
+/// one JSON object on standard output, so that a script always gets one.
+fn json_asked() -> bool {
+    std::env::args_os().any(|a| a == "--json")
+}
+
+/// Prints `{"ok": false, "error": CODE, "message": ...}` for a failure on
+/// this side (the daemon's refusals print the same shape).
+fn fail_json(code: &str, message: &str) {
+    outln!("{}", cardd::render::failure_json(code, message));
 }
 
 fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {

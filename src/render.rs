@@ -11,6 +11,9 @@ use crate::pb::{self, reply::Detail};
 /// decimals than the currency has.
 pub fn parse_amount(text: &str, exponent: u32) -> Result<i64, String> {
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if text.starts_with('-') {
+        return Err(format!("'{text}' is below zero: give an amount like 12.50"));
+    }
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || (text.contains('.') && !digits(frac)) {
         return Err(format!("'{text}' is not an amount like 12.50"));
@@ -47,6 +50,64 @@ pub fn format_amount(minor: i64, exponent: u32) -> String {
         abs % scale,
         width = exponent as usize
     )
+}
+
+/// Formats minor units as a decimal with the currency ("12.50 CNY").
+pub fn money(minor: i64, exponent: u32, currency: &str) -> String {
+    format!("{} {currency}", format_amount(minor, exponent))
+}
+
+/// Unix milliseconds as a UTC date and time ("2026-03-01 09:30:00 UTC").
+/// Receipts print UTC until a brand has a time zone of its own.
+pub fn utc_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        in_day / 3600,
+        in_day % 3600 / 60,
+        in_day % 60
+    )
+}
+
+/// A server's message with every amount in minor units ("at most 3000
+/// minor units", "1..=1000000000 minor units") rewritten in major units
+/// with the currency, for a cashier; `--json` keeps the original.
+pub fn human_message(message: &str, exponent: u32, currency: &str) -> String {
+    const UNIT: &str = " minor units";
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(UNIT) {
+        let before = &rest[..at];
+        let start = before.rfind(' ').map_or(0, |i| i + 1);
+        let token = &before[start..];
+        let minor = |s: &str| s.parse::<i64>().ok().map(|v| format_amount(v, exponent));
+        let converted = match token.split_once("..=") {
+            Some((lo, hi)) => minor(lo)
+                .zip(minor(hi))
+                .map(|(lo, hi)| format!("{lo} to {hi} {currency}")),
+            None => minor(token).map(|v| format!("{v} {currency}")),
+        };
+        match converted {
+            Some(text) => {
+                out.push_str(&before[..start]);
+                out.push_str(&text);
+            }
+            None => out.push_str(&rest[..at + UNIT.len()]),
+        }
+        rest = &rest[at + UNIT.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn error_name(code: i32) -> String {
@@ -184,27 +245,70 @@ pub fn error_json(code: i32, message: &str) -> Value {
     json!({ "ok": false, "error": error_name(code), "message": message })
 }
 
-/// A cashier's receipt a person can read. Card numbers are masked.
-pub fn receipt_text(reply: &pb::Reply, session: &pb::SignOnOk) -> String {
-    let e = session.currency_exponent;
-    let amt = |m: i64| format!("{} {}", format_amount(m, e), session.currency);
-    let store = if session.store_name.is_empty() {
-        "owner"
-    } else {
-        &session.store_name
-    };
-    let mut out = vec![
-        format!("{} - {store}", session.brand_name),
-        receipt_title(reply).to_string(),
-    ];
+/// One JSON object for a failure on the client's side (usage, key file,
+/// connection): the same shape as a refusal, with the client's own code.
+pub fn failure_json(code: &str, message: &str) -> Value {
+    json!({ "ok": false, "error": code, "message": message })
+}
+
+/// Who prints a receipt, for whom, and when.
+pub struct Printer<'a> {
+    /// The signed-on session: brand, store, terminal, currency.
+    pub session: &'a pb::SignOnOk,
+    /// The cashier (or the owner's operator) recorded on the request.
+    pub cashier: &'a str,
+    /// A customer's copy: only it carries the brand's promotion line.
+    pub customer: bool,
+    /// The time printed when the answer has no record (an inquiry), Unix ms.
+    pub now_ms: i64,
+}
+
+/// Width of a receipt's label column; values are right-aligned so that the
+/// whole line fits a 40-column receipt printer.
+const LABEL: usize = 16;
+/// Width of a receipt's value column.
+const VALUE: usize = 24;
+
+/// One receipt line: the label, then the value right-aligned.
+fn line(label: &str, value: impl std::fmt::Display) -> String {
+    format!("{label:<LABEL$}{value:>VALUE$}")
+}
+
+/// A receipt a person can read: who, where and when, what happened, the
+/// card afterwards. Card numbers are masked; amounts are in major units
+/// with the currency.
+pub fn receipt_text(reply: &pb::Reply, p: &Printer) -> String {
+    let s = p.session;
+    let amt = |m: i64| money(m, s.currency_exponent, &s.currency);
+    let mut out = head_lines(reply, p);
+    out.push(receipt_title(reply).to_string());
     if let Some(c) = &reply.card {
-        out.push(format!("Card        {}", mask(&c.card)));
+        out.push(line("Card", mask(&c.card)));
     }
     if let Some(d) = &reply.detail {
         detail_lines(&mut out, d, &amt);
     }
     footer_lines(&mut out, reply, &amt);
+    if p.customer && !reply.promotion_line.is_empty() {
+        out.push(reply.promotion_line.clone());
+    }
     out.join("\n")
+}
+
+/// The brand, the store, the terminal, the cashier and the time.
+fn head_lines(reply: &pb::Reply, p: &Printer) -> Vec<String> {
+    let s = p.session;
+    let mut out = vec![s.brand_name.clone()];
+    if s.store_id == 0 {
+        out.push(line("Store", "head office"));
+    } else {
+        out.push(line("Store", format!("{} (#{})", s.store_name, s.store_id)));
+        out.push(line("Terminal", format!("#{}", s.terminal_id)));
+    }
+    out.push(line("Cashier", p.cashier));
+    let ms = reply.receipt.as_ref().map_or(p.now_ms, |r| r.time_ms);
+    out.push(line("Date", utc_time(ms)));
+    out
 }
 
 /// The receipt's title: what happened.
@@ -228,51 +332,51 @@ fn receipt_title(reply: &pb::Reply) -> &'static str {
 fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> String) {
     match detail {
         Detail::Purchase(p) => {
-            out.push(format!("Bill        {}", amt(p.requested_minor)));
-            out.push(format!("Paid by card {}", amt(p.approved_minor)));
+            out.push(line("Bill", amt(p.requested_minor)));
+            out.push(line("Paid by card", amt(p.approved_minor)));
             if p.remaining_due_minor > 0 {
-                out.push(format!("STILL DUE   {}", amt(p.remaining_due_minor)));
+                out.push(line("STILL DUE", amt(p.remaining_due_minor)));
             }
-            out.push(format!("Points earned {}", p.points_earned));
+            out.push(line("Points earned", p.points_earned));
         }
         Detail::TopUp(t) => {
-            out.push(format!("Loaded      {}", amt(t.paid_minor)));
-            out.push(format!("Bonus       {}", amt(t.bonus_minor)));
+            out.push(line("Loaded", amt(t.paid_minor)));
+            out.push(line("Bonus", amt(t.bonus_minor)));
             if t.price_minor != 0 {
-                out.push(format!("Price paid  {}", amt(t.price_minor)));
+                out.push(line("Price paid", amt(t.price_minor)));
             }
             if t.channel != pb::Channel::Store as i32 {
-                out.push(format!("Sold via    {}", channel_name(t.channel())));
+                out.push(line("Sold via", channel_name(t.channel())));
                 if !t.reference.is_empty() {
-                    out.push(format!("Reference   {}", t.reference));
+                    out.push(line("Reference", &t.reference));
                 }
             }
         }
         Detail::Refund(r) => {
-            out.push(format!("Refunded    {}", amt(r.refunded_minor)));
-            out.push(format!("Refundable left {}", amt(r.refundable_left_minor)));
+            out.push(line("Refunded", amt(r.refunded_minor)));
+            out.push(line("Refundable left", amt(r.refundable_left_minor)));
         }
         Detail::Reversal(r) if r.original_found => {
-            out.push(format!(
-                "Voided txn  {} (record {})",
-                r.original_txn_id, r.original_seq
+            out.push(line(
+                "Voided txn",
+                format!("{} (record #{})", r.original_txn_id, r.original_seq),
             ));
-            out.push(format!("Value moved {}", amt(r.value_minor)));
+            out.push(line("Value moved", amt(r.value_minor)));
         }
         Detail::Reversal(r) => out.push(format!(
             "Txn {} never reached the server; it is now void",
             r.original_txn_id
         )),
-        Detail::Points(p) => out.push(format!("Points used {}", p.points_redeemed)),
+        Detail::Points(p) => out.push(line("Points used", p.points_redeemed)),
         Detail::Shift(s) => shift_lines(out, s, amt),
-        Detail::Status(s) => out.push(format!(
-            "State       {}",
-            pb::TxnState::try_from(s.state).map_or("UNKNOWN", |t| t.as_str_name())
+        Detail::Status(s) => out.push(line(
+            "State",
+            pb::TxnState::try_from(s.state).map_or("UNKNOWN", |t| t.as_str_name()),
         )),
-        Detail::Store(s) => out.push(format!("Store id    {}", s.store_id)),
-        Detail::Terminal(t) => out.push(format!(
-            "Terminal id {} (store {})",
-            t.terminal_id, t.store_id
+        Detail::Store(s) => out.push(line("Store id", s.store_id)),
+        Detail::Terminal(t) => out.push(line(
+            "Terminal id",
+            format!("{} (store {})", t.terminal_id, t.store_id),
         )),
     }
 }
@@ -280,19 +384,8 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
 /// A shift close: the server's totals and whether the terminal's matched.
 fn shift_lines(out: &mut Vec<String>, s: &pb::ShiftResult, amt: &dyn Fn(i64) -> String) {
     let t = s.server_totals.unwrap_or_default();
-    out.push(format!("Shift       {}", s.shift_number));
-    for (label, count, minor) in [
-        ("Purchases  ", t.purchase_count, t.purchase_minor),
-        ("Top-ups    ", t.top_up_count, t.top_up_minor),
-        ("Refunds    ", t.refund_count, t.refund_minor),
-        ("Reversals  ", t.reversal_count, t.reversal_minor),
-    ] {
-        out.push(format!("{label} {count} / {}", amt(minor)));
-    }
-    out.push(format!(
-        "Redemptions {} / {} points",
-        t.redeem_count, t.redeem_points
-    ));
+    out.push(line("Shift", s.shift_number));
+    out.extend(shift_totals_lines(&t, amt));
     out.push(if s.balanced {
         "BALANCED".into()
     } else {
@@ -300,29 +393,70 @@ fn shift_lines(out: &mut Vec<String>, s: &pb::ShiftResult, amt: &dyn Fn(i64) -> 
     });
 }
 
-/// The card after the operation, the record, and the promotion line.
+/// Shift totals, one line per kind: "count / value".
+pub fn shift_totals_lines(t: &pb::ShiftTotals, amt: &dyn Fn(i64) -> String) -> Vec<String> {
+    vec![
+        line(
+            "Purchases",
+            format!("{} / {}", t.purchase_count, amt(t.purchase_minor)),
+        ),
+        line(
+            "Top-ups",
+            format!("{} / {}", t.top_up_count, amt(t.top_up_minor)),
+        ),
+        line(
+            "Refunds",
+            format!("{} / {}", t.refund_count, amt(t.refund_minor)),
+        ),
+        line(
+            "Reversals",
+            format!("{} / {}", t.reversal_count, amt(t.reversal_minor)),
+        ),
+        line(
+            "Redemptions",
+            format!("{} / {} points", t.redeem_count, t.redeem_points),
+        ),
+    ]
+}
+
+/// The card after the operation (its status when it cannot be used), the
+/// record, and whether this answer repeats an earlier one.
 fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> String) {
     if let Some(c) = &reply.card {
-        out.push(format!("Balance     {}", amt(c.balance_minor)));
+        out.extend(status_lines(c.status()));
+        out.push(line("Balance", amt(c.balance_minor)));
         if c.bonus_balance_minor > 0 {
-            out.push(format!("  of which bonus {}", amt(c.bonus_balance_minor)));
+            out.push(line("  of which bonus", amt(c.bonus_balance_minor)));
         }
-        out.push(format!("Points      {}", c.points));
-        out.push(format!("Tier        {}", c.tier));
+        out.push(line("Points", c.points));
+        out.push(line("Tier", &c.tier));
     }
     if let Some(r) = &reply.receipt {
-        out.push(format!(
-            "Record      #{} {}",
-            r.seq,
-            &hex::encode(&r.hash)[..16]
+        out.push(line(
+            "Record",
+            format!("#{} {}", r.seq, &hex::encode(&r.hash)[..16]),
         ));
-        out.push(format!("Txn         {}", r.txn_id));
+        out.push(line("Txn", r.txn_id));
     }
     if reply.replayed {
         out.push("(repeat of an earlier answer)".into());
     }
-    if !reply.promotion_line.is_empty() {
-        out.push(reply.promotion_line.clone());
+}
+
+/// What a cashier must see about a card that is not active.
+fn status_lines(status: pb::CardStatus) -> Vec<String> {
+    match status {
+        pb::CardStatus::Blocked => vec![
+            line("Status", "BLOCKED"),
+            "Card is BLOCKED: no payments or loads until the owner unblocks it".into(),
+        ],
+        pb::CardStatus::Replaced => vec![
+            line("Status", "REPLACED"),
+            "Card was REPLACED: its value and points moved to a new card number; \
+             this number holds nothing"
+                .into(),
+        ],
+        _ => Vec::new(),
     }
 }
 
@@ -367,6 +501,8 @@ mod tests {
             store_name: store.into(),
             currency: "CNY".into(),
             currency_exponent: 2,
+            store_id: 1,
+            terminal_id: 2,
             ..Default::default()
         }
     }
@@ -387,7 +523,17 @@ mod tests {
             seq: 42,
             hash: vec![0xab; 32],
             txn_id: 7,
+            time_ms: 1_709_285_400_000,
             ..Default::default()
+        }
+    }
+
+    fn printer<'a>(session: &'a pb::SignOnOk, customer: bool) -> Printer<'a> {
+        Printer {
+            session,
+            cashier: "ann",
+            customer,
+            now_ms: 951_782_400_000,
         }
     }
 
@@ -406,14 +552,36 @@ mod tests {
             replayed: true,
             ..Default::default()
         };
-        let got = receipt_text(&reply, &session("Downtown"));
-        let want = "Demo Coffee - Downtown\nPURCHASE\nCard        RECEIPT_MASK\n\
-            Bill        50.00 CNY\nPaid by card 40.00 CNY\nSTILL DUE   10.00 CNY\n\
-            Points earned 40\nBalance     123.45 CNY\n  of which bonus 3.45 CNY\n\
-            Points      17\nTier        gold\nRecord      #42 abababababababab\n\
-            Txn         7\n(repeat of an earlier answer)\nVIP 6x points"
-            .replace("RECEIPT_MASK", &mask("6000010000000000001"));
+        let session = session("Downtown");
+        let got = receipt_text(&reply, &printer(&session, true));
+        let want = [
+            "Demo Coffee",
+            "Store                      Downtown (#1)",
+            "Terminal                              #2",
+            "Cashier                              ann",
+            "Date             2024-03-01 09:30:00 UTC",
+            "PURCHASE",
+            "Card            MASKED",
+            "Bill                           50.00 CNY",
+            "Paid by card                   40.00 CNY",
+            "STILL DUE                      10.00 CNY",
+            "Points earned                         40",
+            "Balance                       123.45 CNY",
+            "  of which bonus                3.45 CNY",
+            "Points                                17",
+            "Tier                                gold",
+            "Record              #42 abababababababab",
+            "Txn                                    7",
+            "(repeat of an earlier answer)",
+            "VIP 6x points",
+        ]
+        .join("\n")
+        .replace("MASKED", &format!("{:>24}", mask("6000010000000000001")));
         assert_eq!(got, want);
+        // The owner's copy of the same answer: no promotion line.
+        let owner = receipt_text(&reply, &printer(&session, false));
+        assert!(!owner.contains("VIP"), "{owner}");
+        assert_eq!(owner.lines().count(), want.lines().count() - 1);
     }
 
     #[test]
@@ -435,13 +603,23 @@ mod tests {
             })),
             ..Default::default()
         };
+        let airport = session("Airport");
+        let text = receipt_text(&shift, &printer(&airport, false));
+        let body: Vec<&str> = text.lines().skip(5).collect();
         assert_eq!(
-            receipt_text(&shift, &session("Airport")),
-            "Demo Coffee - Airport\nSHIFT CLOSE\nShift       3\n\
-             Purchases   2 / 10.50 CNY\nTop-ups     1 / 100.00 CNY\n\
-             Refunds     0 / 0.00 CNY\nReversals   0 / 0.00 CNY\n\
-             Redemptions 1 / 30 points\nDOES NOT BALANCE WITH THE TERMINAL\n\
-             Record      #42 abababababababab\nTxn         7"
+            body,
+            [
+                "SHIFT CLOSE",
+                "Shift                                  3",
+                "Purchases                  2 / 10.50 CNY",
+                "Top-ups                   1 / 100.00 CNY",
+                "Refunds                     0 / 0.00 CNY",
+                "Reversals                   0 / 0.00 CNY",
+                "Redemptions                1 / 30 points",
+                "DOES NOT BALANCE WITH THE TERMINAL",
+                "Record              #42 abababababababab",
+                "Txn                                    7",
+            ]
         );
         let void = pb::Reply {
             receipt: Some(receipt()),
@@ -452,11 +630,21 @@ mod tests {
             })),
             ..Default::default()
         };
+        let owner = pb::SignOnOk {
+            store_id: 0,
+            terminal_id: 0,
+            ..session("")
+        };
         assert_eq!(
-            receipt_text(&void, &session("")),
-            "Demo Coffee - owner\nREVERSAL\n\
+            receipt_text(&void, &printer(&owner, false)),
+            "Demo Coffee\n\
+             Store                        head office\n\
+             Cashier                              ann\n\
+             Date             2024-03-01 09:30:00 UTC\n\
+             REVERSAL\n\
              Txn 9 never reached the server; it is now void\n\
-             Record      #42 abababababababab\nTxn         7"
+             Record              #42 abababababababab\n\
+             Txn                                    7"
         );
         let inquiry = pb::Reply {
             card: Some(pb::CardView {
@@ -465,15 +653,91 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = receipt_text(&inquiry, &session("Downtown"));
+        let downtown = session("Downtown");
+        let text = receipt_text(&inquiry, &printer(&downtown, true));
         assert!(
-            text.starts_with("Demo Coffee - Downtown\nBALANCE INQUIRY\nCard "),
-            "{text}"
+            text.contains(&format!(
+                "{}\nBALANCE INQUIRY\nCard ",
+                line("Date", "2000-02-29 00:00:00 UTC")
+            )),
+            "an inquiry has no record: the time of printing: {text}"
         );
         assert!(
-            text.ends_with("Balance     123.45 CNY\nPoints      17\nTier        gold"),
+            text.ends_with(
+                "Balance                       123.45 CNY\n\
+                 Points                                17\n\
+                 Tier                                gold"
+            ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_blocked_or_replaced_card_says_so() {
+        let downtown = session("Downtown");
+        let text = |status: pb::CardStatus| {
+            let reply = pb::Reply {
+                card: Some(pb::CardView {
+                    status: status as i32,
+                    ..card()
+                }),
+                ..Default::default()
+            };
+            receipt_text(&reply, &printer(&downtown, true))
+        };
+        let blocked = text(pb::CardStatus::Blocked);
+        assert!(
+            blocked.contains(&format!("{}\nCard is BLOCKED", line("Status", "BLOCKED"))),
+            "{blocked}"
+        );
+        let replaced = text(pb::CardStatus::Replaced);
+        assert!(
+            replaced.contains(&format!(
+                "{}\nCard was REPLACED",
+                line("Status", "REPLACED")
+            )),
+            "{replaced}"
+        );
+        assert!(
+            replaced.contains("moved to a new card number"),
+            "{replaced}"
+        );
+        let active = text(pb::CardStatus::Active);
+        assert!(!active.contains("Status"), "{active}");
+    }
+
+    #[test]
+    fn server_messages_read_in_major_units() {
+        assert_eq!(
+            human_message("amount must be 1..=1000000000 minor units", 2, "CNY"),
+            "amount must be 0.01 to 10000000.00 CNY"
+        );
+        assert_eq!(
+            human_message("at most 3000 minor units are left to refund", 2, "CNY"),
+            "at most 30.00 CNY are left to refund"
+        );
+        assert_eq!(
+            human_message(
+                "card balance would exceed 100000000000 minor units",
+                0,
+                "JPY"
+            ),
+            "card balance would exceed 100000000000 JPY"
+        );
+        // Nothing to convert: the message as it was.
+        assert_eq!(
+            human_message("card is blocked", 2, "CNY"),
+            "card is blocked"
+        );
+        assert_eq!(human_message("x minor units", 2, "CNY"), "x minor units");
+    }
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(1_709_285_400_000), "2024-03-01 09:30:00 UTC");
+        assert_eq!(utc_time(951_782_400_999), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(-86_400_000), "1969-12-31 00:00:00 UTC");
     }
 
     #[test]

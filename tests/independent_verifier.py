@@ -34,13 +34,16 @@ tiers, refund and reversal eligibility): `cardd audit verify` does that.
 
 Exit status: 0 when everything verifies (one summary line on stdout), 1 on
 the first failure (`FAIL: record N: reason` or `FAIL: reason`), 2 on a usage
-error.
+error. On stderr, the first line says that a sample of the request
+signatures is checked (or, at a terminal, that all are), and a long run
+prints its progress every 2 seconds.
 """
 
 import argparse
 import hashlib
 import random
 import sys
+import time
 
 try:
     from cryptography.exceptions import InvalidSignature
@@ -596,6 +599,39 @@ def sample_positions(total, n, seed):
     return {1 + (i * (total - 1)) // (n - 1) for i in range(n)}
 
 
+def say_scope(total, sample):
+    """The first line on stderr: whether every request signature is checked
+    or a sample, so that nobody takes a sample for the whole. A sample is
+    always announced; a full check only to a person at a terminal (a script
+    reads the summary line, which counts the signatures verified)."""
+    if sample is None:
+        if not sys.stderr.isatty():
+            return
+        line = "checking all %d records' request signatures" % total
+    else:
+        line = ("checking a SAMPLE of %d of %d records' request signatures, and every key enrolment "
+                "(every link, checkpoint and balance is checked; --sample all checks every signature)"
+                % (len(sample), total))
+    print(line, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A line on stderr every few seconds on a long run (none on a short one)."""
+
+    EVERY_SECONDS = 2.0
+
+    def __init__(self, total):
+        self.total = max(total, 1)
+        self.next_at = time.monotonic() + self.EVERY_SECONDS
+
+    def tick(self, done):
+        if done % 1000 or time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + self.EVERY_SECONDS
+        print("progress: %d/%d records (%d%%)" % (done, self.total, done * 100 // self.total),
+              file=sys.stderr, flush=True)
+
+
 class Verifier:
     def __init__(self, server_key, sample, seed):
         self.server_key = server_key
@@ -653,6 +689,8 @@ class Verifier:
             raise Fail("the export names a different server key than the one trusted")
         self.brand_id = header["brand_id"]
         self.sample = sample_positions(header["tree_size"], self.sample_n, self.seed)
+        say_scope(header["tree_size"], self.sample)
+        progress = Progress(header["tree_size"])
         trailer = None
         for number, value in items:
             if trailer is not None:
@@ -661,6 +699,7 @@ class Verifier:
                 raise Fail("a second header", self.seq + 1)
             elif number == 2:
                 self.record(value)
+                progress.tick(self.seq)
             elif number == 3:
                 self.checkpoint(decode(value, CHECKPOINT))
             else:

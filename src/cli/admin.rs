@@ -7,12 +7,13 @@ use anyhow::{bail, Context};
 use clap::CommandFactory;
 use serde::Deserialize;
 
-use cardd::client::{Client, ClientError};
+use cardd::client::{connect_to, ClientError};
 use cardd::crypto::{read_key_file, write_key_file};
 use cardd::pb::{self, request::Op};
-use cardd::render::{error_json, parse_amount, receipt_text, reply_json};
+use cardd::render::{error_json, failure_json, human_message, receipt_text, reply_json, Printer};
 
-use super::current_thread_runtime;
+use super::changes::changed;
+use super::{amount_arg, current_thread_runtime};
 use crate::{AdminArgs, AdminOp, Cli, LoadChannel, SaleArgs};
 
 /// Runs one `cardd admin` command against a daemon.
@@ -27,6 +28,9 @@ fn key_path(args: &AdminArgs) -> PathBuf {
     match &args.key {
         Some(key) => key.clone(),
         None => {
+            if args.json {
+                outln!("{}", failure_json("USAGE", "--key OWNER_KEY is required"));
+            }
             let mut cli = Cli::command();
             // Built, the subcommand knows its name ("cardd admin") for the usage line.
             cli.build();
@@ -44,9 +48,7 @@ fn key_path(args: &AdminArgs) -> PathBuf {
 async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let key = read_key_file(&key_path(&args))?;
     let tls = args.tls.client()?;
-    let mut client = Client::connect_with(args.connect.as_str(), key, tls.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = connect_to(&args.connect, key, tls.as_ref()).await?;
     client.operator = args.operator.clone();
     let txn = args.txn.unwrap_or(client.session.last_txn_id + 1);
     if let AdminOp::IssueCards { .. } = &args.op {
@@ -65,27 +67,57 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let req = client.request(txn, op);
     match client.call(&req).await {
         Ok(reply) => {
-            if json {
-                println!("{}", reply_json(&reply));
-            } else {
-                // The owner's console shows the full number (receipts mask it).
-                if let Some(c) = &reply.card {
-                    println!("Card number {}", c.card);
-                }
-                println!("{}", receipt_text(&reply, &client.session));
-            }
+            print_answer(&reply, &req, &client.session, (json, &args.operator));
             Ok(ExitCode::SUCCESS)
         }
         Err(ClientError::Refused(r)) => {
             if json {
-                println!("{}", error_json(r.code as i32, &r.message));
+                outln!("{}", error_json(r.code as i32, &r.message));
             } else {
-                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
+                let s = &client.session;
+                let message = human_message(&r.message, s.currency_exponent, &s.currency);
+                eprintln!("refused: {} ({message})", r.code.as_str_name());
             }
             Ok(ExitCode::from(2))
         }
         Err(e) => Err(anyhow::anyhow!("{e}")),
     }
+}
+
+/// Prints an approved answer: one JSON line, or what changed in words and
+/// the owner's copy of the receipt (no promotion line: that is for
+/// customers).
+fn print_answer(
+    reply: &pb::Reply,
+    req: &pb::Request,
+    session: &pb::SignOnOk,
+    (json, operator): (bool, &str),
+) {
+    if json {
+        outln!("{}", reply_json(reply));
+        return;
+    }
+    if let Some(words) = req.op.as_ref().and_then(|op| changed(op, reply, session)) {
+        outln!("{words}");
+    }
+    // The owner's console shows the full number (receipts mask it).
+    if let Some(c) = &reply.card {
+        outln!("Card number {}", c.card);
+    }
+    let printer = Printer {
+        session,
+        cashier: operator,
+        customer: false,
+        now_ms: now_ms(),
+    };
+    outln!("{}", receipt_text(reply, &printer));
+}
+
+/// The client's clock, Unix ms (for an answer that has no record).
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The request operation for one admin command in the owner's session.
@@ -181,10 +213,9 @@ pub(super) fn owner_load(
     session: &pb::SignOnOk,
 ) -> anyhow::Result<pb::TopUp> {
     let exponent = session.currency_exponent;
-    let amount_minor =
-        parse_amount(amount, exponent).map_err(|e| anyhow::anyhow!("--amount: {e}"))?;
+    let amount_minor = amount_arg("--amount", amount, exponent)?;
     let price_minor = match &load.price {
-        Some(p) => parse_amount(p, exponent).map_err(|e| anyhow::anyhow!("--price: {e}"))?,
+        Some(p) => amount_arg("--price", p, exponent)?,
         None => 0,
     };
     let channel = match load.channel {

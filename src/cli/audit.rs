@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 
 use cardd::audit::{verify_export, ExportReader, VerifyOptions, VerifyReport};
-use cardd::client::{Client, TlsClient};
+use cardd::client::{connect_to, TlsClient};
 use cardd::crypto::{leaf_hash, read_key_file};
 use cardd::merkle::{consistency_proof, verify_consistency, MemoryTree};
 use cardd::pb::{self, export_item::Item, request::Op};
@@ -59,7 +59,7 @@ fn checkpoint_signed(c: &pb::Checkpoint, server_key: &[u8; 32]) -> bool {
 pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()> {
     let server_key = cardd::server::open_existing_data_dir(data)?;
     let store = cardd::storage::DiskStore::open_existing(data)
-        .context("opening the ledger (is the daemon running?)")?;
+        .with_context(|| format!("opening the ledger in {}", data.display()))?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = bar(0, "exporting");
@@ -92,9 +92,7 @@ pub async fn export_online(
     tls: Option<&TlsClient>,
 ) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = connect_to(addr, key, tls).await?;
     let mut file =
         BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let pb = ProgressBar::new_spinner();
@@ -146,35 +144,81 @@ pub fn verify_file(
         pb.set_position(done)
     });
     pb.finish_and_clear();
-    report.map_err(|e| anyhow::anyhow!("VERIFY FAILED: {e}"))
+    report.map_err(|e| {
+        super::Failure {
+            code: "VERIFY_FAILED",
+            message: format!("VERIFY FAILED: {e}"),
+        }
+        .into()
+    })
 }
 
-/// Prints a verification report as text or one JSON object.
-pub fn print_report(r: &VerifyReport, json: bool) {
+/// Prints a verification report as one JSON object (every card in it), or
+/// as text: a summary, and one line per card only when `cards` asks (a
+/// brand of 2,000 cards would print 2,000 lines).
+pub fn print_report(r: &VerifyReport, json: bool, cards: bool) {
     let exponent = r.currency_exponent;
     if json {
-        println!("{}", serde_json::to_string(r).expect("report serializes"));
+        outln!("{}", serde_json::to_string(r).expect("report serializes"));
         return;
     }
     let amt =
         |v: i128| cardd::render::format_amount(i64::try_from(v).unwrap_or(i64::MAX), exponent);
-    println!(
+    outln!(
         "brand {} ({}): {} records, {} checkpoints verified and replayed",
-        r.brand_id, r.brand_name, r.records, r.checkpoints
+        r.brand_id,
+        r.brand_name,
+        r.records,
+        r.checkpoints
     );
-    println!("root {}", r.root_hash);
+    outln!("root {}", r.root_hash);
     if let Some(ok) = r.extends_old_checkpoint {
-        println!(
+        outln!(
             "extends the old checkpoint: {}",
             if ok { "yes" } else { "NO" }
         );
     }
-    println!(
+    if cards {
+        print_cards(r, &amt);
+    } else {
+        let count = |status: &str| r.cards.iter().filter(|c| c.status == status).count();
+        outln!(
+            "cards              {} ({} active, {} blocked, {} replaced; --cards lists them)",
+            r.cards.len(),
+            count("ACTIVE"),
+            count("BLOCKED"),
+            count("REPLACED")
+        );
+    }
+    let t = &r.totals;
+    let with_currency = |v: i128| format!("{} {}", amt(v), r.currency);
+    for (label, value) in [
+        ("loaded (paid)", t.loaded_paid_minor),
+        ("  of which discount", t.discount_minor),
+        ("bonus granted", t.bonus_granted_minor),
+        ("spent", t.spent_minor),
+        ("refunded", t.refunded_minor),
+        ("reversals (net)", t.reversed_net_minor),
+        ("outstanding paid", t.outstanding_paid_minor),
+        ("outstanding bonus", t.outstanding_bonus_minor),
+    ] {
+        outln!("{label:<20}{:>24}", with_currency(value));
+    }
+    print_books(r);
+}
+
+/// One line per card of a report.
+fn print_cards(r: &VerifyReport, amt: &dyn Fn(i128) -> String) {
+    outln!(
         "{:<20} {:<9} {:>14} {:>14} {:>10} tier",
-        "card", "status", "paid", "bonus", "points"
+        "card",
+        "status",
+        "paid",
+        "bonus",
+        "points"
     );
     for c in &r.cards {
-        println!(
+        outln!(
             "{:<20} {:<9} {:>14} {:>14} {:>10} {}",
             c.card,
             c.status,
@@ -184,42 +228,36 @@ pub fn print_report(r: &VerifyReport, json: bool) {
             c.tier
         );
     }
-    let t = &r.totals;
-    println!("loaded (paid)      {}", amt(t.loaded_paid_minor));
-    println!("  of which discount {}", amt(t.discount_minor));
-    println!("bonus granted      {}", amt(t.bonus_granted_minor));
-    println!("spent              {}", amt(t.spent_minor));
-    println!("refunded           {}", amt(t.refunded_minor));
-    println!("reversals (net)    {}", amt(t.reversed_net_minor));
-    println!("outstanding paid   {}", amt(t.outstanding_paid_minor));
-    println!("outstanding bonus  {}", amt(t.outstanding_bonus_minor));
-    print_books(r);
 }
 
 /// Liability by store of issue and settlement between stores, as the
 /// daemon's `admin report liability` and `settlement` print them.
 fn print_books(r: &VerifyReport) {
     let amt = |v: i64| cardd::render::format_amount(v, r.currency_exponent);
-    println!("liability by store of issue");
-    println!("{:>8} {:>14} {:>14}", "store", "paid", "bonus");
+    outln!("liability by store of issue");
+    outln!("{:>8} {:>14} {:>14}", "store", "paid", "bonus");
     for l in &r.liability {
-        println!(
+        outln!(
             "{:>8} {:>14} {:>14}",
             l.store_id,
             amt(l.paid_minor),
             amt(l.bonus_minor)
         );
     }
-    println!(
+    outln!(
         "settlement {} to {} (from_store owes to_store)",
-        r.books_from, r.books_to
+        r.books_from,
+        r.books_to
     );
-    println!(
+    outln!(
         "{:>10} {:>10} {:>14} {:>14}",
-        "from_store", "to_store", "paid", "bonus"
+        "from_store",
+        "to_store",
+        "paid",
+        "bonus"
     );
     for o in &r.settlement {
-        println!(
+        outln!(
             "{:>10} {:>10} {:>14} {:>14}",
             o.from_store,
             o.to_store,
@@ -238,9 +276,7 @@ pub async fn compare_live(
     tls: Option<&TlsClient>,
 ) -> anyhow::Result<Vec<String>> {
     let key = read_key_file(owner_key)?;
-    let mut client = Client::connect_with(addr, key, tls)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut client = connect_to(addr, key, tls).await?;
     if client.session.brand_id != r.brand_id {
         bail!(
             "the owner key is for brand {}, the export is brand {}",
@@ -390,9 +426,7 @@ pub async fn consistency(
     let path: Vec<[u8; 32]> = match (export, live) {
         (Some(file), None) => proof_from_export(file, old.tree_size, new.tree_size)?,
         (None, Some((addr, key))) => {
-            let mut client = Client::connect_with(addr, read_key_file(key)?, tls)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut client = connect_to(addr, read_key_file(key)?, tls).await?;
             let p = client
                 .consistency_proof(old.tree_size, new.tree_size)
                 .await
@@ -421,9 +455,10 @@ pub async fn consistency(
             old.tree_size
         );
     }
-    println!(
+    outln!(
         "consistent: the tree of size {} extends the tree of size {}",
-        new.tree_size, old.tree_size
+        new.tree_size,
+        old.tree_size
     );
     Ok(())
 }
@@ -473,6 +508,7 @@ pub fn run(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<Exi
             file,
             server_key,
             json,
+            cards,
             old_checkpoint,
             save_checkpoint: save,
             compare,
@@ -483,7 +519,7 @@ pub fn run(command: AuditCommand, tls: Option<&TlsClient>) -> anyhow::Result<Exi
                 parse_server_key(&server_key)?,
                 old_checkpoint.as_deref(),
             )?;
-            print_report(&report, json);
+            print_report(&report, json, cards);
             if let (Some(path), Some(c)) = (save, &report.last_checkpoint) {
                 save_checkpoint(c, &path)?;
             }

@@ -10,7 +10,9 @@ use cardd::pb;
 use cardd::server;
 
 /// Creates a brand whose first record names the owner key (created if
-/// missing) and prints its id.
+/// missing). Prints its id alone on standard output (for a script:
+/// `BRAND=$(cardd brand create ...)`) and what was done, in words, on
+/// standard error.
 pub fn create(
     data: &Path,
     name: String,
@@ -40,6 +42,11 @@ pub fn create(
             );
         }
     }
+    let said = format!(
+        "created brand {id} \"{name}\" ({currency}, {exponent} decimals) in {}; owner key {}",
+        data.display(),
+        owner_key.display()
+    );
     let create = pb::CreateBrand {
         name,
         currency,
@@ -47,6 +54,7 @@ pub fn create(
         owner_public_key: owner.verifying_key().to_bytes().to_vec(),
     };
     BrandLedger::create(store, Arc::clone(&server_key), id, create)?;
-    println!("{id}");
+    outln!("{id}");
+    eprintln!("{said}");
     Ok(())
 }

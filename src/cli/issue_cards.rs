@@ -274,9 +274,9 @@ fn summary(json: bool, rows: &[Row], replayed: usize, out: &Path) {
             "ok": true, "cards": rows.len(), "already_done": replayed,
             "loaded_minor": loaded, "out": out.display().to_string(),
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "Issued {} cards ({replayed} by an earlier run), {loaded} minor units loaded; see {}",
             rows.len(),
             out.display()

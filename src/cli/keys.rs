@@ -7,7 +7,7 @@ use cardd::crypto::write_key_file;
 /// created on first use).
 pub fn server_key(data: &Path) -> anyhow::Result<()> {
     let key = cardd::server::open_data_dir(data)?;
-    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    outln!("{}", hex::encode(key.verifying_key().to_bytes()));
     Ok(())
 }
 
@@ -15,6 +15,6 @@ pub fn server_key(data: &Path) -> anyhow::Result<()> {
 pub fn keygen(out: &Path) -> anyhow::Result<()> {
     let key = cardd::crypto::generate_key();
     write_key_file(out, &key)?;
-    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    outln!("{}", hex::encode(key.verifying_key().to_bytes()));
     Ok(())
 }

@@ -16,14 +16,17 @@ use super::report::Format;
 #[derive(Subcommand)]
 pub enum ListKind {
     /// Stores: name, terminals, last activity.
+    #[command(after_help = "Example:\n  cardd admin --key owner.key list stores")]
     Stores,
     /// Terminals: store, label, status, last transaction, last activity.
+    #[command(after_help = "Example:\n  cardd admin --key owner.key list terminals --store 2")]
     Terminals {
         /// Only this store's.
         #[arg(long)]
         store: Option<u32>,
     },
     /// Cards in number order, a page at a time.
+    #[command(after_help = "Example:\n  cardd admin --key owner.key list cards --status blocked")]
     Cards {
         /// Only cards with this status.
         #[arg(long, value_parser = ["active", "blocked", "replaced"])]

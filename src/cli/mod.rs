@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod backup;
 pub mod brand;
+pub mod changes;
 pub mod issue_cards;
 pub mod keys;
 pub mod list;
@@ -15,4 +16,76 @@ pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+}
+
+/// Set once standard output turned out to be a closed pipe.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes one line to standard output. A closed pipe (`cardd audit verify
+/// ... | head -1`) is not a failure: the rest of the output is dropped
+/// quietly and the command finishes its work (a checkpoint to save, an
+/// exit code to give) as it would have.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("cardd: writing to standard output: {e}");
+        }
+    }
+}
+
+/// The machine-readable code of a failure that happened on this side (no
+/// refusal from the daemon): what `--json` prints as `"error"`.
+pub fn failure_code(e: &anyhow::Error) -> &'static str {
+    if let Some(c) = e.downcast_ref::<cardd::client::ConnectError>() {
+        return match c.error {
+            cardd::client::ClientError::Refused(_) => "SIGN_ON_REFUSED",
+            _ => "CONNECTION_FAILED",
+        };
+    }
+    if e.downcast_ref::<cardd::crypto::KeyFileError>().is_some() {
+        return "KEY_FILE";
+    }
+    if e.downcast_ref::<clap::Error>().is_some() {
+        return "USAGE";
+    }
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return f.code;
+    }
+    "FAILED"
+}
+
+/// A failure on this side with the code `--json` prints for it: a mistake
+/// in the command line found after parsing (a bad amount), an export that
+/// does not verify.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    /// The code, e.g. `AMOUNT_OUT_OF_RANGE` or `USAGE`.
+    pub code: &'static str,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// Parses the decimal amount given to `flag` in minor units; a negative,
+/// malformed or over-precise amount is a [`Failure`].
+pub fn amount_arg(flag: &str, text: &str, exponent: u32) -> Result<i64, Failure> {
+    cardd::render::parse_amount(text, exponent).map_err(|e| Failure {
+        code: if text.starts_with('-') {
+            "AMOUNT_OUT_OF_RANGE"
+        } else {
+            "INVALID_ARGUMENT"
+        },
+        message: format!("{flag}: {e}"),
+    })
 }

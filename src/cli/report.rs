@@ -27,6 +27,9 @@ pub struct ReportArgs {
 pub enum ReportKind {
     /// The records of one card or one store: kind, amount, store,
     /// terminal, operator, time, balance after; a page at a time.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report activity --card 8000017626872006924 --from 2026-12-01"
+    )]
     Activity {
         /// The card.
         #[arg(long, required_unless_present = "store", conflicts_with = "store")]
@@ -46,6 +49,9 @@ pub enum ReportKind {
     },
     /// Purchases, loads (paid and bonus), refunds, reversals, average
     /// ticket, active cards and visits per active card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report sales --from 2026-11-01 --to 2026-11-30 --by store"
+    )]
     Sales {
         /// First day (default: 30 days to --to).
         #[arg(long)]
@@ -61,6 +67,9 @@ pub enum ReportKind {
         by: String,
     },
     /// Outstanding paid and bonus value by store of issue, and its aging.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report liability --as-of 2026-11-30"
+    )]
     Liability {
         /// As of the end of this day (default: now).
         #[arg(long)]
@@ -71,6 +80,9 @@ pub enum ReportKind {
     },
     /// What each store owes each other (value loaded at one and spent at
     /// the other), netted per pair.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report settlement --from 2026-11-01 --to 2026-11-30"
+    )]
     Settlement {
         /// First day.
         #[arg(long)]
@@ -83,14 +95,21 @@ pub enum ReportKind {
         store: Option<u32>,
     },
     /// Cards with a balance and no visit in --idle-days.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report dormant --idle-days 90 --csv > call-list.csv"
+    )]
     Dormant {
         /// Days without a visit.
         #[arg(long, default_value_t = 90)]
         idle_days: u32,
     },
     /// Recency, frequency and monetary segments of the active cards.
+    #[command(after_help = "Example:\n  cardd admin --key owner.key report rfm --json")]
     Rfm,
     /// One day per store against the day before and a week before.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report daily --date 2026-11-30"
+    )]
     Daily {
         /// The day (default: yesterday).
         #[arg(long)]

@@ -281,7 +281,7 @@ pub fn check(data: &Path) -> anyhow::Result<()> {
     let (_, _, ledgers) = server::load_checked(data)?;
     for l in &ledgers {
         let (paid, bonus) = l.state.liability();
-        println!(
+        outln!(
             "brand {} ({}): {} records, {} cards, outstanding paid {} bonus {} (minor units), head {}",
             l.brand_id(),
             l.state.name,
@@ -292,7 +292,7 @@ pub fn check(data: &Path) -> anyhow::Result<()> {
             hex::encode(l.state.head_hash)
         );
     }
-    println!(
+    outln!(
         "ok: {} brands replayed from their first record and match their checkpoints and snapshots",
         ledgers.len()
     );

@@ -7,8 +7,8 @@
 //! call itself failed (usage, key file, connection, no answer).
 //!
 //! The terminal remembers its next transaction id and its own shift totals
-//! in `<keyfile>.state.json` (see `state.rs`), so that `close-shift` can
-//! compare them with the server's.
+//! in a state directory of its own (see `state.rs`), so that `close-shift`
+//! can compare them with the server's.
 //!
 //! With `--proof` the terminal asks for the record's inclusion proof and
 //! checks it against the server's signed checkpoint (`proof.rs`).
@@ -17,6 +17,13 @@
 //! connection with its own enrolled key, provisioned through the owner key
 //! (see `bench/`).
 #![warn(missing_docs)]
+
+/// `println!` that survives a closed pipe (see `output::print_line`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print_line(format_args!($($arg)*))
+    };
+}
 
 mod bench;
 mod output;
@@ -31,12 +38,16 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 
-use cardd::client::{Client, ClientError, TlsClient};
+use cardd::client::{connect_to, ClientError, TlsClient};
 use cardd::crypto::read_key_file;
+use cardd::error::Refusal;
 use cardd::pb::{self, request::Op};
 use cardd::render::parse_amount;
 
-use output::{print_reply, refused, EXIT_FAILED};
+use output::{
+    failed, failure_code, not_active, print_reply, refused, short_of_funds, Advice, Copy, Failure,
+    EXIT_FAILED,
+};
 use proof::ProofCheck;
 use state::Totals;
 use terminal::Terminal;
@@ -50,14 +61,27 @@ struct Cli {
         long,
         value_name = "ADDR",
         default_value = "127.0.0.1:7700",
+        env = "CARDD_CONNECT",
         global = true
     )]
     connect: String,
     /// This terminal's ed25519 key file (hex seed, mode 0600), as written
-    /// when the owner enrolled the terminal. Its state is kept beside it in
-    /// `<KEY>.state.json`. Required for every operation but `bench`.
+    /// when the owner enrolled the terminal. Required for every operation
+    /// but `bench`.
     #[arg(long, value_name = "TERMINAL_KEY", global = true)]
     key: Option<PathBuf>,
+    /// Where the terminal keeps its state (next transaction id, shift
+    /// totals, its recent signed requests): a directory of its own, mode
+    /// 0700, one file (0600) per terminal key, never inside a daemon's data
+    /// directory. Default: $XDG_STATE_HOME/cardd-terminal-sim, else
+    /// ~/.local/state/cardd-terminal-sim.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "TERMINAL_SIM_STATE_DIR",
+        global = true
+    )]
+    state_dir: Option<PathBuf>,
     /// Print exactly one JSON object per line on stdout instead of a
     /// receipt (bench: one JSON object with the whole report).
     #[arg(long, global = true)]
@@ -113,7 +137,7 @@ enum Command {
         #[arg(long)]
         card: String,
         /// The bill, a decimal in the brand's currency (e.g. 12.50).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// If the card holds less, take what it has and report what is
         /// still due (split tender) instead of declining.
@@ -127,11 +151,11 @@ enum Command {
         #[arg(long)]
         card: String,
         /// The value loaded (the face value), a decimal (e.g. 100.00).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// A sale below face value: what the customer paid (e.g. 90.00 for
         /// 100.00 of value). Default: the face value.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         price: Option<String>,
         /// The order or receipt number kept on the record.
         #[arg(long, default_value = "")]
@@ -143,7 +167,7 @@ enum Command {
         #[arg(long, value_name = "RECORD_SEQ")]
         seq: u64,
         /// The amount to refund, a decimal (e.g. 12.50).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
     },
     /// Void a transaction of this terminal, e.g. one whose answer never came.
@@ -158,7 +182,7 @@ enum Command {
         #[arg(long)]
         card: String,
         /// How many points.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         points: i64,
         /// What the points were spent on (kept in the record).
         #[arg(long, default_value = "")]
@@ -182,6 +206,34 @@ impl Command {
         matches!(self, Command::Inquiry { .. } | Command::Status)
     }
 
+    /// True for operations whose receipt goes to the customer (and carries
+    /// the brand's promotion line); a shift close or a status is the shop's.
+    fn for_customer(&self) -> bool {
+        !matches!(
+            self,
+            Command::CloseShift | Command::Status | Command::Bench(_)
+        )
+    }
+
+    /// The card and the bill of a purchase, for advice on a refusal.
+    fn purchase(&self) -> Option<(&str, &str)> {
+        match self {
+            Command::Purchase { card, amount, .. } => Some((card, amount)),
+            _ => None,
+        }
+    }
+
+    /// The card an operation names.
+    fn card(&self) -> Option<&str> {
+        match self {
+            Command::Inquiry { card }
+            | Command::Purchase { card, .. }
+            | Command::Topup { card, .. }
+            | Command::RedeemPoints { card, .. } => Some(card),
+            _ => None,
+        }
+    }
+
     /// The name of the subcommand, for messages.
     fn name(&self) -> &'static str {
         match self {
@@ -195,8 +247,7 @@ impl Command {
     /// currency with `exponent` decimals; `txn` is `--txn` (the id that
     /// `status` looks up).
     fn to_op(&self, exponent: u32, totals: &Totals, txn: Option<u64>) -> anyhow::Result<Op> {
-        let amount =
-            |text: &str| parse_amount(text, exponent).map_err(|e| anyhow!("--amount: {e}"));
+        let amount = |text: &str| amount_arg("--amount", text, exponent);
         Ok(match self {
             Command::Inquiry { card } => Op::Inquiry(pb::Inquiry { card: card.clone() }),
             Command::Purchase {
@@ -218,7 +269,7 @@ impl Command {
                 amount_minor: amount(a)?,
                 reference: reference.clone(),
                 price_minor: match price {
-                    Some(p) => parse_amount(p, exponent).map_err(|e| anyhow!("--price: {e}"))?,
+                    Some(p) => amount_arg("--price", p, exponent)?,
                     None => 0,
                 },
                 ..Default::default()
@@ -250,6 +301,19 @@ impl Command {
     }
 }
 
+/// Parses the decimal amount given to `flag` in minor units; a negative,
+/// malformed or over-precise amount is a [`Failure`] with its own code.
+fn amount_arg(flag: &str, text: &str, exponent: u32) -> Result<i64, Failure> {
+    parse_amount(text, exponent).map_err(|e| Failure {
+        code: if text.starts_with('-') {
+            "AMOUNT_OUT_OF_RANGE"
+        } else {
+            "INVALID_ARGUMENT"
+        },
+        message: format!("{flag}: {e}"),
+    })
+}
+
 /// Parses the `--server-key` hex into a valid ed25519 public key.
 fn parse_server_key(hex_key: &str) -> anyhow::Result<[u8; 32]> {
     let bytes = hex::decode(hex_key.trim()).context("server key is not hex")?;
@@ -267,14 +331,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            // Help and version are not failures; usage errors exit 1 (2 means a refusal).
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_FAILED)
-            } else {
-                ExitCode::SUCCESS
-            };
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS; // help and version
+            }
+            // Usage errors exit 1 (2 means a refusal); a script that asked
+            // for JSON gets one object all the same.
+            if std::env::args_os().any(|a| a == "--json") {
+                outln!(
+                    "{}",
+                    cardd::render::failure_json("USAGE", e.render().to_string().trim())
+                );
+            }
+            return ExitCode::from(EXIT_FAILED);
         }
     };
+    let json = cli.json;
     // The load generator drives many connections: a multi-thread runtime
     // (one worker per core). One terminal operation needs one thread.
     let runtime = match &cli.command {
@@ -294,10 +365,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("terminal-sim: {e:#}");
-            ExitCode::from(EXIT_FAILED)
-        }
+        Err(e) => failed(json, failure_code(&e), &format!("{e:#}")),
     }
 }
 
@@ -316,23 +384,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return bench::run(&cli.connect, tls.as_ref(), cli.json, cli.timeout, args).await;
     }
-    check_usage(&cli)?;
+    check_usage(&cli).map_err(|e| Failure {
+        code: "USAGE",
+        message: e.to_string(),
+    })?;
     let pinned = cli
         .server_key
         .as_deref()
         .map(parse_server_key)
         .transpose()
         .context("--server-key")?;
-    let key_path = cli
-        .key
-        .clone()
-        .ok_or_else(|| anyhow!("--key TERMINAL_KEY is required (the terminal's key file)"))?;
+    let key_path = cli.key.clone().ok_or_else(|| Failure {
+        code: "USAGE",
+        message: "--key TERMINAL_KEY is required (the terminal's key file)".into(),
+    })?;
+    let state_dir = state::state_dir(cli.state_dir.as_deref())?;
     let client = match sign_on(&cli, &key_path, tls.as_ref()).await? {
         Ok(client) => client,
-        Err(r) => return Ok(refused(cli.json, &r)),
+        Err(r) => return Ok(refused(cli.json, &r, None, None)),
     };
     let timeout = Duration::from_secs(cli.timeout);
-    let (mut term, warnings) = Terminal::open(client, &key_path, timeout)?;
+    let (mut term, warnings) = Terminal::open(client, &key_path, &state_dir, timeout)?;
     for w in warnings {
         eprintln!("terminal-sim: warning: {w}");
     }
@@ -347,7 +419,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let outcome = term.submit(own_txn, op).await?;
     let code = match &outcome.result {
         Ok(reply) => approved(&cli, reply, &outcome, &term, pinned),
-        Err(r) => refused(cli.json, r),
+        Err(r) => {
+            let advice = advise(&cli.command, r, &mut term).await;
+            refused(cli.json, r, Some(&term.client.session), advice.as_ref())
+        }
     };
     term.save()
         .context("the answer above was received, but the terminal's state was not saved")?;
@@ -383,20 +458,42 @@ async fn sign_on(
 ) -> anyhow::Result<Result<cardd::client::AnyClient, cardd::error::Refusal>> {
     let key = read_key_file(key_path)?;
     let timeout = Duration::from_secs(cli.timeout);
-    match tokio::time::timeout(
-        timeout,
-        Client::connect_with(cli.connect.as_str(), key, tls),
-    )
-    .await
-    {
-        Err(_) => bail!(
-            "connecting to {}: no sign-on within {}s",
-            cli.connect,
-            cli.timeout
-        ),
-        Ok(Err(ClientError::Refused(r))) => Ok(Err(r)),
-        Ok(Err(e)) => bail!("connecting to {}: {e}", cli.connect),
+    match tokio::time::timeout(timeout, connect_to(&cli.connect, key, tls)).await {
+        Err(_) => Err(Failure {
+            code: "CONNECTION_FAILED",
+            message: format!(
+                "connecting to {}: no sign-on within {}s",
+                cli.connect, cli.timeout
+            ),
+        }
+        .into()),
+        Ok(Err(e)) => match e.error {
+            ClientError::Refused(r) => Ok(Err(r)),
+            _ => Err(e.into()),
+        },
         Ok(Ok(c)) => Ok(Ok(c)),
+    }
+}
+
+/// Asks the server what explains a refusal the cashier can act on: the
+/// balance on INSUFFICIENT_FUNDS (with the `--partial` way out), whether a
+/// CARD_BLOCKED card was blocked or replaced. An inquiry changes nothing;
+/// if it fails, the refusal is printed without advice.
+async fn advise(command: &Command, r: &Refusal, term: &mut Terminal) -> Option<Advice> {
+    let code = r.code;
+    if code != pb::ErrorCode::InsufficientFunds && code != pb::ErrorCode::CardBlocked {
+        return None;
+    }
+    let card = command.card()?.to_string();
+    let request = term.client.request(0, Op::Inquiry(pb::Inquiry { card }));
+    let view = term.client.call(&request).await.ok()?.card?;
+    let session = &term.client.session;
+    match command.purchase() {
+        Some((_, bill)) if code == pb::ErrorCode::InsufficientFunds => {
+            let bill = parse_amount(bill, session.currency_exponent).ok()?;
+            Some(short_of_funds(view.balance_minor, bill, session))
+        }
+        _ => not_active(view.status()),
     }
 }
 
@@ -427,7 +524,11 @@ fn approved(
         }
         check
     });
-    print_reply(cli.json, reply, outcome, term, proof.as_ref());
+    let copy = Copy {
+        customer: cli.command.for_customer(),
+        cashier: &cli.operator,
+    };
+    print_reply(cli.json, reply, outcome, term, proof.as_ref(), &copy);
     match proof.as_ref().map(|p| &p.result) {
         Some(Err(e)) => {
             let seq = reply.receipt.as_ref().map_or(0, |r| r.seq);

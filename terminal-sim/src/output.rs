@@ -1,10 +1,15 @@
 //! What the cashier (or a script) sees: one JSON object per line with
-//! `--json`, otherwise a receipt on stdout and refusals on stderr.
+//! `--json`, otherwise a receipt on stdout and refusals on stderr. Amounts
+//! in words are in major units with the currency; JSON keeps minor units.
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cardd::error::Refusal;
 use cardd::pb::{self, reply::Detail, request::Op};
-use cardd::render::{error_json, format_amount, receipt_text, reply_json, shift_json};
+use cardd::render::{
+    error_json, failure_json, human_message, money, receipt_text, reply_json, shift_json,
+    shift_totals_lines, Printer,
+};
 use serde_json::Value;
 
 use crate::proof::ProofCheck;
@@ -16,24 +21,161 @@ pub const EXIT_REFUSED: u8 = 2;
 /// Exit code of a failed call (usage, key, connection, no answer).
 pub const EXIT_FAILED: u8 = 1;
 
-/// Prints a refusal and returns the refusal exit code.
-pub fn refused(json: bool, r: &Refusal) -> ExitCode {
+/// Set once standard output turned out to be a closed pipe.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to standard output; a closed pipe (`| head -1`) drops
+/// the rest quietly, and the call finishes (state saved, exit code given)
+/// as it would have.
+pub fn print_line(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("terminal-sim: writing to standard output: {e}");
+        }
+    }
+}
+
+/// A failure on this side (usage, amount, key, connection), with the code
+/// `--json` prints for it.
+#[derive(Debug)]
+pub struct Failure {
+    /// The code, e.g. `AMOUNT_OUT_OF_RANGE` or `USAGE`.
+    pub code: &'static str,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The `--json` code of a failed call.
+pub fn failure_code(e: &anyhow::Error) -> &'static str {
+    if let Some(f) = e.downcast_ref::<Failure>() {
+        return f.code;
+    }
+    if e.downcast_ref::<cardd::crypto::KeyFileError>().is_some() {
+        return "KEY_FILE";
+    }
+    if e.downcast_ref::<cardd::client::ConnectError>().is_some() {
+        return "CONNECTION_FAILED";
+    }
+    "FAILED"
+}
+
+/// Prints a failed call: the message on stderr and, with `--json`, one
+/// JSON object on stdout, so that a script always reads one.
+pub fn failed(json: bool, code: &str, message: &str) -> ExitCode {
+    eprintln!("terminal-sim: {message}");
     if json {
-        println!("{}", error_json(r.code as i32, &r.message));
+        outln!("{}", failure_json(code, message));
+    }
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// What the cashier is told besides the server's refusal (and what a
+/// script reads in the JSON object).
+#[derive(Debug, Default)]
+pub struct Advice {
+    /// The card's balance, when it explains the refusal.
+    pub balance_minor: Option<i64>,
+    /// What to do, in words.
+    pub hint: String,
+}
+
+/// Prints a refusal and returns the refusal exit code. Human text speaks
+/// the session's currency; JSON keeps the server's message and adds the
+/// advice's fields.
+pub fn refused(
+    json: bool,
+    r: &Refusal,
+    session: Option<&pb::SignOnOk>,
+    advice: Option<&Advice>,
+) -> ExitCode {
+    if json {
+        let mut v = error_json(r.code as i32, &r.message);
+        if let (Some(a), Value::Object(m)) = (advice, &mut v) {
+            if let Some(b) = a.balance_minor {
+                m.insert("balance_minor".into(), b.into());
+            }
+            m.insert("hint".into(), a.hint.clone().into());
+        }
+        outln!("{v}");
     } else {
-        eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
+        let message = match session {
+            Some(s) => human_message(&r.message, s.currency_exponent, &s.currency),
+            None => r.message.clone(),
+        };
+        let hint = advice.map_or(String::new(), |a| format!("; {}", a.hint));
+        eprintln!("refused: {} ({message}{hint})", r.code.as_str_name());
     }
     ExitCode::from(EXIT_REFUSED)
 }
 
-/// Prints an approved answer: one JSON line, or the cashier's receipt;
-/// with the result of the inclusion proof check when `--proof` asked.
+/// The advice for INSUFFICIENT_FUNDS: the card's balance, and `--partial`.
+pub fn short_of_funds(balance: i64, bill: i64, s: &pb::SignOnOk) -> Advice {
+    let m = |v: i64| money(v, s.currency_exponent, &s.currency);
+    Advice {
+        balance_minor: Some(balance),
+        hint: format!(
+            "the card holds {}, the bill is {}: add --partial to take {} from the card \
+             and collect the other {} another way",
+            m(balance),
+            m(bill),
+            m(balance),
+            m(bill.saturating_sub(balance))
+        ),
+    }
+}
+
+/// The advice for CARD_BLOCKED, from the card's status.
+pub fn not_active(status: pb::CardStatus) -> Option<Advice> {
+    let hint = match status {
+        pb::CardStatus::Replaced => {
+            "this number was REPLACED: its value moved to a new card number; ask the customer \
+             for the new card (the owner's replace-card receipt names it)"
+        }
+        pb::CardStatus::Blocked => "the card is BLOCKED by the owner",
+        _ => return None,
+    };
+    Some(Advice {
+        balance_minor: None,
+        hint: hint.into(),
+    })
+}
+
+/// How the answer is printed: for a customer (receipts of card operations
+/// carry the promotion line) or the shop, by which cashier.
+pub struct Copy<'a> {
+    /// A customer's receipt.
+    pub customer: bool,
+    /// The cashier on the request.
+    pub cashier: &'a str,
+}
+
+/// Prints an approved answer: one JSON line, or the receipt; with the
+/// result of the inclusion proof check when `--proof` asked.
 pub fn print_reply(
     json: bool,
     reply: &pb::Reply,
     outcome: &Outcome,
     term: &Terminal,
     proof: Option<&ProofCheck>,
+    copy: &Copy,
 ) {
     // What this terminal said at a shift close, next to the server's totals.
     let none = pb::ShiftTotals::default();
@@ -50,15 +192,21 @@ pub fn print_reply(
         if let Some(p) = proof {
             p.add_to_json(&mut v);
         }
-        println!("{v}");
+        outln!("{v}");
         return;
     }
-    println!("{}", receipt_text(reply, session));
+    let printer = Printer {
+        session,
+        cashier: copy.cashier,
+        customer: copy.customer,
+        now_ms: now_ms(),
+    };
+    outln!("{}", receipt_text(reply, &printer));
     if let Some(p) = proof {
-        println!("{}", p.receipt_line());
+        outln!("{}", p.receipt_line());
     }
     if reply.replayed {
-        println!(
+        outln!(
             "{}",
             match outcome.counting {
                 Counting::Counted =>
@@ -70,31 +218,25 @@ pub fn print_reply(
     match &reply.detail {
         Some(Detail::Shift(s)) if !s.balanced => {
             let t = sent_totals.unwrap_or(&none);
-            let amt = |m: i64| {
-                let amount = format_amount(m, session.currency_exponent);
-                format!("{amount} {}", session.currency)
-            };
-            println!("This terminal counted:");
-            for (label, count, value) in [
-                ("Purchases  ", t.purchase_count, amt(t.purchase_minor)),
-                ("Top-ups    ", t.top_up_count, amt(t.top_up_minor)),
-                ("Refunds    ", t.refund_count, amt(t.refund_minor)),
-                ("Reversals  ", t.reversal_count, amt(t.reversal_minor)),
-                (
-                    "Redemptions",
-                    t.redeem_count,
-                    format!("{} points", t.redeem_points),
-                ),
-            ] {
-                println!("{label} {count} / {value}");
+            let amt = |m: i64| money(m, session.currency_exponent, &session.currency);
+            outln!("This terminal counted:");
+            for line in shift_totals_lines(t, &amt) {
+                outln!("{line}");
             }
         }
         Some(Detail::Status(s)) => {
             if let Some(original) = &s.original {
-                println!("--- original answer ---");
-                println!("{}", receipt_text(original, session));
+                outln!("--- original answer ---");
+                outln!("{}", receipt_text(original, &printer));
             }
         }
         _ => {}
     }
+}
+
+/// The terminal's clock, Unix ms (printed on an inquiry, which has no record).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

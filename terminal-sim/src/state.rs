@@ -1,11 +1,16 @@
-//! The terminal's memory between runs, kept next to its key as
-//! `<keyfile>.state.json`: the next transaction id (trace number), the
-//! terminal's own shift totals, which answers it has already counted, and the
-//! exact signed bytes of its recent requests (so that a retry under the same
-//! transaction id sends the same message again, as a real till retransmits).
+//! The terminal's memory between runs: the next transaction id (trace
+//! number), the terminal's own shift totals, which answers it has already
+//! counted, and the exact signed bytes of its recent requests (so that a
+//! retry under the same transaction id sends the same message again, as a
+//! real till retransmits).
 //!
-//! The file is written atomically: a temporary file in the same directory,
-//! flushed, then renamed over the old one.
+//! It holds every signed request, declined ones included, so it lives in a
+//! state directory of its own (mode 0700; the file 0600), named by the
+//! terminal's public key: `--state-dir`, else `$XDG_STATE_HOME/cardd-terminal-sim`,
+//! else `~/.local/state/cardd-terminal-sim`. Never beside the key (the demo
+//! keys sit in the daemon's data directory) and never inside a data
+//! directory. The file is written atomically: a temporary file in the same
+//! directory, flushed, then renamed over the old one.
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,11 +27,66 @@ pub const MAX_SENT: usize = 100;
 /// The state file format version.
 const VERSION: u32 = 1;
 
-/// The path of the state file of the key at `key`: `<key>.state.json`.
-pub fn state_path(key: &Path) -> PathBuf {
+/// The state directory's name under `$XDG_STATE_HOME` or `~/.local/state`.
+const DIR_NAME: &str = "cardd-terminal-sim";
+
+/// The state directory: `explicit` (`--state-dir`), else the user's state
+/// directory.
+pub fn state_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = var("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(xdg).join(DIR_NAME));
+    }
+    let home =
+        var("HOME").context("no HOME to keep the terminal's state in: give --state-dir DIR")?;
+    Ok(PathBuf::from(home).join(".local/state").join(DIR_NAME))
+}
+
+/// The state file of the terminal whose public key is `public_key`.
+pub fn state_path(dir: &Path, public_key: &[u8; 32]) -> PathBuf {
+    dir.join(format!("{}.state.json", hex::encode(public_key)))
+}
+
+/// Where versions before the state directory kept the state: `<key>.state.json`.
+pub fn old_state_path(key: &Path) -> PathBuf {
     let mut s = key.as_os_str().to_owned();
     s.push(".state.json");
     PathBuf::from(s)
+}
+
+/// Creates the state directory (mode 0700) or checks the one there: it
+/// must not be open to others, nor lie inside a daemon's data directory.
+pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(data) = dir.ancestors().find(|a| a.join("server.key").is_file()) {
+        anyhow::bail!(
+            "the state directory {} is inside the daemon's data directory {}: \
+             give --state-dir a directory of its own",
+            dir.display(),
+            data.display()
+        );
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "the state directory {} is open to others (mode {mode:o}); it holds signed \
+             requests: chmod 700 it, or give --state-dir a directory of its own",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The terminal's own shift totals: the same fields as
@@ -179,7 +239,13 @@ impl TerminalState {
         let tmp = PathBuf::from(tmp);
         let text = serde_json::to_string_pretty(self)?;
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            // A temporary file left by a killed run of the same pid.
+            let _ = std::fs::remove_file(&tmp);
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let mut f = open.open(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -368,8 +434,8 @@ mod tests {
     #[test]
     fn state_file_round_trips_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let path = state_path(&dir.path().join("till.key"));
-        assert!(path.ends_with("till.key.state.json"));
+        let path = state_path(dir.path(), &[0xab; 32]);
+        assert!(path.ends_with(format!("{}.state.json", "ab".repeat(32))));
         let mut s = TerminalState::load(&path).unwrap();
         assert_eq!(s, TerminalState::default());
         s.count(4, &purchase(4, 99, false));
@@ -378,7 +444,39 @@ mod tests {
         let back = TerminalState::load(&path).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.sent(4), Some((b"req".to_vec(), b"sig".to_vec())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the state file is the owner's only");
+        }
         std::fs::write(&path, "{ not json").unwrap();
         assert!(TerminalState::load(&path).is_err());
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn the_state_directory_is_private_and_outside_a_data_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b/state");
+        prepare_dir(&dir).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let e = prepare_dir(&dir).unwrap_err().to_string();
+            assert!(e.contains("open to others"), "{e}");
+        }
+        let data = root.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("server.key"), "x").unwrap();
+        let e = prepare_dir(&data.join("demo")).unwrap_err().to_string();
+        assert!(e.contains("inside the daemon's data directory"), "{e}");
     }
 }

@@ -12,7 +12,7 @@ use cardd::error::Refusal;
 use cardd::pb::{self, request::Op};
 use prost::Message;
 
-use crate::state::{state_path, Counting, Identity, TerminalState};
+use crate::state::{old_state_path, prepare_dir, state_path, Counting, Identity, TerminalState};
 
 /// The answer to one operation.
 #[derive(Debug)]
@@ -62,12 +62,13 @@ fn same_intent(earlier: &pb::Request, new: &pb::Request) -> bool {
 }
 
 impl Terminal {
-    /// Binds a signed-on client to the state file next to `key_path`.
+    /// Binds a signed-on client to its state file in `state_dir`.
     /// Warnings for the user (e.g. a state file of another terminal set
     /// aside) are returned, not printed.
     pub fn open(
         client: AnyClient,
         key_path: &Path,
+        state_dir: &Path,
         timeout: Duration,
     ) -> anyhow::Result<(Self, Vec<String>)> {
         let role = client.session.role();
@@ -78,9 +79,24 @@ impl Terminal {
                 role.as_str_name()
             );
         }
-        let state_path = state_path(key_path);
-        let mut state = TerminalState::load(&state_path)?;
+        prepare_dir(state_dir)?;
+        let state_path = state_path(state_dir, &client.key().verifying_key().to_bytes());
         let mut warnings = Vec::new();
+        let mut state = TerminalState::load(&state_path)?;
+        let old = old_state_path(key_path);
+        if !state_path.exists() && old.is_file() {
+            // An earlier version kept the state beside the key: carry on
+            // from it (its transaction ids and shift totals) and move it.
+            state = TerminalState::load(&old)?;
+            state.save(&state_path)?;
+            std::fs::remove_file(&old)
+                .with_context(|| format!("removing the old state file {}", old.display()))?;
+            warnings.push(format!(
+                "moved the state file {} to {}",
+                old.display(),
+                state_path.display()
+            ));
+        }
         let identity = Identity::of(&client.session, &client.server_key);
         if state.adopt(identity, client.session.last_txn_id) {
             warnings.push(format!(

@@ -55,9 +55,18 @@ impl Daemon {
     }
 }
 
+/// `terminal-sim bench` against the test's own demo daemon (a scratch
+/// daemon, but its demo brand holds records a bench did not write).
 fn bench(daemon: &Daemon, args: &[&str]) -> Run {
     let owner = daemon.owner_key();
-    let mut all = vec!["bench", "--connect", &daemon.addr, "--owner-key", &owner];
+    let mut all = vec![
+        "bench",
+        "--connect",
+        &daemon.addr,
+        "--owner-key",
+        &owner,
+        "--into-live-brand",
+    ];
     all.extend_from_slice(args);
     run(&sim_bin(), &all)
 }
@@ -306,4 +315,38 @@ fn bench_refuses_bad_parameters() {
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("not as the brand's owner"), "{r:?}");
+}
+
+#[test]
+fn bench_refuses_a_live_brand_without_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let before = daemon.audit(dir.path(), "before.export");
+    let owner = daemon.owner_key();
+    let args = [
+        "bench",
+        "--connect",
+        &daemon.addr,
+        "--owner-key",
+        &owner,
+        "--duration",
+        "1",
+        "--terminals",
+        "2",
+        "--cards",
+        "10",
+    ];
+    let r = run(&sim_bin(), &args);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("holds records the bench did not write")
+            && r.stderr.contains("--into-live-brand"),
+        "{r:?}"
+    );
+    assert!(r.stdout.is_empty(), "{r:?}");
+    let after = daemon.audit(dir.path(), "after.export");
+    assert_eq!(
+        after["records"], before["records"],
+        "a refused bench wrote nothing"
+    );
 }

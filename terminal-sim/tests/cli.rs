@@ -23,6 +23,8 @@ fn run(args: &[&str]) -> Run {
 struct Till<'d> {
     daemon: &'d Daemon,
     key: PathBuf,
+    /// The till's state directory (`--state-dir`), beside the data directory.
+    state_dir: PathBuf,
 }
 
 impl Till<'_> {
@@ -30,17 +32,21 @@ impl Till<'_> {
         Till {
             daemon,
             key: daemon.terminal_key(store_index),
+            state_dir: daemon.data.with_file_name("till-state"),
         }
     }
 
-    /// `terminal-sim --connect ADDR --key KEY [global...] op...`
+    /// `terminal-sim --connect ADDR --key KEY --state-dir DIR [global...] op...`
     fn call(&self, global: &[&str], op: &[&str]) -> Run {
         let key = self.key.to_str().expect("utf-8 path");
+        let state_dir = self.state_dir.to_str().expect("utf-8 path");
         let mut args = vec![
             "--connect",
             &self.daemon.addr,
             "--key",
             key,
+            "--state-dir",
+            state_dir,
             "--timeout",
             "10",
         ];
@@ -62,10 +68,15 @@ impl Till<'_> {
         v["balance_minor"].as_i64().expect("balance_minor")
     }
 
+    /// The state file: in the state directory, named by the public key.
+    fn state_path(&self) -> PathBuf {
+        let key = cardd::crypto::read_key_file(&self.key).expect("key file");
+        let public = hex::encode(key.verifying_key().to_bytes());
+        self.state_dir.join(format!("{public}.state.json"))
+    }
+
     fn state(&self) -> Value {
-        let mut path = self.key.clone().into_os_string();
-        path.push(".state.json");
-        serde_json::from_str(&std::fs::read_to_string(path).expect("state file"))
+        serde_json::from_str(&std::fs::read_to_string(self.state_path()).expect("state file"))
             .expect("state JSON")
     }
 }
@@ -252,10 +263,9 @@ fn usage_and_connection_failures_exit_1() {
     // An amount with more decimals than the currency has.
     let r = till.json(&["purchase", "--card", card, "--amount", "12.505"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stdout.is_empty() && r.stderr.contains("--amount"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("--amount"), "{r:?}");
+    // Under --json a client-side failure is one JSON object too.
+    assert_eq!(r.json()["error"], "INVALID_ARGUMENT", "{r:?}");
     // A floating-point style amount.
     let r = till.json(&["topup", "--card", card, "--amount", "1e3"]);
     assert_eq!(r.code, 1, "{r:?}");
@@ -302,9 +312,12 @@ fn usage_and_connection_failures_exit_1() {
         card,
     ]);
     assert_eq!(r.code, 1, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["ok"], false, "{r:?}");
+    assert_eq!(v["error"], "CONNECTION_FAILED", "{r:?}");
     assert!(
-        r.stdout.is_empty(),
-        "no JSON for a failed connection: {r:?}"
+        v["message"].as_str().is_some_and(|m| m.contains(&addr)),
+        "the address in the message: {r:?}"
     );
     assert!(r.stderr.contains("connecting to"), "{r:?}");
 
@@ -550,4 +563,219 @@ fn recheck_printed_proof(v: &Value, server_key: &str) {
         ),
         "{v}"
     );
+}
+
+/// `cardd admin` with the demo owner key against `daemon`.
+fn admin(daemon: &Daemon, args: &[&str]) -> Run {
+    let owner = daemon.owner_key();
+    let mut all = vec!["admin", "--connect", &daemon.addr, "--key", &owner];
+    all.extend_from_slice(args);
+    run_bounded(&cardd_bin(), &all, CALL_TIMEOUT)
+}
+
+#[test]
+fn receipts_say_who_where_and_when_and_messages_speak_the_currency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[1].as_str();
+
+    // The receipt: brand, store, terminal, cashier, date and time (UTC).
+    let r = till.call(
+        &["--operator", "ann"],
+        &["purchase", "--card", card, "--amount", "12.50"],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let store = &daemon.manifest.stores[0].name;
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "Demo Coffee", "{r:?}");
+    assert!(lines[1].starts_with("Store") && lines[1].ends_with(&format!("{store} (#1)")));
+    assert!(
+        lines[2].starts_with("Terminal") && lines[2].ends_with("#1"),
+        "{r:?}"
+    );
+    assert!(
+        lines[3].starts_with("Cashier") && lines[3].ends_with(" ann"),
+        "{r:?}"
+    );
+    assert!(
+        lines[4].starts_with("Date") && lines[4].ends_with(" UTC"),
+        "{r:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.len() <= 40 || !l.contains("  ")),
+        "aligned columns fit 40 characters: {r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("Bill                           12.50 CNY"),
+        "{r:?}"
+    );
+
+    // A negative amount is an amount, not a flag: the amount message.
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "-5"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--amount: '-5' is below zero"), "{r:?}");
+    let r = till.json(&["purchase", "--card", card, "--amount", "-5"]);
+    assert_eq!(r.json()["error"], "AMOUNT_OUT_OF_RANGE", "{r:?}");
+
+    // The server's limits in the cashier's units (--json keeps minor units).
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "0"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("AMOUNT_OUT_OF_RANGE (amount must be 0.01 to 10000000.00 CNY)"),
+        "{r:?}"
+    );
+    let buy = till
+        .json(&["purchase", "--card", card, "--amount", "30.00"])
+        .ok();
+    let seq = u64_of(&buy, "record_seq").to_string();
+    let r = till.call(&[], &["refund", "--seq", &seq, "--amount", "30.01"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("at most 30.00 CNY are left to refund"),
+        "{r:?}"
+    );
+    let r = till.json(&["refund", "--seq", &seq, "--amount", "30.01"]);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("3000 minor units")),
+        "{r:?}"
+    );
+
+    // Short of funds: the balance and the --partial way out, on one line.
+    let balance = till.balance(card);
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "9999.00"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
+    let holds = format!("the card holds {}.{:02} CNY", balance / 100, balance % 100);
+    assert!(
+        r.stderr.contains(&holds) && r.stderr.contains("--partial"),
+        "{r:?}"
+    );
+    let v = till
+        .json(&["purchase", "--card", card, "--amount", "9999.00"])
+        .json();
+    assert_eq!(
+        (v["error"].as_str(), v["balance_minor"].as_i64()),
+        (Some("INSUFFICIENT_FUNDS"), Some(balance))
+    );
+}
+
+#[test]
+fn a_blocked_or_replaced_card_says_so_at_the_till() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[2].as_str();
+
+    let r = admin(&daemon, &["block-card", "--card", card]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(&format!("Blocked card {card}")),
+        "{r:?}"
+    );
+    let r = till.call(&[], &["inquiry", "--card", card]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("Status                           BLOCKED"),
+        "{r:?}"
+    );
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "1"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("BLOCKED by the owner"), "{r:?}");
+    assert_eq!(admin(&daemon, &["unblock-card", "--card", card]).code, 0);
+
+    let r = admin(&daemon, &["replace-card", "--card", card]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with(&format!("Replaced card {card}")),
+        "{r:?}"
+    );
+    let r = till.call(&[], &["inquiry", "--card", card]);
+    assert!(
+        r.stdout
+            .contains("Status                          REPLACED")
+            && r.stdout.contains("moved to a new card number"),
+        "{r:?}"
+    );
+    let r = till.call(&[], &["purchase", "--card", card, "--amount", "1"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("this number was REPLACED"), "{r:?}");
+}
+
+#[test]
+fn the_state_file_is_private_and_not_beside_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 1);
+    let card = daemon.manifest.cards[0].as_str();
+    // A state file of an earlier version beside the key is carried over.
+    let old = {
+        let mut p = till.key.clone().into_os_string();
+        p.push(".state.json");
+        PathBuf::from(p)
+    };
+    std::fs::write(
+        &old,
+        r#"{"version":1,"identity":null,"next_txn":40,"shift":{},"counted":[],"sent":[]}"#,
+    )
+    .expect("old state");
+    let top = till
+        .json(&["topup", "--card", card, "--amount", "1.00"])
+        .ok();
+    assert_eq!(i64_of(&top, "txn_id"), 40, "carried on from the old file");
+    assert!(!old.exists(), "the old state file beside the key is moved");
+    let path = till.state_path();
+    assert_eq!(path.parent(), Some(till.state_dir.as_path()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&till.state_dir), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    // Never inside the daemon's data directory.
+    let inside = daemon.data.join("state");
+    let key = till.key.to_str().unwrap();
+    let r = run(&[
+        "--connect",
+        &daemon.addr,
+        "--key",
+        key,
+        "--state-dir",
+        inside.to_str().unwrap(),
+        "inquiry",
+        "--card",
+        card,
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("inside the daemon's data directory"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_receipt_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[0].as_str();
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = std::process::Command::new(sim_bin())
+        .args(["--connect", &daemon.addr, "--key"])
+        .arg(&till.key)
+        .arg("--state-dir")
+        .arg(&till.state_dir)
+        .args(["topup", "--card", card, "--amount", "1.00"])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .output()
+        .expect("run terminal-sim");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // The answer still counted: the state was saved after the closed pipe.
+    assert_eq!(till.state()["shift"]["top_up_count"], 1);
 }

@@ -26,6 +26,7 @@ mod provision;
 mod report;
 mod run;
 mod schedule;
+mod scratch;
 mod wire;
 
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cardd::client::{AnyClient, Client, TlsClient};
+use cardd::client::{connect_to, AnyClient, TlsClient};
 use cardd::crypto::read_key_file;
 
 use crate::output::EXIT_REFUSED;
@@ -126,6 +127,11 @@ pub struct BenchArgs {
     /// Seed of the request plan (default: random; printed in the report).
     #[arg(long)]
     seed: Option<u64>,
+    /// Write into a brand that holds records other than a bench's (a live
+    /// brand, or a demo brand): without it the bench refuses, because
+    /// everything it writes stays in the brand's signed ledger for good.
+    #[arg(long)]
+    into_live_brand: bool,
 }
 
 fn bar(len: u64, what: &str) -> ProgressBar {
@@ -182,6 +188,10 @@ pub async fn run(
     let hot = check_args(args)?;
     let seed = args.seed.unwrap_or_else(rand::random);
     let setup_started = std::time::Instant::now();
+    if !args.into_live_brand {
+        let key = read_key_file(&args.owner_key).context("--owner-key")?;
+        scratch::refuse_live_brand(addr, tls, key, timeout).await?;
+    }
     let mut owner = connect_owner(addr, tls, args, timeout_secs).await?;
     let amounts = Amounts::new(owner.session.currency_exponent).map_err(anyhow::Error::msg)?;
 
@@ -271,12 +281,11 @@ async fn connect_owner(
 ) -> anyhow::Result<AnyClient> {
     let owner_key = read_key_file(&args.owner_key).context("--owner-key")?;
     let timeout = Duration::from_secs(timeout_secs);
-    let owner =
-        match tokio::time::timeout(timeout, Client::connect_with(addr, owner_key, tls)).await {
-            Err(_) => bail!("connecting to {addr}: no sign-on within {timeout_secs}s"),
-            Ok(Err(e)) => bail!("connecting to {addr}: {e}"),
-            Ok(Ok(c)) => c,
-        };
+    let owner = match tokio::time::timeout(timeout, connect_to(addr, owner_key, tls)).await {
+        Err(_) => bail!("connecting to {addr}: no sign-on within {timeout_secs}s"),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(c)) => c,
+    };
     let max_in_flight = owner.session.max_in_flight;
     if max_in_flight > 0 && args.pipeline > max_in_flight {
         bail!(
@@ -483,12 +492,12 @@ fn window_progress(
 /// exit code 2 when some requests were refused or got no answer.
 fn print_report(report: &Report, json: bool) -> ExitCode {
     if json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
         for w in report.warnings() {
             eprintln!("{w}");
         }
     } else {
-        println!("{}", report.to_text());
+        outln!("{}", report.to_text());
     }
     if report.error_count() > 0 {
         ExitCode::from(EXIT_REFUSED)

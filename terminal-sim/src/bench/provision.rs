@@ -194,8 +194,8 @@ pub async fn connect_all(
             let _permit = gate.acquire().await.expect("never closed");
             let connect = Client::connect_with(addr.as_str(), key, tls.as_ref());
             let client = match tokio::time::timeout(timeout, connect).await {
-                Err(_) => bail!("terminal {}: no sign-on within {timeout:?}", i + 1),
-                Ok(Err(e)) => bail!("terminal {}: sign-on: {e}", i + 1),
+                Err(_) => bail!("terminal {}: no sign-on to {addr} within {timeout:?}", i + 1),
+                Ok(Err(e)) => bail!("terminal {}: sign-on to {addr}: {e}", i + 1),
                 Ok(Ok(c)) => c,
             };
             if client.session.role() != pb::Role::Terminal || client.session.store_id != store_id {

@@ -6,7 +6,7 @@
 
 /// The one bounded run of a command, shared with cardd's own tests.
 #[path = "../../../tests/common/run.rs"]
-mod run;
+pub mod run;
 
 /// The one start of `cardd serve`, shared with cardd's own tests.
 #[path = "../../../tests/common/serve.rs"]
@@ -119,9 +119,18 @@ impl Run {
     }
 }
 
-/// Runs `bin` with `args`, killing it if it overruns `limit`.
+/// Runs `bin` with `args`, killing it if it overruns `limit`. A till that
+/// is given no `--state-dir` keeps its state under the system's temporary
+/// directory, never in the home directory of whoever runs the tests.
 pub fn run_bounded(bin: &Path, args: &[&str], limit: Duration) -> Run {
-    let out = run::run_bounded(Command::new(bin).args(args), limit);
+    let state_home = std::env::temp_dir().join("terminal-sim-tests-state");
+    let out = run::run_bounded(
+        Command::new(bin)
+            .args(args)
+            .env("XDG_STATE_HOME", state_home)
+            .env_remove("TERMINAL_SIM_STATE_DIR"),
+        limit,
+    );
     Run {
         code: out
             .status
