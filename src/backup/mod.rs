@@ -487,6 +487,36 @@ mod tests {
         assert_eq!(fs::read(&file).expect("file"), bytes);
     }
 
+    /// REVIEW (failing on purpose): an incremental export (`after_size`)
+    /// still reads and checks every frame from the first, through the
+    /// checkpoint iterator (`write_export_after` -> `store.checkpoints`):
+    /// each nightly run reads the whole log, and one damaged old frame,
+    /// whose records the backup already holds, fails every later run.
+    #[test]
+    #[ignore = "REVIEW: fails until write_export_after reads checkpoints from the frame holding after+1"]
+    fn review_an_incremental_export_does_not_read_the_frames_it_skips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, mut ledger, card) = fixture(dir.path());
+        for txn in 2..6 {
+            buy(&mut ledger, &card, txn);
+        }
+        let segment = dir
+            .path()
+            .join(format!("data/log/brand-{BRAND:05}/{:020}.seg", 1));
+        let mut bytes = fs::read(&segment).expect("segment");
+        // The first frame's last payload byte (its header says its length).
+        let len = u32::from_le_bytes(bytes[4..8].try_into().expect("4")) as usize;
+        bytes[28 + len - 1] ^= 1;
+        fs::write(&segment, &bytes).expect("write");
+        let key = testing::server_key().verifying_key().to_bytes();
+        let mut out = Vec::new();
+        let part = crate::audit::write_export_after(&*store, BRAND, 8, &key, &mut out, |_, _| {});
+        assert!(
+            part.is_ok(),
+            "records 9.. need no frame before them: {part:?}"
+        );
+    }
+
     #[test]
     fn restore_refuses_two_files_of_one_brand_and_then_restores_one() {
         let dir = tempfile::tempdir().expect("tempdir");

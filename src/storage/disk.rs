@@ -901,6 +901,47 @@ mod tests {
         assert_eq!(store.checkpoints(7).count(), 3);
     }
 
+    /// REVIEW (failing on purpose): the one-time import of a pre-log sled
+    /// ledger is not atomic. A crash after brand 7's log was written but
+    /// before brand 8's leaves `log/brand-00007` and no marks (import
+    /// writes none); the next open sees a logged brand, skips the import
+    /// for good, and serves brand 8 as if it never existed.
+    #[test]
+    #[ignore = "REVIEW: fails until the sled import is made atomic"]
+    fn review_an_import_cut_short_by_a_crash_is_not_served_short() {
+        let (dir, store, records, _) = ledger(&[3, 1, 5]);
+        drop(store);
+        let commits = rewrite::read_commits(dir.path(), 7).unwrap();
+        {
+            let old = SledIndex::open(&dir.path().join("ledger")).unwrap();
+            for brand in [7, 8] {
+                for commit in &commits {
+                    let runs: Vec<(u64, Vec<u8>)> =
+                        commit.iter().map(|r| (r.first_seq, r.encode())).collect();
+                    let refs: Vec<(u64, &[u8])> =
+                        runs.iter().map(|(f, r)| (*f, r.as_slice())).collect();
+                    old.insert(brand, &refs).unwrap();
+                }
+            }
+        }
+        std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("marks")).unwrap();
+        // What the import leaves when killed between its two brands.
+        import_index(
+            dir.path(),
+            &SledIndex::open(&dir.path().join("ledger")).unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(dir.path().join("log/brand-00008")).unwrap();
+        let reopened = reopen(&dir);
+        let served = reopened.as_ref().map(|s| s.brands().unwrap());
+        assert!(
+            reopened.is_err() || served.as_ref().unwrap() == &vec![7, 8],
+            "brand 8 ({} records in sled) silently gone: brands {served:?}",
+            records.len()
+        );
+    }
+
     #[test]
     fn a_second_process_cannot_open_a_data_directory_in_use() {
         let (dir, store, records, _) = ledger(&[2]);
