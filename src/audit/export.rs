@@ -90,7 +90,7 @@ pub fn write_export_after(
         public_key: server_public_key.to_vec(),
         ..Default::default()
     }];
-    let mut checkpoints = store.checkpoints(brand);
+    let mut checkpoints = store.checkpoints_after(brand, after);
     let mut summary = ExportSummary {
         records: 0,
         checkpoints: 0,

@@ -98,6 +98,18 @@ pub trait LogStore: Send + Sync + 'static {
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>>;
     /// Every checkpoint, oldest first (streaming).
     fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send>;
+    /// The checkpoints of the commits holding records after `after_size`,
+    /// oldest first, and maybe some before them (the caller skips those by
+    /// their tree size): an incremental export reads only the new part of
+    /// the log.
+    fn checkpoints_after(
+        &self,
+        brand: u32,
+        after_size: u64,
+    ) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+        let _ = after_size;
+        self.checkpoints(brand)
+    }
     /// One record's bytes.
     fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>>;
     /// Records from `from_seq` on, in order (streaming, not all in memory).
