@@ -327,6 +327,8 @@ async fn admin_and_terminal_sim_speak_tls() {
         cmd.args(["--connect", &addr, "--key"])
             .arg(&key)
             .args(["--timeout", "10", "--json"])
+            // The till's state goes to the test's directory, not $HOME.
+            .env("XDG_STATE_HOME", dir.path())
             .args(extra)
             .args(op);
         run_bounded(&mut cmd, Duration::from_secs(60))

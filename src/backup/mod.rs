@@ -54,6 +54,10 @@ pub trait Source {
 /// Why a backup run stopped. The file it was given is unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
+    /// Another run is bringing the same file up to date (a cron run and a
+    /// manual one, say): their scratch files would collide.
+    #[error("{0}: another backup run holds this file (its .lock); try again when it ends")]
+    Busy(PathBuf),
     /// The existing backup file does not verify (damaged, truncated,
     /// edited): it is left alone and nothing is appended to it.
     #[error("{path}: the existing backup does not verify (damaged? keep it for inspection and start a new file)")]
@@ -167,6 +171,7 @@ pub fn backup(
             expected: hex::encode(pinned),
         });
     }
+    let _lock = lock_beside(path)?;
     let existing = match path.exists() {
         true => Some(read_existing(path, source.brand(), &server_key)?),
         false => None,
@@ -354,6 +359,30 @@ fn check_extends(
 
 /// The run's temporary files beside the backup: removed on drop, unless
 /// [`Temps::commit`] renamed the joined one over the backup.
+/// Locks `FILE.lock` for the run: two runs on one file would share its
+/// scratch files, and one could rename the other's half-written file over
+/// the good one. The lock file stays (removing it would break the lock for
+/// a run waiting on it); the lock goes with the process.
+fn lock_beside(path: &Path) -> Result<fs::File, BackupError> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    let lock_path = path.with_file_name(name);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(BackupError::io(format!("opening {}", lock_path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(BackupError::Busy(path.to_path_buf())),
+        Err(fs::TryLockError::Error(e)) => Err(BackupError::io(format!(
+            "locking {}",
+            lock_path.display()
+        ))(e)),
+    }
+}
+
 struct Temps {
     part: PathBuf,
     joined: PathBuf,
@@ -485,6 +514,19 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(fs::read(&file).expect("file"), bytes);
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_file_is_refused_while_the_first_holds_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _ledger, _card) = fixture(dir.path());
+        let file = dir.path().join("b.cardd-backup");
+        let held = lock_beside(&file).expect("the first run's lock");
+        let err = backup(&mut source(&store), &file, None).expect_err("ran beside");
+        assert!(matches!(err, BackupError::Busy(_)), "{err}");
+        assert!(!file.exists(), "nothing written");
+        drop(held);
+        backup(&mut source(&store), &file, None).expect("runs once the lock is gone");
     }
 
     /// An incremental export (`after_size`) reads the log from the frame

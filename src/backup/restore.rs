@@ -122,10 +122,20 @@ pub fn restore(
         let _ = fs::remove_dir_all(&staging);
         return Err(e);
     }
-    fs::rename(&staging, data).map_err(|source| RestoreError::Io {
-        what: format!("renaming {} to {}", staging.display(), data.display()),
-        source,
-    })?;
+    if let Err(source) = fs::rename(&staging, data) {
+        // An empty mount point cannot be renamed over (EBUSY, EXDEV): say
+        // so, and leave nothing behind that would stop the next run.
+        let _ = fs::remove_dir_all(&staging);
+        return Err(RestoreError::Io {
+            what: format!(
+                "renaming {} to {} (a mount point cannot be renamed over: restore into a new \
+                 directory inside it)",
+                staging.display(),
+                data.display()
+            ),
+            source,
+        });
+    }
     let parent = parent_of(data);
     sync_dir(parent).map_err(|source| RestoreError::Io {
         what: format!("syncing {}", parent.display()),

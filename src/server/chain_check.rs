@@ -21,7 +21,7 @@ use prost::Message;
 use super::writer::BrandHandle;
 use crate::crypto::leaf_hash;
 use crate::pb::Record;
-use crate::storage::LogStore;
+use crate::storage::{LogStore, StorageError};
 
 /// Records checked between two pauses.
 const STRIDE: u64 = 16_384;
@@ -46,7 +46,16 @@ pub fn spawn(store: Arc<dyn LogStore>, brand: u32, through: u64, handle: BrandHa
                     secs = started.elapsed().as_secs(),
                     "the records before the snapshot are unchanged"
                 ),
-                Err(why) => {
+                // A file that cannot be read now (too many open files, an
+                // I/O error) proves nothing about its contents: said
+                // loudly, but the brand goes on.
+                Err(Broken::Unread(why)) => tracing::error!(
+                    brand,
+                    why,
+                    "the background chain check could not read the ledger and stopped; run \
+                     `cardd check` (daemon stopped) to check it"
+                ),
+                Err(Broken::Changed(why)) => {
                     tracing::error!(
                         brand,
                         why,
@@ -62,17 +71,44 @@ pub fn spawn(store: Arc<dyn LogStore>, brand: u32, through: u64, handle: BrandHa
     }
 }
 
-/// Checks the links of records `1..=through`: the first error, naming the
+/// Why the walk stopped.
+enum Broken {
+    /// The bytes are not what was written: a checksum, a decode or a link
+    /// fails.
+    Changed(String),
+    /// They could not be read.
+    Unread(String),
+}
+
+/// Checks the links of records `1..=through`: the first break, naming the
 /// record.
-fn walk(store: &dyn LogStore, brand: u32, through: u64) -> Result<(), String> {
+fn walk(store: &dyn LogStore, brand: u32, through: u64) -> Result<(), Broken> {
     let (mut prev_seq, mut prev_head) = (0u64, [0u8; 32]);
     let mut stride = Instant::now();
     for item in store.scan(brand, 1) {
-        let (seq, bytes) = item.map_err(|e| format!("reading record {}: {e}", prev_seq + 1))?;
+        let (seq, bytes) = item.map_err(|e| {
+            let why = format!(
+                "reading record {}: {}",
+                prev_seq + 1,
+                crate::error::causes(&e)
+            );
+            match e {
+                // A file cut short or gone is a changed ledger too.
+                StorageError::Io { source, .. }
+                    if !matches!(
+                        source.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                    ) =>
+                {
+                    Broken::Unread(why)
+                }
+                _ => Broken::Changed(why),
+            }
+        })?;
         let rec = Record::decode(bytes.as_slice())
-            .map_err(|_| format!("record {seq} does not decode"))?;
+            .map_err(|_| Broken::Changed(format!("record {seq} does not decode")))?;
         crate::replay::check_link(prev_seq, &prev_head, &rec)
-            .map_err(|why| format!("record {seq}: {why}"))?;
+            .map_err(|why| Broken::Changed(format!("record {seq}: {why}")))?;
         (prev_seq, prev_head) = (seq, leaf_hash(&bytes));
         if seq >= through {
             return Ok(());
@@ -82,7 +118,7 @@ fn walk(store: &dyn LogStore, brand: u32, through: u64) -> Result<(), String> {
             stride = Instant::now();
         }
     }
-    Err(format!(
+    Err(Broken::Changed(format!(
         "the log ends at record {prev_seq}, before {through}"
-    ))
+    )))
 }

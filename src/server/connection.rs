@@ -428,6 +428,26 @@ fn verified(
     }
 }
 
+/// An audit read of the session's own brand, unless that brand was halted
+/// (its ledger on disk was found changed: nothing of it is served).
+fn audit_route(
+    shared: &Shared,
+    session: &Session,
+    req: &crate::pb::Request,
+    op: &Op,
+) -> Result<Route, Refusal> {
+    if req.brand_id != session.brand_id {
+        return Err(Refusal::new(E::WrongBrand, "request names another brand"));
+    }
+    if shared.brand(req.brand_id).is_some_and(|b| b.is_halted()) {
+        return Err(Refusal::new(
+            E::StorageFailure,
+            "this brand was stopped: its ledger on disk was found changed (see the daemon's log)",
+        ));
+    }
+    Ok(Route::Audit(op.clone()))
+}
+
 /// Where a verified request goes.
 enum Route {
     /// To the brand's writer (the state machine).
@@ -444,10 +464,8 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                     E::WrongRole,
                     "audit operations need the owner key or an auditor key",
                 ))
-            } else if req.brand_id != session.brand_id {
-                Err(Refusal::new(E::WrongBrand, "request names another brand"))
             } else {
-                Ok(Route::Audit(op.clone()))
+                audit_route(shared, session, req, op)
             }
         }
         // An activity page reads records from storage, like an export.
@@ -463,10 +481,8 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                     E::WrongRole,
                     "this key may not read that activity",
                 ))
-            } else if req.brand_id != session.brand_id {
-                Err(Refusal::new(E::WrongBrand, "request names another brand"))
             } else {
-                Ok(Route::Audit(op.clone()))
+                audit_route(shared, session, req, op)
             }
         }
         // One key speaks for one brand: the enrolment reserves its key for

@@ -52,6 +52,9 @@ pub enum Command {
 #[derive(Clone)]
 pub struct BrandHandle {
     tx: mpsc::UnboundedSender<Command>,
+    /// Set by [`BrandHandle::halt`]: audit reads, which do not pass the
+    /// writer, ask it too.
+    halted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BrandHandle {
@@ -82,7 +85,10 @@ impl BrandHandle {
         };
         tracker.spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
         tracker.spawn(apply_in_order(ledger, rx, jobs_tx));
-        BrandHandle { tx }
+        BrandHandle {
+            tx,
+            halted: Arc::default(),
+        }
     }
 
     /// Submits a request and waits for its durable answer. None if the
@@ -107,7 +113,13 @@ impl BrandHandle {
     /// Stops the brand: from now on every request and sign-on is refused
     /// with STORAGE_FAILURE and `why`.
     pub fn halt(&self, why: String) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(Command::Halt(why));
+    }
+
+    /// True once the brand was halted: nothing of it may be served.
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The sign-on answer for `principal`.

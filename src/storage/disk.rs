@@ -1,12 +1,13 @@
-//! The embedded store: each brand's segment log (the durable truth), the
-//! sled index (rebuilt from the log whenever it is behind, damaged or
-//! gone) and the high-water marks that catch a log that came back short.
+//! The embedded store: each brand's segment log (the durable truth), read
+//! through its frame index (see `frames`), and the high-water marks that
+//! catch a log that came back short.
 //!
-//! Data directory layout: `log/brand-NNNNN/*.seg` (see `segment`),
-//! `ledger/` (sled, see `index`), `marks/brand-NNNNN.hwm` (see `mark`).
+//! Data directory layout: `log/brand-NNNNN/*.seg` and `*.idx` (see
+//! `segment`, `frames`), `marks/brand-NNNNN.hwm` (see `mark`); `ledger/`
+//! only in directories of earlier versions (see `index`).
 //!
-//! A commit: append its frame to the brand's log and fdatasync it; insert
-//! its runs into sled (no flush); hand its mark to the mark writer; return.
+//! A commit: append its frame to the brand's log and fdatasync it; add its
+//! place to the frame index; hand its mark to the mark writer; return.
 //! Only then does the caller release any reply of the batch.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

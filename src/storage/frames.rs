@@ -410,6 +410,12 @@ impl Iterator for FrameIter {
                     return Some(read_frame(&path, &loc));
                 }
                 Ok(None) if self.pos + 1 < self.index.segments() => {
+                    // The writer may have appended frame j and sealed the
+                    // segment between the two looks: a sealed segment does
+                    // not change, so one more look is the answer.
+                    if let Ok(Some(_)) = self.index.nth(self.pos, self.j) {
+                        continue;
+                    }
                     self.pos += 1;
                     self.j = 0;
                 }

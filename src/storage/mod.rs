@@ -2,14 +2,15 @@
 //! brand's records and checkpoint atomically and durably, read records
 //! back. The embedded default ([`DiskStore`]) keeps each brand's commits in
 //! its own append-only, checksummed segment log, fdatasynced before a
-//! commit returns (the truth), and a sled index of the same bytes for reads
-//! (derived: rebuilt from the log when a crash or a power cut left it
-//! behind). A replicated log can later sit behind the same trait.
+//! commit returns (the truth), read back through the sealed segments'
+//! frame tables (derived: rebuilt from their segments when missing). A
+//! replicated log can later sit behind the same trait.
 //!
 //! - `segment`: the log files, their frames and the torn-tail rule;
+//! - `frames`: where each frame lies (frame tables, the newest in memory);
 //! - `batch`: the stored form of a commit (runs of records, Merkle nodes,
-//!   checkpoint), shared by the log and the index;
-//! - `index`: the sled index;
+//!   checkpoint);
+//! - `index`: the sled layout of earlier versions, imported once;
 //! - `mark`: the fsynced high-water marks checked at start-up;
 //! - `disk`: the store that ties them together;
 //! - `fsutil`: directory fsyncs and durable file replacement;

@@ -26,9 +26,9 @@ pub fn read_commits(data_dir: &Path, brand: u32) -> Result<Vec<Vec<StoredBatch>>
 }
 
 /// Replaces the log of `brand` with `commits` (checksums made anew, so
-/// only the ledger's own checks can notice) and deletes the sled index, so
-/// the next start rebuilds it from this log. A commit's seqs are taken
-/// from its runs.
+/// only the ledger's own checks can notice; an earlier version's sled
+/// directory is deleted too, so that nothing imports it). A commit's seqs
+/// are taken from its runs.
 pub fn write_commits(data_dir: &Path, brand: u32, commits: &[Vec<StoredBatch>]) -> Result<()> {
     let dir = brand_log_dir(data_dir, brand);
     let io = |what: &str| {

@@ -371,8 +371,16 @@ fn open_sealed(path: &Path, after: u64, last: u64) -> Result<bool> {
         );
         return Err(corrupt(path, size, &why));
     }
-    tracing::info!(segment = %path.display(), frames = frames.len(), "wrote a sealed segment's frame table");
-    write_table(path, size, &frames)?;
+    // The table is derived: if it cannot be written now (a full disk), the
+    // next read rebuilds it again.
+    match write_table(path, size, &frames) {
+        Ok(()) => {
+            tracing::info!(segment = %path.display(), frames = frames.len(), "wrote a sealed segment's frame table")
+        }
+        Err(e) => {
+            tracing::warn!(segment = %path.display(), error = %e, "frame table not written; it is rebuilt when needed")
+        }
+    }
     Ok(true)
 }
 
