@@ -42,6 +42,8 @@ fn main() -> anyhow::Result<()> {
         data.display()
     );
     let owner = testing::key(7);
+    // The owner's key beside the ledger, for `cardd admin --key` (reports).
+    cardd::crypto::write_key_file(&data.join("owner.key"), &owner)?;
     let create = testing::create_brand("Bench", &owner.verifying_key().to_bytes());
     let mut ledger = BrandLedger::create(store, Arc::clone(&server_key), testing::BRAND, create)?;
     ledger.snapshot_into(

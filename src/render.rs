@@ -423,7 +423,7 @@ pub fn shift_totals_lines(t: &pb::ShiftTotals, amt: &dyn Fn(i64) -> String) -> V
 /// record, and whether this answer repeats an earlier one.
 fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> String) {
     if let Some(c) = &reply.card {
-        out.extend(status_lines(c.status()));
+        out.extend(status_lines(c));
         out.push(line("Balance", amt(c.balance_minor)));
         if c.bonus_balance_minor > 0 {
             out.push(line("  of which bonus", amt(c.bonus_balance_minor)));
@@ -444,11 +444,20 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
 }
 
 /// What a cashier must see about a card that is not active.
-fn status_lines(status: pb::CardStatus) -> Vec<String> {
-    match status {
+fn status_lines(card: &pb::CardView) -> Vec<String> {
+    match card.status() {
         pb::CardStatus::Blocked => vec![
             line("Status", "BLOCKED"),
             "Card is BLOCKED: no payments or loads until the owner unblocks it".into(),
+        ],
+        pb::CardStatus::Replaced if !card.replaced_by.is_empty() => vec![
+            line("Status", "REPLACED"),
+            line("New card", &card.replaced_by),
+            format!(
+                "Card was REPLACED by {}: its value and points moved there; this number \
+                 holds nothing",
+                card.replaced_by
+            ),
         ],
         pb::CardStatus::Replaced => vec![
             line("Status", "REPLACED"),

@@ -78,7 +78,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -292,6 +292,8 @@ mod tests {
             s.merkle.push_with([i; 32], |_, _, _| {});
         }
         s.head_hash = [7; 32];
+        s.replaced_by
+            .insert(8_000_010_000_000_000_001, 8_000_010_000_000_000_002);
         s.stores.insert(
             1,
             Store {
@@ -357,8 +359,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                3,
-                "695b342c2e4706f4a7e6caae55f667178472c8f2747cf1046a625fd2da959a64".to_string()
+                4,
+                "55374e6853b8814988889fe11a7ed72213fdfb761fe0dc5a3451eaaa1a7eec63".to_string()
             )
         );
     }

@@ -321,6 +321,10 @@ pub struct BrandState {
     /// Read-only keys by id (from 1), removed ones kept (a key is never
     /// reused).
     pub read_keys: BTreeMap<u32, ReadKey>,
+    /// Each replaced card's new number, so that a till shown the old one
+    /// can name the card the value moved to. Only replaced cards are here
+    /// (a card replaced twice leads on through its new number).
+    pub replaced_by: BTreeMap<u64, u64>,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -436,6 +440,7 @@ impl BrandState {
             effects: Effects::default(),
             books: Books::default(),
             read_keys: BTreeMap::new(),
+            replaced_by: BTreeMap::new(),
         }
     }
 
@@ -489,6 +494,11 @@ impl BrandState {
             tier: tier.to_string(),
             total_spend_minor: card.total_spend,
             visits: card.visits,
+            replaced_by: self
+                .replaced_by
+                .get(&number)
+                .map(|n| format_card(*n))
+                .unwrap_or_default(),
         }
     }
 }

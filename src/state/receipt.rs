@@ -14,6 +14,9 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         tier: rec.tier_after.clone(),
         total_spend_minor: rec.total_spend_after_minor,
         visits: rec.visits_after,
+        // A record's card is the one it moved value on: never a replaced
+        // number (an inquiry of one names its successor).
+        replaced_by: String::new(),
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {

@@ -493,7 +493,7 @@ async fn advise(command: &Command, r: &Refusal, term: &mut Terminal) -> Option<A
             let bill = parse_amount(bill, session.currency_exponent).ok()?;
             Some(short_of_funds(view.balance_minor, bill, session))
         }
-        _ => not_active(view.status()),
+        _ => not_active(&view),
     }
 }
 

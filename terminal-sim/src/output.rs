@@ -143,18 +143,22 @@ pub fn short_of_funds(balance: i64, bill: i64, s: &pb::SignOnOk) -> Advice {
 }
 
 /// The advice for CARD_BLOCKED, from the card's status.
-pub fn not_active(status: pb::CardStatus) -> Option<Advice> {
-    let hint = match status {
-        pb::CardStatus::Replaced => {
-            "this number was REPLACED: its value moved to a new card number; ask the customer \
-             for the new card (the owner's replace-card receipt names it)"
-        }
-        pb::CardStatus::Blocked => "the card is BLOCKED by the owner",
+pub fn not_active(card: &pb::CardView) -> Option<Advice> {
+    let hint = match card.status() {
+        pb::CardStatus::Replaced if !card.replaced_by.is_empty() => format!(
+            "this number was REPLACED by card {}: its value moved there; take that card",
+            card.replaced_by
+        ),
+        pb::CardStatus::Replaced => "this number was REPLACED: its value moved to a new card \
+                                     number; ask the customer for the new card (the owner's \
+                                     replace-card receipt names it)"
+            .to_string(),
+        pb::CardStatus::Blocked => "the card is BLOCKED by the owner".to_string(),
         _ => return None,
     };
     Some(Advice {
         balance_minor: None,
-        hint: hint.into(),
+        hint,
     })
 }
 

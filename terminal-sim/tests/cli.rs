@@ -695,16 +695,27 @@ fn a_blocked_or_replaced_card_says_so_at_the_till() {
         r.stdout.starts_with(&format!("Replaced card {card}")),
         "{r:?}"
     );
+    // "Replaced card OLD by NEW: ..."
+    let new = r
+        .stdout
+        .split_once(" by ")
+        .and_then(|(_, rest)| rest.split_once(':'))
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| panic!("no new number in {r:?}"));
     let r = till.call(&[], &["inquiry", "--card", card]);
     assert!(
         r.stdout
             .contains("Status                          REPLACED")
-            && r.stdout.contains("moved to a new card number"),
+            && r.stdout.contains(&format!("Card was REPLACED by {new}")),
         "{r:?}"
     );
     let r = till.call(&[], &["purchase", "--card", card, "--amount", "1"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("this number was REPLACED"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("this number was REPLACED by card {new}")),
+        "{r:?}"
+    );
 }
 
 #[test]

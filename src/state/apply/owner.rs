@@ -204,6 +204,7 @@ pub(super) fn replace_card(
     fill_card(state, &mut rec, new_number, &new);
     state.cards.insert(old_number, retired);
     state.cards.insert(new_number, new);
+    state.replaced_by.insert(old_number, new_number);
     Ok(append(state, ctx, rec))
 }
 
