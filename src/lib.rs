@@ -28,6 +28,7 @@ pub mod replay;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod stdout;
 pub mod storage;
 /// Fixtures for tests, benches, examples and fuzz targets; not used by the daemon.
 pub mod testing;

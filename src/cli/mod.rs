@@ -18,30 +18,9 @@ pub fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Set once standard output turned out to be a closed pipe.
-static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Writes one line to standard output. A closed pipe (`cardd audit verify
-/// ... | head -1`) is not a failure: the rest of the output is dropped
-/// quietly and the command finishes its work (a checkpoint to save, an
-/// exit code to give) as it would have.
+/// Writes one line to standard output (see `cardd::stdout`).
 pub fn print_line(args: std::fmt::Arguments) {
-    use std::io::Write;
-    use std::sync::atomic::Ordering;
-    if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    if let Err(e) = written {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("cardd: writing to standard output: {e}");
-        }
-    }
+    cardd::stdout::print_line("cardd", args);
 }
 
 /// The machine-readable code of a failure that happened on this side (no

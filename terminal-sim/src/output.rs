@@ -2,7 +2,6 @@
 //! `--json`, otherwise a receipt on stdout and refusals on stderr. Amounts
 //! in words are in major units with the currency; JSON keeps minor units.
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cardd::error::Refusal;
 use cardd::pb::{self, reply::Detail, request::Op};
@@ -21,28 +20,9 @@ pub const EXIT_REFUSED: u8 = 2;
 /// Exit code of a failed call (usage, key, connection, no answer).
 pub const EXIT_FAILED: u8 = 1;
 
-/// Set once standard output turned out to be a closed pipe.
-static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
-
-/// Writes one line to standard output; a closed pipe (`| head -1`) drops
-/// the rest quietly, and the call finishes (state saved, exit code given)
-/// as it would have.
+/// Writes one line to standard output (see `cardd::stdout`).
 pub fn print_line(args: std::fmt::Arguments) {
-    use std::io::Write;
-    if STDOUT_CLOSED.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let written = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    if let Err(e) = written {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("terminal-sim: writing to standard output: {e}");
-        }
-    }
+    cardd::stdout::print_line("terminal-sim", args);
 }
 
 /// A failure on this side (usage, amount, key, connection), with the code
