@@ -228,10 +228,11 @@ fn build(
     crate::crypto::write_key_file(&server_key_path(staging), server_key)
         .map_err(RestoreError::Key)?;
     {
-        let store = DiskStore::open(staging)?;
+        let store = DiskStore::open_bulk(staging)?;
         for (path, (brand, _, _)) in backups.iter().zip(brands) {
             write_chain(&store, *brand, path)?;
         }
+        store.finish_bulk()?;
     }
     // The same full replay as `cardd check`: the daemon will start on it.
     crate::server::start::load_checked(staging).map_err(|e| RestoreError::Check(Box::new(e)))?;

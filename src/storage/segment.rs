@@ -100,6 +100,11 @@ pub struct BrandLog {
     /// Set when a write or fsync failed: the file's tail is unknown, so
     /// nothing more is appended until a restart recovers it.
     failed: bool,
+    /// Off only while a staged directory is built in bulk (restore,
+    /// import): then frames are not synced one by one, and
+    /// [`BrandLog::sync_now`] makes them durable before the directory is
+    /// put in place.
+    sync_each: bool,
     /// A torn last frame found at open: cut only once start-up has checked
     /// the log against its high-water mark, so a start that refuses to
     /// serve leaves the evidence as it found it.
@@ -209,6 +214,7 @@ impl BrandLog {
             file_len,
             last_seq,
             failed: false,
+            sync_each: true,
             torn,
             max_segment_bytes,
         };
@@ -270,7 +276,7 @@ impl BrandLog {
         let full = self.file_len > 0 && self.file_len + frame.len() as u64 > self.max_segment_bytes;
         let written = (|| {
             if full {
-                self.seal();
+                self.seal()?;
             }
             if self.file.is_none() || full {
                 self.start_segment(first_seq)?;
@@ -278,8 +284,10 @@ impl BrandLog {
             let file = self.file.as_mut().expect("a segment is open");
             file.write_all(&frame)
                 .map_err(io_err(format!("appending to {}", self.dir.display())))?;
-            file.sync_data()
-                .map_err(io_err(format!("fdatasync in {}", self.dir.display())))
+            match self.sync_each {
+                true => self.sync_now(),
+                false => Ok(()),
+            }
         })();
         if written.is_err() {
             self.failed = true;
@@ -297,12 +305,34 @@ impl BrandLog {
     /// Writes the full newest segment's frame table before a new segment
     /// starts. A failure is only logged: the table is derived, and a
     /// missing one is rebuilt from its segment when needed.
-    fn seal(&self) {
+    fn seal(&self) -> Result<()> {
         let Some(path) = &self.newest else {
-            return;
+            return Ok(());
         };
+        if !self.sync_each {
+            // A segment written in bulk becomes durable as it is sealed.
+            self.sync_now()?;
+        }
         if let Err(e) = write_table(path, self.file_len, &self.index.newest_frames()) {
             tracing::warn!(segment = %path.display(), error = %e, "frame table not written; it will be rebuilt");
+        }
+        Ok(())
+    }
+
+    /// Builds in bulk from now on: a frame is not synced before `append`
+    /// returns, only a sealed segment and [`sync_now`](Self::sync_now).
+    /// For a directory nothing serves until it is complete and synced.
+    pub fn bulk(&mut self) {
+        self.sync_each = false;
+    }
+
+    /// Makes everything appended to the newest segment durable.
+    pub fn sync_now(&self) -> Result<()> {
+        match &self.file {
+            None => Ok(()),
+            Some(file) => file
+                .sync_data()
+                .map_err(io_err(format!("fdatasync in {}", self.dir.display()))),
         }
     }
 
