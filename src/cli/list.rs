@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use cardd::client::{AnyClient, ClientError};
+use cardd::client::AnyClient;
 use cardd::pb::{self, request::Op, CardStatus};
-use cardd::render::error_json;
 
 use super::report::Format;
 
@@ -78,18 +77,10 @@ pub async fn print_rules(client: &mut AnyClient, format: Format) -> anyhow::Resu
     match client.call(&req).await {
         Ok(reply) => {
             let rules = reply.report.and_then(|r| r.rules).unwrap_or_default();
-            println!("{}", serde_json::to_string_pretty(&rules_file(&rules))?);
+            outln!("{}", serde_json::to_string_pretty(&rules_file(&rules))?);
             Ok(ExitCode::SUCCESS)
         }
-        Err(ClientError::Refused(r)) => {
-            if format == Format::Json {
-                println!("{}", error_json(r.code as i32, &r.message));
-            } else {
-                eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
-            }
-            Ok(ExitCode::from(2))
-        }
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => super::report::failed(e, format),
     }
 }
 

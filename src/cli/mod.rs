@@ -23,6 +23,12 @@ pub fn print_line(args: std::fmt::Arguments) {
     cardd::stdout::print_line("cardd", args);
 }
 
+/// Prints text of whole lines through [`print_line`], without doubling its
+/// last newline.
+pub fn print_text(text: &str) {
+    print_line(format_args!("{}", text.strip_suffix('\n').unwrap_or(text)));
+}
+
 /// The machine-readable code of a failure that happened on this side (no
 /// refusal from the daemon): what `--json` prints as `"error"`.
 pub fn failure_code(e: &anyhow::Error) -> &'static str {

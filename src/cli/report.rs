@@ -227,21 +227,29 @@ pub async fn run(
         Ok(report) => {
             let exponent = client.session.currency_exponent;
             match format {
-                Format::Table => print!("{}", table(&report, exponent)),
-                Format::Json => println!("{}", report_json(&report)),
-                Format::Csv => print!("{}", csv(&report)),
+                Format::Table => super::print_text(&table(&report, exponent)),
+                Format::Json => outln!("{}", report_json(&report)),
+                Format::Csv => super::print_text(&csv(&report)),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(ClientError::Refused(r)) => {
+        Err(e) => failed(e, format),
+    }
+}
+
+/// A read the daemon refused (exit 2, the refusal as JSON under `--json`)
+/// or that failed on this side.
+pub fn failed(e: ClientError, format: Format) -> anyhow::Result<ExitCode> {
+    match e {
+        ClientError::Refused(r) => {
             if format == Format::Json {
-                println!("{}", error_json(r.code as i32, &r.message));
+                outln!("{}", error_json(r.code as i32, &r.message));
             } else {
                 eprintln!("refused: {} ({})", r.code.as_str_name(), r.message);
             }
             Ok(ExitCode::from(2))
         }
-        Err(e) => Err(anyhow::anyhow!("{e}")),
+        e => Err(anyhow::anyhow!("{e}")),
     }
 }
 

@@ -192,8 +192,8 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
     // key that does not match fails here, not at the next restart.
     let (cert, key) = (settings.tls_cert.as_deref(), settings.tls_key.as_deref());
     cardd::tls::tls_acceptor(cert, key).context("tls_cert / tls_key")?;
-    println!("# {}: valid; the effective settings:", file.display());
-    print!("{}", settings.to_toml());
+    outln!("# {}: valid; the effective settings:", file.display());
+    super::print_text(&settings.to_toml());
     Ok(())
 }
 

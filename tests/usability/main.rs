@@ -83,28 +83,14 @@ fn audit_verify_into_a_closed_pipe_exits_0_quietly() {
     assert!(text(&o.stdout).contains(&demo.manifest.cards[0]), "{o:?}");
 
     // Standard output already closed when verify prints its first line.
-    let (reader, writer) = std::io::pipe().expect("pipe");
-    drop(reader);
-    let mut child = Command::new(cardd_bin())
-        .args(["audit", "verify"])
-        .arg(&export)
-        .args(["--server-key", key, "--cards"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    assert!(stderr.is_empty(), "quiet on a closed pipe: {stderr}");
+    into_a_closed_pipe(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        export.as_os_str(),
+        "--server-key".as_ref(),
+        key.as_ref(),
+        "--cards".as_ref(),
+    ]);
 
     // And as a shell pipeline with pipefail: `verify | head -1` exits 0.
     let line = format!(
@@ -122,6 +108,54 @@ fn audit_verify_into_a_closed_pipe_exits_0_quietly() {
         "{o:?}"
     );
     assert!(!text(&o.stderr).contains("panicked"), "{o:?}");
+}
+
+/// Runs `cardd ARGS` with standard output already closed (a reader such as
+/// `| head -1` that ended): it must exit 0 and say nothing.
+fn into_a_closed_pipe<S: AsRef<OsStr>>(args: &[S]) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(cardd_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    let shown: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    assert_eq!(status.code(), Some(0), "{shown:?}: {stderr}");
+    assert!(
+        stderr.is_empty(),
+        "{shown:?}: quiet on a closed pipe: {stderr}"
+    );
+}
+
+#[test]
+fn reports_listings_and_rules_into_a_closed_pipe_exit_0_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, demo) = Daemon::demo(dir.path());
+    let addr = d.addr.to_string();
+    let key = demo.owner_key_path();
+    let key = key.to_str().expect("utf-8 path");
+    let admin = |rest: &[&str]| {
+        let mut args = vec!["admin", "--connect", &addr, "--key", key];
+        args.extend_from_slice(rest);
+        into_a_closed_pipe(&args);
+    };
+    admin(&["report", "liability"]);
+    admin(&["--json", "report", "sales"]);
+    admin(&["report", "dormant", "--csv"]);
+    admin(&["list", "stores"]);
+    admin(&["rules"]);
 }
 
 #[test]
