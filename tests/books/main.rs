@@ -56,6 +56,15 @@ fn admin(addr: SocketAddr, key: &Path, args: &[&str]) -> Output {
 
 /// The JSON object an `admin ... --json` call printed (exit 0 expected).
 #[track_caller]
+/// `admin --json report settlement` over the one day `day`.
+fn settlement_today(addr: SocketAddr, key: &Path, day: &str) -> Value {
+    admin_json(
+        addr,
+        key,
+        &["--json", "report", "settlement", "--from", day, "--to", day],
+    )
+}
+
 fn admin_json(addr: SocketAddr, key: &Path, args: &[&str]) -> Value {
     let o = admin(addr, key, args);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -126,19 +135,7 @@ async fn the_reports_give_the_hand_computed_figures() {
     let y = script(&d, &demo).await;
     let key = demo.owner_key_path();
     let day = today();
-    let s = admin_json(
-        d.addr,
-        &key,
-        &[
-            "--json",
-            "report",
-            "settlement",
-            "--from",
-            &day,
-            "--to",
-            &day,
-        ],
-    );
+    let s = settlement_today(d.addr, &key, &day);
     assert_eq!(
         s["settlement"],
         json!([
@@ -333,19 +330,7 @@ async fn the_auditors_replay_prints_the_live_liability_and_settlement() {
     script(&d, &demo).await;
     let key = demo.owner_key_path();
     let day = today();
-    let live_settlement = admin_json(
-        d.addr,
-        &key,
-        &[
-            "--json",
-            "report",
-            "settlement",
-            "--from",
-            &day,
-            "--to",
-            &day,
-        ],
-    );
+    let live_settlement = settlement_today(d.addr, &key, &day);
     let live_liability = admin_json(d.addr, &key, &["--json", "report", "liability"]);
     // Online: export, verify, and compare with the live daemon (cards and books).
     let export = dir.path().join("online.export");
@@ -545,32 +530,8 @@ async fn read_only_keys_read_and_nothing_else() {
     );
     let day = today();
     // The auditor reads the settlement the owner reads.
-    let owner_view = admin_json(
-        d.addr,
-        &key,
-        &[
-            "--json",
-            "report",
-            "settlement",
-            "--from",
-            &day,
-            "--to",
-            &day,
-        ],
-    );
-    let auditor_view = admin_json(
-        d.addr,
-        &auditor,
-        &[
-            "--json",
-            "report",
-            "settlement",
-            "--from",
-            &day,
-            "--to",
-            &day,
-        ],
-    );
+    let owner_view = settlement_today(d.addr, &key, &day);
+    let auditor_view = settlement_today(d.addr, &auditor, &day);
     assert_eq!(owner_view, auditor_view);
     // The store manager reads its store only.
     let sales = admin_json(d.addr, &manager, &["--json", "report", "sales"]);
