@@ -114,6 +114,9 @@ pub struct Card {
     /// The card's value by store of issue, in spend order (`lots.rs`);
     /// its totals are always `paid` and `bonus`.
     pub lots: Lots,
+    /// The card has a named holder (the holder's data itself lives outside
+    /// the ledger): the limits for named cards apply to it.
+    pub named: bool,
 }
 
 impl Card {
