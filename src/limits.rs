@@ -133,6 +133,12 @@ pub const MAX_ECHO_BYTES: usize = 1_024;
 /// applied, so a forgotten id can never be applied twice. A till sends a
 /// few hundred a day; this is weeks of one.
 pub const TXN_WINDOW_PER_SIGNER: usize = 4_096;
+/// Tombstones kept per signer after they leave the txn window, until the
+/// signer's "forgotten up to" mark passes their ids: a late original of a
+/// reversed id is then refused however late it comes. A till that numbers
+/// upwards has at most one or two such at a time; beyond this many (a till
+/// reversing ids it never sent) the highest id's tombstone is dropped.
+pub const MAX_TOMBSTONES_AHEAD: usize = 64;
 /// How long a purchase can be refunded (and a money record reversed):
 /// 90 days, measured on the records' server time.
 pub const REFUND_WINDOW_MS: i64 = 90 * 86_400_000;

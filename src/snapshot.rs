@@ -27,8 +27,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use thiserror::Error;
 
 use crate::crypto::{sha256, DOMAIN_SNAPSHOT};
-use crate::limits::{MAX_SNAPSHOT_BYTES, TXN_WINDOW_PER_SIGNER};
-use crate::state::BrandState;
+use crate::limits::{MAX_SNAPSHOT_BYTES, MAX_TOMBSTONES_AHEAD, TXN_WINDOW_PER_SIGNER};
+use crate::state::{BrandState, TxnEntry};
 use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
 
 /// Why a snapshot could not be written, or exists but cannot be used.
@@ -78,7 +78,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 9;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -243,13 +243,19 @@ fn consistent(state: &BrandState) -> Result<()> {
     for (ns, window) in &state.txn_windows {
         ensure(
             window.ids.len() <= TXN_WINDOW_PER_SIGNER
+                && window.tombstones_ahead.len() <= MAX_TOMBSTONES_AHEAD
                 && window
                     .ids
                     .iter()
-                    .all(|id| state.txns.contains_key(&(*ns, *id))),
+                    .chain(&window.tombstones_ahead)
+                    .all(|id| state.txns.contains_key(&(*ns, *id)))
+                && window.tombstones_ahead.iter().all(|id| {
+                    *id > window.forgotten_up_to
+                        && matches!(state.txns[&(*ns, *id)], TxnEntry::Tombstone(_))
+                }),
             || format!("transaction window {ns} does not match its index"),
         )?;
-        remembered += window.ids.len();
+        remembered += window.ids.len() + window.tombstones_ahead.len();
     }
     ensure(remembered == state.txns.len(), || {
         "transaction index holds ids outside its windows".into()
@@ -312,12 +318,15 @@ mod tests {
                 disabled: false,
             },
         );
-        s.txns.insert((1, 9), TxnEntry::Reversed(3));
+        // One map entry each, so that the encoding is deterministic: the
+        // window's one id is a tombstone kept beyond it.
+        s.txns.insert((1, 20), TxnEntry::Tombstone(2));
         s.txn_windows.insert(
             1,
             TxnWindow {
-                ids: [9].into(),
+                ids: [].into(),
                 forgotten_up_to: 2,
+                tombstones_ahead: [20].into(),
             },
         );
         s.effects.push(
@@ -359,8 +368,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                5,
-                "2fb08cb7d09f056b39e0ba39216dfec385e37148928428b24f4833c169445356".to_string()
+                9,
+                "064d0349a870f88782799d653fd871ca3f0ff9ec7206df6774cf0d646b579629".to_string()
             )
         );
     }
@@ -375,6 +384,10 @@ mod tests {
         assert!(consistent(&bad).is_err());
         let mut bad = good.clone();
         bad.seq = 2;
+        assert!(consistent(&bad).is_err());
+        let mut bad = good.clone();
+        // A kept tombstone the mark has passed should have been dropped.
+        bad.txn_windows.get_mut(&1).unwrap().forgotten_up_to = 20;
         assert!(consistent(&bad).is_err());
         let mut bad = good;
         bad.txn_windows.get_mut(&1).unwrap().ids.push_back(11);

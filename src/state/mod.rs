@@ -17,7 +17,7 @@ pub mod reports;
 mod retention;
 pub mod rules;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -419,6 +419,11 @@ pub struct TxnWindow {
     /// The highest id forgotten (0 for none): ids at or below it that are
     /// not in the window are refused, since they may have been used.
     pub forgotten_up_to: u64,
+    /// Tombstones that left the window while their ids were still above
+    /// `forgotten_up_to` (their ids stay in `BrandState::txns`), so that
+    /// a late original is refused, not applied; dropped once the mark
+    /// passes them (`retention.rs`).
+    pub tombstones_ahead: BTreeSet<u64>,
 }
 
 impl BrandState {

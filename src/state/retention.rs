@@ -9,9 +9,11 @@
 //!
 //! Both are forgotten inside `apply`, on the records' own server time, so an
 //! auditor's replay forgets exactly what the live ledger forgot.
-use super::{BrandState, Effect, TxnEntry};
+use super::{BrandState, Effect, FastMap, TxnEntry, TxnWindow};
 use crate::error::{refuse, Refusal};
-use crate::limits::{MAX_REFUNDABLE_RECORDS, REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
+use crate::limits::{
+    MAX_REFUNDABLE_RECORDS, MAX_TOMBSTONES_AHEAD, REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER,
+};
 use crate::pb::ErrorCode as E;
 
 pub(super) const TXN_TOO_OLD: &str =
@@ -33,15 +35,47 @@ pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: 
     debug_assert!(previous.is_none(), "an id is remembered once");
     let window = state.txn_windows.entry(ns).or_default();
     window.ids.push_back(txn_id);
-    if window.ids.len() > TXN_WINDOW_PER_SIGNER {
-        let old = window.ids.pop_front().expect("window is not empty");
-        // A tombstone's id was never applied, so forgetting it cannot lead
-        // to a second apply, and it must not raise the mark: a reversal of
-        // a mistyped, far-off id would otherwise refuse every id below it.
-        // (Its original, arriving after 4,096 more ids, would be applied.)
-        if !matches!(state.txns.remove(&(ns, old)), Some(TxnEntry::Tombstone(_))) {
-            window.forgotten_up_to = window.forgotten_up_to.max(old);
+    if window.ids.len() <= TXN_WINDOW_PER_SIGNER {
+        return;
+    }
+    let old = window.ids.pop_front().expect("window is not empty");
+    if matches!(state.txns.get(&(ns, old)), Some(TxnEntry::Tombstone(_))) {
+        // A tombstone's id was never applied, so it must not raise the mark
+        // (a reversal of a mistyped, far-off id would refuse every id below
+        // it); but its original may still arrive, so while the mark is below
+        // the id the tombstone stays, outside the window.
+        if old > window.forgotten_up_to {
+            park_tombstone(&mut state.txns, window, ns, old);
+            return;
         }
+    } else {
+        window.forgotten_up_to = window.forgotten_up_to.max(old);
+    }
+    state.txns.remove(&(ns, old));
+    release_passed_tombstones(&mut state.txns, window, ns);
+}
+
+/// Keeps the tombstone of `id` beyond the window, at most
+/// `MAX_TOMBSTONES_AHEAD` per signer: past that the highest one goes (a till
+/// that numbers upwards never has more than a few ahead of its mark, and
+/// only a till reversing ids it never sent can lose one).
+fn park_tombstone(txns: &mut FastMap<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32, id: u64) {
+    w.tombstones_ahead.insert(id);
+    if w.tombstones_ahead.len() > MAX_TOMBSTONES_AHEAD {
+        let highest = w.tombstones_ahead.pop_last().expect("not empty");
+        txns.remove(&(ns, highest));
+    }
+}
+
+/// Drops the kept tombstones the mark has reached: their ids are refused
+/// as too old from now on, so no original of theirs can be applied.
+fn release_passed_tombstones(txns: &mut FastMap<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32) {
+    while let Some(&id) = w.tombstones_ahead.first() {
+        if id > w.forgotten_up_to {
+            break;
+        }
+        w.tombstones_ahead.pop_first();
+        txns.remove(&(ns, id));
     }
 }
 
@@ -83,7 +117,7 @@ pub(super) fn missing_original<T>(
 mod tests {
     use super::super::golden::{card, purchase_op, Script};
     use super::super::{Outcome, Principal};
-    use crate::limits::{REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
+    use crate::limits::{MAX_TOMBSTONES_AHEAD, REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER};
     use crate::pb::{self, request::Op, ErrorCode as E, TxnState};
 
     const TILL: Principal = Principal::Terminal(1);
@@ -188,6 +222,65 @@ mod tests {
         // The till goes on with its next ids.
         s.purchase(1, &c, 1, false);
         assert_eq!(status(&mut s, 3), (TxnState::Expired, 0));
+    }
+
+    #[test]
+    fn a_late_original_is_refused_however_late_it_comes() {
+        let (mut s, c) = shop(1_000_000);
+        // Purchase 2 never arrived; the till voided it with reversal 3.
+        let void = Op::Reversal(pb::Reversal { original_txn_id: 2 });
+        s.request(TILL, 3, "", void).unwrap();
+        // Window order: 1, tombstone 2, 3, 4, ...: these purchases push the
+        // top-up and the tombstone out, not yet the reversal itself.
+        let last = 3 + TXN_WINDOW_PER_SIGNER as u64 - 1;
+        for id in 4..=last {
+            s.request(TILL, id, "", purchase_op(&c, 1)).unwrap();
+        }
+        let window = &s.state.txn_windows[&1];
+        assert!(!window.ids.contains(&2), "the tombstone left the window");
+        assert_eq!(window.forgotten_up_to, 1);
+        assert_eq!(window.tombstones_ahead, [2].into());
+        assert_eq!(s.refused(TILL, 2, purchase_op(&c, 500)), E::TxnReversed);
+        assert_eq!(status(&mut s, 2).0, TxnState::Tombstoned);
+        // One more id pushes the reversal out: the mark passes 2.
+        s.request(TILL, last + 1, "", purchase_op(&c, 1)).unwrap();
+        let window = &s.state.txn_windows[&1];
+        assert_eq!(window.forgotten_up_to, 3);
+        assert!(window.tombstones_ahead.is_empty());
+        assert_eq!(s.refused(TILL, 2, purchase_op(&c, 500)), E::TxnTooOld);
+        let spent = i64::try_from(TXN_WINDOW_PER_SIGNER).unwrap();
+        assert_eq!(s.state.cards[&card_number(&c)].balance(), 1_000_000 - spent);
+    }
+
+    #[test]
+    fn tombstones_of_ids_a_till_never_reached_are_kept_up_to_a_bound() {
+        let (mut s, c) = shop(1_000_000);
+        let far = u64::MAX - 1_000;
+        let count = MAX_TOMBSTONES_AHEAD as u64 + 1;
+        for i in 0..count {
+            let void = Op::Reversal(pb::Reversal {
+                original_txn_id: far + i,
+            });
+            s.request(TILL, 2 + i, "", void).unwrap();
+        }
+        let first = 2 + count;
+        for id in first..first + TXN_WINDOW_PER_SIGNER as u64 {
+            s.request(TILL, id, "", purchase_op(&c, 1)).unwrap();
+        }
+        let window = &s.state.txn_windows[&1];
+        // Every far tombstone left the window; the highest one was dropped.
+        assert_eq!(window.tombstones_ahead.len(), MAX_TOMBSTONES_AHEAD);
+        assert!(!window.tombstones_ahead.contains(&(far + count - 1)));
+        // They never raise the mark: the till's own ids go on.
+        assert_eq!(window.forgotten_up_to, 1 + count);
+        assert_eq!(s.refused(TILL, far, purchase_op(&c, 1)), E::TxnReversed);
+        s.request(
+            TILL,
+            first + TXN_WINDOW_PER_SIGNER as u64,
+            "",
+            purchase_op(&c, 1),
+        )
+        .unwrap();
     }
 
     #[test]
