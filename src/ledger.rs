@@ -340,6 +340,17 @@ impl BrandLedger {
         Ok(Some((dir.clone(), encoded)))
     }
 
+    /// Marks a snapshot of the state as it is now as begun and returns what
+    /// writing it needs: the directory, the state and the key. The caller
+    /// writes it elsewhere (a forked child, `server/snapshot_child.rs`)
+    /// while this ledger goes on. None if this ledger keeps no snapshots.
+    pub fn begin_snapshot(&mut self) -> Option<(&Path, &BrandState, &SigningKey)> {
+        let (dir, _) = self.snapshots.as_ref()?;
+        // Set first, as in `encode_snapshot`.
+        self.snapshot_seq = self.state.seq;
+        Some((dir, &self.state, &self.server_key))
+    }
+
     /// Writes an encoded snapshot durably (blocking: write and fsync).
     pub fn store_snapshot(dir: &Path, encoded: &snapshot::Encoded) -> Result<(), SnapshotError> {
         let started = std::time::Instant::now();

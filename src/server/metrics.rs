@@ -100,6 +100,8 @@ pub struct Metrics {
     records: IntGaugeVec,
     /// Time to encode and store one snapshot.
     pub snapshot_seconds: Histogram,
+    /// Time a brand's applier was held by one snapshot (the fork).
+    pub snapshot_stall_seconds: Histogram,
     /// The start-up's recovery (every brand) took this long.
     pub recovery_seconds: Gauge,
 }
@@ -192,6 +194,9 @@ impl Metrics {
             .expect("registered once");
         let batch_buckets = prometheus::exponential_buckets(1.0, 2.0, 12).expect("buckets");
         let snapshot_buckets = prometheus::exponential_buckets(0.01, 4.0, 8).expect("buckets");
+        // 100 µs to 1.6 s: a fork takes milliseconds, an in-process encode
+        // (when the fork fails) up to seconds.
+        let stall_buckets = prometheus::exponential_buckets(0.0001, 4.0, 8).expect("buckets");
         Metrics {
             request_cells: (0..OPS.len() * RESULTS).map(|_| OnceLock::new()).collect(),
             latency_cells: OPS.iter().map(|_| OnceLock::new()).collect(),
@@ -223,6 +228,12 @@ impl Metrics {
                 "snapshot_seconds",
                 "Encoding and storing one snapshot",
                 snapshot_buckets,
+            ),
+            snapshot_stall_seconds: histogram(
+                &r,
+                "snapshot_stall_seconds",
+                "The applier's pause for one snapshot",
+                stall_buckets,
             ),
             registry: r,
         }

@@ -12,6 +12,7 @@ pub mod reply;
 pub mod sessions;
 mod shutdown;
 mod sign_on;
+mod snapshot_child;
 pub mod start;
 pub mod verifier;
 pub mod writer;

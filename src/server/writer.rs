@@ -340,9 +340,18 @@ async fn apply_in_order(
             sign_ons,
         });
         if ledger.snapshot_due() {
-            let (back, stored) = snapshot_off_thread(ledger, snapshot_store.take()).await;
-            ledger = back;
-            snapshot_store = stored;
+            if let Some(previous) = snapshot_store.take() {
+                // One at a time (500,000 records ago it surely ended).
+                let _ = previous.await;
+            }
+            snapshot_store = match snapshot_beside(&mut ledger) {
+                Ok(waiting) => waiting,
+                Err(()) => {
+                    let (back, stored) = snapshot_off_thread(ledger, None).await;
+                    ledger = back;
+                    stored
+                }
+            };
         }
     }
     // Memory is ahead of disk and nothing more of it may be served.
@@ -356,6 +365,49 @@ fn halted(commands: &[Command]) -> Option<String> {
         Command::Halt(why) => Some(why.clone()),
         _ => None,
     })
+}
+
+/// Starts a snapshot of the state as it is now in a forked child
+/// (`snapshot_child.rs`): the applier pauses only for the fork. Returns
+/// the task that waits for the child, or `Err` if the fork failed (the
+/// caller then encodes in this process).
+fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<tokio::task::JoinHandle<()>>, ()> {
+    let brand = ledger.brand_id();
+    let started = std::time::Instant::now();
+    let Some((dir, state, key)) = ledger.begin_snapshot() else {
+        return Ok(None);
+    };
+    let seq = state.seq;
+    let child = match super::snapshot_child::spawn(dir, state, key) {
+        Ok(child) => child,
+        Err(e) => {
+            tracing::warn!(brand, error = %crate::error::causes(&e), "encoding the snapshot here");
+            return Err(());
+        }
+    };
+    let stall = started.elapsed();
+    super::metrics::get()
+        .snapshot_stall_seconds
+        .observe(stall.as_secs_f64());
+    Ok(Some(tokio::task::spawn_blocking(move || {
+        let result = child.wait();
+        let took = started.elapsed();
+        super::metrics::get()
+            .snapshot_seconds
+            .observe(took.as_secs_f64());
+        match result {
+            Ok(()) => tracing::info!(
+                brand,
+                seq,
+                stall_us = stall.as_micros() as u64,
+                took_ms = took.as_millis() as u64,
+                "snapshot stored by a child process"
+            ),
+            Err(e) => {
+                tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored")
+            }
+        }
+    })))
 }
 
 /// Encodes a snapshot on a blocking thread (the applier waits: requests

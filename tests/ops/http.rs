@@ -225,3 +225,43 @@ fn readyz_answers_503_until_every_brand_is_recovered() {
     assert_eq!(get(http, "/readyz").unwrap(), (200, "ready\n".to_string()));
     drop(d);
 }
+
+/// Snapshots are written by a forked child while the applier goes on: the
+/// stall metric counts each one, and each stored snapshot is exactly the
+/// state at its own record (the parent had moved on when the child wrote).
+#[tokio::test]
+async fn snapshots_are_written_beside_the_applier_and_hold_the_state_at_their_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_addr();
+    let extra = ["--http-listen", &http.to_string(), "--snapshot-every", "5"];
+    let (d, demo) = Daemon::demo_with(dir.path(), &extra);
+    let mut till = demo.terminal(d.addr, 0).await;
+    let card = demo.manifest.cards[1].clone();
+    let mut balance_at = std::collections::BTreeMap::new();
+    for txn in 100..130 {
+        let reply = ok(&mut till, txn, purchase(&card, 1)).await;
+        let seq = reply.receipt.unwrap().seq;
+        balance_at.insert(seq, reply.card.unwrap().balance_minor);
+    }
+    let value = |series: &str| sample(&metrics(http), series).unwrap_or(0.0);
+    assert!(
+        crate::common::wait_until(|| value("cardd_snapshot_seconds_count") >= 5.0),
+        "snapshots stored: {}",
+        value("cardd_snapshot_seconds_count")
+    );
+    assert!(value("cardd_snapshot_stall_seconds_count") >= 5.0);
+    let server = cardd::crypto::read_key_file(&cardd::server::start::server_key_path(&demo.data))
+        .unwrap()
+        .verifying_key();
+    let state = cardd::snapshot::read(&cardd::snapshot::dir(&demo.data), 1, &server)
+        .unwrap()
+        .expect("a snapshot");
+    let (_, number) = cardd::card_number::parse_number(&card).unwrap();
+    assert!(
+        balance_at.contains_key(&state.seq),
+        "snapshot at {}",
+        state.seq
+    );
+    assert_eq!(state.cards[&number].balance(), balance_at[&state.seq]);
+    drop(d);
+}
