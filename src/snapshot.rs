@@ -369,7 +369,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 9,
-                "064d0349a870f88782799d653fd871ca3f0ff9ec7206df6774cf0d646b579629".to_string()
+                "be63ed92b1e8cdd1b53b6dacd7d4b97f58040869d9a98d9b67a30779133b4c16".to_string()
             )
         );
     }

@@ -167,6 +167,11 @@ pub struct Books {
     /// `MAX_OPERATORS_PER_BRAND`, later names share the last id.
     pub operators: Vec<String>,
     operator_ids: FastMap<String, u32>,
+    /// The id of the empty name (a till that sends none), kept apart from
+    /// `operator_ids`: comparing two empty strings costs about 250 ns where
+    /// glibc's EVEX memcmp is chosen (a masked load from the dangling
+    /// pointer of an empty string, page 0), a tenth of a purchase.
+    empty_operator: Option<u32>,
     /// The day of the newest record.
     pub today: DayCache,
 }
@@ -209,8 +214,13 @@ impl Books {
 
     /// The id of an operator name, interning it on first sight.
     pub fn operator_id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.operator_ids.get(name) {
-            return *id;
+        let known = if name.is_empty() {
+            self.empty_operator
+        } else {
+            self.operator_ids.get(name).copied()
+        };
+        if let Some(id) = known {
+            return id;
         }
         if self.operators.len() >= MAX_OPERATORS_PER_BRAND {
             // Past the bound, the last name kept stands for every later one.
@@ -218,7 +228,11 @@ impl Books {
         }
         let id = u32::try_from(self.operators.len()).expect("bounded");
         self.operators.push(name.to_string());
-        self.operator_ids.insert(name.to_string(), id);
+        if name.is_empty() {
+            self.empty_operator = Some(id);
+        } else {
+            self.operator_ids.insert(name.to_string(), id);
+        }
         id
     }
 
