@@ -12,8 +12,10 @@
 //! at the fork: encoding and signing (they allocate; glibc's own fork
 //! handlers leave malloc usable in the child) and plain file writes, then
 //! `_exit`. It logs nothing (another thread may have held the log writer's
-//! lock), runs at a low priority (tills first), and dies with its parent,
-//! so that a killed daemon leaves no child holding its data directory.
+//! lock), closes every descriptor it inherited, runs at a low priority
+//! (tills first), and dies with the thread that forked it (a tokio worker,
+//! which lives as long as the daemon), so that a killed daemon leaves no
+//! child holding its data directory.
 
 use std::path::Path;
 
@@ -65,9 +67,18 @@ pub(super) fn spawn(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<
 
 /// The child's whole life: never returns.
 fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKey) -> ! {
-    // SAFETY: prctl and getppid take no pointers. The parent check comes
-    // after PDEATHSIG is set, so a parent that died before it is seen.
+    // SAFETY: these calls take no pointers. The parent check comes after
+    // PDEATHSIG is set, so a parent that died before it is seen. Every
+    // inherited descriptor but stdio is closed first: the child writes only
+    // files it opens itself, and must not keep the data directory's lock,
+    // the listening sockets or the log's files open a moment longer than
+    // the daemon (a restart right after a kill would find them held).
     let orphaned = unsafe {
+        if libc::close_range(3, libc::c_uint::MAX, 0) != 0 {
+            for fd in 3..4096 {
+                libc::close(fd);
+            }
+        }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::setpriority(libc::PRIO_PROCESS, 0, CHILD_NICE);
         libc::getppid() != parent
