@@ -20,6 +20,7 @@
 //! schedule, R per second across the terminals (see `schedule.rs`), still
 //! at most P in flight per terminal; latency runs from when each request
 //! was due, so a slow answer also counts in the requests it held back.
+mod cpu;
 mod plan;
 mod pool;
 mod provision;
@@ -43,6 +44,7 @@ use cardd::client::{connect_to, AnyClient, TlsClient};
 use cardd::crypto::read_key_file;
 
 use crate::output::EXIT_REFUSED;
+use cpu::{CpuMeter, CpuUse};
 use plan::{plan_terminal, Amounts, Funding, Mix, Spread, TerminalPlan};
 use pool::{sign_all, Pool, PoolSpec};
 use provision::BenchTerminal;
@@ -221,7 +223,7 @@ pub async fn run(
     let sign_secs = sign_started.elapsed().as_secs_f64();
 
     // The measured window.
-    let (results, cpu_secs) = measure(args, terminals, pools).await?;
+    let (results, cpu) = measure(addr, args, terminals, pools).await?;
     let report = Report::new(
         Params {
             terminals: args.terminals,
@@ -246,7 +248,7 @@ pub async fn run(
             sign_secs,
         },
         results,
-        cpu_secs,
+        cpu,
     );
     Ok(print_report(&report, json))
 }
@@ -412,13 +414,15 @@ async fn sign_pools(
 }
 
 /// The measured window: every terminal drives its pool; returns each
-/// terminal's result and the CPU time this process used meanwhile.
+/// terminal's result and the CPU time this process (and the daemon, when
+/// it listens on this machine) used meanwhile.
 async fn measure(
+    addr: &str,
     args: &BenchArgs,
     terminals: Vec<BenchTerminal>,
     pools: Vec<Pool>,
-) -> anyhow::Result<(Vec<TerminalResult>, Option<f64>)> {
-    let cpu_before = own_cpu_secs();
+) -> anyhow::Result<(Vec<TerminalResult>, CpuUse)> {
+    let meter = CpuMeter::start(addr);
     let live = Arc::new(Live::default());
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let window = Window {
@@ -452,10 +456,7 @@ async fn measure(
     }
     ticker.abort();
     progress.finish_and_clear();
-    let cpu_secs = own_cpu_secs()
-        .zip(cpu_before)
-        .map(|(after, before)| after - before);
-    Ok((results, cpu_secs))
+    Ok((results, meter.finish()))
 }
 
 /// A progress bar over the window with the live counts, and its ticker.
@@ -504,17 +505,4 @@ fn print_report(report: &Report, json: bool) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// CPU time (user + system) this process has used, in seconds, where the
-/// system tells (Linux: /proc/self/stat, in ticks of 1/100 s).
-fn own_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold
-    // spaces): state is field 3, utime 14 and stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
 }

@@ -1,6 +1,7 @@
 //! The bench's result: the terminals' counts and latencies merged, printed
 //! for people or as one JSON object.
 
+use super::cpu::CpuUse;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
@@ -65,19 +66,14 @@ pub struct Report {
     exhausted: u32,
     first_exhausted_secs: Option<f64>,
     failures: Vec<String>,
-    /// CPU seconds the generator itself used from the start of the window
-    /// to the last answer (it shares the cores with the daemon).
-    cpu_secs: Option<f64>,
+    /// CPU seconds the generator itself (and the daemon, when it runs
+    /// here) used from the start of the window to the last answer.
+    cpu: CpuUse,
 }
 
 impl Report {
     /// Merges the terminals' results.
-    pub fn new(
-        params: Params,
-        setup: Setup,
-        results: Vec<TerminalResult>,
-        cpu_secs: Option<f64>,
-    ) -> Self {
+    pub fn new(params: Params, setup: Setup, results: Vec<TerminalResult>, cpu: CpuUse) -> Self {
         let mut r = Report {
             params,
             setup,
@@ -85,7 +81,7 @@ impl Report {
             exhausted: 0,
             first_exhausted_secs: None,
             failures: Vec::new(),
-            cpu_secs,
+            cpu,
         };
         for t in results {
             r.counts.merge(t.counts);
@@ -204,18 +200,34 @@ impl Report {
             "setup_secs": round1(s.provision_secs),
             "sign_secs": round1(s.sign_secs),
             "connection_failures": self.failures.len(),
-            "generator_cpu_secs": self.cpu_secs.map(round1),
+            "generator_cpu_secs": self.cpu.generator_secs.map(round1),
         });
         // (Added here: one more field in the macro above would pass its
         // recursion limit.)
         if let Value::Object(m) = &mut out {
             m.insert("rate".into(), json!(p.rate));
             m.insert("latency_from".into(), json!(self.latency_from()));
+            if let Some((pid, secs)) = self.cpu.daemon {
+                m.insert("daemon_pid".into(), json!(pid));
+                m.insert("daemon_cpu_secs".into(), json!(round1(secs)));
+                m.insert(
+                    "daemon_cpu_us_per_op".into(),
+                    json!(self.daemon_us_per_op()),
+                );
+            }
             if p.rate.is_some() {
                 self.open_loop_json(m);
             }
         }
         out
+    }
+
+    /// The daemon's CPU microseconds per request sent in the window (each
+    /// answered or counted as an error), one decimal.
+    fn daemon_us_per_op(&self) -> Option<f64> {
+        let (_, secs) = self.cpu.daemon?;
+        let ops = self.counts.sent.max(1) as f64;
+        Some((secs * 1e6 / ops * 10.0).round() / 10.0)
     }
 
     /// The report for people.
@@ -317,10 +329,16 @@ impl Report {
             self.counts.inquiry_ok,
             self.counts.refund_ok
         ));
-        if let Some(cpu) = self.cpu_secs {
+        if let Some(cpu) = self.cpu.generator_secs {
             out.push(format!(
                 "generator   {cpu:.1} CPU-seconds during the {} s window (it shares the cores with the daemon)",
                 p.duration_secs
+            ));
+        }
+        if let Some((pid, secs)) = self.cpu.daemon {
+            out.push(format!(
+                "daemon      {secs:.1} CPU-seconds (pid {pid}): {:.1} us per operation",
+                self.daemon_us_per_op().unwrap_or(0.0)
             ));
         }
         if self.counts.errors.is_empty() {
@@ -480,13 +498,16 @@ mod tests {
             params(None),
             setup(),
             vec![result(false, false, false), result(false, false, false)],
-            None,
+            CpuUse::default(),
         );
         let open = Report::new(
             params(Some(30)),
             setup(),
             vec![result(true, true, true), result(true, false, false)],
-            Some(2.25),
+            CpuUse {
+                generator_secs: Some(2.25),
+                daemon: Some((4242, 3.0)),
+            },
         );
         let want_closed = [
             "bench: 2 terminals, pipeline 2, closed loop, 4 s, mix purchase=90,topup=5,inquiry=5, 100 cards (80% of traffic on 10 hot cards)",
@@ -508,6 +529,7 @@ mod tests {
             "send lag ms p99 0.400  max 0.400  (due to written: timers, late sends)",
             "ok          purchase 72 (7200 minor)  topup 4  inquiry 4  refund 0",
             "generator   2.2 CPU-seconds during the 4 s window (it shares the cores with the daemon)",
+            "daemon      3.0 CPU-seconds (pid 4242): 30000.0 us per operation",
             "errors      INSUFFICIENT_FUNDS 8, NO_ANSWER 12",
             "warning: 1 terminals used up their pre-signed requests (the first after 3.5 s); the throughput is a lower bound: raise --max-requests",
             "warning: 20 of 120 scheduled requests were never sent (the terminals fell behind the rate); they are not in the latency figures",
