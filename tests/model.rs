@@ -187,6 +187,7 @@ impl World {
             signer_key: &signer_key,
             request: &bytes,
             signature: &sig,
+            pin_verified: false,
         };
         let before = self.state.clone();
         let out = apply(&mut self.state, &ctx, &req);
@@ -517,6 +518,7 @@ impl World {
                     signer_key: &key,
                     request: &bytes,
                     signature: &sig,
+                    pin_verified: false,
                 };
                 let before = self.state.clone();
                 let out = apply(&mut self.state, &ctx, &req);

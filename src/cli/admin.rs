@@ -307,6 +307,8 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
             .collect(),
         promotion_line: r.promotion_line,
         time_zone: r.time_zone,
+        pin_all_spends: r.pin_all_spends,
+        pin_over_minor: r.pin_over_minor,
     })
 }
 
@@ -325,6 +327,12 @@ struct RulesFile {
     /// The brand's IANA time zone ("" = UTC): where report days start.
     #[serde(default)]
     time_zone: String,
+    /// A card with a PIN needs it for every purchase and redemption.
+    #[serde(default)]
+    pin_all_spends: bool,
+    /// ... or for purchases over this bill (minor units; 0 = none).
+    #[serde(default)]
+    pin_over_minor: i64,
 }
 
 fn one() -> i64 {

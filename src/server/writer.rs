@@ -192,6 +192,8 @@ fn sign_on_ok(
         last_txn_id: s.last_txn_id(principal),
         max_frame_bytes: 0,
         max_in_flight: 0,
+        // Filled in by the session (`sign_on`), which holds the key.
+        pin_public_key: Vec::new(),
     })
 }
 

@@ -258,6 +258,7 @@ impl Command {
                 card: card.clone(),
                 amount_minor: amount(a)?,
                 allow_partial: *partial,
+                ..Default::default()
             }),
             Command::Topup {
                 card,
@@ -289,6 +290,7 @@ impl Command {
                 card: card.clone(),
                 points: *points,
                 reward: reward.clone(),
+                ..Default::default()
             }),
             Command::CloseShift => Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(totals.into()),

@@ -9,6 +9,7 @@
 //! the operations themselves are in `money.rs` (a terminal's value and
 //! points), `reversal.rs` and `owner.rs` (brand creation and the owner's
 //! operations), one function per operation.
+mod holder;
 mod money;
 mod owner;
 mod reversal;
@@ -20,6 +21,7 @@ use owner::{
     add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
     set_card_blocked, set_rules, set_terminal_disabled,
 };
+use holder::{erase_holder, set_holder, set_pin, unlock_pin};
 use reversal::reversal;
 
 use super::books::Place;
@@ -95,7 +97,13 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
         Op::AddKey(a) => add_key(state, ctx, req, a),
         Op::RemoveKey(r) => remove_key(state, ctx, req, r),
-        Op::Inquiry(_)
+        Op::SetHolder(h) => set_holder(state, ctx, req, h),
+        Op::EraseHolder(e) => erase_holder(state, ctx, req, e),
+        Op::SetPin(p) => set_pin(state, ctx, req, p),
+        Op::UnlockPin(u) => unlock_pin(state, ctx, req, u),
+        Op::HolderData(_)
+        | Op::FindCard(_)
+        | Op::Inquiry(_)
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
@@ -118,6 +126,12 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
         Op::ExportLedger(_) | Op::ConsistencyProof(_) => Some(refuse(
             E::InvalidArgument,
             "audit operations are not state changes",
+        )),
+        // The person never reaches the ledger: the server's holder store
+        // answers these before the state machine.
+        Op::HolderData(_) | Op::FindCard(_) => Some(refuse(
+            E::InvalidArgument,
+            "holder data is kept by the server's holder store, not the ledger",
         )),
         _ => None,
     }
@@ -312,6 +326,7 @@ fn base_record(state: &BrandState, ctx: &Context, req: &Request, kind: RecordKin
         request: ctx.request.to_vec(),
         request_signature: ctx.signature.to_vec(),
         signer_public_key: ctx.signer_key.to_vec(),
+        pin_verified: ctx.pin_verified,
         ..Default::default()
     }
 }
