@@ -75,6 +75,9 @@ pub enum PinError {
     /// Opened, but made for another request, card or purpose.
     #[error("the PIN block was made for another request")]
     OtherRequest,
+    /// The server published no PIN key at sign-on (an older server).
+    #[error("the server published no PIN key: it does not take PINs")]
+    NoServerKey,
     /// Sealing failed (the system's random source).
     #[error("sealing the PIN block failed")]
     Seal,
