@@ -84,7 +84,7 @@ async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submissio
         return refused(E::WrongBrand, "request names another brand");
     }
     let result = match req.op.clone() {
-        Some(Op::HolderData(h)) => holder_data(shared, who, &h).await.map(Done::Answer),
+        Some(Op::HolderData(h)) => holder_data(shared, brand, who, &h).await.map(Done::Answer),
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
         Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
@@ -141,9 +141,20 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn holder_data(shared: &Arc<Shared>, who: Who, h: &pb::HolderData) -> Result<Answer, Refusal> {
+async fn holder_data(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    h: &pb::HolderData,
+) -> Result<Answer, Refusal> {
     require_owner(who)?;
     let card = card_of(who, &h.card)?;
+    // No person is kept for a card that is not there to be named.
+    match brand.has_card(card).await {
+        Some(true) => {}
+        Some(false) => return Err(Refusal::new(E::CardNotFound, "card not found")),
+        None => return Err(Refusal::new(E::Internal, "server stopping")),
+    }
     let (store, name, phone) = (shared.holders.clone(), h.name.clone(), h.phone.clone());
     let commitment = blocking(move || store.put(who.brand_id, card, &name, &phone)).await?;
     Ok(Ok(pb::Reply {

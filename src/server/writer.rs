@@ -37,6 +37,11 @@ pub enum Command {
         Principal,
         oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
     ),
+    /// Whether a card is issued and not replaced (the holder store takes
+    /// no person for a card that is not there). Answered from the
+    /// applier's state: a card whose issue is still being flushed counts,
+    /// and if that flush failed the brand stops anyway.
+    HasCard(u64, oneshot::Sender<bool>),
     /// Stop serving for good (the ledger on disk was found changed).
     Halt(String),
 }
@@ -129,6 +134,14 @@ impl BrandHandle {
     ) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::SignOn(principal, tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// True if the brand has `card`, issued and not replaced; `None` if the
+    /// writer has stopped.
+    pub async fn has_card(&self, card: u64) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::HasCard(card, tx)).ok()?;
         rx.await.ok()
     }
 
@@ -320,6 +333,12 @@ async fn apply_in_order(
                     waiting.push(tx);
                 }
                 Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
+                Command::HasCard(card, tx) => {
+                    let has = ledger.state.cards.get(&card).is_some_and(|c| {
+                        c.status != pb::CardStatus::Replaced
+                    });
+                    let _ = tx.send(has);
+                }
                 Command::Halt(_) => unreachable!("a halt is taken before the batch"),
             }
         }
@@ -570,6 +589,7 @@ fn refuse(cmd: Command, why: &str) {
         Command::SignOn(_, tx) => {
             let _ = tx.send(Err(refusal()));
         }
-        Command::Halt(_) => {}
+        // Dropped unanswered: the caller sees a stopped writer.
+        Command::HasCard(..) | Command::Halt(_) => {}
     }
 }
