@@ -16,6 +16,7 @@
 //! system keeps in freed blocks is the disk's to forget: docs/security.md.
 //! The cost of a change grows with the brand's holders
 //! (`MAX_HOLDERS_PER_BRAND`); changes are owner operations, rare.
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -164,11 +165,11 @@ impl HolderStore {
         f: impl FnOnce(&mut BTreeMap<u64, Holder>) -> Result<T, HolderError>,
     ) -> Result<T, HolderError> {
         let mut brands = self.brands.lock().expect("holder store lock");
-        if !brands.contains_key(&brand) {
-            let loaded = self.load(brand)?;
-            brands.insert(brand, loaded);
-        }
-        f(brands.get_mut(&brand).expect("inserted above"))
+        let holders = match brands.entry(brand) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.load(brand)?),
+        };
+        f(holders)
     }
 
     fn load(&self, brand: u32) -> Result<BTreeMap<u64, Holder>, HolderError> {

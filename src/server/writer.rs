@@ -334,10 +334,7 @@ async fn apply_in_order(
                 }
                 Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
                 Command::HasCard(card, tx) => {
-                    let has = ledger.state.cards.get(&card).is_some_and(|c| {
-                        c.status != pb::CardStatus::Replaced
-                    });
-                    let _ = tx.send(has);
+                    let _ = tx.send(has_card(&ledger, card));
                 }
                 Command::Halt(_) => unreachable!("a halt is taken before the batch"),
             }
@@ -369,6 +366,12 @@ async fn apply_in_order(
     // Memory is ahead of disk and nothing more of it may be served.
     drop(ledger);
     refuse_all(rx, STORAGE_FAILED).await;
+}
+
+/// True if the brand has `card`, issued and not replaced.
+fn has_card(ledger: &BrandLedger, card: u64) -> bool {
+    let card = ledger.state.cards.get(&card);
+    card.is_some_and(|c| c.status != pb::CardStatus::Replaced)
 }
 
 /// Why the brand must stop, if a command of the batch says so.

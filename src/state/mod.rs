@@ -253,6 +253,9 @@ pub enum TxnEntry {
 pub struct TooOld;
 
 /// The result of applying one request.
+// Made and matched once per request: boxing the larger reply (it grew
+// with the holder answers of #15) would cost an allocation per inquiry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A new record was appended; the caller makes it durable, then replies.
