@@ -266,6 +266,7 @@ impl World {
                         card: number.clone(),
                         amount_minor: amount,
                         allow_partial: partial,
+                        ..Default::default()
                     }),
                 );
                 let balance = m.paid + m.bonus;
@@ -437,6 +438,7 @@ impl World {
                         card: number,
                         points,
                         reward: "cup".into(),
+                        ..Default::default()
                     }),
                 );
                 match r {
@@ -738,6 +740,7 @@ fn a_refund_after_a_reversed_refund_never_gives_points_back() {
                 card: w.cards[0].clone(),
                 amount_minor: 10_000,
                 allow_partial: false,
+                ..Default::default()
             }),
         )
         .expect("purchase");
