@@ -253,6 +253,27 @@ impl HolderStore {
         })
     }
 
+    /// Moves `from`'s holder to `to` (a replaced card: the same person
+    /// holds the new number), durably; nothing to move is not an error.
+    /// Blocking (fsync).
+    pub fn rename(&self, brand: u32, from: u64, to: u64) -> Result<(), HolderError> {
+        self.with_brand(brand, |holders| {
+            let Some(holder) = holders.remove(&from) else {
+                return Ok(());
+            };
+            let displaced = holders.insert(to, holder);
+            if let Err(e) = self.store(brand, holders) {
+                let holder = holders.remove(&to).expect("inserted above");
+                holders.insert(from, holder);
+                if let Some(d) = displaced {
+                    holders.insert(to, d);
+                }
+                return Err(e);
+            }
+            Ok(())
+        })
+    }
+
     /// Forgets `card`'s holder (person and key), durably. Forgetting a
     /// card without a holder is not an error. Blocking (fsync).
     pub fn erase(&self, brand: u32, card: u64) -> Result<(), HolderError> {

@@ -45,7 +45,8 @@ pub(super) fn is_personal(op: &Op) -> bool {
         | Op::SetHolder(_)
         | Op::EraseHolder(_)
         | Op::SetPin(_)
-        | Op::UnlockPin(_) => true,
+        | Op::UnlockPin(_)
+        | Op::ReplaceCard(_) => true,
         _ => false,
     }
 }
@@ -94,6 +95,7 @@ async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submissio
         Some(Op::RedeemPoints(r)) => spend(shared, who, &r.card, &r.pin_block, sub).await,
         Some(Op::SetPin(p)) => set_pin(shared, brand, who, &p, sub).await,
         Some(Op::UnlockPin(u)) => unlock_pin(shared, brand, who, &u.card, sub).await,
+        Some(Op::ReplaceCard(r)) => replace_card(shared, brand, who, &r, sub).await,
         _ => unreachable!("only personal requests come here"),
     };
     result.unwrap_or_else(|refusal| Done::Answer(Err(refusal)))
@@ -294,6 +296,39 @@ async fn set_pin(
     // leaves the old PIN in force.
     if answer.is_ok() {
         shared.pins.set(who.brand_id, card, hash).await?;
+    }
+    Ok(Done::Answer(answer))
+}
+
+/// A replacement (a lost named card): once its record stands, the holder
+/// and the PIN move to the new number with the value.
+async fn replace_card(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    r: &pb::ReplaceCard,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    let (Ok(old), Ok(new)) = (card_of(who, &r.old_card), card_of(who, &r.new_card)) else {
+        // The state machine refuses it, with the code it gives.
+        return Ok(Done::Submit(sub));
+    };
+    let answer = brand
+        .submit(sub)
+        .await
+        .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    // Also on a retry: a daemon stopped between the record and the moves
+    // moves them now (a move with nothing to move does nothing).
+    if answer.is_ok() {
+        let store = shared.holders.clone();
+        // The record stands whatever happens here: a failed move is the
+        // operator's to repair (set-holder, set-pin), and is logged.
+        if let Err(refusal) = blocking(move || store.rename(who.brand_id, old, new)).await {
+            tracing::error!(brand = who.brand_id, %refusal, "holder not moved to the new card");
+        }
+        if let Err(refusal) = shared.pins.rename(who.brand_id, old, new).await {
+            tracing::error!(brand = who.brand_id, %refusal, "PIN not moved to the new card");
+        }
     }
     Ok(Done::Answer(answer))
 }

@@ -219,6 +219,25 @@ impl PinStore {
             .map_err(|e| storage("set task", e))?
     }
 
+    /// Moves `from`'s PIN (hash and count) to `to`: a replaced card keeps
+    /// its holder's PIN, and its lock. Durable (rename, directory fsync).
+    pub async fn rename(self: &Arc<Self>, brand: u32, from: u64, to: u64) -> Result<(), Refusal> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let (old, new) = (this.path(brand, from), this.path(brand, to));
+            match std::fs::rename(&old, &new) {
+                Ok(()) => {
+                    let dir = new.parent().expect("a card file has a directory");
+                    crate::storage::fsutil::sync_dir(dir).map_err(|e| storage("rename", e))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(storage("rename", e)),
+            }
+        })
+        .await
+        .map_err(|e| storage("rename task", e))?
+    }
+
     /// Lifts the card's lock: wrong tries back to 0 (durably).
     pub async fn unlock(self: &Arc<Self>, brand: u32, card: u64) -> Result<(), Refusal> {
         let this = self.clone();

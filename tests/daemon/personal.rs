@@ -248,3 +248,29 @@ async fn a_pin_rule_over_an_amount_and_a_pin_set_at_a_till() {
     let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
     assert_eq!(report["records"], FIRST_SEQ + 5);
 }
+
+#[tokio::test]
+async fn a_replaced_card_keeps_its_holder_and_its_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let old = demo.manifest.cards[0].clone();
+    admin(&d, &demo, &["set-holder", "--card", &old, "--name", NAME, "--phone", PHONE]);
+    admin(&d, &demo, &["set-pin", "--card", &old, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 13, pin_rules(true, 0)).await;
+    let new = card_number::generate(1);
+    let r = ok(&mut o, 14, replace(&old, &new)).await;
+    assert_money(card_of(&r), 10_000, 0, 0);
+    let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
+    assert_eq!(found.trim(), new);
+    let mut t = demo.terminal(d.addr, 0).await;
+    let view = inquiry(&mut t, &new).await;
+    assert!(view.named && view.has_pin, "{view:?}");
+    assert_eq!(pay(&mut t, 100, &new, 500, None).await.unwrap_err(), E::PinRequired);
+    let r = pay(&mut t, 101, &new, 500, Some(PIN)).await.expect("the PIN moved");
+    assert_money(card_of(&r), 9_500, 0, 5);
+    // Nothing is kept under the old number (find-card above names only
+    // the new one for the holder).
+    assert!(!demo.data.join("pins/brand-1").join(&old).exists());
+    assert!(demo.data.join("pins/brand-1").join(&new).exists());
+}
