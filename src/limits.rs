@@ -117,9 +117,10 @@ pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Sign-on failures (unknown key, bad proof, bad version) from one address
 /// per minute before that address is refused for a minute.
 pub const DEFAULT_SIGN_ON_FAILURES_PER_MINUTE: u32 = 10;
-/// Not-found (and other-brand) card answers to one terminal, or to one
-/// address, per minute before it is refused for a minute: card-number
-/// probing from a stolen till is slowed to a crawl.
+/// Not-found (and other-brand) card answers and wrong PINs to one
+/// terminal, or to one address, per minute before it is refused for a
+/// minute: card-number and PIN probing from a stolen till is slowed to a
+/// crawl.
 pub const DEFAULT_CARD_MISSES_PER_MINUTE: u32 = 20;
 /// How long a blocked address or terminal waits.
 pub const RATE_LIMIT_COOLDOWN_SECS: u64 = 60;

@@ -86,7 +86,8 @@ pub enum PinError {
 /// Checks a PIN's form: 4 to 12 ASCII digits.
 pub fn pin_ok(pin: &str) -> Result<(), PinError> {
     let digits = pin.len();
-    if (MIN_PIN_DIGITS..=MAX_PIN_DIGITS).contains(&digits) && pin.bytes().all(|b| b.is_ascii_digit())
+    if (MIN_PIN_DIGITS..=MAX_PIN_DIGITS).contains(&digits)
+        && pin.bytes().all(|b| b.is_ascii_digit())
     {
         Ok(())
     } else {
@@ -197,7 +198,10 @@ mod tests {
         let card = "8000070000000000011";
         let block = seal(&key.public(), &binding(&signer, 5, card), "4321").unwrap();
         assert!(!block.windows(4).any(|w| w == b"4321"));
-        assert_eq!(key.open(&block, &binding(&signer, 5, card)).unwrap(), "4321");
+        assert_eq!(
+            key.open(&block, &binding(&signer, 5, card)).unwrap(),
+            "4321"
+        );
         let other_txn = binding(&signer, 6, card);
         assert_eq!(key.open(&block, &other_txn), Err(PinError::OtherRequest));
         let other_card = binding(&signer, 5, "8000070000000000029");

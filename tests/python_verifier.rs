@@ -404,9 +404,19 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     });
     ok(&mut t1, txn, with_pin).await;
     let card = cards[3].clone();
-    ok(&mut owner, next(&mut no), Op::UnlockPin(pb::UnlockPin { card })).await;
+    ok(
+        &mut owner,
+        next(&mut no),
+        Op::UnlockPin(pb::UnlockPin { card }),
+    )
+    .await;
     let card = cards[3].clone();
-    ok(&mut owner, next(&mut no), Op::EraseHolder(pb::EraseHolder { card })).await;
+    ok(
+        &mut owner,
+        next(&mut no),
+        Op::EraseHolder(pb::EraseHolder { card }),
+    )
+    .await;
     // Terminal 2 closes its shift (without totals: an unbalanced close).
     // Records are written one at a time here, so the last is the newest.
     let r = ok(

@@ -275,7 +275,7 @@ impl Conn {
                 .is_some_and(|ip| shared.guard.blocked(GuardKey::CardMissAddr(ip)))
         {
             tracing::warn!(peer = ?self.peer, principal = ?session.principal, "refused: probing limit");
-            let why = "too many unknown cards; wait before trying again";
+            let why = "too many unknown cards or wrong PINs; wait before trying again";
             return self.say(error_msg(rid, E::RateLimited, why)).await;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {

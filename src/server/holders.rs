@@ -300,7 +300,9 @@ mod tests {
     fn an_erased_holder_is_in_no_file_and_a_new_store_forgets_it_too() {
         let dir = tempfile::tempdir().unwrap();
         let store = HolderStore::new(dir.path());
-        let c = store.put(7, CARD, "Zhang Wei 张伟", "+8613800138000").unwrap();
+        let c = store
+            .put(7, CARD, "Zhang Wei 张伟", "+8613800138000")
+            .unwrap();
         store.put(7, CARD + 1, "Li Na", "13900139000").unwrap();
         assert!(store.holds(7, CARD, &c).unwrap());
         assert!(!store.holds(7, CARD, &[0; 32]).unwrap());
@@ -312,7 +314,10 @@ mod tests {
         assert!(!file.windows(6).any(|w| w == "张伟".as_bytes()));
         assert!(!file.windows(14).any(|w| w == b"+8613800138000"));
         let reopened = HolderStore::new(dir.path());
-        assert_eq!(reopened.find(7, "+8613800138000").unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            reopened.find(7, "+8613800138000").unwrap(),
+            Vec::<u64>::new()
+        );
         assert_eq!(reopened.find(7, "13900139000").unwrap(), vec![CARD + 1]);
         assert!(!reopened.holds(7, CARD, &c).unwrap());
     }

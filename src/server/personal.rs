@@ -237,7 +237,11 @@ async fn check_block(
         card: card_text,
         purpose: Purpose::Present,
     };
-    let pin = shared.pins.key().open(block, &binding).map_err(block_refusal)?;
+    let pin = shared
+        .pins
+        .key()
+        .open(block, &binding)
+        .map_err(block_refusal)?;
     let verdict = shared.pins.check(who.brand_id, card, pin).await?;
     if let Some(refusal) = verdict.refusal() {
         tracing::info!(brand = who.brand_id, principal = ?who.principal, code = ?refusal.code, "PIN refused");
@@ -272,7 +276,10 @@ async fn set_pin(
     mut sub: Submission,
 ) -> Result<Done, Refusal> {
     if !matches!(who.principal, Principal::Owner | Principal::Terminal(_)) {
-        return Err(Refusal::new(E::WrongRole, "PINs are set by the owner or at a till"));
+        return Err(Refusal::new(
+            E::WrongRole,
+            "PINs are set by the owner or at a till",
+        ));
     }
     let card = card_of(who, &p.card)?;
     if !p.old_pin_block.is_empty() {
@@ -286,7 +293,11 @@ async fn set_pin(
         card: &p.card,
         purpose: Purpose::New,
     };
-    let pin = shared.pins.key().open(&p.pin_block, &binding).map_err(block_refusal)?;
+    let pin = shared
+        .pins
+        .key()
+        .open(&p.pin_block, &binding)
+        .map_err(block_refusal)?;
     let hash = shared.pins.hash(pin).await?;
     let answer = brand
         .submit(sub)

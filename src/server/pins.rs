@@ -75,7 +75,10 @@ impl Verdict {
 
 fn storage(why: &str, e: impl std::fmt::Display) -> Refusal {
     tracing::error!(error = %e, "PIN store: {why}");
-    Refusal::new(E::StorageFailure, "the PIN store could not be read or written")
+    Refusal::new(
+        E::StorageFailure,
+        "the PIN store could not be read or written",
+    )
 }
 
 /// Every brand's PIN hashes and counts, and the server's PIN key.
@@ -104,7 +107,11 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.store.busy.lock().expect("busy lock").remove(&self.card);
+        self.store
+            .busy
+            .lock()
+            .expect("busy lock")
+            .remove(&self.card);
     }
 }
 
@@ -165,14 +172,28 @@ impl PinStore {
     /// A turn among the bounded checks: refused when too many wait.
     async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Refusal> {
         let busy = || Refusal::new(E::ServerBusy, "too many PIN checks waiting; try again");
-        let ticket = self.queued.clone().try_acquire_owned().map_err(|_| busy())?;
-        let running = self.running.clone().acquire_owned().await.map_err(|_| busy())?;
+        let ticket = self
+            .queued
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| busy())?;
         Ok((ticket, running))
     }
 
     /// Checks `pin` for the card, counting a wrong try durably before it
     /// answers. Runs Argon2id on a blocking thread, in turn.
-    pub async fn check(self: &Arc<Self>, brand: u32, card: u64, pin: String) -> Result<Verdict, Refusal> {
+    pub async fn check(
+        self: &Arc<Self>,
+        brand: u32,
+        card: u64,
+        pin: String,
+    ) -> Result<Verdict, Refusal> {
         let _busy = self.claim(brand, card)?;
         let _turn = self.turn().await?;
         let this = self.clone();
@@ -267,10 +288,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let server = SigningKey::from_bytes(&[3; 32]);
         let store = Arc::new(PinStore::new(dir.path(), &server));
-        assert_eq!(store.check(7, CARD, "1234".into()).await, Ok(Verdict::NoPin));
+        assert_eq!(
+            store.check(7, CARD, "1234".into()).await,
+            Ok(Verdict::NoPin)
+        );
         let hash = store.hash("1234".into()).await.unwrap();
         store.set(7, CARD, hash).await.unwrap();
-        assert_eq!(store.check(7, CARD, "1234".into()).await, Ok(Verdict::Verified));
+        assert_eq!(
+            store.check(7, CARD, "1234".into()).await,
+            Ok(Verdict::Verified)
+        );
         for left in (1..MAX_WRONG_PIN_TRIES).rev() {
             let v = store.check(7, CARD, "9999".into()).await;
             assert_eq!(v, Ok(Verdict::Wrong { left }));
@@ -284,6 +311,9 @@ mod tests {
         let right = reopened.check(7, CARD, "1234".into()).await;
         assert_eq!(right, Ok(Verdict::Verified));
         let file = std::fs::read_to_string(reopened.path(7, CARD)).unwrap();
-        assert!(file.contains("$argon2id$") && !file.contains("\"1234\""), "{file}");
+        assert!(
+            file.contains("$argon2id$") && !file.contains("\"1234\""),
+            "{file}"
+        );
     }
 }

@@ -236,7 +236,11 @@ impl Terminal {
                 }
             }
             Op::SetPin(s) => {
-                let new = self.pins.new.as_deref().context("set-pin needs --new-pin")?;
+                let new = self
+                    .pins
+                    .new
+                    .as_deref()
+                    .context("set-pin needs --new-pin")?;
                 s.pin_block = seal(&s.card, Purpose::New, new)?;
                 if let Some(pin) = present {
                     s.old_pin_block = seal(&s.card, Purpose::Present, pin)?;

@@ -810,7 +810,11 @@ fn a_pin_is_typed_at_the_till_and_set_there_with_the_card_present() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("PIN_REQUIRED"), "{r:?}");
     let r = till.call(&["--json", "--pin", "4827"], &buy);
-    assert_eq!((r.code, r.json()["error"].as_str()), (2, Some("WRONG_PIN")), "{r:?}");
+    assert_eq!(
+        (r.code, r.json()["error"].as_str()),
+        (2, Some("WRONG_PIN")),
+        "{r:?}"
+    );
     let paid = till.call(&["--json", "--pin", "4826"], &buy).ok();
     assert_eq!(i64_of(&paid, "balance_minor"), 20_000 - 200);
     // A change needs the old PIN.

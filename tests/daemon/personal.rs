@@ -84,7 +84,8 @@ fn pin_rules(all_spends: bool, over_minor: i64) -> Op {
 
 fn stop(mut d: Daemon) {
     d.signal(libc::SIGTERM);
-    d.wait_exit(Duration::from_secs(30)).expect("the daemon stops");
+    d.wait_exit(Duration::from_secs(30))
+        .expect("the daemon stops");
 }
 
 #[tokio::test]
@@ -92,7 +93,19 @@ async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_t
     let dir = tempfile::tempdir().unwrap();
     let (d, demo) = Daemon::demo(dir.path());
     let card = demo.manifest.cards[1].clone();
-    let out = admin(&d, &demo, &["set-holder", "--card", &card, "--name", NAME, "--phone", PHONE]);
+    let out = admin(
+        &d,
+        &demo,
+        &[
+            "set-holder",
+            "--card",
+            &card,
+            "--name",
+            NAME,
+            "--phone",
+            PHONE,
+        ],
+    );
     assert!(out.contains(&format!("Card {card} is named")), "{out}");
     let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
     assert_eq!(found.trim(), card);
@@ -101,8 +114,14 @@ async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_t
     // The person is in the holder store (so the search below can find it)
     // and nowhere else: not in the log, a snapshot or the export.
     let data = demo.data.clone();
-    assert_eq!(files_holding(&data, NAME.as_bytes()), [Path::new("holders/brand-1")]);
-    assert_eq!(files_holding(&data, PHONE.as_bytes()), [Path::new("holders/brand-1")]);
+    assert_eq!(
+        files_holding(&data, NAME.as_bytes()),
+        [Path::new("holders/brand-1")]
+    );
+    assert_eq!(
+        files_holding(&data, PHONE.as_bytes()),
+        [Path::new("holders/brand-1")]
+    );
     stop(d);
     let before = dir.path().join("before.cardd");
     let report = run::export_and_verify(&data, 1, &before);
@@ -131,7 +150,10 @@ async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_t
     assert!(found.contains("No card"), "{found}");
     stop(d);
     for needle in [NAME, PHONE] {
-        assert_eq!(files_holding(&data, needle.as_bytes()), Vec::<PathBuf>::new());
+        assert_eq!(
+            files_holding(&data, needle.as_bytes()),
+            Vec::<PathBuf>::new()
+        );
     }
     let after = dir.path().join("after.cardd");
     let report = run::export_and_verify(&data, 1, &after);
@@ -179,30 +201,37 @@ async fn five_wrong_pins_lock_the_card_across_a_kill_9_and_the_pin_is_in_no_expo
     (d, log) = Daemon::start_logged(&data, &[], "debug");
     let mut t = demo.terminal(d.addr, 0).await;
     let right = pay(&mut t, 108, &card, 1_000, Some(PIN)).await;
-    assert_eq!(right.unwrap_err(), E::PinLocked, "the lock survives kill -9");
+    assert_eq!(
+        right.unwrap_err(),
+        E::PinLocked,
+        "the lock survives kill -9"
+    );
     assert_money(&inquiry(&mut t, &card).await, 29_000, 0, 10);
     let out = admin(&d, &demo, &["unlock-pin", "--card", &card]);
     assert!(out.contains("Unlocked the PIN"), "{out}");
     let r = pay(&mut t, 109, &card, 2_000, Some(PIN)).await;
     let second = r.expect("unlocked, the right PIN pays");
     // Wrong tries wrote nothing: set-pin, rules, purchase, unlock, purchase.
-    assert_eq!(
-        (seq(&first), seq(&second)),
-        (FIRST_SEQ + 2, FIRST_SEQ + 4)
-    );
+    assert_eq!((seq(&first), seq(&second)), (FIRST_SEQ + 2, FIRST_SEQ + 4));
     assert_money(card_of(&second), 27_000, 0, 30);
     drop(t);
     drop(o);
     stop(d);
     logs.push_str(&log.join().unwrap());
 
-    assert!(logs.contains("PIN refused"), "the log was collected: {logs}");
+    assert!(
+        logs.contains("PIN refused"),
+        "the log was collected: {logs}"
+    );
     let export = dir.path().join("ledger.cardd");
     let report = run::export_and_verify(&data, 1, &export);
     assert_eq!(report["records"], FIRST_SEQ + 4);
     for pin in [PIN, WRONG] {
         assert!(!logs.contains(pin), "a PIN in the log");
-        assert_eq!(files_holding(dir.path(), pin.as_bytes()), Vec::<PathBuf>::new());
+        assert_eq!(
+            files_holding(dir.path(), pin.as_bytes()),
+            Vec::<PathBuf>::new()
+        );
     }
     let hash = std::fs::read_to_string(data.join("pins/brand-1").join(&card)).unwrap();
     assert!(hash.contains("$argon2id$"), "{hash}");
@@ -219,30 +248,47 @@ async fn a_pin_rule_over_an_amount_and_a_pin_set_at_a_till() {
     // No PIN yet: nothing is asked.
     ok(&mut t, 100, purchase(&card, 20_000)).await;
     // The cardholder sets one at the till; changing it needs the old one.
-    let r = set_pin(&mut t, &card, 101, PIN, None).await.expect("first PIN");
+    let r = set_pin(&mut t, &card, 101, PIN, None)
+        .await
+        .expect("first PIN");
     assert_eq!(receipt(&r).store_id, 1);
     assert!(inquiry(&mut t, &card).await.has_pin);
-    assert_eq!(set_pin(&mut t, &card, 102, "1111", None).await.unwrap_err(), E::PinRequired);
     assert_eq!(
-        set_pin(&mut t, &card, 103, "1111", Some(WRONG)).await.unwrap_err(),
+        set_pin(&mut t, &card, 102, "1111", None).await.unwrap_err(),
+        E::PinRequired
+    );
+    assert_eq!(
+        set_pin(&mut t, &card, 103, "1111", Some(WRONG))
+            .await
+            .unwrap_err(),
         E::WrongPin
     );
-    set_pin(&mut t, &card, 104, "1111", Some(PIN)).await.expect("changed");
+    set_pin(&mut t, &card, 104, "1111", Some(PIN))
+        .await
+        .expect("changed");
     // At or under the amount, no PIN; over it, the new PIN.
     ok(&mut t, 105, purchase(&card, 10_000)).await;
-    assert_eq!(refused(&mut t, 106, purchase(&card, 10_001)).await, E::PinRequired);
+    assert_eq!(
+        refused(&mut t, 106, purchase(&card, 10_001)).await,
+        E::PinRequired
+    );
     let r = pay(&mut t, 107, &card, 10_001, Some(PIN)).await;
     assert_eq!(r.unwrap_err(), E::WrongPin, "the old PIN no longer works");
     let r = pay(&mut t, 108, &card, 10_001, Some("1111")).await;
     assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 10_001);
     // A block made for one request opens for no other.
     let captured = purchase_with(&t, 109, &card, 10_001, Some("1111"));
-    let Some(Op::Purchase(p)) = &captured.op else { unreachable!() };
+    let Some(Op::Purchase(p)) = &captured.op else {
+        unreachable!()
+    };
     let mut replayed = purchase_with(&t, 110, &card, 10_001, None);
     if let Some(Op::Purchase(q)) = &mut replayed.op {
         q.pin_block = p.pin_block.clone();
     }
-    assert_eq!(call_req(&mut t, &replayed).await.unwrap_err(), E::PinBlockInvalid);
+    assert_eq!(
+        call_req(&mut t, &replayed).await.unwrap_err(),
+        E::PinBlockInvalid
+    );
     drop((t, o));
     stop(d);
     let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
@@ -254,7 +300,19 @@ async fn a_replaced_card_keeps_its_holder_and_its_pin() {
     let dir = tempfile::tempdir().unwrap();
     let (d, demo) = Daemon::demo(dir.path());
     let old = demo.manifest.cards[0].clone();
-    admin(&d, &demo, &["set-holder", "--card", &old, "--name", NAME, "--phone", PHONE]);
+    admin(
+        &d,
+        &demo,
+        &[
+            "set-holder",
+            "--card",
+            &old,
+            "--name",
+            NAME,
+            "--phone",
+            PHONE,
+        ],
+    );
     admin(&d, &demo, &["set-pin", "--card", &old, "--pin", PIN]);
     let mut o = demo.owner(d.addr).await;
     ok(&mut o, 13, pin_rules(true, 0)).await;
@@ -266,8 +324,13 @@ async fn a_replaced_card_keeps_its_holder_and_its_pin() {
     let mut t = demo.terminal(d.addr, 0).await;
     let view = inquiry(&mut t, &new).await;
     assert!(view.named && view.has_pin, "{view:?}");
-    assert_eq!(pay(&mut t, 100, &new, 500, None).await.unwrap_err(), E::PinRequired);
-    let r = pay(&mut t, 101, &new, 500, Some(PIN)).await.expect("the PIN moved");
+    assert_eq!(
+        pay(&mut t, 100, &new, 500, None).await.unwrap_err(),
+        E::PinRequired
+    );
+    let r = pay(&mut t, 101, &new, 500, Some(PIN))
+        .await
+        .expect("the PIN moved");
     assert_money(card_of(&r), 9_500, 0, 5);
     // Nothing is kept under the old number (find-card above names only
     // the new one for the holder).

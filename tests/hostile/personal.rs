@@ -66,7 +66,11 @@ async fn pin_guessing_from_many_tills_and_connections_gets_five_tries_and_writes
                 let mut codes = Vec::new();
                 for g in 0..3u64 {
                     let pin = format!("{:05}", k as u64 * 100 + c * 10 + g);
-                    codes.push(guess(&mut t, 1_000 + c * 10 + g, &card, &pin).await.unwrap_err());
+                    codes.push(
+                        guess(&mut t, 1_000 + c * 10 + g, &card, &pin)
+                            .await
+                            .unwrap_err(),
+                    );
                 }
                 codes
             }));
@@ -93,7 +97,10 @@ async fn pin_guessing_from_many_tills_and_connections_gets_five_tries_and_writes
         assert!(txn <= 100 + 5, "more than five wrong tries were taken");
     }
     assert_eq!(wrong + (txn - 100) as usize, 5, "{codes:?}");
-    assert_eq!(guess(&mut t, 200, &card, PIN).await.unwrap_err(), E::PinLocked);
+    assert_eq!(
+        guess(&mut t, 200, &card, PIN).await.unwrap_err(),
+        E::PinLocked
+    );
     common::reply::assert_money(&inquiry(&mut t, &card).await, 100_000, 15_000, 0);
     // Nothing of it reached the ledger: rules, 6 enrolments, then this.
     assert_eq!(next_seq(&mut o, 19, &rules).await, FIRST_SEQ + 8);
@@ -132,15 +139,31 @@ async fn malformed_or_oversized_holders_are_refused_with_a_code_and_lose_nothing
         (data(&card, "", "13900139000"), E::InvalidArgument),
         (data(&card, "Li\nNa", "13900139000"), E::InvalidArgument),
         (data(&card, "Li Na", "1390"), E::InvalidArgument),
-        (data(&card, "Li Na", "+139001390013900139001"), E::InvalidArgument),
+        (
+            data(&card, "Li Na", "+139001390013900139001"),
+            E::InvalidArgument,
+        ),
         (data(&card, "Li Na", "139 0013 9000"), E::InvalidArgument),
         (data(&card, "Li Na", &huge), E::InvalidArgument),
-        (data("8000010000000000000", "Li Na", "13900139000"), E::CardNotFound),
-        (data(&other_brand, "Li Na", "13900139000"), E::CardOtherBrand),
-        (Op::FindCard(pb::FindCard { phone: "x".into() }), E::InvalidArgument),
+        (
+            data("8000010000000000000", "Li Na", "13900139000"),
+            E::CardNotFound,
+        ),
+        (
+            data(&other_brand, "Li Na", "13900139000"),
+            E::CardOtherBrand,
+        ),
+        (
+            Op::FindCard(pb::FindCard { phone: "x".into() }),
+            E::InvalidArgument,
+        ),
     ];
     for (op, code) in cases {
-        assert_eq!(call(&mut o, 0, op.clone()).await.unwrap_err(), code, "{op:?}");
+        assert_eq!(
+            call(&mut o, 0, op.clone()).await.unwrap_err(),
+            code,
+            "{op:?}"
+        );
     }
     // A commitment the store never answered, or of the wrong size.
     for forged in [vec![7; 32], commitment[..31].to_vec(), Vec::new()] {
@@ -153,14 +176,20 @@ async fn malformed_or_oversized_holders_are_refused_with_a_code_and_lose_nothing
     let find = Op::FindCard(pb::FindCard {
         phone: "13900139000".into(),
     });
-    assert_eq!(call(&mut t, 0, find.clone()).await.unwrap_err(), E::WrongRole);
+    assert_eq!(
+        call(&mut t, 0, find.clone()).await.unwrap_err(),
+        E::WrongRole
+    );
     // Bytes that are not UTF-8 where the name goes: refused by the wire rule.
     let req = o.request(0, data(&card, "XXXX", "13900139000"));
     let mut bytes = req.encode_to_vec();
     let at = bytes.windows(4).position(|w| w == b"XXXX").unwrap();
     bytes[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xfd, 0xfc]);
     let sig = sign_request(o.key(), &bytes);
-    assert_eq!(call_bytes(&mut o, &bytes, &sig).await.unwrap_err(), E::Malformed);
+    assert_eq!(
+        call_bytes(&mut o, &bytes, &sig).await.unwrap_err(),
+        E::Malformed
+    );
     // A frame over the limit: refused and the connection closed.
     let key = read_key_file(&demo.owner_key_path()).unwrap();
     let mut raw = sign_on(d.addr, &key).await;
@@ -177,4 +206,46 @@ async fn malformed_or_oversized_holders_are_refused_with_a_code_and_lose_nothing
     assert!(inquiry(&mut t, &card).await.named);
     let r = ok(&mut o, 13, set(commitment)).await;
     assert_eq!(common::reply::seq(&r), FIRST_SEQ + 1);
+}
+
+#[tokio::test]
+async fn a_till_guessing_pins_across_many_cards_is_rate_limited_after_twenty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, demo) = Daemon::demo(dir.path());
+    let cards = demo.manifest.cards.clone();
+    let mut o = demo.owner(d.addr).await;
+    for (txn, card) in (11..).zip(&cards) {
+        let pin_block = o.pin_block(txn, card, Purpose::New, PIN).unwrap();
+        let set = Op::SetPin(pb::SetPin {
+            card: card.clone(),
+            pin_block,
+            ..Default::default()
+        });
+        ok(&mut o, txn, set).await;
+    }
+    // Wrong PINs card after card, at most five a card.
+    let mut t = demo.terminal(d.addr, 0).await;
+    let mut wrong = 0;
+    let limit = cardd::limits::DEFAULT_CARD_MISSES_PER_MINUTE as usize;
+    let outcome = 'guessing: {
+        for (i, card) in cards.iter().cycle().take(limit + 4).enumerate() {
+            match guess(&mut t, 100 + i as u64, card, &format!("{:05}", i)).await {
+                Err(E::WrongPin) => wrong += 1,
+                other => break 'guessing other,
+            }
+        }
+        panic!("never rate limited after {wrong} wrong PINs");
+    };
+    // The guard blocks once a minute holds more than its limit.
+    assert_eq!((outcome.unwrap_err(), wrong), (E::RateLimited, limit + 1));
+    // The guessing wrote nothing: the chain ends with the five PINs set.
+    drop((t, o));
+    let mut d = d;
+    d.kill9();
+    let records = FIRST_SEQ - 1 + cards.len() as u64;
+    let checked = run::cardd_check(&demo.data);
+    assert!(
+        checked.contains(&format!("brand 1 (Demo Coffee): {records} records")),
+        "{checked}"
+    );
 }

@@ -16,12 +16,12 @@ mod reversal;
 
 use prost::Message;
 
+use holder::{erase_holder, set_holder, set_pin, unlock_pin};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
     add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
     set_card_blocked, set_rules, set_terminal_disabled,
 };
-use holder::{erase_holder, set_holder, set_pin, unlock_pin};
 use reversal::reversal;
 
 use super::books::Place;
