@@ -126,3 +126,178 @@ pub(super) fn unlock_pin(
     fill_card(state, &mut rec, number, &card);
     Ok(append(state, ctx, rec))
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::ledger::Submission;
+    use crate::testing::{self, signed};
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn run(
+        state: &mut BrandState,
+        sub: &Submission,
+        pin_verified: bool,
+    ) -> Result<Outcome, Refusal> {
+        let ctx = Context {
+            time_ms: NOW,
+            principal: sub.principal,
+            signer_key: &sub.signer_key,
+            request: &sub.request,
+            signature: &sub.signature,
+            pin_verified,
+        };
+        apply(state, &ctx, sub.decoded())
+    }
+
+    fn written(out: Result<Outcome, Refusal>) -> Written {
+        match out {
+            Ok(Outcome::Written(w)) => w,
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    /// A brand whose one card holds 100.00 and has a PIN every spend needs.
+    fn brand_with_pin() -> (BrandState, String) {
+        let (server, owner, till) = (
+            testing::server_key(),
+            testing::owner_key(),
+            testing::terminal_key(),
+        );
+        let card = crate::card_number::generate(testing::BRAND);
+        let mut state = BrandState::new(testing::BRAND);
+        let create = testing::create_brand("b", &owner.verifying_key().to_bytes());
+        written(run(
+            &mut state,
+            &signed(&server, Principal::Server, 1, Op::CreateBrand(create)),
+            false,
+        ));
+        let setup = testing::owner_setup(
+            &owner,
+            "s",
+            std::slice::from_ref(&till),
+            std::slice::from_ref(&card),
+        );
+        for sub in &setup {
+            written(run(&mut state, sub, false));
+        }
+        let load = signed(
+            &till,
+            Principal::Terminal(1),
+            1,
+            testing::top_up(&card, 10_000),
+        );
+        written(run(&mut state, &load, false));
+        let set = Op::SetPin(pb::SetPin {
+            card: card.clone(),
+            pin_block: vec![1; 80],
+            ..Default::default()
+        });
+        written(run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 10, set),
+            false,
+        ));
+        let mut rules = state.rules.clone();
+        rules.pin_all_spends = true;
+        let rules = Op::SetRules(pb::SetRules { rules: Some(rules) });
+        written(run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 11, rules),
+            false,
+        ));
+        (state, card)
+    }
+
+    #[test]
+    fn a_spend_that_needs_the_pin_is_written_and_replayed_only_with_the_servers_verdict() {
+        let (mut state, card) = brand_with_pin();
+        let till = testing::terminal_key();
+        let buy = signed(
+            &till,
+            Principal::Terminal(1),
+            2,
+            testing::purchase(&card, 2_500, false),
+        );
+        let before = state.clone();
+        let refused = run(&mut state, &buy, false).unwrap_err();
+        assert_eq!(refused.code, E::PinRequired);
+        assert_eq!(state, before, "a refusal changes nothing");
+        let w = written(run(&mut state, &buy, true));
+        assert!(w.record.pin_verified);
+        assert_eq!(w.record.paid_balance_after_minor, 7_500);
+        // Replay takes the verdict from the record: as written it replays;
+        // with the verdict struck out (the chain re-linked as a dishonest
+        // server would) the rules refuse it.
+        let server = testing::server_key().verifying_key().to_bytes();
+        let ok = crate::replay::replay_decoded(
+            &mut before.clone(),
+            w.record.seq,
+            &w.record,
+            &w.bytes,
+            &server,
+        );
+        assert_eq!(ok.expect("replays").hash, w.hash);
+        let mut forged = w.record.clone();
+        forged.pin_verified = false;
+        let bytes = forged.encode_to_vec();
+        let err = crate::replay::replay_decoded(
+            &mut before.clone(),
+            forged.seq,
+            &forged,
+            &bytes,
+            &server,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PIN"), "{err}");
+    }
+
+    #[test]
+    fn the_holder_makes_the_card_named_and_its_erasure_anonymous() {
+        let (mut state, card) = brand_with_pin();
+        let owner = testing::owner_key();
+        let number = crate::card_number::parse_number(&card).unwrap().1;
+        let set = |commitment: Vec<u8>| {
+            Op::SetHolder(pb::SetHolder {
+                card: card.clone(),
+                commitment,
+            })
+        };
+        let short = run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 12, set(vec![1; 31])),
+            false,
+        );
+        assert_eq!(short.unwrap_err().code, E::InvalidArgument);
+        let w = written(run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 12, set(vec![1; 32])),
+            false,
+        ));
+        assert_eq!(w.record.kind(), RecordKind::HolderSet);
+        assert!(state.cards[&number].named);
+        let erase = Op::EraseHolder(pb::EraseHolder { card: card.clone() });
+        let w = written(run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 13, erase),
+            false,
+        ));
+        assert_eq!(w.record.kind(), RecordKind::HolderErased);
+        assert!(!state.cards[&number].named);
+        // The person never reaches the state machine.
+        let data = Op::HolderData(pb::HolderData {
+            card,
+            name: "n".into(),
+            phone: "12345".into(),
+        });
+        let refused = run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 14, data),
+            false,
+        );
+        assert_eq!(refused.unwrap_err().code, E::InvalidArgument);
+    }
+}
