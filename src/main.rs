@@ -494,6 +494,7 @@ enum AdminOp {
         #[arg(long)]
         card: String,
         /// 4 to 12 digits; sealed to the daemon's PIN key before it leaves.
+        /// `-` reads it from standard input (not in the process list).
         #[arg(long)]
         pin: String,
     },

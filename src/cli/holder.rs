@@ -59,6 +59,7 @@ pub async fn prepare(
         }
         AdminOp::EraseHolder { card } => Step::Send(Op::EraseHolder(pb::EraseHolder { card })),
         AdminOp::SetPin { card, pin } => {
+            let pin = pin_arg(pin)?;
             let pin_block = client.pin_block(txn, &card, Purpose::New, &pin)?;
             Step::Send(Op::SetPin(pb::SetPin {
                 card,
@@ -69,6 +70,17 @@ pub async fn prepare(
         AdminOp::UnlockPin { card } => Step::Send(Op::UnlockPin(pb::UnlockPin { card })),
         other => Step::Other(other),
     })
+}
+
+/// The PIN given, or with `-` the first line of standard input (so that
+/// it is not in the process list or the shell's history).
+fn pin_arg(pin: String) -> anyhow::Result<String> {
+    if pin != "-" {
+        return Ok(pin);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// Sends a request that is never recorded (txn id 0): its reply, or the
