@@ -169,6 +169,21 @@ impl PinStore {
         })
     }
 
+    /// The card, once no check holds it (blocking: call on a blocking
+    /// thread). A check takes tens of milliseconds; a change of the PIN
+    /// waits for it rather than write beside it (the check would write the
+    /// old hash back with its count).
+    fn claim_waiting(&self, brand: u32, card: u64) -> Result<Busy<'_>, Refusal> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.claim(brand, card) {
+                Ok(busy) => return Ok(busy),
+                Err(busy) if std::time::Instant::now() > deadline => return Err(busy),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+
     /// A turn among the bounded checks: refused when too many wait.
     async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Refusal> {
         let busy = || Refusal::new(E::ServerBusy, "too many PIN checks waiting; try again");
@@ -235,7 +250,10 @@ impl PinStore {
     pub async fn set(self: &Arc<Self>, brand: u32, card: u64, hash: String) -> Result<(), Refusal> {
         let this = self.clone();
         let entry = Entry { hash, wrong: 0 };
-        tokio::task::spawn_blocking(move || this.write(brand, card, &entry))
+        tokio::task::spawn_blocking(move || {
+            let _busy = this.claim_waiting(brand, card)?;
+            this.write(brand, card, &entry)
+        })
             .await
             .map_err(|e| storage("set task", e))?
     }
@@ -245,6 +263,7 @@ impl PinStore {
     pub async fn rename(self: &Arc<Self>, brand: u32, from: u64, to: u64) -> Result<(), Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _busy = this.claim_waiting(brand, from)?;
             let (old, new) = (this.path(brand, from), this.path(brand, to));
             match std::fs::rename(&old, &new) {
                 Ok(()) => {
@@ -263,7 +282,7 @@ impl PinStore {
     pub async fn unlock(self: &Arc<Self>, brand: u32, card: u64) -> Result<(), Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _busy = this.claim(brand, card)?;
+            let _busy = this.claim_waiting(brand, card)?;
             match this.read(brand, card)? {
                 Some(mut entry) if entry.wrong > 0 => {
                     entry.wrong = 0;
