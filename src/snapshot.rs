@@ -360,7 +360,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 8,
-                "fd1187cb9f091e2a8ef25a2d54907972746618fa282c6fd6a010a8b363207d78".to_string()
+                "4b5186356ad72fd270169a0db26b34d1a89e216064de9c9f750a32111ac65bb9".to_string()
             )
         );
     }

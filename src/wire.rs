@@ -279,6 +279,7 @@ const SET_PIN: Schema = msg(&[
     f(2, "pin_block", Bytes),
     f(3, "old_pin_block", Bytes),
 ]);
+const SET_PIN_LOCK: Schema = msg(&[f(1, "card", Str), f(2, "locked", Bool)]);
 const SET_RULES: Schema = msg(&[f(1, "rules", Msg(&RULES))]);
 const SET_TERMINAL_DISABLED: Schema = msg(&[
     f(1, "terminal_id", U32),
@@ -349,7 +350,7 @@ const REQUEST: Schema = Schema {
         f(53, "find_card", Msg(&FIND_CARD)),
         f(54, "erase_holder", Msg(&CARD_ONLY)),
         f(55, "set_pin", Msg(&SET_PIN)),
-        f(56, "unlock_pin", Msg(&CARD_ONLY)),
+        f(56, "set_pin_lock", Msg(&SET_PIN_LOCK)),
     ],
     oneof: &[
         10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50, 51, 52,
@@ -574,7 +575,7 @@ mod tests {
         ("FindCard", &FIND_CARD),
         ("EraseHolder", &CARD_ONLY),
         ("SetPin", &SET_PIN),
-        ("UnlockPin", &CARD_ONLY),
+        ("SetPinLock", &SET_PIN_LOCK),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.
@@ -902,7 +903,10 @@ mod tests {
                 pin_block: vec![4; 80],
                 old_pin_block: vec![5; 80],
             }),
-            Op::UnlockPin(pb::UnlockPin { card: card.clone() }),
+            Op::SetPinLock(pb::SetPinLock {
+                card: card.clone(),
+                locked: true,
+            }),
             Op::CreateBrand(pb::CreateBrand {
                 name: "b".into(),
                 currency: "CNY".into(),

@@ -64,13 +64,13 @@ BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
 CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 7, 8
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
 KEY_ADDED, KEY_REMOVED = 9, 16
-HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED = 110, 111, 112, 113
+HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED = 110, 111, 112, 113, 114
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
     5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
     9: "KEY_ADDED", 16: "KEY_REMOVED",
-    110: "HOLDER_SET", 111: "HOLDER_ERASED", 112: "PIN_SET", 113: "PIN_UNLOCKED",
+    110: "HOLDER_SET", 111: "HOLDER_ERASED", 112: "PIN_SET", 113: "PIN_UNLOCKED", 114: "CARD_PIN_LOCKED",
 }
 # Signers.
 SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
@@ -91,7 +91,7 @@ OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCK
                TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED, HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED}
 # Records about a card's holder or PIN: they name the request's card and
 # move nothing (the person and the PIN are never in the ledger).
-CARD_ONLY_KINDS = {HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED}
+CARD_ONLY_KINDS = {HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED}
 
 
 class Fail(Exception):
@@ -368,7 +368,7 @@ OPS = {
     53: ("find_card", Schema("FindCard", {1: ("phone", STRING)})),
     54: ("erase_holder", Schema("EraseHolder", {1: ("card", STRING)})),
     55: ("set_pin", Schema("SetPin", {1: ("card", STRING), 2: ("pin_block", BYTES), 3: ("old_pin_block", BYTES)})),
-    56: ("unlock_pin", Schema("UnlockPin", {1: ("card", STRING)})),
+    56: ("set_pin_lock", Schema("SetPinLock", {1: ("card", STRING), 2: ("locked", BOOL)})),
 }
 _REQ_FIELDS = {1: ("txn_id", U64), 2: ("brand_id", U32), 3: ("operator", STRING),
                4: ("client_time_ms", I64T), 5: ("want_proof", BOOL)}
@@ -771,8 +771,8 @@ class Verifier:
         if seq == 1:
             if kind != BRAND_CREATED or signer != SIGNER_SERVER:
                 fail("the first record must be BRAND_CREATED, signed by the server")
-        elif kind == BRAND_CREATED or signer == SIGNER_SERVER:
-            fail("only the first record is a server-signed BRAND_CREATED")
+        elif kind == BRAND_CREATED or (signer == SIGNER_SERVER) != (kind == CARD_PIN_LOCKED):
+            fail("the server signs BRAND_CREATED (the first record) and CARD_PIN_LOCKED only")
         if signer == SIGNER_SERVER:
             enrolled = self.server_key
         elif signer == SIGNER_OWNER:
@@ -839,12 +839,15 @@ class Verifier:
         """The record must say what the signed request asked."""
         if op not in OP_KIND:
             fail("the signed request has no state-changing operation")
-        if OP_KIND[op] != rec["kind"]:
+        # set_pin_lock: the server's lock, or the owner's unlock.
+        expected = CARD_PIN_LOCKED if op == 56 and body["locked"] else OP_KIND[op]
+        if expected != rec["kind"]:
             fail("the signed request is %s, the record is %s"
-                 % (OPS[op].name, KIND_NAMES.get(rec["kind"], rec["kind"])))
+                 % (OPS[op][0], KIND_NAMES.get(rec["kind"], rec["kind"])))
         if req["brand_id"] != self.brand_id:
             fail("the signed request names brand %d" % req["brand_id"])
-        if req["txn_id"] != rec["txn_id"] or req["txn_id"] == 0:
+        # The server's lock keeps no transaction id; every other request has one.
+        if req["txn_id"] != rec["txn_id"] or (req["txn_id"] == 0) != (rec["kind"] == CARD_PIN_LOCKED):
             fail("the record's txn_id differs from the signed request's")
         if req["operator"] != rec["operator"]:
             fail("the record's operator differs from the signed request's")

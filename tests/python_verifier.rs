@@ -392,6 +392,28 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
         ..Default::default()
     });
     ok(&mut owner, txn, set_pin).await;
+    // Five wrong PINs: refused without records, then the server's lock
+    // (a server-signed CARD_PIN_LOCKED), lifted by the owner.
+    for _ in 0..5 {
+        let txn = next(&mut n1);
+        let pin_block = t1
+            .pin_block(txn, &cards[3], cardd::pin::Purpose::Present, "1357")
+            .expect("seal");
+        let wrong = Op::Purchase(pb::Purchase {
+            card: cards[3].clone(),
+            amount_minor: 100,
+            pin_block,
+            ..Default::default()
+        });
+        let refused = common::call(&mut t1, txn, wrong).await.unwrap_err();
+        assert_eq!(refused, pb::ErrorCode::WrongPin);
+    }
+    let card = cards[3].clone();
+    let unlock = Op::SetPinLock(pb::SetPinLock {
+        card,
+        locked: false,
+    });
+    ok(&mut owner, next(&mut no), unlock).await;
     let txn = next(&mut n1);
     let pin_block = t1
         .pin_block(txn, &cards[3], cardd::pin::Purpose::Present, "2468")
@@ -407,7 +429,10 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     ok(
         &mut owner,
         next(&mut no),
-        Op::UnlockPin(pb::UnlockPin { card }),
+        Op::SetPinLock(pb::SetPinLock {
+            card,
+            locked: false,
+        }),
     )
     .await;
     let card = cards[3].clone();

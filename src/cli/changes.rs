@@ -50,7 +50,8 @@ pub fn changed(op: &Op, reply: &pb::Reply, session: &pb::SignOnOk) -> Option<Str
             e.card
         ),
         Op::SetPin(p) => format!("Set the PIN of card {}; any PIN lock is lifted.", p.card),
-        Op::UnlockPin(u) => format!("Unlocked the PIN of card {}: five tries again.", u.card),
+        Op::SetPinLock(l) if l.locked => format!("Locked the PIN of card {}.", l.card),
+        Op::SetPinLock(l) => format!("Unlocked the PIN of card {}: five tries again.", l.card),
         _ => return None,
     })
 }

@@ -67,7 +67,10 @@ pub async fn prepare(
                 old_pin_block: Vec::new(),
             }))
         }
-        AdminOp::UnlockPin { card } => Step::Send(Op::UnlockPin(pb::UnlockPin { card })),
+        AdminOp::UnlockPin { card } => Step::Send(Op::SetPinLock(pb::SetPinLock {
+            card,
+            locked: false,
+        })),
         other => Step::Other(other),
     })
 }

@@ -49,7 +49,7 @@ pub const OPS: &[&str] = &[
     "find_card",
     "erase_holder",
     "set_pin",
-    "unlock_pin",
+    "set_pin_lock",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -86,7 +86,7 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::FindCard(_)) => 24,
         Some(Op::EraseHolder(_)) => 25,
         Some(Op::SetPin(_)) => 26,
-        Some(Op::UnlockPin(_)) => 27,
+        Some(Op::SetPinLock(_)) => 27,
     }
 }
 
@@ -297,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             OPS.len(),
-            1 + op_index(Some(&Op::UnlockPin(Default::default()))) as usize
+            1 + op_index(Some(&Op::SetPinLock(Default::default()))) as usize
         );
         // A code added past the table would share a cell (and a label).
         for v in 0..1_000 {

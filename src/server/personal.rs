@@ -11,10 +11,13 @@
 //!   the block is opened and checked (Argon2id, bounded, on a blocking
 //!   thread); a wrong PIN is counted and refused without a record; a right
 //!   one is submitted with `pin_verified`, the server's verdict the record
-//!   keeps. `SetPin` stores the new hash once its record is durable,
-//!   `UnlockPin` zeroes the count once its record is.
+//!   keeps. The fifth wrong try in a row locks the card: the server signs
+//!   a `SetPinLock` of its own (CARD_PIN_LOCKED) before it answers.
+//!   `SetPin` stores the new hash once its record is durable, the owner's
+//!   `SetPinLock` (unlock) zeroes the count once its record is.
 use std::sync::Arc;
 
+use super::pins::Verdict;
 use super::reply::ReplyTo;
 use super::writer::BrandHandle;
 use super::Shared;
@@ -45,7 +48,7 @@ pub(super) fn is_personal(op: &Op) -> bool {
         | Op::SetHolder(_)
         | Op::EraseHolder(_)
         | Op::SetPin(_)
-        | Op::UnlockPin(_)
+        | Op::SetPinLock(_)
         | Op::ReplaceCard(_) => true,
         _ => false,
     }
@@ -91,10 +94,10 @@ async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submissio
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
         Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
-        Some(Op::Purchase(p)) => spend(shared, who, &p.card, &p.pin_block, sub).await,
-        Some(Op::RedeemPoints(r)) => spend(shared, who, &r.card, &r.pin_block, sub).await,
+        Some(Op::Purchase(p)) => spend(shared, brand, who, (&p.card, &p.pin_block), sub).await,
+        Some(Op::RedeemPoints(r)) => spend(shared, brand, who, (&r.card, &r.pin_block), sub).await,
         Some(Op::SetPin(p)) => set_pin(shared, brand, who, &p, sub).await,
-        Some(Op::UnlockPin(u)) => unlock_pin(shared, brand, who, &u.card, sub).await,
+        Some(Op::SetPinLock(l)) => unlock_pin(shared, brand, who, &l.card, sub).await,
         Some(Op::ReplaceCard(r)) => replace_card(shared, brand, who, &r, sub).await,
         _ => unreachable!("only personal requests come here"),
     };
@@ -225,6 +228,7 @@ fn block_refusal(e: PinError) -> Refusal {
 /// `Ok(true)` verified, `Ok(false)` no PIN on file, a refusal otherwise.
 async fn check_block(
     shared: &Arc<Shared>,
+    brand: &BrandHandle,
     who: Who,
     sub: &Submission,
     (card_text, card): (&str, u64),
@@ -243,18 +247,34 @@ async fn check_block(
         .open(block, &binding)
         .map_err(block_refusal)?;
     let verdict = shared.pins.check(who.brand_id, card, pin).await?;
+    if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
+        lock(shared, brand, who.brand_id, card_text).await;
+    }
     if let Some(refusal) = verdict.refusal() {
         tracing::info!(brand = who.brand_id, principal = ?who.principal, code = ?refusal.code, "PIN refused");
         return Err(refusal);
     }
-    Ok(verdict == super::pins::Verdict::Verified)
+    Ok(verdict == Verdict::Verified)
+}
+
+/// Writes the server's lock of `card` (CARD_PIN_LOCKED) unless the ledger
+/// has it already: after the fifth wrong try, and again whenever the store
+/// finds the card locked, so that a stop between the count and the record
+/// leaves no lock without its record for long. Its refusal (locked
+/// already, no such PIN in the ledger) is expected and ignored.
+async fn lock(shared: &Arc<Shared>, brand: &BrandHandle, brand_id: u32, card: &str) {
+    let sub = shared.pins.lock_request(brand_id, card);
+    match brand.submit(sub).await {
+        Some(Ok(_)) => tracing::info!(brand = brand_id, "PIN locked after wrong tries"),
+        Some(Err(_)) | None => {}
+    }
 }
 
 async fn spend(
     shared: &Arc<Shared>,
+    brand: &BrandHandle,
     who: Who,
-    card_text: &str,
-    block: &[u8],
+    (card_text, block): (&str, &[u8]),
     mut sub: Submission,
 ) -> Result<Done, Refusal> {
     if !matches!(who.principal, Principal::Terminal(_)) {
@@ -264,7 +284,7 @@ async fn spend(
     let Ok(card) = card_of(who, card_text) else {
         return Ok(Done::Submit(sub));
     };
-    sub.pin_verified = check_block(shared, who, &sub, (card_text, card), block).await?;
+    sub.pin_verified = check_block(shared, brand, who, &sub, (card_text, card), block).await?;
     Ok(Done::Submit(sub))
 }
 
@@ -284,7 +304,7 @@ async fn set_pin(
     let card = card_of(who, &p.card)?;
     if !p.old_pin_block.is_empty() {
         let old = (p.card.as_str(), card);
-        sub.pin_verified = check_block(shared, who, &sub, old, &p.old_pin_block).await?;
+        sub.pin_verified = check_block(shared, brand, who, &sub, old, &p.old_pin_block).await?;
     }
     let binding = Binding {
         brand_id: who.brand_id,

@@ -85,6 +85,8 @@ fn storage(why: &str, e: impl std::fmt::Display) -> Refusal {
 pub struct PinStore {
     dir: PathBuf,
     key: PinKey,
+    /// The server's signing key: it signs the lock after five wrong tries.
+    server: SigningKey,
     /// Checks (and hashes) running at once.
     running: Arc<Semaphore>,
     /// Checks running or waiting.
@@ -121,6 +123,7 @@ impl PinStore {
         PinStore {
             dir: data_dir.join("pins"),
             key: PinKey::derive(server),
+            server: server.clone(),
             running: Arc::new(Semaphore::new(MAX_PIN_CHECKS_AT_ONCE)),
             queued: Arc::new(Semaphore::new(MAX_PIN_CHECKS_QUEUED)),
             busy: Mutex::new(HashSet::new()),
@@ -130,6 +133,22 @@ impl PinStore {
     /// The server's PIN key (opens PIN blocks).
     pub fn key(&self) -> &PinKey {
         &self.key
+    }
+
+    /// The server's lock of `card` (CARD_PIN_LOCKED), signed by the server:
+    /// no transaction id (the server keeps none), `locked` set.
+    pub fn lock_request(&self, brand: u32, card: &str) -> crate::ledger::Submission {
+        let op = crate::pb::request::Op::SetPinLock(crate::pb::SetPinLock {
+            card: card.to_string(),
+            locked: true,
+        });
+        let request = crate::pb::Request {
+            brand_id: brand,
+            operator: "server".into(),
+            op: Some(op),
+            ..Default::default()
+        };
+        crate::ledger::Submission::signed(crate::state::Principal::Server, &self.server, request)
     }
 
     fn path(&self, brand: u32, card: u64) -> PathBuf {
@@ -254,8 +273,8 @@ impl PinStore {
             let _busy = this.claim_waiting(brand, card)?;
             this.write(brand, card, &entry)
         })
-            .await
-            .map_err(|e| storage("set task", e))?
+        .await
+        .map_err(|e| storage("set task", e))?
     }
 
     /// Moves `from`'s PIN (hash and count) to `to`: a replaced card keeps

@@ -125,6 +125,10 @@ pub struct Card {
     /// The card has a PIN (its hash lives in the server's PIN store, never
     /// in the ledger): the brand's PIN rules apply to it.
     pub has_pin: bool,
+    /// The server locked the PIN after five wrong tries (PIN_LOCKED): the
+    /// spends that need it are refused, whatever verdict comes, until the
+    /// owner unlocks it or sets a new PIN.
+    pub pin_locked: bool,
 }
 
 impl Card {

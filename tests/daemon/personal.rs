@@ -211,8 +211,9 @@ async fn five_wrong_pins_lock_the_card_across_a_kill_9_and_the_pin_is_in_no_expo
     assert!(out.contains("Unlocked the PIN"), "{out}");
     let r = pay(&mut t, 109, &card, 2_000, Some(PIN)).await;
     let second = r.expect("unlocked, the right PIN pays");
-    // Wrong tries wrote nothing: set-pin, rules, purchase, unlock, purchase.
-    assert_eq!((seq(&first), seq(&second)), (FIRST_SEQ + 2, FIRST_SEQ + 4));
+    // Wrong tries wrote nothing: set-pin, rules, purchase, the server's
+    // lock (once), unlock, purchase.
+    assert_eq!((seq(&first), seq(&second)), (FIRST_SEQ + 2, FIRST_SEQ + 5));
     assert_money(card_of(&second), 27_000, 0, 30);
     drop(t);
     drop(o);
@@ -225,7 +226,7 @@ async fn five_wrong_pins_lock_the_card_across_a_kill_9_and_the_pin_is_in_no_expo
     );
     let export = dir.path().join("ledger.cardd");
     let report = run::export_and_verify(&data, 1, &export);
-    assert_eq!(report["records"], FIRST_SEQ + 4);
+    assert_eq!(report["records"], FIRST_SEQ + 5);
     for pin in [PIN, WRONG] {
         assert!(!logs.contains(pin), "a PIN in the log");
         assert_eq!(

@@ -102,8 +102,9 @@ async fn pin_guessing_from_many_tills_and_connections_gets_five_tries_and_writes
         E::PinLocked
     );
     common::reply::assert_money(&inquiry(&mut t, &card).await, 100_000, 15_000, 0);
-    // Nothing of it reached the ledger: rules, 6 enrolments, then this.
-    assert_eq!(next_seq(&mut o, 19, &rules).await, FIRST_SEQ + 8);
+    // Of it all, the ledger holds the server's one lock: rules, 6
+    // enrolments, the lock, then this.
+    assert_eq!(next_seq(&mut o, 19, &rules).await, FIRST_SEQ + 9);
 }
 
 #[tokio::test]
@@ -238,11 +239,12 @@ async fn a_till_guessing_pins_across_many_cards_is_rate_limited_after_twenty() {
     };
     // The guard blocks once a minute holds more than its limit.
     assert_eq!((outcome.unwrap_err(), wrong), (E::RateLimited, limit + 1));
-    // The guessing wrote nothing: the chain ends with the five PINs set.
+    // The guessing wrote only the lock of the one card it tried five
+    // times: the chain ends with the five PINs set and that lock.
     drop((t, o));
     let mut d = d;
     d.kill9();
-    let records = FIRST_SEQ - 1 + cards.len() as u64;
+    let records = FIRST_SEQ - 1 + cards.len() as u64 + 1;
     let checked = run::cardd_check(&demo.data);
     assert!(
         checked.contains(&format!("brand 1 (Demo Coffee): {records} records")),

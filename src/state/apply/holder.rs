@@ -23,7 +23,16 @@ pub(super) fn require_pin(
     card: &Card,
     amount: Option<i64>,
 ) -> Result<(), Refusal> {
-    if pin_needed(&state.rules, card, amount) && !ctx.pin_verified {
+    if !pin_needed(&state.rules, card, amount) {
+        return Ok(());
+    }
+    if card.pin_locked {
+        return refuse(
+            E::PinLocked,
+            "the card is locked for PIN operations after too many wrong PINs; the owner unlocks it",
+        );
+    }
+    if !ctx.pin_verified {
         return refuse(
             E::PinRequired,
             "this card's PIN is needed here: the cardholder types it at the till",
@@ -91,6 +100,12 @@ pub(super) fn set_pin(
         }
         Principal::Terminal(_) => {
             let (number, card) = find_active_card(state, &p.card)?;
+            if card.pin_locked {
+                return refuse(
+                    E::PinLocked,
+                    "the card's PIN is locked: the owner resets it",
+                );
+            }
             // At a till a PIN changes only with the old one typed.
             if card.has_pin && !ctx.pin_verified {
                 return refuse(
@@ -104,6 +119,9 @@ pub(super) fn set_pin(
     };
     let mut card = card;
     card.has_pin = true;
+    // A new PIN starts with no wrong tries (only the owner can set one on
+    // a locked card: a till is refused above).
+    card.pin_locked = false;
     let mut rec = base_record(state, ctx, req, RecordKind::PinSet);
     fill_card(state, &mut rec, number, &card);
     state.cards.insert(number, card);
@@ -114,30 +132,64 @@ pub(super) fn unlock_pin(
     state: &mut BrandState,
     ctx: &Context,
     req: &Request,
-    u: &pb::UnlockPin,
+    l: &pb::SetPinLock,
 ) -> Result<Outcome, Refusal> {
     require_owner(ctx)?;
-    let (number, card) = find_card(state, &u.card)?;
+    if l.locked {
+        return refuse(
+            E::WrongRole,
+            "only the server locks a PIN (after five wrong tries)",
+        );
+    }
+    let (number, card) = find_card(state, &l.card)?;
     if !card.has_pin {
         return refuse(E::InvalidArgument, "the card has no PIN to unlock");
     }
-    let card = card.clone();
+    let mut card = card.clone();
+    card.pin_locked = false;
     let mut rec = base_record(state, ctx, req, RecordKind::PinUnlocked);
     fill_card(state, &mut rec, number, &card);
+    state.cards.insert(number, card);
+    Ok(append(state, ctx, rec))
+}
+
+/// The server's lock after the fifth wrong PIN in a row: a record, so that
+/// the ledger shows when a card was locked and no spend that needed the
+/// PIN is accepted until the owner's unlock (wrong tries themselves are
+/// not records). Refused for a card already locked: one record a lock.
+pub(super) fn lock_pin(
+    state: &mut BrandState,
+    ctx: &Context,
+    req: &Request,
+    l: &pb::SetPinLock,
+) -> Result<Outcome, Refusal> {
+    if !l.locked || req.txn_id != 0 {
+        return refuse(
+            E::InvalidArgument,
+            "the server's lock has locked set and no txn id",
+        );
+    }
+    let (number, card) = find_card(state, &l.card)?;
+    if !card.has_pin || card.pin_locked {
+        return refuse(E::InvalidArgument, "no PIN, or the PIN is locked already");
+    }
+    let mut card = card.clone();
+    card.pin_locked = true;
+    let mut rec = base_record(state, ctx, req, RecordKind::CardPinLocked);
+    fill_card(state, &mut rec, number, &card);
+    state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
 
 #[cfg(test)]
-mod tests {
-    use prost::Message;
-
+mod tests_support {
     use super::*;
     use crate::ledger::Submission;
     use crate::testing::{self, signed};
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn run(
+    pub(super) fn run(
         state: &mut BrandState,
         sub: &Submission,
         pin_verified: bool,
@@ -153,7 +205,7 @@ mod tests {
         apply(state, &ctx, sub.decoded())
     }
 
-    fn written(out: Result<Outcome, Refusal>) -> Written {
+    pub(super) fn written(out: Result<Outcome, Refusal>) -> Written {
         match out {
             Ok(Outcome::Written(w)) => w,
             other => panic!("expected a record, got {other:?}"),
@@ -161,7 +213,7 @@ mod tests {
     }
 
     /// A brand whose one card holds 100.00 and has a PIN every spend needs.
-    fn brand_with_pin() -> (BrandState, String) {
+    pub(super) fn brand_with_pin() -> (BrandState, String) {
         let (server, owner, till) = (
             testing::server_key(),
             testing::owner_key(),
@@ -211,6 +263,15 @@ mod tests {
         ));
         (state, card)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::tests_support::*;
+    use super::*;
+    use crate::testing::{self, signed};
 
     #[test]
     fn a_spend_that_needs_the_pin_is_written_and_replayed_only_with_the_servers_verdict() {
@@ -299,5 +360,74 @@ mod tests {
             false,
         );
         assert_eq!(refused.unwrap_err().code, E::InvalidArgument);
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::testing::{self, signed};
+
+    #[test]
+    fn a_locked_pin_refuses_spends_whatever_the_verdict_until_the_owner_unlocks_it() {
+        let (mut state, card) = brand_with_pin();
+        let (server, owner, till) = (
+            testing::server_key(),
+            testing::owner_key(),
+            testing::terminal_key(),
+        );
+        let lock = |locked| {
+            Op::SetPinLock(pb::SetPinLock {
+                card: card.clone(),
+                locked,
+            })
+        };
+        // Only the server locks, without a txn id; the owner only unlocks.
+        let by_owner = run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 12, lock(true)),
+            false,
+        );
+        assert_eq!(by_owner.unwrap_err().code, E::WrongRole);
+        let with_txn = run(
+            &mut state,
+            &signed(&server, Principal::Server, 5, lock(true)),
+            false,
+        );
+        assert_eq!(with_txn.unwrap_err().code, E::InvalidArgument);
+        let w = written(run(
+            &mut state,
+            &signed(&server, Principal::Server, 0, lock(true)),
+            false,
+        ));
+        assert_eq!(
+            (w.record.kind(), w.record.signer()),
+            (RecordKind::CardPinLocked, pb::Signer::Server)
+        );
+        let again = run(
+            &mut state,
+            &signed(&server, Principal::Server, 0, lock(true)),
+            false,
+        );
+        assert_eq!(
+            again.unwrap_err().code,
+            E::InvalidArgument,
+            "one record a lock"
+        );
+        let buy = signed(
+            &till,
+            Principal::Terminal(1),
+            2,
+            testing::purchase(&card, 2_500, false),
+        );
+        assert_eq!(run(&mut state, &buy, true).unwrap_err().code, E::PinLocked);
+        written(run(
+            &mut state,
+            &signed(&owner, Principal::Owner, 12, lock(false)),
+            false,
+        ));
+        let w = written(run(&mut state, &buy, true));
+        assert_eq!(w.record.paid_balance_after_minor, 7_500);
     }
 }

@@ -16,7 +16,7 @@ mod reversal;
 
 use prost::Message;
 
-use holder::{erase_holder, set_holder, set_pin, unlock_pin};
+use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
     add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
@@ -73,6 +73,10 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
         return read_key_request(state, ctx, id, op);
     }
+    // The server's own lock keeps no transaction id (it has no window).
+    if let (Principal::Server, Op::SetPinLock(l)) = (ctx.principal, op) {
+        return lock_pin(state, ctx, req, l);
+    }
     if let Some(answer) = read_only(state, ctx, op) {
         return answer;
     }
@@ -100,7 +104,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetHolder(h) => set_holder(state, ctx, req, h),
         Op::EraseHolder(e) => erase_holder(state, ctx, req, e),
         Op::SetPin(p) => set_pin(state, ctx, req, p),
-        Op::UnlockPin(u) => unlock_pin(state, ctx, req, u),
+        Op::SetPinLock(l) => unlock_pin(state, ctx, req, l),
         Op::HolderData(_)
         | Op::FindCard(_)
         | Op::Inquiry(_)
