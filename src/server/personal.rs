@@ -264,9 +264,8 @@ async fn check_block(
 /// already, no such PIN in the ledger) is expected and ignored.
 async fn lock(shared: &Arc<Shared>, brand: &BrandHandle, brand_id: u32, card: &str) {
     let sub = shared.pins.lock_request(brand_id, card);
-    match brand.submit(sub).await {
-        Some(Ok(_)) => tracing::info!(brand = brand_id, "PIN locked after wrong tries"),
-        Some(Err(_)) | None => {}
+    if let Some(Ok(_)) = brand.submit(sub).await {
+        tracing::info!(brand = brand_id, "PIN locked after wrong tries");
     }
 }
 
