@@ -42,6 +42,7 @@ fn setup() -> Setup {
             signer_key: &pk,
             request: &bytes,
             signature: &[0; 64],
+            pin_verified: false,
         };
         apply(state, &ctx, &req).expect("setup op");
     };
@@ -99,6 +100,7 @@ fn state_machine(c: &mut Criterion) {
                         signer_key: &pk,
                         request: bytes,
                         signature: &[0; 64],
+                        pin_verified: false,
                     };
                     apply(state, &ctx, req).expect("purchase");
                 }

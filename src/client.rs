@@ -338,6 +338,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.call_signed(bytes, signature).await
     }
 
+    /// Seals `pin` for the request `txn_id` on `card` to the server's PIN
+    /// key from sign-on (docs/security.md, "Personal data and PINs"): the
+    /// block opens only for that request, signed by this client.
+    pub fn pin_block(
+        &self,
+        txn_id: u64,
+        card: &str,
+        purpose: crate::pin::Purpose,
+        pin: &str,
+    ) -> Result<Vec<u8>, crate::pin::PinError> {
+        let server: [u8; 32] = self
+            .session
+            .pin_public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| crate::pin::PinError::NoServerKey)?;
+        let signer = self.key.verifying_key().to_bytes();
+        let binding = crate::pin::Binding {
+            brand_id: self.session.brand_id,
+            signer: &signer,
+            txn_id,
+            card,
+            purpose,
+        };
+        crate::pin::seal(&server, &binding, pin)
+    }
+
     /// Sends already-signed request bytes (e.g. a retry of exactly the same
     /// bytes) and waits for the answer.
     pub async fn call_signed(

@@ -109,6 +109,9 @@ pub struct Submission {
     pub request: Vec<u8>,
     /// The signature over them.
     pub signature: Vec<u8>,
+    /// The server checked a PIN block of the request against the card's
+    /// PIN (`server/pins.rs`); false unless that check passed.
+    pub pin_verified: bool,
     decoded: Box<Request>,
 }
 
@@ -131,6 +134,7 @@ impl Submission {
             signer_key,
             request,
             signature,
+            pin_verified: false,
             decoded: Box::new(decoded),
         })
     }
@@ -145,6 +149,7 @@ impl Submission {
             signer_key: key.verifying_key().to_bytes(),
             request: bytes,
             signature,
+            pin_verified: false,
             decoded: Box::new(request),
         }
     }
@@ -465,6 +470,7 @@ impl BrandLedger {
             signer_key: &sub.signer_key,
             request: &sub.request,
             signature: &sub.signature,
+            pin_verified: sub.pin_verified,
         };
         let promo = self.state.rules.promotion_line.clone();
         let (prev_seq, prev_head) = (self.state.seq, self.state.head_hash);

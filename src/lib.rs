@@ -23,6 +23,7 @@ pub mod ledger;
 pub mod limits;
 pub mod merkle;
 pub mod pb;
+pub mod pin;
 pub mod render;
 pub mod replay;
 pub mod server;

@@ -117,9 +117,10 @@ pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Sign-on failures (unknown key, bad proof, bad version) from one address
 /// per minute before that address is refused for a minute.
 pub const DEFAULT_SIGN_ON_FAILURES_PER_MINUTE: u32 = 10;
-/// Not-found (and other-brand) card answers to one terminal, or to one
-/// address, per minute before it is refused for a minute: card-number
-/// probing from a stolen till is slowed to a crawl.
+/// Not-found (and other-brand) card answers and wrong PINs to one
+/// terminal, or to one address, per minute before it is refused for a
+/// minute: card-number and PIN probing from a stolen till is slowed to a
+/// crawl.
 pub const DEFAULT_CARD_MISSES_PER_MINUTE: u32 = 20;
 /// How long a blocked address or terminal waits.
 pub const RATE_LIMIT_COOLDOWN_SECS: u64 = 60;
@@ -259,3 +260,30 @@ const _: () = assert!(MAX_ACTIVITY_ROWS * 150 < MAX_REPORT_BYTES);
 /// Read-only keys (auditors, store managers) per brand, removed ones
 /// included.
 pub const MAX_READ_KEYS_PER_BRAND: usize = 1_000;
+/// A holder's name (`HolderData.name`), in bytes of UTF-8.
+pub const MAX_HOLDER_NAME_BYTES: usize = 64;
+/// A holder's phone: an optional "+" then this many digits at most.
+pub const MAX_PHONE_DIGITS: usize = 20;
+/// ... and at least this many.
+pub const MIN_PHONE_DIGITS: usize = 5;
+/// Holders kept per brand by the server's holder store (it is rewritten
+/// whole on each change, so its size bounds the cost of a change).
+pub const MAX_HOLDERS_PER_BRAND: usize = 200_000;
+/// PIN digits (ISO 9564: 4 to 12).
+pub const MIN_PIN_DIGITS: usize = 4;
+/// Longest PIN.
+pub const MAX_PIN_DIGITS: usize = 12;
+/// A sealed PIN block, in bytes (48 bytes of sealed-box overhead, the
+/// binding and the PIN): longer is refused before it is opened.
+pub const MAX_PIN_BLOCK_BYTES: usize = 256;
+/// Wrong PIN tries in a row before the card is locked for PIN operations.
+pub const MAX_WRONG_PIN_TRIES: u32 = 5;
+/// Argon2id checks running at once in the daemon (each takes a core and
+/// ~19 MiB for tens of milliseconds); more wait their turn.
+pub const MAX_PIN_CHECKS_AT_ONCE: usize = 2;
+/// PIN checks waiting for a turn, daemon-wide; beyond it SERVER_BUSY.
+pub const MAX_PIN_CHECKS_QUEUED: usize = 256;
+/// Argon2id memory cost of a PIN hash, in KiB (OWASP's 19 MiB, t = 2).
+pub const PIN_HASH_MEMORY_KIB: u32 = 19 * 1024;
+/// Argon2id passes over that memory.
+pub const PIN_HASH_PASSES: u32 = 2;

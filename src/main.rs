@@ -454,6 +454,58 @@ enum AdminOp {
         #[command(subcommand)]
         kind: cli::list::ListKind,
     },
+    /// Name a card's holder. The name and phone go to the daemon's holder
+    /// store, never into the ledger (it keeps a commitment only); the card
+    /// becomes named (docs/security.md).
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key set-holder --card 8000018134702849687 --name 'Li Na' --phone +8613900139000"
+    )]
+    SetHolder {
+        #[arg(long)]
+        card: String,
+        #[arg(long)]
+        name: String,
+        /// An optional + then 5 to 20 digits.
+        #[arg(long)]
+        phone: String,
+    },
+    /// The cards whose holder has this phone number.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key find-card --phone +8613900139000"
+    )]
+    FindCard {
+        #[arg(long)]
+        phone: String,
+    },
+    /// Erase a card's holder for good (name, phone and the commitment's
+    /// key); the card becomes anonymous, the ledger still verifies.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key erase-holder --card 8000018134702849687"
+    )]
+    EraseHolder {
+        #[arg(long)]
+        card: String,
+    },
+    /// Set (or reset) a card's PIN; lifts a PIN lock too.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key set-pin --card 8000018134702849687 --pin 2468"
+    )]
+    SetPin {
+        #[arg(long)]
+        card: String,
+        /// 4 to 12 digits; sealed to the daemon's PIN key before it leaves.
+        /// `-` reads it from standard input (not in the process list).
+        #[arg(long)]
+        pin: String,
+    },
+    /// Lift a card's PIN lock (after five wrong PINs).
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key unlock-pin --card 8000018134702849687"
+    )]
+    UnlockPin {
+        #[arg(long)]
+        card: String,
+    },
     /// Print the rules in force as a file `set-rules` accepts.
     #[command(after_help = "Example:\n  cardd admin --key owner.key rules > rules.json")]
     Rules,

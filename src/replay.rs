@@ -130,6 +130,7 @@ pub fn replay_decoded(
         signer_key: &signer_key,
         request: &rec.request,
         signature: &rec.request_signature,
+        pin_verified: rec.pin_verified,
     };
     match apply(state, &ctx, &request) {
         Ok(Outcome::Written(w)) if w.bytes == bytes => Ok(w),

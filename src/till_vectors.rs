@@ -63,6 +63,7 @@ fn step(
         signer_key: &signer.verifying_key().to_bytes(),
         request: &bytes,
         signature: &signature,
+        pin_verified: false,
     };
     match apply(state, &ctx, req) {
         Ok(Outcome::Written(w)) => w,

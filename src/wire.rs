@@ -207,6 +207,7 @@ const PURCHASE: Schema = msg(&[
     f(1, "card", Str),
     f(2, "amount_minor", Int),
     f(3, "allow_partial", Bool),
+    f(6, "pin_block", Bytes),
 ]);
 const TOP_UP: Schema = msg(&[
     f(1, "card", Str),
@@ -218,7 +219,12 @@ const TOP_UP: Schema = msg(&[
 ]);
 const REFUND: Schema = msg(&[f(1, "original_seq", Int), f(2, "amount_minor", Int)]);
 const REVERSAL: Schema = msg(&[f(1, "original_txn_id", Int)]);
-const REDEEM_POINTS: Schema = msg(&[f(1, "card", Str), f(2, "points", Int), f(3, "reward", Str)]);
+const REDEEM_POINTS: Schema = msg(&[
+    f(1, "card", Str),
+    f(2, "points", Int),
+    f(3, "reward", Str),
+    f(10, "pin_block", Bytes),
+]);
 const SHIFT_TOTALS: Schema = msg(&[
     f(1, "purchase_count", U32),
     f(2, "purchase_minor", Int),
@@ -262,7 +268,18 @@ const RULES: Schema = msg(&[
     rep(3, "tiers", Msg(&TIER_RULE)),
     f(4, "promotion_line", Str),
     f(5, "time_zone", Str),
+    f(30, "pin_all_spends", Bool),
+    f(31, "pin_over_minor", Int),
 ]);
+const SET_HOLDER: Schema = msg(&[f(1, "card", Str), f(2, "commitment", Bytes)]);
+const HOLDER_DATA: Schema = msg(&[f(1, "card", Str), f(2, "name", Str), f(3, "phone", Str)]);
+const FIND_CARD: Schema = msg(&[f(1, "phone", Str)]);
+const SET_PIN: Schema = msg(&[
+    f(1, "card", Str),
+    f(2, "pin_block", Bytes),
+    f(3, "old_pin_block", Bytes),
+]);
+const SET_PIN_LOCK: Schema = msg(&[f(1, "card", Str), f(2, "locked", Bool)]);
 const SET_RULES: Schema = msg(&[f(1, "rules", Msg(&RULES))]);
 const SET_TERMINAL_DISABLED: Schema = msg(&[
     f(1, "terminal_id", U32),
@@ -328,9 +345,16 @@ const REQUEST: Schema = Schema {
         f(46, "add_key", Msg(&ADD_KEY)),
         f(47, "remove_key", Msg(&REMOVE_KEY)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
+        f(51, "set_holder", Msg(&SET_HOLDER)),
+        f(52, "holder_data", Msg(&HOLDER_DATA)),
+        f(53, "find_card", Msg(&FIND_CARD)),
+        f(54, "erase_holder", Msg(&CARD_ONLY)),
+        f(55, "set_pin", Msg(&SET_PIN)),
+        f(56, "set_pin_lock", Msg(&SET_PIN_LOCK)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50, 51, 52,
+        53, 54, 55, 56,
     ],
 };
 
@@ -546,6 +570,12 @@ mod tests {
         ("GetReport", &GET_REPORT),
         ("AddKey", &ADD_KEY),
         ("RemoveKey", &REMOVE_KEY),
+        ("SetHolder", &SET_HOLDER),
+        ("HolderData", &HOLDER_DATA),
+        ("FindCard", &FIND_CARD),
+        ("EraseHolder", &CARD_ONLY),
+        ("SetPin", &SET_PIN),
+        ("SetPinLock", &SET_PIN_LOCK),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.
@@ -644,6 +674,7 @@ mod tests {
             card: CARD.into(),
             amount_minor: 1,
             allow_partial: false,
+            ..Default::default()
         });
         crate::testing::request(13, op)
     }
@@ -788,6 +819,8 @@ mod tests {
             ],
             promotion_line: "promo".into(),
             time_zone: "Asia/Shanghai".into(),
+            pin_all_spends: true,
+            pin_over_minor: 8,
         };
         (totals, rules)
     }
@@ -802,6 +835,7 @@ mod tests {
                 card: card.clone(),
                 amount_minor: -1,
                 allow_partial: true,
+                pin_block: vec![1; 80],
             }),
             Op::TopUp(pb::TopUp {
                 card: card.clone(),
@@ -817,6 +851,7 @@ mod tests {
                 card: card.clone(),
                 points: 1,
                 reward: "r".into(),
+                pin_block: vec![2; 80],
             }),
             Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(totals),
@@ -839,7 +874,7 @@ mod tests {
             }),
             Op::ReplaceCard(pb::ReplaceCard {
                 old_card: card.clone(),
-                new_card: card,
+                new_card: card.clone(),
             }),
             Op::SetRules(pb::SetRules { rules: Some(rules) }),
             Op::ExportLedger(pb::ExportLedger::default()),
@@ -851,6 +886,26 @@ mod tests {
                 terminal_id: 1,
                 disabled: true,
                 reason: "r".into(),
+            }),
+            Op::SetHolder(pb::SetHolder {
+                card: card.clone(),
+                commitment: vec![3; 32],
+            }),
+            Op::HolderData(pb::HolderData {
+                card: card.clone(),
+                name: "n".into(),
+                phone: "+8613800000000".into(),
+            }),
+            Op::FindCard(pb::FindCard { phone: "1".into() }),
+            Op::EraseHolder(pb::EraseHolder { card: card.clone() }),
+            Op::SetPin(pb::SetPin {
+                card: card.clone(),
+                pin_block: vec![4; 80],
+                old_pin_block: vec![5; 80],
+            }),
+            Op::SetPinLock(pb::SetPinLock {
+                card: card.clone(),
+                locked: true,
             }),
             Op::CreateBrand(pb::CreateBrand {
                 name: "b".into(),

@@ -64,11 +64,13 @@ BRAND_CREATED, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED = 1, 2, 3, 4
 CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 7, 8
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
 KEY_ADDED, KEY_REMOVED = 9, 16
+HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED = 110, 111, 112, 113, 114
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
     5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
     9: "KEY_ADDED", 16: "KEY_REMOVED",
+    110: "HOLDER_SET", 111: "HOLDER_ERASED", 112: "PIN_SET", 113: "PIN_UNLOCKED", 114: "CARD_PIN_LOCKED",
 }
 # Signers.
 SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
@@ -78,14 +80,18 @@ OP_KIND = {
     11: PURCHASE, 12: TOP_UP, 13: REFUND, 14: REVERSAL, 15: POINTS_REDEEMED, 16: SHIFT_CLOSED,
     30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
     34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 46: KEY_ADDED, 47: KEY_REMOVED,
-    50: BRAND_CREATED,
+    50: BRAND_CREATED, 51: HOLDER_SET, 54: HOLDER_ERASED, 55: PIN_SET, 56: PIN_UNLOCKED,
 }
-TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED}
+# A till sets a PIN with the cardholder present.
+TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED, PIN_SET}
 # Top-up channels (Record.channel, TopUp.channel): a till sells at STORE
 # (absent from its record); the owner's loads name one of the others.
 CHANNEL_STORE, CHANNEL_HEAD_OFFICE, CHANNEL_ONLINE, CHANNEL_CORPORATE = 0, 1, 2, 3
 OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
-               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED}
+               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED, HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED}
+# Records about a card's holder or PIN: they name the request's card and
+# move nothing (the person and the PIN are never in the ledger).
+CARD_ONLY_KINDS = {HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED}
 
 
 class Fail(Exception):
@@ -300,7 +306,7 @@ RECORD = Schema("Record", {
     30: ("shift_balanced", BOOL), 31: ("new_id", U32), 32: ("other_card", STRING),
     33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
     35: ("visits_after", U32), 36: ("remaining_minor", I64T), 37: ("channel", ENUM),
-    38: ("reference", STRING), 39: ("price_minor", I64T),
+    38: ("reference", STRING), 39: ("price_minor", I64T), 60: ("pin_verified", BOOL),
 })
 CHECKPOINT = Schema("Checkpoint", {
     1: ("brand_id", U32), 2: ("tree_size", U64), 3: ("head_hash", BYTES), 4: ("root_hash", BYTES),
@@ -322,15 +328,18 @@ TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T
                                 4: ("multiplier_milli", U32)})
 RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
                          3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING),
-                         5: ("time_zone", STRING)})
+                         5: ("time_zone", STRING), 30: ("pin_all_spends", BOOL),
+                         31: ("pin_over_minor", I64T)})
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
-    11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL)})),
+    11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL),
+                                         6: ("pin_block", BYTES)})),
     12: ("top_up", Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("channel", U32),
                                     4: ("reference", STRING), 5: ("no_bonus", BOOL), 6: ("price_minor", I64T)})),
     13: ("refund", Schema("Refund", {1: ("original_seq", U64), 2: ("amount_minor", I64T)})),
     14: ("reversal", Schema("Reversal", {1: ("original_txn_id", U64)})),
-    15: ("redeem_points", Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING)})),
+    15: ("redeem_points", Schema("RedeemPoints", {1: ("card", STRING), 2: ("points", I64T), 3: ("reward", STRING),
+                                                  10: ("pin_block", BYTES)})),
     16: ("close_shift", Schema("CloseShift", {1: ("terminal_totals", ("msg", SHIFT_TOTALS))})),
     17: ("txn_status", Schema("TxnStatus", {1: ("txn_id", U64)})),
     30: ("create_store", Schema("CreateStore", {1: ("name", STRING)})),
@@ -354,6 +363,12 @@ OPS = {
     47: ("remove_key", Schema("RemoveKey", {1: ("public_key", BYTES)})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
+    51: ("set_holder", Schema("SetHolder", {1: ("card", STRING), 2: ("commitment", BYTES)})),
+    52: ("holder_data", Schema("HolderData", {1: ("card", STRING), 2: ("name", STRING), 3: ("phone", STRING)})),
+    53: ("find_card", Schema("FindCard", {1: ("phone", STRING)})),
+    54: ("erase_holder", Schema("EraseHolder", {1: ("card", STRING)})),
+    55: ("set_pin", Schema("SetPin", {1: ("card", STRING), 2: ("pin_block", BYTES), 3: ("old_pin_block", BYTES)})),
+    56: ("set_pin_lock", Schema("SetPinLock", {1: ("card", STRING), 2: ("locked", BOOL)})),
 }
 _REQ_FIELDS = {1: ("txn_id", U64), 2: ("brand_id", U32), 3: ("operator", STRING),
                4: ("client_time_ms", I64T), 5: ("want_proof", BOOL)}
@@ -756,8 +771,8 @@ class Verifier:
         if seq == 1:
             if kind != BRAND_CREATED or signer != SIGNER_SERVER:
                 fail("the first record must be BRAND_CREATED, signed by the server")
-        elif kind == BRAND_CREATED or signer == SIGNER_SERVER:
-            fail("only the first record is a server-signed BRAND_CREATED")
+        elif kind == BRAND_CREATED or (signer == SIGNER_SERVER) != (kind == CARD_PIN_LOCKED):
+            fail("the server signs BRAND_CREATED (the first record) and CARD_PIN_LOCKED only")
         if signer == SIGNER_SERVER:
             enrolled = self.server_key
         elif signer == SIGNER_OWNER:
@@ -824,12 +839,15 @@ class Verifier:
         """The record must say what the signed request asked."""
         if op not in OP_KIND:
             fail("the signed request has no state-changing operation")
-        if OP_KIND[op] != rec["kind"]:
+        # set_pin_lock: the server's lock, or the owner's unlock.
+        expected = CARD_PIN_LOCKED if op == 56 and body["locked"] else OP_KIND[op]
+        if expected != rec["kind"]:
             fail("the signed request is %s, the record is %s"
-                 % (OPS[op].name, KIND_NAMES.get(rec["kind"], rec["kind"])))
+                 % (OPS[op][0], KIND_NAMES.get(rec["kind"], rec["kind"])))
         if req["brand_id"] != self.brand_id:
             fail("the signed request names brand %d" % req["brand_id"])
-        if req["txn_id"] != rec["txn_id"] or req["txn_id"] == 0:
+        # The server's lock keeps no transaction id; every other request has one.
+        if req["txn_id"] != rec["txn_id"] or (req["txn_id"] == 0) != (rec["kind"] == CARD_PIN_LOCKED):
             fail("the record's txn_id differs from the signed request's")
         if req["operator"] != rec["operator"]:
             fail("the record's operator differs from the signed request's")
@@ -885,6 +903,18 @@ class Verifier:
         elif kind == CARD_REPLACED:
             if body["new_card"] != rec["card"] or body["old_card"] != rec["other_card"]:
                 fail("the replacement's cards differ from the signed request")
+        elif kind in CARD_ONLY_KINDS:
+            if body["card"] != rec["card"]:
+                fail("the card differs from the signed request")
+            if kind == HOLDER_SET and len(body["commitment"]) != 32:
+                fail("the holder commitment is not 32 bytes")
+            if kind == PIN_SET and not body["pin_block"]:
+                fail("a PIN set without a sealed PIN")
+        # The server's PIN verdict needs a PIN typed for this request.
+        if rec["pin_verified"]:
+            typed = body.get("old_pin_block") if kind == PIN_SET else body.get("pin_block")
+            if kind not in (PURCHASE, POINTS_REDEEMED, PIN_SET) or not typed:
+                fail("pin_verified on a record whose request typed no PIN")
 
     def money(self, rec, kind, fail):
         """Per-card balances recomputed from the deltas."""

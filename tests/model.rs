@@ -187,6 +187,7 @@ impl World {
             signer_key: &signer_key,
             request: &bytes,
             signature: &sig,
+            pin_verified: false,
         };
         let before = self.state.clone();
         let out = apply(&mut self.state, &ctx, &req);
@@ -265,6 +266,7 @@ impl World {
                         card: number.clone(),
                         amount_minor: amount,
                         allow_partial: partial,
+                        ..Default::default()
                     }),
                 );
                 let balance = m.paid + m.bonus;
@@ -436,6 +438,7 @@ impl World {
                         card: number,
                         points,
                         reward: "cup".into(),
+                        ..Default::default()
                     }),
                 );
                 match r {
@@ -517,6 +520,7 @@ impl World {
                     signer_key: &key,
                     request: &bytes,
                     signature: &sig,
+                    pin_verified: false,
                 };
                 let before = self.state.clone();
                 let out = apply(&mut self.state, &ctx, &req);
@@ -736,6 +740,7 @@ fn a_refund_after_a_reversed_refund_never_gives_points_back() {
                 card: w.cards[0].clone(),
                 amount_minor: 10_000,
                 allow_partial: false,
+                ..Default::default()
             }),
         )
         .expect("purchase");

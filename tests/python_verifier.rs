@@ -311,6 +311,7 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
             card: cards[0].clone(),
             points: 5,
             reward: "cookie".into(),
+            ..Default::default()
         }),
     )
     .await;
@@ -367,6 +368,80 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
         ..Default::default()
     };
     ok(&mut t1, next(&mut n1), Op::TopUp(below_face)).await;
+    // A named holder (the person goes to the holder store, the ledger
+    // keeps a commitment), a PIN set by the owner and typed at a till,
+    // an unlock and an erasure (issue 15).
+    let data = Op::HolderData(pb::HolderData {
+        card: cards[3].clone(),
+        name: "Li Na".into(),
+        phone: "+8613900139000".into(),
+    });
+    let commitment = ok(&mut owner, 0, data).await.holder_commitment;
+    let set = Op::SetHolder(pb::SetHolder {
+        card: cards[3].clone(),
+        commitment,
+    });
+    ok(&mut owner, next(&mut no), set).await;
+    let txn = next(&mut no);
+    let pin_block = owner
+        .pin_block(txn, &cards[3], cardd::pin::Purpose::New, "2468")
+        .expect("seal");
+    let set_pin = Op::SetPin(pb::SetPin {
+        card: cards[3].clone(),
+        pin_block,
+        ..Default::default()
+    });
+    ok(&mut owner, txn, set_pin).await;
+    // Five wrong PINs: refused without records, then the server's lock
+    // (a server-signed CARD_PIN_LOCKED), lifted by the owner.
+    for _ in 0..5 {
+        let txn = next(&mut n1);
+        let pin_block = t1
+            .pin_block(txn, &cards[3], cardd::pin::Purpose::Present, "1357")
+            .expect("seal");
+        let wrong = Op::Purchase(pb::Purchase {
+            card: cards[3].clone(),
+            amount_minor: 100,
+            pin_block,
+            ..Default::default()
+        });
+        let refused = common::call(&mut t1, txn, wrong).await.unwrap_err();
+        assert_eq!(refused, pb::ErrorCode::WrongPin);
+    }
+    let card = cards[3].clone();
+    let unlock = Op::SetPinLock(pb::SetPinLock {
+        card,
+        locked: false,
+    });
+    ok(&mut owner, next(&mut no), unlock).await;
+    let txn = next(&mut n1);
+    let pin_block = t1
+        .pin_block(txn, &cards[3], cardd::pin::Purpose::Present, "2468")
+        .expect("seal");
+    let with_pin = Op::Purchase(pb::Purchase {
+        card: cards[3].clone(),
+        amount_minor: 1_250,
+        pin_block,
+        ..Default::default()
+    });
+    ok(&mut t1, txn, with_pin).await;
+    let card = cards[3].clone();
+    ok(
+        &mut owner,
+        next(&mut no),
+        Op::SetPinLock(pb::SetPinLock {
+            card,
+            locked: false,
+        }),
+    )
+    .await;
+    let card = cards[3].clone();
+    ok(
+        &mut owner,
+        next(&mut no),
+        Op::EraseHolder(pb::EraseHolder { card }),
+    )
+    .await;
     // Terminal 2 closes its shift (without totals: an unbalanced close).
     // Records are written one at a time here, so the last is the newest.
     let r = ok(

@@ -63,25 +63,40 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
             None => super::list::print_rules(&mut client, format).await,
         };
     }
-    let op = build_op(op.expect("not a read"), &client.session)?;
+    let op = match super::holder::prepare(&mut client, op.expect("not a read"), json, txn).await? {
+        super::holder::Step::Exit(code) => return Ok(code),
+        super::holder::Step::Send(op) => op,
+        super::holder::Step::Other(op) => build_op(op, &client.session)?,
+    };
     let req = client.request(txn, op);
-    match client.call(&req).await {
+    send(&mut client, &req, (json, &args.operator)).await
+}
+
+/// Sends one owner request and prints its answer or refusal (exit 2).
+async fn send(
+    client: &mut cardd::client::Client<cardd::client::ClientStream>,
+    req: &pb::Request,
+    (json, operator): (bool, &str),
+) -> anyhow::Result<ExitCode> {
+    match client.call(req).await {
         Ok(reply) => {
-            print_answer(&reply, &req, &client.session, (json, &args.operator));
+            print_answer(&reply, req, &client.session, (json, operator));
             Ok(ExitCode::SUCCESS)
         }
-        Err(ClientError::Refused(r)) => {
-            if json {
-                outln!("{}", error_json(r.code as i32, &r.message));
-            } else {
-                let s = &client.session;
-                let message = human_message(&r.message, s.currency_exponent, &s.currency);
-                eprintln!("refused: {} ({message})", r.code.as_str_name());
-            }
-            Ok(ExitCode::from(2))
-        }
+        Err(ClientError::Refused(r)) => Ok(print_refusal(&r, &client.session, json)),
         Err(e) => Err(anyhow::anyhow!("{e}")),
     }
+}
+
+/// Prints a refusal (one JSON line, or a line on stderr); exit code 2.
+pub(super) fn print_refusal(r: &cardd::error::Refusal, s: &pb::SignOnOk, json: bool) -> ExitCode {
+    if json {
+        outln!("{}", error_json(r.code as i32, &r.message));
+    } else {
+        let message = human_message(&r.message, s.currency_exponent, &s.currency);
+        eprintln!("refused: {} ({message})", r.code.as_str_name());
+    }
+    ExitCode::from(2)
 }
 
 /// Prints an approved answer: one JSON line, or what changed in words and
@@ -202,6 +217,11 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
         AdminOp::Report(_) | AdminOp::List { .. } | AdminOp::Rules => {
             unreachable!("reads, see owner_read")
         }
+        AdminOp::SetHolder { .. }
+        | AdminOp::FindCard { .. }
+        | AdminOp::EraseHolder { .. }
+        | AdminOp::SetPin { .. }
+        | AdminOp::UnlockPin { .. } => unreachable!("see holder::prepare"),
     })
 }
 
@@ -307,6 +327,8 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
             .collect(),
         promotion_line: r.promotion_line,
         time_zone: r.time_zone,
+        pin_all_spends: r.pin_all_spends,
+        pin_over_minor: r.pin_over_minor,
     })
 }
 
@@ -325,6 +347,12 @@ struct RulesFile {
     /// The brand's IANA time zone ("" = UTC): where report days start.
     #[serde(default)]
     time_zone: String,
+    /// A card with a PIN needs it for every purchase and redemption.
+    #[serde(default)]
+    pin_all_spends: bool,
+    /// ... or for purchases over this bill (minor units; 0 = none).
+    #[serde(default)]
+    pin_over_minor: i64,
 }
 
 fn one() -> i64 {

@@ -41,6 +41,17 @@ pub fn changed(op: &Op, reply: &pb::Reply, session: &pb::SignOnOk) -> Option<Str
         Op::SetTerminalDisabled(t) => {
             format!("Enabled terminal {}: it can sign on again.", t.terminal_id)
         }
+        Op::SetHolder(h) => format!(
+            "Card {} is named: its holder is in the daemon's holder store; the ledger keeps only a commitment.",
+            h.card
+        ),
+        Op::EraseHolder(e) => format!(
+            "Erased the holder of card {}: name, phone and commitment key are gone; the card is anonymous.",
+            e.card
+        ),
+        Op::SetPin(p) => format!("Set the PIN of card {}; any PIN lock is lifted.", p.card),
+        Op::SetPinLock(l) if l.locked => format!("Locked the PIN of card {}.", l.card),
+        Op::SetPinLock(l) => format!("Unlocked the PIN of card {}: five tries again.", l.card),
         _ => return None,
     })
 }

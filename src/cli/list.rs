@@ -109,11 +109,17 @@ pub fn rules_file(r: &pb::Rules) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut rules = json!({
         "bonus_tiers": bonus,
         "points_per_unit": r.points_per_unit,
         "tiers": tiers,
         "promotion_line": r.promotion_line,
         "time_zone": r.time_zone,
-    })
+    });
+    // The PIN rules only when set: a brand without them reads as before.
+    if r.pin_all_spends || r.pin_over_minor != 0 {
+        rules["pin_all_spends"] = json!(r.pin_all_spends);
+        rules["pin_over_minor"] = json!(r.pin_over_minor);
+    }
+    rules
 }

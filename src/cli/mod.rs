@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backup;
 pub mod brand;
 pub mod changes;
+pub mod holder;
 pub mod issue_cards;
 pub mod keys;
 pub mod list;

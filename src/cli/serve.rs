@@ -46,7 +46,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CARDD_SIGN_ON_FAILURES_PER_MINUTE",
           default_value_t = limits::DEFAULT_SIGN_ON_FAILURES_PER_MINUTE)]
     sign_on_failures_per_minute: u32,
-    /// Unknown-card answers allowed per terminal and per address per
+    /// Unknown-card answers and wrong PINs allowed per terminal and per address per
     /// minute before it is refused for a minute (0 = unlimited).
     #[arg(long, env = "CARDD_CARD_MISSES_PER_MINUTE",
           default_value_t = limits::DEFAULT_CARD_MISSES_PER_MINUTE)]

@@ -275,7 +275,7 @@ impl Conn {
                 .is_some_and(|ip| shared.guard.blocked(GuardKey::CardMissAddr(ip)))
         {
             tracing::warn!(peer = ?self.peer, principal = ?session.principal, "refused: probing limit");
-            let why = "too many unknown cards; wait before trying again";
+            let why = "too many unknown cards or wrong PINs; wait before trying again";
             return self.say(error_msg(rid, E::RateLimited, why)).await;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -420,6 +420,17 @@ fn verified(
                 .runtime
                 .spawn(super::audit::serve(op, shared, stream));
         }
+        Ok((Route::Personal, sub)) => {
+            let who = super::personal::Who {
+                principal: session.principal,
+                key: session.key_bytes,
+                brand_id: session.brand_id,
+            };
+            let brand = session.brand.clone();
+            session
+                .runtime
+                .spawn(super::personal::serve(shared, brand, who, sub, reply));
+        }
         Ok((Route::Writer, sub)) => {
             if let Err(reply) = session.brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
@@ -454,6 +465,9 @@ enum Route {
     Writer,
     /// An owner's audit read, served from durable storage.
     Audit(Op),
+    /// A holder or PIN request: the server's part first, on a task of its
+    /// own (`personal.rs`), never on the applier.
+    Personal,
 }
 
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
@@ -497,6 +511,7 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
             }
             _ => Ok(Route::Writer),
         },
+        Some(op) if super::personal::is_personal(op) => Ok(Route::Personal),
         _ => Ok(Route::Writer),
     }
 }

@@ -44,6 +44,12 @@ pub const OPS: &[&str] = &[
     "add_key",
     "remove_key",
     "create_brand",
+    "set_holder",
+    "holder_data",
+    "find_card",
+    "erase_holder",
+    "set_pin",
+    "set_pin_lock",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -75,6 +81,12 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::AddKey(_)) => 19,
         Some(Op::RemoveKey(_)) => 20,
         Some(Op::CreateBrand(_)) => 21,
+        Some(Op::SetHolder(_)) => 22,
+        Some(Op::HolderData(_)) => 23,
+        Some(Op::FindCard(_)) => 24,
+        Some(Op::EraseHolder(_)) => 25,
+        Some(Op::SetPin(_)) => 26,
+        Some(Op::SetPinLock(_)) => 27,
     }
 }
 
@@ -296,7 +308,7 @@ mod tests {
         );
         assert_eq!(
             OPS.len(),
-            1 + op_index(Some(&Op::CreateBrand(Default::default()))) as usize
+            1 + op_index(Some(&Op::SetPinLock(Default::default()))) as usize
         );
         // A code added past the table would share a cell (and a label).
         for v in 0..1_000 {

@@ -5,9 +5,12 @@ pub mod audit;
 mod chain_check;
 pub mod connection;
 pub mod guard;
+pub mod holders;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+mod personal;
+pub mod pins;
 pub mod reply;
 pub mod sessions;
 mod shutdown;
@@ -117,6 +120,10 @@ pub struct Shared {
     pub audit_stall: std::time::Duration,
     /// The pace of all audit streams together, in KiB.
     pub audit_pace: audit::Pace,
+    /// Holders of named cards, outside the ledger (`holders.rs`).
+    pub holders: Arc<holders::HolderStore>,
+    /// PIN hashes and wrong-try counts, and the server's PIN key.
+    pub pins: Arc<pins::PinStore>,
     /// Cancelled when the daemon starts shutting down: connections stop
     /// reading and deliver what is in flight.
     pub stop: CancellationToken,
@@ -244,6 +251,8 @@ fn start_brands(
     Ok(Arc::new(Shared {
         keys,
         server_public: server_key.verifying_key().to_bytes(),
+        holders: Arc::new(holders::HolderStore::new(&config.data_dir)),
+        pins: Arc::new(pins::PinStore::new(&config.data_dir, &server_key)),
         store,
         verifier: verifier::BatchVerifier::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -159,8 +159,10 @@ where
     SinkExt::<bytes::Bytes>::flush(writer).await
 }
 
-/// The wire form of a request's answer; an unknown card counts against the
-/// terminal's and the address's probing budgets.
+/// The wire form of a request's answer; an unknown card, a wrong PIN or a
+/// PIN block that does not open counts against the terminal's and the
+/// address's probing budgets (guessing PINs across many cards, five tries
+/// each, is probing too).
 fn answer_message(
     pending: &Pending,
     answer: Answer,
@@ -170,7 +172,13 @@ fn answer_message(
     let body = match answer {
         Ok(reply) => server_message::Body::Reply(reply),
         Err(refusal) => {
-            if matches!(refusal.code, E::CardNotFound | E::CardOtherBrand) {
+            let probing = [
+                E::CardNotFound,
+                E::CardOtherBrand,
+                E::WrongPin,
+                E::PinBlockInvalid,
+            ];
+            if probing.contains(&refusal.code) {
                 shared.guard.fail(pending.terminal);
                 if let Some(ip) = ip {
                     shared.guard.fail(GuardKey::CardMissAddr(ip));

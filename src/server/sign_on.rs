@@ -161,6 +161,7 @@ pub(super) async fn proof(
     }
     ok.max_frame_bytes = shared.max_frame_bytes as u64;
     ok.max_in_flight = MAX_IN_FLIGHT_PER_CONNECTION as u32;
+    ok.pin_public_key = shared.pins.key().public().to_vec();
     tracing::info!(?peer, ?principal, brand, "signed on");
     let msg = ServerMessage {
         request_id: rid,

@@ -37,6 +37,11 @@ pub enum Command {
         Principal,
         oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
     ),
+    /// Whether a card is issued and not replaced (the holder store takes
+    /// no person for a card that is not there). Answered from the
+    /// applier's state: a card whose issue is still being flushed counts,
+    /// and if that flush failed the brand stops anyway.
+    HasCard(u64, oneshot::Sender<bool>),
     /// Stop serving for good (the ledger on disk was found changed).
     Halt(String),
 }
@@ -132,6 +137,14 @@ impl BrandHandle {
         rx.await.ok()
     }
 
+    /// True if the brand has `card`, issued and not replaced; `None` if the
+    /// writer has stopped.
+    pub async fn has_card(&self, card: u64) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::HasCard(card, tx)).ok()?;
+        rx.await.ok()
+    }
+
     /// Queues `cmd`, counted in the queue-depth gauge until the applier
     /// takes it.
     // The error hands the command back (as tokio's does), on the rare
@@ -192,6 +205,8 @@ fn sign_on_ok(
         last_txn_id: s.last_txn_id(principal),
         max_frame_bytes: 0,
         max_in_flight: 0,
+        // Filled in by the session (`sign_on`), which holds the key.
+        pin_public_key: Vec::new(),
     })
 }
 
@@ -318,6 +333,9 @@ async fn apply_in_order(
                     waiting.push(tx);
                 }
                 Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
+                Command::HasCard(card, tx) => {
+                    let _ = tx.send(has_card(&ledger, card));
+                }
                 Command::Halt(_) => unreachable!("a halt is taken before the batch"),
             }
         }
@@ -357,6 +375,12 @@ async fn apply_in_order(
     // Memory is ahead of disk and nothing more of it may be served.
     drop(ledger);
     refuse_all(rx, STORAGE_FAILED).await;
+}
+
+/// True if the brand has `card`, issued and not replaced.
+fn has_card(ledger: &BrandLedger, card: u64) -> bool {
+    let card = ledger.state.cards.get(&card);
+    card.is_some_and(|c| c.status != pb::CardStatus::Replaced)
 }
 
 /// Why the brand must stop, if a command of the batch says so.
@@ -620,6 +644,7 @@ fn refuse(cmd: Command, why: &str) {
         Command::SignOn(_, tx) => {
             let _ = tx.send(Err(refusal()));
         }
-        Command::Halt(_) => {}
+        // Dropped unanswered: the caller sees a stopped writer.
+        Command::HasCard(..) | Command::Halt(_) => {}
     }
 }

@@ -48,6 +48,7 @@ pub(super) fn purchase_op(card: &str, amount_minor: i64) -> Op {
         card: card.into(),
         amount_minor,
         allow_partial: false,
+        ..Default::default()
     })
 }
 
@@ -130,6 +131,7 @@ impl Script {
             signer_key: &pk,
             request: &bytes,
             signature: &sig,
+            pin_verified: false,
         };
         let out = apply(&mut self.state, &ctx, &req);
         let line = match &out {
@@ -192,6 +194,7 @@ impl Script {
                 card: card.into(),
                 amount_minor: amount,
                 allow_partial: partial,
+                ..Default::default()
             }),
         );
         self.last_seq
@@ -323,6 +326,7 @@ fn a_fixed_script_writes_exactly_the_pinned_records() {
             card: cards[0].clone(),
             points: 50,
             reward: "a cup of tea".into(),
+            ..Default::default()
         }),
     );
     for txn in [1, p_txn, 500, 400] {

@@ -88,6 +88,11 @@ pub struct Context<'a> {
     pub request: &'a [u8],
     /// The signer's signature over the request (domain-separated).
     pub signature: &'a [u8],
+    /// The server opened a PIN block of this request and it matched the
+    /// card's PIN (checked outside, on a blocking thread: Argon2 is slow).
+    /// On replay it comes from the record's `pin_verified`, trusted as its
+    /// time is.
+    pub pin_verified: bool,
 }
 
 /// A card's state. Card numbers are 19 digits and kept as u64.
@@ -117,6 +122,13 @@ pub struct Card {
     /// The card has a named holder (the holder's data itself lives outside
     /// the ledger): the limits for named cards apply to it.
     pub named: bool,
+    /// The card has a PIN (its hash lives in the server's PIN store, never
+    /// in the ledger): the brand's PIN rules apply to it.
+    pub has_pin: bool,
+    /// The server locked the PIN after five wrong tries (PIN_LOCKED): the
+    /// spends that need it are refused, whatever verdict comes, until the
+    /// owner unlocks it or sets a new PIN.
+    pub pin_locked: bool,
 }
 
 impl Card {
@@ -245,6 +257,9 @@ pub enum TxnEntry {
 pub struct TooOld;
 
 /// The result of applying one request.
+// Made and matched once per request: boxing the larger reply (it grew
+// with the holder answers of #15) would cost an allocation per inquiry.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A new record was appended; the caller makes it durable, then replies.
@@ -507,6 +522,8 @@ impl BrandState {
                 .get(&number)
                 .map(|n| format_card(*n))
                 .unwrap_or_default(),
+            named: card.named,
+            has_pin: card.has_pin,
         }
     }
 }

@@ -17,6 +17,10 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         // A record's card is the one it moved value on: never a replaced
         // number (an inquiry of one names its successor).
         replaced_by: String::new(),
+        // Not in the record (a retry answers from it alone): an inquiry
+        // tells them.
+        named: false,
+        has_pin: false,
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {

@@ -22,6 +22,8 @@ pub fn default_rules() -> Rules {
         tiers: vec![],
         promotion_line: String::new(),
         time_zone: String::new(),
+        pin_all_spends: false,
+        pin_over_minor: 0,
     }
 }
 
@@ -34,6 +36,9 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
     let bad = |m: &str| refuse(ErrorCode::InvalidArgument, m.to_string());
     if rules.bonus_tiers.len() > MAX_RULE_TIERS || rules.tiers.len() > MAX_RULE_TIERS {
         return bad("too many tiers");
+    }
+    if !(0..=MAX_AMOUNT_MINOR).contains(&rules.pin_over_minor) {
+        return bad("pin_over_minor out of range");
     }
     if !(0..=MAX_POINTS_PER_UNIT).contains(&rules.points_per_unit) {
         return bad("points_per_unit out of range");
@@ -155,6 +160,7 @@ mod tests {
             ],
             promotion_line: String::new(),
             time_zone: String::new(),
+            ..Default::default()
         }
     }
 

@@ -103,6 +103,11 @@ struct Cli {
     // `--txn` into a global of the same name, so `status` cannot keep its own.
     #[arg(long, value_name = "ID", global = true)]
     txn: Option<u64>,
+    /// The PIN the cardholder typed (purchase, redeem-points; set-pin:
+    /// the old PIN). It leaves this process only sealed to the daemon's
+    /// PIN key, bound to this one request.
+    #[arg(long, value_name = "PIN", global = true)]
+    pin: Option<String>,
     /// Cashier name recorded with the transaction.
     #[arg(long, value_name = "NAME", default_value = "cashier", global = true)]
     operator: String,
@@ -188,6 +193,16 @@ enum Command {
         #[arg(long, default_value = "")]
         reward: String,
     },
+    /// Set the card's PIN with the cardholder at the till: a first PIN
+    /// with the card present; a change needs the old one (`--pin OLD`).
+    SetPin {
+        /// The card number (19 digits).
+        #[arg(long)]
+        card: String,
+        /// The new PIN the cardholder typed (4 to 12 digits).
+        #[arg(long, value_name = "PIN")]
+        new_pin: String,
+    },
     /// Close the shift: send this terminal's totals, which the server
     /// compares with its own, then start a new shift.
     CloseShift,
@@ -229,7 +244,8 @@ impl Command {
             Command::Inquiry { card }
             | Command::Purchase { card, .. }
             | Command::Topup { card, .. }
-            | Command::RedeemPoints { card, .. } => Some(card),
+            | Command::RedeemPoints { card, .. }
+            | Command::SetPin { card, .. } => Some(card),
             _ => None,
         }
     }
@@ -258,6 +274,7 @@ impl Command {
                 card: card.clone(),
                 amount_minor: amount(a)?,
                 allow_partial: *partial,
+                ..Default::default()
             }),
             Command::Topup {
                 card,
@@ -289,6 +306,12 @@ impl Command {
                 card: card.clone(),
                 points: *points,
                 reward: reward.clone(),
+                ..Default::default()
+            }),
+            // The PINs are sealed once the txn id is known (`Terminal::submit`).
+            Command::SetPin { card, .. } => Op::SetPin(pb::SetPin {
+                card: card.clone(),
+                ..Default::default()
             }),
             Command::CloseShift => Op::CloseShift(pb::CloseShift {
                 terminal_totals: Some(totals.into()),
@@ -410,6 +433,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     term.client.operator = cli.operator.clone();
     term.want_proof = cli.proof;
+    term.pins = terminal::Pins {
+        present: cli.pin.clone(),
+        new: match &cli.command {
+            Command::SetPin { new_pin, .. } => Some(new_pin.clone()),
+            _ => None,
+        },
+    };
     let op = cli.command.to_op(
         term.client.session.currency_exponent,
         &term.state.shift,
@@ -439,6 +469,13 @@ fn check_usage(cli: &Cli) -> anyhow::Result<()> {
     }
     if cli.txn.is_none() && matches!(cli.command, Command::Status) {
         bail!("status needs the id to look up: `status --txn ID`");
+    }
+    let takes_pin = matches!(
+        cli.command,
+        Command::Purchase { .. } | Command::RedeemPoints { .. } | Command::SetPin { .. }
+    );
+    if cli.pin.is_some() && !takes_pin {
+        bail!("--pin is for purchase, redeem-points and set-pin");
     }
     if cli.proof && cli.command.is_read_only() {
         bail!(

@@ -36,6 +36,19 @@ pub struct Terminal {
     /// Ask for the record's inclusion proof (`want_proof`) on new
     /// state-changing requests.
     pub want_proof: bool,
+    /// PINs the cardholder typed, sealed into the request once its
+    /// transaction id is known (a block is bound to one request).
+    pub pins: Pins,
+}
+
+/// PINs typed at the till for this operation, in clear only in this
+/// process: they leave it sealed to the server's PIN key.
+#[derive(Debug, Default, Clone)]
+pub struct Pins {
+    /// The card's PIN (`--pin`): authorises a spend or a PIN change.
+    pub present: Option<String>,
+    /// The PIN to set (`set-pin --new-pin`).
+    pub new: Option<String>,
 }
 
 /// True for operations that change nothing and use no transaction id.
@@ -57,6 +70,19 @@ fn same_intent(earlier: &pb::Request, new: &pb::Request) -> bool {
     if let (Some(Op::CloseShift(x)), Some(Op::CloseShift(y))) = (&mut a.op, &mut b.op) {
         x.terminal_totals = None;
         y.terminal_totals = None;
+    }
+    // Sealing a PIN twice gives two blocks (a fresh ephemeral key each
+    // time): a retry resends the block first sent.
+    for op in [&mut a.op, &mut b.op].into_iter().flatten() {
+        match op {
+            Op::Purchase(p) => p.pin_block.clear(),
+            Op::RedeemPoints(r) => r.pin_block.clear(),
+            Op::SetPin(s) => {
+                s.pin_block.clear();
+                s.old_pin_block.clear();
+            }
+            _ => {}
+        }
     }
     a == b
 }
@@ -111,6 +137,7 @@ impl Terminal {
                 state_path,
                 timeout,
                 want_proof: false,
+                pins: Pins::default(),
             },
             warnings,
         ))
@@ -143,6 +170,7 @@ impl Terminal {
             });
         }
         let txn = self.state.take_txn(txn);
+        let op = self.seal_pins(txn, op)?;
         let mut fresh = self.client.request(txn, op);
         fresh.want_proof = self.want_proof;
         let earlier = self.state.sent(txn).and_then(|(bytes, sig)| {
@@ -184,6 +212,48 @@ impl Terminal {
         })
     }
 
+    /// Seals the PINs typed for `op` into it, for transaction `txn`.
+    fn seal_pins(&self, txn: u64, mut op: Op) -> anyhow::Result<Op> {
+        use cardd::pin::Purpose;
+        let seal = |card: &str, purpose, pin: &str| {
+            self.client
+                .pin_block(txn, card, purpose, pin)
+                .map_err(|e| crate::output::Failure {
+                    code: "INVALID_ARGUMENT",
+                    message: format!("PIN: {e}"),
+                })
+        };
+        let present = self.pins.present.as_deref();
+        match &mut op {
+            Op::Purchase(p) => {
+                if let Some(pin) = present {
+                    p.pin_block = seal(&p.card, Purpose::Present, pin)?;
+                }
+            }
+            Op::RedeemPoints(r) => {
+                if let Some(pin) = present {
+                    r.pin_block = seal(&r.card, Purpose::Present, pin)?;
+                }
+            }
+            Op::SetPin(s) => {
+                let new = self
+                    .pins
+                    .new
+                    .as_deref()
+                    .context("set-pin needs --new-pin")?;
+                s.pin_block = seal(&s.card, Purpose::New, new)?;
+                if let Some(pin) = present {
+                    s.old_pin_block = seal(&s.card, Purpose::Present, pin)?;
+                }
+            }
+            _ if present.is_some() => {
+                bail!("--pin is for purchase, redeem-points and set-pin")
+            }
+            _ => {}
+        }
+        Ok(op)
+    }
+
     /// One signed request and its answer, within the timeout.
     async fn exchange(
         &mut self,
@@ -214,6 +284,7 @@ mod tests {
                 card: "1".into(),
                 amount_minor: amount,
                 allow_partial: false,
+                pin_block: Vec::new(),
             })
         };
         let a = pb::Request {

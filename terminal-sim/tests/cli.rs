@@ -790,3 +790,41 @@ fn a_receipt_into_a_closed_pipe_ends_quietly() {
     // The answer still counted: the state was saved after the closed pipe.
     assert_eq!(till.state()["shift"]["top_up_count"], 1);
 }
+
+#[test]
+fn a_pin_is_typed_at_the_till_and_set_there_with_the_card_present() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[1].as_str();
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, r#"{"pin_all_spends": true}"#).expect("rules file");
+    let r = admin(&daemon, &["set-rules", "--file", rules.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // No PIN yet: nothing is asked; the cardholder sets one at the till.
+    let buy = ["purchase", "--card", card, "--amount", "1.00"];
+    assert_eq!(till.call(&[], &buy).code, 0);
+    let r = till.call(&[], &["set-pin", "--card", card, "--new-pin", "4826"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = till.call(&[], &buy);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("PIN_REQUIRED"), "{r:?}");
+    let r = till.call(&["--json", "--pin", "4827"], &buy);
+    assert_eq!(
+        (r.code, r.json()["error"].as_str()),
+        (2, Some("WRONG_PIN")),
+        "{r:?}"
+    );
+    let paid = till.call(&["--json", "--pin", "4826"], &buy).ok();
+    assert_eq!(i64_of(&paid, "balance_minor"), 20_000 - 200);
+    // A change needs the old PIN.
+    let change = ["set-pin", "--card", card, "--new-pin", "5937"];
+    assert_eq!(till.call(&[], &change).code, 2);
+    assert_eq!(till.call(&["--pin", "4826"], &change).code, 0);
+    assert_eq!(till.call(&["--pin", "4826"], &buy).code, 2);
+    assert_eq!(till.call(&["--pin", "5937"], &buy).code, 0);
+    // A PIN typed for an operation that takes none is a usage error.
+    let r = till.call(&["--pin", "5937"], &["inquiry", "--card", card]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--pin is for"), "{r:?}");
+}

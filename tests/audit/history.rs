@@ -113,6 +113,7 @@ pub(crate) async fn mixed_history(d: &Daemon, demo: &Demo, filler: usize) -> His
         card: c[3].clone(),
         points: 100,
         reward: "coffee".into(),
+        ..Default::default()
     });
     let r = ok(&mut t1, next(&mut n.t1), redeem).await;
     assert_eq!(r.card.as_ref().expect("card").points, 390);

@@ -64,6 +64,38 @@ impl Daemon {
         }
     }
 
+    /// Like [`Daemon::start`], with the daemon's log at `level` (RUST_LOG)
+    /// collected instead of echoed: the thread returns all of it once the
+    /// daemon has exited (killed or stopped).
+    pub fn start_logged(
+        data: &Path,
+        extra: &[&str],
+        level: &str,
+    ) -> (Daemon, std::thread::JoinHandle<String>) {
+        use std::io::Read;
+        let mut cmd = serve::serve_command(cardd_bin(), data, extra);
+        cmd.env("RUST_LOG", level)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn cardd");
+        let listening = serve::watch_listening(child.stdout.take().expect("stdout"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let addr = listening
+            .recv_timeout(serve::START_TIMEOUT)
+            .expect("cardd listens");
+        let d = Daemon {
+            child,
+            addr: addr.parse().expect("address"),
+            data: data.to_path_buf(),
+        };
+        (d, log)
+    }
+
     /// Starts a daemon with the demo brand on a fresh directory inside `dir`.
     pub fn demo(dir: &Path) -> (Daemon, Demo) {
         Daemon::demo_with(dir, &[])
@@ -187,6 +219,26 @@ pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("test step timed out")
 }
 
+/// Every file under `dir` (recursively) that holds `needle`, as paths
+/// relative to `dir`: the byte search of a data directory or an export.
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path.strip_prefix(dir).expect("under dir").to_path_buf());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Signs on with `key` (bounded).
 pub async fn connect(addr: SocketAddr, key: SigningKey) -> Client {
     bounded(Client::connect(addr, key)).await.expect("sign-on")
@@ -277,6 +329,7 @@ pub fn redeem(card: &str, points: i64) -> Op {
         card: card.into(),
         points,
         reward: "coffee".into(),
+        ..Default::default()
     })
 }
 

@@ -25,6 +25,7 @@ mod interop;
 mod isolation;
 mod money;
 mod owner;
+mod personal;
 mod protocol;
 mod restart;
 mod reversal;

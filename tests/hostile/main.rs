@@ -14,6 +14,7 @@ mod common;
 
 mod attack;
 mod cases;
+mod personal;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -235,6 +235,7 @@ impl World {
             signer_key: &key,
             request: bytes,
             signature: &SIGNATURE,
+            pin_verified: false,
         };
         let before = self.state.clone();
         let out = apply(&mut self.state, &ctx, req);

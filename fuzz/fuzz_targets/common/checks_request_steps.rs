@@ -315,6 +315,7 @@ impl World {
             promotion_line,
             // Not drawn from the input: the corpus keeps its meaning.
             time_zone: String::new(),
+            ..Default::default()
         })
     }
 
@@ -391,6 +392,7 @@ impl World {
                 card: self.card(r),
                 amount_minor: self.amount(r),
                 allow_partial: r.bool(),
+                ..Default::default()
             }),
             tag::TOP_UP => Op::TopUp(pb::TopUp {
                 card: self.card(r),
@@ -408,6 +410,7 @@ impl World {
                 card: self.card(r),
                 points: self.points(r),
                 reward: self.text(r),
+                ..Default::default()
             }),
             tag::CLOSE_SHIFT => Op::CloseShift(pb::CloseShift {
                 terminal_totals: self.shift_totals(r, p),

@@ -9,12 +9,14 @@
 //! the operations themselves are in `money.rs` (a terminal's value and
 //! points), `reversal.rs` and `owner.rs` (brand creation and the owner's
 //! operations), one function per operation.
+mod holder;
 mod money;
 mod owner;
 mod reversal;
 
 use prost::Message;
 
+use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
     add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
@@ -71,6 +73,10 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
         return read_key_request(state, ctx, id, op);
     }
+    // The server's own lock keeps no transaction id (it has no window).
+    if let (Principal::Server, Op::SetPinLock(l)) = (ctx.principal, op) {
+        return lock_pin(state, ctx, req, l);
+    }
     if let Some(answer) = read_only(state, ctx, op) {
         return answer;
     }
@@ -95,7 +101,13 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
         Op::AddKey(a) => add_key(state, ctx, req, a),
         Op::RemoveKey(r) => remove_key(state, ctx, req, r),
-        Op::Inquiry(_)
+        Op::SetHolder(h) => set_holder(state, ctx, req, h),
+        Op::EraseHolder(e) => erase_holder(state, ctx, req, e),
+        Op::SetPin(p) => set_pin(state, ctx, req, p),
+        Op::SetPinLock(l) => unlock_pin(state, ctx, req, l),
+        Op::HolderData(_)
+        | Op::FindCard(_)
+        | Op::Inquiry(_)
         | Op::TxnStatus(_)
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
@@ -118,6 +130,12 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
         Op::ExportLedger(_) | Op::ConsistencyProof(_) => Some(refuse(
             E::InvalidArgument,
             "audit operations are not state changes",
+        )),
+        // The person never reaches the ledger: the server's holder store
+        // answers these before the state machine.
+        Op::HolderData(_) | Op::FindCard(_) => Some(refuse(
+            E::InvalidArgument,
+            "holder data is kept by the server's holder store, not the ledger",
         )),
         _ => None,
     }
@@ -312,6 +330,7 @@ fn base_record(state: &BrandState, ctx: &Context, req: &Request, kind: RecordKin
         request: ctx.request.to_vec(),
         request_signature: ctx.signature.to_vec(),
         signer_public_key: ctx.signer_key.to_vec(),
+        pin_verified: ctx.pin_verified,
         ..Default::default()
     }
 }

@@ -11,6 +11,7 @@ pub(super) fn purchase(
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
     let (number, mut card) = find_active_card(state, &p.card)?;
+    super::holder::require_pin(state, ctx, &card, Some(p.amount_minor))?;
     let balance = card.balance();
     let approved = if balance >= p.amount_minor {
         p.amount_minor
@@ -345,6 +346,7 @@ pub(super) fn redeem_points(
         return refuse(E::InvalidArgument, "reward text too long");
     }
     let (number, mut card) = find_active_card(state, &r.card)?;
+    super::holder::require_pin(state, ctx, &card, None)?;
     if card.points < r.points {
         return refuse(E::InsufficientPoints, "the card has fewer points");
     }

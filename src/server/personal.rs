@@ -1,0 +1,383 @@
+//! Requests that touch a holder or a PIN: the server's part, done on a
+//! task of their own (never on the brand's applier), before or after the
+//! state machine's part.
+//!
+//! * `HolderData`, `FindCard`: answered by the holder store alone; no
+//!   record (the person never enters the ledger).
+//! * `SetHolder`: submitted only if its commitment is the one the store
+//!   answered for the card's holder.
+//! * `EraseHolder`: the store forgets first (durably), then the record.
+//! * A purchase or redemption with a PIN block, `SetPin` with an old PIN:
+//!   the block is opened and checked (Argon2id, bounded, on a blocking
+//!   thread); a wrong PIN is counted and refused without a record; a right
+//!   one is submitted with `pin_verified`, the server's verdict the record
+//!   keeps. The fifth wrong try in a row locks the card: the server signs
+//!   a `SetPinLock` of its own (CARD_PIN_LOCKED) before it answers.
+//!   `SetPin` stores the new hash once its record is durable, the owner's
+//!   `SetPinLock` (unlock) zeroes the count once its record is.
+use std::sync::Arc;
+
+use super::pins::Verdict;
+use super::reply::ReplyTo;
+use super::writer::BrandHandle;
+use super::Shared;
+use crate::card_number::parse_number;
+use crate::error::Refusal;
+use crate::ledger::{Answer, Submission};
+use crate::pb::request::Op;
+use crate::pb::{self, ErrorCode as E};
+use crate::pin::{Binding, PinError, Purpose};
+use crate::state::Principal;
+
+/// Who sent the request (from its session).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Who {
+    pub(super) principal: Principal,
+    pub(super) key: [u8; 32],
+    pub(super) brand_id: u32,
+}
+
+/// True if the request needs the server's part here rather than going
+/// straight to the writer.
+pub(super) fn is_personal(op: &Op) -> bool {
+    match op {
+        Op::Purchase(p) => !p.pin_block.is_empty(),
+        Op::RedeemPoints(r) => !r.pin_block.is_empty(),
+        Op::HolderData(_)
+        | Op::FindCard(_)
+        | Op::SetHolder(_)
+        | Op::EraseHolder(_)
+        | Op::SetPin(_)
+        | Op::SetPinLock(_)
+        | Op::ReplaceCard(_) => true,
+        _ => false,
+    }
+}
+
+/// What became of the request.
+// One per personal request, consumed at once: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Done {
+    /// Passed the server's part: to the writer, whose answer goes to the
+    /// connection once durable.
+    Submit(Submission),
+    /// Answered here (a refusal, a store's answer, or the writer's answer
+    /// after which the server did its part).
+    Answer(Answer),
+}
+
+/// Serves one personal request (on its own task) and answers it.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    brand: BrandHandle,
+    who: Who,
+    sub: Submission,
+    reply: ReplyTo,
+) {
+    match run(&shared, &brand, who, sub).await {
+        Done::Submit(sub) => {
+            if let Err(reply) = brand.submit_to(sub, reply) {
+                reply.send(Err(Refusal::new(E::Internal, "server stopping")));
+            }
+        }
+        Done::Answer(answer) => reply.send(answer),
+    }
+}
+
+async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submission) -> Done {
+    let req = sub.decoded();
+    if req.brand_id != who.brand_id {
+        return refused(E::WrongBrand, "request names another brand");
+    }
+    let result = match req.op.clone() {
+        Some(Op::HolderData(h)) => holder_data(shared, brand, who, &h).await.map(Done::Answer),
+        Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
+        Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
+        Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
+        Some(Op::Purchase(p)) => spend(shared, brand, who, (&p.card, &p.pin_block), sub).await,
+        Some(Op::RedeemPoints(r)) => spend(shared, brand, who, (&r.card, &r.pin_block), sub).await,
+        Some(Op::SetPin(p)) => set_pin(shared, brand, who, &p, sub).await,
+        Some(Op::SetPinLock(l)) => unlock_pin(shared, brand, who, &l.card, sub).await,
+        Some(Op::ReplaceCard(r)) => replace_card(shared, brand, who, &r, sub).await,
+        _ => unreachable!("only personal requests come here"),
+    };
+    result.unwrap_or_else(|refusal| Done::Answer(Err(refusal)))
+}
+
+fn refused(code: E, message: &str) -> Done {
+    Done::Answer(Err(Refusal::new(code, message)))
+}
+
+fn require_owner(who: Who) -> Result<(), Refusal> {
+    match who.principal {
+        Principal::Owner => Ok(()),
+        _ => Err(Refusal::new(
+            E::WrongRole,
+            "a card's holder and PIN unlock are the owner's operations",
+        )),
+    }
+}
+
+/// The card's number in the session's brand, refused as the state machine
+/// refuses it (a malformed and an unknown number alike).
+fn card_of(who: Who, card: &str) -> Result<u64, Refusal> {
+    match parse_number(card) {
+        None => Err(Refusal::new(E::CardNotFound, "card not found")),
+        Some((brand, _)) if brand != who.brand_id => Err(Refusal::new(
+            E::CardOtherBrand,
+            "card belongs to another brand",
+        )),
+        Some((_, number)) => Ok(number),
+    }
+}
+
+/// Runs a blocking holder-store call off the runtime's workers (fsync).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::holders::HolderError> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            if !matches!(e, super::holders::HolderError::Refused(_)) {
+                // The error names a file, never a person.
+                tracing::error!(error = %e, "holder store");
+            }
+            Err(e.refusal())
+        }
+        Err(_) => Err(Refusal::new(E::Internal, "holder store task failed")),
+    }
+}
+
+async fn holder_data(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    h: &pb::HolderData,
+) -> Result<Answer, Refusal> {
+    require_owner(who)?;
+    let card = card_of(who, &h.card)?;
+    // No person is kept for a card that is not there to be named.
+    match brand.has_card(card).await {
+        Some(true) => {}
+        Some(false) => return Err(Refusal::new(E::CardNotFound, "card not found")),
+        None => return Err(Refusal::new(E::Internal, "server stopping")),
+    }
+    let (store, name, phone) = (shared.holders.clone(), h.name.clone(), h.phone.clone());
+    let commitment = blocking(move || store.put(who.brand_id, card, &name, &phone)).await?;
+    Ok(Ok(pb::Reply {
+        holder_commitment: commitment.to_vec(),
+        ..Default::default()
+    }))
+}
+
+async fn find_card(shared: &Arc<Shared>, who: Who, f: &pb::FindCard) -> Result<Answer, Refusal> {
+    require_owner(who)?;
+    let (store, phone) = (shared.holders.clone(), f.phone.clone());
+    let cards = blocking(move || store.find(who.brand_id, &phone)).await?;
+    Ok(Ok(pb::Reply {
+        holder: Some(pb::HolderFound {
+            cards: cards.into_iter().map(crate::state::format_card).collect(),
+        }),
+        ..Default::default()
+    }))
+}
+
+async fn set_holder(
+    shared: &Arc<Shared>,
+    who: Who,
+    h: &pb::SetHolder,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    require_owner(who)?;
+    let card = card_of(who, &h.card)?;
+    let (store, commitment) = (shared.holders.clone(), h.commitment.clone());
+    if !blocking(move || store.holds(who.brand_id, card, &commitment)).await? {
+        return Err(Refusal::new(
+            E::InvalidArgument,
+            "no holder with this commitment for the card: send the holder's data first (HolderData)",
+        ));
+    }
+    Ok(Done::Submit(sub))
+}
+
+async fn erase_holder(
+    shared: &Arc<Shared>,
+    who: Who,
+    card: &str,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    require_owner(who)?;
+    let card = card_of(who, card)?;
+    let store = shared.holders.clone();
+    // Forgotten before the record: a record saying "erased" must never
+    // stand beside a person still kept.
+    blocking(move || store.erase(who.brand_id, card)).await?;
+    Ok(Done::Submit(sub))
+}
+
+/// The refusal for a block that does not open for this request.
+fn block_refusal(e: PinError) -> Refusal {
+    let message = match e {
+        PinError::BadPin => "the PIN block holds no valid PIN (4 to 12 digits)".to_string(),
+        other => other.to_string(),
+    };
+    Refusal::new(E::PinBlockInvalid, message)
+}
+
+/// Opens a block of the request `sub` for `card` and checks its PIN:
+/// `Ok(true)` verified, `Ok(false)` no PIN on file, a refusal otherwise.
+async fn check_block(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    sub: &Submission,
+    (card_text, card): (&str, u64),
+    block: &[u8],
+) -> Result<bool, Refusal> {
+    let binding = Binding {
+        brand_id: who.brand_id,
+        signer: &who.key,
+        txn_id: sub.decoded().txn_id,
+        card: card_text,
+        purpose: Purpose::Present,
+    };
+    let pin = shared
+        .pins
+        .key()
+        .open(block, &binding)
+        .map_err(block_refusal)?;
+    let verdict = shared.pins.check(who.brand_id, card, pin).await?;
+    if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
+        lock(shared, brand, who.brand_id, card_text).await;
+    }
+    if let Some(refusal) = verdict.refusal() {
+        tracing::info!(brand = who.brand_id, principal = ?who.principal, code = ?refusal.code, "PIN refused");
+        return Err(refusal);
+    }
+    Ok(verdict == Verdict::Verified)
+}
+
+/// Writes the server's lock of `card` (CARD_PIN_LOCKED) unless the ledger
+/// has it already: after the fifth wrong try, and again whenever the store
+/// finds the card locked, so that a stop between the count and the record
+/// leaves no lock without its record for long. Its refusal (locked
+/// already, no such PIN in the ledger) is expected and ignored.
+async fn lock(shared: &Arc<Shared>, brand: &BrandHandle, brand_id: u32, card: &str) {
+    let sub = shared.pins.lock_request(brand_id, card);
+    if let Some(Ok(_)) = brand.submit(sub).await {
+        tracing::info!(brand = brand_id, "PIN locked after wrong tries");
+    }
+}
+
+async fn spend(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    (card_text, block): (&str, &[u8]),
+    mut sub: Submission,
+) -> Result<Done, Refusal> {
+    if !matches!(who.principal, Principal::Terminal(_)) {
+        return Err(Refusal::new(E::WrongRole, "a PIN is typed at a till"));
+    }
+    // A number that is no card of the brand: the state machine refuses it.
+    let Ok(card) = card_of(who, card_text) else {
+        return Ok(Done::Submit(sub));
+    };
+    sub.pin_verified = check_block(shared, brand, who, &sub, (card_text, card), block).await?;
+    Ok(Done::Submit(sub))
+}
+
+async fn set_pin(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    p: &pb::SetPin,
+    mut sub: Submission,
+) -> Result<Done, Refusal> {
+    if !matches!(who.principal, Principal::Owner | Principal::Terminal(_)) {
+        return Err(Refusal::new(
+            E::WrongRole,
+            "PINs are set by the owner or at a till",
+        ));
+    }
+    let card = card_of(who, &p.card)?;
+    if !p.old_pin_block.is_empty() {
+        let old = (p.card.as_str(), card);
+        sub.pin_verified = check_block(shared, brand, who, &sub, old, &p.old_pin_block).await?;
+    }
+    let binding = Binding {
+        brand_id: who.brand_id,
+        signer: &who.key,
+        txn_id: sub.decoded().txn_id,
+        card: &p.card,
+        purpose: Purpose::New,
+    };
+    let pin = shared
+        .pins
+        .key()
+        .open(&p.pin_block, &binding)
+        .map_err(block_refusal)?;
+    let hash = shared.pins.hash(pin).await?;
+    let answer = brand
+        .submit(sub)
+        .await
+        .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    // The hash is kept only once the record stands: a refused change
+    // leaves the old PIN in force.
+    if answer.is_ok() {
+        shared.pins.set(who.brand_id, card, hash).await?;
+    }
+    Ok(Done::Answer(answer))
+}
+
+/// A replacement (a lost named card): once its record stands, the holder
+/// and the PIN move to the new number with the value.
+async fn replace_card(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    r: &pb::ReplaceCard,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    let (Ok(old), Ok(new)) = (card_of(who, &r.old_card), card_of(who, &r.new_card)) else {
+        // The state machine refuses it, with the code it gives.
+        return Ok(Done::Submit(sub));
+    };
+    let answer = brand
+        .submit(sub)
+        .await
+        .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    // Also on a retry: a daemon stopped between the record and the moves
+    // moves them now (a move with nothing to move does nothing).
+    if answer.is_ok() {
+        let store = shared.holders.clone();
+        // The record stands whatever happens here: a failed move is the
+        // operator's to repair (set-holder, set-pin), and is logged.
+        if let Err(refusal) = blocking(move || store.rename(who.brand_id, old, new)).await {
+            tracing::error!(brand = who.brand_id, %refusal, "holder not moved to the new card");
+        }
+        if let Err(refusal) = shared.pins.rename(who.brand_id, old, new).await {
+            tracing::error!(brand = who.brand_id, %refusal, "PIN not moved to the new card");
+        }
+    }
+    Ok(Done::Answer(answer))
+}
+
+async fn unlock_pin(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    card_text: &str,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    require_owner(who)?;
+    let card = card_of(who, card_text)?;
+    let answer = brand
+        .submit(sub)
+        .await
+        .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    if answer.is_ok() {
+        shared.pins.unlock(who.brand_id, card).await?;
+    }
+    Ok(Done::Answer(answer))
+}

@@ -1,0 +1,340 @@
+//! A card's holder and PIN (#15): the person and the PIN never in the
+//! ledger, the export, the logs or (after an erase) any file of the data
+//! directory; wrong PINs counted durably, refused without records.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cardd::pin::Purpose;
+
+use super::*;
+
+/// A holder's name (UTF-8, not ASCII) and phone no other file could hold.
+const NAME: &str = "Zhāng Wěi 张伟";
+const PHONE: &str = "+8613712345678";
+/// The PIN, and a wrong one: eight digits, so that no timestamp, hash or
+/// random byte run of a log or export holds them by chance.
+const PIN: &str = "73918462";
+const WRONG: &str = "73918463";
+
+/// `cardd admin --connect ADDR --key OWNER ARGS…`, which must succeed.
+fn admin(d: &Daemon, demo: &Demo, args: &[&str]) -> String {
+    let addr = d.addr.to_string();
+    let key = demo.owner_key_path();
+    let mut all = vec!["admin", "--connect", &addr, "--key", key.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run::cardd_ok(all)
+}
+
+/// A purchase of `amount` from `card` with `pin` sealed for it (none: no
+/// PIN typed).
+fn purchase_with(c: &Client, txn: u64, card: &str, amount: i64, pin: Option<&str>) -> pb::Request {
+    let pin_block = pin.map_or(Vec::new(), |p| {
+        c.pin_block(txn, card, Purpose::Present, p).expect("seal")
+    });
+    c.request(
+        txn,
+        Op::Purchase(pb::Purchase {
+            card: card.into(),
+            amount_minor: amount,
+            pin_block,
+            ..Default::default()
+        }),
+    )
+}
+
+/// The demo rules with every spend of a card with a PIN needing it.
+async fn pay(
+    c: &mut Client,
+    txn: u64,
+    card: &str,
+    amount: i64,
+    pin: Option<&str>,
+) -> Result<pb::Reply, E> {
+    let req = purchase_with(c, txn, card, amount, pin);
+    call_req(c, &req).await
+}
+
+/// A PIN set at the till: `new`, with the `old` one typed when given.
+async fn set_pin(
+    c: &mut Client,
+    card: &str,
+    txn: u64,
+    new: &str,
+    old: Option<&str>,
+) -> Result<pb::Reply, E> {
+    let req = c.request(
+        txn,
+        Op::SetPin(pb::SetPin {
+            card: card.into(),
+            pin_block: c.pin_block(txn, card, Purpose::New, new).unwrap(),
+            old_pin_block: old.map_or(Vec::new(), |p| {
+                c.pin_block(txn, card, Purpose::Present, p).unwrap()
+            }),
+        }),
+    );
+    call_req(c, &req).await
+}
+
+fn pin_rules(all_spends: bool, over_minor: i64) -> Op {
+    let mut rules = cardd::demo::demo_rules();
+    rules.pin_all_spends = all_spends;
+    rules.pin_over_minor = over_minor;
+    Op::SetRules(pb::SetRules { rules: Some(rules) })
+}
+
+fn stop(mut d: Daemon) {
+    d.signal(libc::SIGTERM);
+    d.wait_exit(Duration::from_secs(30))
+        .expect("the daemon stops");
+}
+
+#[tokio::test]
+async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_throughout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[1].clone();
+    let out = admin(
+        &d,
+        &demo,
+        &[
+            "set-holder",
+            "--card",
+            &card,
+            "--name",
+            NAME,
+            "--phone",
+            PHONE,
+        ],
+    );
+    assert!(out.contains(&format!("Card {card} is named")), "{out}");
+    let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
+    assert_eq!(found.trim(), card);
+    let mut t = demo.terminal(d.addr, 0).await;
+    assert!(inquiry(&mut t, &card).await.named);
+    // The person is in the holder store (so the search below can find it)
+    // and nowhere else: not in the log, a snapshot or the export.
+    let data = demo.data.clone();
+    assert_eq!(
+        files_holding(&data, NAME.as_bytes()),
+        [Path::new("holders/brand-1")]
+    );
+    assert_eq!(
+        files_holding(&data, PHONE.as_bytes()),
+        [Path::new("holders/brand-1")]
+    );
+    stop(d);
+    let before = dir.path().join("before.cardd");
+    let report = run::export_and_verify(&data, 1, &before);
+    assert_eq!(report["records"], FIRST_SEQ);
+    for needle in [NAME, PHONE] {
+        assert!(files_holding(dir.path(), needle.as_bytes())
+            .iter()
+            .all(|f| f.starts_with("data/holders")));
+    }
+
+    let d = Daemon::start(&data, &[]);
+    let out = admin(&d, &demo, &["erase-holder", "--card", &card]);
+    assert!(out.contains("Erased the holder"), "{out}");
+    let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
+    assert!(found.contains("No card"), "{found}");
+    let mut t = demo.terminal(d.addr, 0).await;
+    let view = inquiry(&mut t, &card).await;
+    assert!(!view.named);
+    assert_money(&view, 20_000, 0, 0);
+    drop(t);
+    stop(d);
+    // After a restart the store still has forgotten (nothing comes back
+    // from a log or a snapshot), and no file under DATA holds the person.
+    let d = Daemon::start(&data, &[]);
+    let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
+    assert!(found.contains("No card"), "{found}");
+    stop(d);
+    for needle in [NAME, PHONE] {
+        assert_eq!(
+            files_holding(&data, needle.as_bytes()),
+            Vec::<PathBuf>::new()
+        );
+    }
+    let after = dir.path().join("after.cardd");
+    let report = run::export_and_verify(&data, 1, &after);
+    assert_eq!(report["records"], FIRST_SEQ + 1);
+}
+
+#[tokio::test]
+async fn five_wrong_pins_lock_the_card_across_a_kill_9_and_the_pin_is_in_no_export_log_or_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut d, mut log) = Daemon::start_logged(&data, &["--demo"], "debug");
+    let demo = Demo::load(&data);
+    let card = demo.manifest.cards[2].clone();
+    let mut logs = String::new();
+    let out = admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    assert!(out.contains("Set the PIN"), "{out}");
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    assert_eq!(
+        pay(&mut t, 100, &card, 1_000, None).await.unwrap_err(),
+        E::PinRequired
+    );
+    let paid = pay(&mut t, 101, &card, 1_000, Some(PIN)).await;
+    let first = paid.expect("the right PIN pays");
+    assert_money(card_of(&first), 29_000, 0, 10);
+    for txn in 102..106 {
+        let r = pay(&mut t, txn, &card, 1_000, Some(WRONG)).await;
+        assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
+    }
+    drop(t);
+    d.kill9();
+    logs.push_str(&log.join().unwrap());
+
+    (d, log) = Daemon::start_logged(&data, &[], "debug");
+    let mut t = demo.terminal(d.addr, 0).await;
+    let fifth = pay(&mut t, 106, &card, 1_000, Some(WRONG)).await;
+    assert_eq!(fifth.unwrap_err(), E::WrongPin);
+    let right = pay(&mut t, 107, &card, 1_000, Some(PIN)).await;
+    assert_eq!(right.unwrap_err(), E::PinLocked);
+    drop(t);
+    d.kill9();
+    logs.push_str(&log.join().unwrap());
+
+    (d, log) = Daemon::start_logged(&data, &[], "debug");
+    let mut t = demo.terminal(d.addr, 0).await;
+    let right = pay(&mut t, 108, &card, 1_000, Some(PIN)).await;
+    assert_eq!(
+        right.unwrap_err(),
+        E::PinLocked,
+        "the lock survives kill -9"
+    );
+    assert_money(&inquiry(&mut t, &card).await, 29_000, 0, 10);
+    let out = admin(&d, &demo, &["unlock-pin", "--card", &card]);
+    assert!(out.contains("Unlocked the PIN"), "{out}");
+    let r = pay(&mut t, 109, &card, 2_000, Some(PIN)).await;
+    let second = r.expect("unlocked, the right PIN pays");
+    // Wrong tries wrote nothing: set-pin, rules, purchase, the server's
+    // lock (once), unlock, purchase.
+    assert_eq!((seq(&first), seq(&second)), (FIRST_SEQ + 2, FIRST_SEQ + 5));
+    assert_money(card_of(&second), 27_000, 0, 30);
+    drop(t);
+    drop(o);
+    stop(d);
+    logs.push_str(&log.join().unwrap());
+
+    assert!(
+        logs.contains("PIN refused"),
+        "the log was collected: {logs}"
+    );
+    let export = dir.path().join("ledger.cardd");
+    let report = run::export_and_verify(&data, 1, &export);
+    assert_eq!(report["records"], FIRST_SEQ + 5);
+    for pin in [PIN, WRONG] {
+        assert!(!logs.contains(pin), "a PIN in the log");
+        assert_eq!(
+            files_holding(dir.path(), pin.as_bytes()),
+            Vec::<PathBuf>::new()
+        );
+    }
+    let hash = std::fs::read_to_string(data.join("pins/brand-1").join(&card)).unwrap();
+    assert!(hash.contains("$argon2id$"), "{hash}");
+}
+
+#[tokio::test]
+async fn a_pin_rule_over_an_amount_and_a_pin_set_at_a_till() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(false, 10_000)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    // No PIN yet: nothing is asked.
+    ok(&mut t, 100, purchase(&card, 20_000)).await;
+    // The cardholder sets one at the till; changing it needs the old one.
+    let r = set_pin(&mut t, &card, 101, PIN, None)
+        .await
+        .expect("first PIN");
+    assert_eq!(receipt(&r).store_id, 1);
+    assert!(inquiry(&mut t, &card).await.has_pin);
+    assert_eq!(
+        set_pin(&mut t, &card, 102, "1111", None).await.unwrap_err(),
+        E::PinRequired
+    );
+    assert_eq!(
+        set_pin(&mut t, &card, 103, "1111", Some(WRONG))
+            .await
+            .unwrap_err(),
+        E::WrongPin
+    );
+    set_pin(&mut t, &card, 104, "1111", Some(PIN))
+        .await
+        .expect("changed");
+    // At or under the amount, no PIN; over it, the new PIN.
+    ok(&mut t, 105, purchase(&card, 10_000)).await;
+    assert_eq!(
+        refused(&mut t, 106, purchase(&card, 10_001)).await,
+        E::PinRequired
+    );
+    let r = pay(&mut t, 107, &card, 10_001, Some(PIN)).await;
+    assert_eq!(r.unwrap_err(), E::WrongPin, "the old PIN no longer works");
+    let r = pay(&mut t, 108, &card, 10_001, Some("1111")).await;
+    assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 10_001);
+    // A block made for one request opens for no other.
+    let captured = purchase_with(&t, 109, &card, 10_001, Some("1111"));
+    let Some(Op::Purchase(p)) = &captured.op else {
+        unreachable!()
+    };
+    let mut replayed = purchase_with(&t, 110, &card, 10_001, None);
+    if let Some(Op::Purchase(q)) = &mut replayed.op {
+        q.pin_block = p.pin_block.clone();
+    }
+    assert_eq!(
+        call_req(&mut t, &replayed).await.unwrap_err(),
+        E::PinBlockInvalid
+    );
+    drop((t, o));
+    stop(d);
+    let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
+    assert_eq!(report["records"], FIRST_SEQ + 5);
+}
+
+#[tokio::test]
+async fn a_replaced_card_keeps_its_holder_and_its_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let old = demo.manifest.cards[0].clone();
+    admin(
+        &d,
+        &demo,
+        &[
+            "set-holder",
+            "--card",
+            &old,
+            "--name",
+            NAME,
+            "--phone",
+            PHONE,
+        ],
+    );
+    admin(&d, &demo, &["set-pin", "--card", &old, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 13, pin_rules(true, 0)).await;
+    let new = card_number::generate(1);
+    let r = ok(&mut o, 14, replace(&old, &new)).await;
+    assert_money(card_of(&r), 10_000, 0, 0);
+    let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
+    assert_eq!(found.trim(), new);
+    let mut t = demo.terminal(d.addr, 0).await;
+    let view = inquiry(&mut t, &new).await;
+    assert!(view.named && view.has_pin, "{view:?}");
+    assert_eq!(
+        pay(&mut t, 100, &new, 500, None).await.unwrap_err(),
+        E::PinRequired
+    );
+    let r = pay(&mut t, 101, &new, 500, Some(PIN))
+        .await
+        .expect("the PIN moved");
+    assert_money(card_of(&r), 9_500, 0, 5);
+    // Nothing is kept under the old number (find-card above names only
+    // the new one for the holder).
+    assert!(!demo.data.join("pins/brand-1").join(&old).exists());
+    assert!(demo.data.join("pins/brand-1").join(&new).exists());
+}
