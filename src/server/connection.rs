@@ -420,6 +420,9 @@ fn verified(
                 .runtime
                 .spawn(super::audit::serve(op, shared, stream));
         }
+        Ok((Route::WebLogin, sub)) => {
+            super::web_login::web_login(shared, session, sub.decoded(), reply)
+        }
         Ok((Route::Writer, sub)) => {
             if let Err(reply) = session.brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
@@ -454,6 +457,8 @@ enum Route {
     Writer,
     /// An owner's audit read, served from durable storage.
     Audit(Op),
+    /// A web login link (`server/web_login.rs`): no record.
+    WebLogin,
 }
 
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
@@ -485,6 +490,7 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                 audit_route(shared, session, req, op)
             }
         }
+        Some(Op::WebLogin(_)) => Ok(Route::WebLogin),
         // One key speaks for one brand: the enrolment reserves its key for
         // this brand first (the brand's own state machine then answers
         // retries and same-brand duplicates).

@@ -6,8 +6,8 @@
 //! accept loop, at most `HTTP_MAX_CONNECTIONS` connections, headers of at
 //! most `HTTP_MAX_HEADER_BYTES` that must arrive within
 //! `HTTP_HEADER_TIMEOUT_SECS`, and `HTTP_CONNECTION_SECS` per connection,
-//! so a slow or hostile client costs one small task at most. More pages
-//! (the owner's) mount by merging their routes into [`router`].
+//! so a slow or hostile client costs one small task at most. The owner's
+//! web page (`crate::web`) is merged into [`router`] by `run_until`.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +82,17 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "recovering\n")
     }
+}
+
+/// How the web page (`crate::web`) reads a brand: through its writer, once
+/// the daemon has started serving (`served` set).
+pub fn reader(served: Arc<std::sync::OnceLock<Arc<super::Shared>>>) -> crate::web::Reader {
+    Arc::new(move |brand, read| {
+        served
+            .get()
+            .and_then(|s| s.brand(brand))
+            .is_some_and(|b| b.read(read))
+    })
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled.

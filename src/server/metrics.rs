@@ -44,6 +44,7 @@ pub const OPS: &[&str] = &[
     "add_key",
     "remove_key",
     "create_brand",
+    "web_login",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -75,6 +76,7 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::AddKey(_)) => 19,
         Some(Op::RemoveKey(_)) => 20,
         Some(Op::CreateBrand(_)) => 21,
+        Some(Op::WebLogin(_)) => 22,
     }
 }
 

@@ -100,6 +100,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
         | Op::ConsistencyProof(_)
+        | Op::WebLogin(_)
         | Op::Report(_) => {
             unreachable!("handled above")
         }
@@ -118,6 +119,12 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
         Op::ExportLedger(_) | Op::ConsistencyProof(_) => Some(refuse(
             E::InvalidArgument,
             "audit operations are not state changes",
+        )),
+        // Web login links are the server's (`server::web_login`): they live
+        // in its memory, never in the state.
+        Op::WebLogin(_) => Some(refuse(
+            E::InvalidArgument,
+            "web login is answered by the server, not the state machine",
         )),
         _ => None,
     }
