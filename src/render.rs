@@ -486,6 +486,41 @@ fn channel_name(c: pb::Channel) -> &'static str {
     }
 }
 
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A report as CSV: per section a `# name` line, the header, the rows
+/// (amounts in minor units), then a blank line. `cardd admin report --csv`
+/// and the web page's downloads print it.
+pub fn report_csv(report: &pb::Report) -> String {
+    use pb::report_cell::Value as Cell;
+    let mut out = String::new();
+    for s in &report.sections {
+        out.push_str(&format!("# {}\n", s.name));
+        let header: Vec<String> = s.columns.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&(header.join(",") + "\n"));
+        for r in &s.rows {
+            let cells: Vec<String> = r
+                .cells
+                .iter()
+                .map(|v| match &v.value {
+                    Some(Cell::Int(i)) => i.to_string(),
+                    Some(Cell::Text(t)) => csv_field(t),
+                    None => String::new(),
+                })
+                .collect();
+            out.push_str(&(cells.join(",") + "\n"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -762,39 +797,4 @@ mod tests {
         assert_eq!(format_amount(-5, 2), "-0.05");
         assert_eq!(format_amount(7, 0), "7");
     }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// A report as CSV: per section a `# name` line, the header, the rows
-/// (amounts in minor units), then a blank line. `cardd admin report --csv`
-/// and the web page's downloads print it.
-pub fn report_csv(report: &pb::Report) -> String {
-    use pb::report_cell::Value as Cell;
-    let mut out = String::new();
-    for s in &report.sections {
-        out.push_str(&format!("# {}\n", s.name));
-        let header: Vec<String> = s.columns.iter().map(|c| csv_field(c)).collect();
-        out.push_str(&(header.join(",") + "\n"));
-        for r in &s.rows {
-            let cells: Vec<String> = r
-                .cells
-                .iter()
-                .map(|v| match &v.value {
-                    Some(Cell::Int(i)) => i.to_string(),
-                    Some(Cell::Text(t)) => csv_field(t),
-                    None => String::new(),
-                })
-                .collect();
-            out.push_str(&(cells.join(",") + "\n"));
-        }
-        out.push('\n');
-    }
-    out
 }

@@ -43,8 +43,8 @@ pub const OPS: &[&str] = &[
     "report",
     "add_key",
     "remove_key",
-    "create_brand",
     "web_login",
+    "create_brand",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -75,8 +75,9 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::Report(_)) => 18,
         Some(Op::AddKey(_)) => 19,
         Some(Op::RemoveKey(_)) => 20,
-        Some(Op::CreateBrand(_)) => 21,
-        Some(Op::WebLogin(_)) => 22,
+        Some(Op::WebLogin(_)) => 21,
+        // Last: the table's length is checked against it.
+        Some(Op::CreateBrand(_)) => 22,
     }
 }
 

@@ -16,12 +16,7 @@ use crate::state::{BrandState, Principal};
 use crate::web::Grant;
 
 /// Answers a verified `WebLogin` through the brand's writer.
-pub(super) fn web_login(
-    shared: Arc<Shared>,
-    session: &Session,
-    req: &pb::Request,
-    reply: ReplyTo,
-) {
+pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Request, reply: ReplyTo) {
     if req.brand_id != session.brand_id {
         return reply.send(Err(Refusal::new(
             E::WrongBrand,
@@ -36,8 +31,9 @@ pub(super) fn web_login(
     let read = Box::new(move |state: &BrandState| -> Deliver {
         let allowed = may_log_in(state, grant.principal);
         Box::new(move || {
-            let answer = allowed.and_then(|()| shared.web.issue(grant)).map(|link| {
-                pb::Reply {
+            let answer = allowed
+                .and_then(|()| shared.web.issue(grant))
+                .map(|link| pb::Reply {
                     detail: Some(pb::reply::Detail::WebLogin(pb::WebLoginLink {
                         token: link.token,
                         expires_ms: link.expires_ms,
@@ -45,8 +41,7 @@ pub(super) fn web_login(
                         store_id: grant.scope().unwrap_or(0),
                     })),
                     ..Default::default()
-                }
-            });
+                });
             reply.send(answer);
         })
     });

@@ -194,7 +194,10 @@ async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     (
         StatusCode::SEE_OTHER,
-        [(header::SET_COOKIE, expired), (header::LOCATION, "/".into())],
+        [
+            (header::SET_COOKIE, expired),
+            (header::LOCATION, "/".into()),
+        ],
     )
         .into_response()
 }

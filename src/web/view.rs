@@ -124,7 +124,9 @@ impl Fmt<'_> {
             Some(Cell::Int(i)) if column.ends_with("_minor") => {
                 (i.to_string(), format_amount(*i, self.exponent), true)
             }
-            Some(Cell::Int(i)) if column.contains("store") => (i.to_string(), self.store(*i), false),
+            Some(Cell::Int(i)) if column.contains("store") => {
+                (i.to_string(), self.store(*i), false)
+            }
             Some(Cell::Int(i)) => (i.to_string(), i.to_string(), true),
             Some(Cell::Text(t)) => (t.clone(), t.clone(), false),
             None => (String::new(), String::new(), false),
@@ -139,10 +141,8 @@ impl Fmt<'_> {
 }
 
 fn label(column: &str) -> String {
-    column
-        .strip_suffix("_minor")
-        .unwrap_or(column)
-        .replace('_', " ")
+    let name = column.strip_suffix("_minor").unwrap_or(column);
+    name.strip_suffix("_id").unwrap_or(name).replace('_', " ")
 }
 
 /// A report section as a table, only `keep` columns (all when empty).
@@ -221,10 +221,24 @@ fn bars(f: &Fmt, id: &str, title: &str, values: &[(String, i64)], vertical: bool
             if vertical {
                 let w = width / n;
                 let h = len(height);
-                Bar { label: label.clone(), text, x: i * w, y: height - h, w: (w - 2).max(1), h }
+                Bar {
+                    label: label.clone(),
+                    text,
+                    x: i * w,
+                    y: height - h,
+                    w: (w - 2).max(1),
+                    h,
+                }
             } else {
                 let w = len(width - 160);
-                Bar { label: label.clone(), text, x: 100, y: i * 24, w, h: 18 }
+                Bar {
+                    label: label.clone(),
+                    text,
+                    x: 100,
+                    y: i * 24,
+                    w,
+                    h: 18,
+                }
             }
         })
         .collect();
@@ -255,19 +269,10 @@ const TALLY_SHOWN: [&str; 8] = [
     "visits",
 ];
 
+/// Outstanding value and the 30-day chart first (what an owner looks
+/// for), then today and this month per store.
 fn overview(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
     let mut out = Vec::new();
-    let titles = [("today", "Today"), ("month", "This month")];
-    for (shown, (id, title)) in snap.reports.iter().zip(titles) {
-        match &shown.answer {
-            Ok(r) => {
-                out.push(table(f, &format!("{id}-sales"), title, section(r, "sales"), &TALLY_SHOWN));
-                let total = section(r, "total");
-                out.push(table(f, &format!("{id}-total"), &format!("{title}, all stores"), total, &TALLY_SHOWN[1..]));
-            }
-            Err(_) => out.extend(refused(shown)),
-        }
-    }
     if let Some(shown) = snap.reports.get(2) {
         match &shown.answer {
             Ok(r) => out.push(outstanding(f, snap, section(r, "liability"))),
@@ -276,22 +281,49 @@ fn overview(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
     }
     if let Some(shown) = snap.reports.get(3) {
         match &shown.answer {
-            Ok(r) => {
-                let by_day: BTreeMap<String, i64> =
-                    column(section(r, "sales"), "day", "net_sales_minor").into_iter().collect();
-                let days: Vec<(String, i64)> = (snap.today - (CHART_DAYS - 1)..=snap.today)
-                    .map(|d| {
-                        let day = day_text(d);
-                        let v = by_day.get(&day).copied().unwrap_or(0);
-                        (day, v)
-                    })
-                    .collect();
-                out.push(bars(f, "chart", "Net sales, last 30 days", &days, true));
-            }
+            Ok(r) => out.push(chart(f, snap, section(r, "sales"))),
             Err(_) => out.extend(refused(shown)),
         }
     }
+    let titles = [("today", "Today"), ("month", "This month")];
+    for (shown, (id, title)) in snap.reports.iter().zip(titles) {
+        let Ok(r) = &shown.answer else {
+            out.extend(refused(shown));
+            continue;
+        };
+        out.push(table(
+            f,
+            &format!("{id}-sales"),
+            title,
+            section(r, "sales"),
+            &TALLY_SHOWN,
+        ));
+        let total = section(r, "total");
+        let all = format!("{title}, all stores");
+        out.push(table(
+            f,
+            &format!("{id}-total"),
+            &all,
+            total,
+            &TALLY_SHOWN[1..],
+        ));
+    }
     out
+}
+
+/// Net sales per day over the last `CHART_DAYS` (a day without sales is 0).
+fn chart(f: &Fmt, snap: &Snapshot, by_day: Option<&pb::ReportSection>) -> Block {
+    let by_day: BTreeMap<String, i64> = column(by_day, "day", "net_sales_minor")
+        .into_iter()
+        .collect();
+    let days: Vec<(String, i64)> = (snap.today - (CHART_DAYS - 1)..=snap.today)
+        .map(|d| {
+            let day = day_text(d);
+            let v = by_day.get(&day).copied().unwrap_or(0);
+            (day, v)
+        })
+        .collect();
+    bars(f, "chart", "Net sales, last 30 days", &days, true)
 }
 
 /// Outstanding value: the liability report's rows added up.
@@ -335,14 +367,28 @@ fn settlement(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
         ],
         button: "Show".into(),
     }];
-    let Some(shown) = snap.reports.first() else { return out };
+    let Some(shown) = snap.reports.first() else {
+        return out;
+    };
     let Ok(r) = &shown.answer else {
         out.extend(refused(shown));
         return out;
     };
     out.push(matrix(f, section(r, "settlement")));
-    out.push(table(f, "settlement-settlement", "Who owes whom (netted per pair)", section(r, "settlement"), &[]));
-    out.push(table(f, "settlement-net", "Each store's net", section(r, "net"), &[]));
+    out.push(table(
+        f,
+        "settlement-settlement",
+        "Who owes whom (netted per pair)",
+        section(r, "settlement"),
+        &[],
+    ));
+    out.push(table(
+        f,
+        "settlement-net",
+        "Each store's net",
+        section(r, "net"),
+        &[],
+    ));
     out
 }
 
@@ -374,7 +420,12 @@ fn matrix(f: &Fmt, s: Option<&pb::ReportSection>) -> Block {
                 let text = owed
                     .get(&(*from, *to))
                     .map_or(String::new(), |v| format_amount(*v, f.exponent));
-                CellView { col: String::new(), value: String::new(), text, num: true }
+                CellView {
+                    col: String::new(),
+                    value: String::new(),
+                    text,
+                    num: true,
+                }
             }));
             row
         })
@@ -389,17 +440,39 @@ fn matrix(f: &Fmt, s: Option<&pb::ReportSection>) -> Block {
 
 fn liability(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
     let mut out = Vec::new();
-    let Some(shown) = snap.reports.first() else { return out };
+    let Some(shown) = snap.reports.first() else {
+        return out;
+    };
     let Ok(r) = &shown.answer else {
         out.extend(refused(shown));
         return out;
     };
-    out.push(table(f, "liability-liability", "By store of issue", section(r, "liability"), &[]));
+    out.push(table(
+        f,
+        "liability-liability",
+        "By store of issue",
+        section(r, "liability"),
+        &[],
+    ));
     let aging = column(section(r, "aging"), "days_since_activity", "total_minor");
-    let labelled: Vec<(String, i64)> =
-        aging.into_iter().map(|(d, v)| (format!("{d} days"), v)).collect();
-    out.push(bars(f, "aging-bars", "Aging: value by days since the card's last activity", &labelled, false));
-    out.push(table(f, "liability-aging", "Aging", section(r, "aging"), &[]));
+    let labelled: Vec<(String, i64)> = aging
+        .into_iter()
+        .map(|(d, v)| (format!("{d} days"), v))
+        .collect();
+    out.push(bars(
+        f,
+        "aging-bars",
+        "Aging: value by days since the card's last activity",
+        &labelled,
+        false,
+    ));
+    out.push(table(
+        f,
+        "liability-aging",
+        "Aging",
+        section(r, "aging"),
+        &[],
+    ));
     out
 }
 
@@ -422,7 +495,13 @@ fn members(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
             out.extend(refused(shown));
             continue;
         };
-        out.push(table(f, &format!("{id}-summary"), "Summary", section(r, "summary"), &[]));
+        out.push(table(
+            f,
+            &format!("{id}-summary"),
+            "Summary",
+            section(r, "summary"),
+            &[],
+        ));
         out.push(table(f, &format!("{id}-{id}"), title, section(r, id), &[]));
     }
     out
@@ -441,7 +520,9 @@ fn card(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
     });
     match &snap.card {
         None => {}
-        Some(Err(r)) => out.push(Block::Notice { text: r.message.clone() }),
+        Some(Err(r)) => out.push(Block::Notice {
+            text: r.message.clone(),
+        }),
         Some(Ok(c)) => {
             let (cur, e) = (&snap.currency.0, f.exponent);
             let fig = |id: &str, label: &str, value: i64, text: String| Figure {
@@ -453,9 +534,24 @@ fn card(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
             out.push(Block::Figures {
                 title: format!("Card {} ({})", c.card, c.tier),
                 items: vec![
-                    fig("card-balance", "Balance", c.balance_minor, money(c.balance_minor, e, cur)),
-                    fig("card-paid", "Paid value", c.paid_balance_minor, money(c.paid_balance_minor, e, cur)),
-                    fig("card-bonus", "Bonus value", c.bonus_balance_minor, money(c.bonus_balance_minor, e, cur)),
+                    fig(
+                        "card-balance",
+                        "Balance",
+                        c.balance_minor,
+                        money(c.balance_minor, e, cur),
+                    ),
+                    fig(
+                        "card-paid",
+                        "Paid value",
+                        c.paid_balance_minor,
+                        money(c.paid_balance_minor, e, cur),
+                    ),
+                    fig(
+                        "card-bonus",
+                        "Bonus value",
+                        c.bonus_balance_minor,
+                        money(c.bonus_balance_minor, e, cur),
+                    ),
                     fig("card-points", "Points", c.points, c.points.to_string()),
                 ],
             });
@@ -516,16 +612,18 @@ pub fn page(page: Page, snap: &Snapshot, grant: Grant) -> Result<String, minijin
         current: p == page,
     });
     let csv = csv_link(page, snap);
-    templates().get_template("page.html")?.render(minijinja::context! {
-        title,
-        brand => snap.brand,
-        who => who(grant, &snap.stores),
-        today => day_text(snap.today),
-        currency => snap.currency.0,
-        nav,
-        blocks,
-        csv,
-    })
+    templates()
+        .get_template("page.html")?
+        .render(minijinja::context! {
+            title,
+            brand => snap.brand,
+            who => who(grant, &snap.stores),
+            today => day_text(snap.today),
+            currency => snap.currency.0,
+            nav,
+            blocks,
+            csv,
+        })
 }
 
 fn csv_link(page: Page, snap: &Snapshot) -> String {

@@ -1,0 +1,190 @@
+//! Every figure on each page equals the same report's `--json` figure
+//! (plain HTTP; the page marks each figure cell with its column and the
+//! report's value), for the owner and for a store manager.
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::books::{admin, admin_json, script, today};
+use crate::common::http::{figure, get_page, table_figures};
+use crate::{daemon, open_link, web_login};
+
+/// The page's table `id` holds exactly the rows of `rows` (a report
+/// section's JSON), each shown figure equal to the JSON's.
+#[track_caller]
+fn same_figures(html: &str, id: &str, rows: &Value) {
+    let shown = table_figures(html, id).unwrap_or_else(|| {
+        let rows = rows.as_array().map_or(0, Vec::len);
+        assert_eq!(
+            rows, 0,
+            "no table {id} on the page, the report has {rows} rows"
+        );
+        vec![]
+    });
+    let rows = rows.as_array().expect("a section is an array");
+    assert_eq!(shown.len(), rows.len(), "{id}: rows");
+    for (page_row, json_row) in shown.iter().zip(rows) {
+        assert!(!page_row.is_empty(), "{id}: a row without figures");
+        for (col, value) in page_row {
+            let want = match &json_row[col] {
+                Value::String(s) => s.clone(),
+                Value::Null => panic!("{id}: column {col} is not in the report"),
+                v => v.to_string(),
+            };
+            assert_eq!(value, &want, "{id}: {col}");
+        }
+    }
+}
+
+fn report(addr: SocketAddr, key: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json", "report"];
+    all.extend_from_slice(args);
+    admin_json(addr, key, &all)
+}
+
+/// The first day of `day`'s month.
+fn month_start(day: &str) -> String {
+    format!("{}01", &day[..8])
+}
+
+#[tokio::test]
+async fn every_figure_on_the_pages_is_the_reports_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo, http) = daemon(dir.path());
+    let y = script(&d, &demo).await;
+    let key = demo.owner_key_path();
+    let cookie = open_link(http, &web_login(&d, &key, http));
+    let cookie = Some(cookie.as_str());
+    let day = today();
+
+    let page = get_page(http, "/", cookie);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let html = &page.body;
+    let today_sales = report(d.addr, &key, &["sales", "--from", &day, "--to", &day]);
+    same_figures(html, "today-sales", &today_sales["sales"]);
+    same_figures(html, "today-total", &today_sales["total"]);
+    let month = month_start(&day);
+    let month_sales = report(d.addr, &key, &["sales", "--from", &month, "--to", &day]);
+    same_figures(html, "month-sales", &month_sales["sales"]);
+    same_figures(html, "month-total", &month_sales["total"]);
+    // The hand-computed books: store 2 sold 40,000 and refunded 15,000.
+    let store_2 = table_figures(html, "today-sales").unwrap();
+    assert!(store_2
+        .iter()
+        .any(|r| r.contains(&("store_id".into(), "2".into()))
+            && r.contains(&("net_sales_minor".into(), "25000".into()))));
+    let liability = report(d.addr, &key, &["liability"]);
+    let total: i64 = liability["liability"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["total_minor"].as_i64().unwrap())
+        .sum();
+    // Store 1 holds 225,000 paid and 23,000 bonus (tests/books).
+    assert_eq!(total, 248_000);
+    assert_eq!(figure(html, "outstanding-total"), Some(total.to_string()));
+    assert!(html.contains("<svg id=\"chart\""), "the 30-day chart");
+
+    let path = format!("/settlement?from={day}&to={day}");
+    let html = get_page(http, &path, cookie).body;
+    let settlement = report(d.addr, &key, &["settlement", "--from", &day, "--to", &day]);
+    same_figures(&html, "settlement-settlement", &settlement["settlement"]);
+    same_figures(&html, "settlement-net", &settlement["net"]);
+    assert!(html.contains("id=\"settlement-matrix\""));
+
+    let html = get_page(http, "/liability", cookie).body;
+    same_figures(&html, "liability-liability", &liability["liability"]);
+    same_figures(&html, "liability-aging", &liability["aging"]);
+    assert!(html.contains("<svg id=\"aging-bars\""));
+
+    let html = get_page(http, "/members?idle_days=0", cookie).body;
+    let dormant = report(d.addr, &key, &["dormant"]);
+    same_figures(&html, "dormant-dormant", &dormant["dormant"]);
+    same_figures(&html, "dormant-summary", &dormant["summary"]);
+    let rfm = report(d.addr, &key, &["rfm"]);
+    same_figures(&html, "rfm-rfm", &rfm["rfm"]);
+    same_figures(&html, "rfm-summary", &rfm["summary"]);
+    assert!(!rfm["rfm"].as_array().unwrap().is_empty());
+
+    // Card Y holds 15,000 paid and 3,000 bonus.
+    let html = get_page(http, &format!("/card?card={y}"), cookie).body;
+    assert_eq!(figure(&html, "card-balance"), Some("18000".into()));
+    assert_eq!(figure(&html, "card-paid"), Some("15000".into()));
+
+    // The download is the report's own CSV (`report --csv`).
+    let csv = get_page(
+        http,
+        &format!("/csv/settlement.csv?from={day}&to={day}"),
+        cookie,
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    let o = admin(
+        d.addr,
+        &key,
+        &[
+            "report",
+            "settlement",
+            "--from",
+            &day,
+            "--to",
+            &day,
+            "--csv",
+        ],
+    );
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("1,2,25000,0,25000"), "{printed}");
+    assert!(csv.body.contains(printed.as_ref()), "{}", csv.body);
+}
+
+#[tokio::test]
+async fn a_store_manager_sees_only_its_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo, http) = daemon(dir.path());
+    script(&d, &demo).await;
+    let key = demo.owner_key_path();
+    let manager = dir.path().join("manager.key");
+    let add = [
+        "add-key",
+        "--role",
+        "store-manager",
+        "--store",
+        "2",
+        "--key-out",
+        manager.to_str().unwrap(),
+    ];
+    assert_eq!(admin(d.addr, &key, &add).status.code(), Some(0));
+    let cookie = open_link(http, &web_login(&d, &manager, http));
+    let cookie = Some(cookie.as_str());
+    let day = today();
+
+    let html = get_page(http, "/", cookie).body;
+    let sales = report(d.addr, &manager, &["sales", "--from", &day, "--to", &day]);
+    same_figures(&html, "today-sales", &sales["sales"]);
+    let rows = table_figures(&html, "today-sales").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].contains(&("store_id".into(), "2".into())));
+    assert!(html.contains("manager of store #2"));
+
+    let path = format!("/settlement?from={day}&to={day}");
+    let html = get_page(http, &path, cookie).body;
+    let settlement = report(
+        d.addr,
+        &manager,
+        &["settlement", "--from", &day, "--to", &day],
+    );
+    same_figures(&html, "settlement-settlement", &settlement["settlement"]);
+    assert!(
+        !html.contains("data-value=\"3\""),
+        "another pair of stores shown"
+    );
+
+    // Members and cards are brand-wide: refused, no figures.
+    let html = get_page(http, "/members", cookie).body;
+    assert!(table_figures(&html, "dormant-dormant").is_none());
+    assert!(html.contains("a store manager of store 2"), "{html}");
+    let y = cardd::card_number::generate(demo.manifest.brand_id);
+    let html = get_page(http, &format!("/card?card={y}"), cookie).body;
+    assert!(crate::common::http::figure(&html, "card-balance").is_none());
+}
