@@ -120,7 +120,10 @@ impl Logins {
     /// A new single-use link for `grant`, valid `WEB_LOGIN_TOKEN_SECS`;
     /// refused past the key's budget or the table's bound.
     pub fn issue(&self, grant: Grant) -> Result<Link, Refusal> {
-        let now = Instant::now();
+        self.issue_at(grant, Instant::now())
+    }
+
+    fn issue_at(&self, grant: Grant, now: Instant) -> Result<Link, Refusal> {
         let mut t = self.lock();
         t.forget_expired(now);
         let asked = t.asked.get(&grant.key).map_or(0, |(_, n)| *n);
@@ -157,7 +160,10 @@ impl Logins {
 
     /// Uses a link (once): a new session's cookie value and its grant.
     pub fn open(&self, token: &str) -> Result<(String, Grant), Refused> {
-        let now = Instant::now();
+        self.open_at(token, Instant::now())
+    }
+
+    fn open_at(&self, token: &str, now: Instant) -> Result<(String, Grant), Refused> {
         let mut t = self.lock();
         t.forget_expired(now);
         let pending = t.links.remove(&digest(token.as_bytes()));
@@ -181,7 +187,10 @@ impl Logins {
 
     /// The grant of a live session (its idle time restarts), or `None`.
     pub fn session(&self, cookie: &str) -> Option<Grant> {
-        let now = Instant::now();
+        self.session_at(cookie, Instant::now())
+    }
+
+    fn session_at(&self, cookie: &str, now: Instant) -> Option<Grant> {
         let mut t = self.lock();
         let s = t.sessions.get_mut(&digest(cookie.as_bytes()))?;
         if s.until <= now || s.idle_until <= now {
@@ -231,6 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn links_and_sessions_expire() {
+        let logins = Logins::default();
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        // A link unused for its whole life is void.
+        let late = logins.issue_at(grant(1), t0).unwrap();
+        let after = t0 + secs(WEB_LOGIN_TOKEN_SECS + 1);
+        assert_eq!(logins.open_at(&late.token, after), Err(Refused::Invalid));
+        // A session unused for the idle time ends; one in use lives on, but
+        // not past its whole life.
+        let idle = logins.issue_at(grant(1), t0).unwrap();
+        let (idle, _) = logins.open_at(&idle.token, t0).unwrap();
+        let used = logins.issue_at(grant(1), t0).unwrap();
+        let (used, _) = logins.open_at(&used.token, t0).unwrap();
+        let step = secs(WEB_SESSION_IDLE_SECS - 60);
+        let mut now = t0;
+        while now + step < t0 + secs(WEB_SESSION_SECS) {
+            now += step;
+            assert!(logins.session_at(&used, now).is_some());
+        }
+        assert_eq!(logins.session_at(&idle, now), None);
+        let end = t0 + secs(WEB_SESSION_SECS);
+        assert_eq!(logins.session_at(&used, end), None);
+    }
+
+    #[test]
     fn a_key_asks_for_a_bounded_number_of_links() {
         let logins = Logins::default();
         for _ in 0..WEB_LINKS_PER_KEY {
@@ -240,5 +275,8 @@ mod tests {
         assert_eq!(refused.code, E::RateLimited);
         // Another key's budget is its own.
         assert!(logins.issue(grant(2)).is_ok());
+        // The budget comes back once its window has passed.
+        let later = Instant::now() + Duration::from_secs(WEB_LOGIN_TOKEN_SECS + 1);
+        assert!(logins.issue_at(grant(1), later).is_ok());
     }
 }
