@@ -17,12 +17,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Refusal;
 use crate::limits::{
     HTTP_CONNECTION_SECS, HTTP_HEADER_TIMEOUT_SECS, HTTP_MAX_CONNECTIONS, HTTP_MAX_HEADER_BYTES,
 };
@@ -84,15 +86,60 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     }
 }
 
-/// How the web page (`crate::web`) reads a brand: through its writer, once
-/// the daemon has started serving (`served` set).
-pub fn reader(served: Arc<std::sync::OnceLock<Arc<super::Shared>>>) -> crate::web::Reader {
-    Arc::new(move |brand, read| {
-        served
+/// How the web page (`crate::web`) reaches the brands, once the daemon
+/// has started serving (`served` set): state reads on the brand's writer,
+/// storage reads as audit reads.
+pub struct Served(pub Arc<std::sync::OnceLock<Arc<super::Shared>>>);
+
+impl crate::web::Brands for Served {
+    fn read(&self, brand: u32, read: super::writer::ReadFn) -> bool {
+        self.0
             .get()
             .and_then(|s| s.brand(brand))
             .is_some_and(|b| b.read(read))
-    })
+    }
+
+    fn activity(
+        &self,
+        grant: crate::web::Grant,
+        scan: crate::pb::GetReport,
+    ) -> BoxFuture<'static, Result<crate::pb::Report, Refusal>> {
+        let shared = self.0.get().cloned();
+        Box::pin(async move {
+            let shared = shared.ok_or_else(not_yet)?;
+            let job = move |store: &dyn crate::storage::LogStore| {
+                crate::audit::activity::scan_page(store, grant.brand, &scan)
+            };
+            super::audit::web_read(&shared, grant.brand, grant.principal, job).await
+        })
+    }
+
+    fn record(
+        &self,
+        grant: crate::web::Grant,
+        seq: u64,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, Refusal>> {
+        let shared = self.0.get().cloned();
+        Box::pin(async move {
+            let shared = shared.ok_or_else(not_yet)?;
+            let job = move |store: &dyn crate::storage::LogStore| {
+                store.record(grant.brand, seq).map_err(|e| {
+                    Refusal::new(
+                        crate::pb::ErrorCode::StorageFailure,
+                        format!("reading the ledger: {e}"),
+                    )
+                })
+            };
+            super::audit::web_read(&shared, grant.brand, grant.principal, job).await
+        })
+    }
+}
+
+fn not_yet() -> Refusal {
+    Refusal::new(
+        crate::pb::ErrorCode::ServerBusy,
+        "the daemon is still starting",
+    )
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled.

@@ -26,12 +26,33 @@ use tokio::sync::oneshot;
 pub use logins::{Grant, Link, Logins, Refused};
 pub use pages::Page;
 
+use futures::future::BoxFuture;
+
+use crate::error::Refusal;
 use crate::limits::{WEB_MAX_BODY_BYTES, WEB_SESSION_SECS};
+use crate::pb;
 use crate::server::writer::ReadFn;
 
-/// Runs a read on a brand's state (its writer); false when the brand is
-/// not served (unknown, halted, or the daemon is stopping).
-pub type Reader = Arc<dyn Fn(u32, ReadFn) -> bool + Send + Sync>;
+/// How the pages reach a brand (the server implements it: `server/http.rs`).
+pub trait Brands: Send + Sync + 'static {
+    /// Runs `read` on the brand's state on its writer; false when the
+    /// brand is not served (unknown, halted, or the daemon is stopping).
+    fn read(&self, brand: u32, read: ReadFn) -> bool;
+    /// One page of the records `scan` asks for (an `activity-scan`), read
+    /// from durable storage under the grant's audit quota.
+    fn activity(
+        &self,
+        grant: Grant,
+        scan: pb::GetReport,
+    ) -> BoxFuture<'static, Result<pb::Report, Refusal>>;
+    /// The stored bytes of record `seq` of the grant's brand (None: no such
+    /// record), under the same quota.
+    fn record(
+        &self,
+        grant: Grant,
+        seq: u64,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, Refusal>>;
+}
 
 /// The session cookie's name.
 pub const COOKIE: &str = "cardd_session";
@@ -56,14 +77,14 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 #[derive(Clone)]
 pub struct Web {
     logins: Arc<Logins>,
-    reader: Reader,
+    brands: Arc<dyn Brands>,
 }
 
 impl Web {
     /// The pages over `logins` (shared with the `WebLogin` operation),
-    /// reading brands through `reader`.
-    pub fn new(logins: Arc<Logins>, reader: Reader) -> Self {
-        Web { logins, reader }
+    /// reading brands through `brands`.
+    pub fn new(logins: Arc<Logins>, brands: Arc<dyn Brands>) -> Self {
+        Web { logins, brands }
     }
 }
 
@@ -75,6 +96,7 @@ pub fn router(web: Web) -> Router {
         .route("/liability", get(liability))
         .route("/members", get(members))
         .route("/card", get(card))
+        .route("/record/{seq}", get(record))
         .route("/csv/{page}", get(csv))
         .route("/login/{token}", get(login))
         .route("/logout", post(logout))
@@ -222,6 +244,23 @@ async fn card(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response 
     show(web, &headers, Page::Card, &uri, false).await
 }
 
+async fn record(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(seq): Path<String>,
+) -> Response {
+    let Ok(seq) = seq.parse::<u64>() else {
+        return (StatusCode::NOT_FOUND, "no such record\n").into_response();
+    };
+    let query = format!("seq={seq}");
+    let uri = Uri::builder()
+        .path_and_query(format!("{}?{query}", uri.path()))
+        .build()
+        .unwrap_or(uri);
+    show(web, &headers, Page::Record, &uri, false).await
+}
+
 async fn csv(
     State(web): State<Web>,
     headers: HeaderMap,
@@ -247,13 +286,13 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
     let query = page.query(&params(uri));
     let (tx, rx) = oneshot::channel();
     let read = pages::read(page, query, grant, tx);
-    if !(web.reader)(grant.brand, read) {
+    if !web.brands.read(grant.brand, read) {
         return unavailable();
     }
     let Ok(snapshot) = rx.await else {
         return unavailable();
     };
-    let Some(snapshot) = snapshot else {
+    let Some(mut snapshot) = snapshot else {
         // The key behind this session was removed: the session ends.
         web.logins.end(&cookie);
         return login_page(
@@ -261,6 +300,7 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
             "The key this session was opened with was removed.",
         );
     };
+    pages::from_storage(web.brands.as_ref(), grant, &mut snapshot).await;
     if as_csv {
         let name = format!("attachment; filename=\"{}.csv\"", page.name());
         return (

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 use super::logins::Grant;
+use super::Brands;
 use crate::error::Refusal;
 use crate::pb::{self, ErrorCode as E};
 use crate::server::writer::{Deliver, ReadFn};
@@ -27,8 +28,10 @@ pub enum Page {
     Liability,
     /// Dormant cards to call, and RFM segments.
     Members,
-    /// One card by number.
+    /// One card by number, and a page of its records.
     Card,
+    /// One record by sequence number, with its hash.
+    Record,
 }
 
 /// What a page was asked for (its query string, checked).
@@ -42,6 +45,11 @@ pub struct Query {
     pub idle_days: u32,
     /// The card asked for (card page).
     pub card: String,
+    /// Card page: its records from this sequence number on (0 = the
+    /// start of the range).
+    pub cursor: u64,
+    /// Record page: the record.
+    pub seq: u64,
 }
 
 /// One report on a page: its request and the answer.
@@ -68,6 +76,10 @@ pub struct Snapshot {
     pub reports: Vec<Shown>,
     /// The card page's card (None: none asked).
     pub card: Option<Result<pb::CardView, Refusal>>,
+    /// The brand's time zone (IANA name, "" = UTC), for times shown.
+    pub zone: String,
+    /// The record page's record: seq, the record and its hash.
+    pub record: Option<Result<(u64, pb::Record, [u8; 32]), Refusal>>,
 }
 
 impl Page {
@@ -79,6 +91,7 @@ impl Page {
             Page::Liability => "liability",
             Page::Members => "members",
             Page::Card => "card",
+            Page::Record => "record",
         }
     }
 
@@ -103,11 +116,13 @@ impl Page {
             to: get("to"),
             idle_days: get("idle_days").parse().unwrap_or(0),
             card: get("card"),
+            cursor: get("cursor").parse().unwrap_or(0),
+            seq: get("seq").parse().unwrap_or(0),
         }
     }
 
     /// The reports the page shows on `today`; fills the query's defaults.
-    fn requests(self, query: &mut Query, today: i32) -> Vec<pb::GetReport> {
+    fn requests(self, query: &mut Query, today: i32, scoped: bool) -> Vec<pb::GetReport> {
         let day = day_text(today);
         let month_start = day_text(month_start(today));
         let sales = |from: &str, to: &str, by: &str| pb::GetReport {
@@ -149,7 +164,17 @@ impl Page {
                 },
                 kind("rfm"),
             ],
-            Page::Card => vec![],
+            // The card's records over the chart's days: first the range of
+            // sequence numbers (from the books), then the page from storage
+            // (`from_storage`). A store manager reads no card.
+            Page::Card if !query.card.is_empty() && !scoped => vec![pb::GetReport {
+                card: query.card.clone(),
+                from: day_text(today - (CHART_DAYS - 1)),
+                to: day,
+                cursor: query.cursor,
+                ..kind("activity")
+            }],
+            Page::Card | Page::Record => vec![],
         }
     }
 }
@@ -175,7 +200,7 @@ pub fn read(
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             let today = state.books.day_of(&state.rules.time_zone, now_ms);
             let reports = page
-                .requests(&mut query, today)
+                .requests(&mut query, today, grant.scope().is_some())
                 .into_iter()
                 .map(|request| Shown {
                     answer: reports::report(state, &request, today, grant.scope()),
@@ -196,6 +221,8 @@ pub fn read(
                 query,
                 reports,
                 card,
+                zone: state.rules.time_zone.clone(),
+                record: None,
             }
         });
         Box::new(move || {
@@ -228,4 +255,68 @@ fn card(state: &BrandState, number: &str, grant: Grant) -> Result<pb::CardView, 
         .filter(|(brand, _)| *brand == state.brand_id)
         .and_then(|(_, n)| state.cards.get(&n).map(|c| state.card_view(n, c)))
         .ok_or_else(|| Refusal::new(E::CardNotFound, "card not found"))
+}
+
+/// The part of a page read from durable storage, after the state read:
+/// the card page's records (the activity range becomes its page) and the
+/// record page's record. Only what the grant may read: a store manager
+/// reads its own store's records.
+pub async fn from_storage(brands: &dyn Brands, grant: Grant, snap: &mut Snapshot) {
+    if let Some(shown) = snap
+        .reports
+        .first_mut()
+        .filter(|s| s.request.kind == "activity")
+    {
+        if let Ok(range) = &shown.answer {
+            let scan = scan_request(range, &shown.request);
+            let answer = brands.activity(grant, scan.clone()).await;
+            *shown = Shown {
+                request: scan,
+                answer,
+            };
+        }
+    }
+    if snap.query.seq != 0 {
+        let seq = snap.query.seq;
+        let stored = brands.record(grant, seq).await;
+        snap.record = Some(stored.and_then(|bytes| {
+            let missing = || Refusal::new(E::InvalidArgument, format!("no record {seq}"));
+            let bytes = bytes.ok_or_else(missing)?;
+            let rec = <pb::Record as prost::Message>::decode(bytes.as_slice())
+                .map_err(|e| Refusal::new(E::StorageFailure, format!("record {seq}: {e}")))?;
+            if grant.scope().is_some_and(|s| s != rec.store_id) {
+                return Err(Refusal::new(
+                    E::WrongRole,
+                    "a store manager reads its own store's records",
+                ));
+            }
+            Ok((seq, rec, crate::crypto::leaf_hash(&bytes)))
+        }));
+    }
+}
+
+/// The activity page's scan for the range the books answered (as
+/// `cardd admin report activity` asks it).
+fn scan_request(range: &pb::Report, asked: &pb::GetReport) -> pb::GetReport {
+    let cells: Vec<Option<&pb::report_cell::Value>> = range
+        .sections
+        .first()
+        .and_then(|s| s.rows.first())
+        .map(|r| r.cells.iter().map(|c| c.value.as_ref()).collect())
+        .unwrap_or_default();
+    let int = |i: usize| match cells.get(i) {
+        Some(Some(pb::report_cell::Value::Int(v))) => u64::try_from(*v).unwrap_or(0),
+        _ => 0,
+    };
+    let card = match cells.get(2) {
+        Some(Some(pb::report_cell::Value::Text(t))) => t.clone(),
+        _ => asked.card.clone(),
+    };
+    pb::GetReport {
+        kind: "activity-scan".into(),
+        cursor: int(0),
+        end_seq: int(1),
+        card,
+        ..Default::default()
+    }
 }

@@ -38,6 +38,8 @@ struct CellView {
     value: String,
     text: String,
     num: bool,
+    /// A link from the cell ("" = none).
+    href: String,
 }
 
 /// Something a page shows.
@@ -67,6 +69,10 @@ enum Block {
         button: String,
     },
     Notice {
+        text: String,
+    },
+    Link {
+        href: String,
         text: String,
     },
 }
@@ -108,6 +114,7 @@ struct Nav {
 struct Fmt<'a> {
     exponent: u32,
     stores: &'a BTreeMap<u32, String>,
+    zone: &'a str,
 }
 
 impl Fmt<'_> {
@@ -127,7 +134,18 @@ impl Fmt<'_> {
             Some(Cell::Int(i)) if column.contains("store") => {
                 (i.to_string(), self.store(*i), false)
             }
+            Some(Cell::Int(i)) if column == "seq" => {
+                let href = format!("/record/{i}");
+                return CellView {
+                    col: column.into(),
+                    value: i.to_string(),
+                    text: i.to_string(),
+                    num: true,
+                    href,
+                };
+            }
             Some(Cell::Int(i)) => (i.to_string(), i.to_string(), true),
+            Some(Cell::Text(t)) if column == "time" => (t.clone(), self.time(t), false),
             Some(Cell::Text(t)) => (t.clone(), t.clone(), false),
             None => (String::new(), String::new(), false),
         };
@@ -136,7 +154,23 @@ impl Fmt<'_> {
             value,
             text,
             num,
+            href: String::new(),
         }
+    }
+
+    /// A UTC timestamp (RFC 3339) in the brand's time zone.
+    fn time(&self, utc: &str) -> String {
+        let zone = match self.zone {
+            "" => "UTC",
+            z => z,
+        };
+        utc.parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|t| t.in_tz(zone).ok())
+            .map_or_else(
+                || utc.to_string(),
+                |z| z.strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
+            )
     }
 }
 
@@ -415,6 +449,7 @@ fn matrix(f: &Fmt, s: Option<&pb::ReportSection>) -> Block {
                 value: String::new(),
                 text: f.store(*from),
                 num: false,
+                href: String::new(),
             }];
             row.extend(stores.iter().map(|to| {
                 let text = owed
@@ -425,6 +460,7 @@ fn matrix(f: &Fmt, s: Option<&pb::ReportSection>) -> Block {
                     value: String::new(),
                     text,
                     num: true,
+                    href: String::new(),
                 }
             }));
             row
@@ -555,15 +591,140 @@ fn card(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
                     fig("card-points", "Points", c.points, c.points.to_string()),
                 ],
             });
-            out.push(Block::Notice {
-                text: format!(
-                    "Its records: cardd admin report activity --card {} (each with its sequence number and hash).",
-                    c.card
-                ),
-            });
+            out.extend(activity(f, snap, &c.card));
         }
     }
     out
+}
+
+/// The card's records of the last 30 days, a page at a time, each linked
+/// to its record (sequence number and hash).
+fn activity(f: &Fmt, snap: &Snapshot, card: &str) -> Vec<Block> {
+    let Some(shown) = snap.reports.first() else {
+        return vec![];
+    };
+    let r = match &shown.answer {
+        Ok(r) => r,
+        Err(_) => return refused(shown).into_iter().collect(),
+    };
+    let title = "Its records, last 30 days (each links to the record and its hash)";
+    let mut out = vec![table(
+        f,
+        "card-activity",
+        title,
+        section(r, "activity"),
+        &[],
+    )];
+    if r.next_cursor != 0 {
+        out.push(Block::Link {
+            href: format!("/card?card={card}&cursor={}", r.next_cursor),
+            text: "More records".into(),
+        });
+    }
+    out
+}
+
+/// One record: what it says, its hash and the hash it links to.
+fn record(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
+    let Some(found) = &snap.record else {
+        return vec![];
+    };
+    let (seq, rec, hash) = match found {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Block::Notice {
+                text: e.message.clone(),
+            }]
+        }
+    };
+    let amount = |v: i64| format_amount(v, f.exponent);
+    let time =
+        jiff::Timestamp::from_millisecond(rec.time_ms).map_or(String::new(), |t| t.to_string());
+    let kind = rec.kind().as_str_name().to_ascii_lowercase();
+    let rows: Vec<(&str, String, String)> = vec![
+        ("seq", seq.to_string(), seq.to_string()),
+        ("hash", hex::encode(hash), hex::encode(hash)),
+        (
+            "prev_hash",
+            hex::encode(&rec.prev_hash),
+            hex::encode(&rec.prev_hash),
+        ),
+        ("time", time.clone(), f.time(&time)),
+        ("kind", kind.clone(), kind),
+        ("card", rec.card.clone(), rec.card.clone()),
+        (
+            "store_id",
+            rec.store_id.to_string(),
+            f.store(i64::from(rec.store_id)),
+        ),
+        (
+            "terminal_id",
+            rec.terminal_id.to_string(),
+            rec.terminal_id.to_string(),
+        ),
+        ("operator", rec.operator.clone(), rec.operator.clone()),
+        (
+            "paid_in_minor",
+            rec.paid_in_minor.to_string(),
+            amount(rec.paid_in_minor),
+        ),
+        (
+            "bonus_in_minor",
+            rec.bonus_in_minor.to_string(),
+            amount(rec.bonus_in_minor),
+        ),
+        (
+            "paid_out_minor",
+            rec.paid_out_minor.to_string(),
+            amount(rec.paid_out_minor),
+        ),
+        (
+            "bonus_out_minor",
+            rec.bonus_out_minor.to_string(),
+            amount(rec.bonus_out_minor),
+        ),
+        (
+            "paid_balance_after_minor",
+            rec.paid_balance_after_minor.to_string(),
+            amount(rec.paid_balance_after_minor),
+        ),
+        (
+            "bonus_balance_after_minor",
+            rec.bonus_balance_after_minor.to_string(),
+            amount(rec.bonus_balance_after_minor),
+        ),
+    ];
+    let rows = rows
+        .into_iter()
+        .map(|(col, value, text)| {
+            let name = CellView {
+                col: String::new(),
+                value: String::new(),
+                text: label(col),
+                num: false,
+                href: String::new(),
+            };
+            let cell = CellView {
+                col: col.into(),
+                value,
+                text,
+                num: false,
+                href: String::new(),
+            };
+            vec![name, cell]
+        })
+        .collect();
+    vec![
+        Block::Table {
+            id: "record".into(),
+            title: format!("Record {seq}"),
+            columns: vec!["field".into(), "value".into()],
+            rows,
+        },
+        Block::Notice {
+            text: "The hash is the record's leaf in the brand's Merkle tree; `cardd audit verify` checks every one.".into(),
+        },
+    ]
 }
 
 fn field(name: &str, label: &str, value: &str, placeholder: &str) -> Field {
@@ -591,6 +752,7 @@ pub fn page(page: Page, snap: &Snapshot, grant: Grant) -> Result<String, minijin
     let f = Fmt {
         exponent: snap.currency.1,
         stores: &snap.stores,
+        zone: &snap.zone,
     };
     let (title, blocks) = match page {
         Page::Overview => ("Overview", overview(&f, snap)),
@@ -598,6 +760,7 @@ pub fn page(page: Page, snap: &Snapshot, grant: Grant) -> Result<String, minijin
         Page::Liability => ("Liability", liability(&f, snap)),
         Page::Members => ("Members", members(&f, snap)),
         Page::Card => ("Card", card(&f, snap)),
+        Page::Record => ("Record", record(&f, snap)),
     };
     let nav = [
         ("/", "Overview", Page::Overview),
@@ -631,7 +794,8 @@ fn csv_link(page: Page, snap: &Snapshot) -> String {
     let query = match page {
         Page::Settlement => format!("?from={}&to={}", q.from, q.to),
         Page::Members if q.idle_days != 0 => format!("?idle_days={}", q.idle_days),
-        Page::Card => format!("?card={}", q.card),
+        Page::Card => format!("?card={}&cursor={}", q.card, q.cursor),
+        Page::Record => return String::new(),
         _ => String::new(),
     };
     format!("/csv/{}.csv{query}", page.name())
@@ -651,7 +815,9 @@ pub fn csv(snap: &Snapshot) -> String {
     let mut out = String::new();
     for shown in &snap.reports {
         let r = &shown.request;
-        out.push_str(&format!("# report {} {} {}\n", r.kind, r.from, r.to));
+        let line = format!("# report {} {} {}", r.kind, r.from, r.to);
+        out.push_str(line.trim_end());
+        out.push('\n');
         match &shown.answer {
             Ok(report) => out.push_str(&report_csv(report)),
             Err(e) => out.push_str(&format!("# refused: {}\n\n", e.message)),

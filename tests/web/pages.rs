@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::books::{admin, admin_json, script, today};
-use crate::common::http::{figure, get_page, table_figures};
+use crate::common::http::{figure, get_page, table_figures, unescape};
 use crate::{daemon, open_link, web_login};
 
 /// The page's table `id` holds exactly the rows of `rows` (a report
@@ -107,10 +107,41 @@ async fn every_figure_on_the_pages_is_the_reports_figure() {
     same_figures(&html, "rfm-summary", &rfm["summary"]);
     assert!(!rfm["rfm"].as_array().unwrap().is_empty());
 
-    // Card Y holds 15,000 paid and 3,000 bonus.
+    // Card Y holds 15,000 paid and 3,000 bonus; its records of the last 30
+    // days are the activity report's.
     let html = get_page(http, &format!("/card?card={y}"), cookie).body;
     assert_eq!(figure(&html, "card-balance"), Some("18000".into()));
     assert_eq!(figure(&html, "card-paid"), Some("15000".into()));
+    let first = cardd::state::books::day_of_text(&day).unwrap() - 29;
+    let first = cardd::state::books::day_text(first);
+    let activity = report(
+        d.addr,
+        &key,
+        &["activity", "--card", &y, "--from", &first, "--to", &day],
+    );
+    same_figures(&html, "card-activity", &activity["activity"]);
+    assert_eq!(
+        activity["activity"].as_array().unwrap().len(),
+        3,
+        "{activity}"
+    );
+    let seq = &activity["activity"][0]["seq"];
+    assert!(
+        unescape(&html).contains(&format!("<a href=\"/record/{seq}\">")),
+        "no link to record {seq}"
+    );
+
+    // A record by its sequence number: the hash its receipt gave.
+    let mut till = demo.terminal(d.addr, 0).await;
+    let sale = crate::common::ok(&mut till, 500, crate::common::purchase(&y, 100)).await;
+    let receipt = sale.receipt.expect("a receipt");
+    let html = get_page(http, &format!("/record/{}", receipt.seq), cookie).body;
+    let fields = table_figures(&html, "record").expect("the record's table");
+    assert!(
+        fields.contains(&vec![("hash".into(), hex::encode(&receipt.hash))]),
+        "{fields:?}"
+    );
+    assert!(fields.contains(&vec![("paid_out_minor".into(), "100".into())]));
 
     // The download is the report's own CSV (`report --csv`).
     let csv = get_page(
@@ -187,4 +218,8 @@ async fn a_store_manager_sees_only_its_store() {
     let y = cardd::card_number::generate(demo.manifest.brand_id);
     let html = get_page(http, &format!("/card?card={y}"), cookie).body;
     assert!(crate::common::http::figure(&html, "card-balance").is_none());
+    // Records: its own store's only (record 1 is the brand's creation).
+    let html = get_page(http, "/record/1", cookie).body;
+    assert!(table_figures(&html, "record").is_none());
+    assert!(html.contains("its own store"), "{html}");
 }
