@@ -78,9 +78,12 @@ pub struct Snapshot {
     pub card: Option<Result<pb::CardView, Refusal>>,
     /// The brand's time zone (IANA name, "" = UTC), for times shown.
     pub zone: String,
-    /// The record page's record: seq, the record and its hash.
-    pub record: Option<Result<(u64, pb::Record, [u8; 32]), Refusal>>,
+    /// The record page's record (None: none asked).
+    pub record: Option<Result<Stored, Refusal>>,
 }
+
+/// A record read from storage: its sequence number, the record, its hash.
+pub type Stored = (u64, pb::Record, [u8; 32]);
 
 impl Page {
     /// The page's name (its path and its CSV's).
