@@ -637,82 +637,43 @@ fn record(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
             }]
         }
     };
-    let amount = |v: i64| format_amount(v, f.exponent);
     let time =
         jiff::Timestamp::from_millisecond(rec.time_ms).map_or(String::new(), |t| t.to_string());
-    let kind = rec.kind().as_str_name().to_ascii_lowercase();
-    let rows: Vec<(&str, String, String)> = vec![
-        ("seq", seq.to_string(), seq.to_string()),
-        ("hash", hex::encode(hash), hex::encode(hash)),
-        (
-            "prev_hash",
-            hex::encode(&rec.prev_hash),
-            hex::encode(&rec.prev_hash),
-        ),
+    let plain = |col: &'static str, v: String| (col, v.clone(), v);
+    let mut rows = vec![
+        plain("seq", seq.to_string()),
+        plain("hash", hex::encode(hash)),
+        plain("prev_hash", hex::encode(&rec.prev_hash)),
         ("time", time.clone(), f.time(&time)),
-        ("kind", kind.clone(), kind),
-        ("card", rec.card.clone(), rec.card.clone()),
+        plain("kind", rec.kind().as_str_name().to_ascii_lowercase()),
+        plain("card", rec.card.clone()),
         (
             "store_id",
             rec.store_id.to_string(),
             f.store(i64::from(rec.store_id)),
         ),
-        (
-            "terminal_id",
-            rec.terminal_id.to_string(),
-            rec.terminal_id.to_string(),
-        ),
-        ("operator", rec.operator.clone(), rec.operator.clone()),
-        (
-            "paid_in_minor",
-            rec.paid_in_minor.to_string(),
-            amount(rec.paid_in_minor),
-        ),
-        (
-            "bonus_in_minor",
-            rec.bonus_in_minor.to_string(),
-            amount(rec.bonus_in_minor),
-        ),
-        (
-            "paid_out_minor",
-            rec.paid_out_minor.to_string(),
-            amount(rec.paid_out_minor),
-        ),
-        (
-            "bonus_out_minor",
-            rec.bonus_out_minor.to_string(),
-            amount(rec.bonus_out_minor),
-        ),
-        (
-            "paid_balance_after_minor",
-            rec.paid_balance_after_minor.to_string(),
-            amount(rec.paid_balance_after_minor),
-        ),
-        (
-            "bonus_balance_after_minor",
-            rec.bonus_balance_after_minor.to_string(),
-            amount(rec.bonus_balance_after_minor),
-        ),
+        plain("terminal_id", rec.terminal_id.to_string()),
+        plain("operator", rec.operator.clone()),
     ];
+    let amounts = [
+        ("paid_in_minor", rec.paid_in_minor),
+        ("bonus_in_minor", rec.bonus_in_minor),
+        ("paid_out_minor", rec.paid_out_minor),
+        ("bonus_out_minor", rec.bonus_out_minor),
+        ("paid_balance_after_minor", rec.paid_balance_after_minor),
+        ("bonus_balance_after_minor", rec.bonus_balance_after_minor),
+    ];
+    rows.extend(amounts.map(|(col, v)| (col, v.to_string(), format_amount(v, f.exponent))));
+    let cell = |col: &str, value: String, text: String| CellView {
+        col: col.into(),
+        value,
+        text,
+        num: false,
+        href: String::new(),
+    };
     let rows = rows
         .into_iter()
-        .map(|(col, value, text)| {
-            let name = CellView {
-                col: String::new(),
-                value: String::new(),
-                text: label(col),
-                num: false,
-                href: String::new(),
-            };
-            let cell = CellView {
-                col: col.into(),
-                value,
-                text,
-                num: false,
-                href: String::new(),
-            };
-            vec![name, cell]
-        })
+        .map(|(col, value, text)| vec![cell("", String::new(), label(col)), cell(col, value, text)])
         .collect();
     vec![
         Block::Table {
@@ -722,7 +683,9 @@ fn record(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
             rows,
         },
         Block::Notice {
-            text: "The hash is the record's leaf in the brand's Merkle tree; `cardd audit verify` checks every one.".into(),
+            text: "The hash is the record's leaf in the brand's Merkle tree; \
+                   `cardd audit verify` checks every one."
+                .into(),
         },
     ]
 }
