@@ -283,6 +283,7 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
             "Sign in with a link from `cardd admin --key KEY web-login --http ADDR`.",
         );
     };
+    let started = std::time::Instant::now();
     let query = page.query(&params(uri));
     let (tx, rx) = oneshot::channel();
     let read = pages::read(page, query, grant, tx);
@@ -312,7 +313,11 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
         )
             .into_response();
     }
-    match view::page(page, &snapshot, grant) {
+    let rendered = view::page(page, &snapshot, grant);
+    // The render-time figure of bench/web.sh, from the daemon's side.
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::debug!(page = page.name(), brand = grant.brand, ms, "web page served");
+    match rendered {
         Ok(body) => html(StatusCode::OK, body),
         Err(e) => {
             tracing::error!(error = %e, "web page did not render");
