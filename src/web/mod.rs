@@ -316,7 +316,12 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
     let rendered = view::page(page, &snapshot, grant);
     // The render-time figure of bench/web.sh, from the daemon's side.
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::debug!(page = page.name(), brand = grant.brand, ms, "web page served");
+    tracing::debug!(
+        page = page.name(),
+        brand = grant.brand,
+        ms,
+        "web page served"
+    );
     match rendered {
         Ok(body) => html(StatusCode::OK, body),
         Err(e) => {

@@ -795,3 +795,75 @@ pub fn csv(snap: &Snapshot) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::pages::Query;
+
+    fn cell(v: Cell) -> pb::ReportCell {
+        pb::ReportCell { value: Some(v) }
+    }
+
+    /// A liability page whose store name and figures come from `name`.
+    fn snapshot(name: &str) -> Snapshot {
+        let report = pb::Report {
+            kind: "liability".into(),
+            sections: vec![pb::ReportSection {
+                name: "liability".into(),
+                columns: vec!["store_id".into(), "total_minor".into()],
+                rows: vec![pb::ReportRow {
+                    cells: vec![cell(Cell::Int(1)), cell(Cell::Int(-1250))],
+                }],
+            }],
+            ..Default::default()
+        };
+        Snapshot {
+            brand: name.into(),
+            currency: ("CNY".into(), 2),
+            today: 20_000,
+            query: Query::default(),
+            stores: [(1, name.to_string())].into(),
+            reports: vec![Shown {
+                request: pb::GetReport::default(),
+                answer: Ok(report),
+            }],
+            card: None,
+            zone: String::new(),
+            record: None,
+        }
+    }
+
+    #[test]
+    fn text_from_the_ledger_is_escaped_and_figures_keep_their_value() {
+        let grant = Grant {
+            brand: 1,
+            principal: Principal::Owner,
+            key: [0; 32],
+        };
+        let html = page(Page::Liability, &snapshot("<script>x</script>"), grant).unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains(r#"data-col="total_minor" data-value="-1250""#));
+        assert!(html.contains(">-12.50<"), "{html}");
+        let login = login("<b>why</b>");
+        assert!(login.contains("&lt;b&gt;why") && !login.contains("<b>"));
+    }
+
+    #[test]
+    fn bars_scale_to_the_largest_and_never_go_negative() {
+        let f = Fmt {
+            exponent: 2,
+            stores: &BTreeMap::new(),
+            zone: "",
+        };
+        let values = [("a".to_string(), 100), ("b".into(), 50), ("c".into(), -5)];
+        let Block::Bars { bars, height, .. } = bars(&f, "x", "t", &values, true) else {
+            panic!("bars")
+        };
+        assert_eq!(bars[0].h, height);
+        assert_eq!(bars[1].h, height / 2);
+        assert_eq!(bars[2].h, 0);
+        assert_eq!(bars[1].y, height - height / 2);
+    }
+}
