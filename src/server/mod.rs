@@ -176,7 +176,7 @@ pub async fn run_until(
     if let Some(addr) = config.http_listen {
         let http_listener = bind(addr).await?;
         let addr = http_listener.local_addr().unwrap_or(addr);
-        tracing::info!(%addr, "HTTP listener: /metrics, /livez, /readyz, the owner's web page");
+        tracing::info!(%addr, "HTTP listener: /metrics, /livez, /readyz");
         let web = crate::web::Web::new(logins.clone(), Arc::new(http::Served(served.clone())));
         let router = http::router(health.clone()).merge(crate::web::router(web));
         tokio::spawn(http::serve(http_listener, router, http_stop.clone()));

@@ -31,17 +31,23 @@ pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Reques
     let read = Box::new(move |state: &BrandState| -> Deliver {
         let allowed = may_log_in(state, grant.principal);
         Box::new(move || {
-            let answer = allowed
-                .and_then(|()| shared.web.issue(grant))
-                .map(|link| pb::Reply {
-                    detail: Some(pb::reply::Detail::WebLogin(pb::WebLoginLink {
-                        token: link.token,
-                        expires_ms: link.expires_ms,
-                        role: role(grant.principal) as i32,
-                        store_id: grant.scope().unwrap_or(0),
-                    })),
-                    ..Default::default()
-                });
+            let answer = allowed.and_then(|()| shared.web.issue(grant));
+            let (brand, principal) = (grant.brand, grant.principal);
+            match &answer {
+                Ok(_) => tracing::info!(brand, ?principal, "web login link issued"),
+                Err(r) => {
+                    tracing::info!(brand, ?principal, code = ?r.code, "web login link refused")
+                }
+            }
+            let answer = answer.map(|link| pb::Reply {
+                detail: Some(pb::reply::Detail::WebLogin(pb::WebLoginLink {
+                    token: link.token,
+                    expires_ms: link.expires_ms,
+                    role: role(principal) as i32,
+                    store_id: grant.scope().unwrap_or(0),
+                })),
+                ..Default::default()
+            });
             reply.send(answer);
         })
     });

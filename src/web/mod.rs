@@ -188,7 +188,9 @@ fn login_page(status: StatusCode, why: &str) -> Response {
 
 async fn login(State(web): State<Web>, Path(token): Path<String>) -> Response {
     match web.logins.open(&token) {
-        Ok((session, _)) => {
+        Ok((session, grant)) => {
+            let (brand, principal) = (grant.brand, grant.principal);
+            tracing::info!(brand, ?principal, "web session opened");
             let cookie = format!(
                 "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={WEB_SESSION_SECS}"
             );
