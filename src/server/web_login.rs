@@ -23,6 +23,12 @@ pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Reques
             "request names another brand",
         )));
     }
+    if session.brand.is_halted() {
+        return reply.send(Err(Refusal::new(
+            E::StorageFailure,
+            "this brand was stopped: its ledger on disk was found changed (see the daemon's log)",
+        )));
+    }
     let grant = Grant {
         brand: session.brand_id,
         principal: session.principal,
@@ -51,7 +57,7 @@ pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Reques
             reply.send(answer);
         })
     });
-    // A stopped writer (shutdown, halt) drops `read` and with it `reply`:
+    // A writer stopped since (shutdown) drops `read` and with it `reply`:
     // the request's permit is freed unanswered and the connection closes
     // with the daemon, as for the other requests in flight then.
     let _ = session.brand.read(read);
