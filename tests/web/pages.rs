@@ -43,6 +43,30 @@ fn report(addr: SocketAddr, key: &Path, args: &[&str]) -> Value {
     admin_json(addr, key, &all)
 }
 
+/// The settlement matrix's cells as text, header row first.
+fn matrix_cells(html: &str) -> Vec<Vec<String>> {
+    let start = html
+        .find("<table id=\"settlement-matrix\">")
+        .expect("the matrix");
+    let table = &html[start..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let cell_text = |c: &str| {
+        let text = c.split_once('>').map_or("", |(_, t)| t);
+        unescape(text.split('<').next().unwrap_or("").trim())
+    };
+    table
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<t")
+                .skip(1)
+                .filter(|c| c.starts_with('d') || c.starts_with('h'))
+                .map(cell_text)
+                .collect()
+        })
+        .collect()
+}
+
 /// The first day of `day`'s month.
 fn month_start(day: &str) -> String {
     format!("{}01", &day[..8])
@@ -91,7 +115,18 @@ async fn every_figure_on_the_pages_is_the_reports_figure() {
     let settlement = report(d.addr, &key, &["settlement", "--from", &day, "--to", &day]);
     same_figures(&html, "settlement-settlement", &settlement["settlement"]);
     same_figures(&html, "settlement-net", &settlement["net"]);
-    assert!(html.contains("id=\"settlement-matrix\""));
+    // The matrix: a row per paying store, a column per receiving store.
+    let matrix = matrix_cells(&html);
+    let header = [
+        "owes ↓ / to →",
+        "#0 head office",
+        "#1 Downtown",
+        "#2 Airport",
+        "#3 Riverside",
+    ];
+    assert_eq!(matrix[0], header);
+    assert_eq!(matrix[2], ["#1 Downtown", "", "", "250.00", "120.00"]);
+    assert_eq!(matrix[1], ["#0 head office", "", "", "", "20.00"]);
 
     let html = get_page(http, "/liability", cookie).body;
     same_figures(&html, "liability-liability", &liability["liability"]);
