@@ -333,7 +333,7 @@ fn overview(f: &Fmt, snap: &Snapshot) -> Vec<Block> {
             &TALLY_SHOWN,
         ));
         let total = section(r, "total");
-        let all = format!("{title}, all stores");
+        let all = format!("{title}, in total");
         out.push(table(
             f,
             &format!("{id}-total"),
