@@ -185,6 +185,12 @@ pub const WEB_MAX_SESSIONS: usize = 1_024;
 pub const WEB_SESSION_SECS: u64 = 8 * 3600;
 /// ...or once unused this long.
 pub const WEB_SESSION_IDLE_SECS: u64 = 30 * 60;
+/// Web pages read at once, all sessions together: each read runs on its
+/// brand's writer between batches (a members page passes over every
+/// card), so the web page never holds more of a writer than this.
+pub const WEB_READS_AT_ONCE: usize = 2;
+/// How long a page waits for one of those before answering 503.
+pub const WEB_READ_WAIT_SECS: u64 = 10;
 /// Request bodies on the web port: the page has no writes (logout's form is
 /// empty), so anything larger is refused (413) unread.
 pub const WEB_MAX_BODY_BYTES: u64 = 1_024;

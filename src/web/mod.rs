@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 pub use logins::{Grant, Link, Logins, Refused};
 pub use pages::Page;
@@ -29,7 +29,7 @@ pub use pages::Page;
 use futures::future::BoxFuture;
 
 use crate::error::Refusal;
-use crate::limits::{WEB_MAX_BODY_BYTES, WEB_SESSION_SECS};
+use crate::limits::{WEB_MAX_BODY_BYTES, WEB_READS_AT_ONCE, WEB_READ_WAIT_SECS, WEB_SESSION_SECS};
 use crate::pb;
 use crate::server::writer::ReadFn;
 
@@ -78,13 +78,19 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 pub struct Web {
     logins: Arc<Logins>,
     brands: Arc<dyn Brands>,
+    /// `WEB_READS_AT_ONCE` permits: pages read one after another.
+    reads: Arc<Semaphore>,
 }
 
 impl Web {
     /// The pages over `logins` (shared with the `WebLogin` operation),
     /// reading brands through `brands`.
     pub fn new(logins: Arc<Logins>, brands: Arc<dyn Brands>) -> Self {
-        Web { logins, brands }
+        Web {
+            logins,
+            brands,
+            reads: Arc::new(Semaphore::new(WEB_READS_AT_ONCE)),
+        }
     }
 }
 
@@ -286,6 +292,11 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
         );
     };
     let started = std::time::Instant::now();
+    let wait = std::time::Duration::from_secs(WEB_READ_WAIT_SECS);
+    let Ok(Ok(_permit)) = tokio::time::timeout(wait, web.reads.clone().acquire_owned()).await
+    else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy: try again\n").into_response();
+    };
     let query = page.query(&params(uri));
     let (tx, rx) = oneshot::channel();
     let read = pages::read(page, query, grant, tx);
