@@ -88,6 +88,8 @@ struct Figure {
 #[derive(Serialize)]
 struct Bar {
     label: String,
+    /// The report's figure (minor units).
+    value: i64,
     text: String,
     x: i64,
     y: i64,
@@ -257,6 +259,7 @@ fn bars(f: &Fmt, id: &str, title: &str, values: &[(String, i64)], vertical: bool
                 let h = len(height);
                 Bar {
                     label: label.clone(),
+                    value: *v,
                     text,
                     x: i * w,
                     y: height - h,
@@ -267,6 +270,7 @@ fn bars(f: &Fmt, id: &str, title: &str, values: &[(String, i64)], vertical: bool
                 let w = len(width - 160);
                 Bar {
                     label: label.clone(),
+                    value: *v,
                     text,
                     x: 100,
                     y: i * 24,

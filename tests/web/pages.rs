@@ -43,6 +43,24 @@ fn report(addr: SocketAddr, key: &Path, args: &[&str]) -> Value {
     admin_json(addr, key, &all)
 }
 
+/// The bars of the page's `<svg id="ID">`: (label, value) in order.
+fn bars(html: &str, id: &str) -> Vec<(String, String)> {
+    let start = html.find(&format!("<svg id=\"{id}\"")).expect("the chart");
+    let svg = &html[start..];
+    let svg = &svg[..svg.find("</svg>").unwrap()];
+    svg.split("<g data-label=\"")
+        .skip(1)
+        .map(|g| {
+            let (label, rest) = g.split_once('"').unwrap();
+            let value = rest.split_once("data-value=\"").unwrap().1;
+            (
+                unescape(label),
+                value.split_once('"').unwrap().0.to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The settlement matrix's cells as text, header row first.
 fn matrix_cells(html: &str) -> Vec<Vec<String>> {
     let start = html
@@ -108,7 +126,42 @@ async fn every_figure_on_the_pages_is_the_reports_figure() {
     // Store 1 holds 225,000 paid and 23,000 bonus (tests/books).
     assert_eq!(total, 248_000);
     assert_eq!(figure(html, "outstanding-total"), Some(total.to_string()));
-    assert!(html.contains("<svg id=\"chart\""), "the 30-day chart");
+    for (id, column) in [
+        ("outstanding-paid", "paid_minor"),
+        ("outstanding-bonus", "bonus_minor"),
+    ] {
+        let sum: i64 = liability["liability"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[column].as_i64().unwrap())
+            .sum();
+        assert_eq!(figure(html, id), Some(sum.to_string()), "{id}");
+    }
+    // The chart: each day's bar is the sales report's net sales that day.
+    let first = cardd::state::books::day_of_text(&day).unwrap() - 29;
+    let first = cardd::state::books::day_text(first);
+    let by_day = report(
+        d.addr,
+        &key,
+        &["sales", "--by", "day", "--from", &first, "--to", &day],
+    );
+    let bars = bars(html, "chart");
+    assert_eq!(bars.len(), 30);
+    assert_eq!(bars[0].0, first);
+    assert_eq!(bars[29], (day.clone(), "39000".to_string()));
+    for row in by_day["sales"].as_array().unwrap() {
+        let want = (
+            row["day"].as_str().unwrap().to_string(),
+            row["net_sales_minor"].to_string(),
+        );
+        assert!(bars.contains(&want), "{want:?} not in {bars:?}");
+    }
+    let shown: i64 = bars.iter().map(|(_, v)| v.parse::<i64>().unwrap()).sum();
+    assert_eq!(
+        shown,
+        by_day["total"][0]["net_sales_minor"].as_i64().unwrap()
+    );
 
     let path = format!("/settlement?from={day}&to={day}");
     let html = get_page(http, &path, cookie).body;
@@ -147,8 +200,6 @@ async fn every_figure_on_the_pages_is_the_reports_figure() {
     let html = get_page(http, &format!("/card?card={y}"), cookie).body;
     assert_eq!(figure(&html, "card-balance"), Some("18000".into()));
     assert_eq!(figure(&html, "card-paid"), Some("15000".into()));
-    let first = cardd::state::books::day_of_text(&day).unwrap() - 29;
-    let first = cardd::state::books::day_text(first);
     let activity = report(
         d.addr,
         &key,
