@@ -314,7 +314,7 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
             "The key this session was opened with was removed.",
         );
     };
-    pages::from_storage(web.brands.as_ref(), grant, &mut snapshot).await;
+    pages::from_storage(web.brands.as_ref(), page, grant, &mut snapshot).await;
     if as_csv {
         let name = format!("attachment; filename=\"{}.csv\"", page.name());
         return (

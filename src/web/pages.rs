@@ -264,7 +264,7 @@ fn card(state: &BrandState, number: &str, grant: Grant) -> Result<pb::CardView, 
 /// the card page's records (the activity range becomes its page) and the
 /// record page's record. Only what the grant may read: a store manager
 /// reads its own store's records.
-pub async fn from_storage(brands: &dyn Brands, grant: Grant, snap: &mut Snapshot) {
+pub async fn from_storage(brands: &dyn Brands, page: Page, grant: Grant, snap: &mut Snapshot) {
     if let Some(shown) = snap
         .reports
         .first_mut()
@@ -279,7 +279,7 @@ pub async fn from_storage(brands: &dyn Brands, grant: Grant, snap: &mut Snapshot
             };
         }
     }
-    if snap.query.seq != 0 {
+    if page == Page::Record && snap.query.seq != 0 {
         let seq = snap.query.seq;
         let stored = brands.record(grant, seq).await;
         snap.record = Some(stored.and_then(|bytes| {
