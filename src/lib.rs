@@ -38,4 +38,5 @@ mod tidy;
 #[cfg(test)]
 mod till_vectors;
 pub mod tls;
+pub mod web;
 pub mod wire;

@@ -177,6 +177,32 @@ pub const HTTP_CONNECTION_SECS: u64 = 60;
 /// The HTTP listener: hyper's read buffer, and so the most header bytes
 /// one request may send (over it: 431 and the connection closed).
 pub const HTTP_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// A web login link (`WebLogin`) is valid this long, and only once.
+pub const WEB_LOGIN_TOKEN_SECS: u64 = 600;
+/// Unused web login links held at once, all brands together: over it,
+/// `WebLogin` is refused (`QUOTA_EXCEEDED`) until links are used or expire.
+pub const WEB_MAX_PENDING_LOGINS: usize = 1_024;
+/// Links one key may ask for within `WEB_LOGIN_TOKEN_SECS` (`RATE_LIMITED`
+/// past it): a leaked owner console cannot flood the table.
+pub const WEB_LINKS_PER_KEY: u32 = 10;
+/// Web sessions open at once, all brands together: a link opened past it
+/// shows the login page with "too many sessions".
+pub const WEB_MAX_SESSIONS: usize = 1_024;
+/// A web session ends this long after its login at the latest...
+pub const WEB_SESSION_SECS: u64 = 8 * 3600;
+/// ...or once unused this long.
+pub const WEB_SESSION_IDLE_SECS: u64 = 30 * 60;
+/// Web pages read at once, all sessions together: each read runs on its
+/// brand's writer between batches (a members page passes over every
+/// card), so the web page never holds more of a writer than this.
+pub const WEB_READS_AT_ONCE: usize = 2;
+/// How long a page waits for one of those before answering 503.
+pub const WEB_READ_WAIT_SECS: u64 = 10;
+/// Request bodies on the web port: the page has no writes (logout's form is
+/// empty), so anything larger is refused (413) unread.
+pub const WEB_MAX_BODY_BYTES: u64 = 1_024;
+const _: () = assert!(WEB_SESSION_IDLE_SECS <= WEB_SESSION_SECS);
+const _: () = assert!(WEB_LINKS_PER_KEY as usize <= WEB_MAX_PENDING_LOGINS);
 
 // Relations between limits, checked when the crate compiles.
 const _: () = assert!(

@@ -509,6 +509,17 @@ enum AdminOp {
     /// Print the rules in force as a file `set-rules` accepts.
     #[command(after_help = "Example:\n  cardd admin --key owner.key rules > rules.json")]
     Rules,
+    /// Print a single-use link to the owner's web page (valid 10 minutes;
+    /// the daemon's --http-listen serves it). Owner, auditor and
+    /// store-manager keys (docs/web.md).
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key web-login --http 127.0.0.1:9100"
+    )]
+    WebLogin {
+        /// The daemon's --http-listen address, as the browser reaches it.
+        #[arg(long)]
+        http: String,
+    },
     /// Add a read-only key: an auditor (every report, exports, proofs) or
     /// a store manager (one store's reports and activity).
     #[command(

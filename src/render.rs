@@ -225,6 +225,11 @@ fn detail_fields(m: &mut Map<String, Value>, detail: &Detail) {
             m.insert("new_terminal_id".into(), json!(t.terminal_id));
             m.insert("store_id".into(), json!(t.store_id));
         }
+        // The token is a secret: `web-login` prints the link itself.
+        Detail::WebLogin(w) => {
+            m.insert("expires_ms".into(), json!(w.expires_ms));
+            m.insert("store_id".into(), json!(w.store_id));
+        }
     }
 }
 
@@ -323,6 +328,7 @@ fn receipt_title(reply: &pb::Reply) -> &'static str {
         Some(Detail::Status(_)) => "TRANSACTION STATUS",
         Some(Detail::Store(_)) => "STORE CREATED",
         Some(Detail::Terminal(_)) => "TERMINAL ENROLLED",
+        Some(Detail::WebLogin(_)) => "WEB LOGIN",
         None if reply.receipt.is_none() => "BALANCE INQUIRY",
         None => "RECORDED",
     }
@@ -378,6 +384,7 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
             "Terminal id",
             format!("{} (store {})", t.terminal_id, t.store_id),
         )),
+        Detail::WebLogin(w) => out.push(line("Link valid until", utc_time(w.expires_ms as i64))),
     }
 }
 
@@ -477,6 +484,41 @@ fn channel_name(c: pb::Channel) -> &'static str {
         pb::Channel::Online => "online",
         pb::Channel::Corporate => "corporate",
     }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// A report as CSV: per section a `# name` line, the header, the rows
+/// (amounts in minor units), then a blank line. `cardd admin report --csv`
+/// and the web page's downloads print it.
+pub fn report_csv(report: &pb::Report) -> String {
+    use pb::report_cell::Value as Cell;
+    let mut out = String::new();
+    for s in &report.sections {
+        out.push_str(&format!("# {}\n", s.name));
+        let header: Vec<String> = s.columns.iter().map(|c| csv_field(c)).collect();
+        out.push_str(&(header.join(",") + "\n"));
+        for r in &s.rows {
+            let cells: Vec<String> = r
+                .cells
+                .iter()
+                .map(|v| match &v.value {
+                    Some(Cell::Int(i)) => i.to_string(),
+                    Some(Cell::Text(t)) => csv_field(t),
+                    None => String::new(),
+                })
+                .collect();
+            out.push_str(&(cells.join(",") + "\n"));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

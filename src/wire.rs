@@ -306,6 +306,7 @@ const ADD_KEY: Schema = msg(&[
     f(4, "label", Str),
 ]);
 const REMOVE_KEY: Schema = msg(&[f(1, "public_key", Bytes)]);
+const WEB_LOGIN: Schema = msg(&[]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const EXPORT_LEDGER: Schema = msg(&[f(90, "after_size", Int)]);
 const CREATE_BRAND: Schema = msg(&[
@@ -344,6 +345,7 @@ const REQUEST: Schema = Schema {
         f(45, "report", Msg(&GET_REPORT)),
         f(46, "add_key", Msg(&ADD_KEY)),
         f(47, "remove_key", Msg(&REMOVE_KEY)),
+        f(48, "web_login", Msg(&WEB_LOGIN)),
         f(50, "create_brand", Msg(&CREATE_BRAND)),
         f(51, "set_holder", Msg(&SET_HOLDER)),
         f(52, "holder_data", Msg(&HOLDER_DATA)),
@@ -353,8 +355,8 @@ const REQUEST: Schema = Schema {
         f(56, "set_pin_lock", Msg(&SET_PIN_LOCK)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 50, 51, 52,
-        53, 54, 55, 56,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 48, 50, 51,
+        52, 53, 54, 55, 56,
     ],
 };
 
@@ -576,6 +578,7 @@ mod tests {
         ("EraseHolder", &CARD_ONLY),
         ("SetPin", &SET_PIN),
         ("SetPinLock", &SET_PIN_LOCK),
+        ("WebLogin", &WEB_LOGIN),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.

@@ -361,6 +361,8 @@ OPS = {
     46: ("add_key", Schema("AddKey", {1: ("public_key", BYTES), 2: ("role", U32), 3: ("store_id", U32),
                                       4: ("label", STRING)})),
     47: ("remove_key", Schema("RemoveKey", {1: ("public_key", BYTES)})),
+    # Read-only (never in a record); listed so the schemas match the proto.
+    48: ("web_login", Schema("WebLogin", {})),
     50: ("create_brand", Schema("CreateBrand", {1: ("name", STRING), 2: ("currency", STRING),
                                                 3: ("currency_exponent", U32), 4: ("owner_public_key", BYTES)})),
     51: ("set_holder", Schema("SetHolder", {1: ("card", STRING), 2: ("commitment", BYTES)})),

@@ -54,6 +54,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<ExitCode> {
     if let AdminOp::IssueCards { .. } = &args.op {
         return super::issue_cards::run(&mut client, &args, txn).await;
     }
+    if let AdminOp::WebLogin { http } = &args.op {
+        return web_login(&mut client, http, args.json).await;
+    }
     // Reads (reports, listings, rules) write nothing and print themselves.
     let (op, json) = (args.op, args.json);
     let (op, read) = owner_read(op, json);
@@ -97,6 +100,41 @@ pub(super) fn print_refusal(r: &cardd::error::Refusal, s: &pb::SignOnOk, json: b
         eprintln!("refused: {} ({message})", r.code.as_str_name());
     }
     ExitCode::from(2)
+}
+
+/// `web-login`: asks the daemon for a single-use link (no record is
+/// written) and prints it; the link is a secret, so it goes to standard
+/// output only.
+async fn web_login(
+    client: &mut cardd::client::AnyClient,
+    http: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let req = client.request(0, Op::WebLogin(pb::WebLogin {}));
+    let reply = match client.call(&req).await {
+        Ok(reply) => reply,
+        Err(e) => return super::report::failed(e, super::report::Format::from_json(json)),
+    };
+    let Some(pb::reply::Detail::WebLogin(link)) = reply.detail else {
+        bail!("the daemon answered web-login without a link");
+    };
+    let url = format!("http://{http}/login/{}", link.token);
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "link": url,
+                "expires_ms": link.expires_ms,
+                "role": link.role().as_str_name(),
+                "store_id": link.store_id,
+            })
+        );
+    } else {
+        outln!("{url}");
+        let until = cardd::render::utc_time(i64::try_from(link.expires_ms).unwrap_or(i64::MAX));
+        eprintln!("single use, valid until {until}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints an approved answer: one JSON line, or what changed in words and
@@ -222,6 +260,7 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
         | AdminOp::EraseHolder { .. }
         | AdminOp::SetPin { .. }
         | AdminOp::UnlockPin { .. } => unreachable!("see holder::prepare"),
+        AdminOp::WebLogin { .. } => unreachable!("a read, see web_login"),
     })
 }
 

@@ -177,6 +177,17 @@ pub enum Format {
     Csv,
 }
 
+impl Format {
+    /// JSON or the table.
+    pub fn from_json(json: bool) -> Self {
+        if json {
+            Format::Json
+        } else {
+            Format::Table
+        }
+    }
+}
+
 /// One report request and its answer.
 async fn ask(client: &mut AnyClient, req: pb::GetReport) -> Result<pb::Report, ClientError> {
     let request = client.request(0, Op::Report(req));
@@ -347,32 +358,8 @@ pub fn table(report: &pb::Report, exponent: u32) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// CSV: per section a `# name` line, the header, the rows (amounts in
-/// minor units), then a blank line.
+/// minor units), then a blank line (the web page's downloads are the same).
 pub fn csv(report: &pb::Report) -> String {
-    let mut out = String::new();
-    for s in &report.sections {
-        out.push_str(&format!("# {}\n", s.name));
-        let header: Vec<String> = s.columns.iter().map(|c| csv_field(c)).collect();
-        out.push_str(&(header.join(",") + "\n"));
-        for r in &s.rows {
-            let cells: Vec<String> = s
-                .columns
-                .iter()
-                .zip(&r.cells)
-                .map(|(c, v)| csv_field(&cell_text(v, c, None)))
-                .collect();
-            out.push_str(&(cells.join(",") + "\n"));
-        }
-        out.push('\n');
-    }
-    out
+    cardd::render::report_csv(report)
 }

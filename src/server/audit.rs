@@ -159,6 +159,23 @@ pub async fn serve(op: Op, shared: Arc<Shared>, stream: Stream) {
     drop(permit);
 }
 
+/// A read of durable storage for the web page (a card's activity page,
+/// one record): under the reader's audit quota, on an audit thread of its
+/// own like any audit stream; refused for a brand not served or halted.
+pub(super) async fn web_read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    brand: u32,
+    principal: crate::state::Principal,
+    job: impl FnOnce(&dyn crate::storage::LogStore) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    if shared.brand(brand).is_none_or(|b| b.is_halted()) {
+        return Err(Refusal::new(E::StorageFailure, "this brand is not served"));
+    }
+    let slot = shared.sessions.audit(brand, principal)?;
+    let store = shared.store.clone();
+    finished(on_audit_thread(brand, slot, move || job(store.as_ref()))).await?
+}
+
 /// Runs `job` on a thread of its own that holds `slot` until it ends.
 fn on_audit_thread<T: Send + 'static>(
     brand: u32,

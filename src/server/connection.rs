@@ -431,6 +431,9 @@ fn verified(
                 .runtime
                 .spawn(super::personal::serve(shared, brand, who, sub, reply));
         }
+        Ok((Route::WebLogin, sub)) => {
+            super::web_login::web_login(shared, session, sub.decoded(), reply)
+        }
         Ok((Route::Writer, sub)) => {
             if let Err(reply) = session.brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
@@ -468,6 +471,8 @@ enum Route {
     /// A holder or PIN request: the server's part first, on a task of its
     /// own (`personal.rs`), never on the applier.
     Personal,
+    /// A web login link (`server/web_login.rs`): no record.
+    WebLogin,
 }
 
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
@@ -499,6 +504,7 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                 audit_route(shared, session, req, op)
             }
         }
+        Some(Op::WebLogin(_)) => Ok(Route::WebLogin),
         // One key speaks for one brand: the enrolment reserves its key for
         // this brand first (the brand's own state machine then answers
         // retries and same-brand duplicates).

@@ -6,8 +6,8 @@
 //! accept loop, at most `HTTP_MAX_CONNECTIONS` connections, headers of at
 //! most `HTTP_MAX_HEADER_BYTES` that must arrive within
 //! `HTTP_HEADER_TIMEOUT_SECS`, and `HTTP_CONNECTION_SECS` per connection,
-//! so a slow or hostile client costs one small task at most. More pages
-//! (the owner's) mount by merging their routes into [`router`].
+//! so a slow or hostile client costs one small task at most. The owner's
+//! web page (`crate::web`) is merged into [`router`] by `run_until`.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +17,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use futures::future::BoxFuture;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Refusal;
 use crate::limits::{
     HTTP_CONNECTION_SECS, HTTP_HEADER_TIMEOUT_SECS, HTTP_MAX_CONNECTIONS, HTTP_MAX_HEADER_BYTES,
 };
@@ -82,6 +84,62 @@ async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, &'static str)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "recovering\n")
     }
+}
+
+/// How the web page (`crate::web`) reaches the brands, once the daemon
+/// has started serving (`served` set): state reads on the brand's writer,
+/// storage reads as audit reads.
+pub struct Served(pub Arc<std::sync::OnceLock<Arc<super::Shared>>>);
+
+impl crate::web::Brands for Served {
+    fn read(&self, brand: u32, read: super::writer::ReadFn) -> bool {
+        self.0
+            .get()
+            .and_then(|s| s.brand(brand))
+            .is_some_and(|b| b.read(read))
+    }
+
+    fn activity(
+        &self,
+        grant: crate::web::Grant,
+        scan: crate::pb::GetReport,
+    ) -> BoxFuture<'static, Result<crate::pb::Report, Refusal>> {
+        let shared = self.0.get().cloned();
+        Box::pin(async move {
+            let shared = shared.ok_or_else(not_yet)?;
+            let job = move |store: &dyn crate::storage::LogStore| {
+                crate::audit::activity::scan_page(store, grant.brand, &scan)
+            };
+            super::audit::web_read(&shared, grant.brand, grant.principal, job).await
+        })
+    }
+
+    fn record(
+        &self,
+        grant: crate::web::Grant,
+        seq: u64,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, Refusal>> {
+        let shared = self.0.get().cloned();
+        Box::pin(async move {
+            let shared = shared.ok_or_else(not_yet)?;
+            let job = move |store: &dyn crate::storage::LogStore| {
+                store.record(grant.brand, seq).map_err(|e| {
+                    Refusal::new(
+                        crate::pb::ErrorCode::StorageFailure,
+                        format!("reading the ledger: {e}"),
+                    )
+                })
+            };
+            super::audit::web_read(&shared, grant.brand, grant.principal, job).await
+        })
+    }
+}
+
+fn not_yet() -> Refusal {
+    Refusal::new(
+        crate::pb::ErrorCode::ServerBusy,
+        "the daemon is still starting",
+    )
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled.

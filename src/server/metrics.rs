@@ -43,6 +43,7 @@ pub const OPS: &[&str] = &[
     "report",
     "add_key",
     "remove_key",
+    "web_login",
     "create_brand",
     "set_holder",
     "holder_data",
@@ -80,13 +81,15 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::Report(_)) => 18,
         Some(Op::AddKey(_)) => 19,
         Some(Op::RemoveKey(_)) => 20,
-        Some(Op::CreateBrand(_)) => 21,
-        Some(Op::SetHolder(_)) => 22,
-        Some(Op::HolderData(_)) => 23,
-        Some(Op::FindCard(_)) => 24,
-        Some(Op::EraseHolder(_)) => 25,
-        Some(Op::SetPin(_)) => 26,
-        Some(Op::SetPinLock(_)) => 27,
+        Some(Op::WebLogin(_)) => 21,
+        Some(Op::CreateBrand(_)) => 22,
+        Some(Op::SetHolder(_)) => 23,
+        Some(Op::HolderData(_)) => 24,
+        Some(Op::FindCard(_)) => 25,
+        Some(Op::EraseHolder(_)) => 26,
+        Some(Op::SetPin(_)) => 27,
+        // Last: the table's length is checked against it.
+        Some(Op::SetPinLock(_)) => 28,
     }
 }
 

@@ -18,6 +18,7 @@ mod sign_on;
 mod snapshot_child;
 pub mod start;
 pub mod verifier;
+pub mod web_login;
 pub mod writer;
 
 pub use start::{
@@ -127,6 +128,8 @@ pub struct Shared {
     /// Cancelled when the daemon starts shutting down: connections stop
     /// reading and deliver what is in flight.
     pub stop: CancellationToken,
+    /// Web login links and sessions (in memory: a restart ends them).
+    pub web: Arc<crate::web::Logins>,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -174,15 +177,21 @@ pub async fn run_until(
     let listener = bind(config.listen).await?;
     let health = Arc::new(http::Health::default());
     let http_stop = CancellationToken::new();
+    let logins = Arc::new(crate::web::Logins::default());
+    // The web page reads brands once they are recovered (until then every
+    // page answers 503, as /readyz does).
+    let served: Arc<std::sync::OnceLock<Arc<Shared>>> = Arc::default();
     if let Some(addr) = config.http_listen {
         let http_listener = bind(addr).await?;
         let addr = http_listener.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "HTTP listener: /metrics, /livez, /readyz");
-        let router = http::router(health.clone());
+        let web = crate::web::Web::new(logins.clone(), Arc::new(http::Served(served.clone())));
+        let router = http::router(health.clone()).merge(crate::web::router(web));
         tokio::spawn(http::serve(http_listener, router, http_stop.clone()));
     }
     let writers = TaskTracker::new();
-    let shared = start_brands(&config, stop.clone(), &writers)?;
+    let shared = start_brands(&config, stop.clone(), &writers, logins)?;
+    let _ = served.set(shared.clone());
     health.set_recovered();
     let running = Running {
         local_addr: listener.local_addr().map_err(|source| StartError::Bind {
@@ -216,6 +225,7 @@ fn start_brands(
     config: &Config,
     stop: CancellationToken,
     writers: &TaskTracker,
+    web: Arc<crate::web::Logins>,
 ) -> Result<Arc<Shared>, StartError> {
     let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
@@ -266,6 +276,7 @@ fn start_brands(
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
         audit_pace,
         stop,
+        web,
         brands: RwLock::new(brands),
     }))
 }

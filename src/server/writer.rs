@@ -44,7 +44,19 @@ pub enum Command {
     HasCard(u64, oneshot::Sender<bool>),
     /// Stop serving for good (the ledger on disk was found changed).
     Halt(String),
+    /// Read the brand's state (the web page): see [`ReadFn`].
+    Read(ReadFn),
 }
+
+/// A read of a brand's state that writes nothing (the owner's web page).
+/// It runs on the applier between batches, so it sees one consistent
+/// state, and returns what delivers its answer; that is run by the
+/// committer with the next batch's answers, so nothing read is shown
+/// before it is durable (the same rule as every other answer).
+pub type ReadFn = Box<dyn FnOnce(&crate::state::BrandState) -> Deliver + Send>;
+
+/// Delivers a read's answer (once what it read is durable).
+pub type Deliver = Box<dyn FnOnce() + Send>;
 
 /// A handle to a brand's writer task.
 ///
@@ -120,6 +132,12 @@ impl BrandHandle {
     pub fn halt(&self, why: String) {
         self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(Command::Halt(why));
+    }
+
+    /// Queues a read of the brand's state; false if the writer has stopped
+    /// (dropping `read` then tells its waiter).
+    pub fn read(&self, read: ReadFn) -> bool {
+        !self.is_halted() && self.send(Command::Read(read)).is_ok()
     }
 
     /// True once the brand was halted: nothing of it may be served.
@@ -259,6 +277,8 @@ struct Job {
     /// Computed from the state before this batch, which may itself not be
     /// durable yet: released with this batch's answers.
     sign_ons: Vec<SignOnReply>,
+    /// Reads of that same state, delivered with them.
+    reads: Vec<Deliver>,
 }
 
 impl Job {
@@ -326,6 +346,7 @@ async fn apply_in_order(
         let mut subs = Vec::with_capacity(commands.len());
         let mut waiting = Vec::with_capacity(commands.len());
         let mut sign_ons = Vec::new();
+        let mut reads = Vec::new();
         for cmd in commands.drain(..) {
             match cmd {
                 Command::Apply(sub, tx) => {
@@ -336,6 +357,7 @@ async fn apply_in_order(
                 Command::HasCard(card, tx) => {
                     let _ = tx.send(has_card(&ledger, card));
                 }
+                Command::Read(read) => reads.push(read(&ledger.state)),
                 Command::Halt(_) => unreachable!("a halt is taken before the batch"),
             }
         }
@@ -356,6 +378,7 @@ async fn apply_in_order(
             batch,
             waiting,
             sign_ons,
+            reads,
         });
         if ledger.snapshot_due() {
             if let Some(previous) = snapshot_store.take() {
@@ -617,6 +640,9 @@ async fn commit_in_order(
         for (tx, answer) in job.sign_ons {
             let _ = tx.send(answer);
         }
+        for deliver in job.reads {
+            deliver();
+        }
         for (to, answer) in job.waiting.into_iter().zip(job.batch.answers) {
             to.send(answer);
         }
@@ -644,7 +670,7 @@ fn refuse(cmd: Command, why: &str) {
         Command::SignOn(_, tx) => {
             let _ = tx.send(Err(refusal()));
         }
-        // Dropped unanswered: the caller sees a stopped writer.
-        Command::HasCard(..) | Command::Halt(_) => {}
+        // Dropped unanswered/unrun: the caller sees a stopped writer.
+        Command::HasCard(..) | Command::Halt(_) | Command::Read(_) => {}
     }
 }

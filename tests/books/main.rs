@@ -27,35 +27,12 @@ mod common;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Output;
 
 use cardd::pb::{self, request::Op};
-use common::reply::seq;
-use common::{connect, inquiry, ok, purchase, refund, refused, replace, reversal, run, Daemon};
-use ed25519_dalek::SigningKey;
+use common::books::{admin, admin_json, card_op, script, today};
+use common::{connect, inquiry, ok, purchase, refused, run, Daemon};
 use serde_json::{json, Value};
 
-/// The brand day of now (the demo brand keeps UTC days).
-fn today() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    cardd::state::books::day_text(i32::try_from(now / 86_400).unwrap())
-}
-
-/// `cardd admin --connect ADDR --key OWNER ARGS...`, bounded.
-fn admin(addr: SocketAddr, key: &Path, args: &[&str]) -> Output {
-    let mut all: Vec<OsString> = ["admin", "--connect", &addr.to_string(), "--key"]
-        .map(OsString::from)
-        .to_vec();
-    all.push(key.into());
-    all.extend(args.iter().map(OsString::from));
-    run::cardd(all)
-}
-
-/// The JSON object an `admin ... --json` call printed (exit 0 expected).
-#[track_caller]
 /// `admin --json report settlement` over the one day `day`.
 fn settlement_today(addr: SocketAddr, key: &Path, day: &str) -> Value {
     admin_json(
@@ -63,69 +40,6 @@ fn settlement_today(addr: SocketAddr, key: &Path, day: &str) -> Value {
         key,
         &["--json", "report", "settlement", "--from", day, "--to", day],
     )
-}
-
-fn admin_json(addr: SocketAddr, key: &Path, args: &[&str]) -> Value {
-    let o = admin(addr, key, args);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{args:?}: {out} {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-fn card_op(card: &str) -> Op {
-    Op::IssueCard(pb::IssueCard { card: card.into() })
-}
-
-fn load(card: &str, amount: i64, channel: pb::Channel) -> Op {
-    Op::TopUp(pb::TopUp {
-        card: card.into(),
-        amount_minor: amount,
-        channel: channel as u32,
-        ..Default::default()
-    })
-}
-
-/// Runs the script of the module doc; returns card Y.
-async fn script(d: &Daemon, demo: &common::Demo) -> String {
-    let mut owner = demo.owner(d.addr).await;
-    ok(
-        &mut owner,
-        11,
-        Op::CreateStore(pb::CreateStore {
-            name: "Riverside".into(),
-        }),
-    )
-    .await;
-    let till_c_key = SigningKey::from_bytes(&[77; 32]);
-    ok(&mut owner, 12, common::enroll(3, &till_c_key, "C1")).await;
-    let brand = demo.manifest.brand_id;
-    let (x, y) = (
-        cardd::card_number::generate(brand),
-        cardd::card_number::generate(brand),
-    );
-    ok(&mut owner, 13, card_op(&x)).await;
-    let mut a = demo.terminal(d.addr, 0).await;
-    let mut b = demo.terminal(d.addr, 1).await;
-    let mut c = connect(d.addr, till_c_key).await;
-    ok(&mut a, 100, load(&x, 50_000, pb::Channel::Store)).await;
-    ok(&mut owner, 14, load(&x, 2_000, pb::Channel::HeadOffice)).await;
-    let at_b = seq(&ok(&mut b, 1, purchase(&x, 40_000)).await);
-    ok(&mut c, 1, purchase(&x, 14_000)).await;
-    ok(&mut b, 2, refund(at_b, 15_000)).await;
-    ok(&mut owner, 15, replace(&x, &y)).await;
-    ok(&mut c, 2, purchase(&y, 1_000)).await;
-    ok(&mut c, 3, reversal(2)).await;
-    let held = inquiry(&mut owner, &y).await;
-    assert_eq!(
-        (held.paid_balance_minor, held.bonus_balance_minor),
-        (15_000, 3_000)
-    );
-    y
 }
 
 #[tokio::test]

@@ -47,3 +47,100 @@ pub fn metrics(addr: SocketAddr) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+/// An HTTP answer taken apart: status, header lines (names lowercased)
+/// and body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first header `name` (lowercase), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `METHOD path` with `extra` header lines (each "Name: value") and
+/// `Connection: close`; None if no whole answer came (10 s at most).
+pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[String]) -> Option<Answer> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cardd\r\nConnection: close\r\n");
+    for h in extra {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(head.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// `GET path` with the web page's session cookie (None: without).
+pub fn get_page(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Answer {
+    let extra: Vec<String> = cookie
+        .map(|c| format!("Cookie: cardd_session={c}"))
+        .into_iter()
+        .collect();
+    request(addr, "GET", path, &extra).unwrap_or_else(|| panic!("GET {path}: no answer"))
+}
+
+/// The rows of the page's `<table id="ID">`: each cell that carries a
+/// report figure as (column, value), in order. None: no such table.
+pub fn table_figures(html: &str, id: &str) -> Option<Vec<Vec<(String, String)>>> {
+    let start = html.find(&format!("<table id=\"{id}\">"))?;
+    let table = &html[start..];
+    let table = &table[..table.find("</table>")?];
+    let body = table.split_once("<tbody>")?.1;
+    let rows = body
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("data-col=\"")
+                .skip(1)
+                .filter_map(|cell| {
+                    let (col, rest) = cell.split_once('"')?;
+                    let value = rest.split_once("data-value=\"")?.1.split_once('"')?.0;
+                    Some((col.to_string(), unescape(value)))
+                })
+                .collect()
+        })
+        .collect();
+    Some(rows)
+}
+
+/// The `data-value` of the element with `id="ID"` (a headline figure).
+pub fn figure(html: &str, id: &str) -> Option<String> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let rest = html[at..].split_once("data-value=\"")?.1;
+    Some(unescape(rest.split_once('"')?.0))
+}
+
+/// Undoes the template's HTML escaping of a value.
+pub fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&")
+}

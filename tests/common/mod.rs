@@ -5,6 +5,7 @@
 //! the daemon harness (the real `cardd` binary on a temporary data directory
 //! and an ephemeral loopback port), bounded calls and the request builders
 //! tests share. The submodules hold the rest:
+//! - [`books`]: the books' scripted three-store ledger and `cardd admin` runs;
 //! - [`cert`]: self-signed TLS certificates and key files;
 //! - [`http`]: plain HTTP/1.1 GETs and Prometheus text, for the HTTP listener;
 //! - [`raw`]: the protocol by hand (frames, hello, sign-on, signed bodies);
@@ -17,6 +18,7 @@
 //! `cardd::testing` (benches, examples and fuzz targets use it too).
 #![allow(dead_code)]
 
+pub mod books;
 pub mod cert;
 pub mod http;
 pub mod raw;

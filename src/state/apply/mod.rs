@@ -112,6 +112,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         | Op::CreateBrand(_)
         | Op::ExportLedger(_)
         | Op::ConsistencyProof(_)
+        | Op::WebLogin(_)
         | Op::Report(_) => {
             unreachable!("handled above")
         }
@@ -136,6 +137,12 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
         Op::HolderData(_) | Op::FindCard(_) => Some(refuse(
             E::InvalidArgument,
             "holder data is kept by the server's holder store, not the ledger",
+        )),
+        // Web login links are the server's (`server::web_login`): they live
+        // in its memory, never in the state.
+        Op::WebLogin(_) => Some(refuse(
+            E::InvalidArgument,
+            "web login is answered by the server, not the state machine",
         )),
         _ => None,
     }
