@@ -123,6 +123,7 @@ pub fn demo_rules() -> Rules {
         ],
         promotion_line: "Top up 500 get 50 free; 1000 gets 15% more".into(),
         time_zone: String::new(),
+        ..Rules::default()
     }
 }
 

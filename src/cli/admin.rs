@@ -307,6 +307,12 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
             .collect(),
         promotion_line: r.promotion_line,
         time_zone: r.time_zone,
+        max_balance_named_minor: r.max_balance_named_minor,
+        max_balance_anonymous_minor: r.max_balance_anonymous_minor,
+        max_top_up_minor: r.max_top_up_minor,
+        max_daily_spend_minor: r.max_daily_spend_minor,
+        card_validity_days: r.card_validity_days,
+        currency_default_limits: r.currency_default_limits,
     })
 }
 
@@ -325,6 +331,27 @@ struct RulesFile {
     /// The brand's IANA time zone ("" = UTC): where report days start.
     #[serde(default)]
     time_zone: String,
+    /// Limits (README, "Limits, expiry and corrections"): 0 = the
+    /// currency's default.
+    #[serde(default)]
+    max_balance_named_minor: i64,
+    #[serde(default)]
+    max_balance_anonymous_minor: i64,
+    #[serde(default)]
+    max_top_up_minor: i64,
+    #[serde(default)]
+    max_daily_spend_minor: i64,
+    /// Validity of new cards in days (0 = no expiry; at least 1096).
+    #[serde(default)]
+    card_validity_days: u32,
+    /// The currency's default limits where a balance limit is 0 (for CNY
+    /// the MOFCOM figures); on unless the file says false.
+    #[serde(default = "yes")]
+    currency_default_limits: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> i64 {

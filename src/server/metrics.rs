@@ -44,6 +44,13 @@ pub const OPS: &[&str] = &[
     "add_key",
     "remove_key",
     "create_brand",
+    "adjust_card",
+    "void_top_up",
+    "close_card",
+    "set_card_expiry",
+    "rotate_owner_key",
+    "rekey_terminal",
+    "rotate_server_key",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -75,6 +82,13 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::AddKey(_)) => 19,
         Some(Op::RemoveKey(_)) => 20,
         Some(Op::CreateBrand(_)) => 21,
+        Some(Op::AdjustCard(_)) => 22,
+        Some(Op::VoidTopUp(_)) => 23,
+        Some(Op::CloseCard(_)) => 24,
+        Some(Op::SetCardExpiry(_)) => 25,
+        Some(Op::RotateOwnerKey(_)) => 26,
+        Some(Op::RekeyTerminal(_)) => 27,
+        Some(Op::RotateServerKey(_)) => 28,
     }
 }
 
@@ -285,7 +299,7 @@ mod tests {
         );
         assert_eq!(
             OPS.len(),
-            1 + op_index(Some(&Op::CreateBrand(Default::default()))) as usize
+            1 + op_index(Some(&Op::RotateServerKey(Default::default()))) as usize
         );
         // A code added past the table would share a cell (and a label).
         for v in 0..1_000 {

@@ -16,6 +16,9 @@ mod receipt;
 pub mod reports;
 mod retention;
 pub mod rules;
+pub mod safety;
+#[cfg(test)]
+mod safety_tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -117,6 +120,15 @@ pub struct Card {
     /// The card has a named holder (the holder's data itself lives outside
     /// the ledger): the limits for named cards apply to it.
     pub named: bool,
+    /// When the card stops working (Unix ms, compared with the record's
+    /// time); 0 = never.
+    pub expires_ms: i64,
+    /// Closed for good by the owner (cash-out): blocked, never reopened.
+    pub closed: bool,
+    /// The brand day `spent_today` counts (the daily spend limit).
+    pub spend_day: i32,
+    /// Value spent from the card on `spend_day`.
+    pub spent_today: i64,
 }
 
 impl Card {
@@ -295,6 +307,10 @@ pub struct BrandState {
     pub exponent: u32,
     /// The owner's public key.
     pub owner_key: [u8; 32],
+    /// The server key in force for this chain: the key that signed the
+    /// first record, then each SERVER_KEY_ROTATED record's new key.
+    /// Checkpoints and snapshots after a rotation are signed by it.
+    pub server_key: [u8; 32],
     /// Records in the chain.
     pub seq: u64,
     /// Hash of the newest record (zeros before the first).
@@ -430,6 +446,7 @@ impl BrandState {
             currency: String::new(),
             exponent: 0,
             owner_key: [0; 32],
+            server_key: [0; 32],
             seq: 0,
             head_hash: [0; 32],
             merkle: Frontier::new(),
@@ -502,6 +519,8 @@ impl BrandState {
                 .get(&number)
                 .map(|n| format_card(*n))
                 .unwrap_or_default(),
+            expires_ms: card.expires_ms,
+            closed: card.closed,
         }
     }
 }

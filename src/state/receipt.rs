@@ -17,6 +17,10 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         // A record's card is the one it moved value on: never a replaced
         // number (an inquiry of one names its successor).
         replaced_by: String::new(),
+        // Only the records that set it carry the expiry (CARD_ISSUED,
+        // CARD_EXPIRY_SET); an inquiry always shows it.
+        expires_ms: rec.expires_ms,
+        closed: rec.kind() == RecordKind::CardClosed,
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {
