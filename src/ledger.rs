@@ -600,6 +600,40 @@ impl BrandLedger {
         Ok(batch.answers.pop().expect("one answer per submission"))
     }
 
+    /// Rotates this brand's server key to `new` now: a SERVER_KEY_ROTATED
+    /// record signed by the key in force (the endorsement, in the chain),
+    /// whose checkpoint, like every later checkpoint and snapshot, is
+    /// signed by `new`. For offline tools (the daemon must not be running).
+    pub fn rotate_server_key(&mut self, new: Arc<SigningKey>) -> Result<Answer, LedgerError> {
+        let request = Request {
+            // The server's own ids: one past the chain's length is never
+            // reused, as the chain only grows.
+            txn_id: self.state.seq + 1,
+            brand_id: self.brand_id(),
+            operator: "server".into(),
+            op: Some(pb::request::Op::RotateServerKey(pb::RotateServerKey {
+                new_public_key: new.verifying_key().to_bytes().to_vec(),
+            })),
+            ..Default::default()
+        };
+        let sub = Submission::signed(Principal::Server, &self.server_key, request);
+        let mut batch = self.apply_batch(std::slice::from_ref(&sub));
+        let answer = batch.answers.pop().expect("one answer per submission");
+        if batch.written.is_empty() {
+            return Ok(answer);
+        }
+        self.server_key = new;
+        let brand = self.brand_id();
+        Self::commit(
+            self.store.as_ref(),
+            brand,
+            &batch.written,
+            &self.checkpoint(),
+        )
+        .map_err(|source| LedgerError::Storage { brand, source })?;
+        Ok(answer)
+    }
+
     /// Signs `request` with `key` and submits it now.
     pub fn submit_signed(
         &mut self,

@@ -186,6 +186,16 @@ fn record_of(item: &Item) -> Option<pb::Record> {
 fn server_rewrite(
     items: &[Item],
     server: &SigningKey,
+    edit: impl FnMut(&mut pb::Record),
+) -> Vec<Item> {
+    server_rewrite_keyed(items, |_| server.clone(), edit)
+}
+
+/// [`server_rewrite`] re-signing each checkpoint with the key `signer`
+/// gives for its tree size.
+fn server_rewrite_keyed(
+    items: &[Item],
+    signer: impl Fn(u64) -> SigningKey,
     mut edit: impl FnMut(&mut pb::Record),
 ) -> Vec<Item> {
     let mut out = Vec::with_capacity(items.len());
@@ -207,7 +217,7 @@ fn server_rewrite(
                 assert_eq!(c.tree_size, tree.size());
                 c.head_hash = head.to_vec();
                 c.root_hash = tree.root().to_vec();
-                c.signature = server
+                c.signature = signer(c.tree_size)
                     .sign(&cardd::checkpoint::signed_message(&c))
                     .to_bytes()
                     .to_vec();
@@ -714,4 +724,198 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
         assert_eq!(r, p, "verdicts differ on {}", hex::encode(c));
     }
     assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 15: corrections and key rotations, in both verifiers.
+// ---------------------------------------------------------------------------
+
+/// Submits `op` as `principal` signed by `key` and demands a record; its seq.
+fn accepted(
+    ledger: &mut cardd::ledger::BrandLedger,
+    key: &SigningKey,
+    principal: cardd::state::Principal,
+    txn: u64,
+    op: Op,
+) -> u64 {
+    let reply = ledger
+        .submit_now(cardd::testing::signed(key, principal, txn, op))
+        .expect("committed")
+        .unwrap_or_else(|r| panic!("refused: {r:?}"));
+    reply.receipt.expect("a record").seq
+}
+
+/// A brand (fixture keys: server seed 1, owner 2, till 3) whose chain holds
+/// an adjustment, a void after a shift close, a close-card, an owner key
+/// rotation, a terminal re-key and two server key rotations; exported
+/// through the library. Returns the export, the seq of the first server
+/// rotation and the keys that followed (owner, till, server, server).
+fn rotated_export(dir: &Path) -> (PathBuf, u64, [SigningKey; 4]) {
+    use cardd::state::Principal::{Owner, Terminal};
+    use cardd::testing::{key, owner_key, provision, terminal_key};
+    let store = std::sync::Arc::new(cardd::storage::DiskStore::open(&dir.join("data")).unwrap());
+    let (mut ledger, card) = provision(store.clone(), "Rotating Tea", 50_000);
+    let (owner, till) = (owner_key(), terminal_key());
+    let adjust = |amount_minor: i64| {
+        Op::AdjustCard(pb::AdjustCard {
+            card: card.clone(),
+            amount_minor,
+            bonus: false,
+            reason: "mis-keyed".into(),
+        })
+    };
+    accepted(&mut ledger, &owner, Owner, 4, adjust(-5_000));
+    let load = accepted(
+        &mut ledger,
+        &till,
+        Terminal(1),
+        2,
+        cardd::testing::top_up(&card, 10_000),
+    );
+    let close_shift = Op::CloseShift(pb::CloseShift::default());
+    accepted(&mut ledger, &till, Terminal(1), 3, close_shift);
+    let void = Op::VoidTopUp(pb::VoidTopUp {
+        original_seq: load,
+        reason: "keyed twice".into(),
+    });
+    accepted(&mut ledger, &owner, Owner, 5, void);
+    let (new_owner, new_till) = (key(40), key(41));
+    let pk = new_owner.verifying_key().to_bytes();
+    let proof = new_owner.sign(&cardd::crypto::owner_key_message(
+        cardd::testing::BRAND,
+        &pk,
+    ));
+    let rotate = Op::RotateOwnerKey(pb::RotateOwnerKey {
+        new_public_key: pk.to_vec(),
+        new_key_signature: proof.to_bytes().to_vec(),
+    });
+    accepted(&mut ledger, &owner, Owner, 6, rotate);
+    accepted(&mut ledger, &new_owner, Owner, 7, adjust(100));
+    let rekey = Op::RekeyTerminal(pb::RekeyTerminal {
+        terminal_id: 1,
+        new_public_key: new_till.verifying_key().to_bytes().to_vec(),
+    });
+    accepted(&mut ledger, &new_owner, Owner, 8, rekey);
+    accepted(
+        &mut ledger,
+        &new_till,
+        Terminal(1),
+        4,
+        purchase_op(&card, 1_000),
+    );
+    let (server2, server3) = (key(42), key(43));
+    let rotation = ledger.state.seq + 1;
+    ledger
+        .rotate_server_key(std::sync::Arc::new(server2.clone()))
+        .unwrap()
+        .expect("rotated");
+    accepted(
+        &mut ledger,
+        &new_till,
+        Terminal(1),
+        5,
+        purchase_op(&card, 1_000),
+    );
+    ledger
+        .rotate_server_key(std::sync::Arc::new(server3.clone()))
+        .unwrap()
+        .expect("rotated again");
+    let close = Op::CloseCard(pb::CloseCard {
+        card: card.clone(),
+        reason: "member left".into(),
+    });
+    accepted(&mut ledger, &new_owner, Owner, 9, close);
+    assert_eq!(ledger.state.liability(), (0, 0));
+    let export = dir.join("rotated.cardd");
+    let mut out = std::fs::File::create(&export).unwrap();
+    let current = server3.verifying_key().to_bytes();
+    cardd::audit::write_export(
+        store.as_ref(),
+        cardd::testing::BRAND,
+        &current,
+        &mut out,
+        |_, _| {},
+    )
+    .expect("export");
+    (export, rotation, [new_owner, new_till, server2, server3])
+}
+
+fn purchase_op(card: &str, amount_minor: i64) -> Op {
+    cardd::testing::purchase(card, amount_minor, false)
+}
+
+#[test]
+fn both_verifiers_follow_key_rotations_from_the_first_server_key() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (export, rotation, [.., server3]) = rotated_export(dir.path());
+    let first = hex::encode(cardd::testing::server_key().verifying_key().to_bytes());
+    let (code, text) = run_python(&python, &export, &first);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("OK: "), "{text}");
+    assert!(text.contains("outstanding paid 0 bonus 0"), "{text}");
+    let (ok, text) = run_rust_verify(&export, &first);
+    assert!(ok, "{text}");
+    // The trust anchor is the first key, not the one in force now.
+    let now = hex::encode(server3.verifying_key().to_bytes());
+    assert_rejected(&python, &export, &now, "different server key");
+    assert!(!run_rust_verify(&export, &now).0);
+
+    // A forged rotation: someone holding only a key of their own endorses
+    // it in the old key's place, re-chains and re-signs what follows.
+    let thief = SigningKey::from_bytes(&[66; 32]);
+    let items = read_items(&export);
+    let forged = server_rewrite_keyed(
+        &items,
+        |size| {
+            if size >= rotation {
+                thief.clone()
+            } else {
+                cardd::testing::server_key().as_ref().clone()
+            }
+        },
+        |rec| {
+            if rec.seq != rotation {
+                return;
+            }
+            let request = pb::Request {
+                txn_id: rec.txn_id,
+                brand_id: rec.brand_id,
+                operator: rec.operator.clone(),
+                op: Some(Op::RotateServerKey(pb::RotateServerKey {
+                    new_public_key: thief.verifying_key().to_bytes().to_vec(),
+                })),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            rec.request_signature = sign_request(&thief, &request);
+            rec.request = request;
+            rec.signer_public_key = thief.verifying_key().to_bytes().to_vec();
+            rec.new_public_key = thief.verifying_key().to_bytes().to_vec();
+        },
+    );
+    let bad = dir.path().join("forged-rotation.cardd");
+    write_items(&bad, &forged);
+    assert_rejected(
+        &python,
+        &bad,
+        &first,
+        &format!("record {rotation}: the signer's key is not the key enrolled"),
+    );
+    let (ok, text) = run_rust_verify(&bad, &first);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("not enrolled with the key in the record"),
+        "{text}"
+    );
+    // Checkpoints after the rotation signed by the old key: refused too.
+    let stale = server_rewrite_keyed(
+        &items,
+        |_| cardd::testing::server_key().as_ref().clone(),
+        |_| {},
+    );
+    let bad = dir.path().join("stale-checkpoints.cardd");
+    write_items(&bad, &stale);
+    assert_rejected(&python, &bad, &first, "bad server signature");
+    assert!(!run_rust_verify(&bad, &first).0);
 }
