@@ -43,6 +43,7 @@ pub(super) fn reversal(
     let orig = reversible_original(state, ctx, tid, orig_seq)?;
     let number = orig.card;
     let mut card = match state.cards.get(&number) {
+        Some(c) if c.closed => return refuse(E::CardBlocked, "the card is closed"),
         Some(c) if c.status != CardStatus::Replaced => c.clone(),
         _ => {
             return refuse(
