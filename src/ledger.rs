@@ -168,6 +168,9 @@ pub struct Batch {
     /// Keys enrolled by this batch (terminals, read-only keys), for the
     /// key index.
     pub enrolled: Vec<([u8; 32], crate::state::Principal)>,
+    /// Keys this batch rotated out (owner key rotation, terminal re-key):
+    /// they must stop signing on, and their open sessions end.
+    pub retired: Vec<([u8; 32], crate::state::Principal)>,
     /// Answers (by index) whose request asked for an inclusion proof.
     pub proof_wanted: Vec<usize>,
 }
@@ -469,6 +472,7 @@ impl BrandLedger {
                 }
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
                 let id = w.record.new_id;
+                rotated_keys(&self.state, &w.record, batch);
                 match w.record.kind() {
                     pb::RecordKind::TerminalEnrolled => {
                         let t = &self.state.terminals[&id];
@@ -642,6 +646,33 @@ impl BrandLedger {
         request: &Request,
     ) -> Result<Answer, LedgerError> {
         self.submit_now(Submission::signed(principal, key, request.clone()))
+    }
+}
+
+/// A rotation record's keys: the new one enrolled, the old one (the
+/// record's signer for the owner; the terminal's key before, which only
+/// its enrolment or an earlier re-key names) retired.
+fn rotated_keys(state: &BrandState, rec: &Record, batch: &mut Batch) {
+    use crate::state::Principal;
+    let Ok(new) = <[u8; 32]>::try_from(rec.new_public_key.as_slice()) else {
+        return;
+    };
+    match rec.kind() {
+        pb::RecordKind::OwnerKeyRotated => {
+            if let Ok(old) = <[u8; 32]>::try_from(rec.signer_public_key.as_slice()) {
+                batch.retired.push((old, Principal::Owner));
+            }
+            batch.enrolled.push((new, Principal::Owner));
+        }
+        pb::RecordKind::TerminalRekeyed => {
+            let terminal = Principal::Terminal(rec.new_id);
+            // The re-key just retired the terminal's key before it.
+            if let Some(old) = state.retired_keys.last().copied() {
+                batch.retired.push((old, terminal));
+            }
+            batch.enrolled.push((new, terminal));
+        }
+        _ => {}
     }
 }
 

@@ -360,7 +360,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 7,
-                "df74be33dc13ea3847a67b696c479d8119367049ad39450afed13f7aa0509bb9".to_string()
+                "a4c15a7be55fe543ad25dde917220c8c578c6d818bd24180a69147369e7090b1".to_string()
             )
         );
     }

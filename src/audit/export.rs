@@ -86,7 +86,12 @@ pub fn write_export_after(
     }
     // The auditor's trust anchor is the chain's first server key: after a
     // rotation the daemon's own key is a later one, endorsed in the chain.
-    let first_key = first_server_key(store, brand)?.unwrap_or(*server_public_key);
+    // An incremental part (a backup's) never reads the records it skips,
+    // so it names the key it was given.
+    let first_key = match after {
+        0 => first_server_key(store, brand)?.unwrap_or(*server_public_key),
+        _ => *server_public_key,
+    };
     write_header(out, brand, &first_key, tree_size)?;
     let mut keys = vec![pb::SignerKey {
         signer: pb::Signer::Server as i32,

@@ -123,6 +123,10 @@ pub(super) fn now_ms() -> i64 {
 /// The request operation for one admin command in the owner's session.
 fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
     let brand = session.brand_id;
+    let op = match super::safety::build_op(op, session)? {
+        Ok(built) => return Ok(built),
+        Err(other) => other,
+    };
     Ok(match op {
         AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
         AdminOp::EnrollTerminal {
@@ -202,6 +206,7 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
         AdminOp::Report(_) | AdminOp::List { .. } | AdminOp::Rules => {
             unreachable!("reads, see owner_read")
         }
+        _ => unreachable!("issue 15's operations, see safety::build_op"),
     })
 }
 
@@ -234,7 +239,7 @@ pub(super) fn owner_load(
 }
 
 /// The key to enrol: given in hex, or a new key file written for the terminal.
-fn terminal_public_key(
+pub(super) fn terminal_public_key(
     public_key: Option<String>,
     key_out: Option<PathBuf>,
 ) -> anyhow::Result<Vec<u8>> {

@@ -344,6 +344,10 @@ pub struct BrandState {
     /// can name the card the value moved to. Only replaced cards are here
     /// (a card replaced twice leads on through its new number).
     pub replaced_by: BTreeMap<u64, u64>,
+    /// Every key rotated out (owner, terminal, server), oldest first: none
+    /// of them signs again, and none is ever enrolled again (a key keeps
+    /// one meaning for the chain's life). At most `MAX_RETIRED_KEYS`.
+    pub retired_keys: Vec<[u8; 32]>,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -461,6 +465,7 @@ impl BrandState {
             books: Books::default(),
             read_keys: BTreeMap::new(),
             replaced_by: BTreeMap::new(),
+            retired_keys: Vec::new(),
         }
     }
 

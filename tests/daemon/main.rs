@@ -28,6 +28,7 @@ mod owner;
 mod protocol;
 mod restart;
 mod reversal;
+mod safety;
 mod sign_on;
 mod topup;
 

@@ -315,6 +315,7 @@ impl World {
             promotion_line,
             // Not drawn from the input: the corpus keeps its meaning.
             time_zone: String::new(),
+            ..Default::default()
         })
     }
 

@@ -15,6 +15,9 @@ fn fresh_key(state: &BrandState, bytes: &[u8]) -> Result<[u8; 32], Refusal> {
     if owner::key_in_use(state, &key) || key == state.server_key {
         return refuse(E::KeyInUse, "this key is already in use");
     }
+    if state.retired_keys.len() >= MAX_RETIRED_KEYS {
+        return refuse(E::LimitExceeded, "too many key rotations in this brand");
+    }
     Ok(key)
 }
 
@@ -36,7 +39,8 @@ pub(super) fn rotate_owner_key(
     }
     let mut rec = base_record(state, ctx, req, RecordKind::OwnerKeyRotated);
     rec.new_public_key = key.to_vec();
-    state.owner_key = key;
+    let old = std::mem::replace(&mut state.owner_key, key);
+    state.retired_keys.push(old);
     Ok(append(state, ctx, rec))
 }
 
@@ -56,7 +60,8 @@ pub(super) fn rekey_terminal(
     rec.store_id = store_id;
     rec.new_public_key = key.to_vec();
     let terminal = state.terminals.get_mut(&r.terminal_id).expect("checked");
-    terminal.public_key = key;
+    let old = std::mem::replace(&mut terminal.public_key, key);
+    state.retired_keys.push(old);
     Ok(append(state, ctx, rec))
 }
 
@@ -72,6 +77,7 @@ pub(super) fn rotate_server_key(
     let key = fresh_key(state, &r.new_public_key)?;
     let mut rec = base_record(state, ctx, req, RecordKind::ServerKeyRotated);
     rec.new_public_key = key.to_vec();
-    state.server_key = key;
+    let old = std::mem::replace(&mut state.server_key, key);
+    state.retired_keys.push(old);
     Ok(append(state, ctx, rec))
 }

@@ -267,6 +267,7 @@ pub(super) fn key_in_use(state: &BrandState, key: &[u8; 32]) -> bool {
     *key == state.owner_key
         || state.terminals.values().any(|t| t.public_key == *key)
         || state.read_keys.values().any(|k| k.public_key == *key)
+        || state.retired_keys.contains(key)
 }
 
 pub(super) fn add_key(
