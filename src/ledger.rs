@@ -46,6 +46,15 @@ pub enum LedgerError {
         /// The next record stored.
         next: u64,
     },
+    /// The chain's server key, after the rotations its records endorse,
+    /// is not the key this ledger was opened with.
+    #[error(
+        "brand {brand}: the chain's server key (after its rotations) is not this data directory's server key"
+    )]
+    ServerKey {
+        /// The brand.
+        brand: u32,
+    },
     /// A stored record does not replay: the ledger is corrupt.
     #[error("brand {brand}: corrupt ledger")]
     Replay {
@@ -744,7 +753,14 @@ fn replay_stored(
                 next: seq,
             });
         }
-        let w = replay_record(&mut start.state, seq, &bytes, server_pub)
+        // Record 1 names the chain's first server key; every rotation after
+        // it is endorsed in the chain, and the key they lead to must be
+        // this server's (checked below).
+        let anchor = match seq {
+            1 => first_signer(&bytes).unwrap_or(*server_pub),
+            _ => *server_pub,
+        };
+        let w = replay_record(&mut start.state, seq, &bytes, &anchor)
             .map_err(|source| LedgerError::Replay { brand, source })?;
         start.time_ms = w.record.time_ms;
         if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
@@ -760,10 +776,20 @@ fn replay_stored(
             "the snapshot is beyond the stored chain; a restart ignores it"
         );
     }
+    if start.state.is_created() && start.state.server_key != *server_pub {
+        return Err(LedgerError::ServerKey { brand });
+    }
     let replayed = start.state.seq - snapshot_seq;
     let replay_ms = started.elapsed().as_millis() as u64;
     tracing::info!(brand, snapshot_seq, replayed, replay_ms, "brand recovered");
     Ok(())
+}
+
+/// The key that signed a stored record (`None` if it does not decode; the
+/// replay then names what is wrong).
+fn first_signer(bytes: &[u8]) -> Option<[u8; 32]> {
+    let rec = Record::decode(bytes).ok()?;
+    rec.signer_public_key.as_slice().try_into().ok()
 }
 
 /// The newest stored checkpoint must verify and describe `state` exactly.

@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
+    /// Replace the server key (daemon stopped): every brand's chain gets a
+    /// record, signed by the old key, that endorses the new one; later
+    /// checkpoints and snapshots are signed by the new key. Auditors keep
+    /// trusting the first key. Run it again if it was interrupted.
+    #[command(after_help = "Example:\n  cardd rotate-server-key --data /var/lib/cardd")]
+    RotateServerKey {
+        /// Data directory.
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+    },
     /// Brand management on a stopped daemon's data directory.
     #[command(
         after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
@@ -548,10 +558,10 @@ enum AdminOp {
     /// current key, with the new key's proof): the old key stops working
     /// at once and its sessions close.
     #[command(
-        after_help = "Example:\n  cardd keys new --out owner-2026.key\n  cardd admin --key owner.key rotate-owner-key --new-key owner-2026.key"
+        after_help = "Example:\n  cardd keygen --out owner-2026.key\n  cardd admin --key owner.key rotate-owner-key --new-key owner-2026.key"
     )]
     RotateOwnerKey {
-        /// The new owner key file (cardd keys new).
+        /// The new owner key file (cardd keygen).
         #[arg(long)]
         new_key: PathBuf,
     },
@@ -653,6 +663,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         } => cli::serve::config_check(&file)?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,
+        Command::RotateServerKey { data } => cli::keys::rotate_server_key(&data)?,
         Command::Brand {
             command:
                 BrandCommand::Create {

@@ -919,3 +919,101 @@ fn both_verifiers_follow_key_rotations_from_the_first_server_key() {
     assert_rejected(&python, &bad, &first, "bad server signature");
     assert!(!run_rust_verify(&bad, &first).0);
 }
+
+/// `cardd rotate-server-key` on a stopped daemon: the daemon serves on
+/// under the new key, `cardd check` passes, and both verifiers accept the
+/// export trusting only the first key. A rotation left unfinished stops
+/// every start until it is run again.
+#[test]
+fn a_server_key_rotation_on_the_daemon_verifies_from_the_first_key() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, demo) = Daemon::demo(dir.path());
+    let data = daemon.data.clone();
+    let server_key = |data: &Path| {
+        run::cardd_ok([
+            OsStr::new("server-key"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+        ])
+        .trim()
+        .to_string()
+    };
+    let first = server_key(&data);
+    let card = demo.manifest.cards[0].clone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut till = demo.terminal(daemon.addr, 0).await;
+        ok(&mut till, 100, purchase(&card, 10_00)).await;
+    });
+    daemon.kill9();
+    let rotate = || {
+        run::cardd([
+            OsStr::new("rotate-server-key"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+        ])
+    };
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(second, first);
+    assert_eq!(server_key(&data), second);
+    run::cardd_check(&data);
+
+    // Interrupted: a new key is waiting in server.key.next. Nothing opens
+    // the directory until the rotation is run again.
+    cardd::crypto::write_key_file(
+        &data.join("server.key.next"),
+        &SigningKey::from_bytes(&[77; 32]),
+    )
+    .unwrap();
+    let refused = run::cardd([OsStr::new("check"), OsStr::new("--data"), data.as_os_str()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rotation is unfinished"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(
+        third,
+        hex::encode(SigningKey::from_bytes(&[77; 32]).verifying_key().to_bytes())
+    );
+
+    let mut daemon = Daemon::start(&data, &[]);
+    rt.block_on(async {
+        let mut till = demo.terminal(daemon.addr, 0).await;
+        ok(&mut till, 101, purchase(&card, 10_00)).await;
+    });
+    daemon.kill9();
+    let export = dir.path().join("rotated-daemon.cardd");
+    run::cardd_ok([
+        OsStr::new("audit"),
+        OsStr::new("export"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--brand"),
+        OsStr::new(&demo.manifest.brand_id.to_string()),
+        OsStr::new("--out"),
+        export.as_os_str(),
+    ]);
+    let (code, text) = run_python(&python, &export, &first);
+    assert_eq!(code, 0, "{text}");
+    let (ok, text) = run_rust_verify(&export, &first);
+    assert!(ok, "{text}");
+    assert!(
+        !run_rust_verify(&export, &third).0,
+        "the anchor is the first key"
+    );
+}

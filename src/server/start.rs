@@ -55,6 +55,20 @@ pub enum StartError {
     /// A brand did not recover.
     #[error("recovering the ledger")]
     Ledger(#[from] LedgerError),
+    /// A server key rotation was started and not finished: some brands may
+    /// already be signed by the new key.
+    #[error(
+        "{0}: a server key rotation is unfinished (server.key.next is here): run `cardd rotate-server-key --data DIR` again to finish it"
+    )]
+    RotationUnfinished(PathBuf),
+    /// The state machine refused a brand's rotation record.
+    #[error("brand {brand}: the server key rotation was refused: {refusal}")]
+    RotationRefused {
+        /// The brand.
+        brand: u32,
+        /// Why.
+        refusal: crate::error::Refusal,
+    },
     /// The demo brand could not be provisioned.
     #[error("provisioning the demo brand")]
     Demo(#[from] crate::demo::DemoError),
@@ -77,6 +91,12 @@ pub fn server_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server.key")
 }
 
+/// Where a server key rotation keeps the new key until every brand's chain
+/// endorses it (`rotate_server_key`).
+pub fn next_server_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server.key.next")
+}
+
 /// Creates the data directory (0700) if needed and loads or creates the
 /// server key; the directory's entry and the key's are fsynced, so a power
 /// cut right after the first start cannot leave a ledger with no key.
@@ -86,6 +106,7 @@ pub fn open_data_dir(data_dir: &Path) -> Result<SigningKey, StartError> {
         source,
     };
     create_dir_all_durable(data_dir).map_err(dir_err)?;
+    refuse_unfinished_rotation(data_dir)?;
     let path = server_key_path(data_dir);
     let existed = path.exists();
     let key = crate::crypto::load_or_create_key(&path).map_err(|source| StartError::Key {
@@ -104,10 +125,109 @@ pub fn open_existing_data_dir(data_dir: &Path) -> Result<SigningKey, StartError>
     if !data_dir.is_dir() {
         return Err(StartError::NoDataDir(data_dir.to_path_buf()));
     }
+    refuse_unfinished_rotation(data_dir)?;
     crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(|source| StartError::Key {
         path: data_dir.to_path_buf(),
         source,
     })
+}
+
+/// A half-done rotation must be finished before anything serves or reads
+/// the directory as if it had one server key.
+fn refuse_unfinished_rotation(data_dir: &Path) -> Result<(), StartError> {
+    if next_server_key_path(data_dir).exists() {
+        return Err(StartError::RotationUnfinished(data_dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// What a server key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new server public key.
+    pub new_key: [u8; 32],
+    /// Brands whose chain now endorses it (a SERVER_KEY_ROTATED record).
+    pub rotated: Vec<u32>,
+    /// Brands that already did (a rotation interrupted and run again).
+    pub already: Vec<u32>,
+}
+
+/// Rotates the server key of a stopped daemon's data directory: a new key
+/// is made and kept durably in `server.key.next`, then every brand's chain
+/// gets a SERVER_KEY_ROTATED record signed by the old key (its checkpoint
+/// and snapshot by the new one), then the new key replaces `server.key`.
+/// Interrupted anywhere, it is run again: brands already rotated are
+/// recognised, and nothing starts on the directory until it is finished.
+pub fn rotate_server_key(data_dir: &Path) -> Result<Rotated, StartError> {
+    let next_path = next_server_key_path(data_dir);
+    let resuming = next_path.exists();
+    if !data_dir.is_dir() {
+        return Err(StartError::NoDataDir(data_dir.to_path_buf()));
+    }
+    let key_err = |source| StartError::Key {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let old = Arc::new(crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(key_err)?);
+    let new = Arc::new(crate::crypto::load_or_create_key(&next_path).map_err(key_err)?);
+    let dir_err = |source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    if !resuming {
+        sync_dir(data_dir).map_err(dir_err)?;
+    }
+    let store = open_store(data_dir, DiskStore::open_existing)?;
+    let snapshots = crate::snapshot::dir(data_dir);
+    let mut done = Rotated {
+        new_key: new.verifying_key().to_bytes(),
+        rotated: Vec::new(),
+        already: Vec::new(),
+    };
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
+    for brand in brands {
+        rotate_brand(&store, brand, (&old, &new), &snapshots, &mut done)?;
+    }
+    std::fs::rename(&next_path, server_key_path(data_dir)).map_err(dir_err)?;
+    sync_dir(data_dir).map_err(dir_err)?;
+    Ok(done)
+}
+
+/// One brand's rotation record, unless its chain already names `new`.
+fn rotate_brand(
+    store: &Arc<dyn LogStore>,
+    brand: u32,
+    (old, new): (&Arc<SigningKey>, &Arc<SigningKey>),
+    snapshots: &Path,
+    done: &mut Rotated,
+) -> Result<(), StartError> {
+    let mut ledger = match BrandLedger::recover(store.clone(), old.clone(), brand) {
+        Ok(ledger) => ledger,
+        Err(LedgerError::ServerKey { .. }) => {
+            // Rotated before an interruption: it must recover under the new key.
+            BrandLedger::recover(store.clone(), new.clone(), brand)?;
+            done.already.push(brand);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ledger
+        .rotate_server_key(new.clone())?
+        .map_err(|refusal| StartError::RotationRefused { brand, refusal })?;
+    // A snapshot under the new key, so that the next start need not
+    // replay (the old key's snapshot no longer verifies).
+    ledger.snapshot_into(snapshots, crate::limits::SNAPSHOT_EVERY_RECORDS);
+    if let Err(e) = ledger.write_snapshot() {
+        tracing::warn!(
+            brand,
+            error = crate::error::causes(&e),
+            "snapshot after the rotation failed"
+        );
+    }
+    done.rotated.push(brand);
+    Ok(())
 }
 
 /// What [`load`] returns: storage, the server key and every brand's ledger.
