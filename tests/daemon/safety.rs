@@ -182,6 +182,47 @@ async fn limits_corrections_and_liability_through_the_console() {
     assert_eq!((view.balance_minor, view.closed), (0, true));
     let after = liability(&d);
     assert_eq!(outstanding(&before) - outstanding(&after), 950_00);
+    // Each correction in the card's activity, with its operator and reason.
+    let (code, activity) = admin(&d, &key, &["report", "activity", "--card", &card]);
+    assert_eq!(code, Some(0), "{activity}");
+    let rows: Vec<(String, String, i64, String)> = activity["activity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "card_adjusted" || r["kind"] == "card_closed")
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            (
+                s("kind"),
+                s("operator"),
+                r["amount_minor"].as_i64().unwrap(),
+                s("reason"),
+            )
+        })
+        .collect();
+    let row = |kind: &str, amount: i64, reason: &str| {
+        (
+            kind.to_string(),
+            "owner".to_string(),
+            amount,
+            reason.to_string(),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row("card_adjusted", -20_00, "keyed 920 for 900"),
+            row("card_closed", -930_00, "left town"),
+        ]
+    );
+    // The day's sales at the head office count them.
+    let (code, sales) = admin(&d, &key, &["report", "sales", "--store", "0"]);
+    assert_eq!(code, Some(0), "{sales}");
+    let head_office = &sales["sales"][0];
+    assert_eq!(head_office["adjustments"], 1);
+    assert_eq!(head_office["adjusted_minor"], -20_00);
+    assert_eq!(head_office["closed_cards"], 1);
+    assert_eq!(head_office["cashed_out_minor"], 930_00);
 }
 
 /// The liability report's outstanding value (paid + bonus) over every
