@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cardd::crypto::{read_key_file, write_key_file};
 use cardd::pb::{self, request::Op, ErrorCode as E};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer, SigningKey};
 
 use super::common::raw::{raw_closed, sign_on};
 use super::common::{bounded, connect, inquiry, ok, purchase, refused, run, Daemon};
@@ -48,8 +48,38 @@ async fn an_owner_key_rotation_retires_the_old_key_at_once_and_across_a_restart(
     // Signed by a key that is not the owner's: refused, nothing written.
     let stranger = dir.path().join("stranger.key");
     write_key_file(&stranger, &SigningKey::from_bytes(&[92; 32])).unwrap();
-    let (code, _) = admin(&d, &stranger, &["rotate-owner-key", "--new-key", new_arg]);
+    let (code, reply) = admin(&d, &stranger, &["rotate-owner-key", "--new-key", new_arg]);
     assert_ne!(code, Some(0));
+    assert_eq!(reply["error"], "SIGN_ON_REFUSED", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("UnknownKey"), "{reply}");
+    // Signed by an enrolled key that is not the owner's (a till's): refused.
+    let proof = new.sign(&cardd::crypto::owner_key_message(
+        demo.manifest.brand_id,
+        &new.verifying_key().to_bytes(),
+    ));
+    let rotate = |proof: Vec<u8>| {
+        Op::RotateOwnerKey(pb::RotateOwnerKey {
+            new_public_key: new.verifying_key().to_bytes().to_vec(),
+            new_key_signature: proof,
+        })
+    };
+    let mut till = demo.terminal(d.addr, 0).await;
+    let by_till = rotate(proof.to_bytes().to_vec());
+    assert_eq!(refused(&mut till, 100, by_till).await, E::WrongRole);
+    // The owner's, with a proof the new key did not make: refused.
+    let mut owner = demo.owner(d.addr).await;
+    let forged = rotate(old.sign(b"not the proof").to_bytes().to_vec());
+    assert_eq!(refused(&mut owner, 90, forged).await, E::BadSignature);
+    // Nothing was lost: the old key still signs for the owner.
+    ok(
+        &mut owner,
+        91,
+        Op::CreateStore(pb::CreateStore {
+            name: "Quay".into(),
+        }),
+    )
+    .await;
+    drop(owner);
 
     let (code, reply) = admin(&d, &old_path, &["rotate-owner-key", "--new-key", new_arg]);
     assert_eq!(code, Some(0), "{reply}");
