@@ -135,8 +135,8 @@ async fn a_rekeyed_terminal_keeps_its_id_and_txn_ids_and_its_old_key_is_cut() {
     assert_eq!(till.session.terminal_id, 1);
     assert_eq!(till.session.last_txn_id, 6, "the demo's txn ids stay");
     let card = demo.manifest.cards[0].clone();
-    ok(&mut till, 7, purchase(&card, 10_00)).await;
-    assert_eq!(inquiry(&mut till, &card).await.balance_minor, 90_00);
+    ok(&mut till, 7, purchase(&card, 1_000)).await;
+    assert_eq!(inquiry(&mut till, &card).await.balance_minor, 9_000);
 }
 
 #[tokio::test]
@@ -159,16 +159,16 @@ async fn limits_corrections_and_liability_through_the_console() {
         })
     };
     assert_eq!(
-        refused(&mut till, 100, load(900_01)).await,
+        refused(&mut till, 100, load(90_001)).await,
         E::LimitExceeded
     );
-    ok(&mut till, 101, load(900_00)).await;
-    ok(&mut till, 102, purchase(&card, 50_00)).await;
+    ok(&mut till, 101, load(90_000)).await;
+    ok(&mut till, 102, purchase(&card, 5_000)).await;
     assert_eq!(
         refused(&mut till, 103, purchase(&card, 1)).await,
         E::LimitExceeded
     );
-    assert_eq!(inquiry(&mut till, &card).await.balance_minor, 950_00);
+    assert_eq!(inquiry(&mut till, &card).await.balance_minor, 95_000);
 
     let liability = |d: &Daemon| {
         let (code, report) = admin(d, &key, &["report", "liability"]);
@@ -211,7 +211,7 @@ async fn limits_corrections_and_liability_through_the_console() {
     let view = inquiry(&mut till, &card).await;
     assert_eq!((view.balance_minor, view.closed), (0, true));
     let after = liability(&d);
-    assert_eq!(outstanding(&before) - outstanding(&after), 950_00);
+    assert_eq!(outstanding(&before) - outstanding(&after), 95_000);
     // Each correction in the card's activity, with its operator and reason.
     let (code, activity) = admin(&d, &key, &["report", "activity", "--card", &card]);
     assert_eq!(code, Some(0), "{activity}");
@@ -241,8 +241,8 @@ async fn limits_corrections_and_liability_through_the_console() {
     assert_eq!(
         rows,
         [
-            row("card_adjusted", -20_00, "keyed 920 for 900"),
-            row("card_closed", -930_00, "left town"),
+            row("card_adjusted", -2_000, "keyed 920 for 900"),
+            row("card_closed", -93_000, "left town"),
         ]
     );
     // The day's sales at the head office count them.
@@ -250,9 +250,9 @@ async fn limits_corrections_and_liability_through_the_console() {
     assert_eq!(code, Some(0), "{sales}");
     let head_office = &sales["sales"][0];
     assert_eq!(head_office["adjustments"], 1);
-    assert_eq!(head_office["adjusted_minor"], -20_00);
+    assert_eq!(head_office["adjusted_minor"], -2_000);
     assert_eq!(head_office["closed_cards"], 1);
-    assert_eq!(head_office["cashed_out_minor"], 930_00);
+    assert_eq!(head_office["cashed_out_minor"], 93_000);
 }
 
 /// The liability report's outstanding value (paid + bonus) over every
