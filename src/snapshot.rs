@@ -292,6 +292,14 @@ mod tests {
             s.merkle.push_with([i; 32], |_, _, _| {});
         }
         s.head_hash = [7; 32];
+        // Issue 15's fields, set, so that the pin covers their encoding.
+        s.server_key = [5; 32];
+        s.retired_keys.push([6; 32]);
+        s.rules.max_balance_anonymous_minor = 100_000;
+        s.rules.currency_default_limits = true;
+        let card = s.cards.get_mut(&42).expect("state() has card 42");
+        (card.named, card.expires_ms, card.closed) = (true, 1_900_000_000_000, true);
+        (card.spend_day, card.spent_today) = (20_000, 1_234);
         s.replaced_by
             .insert(8_000_010_000_000_000_001, 8_000_010_000_000_000_002);
         s.stores.insert(
@@ -360,7 +368,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 7,
-                "a4c15a7be55fe543ad25dde917220c8c578c6d818bd24180a69147369e7090b1".to_string()
+                "1988dfdb42f38414e3d41584f9b3e563b1ac4031db4087a45bb184c898cc4fd3".to_string()
             )
         );
     }

@@ -51,7 +51,10 @@ async fn an_owner_key_rotation_retires_the_old_key_at_once_and_across_a_restart(
     let (code, reply) = admin(&d, &stranger, &["rotate-owner-key", "--new-key", new_arg]);
     assert_ne!(code, Some(0));
     assert_eq!(reply["error"], "SIGN_ON_REFUSED", "{reply}");
-    assert!(reply["message"].as_str().unwrap().contains("UnknownKey"), "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("UnknownKey"),
+        "{reply}"
+    );
     // Signed by an enrolled key that is not the owner's (a till's): refused.
     let proof = new.sign(&cardd::crypto::owner_key_message(
         demo.manifest.brand_id,
