@@ -1016,4 +1016,16 @@ fn a_server_key_rotation_on_the_daemon_verifies_from_the_first_key() {
         !run_rust_verify(&export, &third).0,
         "the anchor is the first key"
     );
+    // Not built: backups across a rotation. They are refused cleanly.
+    let backups = dir.path().join("backups");
+    let out = run::cardd([
+        OsStr::new("backup"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--out-dir"),
+        backups.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("names another server key"), "{said}");
 }
