@@ -94,7 +94,7 @@ fn check_balance(limits: &CardLimits, after: &Card) -> Result<(), Refusal> {
     if balance > max {
         return exceeded(
             key,
-            format!("the card would hold {balance} minor units, at most {max}"),
+            format!("the card would hold {balance} minor units, at most {max} minor units"),
         );
     }
     Ok(())
@@ -119,7 +119,7 @@ pub fn spend_today(
     if limit > 0 && total > limit {
         return exceeded(
             "max_daily_spend_minor",
-            format!("the card has spent {spent} of {limit} minor units today"),
+            format!("the card has spent {spent} minor units of {limit} minor units today"),
         );
     }
     card.spend_day = day;
