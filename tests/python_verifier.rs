@@ -690,6 +690,13 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
     ] {
         cases.push([base.as_slice(), tail].concat());
     }
+    let rust = same_verdicts(&python, &cases);
+    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+}
+
+/// Runs the acceptance rule of both implementations on every case and
+/// demands the same verdict (the refusal's text included); returns them.
+fn same_verdicts(python: &str, cases: &[Vec<u8>]) -> Vec<String> {
     let verdict = |c: &Vec<u8>| match cardd::wire::decode_request(c) {
         Ok(_) => "OK".to_string(),
         Err(e) => e.to_string(),
@@ -723,7 +730,78 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
     for ((c, r), p) in cases.iter().zip(&rust).zip(&python_verdicts) {
         assert_eq!(r, p, "verdicts differ on {}", hex::encode(c));
     }
-    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+    rust
+}
+
+/// Issue 15's operations and rule fields, every field set: both rules
+/// accept them, and agree on every truncation and on an unknown field
+/// added to each.
+#[test]
+fn python_and_rust_agree_on_the_corrections_limits_and_rotations() {
+    let Some(python) = python() else { return };
+    let card = "8000010000000000422".to_string();
+    let key = SigningKey::from_bytes(&[5; 32])
+        .verifying_key()
+        .to_bytes()
+        .to_vec();
+    let rules = pb::Rules {
+        max_balance_named_minor: 1,
+        max_balance_anonymous_minor: 2,
+        max_top_up_minor: 3,
+        max_daily_spend_minor: 4,
+        card_validity_days: 1_096,
+        currency_default_limits: true,
+        ..Default::default()
+    };
+    let ops = [
+        Op::AdjustCard(pb::AdjustCard {
+            card: card.clone(),
+            amount_minor: -5,
+            bonus: true,
+            reason: "r".into(),
+        }),
+        Op::VoidTopUp(pb::VoidTopUp {
+            original_seq: 9,
+            reason: "r".into(),
+        }),
+        Op::CloseCard(pb::CloseCard {
+            card: card.clone(),
+            reason: "r".into(),
+        }),
+        Op::SetCardExpiry(pb::SetCardExpiry {
+            card,
+            expires_ms: 1,
+        }),
+        Op::RotateOwnerKey(pb::RotateOwnerKey {
+            new_public_key: key.clone(),
+            new_key_signature: vec![1; 64],
+        }),
+        Op::RekeyTerminal(pb::RekeyTerminal {
+            terminal_id: 2,
+            new_public_key: key.clone(),
+        }),
+        Op::RotateServerKey(pb::RotateServerKey {
+            new_public_key: key,
+        }),
+        Op::SetRules(pb::SetRules { rules: Some(rules) }),
+    ];
+    let (mut cases, mut whole) = (Vec::new(), Vec::new());
+    for op in ops {
+        let bytes = cardd::testing::request_as(1, 7, "o", op).encode_to_vec();
+        cases.extend((0..bytes.len()).map(|at| bytes[..at].to_vec()));
+        cases.push([bytes.as_slice(), &[0x98, 0x06, 0x01]].concat());
+        whole.push(cases.len());
+        cases.push(bytes);
+    }
+    let verdicts = same_verdicts(&python, &cases);
+    for at in whole {
+        assert_eq!(verdicts[at], "OK", "{}", hex::encode(&cases[at]));
+        assert!(
+            verdicts[at - 1].contains("unknown field 99"),
+            "{}",
+            verdicts[at - 1]
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
