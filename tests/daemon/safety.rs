@@ -10,7 +10,7 @@ use cardd::pb::{self, request::Op, ErrorCode as E};
 use ed25519_dalek::{Signer, SigningKey};
 
 use super::common::raw::{raw_closed, sign_on};
-use super::common::{bounded, connect, inquiry, ok, purchase, refused, run, Daemon};
+use super::common::{self, bounded, connect, inquiry, ok, purchase, refused, run, Daemon};
 
 /// `cardd admin --connect ADDR --key KEY --json ARGS…`: exit code and the
 /// JSON line it printed.
@@ -267,4 +267,65 @@ fn outstanding(report: &serde_json::Value) -> i64 {
         .iter()
         .map(|row| row["total_minor"].as_i64().unwrap())
         .sum()
+}
+
+#[tokio::test]
+async fn the_console_extends_a_card_and_voids_a_top_up_after_the_shift_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let key = demo.owner_key_path();
+    // New cards get three years and a day.
+    let rules = dir.path().join("rules.json");
+    std::fs::write(&rules, r#"{"card_validity_days": 1096}"#).unwrap();
+    let (code, _) = admin(&d, &key, &["set-rules", "--file", rules.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    let (code, issued) = admin(&d, &key, &["issue-card"]);
+    assert_eq!(code, Some(0), "{issued}");
+    let card = issued["card"].as_str().unwrap().to_string();
+    assert!(issued["expires_ms"].as_i64().unwrap() > 0, "{issued}");
+    let mut till = demo.terminal(d.addr, 0).await;
+    let expires = inquiry(&mut till, &card).await.expires_ms;
+    assert!(expires > 0);
+    // Extended through the last day of 2099 (UTC).
+    let (code, reply) = admin(
+        &d,
+        &key,
+        &["extend-card", "--card", &card, "--until", "2099-12-31"],
+    );
+    assert_eq!(code, Some(0), "{reply}");
+    assert_eq!(reply["expires_ms"], 4_102_444_800_000_i64);
+    assert_eq!(
+        inquiry(&mut till, &card).await.expires_ms,
+        4_102_444_800_000
+    );
+    // Never shortened.
+    let (code, reply) = admin(
+        &d,
+        &key,
+        &["extend-card", "--card", &card, "--until", "2030-01-01"],
+    );
+    assert_eq!(
+        (code, reply["error"].as_str()),
+        (Some(2), Some("INVALID_ARGUMENT"))
+    );
+
+    let load = ok(&mut till, 100, common::top_up(&card, 20_000)).await;
+    let seq = load.receipt.unwrap().seq.to_string();
+    ok(&mut till, 101, common::close_shift(None)).await;
+    let (code, reply) = admin(
+        &d,
+        &key,
+        &["void-topup", "--seq", &seq, "--reason", "keyed twice"],
+    );
+    assert_eq!(code, Some(0), "{reply}");
+    assert_eq!(inquiry(&mut till, &card).await.balance_minor, 0);
+    let (code, reply) = admin(
+        &d,
+        &key,
+        &["void-topup", "--seq", &seq, "--reason", "again"],
+    );
+    assert_eq!(
+        (code, reply["error"].as_str()),
+        (Some(2), Some("ALREADY_REVERSED"))
+    );
 }
