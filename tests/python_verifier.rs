@@ -713,7 +713,7 @@ fn same_verdicts(python: &str, cases: &[Vec<u8>]) -> Vec<String> {
         \x20   except v.Fail as e:\n\
         \x20       print(e.what)\n";
     let out = run::run_bounded(
-        Command::new(&python)
+        Command::new(python)
             .args(["-c", script])
             .arg(verifier_script())
             .args(cases.iter().map(|c| format!("x{}", hex::encode(c)))),

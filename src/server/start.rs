@@ -152,15 +152,14 @@ pub struct Rotated {
     pub already: Vec<u32>,
 }
 
-/// Rotates the server key of a stopped daemon's data directory: a new key
-/// is made and kept durably in `server.key.next`, then every brand's chain
-/// gets a SERVER_KEY_ROTATED record signed by the old key (its checkpoint
-/// and snapshot by the new one), then the new key replaces `server.key`.
+/// Rotates the server key of a stopped daemon's data directory: every
+/// brand must recover first (nothing is written otherwise); then a new key
+/// is made and kept durably in `server.key.next`, every brand's chain gets
+/// a SERVER_KEY_ROTATED record signed by the old key (its checkpoint and
+/// snapshot by the new one), and the new key replaces `server.key`.
 /// Interrupted anywhere, it is run again: brands already rotated are
 /// recognised, and nothing starts on the directory until it is finished.
 pub fn rotate_server_key(data_dir: &Path) -> Result<Rotated, StartError> {
-    let next_path = next_server_key_path(data_dir);
-    let resuming = next_path.exists();
     if !data_dir.is_dir() {
         return Err(StartError::NoDataDir(data_dir.to_path_buf()));
     }
@@ -168,65 +167,95 @@ pub fn rotate_server_key(data_dir: &Path) -> Result<Rotated, StartError> {
         path: data_dir.to_path_buf(),
         source,
     };
-    let old = Arc::new(crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(key_err)?);
-    let new = Arc::new(crate::crypto::load_or_create_key(&next_path).map_err(key_err)?);
     let dir_err = |source| StartError::DataDir {
         path: data_dir.to_path_buf(),
         source,
     };
-    if !resuming {
-        sync_dir(data_dir).map_err(dir_err)?;
-    }
+    let old = Arc::new(crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(key_err)?);
+    // The directory's lock before anything is made: with a daemon running
+    // this fails and leaves the directory as it was.
     let store = open_store(data_dir, DiskStore::open_existing)?;
-    let snapshots = crate::snapshot::dir(data_dir);
+    let next_path = next_server_key_path(data_dir);
+    let pending = match next_path.exists() {
+        true => Some(Arc::new(
+            crate::crypto::read_key_file(&next_path).map_err(key_err)?,
+        )),
+        false => None,
+    };
+    let ledgers = recover_for_rotation(&store, &old, pending.as_ref())?;
+    let new = match pending {
+        Some(key) => key,
+        None => {
+            let key = crate::crypto::load_or_create_key(&next_path).map_err(key_err)?;
+            sync_dir(data_dir).map_err(dir_err)?;
+            Arc::new(key)
+        }
+    };
     let mut done = Rotated {
         new_key: new.verifying_key().to_bytes(),
         rotated: Vec::new(),
         already: Vec::new(),
     };
-    let brands = store
-        .brands()
-        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
-    for brand in brands {
-        rotate_brand(&store, brand, (&old, &new), &snapshots, &mut done)?;
+    let snapshots = crate::snapshot::dir(data_dir);
+    for (brand, ledger) in ledgers {
+        match ledger {
+            Some(ledger) => {
+                rotate_brand(ledger, &new, &snapshots)?;
+                done.rotated.push(brand);
+            }
+            None => done.already.push(brand),
+        }
     }
     std::fs::rename(&next_path, server_key_path(data_dir)).map_err(dir_err)?;
     sync_dir(data_dir).map_err(dir_err)?;
     Ok(done)
 }
 
-/// One brand's rotation record, unless its chain already names `new`.
-fn rotate_brand(
+/// Every brand recovered under the old key, or `None` for one an earlier,
+/// interrupted run already rotated to `pending` (it must recover under it).
+fn recover_for_rotation(
     store: &Arc<dyn LogStore>,
-    brand: u32,
-    (old, new): (&Arc<SigningKey>, &Arc<SigningKey>),
+    old: &Arc<SigningKey>,
+    pending: Option<&Arc<SigningKey>>,
+) -> Result<Vec<(u32, Option<BrandLedger>)>, StartError> {
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
+    let mut ledgers = Vec::with_capacity(brands.len());
+    for brand in brands {
+        let ledger = match (
+            BrandLedger::recover(store.clone(), old.clone(), brand),
+            pending,
+        ) {
+            (Ok(ledger), _) => Some(ledger),
+            (Err(LedgerError::ServerKey { .. }), Some(new)) => {
+                BrandLedger::recover(store.clone(), new.clone(), brand)?;
+                None
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        ledgers.push((brand, ledger));
+    }
+    Ok(ledgers)
+}
+
+/// One brand's rotation record, then a snapshot under the new key, so that
+/// the next start need not replay (the old key's snapshot no longer
+/// verifies; a failed snapshot only makes that start longer).
+fn rotate_brand(
+    mut ledger: BrandLedger,
+    new: &Arc<SigningKey>,
     snapshots: &Path,
-    done: &mut Rotated,
 ) -> Result<(), StartError> {
-    let mut ledger = match BrandLedger::recover(store.clone(), old.clone(), brand) {
-        Ok(ledger) => ledger,
-        Err(LedgerError::ServerKey { .. }) => {
-            // Rotated before an interruption: it must recover under the new key.
-            BrandLedger::recover(store.clone(), new.clone(), brand)?;
-            done.already.push(brand);
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let brand = ledger.brand_id();
     ledger
         .rotate_server_key(new.clone())?
         .map_err(|refusal| StartError::RotationRefused { brand, refusal })?;
-    // A snapshot under the new key, so that the next start need not
-    // replay (the old key's snapshot no longer verifies).
     ledger.snapshot_into(snapshots, crate::limits::SNAPSHOT_EVERY_RECORDS);
     if let Err(e) = ledger.write_snapshot() {
-        tracing::warn!(
-            brand,
-            error = crate::error::causes(&e),
-            "snapshot after the rotation failed"
-        );
+        let error = crate::error::causes(&e);
+        tracing::warn!(brand, error, "snapshot after the rotation failed");
     }
-    done.rotated.push(brand);
     Ok(())
 }
 
@@ -310,4 +339,69 @@ fn recover_all(
         )?);
     }
     Ok((store, server_key, ledgers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::write_key_file;
+    use crate::testing;
+
+    /// Two brands on a data directory whose server key is the fixture's.
+    fn two_brands(data: &Path) -> Arc<SigningKey> {
+        let old = testing::server_key();
+        std::fs::create_dir_all(data).unwrap();
+        write_key_file(&server_key_path(data), &old).unwrap();
+        let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(data).unwrap());
+        for (brand, owner) in [(1, 2), (2, 20)] {
+            let owner = testing::key(owner).verifying_key().to_bytes();
+            let create = testing::create_brand("Two", &owner);
+            BrandLedger::create(store.clone(), old.clone(), brand, create).unwrap();
+        }
+        old
+    }
+
+    #[test]
+    fn an_interrupted_rotation_is_finished_by_running_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let old = two_brands(&data);
+        // The run that stopped after brand 1: the new key was kept, brand 1
+        // endorsed it, brand 2 not yet, server.key still the old one.
+        let new = Arc::new(testing::key(55));
+        write_key_file(&next_server_key_path(&data), &new).unwrap();
+        {
+            let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(&data).unwrap());
+            let mut ledger = BrandLedger::recover(store, old.clone(), 1).unwrap();
+            ledger.rotate_server_key(new.clone()).unwrap().unwrap();
+        }
+        assert!(matches!(
+            load_checked(&data),
+            Err(StartError::RotationUnfinished(_))
+        ));
+        let done = rotate_server_key(&data).unwrap();
+        assert_eq!(done.new_key, new.verifying_key().to_bytes());
+        assert_eq!((done.already, done.rotated), (vec![1], vec![2]));
+        let (_, key, ledgers) = load_checked(&data).unwrap();
+        assert_eq!(key.verifying_key(), new.verifying_key());
+        assert!(ledgers.iter().all(|l| l.state.server_key == done.new_key));
+        // The old key's last record and the new key's checkpoints: each
+        // brand's chain starts with the old key and ends with the new one.
+        assert!(ledgers
+            .iter()
+            .all(|l| l.state.retired_keys == vec![old.verifying_key().to_bytes()]));
+    }
+
+    #[test]
+    fn a_rotation_on_a_directory_in_use_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        two_brands(&data);
+        let held = DiskStore::open(&data).unwrap();
+        assert!(rotate_server_key(&data).is_err());
+        assert!(!next_server_key_path(&data).exists());
+        drop(held);
+        let done = rotate_server_key(&data).unwrap();
+        assert_eq!((done.already, done.rotated), (vec![], vec![1, 2]));
+    }
 }
