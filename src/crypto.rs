@@ -18,6 +18,8 @@ pub const DOMAIN_REQUEST: &[u8] = b"cardd.v1 request\0";
 pub const DOMAIN_CHECKPOINT: &[u8] = b"cardd.v1 checkpoint\0";
 /// Domain of a server signature over a state snapshot's SHA-256.
 pub const DOMAIN_SNAPSHOT: &[u8] = b"cardd.v1 snapshot\0";
+/// Domain of a new owner key's proof of possession (`RotateOwnerKey`).
+pub const DOMAIN_OWNER_KEY: &[u8] = b"cardd.v1 owner-key\0";
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -59,6 +61,12 @@ pub fn sign_on_message(nonce: &[u8], server_key: &[u8]) -> Vec<u8> {
 /// The message a client signs for a request.
 pub fn request_message(request: &[u8]) -> Vec<u8> {
     domain_message(DOMAIN_REQUEST, &[request])
+}
+
+/// The message a new owner key signs to prove it is held:
+/// domain || brand_id (u32 BE) || the new key.
+pub fn owner_key_message(brand_id: u32, new_key: &[u8]) -> Vec<u8> {
+    domain_message(DOMAIN_OWNER_KEY, &[&brand_id.to_be_bytes(), new_key])
 }
 
 /// Signs a request's bytes as a terminal or owner does.

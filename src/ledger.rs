@@ -46,6 +46,15 @@ pub enum LedgerError {
         /// The next record stored.
         next: u64,
     },
+    /// The chain's server key, after the rotations its records endorse,
+    /// is not the key this ledger was opened with.
+    #[error(
+        "brand {brand}: the chain's server key (after its rotations) is not this data directory's server key"
+    )]
+    ServerKey {
+        /// The brand.
+        brand: u32,
+    },
     /// A stored record does not replay: the ledger is corrupt.
     #[error("brand {brand}: corrupt ledger")]
     Replay {
@@ -173,6 +182,9 @@ pub struct Batch {
     /// Keys enrolled by this batch (terminals, read-only keys), for the
     /// key index.
     pub enrolled: Vec<([u8; 32], crate::state::Principal)>,
+    /// Keys this batch rotated out (owner key rotation, terminal re-key):
+    /// they must stop signing on, and their open sessions end.
+    pub retired: Vec<([u8; 32], crate::state::Principal)>,
     /// Answers (by index) whose request asked for an inclusion proof.
     pub proof_wanted: Vec<usize>,
 }
@@ -486,6 +498,7 @@ impl BrandLedger {
                 }
                 let reply = reply_for_record(&w.record, &w.hash, &promo);
                 let id = w.record.new_id;
+                rotated_keys(&self.state, &w.record, batch);
                 match w.record.kind() {
                     pb::RecordKind::TerminalEnrolled => {
                         let t = &self.state.terminals[&id];
@@ -617,6 +630,40 @@ impl BrandLedger {
         Ok(batch.answers.pop().expect("one answer per submission"))
     }
 
+    /// Rotates this brand's server key to `new` now: a SERVER_KEY_ROTATED
+    /// record signed by the key in force (the endorsement, in the chain),
+    /// whose checkpoint, like every later checkpoint and snapshot, is
+    /// signed by `new`. For offline tools (the daemon must not be running).
+    pub fn rotate_server_key(&mut self, new: Arc<SigningKey>) -> Result<Answer, LedgerError> {
+        let request = Request {
+            // The server's own ids: one past the chain's length is never
+            // reused, as the chain only grows.
+            txn_id: self.state.seq + 1,
+            brand_id: self.brand_id(),
+            operator: "server".into(),
+            op: Some(pb::request::Op::RotateServerKey(pb::RotateServerKey {
+                new_public_key: new.verifying_key().to_bytes().to_vec(),
+            })),
+            ..Default::default()
+        };
+        let sub = Submission::signed(Principal::Server, &self.server_key, request);
+        let mut batch = self.apply_batch(std::slice::from_ref(&sub));
+        let answer = batch.answers.pop().expect("one answer per submission");
+        if batch.written.is_empty() {
+            return Ok(answer);
+        }
+        self.server_key = new;
+        let brand = self.brand_id();
+        Self::commit(
+            self.store.as_ref(),
+            brand,
+            &batch.written,
+            &self.checkpoint(),
+        )
+        .map_err(|source| LedgerError::Storage { brand, source })?;
+        Ok(answer)
+    }
+
     /// Signs `request` with `key` and submits it now.
     pub fn submit_signed(
         &mut self,
@@ -625,6 +672,33 @@ impl BrandLedger {
         request: &Request,
     ) -> Result<Answer, LedgerError> {
         self.submit_now(Submission::signed(principal, key, request.clone()))
+    }
+}
+
+/// A rotation record's keys: the new one enrolled, the old one (the
+/// record's signer for the owner; the terminal's key before, which only
+/// its enrolment or an earlier re-key names) retired.
+fn rotated_keys(state: &BrandState, rec: &Record, batch: &mut Batch) {
+    use crate::state::Principal;
+    let Ok(new) = <[u8; 32]>::try_from(rec.new_public_key.as_slice()) else {
+        return;
+    };
+    match rec.kind() {
+        pb::RecordKind::OwnerKeyRotated => {
+            if let Ok(old) = <[u8; 32]>::try_from(rec.signer_public_key.as_slice()) {
+                batch.retired.push((old, Principal::Owner));
+            }
+            batch.enrolled.push((new, Principal::Owner));
+        }
+        pb::RecordKind::TerminalRekeyed => {
+            let terminal = Principal::Terminal(rec.new_id);
+            // The re-key just retired the terminal's key before it.
+            if let Some(old) = state.retired_keys.last().copied() {
+                batch.retired.push((old, terminal));
+            }
+            batch.enrolled.push((new, terminal));
+        }
+        _ => {}
     }
 }
 
@@ -696,7 +770,14 @@ fn replay_stored(
                 next: seq,
             });
         }
-        let w = replay_record(&mut start.state, seq, &bytes, server_pub)
+        // Record 1 names the chain's first server key; every rotation after
+        // it is endorsed in the chain, and the key they lead to must be
+        // this server's (checked below).
+        let anchor = match seq {
+            1 => first_signer(&bytes).unwrap_or(*server_pub),
+            _ => *server_pub,
+        };
+        let w = replay_record(&mut start.state, seq, &bytes, &anchor)
             .map_err(|source| LedgerError::Replay { brand, source })?;
         start.time_ms = w.record.time_ms;
         if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
@@ -712,10 +793,20 @@ fn replay_stored(
             "the snapshot is beyond the stored chain; a restart ignores it"
         );
     }
+    if start.state.is_created() && start.state.server_key != *server_pub {
+        return Err(LedgerError::ServerKey { brand });
+    }
     let replayed = start.state.seq - snapshot_seq;
     let replay_ms = started.elapsed().as_millis() as u64;
     tracing::info!(brand, snapshot_seq, replayed, replay_ms, "brand recovered");
     Ok(())
+}
+
+/// The key that signed a stored record (`None` if it does not decode; the
+/// replay then names what is wrong).
+fn first_signer(bytes: &[u8]) -> Option<[u8; 32]> {
+    let rec = Record::decode(bytes).ok()?;
+    rec.signer_public_key.as_slice().try_into().ok()
 }
 
 /// The newest stored checkpoint must verify and describe `state` exactly.

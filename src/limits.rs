@@ -14,6 +14,17 @@ pub const MIN_FRAME_BYTES: usize = 1024;
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000;
 /// Largest balance a card may hold (paid + bonus), in minor units.
 pub const MAX_BALANCE_MINOR: i64 = 100_000_000_000;
+/// Shortest validity rule for newly issued cards, in days: anonymous
+/// cards stay valid at least three years (MOFCOM Order No. 9 of 2012),
+/// and every card is issued anonymous. 3 × 365 + one leap day.
+pub const MIN_CARD_VALIDITY_DAYS: u32 = 1_096;
+/// Longest validity rule, in days (100 years).
+pub const MAX_CARD_VALIDITY_DAYS: u32 = 36_525;
+/// Latest expiry the owner may set (Unix ms, the year 9999 in UTC).
+pub const MAX_EXPIRES_MS: i64 = 253_402_300_799_000;
+/// Key rotations per brand (owner, terminal re-keys, server): each
+/// retired key is remembered so that it never signs or enrols again.
+pub const MAX_RETIRED_KEYS: usize = 10_000;
 /// Largest points total on a card and largest single points redemption.
 pub const MAX_POINTS: i64 = 1_000_000_000_000;
 /// Text fields (operator, names, labels, reasons), in bytes.

@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, default_value = "cardd-data")]
         data: PathBuf,
     },
+    /// Replace the server key (daemon stopped): every brand's chain gets a
+    /// record, signed by the old key, that endorses the new one; later
+    /// checkpoints and snapshots are signed by the new key. Auditors keep
+    /// trusting the first key. Run it again if it was interrupted.
+    #[command(after_help = "Example:\n  cardd rotate-server-key --data /var/lib/cardd")]
+    RotateServerKey {
+        /// Data directory.
+        #[arg(long, default_value = "cardd-data")]
+        data: PathBuf,
+    },
     /// Brand management on a stopped daemon's data directory.
     #[command(
         after_help = "Example:\n  cardd brand create --data cardd-data --name \"Tea House\" --owner-key tea-owner.key"
@@ -552,6 +562,87 @@ enum AdminOp {
         #[arg(long, conflicts_with = "public_key")]
         key_file: Option<PathBuf>,
     },
+    /// Correct a card's value: add (+) or take (-) paid value, or bonus
+    /// value with --bonus. A CARD_ADJUSTED record with the reason.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key adjust --card 8000018134702849687 --amount -20.00 --reason \"till keyed 200 for 20\""
+    )]
+    Adjust {
+        #[arg(long)]
+        card: String,
+        /// A signed decimal (e.g. -20.00 or +5.00).
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// Adjust the bonus value instead of the paid value.
+        #[arg(long)]
+        bonus: bool,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Void a till's top-up after its shift closed (within the refund
+    /// window): its paid and bonus value leave the card.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key void-topup --seq 1042 --reason \"keyed twice\""
+    )]
+    VoidTopup {
+        /// The top-up's record sequence number (on its receipt).
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Close a card for good: the paid value is cashed out, the bonus
+    /// forfeited, the points dropped.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key close-card --card 8000018134702849687 --reason \"member left\""
+    )]
+    CloseCard {
+        #[arg(long)]
+        card: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Extend a card's validity: valid through --until (a UTC date), or
+    /// with --never, without end.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key extend-card --card 8000018134702849687 --until 2031-12-31"
+    )]
+    ExtendCard {
+        #[arg(long)]
+        card: String,
+        /// The last day the card works, YYYY-MM-DD (UTC).
+        #[arg(long, required_unless_present = "never", conflicts_with = "never")]
+        until: Option<String>,
+        /// The card never expires.
+        #[arg(long)]
+        never: bool,
+    },
+    /// Replace the owner key with the key in --new-key (signed by the
+    /// current key, with the new key's proof): the old key stops working
+    /// at once and its sessions close.
+    #[command(
+        after_help = "Example:\n  cardd keygen --out owner-2026.key\n  cardd admin --key owner.key rotate-owner-key --new-key owner-2026.key"
+    )]
+    RotateOwnerKey {
+        /// The new owner key file (cardd keygen).
+        #[arg(long)]
+        new_key: PathBuf,
+    },
+    /// Give a terminal a new key under the same terminal id (its store,
+    /// transaction ids and shift stay); the old key's sessions close.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key rekey-terminal --terminal 2 --key-out mall-till-2.key"
+    )]
+    RekeyTerminal {
+        #[arg(long)]
+        terminal: u32,
+        /// The terminal's new public key in hex.
+        #[arg(long, conflicts_with = "key_out")]
+        public_key: Option<String>,
+        /// Create a new key file for the terminal.
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+    },
 }
 
 /// What an owner's load says besides its amount: where it was sold, for
@@ -635,6 +726,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         } => cli::serve::config_check(&file)?,
         Command::ServerKey { data } => cli::keys::server_key(&data)?,
         Command::Keygen { out } => cli::keys::keygen(&out)?,
+        Command::RotateServerKey { data } => cli::keys::rotate_server_key(&data)?,
         Command::Brand {
             command:
                 BrandCommand::Create {

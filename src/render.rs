@@ -152,6 +152,13 @@ fn card_fields(m: &mut Map<String, Value>, c: &pb::CardView) {
     m.insert("tier".into(), json!(c.tier));
     m.insert("total_spend_minor".into(), json!(c.total_spend_minor));
     m.insert("visits".into(), json!(c.visits));
+    // Issue 15: only when set, so that every other answer keeps its shape.
+    if c.expires_ms != 0 {
+        m.insert("expires_ms".into(), json!(c.expires_ms));
+    }
+    if c.closed {
+        m.insert("closed".into(), json!(true));
+    }
 }
 
 /// The record written: where it sits in the chain and who made it.

@@ -105,6 +105,9 @@ pub fn replay_decoded(
     let principal = principal_of(rec).ok_or_else(|| fail("has no signer".into()))?;
     // The key must be the one enrolled for that signer at that point.
     let enrolled: Option<[u8; 32]> = match principal {
+        // The trusted key signs the first record; a SERVER_KEY_ROTATED
+        // record, signed by the key in force, names the next one.
+        Principal::Server if state.is_created() => Some(state.server_key),
         Principal::Server => Some(*server_key),
         Principal::Owner => state.is_created().then_some(state.owner_key),
         Principal::Terminal(id) => state.terminals.get(&id).map(|t| t.public_key),

@@ -298,6 +298,14 @@ mod tests {
             s.merkle.push_with([i; 32], |_, _, _| {});
         }
         s.head_hash = [7; 32];
+        // Issue 15's fields, set, so that the pin covers their encoding.
+        s.server_key = [5; 32];
+        s.retired_keys.push([6; 32]);
+        s.rules.max_balance_anonymous_minor = 100_000;
+        s.rules.currency_default_limits = true;
+        let card = s.cards.get_mut(&42).expect("state() has card 42");
+        (card.named, card.expires_ms, card.closed) = (true, 1_900_000_000_000, true);
+        (card.spend_day, card.spent_today) = (20_000, 1_234);
         s.replaced_by
             .insert(8_000_010_000_000_000_001, 8_000_010_000_000_000_002);
         s.stores.insert(
@@ -369,7 +377,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 10,
-                "347f68a2c86b2d729895cece3e07af2bee6031122580e87cfdbd23c126032366".to_string()
+                "bc64a3210200d2607e0046bc8bb5553d17f6cd8d3ee92d1172531ed04ac2105e".to_string()
             )
         );
     }

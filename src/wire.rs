@@ -270,6 +270,12 @@ const RULES: Schema = msg(&[
     f(5, "time_zone", Str),
     f(30, "pin_all_spends", Bool),
     f(31, "pin_over_minor", Int),
+    f(20, "max_balance_named_minor", Int),
+    f(21, "max_balance_anonymous_minor", Int),
+    f(22, "max_top_up_minor", Int),
+    f(23, "max_daily_spend_minor", Int),
+    f(24, "card_validity_days", U32),
+    f(25, "currency_default_limits", Bool),
 ]);
 const SET_HOLDER: Schema = msg(&[f(1, "card", Str), f(2, "commitment", Bytes)]);
 const HOLDER_DATA: Schema = msg(&[f(1, "card", Str), f(2, "name", Str), f(3, "phone", Str)]);
@@ -309,6 +315,21 @@ const REMOVE_KEY: Schema = msg(&[f(1, "public_key", Bytes)]);
 const WEB_LOGIN: Schema = msg(&[]);
 const CONSISTENCY_PROOF: Schema = msg(&[f(1, "old_size", Int), f(2, "new_size", Int)]);
 const EXPORT_LEDGER: Schema = msg(&[f(90, "after_size", Int)]);
+const ADJUST_CARD: Schema = msg(&[
+    f(1, "card", Str),
+    f(2, "amount_minor", Int),
+    f(3, "bonus", Bool),
+    f(4, "reason", Str),
+]);
+const VOID_TOP_UP: Schema = msg(&[f(1, "original_seq", Int), f(2, "reason", Str)]);
+const CLOSE_CARD: Schema = msg(&[f(1, "card", Str), f(2, "reason", Str)]);
+const SET_CARD_EXPIRY: Schema = msg(&[f(1, "card", Str), f(2, "expires_ms", Int)]);
+const ROTATE_OWNER_KEY: Schema = msg(&[
+    f(1, "new_public_key", Bytes),
+    f(2, "new_key_signature", Bytes),
+]);
+const REKEY_TERMINAL: Schema = msg(&[f(1, "terminal_id", U32), f(2, "new_public_key", Bytes)]);
+const ROTATE_SERVER_KEY: Schema = msg(&[f(1, "new_public_key", Bytes)]);
 const CREATE_BRAND: Schema = msg(&[
     f(1, "name", Str),
     f(2, "currency", Str),
@@ -342,6 +363,12 @@ const REQUEST: Schema = Schema {
         f(36, "export_ledger", Msg(&EXPORT_LEDGER)),
         f(37, "consistency_proof", Msg(&CONSISTENCY_PROOF)),
         f(38, "set_terminal_disabled", Msg(&SET_TERMINAL_DISABLED)),
+        f(39, "adjust_card", Msg(&ADJUST_CARD)),
+        f(40, "void_top_up", Msg(&VOID_TOP_UP)),
+        f(41, "close_card", Msg(&CLOSE_CARD)),
+        f(42, "set_card_expiry", Msg(&SET_CARD_EXPIRY)),
+        f(43, "rotate_owner_key", Msg(&ROTATE_OWNER_KEY)),
+        f(44, "rekey_terminal", Msg(&REKEY_TERMINAL)),
         f(45, "report", Msg(&GET_REPORT)),
         f(46, "add_key", Msg(&ADD_KEY)),
         f(47, "remove_key", Msg(&REMOVE_KEY)),
@@ -353,10 +380,11 @@ const REQUEST: Schema = Schema {
         f(54, "erase_holder", Msg(&CARD_ONLY)),
         f(55, "set_pin", Msg(&SET_PIN)),
         f(56, "set_pin_lock", Msg(&SET_PIN_LOCK)),
+        f(60, "rotate_server_key", Msg(&ROTATE_SERVER_KEY)),
     ],
     oneof: &[
-        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 45, 46, 47, 48, 50, 51,
-        52, 53, 54, 55, 56,
+        10, 11, 12, 13, 14, 15, 16, 17, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+        45, 46, 47, 48, 50, 51, 52, 53, 54, 55, 56, 60,
     ],
 };
 
@@ -579,6 +607,13 @@ mod tests {
         ("SetPin", &SET_PIN),
         ("SetPinLock", &SET_PIN_LOCK),
         ("WebLogin", &WEB_LOGIN),
+        ("AdjustCard", &ADJUST_CARD),
+        ("VoidTopUp", &VOID_TOP_UP),
+        ("CloseCard", &CLOSE_CARD),
+        ("SetCardExpiry", &SET_CARD_EXPIRY),
+        ("RotateOwnerKey", &ROTATE_OWNER_KEY),
+        ("RekeyTerminal", &REKEY_TERMINAL),
+        ("RotateServerKey", &ROTATE_SERVER_KEY),
     ];
 
     /// (number, name, type class, repeated) of a message's fields in the proto.
@@ -824,6 +859,12 @@ mod tests {
             time_zone: "Asia/Shanghai".into(),
             pin_all_spends: true,
             pin_over_minor: 8,
+            max_balance_named_minor: 8,
+            max_balance_anonymous_minor: 9,
+            max_top_up_minor: 10,
+            max_daily_spend_minor: 11,
+            card_validity_days: 12,
+            currency_default_limits: true,
         };
         (totals, rules)
     }
@@ -832,6 +873,7 @@ mod tests {
     fn every_operation() -> Vec<Op> {
         let (totals, rules) = full_totals_and_rules();
         let (card, key) = (CARD.to_string(), vec![7u8; 32]);
+        let card2 = card.clone();
         vec![
             Op::Inquiry(pb::Inquiry { card: card.clone() }),
             Op::Purchase(pb::Purchase {
@@ -909,6 +951,35 @@ mod tests {
             Op::SetPinLock(pb::SetPinLock {
                 card: card.clone(),
                 locked: true,
+            }),
+            Op::AdjustCard(pb::AdjustCard {
+                card: card2.clone(),
+                amount_minor: -5,
+                bonus: true,
+                reason: "r".into(),
+            }),
+            Op::VoidTopUp(pb::VoidTopUp {
+                original_seq: 9,
+                reason: "r".into(),
+            }),
+            Op::CloseCard(pb::CloseCard {
+                card: card2.clone(),
+                reason: "r".into(),
+            }),
+            Op::SetCardExpiry(pb::SetCardExpiry {
+                card: card2,
+                expires_ms: 1,
+            }),
+            Op::RotateOwnerKey(pb::RotateOwnerKey {
+                new_public_key: key.clone(),
+                new_key_signature: vec![1; 64],
+            }),
+            Op::RekeyTerminal(pb::RekeyTerminal {
+                terminal_id: 2,
+                new_public_key: key.clone(),
+            }),
+            Op::RotateServerKey(pb::RotateServerKey {
+                new_public_key: key.clone(),
             }),
             Op::CreateBrand(pb::CreateBrand {
                 name: "b".into(),

@@ -14,7 +14,9 @@ Checks, trusting nothing but the server public key given on the command line:
   * every record: sequence numbers consecutive from 1, the prev_hash chain,
     the brand id, a canonical protobuf encoding, the signer's key being the
     one enrolled for that signer (server for record 1, owner from record 1's
-    CreateBrand, terminals from TERMINAL_ENROLLED records);
+    CreateBrand, terminals from TERMINAL_ENROLLED records, and each new key
+    from the OWNER_KEY_ROTATED, TERMINAL_REKEYED and SERVER_KEY_ROTATED
+    records signed by the key it replaces);
   * every record's signed request is an encoding the daemon accepts (the
     acceptance rule of docs/ledger-format.md section 3, as src/wire.rs);
   * every checkpoint: the server's Ed25519 signature over the fixed binary
@@ -57,6 +59,7 @@ EXPORT_FORMAT = "cardd.v1 ledger export"
 MAX_ITEM_BYTES = 64 * 1024 * 1024
 DOMAIN_REQUEST = b"cardd.v1 request\x00"
 DOMAIN_CHECKPOINT = b"cardd.v1 checkpoint\x00"
+DOMAIN_OWNER_KEY = b"cardd.v1 owner-key\x00"
 ZERO_HASH = bytes(32)
 
 # Record kinds.
@@ -65,12 +68,19 @@ CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET, TERMINAL_STATUS_CHANGED = 5, 6, 
 PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED = 10, 11, 12, 13, 14, 15
 KEY_ADDED, KEY_REMOVED = 9, 16
 HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED = 110, 111, 112, 113, 114
+# Issue 15: corrections, expiry, key rotation.
+CARD_ADJUSTED, TOP_UP_VOIDED, CARD_CLOSED, CARD_EXPIRY_SET = 100, 101, 102, 103
+OWNER_KEY_ROTATED, TERMINAL_REKEYED, SERVER_KEY_ROTATED = 104, 105, 106
+CORRECTION_KINDS = {CARD_ADJUSTED, TOP_UP_VOIDED, CARD_CLOSED}
+ROTATION_KINDS = {OWNER_KEY_ROTATED, TERMINAL_REKEYED, SERVER_KEY_ROTATED}
 KIND_NAMES = {
     1: "BRAND_CREATED", 2: "STORE_CREATED", 3: "TERMINAL_ENROLLED", 4: "CARD_ISSUED",
     5: "CARD_BLOCKED_CHANGED", 6: "CARD_REPLACED", 7: "RULES_SET", 8: "TERMINAL_STATUS_CHANGED", 10: "PURCHASE",
     11: "TOP_UP", 12: "REFUND", 13: "REVERSAL", 14: "POINTS_REDEEMED", 15: "SHIFT_CLOSED",
     9: "KEY_ADDED", 16: "KEY_REMOVED",
     110: "HOLDER_SET", 111: "HOLDER_ERASED", 112: "PIN_SET", 113: "PIN_UNLOCKED", 114: "CARD_PIN_LOCKED",
+    100: "CARD_ADJUSTED", 101: "TOP_UP_VOIDED", 102: "CARD_CLOSED",
+    103: "CARD_EXPIRY_SET", 104: "OWNER_KEY_ROTATED", 105: "TERMINAL_REKEYED", 106: "SERVER_KEY_ROTATED",
 }
 # Signers.
 SIGNER_TERMINAL, SIGNER_OWNER, SIGNER_SERVER = 1, 2, 3
@@ -81,6 +91,7 @@ OP_KIND = {
     30: STORE_CREATED, 31: TERMINAL_ENROLLED, 32: CARD_ISSUED, 33: CARD_BLOCKED_CHANGED,
     34: CARD_REPLACED, 35: RULES_SET, 38: TERMINAL_STATUS_CHANGED, 46: KEY_ADDED, 47: KEY_REMOVED,
     50: BRAND_CREATED, 51: HOLDER_SET, 54: HOLDER_ERASED, 55: PIN_SET, 56: PIN_UNLOCKED,
+    39: CARD_ADJUSTED, 40: TOP_UP_VOIDED, 41: CARD_CLOSED, 42: CARD_EXPIRY_SET, 43: OWNER_KEY_ROTATED, 44: TERMINAL_REKEYED, 60: SERVER_KEY_ROTATED,
 }
 # A till sets a PIN with the cardholder present.
 TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLOSED, PIN_SET}
@@ -88,7 +99,9 @@ TERMINAL_KINDS = {PURCHASE, TOP_UP, REFUND, REVERSAL, POINTS_REDEEMED, SHIFT_CLO
 # (absent from its record); the owner's loads name one of the others.
 CHANNEL_STORE, CHANNEL_HEAD_OFFICE, CHANNEL_ONLINE, CHANNEL_CORPORATE = 0, 1, 2, 3
 OWNER_KINDS = {TOP_UP, STORE_CREATED, TERMINAL_ENROLLED, CARD_ISSUED, CARD_BLOCKED_CHANGED, CARD_REPLACED, RULES_SET,
-               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED, HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED}
+               TERMINAL_STATUS_CHANGED, KEY_ADDED, KEY_REMOVED, HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED,
+               CARD_ADJUSTED, TOP_UP_VOIDED, CARD_CLOSED, CARD_EXPIRY_SET, OWNER_KEY_ROTATED,
+               TERMINAL_REKEYED}
 # Records about a card's holder or PIN: they name the request's card and
 # move nothing (the person and the PIN are never in the ledger).
 CARD_ONLY_KINDS = {HOLDER_SET, HOLDER_ERASED, PIN_SET, PIN_UNLOCKED, CARD_PIN_LOCKED}
@@ -306,7 +319,8 @@ RECORD = Schema("Record", {
     30: ("shift_balanced", BOOL), 31: ("new_id", U32), 32: ("other_card", STRING),
     33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
     35: ("visits_after", U32), 36: ("remaining_minor", I64T), 37: ("channel", ENUM),
-    38: ("reference", STRING), 39: ("price_minor", I64T), 60: ("pin_verified", BOOL),
+    38: ("reference", STRING), 39: ("price_minor", I64T),
+    50: ("expires_ms", I64T), 51: ("reason", STRING), 52: ("new_public_key", BYTES), 60: ("pin_verified", BOOL),
 })
 CHECKPOINT = Schema("Checkpoint", {
     1: ("brand_id", U32), 2: ("tree_size", U64), 3: ("head_hash", BYTES), 4: ("root_hash", BYTES),
@@ -328,8 +342,11 @@ TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T
                                 4: ("multiplier_milli", U32)})
 RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
                          3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING),
-                         5: ("time_zone", STRING), 30: ("pin_all_spends", BOOL),
-                         31: ("pin_over_minor", I64T)})
+                         5: ("time_zone", STRING), 20: ("max_balance_named_minor", I64T),
+                         21: ("max_balance_anonymous_minor", I64T), 22: ("max_top_up_minor", I64T),
+                         23: ("max_daily_spend_minor", I64T), 24: ("card_validity_days", U32),
+                         25: ("currency_default_limits", BOOL),
+                         30: ("pin_all_spends", BOOL), 31: ("pin_over_minor", I64T)})
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
     11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL),
@@ -354,6 +371,13 @@ OPS = {
     37: ("consistency_proof", Schema("GetConsistencyProof", {1: ("old_size", U64), 2: ("new_size", U64)})),
     38: ("set_terminal_disabled", Schema("SetTerminalDisabled", {1: ("terminal_id", U32), 2: ("disabled", BOOL),
                                                                  3: ("reason", STRING)})),
+    39: ("adjust_card", Schema("AdjustCard", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("bonus", BOOL),
+                                              4: ("reason", STRING)})),
+    40: ("void_top_up", Schema("VoidTopUp", {1: ("original_seq", U64), 2: ("reason", STRING)})),
+    41: ("close_card", Schema("CloseCard", {1: ("card", STRING), 2: ("reason", STRING)})),
+    42: ("set_card_expiry", Schema("SetCardExpiry", {1: ("card", STRING), 2: ("expires_ms", I64T)})),
+    43: ("rotate_owner_key", Schema("RotateOwnerKey", {1: ("new_public_key", BYTES), 2: ("new_key_signature", BYTES)})),
+    44: ("rekey_terminal", Schema("RekeyTerminal", {1: ("terminal_id", U32), 2: ("new_public_key", BYTES)})),
     45: ("report", Schema("GetReport", {1: ("kind", STRING), 2: ("from", STRING), 3: ("to", STRING),
                                         4: ("store_id", U32), 5: ("by", STRING), 6: ("idle_days", U32),
                                         7: ("date", STRING), 8: ("cursor", U64), 9: ("status", U32),
@@ -371,6 +395,7 @@ OPS = {
     54: ("erase_holder", Schema("EraseHolder", {1: ("card", STRING)})),
     55: ("set_pin", Schema("SetPin", {1: ("card", STRING), 2: ("pin_block", BYTES), 3: ("old_pin_block", BYTES)})),
     56: ("set_pin_lock", Schema("SetPinLock", {1: ("card", STRING), 2: ("locked", BOOL)})),
+    60: ("rotate_server_key", Schema("RotateServerKey", {1: ("new_public_key", BYTES)})),
 }
 _REQ_FIELDS = {1: ("txn_id", U64), 2: ("brand_id", U32), 3: ("operator", STRING),
                4: ("client_time_ms", I64T), 5: ("want_proof", BOOL)}
@@ -651,7 +676,9 @@ class Progress:
 
 class Verifier:
     def __init__(self, server_key, sample, seed):
-        self.server_key = server_key
+        self.trusted_key = server_key  # the first server key: the trust anchor
+        self.server_key = server_key  # the key in force (SERVER_KEY_ROTATED moves it)
+        self.keys_ever = []  # (signer, terminal id, store id, key): what the trailer lists
         self.sample_n = sample
         self.seed = seed
         self.sample = None
@@ -667,7 +694,7 @@ class Verifier:
         self.disabled = set()  # terminal ids revoked by the owner
         self.cards = {}  # card number -> [paid, bonus, points]
         self.signatures = 0
-        self.flows = {"loaded": 0, "bonus": 0, "spent": 0, "refunded": 0, "reversed": 0}
+        self.flows = {"loaded": 0, "bonus": 0, "spent": 0, "refunded": 0, "reversed": 0, "corrected": 0}
 
     # -- file -------------------------------------------------------------
 
@@ -702,7 +729,7 @@ class Verifier:
         header = decode(first[1], HEADER)
         if header["format"] != EXPORT_FORMAT:
             raise Fail("unknown export format %r" % header["format"])
-        if header["server_public_key"] != self.server_key:
+        if header["server_public_key"] != self.trusted_key:
             raise Fail("the export names a different server key than the one trusted")
         self.brand_id = header["brand_id"]
         self.sample = sample_positions(header["tree_size"], self.sample_n, self.seed)
@@ -736,7 +763,7 @@ class Verifier:
         paid = sum(c[0] for c in self.cards.values())
         bonus = sum(c[1] for c in self.cards.values())
         fl = self.flows
-        net = fl["loaded"] + fl["bonus"] - fl["spent"] + fl["refunded"] + fl["reversed"]
+        net = fl["loaded"] + fl["bonus"] - fl["spent"] + fl["refunded"] + fl["reversed"] + fl["corrected"]
         if net != paid + bonus:
             raise Fail("money is not conserved: flows net %d, cards hold %d" % (net, paid + bonus))
         return ("OK: brand %d: %d records, %d checkpoints, %d request signatures verified, %d terminals, "
@@ -773,8 +800,10 @@ class Verifier:
         if seq == 1:
             if kind != BRAND_CREATED or signer != SIGNER_SERVER:
                 fail("the first record must be BRAND_CREATED, signed by the server")
-        elif kind == BRAND_CREATED or (signer == SIGNER_SERVER) != (kind == CARD_PIN_LOCKED):
-            fail("the server signs BRAND_CREATED (the first record) and CARD_PIN_LOCKED only")
+        elif kind == BRAND_CREATED:
+            fail("only the first record is a BRAND_CREATED")
+        elif (signer == SIGNER_SERVER) != (kind in (SERVER_KEY_ROTATED, CARD_PIN_LOCKED)):
+            fail("after the first record the server signs SERVER_KEY_ROTATED and CARD_PIN_LOCKED records and nothing else")
         if signer == SIGNER_SERVER:
             enrolled = self.server_key
         elif signer == SIGNER_OWNER:
@@ -807,7 +836,8 @@ class Verifier:
 
         # The signed request: always for records that enrol a key, and for
         # the sample.
-        if self.sample is None or seq in self.sample or kind in (BRAND_CREATED, TERMINAL_ENROLLED, TERMINAL_STATUS_CHANGED):
+        if (self.sample is None or seq in self.sample
+                or kind in (BRAND_CREATED, TERMINAL_ENROLLED, TERMINAL_STATUS_CHANGED) or kind in ROTATION_KINDS):
             if not verify_strict(key, DOMAIN_REQUEST + rec["request"], rec["request_signature"]):
                 fail("request signature does not verify")
             self.signatures += 1
@@ -821,6 +851,9 @@ class Verifier:
                 if len(owner) != 32 or weak_key(owner):
                     fail("the owner key is not a valid ed25519 public key")
                 self.owner_key = owner
+                self.keys_ever += [(SIGNER_SERVER, 0, 0, key), (SIGNER_OWNER, 0, 0, owner)]
+            elif kind in ROTATION_KINDS:
+                self.rotate(rec, kind, body, fail)
             elif kind == TERMINAL_ENROLLED:
                 tid, tkey = rec["new_id"], body["public_key"]
                 if tid == 0 or tid in self.terminals:
@@ -830,12 +863,44 @@ class Verifier:
                 if tkey == self.owner_key or any(tkey == k for _, k in self.terminals.values()):
                     fail("the terminal key is already enrolled")
                 self.terminals[tid] = (body["store_id"], tkey)
+                self.keys_ever.append((SIGNER_TERMINAL, tid, body["store_id"], tkey))
 
         self.money(rec, kind, fail)
         h = leaf_hash(raw)
         self.tree.push(h)
         self.head = h
         self.seq = seq
+
+    def key_used(self, key):
+        return any(k == key for _, _, _, k in self.keys_ever)
+
+    def rotate(self, rec, kind, body, fail):
+        """A key rotation: the new key signs from the next record on."""
+        new = rec["new_public_key"]
+        if new != body["new_public_key"]:
+            fail("the rotation's new key differs from the signed request")
+        if len(new) != 32 or weak_key(new):
+            fail("the new key is not a valid ed25519 public key")
+        if self.key_used(new):
+            fail("the new key was already used in this chain")
+        if kind == OWNER_KEY_ROTATED:
+            proof = DOMAIN_OWNER_KEY + self.brand_id.to_bytes(4, "big") + new
+            if not verify_strict(new, proof, body["new_key_signature"]):
+                fail("the new owner key's proof of possession does not verify")
+            self.owner_key = new
+            self.keys_ever.append((SIGNER_OWNER, 0, 0, new))
+        elif kind == SERVER_KEY_ROTATED:
+            self.server_key = new
+            self.keys_ever.append((SIGNER_SERVER, 0, 0, new))
+        else:
+            tid = body["terminal_id"]
+            if tid != rec["new_id"] or tid not in self.terminals:
+                fail("re-keys terminal %d, which differs from the request or is not enrolled" % tid)
+            store = self.terminals[tid][0]
+            if rec["store_id"] != store:
+                fail("terminal %d belongs to store %d, the record says %d" % (tid, store, rec["store_id"]))
+            self.terminals[tid] = (store, new)
+            self.keys_ever.append((SIGNER_TERMINAL, tid, store, new))
 
     def check_request(self, rec, req, op, body, fail):
         """The record must say what the signed request asked."""
@@ -912,11 +977,34 @@ class Verifier:
                 fail("the holder commitment is not 32 bytes")
             if kind == PIN_SET and not body["pin_block"]:
                 fail("a PIN set without a sealed PIN")
+        elif kind in CORRECTION_KINDS or kind == CARD_EXPIRY_SET:
+            self.check_correction(rec, kind, body, fail)
+
         # The server's PIN verdict needs a PIN typed for this request.
         if rec["pin_verified"]:
             typed = body.get("old_pin_block") if kind == PIN_SET else body.get("pin_block")
             if kind not in (PURCHASE, POINTS_REDEEMED, PIN_SET) or not typed:
                 fail("pin_verified on a record whose request typed no PIN")
+
+    def check_correction(self, rec, kind, body, fail):
+        """Issue 15's owner corrections say what the signed request asked."""
+        if kind != TOP_UP_VOIDED and body["card"] != rec["card"]:
+            fail("the card differs from the signed request")
+        if kind != CARD_EXPIRY_SET and (body["reason"] != rec["reason"] or not body["reason"].strip()):
+            fail("the reason differs from the signed request or is empty")
+        if kind == CARD_ADJUSTED:
+            amount, bonus = body["amount_minor"], body["bonus"]
+            ins = [0, abs(amount)] if bonus else [abs(amount), 0]
+            want = (ins + [0, 0]) if amount > 0 else ([0, 0] + ins)
+            got = [rec["paid_in_minor"], rec["bonus_in_minor"], rec["paid_out_minor"], rec["bonus_out_minor"]]
+            if amount == 0 or got != want:
+                fail("the adjustment moves %s, the signed request asked %d%s" % (got, amount, " bonus" if bonus else ""))
+        elif kind == TOP_UP_VOIDED:
+            if body["original_seq"] != rec["original_seq"] or rec["original_seq"] >= rec["seq"]:
+                fail("the void's original differs from the signed request or is not earlier")
+        elif kind == CARD_EXPIRY_SET:
+            if body["expires_ms"] != rec["expires_ms"]:
+                fail("the expiry differs from the signed request")
 
     def money(self, rec, kind, fail):
         """Per-card balances recomputed from the deltas."""
@@ -967,6 +1055,10 @@ class Verifier:
             fl["refunded"] += paid_in + bonus_in
         elif kind == REVERSAL:
             fl["reversed"] += paid_in + bonus_in - paid_out - bonus_out
+        elif kind in CORRECTION_KINDS:
+            fl["corrected"] += paid_in + bonus_in - paid_out - bonus_out
+            if kind == CARD_CLOSED and after != [0, 0, 0]:
+                fail("card %s is closed with value left on it" % card)
 
     # -- checkpoints and trailer -------------------------------------------
 
@@ -992,8 +1084,7 @@ class Verifier:
         self.covered = c["tree_size"]
 
     def check_trailer_keys(self, trailer):
-        expected = [(SIGNER_SERVER, 0, 0, self.server_key), (SIGNER_OWNER, 0, 0, self.owner_key)]
-        expected += [(SIGNER_TERMINAL, tid, store, key) for tid, (store, key) in self.terminals.items()]
+        expected = self.keys_ever
         listed = [(k["signer"], k["terminal_id"], k["store_id"], k["public_key"]) for k in trailer["keys"]]
         if sorted(expected) != sorted(listed):
             raise Fail("the trailer's key list differs from the keys the chain enrolled")

@@ -65,6 +65,20 @@ enum Step {
     Wait {
         days: i64,
     },
+    /// The owner adjusts a card's paid or bonus value (issue 15).
+    Adjust {
+        card: usize,
+        amount: i64,
+        bonus: bool,
+    },
+    /// The owner voids one of the recent till top-ups.
+    VoidTopUp {
+        back: usize,
+    },
+    /// The owner closes a card: paid value cashed out, bonus forfeited.
+    Close {
+        card: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -78,10 +92,14 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (term.clone(), 0..4usize, any::<bool>()).prop_map(|(term, back, unknown)| Step::Reverse { term, back, unknown }),
         1 => (term.clone(), card.clone(), 1..500i64).prop_map(|(term, card, points)| Step::Redeem { term, card, points }),
         1 => (card.clone(), any::<bool>()).prop_map(|(card, blocked)| Step::Block { card, blocked }),
-        1 => card.prop_map(|card| Step::Replace { card }),
+        1 => card.clone().prop_map(|card| Step::Replace { card }),
         1 => term.prop_map(|term| Step::CloseShift { term }),
         1 => (0..6usize).prop_map(|back| Step::Retry { back }),
         1 => (0..100i64).prop_map(|days| Step::Wait { days }),
+        1 => (card.clone(), -60_000..60_000i64, any::<bool>())
+            .prop_map(|(card, amount, bonus)| Step::Adjust { card, amount, bonus }),
+        1 => (0..4usize).prop_map(|back| Step::VoidTopUp { back }),
+        1 => card.prop_map(|card| Step::Close { card }),
     ]
 }
 
@@ -92,6 +110,7 @@ struct ModelCard {
     bonus: i64,
     blocked: bool,
     replaced: bool,
+    closed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -451,7 +470,7 @@ impl World {
             }
             Step::Block { card, blocked } => {
                 let number = self.cards[card].clone();
-                if self.model[&number].replaced {
+                if self.model[&number].replaced || self.model[&number].closed {
                     return;
                 }
                 self.owner_op(Op::SetCardBlocked(pb::SetCardBlocked {
@@ -463,7 +482,7 @@ impl World {
             }
             Step::Replace { card } => {
                 let old = self.cards[card].clone();
-                if self.model[&old].replaced {
+                if self.model[&old].replaced || self.model[&old].closed {
                     return;
                 }
                 let new = card_for(1_000 + self.records.len() as u64);
@@ -477,6 +496,7 @@ impl World {
                     bonus: m.bonus,
                     blocked: false,
                     replaced: false,
+                    closed: false,
                 };
                 *m = ModelCard {
                     replaced: true,
@@ -503,6 +523,13 @@ impl World {
                 );
             }
             Step::Wait { days } => self.time_ms += days * 86_400_000,
+            Step::Adjust {
+                card,
+                amount,
+                bonus,
+            } => self.adjust(card, amount, bonus),
+            Step::VoidTopUp { back } => self.void_top_up(back),
+            Step::Close { card } => self.close(card),
             Step::Retry { back } => {
                 let Some(i) = self
                     .sent
@@ -535,6 +562,102 @@ impl World {
                 assert_eq!(self.state, before);
             }
         }
+    }
+
+    /// An owner's request that the model judges itself.
+    fn owner_try(&mut self, op: Op) -> Result<pb::Record, ErrorCode> {
+        self.owner_txn += 1;
+        let (key, txn) = (self.owner.clone(), self.owner_txn);
+        match self.submit(Principal::Owner, &key, txn, op) {
+            Ok(Outcome::Written(w)) => Ok(w.record),
+            Ok(other) => panic!("an owner correction answered {other:?}"),
+            Err(code) => Err(code),
+        }
+    }
+
+    fn adjust(&mut self, card: usize, amount: i64, bonus: bool) {
+        let number = self.cards[card].clone();
+        let r = self.owner_try(Op::AdjustCard(pb::AdjustCard {
+            card: number.clone(),
+            amount_minor: amount,
+            bonus,
+            reason: "model".into(),
+        }));
+        let m = self.model[&number].clone();
+        let held = if bonus { m.bonus } else { m.paid };
+        let expected = if amount == 0 {
+            Err(ErrorCode::AmountOutOfRange)
+        } else if m.replaced || m.closed {
+            Err(ErrorCode::CardBlocked)
+        } else if held + amount < 0 {
+            Err(ErrorCode::InsufficientFunds)
+        } else {
+            Ok(())
+        };
+        match expected {
+            Err(code) => assert_eq!(r.unwrap_err(), code),
+            Ok(()) => {
+                let rec = r.expect("an adjustment within the balance");
+                let net = rec.paid_in_minor + rec.bonus_in_minor
+                    - rec.paid_out_minor
+                    - rec.bonus_out_minor;
+                assert_eq!(net, amount);
+                let mc = self.model.get_mut(&number).unwrap();
+                if bonus {
+                    mc.bonus += amount;
+                } else {
+                    mc.paid += amount;
+                }
+                self.external_net += i128::from(amount);
+            }
+        }
+    }
+
+    /// The state machine judges whether the top-up may be voided; the model
+    /// checks that a void takes back exactly what the load put in.
+    fn void_top_up(&mut self, back: usize) {
+        let loads: Vec<pb::Record> = self
+            .records
+            .iter()
+            .filter(|w| w.record.kind() == RecordKind::TopUp)
+            .map(|w| w.record.clone())
+            .collect();
+        let Some(load) = loads.len().checked_sub(1 + back).map(|i| loads[i].clone()) else {
+            return;
+        };
+        let r = self.owner_try(Op::VoidTopUp(pb::VoidTopUp {
+            original_seq: load.seq,
+            reason: "model".into(),
+        }));
+        if let Ok(rec) = r {
+            assert_eq!(rec.card, load.card);
+            assert_eq!(
+                (rec.paid_out_minor, rec.bonus_out_minor),
+                (load.paid_in_minor, load.bonus_in_minor)
+            );
+            let mc = self.model.get_mut(&rec.card).unwrap();
+            mc.paid -= rec.paid_out_minor;
+            mc.bonus -= rec.bonus_out_minor;
+            self.external_net -= i128::from(rec.paid_out_minor + rec.bonus_out_minor);
+        }
+    }
+
+    fn close(&mut self, card: usize) {
+        let number = self.cards[card].clone();
+        let r = self.owner_try(Op::CloseCard(pb::CloseCard {
+            card: number.clone(),
+            reason: "model".into(),
+        }));
+        let m = self.model[&number].clone();
+        if m.replaced || m.closed {
+            assert_eq!(r.unwrap_err(), ErrorCode::CardBlocked);
+            return;
+        }
+        let rec = r.expect("close of an open card");
+        assert_eq!((rec.paid_out_minor, rec.bonus_out_minor), (m.paid, m.bonus));
+        self.external_net -= i128::from(m.paid + m.bonus);
+        let mc = self.model.get_mut(&number).unwrap();
+        (mc.paid, mc.bonus, mc.blocked, mc.closed) = (0, 0, true, true);
     }
 
     fn check_invariants(&self) {

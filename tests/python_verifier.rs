@@ -186,6 +186,16 @@ fn record_of(item: &Item) -> Option<pb::Record> {
 fn server_rewrite(
     items: &[Item],
     server: &SigningKey,
+    edit: impl FnMut(&mut pb::Record),
+) -> Vec<Item> {
+    server_rewrite_keyed(items, |_| server.clone(), edit)
+}
+
+/// [`server_rewrite`] re-signing each checkpoint with the key `signer`
+/// gives for its tree size.
+fn server_rewrite_keyed(
+    items: &[Item],
+    signer: impl Fn(u64) -> SigningKey,
     mut edit: impl FnMut(&mut pb::Record),
 ) -> Vec<Item> {
     let mut out = Vec::with_capacity(items.len());
@@ -207,7 +217,7 @@ fn server_rewrite(
                 assert_eq!(c.tree_size, tree.size());
                 c.head_hash = head.to_vec();
                 c.root_hash = tree.root().to_vec();
-                c.signature = server
+                c.signature = signer(c.tree_size)
                     .sign(&cardd::checkpoint::signed_message(&c))
                     .to_bytes()
                     .to_vec();
@@ -755,6 +765,13 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
     ] {
         cases.push([base.as_slice(), tail].concat());
     }
+    let rust = same_verdicts(&python, &cases);
+    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+}
+
+/// Runs the acceptance rule of both implementations on every case and
+/// demands the same verdict (the refusal's text included); returns them.
+fn same_verdicts(python: &str, cases: &[Vec<u8>]) -> Vec<String> {
     let verdict = |c: &Vec<u8>| match cardd::wire::decode_request(c) {
         Ok(_) => "OK".to_string(),
         Err(e) => e.to_string(),
@@ -771,7 +788,7 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
         \x20   except v.Fail as e:\n\
         \x20       print(e.what)\n";
     let out = run::run_bounded(
-        Command::new(&python)
+        Command::new(python)
             .args(["-c", script])
             .arg(verifier_script())
             .args(cases.iter().map(|c| format!("x{}", hex::encode(c)))),
@@ -788,5 +805,380 @@ fn python_and_rust_apply_the_same_request_acceptance_rule() {
     for ((c, r), p) in cases.iter().zip(&rust).zip(&python_verdicts) {
         assert_eq!(r, p, "verdicts differ on {}", hex::encode(c));
     }
-    assert!(rust.iter().filter(|v| *v == "OK").count() > 1);
+    rust
+}
+
+/// Issue 15's operations and rule fields, every field set: both rules
+/// accept them, and agree on every truncation and on an unknown field
+/// added to each.
+#[test]
+fn python_and_rust_agree_on_the_corrections_limits_and_rotations() {
+    let Some(python) = python() else { return };
+    let card = "8000010000000000422".to_string();
+    let key = SigningKey::from_bytes(&[5; 32])
+        .verifying_key()
+        .to_bytes()
+        .to_vec();
+    let rules = pb::Rules {
+        max_balance_named_minor: 1,
+        max_balance_anonymous_minor: 2,
+        max_top_up_minor: 3,
+        max_daily_spend_minor: 4,
+        card_validity_days: 1_096,
+        currency_default_limits: true,
+        ..Default::default()
+    };
+    let ops = [
+        Op::AdjustCard(pb::AdjustCard {
+            card: card.clone(),
+            amount_minor: -5,
+            bonus: true,
+            reason: "r".into(),
+        }),
+        Op::VoidTopUp(pb::VoidTopUp {
+            original_seq: 9,
+            reason: "r".into(),
+        }),
+        Op::CloseCard(pb::CloseCard {
+            card: card.clone(),
+            reason: "r".into(),
+        }),
+        Op::SetCardExpiry(pb::SetCardExpiry {
+            card,
+            expires_ms: 1,
+        }),
+        Op::RotateOwnerKey(pb::RotateOwnerKey {
+            new_public_key: key.clone(),
+            new_key_signature: vec![1; 64],
+        }),
+        Op::RekeyTerminal(pb::RekeyTerminal {
+            terminal_id: 2,
+            new_public_key: key.clone(),
+        }),
+        Op::RotateServerKey(pb::RotateServerKey {
+            new_public_key: key,
+        }),
+        Op::SetRules(pb::SetRules { rules: Some(rules) }),
+    ];
+    let (mut cases, mut whole) = (Vec::new(), Vec::new());
+    for op in ops {
+        let bytes = cardd::testing::request_as(1, 7, "o", op).encode_to_vec();
+        cases.extend((0..bytes.len()).map(|at| bytes[..at].to_vec()));
+        cases.push([bytes.as_slice(), &[0x98, 0x06, 0x01]].concat());
+        whole.push(cases.len());
+        cases.push(bytes);
+    }
+    let verdicts = same_verdicts(&python, &cases);
+    for at in whole {
+        assert_eq!(verdicts[at], "OK", "{}", hex::encode(&cases[at]));
+        assert!(
+            verdicts[at - 1].contains("unknown field 99"),
+            "{}",
+            verdicts[at - 1]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 15: corrections and key rotations, in both verifiers.
+// ---------------------------------------------------------------------------
+
+/// Submits `op` as `principal` signed by `key` and demands a record; its seq.
+fn accepted(
+    ledger: &mut cardd::ledger::BrandLedger,
+    key: &SigningKey,
+    principal: cardd::state::Principal,
+    txn: u64,
+    op: Op,
+) -> u64 {
+    let reply = ledger
+        .submit_now(cardd::testing::signed(key, principal, txn, op))
+        .expect("committed")
+        .unwrap_or_else(|r| panic!("refused: {r:?}"));
+    reply.receipt.expect("a record").seq
+}
+
+/// A brand (fixture keys: server seed 1, owner 2, till 3) whose chain holds
+/// an adjustment, a void after a shift close, a close-card, an owner key
+/// rotation, a terminal re-key and two server key rotations; exported
+/// through the library. Returns the export, the seq of the first server
+/// rotation and the keys that followed (owner, till, server, server).
+fn rotated_export(dir: &Path) -> (PathBuf, u64, [SigningKey; 4]) {
+    use cardd::state::Principal::{Owner, Terminal};
+    use cardd::testing::{key, owner_key, provision, terminal_key};
+    let store = std::sync::Arc::new(cardd::storage::DiskStore::open(&dir.join("data")).unwrap());
+    let (mut ledger, card) = provision(store.clone(), "Rotating Tea", 50_000);
+    let (owner, till) = (owner_key(), terminal_key());
+    let adjust = |amount_minor: i64| {
+        Op::AdjustCard(pb::AdjustCard {
+            card: card.clone(),
+            amount_minor,
+            bonus: false,
+            reason: "mis-keyed".into(),
+        })
+    };
+    accepted(&mut ledger, &owner, Owner, 4, adjust(-5_000));
+    let load = accepted(
+        &mut ledger,
+        &till,
+        Terminal(1),
+        2,
+        cardd::testing::top_up(&card, 10_000),
+    );
+    let close_shift = Op::CloseShift(pb::CloseShift::default());
+    accepted(&mut ledger, &till, Terminal(1), 3, close_shift);
+    let void = Op::VoidTopUp(pb::VoidTopUp {
+        original_seq: load,
+        reason: "keyed twice".into(),
+    });
+    accepted(&mut ledger, &owner, Owner, 5, void);
+    let (new_owner, new_till) = (key(40), key(41));
+    let pk = new_owner.verifying_key().to_bytes();
+    let proof = new_owner.sign(&cardd::crypto::owner_key_message(
+        cardd::testing::BRAND,
+        &pk,
+    ));
+    let rotate = Op::RotateOwnerKey(pb::RotateOwnerKey {
+        new_public_key: pk.to_vec(),
+        new_key_signature: proof.to_bytes().to_vec(),
+    });
+    accepted(&mut ledger, &owner, Owner, 6, rotate);
+    accepted(&mut ledger, &new_owner, Owner, 7, adjust(100));
+    let rekey = Op::RekeyTerminal(pb::RekeyTerminal {
+        terminal_id: 1,
+        new_public_key: new_till.verifying_key().to_bytes().to_vec(),
+    });
+    accepted(&mut ledger, &new_owner, Owner, 8, rekey);
+    accepted(
+        &mut ledger,
+        &new_till,
+        Terminal(1),
+        4,
+        purchase_op(&card, 1_000),
+    );
+    let (server2, server3) = (key(42), key(43));
+    let rotation = ledger.state.seq + 1;
+    ledger
+        .rotate_server_key(std::sync::Arc::new(server2.clone()))
+        .unwrap()
+        .expect("rotated");
+    accepted(
+        &mut ledger,
+        &new_till,
+        Terminal(1),
+        5,
+        purchase_op(&card, 1_000),
+    );
+    ledger
+        .rotate_server_key(std::sync::Arc::new(server3.clone()))
+        .unwrap()
+        .expect("rotated again");
+    let close = Op::CloseCard(pb::CloseCard {
+        card: card.clone(),
+        reason: "member left".into(),
+    });
+    accepted(&mut ledger, &new_owner, Owner, 9, close);
+    assert_eq!(ledger.state.liability(), (0, 0));
+    let export = dir.join("rotated.cardd");
+    let mut out = std::fs::File::create(&export).unwrap();
+    let current = server3.verifying_key().to_bytes();
+    cardd::audit::write_export(
+        store.as_ref(),
+        cardd::testing::BRAND,
+        &current,
+        &mut out,
+        |_, _| {},
+    )
+    .expect("export");
+    (export, rotation, [new_owner, new_till, server2, server3])
+}
+
+fn purchase_op(card: &str, amount_minor: i64) -> Op {
+    cardd::testing::purchase(card, amount_minor, false)
+}
+
+#[test]
+fn both_verifiers_follow_key_rotations_from_the_first_server_key() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (export, rotation, [.., server3]) = rotated_export(dir.path());
+    let first = hex::encode(cardd::testing::server_key().verifying_key().to_bytes());
+    let (code, text) = run_python(&python, &export, &first);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("OK: "), "{text}");
+    assert!(text.contains("outstanding paid 0 bonus 0"), "{text}");
+    let (ok, text) = run_rust_verify(&export, &first);
+    assert!(ok, "{text}");
+    // The trust anchor is the first key, not the one in force now.
+    let now = hex::encode(server3.verifying_key().to_bytes());
+    assert_rejected(&python, &export, &now, "different server key");
+    assert!(!run_rust_verify(&export, &now).0);
+
+    // A forged rotation: someone holding only a key of their own endorses
+    // it in the old key's place, re-chains and re-signs what follows.
+    let thief = SigningKey::from_bytes(&[66; 32]);
+    let items = read_items(&export);
+    let forged = server_rewrite_keyed(
+        &items,
+        |size| {
+            if size >= rotation {
+                thief.clone()
+            } else {
+                cardd::testing::server_key().as_ref().clone()
+            }
+        },
+        |rec| {
+            if rec.seq != rotation {
+                return;
+            }
+            let request = pb::Request {
+                txn_id: rec.txn_id,
+                brand_id: rec.brand_id,
+                operator: rec.operator.clone(),
+                op: Some(Op::RotateServerKey(pb::RotateServerKey {
+                    new_public_key: thief.verifying_key().to_bytes().to_vec(),
+                })),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            rec.request_signature = sign_request(&thief, &request);
+            rec.request = request;
+            rec.signer_public_key = thief.verifying_key().to_bytes().to_vec();
+            rec.new_public_key = thief.verifying_key().to_bytes().to_vec();
+        },
+    );
+    let bad = dir.path().join("forged-rotation.cardd");
+    write_items(&bad, &forged);
+    assert_rejected(
+        &python,
+        &bad,
+        &first,
+        &format!("record {rotation}: the signer's key is not the key enrolled"),
+    );
+    let (ok, text) = run_rust_verify(&bad, &first);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("not enrolled with the key in the record"),
+        "{text}"
+    );
+    // Checkpoints after the rotation signed by the old key: refused too.
+    let stale = server_rewrite_keyed(
+        &items,
+        |_| cardd::testing::server_key().as_ref().clone(),
+        |_| {},
+    );
+    let bad = dir.path().join("stale-checkpoints.cardd");
+    write_items(&bad, &stale);
+    assert_rejected(&python, &bad, &first, "bad server signature");
+    assert!(!run_rust_verify(&bad, &first).0);
+}
+
+/// `cardd rotate-server-key` on a stopped daemon: the daemon serves on
+/// under the new key, `cardd check` passes, and both verifiers accept the
+/// export trusting only the first key. A rotation left unfinished stops
+/// every start until it is run again.
+#[test]
+fn a_server_key_rotation_on_the_daemon_verifies_from_the_first_key() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut daemon, demo) = Daemon::demo(dir.path());
+    let data = daemon.data.clone();
+    let server_key = |data: &Path| {
+        run::cardd_ok([
+            OsStr::new("server-key"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+        ])
+        .trim()
+        .to_string()
+    };
+    let first = server_key(&data);
+    let card = demo.manifest.cards[0].clone();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut till = demo.terminal(daemon.addr, 0).await;
+        ok(&mut till, 100, purchase(&card, 10_00)).await;
+    });
+    daemon.kill9();
+    let rotate = || {
+        run::cardd([
+            OsStr::new("rotate-server-key"),
+            OsStr::new("--data"),
+            data.as_os_str(),
+        ])
+    };
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(second, first);
+    assert_eq!(server_key(&data), second);
+    run::cardd_check(&data);
+
+    // Interrupted: a new key is waiting in server.key.next. Nothing opens
+    // the directory until the rotation is run again.
+    cardd::crypto::write_key_file(
+        &data.join("server.key.next"),
+        &SigningKey::from_bytes(&[77; 32]),
+    )
+    .unwrap();
+    let refused = run::cardd([OsStr::new("check"), OsStr::new("--data"), data.as_os_str()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("rotation is unfinished"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(
+        third,
+        hex::encode(SigningKey::from_bytes(&[77; 32]).verifying_key().to_bytes())
+    );
+
+    let mut daemon = Daemon::start(&data, &[]);
+    rt.block_on(async {
+        let mut till = demo.terminal(daemon.addr, 0).await;
+        ok(&mut till, 101, purchase(&card, 10_00)).await;
+    });
+    daemon.kill9();
+    let export = dir.path().join("rotated-daemon.cardd");
+    run::cardd_ok([
+        OsStr::new("audit"),
+        OsStr::new("export"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--brand"),
+        OsStr::new(&demo.manifest.brand_id.to_string()),
+        OsStr::new("--out"),
+        export.as_os_str(),
+    ]);
+    let (code, text) = run_python(&python, &export, &first);
+    assert_eq!(code, 0, "{text}");
+    let (ok, text) = run_rust_verify(&export, &first);
+    assert!(ok, "{text}");
+    assert!(
+        !run_rust_verify(&export, &third).0,
+        "the anchor is the first key"
+    );
+    // Not built: backups across a rotation. They are refused cleanly.
+    let backups = dir.path().join("backups");
+    let out = run::cardd([
+        OsStr::new("backup"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--out-dir"),
+        backups.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("names another server key"), "{said}");
 }

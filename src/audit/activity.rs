@@ -27,7 +27,7 @@ fn text(v: impl Into<String>) -> pb::ReportCell {
 }
 
 /// The columns of an activity row.
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 12] = [
     "seq",
     "time",
     "kind",
@@ -39,6 +39,8 @@ pub const COLUMNS: [&str; 11] = [
     "paid_minor",
     "bonus_minor",
     "balance_after_minor",
+    // An owner's correction: why (the operator is in its own column).
+    "reason",
 ];
 
 /// True if `rec` belongs to the card (or the store) asked for.
@@ -68,6 +70,7 @@ fn row(seq: u64, rec: &Record) -> Vec<pb::ReportCell> {
         int(paid),
         int(bonus),
         int(rec.paid_balance_after_minor + rec.bonus_balance_after_minor),
+        text(rec.reason.clone()),
     ]
 }
 

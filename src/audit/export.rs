@@ -84,10 +84,18 @@ pub fn write_export_after(
             tree_size,
         });
     }
-    write_header(out, brand, server_public_key, tree_size)?;
+    // The auditor's trust anchor is the chain's first server key: after a
+    // rotation the daemon's own key is a later one, endorsed in the chain.
+    // An incremental part (a backup's) never reads the records it skips,
+    // so it names the key it was given.
+    let first_key = match after {
+        0 => first_server_key(store, brand)?.unwrap_or(*server_public_key),
+        _ => *server_public_key,
+    };
+    write_header(out, brand, &first_key, tree_size)?;
     let mut keys = vec![pb::SignerKey {
         signer: pb::Signer::Server as i32,
-        public_key: server_public_key.to_vec(),
+        public_key: first_key.to_vec(),
         ..Default::default()
     }];
     let mut checkpoints = store.checkpoints_after(brand, after);
@@ -155,6 +163,16 @@ fn write_header(
     )
 }
 
+/// The key that signed the brand's first record, if it has one.
+fn first_server_key(store: &dyn LogStore, brand: u32) -> Result<Option<[u8; 32]>, ExportError> {
+    let Some(first) = store.scan(brand, 1).next() else {
+        return Ok(None);
+    };
+    let (_, bytes) = first?;
+    let rec = Record::decode(bytes.as_slice())?;
+    Ok(<[u8; 32]>::try_from(rec.signer_public_key.as_slice()).ok())
+}
+
 /// The next stored checkpoint, decoded.
 fn next_checkpoint(
     checkpoints: &mut dyn Iterator<Item = crate::storage::Result<Vec<u8>>>,
@@ -169,7 +187,7 @@ fn next_checkpoint(
 }
 
 /// Adds the key a record enrols (the owner's at brand creation, a
-/// terminal's at enrolment) to `keys`.
+/// terminal's at enrolment, the new key of a rotation) to `keys`.
 fn collect_key(bytes: &[u8], keys: &mut Vec<pb::SignerKey>) {
     let Ok(rec) = Record::decode(bytes) else {
         return;
@@ -188,6 +206,22 @@ fn collect_key(bytes: &[u8], keys: &mut Vec<pb::SignerKey>) {
             terminal_id: rec.new_id,
             store_id: e.store_id,
             public_key: e.public_key,
+        }),
+        (RecordKind::OwnerKeyRotated, _) => keys.push(pb::SignerKey {
+            signer: pb::Signer::Owner as i32,
+            public_key: rec.new_public_key,
+            ..Default::default()
+        }),
+        (RecordKind::ServerKeyRotated, _) => keys.push(pb::SignerKey {
+            signer: pb::Signer::Server as i32,
+            public_key: rec.new_public_key,
+            ..Default::default()
+        }),
+        (RecordKind::TerminalRekeyed, _) => keys.push(pb::SignerKey {
+            signer: pb::Signer::Terminal as i32,
+            terminal_id: rec.new_id,
+            store_id: rec.store_id,
+            public_key: rec.new_public_key,
         }),
         _ => {}
     }

@@ -74,6 +74,9 @@ pub struct Totals {
     pub refunded_minor: i128,
     /// Net value restored (+) or removed (-) by reversals.
     pub reversed_net_minor: i128,
+    /// Net value the owner's corrections added (+) or took (-): CARD_ADJUSTED,
+    /// TOP_UP_VOIDED and CARD_CLOSED (its cash-out and forfeited bonus).
+    pub corrected_net_minor: i128,
     /// Paid value outstanding on all cards (a liability).
     pub outstanding_paid_minor: i128,
     /// Bonus value outstanding on all cards.
@@ -165,14 +168,10 @@ pub fn verify_export<R: Read>(
     opts: &VerifyOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<VerifyReport, VerifyError> {
-    if let Some(old) = &opts.old_checkpoint {
-        if checkpoint::verify(old, &server_key(opts)?, None).is_err() {
-            return fail(
-                None,
-                "the old checkpoint's server signature does not verify",
-            );
-        }
-    }
+    // The old checkpoint's signature is checked when the replay reaches
+    // its size, with the server key in force there (a rotation since may
+    // have changed it); an old checkpoint the chain never reaches fails as
+    // not extended.
     // Signatures cost ~20 us each, replay a few: verification gets a worker
     // per core and the replay thread hands batches out round-robin.
     let workers = std::thread::available_parallelism()
@@ -274,7 +273,12 @@ struct Replay<'o> {
     /// None without an old checkpoint; true once the chain passed it.
     extends_old: Option<bool>,
     sig_batch: Vec<SigJob>,
+    /// Every key the chain enrolled or rotated in, as the trailer lists them.
+    keys: Vec<TrailerKey>,
 }
+
+/// (signer, terminal id, store id, key) of a trailer entry.
+type TrailerKey = (i32, u32, u32, Vec<u8>);
 
 fn replay_export<R: Read>(
     input: R,
@@ -294,6 +298,7 @@ fn replay_export<R: Read>(
         last_checkpoint: None,
         extends_old: opts.old_checkpoint.as_ref().map(|_| false),
         sig_batch: Vec::with_capacity(SIG_BATCH),
+        keys: Vec::new(),
     };
     let trailer = replay.items(&mut reader, &mut sig_tx, progress)?;
     sig_tx.send(std::mem::take(&mut replay.sig_batch));
@@ -306,7 +311,7 @@ fn replay_export<R: Read>(
         return fail(None, "data after the trailer");
     }
     replay.check_complete(&header, &trailer)?;
-    check_trailer_keys(&trailer, &replay.state, &opts.server_key)?;
+    check_trailer_keys(&trailer, std::mem::take(&mut replay.keys))?;
     replay.check_conserved()?;
     progress(reader.offset);
     Ok(replay.report())
@@ -378,8 +383,17 @@ impl Replay<'_> {
             },
         )?;
         add_totals(&mut self.totals, &w.record);
+        collect_key(&mut self.keys, &self.state, &w.record);
         if let Some(old) = &self.opts.old_checkpoint {
             if old.tree_size == self.state.seq {
+                let signed = VerifyingKey::from_bytes(&self.state.server_key)
+                    .is_ok_and(|k| checkpoint::verify(old, &k, None).is_ok());
+                if !signed {
+                    return fail(
+                        Some(seq),
+                        "the old checkpoint's server signature does not verify",
+                    );
+                }
                 if let Err(e) = checkpoint::matches(old, &self.state) {
                     return fail(
                         Some(seq),
@@ -395,6 +409,14 @@ impl Replay<'_> {
     /// A checkpoint in the stream: signed by the server and describing the
     /// records so far exactly.
     fn checkpoint(&mut self, c: pb::Checkpoint) -> Result<(), VerifyError> {
+        // After a SERVER_KEY_ROTATED record the chain's new key signs.
+        if self.server_vk.to_bytes() != self.state.server_key && self.state.is_created() {
+            self.server_vk =
+                VerifyingKey::from_bytes(&self.state.server_key).map_err(|_| VerifyError {
+                    seq: Some(self.state.seq),
+                    what: "the rotated-in server key is not a valid ed25519 key".into(),
+                })?;
+        }
         checkpoint::verify(&c, &self.server_vk, Some(&self.state)).map_err(|e| VerifyError {
             seq: Some(self.state.seq),
             what: e.to_string(),
@@ -453,7 +475,8 @@ impl Replay<'_> {
         t.outstanding_bonus_minor = bonus;
         let net = t.loaded_paid_minor + t.bonus_granted_minor - t.spent_minor
             + t.refunded_minor
-            + t.reversed_net_minor;
+            + t.reversed_net_minor
+            + t.corrected_net_minor;
         if net != paid + bonus {
             return fail(
                 None,
@@ -568,28 +591,44 @@ fn add_totals(t: &mut Totals, r: &Record) {
                 - i(r.paid_out_minor)
                 - i(r.bonus_out_minor)
         }
+        RecordKind::CardAdjusted | RecordKind::TopUpVoided | RecordKind::CardClosed => {
+            t.corrected_net_minor += i(r.paid_in_minor) + i(r.bonus_in_minor)
+                - i(r.paid_out_minor)
+                - i(r.bonus_out_minor)
+        }
         _ => {}
     }
 }
 
-/// The trailer's key list must say exactly what the chain enrolled.
+/// The key a replayed record enrolled or rotated in (the state after it
+/// holds the key), as a trailer entry.
+fn collect_key(keys: &mut Vec<TrailerKey>, state: &BrandState, r: &Record) {
+    let (server, owner, terminal) = (
+        pb::Signer::Server as i32,
+        pb::Signer::Owner as i32,
+        pb::Signer::Terminal as i32,
+    );
+    match r.kind() {
+        RecordKind::BrandCreated => {
+            keys.push((server, 0, 0, state.server_key.to_vec()));
+            keys.push((owner, 0, 0, state.owner_key.to_vec()));
+        }
+        RecordKind::TerminalEnrolled | RecordKind::TerminalRekeyed => {
+            let key = state.terminals[&r.new_id].public_key.to_vec();
+            keys.push((terminal, r.new_id, r.store_id, key));
+        }
+        RecordKind::OwnerKeyRotated => keys.push((owner, 0, 0, state.owner_key.to_vec())),
+        RecordKind::ServerKeyRotated => keys.push((server, 0, 0, state.server_key.to_vec())),
+        _ => {}
+    }
+}
+
+/// The trailer's key list must say exactly what the chain enrolled: every
+/// key that ever signed in it (`expected`, from the replay).
 fn check_trailer_keys(
     trailer: &pb::ExportTrailer,
-    state: &BrandState,
-    server_key: &[u8; 32],
+    mut expected: Vec<TrailerKey>,
 ) -> Result<(), VerifyError> {
-    let mut expected: Vec<(i32, u32, u32, Vec<u8>)> = vec![
-        (pb::Signer::Server as i32, 0, 0, server_key.to_vec()),
-        (pb::Signer::Owner as i32, 0, 0, state.owner_key.to_vec()),
-    ];
-    expected.extend(state.terminals.iter().map(|(id, t)| {
-        (
-            pb::Signer::Terminal as i32,
-            *id,
-            t.store_id,
-            t.public_key.to_vec(),
-        )
-    }));
     let mut listed: Vec<(i32, u32, u32, Vec<u8>)> = trailer
         .keys
         .iter()

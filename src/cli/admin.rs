@@ -176,6 +176,10 @@ pub(super) fn now_ms() -> i64 {
 /// The request operation for one admin command in the owner's session.
 fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
     let brand = session.brand_id;
+    let op = match super::safety::build_op(op, session)? {
+        Ok(built) => return Ok(built),
+        Err(other) => other,
+    };
     Ok(match op {
         AdminOp::CreateStore { name } => Op::CreateStore(pb::CreateStore { name }),
         AdminOp::EnrollTerminal {
@@ -261,6 +265,7 @@ fn build_op(op: AdminOp, session: &pb::SignOnOk) -> anyhow::Result<Op> {
         | AdminOp::SetPin { .. }
         | AdminOp::UnlockPin { .. } => unreachable!("see holder::prepare"),
         AdminOp::WebLogin { .. } => unreachable!("a read, see web_login"),
+        _ => unreachable!("issue 15's operations, see safety::build_op"),
     })
 }
 
@@ -293,7 +298,7 @@ pub(super) fn owner_load(
 }
 
 /// The key to enrol: given in hex, or a new key file written for the terminal.
-fn terminal_public_key(
+pub(super) fn terminal_public_key(
     public_key: Option<String>,
     key_out: Option<PathBuf>,
 ) -> anyhow::Result<Vec<u8>> {
@@ -368,6 +373,12 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
         time_zone: r.time_zone,
         pin_all_spends: r.pin_all_spends,
         pin_over_minor: r.pin_over_minor,
+        max_balance_named_minor: r.max_balance_named_minor,
+        max_balance_anonymous_minor: r.max_balance_anonymous_minor,
+        max_top_up_minor: r.max_top_up_minor,
+        max_daily_spend_minor: r.max_daily_spend_minor,
+        card_validity_days: r.card_validity_days,
+        currency_default_limits: r.currency_default_limits,
     })
 }
 
@@ -392,6 +403,27 @@ struct RulesFile {
     /// ... or for purchases over this bill (minor units; 0 = none).
     #[serde(default)]
     pin_over_minor: i64,
+    /// Limits (README, "Limits, expiry and corrections"): 0 = the
+    /// currency's default.
+    #[serde(default)]
+    max_balance_named_minor: i64,
+    #[serde(default)]
+    max_balance_anonymous_minor: i64,
+    #[serde(default)]
+    max_top_up_minor: i64,
+    #[serde(default)]
+    max_daily_spend_minor: i64,
+    /// Validity of new cards in days (0 = no expiry; at least 1096).
+    #[serde(default)]
+    card_validity_days: u32,
+    /// The currency's default limits where a balance limit is 0 (for CNY
+    /// the MOFCOM figures); on unless the file says false.
+    #[serde(default = "yes")]
+    currency_default_limits: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> i64 {

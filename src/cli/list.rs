@@ -115,6 +115,12 @@ pub fn rules_file(r: &pb::Rules) -> Value {
         "tiers": tiers,
         "promotion_line": r.promotion_line,
         "time_zone": r.time_zone,
+        "max_balance_named_minor": r.max_balance_named_minor,
+        "max_balance_anonymous_minor": r.max_balance_anonymous_minor,
+        "max_top_up_minor": r.max_top_up_minor,
+        "max_daily_spend_minor": r.max_daily_spend_minor,
+        "card_validity_days": r.card_validity_days,
+        "currency_default_limits": r.currency_default_limits,
     });
     // The PIN rules only when set: a brand without them reads as before.
     if r.pin_all_spends || r.pin_over_minor != 0 {

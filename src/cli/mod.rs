@@ -10,6 +10,7 @@ pub mod issue_cards;
 pub mod keys;
 pub mod list;
 pub mod report;
+pub mod safety;
 pub mod serve;
 
 /// A single-threaded runtime for the commands that talk to a daemon once.

@@ -316,6 +316,14 @@ impl Conn {
     fn cut(&self, phase: &Phase) {
         tracing::info!(peer = ?self.peer, "session cut");
         if let Phase::SignedOn(s) = phase {
+            // A key no longer in the index was rotated out (owner key
+            // rotation, terminal re-key): closed without a message, as the
+            // session that asked for the rotation may still have its
+            // answer in the write queue, behind which a message would
+            // jump; a new sign-on with the old key is told UNKNOWN_KEY.
+            if self.shared.keys.get(&s.key_bytes).is_none() {
+                return;
+            }
             if matches!(s.principal, Principal::Terminal(_)) {
                 let why = "this terminal was disabled by the owner; session closed";
                 let _ = self.out.try_send(error_msg(0, E::TerminalDisabled, why));
@@ -510,7 +518,15 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
         // retries and same-brand duplicates).
         Some(
             Op::AddKey(crate::pb::AddKey { public_key, .. })
-            | Op::EnrollTerminal(crate::pb::EnrollTerminal { public_key, .. }),
+            | Op::EnrollTerminal(crate::pb::EnrollTerminal { public_key, .. })
+            | Op::RotateOwnerKey(crate::pb::RotateOwnerKey {
+                new_public_key: public_key,
+                ..
+            })
+            | Op::RekeyTerminal(crate::pb::RekeyTerminal {
+                new_public_key: public_key,
+                ..
+            }),
         ) => match <[u8; 32]>::try_from(public_key.as_slice()) {
             Ok(key) if !shared.keys.reserve(key, session.brand_id) => {
                 Err(Refusal::new(E::KeyInUse, "this key is already enrolled"))

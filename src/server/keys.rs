@@ -78,6 +78,17 @@ impl KeyIndex {
         }
     }
 
+    /// Forgets `key` of `brand` (rotated out): it can no longer sign on.
+    /// A key enrolled for another brand is left alone.
+    pub fn remove(&self, key: &[u8; 32], brand: u32) {
+        let mut map = self.map.write().expect("key index lock");
+        if let Some(Entry::Enrolled(b, _) | Entry::Reserved(b)) = map.get(key) {
+            if *b == brand {
+                map.remove(key);
+            }
+        }
+    }
+
     /// The brand and principal enrolled with `key` (reservations are not
     /// enrolments: they cannot sign on).
     pub fn get(&self, key: &[u8; 32]) -> Option<(u32, Principal)> {

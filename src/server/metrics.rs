@@ -51,6 +51,13 @@ pub const OPS: &[&str] = &[
     "erase_holder",
     "set_pin",
     "set_pin_lock",
+    "adjust_card",
+    "void_top_up",
+    "close_card",
+    "set_card_expiry",
+    "rotate_owner_key",
+    "rekey_terminal",
+    "rotate_server_key",
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
@@ -88,8 +95,15 @@ pub fn op_index(op: Option<&Op>) -> u8 {
         Some(Op::FindCard(_)) => 25,
         Some(Op::EraseHolder(_)) => 26,
         Some(Op::SetPin(_)) => 27,
-        // Last: the table's length is checked against it.
         Some(Op::SetPinLock(_)) => 28,
+        Some(Op::AdjustCard(_)) => 29,
+        Some(Op::VoidTopUp(_)) => 30,
+        Some(Op::CloseCard(_)) => 31,
+        Some(Op::SetCardExpiry(_)) => 32,
+        Some(Op::RotateOwnerKey(_)) => 33,
+        Some(Op::RekeyTerminal(_)) => 34,
+        // Last: the table's length is checked against it.
+        Some(Op::RotateServerKey(_)) => 35,
     }
 }
 
@@ -311,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             OPS.len(),
-            1 + op_index(Some(&Op::SetPinLock(Default::default()))) as usize
+            1 + op_index(Some(&Op::RotateServerKey(Default::default()))) as usize
         );
         // A code added past the table would share a cell (and a label).
         for v in 0..1_000 {

@@ -22,8 +22,8 @@ pub mod web_login;
 pub mod writer;
 
 pub use start::{
-    load, load_checked, load_sized, open_data_dir, open_existing_data_dir, server_key_path, Loaded,
-    StartError,
+    load, load_checked, load_sized, open_data_dir, open_existing_data_dir, rotate_server_key,
+    server_key_path, Loaded, Rotated, StartError,
 };
 
 // TLS set-up is shared with the client; the old path stays.

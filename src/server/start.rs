@@ -55,6 +55,20 @@ pub enum StartError {
     /// A brand did not recover.
     #[error("recovering the ledger")]
     Ledger(#[from] LedgerError),
+    /// A server key rotation was started and not finished: some brands may
+    /// already be signed by the new key.
+    #[error(
+        "{0}: a server key rotation is unfinished (server.key.next is here): run `cardd rotate-server-key --data DIR` again to finish it"
+    )]
+    RotationUnfinished(PathBuf),
+    /// The state machine refused a brand's rotation record.
+    #[error("brand {brand}: the server key rotation was refused: {refusal}")]
+    RotationRefused {
+        /// The brand.
+        brand: u32,
+        /// Why.
+        refusal: crate::error::Refusal,
+    },
     /// The demo brand could not be provisioned.
     #[error("provisioning the demo brand")]
     Demo(#[from] crate::demo::DemoError),
@@ -77,6 +91,12 @@ pub fn server_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server.key")
 }
 
+/// Where a server key rotation keeps the new key until every brand's chain
+/// endorses it (`rotate_server_key`).
+pub fn next_server_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server.key.next")
+}
+
 /// Creates the data directory (0700) if needed and loads or creates the
 /// server key; the directory's entry and the key's are fsynced, so a power
 /// cut right after the first start cannot leave a ledger with no key.
@@ -86,6 +106,7 @@ pub fn open_data_dir(data_dir: &Path) -> Result<SigningKey, StartError> {
         source,
     };
     create_dir_all_durable(data_dir).map_err(dir_err)?;
+    refuse_unfinished_rotation(data_dir)?;
     let path = server_key_path(data_dir);
     let existed = path.exists();
     let key = crate::crypto::load_or_create_key(&path).map_err(|source| StartError::Key {
@@ -104,10 +125,138 @@ pub fn open_existing_data_dir(data_dir: &Path) -> Result<SigningKey, StartError>
     if !data_dir.is_dir() {
         return Err(StartError::NoDataDir(data_dir.to_path_buf()));
     }
+    refuse_unfinished_rotation(data_dir)?;
     crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(|source| StartError::Key {
         path: data_dir.to_path_buf(),
         source,
     })
+}
+
+/// A half-done rotation must be finished before anything serves or reads
+/// the directory as if it had one server key.
+fn refuse_unfinished_rotation(data_dir: &Path) -> Result<(), StartError> {
+    if next_server_key_path(data_dir).exists() {
+        return Err(StartError::RotationUnfinished(data_dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// What a server key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The new server public key.
+    pub new_key: [u8; 32],
+    /// Brands whose chain now endorses it (a SERVER_KEY_ROTATED record).
+    pub rotated: Vec<u32>,
+    /// Brands that already did (a rotation interrupted and run again).
+    pub already: Vec<u32>,
+}
+
+/// Rotates the server key of a stopped daemon's data directory: every
+/// brand must recover first (nothing is written otherwise); then a new key
+/// is made and kept durably in `server.key.next`, every brand's chain gets
+/// a SERVER_KEY_ROTATED record signed by the old key (its checkpoint and
+/// snapshot by the new one), and the new key replaces `server.key`.
+/// Interrupted anywhere, it is run again: brands already rotated are
+/// recognised, and nothing starts on the directory until it is finished.
+pub fn rotate_server_key(data_dir: &Path) -> Result<Rotated, StartError> {
+    if !data_dir.is_dir() {
+        return Err(StartError::NoDataDir(data_dir.to_path_buf()));
+    }
+    let key_err = |source| StartError::Key {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let dir_err = |source| StartError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let old = Arc::new(crate::crypto::read_key_file(&server_key_path(data_dir)).map_err(key_err)?);
+    // The directory's lock before anything is made: with a daemon running
+    // this fails and leaves the directory as it was.
+    let store = open_store(data_dir, DiskStore::open_existing)?;
+    let next_path = next_server_key_path(data_dir);
+    let pending = match next_path.exists() {
+        true => Some(Arc::new(
+            crate::crypto::read_key_file(&next_path).map_err(key_err)?,
+        )),
+        false => None,
+    };
+    let ledgers = recover_for_rotation(&store, &old, pending.as_ref())?;
+    let new = match pending {
+        Some(key) => key,
+        None => {
+            let key = crate::crypto::load_or_create_key(&next_path).map_err(key_err)?;
+            sync_dir(data_dir).map_err(dir_err)?;
+            Arc::new(key)
+        }
+    };
+    let mut done = Rotated {
+        new_key: new.verifying_key().to_bytes(),
+        rotated: Vec::new(),
+        already: Vec::new(),
+    };
+    let snapshots = crate::snapshot::dir(data_dir);
+    for (brand, ledger) in ledgers {
+        match ledger {
+            Some(ledger) => {
+                rotate_brand(ledger, &new, &snapshots)?;
+                done.rotated.push(brand);
+            }
+            None => done.already.push(brand),
+        }
+    }
+    std::fs::rename(&next_path, server_key_path(data_dir)).map_err(dir_err)?;
+    sync_dir(data_dir).map_err(dir_err)?;
+    Ok(done)
+}
+
+/// Every brand recovered under the old key, or `None` for one an earlier,
+/// interrupted run already rotated to `pending` (it must recover under it).
+fn recover_for_rotation(
+    store: &Arc<dyn LogStore>,
+    old: &Arc<SigningKey>,
+    pending: Option<&Arc<SigningKey>>,
+) -> Result<Vec<(u32, Option<BrandLedger>)>, StartError> {
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
+    let mut ledgers = Vec::with_capacity(brands.len());
+    for brand in brands {
+        let ledger = match (
+            BrandLedger::recover(store.clone(), old.clone(), brand),
+            pending,
+        ) {
+            (Ok(ledger), _) => Some(ledger),
+            (Err(LedgerError::ServerKey { .. }), Some(new)) => {
+                BrandLedger::recover(store.clone(), new.clone(), brand)?;
+                None
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        ledgers.push((brand, ledger));
+    }
+    Ok(ledgers)
+}
+
+/// One brand's rotation record, then a snapshot under the new key, so that
+/// the next start need not replay (the old key's snapshot no longer
+/// verifies; a failed snapshot only makes that start longer).
+fn rotate_brand(
+    mut ledger: BrandLedger,
+    new: &Arc<SigningKey>,
+    snapshots: &Path,
+) -> Result<(), StartError> {
+    let brand = ledger.brand_id();
+    ledger
+        .rotate_server_key(new.clone())?
+        .map_err(|refusal| StartError::RotationRefused { brand, refusal })?;
+    ledger.snapshot_into(snapshots, crate::limits::SNAPSHOT_EVERY_RECORDS);
+    if let Err(e) = ledger.write_snapshot() {
+        let error = crate::error::causes(&e);
+        tracing::warn!(brand, error, "snapshot after the rotation failed");
+    }
+    Ok(())
 }
 
 /// What [`load`] returns: storage, the server key and every brand's ledger.
@@ -190,4 +339,69 @@ fn recover_all(
         )?);
     }
     Ok((store, server_key, ledgers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::write_key_file;
+    use crate::testing;
+
+    /// Two brands on a data directory whose server key is the fixture's.
+    fn two_brands(data: &Path) -> Arc<SigningKey> {
+        let old = testing::server_key();
+        std::fs::create_dir_all(data).unwrap();
+        write_key_file(&server_key_path(data), &old).unwrap();
+        let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(data).unwrap());
+        for (brand, owner) in [(1, 2), (2, 20)] {
+            let owner = testing::key(owner).verifying_key().to_bytes();
+            let create = testing::create_brand("Two", &owner);
+            BrandLedger::create(store.clone(), old.clone(), brand, create).unwrap();
+        }
+        old
+    }
+
+    #[test]
+    fn an_interrupted_rotation_is_finished_by_running_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let old = two_brands(&data);
+        // The run that stopped after brand 1: the new key was kept, brand 1
+        // endorsed it, brand 2 not yet, server.key still the old one.
+        let new = Arc::new(testing::key(55));
+        write_key_file(&next_server_key_path(&data), &new).unwrap();
+        {
+            let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(&data).unwrap());
+            let mut ledger = BrandLedger::recover(store, old.clone(), 1).unwrap();
+            ledger.rotate_server_key(new.clone()).unwrap().unwrap();
+        }
+        assert!(matches!(
+            load_checked(&data),
+            Err(StartError::RotationUnfinished(_))
+        ));
+        let done = rotate_server_key(&data).unwrap();
+        assert_eq!(done.new_key, new.verifying_key().to_bytes());
+        assert_eq!((done.already, done.rotated), (vec![1], vec![2]));
+        let (_, key, ledgers) = load_checked(&data).unwrap();
+        assert_eq!(key.verifying_key(), new.verifying_key());
+        assert!(ledgers.iter().all(|l| l.state.server_key == done.new_key));
+        // The old key's last record and the new key's checkpoints: each
+        // brand's chain starts with the old key and ends with the new one.
+        assert!(ledgers
+            .iter()
+            .all(|l| l.state.retired_keys == vec![old.verifying_key().to_bytes()]));
+    }
+
+    #[test]
+    fn a_rotation_on_a_directory_in_use_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        two_brands(&data);
+        let held = DiskStore::open(&data).unwrap();
+        assert!(rotate_server_key(&data).is_err());
+        assert!(!next_server_key_path(&data).exists());
+        drop(held);
+        let done = rotate_server_key(&data).unwrap();
+        assert_eq!((done.already, done.rotated), (vec![], vec![1, 2]));
+    }
 }

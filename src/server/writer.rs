@@ -547,9 +547,15 @@ impl Committer {
             .unwrap_or_else(|_| Err("the commit thread panicked".into()))
     }
 
-    /// After a durable batch: enrolled keys may sign on, and disabled
-    /// terminals lose every open session.
-    fn publish(&self, job: &Job) {
+    /// After a durable batch: rotated-out keys can no longer sign on,
+    /// enrolled keys may, and disabled terminals lose every open session.
+    /// Returns the principals whose sessions a rotation ends, once the
+    /// batch's answers are on their way (the rotating session gets its
+    /// answer before it is cut).
+    fn publish(&self, job: &Job) -> Vec<Principal> {
+        for (key, _) in &job.batch.retired {
+            self.keys.remove(key, self.brand);
+        }
         for (key, principal) in &job.batch.enrolled {
             self.keys.insert(*key, self.brand, *principal);
         }
@@ -560,6 +566,18 @@ impl Committer {
             for key in removed_keys(&job.written) {
                 sessions.revoke_principal(self.brand, key);
             }
+        }
+        job.batch.retired.iter().map(|(_, p)| *p).collect()
+    }
+
+    /// Ends every open session of the principals whose key was rotated
+    /// (they signed on with the old key; the new key signs on afresh).
+    fn cut_rotated(&self, rotated: &[Principal]) {
+        let Some(sessions) = &self.sessions else {
+            return;
+        };
+        for principal in rotated {
+            sessions.revoke_principal(self.brand, *principal);
         }
     }
 }
@@ -602,6 +620,7 @@ async fn commit_in_order(
 ) {
     let brand = committer.brand;
     while let Some(mut job) = jobs.recv().await {
+        let mut rotated = Vec::new();
         if let Some(checkpoint) = job.checkpoint.take() {
             match committer.commit(job.written.clone(), checkpoint).await {
                 Ok(checkpoint) => {
@@ -632,7 +651,7 @@ async fn commit_in_order(
                     return;
                 }
             }
-            committer.publish(&job);
+            rotated = committer.publish(&job);
         }
         if !job.batch.proof_wanted.is_empty() {
             attach_proofs(&mut job.batch, committer.store.as_ref(), &last_checkpoint);
@@ -646,6 +665,7 @@ async fn commit_in_order(
         for (to, answer) in job.waiting.into_iter().zip(job.batch.answers) {
             to.send(answer);
         }
+        committer.cut_rotated(&rotated);
     }
 }
 

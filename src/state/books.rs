@@ -58,6 +58,22 @@ pub struct Tally {
     pub reversed_refund_minor: i64,
     /// Points redeemed.
     pub redeemed_points: i64,
+    /// Owner adjustments (CARD_ADJUSTED).
+    pub adjustments: u32,
+    /// Value adjustments added to cards.
+    pub adjusted_in_minor: i64,
+    /// Value adjustments took from cards.
+    pub adjusted_out_minor: i64,
+    /// Till top-ups the owner voided (TOP_UP_VOIDED).
+    pub voided_top_ups: u32,
+    /// Their value (paid + bonus) taken back from cards.
+    pub voided_top_up_minor: i64,
+    /// Cards closed (CARD_CLOSED).
+    pub closed_cards: u32,
+    /// Paid value paid out in cash by closing cards.
+    pub cashed_out_minor: i64,
+    /// Bonus value forfeited by closing cards.
+    pub forfeited_bonus_minor: i64,
 }
 
 impl Tally {
@@ -93,6 +109,22 @@ impl Tally {
             .reversed_refund_minor
             .saturating_add(o.reversed_refund_minor);
         self.redeemed_points = self.redeemed_points.saturating_add(o.redeemed_points);
+        self.add_corrections(o);
+    }
+
+    fn add_corrections(&mut self, o: &Tally) {
+        self.adjustments = self.adjustments.saturating_add(o.adjustments);
+        self.adjusted_in_minor = self.adjusted_in_minor.saturating_add(o.adjusted_in_minor);
+        self.adjusted_out_minor = self.adjusted_out_minor.saturating_add(o.adjusted_out_minor);
+        self.voided_top_ups = self.voided_top_ups.saturating_add(o.voided_top_ups);
+        self.voided_top_up_minor = self
+            .voided_top_up_minor
+            .saturating_add(o.voided_top_up_minor);
+        self.closed_cards = self.closed_cards.saturating_add(o.closed_cards);
+        self.cashed_out_minor = self.cashed_out_minor.saturating_add(o.cashed_out_minor);
+        self.forfeited_bonus_minor = self
+            .forfeited_bonus_minor
+            .saturating_add(o.forfeited_bonus_minor);
     }
 }
 

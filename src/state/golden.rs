@@ -106,6 +106,12 @@ impl Script {
         &self.keys.iter().find(|(k, _)| *k == p).expect("known").1
     }
 
+    /// Signs `p`'s later requests with `key` (a rotated or a wrong key).
+    pub(super) fn set_key(&mut self, p: Principal, key: SigningKey) {
+        self.keys.retain(|(k, _)| *k != p);
+        self.keys.push((p, key));
+    }
+
     /// Applies one request and folds its outcome into the digest.
     pub(super) fn request(
         &mut self,

@@ -16,6 +16,9 @@ mod receipt;
 pub mod reports;
 mod retention;
 pub mod rules;
+pub mod safety;
+#[cfg(test)]
+mod safety_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -129,6 +132,15 @@ pub struct Card {
     /// spends that need it are refused, whatever verdict comes, until the
     /// owner unlocks it or sets a new PIN.
     pub pin_locked: bool,
+    /// When the card stops working (Unix ms, compared with the record's
+    /// time); 0 = never.
+    pub expires_ms: i64,
+    /// Closed for good by the owner (cash-out): blocked, never reopened.
+    pub closed: bool,
+    /// The brand day `spent_today` counts (the daily spend limit).
+    pub spend_day: i32,
+    /// Value spent from the card on `spend_day`.
+    pub spent_today: i64,
 }
 
 impl Card {
@@ -310,6 +322,10 @@ pub struct BrandState {
     pub exponent: u32,
     /// The owner's public key.
     pub owner_key: [u8; 32],
+    /// The server key in force for this chain: the key that signed the
+    /// first record, then each SERVER_KEY_ROTATED record's new key.
+    /// Checkpoints and snapshots after a rotation are signed by it.
+    pub server_key: [u8; 32],
     /// Records in the chain.
     pub seq: u64,
     /// Hash of the newest record (zeros before the first).
@@ -343,6 +359,10 @@ pub struct BrandState {
     /// can name the card the value moved to. Only replaced cards are here
     /// (a card replaced twice leads on through its new number).
     pub replaced_by: BTreeMap<u64, u64>,
+    /// Every key rotated out (owner, terminal, server), oldest first: none
+    /// of them signs again, and none is ever enrolled again (a key keeps
+    /// one meaning for the chain's life). At most `MAX_RETIRED_KEYS`.
+    pub retired_keys: Vec<[u8; 32]>,
 }
 
 /// Refundable money records in sequence order, oldest first: a new one is
@@ -450,6 +470,7 @@ impl BrandState {
             currency: String::new(),
             exponent: 0,
             owner_key: [0; 32],
+            server_key: [0; 32],
             seq: 0,
             head_hash: [0; 32],
             merkle: Frontier::new(),
@@ -464,6 +485,7 @@ impl BrandState {
             books: Books::default(),
             read_keys: BTreeMap::new(),
             replaced_by: BTreeMap::new(),
+            retired_keys: Vec::new(),
         }
     }
 
@@ -524,6 +546,8 @@ impl BrandState {
                 .unwrap_or_default(),
             named: card.named,
             has_pin: card.has_pin,
+            expires_ms: card.expires_ms,
+            closed: card.closed,
         }
     }
 }

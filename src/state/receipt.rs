@@ -21,6 +21,10 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         // tells them.
         named: false,
         has_pin: false,
+        // Only the records that set it carry the expiry (CARD_ISSUED,
+        // CARD_EXPIRY_SET); an inquiry always shows it.
+        expires_ms: rec.expires_ms,
+        closed: rec.kind() == RecordKind::CardClosed,
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {

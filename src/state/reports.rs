@@ -186,7 +186,7 @@ fn store_ok(r: &pb::GetReport, store: u32) -> bool {
     r.store_id.is_none_or(|s| s == store)
 }
 
-const TALLY_COLUMNS: [&str; 12] = [
+const TALLY_COLUMNS: [&str; 18] = [
     "purchases",
     "purchase_minor",
     "bonus_spent_minor",
@@ -199,6 +199,13 @@ const TALLY_COLUMNS: [&str; 12] = [
     "reversals",
     "net_sales_minor",
     "average_ticket_minor",
+    // The owner's corrections (issue 15), at the head office (store 0).
+    "adjustments",
+    "adjusted_minor",
+    "voided_top_up_minor",
+    "closed_cards",
+    "cashed_out_minor",
+    "forfeited_bonus_minor",
 ];
 
 fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
@@ -220,6 +227,12 @@ fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
         int(t.reversals),
         int(t.net_sales_minor()),
         int(average),
+        int(t.adjustments),
+        int(t.adjusted_in_minor.saturating_sub(t.adjusted_out_minor)),
+        int(t.voided_top_up_minor),
+        int(t.closed_cards),
+        int(t.cashed_out_minor),
+        int(t.forfeited_bonus_minor),
     ]
 }
 

@@ -24,6 +24,7 @@ pub fn default_rules() -> Rules {
         time_zone: String::new(),
         pin_all_spends: false,
         pin_over_minor: 0,
+        ..Rules::default()
     }
 }
 
@@ -52,6 +53,7 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
     {
         return bad("time_zone is not an IANA time zone name (e.g. Asia/Shanghai)");
     }
+    validate_limits(rules)?;
     let mut prev: Option<i64> = None;
     for t in &rules.bonus_tiers {
         if !(0..=MAX_AMOUNT_MINOR).contains(&t.min_load_minor)
@@ -80,6 +82,48 @@ pub fn validate(rules: &Rules) -> Result<(), Refusal> {
             return bad("tiers must ascend by min_spend_minor");
         }
         prev = Some(t.min_spend_minor);
+    }
+    Ok(())
+}
+
+/// The limits and the validity rule (issue 15): 0 = the default;
+/// a validity shorter than three years is refused (anonymous cards).
+fn validate_limits(rules: &Rules) -> Result<(), Refusal> {
+    let in_range = |v: i64, max: i64| (0..=max).contains(&v);
+    let limits = [
+        (
+            "max_balance_named_minor",
+            rules.max_balance_named_minor,
+            MAX_BALANCE_MINOR,
+        ),
+        (
+            "max_balance_anonymous_minor",
+            rules.max_balance_anonymous_minor,
+            MAX_BALANCE_MINOR,
+        ),
+        ("max_top_up_minor", rules.max_top_up_minor, MAX_AMOUNT_MINOR),
+        (
+            "max_daily_spend_minor",
+            rules.max_daily_spend_minor,
+            MAX_BALANCE_MINOR,
+        ),
+    ];
+    for (key, value, max) in limits {
+        if !in_range(value, max) {
+            return refuse(
+                ErrorCode::InvalidArgument,
+                format!("{key} must be 0 (the default) ..= {max} minor units"),
+            );
+        }
+    }
+    let days = rules.card_validity_days;
+    if days != 0 && !(MIN_CARD_VALIDITY_DAYS..=MAX_CARD_VALIDITY_DAYS).contains(&days) {
+        return refuse(
+            ErrorCode::InvalidArgument,
+            format!(
+                "card_validity_days must be 0 (no expiry) or {MIN_CARD_VALIDITY_DAYS}..={MAX_CARD_VALIDITY_DAYS}: anonymous cards stay valid at least three years"
+            ),
+        );
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ mod personal;
 mod protocol;
 mod restart;
 mod reversal;
+mod safety;
 mod sign_on;
 mod topup;
 

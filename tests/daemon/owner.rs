@@ -208,6 +208,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         tiers: vec![],
         promotion_line: "Double points week".into(),
         time_zone: String::new(),
+        // Issue 15's limits: off, as in rules from before them.
         ..Default::default()
     };
     ok(
@@ -252,6 +253,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         tiers: vec![],
         promotion_line: "bad".into(),
         time_zone: String::new(),
+        // Issue 15's limits: off, as in rules from before them.
         ..Default::default()
     };
     assert_eq!(

@@ -99,7 +99,7 @@ pub(super) fn set_pin(
             (number, card.clone())
         }
         Principal::Terminal(_) => {
-            let (number, card) = find_active_card(state, &p.card)?;
+            let (number, card) = find_active_card(state, ctx, &p.card)?;
             if card.pin_locked {
                 return refuse(
                     E::PinLocked,

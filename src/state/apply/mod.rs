@@ -10,6 +10,8 @@
 //! points), `reversal.rs` and `owner.rs` (brand creation and the owner's
 //! operations), one function per operation.
 mod holder;
+mod corrections;
+mod keys;
 mod money;
 mod owner;
 mod reversal;
@@ -17,6 +19,8 @@ mod reversal;
 use prost::Message;
 
 use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
+use corrections::{adjust_card, close_card, set_card_expiry, void_top_up};
+use keys::{rekey_terminal, rotate_owner_key, rotate_server_key};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
     add_key, create_brand, create_store, enroll_terminal, issue_card, remove_key, replace_card,
@@ -73,6 +77,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
         return read_key_request(state, ctx, id, op);
     }
+    signer_key_current(state, ctx)?;
     // The server's own lock keeps no transaction id (it has no window).
     if let (Principal::Server, Op::SetPinLock(l)) = (ctx.principal, op) {
         return lock_pin(state, ctx, req, l);
@@ -101,6 +106,13 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         Op::SetTerminalDisabled(s) => set_terminal_disabled(state, ctx, req, s),
         Op::AddKey(a) => add_key(state, ctx, req, a),
         Op::RemoveKey(r) => remove_key(state, ctx, req, r),
+        Op::AdjustCard(a) => adjust_card(state, ctx, req, a),
+        Op::VoidTopUp(v) => void_top_up(state, ctx, req, v),
+        Op::CloseCard(c) => close_card(state, ctx, req, c),
+        Op::SetCardExpiry(e) => set_card_expiry(state, ctx, req, e),
+        Op::RotateOwnerKey(r) => rotate_owner_key(state, ctx, req, r),
+        Op::RekeyTerminal(r) => rekey_terminal(state, ctx, req, r),
+        Op::RotateServerKey(r) => rotate_server_key(state, ctx, req, r),
         Op::SetHolder(h) => set_holder(state, ctx, req, h),
         Op::EraseHolder(e) => erase_holder(state, ctx, req, e),
         Op::SetPin(p) => set_pin(state, ctx, req, p),
@@ -117,6 +129,26 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
             unreachable!("handled above")
         }
     }
+}
+
+/// The signing key must be the one in force for its principal now: a
+/// request verified under a key that a rotation (or re-keying) has since
+/// replaced is refused, even if it was in flight when the rotation was
+/// written.
+fn signer_key_current(state: &BrandState, ctx: &Context) -> Result<(), Refusal> {
+    let current = match ctx.principal {
+        Principal::Owner => state.owner_key,
+        Principal::Server => state.server_key,
+        Principal::Terminal(id) => state.terminals[&id].public_key,
+        Principal::Auditor(_) | Principal::StoreManager(..) => return Ok(()),
+    };
+    if *ctx.signer_key != current {
+        return refuse(
+            E::UnknownKey,
+            "this key was rotated out and no longer signs",
+        );
+    }
+    Ok(())
 }
 
 /// Answers a read-only operation (no transaction id, no record), or `None`
@@ -285,10 +317,16 @@ fn find_card<'s>(state: &'s BrandState, card: &str) -> Result<(u64, &'s Card), R
     }
 }
 
-fn find_active_card(state: &BrandState, card: &str) -> Result<(u64, Card), Refusal> {
+/// A card that may load, spend or redeem now: active and not expired at
+/// the record's time.
+fn find_active_card(state: &BrandState, ctx: &Context, card: &str) -> Result<(u64, Card), Refusal> {
     let (number, c) = find_card(state, card)?;
     match c.status {
-        CardStatus::Active => Ok((number, c.clone())),
+        CardStatus::Active => {
+            super::safety::check_not_expired(c, ctx.time_ms)?;
+            Ok((number, c.clone()))
+        }
+        _ if c.closed => refuse(E::CardBlocked, "card is closed"),
         _ => refuse(E::CardBlocked, "card is blocked"),
     }
 }

@@ -10,7 +10,7 @@ pub(super) fn purchase(
 ) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
-    let (number, mut card) = find_active_card(state, &p.card)?;
+    let (number, mut card) = find_active_card(state, ctx, &p.card)?;
     super::holder::require_pin(state, ctx, &card, Some(p.amount_minor))?;
     let balance = card.balance();
     let approved = if balance >= p.amount_minor {
@@ -31,6 +31,7 @@ pub(super) fn purchase(
     card.points = checked(card.points.checked_add(points))?;
     card.total_spend = checked(card.total_spend.checked_add(approved))?;
     let today = day_of(state, ctx.time_ms);
+    super::super::safety::spend_today(state, &mut card, today, approved)?;
     card.last_active_day = today;
     let day = i64::from(today);
     let visit_counted = day != card.last_visit_day;
@@ -107,7 +108,7 @@ pub(super) fn top_up(
             format!("reference must be at most {MAX_REFERENCE_BYTES} printable ASCII bytes"),
         );
     }
-    let (number, mut card) = find_active_card(state, &t.card)?;
+    let (number, mut card) = find_active_card(state, ctx, &t.card)?;
     // The bonus rewards the money the buyer put in: on a sale below face
     // value that is the price, not the face value.
     let bonus = if t.no_bonus {
@@ -118,6 +119,7 @@ pub(super) fn top_up(
     card.paid = checked(card.paid.checked_add(t.amount_minor))?;
     card.bonus = checked(card.bonus.checked_add(bonus))?;
     balance_ok(&card)?;
+    super::super::safety::check_load(state, t.amount_minor, &card)?;
     // The value's store of issue: the till's store, or the head office (0).
     let store = match ctx.principal {
         Principal::Terminal(id) => state.terminals[&id].store_id,
@@ -345,7 +347,7 @@ pub(super) fn redeem_points(
     if !text_ok(&r.reward) {
         return refuse(E::InvalidArgument, "reward text too long");
     }
-    let (number, mut card) = find_active_card(state, &r.card)?;
+    let (number, mut card) = find_active_card(state, ctx, &r.card)?;
     super::holder::require_pin(state, ctx, &card, None)?;
     if card.points < r.points {
         return refuse(E::InsufficientPoints, "the card has fewer points");

@@ -36,6 +36,7 @@ pub(super) fn create_brand(
     state.currency = cb.currency.clone();
     state.exponent = cb.currency_exponent;
     state.owner_key = owner.to_bytes();
+    state.server_key = *ctx.signer_key;
     Ok(append(state, ctx, rec))
 }
 
@@ -128,7 +129,9 @@ pub(super) fn issue_card(
     }
     let mut card = Card::new();
     card.last_active_day = day_of(state, ctx.time_ms);
+    card.expires_ms = crate::state::safety::expiry_at_issue(&state.rules, ctx.time_ms);
     let mut rec = base_record(state, ctx, req, RecordKind::CardIssued);
+    rec.expires_ms = card.expires_ms;
     fill_card(state, &mut rec, number, &card);
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
@@ -147,6 +150,9 @@ pub(super) fn set_card_blocked(
     let (number, card) = find_card(state, &b.card)?;
     if card.status == CardStatus::Replaced {
         return refuse(E::CardBlocked, "a replaced card stays blocked");
+    }
+    if card.closed {
+        return refuse(E::CardBlocked, "a closed card stays closed");
     }
     let mut card = card.clone();
     card.status = if b.blocked {
@@ -170,6 +176,9 @@ pub(super) fn replace_card(
     let (old_number, old) = find_card(state, &r.old_card)?;
     if old.status == CardStatus::Replaced {
         return refuse(E::CardBlocked, "card was already replaced");
+    }
+    if old.closed {
+        return refuse(E::CardBlocked, "a closed card cannot be replaced");
     }
     let new_number = parse_card(state, &r.new_card).map_err(|r| match r.code {
         E::CardNotFound => {
@@ -254,10 +263,11 @@ pub(super) fn set_terminal_disabled(
 
 /// True if `key` is the owner's, a terminal's or a read-only key's (even
 /// a removed one: a key is never given a second meaning).
-fn key_in_use(state: &BrandState, key: &[u8; 32]) -> bool {
+pub(super) fn key_in_use(state: &BrandState, key: &[u8; 32]) -> bool {
     *key == state.owner_key
         || state.terminals.values().any(|t| t.public_key == *key)
         || state.read_keys.values().any(|k| k.public_key == *key)
+        || state.retired_keys.contains(key)
 }
 
 pub(super) fn add_key(

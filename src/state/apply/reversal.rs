@@ -43,6 +43,7 @@ pub(super) fn reversal(
     let orig = reversible_original(state, ctx, tid, orig_seq)?;
     let number = orig.card;
     let mut card = match state.cards.get(&number) {
+        Some(c) if c.closed => return refuse(E::CardBlocked, "the card is closed"),
         Some(c) if c.status != CardStatus::Replaced => c.clone(),
         _ => {
             return refuse(
@@ -52,7 +53,7 @@ pub(super) fn reversal(
         }
     };
     let deltas = deltas_of(state, orig, &card)?;
-    reverse_on_card(&mut card, orig, &deltas)?;
+    reverse_on_card(&mut card, orig, &deltas, day_of(state, orig.time_ms))?;
     let moved = reverse_lots(&mut card, orig)?;
     card.last_active_day = day_of(state, ctx.time_ms);
     let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
@@ -184,7 +185,8 @@ fn refund_excess(state: &BrandState, orig: &Effect) -> Result<i64, Refusal> {
 
 /// Applies the deltas to the card copy, with the spend and visit history
 /// the original changed, and checks the balances.
-fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Refusal> {
+/// `day` is the original's brand day (its daily spend is given back).
+fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas, day: i32) -> Result<(), Refusal> {
     if card.paid < d.paid_out || card.bonus < d.bonus_out {
         return refuse(
             E::InsufficientFunds,
@@ -199,6 +201,7 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Ref
     match orig.kind {
         RecordKind::Purchase => {
             card.total_spend = (card.total_spend - approved).max(0);
+            super::super::safety::unspend(card, day, approved);
             if orig.visit_counted {
                 card.visits = card.visits.saturating_sub(1);
             }
