@@ -556,6 +556,7 @@ mod tests {
                 approved_minor: 4_000,
                 remaining_due_minor: 1_000,
                 points_earned: 40,
+                ..Default::default()
             })),
             promotion_line: "VIP 6x points".into(),
             replayed: true,

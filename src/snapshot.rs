@@ -78,7 +78,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -346,8 +346,18 @@ mod tests {
                     paid: 100,
                     bonus: 5,
                 }),
+                points_value: 7,
+                refunded_points_value: 1,
+                returned_points: 2,
+                spent_lots: vec![crate::state::points::PointLot {
+                    expires_ms: 1_790_000_000_001,
+                    points: 20,
+                }],
             },
         );
+        let card = s.cards.get_mut(&42).expect("card 42");
+        crate::state::points::award(&mut card.loyalty, 30, 1_790_000_000_002);
+        crate::state::points::add_day_spend(&mut card.loyalty, 20_000, 20_000, 30, 500);
         s
     }
 
@@ -359,8 +369,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                5,
-                "2fb08cb7d09f056b39e0ba39216dfec385e37148928428b24f4833c169445356".to_string()
+                6,
+                "16f73647aa2c24f4ab61993e46cb1336b5245ff846151c425b9b914411d8f3b0".to_string()
             )
         );
     }

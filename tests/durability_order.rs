@@ -88,6 +88,7 @@ async fn no_answer_before_its_record_is_durable() {
                     card,
                     amount_minor: 100,
                     allow_partial: false,
+                    ..Default::default()
                 }),
             );
             let answer = handle

@@ -62,6 +62,7 @@ async fn purchase(handle: &BrandHandle, card: &str, txn: u64) -> Result<pb::Repl
         card: card.into(),
         amount_minor: 100 + txn as i64,
         allow_partial: false,
+        ..Default::default()
     });
     match tokio::time::timeout(
         Duration::from_secs(10),
@@ -424,6 +425,7 @@ fn small_ledger(dir: &std::path::Path) -> (u64, [u8; 32]) {
             card: card.clone(),
             amount_minor: 100,
             allow_partial: false,
+            ..Default::default()
         });
         ledger
             .submit_now(sub(&terminal_key(), Principal::Terminal(1), txn, op))

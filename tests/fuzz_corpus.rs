@@ -310,6 +310,7 @@ fn frame_seeds() {
             card: card_for(BRAND, 0),
             amount_minor: 1_250,
             allow_partial: true,
+            ..Default::default()
         }),
     )
     .encode_to_vec();
@@ -391,6 +392,7 @@ fn request_seeds() {
                         card: c(0),
                         amount_minor: 2_000,
                         allow_partial: false,
+                        ..Default::default()
                     }),
                 ),
             ),
@@ -477,6 +479,7 @@ fn request_seeds() {
                         card: c(1),
                         amount_minor: 999_999,
                         allow_partial: true,
+                        ..Default::default()
                     }),
                 ),
             ),

@@ -265,6 +265,7 @@ impl World {
                         card: number.clone(),
                         amount_minor: amount,
                         allow_partial: partial,
+                        ..Default::default()
                     }),
                 );
                 let balance = m.paid + m.bonus;
@@ -736,6 +737,7 @@ fn a_refund_after_a_reversed_refund_never_gives_points_back() {
                 card: w.cards[0].clone(),
                 amount_minor: 10_000,
                 allow_partial: false,
+                ..Default::default()
             }),
         )
         .expect("purchase");

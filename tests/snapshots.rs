@@ -29,6 +29,7 @@ fn purchase(card: &str, txn: u64, amount: i64) -> cardd::ledger::Submission {
         card: card.into(),
         amount_minor: amount,
         allow_partial: false,
+        ..Default::default()
     });
     sub(&terminal_key(), Principal::Terminal(1), txn, op)
 }

@@ -48,6 +48,7 @@ pub(super) fn purchase_op(card: &str, amount_minor: i64) -> Op {
         card: card.into(),
         amount_minor,
         allow_partial: false,
+        ..Default::default()
     })
 }
 
@@ -192,6 +193,7 @@ impl Script {
                 card: card.into(),
                 amount_minor: amount,
                 allow_partial: partial,
+                ..Default::default()
             }),
         );
         self.last_seq

@@ -12,6 +12,7 @@ mod books_tests;
 #[cfg(test)]
 mod golden;
 pub mod lots;
+pub mod points;
 mod receipt;
 pub mod reports;
 mod retention;
@@ -117,6 +118,9 @@ pub struct Card {
     /// The card has a named holder (the holder's data itself lives outside
     /// the ledger): the limits for named cards apply to it.
     pub named: bool,
+    /// Points lots and spend per day, once the rules need them
+    /// (`points.rs`); `None` costs a card one word.
+    pub loyalty: points::Loyalty,
 }
 
 impl Card {
@@ -226,6 +230,31 @@ pub struct Effect {
     /// Its server time: refunds and reversals are accepted within
     /// `REFUND_WINDOW_MS` of it.
     pub time_ms: i64,
+    /// The record's `points_value_minor`: for a purchase the part of the
+    /// bill its spent points (`points_out`) paid; for a refund the part it
+    /// paid back as points (`points_in`).
+    pub points_value: i64,
+    /// For purchases: the points-paid part of the bill refunds gave back.
+    pub refunded_points_value: i64,
+    /// For purchases: spent points refunds gave back.
+    pub returned_points: i64,
+    /// For purchases: the spent points not yet given back, by the lot
+    /// (expiry) they came from, so that they return with their expiry.
+    pub spent_lots: Vec<points::PointLot>,
+}
+
+impl Effect {
+    /// A purchase's bill covered by the card and by points together: what
+    /// refunds are counted against.
+    pub fn covered(&self) -> i64 {
+        self.paid_out + self.bonus_out + self.points_value
+    }
+
+    /// What refunds of this purchase have given back so far (value and
+    /// points' value).
+    pub fn refunded(&self) -> i64 {
+        self.refunded_paid + self.refunded_bonus + self.refunded_points_value
+    }
 }
 
 /// What the ledger holds for a (signer, transaction id) pair.
@@ -485,8 +514,8 @@ impl BrandState {
     }
 
     /// A card's view as sent to terminals.
-    pub fn card_view(&self, number: u64, card: &Card) -> pb::CardView {
-        let (tier, _) = rules::tier_of(&self.rules, card);
+    pub fn card_view(&self, number: u64, card: &Card, today: i32) -> pb::CardView {
+        let (tier, _) = rules::tier_of(&self.rules, card, today);
         pb::CardView {
             card: format_card(number),
             status: card.status as i32,

@@ -598,7 +598,7 @@ fn dormant(state: &BrandState, r: &pb::GetReport, today: i32) -> Vec<pb::ReportS
                 -1 => "never".to_string(),
                 d => day_text(d as i32),
             };
-            let tier = rules::tier_of(&state.rules, c).0;
+            let tier = rules::tier_of(&state.rules, c, today).0;
             vec![
                 text(format_card(*n)),
                 int(c.balance()),
@@ -860,7 +860,7 @@ fn list_cards(state: &BrandState, r: &pb::GetReport) -> Result<(pb::ReportSectio
                 text(status),
                 int(c.balance()),
                 int(c.points),
-                text(rules::tier_of(&state.rules, c).0),
+                text(rules::tier_of(&state.rules, c, state.books.today.day).0),
                 text(last),
                 text(day_text(c.last_active_day)),
             ]

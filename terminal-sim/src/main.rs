@@ -258,6 +258,7 @@ impl Command {
                 card: card.clone(),
                 amount_minor: amount(a)?,
                 allow_partial: *partial,
+                ..Default::default()
             }),
             Command::Topup {
                 card,

@@ -214,6 +214,7 @@ mod tests {
                 card: "1".into(),
                 amount_minor: amount,
                 allow_partial: false,
+                ..Default::default()
             })
         };
         let a = pb::Request {

@@ -186,6 +186,7 @@ pub fn lean_purchase(txn_id: u64, brand_id: u32, card: &str, amount: i64) -> Vec
         card: card.into(),
         amount_minor: amount,
         allow_partial: false,
+        ..Default::default()
     });
     cardd::testing::request_as(brand_id, txn_id, "", op).encode_to_vec()
 }

@@ -363,6 +363,7 @@ async fn a_card_balance_never_passes_its_limit() {
         tiers: vec![],
         promotion_line: String::new(),
         time_zone: String::new(),
+        ..Default::default()
     };
     ok(
         &mut o,

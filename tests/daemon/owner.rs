@@ -208,6 +208,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         tiers: vec![],
         promotion_line: "Double points week".into(),
         time_zone: String::new(),
+        ..Default::default()
     };
     ok(
         &mut o,
@@ -251,6 +252,7 @@ async fn owner_rules_take_effect_at_once_in_every_store() {
         tiers: vec![],
         promotion_line: "bad".into(),
         time_zone: String::new(),
+        ..Default::default()
     };
     assert_eq!(
         refused(&mut o, 12, Op::SetRules(pb::SetRules { rules: Some(bad) })).await,

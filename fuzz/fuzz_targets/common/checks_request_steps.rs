@@ -305,6 +305,7 @@ impl World {
                 min_spend_minor,
                 min_visits,
                 multiplier_milli,
+                ..Default::default()
             });
         }
         let promotion_line = self.text(r);
@@ -315,6 +316,7 @@ impl World {
             promotion_line,
             // Not drawn from the input: the corpus keeps its meaning.
             time_zone: String::new(),
+            ..Default::default()
         })
     }
 
@@ -391,6 +393,7 @@ impl World {
                 card: self.card(r),
                 amount_minor: self.amount(r),
                 allow_partial: r.bool(),
+                ..Default::default()
             }),
             tag::TOP_UP => Op::TopUp(pb::TopUp {
                 card: self.card(r),

@@ -51,10 +51,14 @@ pub(super) fn reversal(
             )
         }
     };
+    let today = day_of(state, ctx.time_ms);
+    let mut expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     let deltas = deltas_of(state, orig, &card)?;
     reverse_on_card(&mut card, orig, &deltas)?;
+    expired += points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
+    reverse_day_spend(state, &mut card, orig, today);
     let moved = reverse_lots(&mut card, orig)?;
-    card.last_active_day = day_of(state, ctx.time_ms);
+    card.last_active_day = today;
     let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
     let value = deltas.paid_in + deltas.bonus_in + deltas.paid_out + deltas.bonus_out;
     let shift = shift_add(state, tid, |s| {
@@ -71,7 +75,8 @@ pub(super) fn reversal(
     rec.points_out = deltas.points_out;
     rec.original_seq = orig_seq;
     rec.original_txn_id = r.original_txn_id;
-    fill_card(state, &mut rec, number, &card);
+    rec.points_expired = expired;
+    fill_card(state, &mut rec, number, &card, today);
     book_reversal(state, &rec, orig_kind, orig_store, &orig_lots, &moved);
     mark_reversed(state, ns, r.original_txn_id, orig_seq, deltas.extra_points);
     state.cards.insert(number, card);
@@ -133,7 +138,7 @@ fn reversible_original<'s>(
             "the shift of the original is closed; refund instead",
         );
     }
-    if orig.kind == RecordKind::Purchase && orig.refunded_paid + orig.refunded_bonus > 0 {
+    if orig.kind == RecordKind::Purchase && orig.refunded() > 0 {
         return refuse(
             E::NotReversible,
             "the purchase has refunds; refund the rest instead",
@@ -176,8 +181,11 @@ fn refund_excess(state: &BrandState, orig: &Effect) -> Result<i64, Refusal> {
         );
     };
     let refunded_after = p.refunded_paid + p.refunded_bonus - orig.paid_in - orig.bonus_in;
-    let share =
-        i128::from(p.points_in) * i128::from(refunded_after) / i128::from(p.paid_out + p.bonus_out);
+    let approved = p.paid_out + p.bonus_out;
+    if approved == 0 {
+        return Ok(0);
+    }
+    let share = i128::from(p.points_in) * i128::from(refunded_after) / i128::from(approved);
     let share = i64::try_from(share).expect("bounded by points_in");
     Ok((p.refunded_points - orig.points_out - share).max(0))
 }
@@ -193,7 +201,7 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Ref
     }
     card.paid = checked(card.paid.checked_add(d.paid_in))? - d.paid_out;
     card.bonus = checked(card.bonus.checked_add(d.bonus_in))? - d.bonus_out;
-    card.points = checked(card.points.checked_add(d.points_in))? - d.points_out;
+    reverse_points(card, orig, d)?;
     let approved = orig.paid_out + orig.bonus_out;
     let refunded_value = orig.paid_in + orig.bonus_in;
     match orig.kind {
@@ -209,6 +217,43 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Ref
         _ => {}
     }
     balance_ok(card)
+}
+
+/// Points: what the original spent goes back to the lots it came from
+/// (with its expiry), anything else given back is free; what it added is
+/// taken back from the latest-expiring lots first.
+fn reverse_points(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Refusal> {
+    let mut spent = orig.spent_lots.clone();
+    let given = if orig.kind == RecordKind::Refund {
+        // A refund's lots are what it gave back, not what it spent.
+        Vec::new()
+    } else {
+        points::give_back(&mut card.loyalty, &mut card.points, &mut spent, d.points_in)
+    };
+    let free = d.points_in - points::total(&given);
+    card.points = checked(card.points.checked_add(free))?;
+    points::take_back(&mut card.loyalty, &mut card.points, d.points_out);
+    Ok(())
+}
+
+/// The spend per day a purchase or a refund changed, undone.
+fn reverse_day_spend(state: &BrandState, card: &mut Card, orig: &Effect, today: i32) {
+    let keep = rules::day_history(&state.rules);
+    let delta = match orig.kind {
+        RecordKind::Purchase => -(orig.paid_out + orig.bonus_out),
+        RecordKind::Refund => orig.paid_in + orig.bonus_in,
+        _ => 0,
+    };
+    if keep > 0 && delta != 0 {
+        let day = match orig.kind {
+            RecordKind::Refund => state
+                .effects
+                .get(orig.original_seq)
+                .map_or(today, |p| day_of(state, p.time_ms)),
+            _ => day_of(state, orig.time_ms),
+        };
+        points::add_day_spend(&mut card.loyalty, day, today, keep, delta);
+    }
 }
 
 /// Moves the original's lots back on the card copy: a purchase's value
@@ -275,6 +320,8 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
     let (kind, refund_of) = (orig.kind, orig.original_seq);
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
     *state.txns.get_mut(&(ns, txn_id)).expect("found above") = TxnEntry::Reversed(orig_seq);
+    let (points_value, points_given) = (orig.points_value, orig.points_in);
+    let given = std::mem::take(&mut orig.spent_lots);
     if kind == RecordKind::Refund {
         let purchase = state
             .effects
@@ -283,5 +330,9 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;
         purchase.refunded_points -= refund_points + extra_points;
+        // The points it gave back are spent again, with their expiry.
+        purchase.refunded_points_value -= points_value;
+        purchase.returned_points -= points_given;
+        points::untake(&mut purchase.spent_lots, &given);
     }
 }

@@ -57,6 +57,7 @@ fn wire_op(op: &PlanOp, cards: &[String], seed_seqs: &[u64]) -> (Op, bool) {
                 card: cards[card as usize].clone(),
                 amount_minor: amount,
                 allow_partial: false,
+                ..Default::default()
             }),
             true,
         ),

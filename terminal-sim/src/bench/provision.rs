@@ -289,6 +289,7 @@ pub async fn seed_purchases(
                         card: cards[*card as usize].clone(),
                         amount_minor: *amount,
                         allow_partial: false,
+                        ..Default::default()
                     }),
                 );
                 term.next_txn += 1;
