@@ -12,6 +12,8 @@ mod books_tests;
 #[cfg(test)]
 mod golden;
 pub mod lots;
+#[cfg(test)]
+mod loyalty_tests;
 pub mod points;
 mod receipt;
 pub mod reports;

@@ -29,7 +29,9 @@ pub(super) fn purchase(
     // Paid value is spent first, then bonus; refunds return in reverse order.
     let paid_out = approved.min(card.paid);
     let bonus_out = approved - paid_out;
-    let tier_before = rules::tier_index(&state.rules, &card, today);
+    // The tier of the card's last record: a window tier it has since lost
+    // falls at this record, which names the fall.
+    let tier_before = rules::tier_index(&state.rules, &card, card.last_active_day);
     let store = state.terminals[&tid].store_id;
     let points = earn(state, ctx, p, &card, today, approved, store)?;
     let spent_lots = match pay.points {
