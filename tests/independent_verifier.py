@@ -301,7 +301,7 @@ RECORD = Schema("Record", {
     33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
     35: ("visits_after", U32), 36: ("remaining_minor", I64T), 37: ("channel", ENUM),
     38: ("reference", STRING), 39: ("price_minor", I64T), 40: ("tier_before", STRING),
-    41: ("points_value_minor", I64T), 42: ("points_expired", I64T),
+    41: ("points_value_minor", I64T), 42: ("points_expired", I64T), 43: ("tier_fell", BOOL),
 })
 CHECKPOINT = Schema("Checkpoint", {
     1: ("brand_id", U32), 2: ("tree_size", U64), 3: ("head_hash", BYTES), 4: ("root_hash", BYTES),

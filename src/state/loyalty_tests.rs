@@ -347,3 +347,34 @@ fn the_reply_to_set_rules_and_to_a_purchase_carry_the_new_line() {
     let line = super::rules::promotion_for(&s.state.rules, p.store_id, &p.tier_after);
     assert_eq!(line, "brand line");
 }
+
+#[test]
+fn the_points_expiring_report_lists_the_next_n_days_as_of_its_time() {
+    let mut r = rules();
+    r.points_expire_after_days = 10;
+    let (mut s, c) = brand(r);
+    at(&mut s, DAY0);
+    buy(&mut s, 1, &c, 1_000, 0); // 10 points expiring DAY0 + 10 days
+    at(&mut s, DAY0 + 5 * DAY_MS);
+    buy(&mut s, 1, &c, 2_000, 0); // 20 points expiring DAY0 + 15 days
+    let report = |now_ms: i64, days: u32| {
+        let req = pb::GetReport {
+            kind: "points-expiring".into(),
+            idle_days: days,
+            ..Default::default()
+        };
+        let out = super::reports::report(&s.state, &req, now_ms, 0, None).expect("a report");
+        let cell = |row: &pb::ReportRow, i: usize| match &row.cells[i].value {
+            Some(pb::report_cell::Value::Int(v)) => *v,
+            other => panic!("{other:?}"),
+        };
+        let summary = &out.sections[1].rows[0];
+        (cell(summary, 1), cell(summary, 2))
+    };
+    // As of day 9, the next 3 days hold the first lot only.
+    assert_eq!(report(DAY0 + 9 * DAY_MS, 3), (1, 10));
+    // The lot expires at DAY0 + 10 days exactly: one ms before it is in.
+    assert_eq!(report(DAY0 + 10 * DAY_MS - 1, 1), (1, 10));
+    assert_eq!(report(DAY0 + 10 * DAY_MS, 1), (0, 0));
+    assert_eq!(report(DAY0 + 10 * DAY_MS, 30), (1, 20));
+}

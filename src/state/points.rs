@@ -24,6 +24,9 @@ use crate::limits::{MAX_POINT_LOTS_PER_CARD, MAX_TIER_WINDOW_DAYS};
 /// the award, not brand days).
 pub const DAY_MS: i64 = 86_400_000;
 
+/// Days ahead the points-expiring report may look, at most.
+pub const MAX_EXPIRING_REPORT_DAYS: u32 = crate::limits::MAX_POINTS_EXPIRE_DAYS;
+
 /// Points that expire together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PointLot {
@@ -217,12 +220,13 @@ pub fn total(lots: &[PointLot]) -> i64 {
     lots.iter().map(|x| x.points).sum()
 }
 
-/// Points of the card expiring within `[from_ms, to_ms)`.
+/// Points of the card expiring after `from_ms` and at or before `to_ms`
+/// (a lot whose instant is `from_ms` has already expired then).
 pub fn expiring(l: &Loyalty, from_ms: i64, to_ms: i64) -> i64 {
     l.as_ref().map_or(0, |h| {
         h.lots
             .iter()
-            .filter(|x| (from_ms..to_ms).contains(&x.expires_ms))
+            .filter(|x| x.expires_ms > from_ms && x.expires_ms <= to_ms)
             .map(|x| x.points)
             .sum()
     })

@@ -33,6 +33,7 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
             tier: rec.tier_after.clone(),
             points_spent: rec.points_out,
             points_value_minor: rec.points_value_minor,
+            tier_fell: rec.tier_fell,
         })),
         RecordKind::TopUp => Some(Detail::TopUp(pb::TopUpResult {
             paid_minor: rec.paid_in_minor,

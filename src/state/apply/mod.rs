@@ -168,7 +168,7 @@ fn report(state: &BrandState, ctx: &Context, r: &pb::GetReport) -> Result<Outcom
         }
     };
     let today = day_of(state, ctx.time_ms);
-    let report = super::reports::report(state, r, today, scope)?;
+    let report = super::reports::report(state, r, ctx.time_ms, today, scope)?;
     Ok(Outcome::Answer(pb::Reply {
         report: Some(report),
         ..Default::default()

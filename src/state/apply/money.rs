@@ -67,10 +67,10 @@ pub(super) fn purchase(
     rec.requested_minor = p.amount_minor;
     rec.remaining_minor = due - approved;
     fill_card(state, &mut rec, number, &card, today);
-    if rules::tier_index(&state.rules, &card, today) != tier_before
-        && rules::names_tier_changes(&state.rules)
-    {
+    let tier_after = rules::tier_index(&state.rules, &card, today);
+    if tier_after != tier_before && rules::names_tier_changes(&state.rules) {
         rec.tier_before = rules::tier_name(&state.rules, tier_before).to_string();
+        rec.tier_fell = tier_after < tier_before;
     }
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
     effect.visit_counted = visit_counted;
