@@ -504,7 +504,11 @@ impl BrandLedger {
             Outcome::Status { state, seq } => {
                 let original = if seq != 0 {
                     let (rec, hash) = self.load_record(seq, first_new_seq, unflushed, batch)?;
-                    Some(Box::new(reply_for_record(&rec, &hash, self.promotion(&rec))))
+                    Some(Box::new(reply_for_record(
+                        &rec,
+                        &hash,
+                        self.promotion(&rec),
+                    )))
                 } else {
                     None
                 };

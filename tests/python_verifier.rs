@@ -414,7 +414,10 @@ async fn loyalty(
     });
     let r = ok(t1, next(n1), paid).await;
     let p = common::reply::purchased(&r);
-    assert_eq!((p.points_spent, p.points_value_minor, p.approved_minor), (20, 200, 1_800));
+    assert_eq!(
+        (p.points_spent, p.points_value_minor, p.approved_minor),
+        (20, 200, 1_800)
+    );
     let refund = Op::Refund(pb::Refund {
         original_seq: seq(&r),
         amount_minor: 1_000,

@@ -112,7 +112,10 @@ fn a_tier_and_a_campaign_multiply_together() {
     let up = buy(&mut s, 1, &c, 50_000, 0);
     assert_eq!(up.points_in, 6_000);
     let p = purchase_result(&up);
-    assert_eq!((p.tier_before.as_str(), p.tier.as_str()), ("gold", "diamond"));
+    assert_eq!(
+        (p.tier_before.as_str(), p.tier.as_str()),
+        ("gold", "diamond")
+    );
     assert_eq!(buy(&mut s, 1, &c, 1_234, 0).points_in, 281);
 }
 
@@ -182,10 +185,15 @@ fn points_pay_part_of_a_bill_then_a_partial_refund_returns_both_in_proportion() 
     });
     let (mut s, c) = brand(r);
     buy(&mut s, 1, &c, 3_000, 0); // 300 points
-    // A bill of 20.00: 200 points pay 10.00, the card 10.00, which earns 100.
+                                  // A bill of 20.00: 200 points pay 10.00, the card 10.00, which earns 100.
     let p = buy(&mut s, 1, &c, 2_000, 200);
     assert_eq!(
-        (p.points_out, p.points_value_minor, p.paid_out_minor, p.points_in),
+        (
+            p.points_out,
+            p.points_value_minor,
+            p.paid_out_minor,
+            p.points_in
+        ),
         (200, 1_000, 1_000, 100)
     );
     assert_eq!(p.points_after, 200);
@@ -206,14 +214,25 @@ fn points_pay_part_of_a_bill_then_a_partial_refund_returns_both_in_proportion() 
     };
     let half = refund(&mut s, 1_000);
     assert_eq!(
-        (half.paid_in_minor, half.points_value_minor, half.points_in, half.points_out),
+        (
+            half.paid_in_minor,
+            half.points_value_minor,
+            half.points_in,
+            half.points_out
+        ),
         (500, 500, 100, 50)
     );
     assert_eq!((half.points_after, half.remaining_minor), (250, 1_000));
     let rest = refund(&mut s, 1_000);
-    assert_eq!((rest.paid_in_minor, rest.points_in, rest.points_out), (500, 100, 50));
+    assert_eq!(
+        (rest.paid_in_minor, rest.points_in, rest.points_out),
+        (500, 100, 50)
+    );
     // Everything taken came back, nothing more: 300 points, 970.00.
-    assert_eq!((rest.points_after, rest.paid_balance_after_minor), (300, 97_000));
+    assert_eq!(
+        (rest.points_after, rest.paid_balance_after_minor),
+        (300, 97_000)
+    );
     let more = Op::Refund(pb::Refund {
         original_seq: p.seq,
         amount_minor: 1,
@@ -237,16 +256,28 @@ fn points_payment_is_refused_unless_the_rules_and_the_card_allow_it() {
             ..Default::default()
         })
     };
-    assert_eq!(s.refused(Principal::Terminal(1), 90, pay(100)), E::InvalidArgument);
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, pay(100)),
+        E::InvalidArgument
+    );
     r.points_redemption = Some(pb::PointsRedemption {
         points: 50,
         value_minor: 600,
     });
     s.owner(Op::SetRules(pb::SetRules { rules: Some(r) }));
-    assert_eq!(s.refused(Principal::Terminal(1), 90, pay(70)), E::AmountOutOfRange);
-    assert_eq!(s.refused(Principal::Terminal(1), 90, pay(150)), E::InsufficientPoints);
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, pay(70)),
+        E::AmountOutOfRange
+    );
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, pay(150)),
+        E::InsufficientPoints
+    );
     // 100 points are worth 12.00, more than the bill of 10.00.
-    assert_eq!(s.refused(Principal::Terminal(1), 90, pay(100)), E::AmountOutOfRange);
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, pay(100)),
+        E::AmountOutOfRange
+    );
     let p = buy(&mut s, 1, &c, 1_000, 50);
     assert_eq!((p.points_value_minor, p.paid_out_minor), (600, 400));
 }
@@ -273,13 +304,25 @@ fn a_reversed_points_purchase_gives_the_points_back_with_their_expiry() {
         }),
     );
     assert_eq!(last(&s).points_after, 20 + 7);
-    s.till(1, "", Op::Reversal(pb::Reversal { original_txn_id: txn }));
+    s.till(
+        1,
+        "",
+        Op::Reversal(pb::Reversal {
+            original_txn_id: txn,
+        }),
+    );
     let rev = last(&s);
-    assert_eq!((rev.points_in, rev.points_out, rev.points_after), (30, 7, 50));
+    assert_eq!(
+        (rev.points_in, rev.points_out, rev.points_after),
+        (30, 7, 50)
+    );
     let card = &s.state.cards[&crate::card_number::parse_number(&c).unwrap().1];
     let lots = &card.loyalty.as_ref().expect("lots").lots;
     assert_eq!(lots.len(), 1);
-    assert_eq!((lots[0].expires_ms, lots[0].points), (DAY0 + 10 * DAY_MS, 50));
+    assert_eq!(
+        (lots[0].expires_ms, lots[0].points),
+        (DAY0 + 10 * DAY_MS, 50)
+    );
 }
 
 #[test]
@@ -292,7 +335,10 @@ fn a_rolling_window_tier_falls_at_the_card_s_next_record() {
     let (mut s, c) = brand(r);
     at(&mut s, DAY0);
     let up = buy(&mut s, 1, &c, 10_000, 0);
-    assert_eq!((up.tier_before.as_str(), up.tier_after.as_str()), ("member", "gold"));
+    assert_eq!(
+        (up.tier_before.as_str(), up.tier_after.as_str()),
+        ("member", "gold")
+    );
     // Six days later the window still holds day 0: gold, at 2x.
     at(&mut s, DAY0 + 6 * DAY_MS);
     let still = buy(&mut s, 1, &c, 100, 0);
@@ -301,7 +347,11 @@ fn a_rolling_window_tier_falls_at_the_card_s_next_record() {
     at(&mut s, DAY0 + 7 * DAY_MS);
     let down = buy(&mut s, 1, &c, 100, 0);
     assert_eq!(
-        (down.tier_before.as_str(), down.tier_after.as_str(), down.points_in),
+        (
+            down.tier_before.as_str(),
+            down.tier_after.as_str(),
+            down.points_in
+        ),
         ("gold", "member", 1)
     );
 }

@@ -256,7 +256,9 @@ pub fn add_day_spend(l: &mut Loyalty, day: i32, today: i32, keep_days: u32, delt
 /// Spend, visit days and best day in the `window` days ending at `today`
 /// (0 = every day kept, and the best forgotten day).
 pub fn window(l: &Loyalty, today: i32, window_days: u32) -> (i64, u32, i64) {
-    let Some(h) = l.as_ref() else { return (0, 0, 0) };
+    let Some(h) = l.as_ref() else {
+        return (0, 0, 0);
+    };
     let from = match window_days {
         0 => i32::MIN,
         w => today - i32::try_from(w).unwrap_or(i32::MAX) + 1,

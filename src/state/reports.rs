@@ -646,13 +646,22 @@ fn points_expiring(state: &BrandState, r: &pb::GetReport, now_ms: i64) -> Vec<pb
         .filter_map(|(n, c)| {
             let expiring = super::points::expiring(&c.loyalty, now_ms, until);
             let gone = super::points::expiring(&c.loyalty, i64::MIN, now_ms);
-            let first = c.loyalty.as_ref()?.lots.iter().find(|l| l.expires_ms > now_ms)?;
+            let first = c
+                .loyalty
+                .as_ref()?
+                .lots
+                .iter()
+                .find(|l| l.expires_ms > now_ms)?;
             (expiring > 0).then_some((*n, c.points - gone, expiring, first.expires_ms))
         })
         .collect();
     found.sort_unstable_by_key(|(n, _, e, _)| (std::cmp::Reverse(*e), *n));
     let total: i64 = found.iter().map(|f| f.2).sum();
-    let summary = vec![vec![int(i64::from(days)), int(found.len() as i64), int(total)]];
+    let summary = vec![vec![
+        int(i64::from(days)),
+        int(found.len() as i64),
+        int(total),
+    ]];
     let rows = found
         .iter()
         .take(MAX_REPORT_ROWS)

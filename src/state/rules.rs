@@ -39,10 +39,14 @@ fn text_ok(s: &str, max: usize) -> bool {
 pub fn validate(rules: &Rules, store_exists: &dyn Fn(u32) -> bool) -> Result<(), Refusal> {
     let bad = |m: String| refuse(ErrorCode::InvalidArgument, m);
     if rules.bonus_tiers.len() > MAX_RULE_TIERS || rules.tiers.len() > MAX_RULE_TIERS {
-        return bad(format!("tiers: at most {MAX_RULE_TIERS} (and as many bonus_tiers)"));
+        return bad(format!(
+            "tiers: at most {MAX_RULE_TIERS} (and as many bonus_tiers)"
+        ));
     }
     if !(0..=MAX_POINTS_PER_UNIT).contains(&rules.points_per_unit) {
-        return bad(format!("points_per_unit: must be 0..={MAX_POINTS_PER_UNIT}"));
+        return bad(format!(
+            "points_per_unit: must be 0..={MAX_POINTS_PER_UNIT}"
+        ));
     }
     if !text_ok(&rules.promotion_line, MAX_PROMOTION_BYTES) {
         return bad("promotion_line: too long or has control characters".into());
@@ -79,7 +83,9 @@ fn validate_tiers(rules: &Rules) -> Result<(), Refusal> {
     for (i, t) in rules.tiers.iter().enumerate() {
         let at = format!("tiers[{i}]");
         if t.name.is_empty() || !text_ok(&t.name, MAX_TEXT_BYTES) {
-            return bad(format!("{at}.name: empty, too long or has control characters"));
+            return bad(format!(
+                "{at}.name: empty, too long or has control characters"
+            ));
         }
         if !(0..=MAX_BALANCE_MINOR).contains(&t.min_spend_minor)
             || !(0..=MAX_BALANCE_MINOR).contains(&t.min_day_spend_minor)
@@ -95,28 +101,33 @@ fn validate_tiers(rules: &Rules) -> Result<(), Refusal> {
             return bad(format!("{at}.window_days: at most {MAX_TIER_WINDOW_DAYS}"));
         }
         if !text_ok(&t.promotion_line, MAX_PROMOTION_BYTES) {
-            return bad(format!("{at}.promotion_line: too long or has control characters"));
+            return bad(format!(
+                "{at}.promotion_line: too long or has control characters"
+            ));
         }
-        let Some(p) = i.checked_sub(1).map(|p| &rules.tiers[p]) else {
-            continue;
-        };
-        let overlap = |field: &str| {
-            bad(format!(
-                "{at}.{field}: tiers overlap (each tier must need more than the one before)"
-            ))
-        };
-        if by_spend(p) && by_spend(t) && p.min_spend_minor >= t.min_spend_minor {
-            return overlap("min_spend_minor");
+        for p in &rules.tiers[..i] {
+            overlap(p, t).map_err(|field| {
+                invalid(format!(
+                    "{at}.{field}: tiers overlap (each tier must need more than every tier before it)"
+                ))
+            })?;
         }
-        if p.min_visits > 0 && t.min_visits > 0 && p.min_visits >= t.min_visits {
-            return overlap("min_visits");
-        }
-        if p.min_day_spend_minor > 0
-            && t.min_day_spend_minor > 0
-            && p.min_day_spend_minor >= t.min_day_spend_minor
-        {
-            return overlap("min_day_spend_minor");
-        }
+    }
+    Ok(())
+}
+
+/// The way into `t` that a lower tier `p` needs as much of, if any.
+/// Visits are an extra way in, in any order (as rules always allowed, so
+/// older ledgers replay).
+fn overlap(p: &TierRule, t: &TierRule) -> Result<(), &'static str> {
+    if by_spend(p) && by_spend(t) && p.min_spend_minor >= t.min_spend_minor {
+        return Err("min_spend_minor");
+    }
+    if p.min_day_spend_minor > 0
+        && t.min_day_spend_minor > 0
+        && p.min_day_spend_minor >= t.min_day_spend_minor
+    {
+        return Err("min_day_spend_minor");
     }
     Ok(())
 }
@@ -130,7 +141,9 @@ fn validate_loyalty(rules: &Rules, store_exists: &dyn Fn(u32) -> bool) -> Result
     for (i, c) in rules.campaigns.iter().enumerate() {
         let at = format!("campaigns[{i}]");
         if c.name.is_empty() || !text_ok(&c.name, MAX_TEXT_BYTES) {
-            return bad(format!("{at}.name: empty, too long or has control characters"));
+            return bad(format!(
+                "{at}.name: empty, too long or has control characters"
+            ));
         }
         if !(1..=MAX_MULTIPLIER_MILLI).contains(&c.multiplier_milli) {
             return bad(format!(
@@ -162,11 +175,12 @@ fn validate_loyalty(rules: &Rules, store_exists: &dyn Fn(u32) -> bool) -> Result
         }
     }
     let stores: Vec<u32> = rules.store_promotions.iter().map(|s| s.store_id).collect();
-    stores_ok(&stores, store_exists)
-        .map_err(|m| invalid(format!("store_promotions: {m}")))?;
+    stores_ok(&stores, store_exists).map_err(|m| invalid(format!("store_promotions: {m}")))?;
     for (i, s) in rules.store_promotions.iter().enumerate() {
         if !text_ok(&s.line, MAX_PROMOTION_BYTES) {
-            return bad(format!("store_promotions[{i}].line: too long or has control characters"));
+            return bad(format!(
+                "store_promotions[{i}].line: too long or has control characters"
+            ));
         }
     }
     Ok(())
@@ -261,9 +275,10 @@ pub fn names_tier_changes(rules: &Rules) -> bool {
         || rules.points_expire_after_days > 0
         || rules.points_redemption.is_some()
         || !rules.store_promotions.is_empty()
-        || rules.tiers.iter().any(|t| {
-            t.window_days > 0 || t.min_day_spend_minor > 0 || !t.promotion_line.is_empty()
-        })
+        || rules
+            .tiers
+            .iter()
+            .any(|t| t.window_days > 0 || t.min_day_spend_minor > 0 || !t.promotion_line.is_empty())
 }
 
 /// Days of spend a card keeps for the tiers (0 = none needed).
@@ -424,20 +439,29 @@ mod tests {
     #[test]
     fn campaigns_multiply_exactly_and_round_down_once() {
         let mut r = rules();
-        r.campaigns = vec![campaign(6_000, 0, 1_000, &[2]), campaign(3_800, 0, 1_000, &[])];
+        r.campaigns = vec![
+            campaign(6_000, 0, 1_000, &[2]),
+            campaign(3_800, 0, 1_000, &[]),
+        ];
         // 12.34 at tier 2x: store 2 is covered by both campaigns:
         // 12.34 x 2 x 6 x 3.8 = 562.704 -> 562 (rounding each step: 24 -> 144 -> 547).
         assert_eq!(earned(&r, 2, 1_234, 2_000, &sale(2, 10, "")).unwrap(), 562);
         // Store 1: only the all-store campaign: 12.34 x 2 x 3.8 = 93.784 -> 93.
         assert_eq!(earned(&r, 2, 1_234, 2_000, &sale(1, 10, "")).unwrap(), 93);
         // After the end instant neither covers: 24.68 -> 24.
-        assert_eq!(earned(&r, 2, 1_234, 2_000, &sale(2, 1_000, "")).unwrap(), 24);
+        assert_eq!(
+            earned(&r, 2, 1_234, 2_000, &sale(2, 1_000, "")).unwrap(),
+            24
+        );
         // A category campaign covers only its category.
         r.campaigns = vec![Campaign {
             category: "bakery".into(),
             ..campaign(6_000, 0, 1_000, &[])
         }];
-        assert_eq!(earned(&r, 2, 1_000, 1_000, &sale(1, 0, "bakery")).unwrap(), 60);
+        assert_eq!(
+            earned(&r, 2, 1_000, 1_000, &sale(1, 0, "bakery")).unwrap(),
+            60
+        );
         assert_eq!(earned(&r, 2, 1_000, 1_000, &sale(1, 0, "")).unwrap(), 10);
     }
 
@@ -447,7 +471,13 @@ mod tests {
         r.points_per_unit = MAX_POINTS_PER_UNIT;
         r.campaigns = vec![campaign(MAX_MULTIPLIER_MILLI, 0, 10, &[]); MAX_CAMPAIGNS];
         // Over the limit of points: refused as an overflow, no panic.
-        let e = earned(&r, 4, MAX_AMOUNT_MINOR, MAX_MULTIPLIER_MILLI, &sale(1, 0, ""));
+        let e = earned(
+            &r,
+            4,
+            MAX_AMOUNT_MINOR,
+            MAX_MULTIPLIER_MILLI,
+            &sale(1, 0, ""),
+        );
         assert_eq!(e.unwrap_err().code, ErrorCode::Overflow);
         // 0.0001 x 1000 points x 1.001^8 = 0.1008... -> 0; x1.5^2 at 2 units -> 0.45 -> 0.
         r.campaigns = vec![campaign(1_001, 0, 10, &[]); MAX_CAMPAIGNS];
@@ -541,14 +571,26 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_naming_the_field() {
         let cases: Vec<(&str, Box<dyn Fn(&mut Rules)>)> = vec![
-            ("tiers[1].min_spend_minor", Box::new(|r| r.tiers[1].min_spend_minor = 0)),
-            ("tiers[1].multiplier_milli", Box::new(|r| r.tiers[1].multiplier_milli = 0)),
-            ("campaigns[0].multiplier_milli", Box::new(|r| r.campaigns[0].multiplier_milli = 0)),
+            (
+                "tiers[1].min_spend_minor",
+                Box::new(|r| r.tiers[1].min_spend_minor = 0),
+            ),
+            (
+                "tiers[1].multiplier_milli",
+                Box::new(|r| r.tiers[1].multiplier_milli = 0),
+            ),
+            (
+                "campaigns[0].multiplier_milli",
+                Box::new(|r| r.campaigns[0].multiplier_milli = 0),
+            ),
             (
                 "campaigns[0].multiplier_milli",
                 Box::new(|r| r.campaigns[0].multiplier_milli = MAX_MULTIPLIER_MILLI + 1),
             ),
-            ("campaigns[0].ends", Box::new(|r| r.campaigns[0].ends_ms = 5)),
+            (
+                "campaigns[0].ends",
+                Box::new(|r| r.campaigns[0].ends_ms = 5),
+            ),
             (
                 "campaigns[0].stores",
                 Box::new(|r| r.campaigns[0].stores[0].store_id = 9),
@@ -557,7 +599,10 @@ mod tests {
                 "store_promotions",
                 Box::new(|r| r.store_promotions[0].store_id = 4),
             ),
-            ("points_redemption", Box::new(|r| r.points_redemption = Some(Default::default()))),
+            (
+                "points_redemption",
+                Box::new(|r| r.points_redemption = Some(Default::default())),
+            ),
             (
                 "points_expire_after_days",
                 Box::new(|r| r.points_expire_after_days = MAX_POINTS_EXPIRE_DAYS + 1),

@@ -304,7 +304,9 @@ impl World {
                     &self.state.card_view(
                         number,
                         &self.state.cards[&number],
-                        self.state.books.day_of(&self.state.rules.time_zone, self.time_ms)
+                        self.state
+                            .books
+                            .day_of(&self.state.rules.time_zone, self.time_ms)
                     )
                 );
                 self.run.answers += 1;

@@ -11,7 +11,10 @@ pub(super) fn purchase(
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
     if !text_ok(&p.category) {
-        return refuse(E::InvalidArgument, "category too long or has control characters");
+        return refuse(
+            E::InvalidArgument,
+            "category too long or has control characters",
+        );
     }
     let (number, mut card) = find_active_card(state, &p.card)?;
     let today = day_of(state, ctx.time_ms);

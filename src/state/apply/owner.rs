@@ -201,7 +201,13 @@ pub(super) fn replace_card(
     rec.bonus_in_minor = old.bonus;
     rec.points_in = old.points;
     rec.other_card = format_card(old_number);
-    fill_card(state, &mut rec, new_number, &new, day_of(state, ctx.time_ms));
+    fill_card(
+        state,
+        &mut rec,
+        new_number,
+        &new,
+        day_of(state, ctx.time_ms),
+    );
     state.cards.insert(old_number, retired);
     state.cards.insert(new_number, new);
     state.replaced_by.insert(old_number, new_number);
