@@ -194,6 +194,8 @@ pub(super) fn replace_card(
         points: 0,
         status: CardStatus::Replaced,
         lots: Lots::Empty,
+        // Its points lots and day history moved with its points.
+        loyalty: None,
         ..old.clone()
     };
     let mut rec = base_record(state, ctx, req, RecordKind::CardReplaced);
