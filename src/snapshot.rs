@@ -346,13 +346,15 @@ mod tests {
                     paid: 100,
                     bonus: 5,
                 }),
-                points_value: 7,
-                refunded_points_value: 1,
-                returned_points: 2,
-                spent_lots: vec![crate::state::points::PointLot {
-                    expires_ms: 1_790_000_000_001,
-                    points: 20,
-                }],
+                points: Some(Box::new(crate::state::EffectPoints {
+                    value: 7,
+                    refunded_value: 1,
+                    returned: 2,
+                    lots: vec![crate::state::points::PointLot {
+                        expires_ms: 1_790_000_000_001,
+                        points: 20,
+                    }],
+                })),
             },
         );
         let card = s.cards.get_mut(&42).expect("card 42");
@@ -370,7 +372,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 6,
-                "16f73647aa2c24f4ab61993e46cb1336b5245ff846151c425b9b914411d8f3b0".to_string()
+                "3269ae6b9a2623370fc1b55202267fe557ddfeef772a1c5d668a89a4e3375b1f".to_string()
             )
         );
     }

@@ -232,30 +232,58 @@ pub struct Effect {
     /// Its server time: refunds and reversals are accepted within
     /// `REFUND_WINDOW_MS` of it.
     pub time_ms: i64,
+    /// Points spent as payment or given back, for records that moved
+    /// any (boxed: most effects carry one null pointer).
+    pub points: Option<Box<EffectPoints>>,
+}
+
+/// What a money record did with points beyond its deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectPoints {
     /// The record's `points_value_minor`: for a purchase the part of the
     /// bill its spent points (`points_out`) paid; for a refund the part it
     /// paid back as points (`points_in`).
-    pub points_value: i64,
+    pub value: i64,
     /// For purchases: the points-paid part of the bill refunds gave back.
-    pub refunded_points_value: i64,
+    pub refunded_value: i64,
     /// For purchases: spent points refunds gave back.
-    pub returned_points: i64,
-    /// For purchases: the spent points not yet given back, by the lot
-    /// (expiry) they came from, so that they return with their expiry.
-    pub spent_lots: Vec<points::PointLot>,
+    pub returned: i64,
+    /// Purchases and redemptions: the spent points not yet given back, by
+    /// the lot (expiry) they came from, so that they return with their
+    /// expiry; refunds: the points they gave back, so that a reversal
+    /// puts them back among the purchase's spent points.
+    pub lots: Vec<points::PointLot>,
 }
+
+/// No points moved.
+static NO_POINTS: EffectPoints = EffectPoints {
+    value: 0,
+    refunded_value: 0,
+    returned: 0,
+    lots: Vec::new(),
+};
 
 impl Effect {
     /// A purchase's bill covered by the card and by points together: what
     /// refunds are counted against.
     pub fn covered(&self) -> i64 {
-        self.paid_out + self.bonus_out + self.points_value
+        self.paid_out + self.bonus_out + self.points().value
     }
 
     /// What refunds of this purchase have given back so far (value and
     /// points' value).
     pub fn refunded(&self) -> i64 {
-        self.refunded_paid + self.refunded_bonus + self.refunded_points_value
+        self.refunded_paid + self.refunded_bonus + self.points().refunded_value
+    }
+
+    /// Its points beyond the deltas (all zero for most records).
+    pub fn points(&self) -> &EffectPoints {
+        self.points.as_deref().unwrap_or(&NO_POINTS)
+    }
+
+    /// Its points beyond the deltas, to change.
+    pub fn points_mut(&mut self) -> &mut EffectPoints {
+        self.points.get_or_insert_with(Box::default)
     }
 }
 
@@ -276,6 +304,9 @@ pub enum TxnEntry {
 pub struct TooOld;
 
 /// The result of applying one request.
+// Written is the common case on the hot path: boxing it would allocate
+// once more per record to shrink the rare answers.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A new record was appended; the caller makes it durable, then replies.

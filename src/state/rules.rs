@@ -570,7 +570,8 @@ mod tests {
     /// Each bad rule is refused with a message that starts with its field.
     #[test]
     fn bad_rules_are_refused_naming_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Rules)>)> = vec![
+        type Spoil = Box<dyn Fn(&mut Rules)>;
+        let cases: Vec<(&str, Spoil)> = vec![
             (
                 "tiers[1].min_spend_minor",
                 Box::new(|r| r.tiers[1].min_spend_minor = 0),

@@ -418,10 +418,12 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
         reversed: false,
         time_ms: rec.time_ms,
         lots: Lots::Empty,
-        points_value: rec.points_value_minor,
-        refunded_points_value: 0,
-        returned_points: 0,
-        spent_lots: Vec::new(),
+        points: (rec.points_value_minor != 0).then(|| {
+            Box::new(EffectPoints {
+                value: rec.points_value_minor,
+                ..EffectPoints::default()
+            })
+        }),
     }
 }
 

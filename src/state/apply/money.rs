@@ -21,22 +21,14 @@ pub(super) fn purchase(
     let expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     let pay = points_payment(&state.rules, p, card.points)?;
     let due = p.amount_minor - pay.value;
-    let balance = card.balance();
-    let approved = if balance >= due {
-        due
-    } else if p.allow_partial && balance > 0 {
-        balance
-    } else {
-        return refuse(E::InsufficientFunds, "card balance is less than the amount");
-    };
+    let approved = approve(&card, due, p.allow_partial)?;
     // Paid value is spent first, then bonus; refunds return in reverse order.
     let paid_out = approved.min(card.paid);
     let bonus_out = approved - paid_out;
-    // The tier of the card's last record: a window tier it has since lost
-    // falls at this record, which names the fall.
-    let tier_before = rules::tier_index(&state.rules, &card, card.last_active_day);
+    let keep = rules::day_history(&state.rules);
+    let (tier_now, tier_before) = tiers_before(&state.rules, &card, today, keep);
     let store = state.terminals[&tid].store_id;
-    let points = earn(state, ctx, p, &card, today, approved, store)?;
+    let points = earn(state, ctx, p, tier_now, approved, store)?;
     let spent_lots = match pay.points {
         0 => Vec::new(),
         n => points::spend(&mut card.loyalty, &mut card.points, n),
@@ -47,7 +39,6 @@ pub(super) fn purchase(
     card.points = checked(card.points.checked_add(points))?;
     award(&state.rules, &mut card, points, ctx.time_ms)?;
     card.total_spend = checked(card.total_spend.checked_add(approved))?;
-    let keep = rules::day_history(&state.rules);
     if keep > 0 {
         points::add_day_spend(&mut card.loyalty, today, today, keep, approved);
     }
@@ -70,26 +61,77 @@ pub(super) fn purchase(
     rec.requested_minor = p.amount_minor;
     rec.remaining_minor = due - approved;
     fill_card(state, &mut rec, number, &card, today);
-    let tier_after = rules::tier_index(&state.rules, &card, today);
-    if tier_after != tier_before && rules::names_tier_changes(&state.rules) {
-        rec.tier_before = rules::tier_name(&state.rules, tier_before).to_string();
-        rec.tier_fell = tier_after < tier_before;
-    }
+    name_tier_change(&state.rules, &mut rec, &card, today, tier_before);
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
     effect.visit_counted = visit_counted;
-    effect.spent_lots = spent_lots;
-    let at = place(state, &rec);
+    if !spent_lots.is_empty() {
+        effect.points_mut().lots = spent_lots;
+    }
+    book_purchase(state, &rec, visit_counted, &taken);
+    effect.lots = taken;
+    commit_money(state, tid, number, card, shift, effect, &rec);
+    Ok(append(state, ctx, rec))
+}
+
+/// The value the card pays of `due`: all of it, or with `partial` what the
+/// card holds (`INSUFFICIENT_FUNDS` otherwise).
+fn approve(card: &Card, due: i64, partial: bool) -> Result<i64, Refusal> {
+    let balance = card.balance();
+    if balance >= due {
+        Ok(due)
+    } else if partial && balance > 0 {
+        Ok(balance)
+    } else {
+        refuse(E::InsufficientFunds, "card balance is less than the amount")
+    }
+}
+
+/// The card's tier now (before the purchase) and the tier of its last
+/// record: a window tier it has since lost falls at this record, which
+/// names the fall. Without day rules (`keep` 0) the two are the same.
+fn tiers_before(
+    rules: &pb::Rules,
+    card: &Card,
+    today: i32,
+    keep: u32,
+) -> (Option<usize>, Option<usize>) {
+    let now = rules::tier_index(rules, card, today);
+    match keep {
+        0 => (now, now),
+        _ => (now, rules::tier_index(rules, card, card.last_active_day)),
+    }
+}
+
+/// Names the tier the purchase moved the card from, under rules that use
+/// the loyalty keys (older ledgers keep their bytes).
+fn name_tier_change(
+    rules: &pb::Rules,
+    rec: &mut Record,
+    card: &Card,
+    today: i32,
+    before: Option<usize>,
+) {
+    let after = rules::tier_index(rules, card, today);
+    if after != before && rules::names_tier_changes(rules) {
+        rec.tier_before = rules::tier_name(rules, before).to_string();
+        rec.tier_fell = after < before;
+    }
+}
+
+/// A purchase in the books: card value only (points paid are a discount
+/// the brand funds, outside the liability and the settlement).
+fn book_purchase(state: &mut BrandState, rec: &Record, visit_counted: bool, taken: &Lots) {
+    let at = place(state, rec);
+    let approved = rec.paid_out_minor + rec.bonus_out_minor;
+    let bonus_out = rec.bonus_out_minor;
     state.books.tally(at, |t| {
         t.purchases = t.purchases.saturating_add(1);
         t.purchase_minor = t.purchase_minor.saturating_add(approved);
         t.purchase_bonus_minor = t.purchase_bonus_minor.saturating_add(bonus_out);
         t.visits = t.visits.saturating_add(u32::from(visit_counted));
     });
-    state.books.liability(at.day, &taken, -1);
-    state.books.settle(at.day, at.store, &taken, 1);
-    effect.lots = taken;
-    commit_money(state, tid, number, card, shift, effect, &rec);
-    Ok(append(state, ctx, rec))
+    state.books.liability(at.day, taken, -1);
+    state.books.settle(at.day, at.store, taken, 1);
 }
 
 /// Points spent as payment and the part of the bill they pay.
@@ -141,17 +183,17 @@ fn points_payment(
 }
 
 /// Points a purchase earns on the value it took from the card, at the
-/// card's tier before it, times every campaign covering it.
+/// card's tier before it (`tier`, an index in the rules), times every
+/// campaign covering it.
 fn earn(
     state: &BrandState,
     ctx: &Context,
     p: &pb::Purchase,
-    card: &Card,
-    today: i32,
+    tier: Option<usize>,
     approved: i64,
     store: u32,
 ) -> Result<i64, Refusal> {
-    let (_, multiplier) = rules::tier_of(&state.rules, card, today);
+    let multiplier = tier.map_or(1_000, |i| state.rules.tiers[i].multiplier_milli);
     let sale = rules::Sale {
         store,
         time_ms: ctx.time_ms,
@@ -353,22 +395,11 @@ pub(super) fn refund(
         _ => return refuse(E::CardBlocked, "the purchase's card is blocked or replaced"),
     };
     let today = day_of(state, ctx.time_ms);
-    let mut expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     let share = refund_share_of(orig, r.amount_minor);
     // Bonus was spent last, so it is returned first.
     let bonus_in = share.value.min(orig.bonus_out - orig.refunded_bonus);
     let paid_in = share.value - bonus_in;
-    let points_out = points_taken_back(orig, share.value, card.points);
-    points::take_back(&mut card.loyalty, &mut card.points, points_out);
-    let mut spent_lots = orig.spent_lots.clone();
-    let given = points::give_back(
-        &mut card.loyalty,
-        &mut card.points,
-        &mut spent_lots,
-        share.points,
-    );
-    // Points given back past their expiry expire at once.
-    expired += points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
+    let moved = refund_points(&mut card, orig, &share, ctx.time_ms);
     card.paid = checked(card.paid.checked_add(paid_in))?;
     card.bonus = checked(card.bonus.checked_add(bonus_in))?;
     card.total_spend = (card.total_spend - share.value).max(0);
@@ -394,23 +425,18 @@ pub(super) fn refund(
     let mut rec = base_record(state, ctx, req, RecordKind::Refund);
     rec.paid_in_minor = paid_in;
     rec.bonus_in_minor = bonus_in;
-    rec.points_out = points_out;
-    rec.points_in = points::total(&given);
+    rec.points_out = moved.taken_back;
+    rec.points_in = points::total(&moved.given);
     rec.points_value_minor = share.points_value;
-    rec.points_expired = expired;
+    rec.points_expired = moved.expired;
     rec.original_seq = r.original_seq;
     rec.remaining_minor = left - r.amount_minor;
     fill_card(state, &mut rec, number, &card, today);
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
-    effect.spent_lots = given;
-    let at = place(state, &rec);
-    let amount = share.value;
-    state.books.tally(at, |t| {
-        t.refunds = t.refunds.saturating_add(1);
-        t.refund_minor = t.refund_minor.saturating_add(amount);
-    });
-    state.books.liability(at.day, &returned, 1);
-    state.books.settle(at.day, at.store, &returned, -1);
+    if !moved.given.is_empty() {
+        effect.points_mut().lots = moved.given;
+    }
+    book_refund(state, &rec, &returned);
     effect.lots = returned;
     let orig = state
         .effects
@@ -418,12 +444,62 @@ pub(super) fn refund(
         .expect("checked above");
     orig.refunded_paid += paid_in;
     orig.refunded_bonus += bonus_in;
-    orig.refunded_points += points_out;
-    orig.refunded_points_value += share.points_value;
-    orig.returned_points += rec.points_in;
-    orig.spent_lots = spent_lots;
+    orig.refunded_points += moved.taken_back;
+    if orig.points.is_some() {
+        let p = orig.points_mut();
+        p.refunded_value += share.points_value;
+        p.returned += rec.points_in;
+        p.lots = moved.still_spent;
+    }
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
+}
+
+/// The points a refund moves on the card.
+struct RefundPoints {
+    /// Earned points taken back.
+    taken_back: i64,
+    /// Spent points given back, by lot.
+    given: Vec<points::PointLot>,
+    /// The purchase's spent points not given back yet.
+    still_spent: Vec<points::PointLot>,
+    /// Points that expired at the refund's record.
+    expired: i64,
+}
+
+/// Expires what is due, takes back earned points in proportion, and gives
+/// back the share of spent points with their expiry (expiring at once if
+/// that has passed).
+fn refund_points(card: &mut Card, orig: &Effect, share: &RefundShare, now_ms: i64) -> RefundPoints {
+    let mut expired = points::expire(&mut card.loyalty, &mut card.points, now_ms);
+    let taken_back = points_taken_back(orig, share.value, card.points);
+    points::take_back(&mut card.loyalty, &mut card.points, taken_back);
+    let mut still_spent = orig.points().lots.clone();
+    let given = points::give_back(
+        &mut card.loyalty,
+        &mut card.points,
+        &mut still_spent,
+        share.points,
+    );
+    expired += points::expire(&mut card.loyalty, &mut card.points, now_ms);
+    RefundPoints {
+        taken_back,
+        given,
+        still_spent,
+        expired,
+    }
+}
+
+/// A refund in the books: the card value returned, back to its lots.
+fn book_refund(state: &mut BrandState, rec: &Record, returned: &Lots) {
+    let at = place(state, rec);
+    let amount = rec.paid_in_minor + rec.bonus_in_minor;
+    state.books.tally(at, |t| {
+        t.refunds = t.refunds.saturating_add(1);
+        t.refund_minor = t.refund_minor.saturating_add(amount);
+    });
+    state.books.liability(at.day, returned, 1);
+    state.books.settle(at.day, at.store, returned, -1);
 }
 
 /// How a refund of part of a bill splits between the card's value and
@@ -441,7 +517,8 @@ struct RefundShare {
 /// refunded so far (rounded down, so the card's value takes the rest);
 /// at the last refund everything taken has come back, never more.
 fn refund_share_of(orig: &Effect, amount: i64) -> RefundShare {
-    if orig.points_value == 0 {
+    let p = orig.points();
+    if p.value == 0 {
         return RefundShare {
             value: amount,
             points_value: 0,
@@ -453,11 +530,11 @@ fn refund_share_of(orig: &Effect, amount: i64) -> RefundShare {
         let s = i128::from(whole) * i128::from(after) / i128::from(covered);
         i64::try_from(s).expect("at most whole")
     };
-    let points_value = share(orig.points_value) - orig.refunded_points_value;
+    let points_value = share(p.value) - p.refunded_value;
     RefundShare {
         value: amount - points_value,
         points_value,
-        points: share(orig.points_out) - orig.returned_points,
+        points: share(orig.points_out) - p.returned,
     }
 }
 
@@ -548,7 +625,7 @@ pub(super) fn redeem_points(
         t.redeemed_points = t.redeemed_points.saturating_add(points)
     });
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
-    effect.spent_lots = spent_lots;
+    effect.points_mut().lots = spent_lots;
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
 }

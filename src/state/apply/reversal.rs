@@ -223,7 +223,7 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Ref
 /// (with its expiry), anything else given back is free; what it added is
 /// taken back from the latest-expiring lots first.
 fn reverse_points(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Refusal> {
-    let mut spent = orig.spent_lots.clone();
+    let mut spent = orig.points().lots.clone();
     let given = if orig.kind == RecordKind::Refund {
         // A refund's lots are what it gave back, not what it spent.
         Vec::new()
@@ -320,8 +320,11 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
     let (kind, refund_of) = (orig.kind, orig.original_seq);
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
     *state.txns.get_mut(&(ns, txn_id)).expect("found above") = TxnEntry::Reversed(orig_seq);
-    let (points_value, points_given) = (orig.points_value, orig.points_in);
-    let given = std::mem::take(&mut orig.spent_lots);
+    let points_given = orig.points_in;
+    let (points_value, given) = match orig.points.take() {
+        Some(p) => (p.value, p.lots),
+        None => (0, Vec::new()),
+    };
     if kind == RecordKind::Refund {
         let purchase = state
             .effects
@@ -331,8 +334,11 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
         purchase.refunded_bonus -= refund_bonus;
         purchase.refunded_points -= refund_points + extra_points;
         // The points it gave back are spent again, with their expiry.
-        purchase.refunded_points_value -= points_value;
-        purchase.returned_points -= points_given;
-        points::untake(&mut purchase.spent_lots, &given);
+        if points_value != 0 || points_given != 0 {
+            let p = purchase.points_mut();
+            p.refunded_value -= points_value;
+            p.returned -= points_given;
+            points::untake(&mut p.lots, &given);
+        }
     }
 }
