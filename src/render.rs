@@ -152,6 +152,13 @@ fn card_fields(m: &mut Map<String, Value>, c: &pb::CardView) {
     m.insert("tier".into(), json!(c.tier));
     m.insert("total_spend_minor".into(), json!(c.total_spend_minor));
     m.insert("visits".into(), json!(c.visits));
+    if c.points_next_expiring != 0 {
+        m.insert("points_next_expiring".into(), json!(c.points_next_expiring));
+        m.insert(
+            "points_next_expiry_ms".into(),
+            json!(c.points_next_expiry_ms),
+        );
+    }
 }
 
 /// The record written: where it sits in the chain and who made it.
@@ -456,6 +463,12 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
             out.push(line("  of which bonus", amt(c.bonus_balance_minor)));
         }
         out.push(line("Points", c.points));
+        if c.points_next_expiring != 0 {
+            // The date only: "120 expire 2027-01-05".
+            let day = &utc_time(c.points_next_expiry_ms)[..10];
+            let text = format!("{} expire {day}", c.points_next_expiring);
+            out.push(line("  of which", text));
+        }
         out.push(line("Tier", &c.tier));
     }
     if let Some(r) = &reply.receipt {

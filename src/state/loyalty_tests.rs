@@ -428,3 +428,29 @@ fn the_points_expiring_report_lists_the_next_n_days_as_of_its_time() {
     assert_eq!(report(DAY0 + 10 * DAY_MS, 1), (0, 0));
     assert_eq!(report(DAY0 + 10 * DAY_MS, 30), (1, 20));
 }
+
+#[test]
+fn an_inquiry_shows_the_points_of_its_time_and_the_next_to_expire() {
+    let mut r = rules();
+    r.points_expire_after_days = 1;
+    let (mut s, c) = brand(r);
+    at(&mut s, DAY0);
+    buy(&mut s, 1, &c, 1_000, 0); // 10 points expiring DAY0 + 1 day
+    at(&mut s, DAY0 + 3_600_000);
+    buy(&mut s, 1, &c, 2_000, 0); // 20 points an hour later
+    let number = crate::card_number::parse_number(&c).unwrap().1;
+    let view = |now_ms| s.state.card_view(number, &s.state.cards[&number], now_ms);
+    let v = view(DAY0 + DAY_MS - 1);
+    assert_eq!(
+        (v.points, v.points_next_expiring, v.points_next_expiry_ms),
+        (30, 10, DAY0 + DAY_MS)
+    );
+    // No record since, yet the first lot is gone as of the inquiry.
+    let v = view(DAY0 + DAY_MS);
+    assert_eq!(
+        (v.points, v.points_next_expiring, v.points_next_expiry_ms),
+        (20, 20, DAY0 + DAY_MS + 3_600_000)
+    );
+    let v = view(DAY0 + 2 * DAY_MS);
+    assert_eq!((v.points, v.points_next_expiring), (0, 0));
+}

@@ -546,16 +546,26 @@ impl BrandState {
         })
     }
 
-    /// A card's view as sent to terminals.
-    pub fn card_view(&self, number: u64, card: &Card, today: i32) -> pb::CardView {
+    /// A card's view as sent to terminals, as of `now_ms`: its tier of
+    /// today, and its points less the lots expired by then (as its next
+    /// record will find them).
+    pub fn card_view(&self, number: u64, card: &Card, now_ms: i64) -> pb::CardView {
+        let today = self.books.day_of(&self.rules.time_zone, now_ms);
         let (tier, _) = rules::tier_of(&self.rules, card, today);
+        let expired = points::expiring(&card.loyalty, i64::MIN, now_ms);
+        let next = card
+            .loyalty
+            .as_ref()
+            .and_then(|h| h.lots.iter().find(|l| l.expires_ms > now_ms));
         pb::CardView {
             card: format_card(number),
             status: card.status as i32,
             balance_minor: card.balance(),
             paid_balance_minor: card.paid,
             bonus_balance_minor: card.bonus,
-            points: card.points,
+            points: card.points - expired,
+            points_next_expiring: next.map_or(0, |l| l.points),
+            points_next_expiry_ms: next.map_or(0, |l| l.expires_ms),
             tier: tier.to_string(),
             total_spend_minor: card.total_spend,
             visits: card.visits,

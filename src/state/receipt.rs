@@ -17,6 +17,9 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         // A record's card is the one it moved value on: never a replaced
         // number (an inquiry of one names its successor).
         replaced_by: String::new(),
+        // Lots are not in the record: an inquiry shows them.
+        points_next_expiring: 0,
+        points_next_expiry_ms: 0,
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {

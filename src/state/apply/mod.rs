@@ -126,7 +126,7 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
 fn inquiry(state: &BrandState, ctx: &Context, q: &pb::Inquiry) -> Result<Outcome, Refusal> {
     require_cashier_or_owner(ctx)?;
     let (number, card) = find_card(state, &q.card)?;
-    let view = state.card_view(number, card, day_of(state, ctx.time_ms));
+    let view = state.card_view(number, card, ctx.time_ms);
     Ok(Outcome::Answer(pb::Reply {
         card: Some(view),
         promotion_line: state.rules.promotion_line.clone(),
