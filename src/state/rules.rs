@@ -343,13 +343,39 @@ pub fn earned(
     if rules.campaigns.is_empty() {
         return Ok(points_for(rules, exponent, amount, tier_milli));
     }
-    // The value is kept as q + r/d (r < d), d = 10^exponent x 1000^(1+k):
-    // exact however many campaigns cover, with no big numerator.
-    let overflow = || Refusal::new(ErrorCode::Overflow, "points would exceed the limit");
-    let mut d = 10i128.pow(exponent) * 1_000;
     let x = i128::from(amount) * i128::from(rules.points_per_unit) * i128::from(tier_milli);
+    let d = 10i128.pow(exponent) * 1_000;
+    let covering = || rules.campaigns.iter().filter(|c| covers(c, sale));
+    // Usually the whole product fits 64 bits: one exact division.
+    let (mut num, mut den) = (Some(x), Some(d));
+    for c in covering() {
+        num = num.and_then(|n| n.checked_mul(i128::from(c.multiplier_milli)));
+        den = den.and_then(|n| n.checked_mul(1_000));
+    }
+    let q = match (
+        num.and_then(|n| u64::try_from(n).ok()),
+        den.and_then(|n| u64::try_from(n).ok()),
+    ) {
+        (Some(n), Some(d)) => i128::from(n / d),
+        _ => exact_mixed(x, d, covering())?,
+    };
+    i64::try_from(q).map_err(|_| overflow())
+}
+
+fn overflow() -> Refusal {
+    Refusal::new(ErrorCode::Overflow, "points would exceed the limit")
+}
+
+/// floor(x / d x every multiplier / 1000) for products past 64 bits: the
+/// value is kept as q + r/d (r < d, d growing by 1000 a campaign), exact
+/// with no big numerator.
+fn exact_mixed<'c>(
+    x: i128,
+    mut d: i128,
+    campaigns: impl Iterator<Item = &'c Campaign>,
+) -> Result<i128, Refusal> {
     let (mut q, mut r) = (x / d, x % d);
-    for c in rules.campaigns.iter().filter(|c| covers(c, sale)) {
+    for c in campaigns {
         let m = i128::from(c.multiplier_milli);
         let qm = q.checked_mul(m).ok_or_else(overflow)?;
         let big = r * m + (qm % 1_000) * d;
@@ -357,7 +383,7 @@ pub fn earned(
         q = qm / 1_000 + big / d;
         r = big % d;
     }
-    i64::try_from(q).map_err(|_| overflow())
+    Ok(q)
 }
 
 /// Points earned by spending `amount` minor units at `multiplier_milli`:
@@ -463,6 +489,28 @@ mod tests {
             60
         );
         assert_eq!(earned(&r, 2, 1_000, 1_000, &sale(1, 0, "")).unwrap(), 10);
+    }
+
+    #[test]
+    fn the_64_bit_division_and_the_mixed_fraction_agree() {
+        let ms = [1u32, 999, 1_000, 1_001, 3_800, 6_000, 99_999, MAX_MULTIPLIER_MILLI];
+        for (i, amount) in [1i64, 7, 1_234, 99_999, 123_456_789, MAX_AMOUNT_MINOR]
+            .into_iter()
+            .enumerate()
+        {
+            for k in 0..=3usize {
+                let campaigns: Vec<Campaign> = (0..k)
+                    .map(|j| campaign(ms[(i + 3 * j) % ms.len()], 0, 10, &[]))
+                    .collect();
+                let x = i128::from(amount) * 7 * i128::from(ms[(i + k) % ms.len()]);
+                let mixed = exact_mixed(x, 100_000, campaigns.iter()).unwrap();
+                let num = campaigns
+                    .iter()
+                    .fold(x, |n, c| n * i128::from(c.multiplier_milli));
+                let den = 100_000 * 1_000i128.pow(k as u32);
+                assert_eq!(mixed, num / den, "amount {amount}, {k} campaigns");
+            }
+        }
     }
 
     #[test]
