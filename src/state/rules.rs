@@ -493,7 +493,16 @@ mod tests {
 
     #[test]
     fn the_64_bit_division_and_the_mixed_fraction_agree() {
-        let ms = [1u32, 999, 1_000, 1_001, 3_800, 6_000, 99_999, MAX_MULTIPLIER_MILLI];
+        let ms = [
+            1u32,
+            999,
+            1_000,
+            1_001,
+            3_800,
+            6_000,
+            99_999,
+            MAX_MULTIPLIER_MILLI,
+        ];
         for (i, amount) in [1i64, 7, 1_234, 99_999, 123_456_789, MAX_AMOUNT_MINOR]
             .into_iter()
             .enumerate()
@@ -585,6 +594,27 @@ mod tests {
         // 1000.00 in the 7 days to day 106: gold; on day 107 day 100 left.
         assert_eq!(tier_of(&r, &c, 106).0, "gold");
         assert_eq!(tier_of(&r, &c, 107).0, "silver");
+    }
+
+    #[test]
+    fn an_entry_threshold_and_visits_in_a_window() {
+        let mut r = rules();
+        r.tiers[0].min_spend_minor = 50_000; // silver needs 500.00 first
+        r.tiers[1].window_days = 3;
+        let mut c = Card {
+            total_spend: 49_999,
+            ..Card::default()
+        };
+        assert_eq!(tier_of(&r, &c, 10).0, BASE_TIER);
+        c.total_spend = 50_000;
+        assert_eq!(tier_of(&r, &c, 10).0, "silver");
+        // Gold by 10 visits within 3 days is out of reach; by spend in them
+        // it is not (1,000.00 on day 9, seen from day 11 but not 12).
+        c.visits = 10;
+        assert_eq!(tier_of(&r, &c, 10).0, "silver");
+        points::add_day_spend(&mut c.loyalty, 9, 9, 3, 100_000);
+        assert_eq!(tier_of(&r, &c, 11).0, "gold");
+        assert_eq!(tier_of(&r, &c, 12).0, "silver");
     }
 
     #[test]
