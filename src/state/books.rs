@@ -58,6 +58,10 @@ pub struct Tally {
     pub reversed_refund_minor: i64,
     /// Points redeemed.
     pub redeemed_points: i64,
+    /// The part of bills paid by points, net of refunds and reversals: a
+    /// discount the brand funds, not card value (not in `purchase_minor`,
+    /// the liability or the settlement).
+    pub points_paid_minor: i64,
 }
 
 impl Tally {
@@ -93,6 +97,7 @@ impl Tally {
             .reversed_refund_minor
             .saturating_add(o.reversed_refund_minor);
         self.redeemed_points = self.redeemed_points.saturating_add(o.redeemed_points);
+        self.points_paid_minor = self.points_paid_minor.saturating_add(o.points_paid_minor);
     }
 }
 

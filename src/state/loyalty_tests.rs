@@ -81,6 +81,14 @@ fn buy(s: &mut Script, till: u32, c: &str, amount: i64, points: i64) -> pb::Reco
     last(s)
 }
 
+/// The books' purchase value and points-paid value over every day and store.
+fn points_paid(s: &Script) -> (i64, i64) {
+    let tallies = s.state.books.days.values().flat_map(|d| d.stores.values());
+    tallies.fold((0, 0), |(v, p), t| {
+        (v + t.purchase_minor, p + t.points_paid_minor)
+    })
+}
+
 fn purchase_result(rec: &pb::Record) -> pb::PurchaseResult {
     match reply_for_record(rec, &[0; 32], "").detail {
         Some(Detail::Purchase(p)) => p,
@@ -199,6 +207,8 @@ fn points_pay_part_of_a_bill_then_a_partial_refund_returns_both_in_proportion() 
     assert_eq!(p.points_after, 200);
     let pr = purchase_result(&p);
     assert_eq!((pr.points_spent, pr.points_value_minor), (200, 1_000));
+    // The books: card value in purchase_minor, the points' part apart.
+    assert_eq!(points_paid(&s), (4_000, 1_000));
     // Refund half the bill: 5.00 to the card, 100 points back, 50 of the
     // earned 100 taken back.
     let refund = |s: &mut Script, amount| {
@@ -233,6 +243,7 @@ fn points_pay_part_of_a_bill_then_a_partial_refund_returns_both_in_proportion() 
         (rest.points_after, rest.paid_balance_after_minor),
         (300, 97_000)
     );
+    assert_eq!(points_paid(&s), (4_000, 0));
     let more = Op::Refund(pb::Refund {
         original_seq: p.seq,
         amount_minor: 1,

@@ -188,7 +188,7 @@ fn store_ok(r: &pb::GetReport, store: u32) -> bool {
     r.store_id.is_none_or(|s| s == store)
 }
 
-const TALLY_COLUMNS: [&str; 12] = [
+const TALLY_COLUMNS: [&str; 13] = [
     "purchases",
     "purchase_minor",
     "bonus_spent_minor",
@@ -201,6 +201,7 @@ const TALLY_COLUMNS: [&str; 12] = [
     "reversals",
     "net_sales_minor",
     "average_ticket_minor",
+    "points_paid_minor",
 ];
 
 fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
@@ -222,6 +223,7 @@ fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
         int(t.reversals),
         int(t.net_sales_minor()),
         int(average),
+        int(t.points_paid_minor),
     ]
 }
 

@@ -174,8 +174,25 @@ async fn campaigns_points_payment_tiers_and_lines_through_the_daemon() {
         E::AmountOutOfRange
     );
 
-    // Points expire in 30 days: all of them are in the report of 31 days.
+    // The sales: 5.00 paid by points, 2.50 of it refunded, outside the
+    // card value of purchase_minor (10.00 + 10.00 + 15.00 at store 1).
     let key = demo.owner_key_path();
+    let o = admin(d.addr, &key, &["--json", "report", "sales", "--store", "1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let sales: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let total = &sales["total"][0];
+    assert_eq!(
+        (&total["points_paid_minor"], &total["purchase_minor"]),
+        (&json!(250), &json!(3_500)),
+        "{sales}"
+    );
+
+    // Points expire in 30 days: all of them are in the report of 31 days.
     let o = admin(
         d.addr,
         &key,

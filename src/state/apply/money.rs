@@ -123,8 +123,9 @@ fn name_tier_change(
 fn book_purchase(state: &mut BrandState, rec: &Record, visit_counted: bool, taken: &Lots) {
     let at = place(state, rec);
     let approved = rec.paid_out_minor + rec.bonus_out_minor;
-    let bonus_out = rec.bonus_out_minor;
+    let (bonus_out, by_points) = (rec.bonus_out_minor, rec.points_value_minor);
     state.books.tally(at, |t| {
+        t.points_paid_minor = t.points_paid_minor.saturating_add(by_points);
         t.purchases = t.purchases.saturating_add(1);
         t.purchase_minor = t.purchase_minor.saturating_add(approved);
         t.purchase_bonus_minor = t.purchase_bonus_minor.saturating_add(bonus_out);
@@ -494,7 +495,9 @@ fn refund_points(card: &mut Card, orig: &Effect, share: &RefundShare, now_ms: i6
 fn book_refund(state: &mut BrandState, rec: &Record, returned: &Lots) {
     let at = place(state, rec);
     let amount = rec.paid_in_minor + rec.bonus_in_minor;
+    let by_points = rec.points_value_minor;
     state.books.tally(at, |t| {
+        t.points_paid_minor = t.points_paid_minor.saturating_sub(by_points);
         t.refunds = t.refunds.saturating_add(1);
         t.refund_minor = t.refund_minor.saturating_add(amount);
     });

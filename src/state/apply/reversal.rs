@@ -60,6 +60,7 @@ pub(super) fn reversal(
     let moved = reverse_lots(&mut card, orig)?;
     card.last_active_day = today;
     let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
+    let by_points = orig.points().value;
     let value = deltas.paid_in + deltas.bonus_in + deltas.paid_out + deltas.bonus_out;
     let shift = shift_add(state, tid, |s| {
         s.reversal_count = s.reversal_count.checked_add(1)?;
@@ -77,7 +78,14 @@ pub(super) fn reversal(
     rec.original_txn_id = r.original_txn_id;
     rec.points_expired = expired;
     fill_card(state, &mut rec, number, &card, today);
-    book_reversal(state, &rec, orig_kind, orig_store, &orig_lots, &moved);
+    book_reversal(
+        state,
+        &rec,
+        (orig_kind, by_points),
+        orig_store,
+        &orig_lots,
+        &moved,
+    );
     mark_reversed(state, ns, r.original_txn_id, orig_seq, deltas.extra_points);
     state.cards.insert(number, card);
     state.terminals.get_mut(&tid).expect("checked").shift = shift;
@@ -275,16 +283,23 @@ fn reverse_lots(card: &mut Card, orig: &Effect) -> Result<Lots, Refusal> {
 fn book_reversal(
     state: &mut BrandState,
     rec: &Record,
-    kind: RecordKind,
+    (kind, by_points): (RecordKind, i64),
     orig_store: u32,
     orig_lots: &Lots,
     moved: &Lots,
 ) {
     let at = place(state, rec);
+    // The points' part of the original's bill (a purchase's, or a refund's
+    // given back), undone.
+    let by_points = match kind {
+        RecordKind::Refund => by_points,
+        _ => -by_points,
+    };
     let value_in = rec.paid_in_minor + rec.bonus_in_minor;
     let value_out = rec.paid_out_minor + rec.bonus_out_minor;
     state.books.tally(at, |t| {
         t.reversals = t.reversals.saturating_add(1);
+        t.points_paid_minor = t.points_paid_minor.saturating_add(by_points);
         match kind {
             RecordKind::Purchase => {
                 t.reversed_purchase_minor = t.reversed_purchase_minor.saturating_add(value_in)
