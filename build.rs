@@ -7,7 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // The parts of the brand state that are protobuf types are also kept in
     // its snapshots (serde, see src/snapshot.rs).
-    for message in ["Rules", "BonusTier", "TierRule", "ShiftTotals"] {
+    for message in [
+        "Rules",
+        "BonusTier",
+        "TierRule",
+        "ShiftTotals",
+        "Campaign",
+        "StoreRef",
+        "PointsRedemption",
+        "StorePromotion",
+    ] {
         config.message_attribute(
             format!(".cardd.v1.{message}"),
             "#[derive(serde::Serialize, serde::Deserialize)]",

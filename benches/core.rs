@@ -24,8 +24,8 @@ struct Setup {
 }
 
 /// A brand with one store, one terminal and funded cards, built with apply
-/// (one txn id counter for every signer).
-fn setup() -> Setup {
+/// (one txn id counter for every signer), under `rules` if given.
+fn setup(rules: Option<pb::Rules>) -> Setup {
     let server = testing::key(1);
     let owner = testing::owner_key();
     let terminal = testing::terminal_key();
@@ -59,6 +59,10 @@ fn setup() -> Setup {
     );
     run(&mut state, &owner, Principal::Owner, store);
     run(&mut state, &owner, Principal::Owner, enroll);
+    if let Some(rules) = rules {
+        let set = Op::SetRules(pb::SetRules { rules: Some(rules) });
+        run(&mut state, &owner, Principal::Owner, set);
+    }
     let cards: Vec<String> = (0..CARDS)
         .map(|_| cardd::card_number::generate(testing::BRAND))
         .collect();
@@ -74,8 +78,46 @@ fn setup() -> Setup {
     }
 }
 
+/// Three campaigns (issue 17's budget: within 10% of none): two cover the
+/// bench's purchases (store 1, all day), one is checked and does not (a
+/// category the purchases do not name).
+fn three_campaigns() -> pb::Rules {
+    let campaign = |name: &str, multiplier_milli, category: &str| pb::Campaign {
+        name: name.into(),
+        multiplier_milli,
+        starts_ms: 0,
+        ends_ms: i64::MAX,
+        stores: vec![pb::StoreRef { store_id: 1 }],
+        category: category.into(),
+    };
+    pb::Rules {
+        points_per_unit: 1,
+        campaigns: vec![
+            campaign("VIP 6x", 6_000, ""),
+            campaign("top tier", 3_800, ""),
+            campaign("bakery", 2_000, "bakery"),
+        ],
+        ..Default::default()
+    }
+}
+
 fn state_machine(c: &mut Criterion) {
-    let s = setup();
+    let mut g = c.benchmark_group("state_machine");
+    purchases(&mut g, "apply_10k_purchases", &setup(None));
+    purchases(
+        &mut g,
+        "apply_10k_purchases_three_campaigns",
+        &setup(Some(three_campaigns())),
+    );
+    g.finish();
+}
+
+/// Applies 10,000 purchases to a copy of `s`'s state.
+fn purchases(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    s: &Setup,
+) {
     // Pre-encoded purchases: the bench measures apply, not encoding.
     const N: usize = 10_000;
     let requests: Vec<(pb::Request, Vec<u8>)> = (0..N)
@@ -87,9 +129,8 @@ fn state_machine(c: &mut Criterion) {
         })
         .collect();
     let pk = s.terminal.verifying_key().to_bytes();
-    let mut g = c.benchmark_group("state_machine");
     g.throughput(Throughput::Elements(N as u64));
-    g.bench_function("apply_10k_purchases", |b| {
+    g.bench_function(name, |b| {
         b.iter_batched_ref(
             || s.state.clone(),
             |state| {
@@ -108,7 +149,6 @@ fn state_machine(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    g.finish();
 }
 
 fn frame_codec(c: &mut Criterion) {

@@ -107,18 +107,21 @@ pub fn demo_rules() -> Rules {
                 min_spend_minor: 0,
                 min_visits: 0,
                 multiplier_milli: 1_000,
+                ..Default::default()
             },
             TierRule {
                 name: "gold".into(),
                 min_spend_minor: 200_000,
                 min_visits: 10,
                 multiplier_milli: 2_000,
+                ..Default::default()
             },
             TierRule {
                 name: "diamond".into(),
                 min_spend_minor: 1_000_000,
                 min_visits: 0,
                 multiplier_milli: 3_800,
+                ..Default::default()
             },
         ],
         promotion_line: "Top up 500 get 50 free; 1000 gets 15% more".into(),

@@ -484,7 +484,6 @@ impl BrandLedger {
             signature: &sub.signature,
             pin_verified: sub.pin_verified,
         };
-        let promo = self.state.rules.promotion_line.clone();
         let (prev_seq, prev_head) = (self.state.seq, self.state.head_hash);
         match apply(&mut self.state, &ctx, request)? {
             Outcome::Written(w) => {
@@ -496,7 +495,9 @@ impl BrandLedger {
                         self.state.brand_id
                     );
                 }
-                let reply = reply_for_record(&w.record, &w.hash, &promo);
+                // The rules after the record: a SET_RULES reply carries
+                // the new line.
+                let reply = reply_for_record(&w.record, &w.hash, self.promotion(&w.record));
                 let id = w.record.new_id;
                 rotated_keys(&self.state, &w.record, batch);
                 match w.record.kind() {
@@ -526,14 +527,18 @@ impl BrandLedger {
                         ),
                     ));
                 }
-                let mut reply = reply_for_record(&rec, &hash, &promo);
+                let mut reply = reply_for_record(&rec, &hash, self.promotion(&rec));
                 reply.replayed = true;
                 Ok(reply)
             }
             Outcome::Status { state, seq } => {
                 let original = if seq != 0 {
                     let (rec, hash) = self.load_record(seq, first_new_seq, unflushed, batch)?;
-                    Some(Box::new(reply_for_record(&rec, &hash, &promo)))
+                    Some(Box::new(reply_for_record(
+                        &rec,
+                        &hash,
+                        self.promotion(&rec),
+                    )))
                 } else {
                     None
                 };
@@ -547,6 +552,12 @@ impl BrandLedger {
                 })
             }
         }
+    }
+
+    /// The promotion line for the reply to `rec`: its card's tier's, its
+    /// store's or the brand's, under the rules in force.
+    fn promotion(&self, rec: &pb::Record) -> &str {
+        crate::state::rules::promotion_for(&self.state.rules, rec.store_id, &rec.tier_after)
     }
 
     /// A record by sequence number: from this batch or an unflushed one if

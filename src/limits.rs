@@ -324,3 +324,28 @@ pub const MAX_PIN_CHECKS_QUEUED: usize = 256;
 pub const PIN_HASH_MEMORY_KIB: u32 = 19 * 1024;
 /// Argon2id passes over that memory.
 pub const PIN_HASH_PASSES: u32 = 2;
+
+/// Campaigns in one set of rules. With the tier multiplier and each
+/// campaign at most `MAX_MULTIPLIER_MILLI`, the exact points of a purchase
+/// are computed in i128 (`rules::earned`) without overflow.
+pub const MAX_CAMPAIGNS: usize = 8;
+/// Stores one campaign or the store promotion lines may name.
+pub const MAX_CAMPAIGN_STORES: usize = 64;
+/// Days after which points may be set to expire, at most (ten years).
+pub const MAX_POINTS_EXPIRE_DAYS: u32 = 3_650;
+/// Points lots (points by expiry) one card holds. An award that would make
+/// one more joins the newest lot, which keeps the later expiry of the two:
+/// a point may live longer than promised, never shorter.
+pub const MAX_POINT_LOTS_PER_CARD: usize = 32;
+/// A tier's rolling window, at most (a year and a day): also how many
+/// days of spend a card keeps, one entry per day with a purchase.
+pub const MAX_TIER_WINDOW_DAYS: u32 = 366;
+/// Points that pay one unit of a bill in `points_redemption`, at most.
+pub const MAX_REDEMPTION_POINTS: i64 = 1_000_000;
+// rules::earned keeps a remainder below 10^(4 + 3 * (campaigns + 1))
+// (exponent <= 4) and multiplies it by at most 1000 + a multiplier.
+const _: () = assert!(
+    10i128.pow(4 + 3 * (MAX_CAMPAIGNS as u32 + 1)) * (1_000 + MAX_MULTIPLIER_MILLI as i128)
+        < i128::MAX / 2,
+    "the exact points of a purchase fit i128"
+);

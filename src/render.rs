@@ -159,6 +159,13 @@ fn card_fields(m: &mut Map<String, Value>, c: &pb::CardView) {
     if c.closed {
         m.insert("closed".into(), json!(true));
     }
+    if c.points_next_expiring != 0 {
+        m.insert("points_next_expiring".into(), json!(c.points_next_expiring));
+        m.insert(
+            "points_next_expiry_ms".into(),
+            json!(c.points_next_expiry_ms),
+        );
+    }
 }
 
 /// The record written: where it sits in the chain and who made it.
@@ -179,6 +186,16 @@ fn detail_fields(m: &mut Map<String, Value>, detail: &Detail) {
             m.insert("approved_minor".into(), json!(p.approved_minor));
             m.insert("remaining_due_minor".into(), json!(p.remaining_due_minor));
             m.insert("points_earned".into(), json!(p.points_earned));
+            // Only a purchase with points or a change of tier says more,
+            // so an ordinary one prints as it always did.
+            if p.points_spent != 0 {
+                m.insert("points_spent".into(), json!(p.points_spent));
+                m.insert("points_value_minor".into(), json!(p.points_value_minor));
+            }
+            if p.tier_before != p.tier {
+                m.insert("tier_before".into(), json!(p.tier_before));
+                m.insert("tier_fell".into(), json!(p.tier_fell));
+            }
         }
         Detail::TopUp(t) => {
             m.insert("paid_minor".into(), json!(t.paid_minor));
@@ -200,6 +217,10 @@ fn detail_fields(m: &mut Map<String, Value>, detail: &Detail) {
                 json!(r.refundable_left_minor),
             );
             m.insert("points_removed".into(), json!(r.points_removed));
+            if r.points_returned != 0 {
+                m.insert("points_returned".into(), json!(r.points_returned));
+                m.insert("points_value_minor".into(), json!(r.points_value_minor));
+            }
         }
         Detail::Reversal(r) => {
             m.insert("original_txn_id".into(), json!(r.original_txn_id));
@@ -346,11 +367,20 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
     match detail {
         Detail::Purchase(p) => {
             out.push(line("Bill", amt(p.requested_minor)));
+            if p.points_spent != 0 {
+                let spent = format!("{} points", p.points_spent);
+                out.push(line("Paid by points", amt(p.points_value_minor)));
+                out.push(line("Points spent", spent));
+            }
             out.push(line("Paid by card", amt(p.approved_minor)));
             if p.remaining_due_minor > 0 {
                 out.push(line("STILL DUE", amt(p.remaining_due_minor)));
             }
             out.push(line("Points earned", p.points_earned));
+            if !p.tier_before.is_empty() && p.tier_before != p.tier {
+                let change = if p.tier_fell { "Tier lost" } else { "Upgraded" };
+                out.push(format!("{change}: {} \u{2192} {}", p.tier_before, p.tier));
+            }
         }
         Detail::TopUp(t) => {
             out.push(line("Loaded", amt(t.paid_minor)));
@@ -367,6 +397,10 @@ fn detail_lines(out: &mut Vec<String>, detail: &Detail, amt: &dyn Fn(i64) -> Str
         }
         Detail::Refund(r) => {
             out.push(line("Refunded", amt(r.refunded_minor)));
+            if r.points_returned != 0 {
+                let back = format!("{} points", r.points_returned);
+                out.push(line("Points given back", back));
+            }
             out.push(line("Refundable left", amt(r.refundable_left_minor)));
         }
         Detail::Reversal(r) if r.original_found => {
@@ -443,6 +477,12 @@ fn footer_lines(out: &mut Vec<String>, reply: &pb::Reply, amt: &dyn Fn(i64) -> S
             out.push(line("  of which bonus", amt(c.bonus_balance_minor)));
         }
         out.push(line("Points", c.points));
+        if c.points_next_expiring != 0 {
+            // The date only: "120 expire 2027-01-05".
+            let day = &utc_time(c.points_next_expiry_ms)[..10];
+            let text = format!("{} expire {day}", c.points_next_expiring);
+            out.push(line("  of which", text));
+        }
         out.push(line("Tier", &c.tier));
     }
     if let Some(r) = &reply.receipt {
@@ -605,6 +645,7 @@ mod tests {
                 approved_minor: 4_000,
                 remaining_due_minor: 1_000,
                 points_earned: 40,
+                ..Default::default()
             })),
             promotion_line: "VIP 6x points".into(),
             replayed: true,
@@ -640,6 +681,56 @@ mod tests {
         let owner = receipt_text(&reply, &printer(&session, false));
         assert!(!owner.contains("VIP"), "{owner}");
         assert_eq!(owner.lines().count(), want.lines().count() - 1);
+    }
+
+    #[test]
+    fn a_points_purchase_that_upgrades_prints_both_tiers() {
+        let mut reply = pb::Reply {
+            receipt: Some(receipt()),
+            card: Some(card()),
+            detail: Some(Detail::Purchase(pb::PurchaseResult {
+                requested_minor: 5_000,
+                approved_minor: 4_000,
+                points_earned: 40,
+                tier_before: "silver".into(),
+                tier: "gold".into(),
+                points_spent: 200,
+                points_value_minor: 1_000,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let session = session("Downtown");
+        let got = receipt_text(&reply, &printer(&session, true));
+        let lines: Vec<&str> = got.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with("Bill")).unwrap();
+        assert_eq!(
+            lines[at..at + 6],
+            [
+                "Bill                           50.00 CNY",
+                "Paid by points                 10.00 CNY",
+                "Points spent                  200 points",
+                "Paid by card                   40.00 CNY",
+                "Points earned                         40",
+                "Upgraded: silver \u{2192} gold",
+            ]
+        );
+        let json = reply_json(&reply);
+        assert_eq!(json["tier_before"], "silver");
+        assert_eq!(json["points_spent"], 200);
+        // A fall says so; no change prints no line.
+        let Some(Detail::Purchase(p)) = &mut reply.detail else {
+            unreachable!()
+        };
+        (p.tier_before, p.tier, p.tier_fell) = ("gold".into(), "member".into(), true);
+        let got = receipt_text(&reply, &printer(&session, true));
+        assert!(got.contains("Tier lost: gold \u{2192} member"), "{got}");
+        let Some(Detail::Purchase(p)) = &mut reply.detail else {
+            unreachable!()
+        };
+        p.tier_before = "member".into();
+        let got = receipt_text(&reply, &printer(&session, true));
+        assert!(!got.contains('\u{2192}'), "{got}");
     }
 
     #[test]

@@ -363,8 +363,20 @@ mod tests {
                     paid: 100,
                     bonus: 5,
                 }),
+                points: Some(Box::new(crate::state::EffectPoints {
+                    value: 7,
+                    refunded_value: 1,
+                    returned: 2,
+                    lots: vec![crate::state::points::PointLot {
+                        expires_ms: 1_790_000_000_001,
+                        points: 20,
+                    }],
+                })),
             },
         );
+        let card = s.cards.get_mut(&42).expect("card 42");
+        crate::state::points::award(&mut card.loyalty, 30, 1_790_000_000_002);
+        crate::state::points::add_day_spend(&mut card.loyalty, 20_000, 20_000, 30, 500);
         s
     }
 
@@ -377,7 +389,7 @@ mod tests {
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
                 10,
-                "bc64a3210200d2607e0046bc8bb5553d17f6cd8d3ee92d1172531ed04ac2105e".to_string()
+                "7e63a54672e2752561040817cfc41c18cf783f35732d587441df33189b444908".to_string()
             )
         );
     }

@@ -109,7 +109,7 @@ pub fn purchase(card: &str, amount_minor: i64, allow_partial: bool) -> Op {
         card: card.into(),
         amount_minor,
         allow_partial,
-        pin_block: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -207,6 +207,8 @@ const PURCHASE: Schema = msg(&[
     f(1, "card", Str),
     f(2, "amount_minor", Int),
     f(3, "allow_partial", Bool),
+    f(4, "category", Str),
+    f(5, "points", Int),
     f(6, "pin_block", Bytes),
 ]);
 const TOP_UP: Schema = msg(&[
@@ -261,7 +263,21 @@ const TIER_RULE: Schema = msg(&[
     f(2, "min_spend_minor", Int),
     f(3, "min_visits", U32),
     f(4, "multiplier_milli", U32),
+    f(5, "window_days", U32),
+    f(6, "min_day_spend_minor", Int),
+    f(7, "promotion_line", Str),
 ]);
+const STORE_REF: Schema = msg(&[f(1, "store_id", U32)]);
+const CAMPAIGN: Schema = msg(&[
+    f(1, "name", Str),
+    f(2, "multiplier_milli", U32),
+    f(3, "starts_ms", Int),
+    f(4, "ends_ms", Int),
+    rep(5, "stores", Msg(&STORE_REF)),
+    f(6, "category", Str),
+]);
+const POINTS_REDEMPTION: Schema = msg(&[f(1, "points", Int), f(2, "value_minor", Int)]);
+const STORE_PROMOTION: Schema = msg(&[f(1, "store_id", U32), f(2, "line", Str)]);
 const RULES: Schema = msg(&[
     rep(1, "bonus_tiers", Msg(&BONUS_TIER)),
     f(2, "points_per_unit", Int),
@@ -276,6 +292,10 @@ const RULES: Schema = msg(&[
     f(23, "max_daily_spend_minor", Int),
     f(24, "card_validity_days", U32),
     f(25, "currency_default_limits", Bool),
+    rep(10, "campaigns", Msg(&CAMPAIGN)),
+    f(11, "points_expire_after_days", U32),
+    f(12, "points_redemption", Msg(&POINTS_REDEMPTION)),
+    rep(13, "store_promotions", Msg(&STORE_PROMOTION)),
 ]);
 const SET_HOLDER: Schema = msg(&[f(1, "card", Str), f(2, "commitment", Bytes)]);
 const HOLDER_DATA: Schema = msg(&[f(1, "card", Str), f(2, "name", Str), f(3, "phone", Str)]);
@@ -593,6 +613,10 @@ mod tests {
         ("Rules", &RULES),
         ("BonusTier", &BONUS_TIER),
         ("TierRule", &TIER_RULE),
+        ("Campaign", &CAMPAIGN),
+        ("StoreRef", &STORE_REF),
+        ("PointsRedemption", &POINTS_REDEMPTION),
+        ("StorePromotion", &STORE_PROMOTION),
         ("SetTerminalDisabled", &SET_TERMINAL_DISABLED),
         ("ExportLedger", &EXPORT_LEDGER),
         ("GetConsistencyProof", &CONSISTENCY_PROOF),
@@ -779,8 +803,8 @@ mod tests {
             "Request: field 11 (purchase) is a second member of oneof op (field 10 is set)"
         );
         assert_eq!(
-            refusal(&[0x5a, 0x02, 0x20, 0x01]),
-            "Request.purchase: unknown field 4"
+            refusal(&[0x5a, 0x02, 0x48, 0x01]),
+            "Request.purchase: unknown field 9"
         );
         assert_eq!(
             refusal(&[0x5a, 0x04, 0x10, 0x01, 0x10, 0x02]),
@@ -852,6 +876,9 @@ mod tests {
                     min_spend_minor: 5,
                     min_visits: 6,
                     multiplier_milli: 7,
+                    window_days: 8,
+                    min_day_spend_minor: 9,
+                    promotion_line: "tier promo".into(),
                 };
                 2
             ],
@@ -865,6 +892,29 @@ mod tests {
             max_daily_spend_minor: 11,
             card_validity_days: 12,
             currency_default_limits: true,
+            campaigns: vec![
+                pb::Campaign {
+                    name: "VIP 6x".into(),
+                    multiplier_milli: 6_000,
+                    starts_ms: 1,
+                    ends_ms: 2,
+                    stores: vec![pb::StoreRef { store_id: 1 }; 2],
+                    category: "bakery".into(),
+                };
+                2
+            ],
+            points_expire_after_days: 10,
+            points_redemption: Some(pb::PointsRedemption {
+                points: 100,
+                value_minor: 50,
+            }),
+            store_promotions: vec![
+                pb::StorePromotion {
+                    store_id: 1,
+                    line: "store promo".into(),
+                };
+                2
+            ],
         };
         (totals, rules)
     }
@@ -880,6 +930,8 @@ mod tests {
                 card: card.clone(),
                 amount_minor: -1,
                 allow_partial: true,
+                category: "bakery".into(),
+                points: 100,
                 pin_block: vec![1; 80],
             }),
             Op::TopUp(pb::TopUp {

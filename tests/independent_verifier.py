@@ -319,7 +319,8 @@ RECORD = Schema("Record", {
     30: ("shift_balanced", BOOL), 31: ("new_id", U32), 32: ("other_card", STRING),
     33: ("card_status_after", ENUM), 34: ("total_spend_after_minor", I64T),
     35: ("visits_after", U32), 36: ("remaining_minor", I64T), 37: ("channel", ENUM),
-    38: ("reference", STRING), 39: ("price_minor", I64T),
+    38: ("reference", STRING), 39: ("price_minor", I64T), 40: ("tier_before", STRING),
+    41: ("points_value_minor", I64T), 42: ("points_expired", I64T), 43: ("tier_fell", BOOL),
     50: ("expires_ms", I64T), 51: ("reason", STRING), 52: ("new_public_key", BYTES), 60: ("pin_verified", BOOL),
 })
 CHECKPOINT = Schema("Checkpoint", {
@@ -339,10 +340,21 @@ TRAILER = Schema("ExportTrailer", {
 # Request operations, every field (the acceptance rule below needs them all).
 BONUS_TIER = Schema("BonusTier", {1: ("min_load_minor", I64T), 2: ("fixed_bonus_minor", I64T), 3: ("bonus_bps", U32)})
 TIER_RULE = Schema("TierRule", {1: ("name", STRING), 2: ("min_spend_minor", I64T), 3: ("min_visits", U32),
-                                4: ("multiplier_milli", U32)})
+                                4: ("multiplier_milli", U32), 5: ("window_days", U32),
+                                6: ("min_day_spend_minor", I64T), 7: ("promotion_line", STRING)})
+STORE_REF = Schema("StoreRef", {1: ("store_id", U32)})
+CAMPAIGN = Schema("Campaign", {1: ("name", STRING), 2: ("multiplier_milli", U32), 3: ("starts_ms", I64T),
+                               4: ("ends_ms", I64T), 5: ("stores", ("repeated", STORE_REF)),
+                               6: ("category", STRING)})
+POINTS_REDEMPTION = Schema("PointsRedemption", {1: ("points", I64T), 2: ("value_minor", I64T)})
+STORE_PROMOTION = Schema("StorePromotion", {1: ("store_id", U32), 2: ("line", STRING)})
 RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("points_per_unit", I64T),
                          3: ("tiers", ("repeated", TIER_RULE)), 4: ("promotion_line", STRING),
-                         5: ("time_zone", STRING), 20: ("max_balance_named_minor", I64T),
+                         5: ("time_zone", STRING), 10: ("campaigns", ("repeated", CAMPAIGN)),
+                         11: ("points_expire_after_days", U32),
+                         12: ("points_redemption", ("msg", POINTS_REDEMPTION)),
+                         13: ("store_promotions", ("repeated", STORE_PROMOTION,
+                         20: ("max_balance_named_minor", I64T),
                          21: ("max_balance_anonymous_minor", I64T), 22: ("max_top_up_minor", I64T),
                          23: ("max_daily_spend_minor", I64T), 24: ("card_validity_days", U32),
                          25: ("currency_default_limits", BOOL),
@@ -350,6 +362,7 @@ RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("poin
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),
     11: ("purchase", Schema("Purchase", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("allow_partial", BOOL),
+                                         4: ("category", STRING), 5: ("points", I64T),
                                          6: ("pin_block", BYTES)})),
     12: ("top_up", Schema("TopUp", {1: ("card", STRING), 2: ("amount_minor", I64T), 3: ("channel", U32),
                                     4: ("reference", STRING), 5: ("no_bonus", BOOL), 6: ("price_minor", I64T)})),
@@ -923,8 +936,14 @@ class Verifier:
         if kind == PURCHASE:
             if body["card"] != rec["card"] or body["amount_minor"] != rec["requested_minor"]:
                 fail("the purchase's card or amount differs from the signed request")
-            if moved > body["amount_minor"] or (not body["allow_partial"] and moved != body["amount_minor"]):
-                fail("took %d for a bill of %d" % (moved, body["amount_minor"]))
+            # Points may pay part of the bill (a discount funded by the
+            # brand, not card value): the card's value and the points'
+            # value together cover it, or less with allow_partial.
+            covered = moved + rec["points_value_minor"]
+            if covered > body["amount_minor"] or (not body["allow_partial"] and covered != body["amount_minor"]):
+                fail("took %d for a bill of %d" % (covered, body["amount_minor"]))
+            if body["points"] != rec["points_out"] or (rec["points_out"] == 0) != (rec["points_value_minor"] == 0):
+                fail("the points spent differ from the signed request")
         elif kind == TOP_UP:
             if body["card"] != rec["card"] or body["amount_minor"] != rec["paid_in_minor"]:
                 fail("the top-up's card or amount differs from the signed request")
@@ -942,7 +961,7 @@ class Verifier:
                 fail("the top-up's price differs from the signed request or is not below face value")
         elif kind == REFUND:
             if (body["original_seq"] != rec["original_seq"]
-                    or body["amount_minor"] != rec["paid_in_minor"] + rec["bonus_in_minor"]):
+                    or body["amount_minor"] != rec["paid_in_minor"] + rec["bonus_in_minor"] + rec["points_value_minor"]):
                 fail("the refund's original or amount differs from the signed request")
             if rec["original_seq"] >= rec["seq"]:
                 fail("refunds a later record")
@@ -1010,12 +1029,14 @@ class Verifier:
         """Per-card balances recomputed from the deltas."""
         d = [rec[k] for k in ("paid_in_minor", "bonus_in_minor", "paid_out_minor", "bonus_out_minor",
                               "points_in", "points_out")]
-        if any(v < 0 for v in d):
+        if any(v < 0 for v in d) or rec["points_expired"] < 0 or rec["points_value_minor"] < 0:
             fail("a negative delta")
+        # Points that expired at this record leave the card before its own change.
+        expired = rec["points_expired"]
         paid_in, bonus_in, paid_out, bonus_out, points_in, points_out = d
         card = rec["card"]
         if not card:
-            if any(d) or rec["other_card"]:
+            if any(d) or expired or rec["other_card"]:
                 fail("moves value without naming a card")
             return
         if kind == CARD_ISSUED:
@@ -1038,7 +1059,8 @@ class Verifier:
             if card not in self.cards:
                 fail("card %s was never issued" % card)
             b = self.cards[card]
-            after = [b[0] + paid_in - paid_out, b[1] + bonus_in - bonus_out, b[2] + points_in - points_out]
+            after = [b[0] + paid_in - paid_out, b[1] + bonus_in - bonus_out,
+                     b[2] + points_in - points_out - expired]
         written = [rec["paid_balance_after_minor"], rec["bonus_balance_after_minor"], rec["points_after"]]
         if after != written:
             fail("card %s: balances after (paid, bonus, points) are %s, the deltas give %s" % (card, written, after))

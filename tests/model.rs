@@ -32,6 +32,10 @@ enum Step {
         card: usize,
         amount: i64,
         partial: bool,
+        /// Points offered as payment (a multiple of `REDEEM_UNIT`, or 0).
+        points: i64,
+        /// The till names the campaign's category.
+        bakery: bool,
     },
     Refund {
         term: usize,
@@ -86,8 +90,8 @@ fn step() -> impl Strategy<Value = Step> {
     let card = 0..CARDS;
     prop_oneof![
         4 => (term.clone(), card.clone(), 1..200_000i64).prop_map(|(term, card, amount)| Step::TopUp { term, card, amount }),
-        6 => (term.clone(), card.clone(), 1..60_000i64, any::<bool>())
-            .prop_map(|(term, card, amount, partial)| Step::Purchase { term, card, amount, partial }),
+        6 => (term.clone(), card.clone(), 1..60_000i64, any::<bool>(), points_offered(), any::<bool>())
+            .prop_map(|(term, card, amount, partial, points, bakery)| Step::Purchase { term, card, amount, partial, points, bakery }),
         2 => (term.clone(), 0..8usize, 1..40_000i64).prop_map(|(term, purchase, amount)| Step::Refund { term, purchase, amount }),
         2 => (term.clone(), 0..4usize, any::<bool>()).prop_map(|(term, back, unknown)| Step::Reverse { term, back, unknown }),
         1 => (term.clone(), card.clone(), 1..500i64).prop_map(|(term, card, points)| Step::Redeem { term, card, points }),
@@ -101,6 +105,53 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..4usize).prop_map(|back| Step::VoidTopUp { back }),
         1 => card.prop_map(|card| Step::Close { card }),
     ]
+}
+
+/// Points offered as payment: mostly none, else a few units of the rules'
+/// `points_redemption`.
+fn points_offered() -> impl Strategy<Value = i64> {
+    prop_oneof![3 => Just(0i64), 1 => (1..40i64).prop_map(|n| n * REDEEM_UNIT)]
+}
+
+/// The model's rules: `points_redemption` pays `REDEEM_VALUE` for every
+/// `REDEEM_UNIT` points.
+const REDEEM_UNIT: i64 = 10;
+const REDEEM_VALUE: i64 = 50;
+/// Points expire this many days after their award.
+const EXPIRE_DAYS: u32 = 30;
+
+/// The demo's rules with the loyalty programme: a 6x campaign at store 2
+/// for the first ten days, a 3.8x bakery campaign, expiry, points as
+/// payment, a rolling window on gold and a day's spend into diamond.
+fn model_rules() -> pb::Rules {
+    let mut r = cardd::demo::demo_rules();
+    let start = 1_790_000_000_000;
+    r.campaigns = vec![
+        pb::Campaign {
+            name: "store 2 weekend".into(),
+            multiplier_milli: 6_000,
+            starts_ms: start,
+            ends_ms: start + 10 * 86_400_000,
+            stores: vec![pb::StoreRef { store_id: 2 }],
+            category: String::new(),
+        },
+        pb::Campaign {
+            name: "bakery".into(),
+            multiplier_milli: 3_800,
+            starts_ms: 0,
+            ends_ms: i64::MAX,
+            stores: vec![],
+            category: "bakery".into(),
+        },
+    ];
+    r.points_expire_after_days = EXPIRE_DAYS;
+    r.points_redemption = Some(pb::PointsRedemption {
+        points: REDEEM_UNIT,
+        value_minor: REDEEM_VALUE,
+    });
+    r.tiers[1].window_days = 30;
+    r.tiers[2].min_day_spend_minor = 50_000;
+    r
 }
 
 /// The simple model: what a card should hold, computed independently.
@@ -119,8 +170,11 @@ struct ModelPurchase {
     store: u32,
     paid_out: i64,
     bonus_out: i64,
+    /// The part of the bill paid by points.
+    points_value: i64,
     refunded_paid: i64,
     refunded_bonus: i64,
+    refunded_points_value: i64,
     reversed: bool,
     time_ms: i64,
 }
@@ -169,9 +223,6 @@ impl World {
         let server = w.server.clone();
         w.submit(Principal::Server, &server, 1, create)
             .expect("brand");
-        w.owner_op(Op::SetRules(pb::SetRules {
-            rules: Some(cardd::demo::demo_rules()),
-        }));
         for name in ["A", "B"] {
             w.owner_op(testing::create_store(name));
         }
@@ -179,6 +230,10 @@ impl World {
             let key = key.verifying_key().to_bytes();
             w.owner_op(testing::enroll_terminal(i as u32 + 1, &key, ""));
         }
+        // After the stores: the campaign names store 2.
+        w.owner_op(Op::SetRules(pb::SetRules {
+            rules: Some(model_rules()),
+        }));
         for i in 0..CARDS {
             let card = card_for(i as u64);
             w.owner_op(testing::issue_card(&card));
@@ -251,7 +306,7 @@ impl World {
             Step::TopUp { term, card, amount } => {
                 let number = self.cards[card].clone();
                 let m = self.model[&number].clone();
-                let bonus = cardd::state::rules::bonus_for(&cardd::demo::demo_rules(), amount);
+                let bonus = cardd::state::rules::bonus_for(&model_rules(), amount);
                 let r = self.term_op(
                     term,
                     Op::TopUp(pb::TopUp {
@@ -276,15 +331,24 @@ impl World {
                 card,
                 amount,
                 partial,
+                points,
+                bakery,
             } => {
                 let number = self.cards[card].clone();
                 let m = self.model[&number].clone();
+                let held = self.points_at(&number, self.time_ms + 61_000);
                 let r = self.term_op(
                     term,
                     Op::Purchase(pb::Purchase {
                         card: number.clone(),
                         amount_minor: amount,
                         allow_partial: partial,
+                        category: if bakery {
+                            "bakery".into()
+                        } else {
+                            String::new()
+                        },
+                        points,
                         ..Default::default()
                     }),
                 );
@@ -293,8 +357,18 @@ impl World {
                     assert_eq!(r.unwrap_err(), ErrorCode::CardBlocked);
                     return;
                 }
-                let approved = if balance >= amount {
-                    amount
+                let value = points / REDEEM_UNIT * REDEEM_VALUE;
+                if points > held {
+                    assert_eq!(r.unwrap_err(), ErrorCode::InsufficientPoints);
+                    return;
+                }
+                if value > amount {
+                    assert_eq!(r.unwrap_err(), ErrorCode::AmountOutOfRange);
+                    return;
+                }
+                let due = amount - value;
+                let approved = if balance >= due {
+                    due
                 } else if partial && balance > 0 {
                     balance
                 } else {
@@ -308,7 +382,9 @@ impl World {
                     (rec.paid_out_minor, rec.bonus_out_minor),
                     (paid_out, bonus_out)
                 );
-                assert_eq!(rec.remaining_minor, amount - approved);
+                assert_eq!(rec.remaining_minor, due - approved);
+                assert_eq!((rec.points_out, rec.points_value_minor), (points, value));
+                assert_eq!(rec.points_after, held - points + rec.points_in);
                 let mc = self.model.get_mut(&number).unwrap();
                 mc.paid -= paid_out;
                 mc.bonus -= bonus_out;
@@ -320,8 +396,10 @@ impl World {
                         store: term as u32 + 1,
                         paid_out,
                         bonus_out,
+                        points_value: value,
                         refunded_paid: 0,
                         refunded_bonus: 0,
+                        refunded_points_value: 0,
                         reversed: false,
                         time_ms: rec.time_ms,
                     },
@@ -353,7 +431,8 @@ impl World {
                         amount_minor: amount,
                     }),
                 );
-                let left = p.paid_out + p.bonus_out - p.refunded_paid - p.refunded_bonus;
+                let covered = p.paid_out + p.bonus_out + p.points_value;
+                let left = covered - p.refunded_paid - p.refunded_bonus - p.refunded_points_value;
                 let m = self.model[&p.card].clone();
                 let expected = if self.time_ms - p.time_ms > REFUND_WINDOW_MS {
                     Err(ErrorCode::OriginalExpired)
@@ -372,18 +451,28 @@ impl World {
                     Err(code) => assert_eq!(r.unwrap_err(), code),
                     Ok(()) => {
                         let rec = r.expect("refund within limits");
-                        let bonus_in = amount.min(p.bonus_out - p.refunded_bonus);
+                        // The points' share of the bill refunded so far,
+                        // rounded down; the card's value takes the rest.
+                        let after = covered - left + amount;
+                        let pv = p.points_value * after / covered - p.refunded_points_value;
+                        let value = amount - pv;
+                        let bonus_in = value.min(p.bonus_out - p.refunded_bonus);
                         assert_eq!(
-                            (rec.paid_in_minor, rec.bonus_in_minor),
-                            (amount - bonus_in, bonus_in)
+                            (
+                                rec.paid_in_minor,
+                                rec.bonus_in_minor,
+                                rec.points_value_minor
+                            ),
+                            (value - bonus_in, bonus_in, pv)
                         );
                         let mc = self.model.get_mut(&p.card).unwrap();
-                        mc.paid += amount - bonus_in;
+                        mc.paid += value - bonus_in;
                         mc.bonus += bonus_in;
                         let mp = &mut self.purchases[idx].1;
-                        mp.refunded_paid += amount - bonus_in;
+                        mp.refunded_paid += value - bonus_in;
                         mp.refunded_bonus += bonus_in;
-                        self.external_net += i128::from(amount);
+                        mp.refunded_points_value += pv;
+                        self.external_net += i128::from(value);
                     }
                 }
             }
@@ -439,6 +528,7 @@ impl World {
                                 .unwrap();
                             p.refunded_paid -= o.paid_in_minor;
                             p.refunded_bonus -= o.bonus_in_minor;
+                            p.refunded_points_value -= o.points_value_minor;
                         }
                     } else {
                         // A tombstone (the original never arrived, or was
@@ -450,7 +540,7 @@ impl World {
             }
             Step::Redeem { term, card, points } => {
                 let number = self.cards[card].clone();
-                let before = self.state.cards[&number.parse::<u64>().unwrap()].points;
+                let before = self.points_at(&number, self.time_ms + 61_000);
                 let r = self.term_op(
                     term,
                     Op::RedeemPoints(pb::RedeemPoints {
@@ -462,10 +552,8 @@ impl World {
                 );
                 match r {
                     Ok(rec) => assert_eq!(rec.points_after, before - points),
-                    Err(code) => assert!(matches!(
-                        code,
-                        ErrorCode::InsufficientPoints | ErrorCode::CardBlocked
-                    )),
+                    Err(ErrorCode::InsufficientPoints) => assert!(before < points),
+                    Err(code) => assert_eq!(code, ErrorCode::CardBlocked),
                 }
             }
             Step::Block { card, blocked } => {
@@ -660,7 +748,31 @@ impl World {
         (mc.paid, mc.bonus, mc.blocked, mc.closed) = (0, 0, true, true);
     }
 
+    /// The card's points at `now_ms`: what it holds less the lots expired
+    /// by then (as its next record will find).
+    fn points_at(&self, number: &str, now_ms: i64) -> i64 {
+        let card = &self.state.cards[&number.parse::<u64>().unwrap()];
+        let gone = cardd::state::points::expiring(&card.loyalty, i64::MIN, now_ms);
+        card.points - gone
+    }
+
+    /// Points lots: ordered by expiry, none empty, bounded, within the
+    /// card's points; each expires `EXPIRE_DAYS` after an award at most.
+    fn check_points(&self) {
+        for card in self.state.cards.values() {
+            let Some(h) = &card.loyalty else { continue };
+            assert!(h.lots.len() <= cardd::limits::MAX_POINT_LOTS_PER_CARD);
+            assert!(h.lots.windows(2).all(|w| w[0].expires_ms < w[1].expires_ms));
+            assert!(h.lots.iter().all(|l| l.points > 0), "{h:?}");
+            assert!(h.in_lots() <= card.points, "{card:?}");
+            let latest = self.time_ms + i64::from(EXPIRE_DAYS) * 86_400_000;
+            assert!(h.lots.iter().all(|l| l.expires_ms <= latest), "{h:?}");
+            assert!(h.days.len() <= cardd::limits::MAX_TIER_WINDOW_DAYS as usize);
+        }
+    }
+
     fn check_invariants(&self) {
+        self.check_points();
         let mut sum: i128 = 0;
         for (number, card) in &self.state.cards {
             assert!(
@@ -813,12 +925,16 @@ fn a_record_changed_by_one_byte_breaks_replay_of_the_chain() {
         card: 0,
         amount: 2_500,
         partial: false,
+        points: 0,
+        bakery: false,
     });
     w.run(&Step::Purchase {
         term: 1,
         card: 0,
         amount: 100,
         partial: false,
+        points: 0,
+        bakery: false,
     });
     let target = w.records.len() - 2;
     let server = w.server.verifying_key().to_bytes();

@@ -452,6 +452,7 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
         Op::EraseHolder(pb::EraseHolder { card }),
     )
     .await;
+    loyalty(&mut owner, &mut t1, &cards[1], (&mut no, &mut n1)).await;
     // Terminal 2 closes its shift (without totals: an unbalanced close).
     // Records are written one at a time here, so the last is the newest.
     let r = ok(
@@ -463,6 +464,51 @@ async fn business(d: &Daemon, demo: &common::Demo) -> u64 {
     )
     .await;
     seq(&r)
+}
+
+/// The loyalty programme (issue 14) in the ledger: rules with a campaign,
+/// expiry and points as payment; a purchase paid partly by points and a
+/// partial refund of it (records with `points_value_minor`).
+async fn loyalty(
+    owner: &mut cardd::client::Client,
+    t1: &mut cardd::client::Client,
+    card: &str,
+    (no, n1): (&mut u64, &mut u64),
+) {
+    let mut rules = cardd::demo::demo_rules();
+    rules.campaigns = vec![pb::Campaign {
+        name: "VIP 6x".into(),
+        multiplier_milli: 6_000,
+        starts_ms: 0,
+        ends_ms: i64::MAX,
+        stores: vec![pb::StoreRef { store_id: 1 }],
+        category: String::new(),
+    }];
+    rules.points_expire_after_days = 365;
+    rules.points_redemption = Some(pb::PointsRedemption {
+        points: 10,
+        value_minor: 100,
+    });
+    let set = Op::SetRules(pb::SetRules { rules: Some(rules) });
+    ok(owner, next(no), set).await;
+    let paid = Op::Purchase(pb::Purchase {
+        card: card.into(),
+        amount_minor: 2_000,
+        points: 20,
+        ..Default::default()
+    });
+    let r = ok(t1, next(n1), paid).await;
+    let p = common::reply::purchased(&r);
+    assert_eq!(
+        (p.points_spent, p.points_value_minor, p.approved_minor),
+        (20, 200, 1_800)
+    );
+    let refund = Op::Refund(pb::Refund {
+        original_seq: seq(&r),
+        amount_minor: 1_000,
+    });
+    let back = ok(t1, next(n1), refund).await;
+    assert_eq!(common::reply::refunded(&back).points_returned, 10);
 }
 
 #[test]

@@ -520,7 +520,9 @@ impl Replay<'_> {
                 paid_minor: c.paid,
                 bonus_minor: c.bonus,
                 points: c.points,
-                tier: rules::tier_of(&state.rules, c).0.to_string(),
+                tier: rules::tier_of(&state.rules, c, state.books.today.day)
+                    .0
+                    .to_string(),
             })
             .collect();
         cards.sort_by(|a, b| a.card.cmp(&b.card));

@@ -348,6 +348,12 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let r: RulesFile = serde_json::from_str(&text).context("rules file")?;
+    let campaigns = r
+        .campaigns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.into_wire(i))
+        .collect::<anyhow::Result<_>>()?;
     Ok(pb::Rules {
         bonus_tiers: r
             .bonus_tiers
@@ -367,6 +373,9 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
                 min_spend_minor: t.min_spend_minor,
                 min_visits: t.min_visits,
                 multiplier_milli: t.multiplier_milli,
+                window_days: t.window_days,
+                min_day_spend_minor: t.min_day_spend_minor,
+                promotion_line: t.promotion_line,
             })
             .collect(),
         promotion_line: r.promotion_line,
@@ -379,6 +388,20 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
         max_daily_spend_minor: r.max_daily_spend_minor,
         card_validity_days: r.card_validity_days,
         currency_default_limits: r.currency_default_limits,
+        campaigns,
+        points_expire_after_days: r.points_expire_after_days,
+        points_redemption: r.points_redemption.map(|p| pb::PointsRedemption {
+            points: p.points,
+            value_minor: p.value_minor,
+        }),
+        store_promotions: r
+            .store_promotions
+            .into_iter()
+            .map(|s| pb::StorePromotion {
+                store_id: s.store_id,
+                line: s.line,
+            })
+            .collect(),
     })
 }
 
@@ -420,6 +443,16 @@ struct RulesFile {
     /// the MOFCOM figures); on unless the file says false.
     #[serde(default = "yes")]
     currency_default_limits: bool,
+    #[serde(default)]
+    campaigns: Vec<CampaignFile>,
+    /// 0 = points never expire.
+    #[serde(default)]
+    points_expire_after_days: u32,
+    /// Absent or null = points do not pay bills.
+    #[serde(default)]
+    points_redemption: Option<RedemptionFile>,
+    #[serde(default)]
+    store_promotions: Vec<StorePromotionFile>,
 }
 
 fn yes() -> bool {
@@ -450,6 +483,64 @@ struct TierFile {
     min_visits: u32,
     #[serde(default = "thousand")]
     multiplier_milli: u32,
+    #[serde(default)]
+    window_days: u32,
+    #[serde(default)]
+    min_day_spend_minor: i64,
+    #[serde(default)]
+    promotion_line: String,
+}
+
+/// A campaign: times in RFC 3339 (`2026-12-05T00:00:00+08:00`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CampaignFile {
+    name: String,
+    multiplier_milli: u32,
+    starts: String,
+    ends: String,
+    /// Empty = every store.
+    #[serde(default)]
+    stores: Vec<u32>,
+    #[serde(default)]
+    category: Option<String>,
+}
+
+impl CampaignFile {
+    fn into_wire(self, i: usize) -> anyhow::Result<pb::Campaign> {
+        let time = |field: &str, text: &str| -> anyhow::Result<i64> {
+            let t: jiff::Timestamp = text.parse().with_context(|| {
+                format!("campaigns[{i}].{field}: {text:?} is not an RFC 3339 time")
+            })?;
+            Ok(t.as_millisecond())
+        };
+        Ok(pb::Campaign {
+            starts_ms: time("starts", &self.starts)?,
+            ends_ms: time("ends", &self.ends)?,
+            name: self.name,
+            multiplier_milli: self.multiplier_milli,
+            stores: self
+                .stores
+                .into_iter()
+                .map(|store_id| pb::StoreRef { store_id })
+                .collect(),
+            category: self.category.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedemptionFile {
+    points: i64,
+    value_minor: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorePromotionFile {
+    store_id: u32,
+    line: String,
 }
 
 fn thousand() -> u32 {

@@ -81,11 +81,37 @@ fn rules_changed(r: pb::Rules) -> String {
     };
     format!(
         "Rules set, in force in every store now: {} bonus tier(s), {} point(s) per unit, \
-         tiers [{}], {promotion}.",
+         tiers [{}], {promotion}.{}",
         r.bonus_tiers.len(),
         r.points_per_unit,
-        tiers.join(", ")
+        tiers.join(", "),
+        loyalty_changed(&r)
     )
+}
+
+/// The loyalty programme's part of new rules, when it is used.
+fn loyalty_changed(r: &pb::Rules) -> String {
+    let mut parts = Vec::new();
+    if !r.campaigns.is_empty() {
+        let names: Vec<&str> = r.campaigns.iter().map(|c| c.name.as_str()).collect();
+        parts.push(format!("campaigns [{}]", names.join(", ")));
+    }
+    if r.points_expire_after_days > 0 {
+        parts.push(format!(
+            "points expire {} day(s) after they are earned",
+            r.points_expire_after_days
+        ));
+    }
+    if let Some(p) = &r.points_redemption {
+        parts.push(format!(
+            "{} point(s) pay {} minor unit(s) of a bill",
+            p.points, p.value_minor
+        ));
+    }
+    match parts.is_empty() {
+        true => String::new(),
+        false => format!(" Loyalty: {}.", parts.join("; ")),
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +124,28 @@ mod tests {
             currency_exponent: 2,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn new_rules_name_their_campaigns_expiry_and_points_payment() {
+        let mut r = pb::Rules {
+            points_per_unit: 1,
+            ..Default::default()
+        };
+        assert!(!rules_changed(r.clone()).contains("Loyalty"));
+        r.campaigns = vec![pb::Campaign {
+            name: "VIP 6x".into(),
+            ..Default::default()
+        }];
+        r.points_expire_after_days = 365;
+        r.points_redemption = Some(pb::PointsRedemption {
+            points: 100,
+            value_minor: 500,
+        });
+        assert!(rules_changed(r).ends_with(
+            " Loyalty: campaigns [VIP 6x]; points expire 365 day(s) after they are earned; \
+             100 point(s) pay 500 minor unit(s) of a bill."
+        ));
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub fn rules_file(r: &pb::Rules) -> Value {
                 "min_spend_minor": t.min_spend_minor,
                 "min_visits": t.min_visits,
                 "multiplier_milli": t.multiplier_milli,
+                "window_days": t.window_days,
+                "min_day_spend_minor": t.min_day_spend_minor,
+                "promotion_line": t.promotion_line,
             })
         })
         .collect();
@@ -121,6 +124,16 @@ pub fn rules_file(r: &pb::Rules) -> Value {
         "max_daily_spend_minor": r.max_daily_spend_minor,
         "card_validity_days": r.card_validity_days,
         "currency_default_limits": r.currency_default_limits,
+        "campaigns": r.campaigns.iter().map(campaign_file).collect::<Vec<_>>(),
+        "points_expire_after_days": r.points_expire_after_days,
+        "points_redemption": r.points_redemption.as_ref().map(|p| json!({
+            "points": p.points,
+            "value_minor": p.value_minor,
+        })),
+        "store_promotions": r.store_promotions.iter().map(|s| json!({
+            "store_id": s.store_id,
+            "line": s.line,
+        })).collect::<Vec<_>>(),
     });
     // The PIN rules only when set: a brand without them reads as before.
     if r.pin_all_spends || r.pin_over_minor != 0 {
@@ -128,4 +141,22 @@ pub fn rules_file(r: &pb::Rules) -> Value {
         rules["pin_over_minor"] = json!(r.pin_over_minor);
     }
     rules
+}
+
+/// A campaign as the rules file writes it: times in RFC 3339 (UTC).
+fn campaign_file(c: &pb::Campaign) -> Value {
+    let time = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+    };
+    let mut v = json!({
+        "name": c.name,
+        "multiplier_milli": c.multiplier_milli,
+        "starts": time(c.starts_ms),
+        "ends": time(c.ends_ms),
+        "stores": c.stores.iter().map(|s| s.store_id).collect::<Vec<_>>(),
+    });
+    if !c.category.is_empty() {
+        v["category"] = json!(c.category);
+    }
+    v
 }

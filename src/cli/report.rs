@@ -103,6 +103,15 @@ pub enum ReportKind {
         #[arg(long, default_value_t = 90)]
         idle_days: u32,
     },
+    /// Cards with points expiring in the next --days days, as of now.
+    #[command(
+        after_help = "Example:\n  cardd admin --key owner.key report points-expiring --days 30 --csv"
+    )]
+    PointsExpiring {
+        /// Days ahead.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Recency, frequency and monetary segments of the active cards.
     #[command(after_help = "Example:\n  cardd admin --key owner.key report rfm --json")]
     Rfm,
@@ -157,6 +166,10 @@ pub fn request_for(kind: ReportKind) -> pb::GetReport {
         }
         ReportKind::Dormant { idle_days } => {
             (r.kind, r.idle_days) = ("dormant".into(), idle_days);
+        }
+        ReportKind::PointsExpiring { days } => {
+            // The request's day count travels in idle_days (docs/reports.md).
+            (r.kind, r.idle_days) = ("points-expiring".into(), days);
         }
         ReportKind::Rfm => r.kind = "rfm".into(),
         ReportKind::Daily { date, store } => {

@@ -74,6 +74,10 @@ pub struct Tally {
     pub cashed_out_minor: i64,
     /// Bonus value forfeited by closing cards.
     pub forfeited_bonus_minor: i64,
+    /// The part of bills paid by points, net of refunds and reversals: a
+    /// discount the brand funds, not card value (not in `purchase_minor`,
+    /// the liability or the settlement).
+    pub points_paid_minor: i64,
 }
 
 impl Tally {
@@ -109,6 +113,7 @@ impl Tally {
             .reversed_refund_minor
             .saturating_add(o.reversed_refund_minor);
         self.redeemed_points = self.redeemed_points.saturating_add(o.redeemed_points);
+        self.points_paid_minor = self.points_paid_minor.saturating_add(o.points_paid_minor);
         self.add_corrections(o);
     }
 

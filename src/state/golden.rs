@@ -36,7 +36,7 @@ pub(super) struct Script {
     /// Seq of the newest record written.
     last_seq: u64,
     /// The newest record written.
-    last_record: Option<pb::Record>,
+    pub(super) last_record: Option<pb::Record>,
     /// Every record's bytes, in order (for replay tests).
     pub(super) records: Vec<Vec<u8>>,
 }

@@ -12,6 +12,9 @@ mod books_tests;
 #[cfg(test)]
 mod golden;
 pub mod lots;
+#[cfg(test)]
+mod loyalty_tests;
+pub mod points;
 mod receipt;
 pub mod reports;
 mod retention;
@@ -141,6 +144,9 @@ pub struct Card {
     pub spend_day: i32,
     /// Value spent from the card on `spend_day`.
     pub spent_today: i64,
+    /// Points lots and spend per day, once the rules need them
+    /// (`points.rs`); `None` costs a card one word.
+    pub loyalty: points::Loyalty,
 }
 
 impl Card {
@@ -250,6 +256,59 @@ pub struct Effect {
     /// Its server time: refunds and reversals are accepted within
     /// `REFUND_WINDOW_MS` of it.
     pub time_ms: i64,
+    /// Points spent as payment or given back, for records that moved
+    /// any (boxed: most effects carry one null pointer).
+    pub points: Option<Box<EffectPoints>>,
+}
+
+/// What a money record did with points beyond its deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectPoints {
+    /// The record's `points_value_minor`: for a purchase the part of the
+    /// bill its spent points (`points_out`) paid; for a refund the part it
+    /// paid back as points (`points_in`).
+    pub value: i64,
+    /// For purchases: the points-paid part of the bill refunds gave back.
+    pub refunded_value: i64,
+    /// For purchases: spent points refunds gave back.
+    pub returned: i64,
+    /// Purchases and redemptions: the spent points not yet given back, by
+    /// the lot (expiry) they came from, so that they return with their
+    /// expiry; refunds: the points they gave back, so that a reversal
+    /// puts them back among the purchase's spent points.
+    pub lots: Vec<points::PointLot>,
+}
+
+/// No points moved.
+static NO_POINTS: EffectPoints = EffectPoints {
+    value: 0,
+    refunded_value: 0,
+    returned: 0,
+    lots: Vec::new(),
+};
+
+impl Effect {
+    /// A purchase's bill covered by the card and by points together: what
+    /// refunds are counted against.
+    pub fn covered(&self) -> i64 {
+        self.paid_out + self.bonus_out + self.points().value
+    }
+
+    /// What refunds of this purchase have given back so far (value and
+    /// points' value).
+    pub fn refunded(&self) -> i64 {
+        self.refunded_paid + self.refunded_bonus + self.points().refunded_value
+    }
+
+    /// Its points beyond the deltas (all zero for most records).
+    pub fn points(&self) -> &EffectPoints {
+        self.points.as_deref().unwrap_or(&NO_POINTS)
+    }
+
+    /// Its points beyond the deltas, to change.
+    pub fn points_mut(&mut self) -> &mut EffectPoints {
+        self.points.get_or_insert_with(Box::default)
+    }
 }
 
 /// What the ledger holds for a (signer, transaction id) pair.
@@ -269,8 +328,8 @@ pub enum TxnEntry {
 pub struct TooOld;
 
 /// The result of applying one request.
-// Made and matched once per request: boxing the larger reply (it grew
-// with the holder answers of #15) would cost an allocation per inquiry.
+// Written is the common case on the hot path, and the answers are made
+// once per request: boxing either would allocate per record or per inquiry.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -526,16 +585,26 @@ impl BrandState {
         })
     }
 
-    /// A card's view as sent to terminals.
-    pub fn card_view(&self, number: u64, card: &Card) -> pb::CardView {
-        let (tier, _) = rules::tier_of(&self.rules, card);
+    /// A card's view as sent to terminals, as of `now_ms`: its tier of
+    /// today, and its points less the lots expired by then (as its next
+    /// record will find them).
+    pub fn card_view(&self, number: u64, card: &Card, now_ms: i64) -> pb::CardView {
+        let today = self.books.day_of(&self.rules.time_zone, now_ms);
+        let (tier, _) = rules::tier_of(&self.rules, card, today);
+        let expired = points::expiring(&card.loyalty, i64::MIN, now_ms);
+        let next = card
+            .loyalty
+            .as_ref()
+            .and_then(|h| h.lots.iter().find(|l| l.expires_ms > now_ms));
         pb::CardView {
             card: format_card(number),
             status: card.status as i32,
             balance_minor: card.balance(),
             paid_balance_minor: card.paid,
             bonus_balance_minor: card.bonus,
-            points: card.points,
+            points: card.points - expired,
+            points_next_expiring: next.map_or(0, |l| l.points),
+            points_next_expiry_ms: next.map_or(0, |l| l.expires_ms),
             tier: tier.to_string(),
             total_spend_minor: card.total_spend,
             visits: card.visits,

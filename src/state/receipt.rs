@@ -25,6 +25,9 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
         // CARD_EXPIRY_SET); an inquiry always shows it.
         expires_ms: rec.expires_ms,
         closed: rec.kind() == RecordKind::CardClosed,
+        // Lots are not in the record: an inquiry shows them.
+        points_next_expiring: 0,
+        points_next_expiry_ms: 0,
     });
     let detail = match rec.kind() {
         RecordKind::Purchase => Some(Detail::Purchase(pb::PurchaseResult {
@@ -32,6 +35,16 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
             approved_minor: rec.paid_out_minor + rec.bonus_out_minor,
             remaining_due_minor: rec.remaining_minor,
             points_earned: rec.points_in,
+            // The record names the tier before only when it changed.
+            tier_before: if rec.tier_before.is_empty() {
+                rec.tier_after.clone()
+            } else {
+                rec.tier_before.clone()
+            },
+            tier: rec.tier_after.clone(),
+            points_spent: rec.points_out,
+            points_value_minor: rec.points_value_minor,
+            tier_fell: rec.tier_fell,
         })),
         RecordKind::TopUp => Some(Detail::TopUp(pb::TopUpResult {
             paid_minor: rec.paid_in_minor,
@@ -44,6 +57,8 @@ pub fn reply_for_record(rec: &pb::Record, hash: &[u8; 32], promotion_line: &str)
             refunded_minor: rec.paid_in_minor + rec.bonus_in_minor,
             refundable_left_minor: rec.remaining_minor,
             points_removed: rec.points_out,
+            points_returned: rec.points_in,
+            points_value_minor: rec.points_value_minor,
         })),
         RecordKind::Reversal => Some(Detail::Reversal(pb::ReversalResult {
             original_txn_id: rec.original_txn_id,

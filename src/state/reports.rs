@@ -34,6 +34,7 @@ const STORE_MANAGER_KINDS: [&str; 6] = [
 pub fn report(
     state: &BrandState,
     r: &pb::GetReport,
+    now_ms: i64,
     today: i32,
     scope: Option<u32>,
 ) -> Result<pb::Report, Refusal> {
@@ -59,6 +60,7 @@ pub fn report(
         "liability" => liability(state, r, today)?,
         "settlement" => settlement(state, r, today)?,
         "dormant" => dormant(state, r, today),
+        "points-expiring" => points_expiring(state, r, now_ms),
         "rfm" => rfm(state, today),
         "daily" => daily(state, r, today)?,
         "stores" => vec![list_stores(state)],
@@ -78,7 +80,7 @@ pub fn report(
                 E::InvalidArgument,
                 format!(
                     "unknown report {other:?}: activity, sales, liability, settlement, \
-                     dormant, rfm, daily, stores, terminals, cards or rules"
+                     dormant, points-expiring, rfm, daily, stores, terminals, cards or rules"
                 ),
             )
         }
@@ -186,7 +188,7 @@ fn store_ok(r: &pb::GetReport, store: u32) -> bool {
     r.store_id.is_none_or(|s| s == store)
 }
 
-const TALLY_COLUMNS: [&str; 18] = [
+const TALLY_COLUMNS: [&str; 19] = [
     "purchases",
     "purchase_minor",
     "bonus_spent_minor",
@@ -199,6 +201,7 @@ const TALLY_COLUMNS: [&str; 18] = [
     "reversals",
     "net_sales_minor",
     "average_ticket_minor",
+    "points_paid_minor",
     // The owner's corrections (issue 15), at the head office (store 0).
     "adjustments",
     "adjusted_minor",
@@ -227,6 +230,7 @@ fn tally_cells(t: &Tally) -> Vec<pb::ReportCell> {
         int(t.reversals),
         int(t.net_sales_minor()),
         int(average),
+        int(t.points_paid_minor),
         int(t.adjustments),
         int(t.adjusted_in_minor.saturating_sub(t.adjusted_out_minor)),
         int(t.voided_top_up_minor),
@@ -611,7 +615,7 @@ fn dormant(state: &BrandState, r: &pb::GetReport, today: i32) -> Vec<pb::ReportS
                 -1 => "never".to_string(),
                 d => day_text(d as i32),
             };
-            let tier = rules::tier_of(&state.rules, c).0;
+            let tier = rules::tier_of(&state.rules, c, today).0;
             vec![
                 text(format_card(*n)),
                 int(c.balance()),
@@ -635,6 +639,60 @@ fn dormant(state: &BrandState, r: &pb::GetReport, today: i32) -> Vec<pb::ReportS
     vec![
         section("dormant", &columns, rows),
         section("summary", &["idle_days", "cards", "balance_minor"], summary),
+    ]
+}
+
+/// Days ahead the points-expiring report looks when none is given.
+pub const DEFAULT_EXPIRING_DAYS: u32 = 30;
+
+/// Cards with points expiring in the next `idle_days` days (default 30)
+/// as of `now_ms` (the request's time): most points expiring first. Points
+/// already past their expiry count as gone, as at the card's next record.
+fn points_expiring(state: &BrandState, r: &pb::GetReport, now_ms: i64) -> Vec<pb::ReportSection> {
+    let days = match r.idle_days {
+        0 => DEFAULT_EXPIRING_DAYS,
+        n => n.min(super::points::MAX_EXPIRING_REPORT_DAYS),
+    };
+    let until = now_ms.saturating_add(i64::from(days) * super::points::DAY_MS);
+    let mut found: Vec<(u64, i64, i64, i64)> = state
+        .cards
+        .iter()
+        .filter(|(_, c)| c.status != CardStatus::Replaced)
+        .filter_map(|(n, c)| {
+            let expiring = super::points::expiring(&c.loyalty, now_ms, until);
+            let gone = super::points::expiring(&c.loyalty, i64::MIN, now_ms);
+            let first = c
+                .loyalty
+                .as_ref()?
+                .lots
+                .iter()
+                .find(|l| l.expires_ms > now_ms)?;
+            (expiring > 0).then_some((*n, c.points - gone, expiring, first.expires_ms))
+        })
+        .collect();
+    found.sort_unstable_by_key(|(n, _, e, _)| (std::cmp::Reverse(*e), *n));
+    let total: i64 = found.iter().map(|f| f.2).sum();
+    let summary = vec![vec![
+        int(i64::from(days)),
+        int(found.len() as i64),
+        int(total),
+    ]];
+    let rows = found
+        .iter()
+        .take(MAX_REPORT_ROWS)
+        .map(|(n, points, expiring, first)| {
+            vec![
+                text(format_card(*n)),
+                int(*points),
+                int(*expiring),
+                text(crate::render::utc_time(*first)),
+            ]
+        })
+        .collect();
+    let columns = ["card", "points", "points_expiring", "first_expiry"];
+    vec![
+        section("points-expiring", &columns, rows),
+        section("summary", &["days", "cards", "points_expiring"], summary),
     ]
 }
 
@@ -873,7 +931,7 @@ fn list_cards(state: &BrandState, r: &pb::GetReport) -> Result<(pb::ReportSectio
                 text(status),
                 int(c.balance()),
                 int(c.points),
-                text(rules::tier_of(&state.rules, c).0),
+                text(rules::tier_of(&state.rules, c, state.books.today.day).0),
                 text(last),
                 text(day_text(c.last_active_day)),
             ]

@@ -206,12 +206,12 @@ pub fn read(
                 .requests(&mut query, today, grant.scope().is_some())
                 .into_iter()
                 .map(|request| Shown {
-                    answer: reports::report(state, &request, today, grant.scope()),
+                    answer: reports::report(state, &request, now_ms, today, grant.scope()),
                     request,
                 })
                 .collect();
             let card = (page == Page::Card && !query.card.is_empty())
-                .then(|| card(state, &query.card, grant));
+                .then(|| card(state, &query.card, grant, now_ms));
             Snapshot {
                 brand: state.name.clone(),
                 currency: (state.currency.clone(), state.exponent),
@@ -247,7 +247,12 @@ fn key_live(state: &BrandState, principal: Principal) -> bool {
 
 /// One card by number, as an inquiry shows it; a store manager reads its
 /// store's figures, not cards (as with `GetReport`).
-fn card(state: &BrandState, number: &str, grant: Grant) -> Result<pb::CardView, Refusal> {
+fn card(
+    state: &BrandState,
+    number: &str,
+    grant: Grant,
+    now_ms: i64,
+) -> Result<pb::CardView, Refusal> {
     if grant.scope().is_some() {
         return Err(Refusal::new(
             E::WrongRole,
@@ -256,7 +261,7 @@ fn card(state: &BrandState, number: &str, grant: Grant) -> Result<pb::CardView, 
     }
     crate::card_number::parse_number(number)
         .filter(|(brand, _)| *brand == state.brand_id)
-        .and_then(|(_, n)| state.cards.get(&n).map(|c| state.card_view(n, c)))
+        .and_then(|(_, n)| state.cards.get(&n).map(|c| state.card_view(n, c, now_ms)))
         .ok_or_else(|| Refusal::new(E::CardNotFound, "card not found"))
 }
 

@@ -148,6 +148,14 @@ enum Command {
         /// still due (split tender) instead of declining.
         #[arg(long)]
         partial: bool,
+        /// The till's category code (e.g. bakery): campaigns limited to a
+        /// category cover only purchases that name it.
+        #[arg(long, default_value = "")]
+        category: String,
+        /// Loyalty points to spend as payment (a multiple of the brand's
+        /// points_redemption unit); the card's value pays the rest.
+        #[arg(long, default_value_t = 0)]
+        points: i64,
     },
     /// Load value onto a card (the brand's bonus rule may add bonus value).
     #[command(alias = "top-up")]
@@ -270,10 +278,14 @@ impl Command {
                 card,
                 amount: a,
                 partial,
+                category,
+                points,
             } => Op::Purchase(pb::Purchase {
                 card: card.clone(),
                 amount_minor: amount(a)?,
                 allow_partial: *partial,
+                category: category.clone(),
+                points: *points,
                 ..Default::default()
             }),
             Command::Topup {

@@ -284,7 +284,7 @@ mod tests {
                 card: "1".into(),
                 amount_minor: amount,
                 allow_partial: false,
-                pin_block: Vec::new(),
+                ..Default::default()
             })
         };
         let a = pb::Request {

@@ -828,3 +828,65 @@ fn a_pin_is_typed_at_the_till_and_set_there_with_the_card_present() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("--pin is for"), "{r:?}");
 }
+
+/// Issue 14: `purchase --category` meets a category campaign, the receipt
+/// names the upgrade, and `purchase --points` pays part of the bill.
+#[test]
+fn purchases_name_their_category_pay_with_points_and_print_the_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path());
+    let till = Till::new(&daemon, 0);
+    let card = daemon.manifest.cards[1].as_str();
+    let rules = serde_json::json!({
+        "points_per_unit": 1,
+        "tiers": [{"name": "silver", "min_spend_minor": 0},
+                  {"name": "gold", "min_spend_minor": 2000, "promotion_line": "Gold members: free refill"}],
+        "campaigns": [{"name": "bakery", "multiplier_milli": 6000, "category": "bakery",
+                       "starts": "2000-01-01T00:00:00Z", "ends": "2100-01-01T00:00:00Z"}],
+        "points_redemption": {"points": 10, "value_minor": 100}
+    });
+    let file = dir.path().join("rules.json");
+    std::fs::write(&file, rules.to_string()).expect("rules file");
+    let set = admin(&daemon, &["set-rules", "--file", file.to_str().unwrap()]);
+    assert_eq!(set.code, 0, "{set:?}");
+
+    // 20.00 at the bakery till: 6x = 120 points, and the card reaches gold.
+    let r = till.call(
+        &[],
+        &[
+            "purchase",
+            "--card",
+            card,
+            "--amount",
+            "20.00",
+            "--category",
+            "bakery",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Upgraded: silver \u{2192} gold"), "{r:?}");
+    assert!(r.stdout.contains("Gold members: free refill"), "{r:?}");
+    let earned = r.stdout.lines().find(|l| l.starts_with("Points earned"));
+    assert_eq!(earned.map(|l| l.ends_with(" 120")), Some(true), "{r:?}");
+
+    // 30 points pay 3.00 of a 5.00 bill; the card pays 2.00.
+    let paid = till
+        .json(&[
+            "purchase", "--card", card, "--amount", "5.00", "--points", "30",
+        ])
+        .ok();
+    assert_eq!(
+        (
+            &paid["points_spent"],
+            &paid["points_value_minor"],
+            &paid["approved_minor"]
+        ),
+        (&Value::from(30), &Value::from(300), &Value::from(200)),
+        "{paid}"
+    );
+    // Not a multiple of the unit: refused, nothing spent.
+    let r = till.json(&[
+        "purchase", "--card", card, "--amount", "5.00", "--points", "15",
+    ]);
+    assert_eq!(r.json()["error"], "AMOUNT_OUT_OF_RANGE", "{r:?}");
+}

@@ -302,7 +302,9 @@ impl World {
                 let number: u64 = q.card.parse().expect("an answered card number parses");
                 assert_eq!(
                     view,
-                    &self.state.card_view(number, &self.state.cards[&number])
+                    &self
+                        .state
+                        .card_view(number, &self.state.cards[&number], self.time_ms)
                 );
                 self.run.answers += 1;
             }

@@ -305,6 +305,7 @@ impl World {
                 min_spend_minor,
                 min_visits,
                 multiplier_milli,
+                ..Default::default()
             });
         }
         let promotion_line = self.text(r);

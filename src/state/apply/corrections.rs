@@ -79,7 +79,7 @@ pub(super) fn adjust_card(
         (rec.paid_out_minor, rec.bonus_out_minor) = (paid, bonus);
     }
     rec.reason = a.reason.clone();
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     let at = place(state, &rec);
     state.books.tally(at, |t| {
         t.adjustments = t.adjustments.saturating_add(1);
@@ -123,7 +123,7 @@ pub(super) fn void_top_up(
     (rec.paid_out_minor, rec.bonus_out_minor) = (paid, bonus);
     rec.original_seq = v.original_seq;
     rec.reason = v.reason.clone();
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     let at = place(state, &rec);
     let value = paid + bonus;
     state.books.tally(at, |t| {
@@ -190,7 +190,7 @@ pub(super) fn close_card(
     (rec.paid_out_minor, rec.bonus_out_minor) = (paid, bonus);
     rec.points_out = points;
     rec.reason = c.reason.clone();
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     let at = place(state, &rec);
     state.books.tally(at, |t| {
         t.closed_cards = t.closed_cards.saturating_add(1);
@@ -235,7 +235,7 @@ pub(super) fn set_card_expiry(
     card.expires_ms = e.expires_ms;
     let mut rec = base_record(state, ctx, req, RecordKind::CardExpirySet);
     rec.expires_ms = e.expires_ms;
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }

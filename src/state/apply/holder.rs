@@ -58,7 +58,7 @@ pub(super) fn set_holder(
     let mut card = card.clone();
     card.named = true;
     let mut rec = base_record(state, ctx, req, RecordKind::HolderSet);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -76,7 +76,7 @@ pub(super) fn erase_holder(
     let mut card = card.clone();
     card.named = false;
     let mut rec = base_record(state, ctx, req, RecordKind::HolderErased);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -123,7 +123,7 @@ pub(super) fn set_pin(
     // a locked card: a till is refused above).
     card.pin_locked = false;
     let mut rec = base_record(state, ctx, req, RecordKind::PinSet);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -148,7 +148,7 @@ pub(super) fn unlock_pin(
     let mut card = card.clone();
     card.pin_locked = false;
     let mut rec = base_record(state, ctx, req, RecordKind::PinUnlocked);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -176,7 +176,7 @@ pub(super) fn lock_pin(
     let mut card = card.clone();
     card.pin_locked = true;
     let mut rec = base_record(state, ctx, req, RecordKind::CardPinLocked);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }

@@ -32,8 +32,8 @@ use super::books::Place;
 use super::lots::{refund_share, Lots};
 use super::retention::{expired, forget_expired_effects, missing_original, remember_txn};
 use super::retention::{ORIGINAL_EXPIRED, TXN_TOO_OLD};
-use super::rules;
 use super::*;
+use super::{points, rules};
 use crate::card_number;
 use crate::crypto::{leaf_hash, parse_public_key};
 use crate::error::{refuse, Refusal};
@@ -183,7 +183,7 @@ fn read_only(state: &BrandState, ctx: &Context, op: &Op) -> Option<Result<Outcom
 fn inquiry(state: &BrandState, ctx: &Context, q: &pb::Inquiry) -> Result<Outcome, Refusal> {
     require_cashier_or_owner(ctx)?;
     let (number, card) = find_card(state, &q.card)?;
-    let view = state.card_view(number, card);
+    let view = state.card_view(number, card, ctx.time_ms);
     Ok(Outcome::Answer(pb::Reply {
         card: Some(view),
         promotion_line: state.rules.promotion_line.clone(),
@@ -225,7 +225,7 @@ fn report(state: &BrandState, ctx: &Context, r: &pb::GetReport) -> Result<Outcom
         }
     };
     let today = day_of(state, ctx.time_ms);
-    let report = super::reports::report(state, r, today, scope)?;
+    let report = super::reports::report(state, r, ctx.time_ms, today, scope)?;
     Ok(Outcome::Answer(pb::Reply {
         report: Some(report),
         ..Default::default()
@@ -381,12 +381,12 @@ fn base_record(state: &BrandState, ctx: &Context, req: &Request, kind: RecordKin
 }
 
 /// Writes the card's state after the operation into the record.
-fn fill_card(state: &BrandState, rec: &mut Record, number: u64, card: &Card) {
+fn fill_card(state: &BrandState, rec: &mut Record, number: u64, card: &Card, today: i32) {
     rec.card = format_card(number);
     rec.paid_balance_after_minor = card.paid;
     rec.bonus_balance_after_minor = card.bonus;
     rec.points_after = card.points;
-    rec.tier_after = rules::tier_of(&state.rules, card).0.to_string();
+    rec.tier_after = rules::tier_of(&state.rules, card, today).0.to_string();
     rec.card_status_after = card.status as i32;
     rec.total_spend_after_minor = card.total_spend;
     rec.visits_after = card.visits;
@@ -482,6 +482,12 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
         reversed: false,
         time_ms: rec.time_ms,
         lots: Lots::Empty,
+        points: (rec.points_value_minor != 0).then(|| {
+            Box::new(EffectPoints {
+                value: rec.points_value_minor,
+                ..EffectPoints::default()
+            })
+        }),
     }
 }
 

@@ -10,38 +10,42 @@ pub(super) fn purchase(
 ) -> Result<Outcome, Refusal> {
     let tid = require_terminal(ctx)?;
     amount_ok(p.amount_minor)?;
+    if !text_ok(&p.category) {
+        return refuse(
+            E::InvalidArgument,
+            "category too long or has control characters",
+        );
+    }
     let (number, mut card) = find_active_card(state, ctx, &p.card)?;
     super::holder::require_pin(state, ctx, &card, Some(p.amount_minor))?;
-    let balance = card.balance();
-    let approved = if balance >= p.amount_minor {
-        p.amount_minor
-    } else if p.allow_partial && balance > 0 {
-        balance
-    } else {
-        return refuse(E::InsufficientFunds, "card balance is less than the amount");
-    };
+    let today = day_of(state, ctx.time_ms);
+    let expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
+    let pay = points_payment(&state.rules, p, card.points)?;
+    let due = p.amount_minor - pay.value;
+    let approved = approve(&card, due, p.allow_partial)?;
     // Paid value is spent first, then bonus; refunds return in reverse order.
     let paid_out = approved.min(card.paid);
     let bonus_out = approved - paid_out;
-    let (_, multiplier) = rules::tier_of(&state.rules, &card);
-    let points = rules::points_for(&state.rules, state.exponent, approved, multiplier);
+    let keep = rules::day_history(&state.rules);
+    let (tier_now, tier_before) = tiers_before(&state.rules, &card, today, keep);
+    let store = state.terminals[&tid].store_id;
+    let points = earn(state, ctx, p, tier_now, approved, store)?;
+    let spent_lots = match pay.points {
+        0 => Vec::new(),
+        n => points::spend(&mut card.loyalty, &mut card.points, n),
+    };
     card.paid -= paid_out;
     card.bonus -= bonus_out;
     let taken = card.lots.take(paid_out, bonus_out);
     card.points = checked(card.points.checked_add(points))?;
+    award(&state.rules, &mut card, points, ctx.time_ms)?;
     card.total_spend = checked(card.total_spend.checked_add(approved))?;
-    let today = day_of(state, ctx.time_ms);
     super::super::safety::spend_today(state, &mut card, today, approved)?;
-    card.last_active_day = today;
-    let day = i64::from(today);
-    let visit_counted = day != card.last_visit_day;
-    if visit_counted {
-        card.visits = card
-            .visits
-            .checked_add(1)
-            .ok_or_else(|| Refusal::new(E::Overflow, "visits overflow"))?;
-        card.last_visit_day = day;
+    if keep > 0 {
+        points::add_day_spend(&mut card.loyalty, today, today, keep, approved);
     }
+    card.last_active_day = today;
+    let visit_counted = count_visit(&mut card, today)?;
     balance_ok(&card)?;
     let shift = shift_add(state, tid, |s| {
         s.purchase_count = s.purchase_count.checked_add(1)?;
@@ -53,23 +57,182 @@ pub(super) fn purchase(
     rec.paid_out_minor = paid_out;
     rec.bonus_out_minor = bonus_out;
     rec.points_in = points;
+    rec.points_out = pay.points;
+    rec.points_value_minor = pay.value;
+    rec.points_expired = expired;
     rec.requested_minor = p.amount_minor;
-    rec.remaining_minor = p.amount_minor - approved;
-    fill_card(state, &mut rec, number, &card);
+    rec.remaining_minor = due - approved;
+    fill_card(state, &mut rec, number, &card, today);
+    name_tier_change(&state.rules, &mut rec, &card, today, tier_before);
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
     effect.visit_counted = visit_counted;
-    let at = place(state, &rec);
+    if !spent_lots.is_empty() {
+        effect.points_mut().lots = spent_lots;
+    }
+    book_purchase(state, &rec, visit_counted, &taken);
+    effect.lots = taken;
+    commit_money(state, tid, number, card, shift, effect, &rec);
+    Ok(append(state, ctx, rec))
+}
+
+/// The value the card pays of `due`: all of it, or with `partial` what the
+/// card holds (`INSUFFICIENT_FUNDS` otherwise).
+fn approve(card: &Card, due: i64, partial: bool) -> Result<i64, Refusal> {
+    let balance = card.balance();
+    if balance >= due {
+        Ok(due)
+    } else if partial && balance > 0 {
+        Ok(balance)
+    } else {
+        refuse(E::InsufficientFunds, "card balance is less than the amount")
+    }
+}
+
+/// The card's tier now (before the purchase) and the tier of its last
+/// record: a window tier it has since lost falls at this record, which
+/// names the fall. Without day rules (`keep` 0) the two are the same.
+fn tiers_before(
+    rules: &pb::Rules,
+    card: &Card,
+    today: i32,
+    keep: u32,
+) -> (Option<usize>, Option<usize>) {
+    let now = rules::tier_index(rules, card, today);
+    match keep {
+        0 => (now, now),
+        _ => (now, rules::tier_index(rules, card, card.last_active_day)),
+    }
+}
+
+/// Names the tier the purchase moved the card from, under rules that use
+/// the loyalty keys (older ledgers keep their bytes).
+fn name_tier_change(
+    rules: &pb::Rules,
+    rec: &mut Record,
+    card: &Card,
+    today: i32,
+    before: Option<usize>,
+) {
+    let after = rules::tier_index(rules, card, today);
+    if after != before && rules::names_tier_changes(rules) {
+        rec.tier_before = rules::tier_name(rules, before).to_string();
+        rec.tier_fell = after < before;
+    }
+}
+
+/// A purchase in the books: card value only (points paid are a discount
+/// the brand funds, outside the liability and the settlement).
+fn book_purchase(state: &mut BrandState, rec: &Record, visit_counted: bool, taken: &Lots) {
+    let at = place(state, rec);
+    let approved = rec.paid_out_minor + rec.bonus_out_minor;
+    let (bonus_out, by_points) = (rec.bonus_out_minor, rec.points_value_minor);
     state.books.tally(at, |t| {
+        t.points_paid_minor = t.points_paid_minor.saturating_add(by_points);
         t.purchases = t.purchases.saturating_add(1);
         t.purchase_minor = t.purchase_minor.saturating_add(approved);
         t.purchase_bonus_minor = t.purchase_bonus_minor.saturating_add(bonus_out);
         t.visits = t.visits.saturating_add(u32::from(visit_counted));
     });
-    state.books.liability(at.day, &taken, -1);
-    state.books.settle(at.day, at.store, &taken, 1);
-    effect.lots = taken;
-    commit_money(state, tid, number, card, shift, effect, &rec);
-    Ok(append(state, ctx, rec))
+    state.books.liability(at.day, taken, -1);
+    state.books.settle(at.day, at.store, taken, 1);
+}
+
+/// Points spent as payment and the part of the bill they pay.
+struct PointsPayment {
+    points: i64,
+    value: i64,
+}
+
+/// Checks `--points`: the brand takes points as payment, a positive
+/// multiple of its unit, held by the card, worth no more than the bill.
+fn points_payment(
+    rules: &pb::Rules,
+    p: &pb::Purchase,
+    card_points: i64,
+) -> Result<PointsPayment, Refusal> {
+    if p.points == 0 {
+        return Ok(PointsPayment {
+            points: 0,
+            value: 0,
+        });
+    }
+    let Some(r) = &rules.points_redemption else {
+        return refuse(
+            E::InvalidArgument,
+            "points: this brand's rules do not let points pay bills",
+        );
+    };
+    if !(1..=MAX_POINTS).contains(&p.points) || p.points % r.points != 0 {
+        return refuse(
+            E::AmountOutOfRange,
+            format!("points must be a positive multiple of {}", r.points),
+        );
+    }
+    if p.points > card_points {
+        return refuse(E::InsufficientPoints, "the card has fewer points");
+    }
+    let value = i128::from(r.value_minor) * i128::from(p.points / r.points);
+    if value > i128::from(p.amount_minor) {
+        return refuse(
+            E::AmountOutOfRange,
+            "the points are worth more than the bill",
+        );
+    }
+    let value = i64::try_from(value).expect("at most the bill");
+    Ok(PointsPayment {
+        points: p.points,
+        value,
+    })
+}
+
+/// Points a purchase earns on the value it took from the card, at the
+/// card's tier before it (`tier`, an index in the rules), times every
+/// campaign covering it.
+fn earn(
+    state: &BrandState,
+    ctx: &Context,
+    p: &pb::Purchase,
+    tier: Option<usize>,
+    approved: i64,
+    store: u32,
+) -> Result<i64, Refusal> {
+    let multiplier = tier.map_or(1_000, |i| state.rules.tiers[i].multiplier_milli);
+    let sale = rules::Sale {
+        store,
+        time_ms: ctx.time_ms,
+        category: &p.category,
+    };
+    rules::earned(&state.rules, state.exponent, approved, multiplier, &sale)
+}
+
+/// Puts `points` just earned into a lot when the rules make points expire.
+pub(super) fn award(
+    rules: &pb::Rules,
+    card: &mut Card,
+    points: i64,
+    time_ms: i64,
+) -> Result<(), Refusal> {
+    if rules.points_expire_after_days == 0 || points == 0 {
+        return Ok(());
+    }
+    let life = i64::from(rules.points_expire_after_days) * points::DAY_MS;
+    let expires = checked(time_ms.checked_add(life))?;
+    points::award(&mut card.loyalty, points, expires);
+    Ok(())
+}
+
+/// Counts the card's visit of `day` if it is its first purchase that day.
+fn count_visit(card: &mut Card, today: i32) -> Result<bool, Refusal> {
+    let day = i64::from(today);
+    if day == card.last_visit_day {
+        return Ok(false);
+    }
+    card.visits = card
+        .visits
+        .checked_add(1)
+        .ok_or_else(|| Refusal::new(E::Overflow, "visits overflow"))?;
+    card.last_visit_day = day;
+    Ok(true)
 }
 
 /// Commits a money record's card, shift totals and effect together.
@@ -109,6 +272,7 @@ pub(super) fn top_up(
         );
     }
     let (number, mut card) = find_active_card(state, ctx, &t.card)?;
+    let expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     // The bonus rewards the money the buyer put in: on a sale below face
     // value that is the price, not the face value.
     let bonus = if t.no_bonus {
@@ -133,7 +297,8 @@ pub(super) fn top_up(
     rec.channel = channel as i32;
     rec.reference = t.reference.clone();
     rec.price_minor = price.unwrap_or(0);
-    fill_card(state, &mut rec, number, &card);
+    rec.points_expired = expired;
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     let loaded = Lots::from_moves(&[lots::Lot {
         store,
         paid: t.amount_minor,
@@ -221,9 +386,7 @@ pub(super) fn refund(
     let tid = require_terminal(ctx)?;
     amount_ok(r.amount_minor)?;
     let orig = refundable_purchase(state, ctx, tid, r.original_seq)?;
-    let approved = orig.paid_out + orig.bonus_out;
-    let refunded = orig.refunded_paid + orig.refunded_bonus;
-    let left = approved - refunded;
+    let left = orig.covered() - orig.refunded();
     if r.amount_minor > left {
         return refuse(
             E::RefundExceedsOriginal,
@@ -235,14 +398,20 @@ pub(super) fn refund(
         Some(c) if c.status == CardStatus::Active => c.clone(),
         _ => return refuse(E::CardBlocked, "the purchase's card is blocked or replaced"),
     };
+    let today = day_of(state, ctx.time_ms);
+    let share = refund_share_of(orig, r.amount_minor);
     // Bonus was spent last, so it is returned first.
-    let bonus_in = r.amount_minor.min(orig.bonus_out - orig.refunded_bonus);
-    let paid_in = r.amount_minor - bonus_in;
-    let points_out = points_taken_back(orig, r.amount_minor, card.points);
+    let bonus_in = share.value.min(orig.bonus_out - orig.refunded_bonus);
+    let paid_in = share.value - bonus_in;
+    let moved = refund_points(&mut card, orig, &share, ctx.time_ms);
     card.paid = checked(card.paid.checked_add(paid_in))?;
     card.bonus = checked(card.bonus.checked_add(bonus_in))?;
-    card.points -= points_out;
-    card.total_spend = (card.total_spend - r.amount_minor).max(0);
+    card.total_spend = (card.total_spend - share.value).max(0);
+    let keep = rules::day_history(&state.rules);
+    if keep > 0 {
+        let day = day_of(state, orig.time_ms);
+        points::add_day_spend(&mut card.loyalty, day, today, keep, -share.value);
+    }
     let returned = refund_share(
         &orig.lots,
         (orig.refunded_paid, orig.refunded_bonus),
@@ -250,29 +419,28 @@ pub(super) fn refund(
         bonus_in,
     );
     card.lots.add_all(&returned)?;
-    card.last_active_day = day_of(state, ctx.time_ms);
+    card.last_active_day = today;
     balance_ok(&card)?;
     let shift = shift_add(state, tid, |s| {
         s.refund_count = s.refund_count.checked_add(1)?;
-        s.refund_minor = s.refund_minor.checked_add(r.amount_minor)?;
+        s.refund_minor = s.refund_minor.checked_add(share.value)?;
         Some(())
     })?;
     let mut rec = base_record(state, ctx, req, RecordKind::Refund);
     rec.paid_in_minor = paid_in;
     rec.bonus_in_minor = bonus_in;
-    rec.points_out = points_out;
+    rec.points_out = moved.taken_back;
+    rec.points_in = points::total(&moved.given);
+    rec.points_value_minor = share.points_value;
+    rec.points_expired = moved.expired;
     rec.original_seq = r.original_seq;
     rec.remaining_minor = left - r.amount_minor;
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, today);
     let mut effect = effect_of(&rec, number, shift_number(state, tid));
-    let at = place(state, &rec);
-    let amount = r.amount_minor;
-    state.books.tally(at, |t| {
-        t.refunds = t.refunds.saturating_add(1);
-        t.refund_minor = t.refund_minor.saturating_add(amount);
-    });
-    state.books.liability(at.day, &returned, 1);
-    state.books.settle(at.day, at.store, &returned, -1);
+    if !moved.given.is_empty() {
+        effect.points_mut().lots = moved.given;
+    }
+    book_refund(state, &rec, &returned);
     effect.lots = returned;
     let orig = state
         .effects
@@ -280,9 +448,100 @@ pub(super) fn refund(
         .expect("checked above");
     orig.refunded_paid += paid_in;
     orig.refunded_bonus += bonus_in;
-    orig.refunded_points += points_out;
+    orig.refunded_points += moved.taken_back;
+    if orig.points.is_some() {
+        let p = orig.points_mut();
+        p.refunded_value += share.points_value;
+        p.returned += rec.points_in;
+        p.lots = moved.still_spent;
+    }
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
+}
+
+/// The points a refund moves on the card.
+struct RefundPoints {
+    /// Earned points taken back.
+    taken_back: i64,
+    /// Spent points given back, by lot.
+    given: Vec<points::PointLot>,
+    /// The purchase's spent points not given back yet.
+    still_spent: Vec<points::PointLot>,
+    /// Points that expired at the refund's record.
+    expired: i64,
+}
+
+/// Expires what is due, takes back earned points in proportion, and gives
+/// back the share of spent points with their expiry (expiring at once if
+/// that has passed).
+fn refund_points(card: &mut Card, orig: &Effect, share: &RefundShare, now_ms: i64) -> RefundPoints {
+    let mut expired = points::expire(&mut card.loyalty, &mut card.points, now_ms);
+    let taken_back = points_taken_back(orig, share.value, card.points);
+    points::take_back(&mut card.loyalty, &mut card.points, taken_back);
+    let mut still_spent = orig.points().lots.clone();
+    let given = points::give_back(
+        &mut card.loyalty,
+        &mut card.points,
+        &mut still_spent,
+        share.points,
+    );
+    expired += points::expire(&mut card.loyalty, &mut card.points, now_ms);
+    RefundPoints {
+        taken_back,
+        given,
+        still_spent,
+        expired,
+    }
+}
+
+/// A refund in the books: the card value returned, back to its lots.
+fn book_refund(state: &mut BrandState, rec: &Record, returned: &Lots) {
+    let at = place(state, rec);
+    let amount = rec.paid_in_minor + rec.bonus_in_minor;
+    let by_points = rec.points_value_minor;
+    state.books.tally(at, |t| {
+        t.points_paid_minor = t.points_paid_minor.saturating_sub(by_points);
+        t.refunds = t.refunds.saturating_add(1);
+        t.refund_minor = t.refund_minor.saturating_add(amount);
+    });
+    state.books.liability(at.day, returned, 1);
+    state.books.settle(at.day, at.store, returned, -1);
+}
+
+/// How a refund of part of a bill splits between the card's value and
+/// the points that paid part of it.
+struct RefundShare {
+    /// Value returned to the card.
+    value: i64,
+    /// The part of the refund paid back as points.
+    points_value: i64,
+    /// Spent points given back.
+    points: i64,
+}
+
+/// Points and their value are given back in proportion to the bill
+/// refunded so far (rounded down, so the card's value takes the rest);
+/// at the last refund everything taken has come back, never more.
+fn refund_share_of(orig: &Effect, amount: i64) -> RefundShare {
+    let p = orig.points();
+    if p.value == 0 {
+        return RefundShare {
+            value: amount,
+            points_value: 0,
+            points: 0,
+        };
+    }
+    let (covered, after) = (orig.covered(), orig.refunded() + amount);
+    let share = |whole: i64| {
+        let s = i128::from(whole) * i128::from(after) / i128::from(covered);
+        i64::try_from(s).expect("at most whole")
+    };
+    let points_value = share(p.value) - p.refunded_value;
+    RefundShare {
+        value: amount - points_value,
+        points_value,
+        points: share(orig.points_out) - p.returned,
+    }
 }
 
 /// The purchase a refund names, if it may be refunded here: kept, within
@@ -323,6 +582,10 @@ fn refundable_purchase<'s>(
 /// rounded down, and never more than the card still holds.
 fn points_taken_back(orig: &Effect, amount: i64, card_points: i64) -> i64 {
     let approved = orig.paid_out + orig.bonus_out;
+    if approved == 0 {
+        // Paid by points alone: it earned nothing.
+        return 0;
+    }
     let refunded = orig.refunded_paid + orig.refunded_bonus;
     let should_have_removed = i64::try_from(
         i128::from(orig.points_in) * i128::from(refunded + amount) / i128::from(approved),
@@ -349,10 +612,11 @@ pub(super) fn redeem_points(
     }
     let (number, mut card) = find_active_card(state, ctx, &r.card)?;
     super::holder::require_pin(state, ctx, &card, None)?;
+    let expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     if card.points < r.points {
         return refuse(E::InsufficientPoints, "the card has fewer points");
     }
-    card.points -= r.points;
+    let spent_lots = points::spend(&mut card.loyalty, &mut card.points, r.points);
     let shift = shift_add(state, tid, |s| {
         s.redeem_count = s.redeem_count.checked_add(1)?;
         s.redeem_points = s.redeem_points.checked_add(r.points)?;
@@ -360,13 +624,15 @@ pub(super) fn redeem_points(
     })?;
     let mut rec = base_record(state, ctx, req, RecordKind::PointsRedeemed);
     rec.points_out = r.points;
-    fill_card(state, &mut rec, number, &card);
+    rec.points_expired = expired;
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     let at = place(state, &rec);
     let points = r.points;
     state.books.tally(at, |t| {
         t.redeemed_points = t.redeemed_points.saturating_add(points)
     });
-    let effect = effect_of(&rec, number, shift_number(state, tid));
+    let mut effect = effect_of(&rec, number, shift_number(state, tid));
+    effect.points_mut().lots = spent_lots;
     commit_money(state, tid, number, card, shift, effect, &rec);
     Ok(append(state, ctx, rec))
 }

@@ -132,7 +132,7 @@ pub(super) fn issue_card(
     card.expires_ms = crate::state::safety::expiry_at_issue(&state.rules, ctx.time_ms);
     let mut rec = base_record(state, ctx, req, RecordKind::CardIssued);
     rec.expires_ms = card.expires_ms;
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -161,7 +161,7 @@ pub(super) fn set_card_blocked(
         CardStatus::Active
     };
     let mut rec = base_record(state, ctx, req, RecordKind::CardBlockedChanged);
-    fill_card(state, &mut rec, number, &card);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
     state.cards.insert(number, card);
     Ok(append(state, ctx, rec))
 }
@@ -203,6 +203,8 @@ pub(super) fn replace_card(
         points: 0,
         status: CardStatus::Replaced,
         lots: Lots::Empty,
+        // Its points lots and day history moved with its points.
+        loyalty: None,
         ..old.clone()
     };
     let mut rec = base_record(state, ctx, req, RecordKind::CardReplaced);
@@ -210,7 +212,13 @@ pub(super) fn replace_card(
     rec.bonus_in_minor = old.bonus;
     rec.points_in = old.points;
     rec.other_card = format_card(old_number);
-    fill_card(state, &mut rec, new_number, &new);
+    fill_card(
+        state,
+        &mut rec,
+        new_number,
+        &new,
+        day_of(state, ctx.time_ms),
+    );
     state.cards.insert(old_number, retired);
     state.cards.insert(new_number, new);
     state.replaced_by.insert(old_number, new_number);
@@ -227,7 +235,7 @@ pub(super) fn set_rules(
     let Some(new_rules) = &s.rules else {
         return refuse(E::InvalidArgument, "rules missing");
     };
-    rules::validate(new_rules)?;
+    rules::validate(new_rules, &|id| state.stores.contains_key(&id))?;
     let rec = base_record(state, ctx, req, RecordKind::RulesSet);
     if new_rules.time_zone != state.rules.time_zone {
         // Days are cut in the new zone from this record on.

@@ -52,11 +52,16 @@ pub(super) fn reversal(
             )
         }
     };
+    let today = day_of(state, ctx.time_ms);
+    let mut expired = points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     let deltas = deltas_of(state, orig, &card)?;
     reverse_on_card(&mut card, orig, &deltas, day_of(state, orig.time_ms))?;
+    expired += points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
+    reverse_day_spend(state, &mut card, orig, today);
     let moved = reverse_lots(&mut card, orig)?;
-    card.last_active_day = day_of(state, ctx.time_ms);
+    card.last_active_day = today;
     let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
+    let by_points = orig.points().value;
     let value = deltas.paid_in + deltas.bonus_in + deltas.paid_out + deltas.bonus_out;
     let shift = shift_add(state, tid, |s| {
         s.reversal_count = s.reversal_count.checked_add(1)?;
@@ -72,8 +77,16 @@ pub(super) fn reversal(
     rec.points_out = deltas.points_out;
     rec.original_seq = orig_seq;
     rec.original_txn_id = r.original_txn_id;
-    fill_card(state, &mut rec, number, &card);
-    book_reversal(state, &rec, orig_kind, orig_store, &orig_lots, &moved);
+    rec.points_expired = expired;
+    fill_card(state, &mut rec, number, &card, today);
+    book_reversal(
+        state,
+        &rec,
+        (orig_kind, by_points),
+        orig_store,
+        &orig_lots,
+        &moved,
+    );
     mark_reversed(state, ns, r.original_txn_id, orig_seq, deltas.extra_points);
     state.cards.insert(number, card);
     state.terminals.get_mut(&tid).expect("checked").shift = shift;
@@ -134,7 +147,7 @@ fn reversible_original<'s>(
             "the shift of the original is closed; refund instead",
         );
     }
-    if orig.kind == RecordKind::Purchase && orig.refunded_paid + orig.refunded_bonus > 0 {
+    if orig.kind == RecordKind::Purchase && orig.refunded() > 0 {
         return refuse(
             E::NotReversible,
             "the purchase has refunds; refund the rest instead",
@@ -177,8 +190,11 @@ fn refund_excess(state: &BrandState, orig: &Effect) -> Result<i64, Refusal> {
         );
     };
     let refunded_after = p.refunded_paid + p.refunded_bonus - orig.paid_in - orig.bonus_in;
-    let share =
-        i128::from(p.points_in) * i128::from(refunded_after) / i128::from(p.paid_out + p.bonus_out);
+    let approved = p.paid_out + p.bonus_out;
+    if approved == 0 {
+        return Ok(0);
+    }
+    let share = i128::from(p.points_in) * i128::from(refunded_after) / i128::from(approved);
     let share = i64::try_from(share).expect("bounded by points_in");
     Ok((p.refunded_points - orig.points_out - share).max(0))
 }
@@ -195,7 +211,7 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas, day: i32) -> Resu
     }
     card.paid = checked(card.paid.checked_add(d.paid_in))? - d.paid_out;
     card.bonus = checked(card.bonus.checked_add(d.bonus_in))? - d.bonus_out;
-    card.points = checked(card.points.checked_add(d.points_in))? - d.points_out;
+    reverse_points(card, orig, d)?;
     let approved = orig.paid_out + orig.bonus_out;
     let refunded_value = orig.paid_in + orig.bonus_in;
     match orig.kind {
@@ -212,6 +228,43 @@ fn reverse_on_card(card: &mut Card, orig: &Effect, d: &Deltas, day: i32) -> Resu
         _ => {}
     }
     balance_ok(card)
+}
+
+/// Points: what the original spent goes back to the lots it came from
+/// (with its expiry), anything else given back is free; what it added is
+/// taken back from the latest-expiring lots first.
+fn reverse_points(card: &mut Card, orig: &Effect, d: &Deltas) -> Result<(), Refusal> {
+    let mut spent = orig.points().lots.clone();
+    let given = if orig.kind == RecordKind::Refund {
+        // A refund's lots are what it gave back, not what it spent.
+        Vec::new()
+    } else {
+        points::give_back(&mut card.loyalty, &mut card.points, &mut spent, d.points_in)
+    };
+    let free = d.points_in - points::total(&given);
+    card.points = checked(card.points.checked_add(free))?;
+    points::take_back(&mut card.loyalty, &mut card.points, d.points_out);
+    Ok(())
+}
+
+/// The spend per day a purchase or a refund changed, undone.
+fn reverse_day_spend(state: &BrandState, card: &mut Card, orig: &Effect, today: i32) {
+    let keep = rules::day_history(&state.rules);
+    let delta = match orig.kind {
+        RecordKind::Purchase => -(orig.paid_out + orig.bonus_out),
+        RecordKind::Refund => orig.paid_in + orig.bonus_in,
+        _ => 0,
+    };
+    if keep > 0 && delta != 0 {
+        let day = match orig.kind {
+            RecordKind::Refund => state
+                .effects
+                .get(orig.original_seq)
+                .map_or(today, |p| day_of(state, p.time_ms)),
+            _ => day_of(state, orig.time_ms),
+        };
+        points::add_day_spend(&mut card.loyalty, day, today, keep, delta);
+    }
 }
 
 /// Moves the original's lots back on the card copy: a purchase's value
@@ -233,16 +286,23 @@ fn reverse_lots(card: &mut Card, orig: &Effect) -> Result<Lots, Refusal> {
 fn book_reversal(
     state: &mut BrandState,
     rec: &Record,
-    kind: RecordKind,
+    (kind, by_points): (RecordKind, i64),
     orig_store: u32,
     orig_lots: &Lots,
     moved: &Lots,
 ) {
     let at = place(state, rec);
+    // The points' part of the original's bill (a purchase's, or a refund's
+    // given back), undone.
+    let by_points = match kind {
+        RecordKind::Refund => by_points,
+        _ => -by_points,
+    };
     let value_in = rec.paid_in_minor + rec.bonus_in_minor;
     let value_out = rec.paid_out_minor + rec.bonus_out_minor;
     state.books.tally(at, |t| {
         t.reversals = t.reversals.saturating_add(1);
+        t.points_paid_minor = t.points_paid_minor.saturating_add(by_points);
         match kind {
             RecordKind::Purchase => {
                 t.reversed_purchase_minor = t.reversed_purchase_minor.saturating_add(value_in)
@@ -278,6 +338,11 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
     let (kind, refund_of) = (orig.kind, orig.original_seq);
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
     *state.txns.get_mut(&(ns, txn_id)).expect("found above") = TxnEntry::Reversed(orig_seq);
+    let points_given = orig.points_in;
+    let (points_value, given) = match orig.points.take() {
+        Some(p) => (p.value, p.lots),
+        None => (0, Vec::new()),
+    };
     if kind == RecordKind::Refund {
         let purchase = state
             .effects
@@ -286,5 +351,12 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;
         purchase.refunded_points -= refund_points + extra_points;
+        // The points it gave back are spent again, with their expiry.
+        if points_value != 0 || points_given != 0 {
+            let p = purchase.points_mut();
+            p.refunded_value -= points_value;
+            p.returned -= points_given;
+            points::untake(&mut p.lots, &given);
+        }
     }
 }
