@@ -353,7 +353,7 @@ RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("poin
                          5: ("time_zone", STRING), 10: ("campaigns", ("repeated", CAMPAIGN)),
                          11: ("points_expire_after_days", U32),
                          12: ("points_redemption", ("msg", POINTS_REDEMPTION)),
-                         13: ("store_promotions", ("repeated", STORE_PROMOTION,
+                         13: ("store_promotions", ("repeated", STORE_PROMOTION)),
                          20: ("max_balance_named_minor", I64T),
                          21: ("max_balance_anonymous_minor", I64T), 22: ("max_top_up_minor", I64T),
                          23: ("max_daily_spend_minor", I64T), 24: ("card_validity_days", U32),

@@ -346,10 +346,11 @@ async fn unread_exports_of_one_brand_never_delay_another_brands_purchases() {
     );
     // Before exports were paced and kept off tokio's blocking pool, such
     // purchases waited for as long as the exports hung. The bound is wide
-    // so that a busy CI machine does not fail it; the figures measured on
-    // a quiet one are in docs/security.md.
+    // so that a busy CI machine (the target's other tests run beside this
+    // one) does not fail it: 20 ms beside 2 ms alone was seen with a build
+    // running. The figures measured on a quiet one are in docs/security.md.
     assert!(
-        loaded <= usual * 3 + Duration::from_millis(10) && burst < Duration::from_secs(1),
+        loaded <= usual * 3 + Duration::from_millis(50) && burst < Duration::from_secs(1),
         "brand two's purchase p99 {loaded:?} beside unread exports, {usual:?} alone (worst while they start {burst:?})"
     );
     // Brand two's own owner still signs on and exports whole.

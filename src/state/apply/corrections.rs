@@ -182,7 +182,9 @@ pub(super) fn close_card(
     let (number, mut card) = correctable(state, &c.card)?;
     let (paid, bonus, points) = (card.paid, card.bonus, card.points);
     let taken = card.lots.take(paid, bonus);
-    (card.paid, card.bonus, card.points) = (0, 0, 0);
+    (card.paid, card.bonus) = (0, 0);
+    // Every point goes, out of its lots too (a closed card earns nothing).
+    points::take_back(&mut card.loyalty, &mut card.points, points);
     card.status = CardStatus::Blocked;
     card.closed = true;
     card.last_active_day = day_of(state, ctx.time_ms);
