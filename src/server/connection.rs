@@ -426,7 +426,7 @@ fn verified(
             };
             session
                 .runtime
-                .spawn(super::audit::serve(op, shared, stream));
+                .spawn(super::audit::serve(*op, shared, stream));
         }
         Ok((Route::Personal, sub)) => {
             let who = super::personal::Who {
@@ -467,7 +467,7 @@ fn audit_route(
             "this brand was stopped: its ledger on disk was found changed (see the daemon's log)",
         ));
     }
-    Ok(Route::Audit(op.clone()))
+    Ok(Route::Audit(Box::new(op.clone())))
 }
 
 /// Where a verified request goes.
@@ -475,7 +475,7 @@ enum Route {
     /// To the brand's writer (the state machine).
     Writer,
     /// An owner's audit read, served from durable storage.
-    Audit(Op),
+    Audit(Box<Op>),
     /// A holder or PIN request: the server's part first, on a task of its
     /// own (`personal.rs`), never on the applier.
     Personal,

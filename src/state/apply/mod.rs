@@ -9,8 +9,8 @@
 //! the operations themselves are in `money.rs` (a terminal's value and
 //! points), `reversal.rs` and `owner.rs` (brand creation and the owner's
 //! operations), one function per operation.
-mod holder;
 mod corrections;
+mod holder;
 mod keys;
 mod money;
 mod owner;
@@ -18,8 +18,8 @@ mod reversal;
 
 use prost::Message;
 
-use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use corrections::{adjust_card, close_card, set_card_expiry, void_top_up};
+use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use keys::{rekey_terminal, rotate_owner_key, rotate_server_key};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
 use owner::{
