@@ -25,6 +25,7 @@ pub mod merkle;
 pub mod pb;
 pub mod render;
 pub mod replay;
+pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod state;

@@ -75,6 +75,11 @@ pub struct Config {
     pub audit_stall_secs: u64,
     /// KiB after which a brand's log segment is sealed.
     pub log_segment_kib: u64,
+    /// NATS servers holding every brand's replicated log
+    /// (`--replicate`, comma-separated); None: the single-node default.
+    pub replicate: Option<String>,
+    /// Follow the replicated log instead of serving (`--standby`).
+    pub standby: bool,
 }
 
 impl Default for Config {
@@ -93,6 +98,8 @@ impl Default for Config {
             quotas: Quotas::default(),
             audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
             log_segment_kib: crate::limits::LOG_SEGMENT_BYTES / 1024,
+            replicate: None,
+            standby: false,
         }
     }
 }
@@ -212,7 +219,11 @@ fn start_brands(
 ) -> Result<Arc<Shared>, StartError> {
     let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
-    let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
+    let (store, server_key, mut ledgers) = match &config.replicate {
+        None => load_sized(&config.data_dir, segment_bytes)?,
+        // The connection lives as long as the store that holds it.
+        Some(urls) => start::load_replicated(&config.data_dir, segment_bytes, urls)?.0,
+    };
     log_recovered(&ledgers, started.elapsed());
     if config.demo {
         if ledgers.is_empty() {

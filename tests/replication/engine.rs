@@ -6,14 +6,6 @@ use async_nats::jetstream::{self, message::PublishMessage as Publish, stream};
 
 use crate::common::nats::NatsCluster;
 
-async fn connect(cluster: &NatsCluster) -> jetstream::Context {
-    let urls: Vec<String> = cluster.urls().split(',').map(str::to_string).collect();
-    let client = async_nats::connect(urls)
-        .await
-        .expect("connect to the cluster");
-    jetstream::new(client)
-}
-
 /// A 3-replica file stream; the meta leader may still be settling right
 /// after start-up, so creation is retried for a few seconds.
 async fn smoke_stream(js: &jetstream::Context) -> stream::Stream {
@@ -58,7 +50,7 @@ async fn jetstream_fences_deduplicates_and_survives_one_node() {
     let Some(mut cluster) = NatsCluster::start(3) else {
         return;
     };
-    let js = connect(&cluster).await;
+    let js = crate::jetstream_of(&cluster).await;
     let s = smoke_stream(&js).await;
     assert_eq!(s.cached_info().config.num_replicas, 3);
 

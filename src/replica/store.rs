@@ -1,0 +1,250 @@
+//! [`ReplicatedStore`]: a brand's commit goes onto its stream, then into the
+//! local log. Both before `commit` returns, so the writer's committer (which
+//! releases answers only after `commit`) acknowledges nothing that is not
+//! on a quorum of NATS nodes and on the local disk.
+//!
+//! The stream first: a batch the stream refused (fenced) or never took is
+//! then not in the local log either, and a local log is never ahead of its
+//! stream. A batch the stream took whose local write failed stops the
+//! brand like any failed commit; a restart catches the local log up from
+//! the stream (`follow::catch_up`).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use sha2::{Digest, Sha256};
+
+use super::nats::brand_stream;
+use super::{follow, subject, Nats, ReplicaError, FIRST_SEQ_HEADER};
+use crate::storage::{LogStore, Result, StorageError, StoredBatch};
+
+/// The local log plus each brand's stream.
+pub struct ReplicatedStore {
+    disk: Arc<dyn LogStore>,
+    nats: Arc<Nats>,
+    /// Per brand: the stream sequence of its newest message, which the next
+    /// append must find there (fencing). Read from the stream at a brand's
+    /// first append; dropped on any failure, so it is read again.
+    tails: Mutex<HashMap<u32, u64>>,
+}
+
+impl ReplicatedStore {
+    /// `disk` (the local log) replicated through `nats`.
+    pub fn new(disk: Arc<dyn LogStore>, nats: Arc<Nats>) -> Self {
+        ReplicatedStore {
+            disk,
+            nats,
+            tails: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The local log alone (what a follower commits to).
+    pub fn disk(&self) -> &Arc<dyn LogStore> {
+        &self.disk
+    }
+
+    /// The connection.
+    pub fn nats(&self) -> &Arc<Nats> {
+        &self.nats
+    }
+
+    /// Appends one commit to `brand`'s stream: runs of at most the
+    /// message size, the last with the checkpoint, each fenced on the one
+    /// before it.
+    fn replicate(
+        &self,
+        brand: u32,
+        records: &[(u64, &[u8])],
+        checkpoint: &[u8],
+    ) -> std::result::Result<(), ReplicaError> {
+        let Some(&(first, _)) = records.first() else {
+            return Ok(()); // nothing to replicate (never asked by the writer)
+        };
+        let known = self.tails.lock().expect("tails lock").remove(&brand);
+        let mut tail = match known {
+            Some(tail) => tail,
+            None => self.read_tail(brand, first)?,
+        };
+        let runs = split(records, self.nats.max_run_bytes);
+        let count = runs.len();
+        for (i, run) in runs.into_iter().enumerate() {
+            let batch = StoredBatch {
+                first_seq: run[0].0,
+                last_seq: run[run.len() - 1].0,
+                checkpoint: if i + 1 == count {
+                    checkpoint.to_vec()
+                } else {
+                    Vec::new()
+                },
+                nodes: Vec::new(),
+                records: run.iter().map(|(_, r)| r.to_vec()).collect(),
+            };
+            tail = self.append(brand, &batch, tail)?;
+        }
+        self.tails.lock().expect("tails lock").insert(brand, tail);
+        Ok(())
+    }
+
+    /// The stream sequence the brand's next append must follow, checking
+    /// that the stream's chain ends just before `first` (the local chain's
+    /// end, which recovery caught up with the stream).
+    fn read_tail(&self, brand: u32, first: u64) -> std::result::Result<u64, ReplicaError> {
+        let js = self.nats.jetstream();
+        let end = self.nats.run(async move {
+            let stream = brand_stream(&js, brand).await?;
+            follow::chain_end(&stream, brand).await
+        })??;
+        if end.record_seq + 1 != first {
+            return Err(ReplicaError::Diverged {
+                brand,
+                what: format!(
+                    "its stream's chain ends at record {} but this node's next record is {first} \
+                     (another node wrote to it: restart this one to catch up)",
+                    end.record_seq
+                ),
+            });
+        }
+        Ok(end.stream_seq)
+    }
+
+    /// One message: the run, fenced on `after` (the stream sequence it
+    /// must follow), with an id of its bytes. Returns its stream sequence.
+    fn append(
+        &self,
+        brand: u32,
+        batch: &StoredBatch,
+        after: u64,
+    ) -> std::result::Result<u64, ReplicaError> {
+        let (first, last) = (batch.first_seq, batch.last_seq);
+        let payload = batch.encode();
+        // The same bytes get the same id: a retried append is dropped by
+        // the stream's de-duplication; another writer's run never is.
+        let digest = Sha256::digest(&payload);
+        let id = format!("{brand}-{first}-{last}-{}", hex::encode(&digest[..12]));
+        let message = PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id)
+            .header(FIRST_SEQ_HEADER, first.to_string().as_str())
+            .expected_last_subject_sequence(after);
+        let js = self.nats.jetstream();
+        let acked = self.nats.run(async move {
+            match js.send_publish(subject(brand), message).await {
+                Ok(ack) => ack.await.map_err(|e| {
+                    (
+                        e.kind() == PublishErrorKind::WrongLastSequence,
+                        Box::new(e) as super::Source,
+                    )
+                }),
+                Err(e) => Err((
+                    e.kind() == PublishErrorKind::WrongLastSequence,
+                    Box::new(e) as super::Source,
+                )),
+            }
+        })?;
+        match acked {
+            Ok(ack) => Ok(ack.sequence),
+            Err((true, _)) => Err(ReplicaError::Fenced { brand, first, last }),
+            Err((false, source)) => Err(ReplicaError::Publish {
+                brand,
+                first,
+                last,
+                source,
+            }),
+        }
+    }
+}
+
+/// `records` in runs of at most `max_bytes` of record bytes (at least one
+/// record each).
+fn split<'a, 'b>(records: &'b [(u64, &'a [u8])], max_bytes: usize) -> Vec<&'b [(u64, &'a [u8])]> {
+    let mut runs = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, r)) in records.iter().enumerate() {
+        let size = r.len() + 4;
+        if i > start && bytes + size > max_bytes {
+            runs.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    runs.push(&records[start..]);
+    runs
+}
+
+impl LogStore for ReplicatedStore {
+    fn brands(&self) -> Result<Vec<u32>> {
+        self.disk.brands()
+    }
+
+    fn commit(
+        &self,
+        brand: u32,
+        records: &[(u64, &[u8])],
+        nodes: &[(u8, u64, [u8; 32])],
+        checkpoint: (u64, &[u8]),
+    ) -> Result<()> {
+        self.replicate(brand, records, checkpoint.1)
+            .map_err(|e| StorageError::Replication {
+                brand,
+                source: Box::new(e),
+            })?;
+        self.disk.commit(brand, records, nodes, checkpoint)
+    }
+
+    fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+        self.disk.node(brand, level, index)
+    }
+
+    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+        self.disk.checkpoints(brand)
+    }
+
+    fn checkpoints_after(
+        &self,
+        brand: u32,
+        after_size: u64,
+    ) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+        self.disk.checkpoints_after(brand, after_size)
+    }
+
+    fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.disk.record(brand, seq)
+    }
+
+    fn scan(
+        &self,
+        brand: u32,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
+        self.disk.scan(brand, from_seq)
+    }
+
+    fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
+        self.disk.last_checkpoint(brand)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn runs_stay_under_the_size_and_keep_every_record_in_order() {
+        let bodies: Vec<Vec<u8>> = (0..10).map(|i| vec![i as u8; 96]).collect();
+        let records: Vec<(u64, &[u8])> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u64 + 1, b.as_slice()))
+            .collect();
+        let runs = split(&records, 300);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [3, 3, 3, 1]
+        );
+        let seqs: Vec<u64> = runs.iter().flat_map(|r| r.iter().map(|x| x.0)).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        // A record bigger than a run still goes, alone.
+        assert_eq!(split(&records, 10).len(), 10);
+    }
+}
