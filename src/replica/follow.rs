@@ -192,13 +192,14 @@ pub fn catch_up(
 /// Follows `brand`'s stream until `stop` is cancelled or an error: an
 /// ordered consumer on the connection's runtime reads from the first
 /// message after the local chain, and the calling thread checks and
-/// commits each commit. The standby's loop for one brand; an error stops
-/// following it.
+/// commits each commit, then tells `committed` the local chain's new end.
+/// The standby's loop for one brand; an error stops following it.
 pub fn follow_brand(
     nats: &Nats,
     disk: &dyn LogStore,
     mut follower: Follower,
     stop: CancellationToken,
+    committed: &dyn Fn(u64),
 ) -> Result<Follower, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let local = follower.ledger.state.seq;
@@ -217,7 +218,11 @@ pub fn follow_brand(
     // Ends when the reader does (stopped, or the stream ended with an error
     // sent first).
     while let Some(run) = rx.blocking_recv() {
+        let before = follower.ledger.state.seq;
         follower.take(disk, run?)?;
+        if follower.ledger.state.seq != before {
+            committed(follower.ledger.state.seq);
+        }
     }
     Ok(follower)
 }

@@ -13,6 +13,7 @@ pub mod sessions;
 mod shutdown;
 mod sign_on;
 mod snapshot_child;
+mod standby;
 pub mod start;
 pub mod verifier;
 pub mod writer;
@@ -181,6 +182,11 @@ pub async fn run_until(
         let router = http::router(health.clone());
         tokio::spawn(http::serve(http_listener, router, http_stop.clone()));
     }
+    if let (true, Some(urls)) = (config.standby, config.replicate.as_deref()) {
+        let ran = run_standby(&config, urls, listener, stop, health, on_ready).await;
+        http_stop.cancel();
+        return ran;
+    }
     let writers = TaskTracker::new();
     let shared = start_brands(&config, stop.clone(), &writers)?;
     health.set_recovered();
@@ -200,6 +206,31 @@ pub async fn run_until(
     health.set_stopping();
     shutdown::drain(shared, connections, writers).await;
     http_stop.cancel();
+    Ok(())
+}
+
+/// `--standby`: follows every brand's replicated log until `stop`
+/// (`standby.rs`), serving no till.
+async fn run_standby(
+    config: &Config,
+    urls: &str,
+    listener: TcpListener,
+    stop: CancellationToken,
+    health: Arc<http::Health>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), StartError> {
+    let standby = tokio::task::block_in_place(|| standby::Standby::start(config, urls))?;
+    health.set_recovered();
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    if !stop.is_cancelled() {
+        tracing::info!(addr = %local_addr, "standby: not serving tills");
+        on_ready(&Running { local_addr });
+    }
+    standby.run(listener, stop).await;
+    health.set_stopping();
     Ok(())
 }
 

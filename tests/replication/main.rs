@@ -7,12 +7,15 @@
 //!   expected subject sequence, de-duplication by message id, a quorum
 //!   that survives one node), checked on the server itself;
 //! - `active`: `--replicate` on the serving node: every acknowledged commit
-//!   on its brand's stream, byte for byte, and a second writer fencing it.
+//!   on its brand's stream, byte for byte, and a second writer fencing it;
+//! - `standby`: `--standby` follows into its own directory, checked, and
+//!   exports the same bytes as the active.
 #[path = "../common/mod.rs"]
 mod common;
 
 mod active;
 mod engine;
+mod standby;
 
 use async_nats::jetstream;
 use cardd::replica::{self, Run};

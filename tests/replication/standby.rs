@@ -1,0 +1,92 @@
+//! `cardd serve --standby --replicate`: a second node with its own data
+//! directory and the same server key follows the active node's log,
+//! checking every record, and ends up with the same ledger byte for byte.
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::common::http::{free_addr, metrics, sample};
+use crate::common::nats::NatsCluster;
+use crate::common::run::export_and_verify;
+use crate::common::{ok, purchase, wait_until, Daemon};
+
+/// Starts a standby on `data` with the server key of the active's `from`.
+pub fn start_standby(from: &Path, data: &Path, urls: &str) -> (Daemon, SocketAddr) {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::copy(from.join("server.key"), data.join("server.key")).unwrap();
+    let http = free_addr();
+    let http_arg = http.to_string();
+    let d = Daemon::start(
+        data,
+        &["--standby", "--replicate", urls, "--http-listen", &http_arg],
+    );
+    (d, http)
+}
+
+/// The standby's record count for `brand`, from its metrics.
+pub fn records_on(http: SocketAddr, brand: u32) -> Option<u64> {
+    sample(
+        &metrics(http),
+        &format!("cardd_records{{brand=\"{brand}\"}}"),
+    )
+    .map(|v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_every_commit_and_exports_the_same_bytes() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let brand = demo.manifest.brand_id;
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(active.addr, 0).await;
+    for txn in 100..103 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    // Started behind: it reads what it missed, then follows live commits.
+    let standby_data = dir.path().join("standby");
+    let (mut standby, http) = start_standby(&demo.data, &standby_data, &urls);
+    for txn in 103..110 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    let target = 17 + 10;
+    assert!(
+        wait_until(|| records_on(http, brand) == Some(target)),
+        "the standby reached record {target}: it holds {:?}",
+        records_on(http, brand)
+    );
+    active.kill9();
+    standby.kill9();
+    let a = dir.path().join("active.export");
+    let s = dir.path().join("standby.export");
+    let report = export_and_verify(&demo.data, brand, &a);
+    export_and_verify(&standby_data, brand, &s);
+    assert_eq!(report["records"], target, "{report}");
+    let (a_header, a_body) = export_parts(&a);
+    let (s_header, s_body) = export_parts(&s);
+    assert!(
+        a_body == s_body,
+        "the standby's records and checkpoints are the active's, byte for byte"
+    );
+    assert_eq!(
+        (a_header.tree_size, a_header.server_public_key),
+        (s_header.tree_size, s_header.server_public_key)
+    );
+}
+
+/// An export file's header and the bytes after it (the header alone holds
+/// the moment of the export, which differs between two exports).
+pub fn export_parts(path: &Path) -> (cardd::pb::ExportHeader, Vec<u8>) {
+    use prost::Message;
+    let bytes = std::fs::read(path).unwrap();
+    let magic = b"CARDDEX1".len();
+    let len = u32::from_be_bytes(bytes[magic..magic + 4].try_into().unwrap()) as usize;
+    let header = &bytes[magic + 4..magic + 4 + len];
+    let item = cardd::pb::ExportItem::decode(header).expect("an export item");
+    let Some(cardd::pb::export_item::Item::Header(header)) = item.item else {
+        panic!("the export does not start with its header");
+    };
+    (header, bytes[magic + 4 + len..].to_vec())
+}
