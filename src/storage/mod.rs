@@ -4,7 +4,7 @@
 //! its own append-only, checksummed segment log, fdatasynced before a
 //! commit returns (the truth), read back through the sealed segments'
 //! frame tables (derived: rebuilt from their segments when missing). A
-//! replicated log can later sit behind the same trait.
+//! replicated log sits behind the same trait (`crate::replica`).
 //!
 //! - `segment`: the log files, their frames and the torn-tail rule;
 //! - `frames`: where each frame lies (frame tables, the newest in memory);
