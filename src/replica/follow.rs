@@ -91,14 +91,18 @@ async fn read_from(
     brand: u32,
     local_seq: u64,
 ) -> Result<u64, ReplicaError> {
-    let Some(mut run) = newest(stream, brand).await? else {
+    let Some(newest) = newest(stream, brand).await? else {
         return Ok(1);
     };
-    if run.batch.last_seq <= local_seq {
-        return Ok(run.stream_seq + 1);
-    }
-    while run.batch.first_seq > local_seq + 1 && run.stream_seq > 1 {
+    let mut run = newest.clone();
+    // Back over fences and runs after `local_seq` to the run holding
+    // `local_seq + 1` (or the start).
+    while (run.is_fence() || run.batch.first_seq > local_seq + 1) && run.stream_seq > 1 {
         run = message(stream, brand, run.stream_seq - 1).await?;
+    }
+    if !run.is_fence() && run.batch.last_seq <= local_seq {
+        // Nothing after `local_seq` below the newest message.
+        return Ok(run.stream_seq + 1);
     }
     Ok(run.stream_seq)
 }
@@ -119,8 +123,14 @@ impl Follower {
     pub fn take(&mut self, disk: &dyn LogStore, run: Run) -> Result<(), ReplicaError> {
         let brand = self.ledger.brand_id();
         let local = self.ledger.state.seq;
-        let b = run.batch;
         self.stream_seq = run.stream_seq;
+        if run.is_fence() {
+            // A new writer: a commit its predecessor left unfinished is
+            // never finished.
+            self.pending.clear();
+            return Ok(());
+        }
+        let b = run.batch;
         if b.last_seq <= local {
             return Ok(());
         }
@@ -158,19 +168,19 @@ impl Follower {
 }
 
 /// Brings `follower`'s local log up to the end of its stream (reading each
-/// message once, by sequence): before an active node serves a brand.
+/// message once, by sequence): before a node serves a brand. Returns the
+/// end it reached (what a fence must name).
 pub fn catch_up(
     nats: &Nats,
     disk: &dyn LogStore,
     follower: &mut Follower,
-) -> Result<u64, ReplicaError> {
+) -> Result<ChainEnd, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let before = follower.ledger.state.seq;
     let js = nats.jetstream();
-    let local = before;
     let (stream, start, end) = nats.run(async move {
         let stream = brand_stream(&js, brand).await?;
-        let start = read_from(&stream, brand, local).await?;
+        let start = read_from(&stream, brand, before).await?;
         let end = chain_end(&stream, brand).await?;
         Ok::<_, ReplicaError>((stream, start, end))
     })??;
@@ -180,13 +190,15 @@ pub fn catch_up(
         follower.take(disk, run)?;
     }
     let caught = follower.ledger.state.seq - before;
-    tracing::info!(
-        brand,
-        caught,
-        stream_seq = end.stream_seq,
-        "caught up from the replicated log"
-    );
-    Ok(caught)
+    if caught > 0 {
+        tracing::info!(
+            brand,
+            caught,
+            stream_seq = end.stream_seq,
+            "caught up from the replicated log"
+        );
+    }
+    Ok(end)
 }
 
 /// Follows `brand`'s stream until `stop` is cancelled or an error: an

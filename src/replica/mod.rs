@@ -25,9 +25,11 @@ use crate::ledger::{BrandLedger, LedgerError};
 use crate::storage::StoredBatch;
 
 pub mod follow;
+pub mod lease;
 mod nats;
 mod store;
 
+pub use lease::{LeaseClock, Leases};
 pub use nats::Nats;
 pub use store::ReplicatedStore;
 
@@ -37,6 +39,11 @@ pub const REPLICAS: usize = 3;
 /// The header carrying a run's first record's sequence number (the stored
 /// run encoding names only its last).
 pub const FIRST_SEQ_HEADER: &str = "Cardd-First-Seq";
+/// The header that marks a fence: a message with no records that a node
+/// taking a brand over appends first, so that an append still in flight
+/// from the brand's previous writer (which names an older stream sequence)
+/// is refused.
+pub const FENCE_HEADER: &str = "Cardd-Fence";
 /// The prefix of every brand's stream name.
 pub const STREAM_PREFIX: &str = "CARDD_BRAND_";
 
@@ -93,6 +100,13 @@ pub enum ReplicaError {
         first: u64,
         /// The run's last record.
         last: u64,
+    },
+    /// This node's lease of the brand has lapsed or was lost: another node
+    /// may be the brand's writer now.
+    #[error("brand {brand}: this node is no longer active for the brand (its lease lapsed)")]
+    NotActive {
+        /// The brand.
+        brand: u32,
     },
     /// An append was not acknowledged (no quorum, a timeout, a lost
     /// connection); it may or may not be stored.
@@ -153,6 +167,16 @@ impl Run {
             stream_seq,
             what,
         };
+        if headers.is_some_and(|h| h.get(FENCE_HEADER).is_some()) {
+            let batch = StoredBatch {
+                first_seq: 0,
+                last_seq: 0,
+                checkpoint: Vec::new(),
+                nodes: Vec::new(),
+                records: Vec::new(),
+            };
+            return Ok(Run { stream_seq, batch });
+        }
         let first = headers
             .and_then(|h| h.get(FIRST_SEQ_HEADER))
             .and_then(|v| v.as_str().parse::<u64>().ok())
@@ -162,6 +186,11 @@ impl Run {
             return Err(malformed("a run with no record".into()));
         }
         Ok(Run { stream_seq, batch })
+    }
+
+    /// A fence (no records): a new writer started here.
+    pub fn is_fence(&self) -> bool {
+        self.batch.records.is_empty()
     }
 }
 

@@ -16,7 +16,7 @@ use async_nats::jetstream::message::PublishMessage;
 use sha2::{Digest, Sha256};
 
 use super::nats::brand_stream;
-use super::{follow, subject, Nats, ReplicaError, FIRST_SEQ_HEADER};
+use super::{follow, subject, LeaseClock, Nats, ReplicaError, FIRST_SEQ_HEADER};
 use crate::storage::{LogStore, Result, StorageError, StoredBatch};
 
 /// The local log plus each brand's stream.
@@ -27,6 +27,9 @@ pub struct ReplicatedStore {
     /// append must find there (fencing). Read from the stream at a brand's
     /// first append; dropped on any failure, so it is read again.
     tails: Mutex<HashMap<u32, u64>>,
+    /// The leases this node holds (None: appends are guarded by fencing
+    /// alone, as in the catch-up at start).
+    clock: Option<Arc<LeaseClock>>,
 }
 
 impl ReplicatedStore {
@@ -36,7 +39,29 @@ impl ReplicatedStore {
             disk,
             nats,
             tails: Mutex::new(HashMap::new()),
+            clock: None,
         }
+    }
+
+    /// Appends only while `clock` says this node's lease of the brand is
+    /// good.
+    pub fn with_leases(mut self, clock: Arc<LeaseClock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Appends a fence to `brand`'s stream, fenced on `after` (the stream
+    /// sequence of the end this node caught up to): from then on only this
+    /// node's appends are taken. Fails with [`ReplicaError::Fenced`] if
+    /// another append came first (catch up again, then fence again).
+    pub fn fence(&self, brand: u32, after: u64) -> std::result::Result<(), ReplicaError> {
+        self.tails.lock().expect("tails lock").remove(&brand);
+        let message = PublishMessage::build()
+            .header(super::FENCE_HEADER, "1")
+            .expected_last_subject_sequence(after);
+        let seq = self.publish(brand, message, (0, 0))?;
+        self.tails.lock().expect("tails lock").insert(brand, seq);
+        Ok(())
     }
 
     /// The local log alone (what a follower commits to).
@@ -61,6 +86,9 @@ impl ReplicatedStore {
         let Some(&(first, _)) = records.first() else {
             return Ok(()); // nothing to replicate (never asked by the writer)
         };
+        if self.clock.as_ref().is_some_and(|c| !c.may_append(brand)) {
+            return Err(ReplicaError::NotActive { brand });
+        }
         let known = self.tails.lock().expect("tails lock").remove(&brand);
         let mut tail = match known {
             Some(tail) => tail,
@@ -127,19 +155,26 @@ impl ReplicatedStore {
             .message_id(id)
             .header(FIRST_SEQ_HEADER, first.to_string().as_str())
             .expected_last_subject_sequence(after);
+        self.publish(brand, message, (first, last))
+    }
+
+    /// Publishes `message` on the brand's subject and waits for its
+    /// acknowledgement: its stream sequence. `records` names the run in
+    /// errors.
+    fn publish(
+        &self,
+        brand: u32,
+        message: PublishMessage,
+        (first, last): (u64, u64),
+    ) -> std::result::Result<u64, ReplicaError> {
         let js = self.nats.jetstream();
         let acked = self.nats.run(async move {
+            let wrong = |kind: PublishErrorKind| kind == PublishErrorKind::WrongLastSequence;
             match js.send_publish(subject(brand), message).await {
-                Ok(ack) => ack.await.map_err(|e| {
-                    (
-                        e.kind() == PublishErrorKind::WrongLastSequence,
-                        Box::new(e) as super::Source,
-                    )
-                }),
-                Err(e) => Err((
-                    e.kind() == PublishErrorKind::WrongLastSequence,
-                    Box::new(e) as super::Source,
-                )),
+                Ok(ack) => ack
+                    .await
+                    .map_err(|e| (wrong(e.kind()), Box::new(e) as super::Source)),
+                Err(e) => Err((wrong(e.kind()), Box::new(e) as super::Source)),
             }
         })?;
         match acked {

@@ -128,6 +128,8 @@ pub struct Shared {
     /// Cancelled when the daemon starts shutting down: connections stop
     /// reading and deliver what is in flight.
     pub stop: CancellationToken,
+    /// Where brands keep their snapshots, and every how many records.
+    snapshots: (PathBuf, u64),
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -139,6 +141,30 @@ impl Shared {
             .expect("brands lock")
             .get(&brand)
             .cloned()
+    }
+
+    /// Starts serving `ledger`'s brand: its keys may sign on, its writer
+    /// runs on `writers` (at start-up, or when a replicated node takes a
+    /// brand over).
+    fn serve_brand(&self, mut ledger: crate::ledger::BrandLedger, writers: &TaskTracker) {
+        ledger.snapshot_into(&self.snapshots.0, self.snapshots.1);
+        self.keys.add_brand(&ledger.state);
+        let id = ledger.brand_id();
+        metrics::get().records_of(id).set(ledger.state.seq as i64);
+        let unchecked = ledger.unread_at_start();
+        let sessions = Some(self.sessions.clone());
+        let handle = BrandHandle::spawn_revoking(ledger, self.keys.clone(), sessions, writers);
+        chain_check::spawn(self.store.clone(), id, unchecked, handle.clone());
+        self.brands.write().expect("brands lock").insert(id, handle);
+    }
+
+    /// Stops serving `brand` at once (a replicated node that lost its
+    /// lease): its writer refuses everything from now on.
+    fn stop_brand(&self, brand: u32, why: String) {
+        let handle = self.brands.write().expect("brands lock").remove(&brand);
+        if let Some(handle) = handle {
+            handle.halt(why);
+        }
     }
 
     /// Drops every brand's writer handle held here (at shutdown, once the
@@ -182,55 +208,40 @@ pub async fn run_until(
         let router = http::router(health.clone());
         tokio::spawn(http::serve(http_listener, router, http_stop.clone()));
     }
-    if let (true, Some(urls)) = (config.standby, config.replicate.as_deref()) {
-        let ran = run_standby(&config, urls, listener, stop, health, on_ready).await;
-        http_stop.cancel();
-        return ran;
-    }
     let writers = TaskTracker::new();
-    let shared = start_brands(&config, stop.clone(), &writers)?;
-    health.set_recovered();
-    let running = Running {
-        local_addr: listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?,
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (shared, node) = match config.replicate.as_deref() {
+        None => (start_brands(&config, stop.clone(), &writers)?, None),
+        Some(urls) => {
+            // Blocking start-up (the stream reads wait on the connection's
+            // runtime); only the multi-thread daemon runtime replicates.
+            let started = tokio::task::block_in_place(|| {
+                standby::start(&config, urls, local_addr, stop.clone(), &writers)
+            })?;
+            (started.0, Some(started.1))
+        }
     };
+    health.set_recovered();
+    let running = Running { local_addr };
     if !stop.is_cancelled() {
         // (A signal during recovery: the daemon never serves.)
         tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
         on_ready(&running);
     }
+    let node = node.map(|n| tokio::spawn(n.run(shared.clone(), writers.clone(), stop.clone())));
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
+    if let Some(node) = node {
+        // Followers stopped, leases left to lapse (the drain below may
+        // still append what is in flight).
+        let _ = node.await;
+    }
     health.set_stopping();
     shutdown::drain(shared, connections, writers).await;
     http_stop.cancel();
-    Ok(())
-}
-
-/// `--standby`: follows every brand's replicated log until `stop`
-/// (`standby.rs`), serving no till.
-async fn run_standby(
-    config: &Config,
-    urls: &str,
-    listener: TcpListener,
-    stop: CancellationToken,
-    health: Arc<http::Health>,
-    on_ready: impl FnOnce(&Running),
-) -> Result<(), StartError> {
-    let standby = tokio::task::block_in_place(|| standby::Standby::start(config, urls))?;
-    health.set_recovered();
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    if !stop.is_cancelled() {
-        tracing::info!(addr = %local_addr, "standby: not serving tills");
-        on_ready(&Running { local_addr });
-    }
-    standby.run(listener, stop).await;
-    health.set_stopping();
     Ok(())
 }
 
@@ -250,11 +261,7 @@ fn start_brands(
 ) -> Result<Arc<Shared>, StartError> {
     let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
-    let (store, server_key, mut ledgers) = match &config.replicate {
-        None => load_sized(&config.data_dir, segment_bytes)?,
-        // The connection lives as long as the store that holds it.
-        Some(urls) => start::load_replicated(&config.data_dir, segment_bytes, urls)?.0,
-    };
+    let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
     log_recovered(&ledgers, started.elapsed());
     if config.demo {
         if ledgers.is_empty() {
@@ -267,24 +274,28 @@ fn start_brands(
             tracing::info!("--demo ignored: the ledger already holds brands");
         }
     }
-    let snapshots = crate::snapshot::dir(&config.data_dir);
-    let keys = Arc::new(KeyIndex::default());
-    let audit_pace = audit::pace(config.quotas.audit_mib_per_sec);
-    let sessions = Sessions::new(config.quotas);
-    let mut brands = HashMap::new();
-    for mut ledger in ledgers {
-        ledger.snapshot_into(&snapshots, config.snapshot_every);
-        keys.add_brand(&ledger.state);
-        let id = ledger.brand_id();
-        metrics::get().records_of(id).set(ledger.state.seq as i64);
-        let unchecked = ledger.unread_at_start();
-        let handle =
-            BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()), writers);
-        chain_check::spawn(store.clone(), id, unchecked, handle.clone());
-        brands.insert(id, handle);
-    }
-    Ok(Arc::new(Shared {
-        keys,
+    Ok(serve_ledgers(
+        config,
+        stop,
+        writers,
+        store,
+        &server_key,
+        ledgers,
+    ))
+}
+
+/// The state every connection shares, with a writer started on `writers`
+/// for each of `ledgers`.
+fn serve_ledgers(
+    config: &Config,
+    stop: CancellationToken,
+    writers: &TaskTracker,
+    store: Arc<dyn LogStore>,
+    server_key: &ed25519_dalek::SigningKey,
+    ledgers: Vec<crate::ledger::BrandLedger>,
+) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        keys: Arc::new(KeyIndex::default()),
         server_public: server_key.verifying_key().to_bytes(),
         store,
         verifier: verifier::BatchVerifier::start(
@@ -295,12 +306,20 @@ fn start_brands(
             config.card_misses_per_minute,
         ),
         max_frame_bytes: config.max_frame_bytes,
-        sessions,
+        sessions: Sessions::new(config.quotas),
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
-        audit_pace,
+        audit_pace: audit::pace(config.quotas.audit_mib_per_sec),
         stop,
-        brands: RwLock::new(brands),
-    }))
+        snapshots: (
+            crate::snapshot::dir(&config.data_dir),
+            config.snapshot_every,
+        ),
+        brands: RwLock::new(HashMap::new()),
+    });
+    for ledger in ledgers {
+        shared.serve_brand(ledger, writers);
+    }
+    shared
 }
 
 /// The start-up's one line on recovery (and its metric): what every brand

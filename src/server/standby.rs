@@ -1,145 +1,307 @@
-//! `cardd serve --standby --replicate URLS`: a node that follows every
-//! brand's replicated log into its own data directory instead of serving.
+//! A replicated node (`cardd serve --replicate`, with or without
+//! `--standby`; docs/replication.md): per brand it is either the brand's
+//! active node, holding its lease, or a follower of the brand's stream.
 //!
-//! It recovers its local log as any start does, then per brand a
-//! `follow-{brand}` thread takes each commit from the brand's stream,
-//! checks it as the auditor checks an export (request signatures, links,
-//! byte-for-byte replay, the signed checkpoint; `BrandLedger::follow_batch`)
-//! and commits it locally, a few milliseconds behind the active node.
-//! Brands created later are found by polling the stream names. A brand
-//! whose stream holds something that does not verify stops being followed
-//! (logged at error level); the others go on. Till connections are closed
-//! at once: this node is not active for any brand.
+//! At start every brand's local log is caught up with its stream. Without
+//! `--standby` the node then takes each free lease and serves those brands;
+//! with it, it serves none at first. Every other brand is followed on a
+//! `follow-{brand}` thread: each commit of the stream checked as the
+//! auditor checks an export (`BrandLedger::follow_batch`) and committed
+//! locally. Every [`RENEW_EVERY`] the node renews its leases (a lease not
+//! renewed in time stops its brand at once: `Shared::stop_brand`), tries
+//! to take the lapsed leases of the brands it follows (taking one: stop
+//! the follower, read the stream to its end, append a fence, serve), and
+//! looks for brands created elsewhere.
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{load_sized, metrics, Config, StartError};
+use super::{metrics, serve_ledgers, Config, Shared, StartError};
 use crate::ledger::{BrandLedger, Recovery};
-use crate::replica::{follow, Follower, Nats};
+use crate::replica::lease::RENEW_EVERY;
+use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
 use crate::storage::LogStore;
 
-/// How often a standby looks for brands created since it started.
-const NEW_BRANDS_EVERY: Duration = Duration::from_secs(1);
-
-/// A running standby: its followers, one thread per brand.
-pub(super) struct Standby {
-    nats: Arc<Nats>,
-    store: Arc<dyn LogStore>,
-    server_key: Arc<SigningKey>,
-    snapshots: (std::path::PathBuf, u64),
+/// A follower thread and the token that stops it.
+struct Following {
     stop: CancellationToken,
-    followers: HashMap<u32, std::thread::JoinHandle<()>>,
+    thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
 }
 
-impl Standby {
-    /// Recovers the local log and starts following every brand the local
-    /// log or the cluster holds.
-    pub(super) fn start(config: &Config, urls: &str) -> Result<Standby, StartError> {
-        let segment_bytes = config.log_segment_kib.saturating_mul(1024);
-        let (store, server_key, ledgers) = load_sized(&config.data_dir, segment_bytes)?;
-        let nats = Arc::new(Nats::connect(urls)?);
-        let snapshots = (
-            crate::snapshot::dir(&config.data_dir),
-            config.snapshot_every,
-        );
-        let mut standby = Standby {
-            nats,
-            store,
-            server_key,
-            snapshots,
-            stop: CancellationToken::new(),
-            followers: HashMap::new(),
-        };
-        for ledger in ledgers {
-            standby.follow(ledger);
+/// The brands this node serves (with their lease revisions) and follows.
+pub(super) struct Node {
+    nats: Arc<Nats>,
+    store: Arc<ReplicatedStore>,
+    server_key: Arc<SigningKey>,
+    snapshots: std::path::PathBuf,
+    leases: Leases,
+    clock: Arc<LeaseClock>,
+    held: HashMap<u32, u64>,
+    followers: HashMap<u32, Following>,
+}
+
+/// Starts a replicated node: recovery and catch-up, the leases it can
+/// take (none with `--standby`), the shared state serving those brands,
+/// and a follower for every other brand.
+pub(super) fn start(
+    config: &Config,
+    urls: &str,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    writers: &TaskTracker,
+) -> Result<(Arc<Shared>, Node), StartError> {
+    let segment_bytes = config.log_segment_kib.saturating_mul(1024);
+    let clock = Arc::new(LeaseClock::default());
+    let ((store, server_key, mut ledgers), replicated) =
+        super::start::load_replicated(&config.data_dir, segment_bytes, urls, clock.clone())?;
+    if config.demo && ledgers.is_empty() && !config.standby {
+        let demo = crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
+        ledgers.push(demo);
+    }
+    let nats = replicated.nats().clone();
+    let me = format!("{} {local_addr}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut node = Node {
+        leases: Leases::open(nats.clone(), me)?,
+        nats,
+        store: replicated,
+        server_key: server_key.clone(),
+        snapshots: crate::snapshot::dir(&config.data_dir),
+        clock,
+        held: HashMap::new(),
+        followers: HashMap::new(),
+    };
+    let mut served = Vec::new();
+    for ledger in ledgers {
+        match node.take_at_start(ledger, config.standby)? {
+            Ok(ledger) => served.push(ledger),
+            Err(ledger) => node.follow(ledger),
         }
-        standby.follow_new()?;
-        tracing::info!(brands = standby.followers.len(), "standby: following");
-        Ok(standby)
+    }
+    tracing::info!(
+        serving = served.len(),
+        following = node.followers.len(),
+        standby = config.standby,
+        "replicated node started"
+    );
+    let shared = serve_ledgers(config, stop, writers, store, &server_key, served);
+    Ok((shared, node))
+}
+
+impl Node {
+    /// The brand's lease if it is free and this is no standby: the ledger
+    /// to serve; else the ledger back, to follow.
+    fn take_at_start(
+        &mut self,
+        ledger: BrandLedger,
+        standby: bool,
+    ) -> Result<Result<BrandLedger, BrandLedger>, StartError> {
+        let brand = ledger.brand_id();
+        if standby {
+            return Ok(Err(ledger));
+        }
+        let sent = Instant::now();
+        let Some(revision) = self.leases.take(brand)? else {
+            return Ok(Err(ledger));
+        };
+        self.clock.renewed(brand, sent);
+        let ledger = self.take_over(Follower::new(ledger))?;
+        self.held.insert(brand, revision);
+        Ok(Ok(ledger))
     }
 
-    /// Starts following brands that have a stream and no follower yet.
-    fn follow_new(&mut self) -> Result<(), StartError> {
-        for brand in self.nats.brands()? {
-            if !self.followers.contains_key(&brand) {
-                let (store, key) = (self.store.clone(), self.server_key.clone());
-                let dir = &self.snapshots.0;
-                let ledger =
-                    BrandLedger::recover_with(store, key, brand, Recovery::FromSnapshot(dir))?;
-                self.follow(ledger);
+    /// With the lease just taken: reads the stream to its end and appends
+    /// a fence, so that nothing the previous writer still sends is taken;
+    /// the ledger is then this node's to serve.
+    fn take_over(&self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
+        let brand = follower.ledger.brand_id();
+        let disk = self.store.disk().clone();
+        let mut tries = 0;
+        loop {
+            let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
+            match self.store.fence(brand, end.stream_seq) {
+                Ok(()) => return Ok(follower.ledger),
+                // The previous writer's last append came first: read it.
+                Err(ReplicaError::Fenced { .. }) if tries < 5 => tries += 1,
+                Err(e) => return Err(e),
             }
         }
-        Ok(())
     }
 
-    fn follow(&mut self, mut ledger: BrandLedger) {
+    /// Follows `ledger`'s brand on a thread of its own.
+    fn follow(&mut self, ledger: BrandLedger) {
         let brand = ledger.brand_id();
-        ledger.snapshot_into(&self.snapshots.0, self.snapshots.1);
         let gauge = metrics::get().records_of(brand);
         gauge.set(ledger.state.seq as i64);
-        let (nats, store, stop) = (
+        let (nats, disk, stop) = (
             self.nats.clone(),
-            self.store.clone(),
-            self.stop.child_token(),
+            self.store.disk().clone(),
+            CancellationToken::new(),
         );
+        let token = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("follow-{brand}"))
             .spawn(move || {
                 let committed = |seq: u64| gauge.set(seq as i64);
                 let followed = follow::follow_brand(
                     &nats,
-                    store.as_ref(),
+                    disk.as_ref(),
                     Follower::new(ledger),
-                    stop,
+                    token,
                     &committed,
                 );
-                match followed {
-                    Ok(f) => tracing::info!(
-                        brand,
-                        seq = f.ledger.state.seq,
-                        "standby: stopped following"
-                    ),
-                    Err(e) => {
-                        let error = crate::error::causes(&e);
-                        tracing::error!(brand, error, "standby: stopped following this brand");
-                    }
+                if let Err(e) = &followed {
+                    let error = crate::error::causes(e);
+                    tracing::error!(brand, error, "stopped following this brand");
                 }
+                followed
             })
             .expect("starting a follower thread");
-        self.followers.insert(brand, thread);
+        self.followers.insert(brand, Following { stop, thread });
     }
 
-    /// Until `stop`: closes every till connection (not active here) and
-    /// looks for new brands; then stops every follower and waits for it.
-    pub(super) async fn run(mut self, listener: TcpListener, stop: CancellationToken) {
-        let mut poll = tokio::time::interval(NEW_BRANDS_EVERY);
+    /// Every [`RENEW_EVERY`] until `stop`; then stops the followers.
+    pub(super) async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        writers: TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                accepted = listener.accept() => drop(accepted),
-                _ = poll.tick() => {
-                    // Blocking (it waits on the connection's runtime).
-                    self = tokio::task::block_in_place(move || {
-                        if let Err(e) = self.follow_new() {
-                            let error = crate::error::causes(&e);
-                            tracing::warn!(error, "standby: listing the brands' streams failed");
-                        }
-                        self
-                    });
+                _ = tick.tick() => {}
+            }
+            // Blocking: lease and stream calls wait on the connection's runtime.
+            tokio::task::block_in_place(|| {
+                self.renew_held(&shared);
+                self.take_lapsed(&shared, &writers);
+                self.follow_new();
+            });
+        }
+        let followers = std::mem::take(&mut self.followers);
+        tokio::task::block_in_place(move || {
+            for (_, f) in followers {
+                f.stop.cancel();
+                let _ = f.thread.join();
+            }
+        });
+    }
+
+    /// Renews every lease held; one that could not be renewed before this
+    /// node's own deadline stops its brand at once.
+    fn renew_held(&mut self, shared: &Shared) {
+        for (brand, revision) in self.held.clone() {
+            let sent = Instant::now();
+            match self.leases.renew(brand, revision) {
+                Ok(revision) => {
+                    self.held.insert(brand, revision);
+                    self.clock.renewed(brand, sent);
+                }
+                Err(e) if self.clock.expired(brand) => {
+                    self.clock.lost(brand);
+                    self.held.remove(&brand);
+                    let error = crate::error::causes(&e);
+                    tracing::error!(
+                        brand,
+                        error,
+                        "lease lost: this node stops serving the brand"
+                    );
+                    let holder = self.leases.holder(brand).unwrap_or_default();
+                    shared.stop_brand(
+                        brand,
+                        format!("this node is not active for brand {brand} any more (lease held by: {holder})"),
+                    );
+                }
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::warn!(brand, error, "lease not renewed; retrying");
                 }
             }
         }
-        self.stop.cancel();
-        let followers = std::mem::take(&mut self.followers);
-        tokio::task::block_in_place(move || {
-            for (_, thread) in followers {
-                let _ = thread.join();
+    }
+
+    /// Takes the lapsed lease of each brand followed, and serves it.
+    fn take_lapsed(&mut self, shared: &Shared, writers: &TaskTracker) {
+        let brands: Vec<u32> = self.followers.keys().copied().collect();
+        for brand in brands {
+            if self.followers[&brand].thread.is_finished() {
+                // Its stream held something that does not verify: it is
+                // not this node's to serve (logged when it stopped).
+                if let Some(f) = self.followers.remove(&brand) {
+                    let _ = f.thread.join();
+                }
+                continue;
             }
-        });
+            let sent = Instant::now();
+            match self.leases.take(brand) {
+                Ok(Some(revision)) => {
+                    self.clock.renewed(brand, sent);
+                    match self.promote(brand) {
+                        Ok(ledger) => {
+                            tracing::warn!(
+                                brand,
+                                seq = ledger.state.seq,
+                                "took the brand over: serving it"
+                            );
+                            self.held.insert(brand, revision);
+                            shared.serve_brand(ledger, writers);
+                        }
+                        Err(e) => {
+                            self.clock.lost(brand);
+                            let error = crate::error::causes(&e);
+                            tracing::error!(brand, error, "could not take the brand over");
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::warn!(brand, error, "could not look at the brand's lease");
+                }
+            }
+        }
+    }
+
+    /// Stops `brand`'s follower and takes the brand over.
+    fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
+        let f = self.followers.remove(&brand).expect("a followed brand");
+        f.stop.cancel();
+        let follower = f
+            .thread
+            .join()
+            .unwrap_or_else(|_| panic!("the follower of brand {brand} panicked"))?;
+        self.take_over(follower)
+    }
+
+    /// Follows brands created since start-up (by another node).
+    fn follow_new(&mut self) {
+        let brands = match self.nats.brands() {
+            Ok(brands) => brands,
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(error, "listing the brands' streams failed");
+                return;
+            }
+        };
+        for brand in brands {
+            if self.held.contains_key(&brand) || self.followers.contains_key(&brand) {
+                continue;
+            }
+            let store: Arc<dyn LogStore> = self.store.clone();
+            let mode = Recovery::FromSnapshot(&self.snapshots);
+            match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
+                Ok(ledger) => self.follow(ledger),
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::error!(brand, error, "could not start following a new brand");
+                }
+            }
+        }
     }
 }

@@ -135,20 +135,22 @@ pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartEr
 /// [`load_sized`] with every brand's log replicated through the NATS
 /// cluster at `urls` (`--replicate`): brands found only on the cluster are
 /// added, and each brand's local log is first caught up to the end of its
-/// stream (every commit checked as the auditor checks it), so the node
-/// serves from where the last writer stopped. The store returned appends
-/// each commit to the stream before the local log.
+/// stream (every commit checked as the auditor checks it). The store
+/// returned appends each commit to the stream before the local log, while
+/// `clock` says this node's lease of the brand is good.
 pub fn load_replicated(
     data_dir: &Path,
     segment_bytes: u64,
     urls: &str,
-) -> Result<(Loaded, Arc<crate::replica::Nats>), StartError> {
+    clock: Arc<crate::replica::LeaseClock>,
+) -> Result<(Loaded, Arc<crate::replica::ReplicatedStore>), StartError> {
     use crate::replica::{follow, Follower, Nats, ReplicatedStore};
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let disk = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
     let nats = Arc::new(Nats::connect(urls)?);
-    let store: Arc<dyn LogStore> = Arc::new(ReplicatedStore::new(disk.clone(), nats.clone()));
+    let replicated = Arc::new(ReplicatedStore::new(disk.clone(), nats.clone()).with_leases(clock));
+    let store: Arc<dyn LogStore> = replicated.clone();
     let mode = Recovery::FromSnapshot(&snapshots);
     let (_, _, mut ledgers) = recover_all(store.clone(), server_key.clone(), mode)?;
     for brand in nats.brands()? {
@@ -163,7 +165,7 @@ pub fn load_replicated(
         follow::catch_up(&nats, disk.as_ref(), &mut follower)?;
         caught_up.push(follower.ledger);
     }
-    Ok(((store, server_key, caught_up), nats))
+    Ok(((store, server_key, caught_up), replicated))
 }
 
 /// Opens an existing data directory and replays every brand from its first
