@@ -9,12 +9,15 @@
 //! - `active`: `--replicate` on the serving node: every acknowledged commit
 //!   on its brand's stream, byte for byte, and a second writer fencing it;
 //! - `standby`: `--standby` follows into its own directory, checked, and
-//!   exports the same bytes as the active.
+//!   exports the same bytes as the active;
+//! - `failover`: the active killed, the standby takes the lapsed lease and
+//!   serves; nothing acknowledged lost or doubled.
 #[path = "../common/mod.rs"]
 mod common;
 
 mod active;
 mod engine;
+mod failover;
 mod standby;
 
 use async_nats::jetstream;

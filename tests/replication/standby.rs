@@ -15,10 +15,11 @@ pub fn start_standby(from: &Path, data: &Path, urls: &str) -> (Daemon, SocketAdd
     std::fs::copy(from.join("server.key"), data.join("server.key")).unwrap();
     let http = free_addr();
     let http_arg = http.to_string();
-    let d = Daemon::start(
-        data,
-        &["--standby", "--replicate", urls, "--http-listen", &http_arg],
-    );
+    // No failure budgets: a till signing on before the standby serves its
+    // brand fails, and the failover test retries until it serves.
+    let mut args = vec!["--standby", "--replicate", urls, "--http-listen", &http_arg];
+    args.extend(Daemon::NO_RATE_LIMITS);
+    let d = Daemon::start(data, &args);
     (d, http)
 }
 
