@@ -19,6 +19,12 @@ use super::nats::brand_stream;
 use super::{follow, subject, LeaseClock, Nats, ReplicaError, FIRST_SEQ_HEADER};
 use crate::storage::{LogStore, Result, StorageError, StoredBatch};
 
+/// Attempts of one append that fails other than by fencing (each waits up
+/// to the context's 5 s for its acknowledgement): a stream's leader
+/// election after the loss of a NATS node takes a few seconds, and the
+/// brand should wait for it rather than stop.
+const PUBLISH_TRIES: u32 = 4;
+
 /// The local log plus each brand's stream.
 pub struct ReplicatedStore {
     disk: Arc<dyn LogStore>,
@@ -169,12 +175,27 @@ impl ReplicatedStore {
     ) -> std::result::Result<u64, ReplicaError> {
         let js = self.nats.jetstream();
         let acked = self.nats.run(async move {
-            let wrong = |kind: PublishErrorKind| kind == PublishErrorKind::WrongLastSequence;
-            match js.send_publish(subject(brand), message).await {
-                Ok(ack) => ack
-                    .await
-                    .map_err(|e| (wrong(e.kind()), Box::new(e) as super::Source)),
-                Err(e) => Err((wrong(e.kind()), Box::new(e) as super::Source)),
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let sent = match js.send_publish(subject(brand), message.clone()).await {
+                    Ok(ack) => ack
+                        .await
+                        .map_err(|e| (e.kind(), Box::new(e) as super::Source)),
+                    Err(e) => Err((e.kind(), Box::new(e) as super::Source)),
+                };
+                match sent {
+                    Ok(ack) => break Ok(ack),
+                    Err((PublishErrorKind::WrongLastSequence, e)) => break Err((true, e)),
+                    // While a stream elects a new leader (a NATS node lost)
+                    // appends go unanswered or are refused: the same message
+                    // again is safe (a stored first copy is recognised by
+                    // its id, and the expected sequence still fences).
+                    Err(_) if tries < PUBLISH_TRIES => {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err((_, e)) => break Err((false, e)),
+                }
             }
         })?;
         match acked {

@@ -11,13 +11,16 @@
 //! - `standby`: `--standby` follows into its own directory, checked, and
 //!   exports the same bytes as the active;
 //! - `failover`: the active killed, the standby takes the lapsed lease and
-//!   serves; nothing acknowledged lost or doubled.
+//!   serves; nothing acknowledged lost or doubled;
+//! - `jepsen`: steady purchases from two tills through a kill -9, a pause
+//!   past the lease and a lost NATS node.
 #[path = "../common/mod.rs"]
 mod common;
 
 mod active;
 mod engine;
 mod failover;
+mod jepsen;
 mod standby;
 
 use async_nats::jetstream;
