@@ -130,6 +130,9 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// Where brands keep their snapshots, and every how many records.
     snapshots: (PathBuf, u64),
+    /// `--replicate`: a brand this node knows but does not serve is
+    /// refused with NOT_ACTIVE (another node serves it).
+    replicated: bool,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -314,6 +317,7 @@ fn serve_ledgers(
             crate::snapshot::dir(&config.data_dir),
             config.snapshot_every,
         ),
+        replicated: config.replicate.is_some(),
         brands: RwLock::new(HashMap::new()),
     });
     for ledger in ledgers {

@@ -75,20 +75,23 @@ pub(super) fn start(
         held: HashMap::new(),
         followers: HashMap::new(),
     };
-    let mut served = Vec::new();
+    let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new());
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
-            Ok(ledger) => served.push(ledger),
-            Err(ledger) => node.follow(ledger),
+            Ok(ledger) => shared.serve_brand(ledger, writers),
+            Err(ledger) => {
+                // Its tills sign on here to be told NOT_ACTIVE.
+                shared.keys.add_brand(&ledger.state);
+                node.follow(ledger);
+            }
         }
     }
     tracing::info!(
-        serving = served.len(),
+        serving = node.held.len(),
         following = node.followers.len(),
         standby = config.standby,
         "replicated node started"
     );
-    let shared = serve_ledgers(config, stop, writers, store, &server_key, served);
     Ok((shared, node))
 }
 
@@ -181,7 +184,7 @@ impl Node {
             tokio::task::block_in_place(|| {
                 self.renew_held(&shared);
                 self.take_lapsed(&shared, &writers);
-                self.follow_new();
+                self.follow_new(&shared);
             });
         }
         let followers = std::mem::take(&mut self.followers);
@@ -280,7 +283,7 @@ impl Node {
     }
 
     /// Follows brands created since start-up (by another node).
-    fn follow_new(&mut self) {
+    fn follow_new(&mut self, shared: &Shared) {
         let brands = match self.nats.brands() {
             Ok(brands) => brands,
             Err(e) => {
@@ -296,7 +299,10 @@ impl Node {
             let store: Arc<dyn LogStore> = self.store.clone();
             let mode = Recovery::FromSnapshot(&self.snapshots);
             match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
-                Ok(ledger) => self.follow(ledger),
+                Ok(ledger) => {
+                    shared.keys.add_brand(&ledger.state);
+                    self.follow(ledger);
+                }
                 Err(e) => {
                     let error = crate::error::causes(&e);
                     tracing::error!(brand, error, "could not start following a new brand");

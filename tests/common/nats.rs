@@ -4,7 +4,8 @@
 //! drop.
 //!
 //! The server binary: `$CARDD_NATS_SERVER` if set (it must then run), else
-//! `.venv-nats/bin/nats-server` (what `scripts/install-nats.sh` installs),
+//! `.venv-nats/bin/nats-server` at the workspace root (what
+//! `scripts/install-nats.sh` installs),
 //! else `nats-server` on PATH. With none, [`NatsCluster::start`] returns
 //! None and the test skips, except under CI (env `CI`), where it fails.
 use std::fs::File;
@@ -29,9 +30,14 @@ pub fn nats_server_bin() -> Option<PathBuf> {
         );
         return Some(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nats/bin/nats-server");
-    [venv, PathBuf::from("nats-server")]
-        .into_iter()
+    // The workspace root's .venv-nats (this file is also built from
+    // terminal-sim's tests, one directory down).
+    let venvs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .take(2)
+        .map(|d| d.join(".venv-nats/bin/nats-server"));
+    venvs
+        .chain([PathBuf::from("nats-server")])
         .find(|p| runs(p))
 }
 
