@@ -132,7 +132,7 @@ pub struct Shared {
     snapshots: (PathBuf, u64),
     /// `--replicate`: a brand this node knows but does not serve is
     /// refused with NOT_ACTIVE (another node serves it).
-    replicated: bool,
+    pub replicated: bool,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 

@@ -117,3 +117,37 @@ async fn the_standby_takes_over_a_killed_active_and_nothing_acknowledged_is_lost
         "both nodes hold the same ledger byte for byte"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let card = demo.manifest.cards[4].clone();
+    let (standby, _) = start_standby(&demo.data, &dir.path().join("standby"), &urls);
+    let mut on_old = demo.terminal(active.addr, 0).await;
+    ok(&mut on_old, 100, purchase(&card, 1_000)).await;
+
+    active.signal(libc::SIGSTOP);
+    let mut on_new = sign_on_until(
+        _standby.addr,
+        &demo.terminal_key_path(1),
+        Duration::from_secs(20),
+    )
+    .await;
+    ok(&mut on_new, 100, purchase(&card, 1_000)).await;
+    active.signal(libc::SIGCONT);
+    // Its first look at the lease after waking finds it taken.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let code = crate::common::refused(&mut on_old, 101, purchase(&card, 1_000)).await;
+    assert_eq!(code, cardd::pb::ErrorCode::NotActive);
+    let view = inquiry(&mut on_new, &card).await;
+    assert_eq!(
+        view.paid_balance_minor,
+        100_000 - 2 * 1_000,
+        "the paused node wrote nothing"
+    );
+}
