@@ -220,7 +220,7 @@ pub fn follow_brand(
     nats.spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
-            read = read_stream(js, brand, local, &tx) => {
+            read = read_patiently(js, brand, local, &tx) => {
                 if let Err(e) = read {
                     let _ = tx.send(Err(e)).await;
                 }
@@ -239,16 +239,41 @@ pub fn follow_brand(
     Ok(follower)
 }
 
+/// [`read_stream`], started again after a NATS failure (a stream without
+/// a leader for a few seconds after the loss of a node) from the end of
+/// the last complete commit sent; what is not a cardd run ends it.
+async fn read_patiently(
+    js: async_nats::jetstream::Context,
+    brand: u32,
+    mut local: u64,
+    tx: &tokio::sync::mpsc::Sender<Result<Run, ReplicaError>>,
+) -> Result<(), ReplicaError> {
+    loop {
+        match read_stream(js.clone(), brand, &mut local, tx).await {
+            Ok(true) => return Ok(()), // the follower stopped
+            Ok(false) => {}            // the consumer ended: open it again
+            Err(ReplicaError::Stream { what, source, .. }) => {
+                let error = crate::error::causes(source.as_ref());
+                tracing::warn!(brand, what, error, "following: NATS failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Sends every message of the brand's stream from the first one after
-/// record `local` to `tx`, as they come.
+/// record `local` to `tx`, as they come; `local` follows the last complete
+/// commit sent. True once the follower has stopped (`tx` closed), false
+/// if the consumer ended.
 async fn read_stream(
     js: async_nats::jetstream::Context,
     brand: u32,
-    local: u64,
+    local: &mut u64,
     tx: &tokio::sync::mpsc::Sender<Result<Run, ReplicaError>>,
-) -> Result<(), ReplicaError> {
+) -> Result<bool, ReplicaError> {
     let stream = brand_stream(&js, brand).await?;
-    let start_sequence = read_from(&stream, brand, local).await?;
+    let start_sequence = read_from(&stream, brand, *local).await?;
     let following = |e: &dyn std::fmt::Display| ReplicaError::Stream {
         brand,
         what: "following its stream",
@@ -267,9 +292,13 @@ async fn read_stream(
         let m = m.map_err(|e| following(&e))?;
         let seq = m.info().map_err(|e| following(&e))?.stream_sequence;
         let run = Run::decode(brand, seq, m.headers.as_ref(), &m.payload)?;
+        let ends_commit = (!run.batch.checkpoint.is_empty()).then_some(run.batch.last_seq);
         if tx.send(Ok(run)).await.is_err() {
-            return Ok(()); // the follower stopped
+            return Ok(true);
+        }
+        if let Some(last) = ends_commit {
+            *local = (*local).max(last);
         }
     }
-    Ok(())
+    Ok(tx.is_closed())
 }

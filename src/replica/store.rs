@@ -19,11 +19,11 @@ use super::nats::brand_stream;
 use super::{follow, subject, LeaseClock, Nats, ReplicaError, FIRST_SEQ_HEADER};
 use crate::storage::{LogStore, Result, StorageError, StoredBatch};
 
-/// Attempts of one append that fails other than by fencing (each waits up
-/// to the context's 5 s for its acknowledgement): a stream's leader
-/// election after the loss of a NATS node takes a few seconds, and the
-/// brand should wait for it rather than stop.
-const PUBLISH_TRIES: u32 = 4;
+/// How long one append that fails other than by fencing is resent (each
+/// attempt waits up to the context's 5 s for its acknowledgement): a
+/// stream's leader election after the loss of a NATS node takes a few
+/// seconds, and the brand should wait for it rather than stop.
+const APPEND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The local log plus each brand's stream.
 pub struct ReplicatedStore {
@@ -175,9 +175,8 @@ impl ReplicatedStore {
     ) -> std::result::Result<u64, ReplicaError> {
         let js = self.nats.jetstream();
         let acked = self.nats.run(async move {
-            let mut tries = 0;
+            let started = std::time::Instant::now();
             loop {
-                tries += 1;
                 let sent = match js.send_publish(subject(brand), message.clone()).await {
                     Ok(ack) => ack
                         .await
@@ -191,7 +190,7 @@ impl ReplicatedStore {
                     // appends go unanswered or are refused: the same message
                     // again is safe (a stored first copy is recognised by
                     // its id, and the expected sequence still fences).
-                    Err(_) if tries < PUBLISH_TRIES => {
+                    Err(_) if started.elapsed() < APPEND_PATIENCE => {
                         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                     }
                     Err((_, e)) => break Err((false, e)),

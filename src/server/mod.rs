@@ -133,6 +133,10 @@ pub struct Shared {
     /// `--replicate`: a brand this node knows but does not serve is
     /// refused with NOT_ACTIVE (another node serves it).
     pub replicated: bool,
+    /// `--replicate`: the terminal address of the node holding the lease of
+    /// each brand this node follows, as its lease names it (told to tills
+    /// refused with NOT_ACTIVE).
+    active_elsewhere: RwLock<HashMap<u32, String>>,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -168,6 +172,13 @@ impl Shared {
         if let Some(handle) = handle {
             handle.halt(why);
         }
+    }
+
+    /// The address of the node serving `brand` instead of this one, if
+    /// known (`--replicate`).
+    fn active_address(&self, brand: u32) -> Option<String> {
+        let known = self.active_elsewhere.read().expect("holders lock");
+        known.get(&brand).cloned()
     }
 
     /// Drops every brand's writer handle held here (at shutdown, once the
@@ -318,6 +329,7 @@ fn serve_ledgers(
             config.snapshot_every,
         ),
         replicated: config.replicate.is_some(),
+        active_elsewhere: RwLock::new(HashMap::new()),
         brands: RwLock::new(HashMap::new()),
     });
     for ledger in ledgers {

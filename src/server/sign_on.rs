@@ -140,7 +140,12 @@ pub(super) async fn proof(
             // A replicated node that follows this brand (its keys are
             // known) but does not serve it now.
             let why = format!("this node does not serve brand {brand} now; try its other node");
-            return Step::Close(Some(error_msg(rid, E::NotActive, why)));
+            let mut error: crate::pb::Error = crate::error::Refusal::new(E::NotActive, why).into();
+            error.active_address = shared.active_address(brand).unwrap_or_default();
+            return Step::Close(Some(ServerMessage {
+                request_id: rid,
+                body: Some(server_message::Body::Error(error)),
+            }));
         }
         return Step::Close(Some(error_msg(rid, E::Internal, "brand not loaded")));
     };

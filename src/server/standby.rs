@@ -262,7 +262,14 @@ impl Node {
                         }
                     }
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // Held elsewhere: its holder is named to this brand's tills.
+                    if let Some(holder) = self.leases.holder(brand) {
+                        let addr = holder.split_once(' ').map_or("", |(_, a)| a).to_string();
+                        let mut known = shared.active_elsewhere.write().expect("holders lock");
+                        known.insert(brand, addr);
+                    }
+                }
                 Err(e) => {
                     let error = crate::error::causes(&e);
                     tracing::warn!(brand, error, "could not look at the brand's lease");

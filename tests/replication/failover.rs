@@ -133,7 +133,7 @@ async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing()
 
     active.signal(libc::SIGSTOP);
     let mut on_new = sign_on_until(
-        _standby.addr,
+        standby.addr,
         &demo.terminal_key_path(1),
         Duration::from_secs(20),
     )

@@ -65,11 +65,17 @@ impl Till {
             let req = req.get_or_insert_with(|| c.request(txn, purchase(card, 100)));
             match tokio::time::timeout(Duration::from_secs(15), c.call(req)).await {
                 Ok(Ok(reply)) => return reply,
-                Ok(Err(ClientError::Refused(r))) if r.code != pb::ErrorCode::StorageFailure => {
+                Ok(Err(ClientError::Refused(r)))
+                    if !matches!(
+                        r.code,
+                        pb::ErrorCode::StorageFailure | pb::ErrorCode::NotActive
+                    ) =>
+                {
                     panic!("purchase {txn} refused: {r:?}")
                 }
                 _ => {
-                    // Unknown outcome: ask the other node, same bytes.
+                    // Not served here, or the outcome is unknown: ask the
+                    // other node, same bytes.
                     self.client = None;
                     self.next += 1;
                 }

@@ -58,6 +58,19 @@ async fn a_standby_follows_every_commit_and_exports_the_same_bytes() {
         "the standby reached record {target}: it holds {:?}",
         records_on(http, brand)
     );
+    // A till that signs on at the standby is told where the brand is served.
+    let key = cardd::crypto::read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let mut f = crate::common::raw::send_sign_on_proof(standby.addr, &key).await;
+    let refusal = match crate::common::raw::raw_recv(&mut f).await.body {
+        Some(cardd::pb::server_message::Body::Error(e)) => e,
+        other => panic!("expected NOT_ACTIVE, got {other:?}"),
+    };
+    assert_eq!(
+        refusal.code,
+        cardd::pb::ErrorCode::NotActive as i32,
+        "{refusal:?}"
+    );
+    assert_eq!(refusal.active_address, active.addr.to_string());
     active.kill9();
     standby.kill9();
     let a = dir.path().join("active.export");
