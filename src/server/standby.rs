@@ -27,6 +27,9 @@ use crate::replica::lease::RENEW_EVERY;
 use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
 use crate::storage::LogStore;
 
+/// The brand `--demo` provisions (`demo::provision`).
+const DEMO_BRAND: u32 = 1;
+
 /// A follower thread and the token that stops it.
 struct Following {
     stop: CancellationToken,
@@ -59,10 +62,6 @@ pub(super) fn start(
     let clock = Arc::new(LeaseClock::default());
     let ((store, server_key, mut ledgers), replicated) =
         super::start::load_replicated(&config.data_dir, segment_bytes, urls, clock.clone())?;
-    if config.demo && ledgers.is_empty() && !config.standby {
-        let demo = crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())?;
-        ledgers.push(demo);
-    }
     let nats = replicated.nats().clone();
     let me = format!("{} {local_addr}", hex::encode(rand::random::<[u8; 8]>()));
     let mut node = Node {
@@ -75,6 +74,20 @@ pub(super) fn start(
         held: HashMap::new(),
         followers: HashMap::new(),
     };
+    if config.demo && ledgers.is_empty() && !config.standby {
+        // The demo brand's lease first: a standby already running must not
+        // take the brand while it is being provisioned.
+        let sent = Instant::now();
+        if let Some(revision) = node.leases.take(DEMO_BRAND)? {
+            node.clock.renewed(DEMO_BRAND, sent);
+            node.held.insert(DEMO_BRAND, revision);
+            ledgers.push(crate::demo::provision(
+                &config.data_dir,
+                store.clone(),
+                server_key.clone(),
+            )?);
+        }
+    }
     let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new());
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
@@ -107,14 +120,22 @@ impl Node {
         if standby {
             return Ok(Err(ledger));
         }
-        let sent = Instant::now();
-        let Some(revision) = self.leases.take(brand)? else {
-            return Ok(Err(ledger));
-        };
-        self.clock.renewed(brand, sent);
-        let ledger = self.take_over(Follower::new(ledger))?;
-        self.held.insert(brand, revision);
-        Ok(Ok(ledger))
+        if !self.held.contains_key(&brand) {
+            let sent = Instant::now();
+            let Some(revision) = self.leases.take(brand)? else {
+                return Ok(Err(ledger));
+            };
+            self.clock.renewed(brand, sent);
+            self.held.insert(brand, revision);
+        }
+        match self.take_over(Follower::new(ledger)) {
+            Ok(ledger) => Ok(Ok(ledger)),
+            Err(e) => {
+                self.held.remove(&brand);
+                self.clock.lost(brand);
+                Err(e.into())
+            }
+        }
     }
 
     /// With the lease just taken: reads the stream to its end and appends
