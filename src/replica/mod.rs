@@ -140,6 +140,9 @@ pub enum ReplicaError {
         /// Why.
         what: String,
     },
+    /// The local log could not be read (seeding a stream from it).
+    #[error("reading the local log")]
+    Local(#[from] crate::storage::StorageError),
     /// A followed batch does not verify or could not be committed locally.
     #[error("following the replicated log")]
     Ledger(#[from] LedgerError),

@@ -80,6 +80,63 @@ impl ReplicatedStore {
         &self.nats
     }
 
+    /// Puts `brand`'s local log on its stream, commit by commit with the
+    /// stored checkpoints, when the stream is empty and the local log is
+    /// not (a brand created before replication: on a single node, or
+    /// offline). `keep_lease` is called after each commit (a long history
+    /// outlasts a lease). Returns the commits appended.
+    pub fn seed(
+        &self,
+        brand: u32,
+        local_seq: u64,
+        keep_lease: &mut dyn FnMut() -> std::result::Result<(), ReplicaError>,
+    ) -> std::result::Result<u64, ReplicaError> {
+        use prost::Message;
+        let js = self.nats.jetstream();
+        let end = self.nats.run(async move {
+            let stream = brand_stream(&js, brand).await?;
+            follow::chain_end(&stream, brand).await
+        })??;
+        if end.stream_seq != 0 || local_seq == 0 {
+            return Ok(0);
+        }
+        let mut records = self.disk.scan(brand, 1);
+        let mut commits = 0;
+        for stored in self.disk.checkpoints(brand) {
+            let checkpoint = stored?;
+            let size = crate::pb::Checkpoint::decode(checkpoint.as_slice())
+                .map_err(|e| ReplicaError::Diverged {
+                    brand,
+                    what: format!("a stored checkpoint does not decode: {e}"),
+                })?
+                .tree_size;
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+            while batch.last().is_none_or(|(seq, _)| *seq < size) {
+                match records.next() {
+                    Some(record) => batch.push(record?),
+                    None => break,
+                }
+            }
+            if batch.last().map(|(seq, _)| *seq) != Some(size) {
+                return Err(ReplicaError::Diverged {
+                    brand,
+                    what: format!("the local log's records do not end at its checkpoint's {size}"),
+                });
+            }
+            let refs: Vec<(u64, &[u8])> = batch.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+            self.replicate(brand, &refs, &checkpoint)?;
+            keep_lease()?;
+            commits += 1;
+        }
+        tracing::info!(
+            brand,
+            commits,
+            records = local_seq,
+            "seeded the brand's stream from the local log"
+        );
+        Ok(commits)
+    }
+
     /// Appends one commit to `brand`'s stream: runs of at most the
     /// message size, the last with the checkpoint, each fenced on the one
     /// before it.

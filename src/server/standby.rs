@@ -141,8 +141,9 @@ impl Node {
     /// With the lease just taken: reads the stream to its end and appends
     /// a fence, so that nothing the previous writer still sends is taken;
     /// the ledger is then this node's to serve.
-    fn take_over(&self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
+    fn take_over(&mut self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
         let brand = follower.ledger.brand_id();
+        self.seed(brand, follower.ledger.state.seq)?;
         let disk = self.store.disk().clone();
         let mut tries = 0;
         loop {
@@ -154,6 +155,24 @@ impl Node {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A brand whose local log predates replication gets its stream
+    /// seeded from it (`ReplicatedStore::seed`), its lease renewed along.
+    fn seed(&mut self, brand: u32, local_seq: u64) -> Result<u64, ReplicaError> {
+        let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
+        let mut renewed = Instant::now();
+        let mut keep_lease = || {
+            if renewed.elapsed() >= RENEW_EVERY {
+                let sent = Instant::now();
+                let revision = held.get(&brand).copied().unwrap_or_default();
+                held.insert(brand, leases.renew(brand, revision)?);
+                clock.renewed(brand, sent);
+                renewed = sent;
+            }
+            Ok(())
+        };
+        store.seed(brand, local_seq, &mut keep_lease)
     }
 
     /// Follows `ledger`'s brand on a thread of its own.

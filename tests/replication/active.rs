@@ -74,3 +74,46 @@ async fn acknowledged_commits_are_on_the_stream_and_a_second_writer_fences_the_n
         .collect();
     assert_eq!(checkpoints, on_stream, "one stream commit per local commit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_ledger_is_put_on_its_stream_when_replication_starts() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    // A ledger that began on a single node.
+    let (mut single, demo) = Daemon::demo(dir.path());
+    let brand = demo.manifest.brand_id;
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(single.addr, 0).await;
+    for txn in 100..103 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    drop(t);
+    single.kill9();
+
+    // Restarted with replication: its history goes onto the stream first.
+    let mut active = Daemon::start(&demo.data, &["--replicate", &urls]);
+    let mut t = demo.terminal(active.addr, 0).await;
+    for txn in 103..105 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    let (mut standby, http) =
+        crate::standby::start_standby(&demo.data, &dir.path().join("standby"), &urls);
+    let end = DEMO_RECORDS + 5;
+    assert!(
+        crate::common::wait_until(|| crate::standby::records_on(http, brand) == Some(end)),
+        "the standby followed the seeded history and what came after"
+    );
+    active.kill9();
+    standby.kill9();
+    let (a, s) = (dir.path().join("a.export"), dir.path().join("s.export"));
+    let report = crate::common::run::export_and_verify(&demo.data, brand, &a);
+    crate::common::run::export_and_verify(&dir.path().join("standby"), brand, &s);
+    assert_eq!(report["records"], end, "{report}");
+    assert!(
+        crate::standby::export_parts(&a).1 == crate::standby::export_parts(&s).1,
+        "the standby holds the single node's history, commit for commit"
+    );
+}
