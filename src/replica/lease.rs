@@ -54,18 +54,28 @@ impl Leases {
     pub fn open(nats: Arc<Nats>, me: String) -> Result<Leases, ReplicaError> {
         let js = nats.jetstream();
         let kv = nats.run(async move {
-            match js.get_key_value(LEASE_BUCKET).await {
-                Ok(kv) => Ok(kv),
-                Err(_) => {
-                    js.create_key_value(kv::Config {
-                        bucket: LEASE_BUCKET.into(),
-                        history: 1,
-                        max_age: LEASE_TTL,
-                        num_replicas: REPLICAS,
-                        storage: async_nats::jetstream::stream::StorageType::File,
-                        ..Default::default()
-                    })
-                    .await
+            // A cluster just formed answers "no responders" for a few
+            // seconds: try again for up to ten.
+            let mut tries = 0;
+            loop {
+                let opened = match js.get_key_value(LEASE_BUCKET).await {
+                    Ok(kv) => Ok(kv),
+                    Err(_) => {
+                        js.create_key_value(kv::Config {
+                            bucket: LEASE_BUCKET.into(),
+                            history: 1,
+                            max_age: LEASE_TTL,
+                            num_replicas: REPLICAS,
+                            storage: async_nats::jetstream::stream::StorageType::File,
+                            ..Default::default()
+                        })
+                        .await
+                    }
+                };
+                tries += 1;
+                match opened {
+                    Err(_) if tries < 40 => tokio::time::sleep(Duration::from_millis(250)).await,
+                    opened => break opened,
                 }
             }
         })?;

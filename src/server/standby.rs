@@ -27,6 +27,9 @@ use crate::replica::lease::RENEW_EVERY;
 use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
 use crate::storage::LogStore;
 
+/// How long start-up waits for the lease bucket to answer.
+const START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The brand `--demo` provisions (`demo::provision`).
 const DEMO_BRAND: u32 = 1;
 
@@ -78,7 +81,7 @@ pub(super) fn start(
         // The demo brand's lease first: a standby already running must not
         // take the brand while it is being provisioned.
         let sent = Instant::now();
-        if let Some(revision) = node.leases.take(DEMO_BRAND)? {
+        if let Some(revision) = node.take_patiently(DEMO_BRAND)? {
             node.clock.renewed(DEMO_BRAND, sent);
             node.held.insert(DEMO_BRAND, revision);
             ledgers.push(crate::demo::provision(
@@ -122,7 +125,7 @@ impl Node {
         }
         if !self.held.contains_key(&brand) {
             let sent = Instant::now();
-            let Some(revision) = self.leases.take(brand)? else {
+            let Some(revision) = self.take_patiently(brand)? else {
                 return Ok(Err(ledger));
             };
             self.clock.renewed(brand, sent);
@@ -134,6 +137,21 @@ impl Node {
                 self.held.remove(&brand);
                 self.clock.lost(brand);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// [`Leases::take`] at start-up, tried again for a few seconds: a lease
+    /// bucket just created, or a cluster just formed, answers "no
+    /// responders" until its stream has a leader.
+    fn take_patiently(&self, brand: u32) -> Result<Option<u64>, ReplicaError> {
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            match self.leases.take(brand) {
+                Err(ReplicaError::Stream { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                taken => return taken,
             }
         }
     }

@@ -60,12 +60,18 @@ struct Node {
     child: Option<Child>,
 }
 
+/// One cluster at a time per test binary: the replication tests time
+/// leases in seconds, and two clusters with their daemons on two cores
+/// would make a late renewal (a spurious failover) likelier.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running JetStream cluster; every node is killed on drop.
 pub struct NatsCluster {
     bin: PathBuf,
     nodes: Vec<Node>,
     /// Holds the nodes' stores, configurations and logs.
     pub dir: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl NatsCluster {
@@ -79,12 +85,19 @@ impl NatsCluster {
             eprintln!("skipped: {why}");
             return None;
         };
+        // A test that failed holding it poisons it; the next one goes on.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
         let routes: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
         let nodes = (0..size)
             .map(|i| write_node(dir.path(), i, &routes))
             .collect();
-        let mut cluster = NatsCluster { bin, nodes, dir };
+        let mut cluster = NatsCluster {
+            bin,
+            nodes,
+            dir,
+            _turn: turn,
+        };
         for i in 0..size {
             cluster.spawn(i);
         }
