@@ -177,16 +177,20 @@ pub fn catch_up(
 ) -> Result<ChainEnd, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let before = follower.ledger.state.seq;
-    let js = nats.jetstream();
-    let (stream, start, end) = nats.run(async move {
-        let stream = brand_stream(&js, brand).await?;
-        let start = read_from(&stream, brand, before).await?;
-        let end = chain_end(&stream, brand).await?;
-        Ok::<_, ReplicaError>((stream, start, end))
-    })??;
+    let (stream, start, end) = super::patiently(|| {
+        let js = nats.jetstream();
+        nats.run(async move {
+            let stream = brand_stream(&js, brand).await?;
+            let start = read_from(&stream, brand, before).await?;
+            let end = chain_end(&stream, brand).await?;
+            Ok::<_, ReplicaError>((stream, start, end))
+        })?
+    })?;
     for seq in start..=end.stream_seq {
-        let s = stream.clone();
-        let run = nats.run(async move { message(&s, brand, seq).await })??;
+        let run = super::patiently(|| {
+            let s = stream.clone();
+            nats.run(async move { message(&s, brand, seq).await })?
+        })?;
         follower.take(disk, run)?;
     }
     let caught = follower.ledger.state.seq - before;

@@ -148,6 +148,29 @@ pub enum ReplicaError {
     Ledger(#[from] LedgerError),
 }
 
+/// How long a call to NATS that fails is tried again where waiting is
+/// better than failing (start-up, a brand's first append, catching up): a
+/// stream just created, or one electing a leader after the loss of a node,
+/// answers "no responders" for a few seconds.
+pub const NATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `attempt` again (every 250 ms) while it fails with a NATS error
+/// ([`ReplicaError::Stream`]), for up to [`NATS_PATIENCE`]. Blocking: not
+/// for the connection's own runtime.
+pub fn patiently<T>(
+    mut attempt: impl FnMut() -> Result<T, ReplicaError>,
+) -> Result<T, ReplicaError> {
+    let deadline = std::time::Instant::now() + NATS_PATIENCE;
+    loop {
+        match attempt() {
+            Err(ReplicaError::Stream { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One stream message taken apart: its stream sequence and its run.
 #[derive(Debug, Clone)]
 pub struct Run {

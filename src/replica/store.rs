@@ -92,11 +92,13 @@ impl ReplicatedStore {
         keep_lease: &mut dyn FnMut() -> std::result::Result<(), ReplicaError>,
     ) -> std::result::Result<u64, ReplicaError> {
         use prost::Message;
-        let js = self.nats.jetstream();
-        let end = self.nats.run(async move {
-            let stream = brand_stream(&js, brand).await?;
-            follow::chain_end(&stream, brand).await
-        })??;
+        let end = super::patiently(|| {
+            let js = self.nats.jetstream();
+            self.nats.run(async move {
+                let stream = brand_stream(&js, brand).await?;
+                follow::chain_end(&stream, brand).await
+            })?
+        })?;
         if end.stream_seq != 0 || local_seq == 0 {
             return Ok(0);
         }
@@ -181,11 +183,13 @@ impl ReplicatedStore {
     /// that the stream's chain ends just before `first` (the local chain's
     /// end, which recovery caught up with the stream).
     fn read_tail(&self, brand: u32, first: u64) -> std::result::Result<u64, ReplicaError> {
-        let js = self.nats.jetstream();
-        let end = self.nats.run(async move {
-            let stream = brand_stream(&js, brand).await?;
-            follow::chain_end(&stream, brand).await
-        })??;
+        let end = super::patiently(|| {
+            let js = self.nats.jetstream();
+            self.nats.run(async move {
+                let stream = brand_stream(&js, brand).await?;
+                follow::chain_end(&stream, brand).await
+            })?
+        })?;
         if end.record_seq + 1 != first {
             return Err(ReplicaError::Diverged {
                 brand,

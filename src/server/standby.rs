@@ -27,9 +27,6 @@ use crate::replica::lease::RENEW_EVERY;
 use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
 use crate::storage::LogStore;
 
-/// How long start-up waits for the lease bucket to answer.
-const START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The brand `--demo` provisions (`demo::provision`).
 const DEMO_BRAND: u32 = 1;
 
@@ -145,15 +142,7 @@ impl Node {
     /// bucket just created, or a cluster just formed, answers "no
     /// responders" until its stream has a leader.
     fn take_patiently(&self, brand: u32) -> Result<Option<u64>, ReplicaError> {
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            match self.leases.take(brand) {
-                Err(ReplicaError::Stream { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(250));
-                }
-                taken => return taken,
-            }
-        }
+        crate::replica::patiently(|| self.leases.take(brand))
     }
 
     /// With the lease just taken: reads the stream to its end and appends

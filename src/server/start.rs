@@ -153,7 +153,7 @@ pub fn load_replicated(
     let store: Arc<dyn LogStore> = replicated.clone();
     let mode = Recovery::FromSnapshot(&snapshots);
     let (_, _, mut ledgers) = recover_all(store.clone(), server_key.clone(), mode)?;
-    for brand in nats.brands()? {
+    for brand in crate::replica::patiently(|| nats.brands())? {
         if !ledgers.iter().any(|l| l.brand_id() == brand) {
             let key = server_key.clone();
             ledgers.push(BrandLedger::recover_with(store.clone(), key, brand, mode)?);
