@@ -208,14 +208,14 @@ pub fn catch_up(
 /// Follows `brand`'s stream until `stop` is cancelled or an error: an
 /// ordered consumer on the connection's runtime reads from the first
 /// message after the local chain, and the calling thread checks and
-/// commits each commit, then tells `committed` the local chain's new end.
+/// commits each commit, then shows `committed` the state it reached.
 /// The standby's loop for one brand; an error stops following it.
 pub fn follow_brand(
     nats: &Nats,
     disk: &dyn LogStore,
     mut follower: Follower,
     stop: CancellationToken,
-    committed: &dyn Fn(u64),
+    committed: &dyn Fn(&crate::state::BrandState),
 ) -> Result<Follower, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let local = follower.ledger.state.seq;
@@ -237,7 +237,7 @@ pub fn follow_brand(
         let before = follower.ledger.state.seq;
         follower.take(disk, run?)?;
         if follower.ledger.state.seq != before {
-            committed(follower.ledger.state.seq);
+            committed(&follower.ledger.state);
         }
     }
     Ok(follower)

@@ -21,6 +21,7 @@ use ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::keys::KeyIndex;
 use super::{metrics, serve_ledgers, Config, Shared, StartError};
 use crate::ledger::{BrandLedger, Recovery};
 use crate::replica::lease::RENEW_EVERY;
@@ -92,11 +93,7 @@ pub(super) fn start(
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
             Ok(ledger) => shared.serve_brand(ledger, writers),
-            Err(ledger) => {
-                // Its tills sign on here to be told NOT_ACTIVE.
-                shared.keys.add_brand(&ledger.state);
-                node.follow(ledger);
-            }
+            Err(ledger) => node.follow(ledger, &shared.keys),
         }
     }
     tracing::info!(
@@ -182,11 +179,16 @@ impl Node {
         store.seed(brand, local_seq, &mut keep_lease)
     }
 
-    /// Follows `ledger`'s brand on a thread of its own.
-    fn follow(&mut self, ledger: BrandLedger) {
+    /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
+    /// each commit followed, go into `keys`: its tills sign on here to be
+    /// told NOT_ACTIVE (not UNKNOWN_KEY), and are known at once if this
+    /// node takes the brand over.
+    fn follow(&mut self, ledger: BrandLedger, keys: &Arc<KeyIndex>) {
         let brand = ledger.brand_id();
         let gauge = metrics::get().records_of(brand);
         gauge.set(ledger.state.seq as i64);
+        keys.add_brand(&ledger.state);
+        let keys = keys.clone();
         let (nats, disk, stop) = (
             self.nats.clone(),
             self.store.disk().clone(),
@@ -196,7 +198,10 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("follow-{brand}"))
             .spawn(move || {
-                let committed = |seq: u64| gauge.set(seq as i64);
+                let committed = |state: &crate::state::BrandState| {
+                    gauge.set(state.seq as i64);
+                    keys.add_brand(state);
+                };
                 let followed = follow::follow_brand(
                     &nats,
                     disk.as_ref(),
@@ -353,10 +358,7 @@ impl Node {
             let store: Arc<dyn LogStore> = self.store.clone();
             let mode = Recovery::FromSnapshot(&self.snapshots);
             match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
-                Ok(ledger) => {
-                    shared.keys.add_brand(&ledger.state);
-                    self.follow(ledger);
-                }
+                Ok(ledger) => self.follow(ledger, &shared.keys),
                 Err(e) => {
                     let error = crate::error::causes(&e);
                     tracing::error!(brand, error, "could not start following a new brand");

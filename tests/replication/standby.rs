@@ -49,18 +49,27 @@ async fn a_standby_follows_every_commit_and_exports_the_same_bytes() {
     // Started behind: it reads what it missed, then follows live commits.
     let standby_data = dir.path().join("standby");
     let (mut standby, http) = start_standby(&demo.data, &standby_data, &urls);
-    for txn in 103..110 {
+    for txn in 103..109 {
         ok(&mut t, txn, purchase(&card, 1_000)).await;
     }
+    // A till enrolled while the standby follows.
+    let new_till = cardd::crypto::generate_key();
+    let mut owner = demo.owner(active.addr).await;
+    ok(
+        &mut owner,
+        50,
+        crate::common::enroll(1, &new_till, "Downtown till 2"),
+    )
+    .await;
     let target = 17 + 10;
     assert!(
         wait_until(|| records_on(http, brand) == Some(target)),
         "the standby reached record {target}: it holds {:?}",
         records_on(http, brand)
     );
-    // A till that signs on at the standby is told where the brand is served.
-    let key = cardd::crypto::read_key_file(&demo.terminal_key_path(0)).unwrap();
-    let mut f = crate::common::raw::send_sign_on_proof(standby.addr, &key).await;
+    // A till that signs on at the standby, even one enrolled after it
+    // started, is told where the brand is served.
+    let mut f = crate::common::raw::send_sign_on_proof(standby.addr, &new_till).await;
     let refusal = match crate::common::raw::raw_recv(&mut f).await.body {
         Some(cardd::pb::server_message::Body::Error(e)) => e,
         other => panic!("expected NOT_ACTIVE, got {other:?}"),
