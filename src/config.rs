@@ -171,6 +171,12 @@ settings! {
     log_segment_kib: u64,
     /// `text` or `json`.
     log_format: LogFormat,
+    /// NATS servers (comma-separated `nats://HOST:PORT`) holding every
+    /// brand's replicated log; off (single node) unless set.
+    replicate: Option<String>,
+    /// Follow the replicated log as a standby instead of serving tills
+    /// (with `replicate`).
+    standby: bool,
 }
 
 /// One `key = value` line (a `#` line for an unset optional key).
@@ -277,6 +283,21 @@ impl Settings {
             64..=1024 * 1024,
             "must be 64..=1048576",
         )?;
+        if self.standby && self.replicate.is_none() {
+            return Err(bad("replicate", "(not set)", "standby needs replicate"));
+        }
+        if let Some(urls) = &self.replicate {
+            let ok = urls
+                .split(',')
+                .all(|u| u.trim().starts_with("nats://") && u.trim().len() > "nats://".len());
+            if !ok {
+                return Err(bad(
+                    "replicate",
+                    urls,
+                    "must be nats://HOST:PORT[,nats://HOST:PORT…]",
+                ));
+            }
+        }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => Err(bad("tls_key", "(not set)", "tls_cert needs tls_key")),
             (None, Some(_)) => Err(bad("tls_cert", "(not set)", "tls_key needs tls_cert")),
@@ -311,6 +332,8 @@ impl Settings {
             },
             audit_stall_secs: self.audit_stall_secs,
             log_segment_kib: self.log_segment_kib,
+            replicate: self.replicate.clone(),
+            standby: self.standby,
         }
     }
 }
@@ -343,6 +366,8 @@ mod tests {
             audit_mib_per_sec: c.quotas.audit_mib_per_sec,
             log_segment_kib: c.log_segment_kib,
             log_format: LogFormat::Text,
+            replicate: None,
+            standby: false,
         }
     }
 
@@ -383,6 +408,21 @@ mod tests {
         let mut s = defaults();
         s.tls_cert = Some("c.pem".into());
         assert!(s.validate().unwrap_err().to_string().contains("tls_key"));
+        let mut s = defaults();
+        s.standby = true;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("standby needs replicate"));
+        s.replicate = Some("nats://127.0.0.1:4222,127.0.0.1:4223".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--replicate") && e.contains("nats://HOST:PORT"),
+            "{e}"
+        );
+        s.replicate = Some("nats://127.0.0.1:4222, nats://127.0.0.1:4223".into());
+        s.validate().unwrap();
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl From<Refusal> for crate::pb::Error {
         crate::pb::Error {
             code: r.code as i32,
             message: r.message,
+            active_address: String::new(),
         }
     }
 }

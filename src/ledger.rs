@@ -684,6 +684,67 @@ impl BrandLedger {
     ) -> Result<Answer, LedgerError> {
         self.submit_now(Submission::signed(principal, key, request.clone()))
     }
+
+    /// Applies a batch that another node committed (a standby following the
+    /// active's replicated log, `crate::replica`), checked as the auditor
+    /// checks an export: each record's request signature, its link and its
+    /// byte-for-byte replay, then the signed checkpoint against the state
+    /// reached. Then commits it to `store` (the local log) with the Merkle
+    /// nodes the replay computed and the checkpoint's exact bytes.
+    ///
+    /// On an error the state may be ahead of `store`: the caller stops
+    /// following this brand (a restart recovers it from the local log).
+    pub fn follow_batch(
+        &mut self,
+        store: &dyn LogStore,
+        records: &[(u64, &[u8])],
+        checkpoint_bytes: &[u8],
+    ) -> Result<(), LedgerError> {
+        let brand = self.brand_id();
+        let server_pub = self.server_key.verifying_key();
+        let mut written = Vec::with_capacity(records.len());
+        for &(seq, bytes) in records {
+            let w = follow_record(&mut self.state, seq, bytes, &server_pub.to_bytes())
+                .map_err(|source| LedgerError::Replay { brand, source })?;
+            written.push(w);
+        }
+        let c = checkpoint::decode_verified(checkpoint_bytes, &server_pub)
+            .and_then(|c| checkpoint::verify(&c, &server_pub, Some(&self.state)).map(|()| c))
+            .map_err(|source| LedgerError::Checkpoint { brand, source })?;
+        self.last_time_ms = self.last_time_ms.max(c.time_ms);
+        let nodes: Vec<(u8, u64, [u8; 32])> = written
+            .iter()
+            .flat_map(|w| w.nodes.iter().copied())
+            .collect();
+        store
+            .commit(brand, records, &nodes, (c.tree_size, checkpoint_bytes))
+            .map_err(|source| LedgerError::Storage { brand, source })?;
+        self.snapshot_if_due();
+        Ok(())
+    }
+}
+
+/// One record of a followed batch: its request signature under the key it
+/// names (which the replay then requires to be the one enrolled), then the
+/// replay (link, signer, byte equality).
+fn follow_record(
+    state: &mut BrandState,
+    seq: u64,
+    bytes: &[u8],
+    server_key: &[u8; 32],
+) -> Result<Written, ReplayError> {
+    let fail = |what: &str| ReplayError {
+        seq,
+        what: what.to_string(),
+    };
+    let rec = Record::decode(bytes).map_err(|_| fail("does not decode"))?;
+    let key = crate::crypto::parse_public_key(&rec.signer_public_key)
+        .ok_or_else(|| fail("signer key is not a usable ed25519 key"))?;
+    let message = crate::crypto::request_message(&rec.request);
+    if !crate::crypto::verify_strict(&key, &message, &rec.request_signature) {
+        return Err(fail("its request signature does not verify"));
+    }
+    crate::replay::replay_decoded(state, seq, &rec, bytes, server_key)
 }
 
 /// A rotation record's keys: the new one enrolled, the old one (the

@@ -26,6 +26,7 @@ pub mod pb;
 pub mod pin;
 pub mod render;
 pub mod replay;
+pub mod replica;
 pub mod server;
 pub mod snapshot;
 pub mod state;

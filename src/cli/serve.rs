@@ -82,6 +82,17 @@ pub struct ServeArgs {
     #[arg(long, env = "CARDD_LOG_FORMAT", default_value = "text",
           value_parser = ["text", "json"])]
     log_format: String,
+    /// Replicate every brand's log on this NATS JetStream cluster
+    /// (comma-separated nats://HOST:PORT; docs/replication.md): no answer
+    /// leaves before its batch is on a quorum of NATS nodes and on disk.
+    /// Off (single node) unless set.
+    #[arg(long, env = "CARDD_REPLICATE", value_name = "URLS")]
+    replicate: Option<String>,
+    /// Follow the replicated log (with --replicate and the active node's
+    /// server key) into this data directory, checking every record as the
+    /// auditor does, instead of serving tills.
+    #[arg(long, env = "CARDD_STANDBY")]
+    standby: bool,
 }
 
 /// `cardd serve` quotas (docs/security.md): what one key, one brand and
@@ -145,6 +156,8 @@ impl ServeArgs {
             audit_mib_per_sec: self.audit_mib_per_sec,
             log_segment_kib: self.log_segment_kib,
             log_format: self.log_format.parse().unwrap_or_default(),
+            replicate: self.replicate,
+            standby: self.standby,
         }
     }
 

@@ -484,6 +484,14 @@ enum Route {
 }
 
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
+    if shared.replicated && shared.brand(session.brand_id).is_none() {
+        // `--replicate`: this node lost the brand's lease since the session
+        // signed on; the brand's other node serves it now.
+        return Err(Refusal::new(
+            E::NotActive,
+            "this node does not serve this brand any more; try its other node",
+        ));
+    }
     match &req.op {
         Some(op @ (Op::ExportLedger(_) | Op::ConsistencyProof(_))) => {
             if !matches!(session.principal, Principal::Owner | Principal::Auditor(_)) {

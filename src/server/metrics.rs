@@ -61,8 +61,8 @@ pub const OPS: &[&str] = &[
 ];
 
 /// Results per operation: "ok" at 0, then every error code by its number
-/// (the highest is STORAGE_FAILURE; a test checks no code lies past it).
-const RESULTS: usize = 1 + ErrorCode::StorageFailure as usize + 1;
+/// (the highest is NOT_ACTIVE; a test checks no code lies past it).
+const RESULTS: usize = 1 + ErrorCode::NotActive as usize + 1;
 
 /// The index of `op` in [`OPS`].
 pub fn op_index(op: Option<&Op>) -> u8 {

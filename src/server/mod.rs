@@ -16,6 +16,7 @@ pub mod sessions;
 mod shutdown;
 mod sign_on;
 mod snapshot_child;
+mod standby;
 pub mod start;
 pub mod verifier;
 pub mod web_login;
@@ -79,6 +80,11 @@ pub struct Config {
     pub audit_stall_secs: u64,
     /// KiB after which a brand's log segment is sealed.
     pub log_segment_kib: u64,
+    /// NATS servers holding every brand's replicated log
+    /// (`--replicate`, comma-separated); None: the single-node default.
+    pub replicate: Option<String>,
+    /// Follow the replicated log instead of serving (`--standby`).
+    pub standby: bool,
 }
 
 impl Default for Config {
@@ -97,6 +103,8 @@ impl Default for Config {
             quotas: Quotas::default(),
             audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
             log_segment_kib: crate::limits::LOG_SEGMENT_BYTES / 1024,
+            replicate: None,
+            standby: false,
         }
     }
 }
@@ -130,6 +138,15 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// Web login links and sessions (in memory: a restart ends them).
     pub web: Arc<crate::web::Logins>,
+    /// Where brands keep their snapshots, and every how many records.
+    snapshots: (PathBuf, u64),
+    /// `--replicate`: a brand this node knows but does not serve is
+    /// refused with NOT_ACTIVE (another node serves it).
+    pub replicated: bool,
+    /// `--replicate`: the terminal address of the node holding the lease of
+    /// each brand this node follows, as its lease names it (told to tills
+    /// refused with NOT_ACTIVE).
+    active_elsewhere: RwLock<HashMap<u32, String>>,
     brands: RwLock<HashMap<u32, BrandHandle>>,
 }
 
@@ -141,6 +158,37 @@ impl Shared {
             .expect("brands lock")
             .get(&brand)
             .cloned()
+    }
+
+    /// Starts serving `ledger`'s brand: its keys may sign on, its writer
+    /// runs on `writers` (at start-up, or when a replicated node takes a
+    /// brand over).
+    fn serve_brand(&self, mut ledger: crate::ledger::BrandLedger, writers: &TaskTracker) {
+        ledger.snapshot_into(&self.snapshots.0, self.snapshots.1);
+        self.keys.add_brand(&ledger.state);
+        let id = ledger.brand_id();
+        metrics::get().records_of(id).set(ledger.state.seq as i64);
+        let unchecked = ledger.unread_at_start();
+        let sessions = Some(self.sessions.clone());
+        let handle = BrandHandle::spawn_revoking(ledger, self.keys.clone(), sessions, writers);
+        chain_check::spawn(self.store.clone(), id, unchecked, handle.clone());
+        self.brands.write().expect("brands lock").insert(id, handle);
+    }
+
+    /// Stops serving `brand` at once (a replicated node that lost its
+    /// lease): its writer refuses everything from now on.
+    fn stop_brand(&self, brand: u32, why: String) {
+        let handle = self.brands.write().expect("brands lock").remove(&brand);
+        if let Some(handle) = handle {
+            handle.halt(why);
+        }
+    }
+
+    /// The address of the node serving `brand` instead of this one, if
+    /// known (`--replicate`).
+    fn active_address(&self, brand: u32) -> Option<String> {
+        let known = self.active_elsewhere.read().expect("holders lock");
+        known.get(&brand).cloned()
     }
 
     /// Drops every brand's writer handle held here (at shutdown, once the
@@ -190,22 +238,37 @@ pub async fn run_until(
         tokio::spawn(http::serve(http_listener, router, http_stop.clone()));
     }
     let writers = TaskTracker::new();
-    let shared = start_brands(&config, stop.clone(), &writers, logins)?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (shared, node) = match config.replicate.as_deref() {
+        None => (start_brands(&config, stop.clone(), &writers, logins)?, None),
+        Some(urls) => {
+            // Blocking start-up (the stream reads wait on the connection's
+            // runtime); only the multi-thread daemon runtime replicates.
+            let started = tokio::task::block_in_place(|| {
+                standby::start(&config, urls, local_addr, stop.clone(), &writers, logins)
+            })?;
+            (started.0, Some(started.1))
+        }
+    };
     let _ = served.set(shared.clone());
     health.set_recovered();
-    let running = Running {
-        local_addr: listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?,
-    };
+    let running = Running { local_addr };
     if !stop.is_cancelled() {
         // (A signal during recovery: the daemon never serves.)
         tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
         on_ready(&running);
     }
+    let node = node.map(|n| tokio::spawn(n.run(shared.clone(), writers.clone(), stop.clone())));
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
+    if let Some(node) = node {
+        // Followers stopped, leases left to lapse (the drain below may
+        // still append what is in flight).
+        let _ = node.await;
+    }
     health.set_stopping();
     shutdown::drain(shared, connections, writers).await;
     http_stop.cancel();
@@ -242,27 +305,33 @@ fn start_brands(
             tracing::info!("--demo ignored: the ledger already holds brands");
         }
     }
-    let snapshots = crate::snapshot::dir(&config.data_dir);
-    let keys = Arc::new(KeyIndex::default());
-    let audit_pace = audit::pace(config.quotas.audit_mib_per_sec);
-    let sessions = Sessions::new(config.quotas);
-    let mut brands = HashMap::new();
-    for mut ledger in ledgers {
-        ledger.snapshot_into(&snapshots, config.snapshot_every);
-        keys.add_brand(&ledger.state);
-        let id = ledger.brand_id();
-        metrics::get().records_of(id).set(ledger.state.seq as i64);
-        let unchecked = ledger.unread_at_start();
-        let handle =
-            BrandHandle::spawn_revoking(ledger, keys.clone(), Some(sessions.clone()), writers);
-        chain_check::spawn(store.clone(), id, unchecked, handle.clone());
-        brands.insert(id, handle);
-    }
-    Ok(Arc::new(Shared {
-        keys,
+    Ok(serve_ledgers(
+        config,
+        stop,
+        writers,
+        store,
+        &server_key,
+        ledgers,
+        web,
+    ))
+}
+
+/// The state every connection shares, with a writer started on `writers`
+/// for each of `ledgers`.
+fn serve_ledgers(
+    config: &Config,
+    stop: CancellationToken,
+    writers: &TaskTracker,
+    store: Arc<dyn LogStore>,
+    server_key: &ed25519_dalek::SigningKey,
+    ledgers: Vec<crate::ledger::BrandLedger>,
+    web: Arc<crate::web::Logins>,
+) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        keys: Arc::new(KeyIndex::default()),
         server_public: server_key.verifying_key().to_bytes(),
         holders: Arc::new(holders::HolderStore::new(&config.data_dir)),
-        pins: Arc::new(pins::PinStore::new(&config.data_dir, &server_key)),
+        pins: Arc::new(pins::PinStore::new(&config.data_dir, server_key)),
         store,
         verifier: verifier::BatchVerifier::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -272,13 +341,23 @@ fn start_brands(
             config.card_misses_per_minute,
         ),
         max_frame_bytes: config.max_frame_bytes,
-        sessions,
+        sessions: Sessions::new(config.quotas),
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
-        audit_pace,
+        audit_pace: audit::pace(config.quotas.audit_mib_per_sec),
         stop,
         web,
-        brands: RwLock::new(brands),
-    }))
+        snapshots: (
+            crate::snapshot::dir(&config.data_dir),
+            config.snapshot_every,
+        ),
+        replicated: config.replicate.is_some(),
+        active_elsewhere: RwLock::new(HashMap::new()),
+        brands: RwLock::new(HashMap::new()),
+    });
+    for ledger in ledgers {
+        shared.serve_brand(ledger, writers);
+    }
+    shared
 }
 
 /// The start-up's one line on recovery (and its metric): what every brand

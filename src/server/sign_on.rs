@@ -136,6 +136,17 @@ pub(super) async fn proof(
         return Step::Close(Some(refusal));
     }
     let Some(handle) = shared.brand(brand) else {
+        if shared.replicated {
+            // A replicated node that follows this brand (its keys are
+            // known) but does not serve it now.
+            let why = format!("this node does not serve brand {brand} now; try its other node");
+            let mut error: crate::pb::Error = crate::error::Refusal::new(E::NotActive, why).into();
+            error.active_address = shared.active_address(brand).unwrap_or_default();
+            return Step::Close(Some(ServerMessage {
+                request_id: rid,
+                body: Some(server_message::Body::Error(error)),
+            }));
+        }
         return Step::Close(Some(error_msg(rid, E::Internal, "brand not loaded")));
     };
     // The slot is taken before the writer is asked (see `sessions`): a

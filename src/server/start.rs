@@ -75,6 +75,10 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error("TLS")]
     Tls(#[from] crate::tls::TlsError),
+    /// The replicated log (`--replicate`) could not be reached, or this
+    /// data directory could not be caught up with it.
+    #[error("replication")]
+    Replica(#[from] crate::replica::ReplicaError),
     /// The listening address could not be bound.
     #[error("binding {addr}")]
     Bind {
@@ -275,6 +279,42 @@ pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartEr
     let snapshots = crate::snapshot::dir(data_dir);
     let store = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
     recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
+}
+
+/// [`load_sized`] with every brand's log replicated through the NATS
+/// cluster at `urls` (`--replicate`): brands found only on the cluster are
+/// added, and each brand's local log is first caught up to the end of its
+/// stream (every commit checked as the auditor checks it). The store
+/// returned appends each commit to the stream before the local log, while
+/// `clock` says this node's lease of the brand is good.
+pub fn load_replicated(
+    data_dir: &Path,
+    segment_bytes: u64,
+    urls: &str,
+    clock: Arc<crate::replica::LeaseClock>,
+) -> Result<(Loaded, Arc<crate::replica::ReplicatedStore>), StartError> {
+    use crate::replica::{follow, Follower, Nats, ReplicatedStore};
+    let server_key = Arc::new(open_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let disk = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
+    let nats = Arc::new(Nats::connect(urls)?);
+    let replicated = Arc::new(ReplicatedStore::new(disk.clone(), nats.clone()).with_leases(clock));
+    let store: Arc<dyn LogStore> = replicated.clone();
+    let mode = Recovery::FromSnapshot(&snapshots);
+    let (_, _, mut ledgers) = recover_all(store.clone(), server_key.clone(), mode)?;
+    for brand in crate::replica::patiently(|| nats.brands())? {
+        if !ledgers.iter().any(|l| l.brand_id() == brand) {
+            let key = server_key.clone();
+            ledgers.push(BrandLedger::recover_with(store.clone(), key, brand, mode)?);
+        }
+    }
+    let mut caught_up = Vec::with_capacity(ledgers.len());
+    for ledger in ledgers {
+        let mut follower = Follower::new(ledger);
+        follow::catch_up(&nats, disk.as_ref(), &mut follower)?;
+        caught_up.push(follower.ledger);
+    }
+    Ok(((store, server_key, caught_up), replicated))
 }
 
 /// Opens an existing data directory and replays every brand from its first

@@ -4,7 +4,7 @@
 //! its own append-only, checksummed segment log, fdatasynced before a
 //! commit returns (the truth), read back through the sealed segments'
 //! frame tables (derived: rebuilt from their segments when missing). A
-//! replicated log can later sit behind the same trait.
+//! replicated log sits behind the same trait (`crate::replica`).
 //!
 //! - `segment`: the log files, their frames and the torn-tail rule;
 //! - `frames`: where each frame lies (frame tables, the newest in memory);
@@ -73,6 +73,18 @@ pub enum StorageError {
          running? offline commands need it stopped)"
     )]
     Locked(PathBuf),
+    /// A replicated store could not put the commit on its replicated log
+    /// (`cardd serve --replicate`): unreachable, refused (fenced by another
+    /// writer) or unacknowledged. Fatal like a failed fsync: nothing of the
+    /// batch is acknowledged.
+    #[error("replicating brand {brand}'s commit")]
+    Replication {
+        /// The brand.
+        brand: u32,
+        /// Why (the replication layer's error).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A read-only command was pointed at a directory with no ledger.
     #[error("{0}: no cardd ledger here (no log/ or ledger/ directory)")]
     NoLedger(PathBuf),

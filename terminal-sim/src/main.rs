@@ -56,10 +56,13 @@ use terminal::Terminal;
 #[derive(Parser, Debug)]
 #[command(name = "terminal-sim", version)]
 struct Cli {
-    /// Address of the cardd daemon.
+    /// Address of the cardd daemon; with replication (docs/replication.md)
+    /// the brand's nodes, comma-separated (`A,B`): tried in order, a node
+    /// that is down or not active for the brand (NOT_ACTIVE) passes the
+    /// till on to the next. `bench` takes one address.
     #[arg(
         long,
-        value_name = "ADDR",
+        value_name = "ADDR[,ADDR…]",
         default_value = "127.0.0.1:7700",
         env = "CARDD_CONNECT",
         global = true
@@ -506,14 +509,34 @@ async fn sign_on(
     tls: Option<&TlsClient>,
 ) -> anyhow::Result<Result<cardd::client::AnyClient, cardd::error::Refusal>> {
     let key = read_key_file(key_path)?;
+    // `--connect A,B`: the brand's nodes (docs/replication.md), tried in
+    // order; one that cannot be reached or is not active for the brand
+    // (NOT_ACTIVE) passes the till on to the next. The last one's answer
+    // stands.
+    let addrs: Vec<&str> = cli.connect.split(',').map(str::trim).collect();
+    for (i, addr) in addrs.iter().enumerate() {
+        let last = i + 1 == addrs.len();
+        match sign_on_at(cli, addr, key.clone(), tls).await {
+            Ok(Err(r)) if !last && r.code == pb::ErrorCode::NotActive => {}
+            Err(_) if !last => {}
+            answer => return answer,
+        }
+    }
+    unreachable!("--connect names at least one address")
+}
+
+/// [`sign_on`] at one address.
+async fn sign_on_at(
+    cli: &Cli,
+    addr: &str,
+    key: ed25519_dalek::SigningKey,
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<Result<cardd::client::AnyClient, cardd::error::Refusal>> {
     let timeout = Duration::from_secs(cli.timeout);
-    match tokio::time::timeout(timeout, connect_to(&cli.connect, key, tls)).await {
+    match tokio::time::timeout(timeout, connect_to(addr, key, tls)).await {
         Err(_) => Err(Failure {
             code: "CONNECTION_FAILED",
-            message: format!(
-                "connecting to {}: no sign-on within {}s",
-                cli.connect, cli.timeout
-            ),
+            message: format!("connecting to {addr}: no sign-on within {}s", cli.timeout),
         }
         .into()),
         Ok(Err(e)) => match e.error {

@@ -8,6 +8,7 @@
 //! - [`books`]: the books' scripted three-store ledger and `cardd admin` runs;
 //! - [`cert`]: self-signed TLS certificates and key files;
 //! - [`http`]: plain HTTP/1.1 GETs and Prometheus text, for the HTTP listener;
+//! - [`nats`]: a 3-node NATS JetStream cluster on loopback ports (replication);
 //! - [`raw`]: the protocol by hand (frames, hello, sign-on, signed bodies);
 //! - [`reply`]: accessors that take a reply apart or fail the test;
 //! - [`run`]: the one bounded run of a command (`cardd check`, `cardd audit`);
@@ -21,6 +22,7 @@
 pub mod books;
 pub mod cert;
 pub mod http;
+pub mod nats;
 pub mod raw;
 pub mod reply;
 pub mod run;

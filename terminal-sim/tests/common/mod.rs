@@ -44,11 +44,24 @@ pub struct Daemon {
     pub manifest: Manifest,
 }
 
+/// `cardd serve` on `data` with `extra` arguments: the process (the
+/// caller kills it) and the address it listens on.
+pub fn serve(data: &Path, extra: &[&str]) -> (Child, String) {
+    serve::spawn_serve(cardd_bin(), data, extra)
+}
+
 impl Daemon {
     /// Starts `cardd serve --demo` on a fresh data directory in `dir`.
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    /// [`Daemon::start`] with `extra` arguments to `cardd serve`.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let data = dir.join("data");
-        let (child, addr) = serve::spawn_serve(cardd_bin(), &data, &["--demo"]);
+        let mut args = vec!["--demo"];
+        args.extend_from_slice(extra);
+        let (child, addr) = serve::spawn_serve(cardd_bin(), &data, &args);
         let text = std::fs::read_to_string(data.join("demo.json")).expect("demo.json");
         let manifest: Manifest = serde_json::from_str(&text).expect("demo.json parses");
         Daemon {

@@ -1,0 +1,370 @@
+//! A replicated node (`cardd serve --replicate`, with or without
+//! `--standby`; docs/replication.md): per brand it is either the brand's
+//! active node, holding its lease, or a follower of the brand's stream.
+//!
+//! At start every brand's local log is caught up with its stream. Without
+//! `--standby` the node then takes each free lease and serves those brands;
+//! with it, it serves none at first. Every other brand is followed on a
+//! `follow-{brand}` thread: each commit of the stream checked as the
+//! auditor checks an export (`BrandLedger::follow_batch`) and committed
+//! locally. Every [`RENEW_EVERY`] the node renews its leases (a lease not
+//! renewed in time stops its brand at once: `Shared::stop_brand`), tries
+//! to take the lapsed leases of the brands it follows (taking one: stop
+//! the follower, read the stream to its end, append a fence, serve), and
+//! looks for brands created elsewhere.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::keys::KeyIndex;
+use super::{metrics, serve_ledgers, Config, Shared, StartError};
+use crate::ledger::{BrandLedger, Recovery};
+use crate::replica::lease::RENEW_EVERY;
+use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
+use crate::storage::LogStore;
+
+/// The brand `--demo` provisions (`demo::provision`).
+const DEMO_BRAND: u32 = 1;
+
+/// A follower thread and the token that stops it.
+struct Following {
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
+}
+
+/// The brands this node serves (with their lease revisions) and follows.
+pub(super) struct Node {
+    nats: Arc<Nats>,
+    store: Arc<ReplicatedStore>,
+    server_key: Arc<SigningKey>,
+    snapshots: std::path::PathBuf,
+    leases: Leases,
+    clock: Arc<LeaseClock>,
+    held: HashMap<u32, u64>,
+    followers: HashMap<u32, Following>,
+}
+
+/// Starts a replicated node: recovery and catch-up, the leases it can
+/// take (none with `--standby`), the shared state serving those brands,
+/// and a follower for every other brand.
+pub(super) fn start(
+    config: &Config,
+    urls: &str,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    writers: &TaskTracker,
+    web: Arc<crate::web::Logins>,
+) -> Result<(Arc<Shared>, Node), StartError> {
+    let segment_bytes = config.log_segment_kib.saturating_mul(1024);
+    let clock = Arc::new(LeaseClock::default());
+    let ((store, server_key, mut ledgers), replicated) =
+        super::start::load_replicated(&config.data_dir, segment_bytes, urls, clock.clone())?;
+    let nats = replicated.nats().clone();
+    let me = format!("{} {local_addr}", hex::encode(rand::random::<[u8; 8]>()));
+    let mut node = Node {
+        leases: Leases::open(nats.clone(), me)?,
+        nats,
+        store: replicated,
+        server_key: server_key.clone(),
+        snapshots: crate::snapshot::dir(&config.data_dir),
+        clock,
+        held: HashMap::new(),
+        followers: HashMap::new(),
+    };
+    if config.demo && ledgers.is_empty() && !config.standby {
+        // The demo brand's lease first: a standby already running must not
+        // take the brand while it is being provisioned.
+        let sent = Instant::now();
+        if let Some(revision) = node.take_patiently(DEMO_BRAND)? {
+            node.clock.renewed(DEMO_BRAND, sent);
+            node.held.insert(DEMO_BRAND, revision);
+            ledgers.push(crate::demo::provision(
+                &config.data_dir,
+                store.clone(),
+                server_key.clone(),
+            )?);
+        }
+    }
+    let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new(), web);
+    for ledger in ledgers {
+        match node.take_at_start(ledger, config.standby)? {
+            Ok(ledger) => shared.serve_brand(ledger, writers),
+            Err(ledger) => node.follow(ledger, &shared.keys),
+        }
+    }
+    tracing::info!(
+        serving = node.held.len(),
+        following = node.followers.len(),
+        standby = config.standby,
+        "replicated node started"
+    );
+    Ok((shared, node))
+}
+
+impl Node {
+    /// The brand's lease if it is free and this is no standby: the ledger
+    /// to serve; else the ledger back, to follow.
+    fn take_at_start(
+        &mut self,
+        ledger: BrandLedger,
+        standby: bool,
+    ) -> Result<Result<BrandLedger, BrandLedger>, StartError> {
+        let brand = ledger.brand_id();
+        if standby {
+            return Ok(Err(ledger));
+        }
+        if !self.held.contains_key(&brand) {
+            let sent = Instant::now();
+            let Some(revision) = self.take_patiently(brand)? else {
+                return Ok(Err(ledger));
+            };
+            self.clock.renewed(brand, sent);
+            self.held.insert(brand, revision);
+        }
+        match self.take_over(Follower::new(ledger)) {
+            Ok(ledger) => Ok(Ok(ledger)),
+            Err(e) => {
+                self.held.remove(&brand);
+                self.clock.lost(brand);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// [`Leases::take`] at start-up, tried again for a few seconds: a lease
+    /// bucket just created, or a cluster just formed, answers "no
+    /// responders" until its stream has a leader.
+    fn take_patiently(&self, brand: u32) -> Result<Option<u64>, ReplicaError> {
+        crate::replica::patiently(|| self.leases.take(brand))
+    }
+
+    /// With the lease just taken: reads the stream to its end and appends
+    /// a fence, so that nothing the previous writer still sends is taken;
+    /// the ledger is then this node's to serve.
+    fn take_over(&mut self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
+        let brand = follower.ledger.brand_id();
+        self.seed(brand, follower.ledger.state.seq)?;
+        let disk = self.store.disk().clone();
+        let mut tries = 0;
+        loop {
+            let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
+            match self.store.fence(brand, end.stream_seq) {
+                Ok(()) => return Ok(follower.ledger),
+                // The previous writer's last append came first: read it.
+                Err(ReplicaError::Fenced { .. }) if tries < 5 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A brand whose local log predates replication gets its stream
+    /// seeded from it (`ReplicatedStore::seed`), its lease renewed along.
+    fn seed(&mut self, brand: u32, local_seq: u64) -> Result<u64, ReplicaError> {
+        let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
+        let mut renewed = Instant::now();
+        let mut keep_lease = || {
+            if renewed.elapsed() >= RENEW_EVERY {
+                let sent = Instant::now();
+                let revision = held.get(&brand).copied().unwrap_or_default();
+                held.insert(brand, leases.renew(brand, revision)?);
+                clock.renewed(brand, sent);
+                renewed = sent;
+            }
+            Ok(())
+        };
+        store.seed(brand, local_seq, &mut keep_lease)
+    }
+
+    /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
+    /// each commit followed, go into `keys`: its tills sign on here to be
+    /// told NOT_ACTIVE (not UNKNOWN_KEY), and are known at once if this
+    /// node takes the brand over.
+    fn follow(&mut self, ledger: BrandLedger, keys: &Arc<KeyIndex>) {
+        let brand = ledger.brand_id();
+        let gauge = metrics::get().records_of(brand);
+        gauge.set(ledger.state.seq as i64);
+        keys.add_brand(&ledger.state);
+        let keys = keys.clone();
+        let (nats, disk, stop) = (
+            self.nats.clone(),
+            self.store.disk().clone(),
+            CancellationToken::new(),
+        );
+        let token = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("follow-{brand}"))
+            .spawn(move || {
+                let committed = |state: &crate::state::BrandState| {
+                    gauge.set(state.seq as i64);
+                    keys.add_brand(state);
+                };
+                let followed = follow::follow_brand(
+                    &nats,
+                    disk.as_ref(),
+                    Follower::new(ledger),
+                    token,
+                    &committed,
+                );
+                if let Err(e) = &followed {
+                    let error = crate::error::causes(e);
+                    tracing::error!(brand, error, "stopped following this brand");
+                }
+                followed
+            })
+            .expect("starting a follower thread");
+        self.followers.insert(brand, Following { stop, thread });
+    }
+
+    /// Every [`RENEW_EVERY`] until `stop`; then stops the followers.
+    pub(super) async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        writers: TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // Blocking: lease and stream calls wait on the connection's runtime.
+            tokio::task::block_in_place(|| {
+                self.renew_held(&shared);
+                self.take_lapsed(&shared, &writers);
+                self.follow_new(&shared);
+            });
+        }
+        let followers = std::mem::take(&mut self.followers);
+        tokio::task::block_in_place(move || {
+            for (_, f) in followers {
+                f.stop.cancel();
+                let _ = f.thread.join();
+            }
+        });
+    }
+
+    /// Renews every lease held; one that could not be renewed before this
+    /// node's own deadline stops its brand at once.
+    fn renew_held(&mut self, shared: &Shared) {
+        for (brand, revision) in self.held.clone() {
+            let sent = Instant::now();
+            match self.leases.renew(brand, revision) {
+                Ok(revision) => {
+                    self.held.insert(brand, revision);
+                    self.clock.renewed(brand, sent);
+                }
+                Err(e) if self.clock.expired(brand) => {
+                    self.clock.lost(brand);
+                    self.held.remove(&brand);
+                    let error = crate::error::causes(&e);
+                    tracing::error!(
+                        brand,
+                        error,
+                        "lease lost: this node stops serving the brand"
+                    );
+                    let holder = self.leases.holder(brand).unwrap_or_default();
+                    shared.stop_brand(
+                        brand,
+                        format!("this node is not active for brand {brand} any more (lease held by: {holder})"),
+                    );
+                }
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::warn!(brand, error, "lease not renewed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Takes the lapsed lease of each brand followed, and serves it.
+    fn take_lapsed(&mut self, shared: &Shared, writers: &TaskTracker) {
+        let brands: Vec<u32> = self.followers.keys().copied().collect();
+        for brand in brands {
+            if self.followers[&brand].thread.is_finished() {
+                // Its stream held something that does not verify: it is
+                // not this node's to serve (logged when it stopped).
+                if let Some(f) = self.followers.remove(&brand) {
+                    let _ = f.thread.join();
+                }
+                continue;
+            }
+            let sent = Instant::now();
+            match self.leases.take(brand) {
+                Ok(Some(revision)) => {
+                    self.clock.renewed(brand, sent);
+                    match self.promote(brand) {
+                        Ok(ledger) => {
+                            tracing::warn!(
+                                brand,
+                                seq = ledger.state.seq,
+                                "took the brand over: serving it"
+                            );
+                            self.held.insert(brand, revision);
+                            shared.serve_brand(ledger, writers);
+                        }
+                        Err(e) => {
+                            self.clock.lost(brand);
+                            let error = crate::error::causes(&e);
+                            tracing::error!(brand, error, "could not take the brand over");
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // Held elsewhere: its holder is named to this brand's tills.
+                    if let Some(holder) = self.leases.holder(brand) {
+                        let addr = holder.split_once(' ').map_or("", |(_, a)| a).to_string();
+                        let mut known = shared.active_elsewhere.write().expect("holders lock");
+                        known.insert(brand, addr);
+                    }
+                }
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::warn!(brand, error, "could not look at the brand's lease");
+                }
+            }
+        }
+    }
+
+    /// Stops `brand`'s follower and takes the brand over.
+    fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
+        let f = self.followers.remove(&brand).expect("a followed brand");
+        f.stop.cancel();
+        let follower = f
+            .thread
+            .join()
+            .unwrap_or_else(|_| panic!("the follower of brand {brand} panicked"))?;
+        self.take_over(follower)
+    }
+
+    /// Follows brands created since start-up (by another node).
+    fn follow_new(&mut self, shared: &Shared) {
+        let brands = match self.nats.brands() {
+            Ok(brands) => brands,
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(error, "listing the brands' streams failed");
+                return;
+            }
+        };
+        for brand in brands {
+            if self.held.contains_key(&brand) || self.followers.contains_key(&brand) {
+                continue;
+            }
+            let store: Arc<dyn LogStore> = self.store.clone();
+            let mode = Recovery::FromSnapshot(&self.snapshots);
+            match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
+                Ok(ledger) => self.follow(ledger, &shared.keys),
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::error!(brand, error, "could not start following a new brand");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Failover: the active node is killed (-9) under a till's purchases; the
+//! standby takes the brand's lapsed lease, reads the stream to its end and
+//! serves. Every acknowledged purchase is there exactly once (a retry of
+//! one is answered from the ledger, not applied again), money is
+//! conserved, and the old active, back as a standby, ends with the same
+//! ledger byte for byte.
+use std::time::{Duration, Instant};
+
+use cardd::client::Client;
+use cardd::crypto::read_key_file;
+
+use crate::common::nats::NatsCluster;
+use crate::common::reply::{card_of, receipt};
+use crate::common::{bounded, call_req, inquiry, ok, purchase, wait_until, Daemon};
+use crate::standby::{export_parts, records_on, start_standby};
+
+/// Signs on at `addr` until it works (the node serves the brand), for at
+/// most `limit`.
+async fn sign_on_until(
+    addr: std::net::SocketAddr,
+    key_path: &std::path::Path,
+    limit: Duration,
+) -> Client {
+    let deadline = Instant::now() + limit;
+    loop {
+        let key = read_key_file(key_path).expect("terminal key");
+        match tokio::time::timeout(Duration::from_secs(5), Client::connect(addr, key)).await {
+            Ok(Ok(c)) => return c,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!(
+                "no sign-on at {addr} within {limit:?}: {:?}",
+                other.map(|r| r.err())
+            ),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_over_a_killed_active_and_nothing_acknowledged_is_lost() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let brand = demo.manifest.brand_id;
+    let card = demo.manifest.cards[4].clone(); // paid 1000.00, bonus 150.00
+    let standby_data = dir.path().join("standby");
+    let (mut standby, http) = start_standby(&demo.data, &standby_data, &urls);
+
+    let mut t = demo.terminal(active.addr, 0).await;
+    let mut acknowledged = Vec::new();
+    for txn in 100..110 {
+        let req = t.request(txn, purchase(&card, 1_000));
+        let r = bounded(call_req(&mut t, &req)).await.expect("a purchase");
+        acknowledged.push((req, receipt(&r).seq));
+    }
+    active.kill9();
+
+    // The standby takes over once the lease lapses (3 s) and serves.
+    let took = Instant::now();
+    let mut t = sign_on_until(
+        standby.addr,
+        &demo.terminal_key_path(0),
+        Duration::from_secs(20),
+    )
+    .await;
+    eprintln!(
+        "failover: the standby answered {:?} after the kill",
+        took.elapsed()
+    );
+    // A till retrying its last purchase gets the same receipt: not applied twice.
+    let (req, seq) = acknowledged.last().unwrap();
+    let again = bounded(call_req(&mut t, req)).await.expect("the retry");
+    assert_eq!(
+        receipt(&again).seq,
+        *seq,
+        "the retry is answered from the ledger"
+    );
+    for txn in 110..115 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    // 15 purchases of 10.00, each once: paid value first.
+    let view = inquiry(&mut t, &card).await;
+    assert_eq!(
+        (view.paid_balance_minor, view.bonus_balance_minor),
+        (100_000 - 15 * 1_000, 15_000)
+    );
+    let r = ok(&mut t, 115, purchase(&card, 1_000)).await;
+    assert_eq!(card_of(&r).paid_balance_minor, 100_000 - 16 * 1_000);
+    let end = receipt(&r).seq;
+    drop(t);
+
+    // The old active comes back as a standby and follows the new writer.
+    let (mut back, back_http) = {
+        let old = demo.data.clone();
+        let mut cmd_args = vec!["--standby", "--replicate", &urls];
+        let http = crate::common::http::free_addr();
+        let http_arg = http.to_string();
+        cmd_args.extend(["--http-listen", &http_arg]);
+        (Daemon::start(&old, &cmd_args), http)
+    };
+    assert!(
+        wait_until(|| records_on(back_http, brand) == Some(end)),
+        "the old active caught up"
+    );
+    assert_eq!(records_on(http, brand), Some(end));
+    back.kill9();
+    standby.kill9();
+    let a = dir.path().join("a.export");
+    let b = dir.path().join("b.export");
+    let report = crate::common::run::export_and_verify(&demo.data, brand, &a);
+    crate::common::run::export_and_verify(&standby_data, brand, &b);
+    assert_eq!(report["records"], end, "{report}");
+    assert!(
+        export_parts(&a).1 == export_parts(&b).1,
+        "both nodes hold the same ledger byte for byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let card = demo.manifest.cards[4].clone();
+    let (standby, _) = start_standby(&demo.data, &dir.path().join("standby"), &urls);
+    let mut on_old = demo.terminal(active.addr, 0).await;
+    ok(&mut on_old, 100, purchase(&card, 1_000)).await;
+
+    active.signal(libc::SIGSTOP);
+    let mut on_new = sign_on_until(
+        standby.addr,
+        &demo.terminal_key_path(1),
+        Duration::from_secs(20),
+    )
+    .await;
+    ok(&mut on_new, 100, purchase(&card, 1_000)).await;
+    active.signal(libc::SIGCONT);
+    // Its first look at the lease after waking finds it taken.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let code = crate::common::refused(&mut on_old, 101, purchase(&card, 1_000)).await;
+    assert_eq!(code, cardd::pb::ErrorCode::NotActive);
+    let view = inquiry(&mut on_new, &card).await;
+    assert_eq!(
+        view.paid_balance_minor,
+        100_000 - 2 * 1_000,
+        "the paused node wrote nothing"
+    );
+}
