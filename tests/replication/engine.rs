@@ -54,7 +54,20 @@ async fn jetstream_fences_deduplicates_and_survives_one_node() {
     let s = smoke_stream(&js).await;
     assert_eq!(s.cached_info().config.num_replicas, 3);
 
-    let first = publish(&js, "a", Some(0)).await.expect("first append");
+    // A stream just made on a cluster just formed may answer "no stream
+    // found" for a moment (the daemon's appends wait out the same, up to
+    // 10 s): the first append waits too.
+    let mut first = publish(&js, "a", Some(0)).await;
+    for _ in 0..100 {
+        match &first {
+            Err(e) if !e.contains("wrong last sequence") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                first = publish(&js, "a", Some(0)).await;
+            }
+            _ => break,
+        }
+    }
+    let first = first.expect("first append");
     assert_eq!((first.sequence, first.duplicate), (1, false));
     // A second writer that believes the subject is still empty is fenced.
     let fenced = publish(&js, "b", Some(0)).await.unwrap_err();
