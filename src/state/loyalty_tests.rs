@@ -338,6 +338,42 @@ fn a_reversed_points_purchase_gives_the_points_back_with_their_expiry() {
 }
 
 #[test]
+fn a_refund_whose_points_were_spent_since_cannot_be_reversed() {
+    let mut r = rules();
+    r.points_redemption = Some(pb::PointsRedemption {
+        points: 10,
+        value_minor: 100,
+    });
+    let (mut s, c) = brand(r);
+    buy(&mut s, 1, &c, 5_000, 0); // 50 points
+    let p = buy(&mut s, 1, &c, 1_000, 50); // 50 points pay 5.00
+    let refund = s.till(
+        1,
+        "",
+        Op::Refund(pb::Refund {
+            original_seq: p.seq,
+            amount_minor: 1_000,
+        }),
+    );
+    assert_eq!(last(&s).points_in, 50, "the refund gave the points back");
+    // The customer spends them again at once.
+    let spent = buy(&mut s, 1, &c, 500, 50);
+    assert_eq!(spent.points_out, 50);
+    let before = s.state.cards[&crate::card_number::parse_number(&c).unwrap().1].clone();
+    // Reversing the refund would take back only what is left, and the
+    // purchase could then be refunded (and its points given) again.
+    let reverse = Op::Reversal(pb::Reversal {
+        original_txn_id: refund,
+    });
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 900, reverse),
+        E::InsufficientPoints
+    );
+    let after = &s.state.cards[&crate::card_number::parse_number(&c).unwrap().1];
+    assert_eq!(after, &before, "a refusal changes nothing");
+}
+
+#[test]
 fn a_rolling_window_tier_falls_at_the_card_s_next_record() {
     let mut r = rules();
     r.tiers = vec![pb::TierRule {

@@ -161,6 +161,19 @@ fn reversible_original<'s>(
 fn deltas_of(state: &BrandState, orig: &Effect, card: &Card) -> Result<Deltas, Refusal> {
     let extra_points = refund_excess(state, orig)?;
     let points_in = checked(orig.points_out.checked_add(extra_points))?;
+    // Where points pay bills they are money: a reversal that could take
+    // back only part of the points its original put on the card (the rest
+    // spent since) would leave them with the customer, and a refund reversed
+    // then refunded again would give them twice. Refused instead, as value
+    // is. (Without points payments, points stay taken back as far as held,
+    // as chains written before them replay.)
+    let points_are_money = state.rules.points_redemption.is_some() || orig.kind == RecordKind::Refund;
+    if points_are_money && orig.points_in > card.points.saturating_add(points_in) {
+        return refuse(
+            E::InsufficientPoints,
+            "the points the original put on the card were spent since; it cannot be reversed",
+        );
+    }
     Ok(Deltas {
         paid_in: orig.paid_out,
         bonus_in: orig.bonus_out,
