@@ -12,10 +12,9 @@
 //! at the fork: encoding and signing (they allocate; glibc's own fork
 //! handlers leave malloc usable in the child) and plain file writes, then
 //! `_exit`. It logs nothing (another thread may have held the log writer's
-//! lock), closes every descriptor it inherited, runs at a low priority
-//! (tills first), and dies with the thread that forked it (a tokio worker,
-//! which lives as long as the daemon), so that a killed daemon leaves no
-//! child holding its data directory.
+//! lock), closes every descriptor it inherited (a killed daemon's child
+//! holds nothing a restart needs), and runs at a low priority (tills
+//! first).
 
 use std::path::Path;
 
@@ -67,19 +66,21 @@ pub(super) fn spawn(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<
 
 /// The child's whole life: never returns.
 fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKey) -> ! {
-    // SAFETY: these calls take no pointers. The parent check comes after
-    // PDEATHSIG is set, so a parent that died before it is seen. Every
-    // inherited descriptor but stdio is closed first: the child writes only
-    // files it opens itself, and must not keep the data directory's lock,
-    // the listening sockets or the log's files open a moment longer than
-    // the daemon (a restart right after a kill would find them held).
+    // SAFETY: these calls take no pointers. Every inherited descriptor but
+    // stdio is closed first: the child writes only files it opens itself,
+    // and must not keep the data directory's lock, the listening sockets or
+    // the log's files open a moment longer than the daemon (a restart right
+    // after a kill would find them held). No parent-death signal: it fires
+    // when the forking *thread* ends, and tokio retires worker threads
+    // (block_in_place), which would kill a snapshot half written. A child
+    // whose daemon died finishes its snapshot (on the chain or ignored, as
+    // any snapshot) and exits.
     let orphaned = unsafe {
         if libc::close_range(3, libc::c_uint::MAX, 0) != 0 {
             for fd in 3..4096 {
                 libc::close(fd);
             }
         }
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::setpriority(libc::PRIO_PROCESS, 0, CHILD_NICE);
         libc::getppid() != parent
     };

@@ -380,10 +380,13 @@ async fn apply_in_order(
             sign_ons,
             reads,
         });
-        if ledger.snapshot_due() {
+        // One snapshot at a time; the applier never waits for one: while
+        // the previous is still being written (a big state, a busy
+        // machine), the due one waits for the next batch.
+        let writing = snapshot_store.as_ref().is_some_and(|s| !s.is_finished());
+        if ledger.snapshot_due() && !writing {
             if let Some(previous) = snapshot_store.take() {
-                // One at a time (500,000 records ago it surely ended).
-                let _ = previous.await;
+                let _ = previous.await; // finished: this only reaps it
             }
             snapshot_store = match snapshot_beside(&mut ledger) {
                 Ok(waiting) => waiting,
