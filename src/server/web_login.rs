@@ -35,7 +35,7 @@ pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Reques
         key: session.key_bytes,
     };
     let read = Box::new(move |state: &BrandState| -> Deliver {
-        let allowed = may_log_in(state, grant.principal);
+        let allowed = may_log_in(state, grant.principal, &grant.key);
         Box::new(move || {
             let answer = allowed.and_then(|()| shared.web.issue(grant));
             let (brand, principal) = (grant.brand, grant.principal);
@@ -64,11 +64,20 @@ pub(super) fn web_login(shared: Arc<Shared>, session: &Session, req: &pb::Reques
 }
 
 /// The roles that read the books: the owner and live read-only keys.
-fn may_log_in(state: &BrandState, principal: Principal) -> Result<(), Refusal> {
+fn may_log_in(state: &BrandState, principal: Principal, key: &[u8; 32]) -> Result<(), Refusal> {
     match principal {
+        // A rotated-away owner key that still has a session gets no link.
+        Principal::Owner if state.owner_key != *key => Err(Refusal::new(
+            E::UnknownKey,
+            "this owner key was rotated away",
+        )),
         Principal::Owner => Ok(()),
         Principal::Auditor(id) | Principal::StoreManager(id, _) => {
-            if state.read_keys.get(&id).is_none_or(|k| k.removed) {
+            if state
+                .read_keys
+                .get(&id)
+                .is_none_or(|k| k.removed || k.public_key != *key)
+            {
                 Err(Refusal::new(
                     E::UnknownKey,
                     "this read-only key was removed by the owner",

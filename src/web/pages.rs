@@ -197,7 +197,7 @@ pub fn read(
     tx: oneshot::Sender<Option<Snapshot>>,
 ) -> ReadFn {
     Box::new(move |state: &BrandState| -> Deliver {
-        let snapshot = key_live(state, grant.principal).then(|| {
+        let snapshot = key_live(state, grant.principal, &grant.key).then(|| {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -235,12 +235,15 @@ pub fn read(
 }
 
 /// The owner, or a read-only key not removed (sessions outlive nothing).
-fn key_live(state: &BrandState, principal: Principal) -> bool {
+/// The session's key is still the brand's: an owner key rotated away (or
+/// a read-only key removed) ends what it opened at once.
+fn key_live(state: &BrandState, principal: Principal, key: &[u8; 32]) -> bool {
     match principal {
-        Principal::Owner => true,
-        Principal::Auditor(id) | Principal::StoreManager(id, _) => {
-            state.read_keys.get(&id).is_some_and(|k| !k.removed)
-        }
+        Principal::Owner => state.owner_key == *key,
+        Principal::Auditor(id) | Principal::StoreManager(id, _) => state
+            .read_keys
+            .get(&id)
+            .is_some_and(|k| !k.removed && k.public_key == *key),
         _ => false,
     }
 }
