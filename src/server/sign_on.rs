@@ -155,7 +155,7 @@ pub(super) async fn proof(
         Ok(slot) => slot,
         Err(r) => return Step::Close(Some(error_msg(rid, r.code, r.message))),
     };
-    let mut ok = match handle.sign_on(principal).await {
+    let mut ok = match handle.sign_on(principal, key.to_bytes()).await {
         Some(Ok(ok)) => ok,
         Some(Err(refusal)) => {
             log_refused(peer, principal, brand, &refusal);

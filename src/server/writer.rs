@@ -35,6 +35,7 @@ pub enum Command {
     /// Describe the session of a signer that just proved its key.
     SignOn(
         Principal,
+        [u8; 32],
         oneshot::Sender<Result<pb::SignOnOk, crate::error::Refusal>>,
     ),
     /// Whether a card is issued and not replaced (the holder store takes
@@ -145,13 +146,14 @@ impl BrandHandle {
         self.halted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The sign-on answer for `principal`.
+    /// The sign-on answer for `principal`, who proved `key`.
     pub async fn sign_on(
         &self,
         principal: Principal,
+        key: [u8; 32],
     ) -> Option<Result<pb::SignOnOk, crate::error::Refusal>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::SignOn(principal, tx)).ok()?;
+        self.send(Command::SignOn(principal, key, tx)).ok()?;
         rx.await.ok()
     }
 
@@ -179,8 +181,26 @@ impl BrandHandle {
 fn sign_on_ok(
     ledger: &BrandLedger,
     principal: Principal,
+    key: &[u8; 32],
 ) -> Result<pb::SignOnOk, crate::error::Refusal> {
     let s = &ledger.state;
+    // The state, not the key index, says which key is the principal's now:
+    // a node's index may still hold a key rotated away (a standby learns
+    // rotations as it follows, and only adds keys).
+    let current = match principal {
+        Principal::Owner => Some(s.owner_key),
+        Principal::Terminal(id) => s.terminals.get(&id).map(|t| t.public_key),
+        Principal::Auditor(id) | Principal::StoreManager(id, _) => {
+            s.read_keys.get(&id).map(|k| k.public_key)
+        }
+        Principal::Server => None,
+    };
+    if current.is_some_and(|c| c != *key) {
+        return Err(crate::error::Refusal::new(
+            pb::ErrorCode::UnknownKey,
+            "this key was rotated away",
+        ));
+    }
     if let Principal::Terminal(id) = principal {
         if s.terminals.get(&id).is_none_or(|t| t.disabled) {
             return Err(crate::error::Refusal::new(
@@ -353,7 +373,7 @@ async fn apply_in_order(
                     subs.push(sub);
                     waiting.push(tx);
                 }
-                Command::SignOn(p, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p))),
+                Command::SignOn(p, key, tx) => sign_ons.push((tx, sign_on_ok(&ledger, p, &key))),
                 Command::HasCard(card, tx) => {
                     let _ = tx.send(has_card(&ledger, card));
                 }
@@ -690,7 +710,7 @@ fn refuse(cmd: Command, why: &str) {
     let refusal = || crate::error::Refusal::new(pb::ErrorCode::StorageFailure, why);
     match cmd {
         Command::Apply(_, to) => to.send(Err(refusal())),
-        Command::SignOn(_, tx) => {
+        Command::SignOn(_, _, tx) => {
             let _ = tx.send(Err(refusal()));
         }
         // Dropped unanswered/unrun: the caller sees a stopped writer.

@@ -167,7 +167,8 @@ fn deltas_of(state: &BrandState, orig: &Effect, card: &Card) -> Result<Deltas, R
     // then refunded again would give them twice. Refused instead, as value
     // is. (Without points payments, points stay taken back as far as held,
     // as chains written before them replay.)
-    let points_are_money = state.rules.points_redemption.is_some() || orig.kind == RecordKind::Refund;
+    let points_are_money =
+        state.rules.points_redemption.is_some() || orig.kind == RecordKind::Refund;
     if points_are_money && orig.points_in > card.points.saturating_add(points_in) {
         return refuse(
             E::InsufficientPoints,
