@@ -269,6 +269,16 @@ async fn lock(shared: &Arc<Shared>, brand: &BrandHandle, brand_id: u32, card: &s
     }
 }
 
+/// True if `sub`'s txn id is one the ledger already holds: a till resending
+/// a request whose answer it lost. The state machine answers it from the
+/// ledger, so its PIN is not checked again (the PIN may have changed since,
+/// or the card been locked, and a wrong try must not be counted against a
+/// request that already stands).
+async fn is_retry(brand: &BrandHandle, who: Who, sub: &Submission) -> bool {
+    let txn_id = sub.decoded().txn_id;
+    txn_id != 0 && brand.txn_known(who.principal, txn_id).await == Some(true)
+}
+
 async fn spend(
     shared: &Arc<Shared>,
     brand: &BrandHandle,
@@ -283,6 +293,9 @@ async fn spend(
     let Ok(card) = card_of(who, card_text) else {
         return Ok(Done::Submit(sub));
     };
+    if is_retry(brand, who, &sub).await {
+        return Ok(Done::Submit(sub));
+    }
     sub.pin_verified = check_block(shared, brand, who, &sub, (card_text, card), block).await?;
     Ok(Done::Submit(sub))
 }
@@ -301,6 +314,9 @@ async fn set_pin(
         ));
     }
     let card = card_of(who, &p.card)?;
+    if is_retry(brand, who, &sub).await {
+        return Ok(Done::Submit(sub));
+    }
     if !p.old_pin_block.is_empty() {
         let old = (p.card.as_str(), card);
         sub.pin_verified = check_block(shared, brand, who, &sub, old, &p.old_pin_block).await?;

@@ -165,6 +165,24 @@ impl BrandHandle {
         rx.await.ok()
     }
 
+    /// True if the brand's state already has `txn_id` of `principal` (or
+    /// has forgotten ids that old): a retry, which the state machine answers
+    /// from the ledger. `None` if the writer has stopped.
+    pub async fn txn_known(&self, principal: Principal, txn_id: u64) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        let ns = principal.txn_namespace();
+        let read: ReadFn = Box::new(move |state| {
+            let known = !matches!(state.txn_entry(ns, txn_id), Ok(None));
+            Box::new(move || {
+                let _ = tx.send(known);
+            })
+        });
+        if !self.read(read) {
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// Queues `cmd`, counted in the queue-depth gauge until the applier
     /// takes it.
     // The error hands the command back (as tokio's does), on the rare

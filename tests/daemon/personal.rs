@@ -338,3 +338,45 @@ async fn a_replaced_card_keeps_its_holder_and_its_pin() {
     assert!(!demo.data.join("pins/brand-1").join(&old).exists());
     assert!(demo.data.join("pins/brand-1").join(&new).exists());
 }
+
+/// A till that lost the answer of a PIN purchase or a PIN change resends
+/// the same bytes: it gets the first answer, though the PIN changed since,
+/// and no wrong try is counted (the PIN is checked once, for the request
+/// that stands).
+#[tokio::test]
+async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    set_pin(&mut t, &card, 100, PIN, None)
+        .await
+        .expect("first PIN");
+    let bought = purchase_with(&t, 101, &card, 500, Some(PIN));
+    let first = call_req(&mut t, &bought).await.expect("paid");
+    // The PIN changes at the till (the old one typed), then the purchase
+    // is resent byte for byte, six times: more than the wrong tries allowed.
+    let change = t.request(
+        102,
+        Op::SetPin(pb::SetPin {
+            card: card.clone(),
+            pin_block: t.pin_block(102, &card, Purpose::New, "1111").unwrap(),
+            old_pin_block: t.pin_block(102, &card, Purpose::Present, PIN).unwrap(),
+        }),
+    );
+    call_req(&mut t, &change).await.expect("changed");
+    for _ in 0..6 {
+        let again = call_req(&mut t, &bought).await.expect("the same answer");
+        assert!(again.replayed);
+        assert_eq!(purchased(&again), purchased(&first));
+    }
+    // So is the PIN change, though its old PIN is no longer the card's.
+    assert!(call_req(&mut t, &change).await.expect("retry").replayed);
+    // Nothing counted: the new PIN still pays.
+    let r = pay(&mut t, 103, &card, 100, Some("1111")).await;
+    assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
+    drop((t, o));
+    stop(d);
+}
