@@ -299,7 +299,10 @@ async fn status(handle: &BrandHandle, txn: u64) -> Result<pb::StatusResult, Erro
 async fn sign_on(handle: &BrandHandle) -> Option<Result<pb::SignOnOk, cardd::error::Refusal>> {
     tokio::time::timeout(
         Duration::from_secs(10),
-        handle.sign_on(Principal::Terminal(1)),
+        handle.sign_on(
+            Principal::Terminal(1),
+            terminal_key().verifying_key().to_bytes(),
+        ),
     )
     .await
     .expect("no sign-on answer within 10 s")
