@@ -418,23 +418,7 @@ async fn apply_in_order(
             sign_ons,
             reads,
         });
-        // One snapshot at a time; the applier never waits for one: while
-        // the previous is still being written (a big state, a busy
-        // machine), the due one waits for the next batch.
-        let writing = snapshot_store.as_ref().is_some_and(|s| !s.is_finished());
-        if ledger.snapshot_due() && !writing {
-            if let Some(previous) = snapshot_store.take() {
-                let _ = previous.await; // finished: this only reaps it
-            }
-            snapshot_store = match snapshot_beside(&mut ledger) {
-                Ok(waiting) => waiting,
-                Err(()) => {
-                    let (back, stored) = snapshot_off_thread(ledger, None).await;
-                    ledger = back;
-                    stored
-                }
-            };
-        }
+        ledger = snapshot_if_due(ledger, &mut snapshot_store).await;
     }
     // Memory is ahead of disk and nothing more of it may be served.
     drop(ledger);
@@ -453,6 +437,33 @@ fn halted(commands: &[Command]) -> Option<String> {
         Command::Halt(why) => Some(why.clone()),
         _ => None,
     })
+}
+
+/// Starts the snapshot that is due, if any. One at a time, and the applier
+/// never waits for one: while the previous is still being written (a big
+/// state, a busy machine), the due one waits for the next batch.
+async fn snapshot_if_due(
+    mut ledger: BrandLedger,
+    store: &mut Option<tokio::task::JoinHandle<()>>,
+) -> BrandLedger {
+    let writing = store.as_ref().is_some_and(|s| !s.is_finished());
+    if !ledger.snapshot_due() || writing {
+        return ledger;
+    }
+    if let Some(previous) = store.take() {
+        let _ = previous.await; // finished: this only reaps it
+    }
+    match snapshot_beside(&mut ledger) {
+        Ok(waiting) => {
+            *store = waiting;
+            ledger
+        }
+        Err(()) => {
+            let (back, stored) = snapshot_off_thread(ledger, None).await;
+            *store = stored;
+            back
+        }
+    }
 }
 
 /// Starts a snapshot of the state as it is now in a forked child
