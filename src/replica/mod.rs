@@ -151,8 +151,10 @@ pub enum ReplicaError {
 /// How long a call to NATS that fails is tried again where waiting is
 /// better than failing (start-up, a brand's first append, catching up): a
 /// stream just created, or one electing a leader after the loss of a node,
-/// answers "no responders" for a few seconds.
-pub const NATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// answers "no responders" for a few seconds, and a cluster that lost a
+/// node on a loaded 2-core machine was seen without a meta leader for over
+/// 10 s (a start-up then gave up; systemd would only start it again).
+pub const NATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs `attempt` again (every 250 ms) while it fails with a NATS error
 /// ([`ReplicaError::Stream`]), for up to [`NATS_PATIENCE`]. Blocking: not
