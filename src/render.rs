@@ -533,6 +533,18 @@ fn channel_name(c: pb::Channel) -> &'static str {
     }
 }
 
+/// A text cell as a spreadsheet will not run it: one that begins like a
+/// formula (`=`, `+`, `-`, `@`, a tab or a carriage return; operator
+/// names, reasons and rewards come from tills and owners) gets a leading
+/// `'`, as OWASP advises against CSV injection.
+fn csv_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        csv_field(&format!("'{s}"))
+    } else {
+        csv_field(s)
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -557,7 +569,7 @@ pub fn report_csv(report: &pb::Report) -> String {
                 .iter()
                 .map(|v| match &v.value {
                     Some(Cell::Int(i)) => i.to_string(),
-                    Some(Cell::Text(t)) => csv_field(t),
+                    Some(Cell::Text(t)) => csv_text(t),
                     None => String::new(),
                 })
                 .collect();
@@ -571,6 +583,37 @@ pub fn report_csv(report: &pb::Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_text_that_looks_like_a_formula_is_not_one() {
+        let text = |t: &str| pb::ReportCell {
+            value: Some(pb::report_cell::Value::Text(t.into())),
+        };
+        let report = pb::Report {
+            sections: vec![pb::ReportSection {
+                name: "s".into(),
+                columns: vec!["operator".into(), "n".into()],
+                rows: vec![pb::ReportRow {
+                    cells: vec![
+                        text("=HYPERLINK(\"http://x\",\"a\")"),
+                        pb::ReportCell {
+                            value: Some(pb::report_cell::Value::Int(-5)),
+                        },
+                    ],
+                }],
+            }],
+            ..Default::default()
+        };
+        let csv = report_csv(&report);
+        assert_eq!(
+            csv,
+            "# s\noperator,n\n\"'=HYPERLINK(\"\"http://x\"\",\"\"a\"\")\",-5\n\n"
+        );
+        for t in ["+1", "-x", "@a", "\tx"] {
+            assert!(csv_text(t).starts_with('\''), "{t}");
+        }
+        assert_eq!(csv_text("Ann"), "Ann");
+    }
 
     #[test]
     fn amounts_parse_exactly() {
