@@ -17,6 +17,17 @@ pub(super) fn pin_needed(rules: &pb::Rules, card: &Card, amount: Option<i64>) ->
 
 /// Refuses a spend the rules ask a PIN for when the server did not verify
 /// one (the verdict is the context's: see `Context::pin_verified`).
+/// True if `op` carries a PIN the server may have checked: a purchase's or
+/// a redemption's block, or the old PIN of a PIN change.
+pub(super) fn pin_typed(op: &Op) -> bool {
+    match op {
+        Op::Purchase(p) => !p.pin_block.is_empty(),
+        Op::RedeemPoints(r) => !r.pin_block.is_empty(),
+        Op::SetPin(s) => !s.old_pin_block.is_empty(),
+        _ => false,
+    }
+}
+
 pub(super) fn require_pin(
     state: &BrandState,
     ctx: &Context,
@@ -187,6 +198,16 @@ mod tests_support {
     use crate::ledger::Submission;
     use crate::testing::{self, signed};
 
+    /// A purchase with a (sealed, here opaque) PIN block typed.
+    pub(super) fn typed_purchase(card: &str, amount: i64) -> Op {
+        Op::Purchase(pb::Purchase {
+            card: card.into(),
+            amount_minor: amount,
+            pin_block: vec![9; 80],
+            ..Default::default()
+        })
+    }
+
     const NOW: i64 = 1_800_000_000_000;
 
     pub(super) fn run(
@@ -282,12 +303,23 @@ mod tests {
             &till,
             Principal::Terminal(1),
             2,
-            testing::purchase(&card, 2_500, false),
+            typed_purchase(&card, 2_500),
         );
         let before = state.clone();
         let refused = run(&mut state, &buy, false).unwrap_err();
         assert_eq!(refused.code, E::PinRequired);
         assert_eq!(state, before, "a refusal changes nothing");
+        // A verdict on a request that typed no PIN is no verdict: refused,
+        // as the independent verifier refuses such a record.
+        let untyped = signed(
+            &till,
+            Principal::Terminal(1),
+            2,
+            testing::purchase(&card, 2_500, false),
+        );
+        let refused = run(&mut state, &untyped, true).unwrap_err();
+        assert_eq!(refused.code, E::InvalidArgument);
+        assert_eq!(state, before);
         let w = written(run(&mut state, &buy, true));
         assert!(w.record.pin_verified);
         assert_eq!(w.record.paid_balance_after_minor, 7_500);
@@ -420,7 +452,7 @@ mod lock_tests {
             &till,
             Principal::Terminal(1),
             2,
-            testing::purchase(&card, 2_500, false),
+            typed_purchase(&card, 2_500),
         );
         assert_eq!(run(&mut state, &buy, true).unwrap_err().code, E::PinLocked);
         written(run(
@@ -444,7 +476,7 @@ mod golden {
     /// SHA-256 over every record the script below writes, in order: the
     /// byte layout of the holder and PIN records (kinds 110-114, field 60)
     /// is the ledger format; a change to it must show here.
-    const RECORDS: &str = "171375f81673705f57b5acb83577d3a11419efc524bb054e2c7a8fa09e5222fc";
+    const RECORDS: &str = "e7a2166ead1ce0680e62258997d269c96b5914382f1fe5c387c7d3979f9bd3a2";
 
     #[test]
     fn holder_and_pin_records_are_pinned() {
@@ -467,7 +499,7 @@ mod golden {
             signed(&owner, Principal::Owner, 12, holder),
             false,
         );
-        let buy = testing::purchase(&card, 2_500, false);
+        let buy = typed_purchase(&card, 2_500);
         write(
             &mut state,
             signed(&till, Principal::Terminal(1), 2, buy),

@@ -78,6 +78,15 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         return read_key_request(state, ctx, id, op);
     }
     signer_key_current(state, ctx)?;
+    // The server's PIN verdict stands only on a request that carried a PIN
+    // block for it: a record claiming one without (a server that says the
+    // PIN was checked when none was typed) does not replay.
+    if ctx.pin_verified && !holder::pin_typed(op) {
+        return refuse(
+            E::InvalidArgument,
+            "a PIN verdict on a request that carries no PIN block",
+        );
+    }
     // The server's own lock keeps no transaction id (it has no window).
     if let (Principal::Server, Op::SetPinLock(l)) = (ctx.principal, op) {
         return lock_pin(state, ctx, req, l);
