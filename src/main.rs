@@ -473,9 +473,12 @@ enum AdminOp {
     SetHolder {
         #[arg(long)]
         card: String,
+        /// The holder's name; `-` reads it from standard input (the first
+        /// line), keeping it out of the process list and shell history.
         #[arg(long)]
         name: String,
-        /// An optional + then 5 to 20 digits.
+        /// An optional + then 5 to 20 digits; `-` reads it from standard
+        /// input (after the name, if that is `-` too).
         #[arg(long)]
         phone: String,
     },

@@ -33,6 +33,9 @@ pub async fn prepare(
 ) -> anyhow::Result<Step> {
     Ok(match op {
         AdminOp::SetHolder { card, name, phone } => {
+            // In this order: with both as `-`, the name is the first line.
+            let name = arg_or_stdin(name)?;
+            let phone = arg_or_stdin(phone)?;
             let data = Op::HolderData(pb::HolderData {
                 card: card.clone(),
                 name,
@@ -59,7 +62,7 @@ pub async fn prepare(
         }
         AdminOp::EraseHolder { card } => Step::Send(Op::EraseHolder(pb::EraseHolder { card })),
         AdminOp::SetPin { card, pin } => {
-            let pin = pin_arg(pin)?;
+            let pin = arg_or_stdin(pin)?;
             let pin_block = client.pin_block(txn, &card, Purpose::New, &pin)?;
             Step::Send(Op::SetPin(pb::SetPin {
                 card,
@@ -75,11 +78,11 @@ pub async fn prepare(
     })
 }
 
-/// The PIN given, or with `-` the first line of standard input (so that
-/// it is not in the process list or the shell's history).
-fn pin_arg(pin: String) -> anyhow::Result<String> {
-    if pin != "-" {
-        return Ok(pin);
+/// The value given, or with `-` the next line of standard input (so that
+/// a PIN or a person is not in the process list or the shell's history).
+fn arg_or_stdin(value: String) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value);
     }
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
