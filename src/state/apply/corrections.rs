@@ -148,17 +148,7 @@ fn voidable_top_up<'s>(
     ctx: &Context,
     seq: u64,
 ) -> Result<&'s Effect, Refusal> {
-    let Some(orig) = state.effects.get(seq) else {
-        return missing_original(
-            state,
-            seq,
-            E::OriginalNotFound,
-            "no till top-up with that sequence number",
-        );
-    };
-    if expired(orig, ctx.time_ms) {
-        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
-    }
+    let orig = kept_original(state, ctx, seq, "no till top-up with that sequence number")?;
     if orig.kind != RecordKind::TopUp {
         return refuse(E::NotReversible, "only a till's top-up can be voided");
     }

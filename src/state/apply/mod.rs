@@ -328,6 +328,24 @@ fn find_card<'s>(state: &'s BrandState, card: &str) -> Result<(u64, &'s Card), R
 
 /// A card that may load, spend or redeem now: active and not expired at
 /// the record's time.
+/// The money record `seq` while it may still be refunded or voided: kept
+/// and inside the refund window at the request's time (`ORIGINAL_EXPIRED`
+/// past it, `ORIGINAL_NOT_FOUND` with `why` for a sequence never kept).
+fn kept_original<'s>(
+    state: &'s BrandState,
+    ctx: &Context,
+    seq: u64,
+    why: &str,
+) -> Result<&'s Effect, Refusal> {
+    let Some(orig) = state.effects.get(seq) else {
+        return missing_original(state, seq, E::OriginalNotFound, why);
+    };
+    if expired(orig, ctx.time_ms) {
+        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
+    }
+    Ok(orig)
+}
+
 fn find_active_card(state: &BrandState, ctx: &Context, card: &str) -> Result<(u64, Card), Refusal> {
     let (number, c) = find_card(state, card)?;
     match c.status {

@@ -552,17 +552,7 @@ fn refundable_purchase<'s>(
     tid: u32,
     seq: u64,
 ) -> Result<&'s Effect, Refusal> {
-    let Some(orig) = state.effects.get(seq) else {
-        return missing_original(
-            state,
-            seq,
-            E::OriginalNotFound,
-            "no purchase with that sequence number",
-        );
-    };
-    if expired(orig, ctx.time_ms) {
-        return refuse(E::OriginalExpired, ORIGINAL_EXPIRED);
-    }
+    let orig = kept_original(state, ctx, seq, "no purchase with that sequence number")?;
     if orig.kind != RecordKind::Purchase || orig.reversed {
         return refuse(
             E::NotRefundable,
