@@ -56,10 +56,47 @@ pub fn replace_durably(path: &Path, bytes: &[u8], private: bool) -> io::Result<(
     #[cfg(not(unix))]
     let _ = private;
     let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
+    for chunk in bytes.chunks(WRITEBACK_CHUNK) {
+        file.write_all(chunk)?;
+        if bytes.len() > WRITEBACK_CHUNK {
+            write_back(&file)?;
+        }
+    }
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     sync_dir(dir)
+}
+
+/// A large file (a snapshot of a big brand is 100+ MB) is written back in
+/// pieces of this size as it is written.
+pub const WRITEBACK_CHUNK: usize = 1024 * 1024;
+
+/// Starts the write-back of what `file` holds dirty and waits for it. On
+/// ext4 (data=ordered) an fsync commits the journal, and the commit waits
+/// for the data of every file with blocks in it: a snapshot's 100+ MB
+/// written whole and fsynced once made each group commit of the ledger
+/// wait for it (p99 of purchases went from ~6 to ~70 ms while a snapshot
+/// was written). Written back a megabyte at a time, the ledger's fsync
+/// never queues behind more than one piece.
+#[cfg(target_os = "linux")]
+fn write_back(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: the descriptor is open for the call; offset 0 and length 0
+    // name the whole file.
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere the final fsync writes everything back at once.
+#[cfg(not(target_os = "linux"))]
+fn write_back(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -90,5 +127,16 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_file_larger_than_a_writeback_piece_is_written_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("big");
+        let bytes: Vec<u8> = (0..WRITEBACK_CHUNK * 5 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        replace_durably(&path, &bytes, true).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 }
