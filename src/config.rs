@@ -83,6 +83,42 @@ impl std::fmt::Display for LogFormat {
     }
 }
 
+/// How a brand's snapshots are taken (`snapshot_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotBy {
+    /// A second copy of each brand's state follows the committed records
+    /// and writes the snapshots: the applier never pauses for one, and the
+    /// state takes twice the memory.
+    Copy,
+    /// The applier forks at each snapshot and the child writes it: one
+    /// copy of the state, and a pause of the fork (~20 ms at a million
+    /// cards) per snapshot. The default: under load the copy's p99 was no
+    /// better (docs/benchmarks.md), and it doubles the memory.
+    #[default]
+    Fork,
+}
+
+impl std::str::FromStr for SnapshotBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "copy" => Ok(SnapshotBy::Copy),
+            "fork" => Ok(SnapshotBy::Fork),
+            other => Err(format!("`{other}`: expected copy or fork")),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SnapshotBy::Copy => "copy",
+            SnapshotBy::Fork => "fork",
+        })
+    }
+}
+
 /// Defines [`Settings`] and [`FileSettings`] from one list, so that a key
 /// cannot exist in one and not the other.
 macro_rules! settings {
@@ -149,6 +185,10 @@ settings! {
     tls_key: Option<PathBuf>,
     /// Records between two snapshots of a brand.
     snapshot_every: u64,
+    /// `fork` (the default: the applier pauses for a fork) or `copy` (a
+    /// second copy of the state writes snapshots; no pause, twice the
+    /// memory).
+    snapshot_by: SnapshotBy,
     /// Signed-on sessions of one terminal key.
     connections_per_terminal: usize,
     /// Signed-on sessions of one owner key.
@@ -319,6 +359,7 @@ impl Settings {
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),
             snapshot_every: self.snapshot_every,
+            snapshot_by: self.snapshot_by,
             quotas: Quotas {
                 connections_per_terminal: self.connections_per_terminal,
                 connections_per_owner: self.connections_per_owner,
@@ -355,6 +396,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             snapshot_every: c.snapshot_every,
+            snapshot_by: c.snapshot_by,
             connections_per_terminal: c.quotas.connections_per_terminal,
             connections_per_owner: c.quotas.connections_per_owner,
             connections_per_brand: c.quotas.connections_per_brand,

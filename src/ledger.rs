@@ -262,7 +262,8 @@ impl BrandLedger {
             }
         };
         let snapshot_seq = start.state.seq;
-        replay_stored(store.as_ref(), &mut start, to_check, &server_pub.to_bytes())?;
+        let server = server_pub.to_bytes();
+        replay_stored(store.as_ref(), &mut start, to_check, &server, u64::MAX)?;
         check_newest_checkpoint(store.as_ref(), &start.state, &server_pub)?;
         let mut ledger = BrandLedger {
             state: start.state,
@@ -309,6 +310,23 @@ impl BrandLedger {
     pub fn snapshot_into(&mut self, dir: &Path, every: u64) {
         assert!(every > 0, "snapshots every 0 records");
         self.snapshots = Some((dir.to_path_buf(), every));
+    }
+
+    /// Hands the taking of snapshots over to a copy of the state kept
+    /// elsewhere (`server/snapshot_copy.rs`): this ledger takes none from
+    /// now on. Returns what the copy starts from; None if this ledger
+    /// keeps no snapshots.
+    pub fn hand_snapshots_over(&mut self) -> Option<CopySeed> {
+        let (dir, every) = self.snapshots.take()?;
+        Some(CopySeed {
+            store: self.store.clone(),
+            dir,
+            every,
+            server_key: self.server_key.clone(),
+            brand: self.state.brand_id,
+            seq: self.state.seq,
+            snapshot_seq: self.snapshot_seq,
+        })
     }
 
     /// True when snapshots are kept and as many records as asked have been
@@ -774,6 +792,67 @@ fn rotated_keys(state: &BrandState, rec: &Record, batch: &mut Batch) {
     }
 }
 
+/// What a copy of a brand's state kept for snapshots starts from: the
+/// brand's state at record `seq`, recovered again from what is stored.
+pub struct CopySeed {
+    /// The brand's log.
+    pub store: Arc<dyn LogStore>,
+    /// Where snapshots are kept.
+    pub dir: PathBuf,
+    /// Records between two snapshots.
+    pub every: u64,
+    /// The key that signs snapshots.
+    pub server_key: Arc<SigningKey>,
+    /// The brand.
+    pub brand: u32,
+    /// The newest record when the copy was asked for: stored, and every
+    /// later one reaches the copy as it is committed.
+    pub seq: u64,
+    /// The newest snapshot's record then.
+    pub snapshot_seq: u64,
+}
+
+impl CopySeed {
+    /// The brand's state at record `seq`: its snapshot (if usable) and the
+    /// stored records after it, replayed as at start-up.
+    pub fn recover(&self) -> Result<BrandState, LedgerError> {
+        let server_pub = self.server_key.verifying_key();
+        let store = self.store.as_ref();
+        let mut start = Start::from_snapshot(store, &self.dir, self.brand, &server_pub);
+        if start.state.seq > self.seq {
+            // A snapshot written since (by a daemon before this one's
+            // copy was up, say) is past the point: replay from the first.
+            start = Start::empty(self.brand);
+        }
+        replay_stored(store, &mut start, None, &server_pub.to_bytes(), self.seq)?;
+        if start.state.seq != self.seq {
+            return Err(LedgerError::Missing {
+                brand: self.brand,
+                seq: start.state.seq + 1,
+                next: self.seq,
+            });
+        }
+        Ok(start.state)
+    }
+}
+
+/// Applies the stored record `bytes` at `seq` to `state`, as recovery
+/// does: record 1 names the chain's first server key; every rotation
+/// after it is endorsed in the chain, and the key they lead to must be
+/// `server_pub` (checked once recovery ends).
+pub fn replay_next(
+    state: &mut BrandState,
+    seq: u64,
+    bytes: &[u8],
+    server_pub: &[u8; 32],
+) -> Result<Written, ReplayError> {
+    let anchor = match seq {
+        1 => first_signer(bytes).unwrap_or(*server_pub),
+        _ => *server_pub,
+    };
+    replay_record(state, seq, bytes, &anchor)
+}
+
 /// Where recovery starts: a state (empty or a snapshot's) and the time of
 /// its newest record.
 struct Start {
@@ -822,18 +901,23 @@ impl Start {
     }
 }
 
-/// Replays every stored record after `start` through the state machine;
-/// `to_check` (`cardd check`) must equal the state replayed to its seq.
+/// Replays every stored record after `start` up to `until` through the
+/// state machine; `to_check` (`cardd check`) must equal the state replayed
+/// to its seq.
 fn replay_stored(
     store: &dyn LogStore,
     start: &mut Start,
     mut to_check: Option<BrandState>,
     server_pub: &[u8; 32],
+    until: u64,
 ) -> Result<(), LedgerError> {
     let brand = start.state.brand_id;
     let (snapshot_seq, started) = (start.state.seq, std::time::Instant::now());
     for item in store.scan(brand, start.state.seq + 1) {
         let (seq, bytes) = item.map_err(|source| LedgerError::Storage { brand, source })?;
+        if seq > until {
+            break;
+        }
         let expected = start.state.seq + 1;
         if seq != expected {
             return Err(LedgerError::Missing {
@@ -842,14 +926,8 @@ fn replay_stored(
                 next: seq,
             });
         }
-        // Record 1 names the chain's first server key; every rotation after
-        // it is endorsed in the chain, and the key they lead to must be
-        // this server's (checked below).
-        let anchor = match seq {
-            1 => first_signer(&bytes).unwrap_or(*server_pub),
-            _ => *server_pub,
-        };
-        let w = replay_record(&mut start.state, seq, &bytes, &anchor)
+        // The key rotations lead to must be this server's (checked below).
+        let w = replay_next(&mut start.state, seq, &bytes, server_pub)
             .map_err(|source| LedgerError::Replay { brand, source })?;
         start.time_ms = w.record.time_ms;
         if let Some(snap) = to_check.take_if(|s| s.seq == seq) {

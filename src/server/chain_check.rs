@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use prost::Message;
 
-use super::writer::BrandHandle;
+use super::writer::Halter;
 use crate::crypto::leaf_hash;
 use crate::pb::Record;
 use crate::storage::{LogStore, StorageError};
@@ -29,8 +29,10 @@ const STRIDE: u64 = 16_384;
 const PAUSE_FACTOR: u32 = 3;
 
 /// Starts the check of `brand`'s records `1..=through` (its snapshot's) on
-/// a thread of its own; a change found halts `handle`.
-pub fn spawn(store: Arc<dyn LogStore>, brand: u32, through: u64, handle: BrandHandle) {
+/// a thread of its own; a change found halts the brand. It holds no
+/// handle that keeps the writer alive: a shutdown does not wait for the
+/// walk (minutes at ten million records), which the next start begins again.
+pub fn spawn(store: Arc<dyn LogStore>, brand: u32, through: u64, handle: Halter) {
     if through == 0 {
         return;
     }

@@ -16,6 +16,7 @@ pub mod sessions;
 mod shutdown;
 mod sign_on;
 mod snapshot_child;
+mod snapshot_copy;
 mod standby;
 pub mod start;
 pub mod verifier;
@@ -73,6 +74,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Records between two snapshots of a brand's state.
     pub snapshot_every: u64,
+    /// How snapshots are written (a copy of the state, or a fork).
+    pub snapshot_by: crate::config::SnapshotBy,
     /// Connections and audit streams per key, per brand and daemon-wide.
     pub quotas: Quotas,
     /// Seconds an audit stream may wait for its reader before it is
@@ -100,6 +103,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             snapshot_every: crate::limits::SNAPSHOT_EVERY_RECORDS,
+            snapshot_by: crate::config::SnapshotBy::default(),
             quotas: Quotas::default(),
             audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
             log_segment_kib: crate::limits::LOG_SEGMENT_BYTES / 1024,
@@ -140,6 +144,8 @@ pub struct Shared {
     pub web: Arc<crate::web::Logins>,
     /// Where brands keep their snapshots, and every how many records.
     snapshots: (PathBuf, u64),
+    /// How they are written.
+    snapshot_by: crate::config::SnapshotBy,
     /// `--replicate`: a brand this node knows but does not serve is
     /// refused with NOT_ACTIVE (another node serves it).
     pub replicated: bool,
@@ -165,13 +171,18 @@ impl Shared {
     /// brand over).
     fn serve_brand(&self, mut ledger: crate::ledger::BrandLedger, writers: &TaskTracker) {
         ledger.snapshot_into(&self.snapshots.0, self.snapshots.1);
+        let copy = match self.snapshot_by {
+            crate::config::SnapshotBy::Copy => ledger.hand_snapshots_over(),
+            crate::config::SnapshotBy::Fork => None,
+        };
         self.keys.add_brand(&ledger.state);
         let id = ledger.brand_id();
         metrics::get().records_of(id).set(ledger.state.seq as i64);
         let unchecked = ledger.unread_at_start();
         let sessions = Some(self.sessions.clone());
-        let handle = BrandHandle::spawn_revoking(ledger, self.keys.clone(), sessions, writers);
-        chain_check::spawn(self.store.clone(), id, unchecked, handle.clone());
+        let handle =
+            BrandHandle::spawn_revoking(ledger, self.keys.clone(), sessions, writers, copy);
+        chain_check::spawn(self.store.clone(), id, unchecked, handle.halter());
         self.brands.write().expect("brands lock").insert(id, handle);
     }
 
@@ -350,6 +361,7 @@ fn serve_ledgers(
             crate::snapshot::dir(&config.data_dir),
             config.snapshot_every,
         ),
+        snapshot_by: config.snapshot_by,
         replicated: config.replicate.is_some(),
         active_elsewhere: RwLock::new(HashMap::new()),
         brands: RwLock::new(HashMap::new()),

@@ -13,8 +13,8 @@
 //! handlers leave malloc usable in the child) and plain file writes, then
 //! `_exit`. It logs nothing (another thread may have held the log writer's
 //! lock), closes every descriptor it inherited (a killed daemon's child
-//! holds nothing a restart needs), and runs at a low priority (tills
-//! first).
+//! holds nothing a restart needs), and runs only when no other thread
+//! wants a core (SCHED_IDLE: tills first).
 
 use std::path::Path;
 
@@ -47,8 +47,6 @@ pub(super) enum ChildError {
 const STORED: i32 = 0;
 const NOT_STORED: i32 = 1;
 const ORPHANED: i32 = 2;
-/// The child's scheduling priority: below tills and the commit path.
-const CHILD_NICE: i32 = 10;
 
 /// Forks a child that writes `state`'s snapshot into `dir`, signed with
 /// `key`, and returns at once in the parent.
@@ -81,9 +79,9 @@ fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKe
                 libc::close(fd);
             }
         }
-        libc::setpriority(libc::PRIO_PROCESS, 0, CHILD_NICE);
         libc::getppid() != parent
     };
+    super::snapshot_copy::run_when_idle();
     let code = if orphaned {
         ORPHANED
     } else {

@@ -22,7 +22,8 @@ use tokio_util::task::TaskTracker;
 use super::keys::KeyIndex;
 use super::reply::{Reply, ReplyTo};
 use super::sessions::Sessions;
-use crate::ledger::{Answer, Batch, BrandLedger, Submission};
+use super::snapshot_copy::SnapshotCopy;
+use crate::ledger::{Answer, Batch, BrandLedger, CopySeed, Submission};
 use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
 use crate::state::{Principal, Written};
@@ -59,6 +60,22 @@ pub type ReadFn = Box<dyn FnOnce(&crate::state::BrandState) -> Deliver + Send>;
 /// Delivers a read's answer (once what it read is durable).
 pub type Deliver = Box<dyn FnOnce() + Send>;
 
+/// Halts a brand if its writer still runs (see [`BrandHandle::halter`]).
+pub struct Halter {
+    tx: mpsc::WeakUnboundedSender<Command>,
+    halted: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Halter {
+    /// [`BrandHandle::halt`], if the writer has not ended.
+    pub fn halt(&self, why: String) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(tx) = self.tx.upgrade() {
+            let _ = tx.send(Command::Halt(why));
+        }
+    }
+}
+
 /// A handle to a brand's writer task.
 ///
 /// Its queue is unbounded so that the verifier threads can hand over
@@ -78,18 +95,22 @@ pub struct BrandHandle {
 impl BrandHandle {
     /// Starts the writer (applier and committer tasks) for `ledger`.
     pub fn spawn(ledger: BrandLedger, keys: Arc<KeyIndex>) -> Self {
-        BrandHandle::spawn_revoking(ledger, keys, None, &TaskTracker::new())
+        BrandHandle::spawn_revoking(ledger, keys, None, &TaskTracker::new(), None)
     }
 
     /// Like [`BrandHandle::spawn`]; once a terminal's disabling is durable,
     /// every open session of it in `sessions` is closed. Both tasks are
     /// spawned on `tracker`: once every handle is dropped, they make what
     /// they hold durable, answer it and end, so a shutdown waits on it.
+    /// With `copy` (`BrandLedger::hand_snapshots_over`), snapshots are
+    /// written by a copy of the state that follows the committer
+    /// (`snapshot_copy.rs`) instead of the applier's forks.
     pub fn spawn_revoking(
         ledger: BrandLedger,
         keys: Arc<KeyIndex>,
         sessions: Option<Arc<Sessions>>,
         tracker: &TaskTracker,
+        copy: Option<CopySeed>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs_tx, jobs_rx) = mpsc::channel(COMMIT_PIPELINE_DEPTH);
@@ -100,6 +121,7 @@ impl BrandHandle {
             sessions,
             thread: commit_thread(ledger.brand_id()),
             records: super::metrics::get().records_of(ledger.brand_id()),
+            copy: copy.and_then(start_copy),
         };
         tracker.spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
         tracker.spawn(apply_in_order(ledger, rx, jobs_tx));
@@ -133,6 +155,16 @@ impl BrandHandle {
     pub fn halt(&self, why: String) {
         self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = self.tx.send(Command::Halt(why));
+    }
+
+    /// What can halt the brand without keeping its writer alive: a
+    /// background task (the chain check) holding it does not make a
+    /// shutdown wait for that task.
+    pub fn halter(&self) -> Halter {
+        Halter {
+            tx: self.tx.downgrade(),
+            halted: self.halted.clone(),
+        }
     }
 
     /// Queues a read of the brand's state; false if the writer has stopped
@@ -546,6 +578,15 @@ async fn snapshot_off_thread(
     (ledger, store)
 }
 
+/// Starts a brand's snapshot copy; None (logged) if its thread cannot
+/// start: snapshots then wait for a restart.
+fn start_copy(seed: CopySeed) -> Option<SnapshotCopy> {
+    let brand = seed.brand;
+    SnapshotCopy::start(seed)
+        .inspect_err(|e| tracing::error!(brand, error = %e, "the snapshot copy could not start"))
+        .ok()
+}
+
 /// Work for a brand's commit thread.
 type CommitWork = Box<dyn FnOnce() + Send>;
 
@@ -574,6 +615,8 @@ struct Committer {
     thread: std::sync::mpsc::Sender<CommitWork>,
     /// The brand's record-count gauge.
     records: prometheus::IntGauge,
+    /// The copy of the state that writes snapshots, if it does.
+    copy: Option<SnapshotCopy>,
 }
 
 impl Committer {
@@ -665,7 +708,7 @@ fn disabled_terminals(written: &[Written]) -> Vec<u32> {
 /// Stage 2: makes batches durable one at a time, in the order applied,
 /// and only then releases their keys and answers.
 async fn commit_in_order(
-    committer: Committer,
+    mut committer: Committer,
     // The newest durable checkpoint: what proofs are given against.
     mut last_checkpoint: pb::Checkpoint,
     mut jobs: mpsc::Receiver<Job>,
@@ -681,6 +724,13 @@ async fn commit_in_order(
                     metrics.checkpoints.inc();
                     committer.records.set(checkpoint.tree_size as i64);
                     last_checkpoint = checkpoint;
+                    if committer
+                        .copy
+                        .as_ref()
+                        .is_some_and(|c| !c.follow(&job.written))
+                    {
+                        committer.copy = None;
+                    }
                 }
                 Err(error) => {
                     // Memory is now ahead of disk, and the batch may or may
@@ -718,6 +768,10 @@ async fn commit_in_order(
             to.send(answer);
         }
         committer.cut_rotated(&rotated);
+    }
+    if let Some(copy) = committer.copy.take() {
+        // Its final snapshot spares the next start a replay.
+        let _ = tokio::task::spawn_blocking(move || copy.finish()).await;
     }
 }
 

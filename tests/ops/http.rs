@@ -226,14 +226,30 @@ fn readyz_answers_503_until_every_brand_is_recovered() {
     drop(d);
 }
 
-/// Snapshots are written by a forked child while the applier goes on: the
-/// stall metric counts each one, and each stored snapshot is exactly the
-/// state at its own record (the parent had moved on when the child wrote).
+/// Snapshots are written beside the applier, by a forked child (the
+/// default) or by a copy of the state: the stall metric counts each fork and
+/// stays at zero with the copy, and each stored snapshot is exactly the
+/// state at its own record (the applier had moved on when it was written).
 #[tokio::test]
 async fn snapshots_are_written_beside_the_applier_and_hold_the_state_at_their_record() {
+    snapshots_hold_the_state_at_their_record("fork").await;
+    // A copy of the state writes them; the applier never pauses.
+    snapshots_hold_the_state_at_their_record("copy").await;
+}
+
+/// Snapshots every 5 records, written `by` a copy of the state or a forked
+/// child: each must hold the card's balance exactly as at its record.
+async fn snapshots_hold_the_state_at_their_record(by: &str) {
     let dir = tempfile::tempdir().unwrap();
     let http = free_addr();
-    let extra = ["--http-listen", &http.to_string(), "--snapshot-every", "5"];
+    let extra = [
+        "--http-listen",
+        &http.to_string(),
+        "--snapshot-every",
+        "5",
+        "--snapshot-by",
+        by,
+    ];
     let (d, demo) = Daemon::demo_with(dir.path(), &extra);
     let mut till = demo.terminal(d.addr, 0).await;
     let card = demo.manifest.cards[1].clone();
@@ -246,10 +262,14 @@ async fn snapshots_are_written_beside_the_applier_and_hold_the_state_at_their_re
     let value = |series: &str| sample(&metrics(http), series).unwrap_or(0.0);
     assert!(
         crate::common::wait_until(|| value("cardd_snapshot_seconds_count") >= 5.0),
-        "snapshots stored: {}",
+        "snapshots stored by {by}: {}",
         value("cardd_snapshot_seconds_count")
     );
-    assert!(value("cardd_snapshot_stall_seconds_count") >= 5.0);
+    let stalls = value("cardd_snapshot_stall_seconds_count");
+    match by {
+        "fork" => assert!(stalls >= 5.0, "{stalls} forks"),
+        _ => assert_eq!(stalls, 0.0, "the applier paused for a snapshot"),
+    }
     let server = cardd::crypto::read_key_file(&cardd::server::start::server_key_path(&demo.data))
         .unwrap()
         .verifying_key();
@@ -259,7 +279,7 @@ async fn snapshots_are_written_beside_the_applier_and_hold_the_state_at_their_re
     let (_, number) = cardd::card_number::parse_number(&card).unwrap();
     assert!(
         balance_at.contains_key(&state.seq),
-        "snapshot at {}",
+        "snapshot by {by} at {}",
         state.seq
     );
     assert_eq!(state.cards[&number].balance(), balance_at[&state.seq]);
