@@ -13,8 +13,8 @@
 //! handlers leave malloc usable in the child) and plain file writes, then
 //! `_exit`. It logs nothing (another thread may have held the log writer's
 //! lock), closes every descriptor it inherited (a killed daemon's child
-//! holds nothing a restart needs), and runs only when no other thread
-//! wants a core (SCHED_IDLE: tills first).
+//! holds nothing a restart needs), and runs at a low priority (tills
+//! first).
 
 use std::path::Path;
 
@@ -43,6 +43,10 @@ pub(super) enum ChildError {
     Failed(i32),
 }
 
+/// The child's scheduling priority: below tills and the commit path
+/// (not SCHED_IDLE: under a long full load that would starve the child,
+/// and the copy-on-write image would grow toward a second copy).
+const CHILD_NICE: i32 = 10;
 /// Exit codes of the child.
 const STORED: i32 = 0;
 const NOT_STORED: i32 = 1;
@@ -79,9 +83,9 @@ fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKe
                 libc::close(fd);
             }
         }
+        libc::setpriority(libc::PRIO_PROCESS, 0, CHILD_NICE);
         libc::getppid() != parent
     };
-    super::snapshot_copy::run_when_idle();
     let code = if orphaned {
         ORPHANED
     } else {

@@ -1,8 +1,10 @@
 //! A second copy of a brand's state, kept only to write its snapshots, so
 //! that the applier never pauses for one (issue 17 item 5).
 //!
-//! The copy lives on its own thread, which runs only on a core nothing
-//! else wants (SCHED_IDLE). It starts from
+//! The copy lives on its own thread at nice 10. Its queue is bounded
+//! (`COPY_QUEUE_BATCHES`): a copy that falls that far behind (a machine
+//! kept busy for long) is dropped, logged, and snapshots wait for a
+//! restart, rather than memory growing without end. It starts from
 //! what is stored (the newest snapshot and the records after it, as a
 //! restart does) and then follows every batch the committer has made
 //! durable, replaying its records through the state machine exactly as an
@@ -19,7 +21,7 @@
 //! fork's (the encoding's memory traffic and the file's write-back remain),
 //! which is why it is not the default.
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -27,26 +29,55 @@ use crate::ledger::{replay_next, CopySeed};
 use crate::snapshot;
 use crate::state::{BrandState, Written};
 
+/// Durable batches the copy may have waiting before it is given up.
+/// Under load a batch holds ~100 records: at 30,000 purchases a second this
+/// is over 10 s of falling behind (a seed at 10M records takes ~4 s), and
+/// at most a few hundred MB waiting.
+pub const COPY_QUEUE_BATCHES: usize = 4_096;
+
+/// The copy's nice value: below tills and the commit path, yet with a
+/// share of a busy machine that keeps up with replay (SCHED_IDLE or nice
+/// 19 could be starved until the queue overflows).
+const COPY_NICE: i32 = 10;
+
 /// The handle of a brand's snapshot copy, held by its committer.
 pub(super) struct SnapshotCopy {
-    batches: Sender<Arc<Vec<Written>>>,
+    brand: u32,
+    batches: SyncSender<Arc<Vec<Written>>>,
     thread: JoinHandle<()>,
 }
 
 impl SnapshotCopy {
     /// Starts the copy's thread from `seed` (see [`CopySeed`]).
     pub(super) fn start(seed: CopySeed) -> std::io::Result<Self> {
-        let (batches, receiver) = std::sync::mpsc::channel();
+        let (batches, receiver) = std::sync::mpsc::sync_channel(COPY_QUEUE_BATCHES);
+        let brand = seed.brand;
         let thread = std::thread::Builder::new()
             .name(format!("snapshots-{}", seed.brand))
             .spawn(move || run(seed, receiver))?;
-        Ok(SnapshotCopy { batches, thread })
+        Ok(SnapshotCopy {
+            brand,
+            batches,
+            thread,
+        })
     }
 
-    /// Hands the copy a batch just made durable. False once the copy has
-    /// stopped (logged when it did): snapshots then wait for a restart.
+    /// Hands the copy a batch just made durable, never waiting. False once
+    /// the copy has stopped or fallen `COPY_QUEUE_BATCHES` behind (logged):
+    /// the caller drops it, and snapshots wait for a restart.
     pub(super) fn follow(&self, written: &Arc<Vec<Written>>) -> bool {
-        self.batches.send(written.clone()).is_ok()
+        match self.batches.try_send(written.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::error!(
+                    brand = self.brand,
+                    behind = COPY_QUEUE_BATCHES,
+                    "the snapshot copy fell behind and was stopped; no snapshots until a restart"
+                );
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     }
 
     /// At shutdown: lets the copy take in what it was given, write a final
@@ -59,7 +90,7 @@ impl SnapshotCopy {
 
 /// The copy's thread: recover, then follow until the committer is gone.
 fn run(seed: CopySeed, batches: Receiver<Arc<Vec<Written>>>) {
-    run_when_idle();
+    super::audit::lower_priority(COPY_NICE);
     let brand = seed.brand;
     let started = std::time::Instant::now();
     let mut state = match seed.recover() {
@@ -134,19 +165,5 @@ fn store(seed: &CopySeed, state: &BrandState) {
             let error = crate::error::causes(&e);
             tracing::warn!(brand = seed.brand, error, "snapshot not stored");
         }
-    }
-}
-
-/// Puts the calling thread (or a forked child) under SCHED_IDLE: it runs
-/// only when no other thread wants the core, and a waking till's task
-/// takes the core from it at once. A nice value was not enough: with
-/// `nice 10` a woken applier could still wait behind the copy's slice on
-/// two cores (p99 under load 23-38 ms against ~7 ms).
-pub(super) fn run_when_idle() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 names the calling thread; param is a valid pointer for
-    // the call. A refusal leaves the default policy, which still works.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
