@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::ledger::{replay_next, CopySeed};
+use crate::ledger::{final_snapshot_pays, replay_next, CopySeed};
 use crate::snapshot;
 use crate::state::{BrandState, Written};
 
@@ -108,8 +108,10 @@ fn run(seed: CopySeed, batches: Receiver<Arc<Vec<Written>>>) {
     let ready_ms = started.elapsed().as_millis() as u64;
     tracing::info!(brand, seq = state.seq, ready_ms, "snapshot copy ready");
     let mut last = seed.snapshot_seq;
+    // Derived once: a public key from a private one is a scalar product.
+    let server_pub = seed.server_key.verifying_key().to_bytes();
     for batch in batches.iter() {
-        if !follow(&mut state, &batch, &seed) {
+        if !follow(&mut state, &batch, brand, &server_pub) {
             return;
         }
         if state.seq - last >= seed.every {
@@ -117,8 +119,7 @@ fn run(seed: CopySeed, batches: Receiver<Arc<Vec<Written>>>) {
             store(&seed, &state);
         }
     }
-    let since = state.seq - last;
-    if since > 0 && since >= seed.every / 10 {
+    if final_snapshot_pays(state.seq - last, seed.every) {
         store(&seed, &state);
     }
 }
@@ -126,14 +127,13 @@ fn run(seed: CopySeed, batches: Receiver<Arc<Vec<Written>>>) {
 /// Replays `batch` onto the copy; false (logged) if a record does not come
 /// out as the applier wrote it: the copy stops rather than snapshot a
 /// state that is not the brand's.
-fn follow(state: &mut BrandState, batch: &[Written], seed: &CopySeed) -> bool {
-    let server_pub = seed.server_key.verifying_key().to_bytes();
+fn follow(state: &mut BrandState, batch: &[Written], brand: u32, server_pub: &[u8; 32]) -> bool {
     let done = state.seq;
     for w in batch.iter().filter(|w| w.record.seq > done) {
         let seq = state.seq + 1;
-        if let Err(e) = replay_next(state, seq, &w.bytes, &server_pub) {
+        if let Err(e) = replay_next(state, seq, &w.bytes, server_pub) {
             tracing::error!(
-                brand = seed.brand,
+                brand,
                 error = %e,
                 "the snapshot copy differs from the brand's state; no snapshots until a restart"
             );
