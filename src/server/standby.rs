@@ -83,11 +83,10 @@ pub(super) fn start(
         if let Some(revision) = node.take_patiently(DEMO_BRAND)? {
             node.clock.renewed(DEMO_BRAND, sent);
             node.held.insert(DEMO_BRAND, revision);
-            ledgers.push(crate::demo::provision(
-                &config.data_dir,
-                store.clone(),
-                server_key.clone(),
-            )?);
+            let provisioned = node.renewing(DEMO_BRAND, || {
+                crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())
+            });
+            ledgers.push(provisioned?);
         }
     }
     let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new(), web);
@@ -134,6 +133,44 @@ impl Node {
                 Err(e.into())
             }
         }
+    }
+
+    /// Runs `work` while a thread renews `brand`'s lease every
+    /// [`RENEW_EVERY`]: provisioning the demo commits dozens of records,
+    /// each replicated, which on a busy machine outlasts the lease.
+    fn renewing<T>(&mut self, brand: u32, work: impl FnOnce() -> T) -> T {
+        let revision = std::sync::Mutex::new(self.held[&brand]);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (leases, clock) = (&self.leases, &self.clock);
+        let out = std::thread::scope(|s| {
+            let renewer = s.spawn(|| {
+                loop {
+                    std::thread::park_timeout(RENEW_EVERY);
+                    if done.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let mut held = revision.lock().expect("revision lock");
+                    match leases.renew(brand, *held) {
+                        Ok(renewed) => {
+                            *held = renewed;
+                            clock.renewed(brand, sent);
+                        }
+                        Err(e) => {
+                            let error = crate::error::causes(&e);
+                            tracing::warn!(brand, error, "lease not renewed; retrying");
+                        }
+                    }
+                }
+            });
+            let out = work();
+            done.store(true, std::sync::atomic::Ordering::Release);
+            renewer.thread().unpark();
+            out
+        });
+        let revision = revision.into_inner().expect("revision lock");
+        self.held.insert(brand, revision);
+        out
     }
 
     /// [`Leases::take`] at start-up, tried again for a few seconds: a lease
