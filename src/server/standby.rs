@@ -143,23 +143,21 @@ impl Node {
         let done = std::sync::atomic::AtomicBool::new(false);
         let (leases, clock) = (&self.leases, &self.clock);
         let out = std::thread::scope(|s| {
-            let renewer = s.spawn(|| {
-                loop {
-                    std::thread::park_timeout(RENEW_EVERY);
-                    if done.load(std::sync::atomic::Ordering::Acquire) {
-                        break;
+            let renewer = s.spawn(|| loop {
+                std::thread::park_timeout(RENEW_EVERY);
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let sent = Instant::now();
+                let mut held = revision.lock().expect("revision lock");
+                match leases.renew(brand, *held) {
+                    Ok(renewed) => {
+                        *held = renewed;
+                        clock.renewed(brand, sent);
                     }
-                    let sent = Instant::now();
-                    let mut held = revision.lock().expect("revision lock");
-                    match leases.renew(brand, *held) {
-                        Ok(renewed) => {
-                            *held = renewed;
-                            clock.renewed(brand, sent);
-                        }
-                        Err(e) => {
-                            let error = crate::error::causes(&e);
-                            tracing::warn!(brand, error, "lease not renewed; retrying");
-                        }
+                    Err(e) => {
+                        let error = crate::error::causes(&e);
+                        tracing::warn!(brand, error, "lease not renewed; retrying");
                     }
                 }
             });
