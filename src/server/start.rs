@@ -79,6 +79,16 @@ pub enum StartError {
     /// data directory could not be caught up with it.
     #[error("replication")]
     Replica(#[from] crate::replica::ReplicaError),
+    /// The directory was served with `--replicate` (its `replicated`
+    /// file): serving or rotating it as a single node would fork its
+    /// brands' history from the stream the other nodes follow.
+    #[error(
+        "{0}: this data directory is replicated (its `replicated` file says so): start it with \
+         --replicate (NATS URLs) as before. To take it out of replication for good, stop every \
+         node of the cluster first, then remove that file on the one node that goes on alone \
+         (docs/replication.md)"
+    )]
+    Replicated(PathBuf),
     /// The listening address could not be bound.
     #[error("binding {addr}")]
     Bind {
@@ -99,6 +109,40 @@ pub fn server_key_path(data_dir: &Path) -> PathBuf {
 /// endorses it (`rotate_server_key`).
 pub fn next_server_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server.key.next")
+}
+
+/// The file that marks a data directory as replicated.
+pub fn replicated_marker_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("replicated")
+}
+
+/// What the marker says to someone who opens it.
+const REPLICATED_MARKER_TEXT: &str =
+    "This data directory is served with `cardd serve --replicate`.\n\
+     cardd refuses to serve it (or rotate its server key) without replication:\n\
+     a single-node start would write a history the other nodes never see.\n\
+     See docs/replication.md before removing this file.\n";
+
+/// Marks `data_dir` as replicated, durably, before its first replicated
+/// commit: from then on a start without `--replicate` is refused.
+fn mark_replicated(data_dir: &Path) -> Result<(), StartError> {
+    let path = replicated_marker_path(data_dir);
+    if path.exists() {
+        return Ok(());
+    }
+    crate::storage::fsutil::replace_durably(&path, REPLICATED_MARKER_TEXT.as_bytes(), false)
+        .map_err(|source| StartError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })
+}
+
+/// A replicated directory is never served or rotated as a single node.
+fn refuse_replicated(data_dir: &Path) -> Result<(), StartError> {
+    if replicated_marker_path(data_dir).exists() {
+        return Err(StartError::Replicated(data_dir.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Creates the data directory (0700) if needed and loads or creates the
@@ -167,6 +211,7 @@ pub fn rotate_server_key(data_dir: &Path) -> Result<Rotated, StartError> {
     if !data_dir.is_dir() {
         return Err(StartError::NoDataDir(data_dir.to_path_buf()));
     }
+    refuse_replicated(data_dir)?;
     let key_err = |source| StartError::Key {
         path: data_dir.to_path_buf(),
         source,
@@ -275,6 +320,7 @@ pub fn load(data_dir: &Path) -> Result<Loaded, StartError> {
 
 /// [`load`], the store sealing log segments at `segment_bytes`.
 pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartError> {
+    refuse_replicated(data_dir)?;
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let store = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
@@ -297,6 +343,8 @@ pub fn load_replicated(
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let disk = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
+    // Under the directory's lock, before anything reaches the stream.
+    mark_replicated(data_dir)?;
     let nats = Arc::new(Nats::connect(urls)?);
     let replicated = Arc::new(ReplicatedStore::new(disk.clone(), nats.clone()).with_leases(clock));
     let store: Arc<dyn LogStore> = replicated.clone();
@@ -399,6 +447,28 @@ mod tests {
             BrandLedger::create(store.clone(), old.clone(), brand, create).unwrap();
         }
         old
+    }
+
+    #[test]
+    fn a_replicated_directory_is_neither_served_nor_rotated_as_a_single_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        two_brands(&data);
+        assert_eq!(load(&data).unwrap().2.len(), 2, "unmarked: served");
+        mark_replicated(&data).unwrap();
+        let text = std::fs::read_to_string(replicated_marker_path(&data)).unwrap();
+        assert!(text.contains("--replicate"), "{text}");
+        assert!(matches!(load(&data), Err(StartError::Replicated(_))));
+        assert!(matches!(
+            rotate_server_key(&data),
+            Err(StartError::Replicated(_))
+        ));
+        assert!(
+            !next_server_key_path(&data).exists(),
+            "a refused rotation makes no key"
+        );
+        // Read-only commands (check, export) still read it.
+        assert_eq!(load_checked(&data).unwrap().2.len(), 2);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `cardd serve --replicate` on the serving node: each commit is on its
 //! brand's stream before any of its answers, and a second writer on the
 //! stream fences the node.
+use std::time::Duration;
+
 use async_nats::jetstream::message::PublishMessage;
 use cardd::pb::ErrorCode;
 use cardd::replica;
@@ -108,6 +110,17 @@ async fn a_single_node_ledger_is_put_on_its_stream_when_replication_starts() {
     );
     active.kill9();
     standby.kill9();
+    // Served once with --replicate, never again without it: the standby
+    // would take the lapsed lease while this node served the brand alone.
+    for data in [demo.data.clone(), dir.path().join("standby")] {
+        let mut cmd = std::process::Command::new(crate::common::cardd_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&data);
+        let out = crate::common::run::run_bounded(&mut cmd, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "served without --replicate");
+        assert!(stderr.contains("data directory is replicated"), "{stderr}");
+    }
     let (a, s) = (dir.path().join("a.export"), dir.path().join("s.export"));
     let report = crate::common::run::export_and_verify(&demo.data, brand, &a);
     crate::common::run::export_and_verify(&dir.path().join("standby"), brand, &s);
