@@ -122,6 +122,21 @@ impl Leases {
         })
     }
 
+    /// Gives up `brand`'s lease last written at `revision` (a graceful
+    /// stop): deleted only if no other node has written it since, so a
+    /// standby takes the brand at its next look instead of after the TTL.
+    pub fn release(&self, brand: u32, revision: u64) -> Result<(), ReplicaError> {
+        let kv = self.kv.clone();
+        let deleted = self
+            .nats
+            .run(async move { kv.delete_expect_revision(key(brand), Some(revision)).await })?;
+        deleted.map_err(|e| ReplicaError::Stream {
+            brand,
+            what: "handing its lease over",
+            source: Box::new(e),
+        })
+    }
+
     /// Who holds `brand`'s lease, as its holder wrote it.
     pub fn holder(&self, brand: u32) -> Option<String> {
         let kv = self.kv.clone();

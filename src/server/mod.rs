@@ -275,13 +275,17 @@ pub async fn run_until(
     let node = node.map(|n| tokio::spawn(n.run(shared.clone(), writers.clone(), stop.clone())));
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
-    if let Some(node) = node {
-        // Followers stopped, leases left to lapse (the drain below may
-        // still append what is in flight).
-        let _ = node.await;
-    }
+    // Followers stopped; the leases are kept through the drain (it may
+    // still append what is in flight), then handed over.
+    let handover = match node {
+        Some(node) => node.await.ok(),
+        None => None,
+    };
     health.set_stopping();
-    shutdown::drain(shared, connections, writers).await;
+    let drained = shutdown::drain(shared, connections, writers).await;
+    if let (true, Some(handover)) = (drained, handover) {
+        tokio::task::block_in_place(|| handover.release());
+    }
     http_stop.cancel();
     Ok(())
 }

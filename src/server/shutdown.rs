@@ -18,8 +18,13 @@ use super::Shared;
 use crate::limits::SHUTDOWN_GRACE_SECS;
 
 /// Waits for `connections`, then for `writers`, within the grace period;
-/// logs one line with the outcome.
-pub(super) async fn drain(shared: Arc<Shared>, connections: TaskTracker, writers: TaskTracker) {
+/// logs one line with the outcome. True if every writer ended (each
+/// brand's last commit made or refused: nothing more is appended).
+pub(super) async fn drain(
+    shared: Arc<Shared>,
+    connections: TaskTracker,
+    writers: TaskTracker,
+) -> bool {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(SHUTDOWN_GRACE_SECS);
     connections.close();
@@ -51,4 +56,5 @@ pub(super) async fn drain(shared: Arc<Shared>, connections: TaskTracker, writers
              what was not answered is for the tills to ask about after the restart"
         );
     }
+    writers_done
 }

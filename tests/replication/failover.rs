@@ -151,3 +151,60 @@ async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing()
         "the paused node wrote nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_the_lease_over() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let brand = demo.manifest.brand_id;
+    let card = demo.manifest.cards[4].clone();
+    let (standby, _) = start_standby(&demo.data, &dir.path().join("standby"), &urls);
+    let mut t = demo.terminal(active.addr, 0).await;
+    ok(&mut t, 100, purchase(&card, 1_000)).await;
+    drop(t);
+
+    let kv = crate::jetstream_of(&cluster)
+        .await
+        .get_key_value(cardd::replica::lease::LEASE_BUCKET)
+        .await
+        .expect("the lease bucket");
+    let holder =
+        |entry: Option<bytes::Bytes>| entry.map(|v| String::from_utf8_lossy(&v).into_owned());
+    let before = holder(kv.get(format!("brand-{brand}")).await.expect("lease read"));
+    assert!(
+        before
+            .as_deref()
+            .is_some_and(|h| h.ends_with(&active.addr.to_string())),
+        "the active holds the lease: {before:?}"
+    );
+    active.signal(libc::SIGTERM);
+    assert!(
+        active
+            .wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success()),
+        "the active stopped cleanly"
+    );
+    // At once after the stop, well inside the lease's 3 s TTL: the lease
+    // is gone, or already the standby's. Left to lapse, it would still
+    // name the stopped node.
+    let after = holder(kv.get(format!("brand-{brand}")).await.expect("lease read"));
+    assert!(
+        after
+            .as_deref()
+            .is_none_or(|h| h.ends_with(&standby.addr.to_string())),
+        "the stopped node still holds the lease: {after:?}"
+    );
+    let mut on_new = sign_on_until(
+        standby.addr,
+        &demo.terminal_key_path(1),
+        Duration::from_secs(20),
+    )
+    .await;
+    ok(&mut on_new, 100, purchase(&card, 1_000)).await;
+    let view = inquiry(&mut on_new, &card).await;
+    assert_eq!(view.paid_balance_minor, 100_000 - 2 * 1_000);
+}
