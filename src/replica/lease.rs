@@ -109,17 +109,58 @@ impl Leases {
     /// Renews `brand`'s lease last written at `revision`: the new revision,
     /// or an error if it was not renewed (another node took it, it lapsed,
     /// or NATS did not answer).
+    ///
+    /// A renewal whose write landed but whose answer was lost leaves this
+    /// node holding a revision one behind its own lease: the next renewal
+    /// is refused as written over. Before giving the brand up, it reads the
+    /// lease, and if the newest write is this node's own (the value names
+    /// this process, which no other writes), renews at that revision.
     pub fn renew(&self, brand: u32, revision: u64) -> Result<u64, ReplicaError> {
+        use async_nats::jetstream::kv::UpdateErrorKind;
+        match self.update(brand, revision)? {
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                match self.own_revision(brand)? {
+                    Some(own) if own != revision => {
+                        tracing::warn!(
+                            brand,
+                            revision,
+                            own,
+                            "a lease renewal's answer was lost; renewing at its revision"
+                        );
+                        self.update(brand, own)?.map_err(|e| renew_error(brand, e))
+                    }
+                    _ => Err(renew_error(brand, e)),
+                }
+            }
+            updated => updated.map_err(|e| renew_error(brand, e)),
+        }
+    }
+
+    /// One compare-and-set write of this node's value at `revision`.
+    fn update(
+        &self,
+        brand: u32,
+        revision: u64,
+    ) -> Result<Result<u64, kv::UpdateError>, ReplicaError> {
         let (kv, me) = (self.kv.clone(), self.me.clone());
-        let updated = self.nats.run(async move {
+        self.nats.run(async move {
             kv.update(key(brand), me.into_bytes().into(), revision)
                 .await
-        })?;
-        updated.map_err(|e| ReplicaError::Stream {
-            brand,
-            what: "renewing its lease",
-            source: Box::new(e),
         })
+    }
+
+    /// The revision of `brand`'s lease if its newest write is this node's.
+    fn own_revision(&self, brand: u32) -> Result<Option<u64>, ReplicaError> {
+        let kv = self.kv.clone();
+        let entry = self.nats.run(async move { kv.entry(key(brand)).await })?;
+        let entry = entry.map_err(|e| ReplicaError::Stream {
+            brand,
+            what: "reading its lease",
+            source: Box::new(e),
+        })?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put && e.value == self.me.as_bytes())
+            .map(|e| e.revision))
     }
 
     /// Gives up `brand`'s lease last written at `revision` (a graceful
@@ -147,6 +188,14 @@ impl Leases {
         got.ok()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+fn renew_error(brand: u32, e: kv::UpdateError) -> ReplicaError {
+    ReplicaError::Stream {
+        brand,
+        what: "renewing its lease",
+        source: Box::new(e),
     }
 }
 

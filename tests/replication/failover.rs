@@ -208,3 +208,46 @@ async fn a_graceful_stop_hands_the_lease_over() {
     let view = inquiry(&mut on_new, &card).await;
     assert_eq!(view.paid_balance_minor, 100_000 - 2 * 1_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewal_whose_answer_was_lost_keeps_the_brand() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(active.addr, 0).await;
+    ok(&mut t, 100, purchase(&card, 1_000)).await;
+
+    // The node's own value written once more, as a renewal whose answer
+    // never came back would have: the node's revision is now stale.
+    let kv = crate::jetstream_of(&cluster)
+        .await
+        .get_key_value(cardd::replica::lease::LEASE_BUCKET)
+        .await
+        .expect("the lease bucket");
+    let key = format!("brand-{}", demo.manifest.brand_id);
+    let mut tries = 0;
+    loop {
+        let entry = kv.entry(&key).await.expect("lease read").expect("a lease");
+        match kv.update(&key, entry.value.clone(), entry.revision).await {
+            Ok(_) => break,
+            // The node renewed in between: read again.
+            Err(_) if tries < 20 => tries += 1,
+            Err(e) => panic!("could not write the lease: {e}"),
+        }
+    }
+    // Past the node's own 2 s trust in its last renewal: a node that gave
+    // the brand up at the refused renewal would answer NOT_ACTIVE now.
+    tokio::time::sleep(cardd::replica::lease::LOCAL_VALIDITY + Duration::from_secs(1)).await;
+    ok(&mut t, 101, purchase(&card, 1_000)).await;
+    let view = inquiry(&mut t, &card).await;
+    assert_eq!(view.paid_balance_minor, 100_000 - 2 * 1_000);
+    let holder = kv.get(&key).await.expect("lease read").expect("a lease");
+    assert!(
+        String::from_utf8_lossy(&holder).ends_with(&active.addr.to_string()),
+        "the node still holds its lease"
+    );
+}
