@@ -163,18 +163,33 @@ impl Leases {
             .map(|e| e.revision))
     }
 
-    /// Gives up `brand`'s lease last written at `revision` (a graceful
-    /// stop): deleted only if no other node has written it since, so a
-    /// standby takes the brand at its next look instead of after the TTL.
-    pub fn release(&self, brand: u32, revision: u64) -> Result<(), ReplicaError> {
+    /// Gives up each `(brand, revision)` lease (a graceful stop), all at
+    /// once and within `within` in total, so that a cluster that does not
+    /// answer cannot hold a stop past its timeout. Each is deleted only if
+    /// no other node has written it since (the delete names the revision),
+    /// so a standby takes the brand at its next look instead of after the
+    /// TTL. Per brand: whether it was handed over, or why not.
+    pub fn release_all(
+        &self,
+        held: Vec<(u32, u64)>,
+        within: Duration,
+    ) -> Result<Vec<Released>, ReplicaError> {
         let kv = self.kv.clone();
-        let deleted = self
-            .nats
-            .run(async move { kv.delete_expect_revision(key(brand), Some(revision)).await })?;
-        deleted.map_err(|e| ReplicaError::Stream {
-            brand,
-            what: "handing its lease over",
-            source: Box::new(e),
+        self.nats.run(async move {
+            let deletes = held.iter().map(|&(brand, revision)| {
+                let kv = kv.clone();
+                async move {
+                    let deleted = kv.delete_expect_revision(key(brand), Some(revision)).await;
+                    (brand, deleted.map_err(|e| e.to_string()))
+                }
+            });
+            match tokio::time::timeout(within, futures::future::join_all(deletes)).await {
+                Ok(done) => done,
+                Err(_) => held
+                    .iter()
+                    .map(|&(brand, _)| (brand, Err(format!("no answer within {within:?}"))))
+                    .collect(),
+            }
         })
     }
 
@@ -190,6 +205,9 @@ impl Leases {
             .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 }
+
+/// A brand, and whether its lease was handed over (or why not).
+pub type Released = (u32, Result<(), String>);
 
 fn renew_error(brand: u32, e: kv::UpdateError) -> ReplicaError {
     ReplicaError::Stream {

@@ -272,18 +272,29 @@ pub async fn run_until(
         tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
         on_ready(&running);
     }
-    let node = node.map(|n| tokio::spawn(n.run(shared.clone(), writers.clone(), stop.clone())));
+    let drained = CancellationToken::new();
+    let node = node.map(|n| {
+        let run = n.run(
+            shared.clone(),
+            writers.clone(),
+            stop.clone(),
+            drained.clone(),
+        );
+        tokio::spawn(run)
+    });
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
-    // Followers stopped; the leases are kept through the drain (it may
-    // still append what is in flight), then handed over.
+    // The node stops its followers at once and keeps its leases renewed
+    // through the drain (it may still append what is in flight); then they
+    // are handed over.
+    health.set_stopping();
+    let writers_done = shutdown::drain(shared, connections, writers).await;
+    drained.cancel();
     let handover = match node {
         Some(node) => node.await.ok(),
         None => None,
     };
-    health.set_stopping();
-    let drained = shutdown::drain(shared, connections, writers).await;
-    if let (true, Some(handover)) = (drained, handover) {
+    if let (true, Some(handover)) = (writers_done, handover) {
         tokio::task::block_in_place(|| handover.release());
     }
     http_stop.cancel();
@@ -307,6 +318,7 @@ fn start_brands(
 ) -> Result<Arc<Shared>, StartError> {
     let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
+    start::refuse_replicated(&config.data_dir)?;
     let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
     log_recovered(&ledgers, started.elapsed());
     if config.demo {

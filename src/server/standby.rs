@@ -37,6 +37,23 @@ struct Following {
     thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
 }
 
+/// Stops [`Node::renewing`]'s renewer when dropped.
+struct StopRenewer<'a> {
+    done: &'a std::sync::atomic::AtomicBool,
+    renewer: &'a std::thread::Thread,
+}
+
+impl Drop for StopRenewer<'_> {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.renewer.unpark();
+    }
+}
+
+/// How long a stop waits for the cluster to take its leases back, in all
+/// (it lies within the stop's timeout beside the drain's grace).
+const HANDOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The leases a stopping node still holds.
 pub(super) struct Handover {
     leases: Leases,
@@ -52,13 +69,28 @@ impl Handover {
     /// second, not three. A lease another node took meanwhile is left as
     /// it is (the delete names the revision this node wrote).
     pub(super) fn release(self) {
-        for (brand, revision) in self.held {
-            self.clock.lost(brand);
-            match self.leases.release(brand, revision) {
+        // A lease this node's clock already gave up is lapsing anyway.
+        let held: Vec<(u32, u64)> = self
+            .held
+            .into_iter()
+            .filter(|(brand, _)| !self.clock.expired(*brand))
+            .collect();
+        for (brand, _) in &held {
+            self.clock.lost(*brand);
+        }
+        let released = match self.leases.release_all(held, HANDOVER_PATIENCE) {
+            Ok(released) => released,
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(error, "leases not handed over; they lapse instead");
+                return;
+            }
+        };
+        for (brand, result) in released {
+            match result {
                 Ok(()) => tracing::info!(brand, "lease handed over"),
-                Err(e) => {
-                    let error = crate::error::causes(&e);
-                    tracing::warn!(brand, error, "lease not handed over; it lapses instead");
+                Err(error) => {
+                    tracing::warn!(brand, error, "lease not handed over; it lapses instead")
                 }
             }
         }
@@ -189,10 +221,13 @@ impl Node {
                     }
                 }
             });
-            let out = work();
-            done.store(true, std::sync::atomic::Ordering::Release);
-            renewer.thread().unpark();
-            out
+            // Stops the renewer however `work` ends (a panic too: the scope
+            // would otherwise wait for it forever, renewing the lease).
+            let _stop = StopRenewer {
+                done: &done,
+                renewer: renewer.thread(),
+            };
+            work()
         });
         let revision = revision.into_inner().expect("revision lock");
         self.held.insert(brand, revision);
@@ -283,14 +318,16 @@ impl Node {
         self.followers.insert(brand, Following { stop, thread });
     }
 
-    /// Every [`RENEW_EVERY`] until `stop`; then stops the followers, and
-    /// returns the leases still held, for [`Handover::release`] once the
-    /// drain has made every brand's last commit.
+    /// Every [`RENEW_EVERY`] until `stop`; then stops the followers, keeps
+    /// renewing the leases held until `drained` (the drain may still
+    /// append what is in flight), and returns them for
+    /// [`Handover::release`].
     pub(super) async fn run(
         mut self,
         shared: Arc<Shared>,
         writers: TaskTracker,
         stop: CancellationToken,
+        drained: CancellationToken,
     ) -> Handover {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
@@ -312,6 +349,13 @@ impl Node {
                 let _ = f.thread.join();
             }
         });
+        loop {
+            tokio::select! {
+                _ = drained.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            tokio::task::block_in_place(|| self.renew_held(&shared));
+        }
         Handover {
             leases: self.leases,
             clock: self.clock,

@@ -138,7 +138,9 @@ fn mark_replicated(data_dir: &Path) -> Result<(), StartError> {
 }
 
 /// A replicated directory is never served or rotated as a single node.
-fn refuse_replicated(data_dir: &Path) -> Result<(), StartError> {
+/// (Offline brand creation still works on it: the next `--replicate`
+/// start puts the new brand on its stream.)
+pub(super) fn refuse_replicated(data_dir: &Path) -> Result<(), StartError> {
     if replicated_marker_path(data_dir).exists() {
         return Err(StartError::Replicated(data_dir.to_path_buf()));
     }
@@ -320,7 +322,6 @@ pub fn load(data_dir: &Path) -> Result<Loaded, StartError> {
 
 /// [`load`], the store sealing log segments at `segment_bytes`.
 pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartError> {
-    refuse_replicated(data_dir)?;
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let store = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
@@ -343,9 +344,10 @@ pub fn load_replicated(
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let disk = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
-    // Under the directory's lock, before anything reaches the stream.
-    mark_replicated(data_dir)?;
     let nats = Arc::new(Nats::connect(urls)?);
+    // Under the directory's lock, once the cluster answered (a mistyped
+    // URL marks nothing), before anything reaches the stream.
+    mark_replicated(data_dir)?;
     let replicated = Arc::new(ReplicatedStore::new(disk.clone(), nats.clone()).with_leases(clock));
     let store: Arc<dyn LogStore> = replicated.clone();
     let mode = Recovery::FromSnapshot(&snapshots);
@@ -455,10 +457,15 @@ mod tests {
         let data = dir.path().join("data");
         two_brands(&data);
         assert_eq!(load(&data).unwrap().2.len(), 2, "unmarked: served");
+        assert!(refuse_replicated(&data).is_ok());
         mark_replicated(&data).unwrap();
         let text = std::fs::read_to_string(replicated_marker_path(&data)).unwrap();
         assert!(text.contains("--replicate"), "{text}");
-        assert!(matches!(load(&data), Err(StartError::Replicated(_))));
+        // `cardd serve` without --replicate asks this first (start_brands).
+        assert!(matches!(
+            refuse_replicated(&data),
+            Err(StartError::Replicated(_))
+        ));
         assert!(matches!(
             rotate_server_key(&data),
             Err(StartError::Replicated(_))
@@ -467,8 +474,10 @@ mod tests {
             !next_server_key_path(&data).exists(),
             "a refused rotation makes no key"
         );
-        // Read-only commands (check, export) still read it.
+        // Read-only commands (check, export) still read it, and offline
+        // brand creation (`cardd brand create`) still opens it.
         assert_eq!(load_checked(&data).unwrap().2.len(), 2);
+        assert_eq!(load(&data).unwrap().2.len(), 2);
     }
 
     #[test]
