@@ -167,11 +167,7 @@ async fn a_graceful_stop_hands_the_lease_over() {
     ok(&mut t, 100, purchase(&card, 1_000)).await;
     drop(t);
 
-    let kv = crate::jetstream_of(&cluster)
-        .await
-        .get_key_value(cardd::replica::lease::LEASE_BUCKET)
-        .await
-        .expect("the lease bucket");
+    let kv = crate::lease_bucket(&cluster).await;
     let holder =
         |entry: Option<bytes::Bytes>| entry.map(|v| String::from_utf8_lossy(&v).into_owned());
     let before = holder(kv.get(format!("brand-{brand}")).await.expect("lease read"));
@@ -229,11 +225,7 @@ async fn a_lease_renewal_whose_answer_was_lost_keeps_the_brand() {
 
     // The node's own value written once more, as a renewal whose answer
     // never came back would have: the node's revision is now stale.
-    let kv = crate::jetstream_of(&cluster)
-        .await
-        .get_key_value(cardd::replica::lease::LEASE_BUCKET)
-        .await
-        .expect("the lease bucket");
+    let kv = crate::lease_bucket(&cluster).await;
     let key = format!("brand-{}", demo.manifest.brand_id);
     let mut tries = 0;
     loop {

@@ -38,6 +38,15 @@ pub async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// The cluster's lease bucket (`replica::lease::LEASE_BUCKET`).
+pub async fn lease_bucket(cluster: &NatsCluster) -> jetstream::kv::Store {
+    jetstream_of(cluster)
+        .await
+        .get_key_value(replica::lease::LEASE_BUCKET)
+        .await
+        .expect("the lease bucket")
+}
+
 /// Every run on `brand`'s stream, in stream order.
 pub async fn runs_of(js: &jetstream::Context, brand: u32) -> Vec<StoredBatch> {
     let mut stream = js
