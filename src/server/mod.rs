@@ -272,30 +272,34 @@ pub async fn run_until(
         tracing::info!(addr = %running.local_addr, tls = tls.is_some(), "serving");
         on_ready(&running);
     }
-    let drained = CancellationToken::new();
-    let node = node.map(|n| {
-        let run = n.run(
-            shared.clone(),
-            writers.clone(),
-            stop.clone(),
-            drained.clone(),
-        );
-        tokio::spawn(run)
-    });
+    let node = node.map(|n| tokio::spawn(n.run(shared.clone(), writers.clone(), stop.clone())));
     let connections = TaskTracker::new();
     accept_loop(listener, shared.clone(), tls, &connections).await;
-    // The node stops its followers at once and keeps its leases renewed
-    // through the drain (it may still append what is in flight); then they
-    // are handed over.
+    // The node's loop ends first (a takeover under way with it: it may
+    // start a writer); its leases stay renewed through the drain (it may
+    // still append what is in flight), then are handed over.
+    let drained = CancellationToken::new();
+    let _drained = drained.clone().drop_guard();
+    let keeping = match node {
+        Some(node) => match node.await {
+            Ok(node) => Some(tokio::spawn(
+                node.keep_leases(shared.clone(), drained.clone()),
+            )),
+            Err(_) => None,
+        },
+        None => None,
+    };
     health.set_stopping();
     let writers_done = shutdown::drain(shared, connections, writers).await;
     drained.cancel();
-    let handover = match node {
-        Some(node) => node.await.ok(),
-        None => None,
-    };
-    if let (true, Some(handover)) = (writers_done, handover) {
-        tokio::task::block_in_place(|| handover.release());
+    if let Some(keeping) = keeping {
+        // A renewal stuck on a cluster that does not answer gives up the
+        // handover rather than hold the stop.
+        let handover = tokio::time::timeout(standby::HANDOVER_PATIENCE, keeping).await;
+        match (writers_done, handover) {
+            (true, Ok(Ok(handover))) => tokio::task::block_in_place(|| handover.release()),
+            _ => tracing::warn!("leases not handed over; they lapse instead"),
+        }
     }
     http_stop.cancel();
     Ok(())

@@ -52,7 +52,7 @@ impl Drop for StopRenewer<'_> {
 
 /// How long a stop waits for the cluster to take its leases back, in all
 /// (it lies within the stop's timeout beside the drain's grace).
-const HANDOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const HANDOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The leases a stopping node still holds.
 pub(super) struct Handover {
@@ -318,17 +318,16 @@ impl Node {
         self.followers.insert(brand, Following { stop, thread });
     }
 
-    /// Every [`RENEW_EVERY`] until `stop`; then stops the followers, keeps
-    /// renewing the leases held until `drained` (the drain may still
-    /// append what is in flight), and returns them for
-    /// [`Handover::release`].
+    /// Every [`RENEW_EVERY`] until `stop`: renews, takes lapsed leases,
+    /// follows new brands. Then stops the followers and returns, so that a
+    /// takeover under way ends before the drain starts (it may start a
+    /// writer).
     pub(super) async fn run(
         mut self,
         shared: Arc<Shared>,
         writers: TaskTracker,
         stop: CancellationToken,
-        drained: CancellationToken,
-    ) -> Handover {
+    ) -> Node {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
@@ -349,6 +348,18 @@ impl Node {
                 let _ = f.thread.join();
             }
         });
+        self
+    }
+
+    /// Keeps the leases held renewed while the daemon drains (it may still
+    /// append what is in flight), until `drained`; then returns them for
+    /// [`Handover::release`].
+    pub(super) async fn keep_leases(
+        mut self,
+        shared: Arc<Shared>,
+        drained: CancellationToken,
+    ) -> Handover {
+        let mut tick = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
                 _ = drained.cancelled() => break,

@@ -229,20 +229,34 @@ async fn a_lease_renewal_whose_answer_was_lost_keeps_the_brand() {
     let key = format!("brand-{}", demo.manifest.brand_id);
     let mut tries = 0;
     loop {
-        let entry = kv.entry(&key).await.expect("lease read").expect("a lease");
-        match kv.update(&key, entry.value.clone(), entry.revision).await {
+        let written = match kv.entry(&key).await {
+            Ok(Some(entry)) => kv
+                .update(&key, entry.value.clone(), entry.revision)
+                .await
+                .map_err(|e| e.to_string()),
+            other => Err(format!("no lease to read: {other:?}")),
+        };
+        match written {
             Ok(_) => break,
-            // The node renewed in between: read again.
+            // The node renewed in between (or a busy cluster timed out).
             Err(_) if tries < 20 => tries += 1,
             Err(e) => panic!("could not write the lease: {e}"),
         }
     }
-    // Past the node's own 2 s trust in its last renewal: a node that gave
-    // the brand up at the refused renewal would answer NOT_ACTIVE now.
-    tokio::time::sleep(cardd::replica::lease::LOCAL_VALIDITY + Duration::from_secs(1)).await;
-    ok(&mut t, 101, purchase(&card, 1_000)).await;
+    // Purchases every 100 ms past the node's own 2 s trust in its last
+    // renewal and past the lease's 3 s TTL: a node that gave the brand up
+    // at the refused renewal answers NOT_ACTIVE to one of them (until it
+    // took the lapsed lease back).
+    let deadline = Instant::now() + cardd::replica::lease::LEASE_TTL + Duration::from_millis(500);
+    let mut txn = 101;
+    while Instant::now() < deadline {
+        ok(&mut t, txn, purchase(&card, 100)).await;
+        txn += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bought = (txn - 101) as i64;
     let view = inquiry(&mut t, &card).await;
-    assert_eq!(view.paid_balance_minor, 100_000 - 2 * 1_000);
+    assert_eq!(view.paid_balance_minor, 100_000 - 1_000 - bought * 100);
     let holder = kv.get(&key).await.expect("lease read").expect("a lease");
     assert!(
         String::from_utf8_lossy(&holder).ends_with(&active.addr.to_string()),

@@ -38,13 +38,19 @@ pub async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
     jetstream::new(client)
 }
 
-/// The cluster's lease bucket (`replica::lease::LEASE_BUCKET`).
+/// The cluster's lease bucket (`replica::lease::LEASE_BUCKET`), asked
+/// again for up to 30 s: a cluster busy with another test's nodes can
+/// let one request time out.
 pub async fn lease_bucket(cluster: &NatsCluster) -> jetstream::kv::Store {
-    jetstream_of(cluster)
-        .await
-        .get_key_value(replica::lease::LEASE_BUCKET)
-        .await
-        .expect("the lease bucket")
+    let js = jetstream_of(cluster).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match js.get_key_value(replica::lease::LEASE_BUCKET).await {
+            Ok(kv) => return kv,
+            Err(e) if std::time::Instant::now() > deadline => panic!("the lease bucket: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Every run on `brand`'s stream, in stream order.
