@@ -484,9 +484,11 @@ enum Route {
 }
 
 fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result<Route, Refusal> {
-    if shared.replicated && shared.brand(session.brand_id).is_none() {
+    if shared.replicated && !shared.serves(session.brand_id) {
         // `--replicate`: this node lost the brand's lease since the session
-        // signed on; the brand's other node serves it now.
+        // signed on (or its clock says it may have: a pause past the
+        // lease); the brand's other node serves it now. Reads too: a
+        // stale balance is not an answer.
         return Err(Refusal::new(
             E::NotActive,
             "this node does not serve this brand any more; try its other node",

@@ -149,6 +149,9 @@ pub struct Shared {
     /// `--replicate`: a brand this node knows but does not serve is
     /// refused with NOT_ACTIVE (another node serves it).
     pub replicated: bool,
+    /// `--replicate`: this node's own deadline for each lease it holds
+    /// (set once, at start, before any brand is served).
+    lease_clock: std::sync::OnceLock<Arc<crate::replica::LeaseClock>>,
     /// `--replicate`: the terminal address of the node holding the lease of
     /// each brand this node follows, as its lease names it (told to tills
     /// refused with NOT_ACTIVE).
@@ -193,6 +196,19 @@ impl Shared {
         if let Some(handle) = handle {
             handle.halt(why);
         }
+    }
+
+    /// Whether this node serves `brand` now: loaded here and, on a
+    /// replicated node, its lease good on this node's own clock. A node
+    /// paused past its lease (SIGSTOP, a VM frozen) knows at once when it
+    /// wakes, before any look at the lease: its monotonic clock ran on.
+    fn serves(&self, brand: u32) -> bool {
+        let lease_good = || {
+            self.lease_clock
+                .get()
+                .is_none_or(|clock| clock.may_append(brand))
+        };
+        self.brand(brand).is_some() && lease_good()
     }
 
     /// The address of the node serving `brand` instead of this one, if
@@ -383,6 +399,7 @@ fn serve_ledgers(
         ),
         snapshot_by: config.snapshot_by,
         replicated: config.replicate.is_some(),
+        lease_clock: std::sync::OnceLock::new(),
         active_elsewhere: RwLock::new(HashMap::new()),
         brands: RwLock::new(HashMap::new()),
     });

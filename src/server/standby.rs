@@ -150,6 +150,7 @@ pub(super) fn start(
         }
     }
     let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new(), web);
+    let _ = shared.lease_clock.set(node.clock.clone());
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
             Ok(ledger) => shared.serve_brand(ledger, writers),

@@ -139,7 +139,17 @@ async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing()
     )
     .await;
     ok(&mut on_new, 100, purchase(&card, 1_000)).await;
-    active.signal(libc::SIGCONT);
+    // A read asked while it sleeps is answered once it wakes: NOT_ACTIVE,
+    // not the balance it had before the other node's purchase. Its own
+    // clock ran on through the pause, so it knows before any look at the
+    // lease.
+    let inquiry_op = cardd::pb::request::Op::Inquiry(cardd::pb::Inquiry { card: card.clone() });
+    let wake = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        active.signal(libc::SIGCONT);
+    };
+    let (code, ()) = tokio::join!(crate::common::refused(&mut on_old, 0, inquiry_op), wake);
+    assert_eq!(code, cardd::pb::ErrorCode::NotActive, "a stale read");
     // Its first look at the lease after waking finds it taken.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let code = crate::common::refused(&mut on_old, 101, purchase(&card, 1_000)).await;
