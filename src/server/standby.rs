@@ -37,6 +37,20 @@ struct Following {
     thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
 }
 
+/// Runs `work` every [`RENEW_EVERY`] until `until` is cancelled. It
+/// blocks (lease and stream calls wait on the connection's runtime), so it
+/// runs in place on this worker thread.
+async fn every_renewal(until: &CancellationToken, mut work: impl FnMut()) {
+    let mut tick = tokio::time::interval(RENEW_EVERY);
+    loop {
+        tokio::select! {
+            _ = until.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::task::block_in_place(&mut work);
+    }
+}
+
 /// Stops [`Node::renewing`]'s renewer when dropped.
 struct StopRenewer<'a> {
     done: &'a std::sync::atomic::AtomicBool,
@@ -329,19 +343,12 @@ impl Node {
         writers: TaskTracker,
         stop: CancellationToken,
     ) -> Node {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            // Blocking: lease and stream calls wait on the connection's runtime.
-            tokio::task::block_in_place(|| {
-                self.renew_held(&shared);
-                self.take_lapsed(&shared, &writers);
-                self.follow_new(&shared);
-            });
-        }
+        every_renewal(&stop, || {
+            self.renew_held(&shared);
+            self.take_lapsed(&shared, &writers);
+            self.follow_new(&shared);
+        })
+        .await;
         let followers = std::mem::take(&mut self.followers);
         tokio::task::block_in_place(move || {
             for (_, f) in followers {
@@ -360,14 +367,7 @@ impl Node {
         shared: Arc<Shared>,
         drained: CancellationToken,
     ) -> Handover {
-        let mut tick = tokio::time::interval(RENEW_EVERY);
-        loop {
-            tokio::select! {
-                _ = drained.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            tokio::task::block_in_place(|| self.renew_held(&shared));
-        }
+        every_renewal(&drained, || self.renew_held(&shared)).await;
         Handover {
             leases: self.leases,
             clock: self.clock,

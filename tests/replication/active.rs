@@ -16,12 +16,16 @@ const DEMO_RECORDS: u64 = 17;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_commits_are_on_the_stream_and_a_second_writer_fences_the_node() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster,
+        dir,
+        urls: _,
+        active: mut d,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (mut d, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let brand = demo.manifest.brand_id;
     let card = demo.manifest.cards[4].clone();
     let mut t = demo.terminal(d.addr, 0).await;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use cardd::client::Client;
 use cardd::crypto::read_key_file;
 
-use crate::common::nats::NatsCluster;
 use crate::common::reply::{card_of, receipt};
 use crate::common::{bounded, call_req, inquiry, ok, purchase, wait_until, Daemon};
 use crate::standby::{export_parts, records_on, start_standby};
@@ -37,12 +36,16 @@ async fn sign_on_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_takes_over_a_killed_active_and_nothing_acknowledged_is_lost() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster: _cluster,
+        dir,
+        urls,
+        mut active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let brand = demo.manifest.brand_id;
     let card = demo.manifest.cards[4].clone(); // paid 1000.00, bonus 150.00
     let standby_data = dir.path().join("standby");
@@ -120,12 +123,16 @@ async fn the_standby_takes_over_a_killed_active_and_nothing_acknowledged_is_lost
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster: _cluster,
+        dir,
+        urls,
+        active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let card = demo.manifest.cards[4].clone();
     let (standby, _) = start_standby(&demo.data, &dir.path().join("standby"), &urls);
     let mut on_old = demo.terminal(active.addr, 0).await;
@@ -164,12 +171,16 @@ async fn an_active_paused_past_its_lease_answers_not_active_and_writes_nothing()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_the_lease_over() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster,
+        dir,
+        urls,
+        mut active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let brand = demo.manifest.brand_id;
     let card = demo.manifest.cards[4].clone();
     let (standby, _) = start_standby(&demo.data, &dir.path().join("standby"), &urls);
@@ -178,13 +189,12 @@ async fn a_graceful_stop_hands_the_lease_over() {
     drop(t);
 
     let kv = crate::lease_bucket(&cluster).await;
-    let holder =
-        |entry: Option<bytes::Bytes>| entry.map(|v| String::from_utf8_lossy(&v).into_owned());
-    let before = holder(kv.get(format!("brand-{brand}")).await.expect("lease read"));
+    let before = crate::lease_entry(&kv, brand).await;
     assert!(
-        before
-            .as_deref()
-            .is_some_and(|h| h.ends_with(&active.addr.to_string())),
+        before.as_ref().is_some_and(|(op, h)| {
+            *op == async_nats::jetstream::kv::Operation::Put
+                && h.ends_with(&active.addr.to_string())
+        }),
         "the active holds the lease: {before:?}"
     );
     active.signal(libc::SIGTERM);
@@ -197,11 +207,7 @@ async fn a_graceful_stop_hands_the_lease_over() {
     // At once after the stop: the lease was deleted (a delete marker), or
     // the standby already wrote it. Left to lapse, it would still name the
     // stopped node for up to 3 s, then be gone with no marker.
-    let after = kv
-        .entry(format!("brand-{brand}"))
-        .await
-        .expect("lease read")
-        .map(|e| (e.operation, String::from_utf8_lossy(&e.value).into_owned()));
+    let after = crate::lease_entry(&kv, brand).await;
     let handed_over = match &after {
         Some((async_nats::jetstream::kv::Operation::Delete, _)) => true,
         Some((async_nats::jetstream::kv::Operation::Put, h)) => {
@@ -223,12 +229,16 @@ async fn a_graceful_stop_hands_the_lease_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_renewal_whose_answer_was_lost_keeps_the_brand() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster,
+        dir: _dir,
+        urls: _,
+        active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let card = demo.manifest.cards[4].clone();
     let mut t = demo.terminal(active.addr, 0).await;
     ok(&mut t, 100, purchase(&card, 1_000)).await;
@@ -267,9 +277,9 @@ async fn a_lease_renewal_whose_answer_was_lost_keeps_the_brand() {
     let bought = (txn - 101) as i64;
     let view = inquiry(&mut t, &card).await;
     assert_eq!(view.paid_balance_minor, 100_000 - 1_000 - bought * 100);
-    let holder = kv.get(&key).await.expect("lease read").expect("a lease");
+    let holder = crate::lease_entry(&kv, demo.manifest.brand_id).await;
     assert!(
-        String::from_utf8_lossy(&holder).ends_with(&active.addr.to_string()),
+        holder.is_some_and(|(_, h)| h.ends_with(&active.addr.to_string())),
         "the node still holds its lease"
     );
 }

@@ -38,6 +38,31 @@ pub async fn jetstream_of(cluster: &NatsCluster) -> jetstream::Context {
     jetstream::new(client)
 }
 
+/// A 3-node cluster, a temporary directory and the demo daemon serving
+/// with `--replicate` in it (the start of most of these tests).
+pub struct ReplicatedDemo {
+    pub cluster: NatsCluster,
+    pub dir: tempfile::TempDir,
+    pub urls: String,
+    pub active: common::Daemon,
+    pub demo: common::Demo,
+}
+
+/// [`ReplicatedDemo`]; None where there is no `nats-server` (outside CI).
+pub fn replicated_demo() -> Option<ReplicatedDemo> {
+    let cluster = NatsCluster::start(3)?;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = cluster.urls();
+    let (active, demo) = common::Daemon::demo_with(dir.path(), &["--replicate", &urls]);
+    Some(ReplicatedDemo {
+        cluster,
+        dir,
+        urls,
+        active,
+        demo,
+    })
+}
+
 /// The cluster's lease bucket (`replica::lease::LEASE_BUCKET`), asked
 /// again for up to 30 s: a cluster busy with another test's nodes can
 /// let one request time out.
@@ -48,6 +73,24 @@ pub async fn lease_bucket(cluster: &NatsCluster) -> jetstream::kv::Store {
         match js.get_key_value(replica::lease::LEASE_BUCKET).await {
             Ok(kv) => return kv,
             Err(e) if std::time::Instant::now() > deadline => panic!("the lease bucket: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// `brand`'s newest lease entry as (operation, value), asked again for up
+/// to 30 s like [`lease_bucket`].
+pub async fn lease_entry(
+    kv: &jetstream::kv::Store,
+    brand: u32,
+) -> Option<(jetstream::kv::Operation, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match kv.entry(format!("brand-{brand}")).await {
+            Ok(entry) => {
+                return entry.map(|e| (e.operation, String::from_utf8_lossy(&e.value).into_owned()))
+            }
+            Err(e) if std::time::Instant::now() > deadline => panic!("the lease: {e}"),
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
         }
     }

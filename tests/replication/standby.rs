@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::common::http::{free_addr, metrics, sample};
-use crate::common::nats::NatsCluster;
 use crate::common::run::export_and_verify;
 use crate::common::{ok, purchase, wait_until, Daemon};
 
@@ -34,12 +33,16 @@ pub fn records_on(http: SocketAddr, brand: u32) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_follows_every_commit_and_exports_the_same_bytes() {
-    let Some(cluster) = NatsCluster::start(3) else {
+    let Some(crate::ReplicatedDemo {
+        cluster: _cluster,
+        dir,
+        urls,
+        mut active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let urls = cluster.urls();
-    let (mut active, demo) = Daemon::demo_with(dir.path(), &["--replicate", &urls]);
     let brand = demo.manifest.brand_id;
     let card = demo.manifest.cards[4].clone();
     let mut t = demo.terminal(active.addr, 0).await;
