@@ -13,6 +13,18 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("its address")
 }
 
+/// `n` free loopback addresses, all different: each is held until every
+/// one is picked (one at a time, the kernel may hand the same port out
+/// twice: a NATS cluster then refused its duplicate route).
+pub fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("its address"))
+        .collect()
+}
+
 /// `GET path` with `Connection: close`: the status code and the body, or
 /// None if the connection closed or timed out without a whole answer.
 pub fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

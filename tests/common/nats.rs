@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::http::{free_addr, get};
+use super::http::{free_addrs, get};
 
 /// How long a node (or the whole cluster) may take to report healthy.
 pub const NATS_READY_LIMIT: Duration = Duration::from_secs(30);
@@ -88,9 +88,11 @@ impl NatsCluster {
         // A test that failed holding it poisons it; the next one goes on.
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().expect("temp dir");
-        let routes: Vec<SocketAddr> = (0..size).map(|_| free_addr()).collect();
+        // Every port of the cluster at once, so that no two are the same.
+        let addrs = free_addrs(3 * size);
+        let (routes, others) = addrs.split_at(size);
         let nodes = (0..size)
-            .map(|i| write_node(dir.path(), i, &routes))
+            .map(|i| write_node(dir.path(), i, routes, (others[2 * i], others[2 * i + 1])))
             .collect();
         let mut cluster = NatsCluster {
             bin,
@@ -193,13 +195,17 @@ impl Drop for NatsCluster {
     }
 }
 
-/// Writes node `i`'s configuration: loopback client and monitoring ports,
+/// Writes node `i`'s configuration: its loopback client and monitoring ports,
 /// its cluster port `routes[i]` with routes to every node, file storage.
-fn write_node(dir: &Path, i: usize, routes: &[SocketAddr]) -> Node {
+fn write_node(
+    dir: &Path,
+    i: usize,
+    routes: &[SocketAddr],
+    (client, monitor): (SocketAddr, SocketAddr),
+) -> Node {
     let name = format!("n{i}");
     let store = dir.join(&name);
     std::fs::create_dir_all(&store).expect("node store");
-    let (client, monitor) = (free_addr(), free_addr());
     let route_urls: Vec<String> = routes
         .iter()
         .map(|r| format!("\"nats-route://{r}\""))

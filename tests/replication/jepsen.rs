@@ -149,10 +149,8 @@ async fn kills_pauses_and_a_lost_nats_node_lose_and_double_nothing() {
     let urls = cluster.urls();
     let a_data = dir.path().join("a");
     let b_data = dir.path().join("b");
-    let (a_http, b_http) = (
-        crate::common::http::free_addr(),
-        crate::common::http::free_addr(),
-    );
+    let http = crate::common::http::free_addrs(2);
+    let (a_http, b_http) = (http[0], http[1]);
     let mut a = node(&a_data, &urls, a_http, &["--demo"]);
     let demo = crate::common::Demo::load(&a_data);
     let brand = demo.manifest.brand_id;
