@@ -203,6 +203,9 @@ pub struct BrandLedger {
     snapshots: Option<(PathBuf, u64)>,
     /// The sequence number of the newest snapshot (0 for none).
     snapshot_seq: u64,
+    /// The window of snapshot parts the next snapshot continues; None:
+    /// the next one starts a new generation (`snapshot/parts.rs`).
+    chain: Option<snapshot::parts::Chain>,
     /// Records `1..=` this were not read at recovery (it started from a
     /// snapshot of them): the background chain check reads them.
     unread_at_start: u64,
@@ -272,10 +275,11 @@ impl BrandLedger {
             last_time_ms: start.time_ms,
             snapshots: None,
             snapshot_seq,
+            chain: start.chain,
             unread_at_start: snapshot_seq,
         };
         if let Recovery::FromSnapshot(dir) = mode {
-            ledger.snapshots = Some((dir.to_path_buf(), SNAPSHOT_EVERY_RECORDS));
+            ledger.snapshot_into(dir, SNAPSHOT_EVERY_RECORDS);
             ledger.snapshot_if_due();
         }
         Ok(ledger)
@@ -310,6 +314,12 @@ impl BrandLedger {
     pub fn snapshot_into(&mut self, dir: &Path, every: u64) {
         assert!(every > 0, "snapshots every 0 records");
         self.snapshots = Some((dir.to_path_buf(), every));
+        if !self.state.tracks_changes() {
+            // Nothing to continue: the next snapshot starts a generation
+            // (and tracking again from there).
+            self.state.track_changes(true);
+            self.chain = None;
+        }
     }
 
     /// Hands the taking of snapshots over to a copy of the state kept
@@ -318,6 +328,8 @@ impl BrandLedger {
     /// keeps no snapshots.
     pub fn hand_snapshots_over(&mut self) -> Option<CopySeed> {
         let (dir, every) = self.snapshots.take()?;
+        self.state.track_changes(false);
+        self.chain = None;
         Some(CopySeed {
             store: self.store.clone(),
             dir,
@@ -347,61 +359,64 @@ impl BrandLedger {
         })
     }
 
-    /// Encodes a snapshot of the state as it is now (blocking: the whole
-    /// state is encoded), to be stored with [`store_snapshot`]. It may be
-    /// ahead of what is durable; recovery only uses a snapshot that lies on
-    /// the stored chain. None if this ledger keeps no snapshots.
-    ///
-    /// [`store_snapshot`]: Self::store_snapshot
-    pub fn encode_snapshot(
-        &mut self,
-    ) -> Result<Option<(PathBuf, snapshot::Encoded)>, SnapshotError> {
+    /// Hands out the snapshot that is due now (the caller asked
+    /// [`snapshot_due`](Self::snapshot_due)): the next part of the
+    /// brand's window, or a new generation when there is no window to
+    /// continue. The part may be ahead of what is durable; it waits for its
+    /// record before it is written. None if this ledger keeps no snapshots.
+    pub fn begin_snapshot(&mut self) -> Result<Option<snapshot::job::Work<'_>>, SnapshotError> {
+        use snapshot::job::{GenerationJob, PartJob, Work};
         let Some((dir, _)) = &self.snapshots else {
             return Ok(None);
         };
         // Set first: after a failure, the next try waits for as many
         // records again instead of following every batch.
-        self.snapshot_seq = self.state.seq;
+        let since = std::mem::replace(&mut self.snapshot_seq, self.state.seq);
+        let chain = self.chain.take().filter(|c| c.seq() == since);
+        if let Some(chain) = chain.filter(|_| self.state.tracks_changes()) {
+            return Ok(Some(Work::Part(Box::new(PartJob {
+                chain,
+                delta: self.state.take_delta(since),
+                key: self.server_key.clone(),
+                store: self.store.clone(),
+            }))));
+        }
+        // Changes are counted from the generation's state on.
+        self.state.track_changes(true);
+        let generation = snapshot::parts::next_generation(dir, self.state.brand_id)?;
+        Ok(Some(Work::Generation(GenerationJob {
+            dir,
+            state: &self.state,
+            key: &self.server_key,
+            generation,
+        })))
+    }
+
+    /// The window that a part or generation written elsewhere leaves for
+    /// the next snapshot to continue (None after a failure: the next one
+    /// starts a generation).
+    pub fn continue_snapshots(&mut self, chain: Option<snapshot::parts::Chain>) {
+        self.chain = chain;
+    }
+
+    /// Writes the snapshot that is due here and now (start-up, shutdown,
+    /// offline tools), whether it is.
+    pub fn write_snapshot(&mut self) -> Result<(), SnapshotError> {
+        use snapshot::job::Work;
         let started = std::time::Instant::now();
-        let encoded = snapshot::encode(&self.state, &self.server_key)?;
+        let (chain, kind) = match self.begin_snapshot()? {
+            None => return Ok(()),
+            Some(Work::Part(job)) => (job.run()?.0, "part"),
+            Some(Work::Generation(job)) => (job.write()?, "generation"),
+        };
         tracing::info!(
             brand = self.state.brand_id,
-            seq = encoded.seq(),
-            bytes = encoded.len(),
-            encode_ms = started.elapsed().as_millis() as u64,
-            "snapshot encoded"
-        );
-        Ok(Some((dir.clone(), encoded)))
-    }
-
-    /// Marks a snapshot of the state as it is now as begun and returns what
-    /// writing it needs: the directory, the state and the key. The caller
-    /// writes it elsewhere (a forked child, `server/snapshot_child.rs`)
-    /// while this ledger goes on. None if this ledger keeps no snapshots.
-    pub fn begin_snapshot(&mut self) -> Option<(&Path, &BrandState, &SigningKey)> {
-        let (dir, _) = self.snapshots.as_ref()?;
-        // Set first, as in `encode_snapshot`.
-        self.snapshot_seq = self.state.seq;
-        Some((dir, &self.state, &self.server_key))
-    }
-
-    /// Writes an encoded snapshot durably (blocking: write and fsync).
-    pub fn store_snapshot(dir: &Path, encoded: &snapshot::Encoded) -> Result<(), SnapshotError> {
-        let started = std::time::Instant::now();
-        encoded.store(dir)?;
-        tracing::info!(
-            seq = encoded.seq(),
-            store_ms = started.elapsed().as_millis() as u64,
+            seq = chain.seq(),
+            kind,
+            took_ms = started.elapsed().as_millis() as u64,
             "snapshot stored"
         );
-        Ok(())
-    }
-
-    /// Encodes and stores a snapshot now (start-up and offline tools).
-    pub fn write_snapshot(&mut self) -> Result<(), SnapshotError> {
-        if let Some((dir, encoded)) = self.encode_snapshot()? {
-            Self::store_snapshot(&dir, &encoded)?;
-        }
+        self.chain = Some(chain);
         Ok(())
     }
 
@@ -425,6 +440,7 @@ impl BrandLedger {
             last_time_ms: 0,
             snapshots: None,
             snapshot_seq: 0,
+            chain: None,
             unread_at_start: 0,
         };
         let request = Request {
@@ -681,6 +697,8 @@ impl BrandLedger {
             return Ok(answer);
         }
         self.server_key = new;
+        // Parts signed by the old key cannot continue: a new generation.
+        self.chain = None;
         let brand = self.brand_id();
         Self::commit(
             self.store.as_ref(),
@@ -865,6 +883,8 @@ pub fn replay_next(
 struct Start {
     state: BrandState,
     time_ms: i64,
+    /// The window of parts the state came from, to continue.
+    chain: Option<snapshot::parts::Chain>,
 }
 
 impl Start {
@@ -872,6 +892,7 @@ impl Start {
         Start {
             state: BrandState::new(brand),
             time_ms: 0,
+            chain: None,
         }
     }
 
@@ -885,11 +906,18 @@ impl Start {
         key: &ed25519_dalek::VerifyingKey,
     ) -> Self {
         let loading = std::time::Instant::now();
-        let loaded = snapshot::read(dir, brand, key);
+        let loaded = snapshot::read_start(dir, brand, key);
         let load_ms = loading.elapsed().as_millis() as u64;
         tracing::info!(brand, load_ms, "snapshot read");
-        match loaded.map(|s| s.map(|s| on_chain(store, s))) {
-            Ok(Some(Ok(start))) => start,
+        let on_chain = |(state, chain)| on_chain(store, state).map(|s| (s, chain));
+        match loaded.map(|s| s.map(on_chain)) {
+            Ok(Some(Ok((mut start, chain)))) => {
+                // The records replayed after the parts are their window's
+                // next changes.
+                start.state.track_changes(chain.is_some());
+                start.chain = chain;
+                start
+            }
             Ok(None) => Start::empty(brand),
             Ok(Some(Err(why))) => {
                 tracing::warn!(
@@ -1010,6 +1038,7 @@ fn on_chain(store: &dyn LogStore, snap: BrandState) -> Result<Start, String> {
     Ok(Start {
         state: snap,
         time_ms,
+        chain: None,
     })
 }
 

@@ -132,7 +132,10 @@ fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
     // Signed by the server key, but with money the records never moved:
     // only a full replay can tell, and `cardd check` does one.
     let mut forged = truth.clone();
-    forged.cards.values_mut().for_each(|c| c.paid += 1);
+    let numbers: Vec<u64> = forged.cards.keys().copied().collect();
+    for number in numbers {
+        forged.cards.get_mut(&number).expect("listed").paid += 1;
+    }
     cardd::snapshot::write(&snaps, &forged, &server_key()).unwrap();
     let err = recover(&store, Recovery::CheckSnapshot(&snaps))
         .err()
@@ -170,21 +173,22 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
         let reply = handle.submit(purchase(&card, txn, 100)).await.unwrap();
         reply.expect("purchase");
     }
-    // The snapshot is stored beside the applier: wait for the newest.
-    let key = server_key().verifying_key();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let seq = cardd::snapshot::read(&snaps, 1, &key)
-            .unwrap()
-            .map_or(0, |s| s.seq);
-        if seq == 40 {
-            break;
-        }
-        assert!(seq <= 40, "a snapshot past the head: {seq}");
-        assert!(std::time::Instant::now() < deadline, "snapshot at {seq}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // Snapshots are stored beside the applier, one at a time (a part
+    // waits for the one before): wait for one well on the way, then for
+    // the final one the writer leaves when its handles are gone.
+    let snaps2 = snaps.clone();
+    let on_the_way = tokio::task::spawn_blocking(move || snapshot_at(&snaps2, 25))
+        .await
+        .unwrap();
+    assert!(on_the_way >= 25);
     drop(handle);
+    let snaps2 = snaps.clone();
+    let last = tokio::task::spawn_blocking(move || snapshot_at(&snaps2, 43))
+        .await
+        .unwrap();
+    assert_eq!(last, 43);
+    let parts = std::fs::read_dir(cardd::snapshot::parts::brand_dir(&snaps, 1)).unwrap();
+    assert_eq!(parts.count() as u64, cardd::snapshot::parts::WINDOW);
     let store2 = store.clone();
     let snaps2 = snaps.clone();
     let restarted = tokio::task::spawn_blocking(move || {
@@ -192,7 +196,25 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
     })
     .await
     .unwrap();
-    assert_eq!(restarted.snapshot_seq(), 40);
+    assert_eq!(restarted.snapshot_seq(), 43);
     assert_eq!(restarted.state.seq, 43);
     assert_eq!(restarted.state, full_replay(&store));
+}
+
+/// Waits (20 s at most) for the brand's newest snapshot to reach
+/// `at_least`, and returns its sequence number.
+fn snapshot_at(snaps: &Path, at_least: u64) -> u64 {
+    let key = server_key().verifying_key();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let seq = cardd::snapshot::read(snaps, 1, &key)
+            .unwrap()
+            .map_or(0, |s| s.seq);
+        assert!(seq <= 43, "a snapshot past the head: {seq}");
+        if seq >= at_least {
+            return seq;
+        }
+        assert!(std::time::Instant::now() < deadline, "snapshot at {seq}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

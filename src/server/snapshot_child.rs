@@ -16,12 +16,7 @@
 //! holds nothing a restart needs), and runs at a low priority (tills
 //! first).
 
-use std::path::Path;
-
-use ed25519_dalek::SigningKey;
-
-use crate::snapshot;
-use crate::state::BrandState;
+use crate::snapshot::job::GenerationJob;
 
 /// A snapshot being written by a child process.
 #[derive(Debug)]
@@ -52,22 +47,22 @@ const STORED: i32 = 0;
 const NOT_STORED: i32 = 1;
 const ORPHANED: i32 = 2;
 
-/// Forks a child that writes `state`'s snapshot into `dir`, signed with
-/// `key`, and returns at once in the parent.
-pub(super) fn spawn(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<Child, ChildError> {
+/// Forks a child that writes `job`'s generation of the state, and returns
+/// at once in the parent.
+pub(super) fn spawn(job: &GenerationJob<'_>) -> Result<Child, ChildError> {
     // SAFETY: getpid takes nothing.
     let parent = unsafe { libc::getpid() };
     // SAFETY: fork has no preconditions; what the child may do after it in
     // a threaded process is the module's rule (no locks, no logging, _exit).
     match unsafe { libc::fork() } {
         -1 => Err(ChildError::Fork(std::io::Error::last_os_error())),
-        0 => in_child(parent, dir, state, key),
+        0 => in_child(parent, job),
         pid => Ok(Child { pid }),
     }
 }
 
 /// The child's whole life: never returns.
-fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKey) -> ! {
+fn in_child(parent: libc::pid_t, job: &GenerationJob<'_>) -> ! {
     // SAFETY: these calls take no pointers. Every inherited descriptor but
     // stdio is closed first: the child writes only files it opens itself,
     // and must not keep the data directory's lock, the listening sockets or
@@ -89,7 +84,7 @@ fn in_child(parent: libc::pid_t, dir: &Path, state: &BrandState, key: &SigningKe
     let code = if orphaned {
         ORPHANED
     } else {
-        let written = std::panic::catch_unwind(|| snapshot::write(dir, state, key));
+        let written = std::panic::catch_unwind(|| job.write());
         match written {
             Ok(Ok(_)) => STORED,
             _ => NOT_STORED,
@@ -126,6 +121,22 @@ impl Child {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot;
+    use crate::state::BrandState;
+    use ed25519_dalek::SigningKey;
+
+    fn job<'a>(
+        dir: &'a std::path::Path,
+        state: &'a BrandState,
+        key: &'a SigningKey,
+    ) -> GenerationJob<'a> {
+        GenerationJob {
+            dir,
+            state,
+            key,
+            generation: 1,
+        }
+    }
 
     #[test]
     fn a_child_stores_the_state_as_it_was_at_the_fork() {
@@ -133,7 +144,7 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         let mut state = BrandState::new(7);
         state.seq = 0;
-        let child = spawn(dir.path(), &state, &key).unwrap();
+        let child = spawn(&job(dir.path(), &state, &key)).unwrap();
         // The parent changes its state at once; the child's copy is not.
         state.name = "changed after the fork".into();
         child.wait().unwrap();
@@ -148,7 +159,8 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let key = SigningKey::from_bytes(&[3; 32]);
         // A file where the directory should be: the write fails.
-        let child = spawn(file.path(), &BrandState::new(7), &key).unwrap();
+        let state = BrandState::new(7);
+        let child = spawn(&job(file.path(), &state, &key)).unwrap();
         assert!(matches!(child.wait(), Err(ChildError::Failed(_))));
     }
 }

@@ -26,6 +26,8 @@ use super::snapshot_copy::SnapshotCopy;
 use crate::ledger::{Answer, Batch, BrandLedger, CopySeed, Submission};
 use crate::limits::{COMMIT_PIPELINE_DEPTH, MAX_COMMIT_BATCH};
 use crate::pb;
+use crate::snapshot::job::{GenerationJob, PartJob, Work};
+use crate::snapshot::parts::Chain;
 use crate::state::{Principal, Written};
 use crate::storage::LogStore;
 
@@ -376,7 +378,7 @@ async fn apply_in_order(
         VecDeque::with_capacity(COMMIT_PIPELINE_DEPTH + 1);
     let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
     // The write of the newest snapshot, which goes on while batches apply.
-    let mut snapshot_store: Option<tokio::task::JoinHandle<()>> = None;
+    let mut snapshot_store: Option<Storing> = None;
     loop {
         // Room first, then the queue: while the committer is behind,
         // requests keep queuing and the next batch takes them all.
@@ -390,13 +392,10 @@ async fn apply_in_order(
             // and the next start replays more); then, where it pays, a
             // final one, so that the next start replays little.
             if let Some(store) = snapshot_store {
-                let _ = store.await;
+                ledger.continue_snapshots(store.await.ok().flatten());
             }
             if ledger.final_snapshot_due() {
-                let (_, stored) = snapshot_off_thread(ledger, None).await;
-                if let Some(store) = stored {
-                    let _ = store.await;
-                }
+                snapshot_here(ledger).await;
             }
             return;
         }
@@ -471,48 +470,104 @@ fn halted(commands: &[Command]) -> Option<String> {
     })
 }
 
+/// A snapshot being stored beside the applier; it ends with the window
+/// the next snapshot continues (None: the next starts a generation).
+type Storing = tokio::task::JoinHandle<Option<Chain>>;
+
 /// Starts the snapshot that is due, if any. One at a time, and the applier
 /// never waits for one: while the previous is still being written (a big
 /// state, a busy machine), the due one waits for the next batch.
-async fn snapshot_if_due(
-    mut ledger: BrandLedger,
-    store: &mut Option<tokio::task::JoinHandle<()>>,
-) -> BrandLedger {
+async fn snapshot_if_due(mut ledger: BrandLedger, store: &mut Option<Storing>) -> BrandLedger {
     let writing = store.as_ref().is_some_and(|s| !s.is_finished());
     if !ledger.snapshot_due() || writing {
         return ledger;
     }
     if let Some(previous) = store.take() {
-        let _ = previous.await; // finished: this only reaps it
+        // Finished: this only reaps it.
+        ledger.continue_snapshots(previous.await.ok().flatten());
     }
     match snapshot_beside(&mut ledger) {
         Ok(waiting) => {
             *store = waiting;
             ledger
         }
-        Err(()) => {
-            let (back, stored) = snapshot_off_thread(ledger, None).await;
-            *store = stored;
-            back
-        }
+        Err(()) => snapshot_here(ledger).await,
     }
 }
 
-/// Starts a snapshot of the state as it is now in a forked child
-/// (`snapshot_child.rs`): the applier pauses only for the fork. Returns
-/// the task that waits for the child, or `Err` if the fork failed (the
-/// caller then encodes in this process).
-fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<tokio::task::JoinHandle<()>>, ()> {
+/// Starts the snapshot that is due beside the applier: the next part of
+/// the window on a blocking thread (the applier paused only to take what
+/// changed), or a new generation in a forked child (`snapshot_child.rs`;
+/// the applier paused for the fork). Returns the task that ends with it,
+/// or `Err` if the fork failed (the caller then writes it here).
+fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<Storing>, ()> {
     let brand = ledger.brand_id();
     let started = std::time::Instant::now();
-    let Some((dir, state, key)) = ledger.begin_snapshot() else {
-        return Ok(None);
+    let work = match ledger.begin_snapshot() {
+        Ok(Some(work)) => work,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not begun");
+            return Ok(None);
+        }
     };
-    let seq = state.seq;
-    let child = match super::snapshot_child::spawn(dir, state, key) {
+    match work {
+        Work::Part(job) => Ok(Some(store_part(brand, job, started))),
+        Work::Generation(job) => fork_generation(brand, &job, started).map(Some),
+    }
+}
+
+/// Writes the next part on a blocking thread.
+fn store_part(brand: u32, job: Box<PartJob>, started: std::time::Instant) -> Storing {
+    let stall = started.elapsed();
+    super::metrics::get()
+        .snapshot_stall_seconds
+        .observe(stall.as_secs_f64());
+    let (seq, changed) = (job.seq(), job.changed());
+    tokio::task::spawn_blocking(move || {
+        let result = job.run();
+        let took = started.elapsed();
+        super::metrics::get()
+            .snapshot_seconds
+            .observe(took.as_secs_f64());
+        match result {
+            Ok((chain, bytes)) => {
+                tracing::info!(
+                    brand,
+                    seq,
+                    changed,
+                    bytes,
+                    stall_us = stall.as_micros() as u64,
+                    took_ms = took.as_millis() as u64,
+                    "snapshot part stored"
+                );
+                Some(chain)
+            }
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(
+                    brand,
+                    error,
+                    "snapshot part not stored; the next starts anew"
+                );
+                None
+            }
+        }
+    })
+}
+
+/// Forks a child that writes a new generation; the task waiting for it
+/// ends with the generation's window.
+fn fork_generation(
+    brand: u32,
+    job: &GenerationJob<'_>,
+    started: std::time::Instant,
+) -> Result<Storing, ()> {
+    let (seq, chain) = (job.state.seq, job.chain());
+    let child = match super::snapshot_child::spawn(job) {
         Ok(child) => child,
         Err(e) => {
-            tracing::warn!(brand, error = %crate::error::causes(&e), "encoding the snapshot here");
+            tracing::warn!(brand, error = %crate::error::causes(&e), "writing the snapshot here");
             return Err(());
         }
     };
@@ -520,62 +575,47 @@ fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<tokio::task::JoinH
     super::metrics::get()
         .snapshot_stall_seconds
         .observe(stall.as_secs_f64());
-    Ok(Some(tokio::task::spawn_blocking(move || {
+    Ok(tokio::task::spawn_blocking(move || {
         let result = child.wait();
         let took = started.elapsed();
         super::metrics::get()
             .snapshot_seconds
             .observe(took.as_secs_f64());
         match result {
-            Ok(()) => tracing::info!(
-                brand,
-                seq,
-                stall_us = stall.as_micros() as u64,
-                took_ms = took.as_millis() as u64,
-                "snapshot stored by a child process"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    brand,
+                    seq,
+                    stall_us = stall.as_micros() as u64,
+                    took_ms = took.as_millis() as u64,
+                    "snapshot generation stored by a child process"
+                );
+                Some(chain)
+            }
             Err(e) => {
-                tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored")
+                tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored");
+                None
             }
         }
-    })))
+    }))
 }
 
-/// Encodes a snapshot on a blocking thread (the applier waits: requests
-/// queue meanwhile and the next batch takes them all), then writes and
-/// fsyncs it on another while the applier goes on. A failed snapshot costs
-/// only a longer restart.
-async fn snapshot_off_thread(
-    mut ledger: BrandLedger,
-    previous: Option<tokio::task::JoinHandle<()>>,
-) -> (BrandLedger, Option<tokio::task::JoinHandle<()>>) {
-    if let Some(previous) = previous {
-        // One write at a time (500,000 records ago it surely ended).
-        let _ = previous.await;
-    }
+/// Writes the snapshot that is due on a blocking thread while the applier
+/// waits (shutdown, or a fork that failed). A failed snapshot costs only a
+/// longer restart.
+async fn snapshot_here(mut ledger: BrandLedger) -> BrandLedger {
     let started = std::time::Instant::now();
-    let (ledger, encoded) = tokio::task::spawn_blocking(move || {
-        let encoded = ledger.encode_snapshot();
-        (ledger, encoded)
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = ledger.write_snapshot() {
+            let brand = ledger.brand_id();
+            tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored");
+        }
+        let took = started.elapsed().as_secs_f64();
+        super::metrics::get().snapshot_seconds.observe(took);
+        ledger
     })
     .await
-    .expect("encoding a snapshot does not panic");
-    let brand = ledger.brand_id();
-    let store = match encoded {
-        Ok(Some((dir, encoded))) => Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = BrandLedger::store_snapshot(&dir, &encoded) {
-                tracing::warn!(brand, error = %format!("{e:#}"), "snapshot not stored");
-            }
-            let took = started.elapsed().as_secs_f64();
-            super::metrics::get().snapshot_seconds.observe(took);
-        })),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(brand, error = %format!("{e:#}"), "snapshot not encoded");
-            None
-        }
-    };
-    (ledger, store)
+    .expect("writing a snapshot does not panic")
 }
 
 /// Starts a brand's snapshot copy; None (logged) if its thread cannot

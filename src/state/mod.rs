@@ -9,6 +9,7 @@ mod apply;
 pub mod books;
 #[cfg(test)]
 mod books_tests;
+pub mod delta;
 #[cfg(test)]
 mod golden;
 pub mod lots;
@@ -22,6 +23,7 @@ pub mod rules;
 pub mod safety;
 #[cfg(test)]
 mod safety_tests;
+pub mod tracked;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -36,6 +38,7 @@ use crate::merkle::Frontier;
 use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
 use books::Books;
 use lots::Lots;
+pub use tracked::{Changed, FastSet, Tracked};
 
 pub use apply::apply;
 pub use receipt::reply_for_record;
@@ -398,14 +401,14 @@ pub struct BrandState {
     /// Highest transaction id in the owner's records.
     pub owner_last_txn_id: u64,
     /// Cards by number.
-    pub cards: FastMap<u64, Card>,
+    pub cards: Tracked<u64, Card>,
     /// The loyalty rules in force.
     pub rules: pb::Rules,
     /// Idempotency index: (signer namespace, txn id) -> entry, for the
     /// newest `TXN_WINDOW_PER_SIGNER` ids of each signer.
-    pub txns: FastMap<(u32, u64), TxnEntry>,
+    pub txns: Tracked<(u32, u64), TxnEntry>,
     /// Per signer namespace: which of its ids `txns` holds, oldest first.
-    pub txn_windows: FastMap<u32, TxnWindow>,
+    pub txn_windows: Tracked<u32, TxnWindow>,
     /// Refundable and reversible records: those within `REFUND_WINDOW_MS`
     /// and the newest `MAX_REFUNDABLE_RECORDS`.
     pub effects: Effects,
@@ -433,6 +436,9 @@ pub struct BrandState {
 pub struct Effects {
     kept: VecDeque<(u64, Effect)>,
     forgotten_up_to: u64,
+    /// Older records changed (refunded, reversed) since last asked.
+    #[serde(skip)]
+    changed: Changed<u64>,
 }
 
 impl Effects {
@@ -447,7 +453,31 @@ impl Effects {
 
     /// The record at `seq`, if kept, to change.
     pub fn get_mut(&mut self, seq: u64) -> Option<&mut Effect> {
-        self.index(seq).map(|i| &mut self.kept[i].1)
+        let i = self.index(seq)?;
+        self.changed.note(seq);
+        Some(&mut self.kept[i].1)
+    }
+
+    /// The tracking of changes to records already kept (new ones are
+    /// those above a sequence number).
+    pub fn changes(&mut self) -> &mut Changed<u64> {
+        &mut self.changed
+    }
+
+    /// The records kept above `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = (u64, &Effect)> {
+        let from = self.kept.partition_point(|(s, _)| *s <= seq);
+        self.kept.range(from..).map(|(s, e)| (*s, e))
+    }
+
+    /// Kept records in sequence order with the mark below them: what a
+    /// snapshot's parts put back together (checked by the caller).
+    pub fn from_parts(kept: VecDeque<(u64, Effect)>, forgotten_up_to: u64) -> Self {
+        Effects {
+            kept,
+            forgotten_up_to,
+            changed: Changed::default(),
+        }
     }
 
     /// True if the record at `seq` is kept.
@@ -536,10 +566,10 @@ impl BrandState {
             stores: BTreeMap::new(),
             terminals: BTreeMap::new(),
             owner_last_txn_id: 0,
-            cards: FastMap::default(),
+            cards: Tracked::default(),
             rules: rules::default_rules(),
-            txns: FastMap::default(),
-            txn_windows: FastMap::default(),
+            txns: Tracked::default(),
+            txn_windows: Tracked::default(),
             effects: Effects::default(),
             books: Books::default(),
             read_keys: BTreeMap::new(),

@@ -9,7 +9,7 @@
 //!
 //! Both are forgotten inside `apply`, on the records' own server time, so an
 //! auditor's replay forgets exactly what the live ledger forgot.
-use super::{BrandState, Effect, FastMap, TxnEntry, TxnWindow};
+use super::{BrandState, Effect, Tracked, TxnEntry, TxnWindow};
 use crate::error::{refuse, Refusal};
 use crate::limits::{
     MAX_REFUNDABLE_RECORDS, MAX_TOMBSTONES_AHEAD, REFUND_WINDOW_MS, TXN_WINDOW_PER_SIGNER,
@@ -33,7 +33,7 @@ const REFUNDABLE_CAP: usize = if cfg!(test) {
 pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: TxnEntry) {
     let previous = state.txns.insert((ns, txn_id), entry);
     debug_assert!(previous.is_none(), "an id is remembered once");
-    let window = state.txn_windows.entry(ns).or_default();
+    let window = state.txn_windows.get_or_default_mut(ns);
     window.ids.push_back(txn_id);
     if window.ids.len() <= TXN_WINDOW_PER_SIGNER {
         return;
@@ -64,7 +64,7 @@ pub(super) fn remember_txn(state: &mut BrandState, ns: u32, txn_id: u64, entry: 
 /// `MAX_TOMBSTONES_AHEAD` per signer: past that the highest one goes (a till
 /// that numbers upwards never has more than a few ahead of its mark, and
 /// only a till reversing ids it never sent can lose one).
-fn park_tombstone(txns: &mut FastMap<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32, id: u64) {
+fn park_tombstone(txns: &mut Tracked<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32, id: u64) {
     w.tombstones_ahead.insert(id);
     if w.tombstones_ahead.len() > MAX_TOMBSTONES_AHEAD {
         let highest = w.tombstones_ahead.pop_last().expect("not empty");
@@ -74,7 +74,7 @@ fn park_tombstone(txns: &mut FastMap<(u32, u64), TxnEntry>, w: &mut TxnWindow, n
 
 /// Drops the kept tombstones the mark has reached: their ids are refused
 /// as too old from now on, so no original of theirs can be applied.
-fn release_passed_tombstones(txns: &mut FastMap<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32) {
+fn release_passed_tombstones(txns: &mut Tracked<(u32, u64), TxnEntry>, w: &mut TxnWindow, ns: u32) {
     while let Some(&id) = w.tombstones_ahead.first() {
         if id > w.forgotten_up_to {
             break;

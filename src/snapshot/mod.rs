@@ -19,6 +19,9 @@
 //! the newest checkpoint as before; otherwise it replays the whole chain.
 //! `cardd check` always replays in full and compares the snapshot with the
 //! replayed state at the snapshot's sequence number.
+pub mod job;
+pub mod parts;
+
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -136,23 +139,29 @@ impl Encoded {
 
 /// Encodes and signs `state`'s snapshot.
 pub fn encode(state: &BrandState, key: &SigningKey) -> Result<Encoded> {
+    Ok(Encoded {
+        brand: state.brand_id,
+        seq: state.seq,
+        bytes: seal(MAGIC, state, key)?,
+    })
+}
+
+/// `magic | FORMAT | body | body length | signature`: `value` in postcard,
+/// signed by `key` (the framing of both kinds of snapshot file).
+fn seal(magic: &[u8; 8], value: &impl serde::Serialize, key: &SigningKey) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(HEADER + 1024 * 1024 + TRAILER);
-    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(magic);
     bytes.extend_from_slice(&FORMAT.to_be_bytes());
     let mut bytes =
-        postcard::to_extend(state, bytes).map_err(|source| SnapshotError::Postcard {
+        postcard::to_extend(value, bytes).map_err(|source| SnapshotError::Postcard {
             what: "encoding",
             source,
         })?;
     let body_len = (bytes.len() - HEADER) as u64;
-    let signature = key.sign(&signed_message(&bytes[MAGIC.len()..]));
+    let signature = key.sign(&signed_message(&bytes[magic.len()..]));
     bytes.extend_from_slice(&body_len.to_be_bytes());
     bytes.extend_from_slice(&signature.to_bytes());
-    Ok(Encoded {
-        brand: state.brand_id,
-        seq: state.seq,
-        bytes,
-    })
+    Ok(bytes)
 }
 
 /// Writes `state`'s snapshot durably, replacing the brand's previous one.
@@ -163,9 +172,36 @@ pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<u64> {
     Ok(encoded.len() as u64)
 }
 
-/// The brand's snapshot, verified against the server key; None if there is
-/// none. An error says why one exists but cannot be used.
+/// The brand's newest snapshot (its window of parts or its whole-state
+/// file, whichever is further along), verified against the server key;
+/// None if there is none. An error says why one exists but cannot be used.
 pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<BrandState>> {
+    Ok(read_start(dir, brand, key)?.map(|(state, _)| state))
+}
+
+/// [`read`], with the chain of parts to continue when the state came from
+/// parts.
+pub fn read_start(
+    dir: &Path,
+    brand: u32,
+    key: &VerifyingKey,
+) -> Result<Option<(BrandState, Option<parts::Chain>)>> {
+    let from_parts = parts::read(dir, brand, key);
+    let whole = read_whole(dir, brand, key);
+    match (from_parts, whole) {
+        (Ok(Some((p, chain))), Ok(Some(w))) if w.seq > p.seq => {
+            drop(chain);
+            Ok(Some((w, None)))
+        }
+        (Ok(Some((p, chain))), _) => Ok(Some((p, Some(chain)))),
+        (_, Ok(Some(w))) => Ok(Some((w, None))),
+        (Err(e), _) | (Ok(None), Err(e)) => Err(e),
+        (Ok(None), Ok(None)) => Ok(None),
+    }
+}
+
+/// The brand's whole-state snapshot file, verified; None if there is none.
+pub fn read_whole(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<BrandState>> {
     let Some(bytes) = read_file(&path(dir, brand))? else {
         return Ok(None);
     };
@@ -200,10 +236,21 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
 
 /// Checks the framing and the signature, then decodes the state.
 fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
-    ensure(bytes.starts_with(MAGIC), || {
-        "is not a cardd snapshot".into()
-    })?;
-    let (format, rest) = bytes[MAGIC.len()..].split_at(4);
+    unseal(MAGIC, bytes, key)
+}
+
+/// Checks [`seal`]'s framing, format and signature, then decodes the body,
+/// all of it.
+fn unseal<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 8],
+    bytes: &[u8],
+    key: &VerifyingKey,
+) -> Result<T> {
+    ensure(
+        bytes.len() >= HEADER + TRAILER && bytes.starts_with(magic),
+        || "is not a cardd snapshot".into(),
+    )?;
+    let (format, rest) = bytes[magic.len()..].split_at(4);
     let format = u32::from_be_bytes(format.try_into().expect("4 bytes"));
     ensure(format == FORMAT, || {
         format!("format {format}, this build reads {FORMAT}")
@@ -213,19 +260,19 @@ fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
     ensure(len == body.len() as u64, || "length does not match".into())?;
     let signature = Signature::from_bytes(signature.try_into().expect("64 bytes"));
-    let signed = &bytes[MAGIC.len()..bytes.len() - TRAILER];
+    let signed = &bytes[magic.len()..bytes.len() - TRAILER];
     ensure(
         key.verify_strict(&signed_message(signed), &signature)
             .is_ok(),
         || "signature does not verify".into(),
     )?;
-    let (state, unread): (BrandState, _) =
+    let (value, unread): (T, _) =
         postcard::take_from_bytes(body).map_err(|source| SnapshotError::Postcard {
             what: "decoding",
             source,
         })?;
     ensure(unread.is_empty(), || "has bytes after the state".into())?;
-    Ok(state)
+    Ok(value)
 }
 
 /// What every state built by `apply` satisfies and `apply` relies on:

@@ -1,0 +1,367 @@
+//! Incremental snapshots: a brand's state spread over a rolling window of
+//! `WINDOW` part files, so that no snapshot ever encodes or writes the
+//! whole state while the brand serves.
+//!
+//! `DATA/snapshots/brand-<id>.parts/<generation>-<index>.part`, each framed
+//! and signed as a whole snapshot is (`mod.rs`, magic `CARDDSP1`), holding:
+//! its place (brand, generation, index, window, the sequence number it is
+//! at and the one its predecessor was at), the small rest of the state
+//! whole, the entities that **changed** since its predecessor (their
+//! values at its sequence number) and the entities it **carried** over
+//! from the part leaving the window.
+//!
+//! A generation starts with `WINDOW` slices of one state (indexes 1 to
+//! `WINDOW`, every entity in exactly one). Each later part `i` holds what
+//! changed, plus whatever of part `i - WINDOW` no newer part holds (its
+//! newest copy is about to leave the window); then part `i - WINDOW` is
+//! deleted. So every entity of the state lives in one of the newest
+//! `WINDOW` parts, and its newest copy there is its value now (a later
+//! change would have put it in a later part). Recovery merges the window
+//! oldest first, the newest copy of each entity winning, and takes the
+//! rest of the state from the newest part. A part costs what changed
+//! plus a `WINDOW`th of the state; a start reads the state once plus
+//! `WINDOW` deltas.
+//!
+//! A part is written only once its records are durable (a crash cannot
+//! leave a window ahead of the log). Any gap, failed signature or
+//! mismatch makes the window unusable, and recovery falls back as for any
+//! snapshot (a whole-state file if newer, else a full replay).
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use super::{consistent, ensure, io, read_file, seal, unseal, Result, SnapshotError};
+use crate::state::delta::{Delta, Entities, Keys};
+use crate::state::{BrandState, Effects, FastMap};
+use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
+
+/// Parts a brand's state is spread over.
+pub const WINDOW: u64 = 8;
+
+const MAGIC: &[u8; 8] = b"CARDDSP1";
+
+/// Where one part sits in its brand's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Place {
+    brand: u32,
+    generation: u64,
+    index: u64,
+    window: u64,
+    /// The state's sequence number and head hash at this part.
+    seq: u64,
+    head_hash: [u8; 32],
+    /// The predecessor's sequence number (its own for a generation's
+    /// first part).
+    prev_seq: u64,
+}
+
+/// One part file's body.
+#[derive(Debug, Serialize, Deserialize)]
+struct Part {
+    place: Place,
+    rest: BrandState,
+    changed: Entities,
+    carried: Entities,
+}
+
+/// A brand's window of parts as last written or read: what the next part
+/// needs to know.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    dir: PathBuf,
+    brand: u32,
+    generation: u64,
+    /// The newest part's index and sequence number.
+    index: u64,
+    seq: u64,
+    /// The keys each part of the window changed, oldest first
+    /// (`WINDOW` of them).
+    changed: VecDeque<Keys>,
+}
+
+/// The directory of a brand's parts.
+pub fn brand_dir(dir: &Path, brand: u32) -> PathBuf {
+    dir.join(format!("brand-{brand}.parts"))
+}
+
+fn part_path(dir: &Path, brand: u32, generation: u64, index: u64) -> PathBuf {
+    brand_dir(dir, brand).join(format!("{generation:020}-{index:020}.part"))
+}
+
+/// The (generation, index) of every part file of the brand, sorted.
+fn listed(dir: &Path, brand: u32) -> Result<Vec<(u64, u64)>> {
+    let bdir = brand_dir(dir, brand);
+    let entries = match std::fs::read_dir(&bdir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(format!("listing {}", bdir.display()))(e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(format!("listing {}", bdir.display())))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        if let Some((g, i)) = stem.split_once('-') {
+            if let (Ok(g), Ok(i)) = (g.parse(), i.parse()) {
+                found.push((g, i));
+            }
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The generation a new one should take: above every one on disk.
+pub fn next_generation(dir: &Path, brand: u32) -> Result<u64> {
+    Ok(listed(dir, brand)?.last().map_or(1, |(g, _)| g + 1))
+}
+
+fn write_part(dir: &Path, part: &Part, key: &SigningKey) -> Result<u64> {
+    let p = part.place;
+    let bytes = seal(MAGIC, part, key)?;
+    let bdir = brand_dir(dir, p.brand);
+    create_dir_all_durable(&bdir).map_err(io(format!("creating {}", bdir.display())))?;
+    let path = part_path(dir, p.brand, p.generation, p.index);
+    replace_durably(&path, &bytes, true).map_err(io(format!("writing {}", path.display())))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes `state` as a new generation of `WINDOW` slices under
+/// `generation` (from [`next_generation`]), then deletes every older file
+/// of the brand's snapshots. Returns the chain that the next parts follow.
+pub fn write_generation(
+    dir: &Path,
+    state: &BrandState,
+    key: &SigningKey,
+    generation: u64,
+) -> Result<Chain> {
+    let rest = state.rest();
+    for index in 1..=WINDOW {
+        let part = Part {
+            place: Place {
+                brand: state.brand_id,
+                generation,
+                index,
+                window: WINDOW,
+                seq: state.seq,
+                head_hash: state.head_hash,
+                prev_seq: state.seq,
+            },
+            rest: rest.clone(),
+            changed: Entities::default(),
+            carried: state.slice(index - 1, WINDOW),
+        };
+        write_part(dir, &part, key)?;
+    }
+    let chain = Chain::after_generation(dir, state.brand_id, generation, state.seq);
+    chain.remove_older()?;
+    Ok(chain)
+}
+
+impl Chain {
+    /// The chain a generation written at `seq` starts (the caller knows it
+    /// was stored: a forked child wrote it).
+    pub fn after_generation(dir: &Path, brand: u32, generation: u64, seq: u64) -> Chain {
+        Chain {
+            dir: dir.to_path_buf(),
+            brand,
+            generation,
+            index: WINDOW,
+            seq,
+            changed: (0..WINDOW).map(|_| Keys::default()).collect(),
+        }
+    }
+
+    /// The newest part's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Writes the next part from `delta` (what changed since this chain's
+    /// newest part, taken at its sequence number), carrying over what
+    /// only the part leaving the window holds, then deletes that part.
+    /// Returns the part's size in bytes.
+    pub fn write_next(&mut self, delta: Delta, key: &SigningKey) -> Result<u64> {
+        let leaving = self.index + 1 - WINDOW;
+        let old = self.read_own(leaving, &key.verifying_key())?;
+        let changed_keys = delta.changed.keys();
+        let newer: Vec<&Keys> = self.changed.iter().skip(1).chain([&changed_keys]).collect();
+        let carried = carry(old, &newer, delta.rest.effects.forgotten_up_to());
+        let part = Part {
+            place: Place {
+                brand: self.brand,
+                generation: self.generation,
+                index: self.index + 1,
+                window: WINDOW,
+                seq: delta.rest.seq,
+                head_hash: delta.rest.head_hash,
+                prev_seq: self.seq,
+            },
+            rest: delta.rest,
+            changed: delta.changed,
+            carried,
+        };
+        let size = write_part(&self.dir, &part, key)?;
+        self.index = part.place.index;
+        self.seq = part.place.seq;
+        self.changed.pop_front();
+        self.changed.push_back(changed_keys);
+        let path = part_path(&self.dir, self.brand, self.generation, leaving);
+        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+        Ok(size)
+    }
+
+    fn read_own(&self, index: u64, key: &VerifyingKey) -> Result<Part> {
+        let path = part_path(&self.dir, self.brand, self.generation, index);
+        let bytes = read_file(&path)?
+            .ok_or_else(|| SnapshotError::Invalid(format!("part {} is missing", path.display())))?;
+        let part: Part = unseal(MAGIC, &bytes, key)?;
+        ensure(
+            part.place.generation == self.generation && part.place.index == index,
+            || format!("part {} is not where it was written", path.display()),
+        )?;
+        Ok(part)
+    }
+
+    /// Deletes every snapshot file of the brand older than this chain's
+    /// generation, and the whole-state file: the generation replaces them.
+    fn remove_older(&self) -> Result<()> {
+        for (g, i) in listed(&self.dir, self.brand)? {
+            if g < self.generation {
+                let path = part_path(&self.dir, self.brand, g, i);
+                std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+            }
+        }
+        let whole = super::path(&self.dir, self.brand);
+        match std::fs::remove_file(&whole) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io(format!("deleting {}", whole.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What of the leaving part `old` no newer part holds: its entities whose
+/// keys are in none of `newer`, less the refundable records forgotten
+/// since (at or below `forgotten_up_to`) and removal marks (nothing older
+/// is kept for them to hide).
+fn carry(old: Part, newer: &[&Keys], forgotten_up_to: u64) -> Entities {
+    let held = |f: &dyn Fn(&Keys) -> bool| newer.iter().any(|k| f(k));
+    let mut out = Entities::default();
+    for e in [old.carried, old.changed] {
+        out.cards
+            .extend((e.cards.into_iter()).filter(|(k, _)| !held(&|n: &Keys| n.cards.contains(k))));
+        out.effects.extend(
+            e.effects
+                .into_iter()
+                .filter(|(s, _)| *s > forgotten_up_to && !held(&|n: &Keys| n.effects.contains(s))),
+        );
+        out.txns.extend(
+            e.txns
+                .into_iter()
+                .filter(|(k, v)| v.is_some() && !held(&|n: &Keys| n.txns.contains(k))),
+        );
+        out.windows.extend(
+            (e.windows.into_iter()).filter(|(k, _)| !held(&|n: &Keys| n.windows.contains(k))),
+        );
+    }
+    out
+}
+
+/// The brand's state from its newest usable window of parts, with the
+/// chain to continue it; None if it has no part files.
+pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<(BrandState, Chain)>> {
+    let found = listed(dir, brand)?;
+    let mut generations: Vec<u64> = found.iter().map(|(g, _)| *g).collect();
+    generations.dedup();
+    let mut why = None;
+    for generation in generations.into_iter().rev() {
+        let newest = found
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, i)| *i);
+        let newest = newest.max().expect("listed");
+        match read_window(dir, brand, generation, newest, key) {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) => why = why.or(Some(e)),
+        }
+    }
+    why.map_or(Ok(None), Err)
+}
+
+/// The window of `generation` ending at part `newest`, merged.
+fn read_window(
+    dir: &Path,
+    brand: u32,
+    generation: u64,
+    newest: u64,
+    key: &VerifyingKey,
+) -> Result<(BrandState, Chain)> {
+    ensure(newest >= WINDOW, || {
+        format!("generation {generation} has {newest} of its {WINDOW} first parts")
+    })?;
+    let mut merge = Merge::default();
+    let mut chain = Chain::after_generation(dir, brand, generation, 0);
+    chain.changed.clear();
+    let mut rest = None;
+    for index in newest + 1 - WINDOW..=newest {
+        let part = chain.read_own(index, key)?;
+        let p = part.place;
+        ensure(
+            p.brand == brand
+                && p.window == WINDOW
+                && (index == newest + 1 - WINDOW || p.prev_seq == chain.seq)
+                && p.seq >= p.prev_seq,
+            || format!("part {generation}-{index} does not follow its predecessor"),
+        )?;
+        ensure(
+            p.seq == part.rest.seq && p.head_hash == part.rest.head_hash,
+            || format!("part {generation}-{index} names another state"),
+        )?;
+        (chain.index, chain.seq) = (index, p.seq);
+        chain.changed.push_back(part.changed.keys());
+        merge.add(part.carried);
+        merge.add(part.changed);
+        rest = Some(part.rest);
+    }
+    let state = merge.into_state(rest.expect("WINDOW > 0 parts read"));
+    consistent(&state)?;
+    Ok((state, chain))
+}
+
+/// Entities merged oldest first: a later copy replaces an earlier one.
+#[derive(Default)]
+struct Merge {
+    cards: FastMap<u64, crate::state::Card>,
+    effects: BTreeMap<u64, crate::state::Effect>,
+    txns: FastMap<(u32, u64), Option<crate::state::TxnEntry>>,
+    windows: FastMap<u32, crate::state::TxnWindow>,
+}
+
+impl Merge {
+    fn add(&mut self, e: Entities) {
+        self.cards.extend(e.cards);
+        self.effects.extend(e.effects);
+        self.txns.extend(e.txns);
+        self.windows.extend(e.windows);
+    }
+
+    fn into_state(self, mut state: BrandState) -> BrandState {
+        let forgotten = state.effects.forgotten_up_to();
+        let kept: VecDeque<_> = (self.effects.into_iter())
+            .filter(|(s, _)| *s > forgotten)
+            .collect();
+        state.effects = Effects::from_parts(kept, forgotten);
+        state.cards = self.cards.into_iter().collect();
+        state.txns = (self.txns.into_iter())
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        state.txn_windows = self.windows.into_iter().collect();
+        state
+    }
+}
