@@ -385,10 +385,9 @@ impl BrandLedger {
         self.state.track_changes(true);
         let generation = snapshot::parts::next_generation(dir, self.state.brand_id)?;
         Ok(Some(Work::Generation(GenerationJob {
-            dir,
+            chain: snapshot::parts::Chain::after_generation(dir, &self.state, generation),
             state: &self.state,
             key: &self.server_key,
-            generation,
         })))
     }
 
@@ -844,6 +843,8 @@ impl CopySeed {
         let server_pub = self.server_key.verifying_key();
         let store = self.store.as_ref();
         let mut start = Start::from_snapshot(store, &self.dir, self.brand, &server_pub);
+        // The copy writes whole-state snapshots: it tracks no changes.
+        start.state.track_changes(false);
         if start.state.seq > self.seq {
             // A snapshot written since (by a daemon before this one's
             // copy was up, say) is past the point: replay from the first.

@@ -131,10 +131,9 @@ mod tests {
         key: &'a SigningKey,
     ) -> GenerationJob<'a> {
         GenerationJob {
-            dir,
+            chain: crate::snapshot::parts::Chain::after_generation(dir, state, 1),
             state,
             key,
-            generation: 1,
         }
     }
 

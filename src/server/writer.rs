@@ -563,7 +563,7 @@ fn fork_generation(
     job: &GenerationJob<'_>,
     started: std::time::Instant,
 ) -> Result<Storing, ()> {
-    let (seq, chain) = (job.state.seq, job.chain());
+    let (seq, chain) = (job.state.seq, job.chain().clone());
     let child = match super::snapshot_child::spawn(job) {
         Ok(child) => child,
         Err(e) => {

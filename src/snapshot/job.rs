@@ -2,7 +2,6 @@
 //! the brand's window (small: run it on any thread), or a new generation
 //! of the whole state (large: a forked child writes it, or the caller
 //! while it waits).
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,17 @@ impl PartJob {
         let deadline = Instant::now() + DURABLE_PATIENCE;
         loop {
             match self.store.record(brand, seq) {
-                Ok(Some(_)) => break,
+                // Its own record, not another history's at that place (a
+                // writer halted while another node took the brand).
+                Ok(Some(bytes))
+                    if crate::crypto::leaf_hash(&bytes) == self.delta.rest.head_hash =>
+                {
+                    break
+                }
+                Ok(Some(_)) => {
+                    let why = format!("record {seq} on disk is not the part's");
+                    return Err(SnapshotError::Invalid(why));
+                }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(2))
                 }
@@ -74,29 +83,22 @@ impl PartJob {
 
 /// A new generation: the whole state, borrowed from the ledger.
 pub struct GenerationJob<'a> {
-    /// The snapshot directory.
-    pub dir: &'a Path,
     /// The state to write.
     pub state: &'a BrandState,
     /// The server key that signs it.
     pub key: &'a SigningKey,
-    /// The generation's number (above every one on disk).
-    pub generation: u64,
+    /// The window the generation starts (its number and nonce).
+    pub chain: Chain,
 }
 
 impl GenerationJob<'_> {
     /// Writes the generation (blocking: the whole state is encoded).
     pub fn write(&self) -> Result<Chain> {
-        parts::write_generation(self.dir, self.state, self.key, self.generation)
+        parts::write_generation_as(self.state, self.key, self.chain.clone())
     }
 
     /// The chain the generation starts, once someone else wrote it.
-    pub fn chain(&self) -> Chain {
-        Chain::after_generation(
-            self.dir,
-            self.state.brand_id,
-            self.generation,
-            self.state.seq,
-        )
+    pub fn chain(&self) -> &Chain {
+        &self.chain
     }
 }

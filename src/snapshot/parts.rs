@@ -52,9 +52,14 @@ struct Place {
     /// The state's sequence number and head hash at this part.
     seq: u64,
     head_hash: [u8; 32],
-    /// The predecessor's sequence number (its own for a generation's
-    /// first part).
+    /// The predecessor's sequence number and head hash (its own for a
+    /// generation's first parts).
     prev_seq: u64,
+    prev_head_hash: [u8; 32],
+    /// Drawn at random for each generation: a part of another generation
+    /// under the same number (a forked writer orphaned by a crash, say)
+    /// never passes for one of this.
+    nonce: u64,
 }
 
 /// One part file's body.
@@ -73,6 +78,9 @@ pub struct Chain {
     dir: PathBuf,
     brand: u32,
     generation: u64,
+    nonce: u64,
+    /// The newest part's head hash.
+    head_hash: [u8; 32],
     /// The newest part's index and sequence number.
     index: u64,
     seq: u64,
@@ -139,6 +147,19 @@ pub fn write_generation(
     key: &SigningKey,
     generation: u64,
 ) -> Result<Chain> {
+    write_generation_as(state, key, Chain::after_generation(dir, state, generation))
+}
+
+/// [`write_generation`] as the generation `chain` (from
+/// [`Chain::after_generation`] of this state) starts.
+pub fn write_generation_as(state: &BrandState, key: &SigningKey, chain: Chain) -> Result<Chain> {
+    assert_eq!(
+        (chain.seq, chain.index),
+        (state.seq, WINDOW),
+        "a new generation"
+    );
+    let (dir, generation) = (chain.dir.clone(), chain.generation);
+    let dir = dir.as_path();
     let rest = state.rest();
     for index in 1..=WINDOW {
         let part = Part {
@@ -150,6 +171,8 @@ pub fn write_generation(
                 seq: state.seq,
                 head_hash: state.head_hash,
                 prev_seq: state.seq,
+                prev_head_hash: state.head_hash,
+                nonce: chain.nonce,
             },
             rest: rest.clone(),
             changed: Entities::default(),
@@ -157,21 +180,23 @@ pub fn write_generation(
         };
         write_part(dir, &part, key)?;
     }
-    let chain = Chain::after_generation(dir, state.brand_id, generation, state.seq);
     chain.remove_older()?;
     Ok(chain)
 }
 
 impl Chain {
-    /// The chain a generation written at `seq` starts (the caller knows it
-    /// was stored: a forked child wrote it).
-    pub fn after_generation(dir: &Path, brand: u32, generation: u64, seq: u64) -> Chain {
+    /// The chain a generation of `state` starts, with its nonce drawn
+    /// here: the generation is written with this chain's nonce (by
+    /// [`write_generation`], or by a forked child given a copy of it).
+    pub fn after_generation(dir: &Path, state: &BrandState, generation: u64) -> Chain {
         Chain {
             dir: dir.to_path_buf(),
-            brand,
+            brand: state.brand_id,
             generation,
+            nonce: rand::random(),
+            head_hash: state.head_hash,
             index: WINDOW,
-            seq,
+            seq: state.seq,
             changed: (0..WINDOW).map(|_| Keys::default()).collect(),
         }
     }
@@ -200,18 +225,25 @@ impl Chain {
                 seq: delta.rest.seq,
                 head_hash: delta.rest.head_hash,
                 prev_seq: self.seq,
+                prev_head_hash: self.head_hash,
+                nonce: self.nonce,
             },
             rest: delta.rest,
             changed: delta.changed,
             carried,
         };
         let size = write_part(&self.dir, &part, key)?;
-        self.index = part.place.index;
-        self.seq = part.place.seq;
+        (self.index, self.seq, self.head_hash) =
+            (part.place.index, part.place.seq, part.place.head_hash);
         self.changed.pop_front();
         self.changed.push_back(changed_keys);
-        let path = part_path(&self.dir, self.brand, self.generation, leaving);
-        std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+        // The leaving part, and any a crash left behind before it.
+        for (g, i) in listed(&self.dir, self.brand)? {
+            if g == self.generation && i <= leaving {
+                let path = part_path(&self.dir, self.brand, g, i);
+                std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+            }
+        }
         Ok(size)
     }
 
@@ -220,10 +252,14 @@ impl Chain {
         let bytes = read_file(&path)?
             .ok_or_else(|| SnapshotError::Invalid(format!("part {} is missing", path.display())))?;
         let part: Part = unseal(MAGIC, &bytes, key)?;
+        let p = part.place;
         ensure(
-            part.place.generation == self.generation && part.place.index == index,
+            p.brand == self.brand && p.generation == self.generation && p.index == index,
             || format!("part {} is not where it was written", path.display()),
         )?;
+        ensure(p.nonce == self.nonce, || {
+            format!("part {} is of another generation", path.display())
+        })?;
         Ok(part)
     }
 
@@ -233,6 +269,16 @@ impl Chain {
         for (g, i) in listed(&self.dir, self.brand)? {
             if g < self.generation {
                 let path = part_path(&self.dir, self.brand, g, i);
+                std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
+            }
+        }
+        // Temporary files of writes a crash cut short.
+        let bdir = brand_dir(&self.dir, self.brand);
+        for entry in std::fs::read_dir(&bdir).map_err(io(format!("listing {}", bdir.display())))? {
+            let path = entry
+                .map_err(io(format!("listing {}", bdir.display())))?
+                .path();
+            if path.extension().is_some_and(|e| e == "tmp") {
                 std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
             }
         }
@@ -286,6 +332,11 @@ pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<(BrandS
             .filter(|(g, _)| *g == generation)
             .map(|(_, i)| *i);
         let newest = newest.max().expect("listed");
+        if newest < WINDOW {
+            // A generation a crash cut short: as if never begun (the
+            // files it would have replaced are still there).
+            continue;
+        }
         match read_window(dir, brand, generation, newest, key) {
             Ok(found) => return Ok(Some(found)),
             Err(e) => why = why.or(Some(e)),
@@ -302,36 +353,64 @@ fn read_window(
     newest: u64,
     key: &VerifyingKey,
 ) -> Result<(BrandState, Chain)> {
-    ensure(newest >= WINDOW, || {
-        format!("generation {generation} has {newest} of its {WINDOW} first parts")
-    })?;
     let mut merge = Merge::default();
-    let mut chain = Chain::after_generation(dir, brand, generation, 0);
-    chain.changed.clear();
+    let mut chain: Option<Chain> = None;
     let mut rest = None;
     for index in newest + 1 - WINDOW..=newest {
-        let part = chain.read_own(index, key)?;
+        let part = match &chain {
+            Some(chain) => chain.read_own(index, key)?,
+            None => read_first(dir, brand, generation, index, key)?,
+        };
         let p = part.place;
-        ensure(
-            p.brand == brand
-                && p.window == WINDOW
-                && (index == newest + 1 - WINDOW || p.prev_seq == chain.seq)
-                && p.seq >= p.prev_seq,
-            || format!("part {generation}-{index} does not follow its predecessor"),
-        )?;
+        let follows = chain.as_ref().is_none_or(|c| {
+            (p.prev_seq, p.prev_head_hash, p.nonce) == (c.seq, c.head_hash, c.nonce)
+        });
+        ensure(p.window == WINDOW && follows && p.seq >= p.prev_seq, || {
+            format!("part {generation}-{index} does not follow its predecessor")
+        })?;
         ensure(
             p.seq == part.rest.seq && p.head_hash == part.rest.head_hash,
             || format!("part {generation}-{index} names another state"),
         )?;
-        (chain.index, chain.seq) = (index, p.seq);
-        chain.changed.push_back(part.changed.keys());
+        let c = chain.get_or_insert_with(|| Chain {
+            dir: dir.to_path_buf(),
+            brand,
+            generation,
+            nonce: p.nonce,
+            head_hash: p.head_hash,
+            index,
+            seq: p.seq,
+            changed: VecDeque::new(),
+        });
+        (c.index, c.seq, c.head_hash) = (index, p.seq, p.head_hash);
+        c.changed.push_back(part.changed.keys());
         merge.add(part.carried);
         merge.add(part.changed);
         rest = Some(part.rest);
     }
     let state = merge.into_state(rest.expect("WINDOW > 0 parts read"));
     consistent(&state)?;
-    Ok((state, chain))
+    Ok((state, chain.expect("WINDOW > 0 parts read")))
+}
+
+/// The oldest part of a window, before its nonce is known.
+fn read_first(
+    dir: &Path,
+    brand: u32,
+    generation: u64,
+    index: u64,
+    key: &VerifyingKey,
+) -> Result<Part> {
+    let path = part_path(dir, brand, generation, index);
+    let bytes = read_file(&path)?
+        .ok_or_else(|| SnapshotError::Invalid(format!("part {} is missing", path.display())))?;
+    let part: Part = unseal(MAGIC, &bytes, key)?;
+    let p = part.place;
+    ensure(
+        p.brand == brand && p.generation == generation && p.index == index,
+        || format!("part {} is not where it was written", path.display()),
+    )?;
+    Ok(part)
 }
 
 /// Entities merged oldest first: a later copy replaces an earlier one.
@@ -363,5 +442,58 @@ impl Merge {
             .collect();
         state.txn_windows = self.windows.into_iter().collect();
         state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(seq: u64) -> BrandState {
+        let mut s = BrandState::new(9);
+        for i in 0..seq {
+            s.merkle.push_with([i as u8; 32], |_, _, _| {});
+        }
+        (s.seq, s.head_hash) = (seq, [seq as u8; 32]);
+        s.cards.insert(42, crate::state::Card::default());
+        s
+    }
+
+    #[test]
+    fn a_generation_cut_short_is_passed_over_and_one_of_another_nonce_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let vk = key.verifying_key();
+        let first = state(3);
+        write_generation(dir.path(), &first, &key, 1).unwrap();
+        // Generation 2 cut short after its first part: generation 1 serves.
+        let second = state(5);
+        let chain = Chain::after_generation(dir.path(), &second, 2);
+        let part = |index, nonce| Part {
+            place: Place {
+                brand: 9,
+                generation: 2,
+                index,
+                window: WINDOW,
+                seq: 5,
+                head_hash: second.head_hash,
+                prev_seq: 5,
+                prev_head_hash: second.head_hash,
+                nonce,
+            },
+            rest: second.rest(),
+            changed: Entities::default(),
+            carried: second.slice(index - 1, WINDOW),
+        };
+        write_part(dir.path(), &part(1, chain.nonce), &key).unwrap();
+        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, first);
+        // Completed, but one part is another writer's under the same
+        // number: refused, and generation 1 serves again.
+        for index in 2..=WINDOW {
+            write_part(dir.path(), &part(index, chain.nonce), &key).unwrap();
+        }
+        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, second);
+        write_part(dir.path(), &part(4, chain.nonce ^ 1), &key).unwrap();
+        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, first);
     }
 }
