@@ -376,7 +376,7 @@ impl BrandLedger {
         if let Some(chain) = chain.filter(|_| self.state.tracks_changes()) {
             return Ok(Some(Work::Part(Box::new(PartJob {
                 chain,
-                delta: self.state.take_delta(since),
+                delta: self.state.take_delta(),
                 key: self.server_key.clone(),
                 store: self.store.clone(),
             }))));

@@ -43,7 +43,7 @@ impl PartJob {
 
     /// Entities that changed since the previous part.
     pub fn changed(&self) -> usize {
-        self.delta.changed.len()
+        self.delta.len()
     }
 
     /// Waits until the part's record is durable (a window is never ahead

@@ -213,23 +213,24 @@ impl Chain {
     pub fn write_next(&mut self, delta: Delta, key: &SigningKey) -> Result<u64> {
         let leaving = self.index + 1 - WINDOW;
         let old = self.read_own(leaving, &key.verifying_key())?;
-        let changed_keys = delta.changed.keys();
+        let (rest, changed) = delta.into_parts();
+        let changed_keys = changed.keys();
         let newer: Vec<&Keys> = self.changed.iter().skip(1).chain([&changed_keys]).collect();
-        let carried = carry(old, &newer, delta.rest.effects.forgotten_up_to());
+        let carried = carry(old, &newer, rest.effects.forgotten_up_to());
         let part = Part {
             place: Place {
                 brand: self.brand,
                 generation: self.generation,
                 index: self.index + 1,
                 window: WINDOW,
-                seq: delta.rest.seq,
-                head_hash: delta.rest.head_hash,
+                seq: rest.seq,
+                head_hash: rest.head_hash,
                 prev_seq: self.seq,
                 prev_head_hash: self.head_hash,
                 nonce: self.nonce,
             },
-            rest: delta.rest,
-            changed: delta.changed,
+            rest,
+            changed,
             carried,
         };
         let size = write_part(&self.dir, &part, key)?;

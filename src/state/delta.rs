@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{BrandState, Card, Effect, Effects, FastSet, Tracked, TxnEntry, TxnWindow};
+use super::{BrandState, Card, Effect, Effects, FastMap, FastSet, Tracked, TxnEntry, TxnWindow};
 
 /// Entities of the four big collections, each with its value as of one
 /// point of the chain.
@@ -61,24 +61,58 @@ impl Entities {
     }
 }
 
-/// What changed since a point: the changed entities with their values now,
-/// and the rest of the state whole.
+/// What changed since a point, with the values now, and the rest of the
+/// state whole. Taken in the applier's stead, so it is only swapped out
+/// of the state there: [`into_parts`](Delta::into_parts) lays it out on
+/// whichever thread writes it.
 #[derive(Debug, Clone)]
 pub struct Delta {
     /// The state without its four big collections (the refundable
     /// records' mark kept).
     pub rest: BrandState,
-    /// Every entity changed since the point.
-    pub changed: Entities,
+    cards: FastMap<u64, Option<Card>>,
+    txns: FastMap<(u32, u64), Option<TxnEntry>>,
+    windows: FastMap<u32, Option<TxnWindow>>,
+    effects: Vec<(u64, Effect)>,
+}
+
+impl Delta {
+    /// Entities changed.
+    pub fn len(&self) -> usize {
+        self.cards.len() + self.txns.len() + self.windows.len() + self.effects.len()
+    }
+
+    /// True if nothing but the rest changed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rest of the state, and the changed entities laid out.
+    pub fn into_parts(self) -> (BrandState, Entities) {
+        // Cards and windows are never removed: a None is not kept.
+        let changed = Entities {
+            cards: (self.cards.into_iter())
+                .filter_map(|(k, c)| Some((k, c?)))
+                .collect(),
+            effects: self.effects,
+            txns: self.txns.into_iter().collect(),
+            windows: (self.windows.into_iter())
+                .filter_map(|(k, w)| Some((k, w?)))
+                .collect(),
+        };
+        (self.rest, changed)
+    }
 }
 
 impl BrandState {
-    /// Starts tracking changes (from nothing changed) or stops it.
+    /// Starts tracking changes (from nothing changed) or stops it. While
+    /// on, each change of the four big collections keeps a copy of the
+    /// new value until taken.
     pub fn track_changes(&mut self, on: bool) {
-        self.cards.changes().track(on);
-        self.txns.changes().track(on);
-        self.txn_windows.changes().track(on);
-        self.effects.changes().track(on);
+        self.cards.track(on);
+        self.txns.track(on);
+        self.txn_windows.track(on);
+        self.effects.track(on);
     }
 
     /// True while changes are tracked.
@@ -86,38 +120,15 @@ impl BrandState {
         self.cards.is_tracking()
     }
 
-    /// What changed since tracking began or since the last call, which
-    /// was at `since` (its sequence number): tracking goes on from here.
-    /// Records kept above `since` are new; below it, those changed.
-    pub fn take_delta(&mut self, since: u64) -> Delta {
-        let cards = self.cards.changes().take();
-        let txns = self.txns.changes().take();
-        let windows = self.txn_windows.changes().take();
-        let older = self.effects.changes().take();
-        let mut effects: Vec<(u64, Effect)> = older
-            .into_iter()
-            .filter(|seq| *seq <= since)
-            .filter_map(|seq| Some((seq, self.effects.get(seq)?.clone())))
-            .collect();
-        effects.extend(self.effects.after(since).map(|(s, e)| (s, e.clone())));
-        let changed = Entities {
-            cards: cards
-                .into_iter()
-                .filter_map(|k| Some((k, self.cards.get(&k)?.clone())))
-                .collect(),
-            effects,
-            txns: txns
-                .into_iter()
-                .map(|k| (k, self.txns.get(&k).copied()))
-                .collect(),
-            windows: windows
-                .into_iter()
-                .filter_map(|k| Some((k, self.txn_windows.get(&k)?.clone())))
-                .collect(),
-        };
+    /// What changed since tracking began or since the last call;
+    /// tracking goes on from here.
+    pub fn take_delta(&mut self) -> Delta {
         Delta {
+            cards: self.cards.take_changed(),
+            txns: self.txns.take_changed(),
+            windows: self.txn_windows.take_changed(),
+            effects: self.effects.take_changed(),
             rest: self.rest(),
-            changed,
         }
     }
 
@@ -251,7 +262,7 @@ mod tests {
         s.state.track_changes(true);
         let mut chain = parts::write_generation(dir.path(), &s.state, &key, 1).unwrap();
         assert_eq!(read(dir.path()).0, s.state);
-        let (mut since, mut txn, mut purchases, mut written) = (s.state.seq, 100, vec![], 0);
+        let (mut txn, mut purchases, mut written) = (100, vec![], 0);
         let mut parked = false;
         // Past the till's window of ids (ids forgotten, tombstones kept
         // beyond it) and the test build's cap of 64 refundable records.
@@ -265,9 +276,7 @@ mod tests {
             }
             parked |= !s.state.txn_windows[&1].tombstones_ahead.is_empty();
             if step % 37 == 36 {
-                let delta = s.state.take_delta(since);
-                since = s.state.seq;
-                chain.write_next(delta, &key).unwrap();
+                chain.write_next(s.state.take_delta(), &key).unwrap();
                 written += 1;
                 let (back, resumed) = read(dir.path());
                 assert_eq!(back, s.state, "the parts after step {step}");

@@ -38,7 +38,7 @@ use crate::merkle::Frontier;
 use crate::pb::{self, CardStatus, RecordKind, ShiftTotals};
 use books::Books;
 use lots::Lots;
-pub use tracked::{Changed, FastSet, Tracked};
+pub use tracked::{Appended, Changed, FastSet, Tracked};
 
 pub use apply::apply;
 pub use receipt::reply_for_record;
@@ -436,9 +436,10 @@ pub struct BrandState {
 pub struct Effects {
     kept: VecDeque<(u64, Effect)>,
     forgotten_up_to: u64,
-    /// Older records changed (refunded, reversed) since last asked.
+    /// Records kept, and older ones changed (refunded, reversed), since
+    /// last asked, when tracking.
     #[serde(skip)]
-    changed: Changed<u64>,
+    changed: Appended<u64, Effect>,
 }
 
 impl Effects {
@@ -454,20 +455,23 @@ impl Effects {
     /// The record at `seq`, if kept, to change.
     pub fn get_mut(&mut self, seq: u64) -> Option<&mut Effect> {
         let i = self.index(seq)?;
-        self.changed.note(seq);
+        self.changed.touched(seq);
         Some(&mut self.kept[i].1)
     }
 
-    /// The tracking of changes to records already kept (new ones are
-    /// those above a sequence number).
-    pub fn changes(&mut self) -> &mut Changed<u64> {
-        &mut self.changed
+    /// Starts tracking the records kept and changed, or stops it.
+    pub fn track(&mut self, on: bool) {
+        self.changed.track(on);
     }
 
-    /// The records kept above `seq`, oldest first.
-    pub fn after(&self, seq: u64) -> impl Iterator<Item = (u64, &Effect)> {
-        let from = self.kept.partition_point(|(s, _)| *s <= seq);
-        self.kept.range(from..).map(|(s, e)| (*s, e))
+    /// The records kept since the last call, then those changed in place
+    /// and still kept, with their values now.
+    pub fn take_changed(&mut self) -> Vec<(u64, Effect)> {
+        let Effects { kept, changed, .. } = self;
+        changed.take(|seq| {
+            let i = kept.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+            Some(kept[i].1.clone())
+        })
     }
 
     /// Kept records in sequence order with the mark below them: what a
@@ -476,7 +480,7 @@ impl Effects {
         Effects {
             kept,
             forgotten_up_to,
-            changed: Changed::default(),
+            changed: Appended::default(),
         }
     }
 
@@ -488,6 +492,7 @@ impl Effects {
     /// Keeps the record at `seq`, newer than every one kept.
     pub fn push(&mut self, seq: u64, effect: Effect) {
         debug_assert!(self.kept.back().is_none_or(|(s, _)| *s < seq));
+        self.changed.appended(seq, &effect);
         self.kept.push_back((seq, effect));
     }
 
