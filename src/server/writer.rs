@@ -517,15 +517,31 @@ fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<Storing>, ()> {
     }
 }
 
-/// Writes the next part on a blocking thread.
+/// The part writer's scheduling priority: below tills and the commit
+/// path, as the snapshot copy's (not 19 or SCHED_IDLE: under a long full
+/// load the part would starve while the state's copies of changed values
+/// grow until it is taken).
+const PART_NICE: i32 = 10;
+
+/// Writes the next part on a thread of its own at a lower priority.
 fn store_part(brand: u32, job: Box<PartJob>, started: std::time::Instant) -> Storing {
     let stall = started.elapsed();
     super::metrics::get()
         .snapshot_stall_seconds
         .observe(stall.as_secs_f64());
     let (seq, changed) = (job.seq(), job.changed());
-    tokio::task::spawn_blocking(move || {
-        let result = job.run();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("snapshot-{brand}"))
+        .spawn(move || {
+            super::audit::lower_priority(PART_NICE);
+            let _ = tx.send(job.run());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(brand, error = %e, "no thread for a snapshot part; the next starts anew");
+    }
+    tokio::spawn(async move {
+        let result = rx.await.ok()?;
         let took = started.elapsed();
         super::metrics::get()
             .snapshot_seconds

@@ -98,7 +98,10 @@ impl<K: Eq + Hash + Copy, V: Clone> Changed<K, V> {
 /// records), when tracking is on: entries appended, cloned as appended,
 /// and keys changed in place (read when taken). Equal to any other.
 #[derive(Debug, Clone)]
-pub struct Appended<K, V>(Option<(Vec<(K, V)>, FastSet<K>)>);
+pub struct Appended<K, V>(Option<AppendJournal<K, V>>);
+
+/// The entries appended and the keys changed in place.
+type AppendJournal<K, V> = (Vec<(K, V)>, FastSet<K>);
 
 impl<K, V> Default for Appended<K, V> {
     fn default() -> Self {
