@@ -26,7 +26,7 @@
 //! leave a window ahead of the log). Any gap, failed signature or
 //! mismatch makes the window unusable, and recovery falls back as for any
 //! snapshot (a whole-state file if newer, else a full replay).
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -346,7 +346,10 @@ pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<(BrandS
     why.map_or(Ok(None), Err)
 }
 
-/// The window of `generation` ending at part `newest`, merged.
+/// The window of `generation` ending at part `newest`, merged. One thread
+/// reads and decodes the parts in order while this one merges them (a
+/// start's time is mostly this): at most two parts are held besides the
+/// state being built.
 fn read_window(
     dir: &Path,
     brand: u32,
@@ -354,48 +357,91 @@ fn read_window(
     newest: u64,
     key: &VerifyingKey,
 ) -> Result<(BrandState, Chain)> {
-    let mut merge = Merge::default();
-    let mut chain: Option<Chain> = None;
-    let mut rest = None;
-    for index in newest + 1 - WINDOW..=newest {
-        let part = match &chain {
-            Some(chain) => chain.read_own(index, key)?,
-            None => read_first(dir, brand, generation, index, key)?,
-        };
-        let p = part.place;
-        let follows = chain.as_ref().is_none_or(|c| {
-            (p.prev_seq, p.prev_head_hash, p.nonce) == (c.seq, c.head_hash, c.nonce)
+    let first = newest + 1 - WINDOW;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for index in first..=newest {
+                let part = read_part(dir, brand, generation, index, key);
+                let failed = part.is_err();
+                if tx.send(part).is_err() || failed {
+                    return;
+                }
+            }
         });
-        ensure(p.window == WINDOW && follows && p.seq >= p.prev_seq, || {
-            format!("part {generation}-{index} does not follow its predecessor")
-        })?;
-        ensure(
-            p.seq == part.rest.seq && p.head_hash == part.rest.head_hash,
-            || format!("part {generation}-{index} names another state"),
-        )?;
-        let c = chain.get_or_insert_with(|| Chain {
-            dir: dir.to_path_buf(),
-            brand,
-            generation,
-            nonce: p.nonce,
-            head_hash: p.head_hash,
-            index,
-            seq: p.seq,
-            changed: VecDeque::new(),
+        // The transaction index, the largest map, is merged on a third
+        // thread.
+        let (txns_tx, txns_rx) = std::sync::mpsc::sync_channel::<TxnsRun>(2);
+        let txns = scope.spawn(move || {
+            let mut txns = FastMap::default();
+            for run in txns_rx {
+                if txns.capacity() == 0 {
+                    txns.reserve(run.len().saturating_mul(WINDOW as usize + 1));
+                }
+                merge_txns(&mut txns, run);
+            }
+            txns
         });
-        (c.index, c.seq, c.head_hash) = (index, p.seq, p.head_hash);
-        c.changed.push_back(part.changed.keys());
-        merge.add(part.carried);
-        merge.add(part.changed);
-        rest = Some(part.rest);
-    }
-    let state = merge.into_state(rest.expect("WINDOW > 0 parts read"));
-    consistent(&state)?;
-    Ok((state, chain.expect("WINDOW > 0 parts read")))
+        let mut merge = Merge::default();
+        let mut chain: Option<Chain> = None;
+        let mut rest = None;
+        for index in first..=newest {
+            let mut part = rx.recv().map_err(|_| {
+                SnapshotError::Invalid(format!("part {generation}-{index} was not read"))
+            })??;
+            follow(&mut chain, &part, dir, index)?;
+            if index == first {
+                merge.reserve_for(&part.carried);
+            }
+            for run in [&mut part.carried.txns, &mut part.changed.txns] {
+                // The thread only ends when this loop drops the sender.
+                let _ = txns_tx.send(std::mem::take(run));
+            }
+            merge.add(part.carried);
+            merge.add(part.changed);
+            rest = Some(part.rest);
+        }
+        drop(txns_tx);
+        merge.txns = txns.join().expect("merging the index does not panic");
+        let state = merge.into_state(rest.expect("WINDOW > 0 parts read"));
+        consistent(&state)?;
+        Ok((state, chain.expect("WINDOW > 0 parts read")))
+    })
 }
 
-/// The oldest part of a window, before its nonce is known.
-fn read_first(
+/// Checks that `part` (at `index`) follows the window read so far, and
+/// adds it to `chain`.
+fn follow(chain: &mut Option<Chain>, part: &Part, dir: &Path, index: u64) -> Result<()> {
+    let p = part.place;
+    let generation = p.generation;
+    let follows = chain
+        .as_ref()
+        .is_none_or(|c| (p.prev_seq, p.prev_head_hash, p.nonce) == (c.seq, c.head_hash, c.nonce));
+    ensure(p.window == WINDOW && follows && p.seq >= p.prev_seq, || {
+        format!("part {generation}-{index} does not follow its predecessor")
+    })?;
+    ensure(
+        p.seq == part.rest.seq && p.head_hash == part.rest.head_hash,
+        || format!("part {generation}-{index} names another state"),
+    )?;
+    let c = chain.get_or_insert_with(|| Chain {
+        dir: dir.to_path_buf(),
+        brand: p.brand,
+        generation,
+        nonce: p.nonce,
+        head_hash: p.head_hash,
+        index,
+        seq: p.seq,
+        changed: VecDeque::new(),
+    });
+    (c.index, c.seq, c.head_hash) = (index, p.seq, p.head_hash);
+    c.changed.push_back(part.changed.keys());
+    Ok(())
+}
+
+/// One part, verified and in its place (its nonce is checked against its
+/// window's by the caller).
+fn read_part(
     dir: &Path,
     brand: u32,
     generation: u64,
@@ -414,34 +460,68 @@ fn read_first(
     Ok(part)
 }
 
-/// Entities merged oldest first: a later copy replaces an earlier one.
+/// Transaction index entries of one part, in its order.
+type TxnsRun = Vec<((u32, u64), Option<crate::state::TxnEntry>)>;
+
+/// Merges a later run of index entries: a later copy replaces an earlier
+/// one, a removal mark removes.
+fn merge_txns(txns: &mut FastMap<(u32, u64), crate::state::TxnEntry>, run: TxnsRun) {
+    for (key, entry) in run {
+        match entry {
+            Some(entry) => txns.insert(key, entry),
+            None => txns.remove(&key),
+        };
+    }
+}
+
+/// Entities merged oldest first, straight into the state's own maps: a
+/// later copy replaces an earlier one, a removal mark removes.
 #[derive(Default)]
 struct Merge {
     cards: FastMap<u64, crate::state::Card>,
-    effects: BTreeMap<u64, crate::state::Effect>,
-    txns: FastMap<(u32, u64), Option<crate::state::TxnEntry>>,
+    /// In the order read; sorted and the last copy of each kept at the end
+    /// (a map of two million records would cost more than the sort).
+    effects: Vec<(u64, crate::state::Effect)>,
+    txns: FastMap<(u32, u64), crate::state::TxnEntry>,
     windows: FastMap<u32, crate::state::TxnWindow>,
 }
 
 impl Merge {
+    /// Room for the whole window, guessed from its first part (slices
+    /// and carry-overs are each about a window's share): the maps are
+    /// then never grown by rehashing millions of entries.
+    fn reserve_for(&mut self, e: &Entities) {
+        let whole = |n: usize| n.saturating_mul(WINDOW as usize + 1);
+        self.cards.reserve(whole(e.cards.len()));
+        self.effects.reserve(whole(e.effects.len()));
+        self.windows.reserve(whole(e.windows.len()));
+    }
+
     fn add(&mut self, e: Entities) {
         self.cards.extend(e.cards);
         self.effects.extend(e.effects);
-        self.txns.extend(e.txns);
+        merge_txns(&mut self.txns, e.txns);
         self.windows.extend(e.windows);
     }
 
     fn into_state(self, mut state: BrandState) -> BrandState {
         let forgotten = state.effects.forgotten_up_to();
-        let kept: VecDeque<_> = (self.effects.into_iter())
-            .filter(|(s, _)| *s > forgotten)
+        // By sequence number, the last copy read of each first.
+        let mut order: Vec<(u64, std::cmp::Reverse<usize>)> = (self.effects.iter().enumerate())
+            .map(|(i, (seq, _))| (*seq, std::cmp::Reverse(i)))
+            .collect();
+        order.sort_unstable();
+        order.dedup_by_key(|(seq, _)| *seq);
+        let mut slots: Vec<Option<(u64, crate::state::Effect)>> =
+            self.effects.into_iter().map(Some).collect();
+        let kept: VecDeque<_> = (order.into_iter())
+            .filter(|(seq, _)| *seq > forgotten)
+            .filter_map(|(_, std::cmp::Reverse(i))| slots[i].take())
             .collect();
         state.effects = Effects::from_parts(kept, forgotten);
-        state.cards = self.cards.into_iter().collect();
-        state.txns = (self.txns.into_iter())
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect();
-        state.txn_windows = self.windows.into_iter().collect();
+        state.cards = self.cards.into();
+        state.txns = self.txns.into();
+        state.txn_windows = self.windows.into();
         state
     }
 }

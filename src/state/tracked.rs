@@ -259,6 +259,15 @@ impl<K: Eq + Hash + Copy, V: Clone> Tracked<K, V> {
     }
 }
 
+impl<K, V> From<FastMap<K, V>> for Tracked<K, V> {
+    fn from(map: FastMap<K, V>) -> Self {
+        Tracked {
+            map,
+            changed: Changed::default(),
+        }
+    }
+}
+
 impl<K: Eq + Hash, V> FromIterator<(K, V)> for Tracked<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Tracked {
