@@ -89,7 +89,12 @@ impl Delta {
 
     /// The rest of the state, and the changed entities laid out.
     pub fn into_parts(self) -> (BrandState, Entities) {
-        // Cards and windows are never removed: a None is not kept.
+        // Cards and windows are never removed (a removal would need a mark
+        // in the part, as the index's have, or an older copy would return).
+        debug_assert!(
+            self.cards.values().all(Option::is_some) && self.windows.values().all(Option::is_some),
+            "a card or a transaction window was removed"
+        );
         let changed = Entities {
             cards: (self.cards.into_iter())
                 .filter_map(|(k, c)| Some((k, c?)))

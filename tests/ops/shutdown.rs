@@ -125,8 +125,11 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         "the signal came after the load ended: not a test under load"
     );
 
-    let snapshot = demo.data.join("snapshots").join("brand-1.snap");
-    let snapshot_written = snapshot.exists();
+    // The newest snapshot as the stop left it (before the restart below).
+    let server = read_key_file(&demo.data.join("server.key")).unwrap();
+    let snapshots = cardd::snapshot::dir(&demo.data);
+    let final_state = cardd::snapshot::read(&snapshots, 1, &server.verifying_key()).unwrap();
+    let snapshot_written = final_state.is_some();
     let d = Daemon::start(&demo.data, &[]);
     let mut c = crate::common::connect(d.addr, key).await;
     let mut expected = before.clone();
@@ -168,6 +171,14 @@ async fn sigterm_under_load_exits_0_and_loses_or_doubles_nothing() {
         let start = before[cards.iter().position(|c| c == card).unwrap()];
         let v = inquiry(&mut c, card).await;
         assert_eq!(v.balance_minor, start + by_card[card], "card {card}");
+        // The final snapshot holds every load made durable before the stop.
+        let number: u64 = card.parse().unwrap();
+        let snap = &final_state.as_ref().unwrap().cards[&number];
+        assert_eq!(
+            snap.balance(),
+            v.balance_minor,
+            "card {card} in the final snapshot"
+        );
     }
 }
 
