@@ -541,7 +541,13 @@ fn store_part(brand: u32, job: Box<PartJob>, started: std::time::Instant) -> Sto
         tracing::warn!(brand, error = %e, "no thread for a snapshot part; the next starts anew");
     }
     tokio::spawn(async move {
-        let result = rx.await.ok()?;
+        let Ok(result) = rx.await else {
+            tracing::error!(
+                brand,
+                "the snapshot part's thread ended without a result; the next starts anew"
+            );
+            return None;
+        };
         let took = started.elapsed();
         super::metrics::get()
             .snapshot_seconds

@@ -40,6 +40,9 @@ use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
 /// Parts a brand's state is spread over.
 pub const WINDOW: u64 = 8;
 
+/// The most entries of one map a start reserves room for ahead.
+const ROOM_LIMIT: u64 = 1 << 26;
+
 const MAGIC: &[u8; 8] = b"CARDDSP1";
 
 /// Where one part sits in its brand's snapshot.
@@ -56,6 +59,9 @@ struct Place {
     /// generation's first parts).
     prev_seq: u64,
     prev_head_hash: [u8; 32],
+    /// The whole state's cards, refundable records, index entries and
+    /// windows at this part: the room a start reserves.
+    sizes: [u64; 4],
     /// Drawn at random for each generation: a part of another generation
     /// under the same number (a forked writer orphaned by a crash, say)
     /// never passes for one of this.
@@ -172,6 +178,7 @@ pub fn write_generation_as(state: &BrandState, key: &SigningKey, chain: Chain) -
                 head_hash: state.head_hash,
                 prev_seq: state.seq,
                 prev_head_hash: state.head_hash,
+                sizes: state.sizes(),
                 nonce: chain.nonce,
             },
             rest: rest.clone(),
@@ -213,7 +220,7 @@ impl Chain {
     pub fn write_next(&mut self, delta: Delta, key: &SigningKey) -> Result<u64> {
         let leaving = self.index + 1 - WINDOW;
         let old = self.read_own(leaving, &key.verifying_key())?;
-        let (rest, changed) = delta.into_parts();
+        let (rest, sizes, changed) = delta.into_parts();
         let changed_keys = changed.keys();
         let newer: Vec<&Keys> = self.changed.iter().skip(1).chain([&changed_keys]).collect();
         let carried = carry(old, &newer, rest.effects.forgotten_up_to());
@@ -227,6 +234,7 @@ impl Chain {
                 head_hash: rest.head_hash,
                 prev_seq: self.seq,
                 prev_head_hash: self.head_hash,
+                sizes,
                 nonce: self.nonce,
             },
             rest,
@@ -358,30 +366,35 @@ fn read_window(
     key: &VerifyingKey,
 ) -> Result<(BrandState, Chain)> {
     let first = newest + 1 - WINDOW;
+    let no_thread = |e| io("starting a thread to read the snapshot's parts")(e);
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || {
-            for index in first..=newest {
-                let part = read_part(dir, brand, generation, index, key);
-                let failed = part.is_err();
-                if tx.send(part).is_err() || failed {
-                    return;
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        std::thread::Builder::new()
+            .spawn_scoped(scope, move || {
+                for index in first..=newest {
+                    let part = read_part(dir, brand, generation, index, key);
+                    let failed = part.is_err();
+                    if tx.send(part).is_err() || failed {
+                        return;
+                    }
                 }
-            }
-        });
+            })
+            .map_err(no_thread)?;
         // The transaction index, the largest map, is merged on a third
         // thread.
-        let (txns_tx, txns_rx) = std::sync::mpsc::sync_channel::<TxnsRun>(2);
-        let txns = scope.spawn(move || {
-            let mut txns = FastMap::default();
-            for run in txns_rx {
-                if txns.capacity() == 0 {
-                    txns.reserve(run.len().saturating_mul(WINDOW as usize + 1));
+        let (txns_tx, txns_rx) = std::sync::mpsc::sync_channel::<(usize, TxnsRun)>(2);
+        let txns = std::thread::Builder::new()
+            .spawn_scoped(scope, move || {
+                let mut txns = FastMap::default();
+                for (room, run) in txns_rx {
+                    if txns.capacity() == 0 {
+                        txns.reserve(room);
+                    }
+                    merge_txns(&mut txns, run);
                 }
-                merge_txns(&mut txns, run);
-            }
-            txns
-        });
+                txns
+            })
+            .map_err(no_thread)?;
         let mut merge = Merge::default();
         let mut chain: Option<Chain> = None;
         let mut rest = None;
@@ -390,12 +403,19 @@ fn read_window(
                 SnapshotError::Invalid(format!("part {generation}-{index} was not read"))
             })??;
             follow(&mut chain, &part, dir, index)?;
+            // Room as the window's oldest part counted (within a few
+            // deltas of the end), so the maps are not grown by rehashing
+            // millions of entries; bounded, a part is only signed data.
+            let [cards, effects, txns, windows] =
+                part.place.sizes.map(|n| n.min(ROOM_LIMIT) as usize);
             if index == first {
-                merge.reserve_for(&part.carried);
+                merge.cards.reserve(cards);
+                merge.effects.reserve(effects);
+                merge.windows.reserve(windows);
             }
             for run in [&mut part.carried.txns, &mut part.changed.txns] {
                 // The thread only ends when this loop drops the sender.
-                let _ = txns_tx.send(std::mem::take(run));
+                let _ = txns_tx.send((txns, std::mem::take(run)));
             }
             merge.add(part.carried);
             merge.add(part.changed);
@@ -487,16 +507,6 @@ struct Merge {
 }
 
 impl Merge {
-    /// Room for the whole window, guessed from its first part (slices
-    /// and carry-overs are each about a window's share): the maps are
-    /// then never grown by rehashing millions of entries.
-    fn reserve_for(&mut self, e: &Entities) {
-        let whole = |n: usize| n.saturating_mul(WINDOW as usize + 1);
-        self.cards.reserve(whole(e.cards.len()));
-        self.effects.reserve(whole(e.effects.len()));
-        self.windows.reserve(whole(e.windows.len()));
-    }
-
     fn add(&mut self, e: Entities) {
         self.cards.extend(e.cards);
         self.effects.extend(e.effects);
@@ -560,6 +570,7 @@ mod tests {
                 head_hash: second.head_hash,
                 prev_seq: 5,
                 prev_head_hash: second.head_hash,
+                sizes: second.sizes(),
                 nonce,
             },
             rest: second.rest(),

@@ -70,6 +70,9 @@ pub struct Delta {
     /// The state without its four big collections (the refundable
     /// records' mark kept).
     pub rest: BrandState,
+    /// How many cards, refundable records, index entries and windows the
+    /// whole state holds (what a start reserves room for).
+    pub sizes: [u64; 4],
     cards: FastMap<u64, Option<Card>>,
     txns: FastMap<(u32, u64), Option<TxnEntry>>,
     windows: FastMap<u32, Option<TxnWindow>>,
@@ -88,7 +91,7 @@ impl Delta {
     }
 
     /// The rest of the state, and the changed entities laid out.
-    pub fn into_parts(self) -> (BrandState, Entities) {
+    pub fn into_parts(self) -> (BrandState, [u64; 4], Entities) {
         // Cards and windows are never removed (a removal would need a mark
         // in the part, as the index's have, or an older copy would return).
         debug_assert!(
@@ -105,7 +108,7 @@ impl Delta {
                 .filter_map(|(k, w)| Some((k, w?)))
                 .collect(),
         };
-        (self.rest, changed)
+        (self.rest, self.sizes, changed)
     }
 }
 
@@ -129,12 +132,25 @@ impl BrandState {
     /// tracking goes on from here.
     pub fn take_delta(&mut self) -> Delta {
         Delta {
+            sizes: self.sizes(),
             cards: self.cards.take_changed(),
             txns: self.txns.take_changed(),
             windows: self.txn_windows.take_changed(),
             effects: self.effects.take_changed(),
             rest: self.rest(),
         }
+    }
+
+    /// How many cards, refundable records, index entries and windows the
+    /// state holds.
+    pub fn sizes(&self) -> [u64; 4] {
+        [
+            self.cards.len(),
+            self.effects.len(),
+            self.txns.len(),
+            self.txn_windows.len(),
+        ]
+        .map(|n| n as u64)
     }
 
     /// The state without its four big collections: the refundable

@@ -520,6 +520,7 @@ impl Effects {
     pub fn forget_oldest(&mut self) {
         if let Some((seq, _)) = self.kept.pop_front() {
             self.forgotten_up_to = seq;
+            self.changed.forgot_up_to(seq);
         }
     }
 

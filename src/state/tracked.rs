@@ -5,6 +5,7 @@
 //! auditor's verify and the tests pay one branch per change. A map's only
 //! ways to change are the methods here (it derefs to the map for reading
 //! only), so a change cannot slip past the tracking.
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::ops::Deref;
 
@@ -100,8 +101,8 @@ impl<K: Eq + Hash + Copy, V: Clone> Changed<K, V> {
 #[derive(Debug, Clone)]
 pub struct Appended<K, V>(Option<AppendJournal<K, V>>);
 
-/// The entries appended and the keys changed in place.
-type AppendJournal<K, V> = (Vec<(K, V)>, FastSet<K>);
+/// The entries appended (in key order) and the keys changed in place.
+type AppendJournal<K, V> = (VecDeque<(K, V)>, FastSet<K>);
 
 impl<K, V> Default for Appended<K, V> {
     fn default() -> Self {
@@ -122,7 +123,7 @@ impl<K: Eq + Hash + Copy, V: Clone> Appended<K, V> {
     #[inline]
     pub fn appended(&mut self, key: K, value: &V) {
         if let Some((added, _)) = &mut self.0 {
-            added.push((key, value.clone()));
+            added.push_back((key, value.clone()));
         }
     }
 
@@ -134,9 +135,24 @@ impl<K: Eq + Hash + Copy, V: Clone> Appended<K, V> {
         }
     }
 
+    /// Forgets the appended entries at or below `key` (the sequence
+    /// dropped them: they need no copy, and the copies must not pile up
+    /// past the sequence's own bound).
+    #[inline]
+    pub fn forgot_up_to(&mut self, key: K)
+    where
+        K: Ord,
+    {
+        if let Some((added, _)) = &mut self.0 {
+            while added.front().is_some_and(|(k, _)| *k <= key) {
+                added.pop_front();
+            }
+        }
+    }
+
     /// Starts tracking from nothing changed (`true`) or stops it.
     pub fn track(&mut self, on: bool) {
-        self.0 = on.then(|| (Vec::new(), FastSet::default()));
+        self.0 = on.then(|| (VecDeque::new(), FastSet::default()));
     }
 
     /// True while tracking.
@@ -151,7 +167,7 @@ impl<K: Eq + Hash + Copy, V: Clone> Appended<K, V> {
         let Some((added, touched)) = &mut self.0 else {
             return Vec::new();
         };
-        let mut out = std::mem::take(added);
+        let mut out = Vec::from(std::mem::take(added));
         out.extend(
             std::mem::take(touched)
                 .into_iter()
