@@ -219,26 +219,6 @@ mod tests {
     const TILL: Principal = Principal::Terminal(1);
     const CARDS: u64 = 20;
 
-    /// A brand with one till and `CARDS` loaded cards.
-    fn shop() -> Script {
-        let mut s = Script::new();
-        s.create_brand("Parts Tea");
-        s.owner(Op::CreateStore(pb::CreateStore {
-            name: "North".into(),
-        }));
-        let till_pk = s.key(TILL).verifying_key().to_bytes();
-        s.owner(Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till_pk.to_vec(),
-            label: "till".into(),
-        }));
-        for i in 0..CARDS {
-            s.owner(Op::IssueCard(pb::IssueCard { card: card(i) }));
-            s.top_up(1, &card(i), 1_000_000);
-        }
-        s
-    }
-
     /// The request of step `step`: mostly purchases, with refunds,
     /// reversals of sent and of never-sent ids, and new cards among them.
     fn op(s: &mut Script, step: u64, txn: &mut u64, purchases: &[u64]) -> Option<Op> {
@@ -279,7 +259,7 @@ mod tests {
                 .unwrap()
                 .expect("parts were written")
         };
-        let mut s = shop();
+        let mut s = Script::shop("Parts Tea", CARDS, 1_000_000);
         s.state.track_changes(true);
         let mut chain = parts::write_generation(dir.path(), &s.state, &key, 1).unwrap();
         assert_eq!(read(dir.path()).0, s.state);

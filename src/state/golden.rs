@@ -206,6 +206,27 @@ impl Script {
         self.last_seq
     }
 
+    /// A brand `name` with one store and till 1, and `cards` cards
+    /// (`card(0..cards)`) each holding `balance`.
+    pub(super) fn shop(name: &str, cards: u64, balance: i64) -> Script {
+        let mut s = Script::new();
+        s.create_brand(name);
+        s.owner(Op::CreateStore(pb::CreateStore {
+            name: "North".into(),
+        }));
+        let till_pk = s.key(Principal::Terminal(1)).verifying_key().to_bytes();
+        s.owner(Op::EnrollTerminal(pb::EnrollTerminal {
+            store_id: 1,
+            public_key: till_pk.to_vec(),
+            label: "till".into(),
+        }));
+        for i in 0..cards {
+            s.owner(Op::IssueCard(pb::IssueCard { card: card(i) }));
+            s.top_up(1, &card(i), balance);
+        }
+        s
+    }
+
     pub(super) fn top_up(&mut self, t: u32, card: &str, amount: i64) {
         self.till(
             t,

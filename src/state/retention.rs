@@ -129,21 +129,7 @@ mod tests {
 
     /// A brand with one store, one till and one card holding `balance`.
     fn shop(balance: i64) -> (Script, String) {
-        let mut s = Script::new();
-        s.create_brand("Window Tea");
-        s.owner(Op::CreateStore(pb::CreateStore {
-            name: "North".into(),
-        }));
-        let till_pk = s.key(TILL).verifying_key().to_bytes();
-        s.owner(Op::EnrollTerminal(pb::EnrollTerminal {
-            store_id: 1,
-            public_key: till_pk.to_vec(),
-            label: "till".into(),
-        }));
-        let c = card(0);
-        s.owner(Op::IssueCard(pb::IssueCard { card: c.clone() }));
-        s.top_up(1, &c, balance);
-        (s, c)
+        (Script::shop("Window Tea", 1, balance), card(0))
     }
 
     fn refund(original_seq: u64, amount_minor: i64) -> Op {
