@@ -22,6 +22,10 @@
 //! plus a `WINDOW`th of the state; a start reads the state once plus
 //! `WINDOW` deltas.
 //!
+//! The layout of a part (`Place`, `Part`, `Entities`) is named by the same
+//! `FORMAT` as the whole-state file: change one, bump it (the test
+//! `the_encoding_of_a_part_is_pinned` fails until then).
+//!
 //! A part is written only once its records are durable (a crash cannot
 //! leave a window ahead of the log). Any gap, failed signature or
 //! mismatch makes the window unusable, and recovery falls back as for any
@@ -548,6 +552,43 @@ mod tests {
         (s.seq, s.head_hash) = (seq, [seq as u8; 32]);
         s.cards.insert(42, crate::state::Card::default());
         s
+    }
+
+    #[test]
+    fn the_encoding_of_a_part_is_pinned() {
+        // A change to Place, Part or Entities changes this encoding: bump
+        // FORMAT (mod.rs), then pin the new hash. Never only the hash.
+        let s = state(3);
+        let mut changed = s.slice(0, 1);
+        changed.txns.push(((1, 7), None));
+        let part = Part {
+            place: Place {
+                brand: 9,
+                generation: 2,
+                index: 9,
+                window: WINDOW,
+                seq: 3,
+                head_hash: s.head_hash,
+                prev_seq: 2,
+                prev_head_hash: [2; 32],
+                sizes: s.sizes(),
+                nonce: 0x0123_4567_89ab_cdef,
+            },
+            rest: s.rest(),
+            changed,
+            carried: Entities::default(),
+        };
+        let bytes = postcard::to_stdvec(&part).unwrap();
+        assert_eq!(
+            (
+                super::super::FORMAT,
+                hex::encode(crate::crypto::sha256(&bytes))
+            ),
+            (
+                11,
+                "29759f5a822c110a3298586af5463b05f5234ab83460a74b8bbad0118e59ff55".to_string()
+            )
+        );
     }
 
     #[test]
