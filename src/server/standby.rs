@@ -379,6 +379,22 @@ impl Node {
     /// node's own deadline stops its brand at once.
     fn renew_held(&mut self, shared: &Shared) {
         for (brand, revision) in self.held.clone() {
+            if shared.brand(brand).is_some_and(|h| h.is_halted()) {
+                // Its writer stopped here (a failed commit): renewing would
+                // keep every other node from serving it until a restart.
+                // The lease is given up (or lapses) and a standby takes it.
+                self.clock.lost(brand);
+                self.held.remove(&brand);
+                let released = self
+                    .leases
+                    .release_all(vec![(brand, revision)], HANDOVER_PATIENCE);
+                tracing::warn!(
+                    brand,
+                    handed_over = released.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok())),
+                    "the brand stopped on this node: its lease is given up"
+                );
+                continue;
+            }
             let sent = Instant::now();
             match self.leases.renew(brand, revision) {
                 Ok(revision) => {

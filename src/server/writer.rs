@@ -125,12 +125,10 @@ impl BrandHandle {
             records: super::metrics::get().records_of(ledger.brand_id()),
             copy: copy.and_then(start_copy),
         };
+        let halted: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         tracker.spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
-        tracker.spawn(apply_in_order(ledger, rx, jobs_tx));
-        BrandHandle {
-            tx,
-            halted: Arc::default(),
-        }
+        tracker.spawn(apply_in_order(ledger, rx, jobs_tx, halted.clone()));
+        BrandHandle { tx, halted }
     }
 
     /// Submits a request and waits for its durable answer. None if the
@@ -370,6 +368,7 @@ async fn apply_in_order(
     mut ledger: BrandLedger,
     mut rx: mpsc::UnboundedReceiver<Command>,
     jobs: mpsc::Sender<Job>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 ) {
     // Records of the batches the committer may not have made durable yet:
     // with a slot reserved before applying, that is at most the last
@@ -451,7 +450,9 @@ async fn apply_in_order(
         });
         ledger = snapshot_if_due(ledger, &mut snapshot_store).await;
     }
-    // Memory is ahead of disk and nothing more of it may be served.
+    // Memory is ahead of disk and nothing more of it may be served: the
+    // brand is halted (a replicated node then gives its lease up).
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(ledger);
     refuse_all(rx, STORAGE_FAILED).await;
 }
