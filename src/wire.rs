@@ -921,13 +921,26 @@ mod tests {
 
     /// Every operation with every field set to a non-default value.
     fn every_operation() -> Vec<Op> {
-        let (totals, rules) = full_totals_and_rules();
         let (card, key) = (CARD.to_string(), vec![7u8; 32]);
-        let card2 = card.clone();
+        [
+            till_operations(&card),
+            owner_operations(&card, &key),
+            personal_operations(&card),
+            corrections(&card),
+            key_operations(key),
+        ]
+        .concat()
+    }
+
+    /// A till's operations, every field set.
+    fn till_operations(card: &str) -> Vec<Op> {
+        let (totals, _) = full_totals_and_rules();
         vec![
-            Op::Inquiry(pb::Inquiry { card: card.clone() }),
+            Op::Inquiry(pb::Inquiry {
+                card: card.to_string(),
+            }),
             Op::Purchase(pb::Purchase {
-                card: card.clone(),
+                card: card.to_string(),
                 amount_minor: -1,
                 allow_partial: true,
                 category: "bakery".into(),
@@ -935,7 +948,7 @@ mod tests {
                 pin_block: vec![1; 80],
             }),
             Op::TopUp(pb::TopUp {
-                card: card.clone(),
+                card: card.to_string(),
                 amount_minor: i64::MAX,
                 ..Default::default()
             }),
@@ -945,7 +958,7 @@ mod tests {
             }),
             Op::Reversal(pb::Reversal { original_txn_id: 1 }),
             Op::RedeemPoints(pb::RedeemPoints {
-                card: card.clone(),
+                card: card.to_string(),
                 points: 1,
                 reward: "r".into(),
                 pin_block: vec![2; 80],
@@ -957,21 +970,30 @@ mod tests {
                 terminal_totals: Some(pb::ShiftTotals::default()),
             }),
             Op::TxnStatus(pb::TxnStatus { txn_id: 1 }),
+        ]
+    }
+
+    /// The owner's setup and audit operations, every field set.
+    fn owner_operations(card: &str, key: &[u8]) -> Vec<Op> {
+        let (_, rules) = full_totals_and_rules();
+        vec![
             Op::CreateStore(pb::CreateStore { name: "s".into() }),
             Op::EnrollTerminal(pb::EnrollTerminal {
                 store_id: u32::MAX,
-                public_key: key.clone(),
+                public_key: key.to_vec(),
                 label: "l".into(),
             }),
-            Op::IssueCard(pb::IssueCard { card: card.clone() }),
+            Op::IssueCard(pb::IssueCard {
+                card: card.to_string(),
+            }),
             Op::SetCardBlocked(pb::SetCardBlocked {
-                card: card.clone(),
+                card: card.to_string(),
                 blocked: true,
                 reason: "r".into(),
             }),
             Op::ReplaceCard(pb::ReplaceCard {
-                old_card: card.clone(),
-                new_card: card.clone(),
+                old_card: card.to_string(),
+                new_card: card.to_string(),
             }),
             Op::SetRules(pb::SetRules { rules: Some(rules) }),
             Op::ExportLedger(pb::ExportLedger::default()),
@@ -984,28 +1006,42 @@ mod tests {
                 disabled: true,
                 reason: "r".into(),
             }),
+        ]
+    }
+
+    /// Holder and PIN operations, every field set.
+    fn personal_operations(card: &str) -> Vec<Op> {
+        vec![
             Op::SetHolder(pb::SetHolder {
-                card: card.clone(),
+                card: card.to_string(),
                 commitment: vec![3; 32],
             }),
             Op::HolderData(pb::HolderData {
-                card: card.clone(),
+                card: card.to_string(),
                 name: "n".into(),
                 phone: "+8613800000000".into(),
             }),
             Op::FindCard(pb::FindCard { phone: "1".into() }),
-            Op::EraseHolder(pb::EraseHolder { card: card.clone() }),
+            Op::EraseHolder(pb::EraseHolder {
+                card: card.to_string(),
+            }),
             Op::SetPin(pb::SetPin {
-                card: card.clone(),
+                card: card.to_string(),
                 pin_block: vec![4; 80],
                 old_pin_block: vec![5; 80],
             }),
             Op::SetPinLock(pb::SetPinLock {
-                card: card.clone(),
+                card: card.to_string(),
                 locked: true,
             }),
+        ]
+    }
+
+    /// The owner's corrections, every field set.
+    fn corrections(card: &str) -> Vec<Op> {
+        vec![
             Op::AdjustCard(pb::AdjustCard {
-                card: card2.clone(),
+                card: card.to_string(),
                 amount_minor: -5,
                 bonus: true,
                 reason: "r".into(),
@@ -1015,13 +1051,19 @@ mod tests {
                 reason: "r".into(),
             }),
             Op::CloseCard(pb::CloseCard {
-                card: card2.clone(),
+                card: card.to_string(),
                 reason: "r".into(),
             }),
             Op::SetCardExpiry(pb::SetCardExpiry {
-                card: card2,
+                card: card.to_string(),
                 expires_ms: 1,
             }),
+        ]
+    }
+
+    /// Key rotations and the brand's creation, every field set.
+    fn key_operations(key: Vec<u8>) -> Vec<Op> {
+        vec![
             Op::RotateOwnerKey(pb::RotateOwnerKey {
                 new_public_key: key.clone(),
                 new_key_signature: vec![1; 64],
