@@ -187,8 +187,17 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
         .await
         .unwrap();
     assert_eq!(last, 43);
-    let parts = std::fs::read_dir(cardd::snapshot::parts::brand_dir(&snaps, 1)).unwrap();
-    assert_eq!(parts.count() as u64, cardd::snapshot::parts::WINDOW);
+    // The part leaving the window is deleted just after the newest lands.
+    let count = || {
+        std::fs::read_dir(cardd::snapshot::parts::brand_dir(&snaps, 1))
+            .unwrap()
+            .count() as u64
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count() != cardd::snapshot::parts::WINDOW && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), cardd::snapshot::parts::WINDOW);
     let store2 = store.clone();
     let snaps2 = snaps.clone();
     let restarted = tokio::task::spawn_blocking(move || {
