@@ -746,16 +746,57 @@ impl BrandLedger {
             .and_then(|c| checkpoint::verify(&c, &server_pub, Some(&self.state)).map(|()| c))
             .map_err(|source| LedgerError::Checkpoint { brand, source })?;
         self.last_time_ms = self.last_time_ms.max(c.time_ms);
-        let nodes: Vec<(u8, u64, [u8; 32])> = written
-            .iter()
-            .flat_map(|w| w.nodes.iter().copied())
-            .collect();
-        store
-            .commit(brand, records, &nodes, (c.tree_size, checkpoint_bytes))
-            .map_err(|source| LedgerError::Storage { brand, source })?;
+        if !stored_here(store, brand, records)? {
+            let nodes: Vec<(u8, u64, [u8; 32])> = written
+                .iter()
+                .flat_map(|w| w.nodes.iter().copied())
+                .collect();
+            store
+                .commit(brand, records, &nodes, (c.tree_size, checkpoint_bytes))
+                .map_err(|source| LedgerError::Storage { brand, source })?;
+        }
         self.snapshot_if_due();
         Ok(())
     }
+}
+
+/// Whether the local log already holds the followed commit `records`,
+/// byte for byte. It can: a node whose lease lapsed while its writer's
+/// commit was on its way to the stream stops serving the brand and starts
+/// following it, recovered from its local log, while that commit may still
+/// land there (the stream took it from this very writer, so the follower
+/// reads the same bytes next). Taken as stored, not committed twice. A
+/// different record at one of its places, or part of the commit only, is
+/// a diverged log: an error.
+fn stored_here(
+    store: &dyn LogStore,
+    brand: u32,
+    records: &[(u64, &[u8])],
+) -> Result<bool, LedgerError> {
+    let storage = |source| LedgerError::Storage { brand, source };
+    let Some(&(first, _)) = records.first() else {
+        return Ok(false);
+    };
+    if store.record(brand, first).map_err(storage)?.is_none() {
+        return Ok(false);
+    }
+    for &(seq, bytes) in records {
+        if store.record(brand, seq).map_err(storage)?.as_deref() != Some(bytes) {
+            let what = "the local log holds another record (or part of the commit only) here";
+            let source = ReplayError {
+                seq,
+                what: what.to_string(),
+            };
+            return Err(LedgerError::Replay { brand, source });
+        }
+    }
+    tracing::info!(
+        brand,
+        first,
+        records = records.len(),
+        "a followed commit was already in the local log (this node's previous writer finished it)"
+    );
+    Ok(true)
 }
 
 /// One record of a followed batch: its request signature under the key it
@@ -1061,4 +1102,106 @@ fn check_snapshot(replayed: &BrandState, snap: &BrandState) -> Result<(), Ledger
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DiskStore;
+    use crate::testing::{self, BRAND};
+
+    /// `card`'s purchase of `amount` under the till's txn `txn`, committed
+    /// alone; returns its record and checkpoint as the stream carries them.
+    fn one_purchase(ledger: &mut BrandLedger, card: &str, txn: u64, amount: i64) -> Followed {
+        let op = testing::purchase(card, amount, false);
+        let sub = testing::signed(&testing::terminal_key(), Principal::Terminal(1), txn, op);
+        ledger.submit_now(sub).unwrap().unwrap();
+        let seq = ledger.state.seq;
+        let record = ledger.store.record(BRAND, seq).unwrap().unwrap();
+        let checkpoint = ledger.store.last_checkpoint(BRAND).unwrap().unwrap();
+        Followed {
+            seq,
+            record,
+            checkpoint,
+        }
+    }
+
+    /// One commit of one record, as a follower reads it off the stream.
+    struct Followed {
+        seq: u64,
+        record: Vec<u8>,
+        checkpoint: Vec<u8>,
+    }
+
+    impl Followed {
+        fn onto(&self, ledger: &mut BrandLedger) -> Result<(), LedgerError> {
+            let store = ledger.store.clone();
+            let batch = [(self.seq, self.record.as_slice())];
+            ledger.follow_batch(store.as_ref(), &batch, &self.checkpoint)
+        }
+    }
+
+    fn store(dir: &Path) -> Arc<dyn LogStore> {
+        Arc::new(DiskStore::open(dir).unwrap())
+    }
+
+    fn recovered(store: &Arc<dyn LogStore>) -> BrandLedger {
+        BrandLedger::recover(store.clone(), testing::server_key(), BRAND).unwrap()
+    }
+
+    /// Two data directories of one provisioned brand (an active node's and
+    /// its standby's, caught up), and the brand's card.
+    fn provisioned_twice(active: &Path, standby: &Path) -> String {
+        let (ledger, card) = testing::provision(store(active), "s", 10_000);
+        drop(ledger);
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(active)
+            .arg(standby)
+            .status();
+        assert!(copied.unwrap().success());
+        card
+    }
+
+    /// The standby's follower was recovered from its local log while the
+    /// node's previous writer still had a commit on its way there; that
+    /// commit lands first, then the follower reads it off the stream.
+    #[test]
+    fn a_followed_commit_the_local_log_already_holds_is_taken_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (active, local) = (tmp.path().join("active"), tmp.path().join("local"));
+        let card = provisioned_twice(&active, &local);
+        let mut writer = recovered(&store(&active));
+        let commit = one_purchase(&mut writer, &card, 2, 700);
+
+        let local_store = store(&local);
+        let mut follower = recovered(&local_store);
+        commit.onto(&mut recovered(&local_store)).unwrap();
+        commit.onto(&mut follower).unwrap();
+        assert_eq!(follower.state.seq, commit.seq);
+        assert_eq!(follower.state, writer.state);
+        drop(follower);
+        assert_eq!(recovered(&local_store).state, writer.state, "stored once");
+    }
+
+    #[test]
+    fn a_followed_commit_where_the_local_log_holds_another_record_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (active, local) = (tmp.path().join("active"), tmp.path().join("local"));
+        let card = provisioned_twice(&active, &local);
+        let mut writer = recovered(&store(&active));
+        let commit = one_purchase(&mut writer, &card, 2, 700);
+
+        let local_store = store(&local);
+        let mut follower = recovered(&local_store);
+        let mut lost_branch = recovered(&local_store);
+        let other = one_purchase(&mut lost_branch, &card, 2, 300);
+        assert_eq!(other.seq, commit.seq);
+        let refused = commit.onto(&mut follower);
+        assert!(
+            matches!(&refused, Err(LedgerError::Replay { source, .. })
+                if source.seq == commit.seq && source.what.contains("another record")),
+            "{refused:?}"
+        );
+    }
 }
