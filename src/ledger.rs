@@ -388,6 +388,7 @@ impl BrandLedger {
             chain: snapshot::parts::Chain::after_generation(dir, &self.state, generation),
             state: &self.state,
             key: &self.server_key,
+            store: self.store.clone(),
         })))
     }
 
@@ -948,7 +949,12 @@ impl Start {
         key: &ed25519_dalek::VerifyingKey,
     ) -> Self {
         let loading = std::time::Instant::now();
-        let loaded = snapshot::read_start(dir, brand, key);
+        let on_log = |seq, head: &[u8; 32]| {
+            store
+                .record(brand, seq)
+                .is_ok_and(|r| r.is_some_and(|bytes| leaf_hash(&bytes) == *head))
+        };
+        let loaded = snapshot::read_start(dir, brand, key, &on_log);
         let load_ms = loading.elapsed().as_millis() as u64;
         tracing::info!(brand, load_ms, "snapshot read");
         let on_chain = |(state, chain)| on_chain(store, state).map(|s| (s, chain));

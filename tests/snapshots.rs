@@ -95,7 +95,7 @@ fn a_snapshot_off_the_stored_chain_is_not_used() {
     // Applied, snapshotted, never committed: a crash before the flush.
     let lost = ledger.apply_batch(&[purchase(&card, 12, 5_000)]);
     assert_eq!(lost.written.len(), 1);
-    ledger.write_snapshot().unwrap();
+    slices_only(&mut ledger);
     let durable = ledger.state.seq - 1;
     drop(ledger);
 
@@ -117,6 +117,43 @@ fn a_snapshot_off_the_stored_chain_is_not_used() {
     assert_eq!(again.state, restarted.state);
     assert_eq!(again.state.cards, full_replay(&store).cards);
     recover(&store, Recovery::CheckSnapshot(&snaps)).unwrap();
+}
+
+/// Writes a new generation of the ledger's state as the forked child does,
+/// and no more: the crash comes before its record is durable, so it
+/// replaces nothing.
+fn slices_only(ledger: &mut BrandLedger) {
+    ledger.continue_snapshots(None);
+    match ledger.begin_snapshot().unwrap() {
+        Some(cardd::snapshot::job::Work::Generation(job)) => job.write_slices().unwrap(),
+        _ => panic!("a generation is due"),
+    }
+}
+
+#[test]
+fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    purchases(&mut ledger, &card, 2..12);
+    ledger.write_snapshot().unwrap();
+    let older = ledger.state.seq;
+    purchases(&mut ledger, &card, 12..15);
+    let durable = ledger.state.seq;
+    let lost = ledger.apply_batch(&[purchase(&card, 15, 5_000)]);
+    assert_eq!(lost.written.len(), 1);
+    slices_only(&mut ledger);
+    drop(ledger);
+
+    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(
+        restarted.snapshot_seq(),
+        older,
+        "the older generation, not a full replay"
+    );
+    assert_eq!(restarted.state.seq, durable);
+    assert_eq!(restarted.state, full_replay(&store));
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn in_child(parent: libc::pid_t, job: &GenerationJob<'_>) -> ! {
     let code = if orphaned {
         ORPHANED
     } else {
-        let written = std::panic::catch_unwind(|| job.write());
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.write_slices()));
         match written {
             Ok(Ok(_)) => STORED,
             _ => NOT_STORED,
@@ -125,15 +125,20 @@ mod tests {
     use crate::state::BrandState;
     use ed25519_dalek::SigningKey;
 
+    /// A generation of `state` into `dir`, its log (which a child never
+    /// reads) in `logs`.
     fn job<'a>(
         dir: &'a std::path::Path,
         state: &'a BrandState,
         key: &'a SigningKey,
+        logs: &tempfile::TempDir,
     ) -> GenerationJob<'a> {
+        let store = crate::storage::DiskStore::open(logs.path()).unwrap();
         GenerationJob {
             chain: crate::snapshot::parts::Chain::after_generation(dir, state, 1),
             state,
             key,
+            store: std::sync::Arc::new(store),
         }
     }
 
@@ -143,7 +148,8 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         let mut state = BrandState::new(7);
         state.seq = 0;
-        let child = spawn(&job(dir.path(), &state, &key)).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let child = spawn(&job(dir.path(), &state, &key, &logs)).unwrap();
         // The parent changes its state at once; the child's copy is not.
         state.name = "changed after the fork".into();
         child.wait().unwrap();
@@ -159,7 +165,8 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         // A file where the directory should be: the write fails.
         let state = BrandState::new(7);
-        let child = spawn(&job(file.path(), &state, &key)).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let child = spawn(&job(file.path(), &state, &key, &logs)).unwrap();
         assert!(matches!(child.wait(), Err(ChildError::Failed(_))));
     }
 }

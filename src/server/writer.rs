@@ -586,7 +586,7 @@ fn fork_generation(
     job: &GenerationJob<'_>,
     started: std::time::Instant,
 ) -> Result<Storing, ()> {
-    let (seq, chain) = (job.state.seq, job.chain().clone());
+    let (seq, settle) = (job.state.seq, job.settle());
     let child = match super::snapshot_child::spawn(job) {
         Ok(child) => child,
         Err(e) => {
@@ -599,13 +599,16 @@ fn fork_generation(
         .snapshot_stall_seconds
         .observe(stall.as_secs_f64());
     Ok(tokio::task::spawn_blocking(move || {
-        let result = child.wait();
+        // The files the generation replaces go once its record is durable.
+        let why = |e: &dyn std::error::Error| crate::error::causes(e);
+        let result =
+            (child.wait().map_err(|e| why(&e))).and_then(|()| settle.run().map_err(|e| why(&e)));
         let took = started.elapsed();
         super::metrics::get()
             .snapshot_seconds
             .observe(took.as_secs_f64());
         match result {
-            Ok(()) => {
+            Ok(chain) => {
                 tracing::info!(
                     brand,
                     seq,
@@ -615,8 +618,8 @@ fn fork_generation(
                 );
                 Some(chain)
             }
-            Err(e) => {
-                tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored");
+            Err(error) => {
+                tracing::warn!(brand, error, "snapshot not stored");
                 None
             }
         }

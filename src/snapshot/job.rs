@@ -50,34 +50,40 @@ impl PartJob {
     /// of the log), then writes the part. Returns the chain to continue
     /// and the part's size in bytes.
     pub fn run(self) -> Result<(Chain, u64)> {
-        let (brand, seq) = (self.delta.rest.brand_id, self.delta.rest.seq);
-        let deadline = Instant::now() + DURABLE_PATIENCE;
-        loop {
-            match self.store.record(brand, seq) {
-                // Its own record, not another history's at that place (a
-                // writer halted while another node took the brand).
-                Ok(Some(bytes))
-                    if crate::crypto::leaf_hash(&bytes) == self.delta.rest.head_hash =>
-                {
-                    break
-                }
-                Ok(Some(_)) => {
-                    let why = format!("record {seq} on disk is not the part's");
-                    return Err(SnapshotError::Invalid(why));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Ok(None) => {
-                    let why = format!("record {seq} did not become durable");
-                    return Err(SnapshotError::Invalid(why));
-                }
-                Err(e) => return Err(SnapshotError::Invalid(crate::error::causes(&e))),
-            }
-        }
+        let rest = &self.delta.rest;
+        wait_durable(
+            self.store.as_ref(),
+            rest.brand_id,
+            rest.seq,
+            &rest.head_hash,
+        )?;
         let mut chain = self.chain;
         let size = chain.write_next(self.delta, &self.key)?;
         Ok((chain, size))
+    }
+}
+
+/// Waits until record `seq` of `brand` is durable and is the one whose
+/// hash is `head_hash`: a snapshot taken ahead of the log is kept only
+/// once the log holds what it was taken at.
+fn wait_durable(store: &dyn LogStore, brand: u32, seq: u64, head_hash: &[u8; 32]) -> Result<()> {
+    let deadline = Instant::now() + DURABLE_PATIENCE;
+    loop {
+        match store.record(brand, seq) {
+            // Its own record, not another history's at that place (a
+            // writer halted while another node took the brand).
+            Ok(Some(bytes)) if crate::crypto::leaf_hash(&bytes) == *head_hash => return Ok(()),
+            Ok(Some(_)) => {
+                let why = format!("record {seq} on disk is not the snapshot's");
+                return Err(SnapshotError::Invalid(why));
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let why = format!("record {seq} did not become durable");
+                return Err(SnapshotError::Invalid(why));
+            }
+            Err(e) => return Err(SnapshotError::Invalid(crate::error::causes(&e))),
+        }
     }
 }
 
@@ -89,16 +95,61 @@ pub struct GenerationJob<'a> {
     pub key: &'a SigningKey,
     /// The window the generation starts (its number and nonce).
     pub chain: Chain,
+    /// The log the state's record must be durable in.
+    pub store: Arc<dyn LogStore>,
 }
 
 impl GenerationJob<'_> {
-    /// Writes the generation (blocking: the whole state is encoded).
+    /// Writes the generation and settles it (blocking: the whole state is
+    /// encoded, then its record awaited).
     pub fn write(&self) -> Result<Chain> {
-        parts::write_generation_as(self.state, self.key, self.chain.clone())
+        self.write_slices()?;
+        self.settle().run()
+    }
+
+    /// Writes the generation's slices only (what a forked child does: it
+    /// cannot see the log grow). The files it replaces stay until
+    /// [`Settle::run`].
+    pub fn write_slices(&self) -> Result<()> {
+        parts::write_generation_as(self.state, self.key, self.chain.clone()).map(drop)
+    }
+
+    /// What is left once the slices are written.
+    pub fn settle(&self) -> Settle {
+        Settle {
+            chain: self.chain.clone(),
+            store: self.store.clone(),
+            brand: self.state.brand_id,
+            seq: self.state.seq,
+            head_hash: self.state.head_hash,
+        }
     }
 
     /// The chain the generation starts, once someone else wrote it.
     pub fn chain(&self) -> &Chain {
         &self.chain
+    }
+}
+
+/// A generation whose slices are written: it replaces the brand's older
+/// snapshot files only once its record is durable. The state it was taken
+/// from may be ahead of the log; a crash in between would otherwise leave
+/// a generation past the log's end and nothing older to start from (a
+/// full replay: minutes on a long ledger).
+pub struct Settle {
+    chain: Chain,
+    store: Arc<dyn LogStore>,
+    brand: u32,
+    seq: u64,
+    head_hash: [u8; 32],
+}
+
+impl Settle {
+    /// Waits for the generation's record, then deletes what it replaces.
+    /// Returns the chain the next parts continue.
+    pub fn run(self) -> Result<Chain> {
+        wait_durable(self.store.as_ref(), self.brand, self.seq, &self.head_hash)?;
+        self.chain.replace_older()?;
+        Ok(self.chain)
     }
 }

@@ -176,18 +176,38 @@ pub fn write(dir: &Path, state: &BrandState, key: &SigningKey) -> Result<u64> {
 /// file, whichever is further along), verified against the server key;
 /// None if there is none. An error says why one exists but cannot be used.
 pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<BrandState>> {
-    Ok(read_start(dir, brand, key)?.map(|(state, _)| state))
+    Ok(read_start(dir, brand, key, &|_, _| true)?.map(|(state, _)| state))
 }
 
-/// [`read`], with the chain of parts to continue when the state came from
-/// parts.
+/// Whether the log holds the record a snapshot was taken at: its sequence
+/// number and hash. A start begins only from such a snapshot.
+pub type OnLog<'a> = &'a dyn Fn(u64, &[u8; 32]) -> bool;
+
+/// [`read`] for a start: the newest snapshot `on_log` accepts (an older
+/// generation of parts, or the whole-state file, when a newer one was
+/// taken past what a crash left of the log), with the chain of parts to
+/// continue when it came from parts.
 pub fn read_start(
     dir: &Path,
     brand: u32,
     key: &VerifyingKey,
+    on_log: OnLog<'_>,
 ) -> Result<Option<(BrandState, Option<parts::Chain>)>> {
-    let from_parts = parts::read(dir, brand, key);
-    let whole = read_whole(dir, brand, key);
+    let from_parts = parts::read(dir, brand, key, on_log);
+    let whole = read_whole(dir, brand, key).map(|w| {
+        w.filter(|w| {
+            let usable = on_log(w.seq, &w.head_hash);
+            if !usable {
+                let seq = w.seq;
+                tracing::warn!(
+                    brand,
+                    seq,
+                    "the whole-state snapshot is not on the stored log"
+                );
+            }
+            usable
+        })
+    });
     match (from_parts, whole) {
         (Ok(Some((p, chain))), Ok(Some(w))) if w.seq > p.seq => {
             drop(chain);

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::{consistent, ensure, io, read_file, seal, unseal, Result, SnapshotError};
+use super::{consistent, ensure, io, read_file, seal, unseal, OnLog, Result, SnapshotError};
 use crate::state::delta::{Delta, Entities, Keys};
 use crate::state::{BrandState, Effects, FastMap};
 use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
@@ -151,17 +151,22 @@ fn write_part(dir: &Path, part: &Part, key: &SigningKey) -> Result<u64> {
 /// Writes `state` as a new generation of `WINDOW` slices under
 /// `generation` (from [`next_generation`]), then deletes every older file
 /// of the brand's snapshots. Returns the chain that the next parts follow.
+/// For a state the log already holds (tests, tools); the live writer's
+/// state may be ahead of the log (`job::GenerationJob`).
 pub fn write_generation(
     dir: &Path,
     state: &BrandState,
     key: &SigningKey,
     generation: u64,
 ) -> Result<Chain> {
-    write_generation_as(state, key, Chain::after_generation(dir, state, generation))
+    let chain = write_generation_as(state, key, Chain::after_generation(dir, state, generation))?;
+    chain.replace_older()?;
+    Ok(chain)
 }
 
-/// [`write_generation`] as the generation `chain` (from
-/// [`Chain::after_generation`] of this state) starts.
+/// Writes the slices of the generation `chain` (from
+/// [`Chain::after_generation`] of this state) starts; the older files stay
+/// (see [`Chain::replace_older`]).
 pub fn write_generation_as(state: &BrandState, key: &SigningKey, chain: Chain) -> Result<Chain> {
     assert_eq!(
         (chain.seq, chain.index),
@@ -191,7 +196,6 @@ pub fn write_generation_as(state: &BrandState, key: &SigningKey, chain: Chain) -
         };
         write_part(dir, &part, key)?;
     }
-    chain.remove_older()?;
     Ok(chain)
 }
 
@@ -277,8 +281,10 @@ impl Chain {
     }
 
     /// Deletes every snapshot file of the brand older than this chain's
-    /// generation, and the whole-state file: the generation replaces them.
-    fn remove_older(&self) -> Result<()> {
+    /// generation, and the whole-state file: the generation replaces them
+    /// (once the log holds its record: until then they are what a start
+    /// falls back to).
+    pub fn replace_older(&self) -> Result<()> {
         for (g, i) in listed(&self.dir, self.brand)? {
             if g < self.generation {
                 let path = part_path(&self.dir, self.brand, g, i);
@@ -332,9 +338,15 @@ fn carry(old: Part, newer: &[&Keys], forgotten_up_to: u64) -> Entities {
     out
 }
 
-/// The brand's state from its newest usable window of parts, with the
-/// chain to continue it; None if it has no part files.
-pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<(BrandState, Chain)>> {
+/// The brand's state from its newest usable window of parts (one that
+/// verifies and that `on_log` accepts), with the chain to continue it;
+/// None if it has no part files.
+pub fn read(
+    dir: &Path,
+    brand: u32,
+    key: &VerifyingKey,
+    on_log: OnLog<'_>,
+) -> Result<Option<(BrandState, Chain)>> {
     let found = listed(dir, brand)?;
     let mut generations: Vec<u64> = found.iter().map(|(g, _)| *g).collect();
     generations.dedup();
@@ -351,7 +363,21 @@ pub fn read(dir: &Path, brand: u32, key: &VerifyingKey) -> Result<Option<(BrandS
             continue;
         }
         match read_window(dir, brand, generation, newest, key) {
-            Ok(found) => return Ok(Some(found)),
+            Ok(found) if on_log(found.0.seq, &found.0.head_hash) => return Ok(Some(found)),
+            Ok((state, _)) => {
+                // Taken ahead of a log that a crash then cut short: the
+                // files it was to replace are still there.
+                let seq = state.seq;
+                tracing::warn!(
+                    brand,
+                    generation,
+                    seq,
+                    "snapshot parts not on the stored log; trying older ones"
+                );
+                let what =
+                    format!("generation {generation} at record {seq} is not on the stored log");
+                why = why.or(Some(SnapshotError::Invalid(what)));
+            }
             Err(e) => why = why.or(Some(e)),
         }
     }
@@ -619,14 +645,55 @@ mod tests {
             carried: second.slice(index - 1, WINDOW),
         };
         write_part(dir.path(), &part(1, chain.nonce), &key).unwrap();
-        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, first);
+        assert_eq!(
+            read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap().0,
+            first
+        );
         // Completed, but one part is another writer's under the same
         // number: refused, and generation 1 serves again.
         for index in 2..=WINDOW {
             write_part(dir.path(), &part(index, chain.nonce), &key).unwrap();
         }
-        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, second);
+        assert_eq!(
+            read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap().0,
+            second
+        );
         write_part(dir.path(), &part(4, chain.nonce ^ 1), &key).unwrap();
-        assert_eq!(read(dir.path(), 9, &vk).unwrap().unwrap().0, first);
+        assert_eq!(
+            read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap().0,
+            first
+        );
+    }
+
+    #[test]
+    fn a_generation_past_the_logs_end_leaves_the_older_one_to_start_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let vk = key.verifying_key();
+        let (first, second) = (state(3), state(5));
+        write_generation(dir.path(), &first, &key, 1).unwrap();
+        // Generation 2 is written ahead of the log: until its record is
+        // durable it replaces nothing.
+        let chain = Chain::after_generation(dir.path(), &second, 2);
+        write_generation_as(&second, &key, chain.clone()).unwrap();
+        let all = read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap();
+        assert_eq!(all.0, second);
+        // A crash cut the log at record 4: generation 1 serves.
+        let log_ends_at_4 = |seq: u64, _: &[u8; 32]| seq <= 4;
+        let start = read(dir.path(), 9, &vk, &log_ends_at_4).unwrap().unwrap();
+        assert_eq!((start.0, start.1.generation), (first, 1));
+        // Nothing on the log: why is told.
+        let none = read(dir.path(), 9, &vk, &|_, _| false);
+        assert!(
+            matches!(none, Err(SnapshotError::Invalid(why)) if why.contains("not on the stored log"))
+        );
+        // Its record durable, generation 2 replaces generation 1.
+        chain.replace_older().unwrap();
+        let left: Vec<u64> = listed(dir.path(), 9)
+            .unwrap()
+            .iter()
+            .map(|(g, _)| *g)
+            .collect();
+        assert_eq!(left, vec![2; WINDOW as usize]);
     }
 }

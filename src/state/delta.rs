@@ -255,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_bytes(&[5; 32]);
         let read = |dir: &std::path::Path| {
-            parts::read(dir, s_brand(), &key.verifying_key())
+            parts::read(dir, s_brand(), &key.verifying_key(), &|_, _| true)
                 .unwrap()
                 .expect("parts were written")
         };
