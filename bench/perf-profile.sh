@@ -5,6 +5,7 @@
 # purchase run, then the share per thread group and the top functions.
 #
 #   bench/perf-profile.sh [TERMINALS] [SECONDS]     # default 256 16
+#   PERF_STAGES=1 bench/perf-profile.sh 256 16     # plus the share by stage
 #
 # Needs `perf` (Debian: linux-perf). Also prints the generator's own CPU
 # share, since it runs on the same 2 cores.
@@ -23,15 +24,26 @@ start_purchase_load "$work" "$terminals" "$seconds"
 wait_for_load
 sleep 1
 window=$((seconds / 3))
-perf record -q -e cpu-clock -F 999 -p "$pid" -o "$work/perf.data" -- sleep "$window" 2>/dev/null
+if [ -n "${PERF_STAGES:-}" ]; then
+  # Call graphs (DWARF: the release build keeps debug info) for the share
+  # by stage of a request; fewer samples, as each carries its stack.
+  perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep "$window" 2>/dev/null
+else
+  perf record -q -e cpu-clock -F 999 -p "$pid" -o "$work/perf.data" -- sleep "$window" 2>/dev/null
+fi
 wait "$bench" || true
 samples=$(perf report -i "$work/perf.data" --stdio -g none --sort comm 2>/dev/null | sed -n 's/^# Samples: \([0-9.K]*\).*/\1/p')
-echo "daemon samples over ${window}s at 999 Hz: $samples (999 per busy core-second)"
+hz=999; [ -n "${PERF_STAGES:-}" ] && hz=499
+echo "daemon samples over ${window}s at $hz Hz: $samples ($hz per busy core-second)"
 echo "--- share by thread group"
 perf report -i "$work/perf.data" --stdio -g none --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' |
   sed 's/-[0-9]* *$//' | awk '{a[$2] += $1} END {for (k in a) printf "  %6.2f%%  %s\n", a[k], k}' | sort -rn
 echo "--- share by library"
 perf report -i "$work/perf.data" --stdio -g none --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -5
+if [ -n "${PERF_STAGES:-}" ]; then
+  echo "--- share by stage of a request"
+  perf script -i "$work/perf.data" -F comm,ip,sym 2>/dev/null | python3 bench/perf_stages.py
+fi
 echo "--- top functions"
 perf report -i "$work/perf.data" --stdio -g none --sort sym 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25 | cut -c1-150
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("run: ops/s", d["ops_per_sec"], "p99 ms", d["p99_ms"], "generator CPU s", d.get("generator_cpu_secs"))' "$work/bench.json"
