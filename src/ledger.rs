@@ -259,9 +259,11 @@ impl BrandLedger {
                 None,
             ),
             Recovery::CheckSnapshot(dir) => {
-                let snap = snapshot::read(dir, brand, &server_pub)
+                // The snapshot a start would take.
+                let on_log = holds(store.as_ref(), brand);
+                let snap = snapshot::read_start(dir, brand, &server_pub, &on_log)
                     .map_err(|source| LedgerError::Snapshot { brand, source })?;
-                (Start::empty(brand), snap)
+                (Start::empty(brand), snap.map(|(state, _)| state))
             }
         };
         let snapshot_seq = start.state.seq;
@@ -402,12 +404,21 @@ impl BrandLedger {
     /// Writes the snapshot that is due here and now (start-up, shutdown,
     /// offline tools), whether it is.
     pub fn write_snapshot(&mut self) -> Result<(), SnapshotError> {
+        self.write_snapshot_unless(&|| false)
+    }
+
+    /// [`write_snapshot`](Self::write_snapshot), which stops waiting for
+    /// its record once `give_up` says so (the brand's commits stopped).
+    pub fn write_snapshot_unless(
+        &mut self,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), SnapshotError> {
         use snapshot::job::Work;
         let started = std::time::Instant::now();
         let (chain, kind) = match self.begin_snapshot()? {
             None => return Ok(()),
-            Some(Work::Part(job)) => (job.run()?.0, "part"),
-            Some(Work::Generation(job)) => (job.write()?, "generation"),
+            Some(Work::Part(job)) => (job.run(give_up)?.0, "part"),
+            Some(Work::Generation(job)) => (job.write(give_up)?, "generation"),
         };
         tracing::info!(
             brand = self.state.brand_id,
@@ -752,17 +763,23 @@ impl BrandLedger {
                 .iter()
                 .flat_map(|w| w.nodes.iter().copied())
                 .collect();
-            store
-                .commit(brand, records, &nodes, (c.tree_size, checkpoint_bytes))
-                .map_err(|source| LedgerError::Storage { brand, source })?;
+            let committed = store.commit(brand, records, &nodes, (c.tree_size, checkpoint_bytes));
+            // The stopped writer's commit may land between the look above
+            // and this one: then it is there now.
+            if let Err(source) = committed {
+                if !stored_here(store, brand, records)? {
+                    return Err(LedgerError::Storage { brand, source });
+                }
+            }
         }
         self.snapshot_if_due();
         Ok(())
     }
 }
 
-/// Whether the local log already holds the followed commit `records`,
-/// byte for byte. It can: a node whose lease lapsed while its writer's
+/// Whether the local log already holds the followed commit's `records`,
+/// each byte for byte (its checkpoint is the same writer's, stored with
+/// them). It can: a node whose lease lapsed while its writer's
 /// commit was on its way to the stream stops serving the brand and starts
 /// following it, recovered from its local log, while that commit may still
 /// land there (the stream took it from this very writer, so the follower
@@ -949,12 +966,7 @@ impl Start {
         key: &ed25519_dalek::VerifyingKey,
     ) -> Self {
         let loading = std::time::Instant::now();
-        let on_log = |seq, head: &[u8; 32]| {
-            store
-                .record(brand, seq)
-                .is_ok_and(|r| r.is_some_and(|bytes| leaf_hash(&bytes) == *head))
-        };
-        let loaded = snapshot::read_start(dir, brand, key, &on_log);
+        let loaded = snapshot::read_start(dir, brand, key, &holds(store, brand));
         let load_ms = loading.elapsed().as_millis() as u64;
         tracing::info!(brand, load_ms, "snapshot read");
         let on_chain = |(state, chain)| on_chain(store, state).map(|s| (s, chain));
@@ -1059,6 +1071,16 @@ fn check_newest_checkpoint(
     checkpoint::decode_verified(&bytes, key)
         .and_then(|c| checkpoint::verify(&c, key, Some(state)))
         .map_err(|source| LedgerError::Checkpoint { brand, source })
+}
+
+/// Whether `store` holds `brand`'s record at a sequence number with this
+/// hash: a snapshot taken there lies on the stored chain.
+fn holds(store: &dyn LogStore, brand: u32) -> impl Fn(u64, &[u8; 32]) -> bool + '_ {
+    move |seq, head| {
+        store
+            .record(brand, seq)
+            .is_ok_and(|r| r.is_some_and(|bytes| leaf_hash(&bytes) == *head))
+    }
 }
 
 /// `snap` as a start, if it lies on the stored chain: the stored record at

@@ -146,7 +146,7 @@ fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from(
     slices_only(&mut ledger);
     drop(ledger);
 
-    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    let mut restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
     assert_eq!(
         restarted.snapshot_seq(),
         older,
@@ -154,6 +154,35 @@ fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from(
     );
     assert_eq!(restarted.state.seq, durable);
     assert_eq!(restarted.state, full_replay(&store));
+    assert_eq!(
+        generations(&snaps),
+        [1, 2],
+        "both kept until a part is written"
+    );
+
+    // The older window goes on; its first part deletes the generation
+    // that was passed over, so no start reads it again.
+    purchases(&mut restarted, &card, 16..18);
+    restarted.write_snapshot().unwrap();
+    assert_eq!(generations(&snaps), [1]);
+    let again = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(again.snapshot_seq(), restarted.state.seq);
+    assert_eq!(again.state, restarted.state);
+}
+
+/// The generations of brand 1's parts on disk, each once, in order.
+fn generations(snaps: &Path) -> Vec<u64> {
+    let dir = snaps.join("brand-1.parts");
+    let mut found: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".part")?.split('-').next()?.parse().ok()
+        })
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 #[test]

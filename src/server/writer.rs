@@ -378,6 +378,7 @@ async fn apply_in_order(
     let mut commands = Vec::with_capacity(MAX_COMMIT_BATCH);
     // The write of the newest snapshot, which goes on while batches apply.
     let mut snapshot_store: Option<Storing> = None;
+    let give_up = give_up_when_stopped(&stopped, &jobs);
     loop {
         // Room first, then the queue: while the committer is behind,
         // requests keep queuing and the next batch takes them all.
@@ -394,7 +395,7 @@ async fn apply_in_order(
                 ledger.continue_snapshots(store.await.ok().flatten());
             }
             if ledger.final_snapshot_due() {
-                snapshot_here(ledger).await;
+                snapshot_here(ledger, give_up).await;
             }
             return;
         }
@@ -448,7 +449,7 @@ async fn apply_in_order(
             sign_ons,
             reads,
         });
-        ledger = snapshot_if_due(ledger, &mut snapshot_store).await;
+        ledger = snapshot_if_due(ledger, &mut snapshot_store, &give_up).await;
     }
     // Memory is ahead of disk and nothing more of it may be served: the
     // brand is halted (a replicated node then gives its lease up).
@@ -475,10 +476,33 @@ fn halted(commands: &[Command]) -> Option<String> {
 /// the next snapshot continues (None: the next starts a generation).
 type Storing = tokio::task::JoinHandle<Option<Chain>>;
 
+/// True once the brand stopped on this node (halted, or its commits
+/// failed): a snapshot waiting for its record then stops waiting, and
+/// deletes nothing. The record may never come, and another writer (a
+/// follower of this node, after the lease went) may own the brand's
+/// snapshot files by then.
+type GiveUp = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The brand's [`GiveUp`]: its writer stopped, or its committer did.
+fn give_up_when_stopped(
+    stopped: &Arc<std::sync::atomic::AtomicBool>,
+    jobs: &mpsc::Sender<Job>,
+) -> GiveUp {
+    let (stopped, committer) = (stopped.clone(), jobs.downgrade());
+    Arc::new(move || {
+        stopped.load(std::sync::atomic::Ordering::SeqCst)
+            || committer.upgrade().is_none_or(|c| c.is_closed())
+    })
+}
+
 /// Starts the snapshot that is due, if any. One at a time, and the applier
 /// never waits for one: while the previous is still being written (a big
 /// state, a busy machine), the due one waits for the next batch.
-async fn snapshot_if_due(mut ledger: BrandLedger, store: &mut Option<Storing>) -> BrandLedger {
+async fn snapshot_if_due(
+    mut ledger: BrandLedger,
+    store: &mut Option<Storing>,
+    give_up: &GiveUp,
+) -> BrandLedger {
     let writing = store.as_ref().is_some_and(|s| !s.is_finished());
     if !ledger.snapshot_due() || writing {
         return ledger;
@@ -487,12 +511,12 @@ async fn snapshot_if_due(mut ledger: BrandLedger, store: &mut Option<Storing>) -
         // Finished: this only reaps it.
         ledger.continue_snapshots(previous.await.ok().flatten());
     }
-    match snapshot_beside(&mut ledger) {
+    match snapshot_beside(&mut ledger, give_up) {
         Ok(waiting) => {
             *store = waiting;
             ledger
         }
-        Err(()) => snapshot_here(ledger).await,
+        Err(()) => snapshot_here(ledger, give_up.clone()).await,
     }
 }
 
@@ -501,7 +525,7 @@ async fn snapshot_if_due(mut ledger: BrandLedger, store: &mut Option<Storing>) -
 /// changed), or a new generation in a forked child (`snapshot_child.rs`;
 /// the applier paused for the fork). Returns the task that ends with it,
 /// or `Err` if the fork failed (the caller then writes it here).
-fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<Storing>, ()> {
+fn snapshot_beside(ledger: &mut BrandLedger, give_up: &GiveUp) -> Result<Option<Storing>, ()> {
     let brand = ledger.brand_id();
     let started = std::time::Instant::now();
     let work = match ledger.begin_snapshot() {
@@ -513,8 +537,8 @@ fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<Storing>, ()> {
         }
     };
     match work {
-        Work::Part(job) => Ok(Some(store_part(brand, job, started))),
-        Work::Generation(job) => fork_generation(brand, &job, started).map(Some),
+        Work::Part(job) => Ok(Some(store_part(brand, job, started, give_up.clone()))),
+        Work::Generation(job) => fork_generation(brand, &job, started, give_up.clone()).map(Some),
     }
 }
 
@@ -525,7 +549,12 @@ fn snapshot_beside(ledger: &mut BrandLedger) -> Result<Option<Storing>, ()> {
 const PART_NICE: i32 = 10;
 
 /// Writes the next part on a thread of its own at a lower priority.
-fn store_part(brand: u32, job: Box<PartJob>, started: std::time::Instant) -> Storing {
+fn store_part(
+    brand: u32,
+    job: Box<PartJob>,
+    started: std::time::Instant,
+    give_up: GiveUp,
+) -> Storing {
     let stall = started.elapsed();
     super::metrics::get()
         .snapshot_stall_seconds
@@ -536,7 +565,7 @@ fn store_part(brand: u32, job: Box<PartJob>, started: std::time::Instant) -> Sto
         .name(format!("snapshot-{brand}"))
         .spawn(move || {
             super::audit::lower_priority(PART_NICE);
-            let _ = tx.send(job.run());
+            let _ = tx.send(job.run(&*give_up));
         });
     if let Err(e) = spawned {
         tracing::warn!(brand, error = %e, "no thread for a snapshot part; the next starts anew");
@@ -585,6 +614,7 @@ fn fork_generation(
     brand: u32,
     job: &GenerationJob<'_>,
     started: std::time::Instant,
+    give_up: GiveUp,
 ) -> Result<Storing, ()> {
     let (seq, settle) = (job.state.seq, job.settle());
     let child = match super::snapshot_child::spawn(job) {
@@ -601,8 +631,8 @@ fn fork_generation(
     Ok(tokio::task::spawn_blocking(move || {
         // The files the generation replaces go once its record is durable.
         let why = |e: &dyn std::error::Error| crate::error::causes(e);
-        let result =
-            (child.wait().map_err(|e| why(&e))).and_then(|()| settle.run().map_err(|e| why(&e)));
+        let result = (child.wait().map_err(|e| why(&e)))
+            .and_then(|()| settle.run(&*give_up).map_err(|e| why(&e)));
         let took = started.elapsed();
         super::metrics::get()
             .snapshot_seconds
@@ -629,10 +659,10 @@ fn fork_generation(
 /// Writes the snapshot that is due on a blocking thread while the applier
 /// waits (shutdown, or a fork that failed). A failed snapshot costs only a
 /// longer restart.
-async fn snapshot_here(mut ledger: BrandLedger) -> BrandLedger {
+async fn snapshot_here(mut ledger: BrandLedger, give_up: GiveUp) -> BrandLedger {
     let started = std::time::Instant::now();
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = ledger.write_snapshot() {
+        if let Err(e) = ledger.write_snapshot_unless(&*give_up) {
             let brand = ledger.brand_id();
             tracing::warn!(brand, error = %crate::error::causes(&e), "snapshot not stored");
         }

@@ -49,14 +49,12 @@ impl PartJob {
     /// Waits until the part's record is durable (a window is never ahead
     /// of the log), then writes the part. Returns the chain to continue
     /// and the part's size in bytes.
-    pub fn run(self) -> Result<(Chain, u64)> {
+    /// `give_up` ends the wait early (the brand stopped here: its record
+    /// may never come, and another writer may take its window over).
+    pub fn run(self, give_up: &dyn Fn() -> bool) -> Result<(Chain, u64)> {
         let rest = &self.delta.rest;
-        wait_durable(
-            self.store.as_ref(),
-            rest.brand_id,
-            rest.seq,
-            &rest.head_hash,
-        )?;
+        let at = (rest.brand_id, rest.seq, &rest.head_hash);
+        wait_durable(self.store.as_ref(), at, give_up)?;
         let mut chain = self.chain;
         let size = chain.write_next(self.delta, &self.key)?;
         Ok((chain, size))
@@ -66,9 +64,17 @@ impl PartJob {
 /// Waits until record `seq` of `brand` is durable and is the one whose
 /// hash is `head_hash`: a snapshot taken ahead of the log is kept only
 /// once the log holds what it was taken at.
-fn wait_durable(store: &dyn LogStore, brand: u32, seq: u64, head_hash: &[u8; 32]) -> Result<()> {
+fn wait_durable(
+    store: &dyn LogStore,
+    (brand, seq, head_hash): (u32, u64, &[u8; 32]),
+    give_up: &dyn Fn() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + DURABLE_PATIENCE;
     loop {
+        if give_up() {
+            let why = format!("the brand stopped before record {seq} was durable");
+            return Err(SnapshotError::Invalid(why));
+        }
         match store.record(brand, seq) {
             // Its own record, not another history's at that place (a
             // writer halted while another node took the brand).
@@ -101,10 +107,10 @@ pub struct GenerationJob<'a> {
 
 impl GenerationJob<'_> {
     /// Writes the generation and settles it (blocking: the whole state is
-    /// encoded, then its record awaited).
-    pub fn write(&self) -> Result<Chain> {
+    /// encoded, then its record awaited unless `give_up`).
+    pub fn write(&self, give_up: &dyn Fn() -> bool) -> Result<Chain> {
         self.write_slices()?;
-        self.settle().run()
+        self.settle().run(give_up)
     }
 
     /// Writes the generation's slices only (what a forked child does: it
@@ -145,11 +151,44 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Waits for the generation's record, then deletes what it replaces.
-    /// Returns the chain the next parts continue.
-    pub fn run(self) -> Result<Chain> {
-        wait_durable(self.store.as_ref(), self.brand, self.seq, &self.head_hash)?;
-        self.chain.replace_older()?;
+    /// Waits for the generation's record (unless `give_up`: then nothing
+    /// is deleted), then deletes what it replaces. Returns the chain the
+    /// next parts continue.
+    pub fn run(self, give_up: &dyn Fn() -> bool) -> Result<Chain> {
+        let at = (self.brand, self.seq, &self.head_hash);
+        wait_durable(self.store.as_ref(), at, give_up)?;
+        if let Err(e) = self.chain.replace_older() {
+            // The generation stands; what it replaces goes with the next.
+            let (brand, error) = (self.brand, crate::error::causes(&e));
+            tracing::warn!(brand, error, "older snapshot files not deleted");
+        }
         Ok(self.chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_for_a_record_ends_at_once_when_the_brand_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::DiskStore::open(dir.path()).unwrap();
+        let started = Instant::now();
+        let waited = wait_durable(&store, (1, 5, &[0; 32]), &|| true);
+        assert!(matches!(waited, Err(SnapshotError::Invalid(why)) if why.contains("stopped")));
+        assert!(started.elapsed() < DURABLE_PATIENCE / 10);
+    }
+
+    #[test]
+    fn generation_numbers_are_not_handed_out_twice_before_their_files_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = parts::next_generation(dir.path(), 3).unwrap();
+        assert_eq!(parts::next_generation(dir.path(), 3).unwrap(), first + 1);
+        assert_eq!(
+            parts::next_generation(dir.path(), 4).unwrap(),
+            1,
+            "per brand"
+        );
     }
 }

@@ -261,6 +261,19 @@ fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
 
 /// Checks [`seal`]'s framing, format and signature, then decodes the body,
 /// all of it.
+/// The value a sealed file's body begins with, decoded without checking
+/// the signature or the rest: a hint only (where a part says it stands),
+/// which the full read then verifies. None if it does not decode.
+fn peek<T: serde::de::DeserializeOwned>(magic: &[u8; 8], bytes: &[u8]) -> Option<T> {
+    let format = bytes.get(magic.len()..HEADER)?;
+    let sealed = bytes.len() >= HEADER + TRAILER && bytes.starts_with(magic);
+    if !sealed || format != FORMAT.to_be_bytes() {
+        return None;
+    }
+    let body = &bytes[HEADER..bytes.len() - TRAILER];
+    postcard::take_from_bytes(body).ok().map(|(value, _)| value)
+}
+
 fn unseal<T: serde::de::DeserializeOwned>(
     magic: &[u8; 8],
     bytes: &[u8],

@@ -27,16 +27,20 @@
 //! `the_encoding_of_a_part_is_pinned` fails until then).
 //!
 //! A part is written only once its records are durable (a crash cannot
-//! leave a window ahead of the log). Any gap, failed signature or
-//! mismatch makes the window unusable, and recovery falls back as for any
-//! snapshot (a whole-state file if newer, else a full replay).
+//! leave a window ahead of the log). A generation is written from the
+//! applier's state, which may be ahead of the log: it replaces the older
+//! files only once its record is durable (`job::Settle`), and a start
+//! passes over a generation whose record the log does not hold. Any gap,
+//! failed signature or mismatch makes a window unusable; recovery then
+//! takes the next older usable window, a newer whole-state file, or
+//! replays the whole chain.
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::{consistent, ensure, io, read_file, seal, unseal, OnLog, Result, SnapshotError};
+use super::{consistent, ensure, io, peek, read_file, seal, unseal, OnLog, Result, SnapshotError};
 use crate::state::delta::{Delta, Entities, Keys};
 use crate::state::{BrandState, Effects, FastMap};
 use crate::storage::fsutil::{create_dir_all_durable, replace_durably};
@@ -97,6 +101,10 @@ pub struct Chain {
     /// The keys each part of the window changed, oldest first
     /// (`WINDOW` of them).
     changed: VecDeque<Keys>,
+    /// Read at a start, no part written since: the next part also deletes
+    /// every other generation's files (older ones it replaces; newer ones
+    /// were passed over, past the log's end) and the whole-state file.
+    recovered: bool,
 }
 
 /// The directory of a brand's parts.
@@ -135,8 +143,20 @@ fn listed(dir: &Path, brand: u32) -> Result<Vec<(u64, u64)>> {
 
 /// The generation a new one should take: above every one on disk.
 pub fn next_generation(dir: &Path, brand: u32) -> Result<u64> {
-    Ok(listed(dir, brand)?.last().map_or(1, |(g, _)| g + 1))
+    let on_disk = listed(dir, brand)?.last().map_or(0, |(g, _)| *g);
+    // Numbers handed out in this process too: a child may not have made
+    // the first file of its generation yet when another writer of the
+    // brand here (a follower, after the lease went) asks.
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let newest = handed.entry((dir.to_path_buf(), brand)).or_default();
+    *newest = (*newest).max(on_disk) + 1;
+    Ok(*newest)
 }
+
+/// The newest generation number handed out in this process, per snapshot
+/// directory and brand.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeMap<(PathBuf, u32), u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 fn write_part(dir: &Path, part: &Part, key: &SigningKey) -> Result<u64> {
     let p = part.place;
@@ -213,6 +233,7 @@ impl Chain {
             index: WINDOW,
             seq: state.seq,
             changed: (0..WINDOW).map(|_| Keys::default()).collect(),
+            recovered: false,
         }
     }
 
@@ -261,6 +282,9 @@ impl Chain {
                 std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
             }
         }
+        if std::mem::take(&mut self.recovered) {
+            self.remove_files(|g| g != self.generation)?;
+        }
         Ok(size)
     }
 
@@ -285,8 +309,14 @@ impl Chain {
     /// (once the log holds its record: until then they are what a start
     /// falls back to).
     pub fn replace_older(&self) -> Result<()> {
+        self.remove_files(|g| g < self.generation)
+    }
+
+    /// Deletes the brand's part files of the generations `doomed` names,
+    /// temporary files and the whole-state file.
+    fn remove_files(&self, doomed: impl Fn(u64) -> bool) -> Result<()> {
         for (g, i) in listed(&self.dir, self.brand)? {
-            if g < self.generation {
+            if doomed(g) {
                 let path = part_path(&self.dir, self.brand, g, i);
                 std::fs::remove_file(&path).map_err(io(format!("deleting {}", path.display())))?;
             }
@@ -362,22 +392,17 @@ pub fn read(
             // files it would have replaced are still there).
             continue;
         }
+        if let Some(p) = peek_place(dir, brand, generation, newest) {
+            // Not merged at all (seconds on a big state) when its newest
+            // part already says it is past the log.
+            if !on_log(p.seq, &p.head_hash) {
+                passed_over(brand, generation, p.seq);
+                continue;
+            }
+        }
         match read_window(dir, brand, generation, newest, key) {
             Ok(found) if on_log(found.0.seq, &found.0.head_hash) => return Ok(Some(found)),
-            Ok((state, _)) => {
-                // Taken ahead of a log that a crash then cut short: the
-                // files it was to replace are still there.
-                let seq = state.seq;
-                tracing::warn!(
-                    brand,
-                    generation,
-                    seq,
-                    "snapshot parts not on the stored log; trying older ones"
-                );
-                let what =
-                    format!("generation {generation} at record {seq} is not on the stored log");
-                why = why.or(Some(SnapshotError::Invalid(what)));
-            }
+            Ok((state, _)) => passed_over(brand, generation, state.seq),
             Err(e) => why = why.or(Some(e)),
         }
     }
@@ -483,6 +508,7 @@ fn follow(chain: &mut Option<Chain>, part: &Part, dir: &Path, index: u64) -> Res
         index,
         seq: p.seq,
         changed: VecDeque::new(),
+        recovered: true,
     });
     (c.index, c.seq, c.head_hash) = (index, p.seq, p.head_hash);
     c.changed.push_back(part.changed.keys());
@@ -491,6 +517,26 @@ fn follow(chain: &mut Option<Chain>, part: &Part, dir: &Path, index: u64) -> Res
 
 /// One part, verified and in its place (its nonce is checked against its
 /// window's by the caller).
+/// A complete generation whose record the log does not hold: taken ahead
+/// of a log that a crash then cut short (the files it was to replace are
+/// still there), or of a branch the log no longer has. Not an error: as a
+/// generation never finished, it is passed over.
+fn passed_over(brand: u32, generation: u64, seq: u64) {
+    tracing::warn!(
+        brand,
+        generation,
+        seq,
+        "snapshot parts not on the stored log; trying older ones"
+    );
+}
+
+/// Where part `index` of `generation` says it stands, unverified (see
+/// `peek`); None if it cannot be read.
+fn peek_place(dir: &Path, brand: u32, generation: u64, index: u64) -> Option<Place> {
+    let bytes = read_file(&part_path(dir, brand, generation, index)).ok()??;
+    peek(MAGIC, &bytes)
+}
+
 fn read_part(
     dir: &Path,
     brand: u32,
@@ -682,11 +728,8 @@ mod tests {
         let log_ends_at_4 = |seq: u64, _: &[u8; 32]| seq <= 4;
         let start = read(dir.path(), 9, &vk, &log_ends_at_4).unwrap().unwrap();
         assert_eq!((start.0, start.1.generation), (first, 1));
-        // Nothing on the log: why is told.
-        let none = read(dir.path(), 9, &vk, &|_, _| false);
-        assert!(
-            matches!(none, Err(SnapshotError::Invalid(why)) if why.contains("not on the stored log"))
-        );
+        // Nothing on the log: no start from parts (a full replay).
+        assert!(read(dir.path(), 9, &vk, &|_, _| false).unwrap().is_none());
         // Its record durable, generation 2 replaces generation 1.
         chain.replace_older().unwrap();
         let left: Vec<u64> = listed(dir.path(), 9)
