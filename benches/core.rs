@@ -1,8 +1,11 @@
 //! Criterion benches of the pieces that must be far cheaper than a
 //! signature check or an fsync: the state machine alone (no I/O), the frame
-//! codec, Merkle append, and verify-and-replay of an in-memory export.
+//! codec, Merkle append, and verify-and-replay of an in-memory export; and
+//! the signature check itself, alone and in batches (the floor of a
+//! request's CPU: every request carries its till's signature).
 //!
 //!     cargo bench --bench core
+//!     cargo bench --bench core -- signatures
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -248,11 +251,46 @@ fn verify_replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// One signature checked alone (`verify_strict`, as a batch of one is)
+/// and in batches of distinct tills' requests (`verify_batch`, as the
+/// daemon's verifier threads do), per signature.
+fn signatures(c: &mut Criterion) {
+    const MOST: usize = 256;
+    let keys: Vec<SigningKey> = (0..MOST).map(|i| testing::key(i as u8)).collect();
+    let messages: Vec<Vec<u8>> = (0..MOST as u32)
+        .map(|i| cardd::crypto::request_message(&[i.to_be_bytes().as_slice(), &[7; 116]].concat()))
+        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> = keys
+        .iter()
+        .zip(&messages)
+        .map(|(k, m)| ed25519_dalek::Signer::sign(k, m))
+        .collect();
+    let public: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
+    let mut g = c.benchmark_group("signatures");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify_strict_one", |b| {
+        b.iter(|| {
+            public[0]
+                .verify_strict(&messages[0], &sigs[0])
+                .expect("verifies")
+        })
+    });
+    for n in [16, 64, 256] {
+        let m: Vec<&[u8]> = messages[..n].iter().map(|m| m.as_slice()).collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("verify_batch_{n}"), |b| {
+            b.iter(|| ed25519_dalek::verify_batch(&m, &sigs[..n], &public[..n]).expect("verifies"))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     state_machine,
     frame_codec,
     merkle_append,
-    verify_replay
+    verify_replay,
+    signatures
 );
 criterion_main!(benches);
