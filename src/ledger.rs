@@ -1191,44 +1191,57 @@ mod tests {
         card
     }
 
+    /// An active node that committed one purchase past what its standby's
+    /// local log holds (a copy of the active's directory before it).
+    struct Nodes {
+        writer: BrandLedger,
+        commit: Followed,
+        card: String,
+        local: Arc<dyn LogStore>,
+        _dirs: tempfile::TempDir,
+    }
+
+    fn nodes() -> Nodes {
+        let dirs = tempfile::tempdir().unwrap();
+        let (active, local) = (dirs.path().join("active"), dirs.path().join("local"));
+        let card = provisioned_twice(&active, &local);
+        let mut writer = recovered(&store(&active));
+        let commit = one_purchase(&mut writer, &card, 2, 700);
+        Nodes {
+            writer,
+            commit,
+            card,
+            local: store(&local),
+            _dirs: dirs,
+        }
+    }
+
     /// The standby's follower was recovered from its local log while the
     /// node's previous writer still had a commit on its way there; that
     /// commit lands first, then the follower reads it off the stream.
     #[test]
     fn a_followed_commit_the_local_log_already_holds_is_taken_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (active, local) = (tmp.path().join("active"), tmp.path().join("local"));
-        let card = provisioned_twice(&active, &local);
-        let mut writer = recovered(&store(&active));
-        let commit = one_purchase(&mut writer, &card, 2, 700);
-
-        let local_store = store(&local);
-        let mut follower = recovered(&local_store);
-        commit.onto(&mut recovered(&local_store)).unwrap();
-        commit.onto(&mut follower).unwrap();
-        assert_eq!(follower.state.seq, commit.seq);
-        assert_eq!(follower.state, writer.state);
+        let n = nodes();
+        let mut follower = recovered(&n.local);
+        n.commit.onto(&mut recovered(&n.local)).unwrap();
+        n.commit.onto(&mut follower).unwrap();
+        assert_eq!(follower.state.seq, n.commit.seq);
+        assert_eq!(follower.state, n.writer.state);
         drop(follower);
-        assert_eq!(recovered(&local_store).state, writer.state, "stored once");
+        assert_eq!(recovered(&n.local).state, n.writer.state, "stored once");
     }
 
     #[test]
     fn a_followed_commit_where_the_local_log_holds_another_record_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (active, local) = (tmp.path().join("active"), tmp.path().join("local"));
-        let card = provisioned_twice(&active, &local);
-        let mut writer = recovered(&store(&active));
-        let commit = one_purchase(&mut writer, &card, 2, 700);
-
-        let local_store = store(&local);
-        let mut follower = recovered(&local_store);
-        let mut lost_branch = recovered(&local_store);
-        let other = one_purchase(&mut lost_branch, &card, 2, 300);
-        assert_eq!(other.seq, commit.seq);
-        let refused = commit.onto(&mut follower);
+        let n = nodes();
+        let mut follower = recovered(&n.local);
+        let mut lost_branch = recovered(&n.local);
+        let other = one_purchase(&mut lost_branch, &n.card, 2, 300);
+        assert_eq!(other.seq, n.commit.seq);
+        let refused = n.commit.onto(&mut follower);
         assert!(
             matches!(&refused, Err(LedgerError::Replay { source, .. })
-                if source.seq == commit.seq && source.what.contains("another record")),
+                if source.seq == n.commit.seq && source.what.contains("another record")),
             "{refused:?}"
         );
     }
