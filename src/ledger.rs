@@ -966,7 +966,10 @@ impl Start {
         key: &ed25519_dalek::VerifyingKey,
     ) -> Self {
         let loading = std::time::Instant::now();
+        let lock = snapshot::parts::files_lock(dir, brand);
+        let files = lock.lock().unwrap_or_else(|e| e.into_inner());
         let loaded = snapshot::read_start(dir, brand, key, &holds(store, brand));
+        drop(files);
         let load_ms = loading.elapsed().as_millis() as u64;
         tracing::info!(brand, load_ms, "snapshot read");
         let on_chain = |(state, chain)| on_chain(store, state).map(|s| (s, chain));

@@ -170,6 +170,43 @@ fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from(
     assert_eq!(again.state, restarted.state);
 }
 
+/// A part whose record is durable waits for the brand's snapshot files
+/// (here held by the test, in the daemon by another writer of the brand on
+/// the same node); the brand stops meanwhile: the part is not written.
+#[test]
+fn a_part_of_a_brand_that_stopped_while_it_waited_for_the_files_is_not_written() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
+    let (mut ledger, card) = provision(store.clone(), &snaps);
+    ledger.write_snapshot().unwrap();
+    purchases(&mut ledger, &card, 2..4);
+    let files = || {
+        std::fs::read_dir(snaps.join("brand-1.parts"))
+            .unwrap()
+            .count()
+    };
+    let before = files();
+    let Some(cardd::snapshot::job::Work::Part(job)) = ledger.begin_snapshot().unwrap() else {
+        panic!("a part is due");
+    };
+    let lock = cardd::snapshot::parts::files_lock(&snaps, 1);
+    let held = lock.lock().unwrap();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let give_up = stopped.clone();
+    let part = std::thread::spawn(move || job.run(&|| give_up.load(Ordering::SeqCst)).map(|_| ()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stopped.store(true, Ordering::SeqCst);
+    drop(held);
+    let ran = part.join().unwrap();
+    assert!(
+        matches!(&ran, Err(cardd::snapshot::SnapshotError::Invalid(why)) if why.contains("stopped")),
+        "{ran:?}"
+    );
+    assert_eq!(files(), before, "nothing written, nothing deleted");
+}
+
 /// The generations of brand 1's parts on disk, each once, in order.
 fn generations(snaps: &Path) -> Vec<u64> {
     let dir = snaps.join("brand-1.parts");
@@ -233,26 +270,29 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
     let (mut ledger, card) = provision(store.clone(), &snaps);
     ledger.snapshot_into(&snaps, 10);
     let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
-    // Provisioning wrote 5 records; one purchase per batch takes it to 43,
-    // with snapshots due at 10, 20, 30 and 40.
-    for txn in 2..40 {
-        let reply = handle.submit(purchase(&card, txn, 100)).await.unwrap();
+    // Provisioning wrote 5 records; one purchase per batch, a snapshot due
+    // every 10. The first is a generation, written by a forked child at a
+    // low priority (slow on a loaded machine); a part is taken only when
+    // one is due and none is being written, so buy until a part well on
+    // the way is stored (bounded), then stop.
+    let (mut txn, mut head) = (2, 5);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while newest_snapshot(&snaps) < 25 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot part in 60 s"
+        );
+        let reply = handle.submit(purchase(&card, txn, 1)).await.unwrap();
         reply.expect("purchase");
+        (txn, head) = (txn + 1, head + 1);
     }
-    // Snapshots are stored beside the applier, one at a time (a part
-    // waits for the one before): wait for one well on the way, then for
-    // the final one the writer leaves when its handles are gone.
-    let snaps2 = snaps.clone();
-    let on_the_way = tokio::task::spawn_blocking(move || snapshot_at(&snaps2, 25))
-        .await
-        .unwrap();
-    assert!(on_the_way >= 25);
+    // The final one the writer leaves when its handles are gone.
     drop(handle);
     let snaps2 = snaps.clone();
-    let last = tokio::task::spawn_blocking(move || snapshot_at(&snaps2, 43))
+    let last = tokio::task::spawn_blocking(move || snapshot_at(&snaps2, head))
         .await
         .unwrap();
-    assert_eq!(last, 43);
+    assert_eq!(last, head);
     // The part leaving the window is deleted just after the newest lands.
     let count = || {
         std::fs::read_dir(cardd::snapshot::parts::brand_dir(&snaps, 1))
@@ -271,22 +311,27 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
     })
     .await
     .unwrap();
-    assert_eq!(restarted.snapshot_seq(), 43);
-    assert_eq!(restarted.state.seq, 43);
+    assert_eq!(restarted.snapshot_seq(), head);
+    assert_eq!(restarted.state.seq, head);
     assert_eq!(restarted.state, full_replay(&store));
 }
 
-/// Waits (20 s at most) for the brand's newest snapshot to reach
-/// `at_least`, and returns its sequence number.
-fn snapshot_at(snaps: &Path, at_least: u64) -> u64 {
+/// The sequence number of the brand's newest snapshot (0: none, or a
+/// window read while its leaving part was being deleted).
+fn newest_snapshot(snaps: &Path) -> u64 {
     let key = server_key().verifying_key();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let newest = cardd::snapshot::read(snaps, 1, &key).ok().flatten();
+    newest.map_or(0, |s| s.seq)
+}
+
+/// Waits (30 s at most) for the brand's newest snapshot to reach `head`,
+/// and returns its sequence number.
+fn snapshot_at(snaps: &Path, head: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let seq = cardd::snapshot::read(snaps, 1, &key)
-            .unwrap()
-            .map_or(0, |s| s.seq);
-        assert!(seq <= 43, "a snapshot past the head: {seq}");
-        if seq >= at_least {
+        let seq = newest_snapshot(snaps);
+        assert!(seq <= head, "a snapshot past the head: {seq}");
+        if seq == head {
             return seq;
         }
         assert!(std::time::Instant::now() < deadline, "snapshot at {seq}");

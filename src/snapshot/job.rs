@@ -56,9 +56,22 @@ impl PartJob {
         let at = (rest.brand_id, rest.seq, &rest.head_hash);
         wait_durable(self.store.as_ref(), at, give_up)?;
         let mut chain = self.chain;
+        let lock = parts::files_lock(chain.dir(), rest.brand_id);
+        let _files = lock.lock().unwrap_or_else(|e| e.into_inner());
+        stopped_here(give_up)?;
         let size = chain.write_next(self.delta, &self.key)?;
         Ok((chain, size))
     }
+}
+
+/// Err once the brand stopped here: checked again under the files lock,
+/// right before anything is written or deleted.
+fn stopped_here(give_up: &dyn Fn() -> bool) -> Result<()> {
+    if give_up() {
+        let why = "the brand stopped on this node".to_string();
+        return Err(SnapshotError::Invalid(why));
+    }
+    Ok(())
 }
 
 /// Waits until record `seq` of `brand` is durable and is the one whose
@@ -71,10 +84,7 @@ fn wait_durable(
 ) -> Result<()> {
     let deadline = Instant::now() + DURABLE_PATIENCE;
     loop {
-        if give_up() {
-            let why = format!("the brand stopped before record {seq} was durable");
-            return Err(SnapshotError::Invalid(why));
-        }
+        stopped_here(give_up)?;
         match store.record(brand, seq) {
             // Its own record, not another history's at that place (a
             // writer halted while another node took the brand).
@@ -157,6 +167,10 @@ impl Settle {
     pub fn run(self, give_up: &dyn Fn() -> bool) -> Result<Chain> {
         let at = (self.brand, self.seq, &self.head_hash);
         wait_durable(self.store.as_ref(), at, give_up)?;
+        let lock = parts::files_lock(self.chain.dir(), self.brand);
+        let _files = lock.lock().unwrap_or_else(|e| e.into_inner());
+        stopped_here(give_up)?;
+        self.chain.own_generation()?;
         if let Err(e) = self.chain.replace_older() {
             // The generation stands; what it replaces goes with the next.
             let (brand, error) = (self.brand, crate::error::causes(&e));

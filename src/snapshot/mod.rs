@@ -259,21 +259,29 @@ fn decode(bytes: &[u8], key: &VerifyingKey) -> Result<BrandState> {
     unseal(MAGIC, bytes, key)
 }
 
-/// Checks [`seal`]'s framing, format and signature, then decodes the body,
-/// all of it.
-/// The value a sealed file's body begins with, decoded without checking
-/// the signature or the rest: a hint only (where a part says it stands),
-/// which the full read then verifies. None if it does not decode.
-fn peek<T: serde::de::DeserializeOwned>(magic: &[u8; 8], bytes: &[u8]) -> Option<T> {
-    let format = bytes.get(magic.len()..HEADER)?;
-    let sealed = bytes.len() >= HEADER + TRAILER && bytes.starts_with(magic);
-    if !sealed || format != FORMAT.to_be_bytes() {
+/// The value a sealed file's body begins with, read from the file's
+/// first bytes only, without checking the signature or the rest: a hint
+/// (where a part says it stands), which a full read verifies. None if the
+/// file is missing, or that much does not decode.
+fn peek<T: serde::de::DeserializeOwned>(magic: &[u8; 8], path: &Path) -> Option<T> {
+    use std::io::Read;
+    let mut prefix = Vec::with_capacity(PEEK_BYTES);
+    let file = File::open(path).ok()?;
+    file.take(PEEK_BYTES as u64).read_to_end(&mut prefix).ok()?;
+    let format = prefix.get(magic.len()..HEADER)?;
+    if !prefix.starts_with(magic) || format != FORMAT.to_be_bytes() {
         return None;
     }
-    let body = &bytes[HEADER..bytes.len() - TRAILER];
-    postcard::take_from_bytes(body).ok().map(|(value, _)| value)
+    postcard::take_from_bytes(&prefix[HEADER..])
+        .ok()
+        .map(|(value, _)| value)
 }
 
+/// What [`peek`] reads: a part's place is a few hundred bytes.
+const PEEK_BYTES: usize = 4096;
+
+/// Checks [`seal`]'s framing, format and signature, then decodes the body,
+/// all of it.
 fn unseal<T: serde::de::DeserializeOwned>(
     magic: &[u8; 8],
     bytes: &[u8],

@@ -153,6 +153,23 @@ pub fn next_generation(dir: &Path, brand: u32) -> Result<u64> {
     Ok(*newest)
 }
 
+/// The lock on a brand's snapshot files in this process: whoever writes
+/// or deletes them (a part, a generation settling) or reads them for a
+/// start holds it, and a writer checks there that its brand still serves
+/// here. Two writers of one brand meet only on a replicated node whose
+/// writer stopped (its lease lost) while a follower took the brand up
+/// from the same files; without it, the stopped writer's part could land
+/// over the follower's window.
+pub fn files_lock(dir: &Path, brand: u32) -> std::sync::Arc<std::sync::Mutex<()>> {
+    let mut locks = FILE_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.entry((dir.to_path_buf(), brand)).or_default().clone()
+}
+
+type FileLocks = std::collections::BTreeMap<(PathBuf, u32), std::sync::Arc<std::sync::Mutex<()>>>;
+
+static FILE_LOCKS: std::sync::Mutex<FileLocks> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// The newest generation number handed out in this process, per snapshot
 /// directory and brand.
 static HANDED_OUT: std::sync::Mutex<std::collections::BTreeMap<(PathBuf, u32), u64>> =
@@ -237,6 +254,11 @@ impl Chain {
         }
     }
 
+    /// The snapshot directory the chain's files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The newest part's sequence number.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -283,7 +305,11 @@ impl Chain {
             }
         }
         if std::mem::take(&mut self.recovered) {
-            self.remove_files(|g| g != self.generation)?;
+            if let Err(e) = self.remove_files(|g| g != self.generation) {
+                // The part stands; the files go with the next generation.
+                let (brand, error) = (self.brand, crate::error::causes(&e));
+                tracing::warn!(brand, error, "other snapshot generations not deleted");
+            }
         }
         Ok(size)
     }
@@ -302,6 +328,23 @@ impl Chain {
             format!("part {} is of another generation", path.display())
         })?;
         Ok(part)
+    }
+
+    /// Whether every slice of this chain's generation is its own (its
+    /// nonce): a forked child whose daemon died may still be writing a
+    /// generation under the same number, and a mixed one must not replace
+    /// anything.
+    pub fn own_generation(&self) -> Result<()> {
+        for index in 1..=WINDOW {
+            let place = peek_place(&self.dir, self.brand, self.generation, index);
+            ensure(place.is_some_and(|p| p.nonce == self.nonce), || {
+                format!(
+                    "slice {index} of generation {} is not this writer's",
+                    self.generation
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Deletes every snapshot file of the brand older than this chain's
@@ -403,7 +446,17 @@ pub fn read(
         match read_window(dir, brand, generation, newest, key) {
             Ok(found) if on_log(found.0.seq, &found.0.head_hash) => return Ok(Some(found)),
             Ok((state, _)) => passed_over(brand, generation, state.seq),
-            Err(e) => why = why.or(Some(e)),
+            Err(e) => {
+                // Told here too: an older window may serve instead.
+                let error = crate::error::causes(&e);
+                tracing::warn!(
+                    brand,
+                    generation,
+                    error,
+                    "snapshot parts not usable; trying older ones"
+                );
+                why = why.or(Some(e));
+            }
         }
     }
     why.map_or(Ok(None), Err)
@@ -515,8 +568,6 @@ fn follow(chain: &mut Option<Chain>, part: &Part, dir: &Path, index: u64) -> Res
     Ok(())
 }
 
-/// One part, verified and in its place (its nonce is checked against its
-/// window's by the caller).
 /// A complete generation whose record the log does not hold: taken ahead
 /// of a log that a crash then cut short (the files it was to replace are
 /// still there), or of a branch the log no longer has. Not an error: as a
@@ -533,10 +584,11 @@ fn passed_over(brand: u32, generation: u64, seq: u64) {
 /// Where part `index` of `generation` says it stands, unverified (see
 /// `peek`); None if it cannot be read.
 fn peek_place(dir: &Path, brand: u32, generation: u64, index: u64) -> Option<Place> {
-    let bytes = read_file(&part_path(dir, brand, generation, index)).ok()??;
-    peek(MAGIC, &bytes)
+    peek(MAGIC, &part_path(dir, brand, generation, index))
 }
 
+/// One part, verified and in its place (its nonce is checked against its
+/// window's by the caller).
 fn read_part(
     dir: &Path,
     brand: u32,
@@ -730,7 +782,9 @@ mod tests {
         assert_eq!((start.0, start.1.generation), (first, 1));
         // Nothing on the log: no start from parts (a full replay).
         assert!(read(dir.path(), 9, &vk, &|_, _| false).unwrap().is_none());
-        // Its record durable, generation 2 replaces generation 1.
+        // Its record durable, generation 2 (all its own) replaces
+        // generation 1.
+        chain.own_generation().unwrap();
         chain.replace_older().unwrap();
         let left: Vec<u64> = listed(dir.path(), 9)
             .unwrap()
