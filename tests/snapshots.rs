@@ -175,7 +175,7 @@ fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from(
 /// the same node); the brand stops meanwhile: the part is not written.
 #[test]
 fn a_part_of_a_brand_that_stopped_while_it_waited_for_the_files_is_not_written() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let tmp = tempfile::tempdir().unwrap();
     let snaps = cardd::snapshot::dir(tmp.path());
     let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
@@ -183,9 +183,10 @@ fn a_part_of_a_brand_that_stopped_while_it_waited_for_the_files_is_not_written()
     ledger.write_snapshot().unwrap();
     purchases(&mut ledger, &card, 2..4);
     let files = || {
-        std::fs::read_dir(snaps.join("brand-1.parts"))
-            .unwrap()
-            .count()
+        let dir = std::fs::read_dir(snaps.join("brand-1.parts")).unwrap();
+        let mut names: Vec<_> = dir.map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
     };
     let before = files();
     let Some(cardd::snapshot::job::Work::Part(job)) = ledger.begin_snapshot().unwrap() else {
@@ -193,16 +194,36 @@ fn a_part_of_a_brand_that_stopped_while_it_waited_for_the_files_is_not_written()
     };
     let lock = cardd::snapshot::parts::files_lock(&snaps, 1);
     let held = lock.lock().unwrap();
-    let stopped = Arc::new(AtomicBool::new(false));
-    let give_up = stopped.clone();
-    let part = std::thread::spawn(move || job.run(&|| give_up.load(Ordering::SeqCst)).map(|_| ()));
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Asked once while it waits for its record (durable: it goes on to the
+    // files), then again once it holds them.
+    let (stopped, asked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (give_up, count) = (stopped.clone(), asked.clone());
+    let part = std::thread::spawn(move || {
+        job.run(&|| {
+            count.fetch_add(1, Ordering::SeqCst);
+            give_up.load(Ordering::SeqCst)
+        })
+        .map(|_| ())
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while asked.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the part never asked");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     stopped.store(true, Ordering::SeqCst);
     drop(held);
     let ran = part.join().unwrap();
     assert!(
         matches!(&ran, Err(cardd::snapshot::SnapshotError::Invalid(why)) if why.contains("stopped")),
         "{ran:?}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        2,
+        "asked again under the lock"
     );
     assert_eq!(files(), before, "nothing written, nothing deleted");
 }
@@ -304,6 +325,7 @@ async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(count(), cardd::snapshot::parts::WINDOW);
+    assert_eq!(generations(&snaps), [1], "parts, one generation");
     let store2 = store.clone();
     let snaps2 = snaps.clone();
     let restarted = tokio::task::spawn_blocking(move || {
