@@ -5,7 +5,7 @@
 //! mode refuses a snapshot that differs from the replayed state.
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cardd::ledger::{BrandLedger, Recovery};
@@ -22,6 +22,23 @@ fn provision(store: Arc<dyn LogStore>, snapshots: &Path) -> (BrandLedger, String
     let (mut ledger, card) = store::provision(store);
     ledger.snapshot_into(snapshots, 1_000_000);
     (ledger, card)
+}
+
+/// A brand provisioned on a fresh data directory, keeping snapshots: the
+/// directory (deleted when dropped), its snapshot directory, the store,
+/// the ledger and its funded card.
+fn shop() -> (
+    tempfile::TempDir,
+    PathBuf,
+    Arc<dyn LogStore>,
+    BrandLedger,
+    String,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let snaps = cardd::snapshot::dir(tmp.path());
+    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
+    let (ledger, card) = provision(store.clone(), &snaps);
+    (tmp, snaps, store, ledger, card)
 }
 
 fn purchase(card: &str, txn: u64, amount: i64) -> cardd::ledger::Submission {
@@ -59,10 +76,7 @@ fn full_replay(store: &Arc<dyn LogStore>) -> BrandState {
 
 #[test]
 fn a_restart_from_a_snapshot_equals_a_full_replay() {
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, store, mut ledger, card) = shop();
     purchases(&mut ledger, &card, 2..22);
     ledger.write_snapshot().unwrap();
     let snapshot_seq = ledger.state.seq;
@@ -87,10 +101,7 @@ fn a_restart_from_a_snapshot_equals_a_full_replay() {
 
 #[test]
 fn a_snapshot_off_the_stored_chain_is_not_used() {
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, store, mut ledger, card) = shop();
     purchases(&mut ledger, &card, 2..12);
     // Applied, snapshotted, never committed: a crash before the flush.
     let lost = ledger.apply_batch(&[purchase(&card, 12, 5_000)]);
@@ -132,10 +143,7 @@ fn slices_only(ledger: &mut BrandLedger) {
 
 #[test]
 fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from() {
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, store, mut ledger, card) = shop();
     purchases(&mut ledger, &card, 2..12);
     ledger.write_snapshot().unwrap();
     let older = ledger.state.seq;
@@ -176,10 +184,7 @@ fn a_generation_ahead_of_the_log_a_crash_cut_leaves_the_older_one_to_start_from(
 #[test]
 fn a_part_of_a_brand_that_stopped_while_it_waited_for_the_files_is_not_written() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, _store, mut ledger, card) = shop();
     ledger.write_snapshot().unwrap();
     purchases(&mut ledger, &card, 2..4);
     let files = || {
@@ -245,10 +250,7 @@ fn generations(snaps: &Path) -> Vec<u64> {
 
 #[test]
 fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, store, mut ledger, card) = shop();
     purchases(&mut ledger, &card, 2..6);
     let truth = ledger.state.clone();
     drop(ledger);
@@ -285,10 +287,7 @@ fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
 async fn the_writer_snapshots_as_it_goes_and_a_restart_starts_there() {
     use cardd::server::keys::KeyIndex;
     use cardd::server::writer::BrandHandle;
-    let tmp = tempfile::tempdir().unwrap();
-    let snaps = cardd::snapshot::dir(tmp.path());
-    let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(tmp.path()).unwrap());
-    let (mut ledger, card) = provision(store.clone(), &snaps);
+    let (_tmp, snaps, store, mut ledger, card) = shop();
     ledger.snapshot_into(&snaps, 10);
     let handle = BrandHandle::spawn(ledger, Arc::new(KeyIndex::default()));
     // Provisioning wrote 5 records; one purchase per batch, a snapshot due
