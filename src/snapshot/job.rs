@@ -140,11 +140,6 @@ impl GenerationJob<'_> {
             head_hash: self.state.head_hash,
         }
     }
-
-    /// The chain the generation starts, once someone else wrote it.
-    pub fn chain(&self) -> &Chain {
-        &self.chain
-    }
 }
 
 /// A generation whose slices are written: it replaces the brand's older
