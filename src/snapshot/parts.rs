@@ -756,7 +756,12 @@ mod tests {
             read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap().0,
             second
         );
+        chain.own_generation().unwrap();
         write_part(dir.path(), &part(4, chain.nonce ^ 1), &key).unwrap();
+        assert!(
+            chain.own_generation().is_err(),
+            "a mixed generation replaces nothing"
+        );
         assert_eq!(
             read(dir.path(), 9, &vk, &|_, _| true).unwrap().unwrap().0,
             first
