@@ -147,10 +147,10 @@ pub fn next_generation(dir: &Path, brand: u32) -> Result<u64> {
     // Numbers handed out in this process too: a child may not have made
     // the first file of its generation yet when another writer of the
     // brand here (a follower, after the lease went) asks.
-    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let newest = handed.entry((dir.to_path_buf(), brand)).or_default();
-    *newest = (*newest).max(on_disk) + 1;
-    Ok(*newest)
+    Ok(with_brand_files(dir, brand, |files| {
+        files.handed_out = files.handed_out.max(on_disk) + 1;
+        files.handed_out
+    }))
 }
 
 /// The lock on a brand's snapshot files in this process: whoever writes
@@ -161,19 +161,25 @@ pub fn next_generation(dir: &Path, brand: u32) -> Result<u64> {
 /// from the same files; without it, the stopped writer's part could land
 /// over the follower's window.
 pub fn files_lock(dir: &Path, brand: u32) -> std::sync::Arc<std::sync::Mutex<()>> {
-    let mut locks = FILE_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    locks.entry((dir.to_path_buf(), brand)).or_default().clone()
+    with_brand_files(dir, brand, |files| files.lock.clone())
 }
 
-type FileLocks = std::collections::BTreeMap<(PathBuf, u32), std::sync::Arc<std::sync::Mutex<()>>>;
+/// What this process keeps about one brand's snapshot files.
+#[derive(Default)]
+struct BrandFiles {
+    /// Held while the files are written, deleted, or read for a start.
+    lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The newest generation number handed out in this process.
+    handed_out: u64,
+}
 
-static FILE_LOCKS: std::sync::Mutex<FileLocks> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// The newest generation number handed out in this process, per snapshot
-/// directory and brand.
-static HANDED_OUT: std::sync::Mutex<std::collections::BTreeMap<(PathBuf, u32), u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// Runs `f` on the process's record of `brand`'s files under `dir`.
+fn with_brand_files<T>(dir: &Path, brand: u32, f: impl FnOnce(&mut BrandFiles) -> T) -> T {
+    static BRAND_FILES: std::sync::Mutex<std::collections::BTreeMap<(PathBuf, u32), BrandFiles>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut all = BRAND_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    f(all.entry((dir.to_path_buf(), brand)).or_default())
+}
 
 fn write_part(dir: &Path, part: &Part, key: &SigningKey) -> Result<u64> {
     let p = part.place;
