@@ -1027,6 +1027,10 @@ fn replay_stored(
         // The key rotations lead to must be this server's (checked below).
         let w = replay_next(&mut start.state, seq, &bytes, server_pub)
             .map_err(|source| LedgerError::Replay { brand, source })?;
+        crate::replay::check_time(start.time_ms, &w.record).map_err(|what| {
+            let source = ReplayError { seq, what };
+            LedgerError::Replay { brand, source }
+        })?;
         start.time_ms = w.record.time_ms;
         if let Some(snap) = to_check.take_if(|s| s.seq == seq) {
             check_snapshot(&start.state, &snap)?;
@@ -1216,6 +1220,33 @@ mod tests {
             card,
             local: store(&local),
             _dirs: dirs,
+        }
+    }
+
+    /// A record stamped before the one it follows (written by a writer whose
+    /// clock and memory both went back, or by someone rewriting the log with
+    /// the server key) stops recovery: it could sit in an earlier brand day
+    /// or before a card's expiry.
+    #[test]
+    fn a_stored_record_stamped_before_the_one_it_follows_stops_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, card) = testing::provision(store(dir.path()), "s", 10_000);
+        let earlier = writer.last_time_ms - 86_400_000;
+        writer.last_time_ms = earlier;
+        let op = testing::purchase(&card, 700, false);
+        let sub = testing::signed(&testing::terminal_key(), Principal::Terminal(1), 2, op);
+        let batch = writer.apply_batch_at(std::slice::from_ref(&sub), earlier);
+        let checkpoint = writer.checkpoint();
+        BrandLedger::commit(writer.store.as_ref(), BRAND, &batch.written, &checkpoint).unwrap();
+        let seq = writer.state.seq;
+        drop(writer);
+        let store = store(dir.path());
+        match BrandLedger::recover(store, testing::server_key(), BRAND) {
+            Err(LedgerError::Replay { source, .. }) => {
+                assert_eq!(source.seq, seq);
+                assert!(source.what.contains("time goes backwards"), "{source}");
+            }
+            other => panic!("recovered: {:?}", other.map(|l| l.state.seq)),
         }
     }
 

@@ -74,6 +74,21 @@ pub fn check_link(prev_seq: u64, prev_head: &[u8; 32], rec: &Record) -> Result<(
     Ok(())
 }
 
+/// A record's server time never goes back: the ledger stamps each batch
+/// with the later of the clock and the previous batch's time, and a record
+/// moved back in time could land in an earlier brand day (day-spend
+/// limits, visits, tiers) or before a card's expiry. `prev_time_ms` is the
+/// time of the record before it (0 before the first).
+pub fn check_time(prev_time_ms: i64, rec: &Record) -> Result<(), String> {
+    if rec.time_ms < prev_time_ms {
+        return Err(format!(
+            "its time {} ms is before the previous record's {prev_time_ms} ms (time goes backwards)",
+            rec.time_ms
+        ));
+    }
+    Ok(())
+}
+
 /// Re-applies the record `bytes`, expected at position `seq`, to `state`.
 /// `server_key` is the key expected on the brand's first record.
 pub fn replay_record(

@@ -774,8 +774,35 @@ fn python_verifier_accepts_real_exports_and_rejects_tampering() {
     );
     assert_rejected(&python, &h, &server_key, &relabelled);
 
+    // (i) A record moved back in time (into an earlier brand day, before a
+    // card's expiry) and everything re-signed: time never goes backwards.
+    let before = records
+        .iter()
+        .find(|r| r.seq == v - 1)
+        .expect("record before v");
+    let i = dir.path().join("i-time-backwards.cardd");
+    write_items(
+        &i,
+        &server_rewrite(&items, &server, |r| {
+            if r.seq == v {
+                r.time_ms = before.time_ms - 1;
+            }
+        }),
+    );
+    assert_rejected(
+        &python,
+        &i,
+        &server_key,
+        &format!("record {v}: time goes backwards"),
+    );
+    let (ok_rust, text) = run_rust_verify(&i, &server_key);
+    assert!(
+        !ok_rust && text.contains(&format!("record {v}")) && text.contains("time goes backwards"),
+        "{text}"
+    );
+
     // The Rust verifier agrees on every tampered copy.
-    for bad in [&a, &b, &c, &d, &e, &f, &g, &h] {
+    for bad in [&a, &b, &c, &d, &e, &f, &g, &h, &i] {
         let (ok_rust, text) = run_rust_verify(bad, &server_key);
         assert!(
             !ok_rust,

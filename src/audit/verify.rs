@@ -270,6 +270,8 @@ struct Replay<'o> {
     totals: Totals,
     checkpoints: u64,
     last_checkpoint: Option<pb::Checkpoint>,
+    /// The server time of the last record replayed (0 before the first).
+    last_time_ms: i64,
     /// None without an old checkpoint; true once the chain passed it.
     extends_old: Option<bool>,
     sig_batch: Vec<SigJob>,
@@ -296,6 +298,7 @@ fn replay_export<R: Read>(
         totals: Totals::default(),
         checkpoints: 0,
         last_checkpoint: None,
+        last_time_ms: 0,
         extends_old: opts.old_checkpoint.as_ref().map(|_| false),
         sig_batch: Vec::with_capacity(SIG_BATCH),
         keys: Vec::new(),
@@ -356,6 +359,11 @@ impl Replay<'_> {
             seq: Some(seq),
             what: format!("does not decode: {e}"),
         })?;
+        crate::replay::check_time(self.last_time_ms, &rec).map_err(|what| VerifyError {
+            seq: Some(seq),
+            what,
+        })?;
+        self.last_time_ms = rec.time_ms;
         let key: [u8; 32] =
             rec.signer_public_key
                 .as_slice()
