@@ -37,6 +37,11 @@ pub enum ExportFileError {
     /// An item holds nothing.
     #[error("empty export item")]
     Empty,
+    /// An item holds more than one of header, record, checkpoint and
+    /// trailer (protobuf would keep the last and drop the others unread),
+    /// or a group-typed field (proto3 writes none).
+    #[error("an export item must hold exactly one of header, record, checkpoint, trailer")]
+    NotOneMember,
 }
 
 /// Writes one item as a length-prefixed frame.
@@ -99,6 +104,72 @@ impl<R: Read> ExportReader<R> {
         }
         self.offset += 4 + len as u64;
         let item = ExportItem::decode(self.buf.as_slice()).map_err(ExportFileError::Decode)?;
-        item.item.map(Some).ok_or(ExportFileError::Empty)
+        let item = item.item.ok_or(ExportFileError::Empty)?;
+        if !one_member(&self.buf) {
+            return Err(ExportFileError::NotOneMember);
+        }
+        Ok(Some(item))
+    }
+}
+
+/// Whether the encoded `ExportItem` holds exactly one member of its oneof
+/// (fields 1 to 4) and no group-typed field: what was read is all there is
+/// to verify. Other unknown fields are skipped, as the Python verifier does.
+fn one_member(mut body: &[u8]) -> bool {
+    use prost::encoding::{decode_key, skip_field, DecodeContext, WireType};
+    let mut members = 0;
+    while !body.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut body) else {
+            return false;
+        };
+        if matches!(wire_type, WireType::StartGroup | WireType::EndGroup) {
+            return false;
+        }
+        members += u32::from((1..=4).contains(&tag));
+        if skip_field(wire_type, tag, &mut body, DecodeContext::default()).is_err() {
+            return false;
+        }
+    }
+    members == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export of one item whose body is `body`.
+    fn export_of(body: &[u8]) -> Vec<u8> {
+        let mut file = EXPORT_MAGIC.to_vec();
+        file.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        file.extend_from_slice(body);
+        file
+    }
+
+    /// Field 2 (`record`) holding `bytes`.
+    fn record_field(bytes: &[u8]) -> Vec<u8> {
+        [&[0x12, bytes.len() as u8][..], bytes].concat()
+    }
+
+    fn read_one(body: &[u8]) -> Result<Option<Item>, ExportFileError> {
+        ExportReader::new(export_of(body).as_slice())?.next_item()
+    }
+
+    #[test]
+    fn an_item_must_hold_exactly_one_member() {
+        let one = record_field(b"first");
+        assert!(matches!(read_one(&one), Ok(Some(Item::Record(r))) if r == b"first"));
+        // Unknown non-group fields are skipped (field 9, a varint).
+        let with_unknown = [one.as_slice(), &[0x48, 0x01]].concat();
+        assert!(matches!(read_one(&with_unknown), Ok(Some(Item::Record(_)))));
+        // Two records in one item: protobuf would keep the second only.
+        let two = [one.as_slice(), &record_field(b"second")].concat();
+        assert!(matches!(read_one(&two), Err(ExportFileError::NotOneMember)));
+        // A group-typed unknown field (field 9: start, end).
+        let group = [one.as_slice(), &[0x4b, 0x4c]].concat();
+        assert!(matches!(
+            read_one(&group),
+            Err(ExportFileError::NotOneMember)
+        ));
+        assert!(matches!(read_one(&[]), Err(ExportFileError::Empty)));
     }
 }
