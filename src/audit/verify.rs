@@ -129,6 +129,11 @@ pub struct VerifyReport {
     /// The newest checkpoint (to save for next time).
     #[serde(skip)]
     pub last_checkpoint: Option<pb::Checkpoint>,
+    /// The newest checkpoint's signed server time (Unix ms): the export
+    /// proves the ledger as of then. Its header and trailer are not signed,
+    /// so anyone holding the file can cut it at an older checkpoint; this
+    /// time (or `--compare`, or a checkpoint fetched apart) shows it.
+    pub signed_through_ms: i64,
     /// Whether the given old checkpoint was found extended (None if none given).
     pub extends_old_checkpoint: Option<bool>,
     /// Every card, by number.
@@ -544,6 +549,7 @@ impl Replay<'_> {
             checkpoints: self.checkpoints,
             root_hash: hex::encode(state.merkle.root()),
             head_hash: hex::encode(state.head_hash),
+            signed_through_ms: self.last_checkpoint.as_ref().map_or(0, |c| c.time_ms),
             last_checkpoint: self.last_checkpoint,
             extends_old_checkpoint: self.extends_old,
             cards,

@@ -172,6 +172,13 @@ pub fn print_report(r: &VerifyReport, json: bool, cards: bool) {
         r.checkpoints
     );
     outln!("root {}", r.root_hash);
+    // The header and trailer are not signed: a file cut at an older
+    // checkpoint verifies too, so say how far the signatures reach.
+    outln!(
+        "signed through {} (the newest checkpoint; nothing after it is proven: --compare or a \
+         checkpoint saved from the daemon shows whether the export is whole)",
+        cardd::render::utc_time(r.signed_through_ms)
+    );
     if let Some(ok) = r.extends_old_checkpoint {
         outln!(
             "extends the old checkpoint: {}",

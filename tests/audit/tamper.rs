@@ -372,3 +372,43 @@ async fn structural_tampering_fails() {
         "a different trusted server key"
     );
 }
+
+/// What an export cannot prove: its header and trailer are not signed, so
+/// whoever holds the file can cut it at an older checkpoint and mend the
+/// counts, and it still verifies (docs/security.md). The report says how
+/// far the signatures reach: the newest checkpoint's signed time.
+#[tokio::test]
+async fn a_cut_at_a_checkpoint_verifies_and_the_report_names_its_signed_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, _demo, _h, bytes, key) = mixed_export(dir.path(), FULL_FILLER).await;
+    let all = items(&bytes);
+    let whole = verify(&bytes, key, None).expect("the export verifies");
+    let last = whole.last_checkpoint.clone().expect("a checkpoint");
+    assert_eq!(whole.signed_through_ms, last.time_ms);
+    // Cut after the checkpoint of the record 10 before the end.
+    let keep = all
+        .iter()
+        .position(|i| matches!(i, Item::Checkpoint(c) if c.tree_size == whole.records - 10))
+        .expect("a checkpoint 10 records before the end");
+    let Item::Checkpoint(kept) = all[keep].clone() else {
+        unreachable!()
+    };
+    let mut cut: Vec<Item> = all[..=keep].to_vec();
+    let checkpoints = cut
+        .iter()
+        .filter(|i| matches!(i, Item::Checkpoint(_)))
+        .count();
+    if let Some(Item::Header(h)) = cut.first_mut() {
+        h.tree_size = kept.tree_size;
+    }
+    let Some(Item::Trailer(mut trailer)) = all.last().cloned() else {
+        panic!("no trailer")
+    };
+    trailer.records = kept.tree_size;
+    trailer.checkpoints = checkpoints as u64;
+    cut.push(Item::Trailer(trailer));
+    let r = verify(&assemble(&cut), key, None).expect("a cut at a checkpoint verifies");
+    assert_eq!(r.records, whole.records - 10);
+    assert_eq!(r.signed_through_ms, kept.time_ms);
+    assert!(r.signed_through_ms <= whole.signed_through_ms);
+}
