@@ -537,7 +537,11 @@ fn channel_name(c: pb::Channel) -> &'static str {
 /// formula (`=`, `+`, `-`, `@`, a tab or a carriage return; operator
 /// names, reasons and rewards come from tills and owners) gets a leading
 /// `'`, as OWASP advises against CSV injection.
-fn csv_text(s: &str) -> String {
+/// Text for a CSV cell: quoted where it holds a separator, and kept from
+/// being read as a formula by a spreadsheet (a leading `'`) where it
+/// starts like one: tier, store and operator names are the owner's or a
+/// till's words.
+pub fn csv_text(s: &str) -> String {
     if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         csv_field(&format!("'{s}"))
     } else {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::logins::Grant;
 use super::pages::{Page, Shown, Snapshot, CHART_DAYS};
 use crate::pb::{self, report_cell::Value as Cell};
-use crate::render::{format_amount, money, report_csv};
+use crate::render::{csv_text, format_amount, money, report_csv};
 use crate::state::books::day_text;
 use crate::state::Principal;
 
@@ -794,7 +794,12 @@ pub fn csv(snap: &Snapshot) -> String {
         out.push_str("# card\ncard,balance_minor,paid_minor,bonus_minor,points,tier\n");
         out.push_str(&format!(
             "{},{},{},{},{},{}\n",
-            c.card, c.balance_minor, c.paid_balance_minor, c.bonus_balance_minor, c.points, c.tier
+            csv_text(&c.card),
+            c.balance_minor,
+            c.paid_balance_minor,
+            c.bonus_balance_minor,
+            c.points,
+            csv_text(&c.tier)
         ));
     }
     out
@@ -852,6 +857,24 @@ mod tests {
         assert!(html.contains(">-12.50<"), "{html}");
         let login = login("<b>why</b>");
         assert!(login.contains("&lt;b&gt;why") && !login.contains("<b>"));
+    }
+
+    /// The tier name is the owner's text: a comma or a formula in it must
+    /// stay one cell of text in a spreadsheet.
+    #[test]
+    fn the_card_line_of_the_csv_quotes_the_tier_and_defuses_formulas() {
+        let mut snap = snapshot("Tea");
+        let card = |tier: &str| pb::CardView {
+            card: "8000010000000000422".into(),
+            balance_minor: 1250,
+            tier: tier.into(),
+            ..Default::default()
+        };
+        snap.card = Some(Ok(card("Gold, plus")));
+        assert!(csv(&snap).ends_with("\n8000010000000000422,1250,0,0,0,\"Gold, plus\"\n"));
+        snap.card = Some(Ok(card("=HYPERLINK(\"x\")")));
+        let out = csv(&snap);
+        assert!(out.ends_with(",\"'=HYPERLINK(\"\"x\"\")\"\n"), "{out}");
     }
 
     #[test]
