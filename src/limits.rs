@@ -199,6 +199,10 @@ pub const WEB_LINKS_PER_KEY: u32 = 10;
 /// Web sessions open at once, all brands together: a link opened past it
 /// shows the login page with "too many sessions".
 pub const WEB_MAX_SESSIONS: usize = 1_024;
+/// Unused web login links and open sessions of one brand at once (each):
+/// one brand's hundreds of read keys cannot fill the tables that every
+/// brand's owners share (it would take 16 brands at their cap).
+pub const WEB_MAX_PER_BRAND: usize = 64;
 /// A web session ends this long after its login at the latest...
 pub const WEB_SESSION_SECS: u64 = 8 * 3600;
 /// ...or once unused this long.
@@ -213,7 +217,9 @@ pub const WEB_READ_WAIT_SECS: u64 = 10;
 /// empty), so anything larger is refused (413) unread.
 pub const WEB_MAX_BODY_BYTES: u64 = 1_024;
 const _: () = assert!(WEB_SESSION_IDLE_SECS <= WEB_SESSION_SECS);
-const _: () = assert!(WEB_LINKS_PER_KEY as usize <= WEB_MAX_PENDING_LOGINS);
+const _: () = assert!(WEB_LINKS_PER_KEY as usize <= WEB_MAX_PER_BRAND);
+const _: () = assert!(WEB_MAX_PER_BRAND <= WEB_MAX_PENDING_LOGINS);
+const _: () = assert!(WEB_MAX_PER_BRAND <= WEB_MAX_SESSIONS);
 
 // Relations between limits, checked when the crate compiles.
 const _: () = assert!(

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Refusal;
 use crate::limits::{
-    WEB_LINKS_PER_KEY, WEB_LOGIN_TOKEN_SECS, WEB_MAX_PENDING_LOGINS, WEB_MAX_SESSIONS,
-    WEB_SESSION_IDLE_SECS, WEB_SESSION_SECS,
+    WEB_LINKS_PER_KEY, WEB_LOGIN_TOKEN_SECS, WEB_MAX_PENDING_LOGINS, WEB_MAX_PER_BRAND,
+    WEB_MAX_SESSIONS, WEB_SESSION_IDLE_SECS, WEB_SESSION_SECS,
 };
 use crate::pb::ErrorCode as E;
 use crate::state::Principal;
@@ -136,6 +136,16 @@ impl Logins {
                 ),
             ));
         }
+        let brand_links = t.links.values().filter(|p| p.grant.brand == grant.brand);
+        if brand_links.count() >= WEB_MAX_PER_BRAND {
+            return Err(Refusal::new(
+                E::QuotaExceeded,
+                format!(
+                    "this brand has {WEB_MAX_PER_BRAND} unused web login links; \
+                     use one or try again in a few minutes"
+                ),
+            ));
+        }
         if t.links.len() >= WEB_MAX_PENDING_LOGINS {
             return Err(Refusal::new(
                 E::QuotaExceeded,
@@ -166,13 +176,18 @@ impl Logins {
     fn open_at(&self, token: &str, now: Instant) -> Result<(String, Grant), Refused> {
         let mut t = self.lock();
         t.forget_expired(now);
-        let pending = t.links.remove(&digest(token.as_bytes()));
-        let Some(pending) = pending else {
+        let id = digest(token.as_bytes());
+        let Some(brand) = t.links.get(&id).map(|p| p.grant.brand) else {
             return Err(Refused::Invalid);
         };
-        if t.sessions.len() >= WEB_MAX_SESSIONS {
+        // A link refused for want of room stays usable until it expires.
+        let of_brand = t.sessions.values().filter(|s| s.grant.brand == brand);
+        if of_brand.count() >= WEB_MAX_PER_BRAND || t.sessions.len() >= WEB_MAX_SESSIONS {
             return Err(Refused::Full);
         }
+        let Some(pending) = t.links.remove(&id) else {
+            return Err(Refused::Invalid);
+        };
         let (id, cookie) = fresh_secret();
         t.sessions.insert(
             id,
@@ -263,6 +278,53 @@ mod tests {
         assert_eq!(logins.session_at(&idle, now), None);
         let end = t0 + secs(WEB_SESSION_SECS);
         assert_eq!(logins.session_at(&used, end), None);
+    }
+
+    fn grant_of(brand: u32, key: u8) -> Grant {
+        Grant {
+            brand,
+            ..grant(key)
+        }
+    }
+
+    /// One brand's many keys cannot take the links or sessions every
+    /// brand shares; a link refused for want of room is not spent.
+    #[test]
+    fn one_brand_holds_at_most_its_share_of_links_and_sessions() {
+        let logins = Logins::default();
+        let keys = (WEB_MAX_PER_BRAND / WEB_LINKS_PER_KEY as usize + 1) as u8;
+        let mut links = Vec::new();
+        for key in 0..keys {
+            for _ in 0..WEB_LINKS_PER_KEY {
+                match logins.issue(grant_of(1, key)) {
+                    Ok(link) => links.push(link),
+                    Err(refused) => assert_eq!(refused.code, E::QuotaExceeded),
+                }
+            }
+        }
+        assert_eq!(links.len(), WEB_MAX_PER_BRAND);
+        assert!(
+            logins.issue(grant_of(2, 202)).is_ok(),
+            "another brand's link"
+        );
+        // Brand 1 fills its sessions; its last link waits, unspent.
+        let spare = links.pop().unwrap();
+        let mut cookies: Vec<String> = Vec::new();
+        for link in &links {
+            cookies.push(logins.open(&link.token).unwrap().0);
+        }
+        let last = logins.issue(grant_of(1, 200)).unwrap();
+        cookies.push(logins.open(&last.token).unwrap().0);
+        assert_eq!(cookies.len(), WEB_MAX_PER_BRAND);
+        assert_eq!(logins.open(&spare.token), Err(Refused::Full));
+        assert_eq!(logins.open(&spare.token), Err(Refused::Full), "not spent");
+        logins.end(&cookies[0]);
+        assert!(
+            logins.open(&spare.token).is_ok(),
+            "the refused link stays usable"
+        );
+        let other = logins.issue(grant_of(2, 201)).unwrap();
+        assert!(logins.open(&other.token).is_ok(), "another brand's session");
     }
 
     #[test]
