@@ -417,7 +417,13 @@ pub async fn consistency(
     let new = read_checkpoint(new)?;
     for (name, c) in [("old", &old), ("new", &new)] {
         if !checkpoint_signed(c, &server_key) {
-            bail!("the {name} checkpoint's server signature does not verify");
+            // Both heads are checked against the one key given; a rotation
+            // between them is followed only by a full replay.
+            bail!(
+                "the {name} checkpoint's server signature does not verify with this key (if the \
+                 server key was rotated since the old checkpoint, `cardd audit verify EXPORT \
+                 --old-checkpoint OLD` follows the rotations in the chain)"
+            );
         }
     }
     if old.brand_id != new.brand_id {
