@@ -116,6 +116,9 @@ pub struct Metrics {
     latency_cells: Vec<OnceLock<Histogram>>,
     /// Records per durable commit (one log frame, one fdatasync).
     pub commit_batch: Histogram,
+    /// Request signatures per check on a verifier thread (1: checked alone,
+    /// at about three times the cost of one in a large batch).
+    pub verify_batch: Histogram,
     /// Requests and sign-ons queued at the brands' writers.
     pub queue_depth: IntGauge,
     /// Terminal-port connections open now.
@@ -237,6 +240,12 @@ impl Metrics {
                 &r,
                 "commit_batch_records",
                 "Records per durable commit",
+                batch_buckets.clone(),
+            ),
+            verify_batch: histogram(
+                &r,
+                "verify_batch_signatures",
+                "Request signatures checked together on a verifier thread",
                 batch_buckets,
             ),
             queue_depth: gauge(

@@ -142,6 +142,9 @@ fn worker(queue: &Queue) {
             *taken += 1;
             *taken - 1
         };
+        super::metrics::get()
+            .verify_batch
+            .observe(jobs.len() as f64);
         // A panic must not leave this ticket's turn untaken: every later
         // batch would wait for it forever. A batch that panics is refused,
         // and a continuation that panics loses only its own answer.

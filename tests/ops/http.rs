@@ -67,6 +67,9 @@ async fn metrics_count_each_operation_and_result() {
     // and as many records committed, in at most as many checkpoints.
     assert_eq!(value("cardd_records{brand=\"1\"}"), 21.0, "{text}");
     assert_eq!(value("cardd_commit_batch_records_sum"), 4.0, "{text}");
+    // Every signed request's signature went through a verifier thread:
+    // four purchases, the load, the inquiry.
+    assert_eq!(value("cardd_verify_batch_signatures_sum"), 6.0, "{text}");
     let checkpoints = value("cardd_checkpoints_total");
     assert!((1.0..=4.0).contains(&checkpoints), "{text}");
     assert_eq!(value("cardd_writer_queue_depth"), 0.0, "{text}");
