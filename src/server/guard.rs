@@ -3,10 +3,14 @@
 //! A legitimate till signs on rarely and almost never names a card that
 //! does not exist; an attacker guessing keys or card numbers does both all
 //! the time. Each key (an address, a terminal) may fail `limit` times per
-//! minute; past that it is refused for a cooldown. Memory is bounded: past
-//! MAX_GUARD_ENTRIES the entries with the oldest windows are forgotten.
+//! minute; past that it is refused for a cooldown. An IPv6 peer counts by
+//! its /64, which one host is handed whole. Memory is bounded: past
+//! MAX_GUARD_ENTRIES the entries with the oldest windows are forgotten, but
+//! never one still blocked (a flood of fresh addresses must not lift a
+//! block); when only blocked entries are left, a new key's failure is
+//! refused as blocked.
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,29 @@ pub enum GuardKey {
     CardMissAddr(IpAddr),
     /// A terminal (brand, terminal id): card misses.
     CardMissTerminal(u32, u32),
+}
+
+impl GuardKey {
+    /// The key as counted: an IPv6 address by its /64 (an IPv4-mapped one
+    /// as the IPv4 address), so that one host cannot spread its failures
+    /// over the addresses of its own network.
+    fn counted(self) -> Self {
+        let net = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+            v4 => v4,
+        };
+        match self {
+            GuardKey::SignOn(ip) => GuardKey::SignOn(net(ip)),
+            GuardKey::CardMissAddr(ip) => GuardKey::CardMissAddr(net(ip)),
+            terminal => terminal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +83,7 @@ impl Guard {
 
     /// True while `key` is blocked.
     pub fn blocked(&self, key: GuardKey) -> bool {
+        let key = key.counted();
         let now = Instant::now();
         let entries = self.entries.lock().expect("guard lock");
         entries
@@ -70,20 +98,14 @@ impl Guard {
         if limit == 0 {
             return false;
         }
+        let key = key.counted();
         let now = Instant::now();
         let mut entries = self.entries.lock().expect("guard lock");
         if entries.len() >= MAX_GUARD_ENTRIES && !entries.contains_key(&key) {
-            // Forget every entry whose window and block are over; if that
-            // frees nothing, forget the oldest windows.
-            entries.retain(|_, e| {
-                now.duration_since(e.window_start) < Duration::from_secs(60)
-                    || e.blocked_until.is_some_and(|u| now < u)
-            });
+            make_room(&mut entries, now);
             if entries.len() >= MAX_GUARD_ENTRIES {
-                let mut starts: Vec<Instant> = entries.values().map(|e| e.window_start).collect();
-                starts.sort_unstable();
-                let cutoff = starts[starts.len() / 2];
-                entries.retain(|_, e| e.window_start > cutoff);
+                tracing::warn!(?key, "the failure table holds only blocked keys; refused");
+                return true;
             }
         }
         let e = entries.entry(key).or_insert(Entry {
@@ -112,6 +134,27 @@ impl Guard {
     }
 }
 
+/// Forgets every entry whose window and block are over; if that frees
+/// nothing, the older half of the windows not blocked now.
+fn make_room(entries: &mut HashMap<GuardKey, Entry>, now: Instant) {
+    let blocked = |e: &Entry| e.blocked_until.is_some_and(|u| now < u);
+    entries
+        .retain(|_, e| now.duration_since(e.window_start) < Duration::from_secs(60) || blocked(e));
+    if entries.len() < MAX_GUARD_ENTRIES {
+        return;
+    }
+    let mut starts: Vec<Instant> = (entries.values())
+        .filter(|e| !blocked(e))
+        .map(|e| e.window_start)
+        .collect();
+    if starts.is_empty() {
+        return;
+    }
+    starts.sort_unstable();
+    let cutoff = starts[starts.len() / 2];
+    entries.retain(|_, e| e.window_start > cutoff || blocked(e));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +176,39 @@ mod tests {
             assert!(!g.fail(t));
         }
         assert!(g.fail(t));
+    }
+
+    #[test]
+    fn an_ipv6_peer_counts_by_its_64() {
+        let g = Guard::new(3, 5);
+        let ip = |s: &str| GuardKey::SignOn(s.parse().unwrap());
+        for host in 1..=3 {
+            assert!(!g.fail(ip(&format!("2001:db8:1:2::{host}"))));
+        }
+        assert!(g.fail(ip("2001:db8:1:2:ffff::9")), "the fourth in one /64");
+        assert!(g.blocked(ip("2001:db8:1:2::77")));
+        assert!(!g.blocked(ip("2001:db8:1:3::1")), "another /64");
+        // An IPv4-mapped address is its IPv4 address.
+        let v4 = GuardKey::CardMissAddr("10.1.2.3".parse().unwrap());
+        for _ in 0..5 {
+            assert!(!g.fail(v4));
+        }
+        assert!(g.fail(GuardKey::CardMissAddr("::ffff:10.1.2.3".parse().unwrap())));
+    }
+
+    /// Fresh addresses filling the table must not lift a block.
+    #[test]
+    fn a_full_table_keeps_its_blocks() {
+        let g = Guard::new(1, 1);
+        let attacker = GuardKey::SignOn("192.0.2.1".parse().unwrap());
+        assert!(!g.fail(attacker));
+        assert!(g.fail(attacker));
+        for i in 0..MAX_GUARD_ENTRIES as u32 + 10 {
+            let other = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            g.fail(GuardKey::SignOn(IpAddr::V4(other)));
+        }
+        assert!(g.blocked(attacker));
+        assert!(g.entries.lock().unwrap().len() <= MAX_GUARD_ENTRIES);
     }
 
     #[test]
