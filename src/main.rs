@@ -689,6 +689,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match run(cli, &matches) {
+        Ok(_) if cardd::stdout::write_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");

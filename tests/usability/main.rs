@@ -139,6 +139,29 @@ fn into_a_closed_pipe<S: AsRef<OsStr>>(args: &[S]) {
     );
 }
 
+/// Output lost to a full disk is not a closed pipe: `cardd ... > file`
+/// must not exit 0 with the file cut short.
+#[test]
+fn output_lost_to_a_full_disk_exits_non_zero() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cardd.toml");
+    std::fs::write(&file, "").expect("an empty settings file");
+    let out = Command::new(cardd_bin())
+        .args(["config".as_ref(), "check".as_ref(), file.as_os_str()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(full)
+        .output()
+        .expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing to standard output"), "{stderr}");
+}
+
 #[test]
 fn reports_listings_and_rules_into_a_closed_pipe_exit_0_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
