@@ -60,8 +60,8 @@ pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()>
     let server_key = cardd::server::open_existing_data_dir(data)?;
     let store = cardd::storage::DiskStore::open_existing(data)
         .with_context(|| format!("opening the ledger in {}", data.display()))?;
-    let mut file =
-        BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let mut next = export_file(out)?;
+    let mut file = BufWriter::new(next.file());
     let pb = bar(0, "exporting");
     let summary = cardd::audit::write_export(
         &store,
@@ -73,7 +73,9 @@ pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()>
             pb.set_position(done);
         },
     )?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    file.into_inner().map_err(|e| e.into_error())?;
+    next.commit()
+        .with_context(|| format!("writing {}", out.display()))?;
     pb.finish_and_clear();
     eprintln!(
         "exported {} records and {} checkpoints to {}",
@@ -93,8 +95,8 @@ pub async fn export_online(
 ) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
     let mut client = connect_to(addr, key, tls).await?;
-    let mut file =
-        BufWriter::new(File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let mut next = export_file(out)?;
+    let mut file = BufWriter::new(next.file());
     let pb = ProgressBar::new_spinner();
     pb.set_message("receiving export");
     let bytes = client
@@ -104,10 +106,21 @@ pub async fn export_online(
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    file.into_inner().map_err(|e| e.into_error())?;
+    next.commit()
+        .with_context(|| format!("writing {}", out.display()))?;
     pb.finish_and_clear();
     eprintln!("exported {bytes} bytes to {}", out.display());
     Ok(())
+}
+
+/// Where an export is written: beside `out`, readable by its owner only
+/// (it holds every card number and balance, as a backup does), and put in
+/// `out`'s place only once complete, so a failed export leaves the
+/// previous file as it was.
+fn export_file(out: &Path) -> anyhow::Result<cardd::storage::fsutil::Replacement> {
+    cardd::storage::fsutil::Replacement::create(out, true)
+        .with_context(|| format!("creating {}.tmp", out.display()))
 }
 
 struct ProgressWriter<'a, W> {

@@ -107,7 +107,9 @@ pub async fn run(client: &mut AnyClient, args: &AdminArgs, txn: u64) -> anyhow::
     let rows = send_all(client, &plan).await?;
     let replayed = rows.iter().filter(|r| r.1).count();
     let rows: Vec<Row> = rows.into_iter().map(|r| r.0).collect();
-    replace_durably(out, csv(&rows).as_bytes(), false)
+    // Card numbers of loaded cards (anonymous ones are spendable value):
+    // readable by their owner only, as exports and backups are.
+    replace_durably(out, csv(&rows).as_bytes(), true)
         .with_context(|| format!("writing {}", out.display()))?;
     summary(args.json, &rows, replayed, out);
     Ok(ExitCode::SUCCESS)
@@ -159,7 +161,7 @@ fn plan_for(path: &Path, fresh: Plan, count: usize) -> anyhow::Result<(Plan, boo
             let mut plan = fresh;
             plan.cards = new_numbers(plan.brand_id, count);
             let bytes = serde_json::to_vec_pretty(&plan).context("encoding the run")?;
-            replace_durably(path, &bytes, false)
+            replace_durably(path, &bytes, true)
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok((plan, false))
         }

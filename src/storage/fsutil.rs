@@ -43,28 +43,70 @@ pub fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
 /// fsync of the directory. A reader sees the old file or the new one whole.
 pub fn replace_durably(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(&tmp)?;
+    let mut next = Replacement::create(path, private)?;
     for chunk in bytes.chunks(WRITEBACK_CHUNK) {
-        file.write_all(chunk)?;
+        next.file().write_all(chunk)?;
         if bytes.len() > WRITEBACK_CHUNK {
-            write_back(&file)?;
+            write_back(next.file())?;
         }
     }
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    next.commit()
+}
+
+/// A file written in full beside `path` (`path.tmp`) that replaces it only
+/// once complete ([`Replacement::commit`]): an export or a report that
+/// fails half way leaves the previous file as it was. Dropped uncommitted,
+/// the temporary file is deleted.
+pub struct Replacement {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<File>,
+}
+
+impl Replacement {
+    /// Creates `path.tmp` (mode 0600 on unix if `private`).
+    pub fn create(path: &Path, private: bool) -> io::Result<Self> {
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let file = options.open(&tmp)?;
+        Ok(Replacement {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// The temporary file, to write.
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("open until committed")
+    }
+
+    /// Fsyncs the file, renames it over `path` and fsyncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("committed once");
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.tmp, &self.path)?;
+        self.tmp.clear();
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// A large file (a snapshot of a big brand is 100+ MB) is written back in

@@ -126,3 +126,39 @@ pub(crate) fn cli_export_and_save(
     assert_ok(&o, "audit verify --save-checkpoint");
     (export, save)
 }
+
+/// An export file holds every card number and balance: readable by its
+/// owner only, and a failed export leaves the previous file as it was.
+#[tokio::test]
+async fn an_export_is_private_and_replaces_the_old_file_only_when_complete() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let key_hex = server_key_hex(&d.data);
+    let (export, _) = cli_export_and_save(dir.path(), "first", d.addr, &demo, &key_hex, None);
+    let mode = std::fs::metadata(&export).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let before = std::fs::read(&export).unwrap();
+    // A till's key may not export: the command fails after opening its file.
+    let o = cardd!(
+        "audit",
+        "export",
+        "--connect",
+        &d.addr.to_string(),
+        "--key",
+        &demo.terminal_key_path(0),
+        "--out",
+        &export
+    );
+    assert!(!o.status.success(), "a till exported: {}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&export).unwrap(),
+        before,
+        "the old export is intact"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+}

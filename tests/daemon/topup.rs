@@ -296,6 +296,10 @@ async fn a_bulk_sale_killed_mid_run_and_run_again_yields_exactly_1000_loaded_car
     );
 
     let csv = std::fs::read_to_string(&out).expect("the CSV");
+    // Numbers of loaded cards: readable by their owner only.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     let rows: Vec<Vec<&str>> = csv
         .lines()
         .skip(1)
