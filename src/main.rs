@@ -39,7 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Print the server's public key in hex (created on first use).
+    /// Print the server's public key in hex (of an existing data directory:
+    /// the daemon's first start makes the key).
     #[command(after_help = "Example:\n  cardd server-key --data /var/lib/cardd")]
     ServerKey {
         /// Data directory.

@@ -3,10 +3,12 @@ use std::path::Path;
 
 use cardd::crypto::write_key_file;
 
-/// `cardd server-key`: prints the server's public key in hex (the key is
-/// created on first use).
+/// `cardd server-key`: prints the server's public key in hex. It reads an
+/// existing data directory only: a mistyped `--data` must not leave a new
+/// directory and a stray signing key behind (the daemon's first start
+/// makes the key).
 pub fn server_key(data: &Path) -> anyhow::Result<()> {
-    let key = cardd::server::open_data_dir(data)?;
+    let key = cardd::server::open_existing_data_dir(data)?;
     outln!("{}", hex::encode(key.verifying_key().to_bytes()));
     Ok(())
 }

@@ -139,6 +139,17 @@ fn into_a_closed_pipe<S: AsRef<OsStr>>(args: &[S]) {
     );
 }
 
+/// `cardd server-key` only reads: a mistyped `--data` is an error that
+/// leaves no directory or key behind.
+#[test]
+fn server_key_of_a_missing_data_directory_fails_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("var-lib-cardd-typo");
+    let o = cardd(&["server-key".as_ref(), "--data".as_ref(), typo.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(!typo.exists(), "created {}", typo.display());
+}
+
 /// Output lost to a full disk is not a closed pipe: `cardd ... > file`
 /// must not exit 0 with the file cut short.
 #[test]
