@@ -110,6 +110,7 @@ pub fn restore(
     if backups.is_empty() {
         return Err(RestoreError::NoBackups);
     }
+    let data = &resolve_link(data)?;
     check_target(data)?;
     let brands = check_backups(server_key, backups)?;
     let staging = staging_dir(data);
@@ -142,6 +143,24 @@ pub fn restore(
         source,
     })?;
     Ok(Restored { brands })
+}
+
+/// The directory a symbolic link `data` points to (`/var/lib/cardd` a
+/// link to a data disk): the restore is staged beside it and renamed onto
+/// it, not onto the link, which would move the ledger off the disk the
+/// link names. Any other path as given.
+fn resolve_link(data: &Path) -> Result<PathBuf, RestoreError> {
+    let is_link = fs::symlink_metadata(data).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(data.to_path_buf());
+    }
+    let target = fs::read_link(data).map_err(|source| RestoreError::Io {
+        what: format!("reading the link {}", data.display()),
+        source,
+    })?;
+    // A relative target is relative to the link's directory; it may be a
+    // link again.
+    resolve_link(&parent_of(data).join(target))
 }
 
 fn parent_of(path: &Path) -> &Path {

@@ -115,6 +115,27 @@ async fn damaged_backups_and_wrong_targets_are_refused() {
     );
     assert_ok(&o, "restore of the good backup");
     assert_eq!(server_key_hex(&fresh), key_hex);
+
+    // A data directory that is a link to another disk: restored there,
+    // the link kept.
+    let disk = dir.path().join("disk");
+    fs::create_dir(&disk).expect("mkdir");
+    let link = dir.path().join("var-lib-cardd");
+    std::os::unix::fs::symlink("disk", &link).expect("symlink");
+    let o = cardd!(
+        "restore",
+        "--data",
+        &link,
+        "--server-key-file",
+        &server_key_file,
+        &good
+    );
+    assert_ok(&o, "restore through a link");
+    assert!(
+        fs::symlink_metadata(&link).expect("link").is_symlink(),
+        "the link was replaced"
+    );
+    assert_eq!(server_key_hex(&disk), key_hex, "restored onto the disk");
 }
 
 /// A daemon whose history forked before the backup's newest checkpoint
