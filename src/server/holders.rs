@@ -16,10 +16,9 @@
 //! system keeps in freed blocks is the disk's to forget: docs/security.md.
 //! The cost of a change grows with the brand's holders
 //! (`MAX_HOLDERS_PER_BRAND`); changes are owner operations, rare.
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -142,8 +141,12 @@ pub fn phone_ok(phone: &str) -> Result<(), Refusal> {
 #[derive(Debug)]
 pub struct HolderStore {
     dir: PathBuf,
-    brands: Mutex<HashMap<u32, BTreeMap<u64, Holder>>>,
+    /// Each brand's holders under a lock of its own (None until read): one
+    /// brand's rewrites and fsyncs never wait for another's.
+    brands: Mutex<HashMap<u32, Arc<Mutex<Option<Holders>>>>>,
 }
+
+type Holders = BTreeMap<u64, Holder>;
 
 impl HolderStore {
     /// The store of the data directory `data_dir` (nothing is read yet).
@@ -164,12 +167,15 @@ impl HolderStore {
         brand: u32,
         f: impl FnOnce(&mut BTreeMap<u64, Holder>) -> Result<T, HolderError>,
     ) -> Result<T, HolderError> {
-        let mut brands = self.brands.lock().expect("holder store lock");
-        let holders = match brands.entry(brand) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(self.load(brand)?),
+        let one = {
+            let mut brands = self.brands.lock().expect("holder store lock");
+            brands.entry(brand).or_default().clone()
         };
-        f(holders)
+        let mut loaded = one.lock().expect("holder store lock");
+        if loaded.is_none() {
+            *loaded = Some(self.load(brand)?);
+        }
+        f(loaded.as_mut().expect("loaded above"))
     }
 
     fn load(&self, brand: u32) -> Result<BTreeMap<u64, Holder>, HolderError> {
@@ -295,6 +301,25 @@ mod tests {
     use super::*;
 
     const CARD: u64 = 8_000_070_000_000_000_011;
+
+    /// A brand busy rewriting its file (its lock held) does not hold up
+    /// another brand's holders.
+    #[test]
+    fn one_brand_busy_does_not_wait_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(HolderStore::new(dir.path()));
+        store.put(1, CARD, "Li Na", "13900139000").unwrap();
+        let one = store.brands.lock().unwrap().get(&1).cloned().unwrap();
+        let busy = one.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = store.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(other.put(2, CARD, "Wang Fang", "13700137000").is_ok());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(busy);
+        assert_eq!(done, Ok(true), "brand 2 waited for brand 1");
+    }
 
     #[test]
     fn an_erased_holder_is_in_no_file_and_a_new_store_forgets_it_too() {
