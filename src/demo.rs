@@ -198,7 +198,12 @@ pub fn provision(
     owner.op(
         "rules",
         Op::SetRules(pb::SetRules {
-            rules: Some(demo_rules()),
+            // A new brand: refunds exact, as `cardd admin set-rules` sets
+            // them (demo_rules itself is pinned by the golden script).
+            rules: Some(Rules {
+                exact_refunds: true,
+                ..demo_rules()
+            }),
         }),
     )?;
     let (stores, terminal_keys) = open_stores(&mut owner, data_dir)?;

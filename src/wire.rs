@@ -292,6 +292,7 @@ const RULES: Schema = msg(&[
     f(23, "max_daily_spend_minor", Int),
     f(24, "card_validity_days", U32),
     f(25, "currency_default_limits", Bool),
+    f(26, "exact_refunds", Bool),
     rep(10, "campaigns", Msg(&CAMPAIGN)),
     f(11, "points_expire_after_days", U32),
     f(12, "points_redemption", Msg(&POINTS_REDEMPTION)),
@@ -892,6 +893,7 @@ mod tests {
             max_daily_spend_minor: 11,
             card_validity_days: 12,
             currency_default_limits: true,
+            exact_refunds: true,
             campaigns: vec![
                 pb::Campaign {
                     name: "VIP 6x".into(),

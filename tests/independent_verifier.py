@@ -358,6 +358,7 @@ RULES = Schema("Rules", {1: ("bonus_tiers", ("repeated", BONUS_TIER)), 2: ("poin
                          21: ("max_balance_anonymous_minor", I64T), 22: ("max_top_up_minor", I64T),
                          23: ("max_daily_spend_minor", I64T), 24: ("card_validity_days", U32),
                          25: ("currency_default_limits", BOOL),
+                         26: ("exact_refunds", BOOL),
                          30: ("pin_all_spends", BOOL), 31: ("pin_over_minor", I64T)})
 OPS = {
     10: ("inquiry", Schema("Inquiry", {1: ("card", STRING)})),

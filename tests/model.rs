@@ -151,6 +151,7 @@ fn model_rules() -> pb::Rules {
     });
     r.tiers[1].window_days = 30;
     r.tiers[2].min_day_spend_minor = 50_000;
+    r.exact_refunds = true;
     r
 }
 
@@ -172,6 +173,8 @@ struct ModelPurchase {
     bonus_out: i64,
     /// The part of the bill paid by points.
     points_value: i64,
+    /// Points the purchase earned.
+    points_in: i64,
     refunded_paid: i64,
     refunded_bonus: i64,
     refunded_points_value: i64,
@@ -397,6 +400,7 @@ impl World {
                         paid_out,
                         bonus_out,
                         points_value: value,
+                        points_in: rec.points_in,
                         refunded_paid: 0,
                         refunded_bonus: 0,
                         refunded_points_value: 0,
@@ -424,6 +428,7 @@ impl World {
                     return;
                 };
                 let (seq, p) = self.purchases[idx].clone();
+                let held = self.points_at(&p.card, self.time_ms + 61_000);
                 let r = self.term_op(
                     term,
                     Op::Refund(pb::Refund {
@@ -449,6 +454,13 @@ impl World {
                 };
                 match expected {
                     Err(code) => assert_eq!(r.unwrap_err(), code),
+                    // Points pay bills here: a refund whose earned points
+                    // were spent since is refused (the state machine
+                    // judges the share; the card must hold fewer than the
+                    // purchase earned).
+                    Ok(()) if r == Err(ErrorCode::InsufficientPoints) => {
+                        assert!(held < p.points_in, "refused holding {held} points: {p:?}");
+                    }
                     Ok(()) => {
                         let rec = r.expect("refund within limits");
                         // The points' share of the bill refunded so far,

@@ -388,6 +388,7 @@ fn read_rules(file: &std::path::Path) -> anyhow::Result<pb::Rules> {
         max_daily_spend_minor: r.max_daily_spend_minor,
         card_validity_days: r.card_validity_days,
         currency_default_limits: r.currency_default_limits,
+        exact_refunds: r.exact_refunds,
         campaigns,
         points_expire_after_days: r.points_expire_after_days,
         points_redemption: r.points_redemption.map(|p| pb::PointsRedemption {
@@ -443,6 +444,10 @@ struct RulesFile {
     /// the MOFCOM figures); on unless the file says false.
     #[serde(default = "yes")]
     currency_default_limits: bool,
+    /// Refunds exact per form and store, earned points taken back in full
+    /// where points pay bills; on unless the file says false.
+    #[serde(default = "yes")]
+    exact_refunds: bool,
     #[serde(default)]
     campaigns: Vec<CampaignFile>,
     /// 0 = points never expire.

@@ -124,6 +124,7 @@ pub fn rules_file(r: &pb::Rules) -> Value {
         "max_daily_spend_minor": r.max_daily_spend_minor,
         "card_validity_days": r.card_validity_days,
         "currency_default_limits": r.currency_default_limits,
+        "exact_refunds": r.exact_refunds,
         "campaigns": r.campaigns.iter().map(campaign_file).collect::<Vec<_>>(),
         "points_expire_after_days": r.points_expire_after_days,
         "points_redemption": r.points_redemption.as_ref().map(|p| json!({

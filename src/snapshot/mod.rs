@@ -81,7 +81,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 11;
+pub const FORMAT: u32 = 12;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -391,6 +391,7 @@ mod tests {
         s.retired_keys.push([6; 32]);
         s.rules.max_balance_anonymous_minor = 100_000;
         s.rules.currency_default_limits = true;
+        s.rules.exact_refunds = true;
         let card = s.cards.get_mut(&42).expect("state() has card 42");
         (card.named, card.expires_ms, card.closed) = (true, 1_900_000_000_000, true);
         (card.spend_day, card.spent_today) = (20_000, 1_234);
@@ -476,8 +477,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                11,
-                "7e63a54672e2752561040817cfc41c18cf783f35732d587441df33189b444908".to_string()
+                12,
+                "e0473c9681b280d5eef84ba316ecd08f5585a80933e7267c1306dfff7dfc210d".to_string()
             )
         );
     }

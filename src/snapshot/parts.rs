@@ -715,8 +715,8 @@ mod tests {
                 hex::encode(crate::crypto::sha256(&bytes))
             ),
             (
-                11,
-                "29759f5a822c110a3298586af5463b05f5234ab83460a74b8bbad0118e59ff55".to_string()
+                12,
+                "52bef080923b7c1f422789e5341ee670c06bb7cbde775061c315f907120de38b".to_string()
             )
         );
     }

@@ -502,3 +502,71 @@ fn an_inquiry_shows_the_points_of_its_time_and_the_next_to_expire() {
     let v = view(DAY0 + 2 * DAY_MS);
     assert_eq!((v.points, v.points_next_expiring), (0, 0));
 }
+
+/// Rules where one point pays one minor unit and a purchase earns one
+/// point per minor unit, with refunds exact or as before `exact_refunds`.
+fn points_are_money(exact_refunds: bool) -> pb::Rules {
+    pb::Rules {
+        points_per_unit: 100,
+        points_redemption: Some(pb::PointsRedemption {
+            points: 1,
+            value_minor: 1,
+        }),
+        exact_refunds,
+        ..rules()
+    }
+}
+
+fn refund_op(seq: u64, amount_minor: i64) -> Op {
+    Op::Refund(pb::Refund {
+        original_seq: seq,
+        amount_minor,
+    })
+}
+
+#[test]
+fn a_refund_whose_earned_points_paid_a_bill_since_is_refused() {
+    let (mut s, c) = brand(points_are_money(true));
+    let first = buy(&mut s, 1, &c, 10_000, 0);
+    assert_eq!(first.points_in, 10_000);
+    // The earned points pay the whole of a second bill.
+    let second = buy(&mut s, 1, &c, 10_000, 10_000);
+    assert_eq!(
+        (second.points_value_minor, second.points_after),
+        (10_000, 0)
+    );
+    let before = s.state.clone();
+    let op = refund_op(first.seq, 10_000);
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, op),
+        E::InsufficientPoints
+    );
+    assert_eq!(s.state, before, "a refusal changes nothing");
+    // Half of the bill again on the card's points: that refund goes
+    // through and takes back all 5,000 points it earned.
+    buy(&mut s, 1, &c, 5_000, 0);
+    let op = refund_op(first.seq, 5_000);
+    s.till(1, "", op);
+    let r = last(&s);
+    assert_eq!(
+        (r.paid_in_minor, r.points_out, r.points_after),
+        (5_000, 5_000, 0)
+    );
+    assert_eq!(r.paid_balance_after_minor, 90_000);
+}
+
+#[test]
+fn a_refund_under_rules_from_before_exact_refunds_replays_as_it_was_written() {
+    let (mut s, c) = brand(points_are_money(false));
+    let first = buy(&mut s, 1, &c, 10_000, 0);
+    buy(&mut s, 1, &c, 10_000, 10_000);
+    let op = refund_op(first.seq, 10_000);
+    s.till(1, "", op);
+    let r = last(&s);
+    // What older builds wrote: the value back, no point taken back.
+    assert_eq!(
+        (r.paid_in_minor, r.points_out, r.points_after),
+        (10_000, 0, 0)
+    );
+    assert_eq!(r.paid_balance_after_minor, 100_000);
+}

@@ -403,7 +403,7 @@ pub(super) fn refund(
     // Bonus was spent last, so it is returned first.
     let bonus_in = share.value.min(orig.bonus_out - orig.refunded_bonus);
     let paid_in = share.value - bonus_in;
-    let moved = refund_points(&mut card, orig, &share, ctx.time_ms);
+    let moved = refund_points(&mut card, orig, &share, ctx.time_ms, strict_points(state))?;
     card.paid = checked(card.paid.checked_add(paid_in))?;
     card.bonus = checked(card.bonus.checked_add(bonus_in))?;
     card.total_spend = (card.total_spend - share.value).max(0);
@@ -471,13 +471,32 @@ struct RefundPoints {
     expired: i64,
 }
 
+/// True if a refund must take back in full the points its part of the
+/// purchase earned: where points pay bills they are money, and leaving
+/// spent ones with the customer would give value back twice (the reversal
+/// of a refund refuses the same case). Under `exact_refunds` only: rules
+/// written before it took back as far as the card held, and their chains
+/// replay so.
+fn strict_points(state: &BrandState) -> bool {
+    state.rules.exact_refunds && state.rules.points_redemption.is_some()
+}
+
 /// Expires what is due, takes back earned points in proportion, and gives
 /// back the share of spent points with their expiry (expiring at once if
-/// that has passed).
-fn refund_points(card: &mut Card, orig: &Effect, share: &RefundShare, now_ms: i64) -> RefundPoints {
+/// that has passed). With `strict`, earned points the card no longer
+/// holds come out of the points given back, and beyond those the refund
+/// is refused (`INSUFFICIENT_POINTS`).
+fn refund_points(
+    card: &mut Card,
+    orig: &Effect,
+    share: &RefundShare,
+    now_ms: i64,
+    strict: bool,
+) -> Result<RefundPoints, Refusal> {
     let mut expired = points::expire(&mut card.loyalty, &mut card.points, now_ms);
-    let taken_back = points_taken_back(orig, share.value, card.points);
-    points::take_back(&mut card.loyalty, &mut card.points, taken_back);
+    let owed = points_owed_back(orig, share.value);
+    let first = owed.min(card.points);
+    points::take_back(&mut card.loyalty, &mut card.points, first);
     let mut still_spent = orig.points().lots.clone();
     let given = points::give_back(
         &mut card.loyalty,
@@ -485,13 +504,21 @@ fn refund_points(card: &mut Card, orig: &Effect, share: &RefundShare, now_ms: i6
         &mut still_spent,
         share.points,
     );
+    let rest = if strict { owed - first } else { 0 };
+    if rest > card.points {
+        return refuse(
+            E::InsufficientPoints,
+            "the points this part of the purchase earned were spent since; it cannot be refunded",
+        );
+    }
+    points::take_back(&mut card.loyalty, &mut card.points, rest);
     expired += points::expire(&mut card.loyalty, &mut card.points, now_ms);
-    RefundPoints {
-        taken_back,
+    Ok(RefundPoints {
+        taken_back: first + rest,
         given,
         still_spent,
         expired,
-    }
+    })
 }
 
 /// A refund in the books: the card value returned, back to its lots.
@@ -569,8 +596,9 @@ fn refundable_purchase<'s>(
 }
 
 /// Points earned are taken back in proportion to the value refunded,
-/// rounded down, and never more than the card still holds.
-fn points_taken_back(orig: &Effect, amount: i64, card_points: i64) -> i64 {
+/// rounded down (the caller decides what happens when the card holds
+/// fewer).
+fn points_owed_back(orig: &Effect, amount: i64) -> i64 {
     let approved = orig.paid_out + orig.bonus_out;
     if approved == 0 {
         // Paid by points alone: it earned nothing.
@@ -584,7 +612,7 @@ fn points_taken_back(orig: &Effect, amount: i64, card_points: i64) -> i64 {
     // Never negative: after a refund is reversed, the points still counted
     // as taken back can exceed the proportional share of what remains
     // refunded (rounding was done refund by refund). Found by fuzzing.
-    (should_have_removed - orig.refunded_points).clamp(0, card_points)
+    (should_have_removed - orig.refunded_points).max(0)
 }
 
 pub(super) fn redeem_points(
