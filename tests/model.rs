@@ -465,9 +465,22 @@ impl World {
                         let rec = r.expect("refund within limits");
                         // The points' share of the bill refunded so far,
                         // rounded down; the card's value takes the rest.
+                        // (`exact_refunds`) Each form gives back at most
+                        // what it has left, never a negative share.
                         let after = covered - left + amount;
-                        let pv = p.points_value * after / covered - p.refunded_points_value;
+                        let card_left =
+                            p.paid_out + p.bonus_out - p.refunded_paid - p.refunded_bonus;
+                        let points_left = p.points_value - p.refunded_points_value;
+                        let pv = (p.points_value * after / covered - p.refunded_points_value)
+                            .min(amount.min(points_left))
+                            .max(amount - card_left)
+                            .max(0);
+                        assert!(
+                            (0..=points_left).contains(&rec.points_value_minor),
+                            "{rec:?}"
+                        );
                         let value = amount - pv;
+                        assert!((0..=card_left).contains(&value), "{rec:?}");
                         let bonus_in = value.min(p.bonus_out - p.refunded_bonus);
                         assert_eq!(
                             (

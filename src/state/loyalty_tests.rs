@@ -570,3 +570,55 @@ fn a_refund_under_rules_from_before_exact_refunds_replays_as_it_was_written() {
     );
     assert_eq!(r.paid_balance_after_minor, 100_000);
 }
+
+/// A bill of 1.00 paid 0.09 by points and 0.91 by the card; refunds of
+/// 0.11 and 0.01, the first reversed, then a refund of 0.01: the rounded
+/// shares counted so far exceed the share of what stays refunded.
+fn refund_after_a_reversed_refund(exact_refunds: bool) -> (Script, u64, pb::Record) {
+    let (mut s, c) = brand(points_are_money(exact_refunds));
+    buy(&mut s, 1, &c, 1_000, 0); // 1,000 points
+    let p = buy(&mut s, 1, &c, 100, 9);
+    assert_eq!((p.points_value_minor, p.paid_out_minor), (9, 91));
+    let first = s.till(1, "", refund_op(p.seq, 11));
+    assert_eq!(
+        (last(&s).paid_in_minor, last(&s).points_value_minor),
+        (11, 0)
+    );
+    s.till(1, "", refund_op(p.seq, 1));
+    assert_eq!(
+        (last(&s).paid_in_minor, last(&s).points_value_minor),
+        (0, 1)
+    );
+    let reversal = Op::Reversal(pb::Reversal {
+        original_txn_id: first,
+    });
+    s.till(1, "", reversal);
+    s.till(1, "", refund_op(p.seq, 1));
+    let r = last(&s);
+    (s, p.seq, r)
+}
+
+#[test]
+fn a_refund_after_a_reversed_refund_gives_back_no_more_than_each_form_paid() {
+    let (mut s, seq, r) = refund_after_a_reversed_refund(true);
+    // The points' 0.01 is already back: this refund is card value only.
+    assert_eq!(
+        (r.paid_in_minor, r.points_value_minor, r.points_in),
+        (1, 0, 0)
+    );
+    assert_eq!(r.paid_balance_after_minor, 98_910);
+    // The rest: exactly what each form has left, 0.08 and 0.90.
+    s.till(1, "", refund_op(seq, 98));
+    let rest = last(&s);
+    assert_eq!((rest.paid_in_minor, rest.points_value_minor), (90, 8));
+    assert_eq!(rest.paid_balance_after_minor, 99_000);
+    let kept = s.state.effects.get(seq).expect("kept");
+    assert_eq!((kept.refunded_paid, kept.points().refunded_value), (91, 9));
+}
+
+#[test]
+fn a_negative_points_share_under_rules_from_before_exact_refunds_replays_as_written() {
+    let (_, _, r) = refund_after_a_reversed_refund(false);
+    // What older builds wrote: -0.01 of points, 0.02 to the card.
+    assert_eq!((r.paid_in_minor, r.points_value_minor), (2, -1));
+}

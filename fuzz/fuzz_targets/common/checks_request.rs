@@ -359,6 +359,16 @@ impl World {
             ("bonus_out", rec.bonus_out_minor),
             ("points_in", rec.points_in),
             ("points_out", rec.points_out),
+            // Rules from before `exact_refunds` could write -1 here after
+            // a reversed refund; their chains keep it.
+            (
+                "points_value",
+                if before.rules.exact_refunds {
+                    rec.points_value_minor
+                } else {
+                    0
+                },
+            ),
         ] {
             assert!(
                 v >= 0,

@@ -399,7 +399,7 @@ pub(super) fn refund(
         _ => return refuse(E::CardBlocked, "the purchase's card is blocked or replaced"),
     };
     let today = day_of(state, ctx.time_ms);
-    let share = refund_share_of(orig, r.amount_minor);
+    let share = refund_share_of(orig, r.amount_minor, state.rules.exact_refunds);
     // Bonus was spent last, so it is returned first.
     let bonus_in = share.value.min(orig.bonus_out - orig.refunded_bonus);
     let paid_in = share.value - bonus_in;
@@ -549,7 +549,14 @@ struct RefundShare {
 /// Points and their value are given back in proportion to the bill
 /// refunded so far (rounded down, so the card's value takes the rest);
 /// at the last refund everything taken has come back, never more.
-fn refund_share_of(orig: &Effect, amount: i64) -> RefundShare {
+///
+/// With `exact` (the rules' `exact_refunds`) each form gives back only
+/// what it has left: once a refund is reversed, what stays counted as
+/// given back (rounded refund by refund) can exceed the rounded share of
+/// what stays refunded, and the points' value would go negative, the card
+/// then getting more than the refund. Rules from before keep the
+/// unbounded share, so their chains replay unchanged.
+fn refund_share_of(orig: &Effect, amount: i64, exact: bool) -> RefundShare {
     let p = orig.points();
     if p.value == 0 {
         return RefundShare {
@@ -563,11 +570,22 @@ fn refund_share_of(orig: &Effect, amount: i64) -> RefundShare {
         let s = i128::from(whole) * i128::from(after) / i128::from(covered);
         i64::try_from(s).expect("at most whole")
     };
-    let points_value = share(p.value) - p.refunded_value;
+    let mut points_value = share(p.value) - p.refunded_value;
+    let mut points = share(orig.points_out) - p.returned;
+    if exact {
+        let card_left = orig.paid_out + orig.bonus_out - orig.refunded_paid - orig.refunded_bonus;
+        let points_left = p.value - p.refunded_value;
+        // `amount` is at most both left together (checked by the caller).
+        points_value = points_value
+            .min(amount.min(points_left))
+            .max(amount - card_left)
+            .max(0);
+        points = points.max(0);
+    }
     RefundShare {
         value: amount - points_value,
         points_value,
-        points: share(orig.points_out) - p.returned,
+        points,
     }
 }
 
