@@ -851,6 +851,15 @@ impl World {
                 (e.0, e.1) = (e.0 + lot.paid, e.1 + lot.bonus);
             }
         }
+        // (`exact_refunds`) A purchase's refunds give each store back at
+        // most what the purchase took from it.
+        for (seq, e) in self.state.effects.iter() {
+            for r in e.refunded_lots.as_deref().map_or(&[][..], |l| l.as_slice()) {
+                let t = e.lots.as_slice().iter().find(|t| t.store == r.store);
+                let (paid, bonus) = t.map_or((0, 0), |t| (t.paid, t.bonus));
+                assert!(r.paid <= paid && r.bonus <= bonus, "record {seq}: {e:?}");
+            }
+        }
         let books = &self.state.books;
         let mut liability: BTreeMap<u32, (i64, i64)> = BTreeMap::new();
         let mut changes: BTreeMap<u32, (i64, i64)> = BTreeMap::new();

@@ -81,7 +81,7 @@ const MAGIC: &[u8; 8] = b"CARDDSN1";
 /// The layout of the body. Bump it with any change to a type inside
 /// `BrandState` (the test `the_encoding_of_the_state_is_pinned` fails until
 /// then).
-pub const FORMAT: u32 = 12;
+pub const FORMAT: u32 = 13;
 /// Magic and format.
 const HEADER: usize = 8 + 4;
 /// Body length and signature.
@@ -461,6 +461,13 @@ mod tests {
                         points: 20,
                     }],
                 })),
+                refunded_lots: Some(Box::new(crate::state::lots::Lots::One(
+                    crate::state::lots::Lot {
+                        store: 1,
+                        paid: 3,
+                        bonus: 0,
+                    },
+                ))),
             },
         );
         let card = s.cards.get_mut(&42).expect("card 42");
@@ -477,8 +484,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(crate::crypto::sha256(&bytes))),
             (
-                12,
-                "e0473c9681b280d5eef84ba316ecd08f5585a80933e7267c1306dfff7dfc210d".to_string()
+                13,
+                "a22d71a08b78c825a5f45f2373f68c98c24d58717d4e1f1db80ab44d0312e4df".to_string()
             )
         );
     }

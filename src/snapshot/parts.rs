@@ -715,7 +715,7 @@ mod tests {
                 hex::encode(crate::crypto::sha256(&bytes))
             ),
             (
-                12,
+                13,
                 "52bef080923b7c1f422789e5341ee670c06bb7cbde775061c315f907120de38b".to_string()
             )
         );

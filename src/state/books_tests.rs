@@ -496,3 +496,73 @@ fn read_only_keys_read_reports_and_change_nothing() {
         pb::ErrorCode::UnknownKey
     );
 }
+
+/// A card loaded 100 at A, then 50 at B, spends all 150 at C; C refunds
+/// 30 (back to B), 30 (20 to B, 10 to A), reverses the first refund, then
+/// refunds 30 and 90. Returns the card's lots.
+fn refunds_around_a_reversed_one(exact_refunds: bool) -> (Script, Vec<Lot>) {
+    let mut s = three_stores();
+    if exact_refunds {
+        let mut rules = s.state.rules.clone();
+        rules.exact_refunds = true;
+        s.owner(Op::SetRules(pb::SetRules { rules: Some(rules) }));
+    }
+    let x = card(1);
+    s.owner(Op::IssueCard(pb::IssueCard { card: x.clone() }));
+    s.top_up(1, &x, 100);
+    s.top_up(2, &x, 50);
+    let bought = s.purchase(3, &x, 150, false);
+    let refund = |s: &mut Script, amount_minor| {
+        s.till(
+            3,
+            "",
+            Op::Refund(pb::Refund {
+                original_seq: bought,
+                amount_minor,
+            }),
+        )
+    };
+    let first = refund(&mut s, 30);
+    refund(&mut s, 30);
+    s.till(
+        3,
+        "",
+        Op::Reversal(pb::Reversal {
+            original_txn_id: first,
+        }),
+    );
+    refund(&mut s, 30);
+    refund(&mut s, 90);
+    let lots = s.state.cards[&number(&x)].lots.as_slice().to_vec();
+    (s, lots)
+}
+
+#[test]
+fn refunds_after_a_reversed_refund_give_each_store_back_exactly_what_it_lost() {
+    let (s, lots) = refunds_around_a_reversed_one(true);
+    let lot = |store, paid| Lot {
+        store,
+        paid,
+        bonus: 0,
+    };
+    // Everything came back, each store's value to its own lot: 30 to B,
+    // then A's 90 (B's 20 and A's 10 were already back).
+    assert_eq!(lots, [lot(B, 50), lot(A, 100)]);
+    let liability = &s.state.books.liability;
+    assert_eq!((liability[&A], liability[&B]), (v(100, 0), v(50, 0)));
+    let book = &s.state.books.days[&s.state.books.today.day];
+    assert!(book.settlement.is_empty(), "{:?}", book.settlement);
+}
+
+#[test]
+fn refunds_under_rules_from_before_exact_refunds_return_lots_as_they_were_written() {
+    let (_, lots) = refunds_around_a_reversed_one(false);
+    let lot = |store, paid| Lot {
+        store,
+        paid,
+        bonus: 0,
+    };
+    // What older builds booked (A got 110 back of the 100 taken from it);
+    // the records themselves carry no lots, so only the books differ.
+    assert_eq!(lots, [lot(B, 40), lot(A, 110)]);
+}

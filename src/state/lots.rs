@@ -210,6 +210,27 @@ impl Lots {
         Lots::from_moves(&taken)
     }
 
+    /// Joins `moves` into these lots, store by store, with no bound (what
+    /// a purchase's refunds returned: never more stores than it took from).
+    pub fn join_all(&mut self, moves: &Lots) {
+        for m in moves.as_slice() {
+            self.add_unbounded(*m);
+        }
+    }
+
+    /// Takes `moves` off these lots, store by store (a reversed refund no
+    /// longer counts as returned); each move is within its store's lot.
+    pub fn remove_all(&mut self, moves: &Lots) {
+        let mut v = self.take_vec();
+        for m in moves.as_slice() {
+            if let Some(l) = v.iter_mut().find(|l| l.store == m.store) {
+                (l.paid, l.bonus) = (l.paid - m.paid, l.bonus - m.bonus);
+                debug_assert!(l.paid >= 0 && l.bonus >= 0, "{m:?} was returned");
+            }
+        }
+        *self = Lots::from_vec(v);
+    }
+
     /// Sum of paid and of bonus value over the lots.
     pub fn totals(&self) -> (i64, i64) {
         self.as_slice()
@@ -252,6 +273,30 @@ pub fn refund_share(taken: &Lots, refunded: (i64, i64), paid: i64, bonus: i64) -
     give(|l| l.bonus, refunded.1, bonus, false);
     give(|l| l.paid, refunded.0, paid, true);
     Lots::from_moves(&out)
+}
+
+/// The lots an exact refund (`exact_refunds`) returns value to: what the
+/// purchase `taken` from each store less what its refunds not reversed
+/// `returned` there, in the same order as `refund_share` (bonus first,
+/// newest lot first). Unlike `refund_share` it does not assume that the
+/// earlier refunds used that order up: a reversed one leaves a gap, and
+/// no store ever gets back more than was taken from it.
+pub fn refund_share_exact(taken: &Lots, returned: &Lots, paid: i64, bonus: i64) -> Lots {
+    let back = returned.as_slice();
+    let left: Vec<Lot> = taken
+        .as_slice()
+        .iter()
+        .map(|l| {
+            let r = back.iter().find(|r| r.store == l.store);
+            let (p, b) = r.map_or((0, 0), |r| (r.paid, r.bonus));
+            Lot {
+                store: l.store,
+                paid: l.paid - p,
+                bonus: l.bonus - b,
+            }
+        })
+        .collect();
+    refund_share(&Lots::from_vec(left), (0, 0), paid, bonus)
 }
 
 #[cfg(test)]

@@ -262,6 +262,11 @@ pub struct Effect {
     /// Points spent as payment or given back, for records that moved
     /// any (boxed: most effects carry one null pointer).
     pub points: Option<Box<EffectPoints>>,
+    /// For purchases that took value from several stores, once refunded:
+    /// what their refunds not reversed returned to each store. A reversed
+    /// refund leaves a gap in the spend order's reverse that the refunded
+    /// totals alone cannot show (boxed, as `points`).
+    pub refunded_lots: Option<Box<Lots>>,
 }
 
 /// What a money record did with points beyond its deltas.

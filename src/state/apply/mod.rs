@@ -29,7 +29,7 @@ use owner::{
 use reversal::reversal;
 
 use super::books::Place;
-use super::lots::{refund_share, Lots};
+use super::lots::{refund_share, refund_share_exact, Lots};
 use super::retention::{expired, forget_expired_effects, missing_original, remember_txn};
 use super::retention::{ORIGINAL_EXPIRED, TXN_TOO_OLD};
 use super::*;
@@ -515,6 +515,7 @@ fn effect_of(rec: &Record, card: u64, shift_number: u64) -> Effect {
                 ..EffectPoints::default()
             })
         }),
+        refunded_lots: None,
     }
 }
 

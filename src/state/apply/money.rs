@@ -412,12 +412,19 @@ pub(super) fn refund(
         let day = day_of(state, orig.time_ms);
         points::add_day_spend(&mut card.loyalty, day, today, keep, -share.value);
     }
-    let returned = refund_share(
-        &orig.lots,
-        (orig.refunded_paid, orig.refunded_bonus),
-        paid_in,
-        bonus_in,
-    );
+    let returned = if state.rules.exact_refunds {
+        let back = orig.refunded_lots.as_deref().unwrap_or(&Lots::Empty);
+        refund_share_exact(&orig.lots, back, paid_in, bonus_in)
+    } else {
+        // Rules from before: as older builds returned it, so their chains
+        // (and their books) replay unchanged.
+        refund_share(
+            &orig.lots,
+            (orig.refunded_paid, orig.refunded_bonus),
+            paid_in,
+            bonus_in,
+        )
+    };
     card.lots.add_all(&returned)?;
     card.last_active_day = today;
     balance_ok(&card)?;
@@ -446,6 +453,12 @@ pub(super) fn refund(
         .effects
         .get_mut(r.original_seq)
         .expect("checked above");
+    // Kept under any rules (it moves nothing), so that rules turning
+    // `exact_refunds` on find every refund counted.
+    if let Lots::Many(_) = orig.lots {
+        let back = orig.refunded_lots.get_or_insert_with(Box::default);
+        back.join_all(&effect.lots);
+    }
     orig.refunded_paid += paid_in;
     orig.refunded_bonus += bonus_in;
     orig.refunded_points += moved.taken_back;

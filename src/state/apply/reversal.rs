@@ -351,6 +351,10 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
     orig.reversed = true;
     let (kind, refund_of) = (orig.kind, orig.original_seq);
     let (refund_paid, refund_bonus, refund_points) = (orig.paid_in, orig.bonus_in, orig.points_out);
+    let refund_lots = match kind {
+        RecordKind::Refund => orig.lots.clone(),
+        _ => Lots::Empty,
+    };
     *state.txns.get_mut(&(ns, txn_id)).expect("found above") = TxnEntry::Reversed(orig_seq);
     let points_given = orig.points_in;
     let (points_value, given) = match orig.points.take() {
@@ -365,6 +369,10 @@ fn mark_reversed(state: &mut BrandState, ns: u32, txn_id: u64, orig_seq: u64, ex
         purchase.refunded_paid -= refund_paid;
         purchase.refunded_bonus -= refund_bonus;
         purchase.refunded_points -= refund_points + extra_points;
+        // What it returned to each store is no longer returned.
+        if let Some(back) = purchase.refunded_lots.as_mut() {
+            back.remove_all(&refund_lots);
+        }
         // The points it gave back are spent again, with their expiry.
         if points_value != 0 || points_given != 0 {
             let p = purchase.points_mut();
