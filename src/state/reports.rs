@@ -721,13 +721,19 @@ fn segment(r: u8, f: u8, m: u8) -> &'static str {
 
 /// RFM over the active cards (those with a visit): quintiles of recency
 /// (days since the last visit), frequency (visit days) and monetary (net
-/// spend), and the named segments with their counts and value.
+/// spend), and the named segments with their counts and value. Cards with
+/// equal values are ranked by card number (the lower number ranks lower):
+/// the card map's order is its hasher's, seeded per process, and would
+/// make the same ledger's report change from one start to the next.
 fn rfm(state: &BrandState, today: i32) -> Vec<pb::ReportSection> {
-    let active: Vec<&super::Card> = state
+    let mut by_number: Vec<(u64, &super::Card)> = state
         .cards
-        .values()
-        .filter(|c| c.status != CardStatus::Replaced && c.last_visit_day >= 0)
+        .iter()
+        .filter(|(_, c)| c.status != CardStatus::Replaced && c.last_visit_day >= 0)
+        .map(|(n, c)| (*n, c))
         .collect();
+    by_number.sort_unstable_by_key(|(n, _)| *n);
+    let active: Vec<&super::Card> = by_number.into_iter().map(|(_, c)| c).collect();
     let recency: Vec<i64> = active.iter().map(|c| c.last_visit_day).collect();
     let frequency: Vec<i64> = active.iter().map(|c| i64::from(c.visits)).collect();
     let monetary: Vec<i64> = active.iter().map(|c| c.total_spend).collect();
