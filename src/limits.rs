@@ -274,7 +274,8 @@ const _: () = assert!(2 * MAX_CARDS_PER_ISSUE_RUN <= TXN_WINDOW_PER_SIGNER / 2);
 /// Settlement lots a card holds at once: value from this many stores of
 /// issue. A load from yet another store is refused until one is spent
 /// (same-store loads join their lot, so a card loaded at its usual few
-/// stores never meets it).
+/// stores never meets it). Value given back (refund, reversal) is never
+/// refused for it: a card may then hold more, one lot per store at most.
 pub const MAX_LOTS_PER_CARD: usize = 16;
 /// Days of per-day books (tallies, settlement, liability changes) kept,
 /// counted back from the newest record's day: a year and its same

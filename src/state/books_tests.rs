@@ -604,3 +604,73 @@ fn rfm_ranks_ties_by_card_number_whatever_the_map_order() {
         assert_eq!(report(&mut ten_tied_cards()), expected);
     }
 }
+
+/// A card loaded 100 at A and 50 at B spends all 150 at C; then, as if
+/// loaded at 16 other stores since, it holds 16 other lots.
+fn a_purchase_then_a_full_card() -> (Script, String) {
+    let mut s = three_stores();
+    let x = card(1);
+    s.owner(Op::IssueCard(pb::IssueCard { card: x.clone() }));
+    s.top_up(1, &x, 100);
+    s.top_up(2, &x, 50);
+    s.till(3, "", purchase_op(&x, 150));
+    let mut state = s.state.clone();
+    let c = state.cards.get_mut(&number(&x)).unwrap();
+    for store in 10..(10 + crate::limits::MAX_LOTS_PER_CARD as u32) {
+        c.lots.add(store, 1, 0).unwrap();
+        c.paid += 1;
+    }
+    s.state = state;
+    (s, x)
+}
+
+#[test]
+fn a_refund_and_a_reversal_give_value_back_to_a_card_at_the_lot_bound() {
+    let (mut s, x) = a_purchase_then_a_full_card();
+    let bought = s.state.seq;
+    s.till(
+        3,
+        "",
+        Op::Refund(pb::Refund {
+            original_seq: bought,
+            amount_minor: 30,
+        }),
+    );
+    let refund = s.last_record.clone().expect("written");
+    assert_eq!(
+        (refund.paid_in_minor, refund.paid_balance_after_minor),
+        (30, 46)
+    );
+    let held = s.state.cards[&number(&x)].lots.as_slice().to_vec();
+    let lot = |store, paid| Lot {
+        store,
+        paid,
+        bonus: 0,
+    };
+    assert_eq!((held.len(), held[16]), (17, lot(B, 30)));
+    // A second purchase, reversed: its 46 go back to all 17 lots.
+    let second = s.till(3, "", purchase_op(&x, 46));
+    s.till(
+        3,
+        "",
+        Op::Reversal(pb::Reversal {
+            original_txn_id: second,
+        }),
+    );
+    let reversal = s.last_record.clone().expect("written");
+    assert_eq!(
+        (reversal.paid_in_minor, reversal.paid_balance_after_minor),
+        (46, 46)
+    );
+    assert_eq!(s.state.cards[&number(&x)].lots.as_slice(), &held[..]);
+    // Loads from yet another store stay refused while over the bound.
+    let load = Op::TopUp(pb::TopUp {
+        card: x,
+        amount_minor: 5,
+        ..Default::default()
+    });
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, load),
+        pb::ErrorCode::LimitExceeded
+    );
+}

@@ -6,7 +6,12 @@
 //! holds a lot on the card joins that lot (so it is spent at that lot's
 //! place in the order); a lot that reaches zero is dropped. A card holds at
 //! most `MAX_LOTS_PER_CARD` lots: a load from yet another store is refused
-//! (`LIMIT_EXCEEDED`) until one of them is spent.
+//! (`LIMIT_EXCEEDED`) until one of them is spent. Value given back (a
+//! refund, a purchase reversed) returns to its lots whatever the card
+//! holds, as no limit refuses it (safety.rs): the card may then hold more
+//! lots, still one per store of the brand at most
+//! (`MAX_STORES_PER_BRAND`), and takes no load from a new store until it
+//! is under the bound again.
 //!
 //! A money record keeps the lots it moved (its `Effect::lots`), so that a
 //! refund returns value to the lots it came from, and a reversal moves the
@@ -132,14 +137,6 @@ impl Lots {
         Ok(())
     }
 
-    /// Adds every move back (a refund or a reversal returning value).
-    pub fn add_all(&mut self, moves: &Lots) -> Result<(), Refusal> {
-        for m in moves.as_slice() {
-            self.add(m.store, m.paid, m.bonus)?;
-        }
-        Ok(())
-    }
-
     /// Takes `paid` then `bonus` value in spend order (oldest lot first,
     /// paid before bonus); returns what was taken from each lot. The
     /// caller has checked that the card holds enough.
@@ -210,8 +207,9 @@ impl Lots {
         Lots::from_moves(&taken)
     }
 
-    /// Joins `moves` into these lots, store by store, with no bound (what
-    /// a purchase's refunds returned: never more stores than it took from).
+    /// Joins `moves` into these lots, store by store, with no bound: value
+    /// given back (a refund, a reversal) or what a purchase's refunds
+    /// returned; never a store the brand does not have.
     pub fn join_all(&mut self, moves: &Lots) {
         for m in moves.as_slice() {
             self.add_unbounded(*m);

@@ -425,7 +425,8 @@ pub(super) fn refund(
             bonus_in,
         )
     };
-    card.lots.add_all(&returned)?;
+    // Never refused for the lot bound: a refund gives back value.
+    card.lots.join_all(&returned);
     card.last_active_day = today;
     balance_ok(&card)?;
     let shift = shift_add(state, tid, |s| {

@@ -58,7 +58,7 @@ pub(super) fn reversal(
     reverse_on_card(&mut card, orig, &deltas, day_of(state, orig.time_ms))?;
     expired += points::expire(&mut card.loyalty, &mut card.points, ctx.time_ms);
     reverse_day_spend(state, &mut card, orig, today);
-    let moved = reverse_lots(&mut card, orig)?;
+    let moved = reverse_lots(&mut card, orig);
     card.last_active_day = today;
     let (orig_kind, orig_store, orig_lots) = (orig.kind, orig.store_id, orig.lots.clone());
     let by_points = orig.points().value;
@@ -284,14 +284,15 @@ fn reverse_day_spend(state: &BrandState, card: &mut Card, orig: &Effect, today: 
 /// Moves the original's lots back on the card copy: a purchase's value
 /// returns to the lots it came from; a load's or a refund's is taken back
 /// from the lots it went to (`Lots::take_back`). Returns what moved.
-fn reverse_lots(card: &mut Card, orig: &Effect) -> Result<Lots, Refusal> {
+/// Never refused for the lot bound: a reversed purchase gives back value.
+fn reverse_lots(card: &mut Card, orig: &Effect) -> Lots {
     match orig.kind {
         RecordKind::Purchase => {
-            card.lots.add_all(&orig.lots)?;
-            Ok(orig.lots.clone())
+            card.lots.join_all(&orig.lots);
+            orig.lots.clone()
         }
-        RecordKind::TopUp | RecordKind::Refund => Ok(card.lots.take_back(&orig.lots)),
-        _ => Ok(Lots::Empty),
+        RecordKind::TopUp | RecordKind::Refund => card.lots.take_back(&orig.lots),
+        _ => Lots::Empty,
     }
 }
 
