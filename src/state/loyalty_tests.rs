@@ -555,6 +555,27 @@ fn a_refund_whose_earned_points_paid_a_bill_since_is_refused() {
     assert_eq!(r.paid_balance_after_minor, 90_000);
 }
 
+/// The points a refund gives back keep their expiry: once past it they
+/// cannot pay back earned points the card spent.
+#[test]
+fn expired_points_given_back_do_not_stand_in_for_spent_earned_ones() {
+    let mut r = points_are_money(true);
+    r.points_expire_after_days = 30;
+    let (mut s, c) = brand(r);
+    at(&mut s, DAY0);
+    buy(&mut s, 1, &c, 9_000, 0); // 9,000 points
+    let p = buy(&mut s, 1, &c, 10_000, 9_000); // earns 1,000
+    assert_eq!((p.points_value_minor, p.points_in), (9_000, 1_000));
+    buy(&mut s, 1, &c, 1_000, 1_000); // the earned 1,000 spent
+    at(&mut s, DAY0 + 31 * DAY_MS);
+    let before = s.state.clone();
+    assert_eq!(
+        s.refused(Principal::Terminal(1), 90, refund_op(p.seq, 10_000)),
+        E::InsufficientPoints
+    );
+    assert_eq!(s.state, before, "a refusal changes nothing");
+}
+
 #[test]
 fn a_refund_under_rules_from_before_exact_refunds_replays_as_it_was_written() {
     let (mut s, c) = brand(points_are_money(false));

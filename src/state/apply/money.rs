@@ -519,6 +519,11 @@ fn refund_points(
         share.points,
     );
     let rest = if strict { owed - first } else { 0 };
+    if strict {
+        // Points given back that expired already are worth nothing: they
+        // cannot stand in for the earned points the card spent.
+        expired += points::expire(&mut card.loyalty, &mut card.points, now_ms);
+    }
     if rest > card.points {
         return refuse(
             E::InsufficientPoints,
