@@ -261,8 +261,20 @@ impl BrandLedger {
             Recovery::CheckSnapshot(dir) => {
                 // The snapshot a start would take.
                 let on_log = holds(store.as_ref(), brand);
-                let snap = snapshot::read_start(dir, brand, &server_pub, &on_log)
-                    .map_err(|source| LedgerError::Snapshot { brand, source })?;
+                let snap = match snapshot::read_start(dir, brand, &server_pub, &on_log) {
+                    // An upgrade's first check: nothing to compare.
+                    Err(snapshot::SnapshotError::OtherFormat { found, reads }) => {
+                        tracing::warn!(
+                            brand,
+                            found,
+                            reads,
+                            "the snapshot is of another build's format: a start replays the \
+                             whole chain instead; checked without it"
+                        );
+                        None
+                    }
+                    read => read.map_err(|source| LedgerError::Snapshot { brand, source })?,
+                };
                 (Start::empty(brand), snap.map(|(state, _)| state))
             }
         };

@@ -281,6 +281,17 @@ fn a_snapshot_unlike_the_replay_or_signed_by_another_key_is_refused() {
         .err()
         .expect("check refuses a snapshot it cannot verify");
     assert!(format!("{err:#}").contains("signature"), "{err:#}");
+
+    // Of another build's format (the first check after an upgrade, as
+    // docs/operations.md asks): checked without it, not refused.
+    cardd::snapshot::write(&snaps, &truth, &server_key()).unwrap();
+    let file = snaps.join("brand-1.snap");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let format = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
+    bytes[8..12].copy_from_slice(&(format - 1).to_be_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let checked = recover(&store, Recovery::CheckSnapshot(&snaps)).expect("an older format");
+    assert_eq!(checked.state, truth);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

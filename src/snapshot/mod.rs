@@ -58,6 +58,15 @@ pub enum SnapshotError {
     /// The file is not what this build writes, or fails a check.
     #[error("snapshot {0}")]
     Invalid(String),
+    /// The file is of another build's format (an upgrade): not an error of
+    /// the ledger; a start replays the chain instead.
+    #[error("snapshot format {found}, this build reads {reads}")]
+    OtherFormat {
+        /// The file's format number.
+        found: u32,
+        /// This build's.
+        reads: u32,
+    },
 }
 
 /// Result of a snapshot call.
@@ -293,9 +302,12 @@ fn unseal<T: serde::de::DeserializeOwned>(
     )?;
     let (format, rest) = bytes[magic.len()..].split_at(4);
     let format = u32::from_be_bytes(format.try_into().expect("4 bytes"));
-    ensure(format == FORMAT, || {
-        format!("format {format}, this build reads {FORMAT}")
-    })?;
+    if format != FORMAT {
+        return Err(SnapshotError::OtherFormat {
+            found: format,
+            reads: FORMAT,
+        });
+    }
     let (body, trailer) = rest.split_at(rest.len() - TRAILER);
     let (len, signature) = trailer.split_at(8);
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
