@@ -205,6 +205,9 @@ settings! {
     audit_streams: usize,
     /// Seconds an audit stream may wait for its reader.
     audit_stall_secs: u64,
+    /// Seconds a peer may take to accept a write before its connection is
+    /// closed.
+    write_timeout_secs: u64,
     /// MiB per second all audit streams together may send.
     audit_mib_per_sec: u32,
     /// KiB after which a brand's log segment is sealed.
@@ -312,6 +315,12 @@ impl Settings {
             "must be at least 1",
         )?;
         in_range(
+            "write_timeout_secs",
+            self.write_timeout_secs,
+            1..=3_600,
+            "must be 1..=3600",
+        )?;
+        in_range(
             "audit_mib_per_sec",
             self.audit_mib_per_sec,
             1..=100_000,
@@ -372,6 +381,7 @@ impl Settings {
                 audit_mib_per_sec: self.audit_mib_per_sec,
             },
             audit_stall_secs: self.audit_stall_secs,
+            write_timeout_secs: self.write_timeout_secs,
             log_segment_kib: self.log_segment_kib,
             replicate: self.replicate.clone(),
             standby: self.standby,
@@ -405,6 +415,7 @@ mod tests {
             audit_streams_per_brand: c.quotas.audit_streams_per_brand,
             audit_streams: c.quotas.audit_streams,
             audit_stall_secs: c.audit_stall_secs,
+            write_timeout_secs: c.write_timeout_secs,
             audit_mib_per_sec: c.quotas.audit_mib_per_sec,
             log_segment_kib: c.log_segment_kib,
             log_format: LogFormat::Text,

@@ -122,6 +122,14 @@ pub const COMMIT_PIPELINE_DEPTH: usize = 1;
 pub const SIGN_ON_TIMEOUT_SECS: u64 = 10;
 /// A signed-on connection with no frame for this long is closed.
 pub const IDLE_TIMEOUT_SECS: u64 = 600;
+/// A connection whose peer takes none of an answer for this long is closed
+/// (the default; `cardd serve --write-timeout-secs`): each write to the
+/// socket (one answer frame plus at most the write buffer's 8 KiB, or the
+/// flush of a batch) must be done within it. Without it a client that
+/// stops reading keeps its connection slot, its session or sign-on slot and
+/// the answers queued for it for as long as it likes, keyless too (an echo
+/// is answered before sign-on).
+pub const WRITE_TIMEOUT_SECS: u64 = 30;
 /// sled's page cache (its own default is 1 GiB): the ledger is appended
 /// and read back mostly at start-up, so a small cache costs little.
 pub const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;

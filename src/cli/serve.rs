@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// data before it is stopped and its connection closed.
     #[arg(long, env = "CARDD_AUDIT_STALL_SECS", default_value_t = limits::AUDIT_STALL_TIMEOUT_SECS)]
     audit_stall_secs: u64,
+    /// Seconds a peer may take to accept an answer (a write to its socket)
+    /// before its connection is closed and its slots freed; 1..=3600.
+    #[arg(long, env = "CARDD_WRITE_TIMEOUT_SECS", default_value_t = limits::WRITE_TIMEOUT_SECS)]
+    write_timeout_secs: u64,
     /// MiB per second all audit streams together may send (exports are
     /// paced so that they never take the cores from tills in bursts);
     /// 1..=100000.
@@ -162,6 +166,7 @@ impl ServeArgs {
             audit_streams_per_brand: q.audit_streams_per_brand,
             audit_streams: q.audit_streams,
             audit_stall_secs: self.audit_stall_secs,
+            write_timeout_secs: self.write_timeout_secs,
             audit_mib_per_sec: self.audit_mib_per_sec,
             log_segment_kib: self.log_segment_kib,
             log_format: self.log_format.parse().unwrap_or_default(),

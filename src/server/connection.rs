@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 
 use super::guard::GuardKey;
 use super::reply::{error_msg, write_loop, Answered, Pending, ReplyTo};
@@ -55,6 +56,9 @@ struct Conn {
     out: mpsc::Sender<ServerMessage>,
     answers: mpsc::UnboundedSender<Answered>,
     in_flight: Arc<Semaphore>,
+    /// The session's cut token once signed on: a message waiting for room
+    /// in the write queue stops waiting when the session is cut.
+    session_cut: Option<CancellationToken>,
 }
 
 /// Serves one connection from `peer` until the peer leaves, a timeout
@@ -93,6 +97,7 @@ pub async fn serve<S>(
         // The slack keeps such a client from a spurious TOO_MANY_IN_FLIGHT
         // while the bound stays fixed.
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2)),
+        session_cut: None,
     };
     let ended = conn.read_loop(reader, signing_on).await;
     // Answers still in flight are delivered before the socket closes; a
@@ -122,7 +127,7 @@ impl Conn {
     /// Reads and handles messages until the session ends; consumes the
     /// connection so that its queues close when it returns.
     async fn read_loop<R>(
-        self,
+        mut self,
         mut reader: FramedRead<R, LengthDelimitedCodec>,
         signing_on: OwnedSemaphorePermit,
     ) -> Ended
@@ -138,7 +143,8 @@ impl Conn {
                     // Signed on: the sign-on slot goes back to the pool.
                     signing_on = None;
                     let idle = Instant::now() + Duration::from_secs(IDLE_TIMEOUT_SECS);
-                    (idle, Some(s.slot.token().clone()))
+                    self.session_cut = Some(s.slot.token().clone());
+                    (idle, self.session_cut.clone())
                 }
                 _ => (sign_on_deadline, None),
             };
@@ -150,6 +156,14 @@ impl Conn {
                 }
                 _ = self.shared.stop.cancelled() => {
                     self.stopping(&phase);
+                    break;
+                }
+                // The write task ended: the peer went away, took nothing
+                // for the write timeout, or an answer could not be sent.
+                // Nothing more is read, so nothing more is applied that
+                // could not be answered.
+                _ = self.out.closed() => {
+                    tracing::debug!(peer = ?self.peer, "write half ended; closing");
                     break;
                 }
                 frame = self.next_frame(&mut reader, deadline) => frame,
@@ -346,15 +360,22 @@ impl Conn {
         }
     }
 
-    /// Queues one of the session's own messages. A closed write task means
-    /// the peer is gone; the read loop notices on its next read.
+    /// Queues one of the session's own messages. The wait for room is
+    /// bounded: a peer that does not read has its write task end after the
+    /// write timeout (the send then fails), and a cut session stops waiting
+    /// at once. A closed write task means the peer is gone; the read loop
+    /// sees it before its next read.
     async fn say(&self, msg: ServerMessage) {
-        let _ = self.out.send(msg).await;
+        tokio::select! {
+            biased;
+            _ = cancelled(self.session_cut.as_ref()) => {}
+            _ = self.out.send(msg) => {}
+        }
     }
 }
 
 /// Resolves when `token` is cancelled; never without a token.
-async fn cancelled(token: Option<&tokio_util::sync::CancellationToken>) {
+async fn cancelled(token: Option<&CancellationToken>) {
     match token {
         Some(t) => t.cancelled().await,
         None => std::future::pending().await,

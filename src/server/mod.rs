@@ -81,6 +81,9 @@ pub struct Config {
     /// Seconds an audit stream may wait for its reader before it is
     /// stopped and its connection closed.
     pub audit_stall_secs: u64,
+    /// Seconds a peer may take to accept a write to its socket before its
+    /// connection is closed (`limits::WRITE_TIMEOUT_SECS`).
+    pub write_timeout_secs: u64,
     /// KiB after which a brand's log segment is sealed.
     pub log_segment_kib: u64,
     /// NATS servers holding every brand's replicated log
@@ -106,6 +109,7 @@ impl Default for Config {
             snapshot_by: crate::config::SnapshotBy::default(),
             quotas: Quotas::default(),
             audit_stall_secs: crate::limits::AUDIT_STALL_TIMEOUT_SECS,
+            write_timeout_secs: crate::limits::WRITE_TIMEOUT_SECS,
             log_segment_kib: crate::limits::LOG_SEGMENT_BYTES / 1024,
             replicate: None,
             standby: false,
@@ -131,6 +135,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     /// How long an audit stream may wait for its reader.
     pub audit_stall: std::time::Duration,
+    /// How long a peer may take to accept one write to its socket.
+    pub write_timeout: std::time::Duration,
     /// The pace of all audit streams together, in KiB.
     pub audit_pace: audit::Pace,
     /// Holders of named cards, outside the ledger (`holders.rs`).
@@ -390,6 +396,7 @@ fn serve_ledgers(
         max_frame_bytes: config.max_frame_bytes,
         sessions: Sessions::new(config.quotas),
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),
+        write_timeout: std::time::Duration::from_secs(config.write_timeout_secs),
         audit_pace: audit::pace(config.quotas.audit_mib_per_sec),
         stop,
         web,

@@ -92,7 +92,9 @@ pub(super) fn error_msg(request_id: u64, code: E, message: impl Into<String>) ->
 /// The write half: writes the session's messages and the answers to its
 /// requests, each batch of ready ones with one flush, until both queues
 /// are closed (the session ended and every answer in flight is written)
-/// or the peer stops taking them.
+/// or the peer stops taking them: it went away, or it took nothing for
+/// `Shared::write_timeout`. Returning drops the queues' receivers, which
+/// the read half watches: the connection then closes and frees its slots.
 pub(super) async fn write_loop<W>(
     mut writer: FramedWrite<W, LengthDelimitedCodec>,
     mut out_rx: mpsc::Receiver<ServerMessage>,
@@ -127,14 +129,23 @@ pub(super) async fn write_loop<W>(
             continue;
         }
         let written = write_batch(&mut writer, &mut messages, &mut answers, &shared, ip).await;
-        if written.is_err() {
+        if let Err(e) = written {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                let secs = shared.write_timeout.as_secs();
+                tracing::info!(?ip, secs, "peer took no answer in time; closing");
+            } else {
+                tracing::debug!(?ip, error = %e, "write failed; closing");
+            }
             return;
         }
     }
 }
 
 /// Feeds one batch of messages and answers, then flushes once. An answer's
-/// in-flight permit is released as soon as the answer is handed over.
+/// in-flight permit is released as soon as the answer is handed over. Each
+/// write to the socket (a feed writes out what the buffer held before it)
+/// must be done within `shared.write_timeout`, else `TimedOut`: a peer that
+/// does not read must not hold this task, nor the read half behind it.
 async fn write_batch<W>(
     writer: &mut FramedWrite<W, LengthDelimitedCodec>,
     messages: &mut Vec<ServerMessage>,
@@ -145,18 +156,29 @@ async fn write_batch<W>(
 where
     W: AsyncWrite + Unpin,
 {
+    let limit = shared.write_timeout;
     for msg in messages.drain(..) {
-        writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await?;
+        bounded(limit, writer.feed(bytes::Bytes::from(msg.encode_to_vec()))).await?;
     }
     for (pending, answer) in answers.drain(..) {
         let result = answer.as_ref().err().map(|r| r.code);
         super::metrics::get().answered(pending.op, result, pending.started.elapsed());
         let msg = answer_message(&pending, answer, shared, ip);
-        let fed = writer.feed(bytes::Bytes::from(msg.encode_to_vec())).await;
+        let fed = bounded(limit, writer.feed(bytes::Bytes::from(msg.encode_to_vec()))).await;
         drop(pending.permit);
         fed?;
     }
-    SinkExt::<bytes::Bytes>::flush(writer).await
+    bounded(limit, SinkExt::<bytes::Bytes>::flush(writer)).await
+}
+
+/// `write` if it is done within `limit`, else `TimedOut`.
+async fn bounded(
+    limit: std::time::Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The wire form of a request's answer; an unknown card, a wrong PIN or a

@@ -434,3 +434,69 @@ async fn exports_are_paced_to_the_daemons_audit_rate() {
         "{size} bytes in {took:?}: not paced (at least {least:?})"
     );
 }
+
+/// Sends echo frames of the largest payload on `stream` and reads nothing,
+/// until the daemon stops taking them (a write waits 500 ms: its answers
+/// filled both socket buffers, and it stopped reading too) or 256 MiB went
+/// out; returns the bytes sent.
+async fn flood_unread(stream: &mut tokio::net::TcpStream) -> usize {
+    let payload = vec![7; cardd::limits::MAX_ECHO_BYTES];
+    let batch = msg(9, Body::Echo(pb::Echo { payload })).repeat(64);
+    let mut sent = 0;
+    while sent < 256 << 20 {
+        let write = tokio::time::timeout(Duration::from_millis(500), stream.write_all(&batch));
+        match write.await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(e)) => panic!("closed after {sent} bytes, before it stalled: {e}"),
+            Err(_) => return sent,
+        }
+    }
+    panic!("the daemon took {sent} bytes of echoes without stalling");
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_at_the_write_timeout_and_frees_its_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = common::http::free_addr().to_string();
+    let flags = [
+        "--connections-per-terminal",
+        "1",
+        "--write-timeout-secs",
+        "3",
+        "--http-listen",
+        &http,
+    ];
+    let (d, [one, _two]) = two_brands(dir.path(), &flags).await;
+    let http = http.parse().expect("address");
+    let open = || common::http::sample(&common::http::metrics(http), "cardd_connections");
+    assert!(
+        wait_until(|| open() == Some(0.0)),
+        "set-up connections left"
+    );
+    let till = &one.tills[0];
+    // A keyless peer (echo is answered before sign-on) and a till's only
+    // session, both sending without ever reading.
+    let mut keyless = raw_connect(d.addr).await.into_inner();
+    let mut session = sign_on(d.addr, till).await.into_inner();
+    let sent = [
+        flood_unread(&mut keyless).await,
+        flood_unread(&mut session).await,
+    ];
+    let stalled = Instant::now();
+    // While stuck, the session holds the till's one slot.
+    assert_eq!(sign_on_refused(d.addr, till).await, E::QuotaExceeded);
+    // The daemon closes both within the write timeout (3 s, well inside
+    // the 10 s sign-on deadline and the 600 s idle one), though the peers
+    // still hold them open, and every slot comes back.
+    assert!(
+        wait_until(|| open() == Some(0.0)),
+        "stuck connections still open after {:?} ({sent:?} bytes sent)",
+        stalled.elapsed()
+    );
+    let freed = stalled.elapsed();
+    assert!(freed < Duration::from_secs(10), "freed after {freed:?}");
+    let mut again = connect(d.addr, till.clone()).await;
+    ok(&mut again, 50, purchase(&one.card, 1_00)).await;
+    drop((keyless, session));
+    eprintln!("{sent:?} bytes sent unread; closed after {freed:?}");
+}
