@@ -305,6 +305,7 @@ impl Conn {
                 terminal: terminal_key,
                 op: 0,
                 started: std::time::Instant::now(),
+                reservation: None,
             },
         };
         // Checked in batches with other connections' requests, on the
@@ -413,11 +414,14 @@ fn verified(
         )));
     }
     // Decoded once, here; the writer applies the decoded form.
-    let routed =
+    let mut routed =
         Submission::from_wire(session.principal, session.key_bytes, s.request, s.signature)
             .and_then(|sub| Ok((route(&shared, session, sub.decoded())?, sub)));
-    if let Ok((_, sub)) = &routed {
+    if let Ok((route, sub)) = &mut routed {
         reply.pending.op = super::metrics::op_index(sub.decoded().op.as_ref());
+        if let Route::Writer(reservation) = route {
+            reply.pending.reservation = reservation.take().map(Box::new);
+        }
     }
     match routed {
         Err(refusal) => reply.send(Err(refusal)),
@@ -463,7 +467,7 @@ fn verified(
         Ok((Route::WebLogin, sub)) => {
             super::web_login::web_login(shared, session, sub.decoded(), reply)
         }
-        Ok((Route::Writer, sub)) => {
+        Ok((Route::Writer(_), sub)) => {
             if let Err(reply) = session.brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
             }
@@ -493,8 +497,9 @@ fn audit_route(
 
 /// Where a verified request goes.
 enum Route {
-    /// To the brand's writer (the state machine).
-    Writer,
+    /// To the brand's writer (the state machine); an enrolment with the
+    /// reservation of its key, held until it is answered.
+    Writer(Option<super::keys::Reservation>),
     /// An owner's audit read, served from durable storage.
     Audit(Box<Op>),
     /// A holder or PIN request: the server's part first, on a task of its
@@ -544,9 +549,14 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
             }
         }
         Some(Op::WebLogin(_)) => Ok(Route::WebLogin),
-        // One key speaks for one brand: the enrolment reserves its key for
-        // this brand first (the brand's own state machine then answers
-        // retries and same-brand duplicates).
+        // One key speaks for one brand: the owner's enrolment reserves its
+        // key for this brand first (the brand's own state machine then
+        // answers retries and same-brand duplicates) until it is answered.
+        // Only the owner may enrol: anyone else's is refused as it stands,
+        // and reserves nothing.
+        Some(_) if is_enrolment(req) && session.principal != Principal::Owner => {
+            Ok(Route::Writer(None))
+        }
         Some(
             Op::AddKey(crate::pb::AddKey { public_key, .. })
             | Op::EnrollTerminal(crate::pb::EnrollTerminal { public_key, .. })
@@ -559,12 +569,21 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                 ..
             }),
         ) => match <[u8; 32]>::try_from(public_key.as_slice()) {
-            Ok(key) if !shared.keys.reserve(key, session.brand_id) => {
-                Err(Refusal::new(E::KeyInUse, "this key is already enrolled"))
-            }
-            _ => Ok(Route::Writer),
+            Ok(key) => match shared.keys.reserve(key, session.brand_id) {
+                None => Err(Refusal::new(E::KeyInUse, "this key is already enrolled")),
+                held => Ok(Route::Writer(held)),
+            },
+            Err(_) => Ok(Route::Writer(None)),
         },
         Some(op) if super::personal::is_personal(op) => Ok(Route::Personal),
-        _ => Ok(Route::Writer),
+        _ => Ok(Route::Writer(None)),
     }
+}
+
+/// True for the requests that enrol a public key (and so reserve it).
+fn is_enrolment(req: &crate::pb::Request) -> bool {
+    matches!(
+        req.op,
+        Some(Op::AddKey(_) | Op::EnrollTerminal(_) | Op::RotateOwnerKey(_) | Op::RekeyTerminal(_))
+    )
 }

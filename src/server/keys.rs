@@ -4,18 +4,36 @@
 //! unique within the brand; this index keeps them unique across brands. An
 //! enrolment first *reserves* its key for its brand (atomically, so two
 //! brands enrolling one key at the same moment cannot both win); the commit
-//! then turns the reservation into an enrolment.
+//! then turns the reservation into an enrolment. A reservation is held by
+//! the request that made it ([`Reservation`]) and given back when that
+//! request is answered, so a refused enrolment keeps nothing: a key index
+//! cannot be grown, nor a key kept from another brand, by refusals.
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::state::{BrandState, Principal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
     Enrolled(u32, Principal),
-    /// Held for a brand's enrolment in flight (or refused: then it stays
-    /// with that brand until restart, which harms no one).
-    Reserved(u32),
+    /// Held for a brand's enrolments in flight: how many (the same key
+    /// may be sent twice at once; the state machine refuses the second).
+    Reserved(u32, u32),
+}
+
+/// A key held for one enrolment request of a brand until it is answered:
+/// dropping it (the answer written or dropped) gives the key back unless
+/// the commit made it an enrolment meanwhile.
+pub struct Reservation {
+    index: Arc<KeyIndex>,
+    key: [u8; 32],
+    brand: u32,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.index.release(&self.key, self.brand);
+    }
 }
 
 /// The index of enrolled keys, shared by all connections.
@@ -49,7 +67,7 @@ impl KeyIndex {
                     "key already enrolled elsewhere; ignored"
                 );
             }
-            Some(Entry::Reserved(b)) if *b != brand => {
+            Some(Entry::Reserved(b, _)) if *b != brand => {
                 tracing::error!(
                     brand,
                     ?principal,
@@ -63,26 +81,56 @@ impl KeyIndex {
         }
     }
 
-    /// Reserves `key` for an enrolment in `brand`. False if another brand
-    /// holds it (enrolled or reserved). True if it is free or already this
-    /// brand's (the brand's own state machine then decides: a retry is
-    /// answered from the ledger, a second enrolment gets KEY_IN_USE).
-    pub fn reserve(&self, key: [u8; 32], brand: u32) -> bool {
+    /// Reserves `key` for an enrolment in `brand`, until the returned
+    /// reservation drops. None if another brand holds it (enrolled or
+    /// reserved). Some if it is free or already this brand's (the brand's
+    /// own state machine then decides: a retry is answered from the
+    /// ledger, a second enrolment gets KEY_IN_USE).
+    pub fn reserve(self: &Arc<Self>, key: [u8; 32], brand: u32) -> Option<Reservation> {
         let mut map = self.map.write().expect("key index lock");
-        match map.get(&key) {
-            Some(Entry::Enrolled(b, _) | Entry::Reserved(b)) => *b == brand,
+        match map.get_mut(&key) {
+            Some(Entry::Enrolled(b, _)) if *b == brand => {}
+            Some(Entry::Reserved(b, n)) if *b == brand => *n += 1,
+            Some(_) => return None,
             None => {
-                map.insert(key, Entry::Reserved(brand));
-                true
+                map.insert(key, Entry::Reserved(brand, 1));
             }
         }
+        Some(Reservation {
+            index: self.clone(),
+            key,
+            brand,
+        })
+    }
+
+    /// Gives back one reservation of `key` by `brand`; the key is free
+    /// again once none is left. An enrolment is left alone.
+    fn release(&self, key: &[u8; 32], brand: u32) {
+        let mut map = self.map.write().expect("key index lock");
+        if let Some(Entry::Reserved(b, n)) = map.get_mut(key) {
+            if *b == brand {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Keys reserved and not (yet) enrolled, for tests.
+    #[cfg(test)]
+    fn reserved(&self) -> usize {
+        let map = self.map.read().expect("key index lock");
+        map.values()
+            .filter(|e| matches!(e, Entry::Reserved(..)))
+            .count()
     }
 
     /// Forgets `key` of `brand` (rotated out): it can no longer sign on.
     /// A key enrolled for another brand is left alone.
     pub fn remove(&self, key: &[u8; 32], brand: u32) {
         let mut map = self.map.write().expect("key index lock");
-        if let Some(Entry::Enrolled(b, _) | Entry::Reserved(b)) = map.get(key) {
+        if let Some(Entry::Enrolled(b, _) | Entry::Reserved(b, _)) = map.get(key) {
             if *b == brand {
                 map.remove(key);
             }
@@ -105,19 +153,36 @@ mod tests {
 
     #[test]
     fn a_key_belongs_to_one_brand() {
-        let idx = KeyIndex::default();
+        let idx = Arc::new(KeyIndex::default());
         let k = [7; 32];
-        assert!(idx.reserve(k, 1));
+        let held = idx.reserve(k, 1);
+        assert!(held.is_some());
         assert!(
-            !idx.reserve(k, 2),
+            idx.reserve(k, 2).is_none(),
             "another brand cannot take a reserved key"
         );
         assert_eq!(idx.get(&k), None, "a reservation cannot sign on");
         idx.insert(k, 1, Principal::Terminal(3));
+        drop(held);
         assert_eq!(idx.get(&k), Some((1, Principal::Terminal(3))));
-        assert!(idx.reserve(k, 1), "the same brand may retry its enrolment");
-        assert!(!idx.reserve(k, 2));
+        assert!(
+            idx.reserve(k, 1).is_some(),
+            "the same brand may retry its enrolment"
+        );
+        assert!(idx.reserve(k, 2).is_none());
         idx.insert(k, 2, Principal::Terminal(1));
         assert_eq!(idx.get(&k), Some((1, Principal::Terminal(3))));
+    }
+
+    #[test]
+    fn a_reservation_ends_with_the_last_request_that_holds_it() {
+        let idx = Arc::new(KeyIndex::default());
+        let k = [8; 32];
+        let (first, second) = (idx.reserve(k, 1), idx.reserve(k, 1));
+        drop(first);
+        assert!(idx.reserve(k, 2).is_none(), "still held by the second");
+        drop(second);
+        assert_eq!(idx.reserved(), 0);
+        assert!(idx.reserve(k, 2).is_some(), "free for another brand");
     }
 }

@@ -62,6 +62,10 @@ pub(super) struct Pending {
     pub(super) op: u8,
     /// When the request was read, for the latency histogram.
     pub(super) started: std::time::Instant,
+    /// The key an enrolment holds for its brand until it is answered
+    /// (`keys::Reservation`): given back when this drops. Boxed: few
+    /// requests hold one, and every answer moves this.
+    pub(super) reservation: Option<Box<super::keys::Reservation>>,
 }
 
 impl ReplyTo {

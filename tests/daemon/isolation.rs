@@ -500,3 +500,43 @@ async fn a_peer_that_stops_reading_is_closed_at_the_write_timeout_and_frees_its_
     drop((keyless, session));
     eprintln!("{sent:?} bytes sent unread; closed after {freed:?}");
 }
+
+/// A read-only key's `AddKey` for `key` (an auditor's).
+fn add_auditor(key: &SigningKey) -> Op {
+    Op::AddKey(pb::AddKey {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        role: pb::KeyRole::Auditor as u32,
+        store_id: 0,
+        label: "auditor".into(),
+    })
+}
+
+#[tokio::test]
+async fn refused_enrolments_keep_no_key_from_another_brand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, [one, two]) = two_brands(dir.path(), &[]).await;
+    let keys: Vec<SigningKey> = (0..4).map(|_| generate_key()).collect();
+    // A till of brand one may not enrol anything; its owner's enrolments
+    // that the state machine refuses (no such store, a key twice) stand
+    // for nothing either.
+    let mut till = connect(d.addr, one.tills[0].clone()).await;
+    let by_till = refused(&mut till, 20, enroll(1, &keys[0], "rogue")).await;
+    assert_eq!(by_till, E::WrongRole);
+    let by_till = refused(&mut till, 21, add_auditor(&keys[1])).await;
+    assert_eq!(by_till, E::WrongRole);
+    let mut owner = connect(d.addr, one.owner.clone()).await;
+    let nowhere = refused(&mut owner, 20, enroll(99, &keys[2], "nowhere")).await;
+    assert_eq!(nowhere, E::StoreNotFound);
+    // Brand two's owner enrols every one of those keys, and they work.
+    let mut other = connect(d.addr, two.owner.clone()).await;
+    ok(&mut other, 20, enroll(1, &keys[0], "till 3")).await;
+    ok(&mut other, 21, add_auditor(&keys[1])).await;
+    ok(&mut other, 22, enroll(1, &keys[2], "till 4")).await;
+    let mut t = connect(d.addr, keys[0].clone()).await;
+    ok(&mut t, 1, purchase(&two.card, 1_00)).await;
+    // A key enrolled stays its brand's: brand one's owner cannot take it.
+    let taken = refused(&mut owner, 21, enroll(1, &keys[2], "taken")).await;
+    assert_eq!(taken, E::KeyInUse);
+    // Brand one's own enrolment of a fresh key still works.
+    ok(&mut owner, 22, enroll(1, &keys[3], "till 3")).await;
+}
