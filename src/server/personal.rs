@@ -13,7 +13,8 @@
 //!   one is submitted with `pin_verified`, the server's verdict the record
 //!   keeps. The fifth wrong try in a row locks the card: the server signs
 //!   a `SetPinLock` of its own (CARD_PIN_LOCKED) before it answers.
-//!   `SetPin` stores the new hash once its record is durable, the owner's
+//!   `SetPin` stores the new hash once its record is durable (a resent one
+//!   too, if its hash was never stored), the owner's
 //!   `SetPinLock` (unlock) zeroes the count once its record is.
 use std::sync::Arc;
 
@@ -314,10 +315,8 @@ async fn set_pin(
         ));
     }
     let card = card_of(who, &p.card)?;
-    if is_retry(brand, who, &sub).await {
-        return Ok(Done::Submit(sub));
-    }
-    if !p.old_pin_block.is_empty() {
+    let retry = is_retry(brand, who, &sub).await;
+    if !retry && !p.old_pin_block.is_empty() {
         let old = (p.card.as_str(), card);
         sub.pin_verified = check_block(shared, brand, who, &sub, old, &p.old_pin_block).await?;
     }
@@ -333,6 +332,9 @@ async fn set_pin(
         .key()
         .open(&p.pin_block, &binding)
         .map_err(block_refusal)?;
+    if retry {
+        return set_pin_again(shared, brand, (who.brand_id, card), pin, sub).await;
+    }
     let hash = shared.pins.hash(pin).await?;
     let answer = brand
         .submit(sub)
@@ -340,10 +342,46 @@ async fn set_pin(
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
     // The hash is kept only once the record stands: a refused change
     // leaves the old PIN in force.
-    if answer.is_ok() {
-        shared.pins.set(who.brand_id, card, hash).await?;
+    if let Ok(reply) = &answer {
+        shared
+            .pins
+            .set(who.brand_id, card, hash, seq_of(reply))
+            .await?;
     }
     Ok(Done::Answer(answer))
+}
+
+/// A PIN change resent (its txn id is in the ledger): the ledger answers
+/// it, and its old PIN is not checked again. Its hash may never have been
+/// stored (the daemon stopped, or the PIN store failed, after the record
+/// stood): then the new PIN is hashed and kept now, as the ledger says it
+/// is the card's, unless a later change stands in the store already. Only
+/// then: a till resending a stored change costs no hash.
+async fn set_pin_again(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    (brand_id, card): (u32, u64),
+    pin: String,
+    sub: Submission,
+) -> Result<Done, Refusal> {
+    let answer = brand
+        .submit(sub)
+        .await
+        .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    if let Ok(reply) = &answer {
+        let seq = seq_of(reply);
+        if shared.pins.lacks(brand_id, card, seq).await? {
+            let hash = shared.pins.hash(pin).await?;
+            shared.pins.set(brand_id, card, hash, seq).await?;
+            tracing::info!(brand = brand_id, seq, "PIN of a resent change kept now");
+        }
+    }
+    Ok(Done::Answer(answer))
+}
+
+/// The seq of the record a reply answers (0 if it has no receipt).
+fn seq_of(reply: &pb::Reply) -> u64 {
+    reply.receipt.as_ref().map_or(0, |r| r.seq)
 }
 
 /// A replacement (a lost named card): once its record stands, the holder

@@ -33,6 +33,11 @@ struct Entry {
     hash: String,
     /// Wrong tries in a row; at `MAX_WRONG_PIN_TRIES` the card is locked.
     wrong: u32,
+    /// The seq of the PIN_SET record this hash is the PIN of (0 in files
+    /// written before it was kept): a retried PIN change stores its hash
+    /// only if no later change stands here already.
+    #[serde(default)]
+    seq: u64,
 }
 
 /// The server's answer to a PIN typed for a card.
@@ -265,16 +270,43 @@ impl PinStore {
             .map_err(|e| storage("hash task", e))
     }
 
-    /// Keeps `hash` as the card's PIN with no wrong tries (durably).
-    pub async fn set(self: &Arc<Self>, brand: u32, card: u64, hash: String) -> Result<(), Refusal> {
+    /// Keeps `hash`, the PIN of the PIN_SET record `seq`, as the card's PIN
+    /// with no wrong tries (durably), unless the PIN of a later record is
+    /// kept already (two changes racing, or an old change retried).
+    pub async fn set(
+        self: &Arc<Self>,
+        brand: u32,
+        card: u64,
+        hash: String,
+        seq: u64,
+    ) -> Result<(), Refusal> {
         let this = self.clone();
-        let entry = Entry { hash, wrong: 0 };
+        let entry = Entry {
+            hash,
+            wrong: 0,
+            seq,
+        };
         tokio::task::spawn_blocking(move || {
             let _busy = this.claim_waiting(brand, card)?;
+            if this.read(brand, card)?.is_some_and(|kept| kept.seq > seq) {
+                return Ok(());
+            }
             this.write(brand, card, &entry)
         })
         .await
         .map_err(|e| storage("set task", e))?
+    }
+
+    /// True if the card's kept PIN is not that of the PIN_SET record `seq`
+    /// nor of a later one: a retried change whose hash was never stored
+    /// (the daemon stopped, or this store failed, after its record).
+    pub async fn lacks(self: &Arc<Self>, brand: u32, card: u64, seq: u64) -> Result<bool, Refusal> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            Ok(this.read(brand, card)?.is_none_or(|kept| kept.seq < seq))
+        })
+        .await
+        .map_err(|e| storage("read task", e))?
     }
 
     /// Moves `from`'s PIN (hash and count) to `to`: a replaced card keeps
@@ -331,7 +363,7 @@ mod tests {
             Ok(Verdict::NoPin)
         );
         let hash = store.hash("1234".into()).await.unwrap();
-        store.set(7, CARD, hash).await.unwrap();
+        store.set(7, CARD, hash, 20).await.unwrap();
         assert_eq!(
             store.check(7, CARD, "1234".into()).await,
             Ok(Verdict::Verified)
@@ -352,6 +384,27 @@ mod tests {
         assert!(
             file.contains("$argon2id$") && !file.contains("\"1234\""),
             "{file}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pin_of_the_latest_change_is_kept_whatever_order_the_hashes_come_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = SigningKey::from_bytes(&[3; 32]);
+        let store = Arc::new(PinStore::new(dir.path(), &server));
+        assert!(store.lacks(7, CARD, 30).await.unwrap(), "nothing kept yet");
+        let later = store.hash("2222".into()).await.unwrap();
+        store.set(7, CARD, later, 31).await.unwrap();
+        // An earlier change (seq 30) stored late, or resent, is ignored.
+        let earlier = store.hash("1111".into()).await.unwrap();
+        assert!(!store.lacks(7, CARD, 30).await.unwrap());
+        store.set(7, CARD, earlier, 30).await.unwrap();
+        let now = store.check(7, CARD, "2222".into()).await;
+        assert_eq!(now, Ok(Verdict::Verified));
+        assert!(!store.lacks(7, CARD, 31).await.unwrap(), "kept: 31");
+        assert!(
+            store.lacks(7, CARD, 32).await.unwrap(),
+            "a later one is not"
         );
     }
 }

@@ -380,3 +380,58 @@ async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
     drop((t, o));
     stop(d);
 }
+
+#[tokio::test]
+async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    set_pin(&mut t, &card, 100, PIN, None)
+        .await
+        .expect("first PIN");
+    // The card's one file in the PIN store; a directory where its next
+    // version would be written makes the store fail once.
+    let pins = demo.data.join("pins").join("brand-1");
+    let files: Vec<_> = std::fs::read_dir(&pins)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(files.len(), 1, "one card has a PIN");
+    let mut blocker = files[0].path().into_os_string();
+    blocker.push(".tmp");
+    std::fs::create_dir_all(PathBuf::from(&blocker).join("in-the-way")).unwrap();
+    // The change's record stands, its hash could not be stored.
+    let change = t.request(
+        101,
+        Op::SetPin(pb::SetPin {
+            card: card.clone(),
+            pin_block: t.pin_block(101, &card, Purpose::New, "1111").unwrap(),
+            old_pin_block: t.pin_block(101, &card, Purpose::Present, PIN).unwrap(),
+        }),
+    );
+    let failed = call_req(&mut t, &change).await;
+    assert_eq!(failed.unwrap_err(), E::StorageFailure);
+    assert_eq!(
+        status_of(&mut t, 101).await.state(),
+        pb::TxnState::Committed
+    );
+    // The store works again; the till resends the change as it was.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let again = call_req(&mut t, &change).await.expect("the resent change");
+    assert!(again.replayed);
+    // As the ledger says: the new PIN pays, the old one is wrong.
+    let r = pay(&mut t, 102, &card, 100, Some("1111")).await;
+    assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
+    let r = pay(&mut t, 103, &card, 100, Some(PIN)).await;
+    assert_eq!(r.unwrap_err(), E::WrongPin, "the old PIN no longer works");
+    // Resent once more, it stores nothing (that record's hash is kept):
+    // the new PIN still pays.
+    assert!(call_req(&mut t, &change).await.expect("again").replayed);
+    let r = pay(&mut t, 104, &card, 100, Some("1111")).await;
+    assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
+    drop((t, o));
+    stop(d);
+}
