@@ -9,6 +9,19 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const MAX_FRAME_BYTES_CEILING: usize = 256 * 1024;
 /// Lowest `--max-frame-bytes` accepted: every well-formed request fits.
 pub const MIN_FRAME_BYTES: usize = 1024;
+/// Largest frame the daemon writes, whatever `--max-frame-bytes` (which
+/// bounds what it reads) says: every answer is kept within the frame that
+/// clients read (the default limit), so a low setting never cuts an
+/// export chunk or a report, and a high one never sends a client a frame
+/// it refuses. An answer that would still not fit closes its connection
+/// (logged) rather than leave the connection applying requests it cannot
+/// answer; the till then asks the status of what it sent.
+pub const MAX_ANSWER_FRAME_BYTES: usize = DEFAULT_MAX_FRAME_BYTES;
+/// Cards one `FindCard` answer lists: a phone shared by more is refused
+/// (`LIMIT_EXCEEDED`) rather than answered past the frame limit. A card
+/// number takes 21 bytes in the answer.
+pub const MAX_FOUND_CARDS: usize = 1_000;
+const _: () = assert!(MAX_FOUND_CARDS * 24 + 1024 <= MAX_ANSWER_FRAME_BYTES);
 /// Largest amount of money in one operation, in minor units
 /// (10,000,000.00 in a currency with two decimals).
 pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000;
@@ -302,7 +315,7 @@ const _: () = assert!(
 pub const MAX_REPORT_ROWS: usize = 500;
 /// Encoded size of a report reply, below the frame limit with room for the
 /// reply's other fields: rows past it are cut (the reply says so).
-pub const MAX_REPORT_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - 4 * 1024;
+pub const MAX_REPORT_BYTES: usize = MAX_ANSWER_FRAME_BYTES - 4 * 1024;
 /// Records one activity page examines (read from storage in sequence
 /// order): the bound on a page's cost, whatever the ledger's length.
 pub const MAX_ACTIVITY_SCAN: usize = 100_000;

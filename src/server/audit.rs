@@ -85,6 +85,8 @@ async fn paced(pace: &Pace, bytes: usize, session: &CancellationToken) -> bool {
 }
 
 const _: () = assert!(CHUNK_BYTES / 1024 < crate::limits::AUDIT_BURST_KIB as usize);
+// A chunk and its message fit the frame every answer is written in.
+const _: () = assert!(CHUNK_BYTES + 1024 <= crate::limits::MAX_ANSWER_FRAME_BYTES);
 
 /// One audit request on its way: where its answer goes and what it holds.
 pub struct Stream {

@@ -77,7 +77,9 @@ pub async fn serve<S>(
     let ip = Some(peer.ip());
     let (r, w) = tokio::io::split(stream);
     let reader = FramedRead::new(r, frame_codec(shared.max_frame_bytes));
-    let writer = FramedWrite::new(w, frame_codec(shared.max_frame_bytes));
+    // Answers are bounded by what clients read, not by what the daemon
+    // reads (`MAX_ANSWER_FRAME_BYTES`).
+    let writer = FramedWrite::new(w, frame_codec(MAX_ANSWER_FRAME_BYTES));
     // The session's own messages (sign-on, echo, refusals before a request
     // is taken in) go through a bounded channel, so a peer that does not
     // read stops being read; answers to requests are bounded by the

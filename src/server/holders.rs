@@ -247,16 +247,25 @@ impl HolderStore {
         })
     }
 
-    /// The cards whose holder has `phone`, in card order.
-    pub fn find(&self, brand: u32, phone: &str) -> Result<Vec<u64>, HolderError> {
+    /// The cards whose holder has `phone`, in card order; more than `max`
+    /// is refused (`LIMIT_EXCEEDED`), as its answer would not fit a frame.
+    pub fn find(&self, brand: u32, phone: &str, max: usize) -> Result<Vec<u64>, HolderError> {
         phone_ok(phone).map_err(HolderError::Refused)?;
-        self.with_brand(brand, |holders| {
+        let found = self.with_brand(brand, |holders| {
             Ok(holders
                 .iter()
                 .filter(|(_, h)| h.phone == phone)
                 .map(|(card, _)| *card)
-                .collect())
-        })
+                .take(max.saturating_add(1))
+                .collect::<Vec<_>>())
+        })?;
+        if found.len() > max {
+            return Err(HolderError::Refused(Refusal::new(
+                E::LimitExceeded,
+                format!("more than {max} cards hold this phone: too many to list"),
+            )));
+        }
+        Ok(found)
     }
 
     /// Moves `from`'s holder to `to` (a replaced card: the same person
@@ -331,7 +340,7 @@ mod tests {
         store.put(7, CARD + 1, "Li Na", "13900139000").unwrap();
         assert!(store.holds(7, CARD, &c).unwrap());
         assert!(!store.holds(7, CARD, &[0; 32]).unwrap());
-        assert_eq!(store.find(7, "+8613800138000").unwrap(), vec![CARD]);
+        assert_eq!(store.find(7, "+8613800138000", 9).unwrap(), vec![CARD]);
         let file = std::fs::read(dir.path().join("holders/brand-7")).unwrap();
         assert!(file.windows(6).any(|w| w == "张伟".as_bytes()));
         store.erase(7, CARD).unwrap();
@@ -340,10 +349,10 @@ mod tests {
         assert!(!file.windows(14).any(|w| w == b"+8613800138000"));
         let reopened = HolderStore::new(dir.path());
         assert_eq!(
-            reopened.find(7, "+8613800138000").unwrap(),
+            reopened.find(7, "+8613800138000", 9).unwrap(),
             Vec::<u64>::new()
         );
-        assert_eq!(reopened.find(7, "13900139000").unwrap(), vec![CARD + 1]);
+        assert_eq!(reopened.find(7, "13900139000", 9).unwrap(), vec![CARD + 1]);
         assert!(!reopened.holds(7, CARD, &c).unwrap());
     }
 
@@ -366,5 +375,18 @@ mod tests {
             assert_eq!(e.refusal().code, E::InvalidArgument, "{name:?} {phone:?}");
         }
         assert!(!dir.path().join("holders").exists());
+    }
+
+    #[test]
+    fn a_phone_of_more_cards_than_an_answer_lists_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HolderStore::new(dir.path());
+        for card in CARD..CARD + 3 {
+            store.put(7, card, "Li Na", "13900139000").unwrap();
+        }
+        let all = store.find(7, "13900139000", 3).unwrap();
+        assert_eq!(all, vec![CARD, CARD + 1, CARD + 2]);
+        let e = store.find(7, "13900139000", 2).unwrap_err();
+        assert_eq!(e.refusal().code, E::LimitExceeded);
     }
 }

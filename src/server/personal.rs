@@ -174,7 +174,8 @@ async fn holder_data(
 async fn find_card(shared: &Arc<Shared>, who: Who, f: &pb::FindCard) -> Result<Answer, Refusal> {
     require_owner(who)?;
     let (store, phone) = (shared.holders.clone(), f.phone.clone());
-    let cards = blocking(move || store.find(who.brand_id, &phone)).await?;
+    let max = crate::limits::MAX_FOUND_CARDS;
+    let cards = blocking(move || store.find(who.brand_id, &phone, max)).await?;
     Ok(Ok(pb::Reply {
         holder: Some(pb::HolderFound {
             cards: cards.into_iter().map(crate::state::format_card).collect(),

@@ -137,6 +137,12 @@ pub(super) async fn write_loop<W>(
             if e.kind() == std::io::ErrorKind::TimedOut {
                 let secs = shared.write_timeout.as_secs();
                 tracing::info!(?ip, secs, "peer took no answer in time; closing");
+            } else if e.kind() == std::io::ErrorKind::InvalidInput {
+                // The codec refused a frame over MAX_ANSWER_FRAME_BYTES: a
+                // bug of ours, as answers are bounded below it. The
+                // connection closes so that nothing more is applied
+                // unanswered; its till asks the status of what it sent.
+                tracing::error!(?ip, error = %e, "an answer over the frame limit; connection closed");
             } else {
                 tracing::debug!(?ip, error = %e, "write failed; closing");
             }

@@ -367,3 +367,25 @@ async fn a_request_with_unknown_fields_is_refused() {
     );
     assert_money(&inquiry(&mut t, &card).await, 10_000, 0, 0);
 }
+
+#[tokio::test]
+async fn answers_over_a_low_read_limit_are_sent_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &["--max-frame-bytes", "1024"]);
+    let mut o = demo.owner(d.addr).await;
+    // The limit bounds what the daemon reads; its answers (an export's
+    // chunks here) are bounded by what clients read.
+    let mut export = Vec::new();
+    let size = bounded(o.export(&mut export)).await.expect("the export");
+    assert!(size > 1024, "an export of {size} bytes");
+    assert_eq!(export.len() as u64, size);
+    // The same session goes on, within the limit as before.
+    assert_eq!(
+        bounded(o.echo(vec![7; 900])).await.expect("echo"),
+        vec![7; 900]
+    );
+    let card = demo.manifest.cards[0].clone();
+    let mut t = demo.terminal(d.addr, 0).await;
+    let r = ok(&mut t, 100, purchase(&card, 1_000)).await;
+    assert_eq!(seq(&r), FIRST_SEQ);
+}
