@@ -333,8 +333,8 @@ async fn set_pin(
         .key()
         .open(&p.pin_block, &binding)
         .map_err(block_refusal)?;
-    if retry {
-        return set_pin_again(shared, brand, (who.brand_id, card), pin, sub).await;
+    if retry || refused_anyway(brand, who, p, card).await {
+        return set_pin_after(shared, brand, (who.brand_id, card), pin, sub).await;
     }
     let hash = shared.pins.hash(pin).await?;
     let answer = brand
@@ -352,13 +352,26 @@ async fn set_pin(
     Ok(Done::Answer(answer))
 }
 
-/// A PIN change resent (its txn id is in the ledger): the ledger answers
-/// it, and its old PIN is not checked again. Its hash may never have been
-/// stored (the daemon stopped, or the PIN store failed, after the record
-/// stood): then the new PIN is hashed and kept now, as the ledger says it
-/// is the card's, unless a later change stands in the store already. Only
-/// then: a till resending a stored change costs no hash.
-async fn set_pin_again(
+/// True if the state machine will refuse this change whatever its new
+/// PIN: a till changing the PIN of a card that has one (or is locked)
+/// without typing the old one. It is then not hashed first (Argon2 is the
+/// slow part), so that a till resending such a refusal costs a read, not
+/// a core.
+async fn refused_anyway(brand: &BrandHandle, who: Who, p: &pb::SetPin, card: u64) -> bool {
+    matches!(who.principal, Principal::Terminal(_))
+        && p.old_pin_block.is_empty()
+        && brand.card_has_pin(card).await == Some(true)
+}
+
+/// A PIN change answered by the writer before its PIN is hashed: one
+/// resent (its txn id is in the ledger: the ledger answers it, and its old
+/// PIN is not checked again), or one the state says it refuses. Should
+/// its record stand without the hash (the daemon stopped, or the PIN store
+/// failed, after the record of a resent change; or the card changed
+/// between the look and the apply), the new PIN is hashed and kept now, as
+/// the ledger says it is the card's, unless a later change stands in the
+/// store already. Only then: resending a stored change costs no hash.
+async fn set_pin_after(
     shared: &Arc<Shared>,
     brand: &BrandHandle,
     (brand_id, card): (u32, u64),
@@ -374,7 +387,7 @@ async fn set_pin_again(
         if shared.pins.lacks(brand_id, card, seq).await? {
             let hash = shared.pins.hash(pin).await?;
             shared.pins.set(brand_id, card, hash, seq).await?;
-            tracing::info!(brand = brand_id, seq, "PIN of a resent change kept now");
+            tracing::info!(brand = brand_id, seq, "PIN kept after its record");
         }
     }
     Ok(Done::Answer(answer))

@@ -215,6 +215,25 @@ impl BrandHandle {
         rx.await.ok()
     }
 
+    /// True if `card` has a PIN (or a PIN lock); false for a card without
+    /// one or no such card. `None` if the writer has stopped.
+    pub async fn card_has_pin(&self, card: u64) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        let read: ReadFn = Box::new(move |state| {
+            let has = state
+                .cards
+                .get(&card)
+                .is_some_and(|c| c.has_pin || c.pin_locked);
+            Box::new(move || {
+                let _ = tx.send(has);
+            })
+        });
+        if !self.read(read) {
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// Queues `cmd`, counted in the queue-depth gauge until the applier
     /// takes it.
     // The error hands the command back (as tokio's does), on the rare

@@ -435,3 +435,46 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     drop((t, o));
     stop(d);
 }
+
+#[tokio::test]
+async fn pin_changes_the_state_refuses_are_refused_without_a_hash_however_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut t = demo.terminal(d.addr, 0).await;
+    set_pin(&mut t, &card, 100, PIN, None)
+        .await
+        .expect("first PIN");
+    // Five sessions of the till, each with 64 changes in flight that the
+    // state machine refuses (the card has a PIN; the old one is not
+    // typed): 320, more than the 256 hashes that may wait their turn.
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(sign_on(d.addr, &key).await);
+    }
+    let mut txn = 1_000;
+    for f in &mut sessions {
+        for _ in 0..64 {
+            txn += 1;
+            let op = Op::SetPin(pb::SetPin {
+                card: card.clone(),
+                pin_block: t.pin_block(txn, &card, Purpose::New, "1111").unwrap(),
+                old_pin_block: Vec::new(),
+            });
+            raw_send(f, txn, signed_body(&key, &t.request(txn, op))).await;
+        }
+    }
+    let mut codes = HashMap::new();
+    for f in &mut sessions {
+        for _ in 0..64 {
+            *codes.entry(expect_error(&raw_recv(f).await)).or_insert(0) += 1;
+        }
+    }
+    // Each is refused as the state machine refuses it; none waited for
+    // (or was turned away from) a hash it did not need.
+    assert_eq!(codes, HashMap::from([(E::PinRequired, 320)]));
+    // The PIN is the one set: the refusals changed nothing.
+    let r = pay(&mut t, 101, &card, 100, Some(PIN)).await;
+    assert_eq!(purchased(&r.expect("the PIN")).approved_minor, 100);
+}
