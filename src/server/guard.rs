@@ -6,9 +6,9 @@
 //! minute; past that it is refused for a cooldown. An IPv6 peer counts by
 //! its /64, which one host is handed whole. Memory is bounded: past
 //! MAX_GUARD_ENTRIES the entries with the oldest windows are forgotten, but
-//! never one still blocked (a flood of fresh addresses must not lift a
-//! block); when only blocked entries are left, a new key's failure is
-//! refused as blocked.
+//! never one still blocked while any other can go (a flood of fresh
+//! addresses must not lift a block); only a table of blocked keys alone
+//! forgets the older half of them.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
@@ -103,10 +103,6 @@ impl Guard {
         let mut entries = self.entries.lock().expect("guard lock");
         if entries.len() >= MAX_GUARD_ENTRIES && !entries.contains_key(&key) {
             make_room(&mut entries, now);
-            if entries.len() >= MAX_GUARD_ENTRIES {
-                tracing::warn!(?key, "the failure table holds only blocked keys; refused");
-                return true;
-            }
         }
         let e = entries.entry(key).or_insert(Entry {
             window_start: now,
@@ -135,7 +131,10 @@ impl Guard {
 }
 
 /// Forgets every entry whose window and block are over; if that frees
-/// nothing, the older half of the windows not blocked now.
+/// nothing, the older half of the windows not blocked now; if every entry
+/// is blocked, the older half of them (a new key must still be counted:
+/// the table stays bounded, and lifting a block then takes an attacker
+/// MAX_GUARD_ENTRIES blocked keys of their own).
 fn make_room(entries: &mut HashMap<GuardKey, Entry>, now: Instant) {
     let blocked = |e: &Entry| e.blocked_until.is_some_and(|u| now < u);
     entries
@@ -143,16 +142,14 @@ fn make_room(entries: &mut HashMap<GuardKey, Entry>, now: Instant) {
     if entries.len() < MAX_GUARD_ENTRIES {
         return;
     }
+    let unblocked = entries.values().any(|e| !blocked(e));
     let mut starts: Vec<Instant> = (entries.values())
-        .filter(|e| !blocked(e))
+        .filter(|e| !unblocked || !blocked(e))
         .map(|e| e.window_start)
         .collect();
-    if starts.is_empty() {
-        return;
-    }
     starts.sort_unstable();
     let cutoff = starts[starts.len() / 2];
-    entries.retain(|_, e| e.window_start > cutoff || blocked(e));
+    entries.retain(|_, e| e.window_start > cutoff || (unblocked && blocked(e)));
 }
 
 #[cfg(test)]
@@ -208,6 +205,22 @@ mod tests {
             g.fail(GuardKey::SignOn(IpAddr::V4(other)));
         }
         assert!(g.blocked(attacker));
+        assert!(g.entries.lock().unwrap().len() <= MAX_GUARD_ENTRIES);
+    }
+
+    /// A table of blocked keys alone still counts a new key's failures.
+    #[test]
+    fn a_table_of_blocked_keys_alone_still_counts_a_new_key() {
+        let g = Guard::new(1, 1);
+        for i in 0..MAX_GUARD_ENTRIES as u32 {
+            let key = GuardKey::SignOn(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            g.fail(key);
+            assert!(g.fail(key), "blocked at its second failure");
+        }
+        let prober = GuardKey::SignOn("192.0.2.9".parse().unwrap());
+        assert!(!g.fail(prober));
+        assert!(g.fail(prober));
+        assert!(g.blocked(prober), "the new key is counted and blocked");
         assert!(g.entries.lock().unwrap().len() <= MAX_GUARD_ENTRIES);
     }
 
