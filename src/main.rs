@@ -690,7 +690,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match run(cli, &matches) {
-        Ok(_) if cardd::stdout::write_failed() => ExitCode::FAILURE,
+        // Lost output turns a success into a failure; another code (3:
+        // `--compare` found differences) stands.
+        Ok(code) if code == ExitCode::SUCCESS && cardd::stdout::write_failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(e) => {
             eprintln!("cardd: {e:#}");

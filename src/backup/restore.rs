@@ -110,7 +110,7 @@ pub fn restore(
     if backups.is_empty() {
         return Err(RestoreError::NoBackups);
     }
-    let data = &resolve_link(data)?;
+    let data = &resolve_link(data, 0)?;
     check_target(data)?;
     let brands = check_backups(server_key, backups)?;
     let staging = staging_dir(data);
@@ -149,10 +149,18 @@ pub fn restore(
 /// link to a data disk): the restore is staged beside it and renamed onto
 /// it, not onto the link, which would move the ledger off the disk the
 /// link names. Any other path as given.
-fn resolve_link(data: &Path) -> Result<PathBuf, RestoreError> {
+fn resolve_link(data: &Path, depth: u32) -> Result<PathBuf, RestoreError> {
+    // As the kernel's own bound on a path's links (ELOOP past 40).
+    const MOST_LINKS: u32 = 40;
     let is_link = fs::symlink_metadata(data).is_ok_and(|m| m.file_type().is_symlink());
     if !is_link {
         return Ok(data.to_path_buf());
+    }
+    if depth >= MOST_LINKS {
+        return Err(RestoreError::Io {
+            what: format!("following the links of {}", data.display()),
+            source: std::io::Error::other("too many levels of symbolic links"),
+        });
     }
     let target = fs::read_link(data).map_err(|source| RestoreError::Io {
         what: format!("reading the link {}", data.display()),
@@ -160,7 +168,7 @@ fn resolve_link(data: &Path) -> Result<PathBuf, RestoreError> {
     })?;
     // A relative target is relative to the link's directory; it may be a
     // link again.
-    resolve_link(&parent_of(data).join(target))
+    resolve_link(&parent_of(data).join(target), depth + 1)
 }
 
 fn parent_of(path: &Path) -> &Path {

@@ -60,7 +60,7 @@ pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()>
     let server_key = cardd::server::open_existing_data_dir(data)?;
     let store = cardd::storage::DiskStore::open_existing(data)
         .with_context(|| format!("opening the ledger in {}", data.display()))?;
-    let mut next = export_file(out)?;
+    let mut next = ExportOut::create(out)?;
     let mut file = BufWriter::new(next.file());
     let pb = bar(0, "exporting");
     let summary = cardd::audit::write_export(
@@ -74,8 +74,7 @@ pub fn export_offline(data: &Path, brand: u32, out: &Path) -> anyhow::Result<()>
         },
     )?;
     file.into_inner().map_err(|e| e.into_error())?;
-    next.commit()
-        .with_context(|| format!("writing {}", out.display()))?;
+    next.finish(out)?;
     pb.finish_and_clear();
     eprintln!(
         "exported {} records and {} checkpoints to {}",
@@ -95,7 +94,7 @@ pub async fn export_online(
 ) -> anyhow::Result<()> {
     let key = read_key_file(owner_key)?;
     let mut client = connect_to(addr, key, tls).await?;
-    let mut next = export_file(out)?;
+    let mut next = ExportOut::create(out)?;
     let mut file = BufWriter::new(next.file());
     let pb = ProgressBar::new_spinner();
     pb.set_message("receiving export");
@@ -107,8 +106,7 @@ pub async fn export_online(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     file.into_inner().map_err(|e| e.into_error())?;
-    next.commit()
-        .with_context(|| format!("writing {}", out.display()))?;
+    next.finish(out)?;
     pb.finish_and_clear();
     eprintln!("exported {bytes} bytes to {}", out.display());
     Ok(())
@@ -117,10 +115,41 @@ pub async fn export_online(
 /// Where an export is written: beside `out`, readable by its owner only
 /// (it holds every card number and balance, as a backup does), and put in
 /// `out`'s place only once complete, so a failed export leaves the
-/// previous file as it was.
-fn export_file(out: &Path) -> anyhow::Result<cardd::storage::fsutil::Replacement> {
-    cardd::storage::fsutil::Replacement::create(out, true)
-        .with_context(|| format!("creating {}.tmp", out.display()))
+/// previous file as it was. An `out` that exists and is not a regular file
+/// (`/dev/stdout`, a pipe, a link a script set up) is written through.
+enum ExportOut {
+    Replace(cardd::storage::fsutil::Replacement),
+    Through(File),
+}
+
+impl ExportOut {
+    fn create(out: &Path) -> anyhow::Result<Self> {
+        let through = std::fs::symlink_metadata(out).is_ok_and(|m| !m.file_type().is_file());
+        if through {
+            let file = std::fs::OpenOptions::new().write(true).open(out);
+            return Ok(ExportOut::Through(
+                file.with_context(|| format!("opening {}", out.display()))?,
+            ));
+        }
+        let next = cardd::storage::fsutil::Replacement::create(out, true)
+            .with_context(|| format!("creating {}.tmp", out.display()))?;
+        Ok(ExportOut::Replace(next))
+    }
+
+    fn file(&mut self) -> &mut File {
+        match self {
+            ExportOut::Replace(next) => next.file(),
+            ExportOut::Through(file) => file,
+        }
+    }
+
+    fn finish(self, out: &Path) -> anyhow::Result<()> {
+        match self {
+            ExportOut::Replace(next) => next.commit(),
+            ExportOut::Through(mut file) => std::io::Write::flush(&mut file),
+        }
+        .with_context(|| format!("writing {}", out.display()))
+    }
 }
 
 struct ProgressWriter<'a, W> {

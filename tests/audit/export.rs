@@ -161,4 +161,17 @@ async fn an_export_is_private_and_replaces_the_old_file_only_when_complete() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    // What is not a regular file is written through: `--out /dev/stdout`.
+    let o = cardd!(
+        "audit",
+        "export",
+        "--connect",
+        &d.addr.to_string(),
+        "--key",
+        &demo.owner_key_path(),
+        "--out",
+        "/dev/stdout"
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(&o.stdout[..8], EXPORT_MAGIC, "an export on standard output");
 }
