@@ -3,19 +3,20 @@
 //! failure. The rest of the output is dropped quietly and the command
 //! finishes its work (a checkpoint to save, a till's state, an exit code)
 //! as it would have. Any other write error loses output: the command still
-//! finishes its work, then exits non-zero ([`write_failed`]).
+//! finishes its work, and `cardd` then exits non-zero ([`write_failed`]).
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set once standard output turned out to be a closed pipe.
 static CLOSED: AtomicBool = AtomicBool::new(false);
 /// Set once a write failed for another reason (a full disk, an I/O
-/// error): output was lost, so the command must not exit 0.
+/// error). `cardd` checks it; `terminal-sim` does not: a till's answer is
+/// durable by then, and its exit code says what the daemon did.
 static FAILED: AtomicBool = AtomicBool::new(false);
 
 /// True once output was lost to a write error other than a closed pipe:
-/// the binaries then exit non-zero, so that `cmd > file` on a full disk is
-/// not taken for a success.
+/// `cardd` then exits non-zero, so that `cmd > file` on a full disk is not
+/// taken for a success.
 pub fn write_failed() -> bool {
     FAILED.load(Ordering::Relaxed)
 }
