@@ -7,7 +7,9 @@
 //! then turns the reservation into an enrolment. A reservation is held by
 //! the request that made it ([`Reservation`]) and given back when that
 //! request is answered, so a refused enrolment keeps nothing: a key index
-//! cannot be grown, nor a key kept from another brand, by refusals.
+//! cannot be grown, nor a key kept from another brand, by refusals. When
+//! the commit failed (the brand stopped), the key stays reserved until a
+//! restart: its record may be on disk.
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -28,11 +30,25 @@ pub struct Reservation {
     index: Arc<KeyIndex>,
     key: [u8; 32],
     brand: u32,
+    /// Not given back when dropped ([`Reservation::keep`]).
+    kept: bool,
+}
+
+impl Reservation {
+    /// Keeps the key reserved until the daemon restarts: the enrolment's
+    /// commit failed, so its record may or may not be on disk, and only a
+    /// restart's recovery can tell. Given back now, another brand could
+    /// enrol the key and both logs would hold it.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.index.release(&self.key, self.brand);
+        if !self.kept {
+            self.index.release(&self.key, self.brand);
+        }
     }
 }
 
@@ -100,6 +116,7 @@ impl KeyIndex {
             index: self.clone(),
             key,
             brand,
+            kept: false,
         })
     }
 
@@ -184,5 +201,14 @@ mod tests {
         drop(second);
         assert_eq!(idx.reserved(), 0);
         assert!(idx.reserve(k, 2).is_some(), "free for another brand");
+    }
+
+    #[test]
+    fn a_kept_reservation_holds_its_key_until_restart() {
+        let idx = Arc::new(KeyIndex::default());
+        let k = [9; 32];
+        idx.reserve(k, 1).unwrap().keep();
+        assert!(idx.reserve(k, 2).is_none(), "kept for brand 1");
+        assert_eq!(idx.reserved(), 1);
     }
 }

@@ -72,7 +72,15 @@ impl ReplyTo {
     /// Hands `answer` to the connection's write task. A connection that went
     /// away no longer wants it; the record stands and a status query will
     /// find it.
-    pub fn send(self, answer: Answer) {
+    pub fn send(mut self, answer: Answer) {
+        // A commit that failed may or may not have reached the disk: an
+        // enrolment's key stays reserved until a restart tells.
+        let stopped = matches!(&answer, Err(r) if r.code == crate::pb::ErrorCode::StorageFailure);
+        if stopped {
+            if let Some(reservation) = self.pending.reservation.take() {
+                reservation.keep();
+            }
+        }
         let _ = self.tx.send((self.pending, answer));
     }
 }
