@@ -328,13 +328,19 @@ async fn set_pin(
         card: &p.card,
         purpose: Purpose::New,
     };
-    let pin = shared
-        .pins
-        .key()
-        .open(&p.pin_block, &binding)
-        .map_err(block_refusal)?;
-    if retry || refused_anyway(brand, who, p, card).await {
-        return set_pin_after(shared, brand, (who.brand_id, card), pin, sub).await;
+    let open = || {
+        let opened = shared.pins.key().open(&p.pin_block, &binding);
+        opened.map_err(block_refusal)
+    };
+    if retry {
+        // The ledger answers a resend first: its block may no longer open
+        // (the server key rotated, the till re-keyed since), and is opened
+        // only if its PIN must still be kept.
+        return set_pin_after(shared, brand, (who.brand_id, card), open, sub).await;
+    }
+    let pin = open()?;
+    if refused_anyway(brand, who, p, card).await {
+        return set_pin_after(shared, brand, (who.brand_id, card), || Ok(pin), sub).await;
     }
     let hash = shared.pins.hash(pin).await?;
     let answer = brand
@@ -375,7 +381,7 @@ async fn set_pin_after(
     shared: &Arc<Shared>,
     brand: &BrandHandle,
     (brand_id, card): (u32, u64),
-    pin: String,
+    pin: impl FnOnce() -> Result<String, Refusal>,
     sub: Submission,
 ) -> Result<Done, Refusal> {
     let answer = brand
@@ -385,7 +391,7 @@ async fn set_pin_after(
     if let Ok(reply) = &answer {
         let seq = seq_of(reply);
         if shared.pins.lacks(brand_id, card, seq).await? {
-            let hash = shared.pins.hash(pin).await?;
+            let hash = shared.pins.hash(pin()?).await?;
             shared.pins.set(brand_id, card, hash, seq).await?;
             tracing::info!(brand = brand_id, seq, "PIN kept after its record");
         }

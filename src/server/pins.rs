@@ -303,7 +303,11 @@ impl PinStore {
     pub async fn lacks(self: &Arc<Self>, brand: u32, card: u64, seq: u64) -> Result<bool, Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            Ok(this.read(brand, card)?.is_none_or(|kept| kept.seq < seq))
+            // A hash kept before seqs were (0) stands for every change
+            // before it: a resent old change must not replace it.
+            Ok(this
+                .read(brand, card)?
+                .is_none_or(|kept| kept.seq != 0 && kept.seq < seq))
         })
         .await
         .map_err(|e| storage("read task", e))?
@@ -406,5 +410,17 @@ mod tests {
             store.lacks(7, CARD, 32).await.unwrap(),
             "a later one is not"
         );
+    }
+
+    /// A hash kept before seqs were (0 in its file) is taken as the latest:
+    /// resending an old change must not bring its PIN back.
+    #[tokio::test]
+    async fn a_hash_from_before_seqs_stands_for_every_earlier_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = SigningKey::from_bytes(&[3; 32]);
+        let store = Arc::new(PinStore::new(dir.path(), &server));
+        let hash = store.hash("2222".into()).await.unwrap();
+        store.set(7, CARD, hash, 0).await.unwrap();
+        assert!(!store.lacks(7, CARD, 30).await.unwrap());
     }
 }
