@@ -319,7 +319,8 @@ pub const MAX_REPORT_BYTES: usize = MAX_ANSWER_FRAME_BYTES - 4 * 1024;
 /// Records one activity page examines (read from storage in sequence
 /// order): the bound on a page's cost, whatever the ledger's length.
 pub const MAX_ACTIVITY_SCAN: usize = 100_000;
-/// Rows of one activity page (each ~150 bytes: a page fits one frame).
+/// Rows of one activity page (each ~150 bytes; a page of longer rows ends
+/// earlier, at `MAX_REPORT_BYTES`, and the next page goes on).
 pub const MAX_ACTIVITY_ROWS: usize = 300;
 const _: () = assert!(MAX_ACTIVITY_ROWS * 150 < MAX_REPORT_BYTES);
 /// Read-only keys (auditors, store managers) per brand, removed ones

@@ -10,7 +10,11 @@
 use prost::Message;
 
 use crate::error::Refusal;
-use crate::limits::{MAX_ACTIVITY_ROWS, MAX_ACTIVITY_SCAN};
+use crate::limits::{MAX_ACTIVITY_ROWS, MAX_ACTIVITY_SCAN, MAX_REPORT_BYTES};
+
+/// A row's field key and length prefix in its section (at most 1 + 3
+/// bytes for a row under 2 MiB), beside the row's own encoding.
+const ROW_FRAMING: usize = 4;
 use crate::pb::{self, report_cell::Value as Cell, ErrorCode as E, Record};
 use crate::storage::LogStore;
 
@@ -92,6 +96,7 @@ pub fn scan_page(
     };
     let mut rows = Vec::new();
     let mut next = 0;
+    let mut page_bytes = 0;
     for (examined, item) in store.scan(brand, r.cursor.max(1)).enumerate() {
         let (seq, bytes) = item.map_err(|e| failed(&e))?;
         if r.end_seq != 0 && seq >= r.end_seq {
@@ -103,9 +108,19 @@ pub fn scan_page(
         }
         let rec = Record::decode(bytes.as_slice()).map_err(|e| failed(&e))?;
         if wanted(&rec, r) {
-            rows.push(pb::ReportRow {
+            let found = pb::ReportRow {
                 cells: row(seq, &rec),
-            });
+            };
+            // A page fits one answer frame: a row that would not fit opens
+            // the next page (rows of long operator names and reasons are
+            // larger than MAX_ACTIVITY_ROWS allows for).
+            let size = prost::Message::encoded_len(&found) + ROW_FRAMING;
+            if page_bytes + size > MAX_REPORT_BYTES {
+                next = seq;
+                break;
+            }
+            page_bytes += size;
+            rows.push(found);
         }
     }
     Ok(pb::Report {
@@ -118,4 +133,57 @@ pub fn scan_page(
         next_cursor: next,
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ledger::Submission;
+    use crate::limits::MAX_TEXT_BYTES;
+    use crate::pb::request::Op;
+    use crate::state::Principal;
+    use crate::testing;
+
+    /// Owner corrections with the longest operator name and reason, and
+    /// amounts of ten-byte varints: rows larger than MAX_ACTIVITY_ROWS
+    /// allows for. A page stops before it outgrows one answer frame, and
+    /// the next page goes on from there.
+    #[test]
+    fn a_page_fits_one_frame_and_the_next_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn LogStore> =
+            Arc::new(crate::storage::DiskStore::open(dir.path()).unwrap());
+        let (mut ledger, card) = testing::provision(store.clone(), "s", 10_000);
+        let (long, owner) = ("x".repeat(MAX_TEXT_BYTES), testing::owner_key());
+        let subs: Vec<Submission> = (0..MAX_ACTIVITY_ROWS as u64)
+            .map(|i| {
+                let op = Op::AdjustCard(pb::AdjustCard {
+                    card: card.clone(),
+                    amount_minor: if i % 2 == 0 { -1 } else { 1 },
+                    bonus: false,
+                    reason: long.clone(),
+                });
+                let request = testing::request_as(testing::BRAND, 100 + i, &long, op);
+                Submission::signed(Principal::Owner, &owner, request)
+            })
+            .collect();
+        for sub in subs {
+            ledger.submit_now(sub).unwrap().unwrap();
+        }
+        let mut ask = pb::GetReport {
+            card: card.clone(),
+            ..Default::default()
+        };
+        let first = scan_page(store.as_ref(), testing::BRAND, &ask).unwrap();
+        let rows = first.sections[0].rows.len();
+        assert!(prost::Message::encoded_len(&first) <= MAX_REPORT_BYTES);
+        assert!(rows < MAX_ACTIVITY_ROWS, "{rows}");
+        assert_ne!(first.next_cursor, 0, "more to read");
+        ask.cursor = first.next_cursor;
+        let second = scan_page(store.as_ref(), testing::BRAND, &ask).unwrap();
+        // Every row once: the issue, the load and the corrections.
+        assert_eq!(rows + second.sections[0].rows.len(), MAX_ACTIVITY_ROWS + 2);
+    }
 }
