@@ -619,6 +619,47 @@ fn refund_after_a_reversed_refund(exact_refunds: bool) -> (Script, u64, pb::Reco
     (s, p.seq, r)
 }
 
+/// Points given back follow the value they stand for (1 point = 0.01
+/// here), refund by refund, also after reversed refunds whose rounding
+/// stays counted; the last refund gives back exactly what is left.
+#[test]
+fn points_given_back_never_outrun_their_value() {
+    let (mut s, c) = brand(points_are_money(true));
+    buy(&mut s, 1, &c, 1_000, 0);
+    let p = buy(&mut s, 1, &c, 100, 9);
+    let given = |s: &Script| {
+        let r = last(s);
+        assert!(r.points_in <= r.points_value_minor, "{r:?}");
+    };
+    let mut small = Vec::new();
+    for amount in [11, 1, 10, 1, 10] {
+        let txn = s.till(1, "", refund_op(p.seq, amount));
+        given(&s);
+        if amount == 1 {
+            small.push(txn);
+        }
+    }
+    for txn in small {
+        s.till(
+            1,
+            "",
+            Op::Reversal(pb::Reversal {
+                original_txn_id: txn,
+            }),
+        );
+    }
+    s.till(1, "", refund_op(p.seq, 1));
+    given(&s);
+    let kept = s.state.effects.get(p.seq).expect("kept");
+    let left = 100 - kept.refunded_paid - kept.points().refunded_value;
+    s.till(1, "", refund_op(p.seq, left));
+    let kept = s.state.effects.get(p.seq).expect("kept");
+    assert_eq!(
+        (kept.points().refunded_value, kept.points().returned),
+        (9, 9)
+    );
+}
+
 #[test]
 fn a_refund_after_a_reversed_refund_gives_back_no_more_than_each_form_paid() {
     let (mut s, seq, r) = refund_after_a_reversed_refund(true);

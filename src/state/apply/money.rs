@@ -599,13 +599,31 @@ fn refund_share_of(orig: &Effect, amount: i64, exact: bool) -> RefundShare {
             .min(amount.min(points_left))
             .max(amount - card_left)
             .max(0);
-        points = points.max(0);
+        points = points_for_value(orig, points_value);
     }
     RefundShare {
         value: amount - points_value,
         points_value,
         points,
     }
+}
+
+/// Under `exact_refunds`: the points given back with `points_value` of
+/// their value, so that what has come back in points never stands for
+/// more than what has come back in value (rounded down; the last of the
+/// value brings the last of the points). Counted from the totals given
+/// back so far, not refund by refund, so reversed refunds cannot make
+/// the two drift apart.
+fn points_for_value(orig: &Effect, points_value: i64) -> i64 {
+    let p = orig.points();
+    let points_left = orig.points_out - p.returned;
+    if points_value >= p.value - p.refunded_value {
+        return points_left.max(0);
+    }
+    let value_back = i128::from(p.refunded_value + points_value);
+    let due = value_back * i128::from(orig.points_out) / i128::from(p.value);
+    let due = i64::try_from(due).expect("at most the points paid");
+    (due - p.returned).clamp(0, points_left.max(0))
 }
 
 /// The purchase a refund names, if it may be refunded here: kept, within
