@@ -391,7 +391,18 @@ async fn set_pin_after(
     if let Ok(reply) = &answer {
         let seq = seq_of(reply);
         if shared.pins.lacks(brand_id, card, seq).await? {
-            let hash = shared.pins.hash(pin()?).await?;
+            // The change stands in the ledger: its answer goes back even
+            // if its block no longer opens (the server key rotated since).
+            let Ok(pin) = pin() else {
+                tracing::warn!(
+                    brand = brand_id,
+                    seq,
+                    "a PIN change stands in the ledger without its PIN and its block no longer \
+                     opens: the owner must set the card's PIN again"
+                );
+                return Ok(Done::Answer(answer));
+            };
+            let hash = shared.pins.hash(pin).await?;
             shared.pins.set(brand_id, card, hash, seq).await?;
             tracing::info!(brand = brand_id, seq, "PIN kept after its record");
         }
