@@ -357,11 +357,17 @@ mod tests {
 
     const CARD: u64 = 8_000_070_000_000_000_011;
 
-    #[tokio::test]
-    async fn five_wrong_tries_lock_the_card_in_a_new_store_too() {
+    /// A PIN store in a fresh directory, with its server key.
+    fn fixture() -> (tempfile::TempDir, SigningKey, Arc<PinStore>) {
         let dir = tempfile::tempdir().unwrap();
         let server = SigningKey::from_bytes(&[3; 32]);
         let store = Arc::new(PinStore::new(dir.path(), &server));
+        (dir, server, store)
+    }
+
+    #[tokio::test]
+    async fn five_wrong_tries_lock_the_card_in_a_new_store_too() {
+        let (dir, server, store) = fixture();
         assert_eq!(
             store.check(7, CARD, "1234".into()).await,
             Ok(Verdict::NoPin)
@@ -393,9 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_pin_of_the_latest_change_is_kept_whatever_order_the_hashes_come_in() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = SigningKey::from_bytes(&[3; 32]);
-        let store = Arc::new(PinStore::new(dir.path(), &server));
+        let (_dir, _, store) = fixture();
         assert!(store.lacks(7, CARD, 30).await.unwrap(), "nothing kept yet");
         let later = store.hash("2222".into()).await.unwrap();
         store.set(7, CARD, later, 31).await.unwrap();
@@ -416,9 +420,7 @@ mod tests {
     /// resending an old change must not bring its PIN back.
     #[tokio::test]
     async fn a_hash_from_before_seqs_stands_for_every_earlier_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let server = SigningKey::from_bytes(&[3; 32]);
-        let store = Arc::new(PinStore::new(dir.path(), &server));
+        let (_dir, _, store) = fixture();
         let hash = store.hash("2222".into()).await.unwrap();
         store.set(7, CARD, hash, 0).await.unwrap();
         assert!(!store.lacks(7, CARD, 30).await.unwrap());
