@@ -259,12 +259,7 @@ pub fn read_header(path: &Path) -> Result<pb::ExportHeader, ExportFileError> {
 /// Creates (or truncates) a file only its owner can read: a backup holds
 /// card numbers and balances.
 pub(crate) fn create_private(path: &Path) -> Result<File, BackupError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
+    crate::storage::fsutil::create_file(path, true)
         .map_err(BackupError::io(format!("creating {}", path.display())))
 }
 

@@ -53,6 +53,21 @@ pub fn replace_durably(path: &Path, bytes: &[u8], private: bool) -> io::Result<(
     next.commit()
 }
 
+/// Creates (or truncates) `path`; with `private`, only its owner can read
+/// it (mode 0600 on unix): backups, exports and card lists hold card
+/// numbers and balances.
+pub fn create_file(path: &Path, private: bool) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    options.open(path)
+}
+
 /// A file written in full beside `path` (`path.tmp`) that replaces it only
 /// once complete ([`Replacement::commit`]): an export or a report that
 /// fails half way leaves the previous file as it was. Dropped uncommitted,
@@ -69,15 +84,7 @@ impl Replacement {
         let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".tmp");
         let tmp = path.with_file_name(tmp_name);
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        let file = options.open(&tmp)?;
+        let file = create_file(&tmp, private)?;
         Ok(Replacement {
             path: path.to_path_buf(),
             tmp,

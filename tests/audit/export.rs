@@ -139,17 +139,20 @@ async fn an_export_is_private_and_replaces_the_old_file_only_when_complete() {
     let mode = std::fs::metadata(&export).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     let before = std::fs::read(&export).unwrap();
+    let export_with = |key: &Path, out: &Path| {
+        cardd!(
+            "audit",
+            "export",
+            "--connect",
+            &d.addr.to_string(),
+            "--key",
+            key,
+            "--out",
+            out
+        )
+    };
     // A till's key may not export: the command fails after opening its file.
-    let o = cardd!(
-        "audit",
-        "export",
-        "--connect",
-        &d.addr.to_string(),
-        "--key",
-        &demo.terminal_key_path(0),
-        "--out",
-        &export
-    );
+    let o = export_with(&demo.terminal_key_path(0), &export);
     assert!(!o.status.success(), "a till exported: {}", stderr(&o));
     assert_eq!(
         std::fs::read(&export).unwrap(),
@@ -162,16 +165,7 @@ async fn an_export_is_private_and_replaces_the_old_file_only_when_complete() {
         .collect();
     assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
     // What is not a regular file is written through: `--out /dev/stdout`.
-    let o = cardd!(
-        "audit",
-        "export",
-        "--connect",
-        &d.addr.to_string(),
-        "--key",
-        &demo.owner_key_path(),
-        "--out",
-        "/dev/stdout"
-    );
+    let o = export_with(&demo.owner_key_path(), Path::new("/dev/stdout"));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(&o.stdout[..8], EXPORT_MAGIC, "an export on standard output");
 }
