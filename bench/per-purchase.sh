@@ -20,14 +20,9 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/cardd-per-purchase.XXXXXX")
 pid=""
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 . bench/lib.sh
-cargo build --release --quiet --workspace
-"$bin" serve --data "$work/data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --demo \
-  > "$work/out" 2> "$work/err" &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^cardd listening on //p' "$work/out")
+start_demo_daemon "$work" "$bin" --http-listen 127.0.0.1:0
 http=$(sed -n 's/.*addr=\([0-9.:]*\).*HTTP listener.*/\1/p; s/.*HTTP listener.*addr=\([0-9.:]*\).*/\1/p' "$work/err" | head -1)
-[ -n "$addr" ] && [ -n "$http" ] || { echo "cardd did not start (or no HTTP listener in its log)" >&2; cat "$work/err" >&2; exit 1; }
+[ -n "$http" ] || { echo "no HTTP listener in cardd's log" >&2; cat "$work/err" >&2; exit 1; }
 metrics() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("http://'"$http"'/metrics").read().decode())'; }
 start_purchase_load "$work" "$terminals" "$seconds"
 wait_for_load
