@@ -590,8 +590,7 @@ fn refund_share_of(orig: &Effect, amount: i64, exact: bool) -> RefundShare {
         i64::try_from(s).expect("at most whole")
     };
     let mut points_value = share(p.value) - p.refunded_value;
-    let mut points = share(orig.points_out) - p.returned;
-    if exact {
+    let points = if exact {
         let card_left = orig.paid_out + orig.bonus_out - orig.refunded_paid - orig.refunded_bonus;
         let points_left = p.value - p.refunded_value;
         // `amount` is at most both left together (checked by the caller).
@@ -599,8 +598,10 @@ fn refund_share_of(orig: &Effect, amount: i64, exact: bool) -> RefundShare {
             .min(amount.min(points_left))
             .max(amount - card_left)
             .max(0);
-        points = points_for_value(orig, points_value);
-    }
+        points_for_value(orig, points_value)
+    } else {
+        share(orig.points_out) - p.returned
+    };
     RefundShare {
         value: amount - points_value,
         points_value,
