@@ -189,6 +189,27 @@ pub struct Batch {
     pub proof_wanted: Vec<usize>,
 }
 
+/// Asked about each submission of a batch, in order, as the batch is
+/// applied: the daemon's probing budgets (`server::guard`) must see each
+/// unknown card before the next request is applied, not once the batch is
+/// answered, or a till pipelining its guesses gets a whole batch of them.
+pub trait Gate {
+    /// `Err` to refuse submission `i` (by index in the batch) unapplied.
+    fn before(&mut self, i: usize) -> Result<(), Refusal>;
+    /// Submission `i`'s answer, applied or refused.
+    fn after(&mut self, i: usize, answer: &Answer);
+}
+
+/// The gate that lets everything through.
+struct Open;
+
+impl Gate for Open {
+    fn before(&mut self, _: usize) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn after(&mut self, _: usize, _: &Answer) {}
+}
+
 /// A brand's state and its place in storage.
 pub struct BrandLedger {
     /// The state machine's state, which is ahead of disk only between
@@ -499,22 +520,43 @@ impl BrandLedger {
     /// retry or a status query of them must find although storage may not
     /// have them yet.
     pub fn apply_batch_behind(&mut self, subs: &[Submission], unflushed: &[&[Written]]) -> Batch {
-        self.apply_at(subs, unflushed, now_ms())
+        self.apply_at(subs, unflushed, now_ms(), &mut Open)
+    }
+
+    /// Like `apply_batch_behind`, with `gate` asked before each submission
+    /// and told each answer, in order, as the batch is applied.
+    pub fn apply_batch_gated(
+        &mut self,
+        subs: &[Submission],
+        unflushed: &[&[Written]],
+        gate: &mut dyn Gate,
+    ) -> Batch {
+        self.apply_at(subs, unflushed, now_ms(), gate)
     }
 
     /// Like `apply_batch` at server time `time_ms` (or the previous batch's
     /// if later): for tools that build ledgers spanning months.
     pub fn apply_batch_at(&mut self, subs: &[Submission], time_ms: i64) -> Batch {
-        self.apply_at(subs, &[], time_ms)
+        self.apply_at(subs, &[], time_ms, &mut Open)
     }
 
-    fn apply_at(&mut self, subs: &[Submission], unflushed: &[&[Written]], time_ms: i64) -> Batch {
+    fn apply_at(
+        &mut self,
+        subs: &[Submission],
+        unflushed: &[&[Written]],
+        time_ms: i64,
+        gate: &mut dyn Gate,
+    ) -> Batch {
         self.last_time_ms = self.last_time_ms.max(time_ms);
         let time_ms = self.last_time_ms;
         let first_new_seq = self.state.seq + 1;
         let mut batch = Batch::default();
-        for sub in subs {
-            let answer = self.apply_one(sub, time_ms, first_new_seq, unflushed, &mut batch);
+        for (i, sub) in subs.iter().enumerate() {
+            let answer = match gate.before(i) {
+                Ok(()) => self.apply_one(sub, time_ms, first_new_seq, unflushed, &mut batch),
+                Err(refusal) => Err(refusal),
+            };
+            gate.after(i, &answer);
             batch.answers.push(answer);
         }
         batch

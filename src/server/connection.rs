@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::guard::GuardKey;
+use super::guard::{GuardKey, Probe};
 use super::reply::{error_msg, write_loop, Answered, Pending, ReplyTo};
 use super::sign_on::{self, Phase, Session, Step};
 use super::Shared;
@@ -283,16 +283,16 @@ impl Conn {
     /// probing budget or in-flight bound, else queued for the verifier.
     async fn signed(&self, rid: u64, s: SignedRequest, session: &Arc<Session>) {
         let shared = &self.shared;
-        let terminal_key =
+        let signer =
             GuardKey::CardMissTerminal(session.brand_id, session.principal.txn_namespace());
-        if shared.guard.blocked(terminal_key)
-            || self
-                .ip
-                .is_some_and(|ip| shared.guard.blocked(GuardKey::CardMissAddr(ip)))
-        {
+        let probe = Probe::new(shared.guard.clone(), signer, self.ip);
+        // Refused here already if blocked; the requests admitted now are
+        // held to the budget again as each is applied (`guard`).
+        if let Err(refusal) = probe.admit() {
             tracing::warn!(peer = ?self.peer, principal = ?session.principal, "refused: probing limit");
-            let why = "too many unknown cards or wrong PINs; wait before trying again";
-            return self.say(error_msg(rid, E::RateLimited, why)).await;
+            return self
+                .say(error_msg(rid, refusal.code, refusal.message))
+                .await;
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let why = "too many requests in flight";
@@ -304,7 +304,8 @@ impl Conn {
                 request_id: rid,
                 permit,
                 principal: session.principal,
-                terminal: terminal_key,
+                probe,
+                probed: false,
                 op: 0,
                 started: std::time::Instant::now(),
                 reservation: None,

@@ -9,12 +9,23 @@
 //! never one still blocked while any other can go (a flood of fresh
 //! addresses must not lift a block); only a table of blocked keys alone
 //! forgets the older half of them.
+//!
+//! Card misses are counted where they are found, not where they are
+//! answered: a till pipelines up to 64 requests on each of its
+//! connections, and a budget checked only as requests arrive would let all
+//! of them through before the first miss is counted. So each request
+//! carries its [`Probe`]; the brand's applier asks it before applying the
+//! request (refused if blocked by then) and tells it each miss at once,
+//! and the PIN checks do the same around each check. Hits cost a lookup
+//! and are never held back.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::error::Refusal;
 use crate::limits::{MAX_GUARD_ENTRIES, RATE_LIMIT_COOLDOWN_SECS};
+use crate::pb::ErrorCode as E;
 
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +141,67 @@ impl Guard {
     }
 }
 
+/// True for the refusals that tell a prober something: an unknown card
+/// (or one of another brand), a wrong PIN, a PIN block that does not open
+/// (guessing PINs across many cards, five tries each, is probing too).
+pub fn is_probing(code: E) -> bool {
+    matches!(
+        code,
+        E::CardNotFound | E::CardOtherBrand | E::WrongPin | E::PinBlockInvalid
+    )
+}
+
+/// The refusal of a request whose signer or address is over its budget.
+pub fn rate_limited() -> Refusal {
+    Refusal::new(
+        E::RateLimited,
+        "too many unknown cards or wrong PINs; wait before trying again",
+    )
+}
+
+/// The probing budgets one signed request counts against: its signer's
+/// (a terminal, or an owner's namespace) and its peer address's.
+#[derive(Clone)]
+pub struct Probe {
+    guard: Arc<Guard>,
+    signer: GuardKey,
+    addr: Option<GuardKey>,
+}
+
+impl Probe {
+    /// The budgets of a request signed by `signer` from `ip`.
+    pub fn new(guard: Arc<Guard>, signer: GuardKey, ip: Option<IpAddr>) -> Self {
+        Probe {
+            guard,
+            signer,
+            addr: ip.map(GuardKey::CardMissAddr),
+        }
+    }
+
+    /// `Err(RATE_LIMITED)` while either budget is spent.
+    pub fn admit(&self) -> Result<(), Refusal> {
+        let blocked = self.guard.blocked(self.signer)
+            || self.addr.is_some_and(|addr| self.guard.blocked(addr));
+        if blocked {
+            return Err(rate_limited());
+        }
+        Ok(())
+    }
+
+    /// Counts `code` against both budgets if it is a probing answer;
+    /// true if it was.
+    pub fn count(&self, code: E) -> bool {
+        if !is_probing(code) {
+            return false;
+        }
+        self.guard.fail(self.signer);
+        if let Some(addr) = self.addr {
+            self.guard.fail(addr);
+        }
+        true
+    }
+}
+
 /// Forgets every entry whose window and block are over; if that frees
 /// nothing, the older half of the windows not blocked now; if every entry
 /// is blocked, the older half of them (a new key must still be counted:
@@ -222,6 +294,24 @@ mod tests {
         assert!(g.fail(prober));
         assert!(g.blocked(prober), "the new key is counted and blocked");
         assert!(g.entries.lock().unwrap().len() <= MAX_GUARD_ENTRIES);
+    }
+
+    /// A probe counts only probing answers, against its signer and its
+    /// address alike, and admits until either is blocked.
+    #[test]
+    fn a_probe_counts_misses_against_signer_and_address() {
+        let g = Arc::new(Guard::new(10, 2));
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let till = Probe::new(g.clone(), GuardKey::CardMissTerminal(1, 2), Some(ip));
+        let neighbour = Probe::new(g.clone(), GuardKey::CardMissTerminal(1, 3), Some(ip));
+        assert!(!till.count(E::InsufficientFunds), "not probing");
+        assert!(till.count(E::CardNotFound));
+        assert!(till.count(E::WrongPin));
+        assert!(till.admit().is_ok() && neighbour.admit().is_ok());
+        assert!(till.count(E::PinBlockInvalid), "the third blocks (limit 2)");
+        assert_eq!(till.admit().unwrap_err().code, E::RateLimited);
+        // The address is spent too: another till behind it waits as well.
+        assert_eq!(neighbour.admit().unwrap_err().code, E::RateLimited);
     }
 
     #[test]

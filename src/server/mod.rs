@@ -128,7 +128,7 @@ pub struct Shared {
     /// Durable storage, for audit reads (export, proofs).
     pub store: Arc<dyn LogStore>,
     /// Failure budgets per address and terminal.
-    pub guard: guard::Guard,
+    pub guard: Arc<guard::Guard>,
     /// Request signatures, checked in batches on every core.
     pub verifier: verifier::BatchVerifier,
     /// Signed-on sessions and audit streams, under their quotas.
@@ -389,10 +389,10 @@ fn serve_ledgers(
         verifier: verifier::BatchVerifier::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ),
-        guard: guard::Guard::new(
+        guard: Arc::new(guard::Guard::new(
             config.sign_on_failures_per_minute,
             config.card_misses_per_minute,
-        ),
+        )),
         max_frame_bytes: config.max_frame_bytes,
         sessions: Sessions::new(config.quotas),
         audit_stall: std::time::Duration::from_secs(config.audit_stall_secs),

@@ -18,6 +18,7 @@
 //!   `SetPinLock` (unlock) zeroes the count once its record is.
 use std::sync::Arc;
 
+use super::guard::Probe;
 use super::pins::Verdict;
 use super::reply::ReplyTo;
 use super::writer::BrandHandle;
@@ -73,19 +74,34 @@ pub(super) async fn serve(
     brand: BrandHandle,
     who: Who,
     sub: Submission,
-    reply: ReplyTo,
+    mut reply: ReplyTo,
 ) {
-    match run(&shared, &brand, who, sub).await {
+    // A PIN check costs an Argon2 hash: none for a signer or address over
+    // its probing budget. A wrong PIN counts at once (`guard`).
+    if let Err(refusal) = reply.admit() {
+        return reply.send(Err(refusal));
+    }
+    let probe = reply.probe().clone();
+    match run(&shared, &brand, who, sub, &probe).await {
         Done::Submit(sub) => {
             if let Err(reply) = brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
             }
         }
-        Done::Answer(answer) => reply.send(answer),
+        Done::Answer(answer) => {
+            reply.found(&answer);
+            reply.send(answer)
+        }
     }
 }
 
-async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submission) -> Done {
+async fn run(
+    shared: &Arc<Shared>,
+    brand: &BrandHandle,
+    who: Who,
+    sub: Submission,
+    probe: &Probe,
+) -> Done {
     let req = sub.decoded();
     if req.brand_id != who.brand_id {
         return refused(E::WrongBrand, "request names another brand");
@@ -95,9 +111,13 @@ async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submissio
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
         Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
-        Some(Op::Purchase(p)) => spend(shared, brand, who, (&p.card, &p.pin_block), sub).await,
-        Some(Op::RedeemPoints(r)) => spend(shared, brand, who, (&r.card, &r.pin_block), sub).await,
-        Some(Op::SetPin(p)) => set_pin(shared, brand, who, &p, sub).await,
+        Some(Op::Purchase(p)) => {
+            spend(shared, (brand, probe), who, (&p.card, &p.pin_block), sub).await
+        }
+        Some(Op::RedeemPoints(r)) => {
+            spend(shared, (brand, probe), who, (&r.card, &r.pin_block), sub).await
+        }
+        Some(Op::SetPin(p)) => set_pin(shared, (brand, probe), who, &p, sub).await,
         Some(Op::SetPinLock(l)) => unlock_pin(shared, brand, who, &l.card, sub).await,
         Some(Op::ReplaceCard(r)) => replace_card(shared, brand, who, &r, sub).await,
         _ => unreachable!("only personal requests come here"),
@@ -230,7 +250,7 @@ fn block_refusal(e: PinError) -> Refusal {
 /// `Ok(true)` verified, `Ok(false)` no PIN on file, a refusal otherwise.
 async fn check_block(
     shared: &Arc<Shared>,
-    brand: &BrandHandle,
+    (brand, probe): (&BrandHandle, &Probe),
     who: Who,
     sub: &Submission,
     (card_text, card): (&str, u64),
@@ -248,7 +268,11 @@ async fn check_block(
         .key()
         .open(block, &binding)
         .map_err(block_refusal)?;
-    let verdict = shared.pins.check(who.brand_id, card, pin).await?;
+    // Asked again once its turn comes: guesses admitted together must not
+    // all be checked after the budget is spent by the first of them.
+    let verdict = (shared.pins)
+        .check(who.brand_id, card, pin, || probe.admit())
+        .await?;
     if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
         lock(shared, brand, who.brand_id, card_text).await;
     }
@@ -283,7 +307,7 @@ async fn is_retry(brand: &BrandHandle, who: Who, sub: &Submission) -> bool {
 
 async fn spend(
     shared: &Arc<Shared>,
-    brand: &BrandHandle,
+    (brand, probe): (&BrandHandle, &Probe),
     who: Who,
     (card_text, block): (&str, &[u8]),
     mut sub: Submission,
@@ -298,13 +322,14 @@ async fn spend(
     if is_retry(brand, who, &sub).await {
         return Ok(Done::Submit(sub));
     }
-    sub.pin_verified = check_block(shared, brand, who, &sub, (card_text, card), block).await?;
+    let at = (brand, probe);
+    sub.pin_verified = check_block(shared, at, who, &sub, (card_text, card), block).await?;
     Ok(Done::Submit(sub))
 }
 
 async fn set_pin(
     shared: &Arc<Shared>,
-    brand: &BrandHandle,
+    (brand, probe): (&BrandHandle, &Probe),
     who: Who,
     p: &pb::SetPin,
     mut sub: Submission,
@@ -319,7 +344,8 @@ async fn set_pin(
     let retry = is_retry(brand, who, &sub).await;
     if !retry && !p.old_pin_block.is_empty() {
         let old = (p.card.as_str(), card);
-        sub.pin_verified = check_block(shared, brand, who, &sub, old, &p.old_pin_block).await?;
+        let at = (brand, probe);
+        sub.pin_verified = check_block(shared, at, who, &sub, old, &p.old_pin_block).await?;
     }
     let binding = Binding {
         brand_id: who.brand_id,

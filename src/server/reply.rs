@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
-use super::guard::GuardKey;
+use super::guard::Probe;
 use super::Shared;
 use crate::error::Refusal;
 use crate::ledger::Answer;
@@ -57,7 +57,11 @@ pub(super) struct Pending {
     pub(super) request_id: u64,
     pub(super) permit: OwnedSemaphorePermit,
     pub(super) principal: Principal,
-    pub(super) terminal: GuardKey,
+    /// The probing budgets its answer counts against.
+    pub(super) probe: Probe,
+    /// Its probing answer was counted where it was found (the applier, a
+    /// PIN check): not again when it is written.
+    pub(super) probed: bool,
     /// The operation, for the metrics (`metrics::op_index`; 0 until decoded).
     pub(super) op: u8,
     /// When the request was read, for the latency histogram.
@@ -82,6 +86,27 @@ impl ReplyTo {
             }
         }
         let _ = self.tx.send((self.pending, answer));
+    }
+}
+
+impl ReplyTo {
+    /// Refused unapplied (`RATE_LIMITED`) while its probing budgets are
+    /// spent: asked by the applier just before the request is applied.
+    pub(super) fn admit(&self) -> Result<(), Refusal> {
+        self.pending.probe.admit()
+    }
+
+    /// The probing budgets its answer counts against.
+    pub(super) fn probe(&self) -> &Probe {
+        &self.pending.probe
+    }
+
+    /// Counts `answer` against the probing budgets at once if it is a
+    /// probing one, so that the next request is admitted or not on it.
+    pub(super) fn found(&mut self, answer: &Answer) {
+        if let Err(refusal) = answer {
+            self.pending.probed |= self.pending.probe.count(refusal.code);
+        }
     }
 }
 
@@ -140,7 +165,7 @@ pub(super) async fn write_loop<W>(
         if messages.is_empty() && answers.is_empty() {
             continue;
         }
-        let written = write_batch(&mut writer, &mut messages, &mut answers, &shared, ip).await;
+        let written = write_batch(&mut writer, &mut messages, &mut answers, &shared).await;
         if let Err(e) = written {
             if e.kind() == std::io::ErrorKind::TimedOut {
                 let secs = shared.write_timeout.as_secs();
@@ -169,7 +194,6 @@ async fn write_batch<W>(
     messages: &mut Vec<ServerMessage>,
     answers: &mut Vec<Answered>,
     shared: &Shared,
-    ip: Option<IpAddr>,
 ) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -181,7 +205,7 @@ where
     for (pending, answer) in answers.drain(..) {
         let result = answer.as_ref().err().map(|r| r.code);
         super::metrics::get().answered(pending.op, result, pending.started.elapsed());
-        let msg = answer_message(&pending, answer, shared, ip);
+        let msg = answer_message(&pending, answer);
         let fed = bounded(limit, writer.feed(bytes::Bytes::from(msg.encode_to_vec()))).await;
         drop(pending.permit);
         fed?;
@@ -199,30 +223,15 @@ async fn bounded(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// The wire form of a request's answer; an unknown card, a wrong PIN or a
-/// PIN block that does not open counts against the terminal's and the
-/// address's probing budgets (guessing PINs across many cards, five tries
-/// each, is probing too).
-fn answer_message(
-    pending: &Pending,
-    answer: Answer,
-    shared: &Shared,
-    ip: Option<IpAddr>,
-) -> ServerMessage {
+/// The wire form of a request's answer; a probing answer not counted where
+/// it was found (`guard::is_probing`) counts against the terminal's and the
+/// address's budgets now.
+fn answer_message(pending: &Pending, answer: Answer) -> ServerMessage {
     let body = match answer {
         Ok(reply) => server_message::Body::Reply(reply),
         Err(refusal) => {
-            let probing = [
-                E::CardNotFound,
-                E::CardOtherBrand,
-                E::WrongPin,
-                E::PinBlockInvalid,
-            ];
-            if probing.contains(&refusal.code) {
-                shared.guard.fail(pending.terminal);
-                if let Some(ip) = ip {
-                    shared.guard.fail(GuardKey::CardMissAddr(ip));
-                }
+            if !pending.probed {
+                pending.probe.count(refusal.code);
             }
             tracing::info!(principal = ?pending.principal, code = ?refusal.code, "refused: {}", refusal.message);
             server_message::Body::Error(refusal.into())

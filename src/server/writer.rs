@@ -453,7 +453,7 @@ async fn apply_in_order(
         // answers (balances, refusals, replays) may rest on records still
         // being flushed.
         let behind: Vec<&[Written]> = unflushed.iter().map(|w| w.as_slice()).collect();
-        let mut batch = ledger.apply_batch_behind(&subs, &behind);
+        let mut batch = ledger.apply_batch_gated(&subs, &behind, &mut Probing(&mut waiting));
         let written = Arc::new(std::mem::take(&mut batch.written));
         let checkpoint = (!written.is_empty()).then(|| ledger.checkpoint());
         unflushed.push_back(written.clone());
@@ -475,6 +475,26 @@ async fn apply_in_order(
     stopped.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(ledger);
     refuse_all(rx, STORAGE_FAILED).await;
+}
+
+/// The probing budgets of a batch's requests, asked as each is applied: a
+/// till that pipelines card guesses sees the budget's misses, then
+/// `RATE_LIMITED` for the rest of what it sent, hits and misses alike.
+struct Probing<'a>(&'a mut [Reply]);
+
+impl crate::ledger::Gate for Probing<'_> {
+    fn before(&mut self, i: usize) -> Result<(), crate::error::Refusal> {
+        match &self.0[i] {
+            Reply::Connection(to) => to.admit(),
+            Reply::Wait(_) => Ok(()),
+        }
+    }
+
+    fn after(&mut self, i: usize, answer: &Answer) {
+        if let Reply::Connection(to) = &mut self.0[i] {
+            to.found(answer);
+        }
+    }
 }
 
 /// True if the brand has `card`, issued and not replaced.

@@ -26,6 +26,7 @@ mod isolation;
 mod money;
 mod owner;
 mod personal;
+mod probing;
 mod protocol;
 mod restart;
 mod reversal;
