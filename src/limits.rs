@@ -154,6 +154,14 @@ pub const DEFAULT_SIGN_ON_FAILURES_PER_MINUTE: u32 = 10;
 /// minute: card-number and PIN probing from a stolen till is slowed to a
 /// crawl.
 pub const DEFAULT_CARD_MISSES_PER_MINUTE: u32 = 20;
+/// Requests with a signature that does not verify one connection may send
+/// before it is closed (each also counts as a sign-on failure of its
+/// address). A till's signatures never fail unless it is broken; every
+/// bad one makes the verifier check its whole batch, other tills' requests
+/// included, one signature at a time (~2.5 times the cost), so a key must
+/// not be able to send them at will. Before the limit's verdict comes,
+/// a connection may have at most its in-flight bound more checked.
+pub const MAX_BAD_SIGNATURES_PER_CONNECTION: u32 = 8;
 /// How long a blocked address or terminal waits.
 pub const RATE_LIMIT_COOLDOWN_SECS: u64 = 60;
 /// Addresses and terminals the guard tracks at once (oldest forgotten first).

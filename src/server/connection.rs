@@ -11,6 +11,7 @@
 //! The stream is plain TCP or TLS over TCP (the listener decides); the
 //! session is the same on both.
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +60,47 @@ struct Conn {
     /// The session's cut token once signed on: a message waiting for room
     /// in the write queue stops waiting when the session is cut.
     session_cut: Option<CancellationToken>,
+    /// Its requests whose signature did not verify.
+    bad: BadSignatures,
+}
+
+/// A connection's requests whose signature did not verify. Each one makes
+/// the verifier's whole batch, other tills' requests included, fall back
+/// to one check at a time, so a connection that sends
+/// `MAX_BAD_SIGNATURES_PER_CONNECTION` is closed, and each counts as a
+/// sign-on failure of its address: opening new sessions to go on is
+/// limited like guessing keys (`--sign-on-failures-per-minute`).
+#[derive(Clone)]
+struct BadSignatures {
+    peer: SocketAddr,
+    count: Arc<AtomicU32>,
+    /// Cancelled at the limit: the read loop closes the connection.
+    close: CancellationToken,
+}
+
+impl BadSignatures {
+    fn new(peer: SocketAddr) -> Self {
+        BadSignatures {
+            peer,
+            count: Arc::new(AtomicU32::new(0)),
+            close: CancellationToken::new(),
+        }
+    }
+
+    /// True once the connection has sent its last bad signature.
+    fn spent(&self) -> bool {
+        self.count.load(Ordering::Relaxed) >= MAX_BAD_SIGNATURES_PER_CONNECTION
+    }
+
+    /// Counts one bad signature; at the limit the connection is closed.
+    fn strike(&self, shared: &Shared, principal: Principal) {
+        shared.guard.fail(GuardKey::SignOn(self.peer.ip()));
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == MAX_BAD_SIGNATURES_PER_CONNECTION {
+            tracing::warn!(peer = ?self.peer, ?principal, n, "too many bad request signatures; closing");
+            self.close.cancel();
+        }
+    }
 }
 
 /// Serves one connection from `peer` until the peer leaves, a timeout
@@ -100,11 +142,12 @@ pub async fn serve<S>(
         // while the bound stays fixed.
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION * 2)),
         session_cut: None,
+        bad: BadSignatures::new(peer),
     };
     let ended = conn.read_loop(reader, signing_on).await;
     // Answers still in flight are delivered before the socket closes; a
-    // session that was cut gets a moment for them, then the socket closes
-    // whether the peer reads or not.
+    // connection the daemon cut gets a moment for them, then the socket
+    // closes whether the peer reads or not.
     if ended == Ended::Cut {
         let drain = Duration::from_millis(REVOKED_DRAIN_MILLIS);
         let abort = write_task.abort_handle();
@@ -121,7 +164,8 @@ pub async fn serve<S>(
 enum Ended {
     /// The peer left, timed out or broke the framing.
     Closed,
-    /// The daemon cut it (see `SessionSlot::token`).
+    /// The daemon cut it: its session was revoked (see
+    /// `SessionSlot::token`) or it sent too many bad signatures.
     Cut,
 }
 
@@ -156,6 +200,7 @@ impl Conn {
                     self.cut(&phase);
                     return Ended::Cut;
                 }
+                _ = self.bad.close.cancelled() => return Ended::Cut,
                 _ = self.shared.stop.cancelled() => {
                     self.stopping(&phase);
                     break;
@@ -294,6 +339,10 @@ impl Conn {
                 .say(error_msg(rid, refusal.code, refusal.message))
                 .await;
         }
+        if self.bad.spent() {
+            let why = "too many bad signatures on this connection; it is closing";
+            return self.say(error_msg(rid, E::RateLimited, why)).await;
+        }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let why = "too many requests in flight";
             return self.say(error_msg(rid, E::TooManyInFlight, why)).await;
@@ -319,8 +368,8 @@ impl Conn {
         let signature = s.signature.clone();
         let then = {
             let (session, shared, out) = (session.clone(), shared.clone(), self.out.clone());
-            let peer = self.peer;
-            Box::new(move |ok| verified(ok, s, &session, shared, out, reply, peer))
+            let bad = self.bad.clone();
+            Box::new(move |ok| verified(ok, s, &session, shared, out, reply, bad))
         };
         shared
             .verifier
@@ -407,10 +456,12 @@ fn verified(
     shared: Arc<Shared>,
     out: mpsc::Sender<ServerMessage>,
     mut reply: ReplyTo,
-    peer: SocketAddr,
+    bad: BadSignatures,
 ) {
     if !ok {
-        tracing::warn!(?peer, principal = ?session.principal, "request signature does not verify");
+        let principal = session.principal;
+        tracing::warn!(peer = ?bad.peer, ?principal, "request signature does not verify");
+        bad.strike(&shared, principal);
         return reply.send(Err(Refusal::new(
             E::BadSignature,
             "request signature does not verify",

@@ -93,6 +93,42 @@ async fn a_bad_request_signature_is_refused_and_changes_nothing() {
     assert_money(card_of(&r), 9_000, 0, 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_sending_bad_signatures_is_closed() {
+    use cardd::limits::MAX_BAD_SIGNATURES_PER_CONNECTION as LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone();
+    let mut good = demo.terminal(d.addr, 1).await;
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let mut f = sign_on(d.addr, &key).await;
+    let req = request(1, 100, "test", purchase(&card, 1_00));
+    let mut sig = sign_request(&key, &req.encode_to_vec());
+    sig[5] ^= 1;
+    let bad = signed(req.encode_to_vec(), sig);
+    // Each is refused as it comes, the session going on, up to the limit.
+    for i in 1..=u64::from(LIMIT) {
+        raw_send(&mut f, i, bad.clone()).await;
+        let m = raw_recv(&mut f).await;
+        assert_eq!(expect_error(&m), E::BadSignature, "bad signature {i}");
+        // The till on another connection is served all along.
+        ok(&mut good, 200 + i, purchase(&card, 1)).await;
+    }
+    // The last one closed the connection: nothing more is read or answered.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        raw_send(&mut f, 99, signed_body(&key, &req)).await;
+        recv(&mut f).await
+    })
+    .await;
+    assert!(
+        matches!(closed, Ok(Err(ClientError::Io(_)))),
+        "the connection is still open after {LIMIT} bad signatures: {closed:?}"
+    );
+    // Nothing was bought with them; the good till goes on.
+    let r = ok(&mut good, 300, purchase(&card, 1)).await;
+    assert_eq!(card_of(&r).balance_minor, 10_000 - i64::from(LIMIT) - 1);
+}
+
 #[tokio::test]
 async fn sign_on_refuses_unknown_keys_and_bad_proofs() {
     let dir = tempfile::tempdir().unwrap();
