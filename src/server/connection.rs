@@ -165,7 +165,8 @@ enum Ended {
     /// The peer left, timed out or broke the framing.
     Closed,
     /// The daemon cut it: its session was revoked (see
-    /// `SessionSlot::token`) or it sent too many bad signatures.
+    /// `SessionSlot::token`), it sent too many bad signatures, or it did
+    /// not sign on in time.
     Cut,
 }
 
@@ -194,6 +195,13 @@ impl Conn {
                 }
                 _ => (sign_on_deadline, None),
             };
+            // Before sign-on the deadline holds for the whole phase: a
+            // peer that always has the next frame ready (a read in time
+            // returns it even past the deadline) is no reason to go on.
+            if signing_on.is_some() && Instant::now() >= sign_on_deadline {
+                tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
+                return Ended::Cut;
+            }
             let frame = tokio::select! {
                 biased;
                 _ = cancelled(cut.as_ref()) => {
@@ -218,18 +226,38 @@ impl Conn {
             let Some(frame) = frame else {
                 break;
             };
-            let Ok(msg) = ClientMessage::decode(frame) else {
-                tracing::info!(peer = ?self.peer, "malformed message");
-                self.say(error_msg(0, E::Malformed, "not a cardd.v1 ClientMessage"))
-                    .await;
+            if signing_on.is_none() {
+                if self.take(frame, &mut phase).await == Next::Close {
+                    break;
+                }
                 continue;
-            };
-            if self.handle(msg, &mut phase).await == Next::Close {
-                break;
+            }
+            // Before sign-on, answering is bounded by the deadline too: an
+            // echo waiting for room in the queue of a peer that reads
+            // slowly must not hold the sign-on slot past it.
+            let taken = self.take(frame, &mut phase);
+            match tokio::time::timeout_at(sign_on_deadline, taken).await {
+                Ok(Next::Read) => {}
+                Ok(Next::Close) => break,
+                Err(_) => {
+                    tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
+                    return Ended::Cut;
+                }
             }
         }
         drop(signing_on);
         Ended::Closed
+    }
+
+    /// Decodes and handles one frame.
+    async fn take(&self, frame: BytesMut, phase: &mut Phase) -> Next {
+        let Ok(msg) = ClientMessage::decode(frame) else {
+            tracing::info!(peer = ?self.peer, "malformed message");
+            self.say(error_msg(0, E::Malformed, "not a cardd.v1 ClientMessage"))
+                .await;
+            return Next::Read;
+        };
+        self.handle(msg, phase).await
     }
 
     /// The next frame, or `None` when the session ends: the peer left, the

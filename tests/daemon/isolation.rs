@@ -501,6 +501,52 @@ async fn a_peer_that_stops_reading_is_closed_at_the_write_timeout_and_frees_its_
     eprintln!("{sent:?} bytes sent unread; closed after {freed:?}");
 }
 
+/// Writes echo frames of the largest payload on `w` until a write fails
+/// (the daemon closed the connection); returns when that was.
+async fn echo_until_closed(mut w: tokio::net::tcp::OwnedWriteHalf) -> Instant {
+    let payload = vec![7; cardd::limits::MAX_ECHO_BYTES];
+    let batch = msg(9, Body::Echo(pb::Echo { payload })).repeat(16);
+    while w.write_all(&batch).await.is_ok() {}
+    Instant::now()
+}
+
+/// Reads 2 KiB every 100 ms from `r` until it ends: far faster than a
+/// write timeout needs, far slower than echoes are asked for, so the
+/// daemon's queue for this peer stays full.
+async fn read_slowly(mut r: tokio::net::tcp::OwnedReadHalf) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 2048];
+    while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_peer_that_reads_slowly_is_closed_at_the_sign_on_deadline() {
+    use cardd::limits::SIGN_ON_TIMEOUT_SECS;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let started = Instant::now();
+    // Echo is answered before sign-on: a peer that never signs on keeps
+    // asking for echoes and takes its answers slowly.
+    let (r, w) = raw_connect(d.addr).await.into_inner().into_split();
+    let reader = tokio::spawn(read_slowly(r));
+    let writer = tokio::spawn(echo_until_closed(w));
+    let limit = Duration::from_secs(SIGN_ON_TIMEOUT_SECS + 15);
+    let closed = tokio::time::timeout(limit, writer).await;
+    reader.abort();
+    let closed = closed.expect("a keyless peer is still connected 15 s past the sign-on deadline");
+    let after = closed.expect("writer task") - started;
+    assert!(
+        after >= Duration::from_secs(SIGN_ON_TIMEOUT_SECS - 1)
+            && after < Duration::from_secs(SIGN_ON_TIMEOUT_SECS + 3),
+        "closed after {after:?}, not at the {SIGN_ON_TIMEOUT_SECS} s deadline"
+    );
+    // The daemon serves on.
+    let mut till = demo.terminal(d.addr, 0).await;
+    inquiry(&mut till, &demo.manifest.cards[0]).await;
+}
+
 /// A read-only key's `AddKey` for `key` (an auditor's).
 fn add_auditor(key: &SigningKey) -> Op {
     Op::AddKey(pb::AddKey {
