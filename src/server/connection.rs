@@ -20,7 +20,7 @@ use futures::StreamExt;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -92,14 +92,18 @@ impl BadSignatures {
         self.count.load(Ordering::Relaxed) >= MAX_BAD_SIGNATURES_PER_CONNECTION
     }
 
-    /// Counts one bad signature; at the limit the connection is closed.
-    fn strike(&self, shared: &Shared, principal: Principal) {
+    /// Refuses a request whose signature does not verify and counts it;
+    /// at the limit the connection is closed.
+    fn refuse(&self, shared: &Shared, principal: Principal, reply: ReplyTo) {
+        tracing::warn!(peer = ?self.peer, ?principal, "request signature does not verify");
         shared.guard.fail(GuardKey::SignOn(self.peer.ip()));
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         if n == MAX_BAD_SIGNATURES_PER_CONNECTION {
             tracing::warn!(peer = ?self.peer, ?principal, n, "too many bad request signatures; closing");
             self.close.cancel();
         }
+        let why = "request signature does not verify";
+        reply.send(Err(Refusal::new(E::BadSignature, why)));
     }
 }
 
@@ -199,8 +203,7 @@ impl Conn {
             // peer that always has the next frame ready (a read in time
             // returns it even past the deadline) is no reason to go on.
             if signing_on.is_some() && Instant::now() >= sign_on_deadline {
-                tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
-                return Ended::Cut;
+                return self.late();
             }
             let frame = tokio::select! {
                 biased;
@@ -226,27 +229,28 @@ impl Conn {
             let Some(frame) = frame else {
                 break;
             };
-            if signing_on.is_none() {
-                if self.take(frame, &mut phase).await == Next::Close {
-                    break;
-                }
-                continue;
-            }
-            // Before sign-on, answering is bounded by the deadline too: an
-            // echo waiting for room in the queue of a peer that reads
-            // slowly must not hold the sign-on slot past it.
-            let taken = self.take(frame, &mut phase);
-            match tokio::time::timeout_at(sign_on_deadline, taken).await {
-                Ok(Next::Read) => {}
-                Ok(Next::Close) => break,
-                Err(_) => {
-                    tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
-                    return Ended::Cut;
-                }
+            let next = match signing_on {
+                None => self.take(frame, &mut phase).await,
+                // Before sign-on, answering is bounded by the deadline too:
+                // an echo waiting for room in the queue of a peer that
+                // reads slowly must not hold the sign-on slot past it.
+                Some(_) => match timeout_at(sign_on_deadline, self.take(frame, &mut phase)).await {
+                    Ok(next) => next,
+                    Err(_) => return self.late(),
+                },
+            };
+            if next == Next::Close {
+                break;
             }
         }
         drop(signing_on);
         Ended::Closed
+    }
+
+    /// The sign-on deadline passed: the connection is cut.
+    fn late(&self) -> Ended {
+        tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
+        Ended::Cut
     }
 
     /// Decodes and handles one frame.
@@ -487,13 +491,7 @@ fn verified(
     bad: BadSignatures,
 ) {
     if !ok {
-        let principal = session.principal;
-        tracing::warn!(peer = ?bad.peer, ?principal, "request signature does not verify");
-        bad.strike(&shared, principal);
-        return reply.send(Err(Refusal::new(
-            E::BadSignature,
-            "request signature does not verify",
-        )));
+        return bad.refuse(&shared, session.principal, reply);
     }
     // Decoded once, here; the writer applies the decoded form.
     let mut routed =
@@ -507,34 +505,7 @@ fn verified(
     }
     match routed {
         Err(refusal) => reply.send(Err(refusal)),
-        Ok((Route::Audit(op), _)) => {
-            // Counted before it starts: over its key's, brand's or the
-            // daemon's quota it is refused and the session goes on.
-            let slot = match shared.sessions.audit(session.brand_id, session.principal) {
-                Ok(slot) => slot,
-                Err(refusal) => return reply.send(Err(refusal)),
-            };
-            let Pending {
-                request_id,
-                permit,
-                op: op_index,
-                started,
-                ..
-            } = reply.pending;
-            // Its answer is a stream of frames: counted once, as it starts.
-            super::metrics::get().answered(op_index, None, started.elapsed());
-            let stream = super::audit::Stream {
-                brand: session.brand_id,
-                out,
-                request_id,
-                permit,
-                slot,
-                session: session.slot.token().clone(),
-            };
-            session
-                .runtime
-                .spawn(super::audit::serve(*op, shared, stream));
-        }
+        Ok((Route::Audit(op), _)) => start_audit(*op, session, shared, out, reply),
         Ok((Route::Personal, sub)) => {
             let who = super::personal::Who {
                 principal: session.principal,
@@ -555,6 +526,43 @@ fn verified(
             }
         }
     }
+}
+
+/// Starts an audit stream on a task of its own, its answer a stream of
+/// frames on the session's queue.
+fn start_audit(
+    op: Op,
+    session: &Session,
+    shared: Arc<Shared>,
+    out: mpsc::Sender<ServerMessage>,
+    reply: ReplyTo,
+) {
+    // Counted before it starts: over its key's, brand's or the daemon's
+    // quota it is refused and the session goes on.
+    let slot = match shared.sessions.audit(session.brand_id, session.principal) {
+        Ok(slot) => slot,
+        Err(refusal) => return reply.send(Err(refusal)),
+    };
+    let Pending {
+        request_id,
+        permit,
+        op: op_index,
+        started,
+        ..
+    } = reply.pending;
+    // Its answer is a stream of frames: counted once, as it starts.
+    super::metrics::get().answered(op_index, None, started.elapsed());
+    let stream = super::audit::Stream {
+        brand: session.brand_id,
+        out,
+        request_id,
+        permit,
+        slot,
+        session: session.slot.token().clone(),
+    };
+    session
+        .runtime
+        .spawn(super::audit::serve(op, shared, stream));
 }
 
 /// An audit read of the session's own brand, unless that brand was halted

@@ -17,7 +17,10 @@
 //! carries its [`Probe`]; the brand's applier asks it before applying the
 //! request (refused if blocked by then) and tells it each miss at once,
 //! and the PIN checks do the same around each check. Hits cost a lookup
-//! and are never held back.
+//! and are never held back. The slack left: an address's requests to
+//! several brands are admitted by each brand's applier, so its budget may
+//! be passed by one miss per brand applying at that moment, and by the PIN
+//! checks already running (`MAX_PIN_CHECKS_AT_ONCE`).
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
@@ -94,13 +97,20 @@ impl Guard {
 
     /// True while `key` is blocked.
     pub fn blocked(&self, key: GuardKey) -> bool {
-        let key = key.counted();
+        self.any_blocked([Some(key), None])
+    }
+
+    /// True while any of `keys` is blocked; one lock for all of them (a
+    /// request asks for its signer and its address, twice).
+    fn any_blocked(&self, keys: [Option<GuardKey>; 2]) -> bool {
         let now = Instant::now();
         let entries = self.entries.lock().expect("guard lock");
-        entries
-            .get(&key)
-            .and_then(|e| e.blocked_until)
-            .is_some_and(|until| now < until)
+        keys.into_iter().flatten().any(|key| {
+            entries
+                .get(&key.counted())
+                .and_then(|e| e.blocked_until)
+                .is_some_and(|until| now < until)
+        })
     }
 
     /// Counts one failure; returns true if `key` is now blocked.
@@ -180,9 +190,7 @@ impl Probe {
 
     /// `Err(RATE_LIMITED)` while either budget is spent.
     pub fn admit(&self) -> Result<(), Refusal> {
-        let blocked = self.guard.blocked(self.signer)
-            || self.addr.is_some_and(|addr| self.guard.blocked(addr));
-        if blocked {
+        if self.guard.any_blocked([Some(self.signer), self.addr]) {
             return Err(rate_limited());
         }
         Ok(())
