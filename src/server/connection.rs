@@ -360,8 +360,7 @@ impl Conn {
     /// probing budget or in-flight bound, else queued for the verifier.
     async fn signed(&self, rid: u64, s: SignedRequest, session: &Arc<Session>) {
         let shared = &self.shared;
-        let signer =
-            GuardKey::CardMissTerminal(session.brand_id, session.principal.txn_namespace());
+        let signer = (session.brand_id, session.principal.txn_namespace());
         let probe = Probe::new(shared.guard.clone(), signer, self.ip);
         // Refused here already if blocked; the requests admitted now are
         // held to the budget again as each is applied (`guard`).
@@ -386,7 +385,6 @@ impl Conn {
                 permit,
                 principal: session.principal,
                 probe,
-                probed: false,
                 op: 0,
                 started: std::time::Instant::now(),
                 reservation: None,

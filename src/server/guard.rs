@@ -19,10 +19,12 @@
 //! and the PIN checks do the same around each check. Hits cost a lookup
 //! and are never held back. The slack left: an address's requests to
 //! several brands are admitted by each brand's applier, so its budget may
-//! be passed by one miss per brand applying at that moment, and by the PIN
-//! checks already running (`MAX_PIN_CHECKS_AT_ONCE`).
+//! be passed by one miss per brand applying at that moment, and PIN
+//! guesses by one per check running (`MAX_PIN_CHECKS_AT_ONCE`) or daemon
+//! thread deciding at that moment.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -170,43 +172,53 @@ pub fn rate_limited() -> Refusal {
 }
 
 /// The probing budgets one signed request counts against: its signer's
-/// (a terminal, or an owner's namespace) and its peer address's.
-#[derive(Clone)]
+/// (a terminal, or an owner's namespace) and its peer address's. Its
+/// probing answer counts once, wherever it is found first (the applier, a
+/// PIN check, the write of the answer).
 pub struct Probe {
     guard: Arc<Guard>,
-    signer: GuardKey,
-    addr: Option<GuardKey>,
+    /// The signer's key: (brand, terminal or owner namespace). Kept small,
+    /// as every answer in flight carries its probe.
+    signer: (u32, u32),
+    ip: Option<IpAddr>,
+    counted: AtomicBool,
 }
 
 impl Probe {
-    /// The budgets of a request signed by `signer` from `ip`.
-    pub fn new(guard: Arc<Guard>, signer: GuardKey, ip: Option<IpAddr>) -> Self {
+    /// The budgets of a request of `brand` signed by `namespace` (a
+    /// terminal id, or an owner's txn namespace) from `ip`.
+    pub fn new(guard: Arc<Guard>, (brand, namespace): (u32, u32), ip: Option<IpAddr>) -> Self {
         Probe {
             guard,
-            signer,
-            addr: ip.map(GuardKey::CardMissAddr),
+            signer: (brand, namespace),
+            ip,
+            counted: AtomicBool::new(false),
         }
+    }
+
+    fn keys(&self) -> [Option<GuardKey>; 2] {
+        let (brand, namespace) = self.signer;
+        let signer = GuardKey::CardMissTerminal(brand, namespace);
+        [Some(signer), self.ip.map(GuardKey::CardMissAddr)]
     }
 
     /// `Err(RATE_LIMITED)` while either budget is spent.
     pub fn admit(&self) -> Result<(), Refusal> {
-        if self.guard.any_blocked([Some(self.signer), self.addr]) {
+        if self.guard.any_blocked(self.keys()) {
             return Err(rate_limited());
         }
         Ok(())
     }
 
-    /// Counts `code` against both budgets if it is a probing answer;
-    /// true if it was.
-    pub fn count(&self, code: E) -> bool {
-        if !is_probing(code) {
-            return false;
+    /// Counts `code` against both budgets if it is a probing answer and
+    /// this request's was not counted yet.
+    pub fn count(&self, code: E) {
+        if !is_probing(code) || self.counted.swap(true, Ordering::Relaxed) {
+            return;
         }
-        self.guard.fail(self.signer);
-        if let Some(addr) = self.addr {
-            self.guard.fail(addr);
+        for key in self.keys().into_iter().flatten() {
+            self.guard.fail(key);
         }
-        true
     }
 }
 
@@ -310,14 +322,21 @@ mod tests {
     fn a_probe_counts_misses_against_signer_and_address() {
         let g = Arc::new(Guard::new(10, 2));
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
-        let till = Probe::new(g.clone(), GuardKey::CardMissTerminal(1, 2), Some(ip));
-        let neighbour = Probe::new(g.clone(), GuardKey::CardMissTerminal(1, 3), Some(ip));
-        assert!(!till.count(E::InsufficientFunds), "not probing");
-        assert!(till.count(E::CardNotFound));
-        assert!(till.count(E::WrongPin));
-        assert!(till.admit().is_ok() && neighbour.admit().is_ok());
-        assert!(till.count(E::PinBlockInvalid), "the third blocks (limit 2)");
-        assert_eq!(till.admit().unwrap_err().code, E::RateLimited);
+        let probe = |id| Probe::new(g.clone(), (1, id), Some(ip));
+        let neighbour = probe(3);
+        let answered = probe(2);
+        answered.count(E::InsufficientFunds);
+        answered.count(E::CardNotFound);
+        answered.count(E::CardNotFound);
+        assert!(answered.admit().is_ok(), "one request's miss counts once");
+        probe(2).count(E::WrongPin);
+        assert!(answered.admit().is_ok() && neighbour.admit().is_ok());
+        probe(2).count(E::PinBlockInvalid);
+        assert_eq!(
+            answered.admit().unwrap_err().code,
+            E::RateLimited,
+            "limit 2"
+        );
         // The address is spent too: another till behind it waits as well.
         assert_eq!(neighbour.admit().unwrap_err().code, E::RateLimited);
     }

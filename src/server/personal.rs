@@ -74,15 +74,14 @@ pub(super) async fn serve(
     brand: BrandHandle,
     who: Who,
     sub: Submission,
-    mut reply: ReplyTo,
+    reply: ReplyTo,
 ) {
     // A PIN check costs an Argon2 hash: none for a signer or address over
     // its probing budget. A wrong PIN counts at once (`guard`).
     if let Err(refusal) = reply.admit() {
         return reply.send(Err(refusal));
     }
-    let probe = reply.probe().clone();
-    match run(&shared, &brand, who, sub, &probe).await {
+    match run(&shared, &brand, who, sub, reply.probe()).await {
         Done::Submit(sub) => {
             if let Err(reply) = brand.submit_to(sub, reply) {
                 reply.send(Err(Refusal::new(E::Internal, "server stopping")));
@@ -263,15 +262,20 @@ async fn check_block(
         card: card_text,
         purpose: Purpose::Present,
     };
-    let pin = shared
+    // Guesses admitted together are asked here one by one, and a block
+    // that does not open counts before the next is opened.
+    probe.admit()?;
+    let pin = match shared.pins.key().open(block, &binding) {
+        Ok(pin) => pin,
+        Err(e) => {
+            let refusal = block_refusal(e);
+            probe.count(refusal.code);
+            return Err(refusal);
+        }
+    };
+    let verdict = shared
         .pins
-        .key()
-        .open(block, &binding)
-        .map_err(block_refusal)?;
-    // Asked again once its turn comes: guesses admitted together must not
-    // all be checked after the budget is spent by the first of them.
-    let verdict = (shared.pins)
-        .check(who.brand_id, card, pin, || probe.admit())
+        .check(who.brand_id, card, pin, Some(probe))
         .await?;
     if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
         lock(shared, brand, who.brand_id, card_text).await;

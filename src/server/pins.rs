@@ -20,6 +20,7 @@ use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::guard::Probe;
 use crate::error::Refusal;
 use crate::limits::*;
 use crate::pb::ErrorCode as E;
@@ -226,22 +227,28 @@ impl PinStore {
     }
 
     /// Checks `pin` for the card, counting a wrong try durably before it
-    /// answers. Runs Argon2id on a blocking thread, in turn, if `admit`
-    /// (asked when the turn comes: the probing budgets) lets it.
+    /// answers. Runs Argon2id on a blocking thread, in turn. With `probe`
+    /// (the request's probing budgets), only if they admit it when its
+    /// turn comes, and a wrong PIN counts against them before the turn
+    /// passes on: guesses sent together are checked as if one by one.
     pub async fn check(
         self: &Arc<Self>,
         brand: u32,
         card: u64,
         pin: String,
-        admit: impl FnOnce() -> Result<(), Refusal>,
+        probe: Option<&Probe>,
     ) -> Result<Verdict, Refusal> {
         let _busy = self.claim(brand, card)?;
         let _turn = self.turn().await?;
-        admit()?;
+        probe.map_or(Ok(()), Probe::admit)?;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.check_blocking(brand, card, &pin))
+        let verdict = tokio::task::spawn_blocking(move || this.check_blocking(brand, card, &pin))
             .await
-            .map_err(|e| storage("check task", e))?
+            .map_err(|e| storage("check task", e))??;
+        if let (Some(probe), Some(refusal)) = (probe, verdict.refusal()) {
+            probe.count(refusal.code);
+        }
+        Ok(verdict)
     }
 
     fn check_blocking(&self, brand: u32, card: u64, pin: &str) -> Result<Verdict, Refusal> {
@@ -372,26 +379,26 @@ mod tests {
     async fn five_wrong_tries_lock_the_card_in_a_new_store_too() {
         let (dir, server, store) = fixture();
         assert_eq!(
-            store.check(7, CARD, "1234".into(), || Ok(())).await,
+            store.check(7, CARD, "1234".into(), None).await,
             Ok(Verdict::NoPin)
         );
         let hash = store.hash("1234".into()).await.unwrap();
         store.set(7, CARD, hash, 20).await.unwrap();
         assert_eq!(
-            store.check(7, CARD, "1234".into(), || Ok(())).await,
+            store.check(7, CARD, "1234".into(), None).await,
             Ok(Verdict::Verified)
         );
         for left in (1..MAX_WRONG_PIN_TRIES).rev() {
-            let v = store.check(7, CARD, "9999".into(), || Ok(())).await;
+            let v = store.check(7, CARD, "9999".into(), None).await;
             assert_eq!(v, Ok(Verdict::Wrong { left }));
         }
         let reopened = Arc::new(PinStore::new(dir.path(), &server));
-        let last = reopened.check(7, CARD, "9999".into(), || Ok(())).await;
+        let last = reopened.check(7, CARD, "9999".into(), None).await;
         assert_eq!(last, Ok(Verdict::Wrong { left: 0 }));
-        let right = reopened.check(7, CARD, "1234".into(), || Ok(())).await;
+        let right = reopened.check(7, CARD, "1234".into(), None).await;
         assert_eq!(right, Ok(Verdict::Locked));
         reopened.unlock(7, CARD).await.unwrap();
-        let right = reopened.check(7, CARD, "1234".into(), || Ok(())).await;
+        let right = reopened.check(7, CARD, "1234".into(), None).await;
         assert_eq!(right, Ok(Verdict::Verified));
         let file = std::fs::read_to_string(reopened.path(7, CARD)).unwrap();
         assert!(
@@ -410,7 +417,7 @@ mod tests {
         let earlier = store.hash("1111".into()).await.unwrap();
         assert!(!store.lacks(7, CARD, 30).await.unwrap());
         store.set(7, CARD, earlier, 30).await.unwrap();
-        let now = store.check(7, CARD, "2222".into(), || Ok(())).await;
+        let now = store.check(7, CARD, "2222".into(), None).await;
         assert_eq!(now, Ok(Verdict::Verified));
         assert!(!store.lacks(7, CARD, 31).await.unwrap(), "kept: 31");
         assert!(

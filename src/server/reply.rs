@@ -59,9 +59,6 @@ pub(super) struct Pending {
     pub(super) principal: Principal,
     /// The probing budgets its answer counts against.
     pub(super) probe: Probe,
-    /// Its probing answer was counted where it was found (the applier, a
-    /// PIN check): not again when it is written.
-    pub(super) probed: bool,
     /// The operation, for the metrics (`metrics::op_index`; 0 until decoded).
     pub(super) op: u8,
     /// When the request was read, for the latency histogram.
@@ -103,9 +100,9 @@ impl ReplyTo {
 
     /// Counts `answer` against the probing budgets at once if it is a
     /// probing one, so that the next request is admitted or not on it.
-    pub(super) fn found(&mut self, answer: &Answer) {
+    pub(super) fn found(&self, answer: &Answer) {
         if let Err(refusal) = answer {
-            self.pending.probed |= self.pending.probe.count(refusal.code);
+            self.pending.probe.count(refusal.code);
         }
     }
 }
@@ -225,14 +222,12 @@ async fn bounded(
 
 /// The wire form of a request's answer; a probing answer not counted where
 /// it was found (`guard::is_probing`) counts against the terminal's and the
-/// address's budgets now.
+/// address's budgets now (`Probe::count` counts it once).
 fn answer_message(pending: &Pending, answer: Answer) -> ServerMessage {
     let body = match answer {
         Ok(reply) => server_message::Body::Reply(reply),
         Err(refusal) => {
-            if !pending.probed {
-                pending.probe.count(refusal.code);
-            }
+            pending.probe.count(refusal.code);
             tracing::info!(principal = ?pending.principal, code = ?refusal.code, "refused: {}", refusal.message);
             server_message::Body::Error(refusal.into())
         }

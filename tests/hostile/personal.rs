@@ -254,3 +254,50 @@ async fn a_till_guessing_pins_across_many_cards_is_rate_limited_after_twenty() {
         "{checked}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_pin_blocks_get_no_more_than_the_budget() {
+    const BUDGET: usize = 2;
+    const SENT: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = BUDGET.to_string();
+    let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", &budget]);
+    let cards = demo.manifest.cards.clone();
+    // Purchases with PIN blocks that do not open (no Argon2 to wait for),
+    // all in flight at once on one connection.
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let mut f = sign_on(d.addr, &key).await;
+    let mut bytes = Vec::new();
+    for (i, card) in cards.iter().cycle().take(SENT).enumerate() {
+        let op = Op::Purchase(pb::Purchase {
+            card: card.clone(),
+            amount_minor: 100,
+            pin_block: vec![7; 120],
+            ..Default::default()
+        });
+        let req = request(demo.manifest.brand_id, 100 + i as u64, op);
+        bytes.extend(signed_frame(&key, i as u64, &req));
+    }
+    bounded(tokio::io::AsyncWriteExt::write_all(f.get_mut(), &bytes))
+        .await
+        .expect("write");
+    let mut codes = Vec::with_capacity(SENT);
+    for _ in 0..SENT {
+        codes.push(expect_error(&raw_recv(&mut f).await));
+    }
+    let invalid = codes.iter().filter(|c| **c == E::PinBlockInvalid).count();
+    let limited = codes.iter().filter(|c| **c == E::RateLimited).count();
+    // The budget's, the one past it, and at most one more per daemon
+    // thread deciding at the same moment (each is admitted, opened and
+    // counted with nothing awaited in between).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(
+        invalid <= BUDGET + threads,
+        "{invalid} of {SENT} pipelined PIN blocks answered PIN_BLOCK_INVALID (budget {BUDGET})"
+    );
+    assert_eq!(
+        invalid + limited,
+        SENT,
+        "the rest are RATE_LIMITED: {codes:?}"
+    );
+}
