@@ -1234,6 +1234,60 @@ mod tests {
         Arc::new(DiskStore::open(dir).unwrap())
     }
 
+    /// Refuses every submission once it has seen one refusal, as the
+    /// daemon's probing budget does once it is spent.
+    #[derive(Default)]
+    struct OneMiss {
+        seen: Vec<usize>,
+        spent: bool,
+    }
+
+    impl Gate for OneMiss {
+        fn before(&mut self, _: usize) -> Result<(), Refusal> {
+            match self.spent {
+                true => Err(Refusal::new(ErrorCode::RateLimited, "spent")),
+                false => Ok(()),
+            }
+        }
+        fn after(&mut self, i: usize, answer: &Answer) {
+            self.seen.push(i);
+            self.spent |= matches!(answer, Err(r) if r.code == ErrorCode::CardNotFound);
+        }
+    }
+
+    /// The gate is asked between submissions of one batch: a refusal it
+    /// sees stops the rest of the batch unapplied, hits and misses alike.
+    #[test]
+    fn a_gate_sees_each_answer_before_the_next_submission_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ledger, card) = testing::provision(store(dir.path()), "s", 10_000);
+        let till = |txn, card: &str| {
+            let op = testing::purchase(card, 100, false);
+            testing::signed(&testing::terminal_key(), Principal::Terminal(1), txn, op)
+        };
+        let unknown = crate::card_number::generate(BRAND);
+        let subs = [till(2, &card), till(3, &unknown), till(4, &card)];
+        let seq = ledger.state.seq;
+        let mut gate = OneMiss::default();
+        let batch = ledger.apply_batch_gated(&subs, &[], &mut gate);
+        let codes: Vec<_> = batch
+            .answers
+            .iter()
+            .map(|a| a.as_ref().err().map(|r| r.code))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                None,
+                Some(ErrorCode::CardNotFound),
+                Some(ErrorCode::RateLimited)
+            ]
+        );
+        assert_eq!(gate.seen, [0, 1, 2]);
+        assert_eq!(ledger.state.seq, seq + 1, "only the first was applied");
+        assert_eq!(batch.written.len(), 1);
+    }
+
     fn recovered(store: &Arc<dyn LogStore>) -> BrandLedger {
         BrandLedger::recover(store.clone(), testing::server_key(), BRAND).unwrap()
     }
