@@ -164,7 +164,7 @@ pub fn is_probing(code: E) -> bool {
 }
 
 /// The refusal of a request whose signer or address is over its budget.
-pub fn rate_limited() -> Refusal {
+fn rate_limited() -> Refusal {
     Refusal::new(
         E::RateLimited,
         "too many unknown cards or wrong PINs; wait before trying again",

@@ -84,9 +84,7 @@ impl ReplyTo {
         }
         let _ = self.tx.send((self.pending, answer));
     }
-}
 
-impl ReplyTo {
     /// Refused unapplied (`RATE_LIMITED`) while its probing budgets are
     /// spent: asked by the applier just before the request is applied.
     pub(super) fn admit(&self) -> Result<(), Refusal> {
