@@ -335,6 +335,11 @@ pub const MIN_PHONE_DIGITS: usize = 5;
 /// Holders kept per brand by the server's holder store (it is rewritten
 /// whole on each change, so its size bounds the cost of a change).
 pub const MAX_HOLDERS_PER_BRAND: usize = 200_000;
+/// A brand's holder-store calls (`HolderData`, `FindCard`, `SetHolder`'s
+/// check, `EraseHolder`) running or waiting at once; more are refused
+/// `SERVER_BUSY`. Each holds one of the blocking threads PIN checks of
+/// every brand also use.
+pub const MAX_HOLDER_CALLS_PER_BRAND: usize = 16;
 /// PIN digits (ISO 9564: 4 to 12).
 pub const MIN_PIN_DIGITS: usize = 4;
 /// Longest PIN.

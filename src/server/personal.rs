@@ -18,6 +18,7 @@
 //!   `SetPinLock` (unlock) zeroes the count once its record is.
 use std::sync::Arc;
 
+use super::holders::HolderStore;
 use super::pins::Verdict;
 use super::reply::ReplyTo;
 use super::writer::BrandHandle;
@@ -132,6 +133,22 @@ fn card_of(who: Who, card: &str) -> Result<u64, Refusal> {
     }
 }
 
+/// Runs `f` on the holder store off the runtime's workers, if `brand`
+/// has a place left among its calls (`HolderStore::admit`).
+async fn bounded<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    brand: u32,
+    f: impl FnOnce(&HolderStore) -> Result<T, super::holders::HolderError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let admitted = shared.holders.admit(brand)?;
+    let store = shared.holders.clone();
+    blocking(move || {
+        let _place = admitted;
+        f(&store)
+    })
+    .await
+}
+
 /// Runs a blocking holder-store call off the runtime's workers (fsync).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, super::holders::HolderError> + Send + 'static,
@@ -163,8 +180,9 @@ async fn holder_data(
         Some(false) => return Err(Refusal::new(E::CardNotFound, "card not found")),
         None => return Err(Refusal::new(E::Internal, "server stopping")),
     }
-    let (store, name, phone) = (shared.holders.clone(), h.name.clone(), h.phone.clone());
-    let commitment = blocking(move || store.put(who.brand_id, card, &name, &phone)).await?;
+    let (name, phone) = (h.name.clone(), h.phone.clone());
+    let put = move |store: &HolderStore| store.put(who.brand_id, card, &name, &phone);
+    let commitment = bounded(shared, who.brand_id, put).await?;
     Ok(Ok(pb::Reply {
         holder_commitment: commitment.to_vec(),
         ..Default::default()
@@ -173,9 +191,10 @@ async fn holder_data(
 
 async fn find_card(shared: &Arc<Shared>, who: Who, f: &pb::FindCard) -> Result<Answer, Refusal> {
     require_owner(who)?;
-    let (store, phone) = (shared.holders.clone(), f.phone.clone());
+    let phone = f.phone.clone();
     let max = crate::limits::MAX_FOUND_CARDS;
-    let cards = blocking(move || store.find(who.brand_id, &phone, max)).await?;
+    let find = move |store: &HolderStore| store.find(who.brand_id, &phone, max);
+    let cards = bounded(shared, who.brand_id, find).await?;
     Ok(Ok(pb::Reply {
         holder: Some(pb::HolderFound {
             cards: cards.into_iter().map(crate::state::format_card).collect(),
@@ -192,8 +211,9 @@ async fn set_holder(
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, &h.card)?;
-    let (store, commitment) = (shared.holders.clone(), h.commitment.clone());
-    if !blocking(move || store.holds(who.brand_id, card, &commitment)).await? {
+    let commitment = h.commitment.clone();
+    let holds = move |store: &HolderStore| store.holds(who.brand_id, card, &commitment);
+    if !bounded(shared, who.brand_id, holds).await? {
         return Err(Refusal::new(
             E::InvalidArgument,
             "no holder with this commitment for the card: send the holder's data first (HolderData)",
@@ -210,10 +230,10 @@ async fn erase_holder(
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, card)?;
-    let store = shared.holders.clone();
     // Forgotten before the record: a record saying "erased" must never
     // stand beside a person still kept.
-    blocking(move || store.erase(who.brand_id, card)).await?;
+    let erase = move |store: &HolderStore| store.erase(who.brand_id, card);
+    bounded(shared, who.brand_id, erase).await?;
     Ok(Done::Submit(sub))
 }
 
@@ -437,7 +457,8 @@ async fn replace_card(
     if answer.is_ok() {
         let store = shared.holders.clone();
         // The record stands whatever happens here: a failed move is the
-        // operator's to repair (set-holder, set-pin), and is logged.
+        // operator's to repair (set-holder, set-pin), and is logged. Not
+        // `bounded`: a move refused as busy would be one more to repair.
         if let Err(refusal) = blocking(move || store.rename(who.brand_id, old, new)).await {
             tracing::error!(brand = who.brand_id, %refusal, "holder not moved to the new card");
         }
