@@ -381,17 +381,11 @@ async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
     stop(d);
 }
 
-#[tokio::test]
-async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo(dir.path());
-    let card = demo.manifest.cards[3].clone();
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 11, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
-    set_pin(&mut t, &card, 100, PIN, None)
-        .await
-        .expect("first PIN");
+/// A PIN change whose record stands but whose hash the PIN store could
+/// not keep: `card` had `PIN`, the change (txn 101) is to "1111". Returns
+/// the change as sent, for the till to resend.
+async fn a_change_whose_hash_was_lost(t: &mut Client, demo: &Demo, card: &str) -> pb::Request {
+    set_pin(t, card, 100, PIN, None).await.expect("first PIN");
     // The card's one file in the PIN store; a directory where its next
     // version would be written makes the store fail once.
     let pins = demo.data.join("pins").join("brand-1");
@@ -402,24 +396,34 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     assert_eq!(files.len(), 1, "one card has a PIN");
     let mut blocker = files[0].path().into_os_string();
     blocker.push(".tmp");
-    std::fs::create_dir_all(PathBuf::from(&blocker).join("in-the-way")).unwrap();
-    // The change's record stands, its hash could not be stored.
+    let blocker = PathBuf::from(blocker);
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
     let change = t.request(
         101,
         Op::SetPin(pb::SetPin {
-            card: card.clone(),
-            pin_block: t.pin_block(101, &card, Purpose::New, "1111").unwrap(),
-            old_pin_block: t.pin_block(101, &card, Purpose::Present, PIN).unwrap(),
+            card: card.into(),
+            pin_block: t.pin_block(101, card, Purpose::New, "1111").unwrap(),
+            old_pin_block: t.pin_block(101, card, Purpose::Present, PIN).unwrap(),
         }),
     );
-    let failed = call_req(&mut t, &change).await;
+    let failed = call_req(t, &change).await;
     assert_eq!(failed.unwrap_err(), E::StorageFailure);
-    assert_eq!(
-        status_of(&mut t, 101).await.state(),
-        pb::TxnState::Committed
-    );
-    // The store works again; the till resends the change as it was.
+    assert_eq!(status_of(t, 101).await.state(), pb::TxnState::Committed);
+    // The store works again.
     std::fs::remove_dir_all(&blocker).unwrap();
+    change
+}
+
+#[tokio::test]
+async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
+    // The till resends the change as it was.
     let again = call_req(&mut t, &change).await.expect("the resent change");
     assert!(again.replayed);
     // As the ledger says: the new PIN pays, the old one is wrong.
@@ -434,6 +438,44 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
     drop((t, o));
     stop(d);
+}
+
+/// The same change resent after the server key rotated: its block, sealed
+/// to the old key, no longer opens. The till still gets the ledger's
+/// answer (not PIN_BLOCK_INVALID for a change that stands), the log tells
+/// the owner to set the PIN again, and once they do, that PIN pays.
+#[tokio::test]
+async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
+    drop((t, o));
+    stop(d);
+    let data = demo.data.to_str().unwrap();
+    run::cardd_ok(["rotate-server-key", "--data", data]);
+    let (d, log) = Daemon::start_logged(&demo.data, &["--demo"], "warn");
+    let mut t = demo.terminal(d.addr, 0).await;
+    let again = call_req(&mut t, &change)
+        .await
+        .expect("the ledger's answer");
+    assert!(again.replayed);
+    let mut o = demo.owner(d.addr).await;
+    set_pin(&mut o, &card, 12, "2222", None)
+        .await
+        .expect("the owner sets the PIN again");
+    let r = pay(&mut t, 102, &card, 100, Some("2222")).await;
+    assert_eq!(purchased(&r.expect("the owner's PIN")).approved_minor, 100);
+    drop((t, o));
+    stop(d);
+    let log = log.join().expect("the log");
+    assert!(
+        log.contains("the owner must set the card's PIN again"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
