@@ -15,7 +15,9 @@
 //!   a `SetPinLock` of its own (CARD_PIN_LOCKED) before it answers.
 //!   `SetPin` stores the new hash once its record is durable (a resent one
 //!   too, if its hash was never stored), the owner's
-//!   `SetPinLock` (unlock) zeroes the count once its record is.
+//!   `SetPinLock` (unlock) zeroes the count once its record is. Both hold
+//!   the card (`pins::Held`) from before the record until the store has
+//!   changed, so no PIN try sees the store and the ledger disagree.
 use std::sync::Arc;
 
 use super::holders::HolderStore;
@@ -268,10 +270,14 @@ async fn check_block(
         .key()
         .open(block, &binding)
         .map_err(block_refusal)?;
-    let verdict = shared.pins.check(who.brand_id, card, pin).await?;
+    let held = shared.pins.claim(who.brand_id, card)?;
+    let verdict = held.check(pin).await?;
     if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
+        // Still held: an owner's unlock waiting for the card comes after
+        // this lock in the ledger, never before it.
         lock(shared, brand, who.brand_id, card_text).await;
     }
+    drop(held);
     if let Some(refusal) = verdict.refusal() {
         tracing::info!(brand = who.brand_id, principal = ?who.principal, code = ?refusal.code, "PIN refused");
         return Err(refusal);
@@ -363,6 +369,9 @@ async fn set_pin(
         return set_pin_after(shared, brand, (who.brand_id, card), || Ok(pin), sub).await;
     }
     let hash = shared.pins.hash(pin).await?;
+    // Held from before the record (which lifts any lock) until the new
+    // hash and its fresh count are kept: see `unlock_pin`.
+    let held = shared.pins.hold(who.brand_id, card).await?;
     let answer = brand
         .submit(sub)
         .await
@@ -370,10 +379,7 @@ async fn set_pin(
     // The hash is kept only once the record stands: a refused change
     // leaves the old PIN in force.
     if let Ok(reply) = &answer {
-        shared
-            .pins
-            .set(who.brand_id, card, hash, seq_of(reply))
-            .await?;
+        held.set(hash, seq_of(reply)).await?;
     }
     Ok(Done::Answer(answer))
 }
@@ -478,12 +484,18 @@ async fn unlock_pin(
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, card_text)?;
+    // Held from before the record until the count is reset, so that the
+    // two are one step for PIN tries: a try between them would find the
+    // old count, five, and lock the card again (a CARD_PIN_LOCKED record
+    // right after the owner's unlock). Tries meanwhile are turned away
+    // (SERVER_BUSY), and a lock being written goes before the unlock.
+    let held = shared.pins.hold(who.brand_id, card).await?;
     let answer = brand
         .submit(sub)
         .await
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
     if answer.is_ok() {
-        shared.pins.unlock(who.brand_id, card).await?;
+        held.unlock().await?;
     }
     Ok(Done::Answer(answer))
 }

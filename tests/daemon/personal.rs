@@ -2,8 +2,11 @@
 //! ledger, the export, the logs or (after an erase) any file of the data
 //! directory; wrong PINs counted durably, refused without records.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cardd::limits::MAX_WRONG_PIN_TRIES;
 use cardd::pin::Purpose;
 
 use super::*;
@@ -519,4 +522,95 @@ async fn pin_changes_the_state_refuses_are_refused_without_a_hash_however_many()
     // The PIN is the one set: the refusals changed nothing.
     let r = pay(&mut t, 101, &card, 100, Some(PIN)).await;
     assert_eq!(purchased(&r.expect("the PIN")).approved_minor, 100);
+}
+
+/// What an owner sends to lift a lock: the unlock, or a new PIN (which
+/// lifts it too).
+fn lift(o: &Client, txn: u64, card: &str, by_new_pin: bool) -> pb::Request {
+    let op = if by_new_pin {
+        Op::SetPin(pb::SetPin {
+            card: card.into(),
+            pin_block: o.pin_block(txn, card, Purpose::New, PIN).unwrap(),
+            old_pin_block: Vec::new(),
+        })
+    } else {
+        Op::SetPinLock(pb::SetPinLock {
+            card: card.into(),
+            locked: false,
+        })
+    };
+    o.request(txn, op)
+}
+
+/// A till typing the right PIN at a locked card in a loop, from `txn`
+/// on, until `stop`; tells `racing` once it was refused PIN_LOCKED (so it
+/// is racing what comes next). Returns the next free txn id.
+async fn keep_typing(
+    mut c: Client,
+    card: String,
+    mut txn: u64,
+    racing: tokio::sync::oneshot::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut racing = Some(racing);
+    while !stop.load(Ordering::Relaxed) {
+        txn += 1;
+        match pay(&mut c, txn, &card, 1, Some(PIN)).await {
+            Err(E::PinLocked) => {
+                if let Some(tell) = racing.take() {
+                    let _ = tell.send(());
+                }
+            }
+            // Paid once unlocked, or turned away while another check
+            // (or the unlock itself) holds the card.
+            Ok(_) | Err(E::ServerBusy) => {}
+            Err(other) => panic!("try {txn}: {other:?}"),
+        }
+    }
+    txn
+}
+
+/// Lifting a lock (the owner's unlock, or a new PIN) is one step for PIN
+/// tries: a try racing it is counted before it (refused, locked) or after
+/// it (against a fresh count), never between its record and the reset of
+/// the count, where the stale count would lock the card again at once.
+#[tokio::test]
+async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let other_till = read_key_file(&demo.terminal_key_path(1)).unwrap();
+    let (mut txn, mut racer_txn) = (100, 0);
+    for round in 0..6u64 {
+        for _ in 0..MAX_WRONG_PIN_TRIES {
+            txn += 1;
+            let r = pay(&mut t, txn, &card, 1, Some(WRONG)).await;
+            assert_eq!(r.unwrap_err(), E::WrongPin, "round {round}, try {txn}");
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let (racing, raced) = tokio::sync::oneshot::channel();
+        let racer = connect(d.addr, other_till.clone()).await;
+        let racer = tokio::spawn(keep_typing(
+            racer,
+            card.clone(),
+            racer_txn,
+            racing,
+            done.clone(),
+        ));
+        bounded(raced).await.expect("the racing till was refused");
+        let lift = lift(&o, 20 + round, &card, round % 2 == 1);
+        let lifted = call_req(&mut o, &lift).await;
+        lifted.unwrap_or_else(|e| panic!("round {round}: lifting the lock: {e:?}"));
+        done.store(true, Ordering::Relaxed);
+        racer_txn = bounded(racer).await.unwrap();
+        txn += 1;
+        let r = pay(&mut t, txn, &card, 1, Some(PIN)).await;
+        r.unwrap_or_else(|e| panic!("round {round}: the right PIN after the lift: {e:?}"));
+    }
+    drop((t, o));
+    stop(d);
 }
