@@ -6,7 +6,8 @@
 //!   record (the person never enters the ledger).
 //! * `SetHolder`: submitted only if its commitment is the one the store
 //!   answered for the card's holder.
-//! * `EraseHolder`: the store forgets first (durably), then the record.
+//! * `EraseHolder`: if the state would write its record, the store forgets
+//!   first (durably), then the record; otherwise the store is untouched.
 //! * A purchase or redemption with a PIN block, `SetPin` with an old PIN:
 //!   the block is opened and checked (Argon2id, bounded, on a blocking
 //!   thread); a wrong PIN is counted and refused without a record; a right
@@ -31,7 +32,7 @@ use crate::ledger::{Answer, Submission};
 use crate::pb::request::Op;
 use crate::pb::{self, ErrorCode as E};
 use crate::pin::{Binding, PinError, Purpose};
-use crate::state::Principal;
+use crate::state::{EraseFate, Principal};
 
 /// Who sent the request (from its session).
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +98,7 @@ async fn run(shared: &Arc<Shared>, brand: &BrandHandle, who: Who, sub: Submissio
         Some(Op::HolderData(h)) => holder_data(shared, brand, who, &h).await.map(Done::Answer),
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
-        Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
+        Some(Op::EraseHolder(e)) => erase_holder(shared, brand, who, &e.card, sub).await,
         Some(Op::Purchase(p)) => spend(shared, brand, who, (&p.card, &p.pin_block), sub).await,
         Some(Op::RedeemPoints(r)) => spend(shared, brand, who, (&r.card, &r.pin_block), sub).await,
         Some(Op::SetPin(p)) => set_pin(shared, brand, who, &p, sub).await,
@@ -226,14 +227,28 @@ async fn set_holder(
 
 async fn erase_holder(
     shared: &Arc<Shared>,
+    brand: &BrandHandle,
     who: Who,
     card: &str,
     sub: Submission,
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, card)?;
+    // Asked first: an erase the state refuses changes nothing (the person
+    // stays), and a resend of one that stands is answered from the ledger
+    // without forgetting a holder named since.
+    let fate = brand
+        .erase_fate(sub.signer_key, sub.decoded().clone())
+        .await;
+    match fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))? {
+        EraseFate::Refused(refusal) => return Err(refusal),
+        EraseFate::Seen => return Ok(Done::Submit(sub)),
+        EraseFate::Written => {}
+    }
     // Forgotten before the record: a record saying "erased" must never
-    // stand beside a person still kept.
+    // stand beside a person still kept. Should the state refuse it after
+    // all (it changed between the question and the record: see
+    // docs/security.md), the person is gone and no record says so.
     let erase = move |store: &HolderStore| store.erase(who.brand_id, card);
     bounded(shared, who.brand_id, erase).await?;
     Ok(Done::Submit(sub))

@@ -215,6 +215,27 @@ impl BrandHandle {
         rx.await.ok()
     }
 
+    /// What the state would do now with `req`, the owner's EraseHolder
+    /// signed with `signer_key` (`state::erase_fate`). `None` if the writer
+    /// has stopped.
+    pub async fn erase_fate(
+        &self,
+        signer_key: [u8; 32],
+        req: crate::pb::Request,
+    ) -> Option<crate::state::EraseFate> {
+        let (tx, rx) = oneshot::channel();
+        let read: ReadFn = Box::new(move |state| {
+            let fate = crate::state::erase_fate(state, &signer_key, &req);
+            Box::new(move || {
+                let _ = tx.send(fate);
+            })
+        });
+        if !self.read(read) {
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// True if `card` has a PIN (or a PIN lock); false for a card without
     /// one or no such card. `None` if the writer has stopped.
     pub async fn card_has_pin(&self, card: u64) -> Option<bool> {

@@ -614,3 +614,67 @@ async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again
     drop((t, o));
     stop(d);
 }
+
+/// True if the store still answers `card` for the holder's phone.
+fn holder_kept(d: &Daemon, demo: &Demo, card: &str) -> bool {
+    let found = admin(d, demo, &["find-card", "--phone", PHONE]);
+    found.trim() == card
+}
+
+/// An erase the state machine refuses (or answers from the ledger, being a
+/// resend) changes nothing: the holder stays in the store, findable, and
+/// the card named; only an erase that writes its record forgets.
+#[tokio::test]
+async fn an_erase_the_state_refuses_or_answers_from_the_ledger_keeps_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[1].clone();
+    let named = [
+        "set-holder",
+        "--card",
+        &card,
+        "--name",
+        NAME,
+        "--phone",
+        PHONE,
+    ];
+    admin(&d, &demo, &named);
+    let mut o = demo.owner(d.addr).await;
+    let erase = |o: &Client, txn| {
+        let op = Op::EraseHolder(pb::EraseHolder { card: card.clone() });
+        o.request(txn, op)
+    };
+    // Refused by the state machine: an operator it does not take, and no
+    // transaction id.
+    let mut bad_operator = erase(&o, 30);
+    bad_operator.operator = "till\n7".into();
+    let mut no_txn = erase(&o, 31);
+    no_txn.txn_id = 0;
+    for (req, code) in [
+        (bad_operator, E::InvalidArgument),
+        (no_txn, E::InvalidArgument),
+    ] {
+        assert_eq!(call_req(&mut o, &req).await.unwrap_err(), code);
+        assert!(holder_kept(&d, &demo, &card), "refused {req:?}");
+    }
+    // An erase that stands forgets; the holder is named again; the first
+    // erase resent is answered from the ledger and forgets no one.
+    let first = erase(&o, 32);
+    let erased = call_req(&mut o, &first).await.expect("erased");
+    assert!(!erased.replayed);
+    assert!(!holder_kept(&d, &demo, &card));
+    admin(&d, &demo, &named);
+    let again = call_req(&mut o, &first).await.expect("answered");
+    assert!(again.replayed);
+    assert!(
+        holder_kept(&d, &demo, &card),
+        "a resend forgot the new holder"
+    );
+    let mut t = demo.terminal(d.addr, 0).await;
+    assert!(inquiry(&mut t, &card).await.named);
+    drop((t, o));
+    stop(d);
+    // Records: set-holder, erase, set-holder.
+    let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
+    assert_eq!(report["records"], FIRST_SEQ + 2);
+}
