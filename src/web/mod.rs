@@ -4,12 +4,14 @@
 //! binary, no script at all, strict security headers.
 //!
 //! Login is a single-use link from `cardd admin web-login` (a signed
-//! `WebLogin`, `server/web_login.rs`); opening it sets an HttpOnly,
-//! SameSite=Strict session cookie. Links and sessions live in memory
+//! `WebLogin`, `server/web_login.rs`); opening it shows a confirmation
+//! form whose same-origin post sets an HttpOnly, SameSite=Strict session
+//! cookie (`signin.rs`: no other site can sign a browser in). Links and sessions live in memory
 //! ([`Logins`]). Pages read a brand's state through its writer
 //! ([`Reader`]), between batches, and show it once durable.
 mod logins;
 mod pages;
+mod signin;
 mod view;
 
 use std::collections::HashMap;
@@ -25,11 +27,12 @@ use tokio::sync::{oneshot, Semaphore};
 
 pub use logins::{Grant, Link, Logins, Refused};
 pub use pages::Page;
+pub use signin::{Binder, LOGIN_COOKIE};
 
 use futures::future::BoxFuture;
 
 use crate::error::Refusal;
-use crate::limits::{WEB_MAX_BODY_BYTES, WEB_READS_AT_ONCE, WEB_READ_WAIT_SECS, WEB_SESSION_SECS};
+use crate::limits::{WEB_MAX_BODY_BYTES, WEB_READS_AT_ONCE, WEB_READ_WAIT_SECS};
 use crate::pb;
 use crate::server::writer::ReadFn;
 
@@ -80,6 +83,8 @@ pub struct Web {
     brands: Arc<dyn Brands>,
     /// `WEB_READS_AT_ONCE` permits: pages read one after another.
     reads: Arc<Semaphore>,
+    /// Binds a login form to its browser's pre-login cookie.
+    binder: Arc<Binder>,
 }
 
 impl Web {
@@ -90,6 +95,7 @@ impl Web {
             logins,
             brands,
             reads: Arc::new(Semaphore::new(WEB_READS_AT_ONCE)),
+            binder: Arc::new(Binder::default()),
         }
     }
 }
@@ -104,7 +110,8 @@ pub fn router(web: Web) -> Router {
         .route("/card", get(card))
         .route("/record/{seq}", get(record))
         .route("/csv/{page}", get(csv))
-        .route("/login/{token}", get(login))
+        .route("/login/{token}", get(signin::confirm))
+        .route("/login", post(signin::sign_in))
         .route("/logout", post(logout))
         .route("/style.css", get(style))
         .fallback(not_found)
@@ -155,13 +162,18 @@ async fn style() -> Response {
 
 /// The session cookie's value, if the request has one.
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of the request's cookie `name`, if it has one.
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 
@@ -190,31 +202,6 @@ fn html(status: StatusCode, body: String) -> Response {
 /// The login page: how to get a link, and no data.
 fn login_page(status: StatusCode, why: &str) -> Response {
     html(status, view::login(why))
-}
-
-async fn login(State(web): State<Web>, Path(token): Path<String>) -> Response {
-    match web.logins.open(&token) {
-        Ok((session, grant)) => {
-            let (brand, principal) = (grant.brand, grant.principal);
-            tracing::info!(brand, ?principal, "web session opened");
-            let cookie = format!(
-                "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={WEB_SESSION_SECS}"
-            );
-            (
-                StatusCode::SEE_OTHER,
-                [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
-            )
-                .into_response()
-        }
-        Err(Refused::Invalid) => login_page(
-            StatusCode::UNAUTHORIZED,
-            "This login link was already used, has expired, or is not one.",
-        ),
-        Err(Refused::Full) => login_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many web sessions are open; try again later.",
-        ),
-    }
 }
 
 async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
