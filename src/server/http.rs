@@ -7,7 +7,9 @@
 //! most `HTTP_MAX_HEADER_BYTES` that must arrive within
 //! `HTTP_HEADER_TIMEOUT_SECS`, and `HTTP_CONNECTION_SECS` per connection,
 //! so a slow or hostile client costs one small task at most. The owner's
-//! web page (`crate::web`) is merged into [`router`] by `run_until`.
+//! web page (`crate::web`) is merged into [`router`] by `run_until`; each
+//! connection carries a `web::Connection`, by which the page holds one
+//! brand's sessions to `WEB_CONNECTIONS_PER_BRAND` of the connections.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +164,12 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             tracing::debug!(%peer, "HTTP connection limit reached; closing");
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Each connection its own `web::Connection`: the web page counts
+        // it against its brand's share once a request shows a session.
+        let tagged = router
+            .clone()
+            .layer(axum::Extension(crate::web::Connection::default()));
+        let service = TowerToHyperService::new(tagged);
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
