@@ -6,9 +6,11 @@
 //! Login is a single-use link from `cardd admin web-login` (a signed
 //! `WebLogin`, `server/web_login.rs`); opening it shows a confirmation
 //! form whose same-origin post sets an HttpOnly, SameSite=Strict session
-//! cookie (`signin.rs`: no other site can sign a browser in). Links and sessions live in memory
-//! ([`Logins`]). Pages read a brand's state through its writer
-//! ([`Reader`]), between batches, and show it once durable.
+//! cookie (`signin.rs`: no other site can sign a browser in). Links and
+//! sessions live in memory ([`Logins`]). Pages read a brand's state
+//! through its writer ([`Reader`]), between batches, and show it once
+//! durable; each brand's sessions take at most its share of the reads and
+//! of the listener's connections (`shares.rs`).
 mod logins;
 mod pages;
 mod shares;
@@ -28,8 +30,9 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use logins::{Grant, Link, Logins, Refused};
 pub use pages::Page;
-pub use shares::Shares;
-pub use signin::{Binder, LOGIN_COOKIE};
+use shares::Shares;
+use signin::Binder;
+pub use signin::LOGIN_COOKIE;
 
 use futures::future::BoxFuture;
 

@@ -51,8 +51,9 @@ impl Shares {
         self.of(brand).try_acquire_owned().ok()
     }
 
-    /// Brands with a permit out or awaited (for tests).
-    pub fn brands_in_use(&self) -> usize {
+    /// Brands with a permit out or awaited.
+    #[cfg(test)]
+    fn brands_in_use(&self) -> usize {
         let brands = self.brands.lock().unwrap_or_else(|e| e.into_inner());
         brands.values().filter(|s| Arc::strong_count(s) > 1).count()
     }
