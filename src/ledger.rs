@@ -1334,12 +1334,9 @@ mod tests {
         );
     }
 
-    /// One commit as the stream carries it: its records and checkpoint.
-    type Commit = (Vec<(u64, Vec<u8>)>, Vec<u8>);
-
-    /// Every commit of `store`'s brand: the records each checkpoint
-    /// closes, with that checkpoint.
-    fn commits(store: &dyn LogStore) -> Vec<Commit> {
+    /// Every commit of `store`'s brand, as the stream carries them: the
+    /// records each checkpoint closes, with that checkpoint.
+    fn commits(store: &dyn LogStore) -> Vec<(Vec<(u64, Vec<u8>)>, Vec<u8>)> {
         let mut records = store.scan(BRAND, 1).map(|r| r.unwrap());
         let mut done = 0;
         let mut out = Vec::new();
