@@ -759,11 +759,13 @@ impl BrandLedger {
         checkpoint_bytes: &[u8],
     ) -> Result<(), LedgerError> {
         let brand = self.brand_id();
+        let server_pub = self.server_key.verifying_key();
         let mut written = Vec::with_capacity(records.len());
         let mut prev_time_ms = self.last_time_ms;
         for &(seq, bytes) in records {
             let replay = |source| LedgerError::Replay { brand, source };
-            let w = follow_record(&mut self.state, seq, bytes).map_err(replay)?;
+            let w = follow_record(&mut self.state, seq, bytes, &server_pub.to_bytes())
+                .map_err(replay)?;
             // As recovery and the auditor refuse it: a record moved back
             // in time could land in an earlier brand day.
             crate::replay::check_time(prev_time_ms, &w.record)
@@ -771,7 +773,9 @@ impl BrandLedger {
             prev_time_ms = w.record.time_ms;
             written.push(w);
         }
-        let c = self.followed_checkpoint(checkpoint_bytes)?;
+        let c = checkpoint::decode_verified(checkpoint_bytes, &server_pub)
+            .and_then(|c| checkpoint::verify(&c, &server_pub, Some(&self.state)).map(|()| c))
+            .map_err(|source| LedgerError::Checkpoint { brand, source })?;
         self.last_time_ms = self.last_time_ms.max(c.time_ms);
         if !stored_here(store, brand, records)? {
             let nodes: Vec<(u8, u64, [u8; 32])> = written
@@ -788,35 +792,6 @@ impl BrandLedger {
             }
         }
         self.snapshot_if_due();
-        Ok(())
-    }
-
-    /// A followed batch's checkpoint, which the key in force after the
-    /// batch signed (as the auditor checks it): the chain's own key since
-    /// its last rotation, endorsed by the key before, back to its first
-    /// record's. Which key that is must be this node's before it serves
-    /// the brand: [`check_server_key`](Self::check_server_key).
-    fn followed_checkpoint(&self, bytes: &[u8]) -> Result<pb::Checkpoint, LedgerError> {
-        let brand = self.brand_id();
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.state.server_key)
-            .map_err(|_| LedgerError::ServerKey { brand })?;
-        checkpoint::decode_verified(bytes, &key)
-            .and_then(|c| checkpoint::verify(&c, &key, Some(&self.state)).map(|()| c))
-            .map_err(|source| LedgerError::Checkpoint { brand, source })
-    }
-
-    /// Whether this ledger may be served with this node's server key: the
-    /// chain's key in force (after its rotations) must be it, as recovery
-    /// requires. A followed chain is anchored on its first record's signer,
-    /// so that a brand whose key rotated before it was replicated can be
-    /// followed; this keeps a chain under another key from being served.
-    pub fn check_server_key(&self) -> Result<(), LedgerError> {
-        let own = self.server_key.verifying_key().to_bytes();
-        if self.state.is_created() && self.state.server_key != own {
-            return Err(LedgerError::ServerKey {
-                brand: self.brand_id(),
-            });
-        }
         Ok(())
     }
 }
@@ -863,9 +838,13 @@ fn stored_here(
 
 /// One record of a followed batch: its request signature under the key it
 /// names (which the replay then requires to be the one enrolled), then the
-/// replay (link, signer, byte equality). The first record is anchored on
-/// its own signer, as recovery and the auditor anchor it.
-fn follow_record(state: &mut BrandState, seq: u64, bytes: &[u8]) -> Result<Written, ReplayError> {
+/// replay (link, signer, byte equality).
+fn follow_record(
+    state: &mut BrandState,
+    seq: u64,
+    bytes: &[u8],
+    server_key: &[u8; 32],
+) -> Result<Written, ReplayError> {
     let fail = |what: &str| ReplayError {
         seq,
         what: what.to_string(),
@@ -877,8 +856,7 @@ fn follow_record(state: &mut BrandState, seq: u64, bytes: &[u8]) -> Result<Writt
     if !crate::crypto::verify_strict(&key, &message, &rec.request_signature) {
         return Err(fail("its request signature does not verify"));
     }
-    let anchor = key.to_bytes();
-    crate::replay::replay_decoded(state, seq, &rec, bytes, &anchor)
+    crate::replay::replay_decoded(state, seq, &rec, bytes, server_key)
 }
 
 /// A rotation record's keys: the new one enrolled, the old one (the
@@ -1332,58 +1310,6 @@ mod tests {
                 if source.seq == back.seq && source.what.contains("time goes backwards")),
             "{refused:?}"
         );
-    }
-
-    /// Every commit of `store`'s brand, as the stream carries them: the
-    /// records each checkpoint closes, with that checkpoint.
-    fn commits(store: &dyn LogStore) -> Vec<(Vec<(u64, Vec<u8>)>, Vec<u8>)> {
-        let mut records = store.scan(BRAND, 1).map(|r| r.unwrap());
-        let mut done = 0;
-        let mut out = Vec::new();
-        for bytes in store.checkpoints_after(BRAND, 0) {
-            let bytes = bytes.unwrap();
-            let size = pb::Checkpoint::decode(bytes.as_slice()).unwrap().tree_size;
-            let run: Vec<_> = records.by_ref().take((size - done) as usize).collect();
-            done = size;
-            out.push((run, bytes));
-        }
-        out
-    }
-
-    /// Follows every commit of `from` onto a new ledger of `key`.
-    fn follow_all(from: &dyn LogStore, dir: &Path, key: SigningKey) -> BrandLedger {
-        let mut follower = BrandLedger::recover(store(dir), Arc::new(key), BRAND).unwrap();
-        let local = follower.store.clone();
-        for (run, checkpoint) in commits(from) {
-            let run: Vec<(u64, &[u8])> = run.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-            follower
-                .follow_batch(local.as_ref(), &run, &checkpoint)
-                .unwrap();
-        }
-        follower
-    }
-
-    /// A brand whose server key rotated before it was replicated is
-    /// followed from its first record, checked as the auditor checks it
-    /// (the first record anchors, each checkpoint under the key in force),
-    /// and may be served by a node of the key it leads to, by no other.
-    #[test]
-    fn a_chain_whose_server_key_rotated_before_it_was_followed_is_followed_from_its_start() {
-        let dirs = tempfile::tempdir().unwrap();
-        let (mut writer, card) = testing::provision(store(&dirs.path().join("a")), "s", 10_000);
-        let new_key = SigningKey::from_bytes(&[42; 32]);
-        let rotated = writer.rotate_server_key(Arc::new(new_key.clone()));
-        assert!(rotated.unwrap().is_ok(), "rotated");
-        one_purchase(&mut writer, &card, 2, 700);
-        let follower = follow_all(writer.store.as_ref(), &dirs.path().join("b"), new_key);
-        assert_eq!(follower.state, writer.state);
-        follower.check_server_key().expect("the key it leads to");
-        let other = SigningKey::from_bytes(&[43; 32]);
-        let stranger = follow_all(writer.store.as_ref(), &dirs.path().join("c"), other);
-        assert!(matches!(
-            stranger.check_server_key(),
-            Err(LedgerError::ServerKey { brand: BRAND })
-        ));
     }
 
     #[test]

@@ -266,8 +266,6 @@ impl Node {
         let mut tries = 0;
         loop {
             let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
-            // A chain that leads to another server key is never served.
-            follower.ledger.check_server_key()?;
             match self.store.fence(brand, end.stream_seq) {
                 Ok(()) => return Ok(follower.ledger),
                 // The previous writer's last append came first: read it.
