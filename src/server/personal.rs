@@ -509,7 +509,14 @@ async fn unlock_pin(
         .submit(sub)
         .await
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
-    if answer.is_ok() {
+    // A resent unlock resets the count only while the ledger still says
+    // unlocked (it repairs a reset a crash lost); after a later lock the
+    // count stays, or a thief's five tries would start over.
+    let relocked = match &answer {
+        Ok(reply) if reply.replayed => brand.card_pin_locked(card).await != Some(false),
+        _ => false,
+    };
+    if answer.is_ok() && !relocked {
         held.unlock().await?;
     }
     Ok(Done::Answer(answer))

@@ -615,6 +615,44 @@ async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again
     stop(d);
 }
 
+/// An owner's unlock resent (its answer lost) after the card was locked
+/// again is answered from the ledger and leaves the new lock's count: the
+/// thief who locked it gets no fresh tries, and a wrong PIN stays
+/// PIN_LOCKED rather than telling right from wrong.
+#[tokio::test]
+async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let mut txn = 100;
+    let lock = async |t: &mut Client, txn: &mut u64| {
+        for _ in 0..MAX_WRONG_PIN_TRIES {
+            *txn += 1;
+            let r = pay(t, *txn, &card, 1, Some(WRONG)).await;
+            assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
+        }
+    };
+    lock(&mut t, &mut txn).await;
+    let unlock = lift(&o, 20, &card, false);
+    call_req(&mut o, &unlock).await.expect("unlocked");
+    lock(&mut t, &mut txn).await;
+    let again = call_req(&mut o, &unlock)
+        .await
+        .expect("the ledger's answer");
+    assert!(again.replayed);
+    for pin in [WRONG, PIN] {
+        txn += 1;
+        let r = pay(&mut t, txn, &card, 1, Some(pin)).await;
+        assert_eq!(r.unwrap_err(), E::PinLocked, "{pin}: still locked");
+    }
+    drop((t, o));
+    stop(d);
+}
+
 /// True if the store still answers `card` for the holder's phone.
 fn holder_kept(d: &Daemon, demo: &Demo, card: &str) -> bool {
     let found = admin(d, demo, &["find-card", "--phone", PHONE]);
