@@ -242,9 +242,12 @@ pub const WEB_READS_PER_BRAND: usize = 1;
 pub const WEB_READ_WAIT_SECS: u64 = 10;
 /// HTTP connections one brand's sessions hold at once, counted from the
 /// first request that shows a session of the brand: past it, that request
-/// is answered 503 and its connection closed, so one brand's scripts
-/// cannot keep every one of `HTTP_MAX_CONNECTIONS` open. A connection
-/// with no session yet counts against `HTTP_MAX_CONNECTIONS` only.
+/// is answered 503 and its connection closed, so one brand's signed-in
+/// sessions cannot keep every one of `HTTP_MAX_CONNECTIONS` open. A
+/// connection that shows no session counts against
+/// `HTTP_MAX_CONNECTIONS` only: anyone who can reach the listener can
+/// still hold those (keep the listener on loopback or a management
+/// network, docs/security.md).
 pub const WEB_CONNECTIONS_PER_BRAND: usize = 16;
 /// Request bodies on the web port: the page has no writes (logout's form is
 /// empty, the sign-in form two 64-digit fields), so anything larger is
