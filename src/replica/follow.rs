@@ -23,6 +23,11 @@ pub struct ChainEnd {
     /// it without a checkpoint are a commit its writer never finished:
     /// never acknowledged, replaced by the next writer's records.
     pub record_seq: u64,
+    /// The hash of that record (`crypto::leaf_hash`, as the ledger's
+    /// `head_hash`; zeros for none): with `record_seq`, what a node compares
+    /// with its local log before it serves the brand (records are
+    /// hash-linked, so equal heads mean equal chains).
+    pub head_hash: [u8; 32],
 }
 
 fn stream_err(
@@ -61,25 +66,31 @@ async fn message(stream: &stream::Stream, brand: u32, seq: u64) -> Result<Run, R
 
 /// Where `brand`'s stream ends (walking back over an unfinished commit).
 pub async fn chain_end(stream: &stream::Stream, brand: u32) -> Result<ChainEnd, ReplicaError> {
+    let none = |stream_seq| ChainEnd {
+        stream_seq,
+        record_seq: 0,
+        head_hash: [0; 32],
+    };
     let Some(mut run) = newest(stream, brand).await? else {
-        return Ok(ChainEnd {
-            stream_seq: 0,
-            record_seq: 0,
-        });
+        return Ok(none(0));
     };
     let stream_seq = run.stream_seq;
     while run.batch.checkpoint.is_empty() {
         if run.stream_seq <= 1 {
-            return Ok(ChainEnd {
-                stream_seq,
-                record_seq: 0,
-            });
+            return Ok(none(stream_seq));
         }
         run = message(stream, brand, run.stream_seq - 1).await?;
     }
+    // A run with a checkpoint holds at least one record (`Run::decode`).
+    let head = run
+        .batch
+        .records
+        .last()
+        .map(|r| crate::crypto::leaf_hash(r));
     Ok(ChainEnd {
         stream_seq,
         record_seq: run.batch.last_seq,
+        head_hash: head.unwrap_or([0; 32]),
     })
 }
 

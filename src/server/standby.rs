@@ -25,11 +25,18 @@ use super::keys::KeyIndex;
 use super::{metrics, serve_ledgers, Config, Shared, StartError};
 use crate::ledger::{BrandLedger, Recovery};
 use crate::replica::lease::RENEW_EVERY;
-use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
+use crate::replica::{
+    follow, Ends, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore,
+};
 use crate::storage::LogStore;
 
 /// The brand `--demo` provisions (`demo::provision`).
 const DEMO_BRAND: u32 = 1;
+
+/// How many times a take-over reads the stream again before it gives up:
+/// after a fence refused (the previous writer's last append landed first)
+/// or a seeding of the stream's missing end.
+const TAKE_OVER_ROUNDS: u32 = 6;
 
 /// A follower thread and the token that stops it.
 struct Following {
@@ -256,28 +263,47 @@ impl Node {
         crate::replica::patiently(|| self.leases.take(brand))
     }
 
-    /// With the lease just taken: reads the stream to its end and appends
-    /// a fence, so that nothing the previous writer still sends is taken;
-    /// the ledger is then this node's to serve.
+    /// With the lease just taken: reads the stream to its end, makes sure
+    /// it ends where the local log does (seeding what the local log holds
+    /// beyond a stream that is a strict prefix of it), and appends a
+    /// fence, so that nothing the previous writer still sends is taken; the
+    /// ledger is then this node's to serve. A stream and a local log that
+    /// are not one chain fail with [`ReplicaError::Diverged`]: the brand is
+    /// not this node's to serve.
     fn take_over(&mut self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
         let brand = follower.ledger.brand_id();
-        self.seed(brand, follower.ledger.state.seq)?;
         let disk = self.store.disk().clone();
-        let mut tries = 0;
-        loop {
+        // Each round that does not fence (the previous writer's last
+        // append came first, or a seeding) reads the stream again.
+        for _ in 0..TAKE_OVER_ROUNDS {
             let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
-            match self.store.fence(brand, end.stream_seq) {
-                Ok(()) => return Ok(follower.ledger),
-                // The previous writer's last append came first: read it.
-                Err(ReplicaError::Fenced { .. }) if tries < 5 => tries += 1,
-                Err(e) => return Err(e),
+            let state = &follower.ledger.state;
+            let local = (state.seq, state.head_hash);
+            match self.store.compare_ends(brand, end, local)? {
+                Ends::Same => match self.store.fence(brand, end, local) {
+                    Ok(()) => return Ok(follower.ledger),
+                    Err(ReplicaError::Fenced { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                // A seeding that stopped part-way (or none yet): the
+                // records only this disk holds go on the stream first,
+                // before anything new is written after them.
+                Ends::StreamBehind => {
+                    self.seed(brand, end.record_seq)?;
+                }
             }
         }
+        Err(ReplicaError::Unsettled {
+            brand,
+            rounds: TAKE_OVER_ROUNDS,
+        })
     }
 
-    /// A brand whose local log predates replication gets its stream
-    /// seeded from it (`ReplicatedStore::seed`), its lease renewed along.
-    fn seed(&mut self, brand: u32, local_seq: u64) -> Result<u64, ReplicaError> {
+    /// A brand whose local log holds more than its stream (it predates
+    /// replication, or its seeding stopped part-way) gets the rest of its
+    /// stream seeded from it (`ReplicatedStore::seed`, after record
+    /// `after`), its lease renewed along.
+    fn seed(&mut self, brand: u32, after: u64) -> Result<u64, ReplicaError> {
         let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
         let mut renewed = Instant::now();
         let mut keep_lease = || {
@@ -290,7 +316,7 @@ impl Node {
             }
             Ok(())
         };
-        store.seed(brand, local_seq, &mut keep_lease)
+        store.seed(brand, after, &mut keep_lease)
     }
 
     /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
@@ -440,6 +466,8 @@ impl Node {
             match self.leases.take(brand) {
                 Ok(Some(revision)) => {
                     self.clock.renewed(brand, sent);
+                    // Held from now: a seeding renews it as it goes.
+                    self.held.insert(brand, revision);
                     match self.promote(brand) {
                         Ok(ledger) => {
                             tracing::warn!(
@@ -447,11 +475,11 @@ impl Node {
                                 seq = ledger.state.seq,
                                 "took the brand over: serving it"
                             );
-                            self.held.insert(brand, revision);
                             shared.serve_brand(ledger, writers);
                         }
                         Err(e) => {
                             self.clock.lost(brand);
+                            self.held.remove(&brand);
                             let error = crate::error::causes(&e);
                             tracing::error!(brand, error, "could not take the brand over");
                         }

@@ -12,6 +12,8 @@
 //!   exports the same bytes as the active;
 //! - `failover`: the active killed, the standby takes the lapsed lease and
 //!   serves; nothing acknowledged lost or doubled;
+//! - `seeding`: a take-over completes a stream holding a prefix of the
+//!   local log before anything new;
 //! - `jepsen`: steady purchases from two tills through a kill -9, a pause
 //!   past the lease and a lost NATS node.
 #[path = "../common/mod.rs"]
@@ -21,6 +23,7 @@ mod active;
 mod engine;
 mod failover;
 mod jepsen;
+mod seeding;
 mod standby;
 
 use async_nats::jetstream;

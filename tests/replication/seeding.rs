@@ -1,0 +1,152 @@
+//! A node takes a brand over only if the brand's stream ends where its
+//! local log does: a stream holding a prefix of the local log (a seeding
+//! that stopped part-way: a publish timeout, a lease lapse, a crash) is
+//! completed before anything new is written.
+use std::path::Path;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use cardd::replica;
+use cardd::storage::{DiskStore, LogStore, StoredBatch};
+
+use crate::common::nats::NatsCluster;
+use crate::common::{ok, purchase, Daemon, Demo};
+
+/// One local commit: its records (seq, bytes) and its checkpoint.
+type Commit = (Vec<(u64, Vec<u8>)>, Vec<u8>);
+
+/// The demo brand's commits in a stopped daemon's directory, oldest first.
+fn local_commits(data: &Path, brand: u32) -> Vec<Commit> {
+    use prost::Message;
+    let store = DiskStore::open_existing(data).expect("the local log");
+    let mut records = store.scan(brand, 1).map(|r| r.expect("a record"));
+    let mut commits = Vec::new();
+    for checkpoint in store.checkpoints(brand) {
+        let checkpoint = checkpoint.expect("a checkpoint");
+        let size = cardd::pb::Checkpoint::decode(checkpoint.as_slice())
+            .expect("a checkpoint")
+            .tree_size;
+        let mut batch = Vec::new();
+        while batch
+            .last()
+            .is_none_or(|(seq, _): &(u64, Vec<u8>)| *seq < size)
+        {
+            batch.push(records.next().expect("the checkpoint's records"));
+        }
+        commits.push((batch, checkpoint));
+    }
+    commits
+}
+
+/// Appends `commits` to `brand`'s stream as a writer would (one run per
+/// commit), creating the stream as cardd does.
+async fn put_on_stream(js: &jetstream::Context, brand: u32, commits: &[Commit]) {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: replica::stream_name(brand),
+        subjects: vec![replica::subject(brand)],
+        num_replicas: replica::REPLICAS,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("the brand's stream");
+    for (records, checkpoint) in commits {
+        let batch = StoredBatch {
+            first_seq: records[0].0,
+            last_seq: records[records.len() - 1].0,
+            checkpoint: checkpoint.clone(),
+            nodes: Vec::new(),
+            records: records.iter().map(|(_, r)| r.clone()).collect(),
+        };
+        let first = batch.first_seq.to_string();
+        let msg = PublishMessage::build()
+            .payload(batch.encode().into())
+            .header(replica::FIRST_SEQ_HEADER, first.as_str());
+        let ack = js.send_publish(replica::subject(brand), msg).await;
+        ack.expect("sent").await.expect("the append");
+    }
+}
+
+/// A demo ledger made on a single node, a few purchases in commits of
+/// their own, the daemon stopped: (its demo, its commits).
+async fn single_node_ledger(dir: &Path) -> (Demo, Vec<Commit>) {
+    let (mut single, demo) = Daemon::demo(dir);
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(single.addr, 0).await;
+    for txn in 100..104 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    drop(t);
+    single.kill9();
+    let commits = local_commits(&demo.data, demo.manifest.brand_id);
+    (demo, commits)
+}
+
+/// Every record on `brand`'s stream, and the checkpoints of its commits.
+async fn on_stream(js: &jetstream::Context, brand: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let runs = crate::runs_of(js, brand).await;
+    let records = runs.iter().flat_map(|r| r.records.clone()).collect();
+    let checkpoints = runs
+        .iter()
+        .filter(|r| !r.checkpoint.is_empty())
+        .map(|r| r.checkpoint.clone())
+        .collect();
+    (records, checkpoints)
+}
+
+fn records_and_checkpoints(commits: &[Commit]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let records = commits
+        .iter()
+        .flat_map(|(rs, _)| rs.iter().map(|(_, r)| r.clone()))
+        .collect();
+    let checkpoints = commits.iter().map(|(_, c)| c.clone()).collect();
+    (records, checkpoints)
+}
+
+/// Asserts two (records, checkpoints) lists are the same bytes, saying
+/// how many each holds (not the bytes) when they are not.
+#[track_caller]
+fn same_bytes(got: (Vec<Vec<u8>>, Vec<Vec<u8>>), want: (Vec<Vec<u8>>, Vec<Vec<u8>>), what: &str) {
+    assert!(
+        got == want,
+        "{what}: got {} records and {} checkpoints, want {} and {} (or other bytes)",
+        got.0.len(),
+        got.1.len(),
+        want.0.len(),
+        want.1.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_holding_a_prefix_of_the_local_log_is_completed_before_anything_new() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, commits) = single_node_ledger(dir.path()).await;
+    let brand = demo.manifest.brand_id;
+    assert!(commits.len() > 3, "commits: {}", commits.len());
+    // A seeding that stopped part-way: the stream holds the first commits.
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, brand, &commits[..commits.len() - 3]).await;
+
+    let mut active = Daemon::start(&demo.data, &["--replicate", &cluster.urls()]);
+    same_bytes(
+        on_stream(&js, brand).await,
+        records_and_checkpoints(&commits),
+        "the take-over put the rest of the local log on the stream, commit for commit",
+    );
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(active.addr, 0).await;
+    ok(&mut t, 200, purchase(&card, 1_000)).await;
+    drop(t);
+    active.kill9();
+    let local = local_commits(&demo.data, brand);
+    assert_eq!(local.len(), commits.len() + 1, "one new commit");
+    same_bytes(
+        on_stream(&js, brand).await,
+        records_and_checkpoints(&local),
+        "the new record follows the whole local log, on the stream as on disk",
+    );
+}
