@@ -128,6 +128,25 @@ pub(super) struct Node {
     clock: Arc<LeaseClock>,
     held: HashMap<u32, u64>,
     followers: HashMap<u32, Following>,
+    /// Brands whose following or take-over failed here, and when following
+    /// them may be tried again ([`REFOLLOW_AFTER`]): each try recovers the
+    /// brand's ledger, seconds of a big brand's replay on the lease loop.
+    resting: HashMap<u32, Instant>,
+}
+
+/// How long a brand whose following or take-over failed on this node is
+/// left alone before it is followed again (a diverged stream stays so; a
+/// NATS that gave up may answer later).
+const REFOLLOW_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a node does with a brand at start ([`Node::take_at_start`]).
+enum AtStart {
+    /// It holds the brand's lease and the stream ends where its log does.
+    Serve(BrandLedger),
+    /// Another node holds the lease (or this is a standby).
+    Follow(BrandLedger),
+    /// Taking it over failed (logged; the lease given up): not served here.
+    Refused(BrandLedger),
 }
 
 /// Starts a replicated node: recovery and catch-up, the leases it can
@@ -143,7 +162,7 @@ pub(super) fn start(
 ) -> Result<(Arc<Shared>, Node), StartError> {
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
     let clock = Arc::new(LeaseClock::default());
-    let ((store, server_key, mut ledgers), replicated) =
+    let ((store, server_key, mut ledgers), replicated, refused) =
         super::start::load_replicated(&config.data_dir, segment_bytes, urls, clock.clone())?;
     let nats = replicated.nats().clone();
     let me = format!("{} {local_addr}", hex::encode(rand::random::<[u8; 8]>()));
@@ -156,6 +175,7 @@ pub(super) fn start(
         clock,
         held: HashMap::new(),
         followers: HashMap::new(),
+        resting: HashMap::new(),
     };
     if config.demo && ledgers.is_empty() && !config.standby {
         // The demo brand's lease first: a standby already running must not
@@ -172,10 +192,14 @@ pub(super) fn start(
     }
     let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new(), web);
     let _ = shared.lease_clock.set(node.clock.clone());
+    for ledger in refused {
+        node.refuse(&ledger, &shared.keys);
+    }
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
-            Ok(ledger) => shared.serve_brand(ledger, writers),
-            Err(ledger) => node.follow(ledger, &shared.keys),
+            AtStart::Serve(ledger) => shared.serve_brand(ledger, writers),
+            AtStart::Follow(ledger) => node.follow(ledger, &shared.keys),
+            AtStart::Refused(ledger) => node.refuse(&ledger, &shared.keys),
         }
     }
     tracing::info!(
@@ -189,30 +213,36 @@ pub(super) fn start(
 
 impl Node {
     /// The brand's lease if it is free and this is no standby: the ledger
-    /// to serve; else the ledger back, to follow.
-    fn take_at_start(
-        &mut self,
-        ledger: BrandLedger,
-        standby: bool,
-    ) -> Result<Result<BrandLedger, BrandLedger>, StartError> {
+    /// to serve; else the ledger back, to follow. A take-over that fails
+    /// (the stream and the local log are not one chain, NATS gave up)
+    /// refuses this brand alone: logged, its lease given up.
+    fn take_at_start(&mut self, ledger: BrandLedger, standby: bool) -> Result<AtStart, StartError> {
         let brand = ledger.brand_id();
         if standby {
-            return Ok(Err(ledger));
+            return Ok(AtStart::Follow(ledger));
         }
         if !self.held.contains_key(&brand) {
             let sent = Instant::now();
             let Some(revision) = self.take_patiently(brand)? else {
-                return Ok(Err(ledger));
+                return Ok(AtStart::Follow(ledger));
             };
             self.clock.renewed(brand, sent);
             self.held.insert(brand, revision);
         }
-        match self.take_over(Follower::new(ledger)) {
-            Ok(ledger) => Ok(Ok(ledger)),
+        let seq = ledger.state.seq;
+        let mut follower = Follower::new(ledger);
+        match self.take_over(&mut follower) {
+            Ok(()) => Ok(AtStart::Serve(follower.ledger)),
             Err(e) => {
-                self.held.remove(&brand);
-                self.clock.lost(brand);
-                Err(e.into())
+                let error = crate::error::causes(&e);
+                tracing::error!(
+                    brand,
+                    seq,
+                    error,
+                    "brand refused: could not take it over; this node does not serve it"
+                );
+                self.give_up(brand);
+                Ok(AtStart::Refused(follower.ledger))
             }
         }
     }
@@ -270,18 +300,18 @@ impl Node {
     /// ledger is then this node's to serve. A stream and a local log that
     /// are not one chain fail with [`ReplicaError::Diverged`]: the brand is
     /// not this node's to serve.
-    fn take_over(&mut self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
+    fn take_over(&mut self, follower: &mut Follower) -> Result<(), ReplicaError> {
         let brand = follower.ledger.brand_id();
         let disk = self.store.disk().clone();
         // Each round that does not fence (the previous writer's last
         // append came first, or a seeding) reads the stream again.
         for _ in 0..TAKE_OVER_ROUNDS {
-            let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
+            let end = follow::catch_up(&self.nats, disk.as_ref(), follower)?;
             let state = &follower.ledger.state;
             let local = (state.seq, state.head_hash);
             match self.store.compare_ends(brand, end, local)? {
                 Ends::Same => match self.store.fence(brand, end, local) {
-                    Ok(()) => return Ok(follower.ledger),
+                    Ok(()) => return Ok(()),
                     Err(ReplicaError::Fenced { .. }) => {}
                     Err(e) => return Err(e),
                 },
@@ -409,14 +439,10 @@ impl Node {
                 // Its writer stopped here (a failed commit): renewing would
                 // keep every other node from serving it until a restart.
                 // The lease is given up (or lapses) and a standby takes it.
-                self.clock.lost(brand);
-                self.held.remove(&brand);
-                let released = self
-                    .leases
-                    .release_all(vec![(brand, revision)], HANDOVER_PATIENCE);
+                let handed_over = self.give_up(brand);
                 tracing::warn!(
                     brand,
-                    handed_over = released.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok())),
+                    handed_over,
                     "the brand stopped on this node: its lease is given up"
                 );
                 continue;
@@ -460,6 +486,7 @@ impl Node {
                 if let Some(f) = self.followers.remove(&brand) {
                     let _ = f.thread.join();
                 }
+                self.rest(brand);
                 continue;
             }
             let sent = Instant::now();
@@ -468,22 +495,7 @@ impl Node {
                     self.clock.renewed(brand, sent);
                     // Held from now: a seeding renews it as it goes.
                     self.held.insert(brand, revision);
-                    match self.promote(brand) {
-                        Ok(ledger) => {
-                            tracing::warn!(
-                                brand,
-                                seq = ledger.state.seq,
-                                "took the brand over: serving it"
-                            );
-                            shared.serve_brand(ledger, writers);
-                        }
-                        Err(e) => {
-                            self.clock.lost(brand);
-                            self.held.remove(&brand);
-                            let error = crate::error::causes(&e);
-                            tracing::error!(brand, error, "could not take the brand over");
-                        }
-                    }
+                    self.take_lapsed_one(brand, shared, writers);
                 }
                 Ok(None) => {
                     // Held elsewhere: its holder is named to this brand's tills.
@@ -501,18 +513,79 @@ impl Node {
         }
     }
 
+    /// Serves `brand`, whose lapsed lease this node just took, or gives the
+    /// lease up again if taking the brand over fails (its follower is then
+    /// gone: the brand rests before it is followed again).
+    fn take_lapsed_one(&mut self, brand: u32, shared: &Shared, writers: &TaskTracker) {
+        match self.promote(brand) {
+            Ok(ledger) => {
+                tracing::warn!(
+                    brand,
+                    seq = ledger.state.seq,
+                    "took the brand over: serving it"
+                );
+                shared.serve_brand(ledger, writers);
+            }
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::error!(brand, error, "could not take the brand over");
+                self.give_up(brand);
+                self.rest(brand);
+            }
+        }
+    }
+
+    /// Gives up `brand`'s lease at once: this node's clock first (nothing
+    /// more is appended), then the lease itself, deleted at the revision
+    /// this node wrote (or left to lapse if the cluster does not answer
+    /// within [`HANDOVER_PATIENCE`]). True if it was handed over.
+    fn give_up(&mut self, brand: u32) -> bool {
+        self.clock.lost(brand);
+        let Some(revision) = self.held.remove(&brand) else {
+            return false;
+        };
+        let released = self
+            .leases
+            .release_all(vec![(brand, revision)], HANDOVER_PATIENCE);
+        released.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok()))
+    }
+
+    /// Leaves `brand` alone (not followed) for [`REFOLLOW_AFTER`]: following
+    /// or taking it over just failed here (logged where it failed).
+    fn rest(&mut self, brand: u32) {
+        tracing::warn!(
+            brand,
+            retry_secs = REFOLLOW_AFTER.as_secs(),
+            "the brand is not followed here for a while"
+        );
+        self.resting.insert(brand, Instant::now() + REFOLLOW_AFTER);
+    }
+
+    /// A brand refused at start (logged): its keys are known, so that its
+    /// tills are told NOT_ACTIVE, and it rests before it is followed.
+    fn refuse(&mut self, ledger: &BrandLedger, keys: &KeyIndex) {
+        let brand = ledger.brand_id();
+        keys.add_brand(&ledger.state);
+        metrics::get()
+            .records_of(brand)
+            .set(ledger.state.seq as i64);
+        self.rest(brand);
+    }
+
     /// Stops `brand`'s follower and takes the brand over.
     fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
-        let follower = f
+        let mut follower = f
             .thread
             .join()
             .unwrap_or_else(|_| panic!("the follower of brand {brand} panicked"))?;
-        self.take_over(follower)
+        self.take_over(&mut follower)?;
+        Ok(follower.ledger)
     }
 
-    /// Follows brands created since start-up (by another node).
+    /// Follows brands created since start-up (by another node), and those
+    /// whose following stopped here once they have rested.
     fn follow_new(&mut self, shared: &Shared) {
         let brands = match self.nats.brands() {
             Ok(brands) => brands,
@@ -522,8 +595,13 @@ impl Node {
                 return;
             }
         };
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
         for brand in brands {
-            if self.held.contains_key(&brand) || self.followers.contains_key(&brand) {
+            if self.held.contains_key(&brand)
+                || self.followers.contains_key(&brand)
+                || self.resting.contains_key(&brand)
+            {
                 continue;
             }
             let store: Arc<dyn LogStore> = self.store.clone();
@@ -533,6 +611,7 @@ impl Node {
                 Err(e) => {
                     let error = crate::error::causes(&e);
                     tracing::error!(brand, error, "could not start following a new brand");
+                    self.rest(brand);
                 }
             }
         }

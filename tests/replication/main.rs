@@ -13,7 +13,8 @@
 //! - `failover`: the active killed, the standby takes the lapsed lease and
 //!   serves; nothing acknowledged lost or doubled;
 //! - `seeding`: a take-over completes a stream holding a prefix of the
-//!   local log before anything new;
+//!   local log before anything new, and refuses (that brand alone) a
+//!   stream that is another chain;
 //! - `jepsen`: steady purchases from two tills through a kill -9, a pause
 //!   past the lease and a lost NATS node.
 #[path = "../common/mod.rs"]

@@ -1,10 +1,12 @@
 //! A node takes a brand over only if the brand's stream ends where its
 //! local log does: a stream holding a prefix of the local log (a seeding
 //! that stopped part-way: a publish timeout, a lease lapse, a crash) is
-//! completed before anything new is written.
+//! completed before anything new is written, and a stream that is another
+//! chain is refused, for that brand alone.
 use std::path::Path;
 
 use async_nats::jetstream::{self, message::PublishMessage};
+use cardd::crypto::read_key_file;
 use cardd::replica;
 use cardd::storage::{DiskStore, LogStore, StoredBatch};
 
@@ -148,5 +150,73 @@ async fn a_stream_holding_a_prefix_of_the_local_log_is_completed_before_anything
         on_stream(&js, brand).await,
         records_and_checkpoints(&local),
         "the new record follows the whole local log, on the stream as on disk",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_another_chain_is_refused_and_the_other_brands_start() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, commits) = single_node_ledger(dir.path()).await;
+    let brand = demo.manifest.brand_id;
+    // A second brand, created offline: nothing wrong with it.
+    let owner2_key = dir.path().join("owner2.key");
+    crate::common::run::cardd_ok([
+        "brand".as_ref(),
+        "create".as_ref(),
+        "--data".as_ref(),
+        demo.data.as_os_str(),
+        "--name".as_ref(),
+        "Second".as_ref(),
+        "--owner-key".as_ref(),
+        owner2_key.as_os_str(),
+        "--id".as_ref(),
+        "2".as_ref(),
+    ]);
+    // The demo brand's stream holds its first commits, then a record this
+    // directory does not hold where its own is: another chain, shorter.
+    let mut other = commits[..commits.len() - 2].to_vec();
+    let last = other.last_mut().expect("a commit");
+    let bytes = &mut last.0.last_mut().expect("a record").1;
+    *bytes.last_mut().expect("a byte") ^= 1;
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, brand, &other).await;
+    let before = on_stream(&js, brand).await;
+
+    let (mut node, log) =
+        Daemon::start_logged(&demo.data, &["--replicate", &cluster.urls()], "info");
+    // The good brand is served: its owner signs on, its stream seeded.
+    let owner2 = read_key_file(&owner2_key).expect("owner key");
+    crate::common::raw::sign_on(node.addr, &owner2).await;
+    let (records2, _) = on_stream(&js, 2).await;
+    assert_eq!(records2.len(), 1, "brand 2's one record seeded");
+    // The diverged one is not: its tills are told NOT_ACTIVE, and nothing
+    // was added to its stream (no seeding after another chain, no fence).
+    let till = read_key_file(&demo.terminal_key_path(0)).expect("till key");
+    let mut f = crate::common::raw::send_sign_on_proof(node.addr, &till).await;
+    match crate::common::raw::raw_recv(&mut f).await.body {
+        Some(cardd::pb::server_message::Body::Error(e)) => {
+            assert_eq!(e.code, cardd::pb::ErrorCode::NotActive as i32, "{e:?}")
+        }
+        other => panic!("expected NOT_ACTIVE, got {other:?}"),
+    }
+    same_bytes(on_stream(&js, brand).await, before, "the stream untouched");
+    let runs = crate::runs_of(&js, brand).await;
+    assert_eq!(runs.len(), other.len(), "no fence on the diverged stream");
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("brand refused") && l.contains("brand=1")),
+        "an error line names the refused brand:\n{log}"
+    );
+    // Its local log is as it was.
+    let local = local_commits(&demo.data, brand);
+    same_bytes(
+        records_and_checkpoints(&local),
+        records_and_checkpoints(&commits),
+        "the local log unchanged",
     );
 }
