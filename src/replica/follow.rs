@@ -55,12 +55,23 @@ async fn newest(stream: &stream::Stream, brand: u32) -> Result<Option<Run>, Repl
     }
 }
 
-/// Message `seq` of the brand's stream.
+/// Message `seq` of the brand's stream. Every caller asks for a message
+/// at or below one it has seen (the newest, or a commit's end), and the
+/// request reaches the stream's leader (`get_raw_message`), so "no message
+/// found" is no lag: the message was deleted, and no retry brings it back
+/// ([`ReplicaError::Missing`], not a [`ReplicaError::Stream`] to retry).
 async fn message(stream: &stream::Stream, brand: u32, seq: u64) -> Result<Run, ReplicaError> {
-    let m = stream
-        .get_raw_message(seq)
-        .await
-        .map_err(|e| stream_err(brand, "reading a message of its stream", e))?;
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let m = match stream.get_raw_message(seq).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+            return Err(ReplicaError::Missing {
+                brand,
+                stream_seq: seq,
+            })
+        }
+        Err(e) => return Err(stream_err(brand, "reading a message of its stream", e)),
+    };
     Run::decode(brand, seq, Some(&m.headers), &m.payload)
 }
 

@@ -140,6 +140,18 @@ pub enum ReplicaError {
         /// The rounds tried.
         rounds: u32,
     },
+    /// A message below the stream's newest is gone (deleted by hand, `nats
+    /// stream rmm`): the chain cannot be read past it, now or later.
+    #[error(
+        "brand {brand}: message {stream_seq} of its stream is missing (deleted below the \
+         stream's newest): its chain cannot be read; restore the stream or follow from a copy"
+    )]
+    Missing {
+        /// The brand.
+        brand: u32,
+        /// The missing message's stream sequence.
+        stream_seq: u64,
+    },
     /// A stream message is not a cardd run.
     #[error("brand {brand}: message {stream_seq} of its stream is not a cardd run: {what}")]
     Malformed {
