@@ -355,9 +355,26 @@ impl Node {
     /// node takes the brand over.
     fn follow(&mut self, ledger: BrandLedger, keys: &Arc<KeyIndex>) {
         let brand = ledger.brand_id();
-        let gauge = metrics::get().records_of(brand);
-        gauge.set(ledger.state.seq as i64);
+        metrics::get()
+            .records_of(brand)
+            .set(ledger.state.seq as i64);
         keys.add_brand(&ledger.state);
+        self.spawn_follower(brand, keys, move || Ok(ledger));
+    }
+
+    /// Follows `brand` on a thread of its own, from the ledger `start`
+    /// gives on that thread: recovering a brand takes seconds for a big
+    /// one, and the lease loop, which renews every other brand's lease
+    /// within [`RENEW_EVERY`], must not wait for it. A `start` that fails
+    /// ends the thread with its error (logged), like a follower that
+    /// stopped.
+    fn spawn_follower(
+        &mut self,
+        brand: u32,
+        keys: &Arc<KeyIndex>,
+        start: impl FnOnce() -> Result<BrandLedger, ReplicaError> + Send + 'static,
+    ) {
+        let gauge = metrics::get().records_of(brand);
         let keys = keys.clone();
         let (nats, disk, stop) = (
             self.nats.clone(),
@@ -372,13 +389,11 @@ impl Node {
                     gauge.set(state.seq as i64);
                     keys.add_brand(state);
                 };
-                let followed = follow::follow_brand(
-                    &nats,
-                    disk.as_ref(),
-                    Follower::new(ledger),
-                    token,
-                    &committed,
-                );
+                let followed = start().and_then(|ledger| {
+                    committed(&ledger.state);
+                    let follower = Follower::new(ledger);
+                    follow::follow_brand(&nats, disk.as_ref(), follower, token, &committed)
+                });
                 if let Err(e) = &followed {
                     let error = crate::error::causes(e);
                     tracing::error!(brand, error, "stopped following this brand");
@@ -585,7 +600,8 @@ impl Node {
     }
 
     /// Follows brands created since start-up (by another node), and those
-    /// whose following stopped here once they have rested.
+    /// whose following stopped here once they have rested: each recovered
+    /// on its follower's thread, not here.
     fn follow_new(&mut self, shared: &Shared) {
         let brands = match self.nats.brands() {
             Ok(brands) => brands,
@@ -605,15 +621,11 @@ impl Node {
                 continue;
             }
             let store: Arc<dyn LogStore> = self.store.clone();
-            let mode = Recovery::FromSnapshot(&self.snapshots);
-            match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
-                Ok(ledger) => self.follow(ledger, &shared.keys),
-                Err(e) => {
-                    let error = crate::error::causes(&e);
-                    tracing::error!(brand, error, "could not start following a new brand");
-                    self.rest(brand);
-                }
-            }
+            let (key, snapshots) = (self.server_key.clone(), self.snapshots.clone());
+            self.spawn_follower(brand, &shared.keys, move || {
+                let mode = Recovery::FromSnapshot(&snapshots);
+                Ok(BrandLedger::recover_with(store, key, brand, mode)?)
+            });
         }
     }
 }
