@@ -1,6 +1,7 @@
 //! A message deleted from a brand's stream below its newest (`nats stream
 //! rmm`) is gone for good: following the brand, or catching it up, stops
-//! at once with an error naming the message, instead of retrying forever.
+//! at once with an error naming the message, instead of retrying forever;
+//! a node starting with such a stream refuses that brand alone.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,4 +87,48 @@ async fn a_message_deleted_below_the_newest_stops_following_with_an_error() {
             other => panic!("{what}: expected the missing message, got {other:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_with_a_brand_whose_stream_lost_a_message_refused_alone() {
+    let Some(crate::ReplicatedDemo {
+        cluster,
+        dir,
+        urls,
+        mut active,
+        demo,
+    }) = crate::replicated_demo()
+    else {
+        return;
+    };
+    let brand = demo.manifest.brand_id;
+    active.kill9();
+    let js = crate::jetstream_of(&cluster).await;
+    let stream = js
+        .get_stream(replica::stream_name(brand))
+        .await
+        .expect("the brand's stream");
+    assert!(stream.delete_message(2).await.expect("rmm"), "deleted");
+
+    // A new node, its log empty: its catch-up at start meets the hole.
+    let data = dir.path().join("new");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(demo.data.join("server.key"), data.join("server.key")).unwrap();
+    let started = std::time::Instant::now();
+    let args = ["--standby", "--replicate", urls.as_str()];
+    let (mut node, log) = crate::common::Daemon::start_logged(&data, &args, "info");
+    assert!(
+        started.elapsed() < GIVE_UP_WITHIN,
+        "the start waited {:?} on a message that is gone",
+        started.elapsed()
+    );
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("brand refused")
+            && l.contains(&format!("brand={brand}"))
+            && l.contains("message 2 of its stream is missing")),
+        "an error line names the brand and the missing message:\n{log}"
+    );
 }
