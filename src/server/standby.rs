@@ -332,21 +332,33 @@ impl Node {
     /// A brand whose local log holds more than its stream (it predates
     /// replication, or its seeding stopped part-way) gets the rest of its
     /// stream seeded from it (`ReplicatedStore::seed`, after record
-    /// `after`), its lease renewed along.
+    /// `after`). Every lease held is renewed along, not only this brand's:
+    /// a long history outlasts a lease, and the lease loop (or, at start,
+    /// the loop over the brands) waits for the seeding. A failed renewal of
+    /// another brand is left to the lease loop, which stops that brand if
+    /// its deadline passes.
     fn seed(&mut self, brand: u32, after: u64) -> Result<u64, ReplicaError> {
         let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
         let mut renewed = Instant::now();
-        let mut keep_lease = || {
-            if renewed.elapsed() >= RENEW_EVERY {
-                let sent = Instant::now();
-                let revision = held.get(&brand).copied().unwrap_or_default();
-                held.insert(brand, leases.renew(brand, revision)?);
-                clock.renewed(brand, sent);
-                renewed = sent;
+        let mut keep_leases = || {
+            if renewed.elapsed() < RENEW_EVERY {
+                return Ok(());
             }
+            let sent = Instant::now();
+            for (b, revision) in held.clone() {
+                match leases.renew(b, revision) {
+                    Ok(revision) => {
+                        held.insert(b, revision);
+                        clock.renewed(b, sent);
+                    }
+                    Err(e) if b == brand => return Err(e),
+                    Err(_) => {} // the lease loop's to judge, once seeding ends
+                }
+            }
+            renewed = sent;
             Ok(())
         };
-        store.seed(brand, after, &mut keep_lease)
+        store.seed(brand, after, &mut keep_leases)
     }
 
     /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
