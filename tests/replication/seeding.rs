@@ -2,7 +2,8 @@
 //! local log does: a stream holding a prefix of the local log (a seeding
 //! that stopped part-way: a publish timeout, a lease lapse, a crash) is
 //! completed before anything new is written, and a stream that is another
-//! chain is refused, for that brand alone.
+//! chain is refused, for that brand alone. A long seeding keeps the leases
+//! of the brands the node already serves.
 use std::path::Path;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -228,5 +229,79 @@ async fn a_stream_that_is_another_chain_is_refused_and_the_other_brands_start() 
         records_and_checkpoints(&local),
         records_and_checkpoints(&commits),
         "the local log unchanged",
+    );
+}
+
+/// Commits (one record each, each its own message on the stream) of the
+/// brand whose seeding must outlast a lease held by the node (3 s TTL).
+const LONG_SEED_COMMITS: u64 = 1_500;
+/// How long that seeding must take for the test to show anything: past
+/// the lease's TTL, with a margin.
+const LONGER_THAN_A_LEASE: std::time::Duration = std::time::Duration::from_millis(3_500);
+
+/// A data directory under the fixture's server key: brand 1 as
+/// `testing::provision` makes it (its card returned), then brand 2 with
+/// [`LONG_SEED_COMMITS`] top-ups, each a commit, all made offline.
+fn a_short_brand_then_a_long_one(data: &Path) -> String {
+    use cardd::ledger::{BrandLedger, Submission};
+    use cardd::state::Principal;
+    use cardd::testing;
+    std::fs::create_dir_all(data).unwrap();
+    let key_path = cardd::server::server_key_path(data);
+    cardd::crypto::write_key_file(&key_path, &testing::server_key()).unwrap();
+    let store: std::sync::Arc<dyn LogStore> = std::sync::Arc::new(DiskStore::open(data).unwrap());
+    let (_, card) = testing::provision(store.clone(), "Served", 10_000);
+    let (owner, till) = (testing::key(20), testing::key(21));
+    let create = testing::create_brand("Seeded", &owner.verifying_key().to_bytes());
+    let mut ledger = BrandLedger::create(store, testing::server_key(), 2, create).unwrap();
+    let card2 = cardd::card_number::generate(2);
+    let till_public = till.verifying_key().to_bytes();
+    let setup = [
+        testing::create_store("s"),
+        testing::enroll_terminal(1, &till_public, ""),
+        testing::issue_card(&card2),
+    ];
+    let owner_subs = setup.into_iter().enumerate().map(|(i, op)| {
+        let request = testing::request_as(2, i as u64 + 1, "", op);
+        Submission::signed(Principal::Owner, &owner, request)
+    });
+    let top_ups = (1..=LONG_SEED_COMMITS).map(|txn| {
+        let request = testing::request_as(2, txn, "", testing::top_up(&card2, 1));
+        Submission::signed(Principal::Terminal(1), &till, request)
+    });
+    for sub in owner_subs.chain(top_ups) {
+        ledger.submit_now(sub).unwrap().unwrap();
+    }
+    card
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_seeding_keeps_the_lease_of_a_brand_already_served() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let card = a_short_brand_then_a_long_one(&data);
+    // Brand 1 is taken and served first; brand 2's seeding follows, before
+    // the lease loop's first look.
+    let started = std::time::Instant::now();
+    let urls = cluster.urls();
+    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    let seeding = started.elapsed();
+    // The lease loop's first looks: a lease that lapsed meanwhile is lost
+    // (the brand stopped, then taken again half a second later).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(&card, 100)).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        seeding > LONGER_THAN_A_LEASE,
+        "the seeding took {seeding:?}: too short to test anything (raise LONG_SEED_COMMITS)"
+    );
+    assert!(
+        !log.contains("lease lost") && !log.contains("brand halted"),
+        "brand 1 kept its lease through brand 2's seeding:\n{log}"
     );
 }
