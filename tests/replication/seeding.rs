@@ -234,7 +234,7 @@ async fn a_stream_that_is_another_chain_is_refused_and_the_other_brands_start() 
 
 /// Commits (one record each, each its own message on the stream) of the
 /// brand whose seeding must outlast a lease held by the node (3 s TTL).
-const LONG_SEED_COMMITS: u64 = 1_500;
+const LONG_SEED_COMMITS: u64 = 3_000;
 /// How long that seeding must take for the test to show anything: past
 /// the lease's TTL, with a margin.
 const LONGER_THAN_A_LEASE: std::time::Duration = std::time::Duration::from_millis(3_500);
