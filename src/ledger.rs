@@ -803,9 +803,16 @@ impl BrandLedger {
         let brand = self.brand_id();
         let server_pub = self.server_key.verifying_key();
         let mut written = Vec::with_capacity(records.len());
+        let mut prev_time_ms = self.last_time_ms;
         for &(seq, bytes) in records {
+            let replay = |source| LedgerError::Replay { brand, source };
             let w = follow_record(&mut self.state, seq, bytes, &server_pub.to_bytes())
-                .map_err(|source| LedgerError::Replay { brand, source })?;
+                .map_err(replay)?;
+            // As recovery and the auditor refuse it: a record moved back
+            // in time could land in an earlier brand day.
+            crate::replay::check_time(prev_time_ms, &w.record)
+                .map_err(|what| replay(ReplayError { seq, what }))?;
+            prev_time_ms = w.record.time_ms;
             written.push(w);
         }
         let c = checkpoint::decode_verified(checkpoint_bytes, &server_pub)
@@ -1335,18 +1342,30 @@ mod tests {
     /// clock and memory both went back, or by someone rewriting the log with
     /// the server key) stops recovery: it could sit in an earlier brand day
     /// or before a card's expiry.
-    #[test]
-    fn a_stored_record_stamped_before_the_one_it_follows_stops_recovery() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut writer, card) = testing::provision(store(dir.path()), "s", 10_000);
+    /// `card`'s purchase under the till's txn `txn`, committed by a writer
+    /// whose clock and memory went back a day; returns it as the stream
+    /// carries it.
+    fn a_day_back(writer: &mut BrandLedger, card: &str, txn: u64) -> Followed {
         let earlier = writer.last_time_ms - 86_400_000;
         writer.last_time_ms = earlier;
-        let op = testing::purchase(&card, 700, false);
-        let sub = testing::signed(&testing::terminal_key(), Principal::Terminal(1), 2, op);
+        let op = testing::purchase(card, 700, false);
+        let sub = testing::signed(&testing::terminal_key(), Principal::Terminal(1), txn, op);
         let batch = writer.apply_batch_at(std::slice::from_ref(&sub), earlier);
         let checkpoint = writer.checkpoint();
         BrandLedger::commit(writer.store.as_ref(), BRAND, &batch.written, &checkpoint).unwrap();
         let seq = writer.state.seq;
+        Followed {
+            seq,
+            record: writer.store.record(BRAND, seq).unwrap().unwrap(),
+            checkpoint: writer.store.last_checkpoint(BRAND).unwrap().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_stored_record_stamped_before_the_one_it_follows_stops_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, card) = testing::provision(store(dir.path()), "s", 10_000);
+        let seq = a_day_back(&mut writer, &card, 2).seq;
         drop(writer);
         let store = store(dir.path());
         match BrandLedger::recover(store, testing::server_key(), BRAND) {
@@ -1371,6 +1390,22 @@ mod tests {
         assert_eq!(follower.state, n.writer.state);
         drop(follower);
         assert_eq!(recovered(&n.local).state, n.writer.state, "stored once");
+    }
+
+    /// A standby checks what recovery and the auditor check: a followed
+    /// record stamped before the one it follows is refused.
+    #[test]
+    fn a_followed_record_stamped_before_the_one_it_follows_is_refused() {
+        let mut n = nodes();
+        let mut follower = recovered(&n.local);
+        n.commit.onto(&mut follower).unwrap();
+        let back = a_day_back(&mut n.writer, &n.card, 3);
+        let refused = back.onto(&mut follower);
+        assert!(
+            matches!(&refused, Err(LedgerError::Replay { source, .. })
+                if source.seq == back.seq && source.what.contains("time goes backwards")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -238,17 +238,42 @@ pub const WEB_SESSION_SECS: u64 = 8 * 3600;
 pub const WEB_SESSION_IDLE_SECS: u64 = 30 * 60;
 /// Web pages read at once, all sessions together: each read runs on its
 /// brand's writer between batches (a members page passes over every
-/// card), so the web page never holds more of a writer than this.
+/// card), so the web page never takes more of the machine than this.
 pub const WEB_READS_AT_ONCE: usize = 2;
-/// How long a page waits for one of those before answering 503.
+/// Of those, one brand's at once (its sessions together): one brand's
+/// read keys or scripts cannot take every turn, and the web page never
+/// holds more of one brand's writer than this. A brand's further pages
+/// wait on its own share, not in the queue every brand shares.
+pub const WEB_READS_PER_BRAND: usize = 1;
+/// How long a page waits for its turn (its brand's share, then one of
+/// all brands') before answering 503.
 pub const WEB_READ_WAIT_SECS: u64 = 10;
+/// HTTP connections one brand's sessions hold at once, counted from the
+/// first request that shows a session of the brand: past it, that request
+/// is answered 503 and its connection closed, so one brand's signed-in
+/// sessions cannot keep every one of `HTTP_MAX_CONNECTIONS` open. A
+/// connection that shows no session counts against
+/// `HTTP_MAX_CONNECTIONS` only: anyone who can reach the listener can
+/// still hold those (keep the listener on loopback or a management
+/// network, docs/security.md).
+pub const WEB_CONNECTIONS_PER_BRAND: usize = 16;
 /// Request bodies on the web port: the page has no writes (logout's form is
-/// empty), so anything larger is refused (413) unread.
+/// empty, the sign-in form two 64-digit fields), so anything larger is
+/// refused (413) unread.
 pub const WEB_MAX_BODY_BYTES: u64 = 1_024;
 const _: () = assert!(WEB_SESSION_IDLE_SECS <= WEB_SESSION_SECS);
 const _: () = assert!(WEB_LINKS_PER_KEY as usize <= WEB_MAX_PER_BRAND);
 const _: () = assert!(WEB_MAX_PER_BRAND <= WEB_MAX_PENDING_LOGINS);
 const _: () = assert!(WEB_MAX_PER_BRAND <= WEB_MAX_SESSIONS);
+const _: () = assert!(
+    WEB_READS_PER_BRAND < WEB_READS_AT_ONCE,
+    "a brand holding its whole share leaves a read for another brand"
+);
+const _: () = assert!(
+    WEB_CONNECTIONS_PER_BRAND < HTTP_MAX_CONNECTIONS,
+    "a brand holding its whole share leaves connections for another brand"
+);
+const _: () = assert!("token=&check=".len() as u64 + 2 * 64 <= WEB_MAX_BODY_BYTES);
 
 // Relations between limits, checked when the crate compiles.
 const _: () = assert!(
@@ -343,6 +368,11 @@ pub const MIN_PHONE_DIGITS: usize = 5;
 /// Holders kept per brand by the server's holder store (it is rewritten
 /// whole on each change, so its size bounds the cost of a change).
 pub const MAX_HOLDERS_PER_BRAND: usize = 200_000;
+/// A brand's holder-store calls (`HolderData`, `FindCard`, `SetHolder`'s
+/// check, `EraseHolder`) running or waiting at once; more are refused
+/// `SERVER_BUSY`. Each holds one of the blocking threads PIN checks of
+/// every brand also use.
+pub const MAX_HOLDER_CALLS_PER_BRAND: usize = 16;
 /// PIN digits (ISO 9564: 4 to 12).
 pub const MIN_PIN_DIGITS: usize = 4;
 /// Longest PIN.

@@ -165,3 +165,76 @@ pub fn provision(store: Arc<dyn LogStore>, name: &str, load_minor: i64) -> (Bran
     }
     (ledger, card)
 }
+
+/// The daemon's brands as the web page reaches them (`web::Brands`), for
+/// tests of the page without a daemon: every brand's read runs at once on
+/// one provisioned [`BRAND`] state, except the reads of `stalled` brands,
+/// which are held unanswered (a brand whose pages take their whole turn).
+/// A session's grant needs [`owner_key`] and [`Principal::Owner`]
+/// ([`web_owner`]). Storage reads are refused.
+pub struct WebBrands {
+    state: std::sync::Mutex<crate::state::BrandState>,
+    stalled: Vec<u32>,
+    held: std::sync::Mutex<Vec<crate::server::writer::ReadFn>>,
+}
+
+impl WebBrands {
+    /// Brands over a fresh ledger in `dir`, holding the reads of `stalled`.
+    pub fn new(dir: &std::path::Path, stalled: &[u32]) -> Self {
+        let store = crate::storage::DiskStore::open(dir)
+            .unwrap_or_else(|e| panic!("open a store in {}: {e}", dir.display()));
+        let (ledger, _) = provision(Arc::new(store), "s", 10_000);
+        WebBrands {
+            state: std::sync::Mutex::new(ledger.state),
+            stalled: stalled.to_vec(),
+            held: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Reads held unanswered now.
+    pub fn held(&self) -> usize {
+        self.held.lock().map_or(0, |h| h.len())
+    }
+}
+
+/// The grant of an owner's web session of `brand` (any brand id: every
+/// one reads the fixture's state in [`WebBrands`]).
+pub fn web_owner(brand: u32) -> crate::web::Grant {
+    crate::web::Grant {
+        brand,
+        principal: Principal::Owner,
+        key: owner_key().verifying_key().to_bytes(),
+    }
+}
+
+impl crate::web::Brands for WebBrands {
+    fn read(&self, brand: u32, read: crate::server::writer::ReadFn) -> bool {
+        if self.stalled.contains(&brand) {
+            self.held.lock().expect("held reads").push(read);
+            return true;
+        }
+        let deliver = read(&self.state.lock().expect("the fixture state"));
+        deliver();
+        true
+    }
+
+    fn activity(
+        &self,
+        _: crate::web::Grant,
+        _: pb::GetReport,
+    ) -> futures::future::BoxFuture<'static, Result<pb::Report, crate::error::Refusal>> {
+        Box::pin(async { Err(no_storage()) })
+    }
+
+    fn record(
+        &self,
+        _: crate::web::Grant,
+        _: u64,
+    ) -> futures::future::BoxFuture<'static, Result<Option<Vec<u8>>, crate::error::Refusal>> {
+        Box::pin(async { Err(no_storage()) })
+    }
+}
+
+fn no_storage() -> crate::error::Refusal {
+    crate::error::Refusal::new(pb::ErrorCode::StorageFailure, "no storage in WebBrands")
+}

@@ -134,6 +134,10 @@ pub struct VerifyReport {
     /// so anyone holding the file can cut it at an older checkpoint; this
     /// time (or `--compare`, or a checkpoint fetched apart) shows it.
     pub signed_through_ms: i64,
+    /// The server key in force at the chain's end, after its rotations:
+    /// the key a daemon serving this chain signs with.
+    #[serde(skip)]
+    pub server_key_now: [u8; 32],
     /// Whether the given old checkpoint was found extended (None if none given).
     pub extends_old_checkpoint: Option<bool>,
     /// Every card, by number.
@@ -552,6 +556,7 @@ impl Replay<'_> {
             signed_through_ms: self.last_checkpoint.as_ref().map_or(0, |c| c.time_ms),
             last_checkpoint: self.last_checkpoint,
             extends_old_checkpoint: self.extends_old,
+            server_key_now: state.server_key,
             cards,
             totals: self.totals,
             liability,

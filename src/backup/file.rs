@@ -30,31 +30,42 @@ struct Copied {
 /// What a new part holds, read before anything is joined.
 #[derive(Debug)]
 pub struct Part {
+    /// The server key its header names (a whole chain's: its first).
+    pub anchor: [u8; 32],
     /// Its records.
     pub records: u64,
     /// Its newest checkpoint (None when it holds no record).
     pub last_checkpoint: Option<pb::Checkpoint>,
 }
 
-/// Reads the part through, checking its header names `brand` and
-/// `server_key`.
-pub fn scan_part(part: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Part, BackupError> {
+/// Reads the part through, checking its header names `brand` and, when
+/// given, `server_key`.
+pub fn scan_part(
+    part: &Path,
+    brand: u32,
+    server_key: Option<&[u8; 32]>,
+) -> Result<Part, BackupError> {
     let mut reader = open(part)?;
-    part_header(&mut reader, part, brand, server_key)?;
+    let header = part_header(&mut reader, part, brand)?;
+    let anchor = <[u8; 32]>::try_from(header.server_public_key.as_slice())
+        .map_err(|_| BackupError::BadPart("its header names no server key".into()))?;
+    if server_key.is_some_and(|k| *k != anchor) {
+        return Err(BackupError::BadPart("it names another server key".into()));
+    }
     let mut sink = std::io::sink();
     let copied = copy_items(&mut reader, part, &mut sink, false)?;
     Ok(Part {
+        anchor,
         records: copied.records,
         last_checkpoint: copied.last_checkpoint,
     })
 }
 
-/// The part's header, which must name `brand` and `server_key`.
+/// The part's header, which must name `brand`.
 fn part_header(
     reader: &mut ExportReader<BufReader<File>>,
     part: &Path,
     brand: u32,
-    server_key: &[u8; 32],
 ) -> Result<pb::ExportHeader, BackupError> {
     let header = match next(reader, part)? {
         Some(Item::Header(h)) => h,
@@ -70,24 +81,23 @@ fn part_header(
             header.brand_id
         )));
     }
-    if header.server_public_key != server_key {
-        return Err(BackupError::BadPart("it names another server key".into()));
-    }
     Ok(header)
 }
 
 /// Writes `old` (a whole backup, if any) followed by `part` (the export
-/// after `old`'s tree size) to `out` as one export, fsynced. `out` is a
-/// temporary file: the caller verifies it before it replaces anything.
+/// after `old`'s tree size) to `out` as one export, fsynced, its header
+/// naming `anchor` (the chain's first server key). `out` is a temporary
+/// file: the caller verifies it before it replaces anything.
 pub fn join(
     old: Option<&Path>,
     part: &Path,
     out: &Path,
     brand: u32,
-    server_key: &[u8; 32],
+    anchor: &[u8; 32],
 ) -> Result<Joined, BackupError> {
     let mut part_reader = open(part)?;
-    let header = part_header(&mut part_reader, part, brand, server_key)?;
+    let mut header = part_header(&mut part_reader, part, brand)?;
+    header.server_public_key = anchor.to_vec();
     let file = create_private(out)?;
     let mut w = BufWriter::new(file);
     let write_err = BackupError::io(format!("writing {}", out.display()));

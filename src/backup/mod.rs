@@ -87,8 +87,8 @@ pub enum BackupError {
         /// The source's brand.
         source_brand: u32,
     },
-    /// The file's checkpoints were signed by another server key than the
-    /// source's (or the key pinned with `--server-key`).
+    /// The file's chain leads to another server key than the source's (or
+    /// the source's is not the key pinned with `--server-key`).
     #[error("{path}: server key {found} is not the expected {expected}")]
     OtherServer {
         /// The file, or the source when it was pinned.
@@ -153,11 +153,20 @@ struct Existing {
     tree_size: u64,
     checkpoints: u64,
     last_checkpoint: pb::Checkpoint,
+    /// The key its header names: the chain's first server key, the trust
+    /// anchor every later run verifies the file from.
+    anchor: [u8; 32],
+    /// The server key in force at its end, after its rotations.
+    key_now: [u8; 32],
 }
 
 /// Backs `source`'s brand up to `path`: a new file holds the whole chain,
 /// an existing one gets only what is new (see the module comment).
 /// `pinned_key`, when given, must be the source's server key.
+///
+/// Across a server key rotation: the file keeps its chain's first key as
+/// its anchor, and is verified from it through the rotations its records
+/// hold; the key the chain then leads to must be the source's.
 pub fn backup(
     source: &mut dyn Source,
     path: &Path,
@@ -173,14 +182,20 @@ pub fn backup(
     }
     let _lock = lock_beside(path)?;
     let existing = match path.exists() {
-        true => Some(read_existing(path, source.brand(), &server_key)?),
+        true => Some(read_existing(path, source.brand())?),
         false => None,
     };
     let temps = Temps::beside(path);
     let after = existing.as_ref().map_or(0, |e| e.tree_size);
     fetch_part(source, after, &temps.part)?;
-    let part = file::scan_part(&temps.part, source.brand(), &server_key)?;
+    // A part after the file's records names the source's key; a whole
+    // chain names its first.
+    let part_key = existing.as_ref().map(|_| server_key);
+    let part = file::scan_part(&temps.part, source.brand(), part_key.as_ref())?;
     if let Some(e) = &existing {
+        if part.records == 0 {
+            leads_to(path, e.key_now, server_key)?;
+        }
         check_extends(source, e, part.last_checkpoint.as_ref(), &server_key)?;
         if part.records == 0 {
             // Nothing new: the file stays as it is (not even rewritten).
@@ -192,10 +207,13 @@ pub fn backup(
             });
         }
     }
+    let anchor = existing.as_ref().map_or(part.anchor, |e| e.anchor);
     let old = existing.as_ref().map(|_| path);
-    let joined = file::join(old, &temps.part, &temps.joined, source.brand(), &server_key)?;
+    let joined = file::join(old, &temps.part, &temps.joined, source.brand(), &anchor)?;
     let old_checkpoint = existing.as_ref().map(|e| e.last_checkpoint.clone());
-    verify_file(&temps.joined, server_key, old_checkpoint).map_err(BackupError::NewPartInvalid)?;
+    let report =
+        verify_file(&temps.joined, anchor, old_checkpoint).map_err(BackupError::NewPartInvalid)?;
+    leads_to(path, report.server_key_now, server_key)?;
     temps.commit(path)?;
     Ok(BackupOutcome {
         brand: source.brand(),
@@ -205,10 +223,24 @@ pub fn backup(
     })
 }
 
-/// Verifies the existing backup whole (a damaged file is refused here,
-/// before anything is fetched) and checks that it is the source's brand
-/// under the source's server key.
-fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Existing, BackupError> {
+/// The chain's key in force must be the one the source signs with: a
+/// backup never joins a chain to a source that serves it under a key the
+/// chain does not lead to.
+fn leads_to(path: &Path, key_now: [u8; 32], source_key: [u8; 32]) -> Result<(), BackupError> {
+    if key_now != source_key {
+        return Err(BackupError::OtherServer {
+            path: path.to_path_buf(),
+            found: hex::encode(key_now),
+            expected: hex::encode(source_key),
+        });
+    }
+    Ok(())
+}
+
+/// Verifies the existing backup whole from the key its header names (a
+/// damaged file is refused here, before anything is fetched) and checks
+/// that it is the source's brand.
+fn read_existing(path: &Path, brand: u32) -> Result<Existing, BackupError> {
     let header = read_header(path).map_err(|source| BackupError::Unreadable {
         path: path.to_path_buf(),
         source,
@@ -220,28 +252,32 @@ fn read_existing(path: &Path, brand: u32, server_key: &[u8; 32]) -> Result<Exist
             source_brand: brand,
         });
     }
-    if header.server_public_key != server_key {
-        return Err(BackupError::OtherServer {
-            path: path.to_path_buf(),
-            found: hex::encode(&header.server_public_key),
-            expected: hex::encode(server_key),
-        });
-    }
-    let report = verify_file(path, *server_key, None).map_err(|source| BackupError::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let last_checkpoint = report.last_checkpoint.ok_or_else(|| BackupError::Corrupt {
+    let corrupt = |what: &str| BackupError::Corrupt {
         path: path.to_path_buf(),
         source: VerifyError {
             seq: None,
-            what: "the backup holds no checkpoint".into(),
+            what: what.into(),
         },
+    };
+    let anchor: [u8; 32] = header
+        .server_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("its header names no server key"))?;
+    let report = verify_file(path, anchor, None).map_err(|source| BackupError::Corrupt {
+        path: path.to_path_buf(),
+        source,
     })?;
+    let key_now = report.server_key_now;
+    let last_checkpoint = report
+        .last_checkpoint
+        .ok_or_else(|| corrupt("the backup holds no checkpoint"))?;
     Ok(Existing {
         tree_size: report.records,
         checkpoints: report.checkpoints,
         last_checkpoint,
+        anchor,
+        key_now,
     })
 }
 

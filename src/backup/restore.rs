@@ -44,8 +44,10 @@ pub enum RestoreError {
         #[source]
         source: ExportFileError,
     },
-    /// A backup's checkpoints were signed by another key than the one given.
-    #[error("{path}: its checkpoints were signed by server key {found}, not by the key in the server key file ({given})")]
+    /// A backup's chain leads to another server key than the one given
+    /// (the key its newest checkpoints were signed with, after the
+    /// chain's rotations).
+    #[error("{path}: its chain is signed by server key {found} (after its rotations), not by the key in the server key file ({given})")]
     WrongServerKey {
         /// The backup.
         path: PathBuf,
@@ -204,8 +206,10 @@ fn check_target(data: &Path) -> Result<(), RestoreError> {
     }
 }
 
-/// Verifies every backup under the given key; returns (brand, records,
-/// checkpoints) of each. Nothing is written.
+/// Verifies every backup from the first server key its header names,
+/// through the rotations its chain holds; the key it leads to must be the
+/// given one, which signs what the restored daemon writes next. Returns
+/// (brand, records, checkpoints) of each. Nothing is written.
 fn check_backups(
     server_key: &SigningKey,
     backups: &[PathBuf],
@@ -217,18 +221,21 @@ fn check_backups(
             path: path.clone(),
             source,
         })?;
-        if header.server_public_key != public {
-            return Err(RestoreError::WrongServerKey {
-                path: path.clone(),
-                found: hex::encode(&header.server_public_key),
-                given: hex::encode(public),
-            });
-        }
+        let wrong_key = |found: &[u8]| RestoreError::WrongServerKey {
+            path: path.clone(),
+            found: hex::encode(found),
+            given: hex::encode(public),
+        };
+        let anchor = <[u8; 32]>::try_from(header.server_public_key.as_slice())
+            .map_err(|_| wrong_key(&header.server_public_key))?;
         let report =
-            super::verify_file(path, public, None).map_err(|source| RestoreError::Invalid {
+            super::verify_file(path, anchor, None).map_err(|source| RestoreError::Invalid {
                 path: path.clone(),
                 source,
             })?;
+        if report.server_key_now != public {
+            return Err(wrong_key(&report.server_key_now));
+        }
         if let Some(j) = brands.iter().position(|b| b.0 == report.brand_id) {
             return Err(RestoreError::DuplicateBrand {
                 brand: report.brand_id,

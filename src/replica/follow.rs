@@ -23,6 +23,11 @@ pub struct ChainEnd {
     /// it without a checkpoint are a commit its writer never finished:
     /// never acknowledged, replaced by the next writer's records.
     pub record_seq: u64,
+    /// The hash of that record (`crypto::leaf_hash`, as the ledger's
+    /// `head_hash`; zeros for none): with `record_seq`, what a node compares
+    /// with its local log before it serves the brand (records are
+    /// hash-linked, so equal heads mean equal chains).
+    pub head_hash: [u8; 32],
 }
 
 fn stream_err(
@@ -50,36 +55,53 @@ async fn newest(stream: &stream::Stream, brand: u32) -> Result<Option<Run>, Repl
     }
 }
 
-/// Message `seq` of the brand's stream.
+/// Message `seq` of the brand's stream. Every caller asks for a message
+/// at or below one it has seen (the newest, or a commit's end), and the
+/// request reaches the stream's leader (`get_raw_message`), so "no message
+/// found" is no lag: the message was deleted, and no retry brings it back
+/// ([`ReplicaError::Missing`], not a [`ReplicaError::Stream`] to retry).
 async fn message(stream: &stream::Stream, brand: u32, seq: u64) -> Result<Run, ReplicaError> {
-    let m = stream
-        .get_raw_message(seq)
-        .await
-        .map_err(|e| stream_err(brand, "reading a message of its stream", e))?;
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let m = match stream.get_raw_message(seq).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+            return Err(ReplicaError::Missing {
+                brand,
+                stream_seq: seq,
+            })
+        }
+        Err(e) => return Err(stream_err(brand, "reading a message of its stream", e)),
+    };
     Run::decode(brand, seq, Some(&m.headers), &m.payload)
 }
 
 /// Where `brand`'s stream ends (walking back over an unfinished commit).
 pub async fn chain_end(stream: &stream::Stream, brand: u32) -> Result<ChainEnd, ReplicaError> {
+    let none = |stream_seq| ChainEnd {
+        stream_seq,
+        record_seq: 0,
+        head_hash: [0; 32],
+    };
     let Some(mut run) = newest(stream, brand).await? else {
-        return Ok(ChainEnd {
-            stream_seq: 0,
-            record_seq: 0,
-        });
+        return Ok(none(0));
     };
     let stream_seq = run.stream_seq;
     while run.batch.checkpoint.is_empty() {
         if run.stream_seq <= 1 {
-            return Ok(ChainEnd {
-                stream_seq,
-                record_seq: 0,
-            });
+            return Ok(none(stream_seq));
         }
         run = message(stream, brand, run.stream_seq - 1).await?;
     }
+    // A run with a checkpoint holds at least one record (`Run::decode`).
+    let head = run
+        .batch
+        .records
+        .last()
+        .map(|r| crate::crypto::leaf_hash(r));
     Ok(ChainEnd {
         stream_seq,
         record_seq: run.batch.last_seq,
+        head_hash: head.unwrap_or([0; 32]),
     })
 }
 

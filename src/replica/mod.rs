@@ -31,7 +31,7 @@ mod store;
 
 pub use lease::{LeaseClock, Leases};
 pub use nats::Nats;
-pub use store::ReplicatedStore;
+pub use store::{Ends, ReplicatedStore};
 
 /// Replicas of each brand's stream (JetStream's Raft group: a quorum of two
 /// survives the loss of one NATS node).
@@ -129,6 +129,28 @@ pub enum ReplicaError {
         brand: u32,
         /// How.
         what: String,
+    },
+    /// A take-over read the stream, and seeded or fenced it, this many
+    /// times and found it moved on each time (another writer still
+    /// appending).
+    #[error("brand {brand}: its stream kept moving through {rounds} rounds of taking it over")]
+    Unsettled {
+        /// The brand.
+        brand: u32,
+        /// The rounds tried.
+        rounds: u32,
+    },
+    /// A message below the stream's newest is gone (deleted by hand, `nats
+    /// stream rmm`): the chain cannot be read past it, now or later.
+    #[error(
+        "brand {brand}: message {stream_seq} of its stream is missing (deleted below the \
+         stream's newest): its chain cannot be read; restore the stream or follow from a copy"
+    )]
+    Missing {
+        /// The brand.
+        brand: u32,
+        /// The missing message's stream sequence.
+        stream_seq: u64,
     },
     /// A stream message is not a cardd run.
     #[error("brand {brand}: message {stream_seq} of its stream is not a cardd run: {what}")]

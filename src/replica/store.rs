@@ -56,18 +56,73 @@ impl ReplicatedStore {
         self
     }
 
-    /// Appends a fence to `brand`'s stream, fenced on `after` (the stream
-    /// sequence of the end this node caught up to): from then on only this
-    /// node's appends are taken. Fails with [`ReplicaError::Fenced`] if
-    /// another append came first (catch up again, then fence again).
-    pub fn fence(&self, brand: u32, after: u64) -> std::result::Result<(), ReplicaError> {
+    /// Appends a fence to `brand`'s stream, fenced on `end` (where this
+    /// node caught the stream up to): from then on only this node's appends
+    /// are taken. `local` is the local log's end (record seq, head hash):
+    /// the fence is refused ([`ReplicaError::Diverged`]) unless the stream
+    /// ends exactly there, since serving from a log the stream does not end
+    /// with would put the next record after the wrong one on one of them.
+    /// Fails with [`ReplicaError::Fenced`] if another append came first
+    /// (catch up again, then fence again).
+    pub fn fence(
+        &self,
+        brand: u32,
+        end: follow::ChainEnd,
+        local: (u64, [u8; 32]),
+    ) -> std::result::Result<(), ReplicaError> {
         self.tails.lock().expect("tails lock").remove(&brand);
+        if (end.record_seq, end.head_hash) != local {
+            return Err(ReplicaError::Diverged {
+                brand,
+                what: format!(
+                    "its stream's chain ends at record {} but this node's local log at record {} \
+                     (not fencing: the stream must end where the local log does)",
+                    end.record_seq, local.0
+                ),
+            });
+        }
         let message = PublishMessage::build()
             .header(super::FENCE_HEADER, "1")
-            .expected_last_subject_sequence(after);
+            .expected_last_subject_sequence(end.stream_seq);
         let seq = self.publish(brand, message, (0, 0))?;
         self.tails.lock().expect("tails lock").insert(brand, seq);
         Ok(())
+    }
+
+    /// How `brand`'s stream, ending at `end`, stands to the local log,
+    /// ending at `local` (record seq, head hash): the same chain to the
+    /// same end, or a strict prefix of the local log (same record bytes up
+    /// to the stream's end: a seeding that stopped part-way). Anything else
+    /// is [`ReplicaError::Diverged`]: the node must not serve the brand.
+    pub fn compare_ends(
+        &self,
+        brand: u32,
+        end: follow::ChainEnd,
+        local: (u64, [u8; 32]),
+    ) -> std::result::Result<Ends, ReplicaError> {
+        let diverged = |what: String| ReplicaError::Diverged { brand, what };
+        if (end.record_seq, end.head_hash) == local {
+            return Ok(Ends::Same);
+        }
+        if end.record_seq >= local.0 {
+            return Err(diverged(format!(
+                "its stream's chain ends at record {} with another record than this node's \
+                 local log, which ends at {}",
+                end.record_seq, local.0
+            )));
+        }
+        if end.record_seq == 0 {
+            return Ok(Ends::StreamBehind);
+        }
+        let here = self.disk.record(brand, end.record_seq)?;
+        if here.as_deref().map(crate::crypto::leaf_hash) != Some(end.head_hash) {
+            return Err(diverged(format!(
+                "its stream's record {} is not this node's record {} (the local log, to {}, \
+                 holds another chain)",
+                end.record_seq, end.record_seq, local.0
+            )));
+        }
+        Ok(Ends::StreamBehind)
     }
 
     /// The local log alone (what a follower commits to).
@@ -80,31 +135,27 @@ impl ReplicatedStore {
         &self.nats
     }
 
-    /// Puts `brand`'s local log on its stream, commit by commit with the
-    /// stored checkpoints, when the stream is empty and the local log is
-    /// not (a brand created before replication: on a single node, or
-    /// offline). `keep_lease` is called after each commit (a long history
-    /// outlasts a lease). Returns the commits appended.
+    /// Puts `brand`'s local commits after record `after` on its stream,
+    /// commit by commit with the stored checkpoints: a brand created before
+    /// replication (on a single node, or offline: `after` 0), or one whose
+    /// seeding stopped part-way (a publish timeout, a crash; `after` is
+    /// where its stream ends, which [`compare_ends`](Self::compare_ends)
+    /// found to be the local log's up to there). `keep_lease` is called
+    /// after each commit (a long history outlasts a lease). Returns the
+    /// commits appended.
     pub fn seed(
         &self,
         brand: u32,
-        local_seq: u64,
+        after: u64,
         keep_lease: &mut dyn FnMut() -> std::result::Result<(), ReplicaError>,
     ) -> std::result::Result<u64, ReplicaError> {
         use prost::Message;
-        let end = super::patiently(|| {
-            let js = self.nats.jetstream();
-            self.nats.run(async move {
-                let stream = brand_stream(&js, brand).await?;
-                follow::chain_end(&stream, brand).await
-            })?
-        })?;
-        if end.stream_seq != 0 || local_seq == 0 {
-            return Ok(0);
-        }
-        let mut records = self.disk.scan(brand, 1);
-        let mut commits = 0;
-        for stored in self.disk.checkpoints(brand) {
+        // The stream's tail is read again (an earlier stint as the brand's
+        // writer may have left one that is stale now).
+        self.tails.lock().expect("tails lock").remove(&brand);
+        let mut records = self.disk.scan(brand, after + 1);
+        let (mut commits, mut last) = (0, after);
+        for stored in self.disk.checkpoints_after(brand, after) {
             let checkpoint = stored?;
             let size = crate::pb::Checkpoint::decode(checkpoint.as_slice())
                 .map_err(|e| ReplicaError::Diverged {
@@ -112,6 +163,9 @@ impl ReplicatedStore {
                     what: format!("a stored checkpoint does not decode: {e}"),
                 })?
                 .tree_size;
+            if size <= after {
+                continue; // `checkpoints_after` may start a little early
+            }
             let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
             while batch.last().is_none_or(|(seq, _)| *seq < size) {
                 match records.next() {
@@ -128,12 +182,13 @@ impl ReplicatedStore {
             let refs: Vec<(u64, &[u8])> = batch.iter().map(|(s, b)| (*s, b.as_slice())).collect();
             self.replicate(brand, &refs, &checkpoint)?;
             keep_lease()?;
-            commits += 1;
+            (commits, last) = (commits + 1, size);
         }
         tracing::info!(
             brand,
             commits,
-            records = local_seq,
+            from = after + 1,
+            to = last,
             "seeded the brand's stream from the local log"
         );
         Ok(commits)
@@ -269,6 +324,17 @@ impl ReplicatedStore {
             }),
         }
     }
+}
+
+/// How a brand's stream stands to the local log (
+/// [`ReplicatedStore::compare_ends`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// Both end at the same record, with the same hash.
+    Same,
+    /// The stream holds the local log's first records only, the same bytes
+    /// (its last one's hash equal): the rest is to be seeded.
+    StreamBehind,
 }
 
 /// `records` in runs of at most `max_bytes` of record bytes (at least one

@@ -18,6 +18,7 @@
 //! (`MAX_HOLDERS_PER_BRAND`); changes are owner operations, rare.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
@@ -141,12 +142,31 @@ pub fn phone_ok(phone: &str) -> Result<(), Refusal> {
 #[derive(Debug)]
 pub struct HolderStore {
     dir: PathBuf,
-    /// Each brand's holders under a lock of its own (None until read): one
-    /// brand's rewrites and fsyncs never wait for another's.
-    brands: Mutex<HashMap<u32, Arc<Mutex<Option<Holders>>>>>,
+    /// Each brand's holders under a lock of its own: one brand's rewrites
+    /// and fsyncs never wait for another's.
+    brands: Mutex<HashMap<u32, Arc<BrandHolders>>>,
 }
 
 type Holders = BTreeMap<u64, Holder>;
+
+/// One brand's holders (None until read) and its calls admitted.
+#[derive(Debug, Default)]
+struct BrandHolders {
+    holders: Mutex<Option<Holders>>,
+    /// Calls admitted and not yet done, running or waiting for the lock.
+    admitted: AtomicUsize,
+}
+
+/// A place among a brand's holder-store calls (see
+/// [`HolderStore::admit`]); the place is given back when this is dropped.
+#[derive(Debug)]
+pub struct Admitted(Arc<BrandHolders>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl HolderStore {
     /// The store of the data directory `data_dir` (nothing is read yet).
@@ -161,17 +181,37 @@ impl HolderStore {
         self.dir.join(format!("brand-{brand}"))
     }
 
+    fn brand(&self, brand: u32) -> Arc<BrandHolders> {
+        let mut brands = self.brands.lock().expect("holder store lock");
+        brands.entry(brand).or_default().clone()
+    }
+
+    /// A place for one more of `brand`'s calls, or `SERVER_BUSY` when
+    /// `MAX_HOLDER_CALLS_PER_BRAND` are running or waiting. Each call
+    /// holds a blocking thread while it waits for the brand's lock, and
+    /// those threads are shared with every brand's PIN checks: without
+    /// this bound one owner's flood of `HolderData` would take them all.
+    pub fn admit(&self, brand: u32) -> Result<Admitted, Refusal> {
+        let one = self.brand(brand);
+        let before = one.admitted.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(one);
+        if before >= MAX_HOLDER_CALLS_PER_BRAND {
+            return Err(Refusal::new(
+                E::ServerBusy,
+                "too many holder changes of this brand at once; try again",
+            ));
+        }
+        Ok(admitted)
+    }
+
     /// Runs `f` on the brand's holders (read from its file on first use).
     fn with_brand<T>(
         &self,
         brand: u32,
         f: impl FnOnce(&mut BTreeMap<u64, Holder>) -> Result<T, HolderError>,
     ) -> Result<T, HolderError> {
-        let one = {
-            let mut brands = self.brands.lock().expect("holder store lock");
-            brands.entry(brand).or_default().clone()
-        };
-        let mut loaded = one.lock().expect("holder store lock");
+        let one = self.brand(brand);
+        let mut loaded = one.holders.lock().expect("holder store lock");
         if loaded.is_none() {
             *loaded = Some(self.load(brand)?);
         }
@@ -319,7 +359,7 @@ mod tests {
         let store = Arc::new(HolderStore::new(dir.path()));
         store.put(1, CARD, "Li Na", "13900139000").unwrap();
         let one = store.brands.lock().unwrap().get(&1).cloned().unwrap();
-        let busy = one.lock().unwrap();
+        let busy = one.holders.lock().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let other = store.clone();
         std::thread::spawn(move || {
@@ -328,6 +368,28 @@ mod tests {
         let done = rx.recv_timeout(std::time::Duration::from_secs(10));
         drop(busy);
         assert_eq!(done, Ok(true), "brand 2 waited for brand 1");
+    }
+
+    /// Places are per brand, refused past the bound, and given back when
+    /// a call is done.
+    #[test]
+    fn a_brand_s_calls_are_admitted_up_to_the_bound_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HolderStore::new(dir.path());
+        let full: Vec<Admitted> = (0..MAX_HOLDER_CALLS_PER_BRAND)
+            .map(|_| store.admit(1).unwrap())
+            .collect();
+        let refused = store.admit(1).unwrap_err();
+        assert_eq!(refused.code, E::ServerBusy);
+        assert!(
+            store.admit(2).is_ok(),
+            "another brand has places of its own"
+        );
+        drop(full);
+        let again: Vec<Admitted> = (0..MAX_HOLDER_CALLS_PER_BRAND)
+            .map(|_| store.admit(1).unwrap())
+            .collect();
+        assert_eq!(again.len(), MAX_HOLDER_CALLS_PER_BRAND);
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! most `HTTP_MAX_HEADER_BYTES` that must arrive within
 //! `HTTP_HEADER_TIMEOUT_SECS`, and `HTTP_CONNECTION_SECS` per connection,
 //! so a slow or hostile client costs one small task at most. The owner's
-//! web page (`crate::web`) is merged into [`router`] by `run_until`.
+//! web page (`crate::web`) is merged into [`router`] by `run_until`; each
+//! connection carries a `web::Connection`, by which the page holds one
+//! brand's sessions to `WEB_CONNECTIONS_PER_BRAND` of the connections.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +164,12 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
             tracing::debug!(%peer, "HTTP connection limit reached; closing");
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Each connection its own `web::Connection`: the web page counts
+        // it against its brand's share once a request shows a session.
+        let tagged = router
+            .clone()
+            .layer(axum::Extension(crate::web::Connection::default()));
+        let service = TowerToHyperService::new(tagged);
         let stop = stop.clone();
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -182,7 +189,89 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
+    use crate::limits::WEB_CONNECTIONS_PER_BRAND;
+    use crate::testing::{web_owner, WebBrands, BRAND};
+    use crate::web::{Logins, Web, COOKIE};
+
+    /// A session cookie of `brand`'s owner.
+    fn session(logins: &Logins, brand: u32) -> String {
+        let link = logins.issue(web_owner(brand)).expect("a link");
+        logins.open(&link.token).expect("a session").0
+    }
+
+    /// Sends `GET /liability` with `cookie` on `s`; the answer's status,
+    /// read from its head (the body is left unread; the connection open).
+    async fn liability(s: &mut TcpStream, cookie: &str, close: bool) -> Option<u16> {
+        let close = if close { "Connection: close\r\n" } else { "" };
+        let request = format!(
+            "GET /liability HTTP/1.1\r\nHost: cardd\r\n{close}Cookie: {COOKIE}={cookie}\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+                Ok(Ok(1)) => head.push(byte[0]),
+                _ => return None,
+            }
+        }
+        String::from_utf8_lossy(&head)
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// One brand's sessions that keep connections open hold at most their
+    /// share of the listener's: past it they are answered 503 and closed,
+    /// and another brand's owner still gets a connection and the page.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_brands_connections_leave_slots_for_another_brand() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let logins = Arc::new(Logins::default());
+        let web = Web::new(logins.clone(), Arc::new(WebBrands::new(dir.path(), &[])));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let app = router(Arc::new(Health::default())).merge(crate::web::router(web));
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(listener, app, stop.clone()));
+        let hog = session(&logins, BRAND + 1);
+        let mut kept = Vec::new();
+        for _ in 0..HTTP_MAX_CONNECTIONS {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            match liability(&mut s, &hog, false).await {
+                Some(200) => kept.push(s),
+                Some(503) => {
+                    // Closed by the daemon: the read ends.
+                    let mut rest = Vec::new();
+                    let read =
+                        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest));
+                    assert!(matches!(read.await, Ok(Ok(_))), "the 503 connection closes");
+                }
+                other => panic!("the hog's connection answered {other:?}"),
+            }
+        }
+        assert_eq!(kept.len(), WEB_CONNECTIONS_PER_BRAND);
+        // The last refused connection's slot is freed just after its
+        // socket closes: a few tries cover that moment, not a full listener
+        // (whose slots the hog would hold for `HTTP_CONNECTION_SECS`).
+        let owner = session(&logins, BRAND);
+        let mut status = None;
+        for _ in 0..10 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            status = liability(&mut s, &owner, true).await;
+            if status.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, Some(200), "another brand's owner is served");
+        stop.cancel();
+    }
 
     #[test]
     fn ready_only_between_recovery_and_shutdown() {

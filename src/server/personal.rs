@@ -6,7 +6,8 @@
 //!   record (the person never enters the ledger).
 //! * `SetHolder`: submitted only if its commitment is the one the store
 //!   answered for the card's holder.
-//! * `EraseHolder`: the store forgets first (durably), then the record.
+//! * `EraseHolder`: if the state would write its record, the store forgets
+//!   first (durably), then the record; otherwise the store is untouched.
 //! * A purchase or redemption with a PIN block, `SetPin` with an old PIN:
 //!   the block is opened and checked (Argon2id, bounded, on a blocking
 //!   thread); a wrong PIN is counted and refused without a record; a right
@@ -15,10 +16,13 @@
 //!   a `SetPinLock` of its own (CARD_PIN_LOCKED) before it answers.
 //!   `SetPin` stores the new hash once its record is durable (a resent one
 //!   too, if its hash was never stored), the owner's
-//!   `SetPinLock` (unlock) zeroes the count once its record is.
+//!   `SetPinLock` (unlock) zeroes the count once its record is. Both hold
+//!   the card (`pins::Held`) from before the record until the store has
+//!   changed, so no PIN try sees the store and the ledger disagree.
 use std::sync::Arc;
 
 use super::guard::Probe;
+use super::holders::HolderStore;
 use super::pins::Verdict;
 use super::reply::ReplyTo;
 use super::writer::BrandHandle;
@@ -29,7 +33,7 @@ use crate::ledger::{Answer, Submission};
 use crate::pb::request::Op;
 use crate::pb::{self, ErrorCode as E};
 use crate::pin::{Binding, PinError, Purpose};
-use crate::state::Principal;
+use crate::state::{EraseFate, Principal};
 
 /// Who sent the request (from its session).
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +113,7 @@ async fn run(
         Some(Op::HolderData(h)) => holder_data(shared, brand, who, &h).await.map(Done::Answer),
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
-        Some(Op::EraseHolder(e)) => erase_holder(shared, who, &e.card, sub).await,
+        Some(Op::EraseHolder(e)) => erase_holder(shared, brand, who, &e.card, sub).await,
         Some(Op::Purchase(p)) => {
             spend(shared, (brand, probe), who, (&p.card, &p.pin_block), sub).await
         }
@@ -151,6 +155,22 @@ fn card_of(who: Who, card: &str) -> Result<u64, Refusal> {
     }
 }
 
+/// Runs `f` on the holder store off the runtime's workers, if `brand`
+/// has a place left among its calls (`HolderStore::admit`).
+async fn bounded<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    brand: u32,
+    f: impl FnOnce(&HolderStore) -> Result<T, super::holders::HolderError> + Send + 'static,
+) -> Result<T, Refusal> {
+    let admitted = shared.holders.admit(brand)?;
+    let store = shared.holders.clone();
+    blocking(move || {
+        let _place = admitted;
+        f(&store)
+    })
+    .await
+}
+
 /// Runs a blocking holder-store call off the runtime's workers (fsync).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, super::holders::HolderError> + Send + 'static,
@@ -182,8 +202,9 @@ async fn holder_data(
         Some(false) => return Err(Refusal::new(E::CardNotFound, "card not found")),
         None => return Err(Refusal::new(E::Internal, "server stopping")),
     }
-    let (store, name, phone) = (shared.holders.clone(), h.name.clone(), h.phone.clone());
-    let commitment = blocking(move || store.put(who.brand_id, card, &name, &phone)).await?;
+    let (name, phone) = (h.name.clone(), h.phone.clone());
+    let put = move |store: &HolderStore| store.put(who.brand_id, card, &name, &phone);
+    let commitment = bounded(shared, who.brand_id, put).await?;
     Ok(Ok(pb::Reply {
         holder_commitment: commitment.to_vec(),
         ..Default::default()
@@ -192,9 +213,10 @@ async fn holder_data(
 
 async fn find_card(shared: &Arc<Shared>, who: Who, f: &pb::FindCard) -> Result<Answer, Refusal> {
     require_owner(who)?;
-    let (store, phone) = (shared.holders.clone(), f.phone.clone());
+    let phone = f.phone.clone();
     let max = crate::limits::MAX_FOUND_CARDS;
-    let cards = blocking(move || store.find(who.brand_id, &phone, max)).await?;
+    let find = move |store: &HolderStore| store.find(who.brand_id, &phone, max);
+    let cards = bounded(shared, who.brand_id, find).await?;
     Ok(Ok(pb::Reply {
         holder: Some(pb::HolderFound {
             cards: cards.into_iter().map(crate::state::format_card).collect(),
@@ -211,8 +233,9 @@ async fn set_holder(
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, &h.card)?;
-    let (store, commitment) = (shared.holders.clone(), h.commitment.clone());
-    if !blocking(move || store.holds(who.brand_id, card, &commitment)).await? {
+    let commitment = h.commitment.clone();
+    let holds = move |store: &HolderStore| store.holds(who.brand_id, card, &commitment);
+    if !bounded(shared, who.brand_id, holds).await? {
         return Err(Refusal::new(
             E::InvalidArgument,
             "no holder with this commitment for the card: send the holder's data first (HolderData)",
@@ -223,16 +246,30 @@ async fn set_holder(
 
 async fn erase_holder(
     shared: &Arc<Shared>,
+    brand: &BrandHandle,
     who: Who,
     card: &str,
     sub: Submission,
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, card)?;
-    let store = shared.holders.clone();
+    // Asked first: an erase the state refuses changes nothing (the person
+    // stays), and a resend of one that stands is answered from the ledger
+    // without forgetting a holder named since.
+    let fate = brand
+        .erase_fate(sub.signer_key, sub.decoded().clone())
+        .await;
+    match fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))? {
+        EraseFate::Refused(refusal) => return Err(refusal),
+        EraseFate::Seen => return Ok(Done::Submit(sub)),
+        EraseFate::Written => {}
+    }
     // Forgotten before the record: a record saying "erased" must never
-    // stand beside a person still kept.
-    blocking(move || store.erase(who.brand_id, card)).await?;
+    // stand beside a person still kept. Should the state refuse it after
+    // all (it changed between the question and the record: see
+    // docs/security.md), the person is gone and no record says so.
+    let erase = move |store: &HolderStore| store.erase(who.brand_id, card);
+    bounded(shared, who.brand_id, erase).await?;
     Ok(Done::Submit(sub))
 }
 
@@ -273,13 +310,14 @@ async fn check_block(
             return Err(refusal);
         }
     };
-    let verdict = shared
-        .pins
-        .check(who.brand_id, card, pin, Some(probe))
-        .await?;
+    let held = shared.pins.claim(who.brand_id, card)?;
+    let verdict = held.check(pin, Some(probe)).await?;
     if matches!(verdict, Verdict::Wrong { left: 0 } | Verdict::Locked) {
+        // Still held: an owner's unlock waiting for the card comes after
+        // this lock in the ledger, never before it.
         lock(shared, brand, who.brand_id, card_text).await;
     }
+    drop(held);
     if let Some(refusal) = verdict.refusal() {
         tracing::info!(brand = who.brand_id, principal = ?who.principal, code = ?refusal.code, "PIN refused");
         return Err(refusal);
@@ -373,6 +411,9 @@ async fn set_pin(
         return set_pin_after(shared, brand, (who.brand_id, card), || Ok(pin), sub).await;
     }
     let hash = shared.pins.hash(pin).await?;
+    // Held from before the record (which lifts any lock) until the new
+    // hash and its fresh count are kept: see `unlock_pin`.
+    let held = shared.pins.hold(who.brand_id, card).await?;
     let answer = brand
         .submit(sub)
         .await
@@ -380,10 +421,7 @@ async fn set_pin(
     // The hash is kept only once the record stands: a refused change
     // leaves the old PIN in force.
     if let Ok(reply) = &answer {
-        shared
-            .pins
-            .set(who.brand_id, card, hash, seq_of(reply))
-            .await?;
+        held.set(hash, seq_of(reply)).await?;
     }
     Ok(Done::Answer(answer))
 }
@@ -467,7 +505,8 @@ async fn replace_card(
     if answer.is_ok() {
         let store = shared.holders.clone();
         // The record stands whatever happens here: a failed move is the
-        // operator's to repair (set-holder, set-pin), and is logged.
+        // operator's to repair (set-holder, set-pin), and is logged. Not
+        // `bounded`: a move refused as busy would be one more to repair.
         if let Err(refusal) = blocking(move || store.rename(who.brand_id, old, new)).await {
             tracing::error!(brand = who.brand_id, %refusal, "holder not moved to the new card");
         }
@@ -487,12 +526,25 @@ async fn unlock_pin(
 ) -> Result<Done, Refusal> {
     require_owner(who)?;
     let card = card_of(who, card_text)?;
+    // Held from before the record until the count is reset, so that the
+    // two are one step for PIN tries: a try between them would find the
+    // old count, five, and lock the card again (a CARD_PIN_LOCKED record
+    // right after the owner's unlock). Tries meanwhile are turned away
+    // (SERVER_BUSY), and a lock being written goes before the unlock.
+    let held = shared.pins.hold(who.brand_id, card).await?;
     let answer = brand
         .submit(sub)
         .await
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
-    if answer.is_ok() {
-        shared.pins.unlock(who.brand_id, card).await?;
+    // A resent unlock resets the count only while the ledger still says
+    // unlocked (it repairs a reset a crash lost); after a later lock the
+    // count stays, or a thief's five tries would start over.
+    let relocked = match &answer {
+        Ok(reply) if reply.replayed => brand.card_pin_locked(card).await != Some(false),
+        _ => false,
+    };
+    if answer.is_ok() && !relocked {
+        held.unlock().await?;
     }
     Ok(Done::Answer(answer))
 }

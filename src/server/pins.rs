@@ -11,8 +11,12 @@
 //! at a time, with at most `MAX_PIN_CHECKS_QUEUED` waiting (SERVER_BUSY
 //! beyond). One card is checked by one request at a time: guesses sent in
 //! parallel from many tills are refused (SERVER_BUSY) rather than checked
-//! against a count that has not moved yet.
-use std::collections::HashSet;
+//! against a count that has not moved yet. A change that lifts a lock (the
+//! owner's unlock, a new PIN) holds the card from before its record until
+//! the count is reset (`Held`): a try is counted before it or after it,
+//! never against the stale count between, which would lock the card again
+//! (and write the lock into the ledger) right after the owner lifted it.
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -97,8 +101,20 @@ pub struct PinStore {
     running: Arc<Semaphore>,
     /// Checks running or waiting.
     queued: Arc<Semaphore>,
-    /// Cards with a check under way.
-    busy: Mutex<HashSet<(u32, u64)>>,
+    /// Cards held (a check, or a change of the count, under way), and
+    /// cards someone waits to hold.
+    cards: Mutex<Cards>,
+}
+
+/// Which cards are held, and which are waited for.
+#[derive(Debug, Default)]
+struct Cards {
+    /// Held now.
+    held: HashSet<(u32, u64)>,
+    /// Waited for, with how many wait: a check does not take a card
+    /// someone waits for, so that a till trying PINs in a loop cannot keep
+    /// the owner's unlock (or a new PIN) out of it.
+    wanted: HashMap<(u32, u64), u32>,
 }
 
 impl std::fmt::Debug for PinStore {
@@ -107,20 +123,52 @@ impl std::fmt::Debug for PinStore {
     }
 }
 
-/// A card's check under way; the card is free again when it drops.
-struct Busy<'a> {
+/// A card held: while it lives no PIN of the card is checked (a check is
+/// refused SERVER_BUSY) and no other change of its count or hash is made,
+/// so that what its holder does with the store and the ledger is one step
+/// for every PIN try. Free again when it drops.
+pub struct Held {
+    store: Arc<PinStore>,
+    card: (u32, u64),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut cards = self.store.cards.lock().expect("cards lock");
+        cards.held.remove(&self.card);
+    }
+}
+
+/// A wait for a card, counted while it lasts (see `Cards::wanted`).
+struct Wanting<'a> {
     store: &'a PinStore,
     card: (u32, u64),
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Wanting<'_> {
     fn drop(&mut self) {
-        self.store
-            .busy
-            .lock()
-            .expect("busy lock")
-            .remove(&self.card);
+        let mut cards = self.store.cards.lock().expect("cards lock");
+        if let Some(n) = cards.wanted.get_mut(&self.card) {
+            *n -= 1;
+            if *n == 0 {
+                cards.wanted.remove(&self.card);
+            }
+        }
     }
+}
+
+/// How long a change of a card's PIN or count waits for a check under way
+/// (a check takes tens of milliseconds) before it is refused SERVER_BUSY.
+const HOLD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a waiting change looks again.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+fn card_busy() -> Refusal {
+    Refusal::new(
+        E::ServerBusy,
+        "this card's PIN is being checked for another request; try again",
+    )
 }
 
 impl PinStore {
@@ -132,7 +180,7 @@ impl PinStore {
             server: server.clone(),
             running: Arc::new(Semaphore::new(MAX_PIN_CHECKS_AT_ONCE)),
             queued: Arc::new(Semaphore::new(MAX_PIN_CHECKS_QUEUED)),
-            busy: Mutex::new(HashSet::new()),
+            cards: Mutex::new(Cards::default()),
         }
     }
 
@@ -181,31 +229,66 @@ impl PinStore {
         replace_durably(&path, &bytes, true).map_err(|e| storage("write", e))
     }
 
-    fn claim(&self, brand: u32, card: u64) -> Result<Busy<'_>, Refusal> {
-        if !self.busy.lock().expect("busy lock").insert((brand, card)) {
-            return Err(Refusal::new(
-                E::ServerBusy,
-                "this card's PIN is being checked for another request; try again",
-            ));
+    /// Holds the card now, for a check: refused if it is held, or waited
+    /// for by a change (which goes first).
+    pub fn claim(self: &Arc<Self>, brand: u32, card: u64) -> Result<Held, Refusal> {
+        let mut cards = self.cards.lock().expect("cards lock");
+        if cards.wanted.contains_key(&(brand, card)) || !cards.held.insert((brand, card)) {
+            return Err(card_busy());
         }
-        Ok(Busy {
-            store: self,
+        Ok(Held {
+            store: self.clone(),
             card: (brand, card),
         })
     }
 
-    /// The card, once no check holds it (blocking: call on a blocking
-    /// thread). A check takes tens of milliseconds; a change of the PIN
-    /// waits for it rather than write beside it (the check would write the
-    /// old hash back with its count).
-    fn claim_waiting(&self, brand: u32, card: u64) -> Result<Busy<'_>, Refusal> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    /// Holds the card if no one does, waiting or not.
+    fn try_hold(self: &Arc<Self>, brand: u32, card: u64) -> Option<Held> {
+        let mut cards = self.cards.lock().expect("cards lock");
+        cards.held.insert((brand, card)).then(|| Held {
+            store: self.clone(),
+            card: (brand, card),
+        })
+    }
+
+    /// Counts a wait for the card until the returned guard drops.
+    fn want(&self, brand: u32, card: u64) -> Wanting<'_> {
+        let mut cards = self.cards.lock().expect("cards lock");
+        *cards.wanted.entry((brand, card)).or_default() += 1;
+        Wanting {
+            store: self,
+            card: (brand, card),
+        }
+    }
+
+    /// Holds the card once the check under way (if any) is done, for a
+    /// change of its PIN or count; no new check takes it meanwhile.
+    pub async fn hold(self: &Arc<Self>, brand: u32, card: u64) -> Result<Held, Refusal> {
+        let _wanting = self.want(brand, card);
+        let deadline = tokio::time::Instant::now() + HOLD_PATIENCE;
         loop {
-            match self.claim(brand, card) {
-                Ok(busy) => return Ok(busy),
-                Err(busy) if std::time::Instant::now() > deadline => return Err(busy),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            if let Some(held) = self.try_hold(brand, card) {
+                return Ok(held);
             }
+            if tokio::time::Instant::now() > deadline {
+                return Err(card_busy());
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+        }
+    }
+
+    /// [`PinStore::hold`] on a blocking thread.
+    fn hold_blocking(self: &Arc<Self>, brand: u32, card: u64) -> Result<Held, Refusal> {
+        let _wanting = self.want(brand, card);
+        let deadline = std::time::Instant::now() + HOLD_PATIENCE;
+        loop {
+            if let Some(held) = self.try_hold(brand, card) {
+                return Ok(held);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(card_busy());
+            }
+            std::thread::sleep(HOLD_POLL);
         }
     }
 
@@ -227,10 +310,7 @@ impl PinStore {
     }
 
     /// Checks `pin` for the card, counting a wrong try durably before it
-    /// answers. Runs Argon2id on a blocking thread, in turn. With `probe`
-    /// (the request's probing budgets), only if they admit it when its
-    /// turn comes, and a wrong PIN counts against them before the turn
-    /// passes on: guesses sent together are checked as if one by one.
+    /// answers (see [`Held::check`]); refused if the card is held.
     pub async fn check(
         self: &Arc<Self>,
         brand: u32,
@@ -238,17 +318,7 @@ impl PinStore {
         pin: String,
         probe: Option<&Probe>,
     ) -> Result<Verdict, Refusal> {
-        let _busy = self.claim(brand, card)?;
-        let _turn = self.turn().await?;
-        probe.map_or(Ok(()), Probe::admit)?;
-        let this = self.clone();
-        let verdict = tokio::task::spawn_blocking(move || this.check_blocking(brand, card, &pin))
-            .await
-            .map_err(|e| storage("check task", e))??;
-        if let (Some(probe), Some(refusal)) = (probe, verdict.refusal()) {
-            probe.count(refusal.code);
-        }
-        Ok(verdict)
+        self.claim(brand, card)?.check(pin, probe).await
     }
 
     fn check_blocking(&self, brand: u32, card: u64, pin: &str) -> Result<Verdict, Refusal> {
@@ -297,14 +367,22 @@ impl PinStore {
             seq,
         };
         tokio::task::spawn_blocking(move || {
-            let _busy = this.claim_waiting(brand, card)?;
-            if this.read(brand, card)?.is_some_and(|kept| kept.seq > seq) {
-                return Ok(());
-            }
-            this.write(brand, card, &entry)
+            let _held = this.hold_blocking(brand, card)?;
+            this.keep_latest(brand, card, &entry)
         })
         .await
         .map_err(|e| storage("set task", e))?
+    }
+
+    /// Writes `entry` unless the PIN of a later PIN_SET record is kept.
+    fn keep_latest(&self, brand: u32, card: u64, entry: &Entry) -> Result<(), Refusal> {
+        if self
+            .read(brand, card)?
+            .is_some_and(|kept| kept.seq > entry.seq)
+        {
+            return Ok(());
+        }
+        self.write(brand, card, entry)
     }
 
     /// True if the card's kept PIN is not that of the PIN_SET record `seq`
@@ -328,7 +406,7 @@ impl PinStore {
     pub async fn rename(self: &Arc<Self>, brand: u32, from: u64, to: u64) -> Result<(), Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let _busy = this.claim_waiting(brand, from)?;
+            let _held = this.hold_blocking(brand, from)?;
             let (old, new) = (this.path(brand, from), this.path(brand, to));
             match std::fs::rename(&old, &new) {
                 Ok(()) => {
@@ -342,19 +420,50 @@ impl PinStore {
         .await
         .map_err(|e| storage("rename task", e))?
     }
+}
 
-    /// Lifts the card's lock: wrong tries back to 0 (durably).
-    pub async fn unlock(self: &Arc<Self>, brand: u32, card: u64) -> Result<(), Refusal> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _busy = this.claim_waiting(brand, card)?;
-            match this.read(brand, card)? {
-                Some(mut entry) if entry.wrong > 0 => {
-                    entry.wrong = 0;
-                    this.write(brand, card, &entry)
-                }
-                _ => Ok(()),
+impl Held {
+    /// Checks `pin` for the held card, counting a wrong try durably before
+    /// it answers. Runs Argon2id on a blocking thread, in turn. With
+    /// `probe` (the request's probing budgets), only if they admit it when
+    /// its turn comes, and a wrong PIN counts against them before the turn
+    /// passes on: guesses sent together are checked as if one by one.
+    pub async fn check(&self, pin: String, probe: Option<&Probe>) -> Result<Verdict, Refusal> {
+        let _turn = self.store.turn().await?;
+        probe.map_or(Ok(()), Probe::admit)?;
+        let (this, (brand, card)) = (self.store.clone(), self.card);
+        let verdict = tokio::task::spawn_blocking(move || this.check_blocking(brand, card, &pin))
+            .await
+            .map_err(|e| storage("check task", e))??;
+        if let (Some(probe), Some(refusal)) = (probe, verdict.refusal()) {
+            probe.count(refusal.code);
+        }
+        Ok(verdict)
+    }
+
+    /// [`PinStore::set`] on the held card: its record and this are then
+    /// one step for every PIN try.
+    pub async fn set(&self, hash: String, seq: u64) -> Result<(), Refusal> {
+        let (this, (brand, card)) = (self.store.clone(), self.card);
+        let entry = Entry {
+            hash,
+            wrong: 0,
+            seq,
+        };
+        tokio::task::spawn_blocking(move || this.keep_latest(brand, card, &entry))
+            .await
+            .map_err(|e| storage("set task", e))?
+    }
+
+    /// Lifts the held card's lock: wrong tries back to 0 (durably).
+    pub async fn unlock(&self) -> Result<(), Refusal> {
+        let (this, (brand, card)) = (self.store.clone(), self.card);
+        tokio::task::spawn_blocking(move || match this.read(brand, card)? {
+            Some(mut entry) if entry.wrong > 0 => {
+                entry.wrong = 0;
+                this.write(brand, card, &entry)
             }
+            _ => Ok(()),
         })
         .await
         .map_err(|e| storage("unlock task", e))?
@@ -397,7 +506,13 @@ mod tests {
         assert_eq!(last, Ok(Verdict::Wrong { left: 0 }));
         let right = reopened.check(7, CARD, "1234".into(), None).await;
         assert_eq!(right, Ok(Verdict::Locked));
-        reopened.unlock(7, CARD).await.unwrap();
+        reopened
+            .hold(7, CARD)
+            .await
+            .unwrap()
+            .unlock()
+            .await
+            .unwrap();
         let right = reopened.check(7, CARD, "1234".into(), None).await;
         assert_eq!(right, Ok(Verdict::Verified));
         let file = std::fs::read_to_string(reopened.path(7, CARD)).unwrap();
@@ -424,6 +539,36 @@ mod tests {
             store.lacks(7, CARD, 32).await.unwrap(),
             "a later one is not"
         );
+    }
+
+    /// A change holding a card keeps every check out until it is done,
+    /// and a change waiting for a card goes before checks that come later:
+    /// a till trying PINs in a loop cannot keep the owner's unlock out.
+    #[tokio::test]
+    async fn a_held_card_is_not_checked_and_a_change_waiting_for_it_goes_first() {
+        let (_dir, _, store) = fixture();
+        let hash = store.hash("1234".into()).await.unwrap();
+        store.set(7, CARD, hash, 20).await.unwrap();
+        let check = store.claim(7, CARD).unwrap();
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.hold(7, CARD).await.map(|_| ()) }
+        });
+        while !store.cards.lock().unwrap().wanted.contains_key(&(7, CARD)) {
+            tokio::task::yield_now().await;
+        }
+        let busy = store.check(7, CARD, "1234".into(), None).await;
+        assert_eq!(busy.map_err(|r| r.code), Err(E::ServerBusy));
+        drop(check);
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        // Both gone: the card is free again, and its count untouched.
+        let right = store.check(7, CARD, "1234".into(), None).await;
+        assert_eq!(right, Ok(Verdict::Verified));
+        let held = store.hold(7, CARD).await.unwrap();
+        let busy = store.check(7, CARD, "1234".into(), None).await;
+        assert_eq!(busy.map_err(|r| r.code), Err(E::ServerBusy));
+        drop(held);
+        assert!(store.cards.lock().unwrap().wanted.is_empty());
     }
 
     /// A hash kept before seqs were (0 in its file) is taken as the latest:

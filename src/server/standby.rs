@@ -25,11 +25,18 @@ use super::keys::KeyIndex;
 use super::{metrics, serve_ledgers, Config, Shared, StartError};
 use crate::ledger::{BrandLedger, Recovery};
 use crate::replica::lease::RENEW_EVERY;
-use crate::replica::{follow, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore};
+use crate::replica::{
+    follow, Ends, Follower, LeaseClock, Leases, Nats, ReplicaError, ReplicatedStore,
+};
 use crate::storage::LogStore;
 
 /// The brand `--demo` provisions (`demo::provision`).
 const DEMO_BRAND: u32 = 1;
+
+/// How many times a take-over reads the stream again before it gives up:
+/// after a fence refused (the previous writer's last append landed first)
+/// or a seeding of the stream's missing end.
+const TAKE_OVER_ROUNDS: u32 = 6;
 
 /// A follower thread and the token that stops it.
 struct Following {
@@ -121,6 +128,25 @@ pub(super) struct Node {
     clock: Arc<LeaseClock>,
     held: HashMap<u32, u64>,
     followers: HashMap<u32, Following>,
+    /// Brands whose following or take-over failed here, and when following
+    /// them may be tried again ([`REFOLLOW_AFTER`]): each try recovers the
+    /// brand's ledger, seconds of a big brand's replay on the lease loop.
+    resting: HashMap<u32, Instant>,
+}
+
+/// How long a brand whose following or take-over failed on this node is
+/// left alone before it is followed again (a diverged stream stays so; a
+/// NATS that gave up may answer later).
+const REFOLLOW_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a node does with a brand at start ([`Node::take_at_start`]).
+enum AtStart {
+    /// It holds the brand's lease and the stream ends where its log does.
+    Serve(BrandLedger),
+    /// Another node holds the lease (or this is a standby).
+    Follow(BrandLedger),
+    /// Taking it over failed (logged; the lease given up): not served here.
+    Refused(BrandLedger),
 }
 
 /// Starts a replicated node: recovery and catch-up, the leases it can
@@ -136,7 +162,7 @@ pub(super) fn start(
 ) -> Result<(Arc<Shared>, Node), StartError> {
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
     let clock = Arc::new(LeaseClock::default());
-    let ((store, server_key, mut ledgers), replicated) =
+    let ((store, server_key, mut ledgers), replicated, refused) =
         super::start::load_replicated(&config.data_dir, segment_bytes, urls, clock.clone())?;
     let nats = replicated.nats().clone();
     let me = format!("{} {local_addr}", hex::encode(rand::random::<[u8; 8]>()));
@@ -149,6 +175,7 @@ pub(super) fn start(
         clock,
         held: HashMap::new(),
         followers: HashMap::new(),
+        resting: HashMap::new(),
     };
     if config.demo && ledgers.is_empty() && !config.standby {
         // The demo brand's lease first: a standby already running must not
@@ -165,10 +192,14 @@ pub(super) fn start(
     }
     let shared = serve_ledgers(config, stop, writers, store, &server_key, Vec::new(), web);
     let _ = shared.lease_clock.set(node.clock.clone());
+    for ledger in refused {
+        node.refuse(&ledger, &shared.keys);
+    }
     for ledger in ledgers {
         match node.take_at_start(ledger, config.standby)? {
-            Ok(ledger) => shared.serve_brand(ledger, writers),
-            Err(ledger) => node.follow(ledger, &shared.keys),
+            AtStart::Serve(ledger) => shared.serve_brand(ledger, writers),
+            AtStart::Follow(ledger) => node.follow(ledger, &shared.keys),
+            AtStart::Refused(ledger) => node.refuse(&ledger, &shared.keys),
         }
     }
     tracing::info!(
@@ -182,30 +213,36 @@ pub(super) fn start(
 
 impl Node {
     /// The brand's lease if it is free and this is no standby: the ledger
-    /// to serve; else the ledger back, to follow.
-    fn take_at_start(
-        &mut self,
-        ledger: BrandLedger,
-        standby: bool,
-    ) -> Result<Result<BrandLedger, BrandLedger>, StartError> {
+    /// to serve; else the ledger back, to follow. A take-over that fails
+    /// (the stream and the local log are not one chain, NATS gave up)
+    /// refuses this brand alone: logged, its lease given up.
+    fn take_at_start(&mut self, ledger: BrandLedger, standby: bool) -> Result<AtStart, StartError> {
         let brand = ledger.brand_id();
         if standby {
-            return Ok(Err(ledger));
+            return Ok(AtStart::Follow(ledger));
         }
         if !self.held.contains_key(&brand) {
             let sent = Instant::now();
             let Some(revision) = self.take_patiently(brand)? else {
-                return Ok(Err(ledger));
+                return Ok(AtStart::Follow(ledger));
             };
             self.clock.renewed(brand, sent);
             self.held.insert(brand, revision);
         }
-        match self.take_over(Follower::new(ledger)) {
-            Ok(ledger) => Ok(Ok(ledger)),
+        let seq = ledger.state.seq;
+        let mut follower = Follower::new(ledger);
+        match self.take_over(&mut follower) {
+            Ok(()) => Ok(AtStart::Serve(follower.ledger)),
             Err(e) => {
-                self.held.remove(&brand);
-                self.clock.lost(brand);
-                Err(e.into())
+                let error = crate::error::causes(&e);
+                tracing::error!(
+                    brand,
+                    seq,
+                    error,
+                    "brand refused: could not take it over; this node does not serve it"
+                );
+                self.give_up(brand);
+                Ok(AtStart::Refused(follower.ledger))
             }
         }
     }
@@ -256,41 +293,72 @@ impl Node {
         crate::replica::patiently(|| self.leases.take(brand))
     }
 
-    /// With the lease just taken: reads the stream to its end and appends
-    /// a fence, so that nothing the previous writer still sends is taken;
-    /// the ledger is then this node's to serve.
-    fn take_over(&mut self, mut follower: Follower) -> Result<BrandLedger, ReplicaError> {
+    /// With the lease just taken: reads the stream to its end, makes sure
+    /// it ends where the local log does (seeding what the local log holds
+    /// beyond a stream that is a strict prefix of it), and appends a
+    /// fence, so that nothing the previous writer still sends is taken; the
+    /// ledger is then this node's to serve. A stream and a local log that
+    /// are not one chain fail with [`ReplicaError::Diverged`]: the brand is
+    /// not this node's to serve.
+    fn take_over(&mut self, follower: &mut Follower) -> Result<(), ReplicaError> {
         let brand = follower.ledger.brand_id();
-        self.seed(brand, follower.ledger.state.seq)?;
         let disk = self.store.disk().clone();
-        let mut tries = 0;
-        loop {
-            let end = follow::catch_up(&self.nats, disk.as_ref(), &mut follower)?;
-            match self.store.fence(brand, end.stream_seq) {
-                Ok(()) => return Ok(follower.ledger),
-                // The previous writer's last append came first: read it.
-                Err(ReplicaError::Fenced { .. }) if tries < 5 => tries += 1,
-                Err(e) => return Err(e),
+        // Each round that does not fence (the previous writer's last
+        // append came first, or a seeding) reads the stream again.
+        for _ in 0..TAKE_OVER_ROUNDS {
+            let end = follow::catch_up(&self.nats, disk.as_ref(), follower)?;
+            let state = &follower.ledger.state;
+            let local = (state.seq, state.head_hash);
+            match self.store.compare_ends(brand, end, local)? {
+                Ends::Same => match self.store.fence(brand, end, local) {
+                    Ok(()) => return Ok(()),
+                    Err(ReplicaError::Fenced { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                // A seeding that stopped part-way (or none yet): the
+                // records only this disk holds go on the stream first,
+                // before anything new is written after them.
+                Ends::StreamBehind => {
+                    self.seed(brand, end.record_seq)?;
+                }
             }
         }
+        Err(ReplicaError::Unsettled {
+            brand,
+            rounds: TAKE_OVER_ROUNDS,
+        })
     }
 
-    /// A brand whose local log predates replication gets its stream
-    /// seeded from it (`ReplicatedStore::seed`), its lease renewed along.
-    fn seed(&mut self, brand: u32, local_seq: u64) -> Result<u64, ReplicaError> {
+    /// A brand whose local log holds more than its stream (it predates
+    /// replication, or its seeding stopped part-way) gets the rest of its
+    /// stream seeded from it (`ReplicatedStore::seed`, after record
+    /// `after`). Every lease held is renewed along, not only this brand's:
+    /// a long history outlasts a lease, and the lease loop (or, at start,
+    /// the loop over the brands) waits for the seeding. A failed renewal of
+    /// another brand is left to the lease loop, which stops that brand if
+    /// its deadline passes.
+    fn seed(&mut self, brand: u32, after: u64) -> Result<u64, ReplicaError> {
         let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
         let mut renewed = Instant::now();
-        let mut keep_lease = || {
-            if renewed.elapsed() >= RENEW_EVERY {
-                let sent = Instant::now();
-                let revision = held.get(&brand).copied().unwrap_or_default();
-                held.insert(brand, leases.renew(brand, revision)?);
-                clock.renewed(brand, sent);
-                renewed = sent;
+        let mut keep_leases = || {
+            if renewed.elapsed() < RENEW_EVERY {
+                return Ok(());
             }
+            let sent = Instant::now();
+            for (b, revision) in held.clone() {
+                match leases.renew(b, revision) {
+                    Ok(revision) => {
+                        held.insert(b, revision);
+                        clock.renewed(b, sent);
+                    }
+                    Err(e) if b == brand => return Err(e),
+                    Err(_) => {} // the lease loop's to judge, once seeding ends
+                }
+            }
+            renewed = sent;
             Ok(())
         };
-        store.seed(brand, local_seq, &mut keep_lease)
+        store.seed(brand, after, &mut keep_leases)
     }
 
     /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
@@ -299,9 +367,26 @@ impl Node {
     /// node takes the brand over.
     fn follow(&mut self, ledger: BrandLedger, keys: &Arc<KeyIndex>) {
         let brand = ledger.brand_id();
-        let gauge = metrics::get().records_of(brand);
-        gauge.set(ledger.state.seq as i64);
+        metrics::get()
+            .records_of(brand)
+            .set(ledger.state.seq as i64);
         keys.add_brand(&ledger.state);
+        self.spawn_follower(brand, keys, move || Ok(ledger));
+    }
+
+    /// Follows `brand` on a thread of its own, from the ledger `start`
+    /// gives on that thread: recovering a brand takes seconds for a big
+    /// one, and the lease loop, which renews every other brand's lease
+    /// within [`RENEW_EVERY`], must not wait for it. A `start` that fails
+    /// ends the thread with its error (logged), like a follower that
+    /// stopped.
+    fn spawn_follower(
+        &mut self,
+        brand: u32,
+        keys: &Arc<KeyIndex>,
+        start: impl FnOnce() -> Result<BrandLedger, ReplicaError> + Send + 'static,
+    ) {
+        let gauge = metrics::get().records_of(brand);
         let keys = keys.clone();
         let (nats, disk, stop) = (
             self.nats.clone(),
@@ -316,13 +401,11 @@ impl Node {
                     gauge.set(state.seq as i64);
                     keys.add_brand(state);
                 };
-                let followed = follow::follow_brand(
-                    &nats,
-                    disk.as_ref(),
-                    Follower::new(ledger),
-                    token,
-                    &committed,
-                );
+                let followed = start().and_then(|ledger| {
+                    committed(&ledger.state);
+                    let follower = Follower::new(ledger);
+                    follow::follow_brand(&nats, disk.as_ref(), follower, token, &committed)
+                });
                 if let Err(e) = &followed {
                     let error = crate::error::causes(e);
                     tracing::error!(brand, error, "stopped following this brand");
@@ -383,14 +466,10 @@ impl Node {
                 // Its writer stopped here (a failed commit): renewing would
                 // keep every other node from serving it until a restart.
                 // The lease is given up (or lapses) and a standby takes it.
-                self.clock.lost(brand);
-                self.held.remove(&brand);
-                let released = self
-                    .leases
-                    .release_all(vec![(brand, revision)], HANDOVER_PATIENCE);
+                let handed_over = self.give_up(brand);
                 tracing::warn!(
                     brand,
-                    handed_over = released.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok())),
+                    handed_over,
                     "the brand stopped on this node: its lease is given up"
                 );
                 continue;
@@ -434,28 +513,16 @@ impl Node {
                 if let Some(f) = self.followers.remove(&brand) {
                     let _ = f.thread.join();
                 }
+                self.rest(brand);
                 continue;
             }
             let sent = Instant::now();
             match self.leases.take(brand) {
                 Ok(Some(revision)) => {
                     self.clock.renewed(brand, sent);
-                    match self.promote(brand) {
-                        Ok(ledger) => {
-                            tracing::warn!(
-                                brand,
-                                seq = ledger.state.seq,
-                                "took the brand over: serving it"
-                            );
-                            self.held.insert(brand, revision);
-                            shared.serve_brand(ledger, writers);
-                        }
-                        Err(e) => {
-                            self.clock.lost(brand);
-                            let error = crate::error::causes(&e);
-                            tracing::error!(brand, error, "could not take the brand over");
-                        }
-                    }
+                    // Held from now: a seeding renews it as it goes.
+                    self.held.insert(brand, revision);
+                    self.take_lapsed_one(brand, shared, writers);
                 }
                 Ok(None) => {
                     // Held elsewhere: its holder is named to this brand's tills.
@@ -473,18 +540,80 @@ impl Node {
         }
     }
 
+    /// Serves `brand`, whose lapsed lease this node just took, or gives the
+    /// lease up again if taking the brand over fails (its follower is then
+    /// gone: the brand rests before it is followed again).
+    fn take_lapsed_one(&mut self, brand: u32, shared: &Shared, writers: &TaskTracker) {
+        match self.promote(brand) {
+            Ok(ledger) => {
+                tracing::warn!(
+                    brand,
+                    seq = ledger.state.seq,
+                    "took the brand over: serving it"
+                );
+                shared.serve_brand(ledger, writers);
+            }
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::error!(brand, error, "could not take the brand over");
+                self.give_up(brand);
+                self.rest(brand);
+            }
+        }
+    }
+
+    /// Gives up `brand`'s lease at once: this node's clock first (nothing
+    /// more is appended), then the lease itself, deleted at the revision
+    /// this node wrote (or left to lapse if the cluster does not answer
+    /// within [`HANDOVER_PATIENCE`]). True if it was handed over.
+    fn give_up(&mut self, brand: u32) -> bool {
+        self.clock.lost(brand);
+        let Some(revision) = self.held.remove(&brand) else {
+            return false;
+        };
+        let released = self
+            .leases
+            .release_all(vec![(brand, revision)], HANDOVER_PATIENCE);
+        released.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok()))
+    }
+
+    /// Leaves `brand` alone (not followed) for [`REFOLLOW_AFTER`]: following
+    /// or taking it over just failed here (logged where it failed).
+    fn rest(&mut self, brand: u32) {
+        tracing::warn!(
+            brand,
+            retry_secs = REFOLLOW_AFTER.as_secs(),
+            "the brand is not followed here for a while"
+        );
+        self.resting.insert(brand, Instant::now() + REFOLLOW_AFTER);
+    }
+
+    /// A brand refused at start (logged): its keys are known, so that its
+    /// tills are told NOT_ACTIVE, and it rests before it is followed.
+    fn refuse(&mut self, ledger: &BrandLedger, keys: &KeyIndex) {
+        let brand = ledger.brand_id();
+        keys.add_brand(&ledger.state);
+        metrics::get()
+            .records_of(brand)
+            .set(ledger.state.seq as i64);
+        self.rest(brand);
+    }
+
     /// Stops `brand`'s follower and takes the brand over.
     fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
-        let follower = f
+        let mut follower = f
             .thread
             .join()
             .unwrap_or_else(|_| panic!("the follower of brand {brand} panicked"))?;
-        self.take_over(follower)
+        self.take_over(&mut follower)?;
+        Ok(follower.ledger)
     }
 
-    /// Follows brands created since start-up (by another node).
+    /// Follows brands created since start-up (by another node), and those
+    /// whose following stopped here once they have rested: each recovered
+    /// on its follower's thread, not here.
     fn follow_new(&mut self, shared: &Shared) {
         let brands = match self.nats.brands() {
             Ok(brands) => brands,
@@ -494,19 +623,21 @@ impl Node {
                 return;
             }
         };
+        let now = Instant::now();
+        self.resting.retain(|_, until| *until > now);
         for brand in brands {
-            if self.held.contains_key(&brand) || self.followers.contains_key(&brand) {
+            if self.held.contains_key(&brand)
+                || self.followers.contains_key(&brand)
+                || self.resting.contains_key(&brand)
+            {
                 continue;
             }
             let store: Arc<dyn LogStore> = self.store.clone();
-            let mode = Recovery::FromSnapshot(&self.snapshots);
-            match BrandLedger::recover_with(store, self.server_key.clone(), brand, mode) {
-                Ok(ledger) => self.follow(ledger, &shared.keys),
-                Err(e) => {
-                    let error = crate::error::causes(&e);
-                    tracing::error!(brand, error, "could not start following a new brand");
-                }
-            }
+            let (key, snapshots) = (self.server_key.clone(), self.snapshots.clone());
+            self.spawn_follower(brand, &shared.keys, move || {
+                let mode = Recovery::FromSnapshot(&snapshots);
+                Ok(BrandLedger::recover_with(store, key, brand, mode)?)
+            });
         }
     }
 }

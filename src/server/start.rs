@@ -328,19 +328,32 @@ pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartEr
     recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
 }
 
+/// What [`load_replicated`] returns: storage, the server key and the
+/// ledgers caught up with their streams; the replicated store; and the
+/// brands refused (their stream and local log are not one chain, or the
+/// stream could not be read: logged), each with its ledger as recovered,
+/// so that its tills are known and told NOT_ACTIVE.
+pub type LoadedReplicated = (
+    Loaded,
+    Arc<crate::replica::ReplicatedStore>,
+    Vec<BrandLedger>,
+);
+
 /// [`load_sized`] with every brand's log replicated through the NATS
 /// cluster at `urls` (`--replicate`): brands found only on the cluster are
 /// added, and each brand's local log is first caught up to the end of its
 /// stream (every commit checked as the auditor checks it). The store
 /// returned appends each commit to the stream before the local log, while
-/// `clock` says this node's lease of the brand is good.
+/// `clock` says this node's lease of the brand is good. One brand whose
+/// stream cannot be followed (diverged, a message missing, NATS gave up)
+/// is refused alone (an error log line naming it); the others start.
 pub fn load_replicated(
     data_dir: &Path,
     segment_bytes: u64,
     urls: &str,
     clock: Arc<crate::replica::LeaseClock>,
-) -> Result<(Loaded, Arc<crate::replica::ReplicatedStore>), StartError> {
-    use crate::replica::{follow, Follower, Nats, ReplicatedStore};
+) -> Result<LoadedReplicated, StartError> {
+    use crate::replica::{Nats, ReplicatedStore};
     let server_key = Arc::new(open_data_dir(data_dir)?);
     let snapshots = crate::snapshot::dir(data_dir);
     let disk = open_store(data_dir, |d| DiskStore::open_sized(d, segment_bytes))?;
@@ -353,18 +366,49 @@ pub fn load_replicated(
     let mode = Recovery::FromSnapshot(&snapshots);
     let (_, _, mut ledgers) = recover_all(store.clone(), server_key.clone(), mode)?;
     for brand in crate::replica::patiently(|| nats.brands())? {
-        if !ledgers.iter().any(|l| l.brand_id() == brand) {
-            let key = server_key.clone();
-            ledgers.push(BrandLedger::recover_with(store.clone(), key, brand, mode)?);
+        if ledgers.iter().any(|l| l.brand_id() == brand) {
+            continue;
+        }
+        let key = server_key.clone();
+        match BrandLedger::recover_with(store.clone(), key, brand, mode) {
+            Ok(ledger) => ledgers.push(ledger),
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::error!(brand, error, "brand refused: its ledger did not recover");
+            }
         }
     }
-    let mut caught_up = Vec::with_capacity(ledgers.len());
+    let (caught_up, refused) = catch_up_all(&nats, disk.as_ref(), ledgers);
+    Ok(((store, server_key, caught_up), replicated, refused))
+}
+
+/// Catches every ledger up with its stream: (those caught up, those
+/// refused, each refusal logged with its brand and why).
+fn catch_up_all(
+    nats: &crate::replica::Nats,
+    disk: &dyn LogStore,
+    ledgers: Vec<BrandLedger>,
+) -> (Vec<BrandLedger>, Vec<BrandLedger>) {
+    use crate::replica::{follow, Follower};
+    let (mut caught_up, mut refused) = (Vec::with_capacity(ledgers.len()), Vec::new());
     for ledger in ledgers {
+        let brand = ledger.brand_id();
         let mut follower = Follower::new(ledger);
-        follow::catch_up(&nats, disk.as_ref(), &mut follower)?;
-        caught_up.push(follower.ledger);
+        match follow::catch_up(nats, disk, &mut follower) {
+            Ok(_) => caught_up.push(follower.ledger),
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::error!(
+                    brand,
+                    error,
+                    "brand refused: its replicated log could not be caught up with; not served \
+                     here, following it tried again later (the other brands go on)"
+                );
+                refused.push(follower.ledger);
+            }
+        }
     }
-    Ok(((store, server_key, caught_up), replicated))
+    (caught_up, refused)
 }
 
 /// Opens an existing data directory and replays every brand from its first

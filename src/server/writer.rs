@@ -215,15 +215,44 @@ impl BrandHandle {
         rx.await.ok()
     }
 
+    /// What the state would do now with `req`, the owner's EraseHolder
+    /// signed with `signer_key` (`state::erase_fate`). `None` if the writer
+    /// has stopped.
+    pub async fn erase_fate(
+        &self,
+        signer_key: [u8; 32],
+        req: crate::pb::Request,
+    ) -> Option<crate::state::EraseFate> {
+        let (tx, rx) = oneshot::channel();
+        let read: ReadFn = Box::new(move |state| {
+            let fate = crate::state::erase_fate(state, &signer_key, &req);
+            Box::new(move || {
+                let _ = tx.send(fate);
+            })
+        });
+        if !self.read(read) {
+            return None;
+        }
+        rx.await.ok()
+    }
+
     /// True if `card` has a PIN (or a PIN lock); false for a card without
     /// one or no such card. `None` if the writer has stopped.
     pub async fn card_has_pin(&self, card: u64) -> Option<bool> {
+        self.card_flag(card, |c| c.has_pin || c.pin_locked).await
+    }
+
+    /// True if the ledger says `card` is locked by wrong PINs; false for
+    /// an unlocked card or no such card. `None` if the writer has stopped.
+    pub async fn card_pin_locked(&self, card: u64) -> Option<bool> {
+        self.card_flag(card, |c| c.pin_locked).await
+    }
+
+    /// `flag` of `card` in the live state (false for no such card).
+    async fn card_flag(&self, card: u64, flag: fn(&crate::state::Card) -> bool) -> Option<bool> {
         let (tx, rx) = oneshot::channel();
         let read: ReadFn = Box::new(move |state| {
-            let has = state
-                .cards
-                .get(&card)
-                .is_some_and(|c| c.has_pin || c.pin_locked);
+            let has = state.cards.get(&card).is_some_and(flag);
             Box::new(move || {
                 let _ = tx.send(has);
             })

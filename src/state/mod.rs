@@ -40,7 +40,7 @@ use books::Books;
 use lots::Lots;
 pub use tracked::{Appended, Changed, FastSet, Tracked};
 
-pub use apply::apply;
+pub use apply::{apply, erase_fate, EraseFate};
 pub use receipt::reply_for_record;
 
 /// Who signed a request.

@@ -168,6 +168,14 @@ impl Logins {
         })
     }
 
+    /// The grant of a link not yet used nor expired; the link stays
+    /// unused (the confirmation page shows whom it signs in as).
+    pub fn pending(&self, token: &str) -> Option<Grant> {
+        let mut t = self.lock();
+        t.forget_expired(Instant::now());
+        t.links.get(&digest(token.as_bytes())).map(|p| p.grant)
+    }
+
     /// Uses a link (once): a new session's cookie value and its grant.
     pub fn open(&self, token: &str) -> Result<(String, Grant), Refused> {
         self.open_at(token, Instant::now())
@@ -244,7 +252,11 @@ mod tests {
         let logins = Logins::default();
         let link = logins.issue(grant(1)).unwrap();
         assert_eq!(link.token.len(), 64);
+        // Looking at a link does not spend it.
+        assert_eq!(logins.pending(&link.token), Some(grant(1)));
+        assert_eq!(logins.pending(&link.token), Some(grant(1)));
         let (cookie, g) = logins.open(&link.token).unwrap();
+        assert_eq!(logins.pending(&link.token), None);
         assert_eq!(g.scope(), Some(2));
         assert_eq!(logins.open(&link.token), Err(Refused::Invalid));
         assert_eq!(logins.session(&cookie), Some(grant(1)));

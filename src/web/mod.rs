@@ -4,32 +4,43 @@
 //! binary, no script at all, strict security headers.
 //!
 //! Login is a single-use link from `cardd admin web-login` (a signed
-//! `WebLogin`, `server/web_login.rs`); opening it sets an HttpOnly,
-//! SameSite=Strict session cookie. Links and sessions live in memory
-//! ([`Logins`]). Pages read a brand's state through its writer
-//! ([`Reader`]), between batches, and show it once durable.
+//! `WebLogin`, `server/web_login.rs`); opening it shows a confirmation
+//! form whose same-origin post sets an HttpOnly, SameSite=Strict session
+//! cookie (`signin.rs`: no other site can sign a browser in). Links and
+//! sessions live in memory ([`Logins`]). Pages read a brand's state
+//! through its writer ([`Reader`]), between batches, and show it once
+//! durable; each brand's sessions take at most its share of the reads and
+//! of the listener's connections (`shares.rs`).
 mod logins;
 mod pages;
+mod shares;
+mod signin;
 mod view;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use logins::{Grant, Link, Logins, Refused};
 pub use pages::Page;
+use shares::Shares;
+use signin::Binder;
+pub use signin::LOGIN_COOKIE;
 
 use futures::future::BoxFuture;
 
 use crate::error::Refusal;
-use crate::limits::{WEB_MAX_BODY_BYTES, WEB_READS_AT_ONCE, WEB_READ_WAIT_SECS, WEB_SESSION_SECS};
+use crate::limits::{
+    WEB_CONNECTIONS_PER_BRAND, WEB_MAX_BODY_BYTES, WEB_READS_AT_ONCE, WEB_READS_PER_BRAND,
+    WEB_READ_WAIT_SECS,
+};
 use crate::pb;
 use crate::server::writer::ReadFn;
 
@@ -78,8 +89,15 @@ const SECURITY_HEADERS: [(&str, &str); 6] = [
 pub struct Web {
     logins: Arc<Logins>,
     brands: Arc<dyn Brands>,
-    /// `WEB_READS_AT_ONCE` permits: pages read one after another.
+    /// `WEB_READS_AT_ONCE` permits, all brands together: pages read one
+    /// after another.
     reads: Arc<Semaphore>,
+    /// Each brand's `WEB_READS_PER_BRAND`, taken before one of `reads`.
+    brand_reads: Arc<Shares>,
+    /// Each brand's `WEB_CONNECTIONS_PER_BRAND` HTTP connections.
+    connections: Arc<Shares>,
+    /// Binds a login form to its browser's pre-login cookie.
+    binder: Arc<Binder>,
 }
 
 impl Web {
@@ -90,7 +108,34 @@ impl Web {
             logins,
             brands,
             reads: Arc::new(Semaphore::new(WEB_READS_AT_ONCE)),
+            brand_reads: Arc::new(Shares::new(WEB_READS_PER_BRAND)),
+            connections: Arc::new(Shares::new(WEB_CONNECTIONS_PER_BRAND)),
+            binder: Arc::new(Binder::default()),
         }
+    }
+}
+
+/// One HTTP connection as the web page sees it: the listener
+/// (`server/http.rs`) gives each connection one, as a request extension,
+/// and it holds the connection's place in its brand's share
+/// (`WEB_CONNECTIONS_PER_BRAND`) from the first request that shows a
+/// session until the connection closes.
+#[derive(Clone, Default)]
+pub struct Connection(Arc<Mutex<Option<(u32, OwnedSemaphorePermit)>>>);
+
+impl Connection {
+    /// Counts this connection as `brand`'s (it may change brand between
+    /// requests: a logout and another link); false when the brand's
+    /// share is full.
+    fn attribute(&self, shares: &Shares, brand: u32) -> bool {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_some_and(|(b, _)| *b == brand) {
+            return true;
+        }
+        // Give up the old brand's place first: a connection counts once.
+        *held = None;
+        *held = shares.try_take(brand).map(|permit| (brand, permit));
+        held.is_some()
     }
 }
 
@@ -104,7 +149,8 @@ pub fn router(web: Web) -> Router {
         .route("/card", get(card))
         .route("/record/{seq}", get(record))
         .route("/csv/{page}", get(csv))
-        .route("/login/{token}", get(login))
+        .route("/login/{token}", get(signin::confirm))
+        .route("/login", post(signin::sign_in))
         .route("/logout", post(logout))
         .route("/style.css", get(style))
         .fallback(not_found)
@@ -155,13 +201,18 @@ async fn style() -> Response {
 
 /// The session cookie's value, if the request has one.
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// The value of the request's cookie `name`, if it has one.
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 
@@ -192,31 +243,6 @@ fn login_page(status: StatusCode, why: &str) -> Response {
     html(status, view::login(why))
 }
 
-async fn login(State(web): State<Web>, Path(token): Path<String>) -> Response {
-    match web.logins.open(&token) {
-        Ok((session, grant)) => {
-            let (brand, principal) = (grant.brand, grant.principal);
-            tracing::info!(brand, ?principal, "web session opened");
-            let cookie = format!(
-                "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={WEB_SESSION_SECS}"
-            );
-            (
-                StatusCode::SEE_OTHER,
-                [(header::SET_COOKIE, cookie), (header::LOCATION, "/".into())],
-            )
-                .into_response()
-        }
-        Err(Refused::Invalid) => login_page(
-            StatusCode::UNAUTHORIZED,
-            "This login link was already used, has expired, or is not one.",
-        ),
-        Err(Refused::Full) => login_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Too many web sessions are open; try again later.",
-        ),
-    }
-}
-
 async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     if let Some(c) = cookie(&headers) {
         web.logins.end(&c);
@@ -232,28 +258,54 @@ async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn overview(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    show(web, &headers, Page::Overview, &uri, false).await
+async fn overview(
+    State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    show(web, conn, &headers, Page::Overview, &uri, false).await
 }
 
-async fn settlement(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    show(web, &headers, Page::Settlement, &uri, false).await
+async fn settlement(
+    State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    show(web, conn, &headers, Page::Settlement, &uri, false).await
 }
 
-async fn liability(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    show(web, &headers, Page::Liability, &uri, false).await
+async fn liability(
+    State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    show(web, conn, &headers, Page::Liability, &uri, false).await
 }
 
-async fn members(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    show(web, &headers, Page::Members, &uri, false).await
+async fn members(
+    State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    show(web, conn, &headers, Page::Members, &uri, false).await
 }
 
-async fn card(State(web): State<Web>, headers: HeaderMap, uri: Uri) -> Response {
-    show(web, &headers, Page::Card, &uri, false).await
+async fn card(
+    State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    show(web, conn, &headers, Page::Card, &uri, false).await
 }
 
 async fn record(
     State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
     headers: HeaderMap,
     uri: Uri,
     Path(seq): Path<String>,
@@ -266,11 +318,12 @@ async fn record(
         .path_and_query(format!("{}?{query}", uri.path()))
         .build()
         .unwrap_or(uri);
-    show(web, &headers, Page::Record, &uri, false).await
+    show(web, conn, &headers, Page::Record, &uri, false).await
 }
 
 async fn csv(
     State(web): State<Web>,
+    conn: Option<Extension<Connection>>,
     headers: HeaderMap,
     uri: Uri,
     Path(page): Path<String>,
@@ -278,12 +331,19 @@ async fn csv(
     let Some(page) = Page::from_name(page.trim_end_matches(".csv")) else {
         return (StatusCode::NOT_FOUND, "no such page\n").into_response();
     };
-    show(web, &headers, page, &uri, true).await
+    show(web, conn, &headers, page, &uri, true).await
 }
 
 /// One page (or its CSV) for the request's session: read the brand's
 /// state on its writer, then render. No session: the login page.
-async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool) -> Response {
+async fn show(
+    web: Web,
+    conn: Option<Extension<Connection>>,
+    headers: &HeaderMap,
+    page: Page,
+    uri: &Uri,
+    as_csv: bool,
+) -> Response {
     let session = cookie(headers).and_then(|c| web.logins.session(&c).map(|g| (c, g)));
     let Some((cookie, grant)) = session else {
         return login_page(
@@ -291,10 +351,11 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
             "Sign in with a link from `cardd admin --key KEY web-login --http ADDR`.",
         );
     };
+    if conn.is_some_and(|Extension(c)| !c.attribute(&web.connections, grant.brand)) {
+        return brand_busy();
+    }
     let started = std::time::Instant::now();
-    let wait = std::time::Duration::from_secs(WEB_READ_WAIT_SECS);
-    let Ok(Ok(_permit)) = tokio::time::timeout(wait, web.reads.clone().acquire_owned()).await
-    else {
+    let Some(_turn) = web.read_turn(grant.brand).await else {
         return (StatusCode::SERVICE_UNAVAILABLE, "busy: try again\n").into_response();
     };
     let query = page.query(&params(uri));
@@ -344,10 +405,143 @@ async fn show(web: Web, headers: &HeaderMap, page: Page, uri: &Uri, as_csv: bool
     }
 }
 
+impl Web {
+    /// A turn to read one of `brand`'s pages: a permit of the brand's
+    /// share first (a brand's further pages wait behind its own, not in
+    /// the queue all brands share, which so holds at most a share of each
+    /// brand), then one of all brands'. None: none within
+    /// `WEB_READ_WAIT_SECS`.
+    async fn read_turn(&self, brand: u32) -> Option<[OwnedSemaphorePermit; 2]> {
+        let wait = std::time::Duration::from_secs(WEB_READ_WAIT_SECS);
+        let turn = async {
+            let own = self.brand_reads.take(brand).await;
+            let all = self.reads.clone().acquire_owned().await.ok()?;
+            Some([own, all])
+        };
+        tokio::time::timeout(wait, turn).await.ok().flatten()
+    }
+}
+
+/// The brand's sessions hold its whole share of connections: this one is
+/// closed, so it frees its slot of all brands' for another brand's owner.
+fn brand_busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONNECTION, "close")],
+        "too many connections for this brand's sessions: try again\n",
+    )
+        .into_response()
+}
+
 fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         "this brand is not being served (stopping or halted)\n",
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::{web_owner, WebBrands, BRAND};
+
+    /// A brand other than the fixture's, whose reads never finish.
+    const HOG: u32 = BRAND + 1;
+
+    /// A session of `brand`'s owner: the request headers carrying it.
+    fn signed_in(logins: &Logins, brand: u32) -> HeaderMap {
+        let link = logins.issue(web_owner(brand)).expect("a link");
+        let (session, _) = logins.open(&link.token).expect("a session");
+        let mut headers = HeaderMap::new();
+        let cookie = format!("{COOKIE}={session}");
+        headers.insert(header::COOKIE, cookie.parse().expect("a header value"));
+        headers
+    }
+
+    async fn liability(web: &Web, conn: Option<&Connection>, headers: &HeaderMap) -> Response {
+        let uri = Uri::from_static("/liability");
+        let conn = conn.map(|c| Extension(c.clone()));
+        show(web.clone(), conn, headers, Page::Liability, &uri, false).await
+    }
+
+    /// One brand whose pages hold their whole share of reads (and queue
+    /// more) cannot stop another brand's page: it is served at once, not
+    /// after `WEB_READ_WAIT_SECS` or with a 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_brand_holding_its_reads_cannot_stop_anothers_page() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let brands = Arc::new(WebBrands::new(dir.path(), &[HOG]));
+        let logins = Arc::new(Logins::default());
+        let web = Web::new(logins.clone(), brands.clone());
+        let hog = signed_in(&logins, HOG);
+        let pages: Vec<_> = (0..WEB_READS_AT_ONCE + 2)
+            .map(|_| {
+                let (web, hog) = (web.clone(), hog.clone());
+                tokio::spawn(async move { liability(&web, None, &hog).await })
+            })
+            .collect();
+        while brands.held() < WEB_READS_PER_BRAND {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Let the hog's further pages queue for their turns.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let owner = signed_in(&logins, BRAND);
+        let page = tokio::time::timeout(Duration::from_secs(3), liability(&web, None, &owner))
+            .await
+            .expect("another brand's page is served while one brand holds its reads");
+        assert_eq!(page.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(page.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("data-value"), "the figures: {body}");
+        assert_eq!(
+            brands.held(),
+            WEB_READS_PER_BRAND,
+            "the hog held its share only"
+        );
+        pages.iter().for_each(|p| p.abort());
+    }
+
+    /// Connections showing one brand's sessions hold at most its share;
+    /// one more is answered 503 with `Connection: close`, and another
+    /// brand's connection, or a connection without a session, is not
+    /// counted against it.
+    #[tokio::test]
+    async fn one_brand_holds_at_most_its_share_of_connections() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let brands = Arc::new(WebBrands::new(dir.path(), &[]));
+        let logins = Arc::new(Logins::default());
+        let web = Web::new(logins.clone(), brands);
+        let hog = signed_in(&logins, HOG);
+        let held: Vec<Connection> = (0..WEB_CONNECTIONS_PER_BRAND)
+            .map(|_| Connection::default())
+            .collect();
+        for conn in &held {
+            assert_eq!(
+                liability(&web, Some(conn), &hog).await.status(),
+                StatusCode::OK
+            );
+        }
+        // The same connections again: still theirs, no second place each.
+        assert_eq!(
+            liability(&web, Some(&held[0]), &hog).await.status(),
+            StatusCode::OK
+        );
+        let one_more = liability(&web, Some(&Connection::default()), &hog).await;
+        assert_eq!(one_more.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(one_more.headers().get(header::CONNECTION).unwrap(), "close");
+        let owner = signed_in(&logins, BRAND);
+        let other = liability(&web, Some(&Connection::default()), &owner).await;
+        assert_eq!(other.status(), StatusCode::OK, "another brand's connection");
+        let anonymous = liability(&web, Some(&Connection::default()), &HeaderMap::new()).await;
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+        // A closed connection gives its place back.
+        drop(held);
+        let again = liability(&web, Some(&Connection::default()), &hog).await;
+        assert_eq!(again.status(), StatusCode::OK);
+    }
 }

@@ -23,6 +23,7 @@ fn templates() -> &'static Environment<'static> {
         for (name, source) in [
             ("page.html", include_str!("templates/page.html")),
             ("login.html", include_str!("templates/login.html")),
+            ("confirm.html", include_str!("templates/confirm.html")),
         ] {
             env.add_template(name, source)
                 .expect("the compiled-in templates parse");
@@ -773,6 +774,21 @@ pub fn login(why: &str) -> String {
     templates()
         .get_template("login.html")
         .and_then(|t| t.render(minijinja::context! { why }))
+        .unwrap_or_else(|_| "<!doctype html><title>cardd</title><p>Sign in again.</p>".into())
+}
+
+/// The confirmation page of a live link: whom it signs in as, and the
+/// form whose post (with `check`, bound to the browser's pre-login
+/// cookie) opens the session. No data.
+pub fn confirm(token: &str, check: &str, grant: Grant) -> String {
+    let who = who(grant, &BTreeMap::new());
+    templates()
+        .get_template("confirm.html")
+        .and_then(|t| {
+            t.render(
+                minijinja::context! { token, check, who => who.trim_end(), brand => grant.brand },
+            )
+        })
         .unwrap_or_else(|_| "<!doctype html><title>cardd</title><p>Sign in again.</p>".into())
 }
 

@@ -5,7 +5,8 @@
 //! backups refused by both commands, a forked history refused by the
 //! consistency proof, wrong restore targets and keys (`damaged`); backups
 //! over TLS (`tls`); the server operator's backup of every brand restored
-//! (`two_brands`).
+//! (`two_brands`); backups and restores across a server key rotation
+//! (`rotation`).
 //!
 //! The demo brand (brand 1) holds records 1..=17 when a test starts: the
 //! owner used txn ids 1..=10, terminal 1 (store 1) txn ids 1..=6 (see
@@ -15,6 +16,7 @@ mod common;
 
 mod damaged;
 mod incremental;
+mod rotation;
 mod tls;
 mod two_brands;
 

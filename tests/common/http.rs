@@ -76,17 +76,44 @@ impl Answer {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The `Set-Cookie` line that sets cookie `name`, if any (an answer
+    /// may set several).
+    pub fn set_cookie(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}=");
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .find(|v| v.starts_with(&prefix))
+    }
 }
 
 /// `METHOD path` with `extra` header lines (each "Name: value") and
 /// `Connection: close`; None if no whole answer came (10 s at most).
 pub fn request(addr: SocketAddr, method: &str, path: &str, extra: &[String]) -> Option<Answer> {
+    request_with_body(addr, method, path, extra, "")
+}
+
+/// As [`request`], with `body` after the headers (its `Content-Length`
+/// added when it is not empty).
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[String],
+    body: &str,
+) -> Option<Answer> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cardd\r\nConnection: close\r\n");
     for h in extra {
         head.push_str(h);
         head.push_str("\r\n");
     }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     head.push_str("\r\n");
+    head.push_str(body);
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.write_all(head.as_bytes()).ok()?;

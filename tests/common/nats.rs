@@ -196,7 +196,10 @@ impl Drop for NatsCluster {
 }
 
 /// Writes node `i`'s configuration: its loopback client and monitoring ports,
-/// its cluster port `routes[i]` with routes to every node, file storage.
+/// its cluster port `routes[i]` with routes to every node, file storage
+/// written to disk before each message counts toward a quorum
+/// (`sync_interval: always`, which docs/replication.md requires: by default
+/// a node fsyncs every 2 minutes).
 fn write_node(
     dir: &Path,
     i: usize,
@@ -212,7 +215,8 @@ fn write_node(
         .collect();
     let conf_text = format!(
         "server_name: {name}\nlisten: \"{client}\"\nhttp: \"{monitor}\"\n\
-         jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
+         jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 1GB, \
+         sync_interval: always }}\n\
          cluster {{ name: cardd-test, listen: \"{route}\", routes: [{routes}] }}\n",
         store = store.display(),
         route = routes[i],

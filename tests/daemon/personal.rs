@@ -2,8 +2,11 @@
 //! ledger, the export, the logs or (after an erase) any file of the data
 //! directory; wrong PINs counted durably, refused without records.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cardd::limits::MAX_WRONG_PIN_TRIES;
 use cardd::pin::Purpose;
 
 use super::*;
@@ -381,17 +384,11 @@ async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
     stop(d);
 }
 
-#[tokio::test]
-async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo(dir.path());
-    let card = demo.manifest.cards[3].clone();
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 11, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
-    set_pin(&mut t, &card, 100, PIN, None)
-        .await
-        .expect("first PIN");
+/// A PIN change whose record stands but whose hash the PIN store could
+/// not keep: `card` had `PIN`, the change (txn 101) is to "1111". Returns
+/// the change as sent, for the till to resend.
+async fn a_change_whose_hash_was_lost(t: &mut Client, demo: &Demo, card: &str) -> pb::Request {
+    set_pin(t, card, 100, PIN, None).await.expect("first PIN");
     // The card's one file in the PIN store; a directory where its next
     // version would be written makes the store fail once.
     let pins = demo.data.join("pins").join("brand-1");
@@ -402,24 +399,34 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     assert_eq!(files.len(), 1, "one card has a PIN");
     let mut blocker = files[0].path().into_os_string();
     blocker.push(".tmp");
-    std::fs::create_dir_all(PathBuf::from(&blocker).join("in-the-way")).unwrap();
-    // The change's record stands, its hash could not be stored.
+    let blocker = PathBuf::from(blocker);
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
     let change = t.request(
         101,
         Op::SetPin(pb::SetPin {
-            card: card.clone(),
-            pin_block: t.pin_block(101, &card, Purpose::New, "1111").unwrap(),
-            old_pin_block: t.pin_block(101, &card, Purpose::Present, PIN).unwrap(),
+            card: card.into(),
+            pin_block: t.pin_block(101, card, Purpose::New, "1111").unwrap(),
+            old_pin_block: t.pin_block(101, card, Purpose::Present, PIN).unwrap(),
         }),
     );
-    let failed = call_req(&mut t, &change).await;
+    let failed = call_req(t, &change).await;
     assert_eq!(failed.unwrap_err(), E::StorageFailure);
-    assert_eq!(
-        status_of(&mut t, 101).await.state(),
-        pb::TxnState::Committed
-    );
-    // The store works again; the till resends the change as it was.
+    assert_eq!(status_of(t, 101).await.state(), pb::TxnState::Committed);
+    // The store works again.
     std::fs::remove_dir_all(&blocker).unwrap();
+    change
+}
+
+#[tokio::test]
+async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
+    // The till resends the change as it was.
     let again = call_req(&mut t, &change).await.expect("the resent change");
     assert!(again.replayed);
     // As the ledger says: the new PIN pays, the old one is wrong.
@@ -434,6 +441,44 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
     drop((t, o));
     stop(d);
+}
+
+/// The same change resent after the server key rotated: its block, sealed
+/// to the old key, no longer opens. The till still gets the ledger's
+/// answer (not PIN_BLOCK_INVALID for a change that stands), the log tells
+/// the owner to set the PIN again, and once they do, that PIN pays.
+#[tokio::test]
+async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
+    drop((t, o));
+    stop(d);
+    let data = demo.data.to_str().unwrap();
+    run::cardd_ok(["rotate-server-key", "--data", data]);
+    let (d, log) = Daemon::start_logged(&demo.data, &["--demo"], "warn");
+    let mut t = demo.terminal(d.addr, 0).await;
+    let again = call_req(&mut t, &change)
+        .await
+        .expect("the ledger's answer");
+    assert!(again.replayed);
+    let mut o = demo.owner(d.addr).await;
+    set_pin(&mut o, &card, 12, "2222", None)
+        .await
+        .expect("the owner sets the PIN again");
+    let r = pay(&mut t, 102, &card, 100, Some("2222")).await;
+    assert_eq!(purchased(&r.expect("the owner's PIN")).approved_minor, 100);
+    drop((t, o));
+    stop(d);
+    let log = log.join().expect("the log");
+    assert!(
+        log.contains("the owner must set the card's PIN again"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -477,4 +522,197 @@ async fn pin_changes_the_state_refuses_are_refused_without_a_hash_however_many()
     // The PIN is the one set: the refusals changed nothing.
     let r = pay(&mut t, 101, &card, 100, Some(PIN)).await;
     assert_eq!(purchased(&r.expect("the PIN")).approved_minor, 100);
+}
+
+/// What an owner sends to lift a lock: the unlock, or a new PIN (which
+/// lifts it too).
+fn lift(o: &Client, txn: u64, card: &str, by_new_pin: bool) -> pb::Request {
+    let op = if by_new_pin {
+        Op::SetPin(pb::SetPin {
+            card: card.into(),
+            pin_block: o.pin_block(txn, card, Purpose::New, PIN).unwrap(),
+            old_pin_block: Vec::new(),
+        })
+    } else {
+        Op::SetPinLock(pb::SetPinLock {
+            card: card.into(),
+            locked: false,
+        })
+    };
+    o.request(txn, op)
+}
+
+/// A till typing the right PIN at a locked card in a loop, from `txn`
+/// on, until `stop`; tells `racing` once it was refused PIN_LOCKED (so it
+/// is racing what comes next). Returns the next free txn id.
+async fn keep_typing(
+    mut c: Client,
+    card: String,
+    mut txn: u64,
+    racing: tokio::sync::oneshot::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut racing = Some(racing);
+    while !stop.load(Ordering::Relaxed) {
+        txn += 1;
+        match pay(&mut c, txn, &card, 1, Some(PIN)).await {
+            Err(E::PinLocked) => {
+                if let Some(tell) = racing.take() {
+                    let _ = tell.send(());
+                }
+            }
+            // Paid once unlocked, or turned away while another check
+            // (or the unlock itself) holds the card.
+            Ok(_) | Err(E::ServerBusy) => {}
+            Err(other) => panic!("try {txn}: {other:?}"),
+        }
+    }
+    txn
+}
+
+/// Lifting a lock (the owner's unlock, or a new PIN) is one step for PIN
+/// tries: a try racing it is counted before it (refused, locked) or after
+/// it (against a fresh count), never between its record and the reset of
+/// the count, where the stale count would lock the card again at once.
+#[tokio::test]
+async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let other_till = read_key_file(&demo.terminal_key_path(1)).unwrap();
+    let (mut txn, mut racer_txn) = (100, 0);
+    for round in 0..6u64 {
+        for _ in 0..MAX_WRONG_PIN_TRIES {
+            txn += 1;
+            let r = pay(&mut t, txn, &card, 1, Some(WRONG)).await;
+            assert_eq!(r.unwrap_err(), E::WrongPin, "round {round}, try {txn}");
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let (racing, raced) = tokio::sync::oneshot::channel();
+        let racer = connect(d.addr, other_till.clone()).await;
+        let racer = tokio::spawn(keep_typing(
+            racer,
+            card.clone(),
+            racer_txn,
+            racing,
+            done.clone(),
+        ));
+        bounded(raced).await.expect("the racing till was refused");
+        let lift = lift(&o, 20 + round, &card, round % 2 == 1);
+        let lifted = call_req(&mut o, &lift).await;
+        lifted.unwrap_or_else(|e| panic!("round {round}: lifting the lock: {e:?}"));
+        done.store(true, Ordering::Relaxed);
+        racer_txn = bounded(racer).await.unwrap();
+        txn += 1;
+        let r = pay(&mut t, txn, &card, 1, Some(PIN)).await;
+        r.unwrap_or_else(|e| panic!("round {round}: the right PIN after the lift: {e:?}"));
+    }
+    drop((t, o));
+    stop(d);
+}
+
+/// An owner's unlock resent (its answer lost) after the card was locked
+/// again is answered from the ledger and leaves the new lock's count: the
+/// thief who locked it gets no fresh tries, and a wrong PIN stays
+/// PIN_LOCKED rather than telling right from wrong.
+#[tokio::test]
+async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let mut txn = 100;
+    let lock = async |t: &mut Client, txn: &mut u64| {
+        for _ in 0..MAX_WRONG_PIN_TRIES {
+            *txn += 1;
+            let r = pay(t, *txn, &card, 1, Some(WRONG)).await;
+            assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
+        }
+    };
+    lock(&mut t, &mut txn).await;
+    let unlock = lift(&o, 20, &card, false);
+    call_req(&mut o, &unlock).await.expect("unlocked");
+    lock(&mut t, &mut txn).await;
+    let again = call_req(&mut o, &unlock)
+        .await
+        .expect("the ledger's answer");
+    assert!(again.replayed);
+    for pin in [WRONG, PIN] {
+        txn += 1;
+        let r = pay(&mut t, txn, &card, 1, Some(pin)).await;
+        assert_eq!(r.unwrap_err(), E::PinLocked, "{pin}: still locked");
+    }
+    drop((t, o));
+    stop(d);
+}
+
+/// True if the store still answers `card` for the holder's phone.
+fn holder_kept(d: &Daemon, demo: &Demo, card: &str) -> bool {
+    let found = admin(d, demo, &["find-card", "--phone", PHONE]);
+    found.trim() == card
+}
+
+/// An erase the state machine refuses (or answers from the ledger, being a
+/// resend) changes nothing: the holder stays in the store, findable, and
+/// the card named; only an erase that writes its record forgets.
+#[tokio::test]
+async fn an_erase_the_state_refuses_or_answers_from_the_ledger_keeps_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[1].clone();
+    let named = [
+        "set-holder",
+        "--card",
+        &card,
+        "--name",
+        NAME,
+        "--phone",
+        PHONE,
+    ];
+    admin(&d, &demo, &named);
+    let mut o = demo.owner(d.addr).await;
+    let erase = |o: &Client, txn| {
+        let op = Op::EraseHolder(pb::EraseHolder { card: card.clone() });
+        o.request(txn, op)
+    };
+    // Refused by the state machine: an operator it does not take, and no
+    // transaction id.
+    let mut bad_operator = erase(&o, 30);
+    bad_operator.operator = "till\n7".into();
+    let mut no_txn = erase(&o, 31);
+    no_txn.txn_id = 0;
+    for (req, code) in [
+        (bad_operator, E::InvalidArgument),
+        (no_txn, E::InvalidArgument),
+    ] {
+        assert_eq!(call_req(&mut o, &req).await.unwrap_err(), code);
+        assert!(holder_kept(&d, &demo, &card), "refused {req:?}");
+    }
+    // An erase that stands forgets; the holder is named again; the first
+    // erase resent is answered from the ledger and forgets no one.
+    let first = erase(&o, 32);
+    let erased = call_req(&mut o, &first).await.expect("erased");
+    assert!(!erased.replayed);
+    assert!(!holder_kept(&d, &demo, &card));
+    admin(&d, &demo, &named);
+    let again = call_req(&mut o, &first).await.expect("answered");
+    assert!(again.replayed);
+    assert!(
+        holder_kept(&d, &demo, &card),
+        "a resend forgot the new holder"
+    );
+    let mut t = demo.terminal(d.addr, 0).await;
+    assert!(inquiry(&mut t, &card).await.named);
+    drop((t, o));
+    stop(d);
+    // Records: set-holder, erase, set-holder.
+    let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
+    assert_eq!(report["records"], FIRST_SEQ + 2);
 }

@@ -12,6 +12,11 @@
 //!   exports the same bytes as the active;
 //! - `failover`: the active killed, the standby takes the lapsed lease and
 //!   serves; nothing acknowledged lost or doubled;
+//! - `missing`: a message deleted below the stream's newest stops
+//!   following and catching up at once, named;
+//! - `seeding`: a take-over completes a stream holding a prefix of the
+//!   local log before anything new, and refuses (that brand alone) a
+//!   stream that is another chain;
 //! - `jepsen`: steady purchases from two tills through a kill -9, a pause
 //!   past the lease and a lost NATS node.
 #[path = "../common/mod.rs"]
@@ -21,6 +26,8 @@ mod active;
 mod engine;
 mod failover;
 mod jepsen;
+mod missing;
+mod seeding;
 mod standby;
 
 use async_nats::jetstream;

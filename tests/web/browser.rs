@@ -135,6 +135,11 @@ async fn the_page_in_chromium() {
     let c = browser(&driver, &dir.path().join("chromium-profile")).await;
     let run = tokio::time::timeout(Duration::from_secs(120), async {
         c.goto(&link).await.expect("open the link");
+        // The link's confirmation page; its button signs in (the post
+        // from this page is the only thing that sets a session).
+        assert_eq!(text(&c, "h1").await, "Sign in");
+        let button = c.find(Locator::Css("#sign-in")).await.expect("the button");
+        button.click().await.expect("press Sign in");
         // Redirected to the overview with the session cookie.
         let url = c.current_url().await.unwrap();
         assert_eq!(url.path(), "/", "{url}");

@@ -5,7 +5,7 @@
 use crate::common::books::{admin, script};
 use crate::common::http::{get_page, request};
 use crate::common::{inquiry, Daemon};
-use crate::{daemon, open_link, web_login};
+use crate::{confirmation, daemon, from_this_page, open_link, post_form, web_login};
 
 /// A page with no data: the login page, no figure on it.
 #[track_caller]
@@ -53,6 +53,73 @@ async fn a_link_works_once_and_a_session_ends_at_logout() {
     assert_eq!(out.status, 303);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     no_data(&get_page(http, "/", Some(&cookie)));
+}
+
+/// Login CSRF: a page elsewhere that holds a link of its own brand cannot
+/// sign a victim's browser in with it. Opening the link (a navigation,
+/// an image) sets no session; a post that is cross-site, has no or a
+/// foreign `Origin`, or lacks the browser's own pre-login cookie and its
+/// check sets none either and leaves the link unspent; the post from the
+/// link's own page signs in, once.
+#[tokio::test]
+async fn only_the_links_own_page_signs_a_browser_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo, http) = daemon(dir.path());
+    let link = web_login(&d, &demo.owner_key_path(), http);
+    // Opened twice (as an image, then by the victim): no session either
+    // time, the link still live, one pre-login cookie kept.
+    let form = confirmation(http, &link, None);
+    let again = confirmation(http, &link, Some(&form.pre));
+    assert_eq!(again.pre, form.pre);
+    assert_eq!(again.check, form.check);
+    let refused = |a: &crate::common::http::Answer, what: &str| {
+        assert_eq!(a.status, 403, "{what}: {}", a.body);
+        assert!(a.set_cookie("cardd_session").is_none(), "{what}: a session");
+        assert!(!a.body.contains("data-value"), "{what}: figures");
+    };
+    let with = |lines: &[&str]| -> Vec<String> {
+        let mut h = vec![format!("Cookie: cardd_login={}", form.pre)];
+        h.extend(lines.iter().map(|l| l.to_string()));
+        h
+    };
+    for (what, headers) in [
+        (
+            "cross-site",
+            with(&["Sec-Fetch-Site: cross-site", "Origin: http://evil.example"]),
+        ),
+        (
+            "another port of the host",
+            with(&["Sec-Fetch-Site: same-site", "Origin: http://cardd:8080"]),
+        ),
+        ("a foreign Origin", with(&["Origin: http://evil.example"])),
+        ("an opaque Origin", with(&["Origin: null"])),
+        ("no Origin", with(&[])),
+    ] {
+        refused(&post_form(http, &form, &headers), what);
+    }
+    // From this page, but not this browser's form: no pre-login cookie,
+    // or another browser's (the attacker's own) with its check.
+    let mut bare = from_this_page(&form.pre);
+    bare.remove(0);
+    refused(&post_form(http, &form, &bare), "no pre-login cookie");
+    let other = confirmation(http, &link, None);
+    assert_ne!(other.pre, form.pre);
+    refused(
+        &post_form(http, &other, &from_this_page(&form.pre)),
+        "another browser's check",
+    );
+    // None of it spent the link: the honest post signs in, once.
+    let a = post_form(http, &form, &from_this_page(&form.pre));
+    assert_eq!(a.status, 303, "{}", a.body);
+    let cookie = a.set_cookie("cardd_session").expect("a session");
+    assert!(a.set_cookie("cardd_login").unwrap().contains("Max-Age=0"));
+    let session = cookie.split(';').next().unwrap().to_string();
+    let page = request(http, "GET", "/", &[format!("Cookie: {session}")]).unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("data-value"), "the figures");
+    let twice = post_form(http, &form, &from_this_page(&form.pre));
+    assert_eq!(twice.status, 401);
+    assert!(twice.set_cookie("cardd_session").is_none());
 }
 
 #[tokio::test]

@@ -74,6 +74,55 @@ pub(super) fn set_holder(
     Ok(append(state, ctx, rec))
 }
 
+/// What [`apply`] would do now with an owner's `EraseHolder`, short of
+/// doing it: the server makes its holder store forget the person only
+/// for an erase that writes its record, so that an erase the state
+/// refuses changes nothing (its holder stays), while the person is still
+/// forgotten before the record that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EraseFate {
+    /// A HOLDER_ERASED record would be written.
+    Written,
+    /// A resend of an erase that stands: the ledger answers it (its
+    /// person was forgotten before its record was written).
+    Seen,
+    /// Refused, as `apply` refuses it.
+    Refused(Refusal),
+}
+
+/// The fate of `req`, an `EraseHolder` signed with `signer_key` by the
+/// brand's owner, against `state`: `apply`'s checks for it, in its order,
+/// with no record made (a pure read; `erase_fate_is_apply_s_answer`
+/// holds the two together).
+pub fn erase_fate(state: &BrandState, signer_key: &[u8; 32], req: &Request) -> EraseFate {
+    let ctx = Context {
+        time_ms: 0,
+        principal: Principal::Owner,
+        signer_key,
+        request: &[],
+        signature: &[],
+        pin_verified: false,
+    };
+    let checked = (|| {
+        let Some(Op::EraseHolder(e)) = &req.op else {
+            return refuse(E::InvalidArgument, "not an erase");
+        };
+        addressed(state, req)?;
+        created(state)?;
+        signer_key_current(state, &ctx)?;
+        if let Some(seen) = already_seen(state, &ctx, req)? {
+            return Ok(Some(seen));
+        }
+        require_owner(&ctx)?;
+        find_card(state, &e.card).map(|_| None)
+    })();
+    match checked {
+        Ok(None) => EraseFate::Written,
+        Ok(Some(_)) => EraseFate::Seen,
+        Err(refusal) => EraseFate::Refused(refusal),
+    }
+}
+
 pub(super) fn erase_holder(
     state: &mut BrandState,
     ctx: &Context,
@@ -538,5 +587,80 @@ mod golden {
             false,
         );
         assert_eq!(hex::encode(digest.finalize()), RECORDS);
+    }
+}
+
+#[cfg(test)]
+mod erase_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::testing;
+
+    /// The owner's erase with `edit` made to its request, signed by `key`.
+    fn erase_by(
+        key: &ed25519_dalek::SigningKey,
+        txn: u64,
+        card: &str,
+        edit: impl FnOnce(&mut Request),
+    ) -> crate::ledger::Submission {
+        let op = Op::EraseHolder(pb::EraseHolder { card: card.into() });
+        let mut req = testing::request(txn, op);
+        edit(&mut req);
+        crate::ledger::Submission::signed(Principal::Owner, key, req)
+    }
+
+    /// The server erases the person only where `erase_fate` says Written:
+    /// for each erase, it says what `apply` then does, and leaves the
+    /// state as it was.
+    #[test]
+    fn erase_fate_is_apply_s_answer() {
+        let (mut state, card) = brand_with_pin();
+        let owner = testing::owner_key();
+        let unknown = crate::card_number::generate(testing::BRAND);
+        let cases = [
+            erase_by(&owner, 40, &unknown, |_| {}),
+            erase_by(&owner, 41, &card, |r| r.operator = "a\u{7}".into()),
+            erase_by(&owner, 0, &card, |_| {}),
+            erase_by(&testing::terminal_key(), 42, &card, |_| {}),
+            erase_by(&owner, 43, &card, |r| r.brand_id += 1),
+            erase_by(&owner, 44, &card, |_| {}),
+            erase_by(&owner, 44, &card, |_| {}),
+        ];
+        let mut fates = Vec::new();
+        for sub in &cases {
+            let fate = erase_fate(&state, &sub.signer_key, sub.decoded());
+            let seq = state.seq;
+            let out = run(&mut state, sub, false);
+            let expected = match &out {
+                Ok(Outcome::Written(_)) => EraseFate::Written,
+                Ok(Outcome::Seen { .. }) => EraseFate::Seen,
+                Err(refusal) => EraseFate::Refused(refusal.clone()),
+                Ok(other) => panic!("{other:?}"),
+            };
+            assert_eq!(fate, expected, "{:?}", sub.decoded());
+            let written = u64::from(fate == EraseFate::Written);
+            assert_eq!(state.seq, seq + written);
+            fates.push(fate);
+        }
+        let codes: Vec<_> = fates
+            .iter()
+            .map(|f| match f {
+                EraseFate::Refused(r) => Some(r.code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                Some(E::CardNotFound),
+                Some(E::InvalidArgument),
+                Some(E::InvalidArgument),
+                Some(E::UnknownKey),
+                Some(E::WrongBrand),
+                None,
+                None
+            ]
+        );
+        assert_eq!(fates[5..], [EraseFate::Written, EraseFate::Seen]);
     }
 }

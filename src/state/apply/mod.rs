@@ -19,6 +19,7 @@ mod reversal;
 use prost::Message;
 
 use corrections::{adjust_card, close_card, set_card_expiry, void_top_up};
+pub use holder::{erase_fate, EraseFate};
 use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use keys::{rekey_terminal, rotate_owner_key, rotate_server_key};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
@@ -47,21 +48,11 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
     let Some(op) = &req.op else {
         return refuse(E::InvalidArgument, "request has no operation");
     };
-    if req.brand_id != state.brand_id {
-        return refuse(E::WrongBrand, "request names another brand");
-    }
-    if !text_ok(&req.operator) {
-        return refuse(
-            E::InvalidArgument,
-            "operator too long or has control characters",
-        );
-    }
+    addressed(state, req)?;
     if let Op::CreateBrand(cb) = op {
         return create_brand(state, ctx, req, cb);
     }
-    if !state.is_created() {
-        return refuse(E::WrongBrand, "brand does not exist");
-    }
+    created(state)?;
     if let Principal::Terminal(id) = ctx.principal {
         match state.terminals.get(&id) {
             None => return refuse(E::UnknownKey, "terminal not enrolled in this brand"),
@@ -262,6 +253,29 @@ fn already_seen(
         Err(TooOld) => refuse(E::TxnTooOld, TXN_TOO_OLD),
         Ok(None) => Ok(None),
     }
+}
+
+/// The request names this brand and its operator is text a record keeps
+/// (the first checks of every request).
+fn addressed(state: &BrandState, req: &Request) -> Result<(), Refusal> {
+    if req.brand_id != state.brand_id {
+        return refuse(E::WrongBrand, "request names another brand");
+    }
+    if !text_ok(&req.operator) {
+        return refuse(
+            E::InvalidArgument,
+            "operator too long or has control characters",
+        );
+    }
+    Ok(())
+}
+
+/// The brand exists (every request but its creation).
+fn created(state: &BrandState) -> Result<(), Refusal> {
+    if !state.is_created() {
+        return refuse(E::WrongBrand, "brand does not exist");
+    }
+    Ok(())
 }
 
 fn text_ok(s: &str) -> bool {

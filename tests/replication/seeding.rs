@@ -1,0 +1,307 @@
+//! A node takes a brand over only if the brand's stream ends where its
+//! local log does: a stream holding a prefix of the local log (a seeding
+//! that stopped part-way: a publish timeout, a lease lapse, a crash) is
+//! completed before anything new is written, and a stream that is another
+//! chain is refused, for that brand alone. A long seeding keeps the leases
+//! of the brands the node already serves.
+use std::path::Path;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use cardd::crypto::read_key_file;
+use cardd::replica;
+use cardd::storage::{DiskStore, LogStore, StoredBatch};
+
+use crate::common::nats::NatsCluster;
+use crate::common::{ok, purchase, Daemon, Demo};
+
+/// How long a node that refused a brand is watched for another try at it
+/// (it looks at the leases every 0.5 s).
+const RESTING_SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One local commit: its records (seq, bytes) and its checkpoint.
+type Commit = (Vec<(u64, Vec<u8>)>, Vec<u8>);
+
+/// The demo brand's commits in a stopped daemon's directory, oldest first.
+fn local_commits(data: &Path, brand: u32) -> Vec<Commit> {
+    use prost::Message;
+    let store = DiskStore::open_existing(data).expect("the local log");
+    let mut records = store.scan(brand, 1).map(|r| r.expect("a record"));
+    let mut commits = Vec::new();
+    for checkpoint in store.checkpoints(brand) {
+        let checkpoint = checkpoint.expect("a checkpoint");
+        let size = cardd::pb::Checkpoint::decode(checkpoint.as_slice())
+            .expect("a checkpoint")
+            .tree_size;
+        let mut batch = Vec::new();
+        while batch
+            .last()
+            .is_none_or(|(seq, _): &(u64, Vec<u8>)| *seq < size)
+        {
+            batch.push(records.next().expect("the checkpoint's records"));
+        }
+        commits.push((batch, checkpoint));
+    }
+    commits
+}
+
+/// Appends `commits` to `brand`'s stream as a writer would (one run per
+/// commit), creating the stream as cardd does.
+async fn put_on_stream(js: &jetstream::Context, brand: u32, commits: &[Commit]) {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: replica::stream_name(brand),
+        subjects: vec![replica::subject(brand)],
+        num_replicas: replica::REPLICAS,
+        storage: jetstream::stream::StorageType::File,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("the brand's stream");
+    for (records, checkpoint) in commits {
+        let batch = StoredBatch {
+            first_seq: records[0].0,
+            last_seq: records[records.len() - 1].0,
+            checkpoint: checkpoint.clone(),
+            nodes: Vec::new(),
+            records: records.iter().map(|(_, r)| r.clone()).collect(),
+        };
+        let first = batch.first_seq.to_string();
+        let msg = PublishMessage::build()
+            .payload(batch.encode().into())
+            .header(replica::FIRST_SEQ_HEADER, first.as_str());
+        let ack = js.send_publish(replica::subject(brand), msg).await;
+        ack.expect("sent").await.expect("the append");
+    }
+}
+
+/// A demo ledger made on a single node, a few purchases in commits of
+/// their own, the daemon stopped: (its demo, its commits).
+async fn single_node_ledger(dir: &Path) -> (Demo, Vec<Commit>) {
+    let (mut single, demo) = Daemon::demo(dir);
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(single.addr, 0).await;
+    for txn in 100..104 {
+        ok(&mut t, txn, purchase(&card, 1_000)).await;
+    }
+    drop(t);
+    single.kill9();
+    let commits = local_commits(&demo.data, demo.manifest.brand_id);
+    (demo, commits)
+}
+
+/// Every record on `brand`'s stream, and the checkpoints of its commits.
+async fn on_stream(js: &jetstream::Context, brand: u32) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let runs = crate::runs_of(js, brand).await;
+    let records = runs.iter().flat_map(|r| r.records.clone()).collect();
+    let checkpoints = runs
+        .iter()
+        .filter(|r| !r.checkpoint.is_empty())
+        .map(|r| r.checkpoint.clone())
+        .collect();
+    (records, checkpoints)
+}
+
+fn records_and_checkpoints(commits: &[Commit]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let records = commits
+        .iter()
+        .flat_map(|(rs, _)| rs.iter().map(|(_, r)| r.clone()))
+        .collect();
+    let checkpoints = commits.iter().map(|(_, c)| c.clone()).collect();
+    (records, checkpoints)
+}
+
+/// Asserts two (records, checkpoints) lists are the same bytes, saying
+/// how many each holds (not the bytes) when they are not.
+#[track_caller]
+fn same_bytes(got: (Vec<Vec<u8>>, Vec<Vec<u8>>), want: (Vec<Vec<u8>>, Vec<Vec<u8>>), what: &str) {
+    assert!(
+        got == want,
+        "{what}: got {} records and {} checkpoints, want {} and {} (or other bytes)",
+        got.0.len(),
+        got.1.len(),
+        want.0.len(),
+        want.1.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_holding_a_prefix_of_the_local_log_is_completed_before_anything_new() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, commits) = single_node_ledger(dir.path()).await;
+    let brand = demo.manifest.brand_id;
+    assert!(commits.len() > 3, "commits: {}", commits.len());
+    // A seeding that stopped part-way: the stream holds the first commits.
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, brand, &commits[..commits.len() - 3]).await;
+
+    let mut active = Daemon::start(&demo.data, &["--replicate", &cluster.urls()]);
+    same_bytes(
+        on_stream(&js, brand).await,
+        records_and_checkpoints(&commits),
+        "the take-over put the rest of the local log on the stream, commit for commit",
+    );
+    let card = demo.manifest.cards[4].clone();
+    let mut t = demo.terminal(active.addr, 0).await;
+    ok(&mut t, 200, purchase(&card, 1_000)).await;
+    drop(t);
+    active.kill9();
+    let local = local_commits(&demo.data, brand);
+    assert_eq!(local.len(), commits.len() + 1, "one new commit");
+    same_bytes(
+        on_stream(&js, brand).await,
+        records_and_checkpoints(&local),
+        "the new record follows the whole local log, on the stream as on disk",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_another_chain_is_refused_and_the_other_brands_start() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (demo, commits) = single_node_ledger(dir.path()).await;
+    let brand = demo.manifest.brand_id;
+    // A second brand, created offline: nothing wrong with it.
+    let owner2_key = dir.path().join("owner2.key");
+    crate::common::run::cardd_ok([
+        "brand".as_ref(),
+        "create".as_ref(),
+        "--data".as_ref(),
+        demo.data.as_os_str(),
+        "--name".as_ref(),
+        "Second".as_ref(),
+        "--owner-key".as_ref(),
+        owner2_key.as_os_str(),
+        "--id".as_ref(),
+        "2".as_ref(),
+    ]);
+    // The demo brand's stream holds its first commits, then a record this
+    // directory does not hold where its own is: another chain, shorter.
+    let mut other = commits[..commits.len() - 2].to_vec();
+    let last = other.last_mut().expect("a commit");
+    let bytes = &mut last.0.last_mut().expect("a record").1;
+    *bytes.last_mut().expect("a byte") ^= 1;
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, brand, &other).await;
+    let before = on_stream(&js, brand).await;
+
+    let (mut node, log) =
+        Daemon::start_logged(&demo.data, &["--replicate", &cluster.urls()], "info");
+    // The good brand is served: its owner signs on, its stream seeded.
+    let owner2 = read_key_file(&owner2_key).expect("owner key");
+    crate::common::raw::sign_on(node.addr, &owner2).await;
+    let (records2, _) = on_stream(&js, 2).await;
+    assert_eq!(records2.len(), 1, "brand 2's one record seeded");
+    // The diverged one is not: its tills are told NOT_ACTIVE, and nothing
+    // was added to its stream (no seeding after another chain, no fence).
+    let till = read_key_file(&demo.terminal_key_path(0)).expect("till key");
+    let mut f = crate::common::raw::send_sign_on_proof(node.addr, &till).await;
+    match crate::common::raw::raw_recv(&mut f).await.body {
+        Some(cardd::pb::server_message::Body::Error(e)) => {
+            assert_eq!(e.code, cardd::pb::ErrorCode::NotActive as i32, "{e:?}")
+        }
+        other => panic!("expected NOT_ACTIVE, got {other:?}"),
+    }
+    same_bytes(on_stream(&js, brand).await, before, "the stream untouched");
+    let runs = crate::runs_of(&js, brand).await;
+    assert_eq!(runs.len(), other.len(), "no fence on the diverged stream");
+    // The refused brand rests: not taken over again and again at every
+    // look at the leases (each 0.5 s), each failing and logged.
+    tokio::time::sleep(RESTING_SEEN_FOR).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("brand=1"))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("brand refused"),
+        "one error line, naming the refused brand:\n{log}"
+    );
+    // Its local log is as it was.
+    let local = local_commits(&demo.data, brand);
+    same_bytes(
+        records_and_checkpoints(&local),
+        records_and_checkpoints(&commits),
+        "the local log unchanged",
+    );
+}
+
+/// Commits (one record each, each its own message on the stream) of the
+/// brand whose seeding must outlast a lease held by the node (3 s TTL).
+const LONG_SEED_COMMITS: u64 = 3_000;
+/// How long that seeding must take for the test to show anything: past
+/// the lease's TTL, with a margin.
+const LONGER_THAN_A_LEASE: std::time::Duration = std::time::Duration::from_millis(3_500);
+
+/// A data directory under the fixture's server key: brand 1 as
+/// `testing::provision` makes it (its card returned), then brand 2 with
+/// [`LONG_SEED_COMMITS`] top-ups, each a commit, all made offline.
+fn a_short_brand_then_a_long_one(data: &Path) -> String {
+    use cardd::ledger::{BrandLedger, Submission};
+    use cardd::state::Principal;
+    use cardd::testing;
+    std::fs::create_dir_all(data).unwrap();
+    let key_path = cardd::server::server_key_path(data);
+    cardd::crypto::write_key_file(&key_path, &testing::server_key()).unwrap();
+    let store: std::sync::Arc<dyn LogStore> = std::sync::Arc::new(DiskStore::open(data).unwrap());
+    let (_, card) = testing::provision(store.clone(), "Served", 10_000);
+    let (owner, till) = (testing::key(20), testing::key(21));
+    let create = testing::create_brand("Seeded", &owner.verifying_key().to_bytes());
+    let mut ledger = BrandLedger::create(store, testing::server_key(), 2, create).unwrap();
+    let card2 = cardd::card_number::generate(2);
+    let till_public = till.verifying_key().to_bytes();
+    let setup = [
+        testing::create_store("s"),
+        testing::enroll_terminal(1, &till_public, ""),
+        testing::issue_card(&card2),
+    ];
+    let owner_subs = setup.into_iter().enumerate().map(|(i, op)| {
+        let request = testing::request_as(2, i as u64 + 1, "", op);
+        Submission::signed(Principal::Owner, &owner, request)
+    });
+    let top_ups = (1..=LONG_SEED_COMMITS).map(|txn| {
+        let request = testing::request_as(2, txn, "", testing::top_up(&card2, 1));
+        Submission::signed(Principal::Terminal(1), &till, request)
+    });
+    for sub in owner_subs.chain(top_ups) {
+        ledger.submit_now(sub).unwrap().unwrap();
+    }
+    card
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_seeding_keeps_the_lease_of_a_brand_already_served() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let card = a_short_brand_then_a_long_one(&data);
+    // Brand 1 is taken and served first; brand 2's seeding follows, before
+    // the lease loop's first look.
+    let started = std::time::Instant::now();
+    let urls = cluster.urls();
+    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    let seeding = started.elapsed();
+    // The lease loop's first looks: a lease that lapsed meanwhile is lost
+    // (the brand stopped, then taken again half a second later).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(&card, 100)).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        seeding > LONGER_THAN_A_LEASE,
+        "the seeding took {seeding:?}: too short to test anything (raise LONG_SEED_COMMITS)"
+    );
+    assert!(
+        !log.contains("lease lost") && !log.contains("brand halted"),
+        "brand 1 kept its lease through brand 2's seeding:\n{log}"
+    );
+}
