@@ -74,8 +74,6 @@ struct Conn {
 struct BadSignatures {
     peer: SocketAddr,
     count: Arc<AtomicU32>,
-    /// Cancelled at the limit: the read loop closes the connection.
-    close: CancellationToken,
 }
 
 impl BadSignatures {
@@ -83,7 +81,6 @@ impl BadSignatures {
         BadSignatures {
             peer,
             count: Arc::new(AtomicU32::new(0)),
-            close: CancellationToken::new(),
         }
     }
 
@@ -99,8 +96,8 @@ impl BadSignatures {
         shared.guard.fail(GuardKey::SignOn(self.peer.ip()));
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         if n == MAX_BAD_SIGNATURES_PER_CONNECTION {
+            // The read loop closes the connection at its next frame.
             tracing::warn!(peer = ?self.peer, ?principal, n, "too many bad request signatures; closing");
-            self.close.cancel();
         }
         let why = "request signature does not verify";
         reply.send(Err(Refusal::new(E::BadSignature, why)));
@@ -211,7 +208,6 @@ impl Conn {
                     self.cut(&phase);
                     return Ended::Cut;
                 }
-                _ = self.bad.close.cancelled() => return Ended::Cut,
                 _ = self.shared.stop.cancelled() => {
                     self.stopping(&phase);
                     break;
@@ -229,6 +225,13 @@ impl Conn {
             let Some(frame) = frame else {
                 break;
             };
+            // Asked as each frame comes rather than raced against the
+            // read: a select branch more would cost every request a
+            // waiter on one more token, and a connection that stopped
+            // sending costs the verifier nothing.
+            if self.bad.spent() {
+                return Ended::Cut;
+            }
             let next = match signing_on {
                 None => self.take(frame, &mut phase).await,
                 // Before sign-on, answering is bounded by the deadline too:

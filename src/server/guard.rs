@@ -24,7 +24,7 @@
 //! thread deciding at that moment.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,12 @@ pub struct Guard {
     entries: Mutex<HashMap<GuardKey, Entry>>,
     sign_on_limit: u32,
     card_miss_limit: u32,
+    /// When the latest block ends, in ms after `epoch` (0: none yet). Every
+    /// request asks whether its keys are blocked, twice (on arrival and as
+    /// it is applied); while no block is running the answer is known
+    /// without the table's lock, which all connections and appliers share.
+    blocks_end_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Guard {
@@ -87,7 +93,15 @@ impl Guard {
             entries: Mutex::new(HashMap::new()),
             sign_on_limit,
             card_miss_limit,
+            blocks_end_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// `at` in ms after the guard's epoch, rounded up.
+    fn ms(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
     }
 
     fn limit(&self, key: &GuardKey) -> u32 {
@@ -106,6 +120,9 @@ impl Guard {
     /// request asks for its signer and its address, twice).
     fn any_blocked(&self, keys: [Option<GuardKey>; 2]) -> bool {
         let now = Instant::now();
+        if self.ms(now) > self.blocks_end_ms.load(Ordering::Acquire) {
+            return false;
+        }
         let entries = self.entries.lock().expect("guard lock");
         keys.into_iter().flatten().any(|key| {
             entries
@@ -141,7 +158,10 @@ impl Guard {
         }
         e.failures = e.failures.saturating_add(1);
         if e.failures > limit {
-            e.blocked_until = Some(now + Duration::from_secs(RATE_LIMIT_COOLDOWN_SECS));
+            let until = now + Duration::from_secs(RATE_LIMIT_COOLDOWN_SECS);
+            e.blocked_until = Some(until);
+            self.blocks_end_ms
+                .fetch_max(self.ms(until), Ordering::AcqRel);
             tracing::warn!(
                 ?key,
                 failures = e.failures,
