@@ -268,6 +268,12 @@ fn signatures(c: &mut Criterion) {
     let public: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.verifying_key()).collect();
     let mut g = c.benchmark_group("signatures");
     g.throughput(Throughput::Elements(1));
+    // What a till spends on each request it signs: on one machine with
+    // the daemon (the benches' load generator), this and the daemon's
+    // check share the cores.
+    g.bench_function("sign_one", |b| {
+        b.iter(|| ed25519_dalek::Signer::sign(&keys[0], &messages[0]))
+    });
     g.bench_function("verify_strict_one", |b| {
         b.iter(|| {
             public[0]
