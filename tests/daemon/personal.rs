@@ -342,18 +342,48 @@ async fn a_replaced_card_keeps_its_holder_and_its_pin() {
     assert!(demo.data.join("pins/brand-1").join(&new).exists());
 }
 
+/// A demo daemon whose rules ask a PIN for every spend, its owner's and a
+/// till's sessions, and the card the PIN tests use.
+struct PinDemo {
+    _dir: tempfile::TempDir,
+    d: Daemon,
+    demo: Demo,
+    card: String,
+    o: Client,
+    t: Client,
+}
+
+async fn pin_demo() -> PinDemo {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[3].clone();
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 11, pin_rules(true, 0)).await;
+    let t = demo.terminal(d.addr, 0).await;
+    PinDemo {
+        _dir: dir,
+        d,
+        demo,
+        card,
+        o,
+        t,
+    }
+}
+
 /// A till that lost the answer of a PIN purchase or a PIN change resends
 /// the same bytes: it gets the first answer, though the PIN changed since,
 /// and no wrong try is counted (the PIN is checked once, for the request
 /// that stands).
 #[tokio::test]
 async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo(dir.path());
-    let card = demo.manifest.cards[3].clone();
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 11, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
+    let PinDemo {
+        _dir,
+        d,
+        demo: _,
+        card,
+        o,
+        mut t,
+    } = pin_demo().await;
     set_pin(&mut t, &card, 100, PIN, None)
         .await
         .expect("first PIN");
@@ -419,12 +449,14 @@ async fn a_change_whose_hash_was_lost(t: &mut Client, demo: &Demo, card: &str) -
 
 #[tokio::test]
 async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo(dir.path());
-    let card = demo.manifest.cards[3].clone();
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 11, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
+    let PinDemo {
+        _dir,
+        d,
+        demo,
+        card,
+        o,
+        mut t,
+    } = pin_demo().await;
     let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
     // The till resends the change as it was.
     let again = call_req(&mut t, &change).await.expect("the resent change");
@@ -449,12 +481,14 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
 /// the owner to set the PIN again, and once they do, that PIN pays.
 #[tokio::test]
 async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo(dir.path());
-    let card = demo.manifest.cards[3].clone();
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 11, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
+    let PinDemo {
+        _dir,
+        d,
+        demo,
+        card,
+        o,
+        mut t,
+    } = pin_demo().await;
     let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
     drop((t, o));
     stop(d);
