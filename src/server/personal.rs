@@ -113,7 +113,7 @@ async fn run(
         Some(Op::HolderData(h)) => holder_data(shared, brand, who, &h).await.map(Done::Answer),
         Some(Op::FindCard(f)) => find_card(shared, who, &f).await.map(Done::Answer),
         Some(Op::SetHolder(h)) => set_holder(shared, who, &h, sub).await,
-        Some(Op::EraseHolder(e)) => erase_holder(shared, brand, who, &e.card, sub).await,
+        Some(Op::EraseHolder(e)) => erase_holder(shared, (brand, probe), who, &e.card, sub).await,
         Some(Op::Purchase(p)) => {
             spend(shared, (brand, probe), who, (&p.card, &p.pin_block), sub).await
         }
@@ -246,7 +246,7 @@ async fn set_holder(
 
 async fn erase_holder(
     shared: &Arc<Shared>,
-    brand: &BrandHandle,
+    (brand, probe): (&BrandHandle, &Probe),
     who: Who,
     card: &str,
     sub: Submission,
@@ -264,10 +264,14 @@ async fn erase_holder(
         EraseFate::Seen => return Ok(Done::Submit(sub)),
         EraseFate::Written => {}
     }
+    // The probing budget the applier will ask is asked now too, so that
+    // its refusal does not come after the person is forgotten.
+    probe.admit()?;
     // Forgotten before the record: a record saying "erased" must never
-    // stand beside a person still kept. Should the state refuse it after
-    // all (it changed between the question and the record: see
-    // docs/security.md), the person is gone and no record says so.
+    // stand beside a person still kept. Should it be refused after all
+    // (the state changed between the question and the record, or the
+    // address's probing budget ran out: see docs/security.md), the person
+    // is gone and no record says so; the owner's resend writes it.
     let erase = move |store: &HolderStore| store.erase(who.brand_id, card);
     bounded(shared, who.brand_id, erase).await?;
     Ok(Done::Submit(sub))
@@ -384,6 +388,19 @@ async fn set_pin(
     }
     let card = card_of(who, &p.card)?;
     let retry = is_retry(brand, who, &sub).await;
+    if !retry {
+        // Held to the probing budget as each is taken up, and an unknown
+        // card refused before its hash: a till pipelining PIN changes to
+        // guessed cards learns no more than the budget, at no Argon2 cost.
+        // Nothing is awaited between the admission and the count.
+        let known = brand.card_known(card).await;
+        probe.admit()?;
+        if known == Some(false) {
+            let refusal = Refusal::new(E::CardNotFound, "card not found");
+            probe.count(refusal.code);
+            return Err(refusal);
+        }
+    }
     if !retry && !p.old_pin_block.is_empty() {
         let old = (p.card.as_str(), card);
         let at = (brand, probe);

@@ -248,6 +248,12 @@ impl BrandHandle {
         self.card_flag(card, |c| c.pin_locked).await
     }
 
+    /// True if the brand's state knows `card` (issued, whatever its
+    /// status); `None` if the writer has stopped.
+    pub async fn card_known(&self, card: u64) -> Option<bool> {
+        self.card_flag(card, |_| true).await
+    }
+
     /// `flag` of `card` in the live state (false for no such card).
     async fn card_flag(&self, card: u64, flag: fn(&crate::state::Card) -> bool) -> Option<bool> {
         let (tx, rx) = oneshot::channel();

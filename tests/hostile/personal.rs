@@ -301,3 +301,47 @@ async fn pipelined_pin_blocks_get_no_more_than_the_budget() {
         "the rest are RATE_LIMITED: {codes:?}"
     );
 }
+
+/// PIN changes to guessed card numbers, pipelined: each is held to the
+/// probing budget as it is taken up, and an unknown card is refused
+/// before any Argon2 hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_pin_changes_to_guessed_cards_get_no_more_than_the_budget() {
+    const BUDGET: usize = 2;
+    const SENT: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let budget = BUDGET.to_string();
+    let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", &budget]);
+    let brand = demo.manifest.brand_id;
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let mut f = sign_on(d.addr, &key).await;
+    let mut bytes = Vec::new();
+    for i in 0..SENT {
+        let op = Op::SetPin(pb::SetPin {
+            card: cardd::card_number::generate(brand),
+            pin_block: vec![7; 120],
+            old_pin_block: Vec::new(),
+        });
+        let req = request(brand, 100 + i as u64, op);
+        bytes.extend(signed_frame(&key, i as u64, &req));
+    }
+    bounded(tokio::io::AsyncWriteExt::write_all(f.get_mut(), &bytes))
+        .await
+        .expect("write");
+    let mut codes = Vec::with_capacity(SENT);
+    for _ in 0..SENT {
+        codes.push(expect_error(&raw_recv(&mut f).await));
+    }
+    let missed = codes.iter().filter(|c| **c == E::CardNotFound).count();
+    let limited = codes.iter().filter(|c| **c == E::RateLimited).count();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    assert!(
+        missed <= BUDGET + threads,
+        "{missed} of {SENT} pipelined PIN changes answered CARD_NOT_FOUND (budget {BUDGET})"
+    );
+    assert_eq!(
+        missed + limited,
+        SENT,
+        "the rest are RATE_LIMITED: {codes:?}"
+    );
+}
