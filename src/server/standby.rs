@@ -14,6 +14,7 @@
 //! looks for brands created elsewhere.
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,9 +40,25 @@ const DEMO_BRAND: u32 = 1;
 const TAKE_OVER_ROUNDS: u32 = 6;
 
 /// A follower thread and the token that stops it.
+/// True for a take-over failure that another try will meet again: the
+/// stream is not this brand's chain here, or does not verify.
+fn lasting(e: &ReplicaError) -> bool {
+    matches!(
+        e,
+        ReplicaError::Diverged { .. }
+            | ReplicaError::Missing { .. }
+            | ReplicaError::Malformed { .. }
+            | ReplicaError::Ledger(_)
+    )
+}
+
 struct Following {
     stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
+    /// Set once its ledger is recovered: until then a take-over would
+    /// join a thread still replaying, and the lease loop, which renews
+    /// every other brand's lease, would wait for it.
+    ready: Arc<AtomicBool>,
 }
 
 /// Runs `work` every [`RENEW_EVERY`] until `until` is cancelled. It
@@ -394,6 +411,8 @@ impl Node {
             CancellationToken::new(),
         );
         let token = stop.clone();
+        let ready = Arc::new(AtomicBool::new(false));
+        let recovered = ready.clone();
         let thread = std::thread::Builder::new()
             .name(format!("follow-{brand}"))
             .spawn(move || {
@@ -402,6 +421,7 @@ impl Node {
                     keys.add_brand(state);
                 };
                 let followed = start().and_then(|ledger| {
+                    recovered.store(true, Ordering::Release);
                     committed(&ledger.state);
                     let follower = Follower::new(ledger);
                     follow::follow_brand(&nats, disk.as_ref(), follower, token, &committed)
@@ -413,7 +433,12 @@ impl Node {
                 followed
             })
             .expect("starting a follower thread");
-        self.followers.insert(brand, Following { stop, thread });
+        let following = Following {
+            stop,
+            thread,
+            ready,
+        };
+        self.followers.insert(brand, following);
     }
 
     /// Every [`RENEW_EVERY`] until `stop`: renews, takes lapsed leases,
@@ -516,6 +541,9 @@ impl Node {
                 self.rest(brand);
                 continue;
             }
+            if !self.followers[&brand].ready.load(Ordering::Acquire) {
+                continue;
+            }
             let sent = Instant::now();
             match self.leases.take(brand) {
                 Ok(Some(revision)) => {
@@ -557,7 +585,13 @@ impl Node {
                 let error = crate::error::causes(&e);
                 tracing::error!(brand, error, "could not take the brand over");
                 self.give_up(brand);
-                self.rest(brand);
+                // A stream that is not this brand's chain stays so: it
+                // rests. A passing failure (a publish, a leader election)
+                // is tried again at the next look, or a failover would
+                // wait out the rest.
+                if lasting(&e) {
+                    self.rest(brand);
+                }
             }
         }
     }
@@ -603,10 +637,10 @@ impl Node {
     fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
-        let mut follower = f
-            .thread
-            .join()
-            .unwrap_or_else(|_| panic!("the follower of brand {brand} panicked"))?;
+        let mut follower = f.thread.join().map_err(|_| ReplicaError::Diverged {
+            brand,
+            what: "its follower thread panicked".into(),
+        })??;
         self.take_over(&mut follower)?;
         Ok(follower.ledger)
     }
