@@ -168,6 +168,13 @@ pub enum ReplicaError {
     /// A followed batch does not verify or could not be committed locally.
     #[error("following the replicated log")]
     Ledger(#[from] LedgerError),
+    /// The thread following the brand panicked (a defect: its log says
+    /// where).
+    #[error("brand {brand}: its follower thread panicked")]
+    Panicked {
+        /// The brand.
+        brand: u32,
+    },
 }
 
 /// How long a call to NATS that fails is tried again where waiting is

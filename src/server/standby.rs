@@ -41,7 +41,9 @@ const TAKE_OVER_ROUNDS: u32 = 6;
 
 /// A follower thread and the token that stops it.
 /// True for a take-over failure that another try will meet again: the
-/// stream is not this brand's chain here, or does not verify.
+/// stream is not this brand's chain here or does not verify, the local
+/// log cannot be read, NATS failed past its 30 s of patience, or the
+/// follower's thread panicked.
 fn lasting(e: &ReplicaError) -> bool {
     matches!(
         e,
@@ -49,6 +51,9 @@ fn lasting(e: &ReplicaError) -> bool {
             | ReplicaError::Missing { .. }
             | ReplicaError::Malformed { .. }
             | ReplicaError::Ledger(_)
+            | ReplicaError::Local(_)
+            | ReplicaError::Stream { .. }
+            | ReplicaError::Panicked { .. }
     )
 }
 
@@ -250,6 +255,14 @@ impl Node {
         let mut follower = Follower::new(ledger);
         match self.take_over(&mut follower) {
             Ok(()) => Ok(AtStart::Serve(follower.ledger)),
+            Err(e) if !lasting(&e) => {
+                // A passing failure (an append not acknowledged while the
+                // stream elects a leader): followed, and taken at a look.
+                let error = crate::error::causes(&e);
+                tracing::warn!(brand, seq, error, "could not take the brand over yet");
+                self.give_up(brand);
+                Ok(AtStart::Follow(follower.ledger))
+            }
             Err(e) => {
                 let error = crate::error::causes(&e);
                 tracing::error!(
@@ -637,10 +650,10 @@ impl Node {
     fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
-        let mut follower = f.thread.join().map_err(|_| ReplicaError::Diverged {
-            brand,
-            what: "its follower thread panicked".into(),
-        })??;
+        let mut follower = f
+            .thread
+            .join()
+            .map_err(|_| ReplicaError::Panicked { brand })??;
         self.take_over(&mut follower)?;
         Ok(follower.ledger)
     }
