@@ -255,74 +255,25 @@ async fn a_till_guessing_pins_across_many_cards_is_rate_limited_after_twenty() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_pin_blocks_get_no_more_than_the_budget() {
-    const BUDGET: usize = 2;
-    const SENT: usize = 64;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let budget = BUDGET.to_string();
-    let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", &budget]);
-    let cards = demo.manifest.cards.clone();
-    // Purchases with PIN blocks that do not open (no Argon2 to wait for),
-    // all in flight at once on one connection.
-    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
-    let mut f = sign_on(d.addr, &key).await;
-    let mut bytes = Vec::new();
-    for (i, card) in cards.iter().cycle().take(SENT).enumerate() {
-        let op = Op::Purchase(pb::Purchase {
-            card: card.clone(),
-            amount_minor: 100,
-            pin_block: vec![7; 120],
-            ..Default::default()
-        });
-        let req = request(demo.manifest.brand_id, 100 + i as u64, op);
-        bytes.extend(signed_frame(&key, i as u64, &req));
-    }
-    bounded(tokio::io::AsyncWriteExt::write_all(f.get_mut(), &bytes))
-        .await
-        .expect("write");
-    let mut codes = Vec::with_capacity(SENT);
-    for _ in 0..SENT {
-        codes.push(expect_error(&raw_recv(&mut f).await));
-    }
-    let invalid = codes.iter().filter(|c| **c == E::PinBlockInvalid).count();
-    let limited = codes.iter().filter(|c| **c == E::RateLimited).count();
-    // The budget's, the one past it, and at most one more per daemon
-    // thread deciding at the same moment (each is admitted, opened and
-    // counted with nothing awaited in between).
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    assert!(
-        invalid <= BUDGET + threads,
-        "{invalid} of {SENT} pipelined PIN blocks answered PIN_BLOCK_INVALID (budget {BUDGET})"
-    );
-    assert_eq!(
-        invalid + limited,
-        SENT,
-        "the rest are RATE_LIMITED: {codes:?}"
-    );
-}
+/// The probing budget of the pipelined-guess tests, and how many guesses
+/// each sends at once on one connection.
+const BUDGET: usize = 2;
+const SENT: usize = 64;
 
-/// PIN changes to guessed card numbers, pipelined: each is held to the
-/// probing budget as it is taken up, and an unknown card is refused
-/// before any Argon2 hash.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_pin_changes_to_guessed_cards_get_no_more_than_the_budget() {
-    const BUDGET: usize = 2;
-    const SENT: usize = 64;
+/// Sends `SENT` requests `op(i, demo)` at once on one till's connection
+/// of a daemon whose card-miss budget is `BUDGET`, and checks that at
+/// most the budget (plus one per daemon thread deciding at the same
+/// moment: each is admitted and counted with nothing awaited between)
+/// are answered `miss`, the rest `RATE_LIMITED`.
+async fn pipelined_guesses_are_held_to_the_budget(op: impl Fn(usize, &Demo) -> Op, miss: E) {
     let dir = tempfile::tempdir().expect("tempdir");
     let budget = BUDGET.to_string();
     let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", &budget]);
-    let brand = demo.manifest.brand_id;
     let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
     let mut f = sign_on(d.addr, &key).await;
     let mut bytes = Vec::new();
     for i in 0..SENT {
-        let op = Op::SetPin(pb::SetPin {
-            card: cardd::card_number::generate(brand),
-            pin_block: vec![7; 120],
-            old_pin_block: Vec::new(),
-        });
-        let req = request(brand, 100 + i as u64, op);
+        let req = request(demo.manifest.brand_id, 100 + i as u64, op(i, &demo));
         bytes.extend(signed_frame(&key, i as u64, &req));
     }
     bounded(tokio::io::AsyncWriteExt::write_all(f.get_mut(), &bytes))
@@ -332,16 +283,46 @@ async fn pipelined_pin_changes_to_guessed_cards_get_no_more_than_the_budget() {
     for _ in 0..SENT {
         codes.push(expect_error(&raw_recv(&mut f).await));
     }
-    let missed = codes.iter().filter(|c| **c == E::CardNotFound).count();
+    let missed = codes.iter().filter(|c| **c == miss).count();
     let limited = codes.iter().filter(|c| **c == E::RateLimited).count();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     assert!(
         missed <= BUDGET + threads,
-        "{missed} of {SENT} pipelined PIN changes answered CARD_NOT_FOUND (budget {BUDGET})"
+        "{missed} of {SENT} pipelined guesses answered {miss:?} (budget {BUDGET})"
     );
     assert_eq!(
         missed + limited,
         SENT,
         "the rest are RATE_LIMITED: {codes:?}"
     );
+}
+
+/// Purchases with PIN blocks that do not open (no Argon2 to wait for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_pin_blocks_get_no_more_than_the_budget() {
+    let purchase = |i: usize, demo: &Demo| {
+        let cards = &demo.manifest.cards;
+        Op::Purchase(pb::Purchase {
+            card: cards[i % cards.len()].clone(),
+            amount_minor: 100,
+            pin_block: vec![7; 120],
+            ..Default::default()
+        })
+    };
+    pipelined_guesses_are_held_to_the_budget(purchase, E::PinBlockInvalid).await;
+}
+
+/// PIN changes to guessed card numbers: each is held to the probing
+/// budget as it is taken up, and an unknown card is refused before any
+/// Argon2 hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_pin_changes_to_guessed_cards_get_no_more_than_the_budget() {
+    let set_pin = |_: usize, demo: &Demo| {
+        Op::SetPin(pb::SetPin {
+            card: cardd::card_number::generate(demo.manifest.brand_id),
+            pin_block: vec![7; 120],
+            old_pin_block: Vec::new(),
+        })
+    };
+    pipelined_guesses_are_held_to_the_budget(set_pin, E::CardNotFound).await;
 }
