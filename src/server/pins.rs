@@ -277,21 +277,6 @@ impl PinStore {
         }
     }
 
-    /// [`PinStore::hold`] on a blocking thread.
-    fn hold_blocking(self: &Arc<Self>, brand: u32, card: u64) -> Result<Held, Refusal> {
-        let _wanting = self.want(brand, card);
-        let deadline = std::time::Instant::now() + HOLD_PATIENCE;
-        loop {
-            if let Some(held) = self.try_hold(brand, card) {
-                return Ok(held);
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(card_busy());
-            }
-            std::thread::sleep(HOLD_POLL);
-        }
-    }
-
     /// A turn among the bounded checks: refused when too many wait.
     async fn turn(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Refusal> {
         let busy = || Refusal::new(E::ServerBusy, "too many PIN checks waiting; try again");
@@ -360,18 +345,7 @@ impl PinStore {
         hash: String,
         seq: u64,
     ) -> Result<(), Refusal> {
-        let this = self.clone();
-        let entry = Entry {
-            hash,
-            wrong: 0,
-            seq,
-        };
-        tokio::task::spawn_blocking(move || {
-            let _held = this.hold_blocking(brand, card)?;
-            this.keep_latest(brand, card, &entry)
-        })
-        .await
-        .map_err(|e| storage("set task", e))?
+        self.hold(brand, card).await?.set(hash, seq).await
     }
 
     /// Writes `entry` unless the PIN of a later PIN_SET record is kept.
@@ -404,9 +378,9 @@ impl PinStore {
     /// Moves `from`'s PIN (hash and count) to `to`: a replaced card keeps
     /// its holder's PIN, and its lock. Durable (rename, directory fsync).
     pub async fn rename(self: &Arc<Self>, brand: u32, from: u64, to: u64) -> Result<(), Refusal> {
-        let this = self.clone();
+        let (this, held) = (self.clone(), self.hold(brand, from).await?);
         tokio::task::spawn_blocking(move || {
-            let _held = this.hold_blocking(brand, from)?;
+            let _held = held;
             let (old, new) = (this.path(brand, from), this.path(brand, to));
             match std::fs::rename(&old, &new) {
                 Ok(()) => {
