@@ -47,8 +47,8 @@ pub fn scan_part(
 ) -> Result<Part, BackupError> {
     let mut reader = open(part)?;
     let header = part_header(&mut reader, part, brand)?;
-    let anchor = <[u8; 32]>::try_from(header.server_public_key.as_slice())
-        .map_err(|_| BackupError::BadPart("its header names no server key".into()))?;
+    let anchor = super::anchor_of(&header)
+        .ok_or_else(|| BackupError::BadPart("its header names no server key".into()))?;
     if server_key.is_some_and(|k| *k != anchor) {
         return Err(BackupError::BadPart("it names another server key".into()));
     }

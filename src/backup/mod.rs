@@ -259,11 +259,7 @@ fn read_existing(path: &Path, brand: u32) -> Result<Existing, BackupError> {
             what: what.into(),
         },
     };
-    let anchor: [u8; 32] = header
-        .server_public_key
-        .as_slice()
-        .try_into()
-        .map_err(|_| corrupt("its header names no server key"))?;
+    let anchor = anchor_of(&header).ok_or_else(|| corrupt("its header names no server key"))?;
     let report = verify_file(path, anchor, None).map_err(|source| BackupError::Corrupt {
         path: path.to_path_buf(),
         source,
@@ -279,6 +275,12 @@ fn read_existing(path: &Path, brand: u32) -> Result<Existing, BackupError> {
         anchor,
         key_now,
     })
+}
+
+/// The server key an export's header names: a whole chain's first key,
+/// the anchor it is verified from (None if it is not a key's length).
+fn anchor_of(header: &pb::ExportHeader) -> Option<[u8; 32]> {
+    header.server_public_key.as_slice().try_into().ok()
 }
 
 /// The header of an export file (read before a whole verification, so

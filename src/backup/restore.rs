@@ -226,8 +226,8 @@ fn check_backups(
             found: hex::encode(found),
             given: hex::encode(public),
         };
-        let anchor = <[u8; 32]>::try_from(header.server_public_key.as_slice())
-            .map_err(|_| wrong_key(&header.server_public_key))?;
+        let anchor =
+            super::anchor_of(&header).ok_or_else(|| wrong_key(&header.server_public_key))?;
         let report =
             super::verify_file(path, anchor, None).map_err(|source| RestoreError::Invalid {
                 path: path.clone(),
