@@ -201,12 +201,22 @@ impl BrandHandle {
     /// has forgotten ids that old): a retry, which the state machine answers
     /// from the ledger. `None` if the writer has stopped.
     pub async fn txn_known(&self, principal: Principal, txn_id: u64) -> Option<bool> {
-        let (tx, rx) = oneshot::channel();
         let ns = principal.txn_namespace();
+        self.read_with(move |state| !matches!(state.txn_entry(ns, txn_id), Ok(None)))
+            .await
+    }
+
+    /// `f` of the live state, delivered once what it read is durable;
+    /// `None` if the writer has stopped.
+    async fn read_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::state::BrandState) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
         let read: ReadFn = Box::new(move |state| {
-            let known = !matches!(state.txn_entry(ns, txn_id), Ok(None));
+            let value = f(state);
             Box::new(move || {
-                let _ = tx.send(known);
+                let _ = tx.send(value);
             })
         });
         if !self.read(read) {
@@ -223,17 +233,8 @@ impl BrandHandle {
         signer_key: [u8; 32],
         req: crate::pb::Request,
     ) -> Option<crate::state::EraseFate> {
-        let (tx, rx) = oneshot::channel();
-        let read: ReadFn = Box::new(move |state| {
-            let fate = crate::state::erase_fate(state, &signer_key, &req);
-            Box::new(move || {
-                let _ = tx.send(fate);
-            })
-        });
-        if !self.read(read) {
-            return None;
-        }
-        rx.await.ok()
+        self.read_with(move |state| crate::state::erase_fate(state, &signer_key, &req))
+            .await
     }
 
     /// True if `card` has a PIN (or a PIN lock); false for a card without
@@ -256,17 +257,8 @@ impl BrandHandle {
 
     /// `flag` of `card` in the live state (false for no such card).
     async fn card_flag(&self, card: u64, flag: fn(&crate::state::Card) -> bool) -> Option<bool> {
-        let (tx, rx) = oneshot::channel();
-        let read: ReadFn = Box::new(move |state| {
-            let has = state.cards.get(&card).is_some_and(flag);
-            Box::new(move || {
-                let _ = tx.send(has);
-            })
-        });
-        if !self.read(read) {
-            return None;
-        }
-        rx.await.ok()
+        self.read_with(move |state| state.cards.get(&card).is_some_and(flag))
+            .await
     }
 
     /// Queues `cmd`, counted in the queue-depth gauge until the applier
