@@ -30,7 +30,7 @@ mod nats;
 mod store;
 
 pub use lease::{LeaseClock, Leases};
-pub use nats::Nats;
+pub use nats::{brand_stream, Nats};
 pub use store::{Ends, ReplicatedStore};
 
 /// Replicas of each brand's stream (JetStream's Raft group: a quorum of two

@@ -103,6 +103,45 @@ pub async fn lease_entry(
     }
 }
 
+/// Appends `batches` to `brand`'s stream as a writer would (one run per
+/// batch), creating the stream as cardd does. A stream just created answers
+/// "no responders" (`StreamNotFound`) until its replicas elect a leader, so
+/// both steps are tried again for up to 30 s, as cardd's own
+/// `replica::patiently` does; "no responders" means nothing was stored, so
+/// the retry cannot append twice.
+pub async fn put_runs(js: &jetstream::Context, brand: u32, batches: &[StoredBatch]) {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(250));
+    while let Err(e) = replica::brand_stream(js, brand).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the brand's stream: {e}"
+        );
+        pause().await;
+    }
+    for batch in batches {
+        loop {
+            let first = batch.first_seq.to_string();
+            let msg = PublishMessage::build()
+                .payload(batch.encode().into())
+                .header(replica::FIRST_SEQ_HEADER, first.as_str());
+            let sent = js.send_publish(replica::subject(brand), msg).await;
+            match sent.expect("sent").await {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound
+                        && std::time::Instant::now() < deadline =>
+                {
+                    pause().await
+                }
+                Err(e) => panic!("the append: {e}"),
+            }
+        }
+    }
+}
+
 /// Every run on `brand`'s stream, in stream order.
 pub async fn runs_of(js: &jetstream::Context, brand: u32) -> Vec<StoredBatch> {
     let mut stream = js

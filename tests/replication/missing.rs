@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use cardd::ledger::BrandLedger;
 use cardd::replica::{self, follow, Follower, Nats, ReplicaError};
 use cardd::storage::{DiskStore, LogStore, StoredBatch};
@@ -28,29 +27,20 @@ async fn a_message_deleted_below_the_newest_stops_following_with_an_error() {
     // Three one-record commits (the bytes are never replayed: the reads
     // stop before them), then message 2 deleted.
     let js = crate::jetstream_of(&cluster).await;
-    let stream = js
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: replica::stream_name(BRAND),
-            subjects: vec![replica::subject(BRAND)],
-            num_replicas: replica::REPLICAS,
-            ..Default::default()
-        })
-        .await
-        .expect("the stream");
-    for seq in 1..=3u64 {
-        let batch = StoredBatch {
+    let batches: Vec<StoredBatch> = (1..=3u64)
+        .map(|seq| StoredBatch {
             first_seq: seq,
             last_seq: seq,
             checkpoint: b"checkpoint".to_vec(),
             nodes: Vec::new(),
             records: vec![b"record".to_vec()],
-        };
-        let msg = PublishMessage::build()
-            .payload(batch.encode().into())
-            .header(replica::FIRST_SEQ_HEADER, seq.to_string().as_str());
-        let ack = js.send_publish(replica::subject(BRAND), msg).await;
-        ack.expect("sent").await.expect("the append");
-    }
+        })
+        .collect();
+    crate::put_runs(&js, BRAND, &batches).await;
+    let stream = js
+        .get_stream(replica::stream_name(BRAND))
+        .await
+        .expect("the stream");
     assert!(stream.delete_message(2).await.expect("rmm"), "deleted");
 
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,8 @@
 //! of the brands the node already serves.
 use std::path::Path;
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use cardd::crypto::read_key_file;
-use cardd::replica;
 use cardd::storage::{DiskStore, LogStore, StoredBatch};
 
 use crate::common::nats::NatsCluster;
@@ -47,32 +46,17 @@ fn local_commits(data: &Path, brand: u32) -> Vec<Commit> {
 /// Appends `commits` to `brand`'s stream as a writer would (one run per
 /// commit), creating the stream as cardd does.
 async fn put_on_stream(js: &jetstream::Context, brand: u32, commits: &[Commit]) {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: replica::stream_name(brand),
-        subjects: vec![replica::subject(brand)],
-        num_replicas: replica::REPLICAS,
-        storage: jetstream::stream::StorageType::File,
-        discard: jetstream::stream::DiscardPolicy::New,
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .expect("the brand's stream");
-    for (records, checkpoint) in commits {
-        let batch = StoredBatch {
+    let batches: Vec<StoredBatch> = commits
+        .iter()
+        .map(|(records, checkpoint)| StoredBatch {
             first_seq: records[0].0,
             last_seq: records[records.len() - 1].0,
             checkpoint: checkpoint.clone(),
             nodes: Vec::new(),
             records: records.iter().map(|(_, r)| r.clone()).collect(),
-        };
-        let first = batch.first_seq.to_string();
-        let msg = PublishMessage::build()
-            .payload(batch.encode().into())
-            .header(replica::FIRST_SEQ_HEADER, first.as_str());
-        let ack = js.send_publish(replica::subject(brand), msg).await;
-        ack.expect("sent").await.expect("the append");
-    }
+        })
+        .collect();
+    crate::put_runs(js, brand, &batches).await;
 }
 
 /// A demo ledger made on a single node, a few purchases in commits of
