@@ -223,6 +223,11 @@ impl Conn {
                 frame = self.next_frame(&mut reader, deadline) => frame,
             };
             let Some(frame) = frame else {
+                // The read waits no longer than the sign-on deadline: a
+                // peer silent until then is told why it is closed.
+                if signing_on.is_some() && Instant::now() >= sign_on_deadline {
+                    return self.late();
+                }
                 break;
             };
             // Asked as each frame comes rather than raced against the
@@ -250,9 +255,18 @@ impl Conn {
         Ended::Closed
     }
 
-    /// The sign-on deadline passed: the connection is cut.
+    /// The sign-on deadline passed: the connection is cut, and the peer
+    /// told so if its queue has room. A till whose sign-on the daemon could
+    /// not answer in time (a brand electing its leader) gets a refusal it
+    /// can act on instead of a bare close. Nothing waits for room: a peer
+    /// that does not read is not told.
     fn late(&self) -> Ended {
         tracing::debug!(peer = ?self.peer, "not signed on in time; closing");
+        let why = format!(
+            "not signed on within {SIGN_ON_TIMEOUT_SECS} s; connection closed: \
+             connect and sign on again"
+        );
+        let _ = self.out.try_send(error_msg(0, E::NotSignedOn, why));
         Ended::Cut
     }
 

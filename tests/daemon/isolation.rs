@@ -547,6 +547,26 @@ async fn a_keyless_peer_that_reads_slowly_is_closed_at_the_sign_on_deadline() {
     inquiry(&mut till, &demo.manifest.cards[0]).await;
 }
 
+#[tokio::test]
+async fn a_peer_silent_after_its_challenge_is_told_at_the_sign_on_deadline() {
+    use cardd::limits::SIGN_ON_TIMEOUT_SECS;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let mut f = raw_connect(d.addr).await;
+    let started = Instant::now();
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    raw_challenge(&mut f, &key).await;
+    // No proof: the daemon's answer, when it comes, is the refusal.
+    let told = raw_recv(&mut f).await;
+    let after = started.elapsed();
+    assert_eq!(expect_error(&told), E::NotSignedOn, "{told:?}");
+    assert!(
+        after >= Duration::from_secs(SIGN_ON_TIMEOUT_SECS - 1),
+        "told after {after:?}, before the {SIGN_ON_TIMEOUT_SECS} s deadline"
+    );
+    assert!(raw_closed(&mut f).await, "still open after the refusal");
+}
+
 /// A read-only key's `AddKey` for `key` (an auditor's).
 fn add_auditor(key: &SigningKey) -> Op {
     Op::AddKey(pb::AddKey {
