@@ -67,9 +67,10 @@ struct Conn {
 /// A connection's requests whose signature did not verify. Each one makes
 /// the verifier's whole batch, other tills' requests included, fall back
 /// to one check at a time, so a connection that sends
-/// `MAX_BAD_SIGNATURES_PER_CONNECTION` is closed, and each counts as a
-/// sign-on failure of its address: opening new sessions to go on is
-/// limited like guessing keys (`--sign-on-failures-per-minute`).
+/// `MAX_BAD_SIGNATURES_PER_CONNECTION` is closed, and each counts against
+/// its key (`GuardKey::BadSigner`): opening new sessions to go on is
+/// limited like guessing keys (`--sign-on-failures-per-minute`), for that
+/// key alone.
 #[derive(Clone)]
 struct BadSignatures {
     peer: SocketAddr,
@@ -91,9 +92,10 @@ impl BadSignatures {
 
     /// Refuses a request whose signature does not verify and counts it;
     /// at the limit the connection is closed.
-    fn refuse(&self, shared: &Shared, principal: Principal, reply: ReplyTo) {
+    fn refuse(&self, shared: &Shared, session: &Session, reply: ReplyTo) {
+        let principal = session.principal;
         tracing::warn!(peer = ?self.peer, ?principal, "request signature does not verify");
-        shared.guard.fail(GuardKey::SignOn(self.peer.ip()));
+        shared.guard.fail(GuardKey::BadSigner(session.key_bytes));
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         if n == MAX_BAD_SIGNATURES_PER_CONNECTION {
             // The read loop closes the connection at its next frame.
@@ -506,7 +508,7 @@ fn verified(
     bad: BadSignatures,
 ) {
     if !ok {
-        return bad.refuse(&shared, session.principal, reply);
+        return bad.refuse(&shared, session, reply);
     }
     // Decoded once, here; the writer applies the decoded form.
     let mut routed =

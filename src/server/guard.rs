@@ -37,6 +37,10 @@ use crate::pb::ErrorCode as E;
 pub enum GuardKey {
     /// A peer address: sign-on failures.
     SignOn(IpAddr),
+    /// A signed-on key (its public key): requests whose signature did not
+    /// verify. Counted against the key, not its address, so that one
+    /// broken till behind a shop's NAT blocks its own sign-ons only.
+    BadSigner([u8; 32]),
     /// A peer address: card misses.
     CardMissAddr(IpAddr),
     /// A terminal (brand, terminal id): card misses.
@@ -106,7 +110,7 @@ impl Guard {
 
     fn limit(&self, key: &GuardKey) -> u32 {
         match key {
-            GuardKey::SignOn(_) => self.sign_on_limit,
+            GuardKey::SignOn(_) | GuardKey::BadSigner(_) => self.sign_on_limit,
             _ => self.card_miss_limit,
         }
     }

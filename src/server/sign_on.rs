@@ -91,6 +91,17 @@ pub(super) fn hello(shared: &Shared, peer: SocketAddr, rid: u64, h: Hello) -> St
         let refusal = error_msg(rid, E::UnknownKey, "no terminal or owner has this key");
         return Step::Close(Some(refusal));
     };
+    if shared.guard.blocked(GuardKey::BadSigner(key.to_bytes())) {
+        tracing::warn!(
+            ?peer,
+            ?principal,
+            brand,
+            "sign-on refused: too many bad request signatures"
+        );
+        let why = "too many requests with bad signatures from this key; wait, and check the \
+                   till's signing (the key file, the request bytes signed)";
+        return Step::Close(Some(error_msg(rid, E::RateLimited, why)));
+    }
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let challenge = crate::pb::Challenge {

@@ -130,6 +130,42 @@ async fn a_connection_that_keeps_sending_bad_signatures_is_closed() {
 }
 
 #[tokio::test]
+async fn bad_signatures_block_their_own_key_not_the_tills_beside_it() {
+    use cardd::limits::{DEFAULT_SIGN_ON_FAILURES_PER_MINUTE, MAX_BAD_SIGNATURES_PER_CONNECTION};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo(dir.path());
+    let card = demo.manifest.cards[0].clone();
+    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let req = request(1, 100, "test", purchase(&card, 1_00));
+    let mut sig = sign_request(&key, &req.encode_to_vec());
+    sig[5] ^= 1;
+    let bad = signed(req.encode_to_vec(), sig);
+    // One broken till, on sessions one after another, past the per-minute
+    // budget: each session is closed at its limit and the till signs on
+    // again, as a till's reconnect logic would.
+    let mut sent = 0;
+    while sent <= DEFAULT_SIGN_ON_FAILURES_PER_MINUTE {
+        let mut f = sign_on(d.addr, &key).await;
+        for _ in
+            0..MAX_BAD_SIGNATURES_PER_CONNECTION.min(DEFAULT_SIGN_ON_FAILURES_PER_MINUTE + 1 - sent)
+        {
+            sent += 1;
+            raw_send(&mut f, u64::from(sent), bad.clone()).await;
+            assert_eq!(expect_error(&raw_recv(&mut f).await), E::BadSignature);
+        }
+    }
+    // Its key is refused sign-on for the cooldown...
+    match bounded(Client::connect(d.addr, key)).await {
+        Err(e) => assert_eq!(e.code(), Some(E::RateLimited)),
+        Ok(_) => panic!("the key that sent {sent} bad signatures signed on again"),
+    }
+    // ...while another till behind the same address signs on and sells.
+    let mut neighbour = demo.terminal(d.addr, 1).await;
+    let r = ok(&mut neighbour, 1, purchase(&card, 1)).await;
+    assert_eq!(card_of(&r).balance_minor, 10_000 - 1);
+}
+
+#[tokio::test]
 async fn sign_on_refuses_unknown_keys_and_bad_proofs() {
     let dir = tempfile::tempdir().unwrap();
     let (d, demo) = Daemon::demo(dir.path());
