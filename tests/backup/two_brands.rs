@@ -2,6 +2,7 @@
 //! directory's server key), incremental per brand, restored together.
 use cardd::crypto::read_key_file;
 use cardd::pb::{self, request::Op};
+use common::run::brand_create_ok;
 use common::{bounded, connect, ok, purchase, Daemon};
 
 use super::*;
@@ -13,19 +14,7 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
     let data = demo.data.clone();
     drop(d);
     let owner2_key = dir.path().join("owner2.key");
-    let o = cardd!(
-        "brand",
-        "create",
-        "--data",
-        &data,
-        "--name",
-        "Second",
-        "--owner-key",
-        &owner2_key,
-        "--id",
-        "2"
-    );
-    assert_ok(&o, "brand create");
+    assert_eq!(brand_create_ok(&data, "Second", &owner2_key), 2);
 
     let d = Daemon::start(&data, &[]);
     let mut owner2 = connect(d.addr, read_key_file(&owner2_key).expect("key")).await;
@@ -105,19 +94,7 @@ fn a_damaged_brand_file_does_not_stop_the_other_brands() {
     let (d, demo) = Daemon::demo(dir.path());
     drop(d);
     let owner2_key = dir.path().join("owner2.key");
-    let o = cardd!(
-        "brand",
-        "create",
-        "--data",
-        &demo.data,
-        "--name",
-        "Second",
-        "--owner-key",
-        &owner2_key,
-        "--id",
-        "2"
-    );
-    assert_ok(&o, "brand create");
+    assert_eq!(brand_create_ok(&demo.data, "Second", &owner2_key), 2);
     let out = dir.path().join("backups");
     assert_ok(
         &cardd!("backup", "--data", &demo.data, "--out-dir", &out),

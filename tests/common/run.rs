@@ -81,6 +81,35 @@ where
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// `cardd brand create` on a stopped daemon's `data`: a brand named
+/// `name`, its owner key written to `owner_key`.
+pub fn brand_create(data: &Path, name: &str, owner_key: &Path) -> Output {
+    cardd([
+        OsStr::new("brand"),
+        OsStr::new("create"),
+        OsStr::new("--data"),
+        data.as_os_str(),
+        OsStr::new("--name"),
+        OsStr::new(name),
+        OsStr::new("--owner-key"),
+        owner_key.as_os_str(),
+    ])
+}
+
+/// [`brand_create`], which must succeed; returns the new brand's id (what
+/// the command prints for scripts).
+#[track_caller]
+pub fn brand_create_ok(data: &Path, name: &str, owner_key: &Path) -> u32 {
+    let out = brand_create(data, name, owner_key);
+    assert!(
+        out.status.success(),
+        "brand create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout);
+    id.trim().parse().expect("brand id printed")
+}
+
 /// `cardd check --data DATA` (daemon stopped), which must succeed; returns
 /// its stdout.
 #[track_caller]

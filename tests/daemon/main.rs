@@ -35,7 +35,6 @@ mod sign_on;
 mod topup;
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::path::Path;
 
 use cardd::card_number;
@@ -49,6 +48,7 @@ use cardd::pb::{
 };
 use common::raw::*;
 use common::reply::*;
+use common::run::{brand_create, brand_create_ok};
 use common::*;
 use ed25519_dalek::Signer;
 use prost::Message;
@@ -72,39 +72,6 @@ fn bad_check_digit(card: &str) -> String {
     let last = b.len() - 1;
     b[last] = if b[last] == b'9' { b'0' } else { b[last] + 1 };
     String::from_utf8(b).expect("digits")
-}
-
-/// Runs `cardd brand create` on a stopped daemon's data directory.
-fn brand_create(data: &Path, name: &str, owner_key: &Path) -> std::process::Output {
-    let data = data.as_os_str();
-    let owner_key = owner_key.as_os_str();
-    let name = OsStr::new(name);
-    run::cardd(
-        ["brand", "create", "--data"]
-            .map(OsStr::new)
-            .into_iter()
-            .chain([
-                data,
-                OsStr::new("--name"),
-                name,
-                OsStr::new("--owner-key"),
-                owner_key,
-            ]),
-    )
-}
-
-/// `cardd brand create` that must succeed; returns the new brand id.
-fn brand_create_ok(data: &Path, name: &str, owner_key: &Path) -> u32 {
-    let out = brand_create(data, name, owner_key);
-    assert!(
-        out.status.success(),
-        "brand create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("brand id printed")
 }
 
 /// A request of the demo brand for `op` under `txn_id`.

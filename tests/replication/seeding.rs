@@ -152,18 +152,8 @@ async fn a_stream_that_is_another_chain_is_refused_and_the_other_brands_start() 
     let brand = demo.manifest.brand_id;
     // A second brand, created offline: nothing wrong with it.
     let owner2_key = dir.path().join("owner2.key");
-    crate::common::run::cardd_ok([
-        "brand".as_ref(),
-        "create".as_ref(),
-        "--data".as_ref(),
-        demo.data.as_os_str(),
-        "--name".as_ref(),
-        "Second".as_ref(),
-        "--owner-key".as_ref(),
-        owner2_key.as_os_str(),
-        "--id".as_ref(),
-        "2".as_ref(),
-    ]);
+    let second = crate::common::run::brand_create_ok(&demo.data, "Second", &owner2_key);
+    assert_eq!(second, 2);
     // The demo brand's stream holds its first commits, then a record this
     // directory does not hold where its own is: another chain, shorter.
     let mut other = commits[..commits.len() - 2].to_vec();
