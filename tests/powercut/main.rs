@@ -12,7 +12,8 @@
 //! and a cut under load with frequent snapshots (`--snapshot-every`). A
 //! negative test cuts a ledger short behind the daemon's back, and
 //! `strace.rs` checks at the syscall level that replies follow an fsync of
-//! the log.
+//! the log. `reservation.rs` cuts the power under a running daemon so that
+//! a key enrolment's commit fails for real.
 //!
 //! Needs /dev/fuse and fuse3. Under CI (the `CI` variable set) a failure to
 //! mount fails the test; elsewhere it is skipped with a message. The seed is
@@ -22,6 +23,7 @@ mod common;
 mod layout;
 mod load;
 mod proc;
+mod reservation;
 mod settle;
 mod strace;
 
