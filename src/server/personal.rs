@@ -259,14 +259,21 @@ async fn erase_holder(
     let fate = brand
         .erase_fate(sub.signer_key, sub.decoded().clone())
         .await;
-    match fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))? {
-        EraseFate::Refused(refusal) => return Err(refusal),
+    let fate = fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    // The probing budget is asked once the fate is known, and an unknown
+    // card counted with nothing awaited between: erasures pipelined to
+    // guessed cards, all admitted on arrival, would otherwise each pass
+    // it. Also so that the applier's refusal of a written one does not
+    // come after the person is forgotten.
+    probe.admit()?;
+    match fate {
+        EraseFate::Refused(refusal) => {
+            probe.count(refusal.code);
+            return Err(refusal);
+        }
         EraseFate::Seen => return Ok(Done::Submit(sub)),
         EraseFate::Written => {}
     }
-    // The probing budget the applier will ask is asked now too, so that
-    // its refusal does not come after the person is forgotten.
-    probe.admit()?;
     // Forgotten before the record: a record saying "erased" must never
     // stand beside a person still kept. Should it be refused after all
     // (the state changed between the question and the record, or the

@@ -260,16 +260,21 @@ async fn a_till_guessing_pins_across_many_cards_is_rate_limited_after_twenty() {
 const BUDGET: usize = 2;
 const SENT: usize = 64;
 
-/// Sends `SENT` requests `op(i, demo)` at once on one till's connection
-/// of a daemon whose card-miss budget is `BUDGET`, and checks that at
-/// most the budget (plus one per daemon thread deciding at the same
-/// moment: each is admitted and counted with nothing awaited between)
-/// are answered `miss`, the rest `RATE_LIMITED`.
-async fn pipelined_guesses_are_held_to_the_budget(op: impl Fn(usize, &Demo) -> Op, miss: E) {
+/// Sends `SENT` requests `op(i, demo)` at once on one connection of the
+/// key at `signer(demo)` (a till's, the owner's) to a daemon whose
+/// card-miss budget is `BUDGET`, and checks that at most the budget (plus
+/// one per daemon thread deciding at the same moment: each is admitted
+/// and counted with nothing awaited between) are answered `miss`, the
+/// rest `RATE_LIMITED`.
+async fn pipelined_guesses_are_held_to_the_budget(
+    signer: fn(&Demo) -> std::path::PathBuf,
+    op: impl Fn(usize, &Demo) -> Op,
+    miss: E,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let budget = BUDGET.to_string();
     let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", &budget]);
-    let key = read_key_file(&demo.terminal_key_path(0)).unwrap();
+    let key = read_key_file(&signer(&demo)).unwrap();
     let mut f = sign_on(d.addr, &key).await;
     let mut bytes = Vec::new();
     for i in 0..SENT {
@@ -309,7 +314,7 @@ async fn pipelined_pin_blocks_get_no_more_than_the_budget() {
             ..Default::default()
         })
     };
-    pipelined_guesses_are_held_to_the_budget(purchase, E::PinBlockInvalid).await;
+    pipelined_guesses_are_held_to_the_budget(till, purchase, E::PinBlockInvalid).await;
 }
 
 /// PIN changes to guessed card numbers: each is held to the probing
@@ -324,5 +329,27 @@ async fn pipelined_pin_changes_to_guessed_cards_get_no_more_than_the_budget() {
             old_pin_block: Vec::new(),
         })
     };
-    pipelined_guesses_are_held_to_the_budget(set_pin, E::CardNotFound).await;
+    pipelined_guesses_are_held_to_the_budget(till, set_pin, E::CardNotFound).await;
+}
+
+/// The owner's erasures of guessed card numbers: each unknown card is
+/// counted as soon as the state's answer is known, so a burst learns no
+/// more than the budget whatever is in flight. Three bursts: how many are
+/// in flight at once depends on the scheduling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_erasures_of_guessed_cards_get_no_more_than_the_budget() {
+    let erase = |_: usize, demo: &Demo| {
+        Op::EraseHolder(pb::EraseHolder {
+            card: cardd::card_number::generate(demo.manifest.brand_id),
+        })
+    };
+    for _ in 0..3 {
+        let owner = Demo::owner_key_path;
+        pipelined_guesses_are_held_to_the_budget(owner, erase, E::CardNotFound).await;
+    }
+}
+
+/// The key file of the demo's first till.
+fn till(demo: &Demo) -> std::path::PathBuf {
+    demo.terminal_key_path(0)
 }
