@@ -33,7 +33,7 @@ use crate::ledger::{Answer, Submission};
 use crate::pb::request::Op;
 use crate::pb::{self, ErrorCode as E};
 use crate::pin::{Binding, PinError, Purpose};
-use crate::state::{EraseFate, Principal};
+use crate::state::{Fate, Principal};
 
 /// Who sent the request (from its session).
 #[derive(Debug, Clone, Copy)]
@@ -267,12 +267,12 @@ async fn erase_holder(
     // come after the person is forgotten.
     probe.admit()?;
     match fate {
-        EraseFate::Refused(refusal) => {
+        Fate::Refused(refusal) => {
             probe.count(refusal.code);
             return Err(refusal);
         }
-        EraseFate::Seen => return Ok(Done::Submit(sub)),
-        EraseFate::Written => {}
+        Fate::Seen => return Ok(Done::Submit(sub)),
+        Fate::Written => {}
     }
     // Forgotten before the record: a record saying "erased" must never
     // stand beside a person still kept. Should it be refused after all
@@ -393,22 +393,10 @@ async fn set_pin(
             "PINs are set by the owner or at a till",
         ));
     }
+    let typed = !p.old_pin_block.is_empty();
+    let retry = set_pin_fate(brand, probe, who, &sub, typed).await?;
     let card = card_of(who, &p.card)?;
-    let retry = is_retry(brand, who, &sub).await;
-    if !retry {
-        // Held to the probing budget as each is taken up, and an unknown
-        // card refused before its hash: a till pipelining PIN changes to
-        // guessed cards learns no more than the budget, at no Argon2 cost.
-        // Nothing is awaited between the admission and the count.
-        let known = brand.card_known(card).await;
-        probe.admit()?;
-        if known == Some(false) {
-            let refusal = Refusal::new(E::CardNotFound, "card not found");
-            probe.count(refusal.code);
-            return Err(refusal);
-        }
-    }
-    if !retry && !p.old_pin_block.is_empty() {
+    if !retry && typed {
         let old = (p.card.as_str(), card);
         let at = (brand, probe);
         sub.pin_verified = check_block(shared, at, who, &sub, old, &p.old_pin_block).await?;
@@ -430,11 +418,7 @@ async fn set_pin(
         // only if its PIN must still be kept.
         return set_pin_after(shared, brand, (who.brand_id, card), open, sub).await;
     }
-    let pin = open()?;
-    if refused_anyway(brand, who, p, card).await {
-        return set_pin_after(shared, brand, (who.brand_id, card), || Ok(pin), sub).await;
-    }
-    let hash = shared.pins.hash(pin).await?;
+    let hash = shared.pins.hash(open()?).await?;
     // Held from before the record (which lifts any lock) until the new
     // hash and its fresh count are kept: see `unlock_pin`.
     let held = shared.pins.hold(who.brand_id, card).await?;
@@ -450,25 +434,44 @@ async fn set_pin(
     Ok(Done::Answer(answer))
 }
 
-/// True if the state machine will refuse this change whatever its new
-/// PIN: a till changing the PIN of a card that has one (or is locked)
-/// without typing the old one. It is then not hashed first (Argon2 is the
-/// slow part), so that a till resending such a refusal costs a read, not
-/// a core.
-async fn refused_anyway(brand: &BrandHandle, who: Who, p: &pb::SetPin, card: u64) -> bool {
-    matches!(who.principal, Principal::Terminal(_))
-        && p.old_pin_block.is_empty()
-        && brand.card_has_pin(card).await == Some(true)
+/// The state's answer to a PIN change, asked before any Argon2 hash:
+/// `Ok(true)` a resend, `Ok(false)` one it may write, or its refusal,
+/// the one `apply` gives (`typed`: the old PIN's verdict assumed is a
+/// typed one's if right, as `apply` asks it last). Held to the probing
+/// budget as each is taken up, and only a card the state does not know
+/// counted as a miss, with nothing awaited between: a till pipelining PIN
+/// changes to guessed cards learns no more than the budget, at no Argon2
+/// cost.
+async fn set_pin_fate(
+    brand: &BrandHandle,
+    probe: &Probe,
+    who: Who,
+    sub: &Submission,
+    typed: bool,
+) -> Result<bool, Refusal> {
+    let signer = (who.principal, sub.signer_key);
+    let fate = brand
+        .set_pin_fate(signer, sub.decoded().clone(), typed)
+        .await;
+    let fate = fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    probe.admit()?;
+    match fate {
+        Fate::Refused(refusal) => {
+            probe.count(refusal.code);
+            Err(refusal)
+        }
+        Fate::Seen => Ok(true),
+        Fate::Written => Ok(false),
+    }
 }
 
-/// A PIN change answered by the writer before its PIN is hashed: one
-/// resent (its txn id is in the ledger: the ledger answers it, and its old
-/// PIN is not checked again), or one the state says it refuses. Should
-/// its record stand without the hash (the daemon stopped, or the PIN store
-/// failed, after the record of a resent change; or the card changed
-/// between the look and the apply), the new PIN is hashed and kept now, as
-/// the ledger says it is the card's, unless a later change stands in the
-/// store already. Only then: resending a stored change costs no hash.
+/// A resent PIN change (its txn id is in the ledger), answered by the
+/// writer before its PIN is hashed: the ledger answers it, and its old PIN
+/// is not checked again. Should its record stand without the hash (the
+/// daemon stopped, or the PIN store failed, after the record), the new PIN
+/// is hashed and kept now, as the ledger says it is the card's, unless a
+/// later change stands in the store already. Only then: resending a
+/// stored change costs no hash.
 async fn set_pin_after(
     shared: &Arc<Shared>,
     brand: &BrandHandle,

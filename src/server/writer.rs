@@ -232,27 +232,39 @@ impl BrandHandle {
         &self,
         signer_key: [u8; 32],
         req: crate::pb::Request,
-    ) -> Option<crate::state::EraseFate> {
+    ) -> Option<crate::state::Fate> {
         self.read_with(move |state| crate::state::erase_fate(state, &signer_key, &req))
             .await
     }
 
-    /// True if `card` has a PIN (or a PIN lock); false for a card without
-    /// one or no such card. `None` if the writer has stopped.
-    pub async fn card_has_pin(&self, card: u64) -> Option<bool> {
-        self.card_flag(card, |c| c.has_pin || c.pin_locked).await
+    /// What the state would do now with `req`, a `SetPin` signed with
+    /// `signer_key` by `principal`, if its old PIN's verdict is
+    /// `pin_verified` (`state::set_pin_fate`, at the server's time now).
+    /// `None` if the writer has stopped.
+    pub async fn set_pin_fate(
+        &self,
+        (principal, signer_key): (Principal, [u8; 32]),
+        req: crate::pb::Request,
+        pin_verified: bool,
+    ) -> Option<crate::state::Fate> {
+        self.read_with(move |state| {
+            let ctx = crate::state::Context {
+                time_ms: crate::ledger::now_ms(),
+                principal,
+                signer_key: &signer_key,
+                request: &[],
+                signature: &[],
+                pin_verified,
+            };
+            crate::state::set_pin_fate(state, &ctx, &req)
+        })
+        .await
     }
 
     /// True if the ledger says `card` is locked by wrong PINs; false for
     /// an unlocked card or no such card. `None` if the writer has stopped.
     pub async fn card_pin_locked(&self, card: u64) -> Option<bool> {
         self.card_flag(card, |c| c.pin_locked).await
-    }
-
-    /// True if the brand's state knows `card` (issued, whatever its
-    /// status); `None` if the writer has stopped.
-    pub async fn card_known(&self, card: u64) -> Option<bool> {
-        self.card_flag(card, |_| true).await
     }
 
     /// `flag` of `card` in the live state (false for no such card).

@@ -40,7 +40,7 @@ use books::Books;
 use lots::Lots;
 pub use tracked::{Appended, Changed, FastSet, Tracked};
 
-pub use apply::{apply, erase_fate, EraseFate};
+pub use apply::{apply, erase_fate, set_pin_fate, Fate};
 pub use receipt::reply_for_record;
 
 /// Who signed a request.

@@ -558,6 +558,51 @@ async fn pin_changes_the_state_refuses_are_refused_without_a_hash_however_many()
     assert_eq!(purchased(&r.expect("the PIN")).approved_minor, 100);
 }
 
+/// A PIN change the state refuses as malformed (no txn id, an operator
+/// with a control character, no PIN block) gets that refusal whether or
+/// not its card exists: a malformed change to an unknown card is no
+/// probing miss, and the budget is left for real ones.
+#[tokio::test]
+async fn a_malformed_pin_change_to_an_unknown_card_is_refused_as_malformed_not_as_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &["--card-misses-per-minute", "2"]);
+    let mut o = demo.owner(d.addr).await;
+    let brand = demo.manifest.brand_id;
+    let change = |o: &Client, txn: u64, card: &str| {
+        let pin_block = o.pin_block(txn, card, Purpose::New, PIN).unwrap();
+        o.request(
+            txn,
+            Op::SetPin(pb::SetPin {
+                card: card.into(),
+                pin_block,
+                old_pin_block: Vec::new(),
+            }),
+        )
+    };
+    let mut codes = Vec::new();
+    for txn in 100..105 {
+        let unknown = card_number::generate(brand);
+        let no_txn = change(&o, 0, &unknown);
+        let mut bad_operator = change(&o, txn, &unknown);
+        bad_operator.operator = "a\u{7}".into();
+        let mut no_block = change(&o, txn, &unknown);
+        if let Some(Op::SetPin(p)) = &mut no_block.op {
+            p.pin_block.clear();
+        }
+        for req in [no_txn, bad_operator, no_block] {
+            codes.push(call_req(&mut o, &req).await.unwrap_err());
+        }
+    }
+    assert_eq!(codes, [E::InvalidArgument; 15]);
+    // None counted: a well-formed change to an unknown card is the first
+    // miss, and one to a card of the brand still sets its PIN.
+    let unknown = card_number::generate(brand);
+    let miss = change(&o, 105, &unknown);
+    assert_eq!(call_req(&mut o, &miss).await.unwrap_err(), E::CardNotFound);
+    let set = change(&o, 106, &demo.manifest.cards[0]);
+    assert_eq!(seq(&call_req(&mut o, &set).await.expect("set")), FIRST_SEQ);
+}
+
 /// What an owner sends to lift a lock: the unlock, or a new PIN (which
 /// lifts it too).
 fn lift(o: &Client, txn: u64, card: &str, by_new_pin: bool) -> pb::Request {

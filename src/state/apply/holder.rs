@@ -74,27 +74,61 @@ pub(super) fn set_holder(
     Ok(append(state, ctx, rec))
 }
 
-/// What [`apply`] would do now with an owner's `EraseHolder`, short of
-/// doing it: the server makes its holder store forget the person only
-/// for an erase that writes its record, so that an erase the state
-/// refuses changes nothing (its holder stays), while the person is still
-/// forgotten before the record that says so.
+/// What [`apply`] would do now with a request, short of doing it: the
+/// server asks before a step of its own that must agree with the record.
+/// It makes its holder store forget the person only for an erase that
+/// writes its record (an erase the state refuses changes nothing, its
+/// holder stays), and hashes a new PIN only for a change that may write
+/// one (a refusal is the state's own, and only a card the state does not
+/// know is a probing miss).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EraseFate {
-    /// A HOLDER_ERASED record would be written.
+pub enum Fate {
+    /// A record would be written.
     Written,
-    /// A resend of an erase that stands: the ledger answers it (its
-    /// person was forgotten before its record was written).
+    /// A resend of a request that stands: the ledger answers it.
     Seen,
     /// Refused, as `apply` refuses it.
     Refused(Refusal),
 }
 
+/// `apply`'s checks of every request of an owner or a till, in its order,
+/// then `own`, the operation's: no record made (a pure read).
+fn fate(
+    state: &BrandState,
+    ctx: &Context,
+    req: &Request,
+    own: impl FnOnce(&Op) -> Result<(), Refusal>,
+) -> Fate {
+    let checked = (|| {
+        let Some(op) = &req.op else {
+            return refuse(E::InvalidArgument, "request has no operation");
+        };
+        addressed(state, req)?;
+        created(state)?;
+        enrolled(state, ctx)?;
+        signer_key_current(state, ctx)?;
+        if ctx.pin_verified && !pin_typed(op) {
+            return refuse(
+                E::InvalidArgument,
+                "a PIN verdict on a request that carries no PIN block",
+            );
+        }
+        if already_seen(state, ctx, req)?.is_some() {
+            return Ok(true);
+        }
+        own(op).map(|()| false)
+    })();
+    match checked {
+        Ok(false) => Fate::Written,
+        Ok(true) => Fate::Seen,
+        Err(refusal) => Fate::Refused(refusal),
+    }
+}
+
 /// The fate of `req`, an `EraseHolder` signed with `signer_key` by the
-/// brand's owner, against `state`: `apply`'s checks for it, in its order,
-/// with no record made (a pure read; `erase_fate_is_apply_s_answer`
-/// holds the two together).
-pub fn erase_fate(state: &BrandState, signer_key: &[u8; 32], req: &Request) -> EraseFate {
+/// brand's owner, against `state` (`erase_fate_is_apply_s_answer` holds
+/// it to `apply`'s answer).
+pub fn erase_fate(state: &BrandState, signer_key: &[u8; 32], req: &Request) -> Fate {
     let ctx = Context {
         time_ms: 0,
         principal: Principal::Owner,
@@ -103,24 +137,28 @@ pub fn erase_fate(state: &BrandState, signer_key: &[u8; 32], req: &Request) -> E
         signature: &[],
         pin_verified: false,
     };
-    let checked = (|| {
-        let Some(Op::EraseHolder(e)) = &req.op else {
+    fate(state, &ctx, req, |op| {
+        let Op::EraseHolder(e) = op else {
             return refuse(E::InvalidArgument, "not an erase");
         };
-        addressed(state, req)?;
-        created(state)?;
-        signer_key_current(state, &ctx)?;
-        if let Some(seen) = already_seen(state, &ctx, req)? {
-            return Ok(Some(seen));
-        }
         require_owner(&ctx)?;
-        find_card(state, &e.card).map(|_| None)
-    })();
-    match checked {
-        Ok(None) => EraseFate::Written,
-        Ok(Some(_)) => EraseFate::Seen,
-        Err(refusal) => EraseFate::Refused(refusal),
-    }
+        find_card(state, &e.card).map(|_| ())
+    })
+}
+
+/// The fate of `req`, a `SetPin` of `ctx`'s signer, against `state` at
+/// `ctx`'s time (a card may have expired), the old PIN's verdict taken
+/// from `ctx` (`set_pin_fate_is_apply_s_answer`). Asked before any Argon2
+/// hash with the verdict a typed old PIN gets if right: the verdict is
+/// the last thing `apply` asks, so a refusal then is the state's whatever
+/// PIN was typed.
+pub fn set_pin_fate(state: &BrandState, ctx: &Context, req: &Request) -> Fate {
+    fate(state, ctx, req, |op| {
+        let Op::SetPin(p) = op else {
+            return refuse(E::InvalidArgument, "not a PIN change");
+        };
+        pin_settable(state, ctx, p).map(|_| ())
+    })
 }
 
 pub(super) fn erase_holder(
@@ -147,16 +185,30 @@ pub(super) fn set_pin(
     req: &Request,
     p: &pb::SetPin,
 ) -> Result<Outcome, Refusal> {
+    let (number, mut card) = pin_settable(state, ctx, p)?;
+    card.has_pin = true;
+    // A new PIN starts with no wrong tries (only the owner can set one on
+    // a locked card: a till is refused in `pin_settable`).
+    card.pin_locked = false;
+    let mut rec = base_record(state, ctx, req, RecordKind::PinSet);
+    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
+    state.cards.insert(number, card);
+    Ok(append(state, ctx, rec))
+}
+
+/// The card whose PIN `p` sets, if `ctx`'s signer may set it now: the
+/// checks of a PIN change, shared by `set_pin` and `set_pin_fate`.
+fn pin_settable(state: &BrandState, ctx: &Context, p: &pb::SetPin) -> Result<(u64, Card), Refusal> {
     if p.pin_block.is_empty() {
         return refuse(E::InvalidArgument, "no PIN block: seal the new PIN");
     }
-    let (number, card) = match ctx.principal {
+    match ctx.principal {
         Principal::Owner => {
             let (number, card) = find_card(state, &p.card)?;
             if card.status == CardStatus::Replaced {
                 return refuse(E::CardBlocked, "a replaced card takes no PIN");
             }
-            (number, card.clone())
+            Ok((number, card.clone()))
         }
         Principal::Terminal(_) => {
             let (number, card) = find_active_card(state, ctx, &p.card)?;
@@ -173,19 +225,10 @@ pub(super) fn set_pin(
                     "the card has a PIN: the cardholder types the old one to change it",
                 );
             }
-            (number, card)
+            Ok((number, card))
         }
-        _ => return refuse(E::WrongRole, "PINs are set by the owner or at a till"),
-    };
-    let mut card = card;
-    card.has_pin = true;
-    // A new PIN starts with no wrong tries (only the owner can set one on
-    // a locked card: a till is refused above).
-    card.pin_locked = false;
-    let mut rec = base_record(state, ctx, req, RecordKind::PinSet);
-    fill_card(state, &mut rec, number, &card, day_of(state, ctx.time_ms));
-    state.cards.insert(number, card);
-    Ok(append(state, ctx, rec))
+        _ => refuse(E::WrongRole, "PINs are set by the owner or at a till"),
+    }
 }
 
 pub(super) fn unlock_pin(
@@ -257,7 +300,7 @@ mod tests_support {
         })
     }
 
-    const NOW: i64 = 1_800_000_000_000;
+    pub(super) const NOW: i64 = 1_800_000_000_000;
 
     pub(super) fn run(
         state: &mut BrandState,
@@ -632,20 +675,20 @@ mod erase_tests {
             let seq = state.seq;
             let out = run(&mut state, sub, false);
             let expected = match &out {
-                Ok(Outcome::Written(_)) => EraseFate::Written,
-                Ok(Outcome::Seen { .. }) => EraseFate::Seen,
-                Err(refusal) => EraseFate::Refused(refusal.clone()),
+                Ok(Outcome::Written(_)) => Fate::Written,
+                Ok(Outcome::Seen { .. }) => Fate::Seen,
+                Err(refusal) => Fate::Refused(refusal.clone()),
                 Ok(other) => panic!("{other:?}"),
             };
             assert_eq!(fate, expected, "{:?}", sub.decoded());
-            let written = u64::from(fate == EraseFate::Written);
+            let written = u64::from(fate == Fate::Written);
             assert_eq!(state.seq, seq + written);
             fates.push(fate);
         }
         let codes: Vec<_> = fates
             .iter()
             .map(|f| match f {
-                EraseFate::Refused(r) => Some(r.code),
+                Fate::Refused(r) => Some(r.code),
                 _ => None,
             })
             .collect();
@@ -661,6 +704,113 @@ mod erase_tests {
                 None
             ]
         );
-        assert_eq!(fates[5..], [EraseFate::Written, EraseFate::Seen]);
+        assert_eq!(fates[5..], [Fate::Written, Fate::Seen]);
+    }
+}
+
+#[cfg(test)]
+mod set_pin_tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::ledger::Submission;
+    use crate::testing;
+
+    /// A PIN change of `card` by `principal` with `edit` made to its
+    /// request, signed by `key`; `old` types the old PIN.
+    fn change(
+        (principal, key): (Principal, &ed25519_dalek::SigningKey),
+        txn: u64,
+        (card, old): (&str, bool),
+        edit: impl FnOnce(&mut Request),
+    ) -> Submission {
+        let op = Op::SetPin(pb::SetPin {
+            card: card.into(),
+            pin_block: vec![4; 80],
+            old_pin_block: if old { vec![5; 80] } else { Vec::new() },
+        });
+        let mut req = testing::request(txn, op);
+        edit(&mut req);
+        Submission::signed(principal, key, req)
+    }
+
+    /// The server hashes a new PIN only where `set_pin_fate` says it may
+    /// be written, and answers its refusal otherwise: for each change and
+    /// verdict, it says what `apply` then does, and leaves the state as it
+    /// was. An unknown card's malformed change is refused as malformed,
+    /// as `apply` refuses it, not as a probing miss.
+    #[test]
+    fn set_pin_fate_is_apply_s_answer() {
+        let (mut state, card) = brand_with_pin();
+        let owner = (Principal::Owner, &testing::owner_key());
+        let till = (Principal::Terminal(1), &testing::terminal_key());
+        let stranger = (Principal::Terminal(9), &testing::terminal_key());
+        let unknown = crate::card_number::generate(testing::BRAND);
+        let no_block = |r: &mut Request| {
+            if let Some(Op::SetPin(p)) = &mut r.op {
+                p.pin_block.clear();
+            }
+        };
+        let cases = [
+            (change(owner, 0, (&unknown, false), |_| {}), false),
+            (
+                change(owner, 40, (&unknown, false), |r| {
+                    r.operator = "a\u{7}".into()
+                }),
+                false,
+            ),
+            (change(owner, 41, (&unknown, false), no_block), false),
+            (change(owner, 42, (&unknown, false), |_| {}), false),
+            (
+                change(owner, 43, (&card, false), |r| r.brand_id += 1),
+                false,
+            ),
+            (change(stranger, 2, (&card, true), |_| {}), true),
+            (change(till, 2, (&card, false), |_| {}), true),
+            (change(till, 2, (&card, false), |_| {}), false),
+            (change(till, 2, (&card, true), |_| {}), true),
+            (change(till, 2, (&card, true), |_| {}), true),
+            (change(owner, 44, (&card, false), |_| {}), false),
+        ];
+        let mut codes = Vec::new();
+        for (sub, verified) in &cases {
+            let ctx = Context {
+                time_ms: NOW,
+                principal: sub.principal,
+                signer_key: &sub.signer_key,
+                request: &[],
+                signature: &[],
+                pin_verified: *verified,
+            };
+            let fate = set_pin_fate(&state, &ctx, sub.decoded());
+            let seq = state.seq;
+            let expected = match run(&mut state, sub, *verified) {
+                Ok(Outcome::Written(_)) => Fate::Written,
+                Ok(Outcome::Seen { .. }) => Fate::Seen,
+                Err(refusal) => Fate::Refused(refusal),
+                Ok(other) => panic!("{other:?}"),
+            };
+            assert_eq!(fate, expected, "{:?}", sub.decoded());
+            assert_eq!(state.seq, seq + u64::from(fate == Fate::Written));
+            codes.push(match fate {
+                Fate::Refused(r) => Err(r.code),
+                other => Ok(other),
+            });
+        }
+        assert_eq!(
+            codes,
+            [
+                Err(E::InvalidArgument),
+                Err(E::InvalidArgument),
+                Err(E::InvalidArgument),
+                Err(E::CardNotFound),
+                Err(E::WrongBrand),
+                Err(E::UnknownKey),
+                Err(E::InvalidArgument),
+                Err(E::PinRequired),
+                Ok(Fate::Written),
+                Ok(Fate::Seen),
+                Ok(Fate::Written),
+            ]
+        );
     }
 }

@@ -19,7 +19,7 @@ mod reversal;
 use prost::Message;
 
 use corrections::{adjust_card, close_card, set_card_expiry, void_top_up};
-pub use holder::{erase_fate, EraseFate};
+pub use holder::{erase_fate, set_pin_fate, Fate};
 use holder::{erase_holder, lock_pin, set_holder, set_pin, unlock_pin};
 use keys::{rekey_terminal, rotate_owner_key, rotate_server_key};
 use money::{close_shift, purchase, redeem_points, refund, top_up};
@@ -53,18 +53,7 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         return create_brand(state, ctx, req, cb);
     }
     created(state)?;
-    if let Principal::Terminal(id) = ctx.principal {
-        match state.terminals.get(&id) {
-            None => return refuse(E::UnknownKey, "terminal not enrolled in this brand"),
-            Some(t) if t.disabled => {
-                return refuse(
-                    E::TerminalDisabled,
-                    "this terminal was disabled by the owner",
-                )
-            }
-            Some(_) => {}
-        }
-    }
+    enrolled(state, ctx)?;
     if let Principal::Auditor(id) | Principal::StoreManager(id, _) = ctx.principal {
         return read_key_request(state, ctx, id, op);
     }
@@ -128,6 +117,21 @@ pub fn apply(state: &mut BrandState, ctx: &Context, req: &Request) -> Result<Out
         | Op::Report(_) => {
             unreachable!("handled above")
         }
+    }
+}
+
+/// A till signs only while enrolled in the brand and not disabled.
+fn enrolled(state: &BrandState, ctx: &Context) -> Result<(), Refusal> {
+    let Principal::Terminal(id) = ctx.principal else {
+        return Ok(());
+    };
+    match state.terminals.get(&id) {
+        None => refuse(E::UnknownKey, "terminal not enrolled in this brand"),
+        Some(t) if t.disabled => refuse(
+            E::TerminalDisabled,
+            "this terminal was disabled by the owner",
+        ),
+        Some(_) => Ok(()),
     }
 }
 
