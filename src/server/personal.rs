@@ -564,14 +564,15 @@ async fn unlock_pin(
         .await
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
     // A resent unlock resets the count only while the ledger still says
-    // unlocked (it repairs a reset a crash lost); after a later lock the
-    // count stays, or a thief's five tries would start over.
+    // unlocked, and only if its own reset was not kept (it repairs a reset
+    // a crash lost): after a later lock, or wrong tries since its reset,
+    // the count stays, or a thief's five tries would start over.
     let relocked = match &answer {
         Ok(reply) if reply.replayed => brand.card_pin_locked(card).await != Some(false),
         _ => false,
     };
-    if answer.is_ok() && !relocked {
-        held.unlock().await?;
+    if let (Ok(reply), false) = (&answer, relocked) {
+        held.unlock(seq_of(reply)).await?;
     }
     Ok(Done::Answer(answer))
 }

@@ -43,6 +43,12 @@ struct Entry {
     /// only if no later change stands here already.
     #[serde(default)]
     seq: u64,
+    /// The seq of the record that last reset `wrong` (this PIN's PIN_SET,
+    /// or an owner's unlock; 0 in files written before it was kept): a
+    /// resent unlock resets the count only if it is later, so that the
+    /// wrong tries counted since its reset stand.
+    #[serde(default)]
+    reset: u64,
 }
 
 /// The server's answer to a PIN typed for a card.
@@ -423,18 +429,23 @@ impl Held {
             hash,
             wrong: 0,
             seq,
+            reset: seq,
         };
         tokio::task::spawn_blocking(move || this.keep_latest(brand, card, &entry))
             .await
             .map_err(|e| storage("set task", e))?
     }
 
-    /// Lifts the held card's lock: wrong tries back to 0 (durably).
-    pub async fn unlock(&self) -> Result<(), Refusal> {
+    /// Lifts the held card's lock for the owner's unlock record `seq`:
+    /// wrong tries back to 0 (durably), unless that record or a later one
+    /// reset them already (a resent unlock whose reset was kept: the tries
+    /// counted since stand).
+    pub async fn unlock(&self, seq: u64) -> Result<(), Refusal> {
         let (this, (brand, card)) = (self.store.clone(), self.card);
         tokio::task::spawn_blocking(move || match this.read(brand, card)? {
-            Some(mut entry) if entry.wrong > 0 => {
+            Some(mut entry) if entry.reset < seq => {
                 entry.wrong = 0;
+                entry.reset = seq;
                 this.write(brand, card, &entry)
             }
             _ => Ok(()),
@@ -484,7 +495,7 @@ mod tests {
             .hold(7, CARD)
             .await
             .unwrap()
-            .unlock()
+            .unlock(21)
             .await
             .unwrap();
         let right = reopened.check(7, CARD, "1234".into(), None).await;
@@ -543,6 +554,34 @@ mod tests {
         assert_eq!(busy.map_err(|r| r.code), Err(E::ServerBusy));
         drop(held);
         assert!(store.cards.lock().unwrap().wanted.is_empty());
+    }
+
+    /// An unlock resets the count once: resent (the same record) after
+    /// wrong tries, it leaves them; a later unlock resets them again, and
+    /// an earlier one, or one before the PIN's own record, never does.
+    #[tokio::test]
+    async fn a_resent_unlock_leaves_the_tries_counted_since_its_reset() {
+        let (_dir, _, store) = fixture();
+        let hash = store.hash("1234".into()).await.unwrap();
+        store.set(7, CARD, hash, 20).await.unwrap();
+        let wrong = async |tries: u32| {
+            for _ in 0..tries {
+                store.check(7, CARD, "9999".into(), None).await.unwrap();
+            }
+        };
+        let unlock = async |seq: u64| store.hold(7, CARD).await.unwrap().unlock(seq).await;
+        let left = async || match store.check(7, CARD, "9999".into(), None).await {
+            Ok(Verdict::Wrong { left }) => left,
+            other => panic!("{other:?}"),
+        };
+        wrong(MAX_WRONG_PIN_TRIES).await;
+        unlock(25).await.unwrap();
+        wrong(2).await;
+        unlock(25).await.unwrap();
+        unlock(19).await.unwrap();
+        assert_eq!(left().await, MAX_WRONG_PIN_TRIES - 3);
+        unlock(30).await.unwrap();
+        assert_eq!(left().await, MAX_WRONG_PIN_TRIES - 1);
     }
 
     /// A hash kept before seqs were (0 in its file) is taken as the latest:

@@ -732,6 +732,47 @@ async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
     stop(d);
 }
 
+/// An owner's unlock resent (its answer lost) while the ledger still says
+/// unlocked, after its count was reset and wrong tries counted again, is
+/// answered from the ledger and leaves those tries: five wrong tries after
+/// an unlock lock the card, however often the unlock is resent.
+#[tokio::test]
+async fn a_resent_unlock_leaves_the_wrong_tries_counted_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let mut t = demo.terminal(d.addr, 0).await;
+    let mut txn = 100;
+    let mut wrong = async |t: &mut Client, tries: u32| {
+        for _ in 0..tries {
+            txn += 1;
+            let r = pay(t, txn, &card, 1, Some(WRONG)).await;
+            assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
+        }
+        txn
+    };
+    wrong(&mut t, MAX_WRONG_PIN_TRIES).await;
+    let unlock = lift(&o, 20, &card, false);
+    call_req(&mut o, &unlock).await.expect("unlocked");
+    wrong(&mut t, MAX_WRONG_PIN_TRIES - 1).await;
+    let again = call_req(&mut o, &unlock)
+        .await
+        .expect("the ledger's answer");
+    assert!(again.replayed);
+    let txn = wrong(&mut t, 1).await;
+    let r = pay(&mut t, txn + 1, &card, 1, Some(PIN)).await;
+    assert_eq!(
+        r.unwrap_err(),
+        E::PinLocked,
+        "five wrong tries since the unlock"
+    );
+    drop((t, o));
+    stop(d);
+}
+
 /// True if the store still answers `card` for the holder's phone.
 fn holder_kept(d: &Daemon, demo: &Demo, card: &str) -> bool {
     let found = admin(d, demo, &["find-card", "--phone", PHONE]);
