@@ -39,8 +39,9 @@ struct Entry {
     /// Wrong tries in a row; at `MAX_WRONG_PIN_TRIES` the card is locked.
     wrong: u32,
     /// The seq of the PIN_SET record this hash is the PIN of (0 in files
-    /// written before it was kept): a retried PIN change stores its hash
-    /// only if no later change stands here already.
+    /// written before it was kept, taken as older than any record): a
+    /// retried PIN change stores its hash only if no later change stands
+    /// here already.
     #[serde(default)]
     seq: u64,
     /// The seq of the record that last reset `wrong` (this PIN's PIN_SET,
@@ -371,11 +372,13 @@ impl PinStore {
     pub async fn lacks(self: &Arc<Self>, brand: u32, card: u64, seq: u64) -> Result<bool, Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            // A hash kept before seqs were (0) stands for every change
-            // before it: a resent old change must not replace it.
-            Ok(this
-                .read(brand, card)?
-                .is_none_or(|kept| kept.seq != 0 && kept.seq < seq))
+            // A hash kept before seqs were (0) is taken as older than any
+            // record, as `keep_latest` takes it: the likely resend is the
+            // first change after the upgrade, whose hash a stop lost, and
+            // the ledger says its PIN is the card's. (Only a change older
+            // than that hash's, resent across the upgrade, would bring an
+            // earlier PIN back: the same harm the other way, rarer.)
+            Ok(this.read(brand, card)?.is_none_or(|kept| kept.seq < seq))
         })
         .await
         .map_err(|e| storage("read task", e))?
@@ -584,13 +587,18 @@ mod tests {
         assert_eq!(left().await, MAX_WRONG_PIN_TRIES - 1);
     }
 
-    /// A hash kept before seqs were (0 in its file) is taken as the latest:
-    /// resending an old change must not bring its PIN back.
+    /// A hash kept before seqs were (0 in its file) is older than any
+    /// record: a resent change whose hash was lost replaces it.
     #[tokio::test]
-    async fn a_hash_from_before_seqs_stands_for_every_earlier_change() {
+    async fn a_hash_from_before_seqs_is_older_than_any_record() {
         let (_dir, _, store) = fixture();
         let hash = store.hash("2222".into()).await.unwrap();
         store.set(7, CARD, hash, 0).await.unwrap();
+        assert!(store.lacks(7, CARD, 30).await.unwrap());
+        let hash = store.hash("3333".into()).await.unwrap();
+        store.set(7, CARD, hash, 30).await.unwrap();
+        let now = store.check(7, CARD, "3333".into(), None).await;
+        assert_eq!(now, Ok(Verdict::Verified));
         assert!(!store.lacks(7, CARD, 30).await.unwrap());
     }
 }

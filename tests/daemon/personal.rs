@@ -479,6 +479,36 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
 /// to the old key, no longer opens. The till still gets the ledger's
 /// answer (not PIN_BLOCK_INVALID for a change that stands), the log tells
 /// the owner to set the PIN again, and once they do, that PIN pays.
+/// The same, where the kept hash is from before the store kept seqs (its
+/// file has none): that hash is older than any record, so the change the
+/// ledger holds is kept when resent, rather than the earlier PIN staying
+/// the card's.
+#[tokio::test]
+async fn a_lost_hash_is_stored_when_resent_over_one_from_before_seqs() {
+    let PinDemo {
+        _dir,
+        d,
+        demo,
+        card,
+        o,
+        mut t,
+    } = pin_demo().await;
+    let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
+    let file = demo.data.join("pins/brand-1").join(&card);
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let fields = entry.as_object_mut().unwrap();
+    assert!(fields.remove("seq").is_some() && fields.remove("reset").is_some());
+    std::fs::write(&file, serde_json::to_vec(&entry).unwrap()).unwrap();
+    assert!(call_req(&mut t, &change).await.expect("resent").replayed);
+    let r = pay(&mut t, 102, &card, 100, Some("1111")).await;
+    assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
+    let r = pay(&mut t, 103, &card, 100, Some(PIN)).await;
+    assert_eq!(r.unwrap_err(), E::WrongPin, "the old PIN no longer works");
+    drop((t, o));
+    stop(d);
+}
+
 #[tokio::test]
 async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answer() {
     let PinDemo {
