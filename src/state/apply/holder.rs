@@ -733,6 +733,20 @@ mod set_pin_tests {
         Submission::signed(principal, key, req)
     }
 
+    /// `set_pin_fate` of `sub` with the old PIN's verdict `verified`, at
+    /// the time `run` applies it.
+    fn fate_at_now(state: &BrandState, sub: &Submission, verified: bool) -> Fate {
+        let ctx = Context {
+            time_ms: NOW,
+            principal: sub.principal,
+            signer_key: &sub.signer_key,
+            request: &[],
+            signature: &[],
+            pin_verified: verified,
+        };
+        set_pin_fate(state, &ctx, sub.decoded())
+    }
+
     /// The server hashes a new PIN only where `set_pin_fate` says it may
     /// be written, and answers its refusal otherwise: for each change and
     /// verdict, it says what `apply` then does, and leaves the state as it
@@ -773,15 +787,7 @@ mod set_pin_tests {
         ];
         let mut codes = Vec::new();
         for (sub, verified) in &cases {
-            let ctx = Context {
-                time_ms: NOW,
-                principal: sub.principal,
-                signer_key: &sub.signer_key,
-                request: &[],
-                signature: &[],
-                pin_verified: *verified,
-            };
-            let fate = set_pin_fate(&state, &ctx, sub.decoded());
+            let fate = fate_at_now(&state, sub, *verified);
             let seq = state.seq;
             let expected = match run(&mut state, sub, *verified) {
                 Ok(Outcome::Written(_)) => Fate::Written,
