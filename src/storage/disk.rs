@@ -31,6 +31,9 @@ pub struct DiskStore {
     /// Built in bulk (see [`DiskStore::open_bulk`]).
     bulk: bool,
     logs: RwLock<BTreeMap<u32, Brand>>,
+    /// Brands whose log did not open whole ([`DiskStore::open_sparing`]):
+    /// never written to, never served.
+    damaged: BTreeMap<u32, Damage>,
     marks: MarkWriter,
     /// `DATA/lock`, locked for the store's life: one process per data
     /// directory (a second one would cut a live log's "torn" tail).
@@ -175,7 +178,35 @@ impl DiskStore {
         for dir in [log_root(data_dir), mark::dir(data_dir)] {
             create_dir_all_durable(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
-        Self::open_dirs(data_dir, segment_bytes)
+        Self::open_dirs(data_dir, segment_bytes, false)
+    }
+
+    /// [`open_sized`](Self::open_sized) for `cardd serve`, which serves
+    /// every brand it can: a brand whose log does not open whole (damaged,
+    /// or shorter than its high-water mark) is set aside instead of
+    /// failing the open, left exactly as found (no tail cut, no mark
+    /// written), refused any commit, and named by
+    /// [`damaged`](Self::damaged). Problems of the whole directory (its
+    /// lock, its marks directory, an earlier version's import) still fail.
+    pub fn open_sparing(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
+        for dir in [log_root(data_dir), mark::dir(data_dir)] {
+            create_dir_all_durable(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        Self::open_dirs(data_dir, segment_bytes, true)
+    }
+
+    /// The brands set aside by [`open_sparing`](Self::open_sparing), each
+    /// with what is wrong with its log, ascending.
+    pub fn damaged(&self) -> impl Iterator<Item = (u32, &StorageError)> + '_ {
+        self.damaged.iter().map(|(b, d)| (*b, &d.error))
+    }
+
+    /// A damaged brand's log as far as it reads, read-only, if the log
+    /// itself read whole (it only ends before its high-water mark): enough
+    /// to learn whose sign-ons to refuse, never to serve.
+    pub fn damaged_log(&self, brand: u32) -> Option<DamagedLog> {
+        let frames = self.damaged.get(&brand)?.readable.clone()?;
+        Some(DamagedLog { brand, frames })
     }
 
     /// Opens a new store for building in bulk (`cardd restore`, into a
@@ -213,40 +244,24 @@ impl DiskStore {
         Self::open(data_dir)
     }
 
-    fn open_dirs(data_dir: &Path, segment_bytes: u64) -> Result<Self> {
+    fn open_dirs(data_dir: &Path, segment_bytes: u64, spare: bool) -> Result<Self> {
         let lock = lock_data_dir(data_dir)?;
         sync_dirs(data_dir)?;
         let marks = mark::read_all(&mark::dir(data_dir))
             .map_err(io_err(format!("reading {}", mark::dir(data_dir).display())))?;
         import_or_retire_sled(data_dir, marks.is_empty())?;
-        let mut logs = BTreeMap::new();
-        for brand in logged_brands(data_dir)? {
-            let (log, opened) = BrandLog::open(&brand_log_dir(data_dir, brand), segment_bytes)?;
-            check_marked(brand, &log, marks.get(&brand))?;
-            if opened.tables_rebuilt > 0 {
-                tracing::info!(
-                    brand,
-                    segments = opened.tables_rebuilt,
-                    "frame tables rebuilt"
-                );
+        let (logs, mut damaged) = open_logs(data_dir, segment_bytes, &marks)?;
+        if !spare {
+            if let Some((_, damage)) = damaged.pop_first() {
+                return Err(damage.error);
             }
-            logs.insert(brand, Brand::new(log));
-        }
-        if let Some((&brand, m)) = marks
-            .iter()
-            .find(|(b, m)| m.seq > 0 && !logs.contains_key(b))
-        {
-            return Err(StorageError::ShortLedger {
-                brand,
-                stored: 0,
-                acknowledged: m.seq,
-            });
         }
         let store = DiskStore {
             data_dir: data_dir.to_path_buf(),
             segment_bytes,
             bulk: false,
             logs: RwLock::new(logs),
+            damaged,
             marks: MarkWriter::start(mark::dir(data_dir)),
             _lock: lock,
         };
@@ -344,6 +359,88 @@ impl Brand {
             frames: log.index(),
             log: Arc::new(Mutex::new(log)),
         }
+    }
+}
+
+/// What is wrong with a brand's log that did not open whole, and its
+/// frames if the log itself read (it only ended before its mark).
+struct Damage {
+    error: StorageError,
+    readable: Option<Arc<FrameIndex>>,
+}
+
+/// Every logged brand's log checked against its mark, or why not: (those
+/// whole, those damaged). A brand with a mark but no log lost every record
+/// it acknowledged: damaged too.
+fn open_logs(
+    data_dir: &Path,
+    segment_bytes: u64,
+    marks: &BTreeMap<u32, Mark>,
+) -> Result<(BTreeMap<u32, Brand>, BTreeMap<u32, Damage>)> {
+    let (mut logs, mut damaged) = (BTreeMap::new(), BTreeMap::new());
+    for brand in logged_brands(data_dir)? {
+        match open_brand(data_dir, brand, segment_bytes, marks.get(&brand)) {
+            Ok(log) => {
+                logs.insert(brand, log);
+            }
+            Err(damage) => {
+                damaged.insert(brand, damage);
+            }
+        }
+    }
+    for (&brand, m) in marks.iter() {
+        if m.seq > 0 && !logs.contains_key(&brand) && !damaged.contains_key(&brand) {
+            let error = StorageError::ShortLedger {
+                brand,
+                stored: 0,
+                acknowledged: m.seq,
+            };
+            let readable = None;
+            damaged.insert(brand, Damage { error, readable });
+        }
+    }
+    Ok((logs, damaged))
+}
+
+/// One brand's log, opened and checked against its mark, changing nothing
+/// on disk but derived frame tables (the torn tail is cut later, once
+/// every brand is known).
+fn open_brand(
+    data_dir: &Path,
+    brand: u32,
+    segment_bytes: u64,
+    mark: Option<&Mark>,
+) -> std::result::Result<Brand, Damage> {
+    let (log, opened) =
+        BrandLog::open(&brand_log_dir(data_dir, brand), segment_bytes).map_err(|e| Damage {
+            error: of_brand(brand, e),
+            readable: None,
+        })?;
+    if let Err(e) = check_marked(brand, &log, mark) {
+        let readable = Some(log.index());
+        return Err(Damage {
+            error: of_brand(brand, e),
+            readable,
+        });
+    }
+    if opened.tables_rebuilt > 0 {
+        tracing::info!(
+            brand,
+            segments = opened.tables_rebuilt,
+            "frame tables rebuilt"
+        );
+    }
+    Ok(Brand::new(log))
+}
+
+/// `e` naming its brand (a short ledger names it already).
+fn of_brand(brand: u32, e: StorageError) -> StorageError {
+    match e {
+        StorageError::ShortLedger { .. } => e,
+        other => StorageError::BrandLog {
+            brand,
+            source: Box::new(other),
+        },
     }
 }
 
@@ -509,6 +606,10 @@ impl LogStore for DiskStore {
         checkpoint: (u64, &[u8]),
     ) -> Result<()> {
         let (first, last) = check_commit_shape(records, checkpoint.0)?;
+        if self.damaged.contains_key(&brand) {
+            // A new log here would bury the damaged one (and its evidence).
+            return Err(StorageError::DamagedBrand(brand));
+        }
         let b = self.brand_or_new(brand)?;
         let mut log = b.log.lock().unwrap_or_else(|e| e.into_inner());
         // Appends only: the commit must start right after what is logged
@@ -533,26 +634,7 @@ impl LogStore for DiskStore {
     }
 
     fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
-        let Some(completed_by) = completing_seq(level, index) else {
-            return Ok(None);
-        };
-        if level == 0 {
-            return Ok(self.record(brand, completed_by)?.map(|r| leaf_hash(&r)));
-        }
-        let Some(frames) = self.frames(brand) else {
-            return Ok(None);
-        };
-        let Some(frame) = frames.frame_holding(completed_by)? else {
-            return Ok(None);
-        };
-        for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
-            let view = BatchView::parse(first, run)?;
-            if view.last_seq >= completed_by {
-                let found = view.nodes().find(|(l, i, _)| *l == level && *i == index);
-                return Ok(found.map(|(_, _, hash)| hash));
-            }
-        }
-        Ok(None)
+        node_in(self.frames(brand), level, index)
     }
 
     fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
@@ -564,21 +646,11 @@ impl LogStore for DiskStore {
         brand: u32,
         after_size: u64,
     ) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
-        // The frame holding `after_size + 1` ends past `after_size`, and so
-        // do all later ones.
-        from_frames(self.frames(brand), after_size.saturating_add(1), |frame| {
-            vec![frame_checkpoint(&frame)]
-        })
+        checkpoints_in(self.frames(brand), after_size)
     }
 
     fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
-        let Some(frames) = self.frames(brand) else {
-            return Ok(None);
-        };
-        match frames.frame_holding(seq)? {
-            Some(frame) => frame_record(&frame, seq),
-            None => Ok(None),
-        }
+        record_in(self.frames(brand), seq)
     }
 
     fn scan(
@@ -586,24 +658,131 @@ impl LogStore for DiskStore {
         brand: u32,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
-        from_frames(
-            self.frames(brand),
-            from_seq,
-            move |frame| match frame_records(&frame, from_seq) {
-                Ok(records) => records.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            },
-        )
+        scan_in(self.frames(brand), from_seq)
     }
 
     fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
-        let Some(frames) = self.frames(brand) else {
-            return Ok(None);
-        };
-        match frames.last()? {
-            None => Ok(None),
-            Some((_, path, loc)) => frame_checkpoint(&read_frame(&path, &loc)?).map(Some),
+        last_checkpoint_in(self.frames(brand))
+    }
+}
+
+/// A damaged brand's log as far as it reads ([`DiskStore::damaged_log`]):
+/// reads only; a commit is refused.
+pub struct DamagedLog {
+    brand: u32,
+    frames: Arc<FrameIndex>,
+}
+
+impl DamagedLog {
+    fn frames(&self, brand: u32) -> Option<Arc<FrameIndex>> {
+        (brand == self.brand).then(|| self.frames.clone())
+    }
+}
+
+impl LogStore for DamagedLog {
+    fn brands(&self) -> Result<Vec<u32>> {
+        Ok(vec![self.brand])
+    }
+
+    fn commit(
+        &self,
+        brand: u32,
+        _: &[(u64, &[u8])],
+        _: &[(u8, u64, [u8; 32])],
+        _: (u64, &[u8]),
+    ) -> Result<()> {
+        Err(StorageError::DamagedBrand(brand))
+    }
+
+    fn node(&self, brand: u32, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+        node_in(self.frames(brand), level, index)
+    }
+
+    fn checkpoints(&self, brand: u32) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+        checkpoints_in(self.frames(brand), 0)
+    }
+
+    fn record(&self, brand: u32, seq: u64) -> Result<Option<Vec<u8>>> {
+        record_in(self.frames(brand), seq)
+    }
+
+    fn scan(
+        &self,
+        brand: u32,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
+        scan_in(self.frames(brand), from_seq)
+    }
+
+    fn last_checkpoint(&self, brand: u32) -> Result<Option<Vec<u8>>> {
+        last_checkpoint_in(self.frames(brand))
+    }
+}
+
+/// A stored Merkle node, from the frame of the record that completed it.
+fn node_in(frames: Option<Arc<FrameIndex>>, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+    let Some(completed_by) = completing_seq(level, index) else {
+        return Ok(None);
+    };
+    if level == 0 {
+        return Ok(record_in(frames, completed_by)?.map(|r| leaf_hash(&r)));
+    }
+    let Some(frames) = frames else {
+        return Ok(None);
+    };
+    let Some(frame) = frames.frame_holding(completed_by)? else {
+        return Ok(None);
+    };
+    for (first, run) in decode_payload(frame.first_seq, frame.last_seq, &frame.payload)? {
+        let view = BatchView::parse(first, run)?;
+        if view.last_seq >= completed_by {
+            let found = view.nodes().find(|(l, i, _)| *l == level && *i == index);
+            return Ok(found.map(|(_, _, hash)| hash));
         }
+    }
+    Ok(None)
+}
+
+/// The checkpoints of the commits ending past `after_size`: the frame
+/// holding `after_size + 1` ends past it, and so do all later ones.
+fn checkpoints_in(
+    frames: Option<Arc<FrameIndex>>,
+    after_size: u64,
+) -> Box<dyn Iterator<Item = Result<Vec<u8>>> + Send> {
+    from_frames(frames, after_size.saturating_add(1), |frame| {
+        vec![frame_checkpoint(&frame)]
+    })
+}
+
+fn record_in(frames: Option<Arc<FrameIndex>>, seq: u64) -> Result<Option<Vec<u8>>> {
+    let Some(frames) = frames else {
+        return Ok(None);
+    };
+    match frames.frame_holding(seq)? {
+        Some(frame) => frame_record(&frame, seq),
+        None => Ok(None),
+    }
+}
+
+fn scan_in(
+    frames: Option<Arc<FrameIndex>>,
+    from_seq: u64,
+) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send> {
+    from_frames(frames, from_seq, move |frame| {
+        match frame_records(&frame, from_seq) {
+            Ok(records) => records.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        }
+    })
+}
+
+fn last_checkpoint_in(frames: Option<Arc<FrameIndex>>) -> Result<Option<Vec<u8>>> {
+    let Some(frames) = frames else {
+        return Ok(None);
+    };
+    match frames.last()? {
+        None => Ok(None),
+        Some((_, path, loc)) => frame_checkpoint(&read_frame(&path, &loc)?).map(Some),
     }
 }
 
@@ -933,6 +1112,88 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// Brand 8's log and mark, byte for byte.
+    fn files_of_8(dir: &tempfile::TempDir) -> Vec<(PathBuf, Vec<u8>)> {
+        let log = dir.path().join("log/brand-00008");
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.push(mark::path(&mark::dir(dir.path()), 8));
+        paths.sort();
+        let read = |p: PathBuf| (p.clone(), std::fs::read(&p).unwrap());
+        paths.into_iter().map(read).collect()
+    }
+
+    /// One brand's damaged log must not stop the others: a sparing open
+    /// sets it aside, changes none of its bytes and refuses commits to it;
+    /// the strict open (check, backup, export) still refuses, naming it.
+    #[test]
+    fn a_sparing_open_sets_a_damaged_brand_aside_and_changes_none_of_it() {
+        let (dir, store, records, _) = ledger(&[2, 3]);
+        for seq in 1..=4u64 {
+            let record = format!("eight {seq}").into_bytes();
+            store
+                .commit(8, &[(seq, &record)], &[], (seq, b"cp"))
+                .unwrap();
+        }
+        drop(store);
+        let segment = dir
+            .path()
+            .join("log/brand-00008")
+            .join(format!("{:020}.seg", 1));
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut broken = bytes.clone();
+        broken[crate::storage::segment::FRAME_HEADER + 2] ^= 0x20;
+        let cases = [
+            (
+                "cut inside its last frame",
+                bytes[..bytes.len() - 5].to_vec(),
+            ),
+            ("a flipped byte in its first frame", broken),
+        ];
+        for (what, damaged) in cases {
+            std::fs::write(&segment, &damaged).unwrap();
+            let before = files_of_8(&dir);
+            let store = DiskStore::open_sparing(dir.path(), LOG_SEGMENT_BYTES).unwrap();
+            assert_eq!(store.brands().unwrap(), vec![7], "{what}");
+            assert_eq!(all_records(&store), records, "{what}");
+            let found: Vec<u32> = store.damaged().map(|(b, _)| b).collect();
+            assert_eq!(found, vec![8], "{what}");
+            let refused = store.commit(8, &[(5, b"x")], &[], (5, b"cp"));
+            assert!(
+                matches!(refused, Err(StorageError::DamagedBrand(8))),
+                "{what}: {refused:?}"
+            );
+            drop(store);
+            assert!(
+                files_of_8(&dir) == before,
+                "{what}: brand 8's files changed"
+            );
+            let err = reopen(&dir)
+                .err()
+                .expect("a strict open passed a damaged brand");
+            assert!(err.to_string().contains("brand 8"), "{what}: {err}");
+        }
+        // The short log reads as far as it goes, for reads only.
+        std::fs::write(&segment, &bytes[..bytes.len() - 5]).unwrap();
+        let store = DiskStore::open_sparing(dir.path(), LOG_SEGMENT_BYTES).unwrap();
+        let err = store.damaged().next().map(|(_, e)| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("high-water mark")));
+        let short = store.damaged_log(8).expect("the short log reads");
+        let seqs: Vec<u64> = short.scan(8, 1).map(|r| r.unwrap().0).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(short.last_checkpoint(8).unwrap(), Some(b"cp".to_vec()));
+        let refused = short.commit(8, &[(4, b"x")], &[], (4, b"cp"));
+        assert!(matches!(refused, Err(StorageError::DamagedBrand(8))));
+        // The others go on taking commits.
+        let next = records.len() as u64 + 1;
+        store
+            .commit(7, &[(next, b"seven")], &[], (next, b"cp"))
+            .unwrap();
+        assert_eq!(store.record(7, next).unwrap(), Some(b"seven".to_vec()));
     }
 
     #[test]

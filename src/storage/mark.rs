@@ -38,7 +38,7 @@ pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("marks")
 }
 
-fn path(dir: &Path, brand: u32) -> PathBuf {
+pub(super) fn path(dir: &Path, brand: u32) -> PathBuf {
     dir.join(format!("brand-{brand:05}.hwm"))
 }
 

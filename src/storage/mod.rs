@@ -29,7 +29,7 @@ pub mod rewrite;
 mod segment;
 
 pub use batch::{StoredBatch, RUN_BYTES};
-pub use disk::DiskStore;
+pub use disk::{DamagedLog, DiskStore};
 
 /// A storage failure. The daemon treats any of these on the write path as
 /// fatal (fail-stop): memory may be ahead of disk.
@@ -67,6 +67,23 @@ pub enum StorageError {
         /// The record the mark names.
         acknowledged: u64,
     },
+    /// A brand's log does not open: a segment or frame table is damaged,
+    /// or a record is missing.
+    #[error("brand {brand}: its log is damaged")]
+    BrandLog {
+        /// The brand.
+        brand: u32,
+        /// What is wrong.
+        #[source]
+        source: Box<StorageError>,
+    },
+    /// A commit to a brand whose log was found damaged when the store
+    /// opened ([`DiskStore::open_sparing`]): nothing is written to it.
+    #[error(
+        "brand {0}: its log was found damaged when the data directory was opened; nothing is \
+         written to it until it is restored"
+    )]
+    DamagedBrand(u32),
     /// Another process has the data directory open.
     #[error(
         "{0}: another cardd process has this data directory open (is the daemon \
