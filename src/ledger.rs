@@ -243,6 +243,10 @@ pub enum Recovery<'a> {
     /// Replay every record, and demand that the snapshot in this directory
     /// equal the replayed state at its sequence number (`cardd check`).
     CheckSnapshot(&'a Path),
+    /// Like `FromSnapshot`, but write no snapshot: a brand read only to
+    /// learn whose sign-ons to refuse (its log on disk is damaged, and
+    /// nothing of it may change).
+    ReadOnly(&'a Path),
 }
 
 /// Wall-clock time in Unix milliseconds.
@@ -275,7 +279,7 @@ impl BrandLedger {
         let server_pub = server_key.verifying_key();
         let (mut start, to_check) = match mode {
             Recovery::Full => (Start::empty(brand), None),
-            Recovery::FromSnapshot(dir) => (
+            Recovery::FromSnapshot(dir) | Recovery::ReadOnly(dir) => (
                 Start::from_snapshot(store.as_ref(), dir, brand, &server_pub),
                 None,
             ),

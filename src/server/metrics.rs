@@ -130,6 +130,7 @@ pub struct Metrics {
     /// Checkpoints made durable (one per commit that wrote records).
     pub checkpoints: IntCounter,
     records: IntGaugeVec,
+    refused: IntGaugeVec,
     /// Time to encode and store one snapshot.
     pub snapshot_seconds: Histogram,
     /// Time a brand's applier was held by one snapshot (the fork).
@@ -220,6 +221,16 @@ impl Metrics {
         .expect("a valid gauge");
         r.register(Box::new(records.clone()))
             .expect("registered once");
+        let refused = IntGaugeVec::new(
+            Opts::new(
+                "brand_refused",
+                "1 for each brand refused at start-up: its ledger on disk is damaged",
+            ),
+            &["brand"],
+        )
+        .expect("a valid gauge");
+        r.register(Box::new(refused.clone()))
+            .expect("registered once");
         let recovery_seconds = Gauge::new("recovery_seconds", "How long start-up recovery took")
             .expect("a valid gauge");
         r.register(Box::new(recovery_seconds.clone()))
@@ -235,6 +246,7 @@ impl Metrics {
             latency,
             requests,
             records,
+            refused,
             recovery_seconds,
             commit_batch: histogram(
                 &r,
@@ -296,6 +308,11 @@ impl Metrics {
     /// The gauge of `brand`'s record count.
     pub fn records_of(&self, brand: u32) -> IntGauge {
         self.records.with_label_values(&[brand.to_string()])
+    }
+
+    /// The gauge saying `brand` was refused at start-up (damaged).
+    pub fn refused_of(&self, brand: u32) -> IntGauge {
+        self.refused.with_label_values(&[brand.to_string()])
     }
 
     /// Every metric in Prometheus's text format.

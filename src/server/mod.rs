@@ -163,6 +163,9 @@ pub struct Shared {
     /// refused with NOT_ACTIVE).
     active_elsewhere: RwLock<HashMap<u32, String>>,
     brands: RwLock<HashMap<u32, BrandHandle>>,
+    /// Brands refused at start-up because their log on disk is damaged
+    /// (`start::load_sparing`): their tills are told STORAGE_FAILURE.
+    damaged: RwLock<std::collections::HashSet<u32>>,
 }
 
 impl Shared {
@@ -193,6 +196,24 @@ impl Shared {
             BrandHandle::spawn_revoking(ledger, self.keys.clone(), sessions, writers, copy);
         chain_check::spawn(self.store.clone(), id, unchecked, handle.halter());
         self.brands.write().expect("brands lock").insert(id, handle);
+    }
+
+    /// Refuses a brand whose log on disk was found damaged at start-up: it
+    /// is not served; its keys, as far as its log reads, are known, so its
+    /// tills are told STORAGE_FAILURE at sign-on, as a halted brand's are,
+    /// not UNKNOWN_KEY; `cardd_brand_refused{brand}` is 1.
+    fn refuse_damaged(&self, refused: start::Refused) {
+        if let Some(state) = &refused.known {
+            self.keys.add_brand(state);
+        }
+        metrics::get().refused_of(refused.brand).set(1);
+        let mut damaged = self.damaged.write().expect("damaged lock");
+        damaged.insert(refused.brand);
+    }
+
+    /// Whether `brand` was refused at start-up for a damaged log.
+    fn is_damaged(&self, brand: u32) -> bool {
+        self.damaged.read().expect("damaged lock").contains(&brand)
     }
 
     /// Stops serving `brand` at once (a replicated node that lost its
@@ -345,8 +366,9 @@ fn start_brands(
     let started = std::time::Instant::now();
     let segment_bytes = config.log_segment_kib.saturating_mul(1024);
     start::refuse_replicated(&config.data_dir)?;
-    let (store, server_key, mut ledgers) = load_sized(&config.data_dir, segment_bytes)?;
-    log_recovered(&ledgers, started.elapsed());
+    let ((store, server_key, mut ledgers), refused) =
+        start::load_sparing(&config.data_dir, segment_bytes)?;
+    log_recovered(&ledgers, refused.len(), started.elapsed());
     if config.demo {
         if ledgers.is_empty() {
             ledgers.push(crate::demo::provision(
@@ -358,15 +380,11 @@ fn start_brands(
             tracing::info!("--demo ignored: the ledger already holds brands");
         }
     }
-    Ok(serve_ledgers(
-        config,
-        stop,
-        writers,
-        store,
-        &server_key,
-        ledgers,
-        web,
-    ))
+    let shared = serve_ledgers(config, stop, writers, store, &server_key, ledgers, web);
+    for brand in refused {
+        shared.refuse_damaged(brand);
+    }
+    Ok(shared)
 }
 
 /// The state every connection shares, with a writer started on `writers`
@@ -409,6 +427,7 @@ fn serve_ledgers(
         lease_clock: std::sync::OnceLock::new(),
         active_elsewhere: RwLock::new(HashMap::new()),
         brands: RwLock::new(HashMap::new()),
+        damaged: RwLock::default(),
     });
     for ledger in ledgers {
         shared.serve_brand(ledger, writers);
@@ -417,8 +436,12 @@ fn serve_ledgers(
 }
 
 /// The start-up's one line on recovery (and its metric): what every brand
-/// was recovered from, in how long.
-fn log_recovered(ledgers: &[crate::ledger::BrandLedger], took: std::time::Duration) {
+/// was recovered from, in how long, and how many were refused (damaged).
+fn log_recovered(
+    ledgers: &[crate::ledger::BrandLedger],
+    refused: usize,
+    took: std::time::Duration,
+) {
     let records: u64 = ledgers.iter().map(|l| l.state.seq).sum();
     // What the snapshots loaded covered (a snapshot written right after a
     // full replay covers nothing that was not replayed).
@@ -426,6 +449,7 @@ fn log_recovered(ledgers: &[crate::ledger::BrandLedger], took: std::time::Durati
     metrics::get().recovery_seconds.set(took.as_secs_f64());
     tracing::info!(
         brands = ledgers.len(),
+        refused,
         records,
         from_snapshots,
         replayed = records - from_snapshots,

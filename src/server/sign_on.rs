@@ -147,6 +147,11 @@ pub(super) async fn proof(
         return Step::Close(Some(refusal));
     }
     let Some(handle) = shared.brand(brand) else {
+        if shared.is_damaged(brand) {
+            let why =
+                "this brand is not served: its ledger on disk is damaged (see the daemon's log)";
+            return Step::Close(Some(error_msg(rid, E::StorageFailure, why)));
+        }
         if shared.replicated {
             // A replicated node that follows this brand (its keys are
             // known) but does not serve it now.

@@ -328,6 +328,68 @@ pub fn load_sized(data_dir: &Path, segment_bytes: u64) -> Result<Loaded, StartEr
     recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))
 }
 
+/// A brand refused at start-up because its log on disk is damaged
+/// (`DiskStore::open_sparing`): not served, nothing of it changed.
+pub struct Refused {
+    /// The brand.
+    pub brand: u32,
+    /// Its state as far as its log reads (None: it does not), used only for
+    /// its keys: its tills are then told why they are refused.
+    pub known: Option<crate::state::BrandState>,
+}
+
+/// [`load_sized`] for `cardd serve`: a brand whose log does not open whole
+/// (damaged, or shorter than its high-water mark) is refused alone, with an
+/// ERROR line naming it and the damage, and returned apart; the others are
+/// recovered. Problems of the whole directory still fail the start, and so
+/// does a directory whose every brand is damaged (nothing would be served).
+pub fn load_sparing(
+    data_dir: &Path,
+    segment_bytes: u64,
+) -> Result<(Loaded, Vec<Refused>), StartError> {
+    let server_key = Arc::new(open_data_dir(data_dir)?);
+    let snapshots = crate::snapshot::dir(data_dir);
+    let disk = open_disk(data_dir, |d| DiskStore::open_sparing(d, segment_bytes))?;
+    let no_brand_whole = disk.brands().is_ok_and(|b| b.is_empty());
+    if no_brand_whole && disk.damaged().next().is_some() {
+        let source = disk.into_first_damage().expect("a damaged brand");
+        let path = data_dir.to_path_buf();
+        return Err(StartError::Storage { path, source });
+    }
+    let refused = refused_brands(&disk, &server_key, &snapshots);
+    let store: Arc<dyn LogStore> = Arc::new(disk);
+    let loaded = recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))?;
+    Ok((loaded, refused))
+}
+
+/// Every brand `disk` set aside, each logged (ERROR) with its damage, and
+/// what its readable records (if any) replay to, read-only.
+fn refused_brands(disk: &DiskStore, key: &Arc<SigningKey>, snapshots: &Path) -> Vec<Refused> {
+    let mut refused = Vec::new();
+    for (brand, damage) in disk.damaged() {
+        let error = crate::error::causes(damage);
+        tracing::error!(
+            brand,
+            error,
+            "brand refused: its ledger on disk is damaged; it is not served and nothing of it is \
+             changed (the other brands are served). Restore it from a backup (docs/operations.md)"
+        );
+        let known = disk.damaged_log(brand).and_then(|log| {
+            let mode = Recovery::ReadOnly(snapshots);
+            match BrandLedger::recover_with(Arc::new(log), key.clone(), brand, mode) {
+                Ok(ledger) => Some(ledger.state),
+                Err(e) => {
+                    let error = crate::error::causes(&e);
+                    tracing::warn!(brand, error, "the refused brand's readable records do not recover: its tills are not known here");
+                    None
+                }
+            }
+        });
+        refused.push(Refused { brand, known });
+    }
+    refused
+}
+
 /// What [`load_replicated`] returns: storage, the server key and the
 /// ledgers caught up with their streams; the replicated store; and the
 /// brands refused (their stream and local log are not one chain, or the
@@ -425,6 +487,10 @@ pub fn load_checked(data_dir: &Path) -> Result<Loaded, StartError> {
 /// opens with no brand lost its log and marks: never serve it empty (a
 /// `--demo` start would even provision the brand anew over old keys).
 fn refuse_emptied(data_dir: &Path, store: &DiskStore) -> Result<(), StartError> {
+    if store.damaged().next().is_some() {
+        // Not emptied: damaged (`load_sparing` says so by name).
+        return Ok(());
+    }
     let brands = store.brands().map_err(|source| StartError::Storage {
         path: data_dir.to_path_buf(),
         source,
@@ -442,6 +508,13 @@ fn open_store(
     data_dir: &Path,
     open: impl FnOnce(&Path) -> crate::storage::Result<DiskStore>,
 ) -> Result<Arc<dyn LogStore>, StartError> {
+    Ok(Arc::new(open_disk(data_dir, open)?))
+}
+
+fn open_disk(
+    data_dir: &Path,
+    open: impl FnOnce(&Path) -> crate::storage::Result<DiskStore>,
+) -> Result<DiskStore, StartError> {
     let opening = std::time::Instant::now();
     let store = open(data_dir).map_err(|source| StartError::Storage {
         path: data_dir.to_path_buf(),
@@ -452,7 +525,7 @@ fn open_store(
         open_ms = opening.elapsed().as_millis() as u64,
         "storage opened"
     );
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 fn recover_all(

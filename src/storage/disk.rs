@@ -201,6 +201,12 @@ impl DiskStore {
         self.damaged.iter().map(|(b, d)| (*b, &d.error))
     }
 
+    /// The first damaged brand's error, the store closed: a start that has
+    /// no whole brand left to serve fails with it.
+    pub fn into_first_damage(self) -> Option<StorageError> {
+        self.damaged.into_values().next().map(|d| d.error)
+    }
+
     /// A damaged brand's log as far as it reads, read-only, if the log
     /// itself read whole (it only ends before its high-water mark): enough
     /// to learn whose sign-ons to refuse, never to serve.

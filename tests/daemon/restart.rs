@@ -157,3 +157,107 @@ async fn a_record_changed_before_the_snapshot_stops_the_brand_after_start() {
         "cardd check passed a changed ledger"
     );
 }
+
+/// Every file of brand `brand`'s log and its high-water mark, by path.
+fn brand_files(data: &Path, brand: u32) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let log = data.join(format!("log/brand-{brand:05}"));
+    let mut files: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(data.join(format!("marks/brand-{brand:05}.hwm")));
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// Cuts the last bytes off brand `brand`'s newest segment, as a lost
+/// write-back would: its log now ends before its high-water mark.
+fn cut_below_mark(data: &Path, brand: u32) {
+    let log = data.join(format!("log/brand-{brand:05}"));
+    let newest = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let len = std::fs::metadata(&newest).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    f.set_len(len - 5).unwrap();
+}
+
+/// One brand whose log came back short is refused alone: the daemon starts
+/// and serves the other brand, the damaged brand's till is told
+/// STORAGE_FAILURE, an ERROR line and a metric name it, its files are left
+/// exactly as they were, and `cardd check` still fails naming it.
+#[tokio::test]
+async fn a_brand_whose_log_came_back_short_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut d, demo) = Daemon::demo(dir.path());
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some());
+    let owner2 = dir.path().join("owner2.key");
+    assert_eq!(brand_create_ok(&demo.data, "Brand Two", &owner2), 2);
+    let (till2, card2) = (generate_key(), card_number::generate(2));
+    let mut d = Daemon::start(&demo.data, &[]);
+    {
+        let mut o = connect(d.addr, read_key_file(&owner2).unwrap()).await;
+        ok(&mut o, 1, create_store("Two Main")).await;
+        ok(&mut o, 2, enroll(1, &till2, "till")).await;
+        ok(&mut o, 3, issue(&card2)).await;
+        let mut t = connect(d.addr, till2.clone()).await;
+        ok(&mut t, 1, top_up(&card2, 5_000)).await;
+        ok(&mut t, 2, purchase(&card2, 1_000)).await;
+    }
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some());
+    cut_below_mark(&demo.data, 2);
+    let damaged = brand_files(&demo.data, 2);
+
+    let http = common::http::free_addr();
+    let extra = ["--http-listen", &http.to_string()];
+    let (mut d, log) = Daemon::start_logged(&demo.data, &extra, "info");
+    let mut t1 = demo.terminal(d.addr, 0).await;
+    let card1 = &demo.manifest.cards[0];
+    let r = ok(&mut t1, 100, purchase(card1, 2_500)).await;
+    assert_money(card_of(&r), 7_500, 0, 25);
+    assert_eq!(
+        refused_soon(d.addr, &till2, &card2, 10).await,
+        E::StorageFailure
+    );
+    let metrics = common::http::metrics(http);
+    assert_eq!(
+        common::http::sample(&metrics, "cardd_brand_refused{brand=\"2\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        common::http::sample(&metrics, "cardd_brand_refused{brand=\"1\"}"),
+        None
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some());
+    let log = log.join().unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("brand=2") && l.contains("high-water")),
+        "no ERROR line names brand 2 and its damage:\n{log}"
+    );
+    assert!(
+        brand_files(&demo.data, 2) == damaged,
+        "the damaged brand's files changed"
+    );
+
+    let check = run::cardd(["check".as_ref(), "--data".as_ref(), demo.data.as_os_str()]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "cardd check passed a short ledger");
+    assert!(
+        stderr.contains("brand 2"),
+        "check does not name the brand: {stderr}"
+    );
+}
