@@ -253,10 +253,21 @@ impl DiskStore {
     fn open_dirs(data_dir: &Path, segment_bytes: u64, spare: bool) -> Result<Self> {
         let lock = lock_data_dir(data_dir)?;
         sync_dirs(data_dir)?;
-        let marks = mark::read_all(&mark::dir(data_dir))
+        let each = mark::read_each(&mark::dir(data_dir))
             .map_err(io_err(format!("reading {}", mark::dir(data_dir).display())))?;
-        import_or_retire_sled(data_dir, marks.is_empty())?;
-        let (logs, mut damaged) = open_logs(data_dir, segment_bytes, &marks)?;
+        import_or_retire_sled(data_dir, each.is_empty())?;
+        let (mut marks, mut unreadable) = (BTreeMap::new(), BTreeMap::new());
+        for (brand, mark) in each {
+            match mark {
+                Ok(mark) => {
+                    marks.insert(brand, mark);
+                }
+                Err(e) => {
+                    unreadable.insert(brand, e);
+                }
+            }
+        }
+        let (logs, mut damaged) = open_logs(data_dir, segment_bytes, &marks, unreadable)?;
         if !spare {
             if let Some((_, damage)) = damaged.pop_first() {
                 return Err(damage.error);
@@ -377,14 +388,31 @@ struct Damage {
 
 /// Every logged brand's log checked against its mark, or why not: (those
 /// whole, those damaged). A brand with a mark but no log lost every record
-/// it acknowledged: damaged too.
+/// it acknowledged, and one whose mark does not read cannot be checked:
+/// damaged too.
 fn open_logs(
     data_dir: &Path,
     segment_bytes: u64,
     marks: &BTreeMap<u32, Mark>,
+    unreadable: BTreeMap<u32, std::io::Error>,
 ) -> Result<(BTreeMap<u32, Brand>, BTreeMap<u32, Damage>)> {
     let (mut logs, mut damaged) = (BTreeMap::new(), BTreeMap::new());
+    for (brand, source) in unreadable {
+        // What it acknowledged is unknown: its log cannot be checked.
+        let what = "reading its high-water mark".to_string();
+        let error = of_brand(brand, StorageError::Io { what, source });
+        damaged.insert(
+            brand,
+            Damage {
+                error,
+                readable: None,
+            },
+        );
+    }
     for brand in logged_brands(data_dir)? {
+        if damaged.contains_key(&brand) {
+            continue;
+        }
         match open_brand(data_dir, brand, segment_bytes, marks.get(&brand)) {
             Ok(log) => {
                 logs.insert(brand, log);
@@ -1200,6 +1228,37 @@ mod tests {
             .commit(7, &[(next, b"seven")], &[], (next, b"cp"))
             .unwrap();
         assert_eq!(store.record(7, next).unwrap(), Some(b"seven".to_vec()));
+    }
+
+    /// A brand's mark file that does not read is that brand's damage (what
+    /// it acknowledged is unknown), not the directory's.
+    #[test]
+    fn a_brand_whose_mark_does_not_read_is_set_aside_unchanged() {
+        let (dir, store, records, _) = ledger(&[2, 3]);
+        store.commit(8, &[(1, b"eight")], &[], (1, b"cp")).unwrap();
+        drop(store);
+        std::fs::write(mark::path(&mark::dir(dir.path()), 8), [7u8; 128]).unwrap();
+        let before = files_of_8(&dir);
+        let store = DiskStore::open_sparing(dir.path(), LOG_SEGMENT_BYTES).unwrap();
+        assert_eq!(store.brands().unwrap(), vec![7]);
+        assert_eq!(all_records(&store), records);
+        let found: Vec<(u32, String)> = store
+            .damaged()
+            .map(|(b, e)| (b, crate::error::causes(e)))
+            .collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, 8);
+        assert!(
+            found[0].1.contains("no readable high-water mark"),
+            "{}",
+            found[0].1
+        );
+        drop(store);
+        assert!(files_of_8(&dir) == before, "brand 8's files changed");
+        let err = reopen(&dir)
+            .err()
+            .expect("a strict open passed an unreadable mark");
+        assert!(err.to_string().contains("brand 8"), "{err}");
     }
 
     #[test]

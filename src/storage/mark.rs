@@ -70,6 +70,16 @@ fn decode_slot(slot: &[u8]) -> Option<(u64, Mark)> {
 /// Every brand's mark in `dir`. A mark file whose slots are both damaged is
 /// an error: it existed, so something was acknowledged.
 pub fn read_all(dir: &Path) -> io::Result<BTreeMap<u32, Mark>> {
+    read_each(dir)?
+        .into_iter()
+        .map(|(brand, mark)| Ok((brand, mark?)))
+        .collect()
+}
+
+/// Every brand's mark in `dir`, or why that brand's mark file does not
+/// read (both slots damaged, unreadable): one brand's damage is its own.
+/// The error is the directory's only if it cannot be listed.
+pub fn read_each(dir: &Path) -> io::Result<BTreeMap<u32, io::Result<Mark>>> {
     let mut marks = BTreeMap::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -85,15 +95,14 @@ pub fn read_all(dir: &Path) -> io::Result<BTreeMap<u32, Mark>> {
         else {
             continue;
         };
-        match newest_slot(&fs::read(entry.path())?) {
-            Some((_, mark)) => marks.insert(brand, mark),
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: no readable high-water mark", entry.path().display()),
-                ))
-            }
-        };
+        let mark = fs::read(entry.path()).and_then(|bytes| match newest_slot(&bytes) {
+            Some((_, mark)) => Ok(mark),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: no readable high-water mark", entry.path().display()),
+            )),
+        });
+        marks.insert(brand, mark);
     }
     Ok(marks)
 }
