@@ -1033,11 +1033,12 @@ impl Start {
         let loading = std::time::Instant::now();
         let lock = snapshot::parts::files_lock(dir, brand);
         let files = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let loaded = snapshot::read_start(dir, brand, key, &holds(store, brand));
+        let records = SnapshotRecords::new(store, brand);
+        let loaded = snapshot::read_start(dir, brand, key, &|seq, head| records.holds(seq, head));
         drop(files);
         let load_ms = loading.elapsed().as_millis() as u64;
         tracing::info!(brand, load_ms, "snapshot read");
-        let on_chain = |(state, chain)| on_chain(store, state).map(|s| (s, chain));
+        let on_chain = |(state, chain)| on_chain(&records, state).map(|s| (s, chain));
         match loaded.map(|s| s.map(on_chain)) {
             Ok(Some(Ok((mut start, chain)))) => {
                 // The records replayed after the parts are their window's
@@ -1155,10 +1156,44 @@ fn holds(store: &dyn LogStore, brand: u32) -> impl Fn(u64, &[u8; 32]) -> bool + 
     }
 }
 
+/// The stored records a start's snapshot is checked against, each read
+/// from the log once: `read_start` may ask about the same record more than
+/// once (a window's newest part, then the merged window), and `on_chain`
+/// then needs its bytes for its time.
+struct SnapshotRecords<'a> {
+    store: &'a dyn LogStore,
+    brand: u32,
+    read: std::cell::RefCell<std::collections::HashMap<u64, Option<Vec<u8>>>>,
+}
+
+impl<'a> SnapshotRecords<'a> {
+    fn new(store: &'a dyn LogStore, brand: u32) -> Self {
+        let read = std::cell::RefCell::default();
+        SnapshotRecords { store, brand, read }
+    }
+
+    /// Record `seq` (None: the log ends before it), from the log the
+    /// first time it is asked for. A failed read is not kept.
+    fn record(&self, seq: u64) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+        if let Some(found) = self.read.borrow().get(&seq) {
+            return Ok(found.clone());
+        }
+        let found = self.store.record(self.brand, seq)?;
+        self.read.borrow_mut().insert(seq, found.clone());
+        Ok(found)
+    }
+
+    /// Whether the log holds a record with this hash at `seq`.
+    fn holds(&self, seq: u64, head: &[u8; 32]) -> bool {
+        self.record(seq)
+            .is_ok_and(|r| r.is_some_and(|bytes| leaf_hash(&bytes) == *head))
+    }
+}
+
 /// `snap` as a start, if it lies on the stored chain: the stored record at
 /// its sequence number hashes to its head. Else why not.
-fn on_chain(store: &dyn LogStore, snap: BrandState) -> Result<Start, String> {
-    let bytes = match store.record(snap.brand_id, snap.seq) {
+fn on_chain(records: &SnapshotRecords, snap: BrandState) -> Result<Start, String> {
+    let bytes = match records.record(snap.seq) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
             return Err(format!(

@@ -99,6 +99,49 @@ fn a_restart_from_a_snapshot_equals_a_full_replay() {
     assert_eq!(full_replay(&store), restarted.state);
 }
 
+/// Counts reads of single records, by seq.
+#[derive(Default)]
+struct CountedReads(std::sync::Mutex<std::collections::BTreeMap<u64, u32>>);
+
+impl store::CommitHook for CountedReads {
+    fn commit(&self, inner: &DiskStore, commit: store::Commit<'_>) -> cardd::storage::Result<()> {
+        commit.apply(inner)
+    }
+
+    fn record_read(&self, _brand: u32, seq: u64) {
+        *self.0.lock().unwrap().entry(seq).or_default() += 1;
+    }
+}
+
+/// A start from a snapshot reads the snapshot's record once: to see that
+/// the log holds it and, from the same bytes, its time (the replay then
+/// reads only the records after it).
+#[test]
+fn a_start_from_a_snapshot_reads_its_record_once() {
+    let (tmp, snaps, store, mut ledger, card) = shop();
+    purchases(&mut ledger, &card, 2..22);
+    ledger.write_snapshot().unwrap();
+    let snapshot_seq = ledger.state.seq;
+    purchases(&mut ledger, &card, 22..30);
+    let live = ledger.state.clone();
+    drop((ledger, store));
+
+    let counted = Arc::new(store::WrappedStore {
+        inner: DiskStore::open(tmp.path()).unwrap(),
+        hook: CountedReads::default(),
+    });
+    let store: Arc<dyn LogStore> = counted.clone();
+    let restarted = recover(&store, Recovery::FromSnapshot(&snaps)).unwrap();
+    assert_eq!(restarted.snapshot_seq(), snapshot_seq);
+    assert_eq!(restarted.state, live);
+    let reads = counted.hook.0.lock().unwrap().clone();
+    assert_eq!(
+        reads,
+        [(snapshot_seq, 1)].into(),
+        "records read one by one at the start"
+    );
+}
+
 #[test]
 fn a_snapshot_off_the_stored_chain_is_not_used() {
     let (_tmp, snaps, store, mut ledger, card) = shop();
