@@ -368,23 +368,29 @@ fn refused_brands(disk: &DiskStore, key: &Arc<SigningKey>, snapshots: &Path) -> 
     let mut refused = Vec::new();
     for (brand, damage) in disk.damaged() {
         let error = crate::error::causes(damage);
-        tracing::error!(
-            brand,
-            error,
-            "brand refused: its ledger on disk is damaged; it is not served and nothing of it is \
-             changed (the other brands are served). Restore it from a backup (docs/operations.md)"
-        );
         let known = disk.damaged_log(brand).and_then(|log| {
             let mode = Recovery::ReadOnly(snapshots);
             match BrandLedger::recover_with(Arc::new(log), key.clone(), brand, mode) {
                 Ok(ledger) => Some(ledger.state),
                 Err(e) => {
                     let error = crate::error::causes(&e);
-                    tracing::warn!(brand, error, "the refused brand's readable records do not recover: its tills are not known here");
+                    tracing::warn!(
+                        brand,
+                        error,
+                        "the refused brand's readable records do not recover"
+                    );
                     None
                 }
             }
         });
+        // After that replay's own lines, so that this is the last word.
+        tracing::error!(
+            brand,
+            error,
+            tills_known = known.is_some(),
+            "brand refused: its ledger on disk is damaged; it is not served and nothing of it is \
+             changed (the other brands are served). Restore it from a backup (docs/operations.md)"
+        );
         refused.push(Refused { brand, known });
     }
     refused
@@ -552,6 +558,7 @@ fn recover_all(
 mod tests {
     use super::*;
     use crate::crypto::write_key_file;
+    use crate::limits::LOG_SEGMENT_BYTES;
     use crate::testing;
 
     /// Two brands on a data directory whose server key is the fixture's.
@@ -566,6 +573,48 @@ mod tests {
             BrandLedger::create(store.clone(), old.clone(), brand, create).unwrap();
         }
         old
+    }
+
+    /// Cuts the last bytes off `brand`'s only segment: its log now ends
+    /// before its high-water mark.
+    fn cut_below_mark(data: &Path, brand: u32) -> Vec<u8> {
+        let dir = data.join(format!("log/brand-{brand:05}"));
+        let segment = dir.join(format!("{:020}.seg", 1));
+        let bytes = std::fs::read(&segment).unwrap();
+        std::fs::write(&segment, &bytes[..bytes.len() - 5]).unwrap();
+        bytes[..bytes.len() - 5].to_vec()
+    }
+
+    #[test]
+    fn a_damaged_brand_is_refused_alone_unless_no_brand_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        two_brands(&data);
+        let cut = cut_below_mark(&data, 2);
+        let ((_, _, ledgers), refused) = load_sparing(&data, LOG_SEGMENT_BYTES).unwrap();
+        let served: Vec<u32> = ledgers.iter().map(|l| l.brand_id()).collect();
+        assert_eq!(served, vec![1]);
+        let refused: Vec<u32> = refused.iter().map(|r| r.brand).collect();
+        assert_eq!(refused, vec![2]);
+        drop(ledgers);
+        let segment = data.join("log/brand-00002").join(format!("{:020}.seg", 1));
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            cut,
+            "the damaged log changed"
+        );
+        // With no whole brand left there is nothing to serve: the start
+        // fails with the damage, naming the brand.
+        cut_below_mark(&data, 1);
+        let err = load_sparing(&data, LOG_SEGMENT_BYTES)
+            .err()
+            .expect("started");
+        assert!(matches!(err, StartError::Storage { .. }), "{err}");
+        let text = crate::error::causes(&err);
+        assert!(
+            text.contains("brand 1") && text.contains("high-water mark"),
+            "{text}"
+        );
     }
 
     #[test]
