@@ -166,8 +166,9 @@ pub(super) fn decode_payload(
 }
 
 impl DiskStore {
-    /// Opens the store of `data_dir`, creating what is missing: the form
-    /// for `cardd serve` and `cardd brand create`.
+    /// Opens the store of `data_dir`, creating what is missing, every
+    /// brand's log whole or an error naming the brand: the form for `cardd
+    /// brand create` (`cardd serve` uses [`open_sparing`](Self::open_sparing)).
     pub fn open(data_dir: &Path) -> Result<Self> {
         Self::open_sized(data_dir, LOG_SEGMENT_BYTES)
     }
