@@ -676,14 +676,33 @@ fn route(shared: &Shared, session: &Session, req: &crate::pb::Request) -> Result
                 ..
             }),
         ) => match <[u8; 32]>::try_from(public_key.as_slice()) {
-            Ok(key) => match shared.keys.reserve(key, session.brand_id) {
-                None => Err(Refusal::new(E::KeyInUse, "this key is already enrolled")),
-                held => Ok(Route::Writer(held)),
-            },
+            Ok(key) => reserve_key(shared, key, session.brand_id),
             Err(_) => Ok(Route::Writer(None)),
         },
         Some(op) if super::personal::is_personal(op) => Ok(Route::Personal),
         _ => Ok(Route::Writer(None)),
+    }
+}
+
+/// Reserves `key` for an enrolment of `brand`. A key enrolled nowhere is
+/// not taken while a brand is refused for a damaged ledger: the keys that
+/// brand enrolled are known only as far as its log still reads, so another
+/// brand could take one of them (public keys are public) and, once the
+/// refused brand is repaired, its till would sign on as the other brand's.
+fn reserve_key(shared: &Shared, key: [u8; 32], brand: u32) -> Result<Route, Refusal> {
+    if let Some(refused) = shared.any_damaged() {
+        if shared.keys.get(&key).is_none() {
+            let why = format!(
+                "no new key can be enrolled while brand(s) {refused:?} are refused for a \
+                 damaged ledger (their keys cannot all be checked): try again once the \
+                 operator has repaired them (docs/operations.md)"
+            );
+            return Err(Refusal::new(E::ServerBusy, why));
+        }
+    }
+    match shared.keys.reserve(key, brand) {
+        None => Err(Refusal::new(E::KeyInUse, "this key is already enrolled")),
+        held => Ok(Route::Writer(held)),
     }
 }
 

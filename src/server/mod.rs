@@ -216,6 +216,14 @@ impl Shared {
         self.damaged.read().expect("damaged lock").contains(&brand)
     }
 
+    /// The brands refused at start-up for a damaged log, if any.
+    fn any_damaged(&self) -> Option<Vec<u32>> {
+        let damaged = self.damaged.read().expect("damaged lock");
+        let mut brands: Vec<u32> = damaged.iter().copied().collect();
+        brands.sort_unstable();
+        (!brands.is_empty()).then_some(brands)
+    }
+
     /// Stops serving `brand` at once (a replicated node that lost its
     /// lease): its writer refuses everything from now on.
     fn stop_brand(&self, brand: u32, why: String) {

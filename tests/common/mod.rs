@@ -168,6 +168,13 @@ impl Daemon {
         }
     }
 
+    /// A graceful stop (SIGTERM), waited for up to 30 s.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+            .expect("the daemon stops");
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

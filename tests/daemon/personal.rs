@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use cardd::limits::MAX_WRONG_PIN_TRIES;
 use cardd::pin::Purpose;
@@ -85,12 +84,6 @@ fn pin_rules(all_spends: bool, over_minor: i64) -> Op {
     Op::SetRules(pb::SetRules { rules: Some(rules) })
 }
 
-fn stop(mut d: Daemon) {
-    d.signal(libc::SIGTERM);
-    d.wait_exit(Duration::from_secs(30))
-        .expect("the daemon stops");
-}
-
 #[tokio::test]
 async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_throughout() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +118,7 @@ async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_t
         files_holding(&data, PHONE.as_bytes()),
         [Path::new("holders/brand-1")]
     );
-    stop(d);
+    d.stop();
     let before = dir.path().join("before.cardd");
     let report = run::export_and_verify(&data, 1, &before);
     assert_eq!(report["records"], FIRST_SEQ);
@@ -145,13 +138,13 @@ async fn a_holder_is_found_then_erased_from_every_file_and_the_ledger_verifies_t
     assert!(!view.named);
     assert_money(&view, 20_000, 0, 0);
     drop(t);
-    stop(d);
+    d.stop();
     // After a restart the store still has forgotten (nothing comes back
     // from a log or a snapshot), and no file under DATA holds the person.
     let d = Daemon::start(&data, &[]);
     let found = admin(&d, &demo, &["find-card", "--phone", PHONE]);
     assert!(found.contains("No card"), "{found}");
-    stop(d);
+    d.stop();
     for needle in [NAME, PHONE] {
         assert_eq!(
             files_holding(&data, needle.as_bytes()),
@@ -220,7 +213,7 @@ async fn five_wrong_pins_lock_the_card_across_a_kill_9_and_the_pin_is_in_no_expo
     assert_money(card_of(&second), 27_000, 0, 30);
     drop(t);
     drop(o);
-    stop(d);
+    d.stop();
     logs.push_str(&log.join().unwrap());
 
     assert!(
@@ -294,7 +287,7 @@ async fn a_pin_rule_over_an_amount_and_a_pin_set_at_a_till() {
         E::PinBlockInvalid
     );
     drop((t, o));
-    stop(d);
+    d.stop();
     let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
     assert_eq!(report["records"], FIRST_SEQ + 5);
 }
@@ -411,7 +404,7 @@ async fn a_resent_pin_request_is_answered_from_the_ledger_not_checked_again() {
     let r = pay(&mut t, 103, &card, 100, Some("1111")).await;
     assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
 /// A PIN change whose record stands but whose hash the PIN store could
@@ -472,13 +465,9 @@ async fn a_pin_change_whose_hash_was_not_stored_stores_it_when_resent() {
     let r = pay(&mut t, 104, &card, 100, Some("1111")).await;
     assert_eq!(purchased(&r.expect("new PIN")).approved_minor, 100);
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
-/// The same change resent after the server key rotated: its block, sealed
-/// to the old key, no longer opens. The till still gets the ledger's
-/// answer (not PIN_BLOCK_INVALID for a change that stands), the log tells
-/// the owner to set the PIN again, and once they do, that PIN pays.
 /// The same, where the kept hash is from before the store kept seqs (its
 /// file has none): that hash is older than any record, so the change the
 /// ledger holds is kept when resent, rather than the earlier PIN staying
@@ -506,9 +495,13 @@ async fn a_lost_hash_is_stored_when_resent_over_one_from_before_seqs() {
     let r = pay(&mut t, 103, &card, 100, Some(PIN)).await;
     assert_eq!(r.unwrap_err(), E::WrongPin, "the old PIN no longer works");
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
+/// The same change resent after the server key rotated: its block, sealed
+/// to the old key, no longer opens. The till still gets the ledger's
+/// answer (not PIN_BLOCK_INVALID for a change that stands), the log tells
+/// the owner to set the PIN again, and once they do, that PIN pays.
 #[tokio::test]
 async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answer() {
     let PinDemo {
@@ -521,7 +514,7 @@ async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answe
     } = pin_demo().await;
     let change = a_change_whose_hash_was_lost(&mut t, &demo, &card).await;
     drop((t, o));
-    stop(d);
+    d.stop();
     let data = demo.data.to_str().unwrap();
     run::cardd_ok(["rotate-server-key", "--data", data]);
     let (d, log) = Daemon::start_logged(&demo.data, &["--demo"], "warn");
@@ -537,7 +530,7 @@ async fn a_pin_change_resent_after_a_server_key_rotation_gets_the_ledger_s_answe
     let r = pay(&mut t, 102, &card, 100, Some("2222")).await;
     assert_eq!(purchased(&r.expect("the owner's PIN")).approved_minor, 100);
     drop((t, o));
-    stop(d);
+    d.stop();
     let log = log.join().expect("the log");
     assert!(
         log.contains("the owner must set the card's PIN again"),
@@ -721,7 +714,7 @@ async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again
         r.unwrap_or_else(|e| panic!("round {round}: the right PIN after the lift: {e:?}"));
     }
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
 /// An owner's unlock resent (its answer lost) after the card was locked
@@ -759,7 +752,7 @@ async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
         assert_eq!(r.unwrap_err(), E::PinLocked, "{pin}: still locked");
     }
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
 /// An owner's unlock resent (its answer lost) while the ledger still says
@@ -800,7 +793,7 @@ async fn a_resent_unlock_leaves_the_wrong_tries_counted_since() {
         "five wrong tries since the unlock"
     );
     drop((t, o));
-    stop(d);
+    d.stop();
 }
 
 /// True if the store still answers `card` for the holder's phone.
@@ -861,7 +854,7 @@ async fn an_erase_the_state_refuses_or_answers_from_the_ledger_keeps_the_holder(
     let mut t = demo.terminal(d.addr, 0).await;
     assert!(inquiry(&mut t, &card).await.named);
     drop((t, o));
-    stop(d);
+    d.stop();
     // Records: set-holder, erase, set-holder.
     let report = run::export_and_verify(&demo.data, 1, &dir.path().join("x.cardd"));
     assert_eq!(report["records"], FIRST_SEQ + 2);
