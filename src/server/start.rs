@@ -356,10 +356,54 @@ pub fn load_sparing(
         let path = data_dir.to_path_buf();
         return Err(StartError::Storage { path, source });
     }
-    let refused = refused_brands(&disk, &server_key, &snapshots);
+    let mut refused = refused_brands(&disk, &server_key, &snapshots);
     let store: Arc<dyn LogStore> = Arc::new(disk);
-    let loaded = recover_all(store, server_key, Recovery::FromSnapshot(&snapshots))?;
+    let (loaded, failed) = recover_sparing(store, server_key, &snapshots)?;
+    refused.extend(failed);
     Ok((loaded, refused))
+}
+
+/// [`recover_all`] for `cardd serve`: a brand whose records do not replay
+/// (damage the open could not see: a sealed segment's payload changed
+/// under a frame table that checks, a record rewritten with its checksum)
+/// is refused alone, logged, as one found damaged at the open is; its
+/// keys are not known. Fails, with the first brand's error, only if no
+/// brand recovers.
+fn recover_sparing(
+    store: Arc<dyn LogStore>,
+    server_key: Arc<SigningKey>,
+    snapshots: &Path,
+) -> Result<(Loaded, Vec<Refused>), StartError> {
+    let brands = store
+        .brands()
+        .map_err(|source| LedgerError::Storage { brand: 0, source })?;
+    let (mut ledgers, mut failed) = (Vec::new(), Vec::new());
+    let mode = Recovery::FromSnapshot(snapshots);
+    for brand in brands {
+        match BrandLedger::recover_with(store.clone(), server_key.clone(), brand, mode) {
+            Ok(ledger) => ledgers.push(ledger),
+            Err(e) => {
+                tracing::error!(
+                    brand,
+                    error = crate::error::causes(&e),
+                    "brand refused: its records on disk do not replay; it is not served and \
+                     nothing of it is changed (the other brands are served). Restore it from a \
+                     backup (docs/operations.md)"
+                );
+                failed.push((brand, e));
+            }
+        }
+    }
+    if ledgers.is_empty() {
+        if let Some((_, e)) = failed.into_iter().next() {
+            return Err(e.into());
+        }
+        return Ok(((store, server_key, ledgers), Vec::new()));
+    }
+    let refused = failed
+        .into_iter()
+        .map(|(brand, _)| Refused { brand, known: None });
+    Ok(((store, server_key, ledgers), refused.collect()))
 }
 
 /// Every brand `disk` set aside, each logged (ERROR) with its damage, and
@@ -614,6 +658,45 @@ mod tests {
         assert!(
             text.contains("brand 1") && text.contains("high-water mark"),
             "{text}"
+        );
+    }
+
+    /// A record rewritten with its checksum made anew (below the newest,
+    /// so the open's checks pass) is found only by the replay: that brand
+    /// is refused alone too, its log left as found, and the other served.
+    #[test]
+    fn a_brand_whose_records_do_not_replay_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        write_key_file(&server_key_path(&data), &testing::server_key()).unwrap();
+        {
+            let store: Arc<dyn LogStore> = Arc::new(DiskStore::open(&data).unwrap());
+            testing::provision(store.clone(), "Damaged", 10_000);
+            let owner = testing::key(20).verifying_key().to_bytes();
+            let create = testing::create_brand("Whole", &owner);
+            BrandLedger::create(store, testing::server_key(), 2, create).unwrap();
+        }
+        let mut commits = crate::storage::rewrite::read_commits(&data, testing::BRAND).unwrap();
+        assert!(commits.len() > 1, "the newest commit is left alone");
+        *commits[0][0].records[0].last_mut().unwrap() ^= 1;
+        crate::storage::rewrite::write_commits(&data, testing::BRAND, &commits).unwrap();
+        let segment = data.join(format!("log/brand-{:05}/{:020}.seg", testing::BRAND, 1));
+        let tampered = std::fs::read(&segment).unwrap();
+
+        let ((_, _, ledgers), refused) = load_sparing(&data, LOG_SEGMENT_BYTES).unwrap();
+        let served: Vec<u32> = ledgers.iter().map(|l| l.brand_id()).collect();
+        assert_eq!(served, vec![2]);
+        let refused: Vec<(u32, bool)> = refused
+            .iter()
+            .map(|r| (r.brand, r.known.is_some()))
+            .collect();
+        assert_eq!(refused, vec![(testing::BRAND, false)]);
+        drop(ledgers);
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            tampered,
+            "the log changed"
         );
     }
 
