@@ -140,8 +140,9 @@ impl Follower {
     }
 
     /// Takes the next message of the stream: a run already in the local
-    /// log is skipped, an unfinished commit waits for its last run, a
-    /// finished one is checked and committed to `disk`.
+    /// log is passed once found the same bytes there, an unfinished commit
+    /// waits for its last run, a finished one is checked and committed to
+    /// `disk`.
     pub fn take(&mut self, disk: &dyn LogStore, run: Run) -> Result<(), ReplicaError> {
         let brand = self.ledger.brand_id();
         let local = self.ledger.state.seq;
@@ -154,7 +155,7 @@ impl Follower {
         }
         let b = run.batch;
         if b.last_seq <= local {
-            return Ok(());
+            return same_as_stored(disk, brand, run.stream_seq, &b);
         }
         let next = self.pending.last().map_or(local, |p| p.last_seq) + 1;
         if b.first_seq != next {
@@ -187,6 +188,30 @@ impl Follower {
         self.ledger.follow_batch(disk, &records, &b.checkpoint)?;
         Ok(())
     }
+}
+
+/// Checks a stream message whose records the local log already holds
+/// (`run`, at `stream_seq`): it never reaches [`BrandLedger::follow_batch`],
+/// so without this a stream that is another chain at those places would
+/// pass unseen, and the follower would go on after a record the stream
+/// does not hold.
+fn same_as_stored(
+    disk: &dyn LogStore,
+    brand: u32,
+    stream_seq: u64,
+    run: &StoredBatch,
+) -> Result<(), ReplicaError> {
+    for (seq, bytes) in (run.first_seq..).zip(&run.records) {
+        if disk.record(brand, seq)?.as_ref() != Some(bytes) {
+            return Err(ReplicaError::Diverged {
+                brand,
+                what: format!(
+                    "message {stream_seq} holds another record {seq} than this node's local log"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Brings `follower`'s local log up to the end of its stream (reading each
@@ -327,4 +352,63 @@ async fn read_stream(
         }
     }
     Ok(tx.is_closed())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::DiskStore;
+    use crate::testing::{self, BRAND};
+
+    /// A follower of a provisioned brand, its local log, and the run the
+    /// stream would carry for the local log's last commit.
+    fn a_follower(dir: &std::path::Path) -> (Follower, Arc<dyn LogStore>, Run) {
+        let disk: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir).unwrap());
+        let (ledger, _) = testing::provision(disk.clone(), "s", 10_000);
+        let seq = ledger.state.seq;
+        let batch = StoredBatch {
+            first_seq: seq,
+            last_seq: seq,
+            checkpoint: disk.last_checkpoint(BRAND).unwrap().unwrap(),
+            nodes: Vec::new(),
+            records: vec![disk.record(BRAND, seq).unwrap().unwrap()],
+        };
+        let run = Run {
+            stream_seq: 7,
+            batch,
+        };
+        (Follower::new(ledger), disk, run)
+    }
+
+    /// A stream message holding a record the local log holds too is the
+    /// same bytes (the one chain, read again), and changes nothing.
+    #[test]
+    fn a_run_the_local_log_already_holds_byte_for_byte_is_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut follower, disk, run) = a_follower(dir.path());
+        let state = follower.ledger.state.clone();
+        follower.take(disk.as_ref(), run).unwrap();
+        assert_eq!(follower.ledger.state, state);
+        assert_eq!(follower.stream_seq, 7);
+    }
+
+    /// Another record where the local log holds one is another chain:
+    /// the follower stops (named), it does not pass over it.
+    #[test]
+    fn a_run_holding_another_record_than_the_local_log_is_a_diverged_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut follower, disk, mut run) = a_follower(dir.path());
+        let seq = run.batch.last_seq;
+        let last = run.batch.records[0].last_mut().expect("a byte");
+        *last ^= 1;
+        match follower.take(disk.as_ref(), run) {
+            Err(ReplicaError::Diverged { brand, what }) => {
+                assert_eq!(brand, BRAND);
+                assert!(what.contains(&format!("record {seq}")), "{what}");
+            }
+            other => panic!("expected a diverged stream, got {other:?}"),
+        }
+    }
 }
