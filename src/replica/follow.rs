@@ -252,10 +252,23 @@ pub fn catch_up(
     Ok(end)
 }
 
+/// What the reader of a stream hands its follower.
+enum Read {
+    /// A message, and whether none followed it in the stream when it was
+    /// delivered.
+    Run(Run, bool),
+    /// The stream held nothing after the local chain when the reader
+    /// (re)started.
+    AtEnd,
+}
+
 /// Follows `brand`'s stream until `stop` is cancelled or an error: an
 /// ordered consumer on the connection's runtime reads from the first
 /// message after the local chain, and the calling thread checks and
 /// commits each commit, then shows `committed` the state it reached.
+/// `caught_up` is called each time the local log has reached the stream's
+/// end as the reader last saw it: a take-over before that would read the
+/// rest itself, where the caller may be waiting on it.
 /// The standby's loop for one brand; an error stops following it.
 pub fn follow_brand(
     nats: &Nats,
@@ -263,10 +276,11 @@ pub fn follow_brand(
     mut follower: Follower,
     stop: CancellationToken,
     committed: &dyn Fn(&crate::state::BrandState),
+    caught_up: &dyn Fn(),
 ) -> Result<Follower, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let local = follower.ledger.state.seq;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Run, ReplicaError>>(256);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Read, ReplicaError>>(256);
     let js = nats.jetstream();
     nats.spawn(async move {
         tokio::select! {
@@ -280,11 +294,18 @@ pub fn follow_brand(
     });
     // Ends when the reader does (stopped, or the stream ended with an error
     // sent first).
-    while let Some(run) = rx.blocking_recv() {
+    while let Some(read) = rx.blocking_recv() {
+        let Read::Run(run, newest) = read? else {
+            caught_up();
+            continue;
+        };
         let before = follower.ledger.state.seq;
-        follower.take(disk, run?)?;
+        follower.take(disk, run)?;
         if follower.ledger.state.seq != before {
             committed(&follower.ledger.state);
+        }
+        if newest {
+            caught_up();
         }
     }
     Ok(follower)
@@ -297,7 +318,7 @@ async fn read_patiently(
     js: async_nats::jetstream::Context,
     brand: u32,
     mut local: u64,
-    tx: &tokio::sync::mpsc::Sender<Result<Run, ReplicaError>>,
+    tx: &tokio::sync::mpsc::Sender<Result<Read, ReplicaError>>,
 ) -> Result<(), ReplicaError> {
     loop {
         match read_stream(js.clone(), brand, &mut local, tx).await {
@@ -314,14 +335,15 @@ async fn read_patiently(
 }
 
 /// Sends every message of the brand's stream from the first one after
-/// record `local` to `tx`, as they come; `local` follows the last complete
-/// commit sent. True once the follower has stopped (`tx` closed), false
-/// if the consumer ended.
+/// record `local` to `tx`, as they come, each saying whether it was the
+/// newest ([`Read::AtEnd`] first if there is none); `local` follows the
+/// last complete commit sent. True once the follower has stopped (`tx`
+/// closed), false if the consumer ended.
 async fn read_stream(
     js: async_nats::jetstream::Context,
     brand: u32,
     local: &mut u64,
-    tx: &tokio::sync::mpsc::Sender<Result<Run, ReplicaError>>,
+    tx: &tokio::sync::mpsc::Sender<Result<Read, ReplicaError>>,
 ) -> Result<bool, ReplicaError> {
     let stream = brand_stream(&js, brand).await?;
     let start_sequence = read_from(&stream, brand, *local).await?;
@@ -338,13 +360,17 @@ async fn read_stream(
         })
         .await
         .map_err(|e| following(&e))?;
+    if consumer.cached_info().num_pending == 0 && tx.send(Ok(Read::AtEnd)).await.is_err() {
+        return Ok(true);
+    }
     let mut messages = consumer.messages().await.map_err(|e| following(&e))?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| following(&e))?;
-        let seq = m.info().map_err(|e| following(&e))?.stream_sequence;
+        let info = m.info().map_err(|e| following(&e))?;
+        let (seq, newest) = (info.stream_sequence, info.pending == 0);
         let run = Run::decode(brand, seq, m.headers.as_ref(), &m.payload)?;
         let ends_commit = (!run.batch.checkpoint.is_empty()).then_some(run.batch.last_seq);
-        if tx.send(Ok(run)).await.is_err() {
+        if tx.send(Ok(Read::Run(run, newest))).await.is_err() {
             return Ok(true);
         }
         if let Some(last) = ends_commit {

@@ -60,9 +60,10 @@ fn lasting(e: &ReplicaError) -> bool {
 struct Following {
     stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
-    /// Set once its ledger is recovered: until then a take-over would
-    /// join a thread still replaying, and the lease loop, which renews
-    /// every other brand's lease, would wait for it.
+    /// Set once its ledger is recovered and has read the stream to its end
+    /// (as last seen): until then a take-over would join a thread still
+    /// replaying, or read the rest of the stream itself, and the lease
+    /// loop, which renews every other brand's lease, would wait for it.
     ready: Arc<AtomicBool>,
 }
 
@@ -425,7 +426,7 @@ impl Node {
         );
         let token = stop.clone();
         let ready = Arc::new(AtomicBool::new(false));
-        let recovered = ready.clone();
+        let caught_up = ready.clone();
         let thread = std::thread::Builder::new()
             .name(format!("follow-{brand}"))
             .spawn(move || {
@@ -433,11 +434,12 @@ impl Node {
                     gauge.set(state.seq as i64);
                     keys.add_brand(state);
                 };
+                let caught_up = || caught_up.store(true, Ordering::Release);
                 let followed = start().and_then(|ledger| {
-                    recovered.store(true, Ordering::Release);
                     committed(&ledger.state);
                     let follower = Follower::new(ledger);
-                    follow::follow_brand(&nats, disk.as_ref(), follower, token, &committed)
+                    let (disk, stop) = (disk.as_ref(), token);
+                    follow::follow_brand(&nats, disk, follower, stop, &committed, &caught_up)
                 });
                 if let Err(e) = &followed {
                     let error = crate::error::causes(e);
@@ -555,6 +557,9 @@ impl Node {
                 continue;
             }
             if !self.followers[&brand].ready.load(Ordering::Acquire) {
+                // Not taken before it has caught up, but its tills are told
+                // where it is served meanwhile.
+                self.name_holder(brand, shared);
                 continue;
             }
             let sent = Instant::now();
@@ -565,19 +570,22 @@ impl Node {
                     self.held.insert(brand, revision);
                     self.take_lapsed_one(brand, shared, writers);
                 }
-                Ok(None) => {
-                    // Held elsewhere: its holder is named to this brand's tills.
-                    if let Some(holder) = self.leases.holder(brand) {
-                        let addr = holder.split_once(' ').map_or("", |(_, a)| a).to_string();
-                        let mut known = shared.active_elsewhere.write().expect("holders lock");
-                        known.insert(brand, addr);
-                    }
-                }
+                Ok(None) => self.name_holder(brand, shared),
                 Err(e) => {
                     let error = crate::error::causes(&e);
                     tracing::warn!(brand, error, "could not look at the brand's lease");
                 }
             }
+        }
+    }
+
+    /// Names the holder of `brand`'s lease, if another node holds it, to
+    /// the brand's tills (their NOT_ACTIVE says where to go).
+    fn name_holder(&self, brand: u32, shared: &Shared) {
+        if let Some(holder) = self.leases.holder(brand) {
+            let addr = holder.split_once(' ').map_or("", |(_, a)| a).to_string();
+            let mut known = shared.active_elsewhere.write().expect("holders lock");
+            known.insert(brand, addr);
         }
     }
 

@@ -16,7 +16,8 @@
 //!   following and catching up at once, named;
 //! - `seeding`: a take-over completes a stream holding a prefix of the
 //!   local log before anything new, and refuses (that brand alone) a
-//!   stream that is another chain;
+//!   stream that is another chain; long seedings and catch-ups keep the
+//!   other leases;
 //! - `jepsen`: steady purchases from two tills through a kill -9, a pause
 //!   past the lease and a lost NATS node.
 #[path = "../common/mod.rs"]
@@ -108,10 +109,12 @@ pub async fn lease_entry(
 /// "no responders" (`StreamNotFound`) until its replicas elect a leader, so
 /// both steps are tried again for up to 30 s, as cardd's own
 /// `replica::patiently` does; "no responders" means nothing was stored, so
-/// the retry cannot append twice.
+/// the retry cannot append twice. Once the first run is stored the stream
+/// has a leader: the rest are sent without waiting for each answer (in
+/// order, on the one connection), so a long brand lands on its stream
+/// faster than a follower can read it.
 pub async fn put_runs(js: &jetstream::Context, brand: u32, batches: &[StoredBatch]) {
     use async_nats::jetstream::context::PublishErrorKind;
-    use async_nats::jetstream::message::PublishMessage;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let pause = || tokio::time::sleep(std::time::Duration::from_millis(250));
     while let Err(e) = replica::brand_stream(js, brand).await {
@@ -121,25 +124,41 @@ pub async fn put_runs(js: &jetstream::Context, brand: u32, batches: &[StoredBatc
         );
         pause().await;
     }
-    for batch in batches {
-        loop {
-            let first = batch.first_seq.to_string();
-            let msg = PublishMessage::build()
-                .payload(batch.encode().into())
-                .header(replica::FIRST_SEQ_HEADER, first.as_str());
-            let sent = js.send_publish(replica::subject(brand), msg).await;
-            match sent.expect("sent").await {
-                Ok(_) => break,
-                Err(e)
-                    if e.kind() == PublishErrorKind::StreamNotFound
-                        && std::time::Instant::now() < deadline =>
-                {
-                    pause().await
-                }
-                Err(e) => panic!("the append: {e}"),
+    let Some((first, rest)) = batches.split_first() else {
+        return;
+    };
+    loop {
+        let sent = js.send_publish(replica::subject(brand), run_message(first));
+        match sent.await.expect("sent").await {
+            Ok(_) => break,
+            Err(e)
+                if e.kind() == PublishErrorKind::StreamNotFound
+                    && std::time::Instant::now() < deadline =>
+            {
+                pause().await
             }
+            Err(e) => panic!("the append: {e}"),
         }
     }
+    for window in rest.chunks(256) {
+        let mut acks = Vec::with_capacity(window.len());
+        for batch in window {
+            let sent = js.send_publish(replica::subject(brand), run_message(batch));
+            acks.push(sent.await.expect("sent"));
+        }
+        for ack in acks {
+            ack.await.expect("the append");
+        }
+    }
+}
+
+/// `batch` as a writer's stream message (its first record's seq in a
+/// header).
+fn run_message(batch: &StoredBatch) -> async_nats::jetstream::message::PublishMessage {
+    let first = batch.first_seq.to_string();
+    async_nats::jetstream::message::PublishMessage::build()
+        .payload(batch.encode().into())
+        .header(replica::FIRST_SEQ_HEADER, first.as_str())
 }
 
 /// Every run on `brand`'s stream, in stream order.

@@ -61,8 +61,14 @@ async fn a_message_deleted_below_the_newest_stops_following_with_an_error() {
         let caught = follow::catch_up(&nats, disk.as_ref(), &mut Follower::new(ledger()));
         let _ = tx.send(("catch_up", caught.map(|_| ())));
         let stop = CancellationToken::new();
-        let followed =
-            follow::follow_brand(&nats, disk.as_ref(), Follower::new(ledger()), stop, &|_| {});
+        let followed = follow::follow_brand(
+            &nats,
+            disk.as_ref(),
+            Follower::new(ledger()),
+            stop,
+            &|_| {},
+            &|| {},
+        );
         let _ = tx.send(("follow_brand", followed.map(|_| ())));
     });
     for expected in ["catch_up", "follow_brand"] {

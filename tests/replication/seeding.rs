@@ -2,8 +2,9 @@
 //! local log does: a stream holding a prefix of the local log (a seeding
 //! that stopped part-way: a publish timeout, a lease lapse, a crash) is
 //! completed before anything new is written, and a stream that is another
-//! chain is refused, for that brand alone. A long seeding keeps the leases
-//! of the brands the node already serves.
+//! chain is refused, for that brand alone. A long seeding, and a take-over
+//! of a long brand far behind, keep the leases of the brands the node
+//! already serves.
 use std::path::Path;
 
 use async_nats::jetstream;
@@ -217,14 +218,29 @@ const LONGER_THAN_A_LEASE: std::time::Duration = std::time::Duration::from_milli
 /// `testing::provision` makes it (its card returned), then brand 2 with
 /// [`LONG_SEED_COMMITS`] top-ups, each a commit, all made offline.
 fn a_short_brand_then_a_long_one(data: &Path) -> String {
-    use cardd::ledger::{BrandLedger, Submission};
-    use cardd::state::Principal;
+    let (store, card) = a_short_brand(data);
+    a_long_brand(store);
+    card
+}
+
+/// A data directory under the fixture's server key holding brand 1 as
+/// `testing::provision` makes it: its store and card.
+fn a_short_brand(data: &Path) -> (std::sync::Arc<dyn LogStore>, String) {
     use cardd::testing;
     std::fs::create_dir_all(data).unwrap();
     let key_path = cardd::server::server_key_path(data);
     cardd::crypto::write_key_file(&key_path, &testing::server_key()).unwrap();
     let store: std::sync::Arc<dyn LogStore> = std::sync::Arc::new(DiskStore::open(data).unwrap());
     let (_, card) = testing::provision(store.clone(), "Served", 10_000);
+    (store, card)
+}
+
+/// Brand 2 in `store`, under the fixture's server key: its setup, then
+/// [`LONG_SEED_COMMITS`] top-ups, each a commit.
+fn a_long_brand(store: std::sync::Arc<dyn LogStore>) {
+    use cardd::ledger::{BrandLedger, Submission};
+    use cardd::state::Principal;
+    use cardd::testing;
     let (owner, till) = (testing::key(20), testing::key(21));
     let create = testing::create_brand("Seeded", &owner.verifying_key().to_bytes());
     let mut ledger = BrandLedger::create(store, testing::server_key(), 2, create).unwrap();
@@ -246,7 +262,6 @@ fn a_short_brand_then_a_long_one(data: &Path) -> String {
     for sub in owner_subs.chain(top_ups) {
         ledger.submit_now(sub).unwrap().unwrap();
     }
-    card
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +293,67 @@ async fn a_long_seeding_keeps_the_lease_of_a_brand_already_served() {
         !log.contains("lease lost") && !log.contains("brand halted"),
         "brand 1 kept its lease through brand 2's seeding:\n{log}"
     );
+}
+
+/// A node serving brand 1 finds brand 2 created elsewhere, its stream
+/// already long, and takes its free lease: the take-over waits until its
+/// follower has read the stream to the end, so the lease loop (which
+/// renews brand 1's lease) never reads thousands of commits itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_served() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (elsewhere, data) = (dir.path().join("elsewhere"), dir.path().join("data"));
+    let (store, _) = a_short_brand(&elsewhere);
+    a_long_brand(store);
+    let long = local_commits(&elsewhere, 2);
+    let (_, card) = a_short_brand(&data);
+    let urls = cluster.urls();
+    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    // Brand 2 appears with its whole stream, far ahead of this node's
+    // (empty) local log of it.
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, 2, &long).await;
+    // Taken over: the node's fence ends the stream.
+    let taken_within = std::time::Instant::now() + TAKEN_WITHIN;
+    while !fenced_after(&js, 2, long.len()).await {
+        assert!(
+            std::time::Instant::now() < taken_within,
+            "brand 2 not taken over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A lease that lapsed during the take-over is lost at the next looks.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(&card, 100)).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        !log.contains("lease lost") && !log.contains("brand halted"),
+        "brand 1 kept its lease through brand 2's take-over:\n{log}"
+    );
+}
+
+/// How long a node may take to read brand 2's long stream and take its
+/// free lease (a loaded 2-core machine reads a few thousand commits in
+/// seconds).
+const TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether `brand`'s stream holds a fence after its first `runs` messages.
+async fn fenced_after(js: &jetstream::Context, brand: u32, runs: usize) -> bool {
+    let Ok(mut stream) = js.get_stream(cardd::replica::stream_name(brand)).await else {
+        return false;
+    };
+    let last = match stream.info().await {
+        Ok(info) => info.state.last_sequence,
+        Err(_) => return false,
+    };
+    if last <= runs as u64 {
+        return false;
+    }
+    let newest = stream.get_raw_message(last).await;
+    newest.is_ok_and(|m| m.headers.get(cardd::replica::FENCE_HEADER).is_some())
 }
