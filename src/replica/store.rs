@@ -140,15 +140,11 @@ impl ReplicatedStore {
     /// replication (on a single node, or offline: `after` 0), or one whose
     /// seeding stopped part-way (a publish timeout, a crash; `after` is
     /// where its stream ends, which [`compare_ends`](Self::compare_ends)
-    /// found to be the local log's up to there). `keep_lease` is called
-    /// after each commit (a long history outlasts a lease). Returns the
+    /// found to be the local log's up to there). A long history outlasts
+    /// a lease: the caller keeps the leases renewed meanwhile, and each
+    /// commit is appended only while this brand's is good. Returns the
     /// commits appended.
-    pub fn seed(
-        &self,
-        brand: u32,
-        after: u64,
-        keep_lease: &mut dyn FnMut() -> std::result::Result<(), ReplicaError>,
-    ) -> std::result::Result<u64, ReplicaError> {
+    pub fn seed(&self, brand: u32, after: u64) -> std::result::Result<u64, ReplicaError> {
         use prost::Message;
         // The stream's tail is read again (an earlier stint as the brand's
         // writer may have left one that is stale now).
@@ -181,7 +177,6 @@ impl ReplicatedStore {
             }
             let refs: Vec<(u64, &[u8])> = batch.iter().map(|(s, b)| (*s, b.as_slice())).collect();
             self.replicate(brand, &refs, &checkpoint)?;
-            keep_lease()?;
             (commits, last) = (commits + 1, size);
         }
         tracing::info!(

@@ -81,7 +81,114 @@ async fn every_renewal(until: &CancellationToken, mut work: impl FnMut()) {
     }
 }
 
-/// Stops [`Node::renewing`]'s renewer when dropped.
+/// Runs `work` while a thread renews every lease in `held` every
+/// [`RENEW_EVERY`]: a take-over (reading the stream, seeding it, each
+/// append retried for up to 10 s) and the demo's provisioning each can
+/// outlast a lease, and the lease loop, which renews them otherwise, waits
+/// for them. A lease of a brand `halted` says stopped on this node is left
+/// alone: renewing it would keep a standby from taking that brand. A
+/// failed renewal is left to the lease loop, which stops that brand if its
+/// deadline passes (the store appends nothing for a brand whose lease
+/// clock ran out, the one taken over too).
+fn renewing<T>(
+    leases: &Leases,
+    clock: &LeaseClock,
+    held: &mut HashMap<u32, u64>,
+    halted: &(dyn Fn(u32) -> bool + Sync),
+    work: impl FnOnce() -> T,
+) -> T {
+    let revisions = std::sync::Mutex::new(std::mem::take(held));
+    let done = AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        let renewer = s.spawn(|| loop {
+            std::thread::park_timeout(RENEW_EVERY);
+            if done.load(Ordering::Acquire) {
+                break;
+            }
+            let mut revisions = revisions.lock().expect("revisions lock");
+            renew_each(leases, clock, &mut revisions, halted);
+        });
+        // Stops the renewer however `work` ends (a panic too: the scope
+        // would otherwise wait for it forever, renewing the leases).
+        let _stop = StopRenewer {
+            done: &done,
+            renewer: renewer.thread(),
+        };
+        work()
+    });
+    *held = revisions.into_inner().expect("revisions lock");
+    out
+}
+
+/// One round of [`renewing`].
+fn renew_each(
+    leases: &Leases,
+    clock: &LeaseClock,
+    held: &mut HashMap<u32, u64>,
+    halted: &(dyn Fn(u32) -> bool + Sync),
+) {
+    for (&brand, revision) in held.iter_mut() {
+        if halted(brand) {
+            continue;
+        }
+        let sent = Instant::now();
+        match leases.renew(brand, *revision) {
+            Ok(renewed) => {
+                *revision = renewed;
+                clock.renewed(brand, sent);
+            }
+            Err(e) => {
+                let error = crate::error::causes(&e);
+                tracing::warn!(brand, error, "lease not renewed; retrying");
+            }
+        }
+    }
+}
+
+/// Whether `brand` is served here and its writer stopped (a failed
+/// commit): its lease is given up, never renewed.
+fn halted_on(shared: &Shared, brand: u32) -> bool {
+    shared.brand(brand).is_some_and(|h| h.is_halted())
+}
+
+/// [`Node::take_over`]'s reading, seeding and fencing. A brand whose
+/// local log holds more than its stream (it predates replication, or its
+/// seeding stopped part-way) gets the rest of its stream seeded from it
+/// (`ReplicatedStore::seed`) before the fence.
+fn take_over_rounds(
+    nats: &Nats,
+    store: &ReplicatedStore,
+    follower: &mut Follower,
+) -> Result<(), ReplicaError> {
+    let brand = follower.ledger.brand_id();
+    let disk = store.disk().clone();
+    // Each round that does not fence (the previous writer's last
+    // append came first, or a seeding) reads the stream again.
+    for _ in 0..TAKE_OVER_ROUNDS {
+        let end = follow::catch_up(nats, disk.as_ref(), follower)?;
+        let state = &follower.ledger.state;
+        let local = (state.seq, state.head_hash);
+        match store.compare_ends(brand, end, local)? {
+            Ends::Same => match store.fence(brand, end, local) {
+                Ok(()) => return Ok(()),
+                Err(ReplicaError::Fenced { .. }) => {}
+                Err(e) => return Err(e),
+            },
+            // A seeding that stopped part-way (or none yet): the
+            // records only this disk holds go on the stream first,
+            // before anything new is written after them.
+            Ends::StreamBehind => {
+                store.seed(brand, end.record_seq)?;
+            }
+        }
+    }
+    Err(ReplicaError::Unsettled {
+        brand,
+        rounds: TAKE_OVER_ROUNDS,
+    })
+}
+
+/// Stops [`renewing`]'s renewer when dropped.
 struct StopRenewer<'a> {
     done: &'a std::sync::atomic::AtomicBool,
     renewer: &'a std::thread::Thread,
@@ -207,7 +314,8 @@ pub(super) fn start(
         if let Some(revision) = node.take_patiently(DEMO_BRAND)? {
             node.clock.renewed(DEMO_BRAND, sent);
             node.held.insert(DEMO_BRAND, revision);
-            let provisioned = node.renewing(DEMO_BRAND, || {
+            let (leases, clock) = (&node.leases, &node.clock);
+            let provisioned = renewing(leases, clock, &mut node.held, &|_| false, || {
                 crate::demo::provision(&config.data_dir, store.clone(), server_key.clone())
             });
             ledgers.push(provisioned?);
@@ -219,7 +327,7 @@ pub(super) fn start(
         node.refuse(&ledger, &shared.keys);
     }
     for ledger in ledgers {
-        match node.take_at_start(ledger, config.standby)? {
+        match node.take_at_start(ledger, config.standby, &shared)? {
             AtStart::Serve(ledger) => shared.serve_brand(ledger, writers),
             AtStart::Follow(ledger) => node.follow(ledger, &shared.keys),
             AtStart::Refused(ledger) => node.refuse(&ledger, &shared.keys),
@@ -239,7 +347,12 @@ impl Node {
     /// to serve; else the ledger back, to follow. A take-over that fails
     /// (the stream and the local log are not one chain, NATS gave up)
     /// refuses this brand alone: logged, its lease given up.
-    fn take_at_start(&mut self, ledger: BrandLedger, standby: bool) -> Result<AtStart, StartError> {
+    fn take_at_start(
+        &mut self,
+        ledger: BrandLedger,
+        standby: bool,
+        shared: &Shared,
+    ) -> Result<AtStart, StartError> {
         let brand = ledger.brand_id();
         if standby {
             return Ok(AtStart::Follow(ledger));
@@ -254,7 +367,7 @@ impl Node {
         }
         let seq = ledger.state.seq;
         let mut follower = Follower::new(ledger);
-        match self.take_over(&mut follower) {
+        match self.take_over(&mut follower, shared) {
             Ok(()) => Ok(AtStart::Serve(follower.ledger)),
             Err(e) if !lasting(&e) => {
                 // A passing failure (an append not acknowledged while the
@@ -278,45 +391,6 @@ impl Node {
         }
     }
 
-    /// Runs `work` while a thread renews `brand`'s lease every
-    /// [`RENEW_EVERY`]: provisioning the demo commits dozens of records,
-    /// each replicated, which on a busy machine outlasts the lease.
-    fn renewing<T>(&mut self, brand: u32, work: impl FnOnce() -> T) -> T {
-        let revision = std::sync::Mutex::new(self.held[&brand]);
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let (leases, clock) = (&self.leases, &self.clock);
-        let out = std::thread::scope(|s| {
-            let renewer = s.spawn(|| loop {
-                std::thread::park_timeout(RENEW_EVERY);
-                if done.load(std::sync::atomic::Ordering::Acquire) {
-                    break;
-                }
-                let sent = Instant::now();
-                let mut held = revision.lock().expect("revision lock");
-                match leases.renew(brand, *held) {
-                    Ok(renewed) => {
-                        *held = renewed;
-                        clock.renewed(brand, sent);
-                    }
-                    Err(e) => {
-                        let error = crate::error::causes(&e);
-                        tracing::warn!(brand, error, "lease not renewed; retrying");
-                    }
-                }
-            });
-            // Stops the renewer however `work` ends (a panic too: the scope
-            // would otherwise wait for it forever, renewing the lease).
-            let _stop = StopRenewer {
-                done: &done,
-                renewer: renewer.thread(),
-            };
-            work()
-        });
-        let revision = revision.into_inner().expect("revision lock");
-        self.held.insert(brand, revision);
-        out
-    }
-
     /// [`Leases::take`] at start-up, tried again for a few seconds: a lease
     /// bucket just created, or a cluster just formed, answers "no
     /// responders" until its stream has a leader.
@@ -330,66 +404,14 @@ impl Node {
     /// fence, so that nothing the previous writer still sends is taken; the
     /// ledger is then this node's to serve. A stream and a local log that
     /// are not one chain fail with [`ReplicaError::Diverged`]: the brand is
-    /// not this node's to serve.
-    fn take_over(&mut self, follower: &mut Follower) -> Result<(), ReplicaError> {
-        let brand = follower.ledger.brand_id();
-        let disk = self.store.disk().clone();
-        // Each round that does not fence (the previous writer's last
-        // append came first, or a seeding) reads the stream again.
-        for _ in 0..TAKE_OVER_ROUNDS {
-            let end = follow::catch_up(&self.nats, disk.as_ref(), follower)?;
-            let state = &follower.ledger.state;
-            let local = (state.seq, state.head_hash);
-            match self.store.compare_ends(brand, end, local)? {
-                Ends::Same => match self.store.fence(brand, end, local) {
-                    Ok(()) => return Ok(()),
-                    Err(ReplicaError::Fenced { .. }) => {}
-                    Err(e) => return Err(e),
-                },
-                // A seeding that stopped part-way (or none yet): the
-                // records only this disk holds go on the stream first,
-                // before anything new is written after them.
-                Ends::StreamBehind => {
-                    self.seed(brand, end.record_seq)?;
-                }
-            }
-        }
-        Err(ReplicaError::Unsettled {
-            brand,
-            rounds: TAKE_OVER_ROUNDS,
+    /// not this node's to serve. Every lease held is renewed meanwhile
+    /// ([`renewing`]; not those of brands halted on `shared`).
+    fn take_over(&mut self, follower: &mut Follower, shared: &Shared) -> Result<(), ReplicaError> {
+        let (nats, store) = (&self.nats, &self.store);
+        let halted = |brand| halted_on(shared, brand);
+        renewing(&self.leases, &self.clock, &mut self.held, &halted, || {
+            take_over_rounds(nats, store, follower)
         })
-    }
-
-    /// A brand whose local log holds more than its stream (it predates
-    /// replication, or its seeding stopped part-way) gets the rest of its
-    /// stream seeded from it (`ReplicatedStore::seed`, after record
-    /// `after`). Every lease held is renewed along, not only this brand's:
-    /// a long history outlasts a lease, and the lease loop (or, at start,
-    /// the loop over the brands) waits for the seeding. A failed renewal of
-    /// another brand is left to the lease loop, which stops that brand if
-    /// its deadline passes.
-    fn seed(&mut self, brand: u32, after: u64) -> Result<u64, ReplicaError> {
-        let (store, leases, clock, held) = (&self.store, &self.leases, &self.clock, &mut self.held);
-        let mut renewed = Instant::now();
-        let mut keep_leases = || {
-            if renewed.elapsed() < RENEW_EVERY {
-                return Ok(());
-            }
-            let sent = Instant::now();
-            for (b, revision) in held.clone() {
-                match leases.renew(b, revision) {
-                    Ok(revision) => {
-                        held.insert(b, revision);
-                        clock.renewed(b, sent);
-                    }
-                    Err(e) if b == brand => return Err(e),
-                    Err(_) => {} // the lease loop's to judge, once seeding ends
-                }
-            }
-            renewed = sent;
-            Ok(())
-        };
-        store.seed(brand, after, &mut keep_leases)
     }
 
     /// Follows `ledger`'s brand on a thread of its own. Its keys, as of
@@ -502,7 +524,7 @@ impl Node {
     /// node's own deadline stops its brand at once.
     fn renew_held(&mut self, shared: &Shared) {
         for (brand, revision) in self.held.clone() {
-            if shared.brand(brand).is_some_and(|h| h.is_halted()) {
+            if halted_on(shared, brand) {
                 // Its writer stopped here (a failed commit): renewing would
                 // keep every other node from serving it until a restart.
                 // The lease is given up (or lapses) and a standby takes it.
@@ -593,7 +615,7 @@ impl Node {
     /// lease up again if taking the brand over fails (its follower is then
     /// gone: the brand rests before it is followed again).
     fn take_lapsed_one(&mut self, brand: u32, shared: &Shared, writers: &TaskTracker) {
-        match self.promote(brand) {
+        match self.promote(brand, shared) {
             Ok(ledger) => {
                 tracing::warn!(
                     brand,
@@ -655,14 +677,14 @@ impl Node {
     }
 
     /// Stops `brand`'s follower and takes the brand over.
-    fn promote(&mut self, brand: u32) -> Result<BrandLedger, ReplicaError> {
+    fn promote(&mut self, brand: u32, shared: &Shared) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
         let mut follower = f
             .thread
             .join()
             .map_err(|_| ReplicaError::Panicked { brand })??;
-        self.take_over(&mut follower)?;
+        self.take_over(&mut follower, shared)?;
         Ok(follower.ledger)
     }
 

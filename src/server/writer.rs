@@ -126,7 +126,13 @@ impl BrandHandle {
             copy: copy.and_then(start_copy),
         };
         let halted: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        tracker.spawn(commit_in_order(committer, ledger.checkpoint(), jobs_rx));
+        let stopped = halted.clone();
+        tracker.spawn(commit_in_order(
+            committer,
+            ledger.checkpoint(),
+            jobs_rx,
+            stopped,
+        ));
         tracker.spawn(apply_in_order(ledger, rx, jobs_tx, halted.clone()));
         BrandHandle { tx, halted }
     }
@@ -880,12 +886,14 @@ fn disabled_terminals(written: &[Written]) -> Vec<u32> {
 }
 
 /// Stage 2: makes batches durable one at a time, in the order applied,
-/// and only then releases their keys and answers.
+/// and only then releases their keys and answers. A failed commit marks
+/// the brand `stopped` (halted) at once.
 async fn commit_in_order(
     mut committer: Committer,
     // The newest durable checkpoint: what proofs are given against.
     mut last_checkpoint: pb::Checkpoint,
     mut jobs: mpsc::Receiver<Job>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let brand = committer.brand;
     while let Some(mut job) = jobs.recv().await {
@@ -919,6 +927,10 @@ async fn commit_in_order(
                         error,
                         "commit failed; brand stopped (restart recovers it)"
                     );
+                    // Seen halted now, not when the applier next wakes (on
+                    // a request that may never come): a replicated node
+                    // gives the lease of a halted brand up.
+                    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
                     jobs.close();
                     job.refuse();
                     while let Some(later) = jobs.recv().await {

@@ -357,3 +357,113 @@ async fn fenced_after(js: &jetstream::Context, brand: u32, runs: usize) -> bool 
     let newest = stream.get_raw_message(last).await;
     newest.is_ok_and(|m| m.headers.get(cardd::replica::FENCE_HEADER).is_some())
 }
+
+/// `brand`'s lease held by the test itself (as another node would), renewed
+/// on a thread of its own until [`LeaseHolder::release`] hands it over.
+struct LeaseHolder {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LeaseHolder {
+    /// Takes `brand`'s lease on `urls`' cluster (free: no node has started).
+    fn hold(urls: &str, brand: u32) -> LeaseHolder {
+        use cardd::replica::{lease::RENEW_EVERY, Leases, Nats};
+        let nats = std::sync::Arc::new(Nats::connect(urls).expect("connect"));
+        let leases = Leases::open(nats, "the-test 127.0.0.1:9".into()).expect("the bucket");
+        let mut revision = cardd::replica::patiently(|| leases.take(brand))
+            .expect("the lease bucket")
+            .expect("a free lease");
+        let (release, released) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            while released.recv_timeout(RENEW_EVERY).is_err() {
+                revision = leases.renew(brand, revision).expect("the test's renewal");
+            }
+            let handed = leases.release_all(vec![(brand, revision)], LONGER_THAN_A_LEASE);
+            assert!(handed.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok())));
+        });
+        LeaseHolder { release, thread }
+    }
+
+    /// Hands the lease over (deleted: the node takes it at its next look).
+    fn release(self) {
+        self.release.send(()).expect("the holder's thread");
+        self.thread.join().expect("the holder's thread");
+    }
+}
+
+/// `brand`'s lease entry's revision, if a node holds it.
+async fn lease_revision(kv: &jetstream::kv::Store, brand: u32) -> Option<u64> {
+    let entry = kv.entry(format!("brand-{brand}")).await.expect("the lease");
+    entry
+        .filter(|e| e.operation == jetstream::kv::Operation::Put)
+        .map(|e| e.revision)
+}
+
+/// Polls `done` every 100 ms for up to [`TAKEN_WITHIN`], failing with
+/// `what` after.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + TAKEN_WITHIN;
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A brand that stops on the node while another brand is seeded (its
+/// commit fenced by another writer) is not renewed by the seeding: a
+/// standby may take it at once, instead of after the whole seeding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brand_halted_during_a_seeding_is_not_renewed_by_it() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let card = a_short_brand_then_a_long_one(&data);
+    let long = local_commits(&data, 2).len();
+    let urls = cluster.urls();
+    // Brand 2 is held elsewhere while the standby takes brand 1.
+    let holder = tokio::task::block_in_place(|| LeaseHolder::hold(&urls, 2));
+    let (mut node, _log) =
+        Daemon::start_logged(&data, &["--standby", "--replicate", &urls], "info");
+    let js = crate::jetstream_of(&cluster).await;
+    until("brand 1 taken over", || fenced_after(&js, 1, 5)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(&card, 100)).await;
+    tokio::task::block_in_place(|| holder.release());
+    let kv = crate::lease_bucket(&cluster).await;
+    let me = node.addr.to_string();
+    until("brand 2 taken (its seeding under way)", || async {
+        let lease = crate::lease_entry(&kv, 2).await;
+        lease.is_some_and(|(_, value)| value.ends_with(&me))
+    })
+    .await;
+    // Another writer appends to brand 1's stream: its next commit is
+    // refused and the brand stops on this node.
+    let foreign = StoredBatch {
+        first_seq: 7,
+        last_seq: 7,
+        checkpoint: Vec::new(),
+        nodes: Vec::new(),
+        records: vec![b"not a record".to_vec()],
+    };
+    crate::put_runs(&js, 1, &[foreign]).await;
+    let code = crate::common::refused(&mut t, 101, purchase(&card, 100)).await;
+    assert_eq!(code, cardd::pb::ErrorCode::StorageFailure);
+    // A renewal already under way when it stopped may land.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let stopped_at = lease_revision(&kv, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let later = lease_revision(&kv, 1).await;
+    let seeding = !fenced_after(&js, 2, long).await;
+    node.kill9();
+    assert!(
+        seeding,
+        "brand 2's seeding ended too soon to test anything (raise LONG_SEED_COMMITS)"
+    );
+    assert_eq!(
+        later, stopped_at,
+        "brand 1's lease was renewed after the brand stopped"
+    );
+}
