@@ -205,11 +205,19 @@ impl Drop for StopRenewer<'_> {
 /// (it lies within the stop's timeout beside the drain's grace).
 pub(super) const HANDOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The leases a stopping node still holds.
+/// How long a stop waits, once its leases are handed over, for followers
+/// told to stop (one still recovering a big brand takes seconds): those
+/// not done by then are left to the process's exit, which only cuts a
+/// local read or a local commit the stream already holds.
+const FOLLOWERS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The leases a stopping node still holds, and its followers, told to
+/// stop but not waited for.
 pub(super) struct Handover {
     leases: Leases,
     clock: Arc<LeaseClock>,
     held: HashMap<u32, u64>,
+    followers: HashMap<u32, Following>,
 }
 
 impl Handover {
@@ -219,6 +227,7 @@ impl Handover {
     /// lease's TTL: a planned stop or upgrade costs the tills half a
     /// second, not three. A lease another node took meanwhile is left as
     /// it is (the delete names the revision this node wrote).
+    /// Then waits a little for the followers (see [`FOLLOWERS_PATIENCE`]).
     pub(super) fn release(self) {
         // A lease this node's clock already gave up is lapsing anyway.
         let held: Vec<(u32, u64)> = self
@@ -229,21 +238,41 @@ impl Handover {
         for (brand, _) in &held {
             self.clock.lost(*brand);
         }
-        let released = match self.leases.release_all(held, HANDOVER_PATIENCE) {
-            Ok(released) => released,
+        match self.leases.release_all(held, HANDOVER_PATIENCE) {
+            Ok(released) => {
+                for (brand, result) in released {
+                    match result {
+                        Ok(()) => tracing::info!(brand, "lease handed over"),
+                        Err(error) => {
+                            tracing::warn!(brand, error, "lease not handed over; it lapses instead")
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 let error = crate::error::causes(&e);
                 tracing::warn!(error, "leases not handed over; they lapse instead");
-                return;
             }
-        };
-        for (brand, result) in released {
-            match result {
-                Ok(()) => tracing::info!(brand, "lease handed over"),
-                Err(error) => {
-                    tracing::warn!(brand, error, "lease not handed over; it lapses instead")
-                }
-            }
+        }
+        finish_followers(self.followers);
+    }
+}
+
+/// Joins the `followers` (each already told to stop) that end within
+/// [`FOLLOWERS_PATIENCE`]; the others are left running, logged.
+fn finish_followers(mut followers: HashMap<u32, Following>) {
+    let deadline = Instant::now() + FOLLOWERS_PATIENCE;
+    while !followers.values().all(|f| f.thread.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (brand, f) in followers.drain() {
+        if f.thread.is_finished() {
+            let _ = f.thread.join();
+        } else {
+            tracing::warn!(
+                brand,
+                "a follower still busy at the stop is left to the exit"
+            );
         }
     }
 }
@@ -479,9 +508,13 @@ impl Node {
     }
 
     /// Every [`RENEW_EVERY`] until `stop`: renews, takes lapsed leases,
-    /// follows new brands. Then stops the followers and returns, so that a
-    /// takeover under way ends before the drain starts (it may start a
-    /// writer).
+    /// follows new brands. Returns once the look under way is done, so
+    /// that a takeover under way ends before the drain starts (it may
+    /// start a writer). The followers are told to stop, not waited for:
+    /// one still recovering a big brand takes seconds, and the leases held
+    /// are renewed again only once this returns ([`Node::keep_leases`]),
+    /// then handed over; they are waited for after that
+    /// ([`Handover::release`]).
     pub(super) async fn run(
         mut self,
         shared: Arc<Shared>,
@@ -494,13 +527,9 @@ impl Node {
             self.follow_new(&shared);
         })
         .await;
-        let followers = std::mem::take(&mut self.followers);
-        tokio::task::block_in_place(move || {
-            for (_, f) in followers {
-                f.stop.cancel();
-                let _ = f.thread.join();
-            }
-        });
+        for f in self.followers.values() {
+            f.stop.cancel();
+        }
         self
     }
 
@@ -517,6 +546,7 @@ impl Node {
             leases: self.leases,
             clock: self.clock,
             held: self.held,
+            followers: self.followers,
         }
     }
 

@@ -2,9 +2,10 @@
 //! local log does: a stream holding a prefix of the local log (a seeding
 //! that stopped part-way: a publish timeout, a lease lapse, a crash) is
 //! completed before anything new is written, and a stream that is another
-//! chain is refused, for that brand alone. A long seeding, and a take-over
-//! of a long brand far behind, keep the leases of the brands the node
-//! already serves.
+//! chain is refused, for that brand alone. A long seeding, a take-over of
+//! a long brand far behind, and a graceful stop while a follower is busy
+//! keep the leases of the brands the node already serves (and the stop
+//! hands them over).
 use std::path::Path;
 
 use async_nats::jetstream;
@@ -238,12 +239,18 @@ fn a_short_brand(data: &Path) -> (std::sync::Arc<dyn LogStore>, String) {
 /// Brand 2 in `store`, under the fixture's server key: its setup, then
 /// [`LONG_SEED_COMMITS`] top-ups, each a commit.
 fn a_long_brand(store: std::sync::Arc<dyn LogStore>) {
+    brand_2_of(store, LONG_SEED_COMMITS, 1);
+}
+
+/// Brand 2 in `store`, under the fixture's server key: its setup, then
+/// `commits` commits of `per_commit` top-ups each.
+fn brand_2_of(store: std::sync::Arc<dyn LogStore>, commits: u64, per_commit: u64) {
     use cardd::ledger::{BrandLedger, Submission};
     use cardd::state::Principal;
     use cardd::testing;
     let (owner, till) = (testing::key(20), testing::key(21));
     let create = testing::create_brand("Seeded", &owner.verifying_key().to_bytes());
-    let mut ledger = BrandLedger::create(store, testing::server_key(), 2, create).unwrap();
+    let mut ledger = BrandLedger::create(store.clone(), testing::server_key(), 2, create).unwrap();
     let card2 = cardd::card_number::generate(2);
     let till_public = till.verifying_key().to_bytes();
     let setup = [
@@ -251,16 +258,25 @@ fn a_long_brand(store: std::sync::Arc<dyn LogStore>) {
         testing::enroll_terminal(1, &till_public, ""),
         testing::issue_card(&card2),
     ];
-    let owner_subs = setup.into_iter().enumerate().map(|(i, op)| {
+    for (i, op) in setup.into_iter().enumerate() {
         let request = testing::request_as(2, i as u64 + 1, "", op);
-        Submission::signed(Principal::Owner, &owner, request)
-    });
-    let top_ups = (1..=LONG_SEED_COMMITS).map(|txn| {
-        let request = testing::request_as(2, txn, "", testing::top_up(&card2, 1));
-        Submission::signed(Principal::Terminal(1), &till, request)
-    });
-    for sub in owner_subs.chain(top_ups) {
+        let sub = Submission::signed(Principal::Owner, &owner, request);
         ledger.submit_now(sub).unwrap().unwrap();
+    }
+    for commit in 0..commits {
+        let top_ups: Vec<Submission> = (1..=per_commit)
+            .map(|i| {
+                let txn = commit * per_commit + i;
+                let request = testing::request_as(2, txn, "", testing::top_up(&card2, 1));
+                Submission::signed(Principal::Terminal(1), &till, request)
+            })
+            .collect();
+        let batch = ledger.apply_batch(&top_ups);
+        assert!(
+            batch.answers.iter().all(|a| a.is_ok()),
+            "every top-up applied"
+        );
+        BrandLedger::commit(store.as_ref(), 2, &batch.written, &ledger.checkpoint()).unwrap();
     }
 }
 
@@ -465,5 +481,56 @@ async fn a_brand_halted_during_a_seeding_is_not_renewed_by_it() {
     assert_eq!(
         later, stopped_at,
         "brand 1's lease was renewed after the brand stopped"
+    );
+}
+
+/// Commits of the brand a stopping node is still following, and records
+/// in each: a follower told to stop still checks and commits what it had
+/// read (up to 256 messages), seconds of work that a stop must not wait
+/// for before it hands its leases over.
+const BUSY_COMMITS: u64 = 280;
+const BUSY_RECORDS_PER_COMMIT: u64 = 100;
+
+/// A graceful stop while a follower is busy (reading a long stream, as
+/// one recovering a big brand is) hands the served brand's lease over: it
+/// is renewed through the stop and deleted at its end, not left to lapse
+/// while the stop waits for the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_leases_over_without_waiting_for_a_busy_follower() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (elsewhere, data) = (dir.path().join("elsewhere"), dir.path().join("data"));
+    let (store, _) = a_short_brand(&elsewhere);
+    brand_2_of(store, BUSY_COMMITS, BUSY_RECORDS_PER_COMMIT);
+    let busy = local_commits(&elsewhere, 2);
+    a_short_brand(&data);
+    let urls = cluster.urls();
+    let http = crate::common::http::free_addr().to_string();
+    let args = ["--replicate", &urls, "--http-listen", &http];
+    let (mut node, log) = Daemon::start_logged(&data, &args, "info");
+    let js = crate::jetstream_of(&cluster).await;
+    put_on_stream(&js, 2, &busy).await;
+    let http = http.parse().expect("an address");
+    // A few of its big commits taken: its reader is ahead by then, the
+    // follower's queue full.
+    let under_way = 4 + 5 * BUSY_RECORDS_PER_COMMIT;
+    until("brand 2 followed", || async {
+        crate::standby::records_on(http, 2).is_some_and(|n| n >= under_way)
+    })
+    .await;
+    node.signal(libc::SIGTERM);
+    let stopped = tokio::task::block_in_place(|| node.wait_exit(TAKEN_WITHIN));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "the node stopped cleanly"
+    );
+    let log = log.join().expect("the daemon's log");
+    let kv = crate::lease_bucket(&cluster).await;
+    let lease = crate::lease_entry(&kv, 1).await;
+    assert!(
+        lease.is_some_and(|(op, _)| op == jetstream::kv::Operation::Delete),
+        "brand 1's lease was handed over at the stop:\n{log}"
     );
 }
