@@ -914,30 +914,7 @@ async fn commit_in_order(
                         committer.copy = None;
                     }
                 }
-                Err(error) => {
-                    // Memory is now ahead of disk, and the batch may or may
-                    // not have reached it: acknowledge nothing of it nor of
-                    // the batches applied on top of it, and stop the
-                    // applier. Other brands go on; a restart recovers this
-                    // one from its durable log.
-                    // Logged once, at error level (on unless RUST_LOG turns
-                    // off errors too).
-                    tracing::error!(
-                        brand,
-                        error,
-                        "commit failed; brand stopped (restart recovers it)"
-                    );
-                    // Seen halted now, not when the applier next wakes (on
-                    // a request that may never come): a replicated node
-                    // gives the lease of a halted brand up.
-                    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-                    jobs.close();
-                    job.refuse();
-                    while let Some(later) = jobs.recv().await {
-                        later.refuse();
-                    }
-                    return;
-                }
+                Err(error) => return stop_committing(brand, &error, job, jobs, &stopped).await,
             }
             rotated = committer.publish(&job);
         }
@@ -958,6 +935,35 @@ async fn commit_in_order(
     if let Some(copy) = committer.copy.take() {
         // Its final snapshot spares the next start a replay.
         let _ = tokio::task::spawn_blocking(move || copy.finish()).await;
+    }
+}
+
+/// After `job`'s commit failed with `error`: memory is now ahead of disk,
+/// and the batch may or may not have reached it. Nothing of it nor of the
+/// batches applied on top of it is acknowledged, and the applier stops.
+/// Other brands go on; a restart recovers this one from its durable log.
+async fn stop_committing(
+    brand: u32,
+    error: &str,
+    job: Job,
+    mut jobs: mpsc::Receiver<Job>,
+    stopped: &std::sync::atomic::AtomicBool,
+) {
+    // Logged once, at error level (on unless RUST_LOG turns off errors
+    // too).
+    tracing::error!(
+        brand,
+        error,
+        "commit failed; brand stopped (restart recovers it)"
+    );
+    // Seen halted now, not when the applier next wakes (on a request that
+    // may never come): a replicated node gives the lease of a halted brand
+    // up.
+    stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    jobs.close();
+    job.refuse();
+    while let Some(later) = jobs.recv().await {
+        later.refuse();
     }
 }
 
