@@ -706,16 +706,21 @@ impl Node {
         self.rest(brand);
     }
 
-    /// Stops `brand`'s follower and takes the brand over.
+    /// Stops `brand`'s follower and takes the brand over, every lease held
+    /// renewed throughout (as [`Node::take_over`]): the follower first
+    /// checks and commits what it had read (up to 256 messages, seconds of
+    /// a burst of big commits), and only then is it joined.
     fn promote(&mut self, brand: u32, shared: &Shared) -> Result<BrandLedger, ReplicaError> {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
-        let mut follower = f
-            .thread
-            .join()
-            .map_err(|_| ReplicaError::Panicked { brand })??;
-        self.take_over(&mut follower, shared)?;
-        Ok(follower.ledger)
+        let (nats, store) = (&self.nats, &self.store);
+        let halted = |brand| halted_on(shared, brand);
+        renewing(&self.leases, &self.clock, &mut self.held, &halted, || {
+            let joined = f.thread.join();
+            let mut follower = joined.map_err(|_| ReplicaError::Panicked { brand })??;
+            take_over_rounds(nats, store, &mut follower)?;
+            Ok(follower.ledger)
+        })
     }
 
     /// Follows brands created since start-up (by another node), and those

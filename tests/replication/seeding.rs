@@ -534,3 +534,41 @@ async fn a_graceful_stop_hands_leases_over_without_waiting_for_a_busy_follower()
         "brand 1's lease was handed over at the stop:\n{log}"
     );
 }
+
+/// A follower caught up, then handed a burst of big commits just before
+/// its brand's lease lapses: the take-over waits for it to check what it
+/// had read (seconds), and the leases of the brands already served are
+/// renewed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_waiting_for_its_busy_follower_keeps_the_other_leases() {
+    let Some(cluster) = NatsCluster::start(3) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (elsewhere, data) = (dir.path().join("elsewhere"), dir.path().join("data"));
+    let (store, _) = a_short_brand(&elsewhere);
+    brand_2_of(store, BUSY_COMMITS, BUSY_RECORDS_PER_COMMIT);
+    let busy = local_commits(&elsewhere, 2);
+    let (_, card) = a_short_brand(&data);
+    let urls = cluster.urls();
+    // Brand 2 begins elsewhere: its setup on the stream, its lease held.
+    let js = crate::jetstream_of(&cluster).await;
+    let (setup, burst) = busy.split_at(4);
+    put_on_stream(&js, 2, setup).await;
+    let holder = tokio::task::block_in_place(|| LeaseHolder::hold(&urls, 2));
+    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    // Its writer appends a burst and stops, handing the lease over.
+    put_on_stream(&js, 2, burst).await;
+    tokio::task::block_in_place(|| holder.release());
+    until("brand 2 taken over", || fenced_after(&js, 2, busy.len())).await;
+    // A lease that lapsed during the take-over is lost at the next looks.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(&card, 100)).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        !log.contains("lease lost") && !log.contains("brand halted"),
+        "brand 1 kept its lease through brand 2's take-over:\n{log}"
+    );
+}
