@@ -344,6 +344,25 @@ async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_se
         !log.contains("lease lost") && !log.contains("brand halted"),
         "brand 1 kept its lease through brand 2's take-over:\n{log}"
     );
+    // And the take-over itself read next to nothing: the lease loop (every
+    // other brand's take-overs, its looks) did not wait on thousands of
+    // commits, renewed or not.
+    let read_by_the_take_over: u64 = log
+        .lines()
+        .filter(|l| l.contains("caught up from the replicated log") && l.contains("brand=2"))
+        .filter_map(|l| {
+            l.split("caught=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        read_by_the_take_over < LONG_SEED_COMMITS / 3,
+        "the take-over read {read_by_the_take_over} records of brand 2 itself:\n{log}"
+    );
 }
 
 /// How long a node may take to read brand 2's long stream and take its
