@@ -266,9 +266,10 @@ enum Read {
 /// ordered consumer on the connection's runtime reads from the first
 /// message after the local chain, and the calling thread checks and
 /// commits each commit, then shows `committed` the state it reached.
-/// `caught_up` is called each time the local log has reached the stream's
-/// end as the reader last saw it: a take-over before that would read the
-/// rest itself, where the caller may be waiting on it.
+/// `at_end` is told, after each message taken (and when the reader finds
+/// nothing to read), whether the local log has reached the stream's end
+/// as the reader saw it: a take-over before that would read the rest
+/// itself, where the caller may be waiting on it.
 /// The standby's loop for one brand; an error stops following it.
 pub fn follow_brand(
     nats: &Nats,
@@ -276,7 +277,7 @@ pub fn follow_brand(
     mut follower: Follower,
     stop: CancellationToken,
     committed: &dyn Fn(&crate::state::BrandState),
-    caught_up: &dyn Fn(),
+    at_end: &dyn Fn(bool),
 ) -> Result<Follower, ReplicaError> {
     let brand = follower.ledger.brand_id();
     let local = follower.ledger.state.seq;
@@ -296,7 +297,7 @@ pub fn follow_brand(
     // sent first).
     while let Some(read) = rx.blocking_recv() {
         let Read::Run(run, newest) = read? else {
-            caught_up();
+            at_end(true);
             continue;
         };
         let before = follower.ledger.state.seq;
@@ -304,9 +305,7 @@ pub fn follow_brand(
         if follower.ledger.state.seq != before {
             committed(&follower.ledger.state);
         }
-        if newest {
-            caught_up();
-        }
+        at_end(newest);
     }
     Ok(follower)
 }

@@ -60,10 +60,10 @@ fn lasting(e: &ReplicaError) -> bool {
 struct Following {
     stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<Follower, ReplicaError>>,
-    /// Set once its ledger is recovered and has read the stream to its end
-    /// (as last seen): until then a take-over would join a thread still
-    /// replaying, or read the rest of the stream itself, and the lease
-    /// loop, which renews every other brand's lease, would wait for it.
+    /// Whether its ledger is recovered and has read the stream to its end
+    /// (as last seen: cleared again while a burst is read): a take-over
+    /// before that would join a thread still replaying, or read the rest
+    /// of the stream itself, and the lease loop would wait for it.
     ready: Arc<AtomicBool>,
 }
 
@@ -477,7 +477,7 @@ impl Node {
         );
         let token = stop.clone();
         let ready = Arc::new(AtomicBool::new(false));
-        let caught_up = ready.clone();
+        let at_end = ready.clone();
         let thread = std::thread::Builder::new()
             .name(format!("follow-{brand}"))
             .spawn(move || {
@@ -485,12 +485,12 @@ impl Node {
                     gauge.set(state.seq as i64);
                     keys.add_brand(state);
                 };
-                let caught_up = || caught_up.store(true, Ordering::Release);
+                let at_end = |reached| at_end.store(reached, Ordering::Release);
                 let followed = start().and_then(|ledger| {
                     committed(&ledger.state);
                     let follower = Follower::new(ledger);
                     let (disk, stop) = (disk.as_ref(), token);
-                    follow::follow_brand(&nats, disk, follower, stop, &committed, &caught_up)
+                    follow::follow_brand(&nats, disk, follower, stop, &committed, &at_end)
                 });
                 if let Err(e) = &followed {
                     let error = crate::error::causes(e);

@@ -67,7 +67,7 @@ async fn a_message_deleted_below_the_newest_stops_following_with_an_error() {
             Follower::new(ledger()),
             stop,
             &|_| {},
-            &|| {},
+            &|_| {},
         );
         let _ = tx.send(("follow_brand", followed.map(|_| ())));
     });

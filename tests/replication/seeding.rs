@@ -312,9 +312,10 @@ async fn a_long_seeding_keeps_the_lease_of_a_brand_already_served() {
 }
 
 /// A node serving brand 1 finds brand 2 created elsewhere, its stream
-/// already long, and takes its free lease: the take-over waits until its
-/// follower has read the stream to the end, so the lease loop (which
-/// renews brand 1's lease) never reads thousands of commits itself.
+/// long, and takes its lease once its writer hands it over: the take-over
+/// waits until its follower has read the stream to the end, so the lease
+/// loop (which renews brand 1's lease) never reads thousands of commits
+/// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_served() {
     let Some(cluster) = NatsCluster::start(3) else {
@@ -328,10 +329,12 @@ async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_se
     let (_, card) = a_short_brand(&data);
     let urls = cluster.urls();
     let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
-    // Brand 2 appears with its whole stream, far ahead of this node's
-    // (empty) local log of it.
+    // Brand 2 is written elsewhere (its lease held there), far ahead of
+    // this node's (empty) local log of it, then its writer stops.
+    let holder = tokio::task::block_in_place(|| LeaseHolder::hold(&urls, 2));
     let js = crate::jetstream_of(&cluster).await;
     put_on_stream(&js, 2, &long).await;
+    tokio::task::block_in_place(|| holder.release());
     // Taken over: the node's fence ends the stream.
     until("brand 2 taken over", || fenced_after(&js, 2, long.len())).await;
     // A lease that lapsed during the take-over is lost at the next looks.
@@ -403,12 +406,13 @@ impl LeaseHolder {
             .expect("the lease bucket")
             .expect("a free lease");
         let (release, released) = std::sync::mpsc::channel();
+        // A renewal or the handover that fails on a busy cluster is left
+        // to the next tick, or to the lease's TTL.
         let thread = std::thread::spawn(move || {
             while released.recv_timeout(RENEW_EVERY).is_err() {
-                revision = leases.renew(brand, revision).expect("the test's renewal");
+                revision = leases.renew(brand, revision).unwrap_or(revision);
             }
-            let handed = leases.release_all(vec![(brand, revision)], LONGER_THAN_A_LEASE);
-            assert!(handed.is_ok_and(|r| r.iter().all(|(_, d)| d.is_ok())));
+            let _ = leases.release_all(vec![(brand, revision)], LONGER_THAN_A_LEASE);
         });
         LeaseHolder { release, thread }
     }
