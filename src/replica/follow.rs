@@ -296,8 +296,11 @@ pub fn follow_brand(
     // Ends when the reader does (stopped, or the stream ended with an error
     // sent first).
     while let Some(read) = rx.blocking_recv() {
+        // A message was the newest when it was read, which may be long
+        // before it is taken: only with nothing read after it is the
+        // local log at the end.
         let Read::Run(run, newest) = read? else {
-            at_end(true);
+            at_end(rx.is_empty());
             continue;
         };
         let before = follower.ledger.state.seq;
@@ -305,7 +308,7 @@ pub fn follow_brand(
         if follower.ledger.state.seq != before {
             committed(&follower.ledger.state);
         }
-        at_end(newest);
+        at_end(newest && rx.is_empty());
     }
     Ok(follower)
 }
