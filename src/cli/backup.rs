@@ -145,16 +145,22 @@ pub fn backup_online(
 /// with its server key, into `OUT/brand-ID.cardd-backup`.
 pub fn backup_offline(data: &Path, out_dir: &Path) -> anyhow::Result<()> {
     let server_key = cardd::server::open_existing_data_dir(data)?;
-    let store = cardd::storage::DiskStore::open_existing(data)
+    let store = cardd::storage::DiskStore::open_existing_sparing(data)
         .context("opening the ledger (is the daemon running? back up a stopped daemon or a snapshot of its directory)")?;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let brands = store.brands()?;
-    if brands.is_empty() {
+    // One brand's refusal (its ledger on disk damaged, or its backup file)
+    // does not stop the others' backups; the exit code still says that
+    // one failed. A damaged brand's backup file is left as it was.
+    let mut failed = Vec::new();
+    for (brand, damage) in store.damaged() {
+        let why = cardd::error::causes(damage);
+        eprintln!("cardd: brand {brand} not backed up: its ledger on disk is damaged: {why}");
+        failed.push(brand);
+    }
+    if brands.is_empty() && failed.is_empty() {
         bail!("{}: no brand to back up", data.display());
     }
-    // One brand's refusal (a damaged file) does not stop the others'
-    // backups; the exit code still says that one failed.
-    let mut failed = Vec::new();
     for brand in brands {
         let out = brand_file(out_dir, brand);
         let mut source = LocalSource {
@@ -173,6 +179,7 @@ pub fn backup_offline(data: &Path, out_dir: &Path) -> anyhow::Result<()> {
         }
     }
     if !failed.is_empty() {
+        failed.sort_unstable();
         bail!("the backup of brands {failed:?} failed (see above); the others are done");
     }
     Ok(())

@@ -245,10 +245,23 @@ impl DiskStore {
     /// (read-only commands: a mistyped path is an error, not an empty
     /// ledger).
     pub fn open_existing(data_dir: &Path) -> Result<Self> {
+        Self::refuse_no_ledger(data_dir)?;
+        Self::open(data_dir)
+    }
+
+    /// [`open_existing`](Self::open_existing), a brand whose log does not
+    /// open whole set aside as [`open_sparing`](Self::open_sparing) does:
+    /// `cardd backup --data` backs up the whole brands and names the rest.
+    pub fn open_existing_sparing(data_dir: &Path) -> Result<Self> {
+        Self::refuse_no_ledger(data_dir)?;
+        Self::open_sparing(data_dir, LOG_SEGMENT_BYTES)
+    }
+
+    fn refuse_no_ledger(data_dir: &Path) -> Result<()> {
         if !log_root(data_dir).is_dir() && !data_dir.join("ledger").is_dir() {
             return Err(StorageError::NoLedger(data_dir.to_path_buf()));
         }
-        Self::open(data_dir)
+        Ok(())
     }
 
     fn open_dirs(data_dir: &Path, segment_bytes: u64, spare: bool) -> Result<Self> {

@@ -119,3 +119,37 @@ fn a_damaged_brand_file_does_not_stop_the_other_brands() {
     assert!(text.contains("brands [1] failed"), "{text}");
     assert_eq!(std::fs::read(&damaged).expect("read"), bytes);
 }
+
+/// A brand whose ledger on disk is damaged (its log cut below its
+/// high-water mark) is named and left out, its earlier backup file
+/// untouched; the other brand is backed up; the exit code says one failed.
+#[test]
+fn a_brand_damaged_on_disk_is_named_and_the_others_backed_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d, demo) = Daemon::demo(dir.path());
+    // Stopped gracefully: its high-water mark covers its last commit.
+    d.stop();
+    let owner2_key = dir.path().join("owner2.key");
+    assert_eq!(brand_create_ok(&demo.data, "Second", &owner2_key), 2);
+    let out = dir.path().join("backups");
+    assert_ok(
+        &cardd!("backup", "--data", &demo.data, "--out-dir", &out),
+        "backup",
+    );
+    let earlier = std::fs::read(out.join("brand-1.cardd-backup")).expect("read");
+    common::cut_below_mark(&demo.data, 1);
+
+    let o = cardd!("backup", "--data", &demo.data, "--out-dir", &out);
+    let text = assert_fails(&o, "backup with a damaged brand");
+    assert!(
+        text.contains("brand 1 not backed up") && text.contains("high-water mark"),
+        "{text}"
+    );
+    assert!(
+        text.contains("brand 2:") && text.contains("up to date"),
+        "{text}"
+    );
+    assert!(text.contains("brands [1] failed"), "{text}");
+    let kept = std::fs::read(out.join("brand-1.cardd-backup")).expect("read");
+    assert_eq!(kept, earlier, "the damaged brand's backup file changed");
+}

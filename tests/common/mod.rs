@@ -223,6 +223,24 @@ impl Demo {
     }
 }
 
+/// Cuts the last bytes off brand `brand`'s newest segment, as a lost
+/// write-back would: its log now ends before its high-water mark.
+pub fn cut_below_mark(data: &Path, brand: u32) {
+    let log = data.join(format!("log/brand-{brand:05}"));
+    let newest = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let len = std::fs::metadata(&newest).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
+    f.set_len(len - 5).unwrap();
+}
+
 /// Bounded wait for any test-side future: no network test may hang.
 pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), f)

@@ -173,24 +173,6 @@ fn brand_files(data: &Path, brand: u32) -> Vec<(std::path::PathBuf, Vec<u8>)> {
         .collect()
 }
 
-/// Cuts the last bytes off brand `brand`'s newest segment, as a lost
-/// write-back would: its log now ends before its high-water mark.
-fn cut_below_mark(data: &Path, brand: u32) {
-    let log = data.join(format!("log/brand-{brand:05}"));
-    let newest = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .max()
-        .expect("a segment");
-    let len = std::fs::metadata(&newest).unwrap().len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&newest)
-        .unwrap();
-    f.set_len(len - 5).unwrap();
-}
-
 /// Brand 2 beside the demo brand: its owner key file, a till and a card
 /// holding 40.00 (50.00 loaded, 10.00 spent).
 struct SecondBrand {
