@@ -100,13 +100,19 @@ fn renewing<T>(
     let revisions = std::sync::Mutex::new(std::mem::take(held));
     let done = AtomicBool::new(false);
     let out = std::thread::scope(|s| {
+        // Renewed at once too: the gap since the lease loop's own round
+        // (a give-up, another take-over before this one) may be long.
         let renewer = s.spawn(|| loop {
-            std::thread::park_timeout(RENEW_EVERY);
             if done.load(Ordering::Acquire) {
                 break;
             }
-            let mut revisions = revisions.lock().expect("revisions lock");
-            renew_each(leases, clock, &mut revisions, halted);
+            renew_each(
+                leases,
+                clock,
+                &mut revisions.lock().expect("revisions lock"),
+                halted,
+            );
+            std::thread::park_timeout(RENEW_EVERY);
         });
         // Stops the renewer however `work` ends (a panic too: the scope
         // would otherwise wait for it forever, renewing the leases).
@@ -437,7 +443,8 @@ impl Node {
     /// ([`renewing`]; not those of brands halted on `shared`).
     fn take_over(&mut self, follower: &mut Follower, shared: &Shared) -> Result<(), ReplicaError> {
         let (nats, store) = (&self.nats, &self.store);
-        let halted = |brand| halted_on(shared, brand);
+        let taken = follower.ledger.brand_id();
+        let halted = |brand| brand != taken && halted_on(shared, brand);
         renewing(&self.leases, &self.clock, &mut self.held, &halted, || {
             take_over_rounds(nats, store, follower)
         })
@@ -714,7 +721,10 @@ impl Node {
         let f = self.followers.remove(&brand).expect("a followed brand");
         f.stop.cancel();
         let (nats, store) = (&self.nats, &self.store);
-        let halted = |brand| halted_on(shared, brand);
+        // The brand taken may have halted here before (its lease given
+        // up, its stopped writer not yet replaced): its new lease is
+        // renewed all the same.
+        let halted = |b| b != brand && halted_on(shared, b);
         renewing(&self.leases, &self.clock, &mut self.held, &halted, || {
             let joined = f.thread.join();
             let mut follower = joined.map_err(|_| ReplicaError::Panicked { brand })??;

@@ -501,9 +501,11 @@ async fn a_brand_halted_during_a_seeding_is_not_renewed_by_it() {
         seeding,
         "brand 2's seeding ended too soon to test anything (raise LONG_SEED_COMMITS)"
     );
-    assert_eq!(
-        later, stopped_at,
-        "brand 1's lease was renewed after the brand stopped"
+    // No newer revision: a lease no longer renewed may also have aged out
+    // of the bucket by now (its `max_age`), which a renewed one never does.
+    assert!(
+        later.is_none() || later == stopped_at,
+        "brand 1's lease was renewed after the brand stopped: {stopped_at:?}, then {later:?}"
     );
 }
 
@@ -549,12 +551,13 @@ async fn a_graceful_stop_hands_leases_over_without_waiting_for_a_busy_follower()
         stopped.is_some_and(|s| s.success()),
         "the node stopped cleanly"
     );
+    // Told by the node's log, not the bucket: the delete marker a handover
+    // leaves ages out of the bucket (its `max_age`) while the stop waits.
     let log = log.join().expect("the daemon's log");
-    let kv = crate::lease_bucket(&cluster).await;
-    let lease = crate::lease_entry(&kv, 1).await;
     assert!(
-        lease.is_some_and(|(op, _)| op == jetstream::kv::Operation::Delete),
-        "brand 1's lease was handed over at the stop:\n{log}"
+        log.lines()
+            .any(|l| l.contains("lease handed over") && l.contains("brand=1")),
+        "brand 1's lease was not handed over at the stop:\n{log}"
     );
 }
 
