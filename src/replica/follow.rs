@@ -201,8 +201,11 @@ fn same_as_stored(
     stream_seq: u64,
     run: &StoredBatch,
 ) -> Result<(), ReplicaError> {
+    // One scan, not a point read per record (each reads its whole frame).
+    let mut stored = disk.scan(brand, run.first_seq);
     for (seq, bytes) in (run.first_seq..).zip(&run.records) {
-        if disk.record(brand, seq)?.as_ref() != Some(bytes) {
+        let held = stored.next().transpose()?;
+        if held.as_ref().map(|(s, b)| (*s, b)) != Some((seq, bytes)) {
             return Err(ReplicaError::Diverged {
                 brand,
                 what: format!(
