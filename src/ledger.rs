@@ -104,6 +104,26 @@ pub enum LedgerError {
     Refused(Refusal),
 }
 
+impl LedgerError {
+    /// True if the brand's stored chain is wrong (a record that does not
+    /// replay, a gap, a checkpoint that does not verify, damaged bytes),
+    /// as opposed to an operation that failed and may pass on a new start
+    /// (I/O, a snapshot unreadable): `cardd serve` refuses such a brand
+    /// alone rather than fail the start.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            LedgerError::Storage { source, .. } => source.is_damage(),
+            LedgerError::Missing { .. }
+            | LedgerError::ServerKey { .. }
+            | LedgerError::Replay { .. }
+            | LedgerError::SnapshotDiffers { .. }
+            | LedgerError::NoCheckpoint { .. }
+            | LedgerError::Checkpoint { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// A verified, signed request waiting to be applied: its exact bytes and,
 /// decoded once, what they say. Built only by [`Submission::from_wire`]
 /// (bytes from a client, checked by the `wire` rule) or [`Submission::signed`] (a
@@ -1242,6 +1262,30 @@ fn check_snapshot(replayed: &BrandState, snap: &BrandState) -> Result<(), Ledger
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cardd serve` refuses a brand alone only for damage; an operation
+    /// that failed (I/O) fails the start, to be tried again.
+    #[test]
+    fn only_damage_is_damage() {
+        let io = || StorageError::Io {
+            what: "reading".into(),
+            source: std::io::Error::other("EIO"),
+        };
+        let storage = |source| LedgerError::Storage { brand: 2, source };
+        assert!(!storage(io()).is_damage());
+        assert!(storage(StorageError::Corrupt("a frame".into())).is_damage());
+        let wrapped = |source| StorageError::BrandLog {
+            brand: 2,
+            source: Box::new(source),
+        };
+        assert!(storage(wrapped(StorageError::Corrupt("a table".into()))).is_damage());
+        assert!(!storage(wrapped(io())).is_damage());
+        assert!(LedgerError::Checkpoint {
+            brand: 2,
+            source: crate::checkpoint::CheckpointError::HashLength,
+        }
+        .is_damage());
+    }
     use crate::storage::DiskStore;
     use crate::testing::{self, BRAND};
 

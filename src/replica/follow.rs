@@ -399,18 +399,48 @@ mod tests {
         let disk: Arc<dyn LogStore> = Arc::new(DiskStore::open(dir).unwrap());
         let (ledger, _) = testing::provision(disk.clone(), "s", 10_000);
         let seq = ledger.state.seq;
+        let run = run_of(disk.as_ref(), seq, seq);
+        (Follower::new(ledger), disk, run)
+    }
+
+    /// The run the stream would carry for the local log's records
+    /// `first..=last`.
+    fn run_of(disk: &dyn LogStore, first: u64, last: u64) -> Run {
         let batch = StoredBatch {
-            first_seq: seq,
-            last_seq: seq,
+            first_seq: first,
+            last_seq: last,
             checkpoint: disk.last_checkpoint(BRAND).unwrap().unwrap(),
             nodes: Vec::new(),
-            records: vec![disk.record(BRAND, seq).unwrap().unwrap()],
+            records: (first..=last)
+                .map(|seq| disk.record(BRAND, seq).unwrap().unwrap())
+                .collect(),
         };
-        let run = Run {
+        Run {
             stream_seq: 7,
             batch,
-        };
-        (Follower::new(ledger), disk, run)
+        }
+    }
+
+    /// A run of many records, from the middle of the local log's commits
+    /// to its end, is compared record by record: the same bytes pass, and
+    /// one record other than the local one, not the first, is named.
+    #[test]
+    fn a_long_run_is_compared_record_by_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut follower, disk, _) = a_follower(dir.path());
+        let end = follower.ledger.state.seq;
+        assert!(end >= 4, "a few records to compare");
+        follower
+            .take(disk.as_ref(), run_of(disk.as_ref(), 2, end))
+            .unwrap();
+        let mut run = run_of(disk.as_ref(), 2, end);
+        *run.batch.records[2].last_mut().expect("a byte") ^= 1;
+        match follower.take(disk.as_ref(), run) {
+            Err(ReplicaError::Diverged { what, .. }) => {
+                assert!(what.contains("record 4 "), "{what}")
+            }
+            other => panic!("expected a diverged stream, got {other:?}"),
+        }
     }
 
     /// A stream message holding a record the local log holds too is the

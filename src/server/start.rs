@@ -365,10 +365,11 @@ pub fn load_sparing(
 
 /// [`recover_all`] for `cardd serve`: a brand whose records do not replay
 /// (damage the open could not see: a sealed segment's payload changed
-/// under a frame table that checks, a record rewritten with its checksum)
-/// is refused alone, logged, as one found damaged at the open is; its
-/// keys are not known. Fails, with the first brand's error, only if no
-/// brand recovers.
+/// under a frame table that checks, a record rewritten with its checksum;
+/// [`LedgerError::is_damage`]) is refused alone, logged, as one found
+/// damaged at the open is; its keys are not known. Fails, with the first
+/// brand's error, if no brand recovers, and at once on a failure that may
+/// pass (I/O).
 fn recover_sparing(
     store: Arc<dyn LogStore>,
     server_key: Arc<SigningKey>,
@@ -382,6 +383,9 @@ fn recover_sparing(
     for brand in brands {
         match BrandLedger::recover_with(store.clone(), server_key.clone(), brand, mode) {
             Ok(ledger) => ledgers.push(ledger),
+            // A failure that may pass (I/O) fails the start, to be tried
+            // again, rather than refuse the brand until the next one.
+            Err(e) if !e.is_damage() => return Err(e.into()),
             Err(e) => {
                 tracing::error!(
                     brand,

@@ -107,6 +107,18 @@ pub enum StorageError {
     NoLedger(PathBuf),
 }
 
+impl StorageError {
+    /// True if the bytes stored are wrong (damaged, short, a gap), as
+    /// opposed to an operation that failed (I/O, a lock) and may pass.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StorageError::Corrupt(_) | StorageError::ShortLedger { .. } => true,
+            StorageError::BrandLog { source, .. } => source.is_damage(),
+            _ => false,
+        }
+    }
+}
+
 /// Result of a storage call.
 pub type Result<T> = std::result::Result<T, StorageError>;
 

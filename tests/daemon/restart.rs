@@ -242,6 +242,11 @@ async fn the_documented_repair_puts_back_the_refused_brand_alone() {
     let mut t1 = demo.terminal(d.addr, 0).await;
     ok(&mut t1, 101, purchase(card1, 2_000)).await;
     drop(t1);
+    assert_eq!(
+        refused_soon(d.addr, &till2, &card2, 10).await,
+        E::StorageFailure,
+        "brand 2 is refused until the repair"
+    );
     d.stop();
 
     let spare = dir.path().join("spare");
@@ -295,6 +300,9 @@ async fn the_documented_repair_puts_back_the_refused_brand_alone() {
         4_000 - 100,
         "served from its backup"
     );
+    // No brand is refused any more: keys are enrolled again.
+    let mut o1 = demo.owner(d.addr).await;
+    ok(&mut o1, 100, enroll(1, &generate_key(), "new till")).await;
 }
 
 /// One brand whose log came back short is refused alone: the daemon starts

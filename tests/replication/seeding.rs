@@ -490,9 +490,17 @@ async fn a_brand_halted_during_a_seeding_is_not_renewed_by_it() {
     crate::put_runs(&js, 1, &[foreign]).await;
     let code = crate::common::refused(&mut t, 101, purchase(&card, 100)).await;
     assert_eq!(code, cardd::pb::ErrorCode::StorageFailure);
-    // A renewal already under way when it stopped may land.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let stopped_at = lease_revision(&kv, 1).await;
+    // A renewal already under way when it stopped may land: the revision
+    // is taken once it has held still for two renewal periods.
+    let mut stopped_at = lease_revision(&kv, 1).await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        let now = lease_revision(&kv, 1).await;
+        if now == stopped_at {
+            break;
+        }
+        stopped_at = now;
+    }
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let later = lease_revision(&kv, 1).await;
     let seeding = !fenced_after(&js, 2, long).await;
@@ -556,7 +564,7 @@ async fn a_graceful_stop_hands_leases_over_without_waiting_for_a_busy_follower()
     let log = log.join().expect("the daemon's log");
     assert!(
         log.lines()
-            .any(|l| l.contains("lease handed over") && l.contains("brand=1")),
+            .any(|l| l.contains("lease handed over") && l.ends_with("brand=1")),
         "brand 1's lease was not handed over at the stop:\n{log}"
     );
 }
