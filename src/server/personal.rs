@@ -265,14 +265,8 @@ async fn erase_holder(
     // guessed cards, all admitted on arrival, would otherwise each pass
     // it. Also so that the applier's refusal of a written one does not
     // come after the person is forgotten.
-    probe.admit()?;
-    match fate {
-        Fate::Refused(refusal) => {
-            probe.count(refusal.code);
-            return Err(refusal);
-        }
-        Fate::Seen => return Ok(Done::Submit(sub)),
-        Fate::Written => {}
+    if admitted(probe, fate)? {
+        return Ok(Done::Submit(sub));
     }
     // Forgotten before the record: a record saying "erased" must never
     // stand beside a person still kept. Should it be refused after all
@@ -454,6 +448,13 @@ async fn set_pin_fate(
         .set_pin_fate(signer, sub.decoded().clone(), typed)
         .await;
     let fate = fate.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    admitted(probe, fate)
+}
+
+/// A request's fate, asked of the state, held to the probing budget with
+/// nothing awaited between: `Ok(true)` a resend (the ledger answers it),
+/// `Ok(false)` one to write, or the refusal (a probing miss counted).
+fn admitted(probe: &Probe, fate: Fate) -> Result<bool, Refusal> {
     probe.admit()?;
     match fate {
         Fate::Refused(refusal) => {

@@ -363,6 +363,36 @@ async fn pin_demo() -> PinDemo {
     }
 }
 
+/// [`PinDemo`] without rate limits whose card (the fifth) has the PIN
+/// [`PIN`] set by the owner: the unlock tests.
+async fn unlock_demo() -> PinDemo {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
+    let card = demo.manifest.cards[4].clone();
+    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
+    let mut o = demo.owner(d.addr).await;
+    ok(&mut o, 12, pin_rules(true, 0)).await;
+    let t = demo.terminal(d.addr, 0).await;
+    PinDemo {
+        _dir: dir,
+        d,
+        demo,
+        card,
+        o,
+        t,
+    }
+}
+
+/// `tries` wrong PINs typed at `t` for `card`, each refused `WRONG_PIN`,
+/// under the txn ids after `txn` (advanced).
+async fn wrong_tries(t: &mut Client, txn: &mut u64, card: &str, tries: u32) {
+    for _ in 0..tries {
+        *txn += 1;
+        let r = pay(t, *txn, card, 1, Some(WRONG)).await;
+        assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
+    }
+}
+
 /// A till that lost the answer of a PIN purchase or a PIN change resends
 /// the same bytes: it gets the first answer, though the PIN changed since,
 /// and no wrong try is counted (the PIN is checked once, for the request
@@ -723,25 +753,19 @@ async fn right_pins_typed_while_the_owner_lifts_a_lock_never_lock_the_card_again
 /// PIN_LOCKED rather than telling right from wrong.
 #[tokio::test]
 async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
-    let card = demo.manifest.cards[4].clone();
-    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 12, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
+    let PinDemo {
+        _dir,
+        d,
+        card,
+        mut o,
+        mut t,
+        ..
+    } = unlock_demo().await;
     let mut txn = 100;
-    let lock = async |t: &mut Client, txn: &mut u64| {
-        for _ in 0..MAX_WRONG_PIN_TRIES {
-            *txn += 1;
-            let r = pay(t, *txn, &card, 1, Some(WRONG)).await;
-            assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
-        }
-    };
-    lock(&mut t, &mut txn).await;
+    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
     let unlock = lift(&o, 20, &card, false);
     call_req(&mut o, &unlock).await.expect("unlocked");
-    lock(&mut t, &mut txn).await;
+    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
     let again = call_req(&mut o, &unlock)
         .await
         .expect("the ledger's answer");
@@ -761,31 +785,24 @@ async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
 /// an unlock lock the card, however often the unlock is resent.
 #[tokio::test]
 async fn a_resent_unlock_leaves_the_wrong_tries_counted_since() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, demo) = Daemon::demo_with(dir.path(), &Daemon::NO_RATE_LIMITS);
-    let card = demo.manifest.cards[4].clone();
-    admin(&d, &demo, &["set-pin", "--card", &card, "--pin", PIN]);
-    let mut o = demo.owner(d.addr).await;
-    ok(&mut o, 12, pin_rules(true, 0)).await;
-    let mut t = demo.terminal(d.addr, 0).await;
+    let PinDemo {
+        _dir,
+        d,
+        card,
+        mut o,
+        mut t,
+        ..
+    } = unlock_demo().await;
     let mut txn = 100;
-    let mut wrong = async |t: &mut Client, tries: u32| {
-        for _ in 0..tries {
-            txn += 1;
-            let r = pay(t, txn, &card, 1, Some(WRONG)).await;
-            assert_eq!(r.unwrap_err(), E::WrongPin, "try {txn}");
-        }
-        txn
-    };
-    wrong(&mut t, MAX_WRONG_PIN_TRIES).await;
+    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
     let unlock = lift(&o, 20, &card, false);
     call_req(&mut o, &unlock).await.expect("unlocked");
-    wrong(&mut t, MAX_WRONG_PIN_TRIES - 1).await;
+    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES - 1).await;
     let again = call_req(&mut o, &unlock)
         .await
         .expect("the ledger's answer");
     assert!(again.replayed);
-    let txn = wrong(&mut t, 1).await;
+    wrong_tries(&mut t, &mut txn, &card, 1).await;
     let r = pay(&mut t, txn + 1, &card, 1, Some(PIN)).await;
     assert_eq!(
         r.unwrap_err(),
