@@ -86,20 +86,28 @@ async fn the_server_key_backs_up_every_brand_and_both_restore() {
     );
 }
 
+/// The demo brand and a second brand, the daemon stopped gracefully (its
+/// high-water marks cover every commit), both backed up offline into the
+/// directory returned.
+fn two_brands_backed_up(dir: &std::path::Path) -> (common::Demo, std::path::PathBuf) {
+    let (d, demo) = Daemon::demo(dir);
+    d.stop();
+    let owner2_key = dir.join("owner2.key");
+    assert_eq!(brand_create_ok(&demo.data, "Second", &owner2_key), 2);
+    let out = dir.join("backups");
+    assert_ok(
+        &cardd!("backup", "--data", &demo.data, "--out-dir", &out),
+        "backup",
+    );
+    (demo, out)
+}
+
 /// One brand's damaged file does not stop the other brands' backups, and
 /// the exit code says that one failed.
 #[test]
 fn a_damaged_brand_file_does_not_stop_the_other_brands() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (d, demo) = Daemon::demo(dir.path());
-    drop(d);
-    let owner2_key = dir.path().join("owner2.key");
-    assert_eq!(brand_create_ok(&demo.data, "Second", &owner2_key), 2);
-    let out = dir.path().join("backups");
-    assert_ok(
-        &cardd!("backup", "--data", &demo.data, "--out-dir", &out),
-        "backup",
-    );
+    let (demo, out) = two_brands_backed_up(dir.path());
     let damaged = out.join("brand-1.cardd-backup");
     let mut bytes = std::fs::read(&damaged).expect("read");
     let middle = bytes.len() / 2;
@@ -126,16 +134,7 @@ fn a_damaged_brand_file_does_not_stop_the_other_brands() {
 #[test]
 fn a_brand_damaged_on_disk_is_named_and_the_others_backed_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (d, demo) = Daemon::demo(dir.path());
-    // Stopped gracefully: its high-water mark covers its last commit.
-    d.stop();
-    let owner2_key = dir.path().join("owner2.key");
-    assert_eq!(brand_create_ok(&demo.data, "Second", &owner2_key), 2);
-    let out = dir.path().join("backups");
-    assert_ok(
-        &cardd!("backup", "--data", &demo.data, "--out-dir", &out),
-        "backup",
-    );
+    let (demo, out) = two_brands_backed_up(dir.path());
     let earlier = std::fs::read(out.join("brand-1.cardd-backup")).expect("read");
     common::cut_below_mark(&demo.data, 1);
 
