@@ -328,7 +328,7 @@ async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_se
     let long = local_commits(&elsewhere, 2);
     let (_, card) = a_short_brand(&data);
     let urls = cluster.urls();
-    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    let (node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
     // Brand 2 is written elsewhere (its lease held there), far ahead of
     // this node's (empty) local log of it, then its writer stops.
     let holder = tokio::task::block_in_place(|| LeaseHolder::hold(&urls, 2));
@@ -336,17 +336,7 @@ async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_se
     put_on_stream(&js, 2, &long).await;
     tokio::task::block_in_place(|| holder.release());
     // Taken over: the node's fence ends the stream.
-    until("brand 2 taken over", || fenced_after(&js, 2, long.len())).await;
-    // A lease that lapsed during the take-over is lost at the next looks.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
-    ok(&mut t, 100, purchase(&card, 100)).await;
-    node.kill9();
-    let log = log.join().expect("the daemon's log");
-    assert!(
-        !log.contains("lease lost") && !log.contains("brand halted"),
-        "brand 1 kept its lease through brand 2's take-over:\n{log}"
-    );
+    let log = brand_1_kept_through_the_take_over(&js, (node, log), &card, long.len()).await;
     // And the take-over itself read next to nothing: the lease loop (every
     // other brand's take-overs, its looks) did not wait on thousands of
     // commits, renewed or not.
@@ -355,6 +345,30 @@ async fn a_take_over_of_a_brand_far_behind_keeps_the_lease_of_a_brand_already_se
         read < LONG_SEED_COMMITS / 3,
         "the take-over read {read} records of brand 2 itself:\n{log}"
     );
+}
+
+/// Waits for brand 2's take-over (its fence after `runs` messages), then
+/// checks that brand 1, served all along, kept its lease: a purchase
+/// succeeds and the node's log holds no lost lease or halted brand.
+/// Returns that log.
+async fn brand_1_kept_through_the_take_over(
+    js: &jetstream::Context,
+    (mut node, log): (Daemon, std::thread::JoinHandle<String>),
+    card: &str,
+    runs: usize,
+) -> String {
+    until("brand 2 taken over", || fenced_after(js, 2, runs)).await;
+    // A lease that lapsed during the take-over is lost at the next looks.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
+    ok(&mut t, 100, purchase(card, 100)).await;
+    node.kill9();
+    let log = log.join().expect("the daemon's log");
+    assert!(
+        !log.contains("lease lost") && !log.contains("brand halted"),
+        "brand 1 kept its lease through brand 2's take-over:\n{log}"
+    );
+    log
 }
 
 /// The records of `brand` a node's catch-ups read (its log's "caught up"
@@ -590,21 +604,11 @@ async fn a_take_over_waiting_for_its_busy_follower_keeps_the_other_leases() {
     let (setup, burst) = busy.split_at(4);
     put_on_stream(&js, 2, setup).await;
     let holder = tokio::task::block_in_place(|| LeaseHolder::hold(&urls, 2));
-    let (mut node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
+    let (node, log) = Daemon::start_logged(&data, &["--replicate", &urls], "info");
     // Its writer appends a burst and stops, handing the lease over.
     put_on_stream(&js, 2, burst).await;
     tokio::task::block_in_place(|| holder.release());
-    until("brand 2 taken over", || fenced_after(&js, 2, busy.len())).await;
-    // A lease that lapsed during the take-over is lost at the next looks.
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let mut t = crate::common::connect(node.addr, cardd::testing::terminal_key()).await;
-    ok(&mut t, 100, purchase(&card, 100)).await;
-    node.kill9();
-    let log = log.join().expect("the daemon's log");
-    assert!(
-        !log.contains("lease lost") && !log.contains("brand halted"),
-        "brand 1 kept its lease through brand 2's take-over:\n{log}"
-    );
+    let log = brand_1_kept_through_the_take_over(&js, (node, log), &card, busy.len()).await;
     // The burst was read by the follower, not by the take-over.
     let read = read_by_take_overs(&log, 2);
     assert!(
