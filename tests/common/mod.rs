@@ -352,6 +352,16 @@ pub fn reversal(original_txn_id: u64) -> Op {
     Op::Reversal(pb::Reversal { original_txn_id })
 }
 
+/// A read-only key's `AddKey` for `key` (an auditor's: no store needed).
+pub fn add_auditor(key: &SigningKey) -> Op {
+    Op::AddKey(pb::AddKey {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        role: pb::KeyRole::Auditor as u32,
+        store_id: 0,
+        label: "auditor".into(),
+    })
+}
+
 /// Redeems `points` for a coffee.
 pub fn redeem(card: &str, points: i64) -> Op {
     Op::RedeemPoints(pb::RedeemPoints {

@@ -567,16 +567,6 @@ async fn a_peer_silent_after_its_challenge_is_told_at_the_sign_on_deadline() {
     assert!(raw_closed(&mut f).await, "still open after the refusal");
 }
 
-/// A read-only key's `AddKey` for `key` (an auditor's).
-fn add_auditor(key: &SigningKey) -> Op {
-    Op::AddKey(pb::AddKey {
-        public_key: key.verifying_key().to_bytes().to_vec(),
-        role: pb::KeyRole::Auditor as u32,
-        store_id: 0,
-        label: "auditor".into(),
-    })
-}
-
 #[tokio::test]
 async fn refused_enrolments_keep_no_key_from_another_brand() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,22 +4,11 @@
 //! The commit fails for real here: the power is cut under the running
 //! daemon, so every write and fsync it makes afterwards fails with EIO.
 use cardd::crypto::{generate_key, read_key_file};
-use cardd::pb::{self, request::Op, ErrorCode as E};
-use ed25519_dalek::SigningKey;
+use cardd::pb::ErrorCode as E;
 
 use super::{proc, sign_on, Rig};
-use crate::common::call;
 use crate::common::run::brand_create_ok;
-
-/// `AddKey` of `key` as an auditor's (no store needed).
-fn add_auditor(key: &SigningKey) -> Op {
-    Op::AddKey(pb::AddKey {
-        public_key: key.verifying_key().to_bytes().to_vec(),
-        role: pb::KeyRole::Auditor as u32,
-        store_id: 0,
-        label: "auditor".into(),
-    })
-}
+use crate::common::{add_auditor, call};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_enrolment_failed_to_commit_is_kept_from_other_brands() {
