@@ -1,6 +1,7 @@
 //! The HTTP listener (`cardd serve --http-listen ADDR`, off unless set):
 //! `GET /metrics` (Prometheus text), `GET /livez` (the process answers)
-//! and `GET /readyz` (every brand recovered and not shutting down).
+//! and `GET /readyz` (start-up done, every brand recovered or refused
+//! for a damaged ledger, and not shutting down).
 //!
 //! It shares nothing with the terminal port but the process: its own
 //! accept loop, at most `HTTP_MAX_CONNECTIONS` connections, headers of at

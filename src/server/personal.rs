@@ -423,7 +423,7 @@ async fn set_pin(
     // The hash is kept only once the record stands: a refused change
     // leaves the old PIN in force.
     if let Ok(reply) = &answer {
-        held.set(hash, seq_of(reply)).await?;
+        held.set(hash, at_head(brand, reply).await?).await?;
     }
     Ok(Done::Answer(answer))
 }
@@ -485,8 +485,8 @@ async fn set_pin_after(
         .await
         .ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
     if let Ok(reply) = &answer {
-        let seq = seq_of(reply);
-        if shared.pins.lacks(brand_id, card, seq).await? {
+        let (seq, head) = at_head(brand, reply).await?;
+        if shared.pins.lacks(brand_id, card, (seq, head)).await? {
             // The change stands in the ledger: its answer goes back even
             // if its block no longer opens (the server key rotated since).
             let Ok(pin) = pin() else {
@@ -499,11 +499,19 @@ async fn set_pin_after(
                 return Ok(Done::Answer(answer));
             };
             let hash = shared.pins.hash(pin).await?;
-            shared.pins.set(brand_id, card, hash, seq).await?;
+            shared.pins.set(brand_id, card, hash, (seq, head)).await?;
             tracing::info!(brand = brand_id, seq, "PIN kept after its record");
         }
     }
     Ok(Done::Answer(answer))
+}
+
+/// The seq of the record `reply` answers, and the brand's newest record
+/// (a PIN entry stored past it is not this ledger's: `pins::ahead`).
+async fn at_head(brand: &BrandHandle, reply: &pb::Reply) -> Result<(u64, u64), Refusal> {
+    let head = brand.head_seq().await;
+    let head = head.ok_or_else(|| Refusal::new(E::Internal, "server stopping"))?;
+    Ok((seq_of(reply), head))
 }
 
 /// The seq of the record a reply answers (0 if it has no receipt).
@@ -573,7 +581,7 @@ async fn unlock_pin(
         _ => false,
     };
     if let (Ok(reply), false) = (&answer, relocked) {
-        held.unlock(seq_of(reply)).await?;
+        held.unlock(at_head(brand, reply).await?).await?;
     }
     Ok(Done::Answer(answer))
 }

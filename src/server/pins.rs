@@ -350,16 +350,18 @@ impl PinStore {
         brand: u32,
         card: u64,
         hash: String,
-        seq: u64,
+        (seq, head): (u64, u64),
     ) -> Result<(), Refusal> {
-        self.hold(brand, card).await?.set(hash, seq).await
+        self.hold(brand, card).await?.set(hash, (seq, head)).await
     }
 
-    /// Writes `entry` unless the PIN of a later PIN_SET record is kept.
-    fn keep_latest(&self, brand: u32, card: u64, entry: &Entry) -> Result<(), Refusal> {
+    /// Writes `entry` unless the PIN of a later PIN_SET record is kept
+    /// (one at or below `head`, the ledger's newest record: see
+    /// [`ahead`]).
+    fn keep_latest(&self, brand: u32, card: u64, entry: &Entry, head: u64) -> Result<(), Refusal> {
         if self
             .read(brand, card)?
-            .is_some_and(|kept| kept.seq > entry.seq)
+            .is_some_and(|kept| kept.seq > entry.seq && !ahead(kept.seq, head))
         {
             return Ok(());
         }
@@ -369,7 +371,12 @@ impl PinStore {
     /// True if the card's kept PIN is not that of the PIN_SET record `seq`
     /// nor of a later one: a retried change whose hash was never stored
     /// (the daemon stopped, or this store failed, after its record).
-    pub async fn lacks(self: &Arc<Self>, brand: u32, card: u64, seq: u64) -> Result<bool, Refusal> {
+    pub async fn lacks(
+        self: &Arc<Self>,
+        brand: u32,
+        card: u64,
+        (seq, head): (u64, u64),
+    ) -> Result<bool, Refusal> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             // A hash kept before seqs were (0) is taken as older than any
@@ -378,7 +385,9 @@ impl PinStore {
             // the ledger says its PIN is the card's. (Only a change older
             // than that hash's, resent across the upgrade, would bring an
             // earlier PIN back: the same harm the other way, rarer.)
-            Ok(this.read(brand, card)?.is_none_or(|kept| kept.seq < seq))
+            Ok(this
+                .read(brand, card)?
+                .is_none_or(|kept| kept.seq < seq || ahead(kept.seq, head)))
         })
         .await
         .map_err(|e| storage("read task", e))?
@@ -426,7 +435,7 @@ impl Held {
 
     /// [`PinStore::set`] on the held card: its record and this are then
     /// one step for every PIN try.
-    pub async fn set(&self, hash: String, seq: u64) -> Result<(), Refusal> {
+    pub async fn set(&self, hash: String, (seq, head): (u64, u64)) -> Result<(), Refusal> {
         let (this, (brand, card)) = (self.store.clone(), self.card);
         let entry = Entry {
             hash,
@@ -434,7 +443,7 @@ impl Held {
             seq,
             reset: seq,
         };
-        tokio::task::spawn_blocking(move || this.keep_latest(brand, card, &entry))
+        tokio::task::spawn_blocking(move || this.keep_latest(brand, card, &entry, head))
             .await
             .map_err(|e| storage("set task", e))?
     }
@@ -443,10 +452,10 @@ impl Held {
     /// wrong tries back to 0 (durably), unless that record or a later one
     /// reset them already (a resent unlock whose reset was kept: the tries
     /// counted since stand).
-    pub async fn unlock(&self, seq: u64) -> Result<(), Refusal> {
+    pub async fn unlock(&self, (seq, head): (u64, u64)) -> Result<(), Refusal> {
         let (this, (brand, card)) = (self.store.clone(), self.card);
         tokio::task::spawn_blocking(move || match this.read(brand, card)? {
-            Some(mut entry) if entry.reset < seq => {
+            Some(mut entry) if entry.reset < seq || ahead(entry.reset, head) => {
                 entry.wrong = 0;
                 entry.reset = seq;
                 this.write(brand, card, &entry)
@@ -458,11 +467,24 @@ impl Held {
     }
 }
 
+/// True if a PIN entry's `seq` (of its PIN change, or of the record that
+/// last reset its count) is past `head`, the ledger's newest record. A
+/// live ledger never is: a record is durable before its entry is written.
+/// A brand put back from a backup is (docs/operations.md): its entries
+/// from the records lost with the damage would otherwise keep a new PIN
+/// or an unlock from taking effect until the brand's records pass them.
+/// Such an entry counts as older than any record.
+fn ahead(seq: u64, head: u64) -> bool {
+    seq > head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const CARD: u64 = 8_000_070_000_000_000_011;
+    /// The ledger's newest record in these tests: past every seq they use.
+    const HEAD: u64 = 1_000;
 
     /// A PIN store in a fresh directory, with its server key.
     fn fixture() -> (tempfile::TempDir, SigningKey, Arc<PinStore>) {
@@ -480,7 +502,7 @@ mod tests {
             Ok(Verdict::NoPin)
         );
         let hash = store.hash("1234".into()).await.unwrap();
-        store.set(7, CARD, hash, 20).await.unwrap();
+        store.set(7, CARD, hash, (20, HEAD)).await.unwrap();
         assert_eq!(
             store.check(7, CARD, "1234".into(), None).await,
             Ok(Verdict::Verified)
@@ -498,7 +520,7 @@ mod tests {
             .hold(7, CARD)
             .await
             .unwrap()
-            .unlock(21)
+            .unlock((21, HEAD))
             .await
             .unwrap();
         let right = reopened.check(7, CARD, "1234".into(), None).await;
@@ -513,18 +535,21 @@ mod tests {
     #[tokio::test]
     async fn the_pin_of_the_latest_change_is_kept_whatever_order_the_hashes_come_in() {
         let (_dir, _, store) = fixture();
-        assert!(store.lacks(7, CARD, 30).await.unwrap(), "nothing kept yet");
+        assert!(
+            store.lacks(7, CARD, (30, HEAD)).await.unwrap(),
+            "nothing kept yet"
+        );
         let later = store.hash("2222".into()).await.unwrap();
-        store.set(7, CARD, later, 31).await.unwrap();
+        store.set(7, CARD, later, (31, HEAD)).await.unwrap();
         // An earlier change (seq 30) stored late, or resent, is ignored.
         let earlier = store.hash("1111".into()).await.unwrap();
-        assert!(!store.lacks(7, CARD, 30).await.unwrap());
-        store.set(7, CARD, earlier, 30).await.unwrap();
+        assert!(!store.lacks(7, CARD, (30, HEAD)).await.unwrap());
+        store.set(7, CARD, earlier, (30, HEAD)).await.unwrap();
         let now = store.check(7, CARD, "2222".into(), None).await;
         assert_eq!(now, Ok(Verdict::Verified));
-        assert!(!store.lacks(7, CARD, 31).await.unwrap(), "kept: 31");
+        assert!(!store.lacks(7, CARD, (31, HEAD)).await.unwrap(), "kept: 31");
         assert!(
-            store.lacks(7, CARD, 32).await.unwrap(),
+            store.lacks(7, CARD, (32, HEAD)).await.unwrap(),
             "a later one is not"
         );
     }
@@ -536,7 +561,7 @@ mod tests {
     async fn a_held_card_is_not_checked_and_a_change_waiting_for_it_goes_first() {
         let (_dir, _, store) = fixture();
         let hash = store.hash("1234".into()).await.unwrap();
-        store.set(7, CARD, hash, 20).await.unwrap();
+        store.set(7, CARD, hash, (20, HEAD)).await.unwrap();
         let check = store.claim(7, CARD).unwrap();
         let waiting = tokio::spawn({
             let store = store.clone();
@@ -566,13 +591,13 @@ mod tests {
     async fn a_resent_unlock_leaves_the_tries_counted_since_its_reset() {
         let (_dir, _, store) = fixture();
         let hash = store.hash("1234".into()).await.unwrap();
-        store.set(7, CARD, hash, 20).await.unwrap();
+        store.set(7, CARD, hash, (20, HEAD)).await.unwrap();
         let wrong = async |tries: u32| {
             for _ in 0..tries {
                 store.check(7, CARD, "9999".into(), None).await.unwrap();
             }
         };
-        let unlock = async |seq: u64| store.hold(7, CARD).await.unwrap().unlock(seq).await;
+        let unlock = async |seq: u64| store.hold(7, CARD).await.unwrap().unlock((seq, HEAD)).await;
         let left = async || match store.check(7, CARD, "9999".into(), None).await {
             Ok(Verdict::Wrong { left }) => left,
             other => panic!("{other:?}"),
@@ -587,18 +612,57 @@ mod tests {
         assert_eq!(left().await, MAX_WRONG_PIN_TRIES - 1);
     }
 
+    /// A brand put back from a backup ending at record 60 finds entries of
+    /// records it no longer holds (a PIN change at 500, an unlock at 520):
+    /// they count as older than any record, so the owner's unlock and new
+    /// PIN take effect now, not once the brand's records pass 520.
+    #[tokio::test]
+    async fn entries_past_the_ledger_s_newest_record_give_way() {
+        let (_dir, _, store) = fixture();
+        let lost = store.hash("1111".into()).await.unwrap();
+        store.set(7, CARD, lost, (500, 500)).await.unwrap();
+        store
+            .hold(7, CARD)
+            .await
+            .unwrap()
+            .unlock((520, 520))
+            .await
+            .unwrap();
+        for _ in 0..MAX_WRONG_PIN_TRIES {
+            store.check(7, CARD, "9999".into(), None).await.unwrap();
+        }
+        let locked = store.check(7, CARD, "1111".into(), None).await;
+        assert_eq!(locked, Ok(Verdict::Locked));
+        // The ledger, put back, ends at 60: the owner's unlock is 61.
+        store
+            .hold(7, CARD)
+            .await
+            .unwrap()
+            .unlock((61, 61))
+            .await
+            .unwrap();
+        let lifted = store.check(7, CARD, "1111".into(), None).await;
+        assert_eq!(lifted, Ok(Verdict::Verified), "the unlock took effect");
+        // A new PIN at 62, and a resent one whose hash was lost.
+        assert!(store.lacks(7, CARD, (58, 62)).await.unwrap());
+        let new = store.hash("2222".into()).await.unwrap();
+        store.set(7, CARD, new, (62, 62)).await.unwrap();
+        let now = store.check(7, CARD, "2222".into(), None).await;
+        assert_eq!(now, Ok(Verdict::Verified), "the new PIN is the card's");
+    }
+
     /// A hash kept before seqs were (0 in its file) is older than any
     /// record: a resent change whose hash was lost replaces it.
     #[tokio::test]
     async fn a_hash_from_before_seqs_is_older_than_any_record() {
         let (_dir, _, store) = fixture();
         let hash = store.hash("2222".into()).await.unwrap();
-        store.set(7, CARD, hash, 0).await.unwrap();
-        assert!(store.lacks(7, CARD, 30).await.unwrap());
+        store.set(7, CARD, hash, (0, HEAD)).await.unwrap();
+        assert!(store.lacks(7, CARD, (30, HEAD)).await.unwrap());
         let hash = store.hash("3333".into()).await.unwrap();
-        store.set(7, CARD, hash, 30).await.unwrap();
+        store.set(7, CARD, hash, (30, HEAD)).await.unwrap();
         let now = store.check(7, CARD, "3333".into(), None).await;
         assert_eq!(now, Ok(Verdict::Verified));
-        assert!(!store.lacks(7, CARD, 30).await.unwrap());
+        assert!(!store.lacks(7, CARD, (30, HEAD)).await.unwrap());
     }
 }

@@ -267,6 +267,14 @@ impl BrandHandle {
         .await
     }
 
+    /// The seq of the brand's newest record (applied); `None` if the
+    /// writer has stopped. A PIN entry stored for a later record is from a
+    /// ledger this one is not (a brand put back from a backup): see
+    /// `pins::Held::set`.
+    pub async fn head_seq(&self) -> Option<u64> {
+        self.read_with(|state| state.seq).await
+    }
+
     /// True if the ledger says `card` is locked by wrong PINs; false for
     /// an unlocked card or no such card. `None` if the writer has stopped.
     pub async fn card_pin_locked(&self, card: u64) -> Option<bool> {
