@@ -71,18 +71,30 @@ async fn a_standby_follows_every_commit_and_exports_the_same_bytes() {
         records_on(http, brand)
     );
     // A till that signs on at the standby, even one enrolled after it
-    // started, is told where the brand is served.
-    let mut f = crate::common::raw::send_sign_on_proof(standby.addr, &new_till).await;
-    let refusal = match crate::common::raw::raw_recv(&mut f).await.body {
-        Some(cardd::pb::server_message::Body::Error(e)) => e,
-        other => panic!("expected NOT_ACTIVE, got {other:?}"),
-    };
-    assert_eq!(
-        refusal.code,
-        cardd::pb::ErrorCode::NotActive as i32,
-        "{refusal:?}"
-    );
-    assert_eq!(refusal.active_address, active.addr.to_string());
+    // started, is told where the brand is served: NOT_ACTIVE at once, and
+    // the address once the standby's lease loop has read who holds the
+    // lease (each look, every 0.5 s; a loaded cluster can time a read out).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut f = crate::common::raw::send_sign_on_proof(standby.addr, &new_till).await;
+        let refusal = match crate::common::raw::raw_recv(&mut f).await.body {
+            Some(cardd::pb::server_message::Body::Error(e)) => e,
+            other => panic!("expected NOT_ACTIVE, got {other:?}"),
+        };
+        assert_eq!(
+            refusal.code,
+            cardd::pb::ErrorCode::NotActive as i32,
+            "{refusal:?}"
+        );
+        if refusal.active_address == active.addr.to_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never named the active node: {refusal:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
     active.kill9();
     standby.kill9();
     let a = dir.path().join("active.export");
