@@ -393,6 +393,24 @@ async fn wrong_tries(t: &mut Client, txn: &mut u64, card: &str, tries: u32) {
     }
 }
 
+/// The card locked by wrong tries at `t`, unlocked by the owner `o`,
+/// `tries` more wrong tries, then the owner's unlock resent (its answer
+/// lost): answered from the ledger.
+async fn unlock_resent_after(
+    t: &mut Client,
+    o: &mut Client,
+    txn: &mut u64,
+    card: &str,
+    tries: u32,
+) {
+    wrong_tries(t, txn, card, MAX_WRONG_PIN_TRIES).await;
+    let unlock = lift(o, 20, card, false);
+    call_req(o, &unlock).await.expect("unlocked");
+    wrong_tries(t, txn, card, tries).await;
+    let again = call_req(o, &unlock).await.expect("the ledger's answer");
+    assert!(again.replayed);
+}
+
 /// A till that lost the answer of a PIN purchase or a PIN change resends
 /// the same bytes: it gets the first answer, though the PIN changed since,
 /// and no wrong try is counted (the PIN is checked once, for the request
@@ -762,14 +780,7 @@ async fn a_resent_unlock_after_a_new_lock_gives_no_fresh_tries() {
         ..
     } = unlock_demo().await;
     let mut txn = 100;
-    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
-    let unlock = lift(&o, 20, &card, false);
-    call_req(&mut o, &unlock).await.expect("unlocked");
-    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
-    let again = call_req(&mut o, &unlock)
-        .await
-        .expect("the ledger's answer");
-    assert!(again.replayed);
+    unlock_resent_after(&mut t, &mut o, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
     for pin in [WRONG, PIN] {
         txn += 1;
         let r = pay(&mut t, txn, &card, 1, Some(pin)).await;
@@ -794,14 +805,7 @@ async fn a_resent_unlock_leaves_the_wrong_tries_counted_since() {
         ..
     } = unlock_demo().await;
     let mut txn = 100;
-    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES).await;
-    let unlock = lift(&o, 20, &card, false);
-    call_req(&mut o, &unlock).await.expect("unlocked");
-    wrong_tries(&mut t, &mut txn, &card, MAX_WRONG_PIN_TRIES - 1).await;
-    let again = call_req(&mut o, &unlock)
-        .await
-        .expect("the ledger's answer");
-    assert!(again.replayed);
+    unlock_resent_after(&mut t, &mut o, &mut txn, &card, MAX_WRONG_PIN_TRIES - 1).await;
     wrong_tries(&mut t, &mut txn, &card, 1).await;
     let r = pay(&mut t, txn + 1, &card, 1, Some(PIN)).await;
     assert_eq!(
